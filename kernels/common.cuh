@@ -1,0 +1,82 @@
+// Shared helpers for dpgan's kernels: index helpers, warp/block reductions, the parameter structs
+// mirrored on the Rust side (src/backend/cuda/params.rs; sizes are checked there).
+#pragma once
+#include <cstdint>
+
+#define DPGAN_MAX_RANK 8
+
+// Grid-stride loop over [0, n).
+#define DPGAN_FOR_EACH(i, n)                                                                   \
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (int64_t)(n);          \
+       i += (int64_t)blockDim.x * gridDim.x)
+
+namespace dpgan {
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum over the block; every thread gets the result. `scratch` holds 32 floats of shared memory.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) >> 5;
+  v = (threadIdx.x < warps) ? scratch[threadIdx.x] : 0.0f;
+  if (warp == 0) v = warp_sum(v);
+  if (threadIdx.x == 0) scratch[0] = v;
+  __syncthreads();
+  return scratch[0];
+}
+
+}  // namespace dpgan
+
+// ---- Parameter structs (mirrored in src/backend/cuda/params.rs) ----
+
+// Unary elementwise op codes (UnaryOp on the Rust side).
+enum UnaryCode : int32_t {
+  UNARY_AFFINE = 0,
+  UNARY_EXP = 1,
+  UNARY_LOG = 2,
+  UNARY_SQRT = 3,
+  UNARY_RSQRT = 4,
+  UNARY_RECIP = 5,
+  UNARY_SQUARE = 6,
+  UNARY_RELU = 7,
+  UNARY_LEAKY_RELU = 8,
+  UNARY_SIGMOID = 9,
+  UNARY_TANH = 10,
+  UNARY_RELU_MASK = 11,
+  UNARY_LEAKY_RELU_MASK = 12,
+};
+
+struct UnaryParams {
+  int64_t n;
+  int32_t op;
+  float a;  // affine scale, or the leaky slope
+  float b;  // affine shift
+  int32_t pad_;
+};
+
+enum BinaryCode : int32_t {
+  BINARY_ADD = 0,
+  BINARY_SUB = 1,
+  BINARY_MUL = 2,
+  BINARY_DIV = 3,
+  BINARY_BCE_WITH_LOGITS = 4,
+};
+
+// A broadcast binary op: out has `rank` dims `shape`; a and b are read through their strides
+// (0 on broadcast dims).
+struct BinaryParams {
+  int64_t n;
+  int32_t op;
+  int32_t rank;
+  int64_t shape[DPGAN_MAX_RANK];
+  int64_t a_strides[DPGAN_MAX_RANK];
+  int64_t b_strides[DPGAN_MAX_RANK];
+};

@@ -1,0 +1,174 @@
+//! A CUDA device: context, stream, the loaded kernel module and its properties.
+//!
+//! libcuda is loaded at run time. The probe order matters: cudarc panics if the driver library is
+//! absent, so `is_culib_present()` is asked first and every failure becomes a clear `NoDevice`.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::sys::CUdevice_attribute as Attr;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::nvrtc::Ptx;
+
+use super::module::{Kernel, KernelTable, FATBIN};
+use crate::error::{Error, Result};
+
+/// What the driver tells about a device, read once when it is opened.
+#[derive(Clone, Debug)]
+pub struct DeviceProperties {
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub multiprocessors: i32,
+    pub total_memory: usize,
+    pub max_shared_memory_per_block: i32,
+    pub max_threads_per_block: i32,
+}
+
+/// An opened device with our kernels loaded. Shared (`Arc`) by every tensor that lives on it.
+pub struct CudaDevice {
+    ordinal: usize,
+    stream: Arc<CudaStream>,
+    kernels: KernelTable,
+    properties: DeviceProperties,
+}
+
+/// Why no CUDA device can be used here, or `None` if the driver library loads.
+pub fn driver_absent_reason() -> Option<String> {
+    if FATBIN.is_none() {
+        return Some("this dpgan was built without nvcc, so it holds no CUDA kernels (see README: GPU build)".into());
+    }
+    // SAFETY: only tries to dlopen libcuda; no driver call is made.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Some("the NVIDIA driver library (libcuda.so) was not found on this machine".into());
+    }
+    None
+}
+
+/// The number of CUDA devices, or why there are none.
+pub fn device_count() -> Result<usize> {
+    if let Some(why) = driver_absent_reason() {
+        return Err(Error::NoDevice(why));
+    }
+    cudarc::driver::result::init().map_err(|e| Error::NoDevice(format!("the driver did not initialise: {e}")))?;
+    let n = CudaContext::device_count().map_err(|e| Error::NoDevice(format!("cannot count devices: {e}")))?;
+    if n <= 0 {
+        return Err(Error::NoDevice("the driver reports no CUDA devices".into()));
+    }
+    Ok(n as usize)
+}
+
+impl CudaDevice {
+    /// Opens device `ordinal` (once per process; later calls share it).
+    pub fn open(ordinal: usize) -> Result<Arc<CudaDevice>> {
+        static OPEN: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
+        let mut open = OPEN.get_or_init(Default::default).lock().expect("device table lock");
+        if let Some(dev) = open.get(&ordinal) {
+            return Ok(dev.clone());
+        }
+        let dev = Arc::new(Self::create(ordinal)?);
+        open.insert(ordinal, dev.clone());
+        Ok(dev)
+    }
+
+    fn create(ordinal: usize) -> Result<CudaDevice> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(Error::NoDevice(format!("cuda:{ordinal} requested but only {count} device(s) found")));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| Error::cuda(format!("creating a context on cuda:{ordinal}"), e))?;
+        let attr = |a: Attr| ctx.attribute(a).map_err(|e| Error::cuda("reading device attributes", e));
+        let properties = DeviceProperties {
+            name: ctx.name().map_err(|e| Error::cuda("reading the device name", e))?,
+            compute_capability: ctx.compute_capability().map_err(|e| Error::cuda("reading the compute capability", e))?,
+            multiprocessors: attr(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            total_memory: ctx.total_mem().map_err(|e| Error::cuda("reading the memory size", e))?,
+            max_shared_memory_per_block: attr(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
+            max_threads_per_block: attr(Attr::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+        };
+        let fatbin = FATBIN.expect("driver_absent_reason() checked the fatbin");
+        let module = ctx.load_module(Ptx::from_binary(fatbin.to_vec())).map_err(|e| {
+            Error::cuda(
+                format!(
+                    "loading dpgan's kernels on {} (sm_{}{}); the build's targets are {:?}",
+                    properties.name,
+                    properties.compute_capability.0,
+                    properties.compute_capability.1,
+                    super::module::CUDA_ARCHS
+                ),
+                e,
+            )
+        })?;
+        let kernels = KernelTable::load(&module)?;
+        // One explicit stream per device; ops are ordered on it, so cudarc's per-buffer events are
+        // not needed.
+        // SAFETY: called before any buffer exists on this context.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| Error::cuda("creating a stream", e))?;
+        Ok(CudaDevice { ordinal, stream, kernels, properties })
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+    pub fn properties(&self) -> &DeviceProperties {
+        &self.properties
+    }
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    pub(crate) fn kernel(&self, k: Kernel) -> &cudarc::driver::CudaFunction {
+        self.kernels.get(k)
+    }
+
+    /// Waits for all work queued on this device's stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| Error::cuda("synchronising the stream", e))
+    }
+
+    /// Uninitialised device memory for `len` f32 (every kernel writes all of its output).
+    pub(crate) fn alloc(self: &Arc<Self>, len: usize) -> Result<CudaBuffer> {
+        // SAFETY: the caller overwrites every element before reading it (each launcher writes its
+        // whole output); a zero-length allocation is a valid empty slice.
+        let slice = unsafe { self.stream.alloc::<f32>(len) }.map_err(|e| Error::cuda(format!("allocating {len} floats"), e))?;
+        Ok(CudaBuffer { slice, device: self.clone() })
+    }
+
+    pub fn upload(self: &Arc<Self>, data: &[f32]) -> Result<CudaBuffer> {
+        let slice = self.stream.clone_htod(data).map_err(|e| Error::cuda(format!("copying {} floats to the device", data.len()), e))?;
+        Ok(CudaBuffer { slice, device: self.clone() })
+    }
+
+    pub fn full(self: &Arc<Self>, len: usize, value: f32) -> Result<CudaBuffer> {
+        let mut buf = self.alloc(len)?;
+        super::elementwise::fill(self, &mut buf, value)?;
+        Ok(buf)
+    }
+}
+
+/// f32 device memory owned by a tensor, with the device it lives on.
+pub struct CudaBuffer {
+    pub(crate) slice: CudaSlice<f32>,
+    device: Arc<CudaDevice>,
+}
+
+impl CudaBuffer {
+    pub fn device(&self) -> &Arc<CudaDevice> {
+        &self.device
+    }
+    pub fn len(&self) -> usize {
+        self.slice.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.slice.len() == 0
+    }
+    pub fn download(&self) -> Result<Vec<f32>> {
+        self.device.stream.clone_dtoh(&self.slice).map_err(|e| Error::cuda(format!("copying {} floats to the host", self.len()), e))
+    }
+}
+
+impl Clone for CudaBuffer {
+    /// A device-to-device copy (used when an in-place update meets shared storage).
+    fn clone(&self) -> Self {
+        let slice = self.device.stream.clone_dtod(&self.slice).expect("device-to-device copy of a tensor");
+        CudaBuffer { slice, device: self.device.clone() }
+    }
+}

@@ -1,0 +1,110 @@
+//! The CUDA backend: launchers of the kernels in `kernels/`, compiled by build.rs.
+//!
+//! Every launcher checks its preconditions, launches on the device's stream and checks the launch.
+//! Ops without a kernel yet answer `Error::Unsupported`, naming the op and the device.
+mod device;
+mod elementwise;
+pub mod module;
+mod params;
+
+pub use device::{device_count, driver_absent_reason, CudaBuffer, CudaDevice, DeviceProperties};
+pub use module::{kernel_resources, Kernel, KernelResources};
+
+use super::{AdamParams, Backend, BinaryOp, ConvGeometry, MatmulGeometry, SgdParams, UnaryOp};
+use crate::error::{Error, Result};
+use crate::tensor::{Storage, Tensor};
+
+fn buffer(t: &Tensor) -> &CudaBuffer {
+    match t.storage() {
+        Storage::Cuda(b) => b,
+        Storage::Cpu(_) => unreachable!("ops checks devices before dispatching to the CUDA backend"),
+    }
+}
+
+fn output(buf: CudaBuffer, shape: &[usize]) -> Result<Tensor> {
+    Ok(Tensor::from_storage(Storage::Cuda(buf), shape.to_vec()))
+}
+
+impl CudaDevice {
+    fn unsupported(&self, op: &'static str) -> Error {
+        Error::Unsupported { op, device: format!("cuda:{} (no kernel yet; run it on the CPU backend)", self.ordinal()) }
+    }
+}
+
+impl Backend for CudaDevice {
+    fn name(&self) -> String {
+        format!("cuda:{} ({})", self.ordinal(), self.properties().name)
+    }
+
+    fn unary(&self, op: UnaryOp, x: &Tensor) -> Result<Tensor> {
+        elementwise::unary(buffer(x).device(), op, x)
+    }
+
+    fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Result<Tensor> {
+        elementwise::binary(buffer(a).device(), op, a, b, out_shape)
+    }
+
+    fn sum_to(&self, _x: &Tensor, _shape: &[usize]) -> Result<Tensor> {
+        Err(self.unsupported("sum_to"))
+    }
+
+    fn matmul(&self, _a: &Tensor, _b: &Tensor, _geom: &MatmulGeometry) -> Result<Tensor> {
+        Err(self.unsupported("matmul"))
+    }
+
+    fn conv2d(&self, _x: &Tensor, _w: &Tensor, _geom: &ConvGeometry) -> Result<Tensor> {
+        Err(self.unsupported("conv2d"))
+    }
+
+    fn conv2d_input_grad(&self, _dy: &Tensor, _w: &Tensor, _geom: &ConvGeometry) -> Result<Tensor> {
+        Err(self.unsupported("conv2d_input_grad"))
+    }
+
+    fn conv2d_weight_grad(&self, _x: &Tensor, _dy: &Tensor, _geom: &ConvGeometry) -> Result<Tensor> {
+        Err(self.unsupported("conv2d_weight_grad"))
+    }
+
+    fn max_pool2x2_gather(&self, _x: &Tensor, _v: &Tensor) -> Result<Tensor> {
+        Err(self.unsupported("max_pool2x2"))
+    }
+
+    fn max_pool2x2_scatter(&self, _x: &Tensor, _dy: &Tensor) -> Result<Tensor> {
+        Err(self.unsupported("max_pool2x2_scatter"))
+    }
+
+    fn upsample_nearest2x(&self, _x: &Tensor) -> Result<Tensor> {
+        Err(self.unsupported("upsample_nearest2x"))
+    }
+
+    fn sum_pool2x2(&self, _x: &Tensor) -> Result<Tensor> {
+        Err(self.unsupported("sum_pool2x2"))
+    }
+
+    fn narrow(&self, _x: &Tensor, _axis: usize, _start: usize, _len: usize) -> Result<Tensor> {
+        Err(self.unsupported("narrow"))
+    }
+
+    fn pad(&self, _x: &Tensor, _axis: usize, _before: usize, _after: usize) -> Result<Tensor> {
+        Err(self.unsupported("pad"))
+    }
+
+    fn concat(&self, _xs: &[&Tensor], _axis: usize) -> Result<Tensor> {
+        Err(self.unsupported("concat"))
+    }
+
+    fn log_softmax(&self, _x: &Tensor) -> Result<Tensor> {
+        Err(self.unsupported("log_softmax"))
+    }
+
+    fn power_iteration(&self, _w: &Tensor, _u: &Tensor) -> Result<(Tensor, Tensor)> {
+        Err(self.unsupported("power_iteration"))
+    }
+
+    fn sgd_step(&self, _param: &mut Tensor, _grad: &Tensor, _momentum_buf: Option<&mut Tensor>, _hp: &SgdParams) -> Result<()> {
+        Err(self.unsupported("sgd_step"))
+    }
+
+    fn adam_step(&self, _param: &mut Tensor, _grad: &Tensor, _m: &mut Tensor, _v: &mut Tensor, _t: u64, _hp: &AdamParams) -> Result<()> {
+        Err(self.unsupported("adam_step"))
+    }
+}

@@ -1,0 +1,175 @@
+//! The op set: what every backend provides.
+//!
+//! `ops` holds the public, shape-checked entry points; each picks the backend of its operands'
+//! device and calls the [`Backend`] method, which only does arithmetic on validated shapes.
+//! `cpu` is the reference implementation, `cuda` launches our kernels.
+//!
+//! Layout conventions: parametric ops carry a leading model-group dimension G. Weights are
+//! `[G, ...]`, activations `[G, B, ...]`; group g uses weights g on its own slice. G = 1 is an
+//! ordinary model.
+pub mod cpu;
+pub mod cuda;
+pub mod ops;
+
+use crate::error::Result;
+use crate::tensor::{Device, Tensor};
+
+/// Elementwise maps of one tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    /// `scale * x + shift`
+    Affine { scale: f32, shift: f32 },
+    Exp,
+    Log,
+    Sqrt,
+    /// `1 / sqrt(x)`
+    Rsqrt,
+    Recip,
+    Square,
+    Relu,
+    LeakyRelu(f32),
+    Sigmoid,
+    Tanh,
+    /// ReLU's derivative: 1 where `x > 0`, else 0.
+    ReluMask,
+    /// LeakyReLU's derivative: 1 where `x > 0`, else the slope.
+    LeakyReluMask(f32),
+}
+
+/// Elementwise maps of two tensors, broadcasting numpy-style (dims aligned on the right, each
+/// either equal or 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    /// Binary cross-entropy of logits `a` against targets `b`, per element:
+    /// `max(a, 0) - a·b + log(1 + exp(-|a|))` (stable for any `a`).
+    BceWithLogits,
+}
+
+/// Geometry of a grouped 2-D convolution, derived and checked by `ops`.
+/// Input `[G, B, C, H, W]`, weight `[G, O, C, KH, KW]`, output `[G, B, O, HO, WO]` with
+/// `HO = (H + 2·padding − KH) / stride + 1` (floor), likewise `WO`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub groups: usize,
+    pub batch: usize,
+    pub in_channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_channels: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+impl ConvGeometry {
+    pub fn input_shape(&self) -> [usize; 5] {
+        [self.groups, self.batch, self.in_channels, self.in_h, self.in_w]
+    }
+    pub fn weight_shape(&self) -> [usize; 5] {
+        [self.groups, self.out_channels, self.in_channels, self.kernel_h, self.kernel_w]
+    }
+    pub fn output_shape(&self) -> [usize; 5] {
+        [self.groups, self.batch, self.out_channels, self.out_h, self.out_w]
+    }
+}
+
+/// Grouped matrix product `C[g] = op(A[g]) · op(B[g])`, `op` an optional transpose.
+/// `A` is `[G, M, K]` (or `[G, K, M]` when `trans_a`), `B` is `[G, K, N]` (or `[G, N, K]`), `C` is `[G, M, N]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulGeometry {
+    pub groups: usize,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
+/// SGD with momentum and weight decay, PyTorch's update rule:
+/// `g ← g + wd·p; buf ← momentum·buf + (1 − dampening)·g; p ← p − lr·(nesterov ? g + momentum·buf : buf)`
+/// (with no momentum, `p ← p − lr·g`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdParams {
+    pub lr: f32,
+    pub momentum: f32,
+    pub dampening: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+}
+
+/// Adam, PyTorch's update rule with bias correction at step `t` (1-based):
+/// `m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²; p ← p − lr·(m/(1−β1ᵗ)) / (sqrt(v/(1−β2ᵗ)) + ε)`,
+/// with `g ← g + wd·p` first when `weight_decay > 0` (L2, not decoupled).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamParams {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+/// What every backend provides. Shapes are validated by `ops` before a call; implementations
+/// allocate their outputs on their own device.
+pub trait Backend {
+    fn name(&self) -> String;
+
+    fn unary(&self, op: UnaryOp, x: &Tensor) -> Result<Tensor>;
+    /// `out_shape` is the broadcast shape of `a` and `b`.
+    fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Result<Tensor>;
+    /// Sum over the broadcast dims of `x` down to `shape` (same rank, each dim equal or 1).
+    fn sum_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor>;
+
+    fn matmul(&self, a: &Tensor, b: &Tensor, geom: &MatmulGeometry) -> Result<Tensor>;
+
+    fn conv2d(&self, x: &Tensor, w: &Tensor, geom: &ConvGeometry) -> Result<Tensor>;
+    /// `dx` of `conv2d` from `dy`; also conv-transpose2d's forward.
+    fn conv2d_input_grad(&self, dy: &Tensor, w: &Tensor, geom: &ConvGeometry) -> Result<Tensor>;
+    /// `dw` of `conv2d` from the input `x` and `dy`.
+    fn conv2d_weight_grad(&self, x: &Tensor, dy: &Tensor, geom: &ConvGeometry) -> Result<Tensor>;
+
+    /// For each 2×2 window of `x` (`[.., H, W]`, floor), the value of `v` at the window's argmax
+    /// in `x` (first maximum in row-major order). `max_pool2x2(x)` is `gather(x, x)`.
+    fn max_pool2x2_gather(&self, x: &Tensor, v: &Tensor) -> Result<Tensor>;
+    /// The adjoint of `gather`: `dy` (pooled shape) routed to each window's argmax in `x`, zeros elsewhere.
+    fn max_pool2x2_scatter(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor>;
+    /// Nearest-neighbour ×2: `[.., H, W]` → `[.., 2H, 2W]`.
+    fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor>;
+    /// Sum of each 2×2 window, `[.., 2H, 2W]` → `[.., H, W]`: the adjoint of the upsample.
+    fn sum_pool2x2(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// Elements `start..start + len` along `axis`.
+    fn narrow(&self, x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor>;
+    /// Zeros added before and after along `axis`: the adjoint of `narrow`.
+    fn pad(&self, x: &Tensor, axis: usize, before: usize, after: usize) -> Result<Tensor>;
+    /// Concatenation along `axis`; all other dims equal.
+    fn concat(&self, xs: &[&Tensor], axis: usize) -> Result<Tensor>;
+
+    /// `log_softmax` over the last axis.
+    fn log_softmax(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// One power iteration of spectral norm for `w` `[G, O, I]` and `u` `[G, O]`:
+    /// `v = normalize(wᵀu)`, `u' = normalize(w v)`, `normalize(x) = x / max(‖x‖, 1e-12)`.
+    /// Returns `(u', v)`. No gradient flows through it.
+    fn power_iteration(&self, w: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)>;
+
+    /// In-place SGD update of `param` from `grad`; `momentum_buf` is required when momentum ≠ 0.
+    fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Tensor>, hp: &SgdParams) -> Result<()>;
+    /// In-place Adam update at step `t` (1-based).
+    fn adam_step(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, t: u64, hp: &AdamParams) -> Result<()>;
+}
+
+/// The backend that computes on `device`.
+pub fn backend(device: &Device) -> &dyn Backend {
+    match device {
+        Device::Cpu => &cpu::Cpu,
+        Device::Cuda(dev) => dev.as_ref(),
+    }
+}

@@ -1,0 +1,271 @@
+//! Shape-checked entry points of the op set. Every function validates its operands (same device,
+//! compatible shapes), derives the output geometry and calls the backend of the operands' device.
+use super::{backend, AdamParams, BinaryOp, ConvGeometry, MatmulGeometry, SgdParams, UnaryOp};
+use crate::error::{ensure_shape, Error, Result};
+use crate::tensor::{Device, Tensor};
+
+fn device_of(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
+    let first = ts[0].device();
+    for t in &ts[1..] {
+        let d = t.device();
+        if !d.same(&first) {
+            return Err(Error::DeviceMismatch { op, a: first.to_string(), b: d.to_string() });
+        }
+    }
+    Ok(first)
+}
+
+pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
+    backend(&x.device()).unary(op, x)
+}
+
+/// The numpy broadcast of two shapes (aligned on the right; each dim equal or 1).
+pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for i in 0..rank {
+        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
+        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+        ensure_shape!(da == db || da == 1 || db == 1, op, "cannot broadcast {a:?} with {b:?}");
+        out[i] = if da == 1 { db } else { da };
+    }
+    Ok(out)
+}
+
+pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dev = device_of("binary", &[a, b])?;
+    let out = broadcast_shape("binary", a.shape(), b.shape())?;
+    backend(&dev).binary(op, a, b, &out)
+}
+
+/// Sum of `x` down to `shape`, which must be broadcastable to `x`'s shape (the adjoint of the
+/// broadcast). A shape of lower rank is aligned on the right, as in broadcasting.
+pub fn sum_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    ensure_shape!(shape.len() <= x.rank(), "sum_to", "cannot sum {:?} to higher rank {shape:?}", x.shape());
+    let lead = x.rank() - shape.len();
+    let mut full = vec![1; lead];
+    full.extend_from_slice(shape);
+    for (i, (&t, &s)) in full.iter().zip(x.shape()).enumerate() {
+        ensure_shape!(t == s || t == 1, "sum_to", "cannot sum {:?} to {shape:?} (dim {i})", x.shape());
+    }
+    if full == x.shape() {
+        return x.reshape(shape);
+    }
+    backend(&x.device()).sum_to(x, &full)?.reshape(shape)
+}
+
+/// Grouped matrix product; see [`MatmulGeometry`].
+pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    let dev = device_of("matmul", &[a, b])?;
+    ensure_shape!(a.rank() == 3 && b.rank() == 3, "matmul", "operands must be [G, rows, cols], got {:?} and {:?}", a.shape(), b.shape());
+    let (ga, gb) = (a.shape()[0], b.shape()[0]);
+    ensure_shape!(ga == gb, "matmul", "group counts differ: {:?} and {:?}", a.shape(), b.shape());
+    let (m, ka) = if trans_a { (a.shape()[2], a.shape()[1]) } else { (a.shape()[1], a.shape()[2]) };
+    let (kb, n) = if trans_b { (b.shape()[2], b.shape()[1]) } else { (b.shape()[1], b.shape()[2]) };
+    ensure_shape!(ka == kb, "matmul", "inner dims differ: {:?}{} · {:?}{}", a.shape(), if trans_a { "ᵀ" } else { "" }, b.shape(), if trans_b { "ᵀ" } else { "" });
+    let geom = MatmulGeometry { groups: ga, m, k: ka, n, trans_a, trans_b };
+    backend(&dev).matmul(a, b, &geom)
+}
+
+/// Checks `x` `[G, B, C, H, W]` against `w` `[G, O, C, KH, KW]` and derives the output size.
+pub fn conv_geometry(x_shape: &[usize], w_shape: &[usize], stride: usize, padding: usize) -> Result<ConvGeometry> {
+    ensure_shape!(x_shape.len() == 5, "conv2d", "input must be [G, B, C, H, W], got {x_shape:?}");
+    ensure_shape!(w_shape.len() == 5, "conv2d", "weight must be [G, O, C, KH, KW], got {w_shape:?}");
+    ensure_shape!(stride >= 1, "conv2d", "stride must be at least 1");
+    let [g, b, c, h, w] = [x_shape[0], x_shape[1], x_shape[2], x_shape[3], x_shape[4]];
+    let [gw, o, cw, kh, kw] = [w_shape[0], w_shape[1], w_shape[2], w_shape[3], w_shape[4]];
+    ensure_shape!(g == gw, "conv2d", "group counts differ: input {x_shape:?}, weight {w_shape:?}");
+    ensure_shape!(c == cw, "conv2d", "input has {c} channels, weight expects {cw}");
+    ensure_shape!(
+        h + 2 * padding >= kh && w + 2 * padding >= kw,
+        "conv2d",
+        "kernel {kh}×{kw} larger than the padded input {}×{}",
+        h + 2 * padding,
+        w + 2 * padding
+    );
+    let out_h = (h + 2 * padding - kh) / stride + 1;
+    let out_w = (w + 2 * padding - kw) / stride + 1;
+    Ok(ConvGeometry {
+        groups: g,
+        batch: b,
+        in_channels: c,
+        in_h: h,
+        in_w: w,
+        out_channels: o,
+        kernel_h: kh,
+        kernel_w: kw,
+        stride,
+        padding,
+        out_h,
+        out_w,
+    })
+}
+
+/// Grouped 2-D convolution (cross-correlation, as in PyTorch), no bias.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let dev = device_of("conv2d", &[x, w])?;
+    let geom = conv_geometry(x.shape(), w.shape(), stride, padding)?;
+    backend(&dev).conv2d(x, w, &geom)
+}
+
+/// The gradient of `conv2d` w.r.t. its input of spatial size `in_hw`, from `dy` `[G, B, O, HO, WO]`.
+pub fn conv2d_input_grad(dy: &Tensor, w: &Tensor, in_hw: (usize, usize), stride: usize, padding: usize) -> Result<Tensor> {
+    let dev = device_of("conv2d_input_grad", &[dy, w])?;
+    ensure_shape!(dy.rank() == 5 && w.rank() == 5, "conv2d_input_grad", "dy {:?} and weight {:?} must be rank 5", dy.shape(), w.shape());
+    let s = dy.shape();
+    let geom = conv_geometry(&[s[0], s[1], w.shape()[2], in_hw.0, in_hw.1], w.shape(), stride, padding)?;
+    ensure_shape!(
+        geom.out_channels == s[2] && geom.out_h == s[3] && geom.out_w == s[4],
+        "conv2d_input_grad",
+        "dy {s:?} does not match the conv output {:?} for input {in_hw:?}",
+        geom.output_shape()
+    );
+    backend(&dev).conv2d_input_grad(dy, w, &geom)
+}
+
+/// The gradient of `conv2d` w.r.t. its weight of kernel size `kernel_hw`.
+pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, kernel_hw: (usize, usize), stride: usize, padding: usize) -> Result<Tensor> {
+    let dev = device_of("conv2d_weight_grad", &[x, dy])?;
+    ensure_shape!(x.rank() == 5 && dy.rank() == 5, "conv2d_weight_grad", "x {:?} and dy {:?} must be rank 5", x.shape(), dy.shape());
+    let (xs, s) = (x.shape(), dy.shape());
+    let geom = conv_geometry(xs, &[xs[0], s[2], xs[2], kernel_hw.0, kernel_hw.1], stride, padding)?;
+    ensure_shape!(
+        geom.output_shape() == [s[0], s[1], s[2], s[3], s[4]],
+        "conv2d_weight_grad",
+        "dy {s:?} does not match the conv output {:?}",
+        geom.output_shape()
+    );
+    backend(&dev).conv2d_weight_grad(x, dy, &geom)
+}
+
+/// Transposed convolution with PyTorch's weight layout `[G, C_in, C_out, KH, KW]` and output size
+/// `(H − 1)·stride − 2·padding + K + output_padding`: exactly the input gradient of a conv.
+pub fn conv_transpose2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, output_padding: usize) -> Result<Tensor> {
+    ensure_shape!(x.rank() == 5 && w.rank() == 5, "conv_transpose2d", "x {:?} and weight {:?} must be rank 5", x.shape(), w.shape());
+    ensure_shape!(output_padding < stride.max(1), "conv_transpose2d", "output_padding {output_padding} must be below stride {stride}");
+    let (h, wd) = (x.shape()[3], x.shape()[4]);
+    let (kh, kw) = (w.shape()[3], w.shape()[4]);
+    ensure_shape!(
+        (h.max(1) - 1) * stride + kh + output_padding >= 2 * padding + 1,
+        "conv_transpose2d",
+        "padding {padding} leaves no output"
+    );
+    let out_h = (h - 1) * stride + kh + output_padding - 2 * padding;
+    let out_w = (wd - 1) * stride + kw + output_padding - 2 * padding;
+    conv2d_input_grad(x, w, (out_h, out_w), stride, padding)
+}
+
+fn check_spatial(op: &'static str, x: &Tensor) -> Result<()> {
+    ensure_shape!(x.rank() >= 2, op, "needs [.., H, W], got {:?}", x.shape());
+    Ok(())
+}
+
+fn pooled_shape(x: &Tensor) -> Vec<usize> {
+    let mut s = x.shape().to_vec();
+    let r = s.len();
+    s[r - 2] /= 2;
+    s[r - 1] /= 2;
+    s
+}
+
+/// 2×2 max pooling, stride 2 (odd sizes floor, as in PyTorch).
+pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
+    max_pool2x2_gather(x, x)
+}
+
+pub fn max_pool2x2_gather(x: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let dev = device_of("max_pool2x2", &[x, v])?;
+    check_spatial("max_pool2x2", x)?;
+    ensure_shape!(x.shape() == v.shape(), "max_pool2x2", "selector {:?} and values {:?} differ", x.shape(), v.shape());
+    backend(&dev).max_pool2x2_gather(x, v)
+}
+
+pub fn max_pool2x2_scatter(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let dev = device_of("max_pool2x2_scatter", &[x, dy])?;
+    check_spatial("max_pool2x2_scatter", x)?;
+    ensure_shape!(dy.shape() == pooled_shape(x), "max_pool2x2_scatter", "dy {:?} is not the pooled shape of {:?}", dy.shape(), x.shape());
+    backend(&dev).max_pool2x2_scatter(x, dy)
+}
+
+pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    check_spatial("upsample_nearest2x", x)?;
+    backend(&x.device()).upsample_nearest2x(x)
+}
+
+pub fn sum_pool2x2(x: &Tensor) -> Result<Tensor> {
+    check_spatial("sum_pool2x2", x)?;
+    let r = x.rank();
+    ensure_shape!(x.shape()[r - 2] % 2 == 0 && x.shape()[r - 1] % 2 == 0, "sum_pool2x2", "needs even H and W, got {:?}", x.shape());
+    backend(&x.device()).sum_pool2x2(x)
+}
+
+pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+    ensure_shape!(axis < x.rank(), "narrow", "axis {axis} out of range for {:?}", x.shape());
+    ensure_shape!(start + len <= x.shape()[axis], "narrow", "{start}..{} exceeds dim {axis} of {:?}", start + len, x.shape());
+    if start == 0 && len == x.shape()[axis] {
+        return Ok(x.clone());
+    }
+    backend(&x.device()).narrow(x, axis, start, len)
+}
+
+pub fn pad(x: &Tensor, axis: usize, before: usize, after: usize) -> Result<Tensor> {
+    ensure_shape!(axis < x.rank(), "pad", "axis {axis} out of range for {:?}", x.shape());
+    if before == 0 && after == 0 {
+        return Ok(x.clone());
+    }
+    backend(&x.device()).pad(x, axis, before, after)
+}
+
+/// The top-left `h × w` window of `[.., H, W]`.
+pub fn crop(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    check_spatial("crop", x)?;
+    let r = x.rank();
+    narrow(&narrow(x, r - 2, 0, h)?, r - 1, 0, w)
+}
+
+pub fn concat(xs: &[&Tensor], axis: usize) -> Result<Tensor> {
+    ensure_shape!(!xs.is_empty(), "concat", "nothing to concatenate");
+    let dev = device_of("concat", xs)?;
+    let first = xs[0].shape();
+    ensure_shape!(axis < first.len(), "concat", "axis {axis} out of range for {first:?}");
+    for x in xs {
+        let s = x.shape();
+        let same = s.len() == first.len() && s.iter().zip(first).enumerate().all(|(i, (a, b))| i == axis || a == b);
+        ensure_shape!(same, "concat", "shapes {first:?} and {s:?} differ outside axis {axis}");
+    }
+    backend(&dev).concat(xs, axis)
+}
+
+pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    ensure_shape!(x.rank() >= 1 && x.shape()[x.rank() - 1] > 0, "log_softmax", "needs a non-empty last axis, got {:?}", x.shape());
+    backend(&x.device()).log_softmax(x)
+}
+
+pub fn power_iteration(w: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dev = device_of("power_iteration", &[w, u])?;
+    ensure_shape!(w.rank() == 3, "power_iteration", "weight must be viewed as [G, O, I], got {:?}", w.shape());
+    ensure_shape!(u.shape() == &w.shape()[..2], "power_iteration", "u {:?} must be [G, O] of weight {:?}", u.shape(), w.shape());
+    backend(&dev).power_iteration(w, u)
+}
+
+pub fn sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Tensor>, hp: &SgdParams) -> Result<()> {
+    let dev = device_of("sgd_step", &[param, grad])?;
+    ensure_shape!(param.shape() == grad.shape(), "sgd_step", "param {:?} and grad {:?} differ", param.shape(), grad.shape());
+    if hp.momentum != 0.0 {
+        let buf = momentum_buf.as_deref().ok_or_else(|| Error::Invalid("sgd_step: momentum needs a momentum buffer".into()))?;
+        ensure_shape!(buf.shape() == param.shape(), "sgd_step", "momentum buffer {:?} and param {:?} differ", buf.shape(), param.shape());
+        device_of("sgd_step", &[param, buf])?;
+    }
+    backend(&dev).sgd_step(param, grad, momentum_buf, hp)
+}
+
+pub fn adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, t: u64, hp: &AdamParams) -> Result<()> {
+    let dev = device_of("adam_step", &[param, grad, m, v])?;
+    for (name, s) in [("grad", grad.shape()), ("m", m.shape()), ("v", v.shape())] {
+        ensure_shape!(s == param.shape(), "adam_step", "{name} {s:?} differs from param {:?}", param.shape());
+    }
+    if t == 0 {
+        return Err(Error::Invalid("adam_step: step count t is 1-based".into()));
+    }
+    backend(&dev).adam_step(param, grad, m, v, t, hp)
+}

@@ -1,0 +1,67 @@
+//! The one error type of dpgan. Context is added where an error crosses a boundary (CUDA, files);
+//! only `main` turns an error into an exit code.
+use std::fmt;
+use std::path::PathBuf;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug)]
+pub enum Error {
+    /// Shapes that an op cannot combine, with the op's name and what it expected.
+    Shape { op: &'static str, msg: String },
+    /// Tensors on different devices handed to one op (never copied silently).
+    DeviceMismatch { op: &'static str, a: String, b: String },
+    /// An op this backend does not provide (yet), named with the device.
+    Unsupported { op: &'static str, device: String },
+    /// Anything the CUDA driver or a launch reported, with what we were doing.
+    Cuda { context: String, msg: String },
+    /// No usable CUDA device, and why.
+    NoDevice(String),
+    /// A file that could not be read or written, or whose contents are malformed.
+    File { path: PathBuf, msg: String },
+    /// An invalid argument: a hyper-parameter, a value out of range.
+    Invalid(String),
+    /// Autograd misuse: differentiating through something that cannot be, a missing gradient.
+    Autograd(String),
+}
+
+impl Error {
+    pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Shape { op, msg: msg.into() }
+    }
+    pub fn file(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::File { path: path.into(), msg: msg.into() }
+    }
+    pub fn cuda(context: impl Into<String>, err: impl fmt::Display) -> Self {
+        Error::Cuda { context: context.into(), msg: err.to_string() }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Shape { op, msg } => write!(f, "{op}: shape error: {msg}"),
+            Error::DeviceMismatch { op, a, b } => {
+                write!(f, "{op}: operands live on different devices ({a} and {b}); move one explicitly")
+            }
+            Error::Unsupported { op, device } => write!(f, "{op} is not available on {device}"),
+            Error::Cuda { context, msg } => write!(f, "CUDA error while {context}: {msg}"),
+            Error::NoDevice(why) => write!(f, "no CUDA device: {why}"),
+            Error::File { path, msg } => write!(f, "{}: {msg}", path.display()),
+            Error::Invalid(msg) => write!(f, "invalid argument: {msg}"),
+            Error::Autograd(msg) => write!(f, "autograd: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Returns `Err(Error::Shape)` unless `cond` holds.
+macro_rules! ensure_shape {
+    ($cond:expr, $op:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err($crate::error::Error::shape($op, format!($($fmt)+)));
+        }
+    };
+}
+pub(crate) use ensure_shape;

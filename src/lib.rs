@@ -1,0 +1,10 @@
+//! dpgan: differentially private GANs (DP-CGAN, GS-WGAN) on hand-written CUDA kernels, with a CPU
+//! reference backend, an autograd tape and privacy accounting.
+
+pub mod backend;
+
+pub mod error;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use tensor::{Device, Tensor};
