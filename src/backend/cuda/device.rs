@@ -3,6 +3,7 @@
 //! libcuda is loaded at run time. The probe order matters: cudarc panics if the driver library is
 //! absent, so `is_culib_present()` is asked first and every failure becomes a clear `NoDevice`.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::CUdevice_attribute as Attr;
@@ -11,6 +12,14 @@ use cudarc::nvrtc::Ptx;
 
 use super::module::{Kernel, KernelTable, FATBIN};
 use crate::error::{Error, Result};
+
+static POISON_ALLOCATIONS: AtomicBool = AtomicBool::new(false);
+
+/// Tests turn this on so that every fresh device allocation starts as NaN: a kernel that leaves an
+/// output element unwritten then fails its comparison instead of passing on leftover memory.
+pub fn set_poison_allocations(on: bool) {
+    POISON_ALLOCATIONS.store(on, Ordering::Relaxed);
+}
 
 /// What the driver tells about a device, read once when it is opened.
 #[derive(Clone, Debug)]
@@ -124,12 +133,17 @@ impl CudaDevice {
         self.stream.synchronize().map_err(|e| Error::cuda("synchronising the stream", e))
     }
 
-    /// Uninitialised device memory for `len` f32 (every kernel writes all of its output).
+    /// Uninitialised device memory for `len` f32 (every kernel writes all of its output). Under
+    /// [`set_poison_allocations`] it is filled with NaN first, so a forgotten element shows.
     pub(crate) fn alloc(self: &Arc<Self>, len: usize) -> Result<CudaBuffer> {
         // SAFETY: the caller overwrites every element before reading it (each launcher writes its
         // whole output); a zero-length allocation is a valid empty slice.
         let slice = unsafe { self.stream.alloc::<f32>(len) }.map_err(|e| Error::cuda(format!("allocating {len} floats"), e))?;
-        Ok(CudaBuffer { slice, device: self.clone() })
+        let mut buf = CudaBuffer { slice, device: self.clone() };
+        if POISON_ALLOCATIONS.load(Ordering::Relaxed) {
+            super::elementwise::fill(self, &mut buf, f32::NAN)?;
+        }
+        Ok(buf)
     }
 
     pub fn upload(self: &Arc<Self>, data: &[f32]) -> Result<CudaBuffer> {

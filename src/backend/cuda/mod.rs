@@ -7,7 +7,7 @@ mod elementwise;
 pub mod module;
 mod params;
 
-pub use device::{device_count, driver_absent_reason, CudaBuffer, CudaDevice, DeviceProperties};
+pub use device::{device_count, driver_absent_reason, set_poison_allocations, CudaBuffer, CudaDevice, DeviceProperties};
 pub use module::{kernel_resources, Kernel, KernelResources};
 
 use super::{AdamParams, Backend, BinaryOp, ConvGeometry, MatmulGeometry, SgdParams, UnaryOp};

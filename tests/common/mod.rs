@@ -1,0 +1,111 @@
+//! Shared test helpers: `assert_close` with tolerance presets, seeded random inputs, and the
+//! per-device switch (CUDA tests skip with a reason without a GPU, and fail under
+//! `DPGAN_REQUIRE_GPU=1`).
+#![allow(dead_code)]
+
+use dpgan::tensor::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Relative-norm tolerances by how the result was computed.
+pub mod tol {
+    /// f32 elementwise maps.
+    pub const F32_ELEMENTWISE: f64 = 1e-6;
+    /// f32 reductions over up to a few thousand terms (GEMM, conv, sums).
+    pub const F32_REDUCTION: f64 = 1e-5;
+    /// f32 reductions over long axes or chained ops.
+    pub const F32_LONG: f64 = 1e-4;
+    /// TF32 / bf16 tensor-core paths.
+    pub const TENSOR_CORE: f64 = 1e-2;
+}
+
+/// Asserts `‖actual − expected‖ / max(‖expected‖, tiny) ≤ tol`, reporting the worst element.
+#[track_caller]
+pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], tol: f64) {
+    assert_eq!(actual.len(), expected.len(), "{what}: lengths differ ({} vs {})", actual.len(), expected.len());
+    let mut diff2 = 0.0f64;
+    let mut ref2 = 0.0f64;
+    let mut worst = (0usize, 0.0f64);
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        assert!(!a.is_nan() || e.is_nan(), "{what}: NaN at index {i} (expected {e})");
+        let d = (a as f64 - e as f64).abs();
+        diff2 += d * d;
+        ref2 += (e as f64) * (e as f64);
+        if d > worst.1 {
+            worst = (i, d);
+        }
+    }
+    let rel = diff2.sqrt() / ref2.sqrt().max(1e-30);
+    assert!(
+        rel <= tol || diff2 == 0.0,
+        "{what}: relative norm error {rel:.3e} > {tol:.1e}; worst at index {}: got {}, expected {} ({} elements)",
+        worst.0,
+        actual[worst.0],
+        expected[worst.0],
+        actual.len()
+    );
+}
+
+/// Same check for f64 values.
+#[track_caller]
+pub fn assert_close_f64(what: &str, actual: &[f64], expected: &[f64], tol: f64) {
+    assert_eq!(actual.len(), expected.len(), "{what}: lengths differ");
+    let diff2: f64 = actual.iter().zip(expected).map(|(a, e)| (a - e) * (a - e)).sum();
+    let ref2: f64 = expected.iter().map(|e| e * e).sum();
+    let rel = diff2.sqrt() / ref2.sqrt().max(1e-300);
+    let worst = actual.iter().zip(expected).enumerate().map(|(i, (a, e))| (i, (a - e).abs())).fold((0, 0.0), |w, x| if x.1 > w.1 { x } else { w });
+    assert!(
+        rel <= tol || diff2 == 0.0,
+        "{what}: relative norm error {rel:.3e} > {tol:.1e}; worst at index {}: got {}, expected {}",
+        worst.0,
+        actual[worst.0],
+        expected[worst.0]
+    );
+}
+
+/// A fresh generator for a test; the seed is printed so that a failure can be replayed.
+pub fn rng(test: &str) -> ChaCha8Rng {
+    let seed: u64 = match std::env::var("DPGAN_TEST_SEED") {
+        Ok(s) => s.parse().expect("DPGAN_TEST_SEED must be an integer"),
+        Err(_) => rand::rng().random(),
+    };
+    eprintln!("{test}: seed {seed} (replay with DPGAN_TEST_SEED={seed})");
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+pub fn randn_vec(rng: &mut impl Rng, n: usize) -> Vec<f32> {
+    use rand_distr::{Distribution, StandardNormal};
+    (0..n).map(|_| StandardNormal.sample(rng)).collect()
+}
+
+pub fn randn(rng: &mut impl Rng, shape: &[usize]) -> Tensor {
+    Tensor::randn(shape, rng, &Device::Cpu).unwrap()
+}
+
+pub fn uniform(rng: &mut impl Rng, shape: &[usize], lo: f32, hi: f32) -> Tensor {
+    Tensor::uniform(shape, lo, hi, rng, &Device::Cpu).unwrap()
+}
+
+/// The CUDA device for a GPU test, or `None` after printing why the test is skipped.
+/// Under `DPGAN_REQUIRE_GPU=1` a missing device fails the test instead.
+pub fn cuda_or_skip(test: &str) -> Option<Device> {
+    match Device::cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            if std::env::var("DPGAN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: DPGAN_REQUIRE_GPU=1 but no usable CUDA device: {e}");
+            }
+            eprintln!("{test}: skipped, no CUDA device: {e}");
+            None
+        }
+    }
+}
+
+/// Runs `body` on the CUDA device if there is one (see `cuda_or_skip`), with every fresh device
+/// allocation poisoned with NaN so that an element a kernel forgets to write shows up.
+pub fn on_cuda(test: &str, body: impl FnOnce(&Device)) {
+    if let Some(dev) = cuda_or_skip(test) {
+        dpgan::backend::cuda::set_poison_allocations(true);
+        body(&dev);
+    }
+}
