@@ -138,21 +138,23 @@ pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, kernel_hw: (usize, usize), st
     backend(&dev).conv2d_weight_grad(x, dy, &geom)
 }
 
-/// Transposed convolution with PyTorch's weight layout `[G, C_in, C_out, KH, KW]` and output size
-/// `(H − 1)·stride − 2·padding + K + output_padding`: exactly the input gradient of a conv.
-pub fn conv_transpose2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, output_padding: usize) -> Result<Tensor> {
-    ensure_shape!(x.rank() == 5 && w.rank() == 5, "conv_transpose2d", "x {:?} and weight {:?} must be rank 5", x.shape(), w.shape());
+/// Output size of a transposed convolution: `(H − 1)·stride − 2·padding + K + output_padding`.
+pub fn conv_transpose2d_out_hw(x_shape: &[usize], w_shape: &[usize], stride: usize, padding: usize, output_padding: usize) -> Result<(usize, usize)> {
+    ensure_shape!(x_shape.len() == 5 && w_shape.len() == 5, "conv_transpose2d", "x {x_shape:?} and weight {w_shape:?} must be rank 5");
     ensure_shape!(output_padding < stride.max(1), "conv_transpose2d", "output_padding {output_padding} must be below stride {stride}");
-    let (h, wd) = (x.shape()[3], x.shape()[4]);
-    let (kh, kw) = (w.shape()[3], w.shape()[4]);
-    ensure_shape!(
-        (h.max(1) - 1) * stride + kh + output_padding >= 2 * padding + 1,
-        "conv_transpose2d",
-        "padding {padding} leaves no output"
-    );
-    let out_h = (h - 1) * stride + kh + output_padding - 2 * padding;
-    let out_w = (wd - 1) * stride + kw + output_padding - 2 * padding;
-    conv2d_input_grad(x, w, (out_h, out_w), stride, padding)
+    let size = |n: usize, k: usize| -> Result<usize> {
+        let full = n.saturating_sub(1) * stride + k + output_padding;
+        ensure_shape!(n > 0 && full > 2 * padding, "conv_transpose2d", "padding {padding} leaves no output for input {x_shape:?}");
+        Ok(full - 2 * padding)
+    };
+    Ok((size(x_shape[3], w_shape[3])?, size(x_shape[4], w_shape[4])?))
+}
+
+/// Transposed convolution with PyTorch's weight layout `[G, C_in, C_out, KH, KW]`: exactly the
+/// input gradient of a conv whose output is `x`.
+pub fn conv_transpose2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, output_padding: usize) -> Result<Tensor> {
+    let out_hw = conv_transpose2d_out_hw(x.shape(), w.shape(), stride, padding, output_padding)?;
+    conv2d_input_grad(x, w, out_hw, stride, padding)
 }
 
 fn check_spatial(op: &'static str, x: &Tensor) -> Result<()> {
@@ -268,4 +270,17 @@ pub fn adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tens
         return Err(Error::Invalid("adam_step: step count t is 1-based".into()));
     }
     backend(&dev).adam_step(param, grad, m, v, t, hp)
+}
+
+/// `x` repeated along its size-1 (or missing leading) dims to `shape`: the adjoint of `sum_to`.
+pub fn broadcast_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let out = broadcast_shape("broadcast_to", x.shape(), shape)?;
+    ensure_shape!(out == shape, "broadcast_to", "cannot broadcast {:?} to {shape:?}", x.shape());
+    if x.shape() == shape {
+        return Ok(x.clone());
+    }
+    let dev = x.device();
+    // x + 0 evaluated over the target shape: the binary kernels already broadcast.
+    let zero = Tensor::scalar(0.0, &dev)?;
+    backend(&dev).binary(BinaryOp::Add, x, &zero, shape)
 }

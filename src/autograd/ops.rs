@@ -1,0 +1,250 @@
+//! The differentiable ops: each computes through `backend::ops` and records what its backward
+//! rule needs.
+use super::Tape;
+use crate::backend::ops as raw;
+use crate::backend::{BinaryOp, UnaryOp};
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// What a recorded op keeps for its backward rule (only that).
+#[derive(Clone)]
+pub enum Saved {
+    Binary { op: BinaryOp, a: Tensor, b: Tensor },
+    Unary { op: UnaryOp, x: Tensor, y: Tensor },
+    SumTo { x_shape: Vec<usize> },
+    BroadcastTo { x_shape: Vec<usize> },
+    Reshape { x_shape: Vec<usize> },
+    Matmul { a: Tensor, b: Tensor, trans_a: bool, trans_b: bool },
+    Conv2d { x: Tensor, w: Tensor, stride: usize, padding: usize },
+    /// `dx = conv2d_input_grad(dy, w)` (also conv-transpose's forward).
+    ConvInputGrad { dy: Tensor, w: Tensor, stride: usize, padding: usize },
+    /// `dw = conv2d_weight_grad(x, dy)`.
+    ConvWeightGrad { x: Tensor, dy: Tensor, stride: usize, padding: usize },
+    /// `max_pool2x2_gather(selector, v)`: only `v` gets a gradient.
+    MaxPoolGather { selector: Tensor },
+    MaxPoolScatter { selector: Tensor },
+    Upsample,
+    SumPool,
+    Narrow { axis: usize, start: usize, dim: usize },
+    Pad { axis: usize, before: usize, dim: usize },
+    Concat { axis: usize, sizes: Vec<usize> },
+    LogSoftmax { y: Tensor },
+}
+
+impl Tape {
+    fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let out = raw::binary(op, a, b)?;
+        Ok(self.record(out, &[a, b], || Saved::Binary { op, a: a.clone(), b: b.clone() }))
+    }
+
+    fn unary(&self, op: UnaryOp, x: &Tensor) -> Result<Tensor> {
+        let y = raw::unary(op, x)?;
+        let saved_y = y.clone();
+        Ok(self.record(y, &[x], || Saved::Unary { op, x: x.clone(), y: saved_y }))
+    }
+
+    /// Elementwise `a + b` with broadcasting.
+    pub fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Add, a, b)
+    }
+    pub fn sub(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Sub, a, b)
+    }
+    pub fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Mul, a, b)
+    }
+    pub fn div(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Div, a, b)
+    }
+    /// Per-element binary cross-entropy of `logits` against `targets` (broadcasting).
+    pub fn bce_with_logits(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::BceWithLogits, logits, targets)
+    }
+
+    /// `scale · x + shift`.
+    pub fn affine(&self, x: &Tensor, scale: f32, shift: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::Affine { scale, shift }, x)
+    }
+    pub fn scale(&self, x: &Tensor, s: f32) -> Result<Tensor> {
+        self.affine(x, s, 0.0)
+    }
+    pub fn neg(&self, x: &Tensor) -> Result<Tensor> {
+        self.affine(x, -1.0, 0.0)
+    }
+    pub fn exp(&self, x: &Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::Exp, x)
+    }
+    pub fn log(&self, x: &Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::Log, x)
+    }
+    pub fn sqrt(&self, x: &Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::Sqrt, x)
+    }
+    pub fn rsqrt(&self, x: &Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::Rsqrt, x)
+    }
+    pub fn recip(&self, x: &Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::Recip, x)
+    }
+    pub fn square(&self, x: &Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::Square, x)
+    }
+    pub fn relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::Relu, x)
+    }
+    pub fn leaky_relu(&self, x: &Tensor, slope: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::LeakyRelu(slope), x)
+    }
+    pub fn sigmoid(&self, x: &Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::Sigmoid, x)
+    }
+    pub fn tanh(&self, x: &Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::Tanh, x)
+    }
+
+    /// Sum down to `shape` (broadcast-compatible with `x`, right-aligned).
+    pub fn sum_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        let out = raw::sum_to(x, shape)?;
+        Ok(self.record(out, &[x], || Saved::SumTo { x_shape: x.shape().to_vec() }))
+    }
+
+    /// Sum of all elements, shape `[]`.
+    pub fn sum_all(&self, x: &Tensor) -> Result<Tensor> {
+        self.sum_to(x, &[])
+    }
+
+    /// Mean of all elements, shape `[]`.
+    pub fn mean_all(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.numel().max(1) as f32;
+        self.scale(&self.sum_all(x)?, 1.0 / n)
+    }
+
+    pub fn broadcast_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        let out = raw::broadcast_to(x, shape)?;
+        Ok(self.record(out, &[x], || Saved::BroadcastTo { x_shape: x.shape().to_vec() }))
+    }
+
+    pub fn reshape(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        let out = x.reshape(shape)?;
+        Ok(self.record(out, &[x], || Saved::Reshape { x_shape: x.shape().to_vec() }))
+    }
+
+    /// Grouped matrix product (see `backend::MatmulGeometry`).
+    pub fn matmul(&self, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+        let out = raw::matmul(a, b, trans_a, trans_b)?;
+        Ok(self.record(out, &[a, b], || Saved::Matmul { a: a.clone(), b: b.clone(), trans_a, trans_b }))
+    }
+
+    /// `x · wᵀ + bias` for `x` `[G, B, I]`, `w` `[G, O, I]`, `bias` `[G, O]` (PyTorch's layout).
+    pub fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let y = self.matmul(x, w, false, true)?;
+        match bias {
+            None => Ok(y),
+            Some(b) => {
+                let s = b.shape();
+                let b3 = self.reshape(b, &[s[0], 1, s[1]])?;
+                self.add(&y, &b3)
+            }
+        }
+    }
+
+    pub fn conv2d(&self, x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+        let out = raw::conv2d(x, w, stride, padding)?;
+        Ok(self.record(out, &[x, w], || Saved::Conv2d { x: x.clone(), w: w.clone(), stride, padding }))
+    }
+
+    /// `conv2d`'s input gradient as a differentiable op (its forward is a transposed conv).
+    pub fn conv2d_input_grad(&self, dy: &Tensor, w: &Tensor, in_hw: (usize, usize), stride: usize, padding: usize) -> Result<Tensor> {
+        let out = raw::conv2d_input_grad(dy, w, in_hw, stride, padding)?;
+        Ok(self.record(out, &[dy, w], || Saved::ConvInputGrad { dy: dy.clone(), w: w.clone(), stride, padding }))
+    }
+
+    pub fn conv2d_weight_grad(&self, x: &Tensor, dy: &Tensor, kernel_hw: (usize, usize), stride: usize, padding: usize) -> Result<Tensor> {
+        let out = raw::conv2d_weight_grad(x, dy, kernel_hw, stride, padding)?;
+        Ok(self.record(out, &[x, dy], || Saved::ConvWeightGrad { x: x.clone(), dy: dy.clone(), stride, padding }))
+    }
+
+    /// Transposed convolution, PyTorch's weight layout `[G, C_in, C_out, KH, KW]`.
+    pub fn conv_transpose2d(&self, x: &Tensor, w: &Tensor, stride: usize, padding: usize, output_padding: usize) -> Result<Tensor> {
+        let out_hw = raw::conv_transpose2d_out_hw(x.shape(), w.shape(), stride, padding, output_padding)?;
+        self.conv2d_input_grad(x, w, out_hw, stride, padding)
+    }
+
+    /// Adds a per-channel bias `[G, C]` to `[G, B, C, H, W]`.
+    pub fn add_channel_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let s = bias.shape();
+        let b = self.reshape(bias, &[s[0], 1, s[1], 1, 1])?;
+        self.add(x, &b)
+    }
+
+    pub fn max_pool2x2(&self, x: &Tensor) -> Result<Tensor> {
+        let out = raw::max_pool2x2(x)?;
+        // The selector is x itself; it is saved as a value, so no gradient flows through the argmax.
+        Ok(self.record(out, &[x], || Saved::MaxPoolGather { selector: x.clone() }))
+    }
+
+    /// `max_pool2x2`'s input gradient as a differentiable op (in `dy`).
+    pub fn max_pool2x2_scatter(&self, selector: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let out = raw::max_pool2x2_scatter(selector, dy)?;
+        Ok(self.record(out, &[dy], || Saved::MaxPoolScatter { selector: selector.clone() }))
+    }
+
+    pub(crate) fn max_pool2x2_gather(&self, selector: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let out = raw::max_pool2x2_gather(selector, v)?;
+        Ok(self.record(out, &[v], || Saved::MaxPoolGather { selector: selector.clone() }))
+    }
+
+    pub fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor> {
+        let out = raw::upsample_nearest2x(x)?;
+        Ok(self.record(out, &[x], || Saved::Upsample))
+    }
+
+    pub fn sum_pool2x2(&self, x: &Tensor) -> Result<Tensor> {
+        let out = raw::sum_pool2x2(x)?;
+        Ok(self.record(out, &[x], || Saved::SumPool))
+    }
+
+    pub fn narrow(&self, x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+        let out = raw::narrow(x, axis, start, len)?;
+        let dim = x.shape()[axis];
+        Ok(self.record(out, &[x], || Saved::Narrow { axis, start, dim }))
+    }
+
+    pub fn pad(&self, x: &Tensor, axis: usize, before: usize, after: usize) -> Result<Tensor> {
+        let out = raw::pad(x, axis, before, after)?;
+        let dim = x.shape()[axis];
+        Ok(self.record(out, &[x], || Saved::Pad { axis, before, dim }))
+    }
+
+    /// The top-left `h × w` window of `[.., H, W]`.
+    pub fn crop(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        let r = x.rank();
+        let rows = self.narrow(x, r - 2, 0, h)?;
+        self.narrow(&rows, r - 1, 0, w)
+    }
+
+    pub fn concat(&self, xs: &[&Tensor], axis: usize) -> Result<Tensor> {
+        let out = raw::concat(xs, axis)?;
+        let sizes = xs.iter().map(|t| t.shape()[axis]).collect();
+        Ok(self.record(out, xs, || Saved::Concat { axis, sizes }))
+    }
+
+    pub fn log_softmax(&self, x: &Tensor) -> Result<Tensor> {
+        let y = raw::log_softmax(x)?;
+        let saved = y.clone();
+        Ok(self.record(y, &[x], || Saved::LogSoftmax { y: saved }))
+    }
+
+    /// Per-row cross-entropy `−Σ_k t_k log softmax(x)_k` of `logits` `[.., K]` against target
+    /// distributions (one-hot rows), shape `[..]`.
+    pub fn softmax_cross_entropy(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let logp = self.log_softmax(logits)?;
+        let picked = self.mul(&logp, targets)?;
+        let mut rows = logits.shape().to_vec();
+        let last = rows.len() - 1;
+        rows[last] = 1;
+        let summed = self.sum_to(&picked, &rows)?;
+        let per_row = self.reshape(&summed, &logits.shape()[..last])?;
+        self.neg(&per_row)
+    }
+}

@@ -1,0 +1,116 @@
+//! Backward rules, one per recorded op, written with the tape's own ops so that a backward pass
+//! recorded with `create_graph` can be differentiated again. Each returns the gradients of the
+//! op's inputs in the order they were recorded (`None`: no gradient flows there).
+use super::ops::Saved;
+use super::Tape;
+use crate::backend::ops as raw;
+use crate::backend::{BinaryOp, UnaryOp};
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+pub(super) fn backward(tape: &Tape, saved: &Saved, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    Ok(match saved {
+        Saved::Binary { op, a, b } => {
+            let (da, db) = binary(tape, *op, a, b, dy)?;
+            vec![Some(tape.sum_to(&da, a.shape())?), Some(tape.sum_to(&db, b.shape())?)]
+        }
+        Saved::Unary { op, x, y } => vec![Some(unary(tape, *op, x, y, dy)?)],
+        Saved::SumTo { x_shape } => vec![Some(tape.broadcast_to(dy, x_shape)?)],
+        Saved::BroadcastTo { x_shape } => vec![Some(tape.sum_to(dy, x_shape)?)],
+        Saved::Reshape { x_shape } => vec![Some(tape.reshape(dy, x_shape)?)],
+        Saved::Matmul { a, b, trans_a, trans_b } => {
+            // C = op(A)·op(B): d op(A) = dC·op(B)ᵀ, d op(B) = op(A)ᵀ·dC, transposed back as needed.
+            let da = if *trans_a { tape.matmul(b, dy, *trans_b, true)? } else { tape.matmul(dy, b, false, !*trans_b)? };
+            let db = if *trans_b { tape.matmul(dy, a, true, *trans_a)? } else { tape.matmul(a, dy, !*trans_a, false)? };
+            vec![Some(da), Some(db)]
+        }
+        Saved::Conv2d { x, w, stride, padding } => {
+            let in_hw = (x.shape()[3], x.shape()[4]);
+            let k = (w.shape()[3], w.shape()[4]);
+            vec![
+                Some(tape.conv2d_input_grad(dy, w, in_hw, *stride, *padding)?),
+                Some(tape.conv2d_weight_grad(x, dy, k, *stride, *padding)?),
+            ]
+        }
+        Saved::ConvInputGrad { dy: g, w, stride, padding } => {
+            // out = A(g, w), bilinear: ⟨ḡ, A(g, w)⟩ = ⟨conv2d(ḡ, w), g⟩ = ⟨wgrad(ḡ, g), w⟩.
+            let k = (w.shape()[3], w.shape()[4]);
+            vec![Some(tape.conv2d(dy, w, *stride, *padding)?), Some(tape.conv2d_weight_grad(dy, g, k, *stride, *padding)?)]
+        }
+        Saved::ConvWeightGrad { x, dy: g, stride, padding } => {
+            // out = W(x, g), bilinear: ⟨w̄, W(x, g)⟩ = ⟨conv2d(x, w̄), g⟩ = ⟨A(g, w̄), x⟩.
+            let in_hw = (x.shape()[3], x.shape()[4]);
+            vec![Some(tape.conv2d_input_grad(g, dy, in_hw, *stride, *padding)?), Some(tape.conv2d(x, dy, *stride, *padding)?)]
+        }
+        Saved::MaxPoolGather { selector } => vec![Some(tape.max_pool2x2_scatter(selector, dy)?)],
+        Saved::MaxPoolScatter { selector } => vec![Some(tape.max_pool2x2_gather(selector, dy)?)],
+        Saved::Upsample => vec![Some(tape.sum_pool2x2(dy)?)],
+        Saved::SumPool => vec![Some(tape.upsample_nearest2x(dy)?)],
+        Saved::Narrow { axis, start, dim } => {
+            let len = dy.shape()[*axis];
+            vec![Some(tape.pad(dy, *axis, *start, dim - start - len)?)]
+        }
+        Saved::Pad { axis, before, dim } => vec![Some(tape.narrow(dy, *axis, *before, *dim)?)],
+        Saved::Concat { axis, sizes } => {
+            let mut offset = 0;
+            let mut grads = Vec::with_capacity(sizes.len());
+            for &len in sizes {
+                grads.push(Some(tape.narrow(dy, *axis, offset, len)?));
+                offset += len;
+            }
+            grads
+        }
+        Saved::LogSoftmax { y } => {
+            // dx = dy − softmax(x)·Σ_k dy_k, softmax(x) = exp(y).
+            let mut rows = dy.shape().to_vec();
+            let last = rows.len() - 1;
+            rows[last] = 1;
+            let total = tape.sum_to(dy, &rows)?;
+            let p = tape.exp(y)?;
+            vec![Some(tape.sub(dy, &tape.mul(&p, &total)?)?)]
+        }
+    })
+}
+
+/// Gradients of `out = op(a, b)` before reduction to the operands' shapes.
+fn binary(tape: &Tape, op: BinaryOp, a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    Ok(match op {
+        BinaryOp::Add => (dy.clone(), dy.clone()),
+        BinaryOp::Sub => (dy.clone(), tape.neg(dy)?),
+        BinaryOp::Mul => (tape.mul(dy, b)?, tape.mul(dy, a)?),
+        BinaryOp::Div => {
+            let da = tape.div(dy, b)?;
+            // d/db (a/b) = −a/b² = −(dy/b)·(a/b)
+            let db = tape.neg(&tape.mul(&da, &tape.div(a, b)?)?)?;
+            (da, db)
+        }
+        BinaryOp::BceWithLogits => {
+            // ∂/∂x = σ(x) − t, ∂/∂t = −x
+            let da = tape.mul(dy, &tape.sub(&tape.sigmoid(a)?, b)?)?;
+            let db = tape.neg(&tape.mul(dy, a)?)?;
+            (da, db)
+        }
+    })
+}
+
+fn unary(tape: &Tape, op: UnaryOp, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    match op {
+        UnaryOp::Affine { scale, .. } => tape.scale(dy, scale),
+        UnaryOp::Exp => tape.mul(dy, y),
+        UnaryOp::Log => tape.div(dy, x),
+        UnaryOp::Sqrt => tape.scale(&tape.div(dy, y)?, 0.5),
+        // y = x^(−1/2): dy/dx = −y³/2
+        UnaryOp::Rsqrt => tape.mul(dy, &tape.scale(&tape.mul(y, &tape.square(y)?)?, -0.5)?),
+        // y = 1/x: dy/dx = −y²
+        UnaryOp::Recip => tape.mul(dy, &tape.neg(&tape.square(y)?)?),
+        UnaryOp::Square => tape.mul(dy, &tape.scale(x, 2.0)?),
+        // The masks are piecewise constant: computed untracked, they carry no gradient.
+        UnaryOp::Relu => tape.mul(dy, &raw::unary(UnaryOp::ReluMask, x)?),
+        UnaryOp::LeakyRelu(slope) => tape.mul(dy, &raw::unary(UnaryOp::LeakyReluMask(slope), x)?),
+        // σ' = σ(1 − σ)
+        UnaryOp::Sigmoid => tape.mul(dy, &tape.mul(y, &tape.affine(y, -1.0, 1.0)?)?),
+        // tanh' = 1 − tanh²
+        UnaryOp::Tanh => tape.mul(dy, &tape.affine(&tape.square(y)?, -1.0, 1.0)?),
+        UnaryOp::ReluMask | UnaryOp::LeakyReluMask(_) => raw::unary(UnaryOp::Affine { scale: 0.0, shift: 0.0 }, dy),
+    }
+}
