@@ -33,7 +33,8 @@ fn main() {
     let archs = requested_archs();
     let generated = match find_nvcc() {
         None => {
-            let msg = "nvcc not found (set NVCC, CUDA_HOME or PATH; scripts/install-nvcc.sh installs the pinned one): building a CPU-only dpgan";
+            let msg =
+                "nvcc not found (set NVCC, CUDA_HOME or PATH; scripts/install-nvcc.sh installs the pinned one): building a CPU-only dpgan";
             if require {
                 panic!("DPGAN_REQUIRE_CUDA_BUILD=1 but {msg}");
             }
@@ -55,9 +56,7 @@ fn main() {
 }
 
 fn kernel_sources(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
+    let mut files: Vec<PathBuf> = fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
     files.retain(|p| p.extension().is_some_and(|x| x == "cu" || x == "cuh"));
     files.sort();
     files
@@ -65,11 +64,9 @@ fn kernel_sources(dir: &Path) -> Vec<PathBuf> {
 
 fn requested_archs() -> Vec<String> {
     match env::var("DPGAN_CUDA_ARCHS") {
-        Ok(list) if !list.trim().is_empty() => list
-            .split([',', ' ', ';'])
-            .map(|a| a.trim().trim_start_matches("sm_").to_string())
-            .filter(|a| !a.is_empty())
-            .collect(),
+        Ok(list) if !list.trim().is_empty() => {
+            list.split([',', ' ', ';']).map(|a| a.trim().trim_start_matches("sm_").to_string()).filter(|a| !a.is_empty()).collect()
+        }
         _ => DEFAULT_ARCHS.iter().map(|a| a.to_string()).collect(),
     }
 }
@@ -87,9 +84,7 @@ fn find_nvcc() -> Option<PathBuf> {
             }
         }
     }
-    env::var_os("PATH").and_then(|paths| {
-        env::split_paths(&paths).map(|d| d.join("nvcc")).find(|p| p.is_file())
-    })
+    env::var_os("PATH").and_then(|paths| env::split_paths(&paths).map(|d| d.join("nvcc")).find(|p| p.is_file()))
 }
 
 /// One translation unit including every `.cu` file, so that one fatbin holds all kernels.
@@ -105,10 +100,7 @@ fn compile(nvcc: &Path, sources: &[PathBuf], archs: &[String], out_dir: &Path) -
     let fatbin = out_dir.join("dpgan_kernels.fatbin");
 
     let mut cmd = Command::new(nvcc);
-    cmd.arg("-fatbin")
-        .args(["-std=c++17", "-O3", "-lineinfo", "-Xptxas", "-v", "--threads", "0"])
-        .arg("-I")
-        .arg(&kernels_dir);
+    cmd.arg("-fatbin").args(["-std=c++17", "-O3", "-lineinfo", "-Xptxas", "-v", "--threads", "0"]).arg("-I").arg(&kernels_dir);
     let top = archs.iter().max_by_key(|a| a.parse::<u32>().unwrap_or(0)).cloned().unwrap_or_else(|| "90".into());
     for a in archs {
         cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));

@@ -12,10 +12,12 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::backend::cuda::{CudaBuffer, CudaDevice};
 use crate::error::{ensure_shape, Error, Result};
 
-/// Element type. Only f32 today; bf16/f16 (through `half`) join here when the kernels use them.
+/// Element type. Training runs in f32; f64 exists on the CPU for finite-difference checks.
+/// bf16/f16 (through `half`) join here when the kernels use them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
     F32,
+    F64,
 }
 
 /// Where a tensor lives.
@@ -57,6 +59,7 @@ impl fmt::Debug for Device {
 #[derive(Clone)]
 pub enum Storage {
     Cpu(Vec<f32>),
+    CpuF64(Vec<f64>),
     Cuda(CudaBuffer),
 }
 
@@ -87,15 +90,51 @@ impl Tensor {
         Tensor { id: TensorId::fresh(), shape, storage: Arc::new(storage) }
     }
 
+    pub(crate) fn from_storage_checked(storage: Storage, shape: &[usize], _device: &Device) -> Result<Self> {
+        let len = match &storage {
+            Storage::Cpu(v) => v.len(),
+            Storage::CpuF64(v) => v.len(),
+            Storage::Cuda(b) => b.len(),
+        };
+        ensure_shape!(len == numel(shape), "tensor", "{len} values for shape {shape:?} ({} elements)", numel(shape));
+        Ok(Self::from_storage(storage, shape.to_vec()))
+    }
+
+    /// An f64 tensor on the CPU (for finite-difference checks; no CUDA kernel takes f64).
+    pub fn from_vec_f64(data: Vec<f64>, shape: &[usize]) -> Result<Self> {
+        Self::from_storage_checked(Storage::CpuF64(data), shape, &Device::Cpu)
+    }
+
+    /// A tensor of `shape` filled with `value`, with this tensor's dtype and device.
+    pub fn full_like(&self, shape: &[usize], value: f64) -> Result<Self> {
+        match &*self.storage {
+            Storage::CpuF64(_) => Self::from_vec_f64(vec![value; numel(shape)], shape),
+            _ => Self::full(shape, value as f32, &self.device()),
+        }
+    }
+
+    /// This tensor in `dtype` (CPU only for f64).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        match dtype {
+            DType::F64 => Self::from_vec_f64(self.to_vec_f64()?, &self.shape),
+            DType::F32 => Self::from_vec(self.to_vec()?, &self.shape, &self.device()),
+        }
+    }
+
+    /// The values as f64, copied to the host.
+    pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
+        match &*self.storage {
+            Storage::CpuF64(v) => Ok(v.clone()),
+            _ => Ok(self.to_vec()?.into_iter().map(f64::from).collect()),
+        }
+    }
+
     /// A tensor holding `data` (row-major) on `device`.
     pub fn from_vec(data: Vec<f32>, shape: &[usize], device: &Device) -> Result<Self> {
-        ensure_shape!(
-            data.len() == numel(shape),
-            "from_vec",
-            "{} values for shape {shape:?} ({} elements)",
-            data.len(),
-            numel(shape)
-        );
+        ensure_shape!(data.len() == numel(shape), "from_vec", "{} values for shape {shape:?} ({} elements)", data.len(), numel(shape));
         let storage = match device {
             Device::Cpu => Storage::Cpu(data),
             Device::Cuda(dev) => Storage::Cuda(dev.upload(&data)?),
@@ -135,12 +174,7 @@ impl Tensor {
     /// One-hot rows: `labels` (each `< classes`) become a `[.., classes]` tensor with `prefix` leading
     /// dims whose product is `labels.len()`. This is also the embedding lookup: `one_hot(y) @ E`.
     pub fn one_hot(labels: &[u32], classes: usize, prefix: &[usize], device: &Device) -> Result<Self> {
-        ensure_shape!(
-            numel(prefix) == labels.len(),
-            "one_hot",
-            "{} labels for leading shape {prefix:?}",
-            labels.len()
-        );
+        ensure_shape!(numel(prefix) == labels.len(), "one_hot", "{} labels for leading shape {prefix:?}", labels.len());
         let mut data = vec![0.0f32; labels.len() * classes];
         for (i, &l) in labels.iter().enumerate() {
             if l as usize >= classes {
@@ -166,14 +200,17 @@ impl Tensor {
         numel(&self.shape)
     }
     pub fn dtype(&self) -> DType {
-        DType::F32
+        match &*self.storage {
+            Storage::CpuF64(_) => DType::F64,
+            Storage::Cpu(_) | Storage::Cuda(_) => DType::F32,
+        }
     }
     pub fn storage(&self) -> &Storage {
         &self.storage
     }
     pub fn device(&self) -> Device {
         match &*self.storage {
-            Storage::Cpu(_) => Device::Cpu,
+            Storage::Cpu(_) | Storage::CpuF64(_) => Device::Cpu,
             Storage::Cuda(b) => Device::Cuda(b.device().clone()),
         }
     }
@@ -182,6 +219,7 @@ impl Tensor {
     pub fn cpu_data(&self) -> Result<&[f32]> {
         match &*self.storage {
             Storage::Cpu(v) => Ok(v),
+            Storage::CpuF64(_) => Err(Error::Invalid("cpu_data() on an f64 tensor: use to_vec_f64()".into())),
             Storage::Cuda(_) => Err(Error::Invalid("cpu_data() on a CUDA tensor: copy it with to_vec() or to_device()".into())),
         }
     }
@@ -191,10 +229,11 @@ impl Tensor {
         Arc::make_mut(&mut self.storage)
     }
 
-    /// The values, copied to the host (a synchronising copy for CUDA tensors).
+    /// The values as f32, copied to the host (a synchronising copy for CUDA tensors).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &*self.storage {
             Storage::Cpu(v) => Ok(v.clone()),
+            Storage::CpuF64(v) => Ok(v.iter().map(|&x| x as f32).collect()),
             Storage::Cuda(b) => b.download(),
         }
     }
@@ -205,6 +244,7 @@ impl Tensor {
         Ok(self.to_vec()?[0])
     }
 
+    /// This tensor on `device` (f32 when it leaves the CPU).
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         if self.device().same(device) {
             return Ok(self.clone());
@@ -214,13 +254,7 @@ impl Tensor {
 
     /// Same storage, new shape (row-major, so any shape with the same element count). New id.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        ensure_shape!(
-            numel(shape) == self.numel(),
-            "reshape",
-            "cannot view {:?} ({} elements) as {shape:?}",
-            self.shape,
-            self.numel()
-        );
+        ensure_shape!(numel(shape) == self.numel(), "reshape", "cannot view {:?} ({} elements) as {shape:?}", self.shape, self.numel());
         Ok(Tensor { id: TensorId::fresh(), shape: shape.to_vec(), storage: self.storage.clone() })
     }
 }

@@ -50,7 +50,7 @@ impl Default for Tape {
 }
 
 /// Gradients from one backward pass, keyed by tensor id.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Gradients {
     grads: HashMap<TensorId, Tensor>,
 }
@@ -117,14 +117,14 @@ impl Tape {
         if root.numel() != 1 {
             return Err(Error::Autograd(format!("backward needs a scalar root, got shape {:?}; use backward_with a seed", root.shape())));
         }
-        let seed = Tensor::full(root.shape(), 1.0, &root.device())?;
+        let seed = root.full_like(root.shape(), 1.0)?;
         self.backward_with(root, seed, false)
     }
 
     /// Like [`Tape::backward`], but records the backward pass so the returned gradients can be
     /// differentiated again by a later `backward` on this tape.
     pub fn backward_create_graph(&self, root: &Tensor) -> Result<Gradients> {
-        let seed = Tensor::full(root.shape(), 1.0, &root.device())?;
+        let seed = root.full_like(root.shape(), 1.0)?;
         self.backward_with(root, seed, true)
     }
 

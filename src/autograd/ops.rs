@@ -9,26 +9,77 @@ use crate::tensor::Tensor;
 /// What a recorded op keeps for its backward rule (only that).
 #[derive(Clone)]
 pub enum Saved {
-    Binary { op: BinaryOp, a: Tensor, b: Tensor },
-    Unary { op: UnaryOp, x: Tensor, y: Tensor },
-    SumTo { x_shape: Vec<usize> },
-    BroadcastTo { x_shape: Vec<usize> },
-    Reshape { x_shape: Vec<usize> },
-    Matmul { a: Tensor, b: Tensor, trans_a: bool, trans_b: bool },
-    Conv2d { x: Tensor, w: Tensor, stride: usize, padding: usize },
+    Binary {
+        op: BinaryOp,
+        a: Tensor,
+        b: Tensor,
+    },
+    Unary {
+        op: UnaryOp,
+        x: Tensor,
+        y: Tensor,
+    },
+    SumTo {
+        x_shape: Vec<usize>,
+    },
+    BroadcastTo {
+        x_shape: Vec<usize>,
+    },
+    Reshape {
+        x_shape: Vec<usize>,
+    },
+    Matmul {
+        a: Tensor,
+        b: Tensor,
+        trans_a: bool,
+        trans_b: bool,
+    },
+    Conv2d {
+        x: Tensor,
+        w: Tensor,
+        stride: usize,
+        padding: usize,
+    },
     /// `dx = conv2d_input_grad(dy, w)` (also conv-transpose's forward).
-    ConvInputGrad { dy: Tensor, w: Tensor, stride: usize, padding: usize },
+    ConvInputGrad {
+        dy: Tensor,
+        w: Tensor,
+        stride: usize,
+        padding: usize,
+    },
     /// `dw = conv2d_weight_grad(x, dy)`.
-    ConvWeightGrad { x: Tensor, dy: Tensor, stride: usize, padding: usize },
+    ConvWeightGrad {
+        x: Tensor,
+        dy: Tensor,
+        stride: usize,
+        padding: usize,
+    },
     /// `max_pool2x2_gather(selector, v)`: only `v` gets a gradient.
-    MaxPoolGather { selector: Tensor },
-    MaxPoolScatter { selector: Tensor },
+    MaxPoolGather {
+        selector: Tensor,
+    },
+    MaxPoolScatter {
+        selector: Tensor,
+    },
     Upsample,
     SumPool,
-    Narrow { axis: usize, start: usize, dim: usize },
-    Pad { axis: usize, before: usize, dim: usize },
-    Concat { axis: usize, sizes: Vec<usize> },
-    LogSoftmax { y: Tensor },
+    Narrow {
+        axis: usize,
+        start: usize,
+        dim: usize,
+    },
+    Pad {
+        axis: usize,
+        before: usize,
+        dim: usize,
+    },
+    Concat {
+        axis: usize,
+        sizes: Vec<usize>,
+    },
+    LogSoftmax {
+        y: Tensor,
+    },
 }
 
 impl Tape {

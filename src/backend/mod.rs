@@ -18,7 +18,10 @@ use crate::tensor::{Device, Tensor};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum UnaryOp {
     /// `scale * x + shift`
-    Affine { scale: f32, shift: f32 },
+    Affine {
+        scale: f32,
+        shift: f32,
+    },
     Exp,
     Log,
     Sqrt,

@@ -2,8 +2,10 @@
 //! compatible shapes), derives the output geometry and calls the backend of the operands' device.
 use super::{backend, AdamParams, BinaryOp, ConvGeometry, MatmulGeometry, SgdParams, UnaryOp};
 use crate::error::{ensure_shape, Error, Result};
-use crate::tensor::{Device, Tensor};
+use crate::tensor::{DType, Device, Tensor};
 
+/// The device all operands share (and their common dtype); mixing either is an error, never a
+/// silent copy or cast.
 fn device_of(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
     let first = ts[0].device();
     for t in &ts[1..] {
@@ -11,12 +13,23 @@ fn device_of(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
         if !d.same(&first) {
             return Err(Error::DeviceMismatch { op, a: first.to_string(), b: d.to_string() });
         }
+        if t.dtype() != ts[0].dtype() {
+            return Err(Error::shape(op, format!("operands have different dtypes ({:?} and {:?})", ts[0].dtype(), t.dtype())));
+        }
+    }
+    if ts[0].dtype() == DType::F64 && !first.is_cpu() {
+        return Err(Error::Unsupported { op, device: format!("{first} in f64 (f64 is CPU-only)") });
     }
     Ok(first)
 }
 
 pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     backend(&x.device()).unary(op, x)
+}
+
+/// A one-element tensor of `value` with `like`'s dtype and device (scalar operands of binary ops).
+pub fn scalar_like(like: &Tensor, value: f64) -> Result<Tensor> {
+    like.full_like(&[], value)
 }
 
 /// The numpy broadcast of two shapes (aligned on the right; each dim equal or 1).
@@ -62,7 +75,15 @@ pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Te
     ensure_shape!(ga == gb, "matmul", "group counts differ: {:?} and {:?}", a.shape(), b.shape());
     let (m, ka) = if trans_a { (a.shape()[2], a.shape()[1]) } else { (a.shape()[1], a.shape()[2]) };
     let (kb, n) = if trans_b { (b.shape()[2], b.shape()[1]) } else { (b.shape()[1], b.shape()[2]) };
-    ensure_shape!(ka == kb, "matmul", "inner dims differ: {:?}{} · {:?}{}", a.shape(), if trans_a { "ᵀ" } else { "" }, b.shape(), if trans_b { "ᵀ" } else { "" });
+    ensure_shape!(
+        ka == kb,
+        "matmul",
+        "inner dims differ: {:?}{} · {:?}{}",
+        a.shape(),
+        if trans_a { "ᵀ" } else { "" },
+        b.shape(),
+        if trans_b { "ᵀ" } else { "" }
+    );
     let geom = MatmulGeometry { groups: ga, m, k: ka, n, trans_a, trans_b };
     backend(&dev).matmul(a, b, &geom)
 }
@@ -139,7 +160,13 @@ pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, kernel_hw: (usize, usize), st
 }
 
 /// Output size of a transposed convolution: `(H − 1)·stride − 2·padding + K + output_padding`.
-pub fn conv_transpose2d_out_hw(x_shape: &[usize], w_shape: &[usize], stride: usize, padding: usize, output_padding: usize) -> Result<(usize, usize)> {
+pub fn conv_transpose2d_out_hw(
+    x_shape: &[usize],
+    w_shape: &[usize],
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+) -> Result<(usize, usize)> {
     ensure_shape!(x_shape.len() == 5 && w_shape.len() == 5, "conv_transpose2d", "x {x_shape:?} and weight {w_shape:?} must be rank 5");
     ensure_shape!(output_padding < stride.max(1), "conv_transpose2d", "output_padding {output_padding} must be below stride {stride}");
     let size = |n: usize, k: usize| -> Result<usize> {
@@ -279,8 +306,7 @@ pub fn broadcast_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
     if x.shape() == shape {
         return Ok(x.clone());
     }
-    let dev = x.device();
     // x + 0 evaluated over the target shape: the binary kernels already broadcast.
-    let zero = Tensor::scalar(0.0, &dev)?;
-    backend(&dev).binary(BinaryOp::Add, x, &zero, shape)
+    let zero = scalar_like(x, 0.0)?;
+    backend(&x.device()).binary(BinaryOp::Add, x, &zero, shape)
 }

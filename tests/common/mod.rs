@@ -53,7 +53,8 @@ pub fn assert_close_f64(what: &str, actual: &[f64], expected: &[f64], tol: f64) 
     let diff2: f64 = actual.iter().zip(expected).map(|(a, e)| (a - e) * (a - e)).sum();
     let ref2: f64 = expected.iter().map(|e| e * e).sum();
     let rel = diff2.sqrt() / ref2.sqrt().max(1e-300);
-    let worst = actual.iter().zip(expected).enumerate().map(|(i, (a, e))| (i, (a - e).abs())).fold((0, 0.0), |w, x| if x.1 > w.1 { x } else { w });
+    let worst =
+        actual.iter().zip(expected).enumerate().map(|(i, (a, e))| (i, (a - e).abs())).fold((0, 0.0), |w, x| if x.1 > w.1 { x } else { w });
     assert!(
         rel <= tol || diff2 == 0.0,
         "{what}: relative norm error {rel:.3e} > {tol:.1e}; worst at index {}: got {}, expected {}",
@@ -67,7 +68,10 @@ pub fn assert_close_f64(what: &str, actual: &[f64], expected: &[f64], tol: f64) 
 pub fn rng(test: &str) -> ChaCha8Rng {
     let seed: u64 = match std::env::var("DPGAN_TEST_SEED") {
         Ok(s) => s.parse().expect("DPGAN_TEST_SEED must be an integer"),
-        Err(_) => rand::rng().random(),
+        Err(_) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
+            now.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)
+        }
     };
     eprintln!("{test}: seed {seed} (replay with DPGAN_TEST_SEED={seed})");
     ChaCha8Rng::seed_from_u64(seed)

@@ -1,64 +1,66 @@
 //! Elementwise maps: unary, and binary with numpy broadcasting.
+use super::Real;
 use crate::backend::{BinaryOp, UnaryOp};
 
 /// `y[i] = f(x[i])`.
-pub fn unary_map(op: UnaryOp, x: &[f32]) -> Vec<f32> {
+pub fn unary_map<T: Real>(op: UnaryOp, x: &[T]) -> Vec<T> {
     x.iter().map(|&v| unary_scalar(op, v)).collect()
 }
 
-pub fn unary_scalar(op: UnaryOp, x: f32) -> f32 {
+pub fn unary_scalar<T: Real>(op: UnaryOp, x: T) -> T {
+    let (zero, one) = (T::zero(), T::one());
     match op {
-        UnaryOp::Affine { scale, shift } => scale * x + shift,
+        UnaryOp::Affine { scale, shift } => T::of(scale) * x + T::of(shift),
         UnaryOp::Exp => x.exp(),
         UnaryOp::Log => x.ln(),
         UnaryOp::Sqrt => x.sqrt(),
-        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-        UnaryOp::Recip => 1.0 / x,
+        UnaryOp::Rsqrt => one / x.sqrt(),
+        UnaryOp::Recip => one / x,
         UnaryOp::Square => x * x,
-        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::Relu => x.max(zero),
         UnaryOp::LeakyRelu(slope) => {
-            if x > 0.0 {
+            if x > zero {
                 x
             } else {
-                slope * x
+                T::of(slope) * x
             }
         }
         UnaryOp::Sigmoid => sigmoid(x),
         UnaryOp::Tanh => x.tanh(),
         UnaryOp::ReluMask => {
-            if x > 0.0 {
-                1.0
+            if x > zero {
+                one
             } else {
-                0.0
+                zero
             }
         }
         UnaryOp::LeakyReluMask(slope) => {
-            if x > 0.0 {
-                1.0
+            if x > zero {
+                one
             } else {
-                slope
+                T::of(slope)
             }
         }
     }
 }
 
 /// Logistic function, written so that neither branch overflows.
-pub fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
+pub fn sigmoid<T: Real>(x: T) -> T {
+    if x >= T::zero() {
+        T::one() / (T::one() + (-x).exp())
     } else {
         let e = x.exp();
-        e / (1.0 + e)
+        e / (T::one() + e)
     }
 }
 
-pub fn binary_scalar(op: BinaryOp, a: f32, b: f32) -> f32 {
+pub fn binary_scalar<T: Real>(op: BinaryOp, a: T, b: T) -> T {
     match op {
         BinaryOp::Add => a + b,
         BinaryOp::Sub => a - b,
         BinaryOp::Mul => a * b,
         BinaryOp::Div => a / b,
-        BinaryOp::BceWithLogits => a.max(0.0) - a * b + (-a.abs()).exp().ln_1p(),
+        BinaryOp::BceWithLogits => a.max(T::zero()) - a * b + (-a.abs()).exp().ln_1p(),
     }
 }
 
@@ -75,7 +77,7 @@ pub fn broadcast_strides(shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
 }
 
 /// `out[i] = f(a[i'], b[i''])` over the broadcast shape.
-pub fn binary_broadcast(op: BinaryOp, a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], out_shape: &[usize]) -> Vec<f32> {
+pub fn binary_broadcast<T: Real>(op: BinaryOp, a: &[T], a_shape: &[usize], b: &[T], b_shape: &[usize], out_shape: &[usize]) -> Vec<T> {
     let n: usize = out_shape.iter().product();
     if a_shape == out_shape && b_shape == out_shape {
         return a.iter().zip(b).map(|(&x, &y)| binary_scalar(op, x, y)).collect();

@@ -1,4 +1,5 @@
 //! Spectral norm's power iteration (f64 accumulation).
+use super::Real;
 
 /// L2-normalise with PyTorch's guard: `x / max(‖x‖, 1e-12)`.
 fn normalize(x: &mut [f64]) {
@@ -8,7 +9,7 @@ fn normalize(x: &mut [f64]) {
 
 /// For each group g with `w[g]` `O × I`: `v = normalize(wᵀu)`, `u' = normalize(w v)`.
 /// Returns `(u' [G, O], v [G, I])`.
-pub fn power_iteration(w: &[f32], u: &[f32], groups: usize, rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>) {
+pub fn power_iteration<T: Real>(w: &[T], u: &[T], groups: usize, rows: usize, cols: usize) -> (Vec<T>, Vec<T>) {
     let mut u_out = Vec::with_capacity(groups * rows);
     let mut v_out = Vec::with_capacity(groups * cols);
     for g in 0..groups {
@@ -17,14 +18,14 @@ pub fn power_iteration(w: &[f32], u: &[f32], groups: usize, rows: usize, cols: u
         let mut v = vec![0.0f64; cols];
         for (r, &ur) in u_g.iter().enumerate() {
             for (c, vc) in v.iter_mut().enumerate() {
-                *vc += w_g[r * cols + c] as f64 * ur as f64;
+                *vc += w_g[r * cols + c].f64() * ur.f64();
             }
         }
         normalize(&mut v);
-        let mut u_new: Vec<f64> = (0..rows).map(|r| (0..cols).map(|c| w_g[r * cols + c] as f64 * v[c]).sum()).collect();
+        let mut u_new: Vec<f64> = (0..rows).map(|r| (0..cols).map(|c| w_g[r * cols + c].f64() * v[c]).sum()).collect();
         normalize(&mut u_new);
-        u_out.extend(u_new.iter().map(|&x| x as f32));
-        v_out.extend(v.iter().map(|&x| x as f32));
+        u_out.extend(u_new.iter().map(|&x| T::of_f64(x)));
+        v_out.extend(v.iter().map(|&x| T::of_f64(x)));
     }
     (u_out, v_out)
 }

@@ -1,4 +1,5 @@
 //! 2×2 pooling and nearest ×2 upsampling over the last two dims `[.., H, W]`.
+use super::Real;
 
 fn planes(shape: &[usize]) -> (usize, usize, usize) {
     let r = shape.len();
@@ -14,7 +15,7 @@ fn with_hw(shape: &[usize], h: usize, w: usize) -> Vec<usize> {
 }
 
 /// Offset (within the plane) of the first maximum of `x` in the window at (oy, ox).
-fn argmax(x: &[f32], w: usize, oy: usize, ox: usize) -> usize {
+fn argmax<T: Real>(x: &[T], w: usize, oy: usize, ox: usize) -> usize {
     let mut best = (2 * oy) * w + 2 * ox;
     for (dy, dx) in [(0, 1), (1, 0), (1, 1)] {
         let at = (2 * oy + dy) * w + 2 * ox + dx;
@@ -27,7 +28,7 @@ fn argmax(x: &[f32], w: usize, oy: usize, ox: usize) -> usize {
 }
 
 /// `out[.., oy, ox] = v[.., argmax of x's window]`.
-pub fn max_pool2x2_gather(x: &[f32], v: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+pub fn max_pool2x2_gather<T: Real>(x: &[T], v: &[T], shape: &[usize]) -> (Vec<T>, Vec<usize>) {
     let (n, h, w) = planes(shape);
     let (oh, ow) = (h / 2, w / 2);
     let mut out = Vec::with_capacity(n * oh * ow);
@@ -43,15 +44,16 @@ pub fn max_pool2x2_gather(x: &[f32], v: &[f32], shape: &[usize]) -> (Vec<f32>, V
 }
 
 /// `d_x` of max pooling: `dy` routed to each window's argmax in `x`.
-pub fn max_pool2x2_scatter(x: &[f32], dy: &[f32], shape: &[usize]) -> Vec<f32> {
+pub fn max_pool2x2_scatter<T: Real>(x: &[T], dy: &[T], shape: &[usize]) -> Vec<T> {
     let (n, h, w) = planes(shape);
     let (oh, ow) = (h / 2, w / 2);
-    let mut d_x = vec![0.0; x.len()];
+    let mut d_x = vec![T::zero(); x.len()];
     for p in 0..n {
         let xp = &x[p * h * w..(p + 1) * h * w];
         for oy in 0..oh {
             for ox in 0..ow {
-                d_x[p * h * w + argmax(xp, w, oy, ox)] += dy[(p * oh + oy) * ow + ox];
+                let at = p * h * w + argmax(xp, w, oy, ox);
+                d_x[at] = d_x[at] + dy[(p * oh + oy) * ow + ox];
             }
         }
     }
@@ -59,7 +61,7 @@ pub fn max_pool2x2_scatter(x: &[f32], dy: &[f32], shape: &[usize]) -> Vec<f32> {
 }
 
 /// `out[.., y, x] = in[.., y/2, x/2]`.
-pub fn upsample_nearest2x(x: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+pub fn upsample_nearest2x<T: Real>(x: &[T], shape: &[usize]) -> (Vec<T>, Vec<usize>) {
     let (n, h, w) = planes(shape);
     let mut out = Vec::with_capacity(4 * x.len());
     for p in 0..n {
@@ -74,7 +76,7 @@ pub fn upsample_nearest2x(x: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) 
 }
 
 /// `out[.., y, x] = Σ of the 2×2 window at (2y, 2x)`: the adjoint of the upsample.
-pub fn sum_pool2x2(x: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+pub fn sum_pool2x2<T: Real>(x: &[T], shape: &[usize]) -> (Vec<T>, Vec<usize>) {
     let (n, h, w) = planes(shape);
     let (oh, ow) = (h / 2, w / 2);
     let mut out = Vec::with_capacity(n * oh * ow);

@@ -1,8 +1,9 @@
 //! Reductions: sums down to a broadcast shape, log-softmax over rows. f64 accumulation.
 use super::elementwise::broadcast_strides;
+use super::Real;
 
 /// Sum `x` (shape `x_shape`) down to `shape` (same rank, each dim equal or 1).
-pub fn sum_to(x: &[f32], x_shape: &[usize], shape: &[usize]) -> Vec<f32> {
+pub fn sum_to<T: Real>(x: &[T], x_shape: &[usize], shape: &[usize]) -> Vec<T> {
     let out_len: usize = shape.iter().product();
     let mut acc = vec![0.0f64; out_len];
     let so = broadcast_strides(shape, x_shape);
@@ -10,7 +11,7 @@ pub fn sum_to(x: &[f32], x_shape: &[usize], shape: &[usize]) -> Vec<f32> {
     let mut index = vec![0usize; rank];
     let mut io = 0usize;
     for &v in x {
-        acc[io] += v as f64;
+        acc[io] += v.f64();
         for d in (0..rank).rev() {
             index[d] += 1;
             io += so[d];
@@ -21,16 +22,16 @@ pub fn sum_to(x: &[f32], x_shape: &[usize], shape: &[usize]) -> Vec<f32> {
             index[d] = 0;
         }
     }
-    acc.into_iter().map(|v| v as f32).collect()
+    acc.into_iter().map(T::of_f64).collect()
 }
 
 /// `y[r, j] = x[r, j] − log Σ_k exp(x[r, k])` for rows of length `cols`, max-shifted.
-pub fn log_softmax_rows(x: &[f32], cols: usize) -> Vec<f32> {
+pub fn log_softmax_rows<T: Real>(x: &[T], cols: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(x.len());
     for row in x.chunks(cols) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-        let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-        out.extend(row.iter().map(|&v| (v as f64 - lse) as f32));
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v.f64()));
+        let lse = max + row.iter().map(|&v| (v.f64() - max).exp()).sum::<f64>().ln();
+        out.extend(row.iter().map(|&v| T::of_f64(v.f64() - lse)));
     }
     out
 }

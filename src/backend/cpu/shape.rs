@@ -1,4 +1,5 @@
 //! Narrow, pad and concat along one axis. A tensor is seen as `[outer, dim, inner]` around the axis.
+use super::Real;
 
 fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product())
@@ -10,7 +11,7 @@ fn with_dim(shape: &[usize], axis: usize, dim: usize) -> Vec<usize> {
     s
 }
 
-pub fn narrow(x: &[f32], shape: &[usize], axis: usize, start: usize, len: usize) -> (Vec<f32>, Vec<usize>) {
+pub fn narrow<T: Real>(x: &[T], shape: &[usize], axis: usize, start: usize, len: usize) -> (Vec<T>, Vec<usize>) {
     let (outer, dim, inner) = split(shape, axis);
     let mut out = Vec::with_capacity(outer * len * inner);
     for o in 0..outer {
@@ -19,17 +20,17 @@ pub fn narrow(x: &[f32], shape: &[usize], axis: usize, start: usize, len: usize)
     (out, with_dim(shape, axis, len))
 }
 
-pub fn pad(x: &[f32], shape: &[usize], axis: usize, before: usize, after: usize) -> (Vec<f32>, Vec<usize>) {
+pub fn pad<T: Real>(x: &[T], shape: &[usize], axis: usize, before: usize, after: usize) -> (Vec<T>, Vec<usize>) {
     let (outer, dim, inner) = split(shape, axis);
     let padded = before + dim + after;
-    let mut out = vec![0.0; outer * padded * inner];
+    let mut out = vec![T::zero(); outer * padded * inner];
     for o in 0..outer {
         out[(o * padded + before) * inner..(o * padded + before + dim) * inner].copy_from_slice(&x[o * dim * inner..(o + 1) * dim * inner]);
     }
     (out, with_dim(shape, axis, padded))
 }
 
-pub fn concat(parts: &[(&[f32], &[usize])], axis: usize) -> (Vec<f32>, Vec<usize>) {
+pub fn concat<T: Real>(parts: &[(&[T], &[usize])], axis: usize) -> (Vec<T>, Vec<usize>) {
     let total: usize = parts.iter().map(|(_, s)| s[axis]).sum();
     let (outer, _, inner) = split(parts[0].1, axis);
     let mut out = Vec::with_capacity(outer * total * inner);

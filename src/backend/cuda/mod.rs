@@ -17,7 +17,7 @@ use crate::tensor::{Storage, Tensor};
 fn buffer(t: &Tensor) -> &CudaBuffer {
     match t.storage() {
         Storage::Cuda(b) => b,
-        Storage::Cpu(_) => unreachable!("ops checks devices before dispatching to the CUDA backend"),
+        Storage::Cpu(_) | Storage::CpuF64(_) => unreachable!("ops checks devices before dispatching to the CUDA backend"),
     }
 }
 

@@ -87,7 +87,8 @@ pub fn kernel_resources(report: &str) -> Vec<KernelResources> {
             }
             let kernel = rest.split('\'').next().unwrap_or("").to_string();
             let arch = line.rsplit("for '").next().unwrap_or("").trim_end_matches(['\'', ' ']).to_string();
-            current = Some(KernelResources { kernel, arch, registers: 0, spill_stores: 0, spill_loads: 0, shared_bytes: 0, stack_bytes: 0 });
+            current =
+                Some(KernelResources { kernel, arch, registers: 0, spill_stores: 0, spill_loads: 0, shared_bytes: 0, stack_bytes: 0 });
         } else if let Some(k) = current.as_mut() {
             if line.contains("bytes stack frame") {
                 k.stack_bytes = number_before(line, "bytes stack frame");

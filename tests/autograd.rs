@@ -1,0 +1,236 @@
+//! Finite-difference checks (f64, CPU) of every backward rule, first and second order, and the
+//! WGAN-GP penalty of a small conv critic differentiated w.r.t. its weights.
+mod common;
+
+use common::{assert_close_f64, randn_vec};
+use dpgan::autograd::Tape;
+use dpgan::tensor::Tensor;
+use dpgan::Result;
+use rand::Rng;
+
+/// A function of some f64 inputs, evaluated on a tape.
+type Func = dyn Fn(&Tape, &[Tensor]) -> Result<Tensor>;
+
+fn f64_tensor(rng: &mut impl Rng, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec_f64(randn_vec(rng, n).into_iter().map(f64::from).collect(), shape).unwrap()
+}
+
+/// Replaces input `i`'s element `j` by `value`.
+fn with_element(inputs: &[Tensor], i: usize, j: usize, delta: f64) -> Vec<Tensor> {
+    let mut out = inputs.to_vec();
+    let mut data = inputs[i].to_vec_f64().unwrap();
+    data[j] += delta;
+    out[i] = Tensor::from_vec_f64(data, inputs[i].shape()).unwrap();
+    out
+}
+
+/// `L = Σ r ⊙ f(inputs)` with fixed random weights `r`, so that every output element matters.
+fn weighted_loss(tape: &Tape, f: &Func, inputs: &[Tensor], weights: &Tensor) -> Tensor {
+    let out = f(tape, inputs).unwrap();
+    assert_eq!(out.shape(), weights.shape(), "weights must match the output shape");
+    tape.sum_all(&tape.mul(&out, weights).unwrap()).unwrap()
+}
+
+fn value(t: &Tensor) -> f64 {
+    t.to_vec_f64().unwrap()[0]
+}
+
+/// Central differences of `scalar` w.r.t. every element of every input in `wrt`.
+fn numeric_grads(inputs: &[Tensor], wrt: &[usize], scalar: &dyn Fn(&[Tensor]) -> f64) -> Vec<Vec<f64>> {
+    const H: f64 = 1e-6;
+    wrt.iter()
+        .map(|&i| {
+            (0..inputs[i].numel())
+                .map(|j| (scalar(&with_element(inputs, i, j, H)) - scalar(&with_element(inputs, i, j, -H))) / (2.0 * H))
+                .collect()
+        })
+        .collect()
+}
+
+/// Checks the tape's gradient of `Σ r ⊙ f` w.r.t. the inputs `wrt` against finite differences.
+fn check_first_order(name: &str, inputs: Vec<Tensor>, wrt: &[usize], f: &Func) {
+    let mut rng = common::rng(name);
+    let out_shape = f(&Tape::new(), &inputs).unwrap().shape().to_vec();
+    let weights = f64_tensor(&mut rng, &out_shape);
+    let loss = |xs: &[Tensor]| value(&weighted_loss(&Tape::new(), f, xs, &weights));
+
+    let tape = Tape::new();
+    wrt.iter().for_each(|&i| tape.watch(&inputs[i]));
+    let grads = tape.backward(&weighted_loss(&tape, f, &inputs, &weights)).unwrap();
+    for (k, numeric) in numeric_grads(&inputs, wrt, &loss).into_iter().enumerate() {
+        let i = wrt[k];
+        let analytic = grads.of(&inputs[i]).unwrap();
+        assert_eq!(analytic.shape(), inputs[i].shape(), "{name}: gradient shape of input {i}");
+        assert_close_f64(&format!("{name}: d/d input {i}"), &analytic.to_vec_f64().unwrap(), &numeric, 1e-6);
+    }
+}
+
+/// Second order: `S = ⟨∇ₓ₀ L, v⟩` built with `create_graph`, differentiated again w.r.t. every
+/// input in `wrt`, against finite differences of `S`.
+fn check_second_order(name: &str, inputs: Vec<Tensor>, wrt: &[usize], f: &Func) {
+    let mut rng = common::rng(name);
+    let out_shape = f(&Tape::new(), &inputs).unwrap().shape().to_vec();
+    let weights = f64_tensor(&mut rng, &out_shape);
+    let direction = f64_tensor(&mut rng, inputs[0].shape());
+    let directional = |tape: &Tape, xs: &[Tensor], create_graph: bool| -> Tensor {
+        let loss = weighted_loss(tape, f, xs, &weights);
+        let seed = loss.full_like(&[], 1.0).unwrap();
+        let g = tape.backward_with(&loss, seed, create_graph).unwrap();
+        let g0 = g.of(&xs[0]).unwrap().clone();
+        tape.sum_all(&tape.mul(&g0, &direction).unwrap()).unwrap()
+    };
+    let s_value = |xs: &[Tensor]| {
+        let tape = Tape::new();
+        xs.iter().for_each(|x| tape.watch(x));
+        value(&directional(&tape, xs, false))
+    };
+
+    let tape = Tape::new();
+    inputs.iter().for_each(|x| tape.watch(x));
+    let s = directional(&tape, &inputs, true);
+    // A linear op has a constant gradient: then S depends on no input and its gradient is zero.
+    let grads = if tape.is_tracked(&s) { Some(tape.backward(&s).unwrap()) } else { None };
+    for (k, numeric) in numeric_grads(&inputs, wrt, &s_value).into_iter().enumerate() {
+        let i = wrt[k];
+        let analytic = match grads.as_ref().and_then(|g| g.get(&inputs[i])) {
+            Some(g) => g.to_vec_f64().unwrap(),
+            None => vec![0.0; inputs[i].numel()],
+        };
+        if analytic.iter().all(|&v| v == 0.0) {
+            assert!(num_norm(&numeric) < 1e-6, "{name}: second order of input {i} is zero on the tape but not numerically");
+        } else {
+            assert_close_f64(&format!("{name}: second order, input {i}"), &analytic, &numeric, 1e-5);
+        }
+    }
+}
+
+fn inputs(name: &str, shapes: &[&[usize]]) -> Vec<Tensor> {
+    let mut rng = common::rng(name);
+    shapes.iter().map(|s| f64_tensor(&mut rng, s)).collect()
+}
+
+macro_rules! grad_test {
+    ($name:ident, [$($shape:expr),+], $wrt:expr, $f:expr) => {
+        #[test]
+        fn $name() {
+            let xs = inputs(stringify!($name), &[$(&$shape),+]);
+            check_first_order(stringify!($name), xs.clone(), &$wrt, &$f);
+            check_second_order(stringify!($name), xs, &$wrt, &$f);
+        }
+    };
+}
+
+grad_test!(add_broadcast, [[2, 3, 4], [2, 1, 4]], [0, 1], |t, x| t.add(&x[0], &x[1]));
+grad_test!(sub_broadcast, [[2, 3, 4], [4]], [0, 1], |t, x| t.sub(&x[0], &x[1]));
+grad_test!(mul_broadcast, [[2, 3, 4], [2, 3, 1]], [0, 1], |t, x| t.mul(&x[0], &x[1]));
+grad_test!(div_broadcast, [[3, 5], [1, 5]], [0, 1], |t, x| t.div(&x[0], &t.affine(&t.square(&x[1])?, 1.0, 0.5)?));
+grad_test!(bce_with_logits, [[4, 6], [4, 6]], [0, 1], |t, x| t.bce_with_logits(&t.scale(&x[0], 3.0)?, &x[1]));
+grad_test!(affine, [[7]], [0], |t, x| t.affine(&x[0], -1.5, 0.25));
+grad_test!(exp, [[2, 5]], [0], |t, x| t.exp(&x[0]));
+grad_test!(log, [[2, 5]], [0], |t, x| t.log(&t.affine(&t.square(&x[0])?, 1.0, 0.5)?));
+grad_test!(sqrt, [[2, 5]], [0], |t, x| t.sqrt(&t.affine(&t.square(&x[0])?, 1.0, 0.5)?));
+grad_test!(rsqrt, [[2, 5]], [0], |t, x| t.rsqrt(&t.affine(&t.square(&x[0])?, 1.0, 0.5)?));
+grad_test!(recip, [[2, 5]], [0], |t, x| t.recip(&t.affine(&t.square(&x[0])?, 1.0, 0.5)?));
+grad_test!(square, [[3, 3]], [0], |t, x| t.square(&x[0]));
+grad_test!(relu, [[4, 5]], [0], |t, x| t.mul(&t.relu(&x[0])?, &x[0]));
+grad_test!(leaky_relu, [[4, 5]], [0], |t, x| t.mul(&t.leaky_relu(&x[0], 0.2)?, &x[0]));
+grad_test!(sigmoid, [[4, 5]], [0], |t, x| t.sigmoid(&t.scale(&x[0], 2.0)?));
+grad_test!(tanh, [[4, 5]], [0], |t, x| t.tanh(&x[0]));
+grad_test!(sum_to_leading_and_inner, [[2, 3, 4, 5]], [0], |t, x| t.square(&t.sum_to(&x[0], &[2, 1, 4, 1])?));
+grad_test!(sum_to_lower_rank, [[3, 4]], [0], |t, x| t.square(&t.sum_to(&x[0], &[4])?));
+grad_test!(broadcast_to, [[3, 1], [3, 4]], [0, 1], |t, x| t.mul(&t.broadcast_to(&x[0], &[2, 3, 4])?, &x[1]));
+grad_test!(reshape, [[2, 6]], [0], |t, x| t.square(&t.reshape(&x[0], &[3, 4])?));
+grad_test!(matmul_nn, [[2, 3, 4], [2, 4, 5]], [0, 1], |t, x| t.matmul(&x[0], &x[1], false, false));
+grad_test!(matmul_tn, [[2, 4, 3], [2, 4, 5]], [0, 1], |t, x| t.matmul(&x[0], &x[1], true, false));
+grad_test!(matmul_nt, [[2, 3, 4], [2, 5, 4]], [0, 1], |t, x| t.matmul(&x[0], &x[1], false, true));
+grad_test!(matmul_tt, [[2, 4, 3], [2, 5, 4]], [0, 1], |t, x| t.matmul(&x[0], &x[1], true, true));
+grad_test!(linear, [[2, 3, 5], [2, 4, 5], [2, 4]], [0, 1, 2], |t, x| t.tanh(&t.linear(&x[0], &x[1], Some(&x[2]))?));
+grad_test!(conv2d_s2_p2, [[2, 2, 2, 7, 6], [2, 3, 2, 5, 5]], [0, 1], |t, x| t.conv2d(&x[0], &x[1], 2, 2));
+grad_test!(conv2d_3x3_p1, [[1, 2, 3, 5, 5], [1, 2, 3, 3, 3]], [0, 1], |t, x| t.tanh(&t.conv2d(&x[0], &x[1], 1, 1)?));
+grad_test!(conv2d_input_grad, [[2, 2, 3, 4, 4], [2, 3, 2, 3, 3]], [0, 1], |t, x| t.conv2d_input_grad(&x[0], &x[1], (7, 8), 2, 1));
+grad_test!(conv2d_weight_grad, [[1, 2, 2, 6, 6], [1, 2, 3, 3, 3]], [0, 1], |t, x| t.conv2d_weight_grad(&x[0], &x[1], (3, 3), 2, 1));
+grad_test!(conv_transpose2d_s2, [[1, 2, 3, 4, 4], [1, 3, 2, 4, 4]], [0, 1], |t, x| t.conv_transpose2d(&x[0], &x[1], 2, 0, 0));
+grad_test!(add_channel_bias, [[2, 2, 3, 2, 2], [2, 3]], [0, 1], |t, x| t.square(&t.add_channel_bias(&x[0], &x[1])?));
+grad_test!(max_pool2x2, [[2, 3, 5, 4]], [0], |t, x| t.square(&t.max_pool2x2(&x[0])?));
+grad_test!(upsample_nearest2x, [[2, 3, 3]], [0], |t, x| t.square(&t.upsample_nearest2x(&x[0])?));
+grad_test!(sum_pool2x2, [[2, 4, 6]], [0], |t, x| t.square(&t.sum_pool2x2(&x[0])?));
+grad_test!(narrow_and_pad, [[3, 6, 2]], [0], |t, x| t.square(&t.pad(&t.narrow(&x[0], 1, 1, 4)?, 0, 1, 2)?));
+grad_test!(crop, [[1, 2, 8, 8]], [0], |t, x| t.square(&t.crop(&x[0], 7, 5)?));
+grad_test!(concat, [[2, 3], [2, 4], [2, 1]], [0, 1, 2], |t, x| t.square(&t.concat(&[&x[0], &x[1], &x[2]], 1)?));
+grad_test!(log_softmax, [[3, 5]], [0], |t, x| t.log_softmax(&x[0]));
+grad_test!(softmax_cross_entropy, [[2, 3, 4], [2, 3, 4]], [0], |t, x| t.softmax_cross_entropy(&x[0], &t.sigmoid(&x[1])?));
+grad_test!(mean_all, [[3, 4]], [0], |t, x| t.reshape(&t.mean_all(&t.square(&x[0])?)?, &[1]));
+
+/// A small conv critic: conv 5×5 s2 p2 → tanh → linear to one value per example. (tanh rather
+/// than the ReLU of the real critic so that the conv bias reaches ∇ₓD too; ReLU's own second-order
+/// rule is checked above.)
+fn critic(t: &Tape, x: &Tensor, p: &[Tensor]) -> Result<Tensor> {
+    let h = t.tanh(&t.add_channel_bias(&t.conv2d(x, &p[0], 2, 2)?, &p[1])?)?;
+    let (g, b) = (x.shape()[0], x.shape()[1]);
+    let flat = t.reshape(&h, &[g, b, h.numel() / (g * b)])?;
+    t.linear(&flat, &p[2], Some(&p[3]))
+}
+
+/// WGAN-GP: mean_i (‖∇ₓ D(x̂ᵢ)‖ − 1)², differentiated w.r.t. the critic's weights (double backward).
+#[test]
+fn gradient_penalty_of_conv_critic_wrt_weights() {
+    let (g, b) = (2, 3);
+    let xs = inputs("gradient_penalty", &[&[g, b, 1, 6, 6], &[g, 3, 1, 5, 5], &[g, 3], &[g, 1, 27], &[g, 1]]);
+    let x_hat = xs[0].clone();
+    let penalty = |tape: &Tape, params: &[Tensor]| -> Tensor {
+        tape.watch(&x_hat);
+        params.iter().for_each(|p| tape.watch(p));
+        let d = critic(tape, &x_hat, params).unwrap();
+        let grads = tape.backward_create_graph(&tape.sum_all(&d).unwrap()).unwrap();
+        let dx = grads.of(&x_hat).unwrap().clone();
+        let sq = tape.sum_to(&tape.square(&dx).unwrap(), &[g, b, 1, 1, 1]).unwrap();
+        let dev = tape.affine(&tape.sqrt(&sq).unwrap(), 1.0, -1.0).unwrap();
+        tape.mean_all(&tape.square(&dev).unwrap()).unwrap()
+    };
+    let params = xs[1..].to_vec();
+    let tape = Tape::new();
+    let gp = penalty(&tape, &params);
+    let grads = tape.backward(&gp).unwrap();
+    let numeric = numeric_grads(&params, &[0, 1, 2, 3], &|ps: &[Tensor]| value(&penalty(&Tape::new(), ps)));
+    for (i, num) in numeric.iter().enumerate() {
+        match grads.get(&params[i]) {
+            Some(g) => assert_close_f64(&format!("gradient penalty: d/d param {i}"), &g.to_vec_f64().unwrap(), num, 1e-5),
+            None => assert!(num_norm(num) < 1e-6, "gradient penalty: param {i} has no gradient on the tape but a numeric one"),
+        }
+    }
+    // The last layer's bias cannot influence ∇ₓD, so it gets no gradient; everything else does.
+    assert!(num_norm(&numeric[0]) > 1e-3 && num_norm(&numeric[1]) > 1e-3 && num_norm(&numeric[2]) > 1e-3);
+    assert!(grads.get(&params[3]).is_none());
+}
+
+fn num_norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+#[test]
+fn retained_layer_output_gradient_is_reported() {
+    let xs = inputs("retained", &[&[1, 4, 3], &[1, 2, 3]]);
+    let tape = Tape::new();
+    tape.watch(&xs[1]);
+    let y = tape.matmul(&xs[0], &xs[1], false, true).unwrap();
+    tape.retain_grad(&y);
+    let loss = tape.sum_all(&tape.square(&y).unwrap()).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    let dy = grads.of(&y).unwrap().to_vec_f64().unwrap();
+    let expected: Vec<f64> = y.to_vec_f64().unwrap().iter().map(|v| 2.0 * v).collect();
+    assert_close_f64("retained dL/dy", &dy, &expected, 1e-12);
+}
+
+#[test]
+fn backward_errors_name_the_cause() {
+    let xs = inputs("errors", &[&[2, 2]]);
+    let tape = Tape::new();
+    let y = tape.square(&xs[0]).unwrap();
+    let err = tape.backward(&tape.sum_all(&y).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("does not depend on any watched tensor"), "{err}");
+    tape.watch(&xs[0]);
+    let y = tape.square(&xs[0]).unwrap();
+    let err = tape.backward(&y).unwrap_err().to_string();
+    assert!(err.contains("scalar root"), "{err}");
+}
