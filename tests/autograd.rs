@@ -234,3 +234,44 @@ fn backward_errors_name_the_cause() {
     let err = tape.backward(&y).unwrap_err().to_string();
     assert!(err.contains("scalar root"), "{err}");
 }
+
+grad_test!(pixel_norm, [[2, 2, 3, 2, 2]], [0], |t, x| t.pixel_norm(&x[0], 1e-10));
+
+/// Spectral norm with u, v held fixed (they come from the power iteration, without gradient): the
+/// gradient flows through s = uᵀW̄v only.
+#[test]
+fn spectral_normalize_gradient_through_sigma() {
+    let xs = inputs("spectral_normalize", &[&[2, 3, 2, 2, 2], &[2, 3]]);
+    let tape = Tape::new();
+    let (w_sn, u, v) = tape.spectral_normalize(&xs[0], &xs[1]).unwrap();
+    let direct = tape.divide_by_sigma(&xs[0], &u, &v).unwrap();
+    assert_close_f64("spectral_normalize = W̄/(uᵀW̄v)", &w_sn.to_vec_f64().unwrap(), &direct.to_vec_f64().unwrap(), 0.0);
+    let f = move |t: &Tape, x: &[Tensor]| t.divide_by_sigma(&x[0], &u, &v);
+    check_first_order("spectral_normalize", vec![xs[0].clone()], &[0], &f);
+    check_second_order("spectral_normalize", vec![xs[0].clone()], &[0], &f);
+}
+
+/// After many power iterations uᵀW v is the top singular value, so W/s has spectral norm 1.
+#[test]
+fn spectral_normalize_converges_to_unit_spectral_norm() {
+    let xs = inputs("spectral_unit", &[&[1, 4, 3], &[1, 4]]);
+    let tape = Tape::new();
+    let mut u = xs[1].clone();
+    let mut w_sn = xs[0].clone();
+    for _ in 0..200 {
+        let (w, u_next, _) = tape.spectral_normalize(&xs[0], &u).unwrap();
+        w_sn = w;
+        u = u_next;
+    }
+    // Largest singular value of W/s via the Gram matrix's power iteration, in f64.
+    let w = w_sn.to_vec_f64().unwrap();
+    let gram: Vec<f64> = (0..9).map(|k| (0..4).map(|r| w[r * 3 + k / 3] * w[r * 3 + k % 3]).sum()).collect();
+    let mut v = vec![1.0, 0.5, 0.25];
+    let mut lambda = 0.0;
+    for _ in 0..500 {
+        let next: Vec<f64> = (0..3).map(|i| (0..3).map(|j| gram[i * 3 + j] * v[j]).sum()).collect();
+        lambda = num_norm(&next);
+        v = next.iter().map(|x| x / lambda).collect();
+    }
+    assert!((lambda.sqrt() - 1.0).abs() < 1e-9, "spectral norm after normalisation: {}", lambda.sqrt());
+}

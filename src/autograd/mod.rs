@@ -8,6 +8,7 @@
 //!   again: WGAN-GP's ∂/∂θ (‖∇ₓD(x̂)‖ − 1)² is a second `backward` on the same tape.
 //! * Gradients of intermediate tensors are dropped once consumed unless [`Tape::retain_grad`] asked
 //!   for them: per-example clipping reads each layer's output gradient δ that way.
+mod composite;
 mod ops;
 mod rules;
 

@@ -48,7 +48,7 @@ fn col2im<T: Real>(geom: &ConvGeometry, cols: &[T], image: &mut [T]) {
                         let ix = (ox * stride + kj) as isize - padding as isize;
                         if ix >= 0 && (ix as usize) < in_w {
                             let at = (c * in_h + iy as usize) * in_w + ix as usize;
-                            image[at] = image[at] + src[oy * out_w + ox];
+                            image[at] += src[oy * out_w + ox];
                         }
                     }
                 }

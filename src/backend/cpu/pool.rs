@@ -19,8 +19,8 @@ fn argmax<T: Real>(x: &[T], w: usize, oy: usize, ox: usize) -> usize {
     let mut best = (2 * oy) * w + 2 * ox;
     for (dy, dx) in [(0, 1), (1, 0), (1, 1)] {
         let at = (2 * oy + dy) * w + 2 * ox + dx;
-        // `!(a <= b)` rather than `a > b` so that a NaN wins and propagates, as in PyTorch.
-        if !(x[at] <= x[best]) {
+        // A NaN wins and propagates, as in PyTorch.
+        if x[at] > x[best] || x[at].is_nan() {
             best = at;
         }
     }
@@ -53,7 +53,7 @@ pub fn max_pool2x2_scatter<T: Real>(x: &[T], dy: &[T], shape: &[usize]) -> Vec<T
         for oy in 0..oh {
             for ox in 0..ow {
                 let at = p * h * w + argmax(xp, w, oy, ox);
-                d_x[at] = d_x[at] + dy[(p * oh + oy) * ow + ox];
+                d_x[at] += dy[(p * oh + oy) * ow + ox];
             }
         }
     }

@@ -6,7 +6,7 @@ use num_traits::Float;
 use crate::error::Result;
 use crate::tensor::{DType, Device, Storage, Tensor};
 
-pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + 'static {
+pub trait Real: Float + std::ops::AddAssign + std::ops::MulAssign + Default + Send + Sync + std::fmt::Debug + 'static {
     const DTYPE: DType;
     fn of(x: f32) -> Self;
     fn of_f64(x: f64) -> Self;
@@ -62,7 +62,7 @@ macro_rules! impl_real {
                     return;
                 }
                 if k == 0 {
-                    c[..m * n].iter_mut().for_each(|v| *v = *v * beta);
+                    c[..m * n].iter_mut().for_each(|v| *v *= beta);
                     return;
                 }
                 assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm operands shorter than their shapes");
