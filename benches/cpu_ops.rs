@@ -1,0 +1,60 @@
+//! CPU backend throughput at the shapes the two algorithms use: `cargo bench --bench cpu_ops`.
+//!
+//! Each case runs once to warm up, then enough times for ~0.5 s; the median time and the achieved
+//! GFLOP/s are printed beside a large GEMM measured in the same run (this machine's ceiling for
+//! our CPU path).
+use std::time::{Duration, Instant};
+
+use dpgan::backend::ops;
+use dpgan::tensor::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn randn(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
+    Tensor::randn(shape, rng, &Device::Cpu).expect("cpu tensor")
+}
+
+/// Median seconds per call of `f`.
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while samples.len() < 5 || (start.elapsed() < Duration::from_millis(500) && samples.len() < 1000) {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn report(name: &str, flops: f64, seconds: f64) {
+    println!("{name:<48} {:>10.3} ms {:>10.2} GFLOP/s", seconds * 1e3, flops / seconds / 1e9);
+}
+
+fn main() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    println!("{:<48} {:>13} {:>18}", "case", "median", "throughput");
+
+    let (a, b) = (randn(&mut rng, &[1, 1024, 1024]), randn(&mut rng, &[1, 1024, 1024]));
+    report("ceiling: gemm 1024³", 2.0 * 1024f64.powi(3), time(|| drop(ops::matmul(&a, &b, false, false).unwrap())));
+
+    // DP-CGAN discriminator, B = 600: [600, 794] · [128, 794]ᵀ and its weight gradient.
+    let (x, w) = (randn(&mut rng, &[1, 600, 794]), randn(&mut rng, &[1, 128, 794]));
+    let flops = 2.0 * 600.0 * 794.0 * 128.0;
+    report("dp-cgan D linear 794→128, B=600 (fwd)", flops, time(|| drop(ops::matmul(&x, &w, false, true).unwrap())));
+    let dy = randn(&mut rng, &[1, 600, 128]);
+    report("dp-cgan D linear 794→128, B=600 (dW)", flops, time(|| drop(ops::matmul(&dy, &x, true, false).unwrap())));
+
+    // GS-WGAN discriminator convs, batch 32.
+    for (name, cin, cout, hw) in [("gs-wgan D conv1 1→64 5×5 s2, 28²", 1, 64, 28), ("gs-wgan D conv2 64→128 5×5 s2, 14²", 64, 128, 14), ("gs-wgan D conv3 128→256 5×5 s2, 7²", 128, 256, 7)] {
+        let x = randn(&mut rng, &[1, 32, cin, hw, hw]);
+        let w = randn(&mut rng, &[1, cout, cin, 5, 5]);
+        let y = ops::conv2d(&x, &w, 2, 2).unwrap();
+        let positions = (y.shape()[3] * y.shape()[4]) as f64;
+        let flops = 2.0 * 32.0 * positions * (cout * cin * 25) as f64;
+        report(&format!("{name} (fwd)"), flops, time(|| drop(ops::conv2d(&x, &w, 2, 2).unwrap())));
+        report(&format!("{name} (dW)"), flops, time(|| drop(ops::conv2d_weight_grad(&x, &y, (5, 5), 2, 2).unwrap())));
+        report(&format!("{name} (dx)"), flops, time(|| drop(ops::conv2d_input_grad(&y, &w, (hw, hw), 2, 2).unwrap())));
+    }
+}
