@@ -2,6 +2,7 @@
 //! reference backend, an autograd tape and privacy accounting.
 
 pub mod backend;
+pub mod data;
 
 pub mod error;
 pub mod tensor;
