@@ -1,0 +1,39 @@
+//! The command line: one variant of [`Command`] per subcommand, its arguments and its `run` in a
+//! file of its own (`info.rs`; later `train.rs`, `sample.rs`, `eval.rs`, `privacy.rs`, `bench.rs`,
+//! `reproduce.rs`). Commands render their report to a string and hand it to [`emit`].
+use std::io::{self, Write};
+
+use clap::{Parser, Subcommand};
+use dpgan::{Error, Result};
+
+mod info;
+
+#[derive(Parser, Debug)]
+#[command(name = "dpgan", version, about = "Differentially private GANs (DP-CGAN, GS-WGAN) on hand-written CUDA kernels")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The build (version, compiled kernels) and the CUDA devices this machine has.
+    Info(info::InfoArgs),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info(args) => info::run(&args),
+    }
+}
+
+/// Writes a command's output to stdout. A closed pipe (`dpgan info | head`) is not an error;
+/// anything else is reported instead of panicking the way `println!` would.
+fn emit(text: &str) -> Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(Error::file("<stdout>", format!("cannot write: {e}"))),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,132 @@
+//! The `dpgan` binary, run as a user would. Each check compares what it prints with what the library
+//! itself knows about this build and this machine, so the tests hold on a GPU host and without one.
+use std::process::{Command, Output};
+
+use dpgan::backend::cuda::module::{CUDA_ARCHS, FATBIN, NVCC_VERSION, PTXAS_REPORT};
+use dpgan::backend::cuda::{device_count, kernel_resources, Kernel};
+use dpgan::Error;
+use serde_json::Value;
+
+fn dpgan(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dpgan")).args(args).output().expect("running the dpgan binary")
+}
+
+/// Runs a command that must succeed and returns its stdout.
+#[track_caller]
+fn stdout_of(args: &[&str]) -> String {
+    let out = dpgan(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dpgan {args:?} exited with {}; stderr:\n{stderr}", out.status);
+    String::from_utf8(out.stdout).expect("stdout is UTF-8")
+}
+
+fn json_of(args: &[&str]) -> Value {
+    let text = stdout_of(args);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("dpgan {args:?} printed invalid JSON ({e}):\n{text}"))
+}
+
+/// The reason this machine has no CUDA device, as the library sees it, or `None` if it has some.
+fn no_device_reason() -> Option<String> {
+    match device_count() {
+        Ok(_) => None,
+        Err(Error::NoDevice(why)) => Some(why),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+#[test]
+fn info_tells_the_build_and_the_devices() {
+    let text = stdout_of(&["info"]);
+    assert!(text.starts_with(&format!("dpgan {}\n", env!("CARGO_PKG_VERSION"))), "{text}");
+    if FATBIN.is_some() {
+        assert!(text.contains("compiled by nvcc") && text.contains(NVCC_VERSION), "{text}");
+        for arch in CUDA_ARCHS {
+            assert!(text.contains(arch), "SASS target {arch} missing:\n{text}");
+        }
+        assert!(text.contains("PTX compute_"), "{text}");
+    } else {
+        assert!(text.contains("this build had no nvcc"), "{text}");
+    }
+    match no_device_reason() {
+        Some(why) => assert!(text.contains(&format!("no CUDA device: {why}")), "{text}"),
+        None => {
+            let n = device_count().unwrap();
+            assert!(text.contains(&format!("CUDA devices: {n}")), "{text}");
+            for i in 0..n {
+                assert!(text.contains(&format!("cuda:{i}  ")), "device {i} missing:\n{text}");
+            }
+        }
+    }
+    assert!(!text.contains("symbol"), "the kernel table is only for --kernels:\n{text}");
+}
+
+#[test]
+fn info_kernels_lists_every_kernel_with_ptxas_figures() {
+    let text = stdout_of(&["info", "--kernels"]);
+    let reported = kernel_resources(PTXAS_REPORT);
+    for k in Kernel::ALL {
+        let rows: Vec<&str> = text.lines().filter(|l| l.split_whitespace().next() == Some(k.symbol())).collect();
+        assert!(!rows.is_empty(), "{} missing:\n{text}", k.symbol());
+        assert!(rows.iter().all(|r| r.contains(k.family())), "{rows:?}");
+        if FATBIN.is_some() {
+            for arch in CUDA_ARCHS {
+                let r = reported.iter().find(|r| r.kernel == k.symbol() && r.arch == *arch).expect("ptxas reported every kernel");
+                let row = rows.iter().find(|row| row.contains(arch)).unwrap_or_else(|| panic!("{} has no {arch} row", k.symbol()));
+                let fields: Vec<&str> = row.split_whitespace().collect();
+                let figures: Vec<String> =
+                    [r.registers, r.spill_stores, r.spill_loads, r.shared_bytes, r.stack_bytes].iter().map(u32::to_string).collect();
+                assert_eq!(fields[3..].to_vec(), figures, "{row}");
+            }
+        }
+    }
+    if FATBIN.is_none() {
+        assert!(text.contains("this build had no nvcc"), "{text}");
+    }
+}
+
+#[test]
+fn info_json_matches_the_build() {
+    let v = json_of(&["info", "--json"]);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["build"]["kernels_compiled"], FATBIN.is_some());
+    assert_eq!(v["build"]["sass"], serde_json::json!(CUDA_ARCHS));
+    assert_eq!(v["build"]["nvcc"], if FATBIN.is_some() { Value::from(NVCC_VERSION) } else { Value::Null });
+    match no_device_reason() {
+        Some(why) => {
+            assert_eq!(v["no_device_reason"], why);
+            assert_eq!(v["devices"], serde_json::json!([]));
+        }
+        None => {
+            assert!(v["no_device_reason"].is_null());
+            assert_eq!(v["devices"].as_array().map(Vec::len), Some(device_count().unwrap()));
+        }
+    }
+    assert!(v.get("kernels").is_none(), "kernels only with --kernels: {v}");
+}
+
+#[test]
+fn info_kernels_json_has_one_entry_per_kernel() {
+    let v = json_of(&["info", "--kernels", "--json"]);
+    let kernels = v["kernels"].as_array().expect("a kernels array");
+    assert_eq!(kernels.len(), Kernel::ALL.len());
+    for (entry, k) in kernels.iter().zip(Kernel::ALL) {
+        assert_eq!(entry["symbol"], k.symbol());
+        assert_eq!(entry["family"], k.family());
+        let archs: Vec<&str> = entry["resources"].as_array().unwrap().iter().map(|r| r["arch"].as_str().unwrap()).collect();
+        let expected: &[&str] = if FATBIN.is_some() { CUDA_ARCHS } else { &[] };
+        assert_eq!(archs, expected, "{}", k.symbol());
+    }
+    assert_eq!(v["unlisted_kernels"], serde_json::json!([]), "kernels compiled but absent from Kernel::ALL");
+}
+
+#[test]
+fn bad_arguments_fail_with_an_error_line() {
+    let out = dpgan(&["info", "--no-such-flag"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("error:"), "{stderr}");
+    assert!(out.stdout.is_empty());
+
+    let version = stdout_of(&["--version"]);
+    assert_eq!(version.trim(), format!("dpgan {}", env!("CARGO_PKG_VERSION")));
+}
