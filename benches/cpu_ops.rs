@@ -47,7 +47,11 @@ fn main() {
     report("dp-cgan D linear 794→128, B=600 (dW)", flops, time(|| drop(ops::matmul(&dy, &x, true, false).unwrap())));
 
     // GS-WGAN discriminator convs, batch 32.
-    for (name, cin, cout, hw) in [("gs-wgan D conv1 1→64 5×5 s2, 28²", 1, 64, 28), ("gs-wgan D conv2 64→128 5×5 s2, 14²", 64, 128, 14), ("gs-wgan D conv3 128→256 5×5 s2, 7²", 128, 256, 7)] {
+    for (name, cin, cout, hw) in [
+        ("gs-wgan D conv1 1→64 5×5 s2, 28²", 1, 64, 28),
+        ("gs-wgan D conv2 64→128 5×5 s2, 14²", 64, 128, 14),
+        ("gs-wgan D conv3 128→256 5×5 s2, 7²", 128, 256, 7),
+    ] {
         let x = randn(&mut rng, &[1, 32, cin, hw, hw]);
         let w = randn(&mut rng, &[1, cout, cin, 5, 5]);
         let y = ops::conv2d(&x, &w, 2, 2).unwrap();

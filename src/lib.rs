@@ -1,10 +1,8 @@
 //! dpgan: differentially private GANs (DP-CGAN, GS-WGAN) on hand-written CUDA kernels, with a CPU
 //! reference backend, an autograd tape and privacy accounting.
-
 pub mod autograd;
 pub mod backend;
 pub mod data;
-
 pub mod error;
 pub mod tensor;
 
