@@ -1,6 +1,7 @@
 //! Compiles `kernels/*.cu` with nvcc into one fatbin and embeds it in the crate.
 //!
-//! * nvcc is found through `NVCC`, then `CUDA_HOME`/`CUDA_PATH`, then `PATH`.
+//! * nvcc is found through `NVCC`, then `CUDA_HOME`/`CUDA_PATH`, then `PATH`, then the repo's
+//!   `.venv-nvcc` (where `scripts/install-nvcc.sh` installs it).
 //! * Targets: SASS for sm_80, sm_86, sm_89, sm_90 and PTX for compute_90 (loadable by the CUDA 13.0
 //!   driver); `DPGAN_CUDA_ARCHS="80,90"` overrides the SASS list (PTX follows the highest).
 //! * `-lineinfo` so that Nsight maps time to source lines; `-Xptxas -v`'s register and spill report
@@ -19,6 +20,7 @@ const DEFAULT_ARCHS: &[&str] = &["80", "86", "89", "90"];
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=.venv-nvcc/.dpgan-pins");
     for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "DPGAN_CUDA_ARCHS", "DPGAN_REQUIRE_CUDA_BUILD"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -84,7 +86,13 @@ fn find_nvcc() -> Option<PathBuf> {
             }
         }
     }
-    env::var_os("PATH").and_then(|paths| env::split_paths(&paths).map(|d| d.join("nvcc")).find(|p| p.is_file()))
+    let on_path = env::var_os("PATH").and_then(|paths| env::split_paths(&paths).map(|d| d.join("nvcc")).find(|p| p.is_file()));
+    // Last, the compiler scripts/install-nvcc.sh puts in the repo, so that a plain `cargo build`
+    // after the script finds it.
+    on_path.or_else(|| {
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-nvcc").join("lib");
+        fs::read_dir(venv).ok()?.filter_map(|e| e.ok()).map(|e| e.path().join("site-packages/nvidia/cu13/bin/nvcc")).find(|p| p.is_file())
+    })
 }
 
 /// One translation unit including every `.cu` file, so that one fatbin holds all kernels.
@@ -101,7 +109,7 @@ fn compile(nvcc: &Path, sources: &[PathBuf], archs: &[String], out_dir: &Path) -
 
     let mut cmd = Command::new(nvcc);
     cmd.arg("-fatbin").args(["-std=c++17", "-O3", "-lineinfo", "-Xptxas", "-v", "--threads", "0"]).arg("-I").arg(&kernels_dir);
-    let top = archs.iter().max_by_key(|a| a.parse::<u32>().unwrap_or(0)).cloned().unwrap_or_else(|| "90".into());
+    let top = top_arch(archs).unwrap_or_else(|| "90".into());
     for a in archs {
         cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
     }
@@ -122,6 +130,11 @@ fn compile(nvcc: &Path, sources: &[PathBuf], archs: &[String], out_dir: &Path) -
     Ok((fatbin, stderr, version))
 }
 
+/// The highest requested arch: its PTX goes into the fatbin.
+fn top_arch(archs: &[String]) -> Option<String> {
+    archs.iter().max_by_key(|a| a.parse::<u32>().unwrap_or(0)).cloned()
+}
+
 fn generated_source(fatbin: Option<&Path>, archs: &[String], report: &str, version: &str) -> String {
     let fatbin_expr = match fatbin {
         Some(p) => format!("Some(include_bytes!({:?}))", p.display().to_string()),
@@ -136,7 +149,13 @@ fn generated_source(fatbin: Option<&Path>, archs: &[String], report: &str, versi
          /// ptxas -v output: registers, spills and shared memory per kernel and arch.\n\
          pub const PTXAS_REPORT: &str = {report:?};\n\
          /// nvcc's release line.\n\
-         pub const NVCC_VERSION: &str = {version:?};\n",
-        archs_list.join(", ")
+         pub const NVCC_VERSION: &str = {version:?};\n\
+         /// The virtual architecture whose PTX rides along (JIT-compiled for newer GPUs).\n\
+         pub const PTX_ARCH: Option<&str> = {ptx};\n",
+        archs_list.join(", "),
+        ptx = match (fatbin, top_arch(archs)) {
+            (Some(_), Some(a)) => format!("Some(\"compute_{a}\")"),
+            _ => "None".to_string(),
+        }
     )
 }

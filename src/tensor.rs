@@ -56,7 +56,6 @@ impl fmt::Debug for Device {
 }
 
 /// The bytes behind a tensor.
-#[derive(Clone)]
 pub enum Storage {
     Cpu(Vec<f32>),
     CpuF64(Vec<f64>),
@@ -224,9 +223,18 @@ impl Tensor {
         }
     }
 
-    /// Mutable storage for in-place updates; copies first if the storage is shared.
-    pub fn storage_mut(&mut self) -> &mut Storage {
-        Arc::make_mut(&mut self.storage)
+    /// Mutable storage for in-place updates; copies first if the storage is shared (so a tensor a
+    /// tape saved never changes under it).
+    pub fn storage_mut(&mut self) -> Result<&mut Storage> {
+        if Arc::get_mut(&mut self.storage).is_none() {
+            let copy = match &*self.storage {
+                Storage::Cpu(v) => Storage::Cpu(v.clone()),
+                Storage::CpuF64(v) => Storage::CpuF64(v.clone()),
+                Storage::Cuda(b) => Storage::Cuda(b.try_clone()?),
+            };
+            self.storage = Arc::new(copy);
+        }
+        Ok(Arc::get_mut(&mut self.storage).expect("storage is unique after the copy"))
     }
 
     /// The values as f32, copied to the host (a synchronising copy for CUDA tensors).

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use clap::Args;
-use dpgan::backend::cuda::module::{CUDA_ARCHS, FATBIN, NVCC_VERSION, PTXAS_REPORT};
+use dpgan::backend::cuda::module::{CUDA_ARCHS, FATBIN, NVCC_VERSION, PTXAS_REPORT, PTX_ARCH};
 use dpgan::backend::cuda::{device_count, kernel_resources, CudaDevice, Kernel, KernelResources};
 use dpgan::{Error, Result};
 use serde::Serialize;
@@ -96,7 +96,7 @@ fn gather(with_kernels: bool) -> Report {
         kernels_compiled: FATBIN.is_some(),
         nvcc: FATBIN.map(|_| NVCC_VERSION),
         sass: CUDA_ARCHS.to_vec(),
-        ptx: FATBIN.and(ptx_target(CUDA_ARCHS)),
+        ptx: PTX_ARCH.map(str::to_string),
     };
     let (kernels, unlisted_kernels) = if with_kernels {
         let (k, u) = kernel_table(&kernel_resources(PTXAS_REPORT));
@@ -105,11 +105,6 @@ fn gather(with_kernels: bool) -> Report {
         (None, None)
     };
     Report { version: env!("CARGO_PKG_VERSION"), build, devices, no_device_reason, kernels, unlisted_kernels }
-}
-
-/// build.rs embeds PTX for the highest SASS target, so that newer GPUs can JIT it.
-fn ptx_target(archs: &[&str]) -> Option<String> {
-    archs.iter().filter_map(|a| a.trim_start_matches("sm_").parse::<u32>().ok()).max().map(|n| format!("compute_{n}"))
 }
 
 /// Every device the driver reports, opened to read its properties, or the reason there are none.
@@ -242,12 +237,6 @@ fn write_kernel_table(f: &mut fmt::Formatter<'_>, kernels: &[KernelEntry], compi
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ptx_follows_the_highest_sass_target() {
-        assert_eq!(ptx_target(&["sm_80", "sm_90", "sm_86"]).as_deref(), Some("compute_90"));
-        assert_eq!(ptx_target(&[]), None);
-    }
 
     /// The device lines cannot be exercised without a GPU, so their two forms are checked here.
     #[test]

@@ -128,15 +128,15 @@ impl Backend for Cpu {
 
     fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Tensor>, hp: &SgdParams) -> Result<()> {
         by_dtype!(param.dtype(), T => {
-            let buf = momentum_buf.map(T::host_mut);
-            sgd_update(T::host_mut(param), T::host(grad), buf.map(|b| b.as_mut_slice()), hp);
+            let buf = momentum_buf.map(T::host_mut).transpose()?;
+            sgd_update(T::host_mut(param)?, T::host(grad), buf.map(|b| b.as_mut_slice()), hp);
             Ok(())
         })
     }
 
     fn adam_step(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, t: u64, hp: &AdamParams) -> Result<()> {
         by_dtype!(param.dtype(), T => {
-            adam_update(T::host_mut(param), T::host(grad), T::host_mut(m), T::host_mut(v), t, hp);
+            adam_update(T::host_mut(param)?, T::host(grad), T::host_mut(m)?, T::host_mut(v)?, t, hp);
             Ok(())
         })
     }

@@ -13,7 +13,7 @@ pub trait Real: Float + std::ops::AddAssign + std::ops::MulAssign + Default + Se
     fn f64(self) -> f64;
     /// The host slice of a CPU tensor of this type (ops has checked device and dtype).
     fn host(t: &Tensor) -> &[Self];
-    fn host_mut(t: &mut Tensor) -> &mut Vec<Self>;
+    fn host_mut(t: &mut Tensor) -> Result<&mut Vec<Self>>;
     fn wrap(data: Vec<Self>, shape: &[usize]) -> Result<Tensor>;
     /// `c (m×n) = op(a)·op(b) + beta·c`, row-major, transposes as strides.
     #[allow(clippy::too_many_arguments)]
@@ -48,9 +48,9 @@ macro_rules! impl_real {
                     _ => unreachable!("ops checks device and dtype before dispatching to the CPU backend"),
                 }
             }
-            fn host_mut(t: &mut Tensor) -> &mut Vec<Self> {
-                match t.storage_mut() {
-                    Storage::$variant(v) => v,
+            fn host_mut(t: &mut Tensor) -> Result<&mut Vec<Self>> {
+                match t.storage_mut()? {
+                    Storage::$variant(v) => Ok(v),
                     _ => unreachable!("ops checks device and dtype before dispatching to the CPU backend"),
                 }
             }

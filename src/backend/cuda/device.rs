@@ -179,10 +179,14 @@ impl CudaBuffer {
     }
 }
 
-impl Clone for CudaBuffer {
+impl CudaBuffer {
     /// A device-to-device copy (used when an in-place update meets shared storage).
-    fn clone(&self) -> Self {
-        let slice = self.device.stream.clone_dtod(&self.slice).expect("device-to-device copy of a tensor");
-        CudaBuffer { slice, device: self.device.clone() }
+    pub fn try_clone(&self) -> Result<Self> {
+        let slice = self
+            .device
+            .stream
+            .clone_dtod(&self.slice)
+            .map_err(|e| Error::cuda(format!("copying {} floats on the device", self.len()), e))?;
+        Ok(CudaBuffer { slice, device: self.device.clone() })
     }
 }
