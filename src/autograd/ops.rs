@@ -14,10 +14,11 @@ pub enum Saved {
         a: Tensor,
         b: Tensor,
     },
+    /// `operand` is the op's input or its output, whichever its derivative is written in (see
+    /// `rules::unary_needs_output`); an affine map keeps neither.
     Unary {
         op: UnaryOp,
-        x: Tensor,
-        y: Tensor,
+        operand: Option<Tensor>,
     },
     SumTo {
         x_shape: Vec<usize>,
@@ -90,8 +91,12 @@ impl Tape {
 
     fn unary(&self, op: UnaryOp, x: &Tensor) -> Result<Tensor> {
         let y = raw::unary(op, x)?;
-        let saved_y = y.clone();
-        Ok(self.record(y, &[x], || Saved::Unary { op, x: x.clone(), y: saved_y }))
+        let operand = match op {
+            UnaryOp::Affine { .. } => None,
+            _ if super::rules::unary_needs_output(op) => Some(y.clone()),
+            _ => Some(x.clone()),
+        };
+        Ok(self.record(y, &[x], || Saved::Unary { op, operand }))
     }
 
     /// Elementwise `a + b` with broadcasting.

@@ -14,7 +14,7 @@ pub(super) fn backward(tape: &Tape, saved: &Saved, dy: &Tensor) -> Result<Vec<Op
             let (da, db) = binary(tape, *op, a, b, dy)?;
             vec![Some(tape.sum_to(&da, a.shape())?), Some(tape.sum_to(&db, b.shape())?)]
         }
-        Saved::Unary { op, x, y } => vec![Some(unary(tape, *op, x, y, dy)?)],
+        Saved::Unary { op, operand } => vec![Some(unary(tape, *op, operand.as_ref(), dy)?)],
         Saved::SumTo { x_shape } => vec![Some(tape.broadcast_to(dy, x_shape)?)],
         Saved::BroadcastTo { x_shape } => vec![Some(tape.sum_to(dy, x_shape)?)],
         Saved::Reshape { x_shape } => vec![Some(tape.reshape(dy, x_shape)?)],
@@ -93,24 +93,36 @@ fn binary(tape: &Tape, op: BinaryOp, a: &Tensor, b: &Tensor, dy: &Tensor) -> Res
     })
 }
 
-fn unary(tape: &Tape, op: UnaryOp, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+/// Whether `op`'s derivative is written in its output `y` (else in its input `x`).
+pub(super) fn unary_needs_output(op: UnaryOp) -> bool {
+    matches!(op, UnaryOp::Exp | UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Recip | UnaryOp::Sigmoid | UnaryOp::Tanh)
+}
+
+/// `dx` of `y = op(x)`; `operand` is `y` or `x` as `unary_needs_output` says (none for affine).
+fn unary(tape: &Tape, op: UnaryOp, operand: Option<&Tensor>, dy: &Tensor) -> Result<Tensor> {
+    let Some(v) = operand else {
+        let UnaryOp::Affine { scale, .. } = op else { unreachable!("only affine maps save no operand") };
+        return tape.scale(dy, scale);
+    };
     match op {
         UnaryOp::Affine { scale, .. } => tape.scale(dy, scale),
-        UnaryOp::Exp => tape.mul(dy, y),
-        UnaryOp::Log => tape.div(dy, x),
-        UnaryOp::Sqrt => tape.scale(&tape.div(dy, y)?, 0.5),
+        // v = y below
+        UnaryOp::Exp => tape.mul(dy, v),
+        UnaryOp::Sqrt => tape.scale(&tape.div(dy, v)?, 0.5),
         // y = x^(−1/2): dy/dx = −y³/2
-        UnaryOp::Rsqrt => tape.mul(dy, &tape.scale(&tape.mul(y, &tape.square(y)?)?, -0.5)?),
+        UnaryOp::Rsqrt => tape.mul(dy, &tape.scale(&tape.mul(v, &tape.square(v)?)?, -0.5)?),
         // y = 1/x: dy/dx = −y²
-        UnaryOp::Recip => tape.mul(dy, &tape.neg(&tape.square(y)?)?),
-        UnaryOp::Square => tape.mul(dy, &tape.scale(x, 2.0)?),
-        // The masks are piecewise constant: computed untracked, they carry no gradient.
-        UnaryOp::Relu => tape.mul(dy, &raw::unary(UnaryOp::ReluMask, x)?),
-        UnaryOp::LeakyRelu(slope) => tape.mul(dy, &raw::unary(UnaryOp::LeakyReluMask(slope), x)?),
+        UnaryOp::Recip => tape.mul(dy, &tape.neg(&tape.square(v)?)?),
         // σ' = σ(1 − σ)
-        UnaryOp::Sigmoid => tape.mul(dy, &tape.mul(y, &tape.affine(y, -1.0, 1.0)?)?),
+        UnaryOp::Sigmoid => tape.mul(dy, &tape.mul(v, &tape.affine(v, -1.0, 1.0)?)?),
         // tanh' = 1 − tanh²
-        UnaryOp::Tanh => tape.mul(dy, &tape.affine(&tape.square(y)?, -1.0, 1.0)?),
+        UnaryOp::Tanh => tape.mul(dy, &tape.affine(&tape.square(v)?, -1.0, 1.0)?),
+        // v = x below
+        UnaryOp::Log => tape.div(dy, v),
+        UnaryOp::Square => tape.mul(dy, &tape.scale(v, 2.0)?),
+        // The masks are piecewise constant: computed untracked, they carry no gradient.
+        UnaryOp::Relu => tape.mul(dy, &raw::unary(UnaryOp::ReluMask, v)?),
+        UnaryOp::LeakyRelu(slope) => tape.mul(dy, &raw::unary(UnaryOp::LeakyReluMask(slope), v)?),
         UnaryOp::ReluMask | UnaryOp::LeakyReluMask(_) => raw::unary(UnaryOp::Affine { scale: 0.0, shift: 0.0 }, dy),
     }
 }
