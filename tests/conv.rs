@@ -3,7 +3,7 @@
 //! non-square inputs and kernels; the adjoint identities; PyTorch's output sizes; shape errors.
 mod common;
 
-use common::{assert_close_f64, randn_vec, tol};
+use common::{randn_vec, tol};
 use dpgan::backend::ops;
 use dpgan::tensor::{Device, Tensor};
 use dpgan::Error;
@@ -93,21 +93,61 @@ impl Conv {
         }
     }
 
-    fn forward_oracle(&self, x: &[f32], w: &[f32]) -> Vec<f64> {
-        let mut y = vec![0.0; self.y_shape().iter().product()];
-        self.for_each_term(|xi, wi, yi| y[yi] += x[xi] as f64 * w[wi] as f64);
+    fn forward_oracle(&self, x: &[f32], w: &[f32]) -> Sums {
+        let mut y = Sums::zeros(self.y_shape().iter().product());
+        self.for_each_term(|xi, wi, yi| y.add(yi, x[xi] as f64 * w[wi] as f64));
         y
     }
-    fn input_grad_oracle(&self, dy: &[f32], w: &[f32]) -> Vec<f64> {
-        let mut d_x = vec![0.0; self.x_shape().iter().product()];
-        self.for_each_term(|xi, wi, yi| d_x[xi] += dy[yi] as f64 * w[wi] as f64);
+    fn input_grad_oracle(&self, dy: &[f32], w: &[f32]) -> Sums {
+        let mut d_x = Sums::zeros(self.x_shape().iter().product());
+        self.for_each_term(|xi, wi, yi| d_x.add(xi, dy[yi] as f64 * w[wi] as f64));
         d_x
     }
-    fn weight_grad_oracle(&self, x: &[f32], dy: &[f32]) -> Vec<f64> {
-        let mut d_w = vec![0.0; self.w_shape().iter().product()];
-        self.for_each_term(|xi, wi, yi| d_w[wi] += x[xi] as f64 * dy[yi] as f64);
+    fn weight_grad_oracle(&self, x: &[f32], dy: &[f32]) -> Sums {
+        let mut d_w = Sums::zeros(self.w_shape().iter().product());
+        self.for_each_term(|xi, wi, yi| d_w.add(wi, x[xi] as f64 * dy[yi] as f64));
         d_w
     }
+}
+
+/// Exact sums from an oracle: each element's value and the sum of its terms' magnitudes.
+struct Sums {
+    value: Vec<f64>,
+    magnitude: Vec<f64>,
+}
+
+impl Sums {
+    fn zeros(n: usize) -> Self {
+        Sums { value: vec![0.0; n], magnitude: vec![0.0; n] }
+    }
+    fn add(&mut self, i: usize, term: f64) {
+        self.value[i] += term;
+        self.magnitude[i] += term.abs();
+    }
+}
+
+/// `‖actual − expected‖ ≤ tol·‖Σ|terms|‖`: the relative-norm error measured against the magnitude of
+/// the summed terms, which is what bounds floating-point rounding. A plain relative error would fail
+/// on rounding alone whenever the terms happen to cancel (a single dot product close to 0).
+#[track_caller]
+fn assert_close_sums(what: &str, actual: &[f64], expected: &Sums, tol: f64) {
+    assert_eq!(actual.len(), expected.value.len(), "{what}: lengths differ");
+    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+    let error = norm(&mut actual.iter().zip(&expected.value).map(|(a, e)| a - e));
+    let scale = norm(&mut expected.magnitude.iter().copied());
+    let (worst, _) =
+        actual
+            .iter()
+            .zip(&expected.value)
+            .enumerate()
+            .fold((0, -1.0), |w, (i, (a, e))| if (a - e).abs() > w.1 { (i, (a - e).abs()) } else { w });
+    assert!(
+        error <= tol * scale || error == 0.0,
+        "{what}: error norm {error:.3e} > {tol:.1e} × {scale:.3e} (norm of Σ|terms|); worst at index {worst}: got {}, expected {} ({} elements)",
+        actual[worst],
+        expected.value[worst],
+        actual.len()
+    );
 }
 
 /// The geometries of SPEC.md at reduced channel counts, then shapes with tails.
@@ -165,15 +205,15 @@ fn check_conv_ops(name: &str, conv: &Conv, rng: &mut impl Rng) {
         let (xt, wt, dyt) = (tensor(&x, &xs), tensor(&w, &ws), tensor(&dy, &ys));
         let y = ops::conv2d(&xt, &wt, s, p).unwrap();
         assert_eq!(y.shape(), ys, "{name}: conv2d output shape (PyTorch's formula)");
-        assert_close_f64(&format!("{name}: conv2d {dtype}"), &values(&y), &expected_y, tolerance);
+        assert_close_sums(&format!("{name}: conv2d {dtype}"), &values(&y), &expected_y, tolerance);
 
         let d_x = ops::conv2d_input_grad(&dyt, &wt, in_hw, s, p).unwrap();
         assert_eq!(d_x.shape(), xs, "{name}: conv2d_input_grad shape");
-        assert_close_f64(&format!("{name}: conv2d_input_grad {dtype}"), &values(&d_x), &expected_dx, tolerance);
+        assert_close_sums(&format!("{name}: conv2d_input_grad {dtype}"), &values(&d_x), &expected_dx, tolerance);
 
         let d_w = ops::conv2d_weight_grad(&xt, &dyt, k_hw, s, p).unwrap();
         assert_eq!(d_w.shape(), ws, "{name}: conv2d_weight_grad shape");
-        assert_close_f64(&format!("{name}: conv2d_weight_grad {dtype}"), &values(&d_w), &expected_dw, tolerance);
+        assert_close_sums(&format!("{name}: conv2d_weight_grad {dtype}"), &values(&d_w), &expected_dw, tolerance);
     }
 }
 
@@ -273,10 +313,10 @@ impl ConvTranspose {
     /// PyTorch's definition: every input pixel scatters its kernel-weighted copy,
     /// `y[g,b,co, iy·s+i−p, ix·s+j−p] += x[g,b,ci,iy,ix] · w[g,ci,co,i,j]`, dropping what lands
     /// outside the output.
-    fn oracle(&self, x: &[f32], w: &[f32]) -> Vec<f64> {
+    fn oracle(&self, x: &[f32], w: &[f32]) -> Sums {
         let Self { groups, batch, in_channels, out_channels, in_h, in_w, kernel: (kh, kw), stride, padding, .. } = *self;
         let (out_h, out_w) = self.out_hw();
-        let mut y = vec![0.0; self.y_shape().iter().product()];
+        let mut y = Sums::zeros(self.y_shape().iter().product());
         for g in 0..groups {
             for b in 0..batch {
                 for ci in 0..in_channels {
@@ -292,7 +332,10 @@ impl ConvTranspose {
                                             continue;
                                         }
                                         let w_v = w[(((g * in_channels + ci) * out_channels + co) * kh + i) * kw + j] as f64;
-                                        y[(((g * batch + b) * out_channels + co) * out_h + oy as usize) * out_w + ox as usize] += x_v * w_v;
+                                        y.add(
+                                            (((g * batch + b) * out_channels + co) * out_h + oy as usize) * out_w + ox as usize,
+                                            x_v * w_v,
+                                        );
                                     }
                                 }
                             }
@@ -356,7 +399,7 @@ fn conv_transpose_matches_its_definition_and_is_the_conv_input_grad() {
             let (xt, wt) = (tensor(&x, &ct.x_shape()), tensor(&w, &ct.w_shape()));
             let y = ops::conv_transpose2d(&xt, &wt, s, p, op).unwrap();
             assert_eq!(y.shape(), ct.y_shape(), "{name}: output shape");
-            assert_close_f64(&format!("{name}: conv_transpose2d {dtype}"), &values(&y), &expected, tolerance);
+            assert_close_sums(&format!("{name}: conv_transpose2d {dtype}"), &values(&y), &expected, tolerance);
             let as_input_grad = ops::conv2d_input_grad(&xt, &wt, ct.out_hw(), s, p).unwrap();
             assert_eq!(values(&as_input_grad), values(&y), "{name} {dtype}: conv_transpose2d is conv2d_input_grad");
         }

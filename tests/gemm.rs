@@ -2,7 +2,7 @@
 //! G > 1, odd sizes, empty edges (K = 0, M = 0, N = 0, G = 0), and shape errors.
 mod common;
 
-use common::{assert_close_f64, randn_vec, tol};
+use common::{randn_vec, tol};
 use dpgan::backend::ops;
 use dpgan::tensor::{Device, Tensor};
 use dpgan::Error;
@@ -46,19 +46,17 @@ impl Case {
 }
 
 /// `c[g,i,j] = Σ_p op(a)[g,i,p] · op(b)[g,p,j]`, accumulated in f64.
-fn matmul_oracle(case: &Case, a: &[f32], b: &[f32]) -> Vec<f64> {
+fn matmul_oracle(case: &Case, a: &[f32], b: &[f32]) -> Sums {
     let Case { groups, m, k, n, trans_a, trans_b } = *case;
-    let mut c = vec![0.0; groups * m * n];
+    let mut c = Sums::zeros(groups * m * n);
     for g in 0..groups {
         for i in 0..m {
             for j in 0..n {
-                let mut sum = 0.0f64;
                 for p in 0..k {
                     let a_ip = if trans_a { a[(g * k + p) * m + i] } else { a[(g * m + i) * k + p] };
                     let b_pj = if trans_b { b[(g * n + j) * k + p] } else { b[(g * k + p) * n + j] };
-                    sum += a_ip as f64 * b_pj as f64;
+                    c.add((g * m + i) * n + j, a_ip as f64 * b_pj as f64);
                 }
-                c[(g * m + i) * n + j] = sum;
             }
         }
     }
@@ -82,13 +80,53 @@ fn check(rng: &mut impl Rng, case: Case) {
     let b32 = Tensor::from_vec(b.clone(), &b_shape, &Device::Cpu).unwrap();
     let c32 = ops::matmul(&a32, &b32, case.trans_a, case.trans_b).unwrap();
     assert_eq!(c32.shape(), [case.groups, case.m, case.n], "{what}: output shape");
-    assert_close_f64(&format!("{what} f32"), &to_f64(&c32), &expected, tol::F32_REDUCTION);
+    assert_close_sums(&format!("{what} f32"), &to_f64(&c32), &expected, tol::F32_REDUCTION);
 
     let a64 = Tensor::from_vec_f64(a.iter().map(|&x| x as f64).collect(), &a_shape).unwrap();
     let b64 = Tensor::from_vec_f64(b.iter().map(|&x| x as f64).collect(), &b_shape).unwrap();
     let c64 = ops::matmul(&a64, &b64, case.trans_a, case.trans_b).unwrap();
     assert_eq!(c64.shape(), [case.groups, case.m, case.n], "{what}: f64 output shape");
-    assert_close_f64(&format!("{what} f64"), &to_f64(&c64), &expected, F64_TIGHT);
+    assert_close_sums(&format!("{what} f64"), &to_f64(&c64), &expected, F64_TIGHT);
+}
+
+/// Exact sums from an oracle: each element's value and the sum of its terms' magnitudes.
+struct Sums {
+    value: Vec<f64>,
+    magnitude: Vec<f64>,
+}
+
+impl Sums {
+    fn zeros(n: usize) -> Self {
+        Sums { value: vec![0.0; n], magnitude: vec![0.0; n] }
+    }
+    fn add(&mut self, i: usize, term: f64) {
+        self.value[i] += term;
+        self.magnitude[i] += term.abs();
+    }
+}
+
+/// `‖actual − expected‖ ≤ tol·‖Σ|terms|‖`: the relative-norm error measured against the magnitude of
+/// the summed terms, which is what bounds floating-point rounding. A plain relative error would fail
+/// on rounding alone whenever the terms happen to cancel (a single dot product close to 0).
+#[track_caller]
+fn assert_close_sums(what: &str, actual: &[f64], expected: &Sums, tol: f64) {
+    assert_eq!(actual.len(), expected.value.len(), "{what}: lengths differ");
+    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+    let error = norm(&mut actual.iter().zip(&expected.value).map(|(a, e)| a - e));
+    let scale = norm(&mut expected.magnitude.iter().copied());
+    let (worst, _) =
+        actual
+            .iter()
+            .zip(&expected.value)
+            .enumerate()
+            .fold((0, -1.0), |w, (i, (a, e))| if (a - e).abs() > w.1 { (i, (a - e).abs()) } else { w });
+    assert!(
+        error <= tol * scale || error == 0.0,
+        "{what}: error norm {error:.3e} > {tol:.1e} × {scale:.3e} (norm of Σ|terms|); worst at index {worst}: got {}, expected {} ({} elements)",
+        actual[worst],
+        expected.value[worst],
+        actual.len()
+    );
 }
 
 const TRANSPOSES: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
