@@ -203,3 +203,28 @@ fn matmul_shape_errors_are_errors_not_panics() {
     let b64 = Tensor::from_vec_f64(vec![0.0; 20], &[1, 4, 5]).unwrap();
     expect_shape_error("dtypes", ops::matmul(&t(&mut rng, &[1, 3, 4]), &b64, false, false));
 }
+
+/// The backend's GEMM primitive follows BLAS: beta = 0 overwrites C (even NaN in it), also when
+/// K = 0; beta = 1 accumulates.
+#[test]
+fn cpu_gemm_beta_zero_overwrites_even_nan() {
+    use dpgan::backend::cpu::Real;
+    let mut rng = common::rng("cpu_gemm_beta_zero_overwrites_even_nan");
+    let (m, n) = (3, 5);
+    for k in [0, 4] {
+        let (a, b) = (randn_vec(&mut rng, m * k), randn_vec(&mut rng, k * n));
+        let expected = matmul_oracle(&Case { groups: 1, m, k, n, trans_a: false, trans_b: false }, &a, &b);
+        let mut c = vec![f32::NAN; m * n];
+        <f32 as Real>::gemm(m, k, n, &a, false, &b, false, 0.0, &mut c);
+        assert!(c.iter().all(|v| v.is_finite()), "k = {k}: beta = 0 kept a NaN: {c:?}");
+        assert_close_sums(&format!("k = {k}, beta = 0"), &c.iter().map(|&v| v as f64).collect::<Vec<_>>(), &expected, tol::F32_REDUCTION);
+
+        let c0 = randn_vec(&mut rng, m * n);
+        let mut c = c0.clone();
+        <f32 as Real>::gemm(m, k, n, &a, false, &b, false, 1.0, &mut c);
+        let mut expected = expected;
+        expected.value.iter_mut().zip(&c0).for_each(|(e, &c)| *e += c as f64);
+        expected.magnitude.iter_mut().zip(&c0).for_each(|(e, &c)| *e += (c as f64).abs());
+        assert_close_sums(&format!("k = {k}, beta = 1"), &c.iter().map(|&v| v as f64).collect::<Vec<_>>(), &expected, tol::F32_REDUCTION);
+    }
+}
