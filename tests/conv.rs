@@ -167,6 +167,8 @@ const CONVS: &[(&str, Conv)] = &[
     ("stride 3 that does not tile 11x8, 4x4 p1", Conv::new(1, 2, 2, 11, 8, 2, (4, 4), 3, 1)),
     ("kernel covers the padded input: 1x1 output", Conv::new(2, 2, 3, 5, 4, 2, (7, 6), 1, 1)),
     ("padding wider than half the kernel", Conv::new(1, 1, 2, 4, 5, 2, (2, 3), 2, 3)),
+    ("1-pixel-wide input: some taps only ever see padding", Conv::new(1, 2, 2, 3, 1, 2, (3, 5), 1, 2)),
+    ("stride 2 over padding only at the edges", Conv::new(1, 1, 1, 2, 2, 1, (5, 5), 2, 3)),
 ];
 
 fn tensor32(data: &[f32], shape: &[usize]) -> Tensor {
@@ -222,6 +224,35 @@ fn conv_ops_match_the_loop_formulas_at_every_spec_geometry() {
     let mut rng = common::rng("conv_ops_match_the_loop_formulas_at_every_spec_geometry");
     for (name, conv) in CONVS {
         check_conv_ops(name, conv, &mut rng);
+    }
+}
+
+/// Random small geometries (kernel 1–6, stride 1–3, padding 0–3, sizes 1–9, non-square): every
+/// edge of the padding arithmetic, with invalid ones required to be errors.
+#[test]
+fn conv_ops_match_the_loop_formulas_on_random_geometries() {
+    let mut rng = common::rng("conv_ops_match_the_loop_formulas_on_random_geometries");
+    let mut checked = 0;
+    while checked < 150 {
+        let conv = Conv::new(
+            rng.random_range(1..=2),
+            rng.random_range(1..=3),
+            rng.random_range(1..=3),
+            rng.random_range(1..=9),
+            rng.random_range(1..=9),
+            rng.random_range(1..=3),
+            (rng.random_range(1..=6), rng.random_range(1..=6)),
+            rng.random_range(1..=3),
+            rng.random_range(0..=3),
+        );
+        let fits = conv.in_h + 2 * conv.padding >= conv.kernel_h && conv.in_w + 2 * conv.padding >= conv.kernel_w;
+        if !fits {
+            let (x, w) = (common::randn(&mut rng, &conv.x_shape()), common::randn(&mut rng, &conv.w_shape()));
+            expect_shape_error(&format!("{conv:?}"), ops::conv2d(&x, &w, conv.stride, conv.padding));
+            continue;
+        }
+        check_conv_ops(&format!("{conv:?}"), &conv, &mut rng);
+        checked += 1;
     }
 }
 
