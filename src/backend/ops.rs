@@ -97,6 +97,7 @@ pub fn conv_geometry(x_shape: &[usize], w_shape: &[usize], stride: usize, paddin
     let [gw, o, cw, kh, kw] = [w_shape[0], w_shape[1], w_shape[2], w_shape[3], w_shape[4]];
     ensure_shape!(g == gw, "conv2d", "group counts differ: input {x_shape:?}, weight {w_shape:?}");
     ensure_shape!(c == cw, "conv2d", "input has {c} channels, weight expects {cw}");
+    ensure_shape!(kh >= 1 && kw >= 1, "conv2d", "kernel {kh}×{kw} is empty: weight {w_shape:?}");
     ensure_shape!(
         h + 2 * padding >= kh && w + 2 * padding >= kw,
         "conv2d",

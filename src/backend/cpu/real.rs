@@ -62,7 +62,13 @@ macro_rules! impl_real {
                     return;
                 }
                 if k == 0 {
-                    c[..m * n].iter_mut().for_each(|v| *v *= beta);
+                    // BLAS semantics, as in the k > 0 path: beta = 0 overwrites c, whatever it held
+                    // (0·NaN would keep a NaN).
+                    if beta == 0.0 {
+                        c[..m * n].fill(0.0);
+                    } else {
+                        c[..m * n].iter_mut().for_each(|v| *v *= beta);
+                    }
                     return;
                 }
                 assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm operands shorter than their shapes");

@@ -1,0 +1,230 @@
+//! `ops::matmul` against a plain triple loop in f64: all four transpose combinations, G = 1 and
+//! G > 1, odd sizes, empty edges (K = 0, M = 0, N = 0, G = 0), and shape errors.
+mod common;
+
+use common::{randn_vec, tol};
+use dpgan::backend::ops;
+use dpgan::tensor::{Device, Tensor};
+use dpgan::Error;
+use rand::Rng;
+
+/// The f64 backend against the f64 oracle: the same products summed in another order, so only f64
+/// rounding (~1e-16 per term) separates them.
+const F64_TIGHT: f64 = 1e-12;
+
+/// Sizes with tails: 1, odd primes-ish below and above the GEMM crate's register blocks.
+const SIZES: [usize; 4] = [1, 7, 33, 130];
+
+/// One grouped product `op(A[g]) · op(B[g])` with its stored operand shapes.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    groups: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    trans_a: bool,
+    trans_b: bool,
+}
+
+impl Case {
+    /// `A` is stored `[G, M, K]`, or `[G, K, M]` when transposed.
+    fn a_shape(&self) -> [usize; 3] {
+        if self.trans_a {
+            [self.groups, self.k, self.m]
+        } else {
+            [self.groups, self.m, self.k]
+        }
+    }
+    /// `B` is stored `[G, K, N]`, or `[G, N, K]` when transposed.
+    fn b_shape(&self) -> [usize; 3] {
+        if self.trans_b {
+            [self.groups, self.n, self.k]
+        } else {
+            [self.groups, self.k, self.n]
+        }
+    }
+}
+
+/// `c[g,i,j] = Σ_p op(a)[g,i,p] · op(b)[g,p,j]`, accumulated in f64.
+fn matmul_oracle(case: &Case, a: &[f32], b: &[f32]) -> Sums {
+    let Case { groups, m, k, n, trans_a, trans_b } = *case;
+    let mut c = Sums::zeros(groups * m * n);
+    for g in 0..groups {
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    let a_ip = if trans_a { a[(g * k + p) * m + i] } else { a[(g * m + i) * k + p] };
+                    let b_pj = if trans_b { b[(g * n + j) * k + p] } else { b[(g * k + p) * n + j] };
+                    c.add((g * m + i) * n + j, a_ip as f64 * b_pj as f64);
+                }
+            }
+        }
+    }
+    c
+}
+
+fn to_f64(t: &Tensor) -> Vec<f64> {
+    t.to_vec_f64().unwrap()
+}
+
+/// Runs one case in f32 and in f64 on fresh inputs and compares both with the oracle.
+fn check(rng: &mut impl Rng, case: Case) {
+    let (a_shape, b_shape) = (case.a_shape(), case.b_shape());
+    let a = randn_vec(rng, a_shape.iter().product());
+    let b = randn_vec(rng, b_shape.iter().product());
+    let expected = matmul_oracle(&case, &a, &b);
+    let what = format!("{case:?}");
+
+    // f32: sums of K ≤ 130 products, so F32_REDUCTION (f32 reductions up to a few thousand terms).
+    let a32 = Tensor::from_vec(a.clone(), &a_shape, &Device::Cpu).unwrap();
+    let b32 = Tensor::from_vec(b.clone(), &b_shape, &Device::Cpu).unwrap();
+    let c32 = ops::matmul(&a32, &b32, case.trans_a, case.trans_b).unwrap();
+    assert_eq!(c32.shape(), [case.groups, case.m, case.n], "{what}: output shape");
+    assert_close_sums(&format!("{what} f32"), &to_f64(&c32), &expected, tol::F32_REDUCTION);
+
+    let a64 = Tensor::from_vec_f64(a.iter().map(|&x| x as f64).collect(), &a_shape).unwrap();
+    let b64 = Tensor::from_vec_f64(b.iter().map(|&x| x as f64).collect(), &b_shape).unwrap();
+    let c64 = ops::matmul(&a64, &b64, case.trans_a, case.trans_b).unwrap();
+    assert_eq!(c64.shape(), [case.groups, case.m, case.n], "{what}: f64 output shape");
+    assert_close_sums(&format!("{what} f64"), &to_f64(&c64), &expected, F64_TIGHT);
+}
+
+/// Exact sums from an oracle: each element's value and the sum of its terms' magnitudes.
+struct Sums {
+    value: Vec<f64>,
+    magnitude: Vec<f64>,
+}
+
+impl Sums {
+    fn zeros(n: usize) -> Self {
+        Sums { value: vec![0.0; n], magnitude: vec![0.0; n] }
+    }
+    fn add(&mut self, i: usize, term: f64) {
+        self.value[i] += term;
+        self.magnitude[i] += term.abs();
+    }
+}
+
+/// `‖actual − expected‖ ≤ tol·‖Σ|terms|‖`: the relative-norm error measured against the magnitude of
+/// the summed terms, which is what bounds floating-point rounding. A plain relative error would fail
+/// on rounding alone whenever the terms happen to cancel (a single dot product close to 0).
+#[track_caller]
+fn assert_close_sums(what: &str, actual: &[f64], expected: &Sums, tol: f64) {
+    assert_eq!(actual.len(), expected.value.len(), "{what}: lengths differ");
+    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+    let error = norm(&mut actual.iter().zip(&expected.value).map(|(a, e)| a - e));
+    let scale = norm(&mut expected.magnitude.iter().copied());
+    let (worst, _) =
+        actual
+            .iter()
+            .zip(&expected.value)
+            .enumerate()
+            .fold((0, -1.0), |w, (i, (a, e))| if (a - e).abs() > w.1 { (i, (a - e).abs()) } else { w });
+    assert!(
+        error <= tol * scale || error == 0.0,
+        "{what}: error norm {error:.3e} > {tol:.1e} × {scale:.3e} (norm of Σ|terms|); worst at index {worst}: got {}, expected {} ({} elements)",
+        actual[worst],
+        expected.value[worst],
+        actual.len()
+    );
+}
+
+const TRANSPOSES: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
+
+#[test]
+fn matmul_matches_triple_loop_for_all_transposes_and_odd_sizes() {
+    let mut rng = common::rng("matmul_matches_triple_loop_for_all_transposes_and_odd_sizes");
+    for (trans_a, trans_b) in TRANSPOSES {
+        for m in SIZES {
+            for k in SIZES {
+                for n in SIZES {
+                    check(&mut rng, Case { groups: 1, m, k, n, trans_a, trans_b });
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_groups_use_their_own_operands() {
+    let mut rng = common::rng("matmul_groups_use_their_own_operands");
+    for (trans_a, trans_b) in TRANSPOSES {
+        for (groups, m, k, n) in [(3, 7, 33, 130), (2, 130, 7, 33), (5, 1, 130, 7), (4, 33, 1, 1), (2, 130, 130, 130)] {
+            check(&mut rng, Case { groups, m, k, n, trans_a, trans_b });
+        }
+    }
+}
+
+#[test]
+fn matmul_empty_edges_give_zeros_or_empty_outputs() {
+    let mut rng = common::rng("matmul_empty_edges_give_zeros_or_empty_outputs");
+    for (trans_a, trans_b) in TRANSPOSES {
+        // K = 0: an empty sum, so C is all zeros of shape [G, M, N].
+        for (groups, m, k, n) in [(1, 7, 0, 33), (3, 130, 0, 1), (2, 0, 7, 33), (2, 7, 33, 0), (0, 7, 33, 1), (1, 0, 0, 0)] {
+            check(&mut rng, Case { groups, m, k, n, trans_a, trans_b });
+        }
+    }
+    // K = 0 must write zeros, not leave whatever was there: every element is exactly 0.
+    let a = Tensor::zeros(&[2, 5, 0], &Device::Cpu).unwrap();
+    let b = Tensor::zeros(&[2, 0, 3], &Device::Cpu).unwrap();
+    let c = ops::matmul(&a, &b, false, false).unwrap();
+    assert_eq!(c.shape(), [2, 5, 3]);
+    assert!(c.cpu_data().unwrap().iter().all(|&v| v == 0.0));
+}
+
+fn expect_shape_error(what: &str, result: dpgan::Result<Tensor>) {
+    match result {
+        Err(Error::Shape { op, msg }) => eprintln!("{what}: {op}: {msg}"),
+        Err(e) => panic!("{what}: expected a shape error, got {e}"),
+        Ok(t) => panic!("{what}: expected a shape error, got a tensor {:?}", t.shape()),
+    }
+}
+
+#[test]
+fn matmul_shape_errors_are_errors_not_panics() {
+    let mut rng = common::rng("matmul_shape_errors_are_errors_not_panics");
+    let t = |rng: &mut rand_chacha::ChaCha8Rng, s: &[usize]| common::randn(rng, s);
+    // Inner dims differ, for every transpose combination.
+    for (trans_a, trans_b) in TRANSPOSES {
+        let a = t(&mut rng, if trans_a { &[1, 5, 3] } else { &[1, 3, 5] });
+        let b = t(&mut rng, if trans_b { &[1, 2, 6] } else { &[1, 6, 2] });
+        expect_shape_error(&format!("inner dims, trans {trans_a} {trans_b}"), ops::matmul(&a, &b, trans_a, trans_b));
+    }
+    // Group counts differ.
+    let (a, b) = (t(&mut rng, &[2, 3, 4]), t(&mut rng, &[3, 4, 5]));
+    expect_shape_error("group counts", ops::matmul(&a, &b, false, false));
+    // Ranks other than 3.
+    let (a2, b2) = (t(&mut rng, &[3, 4]), t(&mut rng, &[4, 5]));
+    expect_shape_error("rank 2", ops::matmul(&a2, &b2, false, false));
+    let (a4, b4) = (t(&mut rng, &[1, 1, 3, 4]), t(&mut rng, &[1, 1, 4, 5]));
+    expect_shape_error("rank 4", ops::matmul(&a4, &b4, false, false));
+    expect_shape_error("rank 3 with rank 2", ops::matmul(&t(&mut rng, &[1, 3, 4]), &b2, false, false));
+    // f32 with f64 is never cast silently.
+    let b64 = Tensor::from_vec_f64(vec![0.0; 20], &[1, 4, 5]).unwrap();
+    expect_shape_error("dtypes", ops::matmul(&t(&mut rng, &[1, 3, 4]), &b64, false, false));
+}
+
+/// The backend's GEMM primitive follows BLAS: beta = 0 overwrites C (even NaN in it), also when
+/// K = 0; beta = 1 accumulates.
+#[test]
+fn cpu_gemm_beta_zero_overwrites_even_nan() {
+    use dpgan::backend::cpu::Real;
+    let mut rng = common::rng("cpu_gemm_beta_zero_overwrites_even_nan");
+    let (m, n) = (3, 5);
+    for k in [0, 4] {
+        let (a, b) = (randn_vec(&mut rng, m * k), randn_vec(&mut rng, k * n));
+        let expected = matmul_oracle(&Case { groups: 1, m, k, n, trans_a: false, trans_b: false }, &a, &b);
+        let mut c = vec![f32::NAN; m * n];
+        <f32 as Real>::gemm(m, k, n, &a, false, &b, false, 0.0, &mut c);
+        assert!(c.iter().all(|v| v.is_finite()), "k = {k}: beta = 0 kept a NaN: {c:?}");
+        assert_close_sums(&format!("k = {k}, beta = 0"), &c.iter().map(|&v| v as f64).collect::<Vec<_>>(), &expected, tol::F32_REDUCTION);
+
+        let c0 = randn_vec(&mut rng, m * n);
+        let mut c = c0.clone();
+        <f32 as Real>::gemm(m, k, n, &a, false, &b, false, 1.0, &mut c);
+        let mut expected = expected;
+        expected.value.iter_mut().zip(&c0).for_each(|(e, &c)| *e += c as f64);
+        expected.magnitude.iter_mut().zip(&c0).for_each(|(e, &c)| *e += (c as f64).abs());
+        assert_close_sums(&format!("k = {k}, beta = 1"), &c.iter().map(|&v| v as f64).collect::<Vec<_>>(), &expected, tol::F32_REDUCTION);
+    }
+}

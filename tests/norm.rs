@@ -1,0 +1,224 @@
+//! Spectral norm's power iteration: one step against a plain f64 power iteration, convergence of
+//! `uᵀWv` to the top singular value (known by construction, or from the Gram matrix), G > 1 with a
+//! different matrix per group, the 1e-12 guard on zero and tiny inputs, and shape errors.
+mod common;
+
+use common::{assert_close_f64, randn_vec, tol};
+use dpgan::backend::ops;
+use dpgan::tensor::{Device, Tensor};
+use dpgan::Error;
+use rand::Rng;
+
+/// The f64 backend against the f64 oracle: only f64 rounding separates them.
+const F64_TIGHT: f64 = 1e-12;
+
+/// `x / max(‖x‖, 1e-12)`, PyTorch's `F.normalize`.
+fn normalize(x: &[f64]) -> Vec<f64> {
+    let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+    x.iter().map(|v| v / norm).collect()
+}
+
+/// One step per group for `w` `[G, O, I]`, `u` `[G, O]`: `v = normalize(Wᵀu)`, `u' = normalize(W v)`.
+fn power_step_oracle(w: &[f64], u: &[f64], groups: usize, rows: usize, cols: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mut u_out, mut v_out) = (Vec::new(), Vec::new());
+    for g in 0..groups {
+        let at = |r: usize, c: usize| w[(g * rows + r) * cols + c];
+        let wt_u: Vec<f64> = (0..cols).map(|c| (0..rows).map(|r| at(r, c) * u[g * rows + r]).sum()).collect();
+        let v = normalize(&wt_u);
+        let w_v: Vec<f64> = (0..rows).map(|r| (0..cols).map(|c| at(r, c) * v[c]).sum()).collect();
+        u_out.extend(normalize(&w_v));
+        v_out.extend(v);
+    }
+    (u_out, v_out)
+}
+
+fn to_f64(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| v as f64).collect()
+}
+
+/// One call on f32 and f64 tensors against the oracle. F32_REDUCTION: each output element comes
+/// from a sum of up to I = 4096 products.
+fn check_step(what: &str, w: &[f32], u: &[f32], groups: usize, rows: usize, cols: usize) {
+    let (expected_u, expected_v) = power_step_oracle(&to_f64(w), &to_f64(u), groups, rows, cols);
+    let w32 = Tensor::from_vec(w.to_vec(), &[groups, rows, cols], &Device::Cpu).unwrap();
+    let u32_ = Tensor::from_vec(u.to_vec(), &[groups, rows], &Device::Cpu).unwrap();
+    let w64 = Tensor::from_vec_f64(to_f64(w), &[groups, rows, cols]).unwrap();
+    let u64_ = Tensor::from_vec_f64(to_f64(u), &[groups, rows]).unwrap();
+    for (dtype, w_t, u_t, tolerance) in [("f32", &w32, &u32_, tol::F32_REDUCTION), ("f64", &w64, &u64_, F64_TIGHT)] {
+        let (u_new, v) = ops::power_iteration(w_t, u_t).unwrap();
+        assert_eq!(u_new.shape(), [groups, rows], "{what}: u shape");
+        assert_eq!(v.shape(), [groups, cols], "{what}: v shape");
+        let (u_new, v) = (u_new.to_vec_f64().unwrap(), v.to_vec_f64().unwrap());
+        assert!(u_new.iter().chain(&v).all(|x| x.is_finite()), "{what} {dtype}: non-finite output");
+        assert_close_f64(&format!("{what} {dtype}: u'"), &u_new, &expected_u, tolerance);
+        assert_close_f64(&format!("{what} {dtype}: v"), &v, &expected_v, tolerance);
+    }
+}
+
+#[test]
+fn power_iteration_step_matches_plain_f64_iteration() {
+    let mut rng = common::rng("power_iteration_step_matches_plain_f64_iteration");
+    // (G, O, I): scalars, wide, tall, GS-WGAN D conv1 viewed as 64 × (1·5·5), its SN linear 1 × 4096.
+    for (groups, rows, cols) in [(1, 1, 1), (3, 7, 12), (2, 12, 5), (4, 64, 25), (1, 1, 4096), (2, 3, 1)] {
+        let w = randn_vec(&mut rng, groups * rows * cols);
+        // u need not be a unit vector (it is after the first call).
+        let u = randn_vec(&mut rng, groups * rows);
+        check_step(&format!("G={groups} {rows}x{cols}"), &w, &u, groups, rows, cols);
+    }
+}
+
+/// `count` orthonormal vectors of length `n` (Gram–Schmidt on Gaussian vectors, in f64).
+fn orthonormal(rng: &mut impl Rng, count: usize, n: usize) -> Vec<Vec<f64>> {
+    let mut basis: Vec<Vec<f64>> = Vec::new();
+    while basis.len() < count {
+        let mut x = to_f64(&randn_vec(rng, n));
+        for _ in 0..2 {
+            for b in &basis {
+                let proj: f64 = x.iter().zip(b).map(|(p, q)| p * q).sum();
+                x.iter_mut().zip(b).for_each(|(p, q)| *p -= proj * q);
+            }
+        }
+        let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if norm > 1e-6 {
+            basis.push(x.iter().map(|v| v / norm).collect());
+        }
+    }
+    basis
+}
+
+/// `W = Σ_k s_k a_k b_kᵀ` with orthonormal a_k, b_k: its singular values are exactly `s`.
+fn matrix_with_singular_values(rng: &mut impl Rng, rows: usize, cols: usize, s: &[f64]) -> Vec<f32> {
+    let (a, b) = (orthonormal(rng, s.len(), rows), orthonormal(rng, s.len(), cols));
+    (0..rows * cols).map(|i| s.iter().enumerate().map(|(k, sk)| sk * a[k][i / cols] * b[k][i % cols]).sum::<f64>() as f32).collect()
+}
+
+/// Runs the op `steps` times from `u` and returns `uᵀ W v` per group, in f64.
+fn sigma_after(w: &[f32], u: &[f32], groups: usize, rows: usize, cols: usize, steps: usize) -> Vec<f64> {
+    let w_t = Tensor::from_vec(w.to_vec(), &[groups, rows, cols], &Device::Cpu).unwrap();
+    let mut u_t = Tensor::from_vec(u.to_vec(), &[groups, rows], &Device::Cpu).unwrap();
+    let mut v_t = None;
+    for _ in 0..steps {
+        let (u_new, v) = ops::power_iteration(&w_t, &u_t).unwrap();
+        u_t = u_new;
+        v_t = Some(v);
+    }
+    let (u, v) = (u_t.to_vec_f64().unwrap(), v_t.unwrap().to_vec_f64().unwrap());
+    (0..groups)
+        .map(|g| {
+            (0..rows).map(|r| u[g * rows + r] * (0..cols).map(|c| w[(g * rows + r) * cols + c] as f64 * v[g * cols + c]).sum::<f64>()).sum()
+        })
+        .collect()
+}
+
+/// After many steps `uᵀWv` is the top singular value, which the matrices are built to have; each
+/// group has its own matrix and scale. F32_REDUCTION: W rounded to f32 moves σ by about 1e-7·σ, and
+/// `uᵀWv` is only second-order sensitive to the rounding of u and v.
+#[test]
+fn power_iteration_converges_to_the_top_singular_value_per_group() {
+    let mut rng = common::rng("power_iteration_converges_to_the_top_singular_value_per_group");
+    for (rows, cols) in [(7, 12), (12, 5), (16, 9)] {
+        let tops = [3.0, 0.25, 40.0];
+        let mut w = Vec::new();
+        for top in tops {
+            // Gap ratio 0.5: the error in σ falls by 0.25² per step.
+            let s: Vec<f64> = (0..rows.min(cols)).map(|k| top * 0.5f64.powi(k as i32)).collect();
+            w.extend(matrix_with_singular_values(&mut rng, rows, cols, &s));
+        }
+        let u = randn_vec(&mut rng, tops.len() * rows);
+        let sigma = sigma_after(&w, &u, tops.len(), rows, cols, 60);
+        assert_close_f64(&format!("{rows}x{cols}: uᵀWv per group"), &sigma, &tops, tol::F32_REDUCTION);
+    }
+
+    // Diagonal matrices: σ is the largest |d|.
+    let d = [[0.5f32, -2.0, 1.0, 0.25], [-7.0, 1.0, 3.0, 0.0]];
+    let mut w = vec![0.0f32; 2 * 4 * 6];
+    for (g, diag) in d.iter().enumerate() {
+        diag.iter().enumerate().for_each(|(i, &v)| w[(g * 4 + i) * 6 + i] = v);
+    }
+    let u = randn_vec(&mut rng, 2 * 4);
+    let sigma = sigma_after(&w, &u, 2, 4, 6, 60);
+    assert_close_f64("diagonal: uᵀWv per group", &sigma, &[2.0, 7.0], tol::F32_REDUCTION);
+}
+
+/// A Gaussian matrix with a rank-one spike (so that the top singular value stands apart): σ from
+/// the op against `sqrt(λ_max(W Wᵀ))` found by iterating on the Gram matrix in f64.
+#[test]
+fn power_iteration_agrees_with_the_gram_matrix_eigenvalue() {
+    let mut rng = common::rng("power_iteration_agrees_with_the_gram_matrix_eigenvalue");
+    let (groups, rows, cols) = (3, 9, 20);
+    let mut w = Vec::new();
+    let mut expected = Vec::new();
+    for g in 0..groups {
+        let spike = 3.0 * ((rows as f64).sqrt() + (cols as f64).sqrt()) * (g + 1) as f64;
+        let (a, b) = (orthonormal(&mut rng, 1, rows), orthonormal(&mut rng, 1, cols));
+        let noise = randn_vec(&mut rng, rows * cols);
+        let w_g: Vec<f32> = (0..rows * cols).map(|i| (noise[i] as f64 + spike * a[0][i / cols] * b[0][i % cols]) as f32).collect();
+
+        let gram: Vec<f64> = (0..rows * rows)
+            .map(|i| (0..cols).map(|c| w_g[(i / rows) * cols + c] as f64 * w_g[(i % rows) * cols + c] as f64).sum())
+            .collect();
+        let mut x = to_f64(&randn_vec(&mut rng, rows));
+        for _ in 0..500 {
+            x = normalize(&(0..rows).map(|r| (0..rows).map(|c| gram[r * rows + c] * x[c]).sum()).collect::<Vec<f64>>());
+        }
+        let lambda: f64 = (0..rows).map(|r| x[r] * (0..rows).map(|c| gram[r * rows + c] * x[c]).sum::<f64>()).sum();
+        expected.push(lambda.sqrt());
+        w.extend(w_g);
+    }
+    let u = randn_vec(&mut rng, groups * rows);
+    let sigma = sigma_after(&w, &u, groups, rows, cols, 100);
+    assert_close_f64("uᵀWv vs sqrt(λ_max(WWᵀ))", &sigma, &expected, tol::F32_REDUCTION);
+}
+
+/// `max(‖x‖, 1e-12)` keeps a zero matrix or a zero u finite (zeros out), and tiny inputs follow the
+/// guarded formula rather than being normalised to unit length.
+#[test]
+fn power_iteration_guard_keeps_zero_and_tiny_inputs_finite() {
+    let mut rng = common::rng("power_iteration_guard_keeps_zero_and_tiny_inputs_finite");
+    let (groups, rows, cols) = (2, 5, 8);
+    let zeros_w = vec![0.0f32; groups * rows * cols];
+    let u = randn_vec(&mut rng, groups * rows);
+    let w = randn_vec(&mut rng, groups * rows * cols);
+    for (what, w, u) in [
+        ("zero W", zeros_w.clone(), u.clone()),
+        ("zero u", w.clone(), vec![0.0; groups * rows]),
+        ("both zero", zeros_w, vec![0.0; groups * rows]),
+    ] {
+        let (u_new, v) = ops::power_iteration(
+            &Tensor::from_vec(w, &[groups, rows, cols], &Device::Cpu).unwrap(),
+            &Tensor::from_vec(u, &[groups, rows], &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let (u_new, v) = (u_new.to_vec().unwrap(), v.to_vec().unwrap());
+        assert!(u_new.iter().chain(&v).all(|&x| x == 0.0), "{what}: expected zeros, got u' {u_new:?}, v {v:?}");
+    }
+    // ‖Wᵀu‖ ≈ 1e-20·√(O·I) is far below the 1e-12 guard: v is not a unit vector, and the op must
+    // agree with the guarded oracle.
+    let tiny: Vec<f32> = w.iter().map(|&x| x * 1e-20).collect();
+    check_step("W scaled by 1e-20", &tiny, &u, groups, rows, cols);
+    // One group zero, the other ordinary: groups do not leak into each other.
+    let mut mixed = w.clone();
+    mixed[..rows * cols].fill(0.0);
+    check_step("first group zero", &mixed, &u, groups, rows, cols);
+}
+
+#[test]
+fn power_iteration_shape_errors_are_errors_not_panics() {
+    let mut rng = common::rng("power_iteration_shape_errors_are_errors_not_panics");
+    let mut t = |s: &[usize]| common::randn(&mut rng, s);
+    let w = t(&[2, 5, 8]);
+    for (what, result) in [
+        ("w rank 2", ops::power_iteration(&t(&[5, 8]), &t(&[5]))),
+        ("w rank 4", ops::power_iteration(&t(&[2, 5, 2, 4]), &t(&[2, 5]))),
+        ("u length", ops::power_iteration(&w, &t(&[2, 8]))),
+        ("u groups", ops::power_iteration(&w, &t(&[1, 5]))),
+        ("u rank 1", ops::power_iteration(&w, &t(&[10]))),
+        ("dtypes", ops::power_iteration(&w, &Tensor::from_vec_f64(vec![1.0; 10], &[2, 5]).unwrap())),
+    ] {
+        match result {
+            Err(Error::Shape { op, msg }) => eprintln!("{what}: {op}: {msg}"),
+            Err(e) => panic!("{what}: expected a shape error, got {e}"),
+            Ok(_) => panic!("{what}: expected a shape error"),
+        }
+    }
+}

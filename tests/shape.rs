@@ -1,0 +1,208 @@
+//! narrow, pad, concat and crop against index formulas on every axis, pad as the adjoint of narrow,
+//! concat of three tensors and back, and shape errors.
+//!
+//! These ops only move values, so every comparison uses F32_ELEMENTWISE as a stand-in for "exact":
+//! one misplaced element among N gives a relative error near sqrt(2/N), far above 1e-6.
+mod common;
+
+use common::{assert_close, randn_vec, tol};
+use dpgan::backend::ops;
+use dpgan::tensor::{Device, Tensor};
+use dpgan::Error;
+
+const SHAPES: &[&[usize]] = &[&[7], &[3, 4, 5], &[2, 3, 4, 5], &[1, 6, 1, 3], &[2, 1, 9]];
+
+fn tensor(data: Vec<f32>, shape: &[usize]) -> Tensor {
+    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+}
+
+fn data(t: &Tensor) -> Vec<f32> {
+    t.to_vec().unwrap()
+}
+
+/// The multi-index of flat position `i` in a row-major `shape`.
+fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        idx[d] = i % shape[d];
+        i /= shape[d];
+    }
+    idx
+}
+
+fn ravel(idx: &[usize], shape: &[usize]) -> usize {
+    idx.iter().zip(shape).fold(0, |acc, (&i, &n)| acc * n + i)
+}
+
+fn with_dim(shape: &[usize], axis: usize, n: usize) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    s[axis] = n;
+    s
+}
+
+/// `out[.., i, ..] = x[.., start + i, ..]` along `axis`.
+fn narrow_oracle(x: &[f32], shape: &[usize], axis: usize, start: usize, len: usize) -> Vec<f32> {
+    let out_shape = with_dim(shape, axis, len);
+    (0..out_shape.iter().product())
+        .map(|o| {
+            let mut idx = unravel(o, &out_shape);
+            idx[axis] += start;
+            x[ravel(&idx, shape)]
+        })
+        .collect()
+}
+
+/// `out[.., i, ..] = x[.., i − before, ..]` where that is inside `x`, else 0.
+fn pad_oracle(x: &[f32], shape: &[usize], axis: usize, before: usize, after: usize) -> Vec<f32> {
+    let out_shape = with_dim(shape, axis, before + shape[axis] + after);
+    (0..out_shape.iter().product())
+        .map(|o| {
+            let mut idx = unravel(o, &out_shape);
+            if idx[axis] < before || idx[axis] >= before + shape[axis] {
+                return 0.0;
+            }
+            idx[axis] -= before;
+            x[ravel(&idx, shape)]
+        })
+        .collect()
+}
+
+#[test]
+fn narrow_and_pad_match_their_formulas_on_every_axis() {
+    let mut rng = common::rng("narrow_and_pad_match_their_formulas_on_every_axis");
+    for &shape in SHAPES {
+        let x = randn_vec(&mut rng, shape.iter().product());
+        let xt = tensor(x.clone(), shape);
+        for axis in 0..shape.len() {
+            let dim = shape[axis];
+            // Every window, including empty ones and the whole axis.
+            for start in 0..=dim {
+                for len in 0..=dim - start {
+                    let got = ops::narrow(&xt, axis, start, len).unwrap();
+                    assert_eq!(got.shape(), with_dim(shape, axis, len), "narrow {shape:?} axis {axis} {start}+{len}");
+                    let what = format!("narrow {shape:?} axis {axis} {start}+{len}");
+                    assert_close(&what, &data(&got), &narrow_oracle(&x, shape, axis, start, len), tol::F32_ELEMENTWISE);
+                }
+            }
+            for (before, after) in [(0, 0), (1, 0), (0, 2), (3, 1), (2, 5)] {
+                let got = ops::pad(&xt, axis, before, after).unwrap();
+                assert_eq!(got.shape(), with_dim(shape, axis, before + dim + after), "pad {shape:?} axis {axis}");
+                let what = format!("pad {shape:?} axis {axis} ({before}, {after})");
+                assert_close(&what, &data(&got), &pad_oracle(&x, shape, axis, before, after), tol::F32_ELEMENTWISE);
+            }
+        }
+    }
+}
+
+/// `⟨narrow(x, a, s, l), y⟩ = ⟨x, pad(y, a, s, dim − s − l)⟩`, in f64 sums; both sides are sums of
+/// the same exact products, so only f64 rounding separates them (bounded by F32_ELEMENTWISE·‖x‖‖y‖).
+#[test]
+fn pad_is_the_adjoint_of_narrow() {
+    let mut rng = common::rng("pad_is_the_adjoint_of_narrow");
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>();
+    for &shape in SHAPES {
+        let x = randn_vec(&mut rng, shape.iter().product());
+        let xt = tensor(x.clone(), shape);
+        for axis in 0..shape.len() {
+            let dim = shape[axis];
+            for (start, len) in [(0, dim), (0, dim / 2), (dim / 3, dim - dim / 3), (dim - 1, 1)] {
+                let narrowed = data(&ops::narrow(&xt, axis, start, len).unwrap());
+                let y = randn_vec(&mut rng, narrowed.len());
+                let padded = data(&ops::pad(&tensor(y.clone(), &with_dim(shape, axis, len)), axis, start, dim - start - len).unwrap());
+                let (lhs, rhs) = (dot(&narrowed, &y), dot(&x, &padded));
+                let scale = dot(&x, &x).sqrt() * dot(&y, &y).sqrt();
+                assert!((lhs - rhs).abs() <= tol::F32_ELEMENTWISE * scale, "{shape:?} axis {axis} {start}+{len}: {lhs} vs {rhs}");
+            }
+        }
+    }
+}
+
+#[test]
+fn concat_of_three_matches_its_formula_and_narrows_back() {
+    let mut rng = common::rng("concat_of_three_matches_its_formula_and_narrows_back");
+    for &shape in SHAPES {
+        for axis in 0..shape.len() {
+            let sizes = [shape[axis] + 2, 1, shape[axis]];
+            let parts: Vec<Vec<f32>> = sizes.iter().map(|&n| randn_vec(&mut rng, with_dim(shape, axis, n).iter().product())).collect();
+            let tensors: Vec<Tensor> = parts.iter().zip(sizes).map(|(p, n)| tensor(p.clone(), &with_dim(shape, axis, n))).collect();
+            let refs: Vec<&Tensor> = tensors.iter().collect();
+            let got = ops::concat(&refs, axis).unwrap();
+            let total: usize = sizes.iter().sum();
+            let out_shape = with_dim(shape, axis, total);
+            assert_eq!(got.shape(), out_shape, "concat {shape:?} axis {axis}");
+
+            // out[.., i, ..] = part_k[.., i − offset_k, ..] for the part k whose range holds i.
+            let expected: Vec<f32> = (0..out_shape.iter().product())
+                .map(|o| {
+                    let mut idx = unravel(o, &out_shape);
+                    let mut k = 0;
+                    while idx[axis] >= sizes[k] {
+                        idx[axis] -= sizes[k];
+                        k += 1;
+                    }
+                    parts[k][ravel(&idx, &with_dim(shape, axis, sizes[k]))]
+                })
+                .collect();
+            assert_close(&format!("concat {shape:?} axis {axis}"), &data(&got), &expected, tol::F32_ELEMENTWISE);
+
+            let mut offset = 0;
+            for (k, &n) in sizes.iter().enumerate() {
+                let back = ops::narrow(&got, axis, offset, n).unwrap();
+                assert_close(&format!("narrow(concat) part {k} {shape:?} axis {axis}"), &data(&back), &parts[k], tol::F32_ELEMENTWISE);
+                offset += n;
+            }
+        }
+    }
+    // A single part and an empty part are fine too.
+    let a = tensor(randn_vec(&mut rng, 12), &[3, 4]);
+    let empty = tensor(vec![], &[3, 0]);
+    assert_eq!(data(&ops::concat(&[&a], 1).unwrap()), data(&a));
+    assert_eq!(data(&ops::concat(&[&empty, &a, &empty], 1).unwrap()), data(&a));
+}
+
+/// `crop(x, h, w)[.., y, x] = x[.., y, x]` for y < h, x < w: the top-left window.
+#[test]
+fn crop_takes_the_top_left_window() {
+    let mut rng = common::rng("crop_takes_the_top_left_window");
+    for (shape, h, w) in
+        [(&[2, 3, 8, 8][..], 7, 7), (&[1, 1, 32, 32][..], 28, 28), (&[4, 5, 9][..], 5, 9), (&[6, 2][..], 1, 1), (&[2, 3, 4][..], 3, 0)]
+    {
+        let x = randn_vec(&mut rng, shape.iter().product());
+        let got = ops::crop(&tensor(x.clone(), shape), h, w).unwrap();
+        let r = shape.len();
+        let out_shape = with_dim(&with_dim(shape, r - 2, h), r - 1, w);
+        assert_eq!(got.shape(), out_shape);
+        let expected: Vec<f32> = (0..out_shape.iter().product()).map(|o| x[ravel(&unravel(o, &out_shape), shape)]).collect();
+        assert_close(&format!("crop {shape:?} to {h}x{w}"), &data(&got), &expected, tol::F32_ELEMENTWISE);
+    }
+}
+
+fn expect_shape_error(what: &str, result: dpgan::Result<Tensor>) {
+    match result {
+        Err(Error::Shape { op, msg }) => eprintln!("{what}: {op}: {msg}"),
+        Err(e) => panic!("{what}: expected a shape error, got {e}"),
+        Ok(t) => panic!("{what}: expected a shape error, got a tensor {:?}", t.shape()),
+    }
+}
+
+#[test]
+fn shape_op_errors_are_errors_not_panics() {
+    let mut rng = common::rng("shape_op_errors_are_errors_not_panics");
+    let mut t = |s: &[usize]| common::randn(&mut rng, s);
+    let x = t(&[2, 3, 4]);
+    expect_shape_error("narrow: axis out of range", ops::narrow(&x, 3, 0, 1));
+    expect_shape_error("narrow: past the end", ops::narrow(&x, 1, 2, 2));
+    expect_shape_error("narrow: start past the end", ops::narrow(&x, 2, 5, 0));
+    expect_shape_error("narrow: rank 0", ops::narrow(&Tensor::scalar(1.0, &Device::Cpu).unwrap(), 0, 0, 1));
+    expect_shape_error("pad: axis out of range", ops::pad(&x, 3, 1, 1));
+    expect_shape_error("concat: nothing", ops::concat(&[], 0));
+    expect_shape_error("concat: axis out of range", ops::concat(&[&x, &x], 3));
+    expect_shape_error("concat: other dim differs", ops::concat(&[&x, &t(&[2, 3, 5])], 1));
+    expect_shape_error("concat: third part differs", ops::concat(&[&x, &x, &t(&[3, 3, 4])], 2));
+    expect_shape_error("concat: ranks differ", ops::concat(&[&x, &t(&[2, 3, 4, 1])], 0));
+    let x64 = Tensor::from_vec_f64(vec![0.0; x.numel()], x.shape()).unwrap();
+    expect_shape_error("concat: dtypes", ops::concat(&[&x, &x64], 0));
+    expect_shape_error("crop: higher than the input", ops::crop(&x, 4, 4));
+    expect_shape_error("crop: wider than the input", ops::crop(&x, 3, 5));
+    expect_shape_error("crop: rank 1", ops::crop(&t(&[5]), 1, 1));
+}
