@@ -3,15 +3,11 @@
 //! non-square inputs and kernels; the adjoint identities; PyTorch's output sizes; shape errors.
 mod common;
 
-use common::{randn_vec, tol};
+use common::{assert_close_sums, randn_vec, tol, Sums};
 use dpgan::backend::ops;
 use dpgan::tensor::{Device, Tensor};
 use dpgan::Error;
 use rand::Rng;
-
-/// The f64 backend against the f64 oracle, or two f64 sides of an identity: only f64 rounding
-/// separates them.
-const F64_TIGHT: f64 = 1e-12;
 
 /// One convolution: input `[G, B, C, H, W]`, weight `[G, O, C, KH, KW]`.
 #[derive(Clone, Copy, Debug)]
@@ -110,46 +106,6 @@ impl Conv {
     }
 }
 
-/// Exact sums from an oracle: each element's value and the sum of its terms' magnitudes.
-struct Sums {
-    value: Vec<f64>,
-    magnitude: Vec<f64>,
-}
-
-impl Sums {
-    fn zeros(n: usize) -> Self {
-        Sums { value: vec![0.0; n], magnitude: vec![0.0; n] }
-    }
-    fn add(&mut self, i: usize, term: f64) {
-        self.value[i] += term;
-        self.magnitude[i] += term.abs();
-    }
-}
-
-/// `‖actual − expected‖ ≤ tol·‖Σ|terms|‖`: the relative-norm error measured against the magnitude of
-/// the summed terms, which is what bounds floating-point rounding. A plain relative error would fail
-/// on rounding alone whenever the terms happen to cancel (a single dot product close to 0).
-#[track_caller]
-fn assert_close_sums(what: &str, actual: &[f64], expected: &Sums, tol: f64) {
-    assert_eq!(actual.len(), expected.value.len(), "{what}: lengths differ");
-    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
-    let error = norm(&mut actual.iter().zip(&expected.value).map(|(a, e)| a - e));
-    let scale = norm(&mut expected.magnitude.iter().copied());
-    let (worst, _) =
-        actual
-            .iter()
-            .zip(&expected.value)
-            .enumerate()
-            .fold((0, -1.0), |w, (i, (a, e))| if (a - e).abs() > w.1 { (i, (a - e).abs()) } else { w });
-    assert!(
-        error <= tol * scale || error == 0.0,
-        "{what}: error norm {error:.3e} > {tol:.1e} × {scale:.3e} (norm of Σ|terms|); worst at index {worst}: got {}, expected {} ({} elements)",
-        actual[worst],
-        expected.value[worst],
-        actual.len()
-    );
-}
-
 /// The geometries of SPEC.md at reduced channel counts, then shapes with tails.
 const CONVS: &[(&str, Conv)] = &[
     ("GS-WGAN D conv1 5x5 s2 p2 28->14", Conv::new(1, 2, 1, 28, 28, 4, (5, 5), 2, 2)),
@@ -192,7 +148,7 @@ fn conv_inputs(rng: &mut impl Rng, conv: &Conv) -> (Vec<f32>, Vec<f32>, Vec<f32>
 }
 
 /// The three ops on one case, in f32 (tolerance F32_REDUCTION: every output is a sum of at most
-/// C·KH·KW, O·KH·KW or B·HO·WO ≤ 1,568 products) and in f64 (F64_TIGHT).
+/// C·KH·KW, O·KH·KW or B·HO·WO ≤ 1,568 products) and in f64 (tol::F64_TIGHT).
 fn check_conv_ops(name: &str, conv: &Conv, rng: &mut impl Rng) {
     let (x, w, dy) = conv_inputs(rng, conv);
     let (xs, ws, ys) = (conv.x_shape(), conv.w_shape(), conv.y_shape());
@@ -202,7 +158,7 @@ fn check_conv_ops(name: &str, conv: &Conv, rng: &mut impl Rng) {
     let (s, p, in_hw, k_hw) = (conv.stride, conv.padding, (conv.in_h, conv.in_w), (conv.kernel_h, conv.kernel_w));
 
     for (dtype, tensor, tolerance) in
-        [("f32", tensor32 as fn(&[f32], &[usize]) -> Tensor, tol::F32_REDUCTION), ("f64", tensor64, F64_TIGHT)]
+        [("f32", tensor32 as fn(&[f32], &[usize]) -> Tensor, tol::F32_REDUCTION), ("f64", tensor64, tol::F64_TIGHT)]
     {
         let (xt, wt, dyt) = (tensor(&x, &xs), tensor(&w, &ws), tensor(&dy, &ys));
         let y = ops::conv2d(&xt, &wt, s, p).unwrap();
@@ -280,7 +236,7 @@ fn dot_and_scale(a: &[f64], b: &[f64]) -> (f64, f64) {
 /// `⟨conv2d(x, w), dy⟩ = ⟨x, conv2d_input_grad(dy, w)⟩ = ⟨w, conv2d_weight_grad(x, dy)⟩`, each
 /// inner product summed in f64. The three differ only by the ops' own rounding, so the gap is
 /// bounded by tol·‖op output‖·‖other operand‖ (Cauchy–Schwarz): F32_REDUCTION for f32 ops,
-/// F64_TIGHT for f64 ops.
+/// tol::F64_TIGHT for f64 ops.
 #[test]
 fn conv_adjoint_identities_hold() {
     let mut rng = common::rng("conv_adjoint_identities_hold");
@@ -289,7 +245,7 @@ fn conv_adjoint_identities_hold() {
         let (xs, ws, ys) = (conv.x_shape(), conv.w_shape(), conv.y_shape());
         let (s, p) = (conv.stride, conv.padding);
         for (dtype, tensor, tolerance) in
-            [("f32", tensor32 as fn(&[f32], &[usize]) -> Tensor, tol::F32_REDUCTION), ("f64", tensor64, F64_TIGHT)]
+            [("f32", tensor32 as fn(&[f32], &[usize]) -> Tensor, tol::F32_REDUCTION), ("f64", tensor64, tol::F64_TIGHT)]
         {
             let (xt, wt, dyt) = (tensor(&x, &xs), tensor(&w, &ws), tensor(&dy, &ys));
             let y = values(&ops::conv2d(&xt, &wt, s, p).unwrap());
@@ -425,7 +381,7 @@ fn conv_transpose_matches_its_definition_and_is_the_conv_input_grad() {
         let (s, p, op) = (ct.stride, ct.padding, ct.output_padding);
         // F32_REDUCTION: each output sums at most C_in·KH·KW products.
         for (dtype, tensor, tolerance) in
-            [("f32", tensor32 as fn(&[f32], &[usize]) -> Tensor, tol::F32_REDUCTION), ("f64", tensor64, F64_TIGHT)]
+            [("f32", tensor32 as fn(&[f32], &[usize]) -> Tensor, tol::F32_REDUCTION), ("f64", tensor64, tol::F64_TIGHT)]
         {
             let (xt, wt) = (tensor(&x, &ct.x_shape()), tensor(&w, &ct.w_shape()));
             let y = ops::conv_transpose2d(&xt, &wt, s, p, op).unwrap();

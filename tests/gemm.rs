@@ -2,15 +2,11 @@
 //! G > 1, odd sizes, empty edges (K = 0, M = 0, N = 0, G = 0), and shape errors.
 mod common;
 
-use common::{randn_vec, tol};
+use common::{assert_close_sums, randn_vec, tol, Sums};
 use dpgan::backend::ops;
 use dpgan::tensor::{Device, Tensor};
 use dpgan::Error;
 use rand::Rng;
-
-/// The f64 backend against the f64 oracle: the same products summed in another order, so only f64
-/// rounding (~1e-16 per term) separates them.
-const F64_TIGHT: f64 = 1e-12;
 
 /// Sizes with tails: 1, odd primes-ish below and above the GEMM crate's register blocks.
 const SIZES: [usize; 4] = [1, 7, 33, 130];
@@ -86,47 +82,7 @@ fn check(rng: &mut impl Rng, case: Case) {
     let b64 = Tensor::from_vec_f64(b.iter().map(|&x| x as f64).collect(), &b_shape).unwrap();
     let c64 = ops::matmul(&a64, &b64, case.trans_a, case.trans_b).unwrap();
     assert_eq!(c64.shape(), [case.groups, case.m, case.n], "{what}: f64 output shape");
-    assert_close_sums(&format!("{what} f64"), &to_f64(&c64), &expected, F64_TIGHT);
-}
-
-/// Exact sums from an oracle: each element's value and the sum of its terms' magnitudes.
-struct Sums {
-    value: Vec<f64>,
-    magnitude: Vec<f64>,
-}
-
-impl Sums {
-    fn zeros(n: usize) -> Self {
-        Sums { value: vec![0.0; n], magnitude: vec![0.0; n] }
-    }
-    fn add(&mut self, i: usize, term: f64) {
-        self.value[i] += term;
-        self.magnitude[i] += term.abs();
-    }
-}
-
-/// `‖actual − expected‖ ≤ tol·‖Σ|terms|‖`: the relative-norm error measured against the magnitude of
-/// the summed terms, which is what bounds floating-point rounding. A plain relative error would fail
-/// on rounding alone whenever the terms happen to cancel (a single dot product close to 0).
-#[track_caller]
-fn assert_close_sums(what: &str, actual: &[f64], expected: &Sums, tol: f64) {
-    assert_eq!(actual.len(), expected.value.len(), "{what}: lengths differ");
-    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
-    let error = norm(&mut actual.iter().zip(&expected.value).map(|(a, e)| a - e));
-    let scale = norm(&mut expected.magnitude.iter().copied());
-    let (worst, _) =
-        actual
-            .iter()
-            .zip(&expected.value)
-            .enumerate()
-            .fold((0, -1.0), |w, (i, (a, e))| if (a - e).abs() > w.1 { (i, (a - e).abs()) } else { w });
-    assert!(
-        error <= tol * scale || error == 0.0,
-        "{what}: error norm {error:.3e} > {tol:.1e} × {scale:.3e} (norm of Σ|terms|); worst at index {worst}: got {}, expected {} ({} elements)",
-        actual[worst],
-        expected.value[worst],
-        actual.len()
-    );
+    assert_close_sums(&format!("{what} f64"), &to_f64(&c64), &expected, tol::F64_TIGHT);
 }
 
 const TRANSPOSES: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];

@@ -9,9 +9,6 @@ use dpgan::tensor::{Device, Tensor};
 use dpgan::Error;
 use rand::Rng;
 
-/// The f64 backend against the f64 oracle: only f64 rounding separates them.
-const F64_TIGHT: f64 = 1e-12;
-
 /// `x / max(‖x‖, 1e-12)`, PyTorch's `F.normalize`.
 fn normalize(x: &[f64]) -> Vec<f64> {
     let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
@@ -44,7 +41,7 @@ fn check_step(what: &str, w: &[f32], u: &[f32], groups: usize, rows: usize, cols
     let u32_ = Tensor::from_vec(u.to_vec(), &[groups, rows], &Device::Cpu).unwrap();
     let w64 = Tensor::from_vec_f64(to_f64(w), &[groups, rows, cols]).unwrap();
     let u64_ = Tensor::from_vec_f64(to_f64(u), &[groups, rows]).unwrap();
-    for (dtype, w_t, u_t, tolerance) in [("f32", &w32, &u32_, tol::F32_REDUCTION), ("f64", &w64, &u64_, F64_TIGHT)] {
+    for (dtype, w_t, u_t, tolerance) in [("f32", &w32, &u32_, tol::F32_REDUCTION), ("f64", &w64, &u64_, tol::F64_TIGHT)] {
         let (u_new, v) = ops::power_iteration(w_t, u_t).unwrap();
         assert_eq!(u_new.shape(), [groups, rows], "{what}: u shape");
         assert_eq!(v.shape(), [groups, cols], "{what}: v shape");

@@ -139,7 +139,8 @@ pub trait Backend {
     fn conv2d_weight_grad(&self, x: &Tensor, dy: &Tensor, geom: &ConvGeometry) -> Result<Tensor>;
 
     /// For each 2×2 window of `x` (`[.., H, W]`, floor), the value of `v` at the window's argmax
-    /// in `x` (first maximum in row-major order). `max_pool2x2(x)` is `gather(x, x)`.
+    /// in `x` (the first maximum in row-major order; a NaN wins over numbers, the last NaN over an
+    /// earlier one, as in PyTorch). `max_pool2x2(x)` is `gather(x, x)`.
     fn max_pool2x2_gather(&self, x: &Tensor, v: &Tensor) -> Result<Tensor>;
     /// The adjoint of `gather`: `dy` (pooled shape) routed to each window's argmax in `x`, zeros elsewhere.
     fn max_pool2x2_scatter(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor>;

@@ -17,6 +17,8 @@ pub mod tol {
     pub const F32_LONG: f64 = 1e-4;
     /// TF32 / bf16 tensor-core paths.
     pub const TENSOR_CORE: f64 = 1e-2;
+    /// f64 paths checked against an f64 oracle: rounding only, sums of a few thousand terms.
+    pub const F64_TIGHT: f64 = 1e-12;
 }
 
 /// Asserts `‖actual − expected‖ / max(‖expected‖, tiny) ≤ tol`, reporting the worst element.
@@ -112,4 +114,44 @@ pub fn on_cuda(test: &str, body: impl FnOnce(&Device)) {
         dpgan::backend::cuda::set_poison_allocations(true);
         body(&dev);
     }
+}
+
+/// Exact sums from an oracle: each element's value and the sum of its terms' magnitudes.
+pub struct Sums {
+    pub value: Vec<f64>,
+    pub magnitude: Vec<f64>,
+}
+
+impl Sums {
+    pub fn zeros(n: usize) -> Self {
+        Sums { value: vec![0.0; n], magnitude: vec![0.0; n] }
+    }
+    pub fn add(&mut self, i: usize, term: f64) {
+        self.value[i] += term;
+        self.magnitude[i] += term.abs();
+    }
+}
+
+/// `‖actual − expected‖ ≤ tol·‖Σ|terms|‖`: the relative-norm error measured against the magnitude of
+/// the summed terms, which is what bounds floating-point rounding. A plain relative error would fail
+/// on rounding alone whenever the terms happen to cancel (a single dot product close to 0).
+#[track_caller]
+pub fn assert_close_sums(what: &str, actual: &[f64], expected: &Sums, tol: f64) {
+    assert_eq!(actual.len(), expected.value.len(), "{what}: lengths differ");
+    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+    let error = norm(&mut actual.iter().zip(&expected.value).map(|(a, e)| a - e));
+    let scale = norm(&mut expected.magnitude.iter().copied());
+    let (worst, _) =
+        actual
+            .iter()
+            .zip(&expected.value)
+            .enumerate()
+            .fold((0, -1.0), |w, (i, (a, e))| if (a - e).abs() > w.1 { (i, (a - e).abs()) } else { w });
+    assert!(
+        error <= tol * scale || error == 0.0,
+        "{what}: error norm {error:.3e} > {tol:.1e} × {scale:.3e} (norm of Σ|terms|); worst at index {worst}: got {}, expected {} ({} elements)",
+        actual[worst],
+        expected.value[worst],
+        actual.len()
+    );
 }
