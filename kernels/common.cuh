@@ -18,6 +18,13 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Maximum over the warp (every lane gets it). fmaxf ignores a NaN operand, as f32::max does.
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
 // Sum over the block; every thread gets the result. `scratch` holds 32 floats of shared memory.
 __device__ __forceinline__ float block_sum(float v, float* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -31,6 +38,25 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   if (threadIdx.x == 0) scratch[0] = v;
   __syncthreads();
   return scratch[0];
+}
+
+}  // namespace dpgan
+
+// ---- Division by a divisor fixed at launch: a multiply-high and a shift instead of a division ----
+
+// Granlund & Montgomery's method as in PyTorch's IntDivider; `multiplier` and `shift` are computed
+// on the host (params.rs, FastDivmod::new). Exact for dividends below 2^31 and divisors in [1, 2^31].
+struct FastDivmod {
+  uint32_t divisor;
+  uint32_t multiplier;
+  uint32_t shift;
+  uint32_t pad_;
+};
+
+namespace dpgan {
+
+__device__ __forceinline__ uint32_t fast_div(const FastDivmod& d, uint32_t n) {
+  return (__umulhi(n, d.multiplier) + n) >> d.shift;
 }
 
 }  // namespace dpgan
@@ -80,3 +106,37 @@ struct BinaryParams {
   int64_t a_strides[DPGAN_MAX_RANK];
   int64_t b_strides[DPGAN_MAX_RANK];
 };
+
+// ---- reduce.cu ----
+
+#define DPGAN_SUM_TO_MAX_RUNS 4
+
+// sum_to after the host has merged x's dims into alternating runs of kept and summed dims (size-1
+// dims dropped). Output o and summand j are mixed-radix numbers over the kept and summed runs;
+// x[kept_offset(o) + summed_offset(j)] is summed into out[o]. Runs are stored innermost first.
+// With splits > 1 the summands of each output are cut into `splits` ranges of `split_len` and
+// partial sums written to out[o * splits + s]; a second launch adds them up.
+struct SumToParams {
+  int32_t out_count;     // product of the kept runs
+  int32_t reduce_count;  // product of the summed runs: terms per output
+  int32_t split_len;     // terms per partial sum
+  int32_t splits;        // partial sums per output (1: out[o] is the result)
+  int32_t kept_rank;
+  int32_t summed_rank;
+  FastDivmod kept_dims[DPGAN_SUM_TO_MAX_RUNS];
+  FastDivmod summed_dims[DPGAN_SUM_TO_MAX_RUNS];
+  int64_t kept_strides[DPGAN_SUM_TO_MAX_RUNS];  // x's strides of the kept runs
+  int64_t summed_strides[DPGAN_SUM_TO_MAX_RUNS];
+};
+
+// log_softmax over rows of `cols` contiguous elements.
+struct LogSoftmaxParams {
+  int64_t rows;
+  int64_t cols;
+};
+
+
+// The Rust mirrors assert the same sizes (src/backend/cuda/params.rs).
+static_assert(sizeof(FastDivmod) == 16, "FastDivmod layout");
+static_assert(sizeof(SumToParams) == 216, "SumToParams layout");
+static_assert(sizeof(LogSoftmaxParams) == 16, "LogSoftmaxParams layout");

@@ -6,6 +6,7 @@ mod device;
 mod elementwise;
 pub mod module;
 mod params;
+mod reduce;
 
 pub use device::{device_count, driver_absent_reason, set_poison_allocations, CudaBuffer, CudaDevice, DeviceProperties};
 pub use module::{kernel_resources, Kernel, KernelResources};
@@ -23,6 +24,11 @@ fn buffer(t: &Tensor) -> &CudaBuffer {
 
 fn output(buf: CudaBuffer, shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::from_storage(Storage::Cuda(buf), shape.to_vec()))
+}
+
+/// A launch's result, with the kernel named in the error.
+fn launched(kernel: Kernel, r: std::result::Result<impl Sized, cudarc::driver::DriverError>) -> Result<()> {
+    r.map(|_| ()).map_err(|e| Error::cuda(format!("launching {}", kernel.symbol()), e))
 }
 
 impl CudaDevice {
@@ -44,8 +50,8 @@ impl Backend for CudaDevice {
         elementwise::binary(buffer(a).device(), op, a, b, out_shape)
     }
 
-    fn sum_to(&self, _x: &Tensor, _shape: &[usize]) -> Result<Tensor> {
-        Err(self.unsupported("sum_to"))
+    fn sum_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        reduce::sum_to(buffer(x).device(), x, shape)
     }
 
     fn matmul(&self, _a: &Tensor, _b: &Tensor, _geom: &MatmulGeometry) -> Result<Tensor> {
@@ -92,8 +98,8 @@ impl Backend for CudaDevice {
         Err(self.unsupported("concat"))
     }
 
-    fn log_softmax(&self, _x: &Tensor) -> Result<Tensor> {
-        Err(self.unsupported("log_softmax"))
+    fn log_softmax(&self, x: &Tensor) -> Result<Tensor> {
+        reduce::log_softmax(buffer(x).device(), x)
     }
 
     fn power_iteration(&self, _w: &Tensor, _u: &Tensor) -> Result<(Tensor, Tensor)> {

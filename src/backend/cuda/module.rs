@@ -30,6 +30,9 @@ kernel_table! {
     Unary => "elementwise_unary_fwd_f32",
     BinarySame => "elementwise_binary_same_fwd_f32",
     BinaryBroadcast => "elementwise_binary_broadcast_fwd_f32",
+    SumToInner => "reduce_sum_to_inner_fwd_f32",
+    SumToOuter => "reduce_sum_to_outer_fwd_f32",
+    LogSoftmax => "reduce_log_softmax_fwd_f32",
 }
 
 impl Kernel {

@@ -34,6 +34,10 @@ const _: () = assert!(std::mem::size_of::<BinaryParams>() == 16 + 3 * 8 * MAX_RA
 unsafe impl DeviceRepr for UnaryParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for BinaryParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for SumToParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for LogSoftmaxParams {}
 
 impl UnaryParams {
     pub fn new(op: UnaryOp, n: usize) -> Self {
@@ -63,5 +67,86 @@ pub fn binary_code(op: BinaryOp) -> i32 {
         BinaryOp::Mul => 2,
         BinaryOp::Div => 3,
         BinaryOp::BceWithLogits => 4,
+    }
+}
+
+/// Division by a divisor fixed at launch, done on the device as a multiply-high and a shift
+/// (Granlund & Montgomery, as PyTorch's `IntDivider`): `n / d = (umulhi(n, multiplier) + n) >> shift`,
+/// exact for `n < 2^31` and `1 ≤ d ≤ 2^31`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastDivmod {
+    pub divisor: u32,
+    pub multiplier: u32,
+    pub shift: u32,
+    pub pad_: u32,
+}
+
+impl FastDivmod {
+    pub fn new(divisor: u32) -> Self {
+        assert!((1..=1 << 31).contains(&divisor), "FastDivmod: divisor {divisor} outside [1, 2^31]");
+        let shift = divisor.next_power_of_two().trailing_zeros();
+        let magic = ((1u64 << 32) * ((1u64 << shift) - divisor as u64)) / divisor as u64 + 1;
+        let multiplier = u32::try_from(magic).expect("the magic number of a divisor ≤ 2^31 fits in 32 bits");
+        FastDivmod { divisor, multiplier, shift, pad_: 0 }
+    }
+
+    /// What the device computes (`fast_div` in common.cuh); the host needs it only to test the magic.
+    #[cfg(test)]
+    pub fn div(&self, n: u32) -> u32 {
+        let hi = ((n as u64 * self.multiplier as u64) >> 32) as u32;
+        (hi + n) >> self.shift
+    }
+}
+
+/// The most runs of kept (or of summed) dims `sum_to`'s kernels take.
+pub const SUM_TO_MAX_RUNS: usize = 4;
+
+/// `sum_to` over x's dims merged into alternating runs of kept and summed dims (innermost first);
+/// see `SumToParams` in common.cuh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SumToParams {
+    pub out_count: i32,
+    pub reduce_count: i32,
+    pub split_len: i32,
+    pub splits: i32,
+    pub kept_rank: i32,
+    pub summed_rank: i32,
+    pub kept_dims: [FastDivmod; SUM_TO_MAX_RUNS],
+    pub summed_dims: [FastDivmod; SUM_TO_MAX_RUNS],
+    pub kept_strides: [i64; SUM_TO_MAX_RUNS],
+    pub summed_strides: [i64; SUM_TO_MAX_RUNS],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LogSoftmaxParams {
+    pub rows: i64,
+    pub cols: i64,
+}
+
+// The same sizes are asserted on the C side (common.cuh).
+const _: () = assert!(std::mem::size_of::<FastDivmod>() == 16);
+const _: () = assert!(std::mem::size_of::<SumToParams>() == 24 + 2 * 16 * SUM_TO_MAX_RUNS + 2 * 8 * SUM_TO_MAX_RUNS);
+const _: () = assert!(std::mem::size_of::<SumToParams>() == 216);
+const _: () = assert!(std::mem::size_of::<LogSoftmaxParams>() == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::FastDivmod;
+
+    #[test]
+    fn fast_divmod_matches_division() {
+        let divisors = (1u32..=300).chain([511, 512, 513, 4095, 65_537, 1_000_003, (1 << 30) + 1, (1 << 31) - 1, 1 << 31]);
+        for d in divisors {
+            let f = FastDivmod::new(d);
+            let near = |k: u32| [k.saturating_sub(1), k, k.saturating_add(1)];
+            let multiples = (1..=64u64).map(|q| q * d as u64).filter(|&k| k < 1 << 31).flat_map(|k| near(k as u32));
+            let dividends = (0u32..2000).chain(multiples).chain(near((1u32 << 31) - 1));
+            for n in dividends.filter(|&n| n < 1 << 31) {
+                assert_eq!(f.div(n), n / d, "{n} / {d}");
+            }
+        }
     }
 }
