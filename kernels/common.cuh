@@ -135,8 +135,34 @@ struct LogSoftmaxParams {
   int64_t cols;
 };
 
+// ---- optim.cu ----
+
+// SgdParams: `momentum_buf` is used only by optim_sgd_momentum_update_f32.
+struct SgdUpdateParams {
+  int64_t n;
+  float lr;
+  float momentum;
+  float dampening;
+  float weight_decay;
+  int32_t nesterov;
+  int32_t pad_;
+};
+
+// AdamParams with the bias corrections of step t folded in on the host (f64):
+// step_size = lr / (1 − β1ᵗ), bias2_sqrt = sqrt(1 − β2ᵗ).
+struct AdamUpdateParams {
+  int64_t n;
+  float beta1;
+  float beta2;
+  float eps;
+  float weight_decay;
+  float step_size;
+  float bias2_sqrt;
+};
 
 // The Rust mirrors assert the same sizes (src/backend/cuda/params.rs).
 static_assert(sizeof(FastDivmod) == 16, "FastDivmod layout");
 static_assert(sizeof(SumToParams) == 216, "SumToParams layout");
 static_assert(sizeof(LogSoftmaxParams) == 16, "LogSoftmaxParams layout");
+static_assert(sizeof(SgdUpdateParams) == 32, "SgdUpdateParams layout");
+static_assert(sizeof(AdamUpdateParams) == 32, "AdamUpdateParams layout");

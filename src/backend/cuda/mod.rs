@@ -5,6 +5,7 @@
 mod device;
 mod elementwise;
 pub mod module;
+mod optim;
 mod params;
 mod reduce;
 
@@ -106,11 +107,11 @@ impl Backend for CudaDevice {
         Err(self.unsupported("power_iteration"))
     }
 
-    fn sgd_step(&self, _param: &mut Tensor, _grad: &Tensor, _momentum_buf: Option<&mut Tensor>, _hp: &SgdParams) -> Result<()> {
-        Err(self.unsupported("sgd_step"))
+    fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Tensor>, hp: &SgdParams) -> Result<()> {
+        optim::sgd_step(buffer(grad).device(), param, grad, momentum_buf, hp)
     }
 
-    fn adam_step(&self, _param: &mut Tensor, _grad: &Tensor, _m: &mut Tensor, _v: &mut Tensor, _t: u64, _hp: &AdamParams) -> Result<()> {
-        Err(self.unsupported("adam_step"))
+    fn adam_step(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, t: u64, hp: &AdamParams) -> Result<()> {
+        optim::adam_step(buffer(grad).device(), param, grad, m, v, t, hp)
     }
 }

@@ -33,6 +33,9 @@ kernel_table! {
     SumToInner => "reduce_sum_to_inner_fwd_f32",
     SumToOuter => "reduce_sum_to_outer_fwd_f32",
     LogSoftmax => "reduce_log_softmax_fwd_f32",
+    SgdUpdate => "optim_sgd_update_f32",
+    SgdMomentumUpdate => "optim_sgd_momentum_update_f32",
+    AdamUpdate => "optim_adam_update_f32",
 }
 
 impl Kernel {

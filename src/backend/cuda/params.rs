@@ -38,6 +38,10 @@ unsafe impl DeviceRepr for BinaryParams {}
 unsafe impl DeviceRepr for SumToParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for LogSoftmaxParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for SgdUpdateParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for AdamUpdateParams {}
 
 impl UnaryParams {
     pub fn new(op: UnaryOp, n: usize) -> Self {
@@ -126,11 +130,39 @@ pub struct LogSoftmaxParams {
     pub cols: i64,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SgdUpdateParams {
+    pub n: i64,
+    pub lr: f32,
+    pub momentum: f32,
+    pub dampening: f32,
+    pub weight_decay: f32,
+    pub nesterov: i32,
+    pub pad_: i32,
+}
+
+/// Adam's hyper-parameters with the bias corrections of step t folded in (computed in f64):
+/// `step_size = lr / (1 − β1ᵗ)`, `bias2_sqrt = sqrt(1 − β2ᵗ)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AdamUpdateParams {
+    pub n: i64,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub step_size: f32,
+    pub bias2_sqrt: f32,
+}
+
 // The same sizes are asserted on the C side (common.cuh).
 const _: () = assert!(std::mem::size_of::<FastDivmod>() == 16);
 const _: () = assert!(std::mem::size_of::<SumToParams>() == 24 + 2 * 16 * SUM_TO_MAX_RUNS + 2 * 8 * SUM_TO_MAX_RUNS);
 const _: () = assert!(std::mem::size_of::<SumToParams>() == 216);
 const _: () = assert!(std::mem::size_of::<LogSoftmaxParams>() == 16);
+const _: () = assert!(std::mem::size_of::<SgdUpdateParams>() == 32);
+const _: () = assert!(std::mem::size_of::<AdamUpdateParams>() == 32);
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,149 @@
+//! Launchers of `kernels/optim.cu`: in-place SGD and Adam updates, one element per thread.
+use std::sync::Arc;
+
+use cudarc::driver::PushKernelArg;
+
+use super::device::{CudaBuffer, CudaDevice};
+use super::elementwise::grid_for;
+use super::module::Kernel;
+use super::params::{AdamUpdateParams, SgdUpdateParams};
+use super::{buffer, launched};
+use crate::backend::{AdamParams, SgdParams};
+use crate::error::{Error, Result};
+use crate::tensor::{Storage, Tensor};
+
+/// The device buffer of a tensor updated in place (copied first if its storage is shared).
+fn buffer_mut(t: &mut Tensor) -> Result<&mut CudaBuffer> {
+    match t.storage_mut()? {
+        Storage::Cuda(b) => Ok(b),
+        Storage::Cpu(_) | Storage::CpuF64(_) => unreachable!("ops checks devices before dispatching to the CUDA backend"),
+    }
+}
+
+fn check_len(op: &'static str, name: &str, t: &Tensor, n: usize) -> Result<()> {
+    if t.numel() != n {
+        return Err(Error::shape(op, format!("{name} {:?} has {} elements, param has {n}", t.shape(), t.numel())));
+    }
+    Ok(())
+}
+
+/// `p ← p − lr·step` with PyTorch's SGD step (see [`SgdParams`]); momentum needs `momentum_buf`.
+pub(crate) fn sgd_step(
+    dev: &Arc<CudaDevice>,
+    param: &mut Tensor,
+    grad: &Tensor,
+    momentum_buf: Option<&mut Tensor>,
+    hp: &SgdParams,
+) -> Result<()> {
+    let n = param.numel();
+    check_len("sgd_step", "grad", grad, n)?;
+    let p = SgdUpdateParams {
+        n: n as i64,
+        lr: hp.lr,
+        momentum: hp.momentum,
+        dampening: hp.dampening,
+        weight_decay: hp.weight_decay,
+        nesterov: hp.nesterov as i32,
+        pad_: 0,
+    };
+    let momentum_buf = match momentum_buf {
+        Some(buf) if hp.momentum != 0.0 => {
+            check_len("sgd_step", "momentum buffer", buf, n)?;
+            Some(buffer_mut(buf)?)
+        }
+        None if hp.momentum != 0.0 => return Err(Error::Invalid("sgd_step: momentum needs a momentum buffer".into())),
+        // Without momentum PyTorch keeps no buffer; one handed in is left untouched (as on the CPU).
+        _ => None,
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    let g = &buffer(grad).slice;
+    let w = &mut buffer_mut(param)?.slice;
+    let cfg = grid_for(dev, n);
+    match momentum_buf {
+        None => {
+            let k = Kernel::SgdUpdate;
+            // SAFETY: param and grad hold n floats (checked above); the kernel reads grad[0..n) and
+            // updates param[0..n) in place. They are distinct allocations: storage_mut() copied a
+            // shared param before handing out its buffer.
+            let r = unsafe { dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(w).arg(g).launch(cfg) };
+            launched(k, r)
+        }
+        Some(buf) => {
+            let k = Kernel::SgdMomentumUpdate;
+            // SAFETY: param, grad and the momentum buffer hold n floats each (checked above) and are
+            // distinct allocations (two `&mut Tensor`s, unshared by storage_mut()).
+            let r = unsafe { dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(w).arg(g).arg(&mut buf.slice).launch(cfg) };
+            launched(k, r)
+        }
+    }
+}
+
+/// Adam's bias corrections at step `t` (1-based), in f64 as on the CPU backend:
+/// `(lr / (1 − β1ᵗ), sqrt(1 − β2ᵗ))`.
+fn adam_bias_corrections(hp: &AdamParams, t: u64) -> (f32, f32) {
+    // βᵗ underflows to 0 long before t leaves i32's range.
+    let t = t.min(i32::MAX as u64) as i32;
+    let bias1 = 1.0 - (hp.beta1 as f64).powi(t);
+    let bias2 = 1.0 - (hp.beta2 as f64).powi(t);
+    ((hp.lr as f64 / bias1) as f32, bias2.sqrt() as f32)
+}
+
+/// In-place Adam update at step `t` (see [`AdamParams`]).
+pub(crate) fn adam_step(
+    dev: &Arc<CudaDevice>,
+    param: &mut Tensor,
+    grad: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    t: u64,
+    hp: &AdamParams,
+) -> Result<()> {
+    if t == 0 {
+        return Err(Error::Invalid("adam_step: step count t is 1-based".into()));
+    }
+    let n = param.numel();
+    for (name, s) in [("grad", grad), ("m", &*m), ("v", &*v)] {
+        check_len("adam_step", name, s, n)?;
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let (step_size, bias2_sqrt) = adam_bias_corrections(hp, t);
+    let p = AdamUpdateParams {
+        n: n as i64,
+        beta1: hp.beta1,
+        beta2: hp.beta2,
+        eps: hp.eps,
+        weight_decay: hp.weight_decay,
+        step_size,
+        bias2_sqrt,
+    };
+    let k = Kernel::AdamUpdate;
+    let (w, m_buf, v_buf) = (&mut buffer_mut(param)?.slice, &mut buffer_mut(m)?.slice, &mut buffer_mut(v)?.slice);
+    // SAFETY: param, grad, m and v hold n floats each (checked above); param, m and v are distinct
+    // allocations (three `&mut Tensor`s, unshared by storage_mut()). The kernel reads and writes
+    // index i of each only.
+    let r = unsafe {
+        dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(w).arg(&buffer(grad).slice).arg(m_buf).arg(v_buf).launch(grid_for(dev, n))
+    };
+    launched(k, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bias_corrections_at_step_one_and_far_out() {
+        let hp = AdamParams { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let (step, b2) = adam_bias_corrections(&hp, 1);
+        // At t = 1: lr / (1 − β1) and sqrt(1 − β2), from the f32 hyper-parameters as given.
+        let (beta1, beta2) = (hp.beta1 as f64, hp.beta2 as f64);
+        assert!((step as f64 / (hp.lr as f64 / (1.0 - beta1)) - 1.0).abs() < 1e-7, "{step}");
+        assert!((b2 as f64 / (1.0 - beta2).sqrt() - 1.0).abs() < 1e-7, "{b2}");
+        // Far past i32's range the corrections are 1, not garbage from a wrapped exponent.
+        assert_eq!(adam_bias_corrections(&hp, 1 << 40), (1e-3, 1.0));
+    }
+}
