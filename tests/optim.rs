@@ -1,0 +1,246 @@
+mod common;
+
+// Optimizer updates over several steps: the CPU backend against PyTorch's rules re-implemented
+// plainly in f64, and the CUDA kernels against the CPU backend on the same fresh random inputs.
+use common::{assert_close, assert_close_f64, on_cuda, randn, rng, tol, uniform};
+use dpgan::backend::ops::{adam_step, sgd_step};
+use dpgan::backend::{AdamParams, SgdParams};
+use dpgan::tensor::{Device, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+const STEPS: usize = 5;
+
+fn sgd_configs() -> Vec<SgdParams> {
+    let sgd = |lr, momentum, dampening, weight_decay, nesterov| SgdParams { lr, momentum, dampening, weight_decay, nesterov };
+    vec![
+        sgd(0.1, 0.0, 0.0, 0.0, false),   // plain
+        sgd(0.05, 0.0, 0.0, 1e-2, false), // weight decay, no momentum
+        sgd(0.05, 0.9, 0.0, 0.0, false),  // heavy ball
+        sgd(0.02, 0.9, 0.1, 5e-3, false), // dampening and weight decay
+        sgd(0.02, 0.9, 0.0, 1e-2, true),  // Nesterov with weight decay
+        sgd(0.01, 0.5, 0.0, 0.0, true),
+    ]
+}
+
+fn adam_configs() -> Vec<AdamParams> {
+    let adam = |lr, beta1, beta2, eps, weight_decay| AdamParams { lr, beta1, beta2, eps, weight_decay };
+    vec![
+        adam(1e-3, 0.9, 0.999, 1e-8, 0.0), // PyTorch's defaults
+        adam(2e-4, 0.5, 0.999, 1e-8, 0.0), // DCGAN's
+        adam(1e-2, 0.9, 0.99, 1e-3, 1e-2), // L2 weight decay, large eps
+        adam(1e-4, 0.0, 0.9, 1e-8, 0.0),   // no first moment (as in WGAN-GP setups)
+    ]
+}
+
+/// Parameter shapes: a conv weight of a model group, a bias, an empty tensor. No single elements in
+/// the f32-against-f64 checks: where `β·m` and `(1 − β)·g` nearly cancel, the f32 state's relative
+/// error is unbounded, and only a norm over many elements is a fair measure. The CUDA checks, which
+/// compare bit for bit, take single elements too.
+fn param_shapes(rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
+    let g = rng.random_range(2..=4);
+    vec![vec![g, rng.random_range(1..=9), 3, 5, 5], vec![g, 33], vec![g, 0, 7]]
+}
+
+/// The CUDA updates round every operation as the CPU reference does (no fused multiply-adds), so
+/// they agree bit for bit.
+const BIT_IDENTICAL: f64 = 0.0;
+
+fn cuda_param_shapes(rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
+    let mut shapes = param_shapes(rng);
+    shapes.extend([vec![1, 1], vec![1, 128, 64, 4, 4], vec![3, 100_003]]);
+    shapes
+}
+
+/// SGD as PyTorch writes it (with a momentum buffer that starts at zero), in f64.
+fn sgd_formula(p: &mut [f64], g: &[f64], buf: &mut [f64], hp: &SgdParams) {
+    let (lr, momentum, dampening, wd) = (hp.lr as f64, hp.momentum as f64, hp.dampening as f64, hp.weight_decay as f64);
+    for i in 0..p.len() {
+        let d_p = g[i] + wd * p[i];
+        if momentum == 0.0 {
+            p[i] -= lr * d_p;
+            continue;
+        }
+        buf[i] = momentum * buf[i] + (1.0 - dampening) * d_p;
+        let step = if hp.nesterov { d_p + momentum * buf[i] } else { buf[i] };
+        p[i] -= lr * step;
+    }
+}
+
+/// Adam as PyTorch writes it at step t (1-based), with L2 weight decay added to the gradient, in f64.
+fn adam_formula(p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], t: i32, hp: &AdamParams) {
+    let (lr, b1, b2, eps, wd) = (hp.lr as f64, hp.beta1 as f64, hp.beta2 as f64, hp.eps as f64, hp.weight_decay as f64);
+    let bias1 = 1.0 - b1.powi(t);
+    let bias2 = 1.0 - b2.powi(t);
+    for i in 0..p.len() {
+        let grad = g[i] + wd * p[i];
+        m[i] = b1 * m[i] + (1.0 - b1) * grad;
+        v[i] = b2 * v[i] + (1.0 - b2) * grad * grad;
+        let m_hat = m[i] / bias1;
+        let v_hat = v[i] / bias2;
+        p[i] -= lr * m_hat / (v_hat.sqrt() + eps);
+    }
+}
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    t.to_vec().unwrap().iter().map(|&x| x as f64).collect()
+}
+
+#[test]
+fn sgd_cpu_matches_formula() {
+    let mut rng = rng("sgd_cpu_matches_formula");
+    for hp in sgd_configs() {
+        for shape in param_shapes(&mut rng) {
+            let mut param = randn(&mut rng, &shape);
+            let mut buf = Tensor::zeros(&shape, &Device::Cpu).unwrap();
+            let (mut p_ref, mut buf_ref) = (f64s(&param), f64s(&buf));
+            for step in 1..=STEPS {
+                let grad = randn(&mut rng, &shape);
+                sgd_step(&mut param, &grad, Some(&mut buf), &hp).unwrap();
+                sgd_formula(&mut p_ref, &f64s(&grad), &mut buf_ref, &hp);
+                // f32 state against f64 over a few steps: a few roundings per element and step.
+                let what = format!("{hp:?} on {shape:?}, step {step}");
+                assert_close_f64(&format!("param, {what}"), &f64s(&param), &p_ref, tol::F32_ELEMENTWISE);
+                assert_close_f64(&format!("momentum buffer, {what}"), &f64s(&buf), &buf_ref, tol::F32_ELEMENTWISE);
+            }
+        }
+    }
+}
+
+#[test]
+fn sgd_without_momentum_needs_no_buffer_and_leaves_one_alone() {
+    let mut rng = rng("sgd_without_momentum_needs_no_buffer_and_leaves_one_alone");
+    let hp = SgdParams { lr: 0.1, momentum: 0.0, dampening: 0.0, weight_decay: 1e-2, nesterov: false };
+    let mut a = randn(&mut rng, &[2, 7]);
+    let mut b = a.clone();
+    let grad = randn(&mut rng, &[2, 7]);
+    let mut buf = uniform(&mut rng, &[2, 7], -1.0, 1.0);
+    let before = buf.to_vec().unwrap();
+    sgd_step(&mut a, &grad, None, &hp).unwrap();
+    sgd_step(&mut b, &grad, Some(&mut buf), &hp).unwrap();
+    assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap());
+    assert_eq!(buf.to_vec().unwrap(), before);
+}
+
+#[test]
+fn sgd_momentum_without_a_buffer_is_an_error() {
+    let hp = SgdParams { lr: 0.1, momentum: 0.9, dampening: 0.0, weight_decay: 0.0, nesterov: false };
+    let mut p = Tensor::zeros(&[3], &Device::Cpu).unwrap();
+    let g = Tensor::zeros(&[3], &Device::Cpu).unwrap();
+    assert!(sgd_step(&mut p, &g, None, &hp).is_err());
+    let mut short = Tensor::zeros(&[2], &Device::Cpu).unwrap();
+    assert!(sgd_step(&mut p, &g, Some(&mut short), &hp).is_err());
+}
+
+/// An in-place update must not show through a clone that shares the storage (a tape may hold it).
+#[test]
+fn updates_copy_shared_storage_first() {
+    let mut rng = rng("updates_copy_shared_storage_first");
+    let mut param = randn(&mut rng, &[4, 5]);
+    let saved = param.clone();
+    let before = saved.to_vec().unwrap();
+    let grad = randn(&mut rng, &[4, 5]);
+    sgd_step(&mut param, &grad, None, &sgd_configs()[0]).unwrap();
+    assert_eq!(saved.to_vec().unwrap(), before);
+    assert_ne!(param.to_vec().unwrap(), before);
+}
+
+#[test]
+fn adam_cpu_matches_formula() {
+    let mut rng = rng("adam_cpu_matches_formula");
+    for hp in adam_configs() {
+        for shape in param_shapes(&mut rng) {
+            let mut param = randn(&mut rng, &shape);
+            let mut m = Tensor::zeros(&shape, &Device::Cpu).unwrap();
+            let mut v = Tensor::zeros(&shape, &Device::Cpu).unwrap();
+            let (mut p_ref, mut m_ref, mut v_ref) = (f64s(&param), f64s(&m), f64s(&v));
+            for t in 1..=STEPS {
+                let grad = randn(&mut rng, &shape);
+                adam_step(&mut param, &grad, &mut m, &mut v, t as u64, &hp).unwrap();
+                adam_formula(&mut p_ref, &f64s(&grad), &mut m_ref, &mut v_ref, t as i32, &hp);
+                let what = format!("{hp:?} on {shape:?}, step {t}");
+                assert_close_f64(&format!("param, {what}"), &f64s(&param), &p_ref, tol::F32_ELEMENTWISE);
+                assert_close_f64(&format!("m, {what}"), &f64s(&m), &m_ref, tol::F32_ELEMENTWISE);
+                assert_close_f64(&format!("v, {what}"), &f64s(&v), &v_ref, tol::F32_ELEMENTWISE);
+            }
+        }
+    }
+}
+
+#[test]
+fn adam_rejects_step_zero_and_mismatched_state() {
+    let hp = adam_configs()[0];
+    let mut p = Tensor::zeros(&[3], &Device::Cpu).unwrap();
+    let g = Tensor::zeros(&[3], &Device::Cpu).unwrap();
+    let (mut m, mut v) = (Tensor::zeros(&[3], &Device::Cpu).unwrap(), Tensor::zeros(&[3], &Device::Cpu).unwrap());
+    assert!(adam_step(&mut p, &g, &mut m, &mut v, 0, &hp).is_err());
+    let mut short = Tensor::zeros(&[2], &Device::Cpu).unwrap();
+    assert!(adam_step(&mut p, &g, &mut short, &mut v, 1, &hp).is_err());
+}
+
+#[test]
+fn sgd_cuda_matches_cpu() {
+    on_cuda("sgd_cuda_matches_cpu", |dev| {
+        let mut rng = rng("sgd_cuda_matches_cpu");
+        for hp in sgd_configs() {
+            for shape in cuda_param_shapes(&mut rng) {
+                let mut param = randn(&mut rng, &shape);
+                let mut buf = uniform(&mut rng, &shape, -0.5, 0.5);
+                let mut param_gpu = param.to_device(dev).unwrap();
+                let mut buf_gpu = buf.to_device(dev).unwrap();
+                for step in 1..=STEPS {
+                    let grad = randn(&mut rng, &shape);
+                    sgd_step(&mut param, &grad, Some(&mut buf), &hp).unwrap();
+                    sgd_step(&mut param_gpu, &grad.to_device(dev).unwrap(), Some(&mut buf_gpu), &hp).unwrap();
+                    let what = format!("{hp:?} on {shape:?}, step {step}");
+                    assert_close(&format!("param, {what}"), &param_gpu.to_vec().unwrap(), param.cpu_data().unwrap(), BIT_IDENTICAL);
+                    assert_close(&format!("momentum buffer, {what}"), &buf_gpu.to_vec().unwrap(), buf.cpu_data().unwrap(), BIT_IDENTICAL);
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn adam_cuda_matches_cpu() {
+    on_cuda("adam_cuda_matches_cpu", |dev| {
+        let mut rng = rng("adam_cuda_matches_cpu");
+        for hp in adam_configs() {
+            for shape in cuda_param_shapes(&mut rng) {
+                let mut param = randn(&mut rng, &shape);
+                // Moments from an earlier run: m anything, v ≥ 0.
+                let mut m = randn(&mut rng, &shape);
+                let mut v = uniform(&mut rng, &shape, 0.0, 2.0);
+                let (mut param_gpu, mut m_gpu, mut v_gpu) =
+                    (param.to_device(dev).unwrap(), m.to_device(dev).unwrap(), v.to_device(dev).unwrap());
+                // Start mid-run too, where the bias corrections are near 1.
+                let first = if rng.random::<bool>() { 1 } else { 1000 };
+                for t in first..first + STEPS as u64 {
+                    let grad = randn(&mut rng, &shape);
+                    adam_step(&mut param, &grad, &mut m, &mut v, t, &hp).unwrap();
+                    adam_step(&mut param_gpu, &grad.to_device(dev).unwrap(), &mut m_gpu, &mut v_gpu, t, &hp).unwrap();
+                    let what = format!("{hp:?} on {shape:?}, step {t}");
+                    assert_close(&format!("param, {what}"), &param_gpu.to_vec().unwrap(), param.cpu_data().unwrap(), BIT_IDENTICAL);
+                    assert_close(&format!("m, {what}"), &m_gpu.to_vec().unwrap(), m.cpu_data().unwrap(), BIT_IDENTICAL);
+                    assert_close(&format!("v, {what}"), &v_gpu.to_vec().unwrap(), v.cpu_data().unwrap(), BIT_IDENTICAL);
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn cuda_updates_copy_shared_storage_first() {
+    on_cuda("cuda_updates_copy_shared_storage_first", |dev| {
+        let mut rng = rng("cuda_updates_copy_shared_storage_first");
+        let mut param = randn(&mut rng, &[4, 5]).to_device(dev).unwrap();
+        let saved = param.clone();
+        let before = saved.to_vec().unwrap();
+        let grad = randn(&mut rng, &[4, 5]).to_device(dev).unwrap();
+        let hp = adam_configs()[0];
+        let (mut m, mut v) = (Tensor::zeros(&[4, 5], dev).unwrap(), Tensor::zeros(&[4, 5], dev).unwrap());
+        adam_step(&mut param, &grad, &mut m, &mut v, 1, &hp).unwrap();
+        assert_eq!(saved.to_vec().unwrap(), before);
+        assert_ne!(param.to_vec().unwrap(), before);
+    });
+}
