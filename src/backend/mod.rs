@@ -97,7 +97,8 @@ pub struct MatmulGeometry {
 
 /// SGD with momentum and weight decay, PyTorch's update rule:
 /// `g ← g + wd·p; buf ← momentum·buf + (1 − dampening)·g; p ← p − lr·(nesterov ? g + momentum·buf : buf)`
-/// (with no momentum, `p ← p − lr·g`).
+/// (with no momentum, `p ← p − lr·g`). The buffer starts at zero, so with dampening ≠ 0 the first
+/// step differs from PyTorch, which starts the buffer at `g`; with dampening 0 they agree.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdParams {
     pub lr: f32,

@@ -99,9 +99,9 @@ pub fn cuda_or_skip(test: &str) -> Option<Device> {
         Ok(d) => Some(d),
         Err(e) => {
             if std::env::var("DPGAN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("{test}: DPGAN_REQUIRE_GPU=1 but no usable CUDA device: {e}");
+                panic!("{test}: DPGAN_REQUIRE_GPU=1 but {e}");
             }
-            eprintln!("{test}: skipped, no CUDA device: {e}");
+            eprintln!("{test}: skipped: {e}");
             None
         }
     }

@@ -137,9 +137,10 @@ impl CudaDevice {
     /// [`set_poison_allocations`] it is filled with NaN first, so a forgotten element shows.
     pub(crate) fn alloc(self: &Arc<Self>, len: usize) -> Result<CudaBuffer> {
         // SAFETY: the caller overwrites every element before reading it (each launcher writes its
-        // whole output); a zero-length allocation is a valid empty slice.
-        let slice = unsafe { self.stream.alloc::<f32>(len) }.map_err(|e| Error::cuda(format!("allocating {len} floats"), e))?;
-        let mut buf = CudaBuffer { slice, device: self.clone() };
+        // whole output). The driver rejects zero-byte allocations, so an empty tensor holds one
+        // unused element and its logical length 0.
+        let slice = unsafe { self.stream.alloc::<f32>(len.max(1)) }.map_err(|e| Error::cuda(format!("allocating {len} floats"), e))?;
+        let mut buf = CudaBuffer { slice, len, device: self.clone() };
         if POISON_ALLOCATIONS.load(Ordering::Relaxed) {
             super::elementwise::fill(self, &mut buf, f32::NAN)?;
         }
@@ -147,8 +148,11 @@ impl CudaDevice {
     }
 
     pub fn upload(self: &Arc<Self>, data: &[f32]) -> Result<CudaBuffer> {
+        if data.is_empty() {
+            return self.alloc(0);
+        }
         let slice = self.stream.clone_htod(data).map_err(|e| Error::cuda(format!("copying {} floats to the device", data.len()), e))?;
-        Ok(CudaBuffer { slice, device: self.clone() })
+        Ok(CudaBuffer { slice, len: data.len(), device: self.clone() })
     }
 
     pub fn full(self: &Arc<Self>, len: usize, value: f32) -> Result<CudaBuffer> {
@@ -161,6 +165,8 @@ impl CudaDevice {
 /// f32 device memory owned by a tensor, with the device it lives on.
 pub struct CudaBuffer {
     pub(crate) slice: CudaSlice<f32>,
+    /// Logical length: `slice` holds at least one element even for an empty tensor.
+    len: usize,
     device: Arc<CudaDevice>,
 }
 
@@ -169,12 +175,15 @@ impl CudaBuffer {
         &self.device
     }
     pub fn len(&self) -> usize {
-        self.slice.len()
+        self.len
     }
     pub fn is_empty(&self) -> bool {
-        self.slice.len() == 0
+        self.len == 0
     }
     pub fn download(&self) -> Result<Vec<f32>> {
+        if self.len == 0 {
+            return Ok(Vec::new());
+        }
         self.device.stream.clone_dtoh(&self.slice).map_err(|e| Error::cuda(format!("copying {} floats to the host", self.len()), e))
     }
 }
@@ -187,6 +196,6 @@ impl CudaBuffer {
             .stream
             .clone_dtod(&self.slice)
             .map_err(|e| Error::cuda(format!("copying {} floats on the device", self.len()), e))?;
-        Ok(CudaBuffer { slice, device: self.device.clone() })
+        Ok(CudaBuffer { slice, len: self.len, device: self.device.clone() })
     }
 }
