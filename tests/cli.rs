@@ -1,5 +1,6 @@
 //! The `dpgan` binary, run as a user would. Each check compares what it prints with what the library
 //! itself knows about this build and this machine, so the tests hold on a GPU host and without one.
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use dpgan::backend::cuda::module::{CUDA_ARCHS, FATBIN, NVCC_VERSION, PTXAS_REPORT};
@@ -7,8 +8,21 @@ use dpgan::backend::cuda::{device_count, kernel_resources, Kernel};
 use dpgan::Error;
 use serde_json::Value;
 
+/// The binary cargo built, or, where this test runs from a GPU bundle (`.gpu/tests/` beside
+/// `.gpu/bin/`, see ../shared/tools/gpu-bundle), the bundled one.
+fn binary() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_dpgan"));
+    if built.is_file() {
+        return built;
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let bundled = exe.parent().and_then(|d| d.parent()).map(|d| d.join("bin").join("dpgan"));
+    bundled.filter(|p| p.is_file()).unwrap_or(built)
+}
+
 fn dpgan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dpgan")).args(args).output().expect("running the dpgan binary")
+    let bin = binary();
+    Command::new(&bin).args(args).output().unwrap_or_else(|e| panic!("running {}: {e}", bin.display()))
 }
 
 /// Runs a command that must succeed and returns its stdout.
