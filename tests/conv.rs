@@ -3,10 +3,9 @@
 //! non-square inputs and kernels; the adjoint identities; PyTorch's output sizes; shape errors.
 mod common;
 
-use common::{assert_close_sums, randn_vec, tol, Sums};
+use common::{assert_close_sums, expect_shape_error, randn_vec, tol, Sums};
 use dpgan::backend::ops;
 use dpgan::tensor::{Device, Tensor};
-use dpgan::Error;
 use rand::Rng;
 
 /// One convolution: input `[G, B, C, H, W]`, weight `[G, O, C, KH, KW]`.
@@ -390,14 +389,6 @@ fn conv_transpose_matches_its_definition_and_is_the_conv_input_grad() {
             let as_input_grad = ops::conv2d_input_grad(&xt, &wt, ct.out_hw(), s, p).unwrap();
             assert_eq!(values(&as_input_grad), values(&y), "{name} {dtype}: conv_transpose2d is conv2d_input_grad");
         }
-    }
-}
-
-fn expect_shape_error(what: &str, result: dpgan::Result<Tensor>) {
-    match result {
-        Err(Error::Shape { op, msg }) => eprintln!("{what}: {op}: {msg}"),
-        Err(e) => panic!("{what}: expected a shape error, got {e}"),
-        Ok(t) => panic!("{what}: expected a shape error, got a tensor {:?}", t.shape()),
     }
 }
 

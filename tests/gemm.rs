@@ -2,10 +2,9 @@
 //! G > 1, odd sizes, empty edges (K = 0, M = 0, N = 0, G = 0), and shape errors.
 mod common;
 
-use common::{assert_close_sums, randn_vec, tol, Sums};
+use common::{assert_close_sums, expect_shape_error, randn_vec, tol, Sums};
 use dpgan::backend::ops;
 use dpgan::tensor::{Device, Tensor};
-use dpgan::Error;
 use rand::Rng;
 
 /// Sizes with tails: 1, odd primes-ish below and above the GEMM crate's register blocks.
@@ -126,14 +125,6 @@ fn matmul_empty_edges_give_zeros_or_empty_outputs() {
     let c = ops::matmul(&a, &b, false, false).unwrap();
     assert_eq!(c.shape(), [2, 5, 3]);
     assert!(c.cpu_data().unwrap().iter().all(|&v| v == 0.0));
-}
-
-fn expect_shape_error(what: &str, result: dpgan::Result<Tensor>) {
-    match result {
-        Err(Error::Shape { op, msg }) => eprintln!("{what}: {op}: {msg}"),
-        Err(e) => panic!("{what}: expected a shape error, got {e}"),
-        Ok(t) => panic!("{what}: expected a shape error, got a tensor {:?}", t.shape()),
-    }
 }
 
 #[test]

@@ -2,10 +2,9 @@
 //! formulas, ties and NaN, odd sizes, the adjoint pairs, and shape errors.
 mod common;
 
-use common::{assert_close, assert_close_f64, randn_vec, tol};
+use common::{assert_close, assert_close_f64, expect_shape_error, randn_vec, tol};
 use dpgan::backend::ops;
 use dpgan::tensor::{Device, Tensor};
-use dpgan::Error;
 use rand::Rng;
 
 /// Shapes `[.., H, W]` of rank 2 to 5, with odd H and W (the last row/column is dropped), H or W of
@@ -216,14 +215,6 @@ fn upsample_and_sum_pool_match_their_formulas() {
             }
         }
         assert_close_f64(&format!("sum_pool2x2 {shape:?}"), &summed.to_vec_f64().unwrap(), &expected, tol::F32_ELEMENTWISE);
-    }
-}
-
-fn expect_shape_error(what: &str, result: dpgan::Result<Tensor>) {
-    match result {
-        Err(Error::Shape { op, msg }) => eprintln!("{what}: {op}: {msg}"),
-        Err(e) => panic!("{what}: expected a shape error, got {e}"),
-        Ok(t) => panic!("{what}: expected a shape error, got a tensor {:?}", t.shape()),
     }
 }
 

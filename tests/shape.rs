@@ -5,10 +5,9 @@
 //! one misplaced element among N gives a relative error near sqrt(2/N), far above 1e-6.
 mod common;
 
-use common::{assert_close, randn_vec, tol};
+use common::{assert_close, expect_shape_error, randn_vec, tol};
 use dpgan::backend::ops;
 use dpgan::tensor::{Device, Tensor};
-use dpgan::Error;
 
 const SHAPES: &[&[usize]] = &[&[7], &[3, 4, 5], &[2, 3, 4, 5], &[1, 6, 1, 3], &[2, 1, 9]];
 
@@ -174,14 +173,6 @@ fn crop_takes_the_top_left_window() {
         assert_eq!(got.shape(), out_shape);
         let expected: Vec<f32> = (0..out_shape.iter().product()).map(|o| x[ravel(&unravel(o, &out_shape), shape)]).collect();
         assert_close(&format!("crop {shape:?} to {h}x{w}"), &data(&got), &expected, tol::F32_ELEMENTWISE);
-    }
-}
-
-fn expect_shape_error(what: &str, result: dpgan::Result<Tensor>) {
-    match result {
-        Err(Error::Shape { op, msg }) => eprintln!("{what}: {op}: {msg}"),
-        Err(e) => panic!("{what}: expected a shape error, got {e}"),
-        Ok(t) => panic!("{what}: expected a shape error, got a tensor {:?}", t.shape()),
     }
 }
 

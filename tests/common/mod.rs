@@ -155,3 +155,13 @@ pub fn assert_close_sums(what: &str, actual: &[f64], expected: &Sums, tol: f64) 
         actual.len()
     );
 }
+
+/// Asserts that `result` is a shape error (not a panic, not another error), printing its message.
+#[track_caller]
+pub fn expect_shape_error(what: &str, result: dpgan::Result<Tensor>) {
+    match result {
+        Err(dpgan::Error::Shape { op, msg }) => eprintln!("{what}: {op}: {msg}"),
+        Err(e) => panic!("{what}: expected a shape error, got {e}"),
+        Ok(t) => panic!("{what}: expected a shape error, got a tensor {:?}", t.shape()),
+    }
+}
