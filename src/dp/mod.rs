@@ -1,0 +1,2 @@
+//! Differential privacy: per-example gradient norms and clipping.
+pub mod clip;

@@ -1,0 +1,314 @@
+//! Per-example gradient norms and clipped sums against brute force (one backward per example), in
+//! f64 on the CPU, for linear, embedding, conv and conv-transpose layers and the whole DP-CGAN
+//! discriminator; and the clip bound under huge gradients.
+mod common;
+
+use common::{assert_close_f64, randn_vec};
+use dpgan::autograd::Tape;
+use dpgan::backend::ops;
+use dpgan::dp::clip::{clip_factors, per_example_sq_norms, LayerGrad};
+use dpgan::tensor::Tensor;
+use dpgan::Result;
+use rand::Rng;
+
+/// f64 has ~1e-16 rounding; the brute force sums the same products in another order.
+const TOL: f64 = 1e-10;
+
+fn f64_tensor(rng: &mut impl Rng, shape: &[usize], scale: f64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec_f64(randn_vec(rng, n).into_iter().map(|v| f64::from(v) * scale).collect(), shape).unwrap()
+}
+
+/// A model: params, a batch `[G, B, ...]` → per-example outputs `[G, B, 1]`, and the layers it
+/// used (input and output tensors, to be turned into `LayerGrad`s once δ is known).
+struct Run {
+    output: Tensor,
+    layers: Vec<(LayerKind, Tensor, Tensor)>,
+}
+
+#[derive(Clone, Copy)]
+enum LayerKind {
+    Linear { bias: bool },
+    Conv2d { kernel: (usize, usize), stride: usize, padding: usize },
+    ConvTranspose2d { kernel: (usize, usize), stride: usize, padding: usize },
+}
+
+type Model = dyn Fn(&Tape, &[Tensor], &Tensor) -> Result<Run>;
+
+/// Per-example loss: a fixed nonlinear function of each example's output, summed over examples.
+fn summed_loss(tape: &Tape, output: &Tensor) -> Tensor {
+    let per_example = tape.bce_with_logits(output, &output.full_like(output.shape(), 1.0).unwrap()).unwrap();
+    tape.sum_all(&per_example).unwrap()
+}
+
+/// The ghost path: one backward, then norms and clipped sums from (input, δ) per layer.
+fn ghost(model: &Model, params: &[Tensor], batch: &Tensor, clip: f32) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let tape = Tape::new();
+    params.iter().for_each(|p| tape.watch(p));
+    let run = model(&tape, params, batch).unwrap();
+    run.layers.iter().for_each(|(_, _, out)| tape.retain_grad(out));
+    let grads = tape.backward(&summed_loss(&tape, &run.output)).unwrap();
+    let layers: Vec<LayerGrad> = run
+        .layers
+        .iter()
+        .map(|(kind, input, out)| {
+            let (input, output_grad) = (input.clone(), grads.of(out).unwrap().clone());
+            match *kind {
+                LayerKind::Linear { bias } => LayerGrad::Linear { input, output_grad, bias },
+                LayerKind::Conv2d { kernel, stride, padding } => {
+                    LayerGrad::Conv2d { input, output_grad, kernel, stride, padding, bias: true }
+                }
+                LayerKind::ConvTranspose2d { kernel, stride, padding } => {
+                    LayerGrad::ConvTranspose2d { input, output_grad, kernel, stride, padding, bias: true }
+                }
+            }
+        })
+        .collect();
+    let sq = per_example_sq_norms(&layers).unwrap();
+    let factors = clip_factors(&sq, clip).unwrap();
+    let mut sums = Vec::new();
+    for layer in &layers {
+        let c = layer.clipped_sum(&factors).unwrap();
+        sums.push(c.weight.to_vec_f64().unwrap());
+        if let Some(b) = c.bias {
+            sums.push(b.to_vec_f64().unwrap());
+        }
+    }
+    (sq.to_vec_f64().unwrap(), sums)
+}
+
+/// Brute force: one backward per example, its full gradient, its norm, clipped and summed.
+fn brute_force(model: &Model, params: &[Tensor], batch: &Tensor, clip: f64) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let (g, b) = (batch.shape()[0], batch.shape()[1]);
+    let mut sq = vec![0.0; g * b];
+    let mut sums: Vec<Vec<f64>> = params.iter().map(|p| vec![0.0; p.numel()]).collect();
+    for i in 0..b {
+        let tape = Tape::new();
+        params.iter().for_each(|p| tape.watch(p));
+        let run = model(&tape, params, &ops::narrow(batch, 1, i, 1).unwrap()).unwrap();
+        let grads = tape.backward(&summed_loss(&tape, &run.output)).unwrap();
+        let per_param: Vec<Vec<f64>> = params.iter().map(|p| grads.of(p).unwrap().to_vec_f64().unwrap()).collect();
+        for group in 0..g {
+            // Every parameter is [G, ...]: group `group` owns the `group`-th slice of each.
+            let slice = |v: &Vec<f64>| {
+                let n = v.len() / g;
+                v[group * n..(group + 1) * n].to_vec()
+            };
+            let norm2: f64 = per_param.iter().map(|v| slice(v).iter().map(|x| x * x).sum::<f64>()).sum();
+            sq[group * b + i] = norm2;
+            let factor = (clip / norm2.sqrt()).min(1.0);
+            for (sum, v) in sums.iter_mut().zip(&per_param) {
+                let n = v.len() / g;
+                for k in 0..n {
+                    sum[group * n + k] += factor * v[group * n + k];
+                }
+            }
+        }
+    }
+    (sq, sums)
+}
+
+/// Checks ghost against brute force with the clip set between the middle two per-example norms,
+/// so that some examples are clipped and some are not.
+fn check(name: &str, model: &Model, params: Vec<Tensor>, batch: Tensor) {
+    let (sq, _) = brute_force(model, &params, &batch, 1.0);
+    let mut sorted: Vec<f64> = sq.iter().map(|v| v.sqrt()).collect();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    let clip = ((sorted[mid - 1] + sorted[mid]) / 2.0) as f32;
+    let (sq_ghost, sums_ghost) = ghost(model, &params, &batch, clip);
+    let (sq_brute, sums_brute) = brute_force(model, &params, &batch, clip as f64);
+    assert_close_f64(&format!("{name}: per-example squared norms"), &sq_ghost, &sq_brute, TOL);
+    assert_eq!(sums_ghost.len(), sums_brute.len(), "{name}: one clipped sum per parameter");
+    for (k, (a, e)) in sums_ghost.iter().zip(&sums_brute).enumerate() {
+        assert_close_f64(&format!("{name}: clipped sum of parameter {k}"), a, e, TOL);
+    }
+    // The clip binds for some examples and not others, or the test proves less than it says.
+    let norms: Vec<f64> = sq_brute.iter().map(|v| v.sqrt()).collect();
+    assert!(norms.iter().any(|&n| n > clip as f64) && norms.iter().any(|&n| n < clip as f64), "{name}: norms {norms:?} vs clip {clip}");
+}
+
+fn linear_model(t: &Tape, p: &[Tensor], x: &Tensor) -> Result<Run> {
+    let h = t.linear(x, &p[0], Some(&p[1]))?;
+    let a = t.tanh(&h)?;
+    let out = t.linear(&a, &p[2], Some(&p[3]))?;
+    Ok(Run {
+        output: out.clone(),
+        layers: vec![(LayerKind::Linear { bias: true }, x.clone(), h), (LayerKind::Linear { bias: true }, a, out)],
+    })
+}
+
+#[test]
+fn linear_layers_match_brute_force_with_groups() {
+    let mut rng = common::rng("linear_layers_match_brute_force_with_groups");
+    let (g, b, i, h) = (3, 7, 6, 5);
+    let params = vec![
+        f64_tensor(&mut rng, &[g, h, i], 1.0),
+        f64_tensor(&mut rng, &[g, h], 1.0),
+        f64_tensor(&mut rng, &[g, 1, h], 1.0),
+        f64_tensor(&mut rng, &[g, 1], 1.0),
+    ];
+    let batch = f64_tensor(&mut rng, &[g, b, i], 1.0);
+    check("linear", &linear_model, params, batch);
+}
+
+/// An embedding is a linear layer on one-hot rows: E[y] = onehot(y)·E.
+#[test]
+fn embedding_matches_brute_force() {
+    let mut rng = common::rng("embedding_matches_brute_force");
+    let (g, b, classes, d) = (2, 9, 10, 4);
+    let labels: Vec<u32> = (0..g * b).map(|_| rng.random_range(0..classes as u32)).collect();
+    let onehot = Tensor::one_hot(&labels, classes, &[g, b], &dpgan::Device::Cpu).unwrap().to_dtype(dpgan::tensor::DType::F64).unwrap();
+    let params = vec![f64_tensor(&mut rng, &[g, d, classes], 1.0), f64_tensor(&mut rng, &[g, 1, d], 1.0)];
+    let model = |t: &Tape, p: &[Tensor], y: &Tensor| -> Result<Run> {
+        let e = t.matmul(y, &p[0], false, true)?;
+        let a = t.tanh(&e)?;
+        let out = t.linear(&a, &p[1], None)?;
+        Ok(Run {
+            output: out.clone(),
+            layers: vec![(LayerKind::Linear { bias: false }, y.clone(), e), (LayerKind::Linear { bias: false }, a, out)],
+        })
+    };
+    check("embedding", &model, params, onehot);
+}
+
+/// A conv layer (with bias) followed by a linear readout, at one geometry.
+fn conv_case(name: &str, (g, b, c, hw, o, k, stride, padding): (usize, usize, usize, usize, usize, usize, usize, usize)) {
+    let mut rng = common::rng(name);
+    let out_hw = (hw + 2 * padding - k) / stride + 1;
+    let params = vec![
+        f64_tensor(&mut rng, &[g, o, c, k, k], 0.3),
+        f64_tensor(&mut rng, &[g, o], 1.0),
+        f64_tensor(&mut rng, &[g, 1, o * out_hw * out_hw], 0.3),
+        f64_tensor(&mut rng, &[g, 1], 1.0),
+    ];
+    let batch = f64_tensor(&mut rng, &[g, b, c, hw, hw], 1.0);
+    let model = move |t: &Tape, p: &[Tensor], x: &Tensor| -> Result<Run> {
+        let conv = t.add_channel_bias(&t.conv2d(x, &p[0], stride, padding)?, &p[1])?;
+        let a = t.tanh(&conv)?;
+        let flat = t.reshape(&a, &[g, x.shape()[1], o * out_hw * out_hw])?;
+        let out = t.linear(&flat, &p[2], Some(&p[3]))?;
+        Ok(Run {
+            output: out.clone(),
+            layers: vec![
+                (LayerKind::Conv2d { kernel: (k, k), stride, padding }, x.clone(), conv),
+                (LayerKind::Linear { bias: true }, flat, out),
+            ],
+        })
+    };
+    check(name, &model, params, batch);
+}
+
+#[test]
+fn conv_layers_match_brute_force_at_every_spec_geometry() {
+    // (G, B, C, H=W, O, K, stride, padding): GS-WGAN D (5×5 s2 p2 at 28, 14, 7), ResNet G
+    // (3×3 p1, 1×1, 3×3 p0), LeNet (5×5 p2, 5×5 p0), at reduced channel counts.
+    conv_case("conv 5x5 s2 p2 28->14", (1, 4, 1, 28, 3, 5, 2, 2));
+    conv_case("conv 5x5 s2 p2 14->7, G=2", (2, 3, 2, 14, 3, 5, 2, 2));
+    conv_case("conv 5x5 s2 p2 7->4", (1, 5, 3, 7, 4, 5, 2, 2));
+    conv_case("conv 3x3 s1 p1", (2, 3, 2, 8, 3, 3, 1, 1));
+    conv_case("conv 1x1", (1, 4, 3, 6, 2, 1, 1, 0));
+    conv_case("conv 3x3 p0 10->8", (1, 3, 2, 10, 1, 3, 1, 0));
+    conv_case("lenet conv 5x5 p2", (1, 3, 1, 12, 2, 5, 1, 2));
+    conv_case("lenet conv 5x5 p0", (1, 3, 2, 9, 3, 5, 1, 0));
+}
+
+fn conv_transpose_case(name: &str, (g, b, c, hw, o, k, stride): (usize, usize, usize, usize, usize, usize, usize)) {
+    let mut rng = common::rng(name);
+    let out_hw = (hw - 1) * stride + k;
+    let params = vec![
+        f64_tensor(&mut rng, &[g, c, o, k, k], 0.3),
+        f64_tensor(&mut rng, &[g, o], 1.0),
+        f64_tensor(&mut rng, &[g, 1, o * out_hw * out_hw], 0.3),
+        f64_tensor(&mut rng, &[g, 1], 1.0),
+    ];
+    let batch = f64_tensor(&mut rng, &[g, b, c, hw, hw], 1.0);
+    let model = move |t: &Tape, p: &[Tensor], x: &Tensor| -> Result<Run> {
+        let up = t.add_channel_bias(&t.conv_transpose2d(x, &p[0], stride, 0, 0)?, &p[1])?;
+        let a = t.tanh(&up)?;
+        let flat = t.reshape(&a, &[g, x.shape()[1], o * out_hw * out_hw])?;
+        let out = t.linear(&flat, &p[2], Some(&p[3]))?;
+        Ok(Run {
+            output: out.clone(),
+            layers: vec![
+                (LayerKind::ConvTranspose2d { kernel: (k, k), stride, padding: 0 }, x.clone(), up),
+                (LayerKind::Linear { bias: true }, flat, out),
+            ],
+        })
+    };
+    check(name, &model, params, batch);
+}
+
+#[test]
+fn conv_transpose_layers_match_brute_force() {
+    // GS-WGAN's DCGAN generator: 5×5 s1 (4→8), 8×8 s2 (11→28), at reduced channel counts.
+    conv_transpose_case("conv-transpose 5x5 s1 4->8", (1, 3, 3, 4, 2, 5, 1));
+    conv_transpose_case("conv-transpose 8x8 s2 11->28, G=2", (2, 3, 2, 11, 1, 8, 2));
+}
+
+/// DP-CGAN's discriminator, [x (784), onehot(y) (10)] → Linear 794→128 → ReLU → Linear 128→1,
+/// at its real width.
+#[test]
+fn dp_cgan_discriminator_matches_brute_force() {
+    let mut rng = common::rng("dp_cgan_discriminator_matches_brute_force");
+    let b = 6;
+    let params = vec![
+        f64_tensor(&mut rng, &[1, 128, 794], 0.05),
+        f64_tensor(&mut rng, &[1, 128], 0.1),
+        f64_tensor(&mut rng, &[1, 1, 128], 0.1),
+        f64_tensor(&mut rng, &[1, 1], 0.1),
+    ];
+    let batch = f64_tensor(&mut rng, &[1, b, 794], 1.0);
+    let model = |t: &Tape, p: &[Tensor], x: &Tensor| -> Result<Run> {
+        let h = t.linear(x, &p[0], Some(&p[1]))?;
+        let a = t.relu(&h)?;
+        let out = t.linear(&a, &p[2], Some(&p[3]))?;
+        Ok(Run {
+            output: out.clone(),
+            layers: vec![(LayerKind::Linear { bias: true }, x.clone(), h), (LayerKind::Linear { bias: true }, a, out)],
+        })
+    };
+    check("dp-cgan D", &model, params, batch);
+}
+
+/// No example's clipped contribution exceeds C, however large its gradient.
+#[test]
+fn clip_bound_holds_for_huge_gradients() {
+    let mut rng = common::rng("clip_bound_holds_for_huge_gradients");
+    for scale in [1e-3, 1.0, 1e3, 1e8] {
+        let (g, b, i, o) = (2, 8, 5, 3);
+        let x = f64_tensor(&mut rng, &[g, b, i], scale);
+        let delta = f64_tensor(&mut rng, &[g, b, o], scale);
+        let layer = LayerGrad::Linear { input: x.clone(), output_grad: delta.clone(), bias: true };
+        let clip = 0.7f32;
+        let factors = clip_factors(&layer.per_example_sq_norms().unwrap(), clip).unwrap();
+        for e in 0..b {
+            // Example e's clipped contribution alone: all other factors zero.
+            let mut only = vec![0.0; g * b];
+            let f = factors.to_vec_f64().unwrap();
+            for grp in 0..g {
+                only[grp * b + e] = f[grp * b + e];
+            }
+            let c = layer.clipped_sum(&Tensor::from_vec_f64(only, &[g, b]).unwrap()).unwrap();
+            let (w, bias) = (c.weight.to_vec_f64().unwrap(), c.bias.unwrap().to_vec_f64().unwrap());
+            for grp in 0..g {
+                let wn = w.len() / g;
+                let bn = bias.len() / g;
+                let norm2: f64 = w[grp * wn..(grp + 1) * wn].iter().chain(&bias[grp * bn..(grp + 1) * bn]).map(|v| v * v).sum();
+                assert!(
+                    norm2.sqrt() <= clip as f64 * (1.0 + 1e-12),
+                    "scale {scale}: example {e} of group {grp} contributes {}",
+                    norm2.sqrt()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn clip_factors_are_one_within_the_bound_and_finite_for_zero() {
+    let sq = Tensor::from_vec_f64(vec![0.0, 0.25, 1.0, 4.0, 1e30], &[1, 5]).unwrap();
+    let f = clip_factors(&sq, 1.0).unwrap().to_vec_f64().unwrap();
+    assert_close_f64("clip factors", &f, &[1.0, 1.0, 1.0, 0.5, 1e-15], 1e-15);
+    assert!(clip_factors(&sq, 0.0).is_err() && clip_factors(&sq, f32::NAN).is_err());
+}
