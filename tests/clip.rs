@@ -6,7 +6,7 @@ mod common;
 use common::{assert_close_f64, randn_vec};
 use dpgan::autograd::Tape;
 use dpgan::backend::ops;
-use dpgan::dp::clip::{clip_factors, per_example_sq_norms, LayerGrad};
+use dpgan::dp::clip::{clip_factors, per_example_sq_norms, LayerGrad, PerExampleGrad, SpectralLayerGrad};
 use dpgan::tensor::Tensor;
 use dpgan::Result;
 use rand::Rng;
@@ -64,7 +64,8 @@ fn ghost(model: &Model, params: &[Tensor], batch: &Tensor, clip: f32) -> (Vec<f6
             }
         })
         .collect();
-    let sq = per_example_sq_norms(&layers).unwrap();
+    let refs: Vec<&dyn PerExampleGrad> = layers.iter().map(|l| l as &dyn PerExampleGrad).collect();
+    let sq = per_example_sq_norms(&refs).unwrap();
     let factors = clip_factors(&sq, clip).unwrap();
     let mut sums = Vec::new();
     for layer in &layers {
@@ -311,4 +312,99 @@ fn clip_factors_are_one_within_the_bound_and_finite_for_zero() {
     let f = clip_factors(&sq, 1.0).unwrap().to_vec_f64().unwrap();
     assert_close_f64("clip factors", &f, &[1.0, 1.0, 1.0, 0.5, 1e-15], 1e-15);
     assert!(clip_factors(&sq, 0.0).is_err() && clip_factors(&sq, f32::NAN).is_err());
+}
+
+/// `σ = uᵀW̄v` per group, `[G]`.
+fn sigma_of(w_bar: &Tensor, u: &Tensor, v: &Tensor) -> Tensor {
+    let (g, o) = (u.shape()[0], u.shape()[1]);
+    let i = v.shape()[1];
+    let wv = ops::matmul(&w_bar.reshape(&[g, o, i]).unwrap(), &v.reshape(&[g, i, 1]).unwrap(), false, false).unwrap();
+    ops::matmul(&u.reshape(&[g, o, 1]).unwrap(), &wv, true, false).unwrap().reshape(&[g]).unwrap()
+}
+
+/// A spectrally normalised critic like GS-WGAN's (SN conv 5×5 s2 p2 → tanh → SN linear), at
+/// reduced size, with u and v held fixed: ghost norms and clipped sums for W̄ against brute force.
+#[test]
+fn spectral_norm_layers_match_brute_force() {
+    let mut rng = common::rng("spectral_norm_layers_match_brute_force");
+    let (g, b, c, hw, o) = (2, 6, 2, 7, 3);
+    let flat = o * 4 * 4;
+    let params = vec![
+        f64_tensor(&mut rng, &[g, o, c, 5, 5], 0.3),
+        f64_tensor(&mut rng, &[g, o], 1.0),
+        f64_tensor(&mut rng, &[g, 1, flat], 0.3),
+        f64_tensor(&mut rng, &[g, 1], 1.0),
+    ];
+    // u, v after a few power iterations from random starts, then held fixed.
+    let settle = |w: &Tensor, rows: usize, cols: usize, rng: &mut rand_chacha::ChaCha8Rng| {
+        let mut u = f64_tensor(rng, &[g, rows], 1.0);
+        let mut v = None;
+        for _ in 0..3 {
+            let (u2, v2) = ops::power_iteration(&w.reshape(&[g, rows, cols]).unwrap(), &u).unwrap();
+            u = u2;
+            v = Some(v2);
+        }
+        (u, v.unwrap())
+    };
+    let (u1, v1) = settle(&params[0], o, c * 25, &mut rng);
+    let (u2, v2) = settle(&params[2], 1, flat, &mut rng);
+    let (uu1, vv1, uu2, vv2) = (u1.clone(), v1.clone(), u2.clone(), v2.clone());
+    let model = move |t: &Tape, p: &[Tensor], x: &Tensor| -> Result<Run> {
+        let w1 = t.divide_by_sigma(&p[0], &uu1, &vv1)?;
+        let conv = t.add_channel_bias(&t.conv2d(x, &w1, 2, 2)?, &p[1])?;
+        let a = t.reshape(&t.tanh(&conv)?, &[g, x.shape()[1], flat])?;
+        let w2 = t.divide_by_sigma(&p[2], &uu2, &vv2)?;
+        let out = t.linear(&a, &w2, Some(&p[3]))?;
+        Ok(Run {
+            output: out.clone(),
+            layers: vec![
+                (LayerKind::Conv2d { kernel: (5, 5), stride: 2, padding: 2 }, x.clone(), conv),
+                (LayerKind::Linear { bias: true }, a, out),
+            ],
+        })
+    };
+    let batch = f64_tensor(&mut rng, &[g, b, c, hw, hw], 1.0);
+
+    let tape = Tape::new();
+    params.iter().for_each(|p| tape.watch(p));
+    let run = model(&tape, &params, &batch).unwrap();
+    run.layers.iter().for_each(|(_, _, out)| tape.retain_grad(out));
+    let grads = tape.backward(&summed_loss(&tape, &run.output)).unwrap();
+    let delta = |k: usize| grads.of(&run.layers[k].2).unwrap().clone();
+    let effective = |w: &Tensor, u: &Tensor, v: &Tensor| Tape::new().divide_by_sigma(w, u, v).unwrap();
+    let layers = [
+        SpectralLayerGrad {
+            layer: LayerGrad::Conv2d { input: batch.clone(), output_grad: delta(0), kernel: (5, 5), stride: 2, padding: 2, bias: true },
+            weight: effective(&params[0], &u1, &v1),
+            sigma: sigma_of(&params[0], &u1, &v1),
+            u: u1,
+            v: v1,
+        },
+        SpectralLayerGrad {
+            layer: LayerGrad::Linear { input: run.layers[1].1.clone(), output_grad: delta(1), bias: true },
+            weight: effective(&params[2], &u2, &v2),
+            sigma: sigma_of(&params[2], &u2, &v2),
+            u: u2,
+            v: v2,
+        },
+    ];
+    let (sq_brute, _) = brute_force(&model, &params, &batch, 1.0);
+    let refs: Vec<&dyn PerExampleGrad> = layers.iter().map(|l| l as &dyn PerExampleGrad).collect();
+    let sq = per_example_sq_norms(&refs).unwrap();
+    assert_close_f64("spectral: per-example squared norms", &sq.to_vec_f64().unwrap(), &sq_brute, TOL);
+
+    let mut sorted: Vec<f64> = sq_brute.iter().map(|v| v.sqrt()).collect();
+    sorted.sort_by(f64::total_cmp);
+    let clip = ((sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0) as f32;
+    let (_, sums_brute) = brute_force(&model, &params, &batch, clip as f64);
+    let factors = clip_factors(&sq, clip).unwrap();
+    let mut sums = Vec::new();
+    for l in &layers {
+        let c = l.clipped_sum(&factors).unwrap();
+        sums.push(c.weight.to_vec_f64().unwrap());
+        sums.push(c.bias.unwrap().to_vec_f64().unwrap());
+    }
+    for (k, (a, e)) in sums.iter().zip(&sums_brute).enumerate() {
+        assert_close_f64(&format!("spectral: clipped sum of parameter {k}"), a, e, TOL);
+    }
 }

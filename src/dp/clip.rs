@@ -71,9 +71,19 @@ impl LayerGrad {
 
     /// Each example's squared gradient norm for this layer's weight and bias, `[G, B]`.
     pub fn per_example_sq_norms(&self) -> Result<Tensor> {
+        let weight = self.weight_sq_norms()?;
+        if !self.has_bias() {
+            return Ok(weight);
+        }
+        let bias_grads = per_example_bias_grads(self.output_grad())?;
+        ops::binary(BinaryOp::Add, &weight, &row_sq_norms(&bias_grads)?)
+    }
+
+    /// Each example's squared gradient norm for the weight alone, `[G, B]`.
+    fn weight_sq_norms(&self) -> Result<Tensor> {
         let (g, b) = self.group_batch()?;
         let (a, delta) = (self.input(), self.output_grad());
-        let weight = match self {
+        Ok(match self {
             LayerGrad::Linear { .. } => ops::binary(BinaryOp::Mul, &row_sq_norms(a)?, &row_sq_norms(delta)?)?,
             LayerGrad::Conv2d { kernel, stride, padding, .. } => {
                 per_example(g, b, |i| ops::conv2d_weight_grad(&example(a, i)?, &example(delta, i)?, *kernel, *stride, *padding))?
@@ -82,12 +92,25 @@ impl LayerGrad {
                 // y = conv2d_input_grad(a, W), so ∂W = conv2d_weight_grad(δ, a) (roles swapped).
                 per_example(g, b, |i| ops::conv2d_weight_grad(&example(delta, i)?, &example(a, i)?, *kernel, *stride, *padding))?
             }
-        };
-        if !self.has_bias() {
-            return Ok(weight);
+        })
+    }
+
+    /// The layer's forward without bias, `a` through `weight`: `a·Wᵀ` or `conv2d(a, W)`.
+    fn forward(&self, a: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        match self {
+            LayerGrad::Linear { .. } => ops::matmul(a, weight, false, true),
+            LayerGrad::Conv2d { stride, padding, .. } => ops::conv2d(a, weight, *stride, *padding),
+            LayerGrad::ConvTranspose2d { stride, padding, kernel, .. } => {
+                let out = self.output_grad().shape();
+                ensure_shape!(
+                    weight.shape()[3..] == [kernel.0, kernel.1],
+                    "spectral norm",
+                    "weight {:?} does not match kernel {kernel:?}",
+                    weight.shape()
+                );
+                ops::conv2d_input_grad(a, weight, (out[3], out[4]), *stride, *padding)
+            }
         }
-        let bias_grads = per_example_bias_grads(delta)?;
-        ops::binary(BinaryOp::Add, &weight, &row_sq_norms(&bias_grads)?)
     }
 
     /// `Σᵢ cᵢ gᵢ` for this layer, with `factors` `[G, B]`: one weighted weight-gradient product.
@@ -117,11 +140,119 @@ impl LayerGrad {
     }
 }
 
-/// Squared L2 norm of each `[G, B, ...]` example, as `[G, B]`.
-fn row_sq_norms(t: &Tensor) -> Result<Tensor> {
+/// A spectrally normalised layer: the layer ran with `W = W̄/σ`, `σ = uᵀW̄v` per group, `u` `[G, O]`
+/// and `v` `[G, I]` held constant (as the power iteration leaves them). With `Gᵢ` example i's
+/// gradient for `W` (what `layer` describes) and `sᵢ = ⟨Gᵢ, W⟩`, its gradient for `W̄` is
+/// `(Gᵢ − sᵢ·u vᵀ)/σ`, so `‖∂W̄‖² = (‖Gᵢ‖² − 2sᵢtᵢ + sᵢ²‖u‖²‖v‖²)/σ²` with `tᵢ = uᵀGᵢv`. Both
+/// `sᵢ = ⟨δᵢ, layer(aᵢ, W)⟩` and `tᵢ = ⟨uᵀδᵢ, layer(aᵢ, v)⟩` come without per-example gradients.
+#[derive(Clone, Debug)]
+pub struct SpectralLayerGrad {
+    pub layer: LayerGrad,
+    /// The effective weight `W = W̄/σ` the layer ran with, `[G, O, ...]`.
+    pub weight: Tensor,
+    pub u: Tensor,
+    pub v: Tensor,
+    /// `σ = uᵀW̄v`, `[G]`.
+    pub sigma: Tensor,
+}
+
+impl SpectralLayerGrad {
+    fn shapes(&self) -> Result<(usize, usize, usize)> {
+        let (g, _) = self.layer.group_batch()?;
+        let w = self.weight.shape();
+        ensure_shape!(w.len() >= 3 && w[0] == g, "spectral norm", "weight {w:?} must be [G = {g}, O, ...]");
+        let (o, i) = (w[1], self.weight.numel() / (g * w[1]).max(1));
+        ensure_shape!(
+            self.u.shape() == [g, o] && self.v.shape() == [g, i] && self.sigma.shape() == [g],
+            "spectral norm",
+            "u {:?}, v {:?}, σ {:?} do not fit weight {w:?}",
+            self.u.shape(),
+            self.v.shape(),
+            self.sigma.shape()
+        );
+        if matches!(self.layer, LayerGrad::ConvTranspose2d { .. }) {
+            return Err(Error::Invalid("spectral norm of a transposed conv is not supported (no SPEC model uses it)".into()));
+        }
+        Ok((g, o, i))
+    }
+
+    /// `(sᵢ, tᵢ)` as `[G, B]` each.
+    fn projections(&self) -> Result<(Tensor, Tensor)> {
+        let (g, o, i) = self.shapes()?;
+        let (a, delta) = (self.layer.input(), self.layer.output_grad());
+        let s = per_example_dot(delta, &self.layer.forward(a, &self.weight)?)?;
+        // uᵀδᵢ: δ contracted with u over the output channels, `[G, B, 1, ...]`.
+        let mut u_shape = vec![1; delta.rank()];
+        u_shape[0] = g;
+        u_shape[2.min(delta.rank() - 1)] = o;
+        let u_delta_full = ops::binary(BinaryOp::Mul, delta, &self.u.reshape(&u_shape)?)?;
+        let mut summed = delta.shape().to_vec();
+        summed[2.min(delta.rank() - 1)] = 1;
+        let u_delta = ops::sum_to(&u_delta_full, &summed)?;
+        // layer(aᵢ, v): v as a one-output weight `[G, 1, ...]`.
+        let mut v_shape = self.weight.shape().to_vec();
+        v_shape[1] = 1;
+        debug_assert_eq!(v_shape.iter().product::<usize>(), g * i);
+        let a_v = self.layer.forward(a, &self.v.reshape(&v_shape)?)?;
+        let t = per_example_dot(&u_delta, &a_v)?;
+        Ok((s, t))
+    }
+
+    fn sigma_per_example(&self, b: usize) -> Result<Tensor> {
+        let g = self.sigma.shape()[0];
+        ops::broadcast_to(&self.sigma.reshape(&[g, 1])?, &[g, b])
+    }
+
+    /// Each example's squared gradient norm for `W̄` and the bias, `[G, B]`.
+    pub fn per_example_sq_norms(&self) -> Result<Tensor> {
+        let (g, b) = self.layer.group_batch()?;
+        let (s, t) = self.projections()?;
+        // ‖u‖²‖v‖², 1 unless the power iteration met a zero vector.
+        let uv = ops::binary(
+            BinaryOp::Mul,
+            &row_sq_norms(&self.u.reshape(&[g, 1, self.u.numel() / g])?)?,
+            &row_sq_norms(&self.v.reshape(&[g, 1, self.v.numel() / g])?)?,
+        )?;
+        let g_sq = self.layer.weight_sq_norms()?;
+        let cross = ops::unary(UnaryOp::Affine { scale: -2.0, shift: 0.0 }, &ops::binary(BinaryOp::Mul, &s, &t)?)?;
+        let s_sq = ops::binary(BinaryOp::Mul, &ops::unary(UnaryOp::Square, &s)?, &uv)?;
+        let numerator = ops::binary(BinaryOp::Add, &ops::binary(BinaryOp::Add, &g_sq, &cross)?, &s_sq)?;
+        let sigma_sq = ops::unary(UnaryOp::Square, &self.sigma_per_example(b)?)?;
+        let weight = ops::binary(BinaryOp::Div, &numerator, &sigma_sq)?;
+        if !self.layer.has_bias() {
+            return Ok(weight);
+        }
+        ops::binary(BinaryOp::Add, &weight, &row_sq_norms(&per_example_bias_grads(self.layer.output_grad())?)?)
+    }
+
+    /// `Σᵢ cᵢ ∂ℓᵢ/∂W̄ = (Σᵢ cᵢGᵢ − (Σᵢ cᵢsᵢ)·u vᵀ)/σ`, and the bias's clipped sum.
+    pub fn clipped_sum(&self, factors: &Tensor) -> Result<ClippedGrads> {
+        let (g, o, i) = self.shapes()?;
+        let inner = self.layer.clipped_sum(factors)?;
+        let (s, _) = self.projections()?;
+        let weighted_s = ops::sum_to(&ops::binary(BinaryOp::Mul, &s, factors)?, &[g, 1])?;
+        let uv = ops::matmul(&self.u.reshape(&[g, o, 1])?, &self.v.reshape(&[g, 1, i])?, false, false)?;
+        let correction = ops::binary(BinaryOp::Mul, &uv, &weighted_s.reshape(&[g, 1, 1])?)?;
+        let w = ops::binary(BinaryOp::Sub, &inner.weight.reshape(&[g, o, i])?, &correction)?;
+        let w = ops::binary(BinaryOp::Div, &w, &self.sigma.reshape(&[g, 1, 1])?)?;
+        Ok(ClippedGrads { weight: w.reshape(inner.weight.shape())?, bias: inner.bias })
+    }
+}
+
+/// `Σ` over each example's elements of `x ⊙ y`, `[G, B, ...]` → `[G, B]`.
+fn per_example_dot(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    row_sums(&ops::binary(BinaryOp::Mul, x, y)?)
+}
+
+fn row_sums(t: &Tensor) -> Result<Tensor> {
     let (g, b) = (t.shape()[0], t.shape()[1]);
     let flat = t.reshape(&[g, b, t.numel() / (g * b).max(1)])?;
-    ops::sum_to(&ops::unary(UnaryOp::Square, &flat)?, &[g, b, 1])?.reshape(&[g, b])
+    ops::sum_to(&flat, &[g, b, 1])?.reshape(&[g, b])
+}
+
+/// Squared L2 norm of each `[G, B, ...]` example, as `[G, B]`.
+fn row_sq_norms(t: &Tensor) -> Result<Tensor> {
+    row_sums(&ops::unary(UnaryOp::Square, t)?)
 }
 
 /// Example i of `[G, B, ...]`, as `[G, 1, ...]`.
@@ -155,8 +286,33 @@ fn per_example_bias_grads(delta: &Tensor) -> Result<Tensor> {
     ops::sum_to(&flat, &[s[0], s[1], s[2], 1])?.reshape(&[s[0], s[1], s[2]])
 }
 
+/// What per-example clipping needs of a layer: each example's squared gradient norm, and the
+/// clipped sum of its gradients.
+pub trait PerExampleGrad {
+    fn per_example_sq_norms(&self) -> Result<Tensor>;
+    fn clipped_sum(&self, factors: &Tensor) -> Result<ClippedGrads>;
+}
+
+impl PerExampleGrad for LayerGrad {
+    fn per_example_sq_norms(&self) -> Result<Tensor> {
+        LayerGrad::per_example_sq_norms(self)
+    }
+    fn clipped_sum(&self, factors: &Tensor) -> Result<ClippedGrads> {
+        LayerGrad::clipped_sum(self, factors)
+    }
+}
+
+impl PerExampleGrad for SpectralLayerGrad {
+    fn per_example_sq_norms(&self) -> Result<Tensor> {
+        SpectralLayerGrad::per_example_sq_norms(self)
+    }
+    fn clipped_sum(&self, factors: &Tensor) -> Result<ClippedGrads> {
+        SpectralLayerGrad::clipped_sum(self, factors)
+    }
+}
+
 /// Total squared norm of each example's gradient over all `layers`, `[G, B]`.
-pub fn per_example_sq_norms(layers: &[LayerGrad]) -> Result<Tensor> {
+pub fn per_example_sq_norms<L: PerExampleGrad + ?Sized>(layers: &[&L]) -> Result<Tensor> {
     let mut total: Option<Tensor> = None;
     for layer in layers {
         let n = layer.per_example_sq_norms()?;
