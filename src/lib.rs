@@ -3,6 +3,7 @@
 pub mod autograd;
 pub mod backend;
 pub mod data;
+pub mod dp;
 pub mod error;
 pub mod tensor;
 

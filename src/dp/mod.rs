@@ -1,0 +1,6 @@
+//! Differential privacy: reproducible Gaussian noise and GS-WGAN's gradient sanitiser.
+pub mod noise;
+pub mod sanitize;
+
+pub use noise::{NoiseKey, NoiseMode, NoiseSource};
+pub use sanitize::GsWganSanitizer;
