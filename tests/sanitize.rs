@@ -168,3 +168,19 @@ fn cuda_sanitize_matches_cpu() {
         }
     });
 }
+
+/// Rounding toward zero: |y| ≤ |x|, and the next f32 away from zero is already past |x|
+/// (negative, tiny, subnormal and exactly representable values included).
+#[test]
+fn rounding_toward_zero_never_grows_a_value() {
+    use dpgan::backend::cpu::f32_toward_zero;
+    let mut rng = common::rng("rounding_toward_zero_never_grows_a_value");
+    let specials = [0.0, -0.0, 1.0, -0.5, 1e-45, -1e-40, f32::MAX as f64, 0.1, -0.1];
+    let randoms = (0..100_000).map(|_| rng.random_range(-1.0..1.0f64) * 10f64.powi(rng.random_range(-40..38)));
+    for x in specials.into_iter().chain(randoms) {
+        let y = f32_toward_zero(x);
+        assert!((y as f64).abs() <= x.abs(), "{x}: rounded to {y}, away from zero");
+        let next = f32::from_bits(y.abs().to_bits() + 1) as f64;
+        assert!(next > x.abs(), "{x}: rounded to {y}, but {next} is closer and not past it");
+    }
+}
