@@ -227,3 +227,50 @@ fn cuda_noise_matches_cpu() {
         }
     });
 }
+
+/// Without a GPU, the next best check of `kernels/rng.cuh`: its device functions compiled for the
+/// host (tests/host_cuda/ stands in for the CUDA intrinsics, with the host's libm) must give the
+/// reference's normals bit for bit, which pins down everything but the launch and CUDA's own
+/// log/sincos: the word order, lane selection, constants and uniform conversions. Skips with a
+/// printed reason when no C++ compiler is found.
+#[test]
+fn rng_cuh_compiled_for_the_host_matches_the_reference() {
+    use std::process::Command;
+    let compiler =
+        ["c++", "g++", "clang++"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
+    let Some(compiler) = compiler else {
+        eprintln!("rng_cuh_compiled_for_the_host_matches_the_reference: skipped: no C++ compiler (c++, g++, clang++) on PATH");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // rng.cuh includes "common.cuh" from its own directory: put the host stand-in beside it.
+    std::fs::copy(root.join("kernels/rng.cuh"), dir.path().join("rng.cuh")).unwrap();
+    std::fs::copy(root.join("tests/host_cuda/common.cuh"), dir.path().join("common.cuh")).unwrap();
+    let exe = dir.path().join("rng_host");
+    let out = Command::new(compiler)
+        .args(["-std=c++17", "-O2", "-ffp-contract=off", "-I"])
+        .arg(dir.path())
+        .arg(root.join("tests/host_cuda/rng_main.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{compiler} failed on rng.cuh:\n{}", String::from_utf8_lossy(&out.stderr));
+    let n = 100_003u64;
+    for (seed, step, tensor) in [(42, 9 + (1u64 << 32), 7), (0, 0, 0)] {
+        let fast = NoiseSource::from_seed(seed, NoiseMode::Fast).key_at(step, tensor);
+        let secure = NoiseKey { mode: NoiseMode::Secure, ..fast };
+        let mut args: Vec<String> = fast.key.iter().map(|w| format!("{w:x}")).collect();
+        args.extend([format!("{tensor:x}"), format!("{:x}", step as u32), format!("{:x}", (step >> 32) as u32), n.to_string()]);
+        let out = Command::new(&exe).args(&args).output().unwrap();
+        assert!(out.status.success(), "rng_host {args:?} failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.lines().count() as u64, n);
+        for (e, line) in text.lines().enumerate() {
+            let bits: Vec<u32> = line.split_whitespace().map(|h| u32::from_str_radix(h, 16).unwrap()).collect();
+            assert_eq!(bits[0], standard_normal_at(&fast, e as u64).to_bits(), "Philox, element {e}");
+            assert_eq!(bits[1], standard_normal_at(&secure, e as u64).to_bits(), "ChaCha20, element {e}");
+        }
+    }
+}
