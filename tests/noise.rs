@@ -236,27 +236,10 @@ fn cuda_noise_matches_cpu() {
 #[test]
 fn rng_cuh_compiled_for_the_host_matches_the_reference() {
     use std::process::Command;
-    let compiler =
-        ["c++", "g++", "clang++"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
-    let Some(compiler) = compiler else {
-        eprintln!("rng_cuh_compiled_for_the_host_matches_the_reference: skipped: no C++ compiler (c++, g++, clang++) on PATH");
+    let Some(compiler) = common::host_cxx_or_skip("rng_cuh_compiled_for_the_host_matches_the_reference") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    // rng.cuh includes "common.cuh" from its own directory: put the host stand-in beside it.
-    std::fs::copy(root.join("kernels/rng.cuh"), dir.path().join("rng.cuh")).unwrap();
-    std::fs::copy(root.join("tests/host_cuda/common.cuh"), dir.path().join("common.cuh")).unwrap();
-    let exe = dir.path().join("rng_host");
-    let out = Command::new(compiler)
-        .args(["-std=c++17", "-O2", "-ffp-contract=off", "-I"])
-        .arg(dir.path())
-        .arg(root.join("tests/host_cuda/rng_main.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{compiler} failed on rng.cuh:\n{}", String::from_utf8_lossy(&out.stderr));
+    let (exe, _dir) = common::build_host_kernel_program(compiler, &["rng.cuh"], "rng_main.cpp");
     let n = 100_003u64;
     for (seed, step, tensor) in [(42, 9 + (1u64 << 32), 7), (0, 0, 0)] {
         let fast = NoiseSource::from_seed(seed, NoiseMode::Fast).key_at(step, tensor);

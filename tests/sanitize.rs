@@ -184,3 +184,47 @@ fn rounding_toward_zero_never_grows_a_value() {
         assert!(next > x.abs(), "{x}: rounded to {y}, but {next} is closer and not past it");
     }
 }
+
+/// Without a GPU, the next best check of `kernels/dp.cu`: the kernel compiled for the host and run
+/// one thread per block (tests/host_cuda/; rounding toward zero by the FPU's rounding mode, an
+/// implementation independent of the reference's) must reproduce the CPU backend bit for bit on
+/// huge, small, zero and NaN rows, with noise in both modes. Skips without a C++ compiler.
+#[test]
+fn dp_cu_compiled_for_the_host_matches_the_reference() {
+    let Some(compiler) = common::host_cxx_or_skip("dp_cu_compiled_for_the_host_matches_the_reference") else {
+        return;
+    };
+    let (exe, _dir) = common::build_host_kernel_program(compiler, &["rng.cuh", "dp.cu"], "dp_main.cpp");
+    let mut rng = common::rng("dp_cu_compiled_for_the_host_matches_the_reference");
+    let (rows, cols) = (40, 97);
+    let g = scaled_rows(&mut rng, &[1, rows, cols], -6.0, 30.0);
+    let mut v = g.to_vec().unwrap();
+    v[3 * cols..4 * cols].fill(0.0);
+    v[5 * cols + 7] = f32::NAN;
+    v[6 * cols + 1] = f32::INFINITY;
+    let g = Tensor::from_vec(v.clone(), &[1, rows, cols], &Device::Cpu).unwrap();
+    for (clip, std) in [(1.0f32 / 32.0, 0.066875f32), (0.5, 0.0)] {
+        let fast = NoiseSource::from_seed(31, NoiseMode::Fast).key_at(1 + (1 << 33), 5);
+        let secure = dpgan::dp::NoiseKey { mode: NoiseMode::Secure, ..fast };
+        let mut input = format!("{rows} {cols} {:x} {:x}\n", clip.to_bits(), std.to_bits());
+        fast.key.iter().for_each(|w| input.push_str(&format!("{w:x} ")));
+        input.push_str(&format!("{:x} {:x} {:x}\n", fast.tensor_index, fast.step as u32, (fast.step >> 32) as u32));
+        v.iter().for_each(|x| input.push_str(&format!("{:x}\n", x.to_bits())));
+        let mut child =
+            std::process::Command::new(&exe).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "host dp program failed");
+        let bits: Vec<u32> = String::from_utf8(out.stdout).unwrap().lines().map(|h| u32::from_str_radix(h, 16).unwrap()).collect();
+        assert_eq!(bits.len(), 2 * rows * cols);
+        for (k, key) in [fast, secure].iter().enumerate() {
+            let expected = sanitize_rows(&g, clip, std, key).unwrap().to_vec().unwrap();
+            for (e, x) in expected.iter().enumerate() {
+                let got = bits[k * rows * cols + e];
+                // NaN payloads may differ; NaN-ness may not.
+                let same = if x.is_nan() { f32::from_bits(got).is_nan() } else { got == x.to_bits() };
+                assert!(same, "{:?} clip {clip} std {std}: element {e}: kernel {}, reference {x}", key.mode, f32::from_bits(got));
+            }
+        }
+    }
+}
