@@ -23,7 +23,8 @@ pub fn f32_toward_zero(x: f64) -> f32 {
 /// is rounded to f32 toward zero and the product `g·factor`, exact in f64, is rounded toward zero
 /// too, so the clipped row's norm never exceeds `clip` beyond the f64 norm's own rounding (~1e-16).
 /// A row holding a NaN comes out all NaN (loud, never unclipped); one holding an infinity has a
-/// zero factor, so its infinite entries become NaN. The noise is then added with one f32 product and one f32 sum, as in the kernel.
+/// zero factor, so its infinite entries become NaN. The noise is then added with one f32 product
+/// and one f32 sum, as in the kernel.
 pub fn sanitize_rows<T: Real>(g: &[T], cols: usize, clip: f32, noise_std: f32, key: &NoiseKey) -> Vec<T> {
     let mut out = vec![T::of(0.0); g.len()];
     if cols == 0 {
@@ -37,6 +38,7 @@ pub fn sanitize_rows<T: Real>(g: &[T], cols: usize, clip: f32, noise_std: f32, k
         let ratio = clip as f64 / (norm + 1e-10);
         let factor = f32_toward_zero(if ratio >= 1.0 { 1.0 } else { ratio }) as f64;
         for (d, (o, &v)) in out_row.iter_mut().zip(g_row).enumerate() {
+            // f64 tensors (finite-difference checks only) have no kernel to match: plain product.
             let clipped =
                 if T::DTYPE == crate::tensor::DType::F32 { T::of(f32_toward_zero(v.f64() * factor)) } else { v * T::of_f64(factor) };
             *o = if noise_std == 0.0 { clipped } else { clipped + std * T::of(standard_normal_at(key, (row * cols + d) as u64)) };
