@@ -231,15 +231,16 @@ fn cuda_noise_matches_cpu() {
 /// Without a GPU, the next best check of `kernels/rng.cuh`: its device functions compiled for the
 /// host (tests/host_cuda/ stands in for the CUDA intrinsics, with the host's libm) must give the
 /// reference's normals bit for bit, which pins down everything but the launch and CUDA's own
-/// log/sincos: the word order, lane selection, constants and uniform conversions. Skips with a
-/// printed reason when no C++ compiler is found.
+/// log/sincos: the word order, lane selection, constants and uniform conversions. Skips (saying
+/// why) without a C++ compiler or the sources.
 #[test]
 fn rng_cuh_compiled_for_the_host_matches_the_reference() {
     use std::process::Command;
-    let Some(compiler) = common::host_cxx_or_skip("rng_cuh_compiled_for_the_host_matches_the_reference") else {
+    let Some((exe, _dir)) =
+        common::build_host_kernel_program("rng_cuh_compiled_for_the_host_matches_the_reference", &["rng.cuh"], "rng_main.cpp")
+    else {
         return;
     };
-    let (exe, _dir) = common::build_host_kernel_program(compiler, &["rng.cuh"], "rng_main.cpp");
     let n = 100_003u64;
     for (seed, step, tensor) in [(42, 9 + (1u64 << 32), 7), (0, 0, 0)] {
         let fast = NoiseSource::from_seed(seed, NoiseMode::Fast).key_at(step, tensor);

@@ -188,13 +188,15 @@ fn rounding_toward_zero_never_grows_a_value() {
 /// Without a GPU, the next best check of `kernels/dp.cu`: the kernel compiled for the host and run
 /// one thread per block (tests/host_cuda/; rounding toward zero by the FPU's rounding mode, an
 /// implementation independent of the reference's) must reproduce the CPU backend bit for bit on
-/// huge, small, zero and NaN rows, with noise in both modes. Skips without a C++ compiler.
+/// huge, small, zero and NaN rows, with noise in both modes. Skips (saying why) without a C++
+/// compiler or the sources.
 #[test]
 fn dp_cu_compiled_for_the_host_matches_the_reference() {
-    let Some(compiler) = common::host_cxx_or_skip("dp_cu_compiled_for_the_host_matches_the_reference") else {
+    let Some((exe, _dir)) =
+        common::build_host_kernel_program("dp_cu_compiled_for_the_host_matches_the_reference", &["rng.cuh", "dp.cu"], "dp_main.cpp")
+    else {
         return;
     };
-    let (exe, _dir) = common::build_host_kernel_program(compiler, &["rng.cuh", "dp.cu"], "dp_main.cpp");
     let mut rng = common::rng("dp_cu_compiled_for_the_host_matches_the_reference");
     let (rows, cols) = (40, 97);
     let g = scaled_rows(&mut rng, &[1, rows, cols], -6.0, 30.0);

@@ -168,7 +168,7 @@ pub fn expect_shape_error(what: &str, result: dpgan::Result<Tensor>) {
 
 /// A host C++ compiler for the tests that compile kernel sources for the host (tests/host_cuda/),
 /// or `None` after printing why the test is skipped.
-pub fn host_cxx_or_skip(test: &str) -> Option<&'static str> {
+fn host_cxx_or_skip(test: &str) -> Option<&'static str> {
     let found = ["c++", "g++", "clang++"]
         .into_iter()
         .find(|c| std::process::Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
@@ -178,12 +178,25 @@ pub fn host_cxx_or_skip(test: &str) -> Option<&'static str> {
     found
 }
 
+/// The repository root holding `kernels/` and `tests/host_cuda/`: the build's own checkout, or the
+/// working directory when a bundled test executable runs elsewhere (`.gpu/run-tests` runs from a
+/// copy of the tree at another path).
+fn source_root() -> Option<std::path::PathBuf> {
+    let built = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    [Some(built), std::env::current_dir().ok()].into_iter().flatten().find(|r| r.join("tests/host_cuda/common.cuh").is_file())
+}
+
 /// Compiles `main` (in tests/host_cuda/) against the kernel files `kernels` copied beside the host
 /// stand-in for common.cuh, so that their `#include "common.cuh"` finds the stand-in. Returns the
-/// executable and the directory that holds it.
-pub fn build_host_kernel_program(compiler: &str, kernels: &[&str], main: &str) -> (std::path::PathBuf, tempfile::TempDir) {
+/// executable and the directory that holds it, or `None` (after printing why the test is skipped)
+/// without a C++ compiler or the sources.
+pub fn build_host_kernel_program(test: &str, kernels: &[&str], main: &str) -> Option<(std::path::PathBuf, tempfile::TempDir)> {
+    let compiler = host_cxx_or_skip(test)?;
+    let Some(root) = source_root() else {
+        eprintln!("{test}: skipped: kernels/ and tests/host_cuda/ not found (neither the build's checkout nor the working directory)");
+        return None;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     for k in kernels {
         std::fs::copy(root.join("kernels").join(k), dir.path().join(k)).unwrap();
     }
@@ -198,5 +211,5 @@ pub fn build_host_kernel_program(compiler: &str, kernels: &[&str], main: &str) -
         .output()
         .unwrap();
     assert!(out.status.success(), "{compiler} failed on {kernels:?} + {main}:\n{}", String::from_utf8_lossy(&out.stderr));
-    (exe, dir)
+    Some((exe, dir))
 }
