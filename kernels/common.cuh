@@ -40,6 +40,27 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return scratch[0];
 }
 
+__device__ __forceinline__ double warp_sum_f64(double v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// block_sum in f64 (norms that clipping depends on); `scratch` holds 32 doubles of shared memory.
+__device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum_f64(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) >> 5;
+  v = (threadIdx.x < warps) ? scratch[threadIdx.x] : 0.0;
+  if (warp == 0) v = warp_sum_f64(v);
+  if (threadIdx.x == 0) scratch[0] = v;
+  __syncthreads();
+  return scratch[0];
+}
+
 }  // namespace dpgan
 
 // ---- Division by a divisor fixed at launch: a multiply-high and a shift instead of a division ----
@@ -160,9 +181,40 @@ struct AdamUpdateParams {
   float bias2_sqrt;
 };
 
+// ---- rng.cu, dp.cu ----
+
+// A NoiseKey (src/dp/noise.rs): the 256-bit key (Philox uses words 0 and 1) and the position
+// (tensor index, step) that makes each tensor's noise fresh.
+struct NoiseKeyParams {
+  uint32_t key[8];
+  uint32_t tensor_index;
+  uint32_t step_lo;
+  uint32_t step_hi;
+  uint32_t pad_;
+};
+
+struct GaussianNoiseParams {
+  int64_t n;
+  float std;
+  int32_t pad_;
+  NoiseKeyParams key;
+};
+
+// g and out are rows × cols, row-major; the clip bound and noise std are per row (C/B, 2σC/B).
+struct SanitizeRowsParams {
+  int64_t rows;
+  int64_t cols;
+  float clip;
+  float noise_std;
+  NoiseKeyParams key;
+};
+
 // The Rust mirrors assert the same sizes (src/backend/cuda/params.rs).
 static_assert(sizeof(FastDivmod) == 16, "FastDivmod layout");
 static_assert(sizeof(SumToParams) == 216, "SumToParams layout");
 static_assert(sizeof(LogSoftmaxParams) == 16, "LogSoftmaxParams layout");
 static_assert(sizeof(SgdUpdateParams) == 32, "SgdUpdateParams layout");
 static_assert(sizeof(AdamUpdateParams) == 32, "AdamUpdateParams layout");
+static_assert(sizeof(NoiseKeyParams) == 48, "NoiseKeyParams layout");
+static_assert(sizeof(GaussianNoiseParams) == 64, "GaussianNoiseParams layout");
+static_assert(sizeof(SanitizeRowsParams) == 72, "SanitizeRowsParams layout");

@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod ops;
 
+use crate::dp::NoiseKey;
 use crate::error::Result;
 use crate::tensor::{Device, Tensor};
 
@@ -169,6 +170,14 @@ pub trait Backend {
     fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Tensor>, hp: &SgdParams) -> Result<()>;
     /// In-place Adam update at step `t` (1-based).
     fn adam_step(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, t: u64, hp: &AdamParams) -> Result<()>;
+
+    /// In place, `x[e] ← x[e] + std·z[e]` with `z[e]` the standard normal that `key` assigns to
+    /// element e (`dp::noise::standard_normal_at`): the same values on every backend.
+    fn add_gaussian_noise(&self, x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()>;
+    /// GS-WGAN's sanitiser over the rows of `g` (its last axis):
+    /// `ĝᵢ = gᵢ·min(1, clip/(‖gᵢ‖ + 1e-10)) + noise_std·zᵢ` with fresh noise per element from `key`
+    /// (see `cpu::sanitize_rows` for the rounding that keeps the clip bound).
+    fn sanitize_rows(&self, g: &Tensor, clip: f32, noise_std: f32, key: &NoiseKey) -> Result<Tensor>;
 }
 
 /// The backend that computes on `device`.

@@ -1,6 +1,7 @@
 //! Shape-checked entry points of the op set. Every function validates its operands (same device,
 //! compatible shapes), derives the output geometry and calls the backend of the operands' device.
 use super::{backend, AdamParams, BinaryOp, ConvGeometry, MatmulGeometry, SgdParams, UnaryOp};
+use crate::dp::noise::{NoiseKey, MAX_NOISE_ELEMENTS};
 use crate::error::{ensure_shape, Error, Result};
 use crate::tensor::{DType, Device, Tensor};
 
@@ -298,6 +299,38 @@ pub fn adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tens
         return Err(Error::Invalid("adam_step: step count t is 1-based".into()));
     }
     backend(&dev).adam_step(param, grad, m, v, t, hp)
+}
+
+fn check_noise(op: &str, std: f32, n: usize) -> Result<()> {
+    if !(std.is_finite() && std >= 0.0) {
+        return Err(Error::Invalid(format!("{op}: noise std {std} must be finite and ≥ 0")));
+    }
+    if n as u64 > MAX_NOISE_ELEMENTS {
+        return Err(Error::Invalid(format!(
+            "{op}: {n} elements exceed the {MAX_NOISE_ELEMENTS} one noise key can cover; split the tensor"
+        )));
+    }
+    Ok(())
+}
+
+/// In place, `x ← x + std·z` with `z` the standard normals of `key` (reproducible, the same on
+/// every backend); see `dp::noise`.
+pub fn add_gaussian_noise(x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()> {
+    let dev = device_of("add_gaussian_noise", &[x])?;
+    check_noise("add_gaussian_noise", std, x.numel())?;
+    backend(&dev).add_gaussian_noise(x, std, key)
+}
+
+/// GS-WGAN's sanitiser over the rows (last axis) of `g`: each row clipped to norm `clip`, then
+/// `N(0, noise_std²)` added per element. Returns a new tensor; see `Backend::sanitize_rows`.
+pub fn sanitize_rows(g: &Tensor, clip: f32, noise_std: f32, key: &NoiseKey) -> Result<Tensor> {
+    let dev = device_of("sanitize_rows", &[g])?;
+    ensure_shape!(g.rank() >= 1, "sanitize_rows", "needs rows along a last axis, got a scalar");
+    if !(clip.is_finite() && clip > 0.0) {
+        return Err(Error::Invalid(format!("sanitize_rows: clip bound {clip} must be finite and > 0")));
+    }
+    check_noise("sanitize_rows", noise_std, g.numel())?;
+    backend(&dev).sanitize_rows(g, clip, noise_std, key)
 }
 
 /// `x` repeated along its size-1 (or missing leading) dims to `shape`: the adjoint of `sum_to`.

@@ -165,3 +165,51 @@ pub fn expect_shape_error(what: &str, result: dpgan::Result<Tensor>) {
         Ok(t) => panic!("{what}: expected a shape error, got a tensor {:?}", t.shape()),
     }
 }
+
+/// A host C++ compiler for the tests that compile kernel sources for the host (tests/host_cuda/),
+/// or `None` after printing why the test is skipped.
+fn host_cxx_or_skip(test: &str) -> Option<&'static str> {
+    let found = ["c++", "g++", "clang++"]
+        .into_iter()
+        .find(|c| std::process::Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
+    if found.is_none() {
+        eprintln!("{test}: skipped: no C++ compiler (c++, g++, clang++) on PATH");
+    }
+    found
+}
+
+/// The repository root holding `kernels/` and `tests/host_cuda/`: the build's own checkout, or the
+/// working directory when a bundled test executable runs elsewhere (`.gpu/run-tests` runs from a
+/// copy of the tree at another path).
+fn source_root() -> Option<std::path::PathBuf> {
+    let built = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    [Some(built), std::env::current_dir().ok()].into_iter().flatten().find(|r| r.join("tests/host_cuda/common.cuh").is_file())
+}
+
+/// Compiles `main` (in tests/host_cuda/) against the kernel files `kernels` copied beside the host
+/// stand-in for common.cuh, so that their `#include "common.cuh"` finds the stand-in. Returns the
+/// executable and the directory that holds it, or `None` (after printing why the test is skipped)
+/// without a C++ compiler or the sources.
+pub fn build_host_kernel_program(test: &str, kernels: &[&str], main: &str) -> Option<(std::path::PathBuf, tempfile::TempDir)> {
+    let compiler = host_cxx_or_skip(test)?;
+    let Some(root) = source_root() else {
+        eprintln!("{test}: skipped: kernels/ and tests/host_cuda/ not found (neither the build's checkout nor the working directory)");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for k in kernels {
+        std::fs::copy(root.join("kernels").join(k), dir.path().join(k)).unwrap();
+    }
+    std::fs::copy(root.join("tests/host_cuda/common.cuh"), dir.path().join("common.cuh")).unwrap();
+    let exe = dir.path().join("host_kernel");
+    let out = std::process::Command::new(compiler)
+        .args(["-std=c++17", "-O2", "-ffp-contract=off", "-frounding-math", "-I"])
+        .arg(dir.path())
+        .arg(root.join("tests/host_cuda").join(main))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{compiler} failed on {kernels:?} + {main}:\n{}", String::from_utf8_lossy(&out.stderr));
+    Some((exe, dir))
+}

@@ -1,6 +1,7 @@
 //! The CPU reference backend: plain loops, f64 accumulation where a sum is long, GEMM-shaped work
 //! through `matrixmultiply` (the plain-loop oracle lives in the tests). Generic over f32 and f64.
 mod conv;
+mod dp;
 mod elementwise;
 mod gemm;
 mod norm;
@@ -8,9 +9,11 @@ mod optim;
 mod pool;
 mod real;
 mod reduce;
+mod rng;
 mod shape;
 
 pub use conv::{conv2d_fwd, conv2d_input_grad, conv2d_weight_grad};
+pub use dp::{f32_toward_zero, sanitize_rows};
 pub use elementwise::{binary_broadcast, broadcast_strides, unary_map};
 pub use gemm::gemm_grouped;
 pub use norm::power_iteration;
@@ -18,11 +21,13 @@ pub use optim::{adam_update, sgd_update};
 pub use pool::{max_pool2x2_gather, max_pool2x2_scatter, sum_pool2x2, upsample_nearest2x};
 pub use real::Real;
 pub use reduce::{log_softmax_rows, sum_to};
+pub use rng::add_gaussian_noise;
 pub use shape::{concat, narrow, pad};
 
 use real::by_dtype;
 
 use super::{AdamParams, Backend, BinaryOp, ConvGeometry, MatmulGeometry, SgdParams, UnaryOp};
+use crate::dp::NoiseKey;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -139,5 +144,17 @@ impl Backend for Cpu {
             adam_update(T::host_mut(param)?, T::host(grad), T::host_mut(m)?, T::host_mut(v)?, t, hp);
             Ok(())
         })
+    }
+
+    fn add_gaussian_noise(&self, x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()> {
+        by_dtype!(x.dtype(), T => {
+            add_gaussian_noise(T::host_mut(x)?, std, key);
+            Ok(())
+        })
+    }
+
+    fn sanitize_rows(&self, g: &Tensor, clip: f32, noise_std: f32, key: &NoiseKey) -> Result<Tensor> {
+        let cols = g.shape()[g.rank() - 1];
+        by_dtype!(g.dtype(), T => T::wrap(sanitize_rows(T::host(g), cols, clip, noise_std, key), g.shape()))
     }
 }

@@ -3,16 +3,19 @@
 //! Every launcher checks its preconditions, launches on the device's stream and checks the launch.
 //! Ops without a kernel yet answer `Error::Unsupported`, naming the op and the device.
 mod device;
+mod dp;
 mod elementwise;
 pub mod module;
 mod optim;
 mod params;
 mod reduce;
+mod rng;
 
 pub use device::{device_count, driver_absent_reason, set_poison_allocations, CudaBuffer, CudaDevice, DeviceProperties};
 pub use module::{kernel_resources, Kernel, KernelResources};
 
 use super::{AdamParams, Backend, BinaryOp, ConvGeometry, MatmulGeometry, SgdParams, UnaryOp};
+use crate::dp::NoiseKey;
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
 
@@ -113,5 +116,14 @@ impl Backend for CudaDevice {
 
     fn adam_step(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, t: u64, hp: &AdamParams) -> Result<()> {
         optim::adam_step(buffer(grad).device(), param, grad, m, v, t, hp)
+    }
+
+    fn add_gaussian_noise(&self, x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()> {
+        let dev = buffer(x).device().clone();
+        rng::add_gaussian_noise(&dev, x, std, key)
+    }
+
+    fn sanitize_rows(&self, g: &Tensor, clip: f32, noise_std: f32, key: &NoiseKey) -> Result<Tensor> {
+        dp::sanitize_rows(buffer(g).device(), g, clip, noise_std, key)
     }
 }

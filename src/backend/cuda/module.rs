@@ -36,6 +36,10 @@ kernel_table! {
     SgdUpdate => "optim_sgd_update_f32",
     SgdMomentumUpdate => "optim_sgd_momentum_update_f32",
     AdamUpdate => "optim_adam_update_f32",
+    GaussianAddPhilox => "rng_gaussian_add_philox_f32",
+    GaussianAddChacha => "rng_gaussian_add_chacha_f32",
+    SanitizeRowsPhilox => "dp_sanitize_rows_philox_f32",
+    SanitizeRowsChacha => "dp_sanitize_rows_chacha_f32",
 }
 
 impl Kernel {
@@ -86,6 +90,9 @@ pub fn kernel_resources(report: &str) -> Vec<KernelResources> {
             .and_then(|part| part.split_whitespace().find_map(|w| w.parse::<u32>().ok()))
             .unwrap_or(0)
     };
+    // ptxas also reports non-inlined device functions (CUDA's f64 trig slow path, for one) after an
+    // entry: their "Function properties" block must not overwrite the entry's stack and spills.
+    let mut properties_of_current = false;
     for line in report.lines() {
         if let Some(rest) = line.split("Compiling entry function '").nth(1) {
             if let Some(k) = current.take() {
@@ -95,8 +102,11 @@ pub fn kernel_resources(report: &str) -> Vec<KernelResources> {
             let arch = line.rsplit("for '").next().unwrap_or("").trim_end_matches(['\'', ' ']).to_string();
             current =
                 Some(KernelResources { kernel, arch, registers: 0, spill_stores: 0, spill_loads: 0, shared_bytes: 0, stack_bytes: 0 });
+            properties_of_current = false;
+        } else if let Some(name) = line.split("Function properties for ").nth(1) {
+            properties_of_current = current.as_ref().is_some_and(|k| k.kernel == name.trim());
         } else if let Some(k) = current.as_mut() {
-            if line.contains("bytes stack frame") {
+            if line.contains("bytes stack frame") && properties_of_current {
                 k.stack_bytes = number_before(line, "bytes stack frame");
                 k.spill_stores = number_before(line, "bytes spill stores");
                 k.spill_loads = number_before(line, "bytes spill loads");
@@ -108,4 +118,34 @@ pub fn kernel_resources(report: &str) -> Vec<KernelResources> {
     }
     out.extend(current);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_resources;
+
+    /// The shape of nvcc 13's `-Xptxas -v` output around a kernel that calls the f64 trig slow path.
+    #[test]
+    fn a_device_function_after_an_entry_does_not_overwrite_its_figures() {
+        let report = "ptxas info    : Compiling entry function 'rng_x_f32' for 'sm_90'
+ptxas info    : Function properties for rng_x_f32
+    40 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 32 registers, used 0 barriers, 40 bytes cumulative stack size, 256 bytes smem
+ptxas info    : Compile time = 23.994 ms
+ptxas info    : Function properties for __internal_trig_reduction_slowpathd
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Compiling entry function 'other_f32' for 'sm_90'
+ptxas info    : Function properties for other_f32
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 10 registers, used 0 barriers
+";
+        let k = kernel_resources(report);
+        assert_eq!(k.len(), 2);
+        assert_eq!(
+            (k[0].kernel.as_str(), k[0].registers, k[0].stack_bytes, k[0].spill_stores, k[0].spill_loads),
+            ("rng_x_f32", 32, 40, 8, 4)
+        );
+        assert_eq!(k[0].shared_bytes, 256);
+        assert_eq!((k[1].kernel.as_str(), k[1].registers, k[1].stack_bytes), ("other_f32", 10, 0));
+    }
 }

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
 
 /// The device buffer of a tensor updated in place (copied first if its storage is shared).
-fn buffer_mut(t: &mut Tensor) -> Result<&mut CudaBuffer> {
+pub(super) fn buffer_mut(t: &mut Tensor) -> Result<&mut CudaBuffer> {
     match t.storage_mut()? {
         Storage::Cuda(b) => Ok(b),
         Storage::Cpu(_) | Storage::CpuF64(_) => unreachable!("ops checks devices before dispatching to the CUDA backend"),

@@ -42,6 +42,10 @@ unsafe impl DeviceRepr for LogSoftmaxParams {}
 unsafe impl DeviceRepr for SgdUpdateParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for AdamUpdateParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for GaussianNoiseParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for SanitizeRowsParams {}
 
 impl UnaryParams {
     pub fn new(op: UnaryOp, n: usize) -> Self {
@@ -156,7 +160,47 @@ pub struct AdamUpdateParams {
     pub bias2_sqrt: f32,
 }
 
+/// A [`NoiseKey`](crate::dp::NoiseKey) as the kernels read it; the mode picks the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NoiseKeyParams {
+    pub key: [u32; 8],
+    pub tensor_index: u32,
+    pub step_lo: u32,
+    pub step_hi: u32,
+    pub pad_: u32,
+}
+
+impl NoiseKeyParams {
+    pub fn new(k: &crate::dp::NoiseKey) -> Self {
+        NoiseKeyParams { key: k.key, tensor_index: k.tensor_index, step_lo: k.step as u32, step_hi: (k.step >> 32) as u32, pad_: 0 }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GaussianNoiseParams {
+    pub n: i64,
+    pub std: f32,
+    pub pad_: i32,
+    pub key: NoiseKeyParams,
+}
+
+/// GS-WGAN's sanitiser over `rows × cols`: per-row clip bound and noise std.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SanitizeRowsParams {
+    pub rows: i64,
+    pub cols: i64,
+    pub clip: f32,
+    pub noise_std: f32,
+    pub key: NoiseKeyParams,
+}
+
 // The same sizes are asserted on the C side (common.cuh).
+const _: () = assert!(std::mem::size_of::<NoiseKeyParams>() == 48);
+const _: () = assert!(std::mem::size_of::<GaussianNoiseParams>() == 64);
+const _: () = assert!(std::mem::size_of::<SanitizeRowsParams>() == 72);
 const _: () = assert!(std::mem::size_of::<FastDivmod>() == 16);
 const _: () = assert!(std::mem::size_of::<SumToParams>() == 24 + 2 * 16 * SUM_TO_MAX_RUNS + 2 * 8 * SUM_TO_MAX_RUNS);
 const _: () = assert!(std::mem::size_of::<SumToParams>() == 216);

@@ -1,0 +1,45 @@
+// GS-WGAN's row sanitiser, one block per row (reference: src/backend/cpu/dp.rs):
+//   out_i = g_i·min(1, clip/(‖g_i‖ + 1e-10)) + noise_std·z_i,  z from the key, element index row·cols + d.
+// The squared norm is summed in f64 (f32 squares are exact in f64; no overflow for any finite f32),
+// the factor and the clipped values are rounded toward zero so that rounding never pushes a row
+// past the clip bound. A NaN norm gives a NaN factor (a comparison, not fmin, which would return 1).
+#include "common.cuh"
+#include "rng.cuh"
+
+namespace dpgan {
+
+template <int GEN>
+__device__ __forceinline__ void sanitize_rows(const SanitizeRowsParams& p, const float* __restrict__ g,
+                                              float* __restrict__ out) {
+  __shared__ double scratch[32];
+  const int64_t row = blockIdx.x;
+  const float* g_row = g + row * p.cols;
+  float* out_row = out + row * p.cols;
+  double sq = 0.0;
+  for (int64_t d = threadIdx.x; d < p.cols; d += blockDim.x) {
+    const double v = g_row[d];
+    sq += v * v;
+  }
+  const double norm = sqrt(block_sum_f64(sq, scratch));
+  const double ratio = (double)p.clip / (norm + 1e-10);
+  const float factor = __double2float_rz(ratio >= 1.0 ? 1.0 : ratio);
+  for (int64_t d = threadIdx.x; d < p.cols; d += blockDim.x) {
+    float v = __fmul_rz(g_row[d], factor);
+    if (p.noise_std != 0.0f) {
+      v = __fadd_rn(v, __fmul_rn(p.noise_std, standard_normal_at<GEN>(p.key, (uint64_t)(row * p.cols + d))));
+    }
+    out_row[d] = v;
+  }
+}
+
+}  // namespace dpgan
+
+extern "C" __global__ void dp_sanitize_rows_philox_f32(SanitizeRowsParams p, const float* __restrict__ g,
+                                                       float* __restrict__ out) {
+  dpgan::sanitize_rows<dpgan::NOISE_PHILOX>(p, g, out);
+}
+
+extern "C" __global__ void dp_sanitize_rows_chacha_f32(SanitizeRowsParams p, const float* __restrict__ g,
+                                                       float* __restrict__ out) {
+  dpgan::sanitize_rows<dpgan::NOISE_CHACHA>(p, g, out);
+}

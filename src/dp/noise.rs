@@ -1,0 +1,224 @@
+//! Gaussian noise that is reproducible from `(run seed, step, tensor index)` and identical on the
+//! CPU and the GPU. This file is the reference: `kernels/rng.cuh` computes the same bits.
+//!
+//! A [`NoiseSource`] turns a u64 run seed into a 256-bit key through rand_chacha's ChaCha20 and
+//! hands out one [`NoiseKey`] per noised tensor. The normal added to element `e` of a tensor is a
+//! pure function of `(key, step, tensor index, e)` ([`standard_normal_at`]): no generator state
+//! lives on the device, a kernel can compute any element in any order, and a run resumes from the
+//! source's serialised position.
+//!
+//! * [`NoiseMode::Fast`]: Philox4x32-10 (Salmon et al., SC'11) with counter
+//!   `(e / 4, tensor index, step low, step high)` and the key's first two words; its four words
+//!   make two uniforms pairs `(w + 0.5)·2⁻³²` and Box–Muller in f64 gives four normals, element
+//!   `e` taking number `e mod 4`, rounded to f32.
+//! * [`NoiseMode::Secure`]: the ChaCha20 block function of RFC 8439 (key, block counter `e / 2`,
+//!   nonce `(tensor index, step low, step high)`) as the uniform source; see
+//!   [`secure_normal_from_words`] for the guard against floating-point attacks.
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Serialize};
+
+/// Which generator draws the uniforms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NoiseMode {
+    /// Counter-based Philox4x32-10: fast, statistically sound, not cryptographic.
+    Fast,
+    /// ChaCha20 keystream and a sampler hardened against floating-point attacks.
+    Secure,
+}
+
+/// Everything that determines the noise of one tensor: the generator, its key, and the
+/// `(step, tensor index)` position that makes each tensor's noise fresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoiseKey {
+    pub mode: NoiseMode,
+    /// ChaCha20's 256-bit key; Philox uses words 0 and 1.
+    pub key: [u32; 8],
+    pub step: u64,
+    pub tensor_index: u32,
+}
+
+/// The most elements one key can noise: Philox's block counter is `e / 4` and ChaCha20's `e / 2`,
+/// each 32 bits, so beyond 2³³ elements noise would repeat.
+pub const MAX_NOISE_ELEMENTS: u64 = 1 << 33;
+
+/// A run's noise stream: the key derived from the seed and the position reached. Serialise it in a
+/// checkpoint and the resumed run draws exactly the noise it would have drawn. The key is secret in
+/// [`NoiseMode::Secure`]: so is a checkpoint holding it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoiseSource {
+    mode: NoiseMode,
+    key: [u32; 8],
+    step: u64,
+    next_tensor: u32,
+}
+
+impl NoiseSource {
+    /// The key is the first 256 bits of ChaCha20 seeded from `seed` (rand_chacha's
+    /// `seed_from_u64`). A u64 seed carries at most 64 bits of entropy: for [`NoiseMode::Secure`]
+    /// against a real adversary use [`NoiseSource::from_key`] with 32 bytes from the OS.
+    pub fn from_seed(seed: u64, mode: NoiseMode) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut key = [0u32; 8];
+        key.iter_mut().for_each(|w| *w = rng.next_u32());
+        NoiseSource { mode, key, step: 0, next_tensor: 0 }
+    }
+
+    /// A source with a full 256-bit key (little-endian words, as RFC 8439 reads a key).
+    pub fn from_key(bytes: [u8; 32], mode: NoiseMode) -> Self {
+        let mut key = [0u32; 8];
+        for (w, chunk) in key.iter_mut().zip(bytes.chunks_exact(4)) {
+            *w = u32::from_le_bytes(chunk.try_into().expect("4-byte chunk"));
+        }
+        NoiseSource { mode, key, step: 0, next_tensor: 0 }
+    }
+
+    pub fn mode(&self) -> NoiseMode {
+        self.mode
+    }
+    /// The step whose keys [`NoiseSource::next_key`] hands out.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The key of tensor `tensor_index` at `step`, without moving the source.
+    pub fn key_at(&self, step: u64, tensor_index: u32) -> NoiseKey {
+        NoiseKey { mode: self.mode, key: self.key, step, tensor_index }
+    }
+
+    /// The next tensor's key in the current step. Panics after 2³² tensors in one step rather than
+    /// reuse noise.
+    pub fn next_key(&mut self) -> NoiseKey {
+        let k = self.key_at(self.step, self.next_tensor);
+        self.next_tensor = self.next_tensor.checked_add(1).expect("more than 2^32 noised tensors in one step");
+        k
+    }
+
+    /// Moves to the next step; its tensors count from 0 again.
+    pub fn next_step(&mut self) {
+        self.step = self.step.checked_add(1).expect("step counter overflow");
+        self.next_tensor = 0;
+    }
+}
+
+const PHILOX_M0: u32 = 0xD251_1F53;
+const PHILOX_M1: u32 = 0xCD9E_8D57;
+const PHILOX_W0: u32 = 0x9E37_79B9;
+const PHILOX_W1: u32 = 0xBB67_AE85;
+
+/// Philox4x32 with 10 rounds (Random123's `philox4x32_R(10, ctr, key)`).
+pub fn philox4x32_10(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    let (mut c, mut k) = (ctr, key);
+    for round in 0..10 {
+        if round > 0 {
+            k = [k[0].wrapping_add(PHILOX_W0), k[1].wrapping_add(PHILOX_W1)];
+        }
+        let p0 = PHILOX_M0 as u64 * c[0] as u64;
+        let p1 = PHILOX_M1 as u64 * c[2] as u64;
+        c = [(p1 >> 32) as u32 ^ c[1] ^ k[0], p1 as u32, (p0 >> 32) as u32 ^ c[3] ^ k[1], p0 as u32];
+    }
+    c
+}
+
+/// The ChaCha20 block function of RFC 8439 §2.3: 20 rounds over constants, key, a 32-bit block
+/// counter and a 96-bit nonce, plus the input state. Returns the 16 output words (serialised
+/// little-endian they are the keystream block).
+pub fn chacha20_block(key: &[u32; 8], counter: u32, nonce: [u32; 3]) -> [u32; 16] {
+    let mut init = [0u32; 16];
+    init[..4].copy_from_slice(&[0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574]);
+    init[4..12].copy_from_slice(key);
+    init[12] = counter;
+    init[13..].copy_from_slice(&nonce);
+    let mut s = init;
+    let quarter = |s: &mut [u32; 16], a: usize, b: usize, c: usize, d: usize| {
+        s[a] = s[a].wrapping_add(s[b]);
+        s[d] = (s[d] ^ s[a]).rotate_left(16);
+        s[c] = s[c].wrapping_add(s[d]);
+        s[b] = (s[b] ^ s[c]).rotate_left(12);
+        s[a] = s[a].wrapping_add(s[b]);
+        s[d] = (s[d] ^ s[a]).rotate_left(8);
+        s[c] = s[c].wrapping_add(s[d]);
+        s[b] = (s[b] ^ s[c]).rotate_left(7);
+    };
+    for _ in 0..10 {
+        quarter(&mut s, 0, 4, 8, 12);
+        quarter(&mut s, 1, 5, 9, 13);
+        quarter(&mut s, 2, 6, 10, 14);
+        quarter(&mut s, 3, 7, 11, 15);
+        quarter(&mut s, 0, 5, 10, 15);
+        quarter(&mut s, 1, 6, 11, 12);
+        quarter(&mut s, 2, 7, 8, 13);
+        quarter(&mut s, 3, 4, 9, 14);
+    }
+    for (o, i) in s.iter_mut().zip(init) {
+        *o = o.wrapping_add(i);
+    }
+    s
+}
+
+/// A 32-bit word as a uniform in the open interval (0, 1): `(w + 0.5)·2⁻³²`, never 0 (so the log
+/// is finite) and symmetric about 1/2.
+pub fn uniform_from_u32(w: u32) -> f64 {
+    (w as f64 + 0.5) * (1.0 / 4_294_967_296.0)
+}
+
+/// 53 random bits as a uniform in (0, 1): `(⌊x / 2¹¹⌋ + 0.5)·2⁻⁵³`, the finest grid an f64 in
+/// [1/2, 1) can hold.
+pub fn uniform_from_u64(x: u64) -> f64 {
+    ((x >> 11) as f64 + 0.5) * (1.0 / 9_007_199_254_740_992.0)
+}
+
+/// Box–Muller in f64: two uniforms in (0, 1) to two independent standard normals `(r cos θ, r sin θ)`
+/// with `r = sqrt(−2 ln u1)`, `θ = 2π u2`. The kernels evaluate the same expression in the same
+/// order, without fused multiply-adds.
+pub fn box_muller(u1: f64, u2: f64) -> (f64, f64) {
+    let r = (-2.0 * u1.ln()).sqrt();
+    let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+    (r * c, r * s)
+}
+
+/// Fast mode: the standard normal of element `e` from its Philox block.
+pub fn fast_normal_from_words(w: [u32; 4], lane: usize) -> f64 {
+    let pair = lane / 2;
+    let (z_cos, z_sin) = box_muller(uniform_from_u32(w[2 * pair]), uniform_from_u32(w[2 * pair + 1]));
+    if lane % 2 == 0 {
+        z_cos
+    } else {
+        z_sin
+    }
+}
+
+/// Secure mode: one standard normal from 8 ChaCha20 words (four 53-bit uniforms).
+///
+/// The guard, after Opacus' `secure_mode` (Holohan & Braghin, "Secure Random Sampling in
+/// Differential Privacy", ESORICS 2021): a Box–Muller sample computed in floating point takes
+/// values on an uneven, partly predictable grid, and Mironov-style attacks read the secret back
+/// from which grid points occur. Here (1) the uniforms come from a cryptographic keystream, so
+/// nothing about them is predictable without the key; (2) each uniform has 53 random bits, the
+/// full resolution of an f64 in [1/2, 1), so the log and the angle see no coarser lattice than
+/// f64 itself; (3) the normal is the sum of four independent Box–Muller normals divided by 2
+/// (again N(0, 1)), which smears any single sample's floating-point pattern over a convolution
+/// of four. What this does not fix: the final f32 value `x + σ·z` is rounded to f32's grid, as in
+/// Opacus; an exact discrete or snapping mechanism would be needed for that.
+pub fn secure_normal_from_words(w: &[u32]) -> f64 {
+    let u = |k: usize| uniform_from_u64(w[2 * k] as u64 | (w[2 * k + 1] as u64) << 32);
+    let (z0, z1) = box_muller(u(0), u(1));
+    let (z2, z3) = box_muller(u(2), u(3));
+    ((z0 + z1) + (z2 + z3)) * 0.5
+}
+
+/// The standard normal (rounded to f32) that `key` assigns to element `index` of its tensor.
+pub fn standard_normal_at(key: &NoiseKey, index: u64) -> f32 {
+    let (step_lo, step_hi) = (key.step as u32, (key.step >> 32) as u32);
+    match key.mode {
+        NoiseMode::Fast => {
+            let w = philox4x32_10([(index / 4) as u32, key.tensor_index, step_lo, step_hi], [key.key[0], key.key[1]]);
+            fast_normal_from_words(w, (index % 4) as usize) as f32
+        }
+        NoiseMode::Secure => {
+            let w = chacha20_block(&key.key, (index / 2) as u32, [key.tensor_index, step_lo, step_hi]);
+            let half = (index % 2) as usize * 8;
+            secure_normal_from_words(&w[half..half + 8]) as f32
+        }
+    }
+}

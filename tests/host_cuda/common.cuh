@@ -1,0 +1,70 @@
+// Host stand-in for kernels/common.cuh, so that kernels/rng.cuh and kernels/dp.cu compile with a
+// plain C++ compiler (tests/noise.rs and tests/sanitize.rs, `..._compiled_for_the_host_...`). The CUDA intrinsics it
+// uses get their exact host meaning: __umulhi is the high word of the product, __funnelshift_l
+// with equal halves a rotation, __dmul_rn/__dadd_rn IEEE double ops (compiled without
+// contraction); log, sqrt and sincos are the host libm's, as in src/dp/noise.rs.
+#pragma once
+#include <cfenv>
+#include <cmath>
+#include <cstdint>
+#define __device__
+#define __forceinline__ inline
+#define __global__
+#define __shared__ static
+#define __restrict__ __restrict
+static inline uint32_t __umulhi(uint32_t a, uint32_t b) { return (uint32_t)(((uint64_t)a * b) >> 32); }
+static inline uint32_t __funnelshift_l(uint32_t lo, uint32_t hi, int n) {
+  n &= 31;
+  return n ? (hi << n) | (lo >> (32 - n)) : hi;
+}
+static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline double __dadd_rn(double a, double b) { return a + b; }
+// Round-toward-zero conversions through the FPU's rounding mode (compiled with -frounding-math): an
+// implementation independent of the reference's f32_toward_zero.
+static inline float __double2float_rz(double x) {
+  const int mode = std::fegetround();
+  std::fesetround(FE_TOWARDZERO);
+  volatile float y = (float)x;
+  std::fesetround(mode);
+  return y;
+}
+static inline float __fmul_rz(float a, float b) {
+  const int mode = std::fegetround();
+  std::fesetround(FE_TOWARDZERO);
+  volatile float y = a * b;
+  std::fesetround(mode);
+  return y;
+}
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+using std::log;
+using std::sqrt;
+// glibc's sincos (a GNU extension) serves as CUDA's.
+
+// Mirror of common.cuh's NoiseKeyParams.
+struct NoiseKeyParams {
+  uint32_t key[8];
+  uint32_t tensor_index;
+  uint32_t step_lo;
+  uint32_t step_hi;
+  uint32_t pad_;
+};
+
+// One thread per block, blocks run one after another: blockIdx.x is set by the driver program.
+struct HostDim3 {
+  unsigned x;
+};
+static HostDim3 threadIdx = {0}, blockIdx = {0}, blockDim = {1};
+namespace dpgan {
+// A one-thread block's sum is its own value, in the order the reference sums (d ascending).
+static inline double block_sum_f64(double v, double*) { return v; }
+}  // namespace dpgan
+
+// Mirror of common.cuh's SanitizeRowsParams.
+struct SanitizeRowsParams {
+  int64_t rows;
+  int64_t cols;
+  float clip;
+  float noise_std;
+  NoiseKeyParams key;
+};
