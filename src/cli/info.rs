@@ -261,7 +261,7 @@ mod tests {
     fn table_joins_the_report_and_flags_unknown_symbols() {
         let sym = Kernel::ALL[0].symbol();
         let report = format!(
-            "ptxas info    : Compiling entry function '{sym}' for 'sm_90'\n    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads\n\
+            "ptxas info    : Compiling entry function '{sym}' for 'sm_90'\nptxas info    : Function properties for {sym}\n    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads\n\
              ptxas info    : Used 40 registers, used 1 barriers, 1024 bytes smem\n\
              ptxas info    : Compiling entry function '{sym}' for 'sm_80'\nptxas info    : Used 32 registers\n\
              ptxas info    : Compiling entry function 'stray_kernel_fwd_f32' for 'sm_80'\nptxas info    : Used 8 registers\n"
