@@ -36,6 +36,14 @@ kernel_table! {
     SgdUpdate => "optim_sgd_update_f32",
     SgdMomentumUpdate => "optim_sgd_momentum_update_f32",
     AdamUpdate => "optim_adam_update_f32",
+    MaxPool2x2Gather => "pool_max2x2_gather_fwd_f32",
+    MaxPool2x2Scatter => "pool_max2x2_scatter_bwd_f32",
+    UpsampleNearest2x => "pool_upsample_nearest2x_fwd_f32",
+    SumPool2x2 => "pool_sum2x2_fwd_f32",
+    Narrow => "shape_narrow_fwd_f32",
+    Pad => "shape_pad_fwd_f32",
+    ConcatPart => "shape_concat_part_fwd_f32",
+    PowerIteration => "norm_power_iteration_fwd_f32",
 }
 
 impl Kernel {
