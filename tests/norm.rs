@@ -236,7 +236,7 @@ fn check_cuda_step(dev: &Device, what: &str, w: Vec<f32>, u: Vec<f32>, (groups, 
 
 /// The GPU step against the CPU (which sums in f64) on fresh random inputs: scalars, tails of the
 /// 512-thread block and of a warp, G > 1, GS-WGAN's shapes (64 × 25 conv, 1 × 4096 linear) and the
-/// largest layer (256 × 6400). F32_REDUCTION: the kernel sums up to O = 256 products per element of
+/// largest layer (256 × 6400), and empty dims. F32_REDUCTION: the kernel sums up to O = 256 products per element of
 /// Wᵀu and up to I = 6400 per element of W v in f32 (per-lane runs, then a shuffle tree), and the
 /// norms over up to 6400 squares; the relative error of each stays near 1e-7·log(n), far below
 /// 1e-5, while a wrong index or a missing group gives an error of order 1.
@@ -256,6 +256,10 @@ fn power_iteration_cuda_matches_cpu() {
             (1, 256, 6400),
             (2, 1000, 3),
             (300, 8, 17),
+            // Degenerate: v or u' is a sum over nothing (zeros), or nothing to launch.
+            (2, 0, 3),
+            (2, 3, 0),
+            (0, 4, 5),
         ] {
             let w = randn_vec(&mut rng, groups * rows * cols);
             let u = randn_vec(&mut rng, groups * rows);
