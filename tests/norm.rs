@@ -234,12 +234,14 @@ fn check_cuda_step(dev: &Device, what: &str, w: Vec<f32>, u: Vec<f32>, (groups, 
     assert_close(&format!("{what}: u'"), &got_u, &expected_u.to_vec().unwrap(), tol::F32_REDUCTION);
 }
 
-/// The GPU step against the CPU (which sums in f64) on fresh random inputs: scalars, tails of the
-/// 512-thread block and of a warp, G > 1, GS-WGAN's shapes (64 × 25 conv, 1 × 4096 linear) and the
-/// largest layer (256 × 6400), and empty dims. F32_REDUCTION: the kernel sums up to O = 256 products per element of
-/// Wᵀu and up to I = 6400 per element of W v in f32 (per-lane runs, then a shuffle tree), and the
-/// norms over up to 6400 squares; the relative error of each stays near 1e-7·log(n), far below
-/// 1e-5, while a wrong index or a missing group gives an error of order 1.
+/// The GPU step against the CPU (which sums in f64) on fresh random inputs, through both of the
+/// launcher's paths (split launches for few groups, one fused kernel for many): scalars, tails of
+/// the 512-thread block, of a 32-column tile and of a warp, G > 1, GS-WGAN's shapes (64 × 25 conv,
+/// 1 × 4096 linear), the largest layer (256 × 6400) and empty dims. F32_REDUCTION: the kernels sum
+/// up to O = 256 products per element of Wᵀu and up to I = 6400 per element of W v in f32 (strided
+/// runs, then a shared-memory or shuffle tree), and the norms over up to 6400 squares; the relative
+/// error of each stays near 1e-7·log(n), far below 1e-5, while a wrong index or a missing group
+/// gives an error of order 1.
 #[test]
 fn power_iteration_cuda_matches_cpu() {
     on_cuda("power_iteration_cuda_matches_cpu", |dev| {
@@ -255,7 +257,11 @@ fn power_iteration_cuda_matches_cpu() {
             (5, 33, 513),
             (1, 256, 6400),
             (2, 1000, 3),
+            // Enough groups to fill the device (2 blocks per SM on an H100): the fused one-block-
+            // per-group kernel rather than the three split launches the shapes above take.
             (300, 8, 17),
+            (1000, 4, 9),
+            (400, 64, 25),
             // Degenerate: v or u' is a sum over nothing (zeros), or nothing to launch.
             (2, 0, 3),
             (2, 3, 0),
@@ -275,7 +281,8 @@ fn power_iteration_cuda_matches_cpu() {
 fn power_iteration_cuda_guard_matches_cpu() {
     on_cuda("power_iteration_cuda_guard_matches_cpu", |dev| {
         let mut rng = common::rng("power_iteration_cuda_guard_matches_cpu");
-        for (groups, rows, cols) in [(2, 5, 8), (1, 1, 4096), (3, 64, 25)] {
+        // The last case takes the fused kernel (many groups), the others the split launches.
+        for (groups, rows, cols) in [(2, 5, 8), (1, 1, 4096), (3, 64, 25), (300, 5, 8)] {
             let (nw, nu) = (groups * rows * cols, groups * rows);
             let w = randn_vec(&mut rng, nw);
             let u = randn_vec(&mut rng, nu);

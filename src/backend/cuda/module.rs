@@ -44,6 +44,9 @@ kernel_table! {
     Pad => "shape_pad_fwd_f32",
     ConcatPart => "shape_concat_part_fwd_f32",
     PowerIteration => "norm_power_iteration_fwd_f32",
+    PowerIterationWtu => "norm_power_iteration_wtu_fwd_f32",
+    PowerIterationWv => "norm_power_iteration_wv_fwd_f32",
+    PowerIterationNormalizeU => "norm_power_iteration_normalize_u_fwd_f32",
 }
 
 impl Kernel {
