@@ -1,6 +1,9 @@
 // Spectral norm's power iteration: for each group g, with W = w[g] (rows × cols) and u = u[g],
 //   v = normalize(Wᵀu),  u' = normalize(W v),  normalize(x) = x / max(‖x‖, 1e-12).
 // Mirrors src/backend/cpu/norm.rs (which accumulates in f64; here f32 with block reductions).
+// Two ways to run it, picked by the launcher (src/backend/cuda/norm.rs): one fused kernel with a
+// block per group when the groups fill the device, three launches that spread each group over many
+// blocks when they do not (G = 1).
 #include "common.cuh"
 
 namespace dpgan {
