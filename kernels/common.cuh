@@ -209,6 +209,44 @@ struct SanitizeRowsParams {
   NoiseKeyParams key;
 };
 
+// ---- pool.cu ----
+
+// 2×2 windows over planes of `[.., H, W]`: `n` elements in the launch (outputs of gather, upsample
+// and sum_pool; inputs of scatter, which writes one output per input), the input plane in_h × in_w
+// and the output plane out_h × out_w. All offsets are 64-bit.
+struct Pool2x2Params {
+  int64_t n;
+  int64_t in_h;
+  int64_t in_w;
+  int64_t out_h;
+  int64_t out_w;
+};
+
+// ---- shape.cu ----
+
+// One axis of a row-major tensor seen as [outer, dim, inner]: `len` slices of src starting at
+// `src_start` go to dst starting at `dst_start`; src has `src_dim` slices, dst `dst_dim`.
+// narrow and concat_part copy [outer, len, inner] (n = outer·len·inner); pad writes all of dst
+// (n = outer·dst_dim·inner), zeros outside the copied slices.
+struct AxisCopyParams {
+  int64_t n;
+  int64_t inner;
+  int64_t src_dim;
+  int64_t dst_dim;
+  int64_t src_start;
+  int64_t dst_start;
+  int64_t len;
+};
+
+// ---- norm.cu ----
+
+// Spectral norm's power iteration for w [groups, rows, cols] and u [groups, rows].
+struct PowerIterationParams {
+  int64_t groups;
+  int64_t rows;
+  int64_t cols;
+};
+
 // The Rust mirrors assert the same sizes (src/backend/cuda/params.rs).
 static_assert(sizeof(FastDivmod) == 16, "FastDivmod layout");
 static_assert(sizeof(SumToParams) == 216, "SumToParams layout");
@@ -218,3 +256,6 @@ static_assert(sizeof(AdamUpdateParams) == 32, "AdamUpdateParams layout");
 static_assert(sizeof(NoiseKeyParams) == 48, "NoiseKeyParams layout");
 static_assert(sizeof(GaussianNoiseParams) == 64, "GaussianNoiseParams layout");
 static_assert(sizeof(SanitizeRowsParams) == 72, "SanitizeRowsParams layout");
+static_assert(sizeof(Pool2x2Params) == 40, "Pool2x2Params layout");
+static_assert(sizeof(AxisCopyParams) == 56, "AxisCopyParams layout");
+static_assert(sizeof(PowerIterationParams) == 24, "PowerIterationParams layout");

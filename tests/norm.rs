@@ -3,7 +3,7 @@
 //! different matrix per group, the 1e-12 guard on zero and tiny inputs, and shape errors.
 mod common;
 
-use common::{assert_close_f64, randn_vec, tol};
+use common::{assert_close, assert_close_f64, on_cuda, randn_vec, tol};
 use dpgan::backend::ops;
 use dpgan::tensor::{Device, Tensor};
 use dpgan::Error;
@@ -218,4 +218,91 @@ fn power_iteration_shape_errors_are_errors_not_panics() {
             Ok(_) => panic!("{what}: expected a shape error"),
         }
     }
+}
+
+/// One step on the GPU against the CPU for `w` `[G, O, I]`, `u` `[G, O]`, comparing u' and v.
+fn check_cuda_step(dev: &Device, what: &str, w: Vec<f32>, u: Vec<f32>, (groups, rows, cols): (usize, usize, usize)) {
+    let w_t = Tensor::from_vec(w, &[groups, rows, cols], &Device::Cpu).unwrap();
+    let u_t = Tensor::from_vec(u, &[groups, rows], &Device::Cpu).unwrap();
+    let (expected_u, expected_v) = ops::power_iteration(&w_t, &u_t).unwrap();
+    let (got_u, got_v) = ops::power_iteration(&w_t.to_device(dev).unwrap(), &u_t.to_device(dev).unwrap()).unwrap();
+    assert_eq!(got_u.shape(), [groups, rows], "{what}: u' shape");
+    assert_eq!(got_v.shape(), [groups, cols], "{what}: v shape");
+    let (got_u, got_v) = (got_u.to_vec().unwrap(), got_v.to_vec().unwrap());
+    assert!(got_u.iter().chain(&got_v).all(|x| x.is_finite()), "{what}: non-finite output");
+    assert_close(&format!("{what}: v"), &got_v, &expected_v.to_vec().unwrap(), tol::F32_REDUCTION);
+    assert_close(&format!("{what}: u'"), &got_u, &expected_u.to_vec().unwrap(), tol::F32_REDUCTION);
+}
+
+/// The GPU step against the CPU (which sums in f64) on fresh random inputs, through both of the
+/// launcher's paths (split launches for few groups, one fused kernel for many): scalars, tails of
+/// the 512-thread block, of a 32-column tile and of a warp, G > 1, GS-WGAN's shapes (64 × 25 conv,
+/// 1 × 4096 linear), the largest layer (256 × 6400) and empty dims. F32_REDUCTION: the kernels sum
+/// up to O = 256 products per element of Wᵀu and up to I = 6400 per element of W v in f32 (strided
+/// runs, then a shared-memory or shuffle tree), and the norms over up to 6400 squares; the relative
+/// error of each stays near 1e-7·log(n), far below 1e-5, while a wrong index or a missing group
+/// gives an error of order 1.
+#[test]
+fn power_iteration_cuda_matches_cpu() {
+    on_cuda("power_iteration_cuda_matches_cpu", |dev| {
+        let mut rng = common::rng("power_iteration_cuda_matches_cpu");
+        for (groups, rows, cols) in [
+            (1, 1, 1),
+            (3, 7, 12),
+            (2, 12, 5),
+            (4, 64, 25),
+            (1, 1, 4096),
+            (3, 1, 4096),
+            (2, 3, 1),
+            (5, 33, 513),
+            (1, 256, 6400),
+            (2, 1000, 3),
+            // Enough groups to fill the device (2 blocks per SM on an H100): the fused one-block-
+            // per-group kernel rather than the three split launches the shapes above take.
+            (300, 8, 17),
+            (1000, 4, 9),
+            (400, 64, 25),
+            // Degenerate: v or u' is a sum over nothing (zeros), or nothing to launch.
+            (2, 0, 3),
+            (2, 3, 0),
+            (0, 4, 5),
+        ] {
+            let w = randn_vec(&mut rng, groups * rows * cols);
+            let u = randn_vec(&mut rng, groups * rows);
+            check_cuda_step(dev, &format!("G={groups} {rows}x{cols}"), w, u, (groups, rows, cols));
+        }
+    });
+}
+
+/// The 1e-12 guard on the GPU: a zero W, a zero u and both give zeros (not NaN); W scaled by 1e-20
+/// follows the guarded formula; one zero group beside an ordinary one does not leak. Compared with
+/// the CPU as above (F32_REDUCTION; zeros must be exactly zero).
+#[test]
+fn power_iteration_cuda_guard_matches_cpu() {
+    on_cuda("power_iteration_cuda_guard_matches_cpu", |dev| {
+        let mut rng = common::rng("power_iteration_cuda_guard_matches_cpu");
+        // The last case takes the fused kernel (many groups), the others the split launches.
+        for (groups, rows, cols) in [(2, 5, 8), (1, 1, 4096), (3, 64, 25), (300, 5, 8)] {
+            let (nw, nu) = (groups * rows * cols, groups * rows);
+            let w = randn_vec(&mut rng, nw);
+            let u = randn_vec(&mut rng, nu);
+            let dims = (groups, rows, cols);
+            for (what, w, u) in
+                [("zero W", vec![0.0; nw], u.clone()), ("zero u", w.clone(), vec![0.0; nu]), ("both zero", vec![0.0; nw], vec![0.0; nu])]
+            {
+                let (got_u, got_v) = ops::power_iteration(
+                    &Tensor::from_vec(w, &[groups, rows, cols], dev).unwrap(),
+                    &Tensor::from_vec(u, &[groups, rows], dev).unwrap(),
+                )
+                .unwrap();
+                let (got_u, got_v) = (got_u.to_vec().unwrap(), got_v.to_vec().unwrap());
+                assert!(got_u.iter().chain(&got_v).all(|&x| x == 0.0), "{what} {dims:?}: expected zeros, got u' {got_u:?}, v {got_v:?}");
+            }
+            let tiny: Vec<f32> = w.iter().map(|&x| x * 1e-20).collect();
+            check_cuda_step(dev, &format!("W scaled by 1e-20 {dims:?}"), tiny, u.clone(), dims);
+            let mut mixed = w.clone();
+            mixed[..rows * cols].fill(0.0);
+            check_cuda_step(dev, &format!("first group zero {dims:?}"), mixed, u, dims);
+        }
+    });
 }

@@ -2,7 +2,7 @@
 //! formulas, ties and NaN, odd sizes, the adjoint pairs, and shape errors.
 mod common;
 
-use common::{assert_close, assert_close_f64, expect_shape_error, randn_vec, tol};
+use common::{assert_close, assert_close_f64, assert_identical, expect_shape_error, on_cuda, randn_vec, tol};
 use dpgan::backend::ops;
 use dpgan::tensor::{Device, Tensor};
 use rand::Rng;
@@ -234,4 +234,100 @@ fn pool_shape_errors_are_errors_not_panics() {
     expect_shape_error("sum_pool: rank 1", ops::sum_pool2x2(&t(&[4])));
     let v64 = Tensor::from_vec_f64(vec![0.0; x.numel()], x.shape()).unwrap();
     expect_shape_error("gather: dtypes", ops::max_pool2x2_gather(&x, &v64));
+}
+
+/// Shapes for the GPU comparisons: the CPU tests' shapes, plus batch 1 and G > 1 layouts
+/// `[G, B, C, H, W]` with odd H and W (a dropped last row and column), a plane too small to pool,
+/// sizes that are not multiples of the 256-thread block, one large enough to grid-stride, and an
+/// empty batch.
+fn cuda_shapes() -> Vec<Vec<usize>> {
+    let mut shapes: Vec<Vec<usize>> = SHAPES.iter().map(|s| s.to_vec()).collect();
+    shapes.extend([
+        vec![1, 1, 1, 33, 65],
+        vec![3, 5, 2, 17, 13],
+        vec![4, 1, 3, 28, 28],
+        vec![2, 600, 1, 14, 14],
+        vec![1, 1, 1, 1, 1],
+        vec![1, 1, 2, 1, 9],
+        vec![2, 0, 3, 6, 6],
+        vec![1, 2, 3, 1023, 257],
+    ]);
+    shapes
+}
+
+/// x with NaN at random places (and in the first slot), ±inf, and −0 beside +0: the comparison
+/// rule `val > max || isnan(val)` must choose the same element as on the CPU.
+fn with_specials(rng: &mut impl Rng, n: usize) -> Vec<f32> {
+    let mut x = tied(rng, n);
+    for _ in 0..n.div_ceil(7) {
+        let i = rng.random_range(0..n);
+        x[i] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0][rng.random_range(0..5)];
+    }
+    if n > 0 {
+        x[0] = f32::NAN;
+    }
+    x
+}
+
+/// Gather, max pool and scatter on the GPU against the CPU on fresh inputs: random, tied and with
+/// NaN/inf/signed zeros. They only move values (scatter adds dy into a zero), so the results must
+/// be identical, bit for bit; device outputs start as NaN, so an unwritten element shows.
+#[test]
+fn max_pool_cuda_matches_cpu() {
+    on_cuda("max_pool_cuda_matches_cpu", |dev| {
+        let mut rng = common::rng("max_pool_cuda_matches_cpu");
+        for shape in cuda_shapes() {
+            let n: usize = shape.iter().product();
+            for (kind, x) in [("random", randn_vec(&mut rng, n)), ("tied", tied(&mut rng, n)), ("specials", with_specials(&mut rng, n))] {
+                let mut v = randn_vec(&mut rng, n);
+                // −0 in v shows whether the gather copies signs.
+                v.iter_mut().step_by(5).for_each(|e| *e = -0.0);
+                let mut dy = randn_vec(&mut rng, pooled(&shape).iter().product());
+                dy.iter_mut().step_by(3).for_each(|e| *e = -0.0);
+                let (xt, vt, dyt) = (tensor(x, &shape), tensor(v, &shape), tensor(dy, &pooled(&shape)));
+                let (xd, vd, dyd) = (xt.to_device(dev).unwrap(), vt.to_device(dev).unwrap(), dyt.to_device(dev).unwrap());
+                let what = |op: &str| format!("{op} {kind} {shape:?}");
+
+                let (got, expected) = (ops::max_pool2x2(&xd).unwrap(), ops::max_pool2x2(&xt).unwrap());
+                assert_eq!(got.shape(), expected.shape(), "{}", what("max_pool2x2 shape"));
+                assert_identical(&what("max_pool2x2"), &data(&got), &data(&expected));
+
+                let (got, expected) = (ops::max_pool2x2_gather(&xd, &vd).unwrap(), ops::max_pool2x2_gather(&xt, &vt).unwrap());
+                assert_eq!(got.shape(), expected.shape(), "{}", what("gather shape"));
+                assert_identical(&what("max_pool2x2_gather"), &data(&got), &data(&expected));
+
+                let (got, expected) = (ops::max_pool2x2_scatter(&xd, &dyd).unwrap(), ops::max_pool2x2_scatter(&xt, &dyt).unwrap());
+                assert_eq!(got.shape(), shape, "{}", what("scatter shape"));
+                assert_identical(&what("max_pool2x2_scatter"), &data(&got), &data(&expected));
+            }
+        }
+    });
+}
+
+/// Upsample (a copy) and sum pool (four f32 additions in the CPU's order, which the kernel keeps:
+/// no fast-math, no reassociation) on the GPU against the CPU: identical results.
+#[test]
+fn upsample_and_sum_pool_cuda_match_cpu() {
+    on_cuda("upsample_and_sum_pool_cuda_match_cpu", |dev| {
+        let mut rng = common::rng("upsample_and_sum_pool_cuda_match_cpu");
+        for shape in cuda_shapes() {
+            let n: usize = shape.iter().product();
+            let mut x = randn_vec(&mut rng, n);
+            x.iter_mut().step_by(4).for_each(|e| *e = -0.0);
+            let xt = tensor(x, &shape);
+            let (got, expected) = (ops::upsample_nearest2x(&xt.to_device(dev).unwrap()).unwrap(), ops::upsample_nearest2x(&xt).unwrap());
+            assert_eq!(got.shape(), expected.shape(), "upsample shape {shape:?}");
+            assert_identical(&format!("upsample_nearest2x {shape:?}"), &data(&got), &data(&expected));
+
+            // sum_pool needs even H and W: pool the upsampled shape, on values that cancel and on
+            // −0s (−0 + −0 stays −0 on both).
+            let up_shape = expected.shape().to_vec();
+            let mut y = randn_vec(&mut rng, 4 * n);
+            y.iter_mut().step_by(2).for_each(|e| *e = -0.0);
+            let yt = tensor(y, &up_shape);
+            let (got, expected) = (ops::sum_pool2x2(&yt.to_device(dev).unwrap()).unwrap(), ops::sum_pool2x2(&yt).unwrap());
+            assert_eq!(got.shape(), shape, "sum_pool shape");
+            assert_identical(&format!("sum_pool2x2 {up_shape:?}"), &data(&got), &data(&expected));
+        }
+    });
 }

@@ -5,7 +5,7 @@
 //! one misplaced element among N gives a relative error near sqrt(2/N), far above 1e-6.
 mod common;
 
-use common::{assert_close, expect_shape_error, randn_vec, tol};
+use common::{assert_close, assert_identical, expect_shape_error, on_cuda, randn_vec, tol};
 use dpgan::backend::ops;
 use dpgan::tensor::{Device, Tensor};
 
@@ -196,4 +196,80 @@ fn shape_op_errors_are_errors_not_panics() {
     expect_shape_error("crop: higher than the input", ops::crop(&x, 4, 4));
     expect_shape_error("crop: wider than the input", ops::crop(&x, 3, 5));
     expect_shape_error("crop: rank 1", ops::crop(&t(&[5]), 1, 1));
+}
+
+/// Shapes for the GPU comparisons: the CPU tests' shapes, plus G > 1 / batch-1 activations
+/// `[G, B, C, H, W]`, sizes that are not multiples of the 256-thread block and one large enough to
+/// grid-stride.
+fn cuda_shapes() -> Vec<Vec<usize>> {
+    let mut shapes: Vec<Vec<usize>> = SHAPES.iter().map(|s| s.to_vec()).collect();
+    shapes.extend([vec![3, 1, 5, 7, 9], vec![2, 4, 3, 1, 13], vec![1, 600, 3, 29, 31]]);
+    shapes
+}
+
+/// Windows of an axis of size `dim` to narrow to: the first and last slice, a middle run, all but
+/// the ends, and an empty window (the whole axis is no launch: ops returns x itself).
+fn windows(dim: usize) -> Vec<(usize, usize)> {
+    let mut w = vec![(0, 1.min(dim)), (dim.saturating_sub(1), 1.min(dim)), (dim / 3, dim - dim / 3 - dim / 4), (dim / 2, 0)];
+    if dim > 2 {
+        w.push((1, dim - 2));
+    }
+    w
+}
+
+/// narrow and pad on every axis on the GPU against the CPU. They only move values (pad adds
+/// zeros), so the results must be identical; device outputs start as NaN, so an unwritten element
+/// (a pad zero not written, a tail missed) shows.
+#[test]
+fn narrow_and_pad_cuda_match_cpu_on_every_axis() {
+    on_cuda("narrow_and_pad_cuda_match_cpu_on_every_axis", |dev| {
+        let mut rng = common::rng("narrow_and_pad_cuda_match_cpu_on_every_axis");
+        for shape in cuda_shapes() {
+            let mut x = randn_vec(&mut rng, shape.iter().product());
+            x.iter_mut().step_by(5).for_each(|e| *e = -0.0);
+            let xt = tensor(x, &shape);
+            let xd = xt.to_device(dev).unwrap();
+            for axis in 0..shape.len() {
+                for (start, len) in windows(shape[axis]) {
+                    let (got, expected) = (ops::narrow(&xd, axis, start, len).unwrap(), ops::narrow(&xt, axis, start, len).unwrap());
+                    assert_eq!(got.shape(), expected.shape(), "narrow {shape:?} axis {axis} {start}+{len}");
+                    assert_identical(&format!("narrow {shape:?} axis {axis} {start}+{len}"), &data(&got), &data(&expected));
+                }
+                for (before, after) in [(1, 0), (0, 3), (2, 5), (4, 1)] {
+                    let (got, expected) = (ops::pad(&xd, axis, before, after).unwrap(), ops::pad(&xt, axis, before, after).unwrap());
+                    assert_eq!(got.shape(), expected.shape(), "pad {shape:?} axis {axis} ({before}, {after})");
+                    assert_identical(&format!("pad {shape:?} axis {axis} ({before}, {after})"), &data(&got), &data(&expected));
+                }
+            }
+        }
+        // An empty tensor padded: the output is all zeros, written by the kernel.
+        let empty = tensor(vec![], &[2, 0, 3]);
+        let got = ops::pad(&empty.to_device(dev).unwrap(), 1, 2, 1).unwrap();
+        assert_identical("pad of an empty axis", &data(&got), &data(&ops::pad(&empty, 1, 2, 1).unwrap()));
+    });
+}
+
+/// concat of one, two and four parts on every axis, with unequal sizes along the axis and an empty
+/// part among them, on the GPU against the CPU: identical results.
+#[test]
+fn concat_cuda_matches_cpu_on_every_axis() {
+    on_cuda("concat_cuda_matches_cpu_on_every_axis", |dev| {
+        let mut rng = common::rng("concat_cuda_matches_cpu_on_every_axis");
+        for shape in cuda_shapes() {
+            for axis in 0..shape.len() {
+                let d = shape[axis];
+                for sizes in [vec![d], vec![d, 3], vec![2, 0, d, 1]] {
+                    let parts: Vec<Tensor> = sizes
+                        .iter()
+                        .map(|&n| tensor(randn_vec(&mut rng, with_dim(&shape, axis, n).iter().product()), &with_dim(&shape, axis, n)))
+                        .collect();
+                    let on_dev: Vec<Tensor> = parts.iter().map(|t| t.to_device(dev).unwrap()).collect();
+                    let expected = ops::concat(&parts.iter().collect::<Vec<_>>(), axis).unwrap();
+                    let got = ops::concat(&on_dev.iter().collect::<Vec<_>>(), axis).unwrap();
+                    assert_eq!(got.shape(), expected.shape(), "concat {shape:?} axis {axis} sizes {sizes:?}");
+                    assert_identical(&format!("concat {shape:?} axis {axis} sizes {sizes:?}"), &data(&got), &data(&expected));
+                }
+            }
+        }
+    });
 }

@@ -213,3 +213,16 @@ pub fn build_host_kernel_program(test: &str, kernels: &[&str], main: &str) -> Op
     assert!(out.status.success(), "{compiler} failed on {kernels:?} + {main}:\n{}", String::from_utf8_lossy(&out.stderr));
     Some((exe, dir))
 }
+
+/// Asserts that two backends produced the same f32 values bit for bit (signed zeros included), a
+/// NaN matching any NaN: for ops that only move values (or add them in the same order), where
+/// anything but equality is a bug. Reports the first difference.
+#[track_caller]
+pub fn assert_identical(what: &str, actual: &[f32], expected: &[f32]) {
+    assert_eq!(actual.len(), expected.len(), "{what}: lengths differ ({} vs {})", actual.len(), expected.len());
+    let same = |a: f32, e: f32| a.to_bits() == e.to_bits() || (a.is_nan() && e.is_nan());
+    if let Some(i) = actual.iter().zip(expected).position(|(&a, &e)| !same(a, e)) {
+        let count = actual.iter().zip(expected).filter(|&(&a, &e)| !same(a, e)).count();
+        panic!("{what}: {count} of {} elements differ; first at index {i}: got {:?}, expected {:?}", actual.len(), actual[i], expected[i]);
+    }
+}

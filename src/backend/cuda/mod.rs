@@ -6,10 +6,13 @@ mod device;
 mod dp;
 mod elementwise;
 pub mod module;
+mod norm;
 mod optim;
 mod params;
+mod pool;
 mod reduce;
 mod rng;
+mod shape;
 
 pub use device::{device_count, driver_absent_reason, set_poison_allocations, CudaBuffer, CudaDevice, DeviceProperties};
 pub use module::{kernel_resources, Kernel, KernelResources};
@@ -74,40 +77,41 @@ impl Backend for CudaDevice {
         Err(self.unsupported("conv2d_weight_grad"))
     }
 
-    fn max_pool2x2_gather(&self, _x: &Tensor, _v: &Tensor) -> Result<Tensor> {
-        Err(self.unsupported("max_pool2x2"))
+    fn max_pool2x2_gather(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        pool::max_pool2x2_gather(buffer(x).device(), x, v)
     }
 
-    fn max_pool2x2_scatter(&self, _x: &Tensor, _dy: &Tensor) -> Result<Tensor> {
-        Err(self.unsupported("max_pool2x2_scatter"))
+    fn max_pool2x2_scatter(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        pool::max_pool2x2_scatter(buffer(x).device(), x, dy)
     }
 
-    fn upsample_nearest2x(&self, _x: &Tensor) -> Result<Tensor> {
-        Err(self.unsupported("upsample_nearest2x"))
+    fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor> {
+        pool::upsample_nearest2x(buffer(x).device(), x)
     }
 
-    fn sum_pool2x2(&self, _x: &Tensor) -> Result<Tensor> {
-        Err(self.unsupported("sum_pool2x2"))
+    fn sum_pool2x2(&self, x: &Tensor) -> Result<Tensor> {
+        pool::sum_pool2x2(buffer(x).device(), x)
     }
 
-    fn narrow(&self, _x: &Tensor, _axis: usize, _start: usize, _len: usize) -> Result<Tensor> {
-        Err(self.unsupported("narrow"))
+    fn narrow(&self, x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+        shape::narrow(buffer(x).device(), x, axis, start, len)
     }
 
-    fn pad(&self, _x: &Tensor, _axis: usize, _before: usize, _after: usize) -> Result<Tensor> {
-        Err(self.unsupported("pad"))
+    fn pad(&self, x: &Tensor, axis: usize, before: usize, after: usize) -> Result<Tensor> {
+        shape::pad(buffer(x).device(), x, axis, before, after)
     }
 
-    fn concat(&self, _xs: &[&Tensor], _axis: usize) -> Result<Tensor> {
-        Err(self.unsupported("concat"))
+    fn concat(&self, xs: &[&Tensor], axis: usize) -> Result<Tensor> {
+        let first = xs.first().ok_or_else(|| Error::shape("concat", "nothing to concatenate"))?;
+        shape::concat(buffer(first).device(), xs, axis)
     }
 
     fn log_softmax(&self, x: &Tensor) -> Result<Tensor> {
         reduce::log_softmax(buffer(x).device(), x)
     }
 
-    fn power_iteration(&self, _w: &Tensor, _u: &Tensor) -> Result<(Tensor, Tensor)> {
-        Err(self.unsupported("power_iteration"))
+    fn power_iteration(&self, w: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
+        norm::power_iteration(buffer(w).device(), w, u)
     }
 
     fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Tensor>, hp: &SgdParams) -> Result<()> {

@@ -40,6 +40,17 @@ kernel_table! {
     GaussianAddChacha => "rng_gaussian_add_chacha_f32",
     SanitizeRowsPhilox => "dp_sanitize_rows_philox_f32",
     SanitizeRowsChacha => "dp_sanitize_rows_chacha_f32",
+    MaxPool2x2Gather => "pool_max2x2_gather_fwd_f32",
+    MaxPool2x2Scatter => "pool_max2x2_scatter_bwd_f32",
+    UpsampleNearest2x => "pool_upsample_nearest2x_fwd_f32",
+    SumPool2x2 => "pool_sum2x2_fwd_f32",
+    Narrow => "shape_narrow_fwd_f32",
+    Pad => "shape_pad_fwd_f32",
+    ConcatPart => "shape_concat_part_fwd_f32",
+    PowerIteration => "norm_power_iteration_fwd_f32",
+    PowerIterationWtu => "norm_power_iteration_wtu_fwd_f32",
+    PowerIterationWv => "norm_power_iteration_wv_fwd_f32",
+    PowerIterationNormalizeU => "norm_power_iteration_normalize_u_fwd_f32",
 }
 
 impl Kernel {

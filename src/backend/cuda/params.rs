@@ -46,6 +46,11 @@ unsafe impl DeviceRepr for AdamUpdateParams {}
 unsafe impl DeviceRepr for GaussianNoiseParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for SanitizeRowsParams {}
+unsafe impl DeviceRepr for Pool2x2Params {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for AxisCopyParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for PowerIterationParams {}
 
 impl UnaryParams {
     pub fn new(op: UnaryOp, n: usize) -> Self {
@@ -197,6 +202,42 @@ pub struct SanitizeRowsParams {
     pub key: NoiseKeyParams,
 }
 
+/// 2×2 windows over planes of `[.., H, W]`: `n` elements in the launch (outputs, or for the
+/// scatter its inputs, one output each), the input plane `in_h × in_w`, the output plane
+/// `out_h × out_w`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Pool2x2Params {
+    pub n: i64,
+    pub in_h: i64,
+    pub in_w: i64,
+    pub out_h: i64,
+    pub out_w: i64,
+}
+
+/// One axis of a tensor seen as `[outer, dim, inner]`: `len` slices of src from `src_start` go to
+/// dst from `dst_start` (see `AxisCopyParams` in common.cuh).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AxisCopyParams {
+    pub n: i64,
+    pub inner: i64,
+    pub src_dim: i64,
+    pub dst_dim: i64,
+    pub src_start: i64,
+    pub dst_start: i64,
+    pub len: i64,
+}
+
+/// Spectral norm's power iteration for `w` `[groups, rows, cols]` and `u` `[groups, rows]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PowerIterationParams {
+    pub groups: i64,
+    pub rows: i64,
+    pub cols: i64,
+}
+
 // The same sizes are asserted on the C side (common.cuh).
 const _: () = assert!(std::mem::size_of::<NoiseKeyParams>() == 48);
 const _: () = assert!(std::mem::size_of::<GaussianNoiseParams>() == 64);
@@ -207,6 +248,9 @@ const _: () = assert!(std::mem::size_of::<SumToParams>() == 216);
 const _: () = assert!(std::mem::size_of::<LogSoftmaxParams>() == 16);
 const _: () = assert!(std::mem::size_of::<SgdUpdateParams>() == 32);
 const _: () = assert!(std::mem::size_of::<AdamUpdateParams>() == 32);
+const _: () = assert!(std::mem::size_of::<Pool2x2Params>() == 40);
+const _: () = assert!(std::mem::size_of::<AxisCopyParams>() == 56);
+const _: () = assert!(std::mem::size_of::<PowerIterationParams>() == 24);
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,114 @@
+//! Launchers of `kernels/norm.cu`: spectral norm's power iteration.
+//!
+//! With many groups (GS-WGAN's warm start trains hundreds of discriminators) one block per group
+//! fills the device: one fused launch. With few (an ordinary model, G = 1) that would read the whole
+//! matrix through a single SM, so the step is split into three launches that spread each group over
+//! many blocks: Wᵀu by column tiles, then ‖·‖ and W v by row blocks, then u's normalisation.
+use std::sync::Arc;
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::device::CudaDevice;
+use super::module::Kernel;
+use super::params::PowerIterationParams;
+use super::{buffer, launched, output};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Threads per block of every power-iteration kernel: 16 warps. Fixed for the Wᵀu kernel, whose
+/// block is 32 columns × 16 row slices (`DPGAN_WTU_COLS`, `DPGAN_WTU_SLICES` in norm.cu).
+const BLOCK: u32 = 512;
+/// Columns per block of the Wᵀu kernel.
+const WTU_COLS: usize = 32;
+/// Rows per block of the W v kernel: a warp per row.
+const WV_ROWS: usize = BLOCK as usize / 32;
+/// Blocks per SM below which the groups alone do not fill the device and the split path is used.
+const FUSED_MIN_BLOCKS_PER_SM: usize = 2;
+
+fn config(grid: (usize, usize)) -> LaunchConfig {
+    LaunchConfig { grid_dim: (grid.0 as u32, grid.1 as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// One step for `w` `[G, O, I]` and `u` `[G, O]`: `v = normalize(wᵀu)`, `u' = normalize(w v)`.
+/// Returns `(u' [G, O], v [G, I])`.
+pub(crate) fn power_iteration(dev: &Arc<CudaDevice>, w: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
+    let s = w.shape();
+    if s.len() != 3 || u.shape() != &s[..2] {
+        return Err(Error::shape("power_iteration", format!("needs w [G, O, I] and u [G, O], got {s:?} and {:?}", u.shape())));
+    }
+    let (groups, rows, cols) = (s[0], s[1], s[2]);
+    let mut u_out = dev.alloc(groups * rows)?;
+    let mut v = dev.alloc(groups * cols)?;
+    // With rows = 0 v is a sum over nothing (zeros), and with cols = 0 u' is: the kernels write both.
+    if groups == 0 || rows + cols == 0 {
+        return Ok((output(u_out, &[groups, rows])?, output(v, &[groups, cols])?));
+    }
+    let too_big = || Error::shape("power_iteration", format!("w {s:?} exceeds the CUDA grid"));
+    let p = PowerIterationParams { groups: groups as i64, rows: rows as i64, cols: cols as i64 };
+    let (w_buf, u_buf) = (&buffer(w).slice, &buffer(u).slice);
+    let sms = dev.properties().multiprocessors.max(1) as usize;
+    if groups >= FUSED_MIN_BLOCKS_PER_SM * sms {
+        if groups > i32::MAX as usize {
+            return Err(too_big());
+        }
+        let k = Kernel::PowerIteration;
+        // SAFETY: w holds G·O·I floats and u G·O; block g reads only group g's slices of them and
+        // writes only u_out[g·O..(g+1)·O) and v[g·I..(g+1)·I), which those buffers hold.
+        let r = unsafe {
+            dev.stream()
+                .launch_builder(dev.kernel(k))
+                .arg(&p)
+                .arg(w_buf)
+                .arg(u_buf)
+                .arg(&mut u_out.slice)
+                .arg(&mut v.slice)
+                .launch(config((groups, 1)))
+        };
+        launched(k, r)?;
+    } else {
+        // Here groups < 2·SMs, well inside grid.y's 65535.
+        let col_tiles = cols.div_ceil(WTU_COLS);
+        if col_tiles > i32::MAX as usize {
+            return Err(too_big());
+        }
+        let mut v_raw = dev.alloc(groups * cols)?;
+        if cols > 0 {
+            let k = Kernel::PowerIterationWtu;
+            // SAFETY: block (t, g) reads w[g, r, c] and u[g, r] for r < O and c < I only (columns
+            // of the tile past I are skipped) and writes v_raw[g, c] for those c; v_raw holds G·I.
+            let r = unsafe {
+                dev.stream()
+                    .launch_builder(dev.kernel(k))
+                    .arg(&p)
+                    .arg(w_buf)
+                    .arg(u_buf)
+                    .arg(&mut v_raw.slice)
+                    .launch(config((col_tiles, groups)))
+            };
+            launched(k, r)?;
+        }
+        // Enough row blocks for the rows (a warp each), and at least one: it also writes v.
+        let row_blocks = rows.div_ceil(WV_ROWS).clamp(1, sms * 16);
+        let k = Kernel::PowerIterationWv;
+        // SAFETY: block (b, g) reads v_raw[g, 0..I) (written by the launch before, stream-ordered)
+        // and rows of w[g] below O; it writes v[g, c] for c < I and u_out[g, r] for r < O, which
+        // hold G·I and G·O floats. The row and column strides of the blocks partition both.
+        let r = unsafe {
+            dev.stream()
+                .launch_builder(dev.kernel(k))
+                .arg(&p)
+                .arg(w_buf)
+                .arg(&v_raw.slice)
+                .arg(&mut u_out.slice)
+                .arg(&mut v.slice)
+                .launch(config((row_blocks, groups)))
+        };
+        launched(k, r)?;
+        let k = Kernel::PowerIterationNormalizeU;
+        // SAFETY: block g normalises u_out[g·O..(g+1)·O) in place, inside u_out's G·O floats.
+        let r = unsafe { dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(&mut u_out.slice).launch(config((groups, 1))) };
+        launched(k, r)?;
+        // v_raw is freed in stream order, after the launches that read it.
+    }
+    Ok((output(u_out, &[groups, rows])?, output(v, &[groups, cols])?))
+}

@@ -1,0 +1,125 @@
+//! Launchers of `kernels/shape.cu`: narrow, pad and concat along one axis, the tensor seen as
+//! `[outer, dim, inner]` around it. One thread per element, grid-striding ([`grid_for`]); an empty
+//! output (or an empty part of a concat) launches nothing.
+use std::sync::Arc;
+
+use cudarc::driver::PushKernelArg;
+
+use super::device::CudaDevice;
+use super::elementwise::grid_for;
+use super::module::Kernel;
+use super::params::AxisCopyParams;
+use super::{buffer, launched, output};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// `(outer, dim, inner)` around `axis`.
+fn split(op: &'static str, shape: &[usize], axis: usize) -> Result<(usize, usize, usize)> {
+    if axis >= shape.len() {
+        return Err(Error::shape(op, format!("axis {axis} out of range for {shape:?}")));
+    }
+    Ok((shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product()))
+}
+
+fn with_dim(shape: &[usize], axis: usize, dim: usize) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    s[axis] = dim;
+    s
+}
+
+/// Elements `start..start + len` along `axis`.
+pub(crate) fn narrow(dev: &Arc<CudaDevice>, x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+    let (outer, dim, inner) = split("narrow", x.shape(), axis)?;
+    if start + len > dim {
+        return Err(Error::shape("narrow", format!("{start}..{} exceeds dim {axis} of {:?}", start + len, x.shape())));
+    }
+    let n = outer * len * inner;
+    let mut out = dev.alloc(n)?;
+    if n > 0 {
+        let p = AxisCopyParams {
+            n: n as i64,
+            inner: inner as i64,
+            src_dim: dim as i64,
+            dst_dim: len as i64,
+            src_start: start as i64,
+            dst_start: 0,
+            len: len as i64,
+        };
+        let k = Kernel::Narrow;
+        // SAFETY: out holds n = outer·len·inner floats; element (o, j, k) reads x at
+        // (o, start + j, k) with start + j < start + len ≤ dim (checked above), inside x.
+        let r = unsafe {
+            dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(&buffer(x).slice).arg(&mut out.slice).launch(grid_for(dev, n))
+        };
+        launched(k, r)?;
+    }
+    output(out, &with_dim(x.shape(), axis, len))
+}
+
+/// `before` and `after` zero slices around `x` along `axis`.
+pub(crate) fn pad(dev: &Arc<CudaDevice>, x: &Tensor, axis: usize, before: usize, after: usize) -> Result<Tensor> {
+    let (outer, dim, inner) = split("pad", x.shape(), axis)?;
+    let padded = before + dim + after;
+    let n = outer * padded * inner;
+    let mut out = dev.alloc(n)?;
+    if n > 0 {
+        let p = AxisCopyParams {
+            n: n as i64,
+            inner: inner as i64,
+            src_dim: dim as i64,
+            dst_dim: padded as i64,
+            src_start: 0,
+            dst_start: before as i64,
+            len: dim as i64,
+        };
+        let k = Kernel::Pad;
+        // SAFETY: out holds n = outer·padded·inner floats, each written once; x is read only at
+        // (o, j − before, k) with 0 ≤ j − before < dim, inside x (outer·dim·inner floats).
+        let r = unsafe {
+            dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(&buffer(x).slice).arg(&mut out.slice).launch(grid_for(dev, n))
+        };
+        launched(k, r)?;
+    }
+    output(out, &with_dim(x.shape(), axis, padded))
+}
+
+/// Concatenation along `axis`: one launch per non-empty part, each writing its own slices of the
+/// output, which together cover it.
+pub(crate) fn concat(dev: &Arc<CudaDevice>, xs: &[&Tensor], axis: usize) -> Result<Tensor> {
+    let first = xs.first().ok_or_else(|| Error::shape("concat", "nothing to concatenate"))?.shape();
+    let (outer, _, inner) = split("concat", first, axis)?;
+    for x in xs {
+        let s = x.shape();
+        if s.len() != first.len() || s.iter().zip(first).enumerate().any(|(i, (a, b))| i != axis && a != b) {
+            return Err(Error::shape("concat", format!("shapes {first:?} and {s:?} differ outside axis {axis}")));
+        }
+    }
+    let total: usize = xs.iter().map(|x| x.shape()[axis]).sum();
+    let mut out = dev.alloc(outer * total * inner)?;
+    let mut offset = 0;
+    for x in xs {
+        let len = x.shape()[axis];
+        let n = outer * len * inner;
+        if n > 0 {
+            let p = AxisCopyParams {
+                n: n as i64,
+                inner: inner as i64,
+                src_dim: len as i64,
+                dst_dim: total as i64,
+                src_start: 0,
+                dst_start: offset as i64,
+                len: len as i64,
+            };
+            let k = Kernel::ConcatPart;
+            // SAFETY: the part holds n = outer·len·inner floats, read once each; element (o, j, k)
+            // goes to out at (o, offset + j, k) with offset + j < offset + len ≤ total, inside out
+            // (outer·total·inner floats). Parts write disjoint slices; launches are stream-ordered.
+            let r = unsafe {
+                dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(&buffer(x).slice).arg(&mut out.slice).launch(grid_for(dev, n))
+            };
+            launched(k, r)?;
+        }
+        offset += len;
+    }
+    output(out, &with_dim(first, axis, total))
+}
