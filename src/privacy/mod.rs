@@ -1,15 +1,17 @@
 //! Privacy accounting: Rényi DP of the Poisson-subsampled Gaussian (the DP-SGD step of DP-CGAN),
-//! conversion to (ε, δ), calibration of the noise multiplier for a target ε, and GS-WGAN's two
-//! accountings.
+//! conversion to (ε, δ), calibration of the noise multiplier for a target ε, GS-WGAN's two
+//! accountings, and an [`Accountant`] that composes a run's steps and refuses to overspend.
 //!
 //! Exactness first: every number here must match the public reference libraries (TF-Privacy,
 //! Opacus) on the same inputs to 1e-6 relative, and never fall below the exact value.
+pub mod accountant;
 pub mod calibrate;
 pub mod conversion;
 pub mod gswgan;
 pub mod rdp;
 pub mod special;
 
+pub use accountant::{Accountant, Mechanism};
 pub use calibrate::calibrate_noise_multiplier;
 pub use conversion::{Conversion, Guarantee};
 pub use rdp::{rdp_subsampled_gaussian, Orders};
