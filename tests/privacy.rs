@@ -1,6 +1,9 @@
 //! Privacy accounting against SPEC.md's test vectors, published values of the reference libraries
 //! (each with its source), an independent numerical integration of the Rényi divergence, and the
 //! accountant's refusal and checkpoint behaviour.
+
+// Reference values are kept with the digits their source printed.
+#![allow(clippy::excessive_precision)]
 use dpgan::privacy::conversion::{self, Conversion};
 use dpgan::privacy::gswgan::{self, GsWganRun};
 use dpgan::privacy::rdp::{rdp_curve, rdp_subsampled_gaussian};
