@@ -165,6 +165,7 @@ fn privacy_epsilon_prints_the_dp_cgan_epsilon() {
     assert_eq!(v["conversion"], "improved");
     let text = stdout_of(&args);
     assert!(text.starts_with(&format!("epsilon {} at delta", expected.epsilon)) && text.contains("best order 3.6"), "{text}");
+    assert!(!text.contains("note:"), "3.6 is inside the list:\n{text}");
 }
 
 #[test]
@@ -192,6 +193,8 @@ fn privacy_gs_wgan_reports_both_accountings() {
     assert_eq!(v["delta"].as_f64(), Some(1e-5));
     let text = stdout_of(&args);
     assert!(text.contains("as-published: epsilon 9.99262") && text.contains("per-step:"), "{text}");
+    // The per-step optimum sits at the smallest standard order, and the output says so.
+    assert!(text.contains("note: the best order 1.1 is at the end of the order list"), "{text}");
 }
 
 #[test]

@@ -357,3 +357,11 @@ fn accountant_json_round_trip_is_identical() {
     assert_ne!(tampered, json, "the JSON spells δ as expected:\n{json}");
     assert!(Accountant::from_json(&tampered).is_err());
 }
+
+#[test]
+fn accountant_reports_either_conversion() {
+    let mut acc = Accountant::new(Orders::Standard, Conversion::Improved, 1e-5, None).unwrap();
+    acc.try_step(DPCGAN_STEP, DPCGAN_STEPS).unwrap();
+    assert_eq!(acc.spent().unwrap(), dpcgan(DPCGAN_STEPS, Orders::Standard, Conversion::Improved));
+    assert_eq!(acc.spent_with(Conversion::Classic).unwrap(), dpcgan(DPCGAN_STEPS, Orders::Standard, Conversion::Classic));
+}

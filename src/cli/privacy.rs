@@ -193,6 +193,17 @@ struct EpsilonReport {
     orders: Orders,
 }
 
+/// A line for the text output when the best order is the first or last of the list: ε is then
+/// still a valid bound, but a longer list could give a smaller one (Opacus warns the same way).
+fn edge_note(g: &Guarantee, acc: &Accounting) -> String {
+    let orders = acc.orders().values();
+    if orders.first() == Some(&g.order) || orders.last() == Some(&g.order) {
+        format!("note: the best order {} is at the end of the order list; more orders could give a smaller epsilon\n", g.order)
+    } else {
+        String::new()
+    }
+}
+
 fn epsilon(a: &EpsilonArgs) -> Result<()> {
     check_sample_rate(a.sample_rate)?;
     check_positive("noise-multiplier", a.noise_multiplier)?;
@@ -200,7 +211,7 @@ fn epsilon(a: &EpsilonArgs) -> Result<()> {
     check_delta(a.delta)?;
     let acc = &a.accounting;
     let g = dp_sgd_epsilon(a.sample_rate, a.noise_multiplier, a.steps, a.delta, &acc.orders().values(), acc.conversion())?;
-    let text = format!("epsilon {} at delta {} (best order {}; {})\n", g.epsilon, g.delta, g.order, acc.describe());
+    let text = format!("epsilon {} at delta {} (best order {}; {})\n{}", g.epsilon, g.delta, g.order, acc.describe(), edge_note(&g, acc));
     let report = EpsilonReport {
         epsilon: g.epsilon,
         order: g.order,
@@ -273,7 +284,7 @@ fn gs_wgan(a: &GsWganArgs) -> Result<()> {
     let per_step = gswgan::per_step(&run, a.iterations, a.delta, &acc.orders().values(), acc.conversion())?;
     let text = format!(
         "as-published: epsilon {} at delta {} (order {}; {} x {} compositions of the Gaussian subsampled without replacement at 1/{}, classic conversion)\n\
-         per-step:     epsilon {} at delta {} (order {}; {} steps, q = 1/{}, noise multiplier {}; {})\n",
+         per-step:     epsilon {} at delta {} (order {}; {} steps, q = 1/{}, noise multiplier {}; {})\n{}",
         published.epsilon,
         published.delta,
         published.order,
@@ -286,7 +297,8 @@ fn gs_wgan(a: &GsWganArgs) -> Result<()> {
         a.iterations,
         a.discriminators,
         run.per_step_noise_multiplier(),
-        acc.describe()
+        acc.describe(),
+        edge_note(&per_step, acc)
     );
     let report = GsWganReport {
         epsilon: published.epsilon,

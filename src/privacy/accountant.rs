@@ -108,7 +108,13 @@ impl Accountant {
 
     /// The (ε, δ) spent so far. No steps: ε = 0 (nothing was released), order NaN.
     pub fn spent(&self) -> Result<Guarantee> {
-        Self::guarantee_of(&self.history, &self.order_values, self.delta, self.conversion)
+        self.spent_with(self.conversion)
+    }
+
+    /// The (ε, δ) spent so far under the other conversion, for reports; the budget is always
+    /// checked with the run's own.
+    pub fn spent_with(&self, conversion: Conversion) -> Result<Guarantee> {
+        Self::guarantee_of(&self.history, &self.order_values, self.delta, conversion)
     }
 
     /// What ε would be after `count` more steps of `mechanism`; an error if that passes the budget.

@@ -4,8 +4,10 @@
 //! Math. Comp. 23 (1969), as in his SPECFUN routine CALERF: three rational approximations on
 //! |x| ≤ 0.46875, 0.46875 < |x| ≤ 4 and |x| > 4 (the last one an expansion in 1/x², so it is the
 //! asymptotic regime done to full precision). The coefficients carry about 18 significant digits, so
-//! in f64 the result is limited by rounding: a relative error of a few units in the last place
-//! (tested against mpmath to 1e-14 relative). `log_erfc` uses the scaled form erfcx(x) = e^{x²}
+//! in f64 the result is limited by rounding: measured against mpmath at 2,300 random points in
+//! [−6, 1e8], the worst relative error of erfc was 6.0e-16 (about 3 ulp) wherever erfc does not
+//! underflow, and that of ln erfc 2.4e-14, at x ≈ 1e-3 where ln erfc is near its zero (an absolute
+//! error of 3e-17). The unit tests hold both to 1e-14 at fixed points across every range. `log_erfc` uses the scaled form erfcx(x) = e^{x²}
 //! erfc(x) that the same approximations produce before the final factor, so it never underflows:
 //! ln erfc(x) = −x² + ln erfcx(x) holds to the same accuracy out to x = 1e150 and beyond.
 
