@@ -86,14 +86,20 @@ fn log_a(q: f64, sigma: f64, alpha: f64) -> Result<f64> {
     }
 }
 
-/// §3.2: every term of the binomial expansion is positive, so a log-sum is exact to rounding.
+/// §3.2, rearranged so that nothing cancels: Σᵢ C(α,i)qⁱ(1−q)^{α−i} = 1 and the i = 0, 1 terms have
+/// exponent 0, so A_α − 1 = Σ_{i≥2} C(α,i)qⁱ(1−q)^{α−i}·expm1((i²−i)/(2σ²)), all terms positive.
+/// ln A_α = ln1p(A_α − 1) is then exact to rounding even where A_α − 1 is far below 1e-16 (tiny q,
+/// large σ), where summing A_α itself would leave only rounding noise.
 fn log_a_integer(q: f64, sigma: f64, alpha: f64) -> f64 {
     let two_var = 2.0 * sigma * sigma;
     let (ln_q, ln_1mq) = (q.ln(), (-q).ln_1p());
-    LogBinomials::new(alpha).take(alpha as usize + 1).fold(f64::NEG_INFINITY, |acc, (i, log_coef, _)| {
+    // ln(eˣ − 1), without overflow for large x.
+    let ln_expm1 = |x: f64| if x > 30.0 { x + (-(-x).exp()).ln_1p() } else { x.exp_m1().ln() };
+    let log_a_minus_1 = LogBinomials::new(alpha).take(alpha as usize + 1).skip(2).fold(f64::NEG_INFINITY, |acc, (i, log_coef, _)| {
         let i = i as f64;
-        log_add(acc, log_coef + i * ln_q + (alpha - i) * ln_1mq + (i * i - i) / two_var)
-    })
+        log_add(acc, log_coef + i * ln_q + (alpha - i) * ln_1mq + ln_expm1((i * i - i) / two_var))
+    });
+    log_add(0.0, log_a_minus_1)
 }
 
 /// Terms below e^{−45} ≈ 3e-20 of A_α ≥ 1 cannot change its f64 value: once past i = α, where the
@@ -106,6 +112,12 @@ const MAX_TERMS: u64 = 10_000_000;
 /// §3.3: A_α = Σᵢ C(α,i)·[qⁱ(1−q)^{α−i} e^{(i²−i)/2σ²} ½erfc((i−z₀)/√2σ)
 ///                        + q^{α−i}(1−q)ⁱ e^{((α−i)²−(α−i))/2σ²} ½erfc((z₀−(α−i))/√2σ)],
 /// each of the two series kept as a signed log-sum.
+///
+/// Accuracy: ln A_α comes out with an absolute error of about 1e-16 (A_α ≈ 1 is summed in f64), so
+/// the relative error of the RDP is about 1e-16/ln A_α: below 1e-8 for ln A_α > 1e-8 (every
+/// DP-SGD setting in SPEC.md and the tests), but only noise once ln A_α < 1e-15 (e.g. q = 1e-6 with
+/// σ = 100), where the RDP itself is below 1e-15. A negative result there is rounding, and is
+/// reported as 0, which is never below the true value by more than that same 1e-16.
 fn log_a_fractional(q: f64, sigma: f64, alpha: f64) -> Result<f64> {
     let two_var = 2.0 * sigma * sigma;
     let sqrt2_sigma = std::f64::consts::SQRT_2 * sigma;
@@ -128,7 +140,7 @@ fn log_a_fractional(q: f64, sigma: f64, alpha: f64) -> Result<f64> {
         }
         let log_total = log_add(log_a0, log_a1);
         if fi > alpha && log_s0.max(log_s1) < log_total + LOG_NEGLIGIBLE {
-            return Ok(log_total);
+            return Ok(log_total.max(0.0));
         }
         if i >= MAX_TERMS {
             break;
@@ -158,6 +170,17 @@ mod tests {
         assert!(rdp_subsampled_gaussian(1.5, 1.0, 2.0).is_err());
         assert!(rdp_subsampled_gaussian(0.1, 0.0, 2.0).is_err());
         assert!(rdp_subsampled_gaussian(0.1, 1.0, 1.0).is_err());
+    }
+
+    /// At α = 2 the expansion has one term beyond the first two: A₂ − 1 = q²·expm1(1/σ²), exactly.
+    /// With q = 1e-6 and σ = 100 that is 1e-16: summing A₂ itself would return rounding noise.
+    #[test]
+    fn integer_orders_stay_exact_far_below_f64_resolution_of_a() {
+        for (q, sigma) in [(1e-6f64, 100.0f64), (1e-3, 1.0), (0.3, 0.5)] {
+            let want = (q * q * (1.0 / (sigma * sigma)).exp_m1()).ln_1p();
+            let got = rdp_subsampled_gaussian(q, sigma, 2.0).unwrap();
+            assert!(((got - want) / want).abs() < 1e-14, "q {q} σ {sigma}: {got:e} vs {want:e}");
+        }
     }
 
     /// At an integer order both expansions compute the same A_α (the fractional one with its
