@@ -23,6 +23,8 @@ pub enum Error {
     Invalid(String),
     /// Autograd misuse: differentiating through something that cannot be, a missing gradient.
     Autograd(String),
+    /// A privacy-spending step refused because it would take ε past the run's budget.
+    PrivacyBudget(String),
 }
 
 impl Error {
@@ -50,6 +52,7 @@ impl fmt::Display for Error {
             Error::File { path, msg } => write!(f, "{}: {msg}", path.display()),
             Error::Invalid(msg) => write!(f, "invalid argument: {msg}"),
             Error::Autograd(msg) => write!(f, "autograd: {msg}"),
+            Error::PrivacyBudget(msg) => write!(f, "privacy budget exceeded: {msg}"),
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod data;
 pub mod dp;
 pub mod error;
+pub mod privacy;
 pub mod tensor;
 
 pub use error::{Error, Result};

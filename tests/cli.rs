@@ -144,3 +144,85 @@ fn bad_arguments_fail_with_an_error_line() {
     let version = stdout_of(&["--version"]);
     assert_eq!(version.trim(), format!("dpgan {}", env!("CARGO_PKG_VERSION")));
 }
+
+// ---- dpgan privacy ------------------------------------------------------------------------------
+
+/// What the binary prints is what the library computes, and reproduces SPEC.md's DP-CGAN ε.
+#[test]
+fn privacy_epsilon_prints_the_dp_cgan_epsilon() {
+    use dpgan::privacy::{dp_sgd_epsilon, Conversion, Orders};
+    let args = ["privacy", "epsilon", "--sample-rate", "0.01", "--noise-multiplier", "1.15", "--steps", "24900", "--delta", "1e-5"];
+    let published = [&args[..], &["--conversion", "classic", "--orders", "tf-privacy-0.2", "--json"]].concat();
+    let v = json_of(&published);
+    let expected = dp_sgd_epsilon(0.01, 1.15, 24_900, 1e-5, &Orders::TfPrivacy02.values(), Conversion::Classic).unwrap();
+    assert_eq!(v["epsilon"].as_f64(), Some(expected.epsilon));
+    assert!((expected.epsilon - 9.643695567594731).abs() < 1e-12 * 9.64, "SPEC's vector: {}", expected.epsilon);
+    assert_eq!(v["order"].as_f64(), Some(4.0));
+    assert_eq!(v["delta"].as_f64(), Some(1e-5));
+    assert_eq!(v["orders"], "tf-privacy-0.2");
+
+    let expected = dp_sgd_epsilon(0.01, 1.15, 24_900, 1e-5, &Orders::Standard.values(), Conversion::Improved).unwrap();
+    let v = json_of(&[&args[..], &["--json"]].concat());
+    assert_eq!(v["epsilon"].as_f64(), Some(expected.epsilon));
+    assert_eq!(v["conversion"], "improved");
+    let text = stdout_of(&args);
+    assert!(text.starts_with(&format!("epsilon {} at delta", expected.epsilon)) && text.contains("best order 3.6"), "{text}");
+    assert!(!text.contains("note:"), "3.6 is inside the list:\n{text}");
+}
+
+#[test]
+fn privacy_calibrate_meets_the_target() {
+    let args: Vec<&str> =
+        "privacy calibrate --sample-rate 0.01 --steps 24900 --delta 1e-5 --target-epsilon 9.6 --json".split(' ').collect();
+    let v = json_of(&args);
+    let sigma = v["noise_multiplier"].as_f64().expect("noise_multiplier");
+    let eps = v["epsilon"].as_f64().expect("epsilon");
+    assert!(eps <= 9.6 && eps > 9.6 * (1.0 - 1e-4), "{v}");
+    assert!(sigma > 1.0 && sigma < 1.15, "improved conversion needs less noise than DP-CGAN's 1.15 for 9.6: {v}");
+    assert_eq!(v["delta"].as_f64(), Some(1e-5));
+    assert!(v["order"].is_f64());
+}
+
+#[test]
+fn privacy_gs_wgan_reports_both_accountings() {
+    let line = "privacy gs-wgan --noise-multiplier 1.07 --discriminators 1000 --batch-size 32 --iterations 20000 --delta 1e-5";
+    let args: Vec<&str> = line.split(' ').collect();
+    let v = json_of(&[&args[..], &["--json"]].concat());
+    let published = v["as_published"]["epsilon"].as_f64().unwrap();
+    assert!(((published - 9.992624) / 9.992624).abs() < 1e-6, "{v}");
+    assert_eq!(v["epsilon"].as_f64(), Some(published));
+    assert!(v["per_step"]["epsilon"].as_f64().unwrap() > 100.0, "{v}");
+    assert_eq!(v["delta"].as_f64(), Some(1e-5));
+    let text = stdout_of(&args);
+    assert!(text.contains("as-published: epsilon 9.99262") && text.contains("per-step:"), "{text}");
+    // The per-step optimum sits at the smallest standard order, and the output says so.
+    assert!(text.contains("note: the best order 1.1 is at the end of the order list"), "{text}");
+}
+
+#[test]
+fn privacy_rejects_impossible_inputs_naming_the_argument() {
+    let eps = |extra: [&str; 2], q: &str| {
+        let mut a = vec!["privacy", "epsilon", "--sample-rate", q, "--noise-multiplier", "1", "--steps", "10", "--delta", "1e-5"];
+        if let Some(i) = a.iter().position(|x| *x == extra[0]) {
+            a[i + 1] = extra[1];
+        }
+        dpgan(&a)
+    };
+    let cases: [(Output, &str); 6] = [
+        (eps(["--sample-rate", "1.5"], "1.5"), "--sample-rate"),
+        (eps(["--sample-rate", "0"], "0"), "--sample-rate"),
+        (eps(["--noise-multiplier", "0"], "0.01"), "--noise-multiplier"),
+        (eps(["--delta", "1"], "0.01"), "--delta"),
+        (eps(["--steps", "0"], "0.01"), "--steps"),
+        (
+            dpgan(&["privacy", "calibrate", "--sample-rate", "0.01", "--steps", "1000", "--delta", "1e-5", "--target-epsilon", "0.05"]),
+            "--target-epsilon",
+        ),
+    ];
+    for (out, flag) in cases {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag}: succeeded");
+        assert!(stderr.starts_with("error:") && stderr.contains(flag), "{flag}: {stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use dpgan::{Error, Result};
 
 mod info;
+mod privacy;
 
 #[derive(Parser, Debug)]
 #[command(name = "dpgan", version, about = "Differentially private GANs (DP-CGAN, GS-WGAN) on hand-written CUDA kernels")]
@@ -19,12 +20,15 @@ pub struct Cli {
 enum Command {
     /// The build (version, compiled kernels) and the CUDA devices this machine has.
     Info(info::InfoArgs),
+    /// Privacy accounting: ε of a DP-SGD run, σ for a target ε, GS-WGAN's two accountings.
+    Privacy(privacy::PrivacyArgs),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info(args) => info::run(&args),
+        Command::Privacy(args) => privacy::run(&args),
     }
 }
 
