@@ -5,6 +5,7 @@ pub mod backend;
 pub mod data;
 pub mod dp;
 pub mod error;
+pub mod optim;
 pub mod privacy;
 pub mod tensor;
 

@@ -244,3 +244,37 @@ fn cuda_updates_copy_shared_storage_first() {
         assert_ne!(param.to_vec().unwrap(), before);
     });
 }
+
+/// The optimizer objects keep per-parameter state and apply the backend's update rule.
+#[test]
+fn optimizer_objects_match_the_raw_updates() {
+    use dpgan::optim::{Adam, Optimizer, Sgd};
+    let mut rng = common::rng("optimizer_objects_match_the_raw_updates");
+    let shapes: [&[usize]; 2] = [&[2, 3, 4], &[2, 5]];
+    let params: Vec<Tensor> = shapes.iter().map(|s| common::randn(&mut rng, s)).collect();
+    let grads: Vec<Vec<Tensor>> = (0..3).map(|_| shapes.iter().map(|s| common::randn(&mut rng, s)).collect()).collect();
+    let adam_hp = AdamParams { lr: 1e-3, beta1: 0.5, beta2: 0.9, eps: 1e-8, weight_decay: 0.0 };
+    let sgd_hp = SgdParams { lr: 0.1, momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false };
+
+    let (mut with_adam, mut with_sgd) = (params.clone(), params.clone());
+    let (mut adam, mut sgd) = (Adam::new(adam_hp), Sgd::new(sgd_hp));
+    for g in &grads {
+        adam.step(&mut with_adam.iter_mut().collect::<Vec<_>>(), g).unwrap();
+        sgd.step(&mut with_sgd.iter_mut().collect::<Vec<_>>(), g).unwrap();
+    }
+    for (k, p) in params.iter().enumerate() {
+        let (mut pa, mut ps) = (p.clone(), p.clone());
+        let mut m = p.full_like(p.shape(), 0.0).unwrap();
+        let mut v = m.clone();
+        let mut buf = m.clone();
+        for (t, g) in grads.iter().enumerate() {
+            dpgan::backend::ops::adam_step(&mut pa, &g[k], &mut m, &mut v, t as u64 + 1, &adam_hp).unwrap();
+            dpgan::backend::ops::sgd_step(&mut ps, &g[k], Some(&mut buf), &sgd_hp).unwrap();
+        }
+        assert_eq!(with_adam[k].to_vec().unwrap(), pa.to_vec().unwrap(), "adam, parameter {k}");
+        assert_eq!(with_sgd[k].to_vec().unwrap(), ps.to_vec().unwrap(), "sgd, parameter {k}");
+    }
+    assert_eq!(adam.steps(), 3);
+    let mut one = [params[0].clone()];
+    assert!(adam.step(&mut one.iter_mut().collect::<Vec<_>>(), &grads[0][..1]).is_err(), "state for 2 parameters, given 1");
+}

@@ -1,0 +1,82 @@
+//! Optimizers over a model's parameter list: state kept beside the parameters, updates by the
+//! backend's in-place kernels.
+use crate::backend::{ops, AdamParams, SgdParams};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+pub trait Optimizer {
+    /// Updates `params[i]` from `grads[i]` in place.
+    fn step(&mut self, params: &mut [&mut Tensor], grads: &[Tensor]) -> Result<()>;
+}
+
+fn check_lists(params: &[&mut Tensor], grads: &[Tensor], state: usize) -> Result<()> {
+    if params.len() != grads.len() {
+        return Err(Error::Invalid(format!("optimizer: {} parameters but {} gradients", params.len(), grads.len())));
+    }
+    if state != 0 && state != params.len() {
+        return Err(Error::Invalid(format!("optimizer: state for {state} parameters, given {}", params.len())));
+    }
+    Ok(())
+}
+
+/// SGD with optional momentum and weight decay (see [`SgdParams`]).
+pub struct Sgd {
+    pub hp: SgdParams,
+    momentum: Vec<Tensor>,
+}
+
+impl Sgd {
+    pub fn new(hp: SgdParams) -> Self {
+        Sgd { hp, momentum: Vec::new() }
+    }
+    /// SGD with a learning rate and nothing else.
+    pub fn plain(lr: f32) -> Self {
+        Self::new(SgdParams { lr, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false })
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, params: &mut [&mut Tensor], grads: &[Tensor]) -> Result<()> {
+        check_lists(params, grads, self.momentum.len())?;
+        if self.hp.momentum != 0.0 && self.momentum.is_empty() {
+            self.momentum = params.iter().map(|p| p.full_like(p.shape(), 0.0)).collect::<Result<_>>()?;
+        }
+        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            ops::sgd_step(p, g, self.momentum.get_mut(i), &self.hp)?;
+        }
+        Ok(())
+    }
+}
+
+/// Adam with bias correction (see [`AdamParams`]); the step count is shared by all parameters.
+pub struct Adam {
+    pub hp: AdamParams,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    t: u64,
+}
+
+impl Adam {
+    pub fn new(hp: AdamParams) -> Self {
+        Adam { hp, m: Vec::new(), v: Vec::new(), t: 0 }
+    }
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.t
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, params: &mut [&mut Tensor], grads: &[Tensor]) -> Result<()> {
+        check_lists(params, grads, self.m.len())?;
+        if self.m.is_empty() {
+            self.m = params.iter().map(|p| p.full_like(p.shape(), 0.0)).collect::<Result<_>>()?;
+            self.v = params.iter().map(|p| p.full_like(p.shape(), 0.0)).collect::<Result<_>>()?;
+        }
+        self.t += 1;
+        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            ops::adam_step(p, g, &mut self.m[i], &mut self.v[i], self.t, &self.hp)?;
+        }
+        Ok(())
+    }
+}
