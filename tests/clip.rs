@@ -408,3 +408,66 @@ fn spectral_norm_layers_match_brute_force() {
         assert_close_f64(&format!("spectral: clipped sum of parameter {k}"), a, e, TOL);
     }
 }
+
+/// The same clipping on the GPU equals the CPU's (f32 on both), for linear and conv layers.
+#[test]
+fn cuda_clipping_matches_cpu() {
+    common::on_cuda("cuda_clipping_matches_cpu", |dev| {
+        let mut rng = common::rng("cuda_clipping_matches_cpu");
+        let cpu_layers = [
+            LayerGrad::Linear {
+                input: common::randn(&mut rng, &[2, 37, 794]),
+                output_grad: common::randn(&mut rng, &[2, 37, 128]),
+                bias: true,
+            },
+            LayerGrad::Conv2d {
+                input: common::randn(&mut rng, &[2, 5, 3, 14, 14]),
+                output_grad: common::randn(&mut rng, &[2, 5, 4, 7, 7]),
+                kernel: (5, 5),
+                stride: 2,
+                padding: 2,
+                bias: true,
+            },
+        ];
+        for cpu in &cpu_layers {
+            let gpu = match cpu {
+                LayerGrad::Linear { input, output_grad, bias } => LayerGrad::Linear {
+                    input: input.to_device(dev).unwrap(),
+                    output_grad: output_grad.to_device(dev).unwrap(),
+                    bias: *bias,
+                },
+                LayerGrad::Conv2d { input, output_grad, kernel, stride, padding, bias } => LayerGrad::Conv2d {
+                    input: input.to_device(dev).unwrap(),
+                    output_grad: output_grad.to_device(dev).unwrap(),
+                    kernel: *kernel,
+                    stride: *stride,
+                    padding: *padding,
+                    bias: *bias,
+                },
+                LayerGrad::ConvTranspose2d { .. } => unreachable!("not in this list"),
+            };
+            let (sq_cpu, sq_gpu) = (cpu.per_example_sq_norms().unwrap(), gpu.per_example_sq_norms().unwrap());
+            common::assert_close("per-example squared norms", &sq_gpu.to_vec().unwrap(), &sq_cpu.to_vec().unwrap(), common::tol::F32_LONG);
+            let median = {
+                let mut v = sq_cpu.to_vec().unwrap();
+                v.sort_by(f32::total_cmp);
+                v[v.len() / 2].sqrt()
+            };
+            let (f_cpu, f_gpu) = (clip_factors(&sq_cpu, median).unwrap(), clip_factors(&sq_gpu, median).unwrap());
+            common::assert_close("clip factors", &f_gpu.to_vec().unwrap(), &f_cpu.to_vec().unwrap(), common::tol::F32_LONG);
+            let (c_cpu, c_gpu) = (cpu.clipped_sum(&f_cpu).unwrap(), gpu.clipped_sum(&f_cpu.to_device(dev).unwrap()).unwrap());
+            common::assert_close(
+                "clipped weight sum",
+                &c_gpu.weight.to_vec().unwrap(),
+                &c_cpu.weight.to_vec().unwrap(),
+                common::tol::F32_LONG,
+            );
+            common::assert_close(
+                "clipped bias sum",
+                &c_gpu.bias.unwrap().to_vec().unwrap(),
+                &c_cpu.bias.unwrap().to_vec().unwrap(),
+                common::tol::F32_LONG,
+            );
+        }
+    });
+}
