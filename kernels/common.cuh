@@ -160,9 +160,57 @@ struct AdamUpdateParams {
   float bias2_sqrt;
 };
 
+// ---- gemm.cu ----
+
+// C[g] = op(A[g]) · op(B[g]), row-major, A [G, M, K] (or [G, K, M] when trans_a), B [G, K, N] (or
+// [G, N, K] when trans_b). With splits > 1, K is cut into slices of split_len (a multiple of the
+// tile's K step) and slice s writes its partial product to c[s][g] (c then holds splits · G · M · N
+// floats); the host adds the slices in a second, deterministic pass.
+struct GemmParams {
+  int32_t groups;
+  int32_t m;
+  int32_t n;
+  int32_t k;
+  int32_t trans_a;
+  int32_t trans_b;
+  int32_t splits;
+  int32_t split_len;
+};
+
+// ---- conv.cu ----
+
+// A grouped conv's geometry (ConvGeometry on the Rust side) with the divisors its kernels decode
+// flat indices by. x [G, B, C, H, W], w [G, O, C, KH, KW], y [G, B, O, HO, WO]. splits/split_len cut
+// the weight gradient's K = B·HO·WO as in GemmParams (1 and K for the other kernels).
+struct ConvParams {
+  int32_t groups;
+  int32_t batch;
+  int32_t in_channels;
+  int32_t in_h;
+  int32_t in_w;
+  int32_t out_channels;
+  int32_t kernel_h;
+  int32_t kernel_w;
+  int32_t stride;
+  int32_t padding;
+  int32_t out_h;
+  int32_t out_w;
+  int32_t splits;
+  int32_t split_len;
+  FastDivmod kernel_area;  // KH·KW
+  FastDivmod kernel_wd;    // KW
+  FastDivmod in_area;      // H·W
+  FastDivmod in_wd;        // W
+  FastDivmod out_area;     // HO·WO
+  FastDivmod out_wd;       // WO
+  FastDivmod stride_d;     // stride
+};
+
 // The Rust mirrors assert the same sizes (src/backend/cuda/params.rs).
 static_assert(sizeof(FastDivmod) == 16, "FastDivmod layout");
 static_assert(sizeof(SumToParams) == 216, "SumToParams layout");
 static_assert(sizeof(LogSoftmaxParams) == 16, "LogSoftmaxParams layout");
 static_assert(sizeof(SgdUpdateParams) == 32, "SgdUpdateParams layout");
 static_assert(sizeof(AdamUpdateParams) == 32, "AdamUpdateParams layout");
+static_assert(sizeof(GemmParams) == 32, "GemmParams layout");
+static_assert(sizeof(ConvParams) == 168, "ConvParams layout");

@@ -2,8 +2,10 @@
 //!
 //! Every launcher checks its preconditions, launches on the device's stream and checks the launch.
 //! Ops without a kernel yet answer `Error::Unsupported`, naming the op and the device.
+mod conv;
 mod device;
 mod elementwise;
+mod gemm;
 pub mod module;
 mod optim;
 mod params;
@@ -55,20 +57,20 @@ impl Backend for CudaDevice {
         reduce::sum_to(buffer(x).device(), x, shape)
     }
 
-    fn matmul(&self, _a: &Tensor, _b: &Tensor, _geom: &MatmulGeometry) -> Result<Tensor> {
-        Err(self.unsupported("matmul"))
+    fn matmul(&self, a: &Tensor, b: &Tensor, geom: &MatmulGeometry) -> Result<Tensor> {
+        gemm::matmul(buffer(a).device(), a, b, geom)
     }
 
-    fn conv2d(&self, _x: &Tensor, _w: &Tensor, _geom: &ConvGeometry) -> Result<Tensor> {
-        Err(self.unsupported("conv2d"))
+    fn conv2d(&self, x: &Tensor, w: &Tensor, geom: &ConvGeometry) -> Result<Tensor> {
+        conv::conv2d(buffer(x).device(), x, w, geom)
     }
 
-    fn conv2d_input_grad(&self, _dy: &Tensor, _w: &Tensor, _geom: &ConvGeometry) -> Result<Tensor> {
-        Err(self.unsupported("conv2d_input_grad"))
+    fn conv2d_input_grad(&self, dy: &Tensor, w: &Tensor, geom: &ConvGeometry) -> Result<Tensor> {
+        conv::conv2d_input_grad(buffer(w).device(), dy, w, geom)
     }
 
-    fn conv2d_weight_grad(&self, _x: &Tensor, _dy: &Tensor, _geom: &ConvGeometry) -> Result<Tensor> {
-        Err(self.unsupported("conv2d_weight_grad"))
+    fn conv2d_weight_grad(&self, x: &Tensor, dy: &Tensor, geom: &ConvGeometry) -> Result<Tensor> {
+        conv::conv2d_weight_grad(buffer(x).device(), x, dy, geom)
     }
 
     fn max_pool2x2_gather(&self, _x: &Tensor, _v: &Tensor) -> Result<Tensor> {

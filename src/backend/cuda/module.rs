@@ -36,6 +36,10 @@ kernel_table! {
     SgdUpdate => "optim_sgd_update_f32",
     SgdMomentumUpdate => "optim_sgd_momentum_update_f32",
     AdamUpdate => "optim_adam_update_f32",
+    GemmGrouped => "gemm_grouped_fwd_f32",
+    Conv2d => "conv_conv2d_fwd_f32",
+    Conv2dInputGrad => "conv_conv2d_input_grad_bwd_f32",
+    Conv2dWeightGrad => "conv_conv2d_weight_grad_bwd_f32",
 }
 
 impl Kernel {

@@ -42,6 +42,10 @@ unsafe impl DeviceRepr for LogSoftmaxParams {}
 unsafe impl DeviceRepr for SgdUpdateParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for AdamUpdateParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for GemmParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for ConvParams {}
 
 impl UnaryParams {
     pub fn new(op: UnaryOp, n: usize) -> Self {
@@ -156,7 +160,53 @@ pub struct AdamUpdateParams {
     pub bias2_sqrt: f32,
 }
 
+/// `gemm_grouped_fwd_f32`'s operands; see `GemmParams` in common.cuh. With `splits > 1` the kernel
+/// writes `splits` partial products of K slices of `split_len`, added up by a second pass.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmParams {
+    pub groups: i32,
+    pub m: i32,
+    pub n: i32,
+    pub k: i32,
+    pub trans_a: i32,
+    pub trans_b: i32,
+    pub splits: i32,
+    pub split_len: i32,
+}
+
+/// A conv geometry for `kernels/conv.cu`, with the divisors its kernels decode flat indices by;
+/// see `ConvParams` in common.cuh. `splits`/`split_len` cut the weight gradient's K = B·HO·WO.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvParams {
+    pub groups: i32,
+    pub batch: i32,
+    pub in_channels: i32,
+    pub in_h: i32,
+    pub in_w: i32,
+    pub out_channels: i32,
+    pub kernel_h: i32,
+    pub kernel_w: i32,
+    pub stride: i32,
+    pub padding: i32,
+    pub out_h: i32,
+    pub out_w: i32,
+    pub splits: i32,
+    pub split_len: i32,
+    pub kernel_area: FastDivmod,
+    pub kernel_wd: FastDivmod,
+    pub in_area: FastDivmod,
+    pub in_wd: FastDivmod,
+    pub out_area: FastDivmod,
+    pub out_wd: FastDivmod,
+    pub stride_d: FastDivmod,
+}
+
 // The same sizes are asserted on the C side (common.cuh).
+const _: () = assert!(std::mem::size_of::<GemmParams>() == 32);
+const _: () = assert!(std::mem::size_of::<ConvParams>() == 14 * 4 + 7 * 16);
+const _: () = assert!(std::mem::size_of::<ConvParams>() == 168);
 const _: () = assert!(std::mem::size_of::<FastDivmod>() == 16);
 const _: () = assert!(std::mem::size_of::<SumToParams>() == 24 + 2 * 16 * SUM_TO_MAX_RUNS + 2 * 8 * SUM_TO_MAX_RUNS);
 const _: () = assert!(std::mem::size_of::<SumToParams>() == 216);
