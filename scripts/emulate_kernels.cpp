@@ -1,0 +1,214 @@
+// Host emulation of the tiled kernels (scripts/emulate-kernels.sh builds and runs it): each block runs
+// as 256 std::threads with a std::barrier for __syncthreads, so the real kernel source (index math,
+// tails, shared-memory staging, K splits, grid-striding in z) runs on a CPU against f64 loops.
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <thread>
+#include <vector>
+
+struct uint3_ { unsigned x = 0, y = 0, z = 0; };
+thread_local uint3_ threadIdx, blockIdx;
+uint3_ gridDim, blockDim;
+static std::barrier<>* g_barrier = nullptr;
+inline void __syncthreads() { g_barrier->arrive_and_wait(); }
+struct float4 { float x, y, z, w; };
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
+inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
+
+#include "gemm.cu"
+#include "conv.cu"
+
+template <class F>
+void launch(uint3_ grid, F kernel) {
+  gridDim = grid;
+  blockDim = {256, 1, 1};
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        std::barrier<> bar(256);
+        g_barrier = &bar;
+        std::vector<std::thread> ts;
+        for (unsigned t = 0; t < 256; ++t)
+          ts.emplace_back([&, t] {
+            threadIdx = {t, 0, 0};
+            blockIdx = {x, y, z};
+            kernel();
+          });
+        for (auto& t : ts) t.join();
+      }
+}
+
+FastDivmod fdm(uint32_t d) {
+  if (d == 0) d = 1;
+  uint32_t shift = 0;
+  while ((1ull << shift) < d) ++shift;
+  uint64_t magic = ((1ull << 32) * ((1ull << shift) - d)) / d + 1;
+  return {d, (uint32_t)magic, shift, 0};
+}
+
+static std::mt19937 rng(12345);
+std::vector<float> randv(size_t n) {
+  std::normal_distribution<float> nd;
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+static int failures = 0;
+void compare(const char* what, const std::vector<float>& got, const std::vector<double>& want) {
+  double err = 0, ref = 0;
+  size_t worst = 0;
+  double wd = -1;
+  for (size_t i = 0; i < want.size(); ++i) {
+    double d = std::fabs((double)got[i] - want[i]);
+    if (std::isnan(got[i])) d = INFINITY;
+    err += d * d;
+    ref += want[i] * want[i];
+    if (d > wd) wd = d, worst = i;
+  }
+  double rel = std::sqrt(err) / std::max(std::sqrt(ref), 1e-30);
+  bool ok = rel < 1e-5 || err == 0;
+  if (!ok) {
+    ++failures;
+    printf("FAIL %s: rel %.3e worst %zu got %g want %g\n", what, rel, worst, want.empty() ? 0.0 : got[worst],
+           want.empty() ? 0.0 : want[worst]);
+  }
+}
+
+void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int split_len) {
+  auto a = randv((size_t)G * M * K), b = randv((size_t)G * K * N);
+  std::vector<double> want((size_t)G * M * N, 0.0);
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) {
+        double s = 0;
+        for (int p = 0; p < K; ++p) {
+          double av = ta ? a[((size_t)g * K + p) * M + i] : a[((size_t)g * M + i) * K + p];
+          double bv = tb ? b[((size_t)g * N + j) * K + p] : b[((size_t)g * K + p) * N + j];
+          s += av * bv;
+        }
+        want[((size_t)g * M + i) * N + j] = s;
+      }
+  std::vector<float> c((size_t)splits * G * M * N, NAN);
+  GemmParams p{G, M, N, K, ta, tb, splits, split_len};
+  uint3_ grid{(unsigned)((N + 63) / 64), (unsigned)((M + 63) / 64), (unsigned)std::min(G * splits, 3)};
+  launch(grid, [&] { gemm_grouped_fwd_f32(p, a.data(), b.data(), c.data()); });
+  std::vector<float> sum((size_t)G * M * N, 0.0f);
+  for (int s = 0; s < splits; ++s)
+    for (size_t i = 0; i < sum.size(); ++i) sum[i] += c[s * sum.size() + i];
+  char what[200];
+  snprintf(what, sizeof what, "gemm G%d M%d N%d K%d ta%d tb%d splits%d", G, M, N, K, ta, tb, splits);
+  compare(what, sum, want);
+}
+
+struct Geo {
+  int G, B, C, H, W, O, KH, KW, S, P;
+};
+
+ConvParams params_of(const Geo& q, int splits, int split_len) {
+  int HO = (q.H + 2 * q.P - q.KH) / q.S + 1, WO = (q.W + 2 * q.P - q.KW) / q.S + 1;
+  ConvParams p{q.G, q.B, q.C, q.H, q.W, q.O, q.KH, q.KW, q.S, q.P, HO, WO, splits, split_len,
+               fdm(q.KH * q.KW), fdm(q.KW), fdm(q.H * q.W), fdm(q.W), fdm(HO * WO), fdm(WO), fdm(q.S)};
+  return p;
+}
+
+void test_conv(const Geo& q, int splits, int split_len) {
+  const int HO = (q.H + 2 * q.P - q.KH) / q.S + 1, WO = (q.W + 2 * q.P - q.KW) / q.S + 1;
+  const size_t xs = (size_t)q.G * q.B * q.C * q.H * q.W, ws = (size_t)q.G * q.O * q.C * q.KH * q.KW,
+               ys = (size_t)q.G * q.B * q.O * HO * WO;
+  auto x = randv(xs), w = randv(ws), dy = randv(ys);
+  std::vector<double> y_want(ys, 0), dx_want(xs, 0), dw_want(ws, 0);
+  for (int g = 0; g < q.G; ++g)
+    for (int b = 0; b < q.B; ++b)
+      for (int o = 0; o < q.O; ++o)
+        for (int oy = 0; oy < HO; ++oy)
+          for (int ox = 0; ox < WO; ++ox)
+            for (int c = 0; c < q.C; ++c)
+              for (int i = 0; i < q.KH; ++i)
+                for (int j = 0; j < q.KW; ++j) {
+                  int iy = oy * q.S + i - q.P, ix = ox * q.S + j - q.P;
+                  if (iy < 0 || ix < 0 || iy >= q.H || ix >= q.W) continue;
+                  size_t xi = ((((size_t)g * q.B + b) * q.C + c) * q.H + iy) * q.W + ix;
+                  size_t wi = ((((size_t)g * q.O + o) * q.C + c) * q.KH + i) * q.KW + j;
+                  size_t yi = ((((size_t)g * q.B + b) * q.O + o) * HO + oy) * WO + ox;
+                  y_want[yi] += (double)x[xi] * w[wi];
+                  dx_want[xi] += (double)dy[yi] * w[wi];
+                  dw_want[wi] += (double)x[xi] * dy[yi];
+                }
+  char what[200];
+  snprintf(what, sizeof what, "G%d B%d C%d %dx%d O%d k%dx%d s%d p%d", q.G, q.B, q.C, q.H, q.W, q.O, q.KH, q.KW, q.S, q.P);
+  unsigned z = (unsigned)std::min(q.G, 2);
+  {
+    ConvParams p = params_of(q, 1, q.C * q.KH * q.KW);
+    std::vector<float> y(ys, NAN);
+    int N = q.B * HO * WO;
+    if (q.O > 0 && N > 0)
+      launch({(unsigned)((N + 63) / 64), (unsigned)((q.O + 63) / 64), z},
+             [&] { conv_conv2d_fwd_f32(p, x.data(), w.data(), y.data()); });
+    std::string s = std::string("fwd ") + what;
+    compare(s.c_str(), y, y_want);
+  }
+  {
+    ConvParams p = params_of(q, 1, q.O * q.KH * q.KW);
+    std::vector<float> dx(xs, NAN);
+    int N = q.B * q.H * q.W;
+    if (q.C > 0 && N > 0)
+      launch({(unsigned)((N + 63) / 64), (unsigned)((q.C + 63) / 64), z},
+             [&] { conv_conv2d_input_grad_bwd_f32(p, dy.data(), w.data(), dx.data()); });
+    std::string s = std::string("dx ") + what;
+    compare(s.c_str(), dx, dx_want);
+  }
+  {
+    ConvParams p = params_of(q, splits, split_len);
+    std::vector<float> dwp(ws * splits, NAN);
+    int N = q.C * q.KH * q.KW;
+    launch({(unsigned)((N + 63) / 64), (unsigned)((q.O + 63) / 64), (unsigned)std::min(q.G * splits, 3)},
+           [&] { conv_conv2d_weight_grad_bwd_f32(p, x.data(), dy.data(), dwp.data()); });
+    std::vector<float> dw(ws, 0.0f);
+    for (int s = 0; s < splits; ++s)
+      for (size_t i = 0; i < ws; ++i) dw[i] += dwp[s * ws + i];
+    std::string s = std::string("dw ") + what + " splits " + std::to_string(splits);
+    compare(s.c_str(), dw, dw_want);
+  }
+}
+
+int main() {
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      for (int m : {1, 7, 65, 130})
+        for (int n : {1, 33, 70})
+          for (int k : {0, 1, 17, 40}) test_gemm(1, m, n, k, ta, tb, 1, std::max(k, 1));
+      test_gemm(3, 9, 70, 35, ta, tb, 1, 35);
+      test_gemm(2, 65, 5, 100, ta, tb, 4, 32);  // slices 32, 32, 32, 4
+      test_gemm(2, 3, 66, 48, ta, tb, 3, 16);
+    }
+  printf("gemm done, %d failures\n", failures);
+  const Geo geos[] = {
+      {1, 2, 1, 28, 28, 4, 5, 5, 2, 2},  {1, 2, 4, 14, 14, 6, 5, 5, 2, 2},  {3, 2, 6, 7, 7, 5, 5, 5, 2, 2},
+      {1, 2, 4, 8, 8, 5, 3, 3, 1, 1},    {2, 1, 3, 16, 16, 3, 3, 3, 1, 1},  {1, 3, 4, 8, 8, 3, 1, 1, 1, 0},
+      {1, 1, 3, 32, 32, 1, 3, 3, 1, 0},  {1, 2, 1, 28, 28, 3, 5, 5, 1, 2},  {1, 2, 3, 14, 14, 4, 5, 5, 1, 0},
+      {4, 1, 2, 6, 6, 3, 3, 3, 1, 1},    {2, 2, 3, 9, 13, 4, 3, 3, 2, 1},   {1, 2, 2, 10, 7, 3, 3, 5, 1, 2},
+      {1, 2, 2, 11, 8, 2, 4, 4, 3, 1},   {2, 2, 3, 5, 4, 2, 7, 6, 1, 1},    {1, 1, 2, 4, 5, 2, 2, 3, 2, 3},
+      {1, 2, 2, 3, 1, 2, 3, 5, 1, 2},    {1, 1, 1, 2, 2, 1, 5, 5, 2, 3},    {1, 2, 70, 5, 6, 66, 3, 3, 1, 1},
+      {1, 2, 3, 11, 11, 2, 8, 8, 2, 0},  // the 8x8 s2 conv whose input grad is the DCGAN convT3
+      {1, 1, 0, 7, 5, 4, 3, 3, 2, 1},    {1, 2, 3, 0, 4, 2, 3, 3, 1, 2},
+  };
+  for (const Geo& q : geos) test_conv(q, 1, q.B * ((q.H + 2 * q.P - q.KH) / q.S + 1) * ((q.W + 2 * q.P - q.KW) / q.S + 1));
+  test_conv({1, 4, 2, 9, 9, 3, 3, 3, 1, 1}, 3, 128);  // K = 324: slices 128, 128, 68
+  test_conv({2, 3, 2, 7, 7, 5, 5, 5, 2, 2}, 2, 32);   // K = 48
+  printf("conv done, %d failures\n", failures);
+  return failures != 0;
+}
