@@ -165,7 +165,8 @@ struct AdamUpdateParams {
 // C[g] = op(A[g]) · op(B[g]), row-major, A [G, M, K] (or [G, K, M] when trans_a), B [G, K, N] (or
 // [G, N, K] when trans_b). With splits > 1, K is cut into slices of split_len (a multiple of the
 // tile's K step) and slice s writes its partial product to c[s][g] (c then holds splits · G · M · N
-// floats); the host adds the slices in a second, deterministic pass.
+// floats); the host adds the slices in a second, deterministic pass. trans_a and trans_b say which of
+// the four kernels (gemm_grouped_{nn,tn,nt,tt}_fwd_f32) the launcher picked.
 struct GemmParams {
   int32_t groups;
   int32_t m;

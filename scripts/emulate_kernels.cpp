@@ -105,7 +105,12 @@ void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int spl
   std::vector<float> c((size_t)splits * G * M * N, NAN);
   GemmParams p{G, M, N, K, ta, tb, splits, split_len};
   uint3_ grid{(unsigned)((N + 63) / 64), (unsigned)((M + 63) / 64), (unsigned)std::min(G * splits, 3)};
-  launch(grid, [&] { gemm_grouped_fwd_f32(p, a.data(), b.data(), c.data()); });
+  launch(grid, [&] {
+    if (ta && tb) gemm_grouped_tt_fwd_f32(p, a.data(), b.data(), c.data());
+    else if (ta) gemm_grouped_tn_fwd_f32(p, a.data(), b.data(), c.data());
+    else if (tb) gemm_grouped_nt_fwd_f32(p, a.data(), b.data(), c.data());
+    else gemm_grouped_nn_fwd_f32(p, a.data(), b.data(), c.data());
+  });
   std::vector<float> sum((size_t)G * M * N, 0.0f);
   for (int s = 0; s < splits; ++s)
     for (size_t i = 0; i < sum.size(); ++i) sum[i] += c[s * sum.size() + i];

@@ -1,4 +1,4 @@
-//! Launcher of `kernels/gemm.cu`, and the tiling and K-splitting that `conv.rs` shares.
+//! Launcher of `kernels/gemm.cu` (one kernel per transpose combination), and the tiling and K-splitting that `conv.rs` shares.
 //!
 //! One 256-thread block computes a 64 × 64 tile of C (`kernels/gemm_tile.cuh`). When the tiles of
 //! all groups cannot fill the device and K is long (a linear layer's weight gradient: M·N small,
@@ -110,7 +110,12 @@ pub(crate) fn matmul(dev: &Arc<CudaDevice>, a: &Tensor, b: &Tensor, geom: &Matmu
         split_len: split_len as i32,
     };
     let mut c = dev.alloc(splits * out_len)?;
-    let kernel = Kernel::GemmGrouped;
+    let kernel = match (trans_a, trans_b) {
+        (false, false) => Kernel::GemmNN,
+        (true, false) => Kernel::GemmTN,
+        (false, true) => Kernel::GemmNT,
+        (true, true) => Kernel::GemmTT,
+    };
     // SAFETY: a holds G·M·K and b G·K·N floats (checked above); the kernel reads them only at
     // in-range (m, k) and (k, n) of each group, and writes each (slice, g, m, n) with m < M, n < N
     // of c, which holds splits·G·M·N floats. All sizes fit the kernel's 32-bit indices.

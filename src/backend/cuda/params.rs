@@ -160,7 +160,7 @@ pub struct AdamUpdateParams {
     pub bias2_sqrt: f32,
 }
 
-/// `gemm_grouped_fwd_f32`'s operands; see `GemmParams` in common.cuh. With `splits > 1` the kernel
+/// The operands of `gemm_grouped_{nn,tn,nt,tt}_fwd_f32`; see `GemmParams` in common.cuh. With `splits > 1` the kernel
 /// writes `splits` partial products of K slices of `split_len`, added up by a second pass.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
