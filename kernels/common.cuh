@@ -207,6 +207,29 @@ struct ConvParams {
   FastDivmod stride_d;     // stride
 };
 
+// One stride phase of the conv input gradient: the input pixels with (iy + p) mod s = phase_y and
+// (ix + p) mod s = phase_x, i.e. iy = first_y + s·j (j < rows), ix = first_x + s·i (i < cols), and
+// the taps ki = phase_y + s·ty (ty < taps_y), kj = phase_x + s·tx (tx < taps_x) that reach them,
+// from dy[shift_y + j − ty, shift_x + i − tx].
+struct ConvPhase {
+  int32_t phase_y;
+  int32_t phase_x;
+  int32_t first_y;
+  int32_t first_x;
+  int32_t rows;
+  int32_t cols;
+  int32_t taps_y;
+  int32_t taps_x;
+  int32_t shift_y;
+  int32_t shift_x;
+  int32_t pad0_;
+  int32_t pad1_;
+  FastDivmod pixels;     // rows·cols
+  FastDivmod cols_d;     // cols
+  FastDivmod taps_area;  // taps_y·taps_x
+  FastDivmod taps_xd;    // taps_x
+};
+
 // The Rust mirrors assert the same sizes (src/backend/cuda/params.rs).
 static_assert(sizeof(FastDivmod) == 16, "FastDivmod layout");
 static_assert(sizeof(SumToParams) == 216, "SumToParams layout");
@@ -215,3 +238,4 @@ static_assert(sizeof(SgdUpdateParams) == 32, "SgdUpdateParams layout");
 static_assert(sizeof(AdamUpdateParams) == 32, "AdamUpdateParams layout");
 static_assert(sizeof(GemmParams) == 32, "GemmParams layout");
 static_assert(sizeof(ConvParams) == 168, "ConvParams layout");
+static_assert(sizeof(ConvPhase) == 112, "ConvPhase layout");

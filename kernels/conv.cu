@@ -3,11 +3,12 @@
 //
 // Shapes (per group g; P = HO·WO, KK = KH·KW):
 //   forward       y  [O, B·P]      = w [O, C·KK]        · cols(x) [C·KK, B·P]
-//   input grad    dx [C, B·H·W]    = wᵀ [C, O·KK]       · taps(dy) [O·KK, B·H·W]
+//   input grad    dx [C, B·H·W]    = wᵀ [C, O·KK]       · taps(dy) [O·KK, B·H·W]   (per stride phase)
 //   weight grad   dw [O, C·KK]     = dy [O, B·P]        · cols(x)ᵀ [B·P, C·KK]   (K may be split)
 // cols(x)[(c, ki, kj), (b, oy, ox)] = x[b, c, oy·s + ki − p, ox·s + kj − p], 0 in the padding.
 // taps(dy)[(o, ki, kj), (b, iy, ix)] = dy[b, o, oy, ox] where oy·s + ki − p = iy (and likewise x),
-// 0 when no such (oy, ox) exists: (iy + p − ki) must be ≥ 0, divisible by s, and below HO·s.
+// 0 when no such (oy, ox) exists: (iy + p − ki) must be ≥ 0, divisible by s, and below HO·s; the
+// input gradient runs per phase of (iy + p) mod s, so that it only visits the taps that divide.
 // Every index is decoded with FastDivmod; offsets within one image (< 2^31, checked by the launcher)
 // are 32-bit, offsets across images and groups 64-bit.
 #include "gemm_tile.cuh"
@@ -81,56 +82,67 @@ struct ForwardEpilogue {
 };
 
 // ---- input gradient ----
+//
+// dx[iy, ix] gathers dy[oy, ox]·w[ki, kj] over oy·s + ki − p = iy, so only the taps with
+// ki ≡ iy + p (mod s) contribute. The input pixels are therefore split into s² phases by
+// (ry, rx) = ((iy + p) mod s, (ix + p) mod s), one launch each: the phase's pixels are
+// iy = first_y + s·j (j < rows), its taps ki = ry + s·ty (ty < taps_y), and then
+// oy = (iy + p − ki)/s = shift_y + j − ty exactly. K = O·taps_y·taps_x: no stride-skipped tap is
+// ever multiplied (a quarter of the work of the full O·KH·KW at stride 2). A phase without taps
+// (ry ≥ KH) has K = 0 and writes zeros.
 
-// wᵀ as the A operand: element (c, k = (o, tap)) = w[g, o, c, tap]. Threads walk k (the taps of
-// one (o, c) are contiguous).
-struct WeightTransposeLoader {
+// wᵀ restricted to the phase's taps, as the A operand: element (c, k = (o, ty, tx)) =
+// w[g, o, c, ry + s·ty, rx + s·tx]. Threads walk k.
+struct PhaseWeightLoader {
   static constexpr bool K_CONTIGUOUS = true;
   const float* __restrict__ w_g;
-  int m0, in_channels, k_count;
-  FastDivmod kernel_area;
+  int m0, in_channels, k_count, kernel_h, kernel_w, stride, phase_y, phase_x;
+  FastDivmod taps_area, taps_xd;
 
   __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
     const int k = k0 + tile::Slot<true>::kk(0);
-    int tap = 0;
-    const int o = k < k_count ? divmod(kernel_area, k, tap) : 0;
+    int tap = 0, tx = 0;
+    const int o = k < k_count ? divmod(taps_area, k, tap) : 0;
+    const int ty = divmod(taps_xd, tap, tx);
+    const int ki = phase_y + stride * ty, kj = phase_x + stride * tx;
+    const int64_t kernel_area = (int64_t)kernel_h * kernel_w;
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
       const int c = m0 + tile::Slot<true>::mn(i);
       r[i] = (k < k_count && c < in_channels)
-                 ? w_g[((int64_t)o * in_channels + c) * kernel_area.divisor + tap]
+                 ? w_g[((int64_t)o * in_channels + c) * kernel_area + ki * kernel_w + kj]
                  : 0.0f;
     }
   }
 };
 
-// taps(dy) as the B operand: each thread keeps one column n = (b, iy, ix) and walks k = (o, ki, kj),
-// reading dy[b, o, (iy + p − ki)/s, (ix + p − kj)/s] where both divisions are exact and in range.
-struct DyTapLoader {
+// dy at the phase's taps, as the B operand: each thread keeps one column n = (b, j, i) (pixel
+// iy = first_y + s·j, ix = first_x + s·i) and walks k = (o, ty, tx), reading
+// dy[b, o, shift_y + j − ty, shift_x + i − tx] where that lies inside dy.
+struct PhaseDyLoader {
   static constexpr bool K_CONTIGUOUS = false;
   const float* __restrict__ image;  // dy[g, b] of this thread's column; unused when !valid
   bool valid;
-  int ty, tx;  // iy + p, ix + p
-  int k_count, stride, out_h, out_w, out_area;
-  FastDivmod kernel_area, kernel_wd, stride_d;
+  int oy0, ox0;  // shift_y + j, shift_x + i
+  int k_count, out_h, out_w, out_area;
+  FastDivmod taps_area, taps_xd;
 
-  __device__ __forceinline__ DyTapLoader(const ConvParams& p, const float* __restrict__ dy_g, int n0) {
+  __device__ __forceinline__ PhaseDyLoader(const ConvParams& p, const ConvPhase& q, const float* __restrict__ dy_g,
+                                           int n0) {
     const int n = n0 + tile::Slot<false>::mn(0);
-    valid = n < p.batch * (int)p.in_area.divisor;
-    int pos = 0, ix = 0;
-    const int b = valid ? divmod(p.in_area, n, pos) : 0;
-    const int iy = divmod(p.in_wd, pos, ix);
+    valid = n < p.batch * (int)q.pixels.divisor;
+    int pixel = 0, i = 0;
+    const int b = valid ? divmod(q.pixels, n, pixel) : 0;
+    const int j = divmod(q.cols_d, pixel, i);
     out_area = (int)p.out_area.divisor;
     image = dy_g + (int64_t)b * p.out_channels * out_area;
-    ty = iy + p.padding;
-    tx = ix + p.padding;
-    k_count = p.out_channels * (int)p.kernel_area.divisor;
-    stride = p.stride;
+    oy0 = q.shift_y + j;
+    ox0 = q.shift_x + i;
+    k_count = p.out_channels * q.taps_y * q.taps_x;
     out_h = p.out_h;
     out_w = p.out_w;
-    kernel_area = p.kernel_area;
-    kernel_wd = p.kernel_wd;
-    stride_d = p.stride_d;
+    taps_area = q.taps_area;
+    taps_xd = q.taps_xd;
   }
 
   __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
@@ -139,31 +151,28 @@ struct DyTapLoader {
       const int k = k0 + tile::Slot<false>::kk(i);
       float v = 0.0f;
       if (valid && k < k_count) {
-        int tap, kj;
-        const int o = divmod(kernel_area, k, tap);
-        const int ki = divmod(kernel_wd, tap, kj);
-        const int sy = ty - ki, sx = tx - kj;
-        if (sy >= 0 && sx >= 0) {
-          int ry, rx;
-          const int oy = divmod(stride_d, sy, ry);
-          const int ox = divmod(stride_d, sx, rx);
-          if (ry == 0 && rx == 0 && oy < out_h && ox < out_w) v = image[o * out_area + oy * out_w + ox];
-        }
+        int tap, tx;
+        const int o = divmod(taps_area, k, tap);
+        const int ty = divmod(taps_xd, tap, tx);
+        const int oy = oy0 - ty, ox = ox0 - tx;
+        if ((unsigned)oy < (unsigned)out_h && (unsigned)ox < (unsigned)out_w) v = image[o * out_area + oy * out_w + ox];
       }
       r[i] = v;
     }
   }
 };
 
-// dx[g, b, c, pos] for column n = (b, pos) and row c.
-struct InputGradEpilogue {
-  FastDivmod in_area;
+// dx[g, b, c, first_y + s·j, first_x + s·i] for column n = (b, j, i) and row c.
+struct PhaseInputGradEpilogue {
+  FastDivmod pixels, cols_d;
   int64_t image_size;  // C·H·W
-  __device__ __forceinline__ int64_t row(int c) const { return (int64_t)c * in_area.divisor; }
+  int in_area, in_w, stride, first_y, first_x;
+  __device__ __forceinline__ int64_t row(int c) const { return (int64_t)c * in_area; }
   __device__ __forceinline__ int64_t col(int n) const {
-    int pos;
-    const int b = divmod(in_area, n, pos);
-    return b * image_size + pos;
+    int pixel, i;
+    const int b = divmod(pixels, n, pixel);
+    const int j = divmod(cols_d, pixel, i);
+    return b * image_size + (first_y + stride * j) * in_w + first_x + stride * i;
   }
 };
 
@@ -273,22 +282,33 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
   }
 }
 
-// Grid: x = tiles of B·H·W, y = tiles of C, z grid-strides over groups.
+// One launch per stride phase (see above). Grid: x = tiles of the phase's B·rows·cols pixels,
+// y = tiles of C, z grid-strides over groups.
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    conv_conv2d_input_grad_bwd_f32(ConvParams p, const float* __restrict__ dy, const float* __restrict__ w,
-                                   float* __restrict__ dx) {
+    conv_conv2d_input_grad_bwd_f32(ConvParams p, ConvPhase q, const float* __restrict__ dy,
+                                   const float* __restrict__ w, float* __restrict__ dx) {
   __shared__ __align__(16) dpgan::tile::SharedTiles smem;
   const int HW = (int)p.in_area.divisor, KK = (int)p.kernel_area.divisor;
-  const int M = p.in_channels, N = p.batch * HW, K = p.out_channels * KK;
+  const int M = p.in_channels, N = p.batch * (int)q.pixels.divisor, K = p.out_channels * q.taps_y * q.taps_x;
   const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
   const int64_t dy_size = (int64_t)p.batch * p.out_channels * p.out_area.divisor;
   const int64_t dx_size = (int64_t)p.batch * M * HW;
   for (int g = blockIdx.z; g < p.groups; g += gridDim.z) {
-    const dpgan::conv::WeightTransposeLoader la{w + (int64_t)g * p.out_channels * M * KK, m0, M, K, p.kernel_area};
-    const dpgan::conv::DyTapLoader lb(p, dy + g * dy_size, n0);
+    const dpgan::conv::PhaseWeightLoader la{w + (int64_t)g * p.out_channels * M * KK,
+                                            m0,
+                                            M,
+                                            K,
+                                            p.kernel_h,
+                                            p.kernel_w,
+                                            p.stride,
+                                            q.phase_y,
+                                            q.phase_x,
+                                            q.taps_area,
+                                            q.taps_xd};
+    const dpgan::conv::PhaseDyLoader lb(p, q, dy + g * dy_size, n0);
     float acc[dpgan::tile::TM][dpgan::tile::TN];
     dpgan::tile::mainloop(la, lb, 0, K, smem, acc);
-    const dpgan::conv::InputGradEpilogue ep{p.in_area, (int64_t)M * HW};
+    const dpgan::conv::PhaseInputGradEpilogue ep{q.pixels, q.cols_d, (int64_t)M * HW, HW, p.in_w, p.stride, q.first_y, q.first_x};
     dpgan::tile::store_tile(ep, dx + g * dx_size, m0, n0, M, N, acc);
   }
 }

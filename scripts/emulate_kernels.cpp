@@ -167,14 +167,25 @@ void test_conv(const Geo& q, int splits, int split_len) {
     compare(s.c_str(), y, y_want);
   }
   {
+    // One launch per stride phase, as src/backend/cuda/conv.rs's input_grad_phases.
     ConvParams p = params_of(q, 1, q.O * q.KH * q.KW);
     std::vector<float> dx(xs, NAN);
-    int N = q.B * q.H * q.W;
-    if (q.C > 0 && N > 0)
-      launch({(unsigned)((N + 63) / 64), (unsigned)((q.C + 63) / 64), z},
-             [&] { conv_conv2d_input_grad_bwd_f32(p, dy.data(), w.data(), dx.data()); });
-    std::string s = std::string("dx ") + what;
-    compare(s.c_str(), dx, dx_want);
+    const int s = q.S;
+    for (int py = 0; py < s; ++py)
+      for (int px = 0; px < s; ++px) {
+        const int fy = (py + s - q.P % s) % s, fx = (px + s - q.P % s) % s;
+        const int rows = fy < q.H ? (q.H - fy + s - 1) / s : 0, cols = fx < q.W ? (q.W - fx + s - 1) / s : 0;
+        const int ty = py < q.KH ? (q.KH - py + s - 1) / s : 0, tx = px < q.KW ? (q.KW - px + s - 1) / s : 0;
+        if (rows * cols == 0) continue;
+        ConvPhase ph{py, px, fy, fx, rows, cols, ty, tx, (fy + q.P - py) / s, (fx + q.P - px) / s, 0, 0,
+                     fdm(rows * cols), fdm(cols), fdm(ty * tx), fdm(tx)};
+        int N = q.B * rows * cols;
+        if (q.C > 0 && N > 0)
+          launch({(unsigned)((N + 63) / 64), (unsigned)((q.C + 63) / 64), z},
+                 [&] { conv_conv2d_input_grad_bwd_f32(p, ph, dy.data(), w.data(), dx.data()); });
+      }
+    std::string s_ = std::string("dx ") + what;
+    compare(s_.c_str(), dx, dx_want);
   }
   {
     ConvParams p = params_of(q, splits, split_len);

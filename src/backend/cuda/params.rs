@@ -46,6 +46,8 @@ unsafe impl DeviceRepr for AdamUpdateParams {}
 unsafe impl DeviceRepr for GemmParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for ConvParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for ConvPhase {}
 
 impl UnaryParams {
     pub fn new(op: UnaryOp, n: usize) -> Self {
@@ -203,7 +205,30 @@ pub struct ConvParams {
     pub stride_d: FastDivmod,
 }
 
+/// One stride phase of the conv input gradient; see `ConvPhase` in common.cuh and `kernels/conv.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvPhase {
+    pub phase_y: i32,
+    pub phase_x: i32,
+    pub first_y: i32,
+    pub first_x: i32,
+    pub rows: i32,
+    pub cols: i32,
+    pub taps_y: i32,
+    pub taps_x: i32,
+    pub shift_y: i32,
+    pub shift_x: i32,
+    pub pad0_: i32,
+    pub pad1_: i32,
+    pub pixels: FastDivmod,
+    pub cols_d: FastDivmod,
+    pub taps_area: FastDivmod,
+    pub taps_xd: FastDivmod,
+}
+
 // The same sizes are asserted on the C side (common.cuh).
+const _: () = assert!(std::mem::size_of::<ConvPhase>() == 12 * 4 + 4 * 16);
 const _: () = assert!(std::mem::size_of::<GemmParams>() == 32);
 const _: () = assert!(std::mem::size_of::<ConvParams>() == 14 * 4 + 7 * 16);
 const _: () = assert!(std::mem::size_of::<ConvParams>() == 168);
