@@ -276,9 +276,9 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     const dpgan::tile::KMajorLoader la{w + (int64_t)g * M * K, m0, M, K};
     const dpgan::conv::Im2colLoader lb(p, x + g * x_size, n0);
     float acc[dpgan::tile::TM][dpgan::tile::TN];
-    dpgan::tile::mainloop(la, lb, 0, K, smem, acc);
+    dpgan::tile::mainloop<false>(la, lb, 0, K, smem, acc);
     const dpgan::conv::ForwardEpilogue ep{p.out_area, (int64_t)M * P};
-    dpgan::tile::store_tile(ep, y + g * y_size, m0, n0, M, N, acc);
+    dpgan::tile::store_tile<false>(ep, y + g * y_size, m0, n0, M, N, acc);
   }
 }
 
@@ -307,9 +307,9 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
                                             q.taps_xd};
     const dpgan::conv::PhaseDyLoader lb(p, q, dy + g * dy_size, n0);
     float acc[dpgan::tile::TM][dpgan::tile::TN];
-    dpgan::tile::mainloop(la, lb, 0, K, smem, acc);
+    dpgan::tile::mainloop<false>(la, lb, 0, K, smem, acc);
     const dpgan::conv::PhaseInputGradEpilogue ep{q.pixels, q.cols_d, (int64_t)M * HW, HW, p.in_w, p.stride, q.first_y, q.first_x};
-    dpgan::tile::store_tile(ep, dx + g * dx_size, m0, n0, M, N, acc);
+    dpgan::tile::store_tile<false>(ep, dx + g * dx_size, m0, n0, M, N, acc);
   }
 }
 
@@ -332,8 +332,8 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     const dpgan::conv::Im2colTransposeLoader lb(p, x + g * x_size, n0);
     const dpgan::tile::KRange kr = dpgan::tile::split_range(s, p.split_len, K);
     float acc[dpgan::tile::TM][dpgan::tile::TN];
-    dpgan::tile::mainloop(la, lb, kr.begin, kr.end, smem, acc);
-    dpgan::tile::store_tile(dpgan::conv::WeightGradEpilogue{N}, dw + ((int64_t)s * p.groups + g) * dw_size, m0, n0, M,
+    dpgan::tile::mainloop<false>(la, lb, kr.begin, kr.end, smem, acc);
+    dpgan::tile::store_tile<false>(dpgan::conv::WeightGradEpilogue{N}, dw + ((int64_t)s * p.groups + g) * dw_size, m0, n0, M,
                             N, acc);
   }
 }

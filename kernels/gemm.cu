@@ -12,7 +12,7 @@ struct GemmEpilogue {
   __device__ __forceinline__ int64_t col(int j) const { return j; }
 };
 
-template <bool TRANS_A, bool TRANS_B>
+template <bool TRANS_A, bool TRANS_B, bool TF32>
 __device__ __forceinline__ void gemm_grouped(const GemmParams& p, const float* __restrict__ a,
                                              const float* __restrict__ b, float* __restrict__ c,
                                              tile::SharedTiles& smem) {
@@ -27,8 +27,8 @@ __device__ __forceinline__ void gemm_grouped(const GemmParams& p, const float* _
     const BLoader lb{b + g * b_size, n0, p.n, p.k};
     const tile::KRange kr = tile::split_range(s, p.split_len, p.k);
     float acc[tile::TM][tile::TN];
-    tile::mainloop(la, lb, kr.begin, kr.end, smem, acc);
-    tile::store_tile(GemmEpilogue{p.n}, c + ((int64_t)s * p.groups + g) * c_size, m0, n0, p.m, p.n, acc);
+    tile::mainloop<TF32>(la, lb, kr.begin, kr.end, smem, acc);
+    tile::store_tile<TF32>(GemmEpilogue{p.n}, c + ((int64_t)s * p.groups + g) * c_size, m0, n0, p.m, p.n, acc);
   }
 }
 
@@ -41,26 +41,56 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_nn_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                             float* __restrict__ c) {
   __shared__ __align__(16) dpgan::tile::SharedTiles smem;
-  dpgan::gemm_grouped<false, false>(p, a, b, c, smem);
+  dpgan::gemm_grouped<false, false, false>(p, a, b, c, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_tn_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                             float* __restrict__ c) {
   __shared__ __align__(16) dpgan::tile::SharedTiles smem;
-  dpgan::gemm_grouped<true, false>(p, a, b, c, smem);
+  dpgan::gemm_grouped<true, false, false>(p, a, b, c, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_nt_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                             float* __restrict__ c) {
   __shared__ __align__(16) dpgan::tile::SharedTiles smem;
-  dpgan::gemm_grouped<false, true>(p, a, b, c, smem);
+  dpgan::gemm_grouped<false, true, false>(p, a, b, c, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_tt_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                             float* __restrict__ c) {
   __shared__ __align__(16) dpgan::tile::SharedTiles smem;
-  dpgan::gemm_grouped<true, true>(p, a, b, c, smem);
+  dpgan::gemm_grouped<true, true, false>(p, a, b, c, smem);
+}
+
+// The same on TF32 tensor cores (inputs rounded to TF32, f32 accumulation), for callers that
+// accept TF32's 10-bit mantissa.
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    gemm_grouped_nn_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
+                             float* __restrict__ c) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::gemm_grouped<false, false, true>(p, a, b, c, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    gemm_grouped_tn_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
+                             float* __restrict__ c) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::gemm_grouped<true, false, true>(p, a, b, c, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    gemm_grouped_nt_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
+                             float* __restrict__ c) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::gemm_grouped<false, true, true>(p, a, b, c, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    gemm_grouped_tt_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
+                             float* __restrict__ c) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::gemm_grouped<true, true, true>(p, a, b, c, smem);
 }

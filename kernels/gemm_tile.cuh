@@ -55,15 +55,86 @@ struct SharedTiles {
   float b[BK][BN + PAD];
 };
 
+// ---- TF32 tensor cores (sm_80+): mma.sync.m16n8k8, f32 accumulation ----
+//
+// With TF32 each warp w of the block computes rows 16·(w / 2).. and columns 32·(w % 2).. of the
+// tile as four m16n8 products; acc[t][r] is register c_r of n8-tile t, in PTX's fragment layout
+// (lane = 4·group + t4: c0, c1 at row group, columns 2·t4 + {0, 1}; c2, c3 eight rows lower).
+// Inputs are rounded to TF32 (10-bit mantissa, round to nearest, ties away) as cuBLAS does.
+// The host emulation (scripts/emulate_kernels.cpp) supplies its own to_tf32 and mma_tf32.
+#ifndef DPGAN_HOST_EMULATION
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
+// c += a · b for one m16n8k8 TF32 product held by the warp's 32 lanes.
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+// The tile row and column of this thread's acc[i][j].
+template <bool TF32>
+__device__ __forceinline__ int acc_row(int i, int j) {
+  if (TF32) return (int)(threadIdx.x / 64) * 16 + (int)(threadIdx.x % 32) / 4 + (j >= 2 ? 8 : 0);
+  return (int)(threadIdx.x / (BN / TN)) * TM + i;
+}
+template <bool TF32>
+__device__ __forceinline__ int acc_col(int i, int j) {
+  if (TF32) return (int)((threadIdx.x / 32) % 2) * 32 + i * 8 + (int)(threadIdx.x % 4) * 2 + (j & 1);
+  return (int)(threadIdx.x % (BN / TN)) * TN + j;
+}
+
+// acc += the tile's A · B over the BK staged in shared memory, on tensor cores.
+__device__ __forceinline__ void tile_product_tf32(const SharedTiles& s, float (&acc)[TM][TN]) {
+  static_assert(TM == 4 && TN == 4 && BM == 64 && BN == 64 && THREADS == 256 && BK % 8 == 0,
+                "8 warps of 16 × 32 cover the 64 × 64 tile; acc holds four n8-tiles of four registers");
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int group = lane / 4, t4 = lane % 4;
+  const int row = (warp / 2) * 16 + group, col = (warp % 2) * 32 + group;
+#pragma unroll
+  for (int k8 = 0; k8 < BK; k8 += 8) {
+    const uint32_t a[4] = {to_tf32(s.a[k8 + t4][row]), to_tf32(s.a[k8 + t4][row + 8]), to_tf32(s.a[k8 + t4 + 4][row]),
+                           to_tf32(s.a[k8 + t4 + 4][row + 8])};
+#pragma unroll
+    for (int t = 0; t < TM; ++t) {
+      const uint32_t b[2] = {to_tf32(s.b[k8 + t4][col + 8 * t]), to_tf32(s.b[k8 + t4 + 4][col + 8 * t])};
+      mma_tf32(acc[t], a, b);
+    }
+  }
+}
+
+// acc += the tile's A · B over the BK staged in shared memory, in FFMA: 4 × 4 per thread.
+__device__ __forceinline__ void tile_product_f32(const SharedTiles& s, float (&acc)[TM][TN]) {
+  const int tx = threadIdx.x % (BN / TN);
+  const int ty = threadIdx.x / (BN / TN);
+#pragma unroll
+  for (int kk = 0; kk < BK; ++kk) {
+    const float4 av = *reinterpret_cast<const float4*>(&s.a[kk][ty * TM]);
+    const float4 bv = *reinterpret_cast<const float4*>(&s.b[kk][tx * TN]);
+    const float am[TM] = {av.x, av.y, av.z, av.w};
+    const float bn[TN] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(am[i], bn[j], acc[i][j]);
+  }
+}
+
 // acc = A[:, k_begin:k_end] · B[k_begin:k_end, :] for this block's tile; every thread of the block
-// must call it (it synchronises). k_begin and k_end are uniform across the block.
-template <class ALoader, class BLoader>
+// must call it (it synchronises). k_begin and k_end are uniform across the block. acc[i][j] is
+// element (acc_row<TF32>(i, j), acc_col<TF32>(i, j)) of the tile.
+template <bool TF32, class ALoader, class BLoader>
 __device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int k_begin, int k_end, SharedTiles& s,
                                          float (&acc)[TM][TN]) {
   using SA = Slot<ALoader::K_CONTIGUOUS>;
   using SB = Slot<BLoader::K_CONTIGUOUS>;
-  const int tx = threadIdx.x % (BN / TN);
-  const int ty = threadIdx.x / (BN / TN);
 #pragma unroll
   for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -85,16 +156,10 @@ __device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int
       a.load(k0 + BK, ra);
       b.load(k0 + BK, rb);
     }
-#pragma unroll
-    for (int kk = 0; kk < BK; ++kk) {
-      const float4 av = *reinterpret_cast<const float4*>(&s.a[kk][ty * TM]);
-      const float4 bv = *reinterpret_cast<const float4*>(&s.b[kk][tx * TN]);
-      const float am[TM] = {av.x, av.y, av.z, av.w};
-      const float bn[TN] = {bv.x, bv.y, bv.z, bv.w};
-#pragma unroll
-      for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(am[i], bn[j], acc[i][j]);
+    if (TF32) {
+      tile_product_tf32(s, acc);
+    } else {
+      tile_product_f32(s, acc);
     }
     __syncthreads();
   }
@@ -102,27 +167,36 @@ __device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int
 
 // Writes the block's tile of C: element (m, n) with m < M and n < N goes to
 // out[ep.row(m) + ep.col(n)]. The epilogue supplies `int64_t row(int)` and `int64_t col(int)`.
-template <class Epilogue>
+template <bool TF32, class Epilogue>
 __device__ __forceinline__ void store_tile(const Epilogue& ep, float* __restrict__ out, int m0, int n0, int M, int N,
                                            const float (&acc)[TM][TN]) {
-  const int tx = threadIdx.x % (BN / TN);
-  const int ty = threadIdx.x / (BN / TN);
-  int64_t cols[TN];
-  bool col_ok[TN];
+  if constexpr (TF32) {
 #pragma unroll
-  for (int j = 0; j < TN; ++j) {
-    const int n = n0 + tx * TN + j;
-    col_ok[j] = n < N;
-    cols[j] = col_ok[j] ? ep.col(n) : 0;
-  }
+    for (int i = 0; i < TM; ++i)
 #pragma unroll
-  for (int i = 0; i < TM; ++i) {
-    const int m = m0 + ty * TM + i;
-    if (m >= M) continue;
-    const int64_t row = ep.row(m);
+      for (int j = 0; j < TN; ++j) {
+        const int m = m0 + acc_row<true>(i, j), n = n0 + acc_col<true>(i, j);
+        if (m < M && n < N) out[ep.row(m) + ep.col(n)] = acc[i][j];
+      }
+  } else {
+    // A thread's columns are the same for its TM rows: their offsets are computed once.
+    int64_t cols[TN];
+    bool col_ok[TN];
 #pragma unroll
-    for (int j = 0; j < TN; ++j)
-      if (col_ok[j]) out[row + cols[j]] = acc[i][j];
+    for (int j = 0; j < TN; ++j) {
+      const int n = n0 + acc_col<false>(0, j);
+      col_ok[j] = n < N;
+      cols[j] = col_ok[j] ? ep.col(n) : 0;
+    }
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+      const int m = m0 + acc_row<false>(i, 0);
+      if (m >= M) continue;
+      const int64_t row = ep.row(m);
+#pragma unroll
+      for (int j = 0; j < TN; ++j)
+        if (col_ok[j]) out[row + cols[j]] = acc[i][j];
+    }
   }
 }
 

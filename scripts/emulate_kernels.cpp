@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <functional>
 #include <random>
 #include <thread>
@@ -28,6 +30,48 @@ struct float4 { float x, y, z, w; };
 inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
 
+// TF32 tensor cores, emulated per warp: each lane scatters its fragments into the warp's matrices
+// (PTX's m16n8k8 layout), the warp meets at a barrier, each lane computes its own four outputs.
+#define DPGAN_HOST_EMULATION 1
+static std::barrier<>* g_warp_barrier[8];
+static float g_A[8][16][8], g_B[8][8][8];
+inline float bits_to_float(uint32_t u) {
+  float x;
+  memcpy(&x, &u, 4);
+  return x;
+}
+namespace dpgan {
+namespace tile {
+// cvt.rna.tf32.f32: keep 10 mantissa bits, round to nearest, ties away from zero.
+inline uint32_t to_tf32(float x) {
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  return (u + 0x1000u) & ~0x1fffu;
+}
+inline void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+  auto& A = g_A[w];
+  auto& B = g_B[w];
+  A[g][t] = bits_to_float(a[0]);
+  A[g + 8][t] = bits_to_float(a[1]);
+  A[g][t + 4] = bits_to_float(a[2]);
+  A[g + 8][t + 4] = bits_to_float(a[3]);
+  B[t][g] = bits_to_float(b[0]);
+  B[t + 4][g] = bits_to_float(b[1]);
+  g_warp_barrier[w]->arrive_and_wait();
+  auto dot = [&](int r, int col, float acc) {
+    for (int k = 0; k < 8; ++k) acc += A[r][k] * B[k][col];
+    return acc;
+  };
+  c[0] = dot(g, 2 * t, c[0]);
+  c[1] = dot(g, 2 * t + 1, c[1]);
+  c[2] = dot(g + 8, 2 * t, c[2]);
+  c[3] = dot(g + 8, 2 * t + 1, c[3]);
+  g_warp_barrier[w]->arrive_and_wait();  // before the next product overwrites A and B
+}
+}  // namespace tile
+}  // namespace dpgan
+
 #include "gemm.cu"
 #include "conv.cu"
 
@@ -40,6 +84,11 @@ void launch(uint3_ grid, F kernel) {
       for (unsigned x = 0; x < grid.x; ++x) {
         std::barrier<> bar(256);
         g_barrier = &bar;
+        std::vector<std::unique_ptr<std::barrier<>>> warps;
+        for (int i = 0; i < 8; ++i) {
+          warps.push_back(std::make_unique<std::barrier<>>(32));
+          g_warp_barrier[i] = warps.back().get();
+        }
         std::vector<std::thread> ts;
         for (unsigned t = 0; t < 256; ++t)
           ts.emplace_back([&, t] {
@@ -88,7 +137,9 @@ void compare(const char* what, const std::vector<float>& got, const std::vector<
   }
 }
 
-void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int split_len) {
+void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int split_len, bool tf32 = false) {
+  // With TF32 the reference multiplies the TF32-rounded inputs (exactly, in f64).
+  auto in = [&](float v) { return tf32 ? (double)bits_to_float(dpgan::tile::to_tf32(v)) : (double)v; };
   auto a = randv((size_t)G * M * K), b = randv((size_t)G * K * N);
   std::vector<double> want((size_t)G * M * N, 0.0);
   for (int g = 0; g < G; ++g)
@@ -96,8 +147,8 @@ void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int spl
       for (int j = 0; j < N; ++j) {
         double s = 0;
         for (int p = 0; p < K; ++p) {
-          double av = ta ? a[((size_t)g * K + p) * M + i] : a[((size_t)g * M + i) * K + p];
-          double bv = tb ? b[((size_t)g * N + j) * K + p] : b[((size_t)g * K + p) * N + j];
+          double av = in(ta ? a[((size_t)g * K + p) * M + i] : a[((size_t)g * M + i) * K + p]);
+          double bv = in(tb ? b[((size_t)g * N + j) * K + p] : b[((size_t)g * K + p) * N + j]);
           s += av * bv;
         }
         want[((size_t)g * M + i) * N + j] = s;
@@ -106,16 +157,23 @@ void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int spl
   GemmParams p{G, M, N, K, ta, tb, splits, split_len};
   uint3_ grid{(unsigned)((N + 63) / 64), (unsigned)((M + 63) / 64), (unsigned)std::min(G * splits, 3)};
   launch(grid, [&] {
-    if (ta && tb) gemm_grouped_tt_fwd_f32(p, a.data(), b.data(), c.data());
-    else if (ta) gemm_grouped_tn_fwd_f32(p, a.data(), b.data(), c.data());
-    else if (tb) gemm_grouped_nt_fwd_f32(p, a.data(), b.data(), c.data());
-    else gemm_grouped_nn_fwd_f32(p, a.data(), b.data(), c.data());
+    if (tf32) {
+      if (ta && tb) gemm_grouped_tt_fwd_tf32(p, a.data(), b.data(), c.data());
+      else if (ta) gemm_grouped_tn_fwd_tf32(p, a.data(), b.data(), c.data());
+      else if (tb) gemm_grouped_nt_fwd_tf32(p, a.data(), b.data(), c.data());
+      else gemm_grouped_nn_fwd_tf32(p, a.data(), b.data(), c.data());
+    } else {
+      if (ta && tb) gemm_grouped_tt_fwd_f32(p, a.data(), b.data(), c.data());
+      else if (ta) gemm_grouped_tn_fwd_f32(p, a.data(), b.data(), c.data());
+      else if (tb) gemm_grouped_nt_fwd_f32(p, a.data(), b.data(), c.data());
+      else gemm_grouped_nn_fwd_f32(p, a.data(), b.data(), c.data());
+    }
   });
   std::vector<float> sum((size_t)G * M * N, 0.0f);
   for (int s = 0; s < splits; ++s)
     for (size_t i = 0; i < sum.size(); ++i) sum[i] += c[s * sum.size() + i];
   char what[200];
-  snprintf(what, sizeof what, "gemm G%d M%d N%d K%d ta%d tb%d splits%d", G, M, N, K, ta, tb, splits);
+  snprintf(what, sizeof what, "gemm%s G%d M%d N%d K%d ta%d tb%d splits%d", tf32 ? " tf32" : "", G, M, N, K, ta, tb, splits);
   compare(what, sum, want);
 }
 
@@ -210,6 +268,10 @@ int main() {
       test_gemm(3, 9, 70, 35, ta, tb, 1, 35);
       test_gemm(2, 65, 5, 100, ta, tb, 4, 32);  // slices 32, 32, 32, 4
       test_gemm(2, 3, 66, 48, ta, tb, 3, 16);
+      for (int m : {1, 64, 70})
+        for (int n : {9, 64, 130})
+          for (int k : {0, 5, 40}) test_gemm(1, m, n, k, ta, tb, 1, std::max(k, 1), true);
+      test_gemm(2, 65, 70, 100, ta, tb, 4, 32, true);
     }
   printf("gemm done, %d failures\n", failures);
   const Geo geos[] = {

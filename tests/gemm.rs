@@ -272,3 +272,39 @@ fn matmul_cuda_empty_edges() {
         assert!(c.to_vec().unwrap().iter().all(|&v| v == 0.0), "K = 0 must overwrite the poisoned output with zeros");
     });
 }
+
+/// With TF32 allowed on this thread, products of at least a 64 × 64 tile run on tensor cores:
+/// every transpose, tails, G > 1 and a split K. Inputs rounded to a 10-bit mantissa:
+/// TENSOR_CORE.
+#[test]
+fn matmul_cuda_tf32_matches_the_oracle_within_tensor_core_tolerance() {
+    common::on_cuda("matmul_cuda_tf32_matches_the_oracle_within_tensor_core_tolerance", |dev| {
+        let mut rng = common::rng("matmul_cuda_tf32_matches_the_oracle_within_tensor_core_tolerance");
+        dpgan::backend::cuda::set_allow_tf32(true);
+        for (trans_a, trans_b) in TRANSPOSES {
+            for (groups, m, k, n) in [(1, 64, 64, 64), (1, 130, 33, 257), (2, 257, 130, 65), (3, 600, 794, 128), (1, 64, 4111, 70)] {
+                check_cuda(&mut rng, dev, Case { groups, m, k, n, trans_a, trans_b }, tol::TENSOR_CORE);
+            }
+        }
+        dpgan::backend::cuda::set_allow_tf32(false);
+    });
+}
+
+/// TF32 is used exactly when allowed: 1 + 2⁻¹² is not a TF32 number (it rounds to 1), so each
+/// of the K products is 1 on tensor cores and 1 + 2⁻¹² in f32.
+#[test]
+fn matmul_cuda_uses_tf32_only_when_allowed() {
+    common::on_cuda("matmul_cuda_uses_tf32_only_when_allowed", |dev| {
+        let (m, k, n) = (64, 32, 64);
+        let x = 1.0 + 2f32.powi(-12);
+        let a = Tensor::from_vec(vec![x; m * k], &[1, m, k], dev).unwrap();
+        let b = Tensor::from_vec(vec![1.0; k * n], &[1, k, n], dev).unwrap();
+        for allow in [false, true] {
+            dpgan::backend::cuda::set_allow_tf32(allow);
+            let c = ops::matmul(&a, &b, false, false).unwrap().to_vec().unwrap();
+            let expected = if allow { k as f32 } else { k as f32 * x };
+            assert!(c.iter().all(|&v| v == expected), "allow_tf32 = {allow}: expected every element {expected}, got {:?}", &c[..4]);
+        }
+        dpgan::backend::cuda::set_allow_tf32(false);
+    });
+}

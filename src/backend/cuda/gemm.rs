@@ -1,9 +1,11 @@
-//! Launcher of `kernels/gemm.cu` (one kernel per transpose combination), and the tiling and K-splitting that `conv.rs` shares.
+//! Launcher of `kernels/gemm.cu` (one kernel per transpose combination, in f32 FFMA or, where the
+//! calling thread allows it, on TF32 tensor cores), and the tiling and K-splitting that `conv.rs` shares.
 //!
 //! One 256-thread block computes a 64 × 64 tile of C (`kernels/gemm_tile.cuh`). When the tiles of
 //! all groups cannot fill the device and K is long (a linear layer's weight gradient: M·N small,
 //! K = batch), K is cut into slices, each block writes its slice's partial product, and
 //! `reduce::sum_to` adds the slices in a fixed order: deterministic, no atomics.
+use std::cell::Cell;
 use std::sync::Arc;
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -32,6 +34,32 @@ const MIN_SPLIT_K: usize = 256;
 const MAX_SPLITS: usize = 32;
 /// Most floats of partial products a split may allocate (64 MiB).
 const SPLIT_BUDGET: usize = 1 << 24;
+
+thread_local! {
+    static ALLOW_TF32: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Lets this thread's matmuls on CUDA run on TF32 tensor cores where the product is large enough
+/// (M and N at least a tile, K at least `TF32_MIN_K`): inputs rounded to a 10-bit mantissa, f32
+/// accumulation, about 1e-3 relative error instead of 1e-6 (PyTorch's `allow_tf32`). Off by
+/// default. Per thread, so that one caller's choice never changes the numerics another thread
+/// (a test at f32 tolerances) relies on.
+pub fn set_allow_tf32(on: bool) {
+    ALLOW_TF32.with(|a| a.set(on));
+}
+
+/// Whether this thread allows TF32 (see [`set_allow_tf32`]).
+pub fn allow_tf32() -> bool {
+    ALLOW_TF32.with(|a| a.get())
+}
+
+/// The shortest K worth the tensor-core path (two of its K steps).
+const TF32_MIN_K: usize = 2 * TILE_K;
+
+/// Whether a product of this size takes the TF32 kernels on `dev` (sm_80+ has `mma.sync` TF32).
+fn use_tf32(dev: &CudaDevice, m: usize, n: usize, k: usize) -> bool {
+    allow_tf32() && dev.properties().compute_capability.0 >= 8 && m >= TILE_M && n >= TILE_N && k >= TF32_MIN_K
+}
 
 /// Largest size the kernels index with 32-bit ints: tile origins and `k0 + TILE_K` stay below
 /// `i32::MAX`.
@@ -110,11 +138,15 @@ pub(crate) fn matmul(dev: &Arc<CudaDevice>, a: &Tensor, b: &Tensor, geom: &Matmu
         split_len: split_len as i32,
     };
     let mut c = dev.alloc(splits * out_len)?;
-    let kernel = match (trans_a, trans_b) {
-        (false, false) => Kernel::GemmNN,
-        (true, false) => Kernel::GemmTN,
-        (false, true) => Kernel::GemmNT,
-        (true, true) => Kernel::GemmTT,
+    let kernel = match (trans_a, trans_b, use_tf32(dev, m, n, k)) {
+        (false, false, false) => Kernel::GemmNN,
+        (true, false, false) => Kernel::GemmTN,
+        (false, true, false) => Kernel::GemmNT,
+        (true, true, false) => Kernel::GemmTT,
+        (false, false, true) => Kernel::GemmNNTf32,
+        (true, false, true) => Kernel::GemmTNTf32,
+        (false, true, true) => Kernel::GemmNTTf32,
+        (true, true, true) => Kernel::GemmTTTf32,
     };
     // SAFETY: a holds G·M·K and b G·K·N floats (checked above); the kernel reads them only at
     // in-range (m, k) and (k, n) of each group, and writes each (slice, g, m, n) with m < M, n < N
