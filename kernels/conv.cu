@@ -256,45 +256,39 @@ struct WeightGradEpilogue {
   __device__ __forceinline__ int64_t col(int j) const { return j; }
 };
 
-}  // namespace conv
-}  // namespace dpgan
-
-using dpgan::tile::BM;
-using dpgan::tile::BN;
 
 // Grid: x = tiles of B·HO·WO, y = tiles of O, z grid-strides over groups.
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    conv_conv2d_fwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ w,
-                        float* __restrict__ y) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+template <bool TF32>
+__device__ __forceinline__ void conv2d_fwd(const ConvParams& p, const float* __restrict__ x, const float* __restrict__ w,
+                                           float* __restrict__ y, tile::SharedTiles& smem) {
   const int P = (int)p.out_area.divisor, KK = (int)p.kernel_area.divisor;
   const int M = p.out_channels, N = p.batch * P, K = p.in_channels * KK;
-  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
   const int64_t x_size = (int64_t)p.batch * p.in_channels * p.in_area.divisor;
   const int64_t y_size = (int64_t)p.batch * M * P;
   for (int g = blockIdx.z; g < p.groups; g += gridDim.z) {
-    const dpgan::tile::KMajorLoader la{w + (int64_t)g * M * K, m0, M, K};
-    const dpgan::conv::Im2colLoader lb(p, x + g * x_size, n0);
-    float acc[dpgan::tile::TM][dpgan::tile::TN];
-    dpgan::tile::mainloop<false>(la, lb, 0, K, smem, acc);
-    const dpgan::conv::ForwardEpilogue ep{p.out_area, (int64_t)M * P};
-    dpgan::tile::store_tile<false>(ep, y + g * y_size, m0, n0, M, N, acc);
+    const tile::KMajorLoader la{w + (int64_t)g * M * K, m0, M, K};
+    const Im2colLoader lb(p, x + g * x_size, n0);
+    float acc[tile::TM][tile::TN];
+    tile::mainloop<TF32>(la, lb, 0, K, smem, acc);
+    const ForwardEpilogue ep{p.out_area, (int64_t)M * P};
+    tile::store_tile<TF32>(ep, y + g * y_size, m0, n0, M, N, acc);
   }
 }
 
 // One launch per stride phase (see above). Grid: x = tiles of the phase's B·rows·cols pixels,
 // y = tiles of C, z grid-strides over groups.
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    conv_conv2d_input_grad_bwd_f32(ConvParams p, ConvPhase q, const float* __restrict__ dy,
-                                   const float* __restrict__ w, float* __restrict__ dx) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+template <bool TF32>
+__device__ __forceinline__ void conv2d_input_grad(const ConvParams& p, const ConvPhase& q, const float* __restrict__ dy,
+                                                  const float* __restrict__ w, float* __restrict__ dx,
+                                                  tile::SharedTiles& smem) {
   const int HW = (int)p.in_area.divisor, KK = (int)p.kernel_area.divisor;
   const int M = p.in_channels, N = p.batch * (int)q.pixels.divisor, K = p.out_channels * q.taps_y * q.taps_x;
-  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
   const int64_t dy_size = (int64_t)p.batch * p.out_channels * p.out_area.divisor;
   const int64_t dx_size = (int64_t)p.batch * M * HW;
   for (int g = blockIdx.z; g < p.groups; g += gridDim.z) {
-    const dpgan::conv::PhaseWeightLoader la{w + (int64_t)g * p.out_channels * M * KK,
+    const PhaseWeightLoader la{w + (int64_t)g * p.out_channels * M * KK,
                                             m0,
                                             M,
                                             K,
@@ -305,35 +299,81 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
                                             q.phase_x,
                                             q.taps_area,
                                             q.taps_xd};
-    const dpgan::conv::PhaseDyLoader lb(p, q, dy + g * dy_size, n0);
-    float acc[dpgan::tile::TM][dpgan::tile::TN];
-    dpgan::tile::mainloop<false>(la, lb, 0, K, smem, acc);
-    const dpgan::conv::PhaseInputGradEpilogue ep{q.pixels, q.cols_d, (int64_t)M * HW, HW, p.in_w, p.stride, q.first_y, q.first_x};
-    dpgan::tile::store_tile<false>(ep, dx + g * dx_size, m0, n0, M, N, acc);
+    const PhaseDyLoader lb(p, q, dy + g * dy_size, n0);
+    float acc[tile::TM][tile::TN];
+    tile::mainloop<TF32>(la, lb, 0, K, smem, acc);
+    const PhaseInputGradEpilogue ep{q.pixels, q.cols_d, (int64_t)M * HW, HW, p.in_w, p.stride, q.first_y, q.first_x};
+    tile::store_tile<TF32>(ep, dx + g * dx_size, m0, n0, M, N, acc);
   }
 }
 
 // Grid: x = tiles of C·KH·KW, y = tiles of O, z grid-strides over (group, K slice); slice s writes
 // its partial dw to dw[s] (dw holds splits · G · O · C·KH·KW floats).
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    conv_conv2d_weight_grad_bwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy,
-                                    float* __restrict__ dw) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+template <bool TF32>
+__device__ __forceinline__ void conv2d_weight_grad(const ConvParams& p, const float* __restrict__ x,
+                                                   const float* __restrict__ dy, float* __restrict__ dw,
+                                                   tile::SharedTiles& smem) {
   const int P = (int)p.out_area.divisor, KK = (int)p.kernel_area.divisor;
   const int M = p.out_channels, N = p.in_channels * KK, K = p.batch * P;
-  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
   const int64_t x_size = (int64_t)p.batch * p.in_channels * p.in_area.divisor;
   const int64_t dy_size = (int64_t)p.batch * M * P;
   const int64_t dw_size = (int64_t)M * N;
   const int64_t work = (int64_t)p.groups * p.splits;
   for (int64_t z = blockIdx.z; z < work; z += gridDim.z) {
     const int g = (int)(z / p.splits), s = (int)(z % p.splits);
-    const dpgan::conv::DyRowsLoader la{dy + g * dy_size, m0, M, K, p.out_area};
-    const dpgan::conv::Im2colTransposeLoader lb(p, x + g * x_size, n0);
-    const dpgan::tile::KRange kr = dpgan::tile::split_range(s, p.split_len, K);
-    float acc[dpgan::tile::TM][dpgan::tile::TN];
-    dpgan::tile::mainloop<false>(la, lb, kr.begin, kr.end, smem, acc);
-    dpgan::tile::store_tile<false>(dpgan::conv::WeightGradEpilogue{N}, dw + ((int64_t)s * p.groups + g) * dw_size, m0, n0, M,
+    const DyRowsLoader la{dy + g * dy_size, m0, M, K, p.out_area};
+    const Im2colTransposeLoader lb(p, x + g * x_size, n0);
+    const tile::KRange kr = tile::split_range(s, p.split_len, K);
+    float acc[tile::TM][tile::TN];
+    tile::mainloop<TF32>(la, lb, kr.begin, kr.end, smem, acc);
+    tile::store_tile<TF32>(WeightGradEpilogue{N}, dw + ((int64_t)s * p.groups + g) * dw_size, m0, n0, M,
                             N, acc);
   }
+}
+
+}  // namespace conv
+}  // namespace dpgan
+
+// Entry points: f32 FFMA, and the same on TF32 tensor cores (inputs rounded to TF32, f32
+// accumulation) for callers that allow it (src/backend/cuda/gemm.rs, set_allow_tf32).
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    conv_conv2d_fwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::conv::conv2d_fwd<false>(p, x, w, y, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    conv_conv2d_input_grad_bwd_f32(ConvParams p, ConvPhase q, const float* __restrict__ dy, const float* __restrict__ w,
+                                   float* __restrict__ dx) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::conv::conv2d_input_grad<false>(p, q, dy, w, dx, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    conv_conv2d_weight_grad_bwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy,
+                                    float* __restrict__ dw) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::conv::conv2d_weight_grad<false>(p, x, dy, dw, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    conv_conv2d_fwd_tf32(ConvParams p, const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::conv::conv2d_fwd<true>(p, x, w, y, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    conv_conv2d_input_grad_bwd_tf32(ConvParams p, ConvPhase q, const float* __restrict__ dy, const float* __restrict__ w,
+                                   float* __restrict__ dx) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::conv::conv2d_input_grad<true>(p, q, dy, w, dx, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    conv_conv2d_weight_grad_bwd_tf32(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy,
+                                    float* __restrict__ dw) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::conv::conv2d_weight_grad<true>(p, x, dy, dw, smem);
 }

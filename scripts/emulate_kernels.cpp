@@ -188,11 +188,19 @@ ConvParams params_of(const Geo& q, int splits, int split_len) {
   return p;
 }
 
-void test_conv(const Geo& q, int splits, int split_len) {
+void test_conv(const Geo& q, int splits, int split_len, bool tf32 = false) {
   const int HO = (q.H + 2 * q.P - q.KH) / q.S + 1, WO = (q.W + 2 * q.P - q.KW) / q.S + 1;
   const size_t xs = (size_t)q.G * q.B * q.C * q.H * q.W, ws = (size_t)q.G * q.O * q.C * q.KH * q.KW,
                ys = (size_t)q.G * q.B * q.O * HO * WO;
   auto x = randv(xs), w = randv(ws), dy = randv(ys);
+  // With TF32 the reference multiplies the TF32-rounded inputs (exactly, in f64).
+  auto rounded = [&](const std::vector<float>& v) {
+    std::vector<float> r(v);
+    if (tf32)
+      for (auto& e : r) e = bits_to_float(dpgan::tile::to_tf32(e));
+    return r;
+  };
+  const auto xr = rounded(x), wr = rounded(w), dyr = rounded(dy);
   std::vector<double> y_want(ys, 0), dx_want(xs, 0), dw_want(ws, 0);
   for (int g = 0; g < q.G; ++g)
     for (int b = 0; b < q.B; ++b)
@@ -207,12 +215,12 @@ void test_conv(const Geo& q, int splits, int split_len) {
                   size_t xi = ((((size_t)g * q.B + b) * q.C + c) * q.H + iy) * q.W + ix;
                   size_t wi = ((((size_t)g * q.O + o) * q.C + c) * q.KH + i) * q.KW + j;
                   size_t yi = ((((size_t)g * q.B + b) * q.O + o) * HO + oy) * WO + ox;
-                  y_want[yi] += (double)x[xi] * w[wi];
-                  dx_want[xi] += (double)dy[yi] * w[wi];
-                  dw_want[wi] += (double)x[xi] * dy[yi];
+                  y_want[yi] += (double)xr[xi] * wr[wi];
+                  dx_want[xi] += (double)dyr[yi] * wr[wi];
+                  dw_want[wi] += (double)xr[xi] * dyr[yi];
                 }
   char what[200];
-  snprintf(what, sizeof what, "G%d B%d C%d %dx%d O%d k%dx%d s%d p%d", q.G, q.B, q.C, q.H, q.W, q.O, q.KH, q.KW, q.S, q.P);
+  snprintf(what, sizeof what, "%sG%d B%d C%d %dx%d O%d k%dx%d s%d p%d", tf32 ? "tf32 " : "", q.G, q.B, q.C, q.H, q.W, q.O, q.KH, q.KW, q.S, q.P);
   unsigned z = (unsigned)std::min(q.G, 2);
   {
     ConvParams p = params_of(q, 1, q.C * q.KH * q.KW);
@@ -220,7 +228,7 @@ void test_conv(const Geo& q, int splits, int split_len) {
     int N = q.B * HO * WO;
     if (q.O > 0 && N > 0)
       launch({(unsigned)((N + 63) / 64), (unsigned)((q.O + 63) / 64), z},
-             [&] { conv_conv2d_fwd_f32(p, x.data(), w.data(), y.data()); });
+             [&] { (tf32 ? conv_conv2d_fwd_tf32 : conv_conv2d_fwd_f32)(p, x.data(), w.data(), y.data()); });
     std::string s = std::string("fwd ") + what;
     compare(s.c_str(), y, y_want);
   }
@@ -240,7 +248,7 @@ void test_conv(const Geo& q, int splits, int split_len) {
         int N = q.B * rows * cols;
         if (q.C > 0 && N > 0)
           launch({(unsigned)((N + 63) / 64), (unsigned)((q.C + 63) / 64), z},
-                 [&] { conv_conv2d_input_grad_bwd_f32(p, ph, dy.data(), w.data(), dx.data()); });
+                 [&] { (tf32 ? conv_conv2d_input_grad_bwd_tf32 : conv_conv2d_input_grad_bwd_f32)(p, ph, dy.data(), w.data(), dx.data()); });
       }
     std::string s_ = std::string("dx ") + what;
     compare(s_.c_str(), dx, dx_want);
@@ -250,7 +258,7 @@ void test_conv(const Geo& q, int splits, int split_len) {
     std::vector<float> dwp(ws * splits, NAN);
     int N = q.C * q.KH * q.KW;
     launch({(unsigned)((N + 63) / 64), (unsigned)((q.O + 63) / 64), (unsigned)std::min(q.G * splits, 3)},
-           [&] { conv_conv2d_weight_grad_bwd_f32(p, x.data(), dy.data(), dwp.data()); });
+           [&] { (tf32 ? conv_conv2d_weight_grad_bwd_tf32 : conv_conv2d_weight_grad_bwd_f32)(p, x.data(), dy.data(), dwp.data()); });
     std::vector<float> dw(ws, 0.0f);
     for (int s = 0; s < splits; ++s)
       for (size_t i = 0; i < ws; ++i) dw[i] += dwp[s * ws + i];
@@ -287,6 +295,9 @@ int main() {
   for (const Geo& q : geos) test_conv(q, 1, q.B * ((q.H + 2 * q.P - q.KH) / q.S + 1) * ((q.W + 2 * q.P - q.KW) / q.S + 1));
   test_conv({1, 4, 2, 9, 9, 3, 3, 3, 1, 1}, 3, 128);  // K = 324: slices 128, 128, 68
   test_conv({2, 3, 2, 7, 7, 5, 5, 5, 2, 2}, 2, 32);   // K = 48
+  test_conv({1, 2, 70, 5, 6, 66, 3, 3, 1, 1}, 1, 60, true);
+  test_conv({2, 2, 3, 9, 13, 67, 3, 3, 2, 1}, 1, 2 * 5 * 7, true);
+  test_conv({1, 2, 65, 11, 11, 3, 8, 8, 2, 0}, 2, 16, true);
   printf("conv done, %d failures\n", failures);
   return failures != 0;
 }

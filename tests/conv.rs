@@ -598,3 +598,23 @@ fn conv_transpose_cuda_matches_its_definition() {
         }
     });
 }
+
+/// With TF32 allowed on this thread, the convolutions large enough for a 64 × 64 tile run on tensor
+/// cores: forward, input gradient (per stride phase) and weight gradient (split K at B = 32).
+/// Inputs rounded to a 10-bit mantissa: TENSOR_CORE.
+#[test]
+fn conv_cuda_tf32_matches_the_loop_formulas_within_tensor_core_tolerance() {
+    common::on_cuda("conv_cuda_tf32_matches_the_loop_formulas_within_tensor_core_tolerance", |dev| {
+        let mut rng = common::rng("conv_cuda_tf32_matches_the_loop_formulas_within_tensor_core_tolerance");
+        dpgan::backend::cuda::set_allow_tf32(true);
+        for (name, conv) in [
+            ("GS-WGAN D conv2 64->128 5x5 s2 p2 14->7, B=2", Conv::new(1, 2, 64, 14, 14, 128, (5, 5), 2, 2)),
+            ("ResNet G up-block 256->256 3x3 p1 at 8, B=1", Conv::new(1, 1, 256, 8, 8, 256, (3, 3), 1, 1)),
+            ("tails: 65->67 channels 3x3 s2 p1 13x11, G=2", Conv::new(2, 3, 65, 13, 11, 67, (3, 3), 2, 1)),
+            ("weight grad with split K: 8->64 3x3 p1 at 14, B=16", Conv::new(1, 16, 8, 14, 14, 64, (3, 3), 1, 1)),
+        ] {
+            check_cuda_conv_ops(name, &conv, dev, &mut rng, tol::TENSOR_CORE);
+        }
+        dpgan::backend::cuda::set_allow_tf32(false);
+    });
+}

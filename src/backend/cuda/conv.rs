@@ -7,6 +7,9 @@
 //! | input grad  | C | B·H·W/s² | O·KK/s²  | groups, s² launches|
 //! | weight grad | O | C·KK     | B·P      | groups × K slices  |
 //!
+//! Each has an f32 FFMA kernel and a TF32 tensor-core twin, taken where the calling thread allows
+//! TF32 and the product is large enough (`gemm::use_tf32`).
+//!
 //! The weight gradient's K (the batch's positions) is long while O·C·KK can be a single tile (64
 //! filters of 1·5·5), so it is split like a GEMM's and the slices added by `reduce::sum_to`.
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::device::{CudaBuffer, CudaDevice};
 use super::elementwise::fill;
-use super::gemm::{check_i32, split_k, sum_splits, tile_grid, TILE_M, TILE_N};
+use super::gemm::{check_i32, split_k, sum_splits, tile_grid, use_tf32, TILE_M, TILE_N};
 use super::module::Kernel;
 use super::params::{ConvParams, ConvPhase, FastDivmod};
 use super::{buffer, launched, output};
@@ -153,8 +156,10 @@ pub(crate) fn conv2d(dev: &Arc<CudaDevice>, x: &Tensor, w: &Tensor, geom: &ConvG
     let mut y = dev.alloc(shape.iter().product())?;
     let (m, n) = (geom.out_channels, geom.batch * geom.out_h * geom.out_w);
     if geom.groups * m * n > 0 {
-        let p = conv_params("conv2d", geom, 1, geom.in_channels * geom.kernel_h * geom.kernel_w)?;
-        launch(dev, Kernel::Conv2d, &p, tile_grid("conv2d", m, n, geom.groups)?, x, w, &mut y)?;
+        let k = geom.in_channels * geom.kernel_h * geom.kernel_w;
+        let p = conv_params("conv2d", geom, 1, k)?;
+        let kernel = if use_tf32(dev, m, n, k) { Kernel::Conv2dTf32 } else { Kernel::Conv2d };
+        launch(dev, kernel, &p, tile_grid("conv2d", m, n, geom.groups)?, x, w, &mut y)?;
     }
     output(y, &shape)
 }
@@ -169,9 +174,11 @@ pub(crate) fn conv2d_input_grad(dev: &Arc<CudaDevice>, dy: &Tensor, w: &Tensor, 
         return output(d_x, &shape);
     }
     let p = conv_params("conv2d_input_grad", geom, 1, geom.out_channels * geom.kernel_h * geom.kernel_w)?;
-    let kernel = Kernel::Conv2dInputGrad;
     for q in input_grad_phases(geom) {
-        let config = tile_grid("conv2d_input_grad", m, geom.batch * (q.rows * q.cols) as usize, geom.groups)?;
+        let n = geom.batch * (q.rows * q.cols) as usize;
+        let k = geom.out_channels * (q.taps_y * q.taps_x) as usize;
+        let kernel = if use_tf32(dev, m, n, k) { Kernel::Conv2dInputGradTf32 } else { Kernel::Conv2dInputGrad };
+        let config = tile_grid("conv2d_input_grad", m, n, geom.groups)?;
         // SAFETY: dy and w match `p` (ops checked the shapes against the geometry) and d_x holds
         // G·B·C·H·W floats; the phase's pixels lie inside H × W and its taps inside KH × KW
         // (`input_grad_phases`), every dy read is bounds-checked against HO × WO in the kernel, and
@@ -209,7 +216,8 @@ pub(crate) fn conv2d_weight_grad(dev: &Arc<CudaDevice>, x: &Tensor, dy: &Tensor,
     let (splits, split_len) = split_k(tiles, k, out_len, dev.properties().multiprocessors as usize);
     let p = conv_params("conv2d_weight_grad", geom, splits, split_len)?;
     let mut partials = dev.alloc(splits * out_len)?;
-    launch(dev, Kernel::Conv2dWeightGrad, &p, tile_grid("conv2d_weight_grad", m, n, geom.groups * splits)?, x, dy, &mut partials)?;
+    let kernel = if use_tf32(dev, m, n, k) { Kernel::Conv2dWeightGradTf32 } else { Kernel::Conv2dWeightGrad };
+    launch(dev, kernel, &p, tile_grid("conv2d_weight_grad", m, n, geom.groups * splits)?, x, dy, &mut partials)?;
     sum_splits(dev, partials, splits, out_len, &shape)
 }
 

@@ -39,7 +39,7 @@ thread_local! {
     static ALLOW_TF32: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Lets this thread's matmuls on CUDA run on TF32 tensor cores where the product is large enough
+/// Lets this thread's matmuls and convolutions on CUDA run on TF32 tensor cores where the product is large enough
 /// (M and N at least a tile, K at least `TF32_MIN_K`): inputs rounded to a 10-bit mantissa, f32
 /// accumulation, about 1e-3 relative error instead of 1e-6 (PyTorch's `allow_tf32`). Off by
 /// default. Per thread, so that one caller's choice never changes the numerics another thread
@@ -57,7 +57,7 @@ pub fn allow_tf32() -> bool {
 const TF32_MIN_K: usize = 2 * TILE_K;
 
 /// Whether a product of this size takes the TF32 kernels on `dev` (sm_80+ has `mma.sync` TF32).
-fn use_tf32(dev: &CudaDevice, m: usize, n: usize, k: usize) -> bool {
+pub(crate) fn use_tf32(dev: &CudaDevice, m: usize, n: usize, k: usize) -> bool {
     allow_tf32() && dev.properties().compute_capability.0 >= 8 && m >= TILE_M && n >= TILE_N && k >= TF32_MIN_K
 }
 

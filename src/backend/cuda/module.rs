@@ -47,6 +47,9 @@ kernel_table! {
     Conv2d => "conv_conv2d_fwd_f32",
     Conv2dInputGrad => "conv_conv2d_input_grad_bwd_f32",
     Conv2dWeightGrad => "conv_conv2d_weight_grad_bwd_f32",
+    Conv2dTf32 => "conv_conv2d_fwd_tf32",
+    Conv2dInputGradTf32 => "conv_conv2d_input_grad_bwd_tf32",
+    Conv2dWeightGradTf32 => "conv_conv2d_weight_grad_bwd_tf32",
 }
 
 impl Kernel {
