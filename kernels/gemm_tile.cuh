@@ -1,8 +1,9 @@
-// The shared-memory tiled f32 GEMM main loop that gemm.cu and conv.cu build on.
+// The shared-memory tiled GEMM main loop that gemm.cu and conv.cu build on.
 //
 // C (M × N) = A (M × K) · B (K × N), one 64 × 64 tile of C per 256-thread block, K walked in steps
-// of 16. Each thread owns a 4 × 4 micro-tile of C in registers (rows 4·ty.., columns 4·tx..) and
-// accumulates in f32. Per K step every thread fetches 4 elements of A's and 4 of B's 64 × 16 tile
+// of 16. Each thread holds 16 elements of C in registers and accumulates in f32: in FFMA, a 4 × 4
+// micro-tile (rows 4·ty.., columns 4·tx..); on TF32 tensor cores, four mma.sync m16n8k8 fragments
+// (see tile_product_tf32). Per K step every thread fetches 4 elements of A's and 4 of B's 64 × 16 tile
 // from global memory into registers (the next step's, while the current one is multiplied out of
 // shared memory), so the loads of one step overlap the arithmetic of the previous.
 //
@@ -25,8 +26,8 @@ constexpr int BM = 64;       // rows of C per block
 constexpr int BN = 64;       // columns of C per block
 constexpr int BK = 16;       // K per step
 constexpr int THREADS = 256;
-constexpr int TM = 4;        // rows per thread
-constexpr int TN = 4;        // columns per thread
+constexpr int TM = 4;        // rows per thread (FFMA); n8-tiles per warp (TF32)
+constexpr int TN = 4;        // columns per thread (FFMA); registers per n8-tile (TF32)
 constexpr int PAD = 4;       // keeps shared rows 16-byte aligned for float4 reads
 constexpr int LOADS = BM * BK / THREADS;  // elements of each operand a thread fetches per step
 
