@@ -247,6 +247,76 @@ struct PowerIterationParams {
   int64_t cols;
 };
 
+// ---- gemm.cu ----
+
+// C[g] = op(A[g]) · op(B[g]), row-major, A [G, M, K] (or [G, K, M] when trans_a), B [G, K, N] (or
+// [G, N, K] when trans_b). With splits > 1, K is cut into slices of split_len (a multiple of the
+// tile's K step) and slice s writes its partial product to c[s][g] (c then holds splits · G · M · N
+// floats); the host adds the slices in a second, deterministic pass. trans_a and trans_b say which of
+// the four kernels (gemm_grouped_{nn,tn,nt,tt}_fwd_f32) the launcher picked.
+struct GemmParams {
+  int32_t groups;
+  int32_t m;
+  int32_t n;
+  int32_t k;
+  int32_t trans_a;
+  int32_t trans_b;
+  int32_t splits;
+  int32_t split_len;
+};
+
+// ---- conv.cu ----
+
+// A grouped conv's geometry (ConvGeometry on the Rust side) with the divisors its kernels decode
+// flat indices by. x [G, B, C, H, W], w [G, O, C, KH, KW], y [G, B, O, HO, WO]. splits/split_len cut
+// the weight gradient's K = B·HO·WO as in GemmParams (1 and K for the other kernels).
+struct ConvParams {
+  int32_t groups;
+  int32_t batch;
+  int32_t in_channels;
+  int32_t in_h;
+  int32_t in_w;
+  int32_t out_channels;
+  int32_t kernel_h;
+  int32_t kernel_w;
+  int32_t stride;
+  int32_t padding;
+  int32_t out_h;
+  int32_t out_w;
+  int32_t splits;
+  int32_t split_len;
+  FastDivmod kernel_area;  // KH·KW
+  FastDivmod kernel_wd;    // KW
+  FastDivmod in_area;      // H·W
+  FastDivmod in_wd;        // W
+  FastDivmod out_area;     // HO·WO
+  FastDivmod out_wd;       // WO
+  FastDivmod stride_d;     // stride
+};
+
+// One stride phase of the conv input gradient: the input pixels with (iy + p) mod s = phase_y and
+// (ix + p) mod s = phase_x, i.e. iy = first_y + s·j (j < rows), ix = first_x + s·i (i < cols), and
+// the taps ki = phase_y + s·ty (ty < taps_y), kj = phase_x + s·tx (tx < taps_x) that reach them,
+// from dy[shift_y + j − ty, shift_x + i − tx].
+struct ConvPhase {
+  int32_t phase_y;
+  int32_t phase_x;
+  int32_t first_y;
+  int32_t first_x;
+  int32_t rows;
+  int32_t cols;
+  int32_t taps_y;
+  int32_t taps_x;
+  int32_t shift_y;
+  int32_t shift_x;
+  int32_t pad0_;
+  int32_t pad1_;
+  FastDivmod pixels;     // rows·cols
+  FastDivmod cols_d;     // cols
+  FastDivmod taps_area;  // taps_y·taps_x
+  FastDivmod taps_xd;    // taps_x
+};
+
 // The Rust mirrors assert the same sizes (src/backend/cuda/params.rs).
 static_assert(sizeof(FastDivmod) == 16, "FastDivmod layout");
 static_assert(sizeof(SumToParams) == 216, "SumToParams layout");
@@ -259,3 +329,6 @@ static_assert(sizeof(SanitizeRowsParams) == 72, "SanitizeRowsParams layout");
 static_assert(sizeof(Pool2x2Params) == 40, "Pool2x2Params layout");
 static_assert(sizeof(AxisCopyParams) == 56, "AxisCopyParams layout");
 static_assert(sizeof(PowerIterationParams) == 24, "PowerIterationParams layout");
+static_assert(sizeof(GemmParams) == 32, "GemmParams layout");
+static_assert(sizeof(ConvParams) == 168, "ConvParams layout");
+static_assert(sizeof(ConvPhase) == 112, "ConvPhase layout");

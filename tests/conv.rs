@@ -459,3 +459,162 @@ fn conv_empty_batch_and_channels() {
         check_conv_ops(name, &conv, &mut rng);
     }
 }
+
+/// The three conv ops on `dev` against the f64 loop formulas, measured against Σ|terms| (a single
+/// output may cancel to near 0). Inputs are uploaded, outputs stay on the device until compared.
+fn check_cuda_conv_ops(name: &str, conv: &Conv, dev: &Device, rng: &mut impl Rng, tolerance: f64) {
+    let (x, w, dy) = conv_inputs(rng, conv);
+    let (xs, ws, ys) = (conv.x_shape(), conv.w_shape(), conv.y_shape());
+    let (s, p) = (conv.stride, conv.padding);
+    let on_dev = |data: &[f32], shape: &[usize]| Tensor::from_vec(data.to_vec(), shape, dev).unwrap();
+    let (xt, wt, dyt) = (on_dev(&x, &xs), on_dev(&w, &ws), on_dev(&dy, &ys));
+
+    let y = ops::conv2d(&xt, &wt, s, p).unwrap();
+    assert_eq!(y.shape(), ys, "{name}: conv2d shape");
+    assert_close_sums(&format!("{name}: conv2d cuda"), &values(&y), &conv.forward_oracle(&x, &w), tolerance);
+
+    let d_x = ops::conv2d_input_grad(&dyt, &wt, (conv.in_h, conv.in_w), s, p).unwrap();
+    assert_eq!(d_x.shape(), xs, "{name}: conv2d_input_grad shape");
+    assert_close_sums(&format!("{name}: conv2d_input_grad cuda"), &values(&d_x), &conv.input_grad_oracle(&dy, &w), tolerance);
+
+    let d_w = ops::conv2d_weight_grad(&xt, &dyt, (conv.kernel_h, conv.kernel_w), s, p).unwrap();
+    assert_eq!(d_w.shape(), ws, "{name}: conv2d_weight_grad shape");
+    assert_close_sums(&format!("{name}: conv2d_weight_grad cuda"), &values(&d_w), &conv.weight_grad_oracle(&x, &dy), tolerance);
+}
+
+/// Every geometry of the CPU tests (SPEC's at reduced channel counts, G > 1, batch 1, non-square,
+/// strides that do not tile, kernels that only see padding) and random small geometries. Sums of
+/// at most C·KK, O·KK or B·P ≤ 1,568 products: F32_REDUCTION.
+#[test]
+fn conv_cuda_matches_the_loop_formulas_on_every_cpu_geometry() {
+    common::on_cuda("conv_cuda_matches_the_loop_formulas_on_every_cpu_geometry", |dev| {
+        let mut rng = common::rng("conv_cuda_matches_the_loop_formulas_on_every_cpu_geometry");
+        for (name, conv) in CONVS {
+            check_cuda_conv_ops(name, conv, dev, &mut rng, tol::F32_REDUCTION);
+        }
+        let mut checked = 0;
+        while checked < 100 {
+            let conv = Conv::new(
+                rng.random_range(1..=3),
+                rng.random_range(1..=3),
+                rng.random_range(1..=5),
+                rng.random_range(1..=11),
+                rng.random_range(1..=11),
+                rng.random_range(1..=5),
+                (rng.random_range(1..=6), rng.random_range(1..=6)),
+                rng.random_range(1..=3),
+                rng.random_range(0..=3),
+            );
+            if conv.in_h + 2 * conv.padding >= conv.kernel_h && conv.in_w + 2 * conv.padding >= conv.kernel_w {
+                check_cuda_conv_ops(&format!("{conv:?}"), &conv, dev, &mut rng, tol::F32_REDUCTION);
+                checked += 1;
+            }
+        }
+    });
+}
+
+/// SPEC's conv geometries at their full channel counts (batch reduced so that the f64 oracle stays
+/// quick), plus tails of the 64-wide tiles in channels and positions. The weight gradient sums up to
+/// B·HO·WO = 2,048 products and the forward up to C·KK = 3,200 (conv3): F32_REDUCTION.
+#[test]
+fn conv_cuda_matches_the_loop_formulas_at_full_spec_channels() {
+    common::on_cuda("conv_cuda_matches_the_loop_formulas_at_full_spec_channels", |dev| {
+        let mut rng = common::rng("conv_cuda_matches_the_loop_formulas_at_full_spec_channels");
+        for (name, conv) in [
+            ("GS-WGAN D conv1 1->64 5x5 s2 p2 28->14, B=8", Conv::new(1, 8, 1, 28, 28, 64, (5, 5), 2, 2)),
+            ("GS-WGAN D conv2 64->128 5x5 s2 p2 14->7, B=2", Conv::new(1, 2, 64, 14, 14, 128, (5, 5), 2, 2)),
+            ("GS-WGAN D conv3 128->256 5x5 s2 p2 7->4, B=2", Conv::new(1, 2, 128, 7, 7, 256, (5, 5), 2, 2)),
+            ("GS-WGAN D conv1 G=3 groups, B=1", Conv::new(3, 1, 1, 28, 28, 64, (5, 5), 2, 2)),
+            ("ResNet G up-block 256->256 3x3 p1 at 8, B=1", Conv::new(1, 1, 256, 8, 8, 256, (3, 3), 1, 1)),
+            ("ResNet G up-block 256->256 3x3 p1 at 32 (1 image, 32 channels)", Conv::new(1, 1, 32, 32, 32, 32, (3, 3), 1, 1)),
+            ("ResNet G shortcut 256->256 1x1 at 8", Conv::new(1, 2, 256, 8, 8, 256, (1, 1), 1, 0)),
+            ("ResNet G output 256->1 3x3 p0 32->30, B=1", Conv::new(1, 1, 256, 32, 32, 1, (3, 3), 1, 0)),
+            ("LeNet conv1 1->6 5x5 p2 28->28, B=4", Conv::new(1, 4, 1, 28, 28, 6, (5, 5), 1, 2)),
+            ("LeNet conv2 6->16 5x5 p0 14->10, B=4", Conv::new(1, 4, 6, 14, 14, 16, (5, 5), 1, 0)),
+            ("tails: 65->67 channels 3x3 s2 p1 13x11, G=2", Conv::new(2, 3, 65, 13, 11, 67, (3, 3), 2, 1)),
+        ] {
+            check_cuda_conv_ops(name, &conv, dev, &mut rng, tol::F32_REDUCTION);
+        }
+    });
+}
+
+/// Large batches, where the weight gradient's K = B·HO·WO is split across blocks and the slices
+/// added in a second pass; K up to 32·196 = 6,272 and 16·1024: F32_LONG (long f32 reductions).
+#[test]
+fn conv_cuda_weight_grad_with_split_k_matches_the_loop_formulas() {
+    common::on_cuda("conv_cuda_weight_grad_with_split_k_matches_the_loop_formulas", |dev| {
+        let mut rng = common::rng("conv_cuda_weight_grad_with_split_k_matches_the_loop_formulas");
+        for (name, conv) in [
+            ("GS-WGAN D conv1 B=32", Conv::new(1, 32, 1, 28, 28, 64, (5, 5), 2, 2)),
+            ("3x3 p1 at 32, B=16, 4 channels", Conv::new(1, 16, 4, 32, 32, 5, (3, 3), 1, 1)),
+            ("G=2, 1x1, B=50", Conv::new(2, 50, 3, 10, 10, 2, (1, 1), 1, 0)),
+        ] {
+            check_cuda_conv_ops(name, &conv, dev, &mut rng, tol::F32_LONG);
+        }
+    });
+}
+
+/// Empty batch and zero channels on the device: the right shapes, zeros where a sum is empty (the
+/// outputs start as NaN, so an unwritten element fails).
+#[test]
+fn conv_cuda_empty_batch_and_channels() {
+    common::on_cuda("conv_cuda_empty_batch_and_channels", |dev| {
+        let mut rng = common::rng("conv_cuda_empty_batch_and_channels");
+        for (name, conv) in [
+            ("batch 0", Conv::new(2, 0, 3, 7, 7, 4, (3, 3), 1, 1)),
+            ("in-channels 0", Conv::new(1, 2, 0, 7, 5, 4, (3, 3), 2, 1)),
+            ("out-channels 0", Conv::new(1, 2, 3, 7, 5, 0, (3, 3), 2, 1)),
+            ("groups 0", Conv::new(0, 2, 3, 7, 5, 2, (3, 3), 2, 1)),
+            ("empty input plane, output from padding only", Conv::new(1, 2, 3, 0, 4, 2, (3, 3), 1, 2)),
+        ] {
+            check_cuda_conv_ops(name, &conv, dev, &mut rng, tol::F32_REDUCTION);
+        }
+    });
+}
+
+/// `conv_transpose2d` on the device (the conv input-gradient kernel) against PyTorch's scatter
+/// definition: the DCGAN generator's 5×5 s1 and 8×8 s2 layers at full and reduced channels, G > 1,
+/// batch 1, output padding, non-square. Sums of at most C_in·KH·KW = 6,400 products (256 in, 5×5):
+/// F32_REDUCTION.
+#[test]
+fn conv_transpose_cuda_matches_its_definition() {
+    common::on_cuda("conv_transpose_cuda_matches_its_definition", |dev| {
+        let mut rng = common::rng("conv_transpose_cuda_matches_its_definition");
+        let full: &[(&str, ConvTranspose, (usize, usize))] = &[
+            ("DCGAN G convT1 256->128 5x5 s1 4->8, B=2", conv_t(1, 2, 256, 128, (4, 4), (5, 5), 1, 0, 0), (8, 8)),
+            ("DCGAN G convT2 128->64 5x5 s1 7->11, B=2", conv_t(1, 2, 128, 64, (7, 7), (5, 5), 1, 0, 0), (11, 11)),
+            ("DCGAN G convT3 64->1 8x8 s2 11->28, B=3", conv_t(1, 3, 64, 1, (11, 11), (8, 8), 2, 0, 0), (28, 28)),
+        ];
+        for (name, ct, spec_hw) in CONV_TRANSPOSES.iter().chain(full) {
+            assert_eq!(ct.out_hw(), *spec_hw, "{name}: PyTorch's output size");
+            let x = randn_vec(&mut rng, ct.x_shape().iter().product());
+            let w = randn_vec(&mut rng, ct.w_shape().iter().product());
+            let expected = ct.oracle(&x, &w);
+            let xt = Tensor::from_vec(x, &ct.x_shape(), dev).unwrap();
+            let wt = Tensor::from_vec(w, &ct.w_shape(), dev).unwrap();
+            let y = ops::conv_transpose2d(&xt, &wt, ct.stride, ct.padding, ct.output_padding).unwrap();
+            assert_eq!(y.shape(), ct.y_shape(), "{name}: output shape");
+            assert_close_sums(&format!("{name}: conv_transpose2d cuda"), &values(&y), &expected, tol::F32_REDUCTION);
+        }
+    });
+}
+
+/// With TF32 allowed on this thread, the convolutions large enough for a 64 × 64 tile run on tensor
+/// cores: forward, input gradient (per stride phase) and weight gradient (split K at B = 32).
+/// Inputs rounded to a 10-bit mantissa: TENSOR_CORE.
+#[test]
+fn conv_cuda_tf32_matches_the_loop_formulas_within_tensor_core_tolerance() {
+    common::on_cuda("conv_cuda_tf32_matches_the_loop_formulas_within_tensor_core_tolerance", |dev| {
+        let mut rng = common::rng("conv_cuda_tf32_matches_the_loop_formulas_within_tensor_core_tolerance");
+        dpgan::backend::cuda::set_allow_tf32(true);
+        for (name, conv) in [
+            ("GS-WGAN D conv2 64->128 5x5 s2 p2 14->7, B=2", Conv::new(1, 2, 64, 14, 14, 128, (5, 5), 2, 2)),
+            ("ResNet G up-block 256->256 3x3 p1 at 8, B=1", Conv::new(1, 1, 256, 8, 8, 256, (3, 3), 1, 1)),
+            ("tails: 65->67 channels 3x3 s2 p1 13x11, G=2", Conv::new(2, 3, 65, 13, 11, 67, (3, 3), 2, 1)),
+            ("weight grad with split K: 8->64 3x3 p1 at 14, B=16", Conv::new(1, 16, 8, 14, 14, 64, (3, 3), 1, 1)),
+        ] {
+            check_cuda_conv_ops(name, &conv, dev, &mut rng, tol::TENSOR_CORE);
+        }
+        dpgan::backend::cuda::set_allow_tf32(false);
+    });
+}

@@ -175,3 +175,136 @@ fn cpu_gemm_beta_zero_overwrites_even_nan() {
         assert_close_sums(&format!("k = {k}, beta = 1"), &c.iter().map(|&v| v as f64).collect::<Vec<_>>(), &expected, tol::F32_REDUCTION);
     }
 }
+
+/// Uploads a case's operands, multiplies them on `dev` and compares with the f64 oracle (the one the
+/// CPU backend is tested against above), measured against Σ|terms| so that cancellation in a single
+/// dot product does not fail on rounding alone.
+fn check_cuda(rng: &mut impl Rng, dev: &Device, case: Case, tolerance: f64) {
+    let (a_shape, b_shape) = (case.a_shape(), case.b_shape());
+    let a = randn_vec(rng, a_shape.iter().product());
+    let b = randn_vec(rng, b_shape.iter().product());
+    let expected = matmul_oracle(&case, &a, &b);
+    let a_dev = Tensor::from_vec(a, &a_shape, dev).unwrap();
+    let b_dev = Tensor::from_vec(b, &b_shape, dev).unwrap();
+    let c = ops::matmul(&a_dev, &b_dev, case.trans_a, case.trans_b).unwrap();
+    assert_eq!(c.shape(), [case.groups, case.m, case.n], "{case:?}: output shape");
+    assert!(c.device().same(dev), "{case:?}: the product stays on the device");
+    assert_close_sums(&format!("{case:?} cuda"), &to_f64(&c), &expected, tolerance);
+}
+
+/// Tails around the kernel's 64 × 64 tile and K step of 16.
+const CUDA_SIZES: [usize; 5] = [1, 7, 33, 130, 257];
+
+/// Every transpose combination at every size combination with tails, G = 1. Sums of K ≤ 257
+/// products: F32_REDUCTION.
+#[test]
+fn matmul_cuda_matches_the_oracle_on_tails_and_all_transposes() {
+    common::on_cuda("matmul_cuda_matches_the_oracle_on_tails_and_all_transposes", |dev| {
+        let mut rng = common::rng("matmul_cuda_matches_the_oracle_on_tails_and_all_transposes");
+        for (trans_a, trans_b) in TRANSPOSES {
+            for m in CUDA_SIZES {
+                for k in CUDA_SIZES {
+                    for n in CUDA_SIZES {
+                        check_cuda(&mut rng, dev, Case { groups: 1, m, k, n, trans_a, trans_b }, tol::F32_REDUCTION);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// G > 1 (each group on its own operands), more groups than the grid's z limit of 65,535 (the
+/// kernel grid-strides), and DP-CGAN's layer products at B = 600. K ≤ 794: F32_REDUCTION.
+#[test]
+fn matmul_cuda_matches_the_oracle_on_groups_and_dp_cgan_shapes() {
+    common::on_cuda("matmul_cuda_matches_the_oracle_on_groups_and_dp_cgan_shapes", |dev| {
+        let mut rng = common::rng("matmul_cuda_matches_the_oracle_on_groups_and_dp_cgan_shapes");
+        for (trans_a, trans_b) in TRANSPOSES {
+            for (groups, m, k, n) in
+                [(3, 7, 33, 130), (2, 130, 7, 33), (5, 1, 257, 7), (4, 65, 17, 64), (2, 257, 130, 257), (1000, 3, 5, 2)]
+            {
+                check_cuda(&mut rng, dev, Case { groups, m, k, n, trans_a, trans_b }, tol::F32_REDUCTION);
+            }
+        }
+        check_cuda(&mut rng, dev, Case { groups: 70_000, m: 1, k: 3, n: 2, trans_a: false, trans_b: true }, tol::F32_REDUCTION);
+        // DP-CGAN (B = 600): forward x·W, input gradient dy·Wᵀ, weight gradient xᵀ·dy.
+        for (m, k, n, trans_a, trans_b) in [
+            (600, 110, 128, false, false),
+            (600, 128, 784, false, false),
+            (600, 784, 128, false, true),
+            (794, 600, 128, true, false),
+            (128, 600, 1, true, false),
+            (600, 128, 1, false, false),
+        ] {
+            check_cuda(&mut rng, dev, Case { groups: 1, m, k, n, trans_a, trans_b }, tol::F32_REDUCTION);
+        }
+    });
+}
+
+/// Few tiles over a long K, where the launcher splits K across blocks and adds the slices in a
+/// second pass. K up to 100,003: F32_LONG (f32 partial sums over long axes).
+#[test]
+fn matmul_cuda_matches_the_oracle_when_k_is_split() {
+    common::on_cuda("matmul_cuda_matches_the_oracle_when_k_is_split", |dev| {
+        let mut rng = common::rng("matmul_cuda_matches_the_oracle_when_k_is_split");
+        for (trans_a, trans_b) in TRANSPOSES {
+            for (groups, m, k, n) in [(1, 7, 5000, 9), (2, 64, 4111, 64), (1, 33, 100_003, 1), (3, 1, 1025, 1), (1, 130, 600, 33)] {
+                check_cuda(&mut rng, dev, Case { groups, m, k, n, trans_a, trans_b }, tol::F32_LONG);
+            }
+        }
+    });
+}
+
+/// K = 0 writes exact zeros over the NaN-poisoned output; M, N or G = 0 give empty outputs.
+#[test]
+fn matmul_cuda_empty_edges() {
+    common::on_cuda("matmul_cuda_empty_edges", |dev| {
+        let mut rng = common::rng("matmul_cuda_empty_edges");
+        for (trans_a, trans_b) in TRANSPOSES {
+            for (groups, m, k, n) in [(1, 7, 0, 33), (3, 130, 0, 1), (2, 0, 7, 33), (2, 7, 33, 0), (0, 7, 33, 1), (1, 0, 0, 0)] {
+                check_cuda(&mut rng, dev, Case { groups, m, k, n, trans_a, trans_b }, tol::F32_REDUCTION);
+            }
+        }
+        let a = Tensor::zeros(&[2, 65, 0], dev).unwrap();
+        let b = Tensor::zeros(&[2, 0, 3], dev).unwrap();
+        let c = ops::matmul(&a, &b, false, false).unwrap();
+        assert_eq!(c.shape(), [2, 65, 3]);
+        assert!(c.to_vec().unwrap().iter().all(|&v| v == 0.0), "K = 0 must overwrite the poisoned output with zeros");
+    });
+}
+
+/// With TF32 allowed on this thread, products of at least a 64 × 64 tile run on tensor cores:
+/// every transpose, tails, G > 1 and a split K. Inputs rounded to a 10-bit mantissa:
+/// TENSOR_CORE.
+#[test]
+fn matmul_cuda_tf32_matches_the_oracle_within_tensor_core_tolerance() {
+    common::on_cuda("matmul_cuda_tf32_matches_the_oracle_within_tensor_core_tolerance", |dev| {
+        let mut rng = common::rng("matmul_cuda_tf32_matches_the_oracle_within_tensor_core_tolerance");
+        dpgan::backend::cuda::set_allow_tf32(true);
+        for (trans_a, trans_b) in TRANSPOSES {
+            for (groups, m, k, n) in [(1, 64, 64, 64), (1, 130, 33, 257), (2, 257, 130, 65), (3, 600, 794, 128), (1, 64, 4111, 70)] {
+                check_cuda(&mut rng, dev, Case { groups, m, k, n, trans_a, trans_b }, tol::TENSOR_CORE);
+            }
+        }
+        dpgan::backend::cuda::set_allow_tf32(false);
+    });
+}
+
+/// TF32 is used exactly when allowed: 1 + 2⁻¹² is not a TF32 number (it rounds to 1), so each
+/// of the K products is 1 on tensor cores and 1 + 2⁻¹² in f32.
+#[test]
+fn matmul_cuda_uses_tf32_only_when_allowed() {
+    common::on_cuda("matmul_cuda_uses_tf32_only_when_allowed", |dev| {
+        let (m, k, n) = (64, 32, 64);
+        let x = 1.0 + 2f32.powi(-12);
+        let a = Tensor::from_vec(vec![x; m * k], &[1, m, k], dev).unwrap();
+        let b = Tensor::from_vec(vec![1.0; k * n], &[1, k, n], dev).unwrap();
+        for allow in [false, true] {
+            dpgan::backend::cuda::set_allow_tf32(allow);
+            let c = ops::matmul(&a, &b, false, false).unwrap().to_vec().unwrap();
+            let expected = if allow { k as f32 } else { k as f32 * x };
+            assert!(c.iter().all(|&v| v == expected), "allow_tf32 = {allow}: expected every element {expected}, got {:?}", &c[..4]);
+        }
+        dpgan::backend::cuda::set_allow_tf32(false);
+    });
+}

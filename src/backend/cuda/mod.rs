@@ -1,10 +1,11 @@
 //! The CUDA backend: launchers of the kernels in `kernels/`, compiled by build.rs.
 //!
 //! Every launcher checks its preconditions, launches on the device's stream and checks the launch.
-//! Ops without a kernel yet answer `Error::Unsupported`, naming the op and the device.
+mod conv;
 mod device;
 mod dp;
 mod elementwise;
+mod gemm;
 pub mod module;
 mod norm;
 mod optim;
@@ -15,6 +16,7 @@ mod rng;
 mod shape;
 
 pub use device::{device_count, driver_absent_reason, set_poison_allocations, CudaBuffer, CudaDevice, DeviceProperties};
+pub use gemm::{allow_tf32, set_allow_tf32};
 pub use module::{kernel_resources, Kernel, KernelResources};
 
 use super::{AdamParams, Backend, BinaryOp, ConvGeometry, MatmulGeometry, SgdParams, UnaryOp};
@@ -38,12 +40,6 @@ fn launched(kernel: Kernel, r: std::result::Result<impl Sized, cudarc::driver::D
     r.map(|_| ()).map_err(|e| Error::cuda(format!("launching {}", kernel.symbol()), e))
 }
 
-impl CudaDevice {
-    fn unsupported(&self, op: &'static str) -> Error {
-        Error::Unsupported { op, device: format!("cuda:{} (no kernel yet; run it on the CPU backend)", self.ordinal()) }
-    }
-}
-
 impl Backend for CudaDevice {
     fn name(&self) -> String {
         format!("cuda:{} ({})", self.ordinal(), self.properties().name)
@@ -61,20 +57,20 @@ impl Backend for CudaDevice {
         reduce::sum_to(buffer(x).device(), x, shape)
     }
 
-    fn matmul(&self, _a: &Tensor, _b: &Tensor, _geom: &MatmulGeometry) -> Result<Tensor> {
-        Err(self.unsupported("matmul"))
+    fn matmul(&self, a: &Tensor, b: &Tensor, geom: &MatmulGeometry) -> Result<Tensor> {
+        gemm::matmul(buffer(a).device(), a, b, geom)
     }
 
-    fn conv2d(&self, _x: &Tensor, _w: &Tensor, _geom: &ConvGeometry) -> Result<Tensor> {
-        Err(self.unsupported("conv2d"))
+    fn conv2d(&self, x: &Tensor, w: &Tensor, geom: &ConvGeometry) -> Result<Tensor> {
+        conv::conv2d(buffer(x).device(), x, w, geom)
     }
 
-    fn conv2d_input_grad(&self, _dy: &Tensor, _w: &Tensor, _geom: &ConvGeometry) -> Result<Tensor> {
-        Err(self.unsupported("conv2d_input_grad"))
+    fn conv2d_input_grad(&self, dy: &Tensor, w: &Tensor, geom: &ConvGeometry) -> Result<Tensor> {
+        conv::conv2d_input_grad(buffer(w).device(), dy, w, geom)
     }
 
-    fn conv2d_weight_grad(&self, _x: &Tensor, _dy: &Tensor, _geom: &ConvGeometry) -> Result<Tensor> {
-        Err(self.unsupported("conv2d_weight_grad"))
+    fn conv2d_weight_grad(&self, x: &Tensor, dy: &Tensor, geom: &ConvGeometry) -> Result<Tensor> {
+        conv::conv2d_weight_grad(buffer(x).device(), x, dy, geom)
     }
 
     fn max_pool2x2_gather(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {

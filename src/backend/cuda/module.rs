@@ -51,6 +51,20 @@ kernel_table! {
     PowerIterationWtu => "norm_power_iteration_wtu_fwd_f32",
     PowerIterationWv => "norm_power_iteration_wv_fwd_f32",
     PowerIterationNormalizeU => "norm_power_iteration_normalize_u_fwd_f32",
+    GemmNN => "gemm_grouped_nn_fwd_f32",
+    GemmTN => "gemm_grouped_tn_fwd_f32",
+    GemmNT => "gemm_grouped_nt_fwd_f32",
+    GemmTT => "gemm_grouped_tt_fwd_f32",
+    GemmNNTf32 => "gemm_grouped_nn_fwd_tf32",
+    GemmTNTf32 => "gemm_grouped_tn_fwd_tf32",
+    GemmNTTf32 => "gemm_grouped_nt_fwd_tf32",
+    GemmTTTf32 => "gemm_grouped_tt_fwd_tf32",
+    Conv2d => "conv_conv2d_fwd_f32",
+    Conv2dInputGrad => "conv_conv2d_input_grad_bwd_f32",
+    Conv2dWeightGrad => "conv_conv2d_weight_grad_bwd_f32",
+    Conv2dTf32 => "conv_conv2d_fwd_tf32",
+    Conv2dInputGradTf32 => "conv_conv2d_input_grad_bwd_tf32",
+    Conv2dWeightGradTf32 => "conv_conv2d_weight_grad_bwd_tf32",
 }
 
 impl Kernel {

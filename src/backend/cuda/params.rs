@@ -51,6 +51,11 @@ unsafe impl DeviceRepr for Pool2x2Params {}
 unsafe impl DeviceRepr for AxisCopyParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for PowerIterationParams {}
+unsafe impl DeviceRepr for GemmParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for ConvParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for ConvPhase {}
 
 impl UnaryParams {
     pub fn new(op: UnaryOp, n: usize) -> Self {
@@ -242,6 +247,76 @@ pub struct PowerIterationParams {
 const _: () = assert!(std::mem::size_of::<NoiseKeyParams>() == 48);
 const _: () = assert!(std::mem::size_of::<GaussianNoiseParams>() == 64);
 const _: () = assert!(std::mem::size_of::<SanitizeRowsParams>() == 72);
+/// The operands of `gemm_grouped_{nn,tn,nt,tt}_fwd_f32`; see `GemmParams` in common.cuh. With `splits > 1` the kernel
+/// writes `splits` partial products of K slices of `split_len`, added up by a second pass.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmParams {
+    pub groups: i32,
+    pub m: i32,
+    pub n: i32,
+    pub k: i32,
+    pub trans_a: i32,
+    pub trans_b: i32,
+    pub splits: i32,
+    pub split_len: i32,
+}
+
+/// A conv geometry for `kernels/conv.cu`, with the divisors its kernels decode flat indices by;
+/// see `ConvParams` in common.cuh. `splits`/`split_len` cut the weight gradient's K = B·HO·WO.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvParams {
+    pub groups: i32,
+    pub batch: i32,
+    pub in_channels: i32,
+    pub in_h: i32,
+    pub in_w: i32,
+    pub out_channels: i32,
+    pub kernel_h: i32,
+    pub kernel_w: i32,
+    pub stride: i32,
+    pub padding: i32,
+    pub out_h: i32,
+    pub out_w: i32,
+    pub splits: i32,
+    pub split_len: i32,
+    pub kernel_area: FastDivmod,
+    pub kernel_wd: FastDivmod,
+    pub in_area: FastDivmod,
+    pub in_wd: FastDivmod,
+    pub out_area: FastDivmod,
+    pub out_wd: FastDivmod,
+    pub stride_d: FastDivmod,
+}
+
+/// One stride phase of the conv input gradient; see `ConvPhase` in common.cuh and `kernels/conv.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvPhase {
+    pub phase_y: i32,
+    pub phase_x: i32,
+    pub first_y: i32,
+    pub first_x: i32,
+    pub rows: i32,
+    pub cols: i32,
+    pub taps_y: i32,
+    pub taps_x: i32,
+    pub shift_y: i32,
+    pub shift_x: i32,
+    pub pad0_: i32,
+    pub pad1_: i32,
+    pub pixels: FastDivmod,
+    pub cols_d: FastDivmod,
+    pub taps_area: FastDivmod,
+    pub taps_xd: FastDivmod,
+}
+
+// The same sizes are asserted on the C side (common.cuh).
+const _: () = assert!(std::mem::size_of::<ConvPhase>() == 12 * 4 + 4 * 16);
+const _: () = assert!(std::mem::size_of::<GemmParams>() == 32);
+const _: () = assert!(std::mem::size_of::<ConvParams>() == 14 * 4 + 7 * 16);
+const _: () = assert!(std::mem::size_of::<ConvParams>() == 168);
 const _: () = assert!(std::mem::size_of::<FastDivmod>() == 16);
 const _: () = assert!(std::mem::size_of::<SumToParams>() == 24 + 2 * 16 * SUM_TO_MAX_RUNS + 2 * 8 * SUM_TO_MAX_RUNS);
 const _: () = assert!(std::mem::size_of::<SumToParams>() == 216);

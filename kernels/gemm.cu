@@ -1,0 +1,96 @@
+// Grouped f32 GEMM: C[g] = op(A[g]) · op(B[g]), row-major, all four transpose combinations.
+// The tiled main loop is gemm_tile.cuh's (64 × 64 tile, K step 16, 256 threads, 4 × 4 per thread,
+// f32 accumulation). Grid: x = tiles of N, y = tiles of M, z = (group, K slice), grid-striding in z.
+#include "gemm_tile.cuh"
+
+namespace dpgan {
+
+// C's row-major [M, N] layout, offset to the (slice, group) matrix by the caller.
+struct GemmEpilogue {
+  int n;
+  __device__ __forceinline__ int64_t row(int m) const { return (int64_t)m * n; }
+  __device__ __forceinline__ int64_t col(int j) const { return j; }
+};
+
+template <bool TRANS_A, bool TRANS_B, bool TF32>
+__device__ __forceinline__ void gemm_grouped(const GemmParams& p, const float* __restrict__ a,
+                                             const float* __restrict__ b, float* __restrict__ c,
+                                             tile::SharedTiles& smem) {
+  using ALoader = typename std::conditional<TRANS_A, tile::MNMajorLoader, tile::KMajorLoader>::type;
+  using BLoader = typename std::conditional<TRANS_B, tile::KMajorLoader, tile::MNMajorLoader>::type;
+  const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
+  const int64_t a_size = (int64_t)p.m * p.k, b_size = (int64_t)p.k * p.n, c_size = (int64_t)p.m * p.n;
+  const int64_t work = (int64_t)p.groups * p.splits;
+  for (int64_t z = blockIdx.z; z < work; z += gridDim.z) {
+    const int g = (int)(z / p.splits), s = (int)(z % p.splits);
+    const ALoader la{a + g * a_size, m0, p.m, p.k};
+    const BLoader lb{b + g * b_size, n0, p.n, p.k};
+    const tile::KRange kr = tile::split_range(s, p.split_len, p.k);
+    float acc[tile::TM][tile::TN];
+    tile::mainloop<TF32>(la, lb, kr.begin, kr.end, smem, acc);
+    tile::store_tile<TF32>(GemmEpilogue{p.n}, c + ((int64_t)s * p.groups + g) * c_size, m0, n0, p.m, p.n, acc);
+  }
+}
+
+}  // namespace dpgan
+
+// One entry point per transpose combination, named BLAS-style by op(A) and op(B) (n: as stored,
+// t: transposed). Separate kernels, because one kernel branching to all four needs the registers of
+// all four (126 against 64 at sm_90), halving the blocks an SM holds.
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    gemm_grouped_nn_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
+                            float* __restrict__ c) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::gemm_grouped<false, false, false>(p, a, b, c, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    gemm_grouped_tn_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
+                            float* __restrict__ c) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::gemm_grouped<true, false, false>(p, a, b, c, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    gemm_grouped_nt_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
+                            float* __restrict__ c) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::gemm_grouped<false, true, false>(p, a, b, c, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    gemm_grouped_tt_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
+                            float* __restrict__ c) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::gemm_grouped<true, true, false>(p, a, b, c, smem);
+}
+
+// The same on TF32 tensor cores (inputs rounded to TF32, f32 accumulation), for callers that
+// accept TF32's 10-bit mantissa.
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    gemm_grouped_nn_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
+                             float* __restrict__ c) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::gemm_grouped<false, false, true>(p, a, b, c, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    gemm_grouped_tn_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
+                             float* __restrict__ c) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::gemm_grouped<true, false, true>(p, a, b, c, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    gemm_grouped_nt_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
+                             float* __restrict__ c) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::gemm_grouped<false, true, true>(p, a, b, c, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    gemm_grouped_tt_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
+                             float* __restrict__ c) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::gemm_grouped<true, true, true>(p, a, b, c, smem);
+}

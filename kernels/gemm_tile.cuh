@@ -1,0 +1,249 @@
+// The shared-memory tiled GEMM main loop that gemm.cu and conv.cu build on.
+//
+// C (M × N) = A (M × K) · B (K × N), one 64 × 64 tile of C per 256-thread block, K walked in steps
+// of 16. Each thread holds 16 elements of C in registers and accumulates in f32: in FFMA, a 4 × 4
+// micro-tile (rows 4·ty.., columns 4·tx..); on TF32 tensor cores, four mma.sync m16n8k8 fragments
+// (see tile_product_tf32). Per K step every thread fetches 4 elements of A's and 4 of B's 64 × 16 tile
+// from global memory into registers (the next step's, while the current one is multiplied out of
+// shared memory), so the loads of one step overlap the arithmetic of the previous.
+//
+// The operands are reached through *loaders*, so that a convolution can gather its im2col matrix
+// on the fly instead of storing it. A loader is a struct with
+//   static constexpr bool K_CONTIGUOUS;   // which of (k, m|n) consecutive threads step along
+//   __device__ void load(int k0, float (&r)[LOADS]) const;
+// where r[i] receives element (k0 + Slot::kk(i), mn0 + Slot::mn(i)) of its operand, or 0 outside
+// the matrix (every tail is checked in the loader). The output goes through an *epilogue* whose
+// address is separable: element (m, n) lives at out[row(m) + col(n)].
+#pragma once
+#include <type_traits>
+
+#include "common.cuh"
+
+namespace dpgan {
+namespace tile {
+
+constexpr int BM = 64;       // rows of C per block
+constexpr int BN = 64;       // columns of C per block
+constexpr int BK = 16;       // K per step
+constexpr int THREADS = 256;
+constexpr int TM = 4;        // rows per thread (FFMA); n8-tiles per warp (TF32)
+constexpr int TN = 4;        // columns per thread (FFMA); registers per n8-tile (TF32)
+constexpr int PAD = 4;       // keeps shared rows 16-byte aligned for float4 reads
+constexpr int LOADS = BM * BK / THREADS;  // elements of each operand a thread fetches per step
+
+static_assert(BM == BN, "one slot mapping serves both operands");
+static_assert((BM / TM) * (BN / TN) == THREADS, "the micro-tiles cover the block tile");
+static_assert(LOADS * THREADS == BM * BK, "the loads cover a k-step");
+
+// Which element (kk, mn) of a BK × 64 operand tile a thread's i-th load covers. K_CONTIGUOUS: 16
+// consecutive threads walk k (a row-major A, a transposed B); otherwise 64 consecutive threads walk
+// m or n. Either way a thread keeps one coordinate for the whole main loop, which the loaders use to
+// decode it once.
+template <bool K_CONTIGUOUS>
+struct Slot {
+  __device__ __forceinline__ static int kk(int i) {
+    return K_CONTIGUOUS ? (int)(threadIdx.x % BK) : (int)(threadIdx.x / BM) + i * (THREADS / BM);
+  }
+  __device__ __forceinline__ static int mn(int i) {
+    return K_CONTIGUOUS ? (int)(threadIdx.x / BK) + i * (THREADS / BK) : (int)(threadIdx.x % BM);
+  }
+};
+
+// Operand tiles, stored k-major (As[k][m], Bs[k][n]) so that the inner product reads rows.
+// Declared once by the kernel and passed in, so that several instantiations share one allocation.
+struct SharedTiles {
+  float a[BK][BM + PAD];
+  float b[BK][BN + PAD];
+};
+
+// ---- TF32 tensor cores (sm_80+): mma.sync.m16n8k8, f32 accumulation ----
+//
+// With TF32 each warp w of the block computes rows 16·(w / 2).. and columns 32·(w % 2).. of the
+// tile as four m16n8 products; acc[t][r] is register c_r of n8-tile t, in PTX's fragment layout
+// (lane = 4·group + t4: c0, c1 at row group, columns 2·t4 + {0, 1}; c2, c3 eight rows lower).
+// Inputs are rounded to TF32 (10-bit mantissa, round to nearest, ties away) as cuBLAS does.
+// The host emulation (scripts/emulate_kernels.cpp) supplies its own to_tf32 and mma_tf32.
+#ifndef DPGAN_HOST_EMULATION
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
+// c += a · b for one m16n8k8 TF32 product held by the warp's 32 lanes.
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+// The tile row and column of this thread's acc[i][j].
+template <bool TF32>
+__device__ __forceinline__ int acc_row(int i, int j) {
+  if (TF32) return (int)(threadIdx.x / 64) * 16 + (int)(threadIdx.x % 32) / 4 + (j >= 2 ? 8 : 0);
+  return (int)(threadIdx.x / (BN / TN)) * TM + i;
+}
+template <bool TF32>
+__device__ __forceinline__ int acc_col(int i, int j) {
+  if (TF32) return (int)((threadIdx.x / 32) % 2) * 32 + i * 8 + (int)(threadIdx.x % 4) * 2 + (j & 1);
+  return (int)(threadIdx.x % (BN / TN)) * TN + j;
+}
+
+// acc += the tile's A · B over the BK staged in shared memory, on tensor cores.
+__device__ __forceinline__ void tile_product_tf32(const SharedTiles& s, float (&acc)[TM][TN]) {
+  static_assert(TM == 4 && TN == 4 && BM == 64 && BN == 64 && THREADS == 256 && BK % 8 == 0,
+                "8 warps of 16 × 32 cover the 64 × 64 tile; acc holds four n8-tiles of four registers");
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int group = lane / 4, t4 = lane % 4;
+  const int row = (warp / 2) * 16 + group, col = (warp % 2) * 32 + group;
+#pragma unroll
+  for (int k8 = 0; k8 < BK; k8 += 8) {
+    const uint32_t a[4] = {to_tf32(s.a[k8 + t4][row]), to_tf32(s.a[k8 + t4][row + 8]), to_tf32(s.a[k8 + t4 + 4][row]),
+                           to_tf32(s.a[k8 + t4 + 4][row + 8])};
+#pragma unroll
+    for (int t = 0; t < TM; ++t) {
+      const uint32_t b[2] = {to_tf32(s.b[k8 + t4][col + 8 * t]), to_tf32(s.b[k8 + t4 + 4][col + 8 * t])};
+      mma_tf32(acc[t], a, b);
+    }
+  }
+}
+
+// acc += the tile's A · B over the BK staged in shared memory, in FFMA: 4 × 4 per thread.
+__device__ __forceinline__ void tile_product_f32(const SharedTiles& s, float (&acc)[TM][TN]) {
+  const int tx = threadIdx.x % (BN / TN);
+  const int ty = threadIdx.x / (BN / TN);
+#pragma unroll
+  for (int kk = 0; kk < BK; ++kk) {
+    const float4 av = *reinterpret_cast<const float4*>(&s.a[kk][ty * TM]);
+    const float4 bv = *reinterpret_cast<const float4*>(&s.b[kk][tx * TN]);
+    const float am[TM] = {av.x, av.y, av.z, av.w};
+    const float bn[TN] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(am[i], bn[j], acc[i][j]);
+  }
+}
+
+// acc = A[:, k_begin:k_end] · B[k_begin:k_end, :] for this block's tile; every thread of the block
+// must call it (it synchronises). k_begin and k_end are uniform across the block. acc[i][j] is
+// element (acc_row<TF32>(i, j), acc_col<TF32>(i, j)) of the tile.
+template <bool TF32, class ALoader, class BLoader>
+__device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int k_begin, int k_end, SharedTiles& s,
+                                         float (&acc)[TM][TN]) {
+  using SA = Slot<ALoader::K_CONTIGUOUS>;
+  using SB = Slot<BLoader::K_CONTIGUOUS>;
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+  if (k_begin >= k_end) return;
+
+  float ra[LOADS], rb[LOADS];
+  a.load(k_begin, ra);
+  b.load(k_begin, rb);
+  for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+#pragma unroll
+    for (int i = 0; i < LOADS; ++i) {
+      s.a[SA::kk(i)][SA::mn(i)] = ra[i];
+      s.b[SB::kk(i)][SB::mn(i)] = rb[i];
+    }
+    __syncthreads();
+    // Fetch the next step's operands while this one is multiplied out of shared memory.
+    if (k0 + BK < k_end) {
+      a.load(k0 + BK, ra);
+      b.load(k0 + BK, rb);
+    }
+    if (TF32) {
+      tile_product_tf32(s, acc);
+    } else {
+      tile_product_f32(s, acc);
+    }
+    __syncthreads();
+  }
+}
+
+// Writes the block's tile of C: element (m, n) with m < M and n < N goes to
+// out[ep.row(m) + ep.col(n)]. The epilogue supplies `int64_t row(int)` and `int64_t col(int)`.
+template <bool TF32, class Epilogue>
+__device__ __forceinline__ void store_tile(const Epilogue& ep, float* __restrict__ out, int m0, int n0, int M, int N,
+                                           const float (&acc)[TM][TN]) {
+  if constexpr (TF32) {
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) {
+        const int m = m0 + acc_row<true>(i, j), n = n0 + acc_col<true>(i, j);
+        if (m < M && n < N) out[ep.row(m) + ep.col(n)] = acc[i][j];
+      }
+  } else {
+    // A thread's columns are the same for its TM rows: their offsets are computed once.
+    int64_t cols[TN];
+    bool col_ok[TN];
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      const int n = n0 + acc_col<false>(0, j);
+      col_ok[j] = n < N;
+      cols[j] = col_ok[j] ? ep.col(n) : 0;
+    }
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+      const int m = m0 + acc_row<false>(i, 0);
+      if (m >= M) continue;
+      const int64_t row = ep.row(m);
+#pragma unroll
+      for (int j = 0; j < TN; ++j)
+        if (col_ok[j]) out[row + cols[j]] = acc[i][j];
+    }
+  }
+}
+
+// ---- Loaders of plain row-major matrices ----
+
+// Element (mn, k) at ptr[mn·ld + k]: A untransposed ([M, K]) or B transposed ([N, K]).
+struct KMajorLoader {
+  static constexpr bool K_CONTIGUOUS = true;
+  const float* __restrict__ ptr;
+  int mn0, mn_count, k_count;
+  __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
+    using S = Slot<true>;
+    const int k = k0 + S::kk(0);  // the same k for all of a thread's loads
+#pragma unroll
+    for (int i = 0; i < LOADS; ++i) {
+      const int mn = mn0 + S::mn(i);
+      r[i] = (k < k_count && mn < mn_count) ? ptr[(int64_t)mn * k_count + k] : 0.0f;
+    }
+  }
+};
+
+// Element (mn, k) at ptr[k·ld + mn]: A transposed ([K, M]) or B untransposed ([K, N]).
+struct MNMajorLoader {
+  static constexpr bool K_CONTIGUOUS = false;
+  const float* __restrict__ ptr;
+  int mn0, mn_count, k_count;
+  __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
+    using S = Slot<false>;
+    const int mn = mn0 + S::mn(0);  // the same m or n for all of a thread's loads
+#pragma unroll
+    for (int i = 0; i < LOADS; ++i) {
+      const int k = k0 + S::kk(i);
+      r[i] = (k < k_count && mn < mn_count) ? ptr[(int64_t)k * mn_count + mn] : 0.0f;
+    }
+  }
+};
+
+// The K range [begin, end) of split `s`: splits of split_len (a multiple of BK), the last one short.
+struct KRange {
+  int begin, end;
+};
+__device__ __forceinline__ KRange split_range(int s, int split_len, int K) {
+  const int64_t begin = (int64_t)s * split_len;
+  const int64_t end = begin + split_len;
+  return {(int)(begin < K ? begin : K), (int)(end < K ? end : K)};
+}
+
+}  // namespace tile
+}  // namespace dpgan

@@ -1,0 +1,303 @@
+// Host emulation of the tiled kernels (scripts/emulate-kernels.sh builds and runs it): each block runs
+// as 256 std::threads with a std::barrier for __syncthreads, so the real kernel source (index math,
+// tails, shared-memory staging, K splits, grid-striding in z) runs on a CPU against f64 loops.
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <functional>
+#include <random>
+#include <thread>
+#include <vector>
+
+struct uint3_ { unsigned x = 0, y = 0, z = 0; };
+thread_local uint3_ threadIdx, blockIdx;
+uint3_ gridDim, blockDim;
+static std::barrier<>* g_barrier = nullptr;
+inline void __syncthreads() { g_barrier->arrive_and_wait(); }
+struct float4 { float x, y, z, w; };
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
+inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
+
+// TF32 tensor cores, emulated per warp: each lane scatters its fragments into the warp's matrices
+// (PTX's m16n8k8 layout), the warp meets at a barrier, each lane computes its own four outputs.
+#define DPGAN_HOST_EMULATION 1
+static std::barrier<>* g_warp_barrier[8];
+static float g_A[8][16][8], g_B[8][8][8];
+inline float bits_to_float(uint32_t u) {
+  float x;
+  memcpy(&x, &u, 4);
+  return x;
+}
+namespace dpgan {
+namespace tile {
+// cvt.rna.tf32.f32: keep 10 mantissa bits, round to nearest, ties away from zero.
+inline uint32_t to_tf32(float x) {
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  return (u + 0x1000u) & ~0x1fffu;
+}
+inline void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+  auto& A = g_A[w];
+  auto& B = g_B[w];
+  A[g][t] = bits_to_float(a[0]);
+  A[g + 8][t] = bits_to_float(a[1]);
+  A[g][t + 4] = bits_to_float(a[2]);
+  A[g + 8][t + 4] = bits_to_float(a[3]);
+  B[t][g] = bits_to_float(b[0]);
+  B[t + 4][g] = bits_to_float(b[1]);
+  g_warp_barrier[w]->arrive_and_wait();
+  auto dot = [&](int r, int col, float acc) {
+    for (int k = 0; k < 8; ++k) acc += A[r][k] * B[k][col];
+    return acc;
+  };
+  c[0] = dot(g, 2 * t, c[0]);
+  c[1] = dot(g, 2 * t + 1, c[1]);
+  c[2] = dot(g + 8, 2 * t, c[2]);
+  c[3] = dot(g + 8, 2 * t + 1, c[3]);
+  g_warp_barrier[w]->arrive_and_wait();  // before the next product overwrites A and B
+}
+}  // namespace tile
+}  // namespace dpgan
+
+#include "gemm.cu"
+#include "conv.cu"
+
+template <class F>
+void launch(uint3_ grid, F kernel) {
+  gridDim = grid;
+  blockDim = {256, 1, 1};
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        std::barrier<> bar(256);
+        g_barrier = &bar;
+        std::vector<std::unique_ptr<std::barrier<>>> warps;
+        for (int i = 0; i < 8; ++i) {
+          warps.push_back(std::make_unique<std::barrier<>>(32));
+          g_warp_barrier[i] = warps.back().get();
+        }
+        std::vector<std::thread> ts;
+        for (unsigned t = 0; t < 256; ++t)
+          ts.emplace_back([&, t] {
+            threadIdx = {t, 0, 0};
+            blockIdx = {x, y, z};
+            kernel();
+          });
+        for (auto& t : ts) t.join();
+      }
+}
+
+FastDivmod fdm(uint32_t d) {
+  if (d == 0) d = 1;
+  uint32_t shift = 0;
+  while ((1ull << shift) < d) ++shift;
+  uint64_t magic = ((1ull << 32) * ((1ull << shift) - d)) / d + 1;
+  return {d, (uint32_t)magic, shift, 0};
+}
+
+static std::mt19937 rng(12345);
+std::vector<float> randv(size_t n) {
+  std::normal_distribution<float> nd;
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+static int failures = 0;
+void compare(const char* what, const std::vector<float>& got, const std::vector<double>& want) {
+  double err = 0, ref = 0;
+  size_t worst = 0;
+  double wd = -1;
+  for (size_t i = 0; i < want.size(); ++i) {
+    double d = std::fabs((double)got[i] - want[i]);
+    if (std::isnan(got[i])) d = INFINITY;
+    err += d * d;
+    ref += want[i] * want[i];
+    if (d > wd) wd = d, worst = i;
+  }
+  double rel = std::sqrt(err) / std::max(std::sqrt(ref), 1e-30);
+  bool ok = rel < 1e-5 || err == 0;
+  if (!ok) {
+    ++failures;
+    printf("FAIL %s: rel %.3e worst %zu got %g want %g\n", what, rel, worst, want.empty() ? 0.0 : got[worst],
+           want.empty() ? 0.0 : want[worst]);
+  }
+}
+
+void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int split_len, bool tf32 = false) {
+  // With TF32 the reference multiplies the TF32-rounded inputs (exactly, in f64).
+  auto in = [&](float v) { return tf32 ? (double)bits_to_float(dpgan::tile::to_tf32(v)) : (double)v; };
+  auto a = randv((size_t)G * M * K), b = randv((size_t)G * K * N);
+  std::vector<double> want((size_t)G * M * N, 0.0);
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) {
+        double s = 0;
+        for (int p = 0; p < K; ++p) {
+          double av = in(ta ? a[((size_t)g * K + p) * M + i] : a[((size_t)g * M + i) * K + p]);
+          double bv = in(tb ? b[((size_t)g * N + j) * K + p] : b[((size_t)g * K + p) * N + j]);
+          s += av * bv;
+        }
+        want[((size_t)g * M + i) * N + j] = s;
+      }
+  std::vector<float> c((size_t)splits * G * M * N, NAN);
+  GemmParams p{G, M, N, K, ta, tb, splits, split_len};
+  uint3_ grid{(unsigned)((N + 63) / 64), (unsigned)((M + 63) / 64), (unsigned)std::min(G * splits, 3)};
+  launch(grid, [&] {
+    if (tf32) {
+      if (ta && tb) gemm_grouped_tt_fwd_tf32(p, a.data(), b.data(), c.data());
+      else if (ta) gemm_grouped_tn_fwd_tf32(p, a.data(), b.data(), c.data());
+      else if (tb) gemm_grouped_nt_fwd_tf32(p, a.data(), b.data(), c.data());
+      else gemm_grouped_nn_fwd_tf32(p, a.data(), b.data(), c.data());
+    } else {
+      if (ta && tb) gemm_grouped_tt_fwd_f32(p, a.data(), b.data(), c.data());
+      else if (ta) gemm_grouped_tn_fwd_f32(p, a.data(), b.data(), c.data());
+      else if (tb) gemm_grouped_nt_fwd_f32(p, a.data(), b.data(), c.data());
+      else gemm_grouped_nn_fwd_f32(p, a.data(), b.data(), c.data());
+    }
+  });
+  std::vector<float> sum((size_t)G * M * N, 0.0f);
+  for (int s = 0; s < splits; ++s)
+    for (size_t i = 0; i < sum.size(); ++i) sum[i] += c[s * sum.size() + i];
+  char what[200];
+  snprintf(what, sizeof what, "gemm%s G%d M%d N%d K%d ta%d tb%d splits%d", tf32 ? " tf32" : "", G, M, N, K, ta, tb, splits);
+  compare(what, sum, want);
+}
+
+struct Geo {
+  int G, B, C, H, W, O, KH, KW, S, P;
+};
+
+ConvParams params_of(const Geo& q, int splits, int split_len) {
+  int HO = (q.H + 2 * q.P - q.KH) / q.S + 1, WO = (q.W + 2 * q.P - q.KW) / q.S + 1;
+  ConvParams p{q.G, q.B, q.C, q.H, q.W, q.O, q.KH, q.KW, q.S, q.P, HO, WO, splits, split_len,
+               fdm(q.KH * q.KW), fdm(q.KW), fdm(q.H * q.W), fdm(q.W), fdm(HO * WO), fdm(WO), fdm(q.S)};
+  return p;
+}
+
+void test_conv(const Geo& q, int splits, int split_len, bool tf32 = false) {
+  const int HO = (q.H + 2 * q.P - q.KH) / q.S + 1, WO = (q.W + 2 * q.P - q.KW) / q.S + 1;
+  const size_t xs = (size_t)q.G * q.B * q.C * q.H * q.W, ws = (size_t)q.G * q.O * q.C * q.KH * q.KW,
+               ys = (size_t)q.G * q.B * q.O * HO * WO;
+  auto x = randv(xs), w = randv(ws), dy = randv(ys);
+  // With TF32 the reference multiplies the TF32-rounded inputs (exactly, in f64).
+  auto rounded = [&](const std::vector<float>& v) {
+    std::vector<float> r(v);
+    if (tf32)
+      for (auto& e : r) e = bits_to_float(dpgan::tile::to_tf32(e));
+    return r;
+  };
+  const auto xr = rounded(x), wr = rounded(w), dyr = rounded(dy);
+  std::vector<double> y_want(ys, 0), dx_want(xs, 0), dw_want(ws, 0);
+  for (int g = 0; g < q.G; ++g)
+    for (int b = 0; b < q.B; ++b)
+      for (int o = 0; o < q.O; ++o)
+        for (int oy = 0; oy < HO; ++oy)
+          for (int ox = 0; ox < WO; ++ox)
+            for (int c = 0; c < q.C; ++c)
+              for (int i = 0; i < q.KH; ++i)
+                for (int j = 0; j < q.KW; ++j) {
+                  int iy = oy * q.S + i - q.P, ix = ox * q.S + j - q.P;
+                  if (iy < 0 || ix < 0 || iy >= q.H || ix >= q.W) continue;
+                  size_t xi = ((((size_t)g * q.B + b) * q.C + c) * q.H + iy) * q.W + ix;
+                  size_t wi = ((((size_t)g * q.O + o) * q.C + c) * q.KH + i) * q.KW + j;
+                  size_t yi = ((((size_t)g * q.B + b) * q.O + o) * HO + oy) * WO + ox;
+                  y_want[yi] += (double)xr[xi] * wr[wi];
+                  dx_want[xi] += (double)dyr[yi] * wr[wi];
+                  dw_want[wi] += (double)xr[xi] * dyr[yi];
+                }
+  char what[200];
+  snprintf(what, sizeof what, "%sG%d B%d C%d %dx%d O%d k%dx%d s%d p%d", tf32 ? "tf32 " : "", q.G, q.B, q.C, q.H, q.W, q.O, q.KH, q.KW, q.S, q.P);
+  unsigned z = (unsigned)std::min(q.G, 2);
+  {
+    ConvParams p = params_of(q, 1, q.C * q.KH * q.KW);
+    std::vector<float> y(ys, NAN);
+    int N = q.B * HO * WO;
+    if (q.O > 0 && N > 0)
+      launch({(unsigned)((N + 63) / 64), (unsigned)((q.O + 63) / 64), z},
+             [&] { (tf32 ? conv_conv2d_fwd_tf32 : conv_conv2d_fwd_f32)(p, x.data(), w.data(), y.data()); });
+    std::string s = std::string("fwd ") + what;
+    compare(s.c_str(), y, y_want);
+  }
+  {
+    // One launch per stride phase, as src/backend/cuda/conv.rs's input_grad_phases.
+    ConvParams p = params_of(q, 1, q.O * q.KH * q.KW);
+    std::vector<float> dx(xs, NAN);
+    const int s = q.S;
+    for (int py = 0; py < s; ++py)
+      for (int px = 0; px < s; ++px) {
+        const int fy = (py + s - q.P % s) % s, fx = (px + s - q.P % s) % s;
+        const int rows = fy < q.H ? (q.H - fy + s - 1) / s : 0, cols = fx < q.W ? (q.W - fx + s - 1) / s : 0;
+        const int ty = py < q.KH ? (q.KH - py + s - 1) / s : 0, tx = px < q.KW ? (q.KW - px + s - 1) / s : 0;
+        if (rows * cols == 0) continue;
+        ConvPhase ph{py, px, fy, fx, rows, cols, ty, tx, (fy + q.P - py) / s, (fx + q.P - px) / s, 0, 0,
+                     fdm(rows * cols), fdm(cols), fdm(ty * tx), fdm(tx)};
+        int N = q.B * rows * cols;
+        if (q.C > 0 && N > 0)
+          launch({(unsigned)((N + 63) / 64), (unsigned)((q.C + 63) / 64), z},
+                 [&] { (tf32 ? conv_conv2d_input_grad_bwd_tf32 : conv_conv2d_input_grad_bwd_f32)(p, ph, dy.data(), w.data(), dx.data()); });
+      }
+    std::string s_ = std::string("dx ") + what;
+    compare(s_.c_str(), dx, dx_want);
+  }
+  {
+    ConvParams p = params_of(q, splits, split_len);
+    std::vector<float> dwp(ws * splits, NAN);
+    int N = q.C * q.KH * q.KW;
+    launch({(unsigned)((N + 63) / 64), (unsigned)((q.O + 63) / 64), (unsigned)std::min(q.G * splits, 3)},
+           [&] { (tf32 ? conv_conv2d_weight_grad_bwd_tf32 : conv_conv2d_weight_grad_bwd_f32)(p, x.data(), dy.data(), dwp.data()); });
+    std::vector<float> dw(ws, 0.0f);
+    for (int s = 0; s < splits; ++s)
+      for (size_t i = 0; i < ws; ++i) dw[i] += dwp[s * ws + i];
+    std::string s = std::string("dw ") + what + " splits " + std::to_string(splits);
+    compare(s.c_str(), dw, dw_want);
+  }
+}
+
+int main() {
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      for (int m : {1, 7, 65, 130})
+        for (int n : {1, 33, 70})
+          for (int k : {0, 1, 17, 40}) test_gemm(1, m, n, k, ta, tb, 1, std::max(k, 1));
+      test_gemm(3, 9, 70, 35, ta, tb, 1, 35);
+      test_gemm(2, 65, 5, 100, ta, tb, 4, 32);  // slices 32, 32, 32, 4
+      test_gemm(2, 3, 66, 48, ta, tb, 3, 16);
+      for (int m : {1, 64, 70})
+        for (int n : {9, 64, 130})
+          for (int k : {0, 5, 40}) test_gemm(1, m, n, k, ta, tb, 1, std::max(k, 1), true);
+      test_gemm(2, 65, 70, 100, ta, tb, 4, 32, true);
+    }
+  printf("gemm done, %d failures\n", failures);
+  const Geo geos[] = {
+      {1, 2, 1, 28, 28, 4, 5, 5, 2, 2},  {1, 2, 4, 14, 14, 6, 5, 5, 2, 2},  {3, 2, 6, 7, 7, 5, 5, 5, 2, 2},
+      {1, 2, 4, 8, 8, 5, 3, 3, 1, 1},    {2, 1, 3, 16, 16, 3, 3, 3, 1, 1},  {1, 3, 4, 8, 8, 3, 1, 1, 1, 0},
+      {1, 1, 3, 32, 32, 1, 3, 3, 1, 0},  {1, 2, 1, 28, 28, 3, 5, 5, 1, 2},  {1, 2, 3, 14, 14, 4, 5, 5, 1, 0},
+      {4, 1, 2, 6, 6, 3, 3, 3, 1, 1},    {2, 2, 3, 9, 13, 4, 3, 3, 2, 1},   {1, 2, 2, 10, 7, 3, 3, 5, 1, 2},
+      {1, 2, 2, 11, 8, 2, 4, 4, 3, 1},   {2, 2, 3, 5, 4, 2, 7, 6, 1, 1},    {1, 1, 2, 4, 5, 2, 2, 3, 2, 3},
+      {1, 2, 2, 3, 1, 2, 3, 5, 1, 2},    {1, 1, 1, 2, 2, 1, 5, 5, 2, 3},    {1, 2, 70, 5, 6, 66, 3, 3, 1, 1},
+      {1, 2, 3, 11, 11, 2, 8, 8, 2, 0},  // the 8x8 s2 conv whose input grad is the DCGAN convT3
+      {1, 1, 0, 7, 5, 4, 3, 3, 2, 1},    {1, 2, 3, 0, 4, 2, 3, 3, 1, 2},
+  };
+  for (const Geo& q : geos) test_conv(q, 1, q.B * ((q.H + 2 * q.P - q.KH) / q.S + 1) * ((q.W + 2 * q.P - q.KW) / q.S + 1));
+  test_conv({1, 4, 2, 9, 9, 3, 3, 3, 1, 1}, 3, 128);  // K = 324: slices 128, 128, 68
+  test_conv({2, 3, 2, 7, 7, 5, 5, 5, 2, 2}, 2, 32);   // K = 48
+  test_conv({1, 2, 70, 5, 6, 66, 3, 3, 1, 1}, 1, 60, true);
+  test_conv({2, 2, 3, 9, 13, 67, 3, 3, 2, 1}, 1, 2 * 5 * 7, true);
+  test_conv({1, 2, 65, 11, 11, 3, 8, 8, 2, 0}, 2, 16, true);
+  printf("conv done, %d failures\n", failures);
+  return failures != 0;
+}

@@ -1,0 +1,181 @@
+//! Launcher of `kernels/gemm.cu` (one kernel per transpose combination, in f32 FFMA or, where the
+//! calling thread allows it, on TF32 tensor cores), and the tiling and K-splitting that `conv.rs` shares.
+//!
+//! One 256-thread block computes a 64 × 64 tile of C (`kernels/gemm_tile.cuh`). When the tiles of
+//! all groups cannot fill the device and K is long (a linear layer's weight gradient: M·N small,
+//! K = batch), K is cut into slices, each block writes its slice's partial product, and
+//! `reduce::sum_to` adds the slices in a fixed order: deterministic, no atomics.
+use std::cell::Cell;
+use std::sync::Arc;
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::device::{CudaBuffer, CudaDevice};
+use super::module::Kernel;
+use super::params::GemmParams;
+use super::{buffer, launched, output, reduce};
+use crate::backend::MatmulGeometry;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Rows and columns of C per block, and K per main-loop step (`tile::BM`, `BN`, `BK`).
+pub(crate) const TILE_M: usize = 64;
+pub(crate) const TILE_N: usize = 64;
+pub(crate) const TILE_K: usize = 16;
+/// Threads per block (`tile::THREADS`).
+const THREADS: u32 = 256;
+/// Hardware limits of gridDim.y and gridDim.z; the kernels grid-stride over z.
+const MAX_GRID_Y: usize = 65_535;
+const MAX_GRID_Z: usize = 65_535;
+/// Resident blocks per SM the split aims for (8.5 KiB of shared memory and 256 threads each).
+const TARGET_BLOCKS_PER_SM: usize = 4;
+/// Each K slice is at least this deep, so that the extra pass over the partials pays for itself.
+const MIN_SPLIT_K: usize = 256;
+const MAX_SPLITS: usize = 32;
+/// Most floats of partial products a split may allocate (64 MiB).
+const SPLIT_BUDGET: usize = 1 << 24;
+
+thread_local! {
+    static ALLOW_TF32: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Lets this thread's matmuls and convolutions on CUDA run on TF32 tensor cores where the product is large enough
+/// (M and N at least a tile, K at least `TF32_MIN_K`): inputs rounded to a 10-bit mantissa, f32
+/// accumulation, about 1e-3 relative error instead of 1e-6 (PyTorch's `allow_tf32`). Off by
+/// default. Per thread, so that one caller's choice never changes the numerics another thread
+/// (a test at f32 tolerances) relies on.
+pub fn set_allow_tf32(on: bool) {
+    ALLOW_TF32.with(|a| a.set(on));
+}
+
+/// Whether this thread allows TF32 (see [`set_allow_tf32`]).
+pub fn allow_tf32() -> bool {
+    ALLOW_TF32.with(|a| a.get())
+}
+
+/// The shortest K worth the tensor-core path (two of its K steps).
+const TF32_MIN_K: usize = 2 * TILE_K;
+
+/// Whether a product of this size takes the TF32 kernels on `dev` (sm_80+ has `mma.sync` TF32).
+pub(crate) fn use_tf32(dev: &CudaDevice, m: usize, n: usize, k: usize) -> bool {
+    allow_tf32() && dev.properties().compute_capability.0 >= 8 && m >= TILE_M && n >= TILE_N && k >= TF32_MIN_K
+}
+
+/// Largest size the kernels index with 32-bit ints: tile origins and `k0 + TILE_K` stay below
+/// `i32::MAX`.
+pub(crate) const MAX_DIM: usize = i32::MAX as usize - 2 * TILE_M;
+
+/// `Err` naming the op when a size exceeds the kernels' 32-bit indexing.
+pub(crate) fn check_i32(op: &'static str, what: &str, value: usize) -> Result<()> {
+    if value > MAX_DIM {
+        return Err(Error::shape(op, format!("{what} = {value} exceeds the CUDA kernel's 32-bit index range ({MAX_DIM})")));
+    }
+    Ok(())
+}
+
+/// How K is cut: `(splits, split_len)`, `split_len` a multiple of `TILE_K` unless there is one
+/// slice (then it is K). `tiles` counts the blocks of all groups; `out_len` the floats of C.
+pub(crate) fn split_k(tiles: usize, k: usize, out_len: usize, sms: usize) -> (usize, usize) {
+    let target = sms.max(1) * TARGET_BLOCKS_PER_SM;
+    if tiles >= target || k < 2 * MIN_SPLIT_K {
+        return (1, k);
+    }
+    let by_memory = SPLIT_BUDGET / out_len.max(1);
+    let wanted = target.div_ceil(tiles).min(k / MIN_SPLIT_K).min(by_memory).clamp(1, MAX_SPLITS);
+    if wanted == 1 {
+        return (1, k);
+    }
+    let split_len = k.div_ceil(wanted).next_multiple_of(TILE_K);
+    (k.div_ceil(split_len), split_len)
+}
+
+/// The launch of a tiled kernel: x = tiles of N, y = tiles of M, z = `z_work` (groups × splits),
+/// clamped to the hardware limit (the kernels grid-stride over z).
+pub(crate) fn tile_grid(op: &'static str, m: usize, n: usize, z_work: usize) -> Result<LaunchConfig> {
+    let (tiles_m, tiles_n) = (m.div_ceil(TILE_M), n.div_ceil(TILE_N));
+    if tiles_m > MAX_GRID_Y {
+        return Err(Error::shape(op, format!("{m} rows need {tiles_m} tiles, above the grid's limit of {MAX_GRID_Y}")));
+    }
+    let z = z_work.clamp(1, MAX_GRID_Z);
+    Ok(LaunchConfig { grid_dim: (tiles_n as u32, tiles_m as u32, z as u32), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// The tensor of `shape` from a kernel's output of `splits` partial slices of `out_len` floats
+/// each: the buffer itself, or the slices' sum (added in slice order by `reduce::sum_to`).
+pub(crate) fn sum_splits(dev: &Arc<CudaDevice>, partials: CudaBuffer, splits: usize, out_len: usize, shape: &[usize]) -> Result<Tensor> {
+    if splits == 1 {
+        return output(partials, shape);
+    }
+    let partials = output(partials, &[splits, out_len])?;
+    reduce::sum_to(dev, &partials, &[1, out_len])?.reshape(shape)
+}
+
+/// `C[g] = op(A[g]) · op(B[g])` for every group; C is `[G, M, N]`, all of it written (zeros for K = 0).
+pub(crate) fn matmul(dev: &Arc<CudaDevice>, a: &Tensor, b: &Tensor, geom: &MatmulGeometry) -> Result<Tensor> {
+    let MatmulGeometry { groups, m, k, n, trans_a, trans_b } = *geom;
+    let shape = [groups, m, n];
+    let out_len = groups * m * n;
+    if out_len == 0 {
+        return output(dev.alloc(0)?, &shape);
+    }
+    for (what, v) in [("M", m), ("N", n), ("K", k), ("G", groups)] {
+        check_i32("matmul", what, v)?;
+    }
+    if a.numel() != groups * m * k || b.numel() != groups * k * n {
+        return Err(Error::shape("matmul", format!("operands {:?} and {:?} do not match {geom:?}", a.shape(), b.shape())));
+    }
+    let tiles = groups * m.div_ceil(TILE_M) * n.div_ceil(TILE_N);
+    let (splits, split_len) = split_k(tiles, k, out_len, dev.properties().multiprocessors as usize);
+    let config = tile_grid("matmul", m, n, groups * splits)?;
+    let p = GemmParams {
+        groups: groups as i32,
+        m: m as i32,
+        n: n as i32,
+        k: k as i32,
+        trans_a: trans_a as i32,
+        trans_b: trans_b as i32,
+        splits: splits as i32,
+        split_len: split_len as i32,
+    };
+    let mut c = dev.alloc(splits * out_len)?;
+    let kernel = match (trans_a, trans_b, use_tf32(dev, m, n, k)) {
+        (false, false, false) => Kernel::GemmNN,
+        (true, false, false) => Kernel::GemmTN,
+        (false, true, false) => Kernel::GemmNT,
+        (true, true, false) => Kernel::GemmTT,
+        (false, false, true) => Kernel::GemmNNTf32,
+        (true, false, true) => Kernel::GemmTNTf32,
+        (false, true, true) => Kernel::GemmNTTf32,
+        (true, true, true) => Kernel::GemmTTTf32,
+    };
+    // SAFETY: a holds G·M·K and b G·K·N floats (checked above); the kernel reads them only at
+    // in-range (m, k) and (k, n) of each group, and writes each (slice, g, m, n) with m < M, n < N
+    // of c, which holds splits·G·M·N floats. All sizes fit the kernel's 32-bit indices.
+    let r = unsafe {
+        dev.stream().launch_builder(dev.kernel(kernel)).arg(&p).arg(&buffer(a).slice).arg(&buffer(b).slice).arg(&mut c.slice).launch(config)
+    };
+    launched(kernel, r)?;
+    sum_splits(dev, c, splits, out_len, &shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_k_cuts_long_k_into_tile_multiples_only_when_tiles_are_few() {
+        // Many tiles: no split.
+        assert_eq!(split_k(10_000, 100_000, 1 << 20, 132), (1, 100_000));
+        // Short K: no split.
+        assert_eq!(split_k(1, 300, 64, 132), (1, 300));
+        for (tiles, k, out_len, sms) in [(1, 600, 128, 132), (2, 6272, 1600, 132), (26, 600, 101_632, 132), (3, 100_003, 9, 4)] {
+            let (splits, len) = split_k(tiles, k, out_len, sms);
+            assert!(splits > 1, "{tiles} tiles, K = {k}: expected a split");
+            assert_eq!(len % TILE_K, 0);
+            assert!(len >= MIN_SPLIT_K.min(k));
+            // The slices cover K exactly: the last one is non-empty.
+            assert!((splits - 1) * len < k && splits * len >= k, "{splits} × {len} vs {k}");
+            assert!(splits <= MAX_SPLITS && splits * out_len <= SPLIT_BUDGET.max(out_len));
+        }
+    }
+}
