@@ -107,6 +107,7 @@ impl CudaDevice {
             )
         })?;
         let kernels = KernelTable::load(&module)?;
+        keep_freed_memory_cached(&ctx)?;
         // One explicit stream per device; ops are ordered on it, so cudarc's per-buffer events are
         // not needed.
         // SAFETY: called before any buffer exists on this context.
@@ -160,6 +161,30 @@ impl CudaDevice {
         super::elementwise::fill(self, &mut buf, value)?;
         Ok(buf)
     }
+}
+
+/// Every tensor's memory comes from the device's stream-ordered pool (`cuMemAllocAsync`). By
+/// default the pool hands freed memory back to the driver at each synchronisation; with no release
+/// threshold it keeps it, so a training step's allocations are served from the pool (a caching
+/// allocator) after the first step, never from `cuMemAlloc`.
+fn keep_freed_memory_cached(ctx: &Arc<CudaContext>) -> Result<()> {
+    use cudarc::driver::sys;
+    if !ctx.has_async_alloc() {
+        return Ok(());
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: `pool` receives the device's default pool handle; the attribute value is a u64 as
+    // CU_MEMPOOL_ATTR_RELEASE_THRESHOLD requires, alive for the duration of the call.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .map_err(|e| Error::cuda("getting the default memory pool", e))?;
+        sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&mut threshold as *mut u64).cast())
+            .result()
+            .map_err(|e| Error::cuda("setting the memory pool's release threshold", e))?;
+    }
+    Ok(())
 }
 
 /// f32 device memory owned by a tensor, with the device it lives on.
