@@ -2,6 +2,7 @@
 //! reference backend, an autograd tape and privacy accounting.
 pub mod autograd;
 pub mod backend;
+pub mod bench;
 pub mod data;
 pub mod dp;
 pub mod error;

@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use clap::{Parser, Subcommand};
 use dpgan::{Error, Result};
 
+mod bench;
 mod info;
 mod privacy;
 
@@ -22,6 +23,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Privacy accounting: ε of a DP-SGD run, σ for a target ε, GS-WGAN's two accountings.
     Privacy(privacy::PrivacyArgs),
+    /// Benchmarks: `bench kernels` times every kernel family against the device's measured ceilings.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command.
@@ -29,6 +32,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Privacy(args) => privacy::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }
 
