@@ -226,3 +226,43 @@ fn privacy_rejects_impossible_inputs_naming_the_argument() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// On a GPU host `bench kernels --quick` validates and times every case and writes a JSON report
+/// with every family; without one it fails with one error line that says why, and writes nothing.
+#[test]
+fn bench_kernels_reports_every_family_or_says_why_not() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("bench.json");
+    let out = dpgan(&["bench", "kernels", "--quick", "--json", path.to_str().expect("UTF-8 path")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let has_gpu = matches!(device_count(), Ok(n) if n > 0);
+    if !has_gpu {
+        assert!(!out.status.success(), "succeeded without a GPU");
+        let last = stderr.lines().last().unwrap_or("");
+        assert!(last.starts_with("error: no CUDA device:") && last.contains("needs a CUDA GPU"), "{stderr}");
+        if let Some(why) = no_device_reason() {
+            assert!(last.contains(&why), "the error should carry the driver's reason ({why}): {stderr}");
+        }
+        assert!(!path.exists(), "no report may be written without a GPU");
+        return;
+    }
+    assert!(out.status.success(), "bench kernels --quick failed on a GPU host:\n{stderr}");
+    let text = std::fs::read_to_string(&path).expect("the JSON report");
+    let report: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("invalid JSON ({e}):\n{text}"));
+    assert!(report["device"].as_str().is_some_and(|d| !d.is_empty()));
+    for ceiling in ["copy_gbps", "gemm_f32_gflops", "gemm_tf32_gflops"] {
+        assert!(report["ceilings"][ceiling].as_f64().is_some_and(|v| v > 0.0), "ceiling {ceiling}: {}", report["ceilings"]);
+    }
+    let cases = report["cases"].as_array().expect("cases");
+    for family in dpgan::bench::kernels::FAMILIES {
+        assert!(cases.iter().any(|c| c["family"] == *family), "no {family} case in the report");
+    }
+    for c in cases {
+        for key in ["name", "shape", "median_ms", "gbps", "runs"] {
+            assert!(!c[key].is_null(), "case {} lacks {key}", c["name"]);
+        }
+        assert!(c["median_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{}", c["name"]);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ceilings:"), "{stdout}");
+}
