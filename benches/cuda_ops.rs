@@ -1,42 +1,29 @@
 //! CUDA GEMM and conv kernels at the shapes the two algorithms use: `cargo bench --bench cuda_ops`.
 //!
 //! Each case is first validated against the CPU backend (at batch 2, so that the CPU stays quick),
-//! then timed with CUDA events: 3 warm-up calls, then the mean of 20 calls between two events on
-//! the device's stream. Every call allocates its output, as a training step does. Printed beside a
-//! large square GEMM in f32 and TF32 measured in the same run. Without a GPU it says why and exits.
+//! then timed with `dpgan::bench`'s CUDA-event timer (warm-up, then the median of event-pair samples
+//! of several calls on the device's stream; one input set, so small cases may sit in L2: `dpgan
+//! bench kernels` rotates inputs and covers every family). Every call allocates its output, as a
+//! training step does. Printed beside a large square GEMM in f32 and TF32 measured in the same run.
+//! Without a GPU it says why and exits.
 use dpgan::backend::cuda::{set_allow_tf32, CudaDevice};
 use dpgan::backend::ops;
+use dpgan::bench::kernels::{relative_error, time_calls, Iterations};
 use dpgan::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-const WARMUP: usize = 3;
-const CALLS: usize = 20;
 
 fn randn(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
     Tensor::randn(shape, rng, &Device::Cpu).expect("cpu tensor")
 }
 
-/// Mean milliseconds per call of `f` on `dev`'s stream, from CUDA events.
+/// Median milliseconds per call of `f` on `dev`'s stream.
 fn time_ms(dev: &CudaDevice, mut f: impl FnMut() -> Tensor) -> f64 {
-    for _ in 0..WARMUP {
+    time_calls(dev, Iterations::new(false), |_| {
         drop(f());
-    }
-    let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let start = dev.stream().record_event(timing).expect("record start event");
-    for _ in 0..CALLS {
-        drop(f());
-    }
-    let end = dev.stream().record_event(timing).expect("record end event");
-    start.elapsed_ms(&end).expect("event timing") as f64 / CALLS as f64
-}
-
-/// `‖got − want‖ / ‖want‖`.
-fn relative_error(got: &Tensor, want: &Tensor) -> f64 {
-    let (g, w) = (got.to_vec().expect("download"), want.to_vec().expect("cpu values"));
-    let diff: f64 = g.iter().zip(&w).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
-    let norm: f64 = w.iter().map(|b| (*b as f64).powi(2)).sum();
-    (diff / norm.max(1e-300)).sqrt()
+        Ok(())
+    })
+    .expect("CUDA-event timing")
 }
 
 fn report(name: &str, flops: f64, ms: f64, error: f64) {
@@ -56,7 +43,7 @@ fn case(
     let small = make(rng, 2);
     let want = op(&small);
     let on_dev: Vec<Tensor> = small.iter().map(|t| t.to_device(dev).expect("upload")).collect();
-    let error = relative_error(&op(&on_dev), &want);
+    let error = relative_error(&op(&on_dev).to_vec().expect("download"), &want.to_vec().expect("cpu values"));
     let operands: Vec<Tensor> = make(rng, batch).iter().map(|t| t.to_device(dev).expect("upload")).collect();
     let Device::Cuda(cuda) = dev else { unreachable!("the benchmark runs on a CUDA device") };
     let ms = time_ms(cuda, || op(&operands));
@@ -78,7 +65,7 @@ fn main() {
     for tf32 in [false, true] {
         set_allow_tf32(tf32);
         let precision = if tf32 { "tf32" } else { "f32" };
-        println!("\n{:<52} {:>12} {:>17}", format!("case ({precision})"), "mean", "throughput");
+        println!("\n{:<52} {:>12} {:>17}", format!("case ({precision})"), "median", "throughput");
         let n = 4096;
         case(
             &dev,

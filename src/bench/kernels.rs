@@ -431,7 +431,7 @@ pub fn all_cases() -> Vec<Case> {
 pub const FAMILIES: &[&str] = &["gemm", "conv", "elementwise", "reduce", "optim", "power_iter", "pool", "noise"];
 
 /// `‖got − want‖ / ‖want‖` (or `‖got‖` when `want` is zero); NaN when anything is NaN.
-fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+pub fn relative_error(got: &[f32], want: &[f32]) -> f64 {
     if got.len() != want.len() {
         return f64::NAN;
     }
@@ -468,24 +468,26 @@ fn validate(case: &Case, dev: &Device, rng: &mut ChaCha8Rng) -> Result<f64> {
     Ok(worst)
 }
 
-/// Median milliseconds per call of `call(i)` (i counts calls from 0), as the module doc says.
-fn time_calls(dev: &CudaDevice, it: Iterations, mut call: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+/// Median milliseconds per call of `call(i)` (i counts calls from 0), as the module doc says. The
+/// two events are created once, before the warm-up, so that creating them is never timed.
+pub fn time_calls(dev: &CudaDevice, it: Iterations, mut call: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+    let ctx = dev.stream().context();
+    let new_event = || ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| Error::cuda("creating a timing event", e));
+    let (start, end) = (new_event()?, new_event()?);
     let mut i = 0;
     for _ in 0..it.warmup {
         call(i)?;
         i += 1;
     }
     dev.synchronize()?;
-    let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
-    let event = |what| move |e| Error::cuda(format!("recording the {what} event"), e);
     let mut samples = Vec::with_capacity(it.runs);
     for _ in 0..it.runs {
-        let start = dev.stream().record_event(timing).map_err(event("start"))?;
+        start.record(dev.stream()).map_err(|e| Error::cuda("recording the start event", e))?;
         for _ in 0..it.calls_per_run {
             call(i)?;
             i += 1;
         }
-        let end = dev.stream().record_event(timing).map_err(event("end"))?;
+        end.record(dev.stream()).map_err(|e| Error::cuda("recording the end event", e))?;
         let ms = start.elapsed_ms(&end).map_err(|e| Error::cuda("reading event times", e))?;
         samples.push(ms as f64 / it.calls_per_run as f64);
     }
