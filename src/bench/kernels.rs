@@ -607,6 +607,7 @@ pub fn run(quick: bool, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
             it.warmup, it.runs, it.calls_per_run, it.max_sets
         ),
         ceilings,
+        secure_noise_cost: super::time_ratio(&cases, "gaussian noise secure", "gaussian noise fast"),
         cases,
     })
 }

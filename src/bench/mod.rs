@@ -128,6 +128,14 @@ pub struct BenchReport {
     pub timing: String,
     pub ceilings: Ceilings,
     pub cases: Vec<CaseResult>,
+    /// Secure-mode (ChaCha20) noise time over fast-mode (Philox) noise time at the same size.
+    pub secure_noise_cost: Option<f64>,
+}
+
+/// `median_ms` of the case named `secure` over that of `fast`, when both are there.
+pub fn time_ratio(cases: &[CaseResult], secure: &str, fast: &str) -> Option<f64> {
+    let ms = |name: &str| cases.iter().find(|c| c.name == name).map(|c| c.median_ms);
+    Some(ms(secure)? / ms(fast)?)
 }
 
 /// Writes `value` as pretty JSON to `path` atomically: a temporary file in the same directory,
@@ -235,6 +243,9 @@ impl fmt::Display for BenchReport {
                 if r.l2_resident { "resident" } else { "rotated" }
             )?;
         }
+        if let Some(r) = self.secure_noise_cost {
+            writeln!(f, "secure-mode noise costs {r:.2}× fast-mode noise at the same size")?;
+        }
         Ok(())
     }
 }
@@ -322,6 +333,7 @@ mod tests {
             timing: "median".into(),
             ceilings,
             cases: vec![case],
+            secure_noise_cost: Some(2.5),
         }
     }
 
@@ -359,5 +371,18 @@ mod tests {
         assert!(text.contains("ceilings: copy 3000 GB/s"), "{text}");
         let row = text.lines().find(|l| l.starts_with("linear 794→128 fwd")).expect("case row");
         assert!(row.contains("1219") && row.contains("resident"), "{row}");
+        assert!(text.contains("secure-mode noise costs 2.50×"), "{text}");
+    }
+
+    #[test]
+    fn ratio_of_two_named_cases() {
+        let mut fast = sample_report().cases.remove(0);
+        fast.name = "fast".into();
+        let mut secure = fast.clone();
+        secure.name = "secure".into();
+        secure.median_ms = 3.0 * fast.median_ms;
+        let cases = [fast, secure];
+        assert!((time_ratio(&cases, "secure", "fast").unwrap() - 3.0).abs() < 1e-12);
+        assert_eq!(time_ratio(&cases, "secure", "missing"), None);
     }
 }
