@@ -254,7 +254,7 @@ fn bench_kernels_reports_every_family_or_says_why_not() {
         assert!(report["ceilings"][ceiling].as_f64().is_some_and(|v| v > 0.0), "ceiling {ceiling}: {}", report["ceilings"]);
     }
     let cases = report["cases"].as_array().expect("cases");
-    for family in dpgan::bench::kernels::FAMILIES {
+    for family in dpgan::bench::cases::FAMILIES {
         assert!(cases.iter().any(|c| c["family"] == *family), "no {family} case in the report");
     }
     for c in cases {

@@ -1,7 +1,7 @@
 //! Kernel benchmarks: `dpgan bench kernels`. This file holds the pure parts (FLOP and byte counts,
-//! the median, the report and its atomic JSON file, the table); `kernels.rs` builds the cases at
-//! the shapes DP-CGAN and GS-WGAN use, validates each against the CPU backend and times it with
-//! CUDA events on the device's stream.
+//! the median, the report and its atomic JSON file, the table); `cases.rs` builds the cases at the
+//! shapes DP-CGAN and GS-WGAN use; `kernels.rs` validates each against the CPU backend, times it
+//! with CUDA events on the device's stream and measures the ceilings.
 use std::fmt;
 use std::fs;
 use std::io::Write;
@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+pub mod cases;
 pub mod kernels;
 
 /// Bytes in one f32.

@@ -1,0 +1,428 @@
+//! The benchmark's cases: every kernel family at the shapes DP-CGAN and GS-WGAN use, each with
+//! its operands (a small instance for validation, the full one for timing), the op, and its FLOP
+//! and byte counts at full size, stated per case.
+use rand_chacha::ChaCha8Rng;
+
+use super::{gemm_bytes, gemm_flops, ConvShape, F32};
+use crate::backend::{ops, AdamParams, BinaryOp, SgdParams, UnaryOp};
+use crate::dp::noise::{NoiseMode, NoiseSource};
+use crate::error::{Error, Result};
+use crate::tensor::{Device, Tensor};
+
+/// The GS-WGAN ResNet generator's parameter count: the size of the optimiser and noise cases.
+pub const RESNET_G_PARAMS: usize = 3_826_177;
+
+pub(crate) type Make = Box<dyn Fn(&mut ChaCha8Rng, Size) -> Result<Vec<Tensor>>>;
+pub(crate) type Op = Box<dyn Fn(&mut [Tensor]) -> Result<Vec<Tensor>>>;
+
+/// Which instance `make` builds: the small one checked against the CPU, or the timed one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Size {
+    Small,
+    Full,
+}
+
+/// One kernel case: how to build its operands, the op, and its FLOP and byte counts at full size.
+pub struct Case {
+    pub name: String,
+    pub family: &'static str,
+    pub shape: String,
+    pub flops: Option<f64>,
+    pub bytes: f64,
+    pub bytes_note: String,
+    pub tf32: bool,
+    pub(crate) make: Make,
+    pub(crate) op: Op,
+}
+
+pub(crate) fn randn(rng: &mut ChaCha8Rng, shape: &[usize]) -> Result<Tensor> {
+    Tensor::randn(shape, rng, &Device::Cpu)
+}
+
+pub(crate) fn pick(size: Size, small: usize, full: usize) -> usize {
+    if size == Size::Small {
+        small
+    } else {
+        full
+    }
+}
+
+pub(crate) fn gemm_case(name: String, shape: String, (m, n, k): (usize, usize, usize), make: Make, op: Op) -> Case {
+    let bytes_note = format!("A [{m},{k}] and B [{k},{n}] read once, C [{m},{n}] written once");
+    Case { name, family: "gemm", shape, flops: Some(gemm_flops(m, n, k)), bytes: gemm_bytes(m, n, k), bytes_note, tf32: false, make, op }
+}
+
+/// DP-CGAN's linear layers at B = 600: forward `x·Wᵀ`, input gradient `dy·W`, weight gradient `dyᵀ·x`.
+fn linear_cases(cases: &mut Vec<Case>) {
+    const B: usize = 600;
+    for (net, i, o) in [("D", 794, 128), ("D", 128, 1), ("G", 110, 128), ("G", 128, 784)] {
+        let base = format!("dp-cgan {net} linear {i}→{o}");
+        let x_w = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+            let b = pick(s, 8, B);
+            Ok(vec![randn(rng, &[1, b, i])?, randn(rng, &[1, o, i])?])
+        };
+        let fwd: Op = Box::new(|t| Ok(vec![ops::matmul(&t[0], &t[1], false, true)?]));
+        cases.push(gemm_case(format!("{base} fwd"), format!("x[{B},{i}]·W[{o},{i}]ᵀ"), (B, o, i), Box::new(x_w), fwd));
+        let dy_w = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+            let b = pick(s, 8, B);
+            Ok(vec![randn(rng, &[1, b, o])?, randn(rng, &[1, o, i])?])
+        };
+        let dx: Op = Box::new(|t| Ok(vec![ops::matmul(&t[0], &t[1], false, false)?]));
+        cases.push(gemm_case(format!("{base} dx"), format!("dy[{B},{o}]·W[{o},{i}]"), (B, i, o), Box::new(dy_w), dx));
+        let dy_x = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+            let b = pick(s, 8, B);
+            Ok(vec![randn(rng, &[1, b, o])?, randn(rng, &[1, b, i])?])
+        };
+        let dw: Op = Box::new(|t| Ok(vec![ops::matmul(&t[0], &t[1], true, false)?]));
+        cases.push(gemm_case(format!("{base} dW"), format!("dy[{B},{o}]ᵀ·x[{B},{i}]"), (o, i, B), Box::new(dy_x), dw));
+    }
+}
+
+/// A conv's forward, input gradient and weight gradient; validated at batch 2.
+fn conv_cases(cases: &mut Vec<Case>, base: &str, c: ConvShape) {
+    let ConvShape { batch, in_channels: ci, out_channels: co, in_hw: hw, kernel: k, stride: s, padding: p } = c;
+    let oh = c.out_hw();
+    let shape = format!("x[{batch},{ci},{hw},{hw}] w[{co},{ci},{k},{k}] s{s} p{p} → [{batch},{co},{oh},{oh}]");
+    let note = "x, w, y once each (two read, one written)".to_string();
+    let case = |dir: &str, make: Make, op: Op| Case {
+        name: format!("{base} {dir}"),
+        family: "conv",
+        shape: shape.clone(),
+        flops: Some(c.flops()),
+        bytes: c.bytes(),
+        bytes_note: note.clone(),
+        tf32: false,
+        make,
+        op,
+    };
+    let x_w = move |rng: &mut ChaCha8Rng, sz: Size| -> Result<Vec<Tensor>> {
+        let b = pick(sz, 2, batch);
+        Ok(vec![randn(rng, &[1, b, ci, hw, hw])?, randn(rng, &[1, co, ci, k, k])?])
+    };
+    cases.push(case("fwd", Box::new(x_w), Box::new(move |t| Ok(vec![ops::conv2d(&t[0], &t[1], s, p)?]))));
+    let dy_w = move |rng: &mut ChaCha8Rng, sz: Size| -> Result<Vec<Tensor>> {
+        let b = pick(sz, 2, batch);
+        Ok(vec![randn(rng, &[1, b, co, oh, oh])?, randn(rng, &[1, co, ci, k, k])?])
+    };
+    cases.push(case("dgrad", Box::new(dy_w), Box::new(move |t| Ok(vec![ops::conv2d_input_grad(&t[0], &t[1], (hw, hw), s, p)?]))));
+    let x_dy = move |rng: &mut ChaCha8Rng, sz: Size| -> Result<Vec<Tensor>> {
+        let b = pick(sz, 2, batch);
+        Ok(vec![randn(rng, &[1, b, ci, hw, hw])?, randn(rng, &[1, b, co, oh, oh])?])
+    };
+    cases.push(case("wgrad", Box::new(x_dy), Box::new(move |t| Ok(vec![ops::conv2d_weight_grad(&t[0], &t[1], (k, k), s, p)?]))));
+}
+
+/// The DCGAN generator's transposed convs (PyTorch layout `[C_in, C_out, K, K]`), counted as the
+/// conv whose input gradient they are.
+fn conv_transpose_cases(cases: &mut Vec<Case>) {
+    const B: usize = 32;
+    for (ci, co, hw, k, s) in [(256, 128, 4, 5, 1), (128, 64, 7, 5, 1), (64, 1, 11, 8, 2)] {
+        let out = (hw - 1) * s + k;
+        let as_conv = ConvShape { batch: B, in_channels: co, out_channels: ci, in_hw: out, kernel: k, stride: s, padding: 0 };
+        let make = move |rng: &mut ChaCha8Rng, sz: Size| -> Result<Vec<Tensor>> {
+            let b = pick(sz, 2, B);
+            Ok(vec![randn(rng, &[1, b, ci, hw, hw])?, randn(rng, &[1, ci, co, k, k])?])
+        };
+        cases.push(Case {
+            name: format!("gs-wgan dcgan G convT {ci}→{co} {k}×{k} s{s}, {hw}→{out}"),
+            family: "conv",
+            shape: format!("x[{B},{ci},{hw},{hw}] w[{ci},{co},{k},{k}] → [{B},{co},{out},{out}]"),
+            flops: Some(as_conv.flops()),
+            bytes: as_conv.bytes(),
+            bytes_note: "x, w, y once each".into(),
+            tf32: false,
+            make: Box::new(make),
+            op: Box::new(move |t| Ok(vec![ops::conv_transpose2d(&t[0], &t[1], s, 0, 0)?])),
+        });
+    }
+}
+
+/// A memory-bound case: no FLOP count, bytes as stated.
+fn mem_case(name: &str, family: &'static str, shape: String, bytes: f64, bytes_note: &str, make: Make, op: Op) -> Case {
+    Case { name: name.into(), family, shape, flops: None, bytes, bytes_note: bytes_note.into(), tf32: false, make, op }
+}
+
+fn elementwise_cases(cases: &mut Vec<Case>) {
+    // GS-WGAN's largest activation: the ResNet G at 32², batch 32.
+    const SHAPE: [usize; 4] = [32, 256, 32, 32];
+    const SMALL: [usize; 4] = [2, 3, 5, 7];
+    let n = SHAPE.iter().product::<usize>() as f64;
+    let one =
+        |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> { Ok(vec![randn(rng, if s == Size::Small { &SMALL } else { &SHAPE })?]) };
+    let desc = format!("{SHAPE:?}");
+    for (name, op) in [("relu", UnaryOp::Relu), ("sigmoid", UnaryOp::Sigmoid)] {
+        let f: Op = Box::new(move |t| Ok(vec![ops::unary(op, &t[0])?]));
+        cases.push(mem_case(&format!("unary {name}"), "elementwise", desc.clone(), 2.0 * F32 * n, "x read, y written", Box::new(one), f));
+    }
+    let two = |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+        let sh: &[usize] = if s == Size::Small { &SMALL } else { &SHAPE };
+        Ok(vec![randn(rng, sh)?, randn(rng, sh)?])
+    };
+    let add: Op = Box::new(|t| Ok(vec![ops::binary(BinaryOp::Add, &t[0], &t[1])?]));
+    cases.push(mem_case(
+        "binary add",
+        "elementwise",
+        format!("{desc} + {desc}"),
+        3.0 * F32 * n,
+        "a, b read, y written",
+        Box::new(two),
+        add,
+    ));
+    let bias = |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+        let sh: &[usize] = if s == Size::Small { &SMALL } else { &SHAPE };
+        Ok(vec![randn(rng, sh)?, randn(rng, &[1, sh[1], 1, 1])?])
+    };
+    let mul: Op = Box::new(|t| Ok(vec![ops::binary(BinaryOp::Mul, &t[0], &t[1])?]));
+    let bytes = F32 * (2.0 * n + 256.0);
+    cases.push(mem_case(
+        "binary mul broadcast",
+        "elementwise",
+        format!("{desc} · [1,256,1,1]"),
+        bytes,
+        "a read, b [256] read once, y written",
+        Box::new(bias),
+        mul,
+    ));
+}
+
+fn sum_to_cases(cases: &mut Vec<Case>) {
+    for (name, full, small, to) in [
+        ("sum_to conv bias grad", vec![32, 256, 32, 32], vec![2, 3, 5, 7], vec![1usize, 0, 1, 1]),
+        ("sum_to dp-cgan linear bias grad", vec![600, 128], vec![8, 5], vec![0]),
+    ] {
+        // `0` in `to` stands for "keep this dim" (the channel / feature axis).
+        let target = move |sh: &[usize]| -> Vec<usize> {
+            let lead = sh.len() - to.len();
+            to.iter().enumerate().map(|(i, &d)| if d == 0 { sh[lead + i] } else { d }).collect()
+        };
+        let out_full = target(&full);
+        let n = full.iter().product::<usize>() as f64;
+        let m = out_full.iter().product::<usize>() as f64;
+        let (f2, s2) = (full.clone(), small.clone());
+        let make =
+            move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> { Ok(vec![randn(rng, if s == Size::Small { &s2 } else { &f2 })?]) };
+        let op: Op = Box::new(move |t| {
+            let to = target(t[0].shape());
+            Ok(vec![ops::sum_to(&t[0], &to)?])
+        });
+        cases.push(mem_case(name, "reduce", format!("{full:?} → {out_full:?}"), F32 * (n + m), "x read, sums written", Box::new(make), op));
+    }
+}
+
+fn log_softmax_case(cases: &mut Vec<Case>) {
+    // The evaluation classifiers' logits over the 10,000 test images.
+    let (r, c) = (10_000, 10);
+    let make = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> { Ok(vec![randn(rng, &[pick(s, 7, r), c])?]) };
+    let op: Op = Box::new(|t| Ok(vec![ops::log_softmax(&t[0])?]));
+    cases.push(mem_case(
+        "log_softmax eval logits",
+        "reduce",
+        format!("[{r},{c}]"),
+        2.0 * F32 * (r * c) as f64,
+        "x read, y written",
+        Box::new(make),
+        op,
+    ));
+}
+
+fn optimizer_cases(cases: &mut Vec<Case>) {
+    let n = RESNET_G_PARAMS;
+    let size = move |s: Size| pick(s, 10_001, n);
+    let adam = AdamParams { lr: 1e-4, beta1: 0.5, beta2: 0.9, eps: 1e-8, weight_decay: 0.0 };
+    let make_adam = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+        let k = size(s);
+        Ok(vec![randn(rng, &[k])?, randn(rng, &[k])?, randn(rng, &[k])?, Tensor::uniform(&[k], 0.0, 1.0, rng, &Device::Cpu)?])
+    };
+    let adam_op: Op = Box::new(move |t| match t {
+        [p, g, m, v] => ops::adam_step(p, g, m, v, 10, &adam).map(|()| Vec::new()),
+        _ => Err(Error::Invalid("adam case needs 4 operands".into())),
+    });
+    let note = "p, g, m, v read; p, m, v written";
+    cases.push(mem_case(
+        "adam step (resnet G params)",
+        "optim",
+        format!("[{n}]"),
+        7.0 * F32 * n as f64,
+        note,
+        Box::new(make_adam),
+        adam_op,
+    ));
+    let sgd = SgdParams { lr: 0.02, momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false };
+    let make_sgd = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+        let k = size(s);
+        Ok(vec![randn(rng, &[k])?, randn(rng, &[k])?, randn(rng, &[k])?])
+    };
+    let sgd_op: Op = Box::new(move |t| match t {
+        [p, g, buf] => ops::sgd_step(p, g, Some(buf), &sgd).map(|()| Vec::new()),
+        _ => Err(Error::Invalid("sgd case needs 3 operands".into())),
+    });
+    let note = "p, g, buf read; p, buf written";
+    cases.push(mem_case("sgd momentum step", "optim", format!("[{n}]"), 5.0 * F32 * n as f64, note, Box::new(make_sgd), sgd_op));
+}
+
+fn power_iteration_case(cases: &mut Vec<Case>) {
+    let (o, i) = (256, 6400);
+    let make = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+        let (oo, ii) = (pick(s, 16, o), pick(s, 100, i));
+        Ok(vec![randn(rng, &[1, oo, ii])?, randn(rng, &[1, oo])?])
+    };
+    let op: Op = Box::new(|t| {
+        let (u, v) = ops::power_iteration(&t[0], &t[1])?;
+        Ok(vec![u, v])
+    });
+    let bytes = F32 * (2 * o * i + 2 * o + i) as f64;
+    let note = "W read twice (Wᵀu, then Wv: v must be complete first), u read, u and v written";
+    cases.push(Case {
+        name: "spectral-norm power iteration".into(),
+        family: "power_iter",
+        shape: format!("W[{o},{i}]"),
+        flops: Some(4.0 * (o * i) as f64),
+        bytes,
+        bytes_note: note.into(),
+        tf32: false,
+        make: Box::new(make),
+        op,
+    });
+}
+
+fn pool_cases(cases: &mut Vec<Case>) {
+    // LeNet-5's first pool in the evaluation CNN, batch 128; the ResNet G's ×2 upsampling to 32².
+    let pool_shape = [128usize, 6, 28, 28];
+    let n = pool_shape.iter().product::<usize>() as f64;
+    let small = [2usize, 3, 6, 10];
+    let one = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+        Ok(vec![randn(rng, if s == Size::Small { &small } else { &pool_shape })?])
+    };
+    let fwd: Op = Box::new(|t| Ok(vec![ops::max_pool2x2(&t[0])?]));
+    cases.push(mem_case(
+        "max_pool2x2 fwd (lenet)",
+        "pool",
+        format!("{pool_shape:?}"),
+        F32 * (n + n / 4.0),
+        "x read, y (¼) written",
+        Box::new(one),
+        fwd,
+    ));
+    let x_dy = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+        let sh = if s == Size::Small { small } else { pool_shape };
+        Ok(vec![randn(rng, &sh)?, randn(rng, &[sh[0], sh[1], sh[2] / 2, sh[3] / 2])?])
+    };
+    let bwd: Op = Box::new(|t| Ok(vec![ops::max_pool2x2_scatter(&t[0], &t[1])?]));
+    cases.push(mem_case(
+        "max_pool2x2 bwd (lenet)",
+        "pool",
+        format!("{pool_shape:?}"),
+        F32 * (2.0 * n + n / 4.0),
+        "x and dy (¼) read, dx written",
+        Box::new(x_dy),
+        bwd,
+    ));
+    let up_shape = [32usize, 256, 16, 16];
+    let m = up_shape.iter().product::<usize>() as f64;
+    let up_make = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+        Ok(vec![randn(rng, if s == Size::Small { &[2, 3, 4, 5] } else { &up_shape })?])
+    };
+    let up: Op = Box::new(|t| Ok(vec![ops::upsample_nearest2x(&t[0])?]));
+    cases.push(mem_case(
+        "upsample_nearest2x (resnet G)",
+        "pool",
+        format!("{up_shape:?} → 32²"),
+        F32 * 5.0 * m,
+        "x read, y (4×) written",
+        Box::new(up_make),
+        up,
+    ));
+}
+
+fn noise_cases(cases: &mut Vec<Case>) {
+    let n = RESNET_G_PARAMS;
+    for (label, mode) in [("fast", NoiseMode::Fast), ("secure", NoiseMode::Secure)] {
+        let key = NoiseSource::from_seed(7, mode).key_at(3, 1);
+        let make = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> { Ok(vec![randn(rng, &[pick(s, 10_001, n)])?]) };
+        let op: Op = Box::new(move |t| ops::add_gaussian_noise(&mut t[0], 1.07, &key).map(|()| Vec::new()));
+        cases.push(mem_case(
+            &format!("gaussian noise {label}"),
+            "noise",
+            format!("[{n}]"),
+            2.0 * F32 * n as f64,
+            "x read and written in place",
+            Box::new(make),
+            op,
+        ));
+    }
+    // GS-WGAN's sanitiser: B = 32 image gradients, C = 1 scaled by 1/B, σ = 1.07, sensitivity ×2.
+    let (b, d) = (32, 784);
+    let key = NoiseSource::from_seed(7, NoiseMode::Fast).key_at(3, 2);
+    let make = move |rng: &mut ChaCha8Rng, _: Size| -> Result<Vec<Tensor>> { Ok(vec![randn(rng, &[b, d])?]) };
+    let op: Op = Box::new(move |t| Ok(vec![ops::sanitize_rows(&t[0], 1.0 / 32.0, 2.0 * 1.07 / 32.0, &key)?]));
+    cases.push(mem_case(
+        "sanitize_rows (gs-wgan)",
+        "noise",
+        format!("[{b},{d}]"),
+        2.0 * F32 * (b * d) as f64,
+        "g read, ĝ written",
+        Box::new(make),
+        op,
+    ));
+}
+
+/// Every case, in report order.
+pub fn all_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    linear_cases(&mut cases);
+    for (name, ci, co, hw) in [("gs-wgan D conv1", 1, 64, 28), ("gs-wgan D conv2", 64, 128, 14), ("gs-wgan D conv3", 128, 256, 7)] {
+        let c = ConvShape { batch: 32, in_channels: ci, out_channels: co, in_hw: hw, kernel: 5, stride: 2, padding: 2 };
+        conv_cases(&mut cases, &format!("{name} {ci}→{co} 5×5 s2 @{hw}"), c);
+    }
+    for hw in [8, 16, 32] {
+        let c = ConvShape { batch: 32, in_channels: 256, out_channels: 256, in_hw: hw, kernel: 3, stride: 1, padding: 1 };
+        conv_cases(&mut cases, &format!("gs-wgan resnet G 256→256 3×3 @{hw}"), c);
+    }
+    conv_transpose_cases(&mut cases);
+    elementwise_cases(&mut cases);
+    sum_to_cases(&mut cases);
+    log_softmax_case(&mut cases);
+    optimizer_cases(&mut cases);
+    power_iteration_case(&mut cases);
+    pool_cases(&mut cases);
+    noise_cases(&mut cases);
+    cases
+}
+
+/// The families a full report covers (the CLI test checks them).
+pub const FAMILIES: &[&str] = &["gemm", "conv", "elementwise", "reduce", "optim", "power_iter", "pool", "noise"];
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn every_family_has_cases_and_counts_are_positive() {
+        let cases = all_cases();
+        for fam in FAMILIES {
+            assert!(cases.iter().any(|c| c.family == *fam), "no case of family {fam}");
+        }
+        for c in &cases {
+            assert!(c.bytes > 0.0 && c.flops.is_none_or(|f| f > 0.0), "{}", c.name);
+            assert!(FAMILIES.contains(&c.family), "{} has an unlisted family", c.name);
+        }
+        let mut names: Vec<_> = cases.iter().map(|c| c.name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), cases.len(), "case names must be unique");
+    }
+
+    /// Every case's small instance runs on the CPU backend and its in-place ops keep their shapes:
+    /// the validation step cannot fail for a reason other than the GPU.
+    #[test]
+    fn small_instances_run_on_the_cpu() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for c in all_cases() {
+            let mut t = (c.make)(&mut rng, Size::Small).unwrap();
+            let out = (c.op)(&mut t).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+            assert!(out.iter().chain(&t).all(|x| x.to_vec().unwrap().iter().all(|v| v.is_finite())), "{}", c.name);
+        }
+    }
+}
