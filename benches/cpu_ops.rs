@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use dpgan::backend::ops;
+use dpgan::dp::{NoiseMode, NoiseSource};
 use dpgan::tensor::{Device, Tensor};
+use dpgan::train::dpcgan::{DpCgan, DpCganConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -45,6 +47,19 @@ fn main() {
     report("dp-cgan D linear 794→128, B=600 (fwd)", flops, time(|| drop(ops::matmul(&x, &w, false, true).unwrap())));
     let dy = randn(&mut rng, &[1, 600, 128]);
     report("dp-cgan D linear 794→128, B=600 (dW)", flops, time(|| drop(ops::matmul(&dy, &x, true, false).unwrap())));
+
+    // A whole DP-CGAN step at B = 600 (both networks, forward and backward), private beside the
+    // same engine's non-private step.
+    let labels: Vec<u32> = (0..600).map(|i| i % 10).collect();
+    let images = Tensor::uniform(&[1, 600, 784], -1.0, 1.0, &mut rng, &Device::Cpu).unwrap();
+    let onehot = Tensor::one_hot(&labels, 10, &[1, 600], &Device::Cpu).unwrap();
+    let noise = NoiseSource::from_seed(1, NoiseMode::Fast);
+    let mut dp = DpCgan::new(DpCganConfig::default(), noise, &mut rng, &Device::Cpu).unwrap();
+    let private = time(|| drop(dp.private_step(&images, &onehot, &mut rng).unwrap()));
+    let plain = time(|| drop(dp.non_private_step(&images, &onehot, &mut rng).unwrap()));
+    println!("{:<48} {:>10.3} ms", "dp-cgan step, B=600, private", private * 1e3);
+    println!("{:<48} {:>10.3} ms", "dp-cgan step, B=600, non-private", plain * 1e3);
+    println!("{:<48} {:>10.2}×", "dp-cgan private / non-private", private / plain);
 
     // GS-WGAN discriminator convs, batch 32.
     for (name, cin, cout, hw) in [

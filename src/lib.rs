@@ -6,9 +6,12 @@ pub mod bench;
 pub mod data;
 pub mod dp;
 pub mod error;
+pub mod models;
+pub mod nn;
 pub mod optim;
 pub mod privacy;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use tensor::{Device, Tensor};

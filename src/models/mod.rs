@@ -1,0 +1,2 @@
+//! The published models.
+pub mod dpcgan;

@@ -1,0 +1,158 @@
+//! One DP-CGAN training step (SPEC.md §1): the discriminator's real and generated-data losses are
+//! clipped per example separately, only the real part is noised, D takes an SGD step on their
+//! sum; then G takes an Adam step on the non-saturating loss through the updated D.
+use rand::Rng;
+
+use crate::autograd::Tape;
+use crate::backend::{ops, AdamParams, BinaryOp, UnaryOp};
+use crate::dp::{private_gradients, ClippedLoss, DpSgdConfig, NoiseSource};
+use crate::error::Result;
+use crate::models::dpcgan::{Discriminator, Generator, CLASSES, LATENT};
+use crate::optim::{Adam, Optimizer, Sgd};
+use crate::tensor::{Device, Tensor};
+
+/// SPEC.md §1's published settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DpCganConfig {
+    pub clip: f32,
+    pub noise_multiplier: f32,
+    /// What D's summed gradient is divided by: the batch size, or q·N under Poisson sampling.
+    pub batch_divisor: f32,
+    pub d_lr: f32,
+    pub g_adam: AdamParams,
+}
+
+impl Default for DpCganConfig {
+    fn default() -> Self {
+        DpCganConfig {
+            clip: 1.1,
+            noise_multiplier: 1.15,
+            batch_divisor: 600.0,
+            d_lr: 0.15,
+            g_adam: AdamParams { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-7, weight_decay: 0.0 },
+        }
+    }
+}
+
+/// The two networks, their optimizers and the noise source of one run.
+pub struct DpCgan {
+    pub generator: Generator,
+    pub discriminator: Discriminator,
+    pub config: DpCganConfig,
+    d_optimizer: Sgd,
+    g_optimizer: Adam,
+    noise: NoiseSource,
+    step: u64,
+}
+
+/// Mean losses of a step, on the device (reading them is a host sync: do it when logging).
+pub struct StepLosses {
+    pub discriminator: Tensor,
+    pub generator: Tensor,
+}
+
+impl DpCgan {
+    pub fn new<R: Rng>(config: DpCganConfig, noise: NoiseSource, rng: &mut R, device: &Device) -> Result<Self> {
+        Ok(DpCgan {
+            generator: Generator::new(1, rng, device)?,
+            discriminator: Discriminator::new(1, rng, device)?,
+            d_optimizer: Sgd::plain(config.d_lr),
+            g_optimizer: Adam::new(config.g_adam),
+            config,
+            noise,
+            step: 0,
+        })
+    }
+
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// Generator inputs for `batch` examples: z ~ N(0, I), labels uniform over the classes (public).
+    fn generator_inputs<R: Rng>(batch: usize, rng: &mut R, device: &Device) -> Result<(Tensor, Tensor)> {
+        let z = Tensor::randn(&[1, batch, LATENT], rng, device)?;
+        let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..CLASSES as u32)).collect();
+        Ok((z, Tensor::one_hot(&labels, CLASSES, &[1, batch], device)?))
+    }
+
+    /// The private step on a batch of real images `[1, B, 784]` (in [−1, 1]) with one-hot labels.
+    pub fn private_step<R: Rng>(&mut self, images: &Tensor, labels: &Tensor, rng: &mut R) -> Result<StepLosses> {
+        let batch = images.shape()[1];
+        let device = images.device();
+        let (z, fake_labels) = Self::generator_inputs(batch, rng, &device)?;
+        // G is not differentiated for D's step: nothing on this tape is watched.
+        let fake = self.generator.forward(&Tape::new(), &z, &fake_labels)?;
+
+        let (real_tape, fake_tape) = (Tape::new(), Tape::new());
+        let d = &self.discriminator;
+        d.params().into_iter().for_each(|p| {
+            real_tape.watch(p);
+            fake_tape.watch(p);
+        });
+        let real_pass = d.forward(&real_tape, images, labels)?;
+        let real_loss = real_tape.sum_all(&real_tape.bce_with_logits(&real_pass.logits, &ones_like(&real_pass.logits)?)?)?;
+        let real_layers = real_pass.layer_grads(&real_tape.backward(&real_loss)?)?;
+        let fake_pass = d.forward(&fake_tape, &fake, &fake_labels)?;
+        let fake_loss = fake_tape
+            .sum_all(&fake_tape.bce_with_logits(&fake_pass.logits, &fake_pass.logits.full_like(fake_pass.logits.shape(), 0.0)?)?)?;
+        let fake_layers = fake_pass.layer_grads(&fake_tape.backward(&fake_loss)?)?;
+
+        let dp = DpSgdConfig {
+            clip: self.config.clip,
+            noise_multiplier: self.config.noise_multiplier,
+            batch_divisor: self.config.batch_divisor,
+        };
+        let losses = [
+            ClippedLoss { layers: real_layers.iter().map(|l| l as _).collect(), noised: true },
+            ClippedLoss { layers: fake_layers.iter().map(|l| l as _).collect(), noised: false },
+        ];
+        let d_grads = private_gradients(&losses, &dp, &self.noise, self.step)?;
+        self.d_optimizer.step(&mut self.discriminator.params_mut(), &d_grads)?;
+
+        let summed = ops::binary(BinaryOp::Add, &real_loss, &fake_loss)?;
+        let d_loss = ops::unary(UnaryOp::Affine { scale: 1.0 / batch as f32, shift: 0.0 }, &summed)?;
+        let g_loss = self.generator_step(&z, &fake_labels)?;
+        self.step += 1;
+        Ok(StepLosses { discriminator: d_loss, generator: g_loss })
+    }
+
+    /// The same step without privacy (mean losses, no clipping, no noise): the baseline a private
+    /// step is measured against.
+    pub fn non_private_step<R: Rng>(&mut self, images: &Tensor, labels: &Tensor, rng: &mut R) -> Result<StepLosses> {
+        let batch = images.shape()[1];
+        let (z, fake_labels) = Self::generator_inputs(batch, rng, &images.device())?;
+        let fake = self.generator.forward(&Tape::new(), &z, &fake_labels)?;
+        let tape = Tape::new();
+        let d = &self.discriminator;
+        d.params().into_iter().for_each(|p| tape.watch(p));
+        let real = d.forward(&tape, images, labels)?.logits;
+        let generated = d.forward(&tape, &fake, &fake_labels)?.logits;
+        let real_loss = tape.mean_all(&tape.bce_with_logits(&real, &ones_like(&real)?)?)?;
+        let fake_loss = tape.mean_all(&tape.bce_with_logits(&generated, &generated.full_like(generated.shape(), 0.0)?)?)?;
+        let d_loss = tape.add(&real_loss, &fake_loss)?;
+        let grads = tape.backward(&d_loss)?;
+        let d_grads = d.params().into_iter().map(|p| grads.of(p).cloned()).collect::<Result<Vec<_>>>()?;
+        self.d_optimizer.step(&mut self.discriminator.params_mut(), &d_grads)?;
+        let g_loss = self.generator_step(&z, &fake_labels)?;
+        self.step += 1;
+        Ok(StepLosses { discriminator: d_loss, generator: g_loss })
+    }
+
+    /// G's Adam step on mean BCE(1, D(G(z, l), l)) through the current D (G sees no private data
+    /// except through D).
+    fn generator_step(&mut self, z: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        let tape = Tape::new();
+        self.generator.params().into_iter().for_each(|p| tape.watch(p));
+        let fake = self.generator.forward(&tape, z, labels)?;
+        let logits = self.discriminator.forward(&tape, &fake, labels)?.logits;
+        let loss = tape.mean_all(&tape.bce_with_logits(&logits, &ones_like(&logits)?)?)?;
+        let grads = tape.backward(&loss)?;
+        let g_grads = self.generator.params().into_iter().map(|p| grads.of(p).cloned()).collect::<Result<Vec<_>>>()?;
+        self.g_optimizer.step(&mut self.generator.params_mut(), &g_grads)?;
+        Ok(loss)
+    }
+}
+
+fn ones_like(t: &Tensor) -> Result<Tensor> {
+    t.full_like(t.shape(), 1.0)
+}

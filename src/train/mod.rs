@@ -1,0 +1,2 @@
+//! Training steps of the published algorithms.
+pub mod dpcgan;
