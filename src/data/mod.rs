@@ -1,7 +1,9 @@
 //! Data: the IDX reader and the MNIST-layout data set with its conversions to model inputs.
-//! Batching, Poisson sampling and GS-WGAN's disjoint partitions build on [`Dataset`].
+//! Batches: Poisson sampling, shuffled batches and GS-WGAN's disjoint partitions (`sampling`).
 pub mod dataset;
 pub mod idx;
+pub mod sampling;
 
 pub use dataset::{data_dir, scale_pixels, Dataset, PixelScale, Split, DATA_ENV, NUM_CLASSES};
 pub use idx::{read_images, read_labels, IdxImages, IdxLabels};
+pub use sampling::{disjoint_partitions, BatchSampler, Sampling};
