@@ -6,6 +6,7 @@ pub mod bench;
 pub mod data;
 pub mod dp;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod models;
 pub mod nn;
