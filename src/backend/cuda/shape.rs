@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use cudarc::driver::PushKernelArg;
 
-use super::device::CudaDevice;
+use super::device::{CudaBuffer, CudaDevice};
 use super::elementwise::grid_for;
 use super::module::Kernel;
 use super::params::AxisCopyParams;
@@ -27,6 +27,17 @@ fn with_dim(shape: &[usize], axis: usize, dim: usize) -> Vec<usize> {
     s
 }
 
+/// Launches one of the axis-copy kernels (narrow, pad, concat part) over `p.n` elements. The
+/// caller has checked that `p` addresses only elements inside `src` and `out`.
+fn copy_along_axis(dev: &Arc<CudaDevice>, k: Kernel, p: &AxisCopyParams, src: &Tensor, out: &mut CudaBuffer) -> Result<()> {
+    // SAFETY: the kernel reads src and writes out only at the offsets `p` describes, which the
+    // caller checked lie inside both buffers (see the "In bounds" comment at each call).
+    let r = unsafe {
+        dev.stream().launch_builder(dev.kernel(k)).arg(p).arg(&buffer(src).slice).arg(&mut out.slice).launch(grid_for(dev, p.n as usize))
+    };
+    launched(k, r)
+}
+
 /// Elements `start..start + len` along `axis`.
 pub(crate) fn narrow(dev: &Arc<CudaDevice>, x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
     let (outer, dim, inner) = split("narrow", x.shape(), axis)?;
@@ -45,13 +56,9 @@ pub(crate) fn narrow(dev: &Arc<CudaDevice>, x: &Tensor, axis: usize, start: usiz
             dst_start: 0,
             len: len as i64,
         };
-        let k = Kernel::Narrow;
-        // SAFETY: out holds n = outer·len·inner floats; element (o, j, k) reads x at
+        // In bounds: out holds n = outer·len·inner floats; element (o, j, k) reads x at
         // (o, start + j, k) with start + j < start + len ≤ dim (checked above), inside x.
-        let r = unsafe {
-            dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(&buffer(x).slice).arg(&mut out.slice).launch(grid_for(dev, n))
-        };
-        launched(k, r)?;
+        copy_along_axis(dev, Kernel::Narrow, &p, x, &mut out)?;
     }
     output(out, &with_dim(x.shape(), axis, len))
 }
@@ -72,13 +79,9 @@ pub(crate) fn pad(dev: &Arc<CudaDevice>, x: &Tensor, axis: usize, before: usize,
             dst_start: before as i64,
             len: dim as i64,
         };
-        let k = Kernel::Pad;
-        // SAFETY: out holds n = outer·padded·inner floats, each written once; x is read only at
+        // In bounds: out holds n = outer·padded·inner floats, each written once; x is read only at
         // (o, j − before, k) with 0 ≤ j − before < dim, inside x (outer·dim·inner floats).
-        let r = unsafe {
-            dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(&buffer(x).slice).arg(&mut out.slice).launch(grid_for(dev, n))
-        };
-        launched(k, r)?;
+        copy_along_axis(dev, Kernel::Pad, &p, x, &mut out)?;
     }
     output(out, &with_dim(x.shape(), axis, padded))
 }
@@ -110,14 +113,10 @@ pub(crate) fn concat(dev: &Arc<CudaDevice>, xs: &[&Tensor], axis: usize) -> Resu
                 dst_start: offset as i64,
                 len: len as i64,
             };
-            let k = Kernel::ConcatPart;
-            // SAFETY: the part holds n = outer·len·inner floats, read once each; element (o, j, k)
+            // In bounds: the part holds n = outer·len·inner floats, read once each; element (o, j, k)
             // goes to out at (o, offset + j, k) with offset + j < offset + len ≤ total, inside out
             // (outer·total·inner floats). Parts write disjoint slices; launches are stream-ordered.
-            let r = unsafe {
-                dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(&buffer(x).slice).arg(&mut out.slice).launch(grid_for(dev, n))
-            };
-            launched(k, r)?;
+            copy_along_axis(dev, Kernel::ConcatPart, &p, x, &mut out)?;
         }
         offset += len;
     }
