@@ -55,7 +55,7 @@ fn main() {
     let onehot = Tensor::one_hot(&labels, 10, &[1, 600], &Device::Cpu).unwrap();
     let noise = NoiseSource::from_seed(1, NoiseMode::Fast);
     let mut dp = DpCgan::new(DpCganConfig::default(), noise, &mut rng, &Device::Cpu).unwrap();
-    let private = time(|| drop(dp.private_step(&images, &onehot, &mut rng).unwrap()));
+    let private = time(|| drop(dp.private_step(&images, &onehot, images.shape()[1], &mut rng).unwrap()));
     let plain = time(|| drop(dp.non_private_step(&images, &onehot, &mut rng).unwrap()));
     println!("{:<48} {:>10.3} ms", "dp-cgan step, B=600, private", private * 1e3);
     println!("{:<48} {:>10.3} ms", "dp-cgan step, B=600, non-private", plain * 1e3);

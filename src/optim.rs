@@ -64,6 +64,29 @@ impl Adam {
     pub fn steps(&self) -> u64 {
         self.t
     }
+
+    /// The moment estimates `(m, v)` per parameter (empty before the first step), for checkpoints.
+    pub fn moments(&self) -> (&[Tensor], &[Tensor]) {
+        (&self.m, &self.v)
+    }
+
+    /// Restores a checkpointed state: the moments of every parameter and the step count.
+    pub fn restore(&mut self, m: Vec<Tensor>, v: Vec<Tensor>, steps: u64) -> Result<()> {
+        if m.len() != v.len() || (steps > 0 && m.is_empty()) {
+            return Err(Error::Invalid(format!(
+                "Adam state with {} first and {} second moments after {steps} steps is inconsistent",
+                m.len(),
+                v.len()
+            )));
+        }
+        for (a, b) in m.iter().zip(&v) {
+            if a.shape() != b.shape() {
+                return Err(Error::Invalid(format!("Adam moments of one parameter differ in shape: {:?} vs {:?}", a.shape(), b.shape())));
+            }
+        }
+        (self.m, self.v, self.t) = (m, v, steps);
+        Ok(())
+    }
 }
 
 impl Optimizer for Adam {

@@ -1,43 +1,15 @@
 //! The `dpgan` binary, run as a user would. Each check compares what it prints with what the library
 //! itself knows about this build and this machine, so the tests hold on a GPU host and without one.
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Output;
+
+use common::cli::{dpgan, json_of, stdout_of};
 
 use dpgan::backend::cuda::module::{CUDA_ARCHS, FATBIN, NVCC_VERSION, PTXAS_REPORT};
 use dpgan::backend::cuda::{device_count, kernel_resources, Kernel};
 use dpgan::Error;
 use serde_json::Value;
-
-/// The binary cargo built, or, where this test runs from a GPU bundle (`.gpu/tests/` beside
-/// `.gpu/bin/`, see ../shared/tools/gpu-bundle), the bundled one.
-fn binary() -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_dpgan"));
-    if built.is_file() {
-        return built;
-    }
-    let exe = std::env::current_exe().expect("the test's own path");
-    let bundled = exe.parent().and_then(|d| d.parent()).map(|d| d.join("bin").join("dpgan"));
-    bundled.filter(|p| p.is_file()).unwrap_or(built)
-}
-
-fn dpgan(args: &[&str]) -> Output {
-    let bin = binary();
-    Command::new(&bin).args(args).output().unwrap_or_else(|e| panic!("running {}: {e}", bin.display()))
-}
-
-/// Runs a command that must succeed and returns its stdout.
-#[track_caller]
-fn stdout_of(args: &[&str]) -> String {
-    let out = dpgan(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "dpgan {args:?} exited with {}; stderr:\n{stderr}", out.status);
-    String::from_utf8(out.stdout).expect("stdout is UTF-8")
-}
-
-fn json_of(args: &[&str]) -> Value {
-    let text = stdout_of(args);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("dpgan {args:?} printed invalid JSON ({e}):\n{text}"))
-}
 
 /// The reason this machine has no CUDA device, as the library sees it, or `None` if it has some.
 fn no_device_reason() -> Option<String> {

@@ -42,7 +42,7 @@ fn unclipped_noiseless_private_step_equals_the_plain_step() {
     for _ in 0..2 {
         let (x, y) = batch(&mut data_rng, 16);
         let seed: u64 = data_rng.random();
-        private.private_step(&x, &y, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+        private.private_step(&x, &y, x.shape()[1], &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
         plain.non_private_step(&x, &y, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
     }
     common::assert_close("weights after two steps", &weights(&private), &weights(&plain), common::tol::F32_REDUCTION);
@@ -58,7 +58,7 @@ fn discriminator_update_is_bounded_by_the_clip() {
     for _ in 0..3 {
         let before = d_weights(&dp);
         let (x, y) = batch(&mut data_rng, 16);
-        dp.private_step(&x, &y, &mut data_rng).unwrap();
+        dp.private_step(&x, &y, x.shape()[1], &mut data_rng).unwrap();
         let moved: f64 = d_weights(&dp).iter().zip(&before).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
         let bound = (config.d_lr * 2.0 * config.clip) as f64;
         assert!(moved <= bound * (1.0 + 1e-4), "D moved {moved} > {bound}");
@@ -74,7 +74,7 @@ fn a_run_replays_from_its_seeds() {
         let mut data_rng = ChaCha8Rng::seed_from_u64(6);
         for _ in 0..2 {
             let (x, y) = batch(&mut data_rng, 8);
-            dp.private_step(&x, &y, &mut data_rng).unwrap();
+            dp.private_step(&x, &y, x.shape()[1], &mut data_rng).unwrap();
         }
         assert_eq!(dp.steps_taken(), 2);
         weights(&dp)

@@ -9,6 +9,7 @@ use dpgan::{Error, Result};
 mod bench;
 mod info;
 mod privacy;
+mod train;
 
 #[derive(Parser, Debug)]
 #[command(name = "dpgan", version, about = "Differentially private GANs (DP-CGAN, GS-WGAN) on hand-written CUDA kernels")]
@@ -23,6 +24,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Privacy accounting: ε of a DP-SGD run, σ for a target ε, GS-WGAN's two accountings.
     Privacy(privacy::PrivacyArgs),
+    /// Train a private GAN: `train dp-cgan` (SPEC.md §1's published settings by default).
+    Train(train::TrainArgs),
     /// Benchmarks: `bench kernels` times every kernel family against the device's measured ceilings.
     Bench(bench::BenchArgs),
 }
@@ -33,6 +36,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(args) => info::run(&args),
         Command::Privacy(args) => privacy::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Train(args) => train::run(&args),
     }
 }
 

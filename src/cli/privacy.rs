@@ -37,13 +37,13 @@ struct Accounting {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum ConversionArg {
+pub(super) enum ConversionArg {
     Improved,
     Classic,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum OrdersArg {
+pub(super) enum OrdersArg {
     Standard,
     #[value(name = "tf-privacy-0.2")]
     TfPrivacy02,
@@ -108,18 +108,30 @@ pub fn run(args: &PrivacyArgs) -> Result<()> {
     }
 }
 
-impl Accounting {
-    fn conversion(&self) -> Conversion {
-        match self.conversion {
+impl ConversionArg {
+    pub(super) fn value(self) -> Conversion {
+        match self {
             ConversionArg::Improved => Conversion::Improved,
             ConversionArg::Classic => Conversion::Classic,
         }
     }
-    fn orders(&self) -> Orders {
-        match self.orders {
+}
+
+impl OrdersArg {
+    pub(super) fn value(self) -> Orders {
+        match self {
             OrdersArg::Standard => Orders::Standard,
             OrdersArg::TfPrivacy02 => Orders::TfPrivacy02,
         }
+    }
+}
+
+impl Accounting {
+    fn conversion(&self) -> Conversion {
+        self.conversion.value()
+    }
+    fn orders(&self) -> Orders {
+        self.orders.value()
     }
     fn describe(&self) -> String {
         let conversion = match self.conversion {

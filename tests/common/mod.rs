@@ -3,6 +3,8 @@
 //! `DPGAN_REQUIRE_GPU=1`).
 #![allow(dead_code)]
 
+pub mod cli;
+
 use dpgan::tensor::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -1,12 +1,16 @@
 //! One DP-CGAN training step (SPEC.md §1): the discriminator's real and generated-data losses are
 //! clipped per example separately, only the real part is noised, D takes an SGD step on their
 //! sum; then G takes an Adam step on the non-saturating loss through the updated D.
+pub mod run;
+
+use std::collections::HashMap;
+
 use rand::Rng;
 
 use crate::autograd::Tape;
 use crate::backend::{ops, AdamParams, BinaryOp, UnaryOp};
 use crate::dp::{private_gradients, ClippedLoss, DpSgdConfig, NoiseSource};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::dpcgan::{Discriminator, Generator, CLASSES, LATENT};
 use crate::optim::{Adam, Optimizer, Sgd};
 use crate::tensor::{Device, Tensor};
@@ -68,6 +72,57 @@ impl DpCgan {
         self.step
     }
 
+    /// Sets D's learning rate for the coming steps (the run's schedule decides it).
+    pub fn set_discriminator_lr(&mut self, lr: f32) {
+        self.d_optimizer.hp.lr = lr;
+    }
+
+    /// Everything a checkpoint holds besides the step counter: both networks' parameters and G's
+    /// Adam moments (D's plain SGD has no state), by name.
+    pub fn named_tensors(&self) -> Vec<(String, &Tensor)> {
+        let mut named: Vec<(String, &Tensor)> = Vec::new();
+        let (m, v) = self.g_optimizer.moments();
+        for (prefix, params) in [("generator", self.generator.params()), ("discriminator", self.discriminator.params())] {
+            named.extend(params.into_iter().zip(PARAM_NAMES).map(|(t, n)| (format!("{prefix}.{n}"), t)));
+        }
+        named.extend(m.iter().zip(PARAM_NAMES).map(|(t, n)| (format!("generator_adam.m.{n}"), t)));
+        named.extend(v.iter().zip(PARAM_NAMES).map(|(t, n)| (format!("generator_adam.v.{n}"), t)));
+        named
+    }
+
+    /// Adam's step count for G (saved beside the tensors).
+    pub fn generator_adam_steps(&self) -> u64 {
+        self.g_optimizer.steps()
+    }
+
+    /// Puts a checkpoint's state back: the tensors of [`DpCgan::named_tensors`], the number of
+    /// steps taken and G's Adam step count. Every tensor must be present with its exact shape.
+    pub fn restore(&mut self, mut tensors: HashMap<String, Tensor>, steps: u64, adam_steps: u64) -> Result<()> {
+        let mut take = |name: String, like: &Tensor| -> Result<Tensor> {
+            let t = tensors.remove(&name).ok_or_else(|| Error::Invalid(format!("checkpoint lacks tensor {name}")))?;
+            if t.shape() != like.shape() {
+                return Err(Error::Invalid(format!("checkpoint tensor {name} has shape {:?}, the model {:?}", t.shape(), like.shape())));
+            }
+            Ok(t)
+        };
+        for (prefix, params) in [("generator", self.generator.params_mut()), ("discriminator", self.discriminator.params_mut())] {
+            for (p, n) in params.into_iter().zip(PARAM_NAMES) {
+                *p = take(format!("{prefix}.{n}"), p)?;
+            }
+        }
+        if adam_steps > 0 {
+            let params = self.generator.params();
+            let m = params.iter().zip(PARAM_NAMES).map(|(p, n)| take(format!("generator_adam.m.{n}"), p)).collect::<Result<Vec<_>>>()?;
+            let v = params.iter().zip(PARAM_NAMES).map(|(p, n)| take(format!("generator_adam.v.{n}"), p)).collect::<Result<Vec<_>>>()?;
+            self.g_optimizer.restore(m, v, adam_steps)?;
+        }
+        if let Some(extra) = tensors.keys().next() {
+            return Err(Error::Invalid(format!("checkpoint holds tensor {extra}, which this model does not have")));
+        }
+        self.step = steps;
+        Ok(())
+    }
+
     /// Generator inputs for `batch` examples: z ~ N(0, I), labels uniform over the classes (public).
     fn generator_inputs<R: Rng>(batch: usize, rng: &mut R, device: &Device) -> Result<(Tensor, Tensor)> {
         let z = Tensor::randn(&[1, batch, LATENT], rng, device)?;
@@ -75,11 +130,13 @@ impl DpCgan {
         Ok((z, Tensor::one_hot(&labels, CLASSES, &[1, batch], device)?))
     }
 
-    /// The private step on a batch of real images `[1, B, 784]` (in [−1, 1]) with one-hot labels.
-    pub fn private_step<R: Rng>(&mut self, images: &Tensor, labels: &Tensor, rng: &mut R) -> Result<StepLosses> {
+    /// The private step on a batch of real images `[1, B, 784]` (in [−1, 1]) with one-hot labels,
+    /// and `fake_batch` generated examples (public randomness, so their number is free to choose:
+    /// under Poisson sampling the run keeps it at the expected batch size while B varies).
+    pub fn private_step<R: Rng>(&mut self, images: &Tensor, labels: &Tensor, fake_batch: usize, rng: &mut R) -> Result<StepLosses> {
         let batch = images.shape()[1];
         let device = images.device();
-        let (z, fake_labels) = Self::generator_inputs(batch, rng, &device)?;
+        let (z, fake_labels) = Self::generator_inputs(fake_batch, rng, &device)?;
         // G is not differentiated for D's step: nothing on this tape is watched.
         let fake = self.generator.forward(&Tape::new(), &z, &fake_labels)?;
 
@@ -109,8 +166,9 @@ impl DpCgan {
         let d_grads = private_gradients(&losses, &dp, &self.noise, self.step)?;
         self.d_optimizer.step(&mut self.discriminator.params_mut(), &d_grads)?;
 
-        let summed = ops::binary(BinaryOp::Add, &real_loss, &fake_loss)?;
-        let d_loss = ops::unary(UnaryOp::Affine { scale: 1.0 / batch as f32, shift: 0.0 }, &summed)?;
+        // Mean losses for the log (an empty Poisson batch contributes a real loss of 0).
+        let mean = |sum: &Tensor, n: usize| ops::unary(UnaryOp::Affine { scale: 1.0 / n.max(1) as f32, shift: 0.0 }, sum);
+        let d_loss = ops::binary(BinaryOp::Add, &mean(&real_loss, batch)?, &mean(&fake_loss, fake_batch)?)?;
         let g_loss = self.generator_step(&z, &fake_labels)?;
         self.step += 1;
         Ok(StepLosses { discriminator: d_loss, generator: g_loss })
@@ -152,6 +210,9 @@ impl DpCgan {
         Ok(loss)
     }
 }
+
+/// Parameter names in `params()` order, the same for both networks.
+const PARAM_NAMES: [&str; 4] = ["hidden.weight", "hidden.bias", "output.weight", "output.bias"];
 
 fn ones_like(t: &Tensor) -> Result<Tensor> {
     t.full_like(t.shape(), 1.0)

@@ -1,0 +1,310 @@
+//! `dpgan train dp-cgan`: a DP-CGAN run from the command line, with SPEC.md §1's published
+//! settings as defaults (except Poisson sampling, which the ε is a proof for), or `--resume`.
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand, ValueEnum};
+use dpgan::data::{data_dir, Dataset, Split};
+use dpgan::dp::NoiseMode;
+use dpgan::train::dpcgan::run::{AdamRecord, DpCganRun, DpCganRunConfig, DpCganSettings, LrSchedule, SamplingKind, Stop};
+use dpgan::train::progress::Progress;
+use dpgan::{Device, Error, Result};
+use rand::TryRngCore;
+
+use super::privacy::{ConversionArg, OrdersArg};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(subcommand)]
+    algorithm: Algorithm,
+}
+
+#[derive(Subcommand, Debug)]
+enum Algorithm {
+    /// DP-CGAN (Torkzadehmahani et al. 2019): D trained with DP-SGD, G through D.
+    DpCgan(Box<DpCganArgs>),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SamplingArg {
+    /// Each record joins a batch independently with probability B/N: the accountant's ε is a proof.
+    Poisson,
+    /// Shuffled epochs of fixed batches (the published run): ε is the customary approximation.
+    Shuffle,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ScheduleArg {
+    Constant,
+    LinearDecay,
+}
+
+/// Settings are options without clap defaults so that `--resume` can refuse them: a resumed run
+/// continues with the settings in its config.json. The defaults are listed in each help line.
+#[derive(Args, Debug)]
+struct DpCganArgs {
+    /// Training data: a directory with MNIST-layout IDX files, or a name under $DPGAN_DATA.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// The run directory to create (config.json, metrics.jsonl, checkpoints, sample grids).
+    #[arg(long, value_name = "RUN_DIR", required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its checkpoint (with its own settings).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
+    resume: Option<PathBuf>,
+    /// cpu, cuda or cuda:N [default: the GPU if one works, else the CPU].
+    #[arg(long)]
+    device: Option<String>,
+    /// Seed of everything random in the run [default: drawn from the OS and recorded].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Total steps (on --resume: the new total) [default: 249 epochs].
+    #[arg(long, conflicts_with = "epochs")]
+    steps: Option<u64>,
+    /// Epochs of N/B steps [default: 249].
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// B: the batch size, or the expected one under Poisson sampling [default: 600].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// C: each example's gradient norm bound [default: 1.1].
+    #[arg(long)]
+    clip: Option<f32>,
+    /// σ: noise std over C [default: 1.15, or calibrated to --target-epsilon].
+    #[arg(long)]
+    noise_multiplier: Option<f32>,
+    /// The ε budget at δ: σ is calibrated to it when --noise-multiplier is absent, and the run
+    /// stops (with a checkpoint) before any step that would pass it.
+    #[arg(long)]
+    target_epsilon: Option<f64>,
+    /// δ [default: 1e-5].
+    #[arg(long)]
+    delta: Option<f64>,
+    /// How batches are drawn [default: poisson].
+    #[arg(long, value_enum)]
+    sampling: Option<SamplingArg>,
+    /// How RDP becomes (ε, δ) [default: improved].
+    #[arg(long, value_enum)]
+    conversion: Option<ConversionArg>,
+    /// Rényi orders [default: standard].
+    #[arg(long, value_enum)]
+    orders: Option<OrdersArg>,
+    /// D's SGD learning rate [default: 0.15].
+    #[arg(long)]
+    d_lr: Option<f32>,
+    /// D's learning-rate schedule [default: constant, what the published run did].
+    #[arg(long, value_enum)]
+    d_lr_schedule: Option<ScheduleArg>,
+    /// Final rate of the linear decay [default: 0.052].
+    #[arg(long)]
+    d_lr_final: Option<f32>,
+    /// Steps of the linear decay [default: 10000].
+    #[arg(long)]
+    d_lr_decay_steps: Option<u64>,
+    /// G's Adam learning rate [default: 1e-3].
+    #[arg(long)]
+    g_lr: Option<f32>,
+    /// Draw the noise from ChaCha20 with a sampler hardened against floating-point attacks.
+    #[arg(long)]
+    secure_noise: bool,
+    /// Steps between metrics lines [default: 100].
+    #[arg(long)]
+    log_every: Option<u64>,
+    /// Steps between sample grids [default: 1000].
+    #[arg(long)]
+    sample_every: Option<u64>,
+    /// Steps between checkpoints [default: 1000].
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+}
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    match &args.algorithm {
+        Algorithm::DpCgan(a) => dp_cgan(a),
+    }
+}
+
+/// `--device`, or the best available one (saying which and why).
+pub(super) fn choose_device(flag: Option<&str>) -> Result<Device> {
+    match flag {
+        None => {
+            let (device, why_not_gpu) = Device::best_available();
+            match why_not_gpu {
+                Some(why) => eprintln!("device: cpu (no usable GPU: {why})"),
+                None => eprintln!("device: {device}"),
+            }
+            Ok(device)
+        }
+        Some("cpu") => Ok(Device::Cpu),
+        Some("cuda") => Device::cuda(0),
+        Some(other) => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(ordinal) => Device::cuda(ordinal),
+            None => Err(Error::Invalid(format!("--device must be cpu, cuda or cuda:N, got {other}"))),
+        },
+    }
+}
+
+fn dp_cgan(args: &DpCganArgs) -> Result<()> {
+    let device = choose_device(args.device.as_deref())?;
+    let mut run = match &args.resume {
+        Some(root) => {
+            refuse_settings_on_resume(args)?;
+            let run = DpCganRun::resume(root, &device, args.steps)?;
+            eprintln!("resuming {} at step {} of {}", root.display(), run.steps_taken(), run.config().steps);
+            run
+        }
+        None => {
+            let out = args.out.as_deref().expect("clap requires --out without --resume");
+            let data = Dataset::load(&data_dir(args.data.as_deref())?, Split::Train)?;
+            let config = DpCganRunConfig::plan(&settings(args)?, &data, &device)?;
+            announce(&config)?;
+            DpCganRun::start(out, config, &data, &device)?
+        }
+    };
+    let progress = Progress::new(run.steps_taken(), run.config().steps);
+    let outcome = run.train(&progress)?;
+    progress.finish();
+    let config = run.config();
+    let root = args.resume.as_deref().or(args.out.as_deref()).unwrap_or(Path::new("."));
+    let mut report = String::new();
+    if let Stop::Budget(why) = &outcome.stop {
+        report += &format!("stopped at step {} of {}: {why}\n", outcome.steps, config.steps);
+    }
+    report += &format!(
+        "trained {} steps in {:.1} s ({:.1} steps/s) on {device}\n\
+         ε = {:.4} ({:?} conversion, order {}), {:.4} ({:?}) at δ = {}, q = {}, σ = {}{}\n\
+         run directory: {} (private: it holds the seed, D and the real-data losses; release only `dpgan sample` output)\n",
+        outcome.steps,
+        outcome.wall_s,
+        outcome.steps_per_s,
+        outcome.guarantee.epsilon,
+        config.conversion,
+        outcome.guarantee.order,
+        outcome.other.epsilon,
+        other_name(config.conversion),
+        config.delta,
+        config.sample_rate,
+        config.noise_multiplier,
+        if config.sampling == SamplingKind::Shuffle { " (shuffled batches: the customary approximation)" } else { "" },
+        root.display(),
+    );
+    super::emit(&report)
+}
+
+fn other_name(c: dpgan::privacy::Conversion) -> dpgan::privacy::Conversion {
+    match c {
+        dpgan::privacy::Conversion::Improved => dpgan::privacy::Conversion::Classic,
+        dpgan::privacy::Conversion::Classic => dpgan::privacy::Conversion::Improved,
+    }
+}
+
+/// Says what the run will do and what its ε will be, before it starts.
+fn announce(config: &DpCganRunConfig) -> Result<()> {
+    if config.sampling == SamplingKind::Shuffle {
+        eprintln!(
+            "warning: --sampling shuffle draws fixed-size batches from shuffled epochs; the reported ε assumes Poisson \
+             sampling at q = B/N, the customary approximation for this, not a proof"
+        );
+    }
+    let planned = config.planned_epsilon()?;
+    eprintln!(
+        "dp-cgan: {} steps, B = {}, q = {}, C = {}, σ = {}{}, δ = {}: ε = {:.4} if every step runs{}",
+        config.steps,
+        config.batch_size,
+        config.sample_rate,
+        config.clip,
+        config.noise_multiplier,
+        if config.noise_multiplier_calibrated { " (calibrated)" } else { "" },
+        config.delta,
+        planned.epsilon,
+        config.target_epsilon.map(|t| format!(" (budget ε = {t})")).unwrap_or_default(),
+    );
+    Ok(())
+}
+
+fn settings(args: &DpCganArgs) -> Result<DpCganSettings> {
+    let d = DpCganSettings::default();
+    let seed = match args.seed {
+        Some(seed) => seed,
+        None => {
+            let seed = rand::rngs::OsRng.try_next_u64().map_err(|e| Error::Invalid(format!("cannot draw a seed from the OS: {e}")))?;
+            eprintln!("seed: {seed} (drawn from the OS; recorded in config.json)");
+            seed
+        }
+    };
+    let d_lr_schedule = match args.d_lr_schedule {
+        None | Some(ScheduleArg::Constant) => {
+            if args.d_lr_final.is_some() || args.d_lr_decay_steps.is_some() {
+                return Err(Error::Invalid("--d-lr-final and --d-lr-decay-steps need --d-lr-schedule linear-decay".into()));
+            }
+            LrSchedule::Constant
+        }
+        Some(ScheduleArg::LinearDecay) => {
+            LrSchedule::LinearDecay { final_lr: args.d_lr_final.unwrap_or(0.052), decay_steps: args.d_lr_decay_steps.unwrap_or(10_000) }
+        }
+    };
+    let noise_multiplier = match (args.noise_multiplier, args.target_epsilon) {
+        (Some(sigma), _) => Some(sigma),
+        (None, Some(_)) => None,
+        (None, None) => d.noise_multiplier,
+    };
+    Ok(DpCganSettings {
+        data: args.data.clone().unwrap_or_default(),
+        seed,
+        steps: args.steps,
+        epochs: args.epochs.unwrap_or(d.epochs),
+        batch_size: args.batch_size.unwrap_or(d.batch_size),
+        clip: args.clip.unwrap_or(d.clip),
+        noise_multiplier,
+        target_epsilon: args.target_epsilon,
+        delta: args.delta.unwrap_or(d.delta),
+        sampling: match args.sampling {
+            None | Some(SamplingArg::Poisson) => SamplingKind::Poisson,
+            Some(SamplingArg::Shuffle) => SamplingKind::Shuffle,
+        },
+        orders: args.orders.map_or(d.orders, OrdersArg::value),
+        conversion: args.conversion.map_or(d.conversion, ConversionArg::value),
+        d_lr: args.d_lr.unwrap_or(d.d_lr),
+        d_lr_schedule,
+        g_adam: AdamRecord { lr: args.g_lr.unwrap_or(d.g_adam.lr), ..d.g_adam },
+        noise: if args.secure_noise { NoiseMode::Secure } else { NoiseMode::Fast },
+        log_every: args.log_every.unwrap_or(d.log_every),
+        sample_every: args.sample_every.unwrap_or(d.sample_every),
+        checkpoint_every: args.checkpoint_every.unwrap_or(d.checkpoint_every),
+    })
+}
+
+/// A resumed run keeps its recorded settings; a flag that would change them is an error rather
+/// than silently ignored. `--steps` (a new total) and `--device` are allowed.
+fn refuse_settings_on_resume(args: &DpCganArgs) -> Result<()> {
+    let given = [
+        ("--data", args.data.is_some()),
+        ("--seed", args.seed.is_some()),
+        ("--epochs", args.epochs.is_some()),
+        ("--batch-size", args.batch_size.is_some()),
+        ("--clip", args.clip.is_some()),
+        ("--noise-multiplier", args.noise_multiplier.is_some()),
+        ("--target-epsilon", args.target_epsilon.is_some()),
+        ("--delta", args.delta.is_some()),
+        ("--sampling", args.sampling.is_some()),
+        ("--conversion", args.conversion.is_some()),
+        ("--orders", args.orders.is_some()),
+        ("--d-lr", args.d_lr.is_some()),
+        ("--d-lr-schedule", args.d_lr_schedule.is_some()),
+        ("--d-lr-final", args.d_lr_final.is_some()),
+        ("--d-lr-decay-steps", args.d_lr_decay_steps.is_some()),
+        ("--g-lr", args.g_lr.is_some()),
+        ("--secure-noise", args.secure_noise),
+        ("--log-every", args.log_every.is_some()),
+        ("--sample-every", args.sample_every.is_some()),
+        ("--checkpoint-every", args.checkpoint_every.is_some()),
+    ];
+    let flags: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
+    if flags.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "--resume continues a run with the settings in its config.json; drop {} (only --steps and --device may change)",
+            flags.join(", ")
+        )))
+    }
+}

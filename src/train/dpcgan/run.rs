@@ -1,0 +1,623 @@
+//! A whole DP-CGAN run: data, schedule, accountant, logging, grids and checkpoints around
+//! [`DpCgan`]'s step. The accountant governs: a step is recorded before it runs, and a step that
+//! would pass the ε budget is never taken; the run stops there with a checkpoint.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{DpCgan, DpCganConfig, StepLosses};
+use crate::backend::{ops, AdamParams, BinaryOp};
+use crate::data::dataset::{Dataset, PixelScale, Split};
+use crate::data::sampling::Sampling;
+use crate::dp::{NoiseMode, NoiseSource};
+use crate::error::{Error, Result};
+use crate::io::image::Grid;
+use crate::models::dpcgan::{Generator, CLASSES, LATENT, PIXELS};
+use crate::privacy::accountant::{Accountant, Mechanism};
+use crate::privacy::calibrate::calibrate_noise_multiplier;
+use crate::privacy::conversion::{Conversion, Guarantee};
+use crate::privacy::rdp::Orders;
+use crate::tensor::{Device, Tensor};
+use crate::train::progress::Progress;
+use crate::train::replay::{stream, Purpose, StepBatches};
+use crate::train::run_dir::{file_sha256, MetricsLog, RunDir, CONFIG, METRICS};
+
+pub const ALGORITHM: &str = "dp-cgan";
+/// Bumped when the checkpoint layout changes; older checkpoints are refused with a clear error.
+const STATE_FORMAT: u32 = 1;
+
+/// How a batch is drawn (see [`Sampling`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplingKind {
+    Poisson,
+    Shuffle,
+}
+
+/// D's learning rate over the run.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum LrSchedule {
+    Constant,
+    /// Linear from the initial rate to `final_lr` over `decay_steps` steps, then constant.
+    LinearDecay {
+        final_lr: f32,
+        decay_steps: u64,
+    },
+}
+
+impl LrSchedule {
+    pub fn at(self, initial: f32, step: u64) -> f32 {
+        match self {
+            LrSchedule::Constant => initial,
+            LrSchedule::LinearDecay { final_lr, decay_steps } => {
+                let progress = step.min(decay_steps) as f64 / decay_steps.max(1) as f64;
+                (initial as f64 + (final_lr as f64 - initial as f64) * progress) as f32
+            }
+        }
+    }
+}
+
+/// One input file and its checksum.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// The training data a run saw.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataRecord {
+    pub dir: PathBuf,
+    pub images: FileRecord,
+    pub labels: FileRecord,
+    pub records: usize,
+}
+
+/// The build that ran.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    pub version: String,
+    pub commit: Option<String>,
+}
+
+impl BuildRecord {
+    pub fn current() -> Self {
+        BuildRecord { version: env!("CARGO_PKG_VERSION").to_string(), commit: crate::bench::git_commit() }
+    }
+}
+
+/// G's Adam settings as recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamRecord {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+}
+
+/// What the user chose; [`DpCganRunConfig::plan`] turns it into a complete configuration.
+#[derive(Clone, Debug)]
+pub struct DpCganSettings {
+    pub data: PathBuf,
+    pub seed: u64,
+    /// Total steps; `None` means `epochs` epochs.
+    pub steps: Option<u64>,
+    pub epochs: f64,
+    pub batch_size: usize,
+    pub clip: f32,
+    /// `None`: calibrated to `target_epsilon`.
+    pub noise_multiplier: Option<f32>,
+    pub target_epsilon: Option<f64>,
+    pub delta: f64,
+    pub sampling: SamplingKind,
+    pub orders: Orders,
+    pub conversion: Conversion,
+    pub d_lr: f32,
+    pub d_lr_schedule: LrSchedule,
+    pub g_adam: AdamRecord,
+    pub noise: NoiseMode,
+    pub log_every: u64,
+    pub sample_every: u64,
+    pub checkpoint_every: u64,
+}
+
+impl Default for DpCganSettings {
+    /// SPEC.md §1's published settings, except Poisson sampling (what the ε holds for).
+    fn default() -> Self {
+        let p = DpCganConfig::default();
+        DpCganSettings {
+            data: PathBuf::new(),
+            seed: 0,
+            steps: None,
+            epochs: 249.0,
+            batch_size: 600,
+            clip: p.clip,
+            noise_multiplier: Some(p.noise_multiplier),
+            target_epsilon: None,
+            delta: 1e-5,
+            sampling: SamplingKind::Poisson,
+            orders: Orders::Standard,
+            conversion: Conversion::Improved,
+            d_lr: p.d_lr,
+            d_lr_schedule: LrSchedule::Constant,
+            g_adam: AdamRecord { lr: p.g_adam.lr, beta1: p.g_adam.beta1, beta2: p.g_adam.beta2, eps: p.g_adam.eps },
+            noise: NoiseMode::Fast,
+            log_every: 100,
+            sample_every: 1000,
+            checkpoint_every: 1000,
+        }
+    }
+}
+
+/// Everything needed to reproduce a run: written to `config.json` before the first step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DpCganRunConfig {
+    pub algorithm: String,
+    pub data: DataRecord,
+    pub seed: u64,
+    pub steps: u64,
+    pub batch_size: usize,
+    pub sampling: SamplingKind,
+    /// q = B/N: the accountant's sampling rate.
+    pub sample_rate: f64,
+    pub clip: f32,
+    pub noise_multiplier: f32,
+    pub noise_multiplier_calibrated: bool,
+    pub target_epsilon: Option<f64>,
+    pub delta: f64,
+    pub orders: Orders,
+    pub conversion: Conversion,
+    pub d_lr: f32,
+    pub d_lr_schedule: LrSchedule,
+    pub g_adam: AdamRecord,
+    pub noise: NoiseMode,
+    pub log_every: u64,
+    pub sample_every: u64,
+    pub checkpoint_every: u64,
+    pub build: BuildRecord,
+    /// The device the run started on.
+    pub device: String,
+}
+
+impl DpCganRunConfig {
+    /// Checks the settings against the data and the accountant, calibrating σ if asked. Nothing
+    /// is written: an impossible setting fails here, before any file exists.
+    pub fn plan(settings: &DpCganSettings, data: &Dataset, device: &Device) -> Result<Self> {
+        let s = settings;
+        let records = data.len();
+        if s.batch_size == 0 || s.batch_size > records {
+            return Err(Error::Invalid(format!("--batch-size must be in 1..={records} (the training set's size), got {}", s.batch_size)));
+        }
+        for (name, every) in [("--log-every", s.log_every), ("--sample-every", s.sample_every), ("--checkpoint-every", s.checkpoint_every)]
+        {
+            if every == 0 {
+                return Err(Error::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        if !(s.clip.is_finite() && s.clip > 0.0) {
+            return Err(Error::Invalid(format!("--clip must be positive, got {}", s.clip)));
+        }
+        let sample_rate = s.batch_size as f64 / records as f64;
+        let steps_per_epoch = (records / s.batch_size) as f64;
+        let steps = match s.steps {
+            Some(steps) => steps,
+            None if s.epochs.is_finite() && s.epochs > 0.0 => (s.epochs * steps_per_epoch).round() as u64,
+            None => return Err(Error::Invalid(format!("--epochs must be positive, got {}", s.epochs))),
+        };
+        if steps == 0 {
+            return Err(Error::Invalid("the run must have at least one step".into()));
+        }
+        let (noise_multiplier, calibrated) = match (s.noise_multiplier, s.target_epsilon) {
+            (Some(sigma), _) => (sigma, false),
+            (None, Some(target)) => {
+                let sigma = calibrate_noise_multiplier(sample_rate, steps, s.delta, target, &s.orders.values(), s.conversion)?;
+                (round_up_to_f32(sigma), true)
+            }
+            (None, None) => return Err(Error::Invalid("give --noise-multiplier or --target-epsilon".into())),
+        };
+        let (images, labels) = data.files();
+        let config = DpCganRunConfig {
+            algorithm: ALGORITHM.to_string(),
+            data: DataRecord {
+                dir: images.parent().map(Path::to_path_buf).unwrap_or_default(),
+                images: FileRecord { path: images.to_path_buf(), sha256: file_sha256(images)? },
+                labels: FileRecord { path: labels.to_path_buf(), sha256: file_sha256(labels)? },
+                records,
+            },
+            seed: s.seed,
+            steps,
+            batch_size: s.batch_size,
+            sampling: s.sampling,
+            sample_rate,
+            clip: s.clip,
+            noise_multiplier,
+            noise_multiplier_calibrated: calibrated,
+            target_epsilon: s.target_epsilon,
+            delta: s.delta,
+            orders: s.orders,
+            conversion: s.conversion,
+            d_lr: s.d_lr,
+            d_lr_schedule: s.d_lr_schedule,
+            g_adam: s.g_adam,
+            noise: s.noise,
+            log_every: s.log_every,
+            sample_every: s.sample_every,
+            checkpoint_every: s.checkpoint_every,
+            build: BuildRecord::current(),
+            device: device.to_string(),
+        };
+        // The budget must allow the first step at least; the whole plan's ε is reported.
+        let accountant = config.accountant()?;
+        accountant.check_budget(config.mechanism(), 1)?;
+        Ok(config)
+    }
+
+    /// The privacy cost of one step, as the accountant counts it.
+    pub fn mechanism(&self) -> Mechanism {
+        Mechanism::SubsampledGaussian { sample_rate: self.sample_rate, noise_multiplier: self.noise_multiplier as f64 }
+    }
+
+    /// A fresh accountant for this run.
+    pub fn accountant(&self) -> Result<Accountant> {
+        Accountant::new(self.orders, self.conversion, self.delta, self.target_epsilon)
+    }
+
+    /// The ε of the whole plan (every step taken).
+    pub fn planned_epsilon(&self) -> Result<Guarantee> {
+        let mut accountant = Accountant::new(self.orders, self.conversion, self.delta, None)?;
+        accountant.try_step(self.mechanism(), self.steps)
+    }
+
+    fn sampling(&self) -> Sampling {
+        match self.sampling {
+            SamplingKind::Poisson => Sampling::Poisson { sample_rate: self.sample_rate },
+            SamplingKind::Shuffle => Sampling::Shuffle { batch_size: self.batch_size },
+        }
+    }
+
+    fn step_config(&self) -> DpCganConfig {
+        let a = self.g_adam;
+        DpCganConfig {
+            clip: self.clip,
+            noise_multiplier: self.noise_multiplier,
+            batch_divisor: self.batch_size as f32,
+            d_lr: self.d_lr,
+            g_adam: AdamParams { lr: a.lr, beta1: a.beta1, beta2: a.beta2, eps: a.eps, weight_decay: 0.0 },
+        }
+    }
+}
+
+/// The smallest f32 not below `x`: a calibrated σ must not shrink when the step takes it as f32.
+fn round_up_to_f32(x: f64) -> f32 {
+    let y = x as f32;
+    if (y as f64) < x {
+        y.next_up()
+    } else {
+        y
+    }
+}
+
+/// What a checkpoint records besides the tensors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DpCganState {
+    pub format: u32,
+    pub algorithm: String,
+    /// Steps completed.
+    pub step: u64,
+    pub generator_adam_steps: u64,
+    pub accountant: Accountant,
+    pub epsilon: f64,
+    pub delta: f64,
+    /// Training time so far, over all processes of the run.
+    pub wall_s: f64,
+    /// Why the run stopped early, if it did.
+    pub stopped: Option<String>,
+}
+
+/// Why [`DpCganRun::train`] returned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stop {
+    Completed,
+    /// The next step would have passed the ε budget.
+    Budget(String),
+}
+
+/// How a call to [`DpCganRun::train`] ended.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub steps: u64,
+    pub guarantee: Guarantee,
+    /// ε under the other conversion, for the report.
+    pub other: Guarantee,
+    pub stop: Stop,
+    /// Training time in this process, and its steps per second.
+    pub wall_s: f64,
+    pub steps_per_s: f64,
+}
+
+/// See the module documentation.
+pub struct DpCganRun {
+    dir: RunDir,
+    config: DpCganRunConfig,
+    model: DpCgan,
+    accountant: Accountant,
+    batches: StepBatches,
+    pixels: Vec<f32>,
+    labels: Vec<u32>,
+    device: Device,
+    wall_before: f64,
+}
+
+impl DpCganRun {
+    /// A new run in `out` with a planned configuration (see [`DpCganRunConfig::plan`]).
+    pub fn start(out: &Path, config: DpCganRunConfig, data: &Dataset, device: &Device) -> Result<Self> {
+        let dir = RunDir::create(out)?;
+        dir.write_json(CONFIG, &config)?;
+        let accountant = config.accountant()?;
+        Self::assemble(dir, config, data, device, accountant, 0.0)
+    }
+
+    /// Continues the run in `root` from its checkpoint, with `steps` as the new total if given.
+    pub fn resume(root: &Path, device: &Device, steps: Option<u64>) -> Result<Self> {
+        let dir = RunDir::open(root)?;
+        let mut config: DpCganRunConfig = dir.read_json(CONFIG)?;
+        if config.algorithm != ALGORITHM {
+            return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not {ALGORITHM}", config.algorithm)));
+        }
+        let data = Dataset::load(&config.data.dir, Split::Train)?;
+        let (images, labels) = data.files();
+        for (record, path) in [(&config.data.images, images), (&config.data.labels, labels)] {
+            if file_sha256(path)? != record.sha256 {
+                return Err(Error::file(
+                    path,
+                    "differs from the file this run trained on (SHA-256 mismatch): resuming would not continue the same run",
+                ));
+            }
+        }
+        let (tensors, state): (_, DpCganState) = dir.load_checkpoint(device)?;
+        if state.format != STATE_FORMAT || state.algorithm != ALGORITHM {
+            return Err(Error::file(
+                dir.path(crate::train::run_dir::CHECKPOINT),
+                format!("checkpoint format {} of {} is not this version's ({STATE_FORMAT} of {ALGORITHM})", state.format, state.algorithm),
+            ));
+        }
+        if let Some(total) = steps {
+            config.steps = total;
+            dir.write_json(CONFIG, &config)?;
+        }
+        let mut run = Self::assemble(dir, config, &data, device, state.accountant, state.wall_s)?;
+        run.model.restore(tensors, state.step, state.generator_adam_steps)?;
+        Ok(run)
+    }
+
+    fn assemble(
+        dir: RunDir,
+        config: DpCganRunConfig,
+        data: &Dataset,
+        device: &Device,
+        accountant: Accountant,
+        wall_before: f64,
+    ) -> Result<Self> {
+        let mut init = stream(config.seed, Purpose::Init, 0);
+        let noise = NoiseSource::from_seed(config.seed, config.noise);
+        let model = DpCgan::new(config.step_config(), noise, &mut init, device)?;
+        let batches = StepBatches::new(data.len(), config.sampling(), config.seed)?;
+        Ok(DpCganRun {
+            dir,
+            model,
+            accountant,
+            batches,
+            pixels: data.pixels_f32(PixelScale::Symmetric),
+            labels: data.labels_u32(),
+            device: device.clone(),
+            wall_before,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &DpCganRunConfig {
+        &self.config
+    }
+
+    pub fn model(&self) -> &DpCgan {
+        &self.model
+    }
+
+    pub fn steps_taken(&self) -> u64 {
+        self.model.steps_taken()
+    }
+
+    /// Trains until the planned number of steps or the budget, logging, drawing grids and
+    /// checkpointing on the way, and always checkpointing at the end.
+    pub fn train(&mut self, progress: &Progress) -> Result<Outcome> {
+        let start_step = self.model.steps_taken();
+        let mut metrics = MetricsLog::open(&self.dir.path(METRICS), Some(start_step))?;
+        let started = Instant::now();
+        let (mut interval_start, mut interval_steps) = (Instant::now(), 0u64);
+        let mut loss_sums: Option<(Tensor, Tensor)> = None;
+        let mut stop = Stop::Completed;
+        while self.model.steps_taken() < self.config.steps {
+            let step = self.model.steps_taken();
+            // Spend first: a step the budget does not allow is never taken.
+            let guarantee = match self.accountant.try_step(self.config.mechanism(), 1) {
+                Ok(g) => g,
+                Err(Error::PrivacyBudget(why)) => {
+                    stop = Stop::Budget(why);
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            let losses = self.step(step)?;
+            loss_sums = Some(match loss_sums {
+                None => (losses.discriminator, losses.generator),
+                Some((d, g)) => {
+                    (ops::binary(BinaryOp::Add, &d, &losses.discriminator)?, ops::binary(BinaryOp::Add, &g, &losses.generator)?)
+                }
+            });
+            interval_steps += 1;
+            let done = step + 1;
+            progress.set_step(done);
+            let last = done == self.config.steps;
+            if done % self.config.log_every == 0 || last {
+                let (d, g) = loss_sums.take().expect("at least one step in the interval");
+                let n = interval_steps as f64;
+                let (d_loss, g_loss) = (d.item()? as f64 / n, g.item()? as f64 / n);
+                let rate = n / interval_start.elapsed().as_secs_f64();
+                let other = self.accountant.spent_with(other_conversion(self.config.conversion))?;
+                let wall = self.wall_before + started.elapsed().as_secs_f64();
+                metrics.append(&serde_json::json!({
+                    "step": done,
+                    "epoch": done as f64 * self.config.sample_rate,
+                    "d_loss": d_loss,
+                    "g_loss": g_loss,
+                    "epsilon": guarantee.epsilon,
+                    "order": guarantee.order,
+                    conversion_key(other_conversion(self.config.conversion)): other.epsilon,
+                    "delta": self.config.delta,
+                    "d_lr": self.config.d_lr_schedule.at(self.config.d_lr, step),
+                    "steps_per_s": rate,
+                    "wall_s": wall,
+                }))?;
+                progress.report(done, &format!("ε {:.3} · D {d_loss:.4} · G {g_loss:.4} · {rate:.1} steps/s", guarantee.epsilon));
+                (interval_start, interval_steps) = (Instant::now(), 0);
+            }
+            if done % self.config.sample_every == 0 || last {
+                self.write_grid(done)?;
+            }
+            if done % self.config.checkpoint_every == 0 && !last {
+                self.checkpoint(self.wall_before + started.elapsed().as_secs_f64(), None)?;
+            }
+        }
+        let wall_s = started.elapsed().as_secs_f64();
+        let reason = match &stop {
+            Stop::Completed => None,
+            Stop::Budget(why) => Some(format!("stopped before step {}: {why}", self.model.steps_taken() + 1)),
+        };
+        self.checkpoint(self.wall_before + wall_s, reason)?;
+        let steps = self.model.steps_taken() - start_step;
+        Ok(Outcome {
+            steps: self.model.steps_taken(),
+            guarantee: self.accountant.spent()?,
+            other: self.accountant.spent_with(other_conversion(self.config.conversion))?,
+            stop,
+            wall_s,
+            steps_per_s: if wall_s > 0.0 { steps as f64 / wall_s } else { 0.0 },
+        })
+    }
+
+    /// Step `step` (0-based): its batch and generator randomness come from the run seed and the
+    /// step number alone, so a resumed run takes exactly the same step.
+    fn step(&mut self, step: u64) -> Result<StepLosses> {
+        self.model.set_discriminator_lr(self.config.d_lr_schedule.at(self.config.d_lr, step));
+        let batch = self.batches.batch(step)?;
+        let mut images = Vec::with_capacity(batch.len() * PIXELS);
+        for &i in &batch {
+            images.extend_from_slice(&self.pixels[i * PIXELS..(i + 1) * PIXELS]);
+        }
+        let labels: Vec<u32> = batch.iter().map(|&i| self.labels[i]).collect();
+        let images = Tensor::from_vec(images, &[1, batch.len(), PIXELS], &self.device)?;
+        let labels = Tensor::one_hot(&labels, CLASSES, &[1, batch.len()], &self.device)?;
+        let mut rng = stream(self.config.seed, Purpose::Generator, step);
+        self.model.private_step(&images, &labels, self.config.batch_size, &mut rng)
+    }
+
+    fn checkpoint(&self, wall_s: f64, stopped: Option<String>) -> Result<()> {
+        let spent = self.accountant.spent()?;
+        let state = DpCganState {
+            format: STATE_FORMAT,
+            algorithm: ALGORITHM.to_string(),
+            step: self.model.steps_taken(),
+            generator_adam_steps: self.model.generator_adam_steps(),
+            accountant: self.accountant.clone(),
+            epsilon: spent.epsilon,
+            delta: spent.delta,
+            wall_s,
+            stopped,
+        };
+        self.dir.save_checkpoint(&self.model.named_tensors(), &state)
+    }
+
+    /// A 10 × 10 grid, one row per class, from fixed latent codes (post-processing of G: no
+    /// privacy cost).
+    fn write_grid(&self, step: u64) -> Result<()> {
+        write_class_grid(&self.model.generator, self.config.seed, &self.dir.sample_grid_path(step), &self.device)
+    }
+}
+
+/// The conversion a run does not use, reported beside the one it does.
+fn other_conversion(c: Conversion) -> Conversion {
+    match c {
+        Conversion::Improved => Conversion::Classic,
+        Conversion::Classic => Conversion::Improved,
+    }
+}
+
+fn conversion_key(c: Conversion) -> &'static str {
+    match c {
+        Conversion::Improved => "epsilon_improved",
+        Conversion::Classic => "epsilon_classic",
+    }
+}
+
+/// Draws `per_class` images of every class from `generator` with latent codes from `rng`: images
+/// `[10·per_class, 784]` in [−1, 1], class-major, and their labels.
+pub fn generate_by_class<R: Rng>(generator: &Generator, per_class: usize, rng: &mut R, device: &Device) -> Result<(Vec<f32>, Vec<u8>)> {
+    let count = per_class * CLASSES;
+    let labels: Vec<u8> = (0..count).map(|i| (i / per_class) as u8).collect();
+    let z = Tensor::randn(&[1, count, LATENT], rng, device)?;
+    let onehot = Tensor::one_hot(&labels.iter().map(|&l| l as u32).collect::<Vec<_>>(), CLASSES, &[1, count], device)?;
+    let images = generator.forward(&crate::autograd::Tape::new(), &z, &onehot)?;
+    Ok((images.to_vec()?, labels))
+}
+
+/// The progress grid of a generator: 10 rows (classes) of 10 samples from the run's fixed codes.
+pub fn write_class_grid(generator: &Generator, seed: u64, path: &Path, device: &Device) -> Result<()> {
+    let (images, _) = generate_by_class(generator, 10, &mut stream(seed, Purpose::Grid, 0), device)?;
+    Grid { images: &images, rows: CLASSES, cols: 10, height: 28, width: 28, range: (-1.0, 1.0) }.write_png(path)
+}
+
+/// The generator of a finished (or stopped) run, from its checkpoint.
+pub fn load_generator(root: &Path, device: &Device) -> Result<(Generator, DpCganRunConfig)> {
+    let dir = RunDir::open(root)?;
+    let config: DpCganRunConfig = dir.read_json(CONFIG)?;
+    if config.algorithm != ALGORITHM {
+        return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not {ALGORITHM}", config.algorithm)));
+    }
+    let (mut tensors, _state): (_, serde_json::Value) = dir.load_checkpoint(device)?;
+    let mut generator = Generator::new(1, &mut stream(config.seed, Purpose::Init, 0), device)?;
+    for (p, name) in generator.params_mut().into_iter().zip(super::PARAM_NAMES) {
+        let key = format!("generator.{name}");
+        let t = tensors.remove(&key).ok_or_else(|| Error::file(dir.path(crate::train::run_dir::CHECKPOINT), format!("lacks {key}")))?;
+        if t.shape() != p.shape() {
+            return Err(Error::Invalid(format!("checkpoint tensor {key} has shape {:?}, the generator {:?}", t.shape(), p.shape())));
+        }
+        *p = t;
+    }
+    Ok((generator, config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_decay_reaches_its_end_and_stays() {
+        let s = LrSchedule::LinearDecay { final_lr: 0.052, decay_steps: 10_000 };
+        assert_eq!(s.at(0.15, 0), 0.15);
+        assert!((s.at(0.15, 5_000) - 0.101).abs() < 1e-6);
+        assert!((s.at(0.15, 10_000) - 0.052).abs() < 1e-7);
+        assert_eq!(s.at(0.15, 20_000), s.at(0.15, 10_000));
+        assert_eq!(LrSchedule::Constant.at(0.15, 20_000), 0.15);
+    }
+
+    #[test]
+    fn calibrated_sigma_never_rounds_down() {
+        for x in [1.15f64, 0.1 + 1e-12, 3.0, 1.0 / 3.0] {
+            let y = round_up_to_f32(x);
+            assert!(y as f64 >= x && (y.next_down() as f64) < x, "{x} -> {y}");
+        }
+    }
+}

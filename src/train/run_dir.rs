@@ -1,0 +1,211 @@
+//! A run's directory: `config.json` (everything needed to reproduce it), `metrics.jsonl` (one line
+//! per logging interval), `checkpoint.safetensors` (+ `checkpoint.json` for people and tools) and
+//! `samples/step-NNNNNNNN.png`. Every file is written atomically, so a crash leaves the previous
+//! checkpoint whole; the metrics log is cut back to the checkpoint's step when a run resumes.
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::io::atomic_write;
+use crate::io::checkpoint::{load_tensors, save_tensors};
+use crate::tensor::{Device, Tensor};
+
+pub const CONFIG: &str = "config.json";
+pub const METRICS: &str = "metrics.jsonl";
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+pub const CHECKPOINT_JSON: &str = "checkpoint.json";
+pub const SAMPLES: &str = "samples";
+/// The safetensors metadata key under which a checkpoint keeps its JSON state.
+const STATE_KEY: &str = "dpgan.state";
+
+/// See the module documentation.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// A new run in `root` (created if needed). A directory that already holds a run is refused:
+    /// continuing one is `--resume`, and nothing of it is overwritten.
+    pub fn create(root: &Path) -> Result<Self> {
+        if root.join(CONFIG).exists() {
+            return Err(Error::file(root, "already holds a run (config.json exists): continue it with --resume, or choose another --out"));
+        }
+        fs::create_dir_all(root.join(SAMPLES)).map_err(|e| Error::file(root, format!("cannot create the run directory: {e}")))?;
+        Ok(RunDir { root: root.to_path_buf() })
+    }
+
+    /// An existing run.
+    pub fn open(root: &Path) -> Result<Self> {
+        if !root.join(CONFIG).is_file() {
+            return Err(Error::file(root, "is not a dpgan run directory (no config.json)"));
+        }
+        fs::create_dir_all(root.join(SAMPLES)).map_err(|e| Error::file(root, format!("cannot create samples/: {e}")))?;
+        Ok(RunDir { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// The PNG grid of step `step`.
+    pub fn sample_grid_path(&self, step: u64) -> PathBuf {
+        self.root.join(SAMPLES).join(format!("step-{step:08}.png"))
+    }
+
+    pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        let path = self.path(name);
+        let mut text = serde_json::to_string_pretty(value).map_err(|e| Error::file(&path, format!("cannot encode: {e}")))?;
+        text.push('\n');
+        atomic_write(&path, text.as_bytes())
+    }
+
+    pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        read_json(&self.path(name))
+    }
+
+    /// Saves a checkpoint: the tensors and `state` in one safetensors file (one atomic rename, so
+    /// tensors and state never disagree), then the state again as readable JSON.
+    pub fn save_checkpoint<S: Serialize>(&self, tensors: &[(String, &Tensor)], state: &S) -> Result<()> {
+        let state = serde_json::to_string_pretty(state).map_err(|e| Error::Invalid(format!("checkpoint state as JSON: {e}")))?;
+        let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        save_tensors(&self.path(CHECKPOINT), &named, Some(HashMap::from([(STATE_KEY.to_string(), state.clone())])))?;
+        atomic_write(&self.path(CHECKPOINT_JSON), format!("{state}\n").as_bytes())
+    }
+
+    /// Loads the checkpoint's tensors onto `device` and its state (from the safetensors file, the
+    /// authoritative copy).
+    pub fn load_checkpoint<S: DeserializeOwned>(&self, device: &Device) -> Result<(HashMap<String, Tensor>, S)> {
+        let path = self.path(CHECKPOINT);
+        if !path.is_file() {
+            return Err(Error::file(&path, "no checkpoint to resume from: the run stopped before writing its first one"));
+        }
+        let (tensors, metadata) = load_tensors(&path, device)?;
+        let state = metadata.get(STATE_KEY).ok_or_else(|| Error::file(&path, format!("no {STATE_KEY} in the metadata")))?;
+        let state = serde_json::from_str(state).map_err(|e| Error::file(&path, format!("checkpoint state: {e}")))?;
+        Ok((tensors, state))
+    }
+}
+
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not what dpgan wrote: {e}")))
+}
+
+/// The metrics log: JSON objects, one per line, each with a `step`.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Opens the log for appending. `keep_through`: when resuming from the checkpoint of that step,
+    /// lines of later steps (logged after the checkpoint by the interrupted process) are dropped
+    /// first, so the log describes the run that continues.
+    pub fn open(path: &Path, keep_through: Option<u64>) -> Result<Self> {
+        if let Some(last) = keep_through.filter(|_| path.exists()) {
+            let reader = BufReader::new(File::open(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?);
+            let mut kept = String::new();
+            for line in reader.lines() {
+                let line = line.map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+                let step = serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v.get("step").and_then(|s| s.as_u64()));
+                // A torn last line (a crash mid-append) has no step and is dropped with the rest.
+                if step.is_some_and(|s| s <= last) {
+                    kept.push_str(&line);
+                    kept.push('\n');
+                }
+            }
+            atomic_write(path, kept.as_bytes())?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
+        Ok(MetricsLog { path: path.to_path_buf(), file })
+    }
+
+    pub fn append(&mut self, record: &serde_json::Value) -> Result<()> {
+        let mut line = record.to_string();
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.flush())
+            .map_err(|e| Error::file(&self.path, format!("cannot append: {e}")))
+    }
+}
+
+/// SHA-256 of a file, hex: recorded for every input file so a run names the exact data it saw.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_directory_is_never_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path()).unwrap();
+        run.write_json(CONFIG, &serde_json::json!({"x": 1})).unwrap();
+        let err = RunDir::create(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("--resume"), "{err}");
+        assert!(RunDir::open(dir.path()).is_ok());
+        assert!(RunDir::open(&dir.path().join("nope")).unwrap_err().to_string().contains("no config.json"));
+    }
+
+    #[test]
+    fn resuming_cuts_the_log_back_to_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS);
+        let mut log = MetricsLog::open(&path, None).unwrap();
+        for step in [100, 200, 300] {
+            log.append(&serde_json::json!({ "step": step })).unwrap();
+        }
+        drop(log);
+        // A torn line, as a crash mid-append would leave.
+        OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"step\": 4").unwrap();
+        let mut log = MetricsLog::open(&path, Some(200)).unwrap();
+        log.append(&serde_json::json!({ "step": 300 })).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"step\":100}\n{\"step\":200}\n{\"step\":300}\n");
+    }
+
+    #[test]
+    fn checkpoints_keep_tensors_and_state_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path()).unwrap();
+        let t = Tensor::from_vec(vec![1.0, 2.0, 3.0], &[3], &Device::Cpu).unwrap();
+        run.save_checkpoint(&[("a".to_string(), &t)], &serde_json::json!({"step": 7})).unwrap();
+        let (tensors, state): (_, serde_json::Value) = run.load_checkpoint(&Device::Cpu).unwrap();
+        assert_eq!(tensors["a"].to_vec().unwrap(), vec![1.0, 2.0, 3.0]);
+        assert_eq!(state["step"], 7);
+        let readable: serde_json::Value = run.read_json(CHECKPOINT_JSON).unwrap();
+        assert_eq!(readable, state);
+    }
+
+    #[test]
+    fn sha256_of_a_known_string() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abc");
+        fs::write(&path, b"abc").unwrap();
+        assert_eq!(file_sha256(&path).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}
