@@ -82,3 +82,20 @@ fn a_run_replays_from_its_seeds() {
     assert_eq!(steps(7), steps(7));
     assert_ne!(steps(7), steps(8));
 }
+
+/// Poisson sampling can draw an empty batch: the step still runs and still adds the noise (the
+/// mechanism ran), so D moves by exactly the noise plus the clipped generated-data part.
+#[test]
+fn an_empty_poisson_batch_still_takes_a_noised_step() {
+    let config = DpCganConfig::default();
+    let (mut with_noise, mut without) = (run(config, 3, 1), run(DpCganConfig { noise_multiplier: 0.0, ..config }, 3, 1));
+    let (x, y) = batch(&mut common::rng("an_empty_poisson_batch_still_takes_a_noised_step"), 0);
+    let losses = with_noise.private_step(&x, &y, 16, &mut ChaCha8Rng::seed_from_u64(5)).unwrap();
+    without.private_step(&x, &y, 16, &mut ChaCha8Rng::seed_from_u64(5)).unwrap();
+    assert!(losses.discriminator.item().unwrap().is_finite() && losses.generator.item().unwrap().is_finite());
+    let (a, b) = (d_weights(&with_noise), d_weights(&without));
+    // Noise of std σC/B = 1.15·1.1/600 per coordinate separates the two runs' D everywhere.
+    let differing = a.iter().zip(&b).filter(|(p, q)| p != q).count();
+    assert!(differing as f64 > 0.99 * a.len() as f64, "only {differing} of {} coordinates were noised", a.len());
+    assert!(a.iter().all(|v| v.is_finite()));
+}
