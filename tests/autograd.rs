@@ -275,3 +275,30 @@ fn spectral_normalize_converges_to_unit_spectral_norm() {
     }
     assert!((lambda.sqrt() - 1.0).abs() < 1e-9, "spectral norm after normalisation: {}", lambda.sqrt());
 }
+
+/// `backward_to` gives the requested gradients exactly as a full backward does, and only those:
+/// a two-layer net's hidden-output gradient without either weight's gradient.
+#[test]
+fn backward_to_returns_exactly_the_requested_gradients() {
+    let mut rng = common::rng("backward_to_returns_exactly_the_requested_gradients");
+    let (x, w1, w2) = (f64_tensor(&mut rng, &[1, 5, 7]), f64_tensor(&mut rng, &[1, 4, 7]), f64_tensor(&mut rng, &[1, 3, 4]));
+    let forward = |tape: &Tape| {
+        tape.watch(&w1);
+        tape.watch(&w2);
+        let h = tape.matmul(&x, &w1, false, true).unwrap();
+        let y = tape.matmul(&tape.tanh(&h).unwrap(), &w2, false, true).unwrap();
+        (h, tape.sum_all(&tape.square(&y).unwrap()).unwrap())
+    };
+    let full = Tape::new();
+    let (h_full, loss_full) = forward(&full);
+    full.retain_grad(&h_full);
+    let all = full.backward(&loss_full).unwrap();
+
+    let pruned = Tape::new();
+    let (h, loss) = forward(&pruned);
+    let some = pruned.backward_to(&loss, &[&h]).unwrap();
+    let (a, b) = (some.of(&h).unwrap().to_vec_f64().unwrap(), all.of(&h_full).unwrap().to_vec_f64().unwrap());
+    assert_eq!(a, b, "the same rules in the same order give the same bits");
+    assert!(some.get(&w1).is_none() && some.get(&w2).is_none(), "weights were not asked for");
+    assert!(all.get(&w1).is_some() && all.get(&w2).is_some());
+}

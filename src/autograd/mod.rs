@@ -143,7 +143,50 @@ impl Tape {
         result
     }
 
+    /// Gradients of the scalar `root` with respect to `targets` only (first order): the reverse
+    /// pass computes no gradient that does not lead to one of them. Per-example clipping asks for
+    /// the layers' output gradients this way, without the weight gradients it would discard.
+    pub fn backward_to(&self, root: &Tensor, targets: &[&Tensor]) -> Result<Gradients> {
+        if root.numel() != 1 {
+            return Err(Error::Autograd(format!("backward needs a scalar root, got shape {:?}", root.shape())));
+        }
+        if !self.is_tracked(root) {
+            return Err(Error::Autograd("the root does not depend on any watched tensor".into()));
+        }
+        let seed = root.full_like(root.shape(), 1.0)?;
+        let wanted: HashSet<TensorId> = targets.iter().map(|t| t.id()).collect();
+        let previous = std::mem::replace(&mut self.state.borrow_mut().recording, false);
+        let result = self.run_backward_for(root, seed, &wanted);
+        self.state.borrow_mut().recording = previous;
+        result.map(|mut g| {
+            g.grads.retain(|id, _| wanted.contains(id));
+            g
+        })
+    }
+
     fn run_backward(&self, root: &Tensor, seed: Tensor) -> Result<Gradients> {
+        let wanted: HashSet<TensorId> = {
+            let s = self.state.borrow();
+            s.watched.union(&s.retained).copied().collect()
+        };
+        self.run_backward_for(root, seed, &wanted)
+    }
+
+    /// The tensors whose gradient leads to a `wanted` one: the wanted themselves and every output
+    /// of a recorded op with such an input.
+    fn leading_to(&self, wanted: &HashSet<TensorId>) -> HashSet<TensorId> {
+        let s = self.state.borrow();
+        let mut leads: HashSet<TensorId> = wanted.iter().filter(|id| s.tracked.contains(id)).copied().collect();
+        for node in &s.nodes {
+            if node.inputs.iter().any(|i| leads.contains(i)) {
+                leads.insert(node.output);
+            }
+        }
+        leads
+    }
+
+    fn run_backward_for(&self, root: &Tensor, seed: Tensor, wanted: &HashSet<TensorId>) -> Result<Gradients> {
+        let leads = self.leading_to(wanted);
         let mut pending: HashMap<TensorId, Tensor> = HashMap::new();
         pending.insert(root.id(), seed);
         let mut kept: HashMap<TensorId, Tensor> = HashMap::new();
@@ -154,17 +197,19 @@ impl Tape {
                 (s.nodes[index].output, s.nodes[index].inputs.clone())
             };
             let Some(dy) = pending.remove(&output) else { continue };
+            let needs: Vec<bool> = inputs.iter().map(|id| leads.contains(id)).collect();
+            if !needs.contains(&true) {
+                Self::keep_if_wanted(output, dy, &mut kept, wanted);
+                continue;
+            }
             let input_grads = {
                 // The rule records new nodes (when creating a graph), so it must not hold a borrow.
                 let saved = self.state.borrow().nodes[index].saved.clone();
-                rules::backward(self, &saved, &dy)?
+                rules::backward(self, &saved, &dy, &needs)?
             };
-            self.keep_if_wanted(output, dy, &mut kept);
-            for (id, grad) in inputs.into_iter().zip(input_grads) {
-                let Some(grad) = grad else { continue };
-                if !self.state.borrow().tracked.contains(&id) {
-                    continue;
-                }
+            Self::keep_if_wanted(output, dy, &mut kept, wanted);
+            for ((id, grad), needed) in inputs.into_iter().zip(input_grads).zip(needs) {
+                let Some(grad) = grad.filter(|_| needed) else { continue };
                 let merged = match pending.remove(&id) {
                     Some(acc) => self.add(&acc, &grad)?,
                     None => grad,
@@ -174,14 +219,13 @@ impl Tape {
         }
         // What is left pending reached the leaves: watched tensors (and retained ones).
         for (id, g) in pending {
-            self.keep_if_wanted(id, g, &mut kept);
+            Self::keep_if_wanted(id, g, &mut kept, wanted);
         }
         Ok(Gradients { grads: kept })
     }
 
-    fn keep_if_wanted(&self, id: TensorId, grad: Tensor, kept: &mut HashMap<TensorId, Tensor>) {
-        let s = self.state.borrow();
-        if s.watched.contains(&id) || s.retained.contains(&id) {
+    fn keep_if_wanted(id: TensorId, grad: Tensor, kept: &mut HashMap<TensorId, Tensor>, wanted: &HashSet<TensorId>) {
+        if wanted.contains(&id) {
             kept.insert(id, grad);
         }
     }

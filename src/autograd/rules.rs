@@ -8,11 +8,16 @@ use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-pub(super) fn backward(tape: &Tape, saved: &Saved, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
+/// `needs[i]` says whether input i's gradient is wanted (it leads to a watched, retained or
+/// requested tensor); the rules of multi-input ops skip the others, which for a layer's input or
+/// a frozen weight saves a whole GEMM or convolution.
+pub(super) fn backward(tape: &Tape, saved: &Saved, dy: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    let need = |i: usize| needs.get(i).copied().unwrap_or(true);
     Ok(match saved {
         Saved::Binary { op, a, b } => {
-            let (da, db) = binary(tape, *op, a, b, dy)?;
-            vec![Some(tape.sum_to(&da, a.shape())?), Some(tape.sum_to(&db, b.shape())?)]
+            let (da, db) = binary(tape, *op, a, b, dy, (need(0), need(1)))?;
+            let reduce = |g: Option<Tensor>, shape: &[usize]| g.map(|g| tape.sum_to(&g, shape)).transpose();
+            vec![reduce(da, a.shape())?, reduce(db, b.shape())?]
         }
         Saved::Unary { op, operand } => vec![Some(unary(tape, *op, operand.as_ref(), dy)?)],
         Saved::SumTo { x_shape } => vec![Some(tape.broadcast_to(dy, x_shape)?)],
@@ -20,27 +25,37 @@ pub(super) fn backward(tape: &Tape, saved: &Saved, dy: &Tensor) -> Result<Vec<Op
         Saved::Reshape { x_shape } => vec![Some(tape.reshape(dy, x_shape)?)],
         Saved::Matmul { a, b, trans_a, trans_b } => {
             // C = op(A)·op(B): d op(A) = dC·op(B)ᵀ, d op(B) = op(A)ᵀ·dC, transposed back as needed.
-            let da = if *trans_a { tape.matmul(b, dy, *trans_b, true)? } else { tape.matmul(dy, b, false, !*trans_b)? };
-            let db = if *trans_b { tape.matmul(dy, a, true, *trans_a)? } else { tape.matmul(a, dy, !*trans_a, false)? };
-            vec![Some(da), Some(db)]
+            let da = need(0)
+                .then(|| if *trans_a { tape.matmul(b, dy, *trans_b, true) } else { tape.matmul(dy, b, false, !*trans_b) })
+                .transpose()?;
+            let db = need(1)
+                .then(|| if *trans_b { tape.matmul(dy, a, true, *trans_a) } else { tape.matmul(a, dy, !*trans_a, false) })
+                .transpose()?;
+            vec![da, db]
         }
         Saved::Conv2d { x, w, stride, padding } => {
             let in_hw = (x.shape()[3], x.shape()[4]);
             let k = (w.shape()[3], w.shape()[4]);
             vec![
-                Some(tape.conv2d_input_grad(dy, w, in_hw, *stride, *padding)?),
-                Some(tape.conv2d_weight_grad(x, dy, k, *stride, *padding)?),
+                need(0).then(|| tape.conv2d_input_grad(dy, w, in_hw, *stride, *padding)).transpose()?,
+                need(1).then(|| tape.conv2d_weight_grad(x, dy, k, *stride, *padding)).transpose()?,
             ]
         }
         Saved::ConvInputGrad { dy: g, w, stride, padding } => {
             // out = A(g, w), bilinear: ⟨ḡ, A(g, w)⟩ = ⟨conv2d(ḡ, w), g⟩ = ⟨wgrad(ḡ, g), w⟩.
             let k = (w.shape()[3], w.shape()[4]);
-            vec![Some(tape.conv2d(dy, w, *stride, *padding)?), Some(tape.conv2d_weight_grad(dy, g, k, *stride, *padding)?)]
+            vec![
+                need(0).then(|| tape.conv2d(dy, w, *stride, *padding)).transpose()?,
+                need(1).then(|| tape.conv2d_weight_grad(dy, g, k, *stride, *padding)).transpose()?,
+            ]
         }
         Saved::ConvWeightGrad { x, dy: g, stride, padding } => {
             // out = W(x, g), bilinear: ⟨w̄, W(x, g)⟩ = ⟨conv2d(x, w̄), g⟩ = ⟨A(g, w̄), x⟩.
             let in_hw = (x.shape()[3], x.shape()[4]);
-            vec![Some(tape.conv2d_input_grad(g, dy, in_hw, *stride, *padding)?), Some(tape.conv2d(x, dy, *stride, *padding)?)]
+            vec![
+                need(0).then(|| tape.conv2d_input_grad(g, dy, in_hw, *stride, *padding)).transpose()?,
+                need(1).then(|| tape.conv2d(x, dy, *stride, *padding)).transpose()?,
+            ]
         }
         Saved::MaxPoolGather { selector } => vec![Some(tape.max_pool2x2_scatter(selector, dy)?)],
         Saved::MaxPoolScatter { selector } => vec![Some(tape.max_pool2x2_gather(selector, dy)?)],
@@ -54,8 +69,8 @@ pub(super) fn backward(tape: &Tape, saved: &Saved, dy: &Tensor) -> Result<Vec<Op
         Saved::Concat { axis, sizes } => {
             let mut offset = 0;
             let mut grads = Vec::with_capacity(sizes.len());
-            for &len in sizes {
-                grads.push(Some(tape.narrow(dy, *axis, offset, len)?));
+            for (i, &len) in sizes.iter().enumerate() {
+                grads.push(need(i).then(|| tape.narrow(dy, *axis, offset, len)).transpose()?);
                 offset += len;
             }
             grads
@@ -72,22 +87,31 @@ pub(super) fn backward(tape: &Tape, saved: &Saved, dy: &Tensor) -> Result<Vec<Op
     })
 }
 
-/// Gradients of `out = op(a, b)` before reduction to the operands' shapes.
-fn binary(tape: &Tape, op: BinaryOp, a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+/// Gradients of `out = op(a, b)` before reduction to the operands' shapes, each only if wanted.
+fn binary(
+    tape: &Tape,
+    op: BinaryOp,
+    a: &Tensor,
+    b: &Tensor,
+    dy: &Tensor,
+    wanted: (bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let (want_a, want_b) = wanted;
+    let grad = |want: bool, f: &dyn Fn() -> Result<Tensor>| want.then(f).transpose();
     Ok(match op {
-        BinaryOp::Add => (dy.clone(), dy.clone()),
-        BinaryOp::Sub => (dy.clone(), tape.neg(dy)?),
-        BinaryOp::Mul => (tape.mul(dy, b)?, tape.mul(dy, a)?),
+        BinaryOp::Add => (want_a.then(|| dy.clone()), want_b.then(|| dy.clone())),
+        BinaryOp::Sub => (want_a.then(|| dy.clone()), grad(want_b, &|| tape.neg(dy))?),
+        BinaryOp::Mul => (grad(want_a, &|| tape.mul(dy, b))?, grad(want_b, &|| tape.mul(dy, a))?),
         BinaryOp::Div => {
             let da = tape.div(dy, b)?;
             // d/db (a/b) = −a/b² = −(dy/b)·(a/b)
-            let db = tape.neg(&tape.mul(&da, &tape.div(a, b)?)?)?;
-            (da, db)
+            let db = grad(want_b, &|| tape.neg(&tape.mul(&da, &tape.div(a, b)?)?))?;
+            (want_a.then_some(da), db)
         }
         BinaryOp::BceWithLogits => {
             // ∂/∂x = σ(x) − t, ∂/∂t = −x
-            let da = tape.mul(dy, &tape.sub(&tape.sigmoid(a)?, b)?)?;
-            let db = tape.neg(&tape.mul(dy, a)?)?;
+            let da = grad(want_a, &|| tape.mul(dy, &tape.sub(&tape.sigmoid(a)?, b)?))?;
+            let db = grad(want_b, &|| tape.neg(&tape.mul(dy, a)?))?;
             (da, db)
         }
     })

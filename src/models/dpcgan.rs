@@ -34,6 +34,11 @@ pub struct DiscriminatorPass {
 }
 
 impl DiscriminatorPass {
+    /// The layers' outputs: what a backward pass must reach for [`DiscriminatorPass::layer_grads`].
+    pub fn outputs(&self) -> Vec<&Tensor> {
+        self.layers.iter().map(|l| &l.output).collect()
+    }
+
     /// The layers' clipping views from a backward pass over `Σᵢ ℓᵢ`.
     pub fn layer_grads(&self, grads: &Gradients) -> Result<Vec<LayerGrad>> {
         self.layers

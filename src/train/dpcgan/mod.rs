@@ -137,8 +137,8 @@ impl DpCgan {
         let batch = images.shape()[1];
         let device = images.device();
         let (z, fake_labels) = Self::generator_inputs(fake_batch, rng, &device)?;
-        // G is not differentiated for D's step: nothing on this tape is watched.
-        let fake = self.generator.forward(&Tape::new(), &z, &fake_labels)?;
+        // G's forward is recorded once, for G's step; D's tapes see `fake` as a constant.
+        let (g_tape, fake) = self.generator_forward(&z, &fake_labels)?;
 
         let (real_tape, fake_tape) = (Tape::new(), Tape::new());
         let d = &self.discriminator;
@@ -148,11 +148,12 @@ impl DpCgan {
         });
         let real_pass = d.forward(&real_tape, images, labels)?;
         let real_loss = real_tape.sum_all(&real_tape.bce_with_logits(&real_pass.logits, &ones_like(&real_pass.logits)?)?)?;
-        let real_layers = real_pass.layer_grads(&real_tape.backward(&real_loss)?)?;
+        // Only the layers' output gradients: the clipped sums below are the weight gradients.
+        let real_layers = real_pass.layer_grads(&real_tape.backward_to(&real_loss, &real_pass.outputs())?)?;
         let fake_pass = d.forward(&fake_tape, &fake, &fake_labels)?;
         let fake_loss = fake_tape
             .sum_all(&fake_tape.bce_with_logits(&fake_pass.logits, &fake_pass.logits.full_like(fake_pass.logits.shape(), 0.0)?)?)?;
-        let fake_layers = fake_pass.layer_grads(&fake_tape.backward(&fake_loss)?)?;
+        let fake_layers = fake_pass.layer_grads(&fake_tape.backward_to(&fake_loss, &fake_pass.outputs())?)?;
 
         let dp = DpSgdConfig {
             clip: self.config.clip,
@@ -169,7 +170,7 @@ impl DpCgan {
         // Mean losses for the log (an empty Poisson batch contributes a real loss of 0).
         let mean = |sum: &Tensor, n: usize| ops::unary(UnaryOp::Affine { scale: 1.0 / n.max(1) as f32, shift: 0.0 }, sum);
         let d_loss = ops::binary(BinaryOp::Add, &mean(&real_loss, batch)?, &mean(&fake_loss, fake_batch)?)?;
-        let g_loss = self.generator_step(&z, &fake_labels)?;
+        let g_loss = self.generator_step(&g_tape, &fake, &fake_labels)?;
         self.step += 1;
         Ok(StepLosses { discriminator: d_loss, generator: g_loss })
     }
@@ -179,7 +180,7 @@ impl DpCgan {
     pub fn non_private_step<R: Rng>(&mut self, images: &Tensor, labels: &Tensor, rng: &mut R) -> Result<StepLosses> {
         let batch = images.shape()[1];
         let (z, fake_labels) = Self::generator_inputs(batch, rng, &images.device())?;
-        let fake = self.generator.forward(&Tape::new(), &z, &fake_labels)?;
+        let (g_tape, fake) = self.generator_forward(&z, &fake_labels)?;
         let tape = Tape::new();
         let d = &self.discriminator;
         d.params().into_iter().for_each(|p| tape.watch(p));
@@ -191,18 +192,23 @@ impl DpCgan {
         let grads = tape.backward(&d_loss)?;
         let d_grads = d.params().into_iter().map(|p| grads.of(p).cloned()).collect::<Result<Vec<_>>>()?;
         self.d_optimizer.step(&mut self.discriminator.params_mut(), &d_grads)?;
-        let g_loss = self.generator_step(&z, &fake_labels)?;
+        let g_loss = self.generator_step(&g_tape, &fake, &fake_labels)?;
         self.step += 1;
         Ok(StepLosses { discriminator: d_loss, generator: g_loss })
     }
 
-    /// G's Adam step on mean BCE(1, D(G(z, l), l)) through the current D (G sees no private data
-    /// except through D).
-    fn generator_step(&mut self, z: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    /// G's forward on a tape that watches G, for G's step after D's (G does not change between).
+    fn generator_forward(&self, z: &Tensor, labels: &Tensor) -> Result<(Tape, Tensor)> {
         let tape = Tape::new();
         self.generator.params().into_iter().for_each(|p| tape.watch(p));
         let fake = self.generator.forward(&tape, z, labels)?;
-        let logits = self.discriminator.forward(&tape, &fake, labels)?.logits;
+        Ok((tape, fake))
+    }
+
+    /// G's Adam step on mean BCE(1, D(G(z, l), l)) through the current D (G sees no private data
+    /// except through D).
+    fn generator_step(&mut self, tape: &Tape, fake: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        let logits = self.discriminator.forward(tape, fake, labels)?.logits;
         let loss = tape.mean_all(&tape.bce_with_logits(&logits, &ones_like(&logits)?)?)?;
         let grads = tape.backward(&loss)?;
         let g_grads = self.generator.params().into_iter().map(|p| grads.of(p).cloned()).collect::<Result<Vec<_>>>()?;
