@@ -190,9 +190,9 @@ mod tests {
         let got = binary_broadcast(BinaryOp::Add, &a, &a_shape, &b, &b_shape, &out);
         let mut want = Vec::new();
         for i in 0..2 {
-            for j in 0..3 {
+            for bj in &b {
                 for k in 0..4 {
-                    want.push(a[i * 4 + k] + b[j]);
+                    want.push(a[i * 4 + k] + bj);
                 }
             }
         }
