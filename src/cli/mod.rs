@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use dpgan::{Error, Result};
 
 mod bench;
+mod eval;
 mod info;
 mod privacy;
 
@@ -23,6 +24,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Privacy accounting: ε of a DP-SGD run, σ for a target ε, GS-WGAN's two accountings.
     Privacy(privacy::PrivacyArgs),
+    /// Scores a synthetic set: a classifier trained on it, tested on the real test set.
+    Eval(eval::EvalArgs),
     /// Benchmarks: `bench kernels` times every kernel family against the device's measured ceilings.
     Bench(bench::BenchArgs),
 }
@@ -32,6 +35,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Privacy(args) => privacy::run(&args),
+        Command::Eval(args) => eval::run(&args),
         Command::Bench(args) => bench::run(&args),
     }
 }

@@ -1,6 +1,7 @@
 //! Files dpgan writes: every write is atomic (a temporary file beside the target, synced, then
 //! renamed over it), so a crash leaves either the old file or the new one, never half of one.
 pub mod checkpoint;
+pub mod synthetic;
 
 use std::fs;
 use std::io::Write;
