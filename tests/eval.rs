@@ -8,15 +8,17 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{assert_close_f64, rng, tol};
+use common::{assert_close, assert_close_f64, rng, tol};
 use dpgan::data::{scale_pixels, Dataset, PixelScale, Split};
+use dpgan::eval::features::one_hot_targets;
 use dpgan::eval::logreg::objective;
-use dpgan::eval::{evaluate, Classifier, EvalConfig, EvalReport, ImageSet, LogReg, LogRegConfig, Metric};
+use dpgan::eval::{evaluate, Classifier, EvalConfig, EvalReport, Features, ImageSet, LeNet, LogReg, LogRegConfig, Metric, Mlp};
 use dpgan::io::synthetic::{read_synthetic, write_synthetic, SyntheticFormat, IDX_IMAGES, IDX_LABELS, NPY_IMAGES, NPY_LABELS};
 use dpgan::tensor::Tensor;
 use dpgan::{Device, Error};
 use flate2::read::GzDecoder;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
 fn mnist_dir() -> PathBuf {
@@ -306,8 +308,8 @@ fn evaluate_mnist(classifier: Classifier, n_train: usize, n_test: usize, config:
     let test = ImageSet::new(&test_x, &test_y, 28, 28, "test").unwrap();
     let report = evaluate(&train, &test, classifier, config, &Device::Cpu).unwrap();
     eprintln!(
-        "{classifier}: accuracy {:?}, macro-F1 {:.4}, AUROC {:.4}, per class {:?}",
-        report.accuracy.runs, report.macro_f1.mean, report.auroc_micro.mean, report.per_class_auroc
+        "{classifier}: accuracy {:?}, macro-F1 {:.4}, AUROC {:.4}, per class {:?}, solver {:?}",
+        report.accuracy.runs, report.macro_f1.mean, report.auroc_micro.mean, report.per_class_auroc, report.runs[0].solver
     );
     report
 }
@@ -453,4 +455,51 @@ fn eval_command_real_reference_row() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((v["train_source"].as_str(), v["synthetic_dir"].as_str(), v["train_size"].as_u64()), (Some("real"), None, Some(1000)));
     assert!(v["auroc_micro"]["mean"].as_f64().unwrap() > 0.9, "{v}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same code on CUDA (skipped with a reason without a GPU; fails under DPGAN_REQUIRE_GPU=1)
+
+/// Features of the first `n` real test digits in both of the classifiers' scalings.
+fn digits(n: usize) -> (Features, Features, Vec<u8>) {
+    let (x, y) = mnist(Split::Test, n);
+    let set = ImageSet::new(&x, &y, 28, 28, "digits").unwrap();
+    (Features::symmetric(&set), Features::normalised(&set), y)
+}
+
+#[test]
+fn logreg_objective_on_cuda_matches_the_cpu() {
+    common::on_cuda("logreg_objective_on_cuda_matches_the_cpu", |gpu| {
+        let mut rng = rng("logreg_objective_on_cuda_matches_the_cpu");
+        let (x, _, y) = digits(1000);
+        let w = common::randn_vec(&mut rng, 10 * 784).iter().map(|v| 0.01 * v).collect::<Vec<f32>>();
+        let b = common::randn_vec(&mut rng, 10);
+        let all: Vec<usize> = (0..x.rows).collect();
+        let on = |device: &Device| {
+            let inputs = x.gather(&all, &[1, x.rows, 784], device).unwrap();
+            let targets = one_hot_targets(&y, &all, device).unwrap();
+            let w = Tensor::from_vec(w.clone(), &[1, 10, 784], device).unwrap();
+            let b = Tensor::from_vec(b.clone(), &[1, 10], device).unwrap();
+            let (f, dw, db) = objective(&inputs, &targets, &w, &b, 1.0).unwrap();
+            (f as f32, dw.to_vec().unwrap(), db.to_vec().unwrap())
+        };
+        let (cpu, cuda) = (on(&Device::Cpu), on(gpu));
+        // Sums over 1,000 rows × 784 inputs: long f32 reductions on both sides.
+        assert_close("objective", &[cuda.0], &[cpu.0], tol::F32_LONG);
+        assert_close("∂f/∂W", &cuda.1, &cpu.1, tol::F32_LONG);
+        assert_close("∂f/∂b", &cuda.2, &cpu.2, tol::F32_LONG);
+    });
+}
+
+#[test]
+fn mlp_and_lenet_scores_on_cuda_match_the_cpu() {
+    common::on_cuda("mlp_and_lenet_scores_on_cuda_match_the_cpu", |gpu| {
+        let (symmetric, normalised, _) = digits(300);
+        // The same initialisation on both devices (drawn on the host from the same seed).
+        let mlp = |device: &Device| Mlp::init(784, 100, &mut ChaCha8Rng::seed_from_u64(5), device).unwrap().scores(&symmetric).unwrap();
+        let lenet = |device: &Device| LeNet::init(&mut ChaCha8Rng::seed_from_u64(6), device).unwrap().scores(&normalised).unwrap();
+        let as_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
+        assert_close("MLP softmax", &as_f32(mlp(gpu)), &as_f32(mlp(&Device::Cpu)), tol::F32_LONG);
+        assert_close("LeNet softmax", &as_f32(lenet(gpu)), &as_f32(lenet(&Device::Cpu)), tol::F32_LONG);
+    });
 }
