@@ -1,14 +1,17 @@
 //! The command line: one variant of [`Command`] per subcommand, its arguments and its `run` in a
-//! file of its own (`info.rs`; later `train.rs`, `sample.rs`, `eval.rs`, `privacy.rs`, `bench.rs`,
-//! `reproduce.rs`). Commands render their report to a string and hand it to [`emit`].
+//! file of its own (`info.rs`, `privacy.rs`, `train.rs`, `sample.rs`, `eval.rs`, `reproduce.rs`,
+//! `bench.rs`). Commands render their report to a string and hand it to [`emit`].
 use std::io::{self, Write};
 
 use clap::{Parser, Subcommand};
 use dpgan::{Error, Result};
 
 mod bench;
+mod eval;
 mod info;
 mod privacy;
+mod reproduce;
+mod sample;
 mod train;
 
 #[derive(Parser, Debug)]
@@ -26,6 +29,12 @@ enum Command {
     Privacy(privacy::PrivacyArgs),
     /// Train a private GAN: `train dp-cgan` (SPEC.md §1's published settings by default).
     Train(train::TrainArgs),
+    /// Release a synthetic data set from a run: balanced labels, IDX or NPY, a PNG grid.
+    Sample(sample::SampleArgs),
+    /// Scores a synthetic set: a classifier trained on it, tested on the real test set.
+    Eval(eval::EvalArgs),
+    /// A published experiment end to end (train, sample, evaluate) beside the published table.
+    Reproduce(reproduce::ReproduceArgs),
     /// Benchmarks: `bench kernels` times every kernel family against the device's measured ceilings.
     Bench(bench::BenchArgs),
 }
@@ -35,8 +44,11 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Privacy(args) => privacy::run(&args),
+        Command::Eval(args) => eval::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Train(args) => train::run(&args),
+        Command::Sample(args) => sample::run(&args),
+        Command::Reproduce(args) => reproduce::run(&args),
     }
 }
 

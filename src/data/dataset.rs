@@ -186,13 +186,20 @@ fn find_file(dir: &Path, name: &str, what: &str) -> Result<PathBuf> {
 }
 
 /// The data directory: the `--data` value, else `$DPGAN_DATA`, else an error saying how to give one.
+/// A `--data` value that is not a directory but names one inside `$DPGAN_DATA` (`--data mnist`)
+/// resolves to that one, so a data set can be picked by name.
 pub fn data_dir(cli: Option<&Path>) -> Result<PathBuf> {
-    if let Some(dir) = cli {
-        return Ok(dir.to_path_buf());
-    }
-    match env::var_os(DATA_ENV) {
-        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir)),
-        _ => Err(Error::Invalid(format!(
+    resolve_data_dir(cli, env::var_os(DATA_ENV).filter(|d| !d.is_empty()).map(PathBuf::from))
+}
+
+/// [`data_dir`] with `$DPGAN_DATA`'s value passed in, so that it can be tested without touching the
+/// process environment.
+fn resolve_data_dir(cli: Option<&Path>, env_dir: Option<PathBuf>) -> Result<PathBuf> {
+    match (cli, env_dir) {
+        (Some(dir), Some(root)) if !dir.is_dir() && root.join(dir).is_dir() => Ok(root.join(dir)),
+        (Some(dir), _) => Ok(dir.to_path_buf()),
+        (None, Some(root)) => Ok(root),
+        (None, None) => Err(Error::Invalid(format!(
             "no data directory: pass --data DIR or set {DATA_ENV} to a directory holding train-images-idx3-ubyte[.gz], \
              train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz]"
         ))),
@@ -213,5 +220,22 @@ mod tests {
     #[test]
     fn data_dir_prefers_the_flag() {
         assert_eq!(data_dir(Some(Path::new("/x"))).unwrap(), PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn data_dir_resolves_a_name_inside_the_data_root() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("mnist")).unwrap();
+        let env_root = Some(root.path().to_path_buf());
+        // A name that is no directory here but is one in the root resolves there.
+        assert_eq!(resolve_data_dir(Some(Path::new("mnist")), env_root.clone()).unwrap(), root.path().join("mnist"));
+        // An existing directory is taken as given, even if the root has one of the same name.
+        let here = tempfile::tempdir().unwrap();
+        assert_eq!(resolve_data_dir(Some(here.path()), env_root.clone()).unwrap(), here.path());
+        // Neither: the value is kept, so that loading names the path the user typed.
+        assert_eq!(resolve_data_dir(Some(Path::new("nowhere-xyz")), env_root.clone()).unwrap(), PathBuf::from("nowhere-xyz"));
+        assert_eq!(resolve_data_dir(Some(Path::new("mnist")), None).unwrap(), PathBuf::from("mnist"));
+        assert_eq!(resolve_data_dir(None, env_root).unwrap(), root.path());
+        assert!(matches!(resolve_data_dir(None, None), Err(Error::Invalid(_))));
     }
 }

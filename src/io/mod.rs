@@ -2,6 +2,7 @@
 //! renamed over it), so a crash leaves either the old file or the new one, never half of one.
 pub mod checkpoint;
 pub mod image;
+pub mod synthetic;
 
 use std::fs;
 use std::io::Write;

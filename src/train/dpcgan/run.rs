@@ -562,15 +562,33 @@ fn conversion_key(c: Conversion) -> &'static str {
     }
 }
 
+/// Images generated per forward pass when sampling: bounds memory whatever the count.
+const SAMPLE_CHUNK: usize = 5000;
+
 /// Draws `per_class` images of every class from `generator` with latent codes from `rng`: images
-/// `[10·per_class, 784]` in [−1, 1], class-major, and their labels.
+/// `[10·per_class, 784]` in [−1, 1], class-major, and their labels. Balanced labels, never the
+/// real class counts (which are not public).
 pub fn generate_by_class<R: Rng>(generator: &Generator, per_class: usize, rng: &mut R, device: &Device) -> Result<(Vec<f32>, Vec<u8>)> {
-    let count = per_class * CLASSES;
-    let labels: Vec<u8> = (0..count).map(|i| (i / per_class) as u8).collect();
-    let z = Tensor::randn(&[1, count, LATENT], rng, device)?;
-    let onehot = Tensor::one_hot(&labels.iter().map(|&l| l as u32).collect::<Vec<_>>(), CLASSES, &[1, count], device)?;
-    let images = generator.forward(&crate::autograd::Tape::new(), &z, &onehot)?;
-    Ok((images.to_vec()?, labels))
+    let (mut images, mut labels) = (Vec::with_capacity(per_class * CLASSES * PIXELS), Vec::with_capacity(per_class * CLASSES));
+    for class in 0..CLASSES {
+        let mut left = per_class;
+        while left > 0 {
+            let n = left.min(SAMPLE_CHUNK);
+            let z = Tensor::randn(&[1, n, LATENT], rng, device)?;
+            let onehot = Tensor::one_hot(&vec![class as u32; n], CLASSES, &[1, n], device)?;
+            images.extend(generator.forward(&crate::autograd::Tape::new(), &z, &onehot)?.to_vec()?);
+            labels.extend(std::iter::repeat_n(class as u8, n));
+            left -= n;
+        }
+    }
+    Ok((images, labels))
+}
+
+/// The released data set of a generator: `per_class` images of each class, pixels in [0, 1]
+/// (from tanh's [−1, 1]), latent codes from `seed` (sampling is post-processing: no privacy cost).
+pub fn sample_released(generator: &Generator, per_class: usize, seed: u64, device: &Device) -> Result<(Vec<f32>, Vec<u8>)> {
+    let (images, labels) = generate_by_class(generator, per_class, &mut stream(seed, Purpose::Sample, 0), device)?;
+    Ok((images.into_iter().map(|x| ((x + 1.0) * 0.5).clamp(0.0, 1.0)).collect(), labels))
 }
 
 /// The progress grid of a generator: 10 rows (classes) of 10 samples from the run's fixed codes.
