@@ -9,6 +9,7 @@ use std::path::Path;
 
 use common::cli::{data_root, dpgan, stderr_of_failure, stdout_of};
 use dpgan::io::checkpoint::load_tensors;
+use dpgan::io::synthetic::read_synthetic;
 use dpgan::privacy::{Accountant, Conversion, Mechanism, Orders};
 use dpgan::train::dpcgan::run::{DpCganRunConfig, DpCganState};
 use dpgan::train::run_dir::file_sha256;
@@ -90,6 +91,28 @@ fn a_short_run_writes_every_artefact_and_reports_the_accountants_epsilon() {
     let leftovers: Vec<_> =
         fs::read_dir(&run).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
     assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+
+    // The released data: balanced labels, loads back in both layouts, says what ε it carries.
+    for (format, count) in [("idx", 50), ("npy", 30)] {
+        let out = dir.path().join(format!("synthetic-{format}"));
+        let (run_s, out_s, count_s) = (run.to_string_lossy().into_owned(), out.to_string_lossy().into_owned(), count.to_string());
+        stdout_of(&["sample", "--run", &run_s, "--count", &count_s, "--out", &out_s, "--format", format, "--device", "cpu"]);
+        let set = read_synthetic(&out).unwrap();
+        assert_eq!((set.count, set.height, set.width), (count, 28, 28));
+        for class in 0..10u8 {
+            assert_eq!(set.labels.iter().filter(|&&l| l == class).count(), count / 10, "class {class} in {format}");
+        }
+        assert!(set.images.iter().all(|p| (0.0..=1.0).contains(p)));
+        let record = read_json(&out.join("sample.json"));
+        assert_eq!(record["epsilon"].as_f64().unwrap(), state.epsilon);
+        assert_eq!(record["checkpoint_step"], 120);
+        assert!(out.join("grid.png").is_file());
+        let err = stderr_of_failure(&["sample", "--run", &run_s, "--count", &count_s, "--out", &out_s, "--device", "cpu"]);
+        assert!(err.contains("already holds"), "{err}");
+    }
+    let err =
+        stderr_of_failure(&["sample", "--run", &run.to_string_lossy(), "--count", "55", "--out", &dir.path().join("x").to_string_lossy()]);
+    assert!(err.contains("multiple of 10"), "{err}");
 }
 
 #[test]
