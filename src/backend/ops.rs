@@ -161,6 +161,24 @@ pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, kernel_hw: (usize, usize), st
     backend(&dev).conv2d_weight_grad(x, dy, &geom)
 }
 
+/// Each example's squared norm of its own `conv2d_weight_grad` (what per-example clipping needs of a
+/// conv layer), `[G, B]`, without materialising per-example gradients: x `[G, B, C, H, W]`, dy
+/// `[G, B, O, HO, WO]`, the same geometry as `conv2d_weight_grad`.
+pub fn conv2d_weight_grad_sq_norms(x: &Tensor, dy: &Tensor, kernel_hw: (usize, usize), stride: usize, padding: usize) -> Result<Tensor> {
+    let op = "conv2d_weight_grad_sq_norms";
+    let dev = device_of(op, &[x, dy])?;
+    ensure_shape!(x.rank() == 5 && dy.rank() == 5, op, "x {:?} and dy {:?} must be rank 5", x.shape(), dy.shape());
+    let (xs, s) = (x.shape(), dy.shape());
+    let geom = conv_geometry(xs, &[xs[0], s[2], xs[2], kernel_hw.0, kernel_hw.1], stride, padding)?;
+    ensure_shape!(
+        geom.output_shape() == [s[0], s[1], s[2], s[3], s[4]],
+        op,
+        "dy {s:?} does not match the conv output {:?}",
+        geom.output_shape()
+    );
+    backend(&dev).conv2d_weight_grad_sq_norms(x, dy, &geom)
+}
+
 /// Output size of a transposed convolution: `(H − 1)·stride − 2·padding + K + output_padding`.
 pub fn conv_transpose2d_out_hw(
     x_shape: &[usize],
