@@ -181,6 +181,9 @@ pub trait Backend {
     /// Each example's squared norm of `conv2d_weight_grad(x, dy)` restricted to that example,
     /// `[G, B]`, without materialising the per-example gradients (see `cpu::conv2d_weight_grad_sq_norms`).
     fn conv2d_weight_grad_sq_norms(&self, x: &Tensor, dy: &Tensor, geom: &ConvGeometry) -> Result<Tensor>;
+    /// In place, `x[e] ← (x[e] + std·z[e]) / divisor`: `add_gaussian_noise` and the division by a
+    /// scalar in one pass, with the same values as the two (see `cpu::add_gaussian_noise_and_divide`).
+    fn add_gaussian_noise_and_divide(&self, x: &mut Tensor, std: f32, divisor: f32, key: &NoiseKey) -> Result<()>;
 }
 
 /// The backend that computes on `device`.

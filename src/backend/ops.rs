@@ -339,6 +339,17 @@ pub fn add_gaussian_noise(x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()
     backend(&dev).add_gaussian_noise(x, std, key)
 }
 
+/// In place, `x ← (x + std·z) / divisor`: the noise of `add_gaussian_noise` and a division by
+/// `divisor` in one pass over `x`, with the values of the two separate ops.
+pub fn add_gaussian_noise_and_divide(x: &mut Tensor, std: f32, divisor: f32, key: &NoiseKey) -> Result<()> {
+    let dev = device_of("add_gaussian_noise_and_divide", &[x])?;
+    check_noise("add_gaussian_noise_and_divide", std, x.numel())?;
+    if !(divisor.is_finite() && divisor > 0.0) {
+        return Err(Error::Invalid(format!("add_gaussian_noise_and_divide: divisor {divisor} must be finite and > 0")));
+    }
+    backend(&dev).add_gaussian_noise_and_divide(x, std, divisor, key)
+}
+
 /// GS-WGAN's sanitiser over the rows (last axis) of `g`: each row clipped to norm `clip`, then
 /// `N(0, noise_std²)` added per element. Returns a new tensor; see `Backend::sanitize_rows`.
 pub fn sanitize_rows(g: &Tensor, clip: f32, noise_std: f32, key: &NoiseKey) -> Result<Tensor> {

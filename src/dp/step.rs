@@ -65,11 +65,13 @@ pub fn private_gradients(losses: &[ClippedLoss], config: &DpSgdConfig, noise: &N
     let mut grads = totals.expect("losses is not empty");
     let noise_std = config.noise_multiplier * config.clip;
     if losses.iter().any(|l| l.noised) && noise_std > 0.0 {
+        // Noise and the division in one pass over each summed gradient.
         let _noise = profile::range("noise");
         for (index, g) in grads.iter_mut().enumerate() {
             let key = noise.key_at(step, index as u32);
-            ops::add_gaussian_noise(g, noise_std, &key)?;
+            ops::add_gaussian_noise_and_divide(g, noise_std, config.batch_divisor, &key)?;
         }
+        return Ok(grads);
     }
     grads.iter().map(|g| ops::binary(BinaryOp::Div, g, &ops::scalar_like(g, config.batch_divisor as f64)?)).collect()
 }

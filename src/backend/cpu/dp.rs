@@ -94,3 +94,14 @@ pub fn conv2d_weight_grad_sq_norms<T: Real>(geom: &ConvGeometry, x: &[T], d_y: &
     }
     sq_norms
 }
+
+/// `x[e] ← (x[e] + std·z[e]) / divisor` with `z[e] = standard_normal_at(key, e)`: DP-SGD's noise
+/// and its division by the batch in one pass (the reference for `kernels/dp.cu`'s
+/// `dp_gaussian_add_divide_*`). Rounded as `add_gaussian_noise` followed by an elementwise division
+/// rounds, so the values equal those of the two passes bit for bit.
+pub fn add_gaussian_noise_and_divide<T: Real>(x: &mut [T], std: f32, divisor: f32, key: &NoiseKey) {
+    let (std, divisor) = (T::of(std), T::of(divisor));
+    for (e, v) in x.iter_mut().enumerate() {
+        *v = (*v + std * T::of(standard_normal_at(key, e as u64))) / divisor;
+    }
+}

@@ -10,7 +10,8 @@ use super::device::CudaDevice;
 use super::elementwise::fill;
 use super::gemm::tile_grid;
 use super::module::Kernel;
-use super::params::{NoiseKeyParams, SanitizeRowsParams};
+use super::optim::buffer_mut;
+use super::params::{NoiseDivideParams, NoiseKeyParams, SanitizeRowsParams};
 use super::{buffer, launched, output, reduce};
 use crate::backend::ConvGeometry;
 use crate::dp::{NoiseKey, NoiseMode};
@@ -86,4 +87,29 @@ pub(crate) fn conv2d_weight_grad_sq_norms(dev: &Arc<CudaDevice>, x: &Tensor, dy:
     let partials = output(partials, &[examples, tiles])?;
     let sums = if tiles == 1 { partials } else { reduce::sum_to(dev, &partials, &[examples, 1])? };
     sums.reshape(&shape)
+}
+
+/// `x ← (x + std·z) / divisor` in place, z the key's standard normals: DP-SGD's noise and its
+/// division by the batch in one pass (ops has checked std, divisor and the element count).
+pub(crate) fn add_gaussian_noise_and_divide(dev: &Arc<CudaDevice>, x: &mut Tensor, std: f32, divisor: f32, key: &NoiseKey) -> Result<()> {
+    const THREADS: usize = 256;
+    let n = x.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    // One element per thread: n ≤ 2^33 (ops) needs at most 2^25 blocks, within grid x's 2^31 − 1.
+    let blocks = u32::try_from(n.div_ceil(THREADS))
+        .map_err(|_| Error::Invalid(format!("add_gaussian_noise_and_divide: {n} elements exceed one launch; split the tensor")))?;
+    let p = NoiseDivideParams { n: n as i64, std, divisor, key: NoiseKeyParams::new(key) };
+    let k = match key.mode {
+        NoiseMode::Fast => Kernel::GaussianAddDividePhilox,
+        NoiseMode::Secure => Kernel::GaussianAddDivideChacha,
+    };
+    let x_buf = &mut buffer_mut(x)?.slice;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS as u32, 1, 1), shared_mem_bytes: 0 };
+    let _range = profile::range(k.symbol());
+    // SAFETY: x holds n floats (p.n = n); thread i < n reads and writes x[i] only, the others
+    // return; x is unshared (storage_mut copied a shared buffer first).
+    let r = unsafe { dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(x_buf).launch(cfg) };
+    launched(k, r)
 }

@@ -41,6 +41,8 @@ kernel_table! {
     SanitizeRowsPhilox => "dp_sanitize_rows_philox_f32",
     SanitizeRowsChacha => "dp_sanitize_rows_chacha_f32",
     Conv2dWeightGradSqNorms => "dp_conv2d_weight_grad_sq_norms_bwd_f32",
+    GaussianAddDividePhilox => "dp_gaussian_add_divide_philox_f32",
+    GaussianAddDivideChacha => "dp_gaussian_add_divide_chacha_f32",
     MaxPool2x2Gather => "pool_max2x2_gather_fwd_f32",
     MaxPool2x2Scatter => "pool_max2x2_scatter_bwd_f32",
     UpsampleNearest2x => "pool_upsample_nearest2x_fwd_f32",
