@@ -153,3 +153,36 @@ fn cuda_noise_and_division_match_the_two_passes_and_the_cpu() {
         }
     });
 }
+
+/// Without a GPU, the next best check of `dp_gaussian_add_divide_*`: `kernels/dp.cu` compiled for
+/// the host (tests/host_cuda/, one thread per block) must reproduce the CPU reference bit for bit
+/// in both noise modes. Skips (saying why) without a C++ compiler or the sources.
+#[test]
+fn noise_and_divide_kernel_compiled_for_the_host_matches_the_reference() {
+    let test = "noise_and_divide_kernel_compiled_for_the_host_matches_the_reference";
+    let Some((exe, _dir)) = common::build_host_kernel_program(test, &["rng.cuh", "dp.cu"], "dp_noise_main.cpp") else {
+        return;
+    };
+    let mut rng = common::rng(test);
+    let x: Vec<f32> = randn_vec(&mut rng, 1003);
+    let (std, divisor) = (1.265f32, 600.0f32);
+    let fast = NoiseSource::from_seed(rng.random(), NoiseMode::Fast).key_at(7 + (1 << 32), 3);
+    let secure = dpgan::dp::NoiseKey { mode: NoiseMode::Secure, ..fast };
+    let mut input = format!("{} {:x} {:x}\n", x.len(), std.to_bits(), divisor.to_bits());
+    fast.key.iter().for_each(|w| input.push_str(&format!("{w:x} ")));
+    input.push_str(&format!("{:x} {:x} {:x}\n", fast.tensor_index, fast.step as u32, (fast.step >> 32) as u32));
+    x.iter().for_each(|v| input.push_str(&format!("{:x}\n", v.to_bits())));
+    let mut child =
+        std::process::Command::new(&exe).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "host noise program failed");
+    let bits: Vec<u32> = String::from_utf8(out.stdout).unwrap().lines().map(|h| u32::from_str_radix(h, 16).unwrap()).collect();
+    assert_eq!(bits.len(), 2 * x.len());
+    for (k, key) in [fast, secure].iter().enumerate() {
+        let mut expected = x.clone();
+        dpgan::backend::cpu::add_gaussian_noise_and_divide(&mut expected, std, divisor, key);
+        let got: Vec<f32> = bits[k * x.len()..(k + 1) * x.len()].iter().map(|&b| f32::from_bits(b)).collect();
+        common::assert_identical(&format!("{:?}", key.mode), &got, &expected);
+    }
+}
