@@ -1,6 +1,7 @@
-//! Launchers of the dp family: GS-WGAN's row sanitiser (`kernels/dp.cu`, one block per row) and
-//! the per-example conv weight-gradient norms (`kernels/dp_norms.cu`, tiles of each example's
-//! gradient squared in registers, then the tiles of each example added by `reduce::sum_to`).
+//! Launchers of the dp family: GS-WGAN's row sanitiser (`kernels/dp.cu`, one block per row),
+//! DP-SGD's noise-and-divide pass (`kernels/dp.cu`, one element per thread) and the per-example
+//! conv weight-gradient norms (`kernels/dp_norms.cu`, tiles of each example's gradient squared in
+//! registers, then the tiles of each example added by `reduce::sum_to`).
 use std::sync::Arc;
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
