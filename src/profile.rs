@@ -140,11 +140,13 @@ struct Tool {
     pop: Pop,
 }
 
+#[cfg(unix)]
 extern "C" {
     fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
     fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
     fn dlerror() -> *const c_char;
 }
+#[cfg(unix)]
 const RTLD_LAZY: c_int = 1;
 
 /// The tool named by `NVTX_INJECTION64_PATH`, initialised once per process; `None` when no tool
@@ -163,6 +165,7 @@ fn tool() -> Option<Tool> {
     })
 }
 
+#[cfg(unix)]
 fn dl_error() -> String {
     // SAFETY: dlerror returns null or a NUL-terminated string valid until the next dl call.
     let e = unsafe { dlerror() };
@@ -174,7 +177,14 @@ fn dl_error() -> String {
     }
 }
 
+/// NVTX injection is implemented here for Unix (`dlopen`), where dpgan's GPUs run.
+#[cfg(not(unix))]
+fn inject(path: &std::ffi::OsStr) -> Result<Option<Tool>, String> {
+    Err(format!("NVTX_INJECTION64_PATH {path:?}: injection is only implemented on Unix"))
+}
+
 /// Loads the injection library and lets it fill the slots; `Ok(None)` when it provides no ranges.
+#[cfg(unix)]
 fn inject(path: &std::ffi::OsStr) -> Result<Option<Tool>, String> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = CString::new(path.as_bytes()).map_err(|_| format!("NVTX_INJECTION64_PATH {path:?} holds a NUL byte"))?;
