@@ -200,6 +200,14 @@ struct GaussianNoiseParams {
   NoiseKeyParams key;
 };
 
+// DP-SGD's last step over a summed gradient: x[e] ← (x[e] + std·z[e]) / divisor, in place.
+struct NoiseDivideParams {
+  int64_t n;
+  float std;
+  float divisor;
+  NoiseKeyParams key;
+};
+
 // g and out are rows × cols, row-major; the clip bound and noise std are per row (C/B, 2σC/B).
 struct SanitizeRowsParams {
   int64_t rows;
@@ -326,6 +334,7 @@ static_assert(sizeof(AdamUpdateParams) == 32, "AdamUpdateParams layout");
 static_assert(sizeof(NoiseKeyParams) == 48, "NoiseKeyParams layout");
 static_assert(sizeof(GaussianNoiseParams) == 64, "GaussianNoiseParams layout");
 static_assert(sizeof(SanitizeRowsParams) == 72, "SanitizeRowsParams layout");
+static_assert(sizeof(NoiseDivideParams) == 64, "NoiseDivideParams layout");
 static_assert(sizeof(Pool2x2Params) == 40, "Pool2x2Params layout");
 static_assert(sizeof(AxisCopyParams) == 56, "AxisCopyParams layout");
 static_assert(sizeof(PowerIterationParams) == 24, "PowerIterationParams layout");

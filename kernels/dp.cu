@@ -1,4 +1,5 @@
-// GS-WGAN's row sanitiser, one block per row (reference: src/backend/cpu/dp.rs):
+// DP-SGD's noise-and-divide pass (below) and GS-WGAN's row sanitiser, one block per row
+// (reference: src/backend/cpu/dp.rs):
 //   out_i = g_i·min(1, clip/(‖g_i‖ + 1e-10)) + noise_std·z_i,  z from the key, element index row·cols + d.
 // The squared norm is summed in f64 (f32 squares are exact in f64; no overflow for any finite f32),
 // the factor and the clipped values are rounded toward zero so that rounding never pushes a row
@@ -32,7 +33,27 @@ __device__ __forceinline__ void sanitize_rows(const SanitizeRowsParams& p, const
   }
 }
 
+// DP-SGD's noise and division in one pass over the summed clipped gradient (reference:
+// src/backend/cpu/dp.rs, add_gaussian_noise_and_divide): x[e] ← (x[e] + std·z[e]) / divisor with
+// the roundings of rng.cu's noise followed by an elementwise division, so the values are those of
+// the two separate passes. One element per thread (no grid-stride: the host stand-in has no gridDim).
+template <int GEN>
+__device__ __forceinline__ void gaussian_add_divide(const NoiseDivideParams& p, float* __restrict__ x) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= p.n) return;
+  const float noised = __fadd_rn(x[i], __fmul_rn(p.std, standard_normal_at<GEN>(p.key, (uint64_t)i)));
+  x[i] = __fdiv_rn(noised, p.divisor);
+}
+
 }  // namespace dpgan
+
+extern "C" __global__ void dp_gaussian_add_divide_philox_f32(NoiseDivideParams p, float* __restrict__ x) {
+  dpgan::gaussian_add_divide<dpgan::NOISE_PHILOX>(p, x);
+}
+
+extern "C" __global__ void dp_gaussian_add_divide_chacha_f32(NoiseDivideParams p, float* __restrict__ x) {
+  dpgan::gaussian_add_divide<dpgan::NOISE_CHACHA>(p, x);
+}
 
 extern "C" __global__ void dp_sanitize_rows_philox_f32(SanitizeRowsParams p, const float* __restrict__ g,
                                                        float* __restrict__ out) {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the tiled GEMM and conv kernels (kernels/gemm.cu, conv.cu) on the host: each block as 256
-# std::threads with a std::barrier for __syncthreads, against f64 loops. It checks index math, tails,
-# K splits and grid-striding without a GPU; it says nothing about speed or about races that only a
-# real warp schedule shows. Needs g++ with C++20. Exit status 1 on any mismatch.
+# Runs the tiled GEMM, conv and per-example norm kernels (kernels/gemm.cu, conv.cu, dp_norms.cu) on
+# the host: each block as 256 std::threads with a std::barrier for __syncthreads, against f64 loops.
+# It checks index math, tails, K splits and grid-striding without a GPU; it says nothing about speed
+# or about races that only a real warp schedule shows. Needs g++ with C++20. Exit status 1 on any
+# mismatch.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="$(mktemp -d)"

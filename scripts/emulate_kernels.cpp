@@ -74,6 +74,7 @@ inline void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[
 
 #include "gemm.cu"
 #include "conv.cu"
+#include "dp_norms.cu"
 
 template <class F>
 void launch(uint3_ grid, F kernel) {
@@ -267,6 +268,39 @@ void test_conv(const Geo& q, int splits, int split_len, bool tf32 = false) {
   }
 }
 
+// dp_norms.cu: each example's squared weight-gradient norm against the f64 per-example gradient.
+void test_conv_norms(const Geo& q) {
+  const int HO = (q.H + 2 * q.P - q.KH) / q.S + 1, WO = (q.W + 2 * q.P - q.KW) / q.S + 1;
+  const int E = q.G * q.B, N = q.C * q.KH * q.KW;
+  auto x = randv((size_t)E * q.C * q.H * q.W), dy = randv((size_t)E * q.O * HO * WO);
+  std::vector<double> want(E, 0.0);
+  for (int e = 0; e < E; ++e)
+    for (int o = 0; o < q.O; ++o)
+      for (int c = 0; c < q.C; ++c)
+        for (int i = 0; i < q.KH; ++i)
+          for (int j = 0; j < q.KW; ++j) {
+            double dw = 0;
+            for (int oy = 0; oy < HO; ++oy)
+              for (int ox = 0; ox < WO; ++ox) {
+                int iy = oy * q.S + i - q.P, ix = ox * q.S + j - q.P;
+                if (iy < 0 || ix < 0 || iy >= q.H || ix >= q.W) continue;
+                dw += (double)dy[(((size_t)e * q.O + o) * HO + oy) * WO + ox] * x[(((size_t)e * q.C + c) * q.H + iy) * q.W + ix];
+              }
+            want[e] += dw * dw;
+          }
+  const unsigned tx = (unsigned)((N + 63) / 64), ty = (unsigned)((q.O + 63) / 64), tiles = tx * ty;
+  std::vector<float> partial((size_t)E * tiles, NAN);
+  ConvParams p = params_of(q, 1, HO * WO);
+  // z below the example count, so that the grid-stride over examples runs too.
+  launch({tx, ty, (unsigned)std::max(1, std::min(E, 3))}, [&] { dp_conv2d_weight_grad_sq_norms_bwd_f32(p, x.data(), dy.data(), partial.data()); });
+  std::vector<float> got(E, 0.0f);
+  for (int e = 0; e < E; ++e)
+    for (unsigned t = 0; t < tiles; ++t) got[e] += partial[(size_t)e * tiles + t];
+  char what[200];
+  snprintf(what, sizeof what, "conv norms G%d B%d C%d %dx%d O%d k%dx%d s%d p%d", q.G, q.B, q.C, q.H, q.W, q.O, q.KH, q.KW, q.S, q.P);
+  compare(what, got, want);
+}
+
 int main() {
   for (int ta = 0; ta < 2; ++ta)
     for (int tb = 0; tb < 2; ++tb) {
@@ -299,5 +333,15 @@ int main() {
   test_conv({2, 2, 3, 9, 13, 67, 3, 3, 2, 1}, 1, 2 * 5 * 7, true);
   test_conv({1, 2, 65, 11, 11, 3, 8, 8, 2, 0}, 2, 16, true);
   printf("conv done, %d failures\n", failures);
+  // GS-WGAN's critic convs (5x5 s2 p2 at 28, 14, 7; reduced channels), tails in O and C·KK, batch 1,
+  // G > 1, a 1x1 and an 8x8 s2 (the DCGAN conv-transpose's weight gradient), positions not a
+  // multiple of the K step.
+  const Geo norm_geos[] = {
+      {1, 3, 1, 28, 28, 5, 5, 5, 2, 2}, {2, 2, 3, 14, 14, 70, 5, 5, 2, 2}, {1, 4, 6, 7, 7, 9, 5, 5, 2, 2},
+      {3, 1, 2, 9, 13, 4, 3, 3, 1, 1},  {1, 2, 70, 5, 6, 3, 1, 1, 1, 0},  {1, 2, 2, 11, 11, 3, 8, 8, 2, 0},
+      {2, 3, 3, 5, 4, 2, 7, 6, 1, 1},   {1, 1, 1, 2, 2, 1, 5, 5, 2, 3},
+  };
+  for (const Geo& q : norm_geos) test_conv_norms(q);
+  printf("conv norms done, %d failures\n", failures);
   return failures != 0;
 }

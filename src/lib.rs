@@ -12,6 +12,7 @@ pub mod models;
 pub mod nn;
 pub mod optim;
 pub mod privacy;
+pub mod profile;
 pub mod tensor;
 pub mod train;
 

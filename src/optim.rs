@@ -38,6 +38,7 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self, params: &mut [&mut Tensor], grads: &[Tensor]) -> Result<()> {
         check_lists(params, grads, self.momentum.len())?;
+        let _range = crate::profile::range("optimizer_sgd");
         if self.hp.momentum != 0.0 && self.momentum.is_empty() {
             self.momentum = params.iter().map(|p| p.full_like(p.shape(), 0.0)).collect::<Result<_>>()?;
         }
@@ -92,6 +93,7 @@ impl Adam {
 impl Optimizer for Adam {
     fn step(&mut self, params: &mut [&mut Tensor], grads: &[Tensor]) -> Result<()> {
         check_lists(params, grads, self.m.len())?;
+        let _range = crate::profile::range("optimizer_adam");
         if self.m.is_empty() {
             self.m = params.iter().map(|p| p.full_like(p.shape(), 0.0)).collect::<Result<_>>()?;
             self.v = params.iter().map(|p| p.full_like(p.shape(), 0.0)).collect::<Result<_>>()?;

@@ -471,3 +471,99 @@ fn cuda_clipping_matches_cpu() {
         }
     });
 }
+
+/// Each example's squared weight-gradient norm the slow way: its own `conv2d_weight_grad`, one
+/// example at a time, squared and summed per group (the path `LayerGrad::Conv2d` used to take).
+fn materialised_sq_norms(x: &Tensor, dy: &Tensor, kernel: (usize, usize), stride: usize, padding: usize) -> Vec<f64> {
+    let (g, b) = (x.shape()[0], x.shape()[1]);
+    let mut out = vec![0.0; g * b];
+    for i in 0..b {
+        let (x_i, dy_i) = (ops::narrow(x, 1, i, 1).unwrap(), ops::narrow(dy, 1, i, 1).unwrap());
+        let grad = ops::conv2d_weight_grad(&x_i, &dy_i, kernel, stride, padding).unwrap().to_vec_f64().unwrap();
+        let per_group = grad.len() / g;
+        for grp in 0..g {
+            out[grp * b + i] = grad[grp * per_group..(grp + 1) * per_group].iter().map(|v| v * v).sum();
+        }
+    }
+    out
+}
+
+/// (G, B, C, H, W, O, K, stride, padding).
+type NormGeometry = (usize, usize, usize, usize, usize, usize, usize, usize, usize);
+
+/// The GS-WGAN critic convs at reduced width, batch 1, G > 1,
+/// odd sizes, kernels wider than the input with padding, a 1×1, and the 8×8 s2 conv whose weight
+/// gradient is the DCGAN conv-transpose's.
+const NORM_GEOMETRIES: [NormGeometry; 9] = [
+    (1, 3, 1, 28, 28, 5, 5, 2, 2),
+    (2, 2, 3, 14, 14, 7, 5, 2, 2),
+    (1, 1, 4, 7, 7, 9, 5, 2, 2),
+    (3, 2, 2, 9, 13, 4, 3, 1, 1),
+    (1, 2, 5, 5, 6, 3, 1, 1, 0),
+    (2, 3, 2, 11, 11, 3, 8, 2, 0),
+    (1, 2, 3, 5, 4, 2, 7, 1, 3),
+    (1, 1, 1, 2, 2, 1, 5, 2, 3),
+    (2, 1, 2, 4, 4, 67, 3, 1, 1),
+];
+
+fn norm_inputs(rng: &mut impl Rng, (g, b, c, h, w, o, k, s, p): NormGeometry) -> (Tensor, Tensor) {
+    let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    (f64_tensor(rng, &[g, b, c, h, w], 1.0), f64_tensor(rng, &[g, b, o, ho, wo], 1.0))
+}
+
+/// The fused op against each example's materialised gradient, in f64 (rounding only) and in f32
+/// (the op accumulates in f64, so its f32 result is the f64 one rounded).
+#[test]
+fn conv_weight_grad_sq_norms_match_materialised_per_example_gradients() {
+    let mut rng = common::rng("conv_weight_grad_sq_norms_match_materialised_per_example_gradients");
+    for geom in NORM_GEOMETRIES {
+        let (g, b, _, _, _, _, k, s, p) = geom;
+        let (x, dy) = norm_inputs(&mut rng, geom);
+        let expected = materialised_sq_norms(&x, &dy, (k, k), s, p);
+        let fused = ops::conv2d_weight_grad_sq_norms(&x, &dy, (k, k), s, p).unwrap();
+        assert_eq!(fused.shape(), [g, b], "{geom:?}");
+        assert_close_f64(&format!("f64 {geom:?}"), &fused.to_vec_f64().unwrap(), &expected, TOL);
+        let (x32, dy32) = (x.to_dtype(dpgan::tensor::DType::F32).unwrap(), dy.to_dtype(dpgan::tensor::DType::F32).unwrap());
+        let expected32 = materialised_sq_norms(
+            &x32.to_dtype(dpgan::tensor::DType::F64).unwrap(),
+            &dy32.to_dtype(dpgan::tensor::DType::F64).unwrap(),
+            (k, k),
+            s,
+            p,
+        );
+        let fused32 = ops::conv2d_weight_grad_sq_norms(&x32, &dy32, (k, k), s, p).unwrap().to_vec().unwrap();
+        let fused32: Vec<f64> = fused32.into_iter().map(f64::from).collect();
+        assert_close_f64(&format!("f32 {geom:?}"), &fused32, &expected32, common::tol::F32_ELEMENTWISE);
+    }
+}
+
+#[test]
+fn conv_weight_grad_sq_norms_reject_mismatched_shapes() {
+    let x = Tensor::zeros(&[2, 3, 1, 8, 8], &dpgan::Device::Cpu).unwrap();
+    let dy = Tensor::zeros(&[2, 3, 4, 4, 4], &dpgan::Device::Cpu).unwrap();
+    common::expect_shape_error("dy of the wrong size", ops::conv2d_weight_grad_sq_norms(&x, &dy, (3, 3), 1, 1));
+    let other_batch = Tensor::zeros(&[2, 2, 4, 4, 4], &dpgan::Device::Cpu).unwrap();
+    common::expect_shape_error("dy of another batch", ops::conv2d_weight_grad_sq_norms(&x, &other_batch, (5, 5), 1, 0));
+    common::expect_shape_error("rank 4", ops::conv2d_weight_grad_sq_norms(&x.reshape(&[6, 1, 8, 8]).unwrap(), &dy, (5, 5), 2, 2));
+    assert_eq!(ops::conv2d_weight_grad_sq_norms(&x, &dy, (5, 5), 2, 2).unwrap().to_vec().unwrap(), vec![0.0; 6]);
+}
+
+/// The fused kernel (`kernels/dp_norms.cu`) against the CPU op on fresh f32 inputs, output poisoned.
+#[test]
+fn cuda_conv_weight_grad_sq_norms_match_cpu() {
+    common::on_cuda("cuda_conv_weight_grad_sq_norms_match_cpu", |dev| {
+        let mut rng = common::rng("cuda_conv_weight_grad_sq_norms_match_cpu");
+        let wide = (2, 3, 64, 7, 7, 130, 5, 2, 2); // several tiles in both O and C·KK
+        for geom in NORM_GEOMETRIES.into_iter().chain([wide]) {
+            let (_, _, _, _, _, _, k, s, p) = geom;
+            let (x, dy) = norm_inputs(&mut rng, geom);
+            let (x, dy) = (x.to_dtype(dpgan::tensor::DType::F32).unwrap(), dy.to_dtype(dpgan::tensor::DType::F32).unwrap());
+            let cpu = ops::conv2d_weight_grad_sq_norms(&x, &dy, (k, k), s, p).unwrap();
+            let gpu = ops::conv2d_weight_grad_sq_norms(&x.to_device(dev).unwrap(), &dy.to_device(dev).unwrap(), (k, k), s, p).unwrap();
+            assert_eq!(gpu.shape(), cpu.shape());
+            // Each gradient entry is an f32 sum over HO·WO ≤ 196 positions; the squares are summed in
+            // f64 per tile, then the tiles in f32.
+            common::assert_close(&format!("{geom:?}"), &gpu.to_vec().unwrap(), &cpu.to_vec().unwrap(), common::tol::F32_REDUCTION);
+        }
+    });
+}

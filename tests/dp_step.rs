@@ -96,3 +96,93 @@ fn bad_configurations_are_errors() {
     }
     assert!(private_gradients(&[], &DpSgdConfig { clip: 1.0, noise_multiplier: 1.0, batch_divisor: 1.0 }, &noise, 0).is_err());
 }
+
+/// The fused noise-and-divide pass equals the noise followed by the division, bit for bit, in both
+/// noise modes, in f32 and f64.
+#[test]
+fn noise_and_division_in_one_pass_equal_the_two_passes() {
+    use dpgan::backend::{ops, BinaryOp};
+    let mut rng = common::rng("noise_and_division_in_one_pass_equal_the_two_passes");
+    for mode in [NoiseMode::Fast, NoiseMode::Secure] {
+        let key = NoiseSource::from_seed(rng.random(), mode).key_at(3, 1);
+        for x in [common::randn(&mut rng, &[3, 1001]), f64_tensor(&mut rng, &[2, 37])] {
+            let (std, divisor) = (1.15f32 * 1.1, 64.0f32);
+            let mut two_passes = x.clone();
+            ops::add_gaussian_noise(&mut two_passes, std, &key).unwrap();
+            let two_passes = ops::binary(BinaryOp::Div, &two_passes, &ops::scalar_like(&x, divisor as f64).unwrap()).unwrap();
+            let mut fused = x.clone();
+            ops::add_gaussian_noise_and_divide(&mut fused, std, divisor, &key).unwrap();
+            let (a, e) = (fused.to_vec_f64().unwrap(), two_passes.to_vec_f64().unwrap());
+            assert!(a.iter().zip(&e).all(|(a, e)| a.to_bits() == e.to_bits()), "{mode:?} {:?}: fused differs from two passes", x.dtype());
+            assert!(a.iter().zip(x.to_vec_f64().unwrap()).any(|(a, x)| *a != x / divisor as f64), "{mode:?}: no noise added");
+        }
+    }
+    let mut x = Tensor::zeros(&[4], &dpgan::Device::Cpu).unwrap();
+    let key = NoiseSource::from_seed(0, NoiseMode::Fast).key_at(0, 0);
+    for divisor in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        assert!(ops::add_gaussian_noise_and_divide(&mut x, 1.0, divisor, &key).is_err(), "divisor {divisor}");
+    }
+}
+
+/// On the GPU the fused kernel equals the GPU's two passes bit for bit, and the CPU's fused pass
+/// to the noise's own CPU/GPU agreement (`tests/noise.rs`: its libm may differ by an ulp or two).
+#[test]
+fn cuda_noise_and_division_match_the_two_passes_and_the_cpu() {
+    use dpgan::backend::{ops, BinaryOp};
+    common::on_cuda("cuda_noise_and_division_match_the_two_passes_and_the_cpu", |dev| {
+        let mut rng = common::rng("cuda_noise_and_division_match_the_two_passes_and_the_cpu");
+        for mode in [NoiseMode::Fast, NoiseMode::Secure] {
+            let key = NoiseSource::from_seed(rng.random(), mode).key_at(11, 2);
+            for shape in [vec![1], vec![3, 1001], vec![257]] {
+                let x = common::randn(&mut rng, &shape);
+                let (std, divisor) = (0.7f32, 33.0f32);
+                let mut two_passes = x.to_device(dev).unwrap();
+                ops::add_gaussian_noise(&mut two_passes, std, &key).unwrap();
+                let two_passes = ops::binary(BinaryOp::Div, &two_passes, &ops::scalar_like(&two_passes, divisor as f64).unwrap()).unwrap();
+                let mut fused = x.to_device(dev).unwrap();
+                ops::add_gaussian_noise_and_divide(&mut fused, std, divisor, &key).unwrap();
+                let fused = fused.to_vec().unwrap();
+                common::assert_identical(&format!("{mode:?} {shape:?}: fused vs two passes"), &fused, &two_passes.to_vec().unwrap());
+                let mut on_cpu = x.clone();
+                ops::add_gaussian_noise_and_divide(&mut on_cpu, std, divisor, &key).unwrap();
+                for (i, (g, c)) in fused.iter().zip(on_cpu.to_vec().unwrap()).enumerate() {
+                    let ulp = (c.abs().max(f32::MIN_POSITIVE) * f32::EPSILON) as f64;
+                    assert!(((g - c) as f64).abs() <= 3.0 * ulp, "{mode:?} {shape:?}: element {i}: gpu {g}, cpu {c}");
+                }
+            }
+        }
+    });
+}
+
+/// Without a GPU, the next best check of `dp_gaussian_add_divide_*`: `kernels/dp.cu` compiled for
+/// the host (tests/host_cuda/, one thread per block) must reproduce the CPU reference bit for bit
+/// in both noise modes. Skips (saying why) without a C++ compiler or the sources.
+#[test]
+fn noise_and_divide_kernel_compiled_for_the_host_matches_the_reference() {
+    let test = "noise_and_divide_kernel_compiled_for_the_host_matches_the_reference";
+    let Some((exe, _dir)) = common::build_host_kernel_program(test, &["rng.cuh", "dp.cu"], "dp_noise_main.cpp") else {
+        return;
+    };
+    let mut rng = common::rng(test);
+    let x: Vec<f32> = randn_vec(&mut rng, 1003);
+    let (std, divisor) = (1.265f32, 600.0f32);
+    let fast = NoiseSource::from_seed(rng.random(), NoiseMode::Fast).key_at(7 + (1 << 32), 3);
+    let secure = dpgan::dp::NoiseKey { mode: NoiseMode::Secure, ..fast };
+    let mut input = format!("{} {:x} {:x}\n", x.len(), std.to_bits(), divisor.to_bits());
+    fast.key.iter().for_each(|w| input.push_str(&format!("{w:x} ")));
+    input.push_str(&format!("{:x} {:x} {:x}\n", fast.tensor_index, fast.step as u32, (fast.step >> 32) as u32));
+    x.iter().for_each(|v| input.push_str(&format!("{:x}\n", v.to_bits())));
+    let mut child =
+        std::process::Command::new(&exe).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "host noise program failed");
+    let bits: Vec<u32> = String::from_utf8(out.stdout).unwrap().lines().map(|h| u32::from_str_radix(h, 16).unwrap()).collect();
+    assert_eq!(bits.len(), 2 * x.len());
+    for (k, key) in [fast, secure].iter().enumerate() {
+        let mut expected = x.clone();
+        dpgan::backend::cpu::add_gaussian_noise_and_divide(&mut expected, std, divisor, key);
+        let got: Vec<f32> = bits[k * x.len()..(k + 1) * x.len()].iter().map(|&b| f32::from_bits(b)).collect();
+        common::assert_identical(&format!("{:?}", key.mode), &got, &expected);
+    }
+}

@@ -137,6 +137,7 @@ impl Tape {
         if !self.is_tracked(root) {
             return Err(Error::Autograd("the root does not depend on any watched tensor".into()));
         }
+        let _range = crate::profile::range("backward");
         let previous = std::mem::replace(&mut self.state.borrow_mut().recording, create_graph);
         let result = self.run_backward(root, seed);
         self.state.borrow_mut().recording = previous;

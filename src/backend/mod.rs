@@ -178,6 +178,12 @@ pub trait Backend {
     /// `ĝᵢ = gᵢ·min(1, clip/(‖gᵢ‖ + 1e-10)) + noise_std·zᵢ` with fresh noise per element from `key`
     /// (see `cpu::sanitize_rows` for the rounding that keeps the clip bound).
     fn sanitize_rows(&self, g: &Tensor, clip: f32, noise_std: f32, key: &NoiseKey) -> Result<Tensor>;
+    /// Each example's squared norm of `conv2d_weight_grad(x, dy)` restricted to that example,
+    /// `[G, B]`, without materialising the per-example gradients (see `cpu::conv2d_weight_grad_sq_norms`).
+    fn conv2d_weight_grad_sq_norms(&self, x: &Tensor, dy: &Tensor, geom: &ConvGeometry) -> Result<Tensor>;
+    /// In place, `x[e] ← (x[e] + std·z[e]) / divisor`: `add_gaussian_noise` and the division by a
+    /// scalar in one pass, with the same values as the two (see `cpu::add_gaussian_noise_and_divide`).
+    fn add_gaussian_noise_and_divide(&self, x: &mut Tensor, std: f32, divisor: f32, key: &NoiseKey) -> Result<()>;
 }
 
 /// The backend that computes on `device`.

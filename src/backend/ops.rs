@@ -161,6 +161,24 @@ pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, kernel_hw: (usize, usize), st
     backend(&dev).conv2d_weight_grad(x, dy, &geom)
 }
 
+/// Each example's squared norm of its own `conv2d_weight_grad` (what per-example clipping needs of a
+/// conv layer), `[G, B]`, without materialising per-example gradients: x `[G, B, C, H, W]`, dy
+/// `[G, B, O, HO, WO]`, the same geometry as `conv2d_weight_grad`.
+pub fn conv2d_weight_grad_sq_norms(x: &Tensor, dy: &Tensor, kernel_hw: (usize, usize), stride: usize, padding: usize) -> Result<Tensor> {
+    let op = "conv2d_weight_grad_sq_norms";
+    let dev = device_of(op, &[x, dy])?;
+    ensure_shape!(x.rank() == 5 && dy.rank() == 5, op, "x {:?} and dy {:?} must be rank 5", x.shape(), dy.shape());
+    let (xs, s) = (x.shape(), dy.shape());
+    let geom = conv_geometry(xs, &[xs[0], s[2], xs[2], kernel_hw.0, kernel_hw.1], stride, padding)?;
+    ensure_shape!(
+        geom.output_shape() == [s[0], s[1], s[2], s[3], s[4]],
+        op,
+        "dy {s:?} does not match the conv output {:?}",
+        geom.output_shape()
+    );
+    backend(&dev).conv2d_weight_grad_sq_norms(x, dy, &geom)
+}
+
 /// Output size of a transposed convolution: `(H − 1)·stride − 2·padding + K + output_padding`.
 pub fn conv_transpose2d_out_hw(
     x_shape: &[usize],
@@ -319,6 +337,17 @@ pub fn add_gaussian_noise(x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()
     let dev = device_of("add_gaussian_noise", &[x])?;
     check_noise("add_gaussian_noise", std, x.numel())?;
     backend(&dev).add_gaussian_noise(x, std, key)
+}
+
+/// In place, `x ← (x + std·z) / divisor`: the noise of `add_gaussian_noise` and a division by
+/// `divisor` in one pass over `x`, with the values of the two separate ops.
+pub fn add_gaussian_noise_and_divide(x: &mut Tensor, std: f32, divisor: f32, key: &NoiseKey) -> Result<()> {
+    let dev = device_of("add_gaussian_noise_and_divide", &[x])?;
+    check_noise("add_gaussian_noise_and_divide", std, x.numel())?;
+    if !(divisor.is_finite() && divisor > 0.0) {
+        return Err(Error::Invalid(format!("add_gaussian_noise_and_divide: divisor {divisor} must be finite and > 0")));
+    }
+    backend(&dev).add_gaussian_noise_and_divide(x, std, divisor, key)
 }
 
 /// GS-WGAN's sanitiser over the rows (last axis) of `g`: each row clipped to norm `clip`, then

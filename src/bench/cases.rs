@@ -350,6 +350,21 @@ fn noise_cases(cases: &mut Vec<Case>) {
             op,
         ));
     }
+    // DP-SGD's noise fused with the division by the batch, over the same parameter count.
+    for (label, mode) in [("fast", NoiseMode::Fast), ("secure", NoiseMode::Secure)] {
+        let key = NoiseSource::from_seed(7, mode).key_at(3, 1);
+        let make = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> { Ok(vec![randn(rng, &[pick(s, 10_001, n)])?]) };
+        let op: Op = Box::new(move |t| ops::add_gaussian_noise_and_divide(&mut t[0], 1.07, 32.0, &key).map(|()| Vec::new()));
+        cases.push(mem_case(
+            &format!("gaussian noise and divide {label}"),
+            "noise",
+            format!("[{n}]"),
+            2.0 * F32 * n as f64,
+            "x read and written in place",
+            Box::new(make),
+            op,
+        ));
+    }
     // GS-WGAN's sanitiser: B = 32 image gradients, C = 1 scaled by 1/B, σ = 1.07, sensitivity ×2.
     let (b, d) = (32, 784);
     let key = NoiseSource::from_seed(7, NoiseMode::Fast).key_at(3, 2);
@@ -364,6 +379,33 @@ fn noise_cases(cases: &mut Vec<Case>) {
         Box::new(make),
         op,
     ));
+}
+
+/// Per-example squared weight-gradient norms of GS-WGAN's critic convs at B = 32
+/// (`conv2d_weight_grad_sq_norms`): each example's `[O, C·K²]` gradient formed tile by tile and
+/// reduced in registers, so the FLOPs are those of B per-example weight-gradient products.
+fn per_example_norm_cases(cases: &mut Vec<Case>) {
+    const B: usize = 32;
+    for (name, ci, co, hw) in [("gs-wgan D conv1", 1, 64, 28), ("gs-wgan D conv2", 64, 128, 14), ("gs-wgan D conv3", 128, 256, 7)] {
+        let c = ConvShape { batch: B, in_channels: ci, out_channels: co, in_hw: hw, kernel: 5, stride: 2, padding: 2 };
+        let oh = c.out_hw();
+        let make = move |rng: &mut ChaCha8Rng, sz: Size| -> Result<Vec<Tensor>> {
+            let b = pick(sz, 2, B);
+            Ok(vec![randn(rng, &[1, b, ci, hw, hw])?, randn(rng, &[1, b, co, oh, oh])?])
+        };
+        let (x_len, dy_len) = (B * ci * hw * hw, B * co * oh * oh);
+        cases.push(Case {
+            name: format!("{name} per-example norms {ci}→{co} 5×5 s2 @{hw}"),
+            family: "dp",
+            shape: format!("x[{B},{ci},{hw},{hw}] dy[{B},{co},{oh},{oh}] → [{B}]"),
+            flops: Some(2.0 * (B * co * ci * 25 * oh * oh) as f64),
+            bytes: F32 * (x_len + dy_len + B) as f64,
+            bytes_note: "x and dy read once, one norm per example written".into(),
+            tf32: false,
+            make: Box::new(make),
+            op: Box::new(|t| Ok(vec![ops::conv2d_weight_grad_sq_norms(&t[0], &t[1], (5, 5), 2, 2)?])),
+        });
+    }
 }
 
 /// Every case, in report order.
@@ -386,11 +428,12 @@ pub fn all_cases() -> Vec<Case> {
     power_iteration_case(&mut cases);
     pool_cases(&mut cases);
     noise_cases(&mut cases);
+    per_example_norm_cases(&mut cases);
     cases
 }
 
 /// The families a full report covers (the CLI test checks them).
-pub const FAMILIES: &[&str] = &["gemm", "conv", "elementwise", "reduce", "optim", "power_iter", "pool", "noise"];
+pub const FAMILIES: &[&str] = &["gemm", "conv", "elementwise", "reduce", "optim", "power_iter", "pool", "noise", "dp"];
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,8 @@
 //! the tensor the layer was called with, `δ` comes from `Tape::retain_grad` on its output).
 //! Example i's gradient for the layer is a function of `aᵢ` and `δᵢ` alone, so:
 //! * linear `y = a·Wᵀ + b`: `‖∂W‖² = ‖aᵢ‖²·‖δᵢ‖²` and `‖∂b‖² = ‖δᵢ‖²` (the outer-product identity);
-//! * conv: `‖∂W‖²` from example i's own weight gradient, reduced to its squared norm, and
+//! * conv: `‖∂W‖²` from example i's own weight gradient, computed tile by tile and reduced to its
+//!   squared norm inside one op (`ops::conv2d_weight_grad_sq_norms`, never written out), and
 //!   `‖∂b‖² = Σ_c (Σ_p δᵢ,c,p)²`.
 //!
 //! Norms are summed over layers, clip factors `cᵢ = min(1, C/‖gᵢ‖)` formed where the tensors live,
@@ -15,6 +16,7 @@
 use crate::backend::ops;
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::{ensure_shape, Error, Result};
+use crate::profile;
 use crate::tensor::Tensor;
 
 /// One parametric layer's view for per-example clipping.
@@ -79,20 +81,21 @@ impl LayerGrad {
         ops::binary(BinaryOp::Add, &weight, &row_sq_norms(&bias_grads)?)
     }
 
-    /// Each example's squared gradient norm for the weight alone, `[G, B]`.
+    /// Each example's squared gradient norm for the weight alone, `[G, B]`. A conv layer's comes
+    /// from the fused `conv2d_weight_grad_sq_norms`, which never forms the per-example gradients.
     fn weight_sq_norms(&self) -> Result<Tensor> {
         let (g, b) = self.group_batch()?;
         let (a, delta) = (self.input(), self.output_grad());
-        Ok(match self {
+        let norms = match self {
             LayerGrad::Linear { .. } => ops::binary(BinaryOp::Mul, &row_sq_norms(a)?, &row_sq_norms(delta)?)?,
-            LayerGrad::Conv2d { kernel, stride, padding, .. } => {
-                per_example(g, b, |i| ops::conv2d_weight_grad(&example(a, i)?, &example(delta, i)?, *kernel, *stride, *padding))?
-            }
+            LayerGrad::Conv2d { kernel, stride, padding, .. } => ops::conv2d_weight_grad_sq_norms(a, delta, *kernel, *stride, *padding)?,
             LayerGrad::ConvTranspose2d { kernel, stride, padding, .. } => {
                 // y = conv2d_input_grad(a, W), so ∂W = conv2d_weight_grad(δ, a) (roles swapped).
-                per_example(g, b, |i| ops::conv2d_weight_grad(&example(delta, i)?, &example(a, i)?, *kernel, *stride, *padding))?
+                ops::conv2d_weight_grad_sq_norms(delta, a, *kernel, *stride, *padding)?
             }
-        })
+        };
+        ensure_shape!(norms.shape() == [g, b], "per_example_sq_norms", "norms {:?} for [G, B] = [{g}, {b}]", norms.shape());
+        Ok(norms)
     }
 
     /// The layer's forward without bias, `a` through `weight`: `a·Wᵀ` or `conv2d(a, W)`.
@@ -255,27 +258,6 @@ fn row_sq_norms(t: &Tensor) -> Result<Tensor> {
     row_sums(&ops::unary(UnaryOp::Square, t)?)
 }
 
-/// Example i of `[G, B, ...]`, as `[G, 1, ...]`.
-fn example(t: &Tensor, i: usize) -> Result<Tensor> {
-    ops::narrow(t, 1, i, 1)
-}
-
-/// `[G, B]` of the squared norms of `grad_of(i)` (each `[G, ...]`), one example at a time: the
-/// plain reference path; a fused kernel never materialises these per-example gradients.
-fn per_example(g: usize, b: usize, grad_of: impl Fn(usize) -> Result<Tensor>) -> Result<Tensor> {
-    let columns = (0..b)
-        .map(|i| {
-            let grad = grad_of(i)?;
-            let flat = grad.reshape(&[g, 1, grad.numel() / g.max(1)])?;
-            ops::sum_to(&ops::unary(UnaryOp::Square, &flat)?, &[g, 1, 1])?.reshape(&[g, 1])
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if columns.is_empty() {
-        return Err(Error::Invalid("per-example norms of an empty batch".into()));
-    }
-    ops::concat(&columns.iter().collect::<Vec<_>>(), 1)
-}
-
 /// Each example's bias gradient `[G, B, O]`: `δ` summed over its spatial positions.
 fn per_example_bias_grads(delta: &Tensor) -> Result<Tensor> {
     let s = delta.shape();
@@ -313,6 +295,7 @@ impl PerExampleGrad for SpectralLayerGrad {
 
 /// Total squared norm of each example's gradient over all `layers`, `[G, B]`.
 pub fn per_example_sq_norms<L: PerExampleGrad + ?Sized>(layers: &[&L]) -> Result<Tensor> {
+    let _range = profile::range("per_example_sq_norms");
     let mut total: Option<Tensor> = None;
     for layer in layers {
         let n = layer.per_example_sq_norms()?;
@@ -331,6 +314,7 @@ pub fn clip_factors(sq_norms: &Tensor, clip: f32) -> Result<Tensor> {
     if !(clip.is_finite() && clip > 0.0) {
         return Err(Error::Invalid(format!("the clipping norm must be positive and finite, got {clip}")));
     }
+    let _range = profile::range("clip_factors");
     let norms = ops::unary(UnaryOp::Sqrt, sq_norms)?;
     // max(‖g‖, C) = relu(‖g‖ − C) + C
     let excess = ops::unary(UnaryOp::Relu, &ops::unary(UnaryOp::Affine { scale: 1.0, shift: -clip }, &norms)?)?;

@@ -5,6 +5,7 @@
 use super::noise::NoiseKey;
 use crate::backend::ops;
 use crate::error::{ensure_shape, Error, Result};
+use crate::profile;
 use crate::tensor::Tensor;
 
 /// The sanitiser's hyper-parameters as the paper states them.
@@ -42,6 +43,7 @@ impl GsWganSanitizer {
     pub fn sanitize(&self, g: &Tensor, key: &NoiseKey) -> Result<Tensor> {
         ensure_shape!(g.rank() == 3 && g.shape()[1] > 0, "gs_wgan_sanitize", "gradient must be [G, B, D] with B > 0, got {:?}", g.shape());
         let (clip, noise_std) = self.bounds(g.shape()[1]);
+        let _range = profile::range("sanitize");
         ops::sanitize_rows(g, clip, noise_std, key)
     }
 }

@@ -8,6 +8,7 @@ use super::clip::{clip_factors, per_example_sq_norms, PerExampleGrad};
 use super::noise::NoiseSource;
 use crate::backend::{ops, BinaryOp};
 use crate::error::{ensure_shape, Error, Result};
+use crate::profile;
 use crate::tensor::Tensor;
 
 /// One loss whose examples are clipped together: each example's gradient over all `layers` is
@@ -41,10 +42,13 @@ pub fn private_gradients(losses: &[ClippedLoss], config: &DpSgdConfig, noise: &N
     if losses.is_empty() {
         return Err(Error::Invalid("DP-SGD step with no loss".into()));
     }
+    let _step = profile::range("dp_sgd_gradients");
     let mut totals: Option<Vec<Tensor>> = None;
     for loss in losses {
+        let _clip = profile::range("per_example_clip");
         let factors = clip_factors(&per_example_sq_norms(&loss.layers)?, config.clip)?;
         let mut sums = Vec::new();
+        let _sums = profile::range("clipped_sums");
         for layer in &loss.layers {
             let c = layer.clipped_sum(&factors)?;
             sums.push(c.weight);
@@ -61,10 +65,13 @@ pub fn private_gradients(losses: &[ClippedLoss], config: &DpSgdConfig, noise: &N
     let mut grads = totals.expect("losses is not empty");
     let noise_std = config.noise_multiplier * config.clip;
     if losses.iter().any(|l| l.noised) && noise_std > 0.0 {
+        // Noise and the division in one pass over each summed gradient.
+        let _noise = profile::range("noise");
         for (index, g) in grads.iter_mut().enumerate() {
             let key = noise.key_at(step, index as u32);
-            ops::add_gaussian_noise(g, noise_std, &key)?;
+            ops::add_gaussian_noise_and_divide(g, noise_std, config.batch_divisor, &key)?;
         }
+        return Ok(grads);
     }
     grads.iter().map(|g| ops::binary(BinaryOp::Div, g, &ops::scalar_like(g, config.batch_divisor as f64)?)).collect()
 }

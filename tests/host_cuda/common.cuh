@@ -37,6 +37,7 @@ static inline float __fmul_rz(float a, float b) {
 }
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
 using std::log;
 using std::sqrt;
 // glibc's sincos (a GNU extension) serves as CUDA's.
@@ -59,6 +60,14 @@ namespace dpgan {
 // A one-thread block's sum is its own value, in the order the reference sums (d ascending).
 static inline double block_sum_f64(double v, double*) { return v; }
 }  // namespace dpgan
+
+// Mirror of common.cuh's NoiseDivideParams.
+struct NoiseDivideParams {
+  int64_t n;
+  float std;
+  float divisor;
+  NoiseKeyParams key;
+};
 
 // Mirror of common.cuh's SanitizeRowsParams.
 struct SanitizeRowsParams {

@@ -1,5 +1,7 @@
-//! GS-WGAN's row sanitiser: the reference for `kernels/dp.cu`.
+//! GS-WGAN's row sanitiser (the reference for `kernels/dp.cu`) and the per-example conv
+//! weight-gradient norms (the reference for `kernels/dp_norms.cu`).
 use super::Real;
+use crate::backend::ConvGeometry;
 use crate::dp::noise::{standard_normal_at, NoiseKey};
 
 /// The f64 `x` rounded to f32 toward zero (what CUDA's `__double2float_rz` does). The clip factor
@@ -45,4 +47,61 @@ pub fn sanitize_rows<T: Real>(g: &[T], cols: usize, clip: f32, noise_std: f32, k
         }
     }
     out
+}
+
+/// Each example's squared weight-gradient norm of a conv layer, `[G, B]`, without forming the
+/// gradient (the reference for `kernels/dp_norms.cu`):
+///
+/// `‖∂W_e‖² = Σ_{o,c,ki,kj} (Σ_{oy,ox} d_y[e,o,oy,ox] · x[e,c,oy·s+ki−p,ox·s+kj−p])²`
+///
+/// x `[G, B, C, H, W]`, d_y `[G, B, O, HO, WO]`, e = (g, b); each inner sum is one entry of example
+/// e's weight gradient, accumulated in f64 and squared at once. Taps that read padding are skipped.
+pub fn conv2d_weight_grad_sq_norms<T: Real>(geom: &ConvGeometry, x: &[T], d_y: &[T]) -> Vec<T> {
+    let ConvGeometry { groups, batch, in_channels, in_h, in_w, out_channels, kernel_h, kernel_w, stride, padding, out_h, out_w } = *geom;
+    let (image, out_image) = (in_channels * in_h * in_w, out_channels * out_h * out_w);
+    // The output rows (or columns) whose input row `o·stride + k − padding` at tap k is inside 0..size.
+    let valid = |out: usize, k: usize, size: usize| {
+        let lo = padding.saturating_sub(k).div_ceil(stride);
+        let hi = (size + padding).saturating_sub(k).div_ceil(stride).min(out);
+        (lo.min(hi), hi)
+    };
+    let mut sq_norms = vec![T::zero(); groups * batch];
+    for (e, sq) in sq_norms.iter_mut().enumerate() {
+        let x_e = &x[e * image..][..image];
+        let d_y_e = &d_y[e * out_image..][..out_image];
+        let mut total = 0.0f64;
+        for o in 0..out_channels {
+            let d_y_o = &d_y_e[o * out_h * out_w..][..out_h * out_w];
+            for c in 0..in_channels {
+                let x_c = &x_e[c * in_h * in_w..][..in_h * in_w];
+                for ki in 0..kernel_h {
+                    let (y_lo, y_hi) = valid(out_h, ki, in_h);
+                    for kj in 0..kernel_w {
+                        let (x_lo, x_hi) = valid(out_w, kj, in_w);
+                        let mut d_w = 0.0f64;
+                        for oy in y_lo..y_hi {
+                            let iy = oy * stride + ki - padding;
+                            for ox in x_lo..x_hi {
+                                d_w += d_y_o[oy * out_w + ox].f64() * x_c[iy * in_w + ox * stride + kj - padding].f64();
+                            }
+                        }
+                        total += d_w * d_w;
+                    }
+                }
+            }
+        }
+        *sq = T::of_f64(total);
+    }
+    sq_norms
+}
+
+/// `x[e] ← (x[e] + std·z[e]) / divisor` with `z[e] = standard_normal_at(key, e)`: DP-SGD's noise
+/// and its division by the batch in one pass (the reference for `kernels/dp.cu`'s
+/// `dp_gaussian_add_divide_*`). Rounded as `add_gaussian_noise` followed by an elementwise division
+/// rounds, so the values equal those of the two passes bit for bit.
+pub fn add_gaussian_noise_and_divide<T: Real>(x: &mut [T], std: f32, divisor: f32, key: &NoiseKey) {
+    let (std, divisor) = (T::of(std), T::of(divisor));
+    for (e, v) in x.iter_mut().enumerate() {
+        *v = (*v + std * T::of(standard_normal_at(key, e as u64))) / divisor;
+    }
 }

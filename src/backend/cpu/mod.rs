@@ -13,7 +13,7 @@ mod rng;
 mod shape;
 
 pub use conv::{conv2d_fwd, conv2d_input_grad, conv2d_weight_grad};
-pub use dp::{f32_toward_zero, sanitize_rows};
+pub use dp::{add_gaussian_noise_and_divide, conv2d_weight_grad_sq_norms, f32_toward_zero, sanitize_rows};
 pub use elementwise::{binary_broadcast, broadcast_strides, unary_map};
 pub use gemm::gemm_grouped;
 pub use norm::power_iteration;
@@ -156,5 +156,16 @@ impl Backend for Cpu {
     fn sanitize_rows(&self, g: &Tensor, clip: f32, noise_std: f32, key: &NoiseKey) -> Result<Tensor> {
         let cols = g.shape()[g.rank() - 1];
         by_dtype!(g.dtype(), T => T::wrap(sanitize_rows(T::host(g), cols, clip, noise_std, key), g.shape()))
+    }
+
+    fn add_gaussian_noise_and_divide(&self, x: &mut Tensor, std: f32, divisor: f32, key: &NoiseKey) -> Result<()> {
+        by_dtype!(x.dtype(), T => {
+            add_gaussian_noise_and_divide(T::host_mut(x)?, std, divisor, key);
+            Ok(())
+        })
+    }
+
+    fn conv2d_weight_grad_sq_norms(&self, x: &Tensor, dy: &Tensor, geom: &ConvGeometry) -> Result<Tensor> {
+        by_dtype!(x.dtype(), T => T::wrap(conv2d_weight_grad_sq_norms(geom, T::host(x), T::host(dy)), &[geom.groups, geom.batch]))
     }
 }

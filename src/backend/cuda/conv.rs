@@ -33,7 +33,7 @@ fn divisor(size: usize) -> FastDivmod {
 }
 
 /// The kernels' parameters, after checking that every size they index with 32-bit ints fits.
-fn conv_params(op: &'static str, geom: &ConvGeometry, splits: usize, split_len: usize) -> Result<ConvParams> {
+pub(super) fn conv_params(op: &'static str, geom: &ConvGeometry, splits: usize, split_len: usize) -> Result<ConvParams> {
     let ConvGeometry { groups, batch, in_channels, in_h, in_w, out_channels, kernel_h, kernel_w, stride, padding, out_h, out_w } = *geom;
     let (in_area, out_area, kernel_area) = (in_h * in_w, out_h * out_w, kernel_h * kernel_w);
     for (what, v) in [
@@ -134,6 +134,7 @@ fn launch(
     b: &Tensor,
     out: &mut CudaBuffer,
 ) -> Result<()> {
+    let _range = crate::profile::range(kernel.symbol());
     // SAFETY: the launchers pass operands whose sizes match `p` (ops checked the shapes against the
     // geometry) and an output holding what the kernel writes (its M·N per group, times the K
     // slices); every size the kernel indexes with 32-bit ints was checked by `conv_params`, and
@@ -179,6 +180,7 @@ pub(crate) fn conv2d_input_grad(dev: &Arc<CudaDevice>, dy: &Tensor, w: &Tensor, 
         let k = geom.out_channels * (q.taps_y * q.taps_x) as usize;
         let kernel = if use_tf32(dev, m, n, k) { Kernel::Conv2dInputGradTf32 } else { Kernel::Conv2dInputGrad };
         let config = tile_grid("conv2d_input_grad", m, n, geom.groups)?;
+        let _range = crate::profile::range(kernel.symbol());
         // SAFETY: dy and w match `p` (ops checked the shapes against the geometry) and d_x holds
         // G·B·C·H·W floats; the phase's pixels lie inside H × W and its taps inside KH × KW
         // (`input_grad_phases`), every dy read is bounds-checked against HO × WO in the kernel, and

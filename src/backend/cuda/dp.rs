@@ -1,14 +1,23 @@
-//! Launcher of `kernels/dp.cu`: GS-WGAN's row sanitiser, one block per row.
+//! Launchers of the dp family: GS-WGAN's row sanitiser (`kernels/dp.cu`, one block per row),
+//! DP-SGD's noise-and-divide pass (`kernels/dp.cu`, one element per thread) and the per-example
+//! conv weight-gradient norms (`kernels/dp_norms.cu`, tiles of each example's gradient squared in
+//! registers, then the tiles of each example added by `reduce::sum_to`).
 use std::sync::Arc;
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
+use super::conv::conv_params;
 use super::device::CudaDevice;
+use super::elementwise::fill;
+use super::gemm::tile_grid;
 use super::module::Kernel;
-use super::params::{NoiseKeyParams, SanitizeRowsParams};
-use super::{buffer, launched, output};
+use super::optim::buffer_mut;
+use super::params::{NoiseDivideParams, NoiseKeyParams, SanitizeRowsParams};
+use super::{buffer, launched, output, reduce};
+use crate::backend::ConvGeometry;
 use crate::dp::{NoiseKey, NoiseMode};
 use crate::error::{Error, Result};
+use crate::profile;
 use crate::tensor::Tensor;
 
 /// Threads per row: a warp multiple covering the row, at most 256 (a 784-long row takes 4 passes).
@@ -33,6 +42,7 @@ pub(crate) fn sanitize_rows(dev: &Arc<CudaDevice>, g: &Tensor, clip: f32, noise_
             NoiseMode::Secure => Kernel::SanitizeRowsChacha,
         };
         let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (block_for(cols), 1, 1), shared_mem_bytes: 0 };
+        let _range = profile::range(k.symbol());
         // SAFETY: g and out hold rows·cols floats; block r reads g[r·cols..(r+1)·cols) and writes the
         // same range of out, a fresh allocation distinct from g. The block size is a multiple of 32,
         // as the kernel's warp reduction needs.
@@ -40,4 +50,67 @@ pub(crate) fn sanitize_rows(dev: &Arc<CudaDevice>, g: &Tensor, clip: f32, noise_
         launched(k, r)?;
     }
     output(out, g.shape())
+}
+
+/// Each example's squared weight-gradient norm of a conv layer, `[G, B]` (see
+/// `Backend::conv2d_weight_grad_sq_norms`). The kernel writes one partial sum per 64 × 64 tile of
+/// each example's `[O, C·KH·KW]` gradient, `[G·B, tiles]`; the tiles are added in order by
+/// `reduce::sum_to`. The per-example gradients themselves never reach global memory.
+pub(crate) fn conv2d_weight_grad_sq_norms(dev: &Arc<CudaDevice>, x: &Tensor, dy: &Tensor, geom: &ConvGeometry) -> Result<Tensor> {
+    const OP: &str = "conv2d_weight_grad_sq_norms";
+    let shape = [geom.groups, geom.batch];
+    let examples = geom.groups * geom.batch;
+    let (m, n) = (geom.out_channels, geom.in_channels * geom.kernel_h * geom.kernel_w);
+    if examples == 0 {
+        return output(dev.alloc(0)?, &shape);
+    }
+    if m * n == 0 {
+        // A layer without weights: every example's gradient is empty, of norm 0.
+        let mut zeros = dev.alloc(examples)?;
+        fill(dev, &mut zeros, 0.0)?;
+        return output(zeros, &shape);
+    }
+    let positions = geom.out_h * geom.out_w;
+    let p = conv_params(OP, geom, 1, positions)?;
+    let cfg = tile_grid(OP, m, n, examples)?;
+    let tiles = cfg.grid_dim.0 as usize * cfg.grid_dim.1 as usize;
+    let mut partials = dev.alloc(examples * tiles)?;
+    let k = Kernel::Conv2dWeightGradSqNorms;
+    let _range = profile::range(k.symbol());
+    // SAFETY: x holds G·B·C·H·W floats and dy G·B·O·HO·WO (ops checked both against the geometry);
+    // block (tx, ty) of example e reads x[e] and dy[e] only, bounds-checking every tap and tile
+    // tail, and writes partials[e·tiles + ty·grid.x + tx] < G·B·tiles; every size the kernel
+    // indexes with 32-bit ints was checked by `conv_params`. 256 threads, as `tile_grid` sets.
+    let r = unsafe {
+        dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(&buffer(x).slice).arg(&buffer(dy).slice).arg(&mut partials.slice).launch(cfg)
+    };
+    launched(k, r)?;
+    let partials = output(partials, &[examples, tiles])?;
+    let sums = if tiles == 1 { partials } else { reduce::sum_to(dev, &partials, &[examples, 1])? };
+    sums.reshape(&shape)
+}
+
+/// `x ← (x + std·z) / divisor` in place, z the key's standard normals: DP-SGD's noise and its
+/// division by the batch in one pass (ops has checked std, divisor and the element count).
+pub(crate) fn add_gaussian_noise_and_divide(dev: &Arc<CudaDevice>, x: &mut Tensor, std: f32, divisor: f32, key: &NoiseKey) -> Result<()> {
+    const THREADS: usize = 256;
+    let n = x.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    // One element per thread: n ≤ 2^33 (ops) needs at most 2^25 blocks, within grid x's 2^31 − 1.
+    let blocks = u32::try_from(n.div_ceil(THREADS))
+        .map_err(|_| Error::Invalid(format!("add_gaussian_noise_and_divide: {n} elements exceed one launch; split the tensor")))?;
+    let p = NoiseDivideParams { n: n as i64, std, divisor, key: NoiseKeyParams::new(key) };
+    let k = match key.mode {
+        NoiseMode::Fast => Kernel::GaussianAddDividePhilox,
+        NoiseMode::Secure => Kernel::GaussianAddDivideChacha,
+    };
+    let x_buf = &mut buffer_mut(x)?.slice;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS as u32, 1, 1), shared_mem_bytes: 0 };
+    let _range = profile::range(k.symbol());
+    // SAFETY: x holds n floats (p.n = n); thread i < n reads and writes x[i] only, the others
+    // return; x is unshared (storage_mut copied a shared buffer first).
+    let r = unsafe { dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(x_buf).launch(cfg) };
+    launched(k, r)
 }

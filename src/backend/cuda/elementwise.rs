@@ -32,6 +32,7 @@ pub(crate) fn fill(dev: &Arc<CudaDevice>, out: &mut CudaBuffer, value: f32) -> R
     }
     let f = dev.kernel(Kernel::Fill);
     let n64 = n as i64;
+    let _range = crate::profile::range(Kernel::Fill.symbol());
     // SAFETY: the kernel writes out[0..n) and reads nothing; `out` holds n floats.
     let r = unsafe { dev.stream().launch_builder(f).arg(&mut out.slice).arg(&value).arg(&n64).launch(grid_for(dev, n)) };
     launched(Kernel::Fill, r)
@@ -43,6 +44,7 @@ pub(crate) fn unary(dev: &Arc<CudaDevice>, op: UnaryOp, x: &Tensor) -> Result<Te
     if n > 0 {
         let p = UnaryParams::new(op, n);
         let f = dev.kernel(Kernel::Unary);
+        let _range = crate::profile::range(Kernel::Unary.symbol());
         // SAFETY: x and y hold n floats each; the kernel reads x[0..n) and writes y[0..n).
         let r = unsafe { dev.stream().launch_builder(f).arg(&p).arg(&buffer(x).slice).arg(&mut y.slice).launch(grid_for(dev, n)) };
         launched(Kernel::Unary, r)?;
@@ -75,6 +77,7 @@ pub(crate) fn binary(dev: &Arc<CudaDevice>, op: BinaryOp, a: &Tensor, b: &Tensor
             b_strides: to_fixed(&broadcast_strides(b.shape(), out_shape)),
         };
         let k = if same { Kernel::BinarySame } else { Kernel::BinaryBroadcast };
+        let _range = crate::profile::range(k.symbol());
         // SAFETY: a and b are read only at offsets Σ idx·stride, which stay inside their shapes
         // (broadcast strides are 0 on size-1 dims); out holds n floats.
         let r = unsafe {

@@ -148,6 +148,7 @@ pub(crate) fn matmul(dev: &Arc<CudaDevice>, a: &Tensor, b: &Tensor, geom: &Matmu
         (false, true, true) => Kernel::GemmNTTf32,
         (true, true, true) => Kernel::GemmTTTf32,
     };
+    let _range = crate::profile::range(kernel.symbol());
     // SAFETY: a holds G·M·K and b G·K·N floats (checked above); the kernel reads them only at
     // in-range (m, k) and (k, n) of each group, and writes each (slice, g, m, n) with m < M, n < N
     // of c, which holds splits·G·M·N floats. All sizes fit the kernel's 32-bit indices.

@@ -126,4 +126,13 @@ impl Backend for CudaDevice {
     fn sanitize_rows(&self, g: &Tensor, clip: f32, noise_std: f32, key: &NoiseKey) -> Result<Tensor> {
         dp::sanitize_rows(buffer(g).device(), g, clip, noise_std, key)
     }
+
+    fn conv2d_weight_grad_sq_norms(&self, x: &Tensor, dy: &Tensor, geom: &ConvGeometry) -> Result<Tensor> {
+        dp::conv2d_weight_grad_sq_norms(buffer(x).device(), x, dy, geom)
+    }
+
+    fn add_gaussian_noise_and_divide(&self, x: &mut Tensor, std: f32, divisor: f32, key: &NoiseKey) -> Result<()> {
+        let dev = buffer(x).device().clone();
+        dp::add_gaussian_noise_and_divide(&dev, x, std, divisor, key)
+    }
 }

@@ -52,6 +52,7 @@ pub(crate) fn power_iteration(dev: &Arc<CudaDevice>, w: &Tensor, u: &Tensor) -> 
             return Err(too_big());
         }
         let k = Kernel::PowerIteration;
+        let _range = crate::profile::range(k.symbol());
         // SAFETY: w holds G·O·I floats and u G·O; block g reads only group g's slices of them and
         // writes only u_out[g·O..(g+1)·O) and v[g·I..(g+1)·I), which those buffers hold.
         let r = unsafe {
@@ -74,6 +75,7 @@ pub(crate) fn power_iteration(dev: &Arc<CudaDevice>, w: &Tensor, u: &Tensor) -> 
         let mut v_raw = dev.alloc(groups * cols)?;
         if cols > 0 {
             let k = Kernel::PowerIterationWtu;
+            let _range = crate::profile::range(k.symbol());
             // SAFETY: block (t, g) reads w[g, r, c] and u[g, r] for r < O and c < I only (columns
             // of the tile past I are skipped) and writes v_raw[g, c] for those c; v_raw holds G·I.
             let r = unsafe {
@@ -90,6 +92,7 @@ pub(crate) fn power_iteration(dev: &Arc<CudaDevice>, w: &Tensor, u: &Tensor) -> 
         // Enough row blocks for the rows (a warp each), and at least one: it also writes v.
         let row_blocks = rows.div_ceil(WV_ROWS).clamp(1, sms * 16);
         let k = Kernel::PowerIterationWv;
+        let _range = crate::profile::range(k.symbol());
         // SAFETY: block (b, g) reads v_raw[g, 0..I) (written by the launch before, stream-ordered)
         // and rows of w[g] below O; it writes v[g, c] for c < I and u_out[g, r] for r < O, which
         // hold G·I and G·O floats. The row and column strides of the blocks partition both.
@@ -105,6 +108,7 @@ pub(crate) fn power_iteration(dev: &Arc<CudaDevice>, w: &Tensor, u: &Tensor) -> 
         };
         launched(k, r)?;
         let k = Kernel::PowerIterationNormalizeU;
+        let _range = crate::profile::range(k.symbol());
         // SAFETY: block g normalises u_out[g·O..(g+1)·O) in place, inside u_out's G·O floats.
         let r = unsafe { dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(&mut u_out.slice).launch(config((groups, 1))) };
         launched(k, r)?;

@@ -64,6 +64,7 @@ pub(crate) fn sgd_step(
     match momentum_buf {
         None => {
             let k = Kernel::SgdUpdate;
+            let _range = crate::profile::range(k.symbol());
             // SAFETY: param and grad hold n floats (checked above); the kernel reads grad[0..n) and
             // updates param[0..n) in place. They are distinct allocations: storage_mut() copied a
             // shared param before handing out its buffer.
@@ -72,6 +73,7 @@ pub(crate) fn sgd_step(
         }
         Some(buf) => {
             let k = Kernel::SgdMomentumUpdate;
+            let _range = crate::profile::range(k.symbol());
             // SAFETY: param, grad and the momentum buffer hold n floats each (checked above) and are
             // distinct allocations (two `&mut Tensor`s, unshared by storage_mut()).
             let r = unsafe { dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(w).arg(g).arg(&mut buf.slice).launch(cfg) };
@@ -122,6 +124,7 @@ pub(crate) fn adam_step(
     };
     let k = Kernel::AdamUpdate;
     let (w, m_buf, v_buf) = (&mut buffer_mut(param)?.slice, &mut buffer_mut(m)?.slice, &mut buffer_mut(v)?.slice);
+    let _range = crate::profile::range(k.symbol());
     // SAFETY: param, grad, m and v hold n floats each (checked above); param, m and v are distinct
     // allocations (three `&mut Tensor`s, unshared by storage_mut()). The kernel reads and writes
     // index i of each only.

@@ -46,6 +46,8 @@ unsafe impl DeviceRepr for AdamUpdateParams {}
 unsafe impl DeviceRepr for GaussianNoiseParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for SanitizeRowsParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for NoiseDivideParams {}
 unsafe impl DeviceRepr for Pool2x2Params {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for AxisCopyParams {}
@@ -196,6 +198,16 @@ pub struct GaussianNoiseParams {
     pub key: NoiseKeyParams,
 }
 
+/// DP-SGD's noise and division in one pass: `x ← (x + std·z) / divisor`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NoiseDivideParams {
+    pub n: i64,
+    pub std: f32,
+    pub divisor: f32,
+    pub key: NoiseKeyParams,
+}
+
 /// GS-WGAN's sanitiser over `rows × cols`: per-row clip bound and noise std.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -247,6 +259,7 @@ pub struct PowerIterationParams {
 const _: () = assert!(std::mem::size_of::<NoiseKeyParams>() == 48);
 const _: () = assert!(std::mem::size_of::<GaussianNoiseParams>() == 64);
 const _: () = assert!(std::mem::size_of::<SanitizeRowsParams>() == 72);
+const _: () = assert!(std::mem::size_of::<NoiseDivideParams>() == 64);
 /// The operands of `gemm_grouped_{nn,tn,nt,tt}_fwd_f32`; see `GemmParams` in common.cuh. With `splits > 1` the kernel
 /// writes `splits` partial products of K slices of `split_len`, added up by a second pass.
 #[repr(C)]

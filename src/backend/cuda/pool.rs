@@ -47,6 +47,7 @@ pub(crate) fn max_pool2x2_gather(dev: &Arc<CudaDevice>, x: &Tensor, v: &Tensor) 
     if n > 0 {
         let p = params(n, (h, w), (oh, ow));
         let k = Kernel::MaxPool2x2Gather;
+        let _range = crate::profile::range(k.symbol());
         // SAFETY: x and v hold planes·h·w floats; each output reads its window (rows 2·oy, 2·oy + 1
         // < h, columns 2·ox, 2·ox + 1 < w) in its own plane; out holds n = planes·oh·ow floats.
         let r = unsafe {
@@ -76,6 +77,7 @@ pub(crate) fn max_pool2x2_scatter(dev: &Arc<CudaDevice>, x: &Tensor, dy: &Tensor
     if n > 0 {
         let p = params(n, (h, w), (oh, ow));
         let k = Kernel::MaxPool2x2Scatter;
+        let _range = crate::profile::range(k.symbol());
         // SAFETY: x and d_x hold n = planes·h·w floats, dy planes·oh·ow; a thread reads x's window
         // and dy only for (y/2, x/2) inside the oh × ow grid of its own plane.
         let r = unsafe {
@@ -100,6 +102,7 @@ pub(crate) fn upsample_nearest2x(dev: &Arc<CudaDevice>, x: &Tensor) -> Result<Te
     if n > 0 {
         let p = params(n, (h, w), (2 * h, 2 * w));
         let k = Kernel::UpsampleNearest2x;
+        let _range = crate::profile::range(k.symbol());
         // SAFETY: out holds n = planes·2h·2w floats; each reads x at (y/2, x/2) < (h, w) of its plane.
         let r = unsafe {
             dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(&buffer(x).slice).arg(&mut out.slice).launch(grid_for(dev, n))
@@ -121,6 +124,7 @@ pub(crate) fn sum_pool2x2(dev: &Arc<CudaDevice>, x: &Tensor) -> Result<Tensor> {
     if n > 0 {
         let p = params(n, (h, w), (oh, ow));
         let k = Kernel::SumPool2x2;
+        let _range = crate::profile::range(k.symbol());
         // SAFETY: h = 2·oh and w = 2·ow (checked above), so each output's window lies in its plane
         // of x (planes·h·w floats); out holds n = planes·oh·ow floats.
         let r = unsafe {

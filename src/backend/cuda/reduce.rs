@@ -170,6 +170,7 @@ fn sum_to_passes(plan: &SumToPlan, sms: usize) -> Result<Vec<SumToPass>> {
 
 fn launch_sum_to(dev: &Arc<CudaDevice>, pass: &SumToPass, x: &CudaSlice<f32>, out: &mut CudaSlice<f32>) -> Result<()> {
     debug_assert!(out.len() >= pass.params.out_count as usize * pass.params.splits as usize);
+    let _range = crate::profile::range(pass.kernel.symbol());
     // SAFETY: the params were derived from x's shape: every offset kept_offset(o) + summed_offset(j)
     // with o < out_count, j < reduce_count lies inside x, and out holds out_count × splits floats.
     let r = unsafe { dev.stream().launch_builder(dev.kernel(pass.kernel)).arg(&pass.params).arg(x).arg(out).launch(pass.config) };
@@ -220,6 +221,7 @@ pub(crate) fn log_softmax(dev: &Arc<CudaDevice>, x: &Tensor) -> Result<Tensor> {
         let p = LogSoftmaxParams { rows: rows as i64, cols: cols as i64 };
         let sms = dev.properties().multiprocessors.max(1) as usize;
         let k = Kernel::LogSoftmax;
+        let _range = crate::profile::range(k.symbol());
         // SAFETY: x and y hold rows × cols floats; the kernel reads x and writes y within them.
         let r = unsafe {
             dev.stream()

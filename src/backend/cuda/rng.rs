@@ -26,6 +26,7 @@ pub(crate) fn add_gaussian_noise(dev: &Arc<CudaDevice>, x: &mut Tensor, std: f32
         NoiseMode::Secure => Kernel::GaussianAddChacha,
     };
     let x_buf = &mut buffer_mut(x)?.slice;
+    let _range = crate::profile::range(k.symbol());
     // SAFETY: x holds n floats (p.n = n); the kernel reads and writes x[i] for i < n only, and x is
     // unshared (storage_mut copied a shared buffer first).
     let r = unsafe { dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(x_buf).launch(grid_for(dev, n)) };

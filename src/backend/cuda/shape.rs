@@ -30,6 +30,7 @@ fn with_dim(shape: &[usize], axis: usize, dim: usize) -> Vec<usize> {
 /// Launches one of the axis-copy kernels (narrow, pad, concat part) over `p.n` elements. The
 /// caller has checked that `p` addresses only elements inside `src` and `out`.
 fn copy_along_axis(dev: &Arc<CudaDevice>, k: Kernel, p: &AxisCopyParams, src: &Tensor, out: &mut CudaBuffer) -> Result<()> {
+    let _range = crate::profile::range(k.symbol());
     // SAFETY: the kernel reads src and writes out only at the offsets `p` describes, which the
     // caller checked lie inside both buffers (see the "In bounds" comment at each call).
     let r = unsafe {

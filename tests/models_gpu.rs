@@ -1,0 +1,148 @@
+//! Whole models on the GPU against the CPU: DP-CGAN's generator and discriminator (same weights,
+//! same inputs) forward and backward, every parameter gradient; and one full private training step
+//! (same seeds) on both devices. Skips without a GPU, fails under `DPGAN_REQUIRE_GPU=1`.
+mod common;
+
+use dpgan::autograd::Tape;
+use dpgan::dp::{NoiseMode, NoiseSource};
+use dpgan::models::dpcgan::{Discriminator, Generator, CLASSES, LATENT, PIXELS};
+use dpgan::nn::Linear;
+use dpgan::tensor::{Device, Tensor};
+use dpgan::train::dpcgan::{DpCgan, DpCganConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn linear_on(l: &Linear, dev: &Device) -> Linear {
+    Linear { weight: l.weight.to_device(dev).unwrap(), bias: l.bias.to_device(dev).unwrap() }
+}
+
+fn one_hot(rng: &mut impl Rng, g: usize, b: usize) -> Tensor {
+    let labels: Vec<u32> = (0..g * b).map(|_| rng.random_range(0..CLASSES as u32)).collect();
+    Tensor::one_hot(&labels, CLASSES, &[g, b], &Device::Cpu).unwrap()
+}
+
+/// Mean BCE of `logits` against a fixed target in (0, 1), so that no gradient vanishes by symmetry.
+fn loss(tape: &Tape, logits: &Tensor) -> Tensor {
+    let target = logits.full_like(logits.shape(), 0.7).unwrap();
+    tape.mean_all(&tape.bce_with_logits(logits, &target).unwrap()).unwrap()
+}
+
+/// The loss and each parameter's gradient, as host vectors.
+fn loss_and_grads(tape: &Tape, loss: &Tensor, params: &[&Tensor]) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let grads = tape.backward(loss).unwrap();
+    (loss.to_vec().unwrap(), params.iter().map(|p| grads.of(p).unwrap().to_vec().unwrap()).collect())
+}
+
+/// Two chained layers, reductions over the batch and up to 794 inputs, a mean over the batch and
+/// 784 pixels: the f32 preset for long and chained reductions.
+const MODEL_TOL: f64 = common::tol::F32_LONG;
+
+/// G: `[z, onehot(y)] → Linear → ReLU → Linear → tanh`, fed through a fixed linear read-out to a
+/// scalar loss; G > 1 (model groups) and an odd batch.
+#[test]
+fn cuda_generator_forward_backward_matches_cpu() {
+    common::on_cuda("cuda_generator_forward_backward_matches_cpu", |dev| {
+        let mut rng = common::rng("cuda_generator_forward_backward_matches_cpu");
+        let (g, b) = (2, 37);
+        let cpu = Generator::new(g, &mut rng, &Device::Cpu).unwrap();
+        let gpu = Generator { hidden: linear_on(&cpu.hidden, dev), output: linear_on(&cpu.output, dev) };
+        let z = common::randn(&mut rng, &[g, b, LATENT]);
+        let labels = one_hot(&mut rng, g, b);
+        let readout = common::uniform(&mut rng, &[g, 1, PIXELS], -0.1, 0.1);
+        let run = |model: &Generator, d: &Device| {
+            let tape = Tape::new();
+            model.params().into_iter().for_each(|p| tape.watch(p));
+            let images = model.forward(&tape, &z.to_device(d).unwrap(), &labels.to_device(d).unwrap()).unwrap();
+            let logits = tape.matmul(&images, &readout.to_device(d).unwrap(), false, true).unwrap();
+            let l = loss(&tape, &logits);
+            let out = images.to_vec().unwrap();
+            (out, loss_and_grads(&tape, &l, &model.params()))
+        };
+        let (images_cpu, (loss_cpu, grads_cpu)) = run(&cpu, &Device::Cpu);
+        let (images_gpu, (loss_gpu, grads_gpu)) = run(&gpu, dev);
+        common::assert_close("generator images", &images_gpu, &images_cpu, common::tol::F32_REDUCTION);
+        common::assert_close("generator loss", &loss_gpu, &loss_cpu, MODEL_TOL);
+        for (k, (a, e)) in grads_gpu.iter().zip(&grads_cpu).enumerate() {
+            common::assert_close(&format!("generator parameter {k} gradient"), a, e, MODEL_TOL);
+        }
+    });
+}
+
+/// D: `[x, onehot(y)] → Linear → ReLU → Linear`, logits, every parameter gradient, and the
+/// per-example clipping views (input and output gradient of each layer).
+#[test]
+fn cuda_discriminator_forward_backward_matches_cpu() {
+    common::on_cuda("cuda_discriminator_forward_backward_matches_cpu", |dev| {
+        let mut rng = common::rng("cuda_discriminator_forward_backward_matches_cpu");
+        for (g, b) in [(1, 1), (3, 29)] {
+            let cpu = Discriminator::new(g, &mut rng, &Device::Cpu).unwrap();
+            let gpu = Discriminator { hidden: linear_on(&cpu.hidden, dev), output: linear_on(&cpu.output, dev) };
+            let images = common::uniform(&mut rng, &[g, b, PIXELS], -1.0, 1.0);
+            let labels = one_hot(&mut rng, g, b);
+            let run = |model: &Discriminator, d: &Device| {
+                let tape = Tape::new();
+                model.params().into_iter().for_each(|p| tape.watch(p));
+                let pass = model.forward(&tape, &images.to_device(d).unwrap(), &labels.to_device(d).unwrap()).unwrap();
+                let l = loss(&tape, &pass.logits);
+                let grads = tape.backward(&l).unwrap();
+                let views: Vec<Vec<f32>> = pass.layer_grads(&grads).unwrap().iter().map(per_example_norms).collect();
+                let params: Vec<Vec<f32>> = model.params().iter().map(|p| grads.of(p).unwrap().to_vec().unwrap()).collect();
+                (pass.logits.to_vec().unwrap(), l.to_vec().unwrap(), params, views)
+            };
+            let (logits_cpu, loss_cpu, grads_cpu, views_cpu) = run(&cpu, &Device::Cpu);
+            let (logits_gpu, loss_gpu, grads_gpu, views_gpu) = run(&gpu, dev);
+            common::assert_close(&format!("G{g} B{b}: logits"), &logits_gpu, &logits_cpu, common::tol::F32_REDUCTION);
+            common::assert_close(&format!("G{g} B{b}: loss"), &loss_gpu, &loss_cpu, MODEL_TOL);
+            for (k, (a, e)) in grads_gpu.iter().zip(&grads_cpu).enumerate() {
+                common::assert_close(&format!("G{g} B{b}: parameter {k} gradient"), a, e, MODEL_TOL);
+            }
+            for (k, (a, e)) in views_gpu.iter().zip(&views_cpu).enumerate() {
+                common::assert_close(&format!("G{g} B{b}: layer {k} per-example squared norms"), a, e, MODEL_TOL);
+            }
+        }
+    });
+}
+
+fn per_example_norms(layer: &dpgan::dp::clip::LayerGrad) -> Vec<f32> {
+    layer.per_example_sq_norms().unwrap().to_vec().unwrap()
+}
+
+fn weights(run: &DpCgan) -> Vec<Vec<f32>> {
+    run.discriminator.params().into_iter().chain(run.generator.params()).map(|p| p.to_vec().unwrap()).collect()
+}
+
+/// One private DP-CGAN step from the same seeds on both devices: the models start equal (weights
+/// are drawn on the host), the noise is the same counter-based stream on both, so the losses and
+/// every updated weight agree to f32 rounding. Run with the clip binding and noise on.
+#[test]
+fn cuda_dpcgan_private_step_matches_cpu() {
+    common::on_cuda("cuda_dpcgan_private_step_matches_cpu", |dev| {
+        let mut data_rng = common::rng("cuda_dpcgan_private_step_matches_cpu");
+        let b = 33;
+        let config = DpCganConfig { clip: 0.05, batch_divisor: b as f32, ..DpCganConfig::default() };
+        let images = common::uniform(&mut data_rng, &[1, b, PIXELS], -1.0, 1.0);
+        let labels = one_hot(&mut data_rng, 1, b);
+        let (model_seed, step_seed, noise_seed): (u64, u64, u64) = (data_rng.random(), data_rng.random(), data_rng.random());
+        let step = |d: &Device| {
+            let noise = NoiseSource::from_seed(noise_seed, NoiseMode::Fast);
+            let mut run = DpCgan::new(config, noise, &mut ChaCha8Rng::seed_from_u64(model_seed), d).unwrap();
+            let before = weights(&run);
+            let losses = run
+                .private_step(&images.to_device(d).unwrap(), &labels.to_device(d).unwrap(), &mut ChaCha8Rng::seed_from_u64(step_seed))
+                .unwrap();
+            let l = [losses.discriminator.to_vec().unwrap(), losses.generator.to_vec().unwrap()].concat();
+            (before, l, weights(&run))
+        };
+        let (before_cpu, losses_cpu, after_cpu) = step(&Device::Cpu);
+        let (before_gpu, losses_gpu, after_gpu) = step(dev);
+        assert_eq!(before_gpu, before_cpu, "both runs start from the same weights");
+        common::assert_close("D and G losses", &losses_gpu, &losses_cpu, MODEL_TOL);
+        for (k, (a, e)) in after_gpu.iter().zip(&after_cpu).enumerate() {
+            common::assert_close(&format!("parameter {k} after the step"), a, e, MODEL_TOL);
+        }
+        // The step moved every tensor, or the comparison above proves less than it says.
+        for (k, (a, e)) in after_cpu.iter().zip(&before_cpu).enumerate() {
+            assert!(a != e, "parameter {k} did not move");
+        }
+    });
+}
