@@ -128,7 +128,12 @@ fn cuda_dpcgan_private_step_matches_cpu() {
             let mut run = DpCgan::new(config, noise, &mut ChaCha8Rng::seed_from_u64(model_seed), d).unwrap();
             let before = weights(&run);
             let losses = run
-                .private_step(&images.to_device(d).unwrap(), &labels.to_device(d).unwrap(), &mut ChaCha8Rng::seed_from_u64(step_seed))
+                .private_step(
+                    &images.to_device(d).unwrap(),
+                    &labels.to_device(d).unwrap(),
+                    images.shape()[1],
+                    &mut ChaCha8Rng::seed_from_u64(step_seed),
+                )
                 .unwrap();
             let l = [losses.discriminator.to_vec().unwrap(), losses.generator.to_vec().unwrap()].concat();
             (before, l, weights(&run))
