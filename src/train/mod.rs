@@ -1,2 +1,3 @@
 //! Training steps of the published algorithms.
 pub mod dpcgan;
+pub mod gswgan;
