@@ -32,15 +32,16 @@ impl std::str::FromStr for GeneratorArch {
 
 #[derive(Clone, Debug)]
 pub enum Generator {
-    Dcgan(DcganGenerator),
-    Resnet(ResnetGenerator),
+    // Boxed: the variants' layer structs differ a lot in size (clippy's large_enum_variant).
+    Dcgan(Box<DcganGenerator>),
+    Resnet(Box<ResnetGenerator>),
 }
 
 impl Generator {
     pub fn new<R: Rng>(arch: GeneratorArch, groups: usize, base: usize, rng: &mut R, device: &Device) -> Result<Self> {
         Ok(match arch {
-            GeneratorArch::Dcgan => Generator::Dcgan(DcganGenerator::new(groups, base, rng, device)?),
-            GeneratorArch::Resnet => Generator::Resnet(ResnetGenerator::new(groups, base, rng, device)?),
+            GeneratorArch::Dcgan => Generator::Dcgan(Box::new(DcganGenerator::new(groups, base, rng, device)?)),
+            GeneratorArch::Resnet => Generator::Resnet(Box::new(ResnetGenerator::new(groups, base, rng, device)?)),
         })
     }
 

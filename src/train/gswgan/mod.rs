@@ -64,11 +64,43 @@ fn gradients_of(grads: &crate::autograd::Gradients, params: Vec<&Tensor>) -> Res
     params.into_iter().map(|p| grads.of(p).cloned()).collect()
 }
 
-/// One WGAN-GP critic step of every member: x̃ = G(z, y) (not differentiated),
-/// `L_D = mean D(x̃, y) − mean D(x, y) + λ·GP + 0.001·mean D(x, y)²`,
-/// `GP = mean_i (‖∇ₓD(x̂ᵢ, yᵢ)‖ − 1)²` at `x̂ = αx + (1 − α)x̃` by double backward, then an Adam step.
-/// Members' losses are summed for the backward pass, so member g's gradient is its own loss's.
-/// Returns `L_D` per member, `[G]`.
+/// `L_D = mean D(x̃, y) − mean D(x, y) + λ·GP + 0.001·mean D(x, y)²` per member, `[G]`, with
+/// `GP = mean_i (‖∇ₓD(x̂ᵢ, yᵢ)‖ − 1)²` at `x̂ = αx + (1 − α)x̃` by double backward. Records on
+/// `tape`; watching D's parameters is the caller's choice. Three forward passes (real, fake, x̂),
+/// each advancing D's spectral-norm vectors, as the published critic step does.
+pub fn wgan_gp_loss(
+    tape: &Tape,
+    d: &mut Discriminator,
+    real: &Tensor,
+    fake: &Tensor,
+    labels: &Tensor,
+    alpha: &Tensor,
+    config: &GsWganConfig,
+) -> Result<Tensor> {
+    let x_hat = ops::binary(
+        BinaryOp::Add,
+        &ops::binary(BinaryOp::Mul, alpha, real)?,
+        &ops::binary(BinaryOp::Mul, &ops::unary(UnaryOp::Affine { scale: -1.0, shift: 1.0 }, alpha)?, fake)?,
+    )?;
+    tape.watch(&x_hat);
+    let d_real = d.forward(tape, real, labels)?.critic;
+    let d_fake = d.forward(tape, fake, labels)?.critic;
+    let d_hat = d.forward(tape, &x_hat, labels)?.critic;
+
+    let input_grads = tape.backward_create_graph(&tape.sum_all(&d_hat)?)?;
+    let dx = input_grads.of(&x_hat)?;
+    let (groups, b) = (dx.shape()[0], dx.shape()[1]);
+    let norms = tape.sqrt(&tape.sum_to(&tape.square(dx)?, &[groups, b, 1])?)?;
+    let penalty = member_mean(tape, &tape.square(&tape.affine(&norms, 1.0, -1.0)?)?)?;
+
+    let wasserstein = tape.sub(&member_mean(tape, &d_fake)?, &member_mean(tape, &d_real)?)?;
+    let drift = member_mean(tape, &tape.square(&d_real)?)?;
+    tape.add(&tape.add(&wasserstein, &tape.scale(&penalty, config.gp_weight)?)?, &tape.scale(&drift, config.drift_weight)?)
+}
+
+/// One WGAN-GP critic step of every member: x̃ = G(z, y) (not differentiated), [`wgan_gp_loss`],
+/// an Adam step on D. Members' losses are summed for the backward pass, so member g's gradient is
+/// its own loss's. Returns `L_D` per member, `[G]`.
 pub fn critic_step(
     d: &mut Discriminator,
     d_opt: &mut Adam,
@@ -77,27 +109,9 @@ pub fn critic_step(
     config: &GsWganConfig,
 ) -> Result<Tensor> {
     let fake = g.forward(&Tape::new(), &batch.z, &batch.labels)?;
-    let x_hat = ops::binary(
-        BinaryOp::Add,
-        &ops::binary(BinaryOp::Mul, &batch.alpha, &batch.images)?,
-        &ops::binary(BinaryOp::Mul, &ops::unary(UnaryOp::Affine { scale: -1.0, shift: 1.0 }, &batch.alpha)?, &fake)?,
-    )?;
     let tape = Tape::new();
     d.params().into_iter().for_each(|p| tape.watch(p));
-    tape.watch(&x_hat);
-    let d_real = d.forward(&tape, &batch.images, &batch.labels)?.critic;
-    let d_fake = d.forward(&tape, &fake, &batch.labels)?.critic;
-    let d_hat = d.forward(&tape, &x_hat, &batch.labels)?.critic;
-
-    let input_grads = tape.backward_create_graph(&tape.sum_all(&d_hat)?)?;
-    let dx = input_grads.of(&x_hat)?;
-    let (groups, b) = (dx.shape()[0], dx.shape()[1]);
-    let norms = tape.sqrt(&tape.sum_to(&tape.square(dx)?, &[groups, b, 1])?)?;
-    let penalty = member_mean(&tape, &tape.square(&tape.affine(&norms, 1.0, -1.0)?)?)?;
-
-    let wasserstein = tape.sub(&member_mean(&tape, &d_fake)?, &member_mean(&tape, &d_real)?)?;
-    let drift = member_mean(&tape, &tape.square(&d_real)?)?;
-    let loss = tape.add(&tape.add(&wasserstein, &tape.scale(&penalty, config.gp_weight)?)?, &tape.scale(&drift, config.drift_weight)?)?;
+    let loss = wgan_gp_loss(&tape, d, &batch.images, &fake, &batch.labels, &batch.alpha, config)?;
     let grads = tape.backward(&tape.sum_all(&loss)?)?;
     let d_grads = gradients_of(&grads, d.params())?;
     d_opt.step(&mut d.params_mut(), &d_grads)?;
@@ -135,17 +149,23 @@ pub fn private_generator_step(
     g.params().into_iter().for_each(|p| g_tape.watch(p));
     let fake = g.forward(&g_tape, z, labels)?;
 
-    let d_tape = Tape::new();
-    d_tape.watch(&fake);
-    let critic = d.forward(&d_tape, &fake, labels)?.critic;
-    let loss = d_tape.neg(&member_mean(&d_tape, &critic)?)?;
-    let image_grad = d_tape.backward(&d_tape.sum_all(&loss)?)?.of(&fake)?.clone();
-
+    let (loss, image_grad) = image_gradient(d, &fake, labels)?;
     let sanitized = sanitizer.sanitize(&image_grad, key)?;
     let grads = g_tape.backward_with(&fake, sanitized, false)?;
     let g_grads = gradients_of(&grads, g.params())?;
     g_opt.step(&mut g.params_mut(), &g_grads)?;
     Ok(loss)
+}
+
+/// `L_G = −mean_i D(x̃ᵢ, lᵢ)` per member `[G]` and its gradient w.r.t. each image x̃ᵢ,
+/// `[G, B, 784]`, on a tape that holds D alone (D's parameters get no gradient).
+pub fn image_gradient(d: &mut Discriminator, fake: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
+    let tape = Tape::new();
+    tape.watch(fake);
+    let critic = d.forward(&tape, fake, labels)?.critic;
+    let loss = tape.neg(&member_mean(&tape, &critic)?)?;
+    let grad = tape.backward(&tape.sum_all(&loss)?)?.of(fake)?.clone();
+    Ok((loss, grad))
 }
 
 /// The EMA decay at iteration t (0-based): `min(1 − 1/(t + 1), 0.999)`, so iteration 0 copies G.
