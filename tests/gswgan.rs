@@ -4,7 +4,7 @@
 //! gradient, and the EMA.
 mod common;
 
-use common::{assert_close, assert_close_f64, assert_identical, tol};
+use common::{assert_close, assert_identical, tol};
 use dpgan::autograd::Tape;
 use dpgan::dp::{GsWganSanitizer, NoiseMode, NoiseSource};
 use dpgan::models::gswgan::{
@@ -210,15 +210,19 @@ fn to_f64<M: Module>(m: &mut M) {
 fn wgan_gp_loss_gradient_matches_finite_differences() {
     let mut rng = common::rng("wgan_gp_gradient");
     let (groups, b) = (1, 3);
-    let mut d = Discriminator::new(groups, 1, &mut rng, &CPU).unwrap();
+    let mut d = Discriminator::new(groups, 2, &mut rng, &CPU).unwrap();
     to_f64(&mut d);
     let f64_batch = |t: Tensor| t.to_dtype(DType::F64).unwrap();
     let (real, labels) = random_batch(&mut rng, groups, b);
     let (fake, _) = random_batch(&mut rng, groups, b);
     let alpha = Tensor::uniform(&[groups, b, 1], 0.0, 1.0, &mut rng, &CPU).unwrap();
     let (real, labels, fake, alpha) = (f64_batch(real), f64_batch(labels), f64_batch(fake), f64_batch(alpha));
-    for _ in 0..300 {
-        d.forward(&Tape::new(), &real, &labels).unwrap();
+    // Converge every layer's power iteration (thousands of steps: the top two singular values of
+    // a small random matrix can lie close together).
+    for sn in [&mut d.conv1.sn, &mut d.conv2.sn, &mut d.conv3.sn, &mut d.linear.sn, &mut d.embedding.sn] {
+        for _ in 0..5000 {
+            sn.weight(&Tape::new()).unwrap();
+        }
     }
     let config = GsWganConfig::default();
     let loss_of = |d: &Discriminator| -> f64 {
@@ -233,26 +237,50 @@ fn wgan_gp_loss_gradient_matches_finite_differences() {
     let grads = tape.backward(&tape.sum_all(&loss).unwrap()).unwrap();
     let analytic: Vec<Vec<f64>> = d.params().iter().map(|p| grads.of(p).unwrap().to_vec_f64().unwrap()).collect();
 
+    // Rounding in one evaluation of L is a few ε·|L|; a difference quotient carries it divided by h.
     const H: f64 = 1e-6;
+    let rounding = 8.0 * f64::EPSILON * loss_of(&d).abs().max(1.0) / H;
+    let (mut checked, mut kinks, mut coords_total) = (Vec::new(), 0, 0);
     for (index, analytic) in analytic.iter().enumerate() {
         let count = analytic.len();
         let coords: Vec<usize> = (0..12.min(count)).map(|_| rng.random_range(0..count)).collect();
-        let numeric: Vec<f64> = coords
-            .iter()
-            .map(|&j| {
-                let shifted = |delta: f64| {
-                    let mut m = d.clone();
-                    let p = &mut m.params_mut()[index];
-                    let mut data = p.to_vec_f64().unwrap();
-                    data[j] += delta;
-                    **p = Tensor::from_vec_f64(data, p.shape()).unwrap();
-                    loss_of(&m)
-                };
-                (shifted(H) - shifted(-H)) / (2.0 * H)
-            })
-            .collect();
-        let picked: Vec<f64> = coords.iter().map(|&j| analytic[j]).collect();
-        assert_close_f64(&format!("∂L_D/∂ param {index}"), &picked, &numeric, 1e-5);
+        coords_total += coords.len();
+        let (mut kept, mut numeric) = (Vec::new(), Vec::new());
+        for &j in &coords {
+            let shifted = |delta: f64| {
+                let mut m = d.clone();
+                let p = &mut m.params_mut()[index];
+                let mut data = p.to_vec_f64().unwrap();
+                data[j] += delta;
+                **p = Tensor::from_vec_f64(data, p.shape()).unwrap();
+                loss_of(&m)
+            };
+            let central = (shifted(H) - shifted(-H)) / (2.0 * H);
+            let wide = (shifted(2.0 * H) - shifted(-2.0 * H)) / (4.0 * H);
+            // On a smooth stretch the quotients at h and 2h differ by O(h²·L‴) (nothing at this
+            // h); a ReLU switching inside [−2h, 2h] is a kink that moves them apart. Such
+            // coordinates are skipped (and counted), not compared.
+            if (central - wide).abs() > 1e-6 * central.abs() + 4.0 * rounding {
+                kinks += 1;
+                continue;
+            }
+            kept.push(analytic[j]);
+            numeric.push(central);
+        }
+        checked.push((index, kept, numeric));
+    }
+    eprintln!("{kinks} of {coords_total} coordinates skipped at ReLU kinks");
+    assert!(kinks * 2 <= coords_total, "{kinks} of {coords_total} coordinates sit at ReLU kinks");
+    // Each tensor within 1e-5 of its gradient's norm, plus the rounding of the quotients.
+    let total = norm(&checked.iter().flat_map(|c| c.2.iter().copied()).collect::<Vec<_>>());
+    assert!(total > 1e3 * rounding, "the loss barely depends on the weights: {total}");
+    for (index, analytic, numeric) in checked {
+        let error = norm(&analytic.iter().zip(&numeric).map(|(a, n)| a - n).collect::<Vec<_>>());
+        let allowed = 1e-5 * norm(&numeric) + rounding * (numeric.len() as f64).sqrt();
+        assert!(
+            error <= allowed,
+            "∂L_D/∂ param {index}: error norm {error:.3e} > {allowed:.3e}\n tape:    {analytic:?}\n numeric: {numeric:?}"
+        );
     }
 }
 

@@ -20,6 +20,12 @@ use crate::nn::Module;
 use crate::optim::{Adam, Optimizer};
 use crate::tensor::Tensor;
 
+/// Added under the square root of ‖∇ₓD‖²: a critic whose ReLUs are all off at some x̂ has a zero
+/// input gradient there, where √ has an infinite derivative and the penalty's gradient would be NaN
+/// (PyTorch's norm defines it as 0 at the zero vector; with this ε it is 0 here too). It moves a
+/// norm of 1e-3 by under 1e-9 relative.
+pub const GP_NORM_EPS: f32 = 1e-12;
+
 /// SPEC.md §2's hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GsWganConfig {
@@ -65,7 +71,8 @@ fn gradients_of(grads: &crate::autograd::Gradients, params: Vec<&Tensor>) -> Res
 }
 
 /// `L_D = mean D(x̃, y) − mean D(x, y) + λ·GP + 0.001·mean D(x, y)²` per member, `[G]`, with
-/// `GP = mean_i (‖∇ₓD(x̂ᵢ, yᵢ)‖ − 1)²` at `x̂ = αx + (1 − α)x̃` by double backward. Records on
+/// `GP = mean_i (‖∇ₓD(x̂ᵢ, yᵢ)‖ − 1)²` at `x̂ = αx + (1 − α)x̃` by double backward (the norm as
+/// `√(‖·‖² + GP_NORM_EPS)`). Records on
 /// `tape`; watching D's parameters is the caller's choice. Three forward passes (real, fake, x̂),
 /// each advancing D's spectral-norm vectors, as the published critic step does.
 pub fn wgan_gp_loss(
@@ -90,7 +97,7 @@ pub fn wgan_gp_loss(
     let input_grads = tape.backward_create_graph(&tape.sum_all(&d_hat)?)?;
     let dx = input_grads.of(&x_hat)?;
     let (groups, b) = (dx.shape()[0], dx.shape()[1]);
-    let norms = tape.sqrt(&tape.sum_to(&tape.square(dx)?, &[groups, b, 1])?)?;
+    let norms = tape.sqrt(&tape.affine(&tape.sum_to(&tape.square(dx)?, &[groups, b, 1])?, 1.0, GP_NORM_EPS)?)?;
     let penalty = member_mean(tape, &tape.square(&tape.affine(&norms, 1.0, -1.0)?)?)?;
 
     let wasserstein = tape.sub(&member_mean(tape, &d_fake)?, &member_mean(tape, &d_real)?)?;
