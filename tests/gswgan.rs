@@ -343,6 +343,20 @@ fn slice_batches_keep_the_partial_batch() {
     assert_eq!(batches.passes(), 2);
 }
 
+/// A restored batch stream (same seed, passes and position) continues exactly where the first left.
+#[test]
+fn slice_batches_resume() {
+    let slice: Vec<usize> = (0..60).collect();
+    let mut run = SliceBatches::new(slice.clone(), 32, member_rngs(11).batches).unwrap();
+    for _ in 0..3 {
+        run.next_batch();
+    }
+    let mut resumed = SliceBatches::restore(slice, 32, member_rngs(11).batches, run.passes(), run.position()).unwrap();
+    for _ in 0..5 {
+        assert_eq!(resumed.next_batch(), run.next_batch());
+    }
+}
+
 /// Stacking members and taking them apart again gives the members back.
 #[test]
 fn stack_and_member_round_trip() {

@@ -93,4 +93,26 @@ impl SliceBatches {
     pub fn passes(&self) -> u64 {
         self.passes
     }
+
+    /// How far into the current pass the batches are (records handed out).
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// The batches of a run that had started `passes` passes and handed out `position` records of
+    /// the last one, given the same slice, batch size and a fresh `rng` from the same seed: the
+    /// shuffles are replayed, so the next batch is the one the run would have drawn.
+    pub fn restore(slice: Vec<usize>, batch_size: usize, rng: ChaCha20Rng, passes: u64, position: usize) -> Result<Self> {
+        let mut batches = Self::new(slice, batch_size, rng)?;
+        if position > batches.slice.len() || (passes == 0 && position > 0) {
+            return Err(Error::Invalid(format!("position {position} in pass {passes} of a slice of {}", batches.slice.len())));
+        }
+        for _ in 0..passes {
+            batches.order = batches.slice.clone();
+            batches.order.shuffle(&mut batches.rng);
+        }
+        batches.passes = passes;
+        batches.position = if passes == 0 { 0 } else { position };
+        Ok(batches)
+    }
 }
