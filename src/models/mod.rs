@@ -1,2 +1,3 @@
 //! The published models.
 pub mod dpcgan;
+pub mod gswgan;

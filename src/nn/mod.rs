@@ -1,9 +1,19 @@
 //! Layers: parameters (outside the tape) and the forward pass that records them on a tape.
+//! Every parameter carries the model-group dimension G first.
+pub mod conv;
+pub mod init;
+pub mod module;
+pub mod spectral;
+
 use rand::Rng;
 
 use crate::autograd::Tape;
 use crate::error::Result;
 use crate::tensor::{Device, Tensor};
+
+pub use conv::{Conv2d, ConvTranspose2d};
+pub use module::{member, prefixed, stack, Entry, Module, TensorKind};
+pub use spectral::{SnConv2d, SnEmbedding, SnLinear, SpectralNorm, SpectralTrace};
 
 /// `y = x·Wᵀ + b` for `x` `[G, B, I]`, `W` `[G, O, I]`, `b` `[G, O]`.
 #[derive(Clone, Debug)]
@@ -31,6 +41,14 @@ impl Linear {
         })
     }
 
+    /// PyTorch's default initialisation: weight and bias `U(±1/√I)`.
+    pub fn pytorch_default<R: Rng>(groups: usize, inputs: usize, outputs: usize, rng: &mut R, device: &Device) -> Result<Self> {
+        Ok(Linear {
+            weight: init::uniform_fan_in(&[groups, outputs, inputs], inputs, rng, device)?,
+            bias: init::uniform_fan_in(&[groups, outputs], inputs, rng, device)?,
+        })
+    }
+
     pub fn params(&self) -> [&Tensor; 2] {
         [&self.weight, &self.bias]
     }
@@ -44,5 +62,14 @@ impl Linear {
         let y = tape.linear(x, &self.weight, Some(&self.bias))?;
         tape.retain_grad(&y);
         Ok((y.clone(), LayerTrace { input: x.clone(), output: y }))
+    }
+}
+
+impl Module for Linear {
+    fn entries(&self) -> Vec<Entry<&Tensor>> {
+        vec![Entry::parameter("weight", &self.weight), Entry::parameter("bias", &self.bias)]
+    }
+    fn entries_mut(&mut self) -> Vec<Entry<&mut Tensor>> {
+        vec![Entry::parameter("weight", &mut self.weight), Entry::parameter("bias", &mut self.bias)]
     }
 }

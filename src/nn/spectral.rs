@@ -1,0 +1,180 @@
+//! Spectrally normalised layers (SPEC.md §2): a trainable W̄ and buffers u `[G, O]`, v `[G, I]`
+//! (W̄ viewed as O × I, I = in·k·k). Every forward, training or not, runs one power iteration
+//! without gradient, stores the new u, v, and uses `W = W̄/s` with `s = uᵀW̄v`, the gradient
+//! flowing through s into W̄. Tensor names follow PyTorch's `spectral_norm`
+//! (`weight_orig`, `weight_u`, `weight_v`).
+use rand::Rng;
+
+use super::init::{normal, uniform_fan_in, unit_rows};
+use super::module::{Entry, Module};
+use super::LayerTrace;
+use crate::autograd::Tape;
+use crate::backend::ops;
+use crate::error::{ensure_shape, Result};
+use crate::tensor::{Device, Tensor};
+
+/// W̄ and its power-iteration vectors.
+#[derive(Clone, Debug)]
+pub struct SpectralNorm {
+    pub weight_orig: Tensor,
+    pub u: Tensor,
+    pub v: Tensor,
+}
+
+/// What a spectrally normalised layer leaves for per-example clipping (`dp::clip::SpectralLayerGrad`):
+/// its input and output, the weight `W = W̄/s` it ran with, and the u, v that defined s.
+#[derive(Clone, Debug)]
+pub struct SpectralTrace {
+    pub layer: LayerTrace,
+    pub weight: Tensor,
+    pub weight_orig: Tensor,
+    pub u: Tensor,
+    pub v: Tensor,
+}
+
+impl SpectralTrace {
+    /// `s = uᵀW̄v` per group, `[G]` (not recorded on any tape).
+    pub fn sigma(&self) -> Result<Tensor> {
+        let (g, rows) = (self.u.shape()[0], self.u.shape()[1]);
+        let cols = self.v.shape()[1];
+        let w = self.weight_orig.reshape(&[g, rows, cols])?;
+        let wv = ops::matmul(&w, &self.v.reshape(&[g, cols, 1])?, false, false)?;
+        ops::matmul(&self.u.reshape(&[g, rows, 1])?, &wv, true, false)?.reshape(&[g])
+    }
+}
+
+impl SpectralNorm {
+    /// Wraps `weight_orig` `[G, O, ...]` with u, v drawn N(0, 1) and normalised.
+    pub fn new<R: Rng>(weight_orig: Tensor, rng: &mut R) -> Result<Self> {
+        let s = weight_orig.shape().to_vec();
+        ensure_shape!(s.len() >= 3, "spectral_norm", "weight must be [G, O, ...], got {s:?}");
+        let device = weight_orig.device();
+        let cols = weight_orig.numel() / (s[0] * s[1]).max(1);
+        let u = unit_rows(&[s[0], s[1]], rng, &device)?;
+        let v = unit_rows(&[s[0], cols], rng, &device)?;
+        Ok(SpectralNorm { weight_orig, u, v })
+    }
+
+    /// The normalised weight for this forward pass; updates u and v.
+    pub fn weight(&mut self, tape: &Tape) -> Result<Tensor> {
+        let (w, u, v) = tape.spectral_normalize(&self.weight_orig, &self.u)?;
+        self.u = u;
+        self.v = v;
+        Ok(w)
+    }
+
+    fn trace(&self, input: &Tensor, output: &Tensor, weight: Tensor) -> SpectralTrace {
+        SpectralTrace {
+            layer: LayerTrace { input: input.clone(), output: output.clone() },
+            weight,
+            weight_orig: self.weight_orig.clone(),
+            u: self.u.clone(),
+            v: self.v.clone(),
+        }
+    }
+
+    fn entries(&self) -> Vec<Entry<&Tensor>> {
+        vec![Entry::parameter("weight_orig", &self.weight_orig), Entry::buffer("weight_u", &self.u), Entry::buffer("weight_v", &self.v)]
+    }
+    fn entries_mut(&mut self) -> Vec<Entry<&mut Tensor>> {
+        vec![
+            Entry::parameter("weight_orig", &mut self.weight_orig),
+            Entry::buffer("weight_u", &mut self.u),
+            Entry::buffer("weight_v", &mut self.v),
+        ]
+    }
+}
+
+/// Spectrally normalised `y = x·Wᵀ + b`, x `[G, B, I]`.
+#[derive(Clone, Debug)]
+pub struct SnLinear {
+    pub sn: SpectralNorm,
+    pub bias: Tensor,
+}
+
+impl SnLinear {
+    pub fn new<R: Rng>(groups: usize, inputs: usize, outputs: usize, rng: &mut R, device: &Device) -> Result<Self> {
+        let weight = uniform_fan_in(&[groups, outputs, inputs], inputs, rng, device)?;
+        let bias = uniform_fan_in(&[groups, outputs], inputs, rng, device)?;
+        Ok(SnLinear { sn: SpectralNorm::new(weight, rng)?, bias })
+    }
+
+    pub fn forward(&mut self, tape: &Tape, x: &Tensor) -> Result<(Tensor, SpectralTrace)> {
+        let w = self.sn.weight(tape)?;
+        let y = tape.linear(x, &w, Some(&self.bias))?;
+        Ok((y.clone(), self.sn.trace(x, &y, w)))
+    }
+}
+
+/// Spectrally normalised `y = conv2d(x, W) + b`, W `[G, O, C, K, K]` viewed as O × (C·K·K).
+#[derive(Clone, Debug)]
+pub struct SnConv2d {
+    pub sn: SpectralNorm,
+    pub bias: Tensor,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl SnConv2d {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new<R: Rng>(
+        groups: usize,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        rng: &mut R,
+        device: &Device,
+    ) -> Result<Self> {
+        let fan_in = in_channels * kernel * kernel;
+        let weight = uniform_fan_in(&[groups, out_channels, in_channels, kernel, kernel], fan_in, rng, device)?;
+        let bias = uniform_fan_in(&[groups, out_channels], fan_in, rng, device)?;
+        Ok(SnConv2d { sn: SpectralNorm::new(weight, rng)?, bias, stride, padding })
+    }
+
+    pub fn forward(&mut self, tape: &Tape, x: &Tensor) -> Result<(Tensor, SpectralTrace)> {
+        let w = self.sn.weight(tape)?;
+        let y = tape.add_channel_bias(&tape.conv2d(x, &w, self.stride, self.padding)?, &self.bias)?;
+        Ok((y.clone(), self.sn.trace(x, &y, w)))
+    }
+}
+
+/// A spectrally normalised embedding E `[G, classes, dim]`, N(0, 1) initialised: row y of E is
+/// `onehot(y)·E`, a linear layer without bias on one-hot rows.
+#[derive(Clone, Debug)]
+pub struct SnEmbedding {
+    pub sn: SpectralNorm,
+}
+
+impl SnEmbedding {
+    pub fn new<R: Rng>(groups: usize, classes: usize, dim: usize, rng: &mut R, device: &Device) -> Result<Self> {
+        let weight = normal(&[groups, classes, dim], rng, device)?;
+        Ok(SnEmbedding { sn: SpectralNorm::new(weight, rng)? })
+    }
+
+    /// Rows `E[y]` `[G, B, dim]` for one-hot labels `[G, B, classes]`.
+    pub fn forward(&mut self, tape: &Tape, one_hot: &Tensor) -> Result<(Tensor, SpectralTrace)> {
+        let w = self.sn.weight(tape)?;
+        let y = tape.matmul(one_hot, &w, false, false)?;
+        Ok((y.clone(), self.sn.trace(one_hot, &y, w)))
+    }
+}
+
+macro_rules! spectral_module {
+    ($layer:ty, $($extra:ident),*) => {
+        impl Module for $layer {
+            fn entries(&self) -> Vec<Entry<&Tensor>> {
+                let extra: Vec<Entry<&Tensor>> = vec![$(Entry::parameter(stringify!($extra), &self.$extra)),*];
+                self.sn.entries().into_iter().chain(extra).collect()
+            }
+            fn entries_mut(&mut self) -> Vec<Entry<&mut Tensor>> {
+                let extra: Vec<Entry<&mut Tensor>> = vec![$(Entry::parameter(stringify!($extra), &mut self.$extra)),*];
+                self.sn.entries_mut().into_iter().chain(extra).collect()
+            }
+        }
+    };
+}
+spectral_module!(SnLinear, bias);
+spectral_module!(SnConv2d, bias);
+spectral_module!(SnEmbedding,);

@@ -1,0 +1,131 @@
+//! Phase 2, private generator training: a discriminator drawn uniformly each iteration takes its
+//! critic steps on its own slice, then, frozen, passes G its sanitised image gradient; G takes an
+//! Adam step and the released copy G_s follows by EMA.
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use super::warm_start::next_critic_batch;
+use super::{critic_step, ema_decay, ema_update, private_generator_step, GsWganConfig, LabelledImages, SliceBatches};
+use crate::dp::{GsWganSanitizer, NoiseSource};
+use crate::error::{Error, Result};
+use crate::models::gswgan::{bernoulli_latent, one_hot, uniform_labels, Discriminator, Generator, GeneratorArch};
+use crate::optim::Adam;
+use crate::tensor::{Device, Tensor};
+
+/// One warm-started discriminator with its own (fresh) Adam state and its slice's batches. Where
+/// the K of them live (all on the device, or paged in) is the caller's choice.
+pub struct CriticState {
+    pub discriminator: Discriminator,
+    pub optimizer: Adam,
+    pub batches: SliceBatches,
+}
+
+impl CriticState {
+    pub fn new(discriminator: Discriminator, slice: Vec<usize>, batch_rng: ChaCha20Rng, config: &GsWganConfig) -> Result<Self> {
+        Ok(CriticState {
+            discriminator,
+            optimizer: Adam::new(config.adam),
+            batches: SliceBatches::new(slice, config.batch_size, batch_rng)?,
+        })
+    }
+}
+
+/// One phase-2 iteration's losses (`[1]` each, on the device), which discriminator ran, and the
+/// batch size B of the private step.
+pub struct PrivateLosses {
+    pub critic: Tensor,
+    pub generator: Tensor,
+    pub discriminator: usize,
+    pub batch_size: usize,
+}
+
+pub struct PrivateTraining {
+    pub generator: Generator,
+    /// G_s: what a run releases.
+    pub ema: Generator,
+    g_optimizer: Adam,
+    pub sanitizer: GsWganSanitizer,
+    noise: NoiseSource,
+    draws: ChaCha20Rng,
+    config: GsWganConfig,
+    iterations: u64,
+}
+
+impl PrivateTraining {
+    /// G initialised from `seed`'s stream 0; the draws (j, z, α, labels) come from its stream 2.
+    /// The sanitiser's noise comes from `noise`, one key per iteration.
+    pub fn new(
+        arch: GeneratorArch,
+        base: usize,
+        seed: u64,
+        sanitizer: GsWganSanitizer,
+        noise: NoiseSource,
+        config: GsWganConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut init = ChaCha20Rng::seed_from_u64(seed);
+        let generator = Generator::new(arch, 1, base, &mut init, device)?;
+        let mut draws = ChaCha20Rng::seed_from_u64(seed);
+        draws.set_stream(2);
+        Ok(PrivateTraining {
+            ema: generator.clone(),
+            generator,
+            g_optimizer: Adam::new(config.adam),
+            sanitizer,
+            noise,
+            draws,
+            config,
+            iterations: 0,
+        })
+    }
+
+    /// j uniform in [0, k), drawn fresh each iteration.
+    pub fn select_discriminator(&mut self, k: usize) -> Result<usize> {
+        if k == 0 {
+            return Err(Error::Invalid("phase 2 needs at least one discriminator".into()));
+        }
+        Ok(self.draws.random_range(0..k))
+    }
+
+    /// One iteration with the selected discriminator `j` (held in `critic`): its critic steps, the
+    /// private generator step through it (frozen), the EMA update.
+    pub fn iteration(&mut self, j: usize, critic: &mut CriticState, data: &LabelledImages) -> Result<PrivateLosses> {
+        let device = critic.discriminator.conv1.bias.device();
+        let mut critic_loss = None;
+        let mut batch_size = 0;
+        for _ in 0..self.config.critic_steps {
+            let batch = next_critic_batch(std::slice::from_mut(&mut critic.batches), std::slice::from_mut(&mut self.draws), data, &device)?;
+            batch_size = batch.images.shape()[1];
+            critic_loss = Some(critic_step(&mut critic.discriminator, &mut critic.optimizer, &mut self.generator, &batch, &self.config)?);
+        }
+        let critic_loss = critic_loss.ok_or_else(|| Error::Invalid("a phase-2 iteration needs at least one critic step".into()))?;
+
+        let draws = std::slice::from_mut(&mut self.draws);
+        let labels = one_hot(&uniform_labels(draws, batch_size), 1, &device)?;
+        let z = bernoulli_latent(draws, batch_size, &device)?;
+        let key = self.noise.next_key();
+        let generator = private_generator_step(
+            &mut self.generator,
+            &mut self.g_optimizer,
+            &mut critic.discriminator,
+            &z,
+            &labels,
+            &self.sanitizer,
+            &key,
+        )?;
+        self.noise.next_step();
+
+        ema_update(&mut self.ema, &self.generator, ema_decay(self.iterations))?;
+        self.iterations += 1;
+        Ok(PrivateLosses { critic: critic_loss, generator, discriminator: j, batch_size })
+    }
+
+    pub fn iterations(&self) -> u64 {
+        self.iterations
+    }
+
+    /// The noise stream's position (saved in checkpoints so that a resumed run draws the same noise).
+    pub fn noise(&self) -> &NoiseSource {
+        &self.noise
+    }
+}
