@@ -89,6 +89,7 @@ fn idx_round_trips_with_mnist_headers() {
     // Bytes are round(x·255), so reading back gives exactly that byte over 255.
     let expected: Vec<f32> = images.iter().map(|&x| (x * 255.0).round() / 255.0).collect();
     assert_eq!(back.images, expected);
+    assert_eq!(ImageSet::of_synthetic(&back).unwrap().len(), 3);
     assert_eq!(image_file[16..], images.iter().map(|&x| (x * 255.0).round() as u8).collect::<Vec<_>>()[..]);
 }
 
