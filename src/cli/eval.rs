@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use dpgan::data::{data_dir, scale_pixels, Dataset, PixelScale, Split, NUM_CLASSES};
 use dpgan::eval::{evaluate_with_progress, Classifier, EvalConfig, EvalReport, ImageSet, Metric, RunScores};
 use dpgan::io::synthetic::{read_synthetic, SyntheticFormat};
-use dpgan::{Device, Error, Result};
+use dpgan::{Error, Result};
 use serde::Serialize;
 
 #[derive(Args, Debug)]
@@ -73,27 +73,8 @@ struct CliReport<'a> {
 
 const AVERAGED: &str = "the runs are averaged, never the best picked";
 
-/// `cpu`, `cuda` or `cuda:N`.
-fn parse_device(text: &str) -> Result<Device> {
-    match text.split_once(':') {
-        None if text == "cpu" => Ok(Device::Cpu),
-        None if text == "cuda" => Device::cuda(0),
-        Some(("cuda", n)) => Device::cuda(n.parse().map_err(|_| Error::Invalid(format!("--device cuda:{n}: not a device number")))?),
-        _ => Err(Error::Invalid(format!("--device must be cpu, cuda or cuda:N, got {text}"))),
-    }
-}
-
 pub fn run(args: &EvalArgs) -> Result<()> {
-    let device = match &args.device {
-        Some(text) => parse_device(text)?,
-        None => {
-            let (device, why_not_gpu) = Device::best_available();
-            if let Some(why) = why_not_gpu {
-                eprintln!("dpgan eval: on the CPU ({why})");
-            }
-            device
-        }
-    };
+    let device = super::choose_device(args.device.as_deref())?;
     let classifier = Classifier::from(args.classifier);
     let config = EvalConfig { seed: args.seed, repeats: args.repeats, epochs: args.epochs };
     let dir = data_dir(args.data.as_deref())?;

@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use clap::{Parser, Subcommand};
-use dpgan::{Error, Result};
+use dpgan::{Device, Error, Result};
 
 mod bench;
 mod eval;
@@ -59,5 +59,25 @@ fn emit(text: &str) -> Result<()> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(Error::file("<stdout>", format!("cannot write: {e}"))),
         _ => Ok(()),
+    }
+}
+
+/// `--device`, or the best available one (saying which and why).
+fn choose_device(flag: Option<&str>) -> Result<Device> {
+    match flag {
+        None => {
+            let (device, why_not_gpu) = Device::best_available();
+            match why_not_gpu {
+                Some(why) => eprintln!("device: cpu (no usable GPU: {why})"),
+                None => eprintln!("device: {device}"),
+            }
+            Ok(device)
+        }
+        Some("cpu") => Ok(Device::Cpu),
+        Some("cuda") => Device::cuda(0),
+        Some(other) => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(ordinal) => Device::cuda(ordinal),
+            None => Err(Error::Invalid(format!("--device must be cpu, cuda or cuda:N, got {other}"))),
+        },
     }
 }

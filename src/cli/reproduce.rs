@@ -15,7 +15,7 @@ use dpgan::train::progress::Progress;
 use dpgan::train::run_dir::{read_json, CHECKPOINT_JSON, CONFIG};
 use dpgan::{Device, Error, Result};
 
-use super::train::choose_device;
+use super::choose_device;
 
 /// SPEC.md §1: published AUROC (mean of 3 runs) and ε.
 const PUBLISHED_AUROC_LOGREG: f64 = 0.8642;

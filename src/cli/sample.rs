@@ -11,7 +11,7 @@ use dpgan::train::dpcgan::run::{load_generator, sample_released, DpCganState};
 use dpgan::train::run_dir::{read_json, CHECKPOINT_JSON};
 use dpgan::{Error, Result};
 
-use super::train::choose_device;
+use super::choose_device;
 
 /// What `sample.json` is called in the output directory.
 pub const SAMPLE_RECORD: &str = "sample.json";

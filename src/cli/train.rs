@@ -7,7 +7,7 @@ use dpgan::data::{data_dir, Dataset, Split};
 use dpgan::dp::NoiseMode;
 use dpgan::train::dpcgan::run::{AdamRecord, DpCganRun, DpCganRunConfig, DpCganSettings, LrSchedule, SamplingKind, Stop};
 use dpgan::train::progress::Progress;
-use dpgan::{Device, Error, Result};
+use dpgan::{Error, Result};
 use rand::TryRngCore;
 
 use super::privacy::{ConversionArg, OrdersArg};
@@ -123,28 +123,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
 }
 
-/// `--device`, or the best available one (saying which and why).
-pub(super) fn choose_device(flag: Option<&str>) -> Result<Device> {
-    match flag {
-        None => {
-            let (device, why_not_gpu) = Device::best_available();
-            match why_not_gpu {
-                Some(why) => eprintln!("device: cpu (no usable GPU: {why})"),
-                None => eprintln!("device: {device}"),
-            }
-            Ok(device)
-        }
-        Some("cpu") => Ok(Device::Cpu),
-        Some("cuda") => Device::cuda(0),
-        Some(other) => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(ordinal) => Device::cuda(ordinal),
-            None => Err(Error::Invalid(format!("--device must be cpu, cuda or cuda:N, got {other}"))),
-        },
-    }
-}
-
 fn dp_cgan(args: &DpCganArgs) -> Result<()> {
-    let device = choose_device(args.device.as_deref())?;
+    let device = super::choose_device(args.device.as_deref())?;
     let mut run = match &args.resume {
         Some(root) => {
             refuse_settings_on_resume(args)?;
