@@ -248,6 +248,12 @@ pub fn range(name: &str) -> RangeGuard {
     RangeGuard { tool, _not_send: PhantomData }
 }
 
+/// Runs `f` inside a range named `name`.
+pub fn scoped<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    let _range = range(name);
+    f()
+}
+
 impl Drop for RangeGuard {
     fn drop(&mut self) {
         if let Some(t) = self.tool {

@@ -13,6 +13,7 @@ use crate::dp::{private_gradients, ClippedLoss, DpSgdConfig, NoiseSource};
 use crate::error::{Error, Result};
 use crate::models::dpcgan::{Discriminator, Generator, CLASSES, LATENT};
 use crate::optim::{Adam, Optimizer, Sgd};
+use crate::profile;
 use crate::tensor::{Device, Tensor};
 
 /// SPEC.md §1's published settings.
@@ -134,6 +135,7 @@ impl DpCgan {
     /// and `fake_batch` generated examples (public randomness, so their number is free to choose:
     /// under Poisson sampling the run keeps it at the expected batch size while B varies).
     pub fn private_step<R: Rng>(&mut self, images: &Tensor, labels: &Tensor, fake_batch: usize, rng: &mut R) -> Result<StepLosses> {
+        let _step = profile::range("dpcgan_private_step");
         let batch = images.shape()[1];
         let device = images.device();
         let (z, fake_labels) = Self::generator_inputs(fake_batch, rng, &device)?;
@@ -146,11 +148,11 @@ impl DpCgan {
             real_tape.watch(p);
             fake_tape.watch(p);
         });
-        let real_pass = d.forward(&real_tape, images, labels)?;
+        let real_pass = profile::scoped("d_forward_real", || d.forward(&real_tape, images, labels))?;
         let real_loss = real_tape.sum_all(&real_tape.bce_with_logits(&real_pass.logits, &ones_like(&real_pass.logits)?)?)?;
         // Only the layers' output gradients: the clipped sums below are the weight gradients.
         let real_layers = real_pass.layer_grads(&real_tape.backward_to(&real_loss, &real_pass.outputs())?)?;
-        let fake_pass = d.forward(&fake_tape, &fake, &fake_labels)?;
+        let fake_pass = profile::scoped("d_forward_fake", || d.forward(&fake_tape, &fake, &fake_labels))?;
         let fake_loss = fake_tape
             .sum_all(&fake_tape.bce_with_logits(&fake_pass.logits, &fake_pass.logits.full_like(fake_pass.logits.shape(), 0.0)?)?)?;
         let fake_layers = fake_pass.layer_grads(&fake_tape.backward_to(&fake_loss, &fake_pass.outputs())?)?;
@@ -199,6 +201,7 @@ impl DpCgan {
 
     /// G's forward on a tape that watches G, for G's step after D's (G does not change between).
     fn generator_forward(&self, z: &Tensor, labels: &Tensor) -> Result<(Tape, Tensor)> {
+        let _range = profile::range("generator_forward");
         let tape = Tape::new();
         self.generator.params().into_iter().for_each(|p| tape.watch(p));
         let fake = self.generator.forward(&tape, z, labels)?;
@@ -208,6 +211,7 @@ impl DpCgan {
     /// G's Adam step on mean BCE(1, D(G(z, l), l)) through the current D (G sees no private data
     /// except through D).
     fn generator_step(&mut self, tape: &Tape, fake: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        let _range = profile::range("generator_step");
         let logits = self.discriminator.forward(tape, fake, labels)?.logits;
         let loss = tape.mean_all(&tape.bce_with_logits(&logits, &ones_like(&logits)?)?)?;
         let grads = tape.backward(&loss)?;

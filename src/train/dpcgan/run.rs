@@ -511,6 +511,7 @@ impl DpCganRun {
     /// Step `step` (0-based): its batch and generator randomness come from the run seed and the
     /// step number alone, so a resumed run takes exactly the same step.
     fn step(&mut self, step: u64) -> Result<StepLosses> {
+        let _range = crate::profile::range("dpcgan_step");
         self.model.set_discriminator_lr(self.config.d_lr_schedule.at(self.config.d_lr, step));
         let batch = self.batches.batch(step)?;
         let mut images = Vec::with_capacity(batch.len() * PIXELS);
@@ -525,6 +526,7 @@ impl DpCganRun {
     }
 
     fn checkpoint(&self, wall_s: f64, stopped: Option<String>) -> Result<()> {
+        let _range = crate::profile::range("checkpoint");
         let spent = self.accountant.spent()?;
         let state = DpCganState {
             format: STATE_FORMAT,
