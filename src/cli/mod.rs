@@ -8,6 +8,7 @@ use dpgan::{Device, Error, Result};
 
 mod bench;
 mod eval;
+mod gswgan;
 mod info;
 mod privacy;
 mod reproduce;
