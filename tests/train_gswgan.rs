@@ -121,11 +121,8 @@ fn phase_two_writes_every_artefact_and_reports_both_accountings() {
     let dir = tempfile::tempdir().unwrap();
     let (warm, run) = (dir.path().join("warm"), dir.path().join("run"));
     warm_start(&warm);
-    let report = phase_two(
-        &warm,
-        &run,
-        &["--iterations", "3", "--seed", "5", "--log-every", "1", "--sample-every", "2", "--checkpoint-every", "2"],
-    );
+    let report =
+        phase_two(&warm, &run, &["--iterations", "3", "--seed", "5", "--log-every", "1", "--sample-every", "2", "--checkpoint-every", "2"]);
 
     let config: GsWganRunConfig = serde_json::from_value(read_json(&run.join("config.json"))).unwrap();
     assert_eq!((config.iterations, config.discriminators, config.batch_size, config.base), (3, 4, 32, 4));
@@ -148,7 +145,10 @@ fn phase_two_writes_every_artefact_and_reports_both_accountings() {
     }
     let (published, per_step) = expected(&config, 3);
     assert!(per_step > published, "the per-step accounting counts more: {per_step} vs {published}");
-    assert!(report.contains(&format!("ε = {published:.4} as-published")) && report.contains(&format!("{per_step:.4} per-step")), "{report}");
+    assert!(
+        report.contains(&format!("ε = {published:.4} as-published")) && report.contains(&format!("{per_step:.4} per-step")),
+        "{report}"
+    );
 
     let state: GsWganState = serde_json::from_value(read_json(&run.join("checkpoint.json"))).unwrap();
     assert_eq!((state.iteration, state.generator_adam_steps, state.stopped.as_deref()), (3, 3, None));
@@ -194,7 +194,11 @@ fn a_resumed_phase_two_ends_with_the_same_tensors_bit_for_bit() {
     let (a, b) = (tensors(&straight.join("checkpoint.safetensors")), tensors(&split.join("checkpoint.safetensors")));
     let mut names: Vec<&String> = a.keys().collect();
     names.sort();
-    assert_eq!(names, { let mut n: Vec<&String> = b.keys().collect(); n.sort(); n });
+    assert_eq!(names, {
+        let mut n: Vec<&String> = b.keys().collect();
+        n.sort();
+        n
+    });
     for name in names {
         assert_eq!(bits(&a[name]), bits(&b[name]), "{name} differs after resuming");
     }
@@ -223,7 +227,18 @@ fn the_governing_budget_stops_phase_two_before_it_is_passed() {
     let report = phase_two(
         &warm,
         &run,
-        &["--iterations", "3", "--seed", "1", "--accounting", "as-published", "--noise-multiplier", "1.07", "--target-epsilon", &budget.to_string()],
+        &[
+            "--iterations",
+            "3",
+            "--seed",
+            "1",
+            "--accounting",
+            "as-published",
+            "--noise-multiplier",
+            "1.07",
+            "--target-epsilon",
+            &budget.to_string(),
+        ],
     );
     assert!(report.contains("stopped at iteration 1 of 3"), "{report}");
     let state: GsWganState = serde_json::from_value(read_json(&run.join("checkpoint.json"))).unwrap();

@@ -196,7 +196,11 @@ impl GsWganRunConfig {
     }
 
     pub fn run(&self) -> GsWganRun {
-        GsWganRun { noise_multiplier: self.noise_multiplier, discriminators: self.discriminators as u64, batch_size: self.batch_size as u64 }
+        GsWganRun {
+            noise_multiplier: self.noise_multiplier,
+            discriminators: self.discriminators as u64,
+            batch_size: self.batch_size as u64,
+        }
     }
 
     pub fn mechanism(&self, accounting: Accounting) -> Mechanism {
@@ -339,7 +343,10 @@ impl GsWganRunner {
         let discriminators = load_discriminators(&config.warm_start, &config.warm_start_config)?;
         let (mut tensors, state): (_, GsWganState) = dir.load_checkpoint(&Device::Cpu)?;
         if state.format != STATE_FORMAT || state.algorithm != ALGORITHM {
-            return Err(Error::file(dir.path(CHECKPOINT), format!("checkpoint format {} of {} is not this version's", state.format, state.algorithm)));
+            return Err(Error::file(
+                dir.path(CHECKPOINT),
+                format!("checkpoint format {} of {} is not this version's", state.format, state.algorithm),
+            ));
         }
         if let Some(total) = iterations {
             config.iterations = total;
@@ -358,14 +365,15 @@ impl GsWganRunner {
             *entry.tensor = take(format!("ema.{}", entry.name))?;
         }
         let count = run.generator.params().len();
-        let moments = |take: &mut dyn FnMut(String) -> Result<Tensor>, prefix: &str, n: usize, steps: u64| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
-            if steps == 0 {
-                return Ok((Vec::new(), Vec::new()));
-            }
-            let m = (0..n).map(|i| take(tensor_name(&format!("{prefix}.m"), i))).collect::<Result<_>>()?;
-            let v = (0..n).map(|i| take(tensor_name(&format!("{prefix}.v"), i))).collect::<Result<_>>()?;
-            Ok((m, v))
-        };
+        let moments =
+            |take: &mut dyn FnMut(String) -> Result<Tensor>, prefix: &str, n: usize, steps: u64| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+                if steps == 0 {
+                    return Ok((Vec::new(), Vec::new()));
+                }
+                let m = (0..n).map(|i| take(tensor_name(&format!("{prefix}.m"), i))).collect::<Result<_>>()?;
+                let v = (0..n).map(|i| take(tensor_name(&format!("{prefix}.v"), i))).collect::<Result<_>>()?;
+                Ok((m, v))
+            };
         let (m, v) = moments(&mut take, "generator_adam", count, state.generator_adam_steps)?;
         run.g_optimizer.restore(m, v, state.generator_adam_steps)?;
         let mut slices = run.config.warm_start_config.slices(run.data.len())?;
@@ -380,8 +388,13 @@ impl GsWganRunner {
             let (m, v) = moments(&mut take, &format!("critic.{j}.adam"), n, record.adam_steps)?;
             let host = |t: Vec<Tensor>| t.iter().map(|x| x.to_device(&Device::Cpu)).collect::<Result<Vec<_>>>();
             critic.optimizer.restore(host(m)?, host(v)?, record.adam_steps)?;
-            critic.batches =
-                SliceBatches::restore(slice, run.step_config.batch_size, stream(run.config.seed, Purpose::Batches, j as u64), record.passes, record.position)?;
+            critic.batches = SliceBatches::restore(
+                slice,
+                run.step_config.batch_size,
+                stream(run.config.seed, Purpose::Batches, j as u64),
+                record.passes,
+                record.position,
+            )?;
             run.touched[j] = true;
         }
         run.iteration = state.iteration;
@@ -505,7 +518,11 @@ impl GsWganRunner {
                 }))?;
                 progress.report(
                     done,
-                    &format!("ε {:.3} ({}) · D {d_loss:.4} · G {g_loss:.4} · {rate:.2} it/s", governing.epsilon, self.config.accounting.name()),
+                    &format!(
+                        "ε {:.3} ({}) · D {d_loss:.4} · G {g_loss:.4} · {rate:.2} it/s",
+                        governing.epsilon,
+                        self.config.accounting.name()
+                    ),
                 );
                 (interval_start, interval) = (Instant::now(), 0);
             }
@@ -536,7 +553,8 @@ impl GsWganRunner {
         let mut critic_loss = None;
         let mut batch_size = 0;
         for _ in 0..self.step_config.critic_steps {
-            let batch = next_critic_batch(std::slice::from_mut(&mut critic.batches), std::slice::from_mut(&mut draws), &self.data, &self.device)?;
+            let batch =
+                next_critic_batch(std::slice::from_mut(&mut critic.batches), std::slice::from_mut(&mut draws), &self.data, &self.device)?;
             batch_size = batch.images.shape()[1];
             critic_loss =
                 Some(critic_step(&mut critic.discriminator, &mut critic.optimizer, &mut self.generator, &batch, &self.step_config)?);
@@ -546,8 +564,15 @@ impl GsWganRunner {
         let labels = one_hot(&uniform_labels(rngs, batch_size), 1, &self.device)?;
         let z = bernoulli_latent(rngs, batch_size, &self.device)?;
         let key = self.noise.key_at(t, 0);
-        let generator_loss =
-            private_generator_step(&mut self.generator, &mut self.g_optimizer, &mut critic.discriminator, &z, &labels, &self.sanitizer, &key)?;
+        let generator_loss = private_generator_step(
+            &mut self.generator,
+            &mut self.g_optimizer,
+            &mut critic.discriminator,
+            &z,
+            &labels,
+            &self.sanitizer,
+            &key,
+        )?;
         ema_update(&mut self.ema, &self.generator, ema_decay(t))?;
         move_critic(critic, &Device::Cpu)?;
         self.touched[j] = true;

@@ -214,7 +214,8 @@ impl WarmStartRun {
 
     fn assemble(dir: RunDir, config: WarmStartRunConfig, data: &Dataset, device: &Device) -> Result<Self> {
         let slices = config.slices(data.len())?;
-        std::fs::create_dir_all(dir.path(DISCRIMINATORS)).map_err(|e| Error::file(dir.path(DISCRIMINATORS), format!("cannot create: {e}")))?;
+        std::fs::create_dir_all(dir.path(DISCRIMINATORS))
+            .map_err(|e| Error::file(dir.path(DISCRIMINATORS), format!("cannot create: {e}")))?;
         Ok(WarmStartRun { dir, config, data: LabelledImages::from_dataset(data)?, slices, device: device.clone() })
     }
 
@@ -293,7 +294,10 @@ pub fn load_discriminators(root: &Path, config: &WarmStartRunConfig) -> Result<V
     for group in 0..config.groups() {
         let path = group_path(root, group);
         if !path.is_file() {
-            return Err(Error::file(&path, "is missing: the warm start has not finished (continue it with `dpgan train gs-wgan warm-start --resume`)"));
+            return Err(Error::file(
+                &path,
+                "is missing: the warm start has not finished (continue it with `dpgan train gs-wgan warm-start --resume`)",
+            ));
         }
         let (mut tensors, metadata) = load_tensors(&path, &Device::Cpu)?;
         let first = group * config.group_size;
