@@ -248,6 +248,28 @@ fn the_governing_budget_stops_phase_two_before_it_is_passed() {
 }
 
 #[test]
+fn a_target_epsilon_alone_calibrates_sigma_under_the_governing_accounting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (warm, run) = (dir.path().join("warm"), dir.path().join("run"));
+    warm_start(&warm);
+    let target = 40.0;
+    phase_two(&warm, &run, &["--iterations", "2", "--seed", "4", "--target-epsilon", &target.to_string()]);
+    let config: GsWganRunConfig = serde_json::from_value(read_json(&run.join("config.json"))).unwrap();
+    assert!(config.noise_multiplier_calibrated);
+    let per_step_at = |sigma: f64| {
+        let run = GsWganRun { noise_multiplier: sigma, discriminators: 4, batch_size: 32 };
+        let mut accountant = Accountant::new(Orders::Standard, Conversion::Improved, 1e-5, None).unwrap();
+        accountant.try_step(Mechanism::GsWganPerStep(run), 2).unwrap().epsilon
+    };
+    let sigma = config.noise_multiplier;
+    assert!(per_step_at(sigma) <= target, "σ = {sigma} spends {} > {target}", per_step_at(sigma));
+    let smaller = (sigma as f32).next_down() as f64;
+    assert!(per_step_at(smaller) > target, "σ = {sigma} is not the smallest f32 within the budget");
+    let state: GsWganState = serde_json::from_value(read_json(&run.join("checkpoint.json"))).unwrap();
+    assert_eq!((state.iteration, state.stopped.as_deref()), (2, None), "the whole plan fits the budget it was calibrated to");
+}
+
+#[test]
 fn bad_input_is_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let data = s(&data_root().join("mnist"));

@@ -221,8 +221,9 @@ impl GsWganRunConfig {
         Accountant::new(Orders::Standard, accounting.conversion(), self.delta, None)?.try_step(self.mechanism(accounting), self.iterations)
     }
 
-    /// The smallest σ (to f32 precision, rounded up) whose planned ε under the governing
-    /// accounting is at most `target`, by bisection on the accountant itself.
+    /// The smallest f32 σ whose planned ε under the governing accounting is at most `target`, by
+    /// bisection on the accountant itself (σ is recorded and used as given, so no rounding can
+    /// move it below the budget).
     fn calibrate(&self, target: f64) -> Result<f64> {
         if !(target.is_finite() && target > 0.0) {
             return Err(Error::Invalid(format!("--target-epsilon must be positive, got {target}")));
@@ -231,14 +232,23 @@ impl GsWganRunConfig {
             let config = GsWganRunConfig { noise_multiplier: sigma, ..self.clone() };
             Ok(config.planned_epsilon(self.accounting)?.epsilon)
         };
-        let (mut low, mut high) = (1e-3, 1.0);
+        // A bracket [σ/2, σ] with ε(low) > target ≥ ε(high), narrowed below f32 resolution.
+        let mut high = 1.0;
         while epsilon_at(high)? > target {
             high *= 2.0;
             if high > 1e6 {
                 return Err(Error::Invalid(format!("no noise multiplier up to 1e6 reaches ε = {target}")));
             }
         }
-        for _ in 0..60 {
+        let mut low = high / 2.0;
+        while epsilon_at(low)? <= target {
+            high = low;
+            low /= 2.0;
+            if low < 1e-6 {
+                break;
+            }
+        }
+        while high - low > high * 2f64.powi(-30) {
             let mid = 0.5 * (low + high);
             if epsilon_at(mid)? > target {
                 low = mid;
@@ -246,8 +256,15 @@ impl GsWganRunConfig {
                 high = mid;
             }
         }
-        let sigma = high as f32;
-        Ok(if (sigma as f64) < high { sigma.next_up() } else { sigma } as f64)
+        // The smallest f32 within the budget (ε falls as σ grows).
+        let mut sigma = high as f32;
+        if (sigma as f64) < high {
+            sigma = sigma.next_up();
+        }
+        while sigma.next_down() > 0.0 && epsilon_at(sigma.next_down() as f64)? <= target {
+            sigma = sigma.next_down();
+        }
+        Ok(sigma as f64)
     }
 
     pub fn arch(&self) -> Result<GeneratorArch> {
