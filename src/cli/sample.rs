@@ -8,7 +8,8 @@ use dpgan::io::image::Grid;
 use dpgan::io::synthetic::{write_synthetic, SyntheticFormat};
 use dpgan::models::dpcgan::CLASSES;
 use dpgan::train::dpcgan::run::{load_generator, sample_released, DpCganState};
-use dpgan::train::run_dir::{read_json, CHECKPOINT_JSON};
+use dpgan::train::gswgan::run as gswgan;
+use dpgan::train::run_dir::{read_json, CHECKPOINT_JSON, CONFIG};
 use dpgan::{Error, Result};
 
 use super::choose_device;
@@ -53,11 +54,36 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         return Err(Error::file(&args.out, "already holds a sampled data set (sample.json): choose another --out"));
     }
     let device = choose_device(args.device.as_deref())?;
-    let (generator, config) = load_generator(&args.run, &device)?;
-    let state: DpCganState = read_json(&args.run.join(CHECKPOINT_JSON))?;
-
     let per_class = args.count / CLASSES;
-    let (images, labels) = sample_released(&generator, per_class, args.seed, &device)?;
+    let algorithm: serde_json::Value = read_json(&args.run.join(CONFIG))?;
+    // Each algorithm's released generator: DP-CGAN's G (tanh, rescaled), GS-WGAN's EMA copy G_s.
+    let (images, labels, mut record) = if algorithm["algorithm"] == gswgan::ALGORITHM {
+        let (generator, config, state) = gswgan::load_ema_generator(&args.run, &device)?;
+        let (images, labels) = gswgan::sample_released(&generator, per_class, args.seed, &device)?;
+        let record = serde_json::json!({
+            "algorithm": config.algorithm,
+            "checkpoint_step": state.iteration,
+            "epsilon": state.epsilon,
+            "delta": state.delta,
+            "accounting": config.accounting,
+            "epsilon_as_published": state.epsilon_as_published,
+            "epsilon_per_step": state.epsilon_per_step,
+        });
+        (images, labels, record)
+    } else {
+        let (generator, config) = load_generator(&args.run, &device)?;
+        let state: DpCganState = read_json(&args.run.join(CHECKPOINT_JSON))?;
+        let (images, labels) = sample_released(&generator, per_class, args.seed, &device)?;
+        let record = serde_json::json!({
+            "algorithm": config.algorithm,
+            "checkpoint_step": state.step,
+            "epsilon": state.epsilon,
+            "delta": state.delta,
+            "conversion": config.conversion,
+            "sampling": config.sampling,
+        });
+        (images, labels, record)
+    };
     let format = match args.format {
         FormatArg::Idx => SyntheticFormat::Idx,
         FormatArg::Npy => SyntheticFormat::Npy,
@@ -68,28 +94,24 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     let grid: Vec<f32> = (0..CLASSES).flat_map(|c| images[c * per_class * 784..][..cols * 784].iter().copied()).collect();
     Grid { images: &grid, rows: CLASSES, cols, height: 28, width: 28, range: (0.0, 1.0) }.write_png(&args.out.join("grid.png"))?;
 
-    let record = serde_json::json!({
-        "run": args.run,
-        "algorithm": config.algorithm,
-        "checkpoint_step": state.step,
-        "epsilon": state.epsilon,
-        "delta": state.delta,
-        "conversion": config.conversion,
-        "sampling": config.sampling,
-        "count": args.count,
-        "per_class": per_class,
-        "format": format.to_string(),
-        "seed": args.seed,
-    });
+    for (key, value) in [
+        ("run", serde_json::json!(args.run)),
+        ("count", serde_json::json!(args.count)),
+        ("per_class", serde_json::json!(per_class)),
+        ("format", serde_json::json!(format.to_string())),
+        ("seed", serde_json::json!(args.seed)),
+    ] {
+        record[key] = value;
+    }
     let text = serde_json::to_string_pretty(&record).map_err(|e| Error::Invalid(format!("sample record: {e}")))? + "\n";
     dpgan::io::atomic_write(&args.out.join(SAMPLE_RECORD), text.as_bytes())?;
     super::emit(&format!(
         "wrote {} images ({per_class} per class, {format}) to {} from step {} of {}: (ε = {:.4}, δ = {}) for the released data\n",
         args.count,
         args.out.display(),
-        state.step,
+        record["checkpoint_step"],
         args.run.display(),
-        state.epsilon,
-        state.delta
+        record["epsilon"].as_f64().unwrap_or(f64::NAN),
+        record["delta"].as_f64().unwrap_or(f64::NAN)
     ))
 }

@@ -22,6 +22,8 @@ pub struct TrainArgs {
 enum Algorithm {
     /// DP-CGAN (Torkzadehmahani et al. 2019): D trained with DP-SGD, G through D.
     DpCgan(Box<DpCganArgs>),
+    /// GS-WGAN (Chen et al. 2020): `warm-start` trains the K discriminators, then the private generator.
+    GsWgan(Box<super::gswgan::GsWganArgs>),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -120,6 +122,7 @@ struct DpCganArgs {
 pub fn run(args: &TrainArgs) -> Result<()> {
     match &args.algorithm {
         Algorithm::DpCgan(a) => dp_cgan(a),
+        Algorithm::GsWgan(a) => super::gswgan::run(a),
     }
 }
 

@@ -5,7 +5,9 @@
 //! value per model of the group; reading them is a host sync, left to the caller.
 mod batches;
 mod private;
+pub mod run;
 mod warm_start;
+pub mod warm_start_run;
 
 pub use batches::{LabelledImages, SliceBatches};
 pub use private::{CriticState, PrivateLosses, PrivateTraining};

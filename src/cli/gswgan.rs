@@ -1,0 +1,332 @@
+//! `dpgan train gs-wgan`: phase 1 (`warm-start`, the K discriminators, non-private) and phase 2
+//! (the private generator, from a finished warm start), each resumable with `--resume`.
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand, ValueEnum};
+use dpgan::data::{data_dir, Dataset, Split};
+use dpgan::models::gswgan::GeneratorArch;
+use dpgan::train::gswgan::run::{Accounting, GsWganRunConfig, GsWganRunner, GsWganSettings, Stop};
+use dpgan::train::gswgan::warm_start_run::{WarmStartRun, WarmStartRunConfig, WarmStartSettings};
+use dpgan::train::progress::Progress;
+use dpgan::{Error, Result};
+use rand::TryRngCore;
+
+/// Phase 2's options sit beside the `warm-start` subcommand: `dpgan train gs-wgan --warm-start DIR
+/// --out DIR` trains the generator, `dpgan train gs-wgan warm-start ...` the discriminators.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct GsWganArgs {
+    #[command(subcommand)]
+    phase: Option<Phase>,
+    #[command(flatten)]
+    private: PrivateArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Phase {
+    /// Phase 1: K discriminators on K disjoint slices, G at a time (non-private, nothing released).
+    WarmStart(WarmStartArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum GeneratorArg {
+    Resnet,
+    Dcgan,
+}
+
+impl GeneratorArg {
+    fn value(self) -> GeneratorArch {
+        match self {
+            GeneratorArg::Resnet => GeneratorArch::Resnet,
+            GeneratorArg::Dcgan => GeneratorArch::Dcgan,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AccountingArg {
+    /// B·T compositions, subsampling without replacement at 1/k (the published ε).
+    AsPublished,
+    /// One mechanism per iteration, q = 1/k, σ/√B (far larger ε).
+    PerStep,
+}
+
+/// Settings are options without clap defaults so that `--resume` can refuse them; the defaults
+/// are in each help line.
+#[derive(Args, Debug)]
+struct WarmStartArgs {
+    /// Training data: a directory with MNIST-layout IDX files, or a name under $DPGAN_DATA.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// The run directory to create (config.json, metrics.jsonl, discriminators/).
+    #[arg(long, value_name = "RUN_DIR", required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the warm start in RUN_DIR: groups already written are kept.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
+    resume: Option<PathBuf>,
+    /// K, the number of discriminators (and disjoint data slices) [default: 1000].
+    #[arg(long)]
+    discriminators: Option<usize>,
+    /// G, discriminators trained together (memory grows with G) [default: 50].
+    #[arg(long)]
+    group_size: Option<usize>,
+    /// Iterations per discriminator [default: 2001].
+    #[arg(long)]
+    iterations: Option<u64>,
+    /// The throwaway generators' architecture [default: resnet].
+    #[arg(long, value_enum)]
+    generator: Option<GeneratorArg>,
+    /// Seed of the permutation, the initialisations and the draws [default: drawn from the OS].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu, cuda or cuda:N [default: the GPU if one works, else the CPU].
+    #[arg(long)]
+    device: Option<String>,
+    /// B, the real batch size [default: 32].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Width scale of the models (64 is the published size; smaller ones only for tests).
+    #[arg(long, hide = true)]
+    base: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct PrivateArgs {
+    /// A finished warm start (`dpgan train gs-wgan warm-start`).
+    #[arg(long, value_name = "WARM_START_DIR")]
+    warm_start: Option<PathBuf>,
+    /// The run directory to create (config.json, metrics.jsonl, checkpoints, sample grids).
+    #[arg(long, value_name = "RUN_DIR")]
+    out: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its checkpoint (with its own settings).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "warm_start"])]
+    resume: Option<PathBuf>,
+    /// Generator iterations (on --resume: the new total) [default: 20000].
+    #[arg(long)]
+    iterations: Option<u64>,
+    /// The generator's architecture [default: resnet].
+    #[arg(long, value_enum)]
+    generator: Option<GeneratorArg>,
+    /// σ of the sanitiser [default: 1.07, or calibrated to --target-epsilon].
+    #[arg(long)]
+    noise_multiplier: Option<f64>,
+    /// The ε budget at δ under --accounting: σ is calibrated to it when --noise-multiplier is
+    /// absent, and the run stops (with a checkpoint) before any iteration that would pass it.
+    #[arg(long)]
+    target_epsilon: Option<f64>,
+    /// Which accounting governs the budget; both are reported [default: per-step].
+    #[arg(long, value_enum)]
+    accounting: Option<AccountingArg>,
+    /// δ [default: 1e-5].
+    #[arg(long)]
+    delta: Option<f64>,
+    /// Seed of G's initialisation, the draws and the noise [default: drawn from the OS].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu, cuda or cuda:N [default: the GPU if one works, else the CPU].
+    #[arg(long)]
+    device: Option<String>,
+    /// Iterations between metrics lines [default: 100].
+    #[arg(long)]
+    log_every: Option<u64>,
+    /// Iterations between sample grids [default: 1000].
+    #[arg(long)]
+    sample_every: Option<u64>,
+    /// Iterations between checkpoints [default: 1000].
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+}
+
+pub fn run(args: &GsWganArgs) -> Result<()> {
+    match &args.phase {
+        Some(Phase::WarmStart(a)) => warm_start(a),
+        None => private(&args.private),
+    }
+}
+
+fn seed_or_os(seed: Option<u64>) -> Result<u64> {
+    match seed {
+        Some(seed) => Ok(seed),
+        None => {
+            let seed = rand::rngs::OsRng.try_next_u64().map_err(|e| Error::Invalid(format!("cannot draw a seed from the OS: {e}")))?;
+            eprintln!("seed: {seed} (drawn from the OS; recorded in config.json)");
+            Ok(seed)
+        }
+    }
+}
+
+/// A flag that would change a resumed run's recorded settings is an error, not silently ignored.
+fn refuse_on_resume(given: &[(&str, bool)], allowed: &str) -> Result<()> {
+    let flags: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
+    if flags.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "--resume continues a run with the settings in its config.json; drop {} (only {allowed} may change)",
+        flags.join(", ")
+    )))
+}
+
+fn warm_start(args: &WarmStartArgs) -> Result<()> {
+    let device = super::choose_device(args.device.as_deref())?;
+    let mut run = match &args.resume {
+        Some(root) => {
+            refuse_on_resume(
+                &[
+                    ("--data", args.data.is_some()),
+                    ("--discriminators", args.discriminators.is_some()),
+                    ("--group-size", args.group_size.is_some()),
+                    ("--iterations", args.iterations.is_some()),
+                    ("--generator", args.generator.is_some()),
+                    ("--seed", args.seed.is_some()),
+                    ("--batch-size", args.batch_size.is_some()),
+                    ("--base", args.base.is_some()),
+                ],
+                "--device",
+            )?;
+            WarmStartRun::resume(root, &device)?
+        }
+        None => {
+            let out = args.out.as_deref().ok_or_else(|| Error::Invalid("give --out RUN_DIR (or --resume RUN_DIR)".into()))?;
+            let d = WarmStartSettings::default();
+            let settings = WarmStartSettings {
+                seed: seed_or_os(args.seed)?,
+                discriminators: args.discriminators.unwrap_or(d.discriminators),
+                group_size: args.group_size.unwrap_or(d.group_size),
+                iterations: args.iterations.unwrap_or(d.iterations),
+                generator: args.generator.map_or(d.generator, GeneratorArg::value),
+                base: args.base.unwrap_or(d.base),
+                batch_size: args.batch_size.unwrap_or(d.batch_size),
+            };
+            let data = Dataset::load(&data_dir(args.data.as_deref())?, Split::Train)?;
+            let config = WarmStartRunConfig::plan(&settings, &data, &device)?;
+            eprintln!(
+                "gs-wgan warm start: {} discriminators in {} groups of up to {}, {} iterations each, slices of {} records",
+                config.discriminators,
+                config.groups(),
+                config.group_size,
+                config.iterations,
+                config.data.records / config.discriminators
+            );
+            WarmStartRun::start(out, config, &data, &device)?
+        }
+    };
+    let progress = Progress::new(run.discriminators_done() as u64, run.config().discriminators as u64);
+    let outcome = run.train(&progress)?;
+    progress.finish();
+    let root = args.resume.as_deref().or(args.out.as_deref()).unwrap_or(Path::new("."));
+    super::emit(&format!(
+        "warm start: {} groups trained, {} already done, in {:.1} s on {device}\nrun directory: {} (private: it holds \
+         discriminators trained on the real data; use it with `dpgan train gs-wgan --warm-start {}`)\n",
+        outcome.groups_trained,
+        outcome.groups_skipped,
+        outcome.wall_s,
+        root.display(),
+        root.display(),
+    ))
+}
+
+fn private(args: &PrivateArgs) -> Result<()> {
+    let device = super::choose_device(args.device.as_deref())?;
+    let (mut run, root) = match &args.resume {
+        Some(root) => {
+            refuse_on_resume(
+                &[
+                    ("--generator", args.generator.is_some()),
+                    ("--noise-multiplier", args.noise_multiplier.is_some()),
+                    ("--target-epsilon", args.target_epsilon.is_some()),
+                    ("--accounting", args.accounting.is_some()),
+                    ("--delta", args.delta.is_some()),
+                    ("--seed", args.seed.is_some()),
+                    ("--log-every", args.log_every.is_some()),
+                    ("--sample-every", args.sample_every.is_some()),
+                    ("--checkpoint-every", args.checkpoint_every.is_some()),
+                ],
+                "--iterations and --device",
+            )?;
+            let run = GsWganRunner::resume(root, &device, args.iterations)?;
+            eprintln!("resuming {} at iteration {} of {}", root.display(), run.iterations_done(), run.config().iterations);
+            (run, root.clone())
+        }
+        None => {
+            let (Some(warm_start), Some(out)) = (&args.warm_start, &args.out) else {
+                return Err(Error::Invalid(
+                    "give --warm-start WARM_START_DIR and --out RUN_DIR (or --resume RUN_DIR); train the discriminators first \
+                     with `dpgan train gs-wgan warm-start`"
+                        .into(),
+                ));
+            };
+            let d = GsWganSettings::default();
+            let settings = GsWganSettings {
+                warm_start: warm_start.clone(),
+                seed: seed_or_os(args.seed)?,
+                iterations: args.iterations.unwrap_or(d.iterations),
+                generator: args.generator.map_or(d.generator, GeneratorArg::value),
+                noise_multiplier: match (args.noise_multiplier, args.target_epsilon) {
+                    (Some(sigma), _) => Some(sigma),
+                    (None, Some(_)) => None,
+                    (None, None) => d.noise_multiplier,
+                },
+                target_epsilon: args.target_epsilon,
+                delta: args.delta.unwrap_or(d.delta),
+                accounting: match args.accounting {
+                    None => d.accounting,
+                    Some(AccountingArg::AsPublished) => Accounting::AsPublished,
+                    Some(AccountingArg::PerStep) => Accounting::PerStep,
+                },
+                log_every: args.log_every.unwrap_or(d.log_every),
+                sample_every: args.sample_every.unwrap_or(d.sample_every),
+                checkpoint_every: args.checkpoint_every.unwrap_or(d.checkpoint_every),
+            };
+            let config = GsWganRunConfig::plan(&settings, &device)?;
+            announce(&config)?;
+            (GsWganRunner::start(out, config, &device)?, out.clone())
+        }
+    };
+    let progress = Progress::new(run.iterations_done(), run.config().iterations);
+    let outcome = run.train(&progress)?;
+    progress.finish();
+    let config = run.config();
+    let mut report = String::new();
+    if let Stop::Budget(why) = &outcome.stop {
+        report += &format!("stopped at iteration {} of {}: {why}\n", outcome.iterations, config.iterations);
+    }
+    report += &format!(
+        "trained {} iterations in {:.1} s on {device}\n\
+         ε = {:.4} as-published (order {}), {:.4} per-step (order {}) at δ = {}; k = {}, B = {}, σ = {}; {} governs the budget\n\
+         run directory: {} (private: it holds the seed and the discriminators; release only `dpgan sample` output)\n",
+        outcome.iterations,
+        outcome.wall_s,
+        outcome.as_published.epsilon,
+        outcome.as_published.order,
+        outcome.per_step.epsilon,
+        outcome.per_step.order,
+        config.delta,
+        config.discriminators,
+        config.batch_size,
+        config.noise_multiplier,
+        config.accounting.name(),
+        root.display(),
+    );
+    super::emit(&report)
+}
+
+/// Says what the run will spend under both accountings, before it starts.
+fn announce(config: &GsWganRunConfig) -> Result<()> {
+    let (published, per_step) = (config.planned_epsilon(Accounting::AsPublished)?, config.planned_epsilon(Accounting::PerStep)?);
+    eprintln!(
+        "gs-wgan: {} iterations, k = {}, B = {}, σ = {}{}, δ = {}: ε = {:.4} as-published, {:.4} per-step if every iteration runs; \
+         {} governs{}",
+        config.iterations,
+        config.discriminators,
+        config.batch_size,
+        config.noise_multiplier,
+        if config.noise_multiplier_calibrated { " (calibrated)" } else { "" },
+        config.delta,
+        published.epsilon,
+        per_step.epsilon,
+        config.accounting.name(),
+        config.target_epsilon.map(|t| format!(" (budget ε = {t})")).unwrap_or_default(),
+    );
+    Ok(())
+}

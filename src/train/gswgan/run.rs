@@ -1,0 +1,715 @@
+//! Phase 2 from the command line: the K warm-started discriminators (kept on the host, the selected
+//! one moved to the device for its iteration), a generator G with Adam and its EMA copy G_s, the
+//! two accountings of SPEC.md §2 side by side. The chosen one governs: an iteration is recorded
+//! before it runs, and one that would pass the ε budget is never taken.
+//!
+//! Every draw of iteration t (j, z, α, labels) comes from `stream(seed, Generator, t)` and its noise
+//! from the key at step t, so a checkpoint (G, G_s, Adam moments, every selected discriminator with
+//! its Adam state and batch position, both accountants) resumes the run exactly. The price is the
+//! checkpoint's size: at the published size (K = 1000 critics of 1.07 M parameters, each with two
+//! Adam moments) it grows to about 13 GB once every critic has been selected, the same state the
+//! run holds in host memory.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::warm_start::next_critic_batch;
+use super::warm_start_run::{arch_name, load_discriminators, load_recorded_data, WarmStartRunConfig, WARM_START_ALGORITHM};
+use super::{critic_step, ema_decay, ema_update, private_generator_step, CriticState, GsWganConfig, LabelledImages, SliceBatches};
+use crate::autograd::Tape;
+use crate::backend::{ops, BinaryOp};
+use crate::dp::{GsWganSanitizer, NoiseMode, NoiseSource};
+use crate::error::{Error, Result};
+use crate::io::image::Grid;
+use crate::models::gswgan::{bernoulli_latent, one_hot, uniform_labels, Discriminator, Generator, GeneratorArch, CLASSES, PIXELS};
+use crate::nn::Module;
+use crate::optim::Adam;
+use crate::privacy::accountant::{Accountant, Mechanism};
+use crate::privacy::conversion::{Conversion, Guarantee};
+use crate::privacy::gswgan::GsWganRun;
+use crate::privacy::rdp::Orders;
+use crate::tensor::{Device, Tensor};
+use crate::train::dpcgan::run::{BuildRecord, DataRecord};
+use crate::train::progress::Progress;
+use crate::train::replay::{stream, Purpose};
+use crate::train::run_dir::{read_json, MetricsLog, RunDir, CHECKPOINT, CONFIG, METRICS};
+
+pub const ALGORITHM: &str = "gs-wgan";
+/// Bumped when the checkpoint layout changes.
+const STATE_FORMAT: u32 = 1;
+
+/// Which accounting of SPEC.md §2 governs the budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Accounting {
+    /// B·T compositions of the Gaussian subsampled without replacement, classic conversion.
+    AsPublished,
+    /// T Poisson-subsampled Gaussian steps at q = 1/k with σ/√B.
+    PerStep,
+}
+
+impl Accounting {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accounting::AsPublished => "as-published",
+            Accounting::PerStep => "per-step",
+        }
+    }
+
+    /// The conversion each accounting uses: the published one is classic, per-step the improved
+    /// one DP-SGD runs use.
+    pub fn conversion(self) -> Conversion {
+        match self {
+            Accounting::AsPublished => Conversion::Classic,
+            Accounting::PerStep => Conversion::Improved,
+        }
+    }
+
+    pub fn mechanism(self, run: GsWganRun) -> Mechanism {
+        match self {
+            Accounting::AsPublished => Mechanism::GsWganAsPublished(run),
+            Accounting::PerStep => Mechanism::GsWganPerStep(run),
+        }
+    }
+
+    pub fn other(self) -> Accounting {
+        match self {
+            Accounting::AsPublished => Accounting::PerStep,
+            Accounting::PerStep => Accounting::AsPublished,
+        }
+    }
+}
+
+/// What the user chose for phase 2.
+#[derive(Clone, Debug)]
+pub struct GsWganSettings {
+    pub warm_start: PathBuf,
+    pub seed: u64,
+    pub iterations: u64,
+    pub generator: GeneratorArch,
+    /// `None`: calibrated to `target_epsilon` under `accounting`.
+    pub noise_multiplier: Option<f64>,
+    pub target_epsilon: Option<f64>,
+    pub delta: f64,
+    pub accounting: Accounting,
+    pub log_every: u64,
+    pub sample_every: u64,
+    pub checkpoint_every: u64,
+}
+
+impl Default for GsWganSettings {
+    fn default() -> Self {
+        GsWganSettings {
+            warm_start: PathBuf::new(),
+            seed: 0,
+            iterations: 20_000,
+            generator: GeneratorArch::Resnet,
+            noise_multiplier: Some(1.07),
+            target_epsilon: None,
+            delta: 1e-5,
+            accounting: Accounting::PerStep,
+            log_every: 100,
+            sample_every: 1000,
+            checkpoint_every: 1000,
+        }
+    }
+}
+
+/// Phase 2's config.json.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GsWganRunConfig {
+    pub algorithm: String,
+    pub warm_start: PathBuf,
+    /// The warm start's own config, copied: the slices, widths and data it used.
+    pub warm_start_config: WarmStartRunConfig,
+    pub data: DataRecord,
+    pub seed: u64,
+    pub iterations: u64,
+    pub generator: String,
+    pub base: usize,
+    pub discriminators: usize,
+    /// B of the accounting: the real batch size, the largest a step takes (a step after a
+    /// partial batch takes fewer), so both accountings count no less than was spent.
+    pub batch_size: usize,
+    pub clip: f64,
+    pub noise_multiplier: f64,
+    pub noise_multiplier_calibrated: bool,
+    pub target_epsilon: Option<f64>,
+    pub delta: f64,
+    pub accounting: Accounting,
+    pub noise: NoiseMode,
+    pub log_every: u64,
+    pub sample_every: u64,
+    pub checkpoint_every: u64,
+    pub build: BuildRecord,
+    pub device: String,
+}
+
+impl GsWganRunConfig {
+    /// Checks the settings against the warm start and the accountant (calibrating σ if asked);
+    /// nothing is written.
+    pub fn plan(s: &GsWganSettings, device: &Device) -> Result<Self> {
+        let warm: WarmStartRunConfig = read_json(&s.warm_start.join(CONFIG))?;
+        if warm.algorithm != WARM_START_ALGORITHM {
+            return Err(Error::file(s.warm_start.join(CONFIG), format!("is a {} run, not a GS-WGAN warm start", warm.algorithm)));
+        }
+        for (name, every) in [("--log-every", s.log_every), ("--sample-every", s.sample_every), ("--checkpoint-every", s.checkpoint_every)]
+        {
+            if every == 0 {
+                return Err(Error::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        if s.iterations == 0 {
+            return Err(Error::Invalid("--iterations must be at least 1".into()));
+        }
+        let mut config = GsWganRunConfig {
+            algorithm: ALGORITHM.to_string(),
+            warm_start: s.warm_start.clone(),
+            data: warm.data.clone(),
+            seed: s.seed,
+            iterations: s.iterations,
+            generator: arch_name(s.generator).to_string(),
+            base: warm.base,
+            discriminators: warm.discriminators,
+            batch_size: warm.batch_size,
+            clip: 1.0,
+            noise_multiplier: 0.0,
+            noise_multiplier_calibrated: false,
+            target_epsilon: s.target_epsilon,
+            delta: s.delta,
+            accounting: s.accounting,
+            noise: NoiseMode::Fast,
+            log_every: s.log_every,
+            sample_every: s.sample_every,
+            checkpoint_every: s.checkpoint_every,
+            build: BuildRecord::current(),
+            device: device.to_string(),
+            warm_start_config: warm,
+        };
+        (config.noise_multiplier, config.noise_multiplier_calibrated) = match (s.noise_multiplier, s.target_epsilon) {
+            (Some(sigma), _) => (sigma, false),
+            (None, Some(target)) => (config.calibrate(target)?, true),
+            (None, None) => return Err(Error::Invalid("give --noise-multiplier or --target-epsilon".into())),
+        };
+        config.run().check()?;
+        config.accountant(config.accounting)?.check_budget(config.mechanism(config.accounting), 1)?;
+        Ok(config)
+    }
+
+    pub fn run(&self) -> GsWganRun {
+        GsWganRun {
+            noise_multiplier: self.noise_multiplier,
+            discriminators: self.discriminators as u64,
+            batch_size: self.batch_size as u64,
+        }
+    }
+
+    pub fn mechanism(&self, accounting: Accounting) -> Mechanism {
+        accounting.mechanism(self.run())
+    }
+
+    /// A fresh accountant for `accounting`: with the budget if it governs, without otherwise.
+    pub fn accountant(&self, accounting: Accounting) -> Result<Accountant> {
+        let budget = if accounting == self.accounting { self.target_epsilon } else { None };
+        Accountant::new(Orders::Standard, accounting.conversion(), self.delta, budget)
+    }
+
+    /// ε under `accounting` if all `iterations` run.
+    pub fn planned_epsilon(&self, accounting: Accounting) -> Result<Guarantee> {
+        Accountant::new(Orders::Standard, accounting.conversion(), self.delta, None)?.try_step(self.mechanism(accounting), self.iterations)
+    }
+
+    /// The smallest f32 σ whose planned ε under the governing accounting is at most `target`, by
+    /// bisection on the accountant itself (σ is recorded and used as given, so no rounding can
+    /// move it below the budget).
+    fn calibrate(&self, target: f64) -> Result<f64> {
+        if !(target.is_finite() && target > 0.0) {
+            return Err(Error::Invalid(format!("--target-epsilon must be positive, got {target}")));
+        }
+        let epsilon_at = |sigma: f64| -> Result<f64> {
+            let config = GsWganRunConfig { noise_multiplier: sigma, ..self.clone() };
+            Ok(config.planned_epsilon(self.accounting)?.epsilon)
+        };
+        // A bracket [σ/2, σ] with ε(low) > target ≥ ε(high), narrowed below f32 resolution.
+        let mut high = 1.0;
+        while epsilon_at(high)? > target {
+            high *= 2.0;
+            if high > 1e6 {
+                return Err(Error::Invalid(format!("no noise multiplier up to 1e6 reaches ε = {target}")));
+            }
+        }
+        let mut low = high / 2.0;
+        while epsilon_at(low)? <= target {
+            high = low;
+            low /= 2.0;
+            if low < 1e-6 {
+                break;
+            }
+        }
+        while high - low > high * 2f64.powi(-30) {
+            let mid = 0.5 * (low + high);
+            if epsilon_at(mid)? > target {
+                low = mid;
+            } else {
+                high = mid;
+            }
+        }
+        // The smallest f32 within the budget (ε falls as σ grows).
+        let mut sigma = high as f32;
+        if (sigma as f64) < high {
+            sigma = sigma.next_up();
+        }
+        while sigma.next_down() > 0.0 && epsilon_at(sigma.next_down() as f64)? <= target {
+            sigma = sigma.next_down();
+        }
+        Ok(sigma as f64)
+    }
+
+    pub fn arch(&self) -> Result<GeneratorArch> {
+        self.generator.parse()
+    }
+}
+
+/// One selected discriminator's resumable position.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CriticRecord {
+    pub index: usize,
+    pub adam_steps: u64,
+    pub passes: u64,
+    pub position: usize,
+}
+
+/// What a checkpoint records besides the tensors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GsWganState {
+    pub format: u32,
+    pub algorithm: String,
+    pub iteration: u64,
+    pub generator_adam_steps: u64,
+    /// The accountant of each accounting (the governing one holds the budget).
+    pub as_published: Accountant,
+    pub per_step: Accountant,
+    pub epsilon: f64,
+    pub epsilon_as_published: f64,
+    pub epsilon_per_step: f64,
+    pub delta: f64,
+    /// The discriminators selected so far (the others are still as the warm start left them).
+    pub critics: Vec<CriticRecord>,
+    pub wall_s: f64,
+    pub stopped: Option<String>,
+}
+
+/// Why [`GsWganRunner::train`] returned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stop {
+    Completed,
+    Budget(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub iterations: u64,
+    pub as_published: Guarantee,
+    pub per_step: Guarantee,
+    pub stop: Stop,
+    pub wall_s: f64,
+}
+
+/// See the module documentation.
+pub struct GsWganRunner {
+    dir: RunDir,
+    config: GsWganRunConfig,
+    step_config: GsWganConfig,
+    generator: Generator,
+    ema: Generator,
+    g_optimizer: Adam,
+    critics: Vec<CriticState>,
+    /// Which critics have been selected (saved in checkpoints).
+    touched: Vec<bool>,
+    as_published: Accountant,
+    per_step: Accountant,
+    sanitizer: GsWganSanitizer,
+    noise: NoiseSource,
+    data: LabelledImages,
+    device: Device,
+    iteration: u64,
+    wall_before: f64,
+}
+
+fn tensor_name(prefix: &str, i: usize) -> String {
+    format!("{prefix}.{i}")
+}
+
+impl GsWganRunner {
+    pub fn start(out: &Path, config: GsWganRunConfig, device: &Device) -> Result<Self> {
+        let data = load_recorded_data(&config.data)?;
+        let discriminators = load_discriminators(&config.warm_start, &config.warm_start_config)?;
+        let dir = RunDir::create(out)?;
+        dir.write_json(CONFIG, &config)?;
+        let (as_published, per_step) = (config.accountant(Accounting::AsPublished)?, config.accountant(Accounting::PerStep)?);
+        Self::assemble(dir, config, &LabelledImages::from_dataset(&data)?, discriminators, as_published, per_step, device)
+    }
+
+    /// Continues the run in `root` from its checkpoint, with `iterations` as the new total if given.
+    pub fn resume(root: &Path, device: &Device, iterations: Option<u64>) -> Result<Self> {
+        let dir = RunDir::open(root)?;
+        let mut config: GsWganRunConfig = dir.read_json(CONFIG)?;
+        if config.algorithm != ALGORITHM {
+            return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not {ALGORITHM}", config.algorithm)));
+        }
+        let data = load_recorded_data(&config.data)?;
+        let discriminators = load_discriminators(&config.warm_start, &config.warm_start_config)?;
+        let (mut tensors, state): (_, GsWganState) = dir.load_checkpoint(&Device::Cpu)?;
+        if state.format != STATE_FORMAT || state.algorithm != ALGORITHM {
+            return Err(Error::file(
+                dir.path(CHECKPOINT),
+                format!("checkpoint format {} of {} is not this version's", state.format, state.algorithm),
+            ));
+        }
+        if let Some(total) = iterations {
+            config.iterations = total;
+            dir.write_json(CONFIG, &config)?;
+        }
+        let data = LabelledImages::from_dataset(&data)?;
+        let mut run = Self::assemble(dir, config, &data, discriminators, state.as_published, state.per_step, device)?;
+        let checkpoint = run.dir.path(CHECKPOINT);
+        let mut take = |name: String| -> Result<Tensor> {
+            tensors.remove(&name).ok_or_else(|| Error::file(&checkpoint, format!("lacks {name}")))?.to_device(device)
+        };
+        for entry in run.generator.entries_mut() {
+            *entry.tensor = take(format!("generator.{}", entry.name))?;
+        }
+        for entry in run.ema.entries_mut() {
+            *entry.tensor = take(format!("ema.{}", entry.name))?;
+        }
+        let count = run.generator.params().len();
+        let moments =
+            |take: &mut dyn FnMut(String) -> Result<Tensor>, prefix: &str, n: usize, steps: u64| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+                if steps == 0 {
+                    return Ok((Vec::new(), Vec::new()));
+                }
+                let m = (0..n).map(|i| take(tensor_name(&format!("{prefix}.m"), i))).collect::<Result<_>>()?;
+                let v = (0..n).map(|i| take(tensor_name(&format!("{prefix}.v"), i))).collect::<Result<_>>()?;
+                Ok((m, v))
+            };
+        let (m, v) = moments(&mut take, "generator_adam", count, state.generator_adam_steps)?;
+        run.g_optimizer.restore(m, v, state.generator_adam_steps)?;
+        let mut slices = run.config.warm_start_config.slices(run.data.len())?;
+        for record in &state.critics {
+            let j = record.index;
+            let critic = run.critics.get_mut(j).ok_or_else(|| Error::file(&checkpoint, format!("names discriminator {j}")))?;
+            let slice = std::mem::take(&mut slices[j]);
+            for entry in critic.discriminator.entries_mut() {
+                *entry.tensor = take(format!("critic.{j}.{}", entry.name))?.to_device(&Device::Cpu)?;
+            }
+            let n = critic.discriminator.params().len();
+            let (m, v) = moments(&mut take, &format!("critic.{j}.adam"), n, record.adam_steps)?;
+            let host = |t: Vec<Tensor>| t.iter().map(|x| x.to_device(&Device::Cpu)).collect::<Result<Vec<_>>>();
+            critic.optimizer.restore(host(m)?, host(v)?, record.adam_steps)?;
+            critic.batches = SliceBatches::restore(
+                slice,
+                run.step_config.batch_size,
+                stream(run.config.seed, Purpose::Batches, j as u64),
+                record.passes,
+                record.position,
+            )?;
+            run.touched[j] = true;
+        }
+        run.iteration = state.iteration;
+        run.wall_before = state.wall_s;
+        Ok(run)
+    }
+
+    fn assemble(
+        dir: RunDir,
+        config: GsWganRunConfig,
+        data: &LabelledImages,
+        discriminators: Vec<Discriminator>,
+        as_published: Accountant,
+        per_step: Accountant,
+        device: &Device,
+    ) -> Result<Self> {
+        let step_config = GsWganConfig { batch_size: config.batch_size, ..GsWganConfig::default() };
+        let slices = config.warm_start_config.slices(data.len())?;
+        let critics = discriminators
+            .into_iter()
+            .zip(slices)
+            .enumerate()
+            .map(|(j, (d, slice))| CriticState::new(d, slice, stream(config.seed, Purpose::Batches, j as u64), &step_config))
+            .collect::<Result<Vec<_>>>()?;
+        let generator = Generator::new(config.arch()?, 1, config.base, &mut stream(config.seed, Purpose::Init, 0), device)?;
+        Ok(GsWganRunner {
+            ema: generator.clone(),
+            generator,
+            g_optimizer: Adam::new(step_config.adam),
+            touched: vec![false; critics.len()],
+            critics,
+            as_published,
+            per_step,
+            sanitizer: GsWganSanitizer::new(config.clip, config.noise_multiplier)?,
+            noise: NoiseSource::from_seed(config.seed, config.noise),
+            data: data.clone(),
+            device: device.clone(),
+            iteration: 0,
+            wall_before: 0.0,
+            step_config,
+            dir,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &GsWganRunConfig {
+        &self.config
+    }
+
+    pub fn iterations_done(&self) -> u64 {
+        self.iteration
+    }
+
+    fn accountant(&self, accounting: Accounting) -> &Accountant {
+        match accounting {
+            Accounting::AsPublished => &self.as_published,
+            Accounting::PerStep => &self.per_step,
+        }
+    }
+
+    /// Records one iteration with both accountants; the governing one first, so a refused
+    /// iteration is recorded by neither.
+    fn spend(&mut self) -> Result<()> {
+        let governing = self.config.accounting;
+        let (first, second) = match governing {
+            Accounting::AsPublished => (&mut self.as_published, &mut self.per_step),
+            Accounting::PerStep => (&mut self.per_step, &mut self.as_published),
+        };
+        first.try_step(self.config.mechanism(governing), 1)?;
+        second.try_step(self.config.mechanism(governing.other()), 1)?;
+        Ok(())
+    }
+
+    /// Trains to the planned number of iterations or the budget; logs, grids, checkpoints, and
+    /// always a checkpoint at the end.
+    pub fn train(&mut self, progress: &Progress) -> Result<Outcome> {
+        let mut metrics = MetricsLog::open(&self.dir.path(METRICS), Some(self.iteration))?;
+        let started = Instant::now();
+        let (mut interval_start, mut interval) = (Instant::now(), 0u64);
+        let mut sums: Option<(Tensor, Tensor)> = None;
+        let mut stop = Stop::Completed;
+        while self.iteration < self.config.iterations {
+            match self.spend() {
+                Ok(()) => {}
+                Err(Error::PrivacyBudget(why)) => {
+                    stop = Stop::Budget(why);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+            let (critic, generator, j) = self.iterate()?;
+            sums = Some(match sums {
+                None => (critic, generator),
+                Some((c, g)) => (ops::binary(BinaryOp::Add, &c, &critic)?, ops::binary(BinaryOp::Add, &g, &generator)?),
+            });
+            interval += 1;
+            let done = self.iteration;
+            progress.set_step(done);
+            let last = done == self.config.iterations;
+            if done % self.config.log_every == 0 || last {
+                let (c, g) = sums.take().ok_or_else(|| Error::Invalid("no iteration in the logging interval".into()))?;
+                let n = interval as f64;
+                let (d_loss, g_loss) = (c.to_vec()?.iter().sum::<f32>() as f64 / n, g.to_vec()?.iter().sum::<f32>() as f64 / n);
+                let (published, per_step) = (self.as_published.spent()?, self.per_step.spent()?);
+                let governing = self.accountant(self.config.accounting).spent()?;
+                let rate = n / interval_start.elapsed().as_secs_f64();
+                metrics.append(&serde_json::json!({
+                    "step": done,
+                    "d_loss": d_loss,
+                    "g_loss": g_loss,
+                    "discriminator": j,
+                    "epsilon": governing.epsilon,
+                    "accounting": self.config.accounting,
+                    "epsilon_as_published": published.epsilon,
+                    "order_as_published": published.order,
+                    "epsilon_per_step": per_step.epsilon,
+                    "order_per_step": per_step.order,
+                    "delta": self.config.delta,
+                    "steps_per_s": rate,
+                    "wall_s": self.wall_before + started.elapsed().as_secs_f64(),
+                }))?;
+                progress.report(
+                    done,
+                    &format!(
+                        "ε {:.3} ({}) · D {d_loss:.4} · G {g_loss:.4} · {rate:.2} it/s",
+                        governing.epsilon,
+                        self.config.accounting.name()
+                    ),
+                );
+                (interval_start, interval) = (Instant::now(), 0);
+            }
+            if done % self.config.sample_every == 0 || last {
+                write_class_grid(&self.ema, self.config.seed, &self.dir.sample_grid_path(done), &self.device)?;
+            }
+            if done % self.config.checkpoint_every == 0 && !last {
+                self.checkpoint(self.wall_before + started.elapsed().as_secs_f64(), None)?;
+            }
+        }
+        let wall_s = started.elapsed().as_secs_f64();
+        let reason = match &stop {
+            Stop::Completed => None,
+            Stop::Budget(why) => Some(format!("stopped before iteration {}: {why}", self.iteration + 1)),
+        };
+        self.checkpoint(self.wall_before + wall_s, reason)?;
+        Ok(Outcome { iterations: self.iteration, as_published: self.as_published.spent()?, per_step: self.per_step.spent()?, stop, wall_s })
+    }
+
+    /// Iteration t: j, the critic steps of D_j on the device, the private generator step through
+    /// D_j frozen, the EMA; D_j goes back to the host. Losses `[1]` each, and j.
+    fn iterate(&mut self) -> Result<(Tensor, Tensor, usize)> {
+        let t = self.iteration;
+        let mut draws = stream(self.config.seed, Purpose::Generator, t);
+        let j = draws.random_range(0..self.critics.len());
+        let critic = &mut self.critics[j];
+        move_critic(critic, &self.device)?;
+        let mut critic_loss = None;
+        let mut batch_size = 0;
+        for _ in 0..self.step_config.critic_steps {
+            let batch =
+                next_critic_batch(std::slice::from_mut(&mut critic.batches), std::slice::from_mut(&mut draws), &self.data, &self.device)?;
+            batch_size = batch.images.shape()[1];
+            critic_loss =
+                Some(critic_step(&mut critic.discriminator, &mut critic.optimizer, &mut self.generator, &batch, &self.step_config)?);
+        }
+        let critic_loss = critic_loss.ok_or_else(|| Error::Invalid("a phase-2 iteration needs at least one critic step".into()))?;
+        let rngs = std::slice::from_mut(&mut draws);
+        let labels = one_hot(&uniform_labels(rngs, batch_size), 1, &self.device)?;
+        let z = bernoulli_latent(rngs, batch_size, &self.device)?;
+        let key = self.noise.key_at(t, 0);
+        let generator_loss = private_generator_step(
+            &mut self.generator,
+            &mut self.g_optimizer,
+            &mut critic.discriminator,
+            &z,
+            &labels,
+            &self.sanitizer,
+            &key,
+        )?;
+        ema_update(&mut self.ema, &self.generator, ema_decay(t))?;
+        move_critic(critic, &Device::Cpu)?;
+        self.touched[j] = true;
+        self.iteration += 1;
+        Ok((critic_loss, generator_loss, j))
+    }
+
+    fn checkpoint(&self, wall_s: f64, stopped: Option<String>) -> Result<()> {
+        let mut tensors: Vec<(String, &Tensor)> = Vec::new();
+        tensors.extend(self.generator.named_tensors().into_iter().map(|(n, t)| (format!("generator.{n}"), t)));
+        tensors.extend(self.ema.named_tensors().into_iter().map(|(n, t)| (format!("ema.{n}"), t)));
+        push_moments(&mut tensors, "generator_adam", &self.g_optimizer);
+        let mut critics = Vec::new();
+        for (j, critic) in self.critics.iter().enumerate().filter(|(j, _)| self.touched[*j]) {
+            tensors.extend(critic.discriminator.named_tensors().into_iter().map(|(n, t)| (format!("critic.{j}.{n}"), t)));
+            push_moments(&mut tensors, &format!("critic.{j}.adam"), &critic.optimizer);
+            critics.push(CriticRecord {
+                index: j,
+                adam_steps: critic.optimizer.steps(),
+                passes: critic.batches.passes(),
+                position: critic.batches.position(),
+            });
+        }
+        let (published, per_step) = (self.as_published.spent()?, self.per_step.spent()?);
+        let state = GsWganState {
+            format: STATE_FORMAT,
+            algorithm: ALGORITHM.to_string(),
+            iteration: self.iteration,
+            generator_adam_steps: self.g_optimizer.steps(),
+            as_published: self.as_published.clone(),
+            per_step: self.per_step.clone(),
+            epsilon: self.accountant(self.config.accounting).spent()?.epsilon,
+            epsilon_as_published: published.epsilon,
+            epsilon_per_step: per_step.epsilon,
+            delta: self.config.delta,
+            critics,
+            wall_s,
+            stopped,
+        };
+        self.dir.save_checkpoint(&tensors, &state)
+    }
+}
+
+fn push_moments<'a>(tensors: &mut Vec<(String, &'a Tensor)>, prefix: &str, adam: &'a Adam) {
+    let (m, v) = adam.moments();
+    tensors.extend(m.iter().enumerate().map(|(i, t)| (tensor_name(&format!("{prefix}.m"), i), t)));
+    tensors.extend(v.iter().enumerate().map(|(i, t)| (tensor_name(&format!("{prefix}.v"), i), t)));
+}
+
+/// Moves a discriminator and its Adam moments to `device` (nothing to do if they are there).
+fn move_critic(critic: &mut CriticState, device: &Device) -> Result<()> {
+    if critic.discriminator.conv1.bias.device().same(device) {
+        return Ok(());
+    }
+    for entry in critic.discriminator.entries_mut() {
+        *entry.tensor = entry.tensor.to_device(device)?;
+    }
+    let steps = critic.optimizer.steps();
+    let (m, v) = critic.optimizer.moments();
+    let (m, v) = (
+        m.iter().map(|t| t.to_device(device)).collect::<Result<Vec<_>>>()?,
+        v.iter().map(|t| t.to_device(device)).collect::<Result<Vec<_>>>()?,
+    );
+    critic.optimizer.restore(m, v, steps)
+}
+
+/// Images generated per forward pass when sampling: bounds memory whatever the count.
+const SAMPLE_CHUNK: usize = 1000;
+
+/// `per_class` images of every class from `generator` (a copy of it runs, so its spectral-norm
+/// vectors stay as training left them), z ~ Bernoulli(0.5) from `rng`: `[10·per_class, 784]` in
+/// [0, 1], class-major, and the labels. Sampling is post-processing: no privacy cost.
+pub fn generate_by_class<R: Rng>(generator: &Generator, per_class: usize, rng: &mut R, device: &Device) -> Result<(Vec<f32>, Vec<u8>)> {
+    let mut copy = generator.clone();
+    let (mut images, mut labels) = (Vec::with_capacity(per_class * CLASSES * PIXELS), Vec::with_capacity(per_class * CLASSES));
+    for class in 0..CLASSES {
+        let mut left = per_class;
+        while left > 0 {
+            let n = left.min(SAMPLE_CHUNK);
+            let z = bernoulli_latent(std::slice::from_mut(rng), n, device)?;
+            let onehot = one_hot(&vec![class as u32; n], 1, device)?;
+            images.extend(copy.forward(&Tape::new(), &z, &onehot)?.to_vec()?);
+            labels.extend(std::iter::repeat_n(class as u8, n));
+            left -= n;
+        }
+    }
+    Ok((images, labels))
+}
+
+/// A 10 × 10 grid from the EMA generator, one row per class, from the run's fixed codes.
+pub fn write_class_grid(generator: &Generator, seed: u64, path: &Path, device: &Device) -> Result<()> {
+    let (images, _) = generate_by_class(generator, 10, &mut stream(seed, Purpose::Grid, 0), device)?;
+    Grid { images: &images, rows: CLASSES, cols: 10, height: 28, width: 28, range: (0.0, 1.0) }.write_png(path)
+}
+
+/// The released generator G_s of a phase-2 run, from its checkpoint, with its config.
+pub fn load_ema_generator(root: &Path, device: &Device) -> Result<(Generator, GsWganRunConfig, GsWganState)> {
+    let dir = RunDir::open(root)?;
+    let config: GsWganRunConfig = dir.read_json(CONFIG)?;
+    if config.algorithm != ALGORITHM {
+        return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not {ALGORITHM}", config.algorithm)));
+    }
+    // On the host first: the checkpoint also holds every selected discriminator and its Adam state.
+    let (mut tensors, state): (_, GsWganState) = dir.load_checkpoint(&Device::Cpu)?;
+    let mut ema = Generator::new(config.arch()?, 1, config.base, &mut stream(config.seed, Purpose::Init, 0), device)?;
+    for entry in ema.entries_mut() {
+        let key = format!("ema.{}", entry.name);
+        let t = tensors.remove(&key).ok_or_else(|| Error::file(dir.path(CHECKPOINT), format!("lacks {key}")))?;
+        if t.shape() != entry.tensor.shape() {
+            return Err(Error::file(dir.path(CHECKPOINT), format!("{key} has shape {:?}, expected {:?}", t.shape(), entry.tensor.shape())));
+        }
+        *entry.tensor = t.to_device(device)?;
+    }
+    Ok((ema, config, state))
+}
+
+/// The released data set of G_s: `per_class` images per class in [0, 1], codes from `seed`.
+pub fn sample_released(generator: &Generator, per_class: usize, seed: u64, device: &Device) -> Result<(Vec<f32>, Vec<u8>)> {
+    generate_by_class(generator, per_class, &mut stream(seed, Purpose::Sample, 0), device)
+}

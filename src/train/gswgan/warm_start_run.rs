@@ -1,0 +1,325 @@
+//! Phase 1 from the command line: K discriminators on K disjoint slices of a seeded permutation,
+//! trained G at a time ([`WarmStart`]) so memory is bounded by G, each finished group written to
+//! `discriminators/group-NNNN.safetensors` at once. A group whose file exists is never redone, so
+//! an interrupted run resumes where it stopped. Non-private: nothing here is released.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{GsWganConfig, LabelledImages, WarmStart};
+use crate::data::dataset::{Dataset, Split};
+use crate::data::sampling::disjoint_partitions;
+use crate::error::{Error, Result};
+use crate::io::checkpoint::{load_tensors, save_tensors};
+use crate::models::gswgan::{Discriminator, GeneratorArch, PUBLISHED_BASE};
+use crate::nn::{member, Module};
+use crate::tensor::{Device, Tensor};
+use crate::train::dpcgan::run::{BuildRecord, DataRecord, FileRecord};
+use crate::train::progress::Progress;
+use crate::train::replay::{stream, Purpose};
+use crate::train::run_dir::{file_sha256, MetricsLog, RunDir, CONFIG, METRICS};
+
+pub const WARM_START_ALGORITHM: &str = "gs-wgan-warm-start";
+/// Where the groups' discriminators go, inside the run directory.
+pub const DISCRIMINATORS: &str = "discriminators";
+/// The safetensors metadata key naming the discriminators a group file holds.
+const GROUP_KEY: &str = "dpgan.group";
+
+/// The name of a generator architecture as config.json records it.
+pub fn arch_name(arch: GeneratorArch) -> &'static str {
+    match arch {
+        GeneratorArch::Dcgan => "dcgan",
+        GeneratorArch::Resnet => "resnet",
+    }
+}
+
+/// A data set's record: directory, files and their SHA-256, size.
+pub fn data_record(data: &Dataset) -> Result<DataRecord> {
+    let (images, labels) = data.files();
+    Ok(DataRecord {
+        dir: images.parent().map(Path::to_path_buf).unwrap_or_default(),
+        images: FileRecord { path: images.to_path_buf(), sha256: file_sha256(images)? },
+        labels: FileRecord { path: labels.to_path_buf(), sha256: file_sha256(labels)? },
+        records: data.len(),
+    })
+}
+
+/// The training data of `record`, refused if a file changed since the run began.
+pub fn load_recorded_data(record: &DataRecord) -> Result<Dataset> {
+    let data = Dataset::load(&record.dir, Split::Train)?;
+    let (images, labels) = data.files();
+    for (recorded, path) in [(&record.images, images), (&record.labels, labels)] {
+        if file_sha256(path)? != recorded.sha256 {
+            return Err(Error::file(path, "differs from the file this run trained on (SHA-256 mismatch)"));
+        }
+    }
+    Ok(data)
+}
+
+/// What the user chose for a warm start.
+#[derive(Clone, Debug)]
+pub struct WarmStartSettings {
+    pub seed: u64,
+    pub discriminators: usize,
+    pub group_size: usize,
+    pub iterations: u64,
+    pub generator: GeneratorArch,
+    /// Width scale of the models (64 is the published size; smaller only for tests).
+    pub base: usize,
+    pub batch_size: usize,
+}
+
+impl Default for WarmStartSettings {
+    fn default() -> Self {
+        WarmStartSettings {
+            seed: 0,
+            discriminators: 1000,
+            group_size: 50,
+            iterations: 2001,
+            generator: GeneratorArch::Resnet,
+            base: PUBLISHED_BASE,
+            batch_size: 32,
+        }
+    }
+}
+
+/// The warm start's config.json: everything phase 2 needs to find each discriminator's slice.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WarmStartRunConfig {
+    pub algorithm: String,
+    pub data: DataRecord,
+    pub seed: u64,
+    /// Seed of the permutation cut into the K slices (`data::sampling::disjoint_partitions`).
+    pub partition_seed: u64,
+    pub discriminators: usize,
+    pub group_size: usize,
+    pub iterations: u64,
+    /// The throwaway generators' architecture.
+    pub generator: String,
+    pub base: usize,
+    pub batch_size: usize,
+    pub critic_steps: usize,
+    pub build: BuildRecord,
+    pub device: String,
+}
+
+impl WarmStartRunConfig {
+    pub fn plan(s: &WarmStartSettings, data: &Dataset, device: &Device) -> Result<Self> {
+        let records = data.len();
+        if s.discriminators == 0 || s.discriminators > records {
+            return Err(Error::Invalid(format!("--discriminators must be in 1..={records} (one slice each), got {}", s.discriminators)));
+        }
+        if s.group_size == 0 {
+            return Err(Error::Invalid("--group-size must be at least 1".into()));
+        }
+        if s.iterations == 0 {
+            return Err(Error::Invalid("--iterations must be at least 1".into()));
+        }
+        if s.batch_size == 0 || s.batch_size > records / s.discriminators {
+            return Err(Error::Invalid(format!(
+                "--batch-size must be in 1..={} (a slice's size with {} discriminators), got {}",
+                records / s.discriminators,
+                s.discriminators,
+                s.batch_size
+            )));
+        }
+        if s.base == 0 {
+            return Err(Error::Invalid("the model width must be at least 1".into()));
+        }
+        Ok(WarmStartRunConfig {
+            algorithm: WARM_START_ALGORITHM.to_string(),
+            data: data_record(data)?,
+            seed: s.seed,
+            partition_seed: stream(s.seed, Purpose::Batches, u64::MAX).random(),
+            discriminators: s.discriminators,
+            group_size: s.group_size.min(s.discriminators),
+            iterations: s.iterations,
+            generator: arch_name(s.generator).to_string(),
+            base: s.base,
+            batch_size: s.batch_size,
+            critic_steps: GsWganConfig::default().critic_steps,
+            build: BuildRecord::current(),
+            device: device.to_string(),
+        })
+    }
+
+    pub fn groups(&self) -> usize {
+        self.discriminators.div_ceil(self.group_size)
+    }
+
+    /// Discriminator j's slice of the training set.
+    pub fn slices(&self, records: usize) -> Result<Vec<Vec<usize>>> {
+        if records != self.data.records {
+            return Err(Error::Invalid(format!("{records} training records, the run recorded {}", self.data.records)));
+        }
+        disjoint_partitions(records, self.discriminators, self.partition_seed)
+    }
+
+    /// Discriminator j's seed (initialisation, batch order, draws of the warm start).
+    pub fn member_seed(&self, j: usize) -> u64 {
+        stream(self.seed, Purpose::Init, j as u64).random()
+    }
+
+    pub fn step_config(&self) -> GsWganConfig {
+        GsWganConfig { batch_size: self.batch_size, critic_steps: self.critic_steps, ..GsWganConfig::default() }
+    }
+
+    pub fn arch(&self) -> Result<GeneratorArch> {
+        self.generator.parse()
+    }
+}
+
+/// The file of group `group` in the run directory `root`.
+pub fn group_path(root: &Path, group: usize) -> PathBuf {
+    root.join(DISCRIMINATORS).join(format!("group-{group:04}.safetensors"))
+}
+
+/// How a call to [`WarmStartRun::train`] ended.
+#[derive(Clone, Debug)]
+pub struct WarmStartOutcome {
+    pub groups_trained: usize,
+    pub groups_skipped: usize,
+    pub wall_s: f64,
+}
+
+/// See the module documentation.
+pub struct WarmStartRun {
+    dir: RunDir,
+    config: WarmStartRunConfig,
+    data: LabelledImages,
+    slices: Vec<Vec<usize>>,
+    device: Device,
+}
+
+impl WarmStartRun {
+    pub fn start(out: &Path, config: WarmStartRunConfig, data: &Dataset, device: &Device) -> Result<Self> {
+        let dir = RunDir::create(out)?;
+        dir.write_json(CONFIG, &config)?;
+        Self::assemble(dir, config, data, device)
+    }
+
+    /// Continues the warm start in `root`: groups already written are kept.
+    pub fn resume(root: &Path, device: &Device) -> Result<Self> {
+        let dir = RunDir::open(root)?;
+        let config: WarmStartRunConfig = dir.read_json(CONFIG)?;
+        if config.algorithm != WARM_START_ALGORITHM {
+            return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not a GS-WGAN warm start", config.algorithm)));
+        }
+        let data = load_recorded_data(&config.data)?;
+        Self::assemble(dir, config, &data, device)
+    }
+
+    fn assemble(dir: RunDir, config: WarmStartRunConfig, data: &Dataset, device: &Device) -> Result<Self> {
+        let slices = config.slices(data.len())?;
+        std::fs::create_dir_all(dir.path(DISCRIMINATORS))
+            .map_err(|e| Error::file(dir.path(DISCRIMINATORS), format!("cannot create: {e}")))?;
+        Ok(WarmStartRun { dir, config, data: LabelledImages::from_dataset(data)?, slices, device: device.clone() })
+    }
+
+    pub fn config(&self) -> &WarmStartRunConfig {
+        &self.config
+    }
+
+    /// Discriminators whose group file already exists.
+    pub fn discriminators_done(&self) -> usize {
+        (0..self.config.groups()).filter(|&g| group_path(self.dir.root(), g).is_file()).map(|g| self.members(g).len()).sum()
+    }
+
+    fn members(&self, group: usize) -> std::ops::Range<usize> {
+        let first = group * self.config.group_size;
+        first..(first + self.config.group_size).min(self.config.discriminators)
+    }
+
+    /// Trains every group without a file, in order; progress counts discriminators.
+    pub fn train(&mut self, progress: &Progress) -> Result<WarmStartOutcome> {
+        let started = Instant::now();
+        let mut metrics = MetricsLog::open(&self.dir.path(METRICS), None)?;
+        let (mut trained, mut skipped, mut done) = (0, 0, 0);
+        for group in 0..self.config.groups() {
+            let members = self.members(group);
+            done += members.len();
+            let path = group_path(self.dir.root(), group);
+            if path.is_file() {
+                skipped += 1;
+                progress.set_step(done as u64);
+                continue;
+            }
+            let group_started = Instant::now();
+            let (critic, generator) = self.train_group(group, &path)?;
+            trained += 1;
+            progress.set_step(done as u64);
+            metrics.append(&serde_json::json!({
+                "step": done,
+                "group": group,
+                "first": members.start,
+                "count": members.len(),
+                "d_loss": critic,
+                "g_loss": generator,
+                "group_s": group_started.elapsed().as_secs_f64(),
+                "wall_s": started.elapsed().as_secs_f64(),
+            }))?;
+            progress.report(done as u64, &format!("group {group} · D {critic:.4} · G {generator:.4}"));
+        }
+        Ok(WarmStartOutcome { groups_trained: trained, groups_skipped: skipped, wall_s: started.elapsed().as_secs_f64() })
+    }
+
+    /// One group's warm start, written atomically; its last iteration's mean losses.
+    fn train_group(&mut self, group: usize, path: &Path) -> Result<(f64, f64)> {
+        let members = self.members(group);
+        let seeds: Vec<u64> = members.clone().map(|j| self.config.member_seed(j)).collect();
+        let slices: Vec<Vec<usize>> = self.slices[members.clone()].to_vec();
+        let arch = self.config.arch()?;
+        let mut warm = WarmStart::new(arch, self.config.base, &seeds, slices, self.config.step_config(), &self.device)?;
+        let mut last = None;
+        for _ in 0..self.config.iterations {
+            last = Some(warm.iteration(&self.data)?);
+        }
+        let last = last.ok_or_else(|| Error::Invalid("a warm start needs at least one iteration".into()))?;
+        let mean = |t: &Tensor| -> Result<f64> { Ok(t.to_vec()?.iter().map(|&x| x as f64).sum::<f64>() / members.len() as f64) };
+        let (critic, generator) = (mean(&last.critic)?, mean(&last.generator)?);
+        let record = serde_json::json!({ "group": group, "first": members.start, "count": members.len(), "iterations": warm.iterations() });
+        let named = warm.discriminators.named_tensors();
+        let named: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        save_tensors(path, &named, Some(HashMap::from([(GROUP_KEY.to_string(), record.to_string())])))?;
+        Ok((critic, generator))
+    }
+}
+
+/// The K warm-started discriminators of a finished warm start, each a group of one, on the host.
+pub fn load_discriminators(root: &Path, config: &WarmStartRunConfig) -> Result<Vec<Discriminator>> {
+    let mut out = Vec::with_capacity(config.discriminators);
+    for group in 0..config.groups() {
+        let path = group_path(root, group);
+        if !path.is_file() {
+            return Err(Error::file(
+                &path,
+                "is missing: the warm start has not finished (continue it with `dpgan train gs-wgan warm-start --resume`)",
+            ));
+        }
+        let (mut tensors, metadata) = load_tensors(&path, &Device::Cpu)?;
+        let first = group * config.group_size;
+        let count = (config.discriminators - first).min(config.group_size);
+        let record: serde_json::Value = metadata
+            .get(GROUP_KEY)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or_else(|| Error::file(&path, format!("has no {GROUP_KEY} record: not a dpgan warm-start file")))?;
+        if record["first"].as_u64() != Some(first as u64) || record["count"].as_u64() != Some(count as u64) {
+            return Err(Error::file(&path, format!("holds discriminators {record}, expected {count} from {first}")));
+        }
+        let mut stacked = Discriminator::new(count, config.base, &mut stream(0, Purpose::Init, 0), &Device::Cpu)?;
+        for entry in stacked.entries_mut() {
+            let t = tensors.remove(&entry.name).ok_or_else(|| Error::file(&path, format!("lacks {}", entry.name)))?;
+            if t.shape() != entry.tensor.shape() {
+                return Err(Error::file(&path, format!("{} has shape {:?}, expected {:?}", entry.name, t.shape(), entry.tensor.shape())));
+            }
+            *entry.tensor = t;
+        }
+        for g in 0..count {
+            out.push(member(&stacked, g)?);
+        }
+    }
+    Ok(out)
+}

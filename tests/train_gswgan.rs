@@ -1,0 +1,302 @@
+//! `dpgan train gs-wgan` end to end on the CPU with real MNIST and tiny models (K = 4
+//! discriminators in groups of 2, the DCGAN generator at a small width, 2-3 iterations): every
+//! artefact written, both accountings reported and equal to the accountant's, a warm start resumed
+//! without redoing a finished group, phase 2 resumed bit for bit, the budget obeyed, bad input refused.
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+use common::cli::{data_root, stderr_of_failure, stdout_of};
+use dpgan::io::checkpoint::load_tensors;
+use dpgan::io::synthetic::read_synthetic;
+use dpgan::privacy::gswgan::GsWganRun;
+use dpgan::privacy::{Accountant, Conversion, Mechanism, Orders};
+use dpgan::train::gswgan::run::{GsWganRunConfig, GsWganState};
+use dpgan::train::gswgan::warm_start_run::WarmStartRunConfig;
+use dpgan::{Device, Tensor};
+use serde_json::Value;
+
+/// The hidden width option: the published architecture at a width the CPU trains in moments.
+const BASE: &str = "4";
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+fn tensors(path: &Path) -> HashMap<String, Tensor> {
+    load_tensors(path, &Device::Cpu).unwrap().0
+}
+
+fn warm_start(out: &Path) -> String {
+    let (data, out) = (s(&data_root().join("mnist")), s(out));
+    stdout_of(&[
+        "train",
+        "gs-wgan",
+        "warm-start",
+        "--data",
+        &data,
+        "--out",
+        &out,
+        "--discriminators",
+        "4",
+        "--group-size",
+        "2",
+        "--iterations",
+        "2",
+        "--generator",
+        "dcgan",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--base",
+        BASE,
+    ])
+}
+
+fn phase_two(warm: &Path, out: &Path, extra: &[&str]) -> String {
+    let (warm, out) = (s(warm), s(out));
+    let mut args = vec!["train", "gs-wgan", "--warm-start", &warm, "--out", &out, "--generator", "dcgan", "--device", "cpu"];
+    args.extend_from_slice(extra);
+    stdout_of(&args)
+}
+
+/// ε after `iterations` under each accounting, from the accountant directly.
+fn expected(config: &GsWganRunConfig, iterations: u64) -> (f64, f64) {
+    let run = GsWganRun { noise_multiplier: config.noise_multiplier, discriminators: 4, batch_size: 32 };
+    let epsilon = |conversion, mechanism| {
+        let mut accountant = Accountant::new(Orders::Standard, conversion, config.delta, None).unwrap();
+        accountant.try_step(mechanism, iterations).unwrap().epsilon
+    };
+    (epsilon(Conversion::Classic, Mechanism::GsWganAsPublished(run)), epsilon(Conversion::Improved, Mechanism::GsWganPerStep(run)))
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_vec().unwrap().iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn a_warm_start_writes_its_groups_and_a_resume_redoes_none_that_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let warm = dir.path().join("warm");
+    let report = warm_start(&warm);
+    assert!(report.contains("2 groups trained, 0 already done"), "{report}");
+
+    let config: WarmStartRunConfig = serde_json::from_value(read_json(&warm.join("config.json"))).unwrap();
+    assert_eq!((config.discriminators, config.group_size, config.iterations, config.seed, config.base), (4, 2, 2, 3, 4));
+    assert_eq!(config.data.records, 60_000);
+    let slices = config.slices(60_000).unwrap();
+    assert_eq!(slices.iter().map(Vec::len).collect::<Vec<_>>(), [15_000; 4]);
+    let lines = fs::read_to_string(warm.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = lines.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [2, 4]);
+
+    let (first, second) = (warm.join("discriminators/group-0000.safetensors"), warm.join("discriminators/group-0001.safetensors"));
+    let group1 = tensors(&second);
+    assert_eq!(group1["conv1.weight_orig"].shape()[0], 2, "two discriminators per group file");
+    assert!(group1.values().all(|t| t.to_vec().unwrap().iter().all(|x| x.is_finite())));
+    let (kept, redone) = (fs::read(&first).unwrap(), fs::read(&second).unwrap());
+    let kept_time = fs::metadata(&first).unwrap().modified().unwrap();
+
+    // An interrupted warm start: the second group never finished.
+    fs::remove_file(&second).unwrap();
+    let report = stdout_of(&["train", "gs-wgan", "warm-start", "--resume", &s(&warm), "--device", "cpu"]);
+    assert!(report.contains("1 groups trained, 1 already done"), "{report}");
+    assert_eq!(fs::metadata(&first).unwrap().modified().unwrap(), kept_time, "a finished group was rewritten");
+    assert_eq!(fs::read(&first).unwrap(), kept);
+    assert_eq!(fs::read(&second).unwrap(), redone, "the redone group differs from the first attempt");
+
+    let err = stderr_of_failure(&["train", "gs-wgan", "warm-start", "--resume", &s(&warm), "--discriminators", "8"]);
+    assert!(err.contains("--discriminators") && err.contains("config.json"), "{err}");
+}
+
+#[test]
+fn phase_two_writes_every_artefact_and_reports_both_accountings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (warm, run) = (dir.path().join("warm"), dir.path().join("run"));
+    warm_start(&warm);
+    let report =
+        phase_two(&warm, &run, &["--iterations", "3", "--seed", "5", "--log-every", "1", "--sample-every", "2", "--checkpoint-every", "2"]);
+
+    let config: GsWganRunConfig = serde_json::from_value(read_json(&run.join("config.json"))).unwrap();
+    assert_eq!((config.iterations, config.discriminators, config.batch_size, config.base), (3, 4, 32, 4));
+    assert_eq!((config.noise_multiplier, config.clip, config.delta), (1.07, 1.0, 1e-5), "SPEC.md's defaults");
+    assert_eq!(config.accounting, dpgan::train::gswgan::run::Accounting::PerStep);
+
+    let lines: Vec<Value> =
+        fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+    for line in &lines {
+        let step = line["step"].as_u64().unwrap();
+        let (published, per_step) = expected(&config, step);
+        assert_eq!(line["epsilon_as_published"].as_f64().unwrap(), published, "step {step}");
+        assert_eq!(line["epsilon_per_step"].as_f64().unwrap(), per_step, "step {step}");
+        assert_eq!(line["epsilon"].as_f64().unwrap(), per_step, "per-step governs by default");
+        assert!(line["discriminator"].as_u64().unwrap() < 4);
+        for key in ["d_loss", "g_loss", "wall_s", "steps_per_s"] {
+            assert!(line[key].as_f64().is_some_and(f64::is_finite), "{key} in {line}");
+        }
+    }
+    let (published, per_step) = expected(&config, 3);
+    assert!(per_step > published, "the per-step accounting counts more: {per_step} vs {published}");
+    assert!(
+        report.contains(&format!("ε = {published:.4} as-published")) && report.contains(&format!("{per_step:.4} per-step")),
+        "{report}"
+    );
+
+    let state: GsWganState = serde_json::from_value(read_json(&run.join("checkpoint.json"))).unwrap();
+    assert_eq!((state.iteration, state.generator_adam_steps, state.stopped.as_deref()), (3, 3, None));
+    assert_eq!((state.epsilon_as_published, state.epsilon_per_step), (published, per_step));
+    let checkpoint = tensors(&run.join("checkpoint.safetensors"));
+    assert!(!state.critics.is_empty() && state.critics.iter().all(|c| c.adam_steps % 5 == 0 && c.adam_steps > 0));
+    for name in checkpoint.keys() {
+        assert!(checkpoint[name].to_vec().unwrap().iter().all(|v| v.is_finite()), "{name}");
+    }
+    for prefix in ["generator.", "ema.", "generator_adam.m.", "generator_adam.v.", &format!("critic.{}.", state.critics[0].index)] {
+        assert!(checkpoint.keys().any(|k| k.starts_with(prefix)), "no {prefix}* in the checkpoint");
+    }
+    for step in [2, 3] {
+        let png = run.join(format!("samples/step-{step:08}.png"));
+        let decoder = png::Decoder::new(std::io::BufReader::new(fs::File::open(&png).unwrap()));
+        let info = decoder.read_info().unwrap().info().clone();
+        assert_eq!((info.width, info.height), (302, 302), "10 × 10 tiles of 28 px with 2 px gaps");
+    }
+
+    // The released data comes from G_s and carries the run's ε.
+    let out = dir.path().join("synthetic");
+    stdout_of(&["sample", "--run", &s(&run), "--count", "20", "--out", &s(&out), "--device", "cpu"]);
+    let set = read_synthetic(&out).unwrap();
+    assert_eq!(set.count, 20);
+    for class in 0..10u8 {
+        assert_eq!(set.labels.iter().filter(|&&l| l == class).count(), 2, "class {class}");
+    }
+    assert!(set.images.iter().all(|p| (0.0..=1.0).contains(p)));
+    let record = read_json(&out.join("sample.json"));
+    assert_eq!((record["algorithm"].as_str(), record["epsilon"].as_f64()), (Some("gs-wgan"), Some(per_step)));
+}
+
+#[test]
+fn a_resumed_phase_two_ends_with_the_same_tensors_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (warm, straight, split) = (dir.path().join("warm"), dir.path().join("straight"), dir.path().join("split"));
+    warm_start(&warm);
+    let common = ["--seed", "7", "--log-every", "1", "--checkpoint-every", "1", "--sample-every", "10"];
+    phase_two(&warm, &straight, &[&common[..], &["--iterations", "3"]].concat());
+    phase_two(&warm, &split, &[&common[..], &["--iterations", "2"]].concat());
+    stdout_of(&["train", "gs-wgan", "--resume", &s(&split), "--iterations", "3", "--device", "cpu"]);
+
+    let (a, b) = (tensors(&straight.join("checkpoint.safetensors")), tensors(&split.join("checkpoint.safetensors")));
+    let mut names: Vec<&String> = a.keys().collect();
+    names.sort();
+    assert_eq!(names, {
+        let mut n: Vec<&String> = b.keys().collect();
+        n.sort();
+        n
+    });
+    for name in names {
+        assert_eq!(bits(&a[name]), bits(&b[name]), "{name} differs after resuming");
+    }
+    let (sa, sb): (GsWganState, GsWganState) = (
+        serde_json::from_value(read_json(&straight.join("checkpoint.json"))).unwrap(),
+        serde_json::from_value(read_json(&split.join("checkpoint.json"))).unwrap(),
+    );
+    assert_eq!((sa.iteration, sa.epsilon, sa.epsilon_as_published), (sb.iteration, sb.epsilon, sb.epsilon_as_published));
+
+    let err = stderr_of_failure(&["train", "gs-wgan", "--resume", &s(&split), "--noise-multiplier", "2"]);
+    assert!(err.contains("--noise-multiplier") && err.contains("config.json"), "{err}");
+}
+
+#[test]
+fn the_governing_budget_stops_phase_two_before_it_is_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (warm, run) = (dir.path().join("warm"), dir.path().join("run"));
+    warm_start(&warm);
+    // Under the as-published accounting, a budget between the ε of one and of two iterations.
+    let probe = GsWganRun { noise_multiplier: 1.07, discriminators: 4, batch_size: 32 };
+    let at = |n| {
+        let mut accountant = Accountant::new(Orders::Standard, Conversion::Classic, 1e-5, None).unwrap();
+        accountant.try_step(Mechanism::GsWganAsPublished(probe), n).unwrap().epsilon
+    };
+    let budget = 0.5 * (at(1) + at(2));
+    let report = phase_two(
+        &warm,
+        &run,
+        &[
+            "--iterations",
+            "3",
+            "--seed",
+            "1",
+            "--accounting",
+            "as-published",
+            "--noise-multiplier",
+            "1.07",
+            "--target-epsilon",
+            &budget.to_string(),
+        ],
+    );
+    assert!(report.contains("stopped at iteration 1 of 3"), "{report}");
+    let state: GsWganState = serde_json::from_value(read_json(&run.join("checkpoint.json"))).unwrap();
+    assert_eq!(state.iteration, 1);
+    assert_eq!(state.epsilon, at(1));
+    assert!(state.epsilon <= budget && state.stopped.as_deref().is_some_and(|s| s.contains("before iteration 2")), "{state:?}");
+}
+
+#[test]
+fn a_target_epsilon_alone_calibrates_sigma_under_the_governing_accounting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (warm, run) = (dir.path().join("warm"), dir.path().join("run"));
+    warm_start(&warm);
+    let target = 40.0;
+    phase_two(&warm, &run, &["--iterations", "2", "--seed", "4", "--target-epsilon", &target.to_string()]);
+    let config: GsWganRunConfig = serde_json::from_value(read_json(&run.join("config.json"))).unwrap();
+    assert!(config.noise_multiplier_calibrated);
+    let per_step_at = |sigma: f64| {
+        let run = GsWganRun { noise_multiplier: sigma, discriminators: 4, batch_size: 32 };
+        let mut accountant = Accountant::new(Orders::Standard, Conversion::Improved, 1e-5, None).unwrap();
+        accountant.try_step(Mechanism::GsWganPerStep(run), 2).unwrap().epsilon
+    };
+    let sigma = config.noise_multiplier;
+    assert!(per_step_at(sigma) <= target, "σ = {sigma} spends {} > {target}", per_step_at(sigma));
+    let smaller = (sigma as f32).next_down() as f64;
+    assert!(per_step_at(smaller) > target, "σ = {sigma} is not the smallest f32 within the budget");
+    let state: GsWganState = serde_json::from_value(read_json(&run.join("checkpoint.json"))).unwrap();
+    assert_eq!((state.iteration, state.stopped.as_deref()), (2, None), "the whole plan fits the budget it was calibrated to");
+}
+
+#[test]
+fn bad_input_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = s(&data_root().join("mnist"));
+    let out = dir.path().join("never");
+    let err = stderr_of_failure(&["train", "gs-wgan", "warm-start", "--data", &data, "--out", &s(&out), "--discriminators", "0"]);
+    assert!(err.contains("--discriminators"), "{err}");
+    let err = stderr_of_failure(&[
+        "train",
+        "gs-wgan",
+        "warm-start",
+        "--data",
+        &data,
+        "--out",
+        &s(&out),
+        "--discriminators",
+        "4000",
+        "--batch-size",
+        "32",
+    ]);
+    assert!(err.contains("--batch-size"), "{err}");
+    assert!(!out.exists(), "a refused run left {}", out.display());
+
+    let err = stderr_of_failure(&["train", "gs-wgan", "--out", &s(&out)]);
+    assert!(err.contains("--warm-start"), "{err}");
+    // A directory that is not a warm start.
+    fs::create_dir_all(dir.path().join("empty")).unwrap();
+    let err = stderr_of_failure(&["train", "gs-wgan", "--warm-start", &s(&dir.path().join("empty")), "--out", &s(&out), "--seed", "1"]);
+    assert!(err.contains("config.json"), "{err}");
+    assert!(!out.exists(), "a refused run left {}", out.display());
+}
