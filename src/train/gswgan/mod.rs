@@ -10,7 +10,7 @@ mod warm_start;
 pub mod warm_start_run;
 
 pub use batches::{LabelledImages, SliceBatches};
-pub use private::{CriticState, PrivateLosses, PrivateTraining};
+pub use private::{CriticState, PhaseTwoStep, PrivateLosses, PrivateTraining};
 pub use warm_start::{member_rngs, MemberRngs, WarmStart, WarmStartLosses};
 
 use crate::autograd::Tape;

@@ -6,7 +6,7 @@ use rand_chacha::ChaCha20Rng;
 
 use super::warm_start::next_critic_batch;
 use super::{critic_step, ema_decay, ema_update, private_generator_step, GsWganConfig, LabelledImages, SliceBatches};
-use crate::dp::{GsWganSanitizer, NoiseSource};
+use crate::dp::{GsWganSanitizer, NoiseKey, NoiseSource};
 use crate::error::{Error, Result};
 use crate::models::gswgan::{bernoulli_latent, one_hot, uniform_labels, Discriminator, Generator, GeneratorArch};
 use crate::optim::Adam;
@@ -87,35 +87,18 @@ impl PrivateTraining {
         Ok(self.draws.random_range(0..k))
     }
 
-    /// One iteration with the selected discriminator `j` (held in `critic`): its critic steps, the
-    /// private generator step through it (frozen), the EMA update.
+    /// One iteration with the selected discriminator `j` (held in `critic`): see [`PhaseTwoStep`].
     pub fn iteration(&mut self, j: usize, critic: &mut CriticState, data: &LabelledImages) -> Result<PrivateLosses> {
-        let device = critic.discriminator.conv1.bias.device();
-        let mut critic_loss = None;
-        let mut batch_size = 0;
-        for _ in 0..self.config.critic_steps {
-            let batch = next_critic_batch(std::slice::from_mut(&mut critic.batches), std::slice::from_mut(&mut self.draws), data, &device)?;
-            batch_size = batch.images.shape()[1];
-            critic_loss = Some(critic_step(&mut critic.discriminator, &mut critic.optimizer, &mut self.generator, &batch, &self.config)?);
-        }
-        let critic_loss = critic_loss.ok_or_else(|| Error::Invalid("a phase-2 iteration needs at least one critic step".into()))?;
-
-        let draws = std::slice::from_mut(&mut self.draws);
-        let labels = one_hot(&uniform_labels(draws, batch_size), 1, &device)?;
-        let z = bernoulli_latent(draws, batch_size, &device)?;
         let key = self.noise.next_key();
-        let generator = private_generator_step(
-            &mut self.generator,
-            &mut self.g_optimizer,
-            &mut critic.discriminator,
-            &z,
-            &labels,
-            &self.sanitizer,
-            &key,
-        )?;
+        let mut step = PhaseTwoStep {
+            generator: &mut self.generator,
+            optimizer: &mut self.g_optimizer,
+            ema: &mut self.ema,
+            sanitizer: &self.sanitizer,
+            config: &self.config,
+        };
+        let (critic_loss, generator, batch_size) = step.run(critic, data, &mut self.draws, &key, self.iterations)?;
         self.noise.next_step();
-
-        ema_update(&mut self.ema, &self.generator, ema_decay(self.iterations))?;
         self.iterations += 1;
         Ok(PrivateLosses { critic: critic_loss, generator, discriminator: j, batch_size })
     }
@@ -127,5 +110,47 @@ impl PrivateTraining {
     /// The noise stream's position (saved in checkpoints so that a resumed run draws the same noise).
     pub fn noise(&self) -> &NoiseSource {
         &self.noise
+    }
+}
+
+/// What one phase-2 iteration updates besides the selected critic: G, its Adam state and G_s. The
+/// one implementation of the iteration, for [`PrivateTraining`] and for a checkpointed run alike.
+pub struct PhaseTwoStep<'a> {
+    pub generator: &'a mut Generator,
+    pub optimizer: &'a mut Adam,
+    pub ema: &'a mut Generator,
+    pub sanitizer: &'a GsWganSanitizer,
+    pub config: &'a GsWganConfig,
+}
+
+impl PhaseTwoStep<'_> {
+    /// D_j's critic steps on its slice, then the private generator step through D_j frozen (its
+    /// sanitiser noise from `key`), then the EMA at iteration `t`. `draws` supplies the batches'
+    /// α, z and labels. Returns the last critic loss, the generator loss (`[1]` each, on the
+    /// device) and B, the private step's batch size.
+    pub fn run(
+        &mut self,
+        critic: &mut CriticState,
+        data: &LabelledImages,
+        draws: &mut ChaCha20Rng,
+        key: &NoiseKey,
+        t: u64,
+    ) -> Result<(Tensor, Tensor, usize)> {
+        let device = critic.discriminator.conv1.bias.device();
+        let mut critic_loss = None;
+        let mut batch_size = 0;
+        for _ in 0..self.config.critic_steps {
+            let batch = next_critic_batch(std::slice::from_mut(&mut critic.batches), std::slice::from_mut(draws), data, &device)?;
+            batch_size = batch.images.shape()[1];
+            critic_loss = Some(critic_step(&mut critic.discriminator, &mut critic.optimizer, self.generator, &batch, self.config)?);
+        }
+        let critic_loss = critic_loss.ok_or_else(|| Error::Invalid("a phase-2 iteration needs at least one critic step".into()))?;
+        let rngs = std::slice::from_mut(draws);
+        let labels = one_hot(&uniform_labels(rngs, batch_size), 1, &device)?;
+        let z = bernoulli_latent(rngs, batch_size, &device)?;
+        let generator_loss =
+            private_generator_step(self.generator, self.optimizer, &mut critic.discriminator, &z, &labels, self.sanitizer, key)?;
+        ema_update(self.ema, self.generator, ema_decay(t))?;
+        Ok((critic_loss, generator_loss, batch_size))
     }
 }

@@ -15,15 +15,14 @@ use std::time::Instant;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::warm_start::next_critic_batch;
 use super::warm_start_run::{arch_name, load_discriminators, load_recorded_data, WarmStartRunConfig, WARM_START_ALGORITHM};
-use super::{critic_step, ema_decay, ema_update, private_generator_step, CriticState, GsWganConfig, LabelledImages, SliceBatches};
+use super::{CriticState, GsWganConfig, LabelledImages, PhaseTwoStep, SliceBatches};
 use crate::autograd::Tape;
 use crate::backend::{ops, BinaryOp};
 use crate::dp::{GsWganSanitizer, NoiseMode, NoiseSource};
 use crate::error::{Error, Result};
 use crate::io::image::Grid;
-use crate::models::gswgan::{bernoulli_latent, one_hot, uniform_labels, Discriminator, Generator, GeneratorArch, CLASSES, PIXELS};
+use crate::models::gswgan::{bernoulli_latent, one_hot, Discriminator, Generator, GeneratorArch, CLASSES, PIXELS};
 use crate::nn::Module;
 use crate::optim::Adam;
 use crate::privacy::accountant::{Accountant, Mechanism};
@@ -570,30 +569,15 @@ impl GsWganRunner {
         let j = draws.random_range(0..self.critics.len());
         let critic = &mut self.critics[j];
         move_critic(critic, &self.device)?;
-        let mut critic_loss = None;
-        let mut batch_size = 0;
-        for _ in 0..self.step_config.critic_steps {
-            let batch =
-                next_critic_batch(std::slice::from_mut(&mut critic.batches), std::slice::from_mut(&mut draws), &self.data, &self.device)?;
-            batch_size = batch.images.shape()[1];
-            critic_loss =
-                Some(critic_step(&mut critic.discriminator, &mut critic.optimizer, &mut self.generator, &batch, &self.step_config)?);
-        }
-        let critic_loss = critic_loss.ok_or_else(|| Error::Invalid("a phase-2 iteration needs at least one critic step".into()))?;
-        let rngs = std::slice::from_mut(&mut draws);
-        let labels = one_hot(&uniform_labels(rngs, batch_size), 1, &self.device)?;
-        let z = bernoulli_latent(rngs, batch_size, &self.device)?;
         let key = self.noise.key_at(t, 0);
-        let generator_loss = private_generator_step(
-            &mut self.generator,
-            &mut self.g_optimizer,
-            &mut critic.discriminator,
-            &z,
-            &labels,
-            &self.sanitizer,
-            &key,
-        )?;
-        ema_update(&mut self.ema, &self.generator, ema_decay(t))?;
+        let mut step = PhaseTwoStep {
+            generator: &mut self.generator,
+            optimizer: &mut self.g_optimizer,
+            ema: &mut self.ema,
+            sanitizer: &self.sanitizer,
+            config: &self.step_config,
+        };
+        let (critic_loss, generator_loss, _) = step.run(critic, &self.data, &mut draws, &key, t)?;
         move_critic(critic, &Device::Cpu)?;
         self.touched[j] = true;
         self.iteration += 1;
