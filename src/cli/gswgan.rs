@@ -155,23 +155,11 @@ fn seed_or_os(seed: Option<u64>) -> Result<u64> {
     }
 }
 
-/// A flag that would change a resumed run's recorded settings is an error, not silently ignored.
-fn refuse_on_resume(given: &[(&str, bool)], allowed: &str) -> Result<()> {
-    let flags: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
-    if flags.is_empty() {
-        return Ok(());
-    }
-    Err(Error::Invalid(format!(
-        "--resume continues a run with the settings in its config.json; drop {} (only {allowed} may change)",
-        flags.join(", ")
-    )))
-}
-
 fn warm_start(args: &WarmStartArgs) -> Result<()> {
     let device = super::choose_device(args.device.as_deref())?;
     let mut run = match &args.resume {
         Some(root) => {
-            refuse_on_resume(
+            super::refuse_on_resume(
                 &[
                     ("--data", args.data.is_some()),
                     ("--discriminators", args.discriminators.is_some()),
@@ -230,7 +218,7 @@ fn private(args: &PrivateArgs) -> Result<()> {
     let device = super::choose_device(args.device.as_deref())?;
     let (mut run, root) = match &args.resume {
         Some(root) => {
-            refuse_on_resume(
+            super::refuse_on_resume(
                 &[
                     ("--generator", args.generator.is_some()),
                     ("--noise-multiplier", args.noise_multiplier.is_some()),

@@ -82,3 +82,15 @@ fn choose_device(flag: Option<&str>) -> Result<Device> {
         },
     }
 }
+
+/// A flag that would change a resumed run's recorded settings is an error, not silently ignored.
+pub(super) fn refuse_on_resume(given: &[(&str, bool)], allowed: &str) -> Result<()> {
+    let flags: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
+    if flags.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "--resume continues a run with the settings in its config.json; drop {} (only {allowed} may change)",
+        flags.join(", ")
+    )))
+}

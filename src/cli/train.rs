@@ -281,13 +281,5 @@ fn refuse_settings_on_resume(args: &DpCganArgs) -> Result<()> {
         ("--sample-every", args.sample_every.is_some()),
         ("--checkpoint-every", args.checkpoint_every.is_some()),
     ];
-    let flags: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
-    if flags.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "--resume continues a run with the settings in its config.json; drop {} (only --steps and --device may change)",
-            flags.join(", ")
-        )))
-    }
+    super::refuse_on_resume(&given, "--steps and --device")
 }
