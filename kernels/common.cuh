@@ -214,6 +214,8 @@ struct SanitizeRowsParams {
   int64_t cols;
   float clip;
   float noise_std;
+  int32_t exact;  // 1: every row rescaled to norm clip (σ = 0 control); 0: clipped to at most clip
+  int32_t pad_;
   NoiseKeyParams key;
 };
 
@@ -333,7 +335,7 @@ static_assert(sizeof(SgdUpdateParams) == 32, "SgdUpdateParams layout");
 static_assert(sizeof(AdamUpdateParams) == 32, "AdamUpdateParams layout");
 static_assert(sizeof(NoiseKeyParams) == 48, "NoiseKeyParams layout");
 static_assert(sizeof(GaussianNoiseParams) == 64, "GaussianNoiseParams layout");
-static_assert(sizeof(SanitizeRowsParams) == 72, "SanitizeRowsParams layout");
+static_assert(sizeof(SanitizeRowsParams) == 80, "SanitizeRowsParams layout");
 static_assert(sizeof(NoiseDivideParams) == 64, "NoiseDivideParams layout");
 static_assert(sizeof(Pool2x2Params) == 40, "Pool2x2Params layout");
 static_assert(sizeof(AxisCopyParams) == 56, "AxisCopyParams layout");

@@ -1,6 +1,7 @@
 // DP-SGD's noise-and-divide pass (below) and GS-WGAN's row sanitiser, one block per row
 // (reference: src/backend/cpu/dp.rs):
-//   out_i = g_i·min(1, clip/(‖g_i‖ + 1e-10)) + noise_std·z_i,  z from the key, element index row·cols + d.
+//   out_i = g_i·min(1, clip/(‖g_i‖ + 1e-10)) + noise_std·z_i,  z from the key, element index row·cols + d
+// (with p.exact, no min: every row rescaled to norm clip, GS-WGAN's σ = 0 control).
 // The squared norm is summed in f64 (f32 squares are exact in f64; no overflow for any finite f32),
 // the factor and the clipped values are rounded toward zero so that rounding never pushes a row
 // past the clip bound. A NaN norm gives a NaN factor (a comparison, not fmin, which would return 1).
@@ -23,7 +24,7 @@ __device__ __forceinline__ void sanitize_rows(const SanitizeRowsParams& p, const
   }
   const double norm = sqrt(block_sum_f64(sq, scratch));
   const double ratio = (double)p.clip / (norm + 1e-10);
-  const float factor = __double2float_rz(ratio >= 1.0 ? 1.0 : ratio);
+  const float factor = __double2float_rz(ratio >= 1.0 && !p.exact ? 1.0 : ratio);
   for (int64_t d = threadIdx.x; d < p.cols; d += blockDim.x) {
     float v = __fmul_rz(g_row[d], factor);
     if (p.noise_std != 0.0f) {

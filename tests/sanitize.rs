@@ -1,10 +1,11 @@
 mod common;
 
-// GS-WGAN's sanitiser: the clip bound under huge gradients, small rows untouched, σ = 0 giving rows
-// of norm exactly C/B, the noise std 2σC/B measured with a fixed seed, G > 1, NaN rows, and the
+// GS-WGAN's sanitiser: the clip bound under huge gradients, small rows untouched by the clip, σ = 0
+// giving rows of norm exactly C/B (small ones scaled up), the noise std 2σC/B measured with a fixed seed, G > 1, NaN rows, and the
 // CUDA kernel against the CPU reference.
 use common::{assert_close, on_cuda, tol};
 use dpgan::backend::ops::sanitize_rows;
+use dpgan::backend::RowNorm;
 use dpgan::dp::noise::standard_normal_at;
 use dpgan::dp::{GsWganSanitizer, NoiseMode, NoiseSource};
 use dpgan::tensor::{Device, Tensor};
@@ -28,49 +29,56 @@ fn scaled_rows(rng: &mut ChaCha8Rng, shape: &[usize], lo: f64, hi: f64) -> Tenso
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-/// Property: whatever the gradient's size (norms up to ~1e32, beyond f32's squares), no clipped row
-/// exceeds C/B. The factor and products round toward zero, so the bound is exact up to the f64
-/// norm's own rounding; 1e-12 relative leaves room only for that.
+/// Property: whatever the gradient's size (norms up to ~1e32, beyond f32's squares), no clipped or
+/// rescaled row exceeds the bound (C/B = 1/B here). The factor and products round toward zero, so
+/// the bound is exact up to the f64 norm's own rounding; 1e-12 relative leaves room only for that.
 #[test]
 fn clip_bound_holds_for_huge_gradients() {
     let mut rng = common::rng("clip_bound_holds_for_huge_gradients");
-    let sanitizer = GsWganSanitizer::new(1.0, 0.0).unwrap();
-    for mode in [NoiseMode::Fast, NoiseMode::Secure] {
-        for shape in [[4, 32, D], [1, 1, D], [3, 28, 101]] {
-            let g = scaled_rows(&mut rng, &shape, -3.0, 30.0);
-            let out = sanitizer.sanitize(&g, &NoiseSource::from_seed(1, mode).key_at(0, 0)).unwrap();
-            let (clip, _) = sanitizer.bounds(shape[1]);
-            for (i, n) in row_norms(&out.to_vec().unwrap(), shape[2]).into_iter().enumerate() {
-                assert!(n <= clip as f64 * (1.0 + 1e-12), "{shape:?}: row {i} has norm {n} > C/B = {clip}");
+    for rows in [RowNorm::AtMost, RowNorm::Exactly] {
+        for mode in [NoiseMode::Fast, NoiseMode::Secure] {
+            for shape in [[4, 32, D], [1, 1, D], [3, 28, 101]] {
+                let g = scaled_rows(&mut rng, &shape, -3.0, 30.0);
+                let clip = 1.0 / shape[1] as f32;
+                let out = sanitize_rows(&g, clip, rows, 0.0, &NoiseSource::from_seed(1, mode).key_at(0, 0)).unwrap();
+                for (i, n) in row_norms(&out.to_vec().unwrap(), shape[2]).into_iter().enumerate() {
+                    assert!(n <= clip as f64 * (1.0 + 1e-12), "{rows:?} {shape:?}: row {i} has norm {n} > C/B = {clip}");
+                }
             }
         }
     }
 }
 
-/// Rows with norm below C/B pass bit for bit (σ = 0).
+/// The clip (the private sanitiser's row bound, here without noise): rows with norm below the bound
+/// pass bit for bit.
 #[test]
-fn small_rows_pass_unchanged() {
-    let mut rng = common::rng("small_rows_pass_unchanged");
+fn small_rows_pass_the_clip_unchanged() {
+    let mut rng = common::rng("small_rows_pass_the_clip_unchanged");
     let g = scaled_rows(&mut rng, &[2, 32, D], -8.0, -3.0); // norms ≤ 28·1e-3 < 1/32
     let key = NoiseSource::from_seed(2, NoiseMode::Fast).key_at(0, 0);
-    let out = GsWganSanitizer::new(1.0, 0.0).unwrap().sanitize(&g, &key).unwrap();
+    let out = sanitize_rows(&g, 1.0 / 32.0, RowNorm::AtMost, 0.0, &key).unwrap();
     assert_eq!(out.to_vec().unwrap(), g.to_vec().unwrap());
 }
 
-/// σ = 0, the non-private control: every row above C/B comes out with norm C/B (relative 1e-6), in
-/// the direction it had.
+/// σ = 0, the non-private control (SPEC.md §2): every row, whether above or below C/B, comes out
+/// with norm C/B (relative 1e-6), in the direction it had; a zero row stays zero.
 #[test]
 fn sigma_zero_rescales_rows_to_exactly_c_over_b() {
     let mut rng = common::rng("sigma_zero_rescales_rows_to_exactly_c_over_b");
-    for (shape, lo) in [([3, 32, D], -1.0), ([2, 28, D], 0.0), ([1, 1, 5], 2.0)] {
-        let g = scaled_rows(&mut rng, &shape, lo, 20.0);
-        let sanitizer = GsWganSanitizer::new(1.0, 0.0).unwrap();
-        let out = sanitizer.sanitize(&g, &NoiseSource::from_seed(3, NoiseMode::Fast).key_at(0, 0)).unwrap();
+    let sanitizer = GsWganSanitizer::new(1.0, 0.0).unwrap();
+    let key = NoiseSource::from_seed(3, NoiseMode::Fast).key_at(0, 0);
+    let zero = Tensor::from_vec(vec![0.0; 2 * 7], &[1, 2, 7], &Device::Cpu).unwrap();
+    assert_eq!(sanitizer.sanitize(&zero, &key).unwrap().to_vec().unwrap(), vec![0.0; 14]);
+    // Norms from ~1e-3 up: the formula's 1e-10 moves a row's norm by 1e-10/‖g‖ relative, < 1e-6 here.
+    for (shape, lo, hi) in [([3, 32, D], -4.5, 20.0), ([2, 28, D], -4.5, -2.0), ([1, 1, 5], 2.0, 20.0)] {
+        let g = scaled_rows(&mut rng, &shape, lo, hi);
+        let out = sanitizer.sanitize(&g, &key).unwrap();
         let (clip, _) = sanitizer.bounds(shape[1]);
         let (g, out) = (g.to_vec().unwrap(), out.to_vec().unwrap());
         let (g_norms, out_norms) = (row_norms(&g, shape[2]), row_norms(&out, shape[2]));
+        let below = g_norms.iter().filter(|&&n| n < clip as f64).count();
+        assert!(shape[1] == 1 || below > 0, "test setup: {shape:?} has no row below C/B");
         for (i, (&gn, &on)) in g_norms.iter().zip(&out_norms).enumerate() {
-            assert!(gn > clip as f64, "test setup: row {i} has norm {gn} ≤ C/B");
             assert!((on / clip as f64 - 1.0).abs() < 1e-6, "{shape:?}: row {i}: norm {on}, C/B = {clip}");
             let cols = shape[2];
             let cos: f64 = (0..cols).map(|d| g[i * cols + d] as f64 * out[i * cols + d] as f64).sum::<f64>() / (gn * on);
@@ -135,7 +143,8 @@ fn nan_row_is_poisoned_not_passed_unclipped() {
     v.iter_mut().for_each(|x| *x *= 1e6);
     v[13] = f32::NAN;
     let g = Tensor::from_vec(v, &[1, 3, 10], &Device::Cpu).unwrap();
-    let out = sanitize_rows(&g, 0.5, 0.0, &NoiseSource::from_seed(0, NoiseMode::Fast).key_at(0, 0)).unwrap().to_vec().unwrap();
+    let out =
+        sanitize_rows(&g, 0.5, RowNorm::AtMost, 0.0, &NoiseSource::from_seed(0, NoiseMode::Fast).key_at(0, 0)).unwrap().to_vec().unwrap();
     assert!(out[10..20].iter().all(|x| x.is_nan()), "NaN row: {:?}", &out[10..20]);
     for n in [row_norms(&out[..10], 10)[0], row_norms(&out[20..], 10)[0]] {
         assert!((n / 0.5 - 1.0).abs() < 1e-6, "finite row norm {n}");
@@ -161,6 +170,7 @@ fn cuda_sanitize_matches_cpu() {
                         let (clip, _) = sanitizer.bounds(shape[1]);
                         for n in row_norms(&on_gpu, shape[2]) {
                             assert!(n <= clip as f64 * (1.0 + 1e-12), "{mode:?} {shape:?}: GPU row norm {n} > {clip}");
+                            assert!(n >= clip as f64 * (1.0 - 1e-6), "{mode:?} {shape:?}: GPU row norm {n}, σ = 0 wants {clip}");
                         }
                     }
                 }
@@ -205,10 +215,12 @@ fn dp_cu_compiled_for_the_host_matches_the_reference() {
     v[5 * cols + 7] = f32::NAN;
     v[6 * cols + 1] = f32::INFINITY;
     let g = Tensor::from_vec(v.clone(), &[1, rows, cols], &Device::Cpu).unwrap();
-    for (clip, std) in [(1.0f32 / 32.0, 0.066875f32), (0.5, 0.0)] {
+    for (clip, std, row_norm) in [(1.0f32 / 32.0, 0.066875f32, RowNorm::AtMost), (0.5, 0.0, RowNorm::AtMost), (0.5, 0.0, RowNorm::Exactly)]
+    {
         let fast = NoiseSource::from_seed(31, NoiseMode::Fast).key_at(1 + (1 << 33), 5);
         let secure = dpgan::dp::NoiseKey { mode: NoiseMode::Secure, ..fast };
-        let mut input = format!("{rows} {cols} {:x} {:x}\n", clip.to_bits(), std.to_bits());
+        let exact = i32::from(row_norm == RowNorm::Exactly);
+        let mut input = format!("{rows} {cols} {:x} {:x} {exact}\n", clip.to_bits(), std.to_bits());
         fast.key.iter().for_each(|w| input.push_str(&format!("{w:x} ")));
         input.push_str(&format!("{:x} {:x} {:x}\n", fast.tensor_index, fast.step as u32, (fast.step >> 32) as u32));
         v.iter().for_each(|x| input.push_str(&format!("{:x}\n", x.to_bits())));
@@ -220,12 +232,17 @@ fn dp_cu_compiled_for_the_host_matches_the_reference() {
         let bits: Vec<u32> = String::from_utf8(out.stdout).unwrap().lines().map(|h| u32::from_str_radix(h, 16).unwrap()).collect();
         assert_eq!(bits.len(), 2 * rows * cols);
         for (k, key) in [fast, secure].iter().enumerate() {
-            let expected = sanitize_rows(&g, clip, std, key).unwrap().to_vec().unwrap();
+            let expected = sanitize_rows(&g, clip, row_norm, std, key).unwrap().to_vec().unwrap();
             for (e, x) in expected.iter().enumerate() {
                 let got = bits[k * rows * cols + e];
                 // NaN payloads may differ; NaN-ness may not.
                 let same = if x.is_nan() { f32::from_bits(got).is_nan() } else { got == x.to_bits() };
-                assert!(same, "{:?} clip {clip} std {std}: element {e}: kernel {}, reference {x}", key.mode, f32::from_bits(got));
+                assert!(
+                    same,
+                    "{:?} {row_norm:?} clip {clip} std {std}: element {e}: kernel {}, reference {x}",
+                    key.mode,
+                    f32::from_bits(got)
+                );
             }
         }
     }

@@ -121,6 +121,15 @@ pub struct AdamParams {
     pub weight_decay: f32,
 }
 
+/// How `sanitize_rows` bounds each row's norm by `clip`: `AtMost` clips (rows within the bound
+/// pass unchanged, the private sanitiser), `Exactly` rescales every row to norm `clip` (GS-WGAN's
+/// non-private control, σ = 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowNorm {
+    AtMost,
+    Exactly,
+}
+
 /// What every backend provides. Shapes are validated by `ops` before a call; implementations
 /// allocate their outputs on their own device.
 pub trait Backend {
@@ -176,8 +185,9 @@ pub trait Backend {
     fn add_gaussian_noise(&self, x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()>;
     /// GS-WGAN's sanitiser over the rows of `g` (its last axis):
     /// `ĝᵢ = gᵢ·min(1, clip/(‖gᵢ‖ + 1e-10)) + noise_std·zᵢ` with fresh noise per element from `key`
-    /// (see `cpu::sanitize_rows` for the rounding that keeps the clip bound).
-    fn sanitize_rows(&self, g: &Tensor, clip: f32, noise_std: f32, key: &NoiseKey) -> Result<Tensor>;
+    /// (`RowNorm::Exactly` drops the `min`; see `cpu::sanitize_rows` for the rounding that keeps
+    /// the clip bound).
+    fn sanitize_rows(&self, g: &Tensor, clip: f32, rows: RowNorm, noise_std: f32, key: &NoiseKey) -> Result<Tensor>;
     /// Each example's squared norm of `conv2d_weight_grad(x, dy)` restricted to that example,
     /// `[G, B]`, without materialising the per-example gradients (see `cpu::conv2d_weight_grad_sq_norms`).
     fn conv2d_weight_grad_sq_norms(&self, x: &Tensor, dy: &Tensor, geom: &ConvGeometry) -> Result<Tensor>;

@@ -1,6 +1,6 @@
 //! Shape-checked entry points of the op set. Every function validates its operands (same device,
 //! compatible shapes), derives the output geometry and calls the backend of the operands' device.
-use super::{backend, AdamParams, BinaryOp, ConvGeometry, MatmulGeometry, SgdParams, UnaryOp};
+use super::{backend, AdamParams, BinaryOp, ConvGeometry, MatmulGeometry, RowNorm, SgdParams, UnaryOp};
 use crate::dp::noise::{NoiseKey, MAX_NOISE_ELEMENTS};
 use crate::error::{ensure_shape, Error, Result};
 use crate::tensor::{DType, Device, Tensor};
@@ -350,16 +350,17 @@ pub fn add_gaussian_noise_and_divide(x: &mut Tensor, std: f32, divisor: f32, key
     backend(&dev).add_gaussian_noise_and_divide(x, std, divisor, key)
 }
 
-/// GS-WGAN's sanitiser over the rows (last axis) of `g`: each row clipped to norm `clip`, then
-/// `N(0, noise_std²)` added per element. Returns a new tensor; see `Backend::sanitize_rows`.
-pub fn sanitize_rows(g: &Tensor, clip: f32, noise_std: f32, key: &NoiseKey) -> Result<Tensor> {
+/// GS-WGAN's sanitiser over the rows (last axis) of `g`: each row clipped to norm `clip` (or, with
+/// `RowNorm::Exactly`, rescaled to it), then `N(0, noise_std²)` added per element. Returns a new
+/// tensor; see `Backend::sanitize_rows`.
+pub fn sanitize_rows(g: &Tensor, clip: f32, rows: RowNorm, noise_std: f32, key: &NoiseKey) -> Result<Tensor> {
     let dev = device_of("sanitize_rows", &[g])?;
     ensure_shape!(g.rank() >= 1, "sanitize_rows", "needs rows along a last axis, got a scalar");
     if !(clip.is_finite() && clip > 0.0) {
         return Err(Error::Invalid(format!("sanitize_rows: clip bound {clip} must be finite and > 0")));
     }
     check_noise("sanitize_rows", noise_std, g.numel())?;
-    backend(&dev).sanitize_rows(g, clip, noise_std, key)
+    backend(&dev).sanitize_rows(g, clip, rows, noise_std, key)
 }
 
 /// `x` repeated along its size-1 (or missing leading) dims to `shape`: the adjoint of `sum_to`.

@@ -4,7 +4,7 @@
 use rand_chacha::ChaCha8Rng;
 
 use super::{gemm_bytes, gemm_flops, ConvShape, F32};
-use crate::backend::{ops, AdamParams, BinaryOp, SgdParams, UnaryOp};
+use crate::backend::{ops, AdamParams, BinaryOp, RowNorm, SgdParams, UnaryOp};
 use crate::dp::noise::{NoiseMode, NoiseSource};
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Tensor};
@@ -369,7 +369,7 @@ fn noise_cases(cases: &mut Vec<Case>) {
     let (b, d) = (32, 784);
     let key = NoiseSource::from_seed(7, NoiseMode::Fast).key_at(3, 2);
     let make = move |rng: &mut ChaCha8Rng, _: Size| -> Result<Vec<Tensor>> { Ok(vec![randn(rng, &[b, d])?]) };
-    let op: Op = Box::new(move |t| Ok(vec![ops::sanitize_rows(&t[0], 1.0 / 32.0, 2.0 * 1.07 / 32.0, &key)?]));
+    let op: Op = Box::new(move |t| Ok(vec![ops::sanitize_rows(&t[0], 1.0 / 32.0, RowNorm::AtMost, 2.0 * 1.07 / 32.0, &key)?]));
     cases.push(mem_case(
         "sanitize_rows (gs-wgan)",
         "noise",

@@ -3,7 +3,7 @@
 //! C/B and noised with `N(0, (2σC/B)²)` per element, fresh for every sample. dpgan does this as an
 //! explicit step between "D backward to the image" and "G backward", never in a hook.
 use super::noise::NoiseKey;
-use crate::backend::ops;
+use crate::backend::{ops, RowNorm};
 use crate::error::{ensure_shape, Error, Result};
 use crate::profile;
 use crate::tensor::Tensor;
@@ -39,11 +39,13 @@ impl GsWganSanitizer {
     }
 
     /// `ĝᵢ = gᵢ·min(1, (C/B)/(‖gᵢ‖ + 1e-10)) + N(0, (2σC/B)²)` for every row `gᵢ` of `g`
-    /// (`[G, B, D]`; B is the batch size), noise drawn from `key`.
+    /// (`[G, B, D]`; B is the batch size), noise drawn from `key`. With σ = 0 (the non-private
+    /// control, SPEC.md §2) every row is instead rescaled to exactly norm C/B, without the `min`.
     pub fn sanitize(&self, g: &Tensor, key: &NoiseKey) -> Result<Tensor> {
         ensure_shape!(g.rank() == 3 && g.shape()[1] > 0, "gs_wgan_sanitize", "gradient must be [G, B, D] with B > 0, got {:?}", g.shape());
         let (clip, noise_std) = self.bounds(g.shape()[1]);
+        let rows = if self.noise_multiplier == 0.0 { RowNorm::Exactly } else { RowNorm::AtMost };
         let _range = profile::range("sanitize");
-        ops::sanitize_rows(g, clip, noise_std, key)
+        ops::sanitize_rows(g, clip, rows, noise_std, key)
     }
 }

@@ -75,5 +75,7 @@ struct SanitizeRowsParams {
   int64_t cols;
   float clip;
   float noise_std;
+  int32_t exact;
+  int32_t pad_;
   NoiseKeyParams key;
 };

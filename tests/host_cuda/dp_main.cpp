@@ -1,5 +1,5 @@
 // Runs kernels/dp.cu's sanitiser block by block on the host (one thread per block). Reads from
-// stdin: rows cols clip_bits std_bits, key[8] tensor_index step_lo step_hi (hex), then rows·cols
+// stdin: rows cols clip_bits std_bits exact, key[8] tensor_index step_lo step_hi (hex), then rows·cols
 // f32 bit patterns (hex); prints the output's bit patterns, one per line, Philox then ChaCha20.
 #include <cstdio>
 #include <cstring>
@@ -11,7 +11,9 @@ int main() {
   SanitizeRowsParams p = {};
   unsigned clip_bits, std_bits;
   long long rows, cols;
-  if (std::scanf("%lld %lld %x %x", &rows, &cols, &clip_bits, &std_bits) != 4) return 2;
+  int exact;
+  if (std::scanf("%lld %lld %x %x %d", &rows, &cols, &clip_bits, &std_bits, &exact) != 5) return 2;
+  p.exact = exact;
   p.rows = rows;
   p.cols = cols;
   std::memcpy(&p.clip, &clip_bits, 4);

@@ -1,7 +1,7 @@
 //! GS-WGAN's row sanitiser (the reference for `kernels/dp.cu`) and the per-example conv
 //! weight-gradient norms (the reference for `kernels/dp_norms.cu`).
 use super::Real;
-use crate::backend::ConvGeometry;
+use crate::backend::{ConvGeometry, RowNorm};
 use crate::dp::noise::{standard_normal_at, NoiseKey};
 
 /// The f64 `x` rounded to f32 toward zero (what CUDA's `__double2float_rz` does). The clip factor
@@ -19,7 +19,9 @@ pub fn f32_toward_zero(x: f64) -> f32 {
 
 /// For each row `gᵢ` (length `cols`) of `g`:
 /// `ĝᵢ = gᵢ·min(1, clip/(‖gᵢ‖ + 1e-10)) + noise_std·zᵢ`, `z` drawn per element from `key`
-/// (element index = position in `g`, so every row gets fresh noise).
+/// (element index = position in `g`, so every row gets fresh noise). With `RowNorm::Exactly` the
+/// factor is `clip/(‖gᵢ‖ + 1e-10)` without the `min`: every row is rescaled to norm `clip` (a zero
+/// row stays zero).
 ///
 /// ‖gᵢ‖ is summed in f64 (exact squares of f32 values, no overflow for any finite f32). The factor
 /// is rounded to f32 toward zero and the product `g·factor`, exact in f64, is rounded toward zero
@@ -27,7 +29,7 @@ pub fn f32_toward_zero(x: f64) -> f32 {
 /// A row holding a NaN comes out all NaN (loud, never unclipped); one holding an infinity has a
 /// zero factor, so its infinite entries become NaN. The noise is then added with one f32 product
 /// and one f32 sum, as in the kernel.
-pub fn sanitize_rows<T: Real>(g: &[T], cols: usize, clip: f32, noise_std: f32, key: &NoiseKey) -> Vec<T> {
+pub fn sanitize_rows<T: Real>(g: &[T], cols: usize, clip: f32, rows: RowNorm, noise_std: f32, key: &NoiseKey) -> Vec<T> {
     let mut out = vec![T::of(0.0); g.len()];
     if cols == 0 {
         return out;
@@ -38,7 +40,7 @@ pub fn sanitize_rows<T: Real>(g: &[T], cols: usize, clip: f32, noise_std: f32, k
         // Not `min`: min(NaN, 1) is 1, which would pass a row holding a NaN (and its other,
         // possibly huge, values) unclipped. A NaN norm gives a NaN factor and an all-NaN row.
         let ratio = clip as f64 / (norm + 1e-10);
-        let factor = f32_toward_zero(if ratio >= 1.0 { 1.0 } else { ratio }) as f64;
+        let factor = f32_toward_zero(if ratio >= 1.0 && rows == RowNorm::AtMost { 1.0 } else { ratio }) as f64;
         for (d, (o, &v)) in out_row.iter_mut().zip(g_row).enumerate() {
             // f64 tensors (finite-difference checks only) have no kernel to match: plain product.
             let clipped =

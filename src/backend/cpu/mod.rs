@@ -26,7 +26,7 @@ pub use shape::{concat, narrow, pad};
 
 use real::by_dtype;
 
-use super::{AdamParams, Backend, BinaryOp, ConvGeometry, MatmulGeometry, SgdParams, UnaryOp};
+use super::{AdamParams, Backend, BinaryOp, ConvGeometry, MatmulGeometry, RowNorm, SgdParams, UnaryOp};
 use crate::dp::NoiseKey;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -153,9 +153,9 @@ impl Backend for Cpu {
         })
     }
 
-    fn sanitize_rows(&self, g: &Tensor, clip: f32, noise_std: f32, key: &NoiseKey) -> Result<Tensor> {
+    fn sanitize_rows(&self, g: &Tensor, clip: f32, rows: RowNorm, noise_std: f32, key: &NoiseKey) -> Result<Tensor> {
         let cols = g.shape()[g.rank() - 1];
-        by_dtype!(g.dtype(), T => T::wrap(sanitize_rows(T::host(g), cols, clip, noise_std, key), g.shape()))
+        by_dtype!(g.dtype(), T => T::wrap(sanitize_rows(T::host(g), cols, clip, rows, noise_std, key), g.shape()))
     }
 
     fn add_gaussian_noise_and_divide(&self, x: &mut Tensor, std: f32, divisor: f32, key: &NoiseKey) -> Result<()> {

@@ -14,7 +14,7 @@ use super::module::Kernel;
 use super::optim::buffer_mut;
 use super::params::{NoiseDivideParams, NoiseKeyParams, SanitizeRowsParams};
 use super::{buffer, launched, output, reduce};
-use crate::backend::ConvGeometry;
+use crate::backend::{ConvGeometry, RowNorm};
 use crate::dp::{NoiseKey, NoiseMode};
 use crate::error::{Error, Result};
 use crate::profile;
@@ -25,8 +25,15 @@ fn block_for(cols: usize) -> u32 {
     (cols.div_ceil(32) * 32).clamp(32, 256) as u32
 }
 
-/// `out = rows of g clipped to norm clip, plus noise_std·z` (see `Backend::sanitize_rows`).
-pub(crate) fn sanitize_rows(dev: &Arc<CudaDevice>, g: &Tensor, clip: f32, noise_std: f32, key: &NoiseKey) -> Result<Tensor> {
+/// `out = rows of g clipped (or rescaled) to norm clip, plus noise_std·z` (see `Backend::sanitize_rows`).
+pub(crate) fn sanitize_rows(
+    dev: &Arc<CudaDevice>,
+    g: &Tensor,
+    clip: f32,
+    row_norm: RowNorm,
+    noise_std: f32,
+    key: &NoiseKey,
+) -> Result<Tensor> {
     let cols = g.shape()[g.rank() - 1];
     let rows = g.numel().checked_div(cols).unwrap_or(0);
     let mut out = dev.alloc(g.numel())?;
@@ -36,7 +43,15 @@ pub(crate) fn sanitize_rows(dev: &Arc<CudaDevice>, g: &Tensor, clip: f32, noise_
             .ok()
             .filter(|&r| r < 1 << 31)
             .ok_or_else(|| Error::Invalid(format!("sanitize_rows: {rows} rows exceed one launch's 2^31 - 1 blocks; split the batch")))?;
-        let p = SanitizeRowsParams { rows: rows as i64, cols: cols as i64, clip, noise_std, key: NoiseKeyParams::new(key) };
+        let p = SanitizeRowsParams {
+            rows: rows as i64,
+            cols: cols as i64,
+            clip,
+            noise_std,
+            exact: i32::from(row_norm == RowNorm::Exactly),
+            pad_: 0,
+            key: NoiseKeyParams::new(key),
+        };
         let k = match key.mode {
             NoiseMode::Fast => Kernel::SanitizeRowsPhilox,
             NoiseMode::Secure => Kernel::SanitizeRowsChacha,

@@ -19,7 +19,7 @@ pub use device::{device_count, driver_absent_reason, set_poison_allocations, Cud
 pub use gemm::{allow_tf32, set_allow_tf32};
 pub use module::{kernel_resources, Kernel, KernelResources};
 
-use super::{AdamParams, Backend, BinaryOp, ConvGeometry, MatmulGeometry, SgdParams, UnaryOp};
+use super::{AdamParams, Backend, BinaryOp, ConvGeometry, MatmulGeometry, RowNorm, SgdParams, UnaryOp};
 use crate::dp::NoiseKey;
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
@@ -123,8 +123,8 @@ impl Backend for CudaDevice {
         rng::add_gaussian_noise(&dev, x, std, key)
     }
 
-    fn sanitize_rows(&self, g: &Tensor, clip: f32, noise_std: f32, key: &NoiseKey) -> Result<Tensor> {
-        dp::sanitize_rows(buffer(g).device(), g, clip, noise_std, key)
+    fn sanitize_rows(&self, g: &Tensor, clip: f32, rows: RowNorm, noise_std: f32, key: &NoiseKey) -> Result<Tensor> {
+        dp::sanitize_rows(buffer(g).device(), g, clip, rows, noise_std, key)
     }
 
     fn conv2d_weight_grad_sq_norms(&self, x: &Tensor, dy: &Tensor, geom: &ConvGeometry) -> Result<Tensor> {

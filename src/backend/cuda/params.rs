@@ -216,6 +216,9 @@ pub struct SanitizeRowsParams {
     pub cols: i64,
     pub clip: f32,
     pub noise_std: f32,
+    /// 1: rescale every row to norm `clip` (`RowNorm::Exactly`); 0: clip.
+    pub exact: i32,
+    pub pad_: i32,
     pub key: NoiseKeyParams,
 }
 
@@ -258,7 +261,7 @@ pub struct PowerIterationParams {
 // The same sizes are asserted on the C side (common.cuh).
 const _: () = assert!(std::mem::size_of::<NoiseKeyParams>() == 48);
 const _: () = assert!(std::mem::size_of::<GaussianNoiseParams>() == 64);
-const _: () = assert!(std::mem::size_of::<SanitizeRowsParams>() == 72);
+const _: () = assert!(std::mem::size_of::<SanitizeRowsParams>() == 80);
 const _: () = assert!(std::mem::size_of::<NoiseDivideParams>() == 64);
 /// The operands of `gemm_grouped_{nn,tn,nt,tt}_fwd_f32`; see `GemmParams` in common.cuh. With `splits > 1` the kernel
 /// writes `splits` partial products of K slices of `split_len`, added up by a second pass.
