@@ -221,3 +221,42 @@ fn impossible_settings_and_bad_data_fail_before_writing_anything() {
     let err = stderr_of_failure(&["train", "dp-cgan", "--data", &data, "--out", &run_s, "--device", "cpu", "--steps", "2"]);
     assert!(err.contains("--resume"), "{err}");
 }
+
+/// The per-step (D, G) losses of `metrics.jsonl`.
+fn losses(run: &Path) -> Vec<(f64, f64)> {
+    fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["d_loss"].as_f64().unwrap(), v["g_loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+/// The same short run on the GPU and on the CPU: same seed, so the same initial weights, batches,
+/// latents and (counter-based) noise; the backends differ only in the order of f32 sums (TF32 is
+/// off by default), which training then amplifies. Bounds, set before any measurement: relative
+/// 1e-4 over the first 5 steps, where the difference is still rounding, and 1e-2 by step 20.
+/// Skips without a GPU (fails with DPGAN_REQUIRE_GPU=1).
+#[test]
+fn the_same_short_run_on_the_gpu_matches_the_cpu_losses() {
+    let Some(_) = common::cuda_or_skip("the_same_short_run_on_the_gpu_matches_the_cpu_losses") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let runs = [dir.path().join("cpu"), dir.path().join("cuda")];
+    for (run, device) in runs.iter().zip(["cpu", "cuda"]) {
+        let (data, out) = (mnist(), run.to_string_lossy().into_owned());
+        let args = ["train", "dp-cgan", "--data", &data, "--out", &out, "--device", device, "--seed", "5", "--steps", "20"];
+        stdout_of(&[&args[..], &["--batch-size", "128", "--log-every", "1", "--sample-every", "20", "--checkpoint-every", "20"]].concat());
+    }
+    let (cpu, gpu) = (losses(&runs[0]), losses(&runs[1]));
+    assert_eq!((cpu.len(), gpu.len()), (20, 20), "one metrics line per step");
+    for (step, (&(cd, cg), &(gd, gg))) in cpu.iter().zip(&gpu).enumerate() {
+        let bound = if step < 5 { 1e-4 } else { 1e-2 };
+        for (what, c, g) in [("D", cd, gd), ("G", cg, gg)] {
+            assert!((c - g).abs() <= bound * c.abs().max(1.0), "step {}: {what} loss {g} on the GPU, {c} on the CPU", step + 1);
+        }
+    }
+}
