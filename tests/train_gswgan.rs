@@ -77,6 +77,14 @@ fn expected(config: &GsWganRunConfig, iterations: u64) -> (f64, f64) {
     (epsilon(Conversion::Classic, Mechanism::GsWganAsPublished(run)), epsilon(Conversion::Improved, Mechanism::GsWganPerStep(run)))
 }
 
+/// The files under RUN/critics, sorted.
+fn critic_files(run: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        fs::read_dir(run.join("critics")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
 fn bits(t: &Tensor) -> Vec<u32> {
     t.to_vec().unwrap().iter().map(|x| x.to_bits()).collect()
 }
@@ -158,8 +166,17 @@ fn phase_two_writes_every_artefact_and_reports_both_accountings() {
     for name in checkpoint.keys() {
         assert!(checkpoint[name].to_vec().unwrap().iter().all(|v| v.is_finite()), "{name}");
     }
-    for prefix in ["generator.", "ema.", "generator_adam.m.", "generator_adam.v.", &format!("critic.{}.", state.critics[0].index)] {
+    for prefix in ["generator.", "ema.", "generator_adam.m.", "generator_adam.v."] {
         assert!(checkpoint.keys().any(|k| k.starts_with(prefix)), "no {prefix}* in the checkpoint");
+    }
+    // Each selected critic in its own file, weights and Adam moments; no file the checkpoint does not name.
+    assert_eq!(critic_files(&run), state.critics.iter().map(|c| c.file.clone()).collect::<Vec<_>>());
+    for record in &state.critics {
+        let critic = tensors(&run.join("critics").join(&record.file));
+        for prefix in ["conv1.", "adam.m.", "adam.v."] {
+            assert!(critic.keys().any(|k| k.starts_with(prefix)), "no {prefix}* in {}", record.file);
+        }
+        assert!(critic.values().all(|t| t.to_vec().unwrap().iter().all(|v| v.is_finite())), "{}", record.file);
     }
     for step in [2, 3] {
         let png = run.join(format!("samples/step-{step:08}.png"));
@@ -207,6 +224,29 @@ fn a_resumed_phase_two_ends_with_the_same_tensors_bit_for_bit() {
         serde_json::from_value(read_json(&split.join("checkpoint.json"))).unwrap(),
     );
     assert_eq!((sa.iteration, sa.epsilon, sa.epsilon_as_published), (sb.iteration, sb.epsilon, sb.epsilon_as_published));
+    // The critics too: the same ones selected, with the same weights, moments and batch positions.
+    let positions = |s: &GsWganState| s.critics.iter().map(|c| (c.index, c.adam_steps, c.passes, c.position)).collect::<Vec<_>>();
+    assert_eq!(positions(&sa), positions(&sb));
+    for (ca, cb) in sa.critics.iter().zip(&sb.critics) {
+        let (a, b) = (tensors(&straight.join("critics").join(&ca.file)), tensors(&split.join("critics").join(&cb.file)));
+        assert_eq!(a.len(), b.len());
+        for (name, t) in &a {
+            assert_eq!(bits(t), bits(&b[name]), "critic {} {name} differs after resuming", ca.index);
+        }
+    }
+    // A checkpoint every iteration rewrote only the critic each iteration trained, and the
+    // superseded versions are gone: a critic's file carries the iteration of its last selection.
+    let picked: Vec<u64> = fs::read_to_string(straight.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["discriminator"].as_u64().unwrap())
+        .collect();
+    assert_eq!(picked.len(), 3);
+    for record in &sa.critics {
+        let last = picked.iter().rposition(|&j| j == record.index as u64).unwrap() + 1;
+        assert_eq!(record.file, format!("critic-{:04}-{last:08}.safetensors", record.index));
+    }
+    assert_eq!(critic_files(&straight), sa.critics.iter().map(|c| c.file.clone()).collect::<Vec<_>>());
 
     let err = stderr_of_failure(&["train", "gs-wgan", "--resume", &s(&split), "--noise-multiplier", "2"]);
     assert!(err.contains("--noise-multiplier") && err.contains("config.json"), "{err}");

@@ -5,10 +5,15 @@
 //!
 //! Every draw of iteration t (j, z, α, labels) comes from `stream(seed, Generator, t)` and its noise
 //! from the key at step t, so a checkpoint (G, G_s, Adam moments, every selected discriminator with
-//! its Adam state and batch position, both accountants) resumes the run exactly. The price is the
-//! checkpoint's size: at the published size (K = 1000 critics of 1.07 M parameters, each with two
-//! Adam moments) it grows to about 13 GB once every critic has been selected, the same state the
-//! run holds in host memory.
+//! its Adam state and batch position, both accountants) resumes the run exactly. The selected
+//! discriminators are the bulk of it: at the published size (K = 1000 critics of 1.07 M parameters,
+//! each with two Adam moments, 12.9 MB a critic) about 13 GB once every critic has been selected,
+//! the same state the run holds in host memory. So each critic has its own file under `critics/`,
+//! named by the iteration it was saved at, and a checkpoint writes only the critics trained since
+//! the previous one; `checkpoint.safetensors` (G, G_s, G's Adam, the state) names the file of every
+//! critic, and is replaced last, so a crash at any point leaves the previous checkpoint whole.
+//! Files no checkpoint names any more are deleted after the new one is in place.
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -21,6 +26,7 @@ use crate::autograd::Tape;
 use crate::backend::{ops, BinaryOp};
 use crate::dp::{GsWganSanitizer, NoiseMode, NoiseSource};
 use crate::error::{Error, Result};
+use crate::io::checkpoint::{load_tensors, save_tensors};
 use crate::io::image::Grid;
 use crate::models::gswgan::{bernoulli_latent, one_hot, Discriminator, Generator, GeneratorArch, CLASSES, PIXELS};
 use crate::nn::Module;
@@ -37,7 +43,9 @@ use crate::train::run_dir::{read_json, MetricsLog, RunDir, CHECKPOINT, CONFIG, M
 
 pub const ALGORITHM: &str = "gs-wgan";
 /// Bumped when the checkpoint layout changes.
-const STATE_FORMAT: u32 = 1;
+const STATE_FORMAT: u32 = 2;
+/// The run directory's folder of per-critic checkpoint files.
+pub const CRITICS_DIR: &str = "critics";
 
 /// Which accounting of SPEC.md §2 governs the budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,6 +283,8 @@ impl GsWganRunConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CriticRecord {
     pub index: usize,
+    /// Its weights and Adam moments: a file name under `critics/`.
+    pub file: String,
     pub adam_steps: u64,
     pub passes: u64,
     pub position: usize,
@@ -325,8 +335,10 @@ pub struct GsWganRunner {
     ema: Generator,
     g_optimizer: Adam,
     critics: Vec<CriticState>,
-    /// Which critics have been selected (saved in checkpoints).
-    touched: Vec<bool>,
+    /// Each critic's file under `critics/` as of the last checkpoint (`None`: never selected then).
+    saved: Vec<Option<String>>,
+    /// Which critics have trained since the last checkpoint (the files it must write).
+    dirty: Vec<bool>,
     as_published: Accountant,
     per_step: Accountant,
     sanitizer: GsWganSanitizer,
@@ -399,14 +411,19 @@ impl GsWganRunner {
         for record in &state.critics {
             let j = record.index;
             let critic = run.critics.get_mut(j).ok_or_else(|| Error::file(&checkpoint, format!("names discriminator {j}")))?;
+            if run.saved[j].is_some() {
+                return Err(Error::file(&checkpoint, format!("names discriminator {j} twice")));
+            }
+            let path = critic_path(&run.dir, &checkpoint, &record.file)?;
+            let (mut tensors, _) = load_tensors(&path, &Device::Cpu)?;
+            let mut take = |name: String| tensors.remove(&name).ok_or_else(|| Error::file(&path, format!("lacks {name}")));
             let slice = std::mem::take(&mut slices[j]);
             for entry in critic.discriminator.entries_mut() {
-                *entry.tensor = take(format!("critic.{j}.{}", entry.name))?.to_device(&Device::Cpu)?;
+                *entry.tensor = take(entry.name.to_string())?;
             }
             let n = critic.discriminator.params().len();
-            let (m, v) = moments(&mut take, &format!("critic.{j}.adam"), n, record.adam_steps)?;
-            let host = |t: Vec<Tensor>| t.iter().map(|x| x.to_device(&Device::Cpu)).collect::<Result<Vec<_>>>();
-            critic.optimizer.restore(host(m)?, host(v)?, record.adam_steps)?;
+            let (m, v) = moments(&mut take, "adam", n, record.adam_steps)?;
+            critic.optimizer.restore(m, v, record.adam_steps)?;
             critic.batches = SliceBatches::restore(
                 slice,
                 run.step_config.batch_size,
@@ -414,7 +431,7 @@ impl GsWganRunner {
                 record.passes,
                 record.position,
             )?;
-            run.touched[j] = true;
+            run.saved[j] = Some(record.file.clone());
         }
         run.iteration = state.iteration;
         run.wall_before = state.wall_s;
@@ -443,7 +460,8 @@ impl GsWganRunner {
             ema: generator.clone(),
             generator,
             g_optimizer: Adam::new(step_config.adam),
-            touched: vec![false; critics.len()],
+            saved: vec![None; critics.len()],
+            dirty: vec![false; critics.len()],
             critics,
             as_published,
             per_step,
@@ -579,27 +597,42 @@ impl GsWganRunner {
         };
         let (critic_loss, generator_loss, _) = step.run(critic, &self.data, &mut draws, &key, t)?;
         move_critic(critic, &Device::Cpu)?;
-        self.touched[j] = true;
+        self.dirty[j] = true;
         self.iteration += 1;
         Ok((critic_loss, generator_loss, j))
     }
 
-    fn checkpoint(&self, wall_s: f64, stopped: Option<String>) -> Result<()> {
+    /// Writes the critics trained since the last checkpoint to new files, then the checkpoint that
+    /// names them (the commit point), then deletes the critic files it no longer names.
+    fn checkpoint(&mut self, wall_s: f64, stopped: Option<String>) -> Result<()> {
+        let critics_dir = self.dir.path(CRITICS_DIR);
+        std::fs::create_dir_all(&critics_dir).map_err(|e| Error::file(&critics_dir, format!("cannot create: {e}")))?;
+        let mut saved = self.saved.clone();
+        let mut critics = Vec::new();
+        for (j, critic) in self.critics.iter().enumerate() {
+            if self.dirty[j] {
+                let file = format!("critic-{j:04}-{:08}.safetensors", self.iteration);
+                let mut tensors: Vec<(String, &Tensor)> =
+                    critic.discriminator.named_tensors().into_iter().map(|(n, t)| (n.to_string(), t)).collect();
+                push_moments(&mut tensors, "adam", &critic.optimizer);
+                let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+                save_tensors(&critics_dir.join(&file), &named, None)?;
+                saved[j] = Some(file);
+            }
+            if let Some(file) = &saved[j] {
+                critics.push(CriticRecord {
+                    index: j,
+                    file: file.clone(),
+                    adam_steps: critic.optimizer.steps(),
+                    passes: critic.batches.passes(),
+                    position: critic.batches.position(),
+                });
+            }
+        }
         let mut tensors: Vec<(String, &Tensor)> = Vec::new();
         tensors.extend(self.generator.named_tensors().into_iter().map(|(n, t)| (format!("generator.{n}"), t)));
         tensors.extend(self.ema.named_tensors().into_iter().map(|(n, t)| (format!("ema.{n}"), t)));
         push_moments(&mut tensors, "generator_adam", &self.g_optimizer);
-        let mut critics = Vec::new();
-        for (j, critic) in self.critics.iter().enumerate().filter(|(j, _)| self.touched[*j]) {
-            tensors.extend(critic.discriminator.named_tensors().into_iter().map(|(n, t)| (format!("critic.{j}.{n}"), t)));
-            push_moments(&mut tensors, &format!("critic.{j}.adam"), &critic.optimizer);
-            critics.push(CriticRecord {
-                index: j,
-                adam_steps: critic.optimizer.steps(),
-                passes: critic.batches.passes(),
-                position: critic.batches.position(),
-            });
-        }
         let (published, per_step) = (self.as_published.spent()?, self.per_step.spent()?);
         let state = GsWganState {
             format: STATE_FORMAT,
@@ -616,8 +649,37 @@ impl GsWganRunner {
             wall_s,
             stopped,
         };
-        self.dir.save_checkpoint(&tensors, &state)
+        self.dir.save_checkpoint(&tensors, &state)?;
+        self.saved = saved;
+        self.dirty.fill(false);
+        remove_unnamed_critic_files(&critics_dir, &self.saved)
     }
+}
+
+/// The path of a critic file a checkpoint names: a plain file name under `critics/`, nothing that
+/// could point elsewhere.
+fn critic_path(dir: &RunDir, checkpoint: &Path, file: &str) -> Result<PathBuf> {
+    let plain = Path::new(file).file_name().is_some_and(|name| name == file) && file.ends_with(".safetensors");
+    if !plain {
+        return Err(Error::file(checkpoint, format!("names critic file {file:?}, which is not a file name under {CRITICS_DIR}/")));
+    }
+    Ok(dir.path(CRITICS_DIR).join(file))
+}
+
+/// Deletes the critic files under `critics_dir` that `saved` does not name: versions superseded by
+/// the checkpoint just written, or written by one a crash interrupted.
+fn remove_unnamed_critic_files(critics_dir: &Path, saved: &[Option<String>]) -> Result<()> {
+    let named: HashSet<&str> = saved.iter().flatten().map(String::as_str).collect();
+    let entries = std::fs::read_dir(critics_dir).map_err(|e| Error::file(critics_dir, format!("cannot list: {e}")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::file(critics_dir, format!("cannot list: {e}")))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("critic-") && name.ends_with(".safetensors") && !named.contains(name.as_str()) {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| Error::file(&entry.path(), format!("cannot delete a superseded critic file: {e}")))?;
+        }
+    }
+    Ok(())
 }
 
 fn push_moments<'a>(tensors: &mut Vec<(String, &'a Tensor)>, prefix: &str, adam: &'a Adam) {
