@@ -271,6 +271,7 @@ fn private(args: &PrivateArgs) -> Result<()> {
             (GsWganRunner::start(out, config, &device)?, out.clone())
         }
     };
+    eprintln!("{}", run.critic_placement());
     let progress = Progress::new(run.iterations_done(), run.config().iterations);
     let outcome = run.train(&progress)?;
     progress.finish();

@@ -129,6 +129,11 @@ impl CudaDevice {
         self.kernels.get(k)
     }
 
+    /// The device's free and total memory in bytes, as the driver reports them now.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        self.stream.context().mem_get_info().map_err(|e| Error::cuda("querying the device's free memory", e))
+    }
+
     /// Waits for all work queued on this device's stream.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| Error::cuda("synchronising the stream", e))

@@ -1,5 +1,6 @@
-//! Phase 2 from the command line: the K warm-started discriminators (kept on the host, the selected
-//! one moved to the device for its iteration), a generator G with Adam and its EMA copy G_s, the
+//! Phase 2 from the command line: the K warm-started discriminators (all on the GPU when they take
+//! at most half its free memory; otherwise kept on the host, the selected one paged in to the device
+//! for its iteration), a generator G with Adam and its EMA copy G_s, the
 //! two accountings of SPEC.md §2 side by side. The chosen one governs: an iteration is recorded
 //! before it runs, and one that would pass the ε budget is never taken.
 //!
@@ -339,6 +340,9 @@ pub struct GsWganRunner {
     saved: Vec<Option<String>>,
     /// Which critics have trained since the last checkpoint (the files it must write).
     dirty: Vec<bool>,
+    /// All critics live on the training device (they fit), rather than on the host with the
+    /// selected one paged in for its iteration.
+    resident: bool,
     as_published: Accountant,
     per_step: Accountant,
     sanitizer: GsWganSanitizer,
@@ -360,7 +364,9 @@ impl GsWganRunner {
         let dir = RunDir::create(out)?;
         dir.write_json(CONFIG, &config)?;
         let (as_published, per_step) = (config.accountant(Accounting::AsPublished)?, config.accountant(Accounting::PerStep)?);
-        Self::assemble(dir, config, &LabelledImages::from_dataset(&data)?, discriminators, as_published, per_step, device)
+        let mut run = Self::assemble(dir, config, &LabelledImages::from_dataset(&data)?, discriminators, as_published, per_step, device)?;
+        run.place_critics()?;
+        Ok(run)
     }
 
     /// Continues the run in `root` from its checkpoint, with `iterations` as the new total if given.
@@ -435,6 +441,7 @@ impl GsWganRunner {
         }
         run.iteration = state.iteration;
         run.wall_before = state.wall_s;
+        run.place_critics()?;
         Ok(run)
     }
 
@@ -462,6 +469,7 @@ impl GsWganRunner {
             g_optimizer: Adam::new(step_config.adam),
             saved: vec![None; critics.len()],
             dirty: vec![false; critics.len()],
+            resident: false,
             critics,
             as_published,
             per_step,
@@ -483,6 +491,40 @@ impl GsWganRunner {
 
     pub fn iterations_done(&self) -> u64 {
         self.iteration
+    }
+
+    /// Where the critics live while training, in words (for the run's report).
+    pub fn critic_placement(&self) -> String {
+        let bytes: usize = self.critics.iter().map(critic_bytes).sum();
+        let (count, gb) = (self.critics.len(), bytes as f64 / 1e9);
+        if self.resident {
+            format!("all {count} critics ({gb:.2} GB with their Adam moments) on {}", self.device)
+        } else if matches!(self.device, Device::Cpu) {
+            format!("{count} critics ({gb:.2} GB with their Adam moments) in host memory")
+        } else {
+            format!(
+                "{count} critics ({gb:.2} GB with their Adam moments) in host memory, each paged in to {} for its iteration",
+                self.device
+            )
+        }
+    }
+
+    /// Moves every critic to a CUDA device if they take at most half its free memory (the rest is
+    /// left to the step's working set and the generator); otherwise they stay on the host and the
+    /// selected one is paged in for its iteration. On the CPU there is nothing to move.
+    fn place_critics(&mut self) -> Result<()> {
+        let Device::Cuda(dev) = &self.device else {
+            return Ok(());
+        };
+        let (free, _) = dev.memory_info()?;
+        let needed: usize = self.critics.iter().map(critic_bytes).sum();
+        if needed <= free / 2 {
+            for critic in &mut self.critics {
+                move_critic(critic, &self.device)?;
+            }
+            self.resident = true;
+        }
+        Ok(())
     }
 
     fn accountant(&self, accounting: Accounting) -> &Accountant {
@@ -586,7 +628,9 @@ impl GsWganRunner {
         let mut draws = stream(self.config.seed, Purpose::Generator, t);
         let j = draws.random_range(0..self.critics.len());
         let critic = &mut self.critics[j];
-        move_critic(critic, &self.device)?;
+        if !self.resident {
+            move_critic(critic, &self.device)?;
+        }
         let key = self.noise.key_at(t, 0);
         let mut step = PhaseTwoStep {
             generator: &mut self.generator,
@@ -596,7 +640,9 @@ impl GsWganRunner {
             config: &self.step_config,
         };
         let (critic_loss, generator_loss, _) = step.run(critic, &self.data, &mut draws, &key, t)?;
-        move_critic(critic, &Device::Cpu)?;
+        if !self.resident {
+            move_critic(critic, &Device::Cpu)?;
+        }
         self.dirty[j] = true;
         self.iteration += 1;
         Ok((critic_loss, generator_loss, j))
@@ -686,6 +732,14 @@ fn push_moments<'a>(tensors: &mut Vec<(String, &'a Tensor)>, prefix: &str, adam:
     let (m, v) = adam.moments();
     tensors.extend(m.iter().enumerate().map(|(i, t)| (tensor_name(&format!("{prefix}.m"), i), t)));
     tensors.extend(v.iter().enumerate().map(|(i, t)| (tensor_name(&format!("{prefix}.v"), i), t)));
+}
+
+/// Bytes of a critic's weights, buffers and Adam moments (the moments counted even before the
+/// first step creates them).
+fn critic_bytes(critic: &CriticState) -> usize {
+    let params: usize = critic.discriminator.params().iter().map(|p| p.numel()).sum();
+    let all: usize = critic.discriminator.named_tensors().iter().map(|(_, t)| t.numel()).sum();
+    4 * (all + 2 * params)
 }
 
 /// Moves a discriminator and its Adam moments to `device` (nothing to do if they are there).
