@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Everything a GPU machine should measure, in one call that fits a short device session.
+#
+#   here:            ../shared/tools/gpu-bundle --data mnist,fashion-mnist
+#   on the GPU:      bash scripts/gpu-session.sh tests bench      (one device run, carry [".gpu"])
+#                    bash scripts/gpu-session.sh dpcgan gswgan nsys  (a second one)
+#   dry run here:    DPGAN_SESSION_DEVICE=cpu bash scripts/gpu-session.sh --quick bench dpcgan gswgan
+#
+# Parts (all of them when none is named), each step under its own time limit so that one slow step
+# cannot eat the others' time; a device call may last 10 minutes, so split the parts as above:
+#   tests   every test executable with DPGAN_REQUIRE_GPU=1 (.gpu/run-tests)              ≤ 300 s
+#   bench   `dpgan bench kernels`, `dpgan bench step` (both algorithms, private and not)   ≤ 390 s
+#   dpcgan  DP-CGAN's full published run (24,900 steps) timed, sampled and evaluated       ≤ 300 s
+#   gswgan  warm-start throughput for groups of 1, 16, 128, 512; phase-2 iterations/s      ≤ 420 s
+#   nsys    an Nsight Systems trace of a short DP-CGAN run, if nsys is installed           ≤ 180 s
+# Writes to $OUT (or .gpu/session): one log and JSON per step, and summary.md, a line per step.
+# `--quick` shrinks every step to a smoke run (for checking this script, not for numbers).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+quick=0
+if [ "${1:-}" = "--quick" ]; then
+  quick=1
+  shift
+fi
+parts=" ${*:-tests bench dpcgan gswgan nsys} "
+want() { [[ $parts == *" $1 "* ]]; }
+bin=${DPGAN_BIN:-$root/.gpu/bin/dpgan}
+[ -x "$bin" ] || bin=$root/target/release/dpgan
+out=${OUT:-$root/.gpu/session}
+mkdir -p "$out"
+device=${DPGAN_SESSION_DEVICE:-cuda}
+export DPGAN_DATA=${DPGAN_DATA:-$root/.gpu/data}
+[ -d "$DPGAN_DATA/mnist" ] || DPGAN_DATA=$root/../shared/data
+export DPGAN_GIT_COMMIT=${DPGAN_GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+summary=$out/summary.md
+echo "# dpgan GPU session ($parts) $(date -u +%Y-%m-%dT%H:%MZ) · commit $DPGAN_GIT_COMMIT · device $device" >"$summary"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >>"$summary"
+
+# step NAME LIMIT_S COMMAND...: runs COMMAND under LIMIT_S seconds, logs to $out/NAME.log, and
+# records the exit status and wall time in the summary.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  local verdict=ok
+  [ $rc -eq 124 ] && verdict="timed out after ${limit}s"
+  [ $rc -ne 0 ] && [ $rc -ne 124 ] && verdict="failed (exit $rc)"
+  echo "- $name: $verdict in $((SECONDS - start)) s; last line: $(tail -n 1 "$out/$name.log")" >>"$summary"
+  return $rc
+}
+
+if [ $quick -eq 1 ]; then
+  dpcgan_steps=30 ws_iters=2 ws_groups="1 4" p2_iters=3 kernel_flags=(--quick) step_flags=(--steps 3 --warmup 1)
+  eval_flags=(--eval-epochs 1) width_flags=(--base 4)
+else
+  dpcgan_steps=24900 ws_iters=20 ws_groups="1 16 128 512" p2_iters=200 kernel_flags=() step_flags=() eval_flags=() width_flags=()
+fi
+
+# Tests.
+if want tests && [ -x "$root/.gpu/run-tests" ] && [ "$device" != cpu ]; then
+  step tests 300 bash "$root/.gpu/run-tests"
+fi
+
+# Benchmarks.
+if want bench; then
+  [ "$device" != cpu ] && step bench-kernels 150 "$bin" bench kernels "${kernel_flags[@]}" --json "$out/bench-kernels.json"
+  for algo in dp-cgan gs-wgan; do
+    for mode in --private --non-private; do
+      step "bench-step-$algo${mode#-}" 60 "$bin" bench step --algo "$algo" "$mode" --device "$device" "${step_flags[@]}" \
+        --json "$out/bench-step-$algo${mode#-}.json"
+    done
+  done
+fi
+
+# DP-CGAN's published run, timed, then sampled and evaluated (logistic regression and the MLP).
+if want dpcgan; then
+  step dpcgan-reproduce 300 "$bin" reproduce dp-cgan --data mnist --out "$out/dpcgan" --runs 1 --seed 1 \
+    --steps "$dpcgan_steps" --device "$device" "${eval_flags[@]}"
+  cp "$out/dpcgan/results.json" "$out/dpcgan-results.json" 2>/dev/null
+fi
+
+# Warm-start throughput: G discriminators as one group, ws_iters iterations each.
+want gswgan || ws_groups=""
+finished=""
+for g in $ws_groups; do
+  rm -rf "$out/ws-$g"
+  step "warm-start-g$g" 75 "$bin" train gs-wgan warm-start --data mnist --out "$out/ws-$g" --discriminators "$g" \
+    --group-size "$g" --iterations "$ws_iters" --seed 1 --device "$device" "${width_flags[@]}" && finished="$g $finished"
+  wall=$(grep -o 'in [0-9.]* s' "$out/warm-start-g$g.log" | head -n 1 | tr -dc '0-9.')
+  [ -n "$wall" ] && python3 -c "print(f'  - G = $g: {$g * $ws_iters / $wall:.1f} discriminator-iterations/s ($ws_iters iterations, {$wall} s with setup and saving)')" >>"$summary"
+done
+
+# Phase 2 from the largest warm start that finished.
+for g in $(echo "$finished" | tr ' ' '\n' | sort -rn); do
+  if [ -n "$g" ]; then
+    rm -rf "$out/phase2"
+    step phase2 120 "$bin" train gs-wgan --warm-start "$out/ws-$g" --out "$out/phase2" --iterations "$p2_iters" \
+      --generator resnet --seed 1 --device "$device" --log-every 50 --checkpoint-every 1000000
+    tail -n 1 "$out/phase2/metrics.jsonl" >"$out/phase2-last-metrics.json" 2>/dev/null
+    break
+  fi
+done
+
+# Nsight Systems: NVTX phases and kernel names of a short DP-CGAN run.
+if want nsys && command -v nsys >/dev/null && [ "$device" != cpu ]; then
+  step nsys 120 nsys profile --trace=cuda,nvtx --force-overwrite true -o "$out/dpcgan-trace" \
+    "$bin" train dp-cgan --data mnist --out "$out/nsys-run" --steps 200 --device "$device" --seed 1
+  step nsys-stats 60 nsys stats --report nvtx_sum,cuda_gpu_kern_sum --format csv -o "$out/dpcgan-trace" "$out/dpcgan-trace.nsys-rep"
+  rm -f "$out/dpcgan-trace.sqlite"
+fi
+rm -rf "$out/ws-"* "$out/phase2/critics" "$out/nsys-run"
+cat "$summary"
