@@ -1,21 +1,19 @@
-//! `dpgan reproduce dp-cgan`: the published experiment in one command. N runs (seeds s, s+1, ...)
-//! of train → sample 5,000 images (500 per class) → evaluate logistic regression and the MLP on
-//! the real test set, then one table of mean ± sd beside the published numbers. Each run lives in
-//! `OUT/run-K/`; a finished run is reused and an interrupted one resumed, so the command can be run
-//! again after a crash without redoing work.
-use std::fmt::Write as _;
+//! `dpgan reproduce dp-cgan`: N runs of train → sample 5,000 images (500 per class) → evaluate
+//! logistic regression and the MLP on the real test set, then the table beside SPEC.md §1's
+//! published numbers (see the parent module for what runs share).
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 use dpgan::data::{data_dir, Dataset, PixelScale, Split};
 use dpgan::eval::{evaluate, Classifier, EvalConfig, EvalReport, ImageSet, Metric};
 use dpgan::io::synthetic::{write_synthetic, SyntheticFormat};
 use dpgan::train::dpcgan::run::{load_generator, sample_released, DpCganRun, DpCganRunConfig, DpCganSettings, DpCganState, SamplingKind};
 use dpgan::train::progress::Progress;
 use dpgan::train::run_dir::{read_json, CHECKPOINT_JSON, CONFIG};
-use dpgan::{Device, Error, Result};
+use dpgan::{Device, Result};
 
-use super::choose_device;
+use super::{run_slots, write_results, Table};
+use crate::cli::choose_device;
 
 /// SPEC.md §1: published AUROC (mean of 3 runs) and ε.
 const PUBLISHED_AUROC_LOGREG: f64 = 0.8642;
@@ -25,18 +23,6 @@ const PUBLISHED_EPSILON_IMPROVED: f64 = 8.80;
 /// DP-CGAN's evaluation set: 500 generated images per class.
 const PER_CLASS: usize = 500;
 
-#[derive(Args, Debug)]
-pub struct ReproduceArgs {
-    #[command(subcommand)]
-    experiment: Experiment,
-}
-
-#[derive(Subcommand, Debug)]
-enum Experiment {
-    /// DP-CGAN on MNIST: AUROC of logistic regression and an MLP trained on 5,000 samples.
-    DpCgan(DpCganReproduceArgs),
-}
-
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum SamplingArg {
     Poisson,
@@ -44,7 +30,7 @@ enum SamplingArg {
 }
 
 #[derive(Args, Debug)]
-struct DpCganReproduceArgs {
+pub(super) struct DpCganReproduceArgs {
     /// MNIST: a directory with the IDX files, or a name under $DPGAN_DATA.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
@@ -71,12 +57,6 @@ struct DpCganReproduceArgs {
     device: Option<String>,
 }
 
-pub fn run(args: &ReproduceArgs) -> Result<()> {
-    match &args.experiment {
-        Experiment::DpCgan(a) => dp_cgan(a),
-    }
-}
-
 /// One run's results.
 struct RunResult {
     epsilon_improved: f64,
@@ -87,26 +67,23 @@ struct RunResult {
     mlp: EvalReport,
 }
 
-fn dp_cgan(args: &DpCganReproduceArgs) -> Result<()> {
-    if args.runs == 0 {
-        return Err(Error::Invalid("--runs must be at least 1".into()));
-    }
+pub(super) fn run(args: &DpCganReproduceArgs) -> Result<()> {
+    let slots = run_slots(&args.out, args.runs, args.seed)?;
     let device = choose_device(args.device.as_deref())?;
     let data = data_dir(args.data.as_deref())?;
     let (train, test) = (Dataset::load(&data, Split::Train)?, Dataset::load(&data, Split::Test)?);
     let test_pixels = test.pixels_f32(PixelScale::Unit);
     let test_set = ImageSet::new(&test_pixels, test.labels(), 28, 28, "the real test set")?;
     let mut results = Vec::new();
-    for k in 1..=args.runs {
-        let root = args.out.join(format!("run-{k}"));
-        let result = one_run(args, &root, args.seed + k as u64 - 1, &train, &test_set, &device)?;
+    for slot in &slots {
+        let result = one_run(args, &slot.root, slot.seed, &train, &test_set, &device)?;
         eprintln!(
-            "run {k}/{}: ε = {:.4} (improved), AUROC logreg {:.4}, MLP {:.4}",
-            args.runs, result.epsilon_improved, result.logreg.auroc_micro.mean, result.mlp.auroc_micro.mean
+            "run {}/{}: ε = {:.4} (improved), AUROC logreg {:.4}, MLP {:.4}",
+            slot.number, args.runs, result.epsilon_improved, result.logreg.auroc_micro.mean, result.mlp.auroc_micro.mean
         );
         results.push(result);
     }
-    let table = table(args, &results)?;
+    let table = table(args, &results);
     let json = serde_json::json!({
         "experiment": "dp-cgan",
         "runs": args.runs,
@@ -120,9 +97,8 @@ fn dp_cgan(args: &DpCganReproduceArgs) -> Result<()> {
         "published": {"auroc_logreg": PUBLISHED_AUROC_LOGREG, "auroc_mlp": PUBLISHED_AUROC_MLP,
                       "epsilon_classic": PUBLISHED_EPSILON_CLASSIC, "epsilon_improved": PUBLISHED_EPSILON_IMPROVED},
     });
-    let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Invalid(format!("results as JSON: {e}")))? + "\n";
-    dpgan::io::atomic_write(&args.out.join("results.json"), text.as_bytes())?;
-    super::emit(&table)
+    write_results(&args.out, &json)?;
+    crate::cli::emit(&table)
 }
 
 /// Trains (or resumes, or reuses) run `root`, samples its evaluation set and scores it.
@@ -155,7 +131,8 @@ fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, 
     }
     let train_set = ImageSet::new(&images, &labels, 28, 28, "the synthetic set")?;
     let eval = EvalConfig { seed, repeats: 1, epochs: args.eval_epochs };
-    let logreg = evaluate(&train_set, test, Classifier::Logreg, &eval, device)?;
+    // --eval-epochs shortens the MLP only: logistic regression runs L-BFGS to convergence.
+    let logreg = evaluate(&train_set, test, Classifier::Logreg, &EvalConfig { epochs: None, ..eval }, device)?;
     let mlp = evaluate(&train_set, test, Classifier::Mlp, &eval, device)?;
     let (improved, classic) = match config.conversion {
         dpgan::privacy::Conversion::Improved => (outcome.guarantee.epsilon, outcome.other.epsilon),
@@ -171,26 +148,21 @@ fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, 
     })
 }
 
-fn table(args: &DpCganReproduceArgs, results: &[RunResult]) -> Result<String> {
-    let over = |f: &dyn Fn(&RunResult) -> f64| Metric::over(results.iter().map(f).collect());
-    let cell = |m: &Metric| if results.len() > 1 { format!("{:.4} ± {:.4}", m.mean, m.sd) } else { format!("{:.4}", m.mean) };
-    let mut t = String::new();
+fn table(args: &DpCganReproduceArgs, results: &[RunResult]) -> String {
+    let over = |f: fn(&RunResult) -> f64| results.iter().map(f).collect::<Vec<_>>();
     let sampling = match args.sampling {
         SamplingArg::Poisson => "Poisson sampling",
         SamplingArg::Shuffle => "shuffled batches (ε: the customary approximation)",
     };
-    writeln!(t, "DP-CGAN on MNIST, {} run(s), {sampling}; mean ± sd over runs, never the best", results.len()).ok();
-    writeln!(t, "| | dpgan | published |").ok();
-    writeln!(t, "|---|---:|---:|").ok();
-    writeln!(t, "| AUROC, logistic regression | {} | {PUBLISHED_AUROC_LOGREG} |", cell(&over(&|r| r.logreg.auroc_micro.mean))).ok();
-    writeln!(t, "| AUROC, MLP | {} | {PUBLISHED_AUROC_MLP} |", cell(&over(&|r| r.mlp.auroc_micro.mean))).ok();
-    writeln!(t, "| accuracy, logistic regression | {} | |", cell(&over(&|r| r.logreg.accuracy.mean))).ok();
-    writeln!(t, "| accuracy, MLP | {} | |", cell(&over(&|r| r.mlp.accuracy.mean))).ok();
-    writeln!(t, "| ε (classic conversion) | {} | {PUBLISHED_EPSILON_CLASSIC} |", cell(&over(&|r| r.epsilon_classic))).ok();
-    writeln!(t, "| ε (improved conversion) | {} | {PUBLISHED_EPSILON_IMPROVED} |", cell(&over(&|r| r.epsilon_improved))).ok();
-    writeln!(t, "| training time per run (s) | {} | ≈ 10,460 (42 s/epoch) |", cell(&over(&|r| r.wall_s))).ok();
-    writeln!(t, "| steps/s | {} | |", cell(&over(&|r| r.steps_per_s))).ok();
-    writeln!(t, "The published ε = 9.64 used TF-Privacy 0.2's orders; `dpgan privacy epsilon --orders tf-privacy-0.2 --conversion classic` gives it.").ok();
-    writeln!(t, "results: {}", args.out.join("results.json").display()).ok();
-    Ok(t)
+    let mut t = Table::new(&format!("DP-CGAN on MNIST, {sampling}"), results.len());
+    t.row("AUROC, logistic regression", over(|r| r.logreg.auroc_micro.mean), &PUBLISHED_AUROC_LOGREG.to_string());
+    t.row("AUROC, MLP", over(|r| r.mlp.auroc_micro.mean), &PUBLISHED_AUROC_MLP.to_string());
+    t.row("accuracy, logistic regression", over(|r| r.logreg.accuracy.mean), "");
+    t.row("accuracy, MLP", over(|r| r.mlp.accuracy.mean), "");
+    t.row("ε (classic conversion)", over(|r| r.epsilon_classic), &PUBLISHED_EPSILON_CLASSIC.to_string());
+    t.row("ε (improved conversion)", over(|r| r.epsilon_improved), &PUBLISHED_EPSILON_IMPROVED.to_string());
+    t.row("training time per run (s)", over(|r| r.wall_s), "≈ 10,460 (42 s/epoch)");
+    t.row("steps/s", over(|r| r.steps_per_s), "");
+    t.note("The published ε = 9.64 used TF-Privacy 0.2's orders; `dpgan privacy epsilon --orders tf-privacy-0.2 --conversion classic` gives it.");
+    t.finish(&args.out)
 }
