@@ -2,7 +2,7 @@
 //! discriminators, 2 warm-start and 3 phase-2 iterations, the DCGAN generator at a small width, 20
 //! images per class, one LeNet-5 epoch): results.json holds the table's fields and both accountings
 //! equal to the accountant's, a rerun reuses every finished stage without rewriting it, a stage
-//! removed is redone to the same result, and a rerun with other settings is refused.
+//! removed or stale is redone to the same result, and a rerun with other settings is refused.
 mod common;
 
 use std::fs;
@@ -186,6 +186,21 @@ fn reproduce_gs_wgan_reports_the_table_and_reuses_finished_runs() {
     }
     let results = read_json(&out.join("results.json"));
     assert_eq!(results["accuracy"]["runs"], accuracy["runs"], "the redone evaluation scores the same");
+
+    // A released set older than its generator's checkpoint is stale: it is sampled again, and the
+    // evaluation made from it redone.
+    let stale = out.join("run-1/synthetic/sample.json");
+    fs::File::options().write(true).open(&stale).unwrap().set_modified(SystemTime::UNIX_EPOCH).unwrap();
+    reproduce(&out, &[]);
+    let redone = stage_files(&out.join("run-1"));
+    for ((name, modified, bytes), (_, old_modified, old)) in redone.iter().zip(&before[0]) {
+        let remade = name.starts_with("synthetic/") || name == "eval-lenet.json";
+        assert_eq!(modified != old_modified, remade, "{name}: remade {}, expected {remade}", modified != old_modified);
+        if name != "eval-lenet.json" {
+            assert_eq!(bytes, old, "{name} differs after the redo");
+        }
+    }
+    assert_eq!(read_json(&out.join("results.json"))["accuracy"]["runs"], accuracy["runs"]);
 
     // Other settings on a finished run are refused, naming the flag.
     let args = args(&out, &[]);

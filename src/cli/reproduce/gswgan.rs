@@ -418,11 +418,21 @@ fn phase_two(plan: &Plan, dir: &Path, warm: &Path, seed: u64, device: &Device) -
     read_json(&dir.join(CHECKPOINT_JSON))
 }
 
+/// Whether `output` was written no earlier than `input`: a stage older than what it was made from
+/// (a generator trained again after the set was sampled) is made again, like a stale target in make.
+fn up_to_date(output: &Path, input: &Path) -> Result<bool> {
+    let modified = |path: &Path| {
+        fs::metadata(path).and_then(|m| m.modified()).map_err(|e| Error::file(path, format!("cannot read its modification time: {e}")))
+    };
+    Ok(output.is_file() && modified(output)? >= modified(input)?)
+}
+
 /// The released set in `dir`: `per_class` images of every class from G_s, codes from `seed`;
-/// reused if `sample.json` says it was written with these settings from this checkpoint.
+/// reused if `sample.json` is up to date with the generator's checkpoint and says it was written
+/// with these settings from this iteration.
 fn released_set(plan: &Plan, dir: &Path, generator: &Path, seed: u64, iteration: u64, device: &Device) -> Result<()> {
     let record = dir.join(SAMPLE_RECORD);
-    if record.is_file() {
+    if up_to_date(&record, &generator.join(CHECKPOINT))? {
         let recorded: serde_json::Value = read_json(&record)?;
         let text = |key: &str| recorded[key].to_string();
         return same_settings(
@@ -439,9 +449,9 @@ fn released_set(plan: &Plan, dir: &Path, generator: &Path, seed: u64, iteration:
 }
 
 /// LeNet-5 trained on the released set in `synthetic` (seed `seed`) and scored on the real test
-/// set; reused from `path` if it was trained with these settings.
+/// set; reused from `path` if it is up to date with the set and was trained with these settings.
 fn lenet(plan: &Plan, path: &Path, synthetic: &Path, seed: u64, test: &ImageSet, device: &Device) -> Result<EvalReport> {
-    if path.is_file() {
+    if up_to_date(path, &synthetic.join(SAMPLE_RECORD))? {
         let recorded: serde_json::Value = read_json(path)?;
         same_settings(
             path,
@@ -460,4 +470,25 @@ fn lenet(plan: &Plan, path: &Path, synthetic: &Path, seed: u64, test: &ImageSet,
     let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(format!("evaluation as JSON: {e}")))? + "\n";
     dpgan::io::atomic_write(path, text.as_bytes())?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_published_data_set_is_named_by_its_directory() {
+        for (dir, expected) in [
+            ("/data/mnist", Some(Published::Mnist)),
+            ("data/mnist/", Some(Published::Mnist)),
+            ("/data/fashion-mnist", Some(Published::FashionMnist)),
+            ("/data/Fashion_MNIST", Some(Published::FashionMnist)),
+            ("/data/emnist", None),
+            ("/data", None),
+            (".", None),
+        ] {
+            assert_eq!(Published::of(Path::new(dir)), expected, "{dir}");
+        }
+        assert_eq!((Published::Mnist.accuracy(), Published::FashionMnist.accuracy()), (0.80, 0.65), "SPEC.md §2's table");
+    }
 }
