@@ -1,18 +1,22 @@
 //! `dpgan reproduce dp-cgan`: N runs of train → sample 5,000 images (500 per class) → evaluate
 //! logistic regression and the MLP on the real test set, then the table beside SPEC.md §1's
-//! published numbers (see the parent module for what runs share).
+//! published numbers (see the parent module for what runs share). Each run is a training run
+//! directory (`OUT/run-K/`, as `dpgan train dp-cgan` writes it) with the released set in
+//! `synthetic/` and the evaluations in `eval-logreg.json` and `eval-mlp.json`.
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use dpgan::data::{data_dir, Dataset, PixelScale, Split};
-use dpgan::eval::{evaluate, Classifier, EvalConfig, EvalReport, ImageSet, Metric};
+use dpgan::eval::{Classifier, EvalConfig, EvalReport, ImageSet, Metric};
 use dpgan::io::synthetic::{write_synthetic, SyntheticFormat};
+use dpgan::models::dpcgan::CLASSES;
+use dpgan::privacy::Conversion;
 use dpgan::train::dpcgan::run::{load_generator, sample_released, DpCganRun, DpCganRunConfig, DpCganSettings, DpCganState, SamplingKind};
 use dpgan::train::progress::Progress;
-use dpgan::train::run_dir::{read_json, CHECKPOINT_JSON, CONFIG};
+use dpgan::train::run_dir::{read_json, CHECKPOINT, CHECKPOINT_JSON, CONFIG};
 use dpgan::{Device, Result};
 
-use super::{run_slots, write_results, Table};
+use super::{evaluate_and_keep, kept_evaluation, run_slots, same_settings, write_results, Table};
 use crate::cli::choose_device;
 
 /// SPEC.md §1: published AUROC (mean of 3 runs) and ε.
@@ -101,51 +105,89 @@ pub(super) fn run(args: &DpCganReproduceArgs) -> Result<()> {
     crate::cli::emit(&table)
 }
 
-/// Trains (or resumes, or reuses) run `root`, samples its evaluation set and scores it.
+/// Trains (or resumes, or reuses) run `root`, samples its evaluation set and scores it; a finished
+/// training and evaluations up to date with its checkpoint are reused.
 fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, test: &ImageSet, device: &Device) -> Result<RunResult> {
-    let mut run = if root.join(CONFIG).exists() {
-        DpCganRun::resume(root, device, None)?
-    } else {
-        let settings = DpCganSettings {
-            seed,
-            steps: args.steps,
-            sampling: match args.sampling {
-                SamplingArg::Poisson => SamplingKind::Poisson,
-                SamplingArg::Shuffle => SamplingKind::Shuffle,
-            },
-            ..DpCganSettings::default()
+    let settings = DpCganSettings {
+        seed,
+        steps: args.steps,
+        sampling: match args.sampling {
+            SamplingArg::Poisson => SamplingKind::Poisson,
+            SamplingArg::Shuffle => SamplingKind::Shuffle,
+        },
+        ..DpCganSettings::default()
+    };
+    let planned = DpCganRunConfig::plan(&settings, train, device)?;
+    if root.join(CONFIG).exists() {
+        let recorded: DpCganRunConfig = read_json(&root.join(CONFIG))?;
+        let sampling = |c: &DpCganRunConfig| serde_json::json!(c.sampling).to_string();
+        same_settings(
+            root,
+            &[
+                ("--steps", recorded.steps.to_string(), planned.steps.to_string()),
+                ("--sampling", sampling(&recorded), sampling(&planned)),
+                ("--seed", recorded.seed.to_string(), planned.seed.to_string()),
+            ],
+        )?;
+        let finished = root.join(CHECKPOINT).is_file() && {
+            let state: DpCganState = read_json(&root.join(CHECKPOINT_JSON))?;
+            state.step >= recorded.steps || state.stopped.is_some()
         };
-        DpCganRun::start(root, DpCganRunConfig::plan(&settings, train, device)?, train, device)?
-    };
-    let progress = Progress::new(run.steps_taken(), run.config().steps);
-    let outcome = run.train(&progress)?;
-    progress.finish();
-    let state: DpCganState = read_json(&root.join(CHECKPOINT_JSON))?;
-    drop(run);
-
-    let (generator, config) = load_generator(root, device)?;
-    let (images, labels) = sample_released(&generator, PER_CLASS, seed, device)?;
-    let synthetic = root.join("synthetic");
-    if !synthetic.exists() {
-        write_synthetic(&synthetic, &images, &labels, 28, 28, SyntheticFormat::Idx)?;
+        if !finished {
+            train_run(&mut DpCganRun::resume(root, device, None)?)?;
+        }
+    } else {
+        train_run(&mut DpCganRun::start(root, planned, train, device)?)?;
     }
-    let train_set = ImageSet::new(&images, &labels, 28, 28, "the synthetic set")?;
-    let eval = EvalConfig { seed, repeats: 1, epochs: args.eval_epochs };
+    let state: DpCganState = read_json(&root.join(CHECKPOINT_JSON))?;
+
     // --eval-epochs shortens the MLP only: logistic regression runs L-BFGS to convergence.
-    let logreg = evaluate(&train_set, test, Classifier::Logreg, &EvalConfig { epochs: None, ..eval }, device)?;
-    let mlp = evaluate(&train_set, test, Classifier::Mlp, &eval, device)?;
-    let (improved, classic) = match config.conversion {
-        dpgan::privacy::Conversion::Improved => (outcome.guarantee.epsilon, outcome.other.epsilon),
-        dpgan::privacy::Conversion::Classic => (outcome.other.epsilon, outcome.guarantee.epsilon),
+    let mlp_config = EvalConfig { seed, repeats: 1, epochs: args.eval_epochs };
+    let logreg_config = EvalConfig { epochs: None, ..mlp_config };
+    let (logreg_path, mlp_path, checkpoint) = (root.join("eval-logreg.json"), root.join("eval-mlp.json"), root.join(CHECKPOINT));
+    let size = PER_CLASS * CLASSES;
+    let kept = (
+        kept_evaluation(&logreg_path, &checkpoint, Classifier::Logreg, &logreg_config, size)?,
+        kept_evaluation(&mlp_path, &checkpoint, Classifier::Mlp, &mlp_config, size)?,
+    );
+    let (logreg, mlp) = match kept {
+        (Some(logreg), Some(mlp)) => (logreg, mlp),
+        (logreg, mlp) => {
+            let (generator, _) = load_generator(root, device)?;
+            let (images, labels) = sample_released(&generator, PER_CLASS, seed, device)?;
+            let synthetic = root.join("synthetic");
+            if !synthetic.exists() {
+                write_synthetic(&synthetic, &images, &labels, 28, 28, SyntheticFormat::Idx)?;
+            }
+            let train_set = ImageSet::new(&images, &labels, 28, 28, "the synthetic set")?;
+            let logreg = match logreg {
+                Some(kept) => kept,
+                None => evaluate_and_keep(&logreg_path, &train_set, test, Classifier::Logreg, &logreg_config, device)?,
+            };
+            let mlp = match mlp {
+                Some(kept) => kept,
+                None => evaluate_and_keep(&mlp_path, &train_set, test, Classifier::Mlp, &mlp_config, device)?,
+            };
+            (logreg, mlp)
+        }
     };
+    let epsilon = |conversion| state.accountant.spent_with(conversion).map(|g| g.epsilon);
     Ok(RunResult {
-        epsilon_improved: improved,
-        epsilon_classic: classic,
+        epsilon_improved: epsilon(Conversion::Improved)?,
+        epsilon_classic: epsilon(Conversion::Classic)?,
         wall_s: state.wall_s,
         steps_per_s: state.step as f64 / state.wall_s.max(f64::MIN_POSITIVE),
         logreg,
         mlp,
     })
+}
+
+/// Trains `run` to its planned steps or its budget, with a progress bar.
+fn train_run(run: &mut DpCganRun) -> Result<()> {
+    let progress = Progress::new(run.steps_taken(), run.config().steps);
+    run.train(&progress)?;
+    progress.finish();
+    Ok(())
 }
 
 fn table(args: &DpCganReproduceArgs, results: &[RunResult]) -> String {

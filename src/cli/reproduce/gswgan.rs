@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use dpgan::data::{data_dir, Dataset, PixelScale, Split};
-use dpgan::eval::{evaluate, Classifier, EvalConfig, EvalReport, ImageSet, Metric};
+use dpgan::eval::{Classifier, EvalConfig, EvalReport, ImageSet, Metric};
 use dpgan::io::synthetic::{read_synthetic, SyntheticFormat};
 use dpgan::models::gswgan::CLASSES;
 use dpgan::train::gswgan::run::{Accounting, GsWganRunConfig, GsWganRunner, GsWganSettings, GsWganState};
@@ -21,7 +21,7 @@ use dpgan::train::run_dir::{read_json, CHECKPOINT, CHECKPOINT_JSON, CONFIG, METR
 use dpgan::{Device, Error, Result};
 use rand::Rng;
 
-use super::{run_slots, same_settings, write_results, Table};
+use super::{evaluate_and_keep, kept_evaluation, run_slots, same_settings, up_to_date, write_results, Table};
 use crate::cli::gswgan::{announce, start_warm_start, train_private, train_warm_start, AccountingArg, GeneratorArg};
 use crate::cli::sample::{write_sample, SAMPLE_RECORD};
 use crate::cli::{choose_device, emit};
@@ -418,15 +418,6 @@ fn phase_two(plan: &Plan, dir: &Path, warm: &Path, seed: u64, device: &Device) -
     read_json(&dir.join(CHECKPOINT_JSON))
 }
 
-/// Whether `output` was written no earlier than `input`: a stage older than what it was made from
-/// (a generator trained again after the set was sampled) is made again, like a stale target in make.
-fn up_to_date(output: &Path, input: &Path) -> Result<bool> {
-    let modified = |path: &Path| {
-        fs::metadata(path).and_then(|m| m.modified()).map_err(|e| Error::file(path, format!("cannot read its modification time: {e}")))
-    };
-    Ok(output.is_file() && modified(output)? >= modified(input)?)
-}
-
 /// The released set in `dir`: `per_class` images of every class from G_s, codes from `seed`;
 /// reused if `sample.json` is up to date with the generator's checkpoint and says it was written
 /// with these settings from this iteration.
@@ -449,27 +440,15 @@ fn released_set(plan: &Plan, dir: &Path, generator: &Path, seed: u64, iteration:
 }
 
 /// LeNet-5 trained on the released set in `synthetic` (seed `seed`) and scored on the real test
-/// set; reused from `path` if it is up to date with the set and was trained with these settings.
+/// set; reused from `path` while it is up to date with the set.
 fn lenet(plan: &Plan, path: &Path, synthetic: &Path, seed: u64, test: &ImageSet, device: &Device) -> Result<EvalReport> {
-    if up_to_date(path, &synthetic.join(SAMPLE_RECORD))? {
-        let recorded: serde_json::Value = read_json(path)?;
-        same_settings(
-            path,
-            &[
-                ("--eval-epochs", recorded["epochs"].to_string(), plan.eval_epochs.to_string()),
-                ("the training set's size", recorded["train_size"].to_string(), (plan.per_class * CLASSES).to_string()),
-                ("the seed", recorded["seeds"][0].to_string(), seed.to_string()),
-            ],
-        )?;
-        return serde_json::from_value(recorded).map_err(|e| Error::file(path, format!("not what dpgan wrote: {e}")));
+    let config = EvalConfig { seed, repeats: 1, epochs: Some(plan.eval_epochs) };
+    if let Some(kept) = kept_evaluation(path, &synthetic.join(SAMPLE_RECORD), Classifier::Lenet, &config, plan.per_class * CLASSES)? {
+        return Ok(kept);
     }
     let set = read_synthetic(synthetic)?;
     let train = ImageSet::new(&set.images, &set.labels, set.height, set.width, "the synthetic set")?;
-    let config = EvalConfig { seed, repeats: 1, epochs: Some(plan.eval_epochs) };
-    let report = evaluate(&train, test, Classifier::Lenet, &config, device)?;
-    let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(format!("evaluation as JSON: {e}")))? + "\n";
-    dpgan::io::atomic_write(path, text.as_bytes())?;
-    Ok(report)
+    evaluate_and_keep(path, &train, test, Classifier::Lenet, &config, device)
 }
 
 #[cfg(test)]

@@ -3,13 +3,17 @@
 //! `OUT/run-1`, `OUT/run-2`, ... (seeds s, s+1, ...), each trained, sampled and evaluated; a table of
 //! mean ± sd over the runs (never the best) beside the published numbers, printed and written with
 //! every run's scores to `OUT/results.json`. A finished run is reused and an interrupted one
-//! resumed, so the command can be run again after a crash without redoing work.
+//! resumed, so the command can be run again after a crash without redoing work: each stage's
+//! output is kept in the run's directory and reused while it is up to date with what it was made
+//! from and was made with the settings asked for now.
 use std::fmt::Write as _;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use dpgan::eval::Metric;
-use dpgan::{Error, Result};
+use dpgan::eval::{evaluate, Classifier, EvalConfig, EvalReport, ImageSet, Metric};
+use dpgan::train::run_dir::read_json;
+use dpgan::{Device, Error, Result};
 
 mod dpcgan;
 mod gswgan;
@@ -126,4 +130,55 @@ fn same_settings(dir: &Path, settings: &[(&str, String, String)]) -> Result<()> 
             differ.join("; ")
         ),
     ))
+}
+
+/// Whether `output` was written no earlier than `input`: a stage older than what it was made from
+/// (a generator trained again after it was evaluated) is made again, like a stale target in make.
+fn up_to_date(output: &Path, input: &Path) -> Result<bool> {
+    let modified = |path: &Path| {
+        fs::metadata(path).and_then(|m| m.modified()).map_err(|e| Error::file(path, format!("cannot read its modification time: {e}")))
+    };
+    Ok(output.is_file() && modified(output)? >= modified(input)?)
+}
+
+/// The evaluation kept in `path` if it is up to date with `source` (what its training set came
+/// from); an error if it was made with other settings than `classifier`, `config` and `train_size`.
+fn kept_evaluation(
+    path: &Path,
+    source: &Path,
+    classifier: Classifier,
+    config: &EvalConfig,
+    train_size: usize,
+) -> Result<Option<EvalReport>> {
+    if !up_to_date(path, source)? {
+        return Ok(None);
+    }
+    let report: EvalReport = read_json(path)?;
+    let epochs = |e: Option<usize>| e.map_or_else(|| "none".to_string(), |e| e.to_string());
+    same_settings(
+        path,
+        &[
+            ("the classifier", report.classifier.to_string(), classifier.to_string()),
+            ("--eval-epochs", epochs(report.epochs), epochs(config.epochs.or(classifier.default_epochs()))),
+            ("the training set's size", report.train_size.to_string(), train_size.to_string()),
+            ("the seed", report.seeds.first().map_or_else(String::new, u64::to_string), config.seed.to_string()),
+            ("the repeats", report.repeats.to_string(), config.repeats.to_string()),
+        ],
+    )?;
+    Ok(Some(report))
+}
+
+/// Trains and scores `classifier` on `train`, keeping the report in `path` (atomically) for reruns.
+fn evaluate_and_keep(
+    path: &Path,
+    train: &ImageSet,
+    test: &ImageSet,
+    classifier: Classifier,
+    config: &EvalConfig,
+    device: &Device,
+) -> Result<EvalReport> {
+    let report = evaluate(train, test, classifier, config, device)?;
+    let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(format!("evaluation as JSON: {e}")))? + "\n";
+    dpgan::io::atomic_write(path, text.as_bytes())?;
+    Ok(report)
 }
