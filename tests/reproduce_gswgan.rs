@@ -2,7 +2,8 @@
 //! discriminators, 2 warm-start and 3 phase-2 iterations, the DCGAN generator at a small width, 20
 //! images per class, one LeNet-5 epoch): results.json holds the table's fields and both accountings
 //! equal to the accountant's, a rerun reuses every finished stage without rewriting it, a stage
-//! removed or stale is redone to the same result, and a rerun with other settings is refused.
+//! removed or stale is redone to the same result, a phase 2 stopped before its first checkpoint
+//! starts again, and a rerun with other settings is refused.
 mod common;
 
 use std::fs;
@@ -200,6 +201,17 @@ fn reproduce_gs_wgan_reports_the_table_and_reuses_finished_runs() {
             assert_eq!(bytes, old, "{name} differs after the redo");
         }
     }
+    assert_eq!(read_json(&out.join("results.json"))["accuracy"]["runs"], accuracy["runs"]);
+
+    // Phase 2 stopped before its first checkpoint: it starts again, and what came after it is made
+    // again from the new generator (the same one: the CPU run is deterministic).
+    let images = fs::read(out.join("run-2/synthetic/images.npy")).unwrap();
+    fs::remove_file(out.join("run-2/generator/checkpoint.safetensors")).unwrap();
+    fs::remove_file(out.join("run-2/generator/checkpoint.json")).unwrap();
+    let (_, stderr) = reproduce(&out, &[]);
+    assert!(stderr.contains("stopped before its first checkpoint") && !stderr.contains("gs-wgan warm start:"), "{stderr}");
+    assert_eq!(read_json(&out.join("run-2/generator/checkpoint.json"))["iteration"], ITERATIONS);
+    assert_eq!(fs::read(out.join("run-2/synthetic/images.npy")).unwrap(), images);
     assert_eq!(read_json(&out.join("results.json"))["accuracy"]["runs"], accuracy["runs"]);
 
     // Other settings on a finished run are refused, naming the flag.

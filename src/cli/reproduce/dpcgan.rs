@@ -16,7 +16,7 @@ use dpgan::train::progress::Progress;
 use dpgan::train::run_dir::{read_json, CHECKPOINT, CHECKPOINT_JSON, CONFIG};
 use dpgan::{Device, Result};
 
-use super::{evaluate_and_keep, kept_evaluation, run_slots, same_settings, write_results, Table};
+use super::{evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, run_slots, same_settings, write_results, Table};
 use crate::cli::choose_device;
 
 /// SPEC.md §1: published AUROC (mean of 3 runs) and ε.
@@ -120,7 +120,7 @@ fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, 
     let planned = DpCganRunConfig::plan(&settings, train, device)?;
     if root.join(CONFIG).exists() {
         let recorded: DpCganRunConfig = read_json(&root.join(CONFIG))?;
-        let sampling = |c: &DpCganRunConfig| serde_json::json!(c.sampling).to_string();
+        let sampling = |c: &DpCganRunConfig| serde_json::json!(c.sampling).as_str().unwrap_or_default().to_string();
         same_settings(
             root,
             &[
@@ -129,15 +129,15 @@ fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, 
                 ("--seed", recorded.seed.to_string(), planned.seed.to_string()),
             ],
         )?;
-        let finished = root.join(CHECKPOINT).is_file() && {
-            let state: DpCganState = read_json(&root.join(CHECKPOINT_JSON))?;
-            state.step >= recorded.steps || state.stopped.is_some()
-        };
-        if !finished {
+    }
+    forget_if_never_checkpointed(root)?;
+    if !root.join(CONFIG).exists() {
+        train_run(&mut DpCganRun::start(root, planned, train, device)?)?;
+    } else {
+        let state: DpCganState = read_json(&root.join(CHECKPOINT_JSON))?;
+        if state.step < planned.steps && state.stopped.is_none() {
             train_run(&mut DpCganRun::resume(root, device, None)?)?;
         }
-    } else {
-        train_run(&mut DpCganRun::start(root, planned, train, device)?)?;
     }
     let state: DpCganState = read_json(&root.join(CHECKPOINT_JSON))?;
 

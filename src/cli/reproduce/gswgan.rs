@@ -21,7 +21,7 @@ use dpgan::train::run_dir::{read_json, CHECKPOINT, CHECKPOINT_JSON, CONFIG, METR
 use dpgan::{Device, Error, Result};
 use rand::Rng;
 
-use super::{evaluate_and_keep, kept_evaluation, run_slots, same_settings, up_to_date, write_results, Table};
+use super::{evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, run_slots, same_settings, up_to_date, write_results, Table};
 use crate::cli::gswgan::{announce, start_warm_start, train_private, train_warm_start, AccountingArg, GeneratorArg};
 use crate::cli::sample::{write_sample, SAMPLE_RECORD};
 use crate::cli::{choose_device, emit};
@@ -397,7 +397,7 @@ fn phase_two(plan: &Plan, dir: &Path, warm: &Path, seed: u64, device: &Device) -
                 ("the warm start", recorded.warm_start.display().to_string(), warm.display().to_string()),
             ],
         )?;
-        if dir.join(CHECKPOINT).is_file() {
+        if !forget_if_never_checkpointed(dir)? {
             let state: GsWganState = read_json(&dir.join(CHECKPOINT_JSON))?;
             if state.iteration >= recorded.iterations || state.stopped.is_some() {
                 return Ok(state);
@@ -407,9 +407,6 @@ fn phase_two(plan: &Plan, dir: &Path, warm: &Path, seed: u64, device: &Device) -
             train_private(&mut run)?;
             return read_json(&dir.join(CHECKPOINT_JSON));
         }
-        // Stopped before its first checkpoint: nothing of it can be continued, so it starts again.
-        eprintln!("{} stopped before its first checkpoint: starting it again", dir.display());
-        fs::remove_file(dir.join(CONFIG)).map_err(|e| Error::file(dir.join(CONFIG), format!("cannot remove: {e}")))?;
     }
     let config = GsWganRunConfig::plan(&settings, device)?;
     announce(&config)?;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use dpgan::eval::{evaluate, Classifier, EvalConfig, EvalReport, ImageSet, Metric};
-use dpgan::train::run_dir::read_json;
+use dpgan::train::run_dir::{read_json, CHECKPOINT, CONFIG};
 use dpgan::{Device, Error, Result};
 
 mod dpcgan;
@@ -181,4 +181,15 @@ fn evaluate_and_keep(
     let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(format!("evaluation as JSON: {e}")))? + "\n";
     dpgan::io::atomic_write(path, text.as_bytes())?;
     Ok(report)
+}
+
+/// A training run in `dir` that stopped before its first checkpoint has nothing to continue from:
+/// its config.json is removed so that it starts again. Whether it did.
+fn forget_if_never_checkpointed(dir: &Path) -> Result<bool> {
+    if !dir.join(CONFIG).is_file() || dir.join(CHECKPOINT).is_file() {
+        return Ok(false);
+    }
+    eprintln!("{} stopped before its first checkpoint: starting it again", dir.display());
+    fs::remove_file(dir.join(CONFIG)).map_err(|e| Error::file(dir.join(CONFIG), format!("cannot remove: {e}")))?;
+    Ok(true)
 }
