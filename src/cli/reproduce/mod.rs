@@ -126,7 +126,7 @@ fn same_settings(dir: &Path, settings: &[(&str, String, String)]) -> Result<()> 
     Err(Error::file(
         dir,
         format!(
-            "was made with other settings ({}): rerun with the settings it was made with to continue it, or choose another --out",
+            "was made with other settings ({}): rerun with the settings it was made with to reuse or continue it, or choose another --out",
             differ.join("; ")
         ),
     ))
