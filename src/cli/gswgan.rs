@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand, ValueEnum};
 use dpgan::data::{data_dir, Dataset, Split};
 use dpgan::models::gswgan::GeneratorArch;
-use dpgan::train::gswgan::run::{Accounting, GsWganRunConfig, GsWganRunner, GsWganSettings, Stop};
-use dpgan::train::gswgan::warm_start_run::{WarmStartRun, WarmStartRunConfig, WarmStartSettings};
+use dpgan::train::gswgan::run::{Accounting, GsWganRunConfig, GsWganRunner, GsWganSettings, Outcome, Stop};
+use dpgan::train::gswgan::warm_start_run::{WarmStartOutcome, WarmStartRun, WarmStartRunConfig, WarmStartSettings};
 use dpgan::train::progress::Progress;
-use dpgan::{Error, Result};
+use dpgan::{Device, Error, Result};
 use rand::TryRngCore;
 
 /// Phase 2's options sit beside the `warm-start` subcommand: `dpgan train gs-wgan --warm-start DIR
@@ -29,13 +29,13 @@ enum Phase {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum GeneratorArg {
+pub(super) enum GeneratorArg {
     Resnet,
     Dcgan,
 }
 
 impl GeneratorArg {
-    fn value(self) -> GeneratorArch {
+    pub(super) fn value(self) -> GeneratorArch {
         match self {
             GeneratorArg::Resnet => GeneratorArch::Resnet,
             GeneratorArg::Dcgan => GeneratorArch::Dcgan,
@@ -44,11 +44,20 @@ impl GeneratorArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum AccountingArg {
+pub(super) enum AccountingArg {
     /// B·T compositions, subsampling without replacement at 1/k (the published ε).
     AsPublished,
     /// One mechanism per iteration, q = 1/k, σ/√B (far larger ε).
     PerStep,
+}
+
+impl AccountingArg {
+    pub(super) fn value(self) -> Accounting {
+        match self {
+            AccountingArg::AsPublished => Accounting::AsPublished,
+            AccountingArg::PerStep => Accounting::PerStep,
+        }
+    }
 }
 
 /// Settings are options without clap defaults so that `--resume` can refuse them; the defaults
@@ -144,7 +153,7 @@ pub fn run(args: &GsWganArgs) -> Result<()> {
     }
 }
 
-fn seed_or_os(seed: Option<u64>) -> Result<u64> {
+pub(super) fn seed_or_os(seed: Option<u64>) -> Result<u64> {
     match seed {
         Some(seed) => Ok(seed),
         None => {
@@ -187,21 +196,10 @@ fn warm_start(args: &WarmStartArgs) -> Result<()> {
                 batch_size: args.batch_size.unwrap_or(d.batch_size),
             };
             let data = Dataset::load(&data_dir(args.data.as_deref())?, Split::Train)?;
-            let config = WarmStartRunConfig::plan(&settings, &data, &device)?;
-            eprintln!(
-                "gs-wgan warm start: {} discriminators in {} groups of up to {}, {} iterations each, slices of {} records",
-                config.discriminators,
-                config.groups(),
-                config.group_size,
-                config.iterations,
-                config.data.records / config.discriminators
-            );
-            WarmStartRun::start(out, config, &data, &device)?
+            start_warm_start(out, &settings, &data, &device)?
         }
     };
-    let progress = Progress::new(run.discriminators_done() as u64, run.config().discriminators as u64);
-    let outcome = run.train(&progress)?;
-    progress.finish();
+    let outcome = train_warm_start(&mut run)?;
     let root = args.resume.as_deref().or(args.out.as_deref()).unwrap_or(Path::new("."));
     super::emit(&format!(
         "warm start: {} groups trained, {} already done, in {:.1} s on {device}\nrun directory: {} (private: it holds \
@@ -212,6 +210,37 @@ fn warm_start(args: &WarmStartArgs) -> Result<()> {
         root.display(),
         root.display(),
     ))
+}
+
+/// Plans a warm start of `data` in `out` with `settings`, says what it will train, and creates it.
+pub(super) fn start_warm_start(out: &Path, settings: &WarmStartSettings, data: &Dataset, device: &Device) -> Result<WarmStartRun> {
+    let config = WarmStartRunConfig::plan(settings, data, device)?;
+    eprintln!(
+        "gs-wgan warm start: {} discriminators in {} groups of up to {}, {} iterations each, slices of {} records",
+        config.discriminators,
+        config.groups(),
+        config.group_size,
+        config.iterations,
+        config.data.records / config.discriminators
+    );
+    WarmStartRun::start(out, config, data, device)
+}
+
+/// Trains every group of `run` not yet written, with a progress bar counting discriminators.
+pub(super) fn train_warm_start(run: &mut WarmStartRun) -> Result<WarmStartOutcome> {
+    let progress = Progress::new(run.discriminators_done() as u64, run.config().discriminators as u64);
+    let outcome = run.train(&progress)?;
+    progress.finish();
+    Ok(outcome)
+}
+
+/// Trains phase 2 to its planned end or its budget, with a progress bar counting iterations.
+pub(super) fn train_private(run: &mut GsWganRunner) -> Result<Outcome> {
+    eprintln!("{}", run.critic_placement());
+    let progress = Progress::new(run.iterations_done(), run.config().iterations);
+    let outcome = run.train(&progress)?;
+    progress.finish();
+    Ok(outcome)
 }
 
 fn private(args: &PrivateArgs) -> Result<()> {
@@ -257,11 +286,7 @@ fn private(args: &PrivateArgs) -> Result<()> {
                 },
                 target_epsilon: args.target_epsilon,
                 delta: args.delta.unwrap_or(d.delta),
-                accounting: match args.accounting {
-                    None => d.accounting,
-                    Some(AccountingArg::AsPublished) => Accounting::AsPublished,
-                    Some(AccountingArg::PerStep) => Accounting::PerStep,
-                },
+                accounting: args.accounting.map_or(d.accounting, AccountingArg::value),
                 log_every: args.log_every.unwrap_or(d.log_every),
                 sample_every: args.sample_every.unwrap_or(d.sample_every),
                 checkpoint_every: args.checkpoint_every.unwrap_or(d.checkpoint_every),
@@ -271,10 +296,7 @@ fn private(args: &PrivateArgs) -> Result<()> {
             (GsWganRunner::start(out, config, &device)?, out.clone())
         }
     };
-    eprintln!("{}", run.critic_placement());
-    let progress = Progress::new(run.iterations_done(), run.config().iterations);
-    let outcome = run.train(&progress)?;
-    progress.finish();
+    let outcome = train_private(&mut run)?;
     let config = run.config();
     let mut report = String::new();
     if let Stop::Budget(why) = &outcome.stop {
@@ -301,7 +323,7 @@ fn private(args: &PrivateArgs) -> Result<()> {
 }
 
 /// Says what the run will spend under both accountings, before it starts.
-fn announce(config: &GsWganRunConfig) -> Result<()> {
+pub(super) fn announce(config: &GsWganRunConfig) -> Result<()> {
     let (published, per_step) = (config.planned_epsilon(Accounting::AsPublished)?, config.planned_epsilon(Accounting::PerStep)?);
     eprintln!(
         "gs-wgan: {} iterations, k = {}, B = {}, σ = {}{}, δ = {}: ε = {:.4} as-published, {:.4} per-step if every iteration runs; \

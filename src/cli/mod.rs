@@ -1,6 +1,6 @@
 //! The command line: one variant of [`Command`] per subcommand, its arguments and its `run` in a
-//! file of its own (`info.rs`, `privacy.rs`, `train.rs`, `sample.rs`, `eval.rs`, `reproduce.rs`,
-//! `bench.rs`). Commands render their report to a string and hand it to [`emit`].
+//! file of its own (`info.rs`, `privacy.rs`, `train.rs` with `gswgan.rs`, `sample.rs`, `eval.rs`,
+//! `reproduce/`, `bench.rs`). Commands render their report to a string and hand it to [`emit`].
 use std::io::{self, Write};
 
 use clap::{Parser, Subcommand};

@@ -1,7 +1,7 @@
 //! `dpgan sample`: the synthetic data set a run releases. Balanced labels (N/10 per class, never
 //! the real class counts, which are not public), written as MNIST-layout IDX or NPY, with a PNG grid
 //! and a `sample.json` that records where the data came from and the ε it carries.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use dpgan::io::image::Grid;
@@ -10,7 +10,7 @@ use dpgan::models::dpcgan::CLASSES;
 use dpgan::train::dpcgan::run::{load_generator, sample_released, DpCganState};
 use dpgan::train::gswgan::run as gswgan;
 use dpgan::train::run_dir::{read_json, CHECKPOINT_JSON, CONFIG};
-use dpgan::{Error, Result};
+use dpgan::{Device, Error, Result};
 
 use super::choose_device;
 
@@ -55,11 +55,38 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     }
     let device = choose_device(args.device.as_deref())?;
     let per_class = args.count / CLASSES;
-    let algorithm: serde_json::Value = read_json(&args.run.join(CONFIG))?;
+    let format = match args.format {
+        FormatArg::Idx => SyntheticFormat::Idx,
+        FormatArg::Npy => SyntheticFormat::Npy,
+    };
+    let record = write_sample(&args.run, per_class, args.seed, format, &args.out, &device)?;
+    super::emit(&format!(
+        "wrote {} images ({per_class} per class, {format}) to {} from step {} of {}: (ε = {:.4}, δ = {}) for the released data\n",
+        args.count,
+        args.out.display(),
+        record["checkpoint_step"],
+        args.run.display(),
+        record["epsilon"].as_f64().unwrap_or(f64::NAN),
+        record["delta"].as_f64().unwrap_or(f64::NAN)
+    ))
+}
+
+/// Samples `per_class` images of every class from `run`'s released generator with codes from
+/// `seed`, writes them, their grid and `sample.json` (last, so that its presence means the set is
+/// complete) into `out`, and returns the record.
+pub(super) fn write_sample(
+    run: &Path,
+    per_class: usize,
+    seed: u64,
+    format: SyntheticFormat,
+    out: &Path,
+    device: &Device,
+) -> Result<serde_json::Value> {
+    let algorithm: serde_json::Value = read_json(&run.join(CONFIG))?;
     // Each algorithm's released generator: DP-CGAN's G (tanh, rescaled), GS-WGAN's EMA copy G_s.
     let (images, labels, mut record) = if algorithm["algorithm"] == gswgan::ALGORITHM {
-        let (generator, config, state) = gswgan::load_ema_generator(&args.run, &device)?;
-        let (images, labels) = gswgan::sample_released(&generator, per_class, args.seed, &device)?;
+        let (generator, config, state) = gswgan::load_ema_generator(run, device)?;
+        let (images, labels) = gswgan::sample_released(&generator, per_class, seed, device)?;
         let record = serde_json::json!({
             "algorithm": config.algorithm,
             "checkpoint_step": state.iteration,
@@ -71,9 +98,9 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         });
         (images, labels, record)
     } else {
-        let (generator, config) = load_generator(&args.run, &device)?;
-        let state: DpCganState = read_json(&args.run.join(CHECKPOINT_JSON))?;
-        let (images, labels) = sample_released(&generator, per_class, args.seed, &device)?;
+        let (generator, config) = load_generator(run, device)?;
+        let state: DpCganState = read_json(&run.join(CHECKPOINT_JSON))?;
+        let (images, labels) = sample_released(&generator, per_class, seed, device)?;
         let record = serde_json::json!({
             "algorithm": config.algorithm,
             "checkpoint_step": state.step,
@@ -84,34 +111,22 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         });
         (images, labels, record)
     };
-    let format = match args.format {
-        FormatArg::Idx => SyntheticFormat::Idx,
-        FormatArg::Npy => SyntheticFormat::Npy,
-    };
-    write_synthetic(&args.out, &images, &labels, 28, 28, format)?;
+    write_synthetic(out, &images, &labels, 28, 28, format)?;
     // The grid: the first 10 images of every class, one row per class.
     let cols = per_class.min(10);
     let grid: Vec<f32> = (0..CLASSES).flat_map(|c| images[c * per_class * 784..][..cols * 784].iter().copied()).collect();
-    Grid { images: &grid, rows: CLASSES, cols, height: 28, width: 28, range: (0.0, 1.0) }.write_png(&args.out.join("grid.png"))?;
+    Grid { images: &grid, rows: CLASSES, cols, height: 28, width: 28, range: (0.0, 1.0) }.write_png(&out.join("grid.png"))?;
 
     for (key, value) in [
-        ("run", serde_json::json!(args.run)),
-        ("count", serde_json::json!(args.count)),
+        ("run", serde_json::json!(run)),
+        ("count", serde_json::json!(per_class * CLASSES)),
         ("per_class", serde_json::json!(per_class)),
         ("format", serde_json::json!(format.to_string())),
-        ("seed", serde_json::json!(args.seed)),
+        ("seed", serde_json::json!(seed)),
     ] {
         record[key] = value;
     }
     let text = serde_json::to_string_pretty(&record).map_err(|e| Error::Invalid(format!("sample record: {e}")))? + "\n";
-    dpgan::io::atomic_write(&args.out.join(SAMPLE_RECORD), text.as_bytes())?;
-    super::emit(&format!(
-        "wrote {} images ({per_class} per class, {format}) to {} from step {} of {}: (ε = {:.4}, δ = {}) for the released data\n",
-        args.count,
-        args.out.display(),
-        record["checkpoint_step"],
-        args.run.display(),
-        record["epsilon"].as_f64().unwrap_or(f64::NAN),
-        record["delta"].as_f64().unwrap_or(f64::NAN)
-    ))
+    dpgan::io::atomic_write(&out.join(SAMPLE_RECORD), text.as_bytes())?;
+    Ok(record)
 }

@@ -37,7 +37,7 @@ impl Default for LogRegConfig {
 }
 
 /// How the solver ended.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Convergence {
     pub iterations: usize,
     /// max |∂f/∂θ| at the returned parameters.

@@ -14,7 +14,7 @@ pub mod mlp;
 use std::fmt;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::NUM_CLASSES;
 use crate::error::{Error, Result};
@@ -25,7 +25,7 @@ pub use lenet::{LeNet, LeNetConfig};
 pub use logreg::{Convergence, LogReg, LogRegConfig};
 pub use mlp::{Mlp, MlpConfig};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Classifier {
     /// One-vs-rest L2 logistic regression (DP-CGAN).
@@ -76,7 +76,7 @@ impl Default for EvalConfig {
 }
 
 /// The scores of one trained classifier on the test set.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunScores {
     pub seed: u64,
     pub accuracy: f64,
@@ -85,12 +85,12 @@ pub struct RunScores {
     pub per_class_auroc: Vec<f64>,
     pub train_seconds: f64,
     /// Logistic regression only: L-BFGS iterations and whether the gradient met the tolerance.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub solver: Option<Convergence>,
 }
 
 /// A metric over the runs: mean, sample standard deviation (n − 1; 0 for one run), every value.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Metric {
     pub mean: f64,
     pub sd: f64,
@@ -106,8 +106,8 @@ impl Metric {
     }
 }
 
-/// Everything `dpgan eval` reports.
-#[derive(Clone, Debug, Serialize)]
+/// Everything `dpgan eval` reports; read back where a finished evaluation is reused.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalReport {
     pub classifier: Classifier,
     pub repeats: usize,

@@ -1,0 +1,210 @@
+//! `dpgan reproduce dp-cgan`: N runs of train → sample 5,000 images (500 per class) → evaluate
+//! logistic regression and the MLP on the real test set, then the table beside SPEC.md §1's
+//! published numbers (see the parent module for what runs share). Each run is a training run
+//! directory (`OUT/run-K/`, as `dpgan train dp-cgan` writes it) with the released set in
+//! `synthetic/` and the evaluations in `eval-logreg.json` and `eval-mlp.json`.
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use dpgan::data::{data_dir, Dataset, PixelScale, Split};
+use dpgan::eval::{Classifier, EvalConfig, EvalReport, ImageSet, Metric};
+use dpgan::io::synthetic::{write_synthetic, SyntheticFormat};
+use dpgan::models::dpcgan::CLASSES;
+use dpgan::privacy::Conversion;
+use dpgan::train::dpcgan::run::{load_generator, sample_released, DpCganRun, DpCganRunConfig, DpCganSettings, DpCganState, SamplingKind};
+use dpgan::train::progress::Progress;
+use dpgan::train::run_dir::{read_json, CHECKPOINT, CHECKPOINT_JSON, CONFIG};
+use dpgan::{Device, Result};
+
+use super::{evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, run_slots, same_settings, write_results, Table};
+use crate::cli::choose_device;
+
+/// SPEC.md §1: published AUROC (mean of 3 runs) and ε.
+const PUBLISHED_AUROC_LOGREG: f64 = 0.8642;
+const PUBLISHED_AUROC_MLP: f64 = 0.8858;
+const PUBLISHED_EPSILON_CLASSIC: f64 = 9.64;
+const PUBLISHED_EPSILON_IMPROVED: f64 = 8.80;
+/// DP-CGAN's evaluation set: 500 generated images per class.
+const PER_CLASS: usize = 500;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SamplingArg {
+    Poisson,
+    Shuffle,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct DpCganReproduceArgs {
+    /// MNIST: a directory with the IDX files, or a name under $DPGAN_DATA.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Where the runs go (OUT/run-1, OUT/run-2, ...) and the table (OUT/results.json).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Independent runs; the table reports their mean and sd (never the best).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seed of the first run; run K uses seed + K − 1.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Steps per run [default: the published 24,900].
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Batch sampling: poisson (ε is a proof) or shuffle (what the published run did).
+    #[arg(long, value_enum, default_value_t = SamplingArg::Poisson)]
+    sampling: SamplingArg,
+    /// Shorter classifier training, for a quick look (the MLP's recipe is 200 epochs).
+    #[arg(long)]
+    eval_epochs: Option<usize>,
+    /// cpu, cuda or cuda:N [default: the GPU if one works, else the CPU].
+    #[arg(long)]
+    device: Option<String>,
+}
+
+/// One run's results.
+struct RunResult {
+    epsilon_improved: f64,
+    epsilon_classic: f64,
+    wall_s: f64,
+    steps_per_s: f64,
+    logreg: EvalReport,
+    mlp: EvalReport,
+}
+
+pub(super) fn run(args: &DpCganReproduceArgs) -> Result<()> {
+    let slots = run_slots(&args.out, args.runs, args.seed)?;
+    let device = choose_device(args.device.as_deref())?;
+    let data = data_dir(args.data.as_deref())?;
+    let (train, test) = (Dataset::load(&data, Split::Train)?, Dataset::load(&data, Split::Test)?);
+    let test_pixels = test.pixels_f32(PixelScale::Unit);
+    let test_set = ImageSet::new(&test_pixels, test.labels(), 28, 28, "the real test set")?;
+    let mut results = Vec::new();
+    for slot in &slots {
+        let result = one_run(args, &slot.root, slot.seed, &train, &test_set, &device)?;
+        eprintln!(
+            "run {}/{}: ε = {:.4} (improved), AUROC logreg {:.4}, MLP {:.4}",
+            slot.number, args.runs, result.epsilon_improved, result.logreg.auroc_micro.mean, result.mlp.auroc_micro.mean
+        );
+        results.push(result);
+    }
+    let table = table(args, &results);
+    let json = serde_json::json!({
+        "experiment": "dp-cgan",
+        "runs": args.runs,
+        "device": device.to_string(),
+        "epsilon_improved": Metric::over(results.iter().map(|r| r.epsilon_improved).collect()),
+        "epsilon_classic": Metric::over(results.iter().map(|r| r.epsilon_classic).collect()),
+        "train_wall_s": Metric::over(results.iter().map(|r| r.wall_s).collect()),
+        "steps_per_s": Metric::over(results.iter().map(|r| r.steps_per_s).collect()),
+        "logreg": results.iter().map(|r| &r.logreg).collect::<Vec<_>>(),
+        "mlp": results.iter().map(|r| &r.mlp).collect::<Vec<_>>(),
+        "published": {"auroc_logreg": PUBLISHED_AUROC_LOGREG, "auroc_mlp": PUBLISHED_AUROC_MLP,
+                      "epsilon_classic": PUBLISHED_EPSILON_CLASSIC, "epsilon_improved": PUBLISHED_EPSILON_IMPROVED},
+    });
+    write_results(&args.out, &json)?;
+    crate::cli::emit(&table)
+}
+
+/// Trains (or resumes, or reuses) run `root`, samples its evaluation set and scores it; a finished
+/// training and evaluations up to date with its checkpoint are reused.
+fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, test: &ImageSet, device: &Device) -> Result<RunResult> {
+    let settings = DpCganSettings {
+        seed,
+        steps: args.steps,
+        sampling: match args.sampling {
+            SamplingArg::Poisson => SamplingKind::Poisson,
+            SamplingArg::Shuffle => SamplingKind::Shuffle,
+        },
+        ..DpCganSettings::default()
+    };
+    let planned = DpCganRunConfig::plan(&settings, train, device)?;
+    if root.join(CONFIG).exists() {
+        let recorded: DpCganRunConfig = read_json(&root.join(CONFIG))?;
+        let sampling = |c: &DpCganRunConfig| serde_json::json!(c.sampling).as_str().unwrap_or_default().to_string();
+        same_settings(
+            root,
+            &[
+                ("--steps", recorded.steps.to_string(), planned.steps.to_string()),
+                ("--sampling", sampling(&recorded), sampling(&planned)),
+                ("--seed", recorded.seed.to_string(), planned.seed.to_string()),
+            ],
+        )?;
+    }
+    forget_if_never_checkpointed(root)?;
+    if !root.join(CONFIG).exists() {
+        train_run(&mut DpCganRun::start(root, planned, train, device)?)?;
+    } else {
+        let state: DpCganState = read_json(&root.join(CHECKPOINT_JSON))?;
+        if state.step < planned.steps && state.stopped.is_none() {
+            train_run(&mut DpCganRun::resume(root, device, None)?)?;
+        }
+    }
+    let state: DpCganState = read_json(&root.join(CHECKPOINT_JSON))?;
+
+    // --eval-epochs shortens the MLP only: logistic regression runs L-BFGS to convergence.
+    let mlp_config = EvalConfig { seed, repeats: 1, epochs: args.eval_epochs };
+    let logreg_config = EvalConfig { epochs: None, ..mlp_config };
+    let (logreg_path, mlp_path, checkpoint) = (root.join("eval-logreg.json"), root.join("eval-mlp.json"), root.join(CHECKPOINT));
+    let size = PER_CLASS * CLASSES;
+    let kept = (
+        kept_evaluation(&logreg_path, &checkpoint, Classifier::Logreg, &logreg_config, size)?,
+        kept_evaluation(&mlp_path, &checkpoint, Classifier::Mlp, &mlp_config, size)?,
+    );
+    let (logreg, mlp) = match kept {
+        (Some(logreg), Some(mlp)) => (logreg, mlp),
+        (logreg, mlp) => {
+            let (generator, _) = load_generator(root, device)?;
+            let (images, labels) = sample_released(&generator, PER_CLASS, seed, device)?;
+            let synthetic = root.join("synthetic");
+            if !synthetic.exists() {
+                write_synthetic(&synthetic, &images, &labels, 28, 28, SyntheticFormat::Idx)?;
+            }
+            let train_set = ImageSet::new(&images, &labels, 28, 28, "the synthetic set")?;
+            let logreg = match logreg {
+                Some(kept) => kept,
+                None => evaluate_and_keep(&logreg_path, &train_set, test, Classifier::Logreg, &logreg_config, device)?,
+            };
+            let mlp = match mlp {
+                Some(kept) => kept,
+                None => evaluate_and_keep(&mlp_path, &train_set, test, Classifier::Mlp, &mlp_config, device)?,
+            };
+            (logreg, mlp)
+        }
+    };
+    let epsilon = |conversion| state.accountant.spent_with(conversion).map(|g| g.epsilon);
+    Ok(RunResult {
+        epsilon_improved: epsilon(Conversion::Improved)?,
+        epsilon_classic: epsilon(Conversion::Classic)?,
+        wall_s: state.wall_s,
+        steps_per_s: state.step as f64 / state.wall_s.max(f64::MIN_POSITIVE),
+        logreg,
+        mlp,
+    })
+}
+
+/// Trains `run` to its planned steps or its budget, with a progress bar.
+fn train_run(run: &mut DpCganRun) -> Result<()> {
+    let progress = Progress::new(run.steps_taken(), run.config().steps);
+    run.train(&progress)?;
+    progress.finish();
+    Ok(())
+}
+
+fn table(args: &DpCganReproduceArgs, results: &[RunResult]) -> String {
+    let over = |f: fn(&RunResult) -> f64| results.iter().map(f).collect::<Vec<_>>();
+    let sampling = match args.sampling {
+        SamplingArg::Poisson => "Poisson sampling",
+        SamplingArg::Shuffle => "shuffled batches (ε: the customary approximation)",
+    };
+    let mut t = Table::new(&format!("DP-CGAN on MNIST, {sampling}"), results.len());
+    t.row("AUROC, logistic regression", over(|r| r.logreg.auroc_micro.mean), &PUBLISHED_AUROC_LOGREG.to_string());
+    t.row("AUROC, MLP", over(|r| r.mlp.auroc_micro.mean), &PUBLISHED_AUROC_MLP.to_string());
+    t.row("accuracy, logistic regression", over(|r| r.logreg.accuracy.mean), "");
+    t.row("accuracy, MLP", over(|r| r.mlp.accuracy.mean), "");
+    t.row("ε (classic conversion)", over(|r| r.epsilon_classic), &PUBLISHED_EPSILON_CLASSIC.to_string());
+    t.row("ε (improved conversion)", over(|r| r.epsilon_improved), &PUBLISHED_EPSILON_IMPROVED.to_string());
+    t.row("training time per run (s)", over(|r| r.wall_s), "≈ 10,460 (42 s/epoch)");
+    t.row("steps/s", over(|r| r.steps_per_s), "");
+    t.note("The published ε = 9.64 used TF-Privacy 0.2's orders; `dpgan privacy epsilon --orders tf-privacy-0.2 --conversion classic` gives it.");
+    t.finish(&args.out)
+}
