@@ -29,13 +29,13 @@ enum Phase {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum GeneratorArg {
+pub(super) enum GeneratorArg {
     Resnet,
     Dcgan,
 }
 
 impl GeneratorArg {
-    fn value(self) -> GeneratorArch {
+    pub(super) fn value(self) -> GeneratorArch {
         match self {
             GeneratorArg::Resnet => GeneratorArch::Resnet,
             GeneratorArg::Dcgan => GeneratorArch::Dcgan,
