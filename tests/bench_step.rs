@@ -1,6 +1,7 @@
 //! `dpgan bench step` on the CPU, tiny: both algorithms, private and not, with `--phases` and
 //! `--json`: the report's fields are there and positive, its settings are the ones asked for, and
-//! the phases add up to no more than the pass they were measured in.
+//! the phases add up to no more than the pass they were measured in. On a GPU (skipped without
+//! one, failed under `DPGAN_REQUIRE_GPU=1`) the same, with the peak device memory.
 mod common;
 
 use std::fs;
@@ -11,11 +12,15 @@ use serde_json::Value;
 const PHASES: [&str; 7] = ["forward", "backward", "per_example_norms", "clip_noise", "optimizer", "ema", "other"];
 
 fn bench(algo: &str, mode: &str, extra: &[&str]) -> Value {
+    bench_on("cpu", algo, mode, extra)
+}
+
+fn bench_on(device: &str, algo: &str, mode: &str, extra: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("step.json");
     let path_str = path.to_string_lossy().into_owned();
     let mut args =
-        vec!["bench", "step", "--algo", algo, mode, "--device", "cpu", "--steps", "3", "--warmup", "1", "--phases", "--json", &path_str];
+        vec!["bench", "step", "--algo", algo, mode, "--device", device, "--steps", "3", "--warmup", "1", "--phases", "--json", &path_str];
     args.extend_from_slice(extra);
     let table = stdout_of(&args);
     let report: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
@@ -33,11 +38,15 @@ fn positive(report: &Value, key: &str) -> f64 {
 /// The fields every report has, whatever the algorithm: positive timings, consistent with each
 /// other, and phases that fit in their pass.
 fn check_common(r: &Value, algo: &str, mode: &str, batch: u64) {
+    check_on("cpu", r, algo, mode, batch)
+}
+
+fn check_on(device: &str, r: &Value, algo: &str, mode: &str, batch: u64) {
     assert_eq!(r["benchmark"], "step");
     assert_eq!(r["algo"], algo);
     assert_eq!(r["mode"], mode);
-    assert_eq!(r["device"], "cpu");
-    assert!(r["device_name"].as_str().unwrap().starts_with("CPU"));
+    assert_eq!(r["device"], device);
+    assert_eq!(r["device_name"].as_str().unwrap().starts_with("CPU"), device == "cpu");
     assert!(r["inputs"].as_str().unwrap().starts_with("synthetic"));
     assert!(r["date"].as_str().unwrap().ends_with('Z'));
     assert!(r.get("git_commit").is_some());
@@ -52,9 +61,16 @@ fn check_common(r: &Value, algo: &str, mode: &str, batch: u64) {
     // The pass's wall time holds the three steps and little else: steps/s is within the
     // per-step figures, give or take the loop (10% slack).
     assert!(steps_per_s <= 1.1 * 1e3 / mean, "{steps_per_s} steps/s against a mean of {mean} ms");
-    // Not measured on the CPU, and said so.
-    assert!(r["peak_device_memory_bytes"].is_null());
-    assert!(r["peak_memory_note"].as_str().unwrap().contains("CPU"));
+    if device == "cpu" {
+        // Not measured on the CPU, and said so.
+        assert!(r["peak_device_memory_bytes"].is_null());
+        assert!(r["peak_memory_note"].as_str().unwrap().contains("CPU"));
+    } else {
+        // At least the two models' parameters are resident.
+        let params = r["generator_params"].as_u64().unwrap() + r["discriminator_params"].as_u64().unwrap();
+        let peak = r["peak_device_memory_bytes"].as_u64().unwrap_or_else(|| panic!("no peak memory on {device}: {r:#}"));
+        assert!(peak >= 4 * params, "peak {peak} bytes below the parameters' {}", 4 * params);
+    }
 
     let phases = &r["phases"];
     assert_eq!(phases["steps"], 3);
@@ -113,6 +129,19 @@ fn gs_wgan_private_and_non_private() {
     check_common(&r, "gs-wgan", "non-private", 8);
     assert!(r["step"].as_str().unwrap().contains("WarmStart::iteration"));
     assert_eq!((phase(&r, "clip_noise"), phase(&r, "ema")), (0.0, 0.0));
+}
+
+#[test]
+fn on_a_gpu_with_peak_memory() {
+    if common::cuda_or_skip("on_a_gpu_with_peak_memory").is_none() {
+        return;
+    }
+    for mode in ["--private", "--non-private"] {
+        let r = bench_on("cuda:0", "dp-cgan", mode, &[]);
+        check_on("cuda:0", &r, "dp-cgan", &mode[2..], 600);
+        let r = bench_on("cuda:0", "gs-wgan", mode, &["--generator", "dcgan"]);
+        check_on("cuda:0", &r, "gs-wgan", &mode[2..], 32);
+    }
 }
 
 #[test]
