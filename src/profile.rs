@@ -26,10 +26,21 @@
 //! and no library at build time, and it cannot fail a run: a tool that does not load or refuses to
 //! initialise leaves ranges as no-ops (with one line on stderr). `tests/nvtx_injection.rs` checks
 //! the protocol against a small injection library written to the NVTX headers' layout.
+//!
+//! # Wall time per phase
+//! The same ranges can also feed an opt-in timing sink on the calling thread ([`PhaseTimer`]):
+//! `dpgan bench step --phases` maps range names to phases (forward, backward, clip, ...) and gets
+//! the wall time spent in each, exclusive of nested phases. The sink may synchronise the device at
+//! every boundary of a timed range, so that queued GPU work is charged to the phase that launched
+//! it; that perturbs the step, which is why the benchmark runs it in a pass of its own. Without a
+//! sink a range pays one more relaxed atomic load.
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// NVTX's API version (`NVTX_VERSION`), reported to the tool through the version export table.
 const NVTX_VERSION: u32 = 3;
@@ -229,6 +240,8 @@ pub fn enabled() -> bool {
 #[must_use = "a range closes when its guard is dropped; bind it with `let _range = ...`"]
 pub struct RangeGuard {
     tool: Option<Tool>,
+    /// Whether this range opened a phase in this thread's [`PhaseTimer`] (closed on drop).
+    timed: bool,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -245,7 +258,8 @@ pub fn range(name: &str) -> RangeGuard {
         // SAFETY: the tool's nvtxRangePushA takes a NUL-terminated string and copies it.
         unsafe { (t.push)(c_name.as_ptr()) };
     }
-    RangeGuard { tool, _not_send: PhantomData }
+    let timed = TIMERS.load(Ordering::Relaxed) > 0 && SINK.with(|s| s.borrow_mut().as_mut().is_some_and(|sink| sink.open(name)));
+    RangeGuard { tool, timed, _not_send: PhantomData }
 }
 
 /// Runs `f` inside a range named `name`.
@@ -256,9 +270,122 @@ pub fn scoped<T>(name: &str, f: impl FnOnce() -> T) -> T {
 
 impl Drop for RangeGuard {
     fn drop(&mut self) {
+        if self.timed {
+            SINK.with(|s| {
+                if let Some(sink) = s.borrow_mut().as_mut() {
+                    sink.close();
+                }
+            });
+        }
         if let Some(t) = self.tool {
             // SAFETY: pops the range this guard pushed, on the same thread (the guard is !Send).
             unsafe { (t.pop)() };
+        }
+    }
+}
+
+/// Threads with a [`PhaseTimer`] running: while it is 0, `range` does not look at [`SINK`].
+static TIMERS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SINK: RefCell<Option<Sink>> = const { RefCell::new(None) };
+}
+
+/// Maps a range name to the phase its time is charged to; `None` leaves the range transparent
+/// (its time stays with the enclosing phase).
+pub type Classify = fn(&str) -> Option<&'static str>;
+/// Called at every boundary of a classified range (a device synchronisation, or nothing).
+pub type Barrier = Box<dyn Fn() -> crate::Result<()>>;
+
+/// An open phase: its name and when it last became the innermost one.
+struct Frame {
+    phase: &'static str,
+    resumed: Instant,
+}
+
+struct Sink {
+    classify: Classify,
+    barrier: Barrier,
+    stack: Vec<Frame>,
+    totals: BTreeMap<&'static str, Duration>,
+    /// The first failure of `barrier`, reported by [`PhaseTimer::finish`].
+    error: Option<crate::Error>,
+}
+
+impl Sink {
+    fn barrier(&mut self) {
+        if let Err(e) = (self.barrier)() {
+            self.error.get_or_insert(e);
+        }
+    }
+
+    /// Opens `name` if it is classified: the enclosing phase stops accruing, this one starts.
+    fn open(&mut self, name: &str) -> bool {
+        let Some(phase) = (self.classify)(name) else { return false };
+        self.barrier();
+        let now = Instant::now();
+        if let Some(top) = self.stack.last() {
+            *self.totals.entry(top.phase).or_default() += now - top.resumed;
+        }
+        self.stack.push(Frame { phase, resumed: now });
+        true
+    }
+
+    /// Closes the innermost phase; the enclosing one accrues again from now.
+    fn close(&mut self) {
+        self.barrier();
+        let now = Instant::now();
+        if let Some(top) = self.stack.pop() {
+            *self.totals.entry(top.phase).or_default() += now - top.resumed;
+        }
+        if let Some(parent) = self.stack.last_mut() {
+            parent.resumed = now;
+        }
+    }
+}
+
+/// Wall time per phase on the current thread, from the ranges opened while it runs: each instant
+/// inside a classified range is charged to the innermost classified range open then, so phases
+/// never count the same time twice and their sum is the time spent inside any of them.
+pub struct PhaseTimer {
+    _not_send: PhantomData<*const ()>,
+}
+
+impl PhaseTimer {
+    /// Starts timing on this thread; fails if a timer already runs here.
+    pub fn start(classify: Classify, barrier: Barrier) -> crate::Result<PhaseTimer> {
+        SINK.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.is_some() {
+                return Err(crate::Error::Invalid("a phase timer already runs on this thread".into()));
+            }
+            *s = Some(Sink { classify, barrier, stack: Vec::new(), totals: BTreeMap::new(), error: None });
+            TIMERS.fetch_add(1, Ordering::Relaxed);
+            Ok(PhaseTimer { _not_send: PhantomData })
+        })
+    }
+
+    /// Stops timing and returns the time per phase (phases never entered are absent). Fails with
+    /// the barrier's first error, or if a timed range is still open.
+    pub fn finish(self) -> crate::Result<BTreeMap<&'static str, Duration>> {
+        let sink = SINK.with(|s| s.borrow_mut().take()).expect("a running timer owns the sink");
+        TIMERS.fetch_sub(1, Ordering::Relaxed);
+        std::mem::forget(self);
+        if let Some(e) = sink.error {
+            return Err(e);
+        }
+        if let Some(open) = sink.stack.last() {
+            return Err(crate::Error::Invalid(format!("phase {} was still open when the timer stopped", open.phase)));
+        }
+        Ok(sink.totals.into_iter().collect())
+    }
+}
+
+impl Drop for PhaseTimer {
+    /// A timer dropped without `finish` (an error path) still stops timing.
+    fn drop(&mut self) {
+        if SINK.with(|s| s.borrow_mut().take()).is_some() {
+            TIMERS.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -298,7 +425,7 @@ mod tests {
             return;
         }
         let outer = range("outer");
-        assert!(outer.tool.is_none());
+        assert!(outer.tool.is_none() && !outer.timed);
         for layer in 0..3 {
             let inner = range(&format!("layer {layer}"));
             assert!(inner.tool.is_none());
@@ -316,5 +443,75 @@ mod tests {
         let (c, v) = unsafe { (&*(callbacks as *const ExportTableCallbacks), &*(version as *const ExportTableVersionInfo)) };
         assert_eq!(c.struct_size, 16);
         assert_eq!((v.struct_size, v.version), (24, 3));
+    }
+
+    fn classify(name: &str) -> Option<&'static str> {
+        match name {
+            "step" => Some("other"),
+            "work" | "inner work" => Some("work"),
+            "clip" => Some("clip"),
+            _ => None,
+        }
+    }
+
+    fn spin(ms: u64) {
+        let end = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < end {}
+    }
+
+    /// Nested phases are charged exclusively, transparent ranges leave their time with the
+    /// enclosing phase, and the phases add up to the outermost range's wall time.
+    #[test]
+    fn phase_timer_charges_the_innermost_classified_range() {
+        let barriers = std::rc::Rc::new(std::cell::Cell::new(0));
+        let counted = barriers.clone();
+        let timer = PhaseTimer::start(
+            classify,
+            Box::new(move || {
+                counted.set(counted.get() + 1);
+                Ok(())
+            }),
+        )
+        .unwrap();
+        assert!(PhaseTimer::start(classify, Box::new(|| Ok(()))).is_err(), "one timer per thread");
+        let started = Instant::now();
+        {
+            let _step = range("step");
+            spin(5);
+            {
+                let _work = range("work");
+                let kernel = range("some_kernel");
+                assert!(!kernel.timed);
+                spin(10);
+                drop(kernel);
+                let _clip = range("clip");
+                spin(20);
+            }
+            spin(5);
+        }
+        let elapsed = started.elapsed();
+        let totals = timer.finish().unwrap();
+        let ms = |p: &str| totals[p].as_secs_f64() * 1e3;
+        assert_eq!(totals.keys().copied().collect::<Vec<_>>(), ["clip", "other", "work"]);
+        assert!(ms("clip") >= 20.0 && ms("work") >= 10.0 && ms("other") >= 10.0, "{totals:?}");
+        // Exclusive: work holds its 10 ms, not clip's 20 as well.
+        assert!(ms("work") < 20.0, "{totals:?}");
+        let sum: Duration = totals.values().sum();
+        assert!(sum <= elapsed, "{sum:?} > {elapsed:?}");
+        assert_eq!(barriers.get(), 6, "a barrier at both ends of each of the three timed ranges");
+        // Stopped: ranges are no longer timed, and a new timer can start.
+        assert!(!range("work").timed);
+        PhaseTimer::start(classify, Box::new(|| Ok(()))).unwrap().finish().unwrap();
+    }
+
+    #[test]
+    fn a_failing_barrier_and_an_open_range_are_reported() {
+        let timer = PhaseTimer::start(classify, Box::new(|| Err(crate::Error::Invalid("device lost".into())))).unwrap();
+        drop(range("work"));
+        assert!(timer.finish().unwrap_err().to_string().contains("device lost"));
+        let timer = PhaseTimer::start(classify, Box::new(|| Ok(()))).unwrap();
+        let open = range("work");
+        assert!(timer.finish().unwrap_err().to_string().contains("work was still open"));
+        drop(open);
     }
 }

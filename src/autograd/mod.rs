@@ -154,6 +154,7 @@ impl Tape {
         if !self.is_tracked(root) {
             return Err(Error::Autograd("the root does not depend on any watched tensor".into()));
         }
+        let _range = crate::profile::range("backward");
         let seed = root.full_like(root.shape(), 1.0)?;
         let wanted: HashSet<TensorId> = targets.iter().map(|t| t.id()).collect();
         let previous = std::mem::replace(&mut self.state.borrow_mut().recording, false);

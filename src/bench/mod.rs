@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 
 pub mod cases;
 pub mod kernels;
+pub mod step;
 
 /// Bytes in one f32.
 pub const F32: f64 = 4.0;

@@ -1,10 +1,15 @@
 //! `dpgan bench kernels [--json PATH] [--quick]`: every kernel family at DP-CGAN's and GS-WGAN's
 //! shapes, validated against the CPU backend and timed with CUDA events beside the device's measured
 //! copy and GEMM ceilings (see `dpgan::bench`). Without a GPU it fails, saying why.
+//!
+//! `dpgan bench step --algo dp-cgan|gs-wgan [--non-private] [--phases] ...`: the engine's training
+//! step, timed on the CPU or a GPU (see `dpgan::bench::step`).
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
+use dpgan::bench::step::{self, Algo, StepOptions};
 use dpgan::bench::{kernels, write_json_atomic};
+use dpgan::dp::NoiseMode;
 use dpgan::{Error, Result};
 
 #[derive(Args, Debug)]
@@ -18,6 +23,62 @@ enum BenchCommand {
     /// Time every kernel family (GEMM, conv, elementwise, reductions, optimisers, power iteration,
     /// pooling, noise) beside the measured copy and GEMM ceilings.
     Kernels(KernelsArgs),
+    /// Time the engine's real training step (DP-CGAN's step, GS-WGAN's phase-2 or warm-start
+    /// iteration) on synthetic inputs: steps/s, ms per step, optionally split by phase.
+    Step(StepArgs),
+}
+
+#[derive(Args, Debug)]
+struct StepArgs {
+    /// dp-cgan or gs-wgan.
+    #[arg(long, value_parser = parse_algo)]
+    algo: Algo,
+    /// Time the private step (the default).
+    #[arg(long, conflicts_with = "non_private")]
+    private: bool,
+    /// Time the same models' non-private step instead: DP-CGAN without clipping or noise,
+    /// GS-WGAN's warm-start iteration.
+    #[arg(long)]
+    non_private: bool,
+    /// cpu, cuda or cuda:N [default: the first GPU if one works, else the CPU].
+    #[arg(long)]
+    device: Option<String>,
+    /// Timed steps.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Untimed steps first (kernel loading, allocator warm-up, Adam state).
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// Batch size [default: the published one, 600 for dp-cgan, 32 for gs-wgan].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Also run a second pass of --steps steps timed per phase (forward, backward, per-example
+    /// norms, clip and noise, optimizer, EMA), synchronising the device at each phase boundary.
+    #[arg(long)]
+    phases: bool,
+    /// Seed of the models' initialisation, the synthetic inputs and the noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Draw the noise from ChaCha20 with the hardened sampler instead of Philox.
+    #[arg(long)]
+    secure_noise: bool,
+    /// gs-wgan only: the generator, resnet (published default) or dcgan.
+    #[arg(long)]
+    generator: Option<super::gswgan::GeneratorArg>,
+    /// gs-wgan only: the models' width (64 is the published model).
+    #[arg(long)]
+    base: Option<usize>,
+    /// Also write the report as JSON to PATH (atomically), or to stdout instead of the table with `-`.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+fn parse_algo(s: &str) -> std::result::Result<Algo, String> {
+    match s {
+        "dp-cgan" => Ok(Algo::DpCgan),
+        "gs-wgan" => Ok(Algo::GsWgan),
+        other => Err(format!("unknown algorithm {other:?}: use dp-cgan or gs-wgan")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -33,16 +94,61 @@ struct KernelsArgs {
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.what {
         BenchCommand::Kernels(k) => kernels_cmd(k),
+        BenchCommand::Step(s) => step_cmd(s),
     }
 }
 
-fn kernels_cmd(args: &KernelsArgs) -> Result<()> {
-    // A report that cannot be written should fail before the run, not after it.
-    if let Some(dir) = args.json.as_deref().and_then(Path::parent).filter(|d| !d.as_os_str().is_empty()) {
+/// Fails before a run if `path`'s directory does not exist, rather than after it.
+fn check_json_dir(path: Option<&Path>) -> Result<()> {
+    if let Some(dir) = path.and_then(Path::parent).filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
             return Err(Error::file(dir, "the directory for --json does not exist"));
         }
     }
+    Ok(())
+}
+
+fn step_cmd(args: &StepArgs) -> Result<()> {
+    let to_stdout = args.json.as_deref() == Some(Path::new("-"));
+    if !to_stdout {
+        check_json_dir(args.json.as_deref())?;
+    }
+    if args.algo == Algo::DpCgan {
+        let given: Vec<&str> = [("--generator", args.generator.is_some()), ("--base", args.base.is_some())]
+            .iter()
+            .filter(|(_, g)| *g)
+            .map(|(f, _)| *f)
+            .collect();
+        if !given.is_empty() {
+            return Err(Error::Invalid(format!("{} only applies to --algo gs-wgan", given.join(" and "))));
+        }
+    }
+    let device = super::choose_device(args.device.as_deref())?;
+    let mut options = StepOptions::new(args.algo);
+    options.private = args.private || !args.non_private;
+    options.steps = args.steps;
+    options.warmup = args.warmup;
+    options.batch_size = args.batch_size.unwrap_or(options.batch_size);
+    options.phases = args.phases;
+    options.seed = args.seed;
+    options.noise = if args.secure_noise { NoiseMode::Secure } else { NoiseMode::Fast };
+    options.arch = args.generator.map_or(options.arch, |g| g.value());
+    options.base = args.base.unwrap_or(options.base);
+    let report = step::run(&options, &device, |what| eprintln!("bench: {what}"))?;
+    if to_stdout {
+        let mut text = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(format!("cannot serialise the report: {e}")))?;
+        text.push('\n');
+        return super::emit(&text);
+    }
+    if let Some(path) = &args.json {
+        write_json_atomic(path, &report)?;
+    }
+    super::emit(&report.to_string())
+}
+
+fn kernels_cmd(args: &KernelsArgs) -> Result<()> {
+    // A report that cannot be written should fail before the run, not after it.
+    check_json_dir(args.json.as_deref())?;
     let report = kernels::run(args.quick, |name| eprintln!("bench: {name}"))?;
     if let Some(path) = &args.json {
         write_json_atomic(path, &report)?;

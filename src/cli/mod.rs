@@ -36,7 +36,7 @@ enum Command {
     Eval(eval::EvalArgs),
     /// A published experiment end to end (train, sample, evaluate) beside the published table.
     Reproduce(reproduce::ReproduceArgs),
-    /// Benchmarks: `bench kernels` times every kernel family against the device's measured ceilings.
+    /// Benchmarks: `bench kernels` times every kernel family against the device's measured ceilings; `bench step` the training step.
     Bench(bench::BenchArgs),
 }
 

@@ -76,6 +76,7 @@ impl Generator {
 
     /// Images in [−1, 1], `[G, B, 784]`, from `z` `[G, B, 100]` and one-hot labels `[G, B, 10]`.
     pub fn forward(&self, tape: &Tape, z: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        let _range = crate::profile::range("g_forward");
         let input = tape.concat(&[z, labels], 2)?;
         let (h, _) = self.hidden.forward(tape, &input)?;
         let (out, _) = self.output.forward(tape, &tape.relu(&h)?)?;
@@ -106,6 +107,7 @@ impl Discriminator {
 
     /// Logits `[G, B, 1]` of images `[G, B, 784]` with one-hot labels `[G, B, 10]`.
     pub fn forward(&self, tape: &Tape, images: &Tensor, labels: &Tensor) -> Result<DiscriminatorPass> {
+        let _range = crate::profile::range("d_forward");
         let input = tape.concat(&[images, labels], 2)?;
         let (h, first) = self.hidden.forward(tape, &input)?;
         let (logits, second) = self.output.forward(tape, &tape.relu(&h)?)?;

@@ -139,6 +139,49 @@ impl CudaDevice {
         self.stream.synchronize().map_err(|e| Error::cuda("synchronising the stream", e))
     }
 
+    /// The device's default memory pool (where every tensor is allocated, see
+    /// [`keep_freed_memory_cached`]), or `None` when the device has no stream-ordered allocator.
+    fn memory_pool(&self) -> Result<Option<cudarc::driver::sys::CUmemoryPool>> {
+        use cudarc::driver::sys;
+        let ctx = self.stream.context();
+        if !ctx.has_async_alloc() {
+            return Ok(None);
+        }
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: `pool` receives the handle of the device's default pool.
+        unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }
+            .result()
+            .map_err(|e| Error::cuda("getting the default memory pool", e))?;
+        Ok(Some(pool))
+    }
+
+    /// The most bytes the tensors' memory pool has had in use at once since the device was opened
+    /// or [`CudaDevice::reset_pool_used_high`]; `None` without a stream-ordered allocator.
+    pub fn pool_used_high(&self) -> Result<Option<u64>> {
+        use cudarc::driver::sys;
+        let Some(pool) = self.memory_pool()? else { return Ok(None) };
+        let mut bytes: u64 = 0;
+        // SAFETY: CU_MEMPOOL_ATTR_USED_MEM_HIGH is a cuuint64_t, written into `bytes`.
+        unsafe {
+            sys::cuMemPoolGetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&mut bytes as *mut u64).cast())
+        }
+        .result()
+        .map_err(|e| Error::cuda("reading the memory pool's high-water mark", e))?;
+        Ok(Some(bytes))
+    }
+
+    /// Starts a new high-water mark from the memory in use now.
+    pub fn reset_pool_used_high(&self) -> Result<()> {
+        use cudarc::driver::sys;
+        let Some(pool) = self.memory_pool()? else { return Ok(()) };
+        // The driver accepts only 0 here, meaning "reset to the current usage".
+        let mut zero: u64 = 0;
+        // SAFETY: CU_MEMPOOL_ATTR_USED_MEM_HIGH takes a cuuint64_t, read from `zero`.
+        unsafe { sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&mut zero as *mut u64).cast()) }
+            .result()
+            .map_err(|e| Error::cuda("resetting the memory pool's high-water mark", e))
+    }
+
     /// Uninitialised device memory for `len` f32 (every kernel writes all of its output). Under
     /// [`set_poison_allocations`] it is filled with NaN first, so a forgotten element shows.
     pub(crate) fn alloc(self: &Arc<Self>, len: usize) -> Result<CudaBuffer> {

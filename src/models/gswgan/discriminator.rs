@@ -40,6 +40,7 @@ impl Discriminator {
     /// Critic values of images `[G, B, 784]` (or `[G, B, 1, 28, 28]`) with one-hot labels
     /// `[G, B, 10]`. Updates every layer's u, v (one power iteration each).
     pub fn forward(&mut self, tape: &Tape, images: &Tensor, labels: &Tensor) -> Result<DiscriminatorPass> {
+        let _range = crate::profile::range("d_forward");
         let s = images.shape();
         ensure_shape!(s.len() >= 2 && images.numel() == s[0] * s[1] * SIDE * SIDE, "gs-wgan critic", "images {s:?} are not [G, B, 784]");
         let (g, b) = (s[0], s[1]);

@@ -55,6 +55,7 @@ impl Generator {
     /// Images `[G, B, 784]` in [0, 1] from z `[G, B, 10]` and one-hot labels `[G, B, 10]`. The
     /// ResNet generator's spectral-norm vectors update on every call.
     pub fn forward(&mut self, tape: &Tape, z: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        let _range = crate::profile::range("g_forward");
         ensure_shape!(
             z.rank() == 3 && z.shape()[2] == LATENT && labels.rank() == 3 && labels.shape()[2] == CLASSES,
             "gs-wgan generator",

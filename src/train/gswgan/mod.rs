@@ -189,6 +189,7 @@ pub fn ema_update<M: Module>(ema: &mut M, model: &M, decay: f32) -> Result<()> {
     if sources.len() != targets.len() {
         return Err(Error::Invalid(format!("EMA: {} tensors against {}", targets.len(), sources.len())));
     }
+    let _range = crate::profile::range("ema_update");
     for (target, source) in targets.into_iter().zip(sources) {
         let kept = ops::unary(UnaryOp::Affine { scale: decay, shift: 0.0 }, target.tensor)?;
         let added = ops::unary(UnaryOp::Affine { scale: 1.0 - decay, shift: 0.0 }, source.tensor)?;

@@ -1,0 +1,569 @@
+//! `dpgan bench step`: the throughput of the engine's real training step, not of a copy of it.
+//! DP-CGAN's step is [`DpCgan::private_step`] or [`DpCgan::non_private_step`]; GS-WGAN's is a
+//! phase-2 iteration ([`PrivateTraining::iteration`]: 5 critic steps, the sanitised generator step,
+//! the EMA) or, without privacy, a warm-start iteration ([`WarmStart::iteration`] for one
+//! discriminator: the same 5 critic steps and a plain generator step on the same models and batch
+//! sizes, no sanitiser and no EMA, since the warm start keeps none).
+//!
+//! Inputs are synthetic (random images and labels of the published shapes, made before timing):
+//! what is timed is the step, not data loading. Timing runs in up to two passes:
+//! 1. the headline pass: `warmup` untimed steps, then `steps` timed ones. On a GPU each step is
+//!    bracketed by CUDA events on the device's stream, recorded without synchronising, so the
+//!    host keeps queueing work as in training; steps/s is the pass's wall time with one
+//!    synchronisation at its end. On the CPU, where ops run synchronously, each step is timed
+//!    with the wall clock.
+//! 2. with `phases`, a second pass of `steps` steps under a [`PhaseTimer`]: the engine's profiling
+//!    ranges (see [`crate::profile`]) are charged to phases, the device synchronised at every
+//!    boundary so that queued kernels count where they were launched. Those synchronisations
+//!    slow the step, which is why the headline figures never come from this pass.
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::dp::{GsWganSanitizer, NoiseMode, NoiseSource};
+use crate::error::{Error, Result};
+use crate::models::dpcgan::CLASSES;
+use crate::models::gswgan::{GeneratorArch, PIXELS, PUBLISHED_BASE};
+use crate::nn::Module;
+use crate::profile::{self, PhaseTimer};
+use crate::tensor::{Device, Tensor};
+use crate::train::dpcgan::{DpCgan, DpCganConfig};
+use crate::train::gswgan::{CriticState, GsWganConfig, LabelledImages, PrivateTraining, WarmStart};
+
+/// The phases a step's time is split into, in report order. `other` is whatever the step does
+/// outside the named ones (drawing z and labels, loss arithmetic, uploads, gathering gradients).
+pub const PHASES: [&str; 7] = ["forward", "backward", "per_example_norms", "clip_noise", "optimizer", "ema", "other"];
+
+/// The range the benchmark opens around each step of the phases pass.
+const STEP_RANGE: &str = "bench_step";
+
+/// Which phase a profiling range's time belongs to; kernel-level and other ranges are transparent.
+fn phase_of(range: &str) -> Option<&'static str> {
+    Some(match range {
+        STEP_RANGE => "other",
+        "g_forward" | "d_forward" | "d_forward_real" | "d_forward_fake" | "generator_forward" => "forward",
+        "backward" => "backward",
+        "per_example_sq_norms" => "per_example_norms",
+        "dp_sgd_gradients" | "per_example_clip" | "clip_factors" | "clipped_sums" | "noise" | "sanitize" => "clip_noise",
+        "optimizer_sgd" | "optimizer_adam" => "optimizer",
+        "ema_update" => "ema",
+        _ => return None,
+    })
+}
+
+/// SPEC.md §2: each discriminator owns a slice of 60 images.
+pub const GS_WGAN_SLICE: usize = 60;
+/// SPEC.md §2's phase-2 sanitiser: C = 1, σ = 1.07.
+pub const GS_WGAN_CLIP: f64 = 1.0;
+pub const GS_WGAN_NOISE_MULTIPLIER: f64 = 1.07;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algo {
+    DpCgan,
+    GsWgan,
+}
+
+impl Algo {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::DpCgan => "dp-cgan",
+            Algo::GsWgan => "gs-wgan",
+        }
+    }
+    /// The published batch size: 600 for DP-CGAN (SPEC.md §1), 32 for GS-WGAN (§2).
+    pub fn default_batch_size(self) -> usize {
+        match self {
+            Algo::DpCgan => 600,
+            Algo::GsWgan => 32,
+        }
+    }
+}
+
+/// What to time and how.
+#[derive(Clone, Debug)]
+pub struct StepOptions {
+    pub algo: Algo,
+    pub private: bool,
+    pub steps: usize,
+    pub warmup: usize,
+    pub batch_size: usize,
+    /// Also run the phases pass.
+    pub phases: bool,
+    pub seed: u64,
+    pub noise: NoiseMode,
+    /// GS-WGAN's generator and width (channels of D's first conv); ignored for DP-CGAN.
+    pub arch: GeneratorArch,
+    pub base: usize,
+}
+
+impl StepOptions {
+    /// The published settings of `algo`, private, 100 timed steps after 10 warm-up steps.
+    pub fn new(algo: Algo) -> Self {
+        StepOptions {
+            algo,
+            private: true,
+            steps: 100,
+            warmup: 10,
+            batch_size: algo.default_batch_size(),
+            phases: false,
+            seed: 0,
+            noise: NoiseMode::Fast,
+            arch: GeneratorArch::Resnet,
+            base: PUBLISHED_BASE,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Err(Error::Invalid("--steps must be at least 1".into()));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::Invalid("--batch-size must be at least 1".into()));
+        }
+        if self.base == 0 {
+            return Err(Error::Invalid("--base must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Time per phase, averaged over the phases pass's steps.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PhaseReport {
+    pub steps: usize,
+    /// Mean wall time of one step in this pass (synchronised at every phase boundary), ms.
+    pub total_ms: f64,
+    /// Mean ms per step in each of [`PHASES`]; they add up to at most `total_ms`.
+    pub ms: BTreeMap<String, f64>,
+    pub timing: String,
+}
+
+/// Everything one `dpgan bench step` run measured, and under which settings.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StepReport {
+    pub benchmark: String,
+    pub algo: String,
+    /// `private` or `non-private`.
+    pub mode: String,
+    /// What one timed step is.
+    pub step: String,
+    pub inputs: String,
+    /// `cpu` or `cuda:N`, and what it is.
+    pub device: String,
+    pub device_name: String,
+    /// UTC, ISO 8601.
+    pub date: String,
+    pub git_commit: Option<String>,
+    pub settings: BTreeMap<String, Value>,
+    pub generator_params: usize,
+    pub discriminator_params: usize,
+    pub steps_per_s: f64,
+    pub mean_ms: f64,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub timing: String,
+    /// The device memory pool's high-water mark during the timed steps (model, optimizer state
+    /// and every step's temporaries); `None` on the CPU.
+    pub peak_device_memory_bytes: Option<u64>,
+    pub peak_memory_note: String,
+    pub phases: Option<PhaseReport>,
+}
+
+/// One prepared benchmark: the step to repeat and what it is.
+struct Prepared {
+    step: Box<dyn FnMut() -> Result<()>>,
+    description: String,
+    inputs: String,
+    settings: BTreeMap<String, Value>,
+    generator_params: usize,
+    discriminator_params: usize,
+}
+
+/// An f32 setting as the decimal it was written as (1.1, not 1.100000023841858).
+fn f32_json(x: f32) -> Value {
+    json!(x.to_string().parse::<f64>().unwrap_or(f64::from(x)))
+}
+
+fn count(params: Vec<&Tensor>) -> usize {
+    params.iter().map(|t| t.numel()).sum()
+}
+
+fn settings(pairs: Vec<(&str, Value)>) -> BTreeMap<String, Value> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+fn prepare_dpcgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
+    let b = o.batch_size;
+    let mut rng = ChaCha20Rng::seed_from_u64(o.seed);
+    let config = DpCganConfig { batch_divisor: b as f32, ..DpCganConfig::default() };
+    let mut model = DpCgan::new(config, NoiseSource::from_seed(o.seed, o.noise), &mut rng, device)?;
+    let images = Tensor::uniform(&[1, b, 784], -1.0, 1.0, &mut rng, device)?;
+    let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..CLASSES as u32)).collect();
+    let labels = Tensor::one_hot(&labels, CLASSES, &[1, b], device)?;
+    let (generator_params, discriminator_params) = (count(model.generator.params()), count(model.discriminator.params()));
+    let private = o.private;
+    let step = Box::new(move || -> Result<()> {
+        if private {
+            model.private_step(&images, &labels, b, &mut rng)?;
+        } else {
+            model.non_private_step(&images, &labels, &mut rng)?;
+        }
+        Ok(())
+    });
+    let description = if private {
+        format!("DpCgan::private_step: D's real and fake losses clipped per example, the real part noised, SGD on D; Adam on G (B = {b}, {b} generated)")
+    } else {
+        format!("DpCgan::non_private_step: mean BCE losses, no clipping or noise, SGD on D; Adam on G (B = {b})")
+    };
+    let mut pairs = vec![("batch_size", json!(b)), ("d_lr", f32_json(config.d_lr)), ("g_adam_lr", f32_json(config.g_adam.lr))];
+    if private {
+        pairs.extend([
+            ("clip", f32_json(config.clip)),
+            ("noise_multiplier", f32_json(config.noise_multiplier)),
+            ("noise", json!(format!("{:?}", o.noise).to_lowercase())),
+        ]);
+    }
+    Ok(Prepared {
+        step,
+        description,
+        inputs: format!("synthetic: one batch of {b} uniform [-1, 1] images and uniform labels, made on the device before timing"),
+        settings: settings(pairs),
+        generator_params,
+        discriminator_params,
+    })
+}
+
+fn prepare_gswgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
+    let b = o.batch_size;
+    let config = GsWganConfig { batch_size: b, ..GsWganConfig::default() };
+    let slice_len = GS_WGAN_SLICE.max(b);
+    let mut rng = ChaCha20Rng::seed_from_u64(o.seed ^ 0x5eed);
+    let pixels: Vec<f32> = (0..slice_len * PIXELS).map(|_| rng.random::<f32>()).collect();
+    let labels: Vec<u32> = (0..slice_len).map(|_| rng.random_range(0..CLASSES as u32)).collect();
+    let data = LabelledImages::new(pixels, labels)?;
+    let slice: Vec<usize> = (0..slice_len).collect();
+    let arch = format!("{:?}", o.arch).to_lowercase();
+    let mut pairs = vec![
+        ("batch_size", json!(b)),
+        ("slice", json!(slice_len)),
+        ("critic_steps", json!(config.critic_steps)),
+        ("generator", json!(arch)),
+        ("base", json!(o.base)),
+        ("adam_lr", f32_json(config.adam.lr)),
+    ];
+    let inputs = format!(
+        "synthetic: one slice of {slice_len} uniform [0, 1] images and uniform labels on the host, batched and uploaded by the iteration itself as in training"
+    );
+    if o.private {
+        let mut d_rng = ChaCha20Rng::seed_from_u64(o.seed);
+        d_rng.set_stream(3);
+        let discriminator = crate::models::gswgan::Discriminator::new(1, o.base, &mut d_rng, device)?;
+        let mut batch_rng = ChaCha20Rng::seed_from_u64(o.seed);
+        batch_rng.set_stream(1);
+        let mut critic = CriticState::new(discriminator, slice, batch_rng, &config)?;
+        let sanitizer = GsWganSanitizer::new(GS_WGAN_CLIP, GS_WGAN_NOISE_MULTIPLIER)?;
+        let mut training =
+            PrivateTraining::new(o.arch, o.base, o.seed, sanitizer, NoiseSource::from_seed(o.seed, o.noise), config, device)?;
+        let (generator_params, discriminator_params) = (count(training.generator.params()), count(critic.discriminator.params()));
+        pairs.extend([
+            ("clip", json!(GS_WGAN_CLIP)),
+            ("noise_multiplier", json!(GS_WGAN_NOISE_MULTIPLIER)),
+            ("noise", json!(format!("{:?}", o.noise).to_lowercase())),
+        ]);
+        let step = Box::new(move || -> Result<()> {
+            // One discriminator stands for the published 1000: an iteration touches only the one
+            // drawn, so its cost does not depend on how many there are.
+            let j = training.select_discriminator(1)?;
+            training.iteration(j, &mut critic, &data)?;
+            Ok(())
+        });
+        Ok(Prepared {
+            step,
+            description: format!(
+                "PrivateTraining::iteration (phase 2): {} WGAN-GP critic steps of one discriminator, the generator step with sanitised image gradients, the EMA of G (B = {b}, the slice's last partial batch included)",
+                config.critic_steps
+            ),
+            inputs,
+            settings: settings(pairs),
+            generator_params,
+            discriminator_params,
+        })
+    } else {
+        let mut warm = WarmStart::new(o.arch, o.base, &[o.seed], vec![slice], config, device)?;
+        let (generator_params, discriminator_params) = (count(warm.generators.params()), count(warm.discriminators.params()));
+        let step = Box::new(move || -> Result<()> {
+            warm.iteration(&data)?;
+            Ok(())
+        });
+        Ok(Prepared {
+            step,
+            description: format!(
+                "WarmStart::iteration (phase 1) of one discriminator: {} WGAN-GP critic steps and a plain generator step; no sanitiser and no EMA (B = {b}, the slice's last partial batch included)",
+                config.critic_steps
+            ),
+            inputs,
+            settings: settings(pairs),
+            generator_params,
+            discriminator_params,
+        })
+    }
+}
+
+/// Waits for the device's queued work (nothing to wait for on the CPU).
+fn synchronize(device: &Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(d) => d.synchronize(),
+    }
+}
+
+/// Milliseconds of each of `steps` calls of `step`, and the pass's wall seconds (see the module
+/// doc for how each device is timed).
+fn time_steps(device: &Device, steps: usize, step: &mut dyn FnMut() -> Result<()>) -> Result<(Vec<f64>, f64)> {
+    synchronize(device)?;
+    match device {
+        Device::Cpu => {
+            let mut samples = Vec::with_capacity(steps);
+            let pass = Instant::now();
+            for _ in 0..steps {
+                let t = Instant::now();
+                step()?;
+                samples.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok((samples, pass.elapsed().as_secs_f64()))
+        }
+        Device::Cuda(cuda) => {
+            use cudarc::driver::sys::CUevent_flags;
+            let ctx = cuda.stream().context();
+            let events = (0..=steps)
+                .map(|_| ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| Error::cuda("creating a timing event", e)))
+                .collect::<Result<Vec<_>>>()?;
+            let record = |i: usize| events[i].record(cuda.stream()).map_err(|e| Error::cuda("recording a timing event", e));
+            let pass = Instant::now();
+            record(0)?;
+            for i in 1..=steps {
+                step()?;
+                record(i)?;
+            }
+            cuda.synchronize()?;
+            let wall = pass.elapsed().as_secs_f64();
+            let samples = events
+                .windows(2)
+                .map(|w| w[0].elapsed_ms(&w[1]).map(f64::from).map_err(|e| Error::cuda("reading event times", e)))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((samples, wall))
+        }
+    }
+}
+
+/// The phases pass: `steps` steps, each in a [`STEP_RANGE`] range, under a [`PhaseTimer`] whose
+/// barrier synchronises the device.
+fn time_phases(device: &Device, steps: usize, step: &mut dyn FnMut() -> Result<()>) -> Result<PhaseReport> {
+    synchronize(device)?;
+    let barrier_device = device.clone();
+    let timer = PhaseTimer::start(phase_of, Box::new(move || synchronize(&barrier_device)))?;
+    let pass = Instant::now();
+    for _ in 0..steps {
+        let _step = profile::range(STEP_RANGE);
+        step()?;
+    }
+    let total = pass.elapsed().as_secs_f64();
+    let totals = timer.finish()?;
+    let per_step = |s: f64| s * 1e3 / steps as f64;
+    let ms = PHASES.iter().map(|&p| (p.to_string(), per_step(totals.get(p).map_or(0.0, |d| d.as_secs_f64())))).collect();
+    let timing = match device {
+        Device::Cpu => "wall clock per profiling range, each instant charged to the innermost phase open then",
+        Device::Cuda(_) => {
+            "wall clock per profiling range with the device synchronised at every phase boundary, each instant charged to the innermost phase open then (slower than the headline pass by the synchronisations)"
+        }
+    };
+    Ok(PhaseReport { steps, total_ms: per_step(total), ms, timing: timing.into() })
+}
+
+/// What the device is, in words.
+fn device_name(device: &Device) -> String {
+    match device {
+        Device::Cpu => {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            format!("CPU ({threads} hardware threads)")
+        }
+        Device::Cuda(d) => d.properties().name.clone(),
+    }
+}
+
+/// Runs the benchmark that `options` describes on `device`; `progress` hears what runs.
+pub fn run(options: &StepOptions, device: &Device, mut progress: impl FnMut(&str)) -> Result<StepReport> {
+    options.check()?;
+    let mut prepared = match options.algo {
+        Algo::DpCgan => prepare_dpcgan(options, device)?,
+        Algo::GsWgan => prepare_gswgan(options, device)?,
+    };
+    let mode = if options.private { "private" } else { "non-private" };
+    progress(&format!("{} {mode} on {device}: {} warm-up steps", options.algo.name(), options.warmup));
+    for _ in 0..options.warmup {
+        (prepared.step)()?;
+    }
+    synchronize(device)?;
+    if let Device::Cuda(d) = device {
+        d.reset_pool_used_high()?;
+    }
+    progress(&format!("{} timed steps", options.steps));
+    let (samples, wall) = time_steps(device, options.steps, &mut prepared.step)?;
+    let (peak, peak_note) = match device {
+        Device::Cpu => (None, "not measured on the CPU".to_string()),
+        Device::Cuda(d) => match d.pool_used_high()? {
+            Some(bytes) => (
+                Some(bytes),
+                "high-water mark of the stream-ordered memory pool during the timed steps: model, optimizer state and the steps' temporaries"
+                    .to_string(),
+            ),
+            None => (None, "this device has no stream-ordered memory pool to read a high-water mark from".to_string()),
+        },
+    };
+    let phases = if options.phases {
+        progress(&format!("{} steps timed by phase", options.steps));
+        Some(time_phases(device, options.steps, &mut prepared.step)?)
+    } else {
+        None
+    };
+    let median_ms = super::median(&samples).ok_or_else(|| Error::Invalid("no valid step time".into()))?;
+    let mean_ms = samples.iter().sum::<f64>() / samples.len() as f64;
+    let timing = match device {
+        Device::Cpu => format!(
+            "{} untimed warm-up steps, then {} steps each timed with the wall clock (CPU ops run synchronously); steps/s = steps / the pass's wall time",
+            options.warmup, options.steps
+        ),
+        Device::Cuda(_) => format!(
+            "{} untimed warm-up steps, then {} steps each between two CUDA events on the device stream, recorded without synchronising; steps/s = steps / the pass's wall time to a final synchronisation",
+            options.warmup, options.steps
+        ),
+    };
+    let mut settings = prepared.settings;
+    settings.insert("steps".into(), json!(options.steps));
+    settings.insert("warmup".into(), json!(options.warmup));
+    settings.insert("seed".into(), json!(options.seed));
+    settings.insert("cuda_graph".into(), json!(false));
+    Ok(StepReport {
+        benchmark: "step".into(),
+        algo: options.algo.name().into(),
+        mode: mode.into(),
+        step: prepared.description,
+        inputs: prepared.inputs,
+        device: device.to_string(),
+        device_name: device_name(device),
+        date: super::utc_iso8601(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())),
+        git_commit: super::git_commit(),
+        settings,
+        generator_params: prepared.generator_params,
+        discriminator_params: prepared.discriminator_params,
+        steps_per_s: options.steps as f64 / wall,
+        mean_ms,
+        median_ms,
+        min_ms: samples.iter().copied().fold(f64::INFINITY, f64::min),
+        max_ms: samples.iter().copied().fold(0.0, f64::max),
+        timing,
+        peak_device_memory_bytes: peak,
+        peak_memory_note: peak_note,
+        phases,
+    })
+}
+
+impl fmt::Display for StepReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} {} step on {} ({}), {}, commit {}",
+            self.algo,
+            self.mode,
+            self.device,
+            self.device_name,
+            self.date,
+            self.git_commit.as_deref().unwrap_or("unknown")
+        )?;
+        writeln!(f, "step: {}", self.step)?;
+        writeln!(f, "inputs: {}", self.inputs)?;
+        let settings: Vec<String> = self.settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(f, "settings: {}", settings.join(" "))?;
+        writeln!(f, "parameters: G {}, D {}", self.generator_params, self.discriminator_params)?;
+        writeln!(
+            f,
+            "{:.2} steps/s; ms per step: mean {:.3}, median {:.3}, min {:.3}, max {:.3}",
+            self.steps_per_s, self.mean_ms, self.median_ms, self.min_ms, self.max_ms
+        )?;
+        writeln!(f, "timing: {}", self.timing)?;
+        match self.peak_device_memory_bytes {
+            Some(b) => writeln!(f, "peak device memory: {:.1} MiB ({})", b as f64 / 1048576.0, self.peak_memory_note)?,
+            None => writeln!(f, "peak device memory: - ({})", self.peak_memory_note)?,
+        }
+        match &self.phases {
+            None => writeln!(f, "phases: not measured (pass --phases)")?,
+            Some(p) => {
+                writeln!(f, "phases ({} steps, {:.3} ms per step in this pass; {}):", p.steps, p.total_ms, p.timing)?;
+                for phase in PHASES {
+                    let ms = p.ms.get(phase).copied().unwrap_or(0.0);
+                    let share = if p.total_ms > 0.0 { 100.0 * ms / p.total_ms } else { 0.0 };
+                    writeln!(f, "  {phase:18} {ms:10.3} ms  {share:5.1}%")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_engine_range_of_a_phase_is_classified_and_kernels_are_not() {
+        for (range, phase) in [
+            ("d_forward", "forward"),
+            ("g_forward", "forward"),
+            ("backward", "backward"),
+            ("per_example_sq_norms", "per_example_norms"),
+            ("sanitize", "clip_noise"),
+            ("noise", "clip_noise"),
+            ("optimizer_adam", "optimizer"),
+            ("ema_update", "ema"),
+            (STEP_RANGE, "other"),
+        ] {
+            assert_eq!(phase_of(range), Some(phase), "{range}");
+            assert!(PHASES.contains(&phase));
+        }
+        assert_eq!(phase_of("dpgan_gemm_nt"), None);
+        assert_eq!(phase_of("dpcgan_private_step"), None);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_naming_the_flag() {
+        let mut o = StepOptions::new(Algo::DpCgan);
+        o.steps = 0;
+        assert!(run(&o, &Device::Cpu, |_| {}).unwrap_err().to_string().contains("--steps"));
+        let mut o = StepOptions::new(Algo::GsWgan);
+        o.base = 0;
+        assert!(run(&o, &Device::Cpu, |_| {}).unwrap_err().to_string().contains("--base"));
+    }
+
+    /// The published models have SPEC.md's parameter counts (§1 and §2), as the PyTorch
+    /// comparison assumes.
+    #[test]
+    fn published_models_have_the_spec_parameter_counts() {
+        let o = StepOptions::new(Algo::DpCgan);
+        let p = prepare_dpcgan(&o, &Device::Cpu).unwrap();
+        assert_eq!((p.generator_params, p.discriminator_params), (115_344, 101_889));
+        let mut o = StepOptions::new(Algo::GsWgan);
+        o.arch = GeneratorArch::Dcgan;
+        let p = prepare_gswgan(&o, &Device::Cpu).unwrap();
+        assert_eq!((p.generator_params, p.discriminator_params), (1_114_305, 1_071_105));
+        o.private = false;
+        o.arch = GeneratorArch::Resnet;
+        let p = prepare_gswgan(&o, &Device::Cpu).unwrap();
+        assert_eq!((p.generator_params, p.discriminator_params), (3_826_177, 1_071_105));
+    }
+}

@@ -1,0 +1,184 @@
+//! `dpgan bench step` on the CPU, tiny: both algorithms, private and not, with `--phases` and
+//! `--json`: the report's fields are there and positive, its settings are the ones asked for, and
+//! the phases add up to no more than the pass they were measured in. On a GPU (skipped without
+//! one, failed under `DPGAN_REQUIRE_GPU=1`) the same, with the peak device memory.
+mod common;
+
+use std::fs;
+
+use common::cli::{json_of, stderr_of_failure, stdout_of};
+use serde_json::Value;
+
+const PHASES: [&str; 7] = ["forward", "backward", "per_example_norms", "clip_noise", "optimizer", "ema", "other"];
+
+fn bench(algo: &str, mode: &str, extra: &[&str]) -> Value {
+    bench_on("cpu", algo, mode, extra)
+}
+
+fn bench_on(device: &str, algo: &str, mode: &str, extra: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("step.json");
+    let path_str = path.to_string_lossy().into_owned();
+    let mut args =
+        vec!["bench", "step", "--algo", algo, mode, "--device", device, "--steps", "3", "--warmup", "1", "--phases", "--json", &path_str];
+    args.extend_from_slice(extra);
+    let table = stdout_of(&args);
+    let report: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(table.contains("steps/s") && table.contains("forward"), "{table}");
+    assert!(table.contains(&format!("{algo} {}", report["mode"].as_str().unwrap())), "{table}");
+    report
+}
+
+fn positive(report: &Value, key: &str) -> f64 {
+    let v = report[key].as_f64().unwrap_or_else(|| panic!("{key} missing or not a number in {report:#}"));
+    assert!(v > 0.0 && v.is_finite(), "{key} = {v}");
+    v
+}
+
+/// The fields every report has, whatever the algorithm: positive timings, consistent with each
+/// other, and phases that fit in their pass.
+fn check_common(r: &Value, algo: &str, mode: &str, batch: u64) {
+    check_on("cpu", r, algo, mode, batch)
+}
+
+fn check_on(device: &str, r: &Value, algo: &str, mode: &str, batch: u64) {
+    assert_eq!(r["benchmark"], "step");
+    assert_eq!(r["algo"], algo);
+    assert_eq!(r["mode"], mode);
+    assert_eq!(r["device"], device);
+    assert_eq!(r["device_name"].as_str().unwrap().starts_with("CPU"), device == "cpu");
+    assert!(r["inputs"].as_str().unwrap().starts_with("synthetic"));
+    assert!(r["date"].as_str().unwrap().ends_with('Z'));
+    assert!(r.get("git_commit").is_some());
+    assert_eq!(r["settings"]["batch_size"], batch);
+    assert_eq!(r["settings"]["steps"], 3);
+    assert_eq!(r["settings"]["warmup"], 1);
+    positive(r, "generator_params");
+    positive(r, "discriminator_params");
+    let steps_per_s = positive(r, "steps_per_s");
+    let (mean, median, min, max) = (positive(r, "mean_ms"), positive(r, "median_ms"), positive(r, "min_ms"), positive(r, "max_ms"));
+    assert!(min <= median && median <= max && min <= mean && mean <= max, "{r:#}");
+    // The pass's wall time holds the three steps and little else: steps/s is within the
+    // per-step figures, give or take the loop (10% slack).
+    assert!(steps_per_s <= 1.1 * 1e3 / mean, "{steps_per_s} steps/s against a mean of {mean} ms");
+    if device == "cpu" {
+        // Not measured on the CPU, and said so.
+        assert!(r["peak_device_memory_bytes"].is_null());
+        assert!(r["peak_memory_note"].as_str().unwrap().contains("CPU"));
+    } else {
+        // At least the two models' parameters are resident.
+        let params = r["generator_params"].as_u64().unwrap() + r["discriminator_params"].as_u64().unwrap();
+        let peak = r["peak_device_memory_bytes"].as_u64().unwrap_or_else(|| panic!("no peak memory on {device}: {r:#}"));
+        assert!(peak >= 4 * params, "peak {peak} bytes below the parameters' {}", 4 * params);
+    }
+
+    let phases = &r["phases"];
+    assert_eq!(phases["steps"], 3);
+    let total = phases["total_ms"].as_f64().unwrap();
+    assert!(total > 0.0);
+    let ms = phases["ms"].as_object().unwrap();
+    assert_eq!(ms.len(), PHASES.len(), "{ms:?}");
+    let mut sum = 0.0;
+    for p in PHASES {
+        let v = ms[p].as_f64().unwrap_or_else(|| panic!("phase {p} missing"));
+        assert!(v >= 0.0, "{p} = {v}");
+        sum += v;
+    }
+    // Each phase is a sum of disjoint intervals inside the pass's clock, so the sum cannot pass
+    // the total; the slack covers only the f64 rounding of the per-step division (1e-9 relative).
+    assert!(sum <= total * (1.0 + 1e-9), "phases sum to {sum} ms, the pass took {total} ms per step");
+    // The step range encloses almost all of each step: the phases cover at least half the pass.
+    assert!(sum >= 0.5 * total, "phases sum to {sum} ms of {total} ms");
+    for p in ["forward", "backward", "optimizer"] {
+        assert!(ms[p].as_f64().unwrap() > 0.0, "{p} is 0 in {ms:?}");
+    }
+}
+
+fn phase(r: &Value, p: &str) -> f64 {
+    r["phases"]["ms"][p].as_f64().unwrap()
+}
+
+#[test]
+fn dp_cgan_private_and_non_private() {
+    let r = bench("dp-cgan", "--private", &["--batch-size", "64"]);
+    check_common(&r, "dp-cgan", "private", 64);
+    assert_eq!((r["generator_params"].as_u64(), r["discriminator_params"].as_u64()), (Some(115_344), Some(101_889)));
+    assert_eq!((r["settings"]["clip"].as_f64(), r["settings"]["noise_multiplier"].as_f64()), (Some(1.1), Some(1.15)));
+    assert!(r["step"].as_str().unwrap().contains("private_step"));
+    assert!(phase(&r, "per_example_norms") > 0.0 && phase(&r, "clip_noise") > 0.0);
+    assert_eq!(phase(&r, "ema"), 0.0);
+
+    let r = bench("dp-cgan", "--non-private", &["--batch-size", "64"]);
+    check_common(&r, "dp-cgan", "non-private", 64);
+    assert!(r["step"].as_str().unwrap().contains("non_private_step"));
+    assert!(r["settings"].get("noise_multiplier").is_none());
+    assert_eq!((phase(&r, "per_example_norms"), phase(&r, "clip_noise")), (0.0, 0.0), "no privacy, no clipping");
+}
+
+#[test]
+fn gs_wgan_private_and_non_private() {
+    let small = ["--generator", "dcgan", "--base", "4", "--batch-size", "8"];
+    let r = bench("gs-wgan", "--private", &small);
+    check_common(&r, "gs-wgan", "private", 8);
+    assert_eq!((r["settings"]["generator"].as_str(), r["settings"]["base"].as_u64()), (Some("dcgan"), Some(4)));
+    assert!(r["step"].as_str().unwrap().contains("PrivateTraining::iteration"));
+    // The sanitiser computes each row's norm in the same pass as the clip and the noise.
+    assert!(phase(&r, "clip_noise") > 0.0 && phase(&r, "ema") > 0.0);
+
+    let r = bench("gs-wgan", "--non-private", &small);
+    check_common(&r, "gs-wgan", "non-private", 8);
+    assert!(r["step"].as_str().unwrap().contains("WarmStart::iteration"));
+    assert_eq!((phase(&r, "clip_noise"), phase(&r, "ema")), (0.0, 0.0));
+}
+
+#[test]
+fn on_a_gpu_with_peak_memory() {
+    if common::cuda_or_skip("on_a_gpu_with_peak_memory").is_none() {
+        return;
+    }
+    for mode in ["--private", "--non-private"] {
+        let r = bench_on("cuda:0", "dp-cgan", mode, &[]);
+        check_on("cuda:0", &r, "dp-cgan", &mode[2..], 600);
+        let r = bench_on("cuda:0", "gs-wgan", mode, &["--generator", "dcgan"]);
+        check_on("cuda:0", &r, "gs-wgan", &mode[2..], 32);
+    }
+}
+
+#[test]
+fn json_to_stdout_without_phases() {
+    let r = json_of(&[
+        "bench",
+        "step",
+        "--algo",
+        "dp-cgan",
+        "--device",
+        "cpu",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "16",
+        "--json",
+        "-",
+    ]);
+    assert_eq!(r["mode"], "private", "private is the default");
+    assert!(r["phases"].is_null());
+    positive(&r, "steps_per_s");
+}
+
+#[test]
+fn bad_arguments_are_refused_with_the_cause() {
+    let e = stderr_of_failure(&["bench", "step", "--algo", "dp-gan"]);
+    assert!(e.contains("dp-cgan or gs-wgan"), "{e}");
+    let e = stderr_of_failure(&["bench", "step", "--algo", "dp-cgan", "--private", "--non-private"]);
+    assert!(e.contains("cannot be used with"), "{e}");
+    let e = stderr_of_failure(&["bench", "step", "--algo", "dp-cgan", "--device", "cpu", "--base", "8"]);
+    assert!(e.contains("only applies to --algo gs-wgan"), "{e}");
+    let e = stderr_of_failure(&["bench", "step", "--algo", "dp-cgan", "--device", "cpu", "--steps", "0"]);
+    assert!(e.contains("--steps"), "{e}");
+    let e = stderr_of_failure(&["bench", "step", "--algo", "dp-cgan", "--device", "cpu", "--json", "/nonexistent-dir/x.json"]);
+    assert!(e.contains("does not exist"), "{e}");
+    let e = stderr_of_failure(&["bench", "step", "--algo", "dp-cgan", "--device", "tpu"]);
+    assert!(e.contains("--device must be"), "{e}");
+}
