@@ -3,13 +3,16 @@
 #
 #   here:            ../shared/tools/gpu-bundle --data mnist,fashion-mnist
 #   on the GPU:      bash scripts/gpu-session.sh tests bench      (one device run, carry [".gpu"])
-#                    bash scripts/gpu-session.sh dpcgan gswgan nsys  (a second one)
+#                    bash scripts/gpu-session.sh pytorch dpcgan   (another, carry [".gpu", ".whl"])
+#                    bash scripts/gpu-session.sh gswgan nsys     (a third)
 #   dry run here:    DPGAN_SESSION_DEVICE=cpu bash scripts/gpu-session.sh --quick bench dpcgan gswgan
 #
 # Parts (all of them when none is named), each step under its own time limit so that one slow step
 # cannot eat the others' time; a device call may last 10 minutes, so split the parts as above:
-#   tests   every test executable with DPGAN_REQUIRE_GPU=1 (.gpu/run-tests)              ≤ 300 s
-#   bench   `dpgan bench kernels`, `dpgan bench step` (both algorithms, private and not)   ≤ 390 s
+#   tests   every test executable with DPGAN_REQUIRE_GPU=1 (.gpu/run-tests)              ≤ 240 s
+#   bench   `dpgan bench kernels`, `dpgan bench step` (both algorithms, private and not)   ≤ 330 s
+#   pytorch benches/pytorch/compare.py: the same steps in PyTorch (eager, Opacus, vmap,   ≤ 300 s
+#           compile) beside ours; Opacus from .whl/ if the machine lacks it (device README)
 #   dpcgan  DP-CGAN's full published run (24,900 steps) timed, sampled and evaluated       ≤ 300 s
 #   gswgan  warm-start throughput for groups of 1, 16, 128, 512; phase-2 iterations/s      ≤ 420 s
 #   nsys    an Nsight Systems trace of a short DP-CGAN run, if nsys is installed           ≤ 180 s
@@ -23,7 +26,7 @@ if [ "${1:-}" = "--quick" ]; then
   quick=1
   shift
 fi
-parts=" ${*:-tests bench dpcgan gswgan nsys} "
+parts=" ${*:-tests bench pytorch dpcgan gswgan nsys} "
 want() { [[ $parts == *" $1 "* ]]; }
 bin=${DPGAN_BIN:-$root/.gpu/bin/dpgan}
 [ -x "$bin" ] || bin=$root/target/release/dpgan
@@ -54,14 +57,14 @@ step() {
 
 if [ $quick -eq 1 ]; then
   dpcgan_steps=30 ws_iters=2 ws_groups="1 4" p2_iters=3 kernel_flags=(--quick) step_flags=(--steps 3 --warmup 1)
-  eval_flags=(--eval-epochs 1) width_flags=(--base 4)
+  eval_flags=(--eval-epochs 1) width_flags=(--base 4) gs_step_flags=(--base 4 --generator dcgan)
 else
-  dpcgan_steps=24900 ws_iters=20 ws_groups="1 16 128 512" p2_iters=200 kernel_flags=() step_flags=() eval_flags=() width_flags=()
+  dpcgan_steps=24900 ws_iters=20 ws_groups="1 16 128 512" p2_iters=200 kernel_flags=() step_flags=() eval_flags=() width_flags=() gs_step_flags=()
 fi
 
 # Tests.
 if want tests && [ -x "$root/.gpu/run-tests" ] && [ "$device" != cpu ]; then
-  step tests 300 bash "$root/.gpu/run-tests"
+  step tests 240 bash "$root/.gpu/run-tests"
 fi
 
 # Benchmarks.
@@ -69,10 +72,27 @@ if want bench; then
   [ "$device" != cpu ] && step bench-kernels 150 "$bin" bench kernels "${kernel_flags[@]}" --json "$out/bench-kernels.json"
   for algo in dp-cgan gs-wgan; do
     for mode in --private --non-private; do
-      step "bench-step-$algo${mode#-}" 60 "$bin" bench step --algo "$algo" "$mode" --device "$device" "${step_flags[@]}" \
-        --json "$out/bench-step-$algo${mode#-}.json"
+      extra=()
+      [ "$algo" = gs-wgan ] && extra=("${gs_step_flags[@]}")
+      step "bench-step-$algo${mode#-}" 45 "$bin" bench step --algo "$algo" "$mode" --phases --device "$device" \
+        "${step_flags[@]}" "${extra[@]}" --json "$out/bench-step-$algo${mode#-}.json"
     done
   done
+fi
+
+# PyTorch beside dpgan on the same device, same settings.
+if want pytorch; then
+  if ls "$root"/.whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$root"/.whl/*.whl &&
+      export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  if [ $quick -eq 1 ]; then
+    compare_flags=(--steps 2 --warmup 1 --batch-size 64 --only dp-cgan)
+  else
+    compare_flags=(--steps 200 --warmup 20)
+  fi
+  step pytorch-compare 300 python3 benches/pytorch/compare.py --device "$device" --dpgan "$bin" "${compare_flags[@]}" \
+    --json "$out/pytorch-compare.json"
 fi
 
 # DP-CGAN's published run, timed, then sampled and evaluated (logistic regression and the MLP).
