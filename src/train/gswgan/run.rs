@@ -722,7 +722,7 @@ fn remove_unnamed_critic_files(critics_dir: &Path, saved: &[Option<String>]) -> 
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with("critic-") && name.ends_with(".safetensors") && !named.contains(name.as_str()) {
             std::fs::remove_file(entry.path())
-                .map_err(|e| Error::file(&entry.path(), format!("cannot delete a superseded critic file: {e}")))?;
+                .map_err(|e| Error::file(entry.path(), format!("cannot delete a superseded critic file: {e}")))?;
         }
     }
     Ok(())
