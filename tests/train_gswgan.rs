@@ -206,6 +206,9 @@ fn a_resumed_phase_two_ends_with_the_same_tensors_bit_for_bit() {
     let common = ["--seed", "7", "--log-every", "1", "--checkpoint-every", "1", "--sample-every", "10"];
     phase_two(&warm, &straight, &[&common[..], &["--iterations", "3"]].concat());
     phase_two(&warm, &split, &[&common[..], &["--iterations", "2"]].concat());
+    // What a crash between writing a critic file and the checkpoint that names it leaves behind:
+    // a file no checkpoint names. The resumed run ignores it and the next checkpoint removes it.
+    fs::write(split.join("critics/critic-0003-00000003.safetensors"), b"left by an interrupted checkpoint").unwrap();
     stdout_of(&["train", "gs-wgan", "--resume", &s(&split), "--iterations", "3", "--device", "cpu"]);
 
     let (a, b) = (tensors(&straight.join("checkpoint.safetensors")), tensors(&split.join("checkpoint.safetensors")));
@@ -247,6 +250,7 @@ fn a_resumed_phase_two_ends_with_the_same_tensors_bit_for_bit() {
         assert_eq!(record.file, format!("critic-{:04}-{last:08}.safetensors", record.index));
     }
     assert_eq!(critic_files(&straight), sa.critics.iter().map(|c| c.file.clone()).collect::<Vec<_>>());
+    assert_eq!(critic_files(&split), sb.critics.iter().map(|c| c.file.clone()).collect::<Vec<_>>());
 
     let err = stderr_of_failure(&["train", "gs-wgan", "--resume", &s(&split), "--noise-multiplier", "2"]);
     assert!(err.contains("--noise-multiplier") && err.contains("config.json"), "{err}");
