@@ -2,44 +2,35 @@
 use super::Real;
 use crate::backend::{BinaryOp, UnaryOp};
 
-/// `y[i] = f(x[i])`.
+/// `y[i] = f(x[i])`. The op is matched once, outside the loop, so that each loop body is one
+/// inlined expression (vectorised where the op is arithmetic) instead of a dispatch per element.
 pub fn unary_map<T: Real>(op: UnaryOp, x: &[T]) -> Vec<T> {
-    x.iter().map(|&v| unary_scalar(op, v)).collect()
-}
-
-pub fn unary_scalar<T: Real>(op: UnaryOp, x: T) -> T {
+    fn map<T: Real>(x: &[T], f: impl Fn(T) -> T) -> Vec<T> {
+        x.iter().map(|&v| f(v)).collect()
+    }
     let (zero, one) = (T::zero(), T::one());
     match op {
-        UnaryOp::Affine { scale, shift } => T::of(scale) * x + T::of(shift),
-        UnaryOp::Exp => x.exp(),
-        UnaryOp::Log => x.ln(),
-        UnaryOp::Sqrt => x.sqrt(),
-        UnaryOp::Rsqrt => one / x.sqrt(),
-        UnaryOp::Recip => one / x,
-        UnaryOp::Square => x * x,
-        UnaryOp::Relu => x.max(zero),
+        UnaryOp::Affine { scale, shift } => {
+            let (scale, shift) = (T::of(scale), T::of(shift));
+            map(x, |v| scale * v + shift)
+        }
+        UnaryOp::Exp => map(x, T::exp),
+        UnaryOp::Log => map(x, T::ln),
+        UnaryOp::Sqrt => map(x, T::sqrt),
+        UnaryOp::Rsqrt => map(x, |v| one / v.sqrt()),
+        UnaryOp::Recip => map(x, |v| one / v),
+        UnaryOp::Square => map(x, |v| v * v),
+        UnaryOp::Relu => map(x, |v| v.max(zero)),
         UnaryOp::LeakyRelu(slope) => {
-            if x > zero {
-                x
-            } else {
-                T::of(slope) * x
-            }
+            let slope = T::of(slope);
+            map(x, |v| if v > zero { v } else { slope * v })
         }
-        UnaryOp::Sigmoid => sigmoid(x),
-        UnaryOp::Tanh => x.tanh(),
-        UnaryOp::ReluMask => {
-            if x > zero {
-                one
-            } else {
-                zero
-            }
-        }
+        UnaryOp::Sigmoid => map(x, sigmoid),
+        UnaryOp::Tanh => map(x, T::tanh),
+        UnaryOp::ReluMask => map(x, |v| if v > zero { one } else { zero }),
         UnaryOp::LeakyReluMask(slope) => {
-            if x > zero {
-                one
-            } else {
-                T::of(slope)
-            }
+            let slope = T::of(slope);
+            map(x, |v| if v > zero { one } else { slope })
         }
     }
 }
