@@ -496,16 +496,14 @@ impl GsWganRunner {
     /// Where the critics live while training, in words (for the run's report).
     pub fn critic_placement(&self) -> String {
         let bytes: usize = self.critics.iter().map(critic_bytes).sum();
-        let (count, gb) = (self.critics.len(), bytes as f64 / 1e9);
+        let size = if bytes >= 1_000_000_000 { format!("{:.2} GB", bytes as f64 / 1e9) } else { format!("{:.1} MB", bytes as f64 / 1e6) };
+        let count = self.critics.len();
         if self.resident {
-            format!("all {count} critics ({gb:.2} GB with their Adam moments) on {}", self.device)
+            format!("all {count} critics ({size} with their Adam moments) on {}", self.device)
         } else if matches!(self.device, Device::Cpu) {
-            format!("{count} critics ({gb:.2} GB with their Adam moments) in host memory")
+            format!("{count} critics ({size} with their Adam moments) in host memory")
         } else {
-            format!(
-                "{count} critics ({gb:.2} GB with their Adam moments) in host memory, each paged in to {} for its iteration",
-                self.device
-            )
+            format!("{count} critics ({size} with their Adam moments) in host memory, each paged in to {} for its iteration", self.device)
         }
     }
 
