@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a GPU machine should measure, in one call that fits a short device session.
 #
-#   here:            ../shared/tools/gpu-bundle --data mnist,fashion-mnist
+#   here:            ../shared/tools/gpu-bundle --data mnist,fashion-mnist && scripts/gpu-pack.sh
 #   on the GPU:      bash scripts/gpu-session.sh tests bench      (one device run, carry [".gpu"])
 #                    bash scripts/gpu-session.sh pytorch dpcgan   (another, carry [".gpu", ".whl"])
 #                    bash scripts/gpu-session.sh gswgan nsys     (a third)
@@ -21,6 +21,10 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# A bundle packed by scripts/gpu-pack.sh travels as one archive: unpack it first.
+if [ -f "$root/.gpu/bundle.tar.xz" ] && [ ! -d "$root/.gpu/bin" ]; then
+  tar xJf "$root/.gpu/bundle.tar.xz" -C "$root/.gpu" || { echo "gpu-session: cannot unpack .gpu/bundle.tar.xz" >&2; exit 1; }
+fi
 quick=0
 if [ "${1:-}" = "--quick" ]; then
   quick=1
