@@ -308,3 +308,37 @@ fn matmul_cuda_uses_tf32_only_when_allowed() {
         dpgan::backend::cuda::set_allow_tf32(false);
     });
 }
+
+/// Products of 2^28 multiply-adds or more run in row bands, one thread each (on a machine with
+/// more than one core): each band's rows must be exactly what the product of those rows alone
+/// gives (computed here one row at a time, below the threshold), for every transpose, in f32 and
+/// f64, with a row count that does not divide evenly.
+#[test]
+fn large_matmul_in_row_bands_equals_row_by_row() {
+    let mut rng = common::rng("large_matmul_in_row_bands_equals_row_by_row");
+    let (m, k, n) = (2051, 384, 384); // 3.0e8 multiply-adds
+    for (trans_a, trans_b) in TRANSPOSES {
+        let case = Case { groups: 1, m, k, n, trans_a, trans_b };
+        let (a, b) = (randn_vec(&mut rng, m * k), randn_vec(&mut rng, k * n));
+        for f64_path in [false, true] {
+            let tensor = |v: &[f32], shape: &[usize]| {
+                if f64_path {
+                    Tensor::from_vec_f64(v.iter().map(|&x| x as f64).collect(), shape).unwrap()
+                } else {
+                    Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()
+                }
+            };
+            let b_t = tensor(&b, &case.b_shape());
+            let whole = to_f64(&ops::matmul(&tensor(&a, &case.a_shape()), &b_t, trans_a, trans_b).unwrap());
+            for i in (0..m).step_by(97).chain([m - 1]) {
+                // Row i of op(a), stored so that op() of it is that row.
+                let row: Vec<f32> = (0..k).map(|p| if trans_a { a[p * m + i] } else { a[i * k + p] }).collect();
+                let row_shape = if trans_a { [1, k, 1] } else { [1, 1, k] };
+                let alone = to_f64(&ops::matmul(&tensor(&row, &row_shape), &b_t, trans_a, trans_b).unwrap());
+                let banded = &whole[i * n..(i + 1) * n];
+                let same = banded.iter().zip(&alone).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{case:?} f64 = {f64_path}: row {i} differs from the same row computed alone");
+            }
+        }
+    }
+}
