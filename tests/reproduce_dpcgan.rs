@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::time::SystemTime;
 
-use common::cli::{data_root, dpgan, stderr_of_failure};
+use common::cli::{data_root, dpgan, files_with_mtimes, stderr_of_failure};
 use dpgan::privacy::{Accountant, Conversion, Mechanism, Orders};
 use dpgan::train::dpcgan::run::DpCganRunConfig;
 use serde_json::Value;
@@ -37,14 +37,10 @@ fn read_json(path: &Path) -> Value {
 
 /// Every stage's output of one run, with its modification time.
 fn stage_files(run: &Path) -> Vec<(String, SystemTime, Vec<u8>)> {
-    ["checkpoint.safetensors", "checkpoint.json", "synthetic/train-images-idx3-ubyte.gz", "eval-logreg.json", "eval-mlp.json"]
-        .iter()
-        .map(|name| {
-            let path = run.join(name);
-            let modified = fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            (name.to_string(), modified, fs::read(&path).unwrap())
-        })
-        .collect()
+    files_with_mtimes(
+        run,
+        &["checkpoint.safetensors", "checkpoint.json", "synthetic/train-images-idx3-ubyte.gz", "eval-logreg.json", "eval-mlp.json"],
+    )
 }
 
 #[test]

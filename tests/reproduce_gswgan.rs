@@ -10,7 +10,7 @@ use std::fs;
 use std::path::Path;
 use std::time::SystemTime;
 
-use common::cli::{data_root, stderr_of_failure};
+use common::cli::{data_root, files_with_mtimes, stderr_of_failure};
 use dpgan::privacy::gswgan::GsWganRun;
 use dpgan::privacy::{Accountant, Conversion, Mechanism, Orders};
 use serde_json::Value;
@@ -85,23 +85,19 @@ fn expected(iterations: u64) -> (f64, f64) {
 
 /// Every stage's output of one run, with its modification time.
 fn stage_files(run: &Path) -> Vec<(String, SystemTime, Vec<u8>)> {
-    [
-        "warm-start/discriminators/group-0000.safetensors",
-        "warm-start/discriminators/group-0001.safetensors",
-        "generator/checkpoint.safetensors",
-        "generator/checkpoint.json",
-        "synthetic/images.npy",
-        "synthetic/labels.npy",
-        "synthetic/sample.json",
-        "eval-lenet.json",
-    ]
-    .iter()
-    .map(|name| {
-        let path = run.join(name);
-        let modified = fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        (name.to_string(), modified, fs::read(&path).unwrap())
-    })
-    .collect()
+    files_with_mtimes(
+        run,
+        &[
+            "warm-start/discriminators/group-0000.safetensors",
+            "warm-start/discriminators/group-0001.safetensors",
+            "generator/checkpoint.safetensors",
+            "generator/checkpoint.json",
+            "synthetic/images.npy",
+            "synthetic/labels.npy",
+            "synthetic/sample.json",
+            "eval-lenet.json",
+        ],
+    )
 }
 
 #[test]

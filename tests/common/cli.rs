@@ -52,3 +52,16 @@ pub fn data_root() -> PathBuf {
         _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
     }
 }
+
+/// Each of `names` under `dir`: its name, modification time and bytes (for "a rerun rewrote
+/// nothing" checks).
+pub fn files_with_mtimes(dir: &std::path::Path, names: &[&str]) -> Vec<(String, std::time::SystemTime, Vec<u8>)> {
+    names
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (name.to_string(), modified, std::fs::read(&path).unwrap())
+        })
+        .collect()
+}

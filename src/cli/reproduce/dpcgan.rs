@@ -16,7 +16,7 @@ use dpgan::train::progress::Progress;
 use dpgan::train::run_dir::{read_json, CHECKPOINT, CHECKPOINT_JSON, CONFIG};
 use dpgan::{Device, Result};
 
-use super::{evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, run_slots, same_settings, write_results, Table};
+use super::{evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, run_slots, same_settings, write_results, RunsArgs, Table};
 use crate::cli::choose_device;
 
 /// SPEC.md §1: published AUROC (mean of 3 runs) and ε.
@@ -38,15 +38,8 @@ pub(super) struct DpCganReproduceArgs {
     /// MNIST: a directory with the IDX files, or a name under $DPGAN_DATA.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Where the runs go (OUT/run-1, OUT/run-2, ...) and the table (OUT/results.json).
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
-    /// Independent runs; the table reports their mean and sd (never the best).
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
-    /// Seed of the first run; run K uses seed + K − 1.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    #[command(flatten)]
+    slots: RunsArgs,
     /// Steps per run [default: the published 24,900].
     #[arg(long)]
     steps: Option<u64>,
@@ -72,7 +65,7 @@ struct RunResult {
 }
 
 pub(super) fn run(args: &DpCganReproduceArgs) -> Result<()> {
-    let slots = run_slots(&args.out, args.runs, args.seed)?;
+    let slots = run_slots(&args.slots)?;
     let device = choose_device(args.device.as_deref())?;
     let data = data_dir(args.data.as_deref())?;
     let (train, test) = (Dataset::load(&data, Split::Train)?, Dataset::load(&data, Split::Test)?);
@@ -83,14 +76,14 @@ pub(super) fn run(args: &DpCganReproduceArgs) -> Result<()> {
         let result = one_run(args, &slot.root, slot.seed, &train, &test_set, &device)?;
         eprintln!(
             "run {}/{}: ε = {:.4} (improved), AUROC logreg {:.4}, MLP {:.4}",
-            slot.number, args.runs, result.epsilon_improved, result.logreg.auroc_micro.mean, result.mlp.auroc_micro.mean
+            slot.number, args.slots.runs, result.epsilon_improved, result.logreg.auroc_micro.mean, result.mlp.auroc_micro.mean
         );
         results.push(result);
     }
     let table = table(args, &results);
     let json = serde_json::json!({
         "experiment": "dp-cgan",
-        "runs": args.runs,
+        "runs": args.slots.runs,
         "device": device.to_string(),
         "epsilon_improved": Metric::over(results.iter().map(|r| r.epsilon_improved).collect()),
         "epsilon_classic": Metric::over(results.iter().map(|r| r.epsilon_classic).collect()),
@@ -101,7 +94,7 @@ pub(super) fn run(args: &DpCganReproduceArgs) -> Result<()> {
         "published": {"auroc_logreg": PUBLISHED_AUROC_LOGREG, "auroc_mlp": PUBLISHED_AUROC_MLP,
                       "epsilon_classic": PUBLISHED_EPSILON_CLASSIC, "epsilon_improved": PUBLISHED_EPSILON_IMPROVED},
     });
-    write_results(&args.out, &json)?;
+    write_results(&args.slots.out, &json)?;
     crate::cli::emit(&table)
 }
 
@@ -206,5 +199,5 @@ fn table(args: &DpCganReproduceArgs, results: &[RunResult]) -> String {
     t.row("training time per run (s)", over(|r| r.wall_s), "≈ 10,460 (42 s/epoch)");
     t.row("steps/s", over(|r| r.steps_per_s), "");
     t.note("The published ε = 9.64 used TF-Privacy 0.2's orders; `dpgan privacy epsilon --orders tf-privacy-0.2 --conversion classic` gives it.");
-    t.finish(&args.out)
+    t.finish(&args.slots.out)
 }

@@ -21,7 +21,9 @@ use dpgan::train::run_dir::{read_json, CHECKPOINT, CHECKPOINT_JSON, CONFIG, METR
 use dpgan::{Device, Error, Result};
 use rand::Rng;
 
-use super::{evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, run_slots, same_settings, up_to_date, write_results, Table};
+use super::{
+    evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, run_slots, same_settings, up_to_date, write_results, RunsArgs, Table,
+};
 use crate::cli::gswgan::{announce, start_warm_start, train_private, train_warm_start, AccountingArg, GeneratorArg};
 use crate::cli::sample::{write_sample, SAMPLE_RECORD};
 use crate::cli::{choose_device, emit};
@@ -42,15 +44,8 @@ pub(super) struct GsWganReproduceArgs {
     /// directory's name (mnist, fashion-mnist) says which published accuracy to show.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Where the runs go (OUT/run-1, OUT/run-2, ...) and the table (OUT/results.json).
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
-    /// Independent runs; the table reports their mean and sd (never the best).
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
-    /// Seed of the first run; run K uses seed + K − 1.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    #[command(flatten)]
+    slots: RunsArgs,
     /// K, the number of discriminators (and disjoint data slices) [default: 1000].
     #[arg(long)]
     discriminators: Option<usize>,
@@ -210,7 +205,7 @@ struct RunResult {
 }
 
 pub(super) fn run(args: &GsWganReproduceArgs) -> Result<()> {
-    let slots = run_slots(&args.out, args.runs, args.seed)?;
+    let slots = run_slots(&args.slots)?;
     let plan = Plan::new(args)?;
     let device = choose_device(args.device.as_deref())?;
     let data = data_dir(args.data.as_deref())?;
@@ -223,7 +218,7 @@ pub(super) fn run(args: &GsWganReproduceArgs) -> Result<()> {
         let result = one_run(&plan, &slot.root, slot.seed, &train, &test_set, &device)?;
         eprintln!(
             "run {}/{}: ε = {:.4} as-published, {:.4} per-step; LeNet-5 accuracy {:.4}",
-            slot.number, args.runs, result.epsilon_as_published, result.epsilon_per_step, result.lenet.accuracy.mean
+            slot.number, args.slots.runs, result.epsilon_as_published, result.epsilon_per_step, result.lenet.accuracy.mean
         );
         results.push(result);
     }
@@ -233,7 +228,7 @@ pub(super) fn run(args: &GsWganReproduceArgs) -> Result<()> {
         "experiment": "gs-wgan",
         "dataset": published.map(Published::name),
         "data": data,
-        "runs": args.runs,
+        "runs": args.slots.runs,
         "device": device.to_string(),
         "settings": {
             "discriminators": plan.warm_start.discriminators,
@@ -272,7 +267,7 @@ pub(super) fn run(args: &GsWganReproduceArgs) -> Result<()> {
             "delta": 1e-5,
         },
     });
-    write_results(&args.out, &json)?;
+    write_results(&args.slots.out, &json)?;
     emit(&table(args, &plan, published, &data, &results))
 }
 
@@ -307,7 +302,7 @@ fn table(args: &GsWganReproduceArgs, plan: &Plan, published: Option<Published>, 
     if !departures.is_empty() {
         t.note(&format!("Not the published settings: {}.", departures.join(", ")));
     }
-    t.finish(&args.out)
+    t.finish(&args.slots.out)
 }
 
 /// Phase 2's seed, drawn from the run's seed so that its streams are independent of the warm

@@ -39,6 +39,20 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
     }
 }
 
+/// The flags every experiment shares: where its runs go, how many, and from which seed.
+#[derive(Args, Debug)]
+struct RunsArgs {
+    /// Where the runs go (OUT/run-1, OUT/run-2, ...) and the table (OUT/results.json).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Independent runs; the table reports their mean and sd (never the best).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seed of the first run; run K uses seed + K − 1.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
 /// One run of an experiment: its number (1-based), its directory and its seed.
 struct RunSlot {
     number: usize,
@@ -46,8 +60,10 @@ struct RunSlot {
     seed: u64,
 }
 
-/// The runs of `--runs N --seed S` under `out`: run K in `out/run-K` with seed S + K − 1.
-fn run_slots(out: &Path, runs: usize, seed: u64) -> Result<Vec<RunSlot>> {
+/// The runs of `--runs N --seed S` under `--out OUT`: run K in `OUT/run-K` with seed S + K − 1.
+fn run_slots(args: &RunsArgs) -> Result<Vec<RunSlot>> {
+    let RunsArgs { out, runs, seed } = args;
+    let (runs, seed) = (*runs, *seed);
     if runs == 0 {
         return Err(Error::Invalid("--runs must be at least 1".into()));
     }
