@@ -63,9 +63,6 @@ __device__ __forceinline__ void chacha20_block(const uint32_t key[8], uint32_t c
   for (int i = 0; i < 16; ++i) s[i] += init[i];
 }
 
-// (w + 0.5)·2⁻³², in (0, 1).
-__device__ __forceinline__ double uniform_from_u32(uint32_t w) { return __dmul_rn(__dadd_rn((double)w, 0.5), 0x1p-32); }
-
 // (⌊x / 2¹¹⌋ + 0.5)·2⁻⁵³, in (0, 1).
 __device__ __forceinline__ double uniform_from_u64(uint32_t lo, uint32_t hi) {
   const uint64_t x = ((uint64_t)hi << 32) | lo;
@@ -82,19 +79,17 @@ __device__ __forceinline__ void box_muller(double u1, double u2, double& z_cos, 
 }
 
 // The standard normal, rounded to f32, that the key assigns to element e (standard_normal_at in
-// src/dp/noise.rs). Fast: Philox block e/4, lane e mod 4. Secure: ChaCha20 block e/2, half e mod 2,
+// src/dp/noise.rs). Fast: Philox block e/2, words 0-1 and 2-3 as two 53-bit uniforms (the tails
+// reach |z| = 8.6), lane e mod 2 the cos or sin normal. Secure: ChaCha20 block e/2, half e mod 2,
 // the sum of four Box–Muller normals over 2 (the floating-point guard documented there).
 template <int GEN>
 __device__ __forceinline__ float standard_normal_at(const NoiseKeyParams& k, uint64_t e) {
   if (GEN == NOISE_PHILOX) {
-    uint32_t c[4] = {(uint32_t)(e >> 2), k.tensor_index, k.step_lo, k.step_hi};
+    uint32_t c[4] = {(uint32_t)(e >> 1), k.tensor_index, k.step_lo, k.step_hi};
     philox4x32_10(c, k.key[0], k.key[1]);
-    const uint32_t lane = (uint32_t)(e & 3);
-    // Selects, not c[2 * pair]: a dynamic index would put c in local memory.
-    const uint32_t a = (lane >> 1) ? c[2] : c[0], b = (lane >> 1) ? c[3] : c[1];
     double z_cos, z_sin;
-    box_muller(uniform_from_u32(a), uniform_from_u32(b), z_cos, z_sin);
-    return (float)((lane & 1) ? z_sin : z_cos);
+    box_muller(uniform_from_u64(c[0], c[1]), uniform_from_u64(c[2], c[3]), z_cos, z_sin);
+    return (float)((e & 1) ? z_sin : z_cos);
   } else {
     uint32_t s[16];
     chacha20_block(k.key, (uint32_t)(e >> 1), k.tensor_index, k.step_lo, k.step_hi, s);

@@ -6,7 +6,7 @@ mod common;
 
 use common::{assert_close, assert_identical, tol};
 use dpgan::autograd::Tape;
-use dpgan::dp::{GsWganSanitizer, NoiseMode, NoiseSource};
+use dpgan::dp::{GsWganSanitizer, NoiseMode, NoiseSource, RunKey};
 use dpgan::models::gswgan::{
     bernoulli_latent, one_hot, uniform_labels, Discriminator, Generator, GeneratorArch, PIXELS, PIXEL_NORM_EPS, PUBLISHED_BASE,
 };
@@ -455,8 +455,8 @@ fn private_iteration_runs_and_copies_g_first() {
     let data = random_data(&mut rng, 12);
     let config = tiny_config();
     let sanitizer = GsWganSanitizer::new(1.0, 1.07).unwrap();
-    let noise = NoiseSource::from_seed(rng.random(), NoiseMode::Fast);
-    let mut training = PrivateTraining::new(GeneratorArch::Dcgan, 2, rng.random(), sanitizer, noise, config, &CPU).unwrap();
+    let key = RunKey::generate().unwrap();
+    let mut training = PrivateTraining::new(GeneratorArch::Dcgan, 2, rng.random(), sanitizer, &key, NoiseMode::Fast, config, &CPU).unwrap();
     let d = Discriminator::new(1, 2, &mut rng, &CPU).unwrap();
     let mut critic = CriticState::new(d, (0..6).collect(), member_rngs(rng.random()).batches, &config).unwrap();
     let j = training.select_discriminator(1).unwrap();

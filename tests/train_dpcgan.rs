@@ -119,7 +119,9 @@ fn a_short_run_writes_every_artefact_and_reports_the_accountants_epsilon() {
 fn a_resumed_run_ends_with_the_same_weights_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
-    let common = ["--seed", "9", "--batch-size", "64", "--log-every", "5", "--checkpoint-every", "7"];
+    // Replayable noise, so that an uninterrupted run of the same seed is the reference (with a
+    // secret key each run has its own; tests/run_key.rs resumes copies of one run instead).
+    let common = ["--seed", "9", "--batch-size", "64", "--log-every", "5", "--checkpoint-every", "7", "--replayable-noise"];
     train(&straight, &[&common[..], &["--steps", "30"]].concat());
     train(&split, &[&common[..], &["--steps", "17"]].concat());
     let split_dir = split.to_string_lossy().into_owned();
@@ -234,8 +236,8 @@ fn losses(run: &Path) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// The same short run on the GPU and on the CPU: same seed, so the same initial weights, batches,
-/// latents and (counter-based) noise; the backends differ only in the order of f32 sums (TF32 is
+/// The same short run on the GPU and on the CPU: same seed and replayable noise, so the same initial
+/// weights, batches, latents and (counter-based) noise; the backends differ only in the order of f32 sums (TF32 is
 /// off by default), which training then amplifies. Bounds, set before any measurement: relative
 /// 1e-4 over the first 5 steps, where the difference is still rounding, and 1e-2 by step 20.
 /// Skips without a GPU (fails with DPGAN_REQUIRE_GPU=1).
@@ -248,7 +250,8 @@ fn the_same_short_run_on_the_gpu_matches_the_cpu_losses() {
     let runs = [dir.path().join("cpu"), dir.path().join("cuda")];
     for (run, device) in runs.iter().zip(["cpu", "cuda"]) {
         let (data, out) = (mnist(), run.to_string_lossy().into_owned());
-        let args = ["train", "dp-cgan", "--data", &data, "--out", &out, "--device", device, "--seed", "5", "--steps", "20"];
+        let args =
+            ["train", "dp-cgan", "--data", &data, "--out", &out, "--device", device, "--seed", "5", "--steps", "20", "--replayable-noise"];
         stdout_of(&[&args[..], &["--batch-size", "128", "--log-every", "1", "--sample-every", "20", "--checkpoint-every", "20"]].concat());
     }
     let (cpu, gpu) = (losses(&runs[0]), losses(&runs[1]));

@@ -25,7 +25,7 @@ use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::dp::{GsWganSanitizer, NoiseMode, NoiseSource};
+use crate::dp::{GsWganSanitizer, NoiseMode, RunKey};
 use crate::error::{Error, Result};
 use crate::models::dpcgan::CLASSES;
 use crate::models::gswgan::{GeneratorArch, PIXELS, PUBLISHED_BASE};
@@ -112,7 +112,7 @@ impl StepOptions {
             batch_size: algo.default_batch_size(),
             phases: false,
             seed: 0,
-            noise: NoiseMode::Fast,
+            noise: NoiseMode::Secure,
             arch: GeneratorArch::Resnet,
             base: PUBLISHED_BASE,
         }
@@ -202,7 +202,8 @@ fn prepare_dpcgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
     let b = o.batch_size;
     let mut rng = ChaCha20Rng::seed_from_u64(o.seed);
     let config = DpCganConfig { batch_divisor: b as f32, ..DpCganConfig::default() };
-    let mut model = DpCgan::new(config, NoiseSource::from_seed(o.seed, o.noise), &mut rng, device)?;
+    // Nothing here is private: the noise key is the seed's replayable one (not its init stream).
+    let mut model = DpCgan::new(config, RunKey::replayable(o.seed).noise(o.noise), &mut rng, device)?;
     let images = Tensor::uniform(&[1, b, 784], -1.0, 1.0, &mut rng, device)?;
     let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..CLASSES as u32)).collect();
     let labels = Tensor::one_hot(&labels, CLASSES, &[1, b], device)?;
@@ -268,8 +269,9 @@ fn prepare_gswgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
         batch_rng.set_stream(1);
         let mut critic = CriticState::new(discriminator, slice, batch_rng, &config)?;
         let sanitizer = GsWganSanitizer::new(GS_WGAN_CLIP, GS_WGAN_NOISE_MULTIPLIER)?;
-        let mut training =
-            PrivateTraining::new(o.arch, o.base, o.seed, sanitizer, NoiseSource::from_seed(o.seed, o.noise), config, device)?;
+        // Nothing here is private: the noise key is the seed's replayable one (not its init stream).
+        let key = RunKey::replayable(o.seed);
+        let mut training = PrivateTraining::new(o.arch, o.base, o.seed, sanitizer, &key, o.noise, config, device)?;
         let (generator_params, discriminator_params) = (count(training.generator.params()), count(critic.discriminator.params()));
         pairs.extend([
             ("clip", json!(GS_WGAN_CLIP)),

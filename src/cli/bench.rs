@@ -59,9 +59,9 @@ struct StepArgs {
     /// Seed of the models' initialisation, the synthetic inputs and the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Draw the noise from ChaCha20 with the hardened sampler instead of Philox.
+    /// Draw the noise with Philox instead of the default, ChaCha20 with the hardened sampler.
     #[arg(long)]
-    secure_noise: bool,
+    fast_noise: bool,
     /// gs-wgan only: the generator, resnet (published default) or dcgan.
     #[arg(long)]
     generator: Option<super::gswgan::GeneratorArg>,
@@ -131,7 +131,7 @@ fn step_cmd(args: &StepArgs) -> Result<()> {
     options.batch_size = args.batch_size.unwrap_or(options.batch_size);
     options.phases = args.phases;
     options.seed = args.seed;
-    options.noise = if args.secure_noise { NoiseMode::Secure } else { NoiseMode::Fast };
+    options.noise = if args.fast_noise { NoiseMode::Fast } else { NoiseMode::Secure };
     options.arch = args.generator.map_or(options.arch, |g| g.value());
     options.base = args.base.unwrap_or(options.base);
     let report = step::run(&options, &device, |what| eprintln!("bench: {what}"))?;

@@ -129,9 +129,12 @@ struct PrivateArgs {
     /// δ [default: 1e-5].
     #[arg(long)]
     delta: Option<f64>,
-    /// Seed of G's initialisation, the draws and the noise [default: drawn from the OS].
+    /// Seed of G's initialisation and the latent draws; the noise and the choice of discriminator
+    /// come from a secret key [default: drawn from the OS].
     #[arg(long)]
     seed: Option<u64>,
+    #[command(flatten)]
+    noise: super::noise::NoiseArgs,
     /// cpu, cuda or cuda:N [default: the GPU if one works, else the CPU].
     #[arg(long)]
     device: Option<String>,
@@ -258,10 +261,13 @@ fn private(args: &PrivateArgs) -> Result<()> {
                     ("--log-every", args.log_every.is_some()),
                     ("--sample-every", args.sample_every.is_some()),
                     ("--checkpoint-every", args.checkpoint_every.is_some()),
+                    args.noise.given()[0],
+                    args.noise.given()[1],
                 ],
                 "--iterations and --device",
             )?;
             let run = GsWganRunner::resume(root, &device, args.iterations)?;
+            super::noise::warn_if_not_private(run.config().noise_key);
             eprintln!("resuming {} at iteration {} of {}", root.display(), run.iterations_done(), run.config().iterations);
             (run, root.clone())
         }
@@ -287,6 +293,8 @@ fn private(args: &PrivateArgs) -> Result<()> {
                 target_epsilon: args.target_epsilon,
                 delta: args.delta.unwrap_or(d.delta),
                 accounting: args.accounting.map_or(d.accounting, AccountingArg::value),
+                noise: args.noise.mode(),
+                replayable_noise: args.noise.replayable_noise,
                 log_every: args.log_every.unwrap_or(d.log_every),
                 sample_every: args.sample_every.unwrap_or(d.sample_every),
                 checkpoint_every: args.checkpoint_every.unwrap_or(d.checkpoint_every),
@@ -305,7 +313,8 @@ fn private(args: &PrivateArgs) -> Result<()> {
     report += &format!(
         "trained {} iterations in {:.1} s on {device}\n\
          ε = {:.4} as-published (order {}), {:.4} per-step (order {}) at δ = {}; k = {}, B = {}, σ = {}; {} governs the budget\n\
-         run directory: {} (private: it holds the seed and the discriminators; release only `dpgan sample` output)\n",
+         run directory: {} (private: its checkpoint holds the secret noise key, and it holds the discriminators; release \
+         only `dpgan sample` output){}\n",
         outcome.iterations,
         outcome.wall_s,
         outcome.as_published.epsilon,
@@ -318,12 +327,14 @@ fn private(args: &PrivateArgs) -> Result<()> {
         config.noise_multiplier,
         config.accounting.name(),
         root.display(),
+        config.noise_key.warning().map(|w| format!("\n{w}")).unwrap_or_default(),
     );
     super::emit(&report)
 }
 
 /// Says what the run will spend under both accountings, before it starts.
 pub(super) fn announce(config: &GsWganRunConfig) -> Result<()> {
+    super::noise::warn_if_not_private(config.noise_key);
     let (published, per_step) = (config.planned_epsilon(Accounting::AsPublished)?, config.planned_epsilon(Accounting::PerStep)?);
     eprintln!(
         "gs-wgan: {} iterations, k = {}, B = {}, σ = {}{}, δ = {}: ε = {:.4} as-published, {:.4} per-step if every iteration runs; \

@@ -10,6 +10,7 @@ mod bench;
 mod eval;
 mod gswgan;
 mod info;
+mod noise;
 mod privacy;
 mod reproduce;
 mod sample;

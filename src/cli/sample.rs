@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
+use dpgan::dp::KeySource;
 use dpgan::io::image::Grid;
 use dpgan::io::synthetic::{write_synthetic, SyntheticFormat};
 use dpgan::models::dpcgan::CLASSES;
@@ -60,15 +61,17 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         FormatArg::Npy => SyntheticFormat::Npy,
     };
     let record = write_sample(&args.run, per_class, args.seed, format, &args.out, &device)?;
-    super::emit(&format!(
-        "wrote {} images ({per_class} per class, {format}) to {} from step {} of {}: (ε = {:.4}, δ = {}) for the released data\n",
-        args.count,
-        args.out.display(),
-        record["checkpoint_step"],
-        args.run.display(),
-        record["epsilon"].as_f64().unwrap_or(f64::NAN),
-        record["delta"].as_f64().unwrap_or(f64::NAN)
-    ))
+    super::emit(
+        &(format!(
+            "wrote {} images ({per_class} per class, {format}) to {} from step {} of {}: (ε = {:.4}, δ = {}) for the released data\n",
+            args.count,
+            args.out.display(),
+            record["checkpoint_step"],
+            args.run.display(),
+            record["epsilon"].as_f64().unwrap_or(f64::NAN),
+            record["delta"].as_f64().unwrap_or(f64::NAN)
+        ) + record["warning"].as_str().map(|w| format!("{w}\n")).unwrap_or_default().as_str()),
+    )
 }
 
 /// Samples `per_class` images of every class from `run`'s released generator with codes from
@@ -117,6 +120,13 @@ pub(super) fn write_sample(
     let grid: Vec<f32> = (0..CLASSES).flat_map(|c| images[c * per_class * 784..][..cols * 784].iter().copied()).collect();
     Grid { images: &grid, rows: CLASSES, cols, height: 28, width: 28, range: (0.0, 1.0) }.write_png(&out.join("grid.png"))?;
 
+    // Whether the guarantee holds at all: a run with replayable noise says so wherever its data goes.
+    let noise_key: KeySource = serde_json::from_value(algorithm["noise_key"].clone())
+        .map_err(|e| Error::file(run.join(CONFIG), format!("no valid noise_key (where the run's noise key came from): {e}")))?;
+    record["private"] = serde_json::json!(noise_key.is_private());
+    if let Some(warning) = noise_key.warning() {
+        record["warning"] = serde_json::json!(warning);
+    }
     for (key, value) in [
         ("run", serde_json::json!(run)),
         ("count", serde_json::json!(per_class * CLASSES)),

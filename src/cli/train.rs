@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 use dpgan::data::{data_dir, Dataset, Split};
-use dpgan::dp::NoiseMode;
 use dpgan::train::dpcgan::run::{AdamRecord, DpCganRun, DpCganRunConfig, DpCganSettings, LrSchedule, SamplingKind, Stop};
 use dpgan::train::progress::Progress;
 use dpgan::{Error, Result};
@@ -105,9 +104,8 @@ struct DpCganArgs {
     /// G's Adam learning rate [default: 1e-3].
     #[arg(long)]
     g_lr: Option<f32>,
-    /// Draw the noise from ChaCha20 with a sampler hardened against floating-point attacks.
-    #[arg(long)]
-    secure_noise: bool,
+    #[command(flatten)]
+    noise: super::noise::NoiseArgs,
     /// Steps between metrics lines [default: 100].
     #[arg(long)]
     log_every: Option<u64>,
@@ -132,6 +130,7 @@ fn dp_cgan(args: &DpCganArgs) -> Result<()> {
         Some(root) => {
             refuse_settings_on_resume(args)?;
             let run = DpCganRun::resume(root, &device, args.steps)?;
+            super::noise::warn_if_not_private(run.config().noise_key);
             eprintln!("resuming {} at step {} of {}", root.display(), run.steps_taken(), run.config().steps);
             run
         }
@@ -155,7 +154,8 @@ fn dp_cgan(args: &DpCganArgs) -> Result<()> {
     report += &format!(
         "trained {} steps in {:.1} s ({:.1} steps/s) on {device}\n\
          ε = {:.4} ({:?} conversion, order {}), {:.4} ({:?}) at δ = {}, q = {}, σ = {}{}\n\
-         run directory: {} (private: it holds the seed, D and the real-data losses; release only `dpgan sample` output)\n",
+         run directory: {} (private: its checkpoint holds the secret noise key, D and the real-data losses; release only \
+         `dpgan sample` output){}\n",
         outcome.steps,
         outcome.wall_s,
         outcome.steps_per_s,
@@ -169,6 +169,7 @@ fn dp_cgan(args: &DpCganArgs) -> Result<()> {
         config.noise_multiplier,
         if config.sampling == SamplingKind::Shuffle { " (shuffled batches: the customary approximation)" } else { "" },
         root.display(),
+        config.noise_key.warning().map(|w| format!("\n{w}")).unwrap_or_default(),
     );
     super::emit(&report)
 }
@@ -182,6 +183,7 @@ fn other_name(c: dpgan::privacy::Conversion) -> dpgan::privacy::Conversion {
 
 /// Says what the run will do and what its ε will be, before it starts.
 fn announce(config: &DpCganRunConfig) -> Result<()> {
+    super::noise::warn_if_not_private(config.noise_key);
     if config.sampling == SamplingKind::Shuffle {
         eprintln!(
             "warning: --sampling shuffle draws fixed-size batches from shuffled epochs; the reported ε assumes Poisson \
@@ -249,7 +251,8 @@ fn settings(args: &DpCganArgs) -> Result<DpCganSettings> {
         d_lr: args.d_lr.unwrap_or(d.d_lr),
         d_lr_schedule,
         g_adam: AdamRecord { lr: args.g_lr.unwrap_or(d.g_adam.lr), ..d.g_adam },
-        noise: if args.secure_noise { NoiseMode::Secure } else { NoiseMode::Fast },
+        noise: args.noise.mode(),
+        replayable_noise: args.noise.replayable_noise,
         log_every: args.log_every.unwrap_or(d.log_every),
         sample_every: args.sample_every.unwrap_or(d.sample_every),
         checkpoint_every: args.checkpoint_every.unwrap_or(d.checkpoint_every),
@@ -276,10 +279,11 @@ fn refuse_settings_on_resume(args: &DpCganArgs) -> Result<()> {
         ("--d-lr-final", args.d_lr_final.is_some()),
         ("--d-lr-decay-steps", args.d_lr_decay_steps.is_some()),
         ("--g-lr", args.g_lr.is_some()),
-        ("--secure-noise", args.secure_noise),
         ("--log-every", args.log_every.is_some()),
         ("--sample-every", args.sample_every.is_some()),
         ("--checkpoint-every", args.checkpoint_every.is_some()),
     ];
+    let noise = args.noise.given();
+    let given: Vec<_> = given.iter().chain(&noise).copied().collect();
     super::refuse_on_resume(&given, "--steps and --device")
 }

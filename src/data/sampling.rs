@@ -1,6 +1,6 @@
 //! Which records form each batch: Poisson sampling (what the accountant's ε assumes), shuffled
 //! fixed-size batches (what the published DP-CGAN run did), and GS-WGAN's disjoint partitions.
-//! All draws come from a ChaCha generator seeded by the run, so a run replays its batches.
+//! All draws come from a ChaCha generator the run keys, so a run replays its batches.
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -29,6 +29,11 @@ pub struct BatchSampler {
 
 impl BatchSampler {
     pub fn new(records: usize, sampling: Sampling, seed: u64) -> Result<Self> {
+        Self::with_rng(records, sampling, ChaCha20Rng::seed_from_u64(seed))
+    }
+
+    /// A sampler drawing from `rng` (a private run passes a stream of its secret key, all 256 bits).
+    pub fn with_rng(records: usize, sampling: Sampling, rng: ChaCha20Rng) -> Result<Self> {
         if records == 0 {
             return Err(Error::Invalid("cannot sample batches from an empty data set".into()));
         }
@@ -41,7 +46,7 @@ impl BatchSampler {
             }
             _ => {}
         }
-        Ok(BatchSampler { records, sampling, rng: ChaCha20Rng::seed_from_u64(seed), permutation: Vec::new(), position: 0 })
+        Ok(BatchSampler { records, sampling, rng, permutation: Vec::new(), position: 0 })
     }
 
     /// The expected batch size: what a DP-SGD step divides its summed gradient by.

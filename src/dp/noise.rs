@@ -1,21 +1,20 @@
-//! Gaussian noise that is reproducible from `(run seed, step, tensor index)` and identical on the
-//! CPU and the GPU. This file is the reference: `kernels/rng.cuh` computes the same bits.
+//! Gaussian noise that is a pure function of `(key, step, tensor index, element)` and identical on
+//! the CPU and the GPU. This file is the reference: `kernels/rng.cuh` computes the same bits.
 //!
-//! A [`NoiseSource`] turns a u64 run seed into a 256-bit key through rand_chacha's ChaCha20 and
+//! A [`NoiseSource`] holds a 256-bit key (the run's secret noise subkey, see [`super::key`]) and
 //! hands out one [`NoiseKey`] per noised tensor. The normal added to element `e` of a tensor is a
 //! pure function of `(key, step, tensor index, e)` ([`standard_normal_at`]): no generator state
 //! lives on the device, a kernel can compute any element in any order, and a run resumes from the
 //! source's serialised position.
 //!
 //! * [`NoiseMode::Fast`]: Philox4x32-10 (Salmon et al., SC'11) with counter
-//!   `(e / 4, tensor index, step low, step high)` and the key's first two words; its four words
-//!   make two uniforms pairs `(w + 0.5)·2⁻³²` and Box–Muller in f64 gives four normals, element
-//!   `e` taking number `e mod 4`, rounded to f32.
+//!   `(e / 2, tensor index, step low, step high)` and the key's first two words; its four words
+//!   make two 53-bit uniforms and Box–Muller in f64 gives two normals, element `e` taking number
+//!   `e mod 2`, rounded to f32. 53-bit uniforms give the normal its tails: |z| reaches 8.6, where
+//!   32-bit uniforms stop at 6.8 (beyond which a Gaussian mechanism's privacy loss is infinite).
 //! * [`NoiseMode::Secure`]: the ChaCha20 block function of RFC 8439 (key, block counter `e / 2`,
 //!   nonce `(tensor index, step low, step high)`) as the uniform source; see
 //!   [`secure_normal_from_words`] for the guard against floating-point attacks.
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 /// Which generator draws the uniforms.
@@ -28,8 +27,8 @@ pub enum NoiseMode {
 }
 
 /// Everything that determines the noise of one tensor: the generator, its key, and the
-/// `(step, tensor index)` position that makes each tensor's noise fresh.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `(step, tensor index)` position that makes each tensor's noise fresh. Secret, like the source.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct NoiseKey {
     pub mode: NoiseMode,
     /// ChaCha20's 256-bit key; Philox uses words 0 and 1.
@@ -42,10 +41,10 @@ pub struct NoiseKey {
 /// each 32 bits, so beyond 2³³ elements noise would repeat.
 pub const MAX_NOISE_ELEMENTS: u64 = 1 << 33;
 
-/// A run's noise stream: the key derived from the seed and the position reached. Serialise it in a
-/// checkpoint and the resumed run draws exactly the noise it would have drawn. The key is secret in
-/// [`NoiseMode::Secure`]: so is a checkpoint holding it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A run's noise stream: its key and the position reached. The key is secret in both modes (who
+/// knows it can subtract the noise): it is never serialised; a run stores its
+/// [`RunKey`](super::key::RunKey) in the checkpoint and derives the source from it again.
+#[derive(Clone, PartialEq, Eq)]
 pub struct NoiseSource {
     mode: NoiseMode,
     key: [u32; 8],
@@ -53,15 +52,28 @@ pub struct NoiseSource {
     next_tensor: u32,
 }
 
+impl std::fmt::Debug for NoiseSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NoiseSource").field("mode", &self.mode).field("step", &self.step).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for NoiseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NoiseKey")
+            .field("mode", &self.mode)
+            .field("step", &self.step)
+            .field("tensor_index", &self.tensor_index)
+            .finish_non_exhaustive()
+    }
+}
+
 impl NoiseSource {
-    /// The key is the first 256 bits of ChaCha20 seeded from `seed` (rand_chacha's
-    /// `seed_from_u64`). A u64 seed carries at most 64 bits of entropy: for [`NoiseMode::Secure`]
-    /// against a real adversary use [`NoiseSource::from_key`] with 32 bytes from the OS.
+    /// A source keyed by a seed-derived [`RunKey::replayable`](super::key::RunKey::replayable): for
+    /// tests and benchmarks, whose noise need not be secret. A private run keys its source from its
+    /// secret [`RunKey`](super::key::RunKey).
     pub fn from_seed(seed: u64, mode: NoiseMode) -> Self {
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let mut key = [0u32; 8];
-        key.iter_mut().for_each(|w| *w = rng.next_u32());
-        NoiseSource { mode, key, step: 0, next_tensor: 0 }
+        super::key::RunKey::replayable(seed).noise(mode)
     }
 
     /// A source with a full 256-bit key (little-endian words, as RFC 8439 reads a key).
@@ -156,12 +168,6 @@ pub fn chacha20_block(key: &[u32; 8], counter: u32, nonce: [u32; 3]) -> [u32; 16
     s
 }
 
-/// A 32-bit word as a uniform in the open interval (0, 1): `(w + 0.5)·2⁻³²`, never 0 (so the log
-/// is finite) and symmetric about 1/2.
-pub fn uniform_from_u32(w: u32) -> f64 {
-    (w as f64 + 0.5) * (1.0 / 4_294_967_296.0)
-}
-
 /// 53 random bits as a uniform in (0, 1): `(⌊x / 2¹¹⌋ + 0.5)·2⁻⁵³`, the finest grid an f64 in
 /// [1/2, 1) can hold.
 pub fn uniform_from_u64(x: u64) -> f64 {
@@ -177,10 +183,12 @@ pub fn box_muller(u1: f64, u2: f64) -> (f64, f64) {
     (r * c, r * s)
 }
 
-/// Fast mode: the standard normal of element `e` from its Philox block.
+/// Fast mode: the standard normal of element `e` from its Philox block, lane `e mod 2`: words 0-1
+/// and 2-3 as two 53-bit uniforms, one Box–Muller pair.
 pub fn fast_normal_from_words(w: [u32; 4], lane: usize) -> f64 {
-    let pair = lane / 2;
-    let (z_cos, z_sin) = box_muller(uniform_from_u32(w[2 * pair]), uniform_from_u32(w[2 * pair + 1]));
+    let u1 = uniform_from_u64(w[0] as u64 | (w[1] as u64) << 32);
+    let u2 = uniform_from_u64(w[2] as u64 | (w[3] as u64) << 32);
+    let (z_cos, z_sin) = box_muller(u1, u2);
     if lane % 2 == 0 {
         z_cos
     } else {
@@ -212,8 +220,8 @@ pub fn standard_normal_at(key: &NoiseKey, index: u64) -> f32 {
     let (step_lo, step_hi) = (key.step as u32, (key.step >> 32) as u32);
     match key.mode {
         NoiseMode::Fast => {
-            let w = philox4x32_10([(index / 4) as u32, key.tensor_index, step_lo, step_hi], [key.key[0], key.key[1]]);
-            fast_normal_from_words(w, (index % 4) as usize) as f32
+            let w = philox4x32_10([(index / 2) as u32, key.tensor_index, step_lo, step_hi], [key.key[0], key.key[1]]);
+            fast_normal_from_words(w, (index % 2) as usize) as f32
         }
         NoiseMode::Secure => {
             let w = chacha20_block(&key.key, (index / 2) as u32, [key.tensor_index, step_lo, step_hi]);

@@ -140,6 +140,15 @@ impl Accountant {
         Ok(after)
     }
 
+    /// The accountant after `count` (possibly 0) more steps of `mechanism`, whatever the budget:
+    /// what a run's checkpoint must hold after that many steps, to check one against.
+    pub fn after(mut self, mechanism: Mechanism, count: u64) -> Result<Self> {
+        if count > 0 {
+            self.history = self.with_steps(mechanism, count)?;
+        }
+        Ok(self)
+    }
+
     /// The history with `count` more steps of `mechanism` appended (merged into the last entry when
     /// it is the same mechanism).
     fn with_steps(&self, mechanism: Mechanism, count: u64) -> Result<Vec<Entry>> {

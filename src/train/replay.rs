@@ -1,21 +1,28 @@
 //! Randomness addressed by position instead of carried as state: every draw of a run comes from a
-//! ChaCha20 stream chosen by `(run seed, purpose, index)`, so step t's batch, latent codes and
-//! labels are the same whether the run got there uninterrupted or resumed from a checkpoint. A
-//! checkpoint then only needs the step counter to replay the rest of the run bit for bit.
+//! ChaCha20 stream chosen by `(key, purpose, index)`, so step t's batch, latent codes and labels
+//! are the same whether the run got there uninterrupted or resumed from a checkpoint. A checkpoint
+//! then only needs the step counter (and the run's secret key) to replay the rest of the run bit
+//! for bit.
+//!
+//! Two keys: the public `--seed` for what the privacy proof does not rely on ([`stream`]: weights,
+//! latent codes, grids, samples), and the run's secret [`RunKey`] for what it does (batches here,
+//! noise and GS-WGAN's selection elsewhere).
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::data::sampling::{BatchSampler, Sampling};
+use crate::dp::{RunKey, SecretPurpose};
 use crate::error::Result;
 
-/// What a stream is used for; each purpose has its own key, so adding draws to one never shifts
-/// another.
+/// What a public stream is used for; each purpose has its own key, so adding draws to one never
+/// shifts another. Nothing the privacy proof relies on comes from these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u64)]
 pub enum Purpose {
     /// Parameter initialisation.
     Init = 1,
-    /// Which records form a batch (indexed by step, or by epoch for shuffled epochs).
+    /// Batches that the proof does not rely on: GS-WGAN's critic batches within a slice and the
+    /// warm start's partition (indexed by discriminator). A private batch comes from the run key.
     Batches = 2,
     /// Latent codes and generator labels of a training step (indexed by step).
     Generator = 3,
@@ -34,21 +41,21 @@ pub fn stream(seed: u64, purpose: Purpose, index: u64) -> ChaCha20Rng {
     rng
 }
 
-/// Batches by step number: `batch(t)` depends only on the seed and t. Poisson batches draw from
-/// the step's own stream; shuffled epochs from the epoch's stream, cached while the run stays in
-/// that epoch.
+/// A private run's batches by step number: `batch(t)` depends only on the run's secret key and t.
+/// Poisson batches draw from the step's own stream; shuffled epochs from the epoch's stream, cached
+/// while the run stays in that epoch.
 pub struct StepBatches {
     records: usize,
     sampling: Sampling,
-    seed: u64,
+    key: RunKey,
     epoch: Option<(u64, u64, BatchSampler)>,
 }
 
 impl StepBatches {
-    pub fn new(records: usize, sampling: Sampling, seed: u64) -> Result<Self> {
+    pub fn new(records: usize, sampling: Sampling, key: &RunKey) -> Result<Self> {
         // Validates the settings once, up front.
         BatchSampler::new(records, sampling, 0)?;
-        Ok(StepBatches { records, sampling, seed, epoch: None })
+        Ok(StepBatches { records, sampling, key: key.clone(), epoch: None })
     }
 
     /// Steps per epoch: `records / batch_size` for shuffled epochs, `1/q` (rounded) under Poisson.
@@ -61,15 +68,15 @@ impl StepBatches {
 
     /// The record indices of step `step`'s batch.
     pub fn batch(&mut self, step: u64) -> Result<Vec<usize>> {
-        let sub_seed = |index: u64| stream(self.seed, Purpose::Batches, index).random::<u64>();
+        let stream_of = |index: u64| self.key.stream(SecretPurpose::Batches, index);
         match self.sampling {
-            Sampling::Poisson { .. } => BatchSampler::new(self.records, self.sampling, sub_seed(step)).map(|mut s| s.next_batch()),
+            Sampling::Poisson { .. } => BatchSampler::with_rng(self.records, self.sampling, stream_of(step)).map(|mut s| s.next_batch()),
             Sampling::Shuffle { .. } => {
                 let per_epoch = self.steps_per_epoch();
                 let (epoch, position) = (step / per_epoch, step % per_epoch);
                 let reusable = matches!(&self.epoch, Some((e, next, _)) if *e == epoch && *next <= position);
                 if !reusable {
-                    self.epoch = Some((epoch, 0, BatchSampler::new(self.records, self.sampling, sub_seed(epoch))?));
+                    self.epoch = Some((epoch, 0, BatchSampler::with_rng(self.records, self.sampling, stream_of(epoch))?));
                 }
                 let (_, next, sampler) = self.epoch.as_mut().expect("epoch sampler set above");
                 while *next < position {
@@ -99,7 +106,8 @@ mod tests {
     #[test]
     fn shuffled_batches_do_not_depend_on_the_order_they_are_asked_for() {
         let sampling = Sampling::Shuffle { batch_size: 7 };
-        let mut straight = StepBatches::new(50, sampling, 11).unwrap();
+        let key = RunKey::replayable(11);
+        let mut straight = StepBatches::new(50, sampling, &key).unwrap();
         let all: Vec<Vec<usize>> = (0..30).map(|t| straight.batch(t).unwrap()).collect();
         // An epoch is 7 batches of 7 out of 50: disjoint within it.
         let mut epoch: Vec<usize> = all[..7].concat();
@@ -108,7 +116,7 @@ mod tests {
         assert_eq!(epoch.len(), 49);
         assert_ne!(all[0], all[7], "each epoch draws a new permutation");
         // A resumed run asks from the middle; a backwards jump recomputes.
-        let mut resumed = StepBatches::new(50, sampling, 11).unwrap();
+        let mut resumed = StepBatches::new(50, sampling, &key).unwrap();
         for t in [17, 18, 25, 3, 29] {
             assert_eq!(resumed.batch(t).unwrap(), all[t as usize], "step {t}");
         }
@@ -117,8 +125,9 @@ mod tests {
     #[test]
     fn poisson_batches_replay_by_step() {
         let sampling = Sampling::Poisson { sample_rate: 0.1 };
-        let mut a = StepBatches::new(1000, sampling, 5).unwrap();
-        let mut b = StepBatches::new(1000, sampling, 5).unwrap();
+        let key = RunKey::generate().unwrap();
+        let mut a = StepBatches::new(1000, sampling, &key).unwrap();
+        let mut b = StepBatches::new(1000, sampling, &key).unwrap();
         let first: Vec<Vec<usize>> = (0..5).map(|t| a.batch(t).unwrap()).collect();
         assert_eq!(b.batch(4).unwrap(), first[4]);
         assert_ne!(first[0], first[1]);

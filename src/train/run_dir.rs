@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::dp::RunKey;
 use crate::error::{Error, Result};
 use crate::io::atomic_write;
 use crate::io::checkpoint::{load_tensors, save_tensors};
@@ -23,6 +24,9 @@ pub const CHECKPOINT_JSON: &str = "checkpoint.json";
 pub const SAMPLES: &str = "samples";
 /// The safetensors metadata key under which a checkpoint keeps its JSON state.
 const STATE_KEY: &str = "dpgan.state";
+/// The metadata key of the run's secret key: only in the safetensors file, never in the JSON state
+/// or `checkpoint.json`.
+const RUN_KEY: &str = "dpgan.key";
 
 /// See the module documentation.
 #[derive(Clone, Debug)]
@@ -74,18 +78,26 @@ impl RunDir {
         read_json(&self.path(name))
     }
 
-    /// Saves a checkpoint: the tensors and `state` in one safetensors file (one atomic rename, so
-    /// tensors and state never disagree), then the state again as readable JSON.
-    pub fn save_checkpoint<S: Serialize>(&self, tensors: &[(String, &Tensor)], state: &S) -> Result<()> {
+    /// Saves a checkpoint: the tensors, `state` and the run's secret `key` in one safetensors file
+    /// (one atomic rename, so they never disagree), then the state again as readable JSON (without
+    /// the key).
+    pub fn save_checkpoint<S: Serialize>(&self, tensors: &[(String, &Tensor)], state: &S, key: &RunKey) -> Result<()> {
         let state = serde_json::to_string_pretty(state).map_err(|e| Error::Invalid(format!("checkpoint state as JSON: {e}")))?;
         let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-        save_tensors(&self.path(CHECKPOINT), &named, Some(HashMap::from([(STATE_KEY.to_string(), state.clone())])))?;
+        let metadata = HashMap::from([(STATE_KEY.to_string(), state.clone()), (RUN_KEY.to_string(), key.to_hex())]);
+        save_tensors(&self.path(CHECKPOINT), &named, Some(metadata))?;
         atomic_write(&self.path(CHECKPOINT_JSON), format!("{state}\n").as_bytes())
     }
 
     /// Loads the checkpoint's tensors onto `device` and its state (from the safetensors file, the
     /// authoritative copy).
     pub fn load_checkpoint<S: DeserializeOwned>(&self, device: &Device) -> Result<(HashMap<String, Tensor>, S)> {
+        let (tensors, state, _) = self.load_checkpoint_keyed(device)?;
+        Ok((tensors, state))
+    }
+
+    /// [`RunDir::load_checkpoint`] and the run's secret key, for resuming.
+    pub fn load_checkpoint_keyed<S: DeserializeOwned>(&self, device: &Device) -> Result<(HashMap<String, Tensor>, S, RunKey)> {
         let path = self.path(CHECKPOINT);
         if !path.is_file() {
             return Err(Error::file(&path, "no checkpoint to resume from: the run stopped before writing its first one"));
@@ -93,7 +105,11 @@ impl RunDir {
         let (tensors, metadata) = load_tensors(&path, device)?;
         let state = metadata.get(STATE_KEY).ok_or_else(|| Error::file(&path, format!("no {STATE_KEY} in the metadata")))?;
         let state = serde_json::from_str(state).map_err(|e| Error::file(&path, format!("checkpoint state: {e}")))?;
-        Ok((tensors, state))
+        let key = metadata.get(RUN_KEY).ok_or_else(|| {
+            Error::file(&path, "holds no run key (written by an older dpgan): the run cannot continue with the same noise and batches")
+        })?;
+        let key = RunKey::from_hex(key).map_err(|e| Error::file(&path, e.to_string()))?;
+        Ok((tensors, state, key))
     }
 }
 
@@ -193,12 +209,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::create(dir.path()).unwrap();
         let t = Tensor::from_vec(vec![1.0, 2.0, 3.0], &[3], &Device::Cpu).unwrap();
-        run.save_checkpoint(&[("a".to_string(), &t)], &serde_json::json!({"step": 7})).unwrap();
-        let (tensors, state): (_, serde_json::Value) = run.load_checkpoint(&Device::Cpu).unwrap();
+        let key = RunKey::generate().unwrap();
+        run.save_checkpoint(&[("a".to_string(), &t)], &serde_json::json!({"step": 7}), &key).unwrap();
+        let (tensors, state, loaded): (_, serde_json::Value, _) = run.load_checkpoint_keyed(&Device::Cpu).unwrap();
         assert_eq!(tensors["a"].to_vec().unwrap(), vec![1.0, 2.0, 3.0]);
         assert_eq!(state["step"], 7);
+        assert_eq!(loaded, key);
         let readable: serde_json::Value = run.read_json(CHECKPOINT_JSON).unwrap();
         assert_eq!(readable, state);
+        let text = fs::read_to_string(run.path(CHECKPOINT_JSON)).unwrap();
+        assert!(!text.contains(&key.to_hex()), "the readable state holds the key");
     }
 
     #[test]

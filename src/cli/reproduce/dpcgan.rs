@@ -16,7 +16,10 @@ use dpgan::train::progress::Progress;
 use dpgan::train::run_dir::{read_json, CHECKPOINT, CHECKPOINT_JSON, CONFIG};
 use dpgan::{Device, Result};
 
-use super::{evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, run_slots, same_settings, write_results, RunsArgs, Table};
+use super::{
+    evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, noise_setting, run_slots, same_settings, write_results, RunsArgs,
+    Table,
+};
 use crate::cli::choose_device;
 
 /// SPEC.md §1: published AUROC (mean of 3 runs) and ε.
@@ -108,6 +111,8 @@ fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, 
             SamplingArg::Poisson => SamplingKind::Poisson,
             SamplingArg::Shuffle => SamplingKind::Shuffle,
         },
+        noise: args.slots.noise.mode(),
+        replayable_noise: args.slots.noise.replayable_noise,
         ..DpCganSettings::default()
     };
     let planned = DpCganRunConfig::plan(&settings, train, device)?;
@@ -120,6 +125,11 @@ fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, 
                 ("--steps", recorded.steps.to_string(), planned.steps.to_string()),
                 ("--sampling", sampling(&recorded), sampling(&planned)),
                 ("--seed", recorded.seed.to_string(), planned.seed.to_string()),
+                (
+                    "the noise (--fast-noise, --replayable-noise)",
+                    noise_setting(recorded.noise, recorded.noise_key),
+                    noise_setting(planned.noise, planned.noise_key),
+                ),
             ],
         )?;
     }

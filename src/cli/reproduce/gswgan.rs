@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use dpgan::data::{data_dir, Dataset, PixelScale, Split};
+use dpgan::dp::KeySource;
 use dpgan::eval::{Classifier, EvalConfig, EvalReport, ImageSet, Metric};
 use dpgan::io::synthetic::{read_synthetic, SyntheticFormat};
 use dpgan::models::gswgan::CLASSES;
@@ -22,7 +23,8 @@ use dpgan::{Device, Error, Result};
 use rand::Rng;
 
 use super::{
-    evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, run_slots, same_settings, up_to_date, write_results, RunsArgs, Table,
+    evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, noise_setting, run_slots, same_settings, up_to_date, write_results,
+    RunsArgs, Table,
 };
 use crate::cli::gswgan::{announce, start_warm_start, train_private, train_warm_start, AccountingArg, GeneratorArg};
 use crate::cli::sample::{write_sample, SAMPLE_RECORD};
@@ -164,6 +166,8 @@ impl Plan {
                 iterations: args.iterations.unwrap_or(p.iterations),
                 generator,
                 accounting: args.accounting.map_or(Accounting::AsPublished, AccountingArg::value),
+                noise: args.slots.noise.mode(),
+                replayable_noise: args.slots.noise.replayable_noise,
                 ..p
             },
             per_class,
@@ -391,6 +395,11 @@ fn phase_two(plan: &Plan, dir: &Path, warm: &Path, seed: u64, device: &Device) -
                 ("--accounting", recorded.accounting.name().to_string(), settings.accounting.name().to_string()),
                 ("--seed", recorded.seed.to_string(), seed.to_string()),
                 ("the warm start", recorded.warm_start.display().to_string(), warm.display().to_string()),
+                (
+                    "the noise (--fast-noise, --replayable-noise)",
+                    noise_setting(recorded.noise, recorded.noise_key),
+                    noise_setting(settings.noise, KeySource::from_flag(settings.replayable_noise)),
+                ),
             ],
         )?;
         if !forget_if_never_checkpointed(dir)? {

@@ -48,9 +48,17 @@ struct RunsArgs {
     /// Independent runs; the table reports their mean and sd (never the best).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Seed of the first run; run K uses seed + K − 1.
+    /// Seed of the first run; run K uses seed + K − 1. It governs initial weights and latent
+    /// draws; each run's noise and batches come from its own secret key.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    #[command(flatten)]
+    noise: crate::cli::noise::NoiseArgs,
+}
+
+/// The noise settings as `same_settings` compares them: the sampler and where the key comes from.
+fn noise_setting(mode: dpgan::dp::NoiseMode, source: dpgan::dp::KeySource) -> String {
+    format!("{mode:?}, {}", serde_json::json!(source).as_str().unwrap_or_default())
 }
 
 /// One run of an experiment: its number (1-based), its directory and its seed.
@@ -62,7 +70,7 @@ struct RunSlot {
 
 /// The runs of `--runs N --seed S` under `--out OUT`: run K in `OUT/run-K` with seed S + K − 1.
 fn run_slots(args: &RunsArgs) -> Result<Vec<RunSlot>> {
-    let RunsArgs { out, runs, seed } = args;
+    let RunsArgs { out, runs, seed, .. } = args;
     let (runs, seed) = (*runs, *seed);
     if runs == 0 {
         return Err(Error::Invalid("--runs must be at least 1".into()));

@@ -11,7 +11,7 @@ use super::{DpCgan, DpCganConfig, StepLosses};
 use crate::backend::{ops, AdamParams, BinaryOp};
 use crate::data::dataset::{Dataset, PixelScale, Split};
 use crate::data::sampling::Sampling;
-use crate::dp::{NoiseMode, NoiseSource};
+use crate::dp::{KeySource, NoiseMode, RunKey};
 use crate::error::{Error, Result};
 use crate::io::image::Grid;
 use crate::models::dpcgan::{Generator, CLASSES, LATENT, PIXELS};
@@ -26,7 +26,7 @@ use crate::train::run_dir::{file_sha256, MetricsLog, RunDir, CONFIG, METRICS};
 
 pub const ALGORITHM: &str = "dp-cgan";
 /// Bumped when the checkpoint layout changes; older checkpoints are refused with a clear error.
-const STATE_FORMAT: u32 = 1;
+const STATE_FORMAT: u32 = 2;
 
 /// How a batch is drawn (see [`Sampling`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +119,8 @@ pub struct DpCganSettings {
     pub d_lr_schedule: LrSchedule,
     pub g_adam: AdamRecord,
     pub noise: NoiseMode,
+    /// Derive the noise and batch key from the seed (`--replayable-noise`): not private.
+    pub replayable_noise: bool,
     pub log_every: u64,
     pub sample_every: u64,
     pub checkpoint_every: u64,
@@ -144,7 +146,8 @@ impl Default for DpCganSettings {
             d_lr: p.d_lr,
             d_lr_schedule: LrSchedule::Constant,
             g_adam: AdamRecord { lr: p.g_adam.lr, beta1: p.g_adam.beta1, beta2: p.g_adam.beta2, eps: p.g_adam.eps },
-            noise: NoiseMode::Fast,
+            noise: NoiseMode::Secure,
+            replayable_noise: false,
             log_every: 100,
             sample_every: 1000,
             checkpoint_every: 1000,
@@ -174,6 +177,8 @@ pub struct DpCganRunConfig {
     pub d_lr_schedule: LrSchedule,
     pub g_adam: AdamRecord,
     pub noise: NoiseMode,
+    /// Where the noise and batch key comes from: a secret, or (not private) the seed.
+    pub noise_key: KeySource,
     pub log_every: u64,
     pub sample_every: u64,
     pub checkpoint_every: u64,
@@ -243,6 +248,7 @@ impl DpCganRunConfig {
             d_lr_schedule: s.d_lr_schedule,
             g_adam: s.g_adam,
             noise: s.noise,
+            noise_key: KeySource::from_flag(s.replayable_noise),
             log_every: s.log_every,
             sample_every: s.sample_every,
             checkpoint_every: s.checkpoint_every,
@@ -342,6 +348,8 @@ pub struct Outcome {
 pub struct DpCganRun {
     dir: RunDir,
     config: DpCganRunConfig,
+    /// The run's secret: its noise and batches (saved only in the checkpoint).
+    key: RunKey,
     model: DpCgan,
     accountant: Accountant,
     batches: StepBatches,
@@ -354,10 +362,11 @@ pub struct DpCganRun {
 impl DpCganRun {
     /// A new run in `out` with a planned configuration (see [`DpCganRunConfig::plan`]).
     pub fn start(out: &Path, config: DpCganRunConfig, data: &Dataset, device: &Device) -> Result<Self> {
+        let key = config.noise_key.new_key(config.seed)?;
         let dir = RunDir::create(out)?;
         dir.write_json(CONFIG, &config)?;
         let accountant = config.accountant()?;
-        Self::assemble(dir, config, data, device, accountant, 0.0)
+        Self::assemble(dir, config, key, data, device, accountant, 0.0)
     }
 
     /// Continues the run in `root` from its checkpoint, with `steps` as the new total if given.
@@ -377,18 +386,32 @@ impl DpCganRun {
                 ));
             }
         }
-        let (tensors, state): (_, DpCganState) = dir.load_checkpoint(device)?;
+        let (tensors, state, key): (_, DpCganState, _) = dir.load_checkpoint_keyed(device)?;
+        let checkpoint = dir.path(crate::train::run_dir::CHECKPOINT);
         if state.format != STATE_FORMAT || state.algorithm != ALGORITHM {
             return Err(Error::file(
-                dir.path(crate::train::run_dir::CHECKPOINT),
+                &checkpoint,
                 format!("checkpoint format {} of {} is not this version's ({STATE_FORMAT} of {ALGORITHM})", state.format, state.algorithm),
+            ));
+        }
+        config.noise_key.check(&key, config.seed).map_err(|e| Error::file(&checkpoint, e.to_string()))?;
+        // The accountant is what config.json's q and σ give after the steps taken, nothing else.
+        let expected = config.accountant()?.after(config.mechanism(), state.step)?;
+        if expected != state.accountant {
+            return Err(Error::file(
+                &checkpoint,
+                format!(
+                    "its accountant is not {} steps of q = {}, σ = {} with config.json's δ and budget: refusing to continue a run whose \
+                     privacy record does not match its settings",
+                    state.step, config.sample_rate, config.noise_multiplier
+                ),
             ));
         }
         if let Some(total) = steps {
             config.steps = total;
             dir.write_json(CONFIG, &config)?;
         }
-        let mut run = Self::assemble(dir, config, &data, device, state.accountant, state.wall_s)?;
+        let mut run = Self::assemble(dir, config, key, &data, device, expected, state.wall_s)?;
         run.model.restore(tensors, state.step, state.generator_adam_steps)?;
         Ok(run)
     }
@@ -396,17 +419,18 @@ impl DpCganRun {
     fn assemble(
         dir: RunDir,
         config: DpCganRunConfig,
+        key: RunKey,
         data: &Dataset,
         device: &Device,
         accountant: Accountant,
         wall_before: f64,
     ) -> Result<Self> {
         let mut init = stream(config.seed, Purpose::Init, 0);
-        let noise = NoiseSource::from_seed(config.seed, config.noise);
-        let model = DpCgan::new(config.step_config(), noise, &mut init, device)?;
-        let batches = StepBatches::new(data.len(), config.sampling(), config.seed)?;
+        let model = DpCgan::new(config.step_config(), key.noise(config.noise), &mut init, device)?;
+        let batches = StepBatches::new(data.len(), config.sampling(), &key)?;
         Ok(DpCganRun {
             dir,
+            key,
             model,
             accountant,
             batches,
@@ -481,7 +505,14 @@ impl DpCganRun {
                     "steps_per_s": rate,
                     "wall_s": wall,
                 }))?;
-                progress.report(done, &format!("ε {:.3} · D {d_loss:.4} · G {g_loss:.4} · {rate:.1} steps/s", guarantee.epsilon));
+                progress.report(
+                    done,
+                    &format!(
+                        "ε {:.3} · D {d_loss:.4} · G {g_loss:.4} · {rate:.1} steps/s{}",
+                        guarantee.epsilon,
+                        not_private(self.config.noise_key)
+                    ),
+                );
                 (interval_start, interval_steps) = (Instant::now(), 0);
             }
             if done % self.config.sample_every == 0 || last {
@@ -539,13 +570,22 @@ impl DpCganRun {
             wall_s,
             stopped,
         };
-        self.dir.save_checkpoint(&self.model.named_tensors(), &state)
+        self.dir.save_checkpoint(&self.model.named_tensors(), &state, &self.key)
     }
 
     /// A 10 × 10 grid, one row per class, from fixed latent codes (post-processing of G: no
     /// privacy cost).
     fn write_grid(&self, step: u64) -> Result<()> {
         write_class_grid(&self.model.generator, self.config.seed, &self.dir.sample_grid_path(step), &self.device)
+    }
+}
+
+/// The progress line's mark of a run that is not private.
+pub fn not_private(source: KeySource) -> &'static str {
+    if source.is_private() {
+        ""
+    } else {
+        " · NOT PRIVATE (replayable noise)"
     }
 }
 

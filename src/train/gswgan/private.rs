@@ -6,7 +6,7 @@ use rand_chacha::ChaCha20Rng;
 
 use super::warm_start::next_critic_batch;
 use super::{critic_step, ema_decay, ema_update, private_generator_step, GsWganConfig, LabelledImages, SliceBatches};
-use crate::dp::{GsWganSanitizer, NoiseKey, NoiseSource};
+use crate::dp::{GsWganSanitizer, NoiseKey, NoiseMode, NoiseSource, RunKey, SecretPurpose};
 use crate::error::{Error, Result};
 use crate::models::gswgan::{bernoulli_latent, one_hot, uniform_labels, Discriminator, Generator, GeneratorArch};
 use crate::optim::Adam;
@@ -45,6 +45,7 @@ pub struct PrivateTraining {
     pub ema: Generator,
     g_optimizer: Adam,
     pub sanitizer: GsWganSanitizer,
+    key: RunKey,
     noise: NoiseSource,
     draws: ChaCha20Rng,
     config: GsWganConfig,
@@ -52,14 +53,17 @@ pub struct PrivateTraining {
 }
 
 impl PrivateTraining {
-    /// G initialised from `seed`'s stream 0; the draws (j, z, α, labels) come from its stream 2.
-    /// The sanitiser's noise comes from `noise`, one key per iteration.
+    /// G initialised from `seed`'s stream 0; the public draws (z, α, labels) come from its stream
+    /// 2. The choice of discriminator and the sanitiser's noise (`mode`, one key per iteration)
+    /// come from the secret `key`, never from the seed's streams.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         arch: GeneratorArch,
         base: usize,
         seed: u64,
         sanitizer: GsWganSanitizer,
-        noise: NoiseSource,
+        key: &RunKey,
+        mode: NoiseMode,
         config: GsWganConfig,
         device: &Device,
     ) -> Result<Self> {
@@ -72,19 +76,20 @@ impl PrivateTraining {
             generator,
             g_optimizer: Adam::new(config.adam),
             sanitizer,
-            noise,
+            key: key.clone(),
+            noise: key.noise(mode),
             draws,
             config,
             iterations: 0,
         })
     }
 
-    /// j uniform in [0, k), drawn fresh each iteration.
-    pub fn select_discriminator(&mut self, k: usize) -> Result<usize> {
+    /// j uniform in [0, k) for the coming iteration, from the key's stream of that iteration.
+    pub fn select_discriminator(&self, k: usize) -> Result<usize> {
         if k == 0 {
             return Err(Error::Invalid("phase 2 needs at least one discriminator".into()));
         }
-        Ok(self.draws.random_range(0..k))
+        Ok(self.key.stream(SecretPurpose::Selection, self.iterations).random_range(0..k))
     }
 
     /// One iteration with the selected discriminator `j` (held in `critic`): see [`PhaseTwoStep`].

@@ -4,9 +4,10 @@
 //! two accountings of SPEC.md §2 side by side. The chosen one governs: an iteration is recorded
 //! before it runs, and one that would pass the ε budget is never taken.
 //!
-//! Every draw of iteration t (j, z, α, labels) comes from `stream(seed, Generator, t)` and its noise
-//! from the key at step t, so a checkpoint (G, G_s, Adam moments, every selected discriminator with
-//! its Adam state and batch position, both accountants) resumes the run exactly. The selected
+//! Iteration t's choice of discriminator j and its noise come from the run's secret key (the
+//! accountant relies on both), its other draws (z, α, labels) from `stream(seed, Generator, t)`,
+//! so a checkpoint (G, G_s, Adam moments, every selected discriminator with its Adam state and
+//! batch position, both accountants, the key) resumes the run exactly. The selected
 //! discriminators are the bulk of it: at the published size (K = 1000 critics of 1.07 M parameters,
 //! each with two Adam moments, 12.9 MB a critic) about 13 GB once every critic has been selected,
 //! the same state the run holds in host memory. So each critic has its own file under `critics/`,
@@ -25,7 +26,7 @@ use super::warm_start_run::{arch_name, load_discriminators, load_recorded_data, 
 use super::{CriticState, GsWganConfig, LabelledImages, PhaseTwoStep, SliceBatches};
 use crate::autograd::Tape;
 use crate::backend::{ops, BinaryOp};
-use crate::dp::{GsWganSanitizer, NoiseMode, NoiseSource};
+use crate::dp::{GsWganSanitizer, KeySource, NoiseMode, NoiseSource, RunKey, SecretPurpose};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{load_tensors, save_tensors};
 use crate::io::image::Grid;
@@ -44,7 +45,7 @@ use crate::train::run_dir::{read_json, MetricsLog, RunDir, CHECKPOINT, CONFIG, M
 
 pub const ALGORITHM: &str = "gs-wgan";
 /// Bumped when the checkpoint layout changes.
-const STATE_FORMAT: u32 = 2;
+const STATE_FORMAT: u32 = 3;
 /// The run directory's folder of per-critic checkpoint files.
 pub const CRITICS_DIR: &str = "critics";
 
@@ -102,6 +103,9 @@ pub struct GsWganSettings {
     pub target_epsilon: Option<f64>,
     pub delta: f64,
     pub accounting: Accounting,
+    pub noise: NoiseMode,
+    /// Derive the noise and selection key from the seed (`--replayable-noise`): not private.
+    pub replayable_noise: bool,
     pub log_every: u64,
     pub sample_every: u64,
     pub checkpoint_every: u64,
@@ -118,6 +122,8 @@ impl Default for GsWganSettings {
             target_epsilon: None,
             delta: 1e-5,
             accounting: Accounting::PerStep,
+            noise: NoiseMode::Secure,
+            replayable_noise: false,
             log_every: 100,
             sample_every: 1000,
             checkpoint_every: 1000,
@@ -148,6 +154,8 @@ pub struct GsWganRunConfig {
     pub delta: f64,
     pub accounting: Accounting,
     pub noise: NoiseMode,
+    /// Where the noise and selection key comes from: a secret, or (not private) the seed.
+    pub noise_key: KeySource,
     pub log_every: u64,
     pub sample_every: u64,
     pub checkpoint_every: u64,
@@ -188,7 +196,8 @@ impl GsWganRunConfig {
             target_epsilon: s.target_epsilon,
             delta: s.delta,
             accounting: s.accounting,
-            noise: NoiseMode::Fast,
+            noise: s.noise,
+            noise_key: KeySource::from_flag(s.replayable_noise),
             log_every: s.log_every,
             sample_every: s.sample_every,
             checkpoint_every: s.checkpoint_every,
@@ -346,6 +355,8 @@ pub struct GsWganRunner {
     as_published: Accountant,
     per_step: Accountant,
     sanitizer: GsWganSanitizer,
+    /// The run's secret: its noise and choice of discriminator (saved only in the checkpoint).
+    key: RunKey,
     noise: NoiseSource,
     data: LabelledImages,
     device: Device,
@@ -361,10 +372,12 @@ impl GsWganRunner {
     pub fn start(out: &Path, config: GsWganRunConfig, device: &Device) -> Result<Self> {
         let data = load_recorded_data(&config.data)?;
         let discriminators = load_discriminators(&config.warm_start, &config.warm_start_config)?;
+        let key = config.noise_key.new_key(config.seed)?;
         let dir = RunDir::create(out)?;
         dir.write_json(CONFIG, &config)?;
         let (as_published, per_step) = (config.accountant(Accounting::AsPublished)?, config.accountant(Accounting::PerStep)?);
-        let mut run = Self::assemble(dir, config, &LabelledImages::from_dataset(&data)?, discriminators, as_published, per_step, device)?;
+        let data = LabelledImages::from_dataset(&data)?;
+        let mut run = Self::assemble(dir, config, key, &data, discriminators, as_published, per_step, device)?;
         run.place_critics()?;
         Ok(run)
     }
@@ -378,11 +391,25 @@ impl GsWganRunner {
         }
         let data = load_recorded_data(&config.data)?;
         let discriminators = load_discriminators(&config.warm_start, &config.warm_start_config)?;
-        let (mut tensors, state): (_, GsWganState) = dir.load_checkpoint(&Device::Cpu)?;
+        let (mut tensors, state, key): (_, GsWganState, _) = dir.load_checkpoint_keyed(&Device::Cpu)?;
         if state.format != STATE_FORMAT || state.algorithm != ALGORITHM {
             return Err(Error::file(
                 dir.path(CHECKPOINT),
                 format!("checkpoint format {} of {} is not this version's", state.format, state.algorithm),
+            ));
+        }
+        config.noise_key.check(&key, config.seed).map_err(|e| Error::file(dir.path(CHECKPOINT), e.to_string()))?;
+        // Each accountant is what config.json's settings give after the iterations taken.
+        let replayed = |accounting: Accounting| config.accountant(accounting)?.after(config.mechanism(accounting), state.iteration);
+        let (as_published, per_step) = (replayed(Accounting::AsPublished)?, replayed(Accounting::PerStep)?);
+        if as_published != state.as_published || per_step != state.per_step {
+            return Err(Error::file(
+                dir.path(CHECKPOINT),
+                format!(
+                    "its accountants are not {} iterations of config.json's k = {}, B = {}, σ = {}, δ and budget: refusing to \
+                     continue a run whose privacy record does not match its settings",
+                    state.iteration, config.discriminators, config.batch_size, config.noise_multiplier
+                ),
             ));
         }
         if let Some(total) = iterations {
@@ -390,7 +417,7 @@ impl GsWganRunner {
             dir.write_json(CONFIG, &config)?;
         }
         let data = LabelledImages::from_dataset(&data)?;
-        let mut run = Self::assemble(dir, config, &data, discriminators, state.as_published, state.per_step, device)?;
+        let mut run = Self::assemble(dir, config, key, &data, discriminators, as_published, per_step, device)?;
         let checkpoint = run.dir.path(CHECKPOINT);
         let mut take = |name: String| -> Result<Tensor> {
             tensors.remove(&name).ok_or_else(|| Error::file(&checkpoint, format!("lacks {name}")))?.to_device(device)
@@ -445,9 +472,11 @@ impl GsWganRunner {
         Ok(run)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         dir: RunDir,
         config: GsWganRunConfig,
+        key: RunKey,
         data: &LabelledImages,
         discriminators: Vec<Discriminator>,
         as_published: Accountant,
@@ -474,7 +503,8 @@ impl GsWganRunner {
             as_published,
             per_step,
             sanitizer: GsWganSanitizer::new(config.clip, config.noise_multiplier)?,
-            noise: NoiseSource::from_seed(config.seed, config.noise),
+            noise: key.noise(config.noise),
+            key,
             data: data.clone(),
             device: device.clone(),
             iteration: 0,
@@ -596,9 +626,10 @@ impl GsWganRunner {
                 progress.report(
                     done,
                     &format!(
-                        "ε {:.3} ({}) · D {d_loss:.4} · G {g_loss:.4} · {rate:.2} it/s",
+                        "ε {:.3} ({}) · D {d_loss:.4} · G {g_loss:.4} · {rate:.2} it/s{}",
                         governing.epsilon,
-                        self.config.accounting.name()
+                        self.config.accounting.name(),
+                        crate::train::dpcgan::run::not_private(self.config.noise_key)
                     ),
                 );
                 (interval_start, interval) = (Instant::now(), 0);
@@ -620,11 +651,13 @@ impl GsWganRunner {
     }
 
     /// Iteration t: j, the critic steps of D_j on the device, the private generator step through
-    /// D_j frozen, the EMA; D_j goes back to the host. Losses `[1]` each, and j.
+    /// D_j frozen, the EMA; D_j goes back to the host. Losses `[1]` each, and j. The choice of j
+    /// and the noise come from the secret key (the accountant relies on them), the critic's and
+    /// the generator's draws from the seed.
     fn iterate(&mut self) -> Result<(Tensor, Tensor, usize)> {
         let t = self.iteration;
+        let j = self.key.stream(SecretPurpose::Selection, t).random_range(0..self.critics.len());
         let mut draws = stream(self.config.seed, Purpose::Generator, t);
-        let j = draws.random_range(0..self.critics.len());
         let critic = &mut self.critics[j];
         if !self.resident {
             move_critic(critic, &self.device)?;
@@ -693,7 +726,7 @@ impl GsWganRunner {
             wall_s,
             stopped,
         };
-        self.dir.save_checkpoint(&tensors, &state)?;
+        self.dir.save_checkpoint(&tensors, &state, &self.key)?;
         self.saved = saved;
         self.dirty.fill(false);
         remove_unnamed_critic_files(&critics_dir, &self.saved)
