@@ -37,8 +37,8 @@ pub struct NoiseKey {
     pub tensor_index: u32,
 }
 
-/// The most elements one key can noise: Philox's block counter is `e / 4` and ChaCha20's `e / 2`,
-/// each 32 bits, so beyond 2³³ elements noise would repeat.
+/// The most elements one key can noise: Philox's and ChaCha20's block counters are both `e / 2`,
+/// 32 bits, so beyond 2³³ elements noise would repeat.
 pub const MAX_NOISE_ELEMENTS: u64 = 1 << 33;
 
 /// A run's noise stream: its key and the position reached. The key is secret in both modes (who
