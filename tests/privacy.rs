@@ -256,8 +256,15 @@ fn gs_wgan_as_published() {
 // minimised over all 10,141 fine orders by exhaustive evaluation, and the continuous minimum over
 // α by mpmath's findroot on dε/dα.
 
+/// (σ, k, B).
+type Run = (f64, u64, u64);
+/// (σ, k, B, T, δ).
+type Setting = (f64, u64, u64, u64, f64);
+/// (ε at the best fine order, that order, the continuous minimum over α).
+type Reference = (f64, f64, f64);
+
 /// (σ, k, B) → [(α, RDP)].
-const PER_STEP_RDP: [((f64, u64, u64), [(f64, f64); 6]); 2] = [
+const PER_STEP_RDP: [(Run, [(f64, f64); 6]); 2] = [
     (
         (1.07, 1000, 32),
         [
@@ -293,8 +300,7 @@ fn gs_wgan_per_step_rdp_matches_mpmath() {
     }
 }
 
-/// (σ, k, B, T, δ) → (ε at the best fine order, that order, the continuous minimum over α).
-const PER_STEP_EPSILON: [((f64, u64, u64, u64, f64), (f64, f64, f64)); 7] = [
+const PER_STEP_EPSILON: [(Setting, Reference); 7] = [
     ((1.07, 1000, 32, 20_000, 1e-5), (658.66619007309926511, 1.052, 658.66609254162418931)),
     ((1.07, 1000, 32, 5_000, 1e-5), (286.30546481685992077, 1.0837, 286.30543156340943583)),
     ((1.07, 1000, 32, 10_000, 1e-5), (423.9498406343109349, 1.0666, 423.94983277792371766)),

@@ -123,8 +123,8 @@ struct PrivateArgs {
     /// The ε budget at δ under --accounting (per-step unless given): σ is calibrated to it under
     /// that accounting when --noise-multiplier is absent, and the run stops (with a checkpoint)
     /// before any iteration that would pass it. Per-step needs far more noise than the published
-    /// 1.07 (σ ≈ 15.1 for ε = 10 at k = 1000, B = 32, 20,000 iterations); `reproduce` calibrates
-    /// nothing and counts as-published.
+    /// 1.07 (σ ≈ 15.1 for ε = 10 at k = 1000, B = 32, 20,000 iterations); `reproduce` keeps the
+    /// published σ = 1.07, governed as-published by default.
     #[arg(long)]
     target_epsilon: Option<f64>,
     /// Which accounting governs the budget; both are reported [default: per-step].

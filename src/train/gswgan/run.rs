@@ -44,8 +44,8 @@ use crate::train::run_dir::{read_json, MetricsLog, RunDir, CHECKPOINT, CONFIG, M
 
 pub const ALGORITHM: &str = "gs-wgan";
 /// Bumped when the checkpoint layout or the meaning of what it records changes (3: the per-step
-/// accountant holds the proven bound at [`Orders::Fine`]; format 2 recorded a per-step ε that does
-/// not hold for GS-WGAN).
+/// accountant holds the proven bound at [`Orders::Fine`]; format 2 recorded a per-step ε that is
+/// not proven for GS-WGAN).
 const STATE_FORMAT: u32 = 3;
 /// The run directory's folder of per-critic checkpoint files.
 pub const CRITICS_DIR: &str = "critics";
@@ -334,7 +334,7 @@ impl GsWganState {
         if self.format == 2 {
             return Err(Error::file(
                 checkpoint,
-                "is checkpoint format 2, whose per-step ε came from the Poisson-subsampling bound, which does not hold \
+                "is checkpoint format 2, whose per-step ε came from the Poisson-subsampling bound, which is not proven \
                  for GS-WGAN's choice of one slice per step; this version reads format 3 only: train phase 2 again \
                  (`dpgan privacy gs-wgan` gives the proven per-step ε of its settings)",
             ));
