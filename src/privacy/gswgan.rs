@@ -14,7 +14,7 @@
 //! analysis does not cover it. Joint convexity of exp((α − 1)·D_α) does. Let N be the number of the
 //! T steps that select the record's slice, Binomial(T, q = 1/k) and independent of the data. Given
 //! the selections, only those N steps depend on the record, each a Gaussian of RDP at most ε_α
-//! whatever state the critics are in (every row is clipped), so the run's output is within
+//! whatever state the critics are in (every row is clipped), so given them the whole run has
 //! (α − 1)·D_α ≤ N·(α − 1)·ε_α; convexity over the selections then gives
 //! exp((α − 1)·D_α) ≤ E[exp(N·(α − 1)·ε_α)] = (1 + q·(e^{(α − 1)·ε_α} − 1))^T: T compositions of
 //! RDP(α) = ln(1 + q·(e^{(α − 1)·ε_α} − 1))/(α − 1) per step. The Gaussian's ε_α is the same for a
