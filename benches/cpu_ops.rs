@@ -69,7 +69,12 @@ fn main() {
     for mode in [NoiseMode::Secure, NoiseMode::Fast] {
         let key = NoiseSource::from_seed(1, mode).key_at(0, 0);
         let seconds = time(|| ops::add_gaussian_noise(&mut params, 0.1, &key).unwrap());
-        println!("{:<48} {:>10.3} ms {:>10.1} ns/element", format!("gaussian noise, 3.8M ({mode:?})"), seconds * 1e3, seconds * 1e9 / 3.8e6);
+        println!(
+            "{:<48} {:>10.3} ms {:>10.1} ns/element",
+            format!("gaussian noise, 3.8M ({mode:?})"),
+            seconds * 1e3,
+            seconds * 1e9 / 3.8e6
+        );
     }
 
     // GS-WGAN discriminator convs, batch 32.

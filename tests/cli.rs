@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Output;
 
-use common::cli::{dpgan, json_of, stdout_of};
+use common::cli::{dpgan, json_of, stderr_of_failure, stdout_of};
 
 use dpgan::backend::cuda::module::{CUDA_ARCHS, FATBIN, NVCC_VERSION, PTXAS_REPORT};
 use dpgan::backend::cuda::{device_count, kernel_resources, Kernel};
@@ -163,12 +163,33 @@ fn privacy_gs_wgan_reports_both_accountings() {
     let published = v["as_published"]["epsilon"].as_f64().unwrap();
     assert!(((published - 9.992624) / 9.992624).abs() < 1e-6, "{v}");
     assert_eq!(v["epsilon"].as_f64(), Some(published));
-    assert!(v["per_step"]["epsilon"].as_f64().unwrap() > 100.0, "{v}");
+    // The proven per-step bound, as mpmath computes it (tests/privacy.rs), at a fine order inside the list.
+    let (per_step, mpmath) = (v["per_step"]["epsilon"].as_f64().unwrap(), 658.666_190_073_099_3);
+    assert!(((per_step - mpmath) / mpmath).abs() < 1e-13, "{v}");
+    assert_eq!((v["per_step"]["order"].as_f64(), v["per_step_orders"].as_str()), (Some(1.052), Some("fine")), "{v}");
     assert_eq!(v["delta"].as_f64(), Some(1e-5));
     let text = stdout_of(&args);
-    assert!(text.contains("as-published: epsilon 9.99262") && text.contains("per-step:"), "{text}");
-    // The per-step optimum sits at the smallest standard order, and the output says so.
-    assert!(text.contains("note: the best order 1.1 is at the end of the order list"), "{text}");
+    assert!(text.contains("as-published: epsilon 9.99262") && text.contains("per-step:     epsilon 658.66"), "{text}");
+    assert!(text.contains("a proof") && !text.contains("note:"), "{text}");
+    // The standard orders stop at 1.1, short of the best order, and the output says so.
+    let standard = stdout_of(&[&args[..], &["--orders", "standard"]].concat());
+    assert!(standard.contains("note: the best order 1.1 is at the end of the order list"), "{standard}");
+    // The fine orders are for this closed form only.
+    let err = stderr_of_failure(&[
+        "privacy",
+        "epsilon",
+        "--sample-rate",
+        "0.01",
+        "--noise-multiplier",
+        "1",
+        "--steps",
+        "10",
+        "--delta",
+        "1e-5",
+        "--orders",
+        "fine",
+    ]);
+    assert!(err.contains("--orders") && err.contains("gs-wgan"), "{err}");
 }
 
 #[test]

@@ -79,11 +79,14 @@ fn reproduce(out: &Path, extra: &[&str]) -> (String, String) {
 /// ε after `iterations` under each accounting (as-published, per-step), from the accountant.
 fn expected(iterations: u64) -> (f64, f64) {
     let run = GsWganRun { noise_multiplier: 1.07, discriminators: 4, batch_size: 32 };
-    let epsilon = |conversion, mechanism| {
-        let mut accountant = Accountant::new(Orders::Standard, conversion, 1e-5, None).unwrap();
+    let epsilon = |orders, conversion, mechanism| {
+        let mut accountant = Accountant::new(orders, conversion, 1e-5, None).unwrap();
         accountant.try_step(mechanism, iterations).unwrap().epsilon
     };
-    (epsilon(Conversion::Classic, Mechanism::GsWganAsPublished(run)), epsilon(Conversion::Improved, Mechanism::GsWganPerStep(run)))
+    (
+        epsilon(Orders::Standard, Conversion::Classic, Mechanism::GsWganAsPublished(run)),
+        epsilon(Orders::Fine, Conversion::Improved, Mechanism::GsWganPerStep(run)),
+    )
 }
 
 /// Every stage's output of one run, with its modification time.

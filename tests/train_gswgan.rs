@@ -9,7 +9,7 @@ use std::fs;
 use std::path::Path;
 
 use common::cli::{data_root, stderr_of_failure, stdout_of};
-use dpgan::io::checkpoint::load_tensors;
+use dpgan::io::checkpoint::{load_tensors, save_tensors};
 use dpgan::io::synthetic::read_synthetic;
 use dpgan::privacy::gswgan::GsWganRun;
 use dpgan::privacy::{Accountant, Conversion, Mechanism, Orders};
@@ -70,11 +70,14 @@ fn phase_two(warm: &Path, out: &Path, extra: &[&str]) -> String {
 /// ε after `iterations` under each accounting, from the accountant directly.
 fn expected(config: &GsWganRunConfig, iterations: u64) -> (f64, f64) {
     let run = GsWganRun { noise_multiplier: config.noise_multiplier, discriminators: 4, batch_size: 32 };
-    let epsilon = |conversion, mechanism| {
-        let mut accountant = Accountant::new(Orders::Standard, conversion, config.delta, None).unwrap();
+    let epsilon = |orders, conversion, mechanism| {
+        let mut accountant = Accountant::new(orders, conversion, config.delta, None).unwrap();
         accountant.try_step(mechanism, iterations).unwrap().epsilon
     };
-    (epsilon(Conversion::Classic, Mechanism::GsWganAsPublished(run)), epsilon(Conversion::Improved, Mechanism::GsWganPerStep(run)))
+    (
+        epsilon(Orders::Standard, Conversion::Classic, Mechanism::GsWganAsPublished(run)),
+        epsilon(Orders::Fine, Conversion::Improved, Mechanism::GsWganPerStep(run)),
+    )
 }
 
 /// The files under RUN/critics, sorted.
@@ -196,6 +199,23 @@ fn phase_two_writes_every_artefact_and_reports_both_accountings() {
     assert!(set.images.iter().all(|p| (0.0..=1.0).contains(p)));
     let record = read_json(&out.join("sample.json"));
     assert_eq!((record["algorithm"].as_str(), record["epsilon"].as_f64()), (Some("gs-wgan"), Some(per_step)));
+
+    // A checkpoint of format 2 recorded a per-step ε that does not hold: neither sampled nor resumed.
+    let checkpoint = run.join("checkpoint.safetensors");
+    let (tensors, mut metadata) = load_tensors(&checkpoint, &Device::Cpu).unwrap();
+    let state = metadata.get_mut("dpgan.state").expect("the state in the metadata");
+    assert!(state.contains("\"format\": 3"), "{state}");
+    *state = state.replace("\"format\": 3", "\"format\": 2");
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save_tensors(&checkpoint, &named, Some(metadata)).unwrap();
+    let (run_s, again_s) = (s(&run), s(&dir.path().join("again")));
+    for args in [
+        vec!["sample", "--run", &run_s, "--count", "20", "--out", &again_s, "--device", "cpu"],
+        vec!["train", "gs-wgan", "--resume", &run_s, "--iterations", "4", "--device", "cpu"],
+    ] {
+        let err = stderr_of_failure(&args);
+        assert!(err.contains("format 2") && err.contains("train phase 2 again"), "{args:?}: {err}");
+    }
 }
 
 #[test]
@@ -298,12 +318,33 @@ fn a_target_epsilon_alone_calibrates_sigma_under_the_governing_accounting() {
     let (warm, run) = (dir.path().join("warm"), dir.path().join("run"));
     warm_start(&warm);
     let target = 40.0;
-    phase_two(&warm, &run, &["--iterations", "2", "--seed", "4", "--target-epsilon", &target.to_string()]);
+    let (warm_s, run_s, target_s) = (s(&warm), s(&run), target.to_string());
+    let output = common::cli::dpgan(&[
+        "train",
+        "gs-wgan",
+        "--warm-start",
+        &warm_s,
+        "--out",
+        &run_s,
+        "--generator",
+        "dcgan",
+        "--device",
+        "cpu",
+        "--iterations",
+        "2",
+        "--seed",
+        "4",
+        "--target-epsilon",
+        &target_s,
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("(calibrated to ε = 40 under per-step)") && stderr.contains("per-step governs"), "{stderr}");
     let config: GsWganRunConfig = serde_json::from_value(read_json(&run.join("config.json"))).unwrap();
     assert!(config.noise_multiplier_calibrated);
     let per_step_at = |sigma: f64| {
         let run = GsWganRun { noise_multiplier: sigma, discriminators: 4, batch_size: 32 };
-        let mut accountant = Accountant::new(Orders::Standard, Conversion::Improved, 1e-5, None).unwrap();
+        let mut accountant = Accountant::new(Orders::Fine, Conversion::Improved, 1e-5, None).unwrap();
         accountant.try_step(Mechanism::GsWganPerStep(run), 2).unwrap().epsilon
     };
     let sigma = config.noise_multiplier;

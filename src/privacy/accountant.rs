@@ -22,7 +22,9 @@ pub enum Mechanism {
     /// One GS-WGAN generator iteration as published: B compositions of the Gaussian amplified by
     /// subsampling without replacement (see [`gswgan`]).
     GsWganAsPublished(GsWganRun),
-    /// One GS-WGAN generator iteration counted once: Poisson-subsampled Gaussian, q = 1/k, σ/√B.
+    /// One GS-WGAN generator iteration counted once: the joint-convexity bound for selecting one of
+    /// k slices, ln(1 + (e^{(α−1)αB/(2σ²)} − 1)/k)/(α − 1) (see [`gswgan`]); its best order is
+    /// usually below 2, so its accountant takes [`Orders::Fine`].
     GsWganPerStep(GsWganRun),
 }
 
@@ -43,7 +45,7 @@ impl Mechanism {
             Mechanism::GsWganAsPublished(run) => {
                 Ok(run.batch_size as f64 * gswgan::per_query_rdp(run.noise_multiplier, run.sampling_ratio(), alpha)?)
             }
-            Mechanism::GsWganPerStep(run) => rdp::rdp_subsampled_gaussian(run.sampling_ratio(), run.per_step_noise_multiplier(), alpha),
+            Mechanism::GsWganPerStep(run) => gswgan::per_step_rdp(run, alpha),
         }
     }
 }

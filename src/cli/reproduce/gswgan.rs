@@ -292,7 +292,8 @@ fn table(args: &GsWganReproduceArgs, plan: &Plan, published: Option<Published>, 
     t.row("phase 2 time per run (s)", over(|r| r.phase_two_s), "≈ 6,700 (a re-run, hardware not stated)");
     t.note(&format!(
         "δ = {:e}. as-published counts each of a step's B sanitised gradients as its own query (how the paper reaches ε = 10); \
-         per-step counts each generator step once, since one record can touch all B gradients; `{}` is the run's ε.",
+         per-step counts each generator step once, since one record can touch all B gradients, and is a proven bound for \
+         choosing one of k slices per step; `{}` is the run's ε.",
         plan.phase_two.delta,
         plan.phase_two.accounting.name()
     ));
@@ -404,6 +405,7 @@ fn phase_two(plan: &Plan, dir: &Path, warm: &Path, seed: u64, device: &Device) -
         )?;
         if !forget_if_never_checkpointed(dir)? {
             let state: GsWganState = read_json(&dir.join(CHECKPOINT_JSON))?;
+            state.check_format(&dir.join(CHECKPOINT_JSON))?;
             if state.iteration >= recorded.iterations || state.stopped.is_some() {
                 return Ok(state);
             }

@@ -44,7 +44,9 @@ use crate::train::replay::{stream, Purpose};
 use crate::train::run_dir::{read_json, MetricsLog, RunDir, CHECKPOINT, CONFIG, METRICS};
 
 pub const ALGORITHM: &str = "gs-wgan";
-/// Bumped when the checkpoint layout changes.
+/// Bumped when the checkpoint layout or the meaning of what it records changes (3: the per-step
+/// accountant holds the proven bound at [`Orders::Fine`], and the checkpoint keeps the run's secret
+/// key; format 2 recorded a per-step ε that is not proven for GS-WGAN, and seed-derived noise).
 const STATE_FORMAT: u32 = 3;
 /// The run directory's folder of per-critic checkpoint files.
 pub const CRITICS_DIR: &str = "critics";
@@ -55,7 +57,8 @@ pub const CRITICS_DIR: &str = "critics";
 pub enum Accounting {
     /// B·T compositions of the Gaussian subsampled without replacement, classic conversion.
     AsPublished,
-    /// T Poisson-subsampled Gaussian steps at q = 1/k with σ/√B.
+    /// T generator steps, each a Gaussian of noise multiplier σ/√B on the slice chosen with
+    /// probability 1/k, bounded by joint convexity (a proof; see `privacy::gswgan`).
     PerStep,
 }
 
@@ -73,6 +76,15 @@ impl Accounting {
         match self {
             Accounting::AsPublished => Conversion::Classic,
             Accounting::PerStep => Conversion::Improved,
+        }
+    }
+
+    /// The orders each accounting optimises over: the standard ones for the published accounting,
+    /// the fine ones for per-step, whose best order lies below 2 (1.052 for the published run).
+    pub fn orders(self) -> Orders {
+        match self {
+            Accounting::AsPublished => Orders::Standard,
+            Accounting::PerStep => Orders::Fine,
         }
     }
 
@@ -230,12 +242,13 @@ impl GsWganRunConfig {
     /// A fresh accountant for `accounting`: with the budget if it governs, without otherwise.
     pub fn accountant(&self, accounting: Accounting) -> Result<Accountant> {
         let budget = if accounting == self.accounting { self.target_epsilon } else { None };
-        Accountant::new(Orders::Standard, accounting.conversion(), self.delta, budget)
+        Accountant::new(accounting.orders(), accounting.conversion(), self.delta, budget)
     }
 
     /// ε under `accounting` if all `iterations` run.
     pub fn planned_epsilon(&self, accounting: Accounting) -> Result<Guarantee> {
-        Accountant::new(Orders::Standard, accounting.conversion(), self.delta, None)?.try_step(self.mechanism(accounting), self.iterations)
+        Accountant::new(accounting.orders(), accounting.conversion(), self.delta, None)?
+            .try_step(self.mechanism(accounting), self.iterations)
     }
 
     /// The smallest f32 σ whose planned ε under the governing accounting is at most `target`, by
@@ -320,6 +333,28 @@ pub struct GsWganState {
     pub stopped: Option<String>,
 }
 
+impl GsWganState {
+    /// Refuses a checkpoint this version cannot vouch for: another algorithm's, or one from before
+    /// the per-step accounting was a proven bound (its recorded ε would be quoted as valid).
+    pub fn check_format(&self, checkpoint: &Path) -> Result<()> {
+        if self.algorithm != ALGORITHM {
+            return Err(Error::file(checkpoint, format!("is a {} checkpoint, not {ALGORITHM}", self.algorithm)));
+        }
+        if self.format == 2 {
+            return Err(Error::file(
+                checkpoint,
+                "is checkpoint format 2, whose per-step ε came from the Poisson-subsampling bound, which is not proven \
+                 for GS-WGAN's choice of one slice per step; this version reads format 3 only: train phase 2 again \
+                 (`dpgan privacy gs-wgan` gives the proven per-step ε of its settings)",
+            ));
+        }
+        if self.format != STATE_FORMAT {
+            return Err(Error::file(checkpoint, format!("checkpoint format {} is not this version's ({STATE_FORMAT})", self.format)));
+        }
+        Ok(())
+    }
+}
+
 /// Why [`GsWganRunner::train`] returned.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stop {
@@ -392,12 +427,7 @@ impl GsWganRunner {
         let data = load_recorded_data(&config.data)?;
         let discriminators = load_discriminators(&config.warm_start, &config.warm_start_config)?;
         let (mut tensors, state, key): (_, GsWganState, _) = dir.load_checkpoint_keyed(&Device::Cpu)?;
-        if state.format != STATE_FORMAT || state.algorithm != ALGORITHM {
-            return Err(Error::file(
-                dir.path(CHECKPOINT),
-                format!("checkpoint format {} of {} is not this version's", state.format, state.algorithm),
-            ));
-        }
+        state.check_format(&dir.path(CHECKPOINT))?;
         config.noise_key.check(&key, config.seed).map_err(|e| Error::file(dir.path(CHECKPOINT), e.to_string()))?;
         // Each accountant is what config.json's settings give after the iterations taken.
         let replayed = |accounting: Accounting| config.accountant(accounting)?.after(config.mechanism(accounting), state.iteration);
@@ -828,6 +858,7 @@ pub fn load_ema_generator(root: &Path, device: &Device) -> Result<(Generator, Gs
     }
     // On the host first: the checkpoint also holds every selected discriminator and its Adam state.
     let (mut tensors, state): (_, GsWganState) = dir.load_checkpoint(&Device::Cpu)?;
+    state.check_format(&dir.path(CHECKPOINT))?;
     let mut ema = Generator::new(config.arch()?, 1, config.base, &mut stream(config.seed, Purpose::Init, 0), device)?;
     for entry in ema.entries_mut() {
         let key = format!("ema.{}", entry.name);
