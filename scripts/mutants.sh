@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Mutation testing of the privacy-critical code with cargo-mutants: each mutant (a `<` turned into
+# `<=`, a function body replaced by `Ok(vec![])`, a `+=` into `-=`, ...) is built and the tests
+# that exercise its file are run; a mutant the tests do not catch marks behaviour no test pins
+# down. Not part of CI: it is slow.
+#
+#   scripts/mutants.sh                         every privacy-critical file (the list below)
+#   scripts/mutants.sh src/train/replay.rs     one file (or several)
+#   MUTANTS_ARGS="--in-place" scripts/mutants.sh src/dp/key.rs
+#                                              extra cargo-mutants options (here: mutate the tree
+#                                              itself instead of a copy; only in a tree nobody edits
+#                                              meanwhile)
+#
+# How long: a mutant costs an incremental build (10-20 s on two cores) and the tests of its file
+# (a caught mutant stops at the first failing test; a surviving one runs them all, up to a minute
+# where the end-to-end training tests are among them). A file of 20-60 mutants takes 10-40 minutes
+# on a 2-core machine, the whole list (about 960 mutants) a day. Each file run also starts with
+# one full build and one run of its tests on the unmutated tree (the baseline), a few minutes;
+# `--in-place` in a tree already built skips most of that build.
+#
+# Needs cargo-mutants (`cargo install cargo-mutants --locked`; 27.1.0 is what RESULTS.md quotes)
+# and cargo-nextest, which runs a test per process and stops at the first failure. Results go to
+# mutants.out-runs/<file>/mutants.out/ (gitignored): missed.txt lists the survivors, caught.txt,
+# timeout.txt and unviable.txt the rest, outcomes.json all of it.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export DPGAN_DATA=${DPGAN_DATA:-$(cd .. && pwd)/shared/data}
+
+all_files=(
+  src/train/replay.rs src/dp/key.rs src/dp/step.rs src/data/sampling.rs src/dp/sanitize.rs src/dp/clip.rs
+  src/train/dpcgan/mod.rs src/privacy/accountant.rs src/privacy/calibrate.rs src/dp/noise.rs
+  src/privacy/rdp.rs src/privacy/conversion.rs src/privacy/gswgan.rs src/privacy/special.rs
+  src/train/gswgan/mod.rs src/train/gswgan/private.rs
+)
+
+# The test targets that exercise a file (besides the unit tests in src/, always run): running only
+# these keeps a surviving mutant from paying for the whole suite.
+tests_for() {
+  case "$1" in
+    src/train/replay.rs) echo "dpcgan gswgan train_dpcgan train_gswgan run_key" ;;
+    src/dp/key.rs) echo "noise gswgan run_key train_dpcgan train_gswgan" ;;
+    src/dp/step.rs) echo "dp_step dpcgan bench_step" ;;
+    src/dp/clip.rs) echo "clip dp_step dpcgan gswgan" ;;
+    src/dp/noise.rs) echo "noise sanitize dp_step dpcgan gswgan" ;;
+    src/dp/sanitize.rs) echo "sanitize gswgan" ;;
+    src/data/sampling.rs) echo "sampling gswgan train_dpcgan train_gswgan" ;;
+    src/train/dpcgan/*) echo "dpcgan train_dpcgan run_key bench_step reproduce_dpcgan" ;;
+    src/train/gswgan/*) echo "gswgan train_gswgan run_key bench_step reproduce_gswgan" ;;
+    src/privacy/*) echo "privacy cli train_dpcgan train_gswgan reproduce_dpcgan reproduce_gswgan" ;;
+    *) echo "unknown file $1: add its test targets to scripts/mutants.sh" >&2; return 1 ;;
+  esac
+}
+
+command -v cargo-mutants >/dev/null || { echo "mutants: cargo-mutants is not installed (cargo install cargo-mutants --locked)" >&2; exit 1; }
+command -v cargo-nextest >/dev/null || { echo "mutants: cargo-nextest is not installed (cargo install cargo-nextest --locked)" >&2; exit 1; }
+
+files=("$@")
+[ ${#files[@]} -gt 0 ] || files=("${all_files[@]}")
+for file in "${files[@]}"; do
+  [ -f "$file" ] || { echo "mutants: no file $file" >&2; exit 1; }
+  selection=(--lib)
+  for t in $(tests_for "$file"); do selection+=(--test "$t"); done
+  out="mutants.out-runs/${file//\//-}"
+  mkdir -p "$out"
+  echo "mutants: $file ($(cargo mutants --list --file "$file" | wc -l) mutants; tests: --lib $(tests_for "$file"))"
+  # --jobs 1: one build at a time (each is already parallel inside). The test timeout is three
+  # times the baseline's (a mutant that loops forever costs that much), at least 60 s. No status
+  # check: a file with survivors is a result, not a failure of the script.
+  # shellcheck disable=SC2086 # MUTANTS_ARGS is a list of options
+  cargo mutants --file "$file" --output "$out" --jobs 1 --test-tool nextest \
+    --timeout-multiplier 3 --minimum-test-timeout 60 --cap-lints true \
+    ${MUTANTS_ARGS:-} -- "${selection[@]}" || true
+  for kind in missed timeout unviable; do
+    if [ -s "$out/mutants.out/$kind.txt" ]; then
+      echo "mutants: $kind in $file:"
+      sed 's/^/  /' "$out/mutants.out/$kind.txt"
+    fi
+  done
+done
