@@ -64,11 +64,12 @@ for file in "${files[@]}"; do
   out="mutants.out-runs/${file//\//-}"
   mkdir -p "$out"
   echo "mutants: $file ($(cargo mutants --list --file "$file" | wc -l) mutants; tests: --lib $(tests_for "$file"))"
-  # --jobs 1: one build at a time (each is already parallel inside). The test timeout is three
+  # One mutant at a time (cargo-mutants' default; each build is parallel inside, and `--jobs`
+  # cannot go with `--in-place`). The test timeout is three
   # times the baseline's (a mutant that loops forever costs that much), at least 60 s. No status
   # check: a file with survivors is a result, not a failure of the script.
   # shellcheck disable=SC2086 # MUTANTS_ARGS is a list of options
-  cargo mutants --file "$file" --output "$out" --jobs 1 --test-tool nextest \
+  cargo mutants --file "$file" --output "$out" --test-tool nextest \
     --timeout-multiplier 3 --minimum-test-timeout 60 --cap-lints true \
     ${MUTANTS_ARGS:-} -- "${selection[@]}" || true
   for kind in missed timeout unviable; do
