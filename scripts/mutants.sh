@@ -6,10 +6,11 @@
 #
 #   scripts/mutants.sh                         every privacy-critical file (the list below)
 #   scripts/mutants.sh src/train/replay.rs     one file (or several)
-#   MUTANTS_ARGS="--in-place" scripts/mutants.sh src/dp/key.rs
-#                                              extra cargo-mutants options (here: mutate the tree
-#                                              itself instead of a copy; only in a tree nobody edits
-#                                              meanwhile)
+#   MUTANTS_ARGS="--in-place --baseline skip --timeout 120" scripts/mutants.sh src/dp/key.rs
+#                                              extra cargo-mutants options: here, mutate the tree
+#                                              itself instead of a copy (only in a tree nobody edits
+#                                              meanwhile), trust that the tests pass unmutated and
+#                                              give each mutant's tests 120 s
 #
 # How long: a mutant costs an incremental build (10-20 s on two cores) and the tests of its file
 # (a caught mutant stops at the first failing test; a surviving one runs them all, up to a minute
@@ -69,9 +70,13 @@ for file in "${files[@]}"; do
   # times the baseline's (a mutant that loops forever costs that much), at least 60 s. No status
   # check: a file with survivors is a result, not a failure of the script. No `--cap-lints`: the
   # crate denies no warnings, and the flag would change RUSTFLAGS and rebuild every dependency.
+  # A `--timeout` in MUTANTS_ARGS (needed with `--baseline skip`) replaces the multiplier.
+  case " ${MUTANTS_ARGS:-} " in
+    *" --timeout "* | *" --timeout="* | *" -t "*) timeout=() ;;
+    *) timeout=(--timeout-multiplier 3 --minimum-test-timeout 60) ;;
+  esac
   # shellcheck disable=SC2086 # MUTANTS_ARGS is a list of options
-  cargo mutants --file "$file" --output "$out" --test-tool nextest \
-    --timeout-multiplier 3 --minimum-test-timeout 60 \
+  cargo mutants --file "$file" --output "$out" --test-tool nextest "${timeout[@]}" \
     ${MUTANTS_ARGS:-} -- "${selection[@]}" || true
   for kind in missed timeout unviable; do
     if [ -s "$out/mutants.out/$kind.txt" ]; then
