@@ -206,10 +206,24 @@ mod tests {
     }
 
     #[test]
-    fn debug_does_not_print_the_key() {
+    fn debug_says_the_kind_of_key_and_not_the_key() {
         let key = RunKey::replayable(1);
         let shown = format!("{key:?}");
         assert!(!shown.contains(&key.to_hex()[11..27]), "{shown}");
+        assert!(shown.contains("replayable: true"), "{shown}");
+        assert!(format!("{:?}", RunKey::generate().unwrap()).contains("replayable: false"));
+    }
+
+    #[test]
+    fn a_checkpoint_key_must_be_the_kind_config_records() {
+        let (secret, seed) = (RunKey::generate().unwrap(), 3);
+        assert!(KeySource::Secret.check(&secret, seed).is_ok());
+        assert!(KeySource::Replayable.check(&RunKey::replayable(seed), seed).is_ok());
+        // A secret run never resumes on a key anyone with the seed can rebuild, and a replayable
+        // run's key is its own seed's.
+        assert!(KeySource::Secret.check(&RunKey::replayable(seed), seed).is_err());
+        assert!(KeySource::Replayable.check(&secret, seed).is_err());
+        assert!(KeySource::Replayable.check(&RunKey::replayable(seed + 1), seed).is_err());
     }
 
     #[test]
