@@ -49,6 +49,37 @@ fn shuffled_epochs_cover_every_record_once_and_drop_the_remainder() {
     }
 }
 
+/// When the batch size divides the data set, each epoch is one permutation: every record exactly
+/// once, none of the next epoch's batches drawn early.
+#[test]
+fn epochs_of_an_exact_division_cover_every_record_once() {
+    let (n, b) = (100, 10);
+    let mut sampler = BatchSampler::new(n, Sampling::Shuffle { batch_size: b }, 4).unwrap();
+    for epoch in 0..3 {
+        let mut seen: Vec<usize> = (0..n / b).flat_map(|_| sampler.next_batch()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..n).collect::<Vec<_>>(), "epoch {epoch}");
+    }
+}
+
+/// The bounds are inclusive: one batch may be the whole data set, and every record may be its
+/// own partition.
+#[test]
+fn a_batch_or_the_partitions_may_span_the_whole_data_set() {
+    let n = 10;
+    let mut sampler = BatchSampler::new(n, Sampling::Shuffle { batch_size: n }, 5).unwrap();
+    for _ in 0..3 {
+        let mut batch = sampler.next_batch();
+        batch.sort_unstable();
+        assert_eq!(batch, (0..n).collect::<Vec<_>>());
+    }
+    let parts = disjoint_partitions(n, n, 5).unwrap();
+    assert!(parts.iter().all(|p| p.len() == 1), "{parts:?}");
+    let mut all = parts.concat();
+    all.sort_unstable();
+    assert_eq!(all, (0..n).collect::<Vec<_>>());
+}
+
 #[test]
 fn batches_replay_from_the_seed() {
     let draw = |seed| {
