@@ -12,12 +12,13 @@
 #                                              meanwhile), trust that the tests pass unmutated and
 #                                              give each mutant's tests 120 s
 #
-# How long: a mutant costs an incremental build (10-20 s on two cores) and the tests of its file
-# (a caught mutant stops at the first failing test; a surviving one runs them all, up to a minute
-# where the end-to-end training tests are among them). A file of 20-60 mutants takes 10-40 minutes
-# on a 2-core machine, the whole list (about 960 mutants) a day. Each file run also starts with
-# one full build and one run of its tests on the unmutated tree (the baseline), a few minutes;
-# `--in-place` in a tree already built skips most of that build.
+# How long: a mutant costs an incremental build of the crate and the tests of its file; a caught
+# mutant stops at the first failing test, a surviving one runs them all (up to a minute where the
+# end-to-end training tests are among them), one that loops forever runs to the timeout. Measured
+# on a 2-core machine shared with other builds: 35-80 s a mutant, 17-23 minutes for each of
+# replay.rs, key.rs and step.rs (16-28 mutants); the whole list, about 960 mutants, 12-20 hours.
+# Each file run also starts with the baseline: a build of the crate (about 5 minutes in the fresh
+# copy cargo-mutants makes; seconds `--in-place` in a tree already built) and one run of its tests.
 #
 # Needs cargo-mutants (`cargo install cargo-mutants --locked`; 27.1.0 is what RESULTS.md quotes)
 # and cargo-nextest, which runs a test per process and stops at the first failure. Results go to
