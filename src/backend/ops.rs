@@ -336,6 +336,7 @@ fn check_noise(op: &str, std: f32, n: usize) -> Result<()> {
 pub fn add_gaussian_noise(x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()> {
     let dev = device_of("add_gaussian_noise", &[x])?;
     check_noise("add_gaussian_noise", std, x.numel())?;
+    crate::dp::audit::note(key, std);
     backend(&dev).add_gaussian_noise(x, std, key)
 }
 
@@ -347,6 +348,7 @@ pub fn add_gaussian_noise_and_divide(x: &mut Tensor, std: f32, divisor: f32, key
     if !(divisor.is_finite() && divisor > 0.0) {
         return Err(Error::Invalid(format!("add_gaussian_noise_and_divide: divisor {divisor} must be finite and > 0")));
     }
+    crate::dp::audit::note(key, std);
     backend(&dev).add_gaussian_noise_and_divide(x, std, divisor, key)
 }
 
@@ -360,6 +362,7 @@ pub fn sanitize_rows(g: &Tensor, clip: f32, rows: RowNorm, noise_std: f32, key: 
         return Err(Error::Invalid(format!("sanitize_rows: clip bound {clip} must be finite and > 0")));
     }
     check_noise("sanitize_rows", noise_std, g.numel())?;
+    crate::dp::audit::note(key, noise_std);
     backend(&dev).sanitize_rows(g, clip, rows, noise_std, key)
 }
 

@@ -1,5 +1,6 @@
 //! Differential privacy: per-example gradient norms and clipping, a run's secret key, Gaussian
 //! noise addressed by position, the DP-SGD gradient, and GS-WGAN's gradient sanitiser.
+pub mod audit;
 pub mod clip;
 pub mod key;
 pub mod noise;
