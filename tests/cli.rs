@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Output;
 
-use common::cli::{dpgan, json_of, stdout_of};
+use common::cli::{dpgan, error_of, gzip, idx_bytes, json_of, stdout_of, write_idx_set};
 
 use dpgan::backend::cuda::module::{CUDA_ARCHS, FATBIN, NVCC_VERSION, PTXAS_REPORT};
 use dpgan::backend::cuda::{device_count, kernel_resources, Kernel};
@@ -237,4 +237,36 @@ fn bench_kernels_reports_every_family_or_says_why_not() {
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("ceilings:"), "{stdout}");
+}
+
+// ---- refused inputs ------------------------------------------------------------------------------
+
+fn path(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// A gzip file is decompressed only as far as its header announces: a header announcing more than
+/// dpgan reads is refused before any data is decompressed, and data past the announced length is
+/// refused after at most a bounded read, however much a small file would expand to.
+#[test]
+fn gzip_data_is_read_only_as_far_as_its_header_announces() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_idx_set(&data, 20, 28, 28);
+    let images = data.join("train-images-idx3-ubyte.gz");
+    let run = path(&dir.path().join("run"));
+    // 2^31 images announced, 64 MiB of zeros behind the header: 64 kB on disk.
+    let bomb = gzip(&idx_bytes(0x0803, &[1 << 31, 28, 28], &vec![0; 64 << 20]));
+    assert!(bomb.len() < 200_000);
+    std::fs::write(&images, &bomb).unwrap();
+    let err = error_of(&["train", "dp-cgan", "--data", &path(&data), "--out", &run, "--device", "cpu", "--steps", "1"]);
+    assert!(err.contains("train-images-idx3-ubyte.gz") && err.contains("2147483648 images of 28×28"), "{err}");
+    assert!(err.contains("more than the 1073741824 bytes"), "{err}");
+
+    // The announced 20 labels, then 64 MiB more.
+    write_idx_set(&data, 20, 28, 28);
+    let labels: Vec<u8> = (0..20u8).map(|i| i % 10).chain(std::iter::repeat_n(0, 64 << 20)).collect();
+    std::fs::write(data.join("train-labels-idx1-ubyte.gz"), gzip(&idx_bytes(0x0801, &[20], &labels))).unwrap();
+    let err = error_of(&["train", "dp-cgan", "--data", &path(&data), "--out", &run, "--device", "cpu", "--steps", "1"]);
+    assert!(err.contains("train-labels-idx1-ubyte.gz") && err.contains("at least 1048576 trailing bytes after the 20 labels"), "{err}");
 }
