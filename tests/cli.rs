@@ -245,6 +245,43 @@ fn path(p: &std::path::Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// Images of another size than 28×28 are refused by every command that reads a data set, naming
+/// the size, before anything is written: read as rows of 784 pixels, a 56×56 image would become
+/// four records and a 10×10 one part of a record.
+#[test]
+fn images_that_are_not_28_by_28_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (rows, cols) in [(56, 56), (10, 10), (28, 27)] {
+        let data = dir.path().join(format!("data-{rows}x{cols}"));
+        write_idx_set(&data, 40, rows, cols);
+        let size = format!("holds {rows}×{cols} images");
+        let run = dir.path().join("run");
+        let data = path(&data);
+        let err = error_of(&["train", "dp-cgan", "--data", &data, "--out", &path(&run), "--device", "cpu", "--steps", "1"]);
+        assert!(err.contains(&size) && err.contains("28×28") && err.contains("train-images-idx3-ubyte.gz"), "{err}");
+        let warm = ["train", "gs-wgan", "warm-start", "--data", &data, "--out", &path(&run), "--device", "cpu"];
+        let err = error_of(&[&warm[..], &["--discriminators", "2", "--iterations", "1", "--base", "4"]].concat());
+        assert!(err.contains(&size), "{err}");
+        assert!(!run.exists(), "a refused run wrote {}", run.display());
+        for extra in [&["--real"][..], &["--synthetic", &data]] {
+            let err = error_of(&[&["eval", "--data", &data, "--classifier", "logreg", "--device", "cpu"][..], extra].concat());
+            assert!(err.contains(&size), "{err}");
+        }
+    }
+    // A synthetic set of another size against a real 28×28 test set.
+    let (real, synthetic) = (dir.path().join("real"), dir.path().join("synthetic"));
+    write_idx_set(&real, 20, 28, 28);
+    write_idx_set(&synthetic, 20, 10, 10);
+    for name in ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+        std::fs::remove_file(synthetic.join(name)).unwrap();
+    }
+    for classifier in ["logreg", "lenet"] {
+        let args = ["eval", "--synthetic", &path(&synthetic), "--data", &path(&real), "--classifier", classifier, "--device", "cpu"];
+        let err = error_of(&args);
+        assert!(err.contains("10×10") && err.contains("28×28"), "{classifier}: {err}");
+    }
+}
+
 /// A gzip file is decompressed only as far as its header announces: a header announcing more than
 /// dpgan reads is refused before any data is decompressed, and data past the announced length is
 /// refused after at most a bounded read, however much a small file would expand to.
