@@ -8,7 +8,7 @@ use std::fs;
 use std::path::Path;
 
 use common::cli::{data_root, dpgan, stderr_of_failure, stdout_of};
-use dpgan::io::checkpoint::load_tensors;
+use dpgan::io::checkpoint::{load_tensors, save_tensors};
 use dpgan::io::synthetic::read_synthetic;
 use dpgan::privacy::{Accountant, Conversion, Mechanism, Orders};
 use dpgan::train::dpcgan::run::{DpCganRunConfig, DpCganState};
@@ -220,6 +220,31 @@ fn impossible_settings_and_bad_data_fail_before_writing_anything() {
     train(&run, &["--seed", "1", "--steps", "2", "--batch-size", "10"]);
     let err = stderr_of_failure(&["train", "dp-cgan", "--data", &data, "--out", &run_s, "--device", "cpu", "--steps", "2"]);
     assert!(err.contains("--resume"), "{err}");
+}
+
+/// D's weights made huge (as a diverging run might make them): every example's gradient norm
+/// overflows to ∞ or NaN, which cannot be clipped. The step fails naming itself, and nothing of it
+/// is written: checkpoint and metrics stay as the last checkpoint left them.
+#[test]
+fn a_step_whose_gradient_norms_are_not_finite_fails_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train(&run, &["--seed", "6", "--steps", "2", "--batch-size", "50", "--log-every", "1"]);
+    let path = run.join("checkpoint.safetensors");
+    let (mut tensors, metadata) = load_tensors(&path, &Device::Cpu).unwrap();
+    let hidden = tensors.remove("discriminator.hidden.weight").unwrap();
+    let huge: Vec<f32> = hidden.to_vec().unwrap().iter().map(|w| w * 1e30).collect();
+    tensors.insert("discriminator.hidden.weight".into(), Tensor::from_vec(huge, hidden.shape(), &Device::Cpu).unwrap());
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save_tensors(&path, &named, Some(metadata)).unwrap();
+    let (checkpoint, metrics) = (fs::read(&path).unwrap(), fs::read(run.join("metrics.jsonl")).unwrap());
+
+    let out = dpgan(&["train", "dp-cgan", "--resume", &run.to_string_lossy(), "--steps", "4", "--device", "cpu"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    assert!(err.contains("error: step 3: the discriminator's private gradient holds a NaN or an infinity"), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), checkpoint, "the checkpoint was rewritten");
+    assert_eq!(fs::read(run.join("metrics.jsonl")).unwrap(), metrics, "steps after the bad one were logged");
 }
 
 /// The per-step (D, G) losses of `metrics.jsonl`.

@@ -11,7 +11,7 @@ use super::{DpCgan, DpCganConfig, StepLosses};
 use crate::backend::{ops, AdamParams, BinaryOp};
 use crate::data::dataset::{Dataset, PixelScale, Split};
 use crate::data::sampling::Sampling;
-use crate::dp::{NoiseMode, NoiseSource};
+use crate::dp::{FiniteChecks, NoiseMode, NoiseSource};
 use crate::error::{Error, Result};
 use crate::io::image::Grid;
 use crate::models::dpcgan::{Generator, CLASSES, LATENT, PIXELS};
@@ -438,6 +438,8 @@ impl DpCganRun {
         let started = Instant::now();
         let (mut interval_start, mut interval_steps) = (Instant::now(), 0u64);
         let mut loss_sums: Option<(Tensor, Tensor)> = None;
+        // Read where the loop syncs anyway, before anything of those steps is written.
+        let mut finite = FiniteChecks::new("the discriminator's private gradient");
         let mut stop = Stop::Completed;
         while self.model.steps_taken() < self.config.steps {
             let step = self.model.steps_taken();
@@ -451,6 +453,7 @@ impl DpCganRun {
                 Err(e) => return Err(e),
             };
             let losses = self.step(step)?;
+            finite.push(step + 1, losses.nonfinite)?;
             loss_sums = Some(match loss_sums {
                 None => (losses.discriminator, losses.generator),
                 Some((d, g)) => {
@@ -462,6 +465,7 @@ impl DpCganRun {
             progress.set_step(done);
             let last = done == self.config.steps;
             if done % self.config.log_every == 0 || last {
+                finite.verify()?;
                 let (d, g) = loss_sums.take().expect("at least one step in the interval");
                 let n = interval_steps as f64;
                 let (d_loss, g_loss) = (d.item()? as f64 / n, g.item()? as f64 / n);
@@ -485,12 +489,15 @@ impl DpCganRun {
                 (interval_start, interval_steps) = (Instant::now(), 0);
             }
             if done % self.config.sample_every == 0 || last {
+                finite.verify()?;
                 self.write_grid(done)?;
             }
             if done % self.config.checkpoint_every == 0 && !last {
+                finite.verify()?;
                 self.checkpoint(self.wall_before + started.elapsed().as_secs_f64(), None)?;
             }
         }
+        finite.verify()?;
         let wall_s = started.elapsed().as_secs_f64();
         let reason = match &stop {
             Stop::Completed => None,
