@@ -7,9 +7,9 @@ use clap::{Args, ValueEnum};
 use dpgan::io::image::Grid;
 use dpgan::io::synthetic::{write_synthetic, SyntheticFormat};
 use dpgan::models::dpcgan::CLASSES;
-use dpgan::train::dpcgan::run::{load_generator, sample_released, DpCganState};
+use dpgan::train::dpcgan::run::{load_generator, sample_released};
 use dpgan::train::gswgan::run as gswgan;
-use dpgan::train::run_dir::{read_json, CHECKPOINT_JSON, CONFIG};
+use dpgan::train::run_dir::{read_json, CONFIG};
 use dpgan::{Device, Error, Result};
 
 use super::choose_device;
@@ -98,8 +98,7 @@ pub(super) fn write_sample(
         });
         (images, labels, record)
     } else {
-        let (generator, config) = load_generator(run, device)?;
-        let state: DpCganState = read_json(&run.join(CHECKPOINT_JSON))?;
+        let (generator, config, state) = load_generator(run, device)?;
         let (images, labels) = sample_released(&generator, per_class, seed, device)?;
         let record = serde_json::json!({
             "algorithm": config.algorithm,

@@ -606,14 +606,16 @@ pub fn write_class_grid(generator: &Generator, seed: u64, path: &Path, device: &
     Grid { images: &images, rows: CLASSES, cols: 10, height: 28, width: 28, range: (-1.0, 1.0) }.write_png(path)
 }
 
-/// The generator of a finished (or stopped) run, from its checkpoint.
-pub fn load_generator(root: &Path, device: &Device) -> Result<(Generator, DpCganRunConfig)> {
+/// The generator of a finished (or stopped) run, from its checkpoint, with its config and the
+/// checkpoint's state: read from the same file as the weights, so the step and ε reported with
+/// them are theirs.
+pub fn load_generator(root: &Path, device: &Device) -> Result<(Generator, DpCganRunConfig, DpCganState)> {
     let dir = RunDir::open(root)?;
     let config: DpCganRunConfig = dir.read_json(CONFIG)?;
     if config.algorithm != ALGORITHM {
         return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not {ALGORITHM}", config.algorithm)));
     }
-    let (mut tensors, _state): (_, serde_json::Value) = dir.load_checkpoint(device)?;
+    let (mut tensors, state): (_, DpCganState) = dir.load_checkpoint(device)?;
     let mut generator = Generator::new(1, &mut stream(config.seed, Purpose::Init, 0), device)?;
     for (p, name) in generator.params_mut().into_iter().zip(super::PARAM_NAMES) {
         let key = format!("generator.{name}");
@@ -623,7 +625,7 @@ pub fn load_generator(root: &Path, device: &Device) -> Result<(Generator, DpCgan
         }
         *p = t;
     }
-    Ok((generator, config))
+    Ok((generator, config, state))
 }
 
 #[cfg(test)]
