@@ -200,7 +200,7 @@ fn phase_two_writes_every_artefact_and_reports_both_accountings() {
     assert!(set.images.iter().all(|p| (0.0..=1.0).contains(p)));
     let record = read_json(&out.join("sample.json"));
     assert_eq!((record["algorithm"].as_str(), record["epsilon"].as_f64()), (Some("gs-wgan"), Some(per_step)));
-    assert_eq!(record["checkpoint_step"].as_u64(), Some(3));
+    assert_eq!((record["checkpoint_step"].as_u64(), record["run"].as_str()), (Some(3), Some("run")));
 }
 
 #[test]
