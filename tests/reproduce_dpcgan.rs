@@ -73,6 +73,12 @@ fn reproduce_dp_cgan_reports_the_table_and_reuses_finished_runs() {
     }
     assert!(table.contains("| AUROC, logistic regression |") && table.contains("| 0.8642 |"), "{table}");
 
+    // checkpoint.json one step behind its checkpoint, as a crash between the two writes leaves it:
+    // the state stored with the generator is the one that counts (nothing is resumed, the same ε).
+    let mut lagging = read_json(&out.join("run-1/checkpoint.json"));
+    (lagging["step"], lagging["epsilon"]) = ((STEPS - 1).into(), 0.5.into());
+    fs::write(out.join("run-1/checkpoint.json"), lagging.to_string()).unwrap();
+
     // A rerun reuses both finished runs: nothing trained or evaluated again, the same table.
     let before: Vec<_> = ["run-1", "run-2"].iter().map(|r| stage_files(&out.join(r))).collect();
     let json_before = fs::read(out.join("results.json")).unwrap();

@@ -188,7 +188,11 @@ fn phase_two_writes_every_artefact_and_reports_both_accountings() {
         assert_eq!((info.width, info.height), (302, 302), "10 × 10 tiles of 28 px with 2 px gaps");
     }
 
-    // The released data comes from G_s and carries the run's ε.
+    // The released data comes from G_s and carries the run's ε: the one stored with G_s, even
+    // with checkpoint.json lagging it as a crash between the two writes leaves it.
+    let mut lagging = read_json(&run.join("checkpoint.json"));
+    (lagging["iteration"], lagging["epsilon"], lagging["epsilon_per_step"]) = (2.into(), 0.5.into(), 0.5.into());
+    fs::write(run.join("checkpoint.json"), lagging.to_string()).unwrap();
     let out = dir.path().join("synthetic");
     stdout_of(&["sample", "--run", &s(&run), "--count", "20", "--out", &s(&out), "--device", "cpu"]);
     let set = read_synthetic(&out).unwrap();
@@ -199,6 +203,7 @@ fn phase_two_writes_every_artefact_and_reports_both_accountings() {
     assert!(set.images.iter().all(|p| (0.0..=1.0).contains(p)));
     let record = read_json(&out.join("sample.json"));
     assert_eq!((record["algorithm"].as_str(), record["epsilon"].as_f64()), (Some("gs-wgan"), Some(per_step)));
+    assert_eq!((record["checkpoint_step"].as_u64(), record["run"].as_str()), (Some(3), Some("run")));
 
     // A checkpoint of format 2 recorded a per-step ε that does not hold: neither sampled nor resumed.
     let checkpoint = run.join("checkpoint.safetensors");

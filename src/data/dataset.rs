@@ -1,7 +1,7 @@
 //! A labelled image data set in MNIST's layout: one directory, four IDX files under their standard
-//! names, raw or gzip. Loading checks what the models rely on (images and labels agree in number,
-//! every label is a class 0..9), so a bad directory fails here with the file named, not later in a
-//! training step.
+//! names, raw or gzip. Loading checks what the models rely on (28×28 images, images and labels
+//! agree in number, every label is a class 0..9), so a bad directory fails here with the file
+//! named, not later in a training step.
 use std::env;
 use std::fmt;
 use std::fs;
@@ -12,6 +12,11 @@ use crate::error::{Error, Result};
 
 /// MNIST and Fashion-MNIST both have ten classes; the conditional models are built for them.
 pub const NUM_CLASSES: usize = 10;
+
+/// Every model takes 28×28 images (MNIST's size). An image of another size is refused rather than
+/// reshaped: read as rows of 784 pixels it would become several records, or part of one, and the
+/// privacy guarantee, which is per record, would no longer be per image.
+pub const IMAGE_SIDE: usize = 28;
 
 /// The environment variable that names the data directory when `--data` is not given.
 pub const DATA_ENV: &str = "DPGAN_DATA";
@@ -65,7 +70,7 @@ pub fn scale_pixels(pixels: &[u8], scale: PixelScale) -> Vec<f32> {
     pixels.iter().map(|&x| scale.apply(x)).collect()
 }
 
-/// One split of a data set, validated: `len()` images of `rows × cols` bytes and as many labels,
+/// One split of a data set, validated: `len()` images of [`IMAGE_SIDE`]² bytes and as many labels,
 /// each below [`NUM_CLASSES`].
 #[derive(Clone, Debug)]
 pub struct Dataset {
@@ -89,6 +94,16 @@ impl Dataset {
         let images_file = find_file(dir, images_name, &format!("{split} images"))?;
         let labels_file = find_file(dir, labels_name, &format!("{split} labels"))?;
         let images = read_images(&images_file)?;
+        if (images.rows, images.cols) != (IMAGE_SIDE, IMAGE_SIDE) {
+            return Err(Error::file(
+                &images_file,
+                format!(
+                    "holds {}×{} images, but dpgan's models take {IMAGE_SIDE}×{IMAGE_SIDE} images (MNIST's size), one image per \
+                     record; resize the data set to {IMAGE_SIDE}×{IMAGE_SIDE}",
+                    images.rows, images.cols
+                ),
+            ));
+        }
         let labels = read_labels(&labels_file)?.labels;
         if labels.len() != images.count {
             return Err(Error::file(

@@ -4,6 +4,6 @@ pub mod dataset;
 pub mod idx;
 pub mod sampling;
 
-pub use dataset::{data_dir, scale_pixels, Dataset, PixelScale, Split, DATA_ENV, NUM_CLASSES};
+pub use dataset::{data_dir, scale_pixels, Dataset, PixelScale, Split, DATA_ENV, IMAGE_SIDE, NUM_CLASSES};
 pub use idx::{read_images, read_labels, IdxImages, IdxLabels};
 pub use sampling::{disjoint_partitions, BatchSampler, Sampling};

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::dp::RunKey;
 use crate::error::{Error, Result};
 use crate::io::atomic_write;
-use crate::io::checkpoint::{load_tensors, save_tensors};
+use crate::io::checkpoint::{load_metadata, load_tensors, save_tensors};
 use crate::tensor::{Device, Tensor};
 
 pub const CONFIG: &str = "config.json";
@@ -116,6 +116,20 @@ impl RunDir {
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
     serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not what dpgan wrote: {e}")))
+}
+
+/// The state of the checkpoint in the run directory `root`, from `checkpoint.safetensors` (the
+/// copy saved with the tensors, as [`RunDir::load_checkpoint`] reads it), never from
+/// `checkpoint.json`: a crash between the two writes leaves the JSON a checkpoint behind, and a
+/// released generator must be reported with the step and ε of the tensors it comes from.
+pub fn checkpoint_state<S: DeserializeOwned>(root: &Path) -> Result<S> {
+    let path = root.join(CHECKPOINT);
+    if !path.is_file() {
+        return Err(Error::file(&path, "no checkpoint: the run stopped before writing its first one"));
+    }
+    let metadata = load_metadata(&path)?;
+    let state = metadata.get(STATE_KEY).ok_or_else(|| Error::file(&path, format!("no {STATE_KEY} in the metadata")))?;
+    serde_json::from_str(state).map_err(|e| Error::file(&path, format!("checkpoint state: {e}")))
 }
 
 /// The metrics log: JSON objects, one per line, each with a `step`.
@@ -227,5 +241,17 @@ mod tests {
         let path = dir.path().join("abc");
         fs::write(&path, b"abc").unwrap();
         assert_eq!(file_sha256(&path).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn the_state_beside_the_tensors_wins_over_the_json_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path()).unwrap();
+        assert!(checkpoint_state::<serde_json::Value>(dir.path()).unwrap_err().to_string().contains("no checkpoint"));
+        let t = Tensor::from_vec(vec![1.0], &[1], &Device::Cpu).unwrap();
+        run.save_checkpoint(&[("a".to_string(), &t)], &serde_json::json!({"step": 7}), &RunKey::generate().unwrap()).unwrap();
+        // What a crash between the two writes leaves: the JSON copy of an older checkpoint.
+        run.write_json(CHECKPOINT_JSON, &serde_json::json!({"step": 3})).unwrap();
+        assert_eq!(checkpoint_state::<serde_json::Value>(dir.path()).unwrap()["step"], 7);
     }
 }

@@ -13,7 +13,7 @@ use dpgan::models::dpcgan::CLASSES;
 use dpgan::privacy::Conversion;
 use dpgan::train::dpcgan::run::{load_generator, sample_released, DpCganRun, DpCganRunConfig, DpCganSettings, DpCganState, SamplingKind};
 use dpgan::train::progress::Progress;
-use dpgan::train::run_dir::{read_json, CHECKPOINT, CHECKPOINT_JSON, CONFIG};
+use dpgan::train::run_dir::{checkpoint_state, read_json, CHECKPOINT, CONFIG};
 use dpgan::{Device, Result};
 
 use super::{
@@ -137,12 +137,13 @@ fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, 
     if !root.join(CONFIG).exists() {
         train_run(&mut DpCganRun::start(root, planned, train, device)?)?;
     } else {
-        let state: DpCganState = read_json(&root.join(CHECKPOINT_JSON))?;
+        let state: DpCganState = checkpoint_state(root)?;
         if state.step < planned.steps && state.stopped.is_none() {
             train_run(&mut DpCganRun::resume(root, device, None)?)?;
         }
     }
-    let state: DpCganState = read_json(&root.join(CHECKPOINT_JSON))?;
+    // The state saved with the generator's weights (checkpoint.json may lag it after a crash).
+    let state: DpCganState = checkpoint_state(root)?;
 
     // --eval-epochs shortens the MLP only: logistic regression runs L-BFGS to convergence.
     let mlp_config = EvalConfig { seed, repeats: 1, epochs: args.eval_epochs };
@@ -156,7 +157,7 @@ fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, 
     let (logreg, mlp) = match kept {
         (Some(logreg), Some(mlp)) => (logreg, mlp),
         (logreg, mlp) => {
-            let (generator, _) = load_generator(root, device)?;
+            let (generator, _, _) = load_generator(root, device)?;
             let (images, labels) = sample_released(&generator, PER_CLASS, seed, device)?;
             let synthetic = root.join("synthetic");
             if !synthetic.exists() {

@@ -18,7 +18,7 @@ use dpgan::train::gswgan::warm_start_run::{
     arch_name, data_record, group_path, WarmStartRun, WarmStartRunConfig, WarmStartSettings, DISCRIMINATORS,
 };
 use dpgan::train::replay::{stream, Purpose};
-use dpgan::train::run_dir::{read_json, CHECKPOINT, CHECKPOINT_JSON, CONFIG, METRICS};
+use dpgan::train::run_dir::{checkpoint_state, read_json, CHECKPOINT, CONFIG, METRICS};
 use dpgan::{Device, Error, Result};
 use rand::Rng;
 
@@ -383,7 +383,8 @@ fn warm_start_seconds(dir: &Path) -> Result<f64> {
 }
 
 /// Phase 2 in `dir` from the warm start in `warm`: started, continued from its checkpoint, or
-/// reused once it reached its planned iterations. Returns its final state.
+/// reused once it reached its planned iterations. Returns its final state (the one saved with G and
+/// G_s, never checkpoint.json, which may lag it after a crash).
 fn phase_two(plan: &Plan, dir: &Path, warm: &Path, seed: u64, device: &Device) -> Result<GsWganState> {
     let settings = GsWganSettings { warm_start: warm.to_path_buf(), seed, ..plan.phase_two.clone() };
     if dir.join(CONFIG).is_file() {
@@ -404,22 +405,22 @@ fn phase_two(plan: &Plan, dir: &Path, warm: &Path, seed: u64, device: &Device) -
             ],
         )?;
         if !forget_if_never_checkpointed(dir)? {
-            let state: GsWganState = read_json(&dir.join(CHECKPOINT_JSON))?;
-            state.check_format(&dir.join(CHECKPOINT_JSON))?;
+            let state: GsWganState = checkpoint_state(dir)?;
+            state.check_format(&dir.join(CHECKPOINT))?;
             if state.iteration >= recorded.iterations || state.stopped.is_some() {
                 return Ok(state);
             }
             let mut run = GsWganRunner::resume(dir, device, None)?;
             eprintln!("continuing {} at iteration {} of {}", dir.display(), run.iterations_done(), run.config().iterations);
             train_private(&mut run)?;
-            return read_json(&dir.join(CHECKPOINT_JSON));
+            return checkpoint_state(dir);
         }
     }
     let config = GsWganRunConfig::plan(&settings, device)?;
     announce(&config)?;
     let mut run = GsWganRunner::start(dir, config, device)?;
     train_private(&mut run)?;
-    read_json(&dir.join(CHECKPOINT_JSON))
+    checkpoint_state(dir)
 }
 
 /// The released set in `dir`: `per_class` images of every class from G_s, codes from `seed`;

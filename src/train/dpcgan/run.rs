@@ -11,7 +11,7 @@ use super::{DpCgan, DpCganConfig, StepLosses};
 use crate::backend::{ops, AdamParams, BinaryOp};
 use crate::data::dataset::{Dataset, PixelScale, Split};
 use crate::data::sampling::Sampling;
-use crate::dp::{KeySource, NoiseMode, RunKey};
+use crate::dp::{FiniteChecks, KeySource, NoiseMode, RunKey};
 use crate::error::{Error, Result};
 use crate::io::image::Grid;
 use crate::models::dpcgan::{Generator, CLASSES, LATENT, PIXELS};
@@ -462,6 +462,8 @@ impl DpCganRun {
         let started = Instant::now();
         let (mut interval_start, mut interval_steps) = (Instant::now(), 0u64);
         let mut loss_sums: Option<(Tensor, Tensor)> = None;
+        // Read where the loop syncs anyway, before anything of those steps is written.
+        let mut finite = FiniteChecks::new("the discriminator's private gradient");
         let mut stop = Stop::Completed;
         while self.model.steps_taken() < self.config.steps {
             let step = self.model.steps_taken();
@@ -475,6 +477,7 @@ impl DpCganRun {
                 Err(e) => return Err(e),
             };
             let losses = self.step(step)?;
+            finite.push(step + 1, losses.nonfinite)?;
             loss_sums = Some(match loss_sums {
                 None => (losses.discriminator, losses.generator),
                 Some((d, g)) => {
@@ -486,6 +489,7 @@ impl DpCganRun {
             progress.set_step(done);
             let last = done == self.config.steps;
             if done % self.config.log_every == 0 || last {
+                finite.verify()?;
                 let (d, g) = loss_sums.take().expect("at least one step in the interval");
                 let n = interval_steps as f64;
                 let (d_loss, g_loss) = (d.item()? as f64 / n, g.item()? as f64 / n);
@@ -516,12 +520,15 @@ impl DpCganRun {
                 (interval_start, interval_steps) = (Instant::now(), 0);
             }
             if done % self.config.sample_every == 0 || last {
+                finite.verify()?;
                 self.write_grid(done)?;
             }
             if done % self.config.checkpoint_every == 0 && !last {
+                finite.verify()?;
                 self.checkpoint(self.wall_before + started.elapsed().as_secs_f64(), None)?;
             }
         }
+        finite.verify()?;
         let wall_s = started.elapsed().as_secs_f64();
         let reason = match &stop {
             Stop::Completed => None,
@@ -639,14 +646,16 @@ pub fn write_class_grid(generator: &Generator, seed: u64, path: &Path, device: &
     Grid { images: &images, rows: CLASSES, cols: 10, height: 28, width: 28, range: (-1.0, 1.0) }.write_png(path)
 }
 
-/// The generator of a finished (or stopped) run, from its checkpoint.
-pub fn load_generator(root: &Path, device: &Device) -> Result<(Generator, DpCganRunConfig)> {
+/// The generator of a finished (or stopped) run, from its checkpoint, with its config and the
+/// checkpoint's state: read from the same file as the weights, so the step and ε reported with
+/// them are theirs.
+pub fn load_generator(root: &Path, device: &Device) -> Result<(Generator, DpCganRunConfig, DpCganState)> {
     let dir = RunDir::open(root)?;
     let config: DpCganRunConfig = dir.read_json(CONFIG)?;
     if config.algorithm != ALGORITHM {
         return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not {ALGORITHM}", config.algorithm)));
     }
-    let (mut tensors, _state): (_, serde_json::Value) = dir.load_checkpoint(device)?;
+    let (mut tensors, state): (_, DpCganState) = dir.load_checkpoint(device)?;
     let mut generator = Generator::new(1, &mut stream(config.seed, Purpose::Init, 0), device)?;
     for (p, name) in generator.params_mut().into_iter().zip(super::PARAM_NAMES) {
         let key = format!("generator.{name}");
@@ -656,7 +665,7 @@ pub fn load_generator(root: &Path, device: &Device) -> Result<(Generator, DpCgan
         }
         *p = t;
     }
-    Ok((generator, config))
+    Ok((generator, config, state))
 }
 
 #[cfg(test)]

@@ -23,10 +23,10 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::warm_start_run::{arch_name, load_discriminators, load_recorded_data, WarmStartRunConfig, WARM_START_ALGORITHM};
-use super::{CriticState, GsWganConfig, LabelledImages, PhaseTwoStep, SliceBatches};
+use super::{CriticState, GsWganConfig, LabelledImages, PhaseTwoStep, PrivateLosses, SliceBatches};
 use crate::autograd::Tape;
 use crate::backend::{ops, BinaryOp};
-use crate::dp::{GsWganSanitizer, KeySource, NoiseMode, NoiseSource, RunKey, SecretPurpose};
+use crate::dp::{FiniteChecks, GsWganSanitizer, KeySource, NoiseMode, NoiseSource, RunKey, SecretPurpose};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{load_tensors, save_tensors};
 use crate::io::image::Grid;
@@ -612,6 +612,8 @@ impl GsWganRunner {
         let started = Instant::now();
         let (mut interval_start, mut interval) = (Instant::now(), 0u64);
         let mut sums: Option<(Tensor, Tensor)> = None;
+        // Read where the loop syncs anyway, before anything of those iterations is written.
+        let mut finite = FiniteChecks::new("the generator's sanitised image gradient");
         let mut stop = Stop::Completed;
         while self.iteration < self.config.iterations {
             match self.spend() {
@@ -622,7 +624,9 @@ impl GsWganRunner {
                 }
                 Err(e) => return Err(e),
             }
-            let (critic, generator, j) = self.iterate()?;
+            let (losses, j) = self.iterate()?;
+            let (critic, generator) = (losses.critic, losses.generator);
+            finite.push(self.iteration, losses.nonfinite)?;
             sums = Some(match sums {
                 None => (critic, generator),
                 Some((c, g)) => (ops::binary(BinaryOp::Add, &c, &critic)?, ops::binary(BinaryOp::Add, &g, &generator)?),
@@ -632,6 +636,7 @@ impl GsWganRunner {
             progress.set_step(done);
             let last = done == self.config.iterations;
             if done % self.config.log_every == 0 || last {
+                finite.verify()?;
                 let (c, g) = sums.take().ok_or_else(|| Error::Invalid("no iteration in the logging interval".into()))?;
                 let n = interval as f64;
                 let (d_loss, g_loss) = (c.to_vec()?.iter().sum::<f32>() as f64 / n, g.to_vec()?.iter().sum::<f32>() as f64 / n);
@@ -665,12 +670,15 @@ impl GsWganRunner {
                 (interval_start, interval) = (Instant::now(), 0);
             }
             if done % self.config.sample_every == 0 || last {
+                finite.verify()?;
                 write_class_grid(&self.ema, self.config.seed, &self.dir.sample_grid_path(done), &self.device)?;
             }
             if done % self.config.checkpoint_every == 0 && !last {
+                finite.verify()?;
                 self.checkpoint(self.wall_before + started.elapsed().as_secs_f64(), None)?;
             }
         }
+        finite.verify()?;
         let wall_s = started.elapsed().as_secs_f64();
         let reason = match &stop {
             Stop::Completed => None,
@@ -681,10 +689,10 @@ impl GsWganRunner {
     }
 
     /// Iteration t: j, the critic steps of D_j on the device, the private generator step through
-    /// D_j frozen, the EMA; D_j goes back to the host. Losses `[1]` each, and j. The choice of j
-    /// and the noise come from the secret key (the accountant relies on them), the critic's and
-    /// the generator's draws from the seed.
-    fn iterate(&mut self) -> Result<(Tensor, Tensor, usize)> {
+    /// D_j frozen, the EMA; D_j goes back to the host. Its losses and finiteness flag, and j. The
+    /// choice of j and the noise come from the secret key (the accountant relies on them), the
+    /// critic's and the generator's draws from the seed.
+    fn iterate(&mut self) -> Result<(PrivateLosses, usize)> {
         let t = self.iteration;
         let j = self.key.stream(SecretPurpose::Selection, t).random_range(0..self.critics.len());
         let mut draws = stream(self.config.seed, Purpose::Generator, t);
@@ -700,13 +708,13 @@ impl GsWganRunner {
             sanitizer: &self.sanitizer,
             config: &self.step_config,
         };
-        let (critic_loss, generator_loss, _) = step.run(critic, &self.data, &mut draws, &key, t)?;
+        let losses = step.run(critic, &self.data, &mut draws, &key, t)?;
         if !self.resident {
             move_critic(critic, &Device::Cpu)?;
         }
         self.dirty[j] = true;
         self.iteration += 1;
-        Ok((critic_loss, generator_loss, j))
+        Ok((losses, j))
     }
 
     /// Writes the critics trained since the last checkpoint to new files, then the checkpoint that
