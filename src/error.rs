@@ -28,6 +28,9 @@ pub enum Error {
     /// A training step (1-based) whose private update held a NaN or an infinity: an example whose
     /// gradient norm is not finite cannot be clipped, so the run stops rather than apply it.
     NonFinite { step: u64, what: String },
+    /// Not a failure: a command that stopped before its end, with the exit status that says why
+    /// (the ε budget, a signal) and what to do next.
+    Stopped { code: u8, msg: String },
 }
 
 impl Error {
@@ -61,6 +64,7 @@ impl fmt::Display for Error {
                 "step {step}: {what} holds a NaN or an infinity (an example whose gradient norm is not finite cannot be \
                  clipped); the run stops without writing anything of this step or later, its last checkpoint is intact"
             ),
+            Error::Stopped { msg, .. } => write!(f, "{msg}"),
         }
     }
 }

@@ -155,8 +155,11 @@ fn the_budget_stops_the_run_before_it_is_passed() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     // σ = 0.8 at q = 1/600 passes ε = 1.2 between steps 50 and 100 (ε = 1.08 after one step).
-    let report =
-        train(&run, &["--seed", "2", "--steps", "400", "--batch-size", "100", "--noise-multiplier", "0.8", "--target-epsilon", "1.2"]);
+    let (data, out) = (mnist(), run.to_string_lossy().into_owned());
+    let args =
+        ["train", "dp-cgan", "--data", &data, "--out", &out, "--device", "cpu", "--seed", "2", "--steps", "400", "--batch-size", "100"];
+    // Exit status 3: stopped at the budget.
+    let report = common::cli::stdout_with_status(&[&args[..], &["--noise-multiplier", "0.8", "--target-epsilon", "1.2"]].concat(), 3);
     let state: DpCganState = serde_json::from_value(read_json(&run.join("checkpoint.json"))).unwrap();
     assert!(state.step > 0 && state.step < 400, "stopped at {}", state.step);
     assert!(state.stopped.as_deref().is_some_and(|s| s.contains("budget")), "{:?}", state.stopped);

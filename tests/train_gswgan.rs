@@ -61,10 +61,15 @@ fn warm_start(out: &Path) -> String {
 }
 
 fn phase_two(warm: &Path, out: &Path, extra: &[&str]) -> String {
+    phase_two_with_status(warm, out, extra, 0)
+}
+
+/// Phase 2 that must exit with `code` (3: stopped at the ε budget).
+fn phase_two_with_status(warm: &Path, out: &Path, extra: &[&str], code: i32) -> String {
     let (warm, out) = (s(warm), s(out));
     let mut args = vec!["train", "gs-wgan", "--warm-start", &warm, "--out", &out, "--generator", "dcgan", "--device", "cpu"];
     args.extend_from_slice(extra);
-    stdout_of(&args)
+    common::cli::stdout_with_status(&args, code)
 }
 
 /// ε after `iterations` under each accounting, from the accountant directly.
@@ -294,7 +299,7 @@ fn the_governing_budget_stops_phase_two_before_it_is_passed() {
         accountant.try_step(Mechanism::GsWganAsPublished(probe), n).unwrap().epsilon
     };
     let budget = 0.5 * (at(1) + at(2));
-    let report = phase_two(
+    let report = phase_two_with_status(
         &warm,
         &run,
         &[
@@ -309,6 +314,7 @@ fn the_governing_budget_stops_phase_two_before_it_is_passed() {
             "--target-epsilon",
             &budget.to_string(),
         ],
+        3,
     );
     assert!(report.contains("stopped at iteration 1 of 3"), "{report}");
     let state: GsWganState = serde_json::from_value(read_json(&run.join("checkpoint.json"))).unwrap();

@@ -64,6 +64,28 @@ fn emit(text: &str) -> Result<()> {
     }
 }
 
+/// The exit status of a training run after its report: a stop at the ε budget (3) or by a signal
+/// (130, 143) is not a failure, but the status says it, and a signal's message says how to go on.
+fn stop_status(stop: &dpgan::train::Stop, resume: &str) -> Result<()> {
+    use dpgan::train::Stop;
+    match stop {
+        Stop::Completed => Ok(()),
+        Stop::Budget(_) => Err(Error::Stopped { code: BUDGET_EXIT, msg: "stopped at the ε budget (exit status 3)".into() }),
+        Stop::Interrupted(signal) => Err(interrupted(*signal, resume)),
+    }
+}
+
+/// The exit status of a run that stopped before its planned end at the ε budget.
+const BUDGET_EXIT: u8 = 3;
+
+/// What a command stopped by a signal says, and the status it exits with.
+fn interrupted(signal: dpgan::train::interrupt::Signal, resume: &str) -> Error {
+    Error::Stopped {
+        code: signal.exit_code(),
+        msg: format!("stopped by {} with everything done so far saved; continue with `{resume}`", signal.name()),
+    }
+}
+
 /// `--device`, or the best available one (saying which and why).
 fn choose_device(flag: Option<&str>) -> Result<Device> {
     match flag {

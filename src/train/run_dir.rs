@@ -22,6 +22,8 @@ pub const METRICS: &str = "metrics.jsonl";
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const CHECKPOINT_JSON: &str = "checkpoint.json";
 pub const SAMPLES: &str = "samples";
+/// The file whose OS lock marks a run directory in use (see [`RunDir::lock`]).
+pub const LOCK: &str = ".lock";
 /// The safetensors metadata key under which a checkpoint keeps its JSON state.
 const STATE_KEY: &str = "dpgan.state";
 /// The metadata key of the run's secret key: only in the safetensors file, never in the JSON state
@@ -32,6 +34,8 @@ const RUN_KEY: &str = "dpgan.key";
 #[derive(Clone, Debug)]
 pub struct RunDir {
     root: PathBuf,
+    /// Held while this process trains in the run (see [`RunDir::lock`]).
+    _lock: Option<std::sync::Arc<File>>,
 }
 
 impl RunDir {
@@ -42,16 +46,50 @@ impl RunDir {
             return Err(Error::file(root, "already holds a run (config.json exists): continue it with --resume, or choose another --out"));
         }
         fs::create_dir_all(root.join(SAMPLES)).map_err(|e| Error::file(root, format!("cannot create the run directory: {e}")))?;
-        Ok(RunDir { root: root.to_path_buf() })
+        let mut dir = RunDir { root: root.to_path_buf(), _lock: None };
+        dir._lock = Some(std::sync::Arc::new(dir.lock()?));
+        Ok(dir)
     }
 
     /// An existing run.
     pub fn open(root: &Path) -> Result<Self> {
         if !root.join(CONFIG).is_file() {
+            if root.join("sample.json").is_file() {
+                return Err(Error::file(root, "is a synthetic data set written by `dpgan sample`, not a run directory"));
+            }
             return Err(Error::file(root, "is not a dpgan run directory (no config.json)"));
         }
         fs::create_dir_all(root.join(SAMPLES)).map_err(|e| Error::file(root, format!("cannot create samples/: {e}")))?;
-        Ok(RunDir { root: root.to_path_buf() })
+        Ok(RunDir { root: root.to_path_buf(), _lock: None })
+    }
+
+    /// An existing run, to train in: [`RunDir::open`] holding the run's lock.
+    pub fn open_for_training(root: &Path) -> Result<Self> {
+        let mut dir = Self::open(root)?;
+        dir._lock = Some(std::sync::Arc::new(dir.lock()?));
+        Ok(dir)
+    }
+
+    /// Takes the run directory for this process: one process trains in a run at a time (a
+    /// second `--resume` of a run in training would interleave two runs' steps and checkpoints).
+    /// The lock is the operating system's on `RUN/.lock`, held until the returned file is
+    /// dropped or the process ends, however it ends.
+    fn lock(&self) -> Result<File> {
+        let path = self.path(LOCK);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::file(&path, format!("cannot open the run's lock file: {e}")))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::file(
+                &self.root,
+                "is in use: another dpgan process is training in it (wait for it to finish, or stop it with Ctrl-C)",
+            )),
+            Err(fs::TryLockError::Error(e)) => Err(Error::file(&path, format!("cannot lock: {e}"))),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -76,6 +114,12 @@ impl RunDir {
 
     pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
         read_json(&self.path(name))
+    }
+
+    /// config.json as the `expected` algorithm's config. A run of another kind gets a sentence
+    /// that names the command for it, before any field is parsed.
+    pub fn read_config<T: DeserializeOwned>(&self, expected: &str) -> Result<T> {
+        read_config(&self.root, expected)
     }
 
     /// Saves a checkpoint: the tensors, `state` and the run's secret `key` in one safetensors file
@@ -111,6 +155,41 @@ impl RunDir {
         let key = RunKey::from_hex(key).map_err(|e| Error::file(&path, e.to_string()))?;
         Ok((tensors, state, key))
     }
+}
+
+/// [`RunDir::read_config`] of the run in `root`, without opening it for writing.
+pub fn read_config<T: DeserializeOwned>(root: &Path, expected: &str) -> Result<T> {
+    let path = root.join(CONFIG);
+    if !path.is_file() {
+        RunDir::open(root)?; // the sentence for what `root` is instead
+    }
+    let value: serde_json::Value = read_json(&path)?;
+    let found = value.get("algorithm").and_then(|a| a.as_str()).unwrap_or("unknown");
+    if found != expected {
+        return Err(wrong_kind(root, found, expected));
+    }
+    serde_json::from_value(value).map_err(|e| Error::file(&path, format!("not what this dpgan writes for a {expected} run: {e}")))
+}
+
+/// The error for a directory of another kind than a command expects, naming the command for it.
+pub fn wrong_kind(root: &Path, found: &str, expected: &str) -> Error {
+    let r = root.display();
+    let kind = |algorithm: &str| match algorithm {
+        "dp-cgan" => "DP-CGAN run".to_string(),
+        "gs-wgan" => "GS-WGAN run".to_string(),
+        "gs-wgan-warm-start" => "GS-WGAN warm start".to_string(),
+        other => format!("{other} run"),
+    };
+    let next = match found {
+        "dp-cgan" => format!(": continue it with `dpgan train dp-cgan --resume {r}`, sample it with `dpgan sample --run {r}`"),
+        "gs-wgan" => format!(": continue it with `dpgan train gs-wgan --resume {r}`, sample it with `dpgan sample --run {r}`"),
+        "gs-wgan-warm-start" => format!(
+            ": continue it with `dpgan train gs-wgan warm-start --resume {r}`, or train the private generator on it with \
+             `dpgan train gs-wgan --warm-start {r} --out RUN_DIR`"
+        ),
+        _ => String::new(),
+    };
+    Error::file(root, format!("is a {}, not a {}{next}", kind(found), kind(expected)))
 }
 
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {

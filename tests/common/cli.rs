@@ -30,6 +30,15 @@ pub fn stdout_of(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("stdout is UTF-8")
 }
 
+/// Runs a command that must exit with `code` (3: stopped at the ε budget) and returns its stdout.
+#[track_caller]
+pub fn stdout_with_status(args: &[&str], code: i32) -> String {
+    let out = dpgan(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "dpgan {args:?}; stderr:\n{stderr}");
+    String::from_utf8(out.stdout).expect("stdout is UTF-8")
+}
+
 #[track_caller]
 pub fn json_of(args: &[&str]) -> Value {
     let text = stdout_of(args);

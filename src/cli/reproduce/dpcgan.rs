@@ -17,8 +17,8 @@ use dpgan::train::run_dir::{checkpoint_state, read_json, CHECKPOINT, CONFIG};
 use dpgan::{Device, Result};
 
 use super::{
-    evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, noise_setting, run_slots, same_settings, write_results, RunsArgs,
-    Table,
+    evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, noise_setting, run_slots, same_settings, unless_interrupted,
+    write_results, RunsArgs, Table,
 };
 use crate::cli::choose_device;
 
@@ -189,9 +189,9 @@ fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, 
 /// Trains `run` to its planned steps or its budget, with a progress bar.
 fn train_run(run: &mut DpCganRun) -> Result<()> {
     let progress = Progress::new(run.steps_taken(), run.config().steps);
-    run.train(&progress)?;
+    let outcome = run.train(&progress)?;
     progress.finish();
-    Ok(())
+    unless_interrupted(outcome.stop.signal())
 }
 
 fn table(args: &DpCganReproduceArgs, results: &[RunResult]) -> String {

@@ -33,9 +33,19 @@ enum Experiment {
 }
 
 pub fn run(args: &ReproduceArgs) -> Result<()> {
+    dpgan::train::interrupt::install()?;
     match &args.experiment {
         Experiment::DpCgan(a) => dpcgan::run(a),
         Experiment::GsWgan(a) => gswgan::run(a),
+    }
+}
+
+/// Stops the experiment when a signal stopped one of its training runs (after its checkpoint):
+/// running the same command again continues where it stopped.
+fn unless_interrupted(signal: Option<dpgan::train::interrupt::Signal>) -> Result<()> {
+    match signal {
+        Some(signal) => Err(crate::cli::interrupted(signal, "the same dpgan reproduce command")),
+        None => Ok(()),
     }
 }
 

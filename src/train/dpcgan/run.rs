@@ -23,6 +23,7 @@ use crate::tensor::{Device, Tensor};
 use crate::train::progress::Progress;
 use crate::train::replay::{stream, Purpose, StepBatches};
 use crate::train::run_dir::{file_sha256, MetricsLog, RunDir, CONFIG, METRICS};
+use crate::train::{check_delta_flag, check_positive};
 
 pub const ALGORITHM: &str = "dp-cgan";
 /// Bumped when the checkpoint layout changes; older checkpoints are refused with a clear error.
@@ -74,6 +75,22 @@ pub struct DataRecord {
     pub images: FileRecord,
     pub labels: FileRecord,
     pub records: usize,
+}
+
+impl DataRecord {
+    /// The files of `data` with their checksums, by absolute path: a run resumed, or a phase 2
+    /// started, from another working directory finds them.
+    pub fn of(data: &Dataset) -> Result<Self> {
+        let absolute = |p: &Path| std::path::absolute(p).map_err(|e| Error::file(p, format!("cannot make the path absolute: {e}")));
+        let (images, labels) = data.files();
+        let (images, labels) = (absolute(images)?, absolute(labels)?);
+        Ok(DataRecord {
+            dir: images.parent().map(Path::to_path_buf).unwrap_or_default(),
+            images: FileRecord { sha256: file_sha256(&images)?, path: images },
+            labels: FileRecord { sha256: file_sha256(&labels)?, path: labels },
+            records: data.len(),
+        })
+    }
 }
 
 /// The build that ran.
@@ -202,9 +219,23 @@ impl DpCganRunConfig {
                 return Err(Error::Invalid(format!("{name} must be at least 1")));
             }
         }
-        if !(s.clip.is_finite() && s.clip > 0.0) {
-            return Err(Error::Invalid(format!("--clip must be positive, got {}", s.clip)));
+        // Every number before anything is written: NaN and negative values included.
+        check_positive("--clip", s.clip as f64)?;
+        check_positive("--d-lr", s.d_lr as f64)?;
+        check_positive("--g-lr", s.g_adam.lr as f64)?;
+        if let LrSchedule::LinearDecay { final_lr, decay_steps } = s.d_lr_schedule {
+            check_positive("--d-lr-final", final_lr as f64)?;
+            if decay_steps == 0 {
+                return Err(Error::Invalid("--d-lr-decay-steps must be at least 1".into()));
+            }
         }
+        if let Some(sigma) = s.noise_multiplier {
+            check_positive("--noise-multiplier", sigma as f64)?;
+        }
+        if let Some(target) = s.target_epsilon {
+            check_positive("--target-epsilon", target)?;
+        }
+        check_delta_flag(s.delta)?;
         let sample_rate = s.batch_size as f64 / records as f64;
         let steps_per_epoch = (records / s.batch_size) as f64;
         let steps = match s.steps {
@@ -223,15 +254,9 @@ impl DpCganRunConfig {
             }
             (None, None) => return Err(Error::Invalid("give --noise-multiplier or --target-epsilon".into())),
         };
-        let (images, labels) = data.files();
         let config = DpCganRunConfig {
             algorithm: ALGORITHM.to_string(),
-            data: DataRecord {
-                dir: images.parent().map(Path::to_path_buf).unwrap_or_default(),
-                images: FileRecord { path: images.to_path_buf(), sha256: file_sha256(images)? },
-                labels: FileRecord { path: labels.to_path_buf(), sha256: file_sha256(labels)? },
-                records,
-            },
+            data: DataRecord::of(data)?,
             seed: s.seed,
             steps,
             batch_size: s.batch_size,
@@ -323,13 +348,7 @@ pub struct DpCganState {
     pub stopped: Option<String>,
 }
 
-/// Why [`DpCganRun::train`] returned.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Stop {
-    Completed,
-    /// The next step would have passed the ε budget.
-    Budget(String),
-}
+pub use crate::train::Stop;
 
 /// How a call to [`DpCganRun::train`] ended.
 #[derive(Clone, Debug)]
@@ -371,11 +390,8 @@ impl DpCganRun {
 
     /// Continues the run in `root` from its checkpoint, with `steps` as the new total if given.
     pub fn resume(root: &Path, device: &Device, steps: Option<u64>) -> Result<Self> {
-        let dir = RunDir::open(root)?;
-        let mut config: DpCganRunConfig = dir.read_json(CONFIG)?;
-        if config.algorithm != ALGORITHM {
-            return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not {ALGORITHM}", config.algorithm)));
-        }
+        let dir = RunDir::open_for_training(root)?;
+        let mut config: DpCganRunConfig = dir.read_config(ALGORITHM)?;
         let data = Dataset::load(&config.data.dir, Split::Train)?;
         let (images, labels) = data.files();
         for (record, path) in [(&config.data.images, images), (&config.data.labels, labels)] {
@@ -408,6 +424,13 @@ impl DpCganRun {
             ));
         }
         if let Some(total) = steps {
+            if total < state.step {
+                return Err(Error::Invalid(format!(
+                    "--steps {total} is below the {} steps {} has taken; a run cannot be shortened (nothing was changed)",
+                    state.step,
+                    root.display()
+                )));
+            }
             config.steps = total;
             dir.write_json(CONFIG, &config)?;
         }
@@ -527,13 +550,14 @@ impl DpCganRun {
                 finite.verify()?;
                 self.checkpoint(self.wall_before + started.elapsed().as_secs_f64(), None)?;
             }
+            if let Some(signal) = crate::train::interrupt::requested() {
+                stop = Stop::Interrupted(signal);
+                break;
+            }
         }
         finite.verify()?;
         let wall_s = started.elapsed().as_secs_f64();
-        let reason = match &stop {
-            Stop::Completed => None,
-            Stop::Budget(why) => Some(format!("stopped before step {}: {why}", self.model.steps_taken() + 1)),
-        };
+        let reason = stop.recorded_reason("step", self.model.steps_taken() + 1);
         self.checkpoint(self.wall_before + wall_s, reason)?;
         let steps = self.model.steps_taken() - start_step;
         Ok(Outcome {
@@ -651,10 +675,7 @@ pub fn write_class_grid(generator: &Generator, seed: u64, path: &Path, device: &
 /// them are theirs.
 pub fn load_generator(root: &Path, device: &Device) -> Result<(Generator, DpCganRunConfig, DpCganState)> {
     let dir = RunDir::open(root)?;
-    let config: DpCganRunConfig = dir.read_json(CONFIG)?;
-    if config.algorithm != ALGORITHM {
-        return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not {ALGORITHM}", config.algorithm)));
-    }
+    let config: DpCganRunConfig = dir.read_config(ALGORITHM)?;
     let (mut tensors, state): (_, DpCganState) = dir.load_checkpoint(device)?;
     let mut generator = Generator::new(1, &mut stream(config.seed, Purpose::Init, 0), device)?;
     for (p, name) in generator.params_mut().into_iter().zip(super::PARAM_NAMES) {

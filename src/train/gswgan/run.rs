@@ -41,7 +41,8 @@ use crate::tensor::{Device, Tensor};
 use crate::train::dpcgan::run::{BuildRecord, DataRecord};
 use crate::train::progress::Progress;
 use crate::train::replay::{stream, Purpose};
-use crate::train::run_dir::{read_json, MetricsLog, RunDir, CHECKPOINT, CONFIG, METRICS};
+use crate::train::run_dir::{MetricsLog, RunDir, CHECKPOINT, CONFIG, METRICS};
+use crate::train::{check_delta_flag, check_positive};
 
 pub const ALGORITHM: &str = "gs-wgan";
 /// Bumped when the checkpoint layout or the meaning of what it records changes (3: the per-step
@@ -179,10 +180,7 @@ impl GsWganRunConfig {
     /// Checks the settings against the warm start and the accountant (calibrating σ if asked);
     /// nothing is written.
     pub fn plan(s: &GsWganSettings, device: &Device) -> Result<Self> {
-        let warm: WarmStartRunConfig = read_json(&s.warm_start.join(CONFIG))?;
-        if warm.algorithm != WARM_START_ALGORITHM {
-            return Err(Error::file(s.warm_start.join(CONFIG), format!("is a {} run, not a GS-WGAN warm start", warm.algorithm)));
-        }
+        let warm: WarmStartRunConfig = crate::train::run_dir::read_config(&s.warm_start, WARM_START_ALGORITHM)?;
         for (name, every) in [("--log-every", s.log_every), ("--sample-every", s.sample_every), ("--checkpoint-every", s.checkpoint_every)]
         {
             if every == 0 {
@@ -192,6 +190,13 @@ impl GsWganRunConfig {
         if s.iterations == 0 {
             return Err(Error::Invalid("--iterations must be at least 1".into()));
         }
+        if let Some(sigma) = s.noise_multiplier {
+            check_positive("--noise-multiplier", sigma)?;
+        }
+        if let Some(target) = s.target_epsilon {
+            check_positive("--target-epsilon", target)?;
+        }
+        check_delta_flag(s.delta)?;
         let mut config = GsWganRunConfig {
             algorithm: ALGORITHM.to_string(),
             warm_start: s.warm_start.clone(),
@@ -355,12 +360,7 @@ impl GsWganState {
     }
 }
 
-/// Why [`GsWganRunner::train`] returned.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Stop {
-    Completed,
-    Budget(String),
-}
+pub use crate::train::Stop;
 
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -419,11 +419,8 @@ impl GsWganRunner {
 
     /// Continues the run in `root` from its checkpoint, with `iterations` as the new total if given.
     pub fn resume(root: &Path, device: &Device, iterations: Option<u64>) -> Result<Self> {
-        let dir = RunDir::open(root)?;
-        let mut config: GsWganRunConfig = dir.read_json(CONFIG)?;
-        if config.algorithm != ALGORITHM {
-            return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not {ALGORITHM}", config.algorithm)));
-        }
+        let dir = RunDir::open_for_training(root)?;
+        let mut config: GsWganRunConfig = dir.read_config(ALGORITHM)?;
         let data = load_recorded_data(&config.data)?;
         let discriminators = load_discriminators(&config.warm_start, &config.warm_start_config)?;
         let (mut tensors, state, key): (_, GsWganState, _) = dir.load_checkpoint_keyed(&Device::Cpu)?;
@@ -443,6 +440,14 @@ impl GsWganRunner {
             ));
         }
         if let Some(total) = iterations {
+            if total < state.iteration {
+                return Err(Error::Invalid(format!(
+                    "--iterations {total} is below the {} iterations {} has taken; a run cannot be shortened (nothing was \
+                     changed)",
+                    state.iteration,
+                    root.display()
+                )));
+            }
             config.iterations = total;
             dir.write_json(CONFIG, &config)?;
         }
@@ -677,13 +682,14 @@ impl GsWganRunner {
                 finite.verify()?;
                 self.checkpoint(self.wall_before + started.elapsed().as_secs_f64(), None)?;
             }
+            if let Some(signal) = crate::train::interrupt::requested() {
+                stop = Stop::Interrupted(signal);
+                break;
+            }
         }
         finite.verify()?;
         let wall_s = started.elapsed().as_secs_f64();
-        let reason = match &stop {
-            Stop::Completed => None,
-            Stop::Budget(why) => Some(format!("stopped before iteration {}: {why}", self.iteration + 1)),
-        };
+        let reason = stop.recorded_reason("iteration", self.iteration + 1);
         self.checkpoint(self.wall_before + wall_s, reason)?;
         Ok(Outcome { iterations: self.iteration, as_published: self.as_published.spent()?, per_step: self.per_step.spent()?, stop, wall_s })
     }
@@ -860,10 +866,7 @@ pub fn write_class_grid(generator: &Generator, seed: u64, path: &Path, device: &
 /// The released generator G_s of a phase-2 run, from its checkpoint, with its config.
 pub fn load_ema_generator(root: &Path, device: &Device) -> Result<(Generator, GsWganRunConfig, GsWganState)> {
     let dir = RunDir::open(root)?;
-    let config: GsWganRunConfig = dir.read_json(CONFIG)?;
-    if config.algorithm != ALGORITHM {
-        return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not {ALGORITHM}", config.algorithm)));
-    }
+    let config: GsWganRunConfig = dir.read_config(ALGORITHM)?;
     // On the host first: the checkpoint also holds every selected discriminator and its Adam state.
     let (mut tensors, state): (_, GsWganState) = dir.load_checkpoint(&Device::Cpu)?;
     state.check_format(&dir.path(CHECKPOINT))?;

@@ -17,7 +17,7 @@ use crate::io::checkpoint::{load_tensors, save_tensors};
 use crate::models::gswgan::{Discriminator, GeneratorArch, PUBLISHED_BASE};
 use crate::nn::{member, Module};
 use crate::tensor::{Device, Tensor};
-use crate::train::dpcgan::run::{BuildRecord, DataRecord, FileRecord};
+use crate::train::dpcgan::run::{BuildRecord, DataRecord};
 use crate::train::progress::Progress;
 use crate::train::replay::{stream, Purpose};
 use crate::train::run_dir::{file_sha256, MetricsLog, RunDir, CONFIG, METRICS};
@@ -34,17 +34,6 @@ pub fn arch_name(arch: GeneratorArch) -> &'static str {
         GeneratorArch::Dcgan => "dcgan",
         GeneratorArch::Resnet => "resnet",
     }
-}
-
-/// A data set's record: directory, files and their SHA-256, size.
-pub fn data_record(data: &Dataset) -> Result<DataRecord> {
-    let (images, labels) = data.files();
-    Ok(DataRecord {
-        dir: images.parent().map(Path::to_path_buf).unwrap_or_default(),
-        images: FileRecord { path: images.to_path_buf(), sha256: file_sha256(images)? },
-        labels: FileRecord { path: labels.to_path_buf(), sha256: file_sha256(labels)? },
-        records: data.len(),
-    })
 }
 
 /// The training data of `record`, refused if a file changed since the run began.
@@ -131,7 +120,7 @@ impl WarmStartRunConfig {
         }
         Ok(WarmStartRunConfig {
             algorithm: WARM_START_ALGORITHM.to_string(),
-            data: data_record(data)?,
+            data: DataRecord::of(data)?,
             seed: s.seed,
             partition_seed: stream(s.seed, Purpose::Batches, u64::MAX).random(),
             discriminators: s.discriminators,
@@ -183,6 +172,8 @@ pub struct WarmStartOutcome {
     pub groups_trained: usize,
     pub groups_skipped: usize,
     pub wall_s: f64,
+    /// The signal that stopped the warm start after the group under way, if one did.
+    pub interrupted: Option<crate::train::interrupt::Signal>,
 }
 
 /// See the module documentation.
@@ -203,11 +194,8 @@ impl WarmStartRun {
 
     /// Continues the warm start in `root`: groups already written are kept.
     pub fn resume(root: &Path, device: &Device) -> Result<Self> {
-        let dir = RunDir::open(root)?;
-        let config: WarmStartRunConfig = dir.read_json(CONFIG)?;
-        if config.algorithm != WARM_START_ALGORITHM {
-            return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not a GS-WGAN warm start", config.algorithm)));
-        }
+        let dir = RunDir::open_for_training(root)?;
+        let config: WarmStartRunConfig = dir.read_config(WARM_START_ALGORITHM)?;
         let data = load_recorded_data(&config.data)?;
         Self::assemble(dir, config, &data, device)
     }
@@ -262,8 +250,17 @@ impl WarmStartRun {
                 "wall_s": started.elapsed().as_secs_f64(),
             }))?;
             progress.report(done as u64, &format!("group {group} · D {critic:.4} · G {generator:.4}"));
+            if let Some(signal) = crate::train::interrupt::requested() {
+                let wall_s = started.elapsed().as_secs_f64();
+                return Ok(WarmStartOutcome { groups_trained: trained, groups_skipped: skipped, wall_s, interrupted: Some(signal) });
+            }
         }
-        Ok(WarmStartOutcome { groups_trained: trained, groups_skipped: skipped, wall_s: started.elapsed().as_secs_f64() })
+        Ok(WarmStartOutcome {
+            groups_trained: trained,
+            groups_skipped: skipped,
+            wall_s: started.elapsed().as_secs_f64(),
+            interrupted: None,
+        })
     }
 
     /// One group's warm start, written atomically; its last iteration's mean losses.
