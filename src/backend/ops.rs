@@ -244,7 +244,12 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
 pub fn sum_pool2x2(x: &Tensor) -> Result<Tensor> {
     check_spatial("sum_pool2x2", x)?;
     let r = x.rank();
-    ensure_shape!(x.shape()[r - 2] % 2 == 0 && x.shape()[r - 1] % 2 == 0, "sum_pool2x2", "needs even H and W, got {:?}", x.shape());
+    ensure_shape!(
+        x.shape()[r - 2].is_multiple_of(2) && x.shape()[r - 1].is_multiple_of(2),
+        "sum_pool2x2",
+        "needs even H and W, got {:?}",
+        x.shape()
+    );
     backend(&x.device()).sum_pool2x2(x)
 }
 

@@ -55,7 +55,7 @@ pub struct SampleArgs {
 }
 
 pub fn run(args: &SampleArgs) -> Result<()> {
-    if args.count == 0 || args.count % CLASSES != 0 {
+    if args.count == 0 || !args.count.is_multiple_of(CLASSES) {
         return Err(Error::Invalid(format!("--count must be a positive multiple of {CLASSES} (balanced classes), got {}", args.count)));
     }
     refuse_output_dir(&args.out, &args.run)?;

@@ -189,7 +189,7 @@ pub fn fast_normal_from_words(w: [u32; 4], lane: usize) -> f64 {
     let u1 = uniform_from_u64(w[0] as u64 | (w[1] as u64) << 32);
     let u2 = uniform_from_u64(w[2] as u64 | (w[3] as u64) << 32);
     let (z_cos, z_sin) = box_muller(u1, u2);
-    if lane % 2 == 0 {
+    if lane.is_multiple_of(2) {
         z_cos
     } else {
         z_sin

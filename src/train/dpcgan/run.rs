@@ -511,7 +511,7 @@ impl DpCganRun {
             let done = step + 1;
             progress.set_step(done);
             let last = done == self.config.steps;
-            if done % self.config.log_every == 0 || last {
+            if done.is_multiple_of(self.config.log_every) || last {
                 finite.verify()?;
                 let (d, g) = loss_sums.take().expect("at least one step in the interval");
                 let n = interval_steps as f64;
@@ -542,11 +542,11 @@ impl DpCganRun {
                 );
                 (interval_start, interval_steps) = (Instant::now(), 0);
             }
-            if done % self.config.sample_every == 0 || last {
+            if done.is_multiple_of(self.config.sample_every) || last {
                 finite.verify()?;
                 self.write_grid(done)?;
             }
-            if done % self.config.checkpoint_every == 0 && !last {
+            if done.is_multiple_of(self.config.checkpoint_every) && !last {
                 finite.verify()?;
                 self.checkpoint(self.wall_before + started.elapsed().as_secs_f64(), None)?;
             }

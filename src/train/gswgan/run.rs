@@ -640,7 +640,7 @@ impl GsWganRunner {
             let done = self.iteration;
             progress.set_step(done);
             let last = done == self.config.iterations;
-            if done % self.config.log_every == 0 || last {
+            if done.is_multiple_of(self.config.log_every) || last {
                 finite.verify()?;
                 let (c, g) = sums.take().ok_or_else(|| Error::Invalid("no iteration in the logging interval".into()))?;
                 let n = interval as f64;
@@ -674,11 +674,11 @@ impl GsWganRunner {
                 );
                 (interval_start, interval) = (Instant::now(), 0);
             }
-            if done % self.config.sample_every == 0 || last {
+            if done.is_multiple_of(self.config.sample_every) || last {
                 finite.verify()?;
                 write_class_grid(&self.ema, self.config.seed, &self.dir.sample_grid_path(done), &self.device)?;
             }
-            if done % self.config.checkpoint_every == 0 && !last {
+            if done.is_multiple_of(self.config.checkpoint_every) && !last {
                 finite.verify()?;
                 self.checkpoint(self.wall_before + started.elapsed().as_secs_f64(), None)?;
             }
