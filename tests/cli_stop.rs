@@ -212,3 +212,43 @@ fn a_relative_data_path_still_resumes_from_elsewhere() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The peak resident memory of `child` (VmHWM), read until it exits, and its output.
+fn peak_memory_kb(mut child: Child) -> (u64, std::process::Output) {
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        if let Ok(status) = fs::read_to_string(&status_path) {
+            if let Some(kb) =
+                status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            {
+                peak = peak.max(kb);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (peak, child.wait_with_output().unwrap())
+}
+
+/// `dpgan sample` streams: a million images in bounded memory (they alone are 3.1 GB as f32).
+#[test]
+fn sampling_a_million_images_stays_under_512_mb() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, out) = (dir.path().join("run"), dir.path().join("released"));
+    let (data, run_s) = (mnist(), s(&run));
+    stdout_of(&["train", "dp-cgan", "--data", &data, "--out", &run_s, "--device", "cpu", "--batch-size", "64", "--steps", "1"]);
+    let child = Command::new(binary())
+        .args(["sample", "--run", &run_s, "--count", "1000000", "--format", "npy", "--out", &s(&out), "--device", "cpu"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (peak_kb, output) = peak_memory_kb(child);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(peak_kb > 0 && peak_kb < 512 * 1024, "peak resident memory {peak_kb} kB");
+    // The set is whole: a million images and labels, balanced.
+    assert_eq!(fs::metadata(out.join("images.npy")).unwrap().len(), 128 + 1_000_000 * 784 * 4);
+    let labels = fs::read(out.join("labels.npy")).unwrap();
+    assert_eq!(labels.len(), 128 + 1_000_000);
+    assert!((0..10u8).all(|c| labels[128..].iter().filter(|&&l| l == c).count() == 100_000));
+}

@@ -11,10 +11,11 @@ use clap::{Args, ValueEnum};
 use dpgan::data::Split;
 use dpgan::dp::KeySource;
 use dpgan::io::image::Grid;
-use dpgan::io::synthetic::{write_synthetic, SyntheticFormat, NPY_IMAGES, NPY_LABELS};
+use dpgan::io::synthetic::{SyntheticFormat, SyntheticWriter, NPY_IMAGES, NPY_LABELS};
 use dpgan::models::dpcgan::CLASSES;
-use dpgan::train::dpcgan::run::{load_generator, sample_released};
+use dpgan::train::dpcgan::run::{load_generator, sample_released_into};
 use dpgan::train::gswgan::run as gswgan;
+use dpgan::train::progress::Progress;
 use dpgan::train::run_dir::{read_json, CONFIG};
 use dpgan::{Device, Error, Result};
 
@@ -92,11 +93,32 @@ pub(super) fn write_sample(
 ) -> Result<serde_json::Value> {
     let algorithm: serde_json::Value = read_json(&run.join(CONFIG))?;
     let name = run_name(run)?;
+    // The images stream to disk a chunk at a time: memory stays bounded whatever the count. The
+    // grid keeps the first 10 of every class.
+    let count = per_class * CLASSES;
+    let mut writer = SyntheticWriter::create(out, count, 28, 28, format)?;
+    let cols = per_class.min(10);
+    let mut grid = vec![0.0f32; CLASSES * cols * 784];
+    let mut seen = [0usize; CLASSES];
+    let progress = Progress::new(0, count as u64);
+    let mut written = 0u64;
+    let mut sink = |images: &[f32], class: u8| -> Result<()> {
+        let n = images.len() / 784;
+        let c = class as usize;
+        let take = n.min(cols - seen[c].min(cols));
+        let row = &mut grid[(c * cols + seen[c].min(cols)) * 784..][..take * 784];
+        row.copy_from_slice(&images[..take * 784]);
+        seen[c] += n;
+        writer.push(images, &vec![class; n])?;
+        written += n as u64;
+        progress.set_step(written);
+        Ok(())
+    };
     // Each algorithm's released generator: DP-CGAN's G (tanh, rescaled), GS-WGAN's EMA copy G_s.
-    let (images, labels, mut record) = if algorithm["algorithm"] == gswgan::ALGORITHM {
+    let mut record = if algorithm["algorithm"] == gswgan::ALGORITHM {
         let (generator, config, state) = gswgan::load_ema_generator(run, device)?;
-        let (images, labels) = gswgan::sample_released(&generator, per_class, seed, device)?;
-        let record = serde_json::json!({
+        gswgan::sample_released_into(&generator, per_class, seed, device, &mut sink)?;
+        serde_json::json!({
             "algorithm": config.algorithm,
             "build": config.build,
             "checkpoint_step": state.iteration,
@@ -105,12 +127,11 @@ pub(super) fn write_sample(
             "accounting": config.accounting,
             "epsilon_as_published": state.epsilon_as_published,
             "epsilon_per_step": state.epsilon_per_step,
-        });
-        (images, labels, record)
+        })
     } else {
         let (generator, config, state) = load_generator(run, device)?;
-        let (images, labels) = sample_released(&generator, per_class, seed, device)?;
-        let record = serde_json::json!({
+        sample_released_into(&generator, per_class, seed, device, &mut sink)?;
+        serde_json::json!({
             "algorithm": config.algorithm,
             "build": config.build,
             "checkpoint_step": state.step,
@@ -118,13 +139,10 @@ pub(super) fn write_sample(
             "delta": state.delta,
             "conversion": config.conversion,
             "sampling": config.sampling,
-        });
-        (images, labels, record)
+        })
     };
-    write_synthetic(out, &images, &labels, 28, 28, format)?;
-    // The grid: the first 10 images of every class, one row per class.
-    let cols = per_class.min(10);
-    let grid: Vec<f32> = (0..CLASSES).flat_map(|c| images[c * per_class * 784..][..cols * 784].iter().copied()).collect();
+    progress.finish();
+    writer.finish()?;
     Grid { images: &grid, rows: CLASSES, cols, height: 28, width: 28, range: (0.0, 1.0) }.write_png(&out.join(GRID))?;
 
     // Whether the guarantee holds at all: a run with replayable noise says so wherever its data goes.

@@ -7,6 +7,23 @@ pub mod progress;
 pub mod replay;
 pub mod run_dir;
 
+use crate::data::dataset::IMAGE_SIDE;
+
+/// Receives generated images a chunk at a time: pixels `[n, 784]` row-major, and their class.
+/// Sampling through a sink keeps memory bounded by a chunk, whatever the count.
+pub type ImageSink<'a> = dyn FnMut(&[f32], u8) -> crate::error::Result<()> + 'a;
+
+/// The images and labels `generate` hands its sink, collected.
+pub fn collect_images(generate: impl FnOnce(&mut ImageSink) -> crate::error::Result<()>) -> crate::error::Result<(Vec<f32>, Vec<u8>)> {
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    generate(&mut |chunk: &[f32], class: u8| {
+        images.extend_from_slice(chunk);
+        labels.extend(std::iter::repeat_n(class, chunk.len() / (IMAGE_SIDE * IMAGE_SIDE)));
+        Ok(())
+    })?;
+    Ok((images, labels))
+}
+
 /// Refuses a setting that must be finite and above zero (a NaN learning rate trains NaN losses; a
 /// negative one ascends), naming the flag.
 pub(crate) fn check_positive(flag: &str, value: f64) -> crate::error::Result<()> {

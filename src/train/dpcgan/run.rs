@@ -24,6 +24,7 @@ use crate::train::progress::Progress;
 use crate::train::replay::{stream, Purpose, StepBatches};
 use crate::train::run_dir::{file_sha256, MetricsLog, RunDir, CONFIG, METRICS};
 use crate::train::{check_delta_flag, check_positive};
+use crate::train::{collect_images, ImageSink};
 
 pub const ALGORITHM: &str = "dp-cgan";
 /// Bumped when the checkpoint layout changes; older checkpoints are refused with a clear error.
@@ -642,26 +643,43 @@ const SAMPLE_CHUNK: usize = 5000;
 /// `[10·per_class, 784]` in [−1, 1], class-major, and their labels. Balanced labels, never the
 /// real class counts (which are not public).
 pub fn generate_by_class<R: Rng>(generator: &Generator, per_class: usize, rng: &mut R, device: &Device) -> Result<(Vec<f32>, Vec<u8>)> {
-    let (mut images, mut labels) = (Vec::with_capacity(per_class * CLASSES * PIXELS), Vec::with_capacity(per_class * CLASSES));
+    collect_images(|sink| generate_by_class_into(generator, per_class, rng, device, sink))
+}
+
+/// [`generate_by_class`] handing each chunk to `sink` instead of collecting them.
+pub fn generate_by_class_into<R: Rng>(
+    generator: &Generator,
+    per_class: usize,
+    rng: &mut R,
+    device: &Device,
+    sink: &mut ImageSink,
+) -> Result<()> {
     for class in 0..CLASSES {
         let mut left = per_class;
         while left > 0 {
             let n = left.min(SAMPLE_CHUNK);
             let z = Tensor::randn(&[1, n, LATENT], rng, device)?;
             let onehot = Tensor::one_hot(&vec![class as u32; n], CLASSES, &[1, n], device)?;
-            images.extend(generator.forward(&crate::autograd::Tape::new(), &z, &onehot)?.to_vec()?);
-            labels.extend(std::iter::repeat_n(class as u8, n));
+            sink(&generator.forward(&crate::autograd::Tape::new(), &z, &onehot)?.to_vec()?, class as u8)?;
             left -= n;
         }
     }
-    Ok((images, labels))
+    Ok(())
 }
 
 /// The released data set of a generator: `per_class` images of each class, pixels in [0, 1]
 /// (from tanh's [−1, 1]), latent codes from `seed` (sampling is post-processing: no privacy cost).
 pub fn sample_released(generator: &Generator, per_class: usize, seed: u64, device: &Device) -> Result<(Vec<f32>, Vec<u8>)> {
-    let (images, labels) = generate_by_class(generator, per_class, &mut stream(seed, Purpose::Sample, 0), device)?;
-    Ok((images.into_iter().map(|x| ((x + 1.0) * 0.5).clamp(0.0, 1.0)).collect(), labels))
+    collect_images(|sink| sample_released_into(generator, per_class, seed, device, sink))
+}
+
+/// [`sample_released`] a chunk at a time, into `sink`.
+pub fn sample_released_into(generator: &Generator, per_class: usize, seed: u64, device: &Device, sink: &mut ImageSink) -> Result<()> {
+    let mut rng = stream(seed, Purpose::Sample, 0);
+    generate_by_class_into(generator, per_class, &mut rng, device, &mut |images, class| {
+        let unit: Vec<f32> = images.iter().map(|&x| ((x + 1.0) * 0.5).clamp(0.0, 1.0)).collect();
+        sink(&unit, class)
+    })
 }
 
 /// The progress grid of a generator: 10 rows (classes) of 10 samples from the run's fixed codes.

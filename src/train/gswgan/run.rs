@@ -30,7 +30,7 @@ use crate::dp::{FiniteChecks, GsWganSanitizer, KeySource, NoiseMode, NoiseSource
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{load_tensors, save_tensors};
 use crate::io::image::Grid;
-use crate::models::gswgan::{bernoulli_latent, one_hot, Discriminator, Generator, GeneratorArch, CLASSES, PIXELS};
+use crate::models::gswgan::{bernoulli_latent, one_hot, Discriminator, Generator, GeneratorArch, CLASSES};
 use crate::nn::Module;
 use crate::optim::Adam;
 use crate::privacy::accountant::{Accountant, Mechanism};
@@ -43,6 +43,7 @@ use crate::train::progress::Progress;
 use crate::train::replay::{stream, Purpose};
 use crate::train::run_dir::{MetricsLog, RunDir, CHECKPOINT, CONFIG, METRICS};
 use crate::train::{check_delta_flag, check_positive};
+use crate::train::{collect_images, ImageSink};
 
 pub const ALGORITHM: &str = "gs-wgan";
 /// Bumped when the checkpoint layout or the meaning of what it records changes (3: the per-step
@@ -841,20 +842,29 @@ const SAMPLE_CHUNK: usize = 1000;
 /// vectors stay as training left them), z ~ Bernoulli(0.5) from `rng`: `[10·per_class, 784]` in
 /// [0, 1], class-major, and the labels. Sampling is post-processing: no privacy cost.
 pub fn generate_by_class<R: Rng>(generator: &Generator, per_class: usize, rng: &mut R, device: &Device) -> Result<(Vec<f32>, Vec<u8>)> {
+    collect_images(|sink| generate_by_class_into(generator, per_class, rng, device, sink))
+}
+
+/// [`generate_by_class`] handing each chunk to `sink` instead of collecting them.
+pub fn generate_by_class_into<R: Rng>(
+    generator: &Generator,
+    per_class: usize,
+    rng: &mut R,
+    device: &Device,
+    sink: &mut ImageSink,
+) -> Result<()> {
     let mut copy = generator.clone();
-    let (mut images, mut labels) = (Vec::with_capacity(per_class * CLASSES * PIXELS), Vec::with_capacity(per_class * CLASSES));
     for class in 0..CLASSES {
         let mut left = per_class;
         while left > 0 {
             let n = left.min(SAMPLE_CHUNK);
             let z = bernoulli_latent(std::slice::from_mut(rng), n, device)?;
             let onehot = one_hot(&vec![class as u32; n], 1, device)?;
-            images.extend(copy.forward(&Tape::new(), &z, &onehot)?.to_vec()?);
-            labels.extend(std::iter::repeat_n(class as u8, n));
+            sink(&copy.forward(&Tape::new(), &z, &onehot)?.to_vec()?, class as u8)?;
             left -= n;
         }
     }
-    Ok((images, labels))
+    Ok(())
 }
 
 /// A 10 × 10 grid from the EMA generator, one row per class, from the run's fixed codes.
@@ -885,4 +895,9 @@ pub fn load_ema_generator(root: &Path, device: &Device) -> Result<(Generator, Gs
 /// The released data set of G_s: `per_class` images per class in [0, 1], codes from `seed`.
 pub fn sample_released(generator: &Generator, per_class: usize, seed: u64, device: &Device) -> Result<(Vec<f32>, Vec<u8>)> {
     generate_by_class(generator, per_class, &mut stream(seed, Purpose::Sample, 0), device)
+}
+
+/// [`sample_released`] a chunk at a time, into `sink`.
+pub fn sample_released_into(generator: &Generator, per_class: usize, seed: u64, device: &Device, sink: &mut ImageSink) -> Result<()> {
+    generate_by_class_into(generator, per_class, &mut stream(seed, Purpose::Sample, 0), device, sink)
 }
