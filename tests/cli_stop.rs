@@ -252,3 +252,45 @@ fn sampling_a_million_images_stays_under_512_mb() {
     assert_eq!(labels.len(), 128 + 1_000_000);
     assert!((0..10u8).all(|c| labels[128..].iter().filter(|&&l| l == c).count() == 100_000));
 }
+
+/// The warm start stops at once on SIGINT, keeping finished groups and leaving no partial file.
+#[test]
+fn a_warm_start_stops_at_once_on_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    let warm = dir.path().join("warm");
+    let (data, warm_s) = (mnist(), s(&warm));
+    let mut child = long_run(&[
+        "train",
+        "gs-wgan",
+        "warm-start",
+        "--data",
+        &data,
+        "--out",
+        &warm_s,
+        "--discriminators",
+        "2",
+        "--group-size",
+        "2",
+        "--iterations",
+        "1000000",
+        "--generator",
+        "dcgan",
+        "--base",
+        "4",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+    ]);
+    let start = Instant::now();
+    while !warm.join("config.json").is_file() {
+        assert!(start.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none(), "the warm start did not begin");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, stderr) = signal_and_wait(child, "INT");
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains(&format!("dpgan train gs-wgan warm-start --resume {warm_s}")), "{stderr}");
+    let leftovers: Vec<_> = fs::read_dir(&warm).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!warm.join("discriminators").exists() || fs::read_dir(warm.join("discriminators")).unwrap().next().is_none(), "{leftovers:?}");
+}

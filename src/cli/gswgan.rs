@@ -240,7 +240,9 @@ pub(super) fn start_warm_start(out: &Path, settings: &WarmStartSettings, data: &
 
 /// Trains every group of `run` not yet written, with a progress bar counting discriminators.
 pub(super) fn train_warm_start(run: &mut WarmStartRun) -> Result<WarmStartOutcome> {
-    let progress = Progress::new(run.discriminators_done() as u64, run.config().discriminators as u64);
+    // Counted in discriminator-iterations, so that the rate and the ETA move within a group.
+    let iterations = run.config().iterations;
+    let progress = Progress::new(run.discriminators_done() as u64 * iterations, run.config().discriminators as u64 * iterations);
     let outcome = run.train(&progress)?;
     progress.finish();
     Ok(outcome)

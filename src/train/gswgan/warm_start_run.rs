@@ -232,13 +232,17 @@ impl WarmStartRun {
             let path = group_path(self.dir.root(), group);
             if path.is_file() {
                 skipped += 1;
-                progress.set_step(done as u64);
+                progress.set_step((done as u64) * self.config.iterations);
                 continue;
             }
             let group_started = Instant::now();
-            let (critic, generator) = self.train_group(group, &path)?;
+            let Some((critic, generator)) = self.train_group(group, &path, progress, done - members.len())? else {
+                // Stopped by a signal mid-group: the finished groups are on disk, this one is redone.
+                let wall_s = started.elapsed().as_secs_f64();
+                let interrupted = crate::train::interrupt::requested();
+                return Ok(WarmStartOutcome { groups_trained: trained, groups_skipped: skipped, wall_s, interrupted });
+            };
             trained += 1;
-            progress.set_step(done as u64);
             metrics.append(&serde_json::json!({
                 "step": done,
                 "group": group,
@@ -249,11 +253,7 @@ impl WarmStartRun {
                 "group_s": group_started.elapsed().as_secs_f64(),
                 "wall_s": started.elapsed().as_secs_f64(),
             }))?;
-            progress.report(done as u64, &format!("group {group} · D {critic:.4} · G {generator:.4}"));
-            if let Some(signal) = crate::train::interrupt::requested() {
-                let wall_s = started.elapsed().as_secs_f64();
-                return Ok(WarmStartOutcome { groups_trained: trained, groups_skipped: skipped, wall_s, interrupted: Some(signal) });
-            }
+            progress.report(done as u64 * self.config.iterations, &format!("group {group} done · D {critic:.4} · G {generator:.4}"));
         }
         Ok(WarmStartOutcome {
             groups_trained: trained,
@@ -263,16 +263,29 @@ impl WarmStartRun {
         })
     }
 
-    /// One group's warm start, written atomically; its last iteration's mean losses.
-    fn train_group(&mut self, group: usize, path: &Path) -> Result<(f64, f64)> {
+    /// One group's warm start, written atomically; its last iteration's mean losses. Progress counts
+    /// discriminator-iterations (`before` discriminators already done); `None` when a signal asked
+    /// the run to stop, before the group finished (nothing of it is written).
+    fn train_group(&mut self, group: usize, path: &Path, progress: &Progress, before: usize) -> Result<Option<(f64, f64)>> {
         let members = self.members(group);
         let seeds: Vec<u64> = members.clone().map(|j| self.config.member_seed(j)).collect();
         let slices: Vec<Vec<usize>> = self.slices[members.clone()].to_vec();
         let arch = self.config.arch()?;
         let mut warm = WarmStart::new(arch, self.config.base, &seeds, slices, self.config.step_config(), &self.device)?;
         let mut last = None;
-        for _ in 0..self.config.iterations {
+        let (started, iterations) = (Instant::now(), self.config.iterations);
+        let report_every = (iterations / 20).max(1);
+        for i in 1..=iterations {
             last = Some(warm.iteration(&self.data)?);
+            let position = before as u64 * iterations + i * members.len() as u64;
+            progress.set_step(position);
+            if i % report_every == 0 && i < iterations {
+                let rate = (i * members.len() as u64) as f64 / started.elapsed().as_secs_f64();
+                progress.report(position, &format!("group {group} · iteration {i}/{iterations} · {rate:.1} discriminator-iterations/s"));
+            }
+            if crate::train::interrupt::requested().is_some() {
+                return Ok(None);
+            }
         }
         let last = last.ok_or_else(|| Error::Invalid("a warm start needs at least one iteration".into()))?;
         let mean = |t: &Tensor| -> Result<f64> { Ok(t.to_vec()?.iter().map(|&x| x as f64).sum::<f64>() / members.len() as f64) };
@@ -281,7 +294,7 @@ impl WarmStartRun {
         let named = warm.discriminators.named_tensors();
         let named: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
         save_tensors(path, &named, Some(HashMap::from([(GROUP_KEY.to_string(), record.to_string())])))?;
-        Ok((critic, generator))
+        Ok(Some((critic, generator)))
     }
 }
 
