@@ -294,3 +294,33 @@ fn a_warm_start_stops_at_once_on_sigint() {
     let leftovers: Vec<_> = fs::read_dir(&warm).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(!warm.join("discriminators").exists() || fs::read_dir(warm.join("discriminators")).unwrap().next().is_none(), "{leftovers:?}");
 }
+
+/// A run killed before its first checkpoint (SIGKILL leaves no chance to write one) is started
+/// again by the command that began it; `--resume` says so.
+#[test]
+fn a_run_killed_before_its_first_checkpoint_starts_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let (data, run_s) = (mnist(), s(&run));
+    let common = ["train", "dp-cgan", "--data", &data, "--out", &run_s, "--device", "cpu", "--batch-size", "64", "--log-every", "5"];
+    let mut child = long_run(&[&common[..], &["--steps", "1000000", "--checkpoint-every", "1000000"]].concat());
+    wait_for_line(&run.join("metrics.jsonl"), &mut child);
+    let (code, _) = signal_and_wait(child, "KILL");
+    assert_eq!(code, None, "killed by a signal");
+    assert!(run.join("config.json").is_file() && !run.join("checkpoint.safetensors").exists());
+
+    let out = dpgan(&["train", "dp-cgan", "--resume", &run_s, "--device", "cpu"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("start it again with the command that began it"), "{err}");
+
+    let out = dpgan(&[&common[..], &["--steps", "5"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("stopped before its first checkpoint: starting it again"), "{err}");
+    assert_eq!(step_of(&run), 5);
+    let steps: Vec<u64> = fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [5], "the killed attempt's metrics are gone");
+}

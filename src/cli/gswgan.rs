@@ -291,6 +291,9 @@ fn private(args: &PrivateArgs) -> Result<()> {
                         .into(),
                 ));
             };
+            if dpgan::train::run_dir::RunDir::forget_if_never_checkpointed(out)? {
+                eprintln!("{} stopped before its first checkpoint: starting it again", out.display());
+            }
             let d = GsWganSettings::default();
             let settings = GsWganSettings {
                 warm_start: warm_start.clone(),

@@ -137,6 +137,9 @@ fn dp_cgan(args: &DpCganArgs) -> Result<()> {
         }
         None => {
             let out = args.out.as_deref().expect("clap requires --out without --resume");
+            if dpgan::train::run_dir::RunDir::forget_if_never_checkpointed(out)? {
+                eprintln!("{} stopped before its first checkpoint: starting it again", out.display());
+            }
             let data = Dataset::load(&data_dir(args.data.as_deref())?, Split::Train)?;
             let config = DpCganRunConfig::plan(&settings(args)?, &data, &device)?;
             announce(&config)?;

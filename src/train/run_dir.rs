@@ -51,6 +51,23 @@ impl RunDir {
         Ok(dir)
     }
 
+    /// A training run in `root` that stopped before its first checkpoint has nothing to continue
+    /// from: its config.json and metrics are removed (under the run's lock, so never those of a
+    /// run training now) so that it can start again in the same place. Whether there was one.
+    pub fn forget_if_never_checkpointed(root: &Path) -> Result<bool> {
+        if !root.join(CONFIG).is_file() || root.join(CHECKPOINT).is_file() {
+            return Ok(false);
+        }
+        let dir = Self::open_for_training(root)?;
+        for name in [METRICS, CONFIG] {
+            let path = dir.path(name);
+            if path.exists() {
+                fs::remove_file(&path).map_err(|e| Error::file(&path, format!("cannot remove: {e}")))?;
+            }
+        }
+        Ok(true)
+    }
+
     /// An existing run.
     pub fn open(root: &Path) -> Result<Self> {
         if !root.join(CONFIG).is_file() {
@@ -144,7 +161,11 @@ impl RunDir {
     pub fn load_checkpoint_keyed<S: DeserializeOwned>(&self, device: &Device) -> Result<(HashMap<String, Tensor>, S, RunKey)> {
         let path = self.path(CHECKPOINT);
         if !path.is_file() {
-            return Err(Error::file(&path, "no checkpoint to resume from: the run stopped before writing its first one"));
+            return Err(Error::file(
+                &path,
+                "no checkpoint to resume from: the run stopped before writing its first one; start it again with the command that \
+                 began it (the same --out)",
+            ));
         }
         let (tensors, metadata) = load_tensors(&path, device)?;
         let state = metadata.get(STATE_KEY).ok_or_else(|| Error::file(&path, format!("no {STATE_KEY} in the metadata")))?;

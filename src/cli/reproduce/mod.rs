@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use dpgan::eval::{evaluate, Classifier, EvalConfig, EvalReport, ImageSet, Metric};
-use dpgan::train::run_dir::{read_json, CHECKPOINT, CONFIG};
+use dpgan::train::run_dir::{read_json, RunDir};
 use dpgan::{Device, Error, Result};
 
 mod dpcgan;
@@ -217,13 +217,11 @@ fn evaluate_and_keep(
     Ok(report)
 }
 
-/// A training run in `dir` that stopped before its first checkpoint has nothing to continue from:
-/// its config.json is removed so that it starts again. Whether it did.
+/// A training run in `dir` that stopped before its first checkpoint starts again. Whether it did.
 fn forget_if_never_checkpointed(dir: &Path) -> Result<bool> {
-    if !dir.join(CONFIG).is_file() || dir.join(CHECKPOINT).is_file() {
-        return Ok(false);
+    let forgotten = RunDir::forget_if_never_checkpointed(dir)?;
+    if forgotten {
+        eprintln!("{} stopped before its first checkpoint: starting it again", dir.display());
     }
-    eprintln!("{} stopped before its first checkpoint: starting it again", dir.display());
-    fs::remove_file(dir.join(CONFIG)).map_err(|e| Error::file(dir.join(CONFIG), format!("cannot remove: {e}")))?;
-    Ok(true)
+    Ok(forgotten)
 }
