@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use dpgan::{Device, Error, Result};
 
 mod bench;
+mod data;
 mod eval;
 mod gswgan;
 mod info;
@@ -37,6 +38,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// A published experiment end to end (train, sample, evaluate) beside the published table.
     Reproduce(reproduce::ReproduceArgs),
+    /// Data sets: `data fetch mnist|fashion-mnist` downloads and verifies one.
+    Data(data::DataArgs),
     /// Benchmarks: `bench kernels` times every kernel family against the device's measured ceilings; `bench step` the training step.
     Bench(bench::BenchArgs),
 }
@@ -48,6 +51,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Privacy(args) => privacy::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Data(args) => data::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Sample(args) => sample::run(&args),
         Command::Reproduce(args) => reproduce::run(&args),

@@ -204,7 +204,26 @@ fn find_file(dir: &Path, name: &str, what: &str) -> Result<PathBuf> {
 /// A `--data` value that is not a directory but names one inside `$DPGAN_DATA` (`--data mnist`)
 /// resolves to that one, so a data set can be picked by name.
 pub fn data_dir(cli: Option<&Path>) -> Result<PathBuf> {
-    resolve_data_dir(cli, env::var_os(DATA_ENV).filter(|d| !d.is_empty()).map(PathBuf::from))
+    let dir = resolve_data_dir(cli, env::var_os(DATA_ENV).filter(|d| !d.is_empty()).map(PathBuf::from))?;
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    // A name `dpgan data fetch` puts in its default place, or a hint to fetch it.
+    let name = cli.and_then(|c| c.to_str()).filter(|n| crate::data::fetch::known(n).is_some());
+    match (name, default_data_root()) {
+        (Some(name), Some(root)) if root.join(name).is_dir() => Ok(root.join(name)),
+        (Some(name), _) => Err(Error::file(&dir, format!("no such data directory: fetch the data set with `dpgan data fetch {name}`"))),
+        _ => Ok(dir),
+    }
+}
+
+/// Where `dpgan data fetch` puts a data set by default: `$DPGAN_DATA`, else the user's cache
+/// (`$XDG_CACHE_HOME/dpgan/data`, else `~/.cache/dpgan/data`).
+pub fn default_data_root() -> Option<PathBuf> {
+    let nonempty = |v: &str| env::var_os(v).filter(|d| !d.is_empty()).map(PathBuf::from);
+    nonempty(DATA_ENV)
+        .or_else(|| nonempty("XDG_CACHE_HOME").map(|c| c.join("dpgan/data")))
+        .or_else(|| nonempty("HOME").map(|h| h.join(".cache/dpgan/data")))
 }
 
 /// [`data_dir`] with `$DPGAN_DATA`'s value passed in, so that it can be tested without touching the
