@@ -12,7 +12,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use common::cli::{data_root, stdout_of};
+use common::cli::data_root;
 use dpgan::backend::{ops, RowNorm};
 use dpgan::data::sampling::Sampling;
 use dpgan::data::{Dataset, Split};
@@ -194,30 +194,7 @@ mod gs_wgan {
     use super::*;
 
     fn warm_start(out: &Path) {
-        let (data, out) = (mnist().to_string_lossy().into_owned(), out.to_string_lossy().into_owned());
-        stdout_of(&[
-            "train",
-            "gs-wgan",
-            "warm-start",
-            "--data",
-            &data,
-            "--out",
-            &out,
-            "--discriminators",
-            "2",
-            "--group-size",
-            "2",
-            "--iterations",
-            "2",
-            "--generator",
-            "dcgan",
-            "--seed",
-            "3",
-            "--device",
-            "cpu",
-            "--base",
-            "4",
-        ]);
+        common::cli::tiny_warm_start(out, 2, 2, 2);
     }
 
     #[test]

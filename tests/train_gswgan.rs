@@ -18,9 +18,6 @@ use dpgan::train::gswgan::warm_start_run::WarmStartRunConfig;
 use dpgan::{Device, Tensor};
 use serde_json::Value;
 
-/// The hidden width option: the published architecture at a width the CPU trains in moments.
-const BASE: &str = "4";
-
 fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -34,30 +31,7 @@ fn tensors(path: &Path) -> HashMap<String, Tensor> {
 }
 
 fn warm_start(out: &Path) -> String {
-    let (data, out) = (s(&data_root().join("mnist")), s(out));
-    stdout_of(&[
-        "train",
-        "gs-wgan",
-        "warm-start",
-        "--data",
-        &data,
-        "--out",
-        &out,
-        "--discriminators",
-        "4",
-        "--group-size",
-        "2",
-        "--iterations",
-        "2",
-        "--generator",
-        "dcgan",
-        "--seed",
-        "3",
-        "--device",
-        "cpu",
-        "--base",
-        BASE,
-    ])
+    common::cli::tiny_warm_start(out, 4, 2, 2)
 }
 
 fn phase_two(warm: &Path, out: &Path, extra: &[&str]) -> String {

@@ -9,10 +9,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::io::atomic_write;
+use crate::train::run_dir::sha256_hex;
 
 /// One file of a data set and the SHA-256 of its decompressed IDX bytes.
 pub struct KnownFile {
@@ -112,17 +112,7 @@ fn download(url: &str) -> Result<Vec<u8>> {
 
 /// SHA-256 of the decompressed bytes of a gzip file, hex.
 fn raw_sha256(gz: &[u8]) -> std::io::Result<String> {
-    let mut decoder = GzDecoder::new(gz);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = decoder.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    sha256_hex(GzDecoder::new(gz))
 }
 
 #[cfg(test)]

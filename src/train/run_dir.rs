@@ -273,11 +273,16 @@ impl MetricsLog {
 
 /// SHA-256 of a file, hex: recorded for every input file so a run names the exact data it saw.
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut file = File::open(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let file = File::open(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    sha256_hex(file).map_err(|e| Error::file(path, format!("cannot read: {e}")))
+}
+
+/// SHA-256 of everything `reader` yields, hex.
+pub fn sha256_hex(mut reader: impl Read) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        let n = reader.read(&mut buf)?;
         if n == 0 {
             break;
         }

@@ -113,3 +113,33 @@ pub fn error_of(args: &[&str]) -> String {
     assert!(error_line && !stderr.contains("panicked"), "dpgan {args:?} did not fail with an error line:\n{stderr}");
     stderr
 }
+
+/// A tiny GS-WGAN warm start on MNIST (DCGAN throwaway generators, width 4) in `out`: `count`
+/// discriminators in groups of `group`, `iterations` each, seed 3. Returns stdout.
+pub fn tiny_warm_start(out: &Path, count: usize, group: usize, iterations: u64) -> String {
+    let (data, out) = (data_root().join("mnist").to_string_lossy().into_owned(), out.to_string_lossy().into_owned());
+    let (count, group, iterations) = (count.to_string(), group.to_string(), iterations.to_string());
+    stdout_of(&[
+        "train",
+        "gs-wgan",
+        "warm-start",
+        "--data",
+        &data,
+        "--out",
+        &out,
+        "--discriminators",
+        &count,
+        "--group-size",
+        &group,
+        "--iterations",
+        &iterations,
+        "--generator",
+        "dcgan",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--base",
+        "4",
+    ])
+}
