@@ -25,6 +25,12 @@ pub enum Error {
     Autograd(String),
     /// A privacy-spending step refused because it would take ε past the run's budget.
     PrivacyBudget(String),
+    /// A training step (1-based) whose private update held a NaN or an infinity: an example whose
+    /// gradient norm is not finite cannot be clipped, so the run stops rather than apply it.
+    NonFinite { step: u64, what: String },
+    /// Not a failure: a command that stopped before its end, with the exit status that says why
+    /// (the ε budget, a signal) and what to do next.
+    Stopped { code: u8, msg: String },
 }
 
 impl Error {
@@ -53,6 +59,12 @@ impl fmt::Display for Error {
             Error::Invalid(msg) => write!(f, "invalid argument: {msg}"),
             Error::Autograd(msg) => write!(f, "autograd: {msg}"),
             Error::PrivacyBudget(msg) => write!(f, "privacy budget exceeded: {msg}"),
+            Error::NonFinite { step, what } => write!(
+                f,
+                "step {step}: {what} holds a NaN or an infinity (an example whose gradient norm is not finite cannot be \
+                 clipped); the run stops without writing anything of this step or later, its last checkpoint is intact"
+            ),
+            Error::Stopped { msg, .. } => write!(f, "{msg}"),
         }
     }
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Output;
 
-use common::cli::{dpgan, json_of, stderr_of_failure, stdout_of};
+use common::cli::{dpgan, error_of, gzip, idx_bytes, json_of, stderr_of_failure, stdout_of, write_idx_set};
 
 use dpgan::backend::cuda::module::{CUDA_ARCHS, FATBIN, NVCC_VERSION, PTXAS_REPORT};
 use dpgan::backend::cuda::{device_count, kernel_resources, Kernel};
@@ -258,4 +258,73 @@ fn bench_kernels_reports_every_family_or_says_why_not() {
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("ceilings:"), "{stdout}");
+}
+
+// ---- refused inputs ------------------------------------------------------------------------------
+
+fn path(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Images of another size than 28×28 are refused by every command that reads a data set, naming
+/// the size, before anything is written: read as rows of 784 pixels, a 56×56 image would become
+/// four records and a 10×10 one part of a record.
+#[test]
+fn images_that_are_not_28_by_28_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (rows, cols) in [(56, 56), (10, 10), (28, 27)] {
+        let data = dir.path().join(format!("data-{rows}x{cols}"));
+        write_idx_set(&data, 40, rows, cols);
+        let size = format!("holds {rows}×{cols} images");
+        let run = dir.path().join("run");
+        let data = path(&data);
+        let err = error_of(&["train", "dp-cgan", "--data", &data, "--out", &path(&run), "--device", "cpu", "--steps", "1"]);
+        assert!(err.contains(&size) && err.contains("28×28") && err.contains("train-images-idx3-ubyte.gz"), "{err}");
+        let warm = ["train", "gs-wgan", "warm-start", "--data", &data, "--out", &path(&run), "--device", "cpu"];
+        let err = error_of(&[&warm[..], &["--discriminators", "2", "--iterations", "1", "--base", "4"]].concat());
+        assert!(err.contains(&size), "{err}");
+        assert!(!run.exists(), "a refused run wrote {}", run.display());
+        for extra in [&["--real"][..], &["--synthetic", &data]] {
+            let err = error_of(&[&["eval", "--data", &data, "--classifier", "logreg", "--device", "cpu"][..], extra].concat());
+            assert!(err.contains(&size), "{err}");
+        }
+    }
+    // A synthetic set of another size against a real 28×28 test set.
+    let (real, synthetic) = (dir.path().join("real"), dir.path().join("synthetic"));
+    write_idx_set(&real, 20, 28, 28);
+    write_idx_set(&synthetic, 20, 10, 10);
+    for name in ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+        std::fs::remove_file(synthetic.join(name)).unwrap();
+    }
+    for classifier in ["logreg", "lenet"] {
+        let args = ["eval", "--synthetic", &path(&synthetic), "--data", &path(&real), "--classifier", classifier, "--device", "cpu"];
+        let err = error_of(&args);
+        assert!(err.contains("10×10") && err.contains("28×28"), "{classifier}: {err}");
+    }
+}
+
+/// A gzip file is decompressed only as far as its header announces: a header announcing more than
+/// dpgan reads is refused before any data is decompressed, and data past the announced length is
+/// refused after at most a bounded read, however much a small file would expand to.
+#[test]
+fn gzip_data_is_read_only_as_far_as_its_header_announces() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_idx_set(&data, 20, 28, 28);
+    let images = data.join("train-images-idx3-ubyte.gz");
+    let run = path(&dir.path().join("run"));
+    // 2^31 images announced, 64 MiB of zeros behind the header: 64 kB on disk.
+    let bomb = gzip(&idx_bytes(0x0803, &[1 << 31, 28, 28], &vec![0; 64 << 20]));
+    assert!(bomb.len() < 200_000);
+    std::fs::write(&images, &bomb).unwrap();
+    let err = error_of(&["train", "dp-cgan", "--data", &path(&data), "--out", &run, "--device", "cpu", "--steps", "1"]);
+    assert!(err.contains("train-images-idx3-ubyte.gz") && err.contains("2147483648 images of 28×28"), "{err}");
+    assert!(err.contains("more than the 1073741824 bytes"), "{err}");
+
+    // The announced 20 labels, then 64 MiB more.
+    write_idx_set(&data, 20, 28, 28);
+    let labels: Vec<u8> = (0..20u8).map(|i| i % 10).chain(std::iter::repeat_n(0, 64 << 20)).collect();
+    std::fs::write(data.join("train-labels-idx1-ubyte.gz"), gzip(&idx_bytes(0x0801, &[20], &labels))).unwrap();
+    let err = error_of(&["train", "dp-cgan", "--data", &path(&data), "--out", &run, "--device", "cpu", "--steps", "1"]);
+    assert!(err.contains("train-labels-idx1-ubyte.gz") && err.contains("at least 1048576 trailing bytes after the 20 labels"), "{err}");
 }

@@ -7,7 +7,7 @@ use common::{assert_close_f64, randn_vec};
 use dpgan::autograd::Tape;
 use dpgan::backend::ops;
 use dpgan::dp::clip::{clip_factors, per_example_sq_norms, LayerGrad, PerExampleGrad, SpectralLayerGrad};
-use dpgan::tensor::Tensor;
+use dpgan::tensor::{Device, Tensor};
 use dpgan::Result;
 use rand::Rng;
 
@@ -312,6 +312,38 @@ fn clip_factors_are_one_within_the_bound_and_finite_for_zero() {
     let f = clip_factors(&sq, 1.0).unwrap().to_vec_f64().unwrap();
     assert_close_f64("clip factors", &f, &[1.0, 1.0, 1.0, 0.5, 1e-15], 1e-15);
     assert!(clip_factors(&sq, 0.0).is_err() && clip_factors(&sq, f32::NAN).is_err());
+}
+
+/// A NaN or infinite norm must never leave an example unclipped (a factor of 1) or drop it silently
+/// (a factor of 0): its factor is NaN, and so is every entry of the clipped sums it enters.
+fn non_finite_norms_give_nan_factors_and_nan_sums(device: &Device) {
+    let sq = Tensor::from_vec(vec![0.25, f32::NAN, 4.0, f32::INFINITY], &[1, 4], device).unwrap();
+    let f = clip_factors(&sq, 1.0).unwrap().to_vec().unwrap();
+    assert_eq!((f[0], f[2]), (1.0, 0.5), "finite norms keep their factors");
+    assert!(f[1].is_nan() && f[3].is_nan(), "factors of NaN and ∞ norms: {f:?}");
+    // A linear layer whose example 1 has a factor NaN: every entry of both sums is NaN, so the
+    // update cannot be applied as if that example were clipped.
+    let mut rng = common::rng("non_finite_norms");
+    let input = common::randn(&mut rng, &[1, 4, 3]).to_device(device).unwrap();
+    let mut grads = common::randn_vec(&mut rng, 4 * 2);
+    grads[2] = 0.0;
+    let output_grad = Tensor::from_vec(grads, &[1, 4, 2], device).unwrap();
+    let layer = LayerGrad::Linear { input, output_grad, bias: true };
+    let sums = layer.clipped_sum(&clip_factors(&sq, 1.0).unwrap()).unwrap();
+    assert!(sums.weight.to_vec().unwrap().iter().chain(&sums.bias.unwrap().to_vec().unwrap()).all(|v| v.is_nan()));
+}
+
+#[test]
+fn non_finite_norms_give_nan_factors_on_the_cpu() {
+    non_finite_norms_give_nan_factors_and_nan_sums(&Device::Cpu);
+    let sq = Tensor::from_vec_f64(vec![f64::NAN, f64::INFINITY, 1.0], &[1, 3]).unwrap();
+    let f = clip_factors(&sq, 1.0).unwrap().to_vec_f64().unwrap();
+    assert!(f[0].is_nan() && f[1].is_nan() && f[2] == 1.0, "{f:?}");
+}
+
+#[test]
+fn non_finite_norms_give_nan_factors_on_cuda() {
+    common::on_cuda("non_finite_norms_give_nan_factors_on_cuda", non_finite_norms_give_nan_factors_and_nan_sums);
 }
 
 /// `σ = uᵀW̄v` per group, `[G]`.

@@ -417,7 +417,8 @@ fn private_step_sanitises_the_image_gradient() {
     Adam::new(config.adam).step(&mut g_hand.params_mut(), &g_grads).unwrap();
 
     let d_before = d.clone();
-    let loss = private_generator_step(&mut g, &mut Adam::new(config.adam), &mut d, &z, &labels, &sanitizer, &key).unwrap();
+    let (loss, nonfinite) = private_generator_step(&mut g, &mut Adam::new(config.adam), &mut d, &z, &labels, &sanitizer, &key).unwrap();
+    assert_eq!(values(&nonfinite), [0.0]);
     assert_eq!(loss.shape(), [1]);
     for ((name, a), (_, e)) in g.named_tensors().into_iter().zip(g_hand.named_tensors()) {
         assert_identical(&format!("G {name} after the private step"), &values(a), &values(e));
@@ -426,6 +427,30 @@ fn private_step_sanitises_the_image_gradient() {
         assert_identical("D's parameters stay frozen", &values(a), &values(e));
     }
     assert_ne!(values(&d.conv1.sn.u), values(&d_before.conv1.sn.u), "D's spectral-norm vectors advance on forward");
+}
+
+/// A discriminator gone infinite gives image-gradient rows whose norms are not finite: they are
+/// never passed on unclipped, and the step's flag says so.
+#[test]
+fn a_non_finite_image_gradient_is_flagged() {
+    let mut rng = common::rng("non_finite_private_step");
+    let b = 3;
+    let mut g = Generator::new(GeneratorArch::Dcgan, 1, 1, &mut rng, &CPU).unwrap();
+    let mut d = Discriminator::new(1, 2, &mut rng, &CPU).unwrap();
+    let mut draws = vec![ChaCha20Rng::seed_from_u64(rng.random())];
+    let z = bernoulli_latent(&mut draws, b, &CPU).unwrap();
+    let labels = one_hot(&uniform_labels(&mut draws, b), 1, &CPU).unwrap();
+    let key = NoiseSource::from_seed(rng.random(), NoiseMode::Fast).next_key();
+    let sanitizer = GsWganSanitizer::new(1.0, 1.07).unwrap();
+    let mut adam = Adam::new(GsWganConfig::default().adam);
+    let (_, finite) = private_generator_step(&mut g, &mut adam, &mut d, &z, &labels, &sanitizer, &key).unwrap();
+    assert_eq!(values(&finite), [0.0]);
+    for p in d.params_mut() {
+        *p = p.full_like(p.shape(), f64::INFINITY).unwrap();
+    }
+    let (_, nonfinite) = private_generator_step(&mut g, &mut adam, &mut d, &z, &labels, &sanitizer, &key).unwrap();
+    assert!(values(&nonfinite)[0].is_nan());
+    assert!(g.params().iter().any(|p| values(p).iter().any(|v| v.is_nan())), "G took the step: its update is NaN, not unclipped");
 }
 
 #[test]
@@ -459,8 +484,8 @@ fn private_iteration_runs_and_copies_g_first() {
     let mut training = PrivateTraining::new(GeneratorArch::Dcgan, 2, rng.random(), sanitizer, &key, NoiseMode::Fast, config, &CPU).unwrap();
     let d = Discriminator::new(1, 2, &mut rng, &CPU).unwrap();
     let mut critic = CriticState::new(d, (0..6).collect(), member_rngs(rng.random()).batches, &config).unwrap();
-    let j = training.select_discriminator(1).unwrap();
-    let losses = training.iteration(j, &mut critic, &data).unwrap();
+    training.select_discriminator(1).unwrap();
+    let losses = training.iteration(&mut critic, &data).unwrap();
     // Two critic steps on a slice of 6 in batches of 4: the last batch holds 2.
     assert_eq!(losses.batch_size, 2);
     assert!(values(&losses.critic).iter().chain(&values(&losses.generator)).all(|x| x.is_finite()));

@@ -72,6 +72,28 @@ fn reproduce_dp_cgan_reports_the_table_and_reuses_finished_runs() {
         }
     }
     assert!(table.contains("| AUROC, logistic regression |") && table.contains("| 0.8642 |"), "{table}");
+    // A table made with other settings says which, and results.json records them.
+    assert!(table.contains("Not the published settings: steps 2 (published: 24900), Poisson sampling"), "{table}");
+    assert!(table.contains("MLP epochs 1 (published: 200)"), "{table}");
+    let settings = &results["settings"];
+    assert_eq!(
+        (settings["steps"].as_u64(), settings["per_class"].as_u64(), settings["mlp_epochs"].as_u64()),
+        (Some(STEPS), Some(500), Some(1))
+    );
+    assert_eq!(results["departures"].as_array().map(Vec::len), Some(3), "{results}");
+    // The released set is what `dpgan sample` writes: sample.json and a grid beside the images.
+    let record = read_json(&out.join("run-1/synthetic/sample.json"));
+    assert_eq!(
+        (record["count"].as_u64(), record["checkpoint_step"].as_u64(), record["private"].as_bool()),
+        (Some(5000), Some(STEPS), Some(true))
+    );
+    assert!(out.join("run-1/synthetic/grid.png").is_file());
+
+    // checkpoint.json one step behind its checkpoint, as a crash between the two writes leaves it:
+    // the state stored with the generator is the one that counts (nothing is resumed, the same ε).
+    let mut lagging = read_json(&out.join("run-1/checkpoint.json"));
+    (lagging["step"], lagging["epsilon"]) = ((STEPS - 1).into(), 0.5.into());
+    fs::write(out.join("run-1/checkpoint.json"), lagging.to_string()).unwrap();
 
     // A rerun reuses both finished runs: nothing trained or evaluated again, the same table.
     let before: Vec<_> = ["run-1", "run-2"].iter().map(|r| stage_files(&out.join(r))).collect();

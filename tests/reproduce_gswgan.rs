@@ -165,6 +165,12 @@ fn reproduce_gs_wgan_reports_the_table_and_reuses_finished_runs() {
     assert_eq!((sample["count"].as_u64(), sample["checkpoint_step"].as_u64()), (Some(200), Some(ITERATIONS)));
     assert_eq!(sample["epsilon_as_published"].as_f64(), Some(as_published));
 
+    // Phase 2's checkpoint.json an iteration behind its checkpoint, as a crash between the two
+    // writes leaves it: the state stored with G and G_s is the one that counts.
+    let mut lagging = read_json(&out.join("run-1/generator/checkpoint.json"));
+    (lagging["iteration"], lagging["epsilon_as_published"]) = ((ITERATIONS - 1).into(), 0.5.into());
+    fs::write(out.join("run-1/generator/checkpoint.json"), lagging.to_string()).unwrap();
+
     // A rerun reuses both finished runs: no stage is redone, no file rewritten, the same table.
     let before: Vec<_> = ["run-1", "run-2"].iter().map(|r| stage_files(&out.join(r))).collect();
     let json_before = fs::read(out.join("results.json")).unwrap();

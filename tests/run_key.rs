@@ -181,33 +181,8 @@ fn no_publishable_file_or_output_holds_the_key() {
 mod gs_wgan {
     use super::*;
 
-    const BASE: &str = "4";
-
     fn warm_start(out: &Path) {
-        let (data, out) = (mnist(), s(out));
-        stdout_of(&[
-            "train",
-            "gs-wgan",
-            "warm-start",
-            "--data",
-            &data,
-            "--out",
-            &out,
-            "--discriminators",
-            "4",
-            "--group-size",
-            "4",
-            "--iterations",
-            "2",
-            "--generator",
-            "dcgan",
-            "--seed",
-            "3",
-            "--device",
-            "cpu",
-            "--base",
-            BASE,
-        ]);
+        common::cli::tiny_warm_start(out, 4, 4, 2);
     }
 
     fn phase_two(warm: &Path, out: &Path, extra: &[&str]) {

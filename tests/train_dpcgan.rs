@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
-use common::cli::{data_root, dpgan, stderr_of_failure, stdout_of};
-use dpgan::io::checkpoint::load_tensors;
+use common::cli::{data_root, dpgan, error_of, stderr_of_failure, stdout_of};
+use dpgan::io::checkpoint::{load_tensors, save_tensors};
 use dpgan::io::synthetic::read_synthetic;
 use dpgan::privacy::{Accountant, Conversion, Mechanism, Orders};
 use dpgan::train::dpcgan::run::{DpCganRunConfig, DpCganState};
@@ -155,8 +155,11 @@ fn the_budget_stops_the_run_before_it_is_passed() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     // σ = 0.8 at q = 1/600 passes ε = 1.2 between steps 50 and 100 (ε = 1.08 after one step).
-    let report =
-        train(&run, &["--seed", "2", "--steps", "400", "--batch-size", "100", "--noise-multiplier", "0.8", "--target-epsilon", "1.2"]);
+    let (data, out) = (mnist(), run.to_string_lossy().into_owned());
+    let args =
+        ["train", "dp-cgan", "--data", &data, "--out", &out, "--device", "cpu", "--seed", "2", "--steps", "400", "--batch-size", "100"];
+    // Exit status 3: stopped at the budget.
+    let report = common::cli::stdout_with_status(&[&args[..], &["--noise-multiplier", "0.8", "--target-epsilon", "1.2"]].concat(), 3);
     let state: DpCganState = serde_json::from_value(read_json(&run.join("checkpoint.json"))).unwrap();
     assert!(state.step > 0 && state.step < 400, "stopped at {}", state.step);
     assert!(state.stopped.as_deref().is_some_and(|s| s.contains("budget")), "{:?}", state.stopped);
@@ -222,6 +225,94 @@ fn impossible_settings_and_bad_data_fail_before_writing_anything() {
     train(&run, &["--seed", "1", "--steps", "2", "--batch-size", "10"]);
     let err = stderr_of_failure(&["train", "dp-cgan", "--data", &data, "--out", &run_s, "--device", "cpu", "--steps", "2"]);
     assert!(err.contains("--resume"), "{err}");
+}
+
+/// `dpgan sample` reports the step and ε stored with the generator's weights, even when
+/// checkpoint.json lags them (a crash between the two writes); its record names the run, not where
+/// it lies; and it never writes into the run, nor over a data set or an earlier sample.
+#[test]
+fn sampling_reports_its_checkpoint_and_never_writes_over_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_s = run.to_string_lossy().into_owned();
+    train(&run, &["--seed", "7", "--steps", "2", "--batch-size", "50"]);
+    let lagging = fs::read(run.join("checkpoint.json")).unwrap();
+    stdout_of(&["train", "dp-cgan", "--resume", &run_s, "--steps", "4", "--device", "cpu"]);
+    fs::write(run.join("checkpoint.json"), &lagging).unwrap();
+    let (_, metadata) = load_tensors(&run.join("checkpoint.safetensors"), &Device::Cpu).unwrap();
+    let state: DpCganState = serde_json::from_str(&metadata["dpgan.state"]).unwrap();
+    let old: DpCganState = serde_json::from_slice(&lagging).unwrap();
+    assert_eq!((state.step, old.step), (4, 2));
+    assert!(state.epsilon > old.epsilon);
+
+    let out = dir.path().join("released");
+    let sample = |out: &Path| -> Vec<String> {
+        ["sample", "--run", &run_s, "--count", "10", "--out", &out.to_string_lossy(), "--device", "cpu"].map(String::from).to_vec()
+    };
+    let args = sample(&out);
+    stdout_of(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let record = read_json(&out.join("sample.json"));
+    assert_eq!((record["checkpoint_step"].as_u64(), record["epsilon"].as_f64()), (Some(4), Some(state.epsilon)));
+    assert_eq!(record["run"], "run", "the run's name, not its path");
+    assert_eq!(record["build"]["version"], env!("CARGO_PKG_VERSION"));
+    let text = fs::read_to_string(out.join("sample.json")).unwrap();
+    assert!(!text.contains(&*dir.path().to_string_lossy()), "sample.json holds a local path:\n{text}");
+
+    // A copy of MNIST's training files, a set of .npy files, the run itself, a folder inside it, an
+    // earlier sample: each refused, nothing written.
+    let mnist = dir.path().join("mnist-copy");
+    fs::create_dir(&mnist).unwrap();
+    for name in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"] {
+        fs::copy(data_root().join("mnist").join(name), mnist.join(name)).unwrap();
+    }
+    let npy = dir.path().join("npy");
+    fs::create_dir(&npy).unwrap();
+    fs::write(npy.join("images.npy"), b"not mine to replace").unwrap();
+    let files_of = |d: &Path| -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut files: Vec<_> = fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
+        files.sort();
+        files.into_iter().map(|p| (p.clone(), fs::read(&p).unwrap())).collect()
+    };
+    let kept: Vec<_> = [&mnist, &npy, &run, &out].iter().map(|d| files_of(d)).collect();
+    for (target, needle) in [
+        (mnist.clone(), "already holds train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz"),
+        (npy.clone(), "already holds images.npy"),
+        (run.clone(), "the run directory or inside it"),
+        (run.join("samples/release"), "the run directory or inside it"),
+        (dir.path().join("elsewhere/../run/released"), "the run directory or inside it"),
+        (out.clone(), "already holds"),
+    ] {
+        let args = sample(&target);
+        let err = error_of(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(err.contains(needle), "{}: {err}", target.display());
+    }
+    assert_eq!([&mnist, &npy, &run, &out].iter().map(|d| files_of(d)).collect::<Vec<_>>(), kept);
+    assert!(!run.join("samples/release").exists() && !run.join("released").exists());
+}
+
+/// D's weights made huge (as a diverging run might make them): every example's gradient norm
+/// overflows to ∞ or NaN, which cannot be clipped. The step fails naming itself, and nothing of it
+/// is written: checkpoint and metrics stay as the last checkpoint left them.
+#[test]
+fn a_step_whose_gradient_norms_are_not_finite_fails_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train(&run, &["--seed", "6", "--steps", "2", "--batch-size", "50", "--log-every", "1"]);
+    let path = run.join("checkpoint.safetensors");
+    let (mut tensors, metadata) = load_tensors(&path, &Device::Cpu).unwrap();
+    let hidden = tensors.remove("discriminator.hidden.weight").unwrap();
+    let huge: Vec<f32> = hidden.to_vec().unwrap().iter().map(|w| w * 1e30).collect();
+    tensors.insert("discriminator.hidden.weight".into(), Tensor::from_vec(huge, hidden.shape(), &Device::Cpu).unwrap());
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save_tensors(&path, &named, Some(metadata)).unwrap();
+    let (checkpoint, metrics) = (fs::read(&path).unwrap(), fs::read(run.join("metrics.jsonl")).unwrap());
+
+    let out = dpgan(&["train", "dp-cgan", "--resume", &run.to_string_lossy(), "--steps", "4", "--device", "cpu"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    assert!(err.contains("error: step 3: the discriminator's private gradient holds a NaN or an infinity"), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), checkpoint, "the checkpoint was rewritten");
+    assert_eq!(fs::read(run.join("metrics.jsonl")).unwrap(), metrics, "steps after the bad one were logged");
 }
 
 /// The per-step (D, G) losses of `metrics.jsonl`.

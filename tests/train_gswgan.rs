@@ -18,9 +18,6 @@ use dpgan::train::gswgan::warm_start_run::WarmStartRunConfig;
 use dpgan::{Device, Tensor};
 use serde_json::Value;
 
-/// The hidden width option: the published architecture at a width the CPU trains in moments.
-const BASE: &str = "4";
-
 fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -34,37 +31,19 @@ fn tensors(path: &Path) -> HashMap<String, Tensor> {
 }
 
 fn warm_start(out: &Path) -> String {
-    let (data, out) = (s(&data_root().join("mnist")), s(out));
-    stdout_of(&[
-        "train",
-        "gs-wgan",
-        "warm-start",
-        "--data",
-        &data,
-        "--out",
-        &out,
-        "--discriminators",
-        "4",
-        "--group-size",
-        "2",
-        "--iterations",
-        "2",
-        "--generator",
-        "dcgan",
-        "--seed",
-        "3",
-        "--device",
-        "cpu",
-        "--base",
-        BASE,
-    ])
+    common::cli::tiny_warm_start(out, 4, 2, 2)
 }
 
 fn phase_two(warm: &Path, out: &Path, extra: &[&str]) -> String {
+    phase_two_with_status(warm, out, extra, 0)
+}
+
+/// Phase 2 that must exit with `code` (3: stopped at the ε budget).
+fn phase_two_with_status(warm: &Path, out: &Path, extra: &[&str], code: i32) -> String {
     let (warm, out) = (s(warm), s(out));
     let mut args = vec!["train", "gs-wgan", "--warm-start", &warm, "--out", &out, "--generator", "dcgan", "--device", "cpu"];
     args.extend_from_slice(extra);
-    stdout_of(&args)
+    common::cli::stdout_with_status(&args, code)
 }
 
 /// ε after `iterations` under each accounting, from the accountant directly.
@@ -188,7 +167,11 @@ fn phase_two_writes_every_artefact_and_reports_both_accountings() {
         assert_eq!((info.width, info.height), (302, 302), "10 × 10 tiles of 28 px with 2 px gaps");
     }
 
-    // The released data comes from G_s and carries the run's ε.
+    // The released data comes from G_s and carries the run's ε: the one stored with G_s, even
+    // with checkpoint.json lagging it as a crash between the two writes leaves it.
+    let mut lagging = read_json(&run.join("checkpoint.json"));
+    (lagging["iteration"], lagging["epsilon"], lagging["epsilon_per_step"]) = (2.into(), 0.5.into(), 0.5.into());
+    fs::write(run.join("checkpoint.json"), lagging.to_string()).unwrap();
     let out = dir.path().join("synthetic");
     stdout_of(&["sample", "--run", &s(&run), "--count", "20", "--out", &s(&out), "--device", "cpu"]);
     let set = read_synthetic(&out).unwrap();
@@ -199,6 +182,7 @@ fn phase_two_writes_every_artefact_and_reports_both_accountings() {
     assert!(set.images.iter().all(|p| (0.0..=1.0).contains(p)));
     let record = read_json(&out.join("sample.json"));
     assert_eq!((record["algorithm"].as_str(), record["epsilon"].as_f64()), (Some("gs-wgan"), Some(per_step)));
+    assert_eq!((record["checkpoint_step"].as_u64(), record["run"].as_str()), (Some(3), Some("run")));
 
     // A checkpoint of format 2 recorded a per-step ε that does not hold: neither sampled nor resumed.
     let checkpoint = run.join("checkpoint.safetensors");
@@ -289,7 +273,7 @@ fn the_governing_budget_stops_phase_two_before_it_is_passed() {
         accountant.try_step(Mechanism::GsWganAsPublished(probe), n).unwrap().epsilon
     };
     let budget = 0.5 * (at(1) + at(2));
-    let report = phase_two(
+    let report = phase_two_with_status(
         &warm,
         &run,
         &[
@@ -304,6 +288,7 @@ fn the_governing_budget_stops_phase_two_before_it_is_passed() {
             "--target-epsilon",
             &budget.to_string(),
         ],
+        3,
     );
     assert!(report.contains("stopped at iteration 1 of 3"), "{report}");
     let state: GsWganState = serde_json::from_value(read_json(&run.join("checkpoint.json"))).unwrap();

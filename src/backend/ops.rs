@@ -244,7 +244,12 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
 pub fn sum_pool2x2(x: &Tensor) -> Result<Tensor> {
     check_spatial("sum_pool2x2", x)?;
     let r = x.rank();
-    ensure_shape!(x.shape()[r - 2] % 2 == 0 && x.shape()[r - 1] % 2 == 0, "sum_pool2x2", "needs even H and W, got {:?}", x.shape());
+    ensure_shape!(
+        x.shape()[r - 2].is_multiple_of(2) && x.shape()[r - 1].is_multiple_of(2),
+        "sum_pool2x2",
+        "needs even H and W, got {:?}",
+        x.shape()
+    );
     backend(&x.device()).sum_pool2x2(x)
 }
 
@@ -336,6 +341,7 @@ fn check_noise(op: &str, std: f32, n: usize) -> Result<()> {
 pub fn add_gaussian_noise(x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()> {
     let dev = device_of("add_gaussian_noise", &[x])?;
     check_noise("add_gaussian_noise", std, x.numel())?;
+    crate::dp::audit::note(key, std);
     backend(&dev).add_gaussian_noise(x, std, key)
 }
 
@@ -347,6 +353,7 @@ pub fn add_gaussian_noise_and_divide(x: &mut Tensor, std: f32, divisor: f32, key
     if !(divisor.is_finite() && divisor > 0.0) {
         return Err(Error::Invalid(format!("add_gaussian_noise_and_divide: divisor {divisor} must be finite and > 0")));
     }
+    crate::dp::audit::note(key, std);
     backend(&dev).add_gaussian_noise_and_divide(x, std, divisor, key)
 }
 
@@ -360,6 +367,7 @@ pub fn sanitize_rows(g: &Tensor, clip: f32, rows: RowNorm, noise_std: f32, key: 
         return Err(Error::Invalid(format!("sanitize_rows: clip bound {clip} must be finite and > 0")));
     }
     check_noise("sanitize_rows", noise_std, g.numel())?;
+    crate::dp::audit::note(key, noise_std);
     backend(&dev).sanitize_rows(g, clip, rows, noise_std, key)
 }
 

@@ -281,8 +281,8 @@ fn prepare_gswgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
         let step = Box::new(move || -> Result<()> {
             // One discriminator stands for the published 1000: an iteration touches only the one
             // drawn, so its cost does not depend on how many there are.
-            let j = training.select_discriminator(1)?;
-            training.iteration(j, &mut critic, &data)?;
+            training.select_discriminator(1)?;
+            training.iteration(&mut critic, &data)?;
             Ok(())
         });
         Ok(Prepared {

@@ -118,20 +118,20 @@ struct PrivateArgs {
     #[arg(long, value_enum)]
     generator: Option<GeneratorArg>,
     /// σ of the sanitiser [default: 1.07, or calibrated to --target-epsilon].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     noise_multiplier: Option<f64>,
     /// The ε budget at δ under --accounting (per-step unless given): σ is calibrated to it under
     /// that accounting when --noise-multiplier is absent, and the run stops (with a checkpoint)
     /// before any iteration that would pass it. Per-step needs far more noise than the published
     /// 1.07 (σ ≈ 15.1 for ε = 10 at k = 1000, B = 32, 20,000 iterations); `reproduce` keeps the
     /// published σ = 1.07, governed as-published by default.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     target_epsilon: Option<f64>,
     /// Which accounting governs the budget; both are reported [default: per-step].
     #[arg(long, value_enum)]
     accounting: Option<AccountingArg>,
     /// δ [default: 1e-5].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     delta: Option<f64>,
     /// Seed of G's initialisation and the latent draws; the noise and the choice of discriminator
     /// come from a secret key [default: drawn from the OS].
@@ -173,6 +173,7 @@ pub(super) fn seed_or_os(seed: Option<u64>) -> Result<u64> {
 
 fn warm_start(args: &WarmStartArgs) -> Result<()> {
     let device = super::choose_device(args.device.as_deref())?;
+    dpgan::train::interrupt::install()?;
     let mut run = match &args.resume {
         Some(root) => {
             super::refuse_on_resume(
@@ -216,7 +217,11 @@ fn warm_start(args: &WarmStartArgs) -> Result<()> {
         outcome.wall_s,
         root.display(),
         root.display(),
-    ))
+    ))?;
+    match outcome.interrupted {
+        Some(signal) => Err(super::interrupted(signal, &format!("dpgan train gs-wgan warm-start --resume {}", root.display()))),
+        None => Ok(()),
+    }
 }
 
 /// Plans a warm start of `data` in `out` with `settings`, says what it will train, and creates it.
@@ -235,7 +240,9 @@ pub(super) fn start_warm_start(out: &Path, settings: &WarmStartSettings, data: &
 
 /// Trains every group of `run` not yet written, with a progress bar counting discriminators.
 pub(super) fn train_warm_start(run: &mut WarmStartRun) -> Result<WarmStartOutcome> {
-    let progress = Progress::new(run.discriminators_done() as u64, run.config().discriminators as u64);
+    // Counted in discriminator-iterations, so that the rate and the ETA move within a group.
+    let iterations = run.config().iterations;
+    let progress = Progress::new(run.discriminators_done() as u64 * iterations, run.config().discriminators as u64 * iterations);
     let outcome = run.train(&progress)?;
     progress.finish();
     Ok(outcome)
@@ -252,6 +259,7 @@ pub(super) fn train_private(run: &mut GsWganRunner) -> Result<Outcome> {
 
 fn private(args: &PrivateArgs) -> Result<()> {
     let device = super::choose_device(args.device.as_deref())?;
+    dpgan::train::interrupt::install()?;
     let (mut run, root) = match &args.resume {
         Some(root) => {
             super::refuse_on_resume(
@@ -283,6 +291,9 @@ fn private(args: &PrivateArgs) -> Result<()> {
                         .into(),
                 ));
             };
+            if dpgan::train::run_dir::RunDir::forget_if_never_checkpointed(out)? {
+                eprintln!("{} stopped before its first checkpoint: starting it again", out.display());
+            }
             let d = GsWganSettings::default();
             let settings = GsWganSettings {
                 warm_start: warm_start.clone(),
@@ -333,7 +344,8 @@ fn private(args: &PrivateArgs) -> Result<()> {
         root.display(),
         config.noise_key.warning().map(|w| format!("\n{w}")).unwrap_or_default(),
     );
-    super::emit(&report)
+    super::emit(&report)?;
+    super::stop_status(&outcome.stop, &format!("dpgan train gs-wgan --resume {}", root.display()))
 }
 
 /// Says what the run will spend under both accountings, before it starts.

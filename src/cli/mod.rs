@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use dpgan::{Device, Error, Result};
 
 mod bench;
+mod data;
 mod eval;
 mod gswgan;
 mod info;
@@ -37,6 +38,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// A published experiment end to end (train, sample, evaluate) beside the published table.
     Reproduce(reproduce::ReproduceArgs),
+    /// Data sets: `data fetch mnist|fashion-mnist` downloads and verifies one.
+    Data(data::DataArgs),
     /// Benchmarks: `bench kernels` times every kernel family against the device's measured ceilings; `bench step` the training step.
     Bench(bench::BenchArgs),
 }
@@ -48,6 +51,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Privacy(args) => privacy::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Data(args) => data::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Sample(args) => sample::run(&args),
         Command::Reproduce(args) => reproduce::run(&args),
@@ -61,6 +65,28 @@ fn emit(text: &str) -> Result<()> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(Error::file("<stdout>", format!("cannot write: {e}"))),
         _ => Ok(()),
+    }
+}
+
+/// The exit status of a training run after its report: a stop at the ε budget (3) or by a signal
+/// (130, 143) is not a failure, but the status says it, and a signal's message says how to go on.
+fn stop_status(stop: &dpgan::train::Stop, resume: &str) -> Result<()> {
+    use dpgan::train::Stop;
+    match stop {
+        Stop::Completed => Ok(()),
+        Stop::Budget(_) => Err(Error::Stopped { code: BUDGET_EXIT, msg: "stopped at the ε budget (exit status 3)".into() }),
+        Stop::Interrupted(signal) => Err(interrupted(*signal, resume)),
+    }
+}
+
+/// The exit status of a run that stopped before its planned end at the ε budget.
+const BUDGET_EXIT: u8 = 3;
+
+/// What a command stopped by a signal says, and the status it exits with.
+fn interrupted(signal: dpgan::train::interrupt::Signal, resume: &str) -> Error {
+    Error::Stopped {
+        code: signal.exit_code(),
+        msg: format!("stopped by {} with everything done so far saved; continue with `{resume}`", signal.name()),
     }
 }
 

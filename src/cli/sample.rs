@@ -1,22 +1,30 @@
 //! `dpgan sample`: the synthetic data set a run releases. Balanced labels (N/10 per class, never
 //! the real class counts, which are not public), written as MNIST-layout IDX or NPY, with a PNG grid
-//! and a `sample.json` that records where the data came from and the ε it carries.
-use std::path::{Path, PathBuf};
+//! and a `sample.json` that records where the data came from and the ε it carries: the run's name
+//! (not its local path), its build, and the step and ε of the checkpoint the generator comes from.
+//! The output directory must hold no data set: releasing never writes over real data, nor into the
+//! private run directory.
+use std::fs;
+use std::path::{Component, Path, PathBuf};
 
 use clap::{Args, ValueEnum};
+use dpgan::data::Split;
 use dpgan::dp::KeySource;
 use dpgan::io::image::Grid;
-use dpgan::io::synthetic::{write_synthetic, SyntheticFormat};
+use dpgan::io::synthetic::{SyntheticFormat, SyntheticWriter, NPY_IMAGES, NPY_LABELS};
 use dpgan::models::dpcgan::CLASSES;
-use dpgan::train::dpcgan::run::{load_generator, sample_released, DpCganState};
+use dpgan::train::dpcgan::run::{load_generator, sample_released_into};
 use dpgan::train::gswgan::run as gswgan;
-use dpgan::train::run_dir::{read_json, CHECKPOINT_JSON, CONFIG};
+use dpgan::train::progress::Progress;
+use dpgan::train::run_dir::{read_json, CONFIG};
 use dpgan::{Device, Error, Result};
 
 use super::choose_device;
 
 /// What `sample.json` is called in the output directory.
 pub const SAMPLE_RECORD: &str = "sample.json";
+/// The grid `dpgan sample` draws beside the data set.
+const GRID: &str = "grid.png";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum FormatArg {
@@ -48,12 +56,10 @@ pub struct SampleArgs {
 }
 
 pub fn run(args: &SampleArgs) -> Result<()> {
-    if args.count == 0 || args.count % CLASSES != 0 {
+    if args.count == 0 || !args.count.is_multiple_of(CLASSES) {
         return Err(Error::Invalid(format!("--count must be a positive multiple of {CLASSES} (balanced classes), got {}", args.count)));
     }
-    if args.out.join(SAMPLE_RECORD).exists() {
-        return Err(Error::file(&args.out, "already holds a sampled data set (sample.json): choose another --out"));
-    }
+    refuse_output_dir(&args.out, &args.run)?;
     let device = choose_device(args.device.as_deref())?;
     let per_class = args.count / CLASSES;
     let format = match args.format {
@@ -86,39 +92,58 @@ pub(super) fn write_sample(
     device: &Device,
 ) -> Result<serde_json::Value> {
     let algorithm: serde_json::Value = read_json(&run.join(CONFIG))?;
+    let name = run_name(run)?;
+    // The images stream to disk a chunk at a time: memory stays bounded whatever the count. The
+    // grid keeps the first 10 of every class.
+    let count = per_class * CLASSES;
+    let mut writer = SyntheticWriter::create(out, count, 28, 28, format)?;
+    let cols = per_class.min(10);
+    let mut grid = vec![0.0f32; CLASSES * cols * 784];
+    let mut seen = [0usize; CLASSES];
+    let progress = Progress::new(0, count as u64);
+    let mut written = 0u64;
+    let mut sink = |images: &[f32], class: u8| -> Result<()> {
+        let n = images.len() / 784;
+        let c = class as usize;
+        let take = n.min(cols - seen[c].min(cols));
+        let row = &mut grid[(c * cols + seen[c].min(cols)) * 784..][..take * 784];
+        row.copy_from_slice(&images[..take * 784]);
+        seen[c] += n;
+        writer.push(images, &vec![class; n])?;
+        written += n as u64;
+        progress.set_step(written);
+        Ok(())
+    };
     // Each algorithm's released generator: DP-CGAN's G (tanh, rescaled), GS-WGAN's EMA copy G_s.
-    let (images, labels, mut record) = if algorithm["algorithm"] == gswgan::ALGORITHM {
+    let mut record = if algorithm["algorithm"] == gswgan::ALGORITHM {
         let (generator, config, state) = gswgan::load_ema_generator(run, device)?;
-        let (images, labels) = gswgan::sample_released(&generator, per_class, seed, device)?;
-        let record = serde_json::json!({
+        gswgan::sample_released_into(&generator, per_class, seed, device, &mut sink)?;
+        serde_json::json!({
             "algorithm": config.algorithm,
+            "build": config.build,
             "checkpoint_step": state.iteration,
             "epsilon": state.epsilon,
             "delta": state.delta,
             "accounting": config.accounting,
             "epsilon_as_published": state.epsilon_as_published,
             "epsilon_per_step": state.epsilon_per_step,
-        });
-        (images, labels, record)
+        })
     } else {
-        let (generator, config) = load_generator(run, device)?;
-        let state: DpCganState = read_json(&run.join(CHECKPOINT_JSON))?;
-        let (images, labels) = sample_released(&generator, per_class, seed, device)?;
-        let record = serde_json::json!({
+        let (generator, config, state) = load_generator(run, device)?;
+        sample_released_into(&generator, per_class, seed, device, &mut sink)?;
+        serde_json::json!({
             "algorithm": config.algorithm,
+            "build": config.build,
             "checkpoint_step": state.step,
             "epsilon": state.epsilon,
             "delta": state.delta,
             "conversion": config.conversion,
             "sampling": config.sampling,
-        });
-        (images, labels, record)
+        })
     };
-    write_synthetic(out, &images, &labels, 28, 28, format)?;
-    // The grid: the first 10 images of every class, one row per class.
-    let cols = per_class.min(10);
-    let grid: Vec<f32> = (0..CLASSES).flat_map(|c| images[c * per_class * 784..][..cols * 784].iter().copied()).collect();
-    Grid { images: &grid, rows: CLASSES, cols, height: 28, width: 28, range: (0.0, 1.0) }.write_png(&out.join("grid.png"))?;
+    progress.finish();
+    writer.finish()?;
+    Grid { images: &grid, rows: CLASSES, cols, height: 28, width: 28, range: (0.0, 1.0) }.write_png(&out.join(GRID))?;
 
     // Whether the guarantee holds at all: a run with replayable noise says so wherever its data goes.
     let noise_key: KeySource = serde_json::from_value(algorithm["noise_key"].clone())
@@ -128,7 +153,7 @@ pub(super) fn write_sample(
         record["warning"] = serde_json::json!(warning);
     }
     for (key, value) in [
-        ("run", serde_json::json!(run)),
+        ("run", serde_json::json!(name)),
         ("count", serde_json::json!(per_class * CLASSES)),
         ("per_class", serde_json::json!(per_class)),
         ("format", serde_json::json!(format.to_string())),
@@ -139,4 +164,67 @@ pub(super) fn write_sample(
     let text = serde_json::to_string_pretty(&record).map_err(|e| Error::Invalid(format!("sample record: {e}")))? + "\n";
     dpgan::io::atomic_write(&out.join(SAMPLE_RECORD), text.as_bytes())?;
     Ok(record)
+}
+
+/// The run's directory name, the only part of its path a released record names (the rest is the
+/// machine's, and may say whose it is).
+fn run_name(run: &Path) -> Result<String> {
+    let resolved = fs::canonicalize(run).map_err(|e| Error::file(run, format!("cannot resolve: {e}")))?;
+    Ok(resolved.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+}
+
+/// Refuses an output directory that is the run directory or inside it (the run is private: a
+/// release kept there would travel with it, or be mistaken for it), or that holds a data set or a
+/// file `dpgan sample` writes: writing there could replace real data with synthetic data.
+fn refuse_output_dir(out: &Path, run: &Path) -> Result<()> {
+    let run_dir = fs::canonicalize(run).map_err(|e| Error::file(run, format!("cannot resolve the run directory: {e}")))?;
+    if resolved(out)?.starts_with(&run_dir) {
+        return Err(Error::file(
+            out,
+            "is the run directory or inside it: the run is private, keep the released data apart (choose another --out)",
+        ));
+    }
+    let (train, test) = (Split::Train.file_names(), Split::Test.file_names());
+    let idx = [train.0, train.1, test.0, test.1];
+    let held: Vec<String> = idx
+        .iter()
+        .flat_map(|name| [name.to_string(), format!("{name}.gz")])
+        .chain([NPY_IMAGES, NPY_LABELS, SAMPLE_RECORD, GRID].map(String::from))
+        .filter(|name| out.join(name).exists())
+        .collect();
+    if !held.is_empty() {
+        return Err(Error::file(
+            out,
+            format!("already holds {}: a data set or a sample is never written over, choose another --out", held.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
+/// `path` made absolute with symbolic links resolved, for as much of it as exists (the output
+/// directory may not exist yet).
+fn resolved(path: &Path) -> Result<PathBuf> {
+    let absolute = std::path::absolute(path).map_err(|e| Error::file(path, format!("cannot resolve: {e}")))?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.components().next_back()) {
+            (Some(parent), Some(last)) => {
+                rest.push(last);
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut out = fs::canonicalize(existing).map_err(|e| Error::file(existing, format!("cannot resolve: {e}")))?;
+    for part in rest.into_iter().rev() {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(out)
 }

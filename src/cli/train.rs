@@ -62,23 +62,23 @@ struct DpCganArgs {
     #[arg(long, conflicts_with = "epochs")]
     steps: Option<u64>,
     /// Epochs of N/B steps [default: 249].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     epochs: Option<f64>,
     /// B: the batch size, or the expected one under Poisson sampling [default: 600].
     #[arg(long)]
     batch_size: Option<usize>,
     /// C: each example's gradient norm bound [default: 1.1].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     clip: Option<f32>,
     /// σ: noise std over C [default: 1.15, or calibrated to --target-epsilon].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     noise_multiplier: Option<f32>,
     /// The ε budget at δ: σ is calibrated to it when --noise-multiplier is absent, and the run
     /// stops (with a checkpoint) before any step that would pass it.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     target_epsilon: Option<f64>,
     /// δ [default: 1e-5].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     delta: Option<f64>,
     /// How batches are drawn [default: poisson].
     #[arg(long, value_enum)]
@@ -90,19 +90,19 @@ struct DpCganArgs {
     #[arg(long, value_enum)]
     orders: Option<OrdersArg>,
     /// D's SGD learning rate [default: 0.15].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     d_lr: Option<f32>,
     /// D's learning-rate schedule [default: constant, what the published run did].
     #[arg(long, value_enum)]
     d_lr_schedule: Option<ScheduleArg>,
     /// Final rate of the linear decay [default: 0.052].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     d_lr_final: Option<f32>,
     /// Steps of the linear decay [default: 10000].
     #[arg(long)]
     d_lr_decay_steps: Option<u64>,
     /// G's Adam learning rate [default: 1e-3].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     g_lr: Option<f32>,
     #[command(flatten)]
     noise: super::noise::NoiseArgs,
@@ -126,6 +126,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 
 fn dp_cgan(args: &DpCganArgs) -> Result<()> {
     let device = super::choose_device(args.device.as_deref())?;
+    dpgan::train::interrupt::install()?;
     let mut run = match &args.resume {
         Some(root) => {
             refuse_settings_on_resume(args)?;
@@ -136,6 +137,9 @@ fn dp_cgan(args: &DpCganArgs) -> Result<()> {
         }
         None => {
             let out = args.out.as_deref().expect("clap requires --out without --resume");
+            if dpgan::train::run_dir::RunDir::forget_if_never_checkpointed(out)? {
+                eprintln!("{} stopped before its first checkpoint: starting it again", out.display());
+            }
             let data = Dataset::load(&data_dir(args.data.as_deref())?, Split::Train)?;
             let config = DpCganRunConfig::plan(&settings(args)?, &data, &device)?;
             announce(&config)?;
@@ -171,7 +175,8 @@ fn dp_cgan(args: &DpCganArgs) -> Result<()> {
         root.display(),
         config.noise_key.warning().map(|w| format!("\n{w}")).unwrap_or_default(),
     );
-    super::emit(&report)
+    super::emit(&report)?;
+    super::stop_status(&outcome.stop, &format!("dpgan train dp-cgan --resume {}", root.display()))
 }
 
 fn other_name(c: dpgan::privacy::Conversion) -> dpgan::privacy::Conversion {

@@ -1,7 +1,7 @@
 //! A labelled image data set in MNIST's layout: one directory, four IDX files under their standard
-//! names, raw or gzip. Loading checks what the models rely on (images and labels agree in number,
-//! every label is a class 0..9), so a bad directory fails here with the file named, not later in a
-//! training step.
+//! names, raw or gzip. Loading checks what the models rely on (28×28 images, images and labels
+//! agree in number, every label is a class 0..9), so a bad directory fails here with the file
+//! named, not later in a training step.
 use std::env;
 use std::fmt;
 use std::fs;
@@ -12,6 +12,11 @@ use crate::error::{Error, Result};
 
 /// MNIST and Fashion-MNIST both have ten classes; the conditional models are built for them.
 pub const NUM_CLASSES: usize = 10;
+
+/// Every model takes 28×28 images (MNIST's size). An image of another size is refused rather than
+/// reshaped: read as rows of 784 pixels it would become several records, or part of one, and the
+/// privacy guarantee, which is per record, would no longer be per image.
+pub const IMAGE_SIDE: usize = 28;
 
 /// The environment variable that names the data directory when `--data` is not given.
 pub const DATA_ENV: &str = "DPGAN_DATA";
@@ -65,7 +70,7 @@ pub fn scale_pixels(pixels: &[u8], scale: PixelScale) -> Vec<f32> {
     pixels.iter().map(|&x| scale.apply(x)).collect()
 }
 
-/// One split of a data set, validated: `len()` images of `rows × cols` bytes and as many labels,
+/// One split of a data set, validated: `len()` images of [`IMAGE_SIDE`]² bytes and as many labels,
 /// each below [`NUM_CLASSES`].
 #[derive(Clone, Debug)]
 pub struct Dataset {
@@ -89,6 +94,16 @@ impl Dataset {
         let images_file = find_file(dir, images_name, &format!("{split} images"))?;
         let labels_file = find_file(dir, labels_name, &format!("{split} labels"))?;
         let images = read_images(&images_file)?;
+        if (images.rows, images.cols) != (IMAGE_SIDE, IMAGE_SIDE) {
+            return Err(Error::file(
+                &images_file,
+                format!(
+                    "holds {}×{} images, but dpgan's models take {IMAGE_SIDE}×{IMAGE_SIDE} images (MNIST's size), one image per \
+                     record; resize the data set to {IMAGE_SIDE}×{IMAGE_SIDE}",
+                    images.rows, images.cols
+                ),
+            ));
+        }
         let labels = read_labels(&labels_file)?.labels;
         if labels.len() != images.count {
             return Err(Error::file(
@@ -189,7 +204,26 @@ fn find_file(dir: &Path, name: &str, what: &str) -> Result<PathBuf> {
 /// A `--data` value that is not a directory but names one inside `$DPGAN_DATA` (`--data mnist`)
 /// resolves to that one, so a data set can be picked by name.
 pub fn data_dir(cli: Option<&Path>) -> Result<PathBuf> {
-    resolve_data_dir(cli, env::var_os(DATA_ENV).filter(|d| !d.is_empty()).map(PathBuf::from))
+    let dir = resolve_data_dir(cli, env::var_os(DATA_ENV).filter(|d| !d.is_empty()).map(PathBuf::from))?;
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    // A name `dpgan data fetch` puts in its default place, or a hint to fetch it.
+    let name = cli.and_then(|c| c.to_str()).filter(|n| crate::data::fetch::known(n).is_some());
+    match (name, default_data_root()) {
+        (Some(name), Some(root)) if root.join(name).is_dir() => Ok(root.join(name)),
+        (Some(name), _) => Err(Error::file(&dir, format!("no such data directory: fetch the data set with `dpgan data fetch {name}`"))),
+        _ => Ok(dir),
+    }
+}
+
+/// Where `dpgan data fetch` puts a data set by default: `$DPGAN_DATA`, else the user's cache
+/// (`$XDG_CACHE_HOME/dpgan/data`, else `~/.cache/dpgan/data`).
+pub fn default_data_root() -> Option<PathBuf> {
+    let nonempty = |v: &str| env::var_os(v).filter(|d| !d.is_empty()).map(PathBuf::from);
+    nonempty(DATA_ENV)
+        .or_else(|| nonempty("XDG_CACHE_HOME").map(|c| c.join("dpgan/data")))
+        .or_else(|| nonempty("HOME").map(|h| h.join(".cache/dpgan/data")))
 }
 
 /// [`data_dir`] with `$DPGAN_DATA`'s value passed in, so that it can be tested without touching the

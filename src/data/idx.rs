@@ -5,9 +5,11 @@
 //! unsigned bytes (type 0x08): images are `[count, rows, cols]` (magic 0x00000803), labels are
 //! `[count]` (magic 0x00000801). Everything is checked before it is trusted: the magic, the header
 //! length, and that the data is exactly as long as the dimensions say, so that a truncated
-//! download or a file with trailing junk is an error rather than a silently shorter data set.
-use std::fs;
-use std::io::Read;
+//! download or a file with trailing junk is an error rather than a silently shorter data set. The
+//! file is read as a stream: the header first, then exactly the bytes it announces (at most
+//! [`MAX_DATA_BYTES`]), so a small gzip file cannot expand to more than its header admits.
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use flate2::read::MultiGzDecoder;
@@ -43,64 +45,90 @@ pub struct IdxLabels {
 
 /// Reads an IDX image file (raw or gzip); every error names `path`.
 pub fn read_images(path: &Path) -> Result<IdxImages> {
-    let bytes = read_maybe_gzip(path)?;
-    parse_images(&bytes).map_err(|msg| Error::file(path, msg))
+    read_file(path, read_images_from)
 }
 
 /// Reads an IDX label file (raw or gzip); every error names `path`.
 pub fn read_labels(path: &Path) -> Result<IdxLabels> {
-    let bytes = read_maybe_gzip(path)?;
-    parse_labels(&bytes).map_err(|msg| Error::file(path, msg))
+    read_file(path, read_labels_from)
 }
 
-/// The file's bytes, decompressed when they start with the gzip magic.
-fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
-    let raw = fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-    if !raw.starts_with(&GZIP_MAGIC) {
-        return Ok(raw);
+/// The most data bytes one IDX file may announce (MNIST's training images are 47 MB): a header
+/// alone can never make dpgan allocate or decompress more.
+pub const MAX_DATA_BYTES: usize = 1 << 30;
+
+/// Trailing bytes counted past the announced data before counting stops (the error then says "at
+/// least"): whether a few bytes follow or a gzip bomb, no more is decompressed.
+const TRAILING_COUNTED: u64 = 1 << 20;
+
+/// Why reading failed: the content (a message), or the reading itself (for gzip, corrupt or
+/// truncated data).
+enum ReadError {
+    Content(String),
+    Io(std::io::Error),
+}
+
+impl From<String> for ReadError {
+    fn from(msg: String) -> Self {
+        ReadError::Content(msg)
     }
-    let mut out = Vec::new();
+}
+
+/// Opens `path` and hands `parse` its content, decompressed while it is read when the file starts
+/// with the gzip magic, so that no more is decompressed than the parser asks for.
+fn read_file<T>(path: &Path, parse: impl FnOnce(&mut dyn Read) -> std::result::Result<T, ReadError>) -> Result<T> {
+    let mut file = BufReader::new(File::open(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?);
+    let gzip = file.fill_buf().map_err(|e| Error::file(path, format!("cannot read: {e}")))?.starts_with(&GZIP_MAGIC);
     // Multi-member, because `cat a.gz b.gz` is still valid gzip and some mirrors produce it.
-    MultiGzDecoder::new(raw.as_slice())
-        .read_to_end(&mut out)
-        .map_err(|e| Error::file(path, format!("gzip data is corrupt or truncated ({e}); download the file again")))?;
+    let parsed = if gzip { parse(&mut MultiGzDecoder::new(file)) } else { parse(&mut file) };
+    parsed.map_err(|e| match e {
+        ReadError::Content(msg) => Error::file(path, msg),
+        ReadError::Io(e) if gzip => Error::file(path, format!("gzip data is corrupt or truncated ({e}); download the file again")),
+        ReadError::Io(e) => Error::file(path, format!("cannot read: {e}")),
+    })
+}
+
+/// Unsigned-byte images `[count, rows, cols]`.
+fn read_images_from(input: &mut dyn Read) -> std::result::Result<IdxImages, ReadError> {
+    let dims = read_header(input, IMAGES_MAGIC, "images")?;
+    let (count, rows, cols) = (dims[0], dims[1], dims[2]);
+    if rows == 0 || cols == 0 {
+        return Err(format!("image size {rows}×{cols} in the header is empty").into());
+    }
+    let pixels = read_exact_data(input, &dims, &format!("{count} images of {rows}×{cols}"))?;
+    Ok(IdxImages { count, rows, cols, pixels })
+}
+
+/// Unsigned-byte labels `[count]`.
+fn read_labels_from(input: &mut dyn Read) -> std::result::Result<IdxLabels, ReadError> {
+    let dims = read_header(input, LABELS_MAGIC, "labels")?;
+    Ok(IdxLabels { labels: read_exact_data(input, &dims, &format!("{} labels", dims[0]))? })
+}
+
+/// Reads up to `len` bytes: fewer only at the end of the input.
+fn read_up_to(input: &mut dyn Read, len: usize) -> std::result::Result<Vec<u8>, ReadError> {
+    let mut out = Vec::with_capacity(len);
+    input.take(len as u64).read_to_end(&mut out).map_err(ReadError::Io)?;
     Ok(out)
 }
 
-/// Parses unsigned-byte images `[count, rows, cols]`.
-pub(crate) fn parse_images(bytes: &[u8]) -> std::result::Result<IdxImages, String> {
-    let (dims, data) = parse_header(bytes, IMAGES_MAGIC, "images")?;
-    let (count, rows, cols) = (dims[0], dims[1], dims[2]);
-    if rows == 0 || cols == 0 {
-        return Err(format!("image size {rows}×{cols} in the header is empty"));
+/// Checks the magic number and returns the dimensions.
+fn read_header(input: &mut dyn Read, expected_magic: u32, what: &str) -> std::result::Result<Vec<usize>, ReadError> {
+    let magic = read_up_to(input, 4)?;
+    if magic.len() < 4 {
+        return Err(format!("too short to be an IDX file ({} bytes; the magic number alone takes 4)", magic.len()).into());
     }
-    let described = format!("{count} images of {rows}×{cols}");
-    Ok(IdxImages { count, rows, cols, pixels: exact_data(data, &dims, &described)?.to_vec() })
-}
-
-/// Parses unsigned-byte labels `[count]`.
-pub(crate) fn parse_labels(bytes: &[u8]) -> std::result::Result<IdxLabels, String> {
-    let (dims, data) = parse_header(bytes, LABELS_MAGIC, "labels")?;
-    let described = format!("{} labels", dims[0]);
-    Ok(IdxLabels { labels: exact_data(data, &dims, &described)?.to_vec() })
-}
-
-/// Checks the magic number and returns the dimensions and the bytes after the header.
-fn parse_header<'a>(bytes: &'a [u8], expected_magic: u32, what: &str) -> std::result::Result<(Vec<usize>, &'a [u8]), String> {
-    if bytes.len() < 4 {
-        return Err(format!("too short to be an IDX file ({} bytes; the magic number alone takes 4)", bytes.len()));
-    }
-    let magic = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let magic = u32::from_be_bytes([magic[0], magic[1], magic[2], magic[3]]);
     if magic != expected_magic {
-        return Err(wrong_magic(magic, expected_magic, what));
+        return Err(wrong_magic(magic, expected_magic, what).into());
     }
-    let ndims = bytes[3] as usize;
+    let ndims = (magic & 0xff) as usize;
     let header_len = 4 + 4 * ndims;
-    if bytes.len() < header_len {
-        return Err(format!("truncated: the IDX header needs {header_len} bytes but the file has {}", bytes.len()));
+    let dims = read_up_to(input, 4 * ndims)?;
+    if dims.len() < 4 * ndims {
+        return Err(format!("truncated: the IDX header needs {header_len} bytes but the file has {}", 4 + dims.len()).into());
     }
-    let dims = bytes[4..header_len].chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect();
-    Ok((dims, &bytes[header_len..]))
+    Ok(dims.chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect())
 }
 
 /// Why `magic` is not `expected`, with a hint when the file is the other MNIST kind.
@@ -120,23 +148,81 @@ fn wrong_magic(magic: u32, expected: u32, what: &str) -> String {
     format!("wrong magic number 0x{magic:08x}, expected 0x{expected:08x} for {what}: {why}")
 }
 
-/// The data bytes, provided there are exactly as many as the dimensions say.
-fn exact_data<'a>(data: &'a [u8], dims: &[usize], described: &str) -> std::result::Result<&'a [u8], String> {
+/// The data bytes, provided there are exactly as many as the dimensions say: the announced number
+/// is checked against [`MAX_DATA_BYTES`] before anything is read, and at most
+/// [`TRAILING_COUNTED`] bytes past it are read to report trailing junk.
+fn read_exact_data(input: &mut dyn Read, dims: &[usize], described: &str) -> std::result::Result<Vec<u8>, ReadError> {
     let expected = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| format!("dimensions {dims:?} overflow"))?;
-    match data.len().cmp(&expected) {
-        std::cmp::Ordering::Equal => Ok(data),
-        std::cmp::Ordering::Less => {
-            Err(format!("truncated: the header announces {described} ({expected} data bytes) but only {} follow the header", data.len()))
-        }
-        std::cmp::Ordering::Greater => {
-            Err(format!("{} trailing bytes after the {described} ({expected} data bytes) the header announces", data.len() - expected))
-        }
+    if expected > MAX_DATA_BYTES {
+        return Err(format!(
+            "the header announces {described} ({expected} data bytes), more than the {MAX_DATA_BYTES} bytes dpgan reads from one IDX file"
+        )
+        .into());
     }
+    let data = read_up_to(input, expected)?;
+    if data.len() < expected {
+        return Err(format!(
+            "truncated: the header announces {described} ({expected} data bytes) but only {} follow the header",
+            data.len()
+        )
+        .into());
+    }
+    let mut trailing = Vec::new();
+    input.take(TRAILING_COUNTED).read_to_end(&mut trailing).map_err(ReadError::Io)?;
+    if !trailing.is_empty() {
+        let at_least = if trailing.len() as u64 == TRAILING_COUNTED { "at least " } else { "" };
+        return Err(format!(
+            "{at_least}{} trailing bytes after the {described} ({expected} data bytes) the header announces",
+            trailing.len()
+        )
+        .into());
+    }
+    Ok(data)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
+    use flate2::write::GzEncoder;
+    use flate2::Compression;
+
     use super::*;
+
+    fn message(e: ReadError) -> String {
+        match e {
+            ReadError::Content(msg) => msg,
+            ReadError::Io(e) => e.to_string(),
+        }
+    }
+
+    fn parse_images(bytes: &[u8]) -> std::result::Result<IdxImages, String> {
+        read_images_from(&mut &bytes[..]).map_err(message)
+    }
+
+    fn parse_labels(bytes: &[u8]) -> std::result::Result<IdxLabels, String> {
+        read_labels_from(&mut &bytes[..]).map_err(message)
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// A reader that counts the bytes taken from it.
+    struct Counted<R> {
+        inner: R,
+        taken: usize,
+    }
+
+    impl<R: Read> Read for Counted<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.taken += n;
+            Ok(n)
+        }
+    }
 
     fn idx(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
         let mut v = magic.to_be_bytes().to_vec();
@@ -183,5 +269,29 @@ mod tests {
         assert!(err.contains("overflow") || err.contains("truncated"), "{err}");
         let err = parse_images(&idx(IMAGES_MAGIC, &[60000, 0, 28], &[])).unwrap_err();
         assert!(err.contains("empty"), "{err}");
+    }
+
+    #[test]
+    fn a_header_announcing_too_much_is_refused_before_reading_the_data() {
+        let claim = idx(IMAGES_MAGIC, &[1 << 31, 28, 28], &[]);
+        let err = parse_images(&claim).unwrap_err();
+        assert!(err.contains("2147483648 images of 28×28") && err.contains(&MAX_DATA_BYTES.to_string()), "{err}");
+        // Labels within the cap but far beyond the stream: truncated, after reading what there is.
+        let err = parse_labels(&idx(LABELS_MAGIC, &[1 << 29], &[0; 10])).unwrap_err();
+        assert!(err.contains("truncated") && err.contains("only 10 follow"), "{err}");
+    }
+
+    #[test]
+    fn gzip_data_is_decompressed_only_as_far_as_the_header_announces() {
+        // 10 labels, then 64 MiB of zeros: a few kB compressed.
+        let bomb = gzip(&idx(LABELS_MAGIC, &[10], &vec![0; 10 + (64 << 20)]));
+        assert!(bomb.len() < 100_000, "{}", bomb.len());
+        let mut input = Counted { inner: MultiGzDecoder::new(bomb.as_slice()), taken: 0 };
+        let err = message(read_labels_from(&mut input).expect_err("trailing data is refused"));
+        assert!(err.contains(&format!("at least {TRAILING_COUNTED} trailing bytes after the 10 labels")), "{err}");
+        assert!(input.taken <= 8 + 10 + TRAILING_COUNTED as usize, "decompressed {} bytes", input.taken);
+
+        let exact = gzip(&idx(LABELS_MAGIC, &[3], &[7, 0, 9]));
+        assert_eq!(read_labels_from(&mut MultiGzDecoder::new(exact.as_slice())).ok().map(|l| l.labels), Some(vec![7, 0, 9]));
     }
 }

@@ -309,7 +309,9 @@ pub fn per_example_sq_norms<L: PerExampleGrad + ?Sized>(layers: &[&L]) -> Result
 
 /// `cᵢ = min(1, C/‖gᵢ‖)` from squared norms `[G, B]`, computed where the norms live, as
 /// `C / max(‖gᵢ‖, C)`: exactly 1 for an example within the bound, no division by zero for a zero
-/// gradient, and `cᵢ‖gᵢ‖ = C` up to the rounding of one division for a clipped one.
+/// gradient, and `cᵢ‖gᵢ‖ = C` up to the rounding of one division for a clipped one. A NaN or
+/// infinite norm gives a NaN factor, never 1 (the max would drop a NaN) nor 0 (C/∞, an example
+/// dropped silently): its clipped sum, and so the whole update, is NaN, which the run refuses.
 pub fn clip_factors(sq_norms: &Tensor, clip: f32) -> Result<Tensor> {
     if !(clip.is_finite() && clip > 0.0) {
         return Err(Error::Invalid(format!("the clipping norm must be positive and finite, got {clip}")));
@@ -319,5 +321,8 @@ pub fn clip_factors(sq_norms: &Tensor, clip: f32) -> Result<Tensor> {
     // max(‖g‖, C) = relu(‖g‖ − C) + C
     let excess = ops::unary(UnaryOp::Relu, &ops::unary(UnaryOp::Affine { scale: 1.0, shift: -clip }, &norms)?)?;
     let bounded = ops::unary(UnaryOp::Affine { scale: 1.0, shift: clip }, &excess)?;
-    ops::binary(BinaryOp::Div, &ops::scalar_like(&bounded, clip as f64)?, &bounded)
+    let factors = ops::binary(BinaryOp::Div, &ops::scalar_like(&bounded, clip as f64)?, &bounded)?;
+    // 0·n + 1: exactly 1 for a finite norm, NaN for a NaN or infinite one.
+    let finite = ops::unary(UnaryOp::Affine { scale: 0.0, shift: 1.0 }, sq_norms)?;
+    ops::binary(BinaryOp::Mul, &factors, &finite)
 }

@@ -189,7 +189,7 @@ pub fn fast_normal_from_words(w: [u32; 4], lane: usize) -> f64 {
     let u1 = uniform_from_u64(w[0] as u64 | (w[1] as u64) << 32);
     let u2 = uniform_from_u64(w[2] as u64 | (w[3] as u64) << 32);
     let (z_cos, z_sin) = box_muller(u1, u2);
-    if lane % 2 == 0 {
+    if lane.is_multiple_of(2) {
         z_cos
     } else {
         z_sin
@@ -229,4 +229,53 @@ pub fn standard_normal_at(key: &NoiseKey, index: u64) -> f32 {
             secure_normal_from_words(&w[half..half + 8]) as f32
         }
     }
+}
+
+/// The standard normals of elements `2·block` and `2·block + 1`: one generator block serves both
+/// (Philox's one Box–Muller pair, ChaCha20's two halves), so it is computed once. Bit for bit
+/// [`standard_normal_at`] of each.
+pub fn standard_normal_pair_at(key: &NoiseKey, block: u64) -> [f32; 2] {
+    let (step_lo, step_hi) = (key.step as u32, (key.step >> 32) as u32);
+    match key.mode {
+        NoiseMode::Fast => {
+            let w = philox4x32_10([block as u32, key.tensor_index, step_lo, step_hi], [key.key[0], key.key[1]]);
+            let u1 = uniform_from_u64(w[0] as u64 | (w[1] as u64) << 32);
+            let u2 = uniform_from_u64(w[2] as u64 | (w[3] as u64) << 32);
+            let (z_cos, z_sin) = box_muller(u1, u2);
+            [z_cos as f32, z_sin as f32]
+        }
+        NoiseMode::Secure => {
+            let w = chacha20_block(&key.key, block as u32, [key.tensor_index, step_lo, step_hi]);
+            [secure_normal_from_words(&w[..8]) as f32, secure_normal_from_words(&w[8..]) as f32]
+        }
+    }
+}
+
+/// Elements below which [`standard_normals`] stays on one thread.
+const PARALLEL_NORMALS: usize = 1 << 16;
+
+/// The standard normals of elements `0..n` of `key`'s tensor, each exactly [`standard_normal_at`]:
+/// the CPU backend's noise, a generator block per pair of elements, split over the cores (every
+/// element is a pure function of its index, so the split changes no bit).
+pub fn standard_normals(key: &NoiseKey, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; n];
+    let fill = |chunk: &mut [f32], first_block: u64| {
+        for (i, pair) in chunk.chunks_mut(2).enumerate() {
+            let z = standard_normal_pair_at(key, first_block + i as u64);
+            pair.copy_from_slice(&z[..pair.len()]);
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |c| c.get());
+    if n < PARALLEL_NORMALS || threads == 1 {
+        fill(&mut out, 0);
+        return out;
+    }
+    // Chunks of an even length, so that each starts at a block boundary.
+    let per_thread = n.div_ceil(threads).next_multiple_of(2);
+    std::thread::scope(|s| {
+        for (t, chunk) in out.chunks_mut(per_thread).enumerate() {
+            s.spawn(move || fill(chunk, (t * per_thread / 2) as u64));
+        }
+    });
+    out
 }

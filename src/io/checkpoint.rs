@@ -54,3 +54,11 @@ pub fn load_tensors(path: &Path, device: &Device) -> Result<(HashMap<String, Ten
     }
     Ok((out, header.metadata().clone().unwrap_or_default()))
 }
+
+/// The metadata of a safetensors file, checked to be a whole file like [`load_tensors`] checks it,
+/// without building its tensors.
+pub fn load_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let raw = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(&raw).map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
+    Ok(header.metadata().clone().unwrap_or_default())
+}

@@ -5,26 +5,68 @@ pub mod image;
 pub mod synthetic;
 
 use std::fs;
-use std::io::Write;
-use std::path::Path;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
 /// Writes `bytes` to `path` atomically.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| Error::file(path, "not a file path"))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // The rename itself is durable once the directory is synced.
-        fs::File::open(dir)?.sync_all()
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::file(path, format!("cannot write: {e}"))
-    })
+    let mut file = AtomicFile::create(path)?;
+    file.write_all(bytes).map_err(|e| Error::file(path, format!("cannot write: {e}")))?;
+    file.commit()
+}
+
+/// A file written in pieces and put in place at once: the bytes go to a temporary file beside
+/// `path`, [`AtomicFile::commit`] syncs it and renames it over `path`; dropped uncommitted (an
+/// error, a panic) it is removed, so `path` never holds part of a file.
+pub struct AtomicFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<BufWriter<fs::File>>,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> Result<Self> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = path.file_name().ok_or_else(|| Error::file(path, "not a file path"))?;
+        let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+        let file = fs::File::create(&tmp).map_err(|e| Error::file(path, format!("cannot write: {e}")))?;
+        Ok(AtomicFile { path: path.to_path_buf(), tmp, file: Some(BufWriter::new(file)) })
+    }
+
+    /// Syncs the file, renames it over the target and syncs the directory (so the rename is
+    /// durable too).
+    pub fn commit(mut self) -> Result<()> {
+        let file = self.file.take().expect("an AtomicFile is committed once");
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let result = (|| -> std::io::Result<()> {
+            let file = file.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            fs::rename(&self.tmp, &self.path)?;
+            fs::File::open(&dir)?.sync_all()
+        })();
+        result.map_err(|e| {
+            let _ = fs::remove_file(&self.tmp);
+            Error::file(&self.path, format!("cannot write: {e}"))
+        })
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.as_mut().expect("not yet committed").write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().expect("not yet committed").flush()
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }

@@ -10,12 +10,12 @@
 //! malformed or mismatched file is an error naming it, never a silently shorter set.
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use super::atomic_write;
+use super::AtomicFile;
 use crate::data::dataset::NUM_CLASSES;
 use crate::data::idx::{read_images, read_labels, IMAGES_MAGIC, LABELS_MAGIC};
 use crate::error::{Error, Result};
@@ -85,10 +85,9 @@ fn pixel_problem(images: &[f32], image_size: usize) -> Option<String> {
 /// into `dir` (created if missing) in `format`. Refuses a directory that already holds the other
 /// layout, which `read_synthetic` could not tell apart from this one.
 pub fn write_synthetic(dir: &Path, images: &[f32], labels: &[u8], height: usize, width: usize, format: SyntheticFormat) -> Result<()> {
+    // Checked whole before anything is created, so a refused set leaves no directory behind.
     let size = height * width;
-    let problem = if size == 0 || labels.is_empty() {
-        Some(format!("nothing to write: {} images of {height}×{width}", labels.len()))
-    } else if images.len() != labels.len() * size {
+    let problem = if images.len() != labels.len() * size {
         Some(format!("{} pixels for {} labels of {height}×{width} images (expected {})", images.len(), labels.len(), labels.len() * size))
     } else {
         label_problem(labels).or_else(|| pixel_problem(images, size))
@@ -96,31 +95,125 @@ pub fn write_synthetic(dir: &Path, images: &[f32], labels: &[u8], height: usize,
     if let Some(why) = problem {
         return Err(Error::file(dir, format!("cannot write the synthetic set: {why}")));
     }
-    let (other_images, _) = format.other().file_names();
-    if dir.join(other_images).exists() {
-        return Err(Error::file(
-            dir,
-            format!("already holds {other_images} ({} layout); write {format} into another directory or remove it", format.other()),
-        ));
+    let mut writer = SyntheticWriter::create(dir, labels.len(), height, width, format)?;
+    writer.push(images, labels)?;
+    writer.finish()
+}
+
+/// A synthetic set written as it is generated, in memory bounded by a chunk whatever the count:
+/// the images stream into a temporary file (gzip-compressed for IDX), the labels (a byte each)
+/// are kept until [`SyntheticWriter::finish`] puts both files in place. Dropped unfinished, it
+/// leaves nothing under the final names.
+pub struct SyntheticWriter {
+    dir: PathBuf,
+    format: SyntheticFormat,
+    count: usize,
+    image_size: usize,
+    images: ImageSink,
+    labels: Vec<u8>,
+}
+
+enum ImageSink {
+    Idx(GzEncoder<AtomicFile>),
+    Npy(AtomicFile),
+}
+
+impl SyntheticWriter {
+    /// A writer of `count` images of `height × width` into `dir` (created if missing).
+    pub fn create(dir: &Path, count: usize, height: usize, width: usize, format: SyntheticFormat) -> Result<Self> {
+        if height * width == 0 || count == 0 {
+            return Err(Error::file(dir, format!("cannot write the synthetic set: nothing to write: {count} images of {height}×{width}")));
+        }
+        let (other_images, _) = format.other().file_names();
+        if dir.join(other_images).exists() {
+            return Err(Error::file(
+                dir,
+                format!("already holds {other_images} ({} layout); write {format} into another directory or remove it", format.other()),
+            ));
+        }
+        fs::create_dir_all(dir).map_err(|e| Error::file(dir, format!("cannot create the directory: {e}")))?;
+        let path = dir.join(format.file_names().0);
+        let write_error = |e: std::io::Error| Error::file(&path, format!("cannot write: {e}"));
+        let images = match format {
+            SyntheticFormat::Idx => {
+                let mut gz = GzEncoder::new(AtomicFile::create(&path)?, Compression::default());
+                gz.write_all(&idx_header(IMAGES_MAGIC, &[count as u32, height as u32, width as u32])).map_err(write_error)?;
+                ImageSink::Idx(gz)
+            }
+            SyntheticFormat::Npy => {
+                let mut file = AtomicFile::create(&path)?;
+                file.write_all(&npy_header("<f4", &[count, height, width])).map_err(write_error)?;
+                ImageSink::Npy(file)
+            }
+        };
+        Ok(SyntheticWriter { dir: dir.to_path_buf(), format, count, image_size: height * width, images, labels: Vec::with_capacity(count) })
     }
-    fs::create_dir_all(dir).map_err(|e| Error::file(dir, format!("cannot create the directory: {e}")))?;
-    let (images_name, labels_name) = format.file_names();
-    let (image_bytes, label_bytes) = match format {
-        SyntheticFormat::Idx => {
-            let pixels: Vec<u8> = images.iter().map(|&x| (x * 255.0).round() as u8).collect();
-            let dims = [labels.len() as u32, height as u32, width as u32];
-            (gzip(&idx_bytes(IMAGES_MAGIC, &dims, &pixels), dir)?, gzip(&idx_bytes(LABELS_MAGIC, &dims[..1], labels), dir)?)
+
+    /// Appends images (pixels in [0, 1]) and their labels, checked as they come.
+    pub fn push(&mut self, images: &[f32], labels: &[u8]) -> Result<()> {
+        let size = self.image_size;
+        let problem = if images.len() != labels.len() * size {
+            Some(format!("{} pixels for {} labels of {size}-pixel images (expected {})", images.len(), labels.len(), labels.len() * size))
+        } else if self.labels.len() + labels.len() > self.count {
+            Some(format!("more than the {} images announced", self.count))
+        } else {
+            label_problem(labels).or_else(|| pixel_problem(images, size).map(|p| format!("{p} of this chunk")))
+        };
+        if let Some(why) = problem {
+            return Err(Error::file(&self.dir, format!("cannot write the synthetic set: {why}")));
         }
-        SyntheticFormat::Npy => {
-            let mut image_bytes = npy_header("<f4", &[labels.len(), height, width]);
-            image_bytes.extend(images.iter().flat_map(|x| x.to_le_bytes()));
-            let mut label_bytes = npy_header("|u1", &[labels.len()]);
-            label_bytes.extend_from_slice(labels);
-            (image_bytes, label_bytes)
+        let path = self.dir.join(self.format.file_names().0);
+        let written = match &mut self.images {
+            ImageSink::Idx(gz) => {
+                let pixels: Vec<u8> = images.iter().map(|&x| (x * 255.0).round() as u8).collect();
+                gz.write_all(&pixels)
+            }
+            // NPY's "<f4" is little-endian: the memory itself on such a machine.
+            #[cfg(target_endian = "little")]
+            ImageSink::Npy(file) => file.write_all(bytemuck::cast_slice(images)),
+            #[cfg(not(target_endian = "little"))]
+            ImageSink::Npy(file) => file.write_all(&images.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()),
+        };
+        written.map_err(|e| Error::file(&path, format!("cannot write: {e}")))?;
+        self.labels.extend_from_slice(labels);
+        Ok(())
+    }
+
+    /// Puts both files in place once every announced image was pushed.
+    pub fn finish(self) -> Result<()> {
+        if self.labels.len() != self.count {
+            return Err(Error::file(
+                &self.dir,
+                format!("cannot write the synthetic set: {} of the {} images announced", self.labels.len(), self.count),
+            ));
         }
-    };
-    atomic_write(&dir.join(images_name), &image_bytes)?;
-    atomic_write(&dir.join(labels_name), &label_bytes)
+        let (images_name, labels_name) = self.format.file_names();
+        let images_path = self.dir.join(images_name);
+        let mut labels_file = AtomicFile::create(&self.dir.join(labels_name))?;
+        let labels_path = self.dir.join(labels_name);
+        let label_error = |e: std::io::Error| Error::file(&labels_path, format!("cannot write: {e}"));
+        match self.format {
+            SyntheticFormat::Idx => {
+                let mut gz = GzEncoder::new(&mut labels_file, Compression::default());
+                gz.write_all(&idx_header(LABELS_MAGIC, &[self.count as u32]))
+                    .and_then(|()| gz.write_all(&self.labels))
+                    .map_err(label_error)?;
+                gz.finish().map_err(label_error)?;
+            }
+            SyntheticFormat::Npy => {
+                labels_file
+                    .write_all(&npy_header("|u1", &[self.count]))
+                    .and_then(|()| labels_file.write_all(&self.labels))
+                    .map_err(label_error)?;
+            }
+        }
+        let images = match self.images {
+            ImageSink::Idx(gz) => gz.finish().map_err(|e| Error::file(&images_path, format!("cannot compress: {e}")))?,
+            ImageSink::Npy(file) => file,
+        };
+        images.commit()?;
+        labels_file.commit()
+    }
 }
 
 /// Reads the synthetic set in `dir`, whichever layout it holds.
@@ -184,19 +277,13 @@ pub fn read_synthetic(dir: &Path) -> Result<SyntheticSet> {
     Ok(SyntheticSet { images, labels, count, height, width, format })
 }
 
-/// An IDX file of unsigned bytes: magic, big-endian dimensions, data (MNIST's header).
-fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
+/// An IDX header of unsigned bytes: magic, big-endian dimensions (MNIST's).
+fn idx_header(magic: u32, dims: &[u32]) -> Vec<u8> {
     let mut out = magic.to_be_bytes().to_vec();
     for d in dims {
         out.extend(d.to_be_bytes());
     }
-    out.extend_from_slice(data);
     out
-}
-
-fn gzip(bytes: &[u8], dir: &Path) -> Result<Vec<u8>> {
-    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
-    encoder.write_all(bytes).and_then(|()| encoder.finish()).map_err(|e| Error::file(dir, format!("cannot compress: {e}")))
 }
 
 /// numpy's growth room for the leading axis (`numpy.lib.format.GROWTH_AXIS_MAX_DIGITS`).

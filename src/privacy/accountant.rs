@@ -126,9 +126,11 @@ impl Accountant {
         let after = Self::guarantee_of(&history, &self.order_values, self.delta, self.conversion)?;
         match self.epsilon_budget {
             Some(budget) if after.epsilon.is_nan() || after.epsilon > budget => Err(Error::PrivacyBudget(format!(
-                "{count} more step(s) of {mechanism:?} would reach ε = {} at δ = {} (order {}), past the budget ε = {budget}; \
-                 nothing was spent",
-                after.epsilon, self.delta, after.order
+                "{} would spend ε = {:.4}, past the budget ε = {budget}, at δ = {} (order {})",
+                if count == 1 { "it".to_string() } else { format!("{count} more steps") },
+                after.epsilon,
+                self.delta,
+                after.order
             ))),
             _ => Ok(after),
         }

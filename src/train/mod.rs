@@ -2,6 +2,73 @@
 //! directory, replayable randomness, progress).
 pub mod dpcgan;
 pub mod gswgan;
+pub mod interrupt;
 pub mod progress;
 pub mod replay;
 pub mod run_dir;
+
+use crate::data::dataset::IMAGE_SIDE;
+
+/// Receives generated images a chunk at a time: pixels `[n, 784]` row-major, and their class.
+/// Sampling through a sink keeps memory bounded by a chunk, whatever the count.
+pub type ImageSink<'a> = dyn FnMut(&[f32], u8) -> crate::error::Result<()> + 'a;
+
+/// The images and labels `generate` hands its sink, collected.
+pub fn collect_images(generate: impl FnOnce(&mut ImageSink) -> crate::error::Result<()>) -> crate::error::Result<(Vec<f32>, Vec<u8>)> {
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    generate(&mut |chunk: &[f32], class: u8| {
+        images.extend_from_slice(chunk);
+        labels.extend(std::iter::repeat_n(class, chunk.len() / (IMAGE_SIDE * IMAGE_SIDE)));
+        Ok(())
+    })?;
+    Ok((images, labels))
+}
+
+/// Refuses a setting that must be finite and above zero (a NaN learning rate trains NaN losses; a
+/// negative one ascends), naming the flag.
+pub(crate) fn check_positive(flag: &str, value: f64) -> crate::error::Result<()> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(crate::error::Error::Invalid(format!("{flag} must be finite and positive, got {value}")))
+    }
+}
+
+/// Refuses a δ outside (0, 1), naming the flag.
+pub(crate) fn check_delta_flag(delta: f64) -> crate::error::Result<()> {
+    if delta > 0.0 && delta < 1.0 {
+        Ok(())
+    } else {
+        Err(crate::error::Error::Invalid(format!("--delta must be in (0, 1), got {delta}")))
+    }
+}
+
+/// Why a run's `train` returned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stop {
+    /// Every planned step ran.
+    Completed,
+    /// The next step would have passed the ε budget (the accountant's sentence).
+    Budget(String),
+    /// A signal asked the run to stop; it finished its step and wrote a checkpoint.
+    Interrupted(interrupt::Signal),
+}
+
+impl Stop {
+    /// The signal that stopped the run, if one did.
+    pub fn signal(&self) -> Option<interrupt::Signal> {
+        match self {
+            Stop::Interrupted(signal) => Some(*signal),
+            Stop::Completed | Stop::Budget(_) => None,
+        }
+    }
+
+    /// What the checkpoint records as the reason the run ended early: only the budget ends it
+    /// for good (an interrupted run is continued with `--resume`). `unit` names a step.
+    pub fn recorded_reason(&self, unit: &str, next: u64) -> Option<String> {
+        match self {
+            Stop::Budget(why) => Some(format!("stopped before {unit} {next}: {why}")),
+            Stop::Completed | Stop::Interrupted(_) => None,
+        }
+    }
+}

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::dp::RunKey;
 use crate::error::{Error, Result};
 use crate::io::atomic_write;
-use crate::io::checkpoint::{load_tensors, save_tensors};
+use crate::io::checkpoint::{load_metadata, load_tensors, save_tensors};
 use crate::tensor::{Device, Tensor};
 
 pub const CONFIG: &str = "config.json";
@@ -22,6 +22,8 @@ pub const METRICS: &str = "metrics.jsonl";
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const CHECKPOINT_JSON: &str = "checkpoint.json";
 pub const SAMPLES: &str = "samples";
+/// The file whose OS lock marks a run directory in use (see [`RunDir::lock`]).
+pub const LOCK: &str = ".lock";
 /// The safetensors metadata key under which a checkpoint keeps its JSON state.
 const STATE_KEY: &str = "dpgan.state";
 /// The metadata key of the run's secret key: only in the safetensors file, never in the JSON state
@@ -32,6 +34,8 @@ const RUN_KEY: &str = "dpgan.key";
 #[derive(Clone, Debug)]
 pub struct RunDir {
     root: PathBuf,
+    /// Held while this process trains in the run (see [`RunDir::lock`]).
+    _lock: Option<std::sync::Arc<File>>,
 }
 
 impl RunDir {
@@ -42,16 +46,67 @@ impl RunDir {
             return Err(Error::file(root, "already holds a run (config.json exists): continue it with --resume, or choose another --out"));
         }
         fs::create_dir_all(root.join(SAMPLES)).map_err(|e| Error::file(root, format!("cannot create the run directory: {e}")))?;
-        Ok(RunDir { root: root.to_path_buf() })
+        let mut dir = RunDir { root: root.to_path_buf(), _lock: None };
+        dir._lock = Some(std::sync::Arc::new(dir.lock()?));
+        Ok(dir)
+    }
+
+    /// A training run in `root` that stopped before its first checkpoint has nothing to continue
+    /// from: its config.json and metrics are removed (under the run's lock, so never those of a
+    /// run training now) so that it can start again in the same place. Whether there was one.
+    pub fn forget_if_never_checkpointed(root: &Path) -> Result<bool> {
+        if !root.join(CONFIG).is_file() || root.join(CHECKPOINT).is_file() {
+            return Ok(false);
+        }
+        let dir = Self::open_for_training(root)?;
+        for name in [METRICS, CONFIG] {
+            let path = dir.path(name);
+            if path.exists() {
+                fs::remove_file(&path).map_err(|e| Error::file(&path, format!("cannot remove: {e}")))?;
+            }
+        }
+        Ok(true)
     }
 
     /// An existing run.
     pub fn open(root: &Path) -> Result<Self> {
         if !root.join(CONFIG).is_file() {
+            if root.join("sample.json").is_file() {
+                return Err(Error::file(root, "is a synthetic data set written by `dpgan sample`, not a run directory"));
+            }
             return Err(Error::file(root, "is not a dpgan run directory (no config.json)"));
         }
         fs::create_dir_all(root.join(SAMPLES)).map_err(|e| Error::file(root, format!("cannot create samples/: {e}")))?;
-        Ok(RunDir { root: root.to_path_buf() })
+        Ok(RunDir { root: root.to_path_buf(), _lock: None })
+    }
+
+    /// An existing run, to train in: [`RunDir::open`] holding the run's lock.
+    pub fn open_for_training(root: &Path) -> Result<Self> {
+        let mut dir = Self::open(root)?;
+        dir._lock = Some(std::sync::Arc::new(dir.lock()?));
+        Ok(dir)
+    }
+
+    /// Takes the run directory for this process: one process trains in a run at a time (a
+    /// second `--resume` of a run in training would interleave two runs' steps and checkpoints).
+    /// The lock is the operating system's on `RUN/.lock`, held until the returned file is
+    /// dropped or the process ends, however it ends.
+    fn lock(&self) -> Result<File> {
+        let path = self.path(LOCK);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::file(&path, format!("cannot open the run's lock file: {e}")))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::file(
+                &self.root,
+                "is in use: another dpgan process is training in it (wait for it to finish, or stop it with Ctrl-C)",
+            )),
+            Err(fs::TryLockError::Error(e)) => Err(Error::file(&path, format!("cannot lock: {e}"))),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -78,6 +133,12 @@ impl RunDir {
         read_json(&self.path(name))
     }
 
+    /// config.json as the `expected` algorithm's config. A run of another kind gets a sentence
+    /// that names the command for it, before any field is parsed.
+    pub fn read_config<T: DeserializeOwned>(&self, expected: &str) -> Result<T> {
+        read_config(&self.root, expected)
+    }
+
     /// Saves a checkpoint: the tensors, `state` and the run's secret `key` in one safetensors file
     /// (one atomic rename, so they never disagree), then the state again as readable JSON (without
     /// the key).
@@ -100,7 +161,11 @@ impl RunDir {
     pub fn load_checkpoint_keyed<S: DeserializeOwned>(&self, device: &Device) -> Result<(HashMap<String, Tensor>, S, RunKey)> {
         let path = self.path(CHECKPOINT);
         if !path.is_file() {
-            return Err(Error::file(&path, "no checkpoint to resume from: the run stopped before writing its first one"));
+            return Err(Error::file(
+                &path,
+                "no checkpoint to resume from: the run stopped before writing its first one; start it again with the command that \
+                 began it (the same --out)",
+            ));
         }
         let (tensors, metadata) = load_tensors(&path, device)?;
         let state = metadata.get(STATE_KEY).ok_or_else(|| Error::file(&path, format!("no {STATE_KEY} in the metadata")))?;
@@ -113,9 +178,58 @@ impl RunDir {
     }
 }
 
+/// [`RunDir::read_config`] of the run in `root`, without opening it for writing.
+pub fn read_config<T: DeserializeOwned>(root: &Path, expected: &str) -> Result<T> {
+    let path = root.join(CONFIG);
+    if !path.is_file() {
+        RunDir::open(root)?; // the sentence for what `root` is instead
+    }
+    let value: serde_json::Value = read_json(&path)?;
+    let found = value.get("algorithm").and_then(|a| a.as_str()).unwrap_or("unknown");
+    if found != expected {
+        return Err(wrong_kind(root, found, expected));
+    }
+    serde_json::from_value(value).map_err(|e| Error::file(&path, format!("not what this dpgan writes for a {expected} run: {e}")))
+}
+
+/// The error for a directory of another kind than a command expects, naming the command for it.
+pub fn wrong_kind(root: &Path, found: &str, expected: &str) -> Error {
+    let r = root.display();
+    let kind = |algorithm: &str| match algorithm {
+        "dp-cgan" => "DP-CGAN run".to_string(),
+        "gs-wgan" => "GS-WGAN run".to_string(),
+        "gs-wgan-warm-start" => "GS-WGAN warm start".to_string(),
+        other => format!("{other} run"),
+    };
+    let next = match found {
+        "dp-cgan" => format!(": continue it with `dpgan train dp-cgan --resume {r}`, sample it with `dpgan sample --run {r}`"),
+        "gs-wgan" => format!(": continue it with `dpgan train gs-wgan --resume {r}`, sample it with `dpgan sample --run {r}`"),
+        "gs-wgan-warm-start" => format!(
+            ": continue it with `dpgan train gs-wgan warm-start --resume {r}`, or train the private generator on it with \
+             `dpgan train gs-wgan --warm-start {r} --out RUN_DIR`"
+        ),
+        _ => String::new(),
+    };
+    Error::file(root, format!("is a {}, not a {}{next}", kind(found), kind(expected)))
+}
+
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
     serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not what dpgan wrote: {e}")))
+}
+
+/// The state of the checkpoint in the run directory `root`, from `checkpoint.safetensors` (the
+/// copy saved with the tensors, as [`RunDir::load_checkpoint`] reads it), never from
+/// `checkpoint.json`: a crash between the two writes leaves the JSON a checkpoint behind, and a
+/// released generator must be reported with the step and ε of the tensors it comes from.
+pub fn checkpoint_state<S: DeserializeOwned>(root: &Path) -> Result<S> {
+    let path = root.join(CHECKPOINT);
+    if !path.is_file() {
+        return Err(Error::file(&path, "no checkpoint: the run stopped before writing its first one"));
+    }
+    let metadata = load_metadata(&path)?;
+    let state = metadata.get(STATE_KEY).ok_or_else(|| Error::file(&path, format!("no {STATE_KEY} in the metadata")))?;
+    serde_json::from_str(state).map_err(|e| Error::file(&path, format!("checkpoint state: {e}")))
 }
 
 /// The metrics log: JSON objects, one per line, each with a `step`.
@@ -159,11 +273,16 @@ impl MetricsLog {
 
 /// SHA-256 of a file, hex: recorded for every input file so a run names the exact data it saw.
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut file = File::open(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let file = File::open(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    sha256_hex(file).map_err(|e| Error::file(path, format!("cannot read: {e}")))
+}
+
+/// SHA-256 of everything `reader` yields, hex.
+pub fn sha256_hex(mut reader: impl Read) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        let n = reader.read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -227,5 +346,17 @@ mod tests {
         let path = dir.path().join("abc");
         fs::write(&path, b"abc").unwrap();
         assert_eq!(file_sha256(&path).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn the_state_beside_the_tensors_wins_over_the_json_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path()).unwrap();
+        assert!(checkpoint_state::<serde_json::Value>(dir.path()).unwrap_err().to_string().contains("no checkpoint"));
+        let t = Tensor::from_vec(vec![1.0], &[1], &Device::Cpu).unwrap();
+        run.save_checkpoint(&[("a".to_string(), &t)], &serde_json::json!({"step": 7}), &RunKey::generate().unwrap()).unwrap();
+        // What a crash between the two writes leaves: the JSON copy of an older checkpoint.
+        run.write_json(CHECKPOINT_JSON, &serde_json::json!({"step": 3})).unwrap();
+        assert_eq!(checkpoint_state::<serde_json::Value>(dir.path()).unwrap()["step"], 7);
     }
 }

@@ -30,6 +30,15 @@ pub fn stdout_of(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("stdout is UTF-8")
 }
 
+/// Runs a command that must exit with `code` (3: stopped at the ε budget) and returns its stdout.
+#[track_caller]
+pub fn stdout_with_status(args: &[&str], code: i32) -> String {
+    let out = dpgan(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "dpgan {args:?}; stderr:\n{stderr}");
+    String::from_utf8(out.stdout).expect("stdout is UTF-8")
+}
+
 #[track_caller]
 pub fn json_of(args: &[&str]) -> Value {
     let text = stdout_of(args);
@@ -64,4 +73,73 @@ pub fn files_with_mtimes(dir: &std::path::Path, names: &[&str]) -> Vec<(String, 
             (name.to_string(), modified, std::fs::read(&path).unwrap())
         })
         .collect()
+}
+
+/// An IDX file of unsigned bytes: the magic number, big-endian dimensions, then `data`.
+pub fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut out = magic.to_be_bytes().to_vec();
+    for d in dims {
+        out.extend(d.to_be_bytes());
+    }
+    out.extend(data);
+    out
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// Writes an MNIST-layout data set into `dir` (gzip, both splits): `count` images of `rows × cols`
+/// with varied pixels, labels cycling through the ten classes.
+pub fn write_idx_set(dir: &Path, count: usize, rows: usize, cols: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let pixels: Vec<u8> = (0..count * rows * cols).map(|i| (i * 37 % 256) as u8).collect();
+    let labels: Vec<u8> = (0..count).map(|i| (i % 10) as u8).collect();
+    for split in ["train", "t10k"] {
+        let images = idx_bytes(0x0803, &[count as u32, rows as u32, cols as u32], &pixels);
+        std::fs::write(dir.join(format!("{split}-images-idx3-ubyte.gz")), gzip(&images)).unwrap();
+        std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte.gz")), gzip(&idx_bytes(0x0801, &[count as u32], &labels))).unwrap();
+    }
+}
+
+/// Runs a command that must fail with an error line (not a panic) and returns its stderr.
+#[track_caller]
+pub fn error_of(args: &[&str]) -> String {
+    let stderr = stderr_of_failure(args);
+    let error_line = stderr.lines().any(|l| l.starts_with("error: "));
+    assert!(error_line && !stderr.contains("panicked"), "dpgan {args:?} did not fail with an error line:\n{stderr}");
+    stderr
+}
+
+/// A tiny GS-WGAN warm start on MNIST (DCGAN throwaway generators, width 4) in `out`: `count`
+/// discriminators in groups of `group`, `iterations` each, seed 3. Returns stdout.
+pub fn tiny_warm_start(out: &Path, count: usize, group: usize, iterations: u64) -> String {
+    let (data, out) = (data_root().join("mnist").to_string_lossy().into_owned(), out.to_string_lossy().into_owned());
+    let (count, group, iterations) = (count.to_string(), group.to_string(), iterations.to_string());
+    stdout_of(&[
+        "train",
+        "gs-wgan",
+        "warm-start",
+        "--data",
+        &data,
+        "--out",
+        &out,
+        "--discriminators",
+        &count,
+        "--group-size",
+        &group,
+        "--iterations",
+        &iterations,
+        "--generator",
+        "dcgan",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--base",
+        "4",
+    ])
 }

@@ -2,7 +2,7 @@
 //! weight-gradient norms (the reference for `kernels/dp_norms.cu`).
 use super::Real;
 use crate::backend::{ConvGeometry, RowNorm};
-use crate::dp::noise::{standard_normal_at, NoiseKey};
+use crate::dp::noise::{standard_normals, NoiseKey};
 
 /// The f64 `x` rounded to f32 toward zero (what CUDA's `__double2float_rz` does). The clip factor
 /// and the clipped values are rounded this way so that rounding can only shrink a row, never push
@@ -35,6 +35,7 @@ pub fn sanitize_rows<T: Real>(g: &[T], cols: usize, clip: f32, rows: RowNorm, no
         return out;
     }
     let std = T::of(noise_std);
+    let z = if noise_std == 0.0 { Vec::new() } else { standard_normals(key, g.len()) };
     for (row, (g_row, out_row)) in g.chunks_exact(cols).zip(out.chunks_exact_mut(cols)).enumerate() {
         let norm = g_row.iter().map(|v| v.f64() * v.f64()).sum::<f64>().sqrt();
         // Not `min`: min(NaN, 1) is 1, which would pass a row holding a NaN (and its other,
@@ -45,7 +46,7 @@ pub fn sanitize_rows<T: Real>(g: &[T], cols: usize, clip: f32, rows: RowNorm, no
             // f64 tensors (finite-difference checks only) have no kernel to match: plain product.
             let clipped =
                 if T::DTYPE == crate::tensor::DType::F32 { T::of(f32_toward_zero(v.f64() * factor)) } else { v * T::of_f64(factor) };
-            *o = if noise_std == 0.0 { clipped } else { clipped + std * T::of(standard_normal_at(key, (row * cols + d) as u64)) };
+            *o = if noise_std == 0.0 { clipped } else { clipped + std * T::of(z[row * cols + d]) };
         }
     }
     out
@@ -103,7 +104,8 @@ pub fn conv2d_weight_grad_sq_norms<T: Real>(geom: &ConvGeometry, x: &[T], d_y: &
 /// rounds, so the values equal those of the two passes bit for bit.
 pub fn add_gaussian_noise_and_divide<T: Real>(x: &mut [T], std: f32, divisor: f32, key: &NoiseKey) {
     let (std, divisor) = (T::of(std), T::of(divisor));
-    for (e, v) in x.iter_mut().enumerate() {
-        *v = (*v + std * T::of(standard_normal_at(key, e as u64))) / divisor;
+    let z = standard_normals(key, x.len());
+    for (v, z) in x.iter_mut().zip(z) {
+        *v = (*v + std * T::of(z)) / divisor;
     }
 }

@@ -7,20 +7,22 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use dpgan::data::{data_dir, Dataset, PixelScale, Split};
+use dpgan::dp::KeySource;
 use dpgan::eval::{Classifier, EvalConfig, EvalReport, ImageSet, Metric};
-use dpgan::io::synthetic::{write_synthetic, SyntheticFormat};
+use dpgan::io::synthetic::SyntheticFormat;
 use dpgan::models::dpcgan::CLASSES;
 use dpgan::privacy::Conversion;
 use dpgan::train::dpcgan::run::{load_generator, sample_released, DpCganRun, DpCganRunConfig, DpCganSettings, DpCganState, SamplingKind};
 use dpgan::train::progress::Progress;
-use dpgan::train::run_dir::{read_json, CHECKPOINT, CHECKPOINT_JSON, CONFIG};
+use dpgan::train::run_dir::{checkpoint_state, read_json, CHECKPOINT, CONFIG};
 use dpgan::{Device, Result};
 
 use super::{
-    evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, noise_setting, run_slots, same_settings, write_results, RunsArgs,
-    Table,
+    evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, noise_setting, run_slots, same_settings, unless_interrupted,
+    write_results, RunsArgs, Table,
 };
 use crate::cli::choose_device;
+use crate::cli::sample::{write_sample, SAMPLE_RECORD};
 
 /// SPEC.md §1: published AUROC (mean of 3 runs) and ε.
 const PUBLISHED_AUROC_LOGREG: f64 = 0.8642;
@@ -29,8 +31,10 @@ const PUBLISHED_EPSILON_CLASSIC: f64 = 9.64;
 const PUBLISHED_EPSILON_IMPROVED: f64 = 8.80;
 /// DP-CGAN's evaluation set: 500 generated images per class.
 const PER_CLASS: usize = 500;
+/// SPEC.md §1: 249 epochs of 100 steps (B = 600 of 60,000).
+const PUBLISHED_STEPS: u64 = 24_900;
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum SamplingArg {
     Poisson,
     Shuffle,
@@ -84,10 +88,23 @@ pub(super) fn run(args: &DpCganReproduceArgs) -> Result<()> {
         results.push(result);
     }
     let table = table(args, &results);
+    let d = DpCganSettings::default();
     let json = serde_json::json!({
         "experiment": "dp-cgan",
         "runs": args.slots.runs,
         "device": device.to_string(),
+        "settings": {
+            "steps": planned_steps(args),
+            "sampling": sampling_kind(args),
+            "batch_size": d.batch_size,
+            "clip": d.clip,
+            "noise_multiplier": d.noise_multiplier,
+            "delta": d.delta,
+            "noise": noise_setting(args.slots.noise.mode(), KeySource::from_flag(args.slots.noise.replayable_noise)),
+            "per_class": PER_CLASS,
+            "mlp_epochs": args.eval_epochs.or(Classifier::Mlp.default_epochs()),
+        },
+        "departures": departures(args),
         "epsilon_improved": Metric::over(results.iter().map(|r| r.epsilon_improved).collect()),
         "epsilon_classic": Metric::over(results.iter().map(|r| r.epsilon_classic).collect()),
         "train_wall_s": Metric::over(results.iter().map(|r| r.wall_s).collect()),
@@ -107,10 +124,7 @@ fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, 
     let settings = DpCganSettings {
         seed,
         steps: args.steps,
-        sampling: match args.sampling {
-            SamplingArg::Poisson => SamplingKind::Poisson,
-            SamplingArg::Shuffle => SamplingKind::Shuffle,
-        },
+        sampling: sampling_kind(args),
         noise: args.slots.noise.mode(),
         replayable_noise: args.slots.noise.replayable_noise,
         ..DpCganSettings::default()
@@ -137,12 +151,13 @@ fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, 
     if !root.join(CONFIG).exists() {
         train_run(&mut DpCganRun::start(root, planned, train, device)?)?;
     } else {
-        let state: DpCganState = read_json(&root.join(CHECKPOINT_JSON))?;
+        let state: DpCganState = checkpoint_state(root)?;
         if state.step < planned.steps && state.stopped.is_none() {
             train_run(&mut DpCganRun::resume(root, device, None)?)?;
         }
     }
-    let state: DpCganState = read_json(&root.join(CHECKPOINT_JSON))?;
+    // The state saved with the generator's weights (checkpoint.json may lag it after a crash).
+    let state: DpCganState = checkpoint_state(root)?;
 
     // --eval-epochs shortens the MLP only: logistic regression runs L-BFGS to convergence.
     let mlp_config = EvalConfig { seed, repeats: 1, epochs: args.eval_epochs };
@@ -156,11 +171,13 @@ fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, 
     let (logreg, mlp) = match kept {
         (Some(logreg), Some(mlp)) => (logreg, mlp),
         (logreg, mlp) => {
-            let (generator, _) = load_generator(root, device)?;
+            let (generator, _, _) = load_generator(root, device)?;
             let (images, labels) = sample_released(&generator, PER_CLASS, seed, device)?;
+            // The released set as `dpgan sample` writes it (the same images, with sample.json and
+            // a grid); the evaluation reads the float pixels, not the file's 8-bit ones.
             let synthetic = root.join("synthetic");
-            if !synthetic.exists() {
-                write_synthetic(&synthetic, &images, &labels, 28, 28, SyntheticFormat::Idx)?;
+            if !synthetic.join(SAMPLE_RECORD).exists() {
+                write_sample(root, PER_CLASS, seed, SyntheticFormat::Idx, &synthetic, device)?;
             }
             let train_set = ImageSet::new(&images, &labels, 28, 28, "the synthetic set")?;
             let logreg = match logreg {
@@ -188,9 +205,9 @@ fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, 
 /// Trains `run` to its planned steps or its budget, with a progress bar.
 fn train_run(run: &mut DpCganRun) -> Result<()> {
     let progress = Progress::new(run.steps_taken(), run.config().steps);
-    run.train(&progress)?;
+    let outcome = run.train(&progress)?;
     progress.finish();
-    Ok(())
+    unless_interrupted(outcome.stop.signal())
 }
 
 fn table(args: &DpCganReproduceArgs, results: &[RunResult]) -> String {
@@ -209,5 +226,40 @@ fn table(args: &DpCganReproduceArgs, results: &[RunResult]) -> String {
     t.row("training time per run (s)", over(|r| r.wall_s), "≈ 10,460 (42 s/epoch)");
     t.row("steps/s", over(|r| r.steps_per_s), "");
     t.note("The published ε = 9.64 used TF-Privacy 0.2's orders; `dpgan privacy epsilon --orders tf-privacy-0.2 --conversion classic` gives it.");
+    let departures = departures(args);
+    if !departures.is_empty() {
+        t.note(&format!("Not the published settings: {}.", departures.join(", ")));
+    }
     t.finish(&args.slots.out)
+}
+
+/// The run's total steps: `--steps`, or the published 249 epochs.
+fn planned_steps(args: &DpCganReproduceArgs) -> u64 {
+    args.steps.unwrap_or(PUBLISHED_STEPS)
+}
+
+fn sampling_kind(args: &DpCganReproduceArgs) -> SamplingKind {
+    match args.sampling {
+        SamplingArg::Poisson => SamplingKind::Poisson,
+        SamplingArg::Shuffle => SamplingKind::Shuffle,
+    }
+}
+
+/// Where these settings leave SPEC.md §1's published run, for the table's reader. Poisson
+/// sampling is a departure too (the published run shuffled), the one the ε is a proof for.
+fn departures(args: &DpCganReproduceArgs) -> Vec<String> {
+    let mut out = Vec::new();
+    if planned_steps(args) != PUBLISHED_STEPS {
+        out.push(format!("steps {} (published: {PUBLISHED_STEPS})", planned_steps(args)));
+    }
+    if args.sampling == SamplingArg::Poisson {
+        out.push("Poisson sampling (published: shuffled batches)".into());
+    }
+    if let Some(epochs) = args.eval_epochs.filter(|&e| Some(e) != Classifier::Mlp.default_epochs()) {
+        out.push(format!("MLP epochs {epochs} (published: {})", Classifier::Mlp.default_epochs().unwrap_or_default()));
+    }
+    if args.slots.noise.replayable_noise {
+        out.push("replayable noise: NOT PRIVATE".into());
+    }
+    out
 }

@@ -13,18 +13,17 @@ use dpgan::dp::KeySource;
 use dpgan::eval::{Classifier, EvalConfig, EvalReport, ImageSet, Metric};
 use dpgan::io::synthetic::{read_synthetic, SyntheticFormat};
 use dpgan::models::gswgan::CLASSES;
+use dpgan::train::dpcgan::run::DataRecord;
 use dpgan::train::gswgan::run::{Accounting, GsWganRunConfig, GsWganRunner, GsWganSettings, GsWganState};
-use dpgan::train::gswgan::warm_start_run::{
-    arch_name, data_record, group_path, WarmStartRun, WarmStartRunConfig, WarmStartSettings, DISCRIMINATORS,
-};
+use dpgan::train::gswgan::warm_start_run::{arch_name, group_path, WarmStartRun, WarmStartRunConfig, WarmStartSettings, DISCRIMINATORS};
 use dpgan::train::replay::{stream, Purpose};
-use dpgan::train::run_dir::{read_json, CHECKPOINT, CHECKPOINT_JSON, CONFIG, METRICS};
+use dpgan::train::run_dir::{checkpoint_state, read_json, CHECKPOINT, CONFIG, METRICS};
 use dpgan::{Device, Error, Result};
 use rand::Rng;
 
 use super::{
-    evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, noise_setting, run_slots, same_settings, up_to_date, write_results,
-    RunsArgs, Table,
+    evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, noise_setting, run_slots, same_settings, unless_interrupted,
+    up_to_date, write_results, RunsArgs, Table,
 };
 use crate::cli::gswgan::{announce, start_warm_start, train_private, train_warm_start, AccountingArg, GeneratorArg};
 use crate::cli::sample::{write_sample, SAMPLE_RECORD};
@@ -354,15 +353,15 @@ fn warm_start(plan: &Plan, dir: &Path, seed: u64, train: &Dataset, device: &Devi
                 ("--generator", recorded.generator.clone(), arch_name(settings.generator).to_string()),
                 ("--seed", recorded.seed.to_string(), seed.to_string()),
                 ("--base", recorded.base.to_string(), settings.base.to_string()),
-                ("--data (the training images' SHA-256)", recorded.data.images.sha256.clone(), data_record(train)?.images.sha256),
+                ("--data (the training images' SHA-256)", recorded.data.images.sha256.clone(), DataRecord::of(train)?.images.sha256),
             ],
         )?;
         if (0..recorded.groups()).any(|g| !group_path(dir, g).is_file()) {
             eprintln!("continuing the warm start in {}", dir.display());
-            train_warm_start(&mut WarmStartRun::resume(dir, device)?)?;
+            unless_interrupted(train_warm_start(&mut WarmStartRun::resume(dir, device)?)?.interrupted)?;
         }
     } else {
-        train_warm_start(&mut start_warm_start(dir, &settings, train, device)?)?;
+        unless_interrupted(train_warm_start(&mut start_warm_start(dir, &settings, train, device)?)?.interrupted)?;
     }
     warm_start_seconds(dir)
 }
@@ -383,7 +382,8 @@ fn warm_start_seconds(dir: &Path) -> Result<f64> {
 }
 
 /// Phase 2 in `dir` from the warm start in `warm`: started, continued from its checkpoint, or
-/// reused once it reached its planned iterations. Returns its final state.
+/// reused once it reached its planned iterations. Returns its final state (the one saved with G and
+/// G_s, never checkpoint.json, which may lag it after a crash).
 fn phase_two(plan: &Plan, dir: &Path, warm: &Path, seed: u64, device: &Device) -> Result<GsWganState> {
     let settings = GsWganSettings { warm_start: warm.to_path_buf(), seed, ..plan.phase_two.clone() };
     if dir.join(CONFIG).is_file() {
@@ -404,22 +404,22 @@ fn phase_two(plan: &Plan, dir: &Path, warm: &Path, seed: u64, device: &Device) -
             ],
         )?;
         if !forget_if_never_checkpointed(dir)? {
-            let state: GsWganState = read_json(&dir.join(CHECKPOINT_JSON))?;
-            state.check_format(&dir.join(CHECKPOINT_JSON))?;
+            let state: GsWganState = checkpoint_state(dir)?;
+            state.check_format(&dir.join(CHECKPOINT))?;
             if state.iteration >= recorded.iterations || state.stopped.is_some() {
                 return Ok(state);
             }
             let mut run = GsWganRunner::resume(dir, device, None)?;
             eprintln!("continuing {} at iteration {} of {}", dir.display(), run.iterations_done(), run.config().iterations);
-            train_private(&mut run)?;
-            return read_json(&dir.join(CHECKPOINT_JSON));
+            unless_interrupted(train_private(&mut run)?.stop.signal())?;
+            return checkpoint_state(dir);
         }
     }
     let config = GsWganRunConfig::plan(&settings, device)?;
     announce(&config)?;
     let mut run = GsWganRunner::start(dir, config, device)?;
-    train_private(&mut run)?;
-    read_json(&dir.join(CHECKPOINT_JSON))
+    unless_interrupted(train_private(&mut run)?.stop.signal())?;
+    checkpoint_state(dir)
 }
 
 /// The released set in `dir`: `per_class` images of every class from G_s, codes from `seed`;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use dpgan::eval::{evaluate, Classifier, EvalConfig, EvalReport, ImageSet, Metric};
-use dpgan::train::run_dir::{read_json, CHECKPOINT, CONFIG};
+use dpgan::train::run_dir::{read_json, RunDir};
 use dpgan::{Device, Error, Result};
 
 mod dpcgan;
@@ -33,9 +33,19 @@ enum Experiment {
 }
 
 pub fn run(args: &ReproduceArgs) -> Result<()> {
+    dpgan::train::interrupt::install()?;
     match &args.experiment {
         Experiment::DpCgan(a) => dpcgan::run(a),
         Experiment::GsWgan(a) => gswgan::run(a),
+    }
+}
+
+/// Stops the experiment when a signal stopped one of its training runs (after its checkpoint):
+/// running the same command again continues where it stopped.
+fn unless_interrupted(signal: Option<dpgan::train::interrupt::Signal>) -> Result<()> {
+    match signal {
+        Some(signal) => Err(crate::cli::interrupted(signal, "the same dpgan reproduce command")),
+        None => Ok(()),
     }
 }
 
@@ -207,13 +217,11 @@ fn evaluate_and_keep(
     Ok(report)
 }
 
-/// A training run in `dir` that stopped before its first checkpoint has nothing to continue from:
-/// its config.json is removed so that it starts again. Whether it did.
+/// A training run in `dir` that stopped before its first checkpoint starts again. Whether it did.
 fn forget_if_never_checkpointed(dir: &Path) -> Result<bool> {
-    if !dir.join(CONFIG).is_file() || dir.join(CHECKPOINT).is_file() {
-        return Ok(false);
+    let forgotten = RunDir::forget_if_never_checkpointed(dir)?;
+    if forgotten {
+        eprintln!("{} stopped before its first checkpoint: starting it again", dir.display());
     }
-    eprintln!("{} stopped before its first checkpoint: starting it again", dir.display());
-    fs::remove_file(dir.join(CONFIG)).map_err(|e| Error::file(dir.join(CONFIG), format!("cannot remove: {e}")))?;
-    Ok(true)
+    Ok(forgotten)
 }

@@ -37,7 +37,7 @@ pub fn uniform_labels<R: Rng>(rngs: &mut [R], batch: usize) -> Vec<u32> {
 
 /// One-hot `[G, B, 10]` of `labels` (G·B of them, member-major).
 pub fn one_hot(labels: &[u32], groups: usize, device: &Device) -> Result<Tensor> {
-    if groups == 0 || labels.len() % groups != 0 {
+    if groups == 0 || !labels.len().is_multiple_of(groups) {
         return Err(Error::Invalid(format!("{} labels do not split into {groups} equal member batches", labels.len())));
     }
     Tensor::one_hot(labels, CLASSES, &[groups, labels.len() / groups], device)

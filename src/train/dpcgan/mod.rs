@@ -9,7 +9,7 @@ use rand::Rng;
 
 use crate::autograd::Tape;
 use crate::backend::{ops, AdamParams, BinaryOp, UnaryOp};
-use crate::dp::{private_gradients, ClippedLoss, DpSgdConfig, NoiseSource};
+use crate::dp::{nonfinite_flag, private_gradients, ClippedLoss, DpSgdConfig, NoiseSource};
 use crate::error::{Error, Result};
 use crate::models::dpcgan::{Discriminator, Generator, CLASSES, LATENT};
 use crate::optim::{Adam, Optimizer, Sgd};
@@ -50,10 +50,14 @@ pub struct DpCgan {
     step: u64,
 }
 
-/// Mean losses of a step, on the device (reading them is a host sync: do it when logging).
+/// Mean losses of a step, on the device (reading them is a host sync: do it when logging), and
+/// the step's finiteness flag (see [`crate::dp::finite`]).
 pub struct StepLosses {
     pub discriminator: Tensor,
     pub generator: Tensor,
+    /// `[1]`: 0, or NaN when D's update held a NaN or an infinity (an example whose gradient norm
+    /// was not finite makes it all NaN).
+    pub nonfinite: Tensor,
 }
 
 impl DpCgan {
@@ -167,6 +171,7 @@ impl DpCgan {
             ClippedLoss { layers: fake_layers.iter().map(|l| l as _).collect(), noised: false },
         ];
         let d_grads = private_gradients(&losses, &dp, &self.noise, self.step)?;
+        let nonfinite = nonfinite_flag(&d_grads.iter().collect::<Vec<_>>())?;
         self.d_optimizer.step(&mut self.discriminator.params_mut(), &d_grads)?;
 
         // Mean losses for the log (an empty Poisson batch contributes a real loss of 0).
@@ -174,7 +179,7 @@ impl DpCgan {
         let d_loss = ops::binary(BinaryOp::Add, &mean(&real_loss, batch)?, &mean(&fake_loss, fake_batch)?)?;
         let g_loss = self.generator_step(&g_tape, &fake, &fake_labels)?;
         self.step += 1;
-        Ok(StepLosses { discriminator: d_loss, generator: g_loss })
+        Ok(StepLosses { discriminator: d_loss, generator: g_loss, nonfinite })
     }
 
     /// The same step without privacy (mean losses, no clipping, no noise): the baseline a private
@@ -193,10 +198,11 @@ impl DpCgan {
         let d_loss = tape.add(&real_loss, &fake_loss)?;
         let grads = tape.backward(&d_loss)?;
         let d_grads = d.params().into_iter().map(|p| grads.of(p).cloned()).collect::<Result<Vec<_>>>()?;
+        let nonfinite = nonfinite_flag(&d_grads.iter().collect::<Vec<_>>())?;
         self.d_optimizer.step(&mut self.discriminator.params_mut(), &d_grads)?;
         let g_loss = self.generator_step(&g_tape, &fake, &fake_labels)?;
         self.step += 1;
-        Ok(StepLosses { discriminator: d_loss, generator: g_loss })
+        Ok(StepLosses { discriminator: d_loss, generator: g_loss, nonfinite })
     }
 
     /// G's forward on a tape that watches G, for G's step after D's (G does not change between).

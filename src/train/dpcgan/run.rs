@@ -11,7 +11,7 @@ use super::{DpCgan, DpCganConfig, StepLosses};
 use crate::backend::{ops, AdamParams, BinaryOp};
 use crate::data::dataset::{Dataset, PixelScale, Split};
 use crate::data::sampling::Sampling;
-use crate::dp::{KeySource, NoiseMode, RunKey};
+use crate::dp::{FiniteChecks, KeySource, NoiseMode, RunKey};
 use crate::error::{Error, Result};
 use crate::io::image::Grid;
 use crate::models::dpcgan::{Generator, CLASSES, LATENT, PIXELS};
@@ -23,6 +23,8 @@ use crate::tensor::{Device, Tensor};
 use crate::train::progress::Progress;
 use crate::train::replay::{stream, Purpose, StepBatches};
 use crate::train::run_dir::{file_sha256, MetricsLog, RunDir, CONFIG, METRICS};
+use crate::train::{check_delta_flag, check_positive};
+use crate::train::{collect_images, ImageSink};
 
 pub const ALGORITHM: &str = "dp-cgan";
 /// Bumped when the checkpoint layout changes; older checkpoints are refused with a clear error.
@@ -74,6 +76,22 @@ pub struct DataRecord {
     pub images: FileRecord,
     pub labels: FileRecord,
     pub records: usize,
+}
+
+impl DataRecord {
+    /// The files of `data` with their checksums, by absolute path: a run resumed, or a phase 2
+    /// started, from another working directory finds them.
+    pub fn of(data: &Dataset) -> Result<Self> {
+        let absolute = |p: &Path| std::path::absolute(p).map_err(|e| Error::file(p, format!("cannot make the path absolute: {e}")));
+        let (images, labels) = data.files();
+        let (images, labels) = (absolute(images)?, absolute(labels)?);
+        Ok(DataRecord {
+            dir: images.parent().map(Path::to_path_buf).unwrap_or_default(),
+            images: FileRecord { sha256: file_sha256(&images)?, path: images },
+            labels: FileRecord { sha256: file_sha256(&labels)?, path: labels },
+            records: data.len(),
+        })
+    }
 }
 
 /// The build that ran.
@@ -202,9 +220,23 @@ impl DpCganRunConfig {
                 return Err(Error::Invalid(format!("{name} must be at least 1")));
             }
         }
-        if !(s.clip.is_finite() && s.clip > 0.0) {
-            return Err(Error::Invalid(format!("--clip must be positive, got {}", s.clip)));
+        // Every number before anything is written: NaN and negative values included.
+        check_positive("--clip", s.clip as f64)?;
+        check_positive("--d-lr", s.d_lr as f64)?;
+        check_positive("--g-lr", s.g_adam.lr as f64)?;
+        if let LrSchedule::LinearDecay { final_lr, decay_steps } = s.d_lr_schedule {
+            check_positive("--d-lr-final", final_lr as f64)?;
+            if decay_steps == 0 {
+                return Err(Error::Invalid("--d-lr-decay-steps must be at least 1".into()));
+            }
         }
+        if let Some(sigma) = s.noise_multiplier {
+            check_positive("--noise-multiplier", sigma as f64)?;
+        }
+        if let Some(target) = s.target_epsilon {
+            check_positive("--target-epsilon", target)?;
+        }
+        check_delta_flag(s.delta)?;
         let sample_rate = s.batch_size as f64 / records as f64;
         let steps_per_epoch = (records / s.batch_size) as f64;
         let steps = match s.steps {
@@ -223,15 +255,9 @@ impl DpCganRunConfig {
             }
             (None, None) => return Err(Error::Invalid("give --noise-multiplier or --target-epsilon".into())),
         };
-        let (images, labels) = data.files();
         let config = DpCganRunConfig {
             algorithm: ALGORITHM.to_string(),
-            data: DataRecord {
-                dir: images.parent().map(Path::to_path_buf).unwrap_or_default(),
-                images: FileRecord { path: images.to_path_buf(), sha256: file_sha256(images)? },
-                labels: FileRecord { path: labels.to_path_buf(), sha256: file_sha256(labels)? },
-                records,
-            },
+            data: DataRecord::of(data)?,
             seed: s.seed,
             steps,
             batch_size: s.batch_size,
@@ -323,13 +349,7 @@ pub struct DpCganState {
     pub stopped: Option<String>,
 }
 
-/// Why [`DpCganRun::train`] returned.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Stop {
-    Completed,
-    /// The next step would have passed the ε budget.
-    Budget(String),
-}
+pub use crate::train::Stop;
 
 /// How a call to [`DpCganRun::train`] ended.
 #[derive(Clone, Debug)]
@@ -371,11 +391,8 @@ impl DpCganRun {
 
     /// Continues the run in `root` from its checkpoint, with `steps` as the new total if given.
     pub fn resume(root: &Path, device: &Device, steps: Option<u64>) -> Result<Self> {
-        let dir = RunDir::open(root)?;
-        let mut config: DpCganRunConfig = dir.read_json(CONFIG)?;
-        if config.algorithm != ALGORITHM {
-            return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not {ALGORITHM}", config.algorithm)));
-        }
+        let dir = RunDir::open_for_training(root)?;
+        let mut config: DpCganRunConfig = dir.read_config(ALGORITHM)?;
         let data = Dataset::load(&config.data.dir, Split::Train)?;
         let (images, labels) = data.files();
         for (record, path) in [(&config.data.images, images), (&config.data.labels, labels)] {
@@ -408,6 +425,13 @@ impl DpCganRun {
             ));
         }
         if let Some(total) = steps {
+            if total < state.step {
+                return Err(Error::Invalid(format!(
+                    "--steps {total} is below the {} steps {} has taken; a run cannot be shortened (nothing was changed)",
+                    state.step,
+                    root.display()
+                )));
+            }
             config.steps = total;
             dir.write_json(CONFIG, &config)?;
         }
@@ -462,6 +486,8 @@ impl DpCganRun {
         let started = Instant::now();
         let (mut interval_start, mut interval_steps) = (Instant::now(), 0u64);
         let mut loss_sums: Option<(Tensor, Tensor)> = None;
+        // Read where the loop syncs anyway, before anything of those steps is written.
+        let mut finite = FiniteChecks::new("the discriminator's private gradient");
         let mut stop = Stop::Completed;
         while self.model.steps_taken() < self.config.steps {
             let step = self.model.steps_taken();
@@ -475,6 +501,7 @@ impl DpCganRun {
                 Err(e) => return Err(e),
             };
             let losses = self.step(step)?;
+            finite.push(step + 1, losses.nonfinite)?;
             loss_sums = Some(match loss_sums {
                 None => (losses.discriminator, losses.generator),
                 Some((d, g)) => {
@@ -485,7 +512,8 @@ impl DpCganRun {
             let done = step + 1;
             progress.set_step(done);
             let last = done == self.config.steps;
-            if done % self.config.log_every == 0 || last {
+            if done.is_multiple_of(self.config.log_every) || last {
+                finite.verify()?;
                 let (d, g) = loss_sums.take().expect("at least one step in the interval");
                 let n = interval_steps as f64;
                 let (d_loss, g_loss) = (d.item()? as f64 / n, g.item()? as f64 / n);
@@ -515,18 +543,22 @@ impl DpCganRun {
                 );
                 (interval_start, interval_steps) = (Instant::now(), 0);
             }
-            if done % self.config.sample_every == 0 || last {
+            if done.is_multiple_of(self.config.sample_every) || last {
+                finite.verify()?;
                 self.write_grid(done)?;
             }
-            if done % self.config.checkpoint_every == 0 && !last {
+            if done.is_multiple_of(self.config.checkpoint_every) && !last {
+                finite.verify()?;
                 self.checkpoint(self.wall_before + started.elapsed().as_secs_f64(), None)?;
             }
+            if let Some(signal) = crate::train::interrupt::requested() {
+                stop = Stop::Interrupted(signal);
+                break;
+            }
         }
+        finite.verify()?;
         let wall_s = started.elapsed().as_secs_f64();
-        let reason = match &stop {
-            Stop::Completed => None,
-            Stop::Budget(why) => Some(format!("stopped before step {}: {why}", self.model.steps_taken() + 1)),
-        };
+        let reason = stop.recorded_reason("step", self.model.steps_taken() + 1);
         self.checkpoint(self.wall_before + wall_s, reason)?;
         let steps = self.model.steps_taken() - start_step;
         Ok(Outcome {
@@ -611,26 +643,43 @@ const SAMPLE_CHUNK: usize = 5000;
 /// `[10·per_class, 784]` in [−1, 1], class-major, and their labels. Balanced labels, never the
 /// real class counts (which are not public).
 pub fn generate_by_class<R: Rng>(generator: &Generator, per_class: usize, rng: &mut R, device: &Device) -> Result<(Vec<f32>, Vec<u8>)> {
-    let (mut images, mut labels) = (Vec::with_capacity(per_class * CLASSES * PIXELS), Vec::with_capacity(per_class * CLASSES));
+    collect_images(|sink| generate_by_class_into(generator, per_class, rng, device, sink))
+}
+
+/// [`generate_by_class`] handing each chunk to `sink` instead of collecting them.
+pub fn generate_by_class_into<R: Rng>(
+    generator: &Generator,
+    per_class: usize,
+    rng: &mut R,
+    device: &Device,
+    sink: &mut ImageSink,
+) -> Result<()> {
     for class in 0..CLASSES {
         let mut left = per_class;
         while left > 0 {
             let n = left.min(SAMPLE_CHUNK);
             let z = Tensor::randn(&[1, n, LATENT], rng, device)?;
             let onehot = Tensor::one_hot(&vec![class as u32; n], CLASSES, &[1, n], device)?;
-            images.extend(generator.forward(&crate::autograd::Tape::new(), &z, &onehot)?.to_vec()?);
-            labels.extend(std::iter::repeat_n(class as u8, n));
+            sink(&generator.forward(&crate::autograd::Tape::new(), &z, &onehot)?.to_vec()?, class as u8)?;
             left -= n;
         }
     }
-    Ok((images, labels))
+    Ok(())
 }
 
 /// The released data set of a generator: `per_class` images of each class, pixels in [0, 1]
 /// (from tanh's [−1, 1]), latent codes from `seed` (sampling is post-processing: no privacy cost).
 pub fn sample_released(generator: &Generator, per_class: usize, seed: u64, device: &Device) -> Result<(Vec<f32>, Vec<u8>)> {
-    let (images, labels) = generate_by_class(generator, per_class, &mut stream(seed, Purpose::Sample, 0), device)?;
-    Ok((images.into_iter().map(|x| ((x + 1.0) * 0.5).clamp(0.0, 1.0)).collect(), labels))
+    collect_images(|sink| sample_released_into(generator, per_class, seed, device, sink))
+}
+
+/// [`sample_released`] a chunk at a time, into `sink`.
+pub fn sample_released_into(generator: &Generator, per_class: usize, seed: u64, device: &Device, sink: &mut ImageSink) -> Result<()> {
+    let mut rng = stream(seed, Purpose::Sample, 0);
+    generate_by_class_into(generator, per_class, &mut rng, device, &mut |images, class| {
+        let unit: Vec<f32> = images.iter().map(|&x| ((x + 1.0) * 0.5).clamp(0.0, 1.0)).collect();
+        sink(&unit, class)
+    })
 }
 
 /// The progress grid of a generator: 10 rows (classes) of 10 samples from the run's fixed codes.
@@ -639,14 +688,13 @@ pub fn write_class_grid(generator: &Generator, seed: u64, path: &Path, device: &
     Grid { images: &images, rows: CLASSES, cols: 10, height: 28, width: 28, range: (-1.0, 1.0) }.write_png(path)
 }
 
-/// The generator of a finished (or stopped) run, from its checkpoint.
-pub fn load_generator(root: &Path, device: &Device) -> Result<(Generator, DpCganRunConfig)> {
+/// The generator of a finished (or stopped) run, from its checkpoint, with its config and the
+/// checkpoint's state: read from the same file as the weights, so the step and ε reported with
+/// them are theirs.
+pub fn load_generator(root: &Path, device: &Device) -> Result<(Generator, DpCganRunConfig, DpCganState)> {
     let dir = RunDir::open(root)?;
-    let config: DpCganRunConfig = dir.read_json(CONFIG)?;
-    if config.algorithm != ALGORITHM {
-        return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not {ALGORITHM}", config.algorithm)));
-    }
-    let (mut tensors, _state): (_, serde_json::Value) = dir.load_checkpoint(device)?;
+    let config: DpCganRunConfig = dir.read_config(ALGORITHM)?;
+    let (mut tensors, state): (_, DpCganState) = dir.load_checkpoint(device)?;
     let mut generator = Generator::new(1, &mut stream(config.seed, Purpose::Init, 0), device)?;
     for (p, name) in generator.params_mut().into_iter().zip(super::PARAM_NAMES) {
         let key = format!("generator.{name}");
@@ -656,7 +704,7 @@ pub fn load_generator(root: &Path, device: &Device) -> Result<(Generator, DpCgan
         }
         *p = t;
     }
-    Ok((generator, config))
+    Ok((generator, config, state))
 }
 
 #[cfg(test)]

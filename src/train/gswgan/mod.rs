@@ -15,7 +15,7 @@ pub use warm_start::{member_rngs, MemberRngs, WarmStart, WarmStartLosses};
 
 use crate::autograd::Tape;
 use crate::backend::{ops, AdamParams, BinaryOp, UnaryOp};
-use crate::dp::{GsWganSanitizer, NoiseKey};
+use crate::dp::{nonfinite_flag, GsWganSanitizer, NoiseKey};
 use crate::error::{Error, Result};
 use crate::models::gswgan::{Discriminator, Generator};
 use crate::nn::Module;
@@ -144,7 +144,9 @@ pub fn generator_step(g: &mut Generator, g_opt: &mut Adam, d: &mut Discriminator
 /// The private generator step (phase 2, step 4) with D frozen: x̃ = G(z, l); the gradient gᵢ of
 /// `L_G = −(1/B)Σ D(x̃ᵢ, lᵢ)` w.r.t. each image comes from a tape holding D alone; each row is
 /// sanitised (clipped to C/B, noised with std 2σC/B from `key`); the sanitised gradient is
-/// back-propagated through G's tape only, and G takes an Adam step. Returns `L_G` `[G]`.
+/// back-propagated through G's tape only, and G takes an Adam step. Returns `L_G` `[G]` and the
+/// step's finiteness flag `[1]`: NaN when a sanitised row is not finite (a row whose norm is NaN
+/// or infinite comes out NaN), else 0 (see [`crate::dp::finite`]).
 pub fn private_generator_step(
     g: &mut Generator,
     g_opt: &mut Adam,
@@ -153,17 +155,18 @@ pub fn private_generator_step(
     labels: &Tensor,
     sanitizer: &GsWganSanitizer,
     key: &NoiseKey,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Tensor)> {
     let g_tape = Tape::new();
     g.params().into_iter().for_each(|p| g_tape.watch(p));
     let fake = g.forward(&g_tape, z, labels)?;
 
     let (loss, image_grad) = image_gradient(d, &fake, labels)?;
     let sanitized = sanitizer.sanitize(&image_grad, key)?;
+    let nonfinite = nonfinite_flag(&[&sanitized])?;
     let grads = g_tape.backward_with(&fake, sanitized, false)?;
     let g_grads = gradients_of(&grads, g.params())?;
     g_opt.step(&mut g.params_mut(), &g_grads)?;
-    Ok(loss)
+    Ok((loss, nonfinite))
 }
 
 /// `L_G = −mean_i D(x̃ᵢ, lᵢ)` per member `[G]` and its gradient w.r.t. each image x̃ᵢ,

@@ -30,12 +30,12 @@ impl CriticState {
     }
 }
 
-/// One phase-2 iteration's losses (`[1]` each, on the device), which discriminator ran, and the
-/// batch size B of the private step.
+/// One phase-2 iteration's losses and finiteness flag (`[1]` each, on the device; see
+/// [`crate::dp::finite`]), and the batch size B of the private step.
 pub struct PrivateLosses {
     pub critic: Tensor,
     pub generator: Tensor,
-    pub discriminator: usize,
+    pub nonfinite: Tensor,
     pub batch_size: usize,
 }
 
@@ -92,8 +92,8 @@ impl PrivateTraining {
         Ok(self.key.stream(SecretPurpose::Selection, self.iterations).random_range(0..k))
     }
 
-    /// One iteration with the selected discriminator `j` (held in `critic`): see [`PhaseTwoStep`].
-    pub fn iteration(&mut self, j: usize, critic: &mut CriticState, data: &LabelledImages) -> Result<PrivateLosses> {
+    /// One iteration with the selected discriminator (held in `critic`): see [`PhaseTwoStep`].
+    pub fn iteration(&mut self, critic: &mut CriticState, data: &LabelledImages) -> Result<PrivateLosses> {
         let key = self.noise.next_key();
         let mut step = PhaseTwoStep {
             generator: &mut self.generator,
@@ -102,10 +102,10 @@ impl PrivateTraining {
             sanitizer: &self.sanitizer,
             config: &self.config,
         };
-        let (critic_loss, generator, batch_size) = step.run(critic, data, &mut self.draws, &key, self.iterations)?;
+        let losses = step.run(critic, data, &mut self.draws, &key, self.iterations)?;
         self.noise.next_step();
         self.iterations += 1;
-        Ok(PrivateLosses { critic: critic_loss, generator, discriminator: j, batch_size })
+        Ok(losses)
     }
 
     pub fn iterations(&self) -> u64 {
@@ -131,8 +131,8 @@ pub struct PhaseTwoStep<'a> {
 impl PhaseTwoStep<'_> {
     /// D_j's critic steps on its slice, then the private generator step through D_j frozen (its
     /// sanitiser noise from `key`), then the EMA at iteration `t`. `draws` supplies the batches'
-    /// α, z and labels. Returns the last critic loss, the generator loss (`[1]` each, on the
-    /// device) and B, the private step's batch size.
+    /// α, z and labels. Returns the last critic loss, the generator loss, the finiteness flag of
+    /// G's sanitised gradient, and B, the private step's batch size.
     pub fn run(
         &mut self,
         critic: &mut CriticState,
@@ -140,7 +140,7 @@ impl PhaseTwoStep<'_> {
         draws: &mut ChaCha20Rng,
         key: &NoiseKey,
         t: u64,
-    ) -> Result<(Tensor, Tensor, usize)> {
+    ) -> Result<PrivateLosses> {
         let device = critic.discriminator.conv1.bias.device();
         let mut critic_loss = None;
         let mut batch_size = 0;
@@ -153,9 +153,9 @@ impl PhaseTwoStep<'_> {
         let rngs = std::slice::from_mut(draws);
         let labels = one_hot(&uniform_labels(rngs, batch_size), 1, &device)?;
         let z = bernoulli_latent(rngs, batch_size, &device)?;
-        let generator_loss =
+        let (generator_loss, nonfinite) =
             private_generator_step(self.generator, self.optimizer, &mut critic.discriminator, &z, &labels, self.sanitizer, key)?;
         ema_update(self.ema, self.generator, ema_decay(t))?;
-        Ok((critic_loss, generator_loss, batch_size))
+        Ok(PrivateLosses { critic: critic_loss, generator: generator_loss, nonfinite, batch_size })
     }
 }

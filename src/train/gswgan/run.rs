@@ -23,14 +23,14 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::warm_start_run::{arch_name, load_discriminators, load_recorded_data, WarmStartRunConfig, WARM_START_ALGORITHM};
-use super::{CriticState, GsWganConfig, LabelledImages, PhaseTwoStep, SliceBatches};
+use super::{CriticState, GsWganConfig, LabelledImages, PhaseTwoStep, PrivateLosses, SliceBatches};
 use crate::autograd::Tape;
 use crate::backend::{ops, BinaryOp};
-use crate::dp::{GsWganSanitizer, KeySource, NoiseMode, NoiseSource, RunKey, SecretPurpose};
+use crate::dp::{FiniteChecks, GsWganSanitizer, KeySource, NoiseMode, NoiseSource, RunKey, SecretPurpose};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{load_tensors, save_tensors};
 use crate::io::image::Grid;
-use crate::models::gswgan::{bernoulli_latent, one_hot, Discriminator, Generator, GeneratorArch, CLASSES, PIXELS};
+use crate::models::gswgan::{bernoulli_latent, one_hot, Discriminator, Generator, GeneratorArch, CLASSES};
 use crate::nn::Module;
 use crate::optim::Adam;
 use crate::privacy::accountant::{Accountant, Mechanism};
@@ -41,7 +41,9 @@ use crate::tensor::{Device, Tensor};
 use crate::train::dpcgan::run::{BuildRecord, DataRecord};
 use crate::train::progress::Progress;
 use crate::train::replay::{stream, Purpose};
-use crate::train::run_dir::{read_json, MetricsLog, RunDir, CHECKPOINT, CONFIG, METRICS};
+use crate::train::run_dir::{MetricsLog, RunDir, CHECKPOINT, CONFIG, METRICS};
+use crate::train::{check_delta_flag, check_positive};
+use crate::train::{collect_images, ImageSink};
 
 pub const ALGORITHM: &str = "gs-wgan";
 /// Bumped when the checkpoint layout or the meaning of what it records changes (3: the per-step
@@ -179,10 +181,7 @@ impl GsWganRunConfig {
     /// Checks the settings against the warm start and the accountant (calibrating σ if asked);
     /// nothing is written.
     pub fn plan(s: &GsWganSettings, device: &Device) -> Result<Self> {
-        let warm: WarmStartRunConfig = read_json(&s.warm_start.join(CONFIG))?;
-        if warm.algorithm != WARM_START_ALGORITHM {
-            return Err(Error::file(s.warm_start.join(CONFIG), format!("is a {} run, not a GS-WGAN warm start", warm.algorithm)));
-        }
+        let warm: WarmStartRunConfig = crate::train::run_dir::read_config(&s.warm_start, WARM_START_ALGORITHM)?;
         for (name, every) in [("--log-every", s.log_every), ("--sample-every", s.sample_every), ("--checkpoint-every", s.checkpoint_every)]
         {
             if every == 0 {
@@ -192,6 +191,13 @@ impl GsWganRunConfig {
         if s.iterations == 0 {
             return Err(Error::Invalid("--iterations must be at least 1".into()));
         }
+        if let Some(sigma) = s.noise_multiplier {
+            check_positive("--noise-multiplier", sigma)?;
+        }
+        if let Some(target) = s.target_epsilon {
+            check_positive("--target-epsilon", target)?;
+        }
+        check_delta_flag(s.delta)?;
         let mut config = GsWganRunConfig {
             algorithm: ALGORITHM.to_string(),
             warm_start: s.warm_start.clone(),
@@ -355,12 +361,7 @@ impl GsWganState {
     }
 }
 
-/// Why [`GsWganRunner::train`] returned.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Stop {
-    Completed,
-    Budget(String),
-}
+pub use crate::train::Stop;
 
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -419,11 +420,8 @@ impl GsWganRunner {
 
     /// Continues the run in `root` from its checkpoint, with `iterations` as the new total if given.
     pub fn resume(root: &Path, device: &Device, iterations: Option<u64>) -> Result<Self> {
-        let dir = RunDir::open(root)?;
-        let mut config: GsWganRunConfig = dir.read_json(CONFIG)?;
-        if config.algorithm != ALGORITHM {
-            return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not {ALGORITHM}", config.algorithm)));
-        }
+        let dir = RunDir::open_for_training(root)?;
+        let mut config: GsWganRunConfig = dir.read_config(ALGORITHM)?;
         let data = load_recorded_data(&config.data)?;
         let discriminators = load_discriminators(&config.warm_start, &config.warm_start_config)?;
         let (mut tensors, state, key): (_, GsWganState, _) = dir.load_checkpoint_keyed(&Device::Cpu)?;
@@ -443,6 +441,14 @@ impl GsWganRunner {
             ));
         }
         if let Some(total) = iterations {
+            if total < state.iteration {
+                return Err(Error::Invalid(format!(
+                    "--iterations {total} is below the {} iterations {} has taken; a run cannot be shortened (nothing was \
+                     changed)",
+                    state.iteration,
+                    root.display()
+                )));
+            }
             config.iterations = total;
             dir.write_json(CONFIG, &config)?;
         }
@@ -612,6 +618,8 @@ impl GsWganRunner {
         let started = Instant::now();
         let (mut interval_start, mut interval) = (Instant::now(), 0u64);
         let mut sums: Option<(Tensor, Tensor)> = None;
+        // Read where the loop syncs anyway, before anything of those iterations is written.
+        let mut finite = FiniteChecks::new("the generator's sanitised image gradient");
         let mut stop = Stop::Completed;
         while self.iteration < self.config.iterations {
             match self.spend() {
@@ -622,7 +630,9 @@ impl GsWganRunner {
                 }
                 Err(e) => return Err(e),
             }
-            let (critic, generator, j) = self.iterate()?;
+            let (losses, j) = self.iterate()?;
+            let (critic, generator) = (losses.critic, losses.generator);
+            finite.push(self.iteration, losses.nonfinite)?;
             sums = Some(match sums {
                 None => (critic, generator),
                 Some((c, g)) => (ops::binary(BinaryOp::Add, &c, &critic)?, ops::binary(BinaryOp::Add, &g, &generator)?),
@@ -631,7 +641,8 @@ impl GsWganRunner {
             let done = self.iteration;
             progress.set_step(done);
             let last = done == self.config.iterations;
-            if done % self.config.log_every == 0 || last {
+            if done.is_multiple_of(self.config.log_every) || last {
+                finite.verify()?;
                 let (c, g) = sums.take().ok_or_else(|| Error::Invalid("no iteration in the logging interval".into()))?;
                 let n = interval as f64;
                 let (d_loss, g_loss) = (c.to_vec()?.iter().sum::<f32>() as f64 / n, g.to_vec()?.iter().sum::<f32>() as f64 / n);
@@ -664,27 +675,31 @@ impl GsWganRunner {
                 );
                 (interval_start, interval) = (Instant::now(), 0);
             }
-            if done % self.config.sample_every == 0 || last {
+            if done.is_multiple_of(self.config.sample_every) || last {
+                finite.verify()?;
                 write_class_grid(&self.ema, self.config.seed, &self.dir.sample_grid_path(done), &self.device)?;
             }
-            if done % self.config.checkpoint_every == 0 && !last {
+            if done.is_multiple_of(self.config.checkpoint_every) && !last {
+                finite.verify()?;
                 self.checkpoint(self.wall_before + started.elapsed().as_secs_f64(), None)?;
             }
+            if let Some(signal) = crate::train::interrupt::requested() {
+                stop = Stop::Interrupted(signal);
+                break;
+            }
         }
+        finite.verify()?;
         let wall_s = started.elapsed().as_secs_f64();
-        let reason = match &stop {
-            Stop::Completed => None,
-            Stop::Budget(why) => Some(format!("stopped before iteration {}: {why}", self.iteration + 1)),
-        };
+        let reason = stop.recorded_reason("iteration", self.iteration + 1);
         self.checkpoint(self.wall_before + wall_s, reason)?;
         Ok(Outcome { iterations: self.iteration, as_published: self.as_published.spent()?, per_step: self.per_step.spent()?, stop, wall_s })
     }
 
     /// Iteration t: j, the critic steps of D_j on the device, the private generator step through
-    /// D_j frozen, the EMA; D_j goes back to the host. Losses `[1]` each, and j. The choice of j
-    /// and the noise come from the secret key (the accountant relies on them), the critic's and
-    /// the generator's draws from the seed.
-    fn iterate(&mut self) -> Result<(Tensor, Tensor, usize)> {
+    /// D_j frozen, the EMA; D_j goes back to the host. Its losses and finiteness flag, and j. The
+    /// choice of j and the noise come from the secret key (the accountant relies on them), the
+    /// critic's and the generator's draws from the seed.
+    fn iterate(&mut self) -> Result<(PrivateLosses, usize)> {
         let t = self.iteration;
         let j = self.key.stream(SecretPurpose::Selection, t).random_range(0..self.critics.len());
         let mut draws = stream(self.config.seed, Purpose::Generator, t);
@@ -700,13 +715,13 @@ impl GsWganRunner {
             sanitizer: &self.sanitizer,
             config: &self.step_config,
         };
-        let (critic_loss, generator_loss, _) = step.run(critic, &self.data, &mut draws, &key, t)?;
+        let losses = step.run(critic, &self.data, &mut draws, &key, t)?;
         if !self.resident {
             move_critic(critic, &Device::Cpu)?;
         }
         self.dirty[j] = true;
         self.iteration += 1;
-        Ok((critic_loss, generator_loss, j))
+        Ok((losses, j))
     }
 
     /// Writes the critics trained since the last checkpoint to new files, then the checkpoint that
@@ -827,20 +842,29 @@ const SAMPLE_CHUNK: usize = 1000;
 /// vectors stay as training left them), z ~ Bernoulli(0.5) from `rng`: `[10·per_class, 784]` in
 /// [0, 1], class-major, and the labels. Sampling is post-processing: no privacy cost.
 pub fn generate_by_class<R: Rng>(generator: &Generator, per_class: usize, rng: &mut R, device: &Device) -> Result<(Vec<f32>, Vec<u8>)> {
+    collect_images(|sink| generate_by_class_into(generator, per_class, rng, device, sink))
+}
+
+/// [`generate_by_class`] handing each chunk to `sink` instead of collecting them.
+pub fn generate_by_class_into<R: Rng>(
+    generator: &Generator,
+    per_class: usize,
+    rng: &mut R,
+    device: &Device,
+    sink: &mut ImageSink,
+) -> Result<()> {
     let mut copy = generator.clone();
-    let (mut images, mut labels) = (Vec::with_capacity(per_class * CLASSES * PIXELS), Vec::with_capacity(per_class * CLASSES));
     for class in 0..CLASSES {
         let mut left = per_class;
         while left > 0 {
             let n = left.min(SAMPLE_CHUNK);
             let z = bernoulli_latent(std::slice::from_mut(rng), n, device)?;
             let onehot = one_hot(&vec![class as u32; n], 1, device)?;
-            images.extend(copy.forward(&Tape::new(), &z, &onehot)?.to_vec()?);
-            labels.extend(std::iter::repeat_n(class as u8, n));
+            sink(&copy.forward(&Tape::new(), &z, &onehot)?.to_vec()?, class as u8)?;
             left -= n;
         }
     }
-    Ok((images, labels))
+    Ok(())
 }
 
 /// A 10 × 10 grid from the EMA generator, one row per class, from the run's fixed codes.
@@ -852,10 +876,7 @@ pub fn write_class_grid(generator: &Generator, seed: u64, path: &Path, device: &
 /// The released generator G_s of a phase-2 run, from its checkpoint, with its config.
 pub fn load_ema_generator(root: &Path, device: &Device) -> Result<(Generator, GsWganRunConfig, GsWganState)> {
     let dir = RunDir::open(root)?;
-    let config: GsWganRunConfig = dir.read_json(CONFIG)?;
-    if config.algorithm != ALGORITHM {
-        return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not {ALGORITHM}", config.algorithm)));
-    }
+    let config: GsWganRunConfig = dir.read_config(ALGORITHM)?;
     // On the host first: the checkpoint also holds every selected discriminator and its Adam state.
     let (mut tensors, state): (_, GsWganState) = dir.load_checkpoint(&Device::Cpu)?;
     state.check_format(&dir.path(CHECKPOINT))?;
@@ -874,4 +895,9 @@ pub fn load_ema_generator(root: &Path, device: &Device) -> Result<(Generator, Gs
 /// The released data set of G_s: `per_class` images per class in [0, 1], codes from `seed`.
 pub fn sample_released(generator: &Generator, per_class: usize, seed: u64, device: &Device) -> Result<(Vec<f32>, Vec<u8>)> {
     generate_by_class(generator, per_class, &mut stream(seed, Purpose::Sample, 0), device)
+}
+
+/// [`sample_released`] a chunk at a time, into `sink`.
+pub fn sample_released_into(generator: &Generator, per_class: usize, seed: u64, device: &Device, sink: &mut ImageSink) -> Result<()> {
+    generate_by_class_into(generator, per_class, &mut stream(seed, Purpose::Sample, 0), device, sink)
 }

@@ -17,7 +17,7 @@ use crate::io::checkpoint::{load_tensors, save_tensors};
 use crate::models::gswgan::{Discriminator, GeneratorArch, PUBLISHED_BASE};
 use crate::nn::{member, Module};
 use crate::tensor::{Device, Tensor};
-use crate::train::dpcgan::run::{BuildRecord, DataRecord, FileRecord};
+use crate::train::dpcgan::run::{BuildRecord, DataRecord};
 use crate::train::progress::Progress;
 use crate::train::replay::{stream, Purpose};
 use crate::train::run_dir::{file_sha256, MetricsLog, RunDir, CONFIG, METRICS};
@@ -34,17 +34,6 @@ pub fn arch_name(arch: GeneratorArch) -> &'static str {
         GeneratorArch::Dcgan => "dcgan",
         GeneratorArch::Resnet => "resnet",
     }
-}
-
-/// A data set's record: directory, files and their SHA-256, size.
-pub fn data_record(data: &Dataset) -> Result<DataRecord> {
-    let (images, labels) = data.files();
-    Ok(DataRecord {
-        dir: images.parent().map(Path::to_path_buf).unwrap_or_default(),
-        images: FileRecord { path: images.to_path_buf(), sha256: file_sha256(images)? },
-        labels: FileRecord { path: labels.to_path_buf(), sha256: file_sha256(labels)? },
-        records: data.len(),
-    })
 }
 
 /// The training data of `record`, refused if a file changed since the run began.
@@ -131,7 +120,7 @@ impl WarmStartRunConfig {
         }
         Ok(WarmStartRunConfig {
             algorithm: WARM_START_ALGORITHM.to_string(),
-            data: data_record(data)?,
+            data: DataRecord::of(data)?,
             seed: s.seed,
             partition_seed: stream(s.seed, Purpose::Batches, u64::MAX).random(),
             discriminators: s.discriminators,
@@ -183,6 +172,8 @@ pub struct WarmStartOutcome {
     pub groups_trained: usize,
     pub groups_skipped: usize,
     pub wall_s: f64,
+    /// The signal that stopped the warm start after the group under way, if one did.
+    pub interrupted: Option<crate::train::interrupt::Signal>,
 }
 
 /// See the module documentation.
@@ -203,11 +194,8 @@ impl WarmStartRun {
 
     /// Continues the warm start in `root`: groups already written are kept.
     pub fn resume(root: &Path, device: &Device) -> Result<Self> {
-        let dir = RunDir::open(root)?;
-        let config: WarmStartRunConfig = dir.read_json(CONFIG)?;
-        if config.algorithm != WARM_START_ALGORITHM {
-            return Err(Error::file(dir.path(CONFIG), format!("is a {} run, not a GS-WGAN warm start", config.algorithm)));
-        }
+        let dir = RunDir::open_for_training(root)?;
+        let config: WarmStartRunConfig = dir.read_config(WARM_START_ALGORITHM)?;
         let data = load_recorded_data(&config.data)?;
         Self::assemble(dir, config, &data, device)
     }
@@ -244,13 +232,17 @@ impl WarmStartRun {
             let path = group_path(self.dir.root(), group);
             if path.is_file() {
                 skipped += 1;
-                progress.set_step(done as u64);
+                progress.set_step((done as u64) * self.config.iterations);
                 continue;
             }
             let group_started = Instant::now();
-            let (critic, generator) = self.train_group(group, &path)?;
+            let Some((critic, generator)) = self.train_group(group, &path, progress, done - members.len())? else {
+                // Stopped by a signal mid-group: the finished groups are on disk, this one is redone.
+                let wall_s = started.elapsed().as_secs_f64();
+                let interrupted = crate::train::interrupt::requested();
+                return Ok(WarmStartOutcome { groups_trained: trained, groups_skipped: skipped, wall_s, interrupted });
+            };
             trained += 1;
-            progress.set_step(done as u64);
             metrics.append(&serde_json::json!({
                 "step": done,
                 "group": group,
@@ -261,21 +253,39 @@ impl WarmStartRun {
                 "group_s": group_started.elapsed().as_secs_f64(),
                 "wall_s": started.elapsed().as_secs_f64(),
             }))?;
-            progress.report(done as u64, &format!("group {group} · D {critic:.4} · G {generator:.4}"));
+            progress.report(done as u64 * self.config.iterations, &format!("group {group} done · D {critic:.4} · G {generator:.4}"));
         }
-        Ok(WarmStartOutcome { groups_trained: trained, groups_skipped: skipped, wall_s: started.elapsed().as_secs_f64() })
+        Ok(WarmStartOutcome {
+            groups_trained: trained,
+            groups_skipped: skipped,
+            wall_s: started.elapsed().as_secs_f64(),
+            interrupted: None,
+        })
     }
 
-    /// One group's warm start, written atomically; its last iteration's mean losses.
-    fn train_group(&mut self, group: usize, path: &Path) -> Result<(f64, f64)> {
+    /// One group's warm start, written atomically; its last iteration's mean losses. Progress counts
+    /// discriminator-iterations (`before` discriminators already done); `None` when a signal asked
+    /// the run to stop, before the group finished (nothing of it is written).
+    fn train_group(&mut self, group: usize, path: &Path, progress: &Progress, before: usize) -> Result<Option<(f64, f64)>> {
         let members = self.members(group);
         let seeds: Vec<u64> = members.clone().map(|j| self.config.member_seed(j)).collect();
         let slices: Vec<Vec<usize>> = self.slices[members.clone()].to_vec();
         let arch = self.config.arch()?;
         let mut warm = WarmStart::new(arch, self.config.base, &seeds, slices, self.config.step_config(), &self.device)?;
         let mut last = None;
-        for _ in 0..self.config.iterations {
+        let (started, iterations) = (Instant::now(), self.config.iterations);
+        let report_every = (iterations / 20).max(1);
+        for i in 1..=iterations {
             last = Some(warm.iteration(&self.data)?);
+            let position = before as u64 * iterations + i * members.len() as u64;
+            progress.set_step(position);
+            if i % report_every == 0 && i < iterations {
+                let rate = (i * members.len() as u64) as f64 / started.elapsed().as_secs_f64();
+                progress.report(position, &format!("group {group} · iteration {i}/{iterations} · {rate:.1} discriminator-iterations/s"));
+            }
+            if crate::train::interrupt::requested().is_some() {
+                return Ok(None);
+            }
         }
         let last = last.ok_or_else(|| Error::Invalid("a warm start needs at least one iteration".into()))?;
         let mean = |t: &Tensor| -> Result<f64> { Ok(t.to_vec()?.iter().map(|&x| x as f64).sum::<f64>() / members.len() as f64) };
@@ -284,7 +294,7 @@ impl WarmStartRun {
         let named = warm.discriminators.named_tensors();
         let named: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
         save_tensors(path, &named, Some(HashMap::from([(GROUP_KEY.to_string(), record.to_string())])))?;
-        Ok((critic, generator))
+        Ok(Some((critic, generator)))
     }
 }
 
