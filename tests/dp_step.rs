@@ -95,6 +95,16 @@ fn bad_configurations_are_errors() {
         assert!(private_gradients(&losses, &config, &noise, 0).is_err(), "{config:?}");
     }
     assert!(private_gradients(&[], &DpSgdConfig { clip: 1.0, noise_multiplier: 1.0, batch_divisor: 1.0 }, &noise, 0).is_err());
+    // A divisor that is not finite and positive is refused on every path, the noiseless ones too
+    // (σ = 0, or only public losses), where no noise op would catch it.
+    let public = [ClippedLoss { layers: vec![&layer as &dyn PerExampleGrad], noised: false }];
+    for divisor in [0.0, -1.0, f32::INFINITY, f32::NAN] {
+        for sigma in [0.0, 1.0] {
+            let config = DpSgdConfig { clip: 1.0, noise_multiplier: sigma, batch_divisor: divisor };
+            assert!(private_gradients(&losses, &config, &noise, 0).is_err(), "{config:?}");
+            assert!(private_gradients(&public, &config, &noise, 0).is_err(), "public losses, {config:?}");
+        }
+    }
 }
 
 /// The fused noise-and-divide pass equals the noise followed by the division, bit for bit, in both

@@ -120,6 +120,18 @@ mod tests {
         for t in [17, 18, 25, 3, 29] {
             assert_eq!(resumed.batch(t).unwrap(), all[t as usize], "step {t}");
         }
+        // Step t is batch t mod 7 of epoch t / 7's own permutation, drawn from that epoch's stream.
+        assert_eq!(straight.steps_per_epoch(), 7);
+        for epoch in 0..4u64 {
+            let mut sampler = BatchSampler::with_rng(50, sampling, key.stream(SecretPurpose::Batches, epoch)).unwrap();
+            for position in 0..7 {
+                let t = epoch * 7 + position;
+                let expected = sampler.next_batch();
+                if t < all.len() as u64 {
+                    assert_eq!(all[t as usize], expected, "step {t}: batch {position} of epoch {epoch}");
+                }
+            }
+        }
     }
 
     #[test]
