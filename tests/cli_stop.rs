@@ -24,6 +24,17 @@ fn read_json(path: &Path) -> Value {
     serde_json::from_str(&fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
+/// `train dp-cgan` on MNIST into `run` on the CPU at batch size `batch`, then `extra`.
+fn dp_cgan_args(run: &Path, batch: &str, extra: &[&str]) -> Vec<String> {
+    let (data, run) = (mnist(), s(run));
+    let args = ["train", "dp-cgan", "--data", &data, "--out", &run, "--device", "cpu", "--batch-size", batch];
+    args.iter().chain(extra).map(|a| a.to_string()).collect()
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// A DP-CGAN training process far longer than the test, logging every 5 steps.
 fn long_run(args: &[&str]) -> Child {
     Command::new(binary()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
@@ -55,28 +66,10 @@ fn step_of(run: &Path) -> u64 {
 fn signals_stop_a_run_with_a_checkpoint_and_it_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let (data, run_s) = (mnist(), s(&run));
-    let args = [
-        "train",
-        "dp-cgan",
-        "--data",
-        &data,
-        "--out",
-        &run_s,
-        "--device",
-        "cpu",
-        "--batch-size",
-        "64",
-        "--steps",
-        "1000000",
-        "--log-every",
-        "5",
-        "--checkpoint-every",
-        "1000000",
-        "--seed",
-        "1",
-    ];
-    let mut child = long_run(&args);
+    let run_s = s(&run);
+    let extra = ["--steps", "1000000", "--log-every", "5", "--checkpoint-every", "1000000", "--seed", "1"];
+    let args = dp_cgan_args(&run, "64", &extra);
+    let mut child = long_run(&strs(&args));
     wait_for_line(&run.join("metrics.jsonl"), &mut child);
 
     // While it trains, the directory is taken: a second process may not train in it.
@@ -145,8 +138,8 @@ fn bad_numbers_are_refused_by_name_before_anything_is_written() {
 fn the_wrong_kind_of_directory_gets_a_sentence() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let (data, run_s) = (mnist(), s(&run));
-    stdout_of(&["train", "dp-cgan", "--data", &data, "--out", &run_s, "--device", "cpu", "--batch-size", "64", "--steps", "2"]);
+    let run_s = s(&run);
+    stdout_of(&strs(&dp_cgan_args(&run, "64", &["--steps", "2"])));
     for args in [
         vec!["train", "gs-wgan", "--resume", &run_s, "--device", "cpu"],
         vec!["train", "gs-wgan", "warm-start", "--resume", &run_s, "--device", "cpu"],
@@ -166,25 +159,8 @@ fn the_wrong_kind_of_directory_gets_a_sentence() {
 fn a_budget_stop_says_so_and_exits_with_3() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let (data, run_s) = (mnist(), s(&run));
-    let out = dpgan(&[
-        "train",
-        "dp-cgan",
-        "--data",
-        &data,
-        "--out",
-        &run_s,
-        "--device",
-        "cpu",
-        "--batch-size",
-        "100",
-        "--steps",
-        "400",
-        "--noise-multiplier",
-        "0.8",
-        "--target-epsilon",
-        "1.2",
-    ]);
+    let args = dp_cgan_args(&run, "100", &["--steps", "400", "--noise-multiplier", "0.8", "--target-epsilon", "1.2"]);
+    let out = dpgan(&strs(&args));
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     // A sentence, not a debug dump of the mechanism.
@@ -235,8 +211,8 @@ fn peak_memory_kb(mut child: Child) -> (u64, std::process::Output) {
 fn sampling_a_million_images_stays_under_512_mb() {
     let dir = tempfile::tempdir().unwrap();
     let (run, out) = (dir.path().join("run"), dir.path().join("released"));
-    let (data, run_s) = (mnist(), s(&run));
-    stdout_of(&["train", "dp-cgan", "--data", &data, "--out", &run_s, "--device", "cpu", "--batch-size", "64", "--steps", "1"]);
+    let run_s = s(&run);
+    stdout_of(&strs(&dp_cgan_args(&run, "64", &["--steps", "1"])));
     let child = Command::new(binary())
         .args(["sample", "--run", &run_s, "--count", "1000000", "--format", "npy", "--out", &s(&out), "--device", "cpu"])
         .stdout(Stdio::piped())
@@ -258,30 +234,9 @@ fn sampling_a_million_images_stays_under_512_mb() {
 fn a_warm_start_stops_at_once_on_sigint() {
     let dir = tempfile::tempdir().unwrap();
     let warm = dir.path().join("warm");
-    let (data, warm_s) = (mnist(), s(&warm));
-    let mut child = long_run(&[
-        "train",
-        "gs-wgan",
-        "warm-start",
-        "--data",
-        &data,
-        "--out",
-        &warm_s,
-        "--discriminators",
-        "2",
-        "--group-size",
-        "2",
-        "--iterations",
-        "1000000",
-        "--generator",
-        "dcgan",
-        "--base",
-        "4",
-        "--seed",
-        "1",
-        "--device",
-        "cpu",
-    ]);
+    let warm_s = s(&warm);
+    let args = common::cli::tiny_warm_start_args(&warm, 2, 2, 1_000_000);
+    let mut child = long_run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let start = Instant::now();
     while !warm.join("config.json").is_file() {
         assert!(start.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none(), "the warm start did not begin");
@@ -301,9 +256,9 @@ fn a_warm_start_stops_at_once_on_sigint() {
 fn a_run_killed_before_its_first_checkpoint_starts_again() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let (data, run_s) = (mnist(), s(&run));
-    let common = ["train", "dp-cgan", "--data", &data, "--out", &run_s, "--device", "cpu", "--batch-size", "64", "--log-every", "5"];
-    let mut child = long_run(&[&common[..], &["--steps", "1000000", "--checkpoint-every", "1000000"]].concat());
+    let run_s = s(&run);
+    let long = dp_cgan_args(&run, "64", &["--log-every", "5", "--steps", "1000000", "--checkpoint-every", "1000000"]);
+    let mut child = long_run(&strs(&long));
     wait_for_line(&run.join("metrics.jsonl"), &mut child);
     let (code, _) = signal_and_wait(child, "KILL");
     assert_eq!(code, None, "killed by a signal");
@@ -313,7 +268,7 @@ fn a_run_killed_before_its_first_checkpoint_starts_again() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("start it again with the command that began it"), "{err}");
 
-    let out = dpgan(&[&common[..], &["--steps", "5"]].concat());
+    let out = dpgan(&strs(&dp_cgan_args(&run, "64", &["--log-every", "5", "--steps", "5"])));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("stopped before its first checkpoint: starting it again"), "{err}");
     assert_eq!(step_of(&run), 5);

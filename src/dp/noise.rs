@@ -186,14 +186,19 @@ pub fn box_muller(u1: f64, u2: f64) -> (f64, f64) {
 /// Fast mode: the standard normal of element `e` from its Philox block, lane `e mod 2`: words 0-1
 /// and 2-3 as two 53-bit uniforms, one Box–Muller pair.
 pub fn fast_normal_from_words(w: [u32; 4], lane: usize) -> f64 {
-    let u1 = uniform_from_u64(w[0] as u64 | (w[1] as u64) << 32);
-    let u2 = uniform_from_u64(w[2] as u64 | (w[3] as u64) << 32);
-    let (z_cos, z_sin) = box_muller(u1, u2);
+    let (z_cos, z_sin) = fast_normals_from_words(w);
     if lane.is_multiple_of(2) {
         z_cos
     } else {
         z_sin
     }
+}
+
+/// Fast mode: both normals of a Philox block (lanes 0 and 1).
+fn fast_normals_from_words(w: [u32; 4]) -> (f64, f64) {
+    let u1 = uniform_from_u64(w[0] as u64 | (w[1] as u64) << 32);
+    let u2 = uniform_from_u64(w[2] as u64 | (w[3] as u64) << 32);
+    box_muller(u1, u2)
 }
 
 /// Secure mode: one standard normal from 8 ChaCha20 words (four 53-bit uniforms).
@@ -239,9 +244,7 @@ pub fn standard_normal_pair_at(key: &NoiseKey, block: u64) -> [f32; 2] {
     match key.mode {
         NoiseMode::Fast => {
             let w = philox4x32_10([block as u32, key.tensor_index, step_lo, step_hi], [key.key[0], key.key[1]]);
-            let u1 = uniform_from_u64(w[0] as u64 | (w[1] as u64) << 32);
-            let u2 = uniform_from_u64(w[2] as u64 | (w[3] as u64) << 32);
-            let (z_cos, z_sin) = box_muller(u1, u2);
+            let (z_cos, z_sin) = fast_normals_from_words(w);
             [z_cos as f32, z_sin as f32]
         }
         NoiseMode::Secure => {

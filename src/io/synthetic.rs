@@ -70,6 +70,20 @@ pub struct SyntheticSet {
 }
 
 /// Why `labels` are unusable: a label that is not a class.
+/// What is wrong with images of `size` pixels and their labels, if anything: their counts, a
+/// label that is no class, a pixel outside [0, 1].
+fn chunk_problem(images: &[f32], labels: &[u8], size: usize) -> Option<String> {
+    if images.len() != labels.len() * size {
+        return Some(format!(
+            "{} pixels for {} labels of {size}-pixel images (expected {})",
+            images.len(),
+            labels.len(),
+            labels.len() * size
+        ));
+    }
+    label_problem(labels).or_else(|| pixel_problem(images, size))
+}
+
 fn label_problem(labels: &[u8]) -> Option<String> {
     let (i, l) = labels.iter().enumerate().find(|(_, &l)| l as usize >= NUM_CLASSES)?;
     Some(format!("label {l} at index {i} is out of range: classes are 0..{}", NUM_CLASSES - 1))
@@ -86,17 +100,11 @@ fn pixel_problem(images: &[f32], image_size: usize) -> Option<String> {
 /// layout, which `read_synthetic` could not tell apart from this one.
 pub fn write_synthetic(dir: &Path, images: &[f32], labels: &[u8], height: usize, width: usize, format: SyntheticFormat) -> Result<()> {
     // Checked whole before anything is created, so a refused set leaves no directory behind.
-    let size = height * width;
-    let problem = if images.len() != labels.len() * size {
-        Some(format!("{} pixels for {} labels of {height}×{width} images (expected {})", images.len(), labels.len(), labels.len() * size))
-    } else {
-        label_problem(labels).or_else(|| pixel_problem(images, size))
-    };
-    if let Some(why) = problem {
+    if let Some(why) = chunk_problem(images, labels, height * width) {
         return Err(Error::file(dir, format!("cannot write the synthetic set: {why}")));
     }
     let mut writer = SyntheticWriter::create(dir, labels.len(), height, width, format)?;
-    writer.push(images, labels)?;
+    writer.write_chunk(images, labels)?;
     writer.finish()
 }
 
@@ -151,17 +159,19 @@ impl SyntheticWriter {
 
     /// Appends images (pixels in [0, 1]) and their labels, checked as they come.
     pub fn push(&mut self, images: &[f32], labels: &[u8]) -> Result<()> {
-        let size = self.image_size;
-        let problem = if images.len() != labels.len() * size {
-            Some(format!("{} pixels for {} labels of {size}-pixel images (expected {})", images.len(), labels.len(), labels.len() * size))
-        } else if self.labels.len() + labels.len() > self.count {
+        let problem = if self.labels.len() + labels.len() > self.count {
             Some(format!("more than the {} images announced", self.count))
         } else {
-            label_problem(labels).or_else(|| pixel_problem(images, size).map(|p| format!("{p} of this chunk")))
+            chunk_problem(images, labels, self.image_size)
         };
         if let Some(why) = problem {
             return Err(Error::file(&self.dir, format!("cannot write the synthetic set: {why}")));
         }
+        self.write_chunk(images, labels)
+    }
+
+    /// Appends a chunk already checked by [`chunk_problem`] (within the announced count).
+    fn write_chunk(&mut self, images: &[f32], labels: &[u8]) -> Result<()> {
         let path = self.dir.join(self.format.file_names().0);
         let written = match &mut self.images {
             ImageSink::Idx(gz) => {

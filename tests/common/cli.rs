@@ -114,32 +114,18 @@ pub fn error_of(args: &[&str]) -> String {
     stderr
 }
 
-/// A tiny GS-WGAN warm start on MNIST (DCGAN throwaway generators, width 4) in `out`: `count`
-/// discriminators in groups of `group`, `iterations` each, seed 3. Returns stdout.
-pub fn tiny_warm_start(out: &Path, count: usize, group: usize, iterations: u64) -> String {
+/// The arguments of a tiny GS-WGAN warm start on MNIST (DCGAN throwaway generators, width 4) in
+/// `out`: `count` discriminators in groups of `group`, `iterations` each, seed 3, on the CPU.
+pub fn tiny_warm_start_args(out: &Path, count: usize, group: usize, iterations: u64) -> Vec<String> {
     let (data, out) = (data_root().join("mnist").to_string_lossy().into_owned(), out.to_string_lossy().into_owned());
     let (count, group, iterations) = (count.to_string(), group.to_string(), iterations.to_string());
-    stdout_of(&[
-        "train",
-        "gs-wgan",
-        "warm-start",
-        "--data",
-        &data,
-        "--out",
-        &out,
-        "--discriminators",
-        &count,
-        "--group-size",
-        &group,
-        "--iterations",
-        &iterations,
-        "--generator",
-        "dcgan",
-        "--seed",
-        "3",
-        "--device",
-        "cpu",
-        "--base",
-        "4",
-    ])
+    let args = ["train", "gs-wgan", "warm-start", "--data", &data, "--out", &out, "--discriminators", &count, "--group-size", &group];
+    let rest = ["--iterations", &iterations, "--generator", "dcgan", "--seed", "3", "--device", "cpu", "--base", "4"];
+    args.iter().chain(&rest).map(|a| a.to_string()).collect()
+}
+
+/// Runs [`tiny_warm_start_args`], which must succeed; its stdout.
+pub fn tiny_warm_start(out: &Path, count: usize, group: usize, iterations: u64) -> String {
+    let args = tiny_warm_start_args(out, count, group, iterations);
+    stdout_of(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
