@@ -20,6 +20,12 @@
 # Each file run also starts with the baseline: a build of the crate (about 5 minutes in the fresh
 # copy cargo-mutants makes; seconds `--in-place` in a tree already built) and one run of its tests.
 #
+# Two passes make the slow files affordable: first only the fast test targets, then the full list
+# on what survived (`--iterate` skips the mutants an earlier pass into the same output caught):
+#   MUTANTS_TESTS="privacy privacy_properties" MUTANTS_ARGS="--in-place" scripts/mutants.sh src/privacy/rdp.rs
+#   MUTANTS_ARGS="--in-place --iterate" scripts/mutants.sh src/privacy/rdp.rs
+# MUTANTS_TESTS replaces the file's test targets (the unit tests always run).
+#
 # Needs cargo-mutants (`cargo install cargo-mutants --locked`; 27.1.0 is what RESULTS.md quotes)
 # and cargo-nextest, which runs a test per process and stops at the first failure. Results go to
 # mutants.out-runs/<file>/mutants.out/ (gitignored): missed.txt lists the survivors, caught.txt,
@@ -40,16 +46,16 @@ all_files=(
 # these keeps a surviving mutant from paying for the whole suite.
 tests_for() {
   case "$1" in
-    src/train/replay.rs) echo "dpcgan gswgan train_dpcgan train_gswgan run_key" ;;
+    src/train/replay.rs) echo "privacy_properties dpcgan gswgan train_dpcgan train_gswgan run_key" ;;
     src/dp/key.rs) echo "noise gswgan run_key train_dpcgan train_gswgan" ;;
     src/dp/step.rs) echo "dp_step dpcgan bench_step" ;;
     src/dp/clip.rs) echo "clip dp_step dpcgan gswgan" ;;
     src/dp/noise.rs) echo "noise sanitize dp_step dpcgan gswgan" ;;
     src/dp/sanitize.rs) echo "sanitize gswgan" ;;
-    src/data/sampling.rs) echo "sampling gswgan train_dpcgan train_gswgan" ;;
-    src/train/dpcgan/*) echo "dpcgan train_dpcgan run_key bench_step reproduce_dpcgan" ;;
-    src/train/gswgan/*) echo "gswgan train_gswgan run_key bench_step reproduce_gswgan" ;;
-    src/privacy/*) echo "privacy cli train_dpcgan train_gswgan reproduce_dpcgan reproduce_gswgan" ;;
+    src/data/sampling.rs) echo "sampling privacy_properties gswgan train_dpcgan train_gswgan" ;;
+    src/train/dpcgan/*) echo "privacy_properties dpcgan train_dpcgan run_key bench_step reproduce_dpcgan" ;;
+    src/train/gswgan/*) echo "privacy_properties gswgan train_gswgan run_key bench_step reproduce_gswgan" ;;
+    src/privacy/*) echo "privacy privacy_properties cli train_dpcgan train_gswgan reproduce_dpcgan reproduce_gswgan" ;;
     *) echo "unknown file $1: add its test targets to scripts/mutants.sh" >&2; return 1 ;;
   esac
 }
@@ -62,10 +68,10 @@ files=("$@")
 for file in "${files[@]}"; do
   [ -f "$file" ] || { echo "mutants: no file $file" >&2; exit 1; }
   selection=(--lib)
-  for t in $(tests_for "$file"); do selection+=(--test "$t"); done
+  for t in ${MUTANTS_TESTS:-$(tests_for "$file")}; do selection+=(--test "$t"); done
   out="mutants.out-runs/${file//\//-}"
   mkdir -p "$out"
-  echo "mutants: $file ($(cargo mutants --list --file "$file" | wc -l) mutants; tests: --lib $(tests_for "$file"))"
+  echo "mutants: $file ($(cargo mutants --list --file "$file" | wc -l) mutants; tests: ${selection[*]})"
   # One mutant at a time (cargo-mutants' default; each build is parallel inside, and `--jobs`
   # cannot go with `--in-place`). The test timeout is three
   # times the baseline's (a mutant that loops forever costs that much), at least 60 s. No status
