@@ -119,7 +119,7 @@ fn bad_arguments_fail_with_an_error_line() {
 
 // ---- dpgan privacy ------------------------------------------------------------------------------
 
-/// What the binary prints is what the library computes, and reproduces SPEC.md's DP-CGAN ε.
+/// What the binary prints is what the library computes, and reproduces docs/algorithms.md's DP-CGAN ε.
 #[test]
 fn privacy_epsilon_prints_the_dp_cgan_epsilon() {
     use dpgan::privacy::{dp_sgd_epsilon, Conversion, Orders};
@@ -128,7 +128,7 @@ fn privacy_epsilon_prints_the_dp_cgan_epsilon() {
     let v = json_of(&published);
     let expected = dp_sgd_epsilon(0.01, 1.15, 24_900, 1e-5, &Orders::TfPrivacy02.values(), Conversion::Classic).unwrap();
     assert_eq!(v["epsilon"].as_f64(), Some(expected.epsilon));
-    assert!((expected.epsilon - 9.643695567594731).abs() < 1e-12 * 9.64, "SPEC's vector: {}", expected.epsilon);
+    assert!((expected.epsilon - 9.643695567594731).abs() < 1e-12 * 9.64, "the published vector: {}", expected.epsilon);
     assert_eq!(v["order"].as_f64(), Some(4.0));
     assert_eq!(v["delta"].as_f64(), Some(1e-5));
     assert_eq!(v["orders"], "tf-privacy-0.2");

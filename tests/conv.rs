@@ -1,5 +1,5 @@
 //! `ops::conv2d`, `conv2d_input_grad`, `conv2d_weight_grad` and `conv_transpose2d` against the plain
-//! loop formulas in f64, at every geometry SPEC.md uses (reduced channel counts), G > 1, batch 1 and
+//! loop formulas in f64, at every geometry docs/algorithms.md uses (reduced channel counts), G > 1, batch 1 and
 //! non-square inputs and kernels; the adjoint identities; PyTorch's output sizes; shape errors.
 mod common;
 
@@ -105,7 +105,7 @@ impl Conv {
     }
 }
 
-/// The geometries of SPEC.md at reduced channel counts, then shapes with tails.
+/// The geometries of docs/algorithms.md at reduced channel counts, then shapes with tails.
 const CONVS: &[(&str, Conv)] = &[
     ("GS-WGAN D conv1 5x5 s2 p2 28->14", Conv::new(1, 2, 1, 28, 28, 4, (5, 5), 2, 2)),
     ("GS-WGAN D conv2 5x5 s2 p2 14->7", Conv::new(1, 2, 4, 14, 14, 6, (5, 5), 2, 2)),
@@ -482,7 +482,7 @@ fn check_cuda_conv_ops(name: &str, conv: &Conv, dev: &Device, rng: &mut impl Rng
     assert_close_sums(&format!("{name}: conv2d_weight_grad cuda"), &values(&d_w), &conv.weight_grad_oracle(&x, &dy), tolerance);
 }
 
-/// Every geometry of the CPU tests (SPEC's at reduced channel counts, G > 1, batch 1, non-square,
+/// Every geometry of the CPU tests (docs/algorithms.md's at reduced channel counts, G > 1, batch 1, non-square,
 /// strides that do not tile, kernels that only see padding) and random small geometries. Sums of
 /// at most C·KK, O·KK or B·P ≤ 1,568 products: F32_REDUCTION.
 #[test]
@@ -513,7 +513,7 @@ fn conv_cuda_matches_the_loop_formulas_on_every_cpu_geometry() {
     });
 }
 
-/// SPEC's conv geometries at their full channel counts (batch reduced so that the f64 oracle stays
+/// The conv geometries of docs/algorithms.md at their full channel counts (batch reduced so that the f64 oracle stays
 /// quick), plus tails of the 64-wide tiles in channels and positions. The weight gradient sums up to
 /// B·HO·WO = 2,048 products and the forward up to C·KK = 3,200 (conv3): F32_REDUCTION.
 #[test]

@@ -372,7 +372,7 @@ fn stack_and_member_round_trip() {
 }
 
 /// With σ = 0 every sanitised row whose norm exceeds C/B is rescaled to norm exactly C/B (to f32
-/// rounding), rows within the bound pass unchanged (the `min(1, ·)` of SPEC.md's formula), and the
+/// rounding), rows within the bound pass unchanged (the `min(1, ·)` of docs/algorithms.md's formula), and the
 /// private step updates G by back-propagating exactly that sanitised gradient (D's weights frozen).
 #[test]
 fn private_step_sanitises_the_image_gradient() {

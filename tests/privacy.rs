@@ -1,4 +1,4 @@
-//! Privacy accounting against SPEC.md's test vectors, published values of the reference libraries
+//! Privacy accounting against docs/algorithms.md's test vectors, published values of the reference libraries
 //! (each with its source), an independent numerical integration of the Rényi divergence, and the
 //! accountant's refusal and checkpoint behaviour.
 
@@ -24,19 +24,19 @@ fn dpcgan(steps: u64, orders: Orders, conversion: Conversion) -> conversion::Gua
     dp_sgd_epsilon(DPCGAN_Q, DPCGAN_SIGMA, steps, 1e-5, &orders.values(), conversion).unwrap()
 }
 
-// ---- SPEC.md, DP-CGAN ---------------------------------------------------------------------------
+// ---- docs/algorithms.md, DP-CGAN ---------------------------------------------------------------------------
 
-/// SPEC's 9.643695567594731 is TF-Privacy's f64 result; mpmath at 50 digits on the same f64
+/// The published 9.643695567594731 is TF-Privacy's f64 result; mpmath at 50 digits on the same f64
 /// inputs gives 9.64369556759448424 (all at the integer order 4), and dpgan 9.643695567594484.
 #[test]
 fn dpcgan_published_epsilon_with_tf_privacy_0_2_orders() {
     let g = dpcgan(DPCGAN_STEPS, Orders::TfPrivacy02, Conversion::Classic);
-    assert_rel(g.epsilon, 9.643695567594731, 1e-13, "ε (SPEC)");
+    assert_rel(g.epsilon, 9.643695567594731, 1e-13, "ε (published)");
     assert_rel(g.epsilon, 9.64369556759448424, 1e-15, "ε (mpmath)");
     assert_eq!(g.order, 4.0);
     for (alpha, want) in [(2.0, 1.1299823e-4), (3.0, 1.7211435e-4), (4.0, 2.3317485e-4), (5.0, 2.9636591e-4), (8.0, 5.0141141e-4)] {
         let r = rdp_subsampled_gaussian(DPCGAN_Q, DPCGAN_SIGMA, alpha).unwrap();
-        // SPEC gives 8 significant digits: half a unit in the last one.
+        // docs/algorithms.md gives 8 significant digits: half a unit in the last one.
         assert_rel(r, want, 5e-8, &format!("per-step RDP at α = {alpha}"));
     }
     for (epochs, want) in [(50, 4.07), (100, 5.84), (150, 7.26), (200, 8.50), (249, 9.64)] {
@@ -120,11 +120,11 @@ fn log_a_matches_multi_precision_integration() {
     }
 }
 
-/// SPEC.md quotes ε = 9.60874 (classic, α = 3.7) and 8.80187 (improved, α = 3.6) for the standard
+/// docs/algorithms.md quotes ε = 9.60874 (classic, α = 3.7) and 8.80187 (improved, α = 3.6) for the standard
 /// list. Those are dp_accounting 0.6.0's numbers: it sums the absolute values of the fractional
-/// series, a looser bound (SPEC.md itself says so). The exact RDP, the signed series of TF-Privacy
+/// series, a looser bound (docs/algorithms.md itself says so). The exact RDP, the signed series of TF-Privacy
 /// and Opacus, confirmed here by numerical integration at the two optimal orders, gives
-/// 9.6086362 and 8.8017636: about 1.1e-5 and 1.2e-5 relative below SPEC's figures.
+/// 9.6086362 and 8.8017636: about 1.1e-5 and 1.2e-5 relative below the figures of docs/algorithms.md.
 #[test]
 fn dpcgan_with_the_standard_orders_is_the_exact_value() {
     let classic = dpcgan(DPCGAN_STEPS, Orders::Standard, Conversion::Classic);
@@ -136,9 +136,9 @@ fn dpcgan_with_the_standard_orders_is_the_exact_value() {
     assert_rel(improved.epsilon, by_integral(3.6, Conversion::Improved), 1e-8, "improved ε vs the integral");
     assert_rel(classic.epsilon, 9.608636218, 1e-9, "classic ε");
     assert_rel(improved.epsilon, 8.801763615, 1e-9, "improved ε");
-    // SPEC's (dp_accounting's) figures are upper bounds on these, close but not within 1e-6.
+    // The published (dp_accounting's) figures are upper bounds on these, close but not within 1e-6.
     for (exact, spec) in [(classic.epsilon, 9.60874), (improved.epsilon, 8.80187)] {
-        assert!(exact < spec && (spec - exact) / spec < 2e-5, "{exact} vs SPEC {spec}");
+        assert!(exact < spec && (spec - exact) / spec < 2e-5, "{exact} vs published {spec}");
     }
 }
 
@@ -224,7 +224,7 @@ fn dp_accounting_test_vectors() {
     assert!((g.epsilon - 1.0).abs() < 1e-7, "{}", g.epsilon);
 }
 
-// ---- SPEC.md, GS-WGAN ---------------------------------------------------------------------------
+// ---- docs/algorithms.md, GS-WGAN ---------------------------------------------------------------------------
 
 const GSWGAN: GsWganRun = GsWganRun { noise_multiplier: 1.07, discriminators: 1000, batch_size: 32 };
 
@@ -241,7 +241,7 @@ fn gs_wgan_as_published() {
         [(2.0, 4.7903e-6), (3.0, 7.1991e-6), (4.0, 9.6172e-6), (5.0, 1.20445e-5), (8.0, 1.93835e-5), (16.0, 4.936e-4), (32.0, 6.867)];
     for (alpha, want) in spec {
         let got = gswgan::per_query_rdp(1.07, 1e-3, alpha).unwrap();
-        // Half a unit in the last digit SPEC gives.
+        // Half a unit in the last digit docs/algorithms.md gives.
         let digits = if want < 1e-4 && alpha < 16.0 { 5e-5 } else { 1e-4 };
         assert_rel(got, want, digits, &format!("ε'({alpha})"));
     }

@@ -60,7 +60,7 @@ fn small_rows_pass_the_clip_unchanged() {
     assert_eq!(out.to_vec().unwrap(), g.to_vec().unwrap());
 }
 
-/// σ = 0, the non-private control (SPEC.md §2): every row, whether above or below C/B, comes out
+/// σ = 0, the non-private control (docs/algorithms.md §2): every row, whether above or below C/B, comes out
 /// with norm C/B (relative 1e-6), in the direction it had; a zero row stays zero.
 #[test]
 fn sigma_zero_rescales_rows_to_exactly_c_over_b() {

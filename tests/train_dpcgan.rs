@@ -54,7 +54,7 @@ fn a_short_run_writes_every_artefact_and_reports_the_accountants_epsilon() {
     let config: DpCganRunConfig = serde_json::from_value(read_json(&run.join("config.json"))).unwrap();
     assert_eq!((config.steps, config.batch_size, config.seed), (120, 100, 1));
     assert_eq!(config.sample_rate, 100.0 / 60_000.0);
-    assert_eq!((config.clip, config.noise_multiplier, config.delta), (1.1, 1.15, 1e-5), "SPEC.md's defaults");
+    assert_eq!((config.clip, config.noise_multiplier, config.delta), (1.1, 1.15, 1e-5), "docs/algorithms.md's defaults");
     assert_eq!(config.data.images.sha256, file_sha256(&config.data.images.path).unwrap());
     assert_eq!(config.data.labels.sha256, file_sha256(&config.data.labels.path).unwrap());
     assert_eq!(config.data.records, 60_000);

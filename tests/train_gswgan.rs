@@ -116,7 +116,7 @@ fn phase_two_writes_every_artefact_and_reports_both_accountings() {
 
     let config: GsWganRunConfig = serde_json::from_value(read_json(&run.join("config.json"))).unwrap();
     assert_eq!((config.iterations, config.discriminators, config.batch_size, config.base), (3, 4, 32, 4));
-    assert_eq!((config.noise_multiplier, config.clip, config.delta), (1.07, 1.0, 1e-5), "SPEC.md's defaults");
+    assert_eq!((config.noise_multiplier, config.clip, config.delta), (1.07, 1.0, 1e-5), "docs/algorithms.md's defaults");
     assert_eq!(config.accounting, dpgan::train::gswgan::run::Accounting::PerStep);
 
     let lines: Vec<Value> =

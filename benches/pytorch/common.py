@@ -1,5 +1,5 @@
 """What the PyTorch step benchmarks share: the command line, the timing loop, the report (the same
-fields as `dpgan bench step --json`) and SPEC.md's parameter counts, asserted on every run."""
+fields as `dpgan bench step --json`) and docs/algorithms.md's parameter counts, asserted on every run."""
 
 import argparse
 import datetime
@@ -12,7 +12,7 @@ import time
 
 import torch
 
-# SPEC.md §1 and §2 (and §3's list): a model that does not match is not the model being compared.
+# docs/algorithms.md §1 and §2 (and §3's list): a model that does not match is not the model being compared.
 DPCGAN_G_PARAMS = 115_344
 DPCGAN_D_PARAMS = 101_889
 GSWGAN_D_PARAMS = 1_071_105
@@ -26,7 +26,7 @@ def count_params(module):
 def assert_params(name, module, expected):
     got = count_params(module)
     if got != expected:
-        sys.exit(f"error: {name} has {got:,} trainable parameters; SPEC.md says {expected:,}")
+        sys.exit(f"error: {name} has {got:,} trainable parameters; docs/algorithms.md says {expected:,}")
     return got
 
 

@@ -1,6 +1,6 @@
 """Runs `dpgan bench step` and the PyTorch step benchmarks on one device, with one batch size and
 one number of steps, and prints their times side by side with the ratio PyTorch / dpgan (above 1:
-dpgan is faster). Every report's parameter counts must equal SPEC.md's, or the comparison stops.
+dpgan is faster). Every report's parameter counts must equal docs/algorithms.md's, or the comparison stops.
 
     python benches/pytorch/compare.py --device cuda --steps 200 --warmup 20
     python benches/pytorch/compare.py --device cpu --steps 3 --warmup 1 --batch-size 64 --only dp-cgan
@@ -91,7 +91,7 @@ def main():
                 want_g = common.GSWGAN_G_PARAMS[args.generator] if args.base == 64 else None
                 want_d = want_d if args.base == 64 else None
             for field, want in (("generator_params", want_g), ("discriminator_params", want_d)):
-                assert want is None or report[field] == want, f"{name}: {field} {report[field]} != SPEC.md's {want}"
+                assert want is None or report[field] == want, f"{name}: {field} {report[field]} != docs/algorithms.md's {want}"
             if dpgan_args is not None:
                 ours[(algo, mode)] = report
             else:

@@ -1,4 +1,4 @@
-"""DP-CGAN's training step (SPEC.md §1) in PyTorch, timed like `dpgan bench step --algo dp-cgan`.
+"""DP-CGAN's training step (docs/algorithms.md §1) in PyTorch, timed like `dpgan bench step --algo dp-cgan`.
 
 Variants (--variant):
   eager    non-private: mean BCE losses, one backward, SGD on D; Adam on G (`--non-private`).

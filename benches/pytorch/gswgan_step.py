@@ -1,4 +1,4 @@
-"""GS-WGAN's phase-2 iteration (SPEC.md §2) in eager PyTorch, timed like
+"""GS-WGAN's phase-2 iteration (docs/algorithms.md §2) in eager PyTorch, timed like
 `dpgan bench step --algo gs-wgan --private`.
 
 One iteration: 5 WGAN-GP critic steps of one discriminator on its slice (batches of B without

@@ -272,7 +272,7 @@ mod tests {
         // D conv3: 7 → 4.
         let c3 = ConvShape { batch: 32, in_channels: 128, out_channels: 256, in_hw: 7, kernel: 5, stride: 2, padding: 2 };
         assert_eq!(c3.out_hw(), 4);
-        // ResNet G 3×3 p1 keeps the size; SPEC §3 counts ≈3.3 GFLOP per sample forward, of which
+        // ResNet G 3×3 p1 keeps the size; docs/algorithms.md §3 counts ≈3.3 GFLOP per sample forward, of which
         // the two 256→256 convs at 32² are ≈2.4.
         let g = ConvShape { batch: 1, in_channels: 256, out_channels: 256, in_hw: 32, kernel: 3, stride: 1, padding: 1 };
         assert_eq!(g.out_hw(), 32);

@@ -56,9 +56,9 @@ fn phase_of(range: &str) -> Option<&'static str> {
     })
 }
 
-/// SPEC.md §2: each discriminator owns a slice of 60 images.
+/// docs/algorithms.md §2: each discriminator owns a slice of 60 images.
 pub const GS_WGAN_SLICE: usize = 60;
-/// SPEC.md §2's phase-2 sanitiser: C = 1, σ = 1.07.
+/// docs/algorithms.md §2's phase-2 sanitiser: C = 1, σ = 1.07.
 pub const GS_WGAN_CLIP: f64 = 1.0;
 pub const GS_WGAN_NOISE_MULTIPLIER: f64 = 1.07;
 
@@ -75,7 +75,7 @@ impl Algo {
             Algo::GsWgan => "gs-wgan",
         }
     }
-    /// The published batch size: 600 for DP-CGAN (SPEC.md §1), 32 for GS-WGAN (§2).
+    /// The published batch size: 600 for DP-CGAN (docs/algorithms.md §1), 32 for GS-WGAN (§2).
     pub fn default_batch_size(self) -> usize {
         match self {
             Algo::DpCgan => 600,
@@ -552,7 +552,7 @@ mod tests {
         assert!(run(&o, &Device::Cpu, |_| {}).unwrap_err().to_string().contains("--base"));
     }
 
-    /// The published models have SPEC.md's parameter counts (§1 and §2), as the PyTorch
+    /// The published models have docs/algorithms.md's parameter counts (§1 and §2), as the PyTorch
     /// comparison assumes.
     #[test]
     fn published_models_have_the_spec_parameter_counts() {

@@ -97,7 +97,7 @@ struct GsWganArgs {
     iterations: u64,
     #[arg(long)]
     delta: f64,
-    /// Conversion and orders of the per-step accounting (the as-published one is fixed by SPEC;
+    /// Conversion and orders of the per-step accounting (the as-published one is fixed by docs/algorithms.md;
     /// training uses the improved conversion and the fine orders, as here by default).
     #[command(flatten)]
     accounting: Accounting,

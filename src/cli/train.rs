@@ -1,4 +1,4 @@
-//! `dpgan train dp-cgan`: a DP-CGAN run from the command line, with SPEC.md §1's published
+//! `dpgan train dp-cgan`: a DP-CGAN run from the command line, with docs/algorithms.md §1's published
 //! settings as defaults (except Poisson sampling, which the ε is a proof for), or `--resume`.
 use std::path::{Path, PathBuf};
 

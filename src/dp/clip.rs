@@ -174,7 +174,9 @@ impl SpectralLayerGrad {
             self.sigma.shape()
         );
         if matches!(self.layer, LayerGrad::ConvTranspose2d { .. }) {
-            return Err(Error::Invalid("spectral norm of a transposed conv is not supported (no SPEC model uses it)".into()));
+            return Err(Error::Invalid(
+                "spectral norm of a transposed conv is not supported (no model of docs/algorithms.md uses it)".into(),
+            ));
         }
         Ok((g, o, i))
     }

@@ -1,4 +1,4 @@
-//! GS-WGAN's gradient sanitiser (SPEC.md §2, phase 2 step 4): the gradient of the generator loss
+//! GS-WGAN's gradient sanitiser (docs/algorithms.md §2, phase 2 step 4): the gradient of the generator loss
 //! with respect to each generated image, `g` of shape `[G, B, D]`, is clipped row by row to norm
 //! C/B and noised with `N(0, (2σC/B)²)` per element, fresh for every sample. dpgan does this as an
 //! explicit step between "D backward to the image" and "G backward", never in a hook.
@@ -40,7 +40,7 @@ impl GsWganSanitizer {
 
     /// `ĝᵢ = gᵢ·min(1, (C/B)/(‖gᵢ‖ + 1e-10)) + N(0, (2σC/B)²)` for every row `gᵢ` of `g`
     /// (`[G, B, D]`; B is the batch size), noise drawn from `key`. With σ = 0 (the non-private
-    /// control, SPEC.md §2) every row is instead rescaled to exactly norm C/B, without the `min`.
+    /// control, docs/algorithms.md §2) every row is instead rescaled to exactly norm C/B, without the `min`.
     pub fn sanitize(&self, g: &Tensor, key: &NoiseKey) -> Result<Tensor> {
         ensure_shape!(g.rank() == 3 && g.shape()[1] > 0, "gs_wgan_sanitize", "gradient must be [G, B, D] with B > 0, got {:?}", g.shape());
         let (clip, noise_std) = self.bounds(g.shape()[1]);

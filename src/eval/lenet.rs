@@ -1,4 +1,4 @@
-//! LeNet-5 with GS-WGAN's evaluation recipe (SPEC.md §2): conv 1→6 5×5 (padding 2), ReLU, max-pool
+//! LeNet-5 with GS-WGAN's evaluation recipe (docs/algorithms.md §2): conv 1→6 5×5 (padding 2), ReLU, max-pool
 //! 2; conv 6→16 5×5, ReLU, max-pool 2; FC 400→120 ReLU → 84 ReLU → 10. Inputs are [0, 1] pixels
 //! normalised by MNIST's mean and std; SGD (lr 0.02, momentum 0.9, weight decay 1e-4 on every
 //! parameter, as PyTorch applies it), shuffled minibatches of 128 (the last one smaller), 50 epochs,

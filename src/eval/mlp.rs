@@ -1,4 +1,4 @@
-//! The MLP of DP-CGAN's evaluation (SPEC.md §1), scikit-learn's `MLPClassifier(hidden_layer_sizes=
+//! The MLP of DP-CGAN's evaluation (docs/algorithms.md §1), scikit-learn's `MLPClassifier(hidden_layer_sizes=
 //! (100,), alpha=1.0)`: inputs → 100 ReLU → 10 softmax, cross-entropy, Adam (lr 1e-3, β 0.9 / 0.999,
 //! ε 1e-8) on shuffled minibatches of 200 (the last one smaller), 200 epochs.
 //!

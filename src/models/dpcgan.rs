@@ -1,4 +1,4 @@
-//! DP-CGAN's generator and discriminator (SPEC.md §1): plain concatenation conditioning, Glorot
+//! DP-CGAN's generator and discriminator (docs/algorithms.md §1): plain concatenation conditioning, Glorot
 //! weights, zero biases; G 115,344 parameters, D 101,889.
 use rand::Rng;
 

@@ -1,4 +1,4 @@
-//! Spectrally normalised layers (SPEC.md §2): a trainable W̄ and buffers u `[G, O]`, v `[G, I]`
+//! Spectrally normalised layers (docs/algorithms.md §2): a trainable W̄ and buffers u `[G, O]`, v `[G, I]`
 //! (W̄ viewed as O × I, I = in·k·k). Every forward, training or not, runs one power iteration
 //! without gradient, stores the new u, v, and uses `W = W̄/s` with `s = uᵀW̄v`, the gradient
 //! flowing through s into W̄. Tensor names follow PyTorch's `spectral_norm`

@@ -1,4 +1,4 @@
-//! GS-WGAN's privacy accounting (Chen, Orekondy, Fritz 2020), in the two ways SPEC.md names.
+//! GS-WGAN's privacy accounting (Chen, Orekondy, Fritz 2020), in the two ways docs/algorithms.md names.
 //!
 //! `as-published`: the Gaussian mechanism (RDP α/(2σ²)) amplified by subsampling WITHOUT
 //! replacement at γ = 1/k (Wang, Balle, Kasiviswanathan 2019, "Subsampled Rényi DP and analytical
@@ -95,7 +95,7 @@ pub fn log_moment_integer(noise_multiplier: f64, gamma: f64, alpha: u64) -> f64 
     ((alpha as f64 - 1.0) * gaussian(alpha as f64)).min(log_sum)
 }
 
-/// Per-query RDP at any order α > 1, as SPEC.md defines it for the as-published accounting:
+/// Per-query RDP at any order α > 1, as docs/algorithms.md defines it for the as-published accounting:
 /// α ≤ 2 uses K(2); otherwise K is interpolated linearly between the neighbouring integers; then
 /// divided by α−1 and capped by the unamplified Gaussian's α/(2σ²).
 pub fn per_query_rdp(noise_multiplier: f64, gamma: f64, alpha: f64) -> Result<f64> {

@@ -125,7 +125,7 @@ const MAX_TERMS: u64 = 10_000_000;
 ///
 /// Accuracy: ln A_α comes out with an absolute error of about 1e-16 (A_α ≈ 1 is summed in f64), so
 /// the relative error of the RDP is about 1e-16/ln A_α: below 1e-8 for ln A_α > 1e-8 (every
-/// DP-SGD setting in SPEC.md and the tests), but only noise once ln A_α < 1e-15 (e.g. q = 1e-6 with
+/// DP-SGD setting in docs/algorithms.md and the tests), but only noise once ln A_α < 1e-15 (e.g. q = 1e-6 with
 /// σ = 100), where the RDP itself is below 1e-15. A negative result there is rounding, and is
 /// reported as 0, which is never below the true value by more than that same 1e-16.
 fn log_a_fractional(q: f64, sigma: f64, alpha: f64) -> Result<f64> {

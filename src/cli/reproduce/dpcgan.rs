@@ -1,5 +1,5 @@
 //! `dpgan reproduce dp-cgan`: N runs of train → sample 5,000 images (500 per class) → evaluate
-//! logistic regression and the MLP on the real test set, then the table beside SPEC.md §1's
+//! logistic regression and the MLP on the real test set, then the table beside docs/algorithms.md §1's
 //! published numbers (see the parent module for what runs share). Each run is a training run
 //! directory (`OUT/run-K/`, as `dpgan train dp-cgan` writes it) with the released set in
 //! `synthetic/` and the evaluations in `eval-logreg.json` and `eval-mlp.json`.
@@ -24,14 +24,14 @@ use super::{
 use crate::cli::choose_device;
 use crate::cli::sample::{write_sample, SAMPLE_RECORD};
 
-/// SPEC.md §1: published AUROC (mean of 3 runs) and ε.
+/// docs/algorithms.md §1: published AUROC (mean of 3 runs) and ε.
 const PUBLISHED_AUROC_LOGREG: f64 = 0.8642;
 const PUBLISHED_AUROC_MLP: f64 = 0.8858;
 const PUBLISHED_EPSILON_CLASSIC: f64 = 9.64;
 const PUBLISHED_EPSILON_IMPROVED: f64 = 8.80;
 /// DP-CGAN's evaluation set: 500 generated images per class.
 const PER_CLASS: usize = 500;
-/// SPEC.md §1: 249 epochs of 100 steps (B = 600 of 60,000).
+/// docs/algorithms.md §1: 249 epochs of 100 steps (B = 600 of 60,000).
 const PUBLISHED_STEPS: u64 = 24_900;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -245,7 +245,7 @@ fn sampling_kind(args: &DpCganReproduceArgs) -> SamplingKind {
     }
 }
 
-/// Where these settings leave SPEC.md §1's published run, for the table's reader. Poisson
+/// Where these settings leave docs/algorithms.md §1's published run, for the table's reader. Poisson
 /// sampling is a departure too (the published run shuffled), the one the ε is a proof for.
 fn departures(args: &DpCganReproduceArgs) -> Vec<String> {
     let mut out = Vec::new();

@@ -1,4 +1,4 @@
-//! `dpgan reproduce gs-wgan`: SPEC.md §2's experiment. Each run, in `OUT/run-K/`:
+//! `dpgan reproduce gs-wgan`: docs/algorithms.md §2's experiment. Each run, in `OUT/run-K/`:
 //! `warm-start/` (phase 1, the K discriminators), `generator/` (phase 2, the private generator),
 //! `synthetic/` (6,000 images per class from the EMA generator G_s, as float NPY so that the
 //! classifier sees exactly what G_s produced) and `eval-lenet.json` (LeNet-5 trained on them, scored
@@ -29,10 +29,10 @@ use crate::cli::gswgan::{announce, start_warm_start, train_private, train_warm_s
 use crate::cli::sample::{write_sample, SAMPLE_RECORD};
 use crate::cli::{choose_device, emit};
 
-/// SPEC.md §2: the published ε (as-published accounting, δ = 1e-5); the accuracies are
+/// docs/algorithms.md §2: the published ε (as-published accounting, δ = 1e-5); the accuracies are
 /// [`Published::accuracy`].
 const PUBLISHED_EPSILON: f64 = 10.0;
-/// SPEC.md §2's evaluation set: 6,000 generated images per class.
+/// docs/algorithms.md §2's evaluation set: 6,000 generated images per class.
 const PER_CLASS: usize = 6000;
 const WARM_START_DIR: &str = "warm-start";
 const GENERATOR_DIR: &str = "generator";
@@ -81,7 +81,7 @@ pub(super) struct GsWganReproduceArgs {
     base: Option<usize>,
 }
 
-/// The data sets SPEC.md §2 has published numbers for.
+/// The data sets docs/algorithms.md §2 has published numbers for.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Published {
     Mnist,
@@ -174,7 +174,7 @@ impl Plan {
         })
     }
 
-    /// Where these settings leave SPEC.md §2's published ones, for the table's reader.
+    /// Where these settings leave docs/algorithms.md §2's published ones, for the table's reader.
     fn departures(&self) -> Vec<String> {
         let (w, p) = (WarmStartSettings::default(), GsWganSettings::default());
         let mut out = Vec::new();
@@ -472,6 +472,6 @@ mod tests {
         ] {
             assert_eq!(Published::of(Path::new(dir)), expected, "{dir}");
         }
-        assert_eq!((Published::Mnist.accuracy(), Published::FashionMnist.accuracy()), (0.80, 0.65), "SPEC.md §2's table");
+        assert_eq!((Published::Mnist.accuracy(), Published::FashionMnist.accuracy()), (0.80, 0.65), "docs/algorithms.md §2's table");
     }
 }

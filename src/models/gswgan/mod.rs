@@ -1,4 +1,4 @@
-//! GS-WGAN's models (SPEC.md §2): the spectrally normalised projection discriminator and the DCGAN
+//! GS-WGAN's models (docs/algorithms.md §2): the spectrally normalised projection discriminator and the DCGAN
 //! and ResNet generators. Every model is a group of G (tensors `[G, ...]`, activations
 //! `[G, B, ...]`); `base` scales the widths (64 is the published size, smaller ones make tests
 //! fast with the same code).

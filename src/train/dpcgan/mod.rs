@@ -1,4 +1,4 @@
-//! One DP-CGAN training step (SPEC.md §1): the discriminator's real and generated-data losses are
+//! One DP-CGAN training step (docs/algorithms.md §1): the discriminator's real and generated-data losses are
 //! clipped per example separately, only the real part is noised, D takes an SGD step on their
 //! sum; then G takes an Adam step on the non-saturating loss through the updated D.
 pub mod run;
@@ -16,7 +16,7 @@ use crate::optim::{Adam, Optimizer, Sgd};
 use crate::profile;
 use crate::tensor::{Device, Tensor};
 
-/// SPEC.md §1's published settings.
+/// docs/algorithms.md §1's published settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DpCganConfig {
     pub clip: f32,

@@ -145,7 +145,7 @@ pub struct DpCganSettings {
 }
 
 impl Default for DpCganSettings {
-    /// SPEC.md §1's published settings, except Poisson sampling (what the ε holds for).
+    /// docs/algorithms.md §1's published settings, except Poisson sampling (what the ε holds for).
     fn default() -> Self {
         let p = DpCganConfig::default();
         DpCganSettings {

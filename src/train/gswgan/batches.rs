@@ -1,6 +1,6 @@
 //! The training images on the host and each discriminator's batches from its own slice: batches of
 //! 32 without replacement, reshuffled every pass, the last partial batch kept (32, 28, 32, ... for
-//! a slice of 60), as SPEC.md §2 says.
+//! a slice of 60), as docs/algorithms.md §2 says.
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
 

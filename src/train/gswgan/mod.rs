@@ -1,4 +1,4 @@
-//! GS-WGAN's training steps (SPEC.md §2), device-agnostic and over model groups: the WGAN-GP
+//! GS-WGAN's training steps (docs/algorithms.md §2), device-agnostic and over model groups: the WGAN-GP
 //! critic step, the plain generator step of the warm start, the private generator step of phase 2
 //! (explicit sanitisation of the image gradient between "D backward to the image" and "G
 //! backward") and the EMA of the released generator. Losses come back as device tensors, one
@@ -28,7 +28,7 @@ use crate::tensor::Tensor;
 /// norm of 1e-3 by under 1e-9 relative.
 pub const GP_NORM_EPS: f32 = 1e-12;
 
-/// SPEC.md §2's hyper-parameters.
+/// docs/algorithms.md §2's hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GsWganConfig {
     /// λ of the gradient penalty.

@@ -1,7 +1,7 @@
 //! Phase 2 from the command line: the K warm-started discriminators (all on the GPU when they take
 //! at most half its free memory; otherwise kept on the host, the selected one paged in to the device
 //! for its iteration), a generator G with Adam and its EMA copy G_s, the
-//! two accountings of SPEC.md §2 side by side. The chosen one governs: an iteration is recorded
+//! two accountings of docs/algorithms.md §2 side by side. The chosen one governs: an iteration is recorded
 //! before it runs, and one that would pass the ε budget is never taken.
 //!
 //! Iteration t's choice of discriminator j and its noise come from the run's secret key (the
@@ -53,7 +53,7 @@ const STATE_FORMAT: u32 = 3;
 /// The run directory's folder of per-critic checkpoint files.
 pub const CRITICS_DIR: &str = "critics";
 
-/// Which accounting of SPEC.md §2 governs the budget.
+/// Which accounting of docs/algorithms.md §2 governs the budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Accounting {
