@@ -4,11 +4,10 @@
 //!
 //! `dpgan bench step --algo dp-cgan|gs-wgan [--non-private] [--phases] ...`: the engine's training
 //! step, timed on the CPU or a GPU (see `dpgan::bench::step`).
-use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use dpgan::bench::step::{self, Algo, StepOptions};
-use dpgan::bench::{kernels, write_json_atomic};
+use dpgan::bench::kernels;
 use dpgan::dp::NoiseMode;
 use dpgan::{Error, Result};
 
@@ -68,9 +67,8 @@ struct StepArgs {
     /// gs-wgan only: the models' width (64 is the published model).
     #[arg(long)]
     base: Option<usize>,
-    /// Also write the report as JSON to PATH (atomically), or to stdout instead of the table with `-`.
-    #[arg(long, value_name = "PATH")]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    json: super::json::JsonOut,
 }
 
 fn parse_algo(s: &str) -> std::result::Result<Algo, String> {
@@ -83,9 +81,8 @@ fn parse_algo(s: &str) -> std::result::Result<Algo, String> {
 
 #[derive(Args, Debug)]
 struct KernelsArgs {
-    /// Also write the full report as JSON to PATH (atomically: a temporary file, then a rename).
-    #[arg(long, value_name = "PATH")]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    json: super::json::JsonOut,
     /// Few iterations and at most 2 input sets: for tests, not for numbers to quote.
     #[arg(long)]
     quick: bool,
@@ -98,21 +95,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
 }
 
-/// Fails before a run if `path`'s directory does not exist, rather than after it.
-fn check_json_dir(path: Option<&Path>) -> Result<()> {
-    if let Some(dir) = path.and_then(Path::parent).filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.is_dir() {
-            return Err(Error::file(dir, "the directory for --json does not exist"));
-        }
-    }
-    Ok(())
-}
-
 fn step_cmd(args: &StepArgs) -> Result<()> {
-    let to_stdout = args.json.as_deref() == Some(Path::new("-"));
-    if !to_stdout {
-        check_json_dir(args.json.as_deref())?;
-    }
+    args.json.check()?;
     if args.algo == Algo::DpCgan {
         let given: Vec<&str> = [("--generator", args.generator.is_some()), ("--base", args.base.is_some())]
             .iter()
@@ -135,23 +119,12 @@ fn step_cmd(args: &StepArgs) -> Result<()> {
     options.arch = args.generator.map_or(options.arch, |g| g.value());
     options.base = args.base.unwrap_or(options.base);
     let report = step::run(&options, &device, |what| eprintln!("bench: {what}"))?;
-    if to_stdout {
-        let mut text = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(format!("cannot serialise the report: {e}")))?;
-        text.push('\n');
-        return super::emit(&text);
-    }
-    if let Some(path) = &args.json {
-        write_json_atomic(path, &report)?;
-    }
-    super::emit(&report.to_string())
+    args.json.emit(&report, || report.to_string())
 }
 
 fn kernels_cmd(args: &KernelsArgs) -> Result<()> {
     // A report that cannot be written should fail before the run, not after it.
-    check_json_dir(args.json.as_deref())?;
+    args.json.check()?;
     let report = kernels::run(args.quick, |name| eprintln!("bench: {name}"))?;
-    if let Some(path) = &args.json {
-        write_json_atomic(path, &report)?;
-    }
-    super::emit(&report.to_string())
+    args.json.emit(&report, || report.to_string())
 }

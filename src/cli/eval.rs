@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use dpgan::data::{data_dir, scale_pixels, Dataset, PixelScale, Split, NUM_CLASSES};
 use dpgan::eval::{evaluate_with_progress, Classifier, EvalConfig, EvalReport, ImageSet, Metric, RunScores};
 use dpgan::io::synthetic::{read_synthetic, SyntheticFormat};
-use dpgan::{Error, Result};
+use dpgan::Result;
 use serde::Serialize;
 
 #[derive(Args, Debug)]
@@ -20,11 +20,13 @@ pub struct EvalArgs {
     /// Default: $DPGAN_DATA.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// The classifier trained on the set: logreg and mlp (DP-CGAN's protocol) or lenet (GS-WGAN's).
     #[arg(long, value_enum)]
     classifier: ClassifierArg,
     /// Runs with seeds seed, seed + 1, ...; the report gives their mean and standard deviation.
     #[arg(long, default_value_t = 1)]
     repeats: usize,
+    /// Seed of the first run's initialisation and batch order (the evaluation is public: no key).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Train mlp or lenet for this many epochs instead of the recipe's (200 and 50).
@@ -36,9 +38,8 @@ pub struct EvalArgs {
     /// cpu, cuda or cuda:N. Default: the GPU if one works, else the CPU (and it says why).
     #[arg(long)]
     device: Option<String>,
-    /// Print one JSON object instead of the table.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    json: super::json::JsonOut,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -114,13 +115,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         device: device.to_string(),
         note: AVERAGED,
     };
-    if args.json {
-        let mut text = serde_json::to_string_pretty(&cli_report).map_err(|e| Error::Invalid(format!("eval report as JSON: {e}")))?;
-        text.push('\n');
-        super::emit(&text)
-    } else {
-        super::emit(&table(&cli_report))
-    }
+    args.json.emit(&cli_report, || table(&cli_report))
 }
 
 /// One run's progress line.

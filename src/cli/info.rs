@@ -15,9 +15,8 @@ pub struct InfoArgs {
     /// Also list every kernel with registers, spills, shared memory and stack per SASS target.
     #[arg(long)]
     kernels: bool,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    json: super::json::JsonOut,
 }
 
 #[derive(Serialize)]
@@ -80,14 +79,7 @@ struct Resources {
 
 pub fn run(args: &InfoArgs) -> Result<()> {
     let report = gather(args.kernels);
-    let text = if args.json {
-        let mut s = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(format!("info report as JSON: {e}")))?;
-        s.push('\n');
-        s
-    } else {
-        report.to_string()
-    };
-    super::emit(&text)
+    args.json.emit(&report, || report.to_string())
 }
 
 fn gather(with_kernels: bool) -> Report {

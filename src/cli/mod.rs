@@ -11,6 +11,7 @@ mod data;
 mod eval;
 mod gswgan;
 mod info;
+mod json;
 mod noise;
 mod privacy;
 mod reproduce;
@@ -120,4 +121,62 @@ pub(super) fn refuse_on_resume(given: &[(&str, bool)], allowed: &str) -> Result<
         "--resume continues a run with the settings in its config.json; drop {} (only {allowed} may change)",
         flags.join(", ")
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::{CommandFactory, Parser};
+
+    /// Every command and subcommand below `cmd`, with its path (`dpgan train dp-cgan`).
+    fn walk(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        out.push((path.clone(), cmd.clone()));
+        for sub in cmd.get_subcommands() {
+            walk(sub, format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    fn commands() -> Vec<(String, clap::Command)> {
+        let mut all = Vec::new();
+        walk(&Cli::command(), "dpgan".into(), &mut all);
+        all
+    }
+
+    #[test]
+    fn every_command_and_flag_has_a_help_line() {
+        let mut missing = Vec::new();
+        for (path, cmd) in commands() {
+            if path != "dpgan" && cmd.get_about().is_none() {
+                missing.push(path.clone());
+            }
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{path} {}", arg.get_long().map_or_else(|| arg.get_id().to_string(), |l| format!("--{l}"))));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "without a help line: {missing:?}");
+    }
+
+    #[test]
+    fn json_means_the_same_in_every_command() {
+        let mut with_json = Vec::new();
+        for (path, cmd) in commands() {
+            if let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some("json")) {
+                let help = arg.get_help().map(ToString::to_string);
+                with_json.push((path, help, arg.get_num_args(), arg.get_value_names().map(<[_]>::to_vec)));
+            }
+        }
+        assert!(with_json.len() >= 6, "{with_json:?}");
+        let (_, help, num, missing) = &with_json[0];
+        for (path, h, n, m) in &with_json {
+            assert_eq!((h, n, m), (help, num, missing), "{path}'s --json differs from {}'s", with_json[0].0);
+        }
+        // Alone or with `-` it replaces the text; with a path it writes a file.
+        let parsed = Cli::try_parse_from(["dpgan", "info", "--json"]).unwrap();
+        assert!(format!("{parsed:?}").contains(r#"path: Some("-")"#), "{parsed:?}");
+        let parsed = Cli::try_parse_from(["dpgan", "info", "--json", "out.json"]).unwrap();
+        assert!(format!("{parsed:?}").contains(r#"path: Some("out.json")"#), "{parsed:?}");
+    }
 }

@@ -31,9 +31,8 @@ struct Accounting {
     /// Which Rényi orders to optimise over [default: standard; fine for gs-wgan].
     #[arg(long, value_enum)]
     orders: Option<OrdersArg>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    json: super::json::JsonOut,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -62,6 +61,7 @@ struct EpsilonArgs {
     /// T, the number of steps.
     #[arg(long)]
     steps: u64,
+    /// δ, the probability with which the ε guarantee may fail, in (0, 1) (1e-5 for the published runs).
     #[arg(long)]
     delta: f64,
     #[command(flatten)]
@@ -70,12 +70,16 @@ struct EpsilonArgs {
 
 #[derive(Args, Debug)]
 struct CalibrateArgs {
+    /// q, the Poisson sampling rate (batch size / dataset size), in (0, 1].
     #[arg(long)]
     sample_rate: f64,
+    /// T, the number of steps.
     #[arg(long)]
     steps: u64,
+    /// δ, the probability with which the ε guarantee may fail, in (0, 1).
     #[arg(long)]
     delta: f64,
+    /// The ε that T steps may spend at most: the answer is the smallest σ that stays within it.
     #[arg(long)]
     target_epsilon: f64,
     #[command(flatten)]
@@ -84,6 +88,7 @@ struct CalibrateArgs {
 
 #[derive(Args, Debug)]
 struct GsWganArgs {
+    /// σ, the sanitiser's noise standard deviation over the clipping norm (1.07 published).
     #[arg(long)]
     noise_multiplier: f64,
     /// k, the number of discriminators.
@@ -95,6 +100,7 @@ struct GsWganArgs {
     /// T, the number of generator iterations.
     #[arg(long)]
     iterations: u64,
+    /// δ, the probability with which the ε guarantee may fail, in (0, 1).
     #[arg(long)]
     delta: f64,
     /// Conversion and orders of the per-step accounting (the as-published one is fixed by docs/algorithms.md;
@@ -196,16 +202,6 @@ fn check_delta(d: f64) -> Result<()> {
     }
 }
 
-/// Serialises a report and hands it to `emit`, or its text form.
-fn output<T: Serialize>(json: bool, report: &T, text: String) -> Result<()> {
-    if json {
-        let mut s = serde_json::to_string_pretty(report).map_err(|e| Error::Invalid(format!("privacy report as JSON: {e}")))?;
-        s.push('\n');
-        super::emit(&s)
-    } else {
-        super::emit(&text)
-    }
-}
 
 #[derive(Serialize)]
 struct EpsilonReport {
@@ -250,7 +246,7 @@ fn epsilon(a: &EpsilonArgs) -> Result<()> {
         conversion: acc.conversion(),
         orders,
     };
-    output(acc.json, &report, text)
+    acc.json.emit(&report, || text)
 }
 
 fn calibrate(a: &CalibrateArgs) -> Result<()> {
@@ -285,7 +281,7 @@ fn calibrate(a: &CalibrateArgs) -> Result<()> {
         conversion: acc.conversion(),
         orders: order_list,
     };
-    output(acc.json, &report, text)
+    acc.json.emit(&report, || text)
 }
 
 #[derive(Serialize)]
@@ -346,5 +342,5 @@ fn gs_wgan(a: &GsWganArgs) -> Result<()> {
         run,
         iterations: a.iterations,
     };
-    output(acc.json, &report, text)
+    acc.json.emit(&report, || text)
 }

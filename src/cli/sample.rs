@@ -45,6 +45,7 @@ pub struct SampleArgs {
     /// Directory to write the data set into (created if missing).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// idx (MNIST's layout, pixels rounded to 8 bits) or npy (the generator's float pixels).
     #[arg(long, value_enum, default_value_t = FormatArg::Idx)]
     format: FormatArg,
     /// Seed of the latent codes (sampling is post-processing: it costs no privacy).
