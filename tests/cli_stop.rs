@@ -5,8 +5,10 @@
 mod common;
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cli::{binary, data_root, dpgan, stdout_of};
@@ -229,25 +231,66 @@ fn sampling_a_million_images_stays_under_512_mb() {
     assert!((0..10u8).all(|c| labels[128..].iter().filter(|&&l| l == c).count() == 100_000));
 }
 
-/// The warm start stops at once on SIGINT, keeping finished groups and leaving no partial file.
+/// Gathers `child`'s stderr as it comes, for a test to wait on a line; the text so far.
+fn watch_stderr(child: &mut Child) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>) {
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&text);
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    (text, reader)
+}
+
+/// A warm start stopped by SIGINT inside its group (the default checkpoint cadence, ten minutes,
+/// never comes) checkpoints the group and exits with 130; `--resume` goes on from that iteration
+/// and ends with the discriminators of a run never stopped, bit for bit.
 #[test]
-fn a_warm_start_stops_at_once_on_sigint() {
+fn a_warm_start_stopped_inside_its_group_by_sigint_resumes_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
-    let warm = dir.path().join("warm");
+    let (warm, whole) = (dir.path().join("warm"), dir.path().join("whole"));
     let warm_s = s(&warm);
-    let args = common::cli::tiny_warm_start_args(&warm, 2, 2, 1_000_000);
-    let mut child = long_run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let iterations = 12;
+    let args = common::cli::tiny_warm_start_args(&warm, 2, 2, iterations);
+    let mut child = long_run(&strs(&args));
+    let (stderr, reader) = watch_stderr(&mut child);
     let start = Instant::now();
-    while !warm.join("config.json").is_file() {
-        assert!(start.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none(), "the warm start did not begin");
-        std::thread::sleep(Duration::from_millis(50));
+    // A progress line after every iteration: once the second is reported the group is under way.
+    while !stderr.lock().unwrap().contains(&format!("group 0 · iteration 2/{iterations}")) {
+        assert!(start.elapsed() < Duration::from_secs(120) && child.try_wait().unwrap().is_none(), "{}", stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let (code, stderr) = signal_and_wait(child, "INT");
+    let (code, _) = signal_and_wait(child, "INT");
+    reader.join().unwrap();
+    let stderr = stderr.lock().unwrap().clone();
     assert_eq!(code, Some(130), "{stderr}");
     assert!(stderr.contains(&format!("dpgan train gs-wgan warm-start --resume {warm_s}")), "{stderr}");
-    let leftovers: Vec<_> = fs::read_dir(&warm).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert!(!warm.join("discriminators").exists() || fs::read_dir(warm.join("discriminators")).unwrap().next().is_none(), "{leftovers:?}");
+    assert!(warm.join("discriminators/group-0000.partial.safetensors").is_file(), "no checkpoint of the group: {stderr}");
+    assert!(!warm.join("discriminators/group-0000.safetensors").exists(), "the group finished before the signal: {stderr}");
+
+    // The cadence is the run's, as every other setting.
+    let out = dpgan(&["train", "gs-wgan", "warm-start", "--resume", &warm_s, "--checkpoint-every", "5"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("drop --checkpoint-every"));
+
+    let out = dpgan(&["train", "gs-wgan", "warm-start", "--resume", &warm_s, "--device", "cpu"]);
+    let resumed = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{resumed}");
+    let from: u64 = resumed
+        .split("continuing group 0 from its checkpoint at iteration ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the resumed run did not continue inside the group:\n{resumed}"));
+    assert!((2..iterations).contains(&from), "continued from iteration {from}");
+    assert!(!warm.join("discriminators/group-0000.partial.safetensors").exists());
+
+    common::cli::tiny_warm_start(&whole, 2, 2, iterations);
+    let file = "discriminators/group-0000.safetensors";
+    assert_eq!(fs::read(warm.join(file)).unwrap(), fs::read(whole.join(file)).unwrap(), "resumed from iteration {from}");
 }
 
 /// A run killed before its first checkpoint (SIGKILL leaves no chance to write one) is started

@@ -6,15 +6,21 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::cli::{data_root, stderr_of_failure, stdout_of};
+use dpgan::data::{Dataset, Split};
 use dpgan::io::checkpoint::{load_tensors, save_tensors};
 use dpgan::io::synthetic::read_synthetic;
+use dpgan::models::gswgan::GeneratorArch;
 use dpgan::privacy::gswgan::GsWganRun;
 use dpgan::privacy::{Accountant, Conversion, Mechanism, Orders};
+use dpgan::train::gswgan::group_checkpoint::CheckpointEvery;
 use dpgan::train::gswgan::run::{GsWganRunConfig, GsWganState};
-use dpgan::train::gswgan::warm_start_run::WarmStartRunConfig;
+use dpgan::train::gswgan::warm_start_run::{WarmStartOutcome, WarmStartRun, WarmStartRunConfig, WarmStartSettings};
+use dpgan::train::interrupt::Signal;
+use dpgan::train::progress::Progress;
 use dpgan::{Device, Tensor};
 use serde_json::Value;
 
@@ -370,4 +376,189 @@ fn bad_input_is_refused_before_anything_is_written() {
     let err = stderr_of_failure(&["train", "gs-wgan", "--warm-start", &s(&dir.path().join("empty")), "--out", &s(&out), "--seed", "1"]);
     assert!(err.contains("config.json"), "{err}");
     assert!(!out.exists(), "a refused run left {}", out.display());
+}
+
+/// A tiny warm start of `discriminators` in groups of `group_size` on MNIST through the library,
+/// in `out`, checkpointing its group under way every `every` iterations.
+fn library_warm_start(out: &Path, data: &Dataset, seed: u64, shape: (usize, usize, u64), every: u64) -> WarmStartRun {
+    let (discriminators, group_size, iterations) = shape;
+    let settings = WarmStartSettings {
+        seed,
+        discriminators,
+        group_size,
+        iterations,
+        generator: GeneratorArch::Dcgan,
+        base: 4,
+        batch_size: 32,
+        checkpoint_every: CheckpointEvery::Iterations(every),
+    };
+    let config = WarmStartRunConfig::plan(&settings, data, &Device::Cpu).unwrap();
+    WarmStartRun::start(out, config, data, &Device::Cpu).unwrap()
+}
+
+fn mnist_train() -> Dataset {
+    Dataset::load(&data_root().join("mnist"), Split::Train).unwrap()
+}
+
+/// Trains `run` to its end (no stop); its outcome.
+fn finish(run: &mut WarmStartRun) -> WarmStartOutcome {
+    let total = run.config().discriminators as u64 * run.config().iterations;
+    run.train_until(&Progress::new(run.iterations_done(), total), &mut || None).unwrap()
+}
+
+/// `WarmStartRun::resume`'s error, which there must be.
+fn resume_error(root: &Path) -> String {
+    match WarmStartRun::resume(root, &Device::Cpu) {
+        Ok(_) => panic!("{} resumed", root.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Copies the run directory `from` (files one level down at most) to `to`, as a process killed at
+/// that moment would have left it.
+fn snapshot(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap().map(Result::unwrap) {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            snapshot(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A warm start stopped inside its second group (by `train_until`'s stop, where a signal would
+/// stop it) and resumed ends with the discriminators of a run never stopped, bit for bit; so does
+/// one killed (no chance to save) after the group's last periodic checkpoint. The group's weights,
+/// optimizer moments, batch positions and iteration come back, and iteration t draws t's values.
+#[test]
+fn a_warm_start_stopped_inside_a_group_resumes_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = mnist_train();
+    let (whole, stopped, killed) = (dir.path().join("whole"), dir.path().join("stopped"), dir.path().join("killed"));
+    let shape = (4, 2, 5);
+    finish(&mut library_warm_start(&whole, &data, 3, shape, 2));
+
+    // stop() is asked before each group and after every iteration of one but its last: its 9th
+    // call comes after iteration 3 of group 1, when the periodic checkpoint holds iteration 2.
+    let mut run = library_warm_start(&stopped, &data, 3, shape, 2);
+    let mut calls = 0;
+    let outcome = run
+        .train_until(&Progress::new(0, 20), &mut || {
+            calls += 1;
+            (calls == 9).then(|| {
+                snapshot(&stopped, &killed);
+                Signal::Interrupt
+            })
+        })
+        .unwrap();
+    drop(run);
+    assert_eq!((outcome.interrupted, outcome.checkpointed, outcome.groups_trained), (Some(Signal::Interrupt), Some((1, 3)), 1));
+    let partial = stopped.join("discriminators/group-0001.partial.safetensors");
+    assert!(partial.is_file() && !stopped.join("discriminators/group-0001.safetensors").exists());
+    // Nothing secret or new in the run's JSON: the record lives in the checkpoint only.
+    assert!(!fs::read_to_string(stopped.join("config.json")).unwrap().contains("position"));
+
+    for (run_dir, iteration) in [(&stopped, 3), (&killed, 2)] {
+        let mut run = WarmStartRun::resume(run_dir, &Device::Cpu).unwrap();
+        assert_eq!(run.iterations_done(), 2 * 5 + 2 * iteration, "{}: group 0 done, group 1 at iteration {iteration}", run_dir.display());
+        let outcome = finish(&mut run);
+        assert_eq!((outcome.groups_trained, outcome.groups_skipped, outcome.interrupted), (1, 1, None));
+        for group in ["group-0000", "group-0001"] {
+            let file = format!("discriminators/{group}.safetensors");
+            assert_eq!(fs::read(run_dir.join(&file)).unwrap(), fs::read(whole.join(&file)).unwrap(), "{}: {file}", run_dir.display());
+        }
+        assert!(!run_dir.join("discriminators/group-0001.partial.safetensors").exists(), "a finished group's checkpoint is deleted");
+        let lines: Vec<Value> =
+            fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.iter().map(|l| l["group"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1]);
+    }
+}
+
+/// A group checkpoint that is damaged, of another run, or not of this run's models is refused when
+/// the run resumes, before anything trains, by a sentence naming the file and the cause; the file
+/// is left as it was.
+#[test]
+fn a_bad_group_checkpoint_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = mnist_train();
+    let stop_after_first_iteration = || {
+        let mut calls = 0;
+        move || {
+            calls += 1;
+            (calls == 2).then_some(Signal::Terminate)
+        }
+    };
+    let mut runs = Vec::new();
+    for seed in [3, 4] {
+        let root = dir.path().join(format!("seed-{seed}"));
+        let mut run = library_warm_start(&root, &data, seed, (2, 2, 3), 100);
+        let outcome = run.train_until(&Progress::new(0, 6), &mut stop_after_first_iteration()).unwrap();
+        assert_eq!(outcome.checkpointed, Some((0, 1)));
+        runs.push(root);
+    }
+    let name = "discriminators/group-0000.partial.safetensors";
+    let case = |label: &str, write: &dyn Fn(&Path)| -> (PathBuf, String) {
+        let root = dir.path().join(label);
+        snapshot(&runs[0], &root);
+        write(&root.join(name));
+        let before = fs::read(root.join(name)).unwrap();
+        let err = resume_error(&root);
+        assert!(err.contains(&s(&root.join(name))) && err.contains("delete it to train the group again"), "{label}: {err}");
+        assert_eq!(fs::read(root.join(name)).unwrap(), before, "{label}: the file was changed");
+        (root, err)
+    };
+
+    let (damaged, err) = case("truncated", &|path| {
+        let bytes = fs::read(path).unwrap();
+        fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    assert!(err.contains("is damaged"), "{err}");
+    // The command line says the same, as an error line.
+    let err = common::cli::error_of(&["train", "gs-wgan", "warm-start", "--resume", &s(&damaged), "--device", "cpu"]);
+    assert!(err.contains("is damaged") && err.contains(name), "{err}");
+
+    let (_, err) = case("another-run", &|path| {
+        fs::copy(runs[1].join(name), path).unwrap();
+    });
+    assert!(err.contains("was written with seed 4, this run's is 3: it belongs to another run"), "{err}");
+
+    let (_, err) = case("missing-tensor", &|path| {
+        let (mut tensors, metadata) = load_tensors(path, &Device::Cpu).unwrap();
+        let victim = tensors.keys().filter(|k| k.starts_with("generators.")).min().unwrap().clone();
+        tensors.remove(&victim);
+        let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        save_tensors(path, &named, Some(metadata)).unwrap();
+    });
+    assert!(err.contains("does not fit this run's group: it lacks generators."), "{err}");
+
+    // A group's finished file is never a checkpoint to continue from.
+    let (_, err) = case("not-a-checkpoint", &|path| {
+        let (tensors, _) = load_tensors(path, &Device::Cpu).unwrap();
+        let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        save_tensors(path, &named, None).unwrap();
+    });
+    assert!(err.contains("not a dpgan group checkpoint"), "{err}");
+}
+
+/// `--checkpoint-every` takes iterations or a wall time and refuses anything else by name.
+#[test]
+fn checkpoint_every_reads_iterations_or_a_wall_time() {
+    for (text, every) in [
+        ("500", CheckpointEvery::Iterations(500)),
+        ("30s", CheckpointEvery::Seconds(30)),
+        ("10m", CheckpointEvery::Seconds(600)),
+        ("2h", CheckpointEvery::Seconds(7200)),
+    ] {
+        assert_eq!(text.parse::<CheckpointEvery>().unwrap(), every);
+        assert_eq!(every.to_string(), text, "config.json records the flag's spelling");
+    }
+    for bad in ["0", "0m", "", "m", "10d", "-5", "1.5h", "99999999999999999999h"] {
+        let err = bad.parse::<CheckpointEvery>().unwrap_err().to_string();
+        assert!(err.contains("--checkpoint-every"), "{bad:?}: {err}");
+    }
+    assert_eq!(CheckpointEvery::default(), CheckpointEvery::Seconds(600));
+    assert!(CheckpointEvery::Iterations(3).due(6, Duration::ZERO) && !CheckpointEvery::Iterations(3).due(7, Duration::from_secs(1 << 20)));
+    assert!(CheckpointEvery::Seconds(60).due(1, Duration::from_secs(60)) && !CheckpointEvery::Seconds(60).due(1, Duration::from_secs(59)));
 }

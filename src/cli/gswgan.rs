@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand, ValueEnum};
 use dpgan::data::{data_dir, Dataset, Split};
 use dpgan::models::gswgan::GeneratorArch;
+use dpgan::train::gswgan::group_checkpoint::CheckpointEvery;
 use dpgan::train::gswgan::run::{Accounting, GsWganRunConfig, GsWganRunner, GsWganSettings, Outcome, Stop};
 use dpgan::train::gswgan::warm_start_run::{WarmStartOutcome, WarmStartRun, WarmStartRunConfig, WarmStartSettings};
 use dpgan::train::progress::Progress;
@@ -71,7 +72,8 @@ struct WarmStartArgs {
     /// The run directory to create (config.json, metrics.jsonl, discriminators/).
     #[arg(long, value_name = "RUN_DIR", required_unless_present = "resume")]
     out: Option<PathBuf>,
-    /// Continue the warm start in RUN_DIR: groups already written are kept.
+    /// Continue the warm start in RUN_DIR: groups already written are kept, and the group under
+    /// way goes on from its checkpoint.
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
     resume: Option<PathBuf>,
     /// K, the number of discriminators (and disjoint data slices) [default: 1000].
@@ -98,6 +100,10 @@ struct WarmStartArgs {
     /// Width scale of the models (64 is the published size; smaller ones only for tests).
     #[arg(long, hide = true)]
     base: Option<usize>,
+    /// Checkpoint the group under way every N iterations (500) or every stretch of wall time
+    /// (30s, 10m, 2h), so `--resume` goes on inside it; a signal checkpoints it too [default: 10m].
+    #[arg(long, value_name = "N|DURATION")]
+    checkpoint_every: Option<CheckpointEvery>,
 }
 
 #[derive(Args, Debug)]
@@ -186,6 +192,7 @@ fn warm_start(args: &WarmStartArgs) -> Result<()> {
                     ("--seed", args.seed.is_some()),
                     ("--batch-size", args.batch_size.is_some()),
                     ("--base", args.base.is_some()),
+                    ("--checkpoint-every", args.checkpoint_every.is_some()),
                 ],
                 "--device",
             )?;
@@ -202,6 +209,7 @@ fn warm_start(args: &WarmStartArgs) -> Result<()> {
                 generator: args.generator.map_or(d.generator, GeneratorArg::value),
                 base: args.base.unwrap_or(d.base),
                 batch_size: args.batch_size.unwrap_or(d.batch_size),
+                checkpoint_every: args.checkpoint_every.unwrap_or(d.checkpoint_every),
             };
             let data = Dataset::load(&data_dir(args.data.as_deref())?, Split::Train)?;
             start_warm_start(out, &settings, &data, &device)?
@@ -209,8 +217,12 @@ fn warm_start(args: &WarmStartArgs) -> Result<()> {
     };
     let outcome = train_warm_start(&mut run)?;
     let root = args.resume.as_deref().or(args.out.as_deref()).unwrap_or(Path::new("."));
+    let checkpointed = match outcome.checkpointed {
+        Some((group, iteration)) => format!(", group {group} checkpointed at iteration {iteration} of {}", run.config().iterations),
+        None => String::new(),
+    };
     super::emit(&format!(
-        "warm start: {} groups trained, {} already done, in {:.1} s on {device}\nrun directory: {} (private: it holds \
+        "warm start: {} groups trained, {} already done{checkpointed}, in {:.1} s on {device}\nrun directory: {} (private: it holds \
          discriminators trained on the real data; use it with `dpgan train gs-wgan --warm-start {}`)\n",
         outcome.groups_trained,
         outcome.groups_skipped,
@@ -228,12 +240,17 @@ fn warm_start(args: &WarmStartArgs) -> Result<()> {
 pub(super) fn start_warm_start(out: &Path, settings: &WarmStartSettings, data: &Dataset, device: &Device) -> Result<WarmStartRun> {
     let config = WarmStartRunConfig::plan(settings, data, device)?;
     eprintln!(
-        "gs-wgan warm start: {} discriminators in {} groups of up to {}, {} iterations each, slices of {} records",
+        "gs-wgan warm start: {} discriminators in {} groups of up to {}, {} iterations each, slices of {} records; the group \
+         under way checkpointed every {}",
         config.discriminators,
         config.groups(),
         config.group_size,
         config.iterations,
-        config.data.records / config.discriminators
+        config.data.records / config.discriminators,
+        match config.checkpoint_every {
+            CheckpointEvery::Iterations(n) => format!("{n} iterations"),
+            every => every.to_string(),
+        }
     );
     WarmStartRun::start(out, config, data, device)
 }
@@ -242,7 +259,7 @@ pub(super) fn start_warm_start(out: &Path, settings: &WarmStartSettings, data: &
 pub(super) fn train_warm_start(run: &mut WarmStartRun) -> Result<WarmStartOutcome> {
     // Counted in discriminator-iterations, so that the rate and the ETA move within a group.
     let iterations = run.config().iterations;
-    let progress = Progress::new(run.discriminators_done() as u64 * iterations, run.config().discriminators as u64 * iterations);
+    let progress = Progress::new(run.iterations_done(), run.config().discriminators as u64 * iterations);
     let outcome = run.train(&progress)?;
     progress.finish();
     Ok(outcome)

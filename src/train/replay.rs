@@ -24,7 +24,8 @@ pub enum Purpose {
     /// Batches that the proof does not rely on: GS-WGAN's critic batches within a slice and the
     /// warm start's partition (indexed by discriminator). A private batch comes from the run key.
     Batches = 2,
-    /// Latent codes and generator labels of a training step (indexed by step).
+    /// Latent codes, generator labels and α of a training step (indexed by step; a warm-start
+    /// member's by its iteration, under its own seed).
     Generator = 3,
     /// The fixed latent codes of the progress grids.
     Grid = 4,

@@ -160,6 +160,7 @@ impl Plan {
                 generator,
                 base: args.base.unwrap_or(w.base),
                 batch_size: w.batch_size,
+                checkpoint_every: w.checkpoint_every,
             },
             phase_two: GsWganSettings {
                 iterations: args.iterations.unwrap_or(p.iterations),

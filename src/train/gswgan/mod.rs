@@ -4,6 +4,7 @@
 //! backward") and the EMA of the released generator. Losses come back as device tensors, one
 //! value per model of the group; reading them is a host sync, left to the caller.
 mod batches;
+pub mod group_checkpoint;
 mod private;
 pub mod run;
 mod warm_start;
@@ -11,7 +12,7 @@ pub mod warm_start_run;
 
 pub use batches::{LabelledImages, SliceBatches};
 pub use private::{CriticState, PhaseTwoStep, PrivateLosses, PrivateTraining};
-pub use warm_start::{member_rngs, MemberRngs, WarmStart, WarmStartLosses};
+pub use warm_start::{member_draws, member_rngs, MemberRngs, WarmStart, WarmStartLosses, WarmStartPosition};
 
 use crate::autograd::Tape;
 use crate::backend::{ops, AdamParams, BinaryOp, UnaryOp};

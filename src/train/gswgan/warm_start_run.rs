@@ -1,7 +1,9 @@
 //! Phase 1 from the command line: K discriminators on K disjoint slices of a seeded permutation,
 //! trained G at a time ([`WarmStart`]) so memory is bounded by G, each finished group written to
-//! `discriminators/group-NNNN.safetensors` at once. A group whose file exists is never redone, so
-//! an interrupted run resumes where it stopped. Non-private: nothing here is released.
+//! `discriminators/group-NNNN.safetensors` at once. A group whose file exists is never redone, and
+//! the group under way is checkpointed every `--checkpoint-every` and when a signal stops the run
+//! (`group-NNNN.partial.safetensors`, see [`super::group_checkpoint`]), so an interrupted run
+//! resumes inside the group, bit for bit where it stopped. Non-private: nothing here is released.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -9,6 +11,7 @@ use std::time::Instant;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::group_checkpoint::{self, partial_path, CheckpointEvery, GroupUnderWay};
 use super::{GsWganConfig, LabelledImages, WarmStart};
 use crate::data::dataset::{Dataset, Split};
 use crate::data::sampling::disjoint_partitions;
@@ -18,6 +21,7 @@ use crate::models::gswgan::{Discriminator, GeneratorArch, PUBLISHED_BASE};
 use crate::nn::{member, Module};
 use crate::tensor::{Device, Tensor};
 use crate::train::dpcgan::run::{BuildRecord, DataRecord};
+use crate::train::interrupt::Signal;
 use crate::train::progress::Progress;
 use crate::train::replay::{stream, Purpose};
 use crate::train::run_dir::{file_sha256, MetricsLog, RunDir, CONFIG, METRICS};
@@ -59,6 +63,7 @@ pub struct WarmStartSettings {
     /// Width scale of the models (64 is the published size; smaller only for tests).
     pub base: usize,
     pub batch_size: usize,
+    pub checkpoint_every: CheckpointEvery,
 }
 
 impl Default for WarmStartSettings {
@@ -71,6 +76,7 @@ impl Default for WarmStartSettings {
             generator: GeneratorArch::Resnet,
             base: PUBLISHED_BASE,
             batch_size: 32,
+            checkpoint_every: CheckpointEvery::default(),
         }
     }
 }
@@ -91,6 +97,9 @@ pub struct WarmStartRunConfig {
     pub base: usize,
     pub batch_size: usize,
     pub critic_steps: usize,
+    /// How often the group under way is checkpointed (runs from before it existed: the default).
+    #[serde(default)]
+    pub checkpoint_every: CheckpointEvery,
     pub build: BuildRecord,
     pub device: String,
 }
@@ -130,6 +139,7 @@ impl WarmStartRunConfig {
             base: s.base,
             batch_size: s.batch_size,
             critic_steps: GsWganConfig::default().critic_steps,
+            checkpoint_every: s.checkpoint_every,
             build: BuildRecord::current(),
             device: device.to_string(),
         })
@@ -172,8 +182,18 @@ pub struct WarmStartOutcome {
     pub groups_trained: usize,
     pub groups_skipped: usize,
     pub wall_s: f64,
-    /// The signal that stopped the warm start after the group under way, if one did.
-    pub interrupted: Option<crate::train::interrupt::Signal>,
+    /// The signal that stopped the warm start, if one did.
+    pub interrupted: Option<Signal>,
+    /// The group it stopped inside and the iteration its checkpoint holds, if it stopped in one.
+    pub checkpointed: Option<(usize, u64)>,
+}
+
+/// How training a group ended.
+enum GroupEnd {
+    /// Its file is written; the mean losses of its last iteration and its wall seconds in all.
+    Finished { critic: f64, generator: f64, group_s: f64 },
+    /// Stopped by `signal` with a checkpoint of its state after `iteration`.
+    Stopped { signal: Signal, iteration: u64 },
 }
 
 /// See the module documentation.
@@ -183,6 +203,8 @@ pub struct WarmStartRun {
     data: LabelledImages,
     slices: Vec<Vec<usize>>,
     device: Device,
+    /// The group a resumed run continues from its checkpoint, restored and checked up front.
+    under_way: Option<GroupUnderWay>,
 }
 
 impl WarmStartRun {
@@ -192,19 +214,30 @@ impl WarmStartRun {
         Self::assemble(dir, config, data, device)
     }
 
-    /// Continues the warm start in `root`: groups already written are kept.
+    /// Continues the warm start in `root`: groups already written are kept, and the first group
+    /// without a file goes on from its checkpoint if it has one (refused here, before any
+    /// training, if that file is damaged or not this run's).
     pub fn resume(root: &Path, device: &Device) -> Result<Self> {
         let dir = RunDir::open_for_training(root)?;
         let config: WarmStartRunConfig = dir.read_config(WARM_START_ALGORITHM)?;
         let data = load_recorded_data(&config.data)?;
-        Self::assemble(dir, config, &data, device)
+        let mut run = Self::assemble(dir, config, &data, device)?;
+        if let Some(group) = (0..run.config.groups()).find(|&g| !group_path(run.dir.root(), g).is_file()) {
+            let path = partial_path(run.dir.root(), group);
+            if path.is_file() {
+                let members = run.members(group);
+                let slices = run.slices[members.clone()].to_vec();
+                run.under_way = Some(group_checkpoint::load(&path, group, members, slices, &run.config, device)?);
+            }
+        }
+        Ok(run)
     }
 
     fn assemble(dir: RunDir, config: WarmStartRunConfig, data: &Dataset, device: &Device) -> Result<Self> {
         let slices = config.slices(data.len())?;
         std::fs::create_dir_all(dir.path(DISCRIMINATORS))
             .map_err(|e| Error::file(dir.path(DISCRIMINATORS), format!("cannot create: {e}")))?;
-        Ok(WarmStartRun { dir, config, data: LabelledImages::from_dataset(data)?, slices, device: device.clone() })
+        Ok(WarmStartRun { dir, config, data: LabelledImages::from_dataset(data)?, slices, device: device.clone(), under_way: None })
     }
 
     pub fn config(&self) -> &WarmStartRunConfig {
@@ -216,33 +249,57 @@ impl WarmStartRun {
         (0..self.config.groups()).filter(|&g| group_path(self.dir.root(), g).is_file()).map(|g| self.members(g).len()).sum()
     }
 
+    /// Discriminator-iterations done: those of the finished groups and of the group to continue.
+    pub fn iterations_done(&self) -> u64 {
+        let under_way = self.under_way.as_ref().map_or(0, |u| u.warm.iterations() * self.members(u.group).len() as u64);
+        self.discriminators_done() as u64 * self.config.iterations + under_way
+    }
+
     fn members(&self, group: usize) -> std::ops::Range<usize> {
         let first = group * self.config.group_size;
         first..(first + self.config.group_size).min(self.config.discriminators)
     }
 
-    /// Trains every group without a file, in order; progress counts discriminators.
+    /// Trains every group without a file, in order, stopping when a signal asks
+    /// ([`crate::train::interrupt`]); progress counts discriminator-iterations.
     pub fn train(&mut self, progress: &Progress) -> Result<WarmStartOutcome> {
+        self.train_until(progress, &mut crate::train::interrupt::requested)
+    }
+
+    /// [`WarmStartRun::train`], asking `stop` instead of the process's signals whether to stop:
+    /// before each group and after each of its iterations but the last. A stop inside a group
+    /// checkpoints it first. How a caller, or a test, interrupts a warm start in process.
+    pub fn train_until(&mut self, progress: &Progress, stop: &mut dyn FnMut() -> Option<Signal>) -> Result<WarmStartOutcome> {
         let started = Instant::now();
         let mut metrics = MetricsLog::open(&self.dir.path(METRICS), None)?;
         let (mut trained, mut skipped, mut done) = (0, 0, 0);
+        let outcome = |trained, skipped, interrupted, checkpointed| WarmStartOutcome {
+            groups_trained: trained,
+            groups_skipped: skipped,
+            wall_s: started.elapsed().as_secs_f64(),
+            interrupted,
+            checkpointed,
+        };
         for group in 0..self.config.groups() {
             let members = self.members(group);
-            done += members.len();
             let path = group_path(self.dir.root(), group);
             if path.is_file() {
+                // A crash between writing the group's file and deleting its checkpoint leaves both.
+                remove_if_present(&partial_path(self.dir.root(), group))?;
                 skipped += 1;
+                done += members.len();
                 progress.set_step((done as u64) * self.config.iterations);
                 continue;
             }
-            let group_started = Instant::now();
-            let Some((critic, generator)) = self.train_group(group, &path, progress, done - members.len())? else {
-                // Stopped by a signal mid-group: the finished groups are on disk, this one is redone.
-                let wall_s = started.elapsed().as_secs_f64();
-                let interrupted = crate::train::interrupt::requested();
-                return Ok(WarmStartOutcome { groups_trained: trained, groups_skipped: skipped, wall_s, interrupted });
+            if let Some(signal) = stop() {
+                return Ok(outcome(trained, skipped, Some(signal), None));
+            }
+            let (critic, generator, group_s) = match self.train_group(group, &path, progress, done, stop)? {
+                GroupEnd::Finished { critic, generator, group_s } => (critic, generator, group_s),
+                GroupEnd::Stopped { signal, iteration } => return Ok(outcome(trained, skipped, Some(signal), Some((group, iteration)))),
             };
             trained += 1;
+            done += members.len();
             metrics.append(&serde_json::json!({
                 "step": done,
                 "group": group,
@@ -250,41 +307,64 @@ impl WarmStartRun {
                 "count": members.len(),
                 "d_loss": critic,
                 "g_loss": generator,
-                "group_s": group_started.elapsed().as_secs_f64(),
+                "group_s": group_s,
                 "wall_s": started.elapsed().as_secs_f64(),
             }))?;
             progress.report(done as u64 * self.config.iterations, &format!("group {group} done · D {critic:.4} · G {generator:.4}"));
         }
-        Ok(WarmStartOutcome {
-            groups_trained: trained,
-            groups_skipped: skipped,
-            wall_s: started.elapsed().as_secs_f64(),
-            interrupted: None,
-        })
+        Ok(outcome(trained, skipped, None, None))
     }
 
-    /// One group's warm start, written atomically; its last iteration's mean losses. Progress counts
-    /// discriminator-iterations (`before` discriminators already done); `None` when a signal asked
-    /// the run to stop, before the group finished (nothing of it is written).
-    fn train_group(&mut self, group: usize, path: &Path, progress: &Progress, before: usize) -> Result<Option<(f64, f64)>> {
+    /// One group's warm start, from its checkpoint if the run resumed inside it, written
+    /// atomically; checkpointed every `--checkpoint-every` and when `stop` says so. Progress
+    /// counts discriminator-iterations (`before` discriminators already done).
+    fn train_group(
+        &mut self,
+        group: usize,
+        path: &Path,
+        progress: &Progress,
+        before: usize,
+        stop: &mut dyn FnMut() -> Option<Signal>,
+    ) -> Result<GroupEnd> {
         let members = self.members(group);
-        let seeds: Vec<u64> = members.clone().map(|j| self.config.member_seed(j)).collect();
-        let slices: Vec<Vec<usize>> = self.slices[members.clone()].to_vec();
-        let arch = self.config.arch()?;
-        let mut warm = WarmStart::new(arch, self.config.base, &seeds, slices, self.config.step_config(), &self.device)?;
+        let checkpoint = partial_path(self.dir.root(), group);
+        let (mut warm, spent) = match self.under_way.take().filter(|u| u.group == group) {
+            Some(u) => {
+                progress.println(&format!(
+                    "continuing group {group} from its checkpoint at iteration {} of {}",
+                    u.warm.iterations(),
+                    self.config.iterations
+                ));
+                (u.warm, u.group_s)
+            }
+            None => {
+                let seeds: Vec<u64> = members.clone().map(|j| self.config.member_seed(j)).collect();
+                let slices: Vec<Vec<usize>> = self.slices[members.clone()].to_vec();
+                (WarmStart::new(self.config.arch()?, self.config.base, &seeds, slices, self.config.step_config(), &self.device)?, 0.0)
+            }
+        };
         let mut last = None;
-        let (started, iterations) = (Instant::now(), self.config.iterations);
+        let (started, iterations, resumed_at) = (Instant::now(), self.config.iterations, warm.iterations());
+        let mut last_checkpoint = Instant::now();
         let report_every = (iterations / 20).max(1);
-        for i in 1..=iterations {
+        for i in resumed_at + 1..=iterations {
             last = Some(warm.iteration(&self.data)?);
             let position = before as u64 * iterations + i * members.len() as u64;
             progress.set_step(position);
             if i % report_every == 0 && i < iterations {
-                let rate = (i * members.len() as u64) as f64 / started.elapsed().as_secs_f64();
+                let rate = ((i - resumed_at) * members.len() as u64) as f64 / started.elapsed().as_secs_f64();
                 progress.report(position, &format!("group {group} · iteration {i}/{iterations} · {rate:.1} discriminator-iterations/s"));
             }
-            if crate::train::interrupt::requested().is_some() {
-                return Ok(None);
+            if i == iterations {
+                break;
+            }
+            let signal = stop();
+            if signal.is_some() || self.config.checkpoint_every.due(i, last_checkpoint.elapsed()) {
+                group_checkpoint::save(&checkpoint, group, members.clone(), &self.config, &warm, spent + started.elapsed().as_secs_f64())?;
+                last_checkpoint = Instant::now();
+            }
+            if let Some(signal) = signal {
+                return Ok(GroupEnd::Stopped { signal, iteration: i });
             }
         }
         let last = last.ok_or_else(|| Error::Invalid("a warm start needs at least one iteration".into()))?;
@@ -294,7 +374,16 @@ impl WarmStartRun {
         let named = warm.discriminators.named_tensors();
         let named: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
         save_tensors(path, &named, Some(HashMap::from([(GROUP_KEY.to_string(), record.to_string())])))?;
-        Ok(Some((critic, generator)))
+        remove_if_present(&checkpoint)?;
+        Ok(GroupEnd::Finished { critic, generator, group_s: spent + started.elapsed().as_secs_f64() })
+    }
+}
+
+/// Deletes `path` if it is there (a group checkpoint its finished group has made obsolete).
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::file(path, format!("cannot delete: {e}"))),
+        _ => Ok(()),
     }
 }
 
