@@ -6,8 +6,8 @@
 //! step, timed on the CPU or a GPU (see `dpgan::bench::step`).
 
 use clap::{Args, Subcommand};
-use dpgan::bench::step::{self, Algo, StepOptions};
 use dpgan::bench::kernels;
+use dpgan::bench::step::{self, Algo, StepOptions};
 use dpgan::dp::NoiseMode;
 use dpgan::{Error, Result};
 

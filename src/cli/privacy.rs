@@ -202,7 +202,6 @@ fn check_delta(d: f64) -> Result<()> {
     }
 }
 
-
 #[derive(Serialize)]
 struct EpsilonReport {
     epsilon: f64,

@@ -84,12 +84,9 @@ impl PrivateTraining {
         })
     }
 
-    /// j uniform in [0, k) for the coming iteration, from the key's stream of that iteration.
+    /// j uniform in [0, k) for the coming iteration: [`select_discriminator`].
     pub fn select_discriminator(&self, k: usize) -> Result<usize> {
-        if k == 0 {
-            return Err(Error::Invalid("phase 2 needs at least one discriminator".into()));
-        }
-        Ok(self.key.stream(SecretPurpose::Selection, self.iterations).random_range(0..k))
+        select_discriminator(&self.key, self.iterations, k)
     }
 
     /// One iteration with the selected discriminator (held in `critic`): see [`PhaseTwoStep`].
@@ -116,6 +113,15 @@ impl PrivateTraining {
     pub fn noise(&self) -> &NoiseSource {
         &self.noise
     }
+}
+
+/// Iteration t's discriminator, j uniform in [0, k), from the key's stream of that iteration: the
+/// accountant's 1/k subsampling holds only if j is a fresh uniform draw that the seed does not reveal.
+pub fn select_discriminator(key: &RunKey, iteration: u64, k: usize) -> Result<usize> {
+    if k == 0 {
+        return Err(Error::Invalid("phase 2 needs at least one discriminator".into()));
+    }
+    Ok(key.stream(SecretPurpose::Selection, iteration).random_range(0..k))
 }
 
 /// What one phase-2 iteration updates besides the selected critic: G, its Adam state and G_s. The
@@ -157,5 +163,36 @@ impl PhaseTwoStep<'_> {
             private_generator_step(self.generator, self.optimizer, &mut critic.discriminator, &z, &labels, self.sanitizer, key)?;
         ema_update(self.ema, self.generator, ema_decay(t))?;
         Ok(PrivateLosses { critic: critic_loss, generator: generator_loss, nonfinite, batch_size })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::select_discriminator;
+    use crate::dp::RunKey;
+
+    /// Over many iterations every discriminator is chosen about T/k times (a χ² test at k − 1 = 9
+    /// degrees of freedom: 33.7 is its 0.9999 quantile), consecutive choices are not tied to each
+    /// other, and another key chooses differently.
+    #[test]
+    fn the_discriminator_is_a_fresh_uniform_draw_of_the_key_at_each_iteration() {
+        let (k, t) = (10usize, 20_000u64);
+        let key = RunKey::generate().unwrap();
+        let choices: Vec<usize> = (0..t).map(|i| select_discriminator(&key, i, k).unwrap()).collect();
+        let mut counts = vec![0u64; k];
+        for &j in &choices {
+            counts[j] += 1;
+        }
+        let expected = t as f64 / k as f64;
+        let chi2: f64 = counts.iter().map(|&c| (c as f64 - expected).powi(2) / expected).sum();
+        assert!(chi2 < 33.7, "counts {counts:?}: χ² = {chi2}");
+        // Uniform pairs (j_t, j_t+1): the same choice twice in a row about 1/k of the time.
+        let repeats = choices.windows(2).filter(|w| w[0] == w[1]).count() as f64 / (t - 1) as f64;
+        assert!((repeats - 0.1).abs() < 0.015, "consecutive repeats {repeats}");
+        let other = RunKey::generate().unwrap();
+        let agree = (0..t).filter(|&i| select_discriminator(&other, i, k).unwrap() == choices[i as usize]).count() as f64 / t as f64;
+        assert!((agree - 0.1).abs() < 0.015, "two keys agree on {agree} of the choices");
+        assert!(select_discriminator(&key, 0, 0).is_err());
+        assert_eq!(select_discriminator(&key, 7, 1).unwrap(), 0);
     }
 }

@@ -26,7 +26,7 @@ use super::warm_start_run::{arch_name, load_discriminators, load_recorded_data, 
 use super::{CriticState, GsWganConfig, LabelledImages, PhaseTwoStep, PrivateLosses, SliceBatches};
 use crate::autograd::Tape;
 use crate::backend::{ops, BinaryOp};
-use crate::dp::{FiniteChecks, GsWganSanitizer, KeySource, NoiseMode, NoiseSource, RunKey, SecretPurpose};
+use crate::dp::{FiniteChecks, GsWganSanitizer, KeySource, NoiseMode, NoiseSource, RunKey};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{load_tensors, save_tensors};
 use crate::io::image::Grid;
@@ -701,7 +701,7 @@ impl GsWganRunner {
     /// critic's and the generator's draws from the seed.
     fn iterate(&mut self) -> Result<(PrivateLosses, usize)> {
         let t = self.iteration;
-        let j = self.key.stream(SecretPurpose::Selection, t).random_range(0..self.critics.len());
+        let j = super::private::select_discriminator(&self.key, t, self.critics.len())?;
         let mut draws = stream(self.config.seed, Purpose::Generator, t);
         let critic = &mut self.critics[j];
         if !self.resident {
