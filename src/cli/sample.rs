@@ -149,7 +149,8 @@ pub(super) fn write_sample(
     progress.finish();
     writer.finish()?;
     let labels = class_names_of_file(&labels_file);
-    Grid { images: &grid, rows: CLASSES, cols, height: 28, width: 28, range: (0.0, 1.0), row_labels: &labels }.write_png(&out.join(GRID))?;
+    Grid { images: &grid, rows: CLASSES, cols, height: 28, width: 28, range: (0.0, 1.0), row_labels: &labels }
+        .write_png(&out.join(GRID))?;
 
     // Whether the guarantee holds at all: a run with replayable noise says so wherever its data goes.
     let noise_key: KeySource = serde_json::from_value(algorithm["noise_key"].clone())

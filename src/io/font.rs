@@ -20,9 +20,8 @@ fn face() -> Result<&'static FontRef<'static>> {
 /// font is registered. Idempotent.
 pub fn register_for_plots() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED.get_or_init(|| {
-        plotters::style::register_font(PLOT_FAMILY, plotters::style::FontStyle::Normal, dejavu::sans::regular()).is_ok()
-    });
+    let ok = *REGISTERED
+        .get_or_init(|| plotters::style::register_font(PLOT_FAMILY, plotters::style::FontStyle::Normal, dejavu::sans::regular()).is_ok());
     if ok {
         Ok(())
     } else {

@@ -73,7 +73,6 @@ impl Grid<'_> {
         Ok((GAP + self.label_margin()? + self.cols * (self.width + GAP), GAP + self.rows * (self.height + GAP)))
     }
 
-
     /// The 8-bit canvas, row-major, background black, labels white.
     pub fn render(&self) -> Result<Vec<u8>> {
         let (canvas_w, canvas_h) = self.pixel_size()?;
@@ -127,7 +126,8 @@ fn tile_origin(canvas_w: usize, (r, c): (usize, usize), cols: usize, (height, wi
 /// run's latest grid again with its own labels.
 pub fn read_grid_tiles(path: &Path, rows: usize, cols: usize, height: usize, width: usize) -> Result<Vec<f32>> {
     let file = std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-    let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().map_err(|e| Error::file(path, format!("not a PNG: {e}")))?;
+    let mut reader =
+        png::Decoder::new(std::io::BufReader::new(file)).read_info().map_err(|e| Error::file(path, format!("not a PNG: {e}")))?;
     let (w, h) = (reader.info().width as usize, reader.info().height as usize);
     let grid_h = GAP + rows * (height + GAP);
     let tiles_w = GAP + cols * (width + GAP);

@@ -26,6 +26,8 @@ pub struct Panel {
     pub y_label: String,
     pub lines: Vec<Line>,
     pub levels: Vec<Level>,
+    /// Whether the y axis starts at 0 (for ε, which starts there), else at the data.
+    pub y_from_zero: bool,
 }
 
 /// Width of a chart, and the height of each panel, in pixels.
@@ -72,7 +74,11 @@ fn draw_panel(area: &Area, x_label: &str, panel: &Panel) -> std::result::Result<
         return Err(format!("no finite point to plot in \"{}\"", panel.title).into());
     }
     let xs = padded(points.iter().map(|p| p.0), 0.0);
-    let ys = padded(points.iter().map(|p| p.1).chain(panel.levels.iter().map(|l| l.value).filter(|v| v.is_finite())), 0.05);
+    let zero = panel.y_from_zero.then_some(0.0);
+    let mut ys = padded(points.iter().map(|p| p.1).chain(panel.levels.iter().map(|l| l.value).filter(|v| v.is_finite())).chain(zero), 0.05);
+    if panel.y_from_zero && ys.0 < 0.0 && points.iter().all(|p| p.1 >= 0.0) {
+        ys.0 = 0.0;
+    }
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, (font::PLOT_FAMILY, 20))
         .margin(12)
@@ -82,6 +88,7 @@ fn draw_panel(area: &Area, x_label: &str, panel: &Panel) -> std::result::Result<
     chart
         .configure_mesh()
         .x_desc(x_label)
+        .x_label_formatter(&|x| if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x}") })
         .y_desc(&panel.y_label)
         .label_style((font::PLOT_FAMILY, 14))
         .axis_desc_style((font::PLOT_FAMILY, 15))
@@ -144,8 +151,20 @@ mod tests {
         let path = dir.path().join("chart.png");
         let line = |name: &str, f: fn(f64) -> f64| Line { name: name.into(), points: (1..=50).map(|s| (s as f64, f(s as f64))).collect() };
         let panels = [
-            Panel { title: "ε".into(), y_label: "ε".into(), lines: vec![line("a", f64::sqrt)], levels: vec![Level { name: "budget".into(), value: 8.0 }] },
-            Panel { title: "one point".into(), y_label: "y".into(), lines: vec![Line { name: "b".into(), points: vec![(3.0, 1.0), (4.0, f64::NAN)] }], levels: vec![] },
+            Panel {
+                title: "ε".into(),
+                y_label: "ε".into(),
+                lines: vec![line("a", f64::sqrt)],
+                levels: vec![Level { name: "budget".into(), value: 8.0 }],
+                y_from_zero: true,
+            },
+            Panel {
+                title: "one point".into(),
+                y_label: "y".into(),
+                lines: vec![Line { name: "b".into(), points: vec![(3.0, 1.0), (4.0, f64::NAN)] }],
+                levels: vec![],
+                y_from_zero: false,
+            },
         ];
         write_line_chart(&path, "step", &panels).unwrap();
         let (info, rgb) = decode(&path);
@@ -153,7 +172,8 @@ mod tests {
         let count = |c: RGBColor| rgb.chunks_exact(3).filter(|p| *p == [c.0, c.1, c.2]).count();
         assert!(count(COLOURS[0]) > 200, "the first series drew {} pixels", count(COLOURS[0]));
         assert!(count(BLACK) > 500, "text, axes and the level drew {} black pixels", count(BLACK));
-        let err = write_line_chart(&path, "step", &[Panel { title: "empty".into(), y_label: "y".into(), lines: vec![], levels: vec![] }]);
+        let empty = Panel { title: "empty".into(), y_label: "y".into(), lines: vec![], levels: vec![], y_from_zero: false };
+        let err = write_line_chart(&path, "step", &[empty]);
         assert!(err.unwrap_err().to_string().contains("no finite point to plot in \"empty\""));
     }
 }
