@@ -118,6 +118,7 @@ fn refuse_output_dir(out: &Path) -> Result<()> {
 fn dp_cgan(root: &Path) -> Result<Gathered> {
     let config: DpCganRunConfig = read_config(root, DP_CGAN)?;
     let state: Option<DpCganState> = checkpointed(root)?;
+    let no_checkpoint = state.is_none();
     let metrics = read_metrics(root)?;
     let governing = kebab(&config.conversion);
     let other = if governing == "improved" { "classic" } else { "improved" };
@@ -197,7 +198,8 @@ fn dp_cgan(root: &Path) -> Result<Gathered> {
         levels: level.into_iter().collect(),
         y_from_zero: true,
     };
-    let summary = Summary::new(root, DP_CGAN, "DP-CGAN run", Some(config.noise_key), steps, Some(privacy), settings);
+    let mut summary = Summary::new(root, DP_CGAN, "DP-CGAN run", Some(config.noise_key), steps, Some(privacy), settings);
+    note_no_checkpoint(&mut summary, no_checkpoint);
     Ok(Gathered {
         summary,
         x_label: "step",
@@ -210,6 +212,7 @@ fn dp_cgan(root: &Path) -> Result<Gathered> {
 fn gs_wgan(root: &Path) -> Result<Gathered> {
     let config: GsWganRunConfig = read_config(root, GS_WGAN)?;
     let state: Option<GsWganState> = checkpointed(root)?;
+    let no_checkpoint = state.is_none();
     if let Some(state) = &state {
         state.check_format(&root.join(CHECKPOINT))?;
     }
@@ -295,7 +298,8 @@ fn gs_wgan(root: &Path) -> Result<Gathered> {
             y_from_zero: true,
         })
         .collect();
-    let summary = Summary::new(root, GS_WGAN, "GS-WGAN run", Some(config.noise_key), steps, Some(privacy), settings);
+    let mut summary = Summary::new(root, GS_WGAN, "GS-WGAN run", Some(config.noise_key), steps, Some(privacy), settings);
+    note_no_checkpoint(&mut summary, no_checkpoint);
     Ok(Gathered {
         summary,
         x_label: "iteration",
@@ -344,6 +348,17 @@ fn checkpointed<S: serde::de::DeserializeOwned>(root: &Path) -> Result<Option<S>
         checkpoint_state(root).map(Some)
     } else {
         Ok(None)
+    }
+}
+
+/// A run without a checkpoint has no generator to sample yet, and has spent nothing it can release.
+fn note_no_checkpoint(summary: &mut Summary, no_checkpoint: bool) {
+    if no_checkpoint {
+        summary.notes.push(
+            "The run has written no checkpoint yet (it stopped before its first), so there is no generator to sample and ε is \
+             reported as 0."
+                .into(),
+        );
     }
 }
 
