@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::cli::{data_root, dpgan, stdout_of};
+use common::key_scan::{files_under, holds_key, run_key};
 use dpgan::io::checkpoint::load_tensors;
 use dpgan::{Device, Tensor};
 use serde_json::Value;
@@ -68,28 +69,6 @@ fn copy_dir(from: &Path, to: &Path) {
             fs::copy(entry.path(), target).unwrap();
         }
     }
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
-/// The key the checkpoint keeps, as 64 hex digits and as its 32 bytes.
-fn run_key(run: &Path) -> (String, Vec<u8>) {
-    let (_, metadata) = checkpoint(run);
-    let hex = metadata.get("dpgan.key").expect("the checkpoint keeps the run key").clone();
-    let hex = hex.trim_start_matches("replayable:").to_string();
-    let bytes = (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
-    (hex, bytes)
 }
 
 #[test]
@@ -158,11 +137,8 @@ fn no_publishable_file_or_output_holds_the_key() {
     let (report, stderr) = dp_cgan(&run, &["--steps", "6", "--log-every", "2", "--checkpoint-every", "3", "--sample-every", "3"]);
     let (report2, stderr2) = resume_dp_cgan(&run, 8);
     let sampled = stdout_of(&["sample", "--run", &s(&run), "--count", "10", "--out", &s(&released), "--device", "cpu"]);
-    let (hex, bytes) = run_key(&run);
-    let holds = |data: &[u8]| {
-        let text = String::from_utf8_lossy(data).to_lowercase();
-        text.contains(&hex) || data.windows(bytes.len()).any(|w| w == bytes.as_slice())
-    };
+    let key = run_key(&run);
+    let holds = |data: &[u8]| holds_key(&key, data);
     for text in [&report, &stderr, &report2, &stderr2, &sampled] {
         assert!(!holds(text.as_bytes()), "the key was printed:\n{text}");
     }

@@ -86,7 +86,10 @@ fn a_short_run_writes_every_artefact_and_reports_the_accountants_epsilon() {
         let png = run.join(format!("samples/step-{step:08}.png"));
         let decoder = png::Decoder::new(std::io::BufReader::new(fs::File::open(&png).unwrap()));
         let info = decoder.read_info().unwrap().info().clone();
-        assert_eq!((info.width, info.height), (302, 302), "10 × 10 tiles of 28 px with 2 px gaps");
+        // A 10 px margin (the widest digit, 8 px at a 14 px line, and a 2 px gap) labels the rows,
+        // then 10 × 10 tiles of 28 px with 2 px gaps; 8-bit grayscale.
+        assert_eq!((info.width, info.height), (312, 302), "labelled 10 × 10 tiles of 28 px with 2 px gaps");
+        assert_eq!((info.color_type, info.bit_depth), (png::ColorType::Grayscale, png::BitDepth::Eight));
     }
     let leftovers: Vec<_> =
         fs::read_dir(&run).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();

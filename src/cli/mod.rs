@@ -1,6 +1,6 @@
 //! The command line: one variant of [`Command`] per subcommand, its arguments and its `run` in a
 //! file of its own (`info.rs`, `privacy.rs`, `train.rs` with `gswgan.rs`, `sample.rs`, `eval.rs`,
-//! `reproduce/`, `bench.rs`). Commands render their report to a string and hand it to [`emit`].
+//! `reproduce/`, `report.rs`, `bench.rs`). Commands render their report to a string and hand it to [`emit`].
 use std::io::{self, Write};
 
 use clap::{Parser, Subcommand};
@@ -14,6 +14,7 @@ mod info;
 mod json;
 mod noise;
 mod privacy;
+mod report;
 mod reproduce;
 mod sample;
 mod train;
@@ -39,6 +40,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// A published experiment end to end (train, sample, evaluate) beside the published table.
     Reproduce(reproduce::ReproduceArgs),
+    /// A run as plots and a page: losses and ε against steps, the latest grid, settings and what may be published.
+    Report(report::ReportArgs),
     /// Data sets: `data fetch mnist|fashion-mnist` downloads and verifies one.
     Data(data::DataArgs),
     /// Benchmarks: `bench kernels` times every kernel family against the device's measured ceilings; `bench step` the training step.
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Sample(args) => sample::run(&args),
         Command::Reproduce(args) => reproduce::run(&args),
+        Command::Report(args) => report::run(&args),
     }
 }
 

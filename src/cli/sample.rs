@@ -8,6 +8,7 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use clap::{Args, ValueEnum};
+use dpgan::data::classes::class_names_of_file;
 use dpgan::data::Split;
 use dpgan::dp::KeySource;
 use dpgan::io::image::Grid;
@@ -115,10 +116,13 @@ pub(super) fn write_sample(
         progress.set_step(written);
         Ok(())
     };
-    // Each algorithm's released generator: DP-CGAN's G (tanh, rescaled), GS-WGAN's EMA copy G_s.
+    // Each algorithm's released generator: DP-CGAN's G (tanh, rescaled), GS-WGAN's EMA copy G_s;
+    // the training labels name the grid's rows.
+    let labels_file: PathBuf;
     let mut record = if algorithm["algorithm"] == gswgan::ALGORITHM {
         let (generator, config, state) = gswgan::load_ema_generator(run, device)?;
         gswgan::sample_released_into(&generator, per_class, seed, device, &mut sink)?;
+        labels_file = config.data.labels.path.clone();
         serde_json::json!({
             "algorithm": config.algorithm,
             "build": config.build,
@@ -132,6 +136,7 @@ pub(super) fn write_sample(
     } else {
         let (generator, config, state) = load_generator(run, device)?;
         sample_released_into(&generator, per_class, seed, device, &mut sink)?;
+        labels_file = config.data.labels.path.clone();
         serde_json::json!({
             "algorithm": config.algorithm,
             "build": config.build,
@@ -144,7 +149,9 @@ pub(super) fn write_sample(
     };
     progress.finish();
     writer.finish()?;
-    Grid { images: &grid, rows: CLASSES, cols, height: 28, width: 28, range: (0.0, 1.0) }.write_png(&out.join(GRID))?;
+    let labels = class_names_of_file(&labels_file);
+    Grid { images: &grid, rows: CLASSES, cols, height: 28, width: 28, range: (0.0, 1.0), row_labels: &labels }
+        .write_png(&out.join(GRID))?;
 
     // Whether the guarantee holds at all: a run with replayable noise says so wherever its data goes.
     let noise_key: KeySource = serde_json::from_value(algorithm["noise_key"].clone())

@@ -1,7 +1,9 @@
 //! Files dpgan writes: every write is atomic (a temporary file beside the target, synced, then
 //! renamed over it), so a crash leaves either the old file or the new one, never half of one.
 pub mod checkpoint;
+pub mod font;
 pub mod image;
+pub mod plot;
 pub mod synthetic;
 
 use std::fs;

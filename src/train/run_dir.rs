@@ -71,10 +71,7 @@ impl RunDir {
     /// An existing run.
     pub fn open(root: &Path) -> Result<Self> {
         if !root.join(CONFIG).is_file() {
-            if root.join("sample.json").is_file() {
-                return Err(Error::file(root, "is a synthetic data set written by `dpgan sample`, not a run directory"));
-            }
-            return Err(Error::file(root, "is not a dpgan run directory (no config.json)"));
+            return Err(not_a_run(root));
         }
         fs::create_dir_all(root.join(SAMPLES)).map_err(|e| Error::file(root, format!("cannot create samples/: {e}")))?;
         Ok(RunDir { root: root.to_path_buf(), _lock: None })
@@ -178,11 +175,37 @@ impl RunDir {
     }
 }
 
+/// The error for a directory without config.json: a sentence saying what it is instead.
+fn not_a_run(root: &Path) -> Error {
+    let sentence = if root.join("sample.json").is_file() {
+        "is a synthetic data set written by `dpgan sample`, not a run directory"
+    } else if root.join("run-1").is_dir() {
+        "is a `dpgan reproduce` directory, not a run: name one of its runs (run-K/ for DP-CGAN; run-K/generator/ or \
+         run-K/warm-start/ for GS-WGAN)"
+    } else if root.join("generator").join(CONFIG).is_file() || root.join("warm-start").join(CONFIG).is_file() {
+        "is one run of `dpgan reproduce gs-wgan`, not a run directory: name its generator/ or warm-start/"
+    } else {
+        "is not a dpgan run directory (no config.json)"
+    };
+    Error::file(root, sentence)
+}
+
+/// The `algorithm` that `root`'s config.json names ("unknown" if none), for a command that takes
+/// every kind of run; a directory that holds no run gets a sentence saying what it is instead.
+pub fn read_algorithm(root: &Path) -> Result<String> {
+    let path = root.join(CONFIG);
+    if !path.is_file() {
+        return Err(not_a_run(root));
+    }
+    let value: serde_json::Value = read_json(&path)?;
+    Ok(value.get("algorithm").and_then(|a| a.as_str()).unwrap_or("unknown").to_string())
+}
+
 /// [`RunDir::read_config`] of the run in `root`, without opening it for writing.
 pub fn read_config<T: DeserializeOwned>(root: &Path, expected: &str) -> Result<T> {
     let path = root.join(CONFIG);
     if !path.is_file() {
-        RunDir::open(root)?; // the sentence for what `root` is instead
+        return Err(not_a_run(root));
     }
     let value: serde_json::Value = read_json(&path)?;
     let found = value.get("algorithm").and_then(|a| a.as_str()).unwrap_or("unknown");

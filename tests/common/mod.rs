@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod key_scan;
 
 use dpgan::tensor::{Device, Tensor};
 use rand::{Rng, SeedableRng};

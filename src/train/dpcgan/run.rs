@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{DpCgan, DpCganConfig, StepLosses};
 use crate::backend::{ops, AdamParams, BinaryOp};
+use crate::data::classes::class_names;
 use crate::data::dataset::{Dataset, PixelScale, Split};
 use crate::data::sampling::Sampling;
 use crate::dp::{FiniteChecks, KeySource, NoiseMode, RunKey};
@@ -377,6 +378,8 @@ pub struct DpCganRun {
     labels: Vec<u32>,
     device: Device,
     wall_before: f64,
+    /// The grids' row labels: the training set's class names.
+    class_names: [&'static str; CLASSES],
 }
 
 impl DpCganRun {
@@ -462,6 +465,7 @@ impl DpCganRun {
             labels: data.labels_u32(),
             device: device.clone(),
             wall_before,
+            class_names: class_names(data.labels()),
             config,
         })
     }
@@ -608,7 +612,7 @@ impl DpCganRun {
     /// A 10 × 10 grid, one row per class, from fixed latent codes (post-processing of G: no
     /// privacy cost).
     fn write_grid(&self, step: u64) -> Result<()> {
-        write_class_grid(&self.model.generator, self.config.seed, &self.dir.sample_grid_path(step), &self.device)
+        write_class_grid(&self.model.generator, self.config.seed, &self.class_names, &self.dir.sample_grid_path(step), &self.device)
     }
 }
 
@@ -682,10 +686,11 @@ pub fn sample_released_into(generator: &Generator, per_class: usize, seed: u64, 
     })
 }
 
-/// The progress grid of a generator: 10 rows (classes) of 10 samples from the run's fixed codes.
-pub fn write_class_grid(generator: &Generator, seed: u64, path: &Path, device: &Device) -> Result<()> {
+/// The progress grid of a generator: 10 rows (classes, labelled `class_names`) of 10 samples
+/// from the run's fixed codes.
+pub fn write_class_grid(generator: &Generator, seed: u64, class_names: &[&str], path: &Path, device: &Device) -> Result<()> {
     let (images, _) = generate_by_class(generator, 10, &mut stream(seed, Purpose::Grid, 0), device)?;
-    Grid { images: &images, rows: CLASSES, cols: 10, height: 28, width: 28, range: (-1.0, 1.0) }.write_png(path)
+    Grid { images: &images, rows: CLASSES, cols: 10, height: 28, width: 28, range: (-1.0, 1.0), row_labels: class_names }.write_png(path)
 }
 
 /// The generator of a finished (or stopped) run, from its checkpoint, with its config and the

@@ -26,6 +26,7 @@ use super::warm_start_run::{arch_name, load_discriminators, load_recorded_data, 
 use super::{CriticState, GsWganConfig, LabelledImages, PhaseTwoStep, PrivateLosses, SliceBatches};
 use crate::autograd::Tape;
 use crate::backend::{ops, BinaryOp};
+use crate::data::classes::class_names_of_file;
 use crate::dp::{FiniteChecks, GsWganSanitizer, KeySource, NoiseMode, NoiseSource, RunKey};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{load_tensors, save_tensors};
@@ -398,6 +399,8 @@ pub struct GsWganRunner {
     device: Device,
     iteration: u64,
     wall_before: f64,
+    /// The grids' row labels: the training set's class names.
+    class_names: [&'static str; CLASSES],
 }
 
 fn tensor_name(prefix: &str, i: usize) -> String {
@@ -547,6 +550,7 @@ impl GsWganRunner {
             wall_before: 0.0,
             step_config,
             dir,
+            class_names: class_names_of_file(&config.data.labels.path),
             config,
         })
     }
@@ -677,7 +681,8 @@ impl GsWganRunner {
             }
             if done.is_multiple_of(self.config.sample_every) || last {
                 finite.verify()?;
-                write_class_grid(&self.ema, self.config.seed, &self.dir.sample_grid_path(done), &self.device)?;
+                let path = self.dir.sample_grid_path(done);
+                write_class_grid(&self.ema, self.config.seed, &self.class_names, &path, &self.device)?;
             }
             if done.is_multiple_of(self.config.checkpoint_every) && !last {
                 finite.verify()?;
@@ -867,10 +872,11 @@ pub fn generate_by_class_into<R: Rng>(
     Ok(())
 }
 
-/// A 10 × 10 grid from the EMA generator, one row per class, from the run's fixed codes.
-pub fn write_class_grid(generator: &Generator, seed: u64, path: &Path, device: &Device) -> Result<()> {
+/// A 10 × 10 grid from the EMA generator, one row per class (labelled `class_names`), from the
+/// run's fixed codes.
+pub fn write_class_grid(generator: &Generator, seed: u64, class_names: &[&str], path: &Path, device: &Device) -> Result<()> {
     let (images, _) = generate_by_class(generator, 10, &mut stream(seed, Purpose::Grid, 0), device)?;
-    Grid { images: &images, rows: CLASSES, cols: 10, height: 28, width: 28, range: (0.0, 1.0) }.write_png(path)
+    Grid { images: &images, rows: CLASSES, cols: 10, height: 28, width: 28, range: (0.0, 1.0), row_labels: class_names }.write_png(path)
 }
 
 /// The released generator G_s of a phase-2 run, from its checkpoint, with its config.
