@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 use dpgan::data::{data_dir, Dataset, Split};
+use dpgan::train::dp_sgd_run::{other_conversion, Outcome};
 use dpgan::train::dpcgan::run::{AdamRecord, DpCganRun, DpCganRunConfig, DpCganSettings, LrSchedule, SamplingKind, Stop};
 use dpgan::train::progress::Progress;
 use dpgan::{Error, Result};
@@ -23,6 +24,9 @@ enum Algorithm {
     DpCgan(Box<DpCganArgs>),
     /// GS-WGAN (Chen et al. 2020): `warm-start` trains the K discriminators, then the private generator.
     GsWgan(Box<super::gswgan::GsWganArgs>),
+    /// DPSGD-GAN (Bie, Kamath and Zhang 2023): a conditional DCGAN whose D is trained by DP-SGD on
+    /// real and generated examples, many D steps per G step.
+    DpsgdGan(Box<super::dpsgd_gan::DpsgdGanArgs>),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -121,6 +125,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     match &args.algorithm {
         Algorithm::DpCgan(a) => dp_cgan(a),
         Algorithm::GsWgan(a) => super::gswgan::run(a),
+        Algorithm::DpsgdGan(a) => super::dpsgd_gan::run(a),
     }
 }
 
@@ -151,38 +156,79 @@ fn dp_cgan(args: &DpCganArgs) -> Result<()> {
     progress.finish();
     let config = run.config();
     let root = args.resume.as_deref().or(args.out.as_deref()).unwrap_or(Path::new("."));
-    let mut report = String::new();
-    if let Stop::Budget(why) = &outcome.stop {
-        report += &format!("stopped at step {} of {}: {why}\n", outcome.steps, config.steps);
-    }
-    report += &format!(
-        "trained {} steps in {:.1} s ({:.1} steps/s) on {device}\n\
-         ε = {:.4} ({:?} conversion, order {}), {:.4} ({:?}) at δ = {}, q = {}, σ = {}{}\n\
-         run directory: {} (private: its checkpoint holds the secret noise key, D and the real-data losses; release only \
-         `dpgan sample` output){}\n",
-        outcome.steps,
-        outcome.wall_s,
-        outcome.steps_per_s,
-        outcome.guarantee.epsilon,
-        config.conversion,
-        outcome.guarantee.order,
-        outcome.other.epsilon,
-        other_name(config.conversion),
-        config.delta,
-        config.sample_rate,
-        config.noise_multiplier,
-        if config.sampling == SamplingKind::Shuffle { " (shuffled batches: the customary approximation)" } else { "" },
-        root.display(),
-        config.noise_key.warning().map(|w| format!("\n{w}")).unwrap_or_default(),
-    );
-    super::emit(&report)?;
-    super::stop_status(&outcome.stop, &format!("dpgan train dp-cgan --resume {}", root.display()))
+    let summary = RunSummary {
+        command: "dp-cgan",
+        unit: "steps",
+        total: config.steps,
+        conversion: config.conversion,
+        delta: config.delta,
+        sample_rate: config.sample_rate,
+        noise_multiplier: config.noise_multiplier,
+        note: if config.sampling == SamplingKind::Shuffle { " (shuffled batches: the customary approximation)" } else { "" },
+        noise_key: config.noise_key,
+    };
+    summary.report(&outcome, &device, root)
 }
 
-fn other_name(c: dpgan::privacy::Conversion) -> dpgan::privacy::Conversion {
-    match c {
-        dpgan::privacy::Conversion::Improved => dpgan::privacy::Conversion::Classic,
-        dpgan::privacy::Conversion::Classic => dpgan::privacy::Conversion::Improved,
+/// What a DP-SGD run's closing report says besides its outcome.
+pub(super) struct RunSummary<'a> {
+    /// The `dpgan train` subcommand.
+    pub command: &'a str,
+    /// What a step is called.
+    pub unit: &'a str,
+    pub total: u64,
+    pub conversion: dpgan::privacy::Conversion,
+    pub delta: f64,
+    pub sample_rate: f64,
+    pub noise_multiplier: f32,
+    /// Said after σ (how batches were drawn, when that weakens the ε).
+    pub note: &'a str,
+    pub noise_key: dpgan::dp::KeySource,
+}
+
+impl RunSummary<'_> {
+    /// Prints the report and turns the outcome into the exit status (see [`super::stop_status`]).
+    pub fn report(&self, outcome: &Outcome, device: &dpgan::Device, root: &Path) -> Result<()> {
+        let mut report = String::new();
+        if let Stop::Budget(why) = &outcome.stop {
+            report += &format!("stopped at {} {} of {}: {why}\n", self.unit.trim_end_matches('s'), outcome.steps, self.total);
+        }
+        report += &format!(
+            "trained {} {} in {:.1} s ({:.1} {}/s) on {device}\n\
+             ε = {:.4} ({:?} conversion, order {}), {:.4} ({:?}) at δ = {}, q = {}, σ = {}{}\n\
+             run directory: {} (private: its checkpoint holds the secret noise key, D and the real-data losses; release only \
+             `dpgan sample` output){}\n",
+            outcome.steps,
+            self.unit,
+            outcome.wall_s,
+            outcome.steps_per_s,
+            self.unit,
+            outcome.guarantee.epsilon,
+            self.conversion,
+            outcome.guarantee.order,
+            outcome.other.epsilon,
+            other_conversion(self.conversion),
+            self.delta,
+            self.sample_rate,
+            self.noise_multiplier,
+            self.note,
+            root.display(),
+            self.noise_key.warning().map(|w| format!("\n{w}")).unwrap_or_default(),
+        );
+        super::emit(&report)?;
+        super::stop_status(&outcome.stop, &format!("dpgan train {} --resume {}", self.command, root.display()))
+    }
+}
+
+/// `--seed`, or one drawn from the OS (said on stderr, and recorded in config.json).
+pub(super) fn seed_or_draw(seed: Option<u64>) -> Result<u64> {
+    match seed {
+        Some(seed) => Ok(seed),
+        None => {
+            let seed = rand::rngs::OsRng.try_next_u64().map_err(|e| Error::Invalid(format!("cannot draw a seed from the OS: {e}")))?;
+            eprintln!("seed: {seed} (drawn from the OS; recorded in config.json)");
+            Ok(seed)
+        }
     }
 }
 
@@ -213,14 +259,7 @@ fn announce(config: &DpCganRunConfig) -> Result<()> {
 
 fn settings(args: &DpCganArgs) -> Result<DpCganSettings> {
     let d = DpCganSettings::default();
-    let seed = match args.seed {
-        Some(seed) => seed,
-        None => {
-            let seed = rand::rngs::OsRng.try_next_u64().map_err(|e| Error::Invalid(format!("cannot draw a seed from the OS: {e}")))?;
-            eprintln!("seed: {seed} (drawn from the OS; recorded in config.json)");
-            seed
-        }
-    };
+    let seed = seed_or_draw(args.seed)?;
     let d_lr_schedule = match args.d_lr_schedule {
         None | Some(ScheduleArg::Constant) => {
             if args.d_lr_final.is_some() || args.d_lr_decay_steps.is_some() {

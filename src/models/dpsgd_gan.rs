@@ -142,7 +142,9 @@ impl Discriminator {
     pub fn forward(&self, tape: &Tape, images: &Tensor, labels: &Tensor) -> Result<DiscriminatorPass> {
         let _range = crate::profile::range("d_forward");
         ensure_shape!(
-            images.rank() == 5 && images.shape()[2..] == [1, SIDE, SIDE] && labels.shape() == [images.shape()[0], images.shape()[1], CLASSES],
+            images.rank() == 5
+                && images.shape()[2..] == [1, SIDE, SIDE]
+                && labels.shape() == [images.shape()[0], images.shape()[1], CLASSES],
             "dpsgd-gan discriminator",
             "images {:?} must be [G, B, 1, {SIDE}, {SIDE}] and labels {:?} [G, B, {CLASSES}]",
             images.shape(),
