@@ -296,7 +296,13 @@ fn dpsgd_gan_discriminator_matches_brute_force() {
     let mut rng = common::rng("dpsgd_gan_discriminator_matches_brute_force");
     let (b, width) = (5, 4);
     let base = Discriminator::new(1, width, &mut rng, &Device::Cpu).unwrap();
-    let params: Vec<Tensor> = base.params().iter().map(|p| ops::unary(dpgan::backend::UnaryOp::Affine { scale: 3.0, shift: 0.0 }, &p.to_dtype(dpgan::tensor::DType::F64).unwrap()).unwrap()).collect();
+    let params: Vec<Tensor> = base
+        .params()
+        .iter()
+        .map(|p| {
+            ops::unary(dpgan::backend::UnaryOp::Affine { scale: 3.0, shift: 0.0 }, &p.to_dtype(dpgan::tensor::DType::F64).unwrap()).unwrap()
+        })
+        .collect();
     let pixels = f64_tensor(&mut rng, &[1, b, 784], 1.0);
     let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..10)).collect();
     let onehot = Tensor::one_hot(&labels, 10, &[1, b], &Device::Cpu).unwrap().to_dtype(dpgan::tensor::DType::F64).unwrap();
