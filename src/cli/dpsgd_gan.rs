@@ -7,11 +7,10 @@ use clap::Args;
 use dpgan::data::{data_dir, Dataset, Split};
 use dpgan::train::dpsgd_gan::run::{DpsgdGanRun, DpsgdGanRunConfig, DpsgdGanSettings};
 use dpgan::train::dpsgd_gan::schedule::GStepSchedule;
-use dpgan::train::progress::Progress;
 use dpgan::Result;
 
 use super::privacy::{ConversionArg, OrdersArg};
-use super::train::{seed_or_draw, RunSummary};
+use super::train::{open_run, seed_or_draw, RunSummary};
 
 /// Settings are options without clap defaults so that `--resume` can refuse them: a resumed run
 /// continues with the settings in its config.json. The defaults are listed in each help line.
@@ -87,43 +86,19 @@ pub struct DpsgdGanArgs {
 
 pub fn run(args: &DpsgdGanArgs) -> Result<()> {
     let device = super::choose_device(args.device.as_deref())?;
-    dpgan::train::interrupt::install()?;
-    let mut run = match &args.resume {
-        Some(root) => {
-            refuse_settings_on_resume(args)?;
-            let run = DpsgdGanRun::resume(root, &device, args.d_steps)?;
-            super::noise::warn_if_not_private(run.config().noise_key);
-            eprintln!("resuming {} at D step {} of {}", root.display(), run.steps_taken(), run.config().steps);
-            run
-        }
-        None => {
-            let out = args.out.as_deref().expect("clap requires --out without --resume");
-            if dpgan::train::run_dir::RunDir::forget_if_never_checkpointed(out)? {
-                eprintln!("{} stopped before its first checkpoint: starting it again", out.display());
-            }
-            let data = Dataset::load(&data_dir(args.data.as_deref())?, Split::Train)?;
-            let config = DpsgdGanRunConfig::plan(&settings(args)?, &data, &device)?;
-            announce(&config)?;
-            DpsgdGanRun::start(out, config, &data, &device)?
-        }
+    let resumed = |root: &Path| {
+        refuse_settings_on_resume(args)?;
+        DpsgdGanRun::resume(root, &device, args.d_steps)
     };
-    let progress = Progress::new(run.steps_taken(), run.config().steps);
-    let outcome = run.train(&progress)?;
-    progress.finish();
-    let config = run.config();
-    let root = args.resume.as_deref().or(args.out.as_deref()).unwrap_or(Path::new("."));
-    let summary = RunSummary {
-        command: "dpsgd-gan",
-        unit: "D steps",
-        total: config.steps,
-        conversion: config.conversion,
-        delta: config.delta,
-        sample_rate: config.sample_rate,
-        noise_multiplier: config.noise_multiplier,
-        note: "",
-        noise_key: config.noise_key,
+    let started = |out: &Path| {
+        let data = Dataset::load(&data_dir(args.data.as_deref())?, Split::Train)?;
+        let config = DpsgdGanRunConfig::plan(&settings(args)?, &data, &device)?;
+        announce(&config)?;
+        DpsgdGanRun::start(out, config, &data, &device)
     };
-    summary.report(&outcome, &device, root)
+    let (mut run, root) = open_run(args.resume.as_deref(), args.out.as_deref(), resumed, started)?;
+    let summary = RunSummary { command: "dpsgd-gan", unit: "D steps", noise_multiplier: run.config().noise_multiplier, note: "" };
+    summary.train_and_report(&mut run, &device, &root)
 }
 
 /// Says what the run will do and what its ε will be, before it starts.

@@ -182,6 +182,34 @@ pub struct LoopSettings {
     pub mechanism: Mechanism,
 }
 
+impl LoopSettings {
+    /// A run's loop settings from its recorded ones; `every` is (log, sample, checkpoint).
+    pub fn new(steps: u64, every: (u64, u64, u64), plan: PrivacyPlan, delta: f64, conversion: Conversion, noise_key: KeySource) -> Self {
+        let (log_every, sample_every, checkpoint_every) = every;
+        let (sample_rate, mechanism) = (plan.sample_rate, plan.mechanism());
+        LoopSettings { steps, log_every, sample_every, checkpoint_every, sample_rate, delta, conversion, noise_key, mechanism }
+    }
+}
+
+/// What the loop owns of a run: its directory, its secret key (its noise and batches, saved only
+/// in the checkpoint), its accountant, its settings, and its training time in earlier processes.
+pub struct RunCore {
+    pub dir: RunDir,
+    pub key: RunKey,
+    pub accountant: Accountant,
+    pub settings: LoopSettings,
+    pub wall_before: f64,
+}
+
+impl RunCore {
+    /// Writes a checkpoint: `state(spent)` (the state a run records, given the ε spent) beside
+    /// `tensors` and the key.
+    pub fn save<S: serde::Serialize>(&self, tensors: &[(String, &Tensor)], state: impl FnOnce(Guarantee) -> S) -> Result<()> {
+        let _range = crate::profile::range("checkpoint");
+        self.dir.save_checkpoint(tensors, &state(self.accountant.spent()?), &self.key)
+    }
+}
+
 /// One step's losses on the device (reading them is a host sync: the loop does it when logging):
 /// D's, G's if G stepped, and the finiteness flag of D's private update.
 pub struct StepReport {
@@ -192,10 +220,9 @@ pub struct StepReport {
 
 /// A DP-SGD run as the shared loop drives it.
 pub trait PrivateRun {
-    fn settings(&self) -> LoopSettings;
-    fn dir(&self) -> &RunDir;
+    fn core(&self) -> &RunCore;
+    fn core_mut(&mut self) -> &mut RunCore;
     fn steps_taken(&self) -> u64;
-    fn accountant_mut(&mut self) -> &mut Accountant;
     /// Takes step `step` (0-based).
     fn step(&mut self, step: u64) -> Result<StepReport>;
     /// Fields of the algorithm's own in a metrics line logged after `done` steps.
@@ -227,12 +254,11 @@ struct LossSums {
 }
 
 /// Trains until the planned number of steps or the budget, logging, drawing grids and
-/// checkpointing on the way, and always checkpointing at the end. `wall_before`: the run's
-/// training time in earlier processes.
-pub fn train<R: PrivateRun>(run: &mut R, progress: &Progress, wall_before: f64) -> Result<Outcome> {
-    let s = run.settings();
+/// checkpointing on the way, and always checkpointing at the end.
+pub fn train<R: PrivateRun>(run: &mut R, progress: &Progress) -> Result<Outcome> {
+    let (s, wall_before) = (run.core().settings, run.core().wall_before);
     let start_step = run.steps_taken();
-    let mut metrics = MetricsLog::open(&run.dir().path(METRICS), Some(start_step))?;
+    let mut metrics = MetricsLog::open(&run.core().dir.path(METRICS), Some(start_step))?;
     let started = Instant::now();
     let (mut interval_start, mut interval_steps) = (Instant::now(), 0u64);
     let mut sums = LossSums::default();
@@ -242,7 +268,7 @@ pub fn train<R: PrivateRun>(run: &mut R, progress: &Progress, wall_before: f64) 
     while run.steps_taken() < s.steps {
         let step = run.steps_taken();
         // Spend first: a step the budget does not allow is never taken.
-        let guarantee = match run.accountant_mut().try_step(s.mechanism, 1) {
+        let guarantee = match run.core_mut().accountant.try_step(s.mechanism, 1) {
             Ok(g) => g,
             Err(Error::PrivacyBudget(why)) => {
                 stop = Stop::Budget(why);
@@ -261,7 +287,7 @@ pub fn train<R: PrivateRun>(run: &mut R, progress: &Progress, wall_before: f64) 
             finite.verify()?;
             let (d_loss, g_loss) = sums.take_means()?;
             let rate = interval_steps as f64 / interval_start.elapsed().as_secs_f64();
-            let other = run.accountant_mut().spent_with(other_conversion(s.conversion))?;
+            let other = run.core().accountant.spent_with(other_conversion(s.conversion))?;
             let mut line = serde_json::json!({
                 "step": done,
                 "epoch": done as f64 * s.sample_rate,
@@ -304,7 +330,7 @@ pub fn train<R: PrivateRun>(run: &mut R, progress: &Progress, wall_before: f64) 
     run.checkpoint(wall_before + wall_s, reason)?;
     let taken = run.steps_taken();
     let steps = taken - start_step;
-    let accountant = run.accountant_mut();
+    let accountant = &run.core().accountant;
     Ok(Outcome {
         steps: taken,
         guarantee: accountant.spent()?,

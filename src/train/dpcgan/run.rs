@@ -19,7 +19,7 @@ use crate::privacy::conversion::{Conversion, Guarantee};
 use crate::privacy::rdp::Orders;
 use crate::tensor::{Device, Tensor};
 use crate::train::dp_sgd_run::{
-    self, gather_batch, load_recorded_data, resumed_total, CheckpointCheck, LoopSettings, PrivacyPlan, PrivacyRequest, PrivateRun,
+    self, gather_batch, load_recorded_data, resumed_total, CheckpointCheck, LoopSettings, PrivacyPlan, PrivacyRequest, PrivateRun, RunCore,
     StepReport,
 };
 use crate::train::progress::Progress;
@@ -330,17 +330,13 @@ pub use crate::train::dp_sgd_run::{not_private, Outcome};
 
 /// See the module documentation.
 pub struct DpCganRun {
-    dir: RunDir,
+    core: RunCore,
     config: DpCganRunConfig,
-    /// The run's secret: its noise and batches (saved only in the checkpoint).
-    key: RunKey,
     model: DpCgan,
-    accountant: Accountant,
     batches: StepBatches,
     pixels: Vec<f32>,
     labels: Vec<u32>,
     device: Device,
-    wall_before: f64,
 }
 
 impl DpCganRun {
@@ -395,16 +391,16 @@ impl DpCganRun {
         let mut init = stream(config.seed, Purpose::Init, 0);
         let model = DpCgan::new(config.step_config(), key.noise(config.noise), &mut init, device)?;
         let batches = StepBatches::new(data.len(), config.sampling(), &key)?;
+        let c = &config;
+        let every = (c.log_every, c.sample_every, c.checkpoint_every);
+        let settings = LoopSettings::new(c.steps, every, c.privacy(), c.delta, c.conversion, c.noise_key);
         Ok(DpCganRun {
-            dir,
-            key,
+            core: RunCore { dir, key, accountant, settings, wall_before },
             model,
-            accountant,
             batches,
             pixels: data.pixels_f32(PixelScale::Symmetric),
             labels: data.labels_u32(),
             device: device.clone(),
-            wall_before,
             config,
         })
     }
@@ -423,37 +419,21 @@ impl DpCganRun {
 
     /// Trains until the planned number of steps or the budget (see [`dp_sgd_run::train`]).
     pub fn train(&mut self, progress: &Progress) -> Result<Outcome> {
-        let wall_before = self.wall_before;
-        dp_sgd_run::train(self, progress, wall_before)
+        dp_sgd_run::train(self, progress)
     }
 }
 
 impl PrivateRun for DpCganRun {
-    fn settings(&self) -> LoopSettings {
-        let c = &self.config;
-        LoopSettings {
-            steps: c.steps,
-            log_every: c.log_every,
-            sample_every: c.sample_every,
-            checkpoint_every: c.checkpoint_every,
-            sample_rate: c.sample_rate,
-            delta: c.delta,
-            conversion: c.conversion,
-            noise_key: c.noise_key,
-            mechanism: c.mechanism(),
-        }
+    fn core(&self) -> &RunCore {
+        &self.core
     }
 
-    fn dir(&self) -> &RunDir {
-        &self.dir
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
     }
 
     fn steps_taken(&self) -> u64 {
         self.model.steps_taken()
-    }
-
-    fn accountant_mut(&mut self) -> &mut Accountant {
-        &mut self.accountant
     }
 
     /// Step `step` (0-based): its batch and generator randomness come from the run seed and the
@@ -476,26 +456,23 @@ impl PrivateRun for DpCganRun {
     }
 
     fn checkpoint(&self, wall_s: f64, stopped: Option<String>) -> Result<()> {
-        let _range = crate::profile::range("checkpoint");
-        let spent = self.accountant.spent()?;
-        let state = DpCganState {
+        self.core.save(&self.model.named_tensors(), |spent| DpCganState {
             format: STATE_FORMAT,
             algorithm: ALGORITHM.to_string(),
             step: self.model.steps_taken(),
             generator_adam_steps: self.model.generator_adam_steps(),
-            accountant: self.accountant.clone(),
+            accountant: self.core.accountant.clone(),
             epsilon: spent.epsilon,
             delta: spent.delta,
             wall_s,
             stopped,
-        };
-        self.dir.save_checkpoint(&self.model.named_tensors(), &state, &self.key)
+        })
     }
 
     /// A 10 × 10 grid, one row per class, from fixed latent codes (post-processing of G: no
     /// privacy cost).
     fn write_grid(&self, step: u64) -> Result<()> {
-        write_class_grid(&self.model.generator, self.config.seed, &self.dir.sample_grid_path(step), &self.device)
+        write_class_grid(&self.model.generator, self.config.seed, &self.core.dir.sample_grid_path(step), &self.device)
     }
 }
 

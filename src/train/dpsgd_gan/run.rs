@@ -23,7 +23,7 @@ use crate::privacy::rdp::Orders;
 use crate::tensor::{Device, Tensor};
 use crate::train::dp_sgd_run::{
     self, gather_batch, load_recorded_data, resumed_total, CheckpointCheck, LoopSettings, Outcome, PrivacyPlan, PrivacyRequest, PrivateRun,
-    StepReport,
+    RunCore, StepReport,
 };
 use crate::train::dpcgan::run::{AdamRecord, BuildRecord, DataRecord};
 use crate::train::progress::Progress;
@@ -232,19 +232,15 @@ pub struct DpsgdGanState {
 
 /// See the module documentation.
 pub struct DpsgdGanRun {
-    dir: RunDir,
+    core: RunCore,
     config: DpsgdGanRunConfig,
-    /// The run's secret: its noise and batches (saved only in the checkpoint).
-    key: RunKey,
     model: DpsgdGan,
     schedule: ScheduleState,
-    accountant: Accountant,
     batches: StepBatches,
     /// Pixels in [0, 1], as G's (tanh + 1)/2 makes them.
     pixels: Vec<f32>,
     labels: Vec<u32>,
     device: Device,
-    wall_before: f64,
 }
 
 impl DpsgdGanRun {
@@ -305,17 +301,17 @@ impl DpsgdGanRun {
         let mut init = stream(config.seed, Purpose::Init, 0);
         let model = DpsgdGan::new(config.step_config(), config.width, key.noise(config.noise), &mut init, device)?;
         let batches = StepBatches::new(data.len(), Sampling::Poisson { sample_rate: config.sample_rate }, &key)?;
+        let c = &config;
+        let every = (c.log_every, c.sample_every, c.checkpoint_every);
+        let settings = LoopSettings::new(c.steps, every, c.privacy(), c.delta, c.conversion, c.noise_key);
         Ok(DpsgdGanRun {
-            dir,
-            key,
+            core: RunCore { dir, key, accountant, settings, wall_before },
             model,
             schedule,
-            accountant,
             batches,
             pixels: data.pixels_f32(PixelScale::Unit),
             labels: data.labels_u32(),
             device: device.clone(),
-            wall_before,
             config,
         })
     }
@@ -338,37 +334,21 @@ impl DpsgdGanRun {
 
     /// Trains until the planned number of D steps or the budget (see [`dp_sgd_run::train`]).
     pub fn train(&mut self, progress: &Progress) -> Result<Outcome> {
-        let wall_before = self.wall_before;
-        dp_sgd_run::train(self, progress, wall_before)
+        dp_sgd_run::train(self, progress)
     }
 }
 
 impl PrivateRun for DpsgdGanRun {
-    fn settings(&self) -> LoopSettings {
-        let c = &self.config;
-        LoopSettings {
-            steps: c.steps,
-            log_every: c.log_every,
-            sample_every: c.sample_every,
-            checkpoint_every: c.checkpoint_every,
-            sample_rate: c.sample_rate,
-            delta: c.delta,
-            conversion: c.conversion,
-            noise_key: c.noise_key,
-            mechanism: c.mechanism(),
-        }
+    fn core(&self) -> &RunCore {
+        &self.core
     }
 
-    fn dir(&self) -> &RunDir {
-        &self.dir
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
     }
 
     fn steps_taken(&self) -> u64 {
         self.model.d_steps_taken()
-    }
-
-    fn accountant_mut(&mut self) -> &mut Accountant {
-        &mut self.accountant
     }
 
     /// D step `step` (0-based) and the G step after it if one is due. Its batch comes from the
@@ -404,28 +384,25 @@ impl PrivateRun for DpsgdGanRun {
     }
 
     fn checkpoint(&self, wall_s: f64, stopped: Option<String>) -> Result<()> {
-        let _range = crate::profile::range("checkpoint");
-        let spent = self.accountant.spent()?;
         let (generator_adam_steps, discriminator_adam_steps) = self.model.adam_steps();
-        let state = DpsgdGanState {
+        self.core.save(&self.model.named_tensors(), |spent| DpsgdGanState {
             format: STATE_FORMAT,
             algorithm: ALGORITHM.to_string(),
             step: self.model.d_steps_taken(),
             generator_adam_steps,
             discriminator_adam_steps,
             schedule: self.schedule.clone(),
-            accountant: self.accountant.clone(),
+            accountant: self.core.accountant.clone(),
             epsilon: spent.epsilon,
             delta: spent.delta,
             wall_s,
             stopped,
-        };
-        self.dir.save_checkpoint(&self.model.named_tensors(), &state, &self.key)
+        })
     }
 
     /// A 10 × 10 grid, one row per class, from fixed latent codes (post-processing of G).
     fn write_grid(&self, step: u64) -> Result<()> {
-        write_class_grid(&self.model.generator, self.config.seed, &self.dir.sample_grid_path(step), &self.device)
+        write_class_grid(&self.model.generator, self.config.seed, &self.core.dir.sample_grid_path(step), &self.device)
     }
 }
 
