@@ -151,6 +151,14 @@ grad_test!(conv2d_3x3_p1, [[1, 2, 3, 5, 5], [1, 2, 3, 3, 3]], [0, 1], |t, x| t.t
 grad_test!(conv2d_input_grad, [[2, 2, 3, 4, 4], [2, 3, 2, 3, 3]], [0, 1], |t, x| t.conv2d_input_grad(&x[0], &x[1], (7, 8), 2, 1));
 grad_test!(conv2d_weight_grad, [[1, 2, 2, 6, 6], [1, 2, 3, 3, 3]], [0, 1], |t, x| t.conv2d_weight_grad(&x[0], &x[1], (3, 3), 2, 1));
 grad_test!(conv_transpose2d_s2, [[1, 2, 3, 4, 4], [1, 3, 2, 4, 4]], [0, 1], |t, x| t.conv_transpose2d(&x[0], &x[1], 2, 0, 0));
+grad_test!(conv2d_4x4_s2_p1, [[2, 2, 2, 6, 6], [2, 3, 2, 4, 4]], [0, 1], |t, x| t.tanh(&t.conv2d(&x[0], &x[1], 2, 1)?));
+grad_test!(conv_transpose2d_3x3_s2_p1, [[1, 2, 3, 4, 4], [1, 3, 2, 3, 3]], [0, 1], |t, x| t
+    .tanh(&t.conv_transpose2d(&x[0], &x[1], 2, 1, 0)?));
+grad_test!(conv_transpose2d_4x4_s2_p1, [[2, 2, 2, 3, 3], [2, 2, 3, 4, 4]], [0, 1], |t, x| t.conv_transpose2d(&x[0], &x[1], 2, 1, 0));
+grad_test!(channel_concat_leaky_relu, [[1, 2, 2, 3, 3], [1, 2, 3, 3, 3]], [0, 1], |t, x| {
+    let joined = t.concat(&[&x[0], &x[1]], 2)?;
+    t.mul(&t.leaky_relu(&joined, 0.2)?, &joined)
+});
 grad_test!(add_channel_bias, [[2, 2, 3, 2, 2], [2, 3]], [0, 1], |t, x| t.square(&t.add_channel_bias(&x[0], &x[1])?));
 grad_test!(max_pool2x2, [[2, 3, 5, 4]], [0], |t, x| t.square(&t.max_pool2x2(&x[0])?));
 grad_test!(upsample_nearest2x, [[2, 3, 3]], [0], |t, x| t.square(&t.upsample_nearest2x(&x[0])?));

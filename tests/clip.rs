@@ -212,11 +212,17 @@ fn conv_layers_match_brute_force_at_every_spec_geometry() {
     conv_case("conv 3x3 p0 10->8", (1, 3, 2, 10, 1, 3, 1, 0));
     conv_case("lenet conv 5x5 p2", (1, 3, 1, 12, 2, 5, 1, 2));
     conv_case("lenet conv 5x5 p0", (1, 3, 2, 9, 3, 5, 1, 0));
+    // DPSGD-GAN's discriminator (docs/algorithms.md §4): 4×4 s2 p1 (28→14, 14→7), 3×3 s2 p1 (7→4), 4×4 s1
+    // p0 (4→1).
+    conv_case("dpsgd-gan conv 4x4 s2 p1 28->14", (1, 4, 1, 28, 3, 4, 2, 1));
+    conv_case("dpsgd-gan conv 4x4 s2 p1 14->7, G=2", (2, 3, 3, 14, 4, 4, 2, 1));
+    conv_case("dpsgd-gan conv 3x3 s2 p1 7->4", (1, 5, 4, 7, 3, 3, 2, 1));
+    conv_case("dpsgd-gan conv 4x4 s1 p0 4->1", (1, 4, 5, 4, 2, 4, 1, 0));
 }
 
-fn conv_transpose_case(name: &str, (g, b, c, hw, o, k, stride): (usize, usize, usize, usize, usize, usize, usize)) {
+fn conv_transpose_case(name: &str, (g, b, c, hw, o, k, stride, padding): (usize, usize, usize, usize, usize, usize, usize, usize)) {
     let mut rng = common::rng(name);
-    let out_hw = (hw - 1) * stride + k;
+    let out_hw = (hw - 1) * stride + k - 2 * padding;
     let params = vec![
         f64_tensor(&mut rng, &[g, c, o, k, k], 0.3),
         f64_tensor(&mut rng, &[g, o], 1.0),
@@ -225,14 +231,14 @@ fn conv_transpose_case(name: &str, (g, b, c, hw, o, k, stride): (usize, usize, u
     ];
     let batch = f64_tensor(&mut rng, &[g, b, c, hw, hw], 1.0);
     let model = move |t: &Tape, p: &[Tensor], x: &Tensor| -> Result<Run> {
-        let up = t.add_channel_bias(&t.conv_transpose2d(x, &p[0], stride, 0, 0)?, &p[1])?;
+        let up = t.add_channel_bias(&t.conv_transpose2d(x, &p[0], stride, padding, 0)?, &p[1])?;
         let a = t.tanh(&up)?;
         let flat = t.reshape(&a, &[g, x.shape()[1], o * out_hw * out_hw])?;
         let out = t.linear(&flat, &p[2], Some(&p[3]))?;
         Ok(Run {
             output: out.clone(),
             layers: vec![
-                (LayerKind::ConvTranspose2d { kernel: (k, k), stride, padding: 0 }, x.clone(), up),
+                (LayerKind::ConvTranspose2d { kernel: (k, k), stride, padding }, x.clone(), up),
                 (LayerKind::Linear { bias: true }, flat, out),
             ],
         })
@@ -242,9 +248,15 @@ fn conv_transpose_case(name: &str, (g, b, c, hw, o, k, stride): (usize, usize, u
 
 #[test]
 fn conv_transpose_layers_match_brute_force() {
-    // GS-WGAN's DCGAN generator: 5×5 s1 (4→8), 8×8 s2 (11→28), at reduced channel counts.
-    conv_transpose_case("conv-transpose 5x5 s1 4->8", (1, 3, 3, 4, 2, 5, 1));
-    conv_transpose_case("conv-transpose 8x8 s2 11->28, G=2", (2, 3, 2, 11, 1, 8, 2));
+    // (G, B, C, H=W, O, K, stride, padding): GS-WGAN's DCGAN generator, 5×5 s1 (4→8) and 8×8 s2
+    // (11→28); DPSGD-GAN's generator (docs/algorithms.md §4), 4×4 s1 p0 from a 1×1 code (1→4), 3×3 s2 p1
+    // (4→7), 4×4 s2 p1 (7→14, 14→28): at reduced channel counts.
+    conv_transpose_case("conv-transpose 5x5 s1 4->8", (1, 3, 3, 4, 2, 5, 1, 0));
+    conv_transpose_case("conv-transpose 8x8 s2 11->28, G=2", (2, 3, 2, 11, 1, 8, 2, 0));
+    conv_transpose_case("conv-transpose 4x4 s1 p0 1->4", (1, 5, 6, 1, 3, 4, 1, 0));
+    conv_transpose_case("conv-transpose 3x3 s2 p1 4->7, G=2", (2, 3, 4, 4, 3, 3, 2, 1));
+    conv_transpose_case("conv-transpose 4x4 s2 p1 7->14", (1, 4, 3, 7, 2, 4, 2, 1));
+    conv_transpose_case("conv-transpose 4x4 s2 p1 14->28", (1, 3, 2, 14, 1, 4, 2, 1));
 }
 
 /// DP-CGAN's discriminator, [x (784), onehot(y) (10)] → Linear 794→128 → ReLU → Linear 128→1,
@@ -270,6 +282,50 @@ fn dp_cgan_discriminator_matches_brute_force() {
         })
     };
     check("dp-cgan D", &model, params, batch);
+}
+
+/// DPSGD-GAN's discriminator (docs/algorithms.md §4) whole, at width 4: two conv branches (image, label
+/// planes) concatenated, leaky ReLUs, 4×4 s2 p1, 3×3 s2 p1 and 4×4 s1 p0 convs, in f64 from its own
+/// initialisation (scaled up so that some examples' norms pass the clip and others do not). The
+/// batch packs each example's 784 pixels and its one-hot label in one row, so that brute force
+/// slices both together.
+#[test]
+fn dpsgd_gan_discriminator_matches_brute_force() {
+    use dpgan::models::dpsgd_gan::Discriminator;
+    use dpgan::nn::Module;
+    let mut rng = common::rng("dpsgd_gan_discriminator_matches_brute_force");
+    let (b, width) = (5, 4);
+    let base = Discriminator::new(1, width, &mut rng, &Device::Cpu).unwrap();
+    let params: Vec<Tensor> = base
+        .params()
+        .iter()
+        .map(|p| {
+            ops::unary(dpgan::backend::UnaryOp::Affine { scale: 3.0, shift: 0.0 }, &p.to_dtype(dpgan::tensor::DType::F64).unwrap()).unwrap()
+        })
+        .collect();
+    let pixels = f64_tensor(&mut rng, &[1, b, 784], 1.0);
+    let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..10)).collect();
+    let onehot = Tensor::one_hot(&labels, 10, &[1, b], &Device::Cpu).unwrap().to_dtype(dpgan::tensor::DType::F64).unwrap();
+    let batch = ops::concat(&[&pixels, &onehot], 2).unwrap();
+    let model = move |t: &Tape, p: &[Tensor], x: &Tensor| -> Result<Run> {
+        let mut d = base.clone();
+        for (dst, src) in d.params_mut().into_iter().zip(p) {
+            *dst = src.clone();
+        }
+        let n = x.shape()[1];
+        let images = ops::narrow(x, 2, 0, 784)?.reshape(&[1, n, 1, 28, 28])?;
+        let pass = d.forward(t, &images, &ops::narrow(x, 2, 784, 10)?)?;
+        let layers = pass
+            .layers
+            .iter()
+            .map(|l| {
+                let kind = LayerKind::Conv2d { kernel: (l.kernel, l.kernel), stride: l.stride, padding: l.padding };
+                (kind, l.trace.input.clone(), l.trace.output.clone())
+            })
+            .collect();
+        Ok(Run { output: pass.logits, layers })
+    };
+    check("dpsgd-gan D", &model, params, batch);
 }
 
 /// No example's clipped contribution exceeds C, however large its gradient.

@@ -4,6 +4,9 @@
 //!   t (iteration t) draws the key of t;
 //! - DP-CGAN's update is `lr · (Σ clipped + σC·z_t) / (q·N)` whatever the realised Poisson batch
 //!   size, with z_t exactly the normals of step t's key;
+//! - DPSGD-GAN's D gradient is `(Σ clipped + σC·z_t) / 2B` whatever the realised batch, z_t the
+//!   normals of D step t's key (its Adam update is not linear in the gradient, so the gradient
+//!   handed to Adam is what is pinned), and its run draws fresh noise at every D step;
 //! - every Poisson batch is a fresh draw;
 //! - GS-WGAN's sanitiser noise is exactly `(2σC/B)·z`;
 //! - a calibrated σ is never below the one the accountant needs for the target.
@@ -117,6 +120,44 @@ fn dp_cgan_noise_is_the_step_keys_normals_times_sigma_c_over_the_expected_batch(
     }
 }
 
+/// DPSGD-GAN: two models from the same weights and inputs, one with σ and one without: D's
+/// private gradients differ by exactly `σC·z/(2B)`, z the normals of D step t's key, for realised
+/// real batches below, at and above B (0 included).
+#[test]
+fn dpsgd_gan_noise_is_the_step_keys_normals_times_sigma_c_over_two_b() {
+    use dpgan::train::dpsgd_gan::{DpsgdGan, DpsgdGanConfig};
+    let (sigma, clip, b) = (1.0f32, 0.7f32, 10usize);
+    let noisy = DpsgdGanConfig { clip, noise_multiplier: sigma, batch_size: b, ..DpsgdGanConfig::default() };
+    let quiet = DpsgdGanConfig { noise_multiplier: 0.0, ..noisy };
+    let source = NoiseSource::from_seed(8, NoiseMode::Fast);
+    let mut rng = common::rng("dpsgd_gan_noise_is_the_step_keys_normals");
+    let labels = |rng: &mut ChaCha8Rng, n: usize| {
+        let l: Vec<u32> = (0..n).map(|_| rng.random_range(0..10)).collect();
+        Tensor::one_hot(&l, 10, &[1, n], &Device::Cpu).unwrap()
+    };
+    for (t, realised) in [(0u64, 0usize), (1, 4), (5, 10), ((1 << 32) + 3, 17)] {
+        let at_step = |config| {
+            let mut m = DpsgdGan::new(config, 4, source.clone(), &mut ChaCha8Rng::seed_from_u64(11), &Device::Cpu).unwrap();
+            let tensors: HashMap<String, Tensor> = m.named_tensors().into_iter().map(|(n, t)| (n, t.clone())).collect();
+            m.restore(tensors, t, (0, 0)).unwrap();
+            m
+        };
+        let images = Tensor::uniform(&[1, realised, 1, 28, 28], 0.0, 1.0, &mut rng, &Device::Cpu).unwrap();
+        let y = labels(&mut rng, realised);
+        let fake = Tensor::uniform(&[1, b, 1, 28, 28], 0.0, 1.0, &mut rng, &Device::Cpu).unwrap();
+        let fake_y = labels(&mut rng, b);
+        let (with_noise, _) = at_step(noisy).private_gradients(&images, &y, &fake, &fake_y).unwrap();
+        let (without, _) = at_step(quiet).private_gradients(&images, &y, &fake, &fake_y).unwrap();
+        assert_eq!(with_noise.len(), 10, "five convs, weight and bias each");
+        for (index, (a, q)) in with_noise.iter().zip(&without).enumerate() {
+            let key = source.key_at(t, index as u32);
+            let expected: Vec<f32> = (0..a.numel()).map(|e| sigma * clip * standard_normal_at(&key, e as u64) / (2 * b) as f32).collect();
+            let got: Vec<f32> = a.to_vec().unwrap().iter().zip(q.to_vec().unwrap()).map(|(x, y)| x - y).collect();
+            common::assert_close(&format!("D step {t}, {realised} real, tensor {index}: noisy − quiet"), &got, &expected, 1e-4);
+        }
+    }
+}
+
 /// GS-WGAN's sanitiser adds exactly `(2σC/B)·z` to every clipped row, z the key's normals: the
 /// noise scale pinned element by element, not only in distribution.
 #[test]
@@ -130,6 +171,32 @@ fn the_sanitiser_adds_the_keys_normals_times_two_sigma_c_over_b() {
     let std = (2.0 * sigma * clip / batch as f64) as f32;
     let expected: Vec<f32> = clipped.iter().enumerate().map(|(e, c)| c + std * standard_normal_at(&key, e as u64)).collect();
     common::assert_close("sanitised rows", &sanitised, &expected, common::tol::F32_ELEMENTWISE);
+}
+
+/// A DPSGD-GAN run noises D's ten tensors at every D step with the keys of that step, never a
+/// position twice.
+#[test]
+fn a_dpsgd_gan_run_draws_fresh_noise_at_every_d_step() {
+    use dpgan::train::dpsgd_gan::run::{DpsgdGanRun, DpsgdGanRunConfig, DpsgdGanSettings};
+    let data = Dataset::load(&mnist(), Split::Train).unwrap();
+    let settings =
+        DpsgdGanSettings { seed: 3, d_steps: 5, batch_size: 16, width: 4, schedule: "2".parse().unwrap(), ..DpsgdGanSettings::default() };
+    let config = DpsgdGanRunConfig::plan(&settings, &data, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (outcome, keys) = record_noise_keys(|| {
+        let mut run = DpsgdGanRun::start(&dir.path().join("run"), config, &data, &Device::Cpu).unwrap();
+        run.train(&Progress::new(0, 5)).unwrap()
+    });
+    assert_eq!(outcome.steps, 5);
+    assert_all_fresh("dpsgd-gan", &keys);
+    let mut per_step: HashMap<u64, Vec<u32>> = HashMap::new();
+    for k in &keys {
+        per_step.entry(k.step).or_default().push(k.tensor_index);
+    }
+    for t in 0..5 {
+        assert_eq!(per_step.get(&t).map(Vec::as_slice), Some(&(0..10).collect::<Vec<u32>>()[..]), "D step {t}'s noised tensors");
+    }
+    assert_eq!(per_step.len(), 5);
 }
 
 /// Over many steps every Poisson batch is a fresh draw: no two equal, and consecutive batches

@@ -215,6 +215,62 @@ mod gs_wgan {
     }
 }
 
+/// DPSGD-GAN: the same key handling as DP-CGAN's (the run directory machinery is shared).
+mod dpsgd_gan {
+    use super::*;
+
+    fn train(out: &Path, extra: &[&str]) {
+        let (data, out) = (mnist(), s(out));
+        let mut args = vec![
+            "train",
+            "dpsgd-gan",
+            "--data",
+            &data,
+            "--out",
+            &out,
+            "--device",
+            "cpu",
+            "--width",
+            "4",
+            "--batch-size",
+            "16",
+            "--seed",
+            "6",
+        ];
+        args.extend_from_slice(extra);
+        stdout_of(&args);
+    }
+
+    #[test]
+    fn same_seed_runs_differ_a_copied_run_resumes_bit_identical_and_no_release_holds_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, copy) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("copy"));
+        for run in [&a, &b] {
+            train(run, &["--d-steps", "4", "--d-steps-per-g-step", "2"]);
+        }
+        assert!(!same_tensors(&a, &b), "two runs of one seed drew the same noise and batches");
+        assert_ne!(run_key(&a).0, run_key(&b).0);
+        copy_dir(&a, &copy);
+        for run in [&a, &copy] {
+            stdout_of(&["train", "dpsgd-gan", "--resume", &s(run), "--d-steps", "7", "--device", "cpu"]);
+        }
+        assert!(same_tensors(&a, &copy), "two resumptions of one checkpoint differ");
+
+        let released = dir.path().join("released");
+        let sampled = stdout_of(&["sample", "--run", &s(&a), "--count", "10", "--out", &s(&released), "--device", "cpu"]);
+        let (hex, bytes) = run_key(&a);
+        let holds = |data: &[u8]| {
+            String::from_utf8_lossy(data).to_lowercase().contains(&hex) || data.windows(bytes.len()).any(|w| w == bytes.as_slice())
+        };
+        assert!(!holds(sampled.as_bytes()));
+        for path in files_under(&a).into_iter().chain(files_under(&released)) {
+            if path.file_name().is_some_and(|n| n != "checkpoint.safetensors") {
+                assert!(!holds(&fs::read(&path).unwrap()), "{} holds the run key", path.display());
+            }
+        }
+    }
+}
+
 /// A checkpoint whose accountant is not what config.json's q and σ give after its steps is not
 /// resumed: the privacy record is rebuilt from the settings, never taken on trust.
 #[test]

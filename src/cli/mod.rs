@@ -8,6 +8,7 @@ use dpgan::{Device, Error, Result};
 
 mod bench;
 mod data;
+mod dpsgd_gan;
 mod eval;
 mod gswgan;
 mod info;
@@ -32,7 +33,7 @@ enum Command {
     Info(info::InfoArgs),
     /// Privacy accounting: ε of a DP-SGD run, σ for a target ε, GS-WGAN's two accountings.
     Privacy(privacy::PrivacyArgs),
-    /// Train a private GAN: `train dp-cgan`, or `train gs-wgan warm-start` then `train gs-wgan` (published settings by default).
+    /// Train a private GAN: `train dp-cgan`, `train dpsgd-gan`, or `train gs-wgan warm-start` then `train gs-wgan` (published settings by default).
     Train(train::TrainArgs),
     /// Release a synthetic data set from a run: balanced labels, IDX or NPY, a PNG grid.
     Sample(sample::SampleArgs),

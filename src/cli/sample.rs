@@ -15,6 +15,7 @@ use dpgan::io::image::Grid;
 use dpgan::io::synthetic::{SyntheticFormat, SyntheticWriter, NPY_IMAGES, NPY_LABELS};
 use dpgan::models::dpcgan::CLASSES;
 use dpgan::train::dpcgan::run::{load_generator, sample_released_into};
+use dpgan::train::dpsgd_gan::run as dpsgd_gan;
 use dpgan::train::gswgan::run as gswgan;
 use dpgan::train::progress::Progress;
 use dpgan::train::run_dir::{read_json, CONFIG};
@@ -116,8 +117,8 @@ pub(super) fn write_sample(
         progress.set_step(written);
         Ok(())
     };
-    // Each algorithm's released generator: DP-CGAN's G (tanh, rescaled), GS-WGAN's EMA copy G_s;
-    // the training labels name the grid's rows.
+    // Each algorithm's released generator: DP-CGAN's G (tanh, rescaled), GS-WGAN's EMA copy G_s,
+    // DPSGD-GAN's G; the training labels name the grid's rows.
     let labels_file: PathBuf;
     let mut record = if algorithm["algorithm"] == gswgan::ALGORITHM {
         let (generator, config, state) = gswgan::load_ema_generator(run, device)?;
@@ -132,6 +133,19 @@ pub(super) fn write_sample(
             "accounting": config.accounting,
             "epsilon_as_published": state.epsilon_as_published,
             "epsilon_per_step": state.epsilon_per_step,
+        })
+    } else if algorithm["algorithm"] == dpsgd_gan::ALGORITHM {
+        let (generator, config, state) = dpsgd_gan::load_generator(run, device)?;
+        dpsgd_gan::sample_released_into(&generator, per_class, seed, device, &mut sink)?;
+        labels_file = config.data.labels.path.clone();
+        serde_json::json!({
+            "algorithm": config.algorithm,
+            "build": config.build,
+            "checkpoint_step": state.step,
+            "epsilon": state.epsilon,
+            "delta": state.delta,
+            "conversion": config.conversion,
+            "sampling": "poisson",
         })
     } else {
         let (generator, config, state) = load_generator(run, device)?;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 use dpgan::data::{data_dir, Dataset, Split};
+use dpgan::train::dp_sgd_run::{self, other_conversion, PrivateRun};
 use dpgan::train::dpcgan::run::{AdamRecord, DpCganRun, DpCganRunConfig, DpCganSettings, LrSchedule, SamplingKind, Stop};
 use dpgan::train::progress::Progress;
 use dpgan::{Error, Result};
@@ -23,6 +24,9 @@ enum Algorithm {
     DpCgan(Box<DpCganArgs>),
     /// GS-WGAN (Chen et al. 2020): `warm-start` trains the K discriminators, then the private generator.
     GsWgan(Box<super::gswgan::GsWganArgs>),
+    /// DPSGD-GAN (Bie, Kamath and Zhang 2023): a conditional DCGAN whose D is trained by DP-SGD on
+    /// real and generated examples, many D steps per G step.
+    DpsgdGan(Box<super::dpsgd_gan::DpsgdGanArgs>),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -121,68 +125,115 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     match &args.algorithm {
         Algorithm::DpCgan(a) => dp_cgan(a),
         Algorithm::GsWgan(a) => super::gswgan::run(a),
+        Algorithm::DpsgdGan(a) => super::dpsgd_gan::run(a),
     }
 }
 
 fn dp_cgan(args: &DpCganArgs) -> Result<()> {
     let device = super::choose_device(args.device.as_deref())?;
+    let resumed = |root: &Path| {
+        refuse_settings_on_resume(args)?;
+        DpCganRun::resume(root, &device, args.steps)
+    };
+    let started = |out: &Path| {
+        let data = Dataset::load(&data_dir(args.data.as_deref())?, Split::Train)?;
+        let config = DpCganRunConfig::plan(&settings(args)?, &data, &device)?;
+        announce(&config)?;
+        DpCganRun::start(out, config, &data, &device)
+    };
+    let (mut run, root) = open_run(args.resume.as_deref(), args.out.as_deref(), resumed, started)?;
+    let note = if run.config().sampling == SamplingKind::Shuffle { " (shuffled batches: the customary approximation)" } else { "" };
+    let summary = RunSummary { command: "dp-cgan", unit: "steps", noise_multiplier: run.config().noise_multiplier, note };
+    summary.train_and_report(&mut run, &device, &root)
+}
+
+/// A DP-SGD run to train: the one in `resume`, or a new one in `out` (where a run that stopped
+/// before its first checkpoint starts again), with the signal handlers installed and a run
+/// without privacy said to be so. The run and its directory.
+pub(super) fn open_run<R: PrivateRun>(
+    resume: Option<&Path>,
+    out: Option<&Path>,
+    resumed: impl FnOnce(&Path) -> Result<R>,
+    started: impl FnOnce(&Path) -> Result<R>,
+) -> Result<(R, PathBuf)> {
     dpgan::train::interrupt::install()?;
-    let mut run = match &args.resume {
+    match resume {
         Some(root) => {
-            refuse_settings_on_resume(args)?;
-            let run = DpCganRun::resume(root, &device, args.steps)?;
-            super::noise::warn_if_not_private(run.config().noise_key);
-            eprintln!("resuming {} at step {} of {}", root.display(), run.steps_taken(), run.config().steps);
-            run
+            let run = resumed(root)?;
+            let settings = run.core().settings;
+            super::noise::warn_if_not_private(settings.noise_key);
+            eprintln!("resuming {} at step {} of {}", root.display(), run.steps_taken(), settings.steps);
+            Ok((run, root.to_path_buf()))
         }
         None => {
-            let out = args.out.as_deref().expect("clap requires --out without --resume");
+            let out = out.expect("clap requires --out without --resume");
             if dpgan::train::run_dir::RunDir::forget_if_never_checkpointed(out)? {
                 eprintln!("{} stopped before its first checkpoint: starting it again", out.display());
             }
-            let data = Dataset::load(&data_dir(args.data.as_deref())?, Split::Train)?;
-            let config = DpCganRunConfig::plan(&settings(args)?, &data, &device)?;
-            announce(&config)?;
-            DpCganRun::start(out, config, &data, &device)?
+            Ok((started(out)?, out.to_path_buf()))
         }
-    };
-    let progress = Progress::new(run.steps_taken(), run.config().steps);
-    let outcome = run.train(&progress)?;
-    progress.finish();
-    let config = run.config();
-    let root = args.resume.as_deref().or(args.out.as_deref()).unwrap_or(Path::new("."));
-    let mut report = String::new();
-    if let Stop::Budget(why) = &outcome.stop {
-        report += &format!("stopped at step {} of {}: {why}\n", outcome.steps, config.steps);
     }
-    report += &format!(
-        "trained {} steps in {:.1} s ({:.1} steps/s) on {device}\n\
-         ε = {:.4} ({:?} conversion, order {}), {:.4} ({:?}) at δ = {}, q = {}, σ = {}{}\n\
-         run directory: {} (private: its checkpoint holds the secret noise key, D and the real-data losses; release only \
-         `dpgan sample` output){}\n",
-        outcome.steps,
-        outcome.wall_s,
-        outcome.steps_per_s,
-        outcome.guarantee.epsilon,
-        config.conversion,
-        outcome.guarantee.order,
-        outcome.other.epsilon,
-        other_name(config.conversion),
-        config.delta,
-        config.sample_rate,
-        config.noise_multiplier,
-        if config.sampling == SamplingKind::Shuffle { " (shuffled batches: the customary approximation)" } else { "" },
-        root.display(),
-        config.noise_key.warning().map(|w| format!("\n{w}")).unwrap_or_default(),
-    );
-    super::emit(&report)?;
-    super::stop_status(&outcome.stop, &format!("dpgan train dp-cgan --resume {}", root.display()))
 }
 
-fn other_name(c: dpgan::privacy::Conversion) -> dpgan::privacy::Conversion {
-    match c {
-        dpgan::privacy::Conversion::Improved => dpgan::privacy::Conversion::Classic,
-        dpgan::privacy::Conversion::Classic => dpgan::privacy::Conversion::Improved,
+/// What a DP-SGD run's closing report says besides its outcome and settings.
+pub(super) struct RunSummary<'a> {
+    /// The `dpgan train` subcommand.
+    pub command: &'a str,
+    /// What a step is called.
+    pub unit: &'a str,
+    pub noise_multiplier: f32,
+    /// Said after σ (how batches were drawn, when that weakens the ε).
+    pub note: &'a str,
+}
+
+impl RunSummary<'_> {
+    /// Trains `run` with a progress bar, prints the report and turns the outcome into the exit
+    /// status (see [`super::stop_status`]).
+    pub fn train_and_report<R: PrivateRun>(&self, run: &mut R, device: &dpgan::Device, root: &Path) -> Result<()> {
+        let s = run.core().settings;
+        let progress = Progress::new(run.steps_taken(), s.steps);
+        let outcome = dp_sgd_run::train(run, &progress)?;
+        progress.finish();
+        let mut report = String::new();
+        if let Stop::Budget(why) = &outcome.stop {
+            report += &format!("stopped at {} {} of {}: {why}\n", self.unit.trim_end_matches('s'), outcome.steps, s.steps);
+        }
+        report += &format!(
+            "trained {} {} in {:.1} s ({:.1} {}/s) on {device}\n\
+             ε = {:.4} ({:?} conversion, order {}), {:.4} ({:?}) at δ = {}, q = {}, σ = {}{}\n\
+             run directory: {} (private: its checkpoint holds the secret noise key, D and the real-data losses; release only \
+             `dpgan sample` output){}\n",
+            outcome.steps,
+            self.unit,
+            outcome.wall_s,
+            outcome.steps_per_s,
+            self.unit,
+            outcome.guarantee.epsilon,
+            s.conversion,
+            outcome.guarantee.order,
+            outcome.other.epsilon,
+            other_conversion(s.conversion),
+            s.delta,
+            s.sample_rate,
+            self.noise_multiplier,
+            self.note,
+            root.display(),
+            s.noise_key.warning().map(|w| format!("\n{w}")).unwrap_or_default(),
+        );
+        super::emit(&report)?;
+        super::stop_status(&outcome.stop, &format!("dpgan train {} --resume {}", self.command, root.display()))
+    }
+}
+
+/// `--seed`, or one drawn from the OS (said on stderr, and recorded in config.json).
+pub(super) fn seed_or_draw(seed: Option<u64>) -> Result<u64> {
+    match seed {
+        Some(seed) => Ok(seed),
+        None => {
+            let seed = rand::rngs::OsRng.try_next_u64().map_err(|e| Error::Invalid(format!("cannot draw a seed from the OS: {e}")))?;
+            eprintln!("seed: {seed} (drawn from the OS; recorded in config.json)");
+            Ok(seed)
+        }
     }
 }
 
@@ -213,14 +264,7 @@ fn announce(config: &DpCganRunConfig) -> Result<()> {
 
 fn settings(args: &DpCganArgs) -> Result<DpCganSettings> {
     let d = DpCganSettings::default();
-    let seed = match args.seed {
-        Some(seed) => seed,
-        None => {
-            let seed = rand::rngs::OsRng.try_next_u64().map_err(|e| Error::Invalid(format!("cannot draw a seed from the OS: {e}")))?;
-            eprintln!("seed: {seed} (drawn from the OS; recorded in config.json)");
-            seed
-        }
-    };
+    let seed = seed_or_draw(args.seed)?;
     let d_lr_schedule = match args.d_lr_schedule {
         None | Some(ScheduleArg::Constant) => {
             if args.d_lr_final.is_some() || args.d_lr_decay_steps.is_some() {

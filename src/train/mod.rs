@@ -1,6 +1,8 @@
 //! Training: the published algorithms' steps and the machinery of a run around them (a run
 //! directory, replayable randomness, progress).
+pub mod dp_sgd_run;
 pub mod dpcgan;
+pub mod dpsgd_gan;
 pub mod gswgan;
 pub mod interrupt;
 pub mod progress;
@@ -22,6 +24,24 @@ pub fn collect_images(generate: impl FnOnce(&mut ImageSink) -> crate::error::Res
         Ok(())
     })?;
     Ok((images, labels))
+}
+
+/// Calls `draw(class, n)` for chunks of at most `chunk` images (what bounds memory whatever the
+/// count) until `per_class` of each class, class by class: every generator's balanced sampling.
+pub fn by_class_chunks(
+    per_class: usize,
+    chunk: usize,
+    mut draw: impl FnMut(u32, usize) -> crate::error::Result<()>,
+) -> crate::error::Result<()> {
+    for class in 0..crate::data::NUM_CLASSES as u32 {
+        let mut left = per_class;
+        while left > 0 {
+            let n = left.min(chunk.max(1));
+            draw(class, n)?;
+            left -= n;
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a setting that must be finite and above zero (a NaN learning rate trains NaN losses; a

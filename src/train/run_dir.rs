@@ -221,12 +221,14 @@ pub fn wrong_kind(root: &Path, found: &str, expected: &str) -> Error {
     let kind = |algorithm: &str| match algorithm {
         "dp-cgan" => "DP-CGAN run".to_string(),
         "gs-wgan" => "GS-WGAN run".to_string(),
+        "dpsgd-gan" => "DPSGD-GAN run".to_string(),
         "gs-wgan-warm-start" => "GS-WGAN warm start".to_string(),
         other => format!("{other} run"),
     };
     let next = match found {
         "dp-cgan" => format!(": continue it with `dpgan train dp-cgan --resume {r}`, sample it with `dpgan sample --run {r}`"),
         "gs-wgan" => format!(": continue it with `dpgan train gs-wgan --resume {r}`, sample it with `dpgan sample --run {r}`"),
+        "dpsgd-gan" => format!(": continue it with `dpgan train dpsgd-gan --resume {r}`, sample it with `dpgan sample --run {r}`"),
         "gs-wgan-warm-start" => format!(
             ": continue it with `dpgan train gs-wgan warm-start --resume {r}`, or train the private generator on it with \
              `dpgan train gs-wgan --warm-start {r} --out RUN_DIR`"

@@ -2,30 +2,31 @@
 //! [`DpCgan`]'s step. The accountant governs: a step is recorded before it runs, and a step that
 //! would pass the ε budget is never taken; the run stops there with a checkpoint.
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{DpCgan, DpCganConfig, StepLosses};
-use crate::backend::{ops, AdamParams, BinaryOp};
+use super::{DpCgan, DpCganConfig};
+use crate::backend::AdamParams;
 use crate::data::classes::class_names;
-use crate::data::dataset::{Dataset, PixelScale, Split};
+use crate::data::dataset::{Dataset, PixelScale};
 use crate::data::sampling::Sampling;
-use crate::dp::{FiniteChecks, KeySource, NoiseMode, RunKey};
+use crate::dp::{KeySource, NoiseMode, RunKey};
 use crate::error::{Error, Result};
 use crate::io::image::Grid;
 use crate::models::dpcgan::{Generator, CLASSES, LATENT, PIXELS};
 use crate::privacy::accountant::{Accountant, Mechanism};
-use crate::privacy::calibrate::calibrate_noise_multiplier;
 use crate::privacy::conversion::{Conversion, Guarantee};
 use crate::privacy::rdp::Orders;
 use crate::tensor::{Device, Tensor};
+use crate::train::dp_sgd_run::{
+    self, gather_batch, load_recorded_data, resumed_total, CheckpointCheck, LoopSettings, PrivacyPlan, PrivacyRequest, PrivateRun, RunCore,
+    StepReport,
+};
 use crate::train::progress::Progress;
 use crate::train::replay::{stream, Purpose, StepBatches};
-use crate::train::run_dir::{file_sha256, MetricsLog, RunDir, CONFIG, METRICS};
-use crate::train::{check_delta_flag, check_positive};
-use crate::train::{collect_images, ImageSink};
+use crate::train::run_dir::{file_sha256, RunDir, CONFIG};
+use crate::train::{by_class_chunks, check_positive, collect_images, ImageSink};
 
 pub const ALGORITHM: &str = "dp-cgan";
 /// Bumped when the checkpoint layout changes; older checkpoints are refused with a clear error.
@@ -212,17 +213,7 @@ impl DpCganRunConfig {
     pub fn plan(settings: &DpCganSettings, data: &Dataset, device: &Device) -> Result<Self> {
         let s = settings;
         let records = data.len();
-        if s.batch_size == 0 || s.batch_size > records {
-            return Err(Error::Invalid(format!("--batch-size must be in 1..={records} (the training set's size), got {}", s.batch_size)));
-        }
-        for (name, every) in [("--log-every", s.log_every), ("--sample-every", s.sample_every), ("--checkpoint-every", s.checkpoint_every)]
-        {
-            if every == 0 {
-                return Err(Error::Invalid(format!("{name} must be at least 1")));
-            }
-        }
         // Every number before anything is written: NaN and negative values included.
-        check_positive("--clip", s.clip as f64)?;
         check_positive("--d-lr", s.d_lr as f64)?;
         check_positive("--g-lr", s.g_adam.lr as f64)?;
         if let LrSchedule::LinearDecay { final_lr, decay_steps } = s.d_lr_schedule {
@@ -231,31 +222,24 @@ impl DpCganRunConfig {
                 return Err(Error::Invalid("--d-lr-decay-steps must be at least 1".into()));
             }
         }
-        if let Some(sigma) = s.noise_multiplier {
-            check_positive("--noise-multiplier", sigma as f64)?;
-        }
-        if let Some(target) = s.target_epsilon {
-            check_positive("--target-epsilon", target)?;
-        }
-        check_delta_flag(s.delta)?;
-        let sample_rate = s.batch_size as f64 / records as f64;
-        let steps_per_epoch = (records / s.batch_size) as f64;
+        let steps_per_epoch = (records / s.batch_size.max(1)) as f64;
         let steps = match s.steps {
             Some(steps) => steps,
             None if s.epochs.is_finite() && s.epochs > 0.0 => (s.epochs * steps_per_epoch).round() as u64,
             None => return Err(Error::Invalid(format!("--epochs must be positive, got {}", s.epochs))),
         };
-        if steps == 0 {
-            return Err(Error::Invalid("the run must have at least one step".into()));
-        }
-        let (noise_multiplier, calibrated) = match (s.noise_multiplier, s.target_epsilon) {
-            (Some(sigma), _) => (sigma, false),
-            (None, Some(target)) => {
-                let sigma = calibrate_noise_multiplier(sample_rate, steps, s.delta, target, &s.orders.values(), s.conversion)?;
-                (round_up_to_f32(sigma), true)
-            }
-            (None, None) => return Err(Error::Invalid("give --noise-multiplier or --target-epsilon".into())),
+        let request = PrivacyRequest {
+            batch_size: s.batch_size,
+            steps,
+            clip: s.clip,
+            noise_multiplier: s.noise_multiplier,
+            target_epsilon: s.target_epsilon,
+            delta: s.delta,
+            orders: s.orders,
+            conversion: s.conversion,
         };
+        let every = [("--log-every", s.log_every), ("--sample-every", s.sample_every), ("--checkpoint-every", s.checkpoint_every)];
+        let PrivacyPlan { sample_rate, noise_multiplier, calibrated } = request.plan(records, every)?;
         let config = DpCganRunConfig {
             algorithm: ALGORITHM.to_string(),
             data: DataRecord::of(data)?,
@@ -282,15 +266,16 @@ impl DpCganRunConfig {
             build: BuildRecord::current(),
             device: device.to_string(),
         };
-        // The budget must allow the first step at least; the whole plan's ε is reported.
-        let accountant = config.accountant()?;
-        accountant.check_budget(config.mechanism(), 1)?;
         Ok(config)
+    }
+
+    fn privacy(&self) -> PrivacyPlan {
+        PrivacyPlan { sample_rate: self.sample_rate, noise_multiplier: self.noise_multiplier, calibrated: self.noise_multiplier_calibrated }
     }
 
     /// The privacy cost of one step, as the accountant counts it.
     pub fn mechanism(&self) -> Mechanism {
-        Mechanism::SubsampledGaussian { sample_rate: self.sample_rate, noise_multiplier: self.noise_multiplier as f64 }
+        self.privacy().mechanism()
     }
 
     /// A fresh accountant for this run.
@@ -323,16 +308,6 @@ impl DpCganRunConfig {
     }
 }
 
-/// The smallest f32 not below `x`: a calibrated σ must not shrink when the step takes it as f32.
-fn round_up_to_f32(x: f64) -> f32 {
-    let y = x as f32;
-    if (y as f64) < x {
-        y.next_up()
-    } else {
-        y
-    }
-}
-
 /// What a checkpoint records besides the tensors.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DpCganState {
@@ -352,32 +327,17 @@ pub struct DpCganState {
 
 pub use crate::train::Stop;
 
-/// How a call to [`DpCganRun::train`] ended.
-#[derive(Clone, Debug)]
-pub struct Outcome {
-    pub steps: u64,
-    pub guarantee: Guarantee,
-    /// ε under the other conversion, for the report.
-    pub other: Guarantee,
-    pub stop: Stop,
-    /// Training time in this process, and its steps per second.
-    pub wall_s: f64,
-    pub steps_per_s: f64,
-}
+pub use crate::train::dp_sgd_run::{not_private, Outcome};
 
 /// See the module documentation.
 pub struct DpCganRun {
-    dir: RunDir,
+    core: RunCore,
     config: DpCganRunConfig,
-    /// The run's secret: its noise and batches (saved only in the checkpoint).
-    key: RunKey,
     model: DpCgan,
-    accountant: Accountant,
     batches: StepBatches,
     pixels: Vec<f32>,
     labels: Vec<u32>,
     device: Device,
-    wall_before: f64,
     /// The grids' row labels: the training set's class names.
     class_names: [&'static str; CLASSES],
 }
@@ -396,45 +356,24 @@ impl DpCganRun {
     pub fn resume(root: &Path, device: &Device, steps: Option<u64>) -> Result<Self> {
         let dir = RunDir::open_for_training(root)?;
         let mut config: DpCganRunConfig = dir.read_config(ALGORITHM)?;
-        let data = Dataset::load(&config.data.dir, Split::Train)?;
-        let (images, labels) = data.files();
-        for (record, path) in [(&config.data.images, images), (&config.data.labels, labels)] {
-            if file_sha256(path)? != record.sha256 {
-                return Err(Error::file(
-                    path,
-                    "differs from the file this run trained on (SHA-256 mismatch): resuming would not continue the same run",
-                ));
-            }
-        }
+        let data = load_recorded_data(&config.data)?;
         let (tensors, state, key): (_, DpCganState, _) = dir.load_checkpoint_keyed(device)?;
-        let checkpoint = dir.path(crate::train::run_dir::CHECKPOINT);
-        if state.format != STATE_FORMAT || state.algorithm != ALGORITHM {
-            return Err(Error::file(
-                &checkpoint,
-                format!("checkpoint format {} of {} is not this version's ({STATE_FORMAT} of {ALGORITHM})", state.format, state.algorithm),
-            ));
-        }
-        config.noise_key.check(&key, config.seed).map_err(|e| Error::file(&checkpoint, e.to_string()))?;
         // The accountant is what config.json's q and σ give after the steps taken, nothing else.
         let expected = config.accountant()?.after(config.mechanism(), state.step)?;
-        if expected != state.accountant {
-            return Err(Error::file(
-                &checkpoint,
-                format!(
-                    "its accountant is not {} steps of q = {}, σ = {} with config.json's δ and budget: refusing to continue a run whose \
-                     privacy record does not match its settings",
-                    state.step, config.sample_rate, config.noise_multiplier
-                ),
-            ));
+        CheckpointCheck {
+            dir: &dir,
+            format: (STATE_FORMAT, ALGORITHM),
+            found: (state.format, &state.algorithm),
+            noise_key: config.noise_key,
+            seed: config.seed,
+            key: &key,
+            expected: &expected,
+            recorded: &state.accountant,
+            steps: state.step,
+            plan: config.privacy(),
         }
-        if let Some(total) = steps {
-            if total < state.step {
-                return Err(Error::Invalid(format!(
-                    "--steps {total} is below the {} steps {} has taken; a run cannot be shortened (nothing was changed)",
-                    state.step,
-                    root.display()
-                )));
-            }
+        .verify()?;
+        if let Some(total) = resumed_total("--steps", steps, state.step, root)? {
             config.steps = total;
             dir.write_json(CONFIG, &config)?;
         }
@@ -455,16 +394,16 @@ impl DpCganRun {
         let mut init = stream(config.seed, Purpose::Init, 0);
         let model = DpCgan::new(config.step_config(), key.noise(config.noise), &mut init, device)?;
         let batches = StepBatches::new(data.len(), config.sampling(), &key)?;
+        let c = &config;
+        let every = (c.log_every, c.sample_every, c.checkpoint_every);
+        let settings = LoopSettings::new(c.steps, every, c.privacy(), c.delta, c.conversion, c.noise_key);
         Ok(DpCganRun {
-            dir,
-            key,
+            core: RunCore { dir, key, accountant, settings, wall_before },
             model,
-            accountant,
             batches,
             pixels: data.pixels_f32(PixelScale::Symmetric),
             labels: data.labels_u32(),
             device: device.clone(),
-            wall_before,
             class_names: class_names(data.labels()),
             config,
         })
@@ -482,166 +421,64 @@ impl DpCganRun {
         self.model.steps_taken()
     }
 
-    /// Trains until the planned number of steps or the budget, logging, drawing grids and
-    /// checkpointing on the way, and always checkpointing at the end.
+    /// Trains until the planned number of steps or the budget (see [`dp_sgd_run::train`]).
     pub fn train(&mut self, progress: &Progress) -> Result<Outcome> {
-        let start_step = self.model.steps_taken();
-        let mut metrics = MetricsLog::open(&self.dir.path(METRICS), Some(start_step))?;
-        let started = Instant::now();
-        let (mut interval_start, mut interval_steps) = (Instant::now(), 0u64);
-        let mut loss_sums: Option<(Tensor, Tensor)> = None;
-        // Read where the loop syncs anyway, before anything of those steps is written.
-        let mut finite = FiniteChecks::new("the discriminator's private gradient");
-        let mut stop = Stop::Completed;
-        while self.model.steps_taken() < self.config.steps {
-            let step = self.model.steps_taken();
-            // Spend first: a step the budget does not allow is never taken.
-            let guarantee = match self.accountant.try_step(self.config.mechanism(), 1) {
-                Ok(g) => g,
-                Err(Error::PrivacyBudget(why)) => {
-                    stop = Stop::Budget(why);
-                    break;
-                }
-                Err(e) => return Err(e),
-            };
-            let losses = self.step(step)?;
-            finite.push(step + 1, losses.nonfinite)?;
-            loss_sums = Some(match loss_sums {
-                None => (losses.discriminator, losses.generator),
-                Some((d, g)) => {
-                    (ops::binary(BinaryOp::Add, &d, &losses.discriminator)?, ops::binary(BinaryOp::Add, &g, &losses.generator)?)
-                }
-            });
-            interval_steps += 1;
-            let done = step + 1;
-            progress.set_step(done);
-            let last = done == self.config.steps;
-            if done.is_multiple_of(self.config.log_every) || last {
-                finite.verify()?;
-                let (d, g) = loss_sums.take().expect("at least one step in the interval");
-                let n = interval_steps as f64;
-                let (d_loss, g_loss) = (d.item()? as f64 / n, g.item()? as f64 / n);
-                let rate = n / interval_start.elapsed().as_secs_f64();
-                let other = self.accountant.spent_with(other_conversion(self.config.conversion))?;
-                let wall = self.wall_before + started.elapsed().as_secs_f64();
-                metrics.append(&serde_json::json!({
-                    "step": done,
-                    "epoch": done as f64 * self.config.sample_rate,
-                    "d_loss": d_loss,
-                    "g_loss": g_loss,
-                    "epsilon": guarantee.epsilon,
-                    "order": guarantee.order,
-                    conversion_key(other_conversion(self.config.conversion)): other.epsilon,
-                    "delta": self.config.delta,
-                    "d_lr": self.config.d_lr_schedule.at(self.config.d_lr, step),
-                    "steps_per_s": rate,
-                    "wall_s": wall,
-                }))?;
-                progress.report(
-                    done,
-                    &format!(
-                        "ε {:.3} · D {d_loss:.4} · G {g_loss:.4} · {rate:.1} steps/s{}",
-                        guarantee.epsilon,
-                        not_private(self.config.noise_key)
-                    ),
-                );
-                (interval_start, interval_steps) = (Instant::now(), 0);
-            }
-            if done.is_multiple_of(self.config.sample_every) || last {
-                finite.verify()?;
-                self.write_grid(done)?;
-            }
-            if done.is_multiple_of(self.config.checkpoint_every) && !last {
-                finite.verify()?;
-                self.checkpoint(self.wall_before + started.elapsed().as_secs_f64(), None)?;
-            }
-            if let Some(signal) = crate::train::interrupt::requested() {
-                stop = Stop::Interrupted(signal);
-                break;
-            }
-        }
-        finite.verify()?;
-        let wall_s = started.elapsed().as_secs_f64();
-        let reason = stop.recorded_reason("step", self.model.steps_taken() + 1);
-        self.checkpoint(self.wall_before + wall_s, reason)?;
-        let steps = self.model.steps_taken() - start_step;
-        Ok(Outcome {
-            steps: self.model.steps_taken(),
-            guarantee: self.accountant.spent()?,
-            other: self.accountant.spent_with(other_conversion(self.config.conversion))?,
-            stop,
-            wall_s,
-            steps_per_s: if wall_s > 0.0 { steps as f64 / wall_s } else { 0.0 },
-        })
+        dp_sgd_run::train(self, progress)
+    }
+}
+
+impl PrivateRun for DpCganRun {
+    fn core(&self) -> &RunCore {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut RunCore {
+        &mut self.core
+    }
+
+    fn steps_taken(&self) -> u64 {
+        self.model.steps_taken()
     }
 
     /// Step `step` (0-based): its batch and generator randomness come from the run seed and the
     /// step number alone, so a resumed run takes exactly the same step.
-    fn step(&mut self, step: u64) -> Result<StepLosses> {
+    fn step(&mut self, step: u64) -> Result<StepReport> {
         let _range = crate::profile::range("dpcgan_step");
         self.model.set_discriminator_lr(self.config.d_lr_schedule.at(self.config.d_lr, step));
         let batch = self.batches.batch(step)?;
-        let mut images = Vec::with_capacity(batch.len() * PIXELS);
-        for &i in &batch {
-            images.extend_from_slice(&self.pixels[i * PIXELS..(i + 1) * PIXELS]);
-        }
-        let labels: Vec<u32> = batch.iter().map(|&i| self.labels[i]).collect();
+        let (images, labels) = gather_batch(&self.pixels, &self.labels, &batch);
         let images = Tensor::from_vec(images, &[1, batch.len(), PIXELS], &self.device)?;
         let labels = Tensor::one_hot(&labels, CLASSES, &[1, batch.len()], &self.device)?;
         let mut rng = stream(self.config.seed, Purpose::Generator, step);
-        self.model.private_step(&images, &labels, self.config.batch_size, &mut rng)
+        let losses = self.model.private_step(&images, &labels, self.config.batch_size, &mut rng)?;
+        Ok(StepReport { d_loss: losses.discriminator, g_loss: Some(losses.generator), nonfinite: losses.nonfinite })
+    }
+
+    fn extra_metrics(&self, done: u64) -> serde_json::Map<String, serde_json::Value> {
+        let lr = self.config.d_lr_schedule.at(self.config.d_lr, done - 1);
+        serde_json::Map::from_iter([("d_lr".to_string(), serde_json::json!(lr))])
     }
 
     fn checkpoint(&self, wall_s: f64, stopped: Option<String>) -> Result<()> {
-        let _range = crate::profile::range("checkpoint");
-        let spent = self.accountant.spent()?;
-        let state = DpCganState {
+        self.core.save(&self.model.named_tensors(), |spent| DpCganState {
             format: STATE_FORMAT,
             algorithm: ALGORITHM.to_string(),
             step: self.model.steps_taken(),
             generator_adam_steps: self.model.generator_adam_steps(),
-            accountant: self.accountant.clone(),
+            accountant: self.core.accountant.clone(),
             epsilon: spent.epsilon,
             delta: spent.delta,
             wall_s,
             stopped,
-        };
-        self.dir.save_checkpoint(&self.model.named_tensors(), &state, &self.key)
+        })
     }
 
     /// A 10 × 10 grid, one row per class, from fixed latent codes (post-processing of G: no
     /// privacy cost).
     fn write_grid(&self, step: u64) -> Result<()> {
-        write_class_grid(&self.model.generator, self.config.seed, &self.class_names, &self.dir.sample_grid_path(step), &self.device)
+        write_class_grid(&self.model.generator, self.config.seed, &self.class_names, &self.core.dir.sample_grid_path(step), &self.device)
     }
 }
-
-/// The progress line's mark of a run that is not private.
-pub fn not_private(source: KeySource) -> &'static str {
-    if source.is_private() {
-        ""
-    } else {
-        " · NOT PRIVATE (replayable noise)"
-    }
-}
-
-/// The conversion a run does not use, reported beside the one it does.
-fn other_conversion(c: Conversion) -> Conversion {
-    match c {
-        Conversion::Improved => Conversion::Classic,
-        Conversion::Classic => Conversion::Improved,
-    }
-}
-
-fn conversion_key(c: Conversion) -> &'static str {
-    match c {
-        Conversion::Improved => "epsilon_improved",
-        Conversion::Classic => "epsilon_classic",
-    }
-}
-
-/// Images generated per forward pass when sampling: bounds memory whatever the count.
-const SAMPLE_CHUNK: usize = 5000;
 
 /// Draws `per_class` images of every class from `generator` with latent codes from `rng`: images
 /// `[10·per_class, 784]` in [−1, 1], class-major, and their labels. Balanced labels, never the
@@ -658,17 +495,12 @@ pub fn generate_by_class_into<R: Rng>(
     device: &Device,
     sink: &mut ImageSink,
 ) -> Result<()> {
-    for class in 0..CLASSES {
-        let mut left = per_class;
-        while left > 0 {
-            let n = left.min(SAMPLE_CHUNK);
-            let z = Tensor::randn(&[1, n, LATENT], rng, device)?;
-            let onehot = Tensor::one_hot(&vec![class as u32; n], CLASSES, &[1, n], device)?;
-            sink(&generator.forward(&crate::autograd::Tape::new(), &z, &onehot)?.to_vec()?, class as u8)?;
-            left -= n;
-        }
-    }
-    Ok(())
+    // 5,000 images per forward pass: this MLP's activations are small.
+    by_class_chunks(per_class, 5000, |class, n| {
+        let z = Tensor::randn(&[1, n, LATENT], rng, device)?;
+        let onehot = Tensor::one_hot(&vec![class; n], CLASSES, &[1, n], device)?;
+        sink(&generator.forward(&crate::autograd::Tape::new(), &z, &onehot)?.to_vec()?, class as u8)
+    })
 }
 
 /// The released data set of a generator: `per_class` images of each class, pixels in [0, 1]
@@ -724,13 +556,5 @@ mod tests {
         assert!((s.at(0.15, 10_000) - 0.052).abs() < 1e-7);
         assert_eq!(s.at(0.15, 20_000), s.at(0.15, 10_000));
         assert_eq!(LrSchedule::Constant.at(0.15, 20_000), 0.15);
-    }
-
-    #[test]
-    fn calibrated_sigma_never_rounds_down() {
-        for x in [1.15f64, 0.1 + 1e-12, 3.0, 1.0 / 3.0] {
-            let y = round_up_to_f32(x);
-            assert!(y as f64 >= x && (y.next_down() as f64) < x, "{x} -> {y}");
-        }
     }
 }

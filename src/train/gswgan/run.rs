@@ -674,7 +674,7 @@ impl GsWganRunner {
                         "ε {:.3} ({}) · D {d_loss:.4} · G {g_loss:.4} · {rate:.2} it/s{}",
                         governing.epsilon,
                         self.config.accounting.name(),
-                        crate::train::dpcgan::run::not_private(self.config.noise_key)
+                        crate::train::dp_sgd_run::not_private(self.config.noise_key)
                     ),
                 );
                 (interval_start, interval) = (Instant::now(), 0);
@@ -859,17 +859,11 @@ pub fn generate_by_class_into<R: Rng>(
     sink: &mut ImageSink,
 ) -> Result<()> {
     let mut copy = generator.clone();
-    for class in 0..CLASSES {
-        let mut left = per_class;
-        while left > 0 {
-            let n = left.min(SAMPLE_CHUNK);
-            let z = bernoulli_latent(std::slice::from_mut(rng), n, device)?;
-            let onehot = one_hot(&vec![class as u32; n], 1, device)?;
-            sink(&copy.forward(&Tape::new(), &z, &onehot)?.to_vec()?, class as u8)?;
-            left -= n;
-        }
-    }
-    Ok(())
+    crate::train::by_class_chunks(per_class, SAMPLE_CHUNK, |class, n| {
+        let z = bernoulli_latent(std::slice::from_mut(rng), n, device)?;
+        let onehot = one_hot(&vec![class; n], 1, device)?;
+        sink(&copy.forward(&Tape::new(), &z, &onehot)?.to_vec()?, class as u8)
+    })
 }
 
 /// A 10 × 10 grid from the EMA generator, one row per class (labelled `class_names`), from the
