@@ -493,6 +493,10 @@ fn private_iteration_runs_and_copies_g_first() {
         assert_identical(&format!("G_s {name} after iteration 0"), &values(a), &values(b));
     }
     assert_eq!(training.noise().step(), 1);
+    // The iteration count addresses the next choice of discriminator: it must advance.
+    assert_eq!(training.iterations(), 1);
+    training.iteration(&mut critic, &data).unwrap();
+    assert_eq!((training.iterations(), training.noise().step()), (2, 2));
 }
 
 /// The step functions on the published architectures, batch 2, one step each.
