@@ -50,6 +50,7 @@ fn unclipped_noiseless_private_step_equals_the_plain_step() {
         }
     }
     common::assert_close("weights after two steps", &weights(&private), &weights(&plain), common::tol::F32_REDUCTION);
+    assert_eq!((private.steps_taken(), plain.steps_taken()), (2, 2), "both kinds of step count themselves");
 }
 
 /// Without noise, D moves by at most lr·2C per step: each of the two losses contributes at most
