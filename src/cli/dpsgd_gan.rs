@@ -104,7 +104,7 @@ pub fn run(args: &DpsgdGanArgs) -> Result<()> {
 /// Says what the run will do and what its ε will be, before it starts.
 fn announce(config: &DpsgdGanRunConfig) -> Result<()> {
     super::noise::warn_if_not_private(config.noise_key);
-    let planned = config.planned_epsilon()?;
+    let planned = config.privacy().planned_epsilon()?;
     eprintln!(
         "dpsgd-gan: {} D steps, n_D = {}, d = {}, B = {}, q = {}, C = {}, σ = {}{}, δ = {}: ε = {:.4} if every step runs{}",
         config.steps,

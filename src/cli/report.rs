@@ -149,7 +149,7 @@ fn dp_cgan(root: &Path) -> Result<Gathered> {
         delta: config.delta,
         governs: format!("{governing} conversion"),
         epsilons,
-        planned_epsilon: config.planned_epsilon()?.epsilon,
+        planned_epsilon: config.privacy().planned_epsilon()?.epsilon,
         target_epsilon: config.target_epsilon,
         target_role: target_role(config.target_epsilon, config.noise_multiplier_calibrated),
         noise_multiplier: f32_value(config.noise_multiplier).as_f64().unwrap_or(f64::NAN),

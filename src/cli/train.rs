@@ -246,7 +246,7 @@ fn announce(config: &DpCganRunConfig) -> Result<()> {
              sampling at q = B/N, the customary approximation for this, not a proof"
         );
     }
-    let planned = config.planned_epsilon()?;
+    let planned = config.privacy().planned_epsilon()?;
     eprintln!(
         "dp-cgan: {} steps, B = {}, q = {}, C = {}, σ = {}{}, δ = {}: ε = {:.4} if every step runs{}",
         config.steps,
