@@ -251,7 +251,7 @@ fn a_calibrated_sigma_never_spends_more_than_its_target() {
             "B {batch_size}, {steps} steps, ε {target}: σ {} < {exact}",
             config.noise_multiplier
         );
-        let planned = config.planned_epsilon().unwrap().epsilon;
+        let planned = config.privacy().planned_epsilon().unwrap().epsilon;
         assert!(planned <= target, "B {batch_size}, {steps} steps: planned ε {planned} > target {target}");
     }
 }

@@ -1,4 +1,4 @@
-//! `dpgan report RUN` on short CPU runs of each kind: decodable plots and a labelled grid, a
+//! `dpgan report RUN` on short CPU runs of each kind (DP-CGAN, DPSGD-GAN, GS-WGAN and its warm start): decodable plots and a labelled grid, a
 //! summary whose ε, δ and settings are the run's, NOT PRIVATE said where it applies, no secret key
 //! in any file it writes, and a directory that holds no run refused with a sentence.
 mod common;
@@ -24,6 +24,15 @@ fn read_json(path: &Path) -> Value {
 fn dp_cgan(out: &Path, extra: &[&str]) {
     let (data, out) = (s(&data_root().join("mnist")), s(out));
     let mut args = vec!["train", "dp-cgan", "--data", &data, "--out", &out, "--device", "cpu", "--batch-size", "64", "--seed", "5"];
+    args.extend_from_slice(extra);
+    stdout_of(&args);
+}
+
+/// The tiny DPSGD-GAN run of tests/train_dpsgd_gan.rs on MNIST in `out`, with `extra` flags.
+fn dpsgd_gan(out: &Path, extra: &[&str]) {
+    let (data, out) = (s(&data_root().join("mnist")), s(out));
+    let mut args = vec!["train", "dpsgd-gan", "--data", &data, "--out", &out, "--device", "cpu", "--width", "16", "--batch-size", "64"];
+    args.extend_from_slice(&["--seed", "3"]);
     args.extend_from_slice(extra);
     stdout_of(&args);
 }
@@ -120,6 +129,87 @@ fn a_dp_cgan_run_is_reported_with_its_plots_grid_epsilon_and_settings() {
     assert_eq!(fs::read_to_string(elsewhere.join("summary.md")).unwrap(), summary, "--out writes the same page");
 
     assert_no_key(&run, &[&out, &elsewhere], &[&printed, &json.to_string()]);
+}
+
+#[test]
+fn a_dpsgd_gan_run_is_reported_with_its_plots_grid_epsilon_and_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    dpsgd_gan(
+        &run,
+        &[
+            "--d-steps",
+            "20",
+            "--d-steps-per-g-step",
+            "5",
+            "--log-every",
+            "5",
+            "--sample-every",
+            "10",
+            "--noise-multiplier",
+            "1.0",
+            "--target-epsilon",
+            "50",
+        ],
+    );
+    let json = json_of(&["report", &s(&run), "--json"]);
+    let out = run.join("report");
+    assert_eq!(json["files"], serde_json::json!(["losses.png", "epsilon.png", "samples.png", "summary.md"]));
+    assert_chart(&out.join("losses.png"), 2); // a fixed n_D: no schedule panels
+    assert_chart(&out.join("epsilon.png"), 1);
+    let (w, h, colour, grid) = decode(&out.join("samples.png"));
+    assert_eq!((w, h, colour), (312, 302, png::ColorType::Grayscale));
+    assert_eq!(grid, decode(&run.join("samples/step-00000020.png")).3, "the latest grid, drawn again with its labels");
+
+    let state = read_json(&run.join("checkpoint.json"));
+    let epsilon = state["epsilon"].as_f64().unwrap();
+    assert_eq!((json["algorithm"].as_str(), json["private"].as_bool()), (Some("dpsgd-gan"), Some(true)));
+    assert_eq!((json["steps"]["unit"].as_str(), json["steps"]["taken"].as_u64()), (Some("D steps"), Some(20)));
+    let privacy = &json["privacy"];
+    assert_eq!((privacy["epsilon"].as_f64(), privacy["delta"].as_f64()), (Some(epsilon), Some(1e-5)));
+    let last: Value = serde_json::from_str(fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(privacy["epsilons"]["improved conversion"], last["epsilon"], "{privacy}");
+    assert_eq!(privacy["epsilons"]["classic conversion"], last["epsilon_classic"], "{privacy}");
+    assert!(privacy["planned_epsilon"].as_f64().is_some_and(|e| (e - epsilon).abs() < 1e-12), "every planned D step ran");
+    let settings = &json["settings"];
+    assert_eq!((settings["model width d"].as_u64(), settings["D steps per G step n_D"].as_str()), (Some(16), Some("5")));
+    assert_eq!((settings["G steps taken"].as_u64(), settings["seed"].as_u64()), (Some(4), Some(3)));
+
+    let summary = fs::read_to_string(out.join("summary.md")).unwrap();
+    for expected in [
+        format!("| ε spent (improved conversion, governs) | {epsilon:.4} |"),
+        format!("| ε (classic conversion) | {:.4} |", last["epsilon_classic"].as_f64().unwrap()),
+        "| δ | 0.00001 |".into(),
+        "| target ε | 50 (budget: the run stops".into(),
+        "| noise multiplier σ | 1 |".into(),
+        "| sampling the ε assumes | Poisson: each record joins a step with probability q = B/N = 0.001067".into(),
+        "| noise key | secret".into(),
+        "**Progress:** 20 of 20 D steps".into(),
+        "| batch size B | 64 |".into(),
+        "| clip norm C | 1.0 |".into(),
+        "| noise multiplier σ | 1.0 |".into(),
+        format!("| sample rate q | {} |", 64.0 / 60_000.0),
+        "| model width d | 16 |".into(),
+        "| D steps per G step n_D | 5 |".into(),
+        "| log / sample / checkpoint every | 5 / 10 / 5000 D steps |".into(),
+        format!("The output of `dpgan sample --run {}`", run.display()),
+    ] {
+        assert!(summary.contains(&expected), "summary.md lacks {expected:?}:\n{summary}");
+    }
+    assert!(!summary.contains("NOT PRIVATE"), "{summary}");
+    assert_no_key(&run, &[&out], &[&json.to_string()]);
+
+    // The adaptive schedule adds n_D and D's accuracy on generated data; replayable noise is NOT PRIVATE.
+    let replay = dir.path().join("replay");
+    dpsgd_gan(&replay, &["--d-steps", "6", "--d-steps-per-g-step", "adaptive", "--log-every", "2", "--replayable-noise"]);
+    let printed = stdout_of(&["report", &s(&replay)]);
+    assert!(printed.contains("NOT PRIVATE"), "{printed}");
+    assert_chart(&replay.join("report/losses.png"), 4);
+    let summary = fs::read_to_string(replay.join("report/summary.md")).unwrap();
+    let top: String = summary.lines().take(5).collect::<Vec<_>>().join("\n");
+    assert!(top.contains("> **NOT PRIVATE"), "NOT PRIVATE is not at the top:\n{summary}");
+    assert!(summary.contains("| D steps per G step n_D | adaptive (1, 2, 5, 10"), "{summary}");
+    assert!(summary.contains("**derived from the seed (--replayable-noise): NOT PRIVATE**"), "{summary}");
 }
 
 #[test]

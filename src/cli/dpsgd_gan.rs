@@ -1,7 +1,7 @@
 //! `dpgan train dpsgd-gan`: a DPSGD-GAN run (docs/algorithms.md §4) from the command line, the published
 //! settings as defaults, or `--resume`. The run directory, progress, checkpoints, key handling and
 //! budget are DP-CGAN's.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::Args;
 use dpgan::data::{data_dir, Dataset, Split};
@@ -16,19 +16,8 @@ use super::train::{open_run, seed_or_draw, RunSummary};
 /// continues with the settings in its config.json. The defaults are listed in each help line.
 #[derive(Args, Debug)]
 pub struct DpsgdGanArgs {
-    /// Training data: a directory with MNIST-layout IDX files (MNIST or Fashion-MNIST), or a name
-    /// under $DPGAN_DATA.
-    #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
-    /// The run directory to create (config.json, metrics.jsonl, checkpoints, sample grids).
-    #[arg(long, value_name = "RUN_DIR", required_unless_present = "resume")]
-    out: Option<PathBuf>,
-    /// Continue the run in RUN_DIR from its checkpoint (with its own settings).
-    #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
-    resume: Option<PathBuf>,
-    /// cpu, cuda or cuda:N [default: the GPU if one works, else the CPU].
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    run: super::dp_sgd_args::RunDirArgs,
     /// Seed of what the privacy proof does not rely on: weights, latent codes [default: drawn
     /// from the OS and recorded].
     #[arg(long)]
@@ -43,25 +32,8 @@ pub struct DpsgdGanArgs {
     /// B: the expected real batch (Poisson, q = B/N) and the generated examples per D step [default: 128].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// C: each example's gradient norm bound, real and generated alike [default: 1.0].
-    #[arg(long, allow_negative_numbers = true)]
-    clip: Option<f32>,
-    /// σ: noise std over C [default: 1.0, or calibrated to --target-epsilon].
-    #[arg(long, allow_negative_numbers = true)]
-    noise_multiplier: Option<f32>,
-    /// The ε budget at δ: σ is calibrated to it when --noise-multiplier is absent, and the run
-    /// stops (with a checkpoint) before any D step that would pass it.
-    #[arg(long, allow_negative_numbers = true)]
-    target_epsilon: Option<f64>,
-    /// δ [default: 1e-5].
-    #[arg(long, allow_negative_numbers = true)]
-    delta: Option<f64>,
-    /// How RDP becomes (ε, δ) [default: improved].
-    #[arg(long, value_enum)]
-    conversion: Option<ConversionArg>,
-    /// Rényi orders [default: standard].
-    #[arg(long, value_enum)]
-    orders: Option<OrdersArg>,
+    #[command(flatten)]
+    privacy: super::dp_sgd_args::DpSgdPrivacyArgs,
     /// d, the width of G and D [default: 128, the published one; 16 or 32 for CPU-sized runs].
     #[arg(long)]
     width: Option<usize>,
@@ -85,18 +57,18 @@ pub struct DpsgdGanArgs {
 }
 
 pub fn run(args: &DpsgdGanArgs) -> Result<()> {
-    let device = super::choose_device(args.device.as_deref())?;
+    let device = super::choose_device(args.run.device.as_deref())?;
     let resumed = |root: &Path| {
         refuse_settings_on_resume(args)?;
         DpsgdGanRun::resume(root, &device, args.d_steps)
     };
     let started = |out: &Path| {
-        let data = Dataset::load(&data_dir(args.data.as_deref())?, Split::Train)?;
+        let data = Dataset::load(&data_dir(args.run.data.as_deref())?, Split::Train)?;
         let config = DpsgdGanRunConfig::plan(&settings(args)?, &data, &device)?;
         announce(&config)?;
         DpsgdGanRun::start(out, config, &data, &device)
     };
-    let (mut run, root) = open_run(args.resume.as_deref(), args.out.as_deref(), resumed, started)?;
+    let (mut run, root) = open_run(args.run.resume.as_deref(), args.run.out.as_deref(), resumed, started)?;
     let summary = RunSummary { command: "dpsgd-gan", unit: "D steps", noise_multiplier: run.config().noise_multiplier, note: "" };
     summary.train_and_report(&mut run, &device, &root)
 }
@@ -104,7 +76,7 @@ pub fn run(args: &DpsgdGanArgs) -> Result<()> {
 /// Says what the run will do and what its ε will be, before it starts.
 fn announce(config: &DpsgdGanRunConfig) -> Result<()> {
     super::noise::warn_if_not_private(config.noise_key);
-    let planned = config.planned_epsilon()?;
+    let planned = config.privacy().planned_epsilon()?;
     eprintln!(
         "dpsgd-gan: {} D steps, n_D = {}, d = {}, B = {}, q = {}, C = {}, σ = {}{}, δ = {}: ε = {:.4} if every step runs{}",
         config.steps,
@@ -124,22 +96,18 @@ fn announce(config: &DpsgdGanRunConfig) -> Result<()> {
 
 fn settings(args: &DpsgdGanArgs) -> Result<DpsgdGanSettings> {
     let d = DpsgdGanSettings::default();
-    let noise_multiplier = match (args.noise_multiplier, args.target_epsilon) {
-        (Some(sigma), _) => Some(sigma),
-        (None, Some(_)) => None,
-        (None, None) => d.noise_multiplier,
-    };
+    let privacy = &args.privacy;
     Ok(DpsgdGanSettings {
-        data: args.data.clone().unwrap_or_default(),
+        data: args.run.data.clone().unwrap_or_default(),
         seed: seed_or_draw(args.seed)?,
         d_steps: args.d_steps.unwrap_or(d.d_steps),
         batch_size: args.batch_size.unwrap_or(d.batch_size),
-        clip: args.clip.unwrap_or(d.clip),
-        noise_multiplier,
-        target_epsilon: args.target_epsilon,
-        delta: args.delta.unwrap_or(d.delta),
-        orders: args.orders.map_or(d.orders, OrdersArg::value),
-        conversion: args.conversion.map_or(d.conversion, ConversionArg::value),
+        clip: privacy.clip.unwrap_or(d.clip),
+        noise_multiplier: privacy.noise_multiplier_or(d.noise_multiplier),
+        target_epsilon: privacy.target_epsilon,
+        delta: privacy.delta.unwrap_or(d.delta),
+        orders: privacy.orders.map_or(d.orders, OrdersArg::value),
+        conversion: privacy.conversion.map_or(d.conversion, ConversionArg::value),
         width: args.width.unwrap_or(d.width),
         schedule: args.d_steps_per_g_step.unwrap_or(d.schedule),
         d_lr: args.d_lr.unwrap_or(d.d_lr),
@@ -156,16 +124,9 @@ fn settings(args: &DpsgdGanArgs) -> Result<DpsgdGanSettings> {
 /// than silently ignored. `--d-steps` (a new total) and `--device` are allowed.
 fn refuse_settings_on_resume(args: &DpsgdGanArgs) -> Result<()> {
     let given = [
-        ("--data", args.data.is_some()),
         ("--seed", args.seed.is_some()),
         ("--d-steps-per-g-step", args.d_steps_per_g_step.is_some()),
         ("--batch-size", args.batch_size.is_some()),
-        ("--clip", args.clip.is_some()),
-        ("--noise-multiplier", args.noise_multiplier.is_some()),
-        ("--target-epsilon", args.target_epsilon.is_some()),
-        ("--delta", args.delta.is_some()),
-        ("--conversion", args.conversion.is_some()),
-        ("--orders", args.orders.is_some()),
         ("--width", args.width.is_some()),
         ("--d-lr", args.d_lr.is_some()),
         ("--g-lr", args.g_lr.is_some()),
@@ -173,7 +134,7 @@ fn refuse_settings_on_resume(args: &DpsgdGanArgs) -> Result<()> {
         ("--sample-every", args.sample_every.is_some()),
         ("--checkpoint-every", args.checkpoint_every.is_some()),
     ];
-    let noise = args.noise.given();
-    let given: Vec<_> = given.iter().chain(&noise).copied().collect();
+    let (run, privacy, noise) = (args.run.given(), args.privacy.given(), args.noise.given());
+    let given: Vec<_> = run.iter().chain(&given).chain(&privacy).chain(&noise).copied().collect();
     super::refuse_on_resume(&given, "--d-steps and --device")
 }

@@ -8,6 +8,7 @@ use dpgan::{Device, Error, Result};
 
 mod bench;
 mod data;
+mod dp_sgd_args;
 mod dpsgd_gan;
 mod eval;
 mod gswgan;

@@ -13,7 +13,6 @@ use dpgan::dp::NoiseMode;
 use dpgan::io::image::{read_grid_tiles, Grid};
 use dpgan::io::plot::{write_line_chart, Level, Line, Panel};
 use dpgan::models::dpcgan::CLASSES;
-use dpgan::train::dpcgan::run::{DpCganRunConfig, DpCganState, LrSchedule, SamplingKind, ALGORITHM as DP_CGAN};
 use dpgan::train::gswgan::run::{Accounting, GsWganRunConfig, GsWganState, ALGORITHM as GS_WGAN};
 use dpgan::train::gswgan::warm_start_run::{group_path, WarmStartRunConfig, WARM_START_ALGORITHM};
 use dpgan::train::run_dir::{checkpoint_state, read_algorithm, read_config, CHECKPOINT, METRICS, SAMPLES};
@@ -21,12 +20,13 @@ use dpgan::{Error, Result};
 use serde::Serialize;
 use serde_json::Value;
 
+mod dp_sgd;
 mod summary;
 use summary::{markdown, Privacy, Steps, Summary};
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
-    /// The run: a DP-CGAN run, a GS-WGAN run or a GS-WGAN warm start.
+    /// The run: a DP-CGAN run, a DPSGD-GAN run, a GS-WGAN run or a GS-WGAN warm start.
     #[arg(value_name = "RUN")]
     run: PathBuf,
     /// Where to write the report [default: RUN/report].
@@ -49,7 +49,8 @@ struct Gathered {
 pub fn run(args: &ReportArgs) -> Result<()> {
     let root = args.run.as_path();
     let mut gathered = match read_algorithm(root)?.as_str() {
-        DP_CGAN => dp_cgan(root)?,
+        dp_sgd::DP_CGAN => dp_sgd::dp_cgan(root)?,
+        dp_sgd::DPSGD_GAN => dp_sgd::dpsgd_gan(root)?,
         GS_WGAN => gs_wgan(root)?,
         WARM_START_ALGORITHM => warm_start(root)?,
         other => {
@@ -114,100 +115,6 @@ fn refuse_output_dir(out: &Path) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-fn dp_cgan(root: &Path) -> Result<Gathered> {
-    let config: DpCganRunConfig = read_config(root, DP_CGAN)?;
-    let state: Option<DpCganState> = checkpointed(root)?;
-    let no_checkpoint = state.is_none();
-    let metrics = read_metrics(root)?;
-    let governing = kebab(&config.conversion);
-    let other = if governing == "improved" { "classic" } else { "improved" };
-    let (epsilon, epsilons) = match &state {
-        Some(state) => {
-            let mut epsilons = Vec::new();
-            for conversion in [config.conversion, other_conversion(config.conversion)] {
-                epsilons.push((format!("{} conversion", kebab(&conversion)), state.accountant.spent_with(conversion)?.epsilon));
-            }
-            (state.epsilon, epsilons)
-        }
-        None => (0.0, Vec::new()),
-    };
-    let sampling = match config.sampling {
-        SamplingKind::Poisson => format!(
-            "Poisson: each record joins a step with probability q = B/N = {:.6}, which is what the accountant's ε is a proof for",
-            config.sample_rate
-        ),
-        SamplingKind::Shuffle => format!(
-            "shuffled batches of B = {} (as the published run): the ε assumes Poisson sampling at q = {:.6}, so it is the customary \
-             approximation, not a proof for this run",
-            config.batch_size, config.sample_rate
-        ),
-    };
-    let privacy = Privacy {
-        epsilon,
-        delta: config.delta,
-        governs: format!("{governing} conversion"),
-        epsilons,
-        planned_epsilon: config.planned_epsilon()?.epsilon,
-        target_epsilon: config.target_epsilon,
-        target_role: target_role(config.target_epsilon, config.noise_multiplier_calibrated),
-        noise_multiplier: f32_value(config.noise_multiplier).as_f64().unwrap_or(f64::NAN),
-        sampling,
-        noise_key: config.noise_key,
-        noise: noise_name(config.noise),
-    };
-    let settings = vec![
-        ("data", Value::from(config.data.dir.display().to_string())),
-        ("training records", config.data.records.into()),
-        ("seed", config.seed.into()),
-        ("steps planned", config.steps.into()),
-        ("batch size B", config.batch_size.into()),
-        ("sampling", kebab(&config.sampling).into()),
-        ("sample rate q", config.sample_rate.into()),
-        ("clip norm C", f32_value(config.clip)),
-        ("noise multiplier σ", f32_value(config.noise_multiplier)),
-        ("σ calibrated to the target", config.noise_multiplier_calibrated.into()),
-        ("δ", config.delta.into()),
-        ("Rényi orders", kebab(&config.orders).into()),
-        ("conversion", governing.clone().into()),
-        ("D learning rate (SGD)", f32_value(config.d_lr)),
-        ("D learning-rate schedule", schedule_name(config.d_lr_schedule).into()),
-        (
-            "G Adam",
-            format!("lr {}, β1 {}, β2 {}, ε {}", config.g_adam.lr, config.g_adam.beta1, config.g_adam.beta2, config.g_adam.eps).into(),
-        ),
-        ("noise sampler", noise_name(config.noise).into()),
-        (
-            "log / sample / checkpoint every",
-            format!("{} / {} / {} steps", config.log_every, config.sample_every, config.checkpoint_every).into(),
-        ),
-        ("device at start", config.device.clone().into()),
-        ("build", build_name(&config.build).into()),
-    ];
-    let steps =
-        Steps { unit: "steps", taken: state.as_ref().map_or(0, |s| s.step), planned: config.steps, stopped: state.and_then(|s| s.stopped) };
-    let level = budget_level(config.target_epsilon, config.noise_multiplier_calibrated);
-    let epsilon_panel = Panel {
-        title: format!("ε at δ = {} ({governing} conversion governs)", config.delta),
-        y_label: "ε".into(),
-        lines: [("epsilon", format!("ε, {governing} conversion")), (&*format!("epsilon_{other}"), format!("ε, {other} conversion"))]
-            .into_iter()
-            .map(|(key, name)| Line { name, points: series(&metrics, key) })
-            .filter(|l| !l.points.is_empty())
-            .collect(),
-        levels: level.into_iter().collect(),
-        y_from_zero: true,
-    };
-    let mut summary = Summary::new(root, DP_CGAN, "DP-CGAN run", Some(config.noise_key), steps, Some(privacy), settings);
-    note_no_checkpoint(&mut summary, no_checkpoint);
-    Ok(Gathered {
-        summary,
-        x_label: "step",
-        losses: loss_panels(&metrics, "discriminator", "generator"),
-        epsilon: vec![epsilon_panel],
-        grid: latest_grid(root)?.map(|g| (g, class_names_of_file(&config.data.labels.path))),
-    })
 }
 
 fn gs_wgan(root: &Path) -> Result<Gathered> {
@@ -438,24 +345,9 @@ fn budget_level(target: Option<f64>, calibrated: bool) -> Option<Level> {
     target.map(|value| Level { name: format!("{} ε = {value}", if calibrated { "target" } else { "budget" }), value })
 }
 
-fn other_conversion(c: dpgan::privacy::conversion::Conversion) -> dpgan::privacy::conversion::Conversion {
-    use dpgan::privacy::conversion::Conversion;
-    match c {
-        Conversion::Improved => Conversion::Classic,
-        Conversion::Classic => Conversion::Improved,
-    }
-}
-
 /// An f32 setting as the number it was written as (1.15, not 1.149999976158142).
 fn f32_value(x: f32) -> Value {
     Value::from(x.to_string().parse::<f64>().unwrap_or(x as f64))
-}
-
-fn schedule_name(schedule: LrSchedule) -> String {
-    match schedule {
-        LrSchedule::Constant => "constant".into(),
-        LrSchedule::LinearDecay { final_lr, decay_steps } => format!("linear decay to {final_lr} over {decay_steps} steps, then constant"),
-    }
 }
 
 fn noise_name(mode: NoiseMode) -> String {

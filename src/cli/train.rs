@@ -47,18 +47,8 @@ enum ScheduleArg {
 /// continues with the settings in its config.json. The defaults are listed in each help line.
 #[derive(Args, Debug)]
 struct DpCganArgs {
-    /// Training data: a directory with MNIST-layout IDX files, or a name under $DPGAN_DATA.
-    #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
-    /// The run directory to create (config.json, metrics.jsonl, checkpoints, sample grids).
-    #[arg(long, value_name = "RUN_DIR", required_unless_present = "resume")]
-    out: Option<PathBuf>,
-    /// Continue the run in RUN_DIR from its checkpoint (with its own settings).
-    #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
-    resume: Option<PathBuf>,
-    /// cpu, cuda or cuda:N [default: the GPU if one works, else the CPU].
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    run: super::dp_sgd_args::RunDirArgs,
     /// Seed of everything random in the run [default: drawn from the OS and recorded].
     #[arg(long)]
     seed: Option<u64>,
@@ -71,28 +61,11 @@ struct DpCganArgs {
     /// B: the batch size, or the expected one under Poisson sampling [default: 600].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// C: each example's gradient norm bound [default: 1.1].
-    #[arg(long, allow_negative_numbers = true)]
-    clip: Option<f32>,
-    /// σ: noise std over C [default: 1.15, or calibrated to --target-epsilon].
-    #[arg(long, allow_negative_numbers = true)]
-    noise_multiplier: Option<f32>,
-    /// The ε budget at δ: σ is calibrated to it when --noise-multiplier is absent, and the run
-    /// stops (with a checkpoint) before any step that would pass it.
-    #[arg(long, allow_negative_numbers = true)]
-    target_epsilon: Option<f64>,
-    /// δ [default: 1e-5].
-    #[arg(long, allow_negative_numbers = true)]
-    delta: Option<f64>,
+    #[command(flatten)]
+    privacy: super::dp_sgd_args::DpSgdPrivacyArgs,
     /// How batches are drawn [default: poisson].
     #[arg(long, value_enum)]
     sampling: Option<SamplingArg>,
-    /// How RDP becomes (ε, δ) [default: improved].
-    #[arg(long, value_enum)]
-    conversion: Option<ConversionArg>,
-    /// Rényi orders [default: standard].
-    #[arg(long, value_enum)]
-    orders: Option<OrdersArg>,
     /// D's SGD learning rate [default: 0.15].
     #[arg(long, allow_negative_numbers = true)]
     d_lr: Option<f32>,
@@ -130,18 +103,18 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 }
 
 fn dp_cgan(args: &DpCganArgs) -> Result<()> {
-    let device = super::choose_device(args.device.as_deref())?;
+    let device = super::choose_device(args.run.device.as_deref())?;
     let resumed = |root: &Path| {
         refuse_settings_on_resume(args)?;
         DpCganRun::resume(root, &device, args.steps)
     };
     let started = |out: &Path| {
-        let data = Dataset::load(&data_dir(args.data.as_deref())?, Split::Train)?;
+        let data = Dataset::load(&data_dir(args.run.data.as_deref())?, Split::Train)?;
         let config = DpCganRunConfig::plan(&settings(args)?, &data, &device)?;
         announce(&config)?;
         DpCganRun::start(out, config, &data, &device)
     };
-    let (mut run, root) = open_run(args.resume.as_deref(), args.out.as_deref(), resumed, started)?;
+    let (mut run, root) = open_run(args.run.resume.as_deref(), args.run.out.as_deref(), resumed, started)?;
     let note = if run.config().sampling == SamplingKind::Shuffle { " (shuffled batches: the customary approximation)" } else { "" };
     let summary = RunSummary { command: "dp-cgan", unit: "steps", noise_multiplier: run.config().noise_multiplier, note };
     summary.train_and_report(&mut run, &device, &root)
@@ -246,7 +219,7 @@ fn announce(config: &DpCganRunConfig) -> Result<()> {
              sampling at q = B/N, the customary approximation for this, not a proof"
         );
     }
-    let planned = config.planned_epsilon()?;
+    let planned = config.privacy().planned_epsilon()?;
     eprintln!(
         "dp-cgan: {} steps, B = {}, q = {}, C = {}, σ = {}{}, δ = {}: ε = {:.4} if every step runs{}",
         config.steps,
@@ -276,27 +249,23 @@ fn settings(args: &DpCganArgs) -> Result<DpCganSettings> {
             LrSchedule::LinearDecay { final_lr: args.d_lr_final.unwrap_or(0.052), decay_steps: args.d_lr_decay_steps.unwrap_or(10_000) }
         }
     };
-    let noise_multiplier = match (args.noise_multiplier, args.target_epsilon) {
-        (Some(sigma), _) => Some(sigma),
-        (None, Some(_)) => None,
-        (None, None) => d.noise_multiplier,
-    };
+    let privacy = &args.privacy;
     Ok(DpCganSettings {
-        data: args.data.clone().unwrap_or_default(),
+        data: args.run.data.clone().unwrap_or_default(),
         seed,
         steps: args.steps,
         epochs: args.epochs.unwrap_or(d.epochs),
         batch_size: args.batch_size.unwrap_or(d.batch_size),
-        clip: args.clip.unwrap_or(d.clip),
-        noise_multiplier,
-        target_epsilon: args.target_epsilon,
-        delta: args.delta.unwrap_or(d.delta),
+        clip: privacy.clip.unwrap_or(d.clip),
+        noise_multiplier: privacy.noise_multiplier_or(d.noise_multiplier),
+        target_epsilon: privacy.target_epsilon,
+        delta: privacy.delta.unwrap_or(d.delta),
         sampling: match args.sampling {
             None | Some(SamplingArg::Poisson) => SamplingKind::Poisson,
             Some(SamplingArg::Shuffle) => SamplingKind::Shuffle,
         },
-        orders: args.orders.map_or(d.orders, OrdersArg::value),
-        conversion: args.conversion.map_or(d.conversion, ConversionArg::value),
+        orders: privacy.orders.map_or(d.orders, OrdersArg::value),
+        conversion: privacy.conversion.map_or(d.conversion, ConversionArg::value),
         d_lr: args.d_lr.unwrap_or(d.d_lr),
         d_lr_schedule,
         g_adam: AdamRecord { lr: args.g_lr.unwrap_or(d.g_adam.lr), ..d.g_adam },
@@ -312,17 +281,10 @@ fn settings(args: &DpCganArgs) -> Result<DpCganSettings> {
 /// than silently ignored. `--steps` (a new total) and `--device` are allowed.
 fn refuse_settings_on_resume(args: &DpCganArgs) -> Result<()> {
     let given = [
-        ("--data", args.data.is_some()),
         ("--seed", args.seed.is_some()),
         ("--epochs", args.epochs.is_some()),
         ("--batch-size", args.batch_size.is_some()),
-        ("--clip", args.clip.is_some()),
-        ("--noise-multiplier", args.noise_multiplier.is_some()),
-        ("--target-epsilon", args.target_epsilon.is_some()),
-        ("--delta", args.delta.is_some()),
         ("--sampling", args.sampling.is_some()),
-        ("--conversion", args.conversion.is_some()),
-        ("--orders", args.orders.is_some()),
         ("--d-lr", args.d_lr.is_some()),
         ("--d-lr-schedule", args.d_lr_schedule.is_some()),
         ("--d-lr-final", args.d_lr_final.is_some()),
@@ -332,7 +294,7 @@ fn refuse_settings_on_resume(args: &DpCganArgs) -> Result<()> {
         ("--sample-every", args.sample_every.is_some()),
         ("--checkpoint-every", args.checkpoint_every.is_some()),
     ];
-    let noise = args.noise.given();
-    let given: Vec<_> = given.iter().chain(&noise).copied().collect();
+    let (run, privacy, noise) = (args.run.given(), args.privacy.given(), args.noise.given());
+    let given: Vec<_> = run.iter().chain(&given).chain(&privacy).chain(&noise).copied().collect();
     super::refuse_on_resume(&given, "--steps and --device")
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::data::dataset::{Dataset, Split};
-use crate::dp::{FiniteChecks, KeySource, RunKey};
+use crate::dp::{FiniteChecks, KeySource, NoiseMode, RunKey};
 use crate::error::{Error, Result};
 use crate::privacy::accountant::{Accountant, Mechanism};
 use crate::privacy::calibrate::calibrate_noise_multiplier;
@@ -88,6 +88,61 @@ impl PrivacyPlan {
     /// The privacy cost of one step: the Poisson-subsampled Gaussian at q and σ.
     pub fn mechanism(&self) -> Mechanism {
         Mechanism::SubsampledGaussian { sample_rate: self.sample_rate, noise_multiplier: self.noise_multiplier as f64 }
+    }
+}
+
+/// What a DP-SGD run's config.json records of its privacy, the same for DP-CGAN and DPSGD-GAN:
+/// the run, its resume and `dpgan report` read it through this one view.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordedPrivacy {
+    /// Steps planned: each one step of the accountant.
+    pub steps: u64,
+    pub batch_size: usize,
+    pub plan: PrivacyPlan,
+    pub clip: f32,
+    pub target_epsilon: Option<f64>,
+    pub delta: f64,
+    pub orders: Orders,
+    pub conversion: Conversion,
+    pub noise: NoiseMode,
+    pub noise_key: KeySource,
+}
+
+impl RecordedPrivacy {
+    /// The privacy cost of one step.
+    pub fn mechanism(&self) -> Mechanism {
+        self.plan.mechanism()
+    }
+
+    /// A fresh accountant for the run, with its budget.
+    pub fn accountant(&self) -> Result<Accountant> {
+        Accountant::new(self.orders, self.conversion, self.delta, self.target_epsilon)
+    }
+
+    /// The accountant after `steps` steps: what a resumed checkpoint's must equal.
+    pub fn accountant_after(&self, steps: u64) -> Result<Accountant> {
+        self.accountant()?.after(self.mechanism(), steps)
+    }
+
+    /// The ε of the whole plan (every step taken), whatever the budget.
+    pub fn planned_epsilon(&self) -> Result<Guarantee> {
+        Accountant::new(self.orders, self.conversion, self.delta, None)?.try_step(self.mechanism(), self.steps)
+    }
+
+    /// The loop's settings; `every` is (log, sample, checkpoint).
+    pub fn loop_settings(&self, every: (u64, u64, u64)) -> LoopSettings {
+        let (log_every, sample_every, checkpoint_every) = every;
+        LoopSettings {
+            steps: self.steps,
+            log_every,
+            sample_every,
+            checkpoint_every,
+            sample_rate: self.plan.sample_rate,
+            delta: self.delta,
+            conversion: self.conversion,
+            noise_key: self.noise_key,
+            mechanism: self.mechanism(),
+        }
     }
 }
 
@@ -180,15 +235,6 @@ pub struct LoopSettings {
     pub conversion: Conversion,
     pub noise_key: KeySource,
     pub mechanism: Mechanism,
-}
-
-impl LoopSettings {
-    /// A run's loop settings from its recorded ones; `every` is (log, sample, checkpoint).
-    pub fn new(steps: u64, every: (u64, u64, u64), plan: PrivacyPlan, delta: f64, conversion: Conversion, noise_key: KeySource) -> Self {
-        let (log_every, sample_every, checkpoint_every) = every;
-        let (sample_rate, mechanism) = (plan.sample_rate, plan.mechanism());
-        LoopSettings { steps, log_every, sample_every, checkpoint_every, sample_rate, delta, conversion, noise_key, mechanism }
-    }
 }
 
 /// What the loop owns of a run: its directory, its secret key (its noise and batches, saved only

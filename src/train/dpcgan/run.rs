@@ -15,13 +15,13 @@ use crate::dp::{KeySource, NoiseMode, RunKey};
 use crate::error::{Error, Result};
 use crate::io::image::Grid;
 use crate::models::dpcgan::{Generator, CLASSES, LATENT, PIXELS};
-use crate::privacy::accountant::{Accountant, Mechanism};
-use crate::privacy::conversion::{Conversion, Guarantee};
+use crate::privacy::accountant::Accountant;
+use crate::privacy::conversion::Conversion;
 use crate::privacy::rdp::Orders;
 use crate::tensor::{Device, Tensor};
 use crate::train::dp_sgd_run::{
-    self, gather_batch, load_recorded_data, resumed_total, CheckpointCheck, LoopSettings, PrivacyPlan, PrivacyRequest, PrivateRun, RunCore,
-    StepReport,
+    self, gather_batch, load_recorded_data, resumed_total, CheckpointCheck, PrivacyPlan, PrivacyRequest, PrivateRun, RecordedPrivacy,
+    RunCore, StepReport,
 };
 use crate::train::progress::Progress;
 use crate::train::replay::{stream, Purpose, StepBatches};
@@ -269,24 +269,24 @@ impl DpCganRunConfig {
         Ok(config)
     }
 
-    fn privacy(&self) -> PrivacyPlan {
-        PrivacyPlan { sample_rate: self.sample_rate, noise_multiplier: self.noise_multiplier, calibrated: self.noise_multiplier_calibrated }
-    }
-
-    /// The privacy cost of one step, as the accountant counts it.
-    pub fn mechanism(&self) -> Mechanism {
-        self.privacy().mechanism()
-    }
-
-    /// A fresh accountant for this run.
-    pub fn accountant(&self) -> Result<Accountant> {
-        Accountant::new(self.orders, self.conversion, self.delta, self.target_epsilon)
-    }
-
-    /// The ε of the whole plan (every step taken).
-    pub fn planned_epsilon(&self) -> Result<Guarantee> {
-        let mut accountant = Accountant::new(self.orders, self.conversion, self.delta, None)?;
-        accountant.try_step(self.mechanism(), self.steps)
+    /// The privacy settings it records, as every DP-SGD run records them.
+    pub fn privacy(&self) -> RecordedPrivacy {
+        RecordedPrivacy {
+            steps: self.steps,
+            batch_size: self.batch_size,
+            plan: PrivacyPlan {
+                sample_rate: self.sample_rate,
+                noise_multiplier: self.noise_multiplier,
+                calibrated: self.noise_multiplier_calibrated,
+            },
+            clip: self.clip,
+            target_epsilon: self.target_epsilon,
+            delta: self.delta,
+            orders: self.orders,
+            conversion: self.conversion,
+            noise: self.noise,
+            noise_key: self.noise_key,
+        }
     }
 
     fn sampling(&self) -> Sampling {
@@ -348,7 +348,7 @@ impl DpCganRun {
         let key = config.noise_key.new_key(config.seed)?;
         let dir = RunDir::create(out)?;
         dir.write_json(CONFIG, &config)?;
-        let accountant = config.accountant()?;
+        let accountant = config.privacy().accountant()?;
         Self::assemble(dir, config, key, data, device, accountant, 0.0)
     }
 
@@ -359,7 +359,7 @@ impl DpCganRun {
         let data = load_recorded_data(&config.data)?;
         let (tensors, state, key): (_, DpCganState, _) = dir.load_checkpoint_keyed(device)?;
         // The accountant is what config.json's q and σ give after the steps taken, nothing else.
-        let expected = config.accountant()?.after(config.mechanism(), state.step)?;
+        let expected = config.privacy().accountant_after(state.step)?;
         CheckpointCheck {
             dir: &dir,
             format: (STATE_FORMAT, ALGORITHM),
@@ -370,7 +370,7 @@ impl DpCganRun {
             expected: &expected,
             recorded: &state.accountant,
             steps: state.step,
-            plan: config.privacy(),
+            plan: config.privacy().plan,
         }
         .verify()?;
         if let Some(total) = resumed_total("--steps", steps, state.step, root)? {
@@ -396,7 +396,7 @@ impl DpCganRun {
         let batches = StepBatches::new(data.len(), config.sampling(), &key)?;
         let c = &config;
         let every = (c.log_every, c.sample_every, c.checkpoint_every);
-        let settings = LoopSettings::new(c.steps, every, c.privacy(), c.delta, c.conversion, c.noise_key);
+        let settings = c.privacy().loop_settings(every);
         Ok(DpCganRun {
             core: RunCore { dir, key, accountant, settings, wall_before },
             model,

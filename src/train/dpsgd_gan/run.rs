@@ -18,13 +18,13 @@ use crate::error::{Error, Result};
 use crate::io::image::Grid;
 use crate::models::dpsgd_gan::{Generator, CLASSES, WIDTH};
 use crate::nn::Module;
-use crate::privacy::accountant::{Accountant, Mechanism};
-use crate::privacy::conversion::{Conversion, Guarantee};
+use crate::privacy::accountant::Accountant;
+use crate::privacy::conversion::Conversion;
 use crate::privacy::rdp::Orders;
 use crate::tensor::{Device, Tensor};
 use crate::train::dp_sgd_run::{
-    self, gather_batch, load_recorded_data, resumed_total, CheckpointCheck, LoopSettings, Outcome, PrivacyPlan, PrivacyRequest, PrivateRun,
-    RunCore, StepReport,
+    self, gather_batch, load_recorded_data, resumed_total, CheckpointCheck, Outcome, PrivacyPlan, PrivacyRequest, PrivateRun,
+    RecordedPrivacy, RunCore, StepReport,
 };
 use crate::train::dpcgan::run::{AdamRecord, BuildRecord, DataRecord};
 use crate::train::progress::Progress;
@@ -182,22 +182,24 @@ impl DpsgdGanRunConfig {
         })
     }
 
-    fn privacy(&self) -> PrivacyPlan {
-        PrivacyPlan { sample_rate: self.sample_rate, noise_multiplier: self.noise_multiplier, calibrated: self.noise_multiplier_calibrated }
-    }
-
-    /// The privacy cost of one D step.
-    pub fn mechanism(&self) -> Mechanism {
-        self.privacy().mechanism()
-    }
-
-    pub fn accountant(&self) -> Result<Accountant> {
-        Accountant::new(self.orders, self.conversion, self.delta, self.target_epsilon)
-    }
-
-    /// The ε of the whole plan (every D step taken).
-    pub fn planned_epsilon(&self) -> Result<Guarantee> {
-        Accountant::new(self.orders, self.conversion, self.delta, None)?.try_step(self.mechanism(), self.steps)
+    /// The privacy settings it records, as every DP-SGD run records them.
+    pub fn privacy(&self) -> RecordedPrivacy {
+        RecordedPrivacy {
+            steps: self.steps,
+            batch_size: self.batch_size,
+            plan: PrivacyPlan {
+                sample_rate: self.sample_rate,
+                noise_multiplier: self.noise_multiplier,
+                calibrated: self.noise_multiplier_calibrated,
+            },
+            clip: self.clip,
+            target_epsilon: self.target_epsilon,
+            delta: self.delta,
+            orders: self.orders,
+            conversion: self.conversion,
+            noise: self.noise,
+            noise_key: self.noise_key,
+        }
     }
 
     pub fn step_config(&self) -> DpsgdGanConfig {
@@ -252,7 +254,7 @@ impl DpsgdGanRun {
         let key = config.noise_key.new_key(config.seed)?;
         let dir = RunDir::create(out)?;
         dir.write_json(CONFIG, &config)?;
-        let accountant = config.accountant()?;
+        let accountant = config.privacy().accountant()?;
         let schedule = ScheduleState::new(config.d_steps_per_g_step);
         Self::assemble(dir, config, key, data, device, accountant, schedule, 0.0)
     }
@@ -263,7 +265,7 @@ impl DpsgdGanRun {
         let mut config: DpsgdGanRunConfig = dir.read_config(ALGORITHM)?;
         let data = load_recorded_data(&config.data)?;
         let (tensors, state, key): (_, DpsgdGanState, _) = dir.load_checkpoint_keyed(device)?;
-        let expected = config.accountant()?.after(config.mechanism(), state.step)?;
+        let expected = config.privacy().accountant_after(state.step)?;
         CheckpointCheck {
             dir: &dir,
             format: (STATE_FORMAT, ALGORITHM),
@@ -274,7 +276,7 @@ impl DpsgdGanRun {
             expected: &expected,
             recorded: &state.accountant,
             steps: state.step,
-            plan: config.privacy(),
+            plan: config.privacy().plan,
         }
         .verify()?;
         if state.schedule.schedule != config.d_steps_per_g_step {
@@ -306,7 +308,7 @@ impl DpsgdGanRun {
         let batches = StepBatches::new(data.len(), Sampling::Poisson { sample_rate: config.sample_rate }, &key)?;
         let c = &config;
         let every = (c.log_every, c.sample_every, c.checkpoint_every);
-        let settings = LoopSettings::new(c.steps, every, c.privacy(), c.delta, c.conversion, c.noise_key);
+        let settings = c.privacy().loop_settings(every);
         Ok(DpsgdGanRun {
             core: RunCore { dir, key, accountant, settings, wall_before },
             model,
