@@ -1,5 +1,5 @@
-//! Synthetic-set files (IDX and NPY, byte for byte what MNIST and numpy write), the three evaluation
-//! classifiers on real MNIST, the logistic regression against plain formulas, and `dpgan eval` run
+//! Synthetic-set files (IDX and NPY, byte for byte what MNIST and numpy write), the four evaluation
+//! classifiers on real MNIST (and the CNN's dropout and held-out split), the logistic regression against plain formulas, and `dpgan eval` run
 //! as a user would. Real data comes from `$DPGAN_DATA/mnist` (else `../shared/data/mnist`).
 mod common;
 
@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{assert_close, assert_close_f64, rng, tol};
+use dpgan::autograd::Tape;
 use dpgan::data::{scale_pixels, Dataset, PixelScale, Split};
+use dpgan::eval::cnn::hold_out_per_class;
 use dpgan::eval::features::one_hot_targets;
 use dpgan::eval::logreg::objective;
-use dpgan::eval::{evaluate, Classifier, EvalConfig, EvalReport, Features, ImageSet, LeNet, LogReg, LogRegConfig, Metric, Mlp};
+use dpgan::eval::{evaluate, Classifier, Cnn, EvalConfig, EvalReport, Features, ImageSet, LeNet, LogReg, LogRegConfig, Metric, Mlp};
 use dpgan::io::synthetic::{read_synthetic, write_synthetic, SyntheticFormat, IDX_IMAGES, IDX_LABELS, NPY_IMAGES, NPY_LABELS};
 use dpgan::tensor::Tensor;
 use dpgan::{Device, Error};
@@ -352,6 +354,100 @@ fn lenet_beats_chance_after_two_short_epochs() {
 }
 
 #[test]
+fn cnn_has_the_recipes_layers() {
+    let cnn = Cnn::init(&mut ChaCha8Rng::seed_from_u64(0), &Device::Cpu).unwrap();
+    let shapes: Vec<&[usize]> = cnn.params.iter().map(Tensor::shape).collect();
+    let expected: [&[usize]; 8] =
+        [&[1, 32, 1, 3, 3], &[1, 32], &[1, 64, 32, 3, 3], &[1, 64], &[1, 128, 9216], &[1, 128], &[1, 10, 128], &[1, 10]];
+    assert_eq!(shapes, expected);
+    // docs/algorithms.md §4: PyTorch's MNIST example network.
+    assert_eq!(cnn.parameter_count(), 1_199_882);
+}
+
+/// `sum(w ⊙ dropout(x))` in f64 with the mask drawn from `seed`.
+fn dropped_sum(x: &[f64], w: &[f64], p: f32, seed: u64) -> (f64, Vec<f64>, Vec<f64>) {
+    let tape = Tape::new();
+    let x = Tensor::from_vec_f64(x.to_vec(), &[1, 3, x.len() / 3]).unwrap();
+    let w = Tensor::from_vec_f64(w.to_vec(), x.shape()).unwrap();
+    tape.watch(&x);
+    let y = tape.dropout(&x, p, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+    let loss = tape.sum_all(&tape.mul(&y, &w).unwrap()).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    (loss.to_vec_f64().unwrap()[0], y.to_vec_f64().unwrap(), grads.of(&x).unwrap().to_vec_f64().unwrap())
+}
+
+#[test]
+fn dropout_keeps_a_seeded_share_scaled_and_its_gradient_matches_finite_differences() {
+    let mut rng = rng("dropout");
+    let n = 60;
+    let x: Vec<f64> = (0..n).map(|_| rng.random_range(0.5..2.0)).collect();
+    let w: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let (_, y, grad) = dropped_sum(&x, &w, 0.5, 3);
+    // Every output is 0 or 2x, and the same seed draws the same mask.
+    let mask: Vec<f64> = y.iter().zip(&x).map(|(y, x)| y / x).collect();
+    assert!(mask.iter().all(|&m| m == 0.0 || (m - 2.0).abs() < 1e-15), "{mask:?}");
+    assert!(mask.contains(&0.0) && mask.contains(&2.0), "{mask:?}");
+    assert_eq!(dropped_sum(&x, &w, 0.5, 3).1, y);
+    assert_ne!(dropped_sum(&x, &w, 0.5, 4).1, y, "another seed, another mask");
+    // Central differences, the mask held fixed by its seed.
+    let h = 1e-6;
+    let numeric: Vec<f64> = (0..n)
+        .map(|i| {
+            let (mut plus, mut minus) = (x.clone(), x.clone());
+            plus[i] += h;
+            minus[i] -= h;
+            (dropped_sum(&plus, &w, 0.5, 3).0 - dropped_sum(&minus, &w, 0.5, 3).0) / (2.0 * h)
+        })
+        .collect();
+    assert_close_f64("∂/∂x of sum(w ⊙ dropout(x))", &grad, &numeric, 1e-8);
+    let masked: Vec<f64> = mask.iter().zip(&w).map(|(m, w)| m * w).collect();
+    assert_close_f64("gradient is w ⊙ mask", &grad, &masked, tol::F64_TIGHT);
+
+    // The share kept is 1 − p: 100,000 draws put its sd at 0.0014, so 0.01 catches a wrong p.
+    let tape = Tape::new();
+    let ones = Tensor::full(&[1, 100_000], 1.0, &Device::Cpu).unwrap();
+    let kept = tape.dropout(&ones, 0.25, &mut ChaCha8Rng::seed_from_u64(1)).unwrap().to_vec().unwrap();
+    let share = kept.iter().filter(|&&v| v != 0.0).count() as f64 / kept.len() as f64;
+    assert!((share - 0.75).abs() < 0.01, "kept {share}");
+    assert!(kept.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+    assert_eq!(tape.dropout(&ones, 0.0, &mut ChaCha8Rng::seed_from_u64(1)).unwrap().to_vec().unwrap(), vec![1.0; 100_000]);
+    assert!(tape.dropout(&ones, 1.0, &mut ChaCha8Rng::seed_from_u64(1)).is_err());
+}
+
+#[test]
+fn cnn_holds_out_the_last_share_of_every_class() {
+    // Class by class, as `dpgan sample` writes: 12 of each, 120 in all; holding out 10 takes one each.
+    let labels: Vec<u8> = (0..10u8).flat_map(|c| [c; 12]).collect();
+    let (train, held) = hold_out_per_class(&labels, 10);
+    assert_eq!(held, (0..10).map(|c| 12 * c + 11).collect::<Vec<_>>());
+    assert_eq!(train.len(), 110);
+    assert!(train.iter().all(|r| !held.contains(r)));
+    // Uneven classes keep their shares: 20 of class 0 and 4 of class 1, holding out 6 → 5 and 1.
+    let labels: Vec<u8> = [vec![0; 20], vec![1; 4]].concat();
+    let (_, held) = hold_out_per_class(&labels, 6);
+    assert_eq!(held, vec![15, 16, 17, 18, 19, 23]);
+}
+
+#[test]
+fn cnn_learns_a_small_real_subset_and_chooses_its_epoch_on_held_out_training_images() {
+    let config = EvalConfig { seed: 2, repeats: 1, epochs: Some(2) };
+    let report = evaluate_mnist(Classifier::Cnn, 1200, 1000, &config);
+    let choice = report.runs[0].epoch_choice.expect("the CNN reports the epoch it kept");
+    eprintln!("CNN epoch choice {choice:?}");
+    // 1,200 digits hold out 100 (1/12), 10 of each of these classes' shares, rounded down.
+    assert!((90..=100).contains(&choice.held_out) && (1..=2).contains(&choice.epoch), "{choice:?}");
+    // 34 Adam steps on 1,100 digits: far from the CNN's 99%, but chance is 0.1 / 0.5.
+    assert!(report.accuracy.mean > 0.7, "accuracy {}", report.accuracy.mean);
+    assert!(report.auroc_micro.mean > 0.9, "AUROC {}", report.auroc_micro.mean);
+    assert!(choice.held_out_accuracy > 0.6, "{choice:?}");
+    // Too few images to hold any out: refused, not trained unchecked.
+    let (x, y) = mnist(Split::Train, 11);
+    let set = ImageSet::new(&x, &y, 28, 28, "tiny").unwrap();
+    let err = evaluate(&set, &set, Classifier::Cnn, &config, &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("too few"), "{err}");
+}
+
+#[test]
 fn evaluate_rejects_what_it_cannot_use() {
     let (x, y) = mnist(Split::Test, 20);
     let set = ImageSet::new(&x, &y, 28, 28, "set").unwrap();
@@ -494,14 +590,16 @@ fn logreg_objective_on_cuda_matches_the_cpu() {
 }
 
 #[test]
-fn mlp_and_lenet_scores_on_cuda_match_the_cpu() {
-    common::on_cuda("mlp_and_lenet_scores_on_cuda_match_the_cpu", |gpu| {
+fn mlp_lenet_and_cnn_scores_on_cuda_match_the_cpu() {
+    common::on_cuda("mlp_lenet_and_cnn_scores_on_cuda_match_the_cpu", |gpu| {
         let (symmetric, normalised, _) = digits(300);
         // The same initialisation on both devices (drawn on the host from the same seed).
         let mlp = |device: &Device| Mlp::init(784, 100, &mut ChaCha8Rng::seed_from_u64(5), device).unwrap().scores(&symmetric).unwrap();
         let lenet = |device: &Device| LeNet::init(&mut ChaCha8Rng::seed_from_u64(6), device).unwrap().scores(&normalised).unwrap();
+        let cnn = |device: &Device| Cnn::init(&mut ChaCha8Rng::seed_from_u64(7), device).unwrap().scores(&normalised).unwrap();
         let as_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
         assert_close("MLP softmax", &as_f32(mlp(gpu)), &as_f32(mlp(&Device::Cpu)), tol::F32_LONG);
         assert_close("LeNet softmax", &as_f32(lenet(gpu)), &as_f32(lenet(&Device::Cpu)), tol::F32_LONG);
+        assert_close("CNN softmax", &as_f32(cnn(gpu)), &as_f32(cnn(&Device::Cpu)), tol::F32_LONG);
     });
 }

@@ -1,11 +1,29 @@
 //! Ops built from the primitive tape ops: their gradients (of any order) come from the primitives'
 //! rules, so they need no rule of their own.
+use rand::Rng;
+
 use super::Tape;
 use crate::backend::ops as raw;
-use crate::error::{ensure_shape, Result};
-use crate::tensor::Tensor;
+use crate::error::{ensure_shape, Error, Result};
+use crate::tensor::{DType, Tensor};
 
 impl Tape {
+    /// Inverted dropout: `x ⊙ m` with `m` = 1/(1 − p) with probability 1 − p, else 0, drawn from
+    /// `rng` on the host (so a seed fixes the mask on every device). The mask is a constant on the
+    /// tape, so the gradient is `dy ⊙ m`, from `mul`'s rule; at evaluation the layer is simply left out.
+    pub fn dropout(&self, x: &Tensor, p: f32, rng: &mut impl Rng) -> Result<Tensor> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::Invalid(format!("dropout: probability must be in [0, 1), got {p}")));
+        }
+        let keep = 1.0 / (1.0 - f64::from(p));
+        let mask: Vec<f64> = (0..x.numel()).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
+        let mask = match x.dtype() {
+            DType::F64 => Tensor::from_vec_f64(mask, x.shape())?,
+            DType::F32 => Tensor::from_vec(mask.into_iter().map(|m| m as f32).collect(), x.shape(), &x.device())?,
+        };
+        self.mul(x, &mask)
+    }
+
     /// Pixel norm over channels of `[G, B, C, H, W]`: `x / sqrt(mean_c x² + eps)` per position.
     pub fn pixel_norm(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
         ensure_shape!(x.rank() == 5, "pixel_norm", "needs [G, B, C, H, W], got {:?}", x.shape());

@@ -20,7 +20,8 @@ pub struct EvalArgs {
     /// Default: $DPGAN_DATA.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// The classifier trained on the set: logreg and mlp (DP-CGAN's protocol) or lenet (GS-WGAN's).
+    /// The classifier trained on the set: logreg and mlp (DP-CGAN's protocol), lenet (GS-WGAN's) or
+    /// cnn (DPSGD-GAN's: it holds out 1/12 of the set, at most 5,000 images, to choose its epoch).
     #[arg(long, value_enum)]
     classifier: ClassifierArg,
     /// Runs with seeds seed, seed + 1, ...; the report gives their mean and standard deviation.
@@ -29,7 +30,7 @@ pub struct EvalArgs {
     /// Seed of the first run's initialisation and batch order (the evaluation is public: no key).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Train mlp or lenet for this many epochs instead of the recipe's (200 and 50).
+    /// Train mlp, lenet or cnn for this many epochs instead of the recipe's (200, 50 and 10).
     #[arg(long)]
     epochs: Option<usize>,
     /// Train on the real training set instead of a synthetic one: the reference row.
@@ -47,6 +48,7 @@ enum ClassifierArg {
     Logreg,
     Mlp,
     Lenet,
+    Cnn,
 }
 
 impl From<ClassifierArg> for Classifier {
@@ -55,6 +57,7 @@ impl From<ClassifierArg> for Classifier {
             ClassifierArg::Logreg => Classifier::Logreg,
             ClassifierArg::Mlp => Classifier::Mlp,
             ClassifierArg::Lenet => Classifier::Lenet,
+            ClassifierArg::Cnn => Classifier::Cnn,
         }
     }
 }
@@ -144,6 +147,13 @@ fn table(r: &CliReport) -> String {
     let epochs = e.epochs.map(|n| format!(", {} each", plural(n, "epoch"))).unwrap_or_default();
     let _ = writeln!(out, "{}, {seeds}{epochs}; {AVERAGED}", plural(e.repeats, "run"));
     for run in &e.runs {
+        if let Some(c) = run.epoch_choice {
+            let _ = writeln!(
+                out,
+                "CNN (seed {}): epoch {} kept, accuracy {:.4} on the {} images held out of the training set",
+                run.seed, c.epoch, c.held_out_accuracy, c.held_out
+            );
+        }
         if let Some(s) = run.solver {
             let verdict = if s.converged { "converged" } else { "did NOT converge" };
             let _ = writeln!(

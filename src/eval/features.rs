@@ -102,6 +102,34 @@ pub fn epoch_batches(n: usize, batch_size: usize, rng: &mut impl Rng) -> Vec<Vec
     order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect()
 }
 
+/// The minibatch loop every network classifier shares: `epochs` shuffled passes over `train_rows`
+/// (rows of `x`), each batch gathered as `[1, B, dim]` with its one-hot targets and handed to
+/// `step(epoch, batch, targets)`; `end_of_epoch(epoch)` runs after each pass. One loop, so that the
+/// classifiers differ only in their model and optimiser, and a batch order depends only on `rng`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_epochs(
+    x: &Features,
+    labels: &[u8],
+    train_rows: &[usize],
+    epochs: usize,
+    batch_size: usize,
+    rng: &mut impl Rng,
+    device: &Device,
+    mut step: impl FnMut(usize, &Tensor, &Tensor) -> Result<()>,
+    mut end_of_epoch: impl FnMut(usize) -> Result<()>,
+) -> Result<()> {
+    for epoch in 0..epochs {
+        for batch in epoch_batches(train_rows.len(), batch_size, rng) {
+            let rows: Vec<usize> = batch.iter().map(|&i| train_rows[i]).collect();
+            let inputs = x.gather(&rows, &[1, rows.len(), x.dim], device)?;
+            let targets = one_hot_targets(labels, &rows, device)?;
+            step(epoch, &inputs, &targets)?;
+        }
+        end_of_epoch(epoch)?;
+    }
+    Ok(())
+}
+
 /// Class scores of every row of `x` (`rows × NUM_CLASSES`, row-major, f64): `forward` maps a
 /// `[1, B, dim]` batch to `[1, B, NUM_CLASSES]` logits, `link` turns one row of logits into scores.
 pub fn score_rows(

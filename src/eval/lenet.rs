@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::optim::{Optimizer, Sgd};
 use crate::tensor::{Device, Tensor};
 
-use super::features::{epoch_batches, one_hot_targets, score_rows, softmax_in_place, Features};
+use super::features::{score_rows, softmax_in_place, train_epochs, Features};
 
 /// LeNet-5 takes 28×28 images: two 5×5 convolutions and two poolings leave 16 × 5 × 5 = 400.
 pub const IMAGE_SIDE: usize = 28;
@@ -100,16 +100,14 @@ impl LeNet {
             nesterov: false,
         };
         let mut sgd = Sgd::new(hp);
-        for epoch in 0..config.epochs {
+        let all: Vec<usize> = (0..x.rows).collect();
+        let step = |epoch: usize, batch: &Tensor, targets: &Tensor| {
             sgd.hp.lr = if epoch >= config.decay_epoch { config.learning_rate * 0.1 } else { config.learning_rate };
-            for rows in epoch_batches(x.rows, config.batch_size, &mut rng) {
-                let batch = x.gather(&rows, &[1, rows.len(), x.dim], device)?;
-                let targets = one_hot_targets(labels, &rows, device)?;
-                let grads = model.gradients(&batch, &targets)?;
-                let mut params: Vec<&mut Tensor> = model.params.iter_mut().collect();
-                sgd.step(&mut params, &grads)?;
-            }
-        }
+            let grads = model.gradients(batch, targets)?;
+            let mut params: Vec<&mut Tensor> = model.params.iter_mut().collect();
+            sgd.step(&mut params, &grads)
+        };
+        train_epochs(x, labels, &all, config.epochs, config.batch_size, &mut rng, device, step, |_| Ok(()))?;
         Ok(model)
     }
 

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::optim::{Adam, Optimizer};
 use crate::tensor::{Device, Tensor};
 
-use super::features::{epoch_batches, one_hot_targets, score_rows, softmax_in_place, Features};
+use super::features::{score_rows, softmax_in_place, train_epochs, Features};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MlpConfig {
@@ -78,14 +78,12 @@ impl Mlp {
         let mut model = Self::init(x.dim, config.hidden, &mut rng, device)?;
         let hp = AdamParams { lr: config.learning_rate, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
         let mut adam = Adam::new(hp);
-        for _ in 0..config.epochs {
-            for rows in epoch_batches(x.rows, config.batch_size, &mut rng) {
-                let batch = x.gather(&rows, &[1, rows.len(), x.dim], device)?;
-                let targets = one_hot_targets(labels, &rows, device)?;
-                let grads = model.gradients(&batch, &targets, config.alpha)?;
-                adam.step(&mut [&mut model.w1, &mut model.b1, &mut model.w2, &mut model.b2], &grads)?;
-            }
-        }
+        let all: Vec<usize> = (0..x.rows).collect();
+        let step = |_: usize, batch: &Tensor, targets: &Tensor| {
+            let grads = model.gradients(batch, targets, config.alpha)?;
+            adam.step(&mut [&mut model.w1, &mut model.b1, &mut model.w2, &mut model.b2], &grads)
+        };
+        train_epochs(x, labels, &all, config.epochs, config.batch_size, &mut rng, device, step, |_| Ok(()))?;
         Ok(model)
     }
 

@@ -3,8 +3,10 @@
 //! and are averaged: the best run is never picked, since choosing by test score tunes on the test set.
 //!
 //! Classifiers (one file each): `logreg` and `mlp`, DP-CGAN's, see pixels scaled to [−1, 1];
-//! `lenet`, GS-WGAN's CNN, sees normalised [0, 1] pixels. All train with dpgan's tape on the device
+//! `lenet`, GS-WGAN's CNN, and `cnn`, DPSGD-GAN's, see normalised [0, 1] pixels; `cnn` chooses its
+//! epoch on images held out of the synthetic set. All train with dpgan's tape on the device
 //! given, so the same code runs on the CPU and on CUDA.
+pub mod cnn;
 pub mod features;
 pub mod lenet;
 pub mod logreg;
@@ -20,6 +22,7 @@ use crate::data::dataset::NUM_CLASSES;
 use crate::error::{Error, Result};
 use crate::tensor::Device;
 
+pub use cnn::{Cnn, CnnConfig, EpochChoice};
 pub use features::{Features, ImageSet};
 pub use lenet::{LeNet, LeNetConfig};
 pub use logreg::{Convergence, LogReg, LogRegConfig};
@@ -34,6 +37,8 @@ pub enum Classifier {
     Mlp,
     /// LeNet-5 (GS-WGAN).
     Lenet,
+    /// Two convolutions, dropout, two linear layers (DPSGD-GAN).
+    Cnn,
 }
 
 impl Classifier {
@@ -42,6 +47,7 @@ impl Classifier {
             Classifier::Logreg => "logreg",
             Classifier::Mlp => "mlp",
             Classifier::Lenet => "lenet",
+            Classifier::Cnn => "cnn",
         }
     }
     /// The recipe's number of epochs; `None` for logistic regression, which runs to convergence.
@@ -50,6 +56,7 @@ impl Classifier {
             Classifier::Logreg => None,
             Classifier::Mlp => Some(MlpConfig::default().epochs),
             Classifier::Lenet => Some(LeNetConfig::default().epochs),
+            Classifier::Cnn => Some(CnnConfig::default().epochs),
         }
     }
 }
@@ -87,6 +94,9 @@ pub struct RunScores {
     /// Logistic regression only: L-BFGS iterations and whether the gradient met the tolerance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub solver: Option<Convergence>,
+    /// CNN only: the epoch scored, chosen on images held out of the training set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_choice: Option<EpochChoice>,
 }
 
 /// A metric over the runs: mean, sample standard deviation (n − 1; 0 for one run), every value.
@@ -149,19 +159,19 @@ pub fn evaluate_with_progress(
     }
     let epochs = match (classifier, config.epochs) {
         (Classifier::Logreg, Some(_)) => {
-            return Err(Error::Invalid("epochs apply to mlp and lenet; logreg runs L-BFGS to convergence".into()));
+            return Err(Error::Invalid("epochs apply to mlp, lenet and cnn; logreg runs L-BFGS to convergence".into()));
         }
         (_, Some(0)) => return Err(Error::Invalid("epochs must be at least 1".into())),
         (c, e) => e.or(c.default_epochs()),
     };
-    let scale = if classifier == Classifier::Lenet { Features::normalised } else { Features::symmetric };
+    let scale = if matches!(classifier, Classifier::Lenet | Classifier::Cnn) { Features::normalised } else { Features::symmetric };
     let (x_train, x_test) = (scale(train), scale(test));
     let truth: Vec<u32> = test.labels.iter().map(|&l| l as u32).collect();
     let mut runs = Vec::with_capacity(config.repeats);
     for r in 0..config.repeats {
         let seed = config.seed.wrapping_add(r as u64);
         let started = Instant::now();
-        let (scores, solver) = train_and_score(classifier, &x_train, train.labels, &x_test, epochs, seed, device)?;
+        let (scores, solver, epoch_choice) = train_and_score(classifier, &x_train, train.labels, &x_test, epochs, seed, device)?;
         let train_seconds = started.elapsed().as_secs_f64();
         let predicted = features::argmax_rows(&scores);
         let run = RunScores {
@@ -172,6 +182,7 @@ pub fn evaluate_with_progress(
             per_class_auroc: metrics::per_class_auc(&scores, &truth, NUM_CLASSES)?,
             train_seconds,
             solver,
+            epoch_choice,
         };
         progress(r, &run);
         runs.push(run);
@@ -193,7 +204,8 @@ pub fn evaluate_with_progress(
     })
 }
 
-/// One run: train with `seed`, return the test scores (`rows × 10`) and, for logreg, how it converged.
+/// One run: train with `seed`, return the test scores (`rows × 10`) and, for logreg, how it
+/// converged, for the CNN, which epoch it kept.
 fn train_and_score(
     classifier: Classifier,
     x_train: &Features,
@@ -202,19 +214,24 @@ fn train_and_score(
     epochs: Option<usize>,
     seed: u64,
     device: &Device,
-) -> Result<(Vec<f64>, Option<Convergence>)> {
+) -> Result<(Vec<f64>, Option<Convergence>, Option<EpochChoice>)> {
     match classifier {
         Classifier::Logreg => {
             let model = LogReg::fit(x_train, labels, &LogRegConfig::default(), device)?;
-            Ok((model.scores(x_test)?, Some(model.convergence)))
+            Ok((model.scores(x_test)?, Some(model.convergence), None))
         }
         Classifier::Mlp => {
             let config = MlpConfig { epochs: epochs.unwrap_or(MlpConfig::default().epochs), ..MlpConfig::default() };
-            Ok((Mlp::fit(x_train, labels, &config, seed, device)?.scores(x_test)?, None))
+            Ok((Mlp::fit(x_train, labels, &config, seed, device)?.scores(x_test)?, None, None))
         }
         Classifier::Lenet => {
             let config = LeNetConfig { epochs: epochs.unwrap_or(LeNetConfig::default().epochs), ..LeNetConfig::default() };
-            Ok((LeNet::fit(x_train, labels, &config, seed, device)?.scores(x_test)?, None))
+            Ok((LeNet::fit(x_train, labels, &config, seed, device)?.scores(x_test)?, None, None))
+        }
+        Classifier::Cnn => {
+            let config = CnnConfig { epochs: epochs.unwrap_or(CnnConfig::default().epochs), ..CnnConfig::default() };
+            let (model, choice) = Cnn::fit(x_train, labels, &config, seed, device)?;
+            Ok((model.scores(x_test)?, None, Some(choice)))
         }
     }
 }

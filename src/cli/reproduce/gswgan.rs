@@ -11,7 +11,6 @@ use clap::Args;
 use dpgan::data::{data_dir, Dataset, PixelScale, Split};
 use dpgan::dp::KeySource;
 use dpgan::eval::{Classifier, EvalConfig, EvalReport, ImageSet, Metric};
-use dpgan::io::synthetic::{read_synthetic, SyntheticFormat};
 use dpgan::models::gswgan::CLASSES;
 use dpgan::train::dpcgan::run::DataRecord;
 use dpgan::train::gswgan::run::{Accounting, GsWganRunConfig, GsWganRunner, GsWganSettings, GsWganState};
@@ -22,11 +21,10 @@ use dpgan::{Device, Error, Result};
 use rand::Rng;
 
 use super::{
-    evaluate_and_keep, forget_if_never_checkpointed, kept_evaluation, noise_setting, run_slots, same_settings, unless_interrupted,
-    up_to_date, write_results, RunsArgs, Table,
+    evaluate_released, forget_if_never_checkpointed, noise_setting, released_set, run_slots, same_settings, unless_interrupted,
+    write_results, Published, RunsArgs, Table,
 };
 use crate::cli::gswgan::{announce, start_warm_start, train_private, train_warm_start, AccountingArg, GeneratorArg};
-use crate::cli::sample::{write_sample, SAMPLE_RECORD};
 use crate::cli::{choose_device, emit};
 
 /// docs/algorithms.md §2: the published ε (as-published accounting, δ = 1e-5); the accuracies are
@@ -81,38 +79,8 @@ pub(super) struct GsWganReproduceArgs {
     base: Option<usize>,
 }
 
-/// The data sets docs/algorithms.md §2 has published numbers for.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Published {
-    Mnist,
-    FashionMnist,
-}
-
+/// GS-WGAN's published numbers for each data set (docs/algorithms.md §2).
 impl Published {
-    /// Which one a data directory holds, by its name (`mnist`, `fashion-mnist`).
-    fn of(dir: &Path) -> Option<Published> {
-        let name = dir.file_name()?.to_str()?.to_ascii_lowercase().replace('_', "-");
-        match name.as_str() {
-            "mnist" => Some(Published::Mnist),
-            "fashion-mnist" | "fashionmnist" => Some(Published::FashionMnist),
-            _ => None,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Published::Mnist => "mnist",
-            Published::FashionMnist => "fashion-mnist",
-        }
-    }
-
-    fn title(self) -> &'static str {
-        match self {
-            Published::Mnist => "MNIST",
-            Published::FashionMnist => "Fashion-MNIST",
-        }
-    }
-
     /// GS-WGAN's LeNet-5 accuracy at ε = 10.
     fn accuracy(self) -> f64 {
         match self {
@@ -325,7 +293,7 @@ fn one_run(plan: &Plan, root: &Path, seed: u64, train: &Dataset, test: &ImageSet
     let state = phase_two(plan, &generator_dir, &warm_dir, phase_two_seed, device)?;
 
     let synthetic = root.join(SYNTHETIC_DIR);
-    released_set(plan, &synthetic, &generator_dir, seed, state.iteration, device)?;
+    released_set(&synthetic, &generator_dir, plan.per_class, seed, state.iteration, device)?;
     let lenet = lenet(plan, &root.join(EVAL_FILE), &synthetic, seed, test, device)?;
     Ok(RunResult {
         seed,
@@ -423,37 +391,11 @@ fn phase_two(plan: &Plan, dir: &Path, warm: &Path, seed: u64, device: &Device) -
     checkpoint_state(dir)
 }
 
-/// The released set in `dir`: `per_class` images of every class from G_s, codes from `seed`;
-/// reused if `sample.json` is up to date with the generator's checkpoint and says it was written
-/// with these settings from this iteration.
-fn released_set(plan: &Plan, dir: &Path, generator: &Path, seed: u64, iteration: u64, device: &Device) -> Result<()> {
-    let record = dir.join(SAMPLE_RECORD);
-    if up_to_date(&record, &generator.join(CHECKPOINT))? {
-        let recorded: serde_json::Value = read_json(&record)?;
-        let text = |key: &str| recorded[key].to_string();
-        return same_settings(
-            dir,
-            &[
-                ("--per-class", text("per_class"), plan.per_class.to_string()),
-                ("--seed", text("seed"), seed.to_string()),
-                ("the generator's iteration", text("checkpoint_step"), iteration.to_string()),
-                ("the format", recorded["format"].as_str().unwrap_or_default().to_string(), SyntheticFormat::Npy.to_string()),
-            ],
-        );
-    }
-    write_sample(generator, plan.per_class, seed, SyntheticFormat::Npy, dir, device).map(|_| ())
-}
-
 /// LeNet-5 trained on the released set in `synthetic` (seed `seed`) and scored on the real test
 /// set; reused from `path` while it is up to date with the set.
 fn lenet(plan: &Plan, path: &Path, synthetic: &Path, seed: u64, test: &ImageSet, device: &Device) -> Result<EvalReport> {
     let config = EvalConfig { seed, repeats: 1, epochs: Some(plan.eval_epochs) };
-    if let Some(kept) = kept_evaluation(path, &synthetic.join(SAMPLE_RECORD), Classifier::Lenet, &config, plan.per_class * CLASSES)? {
-        return Ok(kept);
-    }
-    let set = read_synthetic(synthetic)?;
-    let train = ImageSet::new(&set.images, &set.labels, set.height, set.width, "the synthetic set")?;
-    evaluate_and_keep(path, &train, test, Classifier::Lenet, &config, device)
+    evaluate_released(path, synthetic, Classifier::Lenet, &config, plan.per_class * CLASSES, test, device)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! `dpgan reproduce`: a published experiment in one command, one file per experiment
-//! (`dpcgan.rs`, `gswgan.rs`). Both share the shape of the work: N independent runs in
+//! (`dpcgan.rs`, `gswgan.rs`, `dpsgd_gan.rs`). Both share the shape of the work: N independent runs in
 //! `OUT/run-1`, `OUT/run-2`, ... (seeds s, s+1, ...), each trained, sampled and evaluated; a table of
 //! mean ± sd over the runs (never the best) beside the published numbers, printed and written with
 //! every run's scores to `OUT/results.json`. A finished run is reused and an interrupted one
@@ -12,10 +12,14 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use dpgan::eval::{evaluate, Classifier, EvalConfig, EvalReport, ImageSet, Metric};
-use dpgan::train::run_dir::{read_json, RunDir};
+use dpgan::io::synthetic::{read_synthetic, SyntheticFormat};
+use dpgan::train::run_dir::{read_json, RunDir, CHECKPOINT};
+
+use crate::cli::sample::{write_sample, SAMPLE_RECORD};
 use dpgan::{Device, Error, Result};
 
 mod dpcgan;
+mod dpsgd_gan;
 mod gswgan;
 
 #[derive(Args, Debug)]
@@ -30,6 +34,8 @@ enum Experiment {
     DpCgan(dpcgan::DpCganReproduceArgs),
     /// GS-WGAN on MNIST or Fashion-MNIST: warm start, private phase, LeNet-5 trained on 60,000 samples.
     GsWgan(gswgan::GsWganReproduceArgs),
+    /// DPSGD-GAN on MNIST: DP-SGD discriminator, many D steps per G step, their CNN trained on 60,000 samples.
+    DpsgdGan(dpsgd_gan::DpsgdGanReproduceArgs),
 }
 
 pub fn run(args: &ReproduceArgs) -> Result<()> {
@@ -37,6 +43,7 @@ pub fn run(args: &ReproduceArgs) -> Result<()> {
     match &args.experiment {
         Experiment::DpCgan(a) => dpcgan::run(a),
         Experiment::GsWgan(a) => gswgan::run(a),
+        Experiment::DpsgdGan(a) => dpsgd_gan::run(a),
     }
 }
 
@@ -215,6 +222,81 @@ fn evaluate_and_keep(
     let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(format!("evaluation as JSON: {e}")))? + "\n";
     dpgan::io::atomic_write(path, text.as_bytes())?;
     Ok(report)
+}
+
+/// The data sets with published numbers (docs/algorithms.md §2 and §4), told apart by the data
+/// directory's name; each experiment adds its own numbers in its file.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Published {
+    Mnist,
+    FashionMnist,
+}
+
+impl Published {
+    /// Which one a data directory holds, by its name (`mnist`, `fashion-mnist`).
+    fn of(dir: &Path) -> Option<Published> {
+        let name = dir.file_name()?.to_str()?.to_ascii_lowercase().replace('_', "-");
+        match name.as_str() {
+            "mnist" => Some(Published::Mnist),
+            "fashion-mnist" | "fashionmnist" => Some(Published::FashionMnist),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Published::Mnist => "mnist",
+            Published::FashionMnist => "fashion-mnist",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Published::Mnist => "MNIST",
+            Published::FashionMnist => "Fashion-MNIST",
+        }
+    }
+}
+
+/// The released set in `dir`: `per_class` images of every class from the run in `generator`, codes
+/// from `seed`, as float NPY so that the classifier sees exactly what the generator produced; reused
+/// if `sample.json` is up to date with the generator's checkpoint and says it was written with these
+/// settings from this step.
+fn released_set(dir: &Path, generator: &Path, per_class: usize, seed: u64, step: u64, device: &Device) -> Result<()> {
+    let record = dir.join(SAMPLE_RECORD);
+    if up_to_date(&record, &generator.join(CHECKPOINT))? {
+        let recorded: serde_json::Value = read_json(&record)?;
+        let text = |key: &str| recorded[key].to_string();
+        return same_settings(
+            dir,
+            &[
+                ("--per-class", text("per_class"), per_class.to_string()),
+                ("--seed", text("seed"), seed.to_string()),
+                ("the generator's step", text("checkpoint_step"), step.to_string()),
+                ("the format", recorded["format"].as_str().unwrap_or_default().to_string(), SyntheticFormat::Npy.to_string()),
+            ],
+        );
+    }
+    write_sample(generator, per_class, seed, SyntheticFormat::Npy, dir, device).map(|_| ())
+}
+
+/// `classifier` trained on the released set in `synthetic` and scored on the real test set; reused
+/// from `path` while it is up to date with the set and was made with these settings.
+fn evaluate_released(
+    path: &Path,
+    synthetic: &Path,
+    classifier: Classifier,
+    config: &EvalConfig,
+    train_size: usize,
+    test: &ImageSet,
+    device: &Device,
+) -> Result<EvalReport> {
+    if let Some(kept) = kept_evaluation(path, &synthetic.join(SAMPLE_RECORD), classifier, config, train_size)? {
+        return Ok(kept);
+    }
+    let set = read_synthetic(synthetic)?;
+    let train = ImageSet::new(&set.images, &set.labels, set.height, set.width, "the synthetic set")?;
+    evaluate_and_keep(path, &train, test, classifier, config, device)
 }
 
 /// A training run in `dir` that stopped before its first checkpoint starts again. Whether it did.
