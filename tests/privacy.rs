@@ -410,6 +410,11 @@ fn calibration_refuses_unreachable_targets() {
     assert!(matches!(&err, Error::Invalid(m) if m.contains("unreachable")), "{err}");
     assert!(calibrate_noise_multiplier(0.01, 0, 1e-5, 1.0, &Orders::Standard.values(), Conversion::Improved).is_err());
     assert!(calibrate_noise_multiplier(0.0, 10, 1e-5, 1.0, &Orders::Standard.values(), Conversion::Improved).is_err());
+    // A target that is not a positive finite ε is refused as such, not as unreachable or too large.
+    for target in [0.0, -1.0, f64::INFINITY, f64::NAN] {
+        let err = calibrate_noise_multiplier(0.01, 1000, 1e-5, target, &Orders::Standard.values(), Conversion::Improved).unwrap_err();
+        assert!(matches!(&err, Error::Invalid(m) if m.contains("positive and finite")), "target {target}: {err}");
+    }
 }
 
 // ---- The accountant -----------------------------------------------------------------------------
