@@ -53,6 +53,28 @@ fn unclipped_noiseless_private_step_equals_the_plain_step() {
     assert_eq!((private.steps_taken(), plain.steps_taken()), (2, 2), "both kinds of step count themselves");
 }
 
+/// The learning rate the run's schedule sets is the one D's SGD step uses: twice the rate, twice
+/// the move (no noise, the same batch and draws). Unclipped, so that the moves are large beside the
+/// f32 rounding of w + Δ that the difference of weights carries.
+#[test]
+fn the_scheduled_learning_rate_reaches_d_step() {
+    let config = DpCganConfig { clip: 1e30, noise_multiplier: 0.0, batch_divisor: 16.0, ..DpCganConfig::default() };
+    let mut data_rng = common::rng("the_scheduled_learning_rate_reaches_d_step");
+    let (x, y) = batch(&mut data_rng, 16);
+    let seed: u64 = data_rng.random();
+    let moved = |lr: f32| -> Vec<f32> {
+        let mut dp = run(config, 5, 6);
+        let before = d_weights(&dp);
+        dp.set_discriminator_lr(lr);
+        dp.private_step(&x, &y, 16, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+        d_weights(&dp).iter().zip(&before).map(|(a, b)| a - b).collect()
+    };
+    let (once, twice) = (moved(config.d_lr), moved(2.0 * config.d_lr));
+    let doubled: Vec<f32> = once.iter().map(|d| 2.0 * d).collect();
+    common::assert_close("D's move at twice the rate", &twice, &doubled, 1e-4);
+    assert!(moved(0.0).iter().all(|&d| d == 0.0), "a rate of 0 leaves D where it was");
+}
+
 /// Without noise, D moves by at most lr·2C per step: each of the two losses contributes at most
 /// C·B before the division by B.
 #[test]
