@@ -14,8 +14,8 @@ use dpgan::nn::{member, stack, Module, SnConv2d};
 use dpgan::optim::{Adam, Optimizer};
 use dpgan::tensor::{DType, Device, Tensor};
 use dpgan::train::gswgan::{
-    ema_decay, ema_update, image_gradient, member_rngs, private_generator_step, wgan_gp_loss, CriticState, GsWganConfig, LabelledImages,
-    PrivateTraining, SliceBatches, WarmStart,
+    ema_decay, ema_update, image_gradient, member_rngs, private_generator_step, select_discriminator, wgan_gp_loss, CriticState,
+    GsWganConfig, LabelledImages, PrivateTraining, SliceBatches, WarmStart,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -484,7 +484,7 @@ fn private_iteration_runs_and_copies_g_first() {
     let mut training = PrivateTraining::new(GeneratorArch::Dcgan, 2, rng.random(), sanitizer, &key, NoiseMode::Fast, config, &CPU).unwrap();
     let d = Discriminator::new(1, 2, &mut rng, &CPU).unwrap();
     let mut critic = CriticState::new(d, (0..6).collect(), member_rngs(rng.random()).batches, &config).unwrap();
-    training.select_discriminator(1).unwrap();
+    assert_eq!(select_discriminator(&key, training.iterations(), 1).unwrap(), 0);
     let losses = training.iteration(&mut critic, &data).unwrap();
     // Two critic steps on a slice of 6 in batches of 4: the last batch holds 2.
     assert_eq!(losses.batch_size, 2);

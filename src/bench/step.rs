@@ -33,7 +33,7 @@ use crate::nn::Module;
 use crate::profile::{self, PhaseTimer};
 use crate::tensor::{Device, Tensor};
 use crate::train::dpcgan::{DpCgan, DpCganConfig};
-use crate::train::gswgan::{CriticState, GsWganConfig, LabelledImages, PrivateTraining, WarmStart};
+use crate::train::gswgan::{select_discriminator, CriticState, GsWganConfig, LabelledImages, PrivateTraining, WarmStart};
 
 /// The phases a step's time is split into, in report order. `other` is whatever the step does
 /// outside the named ones (drawing z and labels, loss arithmetic, uploads, gathering gradients).
@@ -281,7 +281,7 @@ fn prepare_gswgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
         let step = Box::new(move || -> Result<()> {
             // One discriminator stands for the published 1000: an iteration touches only the one
             // drawn, so its cost does not depend on how many there are.
-            training.select_discriminator(1)?;
+            select_discriminator(&key, training.iterations(), 1)?;
             training.iteration(&mut critic, &data)?;
             Ok(())
         });

@@ -11,7 +11,7 @@ mod warm_start;
 pub mod warm_start_run;
 
 pub use batches::{LabelledImages, SliceBatches};
-pub use private::{CriticState, PhaseTwoStep, PrivateLosses, PrivateTraining};
+pub use private::{select_discriminator, CriticState, PhaseTwoStep, PrivateLosses, PrivateTraining};
 pub use warm_start::{member_draws, member_rngs, MemberRngs, WarmStart, WarmStartLosses, WarmStartPosition};
 
 use crate::autograd::Tape;

@@ -45,7 +45,6 @@ pub struct PrivateTraining {
     pub ema: Generator,
     g_optimizer: Adam,
     pub sanitizer: GsWganSanitizer,
-    key: RunKey,
     noise: NoiseSource,
     draws: ChaCha20Rng,
     config: GsWganConfig,
@@ -76,17 +75,11 @@ impl PrivateTraining {
             generator,
             g_optimizer: Adam::new(config.adam),
             sanitizer,
-            key: key.clone(),
             noise: key.noise(mode),
             draws,
             config,
             iterations: 0,
         })
-    }
-
-    /// j uniform in [0, k) for the coming iteration: [`select_discriminator`].
-    pub fn select_discriminator(&self, k: usize) -> Result<usize> {
-        select_discriminator(&self.key, self.iterations, k)
     }
 
     /// One iteration with the selected discriminator (held in `critic`): see [`PhaseTwoStep`].
