@@ -432,6 +432,26 @@ fn accountant_matches_the_direct_computation_bit_for_bit() {
     assert_eq!(acc.spent().unwrap(), dpcgan(DPCGAN_STEPS, Orders::Standard, Conversion::Improved));
 }
 
+/// A mechanism with no meaning is refused when it is recorded, whatever its RDP formula would have
+/// made of it: σ not positive and finite even at q = 0 (where the RDP is 0 before σ is read), and a
+/// GS-WGAN run with no discriminators or an empty batch under either accounting.
+#[test]
+fn the_accountant_refuses_meaningless_mechanisms() {
+    let bad = [
+        Mechanism::SubsampledGaussian { sample_rate: 0.0, noise_multiplier: f64::NAN },
+        Mechanism::SubsampledGaussian { sample_rate: 0.0, noise_multiplier: -1.0 },
+        Mechanism::GsWganAsPublished(GsWganRun { batch_size: 0, ..GSWGAN }),
+        Mechanism::GsWganAsPublished(GsWganRun { discriminators: 0, ..GSWGAN }),
+        Mechanism::GsWganAsPublished(GsWganRun { noise_multiplier: 0.0, ..GSWGAN }),
+        Mechanism::GsWganPerStep(GsWganRun { batch_size: 0, ..GSWGAN }),
+    ];
+    for mechanism in bad {
+        let mut acc = Accountant::new(Orders::Fine, Conversion::Improved, 1e-5, None).unwrap();
+        assert!(acc.try_step(mechanism, 1).is_err(), "{mechanism:?} was recorded");
+        assert!(acc.history().is_empty(), "{mechanism:?} left a trace");
+    }
+}
+
 #[test]
 fn accountant_composes_heterogeneous_steps() {
     let orders = Orders::Standard.values();
