@@ -95,14 +95,6 @@ impl Accountant {
         Ok(Accountant { orders, order_values: orders.values(), conversion, delta, epsilon_budget, history: Vec::new() })
     }
 
-    pub fn delta(&self) -> f64 {
-        self.delta
-    }
-
-    pub fn epsilon_budget(&self) -> Option<f64> {
-        self.epsilon_budget
-    }
-
     /// The steps so far, consecutive equal mechanisms merged.
     pub fn history(&self) -> Vec<(Mechanism, u64)> {
         self.history.iter().map(|e| (e.mechanism, e.count)).collect()
