@@ -248,6 +248,12 @@ struct AxisCopyParams {
   int64_t len;
 };
 
+// Rows gathered by index: out[r, k] = table[indices[r], k], n = rows · row_len elements.
+struct GatherRowsParams {
+  int64_t n;
+  int64_t row_len;
+};
+
 // ---- norm.cu ----
 
 // Spectral norm's power iteration for w [groups, rows, cols] and u [groups, rows].
@@ -339,6 +345,7 @@ static_assert(sizeof(SanitizeRowsParams) == 80, "SanitizeRowsParams layout");
 static_assert(sizeof(NoiseDivideParams) == 64, "NoiseDivideParams layout");
 static_assert(sizeof(Pool2x2Params) == 40, "Pool2x2Params layout");
 static_assert(sizeof(AxisCopyParams) == 56, "AxisCopyParams layout");
+static_assert(sizeof(GatherRowsParams) == 16, "GatherRowsParams layout");
 static_assert(sizeof(PowerIterationParams) == 24, "PowerIterationParams layout");
 static_assert(sizeof(GemmParams) == 32, "GemmParams layout");
 static_assert(sizeof(ConvParams) == 168, "ConvParams layout");

@@ -1,5 +1,5 @@
 // Narrow, pad and concat along one axis of a row-major tensor, seen as [outer, dim, inner] around
-// the axis (AxisCopyParams). One thread per element, grid-stride, 64-bit offsets; the output is
+// the axis (AxisCopyParams), and rows gathered by index (GatherRowsParams). One thread per element, grid-stride, 64-bit offsets; the output is
 // written exactly once. Mirrors src/backend/cpu/shape.rs.
 #include "common.cuh"
 
@@ -40,5 +40,16 @@ extern "C" __global__ void shape_pad_fwd_f32(AxisCopyParams p, const float* __re
     const int64_t j = rest % p.dst_dim - p.dst_start;  // slice of x, if 0 ≤ j < src_dim
     const int64_t o = rest / p.dst_dim;
     out[i] = (j >= 0 && j < p.src_dim) ? x[(o * p.src_dim + j) * p.inner + k] : 0.0f;
+  }
+}
+
+// out[r, k] = table[indices[r], k]: a batch gathered from a training set that stays on the device.
+// The launcher checked every index against the table's rows.
+extern "C" __global__ void shape_gather_rows_fwd_f32(GatherRowsParams p, const float* __restrict__ table,
+                                                    const uint32_t* __restrict__ indices, float* __restrict__ out) {
+  DPGAN_FOR_EACH(i, p.n) {
+    const int64_t r = i / p.row_len;
+    const int64_t k = i - r * p.row_len;
+    out[i] = table[(int64_t)indices[r] * p.row_len + k];
   }
 }

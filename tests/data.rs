@@ -3,11 +3,15 @@
 //!
 //! The data root (holding `mnist/` and `fashion-mnist/`) is `$DPGAN_DATA` if set, else
 //! `../shared/data` beside the crate.
+mod common;
+
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use dpgan::data::{read_images, Dataset, PixelScale, Split, NUM_CLASSES};
+use dpgan::tensor::Device;
+use dpgan::train::resident::ResidentData;
 use flate2::read::GzDecoder;
 use tempfile::TempDir;
 
@@ -227,4 +231,42 @@ fn an_empty_file_is_an_error() {
     let tmp = raw_test_split();
     fs::write(tmp.path().join("t10k-images-idx3-ubyte"), b"").unwrap();
     assert_load_fails(tmp.path(), &["t10k-images-idx3-ubyte", "too short"]);
+}
+
+/// A batch from the set kept on the device is the records' own pixels (scaled) and one-hot labels,
+/// in the batch's order, repeats and all; a record past the set is refused. On the GPU the same
+/// batch is identical to the CPU's.
+#[test]
+fn resident_batches_are_the_records() {
+    let test = load("mnist", Split::Test);
+    let batch = [9_999usize, 0, 17, 17, 4_321, 1];
+    for scale in [PixelScale::Symmetric, PixelScale::Unit] {
+        let resident = ResidentData::upload(&test, scale, &Device::Cpu).unwrap();
+        assert_eq!(resident.len(), test.len());
+        let (images, labels) = resident.batch(&batch).unwrap();
+        assert_eq!((images.shape(), labels.shape()), (&[1, batch.len(), 784][..], &[1, batch.len(), NUM_CLASSES][..]));
+        let (images, labels) = (images.to_vec().unwrap(), labels.to_vec().unwrap());
+        for (row, &record) in batch.iter().enumerate() {
+            let expected: Vec<f32> = test.image(record).unwrap().iter().map(|&p| scale.apply(p)).collect();
+            assert_eq!(&images[row * 784..(row + 1) * 784], &expected[..], "row {row}: record {record}'s pixels");
+            let one_hot = &labels[row * NUM_CLASSES..(row + 1) * NUM_CLASSES];
+            let class = test.labels()[record] as usize;
+            assert!(
+                one_hot.iter().enumerate().all(|(c, &v)| v == if c == class { 1.0 } else { 0.0 }),
+                "row {row}: {one_hot:?} is not class {class}"
+            );
+        }
+        assert!(resident.batch(&[test.len()]).is_err(), "a record past the set");
+        let (empty, _) = resident.batch(&[]).unwrap();
+        assert_eq!(empty.shape(), &[1, 0, 784]);
+    }
+    common::on_cuda("resident_batches_are_the_records", |dev| {
+        let (cpu, gpu) = (
+            ResidentData::upload(&test, PixelScale::Symmetric, &Device::Cpu).unwrap(),
+            ResidentData::upload(&test, PixelScale::Symmetric, dev).unwrap(),
+        );
+        let ((ci, cl), (gi, gl)) = (cpu.batch(&batch).unwrap(), gpu.batch(&batch).unwrap());
+        common::assert_identical("images gathered on the GPU", &gi.to_vec().unwrap(), &ci.to_vec().unwrap());
+        common::assert_identical("labels gathered on the GPU", &gl.to_vec().unwrap(), &cl.to_vec().unwrap());
+    });
 }

@@ -1,5 +1,5 @@
 //! narrow, pad, concat and crop against index formulas on every axis, pad as the adjoint of narrow,
-//! concat of three tensors and back, and shape errors.
+//! concat of three tensors and back, rows gathered by index, and shape errors.
 //!
 //! These ops only move values, so every comparison uses F32_ELEMENTWISE as a stand-in for "exact":
 //! one misplaced element among N gives a relative error near sqrt(2/N), far above 1e-6.
@@ -176,6 +176,34 @@ fn crop_takes_the_top_left_window() {
     }
 }
 
+/// Random row indices of a table of `rows` rows: repeats, the first and the last row, any order.
+fn row_indices(rng: &mut impl rand::Rng, rows: usize, n: usize) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..n).map(|_| rng.random_range(0..rows as u32)).collect();
+    if n >= 2 {
+        idx[0] = rows as u32 - 1;
+        idx[n - 1] = 0;
+    }
+    idx
+}
+
+/// gather_rows against its formula: `out[r, ...] = table[indices[r], ...]` for tables of rank 1
+/// to 4, with repeated indices, an empty index list and a one-row table.
+#[test]
+fn gather_rows_matches_its_formula() {
+    let mut rng = common::rng("gather_rows_matches_its_formula");
+    for shape in [vec![7], vec![5, 3], vec![9, 1, 4], vec![1, 2, 3, 2], vec![60, 784]] {
+        let table = randn_vec(&mut rng, shape.iter().product());
+        let row_len: usize = shape[1..].iter().product();
+        for n in [0, 1, 3, 17] {
+            let idx = row_indices(&mut rng, shape[0], n);
+            let got = ops::gather_rows(&tensor(table.clone(), &shape), &idx).unwrap();
+            assert_eq!(got.shape(), with_dim(&shape, 0, n).as_slice(), "gather {shape:?} n = {n}");
+            let expected: Vec<f32> = idx.iter().flat_map(|&i| table[i as usize * row_len..(i as usize + 1) * row_len].to_vec()).collect();
+            assert_identical(&format!("gather {shape:?} rows {idx:?}"), &data(&got), &expected);
+        }
+    }
+}
+
 #[test]
 fn shape_op_errors_are_errors_not_panics() {
     let mut rng = common::rng("shape_op_errors_are_errors_not_panics");
@@ -196,6 +224,8 @@ fn shape_op_errors_are_errors_not_panics() {
     expect_shape_error("crop: higher than the input", ops::crop(&x, 4, 4));
     expect_shape_error("crop: wider than the input", ops::crop(&x, 3, 5));
     expect_shape_error("crop: rank 1", ops::crop(&t(&[5]), 1, 1));
+    expect_shape_error("gather_rows: an index past the table", ops::gather_rows(&x, &[0, 2]));
+    expect_shape_error("gather_rows: a scalar table", ops::gather_rows(&Tensor::scalar(1.0, &Device::Cpu).unwrap(), &[0]));
 }
 
 /// Shapes for the GPU comparisons: the CPU tests' shapes, plus G > 1 / batch-1 activations
@@ -271,5 +301,25 @@ fn concat_cuda_matches_cpu_on_every_axis() {
                 }
             }
         }
+    });
+}
+
+/// gather_rows on the GPU against the CPU: identical rows (values only move), for a training-set
+/// sized table (60,000 × 784, a Poisson batch's worth of indices), tables whose rows are not a
+/// multiple of the block, an empty index list, and an out-of-range index refused before launch.
+#[test]
+fn gather_rows_cuda_matches_cpu() {
+    on_cuda("gather_rows_cuda_matches_cpu", |dev| {
+        let mut rng = common::rng("gather_rows_cuda_matches_cpu");
+        for (shape, n) in [(vec![60_000, 784], 613), (vec![60_000, 10], 613), (vec![10, 10], 600), (vec![7, 3, 5], 9), (vec![4], 0)] {
+            let table = tensor(randn_vec(&mut rng, shape.iter().product()), &shape);
+            let on_dev = table.to_device(dev).unwrap();
+            let idx = row_indices(&mut rng, shape[0], n);
+            let (got, expected) = (ops::gather_rows(&on_dev, &idx).unwrap(), ops::gather_rows(&table, &idx).unwrap());
+            assert_eq!(got.shape(), expected.shape(), "gather {shape:?} n = {n}");
+            assert_identical(&format!("gather {shape:?} n = {n}"), &data(&got), &data(&expected));
+        }
+        let small = tensor(vec![1.0; 6], &[3, 2]).to_device(dev).unwrap();
+        expect_shape_error("gather_rows on the GPU: an index past the table", ops::gather_rows(&small, &[3]));
     });
 }

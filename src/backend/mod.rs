@@ -166,6 +166,10 @@ pub trait Backend {
     fn pad(&self, x: &Tensor, axis: usize, before: usize, after: usize) -> Result<Tensor>;
     /// Concatenation along `axis`; all other dims equal.
     fn concat(&self, xs: &[&Tensor], axis: usize) -> Result<Tensor>;
+    /// Rows `indices` of `table` (`[R, ...]`, every index below R), in that order: `[n, ...]`.
+    /// A training set kept on the device gives each batch this way, so a step uploads its record
+    /// indices instead of the records.
+    fn gather_rows(&self, table: &Tensor, indices: &[u32]) -> Result<Tensor>;
 
     /// `log_softmax` over the last axis.
     fn log_softmax(&self, x: &Tensor) -> Result<Tensor>;

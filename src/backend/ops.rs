@@ -290,6 +290,17 @@ pub fn concat(xs: &[&Tensor], axis: usize) -> Result<Tensor> {
     backend(&dev).concat(xs, axis)
 }
 
+/// Rows `indices` of `table` (`[R, ...]`) in that order, `[indices.len(), ...]`; an index past the
+/// table is an error that names it.
+pub fn gather_rows(table: &Tensor, indices: &[u32]) -> Result<Tensor> {
+    ensure_shape!(table.rank() >= 1, "gather_rows", "needs a table of rank ≥ 1, got a scalar");
+    let rows = table.shape()[0];
+    if let Some(bad) = indices.iter().find(|&&i| i as usize >= rows) {
+        return Err(Error::shape("gather_rows", format!("index {bad} is past the table's {rows} rows")));
+    }
+    backend(&table.device()).gather_rows(table, indices)
+}
+
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
     ensure_shape!(x.rank() >= 1 && x.shape()[x.rank() - 1] > 0, "log_softmax", "needs a non-empty last axis, got {:?}", x.shape());
     backend(&x.device()).log_softmax(x)

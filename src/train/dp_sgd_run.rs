@@ -413,16 +413,6 @@ impl LossSums {
     }
 }
 
-/// The pixels (`[n, 784]` row-major) and labels of the records in `batch`.
-pub fn gather_batch(pixels: &[f32], labels: &[u32], batch: &[usize]) -> (Vec<f32>, Vec<u32>) {
-    const PIXELS: usize = crate::data::dataset::IMAGE_SIDE * crate::data::dataset::IMAGE_SIDE;
-    let mut images = Vec::with_capacity(batch.len() * PIXELS);
-    for &i in batch {
-        images.extend_from_slice(&pixels[i * PIXELS..(i + 1) * PIXELS]);
-    }
-    (images, batch.iter().map(|&i| labels[i]).collect())
-}
-
 /// The progress line's mark of a run that is not private.
 pub fn not_private(source: KeySource) -> &'static str {
     if source.is_private() {

@@ -7,6 +7,7 @@ pub mod gswgan;
 pub mod interrupt;
 pub mod progress;
 pub mod replay;
+pub mod resident;
 pub mod run_dir;
 
 use crate::data::dataset::IMAGE_SIDE;

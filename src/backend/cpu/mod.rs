@@ -22,7 +22,7 @@ pub use pool::{max_pool2x2_gather, max_pool2x2_scatter, sum_pool2x2, upsample_ne
 pub use real::Real;
 pub use reduce::{log_softmax_rows, sum_to};
 pub use rng::add_gaussian_noise;
-pub use shape::{concat, narrow, pad};
+pub use shape::{concat, gather_rows, narrow, pad};
 
 use real::by_dtype;
 
@@ -114,6 +114,13 @@ impl Backend for Cpu {
         by_dtype!(xs[0].dtype(), T => {
             let parts: Vec<(&[T], &[usize])> = xs.iter().map(|t| (T::host(t), t.shape())).collect();
             let (out, shape) = concat(&parts, axis);
+            T::wrap(out, &shape)
+        })
+    }
+
+    fn gather_rows(&self, table: &Tensor, indices: &[u32]) -> Result<Tensor> {
+        by_dtype!(table.dtype(), T => {
+            let (out, shape) = gather_rows(T::host(table), table.shape(), indices);
             T::wrap(out, &shape)
         })
     }

@@ -1,4 +1,5 @@
-//! Narrow, pad and concat along one axis. A tensor is seen as `[outer, dim, inner]` around the axis.
+//! Narrow, pad and concat along one axis (a tensor seen as `[outer, dim, inner]` around the axis),
+//! and rows gathered by index.
 use super::Real;
 
 fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
@@ -41,4 +42,15 @@ pub fn concat<T: Real>(parts: &[(&[T], &[usize])], axis: usize) -> (Vec<T>, Vec<
         }
     }
     (out, with_dim(parts[0].1, axis, total))
+}
+
+/// Rows `indices` of `table` (`[R, ...]`, each row `row_len` elements); `ops` checked the indices.
+pub fn gather_rows<T: Real>(table: &[T], shape: &[usize], indices: &[u32]) -> (Vec<T>, Vec<usize>) {
+    let row_len: usize = shape[1..].iter().product();
+    let mut out = Vec::with_capacity(indices.len() * row_len);
+    for &i in indices {
+        let start = i as usize * row_len;
+        out.extend_from_slice(&table[start..start + row_len]);
+    }
+    (out, with_dim(shape, 0, indices.len()))
 }

@@ -102,6 +102,10 @@ impl Backend for CudaDevice {
         shape::concat(buffer(first).device(), xs, axis)
     }
 
+    fn gather_rows(&self, table: &Tensor, indices: &[u32]) -> Result<Tensor> {
+        shape::gather_rows(buffer(table).device(), table, indices)
+    }
+
     fn log_softmax(&self, x: &Tensor) -> Result<Tensor> {
         reduce::log_softmax(buffer(x).device(), x)
     }

@@ -50,6 +50,7 @@ kernel_table! {
     Narrow => "shape_narrow_fwd_f32",
     Pad => "shape_pad_fwd_f32",
     ConcatPart => "shape_concat_part_fwd_f32",
+    GatherRows => "shape_gather_rows_fwd_f32",
     PowerIteration => "norm_power_iteration_fwd_f32",
     PowerIterationWtu => "norm_power_iteration_wtu_fwd_f32",
     PowerIterationWv => "norm_power_iteration_wv_fwd_f32",

@@ -52,6 +52,8 @@ unsafe impl DeviceRepr for Pool2x2Params {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for AxisCopyParams {}
 // SAFETY: as above.
+unsafe impl DeviceRepr for GatherRowsParams {}
+// SAFETY: as above.
 unsafe impl DeviceRepr for PowerIterationParams {}
 unsafe impl DeviceRepr for GemmParams {}
 // SAFETY: as above.
@@ -249,6 +251,14 @@ pub struct AxisCopyParams {
     pub len: i64,
 }
 
+/// Rows gathered by index: `out[r, k] = table[indices[r], k]`, `n = rows · row_len` elements.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GatherRowsParams {
+    pub n: i64,
+    pub row_len: i64,
+}
+
 /// Spectral norm's power iteration for `w` `[groups, rows, cols]` and `u` `[groups, rows]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -341,6 +351,7 @@ const _: () = assert!(std::mem::size_of::<SgdUpdateParams>() == 32);
 const _: () = assert!(std::mem::size_of::<AdamUpdateParams>() == 32);
 const _: () = assert!(std::mem::size_of::<Pool2x2Params>() == 40);
 const _: () = assert!(std::mem::size_of::<AxisCopyParams>() == 56);
+const _: () = assert!(std::mem::size_of::<GatherRowsParams>() == 16);
 const _: () = assert!(std::mem::size_of::<PowerIterationParams>() == 24);
 
 #[cfg(test)]

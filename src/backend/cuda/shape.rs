@@ -1,5 +1,5 @@
 //! Launchers of `kernels/shape.cu`: narrow, pad and concat along one axis, the tensor seen as
-//! `[outer, dim, inner]` around it. One thread per element, grid-striding ([`grid_for`]); an empty
+//! `[outer, dim, inner]` around it, and rows gathered by index. One thread per element, grid-striding ([`grid_for`]); an empty
 //! output (or an empty part of a concat) launches nothing.
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use cudarc::driver::PushKernelArg;
 use super::device::{CudaBuffer, CudaDevice};
 use super::elementwise::grid_for;
 use super::module::Kernel;
-use super::params::AxisCopyParams;
+use super::params::{AxisCopyParams, GatherRowsParams};
 use super::{buffer, launched, output};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -122,4 +122,40 @@ pub(crate) fn concat(dev: &Arc<CudaDevice>, xs: &[&Tensor], axis: usize) -> Resu
         offset += len;
     }
     output(out, &with_dim(first, axis, total))
+}
+
+/// Rows `indices` of `table` (`[R, ...]`): the indices go up (4 bytes a row), the rows stay on the
+/// device.
+pub(crate) fn gather_rows(dev: &Arc<CudaDevice>, table: &Tensor, indices: &[u32]) -> Result<Tensor> {
+    let shape = table.shape();
+    let rows = shape.first().copied().ok_or_else(|| Error::shape("gather_rows", "needs a table of rank ≥ 1"))?;
+    if let Some(bad) = indices.iter().find(|&&i| i as usize >= rows) {
+        return Err(Error::shape("gather_rows", format!("index {bad} is past the table's {rows} rows")));
+    }
+    let row_len: usize = shape[1..].iter().product();
+    let n = indices.len() * row_len;
+    let mut out = dev.alloc(n)?;
+    if n > 0 {
+        let index_buf =
+            dev.stream().clone_htod(indices).map_err(|e| Error::cuda(format!("copying {} row indices to the device", indices.len()), e))?;
+        let p = GatherRowsParams { n: n as i64, row_len: row_len as i64 };
+        let k = Kernel::GatherRows;
+        let _range = crate::profile::range(k.symbol());
+        // SAFETY: out holds n = len·row_len floats, written once each; element (r, k) reads
+        // indices[r] (r < len, the uploaded slice's length) and table at indices[r]·row_len + k,
+        // inside the table since every index is below its rows (checked above).
+        let r = unsafe {
+            dev.stream()
+                .launch_builder(dev.kernel(k))
+                .arg(&p)
+                .arg(&buffer(table).slice)
+                .arg(&index_buf)
+                .arg(&mut out.slice)
+                .launch(grid_for(dev, n))
+        };
+        launched(k, r)?;
+    }
+    let mut out_shape = shape.to_vec();
+    out_shape[0] = indices.len();
+    output(out, &out_shape)
 }

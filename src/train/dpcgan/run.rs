@@ -14,17 +14,17 @@ use crate::data::sampling::Sampling;
 use crate::dp::{KeySource, NoiseMode, RunKey};
 use crate::error::{Error, Result};
 use crate::io::image::Grid;
-use crate::models::dpcgan::{Generator, CLASSES, LATENT, PIXELS};
+use crate::models::dpcgan::{Generator, CLASSES, LATENT};
 use crate::privacy::accountant::Accountant;
 use crate::privacy::conversion::Conversion;
 use crate::privacy::rdp::Orders;
 use crate::tensor::{Device, Tensor};
 use crate::train::dp_sgd_run::{
-    self, gather_batch, load_recorded_data, resumed_total, CheckpointCheck, PrivacyPlan, PrivacyRequest, PrivateRun, RecordedPrivacy,
-    RunCore, StepReport,
+    self, load_recorded_data, resumed_total, CheckpointCheck, PrivacyPlan, PrivacyRequest, PrivateRun, RecordedPrivacy, RunCore, StepReport,
 };
 use crate::train::progress::Progress;
 use crate::train::replay::{stream, Purpose, StepBatches};
+use crate::train::resident::ResidentData;
 use crate::train::run_dir::{file_sha256, RunDir, CONFIG};
 use crate::train::{by_class_chunks, check_positive, collect_images, ImageSink};
 
@@ -335,8 +335,8 @@ pub struct DpCganRun {
     config: DpCganRunConfig,
     model: DpCgan,
     batches: StepBatches,
-    pixels: Vec<f32>,
-    labels: Vec<u32>,
+    /// The training set on the run's device; each step gathers its batch there.
+    data: ResidentData,
     device: Device,
     /// The grids' row labels: the training set's class names.
     class_names: [&'static str; CLASSES],
@@ -401,8 +401,7 @@ impl DpCganRun {
             core: RunCore { dir, key, accountant, settings, wall_before },
             model,
             batches,
-            pixels: data.pixels_f32(PixelScale::Symmetric),
-            labels: data.labels_u32(),
+            data: ResidentData::upload(data, PixelScale::Symmetric, device)?,
             device: device.clone(),
             class_names: class_names(data.labels()),
             config,
@@ -446,9 +445,7 @@ impl PrivateRun for DpCganRun {
         let _range = crate::profile::range("dpcgan_step");
         self.model.set_discriminator_lr(self.config.d_lr_schedule.at(self.config.d_lr, step));
         let batch = self.batches.batch(step)?;
-        let (images, labels) = gather_batch(&self.pixels, &self.labels, &batch);
-        let images = Tensor::from_vec(images, &[1, batch.len(), PIXELS], &self.device)?;
-        let labels = Tensor::one_hot(&labels, CLASSES, &[1, batch.len()], &self.device)?;
+        let (images, labels) = self.data.batch(&batch)?;
         let mut rng = stream(self.config.seed, Purpose::Generator, step);
         let losses = self.model.private_step(&images, &labels, self.config.batch_size, &mut rng)?;
         Ok(StepReport { d_loss: losses.discriminator, g_loss: Some(losses.generator), nonfinite: losses.nonfinite })

@@ -18,7 +18,7 @@ use crate::autograd::Tape;
 use crate::backend::{ops, AdamParams, UnaryOp};
 use crate::dp::{nonfinite_flag, private_gradients, ClippedLoss, DpSgdConfig, NoiseSource};
 use crate::error::{Error, Result};
-use crate::models::dpsgd_gan::{Discriminator, Generator, CLASSES, LATENT, SIDE};
+use crate::models::dpsgd_gan::{Discriminator, Generator, CLASSES, LATENT};
 use crate::nn::Module;
 use crate::optim::{Adam, Optimizer};
 use crate::profile;
@@ -233,9 +233,4 @@ pub fn fake_accuracy(fake_logits: &Tensor) -> Result<f64> {
         return Err(Error::Invalid("D's accuracy on an empty generated batch".into()));
     }
     Ok(logits.iter().filter(|&&l| l < 0.0).count() as f64 / logits.len() as f64)
-}
-
-/// Images `[1, n, 1, 28, 28]` from `[1, n, 784]`-ordered pixels.
-pub fn image_batch(pixels: Vec<f32>, n: usize, device: &Device) -> Result<Tensor> {
-    Tensor::from_vec(pixels, &[1, n, 1, SIDE, SIDE], device)
 }

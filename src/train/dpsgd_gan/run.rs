@@ -8,7 +8,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::schedule::{GStepSchedule, ScheduleState};
-use super::{fake_accuracy, image_batch, DpsgdGan, DpsgdGanConfig, PUBLISHED_ADAM};
+use super::{fake_accuracy, DpsgdGan, DpsgdGanConfig, PUBLISHED_ADAM};
 use crate::backend::AdamParams;
 use crate::data::classes::class_names;
 use crate::data::dataset::{Dataset, PixelScale};
@@ -16,19 +16,20 @@ use crate::data::sampling::Sampling;
 use crate::dp::{KeySource, NoiseMode, RunKey};
 use crate::error::{Error, Result};
 use crate::io::image::Grid;
-use crate::models::dpsgd_gan::{Generator, CLASSES, WIDTH};
+use crate::models::dpsgd_gan::{Generator, CLASSES, SIDE, WIDTH};
 use crate::nn::Module;
 use crate::privacy::accountant::Accountant;
 use crate::privacy::conversion::Conversion;
 use crate::privacy::rdp::Orders;
 use crate::tensor::{Device, Tensor};
 use crate::train::dp_sgd_run::{
-    self, gather_batch, load_recorded_data, resumed_total, CheckpointCheck, Outcome, PrivacyPlan, PrivacyRequest, PrivateRun,
-    RecordedPrivacy, RunCore, StepReport,
+    self, load_recorded_data, resumed_total, CheckpointCheck, Outcome, PrivacyPlan, PrivacyRequest, PrivateRun, RecordedPrivacy, RunCore,
+    StepReport,
 };
 use crate::train::dpcgan::run::{AdamRecord, BuildRecord, DataRecord};
 use crate::train::progress::Progress;
 use crate::train::replay::{stream, Purpose, StepBatches};
+use crate::train::resident::ResidentData;
 use crate::train::run_dir::{RunDir, CHECKPOINT, CONFIG};
 use crate::train::{by_class_chunks, check_positive, collect_images, ImageSink};
 
@@ -241,8 +242,8 @@ pub struct DpsgdGanRun {
     schedule: ScheduleState,
     batches: StepBatches,
     /// Pixels in [0, 1], as G's (tanh + 1)/2 makes them.
-    pixels: Vec<f32>,
-    labels: Vec<u32>,
+    /// The training set on the run's device; each step gathers its batch there.
+    data: ResidentData,
     device: Device,
     /// The grids' row labels: the training set's class names.
     class_names: [&'static str; CLASSES],
@@ -314,8 +315,7 @@ impl DpsgdGanRun {
             model,
             schedule,
             batches,
-            pixels: data.pixels_f32(PixelScale::Unit),
-            labels: data.labels_u32(),
+            data: ResidentData::upload(data, PixelScale::Unit, device)?,
             class_names: class_names(data.labels()),
             device: device.clone(),
             config,
@@ -363,9 +363,8 @@ impl PrivateRun for DpsgdGanRun {
     fn step(&mut self, step: u64) -> Result<StepReport> {
         let _range = crate::profile::range("dpsgd_gan_step");
         let batch = self.batches.batch(step)?;
-        let (images, labels) = gather_batch(&self.pixels, &self.labels, &batch);
-        let images = image_batch(images, batch.len(), &self.device)?;
-        let labels = Tensor::one_hot(&labels, CLASSES, &[1, batch.len()], &self.device)?;
+        let (images, labels) = self.data.batch(&batch)?;
+        let images = images.reshape(&[1, batch.len(), 1, SIDE, SIDE])?;
         let mut rng = stream(self.config.seed, Purpose::Generator, step);
         let d = self.model.discriminator_step(&images, &labels, &mut rng)?;
         let mut g_loss = None;

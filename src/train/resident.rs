@@ -1,0 +1,50 @@
+//! The training set kept on the run's device: uploaded once when a run starts, each step's batch
+//! gathered there from its record indices. A step then sends 4 bytes a record to the device
+//! instead of the record (3,136 bytes of pixels and a one-hot label), and the host does no copying.
+use crate::backend::ops;
+use crate::data::dataset::{Dataset, PixelScale, IMAGE_SIDE};
+use crate::data::NUM_CLASSES;
+use crate::error::{Error, Result};
+use crate::tensor::{Device, Tensor};
+
+const PIXELS: usize = IMAGE_SIDE * IMAGE_SIDE;
+
+/// Every record's pixels `[N, 784]` and one-hot label `[N, 10]`, on one device.
+pub struct ResidentData {
+    images: Tensor,
+    one_hot: Tensor,
+}
+
+impl ResidentData {
+    /// Uploads `data`'s images, scaled for the model, and labels (MNIST: 188 MB of f32 pixels).
+    pub fn upload(data: &Dataset, scale: PixelScale, device: &Device) -> Result<Self> {
+        let n = data.len();
+        if u32::try_from(n).is_err() {
+            return Err(Error::Invalid(format!("a training set of {n} records is past the 2³² a batch index can address")));
+        }
+        Ok(ResidentData {
+            images: Tensor::from_vec(data.pixels_f32(scale), &[n, PIXELS], device)?,
+            one_hot: Tensor::one_hot(&data.labels_u32(), NUM_CLASSES, &[n], device)?,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.images.shape()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The records `batch` (indices into the set) as images `[1, n, 784]` and one-hot labels
+    /// `[1, n, 10]`, in that order.
+    pub fn batch(&self, batch: &[usize]) -> Result<(Tensor, Tensor)> {
+        let indices = batch
+            .iter()
+            .map(|&i| u32::try_from(i).map_err(|_| Error::Invalid(format!("record {i} is past the training set's {} records", self.len()))))
+            .collect::<Result<Vec<u32>>>()?;
+        let images = ops::gather_rows(&self.images, &indices)?.reshape(&[1, batch.len(), PIXELS])?;
+        let labels = ops::gather_rows(&self.one_hot, &indices)?.reshape(&[1, batch.len(), NUM_CLASSES])?;
+        Ok((images, labels))
+    }
+}
