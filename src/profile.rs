@@ -485,7 +485,7 @@ mod tests {
                 spin(10);
                 drop(kernel);
                 let _clip = range("clip");
-                spin(20);
+                spin(50);
             }
             spin(5);
         }
@@ -493,9 +493,10 @@ mod tests {
         let totals = timer.finish().unwrap();
         let ms = |p: &str| totals[p].as_secs_f64() * 1e3;
         assert_eq!(totals.keys().copied().collect::<Vec<_>>(), ["clip", "other", "work"]);
-        assert!(ms("clip") >= 20.0 && ms("work") >= 10.0 && ms("other") >= 10.0, "{totals:?}");
-        // Exclusive: work holds its 10 ms, not clip's 20 as well.
-        assert!(ms("work") < 20.0, "{totals:?}");
+        assert!(ms("clip") >= 50.0 && ms("work") >= 10.0 && ms("other") >= 10.0, "{totals:?}");
+        // Exclusive: work holds its 10 ms, not clip's 50 as well (the margin absorbs a descheduled
+        // thread on a loaded machine).
+        assert!(ms("work") < 50.0, "{totals:?}");
         let sum: Duration = totals.values().sum();
         assert!(sum <= elapsed, "{sum:?} > {elapsed:?}");
         assert_eq!(barriers.get(), 6, "a barrier at both ends of each of the three timed ranges");

@@ -356,6 +356,16 @@ pub fn add_gaussian_noise(x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()
     backend(&dev).add_gaussian_noise(x, std, key)
 }
 
+/// A tensor of the standard normals `key` assigns to its elements (the values of
+/// `add_gaussian_noise` on zeros), for public randomness such as latent codes: not privacy noise,
+/// so the noise audit does not record it.
+pub fn standard_normals(shape: &[usize], key: &NoiseKey, device: &Device) -> Result<Tensor> {
+    let mut z = Tensor::zeros(shape, device)?;
+    check_noise("standard_normals", 1.0, z.numel())?;
+    backend(device).add_gaussian_noise(&mut z, 1.0, key)?;
+    Ok(z)
+}
+
 /// In place, `x ← (x + std·z) / divisor`: the noise of `add_gaussian_noise` and a division by
 /// `divisor` in one pass over `x`, with the values of the two separate ops.
 pub fn add_gaussian_noise_and_divide(x: &mut Tensor, std: f32, divisor: f32, key: &NoiseKey) -> Result<()> {

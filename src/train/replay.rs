@@ -10,9 +10,11 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
+use crate::backend::ops;
 use crate::data::sampling::{BatchSampler, Sampling};
-use crate::dp::{RunKey, SecretPurpose};
+use crate::dp::{NoiseKey, NoiseMode, RunKey, SecretPurpose};
 use crate::error::Result;
+use crate::tensor::{Device, Tensor};
 
 /// What a public stream is used for; each purpose has its own key, so adding draws to one never
 /// shifts another. Nothing the privacy proof relies on comes from these.
@@ -40,6 +42,16 @@ pub fn stream(seed: u64, purpose: Purpose, index: u64) -> ChaCha20Rng {
     let mut rng = ChaCha20Rng::from_seed(keys.random());
     rng.set_stream(index);
     rng
+}
+
+/// Standard normals of `shape` computed where they are used: one 256-bit draw from `rng` keys a
+/// Philox counter stream, and the device computes element e from (key, e) (what
+/// `dp::noise::standard_normal_at` defines, the same values on every backend). A step's latent
+/// codes then cost the host one draw and no upload. Public randomness: the key comes from a
+/// public stream and is used for nothing else.
+pub fn device_normals<R: Rng>(shape: &[usize], rng: &mut R, device: &Device) -> Result<Tensor> {
+    let key = NoiseKey { mode: NoiseMode::Fast, key: rng.random(), step: 0, tensor_index: 0 };
+    ops::standard_normals(shape, &key, device)
 }
 
 /// A private run's batches by step number: `batch(t)` depends only on the run's secret key and t.
@@ -102,6 +114,33 @@ mod tests {
         assert_ne!(draw(Purpose::Generator, 3), draw(Purpose::Generator, 4));
         assert_ne!(draw(Purpose::Generator, 3), draw(Purpose::Batches, 3));
         assert_ne!(stream(7, Purpose::Init, 0).random::<u64>(), stream(8, Purpose::Init, 0).random::<u64>());
+    }
+
+    /// device_normals are the key's standard normals, element by element; each draw of the stream
+    /// gives a new key (so consecutive steps' codes differ) and the same stream the same codes;
+    /// 60,000 of them have mean 0 and variance 1 within five standard errors.
+    #[test]
+    fn device_normals_are_the_keys_normals_and_fresh_per_draw() {
+        let z = device_normals(&[1, 600, 100], &mut stream(3, Purpose::Generator, 9), &Device::Cpu).unwrap();
+        assert_eq!(z.shape(), &[1, 600, 100]);
+        let z = z.to_vec().unwrap();
+        let key = NoiseKey { mode: NoiseMode::Fast, key: stream(3, Purpose::Generator, 9).random(), step: 0, tensor_index: 0 };
+        for e in [0usize, 1, 2, 599, 59_999] {
+            assert_eq!(z[e].to_bits(), crate::dp::noise::standard_normal_at(&key, e as u64).to_bits(), "element {e}");
+        }
+        let n = z.len() as f64;
+        let mean = z.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = z.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        assert!(mean.abs() < 5.0 / n.sqrt(), "mean {mean}");
+        assert!((var - 1.0).abs() < 5.0 * (2.0 / n).sqrt(), "variance {var}");
+        let again = device_normals(&[1, 600, 100], &mut stream(3, Purpose::Generator, 9), &Device::Cpu).unwrap().to_vec().unwrap();
+        assert_eq!(again, z, "the same stream, the same codes");
+        let mut rng = stream(3, Purpose::Generator, 9);
+        let first = device_normals(&[50], &mut rng, &Device::Cpu).unwrap().to_vec().unwrap();
+        let second = device_normals(&[50], &mut rng, &Device::Cpu).unwrap().to_vec().unwrap();
+        assert!(first.iter().zip(&second).all(|(a, b)| a != b), "a second draw from the stream is a new key");
+        let next_step = device_normals(&[50], &mut stream(3, Purpose::Generator, 10), &Device::Cpu).unwrap().to_vec().unwrap();
+        assert!(first.iter().zip(&next_step).all(|(a, b)| a != b), "the next step's stream, new codes");
     }
 
     #[test]

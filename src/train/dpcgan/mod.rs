@@ -15,6 +15,7 @@ use crate::models::dpcgan::{Discriminator, Generator, CLASSES, LATENT};
 use crate::optim::{Adam, Optimizer, Sgd};
 use crate::profile;
 use crate::tensor::{Device, Tensor};
+use crate::train::replay::device_normals;
 
 /// docs/algorithms.md §1's published settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -128,9 +129,10 @@ impl DpCgan {
         Ok(())
     }
 
-    /// Generator inputs for `batch` examples: z ~ N(0, I), labels uniform over the classes (public).
+    /// Generator inputs for `batch` examples: z ~ N(0, I) computed on the device, labels uniform over
+    /// the classes (public).
     fn generator_inputs<R: Rng>(batch: usize, rng: &mut R, device: &Device) -> Result<(Tensor, Tensor)> {
-        let z = Tensor::randn(&[1, batch, LATENT], rng, device)?;
+        let z = device_normals(&[1, batch, LATENT], rng, device)?;
         let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..CLASSES as u32)).collect();
         Ok((z, Tensor::one_hot(&labels, CLASSES, &[1, batch], device)?))
     }

@@ -23,6 +23,7 @@ use crate::nn::Module;
 use crate::optim::{Adam, Optimizer};
 use crate::profile;
 use crate::tensor::{Device, Tensor};
+use crate::train::replay::device_normals;
 
 /// docs/algorithms.md §4's published settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -91,9 +92,10 @@ impl DpsgdGan {
         self.g_optimizer.steps()
     }
 
-    /// B generator inputs: z ~ N(0, I) and labels uniform over the classes (public randomness).
+    /// B generator inputs: z ~ N(0, I) computed on the device and labels uniform over the classes
+    /// (public randomness).
     pub fn generator_inputs<R: Rng>(batch: usize, rng: &mut R, device: &Device) -> Result<(Tensor, Tensor)> {
-        let z = Tensor::randn(&[1, batch, LATENT], rng, device)?;
+        let z = device_normals(&[1, batch, LATENT], rng, device)?;
         let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..CLASSES as u32)).collect();
         Ok((z, Tensor::one_hot(&labels, CLASSES, &[1, batch], device)?))
     }
