@@ -99,6 +99,7 @@ enum UnaryCode : int32_t {
   UNARY_TANH = 10,
   UNARY_RELU_MASK = 11,
   UNARY_LEAKY_RELU_MASK = 12,
+  UNARY_CLIP_FACTOR = 13,
 };
 
 struct UnaryParams {

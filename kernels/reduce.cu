@@ -34,44 +34,45 @@ __device__ __forceinline__ SplitRange split_range(const SumToParams& p) {
   return {begin, end};
 }
 
-}  // namespace dpgan
+// Rows of the outer kernel's block: each sums every 8th summand of the block's split.
+#define DPGAN_SUM_TO_ROWS 8
 
 // x's innermost dim is summed: one warp per output (and split), its lanes walking the summands,
 // which lie in contiguous runs of x. Block: 256 threads = 8 outputs; grid (outputs / 8, splits),
-// grid-striding over outputs.
-extern "C" __global__ void reduce_sum_to_inner_fwd_f32(SumToParams p, const float* __restrict__ x,
-                                                       float* __restrict__ out) {
+// grid-striding over outputs. SQUARE sums the summands' squares (per-example squared norms in one
+// pass instead of a square and a sum).
+template <bool SQUARE>
+__device__ __forceinline__ void sum_to_inner(const SumToParams& p, const float* __restrict__ x, float* __restrict__ out) {
   const int lane = threadIdx.x & 31;
   const int warps = blockDim.x >> 5;
-  const dpgan::SplitRange range = dpgan::split_range(p);
+  const SplitRange range = split_range(p);
   for (int64_t o = (int64_t)blockIdx.x * warps + (threadIdx.x >> 5); o < p.out_count; o += (int64_t)gridDim.x * warps) {
-    const int64_t base = dpgan::runs_offset((uint32_t)o, p.kept_dims, p.kept_strides, p.kept_rank);
+    const int64_t base = runs_offset((uint32_t)o, p.kept_dims, p.kept_strides, p.kept_rank);
     float acc = 0.0f;
     for (int64_t j = range.begin + lane; j < range.end; j += 32) {
-      acc += x[base + dpgan::runs_offset((uint32_t)j, p.summed_dims, p.summed_strides, p.summed_rank)];
+      const float v = x[base + runs_offset((uint32_t)j, p.summed_dims, p.summed_strides, p.summed_rank)];
+      acc += SQUARE ? v * v : v;
     }
-    acc = dpgan::warp_sum(acc);
+    acc = warp_sum(acc);
     if (lane == 0) out[o * p.splits + blockIdx.y] = acc;
   }
 }
 
-// Rows of the outer kernel's block: each sums every 8th summand of the block's split.
-#define DPGAN_SUM_TO_ROWS 8
-
 // x's innermost dim is kept: a block takes 32 consecutive outputs (lanes, so each load of a warp
 // is one contiguous run of x) and 8 rows that share out the summands; the rows are then added in
 // shared memory. Block (32, 8); grid (outputs / 32, splits), grid-striding over tiles of 32.
-extern "C" __global__ void reduce_sum_to_outer_fwd_f32(SumToParams p, const float* __restrict__ x,
-                                                       float* __restrict__ out) {
+template <bool SQUARE>
+__device__ __forceinline__ void sum_to_outer(const SumToParams& p, const float* __restrict__ x, float* __restrict__ out) {
   __shared__ float rows[DPGAN_SUM_TO_ROWS][32];
-  const dpgan::SplitRange range = dpgan::split_range(p);
+  const SplitRange range = split_range(p);
   for (int64_t tile = (int64_t)blockIdx.x * 32; tile < p.out_count; tile += (int64_t)gridDim.x * 32) {
     const int64_t o = tile + threadIdx.x;
     float acc = 0.0f;
     if (o < p.out_count) {
-      const int64_t base = dpgan::runs_offset((uint32_t)o, p.kept_dims, p.kept_strides, p.kept_rank);
+      const int64_t base = runs_offset((uint32_t)o, p.kept_dims, p.kept_strides, p.kept_rank);
       for (int64_t j = range.begin + threadIdx.y; j < range.end; j += DPGAN_SUM_TO_ROWS) {
-        acc += x[base + dpgan::runs_offset((uint32_t)j, p.summed_dims, p.summed_strides, p.summed_rank)];
+        const float v = x[base + runs_offset((uint32_t)j, p.summed_dims, p.summed_strides, p.summed_rank)];
+        acc += SQUARE ? v * v : v;
       }
     }
     rows[threadIdx.y][threadIdx.x] = acc;
@@ -85,6 +86,29 @@ extern "C" __global__ void reduce_sum_to_outer_fwd_f32(SumToParams p, const floa
     __syncthreads();  // the next tile reuses `rows`
   }
 }
+
+}  // namespace dpgan
+
+extern "C" __global__ void reduce_sum_to_inner_fwd_f32(SumToParams p, const float* __restrict__ x,
+                                                       float* __restrict__ out) {
+  dpgan::sum_to_inner<false>(p, x, out);
+}
+
+extern "C" __global__ void reduce_sum_sq_to_inner_fwd_f32(SumToParams p, const float* __restrict__ x,
+                                                          float* __restrict__ out) {
+  dpgan::sum_to_inner<true>(p, x, out);
+}
+
+extern "C" __global__ void reduce_sum_to_outer_fwd_f32(SumToParams p, const float* __restrict__ x,
+                                                       float* __restrict__ out) {
+  dpgan::sum_to_outer<false>(p, x, out);
+}
+
+extern "C" __global__ void reduce_sum_sq_to_outer_fwd_f32(SumToParams p, const float* __restrict__ x,
+                                                          float* __restrict__ out) {
+  dpgan::sum_to_outer<true>(p, x, out);
+}
+
 
 // y[r, k] = (x[r, k] − m) − log Σ_k exp(x[r, k] − m), m = max_k x[r, k]. One warp per row, three
 // passes over it (max, sum, write; the row stays in L1/L2). Block: 256 threads = 8 rows;

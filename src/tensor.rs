@@ -9,6 +9,7 @@ use std::sync::Arc;
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+use crate::backend::census;
 use crate::backend::cuda::{CudaBuffer, CudaDevice};
 use crate::error::{ensure_shape, Error, Result};
 
@@ -134,6 +135,7 @@ impl Tensor {
     /// A tensor holding `data` (row-major) on `device`.
     pub fn from_vec(data: Vec<f32>, shape: &[usize], device: &Device) -> Result<Self> {
         ensure_shape!(data.len() == numel(shape), "from_vec", "{} values for shape {shape:?} ({} elements)", data.len(), numel(shape));
+        census::note(census::HOST_TO_DEVICE);
         let storage = match device {
             Device::Cpu => Storage::Cpu(data),
             Device::Cuda(dev) => Storage::Cuda(dev.upload(&data)?),
@@ -146,6 +148,7 @@ impl Tensor {
     }
 
     pub fn full(shape: &[usize], value: f32, device: &Device) -> Result<Self> {
+        census::note(census::FILL);
         let storage = match device {
             Device::Cpu => Storage::Cpu(vec![value; numel(shape)]),
             Device::Cuda(dev) => Storage::Cuda(dev.full(numel(shape), value)?),
@@ -239,6 +242,7 @@ impl Tensor {
 
     /// The values as f32, copied to the host (a synchronising copy for CUDA tensors).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
+        census::note(census::DEVICE_TO_HOST);
         match &*self.storage {
             Storage::Cpu(v) => Ok(v.clone()),
             Storage::CpuF64(v) => Ok(v.iter().map(|&x| x as f32).collect()),

@@ -364,9 +364,11 @@ fn clip_bound_holds_for_huge_gradients() {
 
 #[test]
 fn clip_factors_are_one_within_the_bound_and_finite_for_zero() {
-    let sq = Tensor::from_vec_f64(vec![0.0, 0.25, 1.0, 4.0, 1e30], &[1, 5]).unwrap();
+    // −1e−9: a squared norm that rounding took below zero (the spectral-norm formula subtracts)
+    // is a norm of about zero, within the bound.
+    let sq = Tensor::from_vec_f64(vec![0.0, 0.25, 1.0, 4.0, 1e30, -1e-9], &[1, 6]).unwrap();
     let f = clip_factors(&sq, 1.0).unwrap().to_vec_f64().unwrap();
-    assert_close_f64("clip factors", &f, &[1.0, 1.0, 1.0, 0.5, 1e-15], 1e-15);
+    assert_close_f64("clip factors", &f, &[1.0, 1.0, 1.0, 0.5, 1e-15, 1.0], 1e-15);
     assert!(clip_factors(&sq, 0.0).is_err() && clip_factors(&sq, f32::NAN).is_err());
 }
 
@@ -392,9 +394,9 @@ fn non_finite_norms_give_nan_factors_and_nan_sums(device: &Device) {
 #[test]
 fn non_finite_norms_give_nan_factors_on_the_cpu() {
     non_finite_norms_give_nan_factors_and_nan_sums(&Device::Cpu);
-    let sq = Tensor::from_vec_f64(vec![f64::NAN, f64::INFINITY, 1.0], &[1, 3]).unwrap();
+    let sq = Tensor::from_vec_f64(vec![f64::NAN, f64::INFINITY, 1.0, f64::NEG_INFINITY], &[1, 4]).unwrap();
     let f = clip_factors(&sq, 1.0).unwrap().to_vec_f64().unwrap();
-    assert!(f[0].is_nan() && f[1].is_nan() && f[2] == 1.0, "{f:?}");
+    assert!(f[0].is_nan() && f[1].is_nan() && f[2] == 1.0 && f[3].is_nan(), "{f:?}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use dpgan::tensor::{Device, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-const UNARY_OPS: [UnaryOp; 13] = [
+const UNARY_OPS: [UnaryOp; 14] = [
     UnaryOp::Affine { scale: 1.7, shift: -0.3 },
     UnaryOp::Exp,
     UnaryOp::Log,
@@ -23,6 +23,7 @@ const UNARY_OPS: [UnaryOp; 13] = [
     UnaryOp::Tanh,
     UnaryOp::ReluMask,
     UnaryOp::LeakyReluMask(0.2),
+    UnaryOp::ClipFactor(1.1),
 ];
 
 const BINARY_OPS: [BinaryOp; 5] = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::BceWithLogits];
@@ -67,6 +68,8 @@ fn unary_formula(op: UnaryOp, x: f64) -> f64 {
                 slope as f64
             }
         }
+        // min(1, C/‖g‖) from ‖g‖² = x.
+        UnaryOp::ClipFactor(clip) => (clip as f64 / x.sqrt()).min(1.0),
     }
 }
 
@@ -117,6 +120,12 @@ fn unary_input(op: UnaryOp, rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
             UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt => rng.random_range(1e-3f32..50.0),
             UnaryOp::Recip => rng.random_range(0.05f32..4.0) * if rng.random::<bool>() { 1.0 } else { -1.0 },
             UnaryOp::Exp => rng.random_range(-20.0f32..20.0),
+            // Squared norms: zeros, ones within the bound C² = 1.21, and far past it.
+            UnaryOp::ClipFactor(_) => match rng.random_range(0..6) {
+                0 => 0.0,
+                1 => rng.random_range(0.0f32..1e6),
+                _ => rng.random_range(0.0f32..5.0),
+            },
             _ => match rng.random_range(0..10) {
                 0 => 0.0,
                 1 => rng.random_range(-60.0f32..60.0),

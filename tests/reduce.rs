@@ -1,9 +1,9 @@
 mod common;
 
-// Reductions: sum_to and log_softmax. The CPU backend against the sums written out in f64, and the
+// Reductions: sum_to, sum_squares_to and log_softmax. The CPU backend against the sums written out in f64, and the
 // CUDA kernels against the CPU backend on the same fresh random inputs.
 use common::{assert_close, assert_close_f64, assert_close_sums, on_cuda, randn, rng, tol, Sums};
-use dpgan::backend::ops::{log_softmax, sum_to};
+use dpgan::backend::ops::{log_softmax, sum_squares_to, sum_to};
 use dpgan::tensor::{Device, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -87,11 +87,33 @@ fn sum_to_cpu_matches_formula() {
     }
 }
 
+/// `x`'s elements squared (in f32, as the formula's input; the f64 square of an f32 is exact).
+fn squares(x: &Tensor) -> Vec<f32> {
+    x.cpu_data().unwrap().iter().map(|&v| v * v).collect()
+}
+
+/// The sum of squares against the sum of the squares written out: the fused op squares each term
+/// in f64, so it is within an f32 rounding of the exact value (the squares here are exact in f64
+/// but the formula's input rounds them to f32 first: a relative 2⁻²⁴ per term).
+#[test]
+fn sum_squares_to_cpu_matches_formula() {
+    let mut rng = rng("sum_squares_to_cpu_matches_formula");
+    for (x_shape, target) in sum_to_cases(&mut rng) {
+        let x = randn(&mut rng, &x_shape);
+        let y = sum_squares_to(&x, &target).unwrap();
+        assert_eq!(y.shape(), &target[..]);
+        let got: Vec<f64> = y.cpu_data().unwrap().iter().map(|&v| v as f64).collect();
+        let expected = sum_to_formula(&squares(&x), &x_shape, &target);
+        assert_close_f64(&format!("sum_squares_to {x_shape:?} -> {target:?}"), &got, &expected.value, tol::F32_ELEMENTWISE);
+    }
+}
+
 #[test]
 fn sum_to_rejects_shapes_that_do_not_broadcast() {
     let x = Tensor::zeros(&[2, 3, 4], &Device::Cpu).unwrap();
     for bad in [vec![2, 2, 4], vec![4, 3], vec![1, 2, 3, 4]] {
         assert!(sum_to(&x, &bad).is_err(), "{bad:?}");
+        assert!(sum_squares_to(&x, &bad).is_err(), "{bad:?}");
     }
 }
 
@@ -177,6 +199,34 @@ fn sum_to_cuda_matches_cpu() {
             let magnitude = sum_to_formula(x.cpu_data().unwrap(), &x_shape, &target).magnitude;
             let expected = Sums { value: f64s(&expected), magnitude };
             assert_close_sums(&format!("sum_to {x_shape:?} -> {target:?}"), &f64s(&got), &expected, tol::F32_REDUCTION);
+        }
+    });
+}
+
+/// sum_squares_to on the GPU against the CPU on sum_to's cases and the per-example norm layouts
+/// (`[G, B, features]` to `[G, B, 1]`, with few examples over many features: a split, then a
+/// plain second pass), the error against Σx² per output.
+#[test]
+fn sum_squares_to_cuda_matches_cpu() {
+    on_cuda("sum_squares_to_cuda_matches_cpu", |dev| {
+        let mut rng = rng("sum_squares_to_cuda_matches_cpu");
+        let mut cases = sum_to_cases(&mut rng);
+        cases.extend([
+            (vec![1, 600, 784], vec![1, 600, 1]),
+            (vec![1, 600, 128], vec![1, 600, 1]),
+            (vec![4, 3, 16384], vec![4, 3, 1]),
+            (vec![2, 600, 8, 7, 7], vec![2, 1, 8, 1, 1]),
+            (vec![1, 5000, 7], vec![1, 1, 7]),
+        ]);
+        for (x_shape, target) in cases {
+            let x = randn(&mut rng, &x_shape);
+            let expected = sum_squares_to(&x, &target).unwrap();
+            let got = sum_squares_to(&x.to_device(dev).unwrap(), &target).unwrap();
+            assert_eq!(got.shape(), expected.shape());
+            let f64s = |t: &Tensor| -> Vec<f64> { t.to_vec().unwrap().iter().map(|&v| v as f64).collect() };
+            let magnitude = sum_to_formula(&squares(&x), &x_shape, &target).magnitude;
+            let expected = Sums { value: f64s(&expected), magnitude };
+            assert_close_sums(&format!("sum_squares_to {x_shape:?} -> {target:?}"), &f64s(&got), &expected, tol::F32_REDUCTION);
         }
     });
 }

@@ -148,5 +148,9 @@ fn unary(tape: &Tape, op: UnaryOp, operand: Option<&Tensor>, dy: &Tensor) -> Res
         UnaryOp::Relu => tape.mul(dy, &raw::unary(UnaryOp::ReluMask, v)?),
         UnaryOp::LeakyRelu(slope) => tape.mul(dy, &raw::unary(UnaryOp::LeakyReluMask(slope), v)?),
         UnaryOp::ReluMask | UnaryOp::LeakyReluMask(_) => raw::unary(UnaryOp::Affine { scale: 0.0, shift: 0.0 }, dy),
+        // DP-SGD forms clip factors outside any tape: nothing differentiates through them.
+        UnaryOp::ClipFactor(_) => {
+            Err(crate::error::Error::Invalid("clip factors have no backward rule: they are formed outside the tape".into()))
+        }
     }
 }

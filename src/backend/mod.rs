@@ -7,6 +7,7 @@
 //! Layout conventions: parametric ops carry a leading model-group dimension G. Weights are
 //! `[G, ...]`, activations `[G, B, ...]`; group g uses weights g on its own slice. G = 1 is an
 //! ordinary model.
+pub mod census;
 pub mod cpu;
 pub mod cuda;
 pub mod ops;
@@ -38,6 +39,11 @@ pub enum UnaryOp {
     ReluMask,
     /// LeakyReLU's derivative: 1 where `x > 0`, else the slope.
     LeakyReluMask(f32),
+    /// Per-example clip factors from squared norms, `C / max(sqrt(max(x, 0)), C)` for clipping
+    /// norm C: exactly 1 within the bound, no division by zero at a zero gradient, `c·‖g‖ = C` up
+    /// to one rounding when clipped; NaN for a NaN or infinite input (never 1, which would let the
+    /// example through, nor 0, which would drop it silently). One pass instead of seven ops.
+    ClipFactor(f32),
 }
 
 /// Elementwise maps of two tensors, broadcasting numpy-style (dims aligned on the right, each
@@ -140,6 +146,8 @@ pub trait Backend {
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Result<Tensor>;
     /// Sum over the broadcast dims of `x` down to `shape` (same rank, each dim equal or 1).
     fn sum_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor>;
+    /// `sum_to` of `x`'s squares, in one pass (per-example squared norms).
+    fn sum_squares_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor>;
 
     fn matmul(&self, a: &Tensor, b: &Tensor, geom: &MatmulGeometry) -> Result<Tensor>;
 

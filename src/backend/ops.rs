@@ -1,6 +1,6 @@
 //! Shape-checked entry points of the op set. Every function validates its operands (same device,
 //! compatible shapes), derives the output geometry and calls the backend of the operands' device.
-use super::{backend, AdamParams, BinaryOp, ConvGeometry, MatmulGeometry, RowNorm, SgdParams, UnaryOp};
+use super::{backend, census, AdamParams, BinaryOp, ConvGeometry, MatmulGeometry, RowNorm, SgdParams, UnaryOp};
 use crate::dp::noise::{NoiseKey, MAX_NOISE_ELEMENTS};
 use crate::error::{ensure_shape, Error, Result};
 use crate::tensor::{DType, Device, Tensor};
@@ -24,8 +24,14 @@ fn device_of(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
     Ok(first)
 }
 
+/// The backend of `device`, with the op counted (see [`census`]).
+fn dispatch<'a>(op: &'static str, device: &'a Device) -> &'a dyn super::Backend {
+    census::note(op);
+    backend(device)
+}
+
 pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
-    backend(&x.device()).unary(op, x)
+    dispatch("unary", &x.device()).unary(op, x)
 }
 
 /// A one-element tensor of `value` with `like`'s dtype and device (scalar operands of binary ops).
@@ -49,23 +55,37 @@ pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec
 pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let dev = device_of("binary", &[a, b])?;
     let out = broadcast_shape("binary", a.shape(), b.shape())?;
-    backend(&dev).binary(op, a, b, &out)
+    dispatch("binary", &dev).binary(op, a, b, &out)
 }
 
 /// Sum of `x` down to `shape`, which must be broadcastable to `x`'s shape (the adjoint of the
 /// broadcast). A shape of lower rank is aligned on the right, as in broadcasting.
 pub fn sum_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
-    ensure_shape!(shape.len() <= x.rank(), "sum_to", "cannot sum {:?} to higher rank {shape:?}", x.shape());
+    match summed_shape("sum_to", x, shape)? {
+        None => x.reshape(shape),
+        Some(full) => dispatch("sum_to", &x.device()).sum_to(x, &full)?.reshape(shape),
+    }
+}
+
+/// Sum of `x`'s squares down to `shape` (as `sum_to`), in one pass: per-example squared norms.
+pub fn sum_squares_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    match summed_shape("sum_squares_to", x, shape)? {
+        None => unary(UnaryOp::Square, x)?.reshape(shape),
+        Some(full) => dispatch("sum_squares_to", &x.device()).sum_squares_to(x, &full)?.reshape(shape),
+    }
+}
+
+/// `shape` at x's rank (aligned on the right), checked to be a sum of x; `None` when nothing is
+/// summed.
+fn summed_shape(op: &'static str, x: &Tensor, shape: &[usize]) -> Result<Option<Vec<usize>>> {
+    ensure_shape!(shape.len() <= x.rank(), op, "cannot sum {:?} to higher rank {shape:?}", x.shape());
     let lead = x.rank() - shape.len();
     let mut full = vec![1; lead];
     full.extend_from_slice(shape);
     for (i, (&t, &s)) in full.iter().zip(x.shape()).enumerate() {
-        ensure_shape!(t == s || t == 1, "sum_to", "cannot sum {:?} to {shape:?} (dim {i})", x.shape());
+        ensure_shape!(t == s || t == 1, op, "cannot sum {:?} to {shape:?} (dim {i})", x.shape());
     }
-    if full == x.shape() {
-        return x.reshape(shape);
-    }
-    backend(&x.device()).sum_to(x, &full)?.reshape(shape)
+    Ok(if full == x.shape() { None } else { Some(full) })
 }
 
 /// Grouped matrix product; see [`MatmulGeometry`].
@@ -86,7 +106,7 @@ pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Te
         if trans_b { "ᵀ" } else { "" }
     );
     let geom = MatmulGeometry { groups: ga, m, k: ka, n, trans_a, trans_b };
-    backend(&dev).matmul(a, b, &geom)
+    dispatch("matmul", &dev).matmul(a, b, &geom)
 }
 
 /// Checks `x` `[G, B, C, H, W]` against `w` `[G, O, C, KH, KW]` and derives the output size.
@@ -128,7 +148,7 @@ pub fn conv_geometry(x_shape: &[usize], w_shape: &[usize], stride: usize, paddin
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     let dev = device_of("conv2d", &[x, w])?;
     let geom = conv_geometry(x.shape(), w.shape(), stride, padding)?;
-    backend(&dev).conv2d(x, w, &geom)
+    dispatch("conv2d", &dev).conv2d(x, w, &geom)
 }
 
 /// The gradient of `conv2d` w.r.t. its input of spatial size `in_hw`, from `dy` `[G, B, O, HO, WO]`.
@@ -143,7 +163,7 @@ pub fn conv2d_input_grad(dy: &Tensor, w: &Tensor, in_hw: (usize, usize), stride:
         "dy {s:?} does not match the conv output {:?} for input {in_hw:?}",
         geom.output_shape()
     );
-    backend(&dev).conv2d_input_grad(dy, w, &geom)
+    dispatch("conv2d_input_grad", &dev).conv2d_input_grad(dy, w, &geom)
 }
 
 /// The gradient of `conv2d` w.r.t. its weight of kernel size `kernel_hw`.
@@ -158,7 +178,7 @@ pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, kernel_hw: (usize, usize), st
         "dy {s:?} does not match the conv output {:?}",
         geom.output_shape()
     );
-    backend(&dev).conv2d_weight_grad(x, dy, &geom)
+    dispatch("conv2d_weight_grad", &dev).conv2d_weight_grad(x, dy, &geom)
 }
 
 /// Each example's squared norm of its own `conv2d_weight_grad` (what per-example clipping needs of a
@@ -176,7 +196,7 @@ pub fn conv2d_weight_grad_sq_norms(x: &Tensor, dy: &Tensor, kernel_hw: (usize, u
         "dy {s:?} does not match the conv output {:?}",
         geom.output_shape()
     );
-    backend(&dev).conv2d_weight_grad_sq_norms(x, dy, &geom)
+    dispatch("conv2d_weight_grad_sq_norms", &dev).conv2d_weight_grad_sq_norms(x, dy, &geom)
 }
 
 /// Output size of a transposed convolution: `(H − 1)·stride − 2·padding + K + output_padding`.
@@ -226,19 +246,19 @@ pub fn max_pool2x2_gather(x: &Tensor, v: &Tensor) -> Result<Tensor> {
     let dev = device_of("max_pool2x2", &[x, v])?;
     check_spatial("max_pool2x2", x)?;
     ensure_shape!(x.shape() == v.shape(), "max_pool2x2", "selector {:?} and values {:?} differ", x.shape(), v.shape());
-    backend(&dev).max_pool2x2_gather(x, v)
+    dispatch("max_pool2x2_gather", &dev).max_pool2x2_gather(x, v)
 }
 
 pub fn max_pool2x2_scatter(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let dev = device_of("max_pool2x2_scatter", &[x, dy])?;
     check_spatial("max_pool2x2_scatter", x)?;
     ensure_shape!(dy.shape() == pooled_shape(x), "max_pool2x2_scatter", "dy {:?} is not the pooled shape of {:?}", dy.shape(), x.shape());
-    backend(&dev).max_pool2x2_scatter(x, dy)
+    dispatch("max_pool2x2_scatter", &dev).max_pool2x2_scatter(x, dy)
 }
 
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
     check_spatial("upsample_nearest2x", x)?;
-    backend(&x.device()).upsample_nearest2x(x)
+    dispatch("upsample_nearest2x", &x.device()).upsample_nearest2x(x)
 }
 
 pub fn sum_pool2x2(x: &Tensor) -> Result<Tensor> {
@@ -250,7 +270,7 @@ pub fn sum_pool2x2(x: &Tensor) -> Result<Tensor> {
         "needs even H and W, got {:?}",
         x.shape()
     );
-    backend(&x.device()).sum_pool2x2(x)
+    dispatch("sum_pool2x2", &x.device()).sum_pool2x2(x)
 }
 
 pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
@@ -259,7 +279,7 @@ pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tenso
     if start == 0 && len == x.shape()[axis] {
         return Ok(x.clone());
     }
-    backend(&x.device()).narrow(x, axis, start, len)
+    dispatch("narrow", &x.device()).narrow(x, axis, start, len)
 }
 
 pub fn pad(x: &Tensor, axis: usize, before: usize, after: usize) -> Result<Tensor> {
@@ -267,7 +287,7 @@ pub fn pad(x: &Tensor, axis: usize, before: usize, after: usize) -> Result<Tenso
     if before == 0 && after == 0 {
         return Ok(x.clone());
     }
-    backend(&x.device()).pad(x, axis, before, after)
+    dispatch("pad", &x.device()).pad(x, axis, before, after)
 }
 
 /// The top-left `h × w` window of `[.., H, W]`.
@@ -287,7 +307,7 @@ pub fn concat(xs: &[&Tensor], axis: usize) -> Result<Tensor> {
         let same = s.len() == first.len() && s.iter().zip(first).enumerate().all(|(i, (a, b))| i == axis || a == b);
         ensure_shape!(same, "concat", "shapes {first:?} and {s:?} differ outside axis {axis}");
     }
-    backend(&dev).concat(xs, axis)
+    dispatch("concat", &dev).concat(xs, axis)
 }
 
 /// Rows `indices` of `table` (`[R, ...]`) in that order, `[indices.len(), ...]`; an index past the
@@ -298,19 +318,19 @@ pub fn gather_rows(table: &Tensor, indices: &[u32]) -> Result<Tensor> {
     if let Some(bad) = indices.iter().find(|&&i| i as usize >= rows) {
         return Err(Error::shape("gather_rows", format!("index {bad} is past the table's {rows} rows")));
     }
-    backend(&table.device()).gather_rows(table, indices)
+    dispatch("gather_rows", &table.device()).gather_rows(table, indices)
 }
 
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
     ensure_shape!(x.rank() >= 1 && x.shape()[x.rank() - 1] > 0, "log_softmax", "needs a non-empty last axis, got {:?}", x.shape());
-    backend(&x.device()).log_softmax(x)
+    dispatch("log_softmax", &x.device()).log_softmax(x)
 }
 
 pub fn power_iteration(w: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
     let dev = device_of("power_iteration", &[w, u])?;
     ensure_shape!(w.rank() == 3, "power_iteration", "weight must be viewed as [G, O, I], got {:?}", w.shape());
     ensure_shape!(u.shape() == &w.shape()[..2], "power_iteration", "u {:?} must be [G, O] of weight {:?}", u.shape(), w.shape());
-    backend(&dev).power_iteration(w, u)
+    dispatch("power_iteration", &dev).power_iteration(w, u)
 }
 
 pub fn sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Tensor>, hp: &SgdParams) -> Result<()> {
@@ -321,7 +341,7 @@ pub fn sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Ten
         ensure_shape!(buf.shape() == param.shape(), "sgd_step", "momentum buffer {:?} and param {:?} differ", buf.shape(), param.shape());
         device_of("sgd_step", &[param, buf])?;
     }
-    backend(&dev).sgd_step(param, grad, momentum_buf, hp)
+    dispatch("sgd_step", &dev).sgd_step(param, grad, momentum_buf, hp)
 }
 
 pub fn adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, t: u64, hp: &AdamParams) -> Result<()> {
@@ -332,7 +352,7 @@ pub fn adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tens
     if t == 0 {
         return Err(Error::Invalid("adam_step: step count t is 1-based".into()));
     }
-    backend(&dev).adam_step(param, grad, m, v, t, hp)
+    dispatch("adam_step", &dev).adam_step(param, grad, m, v, t, hp)
 }
 
 fn check_noise(op: &str, std: f32, n: usize) -> Result<()> {
@@ -353,7 +373,7 @@ pub fn add_gaussian_noise(x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()
     let dev = device_of("add_gaussian_noise", &[x])?;
     check_noise("add_gaussian_noise", std, x.numel())?;
     crate::dp::audit::note(key, std);
-    backend(&dev).add_gaussian_noise(x, std, key)
+    dispatch("add_gaussian_noise", &dev).add_gaussian_noise(x, std, key)
 }
 
 /// A tensor of the standard normals `key` assigns to its elements (the values of
@@ -362,7 +382,7 @@ pub fn add_gaussian_noise(x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()
 pub fn standard_normals(shape: &[usize], key: &NoiseKey, device: &Device) -> Result<Tensor> {
     let mut z = Tensor::zeros(shape, device)?;
     check_noise("standard_normals", 1.0, z.numel())?;
-    backend(device).add_gaussian_noise(&mut z, 1.0, key)?;
+    dispatch("standard_normals", device).add_gaussian_noise(&mut z, 1.0, key)?;
     Ok(z)
 }
 
@@ -375,7 +395,7 @@ pub fn add_gaussian_noise_and_divide(x: &mut Tensor, std: f32, divisor: f32, key
         return Err(Error::Invalid(format!("add_gaussian_noise_and_divide: divisor {divisor} must be finite and > 0")));
     }
     crate::dp::audit::note(key, std);
-    backend(&dev).add_gaussian_noise_and_divide(x, std, divisor, key)
+    dispatch("add_gaussian_noise_and_divide", &dev).add_gaussian_noise_and_divide(x, std, divisor, key)
 }
 
 /// GS-WGAN's sanitiser over the rows (last axis) of `g`: each row clipped to norm `clip` (or, with
@@ -389,7 +409,7 @@ pub fn sanitize_rows(g: &Tensor, clip: f32, rows: RowNorm, noise_std: f32, key: 
     }
     check_noise("sanitize_rows", noise_std, g.numel())?;
     crate::dp::audit::note(key, noise_std);
-    backend(&dev).sanitize_rows(g, clip, rows, noise_std, key)
+    dispatch("sanitize_rows", &dev).sanitize_rows(g, clip, rows, noise_std, key)
 }
 
 /// `x` repeated along its size-1 (or missing leading) dims to `shape`: the adjoint of `sum_to`.
@@ -401,5 +421,5 @@ pub fn broadcast_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
     }
     // x + 0 evaluated over the target shape: the binary kernels already broadcast.
     let zero = scalar_like(x, 0.0)?;
-    backend(&x.device()).binary(BinaryOp::Add, x, &zero, shape)
+    dispatch("broadcast_to", &x.device()).binary(BinaryOp::Add, x, &zero, shape)
 }

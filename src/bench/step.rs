@@ -172,6 +172,11 @@ pub struct StepReport {
     /// and every step's temporaries); `None` on the CPU.
     pub peak_device_memory_bytes: Option<u64>,
     pub peak_memory_note: String,
+    /// One step's census (`backend::census`): how many times it ran each op, transfer and fill,
+    /// counted on one more step after the timed ones. On a GPU each op is one or more kernel
+    /// launches; a `device_to_host` is a wait for the stream.
+    pub ops_per_step: BTreeMap<String, u64>,
+    pub ops_per_step_total: u64,
     pub phases: Option<PhaseReport>,
 }
 
@@ -428,6 +433,9 @@ pub fn run(options: &StepOptions, device: &Device, mut progress: impl FnMut(&str
             None => (None, "this device has no stream-ordered memory pool to read a high-water mark from".to_string()),
         },
     };
+    let (stepped, census) = crate::backend::census::count_ops(|| (prepared.step)());
+    stepped?;
+    let ops_per_step: BTreeMap<String, u64> = census.into_iter().map(|(op, n)| (op.to_string(), n)).collect();
     let phases = if options.phases {
         progress(&format!("{} steps timed by phase", options.steps));
         Some(time_phases(device, options.steps, &mut prepared.step)?)
@@ -472,6 +480,8 @@ pub fn run(options: &StepOptions, device: &Device, mut progress: impl FnMut(&str
         timing,
         peak_device_memory_bytes: peak,
         peak_memory_note: peak_note,
+        ops_per_step_total: ops_per_step.values().sum(),
+        ops_per_step,
         phases,
     })
 }
@@ -503,6 +513,16 @@ impl fmt::Display for StepReport {
             Some(b) => writeln!(f, "peak device memory: {:.1} MiB ({})", b as f64 / 1048576.0, self.peak_memory_note)?,
             None => writeln!(f, "peak device memory: - ({})", self.peak_memory_note)?,
         }
+        let mut busiest: Vec<(&String, &u64)> = self.ops_per_step.iter().collect();
+        busiest.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let busiest: Vec<String> = busiest.iter().take(8).map(|(op, n)| format!("{op} {n}")).collect();
+        writeln!(
+            f,
+            "ops per step: {} ({}{})",
+            self.ops_per_step_total,
+            busiest.join(", "),
+            if self.ops_per_step.len() > 8 { ", ..." } else { "" }
+        )?;
         match &self.phases {
             None => writeln!(f, "phases: not measured (pass --phases)")?,
             Some(p) => {

@@ -73,6 +73,16 @@ impl LayerGrad {
 
     /// Each example's squared gradient norm for this layer's weight and bias, `[G, B]`.
     pub fn per_example_sq_norms(&self) -> Result<Tensor> {
+        if let LayerGrad::Linear { input, output_grad, bias } = self {
+            // ‖aᵢ‖²‖δᵢ‖² + ‖δᵢ‖² = (‖aᵢ‖² + 1)‖δᵢ‖²: ‖δᵢ‖² once for the weight and the bias.
+            let (g, b) = self.group_batch()?;
+            let delta_sq = row_sq_norms(output_grad)?;
+            let input_sq = row_sq_norms(input)?;
+            let factor = if *bias { ops::unary(UnaryOp::Affine { scale: 1.0, shift: 1.0 }, &input_sq)? } else { input_sq };
+            let norms = ops::binary(BinaryOp::Mul, &factor, &delta_sq)?;
+            ensure_shape!(norms.shape() == [g, b], "per_example_sq_norms", "norms {:?} for [G, B] = [{g}, {b}]", norms.shape());
+            return Ok(norms);
+        }
         let weight = self.weight_sq_norms()?;
         if !self.has_bias() {
             return Ok(weight);
@@ -164,6 +174,8 @@ impl SpectralLayerGrad {
         let (g, _) = self.layer.group_batch()?;
         let w = self.weight.shape();
         ensure_shape!(w.len() >= 3 && w[0] == g, "spectral norm", "weight {w:?} must be [G = {g}, O, ...]");
+        let dy = self.layer.output_grad().shape();
+        ensure_shape!(dy.len() >= 3, "spectral norm", "output gradient {dy:?} must be [G, B, O, ...]");
         let (o, i) = (w[1], self.weight.numel() / (g * w[1]).max(1));
         ensure_shape!(
             self.u.shape() == [g, o] && self.v.shape() == [g, i] && self.sigma.shape() == [g],
@@ -186,13 +198,14 @@ impl SpectralLayerGrad {
         let (g, o, i) = self.shapes()?;
         let (a, delta) = (self.layer.input(), self.layer.output_grad());
         let s = per_example_dot(delta, &self.layer.forward(a, &self.weight)?)?;
-        // uᵀδᵢ: δ contracted with u over the output channels, `[G, B, 1, ...]`.
+        // uᵀδᵢ: δ `[G, B, O, ...]` contracted with u over the output channels (axis 2, which
+        // shapes() checked exists), `[G, B, 1, ...]`.
         let mut u_shape = vec![1; delta.rank()];
         u_shape[0] = g;
-        u_shape[2.min(delta.rank() - 1)] = o;
+        u_shape[2] = o;
         let u_delta_full = ops::binary(BinaryOp::Mul, delta, &self.u.reshape(&u_shape)?)?;
         let mut summed = delta.shape().to_vec();
-        summed[2.min(delta.rank() - 1)] = 1;
+        summed[2] = 1;
         let u_delta = ops::sum_to(&u_delta_full, &summed)?;
         // layer(aᵢ, v): v as a one-output weight `[G, 1, ...]`.
         let mut v_shape = self.weight.shape().to_vec();
@@ -255,9 +268,11 @@ fn row_sums(t: &Tensor) -> Result<Tensor> {
     ops::sum_to(&flat, &[g, b, 1])?.reshape(&[g, b])
 }
 
-/// Squared L2 norm of each `[G, B, ...]` example, as `[G, B]`.
+/// Squared L2 norm of each `[G, B, ...]` example, as `[G, B]` (one fused pass).
 fn row_sq_norms(t: &Tensor) -> Result<Tensor> {
-    row_sums(&ops::unary(UnaryOp::Square, t)?)
+    let (g, b) = (t.shape()[0], t.shape()[1]);
+    let flat = t.reshape(&[g, b, t.numel() / (g * b).max(1)])?;
+    ops::sum_squares_to(&flat, &[g, b, 1])?.reshape(&[g, b])
 }
 
 /// Each example's bias gradient `[G, B, O]`: `δ` summed over its spatial positions.
@@ -319,12 +334,5 @@ pub fn clip_factors(sq_norms: &Tensor, clip: f32) -> Result<Tensor> {
         return Err(Error::Invalid(format!("the clipping norm must be positive and finite, got {clip}")));
     }
     let _range = profile::range("clip_factors");
-    let norms = ops::unary(UnaryOp::Sqrt, sq_norms)?;
-    // max(‖g‖, C) = relu(‖g‖ − C) + C
-    let excess = ops::unary(UnaryOp::Relu, &ops::unary(UnaryOp::Affine { scale: 1.0, shift: -clip }, &norms)?)?;
-    let bounded = ops::unary(UnaryOp::Affine { scale: 1.0, shift: clip }, &excess)?;
-    let factors = ops::binary(BinaryOp::Div, &ops::scalar_like(&bounded, clip as f64)?, &bounded)?;
-    // 0·n + 1: exactly 1 for a finite norm, NaN for a NaN or infinite one.
-    let finite = ops::unary(UnaryOp::Affine { scale: 0.0, shift: 1.0 }, sq_norms)?;
-    ops::binary(BinaryOp::Mul, &factors, &finite)
+    ops::unary(UnaryOp::ClipFactor(clip), sq_norms)
 }

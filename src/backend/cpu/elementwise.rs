@@ -32,6 +32,10 @@ pub fn unary_map<T: Real>(op: UnaryOp, x: &[T]) -> Vec<T> {
             let slope = T::of(slope);
             map(x, |v| if v > zero { one } else { slope })
         }
+        UnaryOp::ClipFactor(clip) => {
+            let clip = T::of(clip);
+            map(x, |v| if v.is_finite() { clip / v.max(zero).sqrt().max(clip) } else { T::nan() })
+        }
     }
 }
 

@@ -4,6 +4,16 @@ use super::Real;
 
 /// Sum `x` (shape `x_shape`) down to `shape` (same rank, each dim equal or 1).
 pub fn sum_to<T: Real>(x: &[T], x_shape: &[usize], shape: &[usize]) -> Vec<T> {
+    sum_map_to(x, x_shape, shape, |v| v)
+}
+
+/// `sum_to` of the squares of `x`, each squared in f64 (exact for an f32 input) before it is added.
+pub fn sum_squares_to<T: Real>(x: &[T], x_shape: &[usize], shape: &[usize]) -> Vec<T> {
+    sum_map_to(x, x_shape, shape, |v| v * v)
+}
+
+/// `f` of each element of `x`, in f64, summed down to `shape` with f64 accumulation.
+fn sum_map_to<T: Real>(x: &[T], x_shape: &[usize], shape: &[usize], f: impl Fn(f64) -> f64) -> Vec<T> {
     let out_len: usize = shape.iter().product();
     let mut acc = vec![0.0f64; out_len];
     let (sizes, strides) = coalesce(x_shape, &[&dense_strides(x_shape), &broadcast_strides(shape, x_shape)]);
@@ -14,10 +24,10 @@ pub fn sum_to<T: Real>(x: &[T], x_shape: &[usize], shape: &[usize]) -> Vec<T> {
         }
         let row = &x[ix..ix + (len - 1) * dx + 1];
         if dout == 0 {
-            acc[io] = row.iter().step_by(dx.max(1)).fold(acc[io], |s, &v| s + v.f64());
+            acc[io] = row.iter().step_by(dx.max(1)).fold(acc[io], |s, &v| s + f(v.f64()));
         } else {
             for (j, &v) in row.iter().step_by(dx.max(1)).enumerate() {
-                acc[io + j * dout] += v.f64();
+                acc[io + j * dout] += f(v.f64());
             }
         }
     });

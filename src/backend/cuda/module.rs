@@ -32,6 +32,8 @@ kernel_table! {
     BinaryBroadcast => "elementwise_binary_broadcast_fwd_f32",
     SumToInner => "reduce_sum_to_inner_fwd_f32",
     SumToOuter => "reduce_sum_to_outer_fwd_f32",
+    SumSqToInner => "reduce_sum_sq_to_inner_fwd_f32",
+    SumSqToOuter => "reduce_sum_sq_to_outer_fwd_f32",
     LogSoftmax => "reduce_log_softmax_fwd_f32",
     SgdUpdate => "optim_sgd_update_f32",
     SgdMomentumUpdate => "optim_sgd_momentum_update_f32",

@@ -77,6 +77,7 @@ impl UnaryParams {
             UnaryOp::Tanh => (10, 0.0, 0.0),
             UnaryOp::ReluMask => (11, 0.0, 0.0),
             UnaryOp::LeakyReluMask(s) => (12, s, 0.0),
+            UnaryOp::ClipFactor(clip) => (13, clip, 0.0),
         };
         UnaryParams { n: n as i64, op: code, a, b, pad_: 0 }
     }

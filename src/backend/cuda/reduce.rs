@@ -1,4 +1,4 @@
-//! Launchers of `kernels/reduce.cu`: `sum_to` and `log_softmax`.
+//! Launchers of `kernels/reduce.cu`: `sum_to` (of the values or of their squares) and `log_softmax`.
 //!
 //! `sum_to` first merges x's dims into alternating runs of kept and summed dims ([`SumToPlan`]),
 //! then picks a kernel by what x's innermost run is: summed (a warp per output reads contiguous
@@ -112,8 +112,9 @@ fn warp_per_output_config(outputs: usize, splits: usize, sms: usize) -> LaunchCo
 }
 
 /// The launches for a plan on a device with `sms` multiprocessors: one, or two when the summands
-/// are split (the second adds the partial sums, laid out `[out, splits]`).
-fn sum_to_passes(plan: &SumToPlan, sms: usize) -> Result<Vec<SumToPass>> {
+/// are split (the second adds the partial sums, laid out `[out, splits]`). `square`: the first
+/// pass sums the summands' squares.
+fn sum_to_passes(plan: &SumToPlan, sms: usize, square: bool) -> Result<Vec<SumToPass>> {
     let (out, terms) = (plan.out_count(), plan.reduce_count());
     if plan.kept.len() > SUM_TO_MAX_RUNS || plan.summed.len() > SUM_TO_MAX_RUNS {
         return Err(Error::shape(
@@ -141,14 +142,14 @@ fn sum_to_passes(plan: &SumToPlan, sms: usize) -> Result<Vec<SumToPass>> {
 
     let first = if plan.innermost_summed {
         SumToPass {
-            kernel: Kernel::SumToInner,
+            kernel: if square { Kernel::SumSqToInner } else { Kernel::SumToInner },
             params: sum_to_params(&plan.kept, &plan.summed, split_len, splits),
             config: warp_per_output_config(out, splits, sms),
         }
     } else {
         let blocks = out.div_ceil(32).clamp(1, sms * MAX_BLOCKS_PER_SM);
         SumToPass {
-            kernel: Kernel::SumToOuter,
+            kernel: if square { Kernel::SumSqToOuter } else { Kernel::SumToOuter },
             params: sum_to_params(&plan.kept, &plan.summed, split_len, splits),
             config: LaunchConfig {
                 grid_dim: (blocks as u32, splits as u32, 1),
@@ -179,6 +180,15 @@ fn launch_sum_to(dev: &Arc<CudaDevice>, pass: &SumToPass, x: &CudaSlice<f32>, ou
 
 /// Sum of `x` down to `shape` (same rank, each dim equal to x's or 1).
 pub(crate) fn sum_to(dev: &Arc<CudaDevice>, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    sum_map_to(dev, x, shape, false)
+}
+
+/// Sum of `x`'s squares down to `shape`, in one pass over x.
+pub(crate) fn sum_squares_to(dev: &Arc<CudaDevice>, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    sum_map_to(dev, x, shape, true)
+}
+
+fn sum_map_to(dev: &Arc<CudaDevice>, x: &Tensor, shape: &[usize], square: bool) -> Result<Tensor> {
     if shape.len() != x.rank() || x.shape().iter().zip(shape).any(|(&s, &t)| t != s && t != 1) {
         return Err(Error::shape("sum_to", format!("cannot sum {:?} to {shape:?}", x.shape())));
     }
@@ -193,7 +203,7 @@ pub(crate) fn sum_to(dev: &Arc<CudaDevice>, x: &Tensor, shape: &[usize]) -> Resu
         return output(out, shape);
     }
     let plan = SumToPlan::new(x.shape(), shape);
-    let passes = sum_to_passes(&plan, dev.properties().multiprocessors.max(1) as usize)?;
+    let passes = sum_to_passes(&plan, dev.properties().multiprocessors.max(1) as usize, square)?;
     let xs = &buffer(x).slice;
     match passes.as_slice() {
         [only] => launch_sum_to(dev, only, xs, &mut out.slice)?,
@@ -266,9 +276,15 @@ mod tests {
             for s in 0..splits {
                 let begin = s * p.split_len as usize;
                 let end = (begin + p.split_len as usize).min(p.reduce_count as usize);
+                let square = matches!(pass.kernel, Kernel::SumSqToInner | Kernel::SumSqToOuter);
                 let terms = (begin..end).map(|j| {
                     let at = base + runs_offset(j as u32, &p.summed_dims, &p.summed_strides, p.summed_rank);
-                    x[usize::try_from(at).expect("offset ≥ 0")]
+                    let v = x[usize::try_from(at).expect("offset ≥ 0")];
+                    if square {
+                        v * v
+                    } else {
+                        v
+                    }
                 });
                 result[o * splits + s] = terms.sum();
             }
@@ -277,11 +293,16 @@ mod tests {
     }
 
     fn check(x_shape: &[usize], shape: &[usize], sms: usize) -> Vec<SumToPass> {
+        check_map(x_shape, shape, sms, false)
+    }
+
+    /// Emulates the planned passes (of the values, or of their squares) against the CPU reference.
+    fn check_map(x_shape: &[usize], shape: &[usize], sms: usize, square: bool) -> Vec<SumToPass> {
         let n: usize = x_shape.iter().product();
         let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1009) as f32 - 504.0).collect();
-        let expected = cpu::sum_to(&x, x_shape, shape);
+        let expected = if square { cpu::sum_squares_to(&x, x_shape, shape) } else { cpu::sum_to(&x, x_shape, shape) };
         let plan = SumToPlan::new(x_shape, shape);
-        let passes = sum_to_passes(&plan, sms).unwrap();
+        let passes = sum_to_passes(&plan, sms, square).unwrap();
         let mut data: Vec<f64> = x.iter().map(|&v| v as f64).collect();
         for pass in &passes {
             data = emulate(pass, &data);
@@ -320,7 +341,9 @@ mod tests {
         ];
         for &(x_shape, shape) in cases {
             for sms in [1, 4, 132] {
-                check(x_shape, shape, sms);
+                for square in [false, true] {
+                    check_map(x_shape, shape, sms, square);
+                }
             }
         }
     }
@@ -332,6 +355,11 @@ mod tests {
         assert!(passes[0].params.splits > 1);
         let passes = check(&[1, 5000, 7], &[1, 1, 7], 132);
         assert_eq!((passes.len(), passes[0].kernel), (2, Kernel::SumToOuter));
+        // Squares: the first pass squares, the second adds the partial sums as they are.
+        let passes = check_map(&[2, 600, 8, 7, 7], &[2, 1, 8, 1, 1], 132, true);
+        assert_eq!((passes[0].kernel, passes[1].kernel), (Kernel::SumSqToInner, Kernel::SumToInner));
+        let passes = check_map(&[1, 5000, 7], &[1, 1, 7], 132, true);
+        assert_eq!((passes[0].kernel, passes[1].kernel), (Kernel::SumSqToOuter, Kernel::SumToInner));
         // Enough outputs: one pass.
         assert_eq!(check(&[4096, 50], &[4096, 1], 8).len(), 1);
     }
@@ -340,6 +368,6 @@ mod tests {
     fn too_many_alternations_are_refused() {
         let x = [2usize; 10];
         let shape: Vec<usize> = (0..10).map(|i| if i % 2 == 0 { 2 } else { 1 }).collect();
-        assert!(sum_to_passes(&SumToPlan::new(&x, &shape), 4).is_err());
+        assert!(sum_to_passes(&SumToPlan::new(&x, &shape), 4, false).is_err());
     }
 }

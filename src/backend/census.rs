@@ -1,0 +1,66 @@
+//! An opt-in count of what a thread asks of its backend, by op: every `ops` entry point, and the
+//! tensor transfers and fills that are launches or copies on a GPU. On the GPU each op is at least
+//! one kernel launch with its host-side cost (allocation, argument packing, the tape's work), so
+//! the count is what fusing work lowers, and a host copy inside a training step is a stall; both
+//! show here on any machine, before a GPU runs them. `dpgan bench step` reports the census of
+//! one step.
+//!
+//! Off unless [`count_ops`] is running on the thread: then one map update per op.
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+thread_local! {
+    static COUNTS: RefCell<Option<BTreeMap<&'static str, u64>>> = const { RefCell::new(None) };
+}
+
+/// An op's name for a copy from the host to the tensor's device (a real copy on a GPU).
+pub const HOST_TO_DEVICE: &str = "host_to_device";
+/// An op's name for a copy back to the host: on a GPU it waits for the stream.
+pub const DEVICE_TO_HOST: &str = "device_to_host";
+/// An op's name for a tensor filled with one value (a kernel launch on a GPU).
+pub const FILL: &str = "fill";
+
+/// Runs `f` and returns, beside its result, how many times each op ran on this thread meanwhile.
+/// Not re-entrant: a nested call counts into its own map only.
+pub fn count_ops<R>(f: impl FnOnce() -> R) -> (R, BTreeMap<&'static str, u64>) {
+    let outer = COUNTS.with(|c| c.borrow_mut().replace(BTreeMap::new()));
+    let result = f();
+    let counts = COUNTS.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer)).unwrap_or_default();
+    (result, counts)
+}
+
+/// Notes one run of `op` (called by `ops` and the tensor constructors).
+pub(crate) fn note(op: &'static str) {
+    COUNTS.with(|c| {
+        if let Some(counts) = c.borrow_mut().as_mut() {
+            *counts.entry(op).or_default() += 1;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::ops;
+    use crate::tensor::{Device, Tensor};
+
+    #[test]
+    fn ops_transfers_and_fills_are_counted_only_while_counting() {
+        let x = Tensor::from_vec(vec![1.0, -2.0, 3.0], &[3], &Device::Cpu).unwrap();
+        let ((), counts) = count_ops(|| {
+            let y = ops::unary(crate::backend::UnaryOp::Relu, &x).unwrap();
+            let z = ops::binary(crate::backend::BinaryOp::Add, &y, &x).unwrap();
+            ops::unary(crate::backend::UnaryOp::Exp, &z).unwrap().to_vec().unwrap();
+            Tensor::zeros(&[4], &Device::Cpu).unwrap();
+            Tensor::from_vec(vec![0.0; 2], &[2], &Device::Cpu).unwrap();
+            let ((), inner) = count_ops(|| {
+                ops::unary(crate::backend::UnaryOp::Exp, &x).unwrap();
+            });
+            assert_eq!(inner, BTreeMap::from([("unary", 1)]), "a nested count keeps its own");
+        });
+        assert_eq!(counts, BTreeMap::from([("binary", 1), (DEVICE_TO_HOST, 1), (FILL, 1), (HOST_TO_DEVICE, 1), ("unary", 2)]));
+        // Outside count_ops nothing is recorded (and nothing panics).
+        ops::unary(crate::backend::UnaryOp::Exp, &x).unwrap();
+        assert_eq!(count_ops(|| ()).1, BTreeMap::new());
+    }
+}
