@@ -282,3 +282,24 @@ pub fn standard_normals(key: &NoiseKey, n: usize) -> Vec<f32> {
     });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a log or a panic message shows of the noise: the position (mode, step, tensor), never
+    /// a word of the key, in decimal or hex.
+    #[test]
+    fn debug_output_shows_the_position_and_hides_the_key() {
+        let source = NoiseSource::from_seed(17, NoiseMode::Secure);
+        let key = source.key_at(7, 3);
+        let (shown_source, shown_key) = (format!("{source:?}"), format!("{key:?}"));
+        assert!(shown_source.starts_with("NoiseSource") && shown_source.contains("mode: Secure"), "{shown_source}");
+        assert!(shown_key.contains("step: 7") && shown_key.contains("tensor_index: 3") && shown_key.contains("mode: Secure"), "{shown_key}");
+        for word in key.key {
+            for text in [&shown_source, &shown_key] {
+                assert!(!text.contains(&word.to_string()) && !text.contains(&format!("{word:x}")), "key word {word:#x} shown in {text}");
+            }
+        }
+    }
+}
