@@ -295,7 +295,10 @@ mod tests {
         let key = source.key_at(7, 3);
         let (shown_source, shown_key) = (format!("{source:?}"), format!("{key:?}"));
         assert!(shown_source.starts_with("NoiseSource") && shown_source.contains("mode: Secure"), "{shown_source}");
-        assert!(shown_key.contains("step: 7") && shown_key.contains("tensor_index: 3") && shown_key.contains("mode: Secure"), "{shown_key}");
+        assert!(
+            shown_key.contains("step: 7") && shown_key.contains("tensor_index: 3") && shown_key.contains("mode: Secure"),
+            "{shown_key}"
+        );
         for word in key.key {
             for text in [&shown_source, &shown_key] {
                 assert!(!text.contains(&word.to_string()) && !text.contains(&format!("{word:x}")), "key word {word:#x} shown in {text}");
