@@ -10,7 +10,8 @@
 # Parts (all of them when none is named), each step under its own time limit so that one slow step
 # cannot eat the others' time; a device call may last 10 minutes, so split the parts as above:
 #   tests   every test executable with DPGAN_REQUIRE_GPU=1 (.gpu/run-tests)              ≤ 240 s
-#   bench   `dpgan bench kernels`, `dpgan bench step` (both algorithms, private and not)   ≤ 330 s
+#   bench   `dpgan bench kernels`, `dpgan bench step` (DP-CGAN and GS-WGAN private and     ≤ 375 s
+#           not, DPSGD-GAN's private D step)
 #   pytorch benches/pytorch/compare.py: the same steps in PyTorch (eager, Opacus, vmap,   ≤ 300 s
 #           compile) beside ours; Opacus from .whl/ if the machine lacks it (device README)
 #   dpcgan  DP-CGAN's full published run (24,900 steps) timed, sampled and evaluated       ≤ 300 s
@@ -61,9 +62,9 @@ step() {
 
 if [ $quick -eq 1 ]; then
   dpcgan_steps=30 ws_iters=2 ws_groups="1 4" p2_iters=3 kernel_flags=(--quick) step_flags=(--steps 3 --warmup 1)
-  eval_flags=(--eval-epochs 1) width_flags=(--base 4) gs_step_flags=(--base 4 --generator dcgan)
+  eval_flags=(--eval-epochs 1) width_flags=(--base 4) gs_step_flags=(--base 4 --generator dcgan) dpsgd_flags=(--base 8)
 else
-  dpcgan_steps=24900 ws_iters=20 ws_groups="1 16 128 512" p2_iters=200 kernel_flags=() step_flags=() eval_flags=() width_flags=() gs_step_flags=()
+  dpcgan_steps=24900 ws_iters=20 ws_groups="1 16 128 512" p2_iters=200 kernel_flags=() step_flags=() eval_flags=() width_flags=() gs_step_flags=() dpsgd_flags=()
 fi
 
 # Tests.
@@ -82,6 +83,9 @@ if want bench; then
         "${step_flags[@]}" "${extra[@]}" --json "$out/bench-step-$algo${mode#-}.json"
     done
   done
+  # DPSGD-GAN's private D step at the published B = 128, d = 128 (it has no non-private step).
+  step bench-step-dpsgd-gan-private 45 "$bin" bench step --algo dpsgd-gan --private --phases --device "$device" \
+    "${step_flags[@]}" "${dpsgd_flags[@]}" --json "$out/bench-step-dpsgd-gan-private.json"
 fi
 
 # PyTorch beside dpgan on the same device, same settings.

@@ -131,6 +131,35 @@ fn gs_wgan_private_and_non_private() {
     assert_eq!((phase(&r, "clip_noise"), phase(&r, "ema")), (0.0, 0.0));
 }
 
+/// DPSGD-GAN's private D step at a small width: its clipping and noise show as phases.
+#[test]
+fn dpsgd_gan_private_d_step() {
+    let r = bench("dpsgd-gan", "--private", &["--base", "8", "--batch-size", "8"]);
+    check_common(&r, "dpsgd-gan", "private", 8);
+    assert_eq!(r["settings"]["width"].as_u64(), Some(8));
+    assert!(r["step"].as_str().unwrap().contains("DpsgdGan::discriminator_step"));
+    assert!(phase(&r, "per_example_norms") > 0.0 && phase(&r, "clip_noise") > 0.0);
+}
+
+/// The census of one step: its total is the sum of its ops; no step copies anything back to the
+/// host (on a GPU that is a wait for the stream), and DP-CGAN's private step, with real and
+/// generated examples through D as one batch, dispatches no more ops than its non-private step.
+#[test]
+fn the_step_census_has_no_host_copy_and_private_dp_cgan_is_no_longer_than_plain() {
+    let total = |r: &Value| -> u64 {
+        let ops = r["ops_per_step"].as_object().unwrap();
+        assert!(ops.get("device_to_host").is_none(), "a step copies to the host: {ops:?}");
+        let sum: u64 = ops.values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(r["ops_per_step_total"].as_u64(), Some(sum));
+        sum
+    };
+    let private = total(&bench("dp-cgan", "--private", &["--batch-size", "16"]));
+    let plain = total(&bench("dp-cgan", "--non-private", &["--batch-size", "16"]));
+    assert!(private <= plain, "the private step takes {private} ops, the non-private one {plain}");
+    total(&bench("dpsgd-gan", "--private", &["--base", "8", "--batch-size", "8"]));
+    total(&bench("gs-wgan", "--private", &["--generator", "dcgan", "--base", "4", "--batch-size", "8"]));
+}
+
 #[test]
 fn on_a_gpu_with_peak_memory() {
     if common::cuda_or_skip("on_a_gpu_with_peak_memory").is_none() {
@@ -142,6 +171,8 @@ fn on_a_gpu_with_peak_memory() {
         let r = bench_on("cuda:0", "gs-wgan", mode, &["--generator", "dcgan"]);
         check_on("cuda:0", &r, "gs-wgan", &mode[2..], 32);
     }
+    let r = bench_on("cuda:0", "dpsgd-gan", "--private", &[]);
+    check_on("cuda:0", &r, "dpsgd-gan", "private", 128);
 }
 
 #[test]
@@ -170,11 +201,15 @@ fn json_to_stdout_without_phases() {
 #[test]
 fn bad_arguments_are_refused_with_the_cause() {
     let e = stderr_of_failure(&["bench", "step", "--algo", "dp-gan"]);
-    assert!(e.contains("dp-cgan or gs-wgan"), "{e}");
+    assert!(e.contains("dp-cgan, gs-wgan or dpsgd-gan"), "{e}");
     let e = stderr_of_failure(&["bench", "step", "--algo", "dp-cgan", "--private", "--non-private"]);
     assert!(e.contains("cannot be used with"), "{e}");
     let e = stderr_of_failure(&["bench", "step", "--algo", "dp-cgan", "--device", "cpu", "--base", "8"]);
-    assert!(e.contains("only applies to --algo gs-wgan"), "{e}");
+    assert!(e.contains("--base does not apply to --algo dp-cgan"), "{e}");
+    let e = stderr_of_failure(&["bench", "step", "--algo", "dpsgd-gan", "--device", "cpu", "--generator", "dcgan"]);
+    assert!(e.contains("--generator does not apply to --algo dpsgd-gan"), "{e}");
+    let e = stderr_of_failure(&["bench", "step", "--algo", "dpsgd-gan", "--device", "cpu", "--non-private"]);
+    assert!(e.contains("no non-private step"), "{e}");
     let e = stderr_of_failure(&["bench", "step", "--algo", "dp-cgan", "--device", "cpu", "--steps", "0"]);
     assert!(e.contains("--steps"), "{e}");
     let e = stderr_of_failure(&["bench", "step", "--algo", "dp-cgan", "--device", "cpu", "--json", "/nonexistent-dir/x.json"]);

@@ -3,7 +3,9 @@
 //! phase-2 iteration ([`PrivateTraining::iteration`]: 5 critic steps, the sanitised generator step,
 //! the EMA) or, without privacy, a warm-start iteration ([`WarmStart::iteration`] for one
 //! discriminator: the same 5 critic steps and a plain generator step on the same models and batch
-//! sizes, no sanitiser and no EMA, since the warm start keeps none).
+//! sizes, no sanitiser and no EMA, since the warm start keeps none). DPSGD-GAN's is its private D
+//! step ([`DpsgdGan::discriminator_step`]), the unit its runs count (450,000 of them, a G step after
+//! every 50); it has no non-private step of its own.
 //!
 //! Inputs are synthetic (random images and labels of the published shapes, made before timing):
 //! what is timed is the step, not data loading. Timing runs in up to two passes:
@@ -33,6 +35,7 @@ use crate::nn::Module;
 use crate::profile::{self, PhaseTimer};
 use crate::tensor::{Device, Tensor};
 use crate::train::dpcgan::{DpCgan, DpCganConfig};
+use crate::train::dpsgd_gan::{DpsgdGan, DpsgdGanConfig};
 use crate::train::gswgan::{select_discriminator, CriticState, GsWganConfig, LabelledImages, PrivateTraining, WarmStart};
 
 /// The phases a step's time is split into, in report order. `other` is whatever the step does
@@ -66,6 +69,7 @@ pub const GS_WGAN_NOISE_MULTIPLIER: f64 = 1.07;
 pub enum Algo {
     DpCgan,
     GsWgan,
+    DpsgdGan,
 }
 
 impl Algo {
@@ -73,13 +77,23 @@ impl Algo {
         match self {
             Algo::DpCgan => "dp-cgan",
             Algo::GsWgan => "gs-wgan",
+            Algo::DpsgdGan => "dpsgd-gan",
         }
     }
-    /// The published batch size: 600 for DP-CGAN (docs/algorithms.md §1), 32 for GS-WGAN (§2).
+    /// The published batch size: 600 for DP-CGAN (docs/algorithms.md §1), 32 for GS-WGAN (§2),
+    /// 128 for DPSGD-GAN (§4).
     pub fn default_batch_size(self) -> usize {
         match self {
             Algo::DpCgan => 600,
             Algo::GsWgan => 32,
+            Algo::DpsgdGan => 128,
+        }
+    }
+    /// The published width: GS-WGAN's base 64 (§2), DPSGD-GAN's d = 128 (§4); DP-CGAN has none.
+    pub fn default_base(self) -> usize {
+        match self {
+            Algo::DpCgan | Algo::GsWgan => PUBLISHED_BASE,
+            Algo::DpsgdGan => crate::models::dpsgd_gan::WIDTH,
         }
     }
 }
@@ -96,7 +110,8 @@ pub struct StepOptions {
     pub phases: bool,
     pub seed: u64,
     pub noise: NoiseMode,
-    /// GS-WGAN's generator and width (channels of D's first conv); ignored for DP-CGAN.
+    /// GS-WGAN's generator and width (channels of D's first conv), DPSGD-GAN's width d; ignored
+    /// for DP-CGAN.
     pub arch: GeneratorArch,
     pub base: usize,
 }
@@ -114,7 +129,7 @@ impl StepOptions {
             seed: 0,
             noise: NoiseMode::Secure,
             arch: GeneratorArch::Resnet,
-            base: PUBLISHED_BASE,
+            base: algo.default_base(),
         }
     }
 
@@ -127,6 +142,11 @@ impl StepOptions {
         }
         if self.base == 0 {
             return Err(Error::Invalid("--base must be at least 1".into()));
+        }
+        if self.algo == Algo::DpsgdGan && !self.private {
+            return Err(Error::Invalid(
+                "--non-private: dpsgd-gan has no non-private step (its D step is private by construction); time dp-cgan --non-private for a baseline".into(),
+            ));
         }
         Ok(())
     }
@@ -223,7 +243,7 @@ fn prepare_dpcgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
         Ok(())
     });
     let description = if private {
-        format!("DpCgan::private_step: D's real and fake losses clipped per example, the real part noised, SGD on D; Adam on G (B = {b}, {b} generated)")
+        format!("DpCgan::private_step: B real and B generated examples through D as one batch, each clipped per example, noised once, SGD on D; Adam on G (B = {b}, {b} generated)")
     } else {
         format!("DpCgan::non_private_step: mean BCE losses, no clipping or noise, SGD on D; Adam on G (B = {b})")
     };
@@ -239,6 +259,41 @@ fn prepare_dpcgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
         step,
         description,
         inputs: format!("synthetic: one batch of {b} uniform [-1, 1] images and uniform labels, made on the device before timing"),
+        settings: settings(pairs),
+        generator_params,
+        discriminator_params,
+    })
+}
+
+fn prepare_dpsgd_gan(o: &StepOptions, device: &Device) -> Result<Prepared> {
+    let (b, width) = (o.batch_size, o.base);
+    let mut rng = ChaCha20Rng::seed_from_u64(o.seed);
+    let config = DpsgdGanConfig { batch_size: b, ..DpsgdGanConfig::default() };
+    // Nothing here is private: the noise key is the seed's replayable one.
+    let mut model = DpsgdGan::new(config, width, RunKey::replayable(o.seed).noise(o.noise), &mut rng, device)?;
+    let side = crate::models::dpsgd_gan::SIDE;
+    let images = Tensor::uniform(&[1, b, 1, side, side], 0.0, 1.0, &mut rng, device)?;
+    let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..CLASSES as u32)).collect();
+    let labels = Tensor::one_hot(&labels, CLASSES, &[1, b], device)?;
+    let (generator_params, discriminator_params) = (count(model.generator.params()), count(model.discriminator.params()));
+    let step = Box::new(move || -> Result<()> {
+        model.discriminator_step(&images, &labels, &mut rng)?;
+        Ok(())
+    });
+    let pairs = vec![
+        ("batch_size", json!(b)),
+        ("width", json!(width)),
+        ("clip", f32_json(config.clip)),
+        ("noise_multiplier", f32_json(config.noise_multiplier)),
+        ("noise", json!(format!("{:?}", o.noise).to_lowercase())),
+        ("adam_lr", f32_json(config.d_adam.lr)),
+    ];
+    Ok(Prepared {
+        step,
+        description: format!(
+            "DpsgdGan::discriminator_step: B real and B generated examples (G's forward, detached) through D as one batch, each clipped per example, noised once, divided by 2B, Adam on D (B = {b}, d = {width}); a run takes a G step after every n_D of these"
+        ),
+        inputs: format!("synthetic: one batch of {b} uniform [0, 1] images and uniform labels, made on the device before timing"),
         settings: settings(pairs),
         generator_params,
         discriminator_params,
@@ -410,6 +465,7 @@ pub fn run(options: &StepOptions, device: &Device, mut progress: impl FnMut(&str
     let mut prepared = match options.algo {
         Algo::DpCgan => prepare_dpcgan(options, device)?,
         Algo::GsWgan => prepare_gswgan(options, device)?,
+        Algo::DpsgdGan => prepare_dpsgd_gan(options, device)?,
     };
     let mode = if options.private { "private" } else { "non-private" };
     progress(&format!("{} {mode} on {device}: {} warm-up steps", options.algo.name(), options.warmup));
@@ -570,6 +626,9 @@ mod tests {
         let mut o = StepOptions::new(Algo::GsWgan);
         o.base = 0;
         assert!(run(&o, &Device::Cpu, |_| {}).unwrap_err().to_string().contains("--base"));
+        let mut o = StepOptions::new(Algo::DpsgdGan);
+        o.private = false;
+        assert!(run(&o, &Device::Cpu, |_| {}).unwrap_err().to_string().contains("--non-private"));
     }
 
     /// The published models have docs/algorithms.md's parameter counts (§1 and §2), as the PyTorch

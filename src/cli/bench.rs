@@ -2,7 +2,7 @@
 //! shapes, validated against the CPU backend and timed with CUDA events beside the device's measured
 //! copy and GEMM ceilings (see `dpgan::bench`). Without a GPU it fails, saying why.
 //!
-//! `dpgan bench step --algo dp-cgan|gs-wgan [--non-private] [--phases] ...`: the engine's training
+//! `dpgan bench step --algo dp-cgan|gs-wgan|dpsgd-gan [--non-private] [--phases] ...`: the engine's training
 //! step, timed on the CPU or a GPU (see `dpgan::bench::step`).
 
 use clap::{Args, Subcommand};
@@ -29,14 +29,14 @@ enum BenchCommand {
 
 #[derive(Args, Debug)]
 struct StepArgs {
-    /// dp-cgan or gs-wgan.
+    /// dp-cgan, gs-wgan or dpsgd-gan (its private D step).
     #[arg(long, value_parser = parse_algo)]
     algo: Algo,
     /// Time the private step (the default).
     #[arg(long, conflicts_with = "non_private")]
     private: bool,
     /// Time the same models' non-private step instead: DP-CGAN without clipping or noise,
-    /// GS-WGAN's warm-start iteration.
+    /// GS-WGAN's warm-start iteration (dpsgd-gan has none).
     #[arg(long)]
     non_private: bool,
     /// cpu, cuda or cuda:N [default: the first GPU if one works, else the CPU].
@@ -48,7 +48,7 @@ struct StepArgs {
     /// Untimed steps first (kernel loading, allocator warm-up, Adam state).
     #[arg(long, default_value_t = 10)]
     warmup: usize,
-    /// Batch size [default: the published one, 600 for dp-cgan, 32 for gs-wgan].
+    /// Batch size [default: the published one, 600 for dp-cgan, 32 for gs-wgan, 128 for dpsgd-gan].
     #[arg(long)]
     batch_size: Option<usize>,
     /// Also run a second pass of --steps steps timed per phase (forward, backward, per-example
@@ -64,7 +64,7 @@ struct StepArgs {
     /// gs-wgan only: the generator, resnet (published default) or dcgan.
     #[arg(long)]
     generator: Option<super::gswgan::GeneratorArg>,
-    /// gs-wgan only: the models' width (64 is the published model).
+    /// gs-wgan and dpsgd-gan: the models' width (64 and 128 are the published models).
     #[arg(long)]
     base: Option<usize>,
     #[command(flatten)]
@@ -75,7 +75,8 @@ fn parse_algo(s: &str) -> std::result::Result<Algo, String> {
     match s {
         "dp-cgan" => Ok(Algo::DpCgan),
         "gs-wgan" => Ok(Algo::GsWgan),
-        other => Err(format!("unknown algorithm {other:?}: use dp-cgan or gs-wgan")),
+        "dpsgd-gan" => Ok(Algo::DpsgdGan),
+        other => Err(format!("unknown algorithm {other:?}: use dp-cgan, gs-wgan or dpsgd-gan")),
     }
 }
 
@@ -97,15 +98,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 fn step_cmd(args: &StepArgs) -> Result<()> {
     args.json.check()?;
-    if args.algo == Algo::DpCgan {
-        let given: Vec<&str> = [("--generator", args.generator.is_some()), ("--base", args.base.is_some())]
-            .iter()
-            .filter(|(_, g)| *g)
-            .map(|(f, _)| *f)
-            .collect();
-        if !given.is_empty() {
-            return Err(Error::Invalid(format!("{} only applies to --algo gs-wgan", given.join(" and "))));
-        }
+    let misplaced: Vec<&str> = [
+        ("--generator", args.generator.is_some() && args.algo != Algo::GsWgan),
+        ("--base", args.base.is_some() && args.algo == Algo::DpCgan),
+    ]
+    .iter()
+    .filter(|(_, g)| *g)
+    .map(|(f, _)| *f)
+    .collect();
+    if !misplaced.is_empty() {
+        let algo = args.algo.name();
+        return Err(Error::Invalid(format!(
+            "{} does not apply to --algo {algo} (--generator: gs-wgan only; --base: gs-wgan and dpsgd-gan)",
+            misplaced.join(" and ")
+        )));
     }
     let device = super::choose_device(args.device.as_deref())?;
     let mut options = StepOptions::new(args.algo);

@@ -128,7 +128,7 @@ impl DpsgdGan {
         let tape = Tape::new();
         let d = &self.discriminator;
         d.params().into_iter().for_each(|p| tape.watch(p));
-        let pass = d.forward(&tape, &batch, &batch_labels)?;
+        let pass = profile::scoped("d_forward", || d.forward(&tape, &batch, &batch_labels))?;
         let loss = tape.sum_all(&tape.bce_with_logits(&pass.logits, &targets)?)?;
         // Only the layers' output gradients: the clipped sums are the weight gradients.
         let layers = pass.layer_grads(&tape.backward_to(&loss, &pass.outputs())?)?;
@@ -147,7 +147,7 @@ impl DpsgdGan {
         let device = images.device();
         let (z, fake_labels) = Self::generator_inputs(self.config.batch_size, rng, &device)?;
         // Nothing watched: G's forward records nothing.
-        let fake = self.generator.forward(&Tape::new(), &z, &fake_labels)?;
+        let fake = profile::scoped("g_forward", || self.generator.forward(&Tape::new(), &z, &fake_labels))?;
         let (grads, loss_sum) = self.private_gradients(images, labels, &fake, &fake_labels)?;
         let nonfinite = nonfinite_flag(&grads.iter().collect::<Vec<_>>())?;
         self.d_optimizer.step(&mut self.discriminator.params_mut(), &grads)?;
