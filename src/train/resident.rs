@@ -9,7 +9,8 @@ use crate::tensor::{Device, Tensor};
 
 const PIXELS: usize = IMAGE_SIDE * IMAGE_SIDE;
 
-/// Every record's pixels `[N, 784]` and one-hot label `[N, 10]`, on one device.
+/// Every record's pixels `[N, 784]` and one-hot label `[N, 10]`, on one device (a clone shares them).
+#[derive(Clone)]
 pub struct ResidentData {
     images: Tensor,
     one_hot: Tensor,
@@ -18,14 +19,24 @@ pub struct ResidentData {
 impl ResidentData {
     /// Uploads `data`'s images, scaled for the model, and labels (MNIST: 188 MB of f32 pixels).
     pub fn upload(data: &Dataset, scale: PixelScale, device: &Device) -> Result<Self> {
-        let n = data.len();
+        Self::from_parts(data.pixels_f32(scale), &data.labels_u32(), device)
+    }
+
+    /// Uploads images already scaled (`[n, 784]` row-major) and their labels.
+    pub fn from_parts(pixels: Vec<f32>, labels: &[u32], device: &Device) -> Result<Self> {
+        let n = labels.len();
         if u32::try_from(n).is_err() {
             return Err(Error::Invalid(format!("a training set of {n} records is past the 2³² a batch index can address")));
         }
         Ok(ResidentData {
-            images: Tensor::from_vec(data.pixels_f32(scale), &[n, PIXELS], device)?,
-            one_hot: Tensor::one_hot(&data.labels_u32(), NUM_CLASSES, &[n], device)?,
+            images: Tensor::from_vec(pixels, &[n, PIXELS], device)?,
+            one_hot: Tensor::one_hot(labels, NUM_CLASSES, &[n], device)?,
         })
+    }
+
+    /// The device the set lives on.
+    pub fn device(&self) -> Device {
+        self.images.device()
     }
 
     pub fn len(&self) -> usize {
@@ -39,12 +50,23 @@ impl ResidentData {
     /// The records `batch` (indices into the set) as images `[1, n, 784]` and one-hot labels
     /// `[1, n, 10]`, in that order.
     pub fn batch(&self, batch: &[usize]) -> Result<(Tensor, Tensor)> {
-        let indices = batch
+        self.rows(batch, &[1, batch.len()])
+    }
+
+    /// The records `records` as images `[prefix.., 784]` and one-hot labels `[prefix.., 10]`
+    /// (`prefix` multiplies out to the number of records: `[G, B]` for a group's batches, laid
+    /// out member by member).
+    pub fn rows(&self, records: &[usize], prefix: &[usize]) -> Result<(Tensor, Tensor)> {
+        if prefix.iter().product::<usize>() != records.len() {
+            return Err(Error::Invalid(format!("{} records do not fill a [{prefix:?}] batch", records.len())));
+        }
+        let indices = records
             .iter()
             .map(|&i| u32::try_from(i).map_err(|_| Error::Invalid(format!("record {i} is past the training set's {} records", self.len()))))
             .collect::<Result<Vec<u32>>>()?;
-        let images = ops::gather_rows(&self.images, &indices)?.reshape(&[1, batch.len(), PIXELS])?;
-        let labels = ops::gather_rows(&self.one_hot, &indices)?.reshape(&[1, batch.len(), NUM_CLASSES])?;
+        let shape = |last: usize| prefix.iter().copied().chain([last]).collect::<Vec<usize>>();
+        let images = ops::gather_rows(&self.images, &indices)?.reshape(&shape(PIXELS))?;
+        let labels = ops::gather_rows(&self.one_hot, &indices)?.reshape(&shape(NUM_CLASSES))?;
         Ok((images, labels))
     }
 }

@@ -1,19 +1,31 @@
-//! The training images on the host and each discriminator's batches from its own slice: batches of
-//! 32 without replacement, reshuffled every pass, the last partial batch kept (32, 28, 32, ... for
-//! a slice of 60), as docs/algorithms.md §2 says.
+//! The training images, on the host and (from the first batch on) on the device the batches go
+//! to, and each discriminator's batches from its own slice: batches of 32 without replacement,
+//! reshuffled every pass, the last partial batch kept (32, 28, 32, ... for a slice of 60), as
+//! docs/algorithms.md §2 says.
+use std::sync::OnceLock;
+
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
 
 use crate::data::{Dataset, PixelScale};
 use crate::error::{Error, Result};
-use crate::models::gswgan::{one_hot, PIXELS};
+use crate::models::gswgan::PIXELS;
 use crate::tensor::{Device, Tensor};
+use crate::train::resident::ResidentData;
 
-/// Images in [0, 1] (row-major, 784 per image) and their labels.
-#[derive(Clone, Debug)]
+/// Images in [0, 1] (row-major, 784 per image) and their labels; batches are gathered from a copy
+/// on the device they are for, uploaded once.
+#[derive(Clone)]
 pub struct LabelledImages {
     pub pixels: Vec<f32>,
     pub labels: Vec<u32>,
+    resident: OnceLock<ResidentData>,
+}
+
+impl std::fmt::Debug for LabelledImages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabelledImages").field("len", &self.len()).field("resident", &self.resident.get().map(|r| r.device())).finish()
+    }
 }
 
 impl LabelledImages {
@@ -21,7 +33,7 @@ impl LabelledImages {
         if pixels.len() != labels.len() * PIXELS {
             return Err(Error::Invalid(format!("{} pixel values for {} labelled 28×28 images", pixels.len(), labels.len())));
         }
-        Ok(LabelledImages { pixels, labels })
+        Ok(LabelledImages { pixels, labels, resident: OnceLock::new() })
     }
 
     /// A data set's images scaled to [0, 1] (the generators end in a sigmoid).
@@ -37,22 +49,29 @@ impl LabelledImages {
         self.labels.is_empty()
     }
 
-    /// Images `[G, B, 784]` and one-hot labels `[G, B, 10]` of one batch per member (equal sizes).
+    /// Images `[G, B, 784]` and one-hot labels `[G, B, 10]` of one batch per member (equal sizes),
+    /// gathered on `device` from the set's copy there (uploaded by the first call; a run keeps
+    /// one device).
     pub fn gather(&self, batches: &[Vec<usize>], device: &Device) -> Result<(Tensor, Tensor)> {
         let b = batches.first().map_or(0, Vec::len);
         if b == 0 || batches.iter().any(|x| x.len() != b) {
             return Err(Error::Invalid("a group's batches must be non-empty and of one size".into()));
         }
-        let mut pixels = Vec::with_capacity(batches.len() * b * PIXELS);
-        let mut labels = Vec::with_capacity(batches.len() * b);
-        for &i in batches.iter().flatten() {
-            let image =
-                self.pixels.get(i * PIXELS..(i + 1) * PIXELS).ok_or_else(|| Error::Invalid(format!("record {i} of {}", self.len())))?;
-            pixels.extend_from_slice(image);
-            labels.push(self.labels[i]);
+        let records: Vec<usize> = batches.iter().flatten().copied().collect();
+        if let Some(&i) = records.iter().find(|&&i| i >= self.len()) {
+            return Err(Error::Invalid(format!("record {i} of {}", self.len())));
         }
-        let images = Tensor::from_vec(pixels, &[batches.len(), b, PIXELS], device)?;
-        Ok((images, one_hot(&labels, batches.len(), device)?))
+        let resident = match self.resident.get() {
+            Some(r) => r,
+            None => {
+                let r = ResidentData::from_parts(self.pixels.clone(), &self.labels, device)?;
+                self.resident.get_or_init(|| r)
+            }
+        };
+        if !resident.device().same(device) {
+            return Err(Error::Invalid(format!("the training images live on {}, the batch is for {device}", resident.device())));
+        }
+        resident.rows(&records, &[batches.len(), b])
     }
 }
 
