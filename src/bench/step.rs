@@ -49,7 +49,7 @@ const STEP_RANGE: &str = "bench_step";
 fn phase_of(range: &str) -> Option<&'static str> {
     Some(match range {
         STEP_RANGE => "other",
-        "g_forward" | "d_forward" | "d_forward_real" | "d_forward_fake" | "generator_forward" => "forward",
+        "g_forward" | "d_forward" | "generator_forward" => "forward",
         "backward" => "backward",
         "per_example_sq_norms" => "per_example_norms",
         "dp_sgd_gradients" | "per_example_clip" | "clip_factors" | "clipped_sums" | "noise" | "sanitize" => "clip_noise",

@@ -1,9 +1,10 @@
 //! The DP-SGD gradient as one call: per-example clipping of one or more losses, Gaussian noise of
 //! standard deviation σC added once per coordinate, division by the batch size.
 //!
-//! DP-CGAN clips the real-data loss and the generated-data loss separately (each example's norm
-//! bounded by C within its own loss) and noises only the real part, since the generated part
-//! touches no private data; both are summed into one gradient before the optimizer step.
+//! Several losses can be clipped separately (each example's norm bounded by C within its own loss)
+//! and summed into one gradient, with the noise added once if any of them touched private data.
+//! DP-CGAN and DPSGD-GAN pass their real and generated examples as one loss over one batch: each
+//! example is its own term, so that is the same clipping in one pass.
 use super::clip::{clip_factors, per_example_sq_norms, PerExampleGrad};
 use super::noise::NoiseSource;
 use crate::backend::{ops, BinaryOp};

@@ -1,6 +1,7 @@
-//! One DP-CGAN training step (docs/algorithms.md §1): the discriminator's real and generated-data losses are
-//! clipped per example separately, only the real part is noised, D takes an SGD step on their
-//! sum; then G takes an Adam step on the non-saturating loss through the updated D.
+//! One DP-CGAN training step (docs/algorithms.md §1): every real and every generated example's
+//! gradient of D's loss is clipped to C on its own, the sum is noised once (the real part needs
+//! it) and D takes an SGD step on it; then G takes an Adam step on the non-saturating loss through
+//! the updated D.
 pub mod run;
 
 use std::collections::HashMap;
