@@ -23,8 +23,8 @@ __device__ __forceinline__ float unary_apply(const UnaryParams& p, float x) {
     case UNARY_TANH: return tanhf(x);
     case UNARY_RELU_MASK: return x > 0.0f ? 1.0f : 0.0f;
     case UNARY_LEAKY_RELU_MASK: return x > 0.0f ? 1.0f : p.a;
-    // a / max(sqrt(max(x, 0)), a); NaN for a NaN or infinite x (|x| ≤ FLT_MAX fails for both).
-    case UNARY_CLIP_FACTOR: return fabsf(x) <= 3.402823466e38f ? p.a / fmaxf(sqrtf(fmaxf(x, 0.0f)), p.a) : __int_as_float(0x7fc00000);
+    // a / max(sqrt(max(x, 0)), a); NaN for a NaN or infinite x.
+    case UNARY_CLIP_FACTOR: return isfinite(x) ? p.a / fmaxf(sqrtf(fmaxf(x, 0.0f)), p.a) : __int_as_float(0x7fc00000);
     default: return __int_as_float(0x7fc00000);  // an unknown code poisons the output
   }
 }

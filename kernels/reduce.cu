@@ -109,7 +109,6 @@ extern "C" __global__ void reduce_sum_sq_to_outer_fwd_f32(SumToParams p, const f
   dpgan::sum_to_outer<true>(p, x, out);
 }
 
-
 // y[r, k] = (x[r, k] − m) − log Σ_k exp(x[r, k] − m), m = max_k x[r, k]. One warp per row, three
 // passes over it (max, sum, write; the row stays in L1/L2). Block: 256 threads = 8 rows;
 // grid-striding over rows.

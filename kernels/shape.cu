@@ -1,6 +1,7 @@
 // Narrow, pad and concat along one axis of a row-major tensor, seen as [outer, dim, inner] around
-// the axis (AxisCopyParams), and rows gathered by index (GatherRowsParams). One thread per element, grid-stride, 64-bit offsets; the output is
-// written exactly once. Mirrors src/backend/cpu/shape.rs.
+// the axis (AxisCopyParams), and rows gathered by index (GatherRowsParams). One thread per
+// element, grid-stride, 64-bit offsets; the output is written exactly once. Mirrors
+// src/backend/cpu/shape.rs.
 #include "common.cuh"
 
 namespace dpgan {

@@ -190,17 +190,29 @@ fn sum_to_cuda_matches_cpu() {
         ]);
         for (x_shape, target) in cases {
             let x = randn(&mut rng, &x_shape);
-            let expected = sum_to(&x, &target).unwrap();
-            let got = sum_to(&x.to_device(dev).unwrap(), &target).unwrap();
-            assert_eq!(got.shape(), expected.shape());
-            // f32 partial sums, over up to ~10^5 terms per output, against the CPU's f64 sums, the
-            // error measured against Σ|x| per output (a single output's sum may cancel to near 0).
-            let f64s = |t: &Tensor| -> Vec<f64> { t.to_vec().unwrap().iter().map(|&v| v as f64).collect() };
-            let magnitude = sum_to_formula(x.cpu_data().unwrap(), &x_shape, &target).magnitude;
-            let expected = Sums { value: f64s(&expected), magnitude };
-            assert_close_sums(&format!("sum_to {x_shape:?} -> {target:?}"), &f64s(&got), &expected, tol::F32_REDUCTION);
+            assert_cuda_sum_matches_cpu(dev, "sum_to", sum_to, &x, x.cpu_data().unwrap(), &target);
         }
     });
+}
+
+/// `sum` (sum_to or sum_squares_to) of `x` on the GPU against the CPU: f32 partial sums, over up
+/// to ~10^5 terms per output, against the CPU's f64 sums, the error measured against the sum of
+/// the |summands| per output (a single output's sum may cancel to near 0).
+fn assert_cuda_sum_matches_cpu(
+    dev: &Device,
+    name: &str,
+    sum: fn(&Tensor, &[usize]) -> dpgan::Result<Tensor>,
+    x: &Tensor,
+    summands: &[f32],
+    target: &[usize],
+) {
+    let expected = sum(x, target).unwrap();
+    let got = sum(&x.to_device(dev).unwrap(), target).unwrap();
+    assert_eq!(got.shape(), expected.shape());
+    let f64s = |t: &Tensor| -> Vec<f64> { t.to_vec().unwrap().iter().map(|&v| v as f64).collect() };
+    let magnitude = sum_to_formula(summands, x.shape(), target).magnitude;
+    let expected = Sums { value: f64s(&expected), magnitude };
+    assert_close_sums(&format!("{name} {:?} -> {target:?}", x.shape()), &f64s(&got), &expected, tol::F32_REDUCTION);
 }
 
 /// sum_squares_to on the GPU against the CPU on sum_to's cases and the per-example norm layouts
@@ -220,13 +232,7 @@ fn sum_squares_to_cuda_matches_cpu() {
         ]);
         for (x_shape, target) in cases {
             let x = randn(&mut rng, &x_shape);
-            let expected = sum_squares_to(&x, &target).unwrap();
-            let got = sum_squares_to(&x.to_device(dev).unwrap(), &target).unwrap();
-            assert_eq!(got.shape(), expected.shape());
-            let f64s = |t: &Tensor| -> Vec<f64> { t.to_vec().unwrap().iter().map(|&v| v as f64).collect() };
-            let magnitude = sum_to_formula(&squares(&x), &x_shape, &target).magnitude;
-            let expected = Sums { value: f64s(&expected), magnitude };
-            assert_close_sums(&format!("sum_squares_to {x_shape:?} -> {target:?}"), &f64s(&got), &expected, tol::F32_REDUCTION);
+            assert_cuda_sum_matches_cpu(dev, "sum_squares_to", sum_squares_to, &x, &squares(&x), &target);
         }
     });
 }

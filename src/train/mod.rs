@@ -10,7 +10,9 @@ pub mod replay;
 pub mod resident;
 pub mod run_dir;
 
+use crate::backend::ops;
 use crate::data::dataset::IMAGE_SIDE;
+use crate::tensor::Tensor;
 
 /// Receives generated images a chunk at a time: pixels `[n, 784]` row-major, and their class.
 /// Sampling through a sink keeps memory bounded by a chunk, whatever the count.
@@ -43,6 +45,22 @@ pub fn by_class_chunks(
         }
     }
     Ok(())
+}
+
+/// D's batch for a private step: the real examples (target 1) followed by the generated ones
+/// (target 0) along the batch axis, as examples, one-hot labels and BCE targets `[1, n + m, 1]`,
+/// all made on the device (no upload). DP-CGAN's and DPSGD-GAN's D steps clip each of its
+/// examples on its own; an empty real part (a Poisson draw) leaves the generated ones.
+pub fn real_then_generated(
+    images: &Tensor,
+    labels: &Tensor,
+    fake: &Tensor,
+    fake_labels: &Tensor,
+) -> crate::error::Result<(Tensor, Tensor, Tensor)> {
+    let (real, generated) = (images.shape()[1], fake.shape()[1]);
+    // Ones for the real part, padded with the generated part's zeros: two launches, no upload.
+    let targets = ops::pad(&Tensor::full(&[1, real, 1], 1.0, &fake.device())?, 1, 0, generated)?;
+    Ok((ops::concat(&[images, fake], 1)?, ops::concat(&[labels, fake_labels], 1)?, targets))
 }
 
 /// Refuses a setting that must be finite and above zero (a NaN learning rate trains NaN losses; a

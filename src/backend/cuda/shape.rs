@@ -1,6 +1,6 @@
 //! Launchers of `kernels/shape.cu`: narrow, pad and concat along one axis, the tensor seen as
-//! `[outer, dim, inner]` around it, and rows gathered by index. One thread per element, grid-striding ([`grid_for`]); an empty
-//! output (or an empty part of a concat) launches nothing.
+//! `[outer, dim, inner]` around it, and rows gathered by index. One thread per element,
+//! grid-striding ([`grid_for`]); an empty output (or an empty part of a concat) launches nothing.
 use std::sync::Arc;
 
 use cudarc::driver::PushKernelArg;

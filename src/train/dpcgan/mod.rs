@@ -16,6 +16,7 @@ use crate::models::dpcgan::{Discriminator, Generator, CLASSES, LATENT};
 use crate::optim::{Adam, Optimizer, Sgd};
 use crate::profile;
 use crate::tensor::{Device, Tensor};
+use crate::train::real_then_generated;
 use crate::train::replay::device_normals;
 
 /// docs/algorithms.md §1's published settings.
@@ -155,9 +156,7 @@ impl DpCgan {
         // G's forward is recorded once, for G's step; D's tape sees `fake` as a constant.
         let (g_tape, fake) = self.generator_forward(&z, &fake_labels)?;
 
-        let examples = ops::concat(&[images, &fake], 1)?;
-        let example_labels = ops::concat(&[labels, &fake_labels], 1)?;
-        let targets = ops::concat(&[&Tensor::full(&[1, batch, 1], 1.0, &device)?, &Tensor::zeros(&[1, fake_batch, 1], &device)?], 1)?;
+        let (examples, example_labels, targets) = real_then_generated(images, labels, &fake, &fake_labels)?;
         let tape = Tape::new();
         let d = &self.discriminator;
         d.params().into_iter().for_each(|p| tape.watch(p));

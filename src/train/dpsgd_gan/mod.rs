@@ -23,6 +23,7 @@ use crate::nn::Module;
 use crate::optim::{Adam, Optimizer};
 use crate::profile;
 use crate::tensor::{Device, Tensor};
+use crate::train::real_then_generated;
 use crate::train::replay::device_normals;
 
 /// docs/algorithms.md §4's published settings.
@@ -112,19 +113,12 @@ impl DpsgdGan {
         fake_labels: &Tensor,
     ) -> Result<(Vec<Tensor>, Tensor)> {
         let _range = profile::range("dpsgd_gan_private_gradients");
-        let (real, generated) = (images.shape()[1], fake.shape()[1]);
+        let generated = fake.shape()[1];
         if generated != self.config.batch_size {
             return Err(Error::Invalid(format!("a D step takes B = {} generated examples, got {generated}", self.config.batch_size)));
         }
         // One batch through D: real examples first (target 1), then generated ones (target 0).
-        let (batch, batch_labels) = if real == 0 {
-            (fake.clone(), fake_labels.clone())
-        } else {
-            (ops::concat(&[images, fake], 1)?, ops::concat(&[labels, fake_labels], 1)?)
-        };
-        let mut targets = vec![1.0f32; real];
-        targets.resize(real + generated, 0.0);
-        let targets = Tensor::from_vec(targets, &[1, real + generated, 1], &batch.device())?;
+        let (batch, batch_labels, targets) = real_then_generated(images, labels, fake, fake_labels)?;
         let tape = Tape::new();
         let d = &self.discriminator;
         d.params().into_iter().for_each(|p| tape.watch(p));

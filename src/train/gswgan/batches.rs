@@ -58,9 +58,6 @@ impl LabelledImages {
             return Err(Error::Invalid("a group's batches must be non-empty and of one size".into()));
         }
         let records: Vec<usize> = batches.iter().flatten().copied().collect();
-        if let Some(&i) = records.iter().find(|&&i| i >= self.len()) {
-            return Err(Error::Invalid(format!("record {i} of {}", self.len())));
-        }
         let resident = match self.resident.get() {
             Some(r) => r,
             None => {
