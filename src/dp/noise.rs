@@ -174,6 +174,15 @@ pub fn uniform_from_u64(x: u64) -> f64 {
     ((x >> 11) as f64 + 0.5) * (1.0 / 9_007_199_254_740_992.0)
 }
 
+/// The uniform of two generator words, `lo` the low half of its 64 bits (as the kernels read a
+/// pair). Joined through bytes: the halves do not overlap, so `|`, `^` and `+` would all agree.
+fn uniform_from_words(lo: u32, hi: u32) -> f64 {
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&lo.to_le_bytes());
+    bytes[4..].copy_from_slice(&hi.to_le_bytes());
+    uniform_from_u64(u64::from_le_bytes(bytes))
+}
+
 /// Box–Muller in f64: two uniforms in (0, 1) to two independent standard normals `(r cos θ, r sin θ)`
 /// with `r = sqrt(−2 ln u1)`, `θ = 2π u2`. The kernels evaluate the same expression in the same
 /// order, without fused multiply-adds.
@@ -196,9 +205,7 @@ pub fn fast_normal_from_words(w: [u32; 4], lane: usize) -> f64 {
 
 /// Fast mode: both normals of a Philox block (lanes 0 and 1).
 fn fast_normals_from_words(w: [u32; 4]) -> (f64, f64) {
-    let u1 = uniform_from_u64(w[0] as u64 | (w[1] as u64) << 32);
-    let u2 = uniform_from_u64(w[2] as u64 | (w[3] as u64) << 32);
-    box_muller(u1, u2)
+    box_muller(uniform_from_words(w[0], w[1]), uniform_from_words(w[2], w[3]))
 }
 
 /// Secure mode: one standard normal from 8 ChaCha20 words (four 53-bit uniforms).
@@ -214,7 +221,7 @@ fn fast_normals_from_words(w: [u32; 4]) -> (f64, f64) {
 /// of four. What this does not fix: the final f32 value `x + σ·z` is rounded to f32's grid, as in
 /// Opacus; an exact discrete or snapping mechanism would be needed for that.
 pub fn secure_normal_from_words(w: &[u32]) -> f64 {
-    let u = |k: usize| uniform_from_u64(w[2 * k] as u64 | (w[2 * k + 1] as u64) << 32);
+    let u = |k: usize| uniform_from_words(w[2 * k], w[2 * k + 1]);
     let (z0, z1) = box_muller(u(0), u(1));
     let (z2, z3) = box_muller(u(2), u(3));
     ((z0 + z1) + (z2 + z3)) * 0.5
