@@ -1,5 +1,6 @@
 // Spectral norm's power iteration: for each group g, with W = w[g] (rows × cols) and u = u[g],
-//   v = normalize(Wᵀu),  u' = normalize(W v),  normalize(x) = x / max(‖x‖, 1e-12).
+//   v = normalize(Wᵀu),  u' = normalize(W v),  normalize(x) = x / max(‖x‖, 1e-12),
+//   σ = u'ᵀ W v, from the W v just computed (no third pass over W).
 // Mirrors src/backend/cpu/norm.rs (which accumulates in f64; here f32 with block reductions).
 // Two ways to run it, picked by the launcher (src/backend/cuda/norm.rs): one fused kernel with a
 // block per group when the groups fill the device, three launches that spread each group over many
@@ -9,13 +10,21 @@
 namespace dpgan {
 
 // x[0..n) ← x / max(‖x‖, 1e-12) by the whole block; x was written by this block before the call.
-// `scratch` holds 32 floats of shared memory. Exact sqrtf and division (no fast-math).
-__device__ __forceinline__ void block_normalize(float* x, int64_t n, float* scratch) {
+// Returns (to every thread) x'ᵀx with x' the normalised x: for x = W v that is σ = u'ᵀ W v,
+// summed from the normalised values as PyTorch's dot(u', W v) is (‖x‖² / ‖x‖ would square the
+// tiny values the guard is for into subnormals). `scratch` holds 32 floats of shared memory.
+// Exact sqrtf and division (no fast-math).
+__device__ __forceinline__ float block_normalize(float* x, int64_t n, float* scratch) {
   float sq = 0.0f;
   for (int64_t k = threadIdx.x; k < n; k += blockDim.x) sq += x[k] * x[k];
   const float norm = fmaxf(sqrtf(block_sum(sq, scratch)), 1e-12f);
-  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) x[k] = x[k] / norm;
-  __syncthreads();  // x is read by other threads next
+  float dot = 0.0f;
+  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) {
+    const float normalised = x[k] / norm;
+    dot += normalised * x[k];
+    x[k] = normalised;
+  }
+  return block_sum(dot, scratch);  // its barriers also order the writes to x before later reads
 }
 
 }  // namespace dpgan
@@ -29,7 +38,8 @@ __device__ __forceinline__ void block_normalize(float* x, int64_t n, float* scra
 // written and re-read by the block (ordinary global loads, made visible by __syncthreads), hence
 // not __restrict__.
 extern "C" __global__ void norm_power_iteration_fwd_f32(PowerIterationParams p, const float* __restrict__ w,
-                                                        const float* __restrict__ u, float* u_out, float* v) {
+                                                        const float* __restrict__ u, float* u_out, float* v,
+                                                        float* __restrict__ sigma) {
   __shared__ float scratch[32];
   const int64_t g = blockIdx.x;
   if (g >= p.groups) return;  // uniform over the block: no __syncthreads is skipped by some threads only
@@ -56,7 +66,8 @@ extern "C" __global__ void norm_power_iteration_fwd_f32(PowerIterationParams p, 
     if (lane == 0) u_out_g[r] = acc;
   }
   __syncthreads();
-  dpgan::block_normalize(u_out_g, p.rows, scratch);
+  const float s = dpgan::block_normalize(u_out_g, p.rows, scratch);
+  if (threadIdx.x == 0) sigma[g] = s;
 }
 
 // ---- The same step in three launches, for few groups (one block per group would leave most of
@@ -122,8 +133,10 @@ extern "C" __global__ void norm_power_iteration_wv_fwd_f32(PowerIterationParams 
   }
 }
 
-// 3. u_out[g] ← u_out[g] / max(‖u_out[g]‖, 1e-12): one block per group.
-extern "C" __global__ void norm_power_iteration_normalize_u_fwd_f32(PowerIterationParams p, float* u_out) {
+// 3. u_out[g] ← u_out[g] / max(‖u_out[g]‖, 1e-12) and σ[g]: one block per group.
+extern "C" __global__ void norm_power_iteration_normalize_u_fwd_f32(PowerIterationParams p, float* u_out,
+                                                                    float* __restrict__ sigma) {
   __shared__ float scratch[32];
-  dpgan::block_normalize(u_out + (int64_t)blockIdx.x * p.rows, p.rows, scratch);
+  const float s = dpgan::block_normalize(u_out + (int64_t)blockIdx.x * p.rows, p.rows, scratch);
+  if (threadIdx.x == 0) sigma[blockIdx.x] = s;
 }

@@ -430,9 +430,9 @@ fn spectral_norm_layers_match_brute_force() {
         let mut u = f64_tensor(rng, &[g, rows], 1.0);
         let mut v = None;
         for _ in 0..3 {
-            let (u2, v2) = ops::power_iteration(&w.reshape(&[g, rows, cols]).unwrap(), &u).unwrap();
-            u = u2;
-            v = Some(v2);
+            let step = ops::power_iteration(&w.reshape(&[g, rows, cols]).unwrap(), &u).unwrap();
+            u = step.u;
+            v = Some(step.v);
         }
         (u, v.unwrap())
     };

@@ -1,5 +1,5 @@
-//! Spectral norm's power iteration: one step against a plain f64 power iteration, convergence of
-//! `uᵀWv` to the top singular value (known by construction, or from the Gram matrix), G > 1 with a
+//! Spectral norm's power iteration: one step (u', v and its σ = u'ᵀWv) against a plain f64 power
+//! iteration, convergence of σ to the top singular value (known by construction, or from the Gram matrix), G > 1 with a
 //! different matrix per group, the 1e-12 guard on zero and tiny inputs, and shape errors.
 mod common;
 
@@ -15,18 +15,32 @@ fn normalize(x: &[f64]) -> Vec<f64> {
     x.iter().map(|v| v / norm).collect()
 }
 
-/// One step per group for `w` `[G, O, I]`, `u` `[G, O]`: `v = normalize(Wᵀu)`, `u' = normalize(W v)`.
-fn power_step_oracle(w: &[f64], u: &[f64], groups: usize, rows: usize, cols: usize) -> (Vec<f64>, Vec<f64>) {
-    let (mut u_out, mut v_out) = (Vec::new(), Vec::new());
+/// One step per group for `w` `[G, O, I]`, `u` `[G, O]`: `v = normalize(Wᵀu)`, `u' = normalize(W v)`,
+/// `σ = u'ᵀ(W v)`.
+fn power_step_oracle(w: &[f64], u: &[f64], groups: usize, rows: usize, cols: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut u_out, mut v_out, mut sigma) = (Vec::new(), Vec::new(), Vec::new());
     for g in 0..groups {
         let at = |r: usize, c: usize| w[(g * rows + r) * cols + c];
         let wt_u: Vec<f64> = (0..cols).map(|c| (0..rows).map(|r| at(r, c) * u[g * rows + r]).sum()).collect();
         let v = normalize(&wt_u);
         let w_v: Vec<f64> = (0..rows).map(|r| (0..cols).map(|c| at(r, c) * v[c]).sum()).collect();
-        u_out.extend(normalize(&w_v));
+        let u_new = normalize(&w_v);
+        sigma.push(u_new.iter().zip(&w_v).map(|(a, b)| a * b).sum());
+        u_out.extend(u_new);
         v_out.extend(v);
     }
-    (u_out, v_out)
+    (u_out, v_out, sigma)
+}
+
+/// σ per group within `tolerance` relative, plus `subnormal_steps` steps of f32's subnormal grid
+/// (2⁻¹⁴⁹) absolute: σ of a matrix scaled by 1e-20 is about 1e-42, below f32's normal range,
+/// where an f32 holds it (and a product summed into it) only to the nearest 2⁻¹⁴⁹.
+fn assert_sigma_close(what: &str, got: &[f64], expected: &[f64], tolerance: f64, subnormal_steps: usize) {
+    assert_eq!(got.len(), expected.len(), "{what}: σ length");
+    let floor = subnormal_steps as f64 * f32::from_bits(1) as f64;
+    for (g, (a, e)) in got.iter().zip(expected).enumerate() {
+        assert!((a - e).abs() <= tolerance * e.abs() + floor, "{what}: σ of group {g} is {a:e}, expected {e:e}");
+    }
 }
 
 fn to_f64(x: &[f32]) -> Vec<f64> {
@@ -36,19 +50,22 @@ fn to_f64(x: &[f32]) -> Vec<f64> {
 /// One call on f32 and f64 tensors against the oracle. F32_REDUCTION: each output element comes
 /// from a sum of up to I = 4096 products.
 fn check_step(what: &str, w: &[f32], u: &[f32], groups: usize, rows: usize, cols: usize) {
-    let (expected_u, expected_v) = power_step_oracle(&to_f64(w), &to_f64(u), groups, rows, cols);
+    let (expected_u, expected_v, expected_sigma) = power_step_oracle(&to_f64(w), &to_f64(u), groups, rows, cols);
     let w32 = Tensor::from_vec(w.to_vec(), &[groups, rows, cols], &Device::Cpu).unwrap();
     let u32_ = Tensor::from_vec(u.to_vec(), &[groups, rows], &Device::Cpu).unwrap();
     let w64 = Tensor::from_vec_f64(to_f64(w), &[groups, rows, cols]).unwrap();
     let u64_ = Tensor::from_vec_f64(to_f64(u), &[groups, rows]).unwrap();
-    for (dtype, w_t, u_t, tolerance) in [("f32", &w32, &u32_, tol::F32_REDUCTION), ("f64", &w64, &u64_, tol::F64_TIGHT)] {
-        let (u_new, v) = ops::power_iteration(w_t, u_t).unwrap();
-        assert_eq!(u_new.shape(), [groups, rows], "{what}: u shape");
-        assert_eq!(v.shape(), [groups, cols], "{what}: v shape");
-        let (u_new, v) = (u_new.to_vec_f64().unwrap(), v.to_vec_f64().unwrap());
-        assert!(u_new.iter().chain(&v).all(|x| x.is_finite()), "{what} {dtype}: non-finite output");
+    // The CPU rounds its f64 σ to f32 once: one subnormal step.
+    for (dtype, w_t, u_t, tolerance, steps) in [("f32", &w32, &u32_, tol::F32_REDUCTION, 1), ("f64", &w64, &u64_, tol::F64_TIGHT, 0)] {
+        let step = ops::power_iteration(w_t, u_t).unwrap();
+        assert_eq!(step.u.shape(), [groups, rows], "{what}: u shape");
+        assert_eq!(step.v.shape(), [groups, cols], "{what}: v shape");
+        assert_eq!(step.sigma.shape(), [groups], "{what}: σ shape");
+        let (u_new, v, sigma) = (step.u.to_vec_f64().unwrap(), step.v.to_vec_f64().unwrap(), step.sigma.to_vec_f64().unwrap());
+        assert!(u_new.iter().chain(&v).chain(&sigma).all(|x| x.is_finite()), "{what} {dtype}: non-finite output");
         assert_close_f64(&format!("{what} {dtype}: u'"), &u_new, &expected_u, tolerance);
         assert_close_f64(&format!("{what} {dtype}: v"), &v, &expected_v, tolerance);
+        assert_sigma_close(&format!("{what} {dtype}"), &sigma, &expected_sigma, tolerance, steps);
     }
 }
 
@@ -89,22 +106,27 @@ fn matrix_with_singular_values(rng: &mut impl Rng, rows: usize, cols: usize, s: 
     (0..rows * cols).map(|i| s.iter().enumerate().map(|(k, sk)| sk * a[k][i / cols] * b[k][i % cols]).sum::<f64>() as f32).collect()
 }
 
-/// Runs the op `steps` times from `u` and returns `uᵀ W v` per group, in f64.
+/// Runs the op `steps` times from `u` and returns its last σ per group, in f64, after checking it
+/// against `uᵀ W v` recomputed from the u and v it returned.
 fn sigma_after(w: &[f32], u: &[f32], groups: usize, rows: usize, cols: usize, steps: usize) -> Vec<f64> {
     let w_t = Tensor::from_vec(w.to_vec(), &[groups, rows, cols], &Device::Cpu).unwrap();
     let mut u_t = Tensor::from_vec(u.to_vec(), &[groups, rows], &Device::Cpu).unwrap();
-    let mut v_t = None;
+    let mut last = None;
     for _ in 0..steps {
-        let (u_new, v) = ops::power_iteration(&w_t, &u_t).unwrap();
-        u_t = u_new;
-        v_t = Some(v);
+        let step = ops::power_iteration(&w_t, &u_t).unwrap();
+        u_t = step.u.clone();
+        last = Some(step);
     }
-    let (u, v) = (u_t.to_vec_f64().unwrap(), v_t.unwrap().to_vec_f64().unwrap());
-    (0..groups)
+    let last = last.unwrap();
+    let (u, v) = (last.u.to_vec_f64().unwrap(), last.v.to_vec_f64().unwrap());
+    let recomputed: Vec<f64> = (0..groups)
         .map(|g| {
             (0..rows).map(|r| u[g * rows + r] * (0..cols).map(|c| w[(g * rows + r) * cols + c] as f64 * v[g * cols + c]).sum::<f64>()).sum()
         })
-        .collect()
+        .collect();
+    let sigma = last.sigma.to_vec_f64().unwrap();
+    assert_close_f64("σ against uᵀWv from the returned u, v", &sigma, &recomputed, tol::F32_REDUCTION);
+    sigma
 }
 
 /// After many steps `uᵀWv` is the top singular value, which the matrices are built to have; each
@@ -181,13 +203,13 @@ fn power_iteration_guard_keeps_zero_and_tiny_inputs_finite() {
         ("zero u", w.clone(), vec![0.0; groups * rows]),
         ("both zero", zeros_w, vec![0.0; groups * rows]),
     ] {
-        let (u_new, v) = ops::power_iteration(
+        let step = ops::power_iteration(
             &Tensor::from_vec(w, &[groups, rows, cols], &Device::Cpu).unwrap(),
             &Tensor::from_vec(u, &[groups, rows], &Device::Cpu).unwrap(),
         )
         .unwrap();
-        let (u_new, v) = (u_new.to_vec().unwrap(), v.to_vec().unwrap());
-        assert!(u_new.iter().chain(&v).all(|&x| x == 0.0), "{what}: expected zeros, got u' {u_new:?}, v {v:?}");
+        let (u_new, v, sigma) = (step.u.to_vec().unwrap(), step.v.to_vec().unwrap(), step.sigma.to_vec().unwrap());
+        assert!(u_new.iter().chain(&v).chain(&sigma).all(|&x| x == 0.0), "{what}: expected zeros, got u' {u_new:?}, v {v:?}, σ {sigma:?}");
     }
     // ‖Wᵀu‖ ≈ 1e-20·√(O·I) is far below the 1e-12 guard: v is not a unit vector, and the op must
     // agree with the guarded oracle.
@@ -220,24 +242,29 @@ fn power_iteration_shape_errors_are_errors_not_panics() {
     }
 }
 
-/// One step on the GPU against the CPU for `w` `[G, O, I]`, `u` `[G, O]`, comparing u' and v.
+/// One step on the GPU against the CPU for `w` `[G, O, I]`, `u` `[G, O]`, comparing u', v and σ.
 fn check_cuda_step(dev: &Device, what: &str, w: Vec<f32>, u: Vec<f32>, (groups, rows, cols): (usize, usize, usize)) {
     let w_t = Tensor::from_vec(w, &[groups, rows, cols], &Device::Cpu).unwrap();
     let u_t = Tensor::from_vec(u, &[groups, rows], &Device::Cpu).unwrap();
-    let (expected_u, expected_v) = ops::power_iteration(&w_t, &u_t).unwrap();
-    let (got_u, got_v) = ops::power_iteration(&w_t.to_device(dev).unwrap(), &u_t.to_device(dev).unwrap()).unwrap();
-    assert_eq!(got_u.shape(), [groups, rows], "{what}: u' shape");
-    assert_eq!(got_v.shape(), [groups, cols], "{what}: v shape");
-    let (got_u, got_v) = (got_u.to_vec().unwrap(), got_v.to_vec().unwrap());
-    assert!(got_u.iter().chain(&got_v).all(|x| x.is_finite()), "{what}: non-finite output");
-    assert_close(&format!("{what}: v"), &got_v, &expected_v.to_vec().unwrap(), tol::F32_REDUCTION);
-    assert_close(&format!("{what}: u'"), &got_u, &expected_u.to_vec().unwrap(), tol::F32_REDUCTION);
+    let expected = ops::power_iteration(&w_t, &u_t).unwrap();
+    let got = ops::power_iteration(&w_t.to_device(dev).unwrap(), &u_t.to_device(dev).unwrap()).unwrap();
+    assert_eq!(got.u.shape(), [groups, rows], "{what}: u' shape");
+    assert_eq!(got.v.shape(), [groups, cols], "{what}: v shape");
+    assert_eq!(got.sigma.shape(), [groups], "{what}: σ shape");
+    let (got_u, got_v, got_sigma) = (got.u.to_vec().unwrap(), got.v.to_vec().unwrap(), got.sigma.to_vec().unwrap());
+    assert!(got_u.iter().chain(&got_v).chain(&got_sigma).all(|x| x.is_finite()), "{what}: non-finite output");
+    assert_close(&format!("{what}: v"), &got_v, &expected.v.to_vec().unwrap(), tol::F32_REDUCTION);
+    assert_close(&format!("{what}: u'"), &got_u, &expected.u.to_vec().unwrap(), tol::F32_REDUCTION);
+    // The kernel sums O products into σ in f32 (each may round to the subnormal grid), the CPU
+    // rounds once.
+    let expected_sigma = expected.sigma.to_vec_f64().unwrap();
+    assert_sigma_close(what, &got_sigma.iter().map(|&x| x as f64).collect::<Vec<_>>(), &expected_sigma, tol::F32_REDUCTION, rows + 2);
 }
 
 /// The GPU step against the CPU (which sums in f64) on fresh random inputs, through both of the
 /// launcher's paths (split launches for few groups, one fused kernel for many): scalars, tails of
 /// the 512-thread block, of a 32-column tile and of a warp, G > 1, GS-WGAN's shapes (64 × 25 conv,
-/// 1 × 4096 linear), the largest layer (256 × 6400) and empty dims. F32_REDUCTION: the kernels sum
+/// 1 × 4096 linear), the largest layer (256 × 6400) and empty dims (σ = 0). F32_REDUCTION: the kernels sum
 /// up to O = 256 products per element of Wᵀu and up to I = 6400 per element of W v in f32 (strided
 /// runs, then a shared-memory or shuffle tree), and the norms over up to 6400 squares; the relative
 /// error of each stays near 1e-7·log(n), far below 1e-5, while a wrong index or a missing group
@@ -290,13 +317,16 @@ fn power_iteration_cuda_guard_matches_cpu() {
             for (what, w, u) in
                 [("zero W", vec![0.0; nw], u.clone()), ("zero u", w.clone(), vec![0.0; nu]), ("both zero", vec![0.0; nw], vec![0.0; nu])]
             {
-                let (got_u, got_v) = ops::power_iteration(
+                let got = ops::power_iteration(
                     &Tensor::from_vec(w, &[groups, rows, cols], dev).unwrap(),
                     &Tensor::from_vec(u, &[groups, rows], dev).unwrap(),
                 )
                 .unwrap();
-                let (got_u, got_v) = (got_u.to_vec().unwrap(), got_v.to_vec().unwrap());
-                assert!(got_u.iter().chain(&got_v).all(|&x| x == 0.0), "{what} {dims:?}: expected zeros, got u' {got_u:?}, v {got_v:?}");
+                let (got_u, got_v, got_sigma) = (got.u.to_vec().unwrap(), got.v.to_vec().unwrap(), got.sigma.to_vec().unwrap());
+                assert!(
+                    got_u.iter().chain(&got_v).chain(&got_sigma).all(|&x| x == 0.0),
+                    "{what} {dims:?}: expected zeros, got u' {got_u:?}, v {got_v:?}, σ {got_sigma:?}"
+                );
             }
             let tiny: Vec<f32> = w.iter().map(|&x| x * 1e-20).collect();
             check_cuda_step(dev, &format!("W scaled by 1e-20 {dims:?}"), tiny, u.clone(), dims);

@@ -35,23 +35,26 @@ impl Tape {
     }
 
     /// Spectral normalisation of `w_bar` viewed as `[G, O, I]`: one power iteration updates
-    /// `u` `[G, O]` (no gradient), then `W = W̄ / s` with `s = uᵀ W̄ v` (see
-    /// [`Tape::divide_by_sigma`]). Returns `(W, u', v)`; the caller stores `u'` for the next call.
-    pub fn spectral_normalize(&self, w_bar: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    /// `u` `[G, O]` (no gradient) and gives `s = uᵀ W̄ v`, then `W = W̄ / s` with the gradient
+    /// flowing through `s` into `W̄` (see [`Tape::divide_by_given_sigma`]). Returns `(W, u', v, s)`;
+    /// the caller stores `u'` for the next call.
+    pub fn spectral_normalize(&self, w_bar: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         ensure_shape!(w_bar.rank() >= 3, "spectral_normalize", "needs [G, O, ...], got {:?}", w_bar.shape());
         let s = w_bar.shape();
         let (g, rows) = (s[0], s[1]);
         let cols = w_bar.numel() / (g * rows);
-        let (u_new, v) = raw::power_iteration(&w_bar.reshape(&[g, rows, cols])?, u)?;
-        Ok((self.divide_by_sigma(w_bar, &u_new, &v)?, u_new, v))
+        let step = raw::power_iteration(&w_bar.reshape(&[g, rows, cols])?, u)?;
+        let w = self.divide_by_given_sigma(w_bar, &step.u, &step.v, step.sigma.clone())?;
+        Ok((w, step.u, step.v, step.sigma))
     }
 
     /// `W̄ / s` with `s = uᵀ W̄ v` per group, `u` `[G, O]` and `v` `[G, I]` held constant: the
-    /// gradient flows through `s` into `W̄`, as in PyTorch's spectral norm.
+    /// gradient flows through `s` into `W̄`, as in PyTorch's spectral norm. Computes `s`.
     pub fn divide_by_sigma(&self, w_bar: &Tensor, u: &Tensor, v: &Tensor) -> Result<Tensor> {
         let s = w_bar.shape();
+        ensure_shape!(s.len() >= 3, "divide_by_sigma", "needs [G, O, ...], got {s:?}");
         let (g, rows) = (s[0], s[1]);
-        let cols = w_bar.numel() / (g * rows);
+        let cols = w_bar.numel() / (g * rows).max(1);
         ensure_shape!(
             u.shape() == [g, rows] && v.shape() == [g, cols],
             "divide_by_sigma",
@@ -59,11 +62,17 @@ impl Tape {
             u.shape(),
             v.shape()
         );
-        let w3 = self.reshape(w_bar, &[g, rows, cols])?;
-        let wv = self.matmul(&w3, &v.reshape(&[g, cols, 1])?, false, false)?;
-        let sigma = self.matmul(&u.reshape(&[g, rows, 1])?, &wv, true, false)?;
-        let mut sigma_shape = vec![1; s.len()];
-        sigma_shape[0] = g;
+        let wv = raw::matmul(&w_bar.reshape(&[g, rows, cols])?, &v.reshape(&[g, cols, 1])?, false, false)?;
+        let sigma = raw::matmul(&u.reshape(&[g, rows, 1])?, &wv, true, false)?.reshape(&[g])?;
+        self.divide_by_given_sigma(w_bar, u, v, sigma)
+    }
+
+    /// `W̄ / s` for `sigma` = `uᵀ W̄ v` computed elsewhere (the power iteration's), with the
+    /// gradient of [`Tape::divide_by_sigma`].
+    pub fn divide_by_given_sigma(&self, w_bar: &Tensor, u: &Tensor, v: &Tensor, sigma: Tensor) -> Result<Tensor> {
+        let sigma = self.spectral_sigma(w_bar, u, v, sigma)?;
+        let mut sigma_shape = vec![1; w_bar.rank()];
+        sigma_shape[0] = w_bar.shape()[0];
         self.div(w_bar, &self.reshape(&sigma, &sigma_shape)?)
     }
 }

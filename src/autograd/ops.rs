@@ -81,6 +81,12 @@ pub enum Saved {
     LogSoftmax {
         y: Tensor,
     },
+    /// `σ = uᵀW̄v` per group with `u` `[G, O]` and `v` `[G, I]` held constant: `∂σ/∂W̄ = u vᵀ`.
+    SpectralSigma {
+        u: Tensor,
+        v: Tensor,
+        w_shape: Vec<usize>,
+    },
 }
 
 impl Tape {
@@ -183,6 +189,25 @@ impl Tape {
     pub fn reshape(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
         let out = x.reshape(shape)?;
         Ok(self.record(out, &[x], || Saved::Reshape { x_shape: x.shape().to_vec() }))
+    }
+
+    /// Records `sigma` `[G]` as `uᵀW̄v` per group (`w_bar` `[G, O, ...]` viewed as `[G, O, I]`,
+    /// `u` `[G, O]` and `v` `[G, I]` constants): the power iteration computes that value while it
+    /// updates u (`ops::power_iteration`), and the gradient `gσ·u vᵀ` flows from here into W̄.
+    pub fn spectral_sigma(&self, w_bar: &Tensor, u: &Tensor, v: &Tensor, sigma: Tensor) -> Result<Tensor> {
+        let s = w_bar.shape();
+        crate::error::ensure_shape!(s.len() >= 3, "spectral_sigma", "needs W̄ [G, O, ...], got {s:?}");
+        let (g, rows) = (s[0], s[1]);
+        let cols = w_bar.numel() / (g * rows).max(1);
+        crate::error::ensure_shape!(
+            u.shape() == [g, rows] && v.shape() == [g, cols] && sigma.shape() == [g],
+            "spectral_sigma",
+            "u {:?}, v {:?} and σ {:?} do not fit W̄ {s:?}",
+            u.shape(),
+            v.shape(),
+            sigma.shape()
+        );
+        Ok(self.record(sigma, &[w_bar], || Saved::SpectralSigma { u: u.clone(), v: v.clone(), w_shape: s.to_vec() }))
     }
 
     /// Grouped matrix product (see `backend::MatmulGeometry`).

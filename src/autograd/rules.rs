@@ -84,6 +84,13 @@ pub(super) fn backward(tape: &Tape, saved: &Saved, dy: &Tensor, needs: &[bool]) 
             let p = tape.exp(y)?;
             vec![Some(tape.sub(dy, &tape.mul(&p, &total)?)?)]
         }
+        Saved::SpectralSigma { u, v, w_shape } => {
+            // ∂W̄ = gσ·u vᵀ per group: the outer product is a constant (u, v carry no gradient).
+            let (g, rows, cols) = (u.shape()[0], u.shape()[1], v.shape()[1]);
+            let outer = raw::matmul(&u.reshape(&[g, rows, 1])?, &v.reshape(&[g, cols, 1])?, false, true)?;
+            let scaled = tape.mul(&outer, &tape.reshape(dy, &[g, 1, 1])?)?;
+            vec![Some(tape.reshape(&scaled, w_shape)?)]
+        }
     })
 }
 

@@ -136,6 +136,15 @@ pub enum RowNorm {
     Exactly,
 }
 
+/// One power iteration of spectral norm (`Backend::power_iteration`), per group: the new `u`
+/// `[G, O]`, `v` `[G, I]` and `σ = uᵀ W v` `[G]`, the estimate `W` is divided by.
+#[derive(Clone, Debug)]
+pub struct PowerIteration {
+    pub u: Tensor,
+    pub v: Tensor,
+    pub sigma: Tensor,
+}
+
 /// What every backend provides. Shapes are validated by `ops` before a call; implementations
 /// allocate their outputs on their own device.
 pub trait Backend {
@@ -183,9 +192,9 @@ pub trait Backend {
     fn log_softmax(&self, x: &Tensor) -> Result<Tensor>;
 
     /// One power iteration of spectral norm for `w` `[G, O, I]` and `u` `[G, O]`:
-    /// `v = normalize(wᵀu)`, `u' = normalize(w v)`, `normalize(x) = x / max(‖x‖, 1e-12)`.
-    /// Returns `(u', v)`. No gradient flows through it.
-    fn power_iteration(&self, w: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)>;
+    /// `v = normalize(wᵀu)`, `u' = normalize(w v)`, `normalize(x) = x / max(‖x‖, 1e-12)`, and the
+    /// estimate `σ = u'ᵀ w v` from the `w v` just computed. No gradient flows through it.
+    fn power_iteration(&self, w: &Tensor, u: &Tensor) -> Result<PowerIteration>;
 
     /// In-place SGD update of `param` from `grad`; `momentum_buf` is required when momentum ≠ 0.
     fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Tensor>, hp: &SgdParams) -> Result<()>;

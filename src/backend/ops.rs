@@ -1,6 +1,6 @@
 //! Shape-checked entry points of the op set. Every function validates its operands (same device,
 //! compatible shapes), derives the output geometry and calls the backend of the operands' device.
-use super::{backend, census, AdamParams, BinaryOp, ConvGeometry, MatmulGeometry, RowNorm, SgdParams, UnaryOp};
+use super::{backend, census, AdamParams, BinaryOp, ConvGeometry, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp};
 use crate::dp::noise::{NoiseKey, MAX_NOISE_ELEMENTS};
 use crate::error::{ensure_shape, Error, Result};
 use crate::tensor::{DType, Device, Tensor};
@@ -326,7 +326,8 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
     dispatch("log_softmax", &x.device()).log_softmax(x)
 }
 
-pub fn power_iteration(w: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
+/// One power iteration of spectral norm: `u'`, `v` and `σ = u'ᵀ w v` (see `Backend::power_iteration`).
+pub fn power_iteration(w: &Tensor, u: &Tensor) -> Result<PowerIteration> {
     let dev = device_of("power_iteration", &[w, u])?;
     ensure_shape!(w.rank() == 3, "power_iteration", "weight must be viewed as [G, O, I], got {:?}", w.shape());
     ensure_shape!(u.shape() == &w.shape()[..2], "power_iteration", "u {:?} must be [G, O] of weight {:?}", u.shape(), w.shape());

@@ -267,11 +267,11 @@ fn power_iteration_case(cases: &mut Vec<Case>) {
         Ok(vec![randn(rng, &[1, oo, ii])?, randn(rng, &[1, oo])?])
     };
     let op: Op = Box::new(|t| {
-        let (u, v) = ops::power_iteration(&t[0], &t[1])?;
-        Ok(vec![u, v])
+        let step = ops::power_iteration(&t[0], &t[1])?;
+        Ok(vec![step.u, step.v, step.sigma])
     });
-    let bytes = F32 * (2 * o * i + 2 * o + i) as f64;
-    let note = "W read twice (Wᵀu, then Wv: v must be complete first), u read, u and v written";
+    let bytes = F32 * (2 * o * i + 2 * o + i + 1) as f64;
+    let note = "W read twice (Wᵀu, then Wv: v must be complete first), u read, u, v and σ written";
     cases.push(Case {
         name: "spectral-norm power iteration".into(),
         family: "power_iter",

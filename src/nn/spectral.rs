@@ -1,7 +1,7 @@
 //! Spectrally normalised layers (docs/algorithms.md §2): a trainable W̄ and buffers u `[G, O]`, v `[G, I]`
 //! (W̄ viewed as O × I, I = in·k·k). Every forward, training or not, runs one power iteration
-//! without gradient, stores the new u, v, and uses `W = W̄/s` with `s = uᵀW̄v`, the gradient
-//! flowing through s into W̄. Tensor names follow PyTorch's `spectral_norm`
+//! without gradient, stores the new u, v, and uses `W = W̄/s` with `s = uᵀW̄v` (which the power
+//! iteration computes on its way), the gradient flowing through s into W̄. Tensor names follow PyTorch's `spectral_norm`
 //! (`weight_orig`, `weight_u`, `weight_v`).
 use rand::Rng;
 
@@ -9,7 +9,6 @@ use super::init::{normal, uniform_fan_in, unit_rows};
 use super::module::{Entry, Module};
 use super::LayerTrace;
 use crate::autograd::Tape;
-use crate::backend::ops;
 use crate::error::{ensure_shape, Result};
 use crate::tensor::{Device, Tensor};
 
@@ -22,7 +21,8 @@ pub struct SpectralNorm {
 }
 
 /// What a spectrally normalised layer leaves for per-example clipping (`dp::clip::SpectralLayerGrad`):
-/// its input and output, the weight `W = W̄/s` it ran with, and the u, v that defined s.
+/// its input and output, the weight `W = W̄/s` it ran with, and the u, v and `s = uᵀW̄v` `[G]`
+/// that defined it.
 #[derive(Clone, Debug)]
 pub struct SpectralTrace {
     pub layer: LayerTrace,
@@ -30,17 +30,7 @@ pub struct SpectralTrace {
     pub weight_orig: Tensor,
     pub u: Tensor,
     pub v: Tensor,
-}
-
-impl SpectralTrace {
-    /// `s = uᵀW̄v` per group, `[G]` (not recorded on any tape).
-    pub fn sigma(&self) -> Result<Tensor> {
-        let (g, rows) = (self.u.shape()[0], self.u.shape()[1]);
-        let cols = self.v.shape()[1];
-        let w = self.weight_orig.reshape(&[g, rows, cols])?;
-        let wv = ops::matmul(&w, &self.v.reshape(&[g, cols, 1])?, false, false)?;
-        ops::matmul(&self.u.reshape(&[g, rows, 1])?, &wv, true, false)?.reshape(&[g])
-    }
+    pub sigma: Tensor,
 }
 
 impl SpectralNorm {
@@ -55,21 +45,22 @@ impl SpectralNorm {
         Ok(SpectralNorm { weight_orig, u, v })
     }
 
-    /// The normalised weight for this forward pass; updates u and v.
-    pub fn weight(&mut self, tape: &Tape) -> Result<Tensor> {
-        let (w, u, v) = tape.spectral_normalize(&self.weight_orig, &self.u)?;
+    /// The normalised weight for this forward pass and its σ; updates u and v.
+    pub fn weight(&mut self, tape: &Tape) -> Result<(Tensor, Tensor)> {
+        let (w, u, v, sigma) = tape.spectral_normalize(&self.weight_orig, &self.u)?;
         self.u = u;
         self.v = v;
-        Ok(w)
+        Ok((w, sigma))
     }
 
-    fn trace(&self, input: &Tensor, output: &Tensor, weight: Tensor) -> SpectralTrace {
+    fn trace(&self, input: &Tensor, output: &Tensor, (weight, sigma): (Tensor, Tensor)) -> SpectralTrace {
         SpectralTrace {
             layer: LayerTrace { input: input.clone(), output: output.clone() },
             weight,
             weight_orig: self.weight_orig.clone(),
             u: self.u.clone(),
             v: self.v.clone(),
+            sigma,
         }
     }
 
@@ -101,7 +92,7 @@ impl SnLinear {
 
     pub fn forward(&mut self, tape: &Tape, x: &Tensor) -> Result<(Tensor, SpectralTrace)> {
         let w = self.sn.weight(tape)?;
-        let y = tape.linear(x, &w, Some(&self.bias))?;
+        let y = tape.linear(x, &w.0, Some(&self.bias))?;
         Ok((y.clone(), self.sn.trace(x, &y, w)))
     }
 }
@@ -135,7 +126,7 @@ impl SnConv2d {
 
     pub fn forward(&mut self, tape: &Tape, x: &Tensor) -> Result<(Tensor, SpectralTrace)> {
         let w = self.sn.weight(tape)?;
-        let y = tape.add_channel_bias(&tape.conv2d(x, &w, self.stride, self.padding)?, &self.bias)?;
+        let y = tape.add_channel_bias(&tape.conv2d(x, &w.0, self.stride, self.padding)?, &self.bias)?;
         Ok((y.clone(), self.sn.trace(x, &y, w)))
     }
 }
@@ -156,7 +147,7 @@ impl SnEmbedding {
     /// Rows `E[y]` `[G, B, dim]` for one-hot labels `[G, B, classes]`.
     pub fn forward(&mut self, tape: &Tape, one_hot: &Tensor) -> Result<(Tensor, SpectralTrace)> {
         let w = self.sn.weight(tape)?;
-        let y = tape.matmul(one_hot, &w, false, false)?;
+        let y = tape.matmul(one_hot, &w.0, false, false)?;
         Ok((y.clone(), self.sn.trace(one_hot, &y, w)))
     }
 }

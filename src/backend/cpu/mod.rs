@@ -26,7 +26,7 @@ pub use shape::{concat, gather_rows, narrow, pad};
 
 use real::by_dtype;
 
-use super::{AdamParams, Backend, BinaryOp, ConvGeometry, MatmulGeometry, RowNorm, SgdParams, UnaryOp};
+use super::{AdamParams, Backend, BinaryOp, ConvGeometry, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp};
 use crate::dp::NoiseKey;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -134,11 +134,11 @@ impl Backend for Cpu {
         by_dtype!(x.dtype(), T => T::wrap(log_softmax_rows(T::host(x), cols), x.shape()))
     }
 
-    fn power_iteration(&self, w: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn power_iteration(&self, w: &Tensor, u: &Tensor) -> Result<PowerIteration> {
         let s = w.shape();
         by_dtype!(w.dtype(), T => {
-            let (u_new, v) = power_iteration(T::host(w), T::host(u), s[0], s[1], s[2]);
-            Ok((T::wrap(u_new, &[s[0], s[1]])?, T::wrap(v, &[s[0], s[2]])?))
+            let (u_new, v, sigma) = power_iteration(T::host(w), T::host(u), s[0], s[1], s[2]);
+            Ok(PowerIteration { u: T::wrap(u_new, &[s[0], s[1]])?, v: T::wrap(v, &[s[0], s[2]])?, sigma: T::wrap(sigma, &[s[0]])? })
         })
     }
 

@@ -1,17 +1,25 @@
 //! Spectral norm's power iteration (f64 accumulation).
 use super::Real;
 
-/// L2-normalise with PyTorch's guard: `x / max(‖x‖, 1e-12)`.
-fn normalize(x: &mut [f64]) {
+/// L2-normalise with PyTorch's guard: `x / max(‖x‖, 1e-12)`. Returns `x'ᵀx` for the normalised
+/// x', which for `x = W v` is `σ = u'ᵀW v`.
+fn normalize(x: &mut [f64]) -> f64 {
     let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
-    x.iter_mut().for_each(|v| *v /= norm);
+    let mut dot = 0.0;
+    for v in x.iter_mut() {
+        let normalised = *v / norm;
+        dot += normalised * *v;
+        *v = normalised;
+    }
+    dot
 }
 
-/// For each group g with `w[g]` `O × I`: `v = normalize(wᵀu)`, `u' = normalize(w v)`.
-/// Returns `(u' [G, O], v [G, I])`.
-pub fn power_iteration<T: Real>(w: &[T], u: &[T], groups: usize, rows: usize, cols: usize) -> (Vec<T>, Vec<T>) {
+/// For each group g with `w[g]` `O × I`: `v = normalize(wᵀu)`, `u' = normalize(w v)` and
+/// `σ = u'ᵀ w v`. Returns `(u' [G, O], v [G, I], σ [G])`.
+pub fn power_iteration<T: Real>(w: &[T], u: &[T], groups: usize, rows: usize, cols: usize) -> (Vec<T>, Vec<T>, Vec<T>) {
     let mut u_out = Vec::with_capacity(groups * rows);
     let mut v_out = Vec::with_capacity(groups * cols);
+    let mut sigma = Vec::with_capacity(groups);
     for g in 0..groups {
         let w_g = &w[g * rows * cols..(g + 1) * rows * cols];
         let u_g = &u[g * rows..(g + 1) * rows];
@@ -23,9 +31,9 @@ pub fn power_iteration<T: Real>(w: &[T], u: &[T], groups: usize, rows: usize, co
         }
         normalize(&mut v);
         let mut u_new: Vec<f64> = (0..rows).map(|r| (0..cols).map(|c| w_g[r * cols + c].f64() * v[c]).sum()).collect();
-        normalize(&mut u_new);
+        sigma.push(T::of_f64(normalize(&mut u_new)));
         u_out.extend(u_new.iter().map(|&x| T::of_f64(x)));
         v_out.extend(v.iter().map(|&x| T::of_f64(x)));
     }
-    (u_out, v_out)
+    (u_out, v_out, sigma)
 }

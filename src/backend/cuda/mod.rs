@@ -19,7 +19,7 @@ pub use device::{device_count, driver_absent_reason, set_poison_allocations, Cud
 pub use gemm::{allow_tf32, set_allow_tf32};
 pub use module::{kernel_resources, Kernel, KernelResources};
 
-use super::{AdamParams, Backend, BinaryOp, ConvGeometry, MatmulGeometry, RowNorm, SgdParams, UnaryOp};
+use super::{AdamParams, Backend, BinaryOp, ConvGeometry, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp};
 use crate::dp::NoiseKey;
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
@@ -114,7 +114,7 @@ impl Backend for CudaDevice {
         reduce::log_softmax(buffer(x).device(), x)
     }
 
-    fn power_iteration(&self, w: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn power_iteration(&self, w: &Tensor, u: &Tensor) -> Result<PowerIteration> {
         norm::power_iteration(buffer(w).device(), w, u)
     }
 

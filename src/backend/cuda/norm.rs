@@ -12,6 +12,7 @@ use super::device::CudaDevice;
 use super::module::Kernel;
 use super::params::PowerIterationParams;
 use super::{buffer, launched, output};
+use crate::backend::PowerIteration;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -29,9 +30,9 @@ fn config(grid: (usize, usize)) -> LaunchConfig {
     LaunchConfig { grid_dim: (grid.0 as u32, grid.1 as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// One step for `w` `[G, O, I]` and `u` `[G, O]`: `v = normalize(wᵀu)`, `u' = normalize(w v)`.
-/// Returns `(u' [G, O], v [G, I])`.
-pub(crate) fn power_iteration(dev: &Arc<CudaDevice>, w: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
+/// One step for `w` `[G, O, I]` and `u` `[G, O]`: `v = normalize(wᵀu)`, `u' = normalize(w v)`,
+/// `σ = u'ᵀ w v`. Returns `u'` `[G, O]`, `v` `[G, I]` and `σ` `[G]`.
+pub(crate) fn power_iteration(dev: &Arc<CudaDevice>, w: &Tensor, u: &Tensor) -> Result<PowerIteration> {
     let s = w.shape();
     if s.len() != 3 || u.shape() != &s[..2] {
         return Err(Error::shape("power_iteration", format!("needs w [G, O, I] and u [G, O], got {s:?} and {:?}", u.shape())));
@@ -39,9 +40,18 @@ pub(crate) fn power_iteration(dev: &Arc<CudaDevice>, w: &Tensor, u: &Tensor) -> 
     let (groups, rows, cols) = (s[0], s[1], s[2]);
     let mut u_out = dev.alloc(groups * rows)?;
     let mut v = dev.alloc(groups * cols)?;
-    // With rows = 0 v is a sum over nothing (zeros), and with cols = 0 u' is: the kernels write both.
-    if groups == 0 || rows + cols == 0 {
-        return Ok((output(u_out, &[groups, rows])?, output(v, &[groups, cols])?));
+    let mut sigma = dev.alloc(groups)?;
+    let done = |u_out, v, sigma| -> Result<PowerIteration> {
+        Ok(PowerIteration { u: output(u_out, &[groups, rows])?, v: output(v, &[groups, cols])?, sigma: output(sigma, &[groups])? })
+    };
+    // With rows = 0 v is a sum over nothing (zeros), and with cols = 0 u' is: the kernels write
+    // both, and σ = 0. With neither there is nothing to launch: σ is set here.
+    if groups == 0 {
+        return done(u_out, v, sigma);
+    }
+    if rows + cols == 0 {
+        super::elementwise::fill(dev, &mut sigma, 0.0)?;
+        return done(u_out, v, sigma);
     }
     let too_big = || Error::shape("power_iteration", format!("w {s:?} exceeds the CUDA grid"));
     let p = PowerIterationParams { groups: groups as i64, rows: rows as i64, cols: cols as i64 };
@@ -54,7 +64,7 @@ pub(crate) fn power_iteration(dev: &Arc<CudaDevice>, w: &Tensor, u: &Tensor) -> 
         let k = Kernel::PowerIteration;
         let _range = crate::profile::range(k.symbol());
         // SAFETY: w holds G·O·I floats and u G·O; block g reads only group g's slices of them and
-        // writes only u_out[g·O..(g+1)·O) and v[g·I..(g+1)·I), which those buffers hold.
+        // writes only u_out[g·O..(g+1)·O), v[g·I..(g+1)·I) and σ[g], which those buffers hold.
         let r = unsafe {
             dev.stream()
                 .launch_builder(dev.kernel(k))
@@ -63,6 +73,7 @@ pub(crate) fn power_iteration(dev: &Arc<CudaDevice>, w: &Tensor, u: &Tensor) -> 
                 .arg(u_buf)
                 .arg(&mut u_out.slice)
                 .arg(&mut v.slice)
+                .arg(&mut sigma.slice)
                 .launch(config((groups, 1)))
         };
         launched(k, r)?;
@@ -109,10 +120,13 @@ pub(crate) fn power_iteration(dev: &Arc<CudaDevice>, w: &Tensor, u: &Tensor) -> 
         launched(k, r)?;
         let k = Kernel::PowerIterationNormalizeU;
         let _range = crate::profile::range(k.symbol());
-        // SAFETY: block g normalises u_out[g·O..(g+1)·O) in place, inside u_out's G·O floats.
-        let r = unsafe { dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(&mut u_out.slice).launch(config((groups, 1))) };
+        // SAFETY: block g normalises u_out[g·O..(g+1)·O) in place, inside u_out's G·O floats, and
+        // writes σ[g], inside σ's G.
+        let r = unsafe {
+            dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(&mut u_out.slice).arg(&mut sigma.slice).launch(config((groups, 1)))
+        };
         launched(k, r)?;
         // v_raw is freed in stream order, after the launches that read it.
     }
-    Ok((output(u_out, &[groups, rows])?, output(v, &[groups, cols])?))
+    done(u_out, v, sigma)
 }
