@@ -192,19 +192,9 @@ pub fn box_muller(u1: f64, u2: f64) -> (f64, f64) {
     (r * c, r * s)
 }
 
-/// Fast mode: the standard normal of element `e` from its Philox block, lane `e mod 2`: words 0-1
-/// and 2-3 as two 53-bit uniforms, one Box–Muller pair.
-pub fn fast_normal_from_words(w: [u32; 4], lane: usize) -> f64 {
-    let (z_cos, z_sin) = fast_normals_from_words(w);
-    if lane.is_multiple_of(2) {
-        z_cos
-    } else {
-        z_sin
-    }
-}
-
-/// Fast mode: both normals of a Philox block (lanes 0 and 1).
-fn fast_normals_from_words(w: [u32; 4]) -> (f64, f64) {
+/// Fast mode: both normals of a Philox block, those of its even and odd element: words 0-1 and 2-3
+/// as two 53-bit uniforms, one Box–Muller pair.
+pub fn fast_normals_from_words(w: [u32; 4]) -> (f64, f64) {
     box_muller(uniform_from_words(w[0], w[1]), uniform_from_words(w[2], w[3]))
 }
 
@@ -233,7 +223,8 @@ pub fn standard_normal_at(key: &NoiseKey, index: u64) -> f32 {
     match key.mode {
         NoiseMode::Fast => {
             let w = philox4x32_10([(index / 2) as u32, key.tensor_index, step_lo, step_hi], [key.key[0], key.key[1]]);
-            fast_normal_from_words(w, (index % 2) as usize) as f32
+            let (z_even, z_odd) = fast_normals_from_words(w);
+            (if index.is_multiple_of(2) { z_even } else { z_odd }) as f32
         }
         NoiseMode::Secure => {
             let w = chacha20_block(&key.key, (index / 2) as u32, [key.tensor_index, step_lo, step_hi]);
