@@ -209,6 +209,18 @@ struct NoiseDivideParams {
   NoiseKeyParams key;
 };
 
+// DP-SGD's noise and division followed by an optimizer update, in one pass (dp.cu): the
+// gradient (sum + std·z)/divisor of noise.n elements feeds the update; the optimizer's n is unused.
+struct NoisedSgdParams {
+  NoiseDivideParams noise;
+  SgdUpdateParams sgd;
+};
+
+struct NoisedAdamParams {
+  NoiseDivideParams noise;
+  AdamUpdateParams adam;
+};
+
 // g and out are rows × cols, row-major; the clip bound and noise std are per row (C/B, 2σC/B).
 struct SanitizeRowsParams {
   int64_t rows;
@@ -344,6 +356,8 @@ static_assert(sizeof(NoiseKeyParams) == 48, "NoiseKeyParams layout");
 static_assert(sizeof(GaussianNoiseParams) == 64, "GaussianNoiseParams layout");
 static_assert(sizeof(SanitizeRowsParams) == 80, "SanitizeRowsParams layout");
 static_assert(sizeof(NoiseDivideParams) == 64, "NoiseDivideParams layout");
+static_assert(sizeof(NoisedSgdParams) == 96, "NoisedSgdParams layout");
+static_assert(sizeof(NoisedAdamParams) == 96, "NoisedAdamParams layout");
 static_assert(sizeof(Pool2x2Params) == 40, "Pool2x2Params layout");
 static_assert(sizeof(AxisCopyParams) == 56, "AxisCopyParams layout");
 static_assert(sizeof(GatherRowsParams) == 16, "GatherRowsParams layout");

@@ -1,11 +1,12 @@
-// DP-SGD's noise-and-divide pass (below) and GS-WGAN's row sanitiser, one block per row
-// (reference: src/backend/cpu/dp.rs):
+// DP-SGD's noise-and-divide pass and its fusion with the optimizer update (below), and GS-WGAN's
+// row sanitiser, one block per row (reference: src/backend/cpu/dp.rs):
 //   out_i = g_i·min(1, clip/(‖g_i‖ + 1e-10)) + noise_std·z_i,  z from the key, element index row·cols + d
 // (with p.exact, no min: every row rescaled to norm clip, GS-WGAN's σ = 0 control).
 // The squared norm is summed in f64 (f32 squares are exact in f64; no overflow for any finite f32),
 // the factor and the clipped values are rounded toward zero so that rounding never pushes a row
 // past the clip bound. A NaN norm gives a NaN factor (a comparison, not fmin, which would return 1).
 #include "common.cuh"
+#include "optim.cuh"
 #include "rng.cuh"
 
 namespace dpgan {
@@ -34,16 +35,53 @@ __device__ __forceinline__ void sanitize_rows(const SanitizeRowsParams& p, const
   }
 }
 
-// DP-SGD's noise and division in one pass over the summed clipped gradient (reference:
-// src/backend/cpu/dp.rs, add_gaussian_noise_and_divide): x[e] ← (x[e] + std·z[e]) / divisor with
-// the roundings of rng.cu's noise followed by an elementwise division, so the values are those of
-// the two separate passes. One element per thread (no grid-stride: the host stand-in has no gridDim).
+// DP-SGD's noise and division of element i of the summed clipped gradient (reference:
+// src/backend/cpu/dp.rs, add_gaussian_noise_and_divide): (sum + std·z[i]) / divisor with the
+// roundings of rng.cu's noise followed by an elementwise division, so the value is that of the
+// two separate passes.
+template <int GEN>
+__device__ __forceinline__ float noised_gradient(const NoiseDivideParams& p, float sum, int64_t i) {
+  const float noised = __fadd_rn(sum, __fmul_rn(p.std, standard_normal_at<GEN>(p.key, (uint64_t)i)));
+  return __fdiv_rn(noised, p.divisor);
+}
+
+// In place over x. One element per thread in all of these (no grid-stride: the host stand-in has
+// no gridDim).
 template <int GEN>
 __device__ __forceinline__ void gaussian_add_divide(const NoiseDivideParams& p, float* __restrict__ x) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= p.n) return;
-  const float noised = __fadd_rn(x[i], __fmul_rn(p.std, standard_normal_at<GEN>(p.key, (uint64_t)i)));
-  x[i] = __fdiv_rn(noised, p.divisor);
+  x[i] = noised_gradient<GEN>(p, x[i], i);
+}
+
+// A gradient element that is not finite makes *flag NaN (0·g; every writer writes NaN, so the
+// race is benign): the step's finiteness flag (src/dp/finite.rs), without the gradient in memory.
+__device__ __forceinline__ void flag_nonfinite(float g, float* flag) {
+  if (!isfinite(g)) *flag = __fmul_rn(0.0f, g);
+}
+
+// The noised gradient straight into the optimizer (reference: src/backend/cpu/dp.rs,
+// noised_gradient, then src/backend/cpu/optim.rs): the values of add_gaussian_noise_and_divide
+// followed by optim.cu's update, bit for bit, without writing the gradient out.
+template <int GEN>
+__device__ __forceinline__ void noised_sgd(const NoisedSgdParams& p, float* __restrict__ param,
+                                           const float* __restrict__ sum, float* flag) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= p.noise.n) return;
+  const float g = noised_gradient<GEN>(p.noise, sum[i], i);
+  flag_nonfinite(g, flag);
+  param[i] = sgd_plain_update(p.sgd, param[i], g);
+}
+
+template <int GEN>
+__device__ __forceinline__ void noised_adam(const NoisedAdamParams& p, float* __restrict__ param,
+                                            const float* __restrict__ sum, float* __restrict__ m,
+                                            float* __restrict__ v, float* flag) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= p.noise.n) return;
+  const float g = noised_gradient<GEN>(p.noise, sum[i], i);
+  flag_nonfinite(g, flag);
+  param[i] = adam_update(p.adam, param[i], g, &m[i], &v[i]);
 }
 
 }  // namespace dpgan
@@ -54,6 +92,28 @@ extern "C" __global__ void dp_gaussian_add_divide_philox_f32(NoiseDivideParams p
 
 extern "C" __global__ void dp_gaussian_add_divide_chacha_f32(NoiseDivideParams p, float* __restrict__ x) {
   dpgan::gaussian_add_divide<dpgan::NOISE_CHACHA>(p, x);
+}
+
+extern "C" __global__ void dp_noised_sgd_update_philox_f32(NoisedSgdParams p, float* __restrict__ param,
+                                                           const float* __restrict__ sum, float* flag) {
+  dpgan::noised_sgd<dpgan::NOISE_PHILOX>(p, param, sum, flag);
+}
+
+extern "C" __global__ void dp_noised_sgd_update_chacha_f32(NoisedSgdParams p, float* __restrict__ param,
+                                                           const float* __restrict__ sum, float* flag) {
+  dpgan::noised_sgd<dpgan::NOISE_CHACHA>(p, param, sum, flag);
+}
+
+extern "C" __global__ void dp_noised_adam_update_philox_f32(NoisedAdamParams p, float* __restrict__ param,
+                                                            const float* __restrict__ sum, float* __restrict__ m,
+                                                            float* __restrict__ v, float* flag) {
+  dpgan::noised_adam<dpgan::NOISE_PHILOX>(p, param, sum, m, v, flag);
+}
+
+extern "C" __global__ void dp_noised_adam_update_chacha_f32(NoisedAdamParams p, float* __restrict__ param,
+                                                            const float* __restrict__ sum, float* __restrict__ m,
+                                                            float* __restrict__ v, float* flag) {
+  dpgan::noised_adam<dpgan::NOISE_CHACHA>(p, param, sum, m, v, flag);
 }
 
 extern "C" __global__ void dp_sanitize_rows_philox_f32(SanitizeRowsParams p, const float* __restrict__ g,

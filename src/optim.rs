@@ -1,12 +1,25 @@
 //! Optimizers over a model's parameter list: state kept beside the parameters, updates by the
 //! backend's in-place kernels.
-use crate::backend::{ops, AdamParams, SgdParams};
+use crate::backend::{ops, AdamParams, GradientNoise, SgdParams};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 pub trait Optimizer {
     /// Updates `params[i]` from `grads[i]` in place.
     fn step(&mut self, params: &mut [&mut Tensor], grads: &[Tensor]) -> Result<()>;
+
+    /// Updates `params[i]` in place from DP-SGD's gradient `(sums[i] + std·z)/divisor` with the
+    /// noise of `noises[i]`, each tensor in one pass that never writes its gradient: the values of
+    /// noising and dividing `sums`, then [`Optimizer::step`], bit for bit. `flag` `[1]` becomes NaN
+    /// if any gradient element is not finite (`dp::nonfinite_flag`'s verdict, without the gradients).
+    fn noised_step(&mut self, params: &mut [&mut Tensor], sums: &[Tensor], noises: &[GradientNoise], flag: &mut Tensor) -> Result<()>;
+}
+
+fn check_noises(sums: &[Tensor], noises: &[GradientNoise]) -> Result<()> {
+    if sums.len() != noises.len() {
+        return Err(Error::Invalid(format!("optimizer: {} gradient sums but {} noise keys", sums.len(), noises.len())));
+    }
+    Ok(())
 }
 
 fn check_lists(params: &[&mut Tensor], grads: &[Tensor], state: usize) -> Result<()> {
@@ -44,6 +57,17 @@ impl Optimizer for Sgd {
         }
         for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
             ops::sgd_step(p, g, self.momentum.get_mut(i), &self.hp)?;
+        }
+        Ok(())
+    }
+
+    /// Plain SGD only: with momentum it is an error (`ops::noised_sgd_step`).
+    fn noised_step(&mut self, params: &mut [&mut Tensor], sums: &[Tensor], noises: &[GradientNoise], flag: &mut Tensor) -> Result<()> {
+        check_lists(params, sums, self.momentum.len())?;
+        check_noises(sums, noises)?;
+        let _range = crate::profile::range("optimizer_sgd_noised");
+        for ((p, sum), noise) in params.iter_mut().zip(sums).zip(noises) {
+            ops::noised_sgd_step(p, sum, noise, &self.hp, flag)?;
         }
         Ok(())
     }
@@ -90,17 +114,35 @@ impl Adam {
     }
 }
 
-impl Optimizer for Adam {
-    fn step(&mut self, params: &mut [&mut Tensor], grads: &[Tensor]) -> Result<()> {
+impl Adam {
+    /// The moments, zero before the first step, and the step count advanced for this step.
+    fn begin_step(&mut self, params: &[&mut Tensor], grads: &[Tensor]) -> Result<()> {
         check_lists(params, grads, self.m.len())?;
-        let _range = crate::profile::range("optimizer_adam");
         if self.m.is_empty() {
             self.m = params.iter().map(|p| p.full_like(p.shape(), 0.0)).collect::<Result<_>>()?;
             self.v = params.iter().map(|p| p.full_like(p.shape(), 0.0)).collect::<Result<_>>()?;
         }
         self.t += 1;
+        Ok(())
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, params: &mut [&mut Tensor], grads: &[Tensor]) -> Result<()> {
+        let _range = crate::profile::range("optimizer_adam");
+        self.begin_step(params, grads)?;
         for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
             ops::adam_step(p, g, &mut self.m[i], &mut self.v[i], self.t, &self.hp)?;
+        }
+        Ok(())
+    }
+
+    fn noised_step(&mut self, params: &mut [&mut Tensor], sums: &[Tensor], noises: &[GradientNoise], flag: &mut Tensor) -> Result<()> {
+        check_noises(sums, noises)?;
+        let _range = crate::profile::range("optimizer_adam_noised");
+        self.begin_step(params, sums)?;
+        for (i, ((p, sum), noise)) in params.iter_mut().zip(sums).zip(noises).enumerate() {
+            ops::noised_adam_step(p, sum, noise, &mut self.m[i], &mut self.v[i], self.t, &self.hp, flag)?;
         }
         Ok(())
     }

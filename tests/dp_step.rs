@@ -170,7 +170,7 @@ fn cuda_noise_and_division_match_the_two_passes_and_the_cpu() {
 #[test]
 fn noise_and_divide_kernel_compiled_for_the_host_matches_the_reference() {
     let test = "noise_and_divide_kernel_compiled_for_the_host_matches_the_reference";
-    let Some((exe, _dir)) = common::build_host_kernel_program(test, &["rng.cuh", "dp.cu"], "dp_noise_main.cpp") else {
+    let Some((exe, _dir)) = common::build_host_kernel_program(test, &["rng.cuh", "optim.cuh", "dp.cu"], "dp_noise_main.cpp") else {
         return;
     };
     let mut rng = common::rng(test);
@@ -194,5 +194,206 @@ fn noise_and_divide_kernel_compiled_for_the_host_matches_the_reference() {
         dpgan::backend::cpu::add_gaussian_noise_and_divide(&mut expected, std, divisor, key);
         let got: Vec<f32> = bits[k * x.len()..(k + 1) * x.len()].iter().map(|&b| f32::from_bits(b)).collect();
         common::assert_identical(&format!("{:?}", key.mode), &got, &expected);
+    }
+}
+
+/// `private_update` moves the parameters exactly as `private_gradients` followed by the optimizer's
+/// own step (the noise, division and update fused per tensor), bit for bit: plain SGD and Adam,
+/// both noise modes, f32 and f64, over three steps (Adam's moments and step count included), with
+/// the noise on and off (σ = 0, a public loss). The finiteness flag is 0 throughout.
+#[test]
+fn private_update_equals_private_gradients_then_the_optimizer_step() {
+    use dpgan::backend::{AdamParams, SgdParams};
+    use dpgan::dp::private_update;
+    use dpgan::optim::{Adam, Optimizer, Sgd};
+    let mut rng = common::rng("private_update_equals_private_gradients_then_the_optimizer_step");
+    let adam = AdamParams { lr: 2e-3, beta1: 0.5, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+    let sgd = SgdParams { lr: 0.15, momentum: 0.0, dampening: 0.0, weight_decay: 0.001, nesterov: false };
+    for mode in [NoiseMode::Fast, NoiseMode::Secure] {
+        for f64_values in [false, true] {
+            for (noise_multiplier, noised) in [(1.1, true), (0.0, true), (1.1, false)] {
+                let tensor =
+                    |rng: &mut rand_chacha::ChaCha8Rng, s: &[usize]| if f64_values { f64_tensor(rng, s) } else { common::randn(rng, s) };
+                let layer =
+                    LayerGrad::Linear { input: tensor(&mut rng, &[1, 5, 7]), output_grad: tensor(&mut rng, &[1, 5, 3]), bias: true };
+                let config = DpSgdConfig { clip: 0.8, noise_multiplier, batch_divisor: 4.5 };
+                let noise = NoiseSource::from_seed(rng.random(), mode);
+                let losses = [ClippedLoss { layers: vec![&layer as &dyn PerExampleGrad], noised }];
+                let start = vec![tensor(&mut rng, &[1, 3, 7]), tensor(&mut rng, &[1, 3])];
+                for name in ["sgd", "adam"] {
+                    let make = || -> Box<dyn Optimizer> {
+                        if name == "sgd" {
+                            Box::new(Sgd::new(sgd))
+                        } else {
+                            Box::new(Adam::new(adam))
+                        }
+                    };
+                    let what = format!("{mode:?} f64 {f64_values} σ {noise_multiplier} noised {noised} {name}");
+                    let (mut reference, mut fused) = (start.clone(), start.clone());
+                    let (mut opt_reference, mut opt_fused) = (make(), make());
+                    for step in 0..3 {
+                        let grads = private_gradients(&losses, &config, &noise, step).unwrap();
+                        opt_reference.step(&mut reference.iter_mut().collect::<Vec<_>>(), &grads).unwrap();
+                        let flag =
+                            private_update(&losses, &config, &noise, step, opt_fused.as_mut(), &mut fused.iter_mut().collect::<Vec<_>>())
+                                .unwrap();
+                        assert_eq!(flag.to_vec_f64().unwrap(), [0.0], "{what}: flag at step {step}");
+                        let (got, expected) = (values(&fused), values(&reference));
+                        assert!(
+                            got.iter().zip(&expected).all(|(a, e)| a.to_bits() == e.to_bits()),
+                            "{what}: step {step}: {got:?} vs {expected:?}"
+                        );
+                        assert!(got != values(&start), "{what}: the parameters did not move");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A non-finite clipped sum (an example whose norm was NaN makes its clip factor NaN) gives the
+/// fused update's flag NaN, as `nonfinite_flag` of the written gradient would; SGD with momentum
+/// has no fused noised update and says so.
+#[test]
+fn private_update_flags_a_non_finite_gradient_and_refuses_momentum() {
+    use dpgan::backend::{ops, GradientNoise, SgdParams};
+    use dpgan::optim::{Optimizer, Sgd};
+    let mut rng = common::rng("private_update_flags_a_non_finite_gradient_and_refuses_momentum");
+    let key = NoiseSource::from_seed(rng.random(), NoiseMode::Secure).key_at(2, 0);
+    let noise = GradientNoise { std: 0.5, divisor: 8.0, key };
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut sum = randn_vec(&mut rng, 40);
+        sum[17] = bad;
+        let sum = Tensor::from_vec(sum, &[40], &dpgan::Device::Cpu).unwrap();
+        let mut param = common::randn(&mut rng, &[40]);
+        let mut flag = Tensor::zeros(&[1], &dpgan::Device::Cpu).unwrap();
+        let mut sgd = Sgd::plain(0.1);
+        sgd.noised_step(&mut [&mut param], std::slice::from_ref(&sum), &[noise], &mut flag).unwrap();
+        assert!(flag.item().unwrap().is_nan(), "{bad}: flag {:?}", flag.item());
+        let mut written = sum.clone();
+        ops::add_gaussian_noise_and_divide(&mut written, noise.std, noise.divisor, &noise.key).unwrap();
+        assert!(dpgan::dp::nonfinite_flag(&[&written]).unwrap().item().unwrap().is_nan());
+    }
+    let mut momentum = Sgd::new(SgdParams { lr: 0.1, momentum: 0.9, dampening: 0.0, weight_decay: 0.0, nesterov: false });
+    let mut param = common::randn(&mut rng, &[4]);
+    let sum = common::randn(&mut rng, &[4]);
+    let mut flag = Tensor::zeros(&[1], &dpgan::Device::Cpu).unwrap();
+    let err = momentum.noised_step(&mut [&mut param], &[sum], &[noise], &mut flag).unwrap_err().to_string();
+    assert!(err.contains("momentum"), "{err}");
+}
+
+/// On the GPU the fused noised SGD and Adam kernels equal the GPU's separate noise-and-divide and
+/// optimizer kernels bit for bit (the same device functions), flag included, in both noise modes,
+/// across block tails.
+#[test]
+fn cuda_noised_updates_equal_the_separate_kernels() {
+    use dpgan::backend::{ops, AdamParams, GradientNoise, SgdParams};
+    common::on_cuda("cuda_noised_updates_equal_the_separate_kernels", |dev| {
+        let mut rng = common::rng("cuda_noised_updates_equal_the_separate_kernels");
+        let adam = AdamParams { lr: 2e-4, beta1: 0.5, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let sgd = SgdParams { lr: 0.1, momentum: 0.0, dampening: 0.0, weight_decay: 1e-4, nesterov: false };
+        for mode in [NoiseMode::Fast, NoiseMode::Secure] {
+            for n in [1, 255, 257, 12_345] {
+                let key = NoiseSource::from_seed(rng.random(), mode).key_at(9, 4);
+                let noise = GradientNoise { std: 1.3, divisor: 120.0, key };
+                let on = |t: Tensor| t.to_device(dev).unwrap();
+                let (sum, param, m) =
+                    (on(common::randn(&mut rng, &[n])), on(common::randn(&mut rng, &[n])), on(common::randn(&mut rng, &[n])));
+                // Adam's second moment is a running mean of squares: non-negative.
+                let squares: Vec<f32> = randn_vec(&mut rng, n).iter().map(|x| x * x).collect();
+                let v = on(Tensor::from_vec(squares, &[n], &dpgan::Device::Cpu).unwrap());
+                let mut grad = sum.clone();
+                ops::add_gaussian_noise_and_divide(&mut grad, noise.std, noise.divisor, &noise.key).unwrap();
+
+                let (mut separate, mut fused) = (param.clone(), param.clone());
+                ops::sgd_step(&mut separate, &grad, None, &sgd).unwrap();
+                let mut flag = Tensor::zeros(&[1], dev).unwrap();
+                ops::noised_sgd_step(&mut fused, &sum, &noise, &sgd, &mut flag).unwrap();
+                common::assert_identical(&format!("{mode:?} n {n}: sgd"), &fused.to_vec().unwrap(), &separate.to_vec().unwrap());
+                assert_eq!(flag.to_vec().unwrap(), [0.0], "{mode:?} n {n}: sgd flag");
+
+                let (mut separate, mut fused) = (param.clone(), param.clone());
+                let (mut m1, mut v1, mut m2, mut v2) = (m.clone(), v.clone(), m.clone(), v.clone());
+                ops::adam_step(&mut separate, &grad, &mut m1, &mut v1, 7, &adam).unwrap();
+                ops::noised_adam_step(&mut fused, &sum, &noise, &mut m2, &mut v2, 7, &adam, &mut flag).unwrap();
+                for (what, a, e) in [("param", &fused, &separate), ("m", &m2, &m1), ("v", &v2, &v1)] {
+                    common::assert_identical(&format!("{mode:?} n {n}: adam {what}"), &a.to_vec().unwrap(), &e.to_vec().unwrap());
+                }
+                assert_eq!(flag.to_vec().unwrap(), [0.0], "{mode:?} n {n}: adam flag");
+
+                let mut bad = sum.to_vec().unwrap();
+                bad[n / 2] = f32::NAN;
+                let mut param = param.clone();
+                ops::noised_sgd_step(&mut param, &on(Tensor::from_vec(bad, &[n], &dpgan::Device::Cpu).unwrap()), &noise, &sgd, &mut flag)
+                    .unwrap();
+                assert!(flag.to_vec().unwrap()[0].is_nan(), "{mode:?} n {n}: a NaN gradient element must set the flag");
+            }
+        }
+    });
+}
+
+/// Without a GPU, the next best check of `dp_noised_{sgd,adam}_update_*`: `kernels/dp.cu` (with
+/// optim.cuh) compiled for the host, one thread per block, must reproduce the CPU reference (the
+/// noised gradient, then the optimizer's update) bit for bit in both noise modes, parameters,
+/// Adam's moments and the finiteness flag included, with one NaN element in the sum.
+#[test]
+fn noised_update_kernels_compiled_for_the_host_match_the_reference() {
+    use dpgan::backend::cpu::{adam_update, noised_gradient, sgd_update};
+    use dpgan::backend::{AdamParams, GradientNoise, SgdParams};
+    let test = "noised_update_kernels_compiled_for_the_host_match_the_reference";
+    let Some((exe, _dir)) = common::build_host_kernel_program(test, &["rng.cuh", "optim.cuh", "dp.cu"], "dp_noised_update_main.cpp") else {
+        return;
+    };
+    let mut rng = common::rng(test);
+    let n = 517;
+    let mut sum: Vec<f32> = randn_vec(&mut rng, n);
+    sum[300] = f32::NAN;
+    let (param, m) = (randn_vec(&mut rng, n), randn_vec(&mut rng, n));
+    let v: Vec<f32> = randn_vec(&mut rng, n).iter().map(|x| x * x).collect();
+    let sgd = SgdParams { lr: 0.05, momentum: 0.0, dampening: 0.0, weight_decay: 1e-3, nesterov: false };
+    let adam = AdamParams { lr: 2e-4, beta1: 0.5, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 };
+    let t = 5;
+    // The bias corrections as the CUDA launcher folds them in (f64, then f32).
+    let step_size = (adam.lr as f64 / (1.0 - (adam.beta1 as f64).powi(t))) as f32;
+    let bias2_sqrt = (1.0 - (adam.beta2 as f64).powi(t)).sqrt() as f32;
+    let fast = NoiseSource::from_seed(rng.random(), NoiseMode::Fast).key_at(3 + (1 << 33), 6);
+    let secure = dpgan::dp::NoiseKey { mode: NoiseMode::Secure, ..fast };
+    let (std, divisor) = (1.07f32 * 0.9, 256.0f32);
+
+    let hex = |xs: &[f32]| xs.iter().map(|x| format!("{:x}", x.to_bits())).collect::<Vec<_>>().join(" ");
+    let mut input = format!("{n} {}\n", hex(&[std, divisor]));
+    fast.key.iter().for_each(|w| input.push_str(&format!("{w:x} ")));
+    input.push_str(&format!("{:x} {:x} {:x}\n", fast.tensor_index, fast.step as u32, (fast.step >> 32) as u32));
+    input.push_str(&format!("{}\n", hex(&[sgd.lr, sgd.weight_decay])));
+    input.push_str(&format!("{}\n", hex(&[adam.beta1, adam.beta2, adam.eps, adam.weight_decay, step_size, bias2_sqrt])));
+    for xs in [&sum, &param, &m, &v] {
+        input.push_str(&format!("{}\n", hex(xs)));
+    }
+    let mut child =
+        std::process::Command::new(&exe).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "host noised-update program failed");
+    let got: Vec<f32> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|h| f32::from_bits(u32::from_str_radix(h, 16).unwrap())).collect();
+    let per_mode = 4 * n + 2;
+    assert_eq!(got.len(), 2 * per_mode);
+    for (k, key) in [fast, secure].iter().enumerate() {
+        let noise = GradientNoise { std, divisor, key: *key };
+        let mut flag = [0.0f32];
+        let grad = noised_gradient(&sum, &noise, &mut flag);
+        let mut expected_sgd = param.clone();
+        sgd_update(&mut expected_sgd, &grad, None, &sgd);
+        let (mut expected_param, mut expected_m, mut expected_v) = (param.clone(), m.clone(), v.clone());
+        adam_update(&mut expected_param, &grad, &mut expected_m, &mut expected_v, t as u64, &adam);
+        let out = &got[k * per_mode..(k + 1) * per_mode];
+        let mode = format!("{:?}", key.mode);
+        common::assert_identical(&format!("{mode}: sgd param"), &out[..n], &expected_sgd);
+        assert!(out[n].is_nan() && flag[0].is_nan(), "{mode}: sgd flag {} (reference {})", out[n], flag[0]);
+        common::assert_identical(&format!("{mode}: adam param"), &out[n + 1..2 * n + 1], &expected_param);
+        common::assert_identical(&format!("{mode}: adam m"), &out[2 * n + 1..3 * n + 1], &expected_m);
+        common::assert_identical(&format!("{mode}: adam v"), &out[3 * n + 1..4 * n + 1], &expected_v);
+        assert!(out[4 * n + 1].is_nan(), "{mode}: adam flag {}", out[4 * n + 1]);
+        assert!(out[..n].iter().zip(&param).filter(|(a, p)| a != p).count() > n / 2, "{mode}: sgd moved too few parameters");
     }
 }

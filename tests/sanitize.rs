@@ -202,9 +202,11 @@ fn rounding_toward_zero_never_grows_a_value() {
 /// compiler or the sources.
 #[test]
 fn dp_cu_compiled_for_the_host_matches_the_reference() {
-    let Some((exe, _dir)) =
-        common::build_host_kernel_program("dp_cu_compiled_for_the_host_matches_the_reference", &["rng.cuh", "dp.cu"], "dp_main.cpp")
-    else {
+    let Some((exe, _dir)) = common::build_host_kernel_program(
+        "dp_cu_compiled_for_the_host_matches_the_reference",
+        &["rng.cuh", "optim.cuh", "dp.cu"],
+        "dp_main.cpp",
+    ) else {
         return;
     };
     let mut rng = common::rng("dp_cu_compiled_for_the_host_matches_the_reference");

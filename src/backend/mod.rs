@@ -136,6 +136,15 @@ pub enum RowNorm {
     Exactly,
 }
 
+/// DP-SGD's noise on a summed clipped gradient: the gradient is `(sum + std·z) / divisor`, z the
+/// standard normals `key` assigns (as `Backend::add_gaussian_noise_and_divide` computes it).
+#[derive(Clone, Copy, Debug)]
+pub struct GradientNoise {
+    pub std: f32,
+    pub divisor: f32,
+    pub key: NoiseKey,
+}
+
 /// One power iteration of spectral norm (`Backend::power_iteration`), per group: the new `u`
 /// `[G, O]`, `v` `[G, I]` and `σ = uᵀ W v` `[G]`, the estimate `W` is divided by.
 #[derive(Clone, Debug)]
@@ -215,6 +224,24 @@ pub trait Backend {
     /// In place, `x[e] ← (x[e] + std·z[e]) / divisor`: `add_gaussian_noise` and the division by a
     /// scalar in one pass, with the same values as the two (see `cpu::add_gaussian_noise_and_divide`).
     fn add_gaussian_noise_and_divide(&self, x: &mut Tensor, std: f32, divisor: f32, key: &NoiseKey) -> Result<()>;
+    /// In place, plain SGD (no momentum) of `param` with the DP-SGD gradient that `noise` makes of
+    /// `sum`, in one pass that never writes the gradient: the values of
+    /// `add_gaussian_noise_and_divide` followed by `sgd_step`, bit for bit. `flag` `[1]` becomes
+    /// NaN if an element of the gradient is not finite, and is left alone otherwise.
+    fn noised_sgd_step(&self, param: &mut Tensor, sum: &Tensor, noise: &GradientNoise, hp: &SgdParams, flag: &mut Tensor) -> Result<()>;
+    /// `noised_sgd_step` with Adam at step `t` (`adam_step`'s values, bit for bit).
+    #[allow(clippy::too_many_arguments)]
+    fn noised_adam_step(
+        &self,
+        param: &mut Tensor,
+        sum: &Tensor,
+        noise: &GradientNoise,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        t: u64,
+        hp: &AdamParams,
+        flag: &mut Tensor,
+    ) -> Result<()>;
 }
 
 /// The backend that computes on `device`.

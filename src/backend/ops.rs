@@ -1,6 +1,8 @@
 //! Shape-checked entry points of the op set. Every function validates its operands (same device,
 //! compatible shapes), derives the output geometry and calls the backend of the operands' device.
-use super::{backend, census, AdamParams, BinaryOp, ConvGeometry, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp};
+use super::{
+    backend, census, AdamParams, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp,
+};
 use crate::dp::noise::{NoiseKey, MAX_NOISE_ELEMENTS};
 use crate::error::{ensure_shape, Error, Result};
 use crate::tensor::{DType, Device, Tensor};
@@ -354,6 +356,62 @@ pub fn adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tens
         return Err(Error::Invalid("adam_step: step count t is 1-based".into()));
     }
     dispatch("adam_step", &dev).adam_step(param, grad, m, v, t, hp)
+}
+
+/// What both noised optimizer steps check: devices, one element count, the noise, the divisor and
+/// a `[1]` flag; the noise is noted for the audit.
+fn check_noised_step(
+    op: &'static str,
+    param: &Tensor,
+    sum: &Tensor,
+    noise: &GradientNoise,
+    flag: &Tensor,
+    state: &[&Tensor],
+) -> Result<Device> {
+    let mut all = vec![param, sum, flag];
+    all.extend_from_slice(state);
+    let dev = device_of(op, &all)?;
+    for t in std::iter::once(sum).chain(state.iter().copied()) {
+        ensure_shape!(t.shape() == param.shape(), op, "{:?} differs from param {:?}", t.shape(), param.shape());
+    }
+    ensure_shape!(flag.shape() == [1], op, "the finiteness flag must be [1], got {:?}", flag.shape());
+    check_noise(op, noise.std, param.numel())?;
+    if !(noise.divisor.is_finite() && noise.divisor > 0.0) {
+        return Err(Error::Invalid(format!("{op}: divisor {} must be finite and > 0", noise.divisor)));
+    }
+    crate::dp::audit::note(&noise.key, noise.std);
+    Ok(dev)
+}
+
+/// In place, plain SGD of `param` with the DP-SGD gradient `(sum + std·z) / divisor` of `noise`,
+/// in one pass that never writes the gradient (`add_gaussian_noise_and_divide` then `sgd_step`,
+/// bit for bit); `flag` `[1]` becomes NaN if the gradient has a non-finite element. SGD with
+/// momentum is refused (no algorithm uses it with DP-SGD).
+pub fn noised_sgd_step(param: &mut Tensor, sum: &Tensor, noise: &GradientNoise, hp: &SgdParams, flag: &mut Tensor) -> Result<()> {
+    if hp.momentum != 0.0 {
+        return Err(Error::Invalid("noised_sgd_step: fused only for SGD without momentum".into()));
+    }
+    let dev = check_noised_step("noised_sgd_step", param, sum, noise, flag, &[])?;
+    dispatch("noised_sgd_step", &dev).noised_sgd_step(param, sum, noise, hp, flag)
+}
+
+/// [`noised_sgd_step`] with Adam at step `t` (1-based).
+#[allow(clippy::too_many_arguments)]
+pub fn noised_adam_step(
+    param: &mut Tensor,
+    sum: &Tensor,
+    noise: &GradientNoise,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    t: u64,
+    hp: &AdamParams,
+    flag: &mut Tensor,
+) -> Result<()> {
+    if t == 0 {
+        return Err(Error::Invalid("noised_adam_step: step count t is 1-based".into()));
+    }
+    let dev = check_noised_step("noised_adam_step", param, sum, noise, flag, &[m, v])?;
+    dispatch("noised_adam_step", &dev).noised_adam_step(param, sum, noise, m, v, t, hp, flag)
 }
 
 fn check_noise(op: &str, std: f32, n: usize) -> Result<()> {

@@ -46,14 +46,16 @@ pub const PHASES: [&str; 7] = ["forward", "backward", "per_example_norms", "clip
 const STEP_RANGE: &str = "bench_step";
 
 /// Which phase a profiling range's time belongs to; kernel-level and other ranges are transparent.
+/// A private update whose noise runs inside the optimizer's pass (`optimizer_*_noised`) counts as
+/// optimizer time.
 fn phase_of(range: &str) -> Option<&'static str> {
     Some(match range {
         STEP_RANGE => "other",
         "g_forward" | "d_forward" | "generator_forward" => "forward",
         "backward" => "backward",
         "per_example_sq_norms" => "per_example_norms",
-        "dp_sgd_gradients" | "per_example_clip" | "clip_factors" | "clipped_sums" | "noise" | "sanitize" => "clip_noise",
-        "optimizer_sgd" | "optimizer_adam" => "optimizer",
+        "dp_sgd_gradients" | "dp_sgd_update" | "per_example_clip" | "clip_factors" | "clipped_sums" | "noise" | "sanitize" => "clip_noise",
+        "optimizer_sgd" | "optimizer_adam" | "optimizer_sgd_noised" | "optimizer_adam_noised" => "optimizer",
         "ema_update" => "ema",
         _ => return None,
     })

@@ -13,4 +13,4 @@ pub use finite::{nonfinite_flag, FiniteChecks};
 pub use key::{KeySource, RunKey, SecretPurpose};
 pub use noise::{NoiseKey, NoiseMode, NoiseSource};
 pub use sanitize::GsWganSanitizer;
-pub use step::{private_gradients, ClippedLoss, DpSgdConfig};
+pub use step::{private_gradients, private_update, ClippedLoss, DpSgdConfig};

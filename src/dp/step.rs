@@ -1,14 +1,18 @@
 //! The DP-SGD gradient as one call: per-example clipping of one or more losses, Gaussian noise of
 //! standard deviation σC added once per coordinate, division by the batch size.
 //!
+//! [`private_update`] takes the optimizer step too, fusing noise, division and update per tensor.
+//!
 //! Several losses can be clipped separately (each example's norm bounded by C within its own loss)
 //! and summed into one gradient, with the noise added once if any of them touched private data.
 //! DP-CGAN and DPSGD-GAN pass their real and generated examples as one loss over one batch: each
 //! example is its own term, so that is the same clipping in one pass.
 use super::clip::{clip_factors, per_example_sq_norms, PerExampleGrad};
+use super::finite::nonfinite_flag;
 use super::noise::NoiseSource;
-use crate::backend::{ops, BinaryOp};
+use crate::backend::{ops, BinaryOp, GradientNoise};
 use crate::error::{ensure_shape, Error, Result};
+use crate::optim::Optimizer;
 use crate::profile;
 use crate::tensor::Tensor;
 
@@ -34,6 +38,52 @@ pub struct DpSgdConfig {
 /// weight, then its bias if it has one): `(Σ_losses Σᵢ cᵢgᵢ + N(0, σ²C²)) / divisor`, the noise
 /// drawn once, from `noise`'s key at `step` (tensor index = parameter index), if any loss is noised.
 pub fn private_gradients(losses: &[ClippedLoss], config: &DpSgdConfig, noise: &NoiseSource, step: u64) -> Result<Vec<Tensor>> {
+    let _step = profile::range("dp_sgd_gradients");
+    let (mut grads, noised) = clipped_sums(losses, config)?;
+    if let Some(std) = noised {
+        // Noise and the division in one pass over each summed gradient.
+        let _noise = profile::range("noise");
+        for (index, g) in grads.iter_mut().enumerate() {
+            let key = noise.key_at(step, index as u32);
+            ops::add_gaussian_noise_and_divide(g, std, config.batch_divisor, &key)?;
+        }
+        return Ok(grads);
+    }
+    divided(&grads, config)
+}
+
+/// DP-SGD's update: `optimizer` steps `params` (in the order of [`private_gradients`]) with the
+/// gradients `private_gradients` gives for the same arguments, bit for bit; when they are noised,
+/// the noise, the division and the update run as one pass per tensor
+/// ([`Optimizer::noised_step`]) and the gradients are never written. Returns the step's
+/// finiteness flag `[1]`: 0, or NaN if a gradient element was not finite (see
+/// [`nonfinite_flag`]).
+pub fn private_update(
+    losses: &[ClippedLoss],
+    config: &DpSgdConfig,
+    noise: &NoiseSource,
+    step: u64,
+    optimizer: &mut dyn Optimizer,
+    params: &mut [&mut Tensor],
+) -> Result<Tensor> {
+    let _step = profile::range("dp_sgd_update");
+    let (sums, noised) = clipped_sums(losses, config)?;
+    let Some(std) = noised else {
+        let grads = divided(&sums, config)?;
+        let flag = nonfinite_flag(&grads.iter().collect::<Vec<_>>())?;
+        optimizer.step(params, &grads)?;
+        return Ok(flag);
+    };
+    let noises: Vec<GradientNoise> =
+        (0..sums.len()).map(|index| GradientNoise { std, divisor: config.batch_divisor, key: noise.key_at(step, index as u32) }).collect();
+    let mut flag = sums[0].full_like(&[1], 0.0)?;
+    optimizer.noised_step(params, &sums, &noises, &mut flag)?;
+    Ok(flag)
+}
+
+/// The clipped sums `Σ_losses Σᵢ cᵢgᵢ` per parameter, and the noise std σC if any loss is noised
+/// and σ > 0 (else `None`: the gradient is the sum divided).
+fn clipped_sums(losses: &[ClippedLoss], config: &DpSgdConfig) -> Result<(Vec<Tensor>, Option<f32>)> {
     if !(config.noise_multiplier.is_finite() && config.noise_multiplier >= 0.0) {
         return Err(Error::Invalid(format!("noise multiplier must be finite and non-negative, got {}", config.noise_multiplier)));
     }
@@ -43,7 +93,6 @@ pub fn private_gradients(losses: &[ClippedLoss], config: &DpSgdConfig, noise: &N
     if losses.is_empty() {
         return Err(Error::Invalid("DP-SGD step with no loss".into()));
     }
-    let _step = profile::range("dp_sgd_gradients");
     let mut totals: Option<Vec<Tensor>> = None;
     for loss in losses {
         let _clip = profile::range("per_example_clip");
@@ -63,16 +112,13 @@ pub fn private_gradients(losses: &[ClippedLoss], config: &DpSgdConfig, noise: &N
             }
         });
     }
-    let mut grads = totals.expect("losses is not empty");
+    let sums = totals.expect("losses is not empty");
     let noise_std = config.noise_multiplier * config.clip;
-    if losses.iter().any(|l| l.noised) && noise_std > 0.0 {
-        // Noise and the division in one pass over each summed gradient.
-        let _noise = profile::range("noise");
-        for (index, g) in grads.iter_mut().enumerate() {
-            let key = noise.key_at(step, index as u32);
-            ops::add_gaussian_noise_and_divide(g, noise_std, config.batch_divisor, &key)?;
-        }
-        return Ok(grads);
-    }
-    grads.iter().map(|g| ops::binary(BinaryOp::Div, g, &ops::scalar_like(g, config.batch_divisor as f64)?)).collect()
+    let noised = losses.iter().any(|l| l.noised) && noise_std > 0.0;
+    Ok((sums, noised.then_some(noise_std)))
+}
+
+/// The sums divided by the batch divisor (no noise).
+fn divided(sums: &[Tensor], config: &DpSgdConfig) -> Result<Vec<Tensor>> {
+    sums.iter().map(|g| ops::binary(BinaryOp::Div, g, &ops::scalar_like(g, config.batch_divisor as f64)?)).collect()
 }

@@ -4,6 +4,8 @@
 // with equal halves a rotation, __dmul_rn/__dadd_rn IEEE double ops (compiled without
 // contraction); log, sqrt and sincos are the host libm's, as in src/dp/noise.rs.
 #pragma once
+#include <math.h>
+
 #include <cfenv>
 #include <cmath>
 #include <cstdint>
@@ -38,6 +40,8 @@ static inline float __fmul_rz(float a, float b) {
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+using std::isfinite;
 using std::log;
 using std::sqrt;
 // glibc's sincos (a GNU extension) serves as CUDA's.
@@ -78,4 +82,35 @@ struct SanitizeRowsParams {
   int32_t exact;
   int32_t pad_;
   NoiseKeyParams key;
+};
+
+// Mirrors of common.cuh's optimizer parameters and the noised updates' (dp.cu with optim.cuh).
+struct SgdUpdateParams {
+  int64_t n;
+  float lr;
+  float momentum;
+  float dampening;
+  float weight_decay;
+  int32_t nesterov;
+  int32_t pad_;
+};
+
+struct AdamUpdateParams {
+  int64_t n;
+  float beta1;
+  float beta2;
+  float eps;
+  float weight_decay;
+  float step_size;
+  float bias2_sqrt;
+};
+
+struct NoisedSgdParams {
+  NoiseDivideParams noise;
+  SgdUpdateParams sgd;
+};
+
+struct NoisedAdamParams {
+  NoiseDivideParams noise;
+  AdamUpdateParams adam;
 };

@@ -1,7 +1,7 @@
-//! GS-WGAN's row sanitiser (the reference for `kernels/dp.cu`) and the per-example conv
-//! weight-gradient norms (the reference for `kernels/dp_norms.cu`).
+//! GS-WGAN's row sanitiser and DP-SGD's noised gradient (the references for `kernels/dp.cu`) and
+//! the per-example conv weight-gradient norms (the reference for `kernels/dp_norms.cu`).
 use super::Real;
-use crate::backend::{ConvGeometry, RowNorm};
+use crate::backend::{ConvGeometry, GradientNoise, RowNorm};
 use crate::dp::noise::{standard_normals, NoiseKey};
 
 /// The f64 `x` rounded to f32 toward zero (what CUDA's `__double2float_rz` does). The clip factor
@@ -108,4 +108,17 @@ pub fn add_gaussian_noise_and_divide<T: Real>(x: &mut [T], std: f32, divisor: f3
     for (v, z) in x.iter_mut().zip(z) {
         *v = (*v + std * T::of(z)) / divisor;
     }
+}
+
+/// The DP-SGD gradient `noise` makes of `sum` (`add_gaussian_noise_and_divide` on a copy), for the
+/// noised optimizer steps; `flag` becomes NaN (`0·g`) if an element is not finite, as
+/// `dp::nonfinite_flag` would say, and is left alone otherwise (the reference for
+/// `kernels/dp.cu`'s `dp_noised_*_update_*`).
+pub fn noised_gradient<T: Real>(sum: &[T], noise: &GradientNoise, flag: &mut [T]) -> Vec<T> {
+    let mut grad = sum.to_vec();
+    add_gaussian_noise_and_divide(&mut grad, noise.std, noise.divisor, &noise.key);
+    if let Some(bad) = grad.iter().find(|g| !g.is_finite()) {
+        flag[0] = T::zero() * *bad;
+    }
+    grad
 }

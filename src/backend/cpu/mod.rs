@@ -13,7 +13,7 @@ mod rng;
 mod shape;
 
 pub use conv::{conv2d_fwd, conv2d_input_grad, conv2d_weight_grad};
-pub use dp::{add_gaussian_noise_and_divide, conv2d_weight_grad_sq_norms, f32_toward_zero, sanitize_rows};
+pub use dp::{add_gaussian_noise_and_divide, conv2d_weight_grad_sq_norms, f32_toward_zero, noised_gradient, sanitize_rows};
 pub use elementwise::{binary_broadcast, broadcast_strides, unary_map};
 pub use gemm::gemm_grouped;
 pub use norm::power_iteration;
@@ -26,7 +26,7 @@ pub use shape::{concat, gather_rows, narrow, pad};
 
 use real::by_dtype;
 
-use super::{AdamParams, Backend, BinaryOp, ConvGeometry, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp};
+use super::{AdamParams, Backend, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp};
 use crate::dp::NoiseKey;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -172,6 +172,32 @@ impl Backend for Cpu {
     fn add_gaussian_noise_and_divide(&self, x: &mut Tensor, std: f32, divisor: f32, key: &NoiseKey) -> Result<()> {
         by_dtype!(x.dtype(), T => {
             add_gaussian_noise_and_divide(T::host_mut(x)?, std, divisor, key);
+            Ok(())
+        })
+    }
+
+    fn noised_sgd_step(&self, param: &mut Tensor, sum: &Tensor, noise: &GradientNoise, hp: &SgdParams, flag: &mut Tensor) -> Result<()> {
+        by_dtype!(param.dtype(), T => {
+            let grad = noised_gradient(T::host(sum), noise, T::host_mut(flag)?);
+            sgd_update(T::host_mut(param)?, &grad, None, hp);
+            Ok(())
+        })
+    }
+
+    fn noised_adam_step(
+        &self,
+        param: &mut Tensor,
+        sum: &Tensor,
+        noise: &GradientNoise,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        t: u64,
+        hp: &AdamParams,
+        flag: &mut Tensor,
+    ) -> Result<()> {
+        by_dtype!(param.dtype(), T => {
+            let grad = noised_gradient(T::host(sum), noise, T::host_mut(flag)?);
+            adam_update(T::host_mut(param)?, &grad, T::host_mut(m)?, T::host_mut(v)?, t, hp);
             Ok(())
         })
     }

@@ -1,5 +1,6 @@
 //! Launchers of the dp family: GS-WGAN's row sanitiser (`kernels/dp.cu`, one block per row),
-//! DP-SGD's noise-and-divide pass (`kernels/dp.cu`, one element per thread) and the per-example
+//! DP-SGD's noise-and-divide pass and its fusion with the SGD or Adam update (`kernels/dp.cu`, one
+//! element per thread) and the per-example
 //! conv weight-gradient norms (`kernels/dp_norms.cu`, tiles of each example's gradient squared in
 //! registers, then the tiles of each example added by `reduce::sum_to`).
 use std::sync::Arc;
@@ -11,10 +12,10 @@ use super::device::CudaDevice;
 use super::elementwise::fill;
 use super::gemm::tile_grid;
 use super::module::Kernel;
-use super::optim::buffer_mut;
-use super::params::{NoiseDivideParams, NoiseKeyParams, SanitizeRowsParams};
+use super::optim::{self, buffer_mut};
+use super::params::{NoiseDivideParams, NoiseKeyParams, NoisedAdamParams, NoisedSgdParams, SanitizeRowsParams};
 use super::{buffer, launched, output, reduce};
-use crate::backend::{ConvGeometry, RowNorm};
+use crate::backend::{AdamParams, ConvGeometry, GradientNoise, RowNorm, SgdParams};
 use crate::dp::{NoiseKey, NoiseMode};
 use crate::error::{Error, Result};
 use crate::profile;
@@ -105,27 +106,102 @@ pub(crate) fn conv2d_weight_grad_sq_norms(dev: &Arc<CudaDevice>, x: &Tensor, dy:
     sums.reshape(&shape)
 }
 
+/// Threads per block of the one-element-per-thread noise passes.
+const NOISE_THREADS: usize = 256;
+
+/// The launch of a one-element-per-thread noise pass over `n > 0` elements, with its parameters.
+fn noise_launch(op: &str, n: usize, std: f32, divisor: f32, key: &NoiseKey) -> Result<(LaunchConfig, NoiseDivideParams)> {
+    // n ≤ 2^33 (ops) needs at most 2^25 blocks, within grid x's 2^31 − 1.
+    let blocks = u32::try_from(n.div_ceil(NOISE_THREADS))
+        .map_err(|_| Error::Invalid(format!("{op}: {n} elements exceed one launch; split the tensor")))?;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (NOISE_THREADS as u32, 1, 1), shared_mem_bytes: 0 };
+    Ok((cfg, NoiseDivideParams { n: n as i64, std, divisor, key: NoiseKeyParams::new(key) }))
+}
+
 /// `x ← (x + std·z) / divisor` in place, z the key's standard normals: DP-SGD's noise and its
 /// division by the batch in one pass (ops has checked std, divisor and the element count).
 pub(crate) fn add_gaussian_noise_and_divide(dev: &Arc<CudaDevice>, x: &mut Tensor, std: f32, divisor: f32, key: &NoiseKey) -> Result<()> {
-    const THREADS: usize = 256;
     let n = x.numel();
     if n == 0 {
         return Ok(());
     }
-    // One element per thread: n ≤ 2^33 (ops) needs at most 2^25 blocks, within grid x's 2^31 − 1.
-    let blocks = u32::try_from(n.div_ceil(THREADS))
-        .map_err(|_| Error::Invalid(format!("add_gaussian_noise_and_divide: {n} elements exceed one launch; split the tensor")))?;
-    let p = NoiseDivideParams { n: n as i64, std, divisor, key: NoiseKeyParams::new(key) };
+    let (cfg, p) = noise_launch("add_gaussian_noise_and_divide", n, std, divisor, key)?;
     let k = match key.mode {
         NoiseMode::Fast => Kernel::GaussianAddDividePhilox,
         NoiseMode::Secure => Kernel::GaussianAddDivideChacha,
     };
     let x_buf = &mut buffer_mut(x)?.slice;
-    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS as u32, 1, 1), shared_mem_bytes: 0 };
     let _range = profile::range(k.symbol());
     // SAFETY: x holds n floats (p.n = n); thread i < n reads and writes x[i] only, the others
     // return; x is unshared (storage_mut copied a shared buffer first).
     let r = unsafe { dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(x_buf).launch(cfg) };
+    launched(k, r)
+}
+
+/// Plain SGD of `param` with the gradient `(sum + std·z) / divisor`, in one pass that never
+/// writes the gradient; `flag` `[1]` becomes NaN if an element of it is not finite (ops has
+/// checked the sizes, the noise and that SGD has no momentum).
+pub(crate) fn noised_sgd_step(
+    dev: &Arc<CudaDevice>,
+    param: &mut Tensor,
+    sum: &Tensor,
+    noise: &GradientNoise,
+    hp: &SgdParams,
+    flag: &mut Tensor,
+) -> Result<()> {
+    let n = param.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let (cfg, noise_params) = noise_launch("noised_sgd_step", n, noise.std, noise.divisor, &noise.key)?;
+    let p = NoisedSgdParams { noise: noise_params, sgd: optim::sgd_params(hp, n) };
+    let k = match noise.key.mode {
+        NoiseMode::Fast => Kernel::NoisedSgdUpdatePhilox,
+        NoiseMode::Secure => Kernel::NoisedSgdUpdateChacha,
+    };
+    let (w, f) = (&mut buffer_mut(param)?.slice, &mut buffer_mut(flag)?.slice);
+    let _range = profile::range(k.symbol());
+    // SAFETY: param and sum hold n floats (p.noise.n = n), flag one; thread i < n reads sum[i],
+    // updates param[i] and may write flag[0], the others return. param and flag are distinct
+    // unshared allocations (two `&mut Tensor`s, storage_mut copied shared ones).
+    let r = unsafe { dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(w).arg(&buffer(sum).slice).arg(f).launch(cfg) };
+    launched(k, r)
+}
+
+/// Adam at step `t` of `param` with the gradient `(sum + std·z) / divisor`, in one pass that
+/// never writes the gradient; `flag` as in [`noised_sgd_step`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn noised_adam_step(
+    dev: &Arc<CudaDevice>,
+    param: &mut Tensor,
+    sum: &Tensor,
+    noise: &GradientNoise,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    t: u64,
+    hp: &AdamParams,
+    flag: &mut Tensor,
+) -> Result<()> {
+    let n = param.numel();
+    let adam = optim::adam_params(hp, t, n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (cfg, noise_params) = noise_launch("noised_adam_step", n, noise.std, noise.divisor, &noise.key)?;
+    let p = NoisedAdamParams { noise: noise_params, adam };
+    let k = match noise.key.mode {
+        NoiseMode::Fast => Kernel::NoisedAdamUpdatePhilox,
+        NoiseMode::Secure => Kernel::NoisedAdamUpdateChacha,
+    };
+    let (w, m_buf, v_buf, f) =
+        (&mut buffer_mut(param)?.slice, &mut buffer_mut(m)?.slice, &mut buffer_mut(v)?.slice, &mut buffer_mut(flag)?.slice);
+    let _range = profile::range(k.symbol());
+    // SAFETY: param, sum, m and v hold n floats (p.noise.n = n), flag one; thread i < n reads
+    // sum[i], updates param[i], m[i], v[i] and may write flag[0], the others return. param, m, v
+    // and flag are distinct unshared allocations (four `&mut Tensor`s, storage_mut copied shared
+    // ones).
+    let r = unsafe {
+        dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(w).arg(&buffer(sum).slice).arg(m_buf).arg(v_buf).arg(f).launch(cfg)
+    };
     launched(k, r)
 }

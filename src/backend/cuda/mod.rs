@@ -19,7 +19,7 @@ pub use device::{device_count, driver_absent_reason, set_poison_allocations, Cud
 pub use gemm::{allow_tf32, set_allow_tf32};
 pub use module::{kernel_resources, Kernel, KernelResources};
 
-use super::{AdamParams, Backend, BinaryOp, ConvGeometry, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp};
+use super::{AdamParams, Backend, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp};
 use crate::dp::NoiseKey;
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
@@ -142,5 +142,23 @@ impl Backend for CudaDevice {
     fn add_gaussian_noise_and_divide(&self, x: &mut Tensor, std: f32, divisor: f32, key: &NoiseKey) -> Result<()> {
         let dev = buffer(x).device().clone();
         dp::add_gaussian_noise_and_divide(&dev, x, std, divisor, key)
+    }
+    fn noised_sgd_step(&self, param: &mut Tensor, sum: &Tensor, noise: &GradientNoise, hp: &SgdParams, flag: &mut Tensor) -> Result<()> {
+        let dev = buffer(param).device().clone();
+        dp::noised_sgd_step(&dev, param, sum, noise, hp, flag)
+    }
+    fn noised_adam_step(
+        &self,
+        param: &mut Tensor,
+        sum: &Tensor,
+        noise: &GradientNoise,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        t: u64,
+        hp: &AdamParams,
+        flag: &mut Tensor,
+    ) -> Result<()> {
+        let dev = buffer(param).device().clone();
+        dp::noised_adam_step(&dev, param, sum, noise, m, v, t, hp, flag)
     }
 }

@@ -20,7 +20,37 @@ pub(super) fn buffer_mut(t: &mut Tensor) -> Result<&mut CudaBuffer> {
     }
 }
 
-fn check_len(op: &'static str, name: &str, t: &Tensor, n: usize) -> Result<()> {
+/// SGD's kernel parameters for `n` elements.
+pub(super) fn sgd_params(hp: &SgdParams, n: usize) -> SgdUpdateParams {
+    SgdUpdateParams {
+        n: n as i64,
+        lr: hp.lr,
+        momentum: hp.momentum,
+        dampening: hp.dampening,
+        weight_decay: hp.weight_decay,
+        nesterov: hp.nesterov as i32,
+        pad_: 0,
+    }
+}
+
+/// Adam's kernel parameters for `n` elements at step `t` (1-based), the bias corrections folded in.
+pub(super) fn adam_params(hp: &AdamParams, t: u64, n: usize) -> Result<AdamUpdateParams> {
+    if t == 0 {
+        return Err(Error::Invalid("adam_step: step count t is 1-based".into()));
+    }
+    let (step_size, bias2_sqrt) = adam_bias_corrections(hp, t);
+    Ok(AdamUpdateParams {
+        n: n as i64,
+        beta1: hp.beta1,
+        beta2: hp.beta2,
+        eps: hp.eps,
+        weight_decay: hp.weight_decay,
+        step_size,
+        bias2_sqrt,
+    })
+}
+
+pub(super) fn check_len(op: &'static str, name: &str, t: &Tensor, n: usize) -> Result<()> {
     if t.numel() != n {
         return Err(Error::shape(op, format!("{name} {:?} has {} elements, param has {n}", t.shape(), t.numel())));
     }
@@ -37,15 +67,7 @@ pub(crate) fn sgd_step(
 ) -> Result<()> {
     let n = param.numel();
     check_len("sgd_step", "grad", grad, n)?;
-    let p = SgdUpdateParams {
-        n: n as i64,
-        lr: hp.lr,
-        momentum: hp.momentum,
-        dampening: hp.dampening,
-        weight_decay: hp.weight_decay,
-        nesterov: hp.nesterov as i32,
-        pad_: 0,
-    };
+    let p = sgd_params(hp, n);
     let momentum_buf = match momentum_buf {
         Some(buf) if hp.momentum != 0.0 => {
             check_len("sgd_step", "momentum buffer", buf, n)?;
@@ -102,26 +124,14 @@ pub(crate) fn adam_step(
     t: u64,
     hp: &AdamParams,
 ) -> Result<()> {
-    if t == 0 {
-        return Err(Error::Invalid("adam_step: step count t is 1-based".into()));
-    }
     let n = param.numel();
+    let p = adam_params(hp, t, n)?;
     for (name, s) in [("grad", grad), ("m", &*m), ("v", &*v)] {
         check_len("adam_step", name, s, n)?;
     }
     if n == 0 {
         return Ok(());
     }
-    let (step_size, bias2_sqrt) = adam_bias_corrections(hp, t);
-    let p = AdamUpdateParams {
-        n: n as i64,
-        beta1: hp.beta1,
-        beta2: hp.beta2,
-        eps: hp.eps,
-        weight_decay: hp.weight_decay,
-        step_size,
-        bias2_sqrt,
-    };
     let k = Kernel::AdamUpdate;
     let (w, m_buf, v_buf) = (&mut buffer_mut(param)?.slice, &mut buffer_mut(m)?.slice, &mut buffer_mut(v)?.slice);
     let _range = crate::profile::range(k.symbol());

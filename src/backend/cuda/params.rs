@@ -48,6 +48,11 @@ unsafe impl DeviceRepr for GaussianNoiseParams {}
 unsafe impl DeviceRepr for SanitizeRowsParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for NoiseDivideParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for NoisedSgdParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for NoisedAdamParams {}
+// SAFETY: as above.
 unsafe impl DeviceRepr for Pool2x2Params {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for AxisCopyParams {}
@@ -211,6 +216,23 @@ pub struct NoiseDivideParams {
     pub key: NoiseKeyParams,
 }
 
+/// DP-SGD's noise and division feeding plain SGD in one pass (`dp_noised_sgd_update_*`); the
+/// optimizer's `n` is unused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NoisedSgdParams {
+    pub noise: NoiseDivideParams,
+    pub sgd: SgdUpdateParams,
+}
+
+/// DP-SGD's noise and division feeding Adam in one pass (`dp_noised_adam_update_*`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NoisedAdamParams {
+    pub noise: NoiseDivideParams,
+    pub adam: AdamUpdateParams,
+}
+
 /// GS-WGAN's sanitiser over `rows × cols`: per-row clip bound and noise std.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -274,6 +296,8 @@ const _: () = assert!(std::mem::size_of::<NoiseKeyParams>() == 48);
 const _: () = assert!(std::mem::size_of::<GaussianNoiseParams>() == 64);
 const _: () = assert!(std::mem::size_of::<SanitizeRowsParams>() == 80);
 const _: () = assert!(std::mem::size_of::<NoiseDivideParams>() == 64);
+const _: () = assert!(std::mem::size_of::<NoisedSgdParams>() == 96);
+const _: () = assert!(std::mem::size_of::<NoisedAdamParams>() == 96);
 /// The operands of `gemm_grouped_{nn,tn,nt,tt}_fwd_f32`; see `GemmParams` in common.cuh. With `splits > 1` the kernel
 /// writes `splits` partial products of K slices of `split_len`, added up by a second pass.
 #[repr(C)]

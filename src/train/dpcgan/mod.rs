@@ -10,7 +10,7 @@ use rand::Rng;
 
 use crate::autograd::Tape;
 use crate::backend::{ops, AdamParams, BinaryOp, UnaryOp};
-use crate::dp::{nonfinite_flag, private_gradients, ClippedLoss, DpSgdConfig, NoiseSource};
+use crate::dp::{nonfinite_flag, private_update, ClippedLoss, DpSgdConfig, NoiseSource};
 use crate::error::{Error, Result};
 use crate::models::dpcgan::{Discriminator, Generator, CLASSES, LATENT};
 use crate::optim::{Adam, Optimizer, Sgd};
@@ -172,9 +172,8 @@ impl DpCgan {
             batch_divisor: self.config.batch_divisor,
         };
         let clipped = [ClippedLoss { layers: layers.iter().map(|l| l as _).collect(), noised: true }];
-        let d_grads = private_gradients(&clipped, &dp, &self.noise, self.step)?;
-        let nonfinite = nonfinite_flag(&d_grads.iter().collect::<Vec<_>>())?;
-        self.d_optimizer.step(&mut self.discriminator.params_mut(), &d_grads)?;
+        let d_params = &mut self.discriminator.params_mut();
+        let nonfinite = private_update(&clipped, &dp, &self.noise, self.step, &mut self.d_optimizer, d_params)?;
 
         // The log's D loss, mean real loss + mean generated loss, from the sums: with r the real
         // part's sum and t the total, r/B + (t − r)/B' (an empty Poisson batch contributes 0).

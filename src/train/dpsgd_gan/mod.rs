@@ -16,7 +16,8 @@ use rand::Rng;
 
 use crate::autograd::Tape;
 use crate::backend::{ops, AdamParams, UnaryOp};
-use crate::dp::{nonfinite_flag, private_gradients, ClippedLoss, DpSgdConfig, NoiseSource};
+use crate::dp::clip::LayerGrad;
+use crate::dp::{private_gradients, private_update, ClippedLoss, DpSgdConfig, NoiseSource};
 use crate::error::{Error, Result};
 use crate::models::dpsgd_gan::{Discriminator, Generator, CLASSES, LATENT};
 use crate::nn::Module;
@@ -104,7 +105,7 @@ impl DpsgdGan {
     /// D's private gradient for D step `self.d_steps_taken()`, in `params()` order, and the summed
     /// per-example loss: real images `[1, n, 1, 28, 28]` (n as drawn, 0 included) with one-hot
     /// labels `[1, n, 10]`, and generated ones `[1, B, ...]`, all clipped to C, noised once,
-    /// divided by 2B.
+    /// divided by 2B. [`Self::discriminator_step`] applies the same gradient without writing it.
     pub fn private_gradients(
         &self,
         images: &Tensor,
@@ -113,6 +114,20 @@ impl DpsgdGan {
         fake_labels: &Tensor,
     ) -> Result<(Vec<Tensor>, Tensor)> {
         let _range = profile::range("dpsgd_gan_private_gradients");
+        let (layers, loss) = self.discriminator_layers(images, labels, fake, fake_labels)?;
+        let clipped = [ClippedLoss { layers: layers.iter().map(|l| l as _).collect(), noised: true }];
+        Ok((private_gradients(&clipped, &self.dp_config(), &self.noise, self.d_steps)?, loss))
+    }
+
+    /// D's layers for per-example clipping (their inputs and output gradients) on one batch of the
+    /// real and generated examples, and the summed per-example loss.
+    fn discriminator_layers(
+        &self,
+        images: &Tensor,
+        labels: &Tensor,
+        fake: &Tensor,
+        fake_labels: &Tensor,
+    ) -> Result<(Vec<LayerGrad>, Tensor)> {
         let generated = fake.shape()[1];
         if generated != self.config.batch_size {
             return Err(Error::Invalid(format!("a D step takes B = {} generated examples, got {generated}", self.config.batch_size)));
@@ -125,14 +140,16 @@ impl DpsgdGan {
         let pass = profile::scoped("d_forward", || d.forward(&tape, &batch, &batch_labels))?;
         let loss = tape.sum_all(&tape.bce_with_logits(&pass.logits, &targets)?)?;
         // Only the layers' output gradients: the clipped sums are the weight gradients.
-        let layers = pass.layer_grads(&tape.backward_to(&loss, &pass.outputs())?)?;
-        let dp = DpSgdConfig {
+        Ok((pass.layer_grads(&tape.backward_to(&loss, &pass.outputs())?)?, loss))
+    }
+
+    /// DP-SGD's settings for a D step: C, σ and the divisor 2B.
+    fn dp_config(&self) -> DpSgdConfig {
+        DpSgdConfig {
             clip: self.config.clip,
             noise_multiplier: self.config.noise_multiplier,
             batch_divisor: (2 * self.config.batch_size) as f32,
-        };
-        let clipped = [ClippedLoss { layers: layers.iter().map(|l| l as _).collect(), noised: true }];
-        Ok((private_gradients(&clipped, &dp, &self.noise, self.d_steps)?, loss))
+        }
     }
 
     /// One private D step on the real batch, with B generated examples from `rng` (G detached).
@@ -142,9 +159,11 @@ impl DpsgdGan {
         let (z, fake_labels) = Self::generator_inputs(self.config.batch_size, rng, &device)?;
         // Nothing watched: G's forward records nothing.
         let fake = profile::scoped("g_forward", || self.generator.forward(&Tape::new(), &z, &fake_labels))?;
-        let (grads, loss_sum) = self.private_gradients(images, labels, &fake, &fake_labels)?;
-        let nonfinite = nonfinite_flag(&grads.iter().collect::<Vec<_>>())?;
-        self.d_optimizer.step(&mut self.discriminator.params_mut(), &grads)?;
+        let (layers, loss_sum) = self.discriminator_layers(images, labels, &fake, &fake_labels)?;
+        let clipped = [ClippedLoss { layers: layers.iter().map(|l| l as _).collect(), noised: true }];
+        let dp = self.dp_config();
+        let d_params = &mut self.discriminator.params_mut();
+        let nonfinite = private_update(&clipped, &dp, &self.noise, self.d_steps, &mut self.d_optimizer, d_params)?;
         self.d_steps += 1;
         let examples = images.shape()[1] + self.config.batch_size;
         let loss = ops::unary(UnaryOp::Affine { scale: 1.0 / examples as f32, shift: 0.0 }, &loss_sum)?;
