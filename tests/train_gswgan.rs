@@ -17,6 +17,7 @@ use dpgan::models::gswgan::GeneratorArch;
 use dpgan::privacy::gswgan::GsWganRun;
 use dpgan::privacy::{Accountant, Conversion, Mechanism, Orders};
 use dpgan::train::gswgan::group_checkpoint::CheckpointEvery;
+use dpgan::train::gswgan::group_size::GroupSize;
 use dpgan::train::gswgan::run::{GsWganRunConfig, GsWganState};
 use dpgan::train::gswgan::warm_start_run::{WarmStartOutcome, WarmStartRun, WarmStartRunConfig, WarmStartSettings};
 use dpgan::train::interrupt::Signal;
@@ -370,6 +371,10 @@ fn bad_input_is_refused_before_anything_is_written() {
         "32",
     ]);
     assert!(err.contains("--batch-size"), "{err}");
+    for bad in ["0", "lots"] {
+        let err = stderr_of_failure(&["train", "gs-wgan", "warm-start", "--data", &data, "--out", &s(&out), "--group-size", bad]);
+        assert!(err.contains("--group-size") && err.contains("auto"), "{bad}: {err}");
+    }
     assert!(!out.exists(), "a refused run left {}", out.display());
 
     let err = stderr_of_failure(&["train", "gs-wgan", "--out", &s(&out)]);
@@ -388,7 +393,7 @@ fn library_warm_start(out: &Path, data: &Dataset, seed: u64, shape: (usize, usiz
     let settings = WarmStartSettings {
         seed,
         discriminators,
-        group_size,
+        group_size: GroupSize::Fixed(group_size),
         iterations,
         generator: GeneratorArch::Dcgan,
         base: 4,
@@ -564,4 +569,26 @@ fn checkpoint_every_reads_iterations_or_a_wall_time() {
     assert_eq!(CheckpointEvery::default(), CheckpointEvery::Seconds(600));
     assert!(CheckpointEvery::Iterations(3).due(6, Duration::ZERO) && !CheckpointEvery::Iterations(3).due(7, Duration::from_secs(1 << 20)));
     assert!(CheckpointEvery::Seconds(60).due(1, Duration::from_secs(60)) && !CheckpointEvery::Seconds(60).due(1, Duration::from_secs(59)));
+}
+
+/// `--group-size auto` on a GPU: the probe's peak grows with the group, and the size chosen fits the
+/// budget by the measured line, capped by K.
+#[test]
+fn auto_group_size_measures_the_probe_and_fits_the_free_memory() {
+    use dpgan::train::gswgan::group_size::{auto_group_size, probe_peak, GroupFootprint, ProbeShape, FREE_FRACTION, PROBE_MEMBERS};
+    common::on_cuda("auto_group_size_measures_the_probe_and_fits_the_free_memory", |dev| {
+        let shape = ProbeShape { arch: GeneratorArch::Resnet, base: 8, batch_size: 8 };
+        let one = probe_peak(shape, 1, dev).unwrap().expect("a stream-ordered pool to measure");
+        let many = probe_peak(shape, PROBE_MEMBERS, dev).unwrap().unwrap();
+        assert!(many > one && one > 0, "peaks: 1 member {one} B, {PROBE_MEMBERS} members {many} B");
+        assert_eq!(auto_group_size(shape, 3, dev).unwrap().size, 3, "a tiny group fits any GPU: K caps it");
+        let choice = auto_group_size(shape, usize::MAX, dev).unwrap();
+        let footprint = GroupFootprint::from_peaks(one, many, PROBE_MEMBERS).unwrap();
+        let dpgan::Device::Cuda(cuda) = dev else { unreachable!() };
+        let free = cuda.memory_info().unwrap().0 as f64;
+        // Free memory moves a little between the two readings: a 2% margin.
+        assert!(footprint.bytes(choice.size) as f64 <= 1.02 * FREE_FRACTION * free, "{}: {footprint:?}", choice.how);
+        assert!(footprint.bytes(2 * choice.size) as f64 > 0.98 * FREE_FRACTION * free, "{}: twice as many would fit too", choice.how);
+        eprintln!("{}", choice.how);
+    });
 }

@@ -6,6 +6,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use dpgan::data::{data_dir, Dataset, Split};
 use dpgan::models::gswgan::GeneratorArch;
 use dpgan::train::gswgan::group_checkpoint::CheckpointEvery;
+use dpgan::train::gswgan::group_size::GroupSize;
 use dpgan::train::gswgan::run::{Accounting, GsWganRunConfig, GsWganRunner, GsWganSettings, Outcome, Stop};
 use dpgan::train::gswgan::warm_start_run::{WarmStartOutcome, WarmStartRun, WarmStartRunConfig, WarmStartSettings};
 use dpgan::train::progress::Progress;
@@ -79,9 +80,11 @@ struct WarmStartArgs {
     /// K, the number of discriminators (and disjoint data slices) [default: 1000].
     #[arg(long)]
     discriminators: Option<usize>,
-    /// G, discriminators trained together (memory grows with G) [default: 50].
-    #[arg(long)]
-    group_size: Option<usize>,
+    /// G, discriminators trained together (memory grows with G), or `auto`: on a GPU the largest
+    /// group that fits 80% of its free memory, measured by a one-iteration probe; 50 on the CPU
+    /// [default: auto].
+    #[arg(long, value_name = "N|auto")]
+    group_size: Option<GroupSize>,
     /// Iterations per discriminator [default: 2001].
     #[arg(long)]
     iterations: Option<u64>,
@@ -215,15 +218,17 @@ fn warm_start(args: &WarmStartArgs) -> Result<()> {
             start_warm_start(out, &settings, &data, &device)?
         }
     };
+    let done_before = run.iterations_done();
     let outcome = train_warm_start(&mut run)?;
     let root = args.resume.as_deref().or(args.out.as_deref()).unwrap_or(Path::new("."));
     let checkpointed = match outcome.checkpointed {
         Some((group, iteration)) => format!(", group {group} checkpointed at iteration {iteration} of {}", run.config().iterations),
         None => String::new(),
     };
+    let rate = throughput(run.iterations_done() - done_before, outcome.wall_s, run.config());
     super::emit(&format!(
-        "warm start: {} groups trained, {} already done{checkpointed}, in {:.1} s on {device}\nrun directory: {} (private: it holds \
-         discriminators trained on the real data; use it with `dpgan train gs-wgan --warm-start {}`)\n",
+        "warm start: {} groups trained, {} already done{checkpointed}, in {:.1} s on {device}{rate}\nrun directory: {} (private: it \
+         holds discriminators trained on the real data; use it with `dpgan train gs-wgan --warm-start {}`)\n",
         outcome.groups_trained,
         outcome.groups_skipped,
         outcome.wall_s,
@@ -236,15 +241,41 @@ fn warm_start(args: &WarmStartArgs) -> Result<()> {
     }
 }
 
+/// The warm start's pace, `; N discriminator-iterations/s, all K × I at this pace: T`, or nothing
+/// when too little ran to measure it.
+fn throughput(iterations: u64, wall_s: f64, config: &WarmStartRunConfig) -> String {
+    if iterations == 0 || wall_s <= 0.0 {
+        return String::new();
+    }
+    let per_s = iterations as f64 / wall_s;
+    let total = config.discriminators as f64 * config.iterations as f64;
+    format!(
+        "; {per_s:.1} discriminator-iterations/s, all {} × {} at this pace: {}",
+        config.discriminators,
+        config.iterations,
+        human_duration(total / per_s)
+    )
+}
+
+/// Seconds as `42 s`, `12.5 min` or `3.2 h`.
+fn human_duration(s: f64) -> String {
+    if s < 120.0 {
+        format!("{s:.0} s")
+    } else if s < 7200.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3600.0)
+    }
+}
+
 /// Plans a warm start of `data` in `out` with `settings`, says what it will train, and creates it.
 pub(super) fn start_warm_start(out: &Path, settings: &WarmStartSettings, data: &Dataset, device: &Device) -> Result<WarmStartRun> {
-    let config = WarmStartRunConfig::plan(settings, data, device)?;
+    let (config, group_choice) = WarmStartRunConfig::plan_with_group_choice(settings, data, device)?;
     eprintln!(
-        "gs-wgan warm start: {} discriminators in {} groups of up to {}, {} iterations each, slices of {} records; the group \
-         under way checkpointed every {}",
+        "gs-wgan warm start: {} discriminators in {} groups of up to {group_choice}, {} iterations each, slices of {} records; \
+         the group under way checkpointed every {}",
         config.discriminators,
         config.groups(),
-        config.group_size,
         config.iterations,
         config.data.records / config.discriminators,
         match config.checkpoint_every {

@@ -13,6 +13,7 @@ use dpgan::dp::KeySource;
 use dpgan::eval::{Classifier, EvalConfig, EvalReport, ImageSet, Metric};
 use dpgan::models::gswgan::CLASSES;
 use dpgan::train::dpcgan::run::DataRecord;
+use dpgan::train::gswgan::group_size::GroupSize;
 use dpgan::train::gswgan::run::{Accounting, GsWganRunConfig, GsWganRunner, GsWganSettings, GsWganState};
 use dpgan::train::gswgan::warm_start_run::{arch_name, group_path, WarmStartRun, WarmStartRunConfig, WarmStartSettings, DISCRIMINATORS};
 use dpgan::train::replay::{stream, Purpose};
@@ -48,9 +49,11 @@ pub(super) struct GsWganReproduceArgs {
     /// K, the number of discriminators (and disjoint data slices) [default: 1000].
     #[arg(long)]
     discriminators: Option<usize>,
-    /// G, discriminators warm-started together (memory grows with G) [default: 50].
-    #[arg(long)]
-    group_size: Option<usize>,
+    /// G, discriminators warm-started together (memory grows with G), or `auto`: on a GPU the
+    /// largest group that fits 80% of its free memory, measured by a one-iteration probe; 50 on the
+    /// CPU [default: auto].
+    #[arg(long, value_name = "N|auto")]
+    group_size: Option<GroupSize>,
     /// Warm-start iterations per discriminator [default: 2001].
     #[arg(long)]
     warm_start_iterations: Option<u64>,
@@ -204,7 +207,7 @@ pub(super) fn run(args: &GsWganReproduceArgs) -> Result<()> {
         "device": device.to_string(),
         "settings": {
             "discriminators": plan.warm_start.discriminators,
-            "group_size": plan.warm_start.group_size,
+            "group_size": plan.warm_start.group_size.to_string(),
             "warm_start_iterations": plan.warm_start.iterations,
             "iterations": plan.phase_two.iterations,
             "generator": arch_name(plan.phase_two.generator),
@@ -317,7 +320,15 @@ fn warm_start(plan: &Plan, dir: &Path, seed: u64, train: &Dataset, device: &Devi
             dir,
             &[
                 ("--discriminators", recorded.discriminators.to_string(), settings.discriminators.to_string()),
-                ("--group-size", recorded.group_size.to_string(), settings.group_size.min(settings.discriminators).to_string()),
+                (
+                    "--group-size",
+                    recorded.group_size.to_string(),
+                    match settings.group_size {
+                        // Whatever auto measured when the warm start began is its size.
+                        GroupSize::Auto => recorded.group_size.to_string(),
+                        GroupSize::Fixed(n) => n.min(settings.discriminators).to_string(),
+                    },
+                ),
                 ("--warm-start-iterations", recorded.iterations.to_string(), settings.iterations.to_string()),
                 ("--generator", recorded.generator.clone(), arch_name(settings.generator).to_string()),
                 ("--seed", recorded.seed.to_string(), seed.to_string()),

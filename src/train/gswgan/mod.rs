@@ -5,6 +5,7 @@
 //! value per model of the group; reading them is a host sync, left to the caller.
 mod batches;
 pub mod group_checkpoint;
+pub mod group_size;
 mod private;
 pub mod run;
 mod warm_start;

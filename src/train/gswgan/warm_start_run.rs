@@ -12,6 +12,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::group_checkpoint::{self, partial_path, CheckpointEvery, GroupUnderWay};
+use super::group_size::{auto_group_size, GroupChoice, GroupSize, ProbeShape};
 use super::{GsWganConfig, LabelledImages, WarmStart};
 use crate::data::dataset::{Dataset, Split};
 use crate::data::sampling::disjoint_partitions;
@@ -57,7 +58,7 @@ pub fn load_recorded_data(record: &DataRecord) -> Result<Dataset> {
 pub struct WarmStartSettings {
     pub seed: u64,
     pub discriminators: usize,
-    pub group_size: usize,
+    pub group_size: GroupSize,
     pub iterations: u64,
     pub generator: GeneratorArch,
     /// Width scale of the models (64 is the published size; smaller only for tests).
@@ -71,7 +72,7 @@ impl Default for WarmStartSettings {
         WarmStartSettings {
             seed: 0,
             discriminators: 1000,
-            group_size: 50,
+            group_size: GroupSize::Auto,
             iterations: 2001,
             generator: GeneratorArch::Resnet,
             base: PUBLISHED_BASE,
@@ -106,12 +107,15 @@ pub struct WarmStartRunConfig {
 
 impl WarmStartRunConfig {
     pub fn plan(s: &WarmStartSettings, data: &Dataset, device: &Device) -> Result<Self> {
+        Ok(Self::plan_with_group_choice(s, data, device)?.0)
+    }
+
+    /// [`Self::plan`], and a sentence saying how the group size was chosen (`auto` measures it on
+    /// `device`, see [`group_size`](super::group_size)).
+    pub fn plan_with_group_choice(s: &WarmStartSettings, data: &Dataset, device: &Device) -> Result<(Self, String)> {
         let records = data.len();
         if s.discriminators == 0 || s.discriminators > records {
             return Err(Error::Invalid(format!("--discriminators must be in 1..={records} (one slice each), got {}", s.discriminators)));
-        }
-        if s.group_size == 0 {
-            return Err(Error::Invalid("--group-size must be at least 1".into()));
         }
         if s.iterations == 0 {
             return Err(Error::Invalid("--iterations must be at least 1".into()));
@@ -127,13 +131,22 @@ impl WarmStartRunConfig {
         if s.base == 0 {
             return Err(Error::Invalid("the model width must be at least 1".into()));
         }
-        Ok(WarmStartRunConfig {
+        let group = match s.group_size {
+            GroupSize::Fixed(0) => return Err(Error::Invalid("--group-size must be at least 1".into())),
+            GroupSize::Fixed(n) => {
+                GroupChoice { size: n.min(s.discriminators), how: format!("{} (--group-size {n})", n.min(s.discriminators)) }
+            }
+            GroupSize::Auto => {
+                auto_group_size(ProbeShape { arch: s.generator, base: s.base, batch_size: s.batch_size }, s.discriminators, device)?
+            }
+        };
+        let config = WarmStartRunConfig {
             algorithm: WARM_START_ALGORITHM.to_string(),
             data: DataRecord::of(data)?,
             seed: s.seed,
             partition_seed: stream(s.seed, Purpose::Batches, u64::MAX).random(),
             discriminators: s.discriminators,
-            group_size: s.group_size.min(s.discriminators),
+            group_size: group.size,
             iterations: s.iterations,
             generator: arch_name(s.generator).to_string(),
             base: s.base,
@@ -142,7 +155,8 @@ impl WarmStartRunConfig {
             checkpoint_every: s.checkpoint_every,
             build: BuildRecord::current(),
             device: device.to_string(),
-        })
+        };
+        Ok((config, group.how))
     }
 
     pub fn groups(&self) -> usize {
