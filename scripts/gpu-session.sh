@@ -15,7 +15,7 @@
 #   pytorch benches/pytorch/compare.py: the same steps in PyTorch (eager, Opacus, vmap,   ≤ 300 s
 #           compile) beside ours; Opacus from .whl/ if the machine lacks it (device README)
 #   dpcgan  DP-CGAN's full published run (24,900 steps) timed, sampled and evaluated       ≤ 300 s
-#   gswgan  warm-start throughput for groups of 1, 16, 128, 512; phase-2 iterations/s      ≤ 420 s
+#   gswgan  warm-start throughput for groups of 1, 16, 64 and auto's; phase-2 iterations/s ≤ 420 s
 #   nsys    an Nsight Systems trace of a short DP-CGAN run, if nsys is installed           ≤ 180 s
 # Writes to $OUT (or .gpu/session): one log and JSON per step, and summary.md, a line per step.
 # `--quick` shrinks every step to a smoke run (for checking this script, not for numbers).
@@ -61,10 +61,10 @@ step() {
 }
 
 if [ $quick -eq 1 ]; then
-  dpcgan_steps=30 ws_iters=2 ws_groups="1 4" p2_iters=3 kernel_flags=(--quick) step_flags=(--steps 3 --warmup 1)
+  dpcgan_steps=30 ws_iters=2 ws_groups="1 4" ws_auto_k=8 p2_iters=3 kernel_flags=(--quick) step_flags=(--steps 3 --warmup 1)
   eval_flags=(--eval-epochs 1) width_flags=(--base 4) gs_step_flags=(--base 4 --generator dcgan) dpsgd_flags=(--base 8)
 else
-  dpcgan_steps=24900 ws_iters=20 ws_groups="1 16 128 512" p2_iters=200 kernel_flags=() step_flags=() eval_flags=() width_flags=() gs_step_flags=() dpsgd_flags=()
+  dpcgan_steps=24900 ws_iters=20 ws_groups="1 16 64" ws_auto_k=1000 p2_iters=200 kernel_flags=() step_flags=() eval_flags=() width_flags=() gs_step_flags=() dpsgd_flags=()
 fi
 
 # Tests.
@@ -120,6 +120,17 @@ for g in $ws_groups; do
   wall=$(grep -o 'in [0-9.]* s' "$out/warm-start-g$g.log" | head -n 1 | tr -dc '0-9.')
   [ -n "$wall" ] && python3 -c "print(f'  - G = $g: {$g * $ws_iters / $wall:.1f} discriminator-iterations/s ($ws_iters iterations, {$wall} s with setup and saving)')" >>"$summary"
 done
+
+# The group size `--group-size auto` measures for the published K = 1000 (one iteration each: the
+# probe, then one pass over all groups), and its pace.
+if want gswgan; then
+  rm -rf "$out/ws-auto"
+  step warm-start-auto 90 "$bin" train gs-wgan warm-start --data mnist --out "$out/ws-auto" --discriminators "$ws_auto_k" \
+    --group-size auto --iterations 1 --seed 1 --device "$device" "${width_flags[@]}"
+  grep -o 'groups of up to .*' "$out/warm-start-auto.log" | head -n 1 | sed 's/^/  - auto: /' >>"$summary"
+  grep -o '[0-9.]* discriminator-iterations/s.*' "$out/warm-start-auto.log" | tail -n 1 | sed 's/^/  - auto pace: /' >>"$summary"
+  rm -rf "$out/ws-auto"
+fi
 
 # Phase 2 from the largest warm start that finished.
 for g in $(echo "$finished" | tr ' ' '\n' | sort -rn); do

@@ -103,13 +103,14 @@ pub struct ProbeShape {
 /// The size `auto` picks for a warm start of `discriminators` of `shape` on `device`.
 pub fn auto_group_size(shape: ProbeShape, discriminators: usize, device: &Device) -> Result<GroupChoice> {
     let cap = discriminators.max(1);
-    let Device::Cuda(cuda) = device else {
+    let unmeasured = |why: &str| {
         let size = CPU_GROUP_SIZE.min(cap);
-        return Ok(GroupChoice { size, how: format!("{size} (auto: the CPU's fixed size; nothing to measure)") });
+        let capped = if size < CPU_GROUP_SIZE { format!(", capped by the {cap} discriminators") } else { String::new() };
+        GroupChoice { size, how: format!("{size} (auto: {CPU_GROUP_SIZE}{capped}; {why})") }
     };
+    let Device::Cuda(cuda) = device else { return Ok(unmeasured("nothing to measure on the CPU")) };
     let (Some(one), Some(many)) = (probe_peak(shape, 1, device)?, probe_peak(shape, PROBE_MEMBERS, device)?) else {
-        let size = CPU_GROUP_SIZE.min(cap);
-        return Ok(GroupChoice { size, how: format!("{size} (auto: no stream-ordered memory pool on {device} to measure)") });
+        return Ok(unmeasured(&format!("no stream-ordered memory pool on {device} to measure")));
     };
     let footprint = GroupFootprint::from_peaks(one, many, PROBE_MEMBERS)?;
     let (free, _) = cuda.memory_info()?;
