@@ -182,6 +182,12 @@ struct AdamUpdateParams {
   float bias2_sqrt;
 };
 
+struct EmaUpdateParams {
+  int64_t n;
+  float decay;
+  int32_t pad_;
+};
+
 // ---- rng.cu, dp.cu ----
 
 // A NoiseKey (src/dp/noise.rs): the 256-bit key (Philox uses words 0 and 1) and the position
@@ -357,6 +363,7 @@ static_assert(sizeof(GaussianNoiseParams) == 64, "GaussianNoiseParams layout");
 static_assert(sizeof(SanitizeRowsParams) == 80, "SanitizeRowsParams layout");
 static_assert(sizeof(NoiseDivideParams) == 64, "NoiseDivideParams layout");
 static_assert(sizeof(NoisedSgdParams) == 96, "NoisedSgdParams layout");
+static_assert(sizeof(EmaUpdateParams) == 16, "EmaUpdateParams layout");
 static_assert(sizeof(NoisedAdamParams) == 96, "NoisedAdamParams layout");
 static_assert(sizeof(Pool2x2Params) == 40, "Pool2x2Params layout");
 static_assert(sizeof(AxisCopyParams) == 56, "AxisCopyParams layout");

@@ -32,3 +32,10 @@ extern "C" __global__ void optim_adam_update_f32(AdamUpdateParams p, float* __re
                                                  float* __restrict__ v) {
   DPGAN_FOR_EACH(i, p.n) { param[i] = dpgan::adam_update(p, param[i], grad[i], &m[i], &v[i]); }
 }
+
+// An exponential moving average in place: ema ← decay·ema + (1 − decay)·x, three roundings as the
+// CPU's (src/backend/cpu/optim.rs, ema_update) and as the affine, affine, add it replaces.
+extern "C" __global__ void optim_ema_update_f32(EmaUpdateParams p, float* __restrict__ ema, const float* __restrict__ x) {
+  const float keep = p.decay, take = 1.0f - p.decay;
+  DPGAN_FOR_EACH(i, p.n) { ema[i] = __fadd_rn(__fmul_rn(keep, ema[i]), __fmul_rn(take, x[i])); }
+}

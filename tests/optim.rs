@@ -278,3 +278,58 @@ fn optimizer_objects_match_the_raw_updates() {
     let mut one = [params[0].clone()];
     assert!(adam.step(&mut one.iter_mut().collect::<Vec<_>>(), &grads[0][..1]).is_err(), "state for 2 parameters, given 1");
 }
+
+/// The moving average in one pass equals the two affine maps and the addition it replaced, bit for
+/// bit (f32 and f64, decays 0 (a copy), 0.5, 0.999), updates in place without touching a tensor
+/// that shares its storage, and refuses mismatched shapes and a non-finite decay.
+#[test]
+fn ema_update_equals_two_scalings_and_a_sum() {
+    use dpgan::backend::ops::{binary, ema_update, unary};
+    use dpgan::backend::{BinaryOp, UnaryOp};
+    let mut rng = rng("ema_update_equals_two_scalings_and_a_sum");
+    for decay in [0.0f32, 0.5, 0.999] {
+        for f64_values in [false, true] {
+            let make = |rng: &mut ChaCha8Rng| {
+                let t = randn(rng, &[3, 257]);
+                if f64_values {
+                    Tensor::from_vec_f64(t.to_vec().unwrap().into_iter().map(f64::from).collect(), &[3, 257]).unwrap()
+                } else {
+                    t
+                }
+            };
+            let (ema, x) = (make(&mut rng), make(&mut rng));
+            let before = f64s(&ema);
+            let kept = unary(UnaryOp::Affine { scale: decay, shift: 0.0 }, &ema).unwrap();
+            let added = unary(UnaryOp::Affine { scale: 1.0 - decay, shift: 0.0 }, &x).unwrap();
+            let expected = f64s(&binary(BinaryOp::Add, &kept, &added).unwrap());
+            let mut fused = ema.clone();
+            ema_update(&mut fused, &x, decay).unwrap();
+            let got = f64s(&fused);
+            assert!(got.iter().zip(&expected).all(|(a, e)| a.to_bits() == e.to_bits()), "decay {decay} f64 {f64_values}");
+            assert_eq!(f64s(&ema), before, "decay {decay}: the tensor sharing the average's storage moved");
+            assert!(got != before, "decay {decay}: nothing moved");
+        }
+    }
+    let mut ema = randn(&mut rng, &[4]);
+    assert!(ema_update(&mut ema, &randn(&mut rng, &[5]), 0.5).is_err());
+    assert!(ema_update(&mut ema, &randn(&mut rng, &[4]), f32::NAN).is_err());
+}
+
+/// The CUDA moving average equals the CPU's bit for bit (two products and a sum, each rounded to
+/// nearest on both), across block tails.
+#[test]
+fn ema_update_cuda_matches_cpu() {
+    use dpgan::backend::ops::ema_update;
+    on_cuda("ema_update_cuda_matches_cpu", |dev| {
+        let mut rng = rng("ema_update_cuda_matches_cpu");
+        for n in [1, 255, 1025, 100_003] {
+            let (ema, x) = (randn(&mut rng, &[n]), randn(&mut rng, &[n]));
+            let decay = rng.random_range(0.0..1.0f32);
+            let mut on_cpu = ema.clone();
+            ema_update(&mut on_cpu, &x, decay).unwrap();
+            let mut on_gpu = ema.to_device(dev).unwrap();
+            ema_update(&mut on_gpu, &x.to_device(dev).unwrap(), decay).unwrap();
+            common::assert_identical(&format!("n {n}, decay {decay}"), &on_gpu.to_vec().unwrap(), &on_cpu.to_vec().unwrap());
+        }
+    });
+}

@@ -209,6 +209,8 @@ pub trait Backend {
     fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Tensor>, hp: &SgdParams) -> Result<()>;
     /// In-place Adam update at step `t` (1-based).
     fn adam_step(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, t: u64, hp: &AdamParams) -> Result<()>;
+    /// In place, `ema ← decay·ema + (1 − decay)·x` (each product and the sum rounded).
+    fn ema_update(&self, ema: &mut Tensor, x: &Tensor, decay: f32) -> Result<()>;
 
     /// In place, `x[e] ← x[e] + std·z[e]` with `z[e]` the standard normal that `key` assigns to
     /// element e (`dp::noise::standard_normal_at`): the same values on every backend.

@@ -414,6 +414,17 @@ pub fn noised_adam_step(
     dispatch("noised_adam_step", &dev).noised_adam_step(param, sum, noise, m, v, t, hp, flag)
 }
 
+/// In place, the moving average `ema ← decay·ema + (1 − decay)·x` in one pass, with the values of
+/// two affine maps and an addition.
+pub fn ema_update(ema: &mut Tensor, x: &Tensor, decay: f32) -> Result<()> {
+    let dev = device_of("ema_update", &[ema, x])?;
+    ensure_shape!(ema.shape() == x.shape(), "ema_update", "average {:?} and value {:?} differ", ema.shape(), x.shape());
+    if !decay.is_finite() {
+        return Err(Error::Invalid(format!("ema_update: decay {decay} must be finite")));
+    }
+    dispatch("ema_update", &dev).ema_update(ema, x, decay)
+}
+
 fn check_noise(op: &str, std: f32, n: usize) -> Result<()> {
     if !(std.is_finite() && std >= 0.0) {
         return Err(Error::Invalid(format!("{op}: noise std {std} must be finite and ≥ 0")));

@@ -17,7 +17,7 @@ pub use dp::{add_gaussian_noise_and_divide, conv2d_weight_grad_sq_norms, f32_tow
 pub use elementwise::{binary_broadcast, broadcast_strides, unary_map};
 pub use gemm::gemm_grouped;
 pub use norm::power_iteration;
-pub use optim::{adam_update, sgd_update};
+pub use optim::{adam_update, ema_update, sgd_update};
 pub use pool::{max_pool2x2_gather, max_pool2x2_scatter, sum_pool2x2, upsample_nearest2x};
 pub use real::Real;
 pub use reduce::{log_softmax_rows, sum_squares_to, sum_to};
@@ -146,6 +146,13 @@ impl Backend for Cpu {
         by_dtype!(param.dtype(), T => {
             let buf = momentum_buf.map(T::host_mut).transpose()?;
             sgd_update(T::host_mut(param)?, T::host(grad), buf.map(|b| b.as_mut_slice()), hp);
+            Ok(())
+        })
+    }
+
+    fn ema_update(&self, ema: &mut Tensor, x: &Tensor, decay: f32) -> Result<()> {
+        by_dtype!(ema.dtype(), T => {
+            ema_update(T::host_mut(ema)?, T::host(x), decay);
             Ok(())
         })
     }

@@ -35,3 +35,12 @@ pub fn adam_update<T: Real>(param: &mut [T], grad: &[T], m: &mut [T], v: &mut [T
         param[i] = param[i] - step_size * m[i] / (v[i].sqrt() / bias2_sqrt + eps);
     }
 }
+
+/// `ema ← decay·ema + (1 − decay)·x`, rounded after each product and the sum (the reference for
+/// `optim_ema_update_f32`).
+pub fn ema_update<T: Real>(ema: &mut [T], x: &[T], decay: f32) {
+    let (keep, take) = (T::of(decay), T::one() - T::of(decay));
+    for (e, &v) in ema.iter_mut().zip(x) {
+        *e = keep * *e + take * v;
+    }
+}

@@ -126,6 +126,10 @@ impl Backend for CudaDevice {
         optim::adam_step(buffer(grad).device(), param, grad, m, v, t, hp)
     }
 
+    fn ema_update(&self, ema: &mut Tensor, x: &Tensor, decay: f32) -> Result<()> {
+        optim::ema_update(buffer(x).device(), ema, x, decay)
+    }
+
     fn add_gaussian_noise(&self, x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()> {
         let dev = buffer(x).device().clone();
         rng::add_gaussian_noise(&dev, x, std, key)

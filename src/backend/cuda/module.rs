@@ -38,6 +38,7 @@ kernel_table! {
     SgdUpdate => "optim_sgd_update_f32",
     SgdMomentumUpdate => "optim_sgd_momentum_update_f32",
     AdamUpdate => "optim_adam_update_f32",
+    EmaUpdate => "optim_ema_update_f32",
     GaussianAddPhilox => "rng_gaussian_add_philox_f32",
     GaussianAddChacha => "rng_gaussian_add_chacha_f32",
     SanitizeRowsPhilox => "dp_sanitize_rows_philox_f32",

@@ -43,6 +43,8 @@ unsafe impl DeviceRepr for SgdUpdateParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for AdamUpdateParams {}
 // SAFETY: as above.
+unsafe impl DeviceRepr for EmaUpdateParams {}
+// SAFETY: as above.
 unsafe impl DeviceRepr for GaussianNoiseParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for SanitizeRowsParams {}
@@ -178,6 +180,15 @@ pub struct AdamUpdateParams {
     pub weight_decay: f32,
     pub step_size: f32,
     pub bias2_sqrt: f32,
+}
+
+/// An exponential moving average's decay over `n` elements.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EmaUpdateParams {
+    pub n: i64,
+    pub decay: f32,
+    pub pad_: i32,
 }
 
 /// A [`NoiseKey`](crate::dp::NoiseKey) as the kernels read it; the mode picks the kernel.
@@ -374,6 +385,7 @@ const _: () = assert!(std::mem::size_of::<SumToParams>() == 216);
 const _: () = assert!(std::mem::size_of::<LogSoftmaxParams>() == 16);
 const _: () = assert!(std::mem::size_of::<SgdUpdateParams>() == 32);
 const _: () = assert!(std::mem::size_of::<AdamUpdateParams>() == 32);
+const _: () = assert!(std::mem::size_of::<EmaUpdateParams>() == 16);
 const _: () = assert!(std::mem::size_of::<Pool2x2Params>() == 40);
 const _: () = assert!(std::mem::size_of::<AxisCopyParams>() == 56);
 const _: () = assert!(std::mem::size_of::<GatherRowsParams>() == 16);

@@ -196,9 +196,7 @@ pub fn ema_update<M: Module>(ema: &mut M, model: &M, decay: f32) -> Result<()> {
     }
     let _range = crate::profile::range("ema_update");
     for (target, source) in targets.into_iter().zip(sources) {
-        let kept = ops::unary(UnaryOp::Affine { scale: decay, shift: 0.0 }, target.tensor)?;
-        let added = ops::unary(UnaryOp::Affine { scale: 1.0 - decay, shift: 0.0 }, source.tensor)?;
-        *target.tensor = ops::binary(BinaryOp::Add, &kept, &added)?;
+        ops::ema_update(target.tensor, source.tensor, decay)?;
     }
     Ok(())
 }
