@@ -144,6 +144,22 @@ pub(crate) fn adam_step(
     launched(k, r)
 }
 
+/// `ema ← decay·ema + (1 − decay)·x` in place (ops has checked the shapes).
+pub(crate) fn ema_update(dev: &Arc<CudaDevice>, ema: &mut Tensor, x: &Tensor, decay: f32) -> Result<()> {
+    let n = ema.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let p = EmaUpdateParams { n: n as i64, decay, pad_: 0 };
+    let k = Kernel::EmaUpdate;
+    let e = &mut buffer_mut(ema)?.slice;
+    let _range = crate::profile::range(k.symbol());
+    // SAFETY: ema and x hold n floats each (checked by ops) and are distinct allocations (ema is a
+    // `&mut Tensor`, unshared by storage_mut()); the kernel reads x[i] and updates ema[i] only.
+    let r = unsafe { dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(e).arg(&buffer(x).slice).launch(grid_for(dev, n)) };
+    launched(k, r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,20 +175,4 @@ mod tests {
         // Far past i32's range the corrections are 1, not garbage from a wrapped exponent.
         assert_eq!(adam_bias_corrections(&hp, 1 << 40), (1e-3, 1.0));
     }
-}
-
-/// `ema ← decay·ema + (1 − decay)·x` in place (ops has checked the shapes).
-pub(crate) fn ema_update(dev: &Arc<CudaDevice>, ema: &mut Tensor, x: &Tensor, decay: f32) -> Result<()> {
-    let n = ema.numel();
-    if n == 0 {
-        return Ok(());
-    }
-    let p = EmaUpdateParams { n: n as i64, decay, pad_: 0 };
-    let k = Kernel::EmaUpdate;
-    let e = &mut buffer_mut(ema)?.slice;
-    let _range = crate::profile::range(k.symbol());
-    // SAFETY: ema and x hold n floats each (checked by ops) and are distinct allocations (ema is a
-    // `&mut Tensor`, unshared by storage_mut()); the kernel reads x[i] and updates ema[i] only.
-    let r = unsafe { dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(e).arg(&buffer(x).slice).launch(grid_for(dev, n)) };
-    launched(k, r)
 }
