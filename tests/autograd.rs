@@ -127,6 +127,8 @@ grad_test!(mul_broadcast, [[2, 3, 4], [2, 3, 1]], [0, 1], |t, x| t.mul(&x[0], &x
 grad_test!(div_broadcast, [[3, 5], [1, 5]], [0, 1], |t, x| t.div(&x[0], &t.affine(&t.square(&x[1])?, 1.0, 0.5)?));
 grad_test!(bce_with_logits, [[4, 6], [4, 6]], [0, 1], |t, x| t.bce_with_logits(&t.scale(&x[0], 3.0)?, &x[1]));
 grad_test!(affine, [[7]], [0], |t, x| t.affine(&x[0], -1.5, 0.25));
+grad_test!(sum_squares_to, [[2, 3, 4, 5]], [0], |t, x| t.sum_squares_to(&x[0], &[2, 1, 4, 1]));
+grad_test!(sum_squares_to_rank_down, [[3, 4]], [0], |t, x| t.sum_squares_to(&x[0], &[4]));
 grad_test!(exp, [[2, 5]], [0], |t, x| t.exp(&x[0]));
 grad_test!(log, [[2, 5]], [0], |t, x| t.log(&t.affine(&t.square(&x[0])?, 1.0, 0.5)?));
 grad_test!(sqrt, [[2, 5]], [0], |t, x| t.sqrt(&t.affine(&t.square(&x[0])?, 1.0, 0.5)?));

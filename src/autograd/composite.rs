@@ -29,7 +29,7 @@ impl Tape {
         ensure_shape!(x.rank() == 5, "pixel_norm", "needs [G, B, C, H, W], got {:?}", x.shape());
         let s = x.shape();
         let channels = s[2] as f32;
-        let sum_sq = self.sum_to(&self.square(x)?, &[s[0], s[1], 1, s[3], s[4]])?;
+        let sum_sq = self.sum_squares_to(x, &[s[0], s[1], 1, s[3], s[4]])?;
         let inv = self.rsqrt(&self.affine(&sum_sq, 1.0 / channels, eps)?)?;
         self.mul(x, &inv)
     }

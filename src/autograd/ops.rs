@@ -23,6 +23,10 @@ pub enum Saved {
     SumTo {
         x_shape: Vec<usize>,
     },
+    /// `Σ x²` down to a shape: `∂/∂x = 2x·dy` broadcast back.
+    SumSquaresTo {
+        x: Tensor,
+    },
     BroadcastTo {
         x_shape: Vec<usize>,
     },
@@ -168,6 +172,12 @@ impl Tape {
     pub fn sum_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
         let out = raw::sum_to(x, shape)?;
         Ok(self.record(out, &[x], || Saved::SumTo { x_shape: x.shape().to_vec() }))
+    }
+
+    /// `sum_to` of `x`'s squares in one op (one reduction instead of a square and a sum).
+    pub fn sum_squares_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        let out = raw::sum_squares_to(x, shape)?;
+        Ok(self.record(out, &[x], || Saved::SumSquaresTo { x: x.clone() }))
     }
 
     /// Sum of all elements, shape `[]`.

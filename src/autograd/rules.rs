@@ -21,6 +21,7 @@ pub(super) fn backward(tape: &Tape, saved: &Saved, dy: &Tensor, needs: &[bool]) 
         }
         Saved::Unary { op, operand } => vec![Some(unary(tape, *op, operand.as_ref(), dy)?)],
         Saved::SumTo { x_shape } => vec![Some(tape.broadcast_to(dy, x_shape)?)],
+        Saved::SumSquaresTo { x } => vec![Some(tape.mul(&tape.broadcast_to(dy, x.shape())?, &tape.scale(x, 2.0)?)?)],
         Saved::BroadcastTo { x_shape } => vec![Some(tape.sum_to(dy, x_shape)?)],
         Saved::Reshape { x_shape } => vec![Some(tape.reshape(dy, x_shape)?)],
         Saved::Matmul { a, b, trans_a, trans_b } => {

@@ -101,7 +101,7 @@ pub fn wgan_gp_loss(
     let input_grads = tape.backward_create_graph(&tape.sum_all(&d_hat)?)?;
     let dx = input_grads.of(&x_hat)?;
     let (groups, b) = (dx.shape()[0], dx.shape()[1]);
-    let norms = tape.sqrt(&tape.affine(&tape.sum_to(&tape.square(dx)?, &[groups, b, 1])?, 1.0, GP_NORM_EPS)?)?;
+    let norms = tape.sqrt(&tape.affine(&tape.sum_squares_to(dx, &[groups, b, 1])?, 1.0, GP_NORM_EPS)?)?;
     let penalty = member_mean(tape, &tape.square(&tape.affine(&norms, 1.0, -1.0)?)?)?;
 
     let wasserstein = tape.sub(&member_mean(tape, &d_fake)?, &member_mean(tape, &d_real)?)?;
