@@ -95,6 +95,30 @@ mod tests {
         assert_eq!(inf.epsilon, f64::INFINITY);
     }
 
+    /// Among orders with the same ε the first is reported: an infinite tie (no order gives a
+    /// guarantee) and a finite one, found by stepping the second RDP value until its ε equals the
+    /// first's to the last bit.
+    #[test]
+    fn among_equal_minima_the_first_order_wins() {
+        let tie = epsilon(&[2.0, 3.0], &[f64::INFINITY, f64::INFINITY], 1e-5, Conversion::Classic).unwrap();
+        assert_eq!((tie.epsilon, tie.order), (f64::INFINITY, 2.0));
+        let delta = 1e-5;
+        let target = epsilon_at(4.0, 0.75, delta, Conversion::Classic);
+        let mut r = target + delta.ln() / (8.0 - 1.0);
+        for _ in 0..64 {
+            let e = epsilon_at(8.0, r, delta, Conversion::Classic);
+            if e == target {
+                break;
+            }
+            r = if e < target { r.next_up() } else { r.next_down() };
+        }
+        assert_eq!(epsilon_at(8.0, r, delta, Conversion::Classic), target, "no exact tie found");
+        let g = epsilon(&[4.0, 8.0], &[0.75, r], delta, Conversion::Classic).unwrap();
+        assert_eq!((g.epsilon, g.order), (target, 4.0));
+        let g = epsilon(&[8.0, 4.0], &[r, 0.75], delta, Conversion::Classic).unwrap();
+        assert_eq!((g.epsilon, g.order), (target, 8.0));
+    }
+
     #[test]
     fn improved_is_never_worse_and_negative_becomes_zero() {
         for alpha in [1.01, 1.5, 2.0, 10.0, 63.0, 1e4] {
