@@ -185,6 +185,23 @@ pub fn per_step(run: &GsWganRun, iterations: u64, delta: f64, orders: &[f64], co
 mod tests {
     use super::*;
 
+    /// The per-step noise multiplier the CLI reports is the one the accounting uses: with k = 1
+    /// (every step sees the slice) a step is exactly the Gaussian of noise multiplier σ/√B, whose
+    /// RDP is α/(2m²).
+    #[test]
+    fn the_reported_per_step_noise_multiplier_is_the_accounted_one() {
+        for (sigma, batch) in [(1.07, 32), (0.6, 1), (2.5, 600)] {
+            let run = GsWganRun { noise_multiplier: sigma, discriminators: 1, batch_size: batch };
+            let m = run.per_step_noise_multiplier();
+            assert!((m - sigma / (batch as f64).sqrt()).abs() <= 1e-15 * m, "σ {sigma} B {batch}: {m}");
+            for alpha in [1.5, 2.0, 32.0] {
+                let rdp = per_step_rdp(&run, alpha).unwrap();
+                let gaussian = alpha / (2.0 * m * m);
+                assert!((rdp - gaussian).abs() <= 1e-13 * gaussian, "σ {sigma} B {batch} α {alpha}: {rdp} vs {gaussian}");
+            }
+        }
+    }
+
     /// Both branches against their defining expressions where those are exact, and continuous
     /// where they meet.
     #[test]
