@@ -185,6 +185,20 @@ pub fn per_step(run: &GsWganRun, iterations: u64, delta: f64, orders: &[f64], co
 mod tests {
     use super::*;
 
+    /// WBK's α = 2 term on both sides of its min: with large σ (ε(2) small) 4(e^{ε(2)} − 1) is the
+    /// smaller, with small σ 2e^{ε(2)}; K(2) against the theorem's expression written out.
+    #[test]
+    fn the_alpha_two_moment_takes_the_smaller_of_its_two_bounds() {
+        let gamma = 1e-3;
+        for sigma in [5.0, 1.07, 0.5] {
+            let eps2 = 2.0 / (2.0 * sigma * sigma);
+            let bound = (4.0 * f64::exp_m1(eps2)).min(2.0 * eps2.exp());
+            let want = eps2.min((gamma * gamma * bound).ln_1p());
+            let got = log_moment_integer(sigma, gamma, 2);
+            assert!((got - want).abs() <= 1e-12 * want, "σ {sigma}: {got} vs {want}");
+        }
+    }
+
     /// The per-step noise multiplier the CLI reports is the one the accounting uses: with k = 1
     /// (every step sees the slice) a step is exactly the Gaussian of noise multiplier σ/√B, whose
     /// RDP is α/(2m²).
