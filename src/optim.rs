@@ -112,9 +112,7 @@ impl Adam {
         (self.m, self.v, self.t) = (m, v, steps);
         Ok(())
     }
-}
 
-impl Adam {
     /// The moments, zero before the first step, and the step count advanced for this step.
     fn begin_step(&mut self, params: &[&mut Tensor], grads: &[Tensor]) -> Result<()> {
         check_lists(params, grads, self.m.len())?;

@@ -13,7 +13,7 @@ use crate::tensor::{Device, Tensor};
 
 pub use conv::{Conv2d, ConvTranspose2d};
 pub use module::{member, prefixed, stack, Entry, Module, TensorKind};
-pub use spectral::{SnConv2d, SnEmbedding, SnLinear, SpectralNorm, SpectralTrace};
+pub use spectral::{NormalizedWeight, SnConv2d, SnEmbedding, SnLinear, SpectralNorm, SpectralTrace};
 
 /// `y = x·Wᵀ + b` for `x` `[G, B, I]`, `W` `[G, O, I]`, `b` `[G, O]`.
 #[derive(Clone, Debug)]

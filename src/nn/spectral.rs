@@ -1,8 +1,8 @@
 //! Spectrally normalised layers (docs/algorithms.md §2): a trainable W̄ and buffers u `[G, O]`, v `[G, I]`
 //! (W̄ viewed as O × I, I = in·k·k). Every forward, training or not, runs one power iteration
 //! without gradient, stores the new u, v, and uses `W = W̄/s` with `s = uᵀW̄v` (which the power
-//! iteration computes on its way), the gradient flowing through s into W̄. Tensor names follow PyTorch's `spectral_norm`
-//! (`weight_orig`, `weight_u`, `weight_v`).
+//! iteration computes on its way), the gradient flowing through s into W̄. Tensor names follow
+//! PyTorch's `spectral_norm` (`weight_orig`, `weight_u`, `weight_v`).
 use rand::Rng;
 
 use super::init::{normal, uniform_fan_in, unit_rows};
@@ -33,6 +33,13 @@ pub struct SpectralTrace {
     pub sigma: Tensor,
 }
 
+/// The weight a forward pass runs with, `W = W̄/s`, and its `s` `[G]`.
+#[derive(Clone, Debug)]
+pub struct NormalizedWeight {
+    pub weight: Tensor,
+    pub sigma: Tensor,
+}
+
 impl SpectralNorm {
     /// Wraps `weight_orig` `[G, O, ...]` with u, v drawn N(0, 1) and normalised.
     pub fn new<R: Rng>(weight_orig: Tensor, rng: &mut R) -> Result<Self> {
@@ -46,14 +53,14 @@ impl SpectralNorm {
     }
 
     /// The normalised weight for this forward pass and its σ; updates u and v.
-    pub fn weight(&mut self, tape: &Tape) -> Result<(Tensor, Tensor)> {
-        let (w, u, v, sigma) = tape.spectral_normalize(&self.weight_orig, &self.u)?;
+    pub fn weight(&mut self, tape: &Tape) -> Result<NormalizedWeight> {
+        let (weight, u, v, sigma) = tape.spectral_normalize(&self.weight_orig, &self.u)?;
         self.u = u;
         self.v = v;
-        Ok((w, sigma))
+        Ok(NormalizedWeight { weight, sigma })
     }
 
-    fn trace(&self, input: &Tensor, output: &Tensor, (weight, sigma): (Tensor, Tensor)) -> SpectralTrace {
+    fn trace(&self, input: &Tensor, output: &Tensor, NormalizedWeight { weight, sigma }: NormalizedWeight) -> SpectralTrace {
         SpectralTrace {
             layer: LayerTrace { input: input.clone(), output: output.clone() },
             weight,
@@ -92,7 +99,7 @@ impl SnLinear {
 
     pub fn forward(&mut self, tape: &Tape, x: &Tensor) -> Result<(Tensor, SpectralTrace)> {
         let w = self.sn.weight(tape)?;
-        let y = tape.linear(x, &w.0, Some(&self.bias))?;
+        let y = tape.linear(x, &w.weight, Some(&self.bias))?;
         Ok((y.clone(), self.sn.trace(x, &y, w)))
     }
 }
@@ -126,7 +133,7 @@ impl SnConv2d {
 
     pub fn forward(&mut self, tape: &Tape, x: &Tensor) -> Result<(Tensor, SpectralTrace)> {
         let w = self.sn.weight(tape)?;
-        let y = tape.add_channel_bias(&tape.conv2d(x, &w.0, self.stride, self.padding)?, &self.bias)?;
+        let y = tape.add_channel_bias(&tape.conv2d(x, &w.weight, self.stride, self.padding)?, &self.bias)?;
         Ok((y.clone(), self.sn.trace(x, &y, w)))
     }
 }
@@ -147,7 +154,7 @@ impl SnEmbedding {
     /// Rows `E[y]` `[G, B, dim]` for one-hot labels `[G, B, classes]`.
     pub fn forward(&mut self, tape: &Tape, one_hot: &Tensor) -> Result<(Tensor, SpectralTrace)> {
         let w = self.sn.weight(tape)?;
-        let y = tape.matmul(one_hot, &w.0, false, false)?;
+        let y = tape.matmul(one_hot, &w.weight, false, false)?;
         Ok((y.clone(), self.sn.trace(one_hot, &y, w)))
     }
 }

@@ -50,7 +50,7 @@ pub(super) fn adam_params(hp: &AdamParams, t: u64, n: usize) -> Result<AdamUpdat
     })
 }
 
-pub(super) fn check_len(op: &'static str, name: &str, t: &Tensor, n: usize) -> Result<()> {
+fn check_len(op: &'static str, name: &str, t: &Tensor, n: usize) -> Result<()> {
     if t.numel() != n {
         return Err(Error::shape(op, format!("{name} {:?} has {} elements, param has {n}", t.shape(), t.numel())));
     }
