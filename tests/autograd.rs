@@ -182,36 +182,53 @@ fn critic(t: &Tape, x: &Tensor, p: &[Tensor]) -> Result<Tensor> {
     t.linear(&flat, &p[2], Some(&p[3]))
 }
 
-/// WGAN-GP: mean_i (‖∇ₓ D(x̂ᵢ)‖ − 1)², differentiated w.r.t. the critic's weights (double backward).
+/// WGAN-GP: mean_i (‖∇ₓ D(x̂ᵢ)‖ − 1)², differentiated w.r.t. the critic's weights (double backward),
+/// with ∇ₓD from a full recorded backward and from one recorded towards x̂ only (what training
+/// uses): both against finite differences, and the second equal to the first bit for bit (the ops
+/// it leaves out, the recorded weight gradients of D, never reach the penalty).
 #[test]
 fn gradient_penalty_of_conv_critic_wrt_weights() {
     let (g, b) = (2, 3);
     let xs = inputs("gradient_penalty", &[&[g, b, 1, 6, 6], &[g, 3, 1, 5, 5], &[g, 3], &[g, 1, 27], &[g, 1]]);
     let x_hat = xs[0].clone();
-    let penalty = |tape: &Tape, params: &[Tensor]| -> Tensor {
+    let penalty = |tape: &Tape, params: &[Tensor], towards_input_only: bool| -> Tensor {
         tape.watch(&x_hat);
         params.iter().for_each(|p| tape.watch(p));
-        let d = critic(tape, &x_hat, params).unwrap();
-        let grads = tape.backward_create_graph(&tape.sum_all(&d).unwrap()).unwrap();
+        let d = tape.sum_all(&critic(tape, &x_hat, params).unwrap()).unwrap();
+        let grads = if towards_input_only {
+            tape.backward_to_create_graph(&d, &[&x_hat]).unwrap()
+        } else {
+            tape.backward_create_graph(&d).unwrap()
+        };
+        assert_eq!(params.iter().all(|p| grads.get(p).is_none()), towards_input_only, "weight gradients only when asked for");
         let dx = grads.of(&x_hat).unwrap().clone();
         let sq = tape.sum_to(&tape.square(&dx).unwrap(), &[g, b, 1, 1, 1]).unwrap();
         let dev = tape.affine(&tape.sqrt(&sq).unwrap(), 1.0, -1.0).unwrap();
         tape.mean_all(&tape.square(&dev).unwrap()).unwrap()
     };
     let params = xs[1..].to_vec();
-    let tape = Tape::new();
-    let gp = penalty(&tape, &params);
-    let grads = tape.backward(&gp).unwrap();
-    let numeric = numeric_grads(&params, &[0, 1, 2, 3], &|ps: &[Tensor]| value(&penalty(&Tape::new(), ps)));
-    for (i, num) in numeric.iter().enumerate() {
-        match grads.get(&params[i]) {
-            Some(g) => assert_close_f64(&format!("gradient penalty: d/d param {i}"), &g.to_vec_f64().unwrap(), num, 1e-5),
-            None => assert!(num_norm(num) < 1e-6, "gradient penalty: param {i} has no gradient on the tape but a numeric one"),
+    let numeric = numeric_grads(&params, &[0, 1, 2, 3], &|ps: &[Tensor]| value(&penalty(&Tape::new(), ps, true)));
+    let mut by_mode = Vec::new();
+    for towards_input_only in [false, true] {
+        let tape = Tape::new();
+        let gp = penalty(&tape, &params, towards_input_only);
+        let recorded = tape.len();
+        let grads = tape.backward(&gp).unwrap();
+        for (i, num) in numeric.iter().enumerate() {
+            match grads.get(&params[i]) {
+                Some(g) => assert_close_f64(&format!("gradient penalty: d/d param {i}"), &g.to_vec_f64().unwrap(), num, 1e-5),
+                None => assert!(num_norm(num) < 1e-6, "gradient penalty: param {i} has no gradient on the tape but a numeric one"),
+            }
         }
+        // The last layer's bias cannot influence ∇ₓD, so it gets no gradient; everything else does.
+        assert!(num_norm(&numeric[0]) > 1e-3 && num_norm(&numeric[1]) > 1e-3 && num_norm(&numeric[2]) > 1e-3);
+        assert!(grads.get(&params[3]).is_none());
+        let bits: Vec<Vec<f64>> = params[..3].iter().map(|p| grads.of(p).unwrap().to_vec_f64().unwrap()).collect();
+        by_mode.push((recorded, bits));
     }
-    // The last layer's bias cannot influence ∇ₓD, so it gets no gradient; everything else does.
-    assert!(num_norm(&numeric[0]) > 1e-3 && num_norm(&numeric[1]) > 1e-3 && num_norm(&numeric[2]) > 1e-3);
-    assert!(grads.get(&params[3]).is_none());
+    let ((full_ops, full), (input_ops, input_only)) = (&by_mode[0], &by_mode[1]);
+    assert_eq!(full, input_only, "the penalty's weight gradients do not depend on what else was recorded");
+    assert!(input_ops < full_ops, "recording towards x̂ only records fewer ops ({input_ops} against {full_ops})");
 }
 
 fn num_norm(v: &[f64]) -> f64 {

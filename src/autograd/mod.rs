@@ -148,6 +148,17 @@ impl Tape {
     /// pass computes no gradient that does not lead to one of them. Per-example clipping asks for
     /// the layers' output gradients this way, without the weight gradients it would discard.
     pub fn backward_to(&self, root: &Tensor, targets: &[&Tensor]) -> Result<Gradients> {
+        self.backward_to_with(root, targets, false)
+    }
+
+    /// Like [`Tape::backward_to`], but records the backward pass so the returned gradients can be
+    /// differentiated again. WGAN-GP's penalty asks for ∇ₓD this way: a full recorded backward
+    /// would also record every weight gradient of D, ops that the second backward never reads.
+    pub fn backward_to_create_graph(&self, root: &Tensor, targets: &[&Tensor]) -> Result<Gradients> {
+        self.backward_to_with(root, targets, true)
+    }
+
+    fn backward_to_with(&self, root: &Tensor, targets: &[&Tensor], create_graph: bool) -> Result<Gradients> {
         if root.numel() != 1 {
             return Err(Error::Autograd(format!("backward needs a scalar root, got shape {:?}", root.shape())));
         }
@@ -157,7 +168,7 @@ impl Tape {
         let _range = crate::profile::range("backward");
         let seed = root.full_like(root.shape(), 1.0)?;
         let wanted: HashSet<TensorId> = targets.iter().map(|t| t.id()).collect();
-        let previous = std::mem::replace(&mut self.state.borrow_mut().recording, false);
+        let previous = std::mem::replace(&mut self.state.borrow_mut().recording, create_graph);
         let result = self.run_backward_for(root, seed, &wanted);
         self.state.borrow_mut().recording = previous;
         result.map(|mut g| {

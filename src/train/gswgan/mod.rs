@@ -98,7 +98,7 @@ pub fn wgan_gp_loss(
     let d_fake = d.forward(tape, fake, labels)?.critic;
     let d_hat = d.forward(tape, &x_hat, labels)?.critic;
 
-    let input_grads = tape.backward_create_graph(&tape.sum_all(&d_hat)?)?;
+    let input_grads = tape.backward_to_create_graph(&tape.sum_all(&d_hat)?, &[&x_hat])?;
     let dx = input_grads.of(&x_hat)?;
     let (groups, b) = (dx.shape()[0], dx.shape()[1]);
     let norms = tape.sqrt(&tape.affine(&tape.sum_squares_to(dx, &[groups, b, 1])?, 1.0, GP_NORM_EPS)?)?;
