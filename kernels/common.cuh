@@ -282,6 +282,15 @@ struct PowerIterationParams {
   int64_t cols;
 };
 
+// The gradient of W = W̄/σ with σ = uᵀW̄v for n = G·O·I elements (n < 2^31): the element index
+// splits into the group (by O·I) and the column (by I).
+struct SpectralDivideBwdParams {
+  int64_t n;
+  int64_t rows;       // O
+  FastDivmod matrix;  // O·I
+  FastDivmod cols;    // I
+};
+
 // ---- gemm.cu ----
 
 // C[g] = op(A[g]) · op(B[g]), row-major, A [G, M, K] (or [G, K, M] when trans_a), B [G, K, N] (or
@@ -369,6 +378,7 @@ static_assert(sizeof(Pool2x2Params) == 40, "Pool2x2Params layout");
 static_assert(sizeof(AxisCopyParams) == 56, "AxisCopyParams layout");
 static_assert(sizeof(GatherRowsParams) == 16, "GatherRowsParams layout");
 static_assert(sizeof(PowerIterationParams) == 24, "PowerIterationParams layout");
+static_assert(sizeof(SpectralDivideBwdParams) == 48, "SpectralDivideBwdParams layout");
 static_assert(sizeof(GemmParams) == 32, "GemmParams layout");
 static_assert(sizeof(ConvParams) == 168, "ConvParams layout");
 static_assert(sizeof(ConvPhase) == 112, "ConvPhase layout");

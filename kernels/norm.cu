@@ -140,3 +140,22 @@ extern "C" __global__ void norm_power_iteration_normalize_u_fwd_f32(PowerIterati
   const float s = dpgan::block_normalize(u_out + (int64_t)blockIdx.x * p.rows, p.rows, scratch);
   if (threadIdx.x == 0) sigma[blockIdx.x] = s;
 }
+
+// The gradient of spectral norm's W = W̄/σ with σ = uᵀW̄v (u, v constants) for W̄ [G, O, I]:
+//   dW̄ = dW/σ − (⟨dW, W̄⟩/σ²)·u vᵀ = (dW − c·u vᵀ)/σ,  c = ⟨dW, W⟩ per group (computed before:
+// a product and a sum_to), one pass instead of the division's and σ's rules (eight launches).
+// Mirrors src/backend/cpu/norm.rs (spectral_divide_backward). Exact division (no fast-math).
+extern "C" __global__ void norm_spectral_divide_bwd_f32(SpectralDivideBwdParams p, const float* __restrict__ dw,
+                                                        const float* __restrict__ c, const float* __restrict__ u,
+                                                        const float* __restrict__ v,
+                                                        const float* __restrict__ sigma, float* __restrict__ dw_bar) {
+  DPGAN_FOR_EACH(e, p.n) {
+    const uint32_t i = (uint32_t)e;
+    const uint32_t g = dpgan::fast_div(p.matrix, i);
+    const uint32_t in_group = i - g * p.matrix.divisor;
+    const uint32_t row = dpgan::fast_div(p.cols, in_group);
+    const uint32_t col = in_group - row * p.cols.divisor;
+    const float along = c[g] * u[g * p.rows + row];
+    dw_bar[e] = (dw[e] - along * v[(int64_t)g * p.cols.divisor + col]) / sigma[g];
+  }
+}

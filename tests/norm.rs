@@ -1,6 +1,7 @@
 //! Spectral norm's power iteration: one step (u', v and its σ = u'ᵀWv) against a plain f64 power
 //! iteration, convergence of σ to the top singular value (known by construction, or from the Gram matrix), G > 1 with a
-//! different matrix per group, the 1e-12 guard on zero and tiny inputs, and shape errors.
+//! different matrix per group, the 1e-12 guard on zero and tiny inputs, and shape errors; the
+//! gradient of W = W̄/σ (`spectral_divide_backward`) against an f64 oracle on every backend.
 mod common;
 
 use common::{assert_close, assert_close_f64, on_cuda, randn_vec, tol};
@@ -335,4 +336,97 @@ fn power_iteration_cuda_guard_matches_cpu() {
             check_cuda_step(dev, &format!("first group zero {dims:?}"), mixed, u, dims);
         }
     });
+}
+
+/// `(dW − c·u vᵀ)/σ` in plain f64 loops: the oracle of `spectral_divide_backward`.
+fn spectral_divide_oracle(
+    dw: &[f64],
+    c: &[f64],
+    u: &[f64],
+    v: &[f64],
+    sigma: &[f64],
+    (groups, rows, cols): (usize, usize, usize),
+) -> Vec<f64> {
+    let mut out = Vec::new();
+    for g in 0..groups {
+        for r in 0..rows {
+            for k in 0..cols {
+                out.push((dw[(g * rows + r) * cols + k] - c[g] * u[g * rows + r] * v[g * cols + k]) / sigma[g]);
+            }
+        }
+    }
+    out
+}
+
+/// The gradient of spectral norm's division, on the CPU (f32 and f64) against the oracle and on
+/// the GPU against the CPU, with poisoned outputs, through the shapes the models use (a conv's
+/// 64 × 25, a linear's 1 × 4096), G > 1, block tails, a single column and empty dims.
+/// F32_ELEMENTWISE on the CPU's f32 (each element rounded once from f64); F32_ELEMENTWISE on the
+/// GPU too: the kernel rounds c·u, the difference and the quotient (three roundings, ≤ 2e-7
+/// relative each, up to cancellation in the difference, which the relative-norm comparison bounds).
+#[test]
+fn spectral_divide_backward_matches_the_oracle_on_every_backend() {
+    let mut rng = common::rng("spectral_divide_backward_matches_the_oracle_on_every_backend");
+    let shapes = [(1, 1, 1), (3, 7, 12), (4, 64, 25), (1, 1, 4096), (2, 33, 513), (5, 3, 1), (2, 0, 3), (0, 4, 5)];
+    let mut cases = Vec::new();
+    for dims @ (groups, rows, cols) in shapes {
+        let dw = randn_vec(&mut rng, groups * rows * cols);
+        let c = randn_vec(&mut rng, groups);
+        let u = randn_vec(&mut rng, groups * rows);
+        let v = randn_vec(&mut rng, groups * cols);
+        let sigma: Vec<f32> = (0..groups).map(|_| rng.random_range(0.5f32..3.0)).collect();
+        cases.push((dims, dw, c, u, v, sigma));
+    }
+    let tensors = |dims: (usize, usize, usize), parts: [&Vec<f32>; 5], device: &Device| -> Vec<Tensor> {
+        let (g, r, k) = dims;
+        let shapes: [&[usize]; 5] = [&[g, r, k], &[g], &[g, r], &[g, k], &[g]];
+        parts.iter().zip(shapes).map(|(x, s)| Tensor::from_vec(x.to_vec(), s, device).unwrap()).collect()
+    };
+    for (dims, dw, c, u, v, sigma) in &cases {
+        let f64s = [dw, c, u, v, sigma].map(|x| to_f64(x));
+        let expected = spectral_divide_oracle(&f64s[0], &f64s[1], &f64s[2], &f64s[3], &f64s[4], *dims);
+        let t = tensors(*dims, [dw, c, u, v, sigma], &Device::Cpu);
+        let got = ops::spectral_divide_backward(&t[0], &t[1], &t[2], &t[3], &t[4]).unwrap();
+        assert_eq!(got.shape(), t[0].shape(), "{dims:?}: shape");
+        assert_close(
+            &format!("cpu f32 {dims:?}"),
+            &got.to_vec().unwrap(),
+            &expected.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            tol::F32_ELEMENTWISE,
+        );
+        let t64: Vec<Tensor> = t.iter().map(|x| Tensor::from_vec_f64(x.to_vec_f64().unwrap(), x.shape()).unwrap()).collect();
+        let got64 = ops::spectral_divide_backward(&t64[0], &t64[1], &t64[2], &t64[3], &t64[4]).unwrap();
+        assert_close_f64(&format!("cpu f64 {dims:?}"), &got64.to_vec_f64().unwrap(), &expected, tol::F64_TIGHT);
+    }
+    on_cuda("spectral_divide_backward_matches_the_oracle_on_every_backend", |dev| {
+        for (dims, dw, c, u, v, sigma) in &cases {
+            let cpu = tensors(*dims, [dw, c, u, v, sigma], &Device::Cpu);
+            let expected = ops::spectral_divide_backward(&cpu[0], &cpu[1], &cpu[2], &cpu[3], &cpu[4]).unwrap().to_vec().unwrap();
+            let t = tensors(*dims, [dw, c, u, v, sigma], dev);
+            let got = ops::spectral_divide_backward(&t[0], &t[1], &t[2], &t[3], &t[4]).unwrap();
+            assert_eq!(got.shape(), t[0].shape(), "cuda {dims:?}: shape");
+            assert_close(&format!("cuda {dims:?}"), &got.to_vec().unwrap(), &expected, tol::F32_ELEMENTWISE);
+        }
+    });
+}
+
+#[test]
+fn spectral_divide_backward_shape_errors_are_errors_not_panics() {
+    let mut rng = common::rng("spectral_divide_backward_shape_errors_are_errors_not_panics");
+    let mut t = |s: &[usize]| common::randn(&mut rng, s);
+    let (dw, c, u, v, sigma) = (t(&[2, 5, 8]), t(&[2]), t(&[2, 5]), t(&[2, 8]), t(&[2]));
+    for (what, result) in [
+        ("dW rank 2", ops::spectral_divide_backward(&t(&[10, 8]), &c, &u, &v, &sigma)),
+        ("c length", ops::spectral_divide_backward(&dw, &t(&[3]), &u, &v, &sigma)),
+        ("σ length", ops::spectral_divide_backward(&dw, &c, &u, &v, &t(&[1]))),
+        ("u rows", ops::spectral_divide_backward(&dw, &c, &t(&[2, 8]), &v, &sigma)),
+        ("v cols", ops::spectral_divide_backward(&dw, &c, &u, &t(&[2, 5]), &sigma)),
+        ("dtypes", ops::spectral_divide_backward(&dw, &Tensor::from_vec_f64(vec![1.0; 2], &[2]).unwrap(), &u, &v, &sigma)),
+    ] {
+        match result {
+            Err(Error::Shape { op, msg }) => eprintln!("{what}: {op}: {msg}"),
+            Err(e) => panic!("{what}: expected a shape error, got {e}"),
+            Ok(_) => panic!("{what}: expected a shape error"),
+        }
+    }
 }

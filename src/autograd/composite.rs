@@ -70,9 +70,6 @@ impl Tape {
     /// `W̄ / s` for `sigma` = `uᵀ W̄ v` computed elsewhere (the power iteration's), with the
     /// gradient of [`Tape::divide_by_sigma`].
     pub fn divide_by_given_sigma(&self, w_bar: &Tensor, u: &Tensor, v: &Tensor, sigma: Tensor) -> Result<Tensor> {
-        let sigma = self.spectral_sigma(w_bar, u, v, sigma)?;
-        let mut sigma_shape = vec![1; w_bar.rank()];
-        sigma_shape[0] = w_bar.shape()[0];
-        self.div(w_bar, &self.reshape(&sigma, &sigma_shape)?)
+        self.spectral_divide(w_bar, u, v, &sigma)
     }
 }

@@ -88,6 +88,12 @@ impl Tape {
         self.state.borrow_mut().retained.insert(t.id());
     }
 
+    /// Whether new ops are recorded now: false inside a first-order backward pass, whose rules may
+    /// then compute with fused, non-differentiable kernels.
+    fn is_recording(&self) -> bool {
+        self.state.borrow().recording
+    }
+
     /// Whether gradients flow to `t`.
     pub fn is_tracked(&self, t: &Tensor) -> bool {
         self.state.borrow().tracked.contains(&t.id())

@@ -91,6 +91,15 @@ pub enum Saved {
         v: Tensor,
         w_shape: Vec<usize>,
     },
+    /// `W = W̄/σ` with `σ` `[G]` = `uᵀW̄v` and `u`, `v` constants (spectral norm): the gradient
+    /// flows into W̄ directly and through σ, in one rule.
+    SpectralDivide {
+        w_bar: Tensor,
+        w: Tensor,
+        u: Tensor,
+        v: Tensor,
+        sigma: Tensor,
+    },
 }
 
 impl Tape {
@@ -218,6 +227,35 @@ impl Tape {
             sigma.shape()
         );
         Ok(self.record(sigma, &[w_bar], || Saved::SpectralSigma { u: u.clone(), v: v.clone(), w_shape: s.to_vec() }))
+    }
+
+    /// `W̄ / σ` per group for `sigma` `[G]` = `uᵀW̄v` computed elsewhere (the power iteration's),
+    /// with `u` `[G, O]` and `v` `[G, I]` held constant: the gradient flows through σ into W̄ as in
+    /// PyTorch's spectral norm. One recorded op whose first-order rule is three launches
+    /// (`ops::spectral_divide_backward`), where a division and [`Tape::spectral_sigma`] took eight.
+    pub fn spectral_divide(&self, w_bar: &Tensor, u: &Tensor, v: &Tensor, sigma: &Tensor) -> Result<Tensor> {
+        let s = w_bar.shape();
+        crate::error::ensure_shape!(s.len() >= 3, "spectral_divide", "needs W̄ [G, O, ...], got {s:?}");
+        let (g, rows) = (s[0], s[1]);
+        let cols = w_bar.numel() / (g * rows).max(1);
+        crate::error::ensure_shape!(
+            u.shape() == [g, rows] && v.shape() == [g, cols] && sigma.shape() == [g],
+            "spectral_divide",
+            "u {:?}, v {:?} and σ {:?} do not fit W̄ {s:?}",
+            u.shape(),
+            v.shape(),
+            sigma.shape()
+        );
+        let mut per_group = vec![1; s.len()];
+        per_group[0] = g;
+        let w = raw::binary(BinaryOp::Div, w_bar, &sigma.reshape(&per_group)?)?;
+        Ok(self.record(w.clone(), &[w_bar], || Saved::SpectralDivide {
+            w_bar: w_bar.clone(),
+            w,
+            u: u.clone(),
+            v: v.clone(),
+            sigma: sigma.clone(),
+        }))
     }
 
     /// Grouped matrix product (see `backend::MatmulGeometry`).

@@ -92,7 +92,27 @@ pub(super) fn backward(tape: &Tape, saved: &Saved, dy: &Tensor, needs: &[bool]) 
             let scaled = tape.mul(&outer, &tape.reshape(dy, &[g, 1, 1])?)?;
             vec![Some(tape.reshape(&scaled, w_shape)?)]
         }
+        Saved::SpectralDivide { w_bar, w, u, v, sigma } => vec![Some(spectral_divide(tape, w_bar, w, u, v, sigma, dy)?)],
     })
+}
+
+/// `dW̄` of `W = W̄/σ`, `σ = uᵀW̄v`: `dW/σ − (⟨dW, W̄⟩/σ²)·u vᵀ = (dW − ⟨dW, W⟩·u vᵀ)/σ` per group.
+/// A first-order pass takes three launches (the product, its per-group sum and
+/// `spectral_divide_backward`); a recorded one builds the same value from tape ops, with σ
+/// recorded as a function of W̄, so that it can be differentiated again.
+fn spectral_divide(tape: &Tape, w_bar: &Tensor, w: &Tensor, u: &Tensor, v: &Tensor, sigma: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let s = w_bar.shape();
+    let (g, rows, cols) = (s[0], u.shape()[1], v.shape()[1]);
+    let mut per_group = vec![1; s.len()];
+    per_group[0] = g;
+    if tape.is_recording() {
+        let sigma = tape.reshape(&tape.spectral_sigma(w_bar, u, v, sigma.clone())?, &per_group)?;
+        let c = tape.sum_to(&tape.mul(dy, &tape.div(w_bar, &sigma)?)?, &per_group)?;
+        let outer = raw::matmul(&u.reshape(&[g, rows, 1])?, &v.reshape(&[g, cols, 1])?, false, true)?.reshape(s)?;
+        return tape.div(&tape.sub(dy, &tape.mul(&outer, &c)?)?, &sigma);
+    }
+    let c = raw::sum_to(&raw::binary(BinaryOp::Mul, dy, w)?, &per_group)?.reshape(&[g])?;
+    raw::spectral_divide_backward(&dy.reshape(&[g, rows, cols])?, &c, u, v, sigma)?.reshape(s)
 }
 
 /// Gradients of `out = op(a, b)` before reduction to the operands' shapes, each only if wanted.

@@ -204,6 +204,10 @@ pub trait Backend {
     /// `v = normalize(wᵀu)`, `u' = normalize(w v)`, `normalize(x) = x / max(‖x‖, 1e-12)`, and the
     /// estimate `σ = u'ᵀ w v` from the `w v` just computed. No gradient flows through it.
     fn power_iteration(&self, w: &Tensor, u: &Tensor) -> Result<PowerIteration>;
+    /// The gradient of spectral norm's `W = W̄/σ`, `σ = uᵀW̄v` with `u` `[G, O]` and `v` `[G, I]`
+    /// held constant: `dW̄ = (dW − c·u vᵀ)/σ` per group for `dW` `[G, O, I]`, given
+    /// `c = ⟨dW, W⟩` `[G]` and `σ` `[G]`.
+    fn spectral_divide_backward(&self, dw: &Tensor, c: &Tensor, u: &Tensor, v: &Tensor, sigma: &Tensor) -> Result<Tensor>;
 
     /// In-place SGD update of `param` from `grad`; `momentum_buf` is required when momentum ≠ 0.
     fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Tensor>, hp: &SgdParams) -> Result<()>;

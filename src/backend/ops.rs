@@ -336,6 +336,25 @@ pub fn power_iteration(w: &Tensor, u: &Tensor) -> Result<PowerIteration> {
     dispatch("power_iteration", &dev).power_iteration(w, u)
 }
 
+/// The gradient of spectral norm's `W = W̄/σ` (see `Backend::spectral_divide_backward`): `dw`
+/// `[G, O, I]`, `c = ⟨dW, W⟩` and `σ` `[G]`, `u` `[G, O]`, `v` `[G, I]`.
+pub fn spectral_divide_backward(dw: &Tensor, c: &Tensor, u: &Tensor, v: &Tensor, sigma: &Tensor) -> Result<Tensor> {
+    let dev = device_of("spectral_divide_backward", &[dw, c, u, v, sigma])?;
+    ensure_shape!(dw.rank() == 3, "spectral_divide_backward", "dW must be viewed as [G, O, I], got {:?}", dw.shape());
+    let (g, rows, cols) = (dw.shape()[0], dw.shape()[1], dw.shape()[2]);
+    ensure_shape!(
+        c.shape() == [g] && sigma.shape() == [g] && u.shape() == [g, rows] && v.shape() == [g, cols],
+        "spectral_divide_backward",
+        "c {:?}, σ {:?}, u {:?} and v {:?} do not fit dW {:?}",
+        c.shape(),
+        sigma.shape(),
+        u.shape(),
+        v.shape(),
+        dw.shape()
+    );
+    dispatch("spectral_divide_backward", &dev).spectral_divide_backward(dw, c, u, v, sigma)
+}
+
 pub fn sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Tensor>, hp: &SgdParams) -> Result<()> {
     let dev = device_of("sgd_step", &[param, grad])?;
     ensure_shape!(param.shape() == grad.shape(), "sgd_step", "param {:?} and grad {:?} differ", param.shape(), grad.shape());

@@ -16,7 +16,7 @@ pub use conv::{conv2d_fwd, conv2d_input_grad, conv2d_weight_grad};
 pub use dp::{add_gaussian_noise_and_divide, conv2d_weight_grad_sq_norms, f32_toward_zero, noised_gradient, sanitize_rows};
 pub use elementwise::{binary_broadcast, broadcast_strides, unary_map};
 pub use gemm::gemm_grouped;
-pub use norm::power_iteration;
+pub use norm::{power_iteration, spectral_divide_backward};
 pub use optim::{adam_update, ema_update, sgd_update};
 pub use pool::{max_pool2x2_gather, max_pool2x2_scatter, sum_pool2x2, upsample_nearest2x};
 pub use real::Real;
@@ -139,6 +139,14 @@ impl Backend for Cpu {
         by_dtype!(w.dtype(), T => {
             let (u_new, v, sigma) = power_iteration(T::host(w), T::host(u), s[0], s[1], s[2]);
             Ok(PowerIteration { u: T::wrap(u_new, &[s[0], s[1]])?, v: T::wrap(v, &[s[0], s[2]])?, sigma: T::wrap(sigma, &[s[0]])? })
+        })
+    }
+
+    fn spectral_divide_backward(&self, dw: &Tensor, c: &Tensor, u: &Tensor, v: &Tensor, sigma: &Tensor) -> Result<Tensor> {
+        let (rows, cols) = (dw.shape()[1], dw.shape()[2]);
+        by_dtype!(dw.dtype(), T => {
+            let out = spectral_divide_backward(T::host(dw), T::host(c), T::host(u), T::host(v), T::host(sigma), rows, cols);
+            T::wrap(out, dw.shape())
         })
     }
 

@@ -1,4 +1,4 @@
-//! Spectral norm's power iteration (f64 accumulation).
+//! Spectral norm: the power iteration (f64 accumulation) and the gradient of `W = W̄/σ`.
 use super::Real;
 
 /// L2-normalise with PyTorch's guard: `x / max(‖x‖, 1e-12)`. Returns `x'ᵀx` for the normalised
@@ -36,4 +36,18 @@ pub fn power_iteration<T: Real>(w: &[T], u: &[T], groups: usize, rows: usize, co
         v_out.extend(v.iter().map(|&x| T::of_f64(x)));
     }
     (u_out, v_out, sigma)
+}
+
+/// The gradient of `W = W̄/σ` with `σ = uᵀW̄v` (u, v constants) for `W̄` `[G, O, I]`:
+/// `dW̄ = (dW − c·u vᵀ)/σ` per group, `c = ⟨dW, W⟩` given (`[G]`). Each element in f64, rounded
+/// once (`norm_spectral_divide_bwd_f32` rounds `c·u` and the quotient in f32).
+pub fn spectral_divide_backward<T: Real>(dw: &[T], c: &[T], u: &[T], v: &[T], sigma: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(dw.len());
+    for (e, d) in dw.iter().enumerate() {
+        let (g, in_group) = (e / (rows * cols), e % (rows * cols));
+        let (row, col) = (in_group / cols, in_group % cols);
+        let along = c[g].f64() * u[g * rows + row].f64();
+        out.push(T::of_f64((d.f64() - along * v[g * cols + col].f64()) / sigma[g].f64()));
+    }
+    out
 }

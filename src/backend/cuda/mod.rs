@@ -118,6 +118,10 @@ impl Backend for CudaDevice {
         norm::power_iteration(buffer(w).device(), w, u)
     }
 
+    fn spectral_divide_backward(&self, dw: &Tensor, c: &Tensor, u: &Tensor, v: &Tensor, sigma: &Tensor) -> Result<Tensor> {
+        norm::spectral_divide_backward(buffer(dw).device(), dw, c, u, v, sigma)
+    }
+
     fn sgd_step(&self, param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Tensor>, hp: &SgdParams) -> Result<()> {
         optim::sgd_step(buffer(grad).device(), param, grad, momentum_buf, hp)
     }

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::device::CudaDevice;
+use super::elementwise::grid_for;
 use super::module::Kernel;
-use super::params::PowerIterationParams;
+use super::params::{FastDivmod, PowerIterationParams, SpectralDivideBwdParams};
 use super::{buffer, launched, output};
 use crate::backend::PowerIteration;
 use crate::error::{Error, Result};
@@ -129,4 +130,49 @@ pub(crate) fn power_iteration(dev: &Arc<CudaDevice>, w: &Tensor, u: &Tensor) -> 
         // v_raw is freed in stream order, after the launches that read it.
     }
     done(u_out, v, sigma)
+}
+/// `dW̄ = (dW − c·u vᵀ)/σ` per group for `dW` `[G, O, I]`, `c` and `σ` `[G]`, `u` `[G, O]`, `v`
+/// `[G, I]` (shapes checked by ops): one elementwise pass.
+pub(crate) fn spectral_divide_backward(
+    dev: &Arc<CudaDevice>,
+    dw: &Tensor,
+    c: &Tensor,
+    u: &Tensor,
+    v: &Tensor,
+    sigma: &Tensor,
+) -> Result<Tensor> {
+    let (rows, cols) = (dw.shape()[1], dw.shape()[2]);
+    let n = dw.numel();
+    let mut out = dev.alloc(n)?;
+    if n == 0 {
+        return output(out, dw.shape());
+    }
+    if n > i32::MAX as usize {
+        return Err(Error::shape("spectral_divide_backward", format!("{:?} has {n} elements, past the kernel's 2^31 − 1", dw.shape())));
+    }
+    let p = SpectralDivideBwdParams {
+        n: n as i64,
+        rows: rows as i64,
+        matrix: FastDivmod::new((rows * cols) as u32),
+        cols: FastDivmod::new(cols as u32),
+    };
+    let k = Kernel::SpectralDivideBwd;
+    let _range = crate::profile::range(k.symbol());
+    // SAFETY: dw and out hold n = G·O·I floats, c and σ G, u G·O and v G·I (checked by ops);
+    // element e reads dw[e], c[g], σ[g], u[g, row], v[g, col] for its own (g, row, col) and writes
+    // out[e] only.
+    let r = unsafe {
+        dev.stream()
+            .launch_builder(dev.kernel(k))
+            .arg(&p)
+            .arg(&buffer(dw).slice)
+            .arg(&buffer(c).slice)
+            .arg(&buffer(u).slice)
+            .arg(&buffer(v).slice)
+            .arg(&buffer(sigma).slice)
+            .arg(&mut out.slice)
+            .launch(grid_for(dev, n))
+    };
+    launched(k, r)?;
+    output(out, dw.shape())
 }

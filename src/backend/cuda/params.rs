@@ -62,6 +62,8 @@ unsafe impl DeviceRepr for AxisCopyParams {}
 unsafe impl DeviceRepr for GatherRowsParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for PowerIterationParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for SpectralDivideBwdParams {}
 unsafe impl DeviceRepr for GemmParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for ConvParams {}
@@ -302,6 +304,19 @@ pub struct PowerIterationParams {
     pub cols: i64,
 }
 
+/// The gradient of `W = W̄/σ`, `σ = uᵀW̄v`, over `n = G·O·I < 2^31` elements.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SpectralDivideBwdParams {
+    pub n: i64,
+    /// O.
+    pub rows: i64,
+    /// O·I: an element's group is its index divided by this.
+    pub matrix: FastDivmod,
+    /// I: an element's row within the group is its remainder divided by this.
+    pub cols: FastDivmod,
+}
+
 // The same sizes are asserted on the C side (common.cuh).
 const _: () = assert!(std::mem::size_of::<NoiseKeyParams>() == 48);
 const _: () = assert!(std::mem::size_of::<GaussianNoiseParams>() == 64);
@@ -390,6 +405,7 @@ const _: () = assert!(std::mem::size_of::<Pool2x2Params>() == 40);
 const _: () = assert!(std::mem::size_of::<AxisCopyParams>() == 56);
 const _: () = assert!(std::mem::size_of::<GatherRowsParams>() == 16);
 const _: () = assert!(std::mem::size_of::<PowerIterationParams>() == 24);
+const _: () = assert!(std::mem::size_of::<SpectralDivideBwdParams>() == 48);
 
 #[cfg(test)]
 mod tests {
