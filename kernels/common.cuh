@@ -282,6 +282,16 @@ struct PowerIterationParams {
   int64_t cols;
 };
 
+// Pixel norm over the channels of x viewed as [N, C, P] (N = G·B examples, P = H·W positions):
+// one thread per (n, p), `positions` = N·P of them.
+struct PixelNormParams {
+  int64_t positions;
+  int64_t channels;  // C
+  int64_t plane;     // P
+  float eps;
+  float inv_channels;  // 1/C, rounded once on the host
+};
+
 // The gradient of W = W̄/σ with σ = uᵀW̄v for n = G·O·I elements (n < 2^31): the element index
 // splits into the group (by O·I) and the column (by I).
 struct SpectralDivideBwdParams {
@@ -379,6 +389,7 @@ static_assert(sizeof(AxisCopyParams) == 56, "AxisCopyParams layout");
 static_assert(sizeof(GatherRowsParams) == 16, "GatherRowsParams layout");
 static_assert(sizeof(PowerIterationParams) == 24, "PowerIterationParams layout");
 static_assert(sizeof(SpectralDivideBwdParams) == 48, "SpectralDivideBwdParams layout");
+static_assert(sizeof(PixelNormParams) == 32, "PixelNormParams layout");
 static_assert(sizeof(GemmParams) == 32, "GemmParams layout");
 static_assert(sizeof(ConvParams) == 168, "ConvParams layout");
 static_assert(sizeof(ConvPhase) == 112, "ConvPhase layout");

@@ -159,3 +159,38 @@ extern "C" __global__ void norm_spectral_divide_bwd_f32(SpectralDivideBwdParams 
     dw_bar[e] = (dw[e] - along * v[(int64_t)g * p.cols.divisor + col]) / sigma[g];
   }
 }
+
+// Pixel norm, one thread per position (n, p) of x [N, C, P], looping over the C channels (a warp
+// reads 32 adjacent positions of one channel: coalesced):
+//   inv = 1/sqrt(Σ_c x²·(1/C) + eps),  y_c = x_c·inv.
+// inv [N, P] is kept for the backward pass. Mirrors src/backend/cpu/norm.rs (pixel_norm, in f64).
+extern "C" __global__ void norm_pixel_norm_fwd_f32(PixelNormParams p, const float* __restrict__ x,
+                                                   float* __restrict__ y, float* __restrict__ inv_out) {
+  DPGAN_FOR_EACH(pos, p.positions) {
+    const int64_t n = pos / p.plane, q = pos - n * p.plane;
+    const float* x_n = x + n * p.channels * p.plane + q;
+    float sum_sq = 0.0f;
+    for (int64_t c = 0; c < p.channels; ++c) sum_sq += x_n[c * p.plane] * x_n[c * p.plane];
+    const float inv = 1.0f / sqrtf(sum_sq * p.inv_channels + p.eps);
+    float* y_n = y + n * p.channels * p.plane + q;
+    for (int64_t c = 0; c < p.channels; ++c) y_n[c * p.plane] = x_n[c * p.plane] * inv;
+    inv_out[pos] = inv;
+  }
+}
+
+// Its gradient at each position, with s = Σ_c x_c·dy_c:
+//   dx_c = inv·dy_c − x_c·inv³·s/C
+// (the product rule through y = x·inv and inv = (Σx²/C + eps)^(−1/2)), from the forward's inv.
+extern "C" __global__ void norm_pixel_norm_bwd_f32(PixelNormParams p, const float* __restrict__ x,
+                                                   const float* __restrict__ inv_in, const float* __restrict__ dy,
+                                                   float* __restrict__ dx) {
+  DPGAN_FOR_EACH(pos, p.positions) {
+    const int64_t n = pos / p.plane, q = pos - n * p.plane;
+    const int64_t base = n * p.channels * p.plane + q;
+    float s = 0.0f;
+    for (int64_t c = 0; c < p.channels; ++c) s += x[base + c * p.plane] * dy[base + c * p.plane];
+    const float inv = inv_in[pos];
+    const float k = inv * inv * inv * s * p.inv_channels;
+    for (int64_t c = 0; c < p.channels; ++c) dx[base + c * p.plane] = inv * dy[base + c * p.plane] - x[base + c * p.plane] * k;
+  }
+}

@@ -264,6 +264,23 @@ fn backward_errors_name_the_cause() {
 
 grad_test!(pixel_norm, [[2, 2, 3, 2, 2]], [0], |t, x| t.pixel_norm(&x[0], 1e-10));
 
+/// Pixel norm's gradient from its fused first-order rule (`pixel_norm_backward`) and from the tape
+/// ops a recorded backward builds: equal to f64 rounding.
+#[test]
+fn pixel_norm_gradient_is_the_same_fused_and_recorded() {
+    let xs = inputs("pixel_norm_two_ways", &[&[2, 3, 5, 2, 3], &[2, 3, 5, 2, 3]]);
+    let grads: Vec<Vec<f64>> = [false, true]
+        .into_iter()
+        .map(|create_graph| {
+            let tape = Tape::new();
+            tape.watch(&xs[0]);
+            let y = tape.pixel_norm(&xs[0], 1e-3).unwrap();
+            tape.backward_with(&y, xs[1].clone(), create_graph).unwrap().of(&xs[0]).unwrap().to_vec_f64().unwrap()
+        })
+        .collect();
+    assert_close_f64("pixel norm dx, fused against recorded", &grads[0], &grads[1], tol::F64_TIGHT);
+}
+
 /// Spectral norm with u, v held fixed (they come from the power iteration, without gradient): the
 /// gradient flows through s = uᵀW̄v only. The power iteration's own σ (from the W̄v it computed,
 /// summed in another order) equals uᵀW̄v recomputed to f64 rounding (F64_TIGHT).

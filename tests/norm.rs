@@ -430,3 +430,104 @@ fn spectral_divide_backward_shape_errors_are_errors_not_panics() {
         }
     }
 }
+
+/// Pixel norm's forward (`y`, `inv`) and gradient in plain f64 loops over `[N, C, P]`.
+fn pixel_norm_oracle(x: &[f64], dy: &[f64], (n, channels, plane): (usize, usize, usize), eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut y, mut inv_all, mut dx) = (vec![0.0; x.len()], Vec::new(), vec![0.0; x.len()]);
+    for i in 0..n {
+        for q in 0..plane {
+            let at = |c: usize| (i * channels + c) * plane + q;
+            let mean_sq = (0..channels).map(|c| x[at(c)] * x[at(c)]).sum::<f64>() / channels as f64;
+            let inv = 1.0 / (mean_sq + eps).sqrt();
+            let along: f64 = (0..channels).map(|c| x[at(c)] * dy[at(c)]).sum();
+            for c in 0..channels {
+                y[at(c)] = x[at(c)] * inv;
+                dx[at(c)] = inv * dy[at(c)] - x[at(c)] * inv.powi(3) * along / channels as f64;
+            }
+            inv_all.push(inv);
+        }
+    }
+    (y, inv_all, dx)
+}
+
+/// Pixel norm (`ops::pixel_norm` and `ops::pixel_norm_backward`) on the CPU (f32 and f64) against
+/// the oracle, and on the GPU against the CPU with poisoned outputs: GS-WGAN's stem (C = 256 at 4×4)
+/// and blocks, a single channel, a single position, odd sizes past a block, and no examples.
+/// Tolerances: F32_REDUCTION for f32 (the kernels sum up to C = 256 products in f32; the CPU in
+/// f64, rounding once), F64_TIGHT for f64. The single channel takes eps = 0.5: with a tiny eps its
+/// gradient is the cancellation dy·inv·(1 − x²·inv²) ≈ dy·inv·eps/x², whose relative error after
+/// `inv` is rounded to f32 has no bound.
+#[test]
+fn pixel_norm_matches_the_oracle_on_every_backend() {
+    let mut rng = common::rng("pixel_norm_matches_the_oracle_on_every_backend");
+    let shapes: [([usize; 5], f32); 6] = [
+        ([1, 3, 256, 4, 4], 1e-8),
+        ([2, 5, 64, 8, 8], 1e-8),
+        ([1, 2, 1, 7, 7], 0.5),
+        ([1, 4, 33, 1, 1], 1e-8),
+        ([3, 1, 7, 13, 11], 1e-8),
+        ([1, 0, 4, 2, 2], 1e-8),
+    ];
+    let mut cases = Vec::new();
+    for (shape, eps) in shapes {
+        let numel = shape.iter().product();
+        cases.push((shape, eps, randn_vec(&mut rng, numel), randn_vec(&mut rng, numel)));
+    }
+    for &(ref shape, eps, ref x, ref dy) in &cases {
+        let dims = (shape[0] * shape[1], shape[2], shape[3] * shape[4]);
+        let (y_exp, inv_exp, dx_exp) = pixel_norm_oracle(&to_f64(x), &to_f64(dy), dims, f64::from(eps));
+        let narrow = |v: &[f64]| v.iter().map(|&e| e as f32).collect::<Vec<f32>>();
+        let (x32, dy32) =
+            (Tensor::from_vec(x.clone(), shape, &Device::Cpu).unwrap(), Tensor::from_vec(dy.clone(), shape, &Device::Cpu).unwrap());
+        let (x64, dy64) = (Tensor::from_vec_f64(to_f64(x), shape).unwrap(), Tensor::from_vec_f64(to_f64(dy), shape).unwrap());
+        let inv_shape = [shape[0], shape[1], 1, shape[3], shape[4]];
+        let (y, inv) = ops::pixel_norm(&x32, eps).unwrap();
+        assert_eq!((y.shape(), inv.shape()), (&shape[..], &inv_shape[..]), "{shape:?}: shapes");
+        let dx = ops::pixel_norm_backward(&x32, &inv, &dy32).unwrap();
+        assert_close(&format!("cpu f32 y {shape:?}"), &y.to_vec().unwrap(), &narrow(&y_exp), tol::F32_ELEMENTWISE);
+        assert_close(&format!("cpu f32 inv {shape:?}"), &inv.to_vec().unwrap(), &narrow(&inv_exp), tol::F32_ELEMENTWISE);
+        assert_close(&format!("cpu f32 dx {shape:?}"), &dx.to_vec().unwrap(), &narrow(&dx_exp), tol::F32_REDUCTION);
+        let (y, inv) = ops::pixel_norm(&x64, eps).unwrap();
+        let dx = ops::pixel_norm_backward(&x64, &inv, &dy64).unwrap();
+        assert_close_f64(&format!("cpu f64 y {shape:?}"), &y.to_vec_f64().unwrap(), &y_exp, tol::F64_TIGHT);
+        assert_close_f64(&format!("cpu f64 inv {shape:?}"), &inv.to_vec_f64().unwrap(), &inv_exp, tol::F64_TIGHT);
+        assert_close_f64(&format!("cpu f64 dx {shape:?}"), &dx.to_vec_f64().unwrap(), &dx_exp, tol::F64_TIGHT);
+    }
+    on_cuda("pixel_norm_matches_the_oracle_on_every_backend", |dev| {
+        for &(ref shape, eps, ref x, ref dy) in &cases {
+            let (x_cpu, dy_cpu) =
+                (Tensor::from_vec(x.clone(), shape, &Device::Cpu).unwrap(), Tensor::from_vec(dy.clone(), shape, &Device::Cpu).unwrap());
+            let (y_exp, inv_exp) = ops::pixel_norm(&x_cpu, eps).unwrap();
+            let dx_exp = ops::pixel_norm_backward(&x_cpu, &inv_exp, &dy_cpu).unwrap();
+            let (x_dev, dy_dev) = (x_cpu.to_device(dev).unwrap(), dy_cpu.to_device(dev).unwrap());
+            let (y, inv) = ops::pixel_norm(&x_dev, eps).unwrap();
+            let dx = ops::pixel_norm_backward(&x_dev, &inv, &dy_dev).unwrap();
+            assert_close(&format!("cuda y {shape:?}"), &y.to_vec().unwrap(), &y_exp.to_vec().unwrap(), tol::F32_REDUCTION);
+            assert_close(&format!("cuda inv {shape:?}"), &inv.to_vec().unwrap(), &inv_exp.to_vec().unwrap(), tol::F32_REDUCTION);
+            assert_close(&format!("cuda dx {shape:?}"), &dx.to_vec().unwrap(), &dx_exp.to_vec().unwrap(), tol::F32_REDUCTION);
+        }
+    });
+}
+
+#[test]
+fn pixel_norm_errors_are_errors_not_panics() {
+    let mut rng = common::rng("pixel_norm_errors_are_errors_not_panics");
+    let mut t = |s: &[usize]| common::randn(&mut rng, s);
+    let (x, dy, inv) = (t(&[2, 3, 4, 5, 5]), t(&[2, 3, 4, 5, 5]), t(&[2, 3, 1, 5, 5]));
+    for (what, shape_error, result) in [
+        ("x rank 4", true, ops::pixel_norm(&t(&[2, 4, 5, 5]), 1e-8).map(|_| ())),
+        ("no channels", true, ops::pixel_norm(&t(&[2, 3, 0, 5, 5]), 1e-8).map(|_| ())),
+        ("negative eps", false, ops::pixel_norm(&x, -1.0).map(|_| ())),
+        ("NaN eps", false, ops::pixel_norm(&x, f32::NAN).map(|_| ())),
+        ("dy shape", true, ops::pixel_norm_backward(&x, &inv, &t(&[2, 3, 4, 5, 4])).map(|_| ())),
+        ("inv shape", true, ops::pixel_norm_backward(&x, &t(&[2, 3, 4, 5, 5]), &dy).map(|_| ())),
+        ("x rank 3", true, ops::pixel_norm_backward(&t(&[6, 4, 25]), &inv, &dy).map(|_| ())),
+    ] {
+        match (result, shape_error) {
+            (Err(Error::Shape { op, msg }), true) => eprintln!("{what}: {op}: {msg}"),
+            (Err(Error::Invalid(msg)), false) => eprintln!("{what}: {msg}"),
+            (Err(e), _) => panic!("{what}: unexpected error kind: {e}"),
+            (Ok(()), _) => panic!("{what}: expected an error"),
+        }
+    }
+}

@@ -24,16 +24,6 @@ impl Tape {
         self.mul(x, &mask)
     }
 
-    /// Pixel norm over channels of `[G, B, C, H, W]`: `x / sqrt(mean_c x² + eps)` per position.
-    pub fn pixel_norm(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
-        ensure_shape!(x.rank() == 5, "pixel_norm", "needs [G, B, C, H, W], got {:?}", x.shape());
-        let s = x.shape();
-        let channels = s[2] as f32;
-        let sum_sq = self.sum_squares_to(x, &[s[0], s[1], 1, s[3], s[4]])?;
-        let inv = self.rsqrt(&self.affine(&sum_sq, 1.0 / channels, eps)?)?;
-        self.mul(x, &inv)
-    }
-
     /// Spectral normalisation of `w_bar` viewed as `[G, O, I]`: one power iteration updates
     /// `u` `[G, O]` (no gradient) and gives `s = uᵀ W̄ v`, then `W = W̄ / s` with the gradient
     /// flowing through `s` into `W̄` (see [`Tape::divide_by_given_sigma`]). Returns `(W, u', v, s)`;

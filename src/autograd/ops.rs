@@ -91,6 +91,13 @@ pub enum Saved {
         v: Tensor,
         w_shape: Vec<usize>,
     },
+    /// Pixel norm: `x / sqrt(mean_c x² + eps)` per position of `x` `[G, B, C, H, W]`, with the
+    /// factor `inv` the gradient reuses.
+    PixelNorm {
+        x: Tensor,
+        inv: Tensor,
+        eps: f32,
+    },
     /// `W = W̄/σ` with `σ` `[G]` = `uᵀW̄v` and `u`, `v` constants (spectral norm): the gradient
     /// flows into W̄ directly and through σ, in one rule.
     SpectralDivide {
@@ -227,6 +234,14 @@ impl Tape {
             sigma.shape()
         );
         Ok(self.record(sigma, &[w_bar], || Saved::SpectralSigma { u: u.clone(), v: v.clone(), w_shape: s.to_vec() }))
+    }
+
+    /// Pixel norm over the channels of `[G, B, C, H, W]`: `x / sqrt(mean_c x² + eps)` per position.
+    /// One launch forward and one for a first-order backward (`ops::pixel_norm_backward`), where
+    /// the same value from elementwise ops and a sum took four and twelve.
+    pub fn pixel_norm(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
+        let (y, inv) = raw::pixel_norm(x, eps)?;
+        Ok(self.record(y, &[x], || Saved::PixelNorm { x: x.clone(), inv, eps }))
     }
 
     /// `W̄ / σ` per group for `sigma` `[G]` = `uᵀW̄v` computed elsewhere (the power iteration's),

@@ -92,8 +92,28 @@ pub(super) fn backward(tape: &Tape, saved: &Saved, dy: &Tensor, needs: &[bool]) 
             let scaled = tape.mul(&outer, &tape.reshape(dy, &[g, 1, 1])?)?;
             vec![Some(tape.reshape(&scaled, w_shape)?)]
         }
+        Saved::PixelNorm { x, inv, eps } => vec![Some(pixel_norm(tape, x, inv, *eps, dy)?)],
         Saved::SpectralDivide { w_bar, w, u, v, sigma } => vec![Some(spectral_divide(tape, w_bar, w, u, v, sigma, dy)?)],
     })
+}
+
+/// `dx` of pixel norm `y = x·inv`, `inv = (Σ_c x²/C + eps)^(−1/2)`:
+/// `dx = inv·dy − x·inv³·(Σ_c x·dy)/C`. A first-order pass is one launch from the forward's `inv`;
+/// a recorded one builds the same from tape ops with `inv` recomputed as a function of `x`.
+fn pixel_norm(tape: &Tape, x: &Tensor, inv: &Tensor, eps: f32, dy: &Tensor) -> Result<Tensor> {
+    if !tape.is_recording() {
+        return raw::pixel_norm_backward(x, inv, dy);
+    }
+    let s = x.shape();
+    let per_position = [s[0], s[1], 1, s[3], s[4]];
+    // C and eps as tensors of x's dtype, so that an f64 tape divides by C exactly (an affine map
+    // would round 1/C to f32), as the fused rule does.
+    let channels = raw::scalar_like(x, s[2] as f64)?;
+    let mean_sq = tape.div(&tape.sum_squares_to(x, &per_position)?, &channels)?;
+    let inv = tape.rsqrt(&tape.add(&mean_sq, &raw::scalar_like(x, f64::from(eps))?)?)?;
+    let along = tape.div(&tape.sum_to(&tape.mul(x, dy)?, &per_position)?, &channels)?;
+    let k = tape.mul(&tape.mul(&inv, &tape.square(&inv)?)?, &along)?;
+    tape.sub(&tape.mul(dy, &inv)?, &tape.mul(x, &k)?)
 }
 
 /// `dW̄` of `W = W̄/σ`, `σ = uᵀW̄v`: `dW/σ − (⟨dW, W̄⟩/σ²)·u vᵀ = (dW − ⟨dW, W⟩·u vᵀ)/σ` per group.

@@ -204,6 +204,12 @@ pub trait Backend {
     /// `v = normalize(wᵀu)`, `u' = normalize(w v)`, `normalize(x) = x / max(‖x‖, 1e-12)`, and the
     /// estimate `σ = u'ᵀ w v` from the `w v` just computed. No gradient flows through it.
     fn power_iteration(&self, w: &Tensor, u: &Tensor) -> Result<PowerIteration>;
+    /// Pixel norm of `x` `[N, C, P]` over its C channels: `inv = 1/sqrt(Σ_c x²/C + eps)` per
+    /// (n, p) and `y = x·inv`; returns `(y [N, C, P], inv [N, P])`.
+    fn pixel_norm(&self, x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)>;
+    /// The gradient of `pixel_norm` from its input, its `inv` and `dy`:
+    /// `dx_c = inv·dy_c − x_c·inv³·(Σ_c x·dy)/C`.
+    fn pixel_norm_backward(&self, x: &Tensor, inv: &Tensor, dy: &Tensor) -> Result<Tensor>;
     /// The gradient of spectral norm's `W = W̄/σ`, `σ = uᵀW̄v` with `u` `[G, O]` and `v` `[G, I]`
     /// held constant: `dW̄ = (dW − c·u vᵀ)/σ` per group for `dW` `[G, O, I]`, given
     /// `c = ⟨dW, W⟩` `[G]` and `σ` `[G]`.

@@ -336,6 +336,37 @@ pub fn power_iteration(w: &Tensor, u: &Tensor) -> Result<PowerIteration> {
     dispatch("power_iteration", &dev).power_iteration(w, u)
 }
 
+/// Pixel norm over the channels of `x` `[G, B, C, H, W]`: `y = x / sqrt(mean_c x² + eps)` per
+/// position, and the factor `inv = 1/sqrt(mean_c x² + eps)` `[G, B, 1, H, W]` its gradient needs.
+pub fn pixel_norm(x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    ensure_shape!(x.rank() == 5 && x.shape()[2] > 0, "pixel_norm", "needs [G, B, C, H, W] with C ≥ 1, got {:?}", x.shape());
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(Error::Invalid(format!("pixel_norm: eps {eps} must be finite and ≥ 0")));
+    }
+    let s = x.shape();
+    let (n, plane) = (s[0] * s[1], s[3] * s[4]);
+    let (y, inv) = dispatch("pixel_norm", &x.device()).pixel_norm(&x.reshape(&[n, s[2], plane])?, eps)?;
+    Ok((y.reshape(s)?, inv.reshape(&[s[0], s[1], 1, s[3], s[4]])?))
+}
+
+/// The gradient of [`pixel_norm`] at `x` `[G, B, C, H, W]` from its `inv` `[G, B, 1, H, W]` and `dy`.
+pub fn pixel_norm_backward(x: &Tensor, inv: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let dev = device_of("pixel_norm_backward", &[x, inv, dy])?;
+    ensure_shape!(x.rank() == 5, "pixel_norm_backward", "needs x [G, B, C, H, W], got {:?}", x.shape());
+    let s = x.shape();
+    ensure_shape!(
+        dy.shape() == s && inv.shape() == [s[0], s[1], 1, s[3], s[4]],
+        "pixel_norm_backward",
+        "dy {:?} and inv {:?} do not fit x {s:?}",
+        dy.shape(),
+        inv.shape()
+    );
+    let (n, plane) = (s[0] * s[1], s[3] * s[4]);
+    let flat = |t: &Tensor, c: usize| t.reshape(&[n, c, plane]);
+    let inv = inv.reshape(&[n, plane])?;
+    dispatch("pixel_norm_backward", &dev).pixel_norm_backward(&flat(x, s[2])?, &inv, &flat(dy, s[2])?)?.reshape(s)
+}
+
 /// The gradient of spectral norm's `W = W̄/σ` (see `Backend::spectral_divide_backward`): `dw`
 /// `[G, O, I]`, `c = ⟨dW, W⟩` and `σ` `[G]`, `u` `[G, O]`, `v` `[G, I]`.
 pub fn spectral_divide_backward(dw: &Tensor, c: &Tensor, u: &Tensor, v: &Tensor, sigma: &Tensor) -> Result<Tensor> {

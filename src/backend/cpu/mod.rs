@@ -16,7 +16,7 @@ pub use conv::{conv2d_fwd, conv2d_input_grad, conv2d_weight_grad};
 pub use dp::{add_gaussian_noise_and_divide, conv2d_weight_grad_sq_norms, f32_toward_zero, noised_gradient, sanitize_rows};
 pub use elementwise::{binary_broadcast, broadcast_strides, unary_map};
 pub use gemm::gemm_grouped;
-pub use norm::{power_iteration, spectral_divide_backward};
+pub use norm::{pixel_norm, pixel_norm_backward, power_iteration, spectral_divide_backward};
 pub use optim::{adam_update, ema_update, sgd_update};
 pub use pool::{max_pool2x2_gather, max_pool2x2_scatter, sum_pool2x2, upsample_nearest2x};
 pub use real::Real;
@@ -140,6 +140,19 @@ impl Backend for Cpu {
             let (u_new, v, sigma) = power_iteration(T::host(w), T::host(u), s[0], s[1], s[2]);
             Ok(PowerIteration { u: T::wrap(u_new, &[s[0], s[1]])?, v: T::wrap(v, &[s[0], s[2]])?, sigma: T::wrap(sigma, &[s[0]])? })
         })
+    }
+
+    fn pixel_norm(&self, x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+        let s = x.shape();
+        by_dtype!(x.dtype(), T => {
+            let (y, inv) = pixel_norm(T::host(x), s[0], s[1], s[2], eps);
+            Ok((T::wrap(y, s)?, T::wrap(inv, &[s[0], s[2]])?))
+        })
+    }
+
+    fn pixel_norm_backward(&self, x: &Tensor, inv: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let s = x.shape();
+        by_dtype!(x.dtype(), T => T::wrap(pixel_norm_backward(T::host(x), T::host(inv), T::host(dy), s[1], s[2]), s))
     }
 
     fn spectral_divide_backward(&self, dw: &Tensor, c: &Tensor, u: &Tensor, v: &Tensor, sigma: &Tensor) -> Result<Tensor> {

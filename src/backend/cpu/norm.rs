@@ -1,4 +1,5 @@
-//! Spectral norm: the power iteration (f64 accumulation) and the gradient of `W = W̄/σ`.
+//! Spectral norm (the power iteration, the gradient of `W = W̄/σ`) and pixel norm, accumulating
+//! in f64.
 use super::Real;
 
 /// L2-normalise with PyTorch's guard: `x / max(‖x‖, 1e-12)`. Returns `x'ᵀx` for the normalised
@@ -50,4 +51,40 @@ pub fn spectral_divide_backward<T: Real>(dw: &[T], c: &[T], u: &[T], v: &[T], si
         out.push(T::of_f64((d.f64() - along * v[g * cols + col].f64()) / sigma[g].f64()));
     }
     out
+}
+
+/// Pixel norm of `x` `[N, C, P]` over its channels: `inv = 1/sqrt(Σ_c x²/C + eps)` per (n, p) and
+/// `y = x·inv`. Returns `(y [N, C, P], inv [N, P])`.
+pub fn pixel_norm<T: Real>(x: &[T], n: usize, channels: usize, plane: usize, eps: f32) -> (Vec<T>, Vec<T>) {
+    let mut y = vec![T::of(0.0); x.len()];
+    let mut inv_out = Vec::with_capacity(n * plane);
+    for i in 0..n {
+        for q in 0..plane {
+            let at = |c: usize| (i * channels + c) * plane + q;
+            let sum_sq: f64 = (0..channels).map(|c| x[at(c)].f64() * x[at(c)].f64()).sum();
+            let inv = 1.0 / (sum_sq / channels as f64 + f64::from(eps)).sqrt();
+            for c in 0..channels {
+                y[at(c)] = T::of_f64(x[at(c)].f64() * inv);
+            }
+            inv_out.push(T::of_f64(inv));
+        }
+    }
+    (y, inv_out)
+}
+
+/// The gradient of [`pixel_norm`]: `dx_c = inv·dy_c − x_c·inv³·(Σ_c x·dy)/C` per (n, p), from the
+/// forward's `inv` `[N, P]`.
+pub fn pixel_norm_backward<T: Real>(x: &[T], inv: &[T], dy: &[T], channels: usize, plane: usize) -> Vec<T> {
+    let mut dx = vec![T::of(0.0); x.len()];
+    for (pos, inv) in inv.iter().enumerate() {
+        let (i, q) = (pos / plane, pos % plane);
+        let at = |c: usize| (i * channels + c) * plane + q;
+        let inv = inv.f64();
+        let s: f64 = (0..channels).map(|c| x[at(c)].f64() * dy[at(c)].f64()).sum();
+        let k = inv * inv * inv * s / channels as f64;
+        for c in 0..channels {
+            dx[at(c)] = T::of_f64(inv * dy[at(c)].f64() - x[at(c)].f64() * k);
+        }
+    }
+    dx
 }

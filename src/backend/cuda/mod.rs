@@ -118,6 +118,14 @@ impl Backend for CudaDevice {
         norm::power_iteration(buffer(w).device(), w, u)
     }
 
+    fn pixel_norm(&self, x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+        norm::pixel_norm(buffer(x).device(), x, eps)
+    }
+
+    fn pixel_norm_backward(&self, x: &Tensor, inv: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        norm::pixel_norm_backward(buffer(x).device(), x, inv, dy)
+    }
+
     fn spectral_divide_backward(&self, dw: &Tensor, c: &Tensor, u: &Tensor, v: &Tensor, sigma: &Tensor) -> Result<Tensor> {
         norm::spectral_divide_backward(buffer(dw).device(), dw, c, u, v, sigma)
     }

@@ -63,6 +63,8 @@ kernel_table! {
     PowerIterationWv => "norm_power_iteration_wv_fwd_f32",
     PowerIterationNormalizeU => "norm_power_iteration_normalize_u_fwd_f32",
     SpectralDivideBwd => "norm_spectral_divide_bwd_f32",
+    PixelNorm => "norm_pixel_norm_fwd_f32",
+    PixelNormBwd => "norm_pixel_norm_bwd_f32",
     GemmNN => "gemm_grouped_nn_fwd_f32",
     GemmTN => "gemm_grouped_tn_fwd_f32",
     GemmNT => "gemm_grouped_nt_fwd_f32",

@@ -11,7 +11,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use super::device::CudaDevice;
 use super::elementwise::grid_for;
 use super::module::Kernel;
-use super::params::{FastDivmod, PowerIterationParams, SpectralDivideBwdParams};
+use super::params::{FastDivmod, PixelNormParams, PowerIterationParams, SpectralDivideBwdParams};
 use super::{buffer, launched, output};
 use crate::backend::PowerIteration;
 use crate::error::{Error, Result};
@@ -175,4 +175,64 @@ pub(crate) fn spectral_divide_backward(
     };
     launched(k, r)?;
     output(out, dw.shape())
+}
+fn pixel_norm_params(x: &Tensor, eps: f32) -> PixelNormParams {
+    let s = x.shape();
+    PixelNormParams {
+        positions: (s[0] * s[2]) as i64,
+        channels: s[1] as i64,
+        plane: s[2] as i64,
+        eps,
+        inv_channels: (1.0 / s[1].max(1) as f64) as f32,
+    }
+}
+
+/// Pixel norm of `x` `[N, C, P]` (checked by ops): `(y [N, C, P], inv [N, P])`, one launch.
+pub(crate) fn pixel_norm(dev: &Arc<CudaDevice>, x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    let s = x.shape();
+    let mut y = dev.alloc(x.numel())?;
+    let mut inv = dev.alloc(s[0] * s[2])?;
+    let p = pixel_norm_params(x, eps);
+    if p.positions > 0 {
+        let k = Kernel::PixelNorm;
+        let _range = crate::profile::range(k.symbol());
+        // SAFETY: x and y hold N·C·P floats, inv N·P; the thread of position (n, p) reads and
+        // writes x, y at (n, c, p) for c < C and inv at (n, p) only.
+        let r = unsafe {
+            dev.stream()
+                .launch_builder(dev.kernel(k))
+                .arg(&p)
+                .arg(&buffer(x).slice)
+                .arg(&mut y.slice)
+                .arg(&mut inv.slice)
+                .launch(grid_for(dev, s[0] * s[2]))
+        };
+        launched(k, r)?;
+    }
+    Ok((output(y, s)?, output(inv, &[s[0], s[2]])?))
+}
+
+/// The gradient of [`pixel_norm`] from `x`, its `inv` and `dy` (checked by ops), one launch.
+pub(crate) fn pixel_norm_backward(dev: &Arc<CudaDevice>, x: &Tensor, inv: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let s = x.shape();
+    let mut dx = dev.alloc(x.numel())?;
+    let p = pixel_norm_params(x, 0.0);
+    if p.positions > 0 {
+        let k = Kernel::PixelNormBwd;
+        let _range = crate::profile::range(k.symbol());
+        // SAFETY: x, dy and dx hold N·C·P floats, inv N·P; the thread of position (n, p) reads x,
+        // dy at (n, c, p) for c < C and inv at (n, p), and writes dx at (n, c, p) only.
+        let r = unsafe {
+            dev.stream()
+                .launch_builder(dev.kernel(k))
+                .arg(&p)
+                .arg(&buffer(x).slice)
+                .arg(&buffer(inv).slice)
+                .arg(&buffer(dy).slice)
+                .arg(&mut dx.slice)
+                .launch(grid_for(dev, s[0] * s[2]))
+        };
+        launched(k, r)?;
+    }
+    output(dx, s)
 }

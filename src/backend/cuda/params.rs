@@ -64,6 +64,8 @@ unsafe impl DeviceRepr for GatherRowsParams {}
 unsafe impl DeviceRepr for PowerIterationParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for SpectralDivideBwdParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for PixelNormParams {}
 unsafe impl DeviceRepr for GemmParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for ConvParams {}
@@ -304,6 +306,20 @@ pub struct PowerIterationParams {
     pub cols: i64,
 }
 
+/// Pixel norm over the channels of `x` viewed as `[N, C, P]`: one thread per (n, p).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PixelNormParams {
+    /// N·P.
+    pub positions: i64,
+    pub channels: i64,
+    /// P = H·W.
+    pub plane: i64,
+    pub eps: f32,
+    /// 1/C rounded once.
+    pub inv_channels: f32,
+}
+
 /// The gradient of `W = W̄/σ`, `σ = uᵀW̄v`, over `n = G·O·I < 2^31` elements.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -406,6 +422,7 @@ const _: () = assert!(std::mem::size_of::<AxisCopyParams>() == 56);
 const _: () = assert!(std::mem::size_of::<GatherRowsParams>() == 16);
 const _: () = assert!(std::mem::size_of::<PowerIterationParams>() == 24);
 const _: () = assert!(std::mem::size_of::<SpectralDivideBwdParams>() == 48);
+const _: () = assert!(std::mem::size_of::<PixelNormParams>() == 32);
 
 #[cfg(test)]
 mod tests {
