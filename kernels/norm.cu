@@ -143,7 +143,7 @@ extern "C" __global__ void norm_power_iteration_normalize_u_fwd_f32(PowerIterati
 
 // The gradient of spectral norm's W = W̄/σ with σ = uᵀW̄v (u, v constants) for W̄ [G, O, I]:
 //   dW̄ = dW/σ − (⟨dW, W̄⟩/σ²)·u vᵀ = (dW − c·u vᵀ)/σ,  c = ⟨dW, W⟩ per group (computed before:
-// a product and a sum_to), one pass instead of the division's and σ's rules (eight launches).
+// sum_products_to), one pass instead of the division's and σ's rules (eight launches).
 // Mirrors src/backend/cpu/norm.rs (spectral_divide_backward). Exact division (no fast-math).
 extern "C" __global__ void norm_spectral_divide_bwd_f32(SpectralDivideBwdParams p, const float* __restrict__ dw,
                                                         const float* __restrict__ c, const float* __restrict__ u,

@@ -39,10 +39,22 @@ __device__ __forceinline__ SplitRange split_range(const SumToParams& p) {
 
 // x's innermost dim is summed: one warp per output (and split), its lanes walking the summands,
 // which lie in contiguous runs of x. Block: 256 threads = 8 outputs; grid (outputs / 8, splits),
-// grid-striding over outputs. SQUARE sums the summands' squares (per-example squared norms in one
-// pass instead of a square and a sum).
-template <bool SQUARE>
-__device__ __forceinline__ void sum_to_inner(const SumToParams& p, const float* __restrict__ x, float* __restrict__ out) {
+// grid-striding over outputs. What is summed at an offset: the value, its square (per-example
+// squared norms in one pass instead of a square and a sum) or its product with y's element there
+// (y has x's shape: a product and a sum in one pass).
+enum Summand { VALUE, SQUARE, PRODUCT };
+
+template <Summand S>
+__device__ __forceinline__ float summand(const float* __restrict__ x, const float* __restrict__ y, int64_t at) {
+  const float v = x[at];
+  if constexpr (S == SQUARE) return v * v;
+  if constexpr (S == PRODUCT) return v * y[at];
+  return v;
+}
+
+template <Summand S>
+__device__ __forceinline__ void sum_to_inner(const SumToParams& p, const float* __restrict__ x,
+                                             const float* __restrict__ y, float* __restrict__ out) {
   const int lane = threadIdx.x & 31;
   const int warps = blockDim.x >> 5;
   const SplitRange range = split_range(p);
@@ -50,8 +62,7 @@ __device__ __forceinline__ void sum_to_inner(const SumToParams& p, const float* 
     const int64_t base = runs_offset((uint32_t)o, p.kept_dims, p.kept_strides, p.kept_rank);
     float acc = 0.0f;
     for (int64_t j = range.begin + lane; j < range.end; j += 32) {
-      const float v = x[base + runs_offset((uint32_t)j, p.summed_dims, p.summed_strides, p.summed_rank)];
-      acc += SQUARE ? v * v : v;
+      acc += summand<S>(x, y, base + runs_offset((uint32_t)j, p.summed_dims, p.summed_strides, p.summed_rank));
     }
     acc = warp_sum(acc);
     if (lane == 0) out[o * p.splits + blockIdx.y] = acc;
@@ -61,8 +72,9 @@ __device__ __forceinline__ void sum_to_inner(const SumToParams& p, const float* 
 // x's innermost dim is kept: a block takes 32 consecutive outputs (lanes, so each load of a warp
 // is one contiguous run of x) and 8 rows that share out the summands; the rows are then added in
 // shared memory. Block (32, 8); grid (outputs / 32, splits), grid-striding over tiles of 32.
-template <bool SQUARE>
-__device__ __forceinline__ void sum_to_outer(const SumToParams& p, const float* __restrict__ x, float* __restrict__ out) {
+template <Summand S>
+__device__ __forceinline__ void sum_to_outer(const SumToParams& p, const float* __restrict__ x,
+                                             const float* __restrict__ y, float* __restrict__ out) {
   __shared__ float rows[DPGAN_SUM_TO_ROWS][32];
   const SplitRange range = split_range(p);
   for (int64_t tile = (int64_t)blockIdx.x * 32; tile < p.out_count; tile += (int64_t)gridDim.x * 32) {
@@ -71,8 +83,7 @@ __device__ __forceinline__ void sum_to_outer(const SumToParams& p, const float* 
     if (o < p.out_count) {
       const int64_t base = runs_offset((uint32_t)o, p.kept_dims, p.kept_strides, p.kept_rank);
       for (int64_t j = range.begin + threadIdx.y; j < range.end; j += DPGAN_SUM_TO_ROWS) {
-        const float v = x[base + runs_offset((uint32_t)j, p.summed_dims, p.summed_strides, p.summed_rank)];
-        acc += SQUARE ? v * v : v;
+        acc += summand<S>(x, y, base + runs_offset((uint32_t)j, p.summed_dims, p.summed_strides, p.summed_rank));
       }
     }
     rows[threadIdx.y][threadIdx.x] = acc;
@@ -91,22 +102,32 @@ __device__ __forceinline__ void sum_to_outer(const SumToParams& p, const float* 
 
 extern "C" __global__ void reduce_sum_to_inner_fwd_f32(SumToParams p, const float* __restrict__ x,
                                                        float* __restrict__ out) {
-  dpgan::sum_to_inner<false>(p, x, out);
+  dpgan::sum_to_inner<dpgan::VALUE>(p, x, nullptr, out);
 }
 
 extern "C" __global__ void reduce_sum_sq_to_inner_fwd_f32(SumToParams p, const float* __restrict__ x,
                                                           float* __restrict__ out) {
-  dpgan::sum_to_inner<true>(p, x, out);
+  dpgan::sum_to_inner<dpgan::SQUARE>(p, x, nullptr, out);
 }
 
 extern "C" __global__ void reduce_sum_to_outer_fwd_f32(SumToParams p, const float* __restrict__ x,
                                                        float* __restrict__ out) {
-  dpgan::sum_to_outer<false>(p, x, out);
+  dpgan::sum_to_outer<dpgan::VALUE>(p, x, nullptr, out);
 }
 
 extern "C" __global__ void reduce_sum_sq_to_outer_fwd_f32(SumToParams p, const float* __restrict__ x,
                                                           float* __restrict__ out) {
-  dpgan::sum_to_outer<true>(p, x, out);
+  dpgan::sum_to_outer<dpgan::SQUARE>(p, x, nullptr, out);
+}
+
+extern "C" __global__ void reduce_sum_prod_to_inner_fwd_f32(SumToParams p, const float* __restrict__ x,
+                                                            const float* __restrict__ y, float* __restrict__ out) {
+  dpgan::sum_to_inner<dpgan::PRODUCT>(p, x, y, out);
+}
+
+extern "C" __global__ void reduce_sum_prod_to_outer_fwd_f32(SumToParams p, const float* __restrict__ x,
+                                                            const float* __restrict__ y, float* __restrict__ out) {
+  dpgan::sum_to_outer<dpgan::PRODUCT>(p, x, y, out);
 }
 
 // y[r, k] = (x[r, k] − m) − log Σ_k exp(x[r, k] − m), m = max_k x[r, k]. One warp per row, three

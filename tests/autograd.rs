@@ -128,6 +128,8 @@ grad_test!(div_broadcast, [[3, 5], [1, 5]], [0, 1], |t, x| t.div(&x[0], &t.affin
 grad_test!(bce_with_logits, [[4, 6], [4, 6]], [0, 1], |t, x| t.bce_with_logits(&t.scale(&x[0], 3.0)?, &x[1]));
 grad_test!(affine, [[7]], [0], |t, x| t.affine(&x[0], -1.5, 0.25));
 grad_test!(sum_squares_to, [[2, 3, 4, 5]], [0], |t, x| t.sum_squares_to(&x[0], &[2, 1, 4, 1]));
+grad_test!(sum_products_to, [[2, 3, 4, 5], [2, 3, 4, 5]], [0, 1], |t, x| t.sum_products_to(&x[0], &x[1], &[2, 1, 4, 1]));
+grad_test!(sum_products_to_lower_rank, [[2, 3, 4], [2, 3, 4]], [0, 1], |t, x| t.sum_products_to(&x[0], &t.tanh(&x[1])?, &[3, 1]));
 grad_test!(sum_squares_to_rank_down, [[3, 4]], [0], |t, x| t.sum_squares_to(&x[0], &[4]));
 grad_test!(exp, [[2, 5]], [0], |t, x| t.exp(&x[0]));
 grad_test!(log, [[2, 5]], [0], |t, x| t.log(&t.affine(&t.square(&x[0])?, 1.0, 0.5)?));

@@ -1,9 +1,9 @@
 mod common;
 
-// Reductions: sum_to, sum_squares_to and log_softmax. The CPU backend against the sums written out in f64, and the
+// Reductions: sum_to, sum_squares_to, sum_products_to and log_softmax. The CPU backend against the sums written out in f64, and the
 // CUDA kernels against the CPU backend on the same fresh random inputs.
 use common::{assert_close, assert_close_f64, assert_close_sums, on_cuda, randn, rng, tol, Sums};
-use dpgan::backend::ops::{log_softmax, sum_squares_to, sum_to};
+use dpgan::backend::ops::{log_softmax, sum_products_to, sum_squares_to, sum_to};
 use dpgan::tensor::{Device, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -108,13 +108,38 @@ fn sum_squares_to_cpu_matches_formula() {
     }
 }
 
+/// `x ⊙ y` elementwise, each product rounded to f32 (the formula's input; the f64 product of two
+/// f32s is exact).
+fn products(x: &Tensor, y: &Tensor) -> Vec<f32> {
+    x.cpu_data().unwrap().iter().zip(y.cpu_data().unwrap()).map(|(&a, &b)| a * b).collect()
+}
+
+/// The sum of products against the sum of the products written out (within an f32 rounding per
+/// term, as for the squares above).
+#[test]
+fn sum_products_to_cpu_matches_formula() {
+    let mut rng = rng("sum_products_to_cpu_matches_formula");
+    for (x_shape, target) in sum_to_cases(&mut rng) {
+        let (x, y) = (randn(&mut rng, &x_shape), randn(&mut rng, &x_shape));
+        let got = sum_products_to(&x, &y, &target).unwrap();
+        assert_eq!(got.shape(), &target[..]);
+        let got: Vec<f64> = got.cpu_data().unwrap().iter().map(|&v| v as f64).collect();
+        let expected = sum_to_formula(&products(&x, &y), &x_shape, &target);
+        assert_close_f64(&format!("sum_products_to {x_shape:?} -> {target:?}"), &got, &expected.value, tol::F32_ELEMENTWISE);
+    }
+}
+
 #[test]
 fn sum_to_rejects_shapes_that_do_not_broadcast() {
     let x = Tensor::zeros(&[2, 3, 4], &Device::Cpu).unwrap();
     for bad in [vec![2, 2, 4], vec![4, 3], vec![1, 2, 3, 4]] {
         assert!(sum_to(&x, &bad).is_err(), "{bad:?}");
         assert!(sum_squares_to(&x, &bad).is_err(), "{bad:?}");
+        assert!(sum_products_to(&x, &x, &bad).is_err(), "{bad:?}");
     }
+    // The factors of a product must have one shape: no broadcasting between them.
+    let err = sum_products_to(&x, &Tensor::zeros(&[2, 1, 4], &Device::Cpu).unwrap(), &[2, 1, 1]).unwrap_err().to_string();
+    assert!(err.contains("differ"), "{err}");
 }
 
 #[test]
@@ -233,6 +258,34 @@ fn sum_squares_to_cuda_matches_cpu() {
         for (x_shape, target) in cases {
             let x = randn(&mut rng, &x_shape);
             assert_cuda_sum_matches_cpu(dev, "sum_squares_to", sum_squares_to, &x, &squares(&x), &target);
+        }
+    });
+}
+
+/// sum_products_to on the GPU against the CPU on sum_to's cases and the layouts the engine uses
+/// (a conditional critic's projection `[G, B, F]` to `[G, B, 1]`, a weight's dot with its
+/// gradient per group, pixel norm's per-position sums), the error against Σ|x·y| per output.
+#[test]
+fn sum_products_to_cuda_matches_cpu() {
+    on_cuda("sum_products_to_cuda_matches_cpu", |dev| {
+        let mut rng = rng("sum_products_to_cuda_matches_cpu");
+        let mut cases = sum_to_cases(&mut rng);
+        cases.extend([
+            (vec![1, 32, 4096], vec![1, 32, 1]),
+            (vec![1, 256, 128, 25], vec![1, 1, 1, 1]),
+            (vec![3, 64, 25], vec![3, 1, 1]),
+            (vec![1, 32, 256, 4, 4], vec![1, 32, 1, 4, 4]),
+            (vec![1, 5000, 7], vec![1, 1, 7]),
+        ]);
+        for (x_shape, target) in cases {
+            let (x, y) = (randn(&mut rng, &x_shape), randn(&mut rng, &x_shape));
+            let expected = sum_products_to(&x, &y, &target).unwrap();
+            let got = sum_products_to(&x.to_device(dev).unwrap(), &y.to_device(dev).unwrap(), &target).unwrap();
+            assert_eq!(got.shape(), expected.shape());
+            let f64s = |t: &Tensor| -> Vec<f64> { t.to_vec().unwrap().iter().map(|&v| v as f64).collect() };
+            let magnitude = sum_to_formula(&products(&x, &y), &x_shape, &target).magnitude;
+            let expected = Sums { value: f64s(&expected), magnitude };
+            assert_close_sums(&format!("sum_products_to {x_shape:?} -> {target:?}"), &f64s(&got), &expected, tol::F32_REDUCTION);
         }
     });
 }

@@ -27,6 +27,11 @@ pub enum Saved {
     SumSquaresTo {
         x: Tensor,
     },
+    /// `Σ a⊙b` down to a shape: `∂/∂a = dy·b`, `∂/∂b = dy·a` (dy broadcast by the product).
+    SumProductsTo {
+        a: Tensor,
+        b: Tensor,
+    },
     BroadcastTo {
         x_shape: Vec<usize>,
     },
@@ -196,6 +201,13 @@ impl Tape {
         Ok(self.record(out, &[x], || Saved::SumSquaresTo { x: x.clone() }))
     }
 
+    /// `sum_to(a ⊙ b, shape)` in one op (`a`, `b` of equal shapes): one reduction instead of a
+    /// product and a sum forward, and two products instead of a broadcast and two products back.
+    pub fn sum_products_to(&self, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        let out = raw::sum_products_to(a, b, shape)?;
+        Ok(self.record(out, &[a, b], || Saved::SumProductsTo { a: a.clone(), b: b.clone() }))
+    }
+
     /// Sum of all elements, shape `[]`.
     pub fn sum_all(&self, x: &Tensor) -> Result<Tensor> {
         self.sum_to(x, &[])
@@ -246,7 +258,7 @@ impl Tape {
 
     /// `W̄ / σ` per group for `sigma` `[G]` = `uᵀW̄v` computed elsewhere (the power iteration's),
     /// with `u` `[G, O]` and `v` `[G, I]` held constant: the gradient flows through σ into W̄ as in
-    /// PyTorch's spectral norm. One recorded op whose first-order rule is three launches
+    /// PyTorch's spectral norm. One recorded op whose first-order rule is two launches
     /// (`ops::spectral_divide_backward`), where a division and [`Tape::spectral_sigma`] took eight.
     pub fn spectral_divide(&self, w_bar: &Tensor, u: &Tensor, v: &Tensor, sigma: &Tensor) -> Result<Tensor> {
         let s = w_bar.shape();

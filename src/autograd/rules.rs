@@ -22,6 +22,11 @@ pub(super) fn backward(tape: &Tape, saved: &Saved, dy: &Tensor, needs: &[bool]) 
         Saved::Unary { op, operand } => vec![Some(unary(tape, *op, operand.as_ref(), dy)?)],
         Saved::SumTo { x_shape } => vec![Some(tape.broadcast_to(dy, x_shape)?)],
         Saved::SumSquaresTo { x } => vec![Some(tape.mul(&tape.broadcast_to(dy, x.shape())?, &tape.scale(x, 2.0)?)?)],
+        Saved::SumProductsTo { a, b } => {
+            // dy has the summed shape at a's rank (or fewer leading dims): the products broadcast it.
+            let dy = tape.reshape(dy, &at_rank(dy.shape(), a.rank()))?;
+            vec![need(0).then(|| tape.mul(&dy, b)).transpose()?, need(1).then(|| tape.mul(&dy, a)).transpose()?]
+        }
         Saved::BroadcastTo { x_shape } => vec![Some(tape.sum_to(dy, x_shape)?)],
         Saved::Reshape { x_shape } => vec![Some(tape.reshape(dy, x_shape)?)],
         Saved::Matmul { a, b, trans_a, trans_b } => {
@@ -111,14 +116,13 @@ fn pixel_norm(tape: &Tape, x: &Tensor, inv: &Tensor, eps: f32, dy: &Tensor) -> R
     let channels = raw::scalar_like(x, s[2] as f64)?;
     let mean_sq = tape.div(&tape.sum_squares_to(x, &per_position)?, &channels)?;
     let inv = tape.rsqrt(&tape.add(&mean_sq, &raw::scalar_like(x, f64::from(eps))?)?)?;
-    let along = tape.div(&tape.sum_to(&tape.mul(x, dy)?, &per_position)?, &channels)?;
+    let along = tape.div(&tape.sum_products_to(x, dy, &per_position)?, &channels)?;
     let k = tape.mul(&tape.mul(&inv, &tape.square(&inv)?)?, &along)?;
     tape.sub(&tape.mul(dy, &inv)?, &tape.mul(x, &k)?)
 }
 
 /// `dW̄` of `W = W̄/σ`, `σ = uᵀW̄v`: `dW/σ − (⟨dW, W̄⟩/σ²)·u vᵀ = (dW − ⟨dW, W⟩·u vᵀ)/σ` per group.
-/// A first-order pass takes three launches (the product, its per-group sum and
-/// `spectral_divide_backward`); a recorded one builds the same value from tape ops, with σ
+/// A first-order pass takes two launches (`sum_products_to` for c and `spectral_divide_backward`); a recorded one builds the same value from tape ops, with σ
 /// recorded as a function of W̄, so that it can be differentiated again.
 fn spectral_divide(tape: &Tape, w_bar: &Tensor, w: &Tensor, u: &Tensor, v: &Tensor, sigma: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let s = w_bar.shape();
@@ -127,12 +131,19 @@ fn spectral_divide(tape: &Tape, w_bar: &Tensor, w: &Tensor, u: &Tensor, v: &Tens
     per_group[0] = g;
     if tape.is_recording() {
         let sigma = tape.reshape(&tape.spectral_sigma(w_bar, u, v, sigma.clone())?, &per_group)?;
-        let c = tape.sum_to(&tape.mul(dy, &tape.div(w_bar, &sigma)?)?, &per_group)?;
+        let c = tape.sum_products_to(dy, &tape.div(w_bar, &sigma)?, &per_group)?;
         let outer = raw::matmul(&u.reshape(&[g, rows, 1])?, &v.reshape(&[g, cols, 1])?, false, true)?.reshape(s)?;
         return tape.div(&tape.sub(dy, &tape.mul(&outer, &c)?)?, &sigma);
     }
-    let c = raw::sum_to(&raw::binary(BinaryOp::Mul, dy, w)?, &per_group)?.reshape(&[g])?;
+    let c = raw::sum_products_to(dy, w, &per_group)?.reshape(&[g])?;
     raw::spectral_divide_backward(&dy.reshape(&[g, rows, cols])?, &c, u, v, sigma)?.reshape(s)
+}
+
+/// `shape` with leading 1s up to `rank` dims (a summed shape may drop leading dims).
+fn at_rank(shape: &[usize], rank: usize) -> Vec<usize> {
+    let mut full = vec![1; rank.saturating_sub(shape.len())];
+    full.extend_from_slice(shape);
+    full
 }
 
 /// Gradients of `out = op(a, b)` before reduction to the operands' shapes, each only if wanted.

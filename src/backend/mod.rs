@@ -166,6 +166,9 @@ pub trait Backend {
     fn sum_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor>;
     /// `sum_to` of `x`'s squares, in one pass (per-example squared norms).
     fn sum_squares_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor>;
+    /// `sum_to` of `a ⊙ b` (equal shapes), in one pass: a product and its sum, as in the
+    /// projection of a conditional critic or the dot product of a gradient with a weight.
+    fn sum_products_to(&self, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<Tensor>;
 
     fn matmul(&self, a: &Tensor, b: &Tensor, geom: &MatmulGeometry) -> Result<Tensor>;
 

@@ -77,6 +77,16 @@ pub fn sum_squares_to(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
     }
 }
 
+/// `sum_to(a ⊙ b, shape)` in one pass; `a` and `b` have equal shapes (no broadcasting).
+pub fn sum_products_to(a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let dev = device_of("sum_products_to", &[a, b])?;
+    ensure_shape!(a.shape() == b.shape(), "sum_products_to", "factors {:?} and {:?} differ (no broadcasting here)", a.shape(), b.shape());
+    match summed_shape("sum_products_to", a, shape)? {
+        None => binary(BinaryOp::Mul, a, b)?.reshape(shape),
+        Some(full) => dispatch("sum_products_to", &dev).sum_products_to(a, b, &full)?.reshape(shape),
+    }
+}
+
 /// `shape` at x's rank (aligned on the right), checked to be a sum of x; `None` when nothing is
 /// summed.
 fn summed_shape(op: &'static str, x: &Tensor, shape: &[usize]) -> Result<Option<Vec<usize>>> {

@@ -248,24 +248,24 @@ impl SpectralLayerGrad {
         let (g, o, i) = self.shapes()?;
         let inner = self.layer.clipped_sum(factors)?;
         let (s, _) = self.projections()?;
-        let weighted_s = ops::sum_to(&ops::binary(BinaryOp::Mul, &s, factors)?, &[g, 1])?;
-        let uv = ops::matmul(&self.u.reshape(&[g, o, 1])?, &self.v.reshape(&[g, 1, i])?, false, false)?;
-        let correction = ops::binary(BinaryOp::Mul, &uv, &weighted_s.reshape(&[g, 1, 1])?)?;
-        let w = ops::binary(BinaryOp::Sub, &inner.weight.reshape(&[g, o, i])?, &correction)?;
-        let w = ops::binary(BinaryOp::Div, &w, &self.sigma.reshape(&[g, 1, 1])?)?;
+        let weighted_s = ops::sum_products_to(&s, &factors.reshape(s.shape())?, &[g, 1])?;
+        // The gradient of W = W̄/σ applied to the clipped sum, in one pass.
+        let w = ops::spectral_divide_backward(
+            &inner.weight.reshape(&[g, o, i])?,
+            &weighted_s.reshape(&[g])?,
+            &self.u.reshape(&[g, o])?,
+            &self.v.reshape(&[g, i])?,
+            &self.sigma.reshape(&[g])?,
+        )?;
         Ok(ClippedGrads { weight: w.reshape(inner.weight.shape())?, bias: inner.bias })
     }
 }
 
-/// `Σ` over each example's elements of `x ⊙ y`, `[G, B, ...]` → `[G, B]`.
+/// `Σ` over each example's elements of `x ⊙ y` (equal shapes), `[G, B, ...]` → `[G, B]`, in one pass.
 fn per_example_dot(x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    row_sums(&ops::binary(BinaryOp::Mul, x, y)?)
-}
-
-fn row_sums(t: &Tensor) -> Result<Tensor> {
-    let (g, b) = (t.shape()[0], t.shape()[1]);
-    let flat = t.reshape(&[g, b, t.numel() / (g * b).max(1)])?;
-    ops::sum_to(&flat, &[g, b, 1])?.reshape(&[g, b])
+    let (g, b) = (x.shape()[0], x.shape()[1]);
+    let flat = |t: &Tensor| t.reshape(&[g, b, t.numel() / (g * b).max(1)]);
+    ops::sum_products_to(&flat(x)?, &flat(y)?, &[g, b, 1])?.reshape(&[g, b])
 }
 
 /// Squared L2 norm of each `[G, B, ...]` example, as `[G, B]` (one fused pass).

@@ -20,7 +20,7 @@ pub use norm::{pixel_norm, pixel_norm_backward, power_iteration, spectral_divide
 pub use optim::{adam_update, ema_update, sgd_update};
 pub use pool::{max_pool2x2_gather, max_pool2x2_scatter, sum_pool2x2, upsample_nearest2x};
 pub use real::Real;
-pub use reduce::{log_softmax_rows, sum_squares_to, sum_to};
+pub use reduce::{log_softmax_rows, sum_products_to, sum_squares_to, sum_to};
 pub use rng::add_gaussian_noise;
 pub use shape::{concat, gather_rows, narrow, pad};
 
@@ -53,6 +53,10 @@ impl Backend for Cpu {
 
     fn sum_squares_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
         by_dtype!(x.dtype(), T => T::wrap(sum_squares_to(T::host(x), x.shape(), shape), shape))
+    }
+
+    fn sum_products_to(&self, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        by_dtype!(a.dtype(), T => T::wrap(sum_products_to(T::host(a), T::host(b), a.shape(), shape), shape))
     }
 
     fn matmul(&self, a: &Tensor, b: &Tensor, geom: &MatmulGeometry) -> Result<Tensor> {

@@ -4,16 +4,21 @@ use super::Real;
 
 /// Sum `x` (shape `x_shape`) down to `shape` (same rank, each dim equal or 1).
 pub fn sum_to<T: Real>(x: &[T], x_shape: &[usize], shape: &[usize]) -> Vec<T> {
-    sum_map_to(x, x_shape, shape, |v| v)
+    sum_map_to(x_shape, shape, |i| x[i].f64())
 }
 
 /// `sum_to` of the squares of `x`, each squared in f64 (exact for an f32 input) before it is added.
 pub fn sum_squares_to<T: Real>(x: &[T], x_shape: &[usize], shape: &[usize]) -> Vec<T> {
-    sum_map_to(x, x_shape, shape, |v| v * v)
+    sum_map_to(x_shape, shape, |i| x[i].f64() * x[i].f64())
 }
 
-/// `f` of each element of `x`, in f64, summed down to `shape` with f64 accumulation.
-fn sum_map_to<T: Real>(x: &[T], x_shape: &[usize], shape: &[usize], f: impl Fn(f64) -> f64) -> Vec<T> {
+/// `sum_to` of `x ⊙ y` (both of shape `x_shape`), each product in f64 (exact for f32 inputs).
+pub fn sum_products_to<T: Real>(x: &[T], y: &[T], x_shape: &[usize], shape: &[usize]) -> Vec<T> {
+    sum_map_to(x_shape, shape, |i| x[i].f64() * y[i].f64())
+}
+
+/// `summand(i)` for each offset i of a dense `x_shape`, summed down to `shape` with f64 accumulation.
+fn sum_map_to<T: Real>(x_shape: &[usize], shape: &[usize], summand: impl Fn(usize) -> f64) -> Vec<T> {
     let out_len: usize = shape.iter().product();
     let mut acc = vec![0.0f64; out_len];
     let (sizes, strides) = coalesce(x_shape, &[&dense_strides(x_shape), &broadcast_strides(shape, x_shape)]);
@@ -22,12 +27,12 @@ fn sum_map_to<T: Real>(x: &[T], x_shape: &[usize], shape: &[usize], f: impl Fn(f
         if len == 0 {
             return;
         }
-        let row = &x[ix..ix + (len - 1) * dx + 1];
+        let offsets = (0..len).map(|j| ix + j * dx);
         if dout == 0 {
-            acc[io] = row.iter().step_by(dx.max(1)).fold(acc[io], |s, &v| s + f(v.f64()));
+            acc[io] = offsets.fold(acc[io], |s, i| s + summand(i));
         } else {
-            for (j, &v) in row.iter().step_by(dx.max(1)).enumerate() {
-                acc[io + j * dout] += f(v.f64());
+            for (j, i) in offsets.enumerate() {
+                acc[io + j * dout] += summand(i);
             }
         }
     });

@@ -61,6 +61,10 @@ impl Backend for CudaDevice {
         reduce::sum_squares_to(buffer(x).device(), x, shape)
     }
 
+    fn sum_products_to(&self, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        reduce::sum_products_to(buffer(a).device(), a, b, shape)
+    }
+
     fn matmul(&self, a: &Tensor, b: &Tensor, geom: &MatmulGeometry) -> Result<Tensor> {
         gemm::matmul(buffer(a).device(), a, b, geom)
     }

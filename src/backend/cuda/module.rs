@@ -34,6 +34,8 @@ kernel_table! {
     SumToOuter => "reduce_sum_to_outer_fwd_f32",
     SumSqToInner => "reduce_sum_sq_to_inner_fwd_f32",
     SumSqToOuter => "reduce_sum_sq_to_outer_fwd_f32",
+    SumProdToInner => "reduce_sum_prod_to_inner_fwd_f32",
+    SumProdToOuter => "reduce_sum_prod_to_outer_fwd_f32",
     LogSoftmax => "reduce_log_softmax_fwd_f32",
     SgdUpdate => "optim_sgd_update_f32",
     SgdMomentumUpdate => "optim_sgd_momentum_update_f32",

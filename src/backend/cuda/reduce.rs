@@ -1,4 +1,5 @@
-//! Launchers of `kernels/reduce.cu`: `sum_to` (of the values or of their squares) and `log_softmax`.
+//! Launchers of `kernels/reduce.cu`: `sum_to` (of the values, of their squares or of products with
+//! a second tensor) and `log_softmax`.
 //!
 //! `sum_to` first merges x's dims into alternating runs of kept and summed dims ([`SumToPlan`]),
 //! then picks a kernel by what x's innermost run is: summed (a warp per output reads contiguous
@@ -74,6 +75,15 @@ impl SumToPlan {
     }
 }
 
+/// What the first pass of a `sum_to` adds up at each of x's offsets (`Summand` in reduce.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Summand {
+    Value,
+    Square,
+    /// x's element times y's at the same offset (y has x's shape).
+    Product,
+}
+
 /// One launch of a `sum_to` kernel.
 #[derive(Clone, Debug)]
 struct SumToPass {
@@ -112,9 +122,9 @@ fn warp_per_output_config(outputs: usize, splits: usize, sms: usize) -> LaunchCo
 }
 
 /// The launches for a plan on a device with `sms` multiprocessors: one, or two when the summands
-/// are split (the second adds the partial sums, laid out `[out, splits]`). `square`: the first
-/// pass sums the summands' squares.
-fn sum_to_passes(plan: &SumToPlan, sms: usize, square: bool) -> Result<Vec<SumToPass>> {
+/// are split (the second adds the partial sums, laid out `[out, splits]`). `summand`: what the
+/// first pass adds up.
+fn sum_to_passes(plan: &SumToPlan, sms: usize, summand: Summand) -> Result<Vec<SumToPass>> {
     let (out, terms) = (plan.out_count(), plan.reduce_count());
     if plan.kept.len() > SUM_TO_MAX_RUNS || plan.summed.len() > SUM_TO_MAX_RUNS {
         return Err(Error::shape(
@@ -142,14 +152,22 @@ fn sum_to_passes(plan: &SumToPlan, sms: usize, square: bool) -> Result<Vec<SumTo
 
     let first = if plan.innermost_summed {
         SumToPass {
-            kernel: if square { Kernel::SumSqToInner } else { Kernel::SumToInner },
+            kernel: match summand {
+                Summand::Value => Kernel::SumToInner,
+                Summand::Square => Kernel::SumSqToInner,
+                Summand::Product => Kernel::SumProdToInner,
+            },
             params: sum_to_params(&plan.kept, &plan.summed, split_len, splits),
             config: warp_per_output_config(out, splits, sms),
         }
     } else {
         let blocks = out.div_ceil(32).clamp(1, sms * MAX_BLOCKS_PER_SM);
         SumToPass {
-            kernel: if square { Kernel::SumSqToOuter } else { Kernel::SumToOuter },
+            kernel: match summand {
+                Summand::Value => Kernel::SumToOuter,
+                Summand::Square => Kernel::SumSqToOuter,
+                Summand::Product => Kernel::SumProdToOuter,
+            },
             params: sum_to_params(&plan.kept, &plan.summed, split_len, splits),
             config: LaunchConfig {
                 grid_dim: (blocks as u32, splits as u32, 1),
@@ -169,26 +187,48 @@ fn sum_to_passes(plan: &SumToPlan, sms: usize, square: bool) -> Result<Vec<SumTo
     Ok(vec![first, second])
 }
 
-fn launch_sum_to(dev: &Arc<CudaDevice>, pass: &SumToPass, x: &CudaSlice<f32>, out: &mut CudaSlice<f32>) -> Result<()> {
+/// Launches `pass` over `x` (and `y`, the second factor, for a product pass).
+fn launch_sum_to(
+    dev: &Arc<CudaDevice>,
+    pass: &SumToPass,
+    x: &CudaSlice<f32>,
+    y: Option<&CudaSlice<f32>>,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
     debug_assert!(out.len() >= pass.params.out_count as usize * pass.params.splits as usize);
+    debug_assert_eq!(y.is_some(), matches!(pass.kernel, Kernel::SumProdToInner | Kernel::SumProdToOuter));
     let _range = crate::profile::range(pass.kernel.symbol());
-    // SAFETY: the params were derived from x's shape: every offset kept_offset(o) + summed_offset(j)
-    // with o < out_count, j < reduce_count lies inside x, and out holds out_count × splits floats.
-    let r = unsafe { dev.stream().launch_builder(dev.kernel(pass.kernel)).arg(&pass.params).arg(x).arg(out).launch(pass.config) };
+    let mut launch = dev.stream().launch_builder(dev.kernel(pass.kernel));
+    launch.arg(&pass.params).arg(x);
+    if let Some(y) = y {
+        launch.arg(y);
+    }
+    // SAFETY: the params were derived from x's shape (and y's, which is the same): every offset
+    // kept_offset(o) + summed_offset(j) with o < out_count, j < reduce_count lies inside x and y,
+    // and out holds out_count × splits floats.
+    let r = unsafe { launch.arg(out).launch(pass.config) };
     launched(pass.kernel, r)
 }
 
 /// Sum of `x` down to `shape` (same rank, each dim equal to x's or 1).
 pub(crate) fn sum_to(dev: &Arc<CudaDevice>, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
-    sum_map_to(dev, x, shape, false)
+    sum_map_to(dev, x, None, shape, Summand::Value)
 }
 
 /// Sum of `x`'s squares down to `shape`, in one pass over x.
 pub(crate) fn sum_squares_to(dev: &Arc<CudaDevice>, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
-    sum_map_to(dev, x, shape, true)
+    sum_map_to(dev, x, None, shape, Summand::Square)
 }
 
-fn sum_map_to(dev: &Arc<CudaDevice>, x: &Tensor, shape: &[usize], square: bool) -> Result<Tensor> {
+/// Sum of `a ⊙ b` (equal shapes, checked by ops) down to `shape`, in one pass over both.
+pub(crate) fn sum_products_to(dev: &Arc<CudaDevice>, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape("sum_products_to", format!("factors {:?} and {:?} differ", a.shape(), b.shape())));
+    }
+    sum_map_to(dev, a, Some(b), shape, Summand::Product)
+}
+
+fn sum_map_to(dev: &Arc<CudaDevice>, x: &Tensor, y: Option<&Tensor>, shape: &[usize], summand: Summand) -> Result<Tensor> {
     if shape.len() != x.rank() || x.shape().iter().zip(shape).any(|(&s, &t)| t != s && t != 1) {
         return Err(Error::shape("sum_to", format!("cannot sum {:?} to {shape:?}", x.shape())));
     }
@@ -203,14 +243,15 @@ fn sum_map_to(dev: &Arc<CudaDevice>, x: &Tensor, shape: &[usize], square: bool) 
         return output(out, shape);
     }
     let plan = SumToPlan::new(x.shape(), shape);
-    let passes = sum_to_passes(&plan, dev.properties().multiprocessors.max(1) as usize, square)?;
+    let passes = sum_to_passes(&plan, dev.properties().multiprocessors.max(1) as usize, summand)?;
     let xs = &buffer(x).slice;
+    let ys = y.map(|y| &buffer(y).slice);
     match passes.as_slice() {
-        [only] => launch_sum_to(dev, only, xs, &mut out.slice)?,
+        [only] => launch_sum_to(dev, only, xs, ys, &mut out.slice)?,
         [split, total] => {
             let mut partials = dev.alloc(out_count * split.params.splits as usize)?;
-            launch_sum_to(dev, split, xs, &mut partials.slice)?;
-            launch_sum_to(dev, total, &partials.slice, &mut out.slice)?;
+            launch_sum_to(dev, split, xs, ys, &mut partials.slice)?;
+            launch_sum_to(dev, total, &partials.slice, None, &mut out.slice)?;
             // `partials` is freed in stream order, after the second pass.
         }
         _ => unreachable!("sum_to_passes plans one or two launches"),
@@ -266,7 +307,9 @@ mod tests {
         offset
     }
 
-    fn emulate(pass: &SumToPass, x: &[f64]) -> Vec<f64> {
+    /// One pass over `x` (and `y`, the second factor of a product pass) as the kernel computes it,
+    /// in f64.
+    fn emulate(pass: &SumToPass, x: &[f64], y: &[f64]) -> Vec<f64> {
         let p = &pass.params;
         let (out, splits) = (p.out_count as usize, p.splits as usize);
         assert_eq!(pass.config.grid_dim.1 as usize, splits);
@@ -276,14 +319,13 @@ mod tests {
             for s in 0..splits {
                 let begin = s * p.split_len as usize;
                 let end = (begin + p.split_len as usize).min(p.reduce_count as usize);
-                let square = matches!(pass.kernel, Kernel::SumSqToInner | Kernel::SumSqToOuter);
                 let terms = (begin..end).map(|j| {
                     let at = base + runs_offset(j as u32, &p.summed_dims, &p.summed_strides, p.summed_rank);
-                    let v = x[usize::try_from(at).expect("offset ≥ 0")];
-                    if square {
-                        v * v
-                    } else {
-                        v
+                    let at = usize::try_from(at).expect("offset ≥ 0");
+                    match pass.kernel {
+                        Kernel::SumSqToInner | Kernel::SumSqToOuter => x[at] * x[at],
+                        Kernel::SumProdToInner | Kernel::SumProdToOuter => x[at] * y[at],
+                        _ => x[at],
                     }
                 });
                 result[o * splits + s] = terms.sum();
@@ -293,19 +335,26 @@ mod tests {
     }
 
     fn check(x_shape: &[usize], shape: &[usize], sms: usize) -> Vec<SumToPass> {
-        check_map(x_shape, shape, sms, false)
+        check_map(x_shape, shape, sms, Summand::Value)
     }
 
-    /// Emulates the planned passes (of the values, or of their squares) against the CPU reference.
-    fn check_map(x_shape: &[usize], shape: &[usize], sms: usize, square: bool) -> Vec<SumToPass> {
+    /// Emulates the planned passes (of the values, their squares or their products with a second
+    /// tensor) against the CPU reference.
+    fn check_map(x_shape: &[usize], shape: &[usize], sms: usize, summand: Summand) -> Vec<SumToPass> {
         let n: usize = x_shape.iter().product();
         let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1009) as f32 - 504.0).collect();
-        let expected = if square { cpu::sum_squares_to(&x, x_shape, shape) } else { cpu::sum_to(&x, x_shape, shape) };
+        let y: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 61) as f32 - 30.0).collect();
+        let expected = match summand {
+            Summand::Value => cpu::sum_to(&x, x_shape, shape),
+            Summand::Square => cpu::sum_squares_to(&x, x_shape, shape),
+            Summand::Product => cpu::sum_products_to(&x, &y, x_shape, shape),
+        };
         let plan = SumToPlan::new(x_shape, shape);
-        let passes = sum_to_passes(&plan, sms, square).unwrap();
+        let passes = sum_to_passes(&plan, sms, summand).unwrap();
         let mut data: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let second: Vec<f64> = y.iter().map(|&v| v as f64).collect();
         for pass in &passes {
-            data = emulate(pass, &data);
+            data = emulate(pass, &data, &second);
         }
         let got: Vec<f32> = data.iter().map(|&v| v as f32).collect();
         assert_eq!(got, expected, "{x_shape:?} -> {shape:?} on {sms} SMs, plan {plan:?}");
@@ -341,8 +390,8 @@ mod tests {
         ];
         for &(x_shape, shape) in cases {
             for sms in [1, 4, 132] {
-                for square in [false, true] {
-                    check_map(x_shape, shape, sms, square);
+                for summand in [Summand::Value, Summand::Square, Summand::Product] {
+                    check_map(x_shape, shape, sms, summand);
                 }
             }
         }
@@ -356,10 +405,15 @@ mod tests {
         let passes = check(&[1, 5000, 7], &[1, 1, 7], 132);
         assert_eq!((passes.len(), passes[0].kernel), (2, Kernel::SumToOuter));
         // Squares: the first pass squares, the second adds the partial sums as they are.
-        let passes = check_map(&[2, 600, 8, 7, 7], &[2, 1, 8, 1, 1], 132, true);
+        let passes = check_map(&[2, 600, 8, 7, 7], &[2, 1, 8, 1, 1], 132, Summand::Square);
         assert_eq!((passes[0].kernel, passes[1].kernel), (Kernel::SumSqToInner, Kernel::SumToInner));
-        let passes = check_map(&[1, 5000, 7], &[1, 1, 7], 132, true);
+        let passes = check_map(&[1, 5000, 7], &[1, 1, 7], 132, Summand::Square);
         assert_eq!((passes[0].kernel, passes[1].kernel), (Kernel::SumSqToOuter, Kernel::SumToInner));
+        // Products likewise: only the first pass multiplies.
+        let passes = check_map(&[2, 600, 8, 7, 7], &[2, 1, 8, 1, 1], 132, Summand::Product);
+        assert_eq!((passes[0].kernel, passes[1].kernel), (Kernel::SumProdToInner, Kernel::SumToInner));
+        let passes = check_map(&[1, 5000, 7], &[1, 1, 7], 132, Summand::Product);
+        assert_eq!((passes[0].kernel, passes[1].kernel), (Kernel::SumProdToOuter, Kernel::SumToInner));
         // Enough outputs: one pass.
         assert_eq!(check(&[4096, 50], &[4096, 1], 8).len(), 1);
     }
@@ -368,6 +422,6 @@ mod tests {
     fn too_many_alternations_are_refused() {
         let x = [2usize; 10];
         let shape: Vec<usize> = (0..10).map(|i| if i % 2 == 0 { 2 } else { 1 }).collect();
-        assert!(sum_to_passes(&SumToPlan::new(&x, &shape), 4, false).is_err());
+        assert!(sum_to_passes(&SumToPlan::new(&x, &shape), 4, Summand::Value).is_err());
     }
 }

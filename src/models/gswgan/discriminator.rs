@@ -52,7 +52,7 @@ impl Discriminator {
         let h = tape.reshape(&tape.relu(&h3)?, &[g, b, features])?;
         let (linear, t4) = self.linear.forward(tape, &h)?;
         let (embedded, t5) = self.embedding.forward(tape, labels)?;
-        let projection = tape.sum_to(&tape.mul(&embedded, &h)?, &[g, b, 1])?;
+        let projection = tape.sum_products_to(&embedded, &h, &[g, b, 1])?;
         let critic = tape.add(&linear, &projection)?;
         Ok(DiscriminatorPass { critic, layers: vec![t1, t2, t3, t4, t5] })
     }
