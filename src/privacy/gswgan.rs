@@ -199,6 +199,20 @@ mod tests {
         }
     }
 
+    /// Without subsampling (γ = 1) the bound is the Gaussian's exact cumulant (α−1)·α/(2σ²): the
+    /// sum's last term alone, 2e^{(α−1)ε(α)}, already exceeds it, so the min takes the first side.
+    #[test]
+    fn without_subsampling_the_moment_is_the_gaussians_cumulant() {
+        for sigma in [0.5, 1.07, 5.0] {
+            for alpha in [2u64, 3, 8, 64] {
+                let a = alpha as f64;
+                let want = (a - 1.0) * a / (2.0 * sigma * sigma);
+                let got = log_moment_integer(sigma, 1.0, alpha);
+                assert!((got - want).abs() <= 1e-13 * want, "σ {sigma} α {alpha}: {got} vs {want}");
+            }
+        }
+    }
+
     /// The per-step noise multiplier the CLI reports is the one the accounting uses: with k = 1
     /// (every step sees the slice) a step is exactly the Gaussian of noise multiplier σ/√B, whose
     /// RDP is α/(2m²).
