@@ -116,6 +116,7 @@ enum BinaryCode : int32_t {
   BINARY_MUL = 2,
   BINARY_DIV = 3,
   BINARY_BCE_WITH_LOGITS = 4,
+  BINARY_LEAKY_RELU_GRAD = 5,  // a where b > 0, else scalar·a
 };
 
 // A broadcast binary op: out has `rank` dims `shape`; a and b are read through their strides
@@ -124,6 +125,8 @@ struct BinaryParams {
   int64_t n;
   int32_t op;
   int32_t rank;
+  float scalar;  // the op's parameter (a leaky ReLU's slope), 0 for the others
+  int32_t pad_;
   int64_t shape[DPGAN_MAX_RANK];
   int64_t a_strides[DPGAN_MAX_RANK];
   int64_t b_strides[DPGAN_MAX_RANK];

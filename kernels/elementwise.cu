@@ -29,13 +29,14 @@ __device__ __forceinline__ float unary_apply(const UnaryParams& p, float x) {
   }
 }
 
-__device__ __forceinline__ float binary_apply(int32_t op, float a, float b) {
-  switch (op) {
+__device__ __forceinline__ float binary_apply(const BinaryParams& p, float a, float b) {
+  switch (p.op) {
     case BINARY_ADD: return a + b;
     case BINARY_SUB: return a - b;
     case BINARY_MUL: return a * b;
     case BINARY_DIV: return a / b;
     case BINARY_BCE_WITH_LOGITS: return fmaxf(a, 0.0f) - a * b + log1pf(expf(-fabsf(a)));
+    case BINARY_LEAKY_RELU_GRAD: return b > 0.0f ? a : a * p.scalar;
     default: return __int_as_float(0x7fc00000);
   }
 }
@@ -53,7 +54,7 @@ extern "C" __global__ void elementwise_unary_fwd_f32(UnaryParams p, const float*
 extern "C" __global__ void elementwise_binary_same_fwd_f32(BinaryParams p, const float* __restrict__ a,
                                                            const float* __restrict__ b,
                                                            float* __restrict__ out) {
-  DPGAN_FOR_EACH(i, p.n) out[i] = binary_apply(p.op, a[i], b[i]);
+  DPGAN_FOR_EACH(i, p.n) out[i] = binary_apply(p, a[i], b[i]);
 }
 
 // General broadcast: the output index is decomposed dim by dim into the operands' offsets.
@@ -69,6 +70,6 @@ extern "C" __global__ void elementwise_binary_broadcast_fwd_f32(BinaryParams p,
       ia += idx * p.a_strides[d];
       ib += idx * p.b_strides[d];
     }
-    out[i] = binary_apply(p.op, a[ia], b[ib]);
+    out[i] = binary_apply(p, a[ia], b[ib]);
   }
 }

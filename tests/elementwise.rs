@@ -26,7 +26,15 @@ const UNARY_OPS: [UnaryOp; 14] = [
     UnaryOp::ClipFactor(1.1),
 ];
 
-const BINARY_OPS: [BinaryOp; 5] = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::BceWithLogits];
+const BINARY_OPS: [BinaryOp; 7] = [
+    BinaryOp::Add,
+    BinaryOp::Sub,
+    BinaryOp::Mul,
+    BinaryOp::Div,
+    BinaryOp::BceWithLogits,
+    BinaryOp::LeakyReluGrad(0.0),
+    BinaryOp::LeakyReluGrad(0.2),
+];
 
 /// The formula of each unary op, plainly, in f64.
 fn unary_formula(op: UnaryOp, x: f64) -> f64 {
@@ -90,6 +98,13 @@ fn binary_formula(op: BinaryOp, a: f64, b: f64) -> f64 {
         BinaryOp::Mul => a * b,
         BinaryOp::Div => a / b,
         BinaryOp::BceWithLogits => -(b * log_sigmoid(a) + (1.0 - b) * log_sigmoid(-a)),
+        BinaryOp::LeakyReluGrad(slope) => {
+            if b > 0.0 {
+                a
+            } else {
+                slope as f64 * a
+            }
+        }
     }
 }
 
@@ -137,7 +152,8 @@ fn unary_input(op: UnaryOp, rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
 }
 
 /// Operands for a binary op: divisors away from 0; for BCE, logits up to ±1e4 (far past where
-/// `exp` overflows f32) and targets in [0, 1].
+/// `exp` overflows f32) and targets in [0, 1]; for a leaky ReLU's gradient, inputs with exact
+/// zeros sprinkled in (the `b > 0` boundary).
 fn binary_inputs(op: BinaryOp, rng: &mut ChaCha8Rng, a_shape: &[usize], b_shape: &[usize]) -> (Tensor, Tensor) {
     let draw = |rng: &mut ChaCha8Rng, shape: &[usize], second: bool| -> Tensor {
         let n: usize = shape.iter().product();
@@ -150,6 +166,7 @@ fn binary_inputs(op: BinaryOp, rng: &mut ChaCha8Rng, a_shape: &[usize], b_shape:
                     _ => rng.random_range(-6.0f32..6.0),
                 },
                 (BinaryOp::BceWithLogits, true) => rng.random_range(0.0f32..=1.0),
+                (BinaryOp::LeakyReluGrad(_), true) if rng.random_range(0..8) == 0 => 0.0,
                 _ => rng.random_range(-3.0f32..3.0),
             })
             .collect();

@@ -115,7 +115,7 @@ pub enum Saved {
 }
 
 impl Tape {
-    fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    pub(super) fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let out = raw::binary(op, a, b)?;
         Ok(self.record(out, &[a, b], || Saved::Binary { op, a: a.clone(), b: b.clone() }))
     }

@@ -167,6 +167,8 @@ fn binary(
             let db = grad(want_b, &|| tape.neg(&tape.mul(&da, &tape.div(a, b)?)?))?;
             (want_a.then_some(da), db)
         }
+        // Linear in a with a piecewise constant factor of b: no gradient flows into b.
+        BinaryOp::LeakyReluGrad(slope) => (grad(want_a, &|| tape.binary(BinaryOp::LeakyReluGrad(slope), dy, b))?, None),
         BinaryOp::BceWithLogits => {
             // ∂/∂x = σ(x) − t, ∂/∂t = −x
             let da = grad(want_a, &|| tape.mul(dy, &tape.sub(&tape.sigmoid(a)?, b)?))?;
@@ -203,9 +205,9 @@ fn unary(tape: &Tape, op: UnaryOp, operand: Option<&Tensor>, dy: &Tensor) -> Res
         // v = x below
         UnaryOp::Log => tape.div(dy, v),
         UnaryOp::Square => tape.mul(dy, &tape.scale(v, 2.0)?),
-        // The masks are piecewise constant: computed untracked, they carry no gradient.
-        UnaryOp::Relu => tape.mul(dy, &raw::unary(UnaryOp::ReluMask, v)?),
-        UnaryOp::LeakyRelu(slope) => tape.mul(dy, &raw::unary(UnaryOp::LeakyReluMask(slope), v)?),
+        // dy masked by the input's sign, in one op (linear in dy; see `binary` for its own rule).
+        UnaryOp::Relu => tape.binary(BinaryOp::LeakyReluGrad(0.0), dy, v),
+        UnaryOp::LeakyRelu(slope) => tape.binary(BinaryOp::LeakyReluGrad(slope), dy, v),
         UnaryOp::ReluMask | UnaryOp::LeakyReluMask(_) => raw::unary(UnaryOp::Affine { scale: 0.0, shift: 0.0 }, dy),
         // DP-SGD forms clip factors outside any tape: nothing differentiates through them.
         UnaryOp::ClipFactor(_) => {

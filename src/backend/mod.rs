@@ -48,7 +48,7 @@ pub enum UnaryOp {
 
 /// Elementwise maps of two tensors, broadcasting numpy-style (dims aligned on the right, each
 /// either equal or 1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum BinaryOp {
     Add,
     Sub,
@@ -57,6 +57,10 @@ pub enum BinaryOp {
     /// Binary cross-entropy of logits `a` against targets `b`, per element:
     /// `max(a, 0) - a·b + log(1 + exp(-|a|))` (stable for any `a`).
     BceWithLogits,
+    /// The gradient `a` of a leaky ReLU (slope 0: a ReLU) passed back through it at its input `b`:
+    /// `a` where `b > 0`, else `slope·a`. One op where a mask and a product took two, with the
+    /// same values (`a·1` and `a·slope`).
+    LeakyReluGrad(f32),
 }
 
 /// Geometry of a grouped 2-D convolution, derived and checked by `ops`.

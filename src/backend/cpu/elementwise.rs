@@ -56,6 +56,13 @@ pub fn binary_scalar<T: Real>(op: BinaryOp, a: T, b: T) -> T {
         BinaryOp::Mul => a * b,
         BinaryOp::Div => a / b,
         BinaryOp::BceWithLogits => a.max(T::zero()) - a * b + (-a.abs()).exp().ln_1p(),
+        BinaryOp::LeakyReluGrad(slope) => {
+            if b > T::zero() {
+                a
+            } else {
+                a * T::of(slope)
+            }
+        }
     }
 }
 

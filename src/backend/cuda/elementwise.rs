@@ -68,10 +68,13 @@ pub(crate) fn binary(dev: &Arc<CudaDevice>, op: BinaryOp, a: &Tensor, b: &Tensor
     let mut out = dev.alloc(n)?;
     if n > 0 {
         let same = a.shape() == out_shape && b.shape() == out_shape;
+        let (code, scalar) = binary_code(op);
         let p = BinaryParams {
             n: n as i64,
-            op: binary_code(op),
+            op: code,
             rank: out_shape.len() as i32,
+            scalar,
+            pad_: 0,
             shape: to_fixed(out_shape),
             a_strides: to_fixed(&broadcast_strides(a.shape(), out_shape)),
             b_strides: to_fixed(&broadcast_strides(b.shape(), out_shape)),

@@ -21,6 +21,9 @@ pub struct BinaryParams {
     pub n: i64,
     pub op: i32,
     pub rank: i32,
+    /// The op's scalar (a leaky ReLU's slope), 0 for the others.
+    pub scalar: f32,
+    pub pad_: i32,
     pub shape: [i64; MAX_RANK],
     pub a_strides: [i64; MAX_RANK],
     pub b_strides: [i64; MAX_RANK],
@@ -28,7 +31,7 @@ pub struct BinaryParams {
 
 // The C structs have the same sizes (checked by `kernels/common.cuh`'s layout and the tests below).
 const _: () = assert!(std::mem::size_of::<UnaryParams>() == 24);
-const _: () = assert!(std::mem::size_of::<BinaryParams>() == 16 + 3 * 8 * MAX_RANK);
+const _: () = assert!(std::mem::size_of::<BinaryParams>() == 24 + 3 * 8 * MAX_RANK);
 
 // SAFETY: plain-old-data structs whose layout matches the C side; passed by value as kernel params.
 unsafe impl DeviceRepr for UnaryParams {}
@@ -94,13 +97,15 @@ impl UnaryParams {
     }
 }
 
-pub fn binary_code(op: BinaryOp) -> i32 {
+/// The op's code in `BinaryCode` (common.cuh) and its scalar parameter.
+pub fn binary_code(op: BinaryOp) -> (i32, f32) {
     match op {
-        BinaryOp::Add => 0,
-        BinaryOp::Sub => 1,
-        BinaryOp::Mul => 2,
-        BinaryOp::Div => 3,
-        BinaryOp::BceWithLogits => 4,
+        BinaryOp::Add => (0, 0.0),
+        BinaryOp::Sub => (1, 0.0),
+        BinaryOp::Mul => (2, 0.0),
+        BinaryOp::Div => (3, 0.0),
+        BinaryOp::BceWithLogits => (4, 0.0),
+        BinaryOp::LeakyReluGrad(slope) => (5, slope),
     }
 }
 
