@@ -117,6 +117,7 @@ enum BinaryCode : int32_t {
   BINARY_DIV = 3,
   BINARY_BCE_WITH_LOGITS = 4,
   BINARY_LEAKY_RELU_GRAD = 5,  // a where b > 0, else scalar·a
+  BINARY_FIRST = 6,            // a, unchanged: broadcast_to (launched with b = a)
 };
 
 // A broadcast binary op: out has `rank` dims `shape`; a and b are read through their strides

@@ -37,6 +37,7 @@ __device__ __forceinline__ float binary_apply(const BinaryParams& p, float a, fl
     case BINARY_DIV: return a / b;
     case BINARY_BCE_WITH_LOGITS: return fmaxf(a, 0.0f) - a * b + log1pf(expf(-fabsf(a)));
     case BINARY_LEAKY_RELU_GRAD: return b > 0.0f ? a : a * p.scalar;
+    case BINARY_FIRST: return a;
     default: return __int_as_float(0x7fc00000);
   }
 }

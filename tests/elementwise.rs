@@ -352,3 +352,39 @@ fn binary_refuses_mixed_devices() {
         assert!(binary(BinaryOp::Add, &a, &b).is_err());
     });
 }
+
+/// `broadcast_to` copies each value unchanged, bit for bit (−0.0, NaN and infinities included), to
+/// every output index that reads it, on the CPU against the index formula and on the GPU against
+/// the CPU, over the broadcast pairs above (each operand to the pair's output shape).
+#[test]
+fn broadcast_to_copies_every_value_bit_for_bit() {
+    use dpgan::backend::ops::broadcast_to;
+    let mut rng = rng("broadcast_to_copies_every_value_bit_for_bit");
+    let specials = [-0.0f32, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MIN_POSITIVE / 4.0];
+    let mut cases = Vec::new();
+    for (a, b) in broadcast_pairs(&mut rng) {
+        let out_shape = broadcast_out_shape(&a, &b);
+        for shape in [a, b] {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> =
+                (0..n).map(|i| if i % 3 == 0 { specials[i / 3 % specials.len()] } else { rng.random_range(-3.0f32..3.0) }).collect();
+            cases.push((Tensor::from_vec(data, &shape, &Device::Cpu).unwrap(), out_shape.clone()));
+        }
+    }
+    let bits = |t: &Tensor| t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    for (x, out_shape) in &cases {
+        let got = broadcast_to(x, out_shape).unwrap();
+        assert_eq!(got.shape(), &out_shape[..]);
+        let source = x.to_vec().unwrap();
+        let n: usize = out_shape.iter().product();
+        let expected: Vec<u32> = (0..n).map(|i| source[broadcast_index(out_shape, i, x.shape())].to_bits()).collect();
+        assert_eq!(bits(&got), expected, "{:?} -> {out_shape:?}", x.shape());
+    }
+    on_cuda("broadcast_to_copies_every_value_bit_for_bit", |dev| {
+        for (x, out_shape) in &cases {
+            let expected = broadcast_to(x, out_shape).unwrap();
+            let got = broadcast_to(&x.to_device(dev).unwrap(), out_shape).unwrap();
+            assert_eq!(bits(&got), bits(&expected), "cuda {:?} -> {out_shape:?}", x.shape());
+        }
+    });
+}

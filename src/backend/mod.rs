@@ -166,6 +166,9 @@ pub trait Backend {
     fn unary(&self, op: UnaryOp, x: &Tensor) -> Result<Tensor>;
     /// `out_shape` is the broadcast shape of `a` and `b`.
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Result<Tensor>;
+    /// `x` repeated along the dims where `shape` is larger (x's dims equal or 1, aligned on the
+    /// right): each value copied unchanged.
+    fn broadcast_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor>;
     /// Sum over the broadcast dims of `x` down to `shape` (same rank, each dim equal or 1).
     fn sum_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor>;
     /// `sum_to` of `x`'s squares, in one pass (per-example squared norms).

@@ -165,6 +165,14 @@ pub fn binary_broadcast<T: Real>(op: BinaryOp, a: &[T], a_shape: &[usize], b: &[
     out
 }
 
+/// `x` (of `x_shape`) repeated along the broadcast dims of `out_shape`: each value copied as is.
+pub fn broadcast_copy<T: Real>(x: &[T], x_shape: &[usize], out_shape: &[usize]) -> Vec<T> {
+    let (sizes, strides) = coalesce(out_shape, &[&broadcast_strides(x_shape, out_shape), &dense_strides(out_shape)]);
+    let mut out = Vec::with_capacity(out_shape.iter().product());
+    for_each_row::<2>(&sizes, &strides, |[ix, _], len, [dx, _]| out.extend((0..len).map(|j| x[ix + j * dx])));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

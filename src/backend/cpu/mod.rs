@@ -14,7 +14,7 @@ mod shape;
 
 pub use conv::{conv2d_fwd, conv2d_input_grad, conv2d_weight_grad};
 pub use dp::{add_gaussian_noise_and_divide, conv2d_weight_grad_sq_norms, f32_toward_zero, noised_gradient, sanitize_rows};
-pub use elementwise::{binary_broadcast, broadcast_strides, unary_map};
+pub use elementwise::{binary_broadcast, broadcast_copy, broadcast_strides, unary_map};
 pub use gemm::gemm_grouped;
 pub use norm::{pixel_norm, pixel_norm_backward, power_iteration, spectral_divide_backward};
 pub use optim::{adam_update, ema_update, sgd_update};
@@ -45,6 +45,10 @@ impl Backend for Cpu {
 
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Result<Tensor> {
         by_dtype!(a.dtype(), T => T::wrap(binary_broadcast(op, T::host(a), a.shape(), T::host(b), b.shape(), out_shape), out_shape))
+    }
+
+    fn broadcast_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        by_dtype!(x.dtype(), T => T::wrap(broadcast_copy(T::host(x), x.shape(), shape), shape))
     }
 
     fn sum_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {

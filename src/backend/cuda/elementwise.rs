@@ -5,7 +5,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::device::{CudaBuffer, CudaDevice};
 use super::module::Kernel;
-use super::params::{binary_code, BinaryParams, UnaryParams, MAX_RANK};
+use super::params::{binary_code, BinaryParams, UnaryParams, BINARY_FIRST, MAX_RANK};
 use super::{buffer, output};
 use crate::backend::cpu::broadcast_strides;
 use crate::backend::{BinaryOp, UnaryOp};
@@ -61,6 +61,16 @@ fn to_fixed(v: &[usize]) -> [i64; MAX_RANK] {
 }
 
 pub(crate) fn binary(dev: &Arc<CudaDevice>, op: BinaryOp, a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Result<Tensor> {
+    launch_binary(dev, binary_code(op), a, b, out_shape)
+}
+
+/// `x` broadcast to `shape` (checked by ops): the binary kernel copying its first operand.
+pub(crate) fn broadcast_to(dev: &Arc<CudaDevice>, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    launch_binary(dev, (BINARY_FIRST, 0.0), x, x, shape)
+}
+
+/// One launch of the binary kernels with op `code` and its scalar, over `out_shape`.
+fn launch_binary(dev: &Arc<CudaDevice>, (code, scalar): (i32, f32), a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Result<Tensor> {
     if out_shape.len() > MAX_RANK {
         return Err(Error::shape("binary", format!("rank {} exceeds the CUDA kernels' limit of {MAX_RANK}", out_shape.len())));
     }
@@ -68,7 +78,6 @@ pub(crate) fn binary(dev: &Arc<CudaDevice>, op: BinaryOp, a: &Tensor, b: &Tensor
     let mut out = dev.alloc(n)?;
     if n > 0 {
         let same = a.shape() == out_shape && b.shape() == out_shape;
-        let (code, scalar) = binary_code(op);
         let p = BinaryParams {
             n: n as i64,
             op: code,

@@ -57,6 +57,10 @@ impl Backend for CudaDevice {
         reduce::sum_to(buffer(x).device(), x, shape)
     }
 
+    fn broadcast_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        elementwise::broadcast_to(buffer(x).device(), x, shape)
+    }
+
     fn sum_squares_to(&self, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
         reduce::sum_squares_to(buffer(x).device(), x, shape)
     }

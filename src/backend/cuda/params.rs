@@ -97,6 +97,9 @@ impl UnaryParams {
     }
 }
 
+/// `BINARY_FIRST` in common.cuh: the first operand unchanged (broadcast_to's copy).
+pub const BINARY_FIRST: i32 = 6;
+
 /// The op's code in `BinaryCode` (common.cuh) and its scalar parameter.
 pub fn binary_code(op: BinaryOp) -> (i32, f32) {
     match op {
