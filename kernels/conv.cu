@@ -69,15 +69,22 @@ struct Im2colLoader {
   }
 };
 
-// y[g, b, o, pos] for column n = (b, pos) and row o.
+// y[g, b, o, pos] for column n = (b, pos) and row o, plus the group's bias[o] when BIAS (the
+// same single rounding as a separate bias add).
+template <bool BIAS>
 struct ForwardEpilogue {
   FastDivmod out_area;
   int64_t image_size;  // O·P
+  const float* __restrict__ bias;  // the group's [O], when BIAS
   __device__ __forceinline__ int64_t row(int o) const { return (int64_t)o * out_area.divisor; }
   __device__ __forceinline__ int64_t col(int n) const {
     int pos;
     const int b = divmod(out_area, n, pos);
     return b * image_size + pos;
+  }
+  __device__ __forceinline__ float value(int o, float c) const {
+    if constexpr (BIAS) return c + bias[o];
+    return c;
   }
 };
 
@@ -168,6 +175,7 @@ struct PhaseInputGradEpilogue {
   int64_t image_size;  // C·H·W
   int in_area, in_w, stride, first_y, first_x;
   __device__ __forceinline__ int64_t row(int c) const { return (int64_t)c * in_area; }
+  __device__ __forceinline__ float value(int, float v) const { return v; }
   __device__ __forceinline__ int64_t col(int n) const {
     int pixel, i;
     const int b = divmod(pixels, n, pixel);
@@ -254,13 +262,16 @@ struct WeightGradEpilogue {
   int n;
   __device__ __forceinline__ int64_t row(int o) const { return (int64_t)o * n; }
   __device__ __forceinline__ int64_t col(int j) const { return j; }
+  __device__ __forceinline__ float value(int, float v) const { return v; }
 };
 
 
-// Grid: x = tiles of B·HO·WO, y = tiles of O, z grid-strides over groups.
-template <bool TF32>
+// Grid: x = tiles of B·HO·WO, y = tiles of O, z grid-strides over groups. With BIAS, bias [G, O]
+// is added in the epilogue.
+template <bool TF32, bool BIAS>
 __device__ __forceinline__ void conv2d_fwd(const ConvParams& p, const float* __restrict__ x, const float* __restrict__ w,
-                                           float* __restrict__ y, tile::SharedTiles& smem) {
+                                           const float* __restrict__ bias, float* __restrict__ y,
+                                           tile::SharedTiles& smem) {
   const int P = (int)p.out_area.divisor, KK = (int)p.kernel_area.divisor;
   const int M = p.out_channels, N = p.batch * P, K = p.in_channels * KK;
   const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
@@ -271,7 +282,7 @@ __device__ __forceinline__ void conv2d_fwd(const ConvParams& p, const float* __r
     const Im2colLoader lb(p, x + g * x_size, n0);
     float acc[tile::TM][tile::TN];
     tile::mainloop<TF32>(la, lb, 0, K, smem, acc);
-    const ForwardEpilogue ep{p.out_area, (int64_t)M * P};
+    const ForwardEpilogue<BIAS> ep{p.out_area, (int64_t)M * P, BIAS ? bias + (int64_t)g * M : nullptr};
     tile::store_tile<TF32>(ep, y + g * y_size, m0, n0, M, N, acc);
   }
 }
@@ -341,7 +352,14 @@ __device__ __forceinline__ void conv2d_weight_grad(const ConvParams& p, const fl
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     conv_conv2d_fwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y) {
   __shared__ __align__(16) dpgan::tile::SharedTiles smem;
-  dpgan::conv::conv2d_fwd<false>(p, x, w, y, smem);
+  dpgan::conv::conv2d_fwd<false, false>(p, x, w, nullptr, y, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    conv_conv2d_bias_fwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ w,
+                             const float* __restrict__ bias, float* __restrict__ y) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::conv::conv2d_fwd<false, true>(p, x, w, bias, y, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
@@ -361,7 +379,14 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     conv_conv2d_fwd_tf32(ConvParams p, const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y) {
   __shared__ __align__(16) dpgan::tile::SharedTiles smem;
-  dpgan::conv::conv2d_fwd<true>(p, x, w, y, smem);
+  dpgan::conv::conv2d_fwd<true, false>(p, x, w, nullptr, y, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    conv_conv2d_bias_fwd_tf32(ConvParams p, const float* __restrict__ x, const float* __restrict__ w,
+                              const float* __restrict__ bias, float* __restrict__ y) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::conv::conv2d_fwd<true, true>(p, x, w, bias, y, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)

@@ -151,6 +151,8 @@ grad_test!(matmul_nt, [[2, 3, 4], [2, 5, 4]], [0, 1], |t, x| t.matmul(&x[0], &x[
 grad_test!(matmul_tt, [[2, 4, 3], [2, 5, 4]], [0, 1], |t, x| t.matmul(&x[0], &x[1], true, true));
 grad_test!(linear, [[2, 3, 5], [2, 4, 5], [2, 4]], [0, 1, 2], |t, x| t.tanh(&t.linear(&x[0], &x[1], Some(&x[2]))?));
 grad_test!(conv2d_s2_p2, [[2, 2, 2, 7, 6], [2, 3, 2, 5, 5]], [0, 1], |t, x| t.conv2d(&x[0], &x[1], 2, 2));
+grad_test!(conv2d_bias_s2_p2, [[2, 2, 2, 7, 6], [2, 3, 2, 5, 5], [2, 3]], [0, 1, 2], |t, x| t
+    .tanh(&t.conv2d_bias(&x[0], &x[1], &x[2], 2, 2)?));
 grad_test!(conv2d_3x3_p1, [[1, 2, 3, 5, 5], [1, 2, 3, 3, 3]], [0, 1], |t, x| t.tanh(&t.conv2d(&x[0], &x[1], 1, 1)?));
 grad_test!(conv2d_input_grad, [[2, 2, 3, 4, 4], [2, 3, 2, 3, 3]], [0, 1], |t, x| t.conv2d_input_grad(&x[0], &x[1], (7, 8), 2, 1));
 grad_test!(conv2d_weight_grad, [[1, 2, 2, 6, 6], [1, 2, 3, 3, 3]], [0, 1], |t, x| t.conv2d_weight_grad(&x[0], &x[1], (3, 3), 2, 1));

@@ -1,5 +1,5 @@
-//! `ops::conv2d`, `conv2d_input_grad`, `conv2d_weight_grad` and `conv_transpose2d` against the plain
-//! loop formulas in f64, at every geometry docs/algorithms.md uses (reduced channel counts), G > 1, batch 1 and
+//! `ops::conv2d` (with and without its fused bias), `conv2d_input_grad`, `conv2d_weight_grad` and
+//! `conv_transpose2d` against the plain loop formulas in f64, at every geometry docs/algorithms.md uses (reduced channel counts), G > 1, batch 1 and
 //! non-square inputs and kernels; the adjoint identities; PyTorch's output sizes; shape errors.
 mod common;
 
@@ -146,10 +146,40 @@ fn conv_inputs(rng: &mut impl Rng, conv: &Conv) -> (Vec<f32>, Vec<f32>, Vec<f32>
     (x, w, dy)
 }
 
+/// The forward oracle plus a bias `[G, O]` per output channel (one more term per output).
+fn with_bias(conv: &Conv, mut y: Sums, bias: &[f32]) -> Sums {
+    let (ho, wo) = conv.out_hw();
+    let (o, plane) = (conv.out_channels, ho * wo);
+    for i in 0..y.value.len() {
+        let (g, channel) = (i / (conv.batch * o * plane), i / plane % o);
+        y.add(i, bias[g * o + channel] as f64);
+    }
+    y
+}
+
+/// `conv2d_bias` against the oracle and, bit for bit, against `conv2d` followed by the broadcast
+/// add it replaces (the epilogue adds the bias to the same finished sum, rounding once).
+fn check_conv_bias(name: &str, conv: &Conv, x: &Tensor, w: &Tensor, bias: &[f32], expected_y: &Sums, tolerance: f64) {
+    let (s, p) = (conv.stride, conv.padding);
+    let device = x.device();
+    let bias_t = match x.dtype() {
+        dpgan::tensor::DType::F64 => tensor64(bias, &[conv.groups, conv.out_channels]),
+        dpgan::tensor::DType::F32 => Tensor::from_vec(bias.to_vec(), &[conv.groups, conv.out_channels], &device).unwrap(),
+    };
+    let fused = ops::conv2d_bias(x, w, &bias_t, s, p).unwrap();
+    assert_eq!(fused.shape(), conv.y_shape(), "{name}: conv2d_bias shape");
+    assert_close_sums(&format!("{name}: conv2d_bias {device:?}"), &values(&fused), &with_bias(conv, expected_y.clone(), bias), tolerance);
+    let bias5 = bias_t.reshape(&[conv.groups, 1, conv.out_channels, 1, 1]).unwrap();
+    let separate = ops::binary(dpgan::backend::BinaryOp::Add, &ops::conv2d(x, w, s, p).unwrap(), &bias5).unwrap();
+    let bits = |t: &Tensor| values(t).iter().map(|v| v.to_bits()).collect::<Vec<u64>>();
+    assert_eq!(bits(&fused), bits(&separate), "{name}: conv2d_bias against conv2d + add on {device:?}");
+}
+
 /// The three ops on one case, in f32 (tolerance F32_REDUCTION: every output is a sum of at most
 /// C·KH·KW, O·KH·KW or B·HO·WO ≤ 1,568 products) and in f64 (tol::F64_TIGHT).
 fn check_conv_ops(name: &str, conv: &Conv, rng: &mut impl Rng) {
     let (x, w, dy) = conv_inputs(rng, conv);
+    let bias = randn_vec(rng, conv.groups * conv.out_channels);
     let (xs, ws, ys) = (conv.x_shape(), conv.w_shape(), conv.y_shape());
     let expected_y = conv.forward_oracle(&x, &w);
     let expected_dx = conv.input_grad_oracle(&dy, &w);
@@ -163,6 +193,7 @@ fn check_conv_ops(name: &str, conv: &Conv, rng: &mut impl Rng) {
         let y = ops::conv2d(&xt, &wt, s, p).unwrap();
         assert_eq!(y.shape(), ys, "{name}: conv2d output shape (PyTorch's formula)");
         assert_close_sums(&format!("{name}: conv2d {dtype}"), &values(&y), &expected_y, tolerance);
+        check_conv_bias(&format!("{name} {dtype}"), conv, &xt, &wt, &bias, &expected_y, tolerance);
 
         let d_x = ops::conv2d_input_grad(&dyt, &wt, in_hw, s, p).unwrap();
         assert_eq!(d_x.shape(), xs, "{name}: conv2d_input_grad shape");
@@ -464,6 +495,7 @@ fn conv_empty_batch_and_channels() {
 /// output may cancel to near 0). Inputs are uploaded, outputs stay on the device until compared.
 fn check_cuda_conv_ops(name: &str, conv: &Conv, dev: &Device, rng: &mut impl Rng, tolerance: f64) {
     let (x, w, dy) = conv_inputs(rng, conv);
+    let bias = randn_vec(rng, conv.groups * conv.out_channels);
     let (xs, ws, ys) = (conv.x_shape(), conv.w_shape(), conv.y_shape());
     let (s, p) = (conv.stride, conv.padding);
     let on_dev = |data: &[f32], shape: &[usize]| Tensor::from_vec(data.to_vec(), shape, dev).unwrap();
@@ -471,7 +503,9 @@ fn check_cuda_conv_ops(name: &str, conv: &Conv, dev: &Device, rng: &mut impl Rng
 
     let y = ops::conv2d(&xt, &wt, s, p).unwrap();
     assert_eq!(y.shape(), ys, "{name}: conv2d shape");
-    assert_close_sums(&format!("{name}: conv2d cuda"), &values(&y), &conv.forward_oracle(&x, &w), tolerance);
+    let expected_y = conv.forward_oracle(&x, &w);
+    assert_close_sums(&format!("{name}: conv2d cuda"), &values(&y), &expected_y, tolerance);
+    check_conv_bias(name, conv, &xt, &wt, &bias, &expected_y, tolerance);
 
     let d_x = ops::conv2d_input_grad(&dyt, &wt, (conv.in_h, conv.in_w), s, p).unwrap();
     assert_eq!(d_x.shape(), xs, "{name}: conv2d_input_grad shape");

@@ -44,11 +44,13 @@ pub enum Saved {
         trans_a: bool,
         trans_b: bool,
     },
+    /// `conv2d(x, w)`, plus a bias `[G, O]` (the op's third input) when `bias`.
     Conv2d {
         x: Tensor,
         w: Tensor,
         stride: usize,
         padding: usize,
+        bias: bool,
     },
     /// `dx = conv2d_input_grad(dy, w)` (also conv-transpose's forward).
     ConvInputGrad {
@@ -306,7 +308,14 @@ impl Tape {
 
     pub fn conv2d(&self, x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
         let out = raw::conv2d(x, w, stride, padding)?;
-        Ok(self.record(out, &[x, w], || Saved::Conv2d { x: x.clone(), w: w.clone(), stride, padding }))
+        Ok(self.record(out, &[x, w], || Saved::Conv2d { x: x.clone(), w: w.clone(), stride, padding, bias: false }))
+    }
+
+    /// `conv2d(x, w) + bias` per output channel (`bias` `[G, O]`) in one launch: the bias is added
+    /// in the convolution's epilogue, where a separate broadcast add took a launch of its own.
+    pub fn conv2d_bias(&self, x: &Tensor, w: &Tensor, bias: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+        let out = raw::conv2d_bias(x, w, bias, stride, padding)?;
+        Ok(self.record(out, &[x, w, bias], || Saved::Conv2d { x: x.clone(), w: w.clone(), stride, padding, bias: true }))
     }
 
     /// `conv2d`'s input gradient as a differentiable op (its forward is a transposed conv).

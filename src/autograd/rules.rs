@@ -39,13 +39,19 @@ pub(super) fn backward(tape: &Tape, saved: &Saved, dy: &Tensor, needs: &[bool]) 
                 .transpose()?;
             vec![da, db]
         }
-        Saved::Conv2d { x, w, stride, padding } => {
+        Saved::Conv2d { x, w, stride, padding, bias } => {
             let in_hw = (x.shape()[3], x.shape()[4]);
             let k = (w.shape()[3], w.shape()[4]);
-            vec![
+            let mut grads = vec![
                 need(0).then(|| tape.conv2d_input_grad(dy, w, in_hw, *stride, *padding)).transpose()?,
                 need(1).then(|| tape.conv2d_weight_grad(x, dy, k, *stride, *padding)).transpose()?,
-            ]
+            ];
+            if *bias {
+                // The bias's gradient sums dy over examples and positions, per output channel.
+                let (g, o) = (dy.shape()[0], dy.shape()[2]);
+                grads.push(need(2).then(|| tape.reshape(&tape.sum_to(dy, &[g, 1, o, 1, 1])?, &[g, o])).transpose()?);
+            }
+            grads
         }
         Saved::ConvInputGrad { dy: g, w, stride, padding } => {
             // out = A(g, w), bilinear: ⟨ḡ, A(g, w)⟩ = ⟨conv2d(ḡ, w), g⟩ = ⟨wgrad(ḡ, g), w⟩.

@@ -179,7 +179,9 @@ pub trait Backend {
 
     fn matmul(&self, a: &Tensor, b: &Tensor, geom: &MatmulGeometry) -> Result<Tensor>;
 
-    fn conv2d(&self, x: &Tensor, w: &Tensor, geom: &ConvGeometry) -> Result<Tensor>;
+    /// `conv2d(x, w)`, plus `bias` `[G, O]` per output channel when given (added to each
+    /// finished sum: the values of a separate add, without its launch).
+    fn conv2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, geom: &ConvGeometry) -> Result<Tensor>;
     /// `dx` of `conv2d` from `dy`; also conv-transpose2d's forward.
     fn conv2d_input_grad(&self, dy: &Tensor, w: &Tensor, geom: &ConvGeometry) -> Result<Tensor>;
     /// `dw` of `conv2d` from the input `x` and `dy`.

@@ -160,7 +160,23 @@ pub fn conv_geometry(x_shape: &[usize], w_shape: &[usize], stride: usize, paddin
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     let dev = device_of("conv2d", &[x, w])?;
     let geom = conv_geometry(x.shape(), w.shape(), stride, padding)?;
-    dispatch("conv2d", &dev).conv2d(x, w, &geom)
+    dispatch("conv2d", &dev).conv2d(x, w, None, &geom)
+}
+
+/// `conv2d(x, w) + bias` with `bias` `[G, O]` per output channel, in one launch.
+pub fn conv2d_bias(x: &Tensor, w: &Tensor, bias: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let dev = device_of("conv2d", &[x, w, bias])?;
+    let geom = conv_geometry(x.shape(), w.shape(), stride, padding)?;
+    ensure_shape!(
+        bias.shape() == [geom.groups, geom.out_channels],
+        "conv2d",
+        "bias {:?} must be [G, O] = [{}, {}] for weight {:?}",
+        bias.shape(),
+        geom.groups,
+        geom.out_channels,
+        w.shape()
+    );
+    dispatch("conv2d", &dev).conv2d(x, w, Some(bias), &geom)
 }
 
 /// The gradient of `conv2d` w.r.t. its input of spatial size `in_hw`, from `dy` `[G, B, O, HO, WO]`.

@@ -101,8 +101,8 @@ impl Cnn {
         let p = &self.params;
         let batch = x.shape()[1];
         let images = tape.reshape(x, &[1, batch, 1, IMAGE_SIDE, IMAGE_SIDE])?;
-        let conv1 = tape.relu(&tape.add_channel_bias(&tape.conv2d(&images, &p[0], 1, 0)?, &p[1])?)?;
-        let conv2 = tape.relu(&tape.add_channel_bias(&tape.conv2d(&conv1, &p[2], 1, 0)?, &p[3])?)?;
+        let conv1 = tape.relu(&tape.conv2d_bias(&images, &p[0], &p[1], 1, 0)?)?;
+        let conv2 = tape.relu(&tape.conv2d_bias(&conv1, &p[2], &p[3], 1, 0)?)?;
         let mut flat = tape.reshape(&tape.max_pool2x2(&conv2)?, &[1, batch, FLAT])?;
         let mut dropout = dropout;
         if let Some((config, rng)) = dropout.as_mut() {

@@ -74,8 +74,8 @@ impl LeNet {
         let p = &self.params;
         let batch = x.shape()[1];
         let images = tape.reshape(x, &[1, batch, 1, IMAGE_SIDE, IMAGE_SIDE])?;
-        let conv1 = tape.relu(&tape.add_channel_bias(&tape.conv2d(&images, &p[0], 1, 2)?, &p[1])?)?;
-        let conv2 = tape.relu(&tape.add_channel_bias(&tape.conv2d(&tape.max_pool2x2(&conv1)?, &p[2], 1, 0)?, &p[3])?)?;
+        let conv1 = tape.relu(&tape.conv2d_bias(&images, &p[0], &p[1], 1, 2)?)?;
+        let conv2 = tape.relu(&tape.conv2d_bias(&tape.max_pool2x2(&conv1)?, &p[2], &p[3], 1, 0)?)?;
         let flat = tape.reshape(&tape.max_pool2x2(&conv2)?, &[1, batch, 400])?;
         let fc1 = tape.relu(&tape.linear(&flat, &p[4], Some(&p[5]))?)?;
         let fc2 = tape.relu(&tape.linear(&fc1, &p[6], Some(&p[7]))?)?;

@@ -43,7 +43,7 @@ impl Conv2d {
     /// Records the layer on `tape`. For per-example clipping, call `tape.retain_grad` on the
     /// trace's output before the backward pass.
     pub fn forward(&self, tape: &Tape, x: &Tensor) -> Result<(Tensor, LayerTrace)> {
-        let y = tape.add_channel_bias(&tape.conv2d(x, &self.weight, self.stride, self.padding)?, &self.bias)?;
+        let y = tape.conv2d_bias(x, &self.weight, &self.bias, self.stride, self.padding)?;
         Ok((y.clone(), LayerTrace { input: x.clone(), output: y }))
     }
 }

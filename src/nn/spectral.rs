@@ -133,7 +133,7 @@ impl SnConv2d {
 
     pub fn forward(&mut self, tape: &Tape, x: &Tensor) -> Result<(Tensor, SpectralTrace)> {
         let w = self.sn.weight(tape)?;
-        let y = tape.add_channel_bias(&tape.conv2d(x, &w.weight, self.stride, self.padding)?, &self.bias)?;
+        let y = tape.conv2d_bias(x, &w.weight, &self.bias, self.stride, self.padding)?;
         Ok((y.clone(), self.sn.trace(x, &y, w)))
     }
 }

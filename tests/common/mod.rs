@@ -120,6 +120,7 @@ pub fn on_cuda(test: &str, body: impl FnOnce(&Device)) {
 }
 
 /// Exact sums from an oracle: each element's value and the sum of its terms' magnitudes.
+#[derive(Clone, Debug)]
 pub struct Sums {
     pub value: Vec<f64>,
     pub magnitude: Vec<f64>,

@@ -159,6 +159,22 @@ pub fn conv2d_fwd<T: Real>(geom: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     y
 }
 
+/// `y[g, b, o, ..] += bias[g, o]` over a conv output of `geom` (one rounding per element, as a
+/// separate broadcast add).
+pub fn add_channel_bias<T: Real>(geom: &ConvGeometry, y: &mut [T], bias: &[T]) {
+    let (o, positions) = (geom.out_channels, geom.out_h * geom.out_w);
+    if o * positions == 0 {
+        return;
+    }
+    for (image_index, image) in y.chunks_mut(o * positions).enumerate() {
+        let g = image_index / geom.batch.max(1);
+        for (channel, plane) in image.chunks_mut(positions).enumerate() {
+            let b = bias[g * o + channel];
+            plane.iter_mut().for_each(|v| *v += b);
+        }
+    }
+}
+
 /// `d_x = fold(Wᵀ · d_y)` per chunk.
 pub fn conv2d_input_grad<T: Real>(geom: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> {
     let Layout { patch, positions, image, chunk, .. } = layout(geom);

@@ -12,7 +12,7 @@ mod reduce;
 mod rng;
 mod shape;
 
-pub use conv::{conv2d_fwd, conv2d_input_grad, conv2d_weight_grad};
+pub use conv::{add_channel_bias, conv2d_fwd, conv2d_input_grad, conv2d_weight_grad};
 pub use dp::{add_gaussian_noise_and_divide, conv2d_weight_grad_sq_norms, f32_toward_zero, noised_gradient, sanitize_rows};
 pub use elementwise::{binary_broadcast, broadcast_copy, broadcast_strides, unary_map};
 pub use gemm::gemm_grouped;
@@ -71,8 +71,14 @@ impl Backend for Cpu {
         })
     }
 
-    fn conv2d(&self, x: &Tensor, w: &Tensor, geom: &ConvGeometry) -> Result<Tensor> {
-        by_dtype!(x.dtype(), T => T::wrap(conv2d_fwd(geom, T::host(x), T::host(w)), &geom.output_shape()))
+    fn conv2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, geom: &ConvGeometry) -> Result<Tensor> {
+        by_dtype!(x.dtype(), T => {
+            let mut y = conv2d_fwd(geom, T::host(x), T::host(w));
+            if let Some(bias) = bias {
+                add_channel_bias(geom, &mut y, T::host(bias));
+            }
+            T::wrap(y, &geom.output_shape())
+        })
     }
 
     fn conv2d_input_grad(&self, dy: &Tensor, w: &Tensor, geom: &ConvGeometry) -> Result<Tensor> {

@@ -152,15 +152,36 @@ fn launch(
 }
 
 /// `y = conv2d(x, w)`: `[G, B, O, HO, WO]`.
-pub(crate) fn conv2d(dev: &Arc<CudaDevice>, x: &Tensor, w: &Tensor, geom: &ConvGeometry) -> Result<Tensor> {
+/// `conv2d(x, w)` `[G, B, O, HO, WO]`, with `bias` `[G, O]` added in the epilogue when given.
+pub(crate) fn conv2d(dev: &Arc<CudaDevice>, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, geom: &ConvGeometry) -> Result<Tensor> {
     let shape = geom.output_shape();
     let mut y = dev.alloc(shape.iter().product())?;
     let (m, n) = (geom.out_channels, geom.batch * geom.out_h * geom.out_w);
     if geom.groups * m * n > 0 {
         let k = geom.in_channels * geom.kernel_h * geom.kernel_w;
         let p = conv_params("conv2d", geom, 1, k)?;
-        let kernel = if use_tf32(dev, m, n, k) { Kernel::Conv2dTf32 } else { Kernel::Conv2d };
-        launch(dev, kernel, &p, tile_grid("conv2d", m, n, geom.groups)?, x, w, &mut y)?;
+        let tf32 = use_tf32(dev, m, n, k);
+        let config = tile_grid("conv2d", m, n, geom.groups)?;
+        match bias {
+            None => launch(dev, if tf32 { Kernel::Conv2dTf32 } else { Kernel::Conv2d }, &p, config, x, w, &mut y)?,
+            Some(bias) => {
+                let kernel = if tf32 { Kernel::Conv2dBiasTf32 } else { Kernel::Conv2dBias };
+                let _range = crate::profile::range(kernel.symbol());
+                // SAFETY: as `launch`'s, and bias holds G·O floats (checked by ops), read at
+                // [g·O + o] for o < O only.
+                let r = unsafe {
+                    dev.stream()
+                        .launch_builder(dev.kernel(kernel))
+                        .arg(&p)
+                        .arg(&buffer(x).slice)
+                        .arg(&buffer(w).slice)
+                        .arg(&buffer(bias).slice)
+                        .arg(&mut y.slice)
+                        .launch(config)
+                };
+                launched(kernel, r)?;
+            }
+        }
     }
     output(y, &shape)
 }

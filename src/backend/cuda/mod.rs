@@ -73,8 +73,8 @@ impl Backend for CudaDevice {
         gemm::matmul(buffer(a).device(), a, b, geom)
     }
 
-    fn conv2d(&self, x: &Tensor, w: &Tensor, geom: &ConvGeometry) -> Result<Tensor> {
-        conv::conv2d(buffer(x).device(), x, w, geom)
+    fn conv2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, geom: &ConvGeometry) -> Result<Tensor> {
+        conv::conv2d(buffer(x).device(), x, w, bias, geom)
     }
 
     fn conv2d_input_grad(&self, dy: &Tensor, w: &Tensor, geom: &ConvGeometry) -> Result<Tensor> {

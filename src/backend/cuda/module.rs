@@ -76,9 +76,11 @@ kernel_table! {
     GemmNTTf32 => "gemm_grouped_nt_fwd_tf32",
     GemmTTTf32 => "gemm_grouped_tt_fwd_tf32",
     Conv2d => "conv_conv2d_fwd_f32",
+    Conv2dBias => "conv_conv2d_bias_fwd_f32",
     Conv2dInputGrad => "conv_conv2d_input_grad_bwd_f32",
     Conv2dWeightGrad => "conv_conv2d_weight_grad_bwd_f32",
     Conv2dTf32 => "conv_conv2d_fwd_tf32",
+    Conv2dBiasTf32 => "conv_conv2d_bias_fwd_tf32",
     Conv2dInputGradTf32 => "conv_conv2d_input_grad_bwd_tf32",
     Conv2dWeightGradTf32 => "conv_conv2d_weight_grad_bwd_tf32",
 }
