@@ -213,6 +213,26 @@ mod tests {
         }
     }
 
+    /// Between integer orders the per-query RDP interpolates K linearly (docs/algorithms.md): at
+    /// α = lo + f it is (K(lo) + f·(K(lo+1) − K(lo)))/(α − 1), checked where that is below the
+    /// Gaussian cap, so the interpolation is what decides the value.
+    #[test]
+    fn fractional_orders_interpolate_the_moment_linearly() {
+        for (sigma, gamma) in [(1.07, 0.01), (2.0, 0.05), (0.8, 1e-3)] {
+            for alpha in [2.5, 3.25, 7.75, 31.5] {
+                let lo = f64::floor(alpha);
+                let (k_lo, k_hi) = (log_moment_integer(sigma, gamma, lo as u64), log_moment_integer(sigma, gamma, lo as u64 + 1));
+                let interpolated = (k_lo + (alpha - lo) * (k_hi - k_lo)) / (alpha - 1.0);
+                let cap = alpha / (2.0 * sigma * sigma);
+                assert!(interpolated < cap, "σ {sigma} γ {gamma} α {alpha}: the cap would decide ({interpolated} ≥ {cap})");
+                let got = per_query_rdp(sigma, gamma, alpha).unwrap();
+                assert!((got - interpolated).abs() <= 1e-13 * interpolated, "σ {sigma} γ {gamma} α {alpha}: {got} vs {interpolated}");
+                // Strictly between its integer neighbours' K (K grows with α), not at either end.
+                assert!(k_lo < k_hi, "σ {sigma} γ {gamma} α {alpha}: K({lo}) = {k_lo} ≥ K({}) = {k_hi}", lo + 1.0);
+            }
+        }
+    }
+
     /// The per-step noise multiplier the CLI reports is the one the accounting uses: with k = 1
     /// (every step sees the slice) a step is exactly the Gaussian of noise multiplier σ/√B, whose
     /// RDP is α/(2m²).
