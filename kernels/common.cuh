@@ -279,11 +279,27 @@ struct GatherRowsParams {
 
 // ---- norm.cu ----
 
-// Spectral norm's power iteration for w [groups, rows, cols] and u [groups, rows].
-struct PowerIterationParams {
+// One layer of spectral norm's power iteration: w [groups, rows, cols] and u [groups, rows] in,
+// u_out [groups, rows], v [groups, cols] and σ [groups] out; v_raw [groups, cols] the split path's
+// scratch (unused by the fused kernel).
+struct PowerIterationLayer {
+  const float* w;
+  const float* u;
+  float* u_out;
+  float* v;
+  float* v_raw;
+  float* sigma;
   int64_t groups;
   int64_t rows;
   int64_t cols;
+};
+
+// Up to 16 layers in one launch (1,160 bytes of kernel parameters, well inside 4 KiB).
+#define DPGAN_POWER_ITERATION_LAYERS 16
+struct PowerIterationBatch {
+  PowerIterationLayer layers[DPGAN_POWER_ITERATION_LAYERS];
+  int32_t count;
+  int32_t pad_;
 };
 
 // Pixel norm over the channels of x viewed as [N, C, P] (N = G·B examples, P = H·W positions):
@@ -391,7 +407,8 @@ static_assert(sizeof(NoisedAdamParams) == 96, "NoisedAdamParams layout");
 static_assert(sizeof(Pool2x2Params) == 40, "Pool2x2Params layout");
 static_assert(sizeof(AxisCopyParams) == 56, "AxisCopyParams layout");
 static_assert(sizeof(GatherRowsParams) == 16, "GatherRowsParams layout");
-static_assert(sizeof(PowerIterationParams) == 24, "PowerIterationParams layout");
+static_assert(sizeof(PowerIterationLayer) == 72, "PowerIterationLayer layout");
+static_assert(sizeof(PowerIterationBatch) == 16 * 72 + 8, "PowerIterationBatch layout");
 static_assert(sizeof(SpectralDivideBwdParams) == 48, "SpectralDivideBwdParams layout");
 static_assert(sizeof(PixelNormParams) == 32, "PixelNormParams layout");
 static_assert(sizeof(GemmParams) == 32, "GemmParams layout");

@@ -4,7 +4,7 @@
 // Mirrors src/backend/cpu/norm.rs (which accumulates in f64; here f32 with block reductions).
 // Two ways to run it, picked by the launcher (src/backend/cuda/norm.rs): one fused kernel with a
 // block per group when the groups fill the device, three launches that spread each group over many
-// blocks when they do not (G = 1).
+// blocks when they do not (G = 1). Either way a launch serves up to 16 layers.
 #include "common.cuh"
 
 namespace dpgan {
@@ -29,24 +29,27 @@ __device__ __forceinline__ float block_normalize(float* x, int64_t n, float* scr
 
 }  // namespace dpgan
 
-// One block per group (grid.x = groups), any multiple of 32 threads up to 1024.
+// Every kernel below takes a batch of layers (PowerIterationBatch, common.cuh): grid.z (grid.x for
+// the per-group kernels' groups) picks the layer, so one launch serves every spectrally normalised
+// layer of a model. The grid is sized for the largest layer; blocks past a smaller layer's extent
+// return at once (uniformly over the block, so no __syncthreads is skipped by some threads only).
+
+// One block per (group, layer): grid (max groups, 1, layers), any multiple of 32 threads up to 1024.
 //   1. v_raw[c] = Σ_r W[r, c]·u[r]: a thread per column (a warp reads 32 adjacent columns of a row),
 //      summing over the rows in order; written to v, then normalised in place.
 //   2. u_raw[r] = Σ_c W[r, c]·v[c]: a warp per row, lanes striding over the columns, then a warp
 //      shuffle tree; written to u_out, then normalised in place.
 // v and u_out double as the scratch vectors, so nothing limits cols or rows but memory; they are
-// written and re-read by the block (ordinary global loads, made visible by __syncthreads), hence
-// not __restrict__.
-extern "C" __global__ void norm_power_iteration_fwd_f32(PowerIterationParams p, const float* __restrict__ w,
-                                                        const float* __restrict__ u, float* u_out, float* v,
-                                                        float* __restrict__ sigma) {
+// written and re-read by the block (ordinary global loads, made visible by __syncthreads).
+extern "C" __global__ void norm_power_iteration_fwd_f32(PowerIterationBatch b) {
   __shared__ float scratch[32];
+  const PowerIterationLayer& p = b.layers[blockIdx.z];
   const int64_t g = blockIdx.x;
-  if (g >= p.groups) return;  // uniform over the block: no __syncthreads is skipped by some threads only
-  const float* w_g = w + g * p.rows * p.cols;
-  const float* u_g = u + g * p.rows;
-  float* u_out_g = u_out + g * p.rows;
-  float* v_g = v + g * p.cols;
+  if (g >= p.groups) return;
+  const float* w_g = p.w + g * p.rows * p.cols;
+  const float* u_g = p.u + g * p.rows;
+  float* u_out_g = p.u_out + g * p.rows;
+  float* v_g = p.v + g * p.cols;
 
   for (int64_t c = threadIdx.x; c < p.cols; c += blockDim.x) {
     float acc = 0.0f;
@@ -67,7 +70,7 @@ extern "C" __global__ void norm_power_iteration_fwd_f32(PowerIterationParams p, 
   }
   __syncthreads();
   const float s = dpgan::block_normalize(u_out_g, p.rows, scratch);
-  if (threadIdx.x == 0) sigma[g] = s;
+  if (threadIdx.x == 0) p.sigma[g] = s;
 }
 
 // ---- The same step in three launches, for few groups (one block per group would leave most of
@@ -78,20 +81,21 @@ extern "C" __global__ void norm_power_iteration_fwd_f32(PowerIterationParams p, 
 #define DPGAN_WTU_COLS 32
 #define DPGAN_WTU_SLICES 16
 
-// 1. v_raw[g, c] = Σ_r W[r, c]·u[r]. Grid (⌈cols/32⌉, groups), block 512 = 32 columns × 16 row
-//    slices: slice s sums rows s, s + 16, ... (a warp reads 32 adjacent columns of a row), then
-//    slice 0 adds the 16 partial sums in order.
-extern "C" __global__ void norm_power_iteration_wtu_fwd_f32(PowerIterationParams p, const float* __restrict__ w,
-                                                            const float* __restrict__ u, float* __restrict__ v_raw) {
+// 1. v_raw[g, c] = Σ_r W[r, c]·u[r]. Grid (max ⌈cols/32⌉, max groups, layers), block 512 = 32
+//    columns × 16 row slices: slice s sums rows s, s + 16, ... (a warp reads 32 adjacent columns of
+//    a row), then slice 0 adds the 16 partial sums in order.
+extern "C" __global__ void norm_power_iteration_wtu_fwd_f32(PowerIterationBatch b) {
   __shared__ float partial[DPGAN_WTU_SLICES][DPGAN_WTU_COLS];
+  const PowerIterationLayer& p = b.layers[blockIdx.z];
+  const int64_t g = blockIdx.y;
+  if (g >= p.groups) return;
   const int lane = threadIdx.x % DPGAN_WTU_COLS;
   const int slice = threadIdx.x / DPGAN_WTU_COLS;
-  const int64_t g = blockIdx.y;
   const int64_t c = (int64_t)blockIdx.x * DPGAN_WTU_COLS + lane;
   float acc = 0.0f;
   if (c < p.cols) {
-    const float* w_g = w + g * p.rows * p.cols;
-    const float* u_g = u + g * p.rows;
+    const float* w_g = p.w + g * p.rows * p.cols;
+    const float* u_g = p.u + g * p.rows;
     for (int64_t r = slice; r < p.rows; r += DPGAN_WTU_SLICES) acc += w_g[r * p.cols + c] * u_g[r];
   }
   partial[slice][lane] = acc;
@@ -100,45 +104,48 @@ extern "C" __global__ void norm_power_iteration_wtu_fwd_f32(PowerIterationParams
     float sum = 0.0f;
 #pragma unroll
     for (int s = 0; s < DPGAN_WTU_SLICES; ++s) sum += partial[s][lane];
-    v_raw[g * p.cols + c] = sum;
+    p.v_raw[g * p.cols + c] = sum;
   }
 }
 
-// 2. v = v_raw / max(‖v_raw‖, 1e-12) and u_raw[g, r] = Σ_c W[r, c]·v[c]. Grid (row blocks, groups),
-//    any multiple of 32 threads: every block computes the group's norm itself (the same reduction
-//    in the same order, so the same value in every block), writes its stripe of v, and takes rows
-//    with a warp per row (lanes striding over the columns, then a shuffle tree). u_raw goes to u_out.
-extern "C" __global__ void norm_power_iteration_wv_fwd_f32(PowerIterationParams p, const float* __restrict__ w,
-                                                           const float* __restrict__ v_raw, float* __restrict__ u_out,
-                                                           float* __restrict__ v) {
+// 2. v = v_raw / max(‖v_raw‖, 1e-12) and u_raw[g, r] = Σ_c W[r, c]·v[c]. Grid (max row blocks,
+//    max groups, layers), any multiple of 32 threads: every block computes the group's norm itself
+//    (the same reduction in the same order, so the same value in every block), writes its stripe
+//    of v, and takes rows with a warp per row (lanes striding over the columns, then a shuffle
+//    tree). u_raw goes to u_out.
+extern "C" __global__ void norm_power_iteration_wv_fwd_f32(PowerIterationBatch b) {
   __shared__ float scratch[32];
+  const PowerIterationLayer& p = b.layers[blockIdx.z];
   const int64_t g = blockIdx.y;
-  const float* v_raw_g = v_raw + g * p.cols;
+  if (g >= p.groups) return;
+  const float* v_raw_g = p.v_raw + g * p.cols;
   float sq = 0.0f;
   for (int64_t c = threadIdx.x; c < p.cols; c += blockDim.x) sq += v_raw_g[c] * v_raw_g[c];
   const float norm = fmaxf(sqrtf(dpgan::block_sum(sq, scratch)), 1e-12f);
 
   for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < p.cols; c += (int64_t)gridDim.x * blockDim.x) {
-    v[g * p.cols + c] = v_raw_g[c] / norm;
+    p.v[g * p.cols + c] = v_raw_g[c] / norm;
   }
   const int lane = threadIdx.x & 31;
   const int64_t warps = blockDim.x >> 5;
-  const float* w_g = w + g * p.rows * p.cols;
+  const float* w_g = p.w + g * p.rows * p.cols;
   for (int64_t r = (int64_t)blockIdx.x * warps + (threadIdx.x >> 5); r < p.rows; r += (int64_t)gridDim.x * warps) {
     const float* row = w_g + r * p.cols;
     float acc = 0.0f;
     for (int64_t c = lane; c < p.cols; c += 32) acc += row[c] * (v_raw_g[c] / norm);
     acc = dpgan::warp_sum(acc);
-    if (lane == 0) u_out[g * p.rows + r] = acc;
+    if (lane == 0) p.u_out[g * p.rows + r] = acc;
   }
 }
 
-// 3. u_out[g] ← u_out[g] / max(‖u_out[g]‖, 1e-12) and σ[g]: one block per group.
-extern "C" __global__ void norm_power_iteration_normalize_u_fwd_f32(PowerIterationParams p, float* u_out,
-                                                                    float* __restrict__ sigma) {
+// 3. u_out[g] ← u_out[g] / max(‖u_out[g]‖, 1e-12) and σ[g]: grid (max groups, 1, layers).
+extern "C" __global__ void norm_power_iteration_normalize_u_fwd_f32(PowerIterationBatch b) {
   __shared__ float scratch[32];
-  const float s = dpgan::block_normalize(u_out + (int64_t)blockIdx.x * p.rows, p.rows, scratch);
-  if (threadIdx.x == 0) sigma[blockIdx.x] = s;
+  const PowerIterationLayer& p = b.layers[blockIdx.z];
+  const int64_t g = blockIdx.x;
+  if (g >= p.groups) return;
+  const float s = dpgan::block_normalize(p.u_out + g * p.rows, p.rows, scratch);
+  if (threadIdx.x == 0) p.sigma[g] = s;
 }
 
 // The gradient of spectral norm's W = W̄/σ with σ = uᵀW̄v (u, v constants) for W̄ [G, O, I]:

@@ -1,7 +1,8 @@
 //! Spectral norm's power iteration: one step (u', v and its σ = u'ᵀWv) against a plain f64 power
 //! iteration, convergence of σ to the top singular value (known by construction, or from the Gram matrix), G > 1 with a
 //! different matrix per group, the 1e-12 guard on zero and tiny inputs, and shape errors; the
-//! gradient of W = W̄/σ (`spectral_divide_backward`) against an f64 oracle on every backend.
+//! gradient of W = W̄/σ (`spectral_divide_backward`) against an f64 oracle on every backend; a
+//! batch of layers in one call equal to one call per layer.
 mod common;
 
 use common::{assert_close, assert_close_f64, on_cuda, randn_vec, tol};
@@ -530,4 +531,80 @@ fn pixel_norm_errors_are_errors_not_panics() {
             (Ok(()), _) => panic!("{what}: expected an error"),
         }
     }
+}
+
+/// Layers of mixed shapes for one batched call: GS-WGAN's critic (conv 64 × 25, 128 × 1600,
+/// 256 × 3200 at base 64, linear 1 × 4096, embedding 10 × 4096, reduced here), odd tails, and
+/// degenerate layers (no rows, no columns, no groups) between ordinary ones.
+fn mixed_layers(rng: &mut impl Rng, groups: usize, count: usize) -> Vec<(Tensor, Tensor)> {
+    let shapes = [(8, 25), (16, 200), (32, 400), (1, 512), (10, 512), (33, 513), (3, 1), (0, 7), (5, 0), (1, 1)];
+    (0..count)
+        .map(|l| {
+            let (rows, cols) = shapes[l % shapes.len()];
+            let g = if l == 7 { 0 } else { groups };
+            (common::randn(rng, &[g, rows, cols]), common::randn(rng, &[g, rows]))
+        })
+        .collect()
+}
+
+/// A batched call gives each layer exactly what a call for that layer alone gives: on the CPU, and
+/// on the GPU bit for bit (every block does its layer's work in the same order whatever else shares
+/// the launch) and against the CPU (F32_REDUCTION, as above). Batches of 5 and 11 layers (a critic,
+/// a ResNet generator), 20 (past the 16 a launch takes), few groups (the split launches) and many
+/// (the fused kernel).
+#[test]
+fn batched_power_iterations_equal_one_call_per_layer() {
+    let mut rng = common::rng("batched_power_iterations_equal_one_call_per_layer");
+    let cases: Vec<(usize, Vec<(Tensor, Tensor)>)> =
+        [(1, 5), (1, 11), (2, 20), (300, 5)].iter().map(|&(groups, count)| (groups, mixed_layers(&mut rng, groups, count))).collect();
+    let bits = |t: &Tensor| t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    let check = |what: &str, layers: &[(Tensor, Tensor)]| {
+        let pairs: Vec<(&Tensor, &Tensor)> = layers.iter().map(|(w, u)| (w, u)).collect();
+        let batched = ops::power_iterations(&pairs).unwrap();
+        assert_eq!(batched.len(), layers.len(), "{what}: one step per layer");
+        for (l, ((w, u), step)) in layers.iter().zip(&batched).enumerate() {
+            let alone = ops::power_iteration(w, u).unwrap();
+            for (name, a, b) in [("u'", &step.u, &alone.u), ("v", &step.v, &alone.v), ("σ", &step.sigma, &alone.sigma)] {
+                assert_eq!(a.shape(), b.shape(), "{what} layer {l} {name}: shape");
+                assert_eq!(bits(a), bits(b), "{what} layer {l} {name}: batched against alone");
+            }
+        }
+        batched
+    };
+    for (groups, layers) in &cases {
+        check(&format!("cpu G={groups} × {} layers", layers.len()), layers);
+    }
+    on_cuda("batched_power_iterations_equal_one_call_per_layer", |dev| {
+        for (groups, layers) in &cases {
+            let on_dev: Vec<(Tensor, Tensor)> =
+                layers.iter().map(|(w, u)| (w.to_device(dev).unwrap(), u.to_device(dev).unwrap())).collect();
+            let what = format!("cuda G={groups} × {} layers", layers.len());
+            let batched = check(&what, &on_dev);
+            for (l, ((w, u), step)) in layers.iter().zip(&batched).enumerate() {
+                let expected = ops::power_iteration(w, u).unwrap();
+                let rows = w.shape()[1];
+                assert_close(&format!("{what} layer {l} v"), &step.v.to_vec().unwrap(), &expected.v.to_vec().unwrap(), tol::F32_REDUCTION);
+                assert_close(&format!("{what} layer {l} u'"), &step.u.to_vec().unwrap(), &expected.u.to_vec().unwrap(), tol::F32_REDUCTION);
+                let got_sigma: Vec<f64> = step.sigma.to_vec().unwrap().iter().map(|&x| x as f64).collect();
+                assert_sigma_close(
+                    &format!("{what} layer {l}"),
+                    &got_sigma,
+                    &expected.sigma.to_vec_f64().unwrap(),
+                    tol::F32_REDUCTION,
+                    rows + 2,
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn batched_power_iterations_check_every_layer() {
+    let mut rng = common::rng("batched_power_iterations_check_every_layer");
+    let mut t = |s: &[usize]| common::randn(&mut rng, s);
+    let (w, u) = (t(&[2, 5, 8]), t(&[2, 5]));
+    let bad_u = t(&[2, 8]);
+    let err = ops::power_iterations(&[(&w, &u), (&w, &bad_u)]).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    assert!(ops::power_iterations(&[]).unwrap().is_empty(), "no layers, no steps");
 }

@@ -29,13 +29,30 @@ impl Tape {
     /// flowing through `s` into `W̄` (see [`Tape::divide_by_given_sigma`]). Returns `(W, u', v, s)`;
     /// the caller stores `u'` for the next call.
     pub fn spectral_normalize(&self, w_bar: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
-        ensure_shape!(w_bar.rank() >= 3, "spectral_normalize", "needs [G, O, ...], got {:?}", w_bar.shape());
-        let s = w_bar.shape();
-        let (g, rows) = (s[0], s[1]);
-        let cols = w_bar.numel() / (g * rows);
-        let step = raw::power_iteration(&w_bar.reshape(&[g, rows, cols])?, u)?;
-        let w = self.divide_by_given_sigma(w_bar, &step.u, &step.v, step.sigma.clone())?;
-        Ok((w, step.u, step.v, step.sigma))
+        let mut layers = self.spectral_normalize_all(&[(w_bar, u)])?;
+        Ok(layers.remove(0))
+    }
+
+    /// [`Tape::spectral_normalize`] of each `(W̄, u)`, the power iterations batched into the same
+    /// launches (a model's spectrally normalised layers are independent of one another).
+    pub fn spectral_normalize_all(&self, layers: &[(&Tensor, &Tensor)]) -> Result<Vec<(Tensor, Tensor, Tensor, Tensor)>> {
+        let mut matrices = Vec::with_capacity(layers.len());
+        for &(w_bar, _) in layers {
+            ensure_shape!(w_bar.rank() >= 3, "spectral_normalize", "needs [G, O, ...], got {:?}", w_bar.shape());
+            let s = w_bar.shape();
+            let (g, rows) = (s[0], s[1]);
+            matrices.push(w_bar.reshape(&[g, rows, w_bar.numel() / (g * rows).max(1)])?);
+        }
+        let pairs: Vec<(&Tensor, &Tensor)> = matrices.iter().zip(layers).map(|(m, &(_, u))| (m, u)).collect();
+        let steps = raw::power_iterations(&pairs)?;
+        layers
+            .iter()
+            .zip(steps)
+            .map(|(&(w_bar, _), step)| {
+                let w = self.divide_by_given_sigma(w_bar, &step.u, &step.v, step.sigma.clone())?;
+                Ok((w, step.u, step.v, step.sigma))
+            })
+            .collect()
     }
 
     /// `W̄ / s` with `s = uᵀ W̄ v` per group, `u` `[G, O]` and `v` `[G, I]` held constant: the

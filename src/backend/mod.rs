@@ -212,10 +212,11 @@ pub trait Backend {
     /// `log_softmax` over the last axis.
     fn log_softmax(&self, x: &Tensor) -> Result<Tensor>;
 
-    /// One power iteration of spectral norm for `w` `[G, O, I]` and `u` `[G, O]`:
+    /// One power iteration of spectral norm for each layer `(w [G, O, I], u [G, O])`:
     /// `v = normalize(wᵀu)`, `u' = normalize(w v)`, `normalize(x) = x / max(‖x‖, 1e-12)`, and the
-    /// estimate `σ = u'ᵀ w v` from the `w v` just computed. No gradient flows through it.
-    fn power_iteration(&self, w: &Tensor, u: &Tensor) -> Result<PowerIteration>;
+    /// estimate `σ = u'ᵀ w v` from the `w v` just computed. No gradient flows through it. The
+    /// layers are independent: a model's are batched into the same launches.
+    fn power_iterations(&self, layers: &[(&Tensor, &Tensor)]) -> Result<Vec<PowerIteration>>;
     /// Pixel norm of `x` `[N, C, P]` over its C channels: `inv = 1/sqrt(Σ_c x²/C + eps)` per
     /// (n, p) and `y = x·inv`; returns `(y [N, C, P], inv [N, P])`.
     fn pixel_norm(&self, x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)>;

@@ -354,12 +354,25 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
     dispatch("log_softmax", &x.device()).log_softmax(x)
 }
 
-/// One power iteration of spectral norm: `u'`, `v` and `σ = u'ᵀ w v` (see `Backend::power_iteration`).
+/// One power iteration of spectral norm: `u'`, `v` and `σ = u'ᵀ w v` (see `Backend::power_iterations`).
 pub fn power_iteration(w: &Tensor, u: &Tensor) -> Result<PowerIteration> {
-    let dev = device_of("power_iteration", &[w, u])?;
-    ensure_shape!(w.rank() == 3, "power_iteration", "weight must be viewed as [G, O, I], got {:?}", w.shape());
-    ensure_shape!(u.shape() == &w.shape()[..2], "power_iteration", "u {:?} must be [G, O] of weight {:?}", u.shape(), w.shape());
-    dispatch("power_iteration", &dev).power_iteration(w, u)
+    let mut steps = power_iterations(&[(w, u)])?;
+    Ok(steps.remove(0))
+}
+
+/// One power iteration for each `(w [G, O, I], u [G, O])`, all on one device, in the same
+/// launches (see `Backend::power_iterations`); the steps in the layers' order.
+pub fn power_iterations(layers: &[(&Tensor, &Tensor)]) -> Result<Vec<PowerIteration>> {
+    if layers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all: Vec<&Tensor> = layers.iter().flat_map(|&(w, u)| [w, u]).collect();
+    let dev = device_of("power_iteration", &all)?;
+    for &(w, u) in layers {
+        ensure_shape!(w.rank() == 3, "power_iteration", "weight must be viewed as [G, O, I], got {:?}", w.shape());
+        ensure_shape!(u.shape() == &w.shape()[..2], "power_iteration", "u {:?} must be [G, O] of weight {:?}", u.shape(), w.shape());
+    }
+    dispatch("power_iteration", &dev).power_iterations(layers)
 }
 
 /// Pixel norm over the channels of `x` `[G, B, C, H, W]`: `y = x / sqrt(mean_c x² + eps)` per

@@ -54,10 +54,23 @@ impl SpectralNorm {
 
     /// The normalised weight for this forward pass and its σ; updates u and v.
     pub fn weight(&mut self, tape: &Tape) -> Result<NormalizedWeight> {
-        let (weight, u, v, sigma) = tape.spectral_normalize(&self.weight_orig, &self.u)?;
-        self.u = u;
-        self.v = v;
-        Ok(NormalizedWeight { weight, sigma })
+        let mut weights = Self::weights(tape, &mut [self])?;
+        Ok(weights.remove(0))
+    }
+
+    /// [`SpectralNorm::weight`] of each of `norms`, their power iterations in the same launches: a
+    /// model calls it once per forward pass for all its layers, then hands each layer its weight
+    /// (`forward_with`). The same values as one call per layer.
+    pub fn weights(tape: &Tape, norms: &mut [&mut SpectralNorm]) -> Result<Vec<NormalizedWeight>> {
+        let layers: Vec<(&Tensor, &Tensor)> = norms.iter().map(|n| (&n.weight_orig, &n.u)).collect();
+        let steps = tape.spectral_normalize_all(&layers)?;
+        let mut weights = Vec::with_capacity(steps.len());
+        for (norm, (weight, u, v, sigma)) in norms.iter_mut().zip(steps) {
+            norm.u = u;
+            norm.v = v;
+            weights.push(NormalizedWeight { weight, sigma });
+        }
+        Ok(weights)
     }
 
     fn trace(&self, input: &Tensor, output: &Tensor, NormalizedWeight { weight, sigma }: NormalizedWeight) -> SpectralTrace {
@@ -99,6 +112,11 @@ impl SnLinear {
 
     pub fn forward(&mut self, tape: &Tape, x: &Tensor) -> Result<(Tensor, SpectralTrace)> {
         let w = self.sn.weight(tape)?;
+        self.forward_with(tape, x, w)
+    }
+
+    /// The forward pass with a weight already normalised (by [`SpectralNorm::weights`]).
+    pub fn forward_with(&self, tape: &Tape, x: &Tensor, w: NormalizedWeight) -> Result<(Tensor, SpectralTrace)> {
         let y = tape.linear(x, &w.weight, Some(&self.bias))?;
         Ok((y.clone(), self.sn.trace(x, &y, w)))
     }
@@ -133,6 +151,11 @@ impl SnConv2d {
 
     pub fn forward(&mut self, tape: &Tape, x: &Tensor) -> Result<(Tensor, SpectralTrace)> {
         let w = self.sn.weight(tape)?;
+        self.forward_with(tape, x, w)
+    }
+
+    /// The forward pass with a weight already normalised (by [`SpectralNorm::weights`]).
+    pub fn forward_with(&self, tape: &Tape, x: &Tensor, w: NormalizedWeight) -> Result<(Tensor, SpectralTrace)> {
         let y = tape.conv2d_bias(x, &w.weight, &self.bias, self.stride, self.padding)?;
         Ok((y.clone(), self.sn.trace(x, &y, w)))
     }
@@ -154,6 +177,11 @@ impl SnEmbedding {
     /// Rows `E[y]` `[G, B, dim]` for one-hot labels `[G, B, classes]`.
     pub fn forward(&mut self, tape: &Tape, one_hot: &Tensor) -> Result<(Tensor, SpectralTrace)> {
         let w = self.sn.weight(tape)?;
+        self.forward_with(tape, one_hot, w)
+    }
+
+    /// The forward pass with a weight already normalised (by [`SpectralNorm::weights`]).
+    pub fn forward_with(&self, tape: &Tape, one_hot: &Tensor, w: NormalizedWeight) -> Result<(Tensor, SpectralTrace)> {
         let y = tape.matmul(one_hot, &w.weight, false, false)?;
         Ok((y.clone(), self.sn.trace(one_hot, &y, w)))
     }

@@ -148,12 +148,17 @@ impl Backend for Cpu {
         by_dtype!(x.dtype(), T => T::wrap(log_softmax_rows(T::host(x), cols), x.shape()))
     }
 
-    fn power_iteration(&self, w: &Tensor, u: &Tensor) -> Result<PowerIteration> {
-        let s = w.shape();
-        by_dtype!(w.dtype(), T => {
-            let (u_new, v, sigma) = power_iteration(T::host(w), T::host(u), s[0], s[1], s[2]);
-            Ok(PowerIteration { u: T::wrap(u_new, &[s[0], s[1]])?, v: T::wrap(v, &[s[0], s[2]])?, sigma: T::wrap(sigma, &[s[0]])? })
-        })
+    fn power_iterations(&self, layers: &[(&Tensor, &Tensor)]) -> Result<Vec<PowerIteration>> {
+        layers
+            .iter()
+            .map(|(w, u)| {
+                let s = w.shape();
+                by_dtype!(w.dtype(), T => {
+                    let (u_new, v, sigma) = power_iteration(T::host(w), T::host(u), s[0], s[1], s[2]);
+                    Ok(PowerIteration { u: T::wrap(u_new, &[s[0], s[1]])?, v: T::wrap(v, &[s[0], s[2]])?, sigma: T::wrap(sigma, &[s[0]])? })
+                })
+            })
+            .collect()
     }
 
     fn pixel_norm(&self, x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {

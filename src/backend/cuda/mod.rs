@@ -122,8 +122,11 @@ impl Backend for CudaDevice {
         reduce::log_softmax(buffer(x).device(), x)
     }
 
-    fn power_iteration(&self, w: &Tensor, u: &Tensor) -> Result<PowerIteration> {
-        norm::power_iteration(buffer(w).device(), w, u)
+    fn power_iterations(&self, layers: &[(&Tensor, &Tensor)]) -> Result<Vec<PowerIteration>> {
+        match layers.first() {
+            None => Ok(Vec::new()),
+            Some((w, _)) => norm::power_iterations(buffer(w).device(), layers),
+        }
     }
 
     fn pixel_norm(&self, x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {

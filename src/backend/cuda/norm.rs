@@ -1,17 +1,22 @@
-//! Launchers of `kernels/norm.cu`: spectral norm's power iteration.
+//! Launchers of `kernels/norm.cu`: spectral norm's power iteration, pixel norm and the gradient of
+//! spectral norm's division.
 //!
-//! With many groups (GS-WGAN's warm start trains hundreds of discriminators) one block per group
-//! fills the device: one fused launch. With few (an ordinary model, G = 1) that would read the whole
-//! matrix through a single SM, so the step is split into three launches that spread each group over
-//! many blocks: Wᵀu by column tiles, then ‖·‖ and W v by row blocks, then u's normalisation.
+//! The power iteration takes every spectrally normalised layer of a model at once (up to 16 per
+//! launch, the layer in grid.z). With many groups (GS-WGAN's warm start trains hundreds of
+//! discriminators) one block per group fills the device: one fused launch. With few (an ordinary
+//! model, G = 1) that would read the whole matrix through a single SM, so the step is split into
+//! three launches that spread each group over many blocks: Wᵀu by column tiles, then ‖·‖ and W v
+//! by row blocks, then u's normalisation. A model's 5 or 11 layers then cost 3 launches, not 15 or 33.
 use std::sync::Arc;
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-use super::device::CudaDevice;
+use super::device::{CudaBuffer, CudaDevice};
 use super::elementwise::grid_for;
 use super::module::Kernel;
-use super::params::{FastDivmod, PixelNormParams, PowerIterationParams, SpectralDivideBwdParams};
+use super::params::{
+    FastDivmod, PixelNormParams, PowerIterationBatch, PowerIterationLayer, SpectralDivideBwdParams, POWER_ITERATION_LAYERS,
+};
 use super::{buffer, launched, output};
 use crate::backend::PowerIteration;
 use crate::error::{Error, Result};
@@ -27,110 +32,121 @@ const WV_ROWS: usize = BLOCK as usize / 32;
 /// Blocks per SM below which the groups alone do not fill the device and the split path is used.
 const FUSED_MIN_BLOCKS_PER_SM: usize = 2;
 
-fn config(grid: (usize, usize)) -> LaunchConfig {
-    LaunchConfig { grid_dim: (grid.0 as u32, grid.1 as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+/// A layer's outputs, allocated before its launch.
+struct LayerOutputs {
+    u_out: CudaBuffer,
+    v: CudaBuffer,
+    v_raw: Option<CudaBuffer>,
+    sigma: CudaBuffer,
 }
 
-/// One step for `w` `[G, O, I]` and `u` `[G, O]`: `v = normalize(wᵀu)`, `u' = normalize(w v)`,
-/// `σ = u'ᵀ w v`. Returns `u'` `[G, O]`, `v` `[G, I]` and `σ` `[G]`.
-pub(crate) fn power_iteration(dev: &Arc<CudaDevice>, w: &Tensor, u: &Tensor) -> Result<PowerIteration> {
-    let s = w.shape();
-    if s.len() != 3 || u.shape() != &s[..2] {
-        return Err(Error::shape("power_iteration", format!("needs w [G, O, I] and u [G, O], got {s:?} and {:?}", u.shape())));
-    }
-    let (groups, rows, cols) = (s[0], s[1], s[2]);
-    let mut u_out = dev.alloc(groups * rows)?;
-    let mut v = dev.alloc(groups * cols)?;
-    let mut sigma = dev.alloc(groups)?;
-    let done = |u_out, v, sigma| -> Result<PowerIteration> {
-        Ok(PowerIteration { u: output(u_out, &[groups, rows])?, v: output(v, &[groups, cols])?, sigma: output(sigma, &[groups])? })
-    };
-    // With rows = 0 v is a sum over nothing (zeros), and with cols = 0 u' is: the kernels write
-    // both, and σ = 0. With neither there is nothing to launch: σ is set here.
-    if groups == 0 {
-        return done(u_out, v, sigma);
-    }
-    if rows + cols == 0 {
-        super::elementwise::fill(dev, &mut sigma, 0.0)?;
-        return done(u_out, v, sigma);
-    }
-    let too_big = || Error::shape("power_iteration", format!("w {s:?} exceeds the CUDA grid"));
-    let p = PowerIterationParams { groups: groups as i64, rows: rows as i64, cols: cols as i64 };
-    let (w_buf, u_buf) = (&buffer(w).slice, &buffer(u).slice);
+/// One step for each `(w [G, O, I], u [G, O])` (shapes checked by ops): `v = normalize(wᵀu)`,
+/// `u' = normalize(w v)`, `σ = u'ᵀ w v`; returns each layer's `u'` `[G, O]`, `v` `[G, I]`, `σ`
+/// `[G]`. All layers go through the same launches, 16 at a time: one fused launch when every
+/// layer's groups fill the device, else the three split ones.
+pub(crate) fn power_iterations(dev: &Arc<CudaDevice>, layers: &[(&Tensor, &Tensor)]) -> Result<Vec<PowerIteration>> {
+    let dims: Vec<(usize, usize, usize)> = layers.iter().map(|(w, _)| (w.shape()[0], w.shape()[1], w.shape()[2])).collect();
     let sms = dev.properties().multiprocessors.max(1) as usize;
-    if groups >= FUSED_MIN_BLOCKS_PER_SM * sms {
-        if groups > i32::MAX as usize {
-            return Err(too_big());
+    // With rows = 0 v is a sum over nothing (zeros), and with cols = 0 u' is: the kernels write
+    // both, and σ = 0. With neither (or no groups) there is nothing to launch: σ is set here.
+    let launched_layer = |&(g, o, i): &(usize, usize, usize)| g > 0 && o + i > 0;
+    let fused = dims.iter().filter(|d| launched_layer(d)).all(|&(g, _, _)| g >= FUSED_MIN_BLOCKS_PER_SM * sms);
+    let mut outs = Vec::with_capacity(layers.len());
+    for &(g, o, i) in &dims {
+        let mut sigma = dev.alloc(g)?;
+        if g > 0 && o + i == 0 {
+            super::elementwise::fill(dev, &mut sigma, 0.0)?;
         }
-        let k = Kernel::PowerIteration;
-        let _range = crate::profile::range(k.symbol());
-        // SAFETY: w holds G·O·I floats and u G·O; block g reads only group g's slices of them and
-        // writes only u_out[g·O..(g+1)·O), v[g·I..(g+1)·I) and σ[g], which those buffers hold.
-        let r = unsafe {
-            dev.stream()
-                .launch_builder(dev.kernel(k))
-                .arg(&p)
-                .arg(w_buf)
-                .arg(u_buf)
-                .arg(&mut u_out.slice)
-                .arg(&mut v.slice)
-                .arg(&mut sigma.slice)
-                .launch(config((groups, 1)))
+        let v_raw = if fused { None } else { Some(dev.alloc(g * i)?) };
+        outs.push(LayerOutputs { u_out: dev.alloc(g * o)?, v: dev.alloc(g * i)?, v_raw, sigma });
+    }
+    let active: Vec<usize> = (0..layers.len()).filter(|&l| launched_layer(&dims[l])).collect();
+    for chunk in active.chunks(POWER_ITERATION_LAYERS) {
+        launch_batch(dev, layers, &dims, &mut outs, chunk, fused, sms)?;
+    }
+    outs.into_iter()
+        .zip(dims)
+        .map(|(out, (g, o, i))| {
+            Ok(PowerIteration { u: output(out.u_out, &[g, o])?, v: output(out.v, &[g, i])?, sigma: output(out.sigma, &[g])? })
+        })
+        .collect()
+}
+
+/// The launches for the layers `chunk` (indices into `layers`, at most 16, each with groups and
+/// rows + cols > 0).
+fn launch_batch(
+    dev: &Arc<CudaDevice>,
+    layers: &[(&Tensor, &Tensor)],
+    dims: &[(usize, usize, usize)],
+    outs: &mut [LayerOutputs],
+    chunk: &[usize],
+    fused: bool,
+    sms: usize,
+) -> Result<()> {
+    let stream = dev.stream().clone();
+    let too_big = |what: &str| Error::shape("power_iteration", format!("{what} exceeds the CUDA grid"));
+    let max_groups = chunk.iter().map(|&l| dims[l].0).max().unwrap_or(0);
+    let mut batch =
+        PowerIterationBatch { layers: [PowerIterationLayer::default(); POWER_ITERATION_LAYERS], count: chunk.len() as i32, pad_: 0 };
+    // The guards keep each pointer's stream ordering until the launches are queued.
+    let mut guards = Vec::with_capacity(chunk.len() * 6);
+    let mut wanted: Vec<bool> = vec![false; outs.len()];
+    chunk.iter().for_each(|&l| wanted[l] = true);
+    for (slot, (l, out)) in outs.iter_mut().enumerate().filter(|(l, _)| wanted[*l]).enumerate() {
+        let (g, o, i) = dims[l];
+        let (w, u) = layers[l];
+        let (w_ptr, w_guard) = buffer(w).slice.device_ptr(&stream);
+        let (u_ptr, u_guard) = buffer(u).slice.device_ptr(&stream);
+        let (u_out, u_out_guard) = out.u_out.slice.device_ptr_mut(&stream);
+        let (v, v_guard) = out.v.slice.device_ptr_mut(&stream);
+        let (sigma, sigma_guard) = out.sigma.slice.device_ptr_mut(&stream);
+        let v_raw = match out.v_raw.as_mut() {
+            Some(scratch) => {
+                let (ptr, guard) = scratch.slice.device_ptr_mut(&stream);
+                guards.push(guard);
+                ptr
+            }
+            None => 0,
         };
-        launched(k, r)?;
-    } else {
-        // Here groups < 2·SMs, well inside grid.y's 65535.
-        let col_tiles = cols.div_ceil(WTU_COLS);
-        if col_tiles > i32::MAX as usize {
-            return Err(too_big());
+        guards.extend([w_guard, u_guard, u_out_guard, v_guard, sigma_guard]);
+        batch.layers[slot] =
+            PowerIterationLayer { w: w_ptr, u: u_ptr, u_out, v, v_raw, sigma, groups: g as i64, rows: o as i64, cols: i as i64 };
+    }
+    let count = chunk.len();
+    let run = |kernel: Kernel, grid: (usize, usize)| -> Result<()> {
+        if grid.0 > u32::MAX as usize || grid.1 > 65_535 {
+            return Err(too_big(&format!("a grid of {grid:?} blocks")));
         }
-        let mut v_raw = dev.alloc(groups * cols)?;
-        if cols > 0 {
-            let k = Kernel::PowerIterationWtu;
-            let _range = crate::profile::range(k.symbol());
-            // SAFETY: block (t, g) reads w[g, r, c] and u[g, r] for r < O and c < I only (columns
-            // of the tile past I are skipped) and writes v_raw[g, c] for those c; v_raw holds G·I.
-            let r = unsafe {
-                dev.stream()
-                    .launch_builder(dev.kernel(k))
-                    .arg(&p)
-                    .arg(w_buf)
-                    .arg(u_buf)
-                    .arg(&mut v_raw.slice)
-                    .launch(config((col_tiles, groups)))
-            };
-            launched(k, r)?;
+        let _range = crate::profile::range(kernel.symbol());
+        let config = LaunchConfig { grid_dim: (grid.0 as u32, grid.1 as u32, count as u32), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: every layer's pointers come from live buffers of the sizes its dims give (w and
+        // u checked by ops, the outputs allocated above for them); block (x, y, z) reads and writes
+        // only layer z's group and rows or columns below that layer's extents (the kernels return
+        // early past them), and the launches are stream-ordered, so each reads what the one before
+        // wrote.
+        let r = unsafe { stream.launch_builder(dev.kernel(kernel)).arg(&batch).launch(config) };
+        launched(kernel, r)
+    };
+    if fused {
+        run(Kernel::PowerIteration, (max_groups, 1))?;
+    } else {
+        if max_groups > 65_535 {
+            return Err(too_big(&format!("{max_groups} groups")));
+        }
+        let col_tiles = chunk.iter().map(|&l| dims[l].2.div_ceil(WTU_COLS)).max().unwrap_or(0);
+        if col_tiles > 0 {
+            run(Kernel::PowerIterationWtu, (col_tiles, max_groups))?;
         }
         // Enough row blocks for the rows (a warp each), and at least one: it also writes v.
-        let row_blocks = rows.div_ceil(WV_ROWS).clamp(1, sms * 16);
-        let k = Kernel::PowerIterationWv;
-        let _range = crate::profile::range(k.symbol());
-        // SAFETY: block (b, g) reads v_raw[g, 0..I) (written by the launch before, stream-ordered)
-        // and rows of w[g] below O; it writes v[g, c] for c < I and u_out[g, r] for r < O, which
-        // hold G·I and G·O floats. The row and column strides of the blocks partition both.
-        let r = unsafe {
-            dev.stream()
-                .launch_builder(dev.kernel(k))
-                .arg(&p)
-                .arg(w_buf)
-                .arg(&v_raw.slice)
-                .arg(&mut u_out.slice)
-                .arg(&mut v.slice)
-                .launch(config((row_blocks, groups)))
-        };
-        launched(k, r)?;
-        let k = Kernel::PowerIterationNormalizeU;
-        let _range = crate::profile::range(k.symbol());
-        // SAFETY: block g normalises u_out[g·O..(g+1)·O) in place, inside u_out's G·O floats, and
-        // writes σ[g], inside σ's G.
-        let r = unsafe {
-            dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(&mut u_out.slice).arg(&mut sigma.slice).launch(config((groups, 1)))
-        };
-        launched(k, r)?;
-        // v_raw is freed in stream order, after the launches that read it.
+        let row_blocks = chunk.iter().map(|&l| dims[l].1.div_ceil(WV_ROWS)).max().unwrap_or(0).clamp(1, sms * 16);
+        run(Kernel::PowerIterationWv, (row_blocks, max_groups))?;
+        run(Kernel::PowerIterationNormalizeU, (max_groups, 1))?;
     }
-    done(u_out, v, sigma)
+    drop(guards);
+    // v_raw is freed in stream order with its buffer, after the launches that read it.
+    Ok(())
 }
+
 /// `dW̄ = (dW − c·u vᵀ)/σ` per group for `dW` `[G, O, I]`, `c` and `σ` `[G]`, `u` `[G, O]`, `v`
 /// `[G, I]` (shapes checked by ops): one elementwise pass.
 pub(crate) fn spectral_divide_backward(

@@ -64,7 +64,7 @@ unsafe impl DeviceRepr for AxisCopyParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for GatherRowsParams {}
 // SAFETY: as above.
-unsafe impl DeviceRepr for PowerIterationParams {}
+unsafe impl DeviceRepr for PowerIterationBatch {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for SpectralDivideBwdParams {}
 // SAFETY: as above.
@@ -305,13 +305,33 @@ pub struct GatherRowsParams {
     pub row_len: i64,
 }
 
-/// Spectral norm's power iteration for `w` `[groups, rows, cols]` and `u` `[groups, rows]`.
+/// One layer of a batched power iteration (`PowerIterationLayer` in common.cuh): device pointers to
+/// its w `[groups, rows, cols]` and u `[groups, rows]`, its outputs u', v, σ, and the split path's
+/// scratch v_raw (0 for the fused kernel, which does not read it).
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct PowerIterationParams {
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PowerIterationLayer {
+    pub w: u64,
+    pub u: u64,
+    pub u_out: u64,
+    pub v: u64,
+    pub v_raw: u64,
+    pub sigma: u64,
     pub groups: i64,
     pub rows: i64,
     pub cols: i64,
+}
+
+/// The most layers one power-iteration launch takes (`DPGAN_POWER_ITERATION_LAYERS`).
+pub const POWER_ITERATION_LAYERS: usize = 16;
+
+/// Up to [`POWER_ITERATION_LAYERS`] layers for one launch of each power-iteration kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PowerIterationBatch {
+    pub layers: [PowerIterationLayer; POWER_ITERATION_LAYERS],
+    pub count: i32,
+    pub pad_: i32,
 }
 
 /// Pixel norm over the channels of `x` viewed as `[N, C, P]`: one thread per (n, p).
@@ -428,7 +448,8 @@ const _: () = assert!(std::mem::size_of::<EmaUpdateParams>() == 16);
 const _: () = assert!(std::mem::size_of::<Pool2x2Params>() == 40);
 const _: () = assert!(std::mem::size_of::<AxisCopyParams>() == 56);
 const _: () = assert!(std::mem::size_of::<GatherRowsParams>() == 16);
-const _: () = assert!(std::mem::size_of::<PowerIterationParams>() == 24);
+const _: () = assert!(std::mem::size_of::<PowerIterationLayer>() == 72);
+const _: () = assert!(std::mem::size_of::<PowerIterationBatch>() == POWER_ITERATION_LAYERS * 72 + 8);
 const _: () = assert!(std::mem::size_of::<SpectralDivideBwdParams>() == 48);
 const _: () = assert!(std::mem::size_of::<PixelNormParams>() == 32);
 

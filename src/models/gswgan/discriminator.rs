@@ -5,8 +5,8 @@ use rand::Rng;
 
 use super::{CLASSES, SIDE};
 use crate::autograd::Tape;
-use crate::error::{ensure_shape, Result};
-use crate::nn::{prefixed, Entry, Module, SnConv2d, SnEmbedding, SnLinear, SpectralTrace};
+use crate::error::{ensure_shape, Error, Result};
+use crate::nn::{prefixed, Entry, Module, NormalizedWeight, SnConv2d, SnEmbedding, SnLinear, SpectralNorm, SpectralTrace};
 use crate::tensor::{Device, Tensor};
 
 #[derive(Clone, Debug)]
@@ -38,20 +38,25 @@ impl Discriminator {
     }
 
     /// Critic values of images `[G, B, 784]` (or `[G, B, 1, 28, 28]`) with one-hot labels
-    /// `[G, B, 10]`. Updates every layer's u, v (one power iteration each).
+    /// `[G, B, 10]`. Updates every layer's u, v (one power iteration each, all five in the same
+    /// launches).
     pub fn forward(&mut self, tape: &Tape, images: &Tensor, labels: &Tensor) -> Result<DiscriminatorPass> {
         let _range = crate::profile::range("d_forward");
         let s = images.shape();
         ensure_shape!(s.len() >= 2 && images.numel() == s[0] * s[1] * SIDE * SIDE, "gs-wgan critic", "images {s:?} are not [G, B, 784]");
         let (g, b) = (s[0], s[1]);
         let x = tape.reshape(images, &[g, b, 1, SIDE, SIDE])?;
-        let (h1, t1) = self.conv1.forward(tape, &x)?;
-        let (h2, t2) = self.conv2.forward(tape, &tape.relu(&h1)?)?;
-        let (h3, t3) = self.conv3.forward(tape, &tape.relu(&h2)?)?;
+        let Discriminator { conv1, conv2, conv3, linear, embedding } = self;
+        let weights = SpectralNorm::weights(tape, &mut [&mut conv1.sn, &mut conv2.sn, &mut conv3.sn, &mut linear.sn, &mut embedding.sn])?;
+        let [w1, w2, w3, w4, w5]: [NormalizedWeight; 5] =
+            weights.try_into().map_err(|_| Error::Invalid("five layers, five weights".into()))?;
+        let (h1, t1) = conv1.forward_with(tape, &x, w1)?;
+        let (h2, t2) = conv2.forward_with(tape, &tape.relu(&h1)?, w2)?;
+        let (h3, t3) = conv3.forward_with(tape, &tape.relu(&h2)?, w3)?;
         let features = h3.numel() / (g * b);
         let h = tape.reshape(&tape.relu(&h3)?, &[g, b, features])?;
-        let (linear, t4) = self.linear.forward(tape, &h)?;
-        let (embedded, t5) = self.embedding.forward(tape, labels)?;
+        let (linear, t4) = linear.forward_with(tape, &h, w4)?;
+        let (embedded, t5) = embedding.forward_with(tape, labels, w5)?;
         let projection = tape.sum_products_to(&embedded, &h, &[g, b, 1])?;
         let critic = tape.add(&linear, &projection)?;
         Ok(DiscriminatorPass { critic, layers: vec![t1, t2, t3, t4, t5] })

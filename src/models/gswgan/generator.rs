@@ -9,7 +9,7 @@ use rand::Rng;
 use super::{CLASSES, LATENT, PIXELS, PIXEL_NORM_EPS, SIDE};
 use crate::autograd::Tape;
 use crate::error::{ensure_shape, Error, Result};
-use crate::nn::{prefixed, ConvTranspose2d, Entry, Linear, Module, SnConv2d, SnLinear};
+use crate::nn::{prefixed, ConvTranspose2d, Entry, Linear, Module, NormalizedWeight, SnConv2d, SnLinear, SpectralNorm};
 use crate::tensor::{Device, Tensor};
 
 /// Which generator a run trains.
@@ -149,11 +149,22 @@ impl UpBlock {
     }
 
     pub fn forward(&mut self, tape: &Tape, x: &Tensor) -> Result<Tensor> {
+        let weights = SpectralNorm::weights(tape, &mut self.spectral_norms())?;
+        self.forward_with(tape, x, weights.try_into().map_err(|_| Error::Invalid("three layers, three weights".into()))?)
+    }
+
+    /// The block's spectral norms in the order [`UpBlock::forward_with`] takes their weights.
+    fn spectral_norms(&mut self) -> [&mut SpectralNorm; 3] {
+        [&mut self.conv1.sn, &mut self.conv2.sn, &mut self.shortcut.sn]
+    }
+
+    /// The block with its three weights already normalised (conv1, conv2, shortcut).
+    fn forward_with(&self, tape: &Tape, x: &Tensor, [w1, w2, w_shortcut]: [NormalizedWeight; 3]) -> Result<Tensor> {
         let r = tape.upsample_nearest2x(&tape.pixel_norm(x, PIXEL_NORM_EPS)?)?;
-        let (r, _) = self.conv1.forward(tape, &r)?;
+        let (r, _) = self.conv1.forward_with(tape, &r, w1)?;
         let r = tape.relu(&tape.pixel_norm(&r, PIXEL_NORM_EPS)?)?;
-        let (r, _) = self.conv2.forward(tape, &r)?;
-        let (shortcut, _) = self.shortcut.forward(tape, &tape.upsample_nearest2x(x)?)?;
+        let (r, _) = self.conv2.forward_with(tape, &r, w2)?;
+        let (shortcut, _) = self.shortcut.forward_with(tape, &tape.upsample_nearest2x(x)?, w_shortcut)?;
         tape.add(&r, &shortcut)
     }
 }
@@ -196,14 +207,23 @@ impl ResnetGenerator {
         })
     }
 
+    /// All 11 spectral norms' power iterations run first, in the same launches.
     fn forward(&mut self, tape: &Tape, input: &Tensor) -> Result<Tensor> {
         let channels = self.output.sn.weight_orig.shape()[2];
-        let (h, _) = self.linear.forward(tape, input)?;
-        let mut x = stem(tape, &h, channels)?;
-        for block in &mut self.blocks {
-            x = block.forward(tape, &x)?;
+        let ResnetGenerator { linear, blocks, output } = self;
+        let mut norms = vec![&mut linear.sn];
+        for block in blocks.iter_mut() {
+            norms.extend(block.spectral_norms());
         }
-        let (x, _) = self.output.forward(tape, &x)?;
+        norms.push(&mut output.sn);
+        let mut weights = SpectralNorm::weights(tape, &mut norms)?.into_iter();
+        let mut next = || weights.next().ok_or_else(|| Error::Invalid("a spectral norm without its weight".into()));
+        let (h, _) = linear.forward_with(tape, input, next()?)?;
+        let mut x = stem(tape, &h, channels)?;
+        for block in blocks.iter() {
+            x = block.forward_with(tape, &x, [next()?, next()?, next()?])?;
+        }
+        let (x, _) = output.forward_with(tape, &x, next()?)?;
         tape.crop(&tape.sigmoid(&x)?, SIDE, SIDE)
     }
 }
