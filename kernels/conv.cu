@@ -82,7 +82,7 @@ struct ForwardEpilogue {
     const int b = divmod(out_area, n, pos);
     return b * image_size + pos;
   }
-  __device__ __forceinline__ float value(int o, float c) const {
+  __device__ __forceinline__ float value(int o, int, float c) const {
     if constexpr (BIAS) return c + bias[o];
     return c;
   }
@@ -175,7 +175,7 @@ struct PhaseInputGradEpilogue {
   int64_t image_size;  // C·H·W
   int in_area, in_w, stride, first_y, first_x;
   __device__ __forceinline__ int64_t row(int c) const { return (int64_t)c * in_area; }
-  __device__ __forceinline__ float value(int, float v) const { return v; }
+  __device__ __forceinline__ float value(int, int, float v) const { return v; }
   __device__ __forceinline__ int64_t col(int n) const {
     int pixel, i;
     const int b = divmod(pixels, n, pixel);
@@ -262,7 +262,7 @@ struct WeightGradEpilogue {
   int n;
   __device__ __forceinline__ int64_t row(int o) const { return (int64_t)o * n; }
   __device__ __forceinline__ int64_t col(int j) const { return j; }
-  __device__ __forceinline__ float value(int, float v) const { return v; }
+  __device__ __forceinline__ float value(int, int, float v) const { return v; }
 };
 
 

@@ -5,18 +5,25 @@
 
 namespace dpgan {
 
-// C's row-major [M, N] layout, offset to the (slice, group) matrix by the caller.
+// C's row-major [M, N] layout, offset to the (slice, group) matrix by the caller. With BIAS the
+// group's bias[n] is added to the first K slice's partial product only, so the slices' sum holds
+// it once (without a split: the same single rounding as a separate add).
+template <bool BIAS>
 struct GemmEpilogue {
   int n;
+  const float* __restrict__ bias;  // the group's [N] on the first slice, else nullptr
   __device__ __forceinline__ int64_t row(int m) const { return (int64_t)m * n; }
   __device__ __forceinline__ int64_t col(int j) const { return j; }
-  __device__ __forceinline__ float value(int, float c) const { return c; }
+  __device__ __forceinline__ float value(int, int j, float c) const {
+    if constexpr (BIAS) return bias != nullptr ? c + bias[j] : c;
+    return c;
+  }
 };
 
-template <bool TRANS_A, bool TRANS_B, bool TF32>
+template <bool TRANS_A, bool TRANS_B, bool TF32, bool BIAS = false>
 __device__ __forceinline__ void gemm_grouped(const GemmParams& p, const float* __restrict__ a,
                                              const float* __restrict__ b, float* __restrict__ c,
-                                             tile::SharedTiles& smem) {
+                                             tile::SharedTiles& smem, const float* __restrict__ bias = nullptr) {
   using ALoader = typename std::conditional<TRANS_A, tile::MNMajorLoader, tile::KMajorLoader>::type;
   using BLoader = typename std::conditional<TRANS_B, tile::KMajorLoader, tile::MNMajorLoader>::type;
   const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
@@ -29,7 +36,8 @@ __device__ __forceinline__ void gemm_grouped(const GemmParams& p, const float* _
     const tile::KRange kr = tile::split_range(s, p.split_len, p.k);
     float acc[tile::TM][tile::TN];
     tile::mainloop<TF32>(la, lb, kr.begin, kr.end, smem, acc);
-    tile::store_tile<TF32>(GemmEpilogue{p.n}, c + ((int64_t)s * p.groups + g) * c_size, m0, n0, p.m, p.n, acc);
+    const GemmEpilogue<BIAS> ep{p.n, BIAS && s == 0 ? bias + (int64_t)g * p.n : nullptr};
+    tile::store_tile<TF32>(ep, c + ((int64_t)s * p.groups + g) * c_size, m0, n0, p.m, p.n, acc);
   }
 }
 
@@ -66,6 +74,14 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
   dpgan::gemm_grouped<true, true, false>(p, a, b, c, smem);
 }
 
+// x·Wᵀ + bias (a linear layer): the NT product with bias [G, N] added in the epilogue.
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    gemm_grouped_nt_bias_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
+                                 const float* __restrict__ bias, float* __restrict__ c) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::gemm_grouped<false, true, false, true>(p, a, b, c, smem, bias);
+}
+
 // The same on TF32 tensor cores (inputs rounded to TF32, f32 accumulation), for callers that
 // accept TF32's 10-bit mantissa.
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
@@ -94,4 +110,11 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
                              float* __restrict__ c) {
   __shared__ __align__(16) dpgan::tile::SharedTiles smem;
   dpgan::gemm_grouped<true, true, true>(p, a, b, c, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    gemm_grouped_nt_bias_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
+                                  const float* __restrict__ bias, float* __restrict__ c) {
+  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  dpgan::gemm_grouped<false, true, true, true>(p, a, b, c, smem, bias);
 }

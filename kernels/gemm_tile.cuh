@@ -167,8 +167,8 @@ __device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int
 }
 
 // Writes the block's tile of C: element (m, n) with m < M and n < N goes to
-// out[ep.row(m) + ep.col(n)] as ep.value(m, c) (c itself, or with a per-row bias added). The
-// epilogue supplies `int64_t row(int)`, `int64_t col(int)` and `float value(int, float)`.
+// out[ep.row(m) + ep.col(n)] as ep.value(m, n, c) (c itself, or with a bias added). The epilogue
+// supplies `int64_t row(int)`, `int64_t col(int)` and `float value(int, int, float)`.
 template <bool TF32, class Epilogue>
 __device__ __forceinline__ void store_tile(const Epilogue& ep, float* __restrict__ out, int m0, int n0, int M, int N,
                                            const float (&acc)[TM][TN]) {
@@ -178,7 +178,7 @@ __device__ __forceinline__ void store_tile(const Epilogue& ep, float* __restrict
 #pragma unroll
       for (int j = 0; j < TN; ++j) {
         const int m = m0 + acc_row<true>(i, j), n = n0 + acc_col<true>(i, j);
-        if (m < M && n < N) out[ep.row(m) + ep.col(n)] = ep.value(m, acc[i][j]);
+        if (m < M && n < N) out[ep.row(m) + ep.col(n)] = ep.value(m, n, acc[i][j]);
       }
   } else {
     // A thread's columns are the same for its TM rows: their offsets are computed once.
@@ -197,7 +197,7 @@ __device__ __forceinline__ void store_tile(const Epilogue& ep, float* __restrict
       const int64_t row = ep.row(m);
 #pragma unroll
       for (int j = 0; j < TN; ++j)
-        if (col_ok[j]) out[row + cols[j]] = ep.value(m, acc[i][j]);
+        if (col_ok[j]) out[row + cols[j]] = ep.value(m, n0 + acc_col<false>(0, j), acc[i][j]);
     }
   }
 }

@@ -1,5 +1,6 @@
 //! `ops::matmul` against a plain triple loop in f64: all four transpose combinations, G = 1 and
-//! G > 1, odd sizes, empty edges (K = 0, M = 0, N = 0, G = 0), and shape errors.
+//! G > 1, odd sizes, empty edges (K = 0, M = 0, N = 0, G = 0), and shape errors; `ops::linear`
+//! (A·Bᵀ with the bias in the epilogue) wherever the transposes are those of a linear layer.
 mod common;
 
 use common::{assert_close_sums, expect_shape_error, randn_vec, tol, Sums};
@@ -62,6 +63,36 @@ fn to_f64(t: &Tensor) -> Vec<f64> {
     t.to_vec_f64().unwrap()
 }
 
+/// For A·Bᵀ (a linear layer's transposes): `ops::linear` with a random bias `[G, N]` against the
+/// oracle plus the bias, and, where `bitwise`, bit for bit against the product followed by the
+/// broadcast add it replaces (one rounding of the same finished sum). Without effect for other
+/// transposes.
+fn check_linear(rng: &mut impl Rng, case: &Case, a: &Tensor, b: &Tensor, expected: &Sums, tolerance: f64, bitwise: bool) {
+    if case.trans_a || !case.trans_b {
+        return;
+    }
+    let (groups, m, n) = (case.groups, case.m, case.n);
+    let values = randn_vec(rng, groups * n);
+    let bias = match a.dtype() {
+        dpgan::tensor::DType::F64 => Tensor::from_vec_f64(values.iter().map(|&x| x as f64).collect(), &[groups, n]).unwrap(),
+        dpgan::tensor::DType::F32 => Tensor::from_vec(values.clone(), &[groups, n], &a.device()).unwrap(),
+    };
+    let mut with_bias = expected.clone();
+    for e in 0..groups * m * n {
+        with_bias.add(e, values[e / (m * n) * n + e % n] as f64);
+    }
+    let y = ops::linear(a, b, &bias).unwrap();
+    assert_eq!(y.shape(), [groups, m, n], "{case:?}: linear shape");
+    assert_close_sums(&format!("{case:?} linear {:?}", a.device()), &to_f64(&y), &with_bias, tolerance);
+    if bitwise {
+        let separate =
+            ops::binary(dpgan::backend::BinaryOp::Add, &ops::matmul(a, b, false, true).unwrap(), &bias.reshape(&[groups, 1, n]).unwrap())
+                .unwrap();
+        let bits = |t: &Tensor| to_f64(t).iter().map(|v| v.to_bits()).collect::<Vec<u64>>();
+        assert_eq!(bits(&y), bits(&separate), "{case:?}: linear against matmul + add on {:?}", a.device());
+    }
+}
+
 /// Runs one case in f32 and in f64 on fresh inputs and compares both with the oracle.
 fn check(rng: &mut impl Rng, case: Case) {
     let (a_shape, b_shape) = (case.a_shape(), case.b_shape());
@@ -76,12 +107,14 @@ fn check(rng: &mut impl Rng, case: Case) {
     let c32 = ops::matmul(&a32, &b32, case.trans_a, case.trans_b).unwrap();
     assert_eq!(c32.shape(), [case.groups, case.m, case.n], "{what}: output shape");
     assert_close_sums(&format!("{what} f32"), &to_f64(&c32), &expected, tol::F32_REDUCTION);
+    check_linear(rng, &case, &a32, &b32, &expected, tol::F32_REDUCTION, true);
 
     let a64 = Tensor::from_vec_f64(a.iter().map(|&x| x as f64).collect(), &a_shape).unwrap();
     let b64 = Tensor::from_vec_f64(b.iter().map(|&x| x as f64).collect(), &b_shape).unwrap();
     let c64 = ops::matmul(&a64, &b64, case.trans_a, case.trans_b).unwrap();
     assert_eq!(c64.shape(), [case.groups, case.m, case.n], "{what}: f64 output shape");
     assert_close_sums(&format!("{what} f64"), &to_f64(&c64), &expected, tol::F64_TIGHT);
+    check_linear(rng, &case, &a64, &b64, &expected, tol::F64_TIGHT, true);
 }
 
 const TRANSPOSES: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
@@ -190,6 +223,9 @@ fn check_cuda(rng: &mut impl Rng, dev: &Device, case: Case, tolerance: f64) {
     assert_eq!(c.shape(), [case.groups, case.m, case.n], "{case:?}: output shape");
     assert!(c.device().same(dev), "{case:?}: the product stays on the device");
     assert_close_sums(&format!("{case:?} cuda"), &to_f64(&c), &expected, tolerance);
+    // Bit for bit against matmul + add where K is too short to be split (a split adds the bias to
+    // the first slice's partial sum, a different rounding order).
+    check_linear(rng, &case, &a_dev, &b_dev, &expected, tolerance, case.k < 512);
 }
 
 /// Tails around the kernel's 64 × 64 tile and K step of 16.

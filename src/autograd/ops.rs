@@ -38,11 +38,13 @@ pub enum Saved {
     Reshape {
         x_shape: Vec<usize>,
     },
+    /// `op(a)·op(b)`, plus a bias `[G, N]` (the op's third input) when `bias` (a linear layer).
     Matmul {
         a: Tensor,
         b: Tensor,
         trans_a: bool,
         trans_b: bool,
+        bias: bool,
     },
     /// `conv2d(x, w)`, plus a bias `[G, O]` (the op's third input) when `bias`.
     Conv2d {
@@ -290,20 +292,15 @@ impl Tape {
     /// Grouped matrix product (see `backend::MatmulGeometry`).
     pub fn matmul(&self, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
         let out = raw::matmul(a, b, trans_a, trans_b)?;
-        Ok(self.record(out, &[a, b], || Saved::Matmul { a: a.clone(), b: b.clone(), trans_a, trans_b }))
+        Ok(self.record(out, &[a, b], || Saved::Matmul { a: a.clone(), b: b.clone(), trans_a, trans_b, bias: false }))
     }
 
-    /// `x · wᵀ + bias` for `x` `[G, B, I]`, `w` `[G, O, I]`, `bias` `[G, O]` (PyTorch's layout).
+    /// `x · wᵀ + bias` for `x` `[G, B, I]`, `w` `[G, O, I]`, `bias` `[G, O]` (PyTorch's layout), in
+    /// one launch: the bias is added in the product's epilogue.
     pub fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let y = self.matmul(x, w, false, true)?;
-        match bias {
-            None => Ok(y),
-            Some(b) => {
-                let s = b.shape();
-                let b3 = self.reshape(b, &[s[0], 1, s[1]])?;
-                self.add(&y, &b3)
-            }
-        }
+        let Some(bias) = bias else { return self.matmul(x, w, false, true) };
+        let out = raw::linear(x, w, bias)?;
+        Ok(self.record(out, &[x, w, bias], || Saved::Matmul { a: x.clone(), b: w.clone(), trans_a: false, trans_b: true, bias: true }))
     }
 
     pub fn conv2d(&self, x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {

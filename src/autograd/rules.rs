@@ -29,7 +29,7 @@ pub(super) fn backward(tape: &Tape, saved: &Saved, dy: &Tensor, needs: &[bool]) 
         }
         Saved::BroadcastTo { x_shape } => vec![Some(tape.sum_to(dy, x_shape)?)],
         Saved::Reshape { x_shape } => vec![Some(tape.reshape(dy, x_shape)?)],
-        Saved::Matmul { a, b, trans_a, trans_b } => {
+        Saved::Matmul { a, b, trans_a, trans_b, bias } => {
             // C = op(A)·op(B): d op(A) = dC·op(B)ᵀ, d op(B) = op(A)ᵀ·dC, transposed back as needed.
             let da = need(0)
                 .then(|| if *trans_a { tape.matmul(b, dy, *trans_b, true) } else { tape.matmul(dy, b, false, !*trans_b) })
@@ -37,7 +37,13 @@ pub(super) fn backward(tape: &Tape, saved: &Saved, dy: &Tensor, needs: &[bool]) 
             let db = need(1)
                 .then(|| if *trans_b { tape.matmul(dy, a, true, *trans_a) } else { tape.matmul(a, dy, !*trans_a, false) })
                 .transpose()?;
-            vec![da, db]
+            let mut grads = vec![da, db];
+            if *bias {
+                // The bias's gradient sums dy over the rows (examples), per column.
+                let (g, n) = (dy.shape()[0], dy.shape()[2]);
+                grads.push(need(2).then(|| tape.reshape(&tape.sum_to(dy, &[g, 1, n])?, &[g, n])).transpose()?);
+            }
+            grads
         }
         Saved::Conv2d { x, w, stride, padding, bias } => {
             let in_hw = (x.shape()[3], x.shape()[4]);

@@ -177,7 +177,9 @@ pub trait Backend {
     /// projection of a conditional critic or the dot product of a gradient with a weight.
     fn sum_products_to(&self, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<Tensor>;
 
-    fn matmul(&self, a: &Tensor, b: &Tensor, geom: &MatmulGeometry) -> Result<Tensor>;
+    /// `op(A)·op(B)` per group, plus `bias` `[G, N]` per column when given (a linear layer, A·Bᵀ;
+    /// backends may refuse a bias with other transposes).
+    fn matmul(&self, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, geom: &MatmulGeometry) -> Result<Tensor>;
 
     /// `conv2d(x, w)`, plus `bias` `[G, O]` per output channel when given (added to each
     /// finished sum: the values of a separate add, without its launch).

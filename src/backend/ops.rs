@@ -118,7 +118,26 @@ pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Te
         if trans_b { "ᵀ" } else { "" }
     );
     let geom = MatmulGeometry { groups: ga, m, k: ka, n, trans_a, trans_b };
-    dispatch("matmul", &dev).matmul(a, b, &geom)
+    dispatch("matmul", &dev).matmul(a, b, None, &geom)
+}
+
+/// A linear layer, `x · wᵀ + bias` for `x` `[G, B, I]`, `w` `[G, O, I]` and `bias` `[G, O]`, in one
+/// launch (the bias added in the product's epilogue).
+pub fn linear(x: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let dev = device_of("matmul", &[x, w, bias])?;
+    ensure_shape!(x.rank() == 3 && w.rank() == 3, "linear", "x {:?} must be [G, B, I] and w {:?} [G, O, I]", x.shape(), w.shape());
+    let (g, m, k) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+    let n = w.shape()[1];
+    ensure_shape!(
+        w.shape() == [g, n, k] && bias.shape() == [g, n],
+        "linear",
+        "x {:?}, w {:?} and bias {:?} do not fit [G, B, I], [G, O, I], [G, O]",
+        x.shape(),
+        w.shape(),
+        bias.shape()
+    );
+    let geom = MatmulGeometry { groups: g, m, k, n, trans_a: false, trans_b: true };
+    dispatch("matmul", &dev).matmul(x, w, Some(bias), &geom)
 }
 
 /// Checks `x` `[G, B, C, H, W]` against `w` `[G, O, C, KH, KW]` and derives the output size.

@@ -63,10 +63,18 @@ impl Backend for Cpu {
         by_dtype!(a.dtype(), T => T::wrap(sum_products_to(T::host(a), T::host(b), a.shape(), shape), shape))
     }
 
-    fn matmul(&self, a: &Tensor, b: &Tensor, geom: &MatmulGeometry) -> Result<Tensor> {
+    fn matmul(&self, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, geom: &MatmulGeometry) -> Result<Tensor> {
         by_dtype!(a.dtype(), T => {
             let mut c = vec![T::of(0.0); geom.groups * geom.m * geom.n];
             gemm_grouped(geom, T::host(a), T::host(b), &mut c);
+            if let (Some(bias), true) = (bias, geom.n > 0) {
+                // One rounding per element, as a separate broadcast add.
+                let bias = T::host(bias);
+                for (row, c_row) in c.chunks_mut(geom.n).enumerate() {
+                    let group_bias = &bias[row / geom.m.max(1) * geom.n..][..geom.n];
+                    c_row.iter_mut().zip(group_bias).for_each(|(v, &b)| *v += b);
+                }
+            }
             T::wrap(c, &[geom.groups, geom.m, geom.n])
         })
     }

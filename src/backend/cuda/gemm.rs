@@ -111,7 +111,9 @@ pub(crate) fn sum_splits(dev: &Arc<CudaDevice>, partials: CudaBuffer, splits: us
 }
 
 /// `C[g] = op(A[g]) · op(B[g])` for every group; C is `[G, M, N]`, all of it written (zeros for K = 0).
-pub(crate) fn matmul(dev: &Arc<CudaDevice>, a: &Tensor, b: &Tensor, geom: &MatmulGeometry) -> Result<Tensor> {
+/// With `bias` `[G, N]` (only for A·Bᵀ, a linear layer) the first K slice's epilogue adds it, so C
+/// holds it once: without a split, rounded as a separate add would.
+pub(crate) fn matmul(dev: &Arc<CudaDevice>, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, geom: &MatmulGeometry) -> Result<Tensor> {
     let MatmulGeometry { groups, m, k, n, trans_a, trans_b } = *geom;
     let shape = [groups, m, n];
     let out_len = groups * m * n;
@@ -138,6 +140,27 @@ pub(crate) fn matmul(dev: &Arc<CudaDevice>, a: &Tensor, b: &Tensor, geom: &Matmu
         split_len: split_len as i32,
     };
     let mut c = dev.alloc(splits * out_len)?;
+    if let Some(bias) = bias {
+        if trans_a || !trans_b || bias.numel() != groups * n {
+            return Err(Error::shape("matmul", format!("a bias {:?} goes with A·Bᵀ and [G, N] only ({geom:?})", bias.shape())));
+        }
+        let kernel = if use_tf32(dev, m, n, k) { Kernel::GemmNTBiasTf32 } else { Kernel::GemmNTBias };
+        let _range = crate::profile::range(kernel.symbol());
+        // SAFETY: as below, and bias holds G·N floats, read at [g·N + n] for n < N by the first
+        // slice's blocks only.
+        let r = unsafe {
+            dev.stream()
+                .launch_builder(dev.kernel(kernel))
+                .arg(&p)
+                .arg(&buffer(a).slice)
+                .arg(&buffer(b).slice)
+                .arg(&buffer(bias).slice)
+                .arg(&mut c.slice)
+                .launch(config)
+        };
+        launched(kernel, r)?;
+        return sum_splits(dev, c, splits, out_len, &shape);
+    }
     let kernel = match (trans_a, trans_b, use_tf32(dev, m, n, k)) {
         (false, false, false) => Kernel::GemmNN,
         (true, false, false) => Kernel::GemmTN,

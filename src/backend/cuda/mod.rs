@@ -69,8 +69,8 @@ impl Backend for CudaDevice {
         reduce::sum_products_to(buffer(a).device(), a, b, shape)
     }
 
-    fn matmul(&self, a: &Tensor, b: &Tensor, geom: &MatmulGeometry) -> Result<Tensor> {
-        gemm::matmul(buffer(a).device(), a, b, geom)
+    fn matmul(&self, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, geom: &MatmulGeometry) -> Result<Tensor> {
+        gemm::matmul(buffer(a).device(), a, b, bias, geom)
     }
 
     fn conv2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, geom: &ConvGeometry) -> Result<Tensor> {

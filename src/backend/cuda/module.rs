@@ -75,6 +75,8 @@ kernel_table! {
     GemmTNTf32 => "gemm_grouped_tn_fwd_tf32",
     GemmNTTf32 => "gemm_grouped_nt_fwd_tf32",
     GemmTTTf32 => "gemm_grouped_tt_fwd_tf32",
+    GemmNTBias => "gemm_grouped_nt_bias_fwd_f32",
+    GemmNTBiasTf32 => "gemm_grouped_nt_bias_fwd_tf32",
     Conv2d => "conv_conv2d_fwd_f32",
     Conv2dBias => "conv_conv2d_bias_fwd_f32",
     Conv2dInputGrad => "conv_conv2d_input_grad_bwd_f32",
