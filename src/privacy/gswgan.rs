@@ -233,6 +233,20 @@ mod tests {
         }
     }
 
+    /// Without subsampling (γ = 1) one query is the Gaussian mechanism: its RDP is exactly
+    /// α/(2σ²) at every order, integer or not (between integers the interpolated K lies above the
+    /// convex (α−1)α/(2σ²), and below α = 2 K(2)/(α−1) does, so the Gaussian cap is what decides).
+    #[test]
+    fn without_subsampling_a_query_is_the_gaussian_mechanism() {
+        for sigma in [0.5, 1.07, 5.0] {
+            for alpha in [1.5, 2.0, 2.5, 7.3, 40.0] {
+                let want = alpha / (2.0 * sigma * sigma);
+                let got = per_query_rdp(sigma, 1.0, alpha).unwrap();
+                assert!((got - want).abs() <= 1e-13 * want, "σ {sigma} α {alpha}: {got} vs {want}");
+            }
+        }
+    }
+
     /// The per-step noise multiplier the CLI reports is the one the accounting uses: with k = 1
     /// (every step sees the slice) a step is exactly the Gaussian of noise multiplier σ/√B, whose
     /// RDP is α/(2m²).
