@@ -118,6 +118,8 @@ enum BinaryCode : int32_t {
   BINARY_BCE_WITH_LOGITS = 4,
   BINARY_LEAKY_RELU_GRAD = 5,  // a where b > 0, else scalar·a
   BINARY_FIRST = 6,            // a, unchanged: broadcast_to (launched with b = a)
+  BINARY_TANH_GRAD = 7,        // a·(1 − b²), b² rounded first
+  BINARY_SIGMOID_GRAD = 8,     // a·(b·(1 − b))
 };
 
 // A broadcast binary op: out has `rank` dims `shape`; a and b are read through their strides

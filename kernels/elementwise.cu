@@ -38,6 +38,9 @@ __device__ __forceinline__ float binary_apply(const BinaryParams& p, float a, fl
     case BINARY_BCE_WITH_LOGITS: return fmaxf(a, 0.0f) - a * b + log1pf(expf(-fabsf(a)));
     case BINARY_LEAKY_RELU_GRAD: return b > 0.0f ? a : a * p.scalar;
     case BINARY_FIRST: return a;
+    // b² rounded on its own (no fused multiply-add), as the square the rule used to launch.
+    case BINARY_TANH_GRAD: return a * (1.0f - __fmul_rn(b, b));
+    case BINARY_SIGMOID_GRAD: return a * (b * (1.0f - b));
     default: return __int_as_float(0x7fc00000);
   }
 }

@@ -26,7 +26,7 @@ const UNARY_OPS: [UnaryOp; 14] = [
     UnaryOp::ClipFactor(1.1),
 ];
 
-const BINARY_OPS: [BinaryOp; 7] = [
+const BINARY_OPS: [BinaryOp; 9] = [
     BinaryOp::Add,
     BinaryOp::Sub,
     BinaryOp::Mul,
@@ -34,6 +34,8 @@ const BINARY_OPS: [BinaryOp; 7] = [
     BinaryOp::BceWithLogits,
     BinaryOp::LeakyReluGrad(0.0),
     BinaryOp::LeakyReluGrad(0.2),
+    BinaryOp::TanhGrad,
+    BinaryOp::SigmoidGrad,
 ];
 
 /// The formula of each unary op, plainly, in f64.
@@ -105,6 +107,8 @@ fn binary_formula(op: BinaryOp, a: f64, b: f64) -> f64 {
                 slope as f64 * a
             }
         }
+        BinaryOp::TanhGrad => a * (1.0 - b * b),
+        BinaryOp::SigmoidGrad => a * b * (1.0 - b),
     }
 }
 
@@ -122,6 +126,9 @@ fn unary_magnitude(op: UnaryOp, x: f64) -> f64 {
 fn binary_magnitude(op: BinaryOp, a: f64, b: f64) -> f64 {
     match op {
         BinaryOp::BceWithLogits => a.max(0.0) + (a * b).abs() + (-a.abs()).exp().ln_1p(),
+        // The rounding of 1 − b² (or 1 − b) is relative to 1, not to the difference.
+        BinaryOp::TanhGrad => (a * (1.0 + b * b)).abs(),
+        BinaryOp::SigmoidGrad => (a * b).abs() * (1.0 + b.abs()),
         _ => binary_formula(op, a, b).abs(),
     }
 }
@@ -167,6 +174,9 @@ fn binary_inputs(op: BinaryOp, rng: &mut ChaCha8Rng, a_shape: &[usize], b_shape:
                 },
                 (BinaryOp::BceWithLogits, true) => rng.random_range(0.0f32..=1.0),
                 (BinaryOp::LeakyReluGrad(_), true) if rng.random_range(0..8) == 0 => 0.0,
+                // tanh and sigmoid outputs: in (−1, 1) and (0, 1), their ends included.
+                (BinaryOp::TanhGrad, true) => rng.random_range(-1.0f32..=1.0),
+                (BinaryOp::SigmoidGrad, true) => rng.random_range(0.0f32..=1.0),
                 _ => rng.random_range(-3.0f32..3.0),
             })
             .collect();
@@ -385,6 +395,54 @@ fn broadcast_to_copies_every_value_bit_for_bit() {
             let expected = broadcast_to(x, out_shape).unwrap();
             let got = broadcast_to(&x.to_device(dev).unwrap(), out_shape).unwrap();
             assert_eq!(bits(&got), bits(&expected), "cuda {:?} -> {out_shape:?}", x.shape());
+        }
+    });
+}
+
+/// The activation-gradient ops give the values of the ops they replaced, bit for bit: a mask and a
+/// product for (leaky) ReLU, a square, an affine map and a product for tanh, an affine map and two
+/// products for the sigmoid. On the CPU, and on the GPU against the GPU's own separate kernels.
+#[test]
+fn activation_gradients_equal_the_ops_they_replace() {
+    let mut rng = rng("activation_gradients_equal_the_ops_they_replace");
+    let n = 4099;
+    let dy = Tensor::from_vec((0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect(), &[n], &Device::Cpu).unwrap();
+    let x = Tensor::from_vec((0..n).map(|i| if i % 7 == 0 { 0.0 } else { rng.random_range(-3.0f32..3.0) }).collect(), &[n], &Device::Cpu)
+        .unwrap();
+    let composed = |op: BinaryOp, dy: &Tensor, x: &Tensor| -> Tensor {
+        let mul = |a: &Tensor, b: &Tensor| binary(BinaryOp::Mul, a, b).unwrap();
+        let affine = |t: &Tensor| unary(UnaryOp::Affine { scale: -1.0, shift: 1.0 }, t).unwrap();
+        match op {
+            BinaryOp::LeakyReluGrad(0.0) => mul(dy, &unary(UnaryOp::ReluMask, x).unwrap()),
+            BinaryOp::LeakyReluGrad(slope) => mul(dy, &unary(UnaryOp::LeakyReluMask(slope), x).unwrap()),
+            BinaryOp::TanhGrad => {
+                let y = unary(UnaryOp::Tanh, x).unwrap();
+                mul(dy, &affine(&unary(UnaryOp::Square, &y).unwrap()))
+            }
+            BinaryOp::SigmoidGrad => {
+                let y = unary(UnaryOp::Sigmoid, x).unwrap();
+                mul(dy, &mul(&y, &affine(&y)))
+            }
+            _ => unreachable!("only activation gradients here"),
+        }
+    };
+    let fused = |op: BinaryOp, dy: &Tensor, x: &Tensor| -> Tensor {
+        let operand = match op {
+            BinaryOp::TanhGrad => unary(UnaryOp::Tanh, x).unwrap(),
+            BinaryOp::SigmoidGrad => unary(UnaryOp::Sigmoid, x).unwrap(),
+            _ => x.clone(),
+        };
+        binary(op, dy, &operand).unwrap()
+    };
+    let ops = [BinaryOp::LeakyReluGrad(0.0), BinaryOp::LeakyReluGrad(0.2), BinaryOp::TanhGrad, BinaryOp::SigmoidGrad];
+    let bits = |t: &Tensor| t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    for op in ops {
+        assert_eq!(bits(&fused(op, &dy, &x)), bits(&composed(op, &dy, &x)), "{op:?} on the CPU");
+    }
+    on_cuda("activation_gradients_equal_the_ops_they_replace", |dev| {
+        let (dy, x) = (dy.to_device(dev).unwrap(), x.to_device(dev).unwrap());
+        for op in ops {
+            assert_eq!(bits(&fused(op, &dy, &x)), bits(&composed(op, &dy, &x)), "{op:?} on the GPU");
         }
     });
 }

@@ -179,6 +179,16 @@ fn binary(
             let db = grad(want_b, &|| tape.neg(&tape.mul(&da, &tape.div(a, b)?)?))?;
             (want_a.then_some(da), db)
         }
+        // a·(1 − b²): ∂/∂a through the same op, ∂/∂b = −2ab.
+        BinaryOp::TanhGrad => (
+            grad(want_a, &|| tape.binary(BinaryOp::TanhGrad, dy, b))?,
+            grad(want_b, &|| tape.scale(&tape.mul(&tape.mul(dy, a)?, b)?, -2.0))?,
+        ),
+        // a·b(1 − b): ∂/∂a through the same op, ∂/∂b = a(1 − 2b).
+        BinaryOp::SigmoidGrad => (
+            grad(want_a, &|| tape.binary(BinaryOp::SigmoidGrad, dy, b))?,
+            grad(want_b, &|| tape.mul(&tape.mul(dy, a)?, &tape.affine(b, -2.0, 1.0)?))?,
+        ),
         // Linear in a with a piecewise constant factor of b: no gradient flows into b.
         BinaryOp::LeakyReluGrad(slope) => (grad(want_a, &|| tape.binary(BinaryOp::LeakyReluGrad(slope), dy, b))?, None),
         BinaryOp::BceWithLogits => {
@@ -211,9 +221,9 @@ fn unary(tape: &Tape, op: UnaryOp, operand: Option<&Tensor>, dy: &Tensor) -> Res
         // y = 1/x: dy/dx = −y²
         UnaryOp::Recip => tape.mul(dy, &tape.neg(&tape.square(v)?)?),
         // σ' = σ(1 − σ)
-        UnaryOp::Sigmoid => tape.mul(dy, &tape.mul(v, &tape.affine(v, -1.0, 1.0)?)?),
+        UnaryOp::Sigmoid => tape.binary(BinaryOp::SigmoidGrad, dy, v),
         // tanh' = 1 − tanh²
-        UnaryOp::Tanh => tape.mul(dy, &tape.affine(&tape.square(v)?, -1.0, 1.0)?),
+        UnaryOp::Tanh => tape.binary(BinaryOp::TanhGrad, dy, v),
         // v = x below
         UnaryOp::Log => tape.div(dy, v),
         UnaryOp::Square => tape.mul(dy, &tape.scale(v, 2.0)?),

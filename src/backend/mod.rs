@@ -61,6 +61,11 @@ pub enum BinaryOp {
     /// `a` where `b > 0`, else `slope·a`. One op where a mask and a product took two, with the
     /// same values (`a·1` and `a·slope`).
     LeakyReluGrad(f32),
+    /// The gradient `a` passed back through tanh at its output `b`: `a·(1 − b²)`, with `b²`
+    /// rounded first (the values of the square, affine map and product it replaces).
+    TanhGrad,
+    /// The gradient `a` passed back through the logistic sigmoid at its output `b`: `a·(b·(1 − b))`.
+    SigmoidGrad,
 }
 
 /// Geometry of a grouped 2-D convolution, derived and checked by `ops`.

@@ -56,6 +56,8 @@ pub fn binary_scalar<T: Real>(op: BinaryOp, a: T, b: T) -> T {
         BinaryOp::Mul => a * b,
         BinaryOp::Div => a / b,
         BinaryOp::BceWithLogits => a.max(T::zero()) - a * b + (-a.abs()).exp().ln_1p(),
+        BinaryOp::TanhGrad => a * (T::of(1.0) - b * b),
+        BinaryOp::SigmoidGrad => a * (b * (T::of(1.0) - b)),
         BinaryOp::LeakyReluGrad(slope) => {
             if b > T::zero() {
                 a

@@ -109,6 +109,8 @@ pub fn binary_code(op: BinaryOp) -> (i32, f32) {
         BinaryOp::Div => (3, 0.0),
         BinaryOp::BceWithLogits => (4, 0.0),
         BinaryOp::LeakyReluGrad(slope) => (5, slope),
+        BinaryOp::TanhGrad => (7, 0.0),
+        BinaryOp::SigmoidGrad => (8, 0.0),
     }
 }
 
