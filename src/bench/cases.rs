@@ -52,17 +52,18 @@ pub(crate) fn gemm_case(name: String, shape: String, (m, n, k): (usize, usize, u
     Case { name, family: "gemm", shape, flops: Some(gemm_flops(m, n, k)), bytes: gemm_bytes(m, n, k), bytes_note, tf32: false, make, op }
 }
 
-/// DP-CGAN's linear layers at B = 600: forward `x·Wᵀ`, input gradient `dy·W`, weight gradient `dyᵀ·x`.
+/// DP-CGAN's linear layers at B = 600: forward `x·Wᵀ + b` (the bias in the epilogue), input
+/// gradient `dy·W`, weight gradient `dyᵀ·x`.
 fn linear_cases(cases: &mut Vec<Case>) {
     const B: usize = 600;
     for (net, i, o) in [("D", 794, 128), ("D", 128, 1), ("G", 110, 128), ("G", 128, 784)] {
         let base = format!("dp-cgan {net} linear {i}→{o}");
-        let x_w = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+        let x_w_b = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
             let b = pick(s, 8, B);
-            Ok(vec![randn(rng, &[1, b, i])?, randn(rng, &[1, o, i])?])
+            Ok(vec![randn(rng, &[1, b, i])?, randn(rng, &[1, o, i])?, randn(rng, &[1, o])?])
         };
-        let fwd: Op = Box::new(|t| Ok(vec![ops::matmul(&t[0], &t[1], false, true)?]));
-        cases.push(gemm_case(format!("{base} fwd"), format!("x[{B},{i}]·W[{o},{i}]ᵀ"), (B, o, i), Box::new(x_w), fwd));
+        let fwd: Op = Box::new(|t| Ok(vec![ops::linear(&t[0], &t[1], &t[2])?]));
+        cases.push(gemm_case(format!("{base} fwd"), format!("x[{B},{i}]·W[{o},{i}]ᵀ + b[{o}]"), (B, o, i), Box::new(x_w_b), fwd));
         let dy_w = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
             let b = pick(s, 8, B);
             Ok(vec![randn(rng, &[1, b, o])?, randn(rng, &[1, o, i])?])
@@ -95,11 +96,12 @@ fn conv_cases(cases: &mut Vec<Case>, base: &str, c: ConvShape) {
         make,
         op,
     };
-    let x_w = move |rng: &mut ChaCha8Rng, sz: Size| -> Result<Vec<Tensor>> {
+    // The forward with its bias, as the layers run it (added in the epilogue).
+    let x_w_b = move |rng: &mut ChaCha8Rng, sz: Size| -> Result<Vec<Tensor>> {
         let b = pick(sz, 2, batch);
-        Ok(vec![randn(rng, &[1, b, ci, hw, hw])?, randn(rng, &[1, co, ci, k, k])?])
+        Ok(vec![randn(rng, &[1, b, ci, hw, hw])?, randn(rng, &[1, co, ci, k, k])?, randn(rng, &[1, co])?])
     };
-    cases.push(case("fwd", Box::new(x_w), Box::new(move |t| Ok(vec![ops::conv2d(&t[0], &t[1], s, p)?]))));
+    cases.push(case("fwd", Box::new(x_w_b), Box::new(move |t| Ok(vec![ops::conv2d_bias(&t[0], &t[1], &t[2], s, p)?]))));
     let dy_w = move |rng: &mut ChaCha8Rng, sz: Size| -> Result<Vec<Tensor>> {
         let b = pick(sz, 2, batch);
         Ok(vec![randn(rng, &[1, b, co, oh, oh])?, randn(rng, &[1, co, ci, k, k])?])
@@ -285,6 +287,121 @@ fn power_iteration_case(cases: &mut Vec<Case>) {
     });
 }
 
+/// A critic forward's power iterations in one batch, at the published width: conv 64 × 25,
+/// 128 × 1600, 256 × 3200, linear 1 × 4096, embedding 10 × 4096 (3 launches at G = 1, not 15).
+fn batched_power_iteration_case(cases: &mut Vec<Case>) {
+    const LAYERS: [(usize, usize); 5] = [(64, 25), (128, 1600), (256, 3200), (1, 4096), (10, 4096)];
+    let make = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+        let mut t = Vec::new();
+        for (o, i) in LAYERS {
+            let (oo, ii) = (pick(s, o.min(4), o), pick(s, i.min(30), i));
+            t.push(randn(rng, &[1, oo, ii])?);
+            t.push(randn(rng, &[1, oo])?);
+        }
+        Ok(t)
+    };
+    let op: Op = Box::new(|t| {
+        let layers: Vec<(&Tensor, &Tensor)> = t.chunks(2).map(|p| (&p[0], &p[1])).collect();
+        Ok(ops::power_iterations(&layers)?.into_iter().flat_map(|step| [step.u, step.v, step.sigma]).collect())
+    });
+    let bytes = LAYERS.iter().map(|&(o, i)| F32 * (2 * o * i + 2 * o + i + 1) as f64).sum();
+    let flops = LAYERS.iter().map(|&(o, i)| 4.0 * (o * i) as f64).sum();
+    cases.push(Case {
+        name: "gs-wgan critic power iterations, 5 layers batched".into(),
+        family: "power_iter",
+        shape: LAYERS.iter().map(|(o, i)| format!("W[{o},{i}]")).collect::<Vec<_>>().join(" "),
+        flops: Some(flops),
+        bytes,
+        bytes_note: "each W read twice, each u read, u, v and σ written".into(),
+        tf32: false,
+        make: Box::new(make),
+        op,
+    });
+}
+
+/// The fused normalisation ops at GS-WGAN's shapes: the ResNet generator's pixel norm (forward
+/// and backward) at 32², batch 32; the spectral division's gradient for the critic's largest
+/// weight; the critic's projection Σ_f E[y]·h (a product and a sum in one reduction).
+fn fused_norm_cases(cases: &mut Vec<Case>) {
+    const X: [usize; 5] = [1, 32, 256, 32, 32];
+    const X_SMALL: [usize; 5] = [1, 2, 5, 3, 3];
+    let n = X.iter().product::<usize>() as f64;
+    let positions = (X[1] * X[3] * X[4]) as f64;
+    let x = |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> { Ok(vec![randn(rng, if s == Size::Small { &X_SMALL } else { &X })?]) };
+    let fwd: Op = Box::new(|t| {
+        let (y, inv) = ops::pixel_norm(&t[0], 1e-10)?;
+        Ok(vec![y, inv])
+    });
+    let desc = format!("{:?}", &X[1..]);
+    cases.push(mem_case(
+        "pixel norm fwd",
+        "reduce",
+        desc.clone(),
+        F32 * (2.0 * n + positions),
+        "x read, y and inv written",
+        Box::new(x),
+        fwd,
+    ));
+    let x_dy = |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+        let sh: &[usize] = if s == Size::Small { &X_SMALL } else { &X };
+        let x = randn(rng, sh)?;
+        let (_, inv) = ops::pixel_norm(&x, 1e-10)?;
+        Ok(vec![x, inv, randn(rng, sh)?])
+    };
+    let bwd: Op = Box::new(|t| Ok(vec![ops::pixel_norm_backward(&t[0], &t[1], &t[2])?]));
+    cases.push(mem_case(
+        "pixel norm bwd",
+        "reduce",
+        desc,
+        F32 * (3.0 * n + positions),
+        "x, dy read, inv read, dx written",
+        Box::new(x_dy),
+        bwd,
+    ));
+
+    let (o, i) = (256, 3200);
+    let sn = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+        let (oo, ii) = (pick(s, 4, o), pick(s, 9, i));
+        Ok(vec![
+            randn(rng, &[1, oo, ii])?,
+            randn(rng, &[1])?,
+            randn(rng, &[1, oo])?,
+            randn(rng, &[1, ii])?,
+            Tensor::full(&[1], 1.5, &Device::Cpu)?,
+        ])
+    };
+    let sn_op: Op = Box::new(|t| Ok(vec![ops::spectral_divide_backward(&t[0], &t[1], &t[2], &t[3], &t[4])?]));
+    let bytes = F32 * (2 * o * i + o + i) as f64;
+    cases.push(mem_case(
+        "spectral-norm division bwd",
+        "elementwise",
+        format!("dW[{o},{i}]"),
+        bytes,
+        "dW read, dW̄ written, u and v read",
+        Box::new(sn),
+        sn_op,
+    ));
+
+    let (b, f) = (32, 4096);
+    let pair = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+        let (bb, ff) = (pick(s, 3, b), pick(s, 40, f));
+        Ok(vec![randn(rng, &[1, bb, ff])?, randn(rng, &[1, bb, ff])?])
+    };
+    let proj: Op = Box::new(|t| {
+        let (g, b) = (t[0].shape()[0], t[0].shape()[1]);
+        Ok(vec![ops::sum_products_to(&t[0], &t[1], &[g, b, 1])?])
+    });
+    cases.push(mem_case(
+        "sum_products_to critic projection",
+        "reduce",
+        format!("[{b},{f}]·[{b},{f}] → [{b},1]"),
+        F32 * (2 * b * f + b) as f64,
+        "both factors read once, sums written",
+        Box::new(pair),
+        proj,
+    ));
+}
+
 fn pool_cases(cases: &mut Vec<Case>) {
     // LeNet-5's first pool in the evaluation CNN, batch 128; the ResNet G's ×2 upsampling to 32².
     let pool_shape = [128usize, 6, 28, 28];
@@ -426,6 +543,8 @@ pub fn all_cases() -> Vec<Case> {
     log_softmax_case(&mut cases);
     optimizer_cases(&mut cases);
     power_iteration_case(&mut cases);
+    batched_power_iteration_case(&mut cases);
+    fused_norm_cases(&mut cases);
     pool_cases(&mut cases);
     noise_cases(&mut cases);
     per_example_norm_cases(&mut cases);
