@@ -322,6 +322,26 @@ mod tests {
         assert_eq!(log1p_q_expm1(1e-3, 0.0), 0.0);
     }
 
+    /// Past expm1's overflow the identity's last term matters when q is tiny (few examples in
+    /// very many slices): ln(1 + q(eˣ − 1)) = ln((1 − q) + q·eˣ), a log-sum-exp of ln(1 − q) and
+    /// ln q + x computed independently, agrees to rounding (of terms near 700 that cancel), at q
+    /// from 1e-300 to 1e-307 and x just past 709.78, where the last term is 1e-10 to 1e-2 of the
+    /// result, far above that rounding.
+    #[test]
+    fn log1p_q_expm1_agrees_with_log_sum_exp_past_overflow() {
+        for q in [1e-300, 1e-305, 1e-307] {
+            for x in [710.0, 712.0] {
+                let want = log_add(f64::ln_1p(-q), f64::ln(q) + x);
+                let got = log1p_q_expm1(q, x);
+                // x + ln q cancels ~700 against ~700: rounding is relative to those terms.
+                let scale = x + f64::ln(q).abs();
+                assert!((got - want).abs() <= 4.0 * f64::EPSILON * scale, "q {q} x {x}: {got} vs {want}");
+                let without_last_term = x + f64::ln(q);
+                assert!((got - without_last_term).abs() > 1e3 * f64::EPSILON * scale, "q {q} x {x}: the case must exercise the last term");
+            }
+        }
+    }
+
     #[test]
     fn per_step_rdp_is_below_the_gaussian_and_refuses_bad_input() {
         let run = GsWganRun { noise_multiplier: 1.07, discriminators: 1000, batch_size: 32 };
