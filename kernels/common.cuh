@@ -194,6 +194,31 @@ struct EmaUpdateParams {
   int32_t pad_;
 };
 
+// One tensor of a multi-tensor ("foreach") update: up to four arrays of n floats (Adam: param,
+// grad, m, v; the EMA: ema, x).
+struct ForeachTensor {
+  float* a;
+  const float* b;
+  float* c;
+  float* d;
+  int64_t n;
+};
+
+// Up to 32 tensors per launch: grid.y picks the tensor, grid.x strides over its elements.
+#define DPGAN_FOREACH_TENSORS 32
+struct AdamForeachParams {
+  AdamUpdateParams hp;  // its n unused: each tensor has its own
+  ForeachTensor tensors[DPGAN_FOREACH_TENSORS];
+  int32_t count;
+  int32_t pad_;
+};
+
+struct EmaForeachParams {
+  float decay;
+  int32_t count;
+  ForeachTensor tensors[DPGAN_FOREACH_TENSORS];
+};
+
 // ---- rng.cu, dp.cu ----
 
 // A NoiseKey (src/dp/noise.rs): the 256-bit key (Philox uses words 0 and 1) and the position
@@ -405,6 +430,9 @@ static_assert(sizeof(SanitizeRowsParams) == 80, "SanitizeRowsParams layout");
 static_assert(sizeof(NoiseDivideParams) == 64, "NoiseDivideParams layout");
 static_assert(sizeof(NoisedSgdParams) == 96, "NoisedSgdParams layout");
 static_assert(sizeof(EmaUpdateParams) == 16, "EmaUpdateParams layout");
+static_assert(sizeof(ForeachTensor) == 40, "ForeachTensor layout");
+static_assert(sizeof(AdamForeachParams) == 32 + 32 * 40 + 8, "AdamForeachParams layout");
+static_assert(sizeof(EmaForeachParams) == 8 + 32 * 40, "EmaForeachParams layout");
 static_assert(sizeof(NoisedAdamParams) == 96, "NoisedAdamParams layout");
 static_assert(sizeof(Pool2x2Params) == 40, "Pool2x2Params layout");
 static_assert(sizeof(AxisCopyParams) == 56, "AxisCopyParams layout");

@@ -39,3 +39,22 @@ extern "C" __global__ void optim_ema_update_f32(EmaUpdateParams p, float* __rest
   const float keep = p.decay, take = 1.0f - p.decay;
   DPGAN_FOR_EACH(i, p.n) { ema[i] = __fadd_rn(__fmul_rn(keep, ema[i]), __fmul_rn(take, x[i])); }
 }
+
+// Adam over up to 32 tensors in one launch (a model's parameters): block row y updates tensor y,
+// the x blocks stride over its elements. The same update per element as optim_adam_update_f32.
+extern "C" __global__ void optim_adam_update_foreach_f32(AdamForeachParams p) {
+  const ForeachTensor& t = p.tensors[blockIdx.y];
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < t.n; i += (int64_t)blockDim.x * gridDim.x) {
+    t.a[i] = dpgan::adam_update(p.hp, t.a[i], t.b[i], &t.c[i], &t.d[i]);
+  }
+}
+
+// The EMA over up to 32 tensors in one launch (ema in a, the model's tensor in b), rounded as
+// optim_ema_update_f32.
+extern "C" __global__ void optim_ema_update_foreach_f32(EmaForeachParams p) {
+  const ForeachTensor& t = p.tensors[blockIdx.y];
+  const float keep = p.decay, take = 1.0f - p.decay;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < t.n; i += (int64_t)blockDim.x * gridDim.x) {
+    t.a[i] = __fadd_rn(__fmul_rn(keep, t.a[i]), __fmul_rn(take, t.b[i]));
+  }
+}

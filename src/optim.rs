@@ -1,6 +1,6 @@
 //! Optimizers over a model's parameter list: state kept beside the parameters, updates by the
 //! backend's in-place kernels.
-use crate::backend::{ops, AdamParams, GradientNoise, SgdParams};
+use crate::backend::{ops, AdamParams, AdamTensors, GradientNoise, SgdParams};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -129,10 +129,14 @@ impl Optimizer for Adam {
     fn step(&mut self, params: &mut [&mut Tensor], grads: &[Tensor]) -> Result<()> {
         let _range = crate::profile::range("optimizer_adam");
         self.begin_step(params, grads)?;
-        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-            ops::adam_step(p, g, &mut self.m[i], &mut self.v[i], self.t, &self.hp)?;
-        }
-        Ok(())
+        // Every tensor in one op (one launch per 32 tensors on a GPU).
+        let mut tensors: Vec<AdamTensors<'_>> = params
+            .iter_mut()
+            .zip(grads)
+            .zip(self.m.iter_mut().zip(self.v.iter_mut()))
+            .map(|((param, grad), (m, v))| AdamTensors { param, grad, m, v })
+            .collect();
+        ops::adam_steps(&mut tensors, self.t, &self.hp)
     }
 
     fn noised_step(&mut self, params: &mut [&mut Tensor], sums: &[Tensor], noises: &[GradientNoise], flag: &mut Tensor) -> Result<()> {

@@ -333,3 +333,80 @@ fn ema_update_cuda_matches_cpu() {
         }
     });
 }
+
+/// A model's tensors: every shape above, repeated past the 32 a multi-tensor launch takes.
+fn many_shapes(rng: &mut ChaCha8Rng, count: usize) -> Vec<Vec<usize>> {
+    let shapes = cuda_param_shapes(rng);
+    (0..count).map(|i| shapes[i % shapes.len()].clone()).collect()
+}
+
+/// `adam_steps` over a model's tensors equals `adam_step` tensor by tensor, bit for bit: on the
+/// CPU, and on the GPU (the multi-tensor kernel, 40 tensors in two launches, against the
+/// single-tensor one), over three steps from a random mid-run state.
+#[test]
+fn adam_steps_equal_one_step_per_tensor() {
+    use dpgan::backend::ops::adam_steps;
+    use dpgan::backend::AdamTensors;
+    let mut rng = rng("adam_steps_equal_one_step_per_tensor");
+    let hp = adam_configs()[2];
+    let shapes = many_shapes(&mut rng, 40);
+    let state = |rng: &mut ChaCha8Rng, device: &Device| -> Vec<[Tensor; 3]> {
+        shapes.iter().map(|s| [randn(rng, s), randn(rng, s), uniform(rng, s, 0.0, 2.0)].map(|t| t.to_device(device).unwrap())).collect()
+    };
+    let grads: Vec<Vec<Tensor>> = (0..3).map(|_| shapes.iter().map(|s| randn(&mut rng, s)).collect()).collect();
+    let check = |device: &Device, rng: &mut ChaCha8Rng| {
+        let mut one_by_one = state(rng, device);
+        // Clones share storage until written: each update copies first (see above).
+        let mut together: Vec<[Tensor; 3]> = one_by_one.clone();
+        for (step, grads) in grads.iter().enumerate() {
+            let t = 7 + step as u64;
+            let grads: Vec<Tensor> = grads.iter().map(|g| g.to_device(device).unwrap()).collect();
+            for ([p, m, v], g) in one_by_one.iter_mut().zip(&grads) {
+                adam_step(p, g, m, v, t, &hp).unwrap();
+            }
+            let mut tensors: Vec<AdamTensors<'_>> =
+                together.iter_mut().zip(&grads).map(|([param, m, v], grad)| AdamTensors { param, grad, m, v }).collect();
+            adam_steps(&mut tensors, t, &hp).unwrap();
+            for (i, (a, b)) in one_by_one.iter().zip(&together).enumerate() {
+                for (name, x, y) in [("param", &a[0], &b[0]), ("m", &a[1], &b[1]), ("v", &a[2], &b[2])] {
+                    assert_close(
+                        &format!("{device:?} tensor {i} {name}, step {t}"),
+                        &y.to_vec().unwrap(),
+                        &x.to_vec().unwrap(),
+                        BIT_IDENTICAL,
+                    );
+                }
+            }
+        }
+    };
+    check(&Device::Cpu, &mut rng);
+    on_cuda("adam_steps_equal_one_step_per_tensor", |dev| check(dev, &mut rng));
+}
+
+/// `ema_updates` equals `ema_update` pair by pair, bit for bit, on the CPU and on the GPU (40 pairs,
+/// two launches), and refuses a pair whose shapes differ.
+#[test]
+fn ema_updates_equal_one_update_per_tensor() {
+    use dpgan::backend::ops::{ema_update, ema_updates};
+    let mut rng = rng("ema_updates_equal_one_update_per_tensor");
+    let shapes = many_shapes(&mut rng, 40);
+    let emas: Vec<Tensor> = shapes.iter().map(|s| randn(&mut rng, s)).collect();
+    let xs: Vec<Tensor> = shapes.iter().map(|s| randn(&mut rng, s)).collect();
+    let check = |device: &Device| {
+        let xs: Vec<Tensor> = xs.iter().map(|x| x.to_device(device).unwrap()).collect();
+        let mut one_by_one: Vec<Tensor> = emas.iter().map(|e| e.to_device(device).unwrap()).collect();
+        let mut together: Vec<Tensor> = emas.iter().map(|e| e.to_device(device).unwrap()).collect();
+        for (e, x) in one_by_one.iter_mut().zip(&xs) {
+            ema_update(e, x, 0.999).unwrap();
+        }
+        let mut pairs: Vec<(&mut Tensor, &Tensor)> = together.iter_mut().zip(&xs).collect();
+        ema_updates(&mut pairs, 0.999).unwrap();
+        for (i, (a, b)) in one_by_one.iter().zip(&together).enumerate() {
+            assert_close(&format!("{device:?} pair {i}"), &b.to_vec().unwrap(), &a.to_vec().unwrap(), BIT_IDENTICAL);
+        }
+    };
+    check(&Device::Cpu);
+    on_cuda("ema_updates_equal_one_update_per_tensor", check);
+    let (mut a, b) = (randn(&mut rng, &[2, 3]), randn(&mut rng, &[3, 2]));
+    assert!(ema_updates(&mut [(&mut a, &b)], 0.5).is_err(), "shapes differ");
+}

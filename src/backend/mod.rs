@@ -163,6 +163,14 @@ pub struct PowerIteration {
     pub sigma: Tensor,
 }
 
+/// One tensor's operands of a multi-tensor Adam step: the parameter, its gradient and moments.
+pub struct AdamTensors<'a> {
+    pub param: &'a mut Tensor,
+    pub grad: &'a Tensor,
+    pub m: &'a mut Tensor,
+    pub v: &'a mut Tensor,
+}
+
 /// What every backend provides. Shapes are validated by `ops` before a call; implementations
 /// allocate their outputs on their own device.
 pub trait Backend {
@@ -241,6 +249,11 @@ pub trait Backend {
     fn adam_step(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, t: u64, hp: &AdamParams) -> Result<()>;
     /// In place, `ema ← decay·ema + (1 − decay)·x` (each product and the sum rounded).
     fn ema_update(&self, ema: &mut Tensor, x: &Tensor, decay: f32) -> Result<()>;
+    /// `adam_step` of every tensor of a model in one pass (a GPU takes up to 32 per launch), with
+    /// the same values tensor by tensor.
+    fn adam_steps(&self, tensors: &mut [AdamTensors<'_>], t: u64, hp: &AdamParams) -> Result<()>;
+    /// `ema_update` of every `(ema, x)` pair in one pass (up to 32 per launch on a GPU).
+    fn ema_updates(&self, pairs: &mut [(&mut Tensor, &Tensor)], decay: f32) -> Result<()>;
 
     /// In place, `x[e] ← x[e] + std·z[e]` with `z[e]` the standard normal that `key` assigns to
     /// element e (`dp::noise::standard_normal_at`): the same values on every backend.

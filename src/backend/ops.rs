@@ -1,7 +1,8 @@
 //! Shape-checked entry points of the op set. Every function validates its operands (same device,
 //! compatible shapes), derives the output geometry and calls the backend of the operands' device.
 use super::{
-    backend, census, AdamParams, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp,
+    backend, census, AdamParams, AdamTensors, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, PowerIteration, RowNorm, SgdParams,
+    UnaryOp,
 };
 use crate::dp::noise::{NoiseKey, MAX_NOISE_ELEMENTS};
 use crate::error::{ensure_shape, Error, Result};
@@ -466,6 +467,25 @@ pub fn adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tens
     dispatch("adam_step", &dev).adam_step(param, grad, m, v, t, hp)
 }
 
+/// `adam_step` of every tensor of a model in one op (one launch per 32 tensors on a GPU), with
+/// the same values tensor by tensor.
+pub fn adam_steps(tensors: &mut [AdamTensors<'_>], t: u64, hp: &AdamParams) -> Result<()> {
+    if tensors.is_empty() {
+        return Ok(());
+    }
+    let all: Vec<&Tensor> = tensors.iter().flat_map(|at| [&*at.param, at.grad, &*at.m, &*at.v]).collect();
+    let dev = device_of("adam_step", &all)?;
+    for at in tensors.iter() {
+        for (name, s) in [("grad", at.grad.shape()), ("m", at.m.shape()), ("v", at.v.shape())] {
+            ensure_shape!(s == at.param.shape(), "adam_step", "{name} {s:?} differs from param {:?}", at.param.shape());
+        }
+    }
+    if t == 0 {
+        return Err(Error::Invalid("adam_step: step count t is 1-based".into()));
+    }
+    dispatch("adam_step", &dev).adam_steps(tensors, t, hp)
+}
+
 /// What both noised optimizer steps check: devices, one element count, the noise, the divisor and
 /// a `[1]` flag; the noise is noted for the audit.
 fn check_noised_step(
@@ -531,6 +551,22 @@ pub fn ema_update(ema: &mut Tensor, x: &Tensor, decay: f32) -> Result<()> {
         return Err(Error::Invalid(format!("ema_update: decay {decay} must be finite")));
     }
     dispatch("ema_update", &dev).ema_update(ema, x, decay)
+}
+
+/// `ema_update` of every `(ema, x)` pair in one op (one launch per 32 pairs on a GPU).
+pub fn ema_updates(pairs: &mut [(&mut Tensor, &Tensor)], decay: f32) -> Result<()> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let all: Vec<&Tensor> = pairs.iter().flat_map(|(ema, x)| [&**ema, *x]).collect();
+    let dev = device_of("ema_update", &all)?;
+    for (ema, x) in pairs.iter() {
+        ensure_shape!(ema.shape() == x.shape(), "ema_update", "average {:?} and value {:?} differ", ema.shape(), x.shape());
+    }
+    if !decay.is_finite() {
+        return Err(Error::Invalid(format!("ema_update: decay {decay} must be finite")));
+    }
+    dispatch("ema_update", &dev).ema_updates(pairs, decay)
 }
 
 fn check_noise(op: &str, std: f32, n: usize) -> Result<()> {

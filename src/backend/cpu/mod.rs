@@ -26,7 +26,9 @@ pub use shape::{concat, gather_rows, narrow, pad};
 
 use real::by_dtype;
 
-use super::{AdamParams, Backend, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp};
+use super::{
+    AdamParams, AdamTensors, Backend, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp,
+};
 use crate::dp::NoiseKey;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -203,6 +205,14 @@ impl Backend for Cpu {
             ema_update(T::host_mut(ema)?, T::host(x), decay);
             Ok(())
         })
+    }
+
+    fn adam_steps(&self, tensors: &mut [AdamTensors<'_>], t: u64, hp: &AdamParams) -> Result<()> {
+        tensors.iter_mut().try_for_each(|at| self.adam_step(at.param, at.grad, at.m, at.v, t, hp))
+    }
+
+    fn ema_updates(&self, pairs: &mut [(&mut Tensor, &Tensor)], decay: f32) -> Result<()> {
+        pairs.iter_mut().try_for_each(|(ema, x)| self.ema_update(ema, x, decay))
     }
 
     fn adam_step(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, t: u64, hp: &AdamParams) -> Result<()> {

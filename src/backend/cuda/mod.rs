@@ -19,7 +19,9 @@ pub use device::{device_count, driver_absent_reason, set_poison_allocations, Cud
 pub use gemm::{allow_tf32, set_allow_tf32};
 pub use module::{kernel_resources, Kernel, KernelResources};
 
-use super::{AdamParams, Backend, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp};
+use super::{
+    AdamParams, AdamTensors, Backend, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp,
+};
 use crate::dp::NoiseKey;
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
@@ -147,6 +149,26 @@ impl Backend for CudaDevice {
 
     fn adam_step(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, t: u64, hp: &AdamParams) -> Result<()> {
         optim::adam_step(buffer(grad).device(), param, grad, m, v, t, hp)
+    }
+
+    fn adam_steps(&self, tensors: &mut [AdamTensors<'_>], t: u64, hp: &AdamParams) -> Result<()> {
+        match tensors.first() {
+            None => Ok(()),
+            Some(first) => {
+                let dev = buffer(first.grad).device().clone();
+                optim::adam_steps(&dev, tensors, t, hp)
+            }
+        }
+    }
+
+    fn ema_updates(&self, pairs: &mut [(&mut Tensor, &Tensor)], decay: f32) -> Result<()> {
+        match pairs.first() {
+            None => Ok(()),
+            Some((_, x)) => {
+                let dev = buffer(x).device().clone();
+                optim::ema_updates(&dev, pairs, decay)
+            }
+        }
     }
 
     fn ema_update(&self, ema: &mut Tensor, x: &Tensor, decay: f32) -> Result<()> {

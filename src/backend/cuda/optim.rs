@@ -1,14 +1,16 @@
 //! Launchers of `kernels/optim.cu`: in-place SGD and Adam updates, one element per thread.
 use std::sync::Arc;
 
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::device::{CudaBuffer, CudaDevice};
 use super::elementwise::grid_for;
 use super::module::Kernel;
-use super::params::{AdamUpdateParams, EmaUpdateParams, SgdUpdateParams};
+use super::params::{
+    AdamForeachParams, AdamUpdateParams, EmaForeachParams, EmaUpdateParams, ForeachTensor, SgdUpdateParams, FOREACH_TENSORS,
+};
 use super::{buffer, launched};
-use crate::backend::{AdamParams, SgdParams};
+use crate::backend::{AdamParams, AdamTensors, SgdParams};
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
 
@@ -158,6 +160,76 @@ pub(crate) fn ema_update(dev: &Arc<CudaDevice>, ema: &mut Tensor, x: &Tensor, de
     // `&mut Tensor`, unshared by storage_mut()); the kernel reads x[i] and updates ema[i] only.
     let r = unsafe { dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(e).arg(&buffer(x).slice).launch(grid_for(dev, n)) };
     launched(k, r)
+}
+
+/// The grid of a multi-tensor launch: enough x blocks for the largest tensor (at most what fills
+/// the device), one row of blocks per tensor.
+fn foreach_grid(dev: &CudaDevice, largest: usize, count: usize) -> LaunchConfig {
+    let x = grid_for(dev, largest.max(1));
+    LaunchConfig { grid_dim: (x.grid_dim.0, count as u32, 1), ..x }
+}
+
+/// Adam at step `t` for every tensor (ops has checked each one's lengths and `t`), up to 32 per
+/// launch: the device pointers go in the kernel's parameter struct.
+pub(crate) fn adam_steps(dev: &Arc<CudaDevice>, tensors: &mut [AdamTensors<'_>], t: u64, hp: &AdamParams) -> Result<()> {
+    let hp = adam_params(hp, t, 0)?;
+    let stream = dev.stream().clone();
+    for chunk in tensors.chunks_mut(FOREACH_TENSORS) {
+        let largest = chunk.iter().map(|at| at.param.numel()).max().unwrap_or(0);
+        if largest == 0 {
+            continue;
+        }
+        let grid = foreach_grid(dev, largest, chunk.len());
+        let mut p = AdamForeachParams { hp, tensors: [ForeachTensor::default(); FOREACH_TENSORS], count: chunk.len() as i32, pad_: 0 };
+        let mut guards = Vec::with_capacity(4 * chunk.len());
+        for (slot, at) in chunk.iter_mut().enumerate() {
+            let n = at.param.numel() as i64;
+            let (a, a_guard) = buffer_mut(at.param)?.slice.device_ptr_mut(&stream);
+            let (b, b_guard) = buffer(at.grad).slice.device_ptr(&stream);
+            let (c, c_guard) = buffer_mut(at.m)?.slice.device_ptr_mut(&stream);
+            let (d, d_guard) = buffer_mut(at.v)?.slice.device_ptr_mut(&stream);
+            guards.extend([a_guard, b_guard, c_guard, d_guard]);
+            p.tensors[slot] = ForeachTensor { a, b, c, d, n };
+        }
+        let k = Kernel::AdamUpdateForeach;
+        let _range = crate::profile::range(k.symbol());
+        // SAFETY: each slot's param, grad, m and v hold its n floats (checked by ops) and come from
+        // distinct allocations (`&mut Tensor`s, unshared by storage_mut()); block row y reads and
+        // writes element i < n of slot y's arrays only.
+        let r = unsafe { stream.launch_builder(dev.kernel(k)).arg(&p).launch(grid) };
+        launched(k, r)?;
+        drop(guards);
+    }
+    Ok(())
+}
+
+/// `ema ← decay·ema + (1 − decay)·x` for every pair (lengths checked by ops), up to 32 per launch.
+pub(crate) fn ema_updates(dev: &Arc<CudaDevice>, pairs: &mut [(&mut Tensor, &Tensor)], decay: f32) -> Result<()> {
+    let stream = dev.stream().clone();
+    for chunk in pairs.chunks_mut(FOREACH_TENSORS) {
+        let largest = chunk.iter().map(|(ema, _)| ema.numel()).max().unwrap_or(0);
+        if largest == 0 {
+            continue;
+        }
+        let grid = foreach_grid(dev, largest, chunk.len());
+        let mut p = EmaForeachParams { decay, count: chunk.len() as i32, tensors: [ForeachTensor::default(); FOREACH_TENSORS] };
+        let mut guards = Vec::with_capacity(2 * chunk.len());
+        for (slot, (ema, x)) in chunk.iter_mut().enumerate() {
+            let n = ema.numel() as i64;
+            let (a, a_guard) = buffer_mut(ema)?.slice.device_ptr_mut(&stream);
+            let (b, b_guard) = buffer(x).slice.device_ptr(&stream);
+            guards.extend([a_guard, b_guard]);
+            p.tensors[slot] = ForeachTensor { a, b, c: 0, d: 0, n };
+        }
+        let k = Kernel::EmaUpdateForeach;
+        let _range = crate::profile::range(k.symbol());
+        // SAFETY: each slot's ema and x hold its n floats (checked by ops), ema a `&mut Tensor`
+        // unshared by storage_mut(); block row y updates ema[i] from x[i], i < n, of slot y only.
+        let r = unsafe { stream.launch_builder(dev.kernel(k)).arg(&p).launch(grid) };
+        launched(k, r)?;
+        drop(guards);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -48,6 +48,10 @@ unsafe impl DeviceRepr for AdamUpdateParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for EmaUpdateParams {}
 // SAFETY: as above.
+unsafe impl DeviceRepr for AdamForeachParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for EmaForeachParams {}
+// SAFETY: as above.
 unsafe impl DeviceRepr for GaussianNoiseParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for SanitizeRowsParams {}
@@ -194,6 +198,40 @@ pub struct AdamUpdateParams {
     pub weight_decay: f32,
     pub step_size: f32,
     pub bias2_sqrt: f32,
+}
+
+/// One tensor of a multi-tensor update (`ForeachTensor` in common.cuh): device pointers to up to
+/// four arrays of `n` floats (Adam: param, grad, m, v; the EMA: ema, x; unused ones 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForeachTensor {
+    pub a: u64,
+    pub b: u64,
+    pub c: u64,
+    pub d: u64,
+    pub n: i64,
+}
+
+/// The most tensors one multi-tensor launch takes (`DPGAN_FOREACH_TENSORS`).
+pub const FOREACH_TENSORS: usize = 32;
+
+/// Adam over up to [`FOREACH_TENSORS`] tensors in one launch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AdamForeachParams {
+    pub hp: AdamUpdateParams,
+    pub tensors: [ForeachTensor; FOREACH_TENSORS],
+    pub count: i32,
+    pub pad_: i32,
+}
+
+/// The EMA over up to [`FOREACH_TENSORS`] tensors in one launch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EmaForeachParams {
+    pub decay: f32,
+    pub count: i32,
+    pub tensors: [ForeachTensor; FOREACH_TENSORS],
 }
 
 /// An exponential moving average's decay over `n` elements.
@@ -447,6 +485,9 @@ const _: () = assert!(std::mem::size_of::<LogSoftmaxParams>() == 16);
 const _: () = assert!(std::mem::size_of::<SgdUpdateParams>() == 32);
 const _: () = assert!(std::mem::size_of::<AdamUpdateParams>() == 32);
 const _: () = assert!(std::mem::size_of::<EmaUpdateParams>() == 16);
+const _: () = assert!(std::mem::size_of::<ForeachTensor>() == 40);
+const _: () = assert!(std::mem::size_of::<AdamForeachParams>() == 32 + FOREACH_TENSORS * 40 + 8);
+const _: () = assert!(std::mem::size_of::<EmaForeachParams>() == 8 + FOREACH_TENSORS * 40);
 const _: () = assert!(std::mem::size_of::<Pool2x2Params>() == 40);
 const _: () = assert!(std::mem::size_of::<AxisCopyParams>() == 56);
 const _: () = assert!(std::mem::size_of::<GatherRowsParams>() == 16);
