@@ -201,6 +201,25 @@ fn to_f64<M: Module>(m: &mut M) {
     }
 }
 
+/// A tiny critic (base 2) and one critic batch, all in f64: real and fake images, labels, α.
+struct CriticCase {
+    d: Discriminator,
+    real: Tensor,
+    fake: Tensor,
+    labels: Tensor,
+    alpha: Tensor,
+}
+
+fn f64_critic_case(rng: &mut impl Rng, groups: usize, b: usize) -> CriticCase {
+    let mut d = Discriminator::new(groups, 2, rng, &CPU).unwrap();
+    to_f64(&mut d);
+    let f64_batch = |t: Tensor| t.to_dtype(DType::F64).unwrap();
+    let (real, labels) = random_batch(rng, groups, b);
+    let (fake, _) = random_batch(rng, groups, b);
+    let alpha = Tensor::uniform(&[groups, b, 1], 0.0, 1.0, rng, &CPU).unwrap();
+    CriticCase { d, real: f64_batch(real), fake: f64_batch(fake), labels: f64_batch(labels), alpha: f64_batch(alpha) }
+}
+
 /// The WGAN-GP critic loss of a tiny spectrally normalised critic against central differences in
 /// its weights. The power iteration is first run to convergence: there u, v are the top singular
 /// pair, s = σ_max(W̄) and ∂s/∂W̄ = uvᵀ, which is the gradient through s with u, v held fixed, so
@@ -210,13 +229,7 @@ fn to_f64<M: Module>(m: &mut M) {
 fn wgan_gp_loss_gradient_matches_finite_differences() {
     let mut rng = common::rng("wgan_gp_gradient");
     let (groups, b) = (1, 3);
-    let mut d = Discriminator::new(groups, 2, &mut rng, &CPU).unwrap();
-    to_f64(&mut d);
-    let f64_batch = |t: Tensor| t.to_dtype(DType::F64).unwrap();
-    let (real, labels) = random_batch(&mut rng, groups, b);
-    let (fake, _) = random_batch(&mut rng, groups, b);
-    let alpha = Tensor::uniform(&[groups, b, 1], 0.0, 1.0, &mut rng, &CPU).unwrap();
-    let (real, labels, fake, alpha) = (f64_batch(real), f64_batch(labels), f64_batch(fake), f64_batch(alpha));
+    let CriticCase { mut d, real, fake, labels, alpha } = f64_critic_case(&mut rng, groups, b);
     // Converge every layer's power iteration (thousands of steps: the top two singular values of
     // a small random matrix can lie close together).
     for sn in [&mut d.conv1.sn, &mut d.conv2.sn, &mut d.conv3.sn, &mut d.linear.sn, &mut d.embedding.sn] {
@@ -293,13 +306,7 @@ fn wgan_gp_loss_gradient_matches_finite_differences() {
 fn wgan_gp_loss_is_its_formula() {
     let mut rng = common::rng("wgan_gp_loss_is_its_formula");
     let (groups, b) = (2, 3);
-    let mut d = Discriminator::new(groups, 2, &mut rng, &CPU).unwrap();
-    to_f64(&mut d);
-    let f64_batch = |t: Tensor| t.to_dtype(DType::F64).unwrap();
-    let (real, labels) = random_batch(&mut rng, groups, b);
-    let (fake, _) = random_batch(&mut rng, groups, b);
-    let alpha = Tensor::uniform(&[groups, b, 1], 0.0, 1.0, &mut rng, &CPU).unwrap();
-    let (real, labels, fake, alpha) = (f64_batch(real), f64_batch(labels), f64_batch(fake), f64_batch(alpha));
+    let CriticCase { d, real, fake, labels, alpha } = f64_critic_case(&mut rng, groups, b);
     let config = GsWganConfig::default();
     let got = wgan_gp_loss(&Tape::new(), &mut d.clone(), &real, &fake, &labels, &alpha, &config).unwrap().to_vec_f64().unwrap();
 
