@@ -501,6 +501,33 @@ fn accountant_refuses_a_step_past_the_budget_and_changes_nothing() {
     assert_eq!(acc, before);
 }
 
+/// A budget is a bound a run may reach: steps that spend exactly ε = budget are allowed; with the
+/// budget one ulp below that ε they are refused.
+#[test]
+fn accountant_allows_spending_the_budget_exactly() {
+    let mut free = Accountant::new(Orders::Standard, Conversion::Improved, 1e-5, None).unwrap();
+    let exact = free.try_step(DPCGAN_STEP, 1_000).unwrap().epsilon;
+    let mut at_budget = Accountant::new(Orders::Standard, Conversion::Improved, 1e-5, Some(exact)).unwrap();
+    assert_eq!(at_budget.try_step(DPCGAN_STEP, 1_000).unwrap().epsilon, exact);
+    let below = f64::from_bits(exact.to_bits() - 1);
+    let mut tight = Accountant::new(Orders::Standard, Conversion::Improved, 1e-5, Some(below)).unwrap();
+    assert!(matches!(tight.try_step(DPCGAN_STEP, 1_000), Err(Error::PrivacyBudget(_))));
+}
+
+/// `after` gives the accountant a checkpoint holds after that many steps, whatever the budget
+/// (here far past it); zero steps leave it as it was.
+#[test]
+fn accountant_after_records_steps_whatever_the_budget() {
+    let acc = Accountant::new(Orders::Standard, Conversion::Improved, 1e-5, Some(1.0)).unwrap();
+    assert_eq!(acc.clone().after(DPCGAN_STEP, 0).unwrap(), acc);
+    let past = acc.clone().after(DPCGAN_STEP, 50_000).unwrap();
+    assert_eq!(past.history(), vec![(DPCGAN_STEP, 50_000)]);
+    let mut free = Accountant::new(Orders::Standard, Conversion::Improved, 1e-5, None).unwrap();
+    free.try_step(DPCGAN_STEP, 50_000).unwrap();
+    assert_eq!(past.spent().unwrap(), free.spent().unwrap());
+    assert!(past.spent().unwrap().epsilon > 1.0, "the steps go past the budget");
+}
+
 #[test]
 fn accountant_json_round_trip_is_identical() {
     let mut acc = Accountant::new(Orders::TfPrivacy02, Conversion::Classic, 1e-5, Some(50.0)).unwrap();
