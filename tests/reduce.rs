@@ -215,29 +215,33 @@ fn sum_to_cuda_matches_cpu() {
         ]);
         for (x_shape, target) in cases {
             let x = randn(&mut rng, &x_shape);
-            assert_cuda_sum_matches_cpu(dev, "sum_to", sum_to, &x, x.cpu_data().unwrap(), &target);
+            assert_cuda_sum_matches_cpu(
+                dev,
+                "sum_to",
+                &|t, to| sum_to(&t[0], to),
+                std::slice::from_ref(&x),
+                x.cpu_data().unwrap(),
+                &target,
+            );
         }
     });
 }
 
-/// `sum` (sum_to or sum_squares_to) of `x` on the GPU against the CPU: f32 partial sums, over up
-/// to ~10^5 terms per output, against the CPU's f64 sums, the error measured against the sum of
-/// the |summands| per output (a single output's sum may cancel to near 0).
-fn assert_cuda_sum_matches_cpu(
-    dev: &Device,
-    name: &str,
-    sum: fn(&Tensor, &[usize]) -> dpgan::Result<Tensor>,
-    x: &Tensor,
-    summands: &[f32],
-    target: &[usize],
-) {
-    let expected = sum(x, target).unwrap();
-    let got = sum(&x.to_device(dev).unwrap(), target).unwrap();
+/// A reduction of its inputs down to a shape.
+type SumOf<'a> = &'a dyn Fn(&[Tensor], &[usize]) -> dpgan::Result<Tensor>;
+
+/// `sum` (sum_to, sum_squares_to or sum_products_to) of `inputs` on the GPU against the CPU: f32
+/// partial sums, over up to ~10^5 terms per output, against the CPU's f64 sums, the error measured
+/// against the sum of the |summands| per output (a single output's sum may cancel to near 0).
+fn assert_cuda_sum_matches_cpu(dev: &Device, name: &str, sum: SumOf<'_>, inputs: &[Tensor], summands: &[f32], target: &[usize]) {
+    let expected = sum(inputs, target).unwrap();
+    let on_device: Vec<Tensor> = inputs.iter().map(|t| t.to_device(dev).unwrap()).collect();
+    let got = sum(&on_device, target).unwrap();
     assert_eq!(got.shape(), expected.shape());
     let f64s = |t: &Tensor| -> Vec<f64> { t.to_vec().unwrap().iter().map(|&v| v as f64).collect() };
-    let magnitude = sum_to_formula(summands, x.shape(), target).magnitude;
+    let magnitude = sum_to_formula(summands, inputs[0].shape(), target).magnitude;
     let expected = Sums { value: f64s(&expected), magnitude };
-    assert_close_sums(&format!("{name} {:?} -> {target:?}", x.shape()), &f64s(&got), &expected, tol::F32_REDUCTION);
+    assert_close_sums(&format!("{name} {:?} -> {target:?}", inputs[0].shape()), &f64s(&got), &expected, tol::F32_REDUCTION);
 }
 
 /// sum_squares_to on the GPU against the CPU on sum_to's cases and the per-example norm layouts
@@ -257,7 +261,14 @@ fn sum_squares_to_cuda_matches_cpu() {
         ]);
         for (x_shape, target) in cases {
             let x = randn(&mut rng, &x_shape);
-            assert_cuda_sum_matches_cpu(dev, "sum_squares_to", sum_squares_to, &x, &squares(&x), &target);
+            assert_cuda_sum_matches_cpu(
+                dev,
+                "sum_squares_to",
+                &|t, to| sum_squares_to(&t[0], to),
+                std::slice::from_ref(&x),
+                &squares(&x),
+                &target,
+            );
         }
     });
 }
@@ -279,13 +290,8 @@ fn sum_products_to_cuda_matches_cpu() {
         ]);
         for (x_shape, target) in cases {
             let (x, y) = (randn(&mut rng, &x_shape), randn(&mut rng, &x_shape));
-            let expected = sum_products_to(&x, &y, &target).unwrap();
-            let got = sum_products_to(&x.to_device(dev).unwrap(), &y.to_device(dev).unwrap(), &target).unwrap();
-            assert_eq!(got.shape(), expected.shape());
-            let f64s = |t: &Tensor| -> Vec<f64> { t.to_vec().unwrap().iter().map(|&v| v as f64).collect() };
-            let magnitude = sum_to_formula(&products(&x, &y), &x_shape, &target).magnitude;
-            let expected = Sums { value: f64s(&expected), magnitude };
-            assert_close_sums(&format!("sum_products_to {x_shape:?} -> {target:?}"), &f64s(&got), &expected, tol::F32_REDUCTION);
+            let summands = products(&x, &y);
+            assert_cuda_sum_matches_cpu(dev, "sum_products_to", &|t, to| sum_products_to(&t[0], &t[1], to), &[x, y], &summands, &target);
         }
     });
 }

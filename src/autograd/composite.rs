@@ -26,7 +26,7 @@ impl Tape {
 
     /// Spectral normalisation of `w_bar` viewed as `[G, O, I]`: one power iteration updates
     /// `u` `[G, O]` (no gradient) and gives `s = uᵀ W̄ v`, then `W = W̄ / s` with the gradient
-    /// flowing through `s` into `W̄` (see [`Tape::divide_by_given_sigma`]). Returns `(W, u', v, s)`;
+    /// flowing through `s` into `W̄` (see [`Tape::spectral_divide`]). Returns `(W, u', v, s)`;
     /// the caller stores `u'` for the next call.
     pub fn spectral_normalize(&self, w_bar: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         let mut layers = self.spectral_normalize_all(&[(w_bar, u)])?;
@@ -49,7 +49,7 @@ impl Tape {
             .iter()
             .zip(steps)
             .map(|(&(w_bar, _), step)| {
-                let w = self.divide_by_given_sigma(w_bar, &step.u, &step.v, step.sigma.clone())?;
+                let w = self.spectral_divide(w_bar, &step.u, &step.v, &step.sigma)?;
                 Ok((w, step.u, step.v, step.sigma))
             })
             .collect()
@@ -71,12 +71,6 @@ impl Tape {
         );
         let wv = raw::matmul(&w_bar.reshape(&[g, rows, cols])?, &v.reshape(&[g, cols, 1])?, false, false)?;
         let sigma = raw::matmul(&u.reshape(&[g, rows, 1])?, &wv, true, false)?.reshape(&[g])?;
-        self.divide_by_given_sigma(w_bar, u, v, sigma)
-    }
-
-    /// `W̄ / s` for `sigma` = `uᵀ W̄ v` computed elsewhere (the power iteration's), with the
-    /// gradient of [`Tape::divide_by_sigma`].
-    pub fn divide_by_given_sigma(&self, w_bar: &Tensor, u: &Tensor, v: &Tensor, sigma: Tensor) -> Result<Tensor> {
         self.spectral_divide(w_bar, u, v, &sigma)
     }
 }

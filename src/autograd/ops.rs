@@ -237,19 +237,8 @@ impl Tape {
     /// `u` `[G, O]` and `v` `[G, I]` constants): the power iteration computes that value while it
     /// updates u (`ops::power_iteration`), and the gradient `gσ·u vᵀ` flows from here into W̄.
     pub fn spectral_sigma(&self, w_bar: &Tensor, u: &Tensor, v: &Tensor, sigma: Tensor) -> Result<Tensor> {
-        let s = w_bar.shape();
-        crate::error::ensure_shape!(s.len() >= 3, "spectral_sigma", "needs W̄ [G, O, ...], got {s:?}");
-        let (g, rows) = (s[0], s[1]);
-        let cols = w_bar.numel() / (g * rows).max(1);
-        crate::error::ensure_shape!(
-            u.shape() == [g, rows] && v.shape() == [g, cols] && sigma.shape() == [g],
-            "spectral_sigma",
-            "u {:?}, v {:?} and σ {:?} do not fit W̄ {s:?}",
-            u.shape(),
-            v.shape(),
-            sigma.shape()
-        );
-        Ok(self.record(sigma, &[w_bar], || Saved::SpectralSigma { u: u.clone(), v: v.clone(), w_shape: s.to_vec() }))
+        check_spectral_operands("spectral_sigma", w_bar, u, v, &sigma)?;
+        Ok(self.record(sigma, &[w_bar], || Saved::SpectralSigma { u: u.clone(), v: v.clone(), w_shape: w_bar.shape().to_vec() }))
     }
 
     /// Pixel norm over the channels of `[G, B, C, H, W]`: `x / sqrt(mean_c x² + eps)` per position.
@@ -265,20 +254,9 @@ impl Tape {
     /// PyTorch's spectral norm. One recorded op whose first-order rule is two launches
     /// (`ops::spectral_divide_backward`), where a division and [`Tape::spectral_sigma`] took eight.
     pub fn spectral_divide(&self, w_bar: &Tensor, u: &Tensor, v: &Tensor, sigma: &Tensor) -> Result<Tensor> {
-        let s = w_bar.shape();
-        crate::error::ensure_shape!(s.len() >= 3, "spectral_divide", "needs W̄ [G, O, ...], got {s:?}");
-        let (g, rows) = (s[0], s[1]);
-        let cols = w_bar.numel() / (g * rows).max(1);
-        crate::error::ensure_shape!(
-            u.shape() == [g, rows] && v.shape() == [g, cols] && sigma.shape() == [g],
-            "spectral_divide",
-            "u {:?}, v {:?} and σ {:?} do not fit W̄ {s:?}",
-            u.shape(),
-            v.shape(),
-            sigma.shape()
-        );
-        let mut per_group = vec![1; s.len()];
-        per_group[0] = g;
+        check_spectral_operands("spectral_divide", w_bar, u, v, sigma)?;
+        let mut per_group = vec![1; w_bar.rank()];
+        per_group[0] = w_bar.shape()[0];
         let w = raw::binary(BinaryOp::Div, w_bar, &sigma.reshape(&per_group)?)?;
         Ok(self.record(w.clone(), &[w_bar], || Saved::SpectralDivide {
             w_bar: w_bar.clone(),
@@ -409,4 +387,22 @@ impl Tape {
         let per_row = self.reshape(&summed, &logits.shape()[..last])?;
         self.neg(&per_row)
     }
+}
+
+/// W̄ `[G, O, ...]` (viewed as `[G, O, I]`) with its spectral-norm vectors u `[G, O]`, v `[G, I]`
+/// and σ `[G]`.
+fn check_spectral_operands(op: &'static str, w_bar: &Tensor, u: &Tensor, v: &Tensor, sigma: &Tensor) -> Result<()> {
+    let s = w_bar.shape();
+    crate::error::ensure_shape!(s.len() >= 3, op, "needs W̄ [G, O, ...], got {s:?}");
+    let (g, rows) = (s[0], s[1]);
+    let cols = w_bar.numel() / (g * rows).max(1);
+    crate::error::ensure_shape!(
+        u.shape() == [g, rows] && v.shape() == [g, cols] && sigma.shape() == [g],
+        op,
+        "u {:?}, v {:?} and σ {:?} do not fit W̄ {s:?}",
+        u.shape(),
+        v.shape(),
+        sigma.shape()
+    );
+    Ok(())
 }

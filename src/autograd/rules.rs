@@ -134,8 +134,9 @@ fn pixel_norm(tape: &Tape, x: &Tensor, inv: &Tensor, eps: f32, dy: &Tensor) -> R
 }
 
 /// `dW̄` of `W = W̄/σ`, `σ = uᵀW̄v`: `dW/σ − (⟨dW, W̄⟩/σ²)·u vᵀ = (dW − ⟨dW, W⟩·u vᵀ)/σ` per group.
-/// A first-order pass takes two launches (`sum_products_to` for c and `spectral_divide_backward`); a recorded one builds the same value from tape ops, with σ
-/// recorded as a function of W̄, so that it can be differentiated again.
+/// A first-order pass takes two launches (`sum_products_to` for c and `spectral_divide_backward`);
+/// a recorded one builds the same value from tape ops, with σ recorded as a function of W̄, so
+/// that it can be differentiated again.
 fn spectral_divide(tape: &Tape, w_bar: &Tensor, w: &Tensor, u: &Tensor, v: &Tensor, sigma: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let s = w_bar.shape();
     let (g, rows, cols) = (s[0], u.shape()[1], v.shape()[1]);

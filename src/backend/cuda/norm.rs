@@ -114,7 +114,8 @@ fn launch_batch(
     }
     let count = chunk.len();
     let run = |kernel: Kernel, grid: (usize, usize)| -> Result<()> {
-        if grid.0 > u32::MAX as usize || grid.1 > 65_535 {
+        // The CUDA limits: grid.x below 2³¹, grid.y below 2¹⁶.
+        if grid.0 > i32::MAX as usize || grid.1 > 65_535 {
             return Err(too_big(&format!("a grid of {grid:?} blocks")));
         }
         let _range = crate::profile::range(kernel.symbol());
