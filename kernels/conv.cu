@@ -27,8 +27,10 @@ __device__ __forceinline__ int divmod(const FastDivmod& d, int n, int& rem) {
 // ---- forward ----
 
 // cols(x) as the B operand: each thread keeps one column n = (b, oy, ox) and walks k = (c, ki, kj).
+template <bool TF32>
 struct Im2colLoader {
   static constexpr bool K_CONTIGUOUS = false;
+  using Slots = tile::Slot<K_CONTIGUOUS, TF32>;
   const float* __restrict__ image;  // x[g, b] of this thread's column; unused when !valid
   bool valid;
   int iy0, ix0;  // oy·s − p, ox·s − p
@@ -36,7 +38,7 @@ struct Im2colLoader {
   FastDivmod kernel_area, kernel_wd;
 
   __device__ __forceinline__ Im2colLoader(const ConvParams& p, const float* __restrict__ x_g, int n0) {
-    const int n = n0 + tile::Slot<false>::mn(0);
+    const int n = n0 + Slots::mn(0);
     valid = n < p.batch * (int)p.out_area.divisor;
     int pos = 0, ox = 0;
     const int b = valid ? divmod(p.out_area, n, pos) : 0;
@@ -55,7 +57,7 @@ struct Im2colLoader {
   __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
-      const int k = k0 + tile::Slot<false>::kk(i);
+      const int k = k0 + Slots::kk(i);
       float v = 0.0f;
       if (valid && k < k_count) {
         int tap, kj;
@@ -100,14 +102,16 @@ struct ForwardEpilogue {
 
 // wᵀ restricted to the phase's taps, as the A operand: element (c, k = (o, ty, tx)) =
 // w[g, o, c, ry + s·ty, rx + s·tx]. Threads walk k.
+template <bool TF32>
 struct PhaseWeightLoader {
   static constexpr bool K_CONTIGUOUS = true;
+  using Slots = tile::Slot<K_CONTIGUOUS, TF32>;
   const float* __restrict__ w_g;
   int m0, in_channels, k_count, kernel_h, kernel_w, stride, phase_y, phase_x;
   FastDivmod taps_area, taps_xd;
 
   __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
-    const int k = k0 + tile::Slot<true>::kk(0);
+    const int k = k0 + Slots::kk(0);
     int tap = 0, tx = 0;
     const int o = k < k_count ? divmod(taps_area, k, tap) : 0;
     const int ty = divmod(taps_xd, tap, tx);
@@ -115,7 +119,7 @@ struct PhaseWeightLoader {
     const int64_t kernel_area = (int64_t)kernel_h * kernel_w;
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
-      const int c = m0 + tile::Slot<true>::mn(i);
+      const int c = m0 + Slots::mn(i);
       r[i] = (k < k_count && c < in_channels)
                  ? w_g[((int64_t)o * in_channels + c) * kernel_area + ki * kernel_w + kj]
                  : 0.0f;
@@ -126,8 +130,10 @@ struct PhaseWeightLoader {
 // dy at the phase's taps, as the B operand: each thread keeps one column n = (b, j, i) (pixel
 // iy = first_y + s·j, ix = first_x + s·i) and walks k = (o, ty, tx), reading
 // dy[b, o, shift_y + j − ty, shift_x + i − tx] where that lies inside dy.
+template <bool TF32>
 struct PhaseDyLoader {
   static constexpr bool K_CONTIGUOUS = false;
+  using Slots = tile::Slot<K_CONTIGUOUS, TF32>;
   const float* __restrict__ image;  // dy[g, b] of this thread's column; unused when !valid
   bool valid;
   int oy0, ox0;  // shift_y + j, shift_x + i
@@ -136,7 +142,7 @@ struct PhaseDyLoader {
 
   __device__ __forceinline__ PhaseDyLoader(const ConvParams& p, const ConvPhase& q, const float* __restrict__ dy_g,
                                            int n0) {
-    const int n = n0 + tile::Slot<false>::mn(0);
+    const int n = n0 + Slots::mn(0);
     valid = n < p.batch * (int)q.pixels.divisor;
     int pixel = 0, i = 0;
     const int b = valid ? divmod(q.pixels, n, pixel) : 0;
@@ -155,7 +161,7 @@ struct PhaseDyLoader {
   __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
-      const int k = k0 + tile::Slot<false>::kk(i);
+      const int k = k0 + Slots::kk(i);
       float v = 0.0f;
       if (valid && k < k_count) {
         int tap, tx;
@@ -187,20 +193,22 @@ struct PhaseInputGradEpilogue {
 // ---- weight gradient ----
 
 // dy as the A operand [O, B·P]: element (o, k = (b, pos)) = dy[g, b, o, pos]. Threads walk k.
+template <bool TF32>
 struct DyRowsLoader {
   static constexpr bool K_CONTIGUOUS = true;
+  using Slots = tile::Slot<K_CONTIGUOUS, TF32>;
   const float* __restrict__ dy_g;
   int m0, out_channels, k_count;
   FastDivmod out_area;
 
   __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
-    const int k = k0 + tile::Slot<true>::kk(0);
+    const int k = k0 + Slots::kk(0);
     int pos = 0;
     const int b = k < k_count ? divmod(out_area, k, pos) : 0;
     const int64_t column = ((int64_t)b * out_channels) * out_area.divisor + pos;
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
-      const int o = m0 + tile::Slot<true>::mn(i);
+      const int o = m0 + Slots::mn(i);
       r[i] = (k < k_count && o < out_channels) ? dy_g[column + (int64_t)o * out_area.divisor] : 0.0f;
     }
   }
@@ -208,8 +216,10 @@ struct DyRowsLoader {
 
 // cols(x)ᵀ as the B operand [B·P, C·KK]: threads walk k = (b, oy, ox); each thread keeps its LOADS
 // columns n = (c, ki, kj) decoded for the whole main loop.
+template <bool TF32>
 struct Im2colTransposeLoader {
   static constexpr bool K_CONTIGUOUS = true;
+  using Slots = tile::Slot<K_CONTIGUOUS, TF32>;
   const float* __restrict__ x_g;
   int c_offset[LOADS];  // c·H·W of each column
   int ky[LOADS], kx[LOADS];  // ki − p, kj − p
@@ -223,7 +233,7 @@ struct Im2colTransposeLoader {
     const int n_count = p.in_channels * (int)p.kernel_area.divisor;
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
-      const int n = n0 + tile::Slot<true>::mn(i);
+      const int n = n0 + Slots::mn(i);
       col_ok[i] = n < n_count;
       int tap = 0, kj = 0;
       const int c = col_ok[i] ? divmod(p.kernel_area, n, tap) : 0;
@@ -242,7 +252,7 @@ struct Im2colTransposeLoader {
   }
 
   __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
-    const int k = k0 + tile::Slot<true>::kk(0);
+    const int k = k0 + Slots::kk(0);
     const bool k_ok = k < k_count;
     int pos = 0, ox = 0;
     const int b = k_ok ? divmod(out_area, k, pos) : 0;
@@ -271,15 +281,15 @@ struct WeightGradEpilogue {
 template <bool TF32, bool BIAS>
 __device__ __forceinline__ void conv2d_fwd(const ConvParams& p, const float* __restrict__ x, const float* __restrict__ w,
                                            const float* __restrict__ bias, float* __restrict__ y,
-                                           tile::SharedTiles& smem) {
+                                           tile::SharedTiles<TF32>& smem) {
   const int P = (int)p.out_area.divisor, KK = (int)p.kernel_area.divisor;
   const int M = p.out_channels, N = p.batch * P, K = p.in_channels * KK;
   const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
   const int64_t x_size = (int64_t)p.batch * p.in_channels * p.in_area.divisor;
   const int64_t y_size = (int64_t)p.batch * M * P;
   for (int g = blockIdx.z; g < p.groups; g += gridDim.z) {
-    const tile::KMajorLoader la{w + (int64_t)g * M * K, m0, M, K};
-    const Im2colLoader lb(p, x + g * x_size, n0);
+    const tile::KMajorLoader<TF32> la{w + (int64_t)g * M * K, m0, M, K};
+    const Im2colLoader<TF32> lb(p, x + g * x_size, n0);
     float acc[tile::TM][tile::TN];
     tile::mainloop<TF32>(la, lb, 0, K, smem, acc);
     const ForwardEpilogue<BIAS> ep{p.out_area, (int64_t)M * P, BIAS ? bias + (int64_t)g * M : nullptr};
@@ -292,14 +302,14 @@ __device__ __forceinline__ void conv2d_fwd(const ConvParams& p, const float* __r
 template <bool TF32>
 __device__ __forceinline__ void conv2d_input_grad(const ConvParams& p, const ConvPhase& q, const float* __restrict__ dy,
                                                   const float* __restrict__ w, float* __restrict__ dx,
-                                                  tile::SharedTiles& smem) {
+                                                  tile::SharedTiles<TF32>& smem) {
   const int HW = (int)p.in_area.divisor, KK = (int)p.kernel_area.divisor;
   const int M = p.in_channels, N = p.batch * (int)q.pixels.divisor, K = p.out_channels * q.taps_y * q.taps_x;
   const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
   const int64_t dy_size = (int64_t)p.batch * p.out_channels * p.out_area.divisor;
   const int64_t dx_size = (int64_t)p.batch * M * HW;
   for (int g = blockIdx.z; g < p.groups; g += gridDim.z) {
-    const PhaseWeightLoader la{w + (int64_t)g * p.out_channels * M * KK,
+    const PhaseWeightLoader<TF32> la{w + (int64_t)g * p.out_channels * M * KK,
                                             m0,
                                             M,
                                             K,
@@ -310,7 +320,7 @@ __device__ __forceinline__ void conv2d_input_grad(const ConvParams& p, const Con
                                             q.phase_x,
                                             q.taps_area,
                                             q.taps_xd};
-    const PhaseDyLoader lb(p, q, dy + g * dy_size, n0);
+    const PhaseDyLoader<TF32> lb(p, q, dy + g * dy_size, n0);
     float acc[tile::TM][tile::TN];
     tile::mainloop<TF32>(la, lb, 0, K, smem, acc);
     const PhaseInputGradEpilogue ep{q.pixels, q.cols_d, (int64_t)M * HW, HW, p.in_w, p.stride, q.first_y, q.first_x};
@@ -323,7 +333,7 @@ __device__ __forceinline__ void conv2d_input_grad(const ConvParams& p, const Con
 template <bool TF32>
 __device__ __forceinline__ void conv2d_weight_grad(const ConvParams& p, const float* __restrict__ x,
                                                    const float* __restrict__ dy, float* __restrict__ dw,
-                                                   tile::SharedTiles& smem) {
+                                                   tile::SharedTiles<TF32>& smem) {
   const int P = (int)p.out_area.divisor, KK = (int)p.kernel_area.divisor;
   const int M = p.out_channels, N = p.in_channels * KK, K = p.batch * P;
   const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
@@ -333,8 +343,8 @@ __device__ __forceinline__ void conv2d_weight_grad(const ConvParams& p, const fl
   const int64_t work = (int64_t)p.groups * p.splits;
   for (int64_t z = blockIdx.z; z < work; z += gridDim.z) {
     const int g = (int)(z / p.splits), s = (int)(z % p.splits);
-    const DyRowsLoader la{dy + g * dy_size, m0, M, K, p.out_area};
-    const Im2colTransposeLoader lb(p, x + g * x_size, n0);
+    const DyRowsLoader<TF32> la{dy + g * dy_size, m0, M, K, p.out_area};
+    const Im2colTransposeLoader<TF32> lb(p, x + g * x_size, n0);
     const tile::KRange kr = tile::split_range(s, p.split_len, K);
     float acc[tile::TM][tile::TN];
     tile::mainloop<TF32>(la, lb, kr.begin, kr.end, smem, acc);
@@ -351,54 +361,54 @@ __device__ __forceinline__ void conv2d_weight_grad(const ConvParams& p, const fl
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     conv_conv2d_fwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
   dpgan::conv::conv2d_fwd<false, false>(p, x, w, nullptr, y, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     conv_conv2d_bias_fwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ w,
                              const float* __restrict__ bias, float* __restrict__ y) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
   dpgan::conv::conv2d_fwd<false, true>(p, x, w, bias, y, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     conv_conv2d_input_grad_bwd_f32(ConvParams p, ConvPhase q, const float* __restrict__ dy, const float* __restrict__ w,
                                    float* __restrict__ dx) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
   dpgan::conv::conv2d_input_grad<false>(p, q, dy, w, dx, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     conv_conv2d_weight_grad_bwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy,
                                     float* __restrict__ dw) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
   dpgan::conv::conv2d_weight_grad<false>(p, x, dy, dw, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     conv_conv2d_fwd_tf32(ConvParams p, const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
   dpgan::conv::conv2d_fwd<true, false>(p, x, w, nullptr, y, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     conv_conv2d_bias_fwd_tf32(ConvParams p, const float* __restrict__ x, const float* __restrict__ w,
                               const float* __restrict__ bias, float* __restrict__ y) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
   dpgan::conv::conv2d_fwd<true, true>(p, x, w, bias, y, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     conv_conv2d_input_grad_bwd_tf32(ConvParams p, ConvPhase q, const float* __restrict__ dy, const float* __restrict__ w,
                                    float* __restrict__ dx) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
   dpgan::conv::conv2d_input_grad<true>(p, q, dy, w, dx, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     conv_conv2d_weight_grad_bwd_tf32(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy,
                                     float* __restrict__ dw) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
   dpgan::conv::conv2d_weight_grad<true>(p, x, dy, dw, smem);
 }

@@ -27,8 +27,10 @@ __device__ __forceinline__ int divmod(const FastDivmod& d, int n, int& rem) {
 // cols(x_e)ᵀ of one example as the B operand [P, C·KK]: element (pos = (oy, ox), n = (c, ki, kj)) =
 // x_e[c, oy·s + ki − p, ox·s + kj − p], 0 in the padding. Threads walk pos; each thread decodes its
 // LOADS columns once for the whole main loop.
+template <bool TF32>
 struct ExampleIm2colLoader {
   static constexpr bool K_CONTIGUOUS = true;
+  using Slots = tile::Slot<K_CONTIGUOUS, TF32>;
   const float* __restrict__ image;  // x[g, b]
   int c_offset[LOADS];              // c·H·W of each column
   int ky[LOADS], kx[LOADS];         // ki − p, kj − p
@@ -41,7 +43,7 @@ struct ExampleIm2colLoader {
     const int n_count = p.in_channels * (int)p.kernel_area.divisor;
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
-      const int n = n0 + tile::Slot<true>::mn(i);
+      const int n = n0 + Slots::mn(i);
       col_ok[i] = n < n_count;
       int tap = 0, kj = 0;
       const int c = col_ok[i] ? divmod(p.kernel_area, n, tap) : 0;
@@ -58,7 +60,7 @@ struct ExampleIm2colLoader {
   }
 
   __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
-    const int k = k0 + tile::Slot<true>::kk(0);
+    const int k = k0 + Slots::kk(0);
     const bool k_ok = k < positions;
     int ox = 0;
     const int oy = k_ok ? divmod(out_wd, k, ox) : 0;
@@ -87,7 +89,7 @@ __device__ __forceinline__ double block_tree_sum(double v, double* scratch) {
 // Grid: x = tiles of C·KK, y = tiles of O, z grid-strides over the G·B examples.
 __device__ __forceinline__ void conv2d_weight_grad_sq_norms(const ConvParams& p, const float* __restrict__ x,
                                                             const float* __restrict__ dy, float* __restrict__ partial,
-                                                            tile::SharedTiles& smem, double* scratch) {
+                                                            tile::SharedTiles<false>& smem, double* scratch) {
   const int P = (int)p.out_area.divisor;
   const int M = p.out_channels;
   const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
@@ -98,8 +100,8 @@ __device__ __forceinline__ void conv2d_weight_grad_sq_norms(const ConvParams& p,
   const int64_t examples = (int64_t)p.groups * p.batch;
   for (int64_t e = blockIdx.z; e < examples; e += gridDim.z) {
     // dy_e is a row-major [O, P] matrix: the A operand as it is.
-    const tile::KMajorLoader la{dy + e * dy_size, m0, M, P};
-    const ExampleIm2colLoader lb(p, x + e * x_size, n0);
+    const tile::KMajorLoader<false> la{dy + e * dy_size, m0, M, P};
+    const ExampleIm2colLoader<false> lb(p, x + e * x_size, n0);
     float acc[tile::TM][tile::TN];
     tile::mainloop<false>(la, lb, 0, P, smem, acc);
     // Entries outside O × C·KK are exact zeros (the loaders read 0 there): no mask needed.
@@ -120,7 +122,7 @@ __device__ __forceinline__ void conv2d_weight_grad_sq_norms(const ConvParams& p,
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     dp_conv2d_weight_grad_sq_norms_bwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy,
                                            float* __restrict__ partial) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
   __shared__ double scratch[dpgan::tile::THREADS];
   dpgan::dp_norms::conv2d_weight_grad_sq_norms(p, x, dy, partial, smem, scratch);
 }

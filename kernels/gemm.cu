@@ -23,9 +23,9 @@ struct GemmEpilogue {
 template <bool TRANS_A, bool TRANS_B, bool TF32, bool BIAS = false>
 __device__ __forceinline__ void gemm_grouped(const GemmParams& p, const float* __restrict__ a,
                                              const float* __restrict__ b, float* __restrict__ c,
-                                             tile::SharedTiles& smem, const float* __restrict__ bias = nullptr) {
-  using ALoader = typename std::conditional<TRANS_A, tile::MNMajorLoader, tile::KMajorLoader>::type;
-  using BLoader = typename std::conditional<TRANS_B, tile::KMajorLoader, tile::MNMajorLoader>::type;
+                                             tile::SharedTiles<TF32>& smem, const float* __restrict__ bias = nullptr) {
+  using ALoader = typename std::conditional<TRANS_A, tile::MNMajorLoader<TF32>, tile::KMajorLoader<TF32>>::type;
+  using BLoader = typename std::conditional<TRANS_B, tile::KMajorLoader<TF32>, tile::MNMajorLoader<TF32>>::type;
   const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
   const int64_t a_size = (int64_t)p.m * p.k, b_size = (int64_t)p.k * p.n, c_size = (int64_t)p.m * p.n;
   const int64_t work = (int64_t)p.groups * p.splits;
@@ -49,28 +49,28 @@ __device__ __forceinline__ void gemm_grouped(const GemmParams& p, const float* _
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_nn_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                             float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
   dpgan::gemm_grouped<false, false, false>(p, a, b, c, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_tn_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                             float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
   dpgan::gemm_grouped<true, false, false>(p, a, b, c, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_nt_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                             float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
   dpgan::gemm_grouped<false, true, false>(p, a, b, c, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_tt_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                             float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
   dpgan::gemm_grouped<true, true, false>(p, a, b, c, smem);
 }
 
@@ -78,7 +78,7 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_nt_bias_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                                  const float* __restrict__ bias, float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
   dpgan::gemm_grouped<false, true, false, true>(p, a, b, c, smem, bias);
 }
 
@@ -87,34 +87,34 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_nn_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                              float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
   dpgan::gemm_grouped<false, false, true>(p, a, b, c, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_tn_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                              float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
   dpgan::gemm_grouped<true, false, true>(p, a, b, c, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_nt_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                              float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
   dpgan::gemm_grouped<false, true, true>(p, a, b, c, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_tt_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                              float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
   dpgan::gemm_grouped<true, true, true>(p, a, b, c, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_nt_bias_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                                   const float* __restrict__ bias, float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles smem;
+  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
   dpgan::gemm_grouped<false, true, true, true>(p, a, b, c, smem, bias);
 }

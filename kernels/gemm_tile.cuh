@@ -28,33 +28,64 @@ constexpr int BK = 16;       // K per step
 constexpr int THREADS = 256;
 constexpr int TM = 4;        // rows per thread (FFMA); n8-tiles per warp (TF32)
 constexpr int TN = 4;        // columns per thread (FFMA); registers per n8-tile (TF32)
-constexpr int PAD = 4;       // keeps shared rows 16-byte aligned for float4 reads
 constexpr int LOADS = BM * BK / THREADS;  // elements of each operand a thread fetches per step
 
 static_assert(BM == BN, "one slot mapping serves both operands");
 static_assert((BM / TM) * (BN / TN) == THREADS, "the micro-tiles cover the block tile");
 static_assert(LOADS * THREADS == BM * BK, "the loads cover a k-step");
 
-// Which element (kk, mn) of a BK × 64 operand tile a thread's i-th load covers. K_CONTIGUOUS: 16
-// consecutive threads walk k (a row-major A, a transposed B); otherwise 64 consecutive threads walk
-// m or n. Either way a thread keeps one coordinate for the whole main loop, which the loaders use to
-// decode it once.
-template <bool K_CONTIGUOUS>
+// Which element (kk, mn) of a BK × 64 operand tile a thread's i-th load covers, and so which
+// addresses a warp touches in global and in shared memory. Either way a thread keeps one coordinate
+// for the whole main loop, which the loaders use to decode it once.
+// - K_CONTIGUOUS (a row-major A, a transposed B). FFMA: 16 consecutive threads walk k, a warp
+//   stores k 0..15 of 2 rows. TF32: 8 consecutive threads walk k (one 32-byte sector of a row), 16
+//   such groups take 16 rows and the block's halves k 0..7 and 8..15, a warp stores k 0..7 (or
+//   8..15) of 4 rows; kk / 4 mod 2, which smem_col needs, then stays fixed per thread.
+// - Otherwise 64 consecutive threads walk m or n, and a warp stores 32 consecutive columns of one k.
+//   FFMA: the thread's k step by 4; TF32: a thread takes LOADS consecutive k (kk / 4 fixed).
+// A loader picks its Slot with the main loop's TF32, so both agree on the mapping.
+template <bool K_CONTIGUOUS, bool TF32>
 struct Slot {
+  static_assert(BK == 16 && THREADS == 256 && BM == 64 && LOADS == 4, "the mappings below cover a 16 × 64 tile");
   __device__ __forceinline__ static int kk(int i) {
-    return K_CONTIGUOUS ? (int)(threadIdx.x % BK) : (int)(threadIdx.x / BM) + i * (THREADS / BM);
+    if (K_CONTIGUOUS) return TF32 ? (int)(threadIdx.x % 8 + 8 * (threadIdx.x / 128)) : (int)(threadIdx.x % BK);
+    return TF32 ? (int)(threadIdx.x / BM) * LOADS + i : (int)(threadIdx.x / BM) + i * (THREADS / BM);
   }
   __device__ __forceinline__ static int mn(int i) {
-    return K_CONTIGUOUS ? (int)(threadIdx.x / BK) + i * (THREADS / BK) : (int)(threadIdx.x % BM);
+    if (K_CONTIGUOUS) return TF32 ? (int)(threadIdx.x % 128 / 8) + 16 * i : (int)(threadIdx.x / BK) + i * (THREADS / BK);
+    return (int)(threadIdx.x % BM);
   }
 };
 
 // Operand tiles, stored k-major (As[k][m], Bs[k][n]) so that the inner product reads rows.
 // Declared once by the kernel and passed in, so that several instantiations share one allocation.
+//
+// Rows are STRIDE floats apart, and element (kk, mn) sits at column smem_col(kk, mn), chosen so
+// that no access of the main loop has a shared-memory bank conflict (32 banks of 4 bytes;
+// scripts/emulate_kernels.cpp checks every warp's addresses):
+// - FFMA (STRIDE 68): rows stay 16-byte aligned for the float4 reads, which cannot conflict. A
+//   K-contiguous warp's stores (k 0..15 × 2 columns) are 2-way; the TF32 mapping would make them
+//   conflict-free but costs the FFMA kernels up to 16 registers (ptxas, sm_90), a block an SM.
+// - TF32 (STRIDE 72 ≡ 8 mod 32): lane (group, t4) reads row k8 + t4 (+ 4), column c + group with
+//   c a multiple of 8, bank 8·t4 + c + group: all 32 distinct. A K-contiguous warp's stores (k = 8h
+//   .. 8h + 7, columns m .. m + 3) would meet 2 to a bank, rows k and k + 4 alike; XOR-ing the column
+//   with 4 on rows with k / 4 odd moves those to the other half of their group of 8 columns. The
+//   XOR stays inside an aligned group of 8, so the fragment reads stay conflict-free; it is the same
+//   for all lanes of a read, and fixed per thread for the stores (Slot keeps k / 4 mod 2).
+template <bool TF32>
 struct SharedTiles {
-  float a[BK][BM + PAD];
-  float b[BK][BN + PAD];
+  static constexpr int STRIDE = BM + (TF32 ? 8 : 4);
+  float a[BK][STRIDE];
+  float b[BK][STRIDE];
 };
+static_assert(SharedTiles<false>::STRIDE % 4 == 0, "FFMA rows must stay 16-byte aligned for float4 reads");
+static_assert(SharedTiles<true>::STRIDE % 32 == 8, "TF32 fragment rows t4 = 0..3 must land 8 banks apart");
+
+// The shared-memory column of an operand tile's element (kk, mn).
+template <bool TF32>
+__device__ __forceinline__ int smem_col(int kk, int mn) {
+  return TF32 ? mn ^ (kk & 4) : mn;
+}
 
 // ---- TF32 tensor cores (sm_80+): mma.sync.m16n8k8, f32 accumulation ----
 //
@@ -80,6 +111,17 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], 
 }
 #endif
 
+// x rounded to TF32, as an f32 (the low 13 mantissa bits zero): what the TF32 main loop stores in
+// shared memory, so that each element is rounded once, not once per fragment that reads it.
+__device__ __forceinline__ float round_tf32(float x) {
+  return __uint_as_float(to_tf32(x));
+}
+
+// The bits of a value already rounded by round_tf32, as mma_tf32 takes them.
+__device__ __forceinline__ uint32_t tf32_bits(float x) {
+  return __float_as_uint(x);
+}
+
 // The tile row and column of this thread's acc[i][j].
 template <bool TF32>
 __device__ __forceinline__ int acc_row(int i, int j) {
@@ -92,27 +134,30 @@ __device__ __forceinline__ int acc_col(int i, int j) {
   return (int)(threadIdx.x % (BN / TN)) * TN + j;
 }
 
-// acc += the tile's A · B over the BK staged in shared memory, on tensor cores.
-__device__ __forceinline__ void tile_product_tf32(const SharedTiles& s, float (&acc)[TM][TN]) {
+// acc += the tile's A · B over the BK staged in shared memory (already rounded to TF32), on tensor
+// cores.
+__device__ __forceinline__ void tile_product_tf32(const SharedTiles<true>& s, float (&acc)[TM][TN]) {
   static_assert(TM == 4 && TN == 4 && BM == 64 && BN == 64 && THREADS == 256 && BK % 8 == 0,
                 "8 warps of 16 × 32 cover the 64 × 64 tile; acc holds four n8-tiles of four registers");
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int group = lane / 4, t4 = lane % 4;
-  const int row = (warp / 2) * 16 + group, col = (warp % 2) * 32 + group;
+  const int m = (warp / 2) * 16 + group, n = (warp % 2) * 32 + group;
+  auto a_at = [&](int kk, int mm) { return tf32_bits(s.a[kk][smem_col<true>(kk, mm)]); };
+  auto b_at = [&](int kk, int nn) { return tf32_bits(s.b[kk][smem_col<true>(kk, nn)]); };
 #pragma unroll
   for (int k8 = 0; k8 < BK; k8 += 8) {
-    const uint32_t a[4] = {to_tf32(s.a[k8 + t4][row]), to_tf32(s.a[k8 + t4][row + 8]), to_tf32(s.a[k8 + t4 + 4][row]),
-                           to_tf32(s.a[k8 + t4 + 4][row + 8])};
+    const int k = k8 + t4;
+    const uint32_t a[4] = {a_at(k, m), a_at(k, m + 8), a_at(k + 4, m), a_at(k + 4, m + 8)};
 #pragma unroll
     for (int t = 0; t < TM; ++t) {
-      const uint32_t b[2] = {to_tf32(s.b[k8 + t4][col + 8 * t]), to_tf32(s.b[k8 + t4 + 4][col + 8 * t])};
+      const uint32_t b[2] = {b_at(k, n + 8 * t), b_at(k + 4, n + 8 * t)};
       mma_tf32(acc[t], a, b);
     }
   }
 }
 
 // acc += the tile's A · B over the BK staged in shared memory, in FFMA: 4 × 4 per thread.
-__device__ __forceinline__ void tile_product_f32(const SharedTiles& s, float (&acc)[TM][TN]) {
+__device__ __forceinline__ void tile_product_f32(const SharedTiles<false>& s, float (&acc)[TM][TN]) {
   const int tx = threadIdx.x % (BN / TN);
   const int ty = threadIdx.x / (BN / TN);
 #pragma unroll
@@ -132,10 +177,13 @@ __device__ __forceinline__ void tile_product_f32(const SharedTiles& s, float (&a
 // must call it (it synchronises). k_begin and k_end are uniform across the block. acc[i][j] is
 // element (acc_row<TF32>(i, j), acc_col<TF32>(i, j)) of the tile.
 template <bool TF32, class ALoader, class BLoader>
-__device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int k_begin, int k_end, SharedTiles& s,
-                                         float (&acc)[TM][TN]) {
-  using SA = Slot<ALoader::K_CONTIGUOUS>;
-  using SB = Slot<BLoader::K_CONTIGUOUS>;
+__device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int k_begin, int k_end,
+                                         SharedTiles<TF32>& s, float (&acc)[TM][TN]) {
+  using SA = typename ALoader::Slots;
+  using SB = typename BLoader::Slots;
+  static_assert(std::is_same<SA, Slot<ALoader::K_CONTIGUOUS, TF32>>::value &&
+                    std::is_same<SB, Slot<BLoader::K_CONTIGUOUS, TF32>>::value,
+                "the loaders must fetch what this main loop's slot mapping stores");
 #pragma unroll
   for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -148,8 +196,8 @@ __device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int
   for (int k0 = k_begin; k0 < k_end; k0 += BK) {
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
-      s.a[SA::kk(i)][SA::mn(i)] = ra[i];
-      s.b[SB::kk(i)][SB::mn(i)] = rb[i];
+      s.a[SA::kk(i)][smem_col<TF32>(SA::kk(i), SA::mn(i))] = TF32 ? round_tf32(ra[i]) : ra[i];
+      s.b[SB::kk(i)][smem_col<TF32>(SB::kk(i), SB::mn(i))] = TF32 ? round_tf32(rb[i]) : rb[i];
     }
     __syncthreads();
     // Fetch the next step's operands while this one is multiplied out of shared memory.
@@ -157,7 +205,7 @@ __device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int
       a.load(k0 + BK, ra);
       b.load(k0 + BK, rb);
     }
-    if (TF32) {
+    if constexpr (TF32) {
       tile_product_tf32(s, acc);
     } else {
       tile_product_f32(s, acc);
@@ -205,12 +253,14 @@ __device__ __forceinline__ void store_tile(const Epilogue& ep, float* __restrict
 // ---- Loaders of plain row-major matrices ----
 
 // Element (mn, k) at ptr[mn·ld + k]: A untransposed ([M, K]) or B transposed ([N, K]).
+template <bool TF32>
 struct KMajorLoader {
   static constexpr bool K_CONTIGUOUS = true;
+  using Slots = Slot<K_CONTIGUOUS, TF32>;
   const float* __restrict__ ptr;
   int mn0, mn_count, k_count;
   __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
-    using S = Slot<true>;
+    using S = Slots;
     const int k = k0 + S::kk(0);  // the same k for all of a thread's loads
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
@@ -221,12 +271,14 @@ struct KMajorLoader {
 };
 
 // Element (mn, k) at ptr[k·ld + mn]: A transposed ([K, M]) or B untransposed ([K, N]).
+template <bool TF32>
 struct MNMajorLoader {
   static constexpr bool K_CONTIGUOUS = false;
+  using Slots = Slot<K_CONTIGUOUS, TF32>;
   const float* __restrict__ ptr;
   int mn0, mn_count, k_count;
   __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
-    using S = Slot<false>;
+    using S = Slots;
     const int mn = mn0 + S::mn(0);  // the same m or n for all of a thread's loads
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {

@@ -1,6 +1,7 @@
 // Host emulation of the tiled kernels (scripts/emulate-kernels.sh builds and runs it): each block runs
 // as 256 std::threads with a std::barrier for __syncthreads, so the real kernel source (index math,
 // tails, shared-memory staging, K splits, grid-striding in z) runs on a CPU against f64 loops.
+#include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -29,6 +30,16 @@ struct float4 { float x, y, z, w; };
 #define __restrict__ __restrict
 inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
+inline float __uint_as_float(unsigned u) {
+  float x;
+  memcpy(&x, &u, 4);
+  return x;
+}
+inline unsigned __float_as_uint(float x) {
+  unsigned u;
+  memcpy(&u, &x, 4);
+  return u;
+}
 
 // TF32 tensor cores, emulated per warp: each lane scatters its fragments into the warp's matrices
 // (PTX's m16n8k8 layout), the warp meets at a barrier, each lane computes its own four outputs.
@@ -301,7 +312,68 @@ void test_conv_norms(const Geo& q) {
   compare(what, got, want);
 }
 
+// Shared-memory bank conflicts of the main loop, from the kernels' own index functions (Slot,
+// SharedTiles::STRIDE, smem_col): for each warp-wide access, the most lanes whose 4-byte words are
+// different but share one of the 32 banks. TF32 must be conflict-free in its stores (both loader
+// kinds) and fragment reads (PTX's m16n8k8 layout: lane 4·group + t4 holds A rows group, group + 8
+// and B column group, at k = t4, t4 + 4); FFMA's stores may be 2-way (its float4 reads cannot
+// conflict), as gemm_tile.cuh says.
+template <bool TF32>
+int warp_ways(int warp, const std::function<std::pair<int, int>(int lane)>& element) {
+  int most = 0;
+  for (int bank = 0; bank < 32; ++bank) {
+    std::vector<int> words;
+    for (int lane = 0; lane < 32; ++lane) {
+      threadIdx = {(unsigned)(32 * warp + lane), 0, 0};
+      const auto [kk, mn] = element(lane);
+      const int word = kk * dpgan::tile::SharedTiles<TF32>::STRIDE + dpgan::tile::smem_col<TF32>(kk, mn);
+      if (word % 32 == bank && std::find(words.begin(), words.end(), word) == words.end()) words.push_back(word);
+    }
+    most = std::max(most, (int)words.size());
+  }
+  threadIdx = {0, 0, 0};
+  return most;
+}
+
+template <bool TF32>
+int store_ways() {
+  using namespace dpgan::tile;
+  int most = 0;
+  for (int warp = 0; warp < THREADS / 32; ++warp)
+    for (int i = 0; i < LOADS; ++i) {
+      most = std::max(most, warp_ways<TF32>(warp, [&](int) { return std::pair{Slot<true, TF32>::kk(i), Slot<true, TF32>::mn(i)}; }));
+      most = std::max(most, warp_ways<TF32>(warp, [&](int) { return std::pair{Slot<false, TF32>::kk(i), Slot<false, TF32>::mn(i)}; }));
+    }
+  return most;
+}
+
+int tf32_read_ways() {
+  using namespace dpgan::tile;
+  int most = 0;
+  for (int warp = 0; warp < THREADS / 32; ++warp)
+    for (int k8 = 0; k8 < BK; k8 += 8)
+      for (int dk : {0, 4}) {
+        auto k = [&](int lane) { return k8 + lane % 4 + dk; };
+        for (int dm : {0, 8})
+          most = std::max(most, warp_ways<true>(warp, [&](int lane) { return std::pair{k(lane), (warp / 2) * 16 + lane / 4 + dm}; }));
+        for (int t = 0; t < TM; ++t)
+          most = std::max(most, warp_ways<true>(warp, [&](int lane) { return std::pair{k(lane), (warp % 2) * 32 + lane / 4 + 8 * t}; }));
+      }
+  return most;
+}
+
+void check_bank_conflicts() {
+  const int tf32_stores = store_ways<true>(), tf32_reads = tf32_read_ways(), f32_stores = store_ways<false>();
+  if (tf32_stores != 1 || tf32_reads != 1 || f32_stores > 2) {
+    ++failures;
+    printf("FAIL bank conflicts: tf32 stores %d-way, tf32 reads %d-way, f32 stores %d-way\n", tf32_stores, tf32_reads,
+           f32_stores);
+  }
+  printf("bank conflicts: tf32 stores %d-way, reads %d-way; f32 stores %d-way\n", tf32_stores, tf32_reads, f32_stores);
+}
+
 int main() {
+  check_bank_conflicts();
   for (int ta = 0; ta < 2; ++ta)
     for (int tb = 0; tb < 2; ++tb) {
       for (int m : {1, 7, 65, 130})
