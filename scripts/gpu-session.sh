@@ -10,12 +10,13 @@
 # Parts (all of them when none is named), each step under its own time limit so that one slow step
 # cannot eat the others' time; a device call may last 10 minutes, so split the parts as above:
 #   tests   every test executable with DPGAN_REQUIRE_GPU=1 (.gpu/run-tests)              ≤ 240 s
-#   bench   `dpgan bench kernels`, `dpgan bench step` (DP-CGAN and GS-WGAN private and     ≤ 375 s
-#           not, DPSGD-GAN's private D step)
+#   bench   `dpgan bench kernels`, `dpgan bench step` (DP-CGAN and GS-WGAN private and     ≤ 420 s
+#           not, GS-WGAN's warm start with TF32, DPSGD-GAN's private D step)
 #   pytorch benches/pytorch/compare.py: the same steps in PyTorch (eager, Opacus, vmap,   ≤ 300 s
 #           compile) beside ours; Opacus from .whl/ if the machine lacks it (device README)
 #   dpcgan  DP-CGAN's full published run (24,900 steps) timed, sampled and evaluated       ≤ 300 s
-#   gswgan  warm-start throughput for groups of 1, 16, 64 and auto's; phase-2 iterations/s ≤ 420 s
+#   gswgan  warm-start throughput for groups of 1, 16, 64 and auto's, 16 with TF32;       ≤ 495 s
+#           phase-2 iterations/s
 #   nsys    an Nsight Systems trace of a short DP-CGAN run, if nsys is installed           ≤ 180 s
 # Writes to $OUT (or .gpu/session): one log and JSON per step, and summary.md, a line per step.
 # `--quick` shrinks every step to a smoke run (for checking this script, not for numbers).
@@ -83,6 +84,9 @@ if want bench; then
         "${step_flags[@]}" "${extra[@]}" --json "$out/bench-step-$algo${mode#-}.json"
     done
   done
+  # GS-WGAN's warm-start iteration again with TF32 allowed, beside the f32 one above.
+  [ "$device" != cpu ] && step bench-step-gs-wgan-non-private-tf32 45 "$bin" bench step --algo gs-wgan --non-private --tf32 \
+    --phases --device "$device" "${step_flags[@]}" "${gs_step_flags[@]}" --json "$out/bench-step-gs-wgan-non-private-tf32.json"
   # DPSGD-GAN's private D step at the published B = 128, d = 128 (it has no non-private step).
   step bench-step-dpsgd-gan-private 45 "$bin" bench step --algo dpsgd-gan --private --phases --device "$device" \
     "${step_flags[@]}" "${dpsgd_flags[@]}" --json "$out/bench-step-dpsgd-gan-private.json"
@@ -120,6 +124,17 @@ for g in $ws_groups; do
   wall=$(grep -o 'in [0-9.]* s' "$out/warm-start-g$g.log" | head -n 1 | tr -dc '0-9.')
   [ -n "$wall" ] && python3 -c "print(f'  - G = $g: {$g * $ws_iters / $wall:.1f} discriminator-iterations/s ($ws_iters iterations, {$wall} s with setup and saving)')" >>"$summary"
 done
+
+# The middle group size again with TF32 allowed (`--tf32`), beside its f32 pace.
+if want gswgan && [ "$device" != cpu ]; then
+  g=$(echo $ws_groups | awk '{print $2}')
+  rm -rf "$out/ws-$g-tf32"
+  step "warm-start-g$g-tf32" 75 "$bin" train gs-wgan warm-start --data mnist --out "$out/ws-$g-tf32" --discriminators "$g" \
+    --group-size "$g" --iterations "$ws_iters" --seed 1 --device "$device" --tf32 "${width_flags[@]}"
+  wall=$(grep -o 'in [0-9.]* s' "$out/warm-start-g$g-tf32.log" | head -n 1 | tr -dc '0-9.')
+  [ -n "$wall" ] && python3 -c "print(f'  - G = $g, TF32: {$g * $ws_iters / $wall:.1f} discriminator-iterations/s ($ws_iters iterations, {$wall} s with setup and saving)')" >>"$summary"
+  rm -rf "$out/ws-$g-tf32"
+fi
 
 # The group size `--group-size auto` measures for the published K = 1000 (one iteration each: the
 # probe, then one pass over all groups), and its pace.

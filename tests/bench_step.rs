@@ -128,6 +128,7 @@ fn gs_wgan_private_and_non_private() {
     let r = bench("gs-wgan", "--non-private", &small);
     check_common(&r, "gs-wgan", "non-private", 8);
     assert!(r["step"].as_str().unwrap().contains("WarmStart::iteration"));
+    assert_eq!(r["settings"]["tf32"].as_bool(), Some(false));
     assert_eq!((phase(&r, "clip_noise"), phase(&r, "ema")), (0.0, 0.0));
 }
 
@@ -216,4 +217,9 @@ fn bad_arguments_are_refused_with_the_cause() {
     assert!(e.contains("does not exist"), "{e}");
     let e = stderr_of_failure(&["bench", "step", "--algo", "dp-cgan", "--device", "tpu"]);
     assert!(e.contains("--device must be"), "{e}");
+    // TF32 never touches a private step, and the CPU has none.
+    let e = stderr_of_failure(&["bench", "step", "--algo", "gs-wgan", "--device", "cpu", "--tf32"]);
+    assert!(e.contains("--tf32 applies to --non-private steps only"), "{e}");
+    let e = stderr_of_failure(&["bench", "step", "--algo", "gs-wgan", "--device", "cpu", "--non-private", "--tf32"]);
+    assert!(e.contains("--tf32 needs a CUDA device"), "{e}");
 }

@@ -1,16 +1,20 @@
 //! Whole models on the GPU against the CPU: DP-CGAN's generator and discriminator (same weights,
-//! same inputs) forward and backward, every parameter gradient; and one full private training step
-//! (same seeds) on both devices. Skips without a GPU, fails under `DPGAN_REQUIRE_GPU=1`.
+//! same inputs) forward and backward, every parameter gradient; one full private training step
+//! (same seeds) on both devices; GS-WGAN's warm-start iterations (also with TF32 allowed) and its
+//! phase-2 iterations. Skips without a GPU, fails under `DPGAN_REQUIRE_GPU=1`.
 mod common;
 
 use dpgan::autograd::Tape;
-use dpgan::dp::{NoiseMode, NoiseSource};
+use dpgan::backend::cuda::Tf32Scope;
+use dpgan::dp::{GsWganSanitizer, NoiseMode, NoiseSource, RunKey};
 use dpgan::models::dpcgan::{Discriminator, Generator, CLASSES, LATENT, PIXELS};
-use dpgan::nn::Linear;
+use dpgan::models::gswgan::{self, GeneratorArch};
+use dpgan::nn::{Linear, Module};
 use dpgan::tensor::{Device, Tensor};
 use dpgan::train::dpcgan::{DpCgan, DpCganConfig};
+use dpgan::train::gswgan::{CriticState, GsWganConfig, LabelledImages, PrivateTraining, WarmStart};
 use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 
 fn linear_on(l: &Linear, dev: &Device) -> Linear {
     Linear { weight: l.weight.to_device(dev).unwrap(), bias: l.bias.to_device(dev).unwrap() }
@@ -148,6 +152,108 @@ fn cuda_dpcgan_private_step_matches_cpu() {
         // The step moved every tensor, or the comparison above proves less than it says.
         for (k, (a, e)) in after_cpu.iter().zip(&before_cpu).enumerate() {
             assert!(a != e, "parameter {k} did not move");
+        }
+    });
+}
+
+// ---- GS-WGAN ----
+
+fn module_values(m: &impl Module) -> Vec<Vec<f32>> {
+    m.params().iter().map(|t| t.to_vec().unwrap()).collect()
+}
+
+fn gswgan_data(rng: &mut impl Rng, n: usize) -> LabelledImages {
+    let pixels = (0..n * gswgan::PIXELS).map(|_| rng.random::<f32>()).collect();
+    LabelledImages::new(pixels, (0..n).map(|_| rng.random_range(0..10)).collect()).unwrap()
+}
+
+/// Two warm-start iterations of a group of two members (ResNet G at width 16, two WGAN-GP critic
+/// steps each: the penalty's second-order backward included) on `device`, optionally with TF32
+/// allowed: every D and G parameter afterwards, and each iteration's critic and generator losses.
+fn warm_start_on(device: &Device, seeds: &[u64], data: &LabelledImages, tf32: bool) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let _tf32 = Tf32Scope::new(tf32);
+    let config = GsWganConfig { critic_steps: 2, batch_size: 8, ..GsWganConfig::default() };
+    let slices = vec![(0..12).collect(), (12..24).collect()];
+    let mut w = WarmStart::new(GeneratorArch::Resnet, 16, seeds, slices, config, device).unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..2 {
+        let l = w.iteration(data).unwrap();
+        losses.extend(l.critic.to_vec().unwrap());
+        losses.extend(l.generator.to_vec().unwrap());
+    }
+    (module_values(&w.discriminators).into_iter().chain(module_values(&w.generators)).collect(), losses)
+}
+
+#[test]
+fn cuda_gswgan_warm_start_iterations_match_cpu() {
+    common::on_cuda("cuda_gswgan_warm_start_iterations_match_cpu", |dev| {
+        let mut rng = common::rng("cuda_gswgan_warm_start_iterations_match_cpu");
+        let data = gswgan_data(&mut rng, 24);
+        let seeds = [rng.random(), rng.random()];
+        let (params_cpu, losses_cpu) = warm_start_on(&Device::Cpu, &seeds, &data, false);
+        let (params_gpu, losses_gpu) = warm_start_on(dev, &seeds, &data, false);
+        common::assert_close("critic and generator losses", &losses_gpu, &losses_cpu, MODEL_TOL);
+        for (k, (a, e)) in params_gpu.iter().zip(&params_cpu).enumerate() {
+            common::assert_close(&format!("parameter {k} after two iterations"), a, e, MODEL_TOL);
+        }
+    });
+}
+
+/// The same iterations with TF32 allowed: the ResNet's 3 × 3 convs (64 channels) take the tensor
+/// cores, so the values move off the f32 ones (the TF32 path ran), but stay within TF32's
+/// accuracy of the CPU: inputs rounded to 10 mantissa bits (2⁻¹¹ relative each), f32
+/// accumulation, then two Adam steps of lr 1e-4 whose size does not depend on that rounding.
+#[test]
+fn cuda_gswgan_warm_start_with_tf32_stays_close_to_f32() {
+    const TF32_TOL: f64 = 1e-2;
+    common::on_cuda("cuda_gswgan_warm_start_with_tf32_stays_close_to_f32", |dev| {
+        let mut rng = common::rng("cuda_gswgan_warm_start_with_tf32_stays_close_to_f32");
+        let data = gswgan_data(&mut rng, 24);
+        let seeds = [rng.random(), rng.random()];
+        let (params_cpu, losses_cpu) = warm_start_on(&Device::Cpu, &seeds, &data, false);
+        let (params_f32, _) = warm_start_on(dev, &seeds, &data, false);
+        let (params_tf32, losses_tf32) = warm_start_on(dev, &seeds, &data, true);
+        assert_ne!(params_tf32, params_f32, "TF32 allowed changed nothing: the tensor-core path did not run");
+        common::assert_close("critic and generator losses (TF32)", &losses_tf32, &losses_cpu, TF32_TOL);
+        for (k, (a, e)) in params_tf32.iter().zip(&params_cpu).enumerate() {
+            common::assert_close(&format!("parameter {k} after two TF32 iterations"), a, e, TF32_TOL);
+        }
+    });
+}
+
+/// Two phase-2 iterations (one critic with its own Adam, the generator through the sanitiser:
+/// per-example clipping of the image gradients, Philox noise from the same key on both devices,
+/// the EMA) on the GPU against the CPU: G, G_s and the critic's parameters, and the losses.
+#[test]
+fn cuda_gswgan_phase_two_iterations_match_cpu() {
+    common::on_cuda("cuda_gswgan_phase_two_iterations_match_cpu", |dev| {
+        let mut rng = common::rng("cuda_gswgan_phase_two_iterations_match_cpu");
+        let data = gswgan_data(&mut rng, 20);
+        let (d_seed, g_seed, batch_seed): (u64, u64, u64) = (rng.random(), rng.random(), rng.random());
+        let run = |device: &Device| {
+            let config = GsWganConfig { critic_steps: 2, batch_size: 8, ..GsWganConfig::default() };
+            let discriminator = gswgan::Discriminator::new(1, 8, &mut ChaCha20Rng::seed_from_u64(d_seed), device).unwrap();
+            let mut critic = CriticState::new(discriminator, (0..20).collect(), ChaCha20Rng::seed_from_u64(batch_seed), &config).unwrap();
+            let sanitizer = GsWganSanitizer::new(1.0, 1.07).unwrap();
+            let key = RunKey::replayable(g_seed);
+            let mut training =
+                PrivateTraining::new(GeneratorArch::Resnet, 8, g_seed, sanitizer, &key, NoiseMode::Fast, config, device).unwrap();
+            let mut losses = Vec::new();
+            for _ in 0..2 {
+                let l = training.iteration(&mut critic, &data).unwrap();
+                assert_eq!(l.nonfinite.to_vec().unwrap(), vec![0.0], "every value finite");
+                losses.extend(l.critic.to_vec().unwrap());
+                losses.extend(l.generator.to_vec().unwrap());
+            }
+            let params: Vec<Vec<f32>> =
+                [module_values(&training.generator), module_values(&training.ema), module_values(&critic.discriminator)].concat();
+            (params, losses)
+        };
+        let (params_cpu, losses_cpu) = run(&Device::Cpu);
+        let (params_gpu, losses_gpu) = run(dev);
+        common::assert_close("critic and generator losses", &losses_gpu, &losses_cpu, MODEL_TOL);
+        for (k, (a, e)) in params_gpu.iter().zip(&params_cpu).enumerate() {
+            common::assert_close(&format!("parameter {k} after two phase-2 iterations"), a, e, MODEL_TOL);
         }
     });
 }

@@ -375,6 +375,8 @@ fn bad_input_is_refused_before_anything_is_written() {
         let err = stderr_of_failure(&["train", "gs-wgan", "warm-start", "--data", &data, "--out", &s(&out), "--group-size", bad]);
         assert!(err.contains("--group-size") && err.contains("auto"), "{bad}: {err}");
     }
+    let err = stderr_of_failure(&["train", "gs-wgan", "warm-start", "--data", &data, "--out", &s(&out), "--device", "cpu", "--tf32"]);
+    assert!(err.contains("--tf32 needs a CUDA device"), "{err}");
     assert!(!out.exists(), "a refused run left {}", out.display());
 
     let err = stderr_of_failure(&["train", "gs-wgan", "--out", &s(&out)]);
@@ -399,6 +401,7 @@ fn library_warm_start(out: &Path, data: &Dataset, seed: u64, shape: (usize, usiz
         base: 4,
         batch_size: 32,
         checkpoint_every: CheckpointEvery::Iterations(every),
+        tf32: false,
     };
     let config = WarmStartRunConfig::plan(&settings, data, &Device::Cpu).unwrap();
     WarmStartRun::start(out, config, data, &Device::Cpu).unwrap()
@@ -420,6 +423,27 @@ fn resume_error(root: &Path) -> String {
         Ok(_) => panic!("{} resumed", root.display()),
         Err(e) => e.to_string(),
     }
+}
+
+/// config.json records whether a warm start trains with TF32: a run from before the flag (no
+/// `tf32`) reads as f32, and a TF32 run is not resumed on the CPU, which would quietly change its
+/// arithmetic.
+#[test]
+fn a_warm_start_records_tf32_and_resumes_a_tf32_run_only_on_cuda() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = mnist_train();
+    let out = dir.path().join("run");
+    drop(library_warm_start(&out, &data, 5, (2, 2, 1), 1));
+    let path = out.join("config.json");
+    let mut config: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(config["tf32"], Value::Bool(false));
+    config.as_object_mut().unwrap().remove("tf32");
+    fs::write(&path, config.to_string()).unwrap();
+    assert!(!WarmStartRun::resume(&out, &Device::Cpu).unwrap().config().tf32, "no record is f32");
+    config["tf32"] = Value::Bool(true);
+    fs::write(&path, config.to_string()).unwrap();
+    let err = resume_error(&out);
+    assert!(err.contains("TF32") && err.contains("CUDA device"), "{err}");
 }
 
 /// Copies the run directory `from` (files one level down at most) to `to`, as a process killed at

@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::cases::{all_cases, gemm_case, pick, randn, Case, Op, Size};
 use super::{median, rate_g, BenchReport, CaseResult, Ceilings};
-use crate::backend::cuda::{set_allow_tf32, CudaDevice};
+use crate::backend::cuda::{CudaDevice, Tf32Scope};
 use crate::backend::ops;
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Storage, Tensor};
@@ -114,7 +114,7 @@ pub fn time_calls(dev: &CudaDevice, it: Iterations, mut call: impl FnMut(usize) 
 }
 
 fn run_case(case: &Case, dev: &Device, cuda: &CudaDevice, l2_bytes: usize, it: Iterations, rng: &mut ChaCha8Rng) -> Result<CaseResult> {
-    set_allow_tf32(case.tf32);
+    let _tf32 = Tf32Scope::new(case.tf32);
     let validation_error = validate(case, dev, rng)?;
     let wanted = ((2 * l2_bytes) as f64 / case.bytes).ceil() as usize;
     let input_sets = wanted.clamp(1, it.max_sets);
@@ -123,7 +123,6 @@ fn run_case(case: &Case, dev: &Device, cuda: &CudaDevice, l2_bytes: usize, it: I
         .collect::<Result<Vec<_>>>()?;
     let n = sets.len();
     let median_ms = time_calls(cuda, it, |i| (case.op)(&mut sets[i % n]).map(drop))?;
-    set_allow_tf32(false);
     let rotated_bytes = case.bytes * input_sets as f64;
     Ok(CaseResult {
         name: case.name.clone(),

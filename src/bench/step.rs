@@ -27,6 +27,7 @@ use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::backend::cuda::Tf32Scope;
 use crate::dp::{GsWganSanitizer, NoiseMode, RunKey};
 use crate::error::{Error, Result};
 use crate::models::dpcgan::CLASSES;
@@ -116,6 +117,9 @@ pub struct StepOptions {
     /// for DP-CGAN.
     pub arch: GeneratorArch,
     pub base: usize,
+    /// Run the step's matmuls and convolutions on TF32 tensor cores where they are large enough
+    /// (CUDA, non-private steps only: per-example norms and clipping stay in exact f32).
+    pub tf32: bool,
 }
 
 impl StepOptions {
@@ -132,6 +136,7 @@ impl StepOptions {
             noise: NoiseMode::Secure,
             arch: GeneratorArch::Resnet,
             base: algo.default_base(),
+            tf32: false,
         }
     }
 
@@ -144,6 +149,11 @@ impl StepOptions {
         }
         if self.base == 0 {
             return Err(Error::Invalid("--base must be at least 1".into()));
+        }
+        if self.tf32 && self.private {
+            return Err(Error::Invalid(
+                "--tf32 applies to --non-private steps only: a private step's per-example norms and clipping stay in exact f32".into(),
+            ));
         }
         if self.algo == Algo::DpsgdGan && !self.private {
             return Err(Error::Invalid(
@@ -464,6 +474,11 @@ fn device_name(device: &Device) -> String {
 /// Runs the benchmark that `options` describes on `device`; `progress` hears what runs.
 pub fn run(options: &StepOptions, device: &Device, mut progress: impl FnMut(&str)) -> Result<StepReport> {
     options.check()?;
+    if options.tf32 && device.is_cpu() {
+        return Err(Error::Invalid("--tf32 needs a CUDA device (sm_80 or newer; older ones run f32): the CPU backend has no TF32".into()));
+    }
+    // Every step runs on this thread, so the thread's setting covers all of them.
+    let _tf32 = Tf32Scope::new(options.tf32);
     let mut prepared = match options.algo {
         Algo::DpCgan => prepare_dpcgan(options, device)?,
         Algo::GsWgan => prepare_gswgan(options, device)?,
@@ -517,6 +532,7 @@ pub fn run(options: &StepOptions, device: &Device, mut progress: impl FnMut(&str
     settings.insert("warmup".into(), json!(options.warmup));
     settings.insert("seed".into(), json!(options.seed));
     settings.insert("cuda_graph".into(), json!(false));
+    settings.insert("tf32".into(), json!(options.tf32));
     Ok(StepReport {
         benchmark: "step".into(),
         algo: options.algo.name().into(),

@@ -67,6 +67,10 @@ struct StepArgs {
     /// gs-wgan and dpsgd-gan: the models' width (64 and 128 are the published models).
     #[arg(long)]
     base: Option<usize>,
+    /// With --non-private on CUDA: matmuls and convolutions on TF32 tensor cores where large enough
+    /// (10-bit mantissa inputs, f32 accumulation), as `train gs-wgan warm-start --tf32` runs them.
+    #[arg(long)]
+    tf32: bool,
     #[command(flatten)]
     json: super::json::JsonOut,
 }
@@ -124,6 +128,7 @@ fn step_cmd(args: &StepArgs) -> Result<()> {
     options.noise = if args.fast_noise { NoiseMode::Fast } else { NoiseMode::Secure };
     options.arch = args.generator.map_or(options.arch, |g| g.value());
     options.base = args.base.unwrap_or(options.base);
+    options.tf32 = args.tf32;
     let report = step::run(&options, &device, |what| eprintln!("bench: {what}"))?;
     args.json.emit(&report, || report.to_string())
 }

@@ -107,6 +107,10 @@ struct WarmStartArgs {
     /// (30s, 10m, 2h), so `--resume` goes on inside it; a signal checkpoints it too [default: 10m].
     #[arg(long, value_name = "N|DURATION")]
     checkpoint_every: Option<CheckpointEvery>,
+    /// Train the discriminators' matmuls and convolutions on TF32 tensor cores where large enough
+    /// (CUDA, sm_80 or newer: 10-bit mantissa inputs, f32 accumulation); recorded in config.json.
+    #[arg(long)]
+    tf32: bool,
 }
 
 #[derive(Args, Debug)]
@@ -196,6 +200,7 @@ fn warm_start(args: &WarmStartArgs) -> Result<()> {
                     ("--batch-size", args.batch_size.is_some()),
                     ("--base", args.base.is_some()),
                     ("--checkpoint-every", args.checkpoint_every.is_some()),
+                    ("--tf32", args.tf32),
                 ],
                 "--device",
             )?;
@@ -213,6 +218,7 @@ fn warm_start(args: &WarmStartArgs) -> Result<()> {
                 base: args.base.unwrap_or(d.base),
                 batch_size: args.batch_size.unwrap_or(d.batch_size),
                 checkpoint_every: args.checkpoint_every.unwrap_or(d.checkpoint_every),
+                tf32: args.tf32,
             };
             let data = Dataset::load(&data_dir(args.data.as_deref())?, Split::Train)?;
             start_warm_start(out, &settings, &data, &device)?

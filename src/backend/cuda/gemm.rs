@@ -53,6 +53,27 @@ pub fn allow_tf32() -> bool {
     ALLOW_TF32.with(|a| a.get())
 }
 
+/// [`set_allow_tf32`] until the value is dropped, then this thread's previous setting again, on
+/// every way out (an error returned with `?` included).
+#[must_use = "TF32 is allowed only while the scope lives"]
+pub struct Tf32Scope {
+    previous: bool,
+}
+
+impl Tf32Scope {
+    pub fn new(allow: bool) -> Self {
+        let previous = allow_tf32();
+        set_allow_tf32(allow);
+        Tf32Scope { previous }
+    }
+}
+
+impl Drop for Tf32Scope {
+    fn drop(&mut self) {
+        set_allow_tf32(self.previous);
+    }
+}
+
 /// The shortest K worth the tensor-core path (two of its K steps).
 const TF32_MIN_K: usize = 2 * TILE_K;
 
@@ -185,6 +206,30 @@ pub(crate) fn matmul(dev: &Arc<CudaDevice>, a: &Tensor, b: &Tensor, bias: Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tf32_scope_restores_the_previous_setting_when_dropped() {
+        assert!(!allow_tf32(), "off by default");
+        {
+            let _outer = Tf32Scope::new(true);
+            assert!(allow_tf32());
+            {
+                let _inner = Tf32Scope::new(false);
+                assert!(!allow_tf32());
+            }
+            assert!(allow_tf32(), "the inner scope gives back the outer one's setting");
+            let failing = || -> Result<()> {
+                let _scope = Tf32Scope::new(false);
+                Err(Error::Invalid("an error returned early".into()))
+            };
+            assert!(failing().is_err());
+            assert!(allow_tf32(), "an early return restores it too");
+        }
+        assert!(!allow_tf32());
+        // Per thread: another thread's scope never changes this one.
+        let _here = Tf32Scope::new(true);
+        std::thread::spawn(|| assert!(!allow_tf32(), "a new thread starts without TF32")).join().unwrap();
+    }
 
     #[test]
     fn split_k_cuts_long_k_into_tile_multiples_only_when_tiles_are_few() {

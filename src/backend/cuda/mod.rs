@@ -16,7 +16,7 @@ mod rng;
 mod shape;
 
 pub use device::{device_count, driver_absent_reason, set_poison_allocations, CudaBuffer, CudaDevice, DeviceProperties};
-pub use gemm::{allow_tf32, set_allow_tf32};
+pub use gemm::{allow_tf32, set_allow_tf32, Tf32Scope};
 pub use module::{kernel_resources, Kernel, KernelResources};
 
 use super::{

@@ -132,6 +132,7 @@ impl Plan {
                 base: args.base.unwrap_or(w.base),
                 batch_size: w.batch_size,
                 checkpoint_every: w.checkpoint_every,
+                tf32: false,
             },
             phase_two: GsWganSettings {
                 iterations: args.iterations.unwrap_or(p.iterations),

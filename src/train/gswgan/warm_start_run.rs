@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::group_checkpoint::{self, partial_path, CheckpointEvery, GroupUnderWay};
 use super::group_size::{auto_group_size, GroupChoice, GroupSize, ProbeShape};
 use super::{GsWganConfig, LabelledImages, WarmStart};
+use crate::backend::cuda::Tf32Scope;
 use crate::data::dataset::{Dataset, Split};
 use crate::data::sampling::disjoint_partitions;
 use crate::error::{Error, Result};
@@ -65,6 +66,9 @@ pub struct WarmStartSettings {
     pub base: usize,
     pub batch_size: usize,
     pub checkpoint_every: CheckpointEvery,
+    /// Matmuls and convolutions on TF32 tensor cores where large enough (CUDA only; the warm start
+    /// is non-private, so no clipping depends on them).
+    pub tf32: bool,
 }
 
 impl Default for WarmStartSettings {
@@ -78,6 +82,7 @@ impl Default for WarmStartSettings {
             base: PUBLISHED_BASE,
             batch_size: 32,
             checkpoint_every: CheckpointEvery::default(),
+            tf32: false,
         }
     }
 }
@@ -101,6 +106,9 @@ pub struct WarmStartRunConfig {
     /// How often the group under way is checkpointed (runs from before it existed: the default).
     #[serde(default)]
     pub checkpoint_every: CheckpointEvery,
+    /// Whether the groups train with TF32 allowed (runs from before it existed: f32).
+    #[serde(default)]
+    pub tf32: bool,
     pub build: BuildRecord,
     pub device: String,
 }
@@ -131,6 +139,11 @@ impl WarmStartRunConfig {
         if s.base == 0 {
             return Err(Error::Invalid("the model width must be at least 1".into()));
         }
+        if s.tf32 && device.is_cpu() {
+            return Err(Error::Invalid(
+                "--tf32 needs a CUDA device (sm_80 or newer; older ones run f32): the CPU backend has no TF32".into(),
+            ));
+        }
         let group = match s.group_size {
             GroupSize::Fixed(0) => return Err(Error::Invalid("--group-size must be at least 1".into())),
             GroupSize::Fixed(n) => {
@@ -153,6 +166,7 @@ impl WarmStartRunConfig {
             batch_size: s.batch_size,
             critic_steps: GsWganConfig::default().critic_steps,
             checkpoint_every: s.checkpoint_every,
+            tf32: s.tf32,
             build: BuildRecord::current(),
             device: device.to_string(),
         };
@@ -234,6 +248,12 @@ impl WarmStartRun {
     pub fn resume(root: &Path, device: &Device) -> Result<Self> {
         let dir = RunDir::open_for_training(root)?;
         let config: WarmStartRunConfig = dir.read_config(WARM_START_ALGORITHM)?;
+        if config.tf32 && device.is_cpu() {
+            return Err(Error::Invalid(format!(
+                "{} trains with TF32 (config.json): resume it on a CUDA device, where it started",
+                root.display()
+            )));
+        }
         let data = load_recorded_data(&config.data)?;
         let mut run = Self::assemble(dir, config, &data, device)?;
         if let Some(group) = (0..run.config.groups()).find(|&g| !group_path(run.dir.root(), g).is_file()) {
@@ -284,6 +304,8 @@ impl WarmStartRun {
     /// before each group and after each of its iterations but the last. A stop inside a group
     /// checkpoints it first. How a caller, or a test, interrupts a warm start in process.
     pub fn train_until(&mut self, progress: &Progress, stop: &mut dyn FnMut() -> Option<Signal>) -> Result<WarmStartOutcome> {
+        // The groups train on this thread: its setting covers every step, and ends with the call.
+        let _tf32 = Tf32Scope::new(self.config.tf32);
         let started = Instant::now();
         let mut metrics = MetricsLog::open(&self.dir.path(METRICS), None)?;
         let (mut trained, mut skipped, mut done) = (0, 0, 0);
