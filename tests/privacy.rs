@@ -409,7 +409,12 @@ fn calibration_refuses_unreachable_targets() {
     let err = calibrate_noise_multiplier(0.01, 1000, 1e-5, 0.1, &Orders::Standard.values(), Conversion::Improved).unwrap_err();
     assert!(matches!(&err, Error::Invalid(m) if m.contains("unreachable")), "{err}");
     assert!(calibrate_noise_multiplier(0.01, 0, 1e-5, 1.0, &Orders::Standard.values(), Conversion::Improved).is_err());
-    assert!(calibrate_noise_multiplier(0.0, 10, 1e-5, 1.0, &Orders::Standard.values(), Conversion::Improved).is_err());
+    // q = 0 samples nothing: refused as a sample rate outside (0, 1], by calibration, the direct
+    // ε and the accountant alike (not left to fail later as an unreachable target).
+    let err = calibrate_noise_multiplier(0.0, 10, 1e-5, 1.0, &Orders::Standard.values(), Conversion::Improved).unwrap_err();
+    assert!(matches!(&err, Error::Invalid(m) if m.contains("sample rate q must be in (0, 1]")), "{err}");
+    let err = dp_sgd_epsilon(0.0, 1.0, 10, 1e-5, &Orders::Standard.values(), Conversion::Improved).unwrap_err();
+    assert!(matches!(&err, Error::Invalid(m) if m.contains("sample rate q must be in (0, 1]")), "{err}");
     // A target that is not a positive finite ε is refused as such, not as unreachable or too large.
     for target in [0.0, -1.0, f64::INFINITY, f64::NAN] {
         let err = calibrate_noise_multiplier(0.01, 1000, 1e-5, target, &Orders::Standard.values(), Conversion::Improved).unwrap_err();
@@ -433,13 +438,15 @@ fn accountant_matches_the_direct_computation_bit_for_bit() {
 }
 
 /// A mechanism with no meaning is refused when it is recorded, whatever its RDP formula would have
-/// made of it: σ not positive and finite even at q = 0 (where the RDP is 0 before σ is read), and a
-/// GS-WGAN run with no discriminators or an empty batch under either accounting.
+/// made of it: q = 0 (no record sampled, RDP 0), σ not positive and finite even at q = 0 (where the
+/// RDP is 0 before σ is read), and a GS-WGAN run with no discriminators or an empty batch under
+/// either accounting.
 #[test]
 fn the_accountant_refuses_meaningless_mechanisms() {
     let bad = [
         Mechanism::SubsampledGaussian { sample_rate: 0.0, noise_multiplier: f64::NAN },
         Mechanism::SubsampledGaussian { sample_rate: 0.0, noise_multiplier: -1.0 },
+        Mechanism::SubsampledGaussian { sample_rate: 0.0, noise_multiplier: 1.0 },
         Mechanism::GsWganAsPublished(GsWganRun { batch_size: 0, ..GSWGAN }),
         Mechanism::GsWganAsPublished(GsWganRun { discriminators: 0, ..GSWGAN }),
         Mechanism::GsWganAsPublished(GsWganRun { noise_multiplier: 0.0, ..GSWGAN }),
