@@ -258,6 +258,32 @@ struct NoisedAdamParams {
   AdamUpdateParams adam;
 };
 
+// One tensor of a multi-tensor noised update: its parameter, summed clipped gradient, Adam's m and
+// v (unused by SGD) and its own noise (n, std, divisor, key with the tensor's index).
+struct NoisedForeachTensor {
+  float* param;
+  const float* sum;
+  float* m;
+  float* v;
+  NoiseDivideParams noise;
+};
+
+// Up to 32 tensors per launch, one noise mode: grid.y picks the tensor, grid.x its elements (one
+// per thread; the grid covers the largest tensor). The optimizer's n is unused.
+struct NoisedSgdForeachParams {
+  SgdUpdateParams sgd;
+  NoisedForeachTensor tensors[DPGAN_FOREACH_TENSORS];
+  int32_t count;
+  int32_t pad_;
+};
+
+struct NoisedAdamForeachParams {
+  AdamUpdateParams adam;
+  NoisedForeachTensor tensors[DPGAN_FOREACH_TENSORS];
+  int32_t count;
+  int32_t pad_;
+};
+
 // g and out are rows × cols, row-major; the clip bound and noise std are per row (C/B, 2σC/B).
 struct SanitizeRowsParams {
   int64_t rows;
@@ -429,6 +455,11 @@ static_assert(sizeof(GaussianNoiseParams) == 64, "GaussianNoiseParams layout");
 static_assert(sizeof(SanitizeRowsParams) == 80, "SanitizeRowsParams layout");
 static_assert(sizeof(NoiseDivideParams) == 64, "NoiseDivideParams layout");
 static_assert(sizeof(NoisedSgdParams) == 96, "NoisedSgdParams layout");
+static_assert(sizeof(NoisedForeachTensor) == 96, "NoisedForeachTensor layout");
+static_assert(sizeof(NoisedSgdForeachParams) == 32 + DPGAN_FOREACH_TENSORS * 96 + 8, "NoisedSgdForeachParams layout");
+static_assert(sizeof(NoisedAdamForeachParams) == 32 + DPGAN_FOREACH_TENSORS * 96 + 8, "NoisedAdamForeachParams layout");
+// Kernel parameters are limited to 4 KiB.
+static_assert(sizeof(NoisedAdamForeachParams) <= 4096, "NoisedAdamForeachParams fits one launch's parameters");
 static_assert(sizeof(EmaUpdateParams) == 16, "EmaUpdateParams layout");
 static_assert(sizeof(ForeachTensor) == 40, "ForeachTensor layout");
 static_assert(sizeof(AdamForeachParams) == 32 + 32 * 40 + 8, "AdamForeachParams layout");

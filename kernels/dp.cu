@@ -84,6 +84,28 @@ __device__ __forceinline__ void noised_adam(const NoisedAdamParams& p, float* __
   param[i] = adam_update(p.adam, param[i], g, &m[i], &v[i]);
 }
 
+// The same updates over up to 32 tensors in one launch: block row y updates tensor y with its own
+// noise, element for element as the one-tensor kernels above.
+template <int GEN>
+__device__ __forceinline__ void noised_sgd_foreach(const NoisedSgdForeachParams& p, float* flag) {
+  const NoisedForeachTensor& t = p.tensors[blockIdx.y];
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= t.noise.n) return;
+  const float g = noised_gradient<GEN>(t.noise, t.sum[i], i);
+  flag_nonfinite(g, flag);
+  t.param[i] = sgd_plain_update(p.sgd, t.param[i], g);
+}
+
+template <int GEN>
+__device__ __forceinline__ void noised_adam_foreach(const NoisedAdamForeachParams& p, float* flag) {
+  const NoisedForeachTensor& t = p.tensors[blockIdx.y];
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= t.noise.n) return;
+  const float g = noised_gradient<GEN>(t.noise, t.sum[i], i);
+  flag_nonfinite(g, flag);
+  t.param[i] = adam_update(p.adam, t.param[i], g, &t.m[i], &t.v[i]);
+}
+
 }  // namespace dpgan
 
 extern "C" __global__ void dp_gaussian_add_divide_philox_f32(NoiseDivideParams p, float* __restrict__ x) {
@@ -114,6 +136,22 @@ extern "C" __global__ void dp_noised_adam_update_chacha_f32(NoisedAdamParams p, 
                                                             const float* __restrict__ sum, float* __restrict__ m,
                                                             float* __restrict__ v, float* flag) {
   dpgan::noised_adam<dpgan::NOISE_CHACHA>(p, param, sum, m, v, flag);
+}
+
+extern "C" __global__ void dp_noised_sgd_update_foreach_philox_f32(NoisedSgdForeachParams p, float* flag) {
+  dpgan::noised_sgd_foreach<dpgan::NOISE_PHILOX>(p, flag);
+}
+
+extern "C" __global__ void dp_noised_sgd_update_foreach_chacha_f32(NoisedSgdForeachParams p, float* flag) {
+  dpgan::noised_sgd_foreach<dpgan::NOISE_CHACHA>(p, flag);
+}
+
+extern "C" __global__ void dp_noised_adam_update_foreach_philox_f32(NoisedAdamForeachParams p, float* flag) {
+  dpgan::noised_adam_foreach<dpgan::NOISE_PHILOX>(p, flag);
+}
+
+extern "C" __global__ void dp_noised_adam_update_foreach_chacha_f32(NoisedAdamForeachParams p, float* flag) {
+  dpgan::noised_adam_foreach<dpgan::NOISE_CHACHA>(p, flag);
 }
 
 extern "C" __global__ void dp_sanitize_rows_philox_f32(SanitizeRowsParams p, const float* __restrict__ g,

@@ -1,6 +1,6 @@
 //! Optimizers over a model's parameter list: state kept beside the parameters, updates by the
 //! backend's in-place kernels.
-use crate::backend::{ops, AdamParams, AdamTensors, GradientNoise, SgdParams};
+use crate::backend::{ops, AdamParams, AdamTensors, GradientNoise, NoisedAdamTensors, NoisedTensors, SgdParams};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -66,10 +66,10 @@ impl Optimizer for Sgd {
         check_lists(params, sums, self.momentum.len())?;
         check_noises(sums, noises)?;
         let _range = crate::profile::range("optimizer_sgd_noised");
-        for ((p, sum), noise) in params.iter_mut().zip(sums).zip(noises) {
-            ops::noised_sgd_step(p, sum, noise, &self.hp, flag)?;
-        }
-        Ok(())
+        // Every tensor in one op (one launch per 32 tensors on a GPU).
+        let mut tensors: Vec<NoisedTensors<'_>> =
+            params.iter_mut().zip(sums).zip(noises).map(|((param, sum), noise)| NoisedTensors { param, sum, noise }).collect();
+        ops::noised_sgd_steps(&mut tensors, &self.hp, flag)
     }
 }
 
@@ -143,9 +143,13 @@ impl Optimizer for Adam {
         check_noises(sums, noises)?;
         let _range = crate::profile::range("optimizer_adam_noised");
         self.begin_step(params, sums)?;
-        for (i, ((p, sum), noise)) in params.iter_mut().zip(sums).zip(noises).enumerate() {
-            ops::noised_adam_step(p, sum, noise, &mut self.m[i], &mut self.v[i], self.t, &self.hp, flag)?;
-        }
-        Ok(())
+        let mut tensors: Vec<NoisedAdamTensors<'_>> = params
+            .iter_mut()
+            .zip(sums)
+            .zip(noises)
+            .zip(self.m.iter_mut().zip(self.v.iter_mut()))
+            .map(|(((param, sum), noise), (m, v))| NoisedAdamTensors { param, sum, noise, m, v })
+            .collect();
+        ops::noised_adam_steps(&mut tensors, self.t, &self.hp, flag)
     }
 }

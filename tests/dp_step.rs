@@ -332,6 +332,81 @@ fn cuda_noised_updates_equal_the_separate_kernels() {
     });
 }
 
+/// The multi-tensor noised steps equal one noised step per tensor, bit for bit, on every backend:
+/// 35 tensors (two launches of up to 32 on a GPU) of sizes 0 to 3,000, each with its own key, std
+/// and divisor, in both noise modes; the flag stays 0. Mixed noise modes in one call are refused.
+#[test]
+fn noised_steps_equal_one_noised_step_per_tensor_on_every_backend() {
+    use dpgan::backend::{ops, AdamParams, GradientNoise, NoisedAdamTensors, NoisedTensors, SgdParams};
+    let test = "noised_steps_equal_one_noised_step_per_tensor_on_every_backend";
+    let mut devices = vec![dpgan::Device::Cpu];
+    common::on_cuda(test, |dev| devices.push(dev.clone()));
+    let mut rng = common::rng(test);
+    let adam = AdamParams { lr: 2e-4, beta1: 0.5, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 };
+    let sgd = SgdParams { lr: 0.1, momentum: 0.0, dampening: 0.0, weight_decay: 1e-4, nesterov: false };
+    let sizes: Vec<usize> = (0..35).map(|i| [0, 1, 255, 257, 3000][i % 5] + i).collect();
+    for dev in &devices {
+        for mode in [NoiseMode::Fast, NoiseMode::Secure] {
+            let source = NoiseSource::from_seed(rng.random(), mode);
+            let noises: Vec<GradientNoise> = (0..sizes.len())
+                .map(|i| GradientNoise { std: 1.0 + 0.01 * i as f32, divisor: 64.0 + i as f32, key: source.key_at(5, i as u32) })
+                .collect();
+            let on = |t: Tensor| t.to_device(dev).unwrap();
+            let sums: Vec<Tensor> = sizes.iter().map(|&n| on(common::randn(&mut rng, &[n]))).collect();
+            let params: Vec<Tensor> = sizes.iter().map(|&n| on(common::randn(&mut rng, &[n]))).collect();
+            let ms: Vec<Tensor> = sizes.iter().map(|&n| on(common::randn(&mut rng, &[n]))).collect();
+            let vs: Vec<Tensor> = sizes
+                .iter()
+                .map(|&n| on(Tensor::from_vec(randn_vec(&mut rng, n).iter().map(|x| x * x).collect(), &[n], &dpgan::Device::Cpu).unwrap()))
+                .collect();
+            let what = format!("{dev} {mode:?}");
+
+            let (mut one_by_one, mut together) = (params.clone(), params.clone());
+            let mut flag = Tensor::zeros(&[1], dev).unwrap();
+            for ((p, sum), noise) in one_by_one.iter_mut().zip(&sums).zip(&noises) {
+                ops::noised_sgd_step(p, sum, noise, &sgd, &mut flag).unwrap();
+            }
+            let mut tensors: Vec<NoisedTensors<'_>> =
+                together.iter_mut().zip(&sums).zip(&noises).map(|((param, sum), noise)| NoisedTensors { param, sum, noise }).collect();
+            ops::noised_sgd_steps(&mut tensors, &sgd, &mut flag).unwrap();
+            for (i, (a, e)) in together.iter().zip(&one_by_one).enumerate() {
+                common::assert_identical(&format!("{what}: sgd tensor {i}"), &a.to_vec().unwrap(), &e.to_vec().unwrap());
+            }
+
+            let (mut one_by_one, mut together) = (params.clone(), params.clone());
+            let (mut m1, mut v1, mut m2, mut v2) = (ms.clone(), vs.clone(), ms.clone(), vs.clone());
+            for (i, p) in one_by_one.iter_mut().enumerate() {
+                ops::noised_adam_step(p, &sums[i], &noises[i], &mut m1[i], &mut v1[i], 4, &adam, &mut flag).unwrap();
+            }
+            let mut tensors: Vec<NoisedAdamTensors<'_>> = together
+                .iter_mut()
+                .zip(&sums)
+                .zip(&noises)
+                .zip(m2.iter_mut().zip(v2.iter_mut()))
+                .map(|(((param, sum), noise), (m, v))| NoisedAdamTensors { param, sum, noise, m, v })
+                .collect();
+            ops::noised_adam_steps(&mut tensors, 4, &adam, &mut flag).unwrap();
+            for (what_t, a, e) in [("param", &together, &one_by_one), ("m", &m2, &m1), ("v", &v2, &v1)] {
+                for (i, (a, e)) in a.iter().zip(e).enumerate() {
+                    common::assert_identical(&format!("{what}: adam {what_t} of tensor {i}"), &a.to_vec().unwrap(), &e.to_vec().unwrap());
+                }
+            }
+            assert_eq!(flag.to_vec().unwrap(), [0.0], "{what}: flag");
+        }
+        // One call, one kernel, one noise mode.
+        let fast = GradientNoise { std: 1.0, divisor: 8.0, key: NoiseSource::from_seed(1, NoiseMode::Fast).key_at(0, 0) };
+        let secure = GradientNoise { key: dpgan::dp::NoiseKey { mode: NoiseMode::Secure, tensor_index: 1, ..fast.key }, ..fast };
+        let sum = Tensor::zeros(&[3], dev).unwrap();
+        let (mut a, mut b, mut flag) = (sum.clone(), sum.clone(), Tensor::zeros(&[1], dev).unwrap());
+        let mut tensors = vec![
+            NoisedTensors { param: &mut a, sum: &sum, noise: &fast },
+            NoisedTensors { param: &mut b, sum: &sum, noise: &secure },
+        ];
+        let err = ops::noised_sgd_steps(&mut tensors, &sgd, &mut flag).unwrap_err().to_string();
+        assert!(err.contains("one noise mode"), "{err}");
+    }
+}
+
 /// Without a GPU, the next best check of `dp_noised_{sgd,adam}_update_*`: `kernels/dp.cu` (with
 /// optim.cuh) compiled for the host, one thread per block, must reproduce the CPU reference (the
 /// noised gradient, then the optimizer's update) bit for bit in both noise modes, parameters,
@@ -395,5 +470,93 @@ fn noised_update_kernels_compiled_for_the_host_match_the_reference() {
         common::assert_identical(&format!("{mode}: adam v"), &out[3 * n + 1..4 * n + 1], &expected_v);
         assert!(out[4 * n + 1].is_nan(), "{mode}: adam flag {}", out[4 * n + 1]);
         assert!(out[..n].iter().zip(&param).filter(|(a, p)| a != p).count() > n / 2, "{mode}: sgd moved too few parameters");
+    }
+}
+
+/// The multi-tensor noised updates (`dp_noised_{sgd,adam}_update_foreach_*`, block row y for
+/// tensor y) compiled for the host: tensors of different sizes (an empty one among them), each
+/// with its own key, std and divisor, updated over a grid that covers the largest, must each end
+/// exactly as the CPU reference's one-tensor update leaves it, in both noise modes; a NaN in one
+/// tensor's sum makes the shared flag NaN.
+#[test]
+fn noised_foreach_kernels_compiled_for_the_host_match_the_reference() {
+    use dpgan::backend::cpu::{adam_update, noised_gradient, sgd_update};
+    use dpgan::backend::{AdamParams, GradientNoise, SgdParams};
+    let test = "noised_foreach_kernels_compiled_for_the_host_match_the_reference";
+    let Some((exe, _dir)) = common::build_host_kernel_program(test, &["rng.cuh", "optim.cuh", "dp.cu"], "dp_noised_foreach_main.cpp") else {
+        return;
+    };
+    let mut rng = common::rng(test);
+    let sizes = [300usize, 1, 0, 77];
+    let source = NoiseSource::from_seed(rng.random(), NoiseMode::Fast);
+    let step = 9 + (1 << 33);
+    let noises: Vec<GradientNoise> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, _)| GradientNoise { std: 0.8 + i as f32 * 0.25, divisor: 100.0 + 7.0 * i as f32, key: source.key_at(step, i as u32) })
+        .collect();
+    let mut sums: Vec<Vec<f32>> = sizes.iter().map(|&n| randn_vec(&mut rng, n)).collect();
+    sums[3][40] = f32::NAN;
+    let params: Vec<Vec<f32>> = sizes.iter().map(|&n| randn_vec(&mut rng, n)).collect();
+    let ms: Vec<Vec<f32>> = sizes.iter().map(|&n| randn_vec(&mut rng, n)).collect();
+    let vs: Vec<Vec<f32>> = sizes.iter().map(|&n| randn_vec(&mut rng, n).iter().map(|x| x * x).collect()).collect();
+    let sgd = SgdParams { lr: 0.05, momentum: 0.0, dampening: 0.0, weight_decay: 1e-3, nesterov: false };
+    let adam = AdamParams { lr: 2e-4, beta1: 0.5, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 };
+    let t = 3;
+    let step_size = (adam.lr as f64 / (1.0 - (adam.beta1 as f64).powi(t))) as f32;
+    let bias2_sqrt = (1.0 - (adam.beta2 as f64).powi(t)).sqrt() as f32;
+
+    let hex = |xs: &[f32]| xs.iter().map(|x| format!("{:x}", x.to_bits())).collect::<Vec<_>>().join(" ");
+    let mut input = format!("{}\n", sizes.len());
+    for (n, noise) in sizes.iter().zip(&noises) {
+        input.push_str(&format!("{n} {} ", hex(&[noise.std, noise.divisor])));
+        noise.key.key.iter().for_each(|w| input.push_str(&format!("{w:x} ")));
+        input.push_str(&format!("{:x} {:x} {:x}\n", noise.key.tensor_index, noise.key.step as u32, (noise.key.step >> 32) as u32));
+    }
+    input.push_str(&format!("{}\n", hex(&[sgd.lr, sgd.weight_decay])));
+    input.push_str(&format!("{}\n", hex(&[adam.beta1, adam.beta2, adam.eps, adam.weight_decay, step_size, bias2_sqrt])));
+    for i in 0..sizes.len() {
+        for xs in [&sums[i], &params[i], &ms[i], &vs[i]] {
+            input.push_str(&format!("{}\n", hex(xs)));
+        }
+    }
+    let mut child =
+        std::process::Command::new(&exe).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "host noised-foreach program failed");
+    let got: Vec<f32> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|h| f32::from_bits(u32::from_str_radix(h, 16).unwrap())).collect();
+    let total: usize = sizes.iter().sum();
+    let per_mode = 4 * total + 2;
+    assert_eq!(got.len(), 2 * per_mode);
+    for (k, mode) in [NoiseMode::Fast, NoiseMode::Secure].into_iter().enumerate() {
+        let mut out = &got[k * per_mode..(k + 1) * per_mode];
+        let mut take = |n: usize| {
+            let (head, rest) = out.split_at(n);
+            out = rest;
+            head.to_vec()
+        };
+        let mut flag = [0.0f32];
+        let grads: Vec<Vec<f32>> = sums
+            .iter()
+            .zip(&noises)
+            .map(|(sum, noise)| noised_gradient(sum, &GradientNoise { key: dpgan::dp::NoiseKey { mode, ..noise.key }, ..*noise }, &mut flag))
+            .collect();
+        for (i, (&n, grad)) in sizes.iter().zip(&grads).enumerate() {
+            let mut expected = params[i].clone();
+            sgd_update(&mut expected, grad, None, &sgd);
+            common::assert_identical(&format!("{mode:?}: sgd param of tensor {i}"), &take(n), &expected);
+        }
+        let sgd_flag = take(1)[0];
+        assert!(sgd_flag.is_nan() && flag[0].is_nan(), "{mode:?}: sgd flag {sgd_flag} (reference {})", flag[0]);
+        for (i, (&n, grad)) in sizes.iter().zip(&grads).enumerate() {
+            let (mut param, mut m, mut v) = (params[i].clone(), ms[i].clone(), vs[i].clone());
+            adam_update(&mut param, grad, &mut m, &mut v, t as u64, &adam);
+            common::assert_identical(&format!("{mode:?}: adam param of tensor {i}"), &take(n), &param);
+            common::assert_identical(&format!("{mode:?}: adam m of tensor {i}"), &take(n), &m);
+            common::assert_identical(&format!("{mode:?}: adam v of tensor {i}"), &take(n), &v);
+        }
+        assert!(take(1)[0].is_nan(), "{mode:?}: adam flag");
     }
 }

@@ -171,6 +171,23 @@ pub struct AdamTensors<'a> {
     pub v: &'a mut Tensor,
 }
 
+/// One tensor of a multi-tensor noised update ([`ops::noised_sgd_steps`]): its parameter, summed
+/// clipped gradient and noise.
+pub struct NoisedTensors<'a> {
+    pub param: &'a mut Tensor,
+    pub sum: &'a Tensor,
+    pub noise: &'a GradientNoise,
+}
+
+/// One tensor of [`ops::noised_adam_steps`]: [`NoisedTensors`]' and Adam's moments.
+pub struct NoisedAdamTensors<'a> {
+    pub param: &'a mut Tensor,
+    pub sum: &'a Tensor,
+    pub noise: &'a GradientNoise,
+    pub m: &'a mut Tensor,
+    pub v: &'a mut Tensor,
+}
+
 /// What every backend provides. Shapes are validated by `ops` before a call; implementations
 /// allocate their outputs on their own device.
 pub trait Backend {
@@ -287,6 +304,10 @@ pub trait Backend {
         hp: &AdamParams,
         flag: &mut Tensor,
     ) -> Result<()>;
+    /// `noised_sgd_step` of every tensor (one noise mode) in one op, the same values tensor by tensor.
+    fn noised_sgd_steps(&self, tensors: &mut [NoisedTensors<'_>], hp: &SgdParams, flag: &mut Tensor) -> Result<()>;
+    /// `noised_adam_step` of every tensor (one noise mode) in one op, the same values tensor by tensor.
+    fn noised_adam_steps(&self, tensors: &mut [NoisedAdamTensors<'_>], t: u64, hp: &AdamParams, flag: &mut Tensor) -> Result<()>;
 }
 
 /// The backend that computes on `device`.

@@ -1,8 +1,8 @@
 //! Shape-checked entry points of the op set. Every function validates its operands (same device,
 //! compatible shapes), derives the output geometry and calls the backend of the operands' device.
 use super::{
-    backend, census, AdamParams, AdamTensors, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, PowerIteration, RowNorm, SgdParams,
-    UnaryOp,
+    backend, census, AdamParams, AdamTensors, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, NoisedAdamTensors, NoisedTensors,
+    PowerIteration, RowNorm, SgdParams, UnaryOp,
 };
 use crate::dp::noise::{NoiseKey, MAX_NOISE_ELEMENTS};
 use crate::error::{ensure_shape, Error, Result};
@@ -540,6 +540,49 @@ pub fn noised_adam_step(
     }
     let dev = check_noised_step("noised_adam_step", param, sum, noise, flag, &[m, v])?;
     dispatch("noised_adam_step", &dev).noised_adam_step(param, sum, noise, m, v, t, hp, flag)
+}
+
+/// The device of a multi-tensor noised step, every tensor checked as its one-tensor step checks it
+/// (and its noise noted for the audit); one noise mode for all, since one kernel serves them.
+fn check_noised_steps<'a>(
+    op: &'static str,
+    tensors: impl Iterator<Item = (&'a Tensor, &'a Tensor, &'a GradientNoise, Vec<&'a Tensor>)>,
+    flag: &Tensor,
+) -> Result<Option<Device>> {
+    let (mut device, mut mode) = (None, None);
+    for (param, sum, noise, state) in tensors {
+        let first = *mode.get_or_insert(noise.key.mode);
+        if first != noise.key.mode {
+            return Err(Error::Invalid(format!("{op}: one call takes one noise mode, got {first:?} and {:?}", noise.key.mode)));
+        }
+        device = Some(check_noised_step(op, param, sum, noise, flag, &state)?);
+    }
+    Ok(device)
+}
+
+/// [`noised_sgd_step`] of every tensor in one op (one launch per 32 tensors on a GPU), with the
+/// same values tensor by tensor; all noises of one mode.
+pub fn noised_sgd_steps(tensors: &mut [NoisedTensors<'_>], hp: &SgdParams, flag: &mut Tensor) -> Result<()> {
+    if hp.momentum != 0.0 {
+        return Err(Error::Invalid("noised_sgd_step: fused only for SGD without momentum".into()));
+    }
+    let checked = tensors.iter().map(|t| (&*t.param, t.sum, t.noise, Vec::new()));
+    match check_noised_steps("noised_sgd_step", checked, flag)? {
+        None => Ok(()),
+        Some(dev) => dispatch("noised_sgd_step", &dev).noised_sgd_steps(tensors, hp, flag),
+    }
+}
+
+/// [`noised_adam_step`] at step `t` of every tensor in one op, as [`noised_sgd_steps`].
+pub fn noised_adam_steps(tensors: &mut [NoisedAdamTensors<'_>], t: u64, hp: &AdamParams, flag: &mut Tensor) -> Result<()> {
+    if t == 0 {
+        return Err(Error::Invalid("noised_adam_step: step count t is 1-based".into()));
+    }
+    let checked = tensors.iter().map(|nt| (&*nt.param, nt.sum, nt.noise, vec![&*nt.m, &*nt.v]));
+    match check_noised_steps("noised_adam_step", checked, flag)? {
+        None => Ok(()),
+        Some(dev) => dispatch("noised_adam_step", &dev).noised_adam_steps(tensors, t, hp, flag),
+    }
 }
 
 /// In place, the moving average `ema ← decay·ema + (1 − decay)·x` in one pass, with the values of

@@ -57,9 +57,9 @@ struct NoiseKeyParams {
 
 // One thread per block, blocks run one after another: blockIdx.x is set by the driver program.
 struct HostDim3 {
-  unsigned x;
+  unsigned x, y;
 };
-static HostDim3 threadIdx = {0}, blockIdx = {0}, blockDim = {1};
+static HostDim3 threadIdx = {0, 0}, blockIdx = {0, 0}, blockDim = {1, 1};
 namespace dpgan {
 // A one-thread block's sum is its own value, in the order the reference sums (d ascending).
 static inline double block_sum_f64(double v, double*) { return v; }
@@ -113,4 +113,28 @@ struct NoisedSgdParams {
 struct NoisedAdamParams {
   NoiseDivideParams noise;
   AdamUpdateParams adam;
+};
+
+// Mirrors of common.cuh's multi-tensor noised updates.
+#define DPGAN_FOREACH_TENSORS 32
+struct NoisedForeachTensor {
+  float* param;
+  const float* sum;
+  float* m;
+  float* v;
+  NoiseDivideParams noise;
+};
+
+struct NoisedSgdForeachParams {
+  SgdUpdateParams sgd;
+  NoisedForeachTensor tensors[DPGAN_FOREACH_TENSORS];
+  int32_t count;
+  int32_t pad_;
+};
+
+struct NoisedAdamForeachParams {
+  AdamUpdateParams adam;
+  NoisedForeachTensor tensors[DPGAN_FOREACH_TENSORS];
+  int32_t count;
+  int32_t pad_;
 };

@@ -27,7 +27,8 @@ pub use shape::{concat, gather_rows, narrow, pad};
 use real::by_dtype;
 
 use super::{
-    AdamParams, AdamTensors, Backend, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp,
+    AdamParams, AdamTensors, Backend, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, NoisedAdamTensors, NoisedTensors,
+    PowerIteration, RowNorm, SgdParams, UnaryOp,
 };
 use crate::dp::NoiseKey;
 use crate::error::Result;
@@ -213,6 +214,14 @@ impl Backend for Cpu {
 
     fn ema_updates(&self, pairs: &mut [(&mut Tensor, &Tensor)], decay: f32) -> Result<()> {
         pairs.iter_mut().try_for_each(|(ema, x)| self.ema_update(ema, x, decay))
+    }
+
+    fn noised_sgd_steps(&self, tensors: &mut [NoisedTensors<'_>], hp: &SgdParams, flag: &mut Tensor) -> Result<()> {
+        tensors.iter_mut().try_for_each(|t| self.noised_sgd_step(t.param, t.sum, t.noise, hp, flag))
+    }
+
+    fn noised_adam_steps(&self, tensors: &mut [NoisedAdamTensors<'_>], t: u64, hp: &AdamParams, flag: &mut Tensor) -> Result<()> {
+        tensors.iter_mut().try_for_each(|nt| self.noised_adam_step(nt.param, nt.sum, nt.noise, nt.m, nt.v, t, hp, flag))
     }
 
     fn adam_step(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, t: u64, hp: &AdamParams) -> Result<()> {

@@ -5,7 +5,7 @@
 //! registers, then the tiles of each example added by `reduce::sum_to`).
 use std::sync::Arc;
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::conv::conv_params;
 use super::device::CudaDevice;
@@ -13,9 +13,12 @@ use super::elementwise::fill;
 use super::gemm::tile_grid;
 use super::module::Kernel;
 use super::optim::{self, buffer_mut};
-use super::params::{NoiseDivideParams, NoiseKeyParams, NoisedAdamParams, NoisedSgdParams, SanitizeRowsParams};
+use super::params::{
+    NoiseDivideParams, NoiseKeyParams, NoisedAdamForeachParams, NoisedAdamParams, NoisedForeachTensor, NoisedSgdForeachParams,
+    NoisedSgdParams, SanitizeRowsParams, FOREACH_TENSORS,
+};
 use super::{buffer, launched, output, reduce};
-use crate::backend::{AdamParams, ConvGeometry, GradientNoise, RowNorm, SgdParams};
+use crate::backend::{AdamParams, ConvGeometry, GradientNoise, NoisedAdamTensors, NoisedTensors, RowNorm, SgdParams};
 use crate::dp::{NoiseKey, NoiseMode};
 use crate::error::{Error, Result};
 use crate::profile;
@@ -109,13 +112,18 @@ pub(crate) fn conv2d_weight_grad_sq_norms(dev: &Arc<CudaDevice>, x: &Tensor, dy:
 /// Threads per block of the one-element-per-thread noise passes.
 const NOISE_THREADS: usize = 256;
 
-/// The launch of a one-element-per-thread noise pass over `n > 0` elements, with its parameters.
-fn noise_launch(op: &str, n: usize, std: f32, divisor: f32, key: &NoiseKey) -> Result<(LaunchConfig, NoiseDivideParams)> {
+/// The grid of a one-element-per-thread noise pass over up to `n > 0` elements in each of `rows`
+/// tensors (grid y; ≤ 32).
+fn noise_grid(op: &str, n: usize, rows: usize) -> Result<LaunchConfig> {
     // n ≤ 2^33 (ops) needs at most 2^25 blocks, within grid x's 2^31 − 1.
     let blocks = u32::try_from(n.div_ceil(NOISE_THREADS))
         .map_err(|_| Error::Invalid(format!("{op}: {n} elements exceed one launch; split the tensor")))?;
-    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (NOISE_THREADS as u32, 1, 1), shared_mem_bytes: 0 };
-    Ok((cfg, NoiseDivideParams { n: n as i64, std, divisor, key: NoiseKeyParams::new(key) }))
+    Ok(LaunchConfig { grid_dim: (blocks, rows as u32, 1), block_dim: (NOISE_THREADS as u32, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// The launch of a one-element-per-thread noise pass over `n > 0` elements, with its parameters.
+fn noise_launch(op: &str, n: usize, std: f32, divisor: f32, key: &NoiseKey) -> Result<(LaunchConfig, NoiseDivideParams)> {
+    Ok((noise_grid(op, n, 1)?, NoiseDivideParams { n: n as i64, std, divisor, key: NoiseKeyParams::new(key) }))
 }
 
 /// `x ← (x + std·z) / divisor` in place, z the key's standard normals: DP-SGD's noise and its
@@ -166,6 +174,97 @@ pub(crate) fn noised_sgd_step(
     // unshared allocations (two `&mut Tensor`s, storage_mut copied shared ones).
     let r = unsafe { dev.stream().launch_builder(dev.kernel(k)).arg(&p).arg(w).arg(&buffer(sum).slice).arg(f).launch(cfg) };
     launched(k, r)
+}
+
+/// A tensor's noise as its kernel slot holds it.
+fn slot_noise(n: usize, noise: &GradientNoise) -> NoiseDivideParams {
+    NoiseDivideParams { n: n as i64, std: noise.std, divisor: noise.divisor, key: NoiseKeyParams::new(&noise.key) }
+}
+
+/// [`noised_sgd_step`] of every tensor, up to 32 per launch (ops has checked each tensor, and that
+/// all share one noise mode): the device pointers and each tensor's noise go in the parameter struct.
+pub(crate) fn noised_sgd_steps(dev: &Arc<CudaDevice>, tensors: &mut [NoisedTensors<'_>], hp: &SgdParams, flag: &mut Tensor) -> Result<()> {
+    let sgd = optim::sgd_params(hp, 0);
+    let stream = dev.stream().clone();
+    for chunk in tensors.chunks_mut(FOREACH_TENSORS) {
+        let largest = chunk.iter().map(|t| t.param.numel()).max().unwrap_or(0);
+        if largest == 0 {
+            continue;
+        }
+        let mode = chunk[0].noise.key.mode;
+        let cfg = noise_grid("noised_sgd_step", largest, chunk.len())?;
+        let mut p =
+            NoisedSgdForeachParams { sgd, tensors: [NoisedForeachTensor::default(); FOREACH_TENSORS], count: chunk.len() as i32, pad_: 0 };
+        let mut guards = Vec::with_capacity(2 * chunk.len());
+        for (slot, t) in chunk.iter_mut().enumerate() {
+            let noise = slot_noise(t.param.numel(), t.noise);
+            let (param, param_guard) = buffer_mut(t.param)?.slice.device_ptr_mut(&stream);
+            let (sum, sum_guard) = buffer(t.sum).slice.device_ptr(&stream);
+            guards.extend([param_guard, sum_guard]);
+            p.tensors[slot] = NoisedForeachTensor { param, sum, m: 0, v: 0, noise };
+        }
+        let k = match mode {
+            NoiseMode::Fast => Kernel::NoisedSgdUpdateForeachPhilox,
+            NoiseMode::Secure => Kernel::NoisedSgdUpdateForeachChacha,
+        };
+        let _range = profile::range(k.symbol());
+        // SAFETY: each slot's param and sum hold its n floats (checked by ops), the param a `&mut
+        // Tensor` unshared by storage_mut(), flag one float in another allocation; block row y
+        // reads sum[i] and updates param[i], i < n, of slot y only, and may write flag[0].
+        let r = unsafe { stream.launch_builder(dev.kernel(k)).arg(&p).arg(&mut buffer_mut(flag)?.slice).launch(cfg) };
+        launched(k, r)?;
+        drop(guards);
+    }
+    Ok(())
+}
+
+/// [`noised_adam_step`] at step `t` of every tensor, up to 32 per launch, as [`noised_sgd_steps`].
+pub(crate) fn noised_adam_steps(
+    dev: &Arc<CudaDevice>,
+    tensors: &mut [NoisedAdamTensors<'_>],
+    t: u64,
+    hp: &AdamParams,
+    flag: &mut Tensor,
+) -> Result<()> {
+    let adam = optim::adam_params(hp, t, 0)?;
+    let stream = dev.stream().clone();
+    for chunk in tensors.chunks_mut(FOREACH_TENSORS) {
+        let largest = chunk.iter().map(|nt| nt.param.numel()).max().unwrap_or(0);
+        if largest == 0 {
+            continue;
+        }
+        let mode = chunk[0].noise.key.mode;
+        let cfg = noise_grid("noised_adam_step", largest, chunk.len())?;
+        let mut p = NoisedAdamForeachParams {
+            adam,
+            tensors: [NoisedForeachTensor::default(); FOREACH_TENSORS],
+            count: chunk.len() as i32,
+            pad_: 0,
+        };
+        let mut guards = Vec::with_capacity(4 * chunk.len());
+        for (slot, nt) in chunk.iter_mut().enumerate() {
+            let noise = slot_noise(nt.param.numel(), nt.noise);
+            let (param, param_guard) = buffer_mut(nt.param)?.slice.device_ptr_mut(&stream);
+            let (sum, sum_guard) = buffer(nt.sum).slice.device_ptr(&stream);
+            let (m, m_guard) = buffer_mut(nt.m)?.slice.device_ptr_mut(&stream);
+            let (v, v_guard) = buffer_mut(nt.v)?.slice.device_ptr_mut(&stream);
+            guards.extend([param_guard, sum_guard, m_guard, v_guard]);
+            p.tensors[slot] = NoisedForeachTensor { param, sum, m, v, noise };
+        }
+        let k = match mode {
+            NoiseMode::Fast => Kernel::NoisedAdamUpdateForeachPhilox,
+            NoiseMode::Secure => Kernel::NoisedAdamUpdateForeachChacha,
+        };
+        let _range = profile::range(k.symbol());
+        // SAFETY: each slot's param, sum, m and v hold its n floats (checked by ops); param, m and
+        // v are `&mut Tensor`s unshared by storage_mut(), flag one float in another allocation;
+        // block row y reads sum[i] and updates param[i], m[i], v[i], i < n, of slot y only, and may
+        // write flag[0].
+        let r = unsafe { stream.launch_builder(dev.kernel(k)).arg(&p).arg(&mut buffer_mut(flag)?.slice).launch(cfg) };
+        launched(k, r)?;
+        drop(guards);
+    }
+    Ok(())
 }
 
 /// Adam at step `t` of `param` with the gradient `(sum + std·z) / divisor`, in one pass that

@@ -20,7 +20,8 @@ pub use gemm::{allow_tf32, set_allow_tf32, Tf32Scope};
 pub use module::{kernel_resources, Kernel, KernelResources};
 
 use super::{
-    AdamParams, AdamTensors, Backend, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, PowerIteration, RowNorm, SgdParams, UnaryOp,
+    AdamParams, AdamTensors, Backend, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, NoisedAdamTensors, NoisedTensors,
+    PowerIteration, RowNorm, SgdParams, UnaryOp,
 };
 use crate::dp::NoiseKey;
 use crate::error::{Error, Result};
@@ -209,5 +210,15 @@ impl Backend for CudaDevice {
     ) -> Result<()> {
         let dev = buffer(param).device().clone();
         dp::noised_adam_step(&dev, param, sum, noise, m, v, t, hp, flag)
+    }
+
+    fn noised_sgd_steps(&self, tensors: &mut [NoisedTensors<'_>], hp: &SgdParams, flag: &mut Tensor) -> Result<()> {
+        let dev = buffer(flag).device().clone();
+        dp::noised_sgd_steps(&dev, tensors, hp, flag)
+    }
+
+    fn noised_adam_steps(&self, tensors: &mut [NoisedAdamTensors<'_>], t: u64, hp: &AdamParams, flag: &mut Tensor) -> Result<()> {
+        let dev = buffer(flag).device().clone();
+        dp::noised_adam_steps(&dev, tensors, t, hp, flag)
     }
 }

@@ -62,6 +62,10 @@ unsafe impl DeviceRepr for NoisedSgdParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for NoisedAdamParams {}
 // SAFETY: as above.
+unsafe impl DeviceRepr for NoisedSgdForeachParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for NoisedAdamForeachParams {}
+// SAFETY: as above.
 unsafe impl DeviceRepr for Pool2x2Params {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for AxisCopyParams {}
@@ -245,7 +249,7 @@ pub struct EmaUpdateParams {
 
 /// A [`NoiseKey`](crate::dp::NoiseKey) as the kernels read it; the mode picks the kernel.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct NoiseKeyParams {
     pub key: [u32; 8],
     pub tensor_index: u32,
@@ -271,7 +275,7 @@ pub struct GaussianNoiseParams {
 
 /// DP-SGD's noise and division in one pass: `x ← (x + std·z) / divisor`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct NoiseDivideParams {
     pub n: i64,
     pub std: f32,
@@ -294,6 +298,38 @@ pub struct NoisedSgdParams {
 pub struct NoisedAdamParams {
     pub noise: NoiseDivideParams,
     pub adam: AdamUpdateParams,
+}
+
+/// One tensor of a multi-tensor noised update (`NoisedForeachTensor`): device pointers to its
+/// parameter, summed clipped gradient and Adam's m and v (0 for SGD), and its own noise.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoisedForeachTensor {
+    pub param: u64,
+    pub sum: u64,
+    pub m: u64,
+    pub v: u64,
+    pub noise: NoiseDivideParams,
+}
+
+/// DP-SGD's noised plain SGD over up to [`FOREACH_TENSORS`] tensors of one noise mode in one launch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NoisedSgdForeachParams {
+    pub sgd: SgdUpdateParams,
+    pub tensors: [NoisedForeachTensor; FOREACH_TENSORS],
+    pub count: i32,
+    pub pad_: i32,
+}
+
+/// DP-SGD's noised Adam over up to [`FOREACH_TENSORS`] tensors of one noise mode in one launch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NoisedAdamForeachParams {
+    pub adam: AdamUpdateParams,
+    pub tensors: [NoisedForeachTensor; FOREACH_TENSORS],
+    pub count: i32,
+    pub pad_: i32,
 }
 
 /// GS-WGAN's sanitiser over `rows × cols`: per-row clip bound and noise std.
@@ -408,6 +444,9 @@ const _: () = assert!(std::mem::size_of::<SanitizeRowsParams>() == 80);
 const _: () = assert!(std::mem::size_of::<NoiseDivideParams>() == 64);
 const _: () = assert!(std::mem::size_of::<NoisedSgdParams>() == 96);
 const _: () = assert!(std::mem::size_of::<NoisedAdamParams>() == 96);
+const _: () = assert!(std::mem::size_of::<NoisedForeachTensor>() == 96);
+const _: () = assert!(std::mem::size_of::<NoisedSgdForeachParams>() == 32 + FOREACH_TENSORS * 96 + 8);
+const _: () = assert!(std::mem::size_of::<NoisedAdamForeachParams>() == 32 + FOREACH_TENSORS * 96 + 8);
 /// The operands of `gemm_grouped_{nn,tn,nt,tt}_fwd_f32`; see `GemmParams` in common.cuh. With `splits > 1` the kernel
 /// writes `splits` partial products of K slices of `split_len`, added up by a second pass.
 #[repr(C)]
