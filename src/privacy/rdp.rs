@@ -196,6 +196,13 @@ mod tests {
             let got = rdp_subsampled_gaussian(q, sigma, 2.0).unwrap();
             assert!(((got - want) / want).abs() < 1e-14, "q {q} σ {sigma}: {got:e} vs {want:e}");
         }
+        // Past x = 30 the term's ln(eˣ − 1) is taken as x + ln(1 − e⁻ˣ): that correction, 2e⁻ˣ ≈
+        // 2e-13 in ln A₂ ≈ 30 (6e-15 relative, about 50 ulps), must come out with the right sign.
+        // Both sides round a few ulps (≈ 1e-16 relative each): a 1e-15 tolerance sees it.
+        let (q, sigma) = (0.99f64, (1.0f64 / 30.001).sqrt());
+        let want = (q * q * (1.0 / (sigma * sigma)).exp_m1()).ln_1p();
+        let got = rdp_subsampled_gaussian(q, sigma, 2.0).unwrap();
+        assert!(((got - want) / want).abs() < 1e-15, "q {q} σ {sigma}: {got:e} vs {want:e}");
     }
 
     /// At an integer order both expansions compute the same A_α (the fractional one with its
