@@ -8,21 +8,7 @@
 #include <vector>
 
 #include "dp.cu"
-
-static bool read_float(float* out) {
-  unsigned b;
-  if (std::scanf("%x", &b) != 1) return false;
-  std::memcpy(out, &b, 4);
-  return true;
-}
-
-static void print_floats(const std::vector<float>& xs) {
-  for (float v : xs) {
-    unsigned b;
-    std::memcpy(&b, &v, 4);
-    std::printf("%08x\n", b);
-  }
-}
+#include "hex_io.h"
 
 int main() {
   long long n;
