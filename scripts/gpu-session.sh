@@ -10,6 +10,9 @@
 # Parts (all of them when none is named), each step under its own time limit so that one slow step
 # cannot eat the others' time; a device call may last 10 minutes, so split the parts as above:
 #   tests   every test executable with DPGAN_REQUIRE_GPU=1 (.gpu/run-tests)              ≤ 240 s
+#   sanitize compute-sanitizer memcheck on the GEMM, conv, clip, DP-step, optimizer and   ≤ 450 s
+#           norm test executables (the pointer-batch kernels among them), racecheck on the
+#           conv tests' TF32 cases (shared-memory tiles); each step stops at its first error
 #   bench   `dpgan bench kernels`, `dpgan bench step` (DP-CGAN and GS-WGAN private and     ≤ 420 s
 #           not, GS-WGAN's warm start with TF32, DPSGD-GAN's private D step)
 #   pytorch benches/pytorch/compare.py: the same steps in PyTorch (eager, Opacus, vmap,   ≤ 300 s
@@ -32,7 +35,7 @@ if [ "${1:-}" = "--quick" ]; then
   quick=1
   shift
 fi
-parts=" ${*:-tests bench pytorch dpcgan gswgan nsys} "
+parts=" ${*:-tests sanitize bench pytorch dpcgan gswgan nsys} "
 want() { [[ $parts == *" $1 "* ]]; }
 bin=${DPGAN_BIN:-$root/.gpu/bin/dpgan}
 [ -x "$bin" ] || bin=$root/target/release/dpgan
@@ -71,6 +74,22 @@ fi
 # Tests.
 if want tests && [ -x "$root/.gpu/run-tests" ] && [ "$device" != cpu ]; then
   step tests 240 bash "$root/.gpu/run-tests"
+fi
+
+# compute-sanitizer over the test executables whose kernels index memory the most freely.
+if want sanitize && [ "$device" != cpu ]; then
+  if command -v compute-sanitizer >/dev/null; then
+    compute-sanitizer --version 2>&1 | tail -n 1 | sed 's/^/- compute-sanitizer: /' >>"$summary"
+    for t in gemm conv clip dp_step optim norm; do
+      exe=$root/.gpu/tests/$t-test
+      [ -x "$exe" ] && step "memcheck-$t" 60 env DPGAN_REQUIRE_GPU=1 compute-sanitizer --tool memcheck --error-exitcode 3 \
+        "$exe" --test-threads=1
+    done
+    [ -x "$root/.gpu/tests/conv-test" ] && step racecheck-conv-tf32 90 env DPGAN_REQUIRE_GPU=1 compute-sanitizer --tool racecheck \
+      --error-exitcode 3 "$root/.gpu/tests/conv-test" --test-threads=1 tf32
+  else
+    echo "- sanitize: no compute-sanitizer on this machine" >>"$summary"
+  fi
 fi
 
 # Benchmarks.
