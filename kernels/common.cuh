@@ -219,6 +219,14 @@ struct EmaForeachParams {
   ForeachTensor tensors[DPGAN_FOREACH_TENSORS];
 };
 
+// Plain SGD (no momentum) over up to 32 tensors: param in a, grad in b.
+struct SgdForeachParams {
+  SgdUpdateParams hp;  // its n unused: each tensor has its own
+  ForeachTensor tensors[DPGAN_FOREACH_TENSORS];
+  int32_t count;
+  int32_t pad_;
+};
+
 // ---- rng.cu, dp.cu ----
 
 // A NoiseKey (src/dp/noise.rs): the 256-bit key (Philox uses words 0 and 1) and the position
@@ -464,6 +472,7 @@ static_assert(sizeof(EmaUpdateParams) == 16, "EmaUpdateParams layout");
 static_assert(sizeof(ForeachTensor) == 40, "ForeachTensor layout");
 static_assert(sizeof(AdamForeachParams) == 32 + 32 * 40 + 8, "AdamForeachParams layout");
 static_assert(sizeof(EmaForeachParams) == 8 + 32 * 40, "EmaForeachParams layout");
+static_assert(sizeof(SgdForeachParams) == 32 + 32 * 40 + 8, "SgdForeachParams layout");
 static_assert(sizeof(NoisedAdamParams) == 96, "NoisedAdamParams layout");
 static_assert(sizeof(Pool2x2Params) == 40, "Pool2x2Params layout");
 static_assert(sizeof(AxisCopyParams) == 56, "AxisCopyParams layout");

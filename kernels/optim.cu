@@ -40,6 +40,15 @@ extern "C" __global__ void optim_ema_update_f32(EmaUpdateParams p, float* __rest
   DPGAN_FOR_EACH(i, p.n) { ema[i] = __fadd_rn(__fmul_rn(keep, ema[i]), __fmul_rn(take, x[i])); }
 }
 
+// Plain SGD over up to 32 tensors in one launch (param in a, grad in b): block row y updates
+// tensor y, the x blocks stride over its elements, as optim_sgd_update_f32 does.
+extern "C" __global__ void optim_sgd_update_foreach_f32(SgdForeachParams p) {
+  const ForeachTensor& t = p.tensors[blockIdx.y];
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < t.n; i += (int64_t)blockDim.x * gridDim.x) {
+    t.a[i] = dpgan::sgd_plain_update(p.hp, t.a[i], t.b[i]);
+  }
+}
+
 // Adam over up to 32 tensors in one launch (a model's parameters): block row y updates tensor y,
 // the x blocks stride over its elements. The same update per element as optim_adam_update_f32.
 extern "C" __global__ void optim_adam_update_foreach_f32(AdamForeachParams p) {

@@ -398,10 +398,8 @@ fn noised_steps_equal_one_noised_step_per_tensor_on_every_backend() {
         let secure = GradientNoise { key: dpgan::dp::NoiseKey { mode: NoiseMode::Secure, tensor_index: 1, ..fast.key }, ..fast };
         let sum = Tensor::zeros(&[3], dev).unwrap();
         let (mut a, mut b, mut flag) = (sum.clone(), sum.clone(), Tensor::zeros(&[1], dev).unwrap());
-        let mut tensors = vec![
-            NoisedTensors { param: &mut a, sum: &sum, noise: &fast },
-            NoisedTensors { param: &mut b, sum: &sum, noise: &secure },
-        ];
+        let mut tensors =
+            vec![NoisedTensors { param: &mut a, sum: &sum, noise: &fast }, NoisedTensors { param: &mut b, sum: &sum, noise: &secure }];
         let err = ops::noised_sgd_steps(&mut tensors, &sgd, &mut flag).unwrap_err().to_string();
         assert!(err.contains("one noise mode"), "{err}");
     }
@@ -483,7 +481,8 @@ fn noised_foreach_kernels_compiled_for_the_host_match_the_reference() {
     use dpgan::backend::cpu::{adam_update, noised_gradient, sgd_update};
     use dpgan::backend::{AdamParams, GradientNoise, SgdParams};
     let test = "noised_foreach_kernels_compiled_for_the_host_match_the_reference";
-    let Some((exe, _dir)) = common::build_host_kernel_program(test, &["rng.cuh", "optim.cuh", "dp.cu"], "dp_noised_foreach_main.cpp") else {
+    let Some((exe, _dir)) = common::build_host_kernel_program(test, &["rng.cuh", "optim.cuh", "dp.cu"], "dp_noised_foreach_main.cpp")
+    else {
         return;
     };
     let mut rng = common::rng(test);
@@ -541,7 +540,9 @@ fn noised_foreach_kernels_compiled_for_the_host_match_the_reference() {
         let grads: Vec<Vec<f32>> = sums
             .iter()
             .zip(&noises)
-            .map(|(sum, noise)| noised_gradient(sum, &GradientNoise { key: dpgan::dp::NoiseKey { mode, ..noise.key }, ..*noise }, &mut flag))
+            .map(|(sum, noise)| {
+                noised_gradient(sum, &GradientNoise { key: dpgan::dp::NoiseKey { mode, ..noise.key }, ..*noise }, &mut flag)
+            })
             .collect();
         for (i, (&n, grad)) in sizes.iter().zip(&grads).enumerate() {
             let mut expected = params[i].clone();

@@ -340,6 +340,39 @@ fn many_shapes(rng: &mut ChaCha8Rng, count: usize) -> Vec<Vec<usize>> {
     (0..count).map(|i| shapes[i % shapes.len()].clone()).collect()
 }
 
+/// `sgd_steps` (plain SGD, weight decay on) over a model's tensors equals `sgd_step` tensor by
+/// tensor, bit for bit, on the CPU and on the GPU (40 tensors in two launches), over three steps;
+/// momentum, whose buffers are per tensor, is refused rather than ignored.
+#[test]
+fn sgd_steps_equal_one_step_per_tensor() {
+    use dpgan::backend::ops::sgd_steps;
+    let mut rng = rng("sgd_steps_equal_one_step_per_tensor");
+    let hp = SgdParams { lr: 0.07, momentum: 0.0, dampening: 0.0, weight_decay: 1e-3, nesterov: false };
+    let shapes = many_shapes(&mut rng, 40);
+    let start: Vec<Tensor> = shapes.iter().map(|s| randn(&mut rng, s)).collect();
+    let grads: Vec<Vec<Tensor>> = (0..3).map(|_| shapes.iter().map(|s| randn(&mut rng, s)).collect()).collect();
+    let check = |device: &Device| {
+        let mut one_by_one: Vec<Tensor> = start.iter().map(|t| t.to_device(device).unwrap()).collect();
+        let mut together = one_by_one.clone();
+        for (step, grads) in grads.iter().enumerate() {
+            let grads: Vec<Tensor> = grads.iter().map(|g| g.to_device(device).unwrap()).collect();
+            for (p, g) in one_by_one.iter_mut().zip(&grads) {
+                sgd_step(p, g, None, &hp).unwrap();
+            }
+            let mut pairs: Vec<(&mut Tensor, &Tensor)> = together.iter_mut().zip(&grads).collect();
+            sgd_steps(&mut pairs, &hp).unwrap();
+            for (i, (a, b)) in one_by_one.iter().zip(&together).enumerate() {
+                assert_close(&format!("{device:?} tensor {i}, step {step}"), &b.to_vec().unwrap(), &a.to_vec().unwrap(), BIT_IDENTICAL);
+            }
+        }
+        let (mut p, g) = (start[0].to_device(device).unwrap(), grads[0][0].to_device(device).unwrap());
+        let err = sgd_steps(&mut [(&mut p, &g)], &SgdParams { momentum: 0.9, ..hp }).unwrap_err().to_string();
+        assert!(err.contains("without momentum"), "{err}");
+    };
+    check(&Device::Cpu);
+    on_cuda("sgd_steps_equal_one_step_per_tensor", check);
+}
+
 /// `adam_steps` over a model's tensors equals `adam_step` tensor by tensor, bit for bit: on the
 /// CPU, and on the GPU (the multi-tensor kernel, 40 tensors in two launches, against the
 /// single-tensor one), over three steps from a random mid-run state.

@@ -268,6 +268,8 @@ pub trait Backend {
     fn ema_update(&self, ema: &mut Tensor, x: &Tensor, decay: f32) -> Result<()>;
     /// `adam_step` of every tensor of a model in one pass (a GPU takes up to 32 per launch), with
     /// the same values tensor by tensor.
+    /// `sgd_step` without momentum of every `(param, grad)` pair in one op, the same values pair by pair.
+    fn sgd_steps(&self, pairs: &mut [(&mut Tensor, &Tensor)], hp: &SgdParams) -> Result<()>;
     fn adam_steps(&self, tensors: &mut [AdamTensors<'_>], t: u64, hp: &AdamParams) -> Result<()>;
     /// `ema_update` of every `(ema, x)` pair in one pass (up to 32 per launch on a GPU).
     fn ema_updates(&self, pairs: &mut [(&mut Tensor, &Tensor)], decay: f32) -> Result<()>;

@@ -467,6 +467,23 @@ pub fn adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tens
     dispatch("adam_step", &dev).adam_step(param, grad, m, v, t, hp)
 }
 
+/// `sgd_step` without momentum of every `(param, grad)` pair in one op (one launch per 32 tensors
+/// on a GPU), with the same values pair by pair; momentum is refused (its buffers are per tensor).
+pub fn sgd_steps(pairs: &mut [(&mut Tensor, &Tensor)], hp: &SgdParams) -> Result<()> {
+    if hp.momentum != 0.0 {
+        return Err(Error::Invalid("sgd_steps: one op only for SGD without momentum".into()));
+    }
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let all: Vec<&Tensor> = pairs.iter().flat_map(|(param, grad)| [&**param, *grad]).collect();
+    let dev = device_of("sgd_step", &all)?;
+    for (param, grad) in pairs.iter() {
+        ensure_shape!(param.shape() == grad.shape(), "sgd_step", "param {:?} and grad {:?} differ", param.shape(), grad.shape());
+    }
+    dispatch("sgd_step", &dev).sgd_steps(pairs, hp)
+}
+
 /// `adam_step` of every tensor of a model in one op (one launch per 32 tensors on a GPU), with
 /// the same values tensor by tensor.
 pub fn adam_steps(tensors: &mut [AdamTensors<'_>], t: u64, hp: &AdamParams) -> Result<()> {

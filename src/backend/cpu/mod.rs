@@ -208,6 +208,10 @@ impl Backend for Cpu {
         })
     }
 
+    fn sgd_steps(&self, pairs: &mut [(&mut Tensor, &Tensor)], hp: &SgdParams) -> Result<()> {
+        pairs.iter_mut().try_for_each(|(param, grad)| self.sgd_step(param, grad, None, hp))
+    }
+
     fn adam_steps(&self, tensors: &mut [AdamTensors<'_>], t: u64, hp: &AdamParams) -> Result<()> {
         tensors.iter_mut().try_for_each(|at| self.adam_step(at.param, at.grad, at.m, at.v, t, hp))
     }

@@ -152,6 +152,16 @@ impl Backend for CudaDevice {
         optim::adam_step(buffer(grad).device(), param, grad, m, v, t, hp)
     }
 
+    fn sgd_steps(&self, pairs: &mut [(&mut Tensor, &Tensor)], hp: &SgdParams) -> Result<()> {
+        match pairs.first() {
+            None => Ok(()),
+            Some((_, grad)) => {
+                let dev = buffer(grad).device().clone();
+                optim::sgd_steps(&dev, pairs, hp)
+            }
+        }
+    }
+
     fn adam_steps(&self, tensors: &mut [AdamTensors<'_>], t: u64, hp: &AdamParams) -> Result<()> {
         match tensors.first() {
             None => Ok(()),

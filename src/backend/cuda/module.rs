@@ -41,6 +41,7 @@ kernel_table! {
     SgdMomentumUpdate => "optim_sgd_momentum_update_f32",
     AdamUpdate => "optim_adam_update_f32",
     EmaUpdate => "optim_ema_update_f32",
+    SgdUpdateForeach => "optim_sgd_update_foreach_f32",
     AdamUpdateForeach => "optim_adam_update_foreach_f32",
     EmaUpdateForeach => "optim_ema_update_foreach_f32",
     GaussianAddPhilox => "rng_gaussian_add_philox_f32",

@@ -7,7 +7,8 @@ use super::device::{CudaBuffer, CudaDevice};
 use super::elementwise::grid_for;
 use super::module::Kernel;
 use super::params::{
-    AdamForeachParams, AdamUpdateParams, EmaForeachParams, EmaUpdateParams, ForeachTensor, SgdUpdateParams, FOREACH_TENSORS,
+    AdamForeachParams, AdamUpdateParams, EmaForeachParams, EmaUpdateParams, ForeachTensor, SgdForeachParams, SgdUpdateParams,
+    FOREACH_TENSORS,
 };
 use super::{buffer, launched};
 use crate::backend::{AdamParams, AdamTensors, SgdParams};
@@ -196,6 +197,38 @@ pub(crate) fn adam_steps(dev: &Arc<CudaDevice>, tensors: &mut [AdamTensors<'_>],
         // SAFETY: each slot's param, grad, m and v hold its n floats (checked by ops) and come from
         // distinct allocations (`&mut Tensor`s, unshared by storage_mut()); block row y reads and
         // writes element i < n of slot y's arrays only.
+        let r = unsafe { stream.launch_builder(dev.kernel(k)).arg(&p).launch(grid) };
+        launched(k, r)?;
+        drop(guards);
+    }
+    Ok(())
+}
+
+/// Plain SGD for every `(param, grad)` pair (ops has checked the lengths and that there is no
+/// momentum), up to 32 per launch.
+pub(crate) fn sgd_steps(dev: &Arc<CudaDevice>, pairs: &mut [(&mut Tensor, &Tensor)], hp: &SgdParams) -> Result<()> {
+    let hp = sgd_params(hp, 0);
+    let stream = dev.stream().clone();
+    for chunk in pairs.chunks_mut(FOREACH_TENSORS) {
+        let largest = chunk.iter().map(|(param, _)| param.numel()).max().unwrap_or(0);
+        if largest == 0 {
+            continue;
+        }
+        let grid = foreach_grid(dev, largest, chunk.len());
+        let mut p = SgdForeachParams { hp, tensors: [ForeachTensor::default(); FOREACH_TENSORS], count: chunk.len() as i32, pad_: 0 };
+        let mut guards = Vec::with_capacity(2 * chunk.len());
+        for (slot, (param, grad)) in chunk.iter_mut().enumerate() {
+            let n = param.numel() as i64;
+            let (a, a_guard) = buffer_mut(param)?.slice.device_ptr_mut(&stream);
+            let (b, b_guard) = buffer(grad).slice.device_ptr(&stream);
+            guards.extend([a_guard, b_guard]);
+            p.tensors[slot] = ForeachTensor { a, b, c: 0, d: 0, n };
+        }
+        let k = Kernel::SgdUpdateForeach;
+        let _range = crate::profile::range(k.symbol());
+        // SAFETY: each slot's param and grad hold its n floats (checked by ops), the param a `&mut
+        // Tensor` unshared by storage_mut(); block row y updates param[i] from grad[i], i < n, of
+        // slot y only.
         let r = unsafe { stream.launch_builder(dev.kernel(k)).arg(&p).launch(grid) };
         launched(k, r)?;
         drop(guards);

@@ -52,6 +52,8 @@ unsafe impl DeviceRepr for AdamForeachParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for EmaForeachParams {}
 // SAFETY: as above.
+unsafe impl DeviceRepr for SgdForeachParams {}
+// SAFETY: as above.
 unsafe impl DeviceRepr for GaussianNoiseParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for SanitizeRowsParams {}
@@ -224,6 +226,16 @@ pub const FOREACH_TENSORS: usize = 32;
 #[derive(Clone, Copy, Debug)]
 pub struct AdamForeachParams {
     pub hp: AdamUpdateParams,
+    pub tensors: [ForeachTensor; FOREACH_TENSORS],
+    pub count: i32,
+    pub pad_: i32,
+}
+
+/// Plain SGD over up to [`FOREACH_TENSORS`] tensors in one launch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SgdForeachParams {
+    pub hp: SgdUpdateParams,
     pub tensors: [ForeachTensor; FOREACH_TENSORS],
     pub count: i32,
     pub pad_: i32,
@@ -527,6 +539,7 @@ const _: () = assert!(std::mem::size_of::<EmaUpdateParams>() == 16);
 const _: () = assert!(std::mem::size_of::<ForeachTensor>() == 40);
 const _: () = assert!(std::mem::size_of::<AdamForeachParams>() == 32 + FOREACH_TENSORS * 40 + 8);
 const _: () = assert!(std::mem::size_of::<EmaForeachParams>() == 8 + FOREACH_TENSORS * 40);
+const _: () = assert!(std::mem::size_of::<SgdForeachParams>() == 32 + FOREACH_TENSORS * 40 + 8);
 const _: () = assert!(std::mem::size_of::<Pool2x2Params>() == 40);
 const _: () = assert!(std::mem::size_of::<AxisCopyParams>() == 56);
 const _: () = assert!(std::mem::size_of::<GatherRowsParams>() == 16);
