@@ -221,6 +221,36 @@ mod tests {
         }
     }
 
+    /// Where x² is not a float, e^{−x²} is only accurate if x² never appears: Cody's split at
+    /// s = x rounded down to 1/16 keeps it to about 1e-15, while forming x² (or splitting
+    /// elsewhere) costs up to ulp(x²)/2 ≈ 6e-14 at x ≈ 26. References from mpmath 1.3.0
+    /// (`mpmath.erfc` of the exact double, 40 digits).
+    #[test]
+    fn erfc_stays_accurate_where_the_square_is_not_a_float() {
+        let cases = [
+            (20.3, 2.985318180601635944310263e-181),
+            (21.7, 8.120388770627522715109244e-207),
+            (23.9, 1.992034382173859302995146e-250),
+            (25.1, 5.514940189685638820831053e-276),
+            (26.3, 8.590249058794049154812335e-303),
+        ];
+        for (x, want) in cases {
+            let got = erfc(x);
+            assert!(((got - want) / want).abs() < 4e-15, "erfc({x}) = {got:e}, mpmath {want:e}");
+        }
+    }
+
+    /// Past x = 1e8 erfcx(x) is its leading term 1/(x√π) (the next is 1e-16 of it), and ln erfc(x)
+    /// = −x² + ln erfcx(x): at x = 1e8 that term, −19.0, is about 9 ulps of x² = 1e16, so the
+    /// result must land within 2 ulps of mpmath's (`mpmath.log(mpmath.erfc(x))`, 30 digits).
+    #[test]
+    fn log_erfc_keeps_the_asymptotic_term_past_1e8() {
+        let (x, want) = (1e8, -10000000000000018.9930456868771f64);
+        let got = log_erfc(x);
+        let ulp = 2.0; // of 1e16
+        assert!((got - want).abs() <= 2.0 * ulp, "log_erfc({x}) = {got}, mpmath {want}");
+    }
+
     /// ln erfc where erfc itself underflows; references from mpmath (`mpmath.log(mpmath.erfc(x))`).
     #[test]
     fn log_erfc_matches_mpmath_beyond_underflow() {
