@@ -240,6 +240,16 @@ mod tests {
         }
     }
 
+    /// Past x ≈ 27.3 erfc is below the least subnormal: 0 (2 for −x), down to the infinities,
+    /// where e^{−x²} formed from x would be ∞ − ∞.
+    #[test]
+    fn erfc_underflows_to_exact_limits() {
+        for x in [27.3, 27.4, 40.0, 1e10, f64::MAX, f64::INFINITY] {
+            assert_eq!((erfc(x), erfc(-x)), (0.0, 2.0), "x = {x}");
+        }
+        assert!(erfc(f64::NAN).is_nan());
+    }
+
     /// Past x = 1e8 erfcx(x) is its leading term 1/(x√π) (the next is 1e-16 of it), and ln erfc(x)
     /// = −x² + ln erfcx(x): at x = 1e8 that term, −19.0, is about 9 ulps of x² = 1e16, so the
     /// result must land within 2 ulps of mpmath's (`mpmath.log(mpmath.erfc(x))`, 30 digits).
