@@ -1,7 +1,7 @@
 //! Launchers of `kernels/optim.cu`: in-place SGD and Adam updates, one element per thread.
 use std::sync::Arc;
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::device::{CudaBuffer, CudaDevice};
 use super::elementwise::grid_for;
@@ -204,31 +204,35 @@ pub(crate) fn adam_steps(dev: &Arc<CudaDevice>, tensors: &mut [AdamTensors<'_>],
     Ok(())
 }
 
-/// Plain SGD for every `(param, grad)` pair (ops has checked the lengths and that there is no
-/// momentum), up to 32 per launch.
-pub(crate) fn sgd_steps(dev: &Arc<CudaDevice>, pairs: &mut [(&mut Tensor, &Tensor)], hp: &SgdParams) -> Result<()> {
-    let hp = sgd_params(hp, 0);
+/// Launches `k` over every `(a, b)` pair (a updated in place from b; ops has checked that each
+/// pair's lengths agree), up to 32 pairs per launch: `params` wraps a chunk's slots and count in
+/// the kernel's parameter struct.
+fn pairs_foreach<P: DeviceRepr>(
+    dev: &Arc<CudaDevice>,
+    pairs: &mut [(&mut Tensor, &Tensor)],
+    k: Kernel,
+    params: impl Fn([ForeachTensor; FOREACH_TENSORS], i32) -> P,
+) -> Result<()> {
     let stream = dev.stream().clone();
     for chunk in pairs.chunks_mut(FOREACH_TENSORS) {
-        let largest = chunk.iter().map(|(param, _)| param.numel()).max().unwrap_or(0);
+        let largest = chunk.iter().map(|(a, _)| a.numel()).max().unwrap_or(0);
         if largest == 0 {
             continue;
         }
-        let grid = foreach_grid(dev, largest, chunk.len());
-        let mut p = SgdForeachParams { hp, tensors: [ForeachTensor::default(); FOREACH_TENSORS], count: chunk.len() as i32, pad_: 0 };
+        let (grid, count) = (foreach_grid(dev, largest, chunk.len()), chunk.len() as i32);
+        let mut tensors = [ForeachTensor::default(); FOREACH_TENSORS];
         let mut guards = Vec::with_capacity(2 * chunk.len());
-        for (slot, (param, grad)) in chunk.iter_mut().enumerate() {
-            let n = param.numel() as i64;
-            let (a, a_guard) = buffer_mut(param)?.slice.device_ptr_mut(&stream);
-            let (b, b_guard) = buffer(grad).slice.device_ptr(&stream);
+        for (slot, (a_t, b_t)) in chunk.iter_mut().enumerate() {
+            let n = a_t.numel() as i64;
+            let (a, a_guard) = buffer_mut(a_t)?.slice.device_ptr_mut(&stream);
+            let (b, b_guard) = buffer(b_t).slice.device_ptr(&stream);
             guards.extend([a_guard, b_guard]);
-            p.tensors[slot] = ForeachTensor { a, b, c: 0, d: 0, n };
+            tensors[slot] = ForeachTensor { a, b, c: 0, d: 0, n };
         }
-        let k = Kernel::SgdUpdateForeach;
+        let p = params(tensors, count);
         let _range = crate::profile::range(k.symbol());
-        // SAFETY: each slot's param and grad hold its n floats (checked by ops), the param a `&mut
-        // Tensor` unshared by storage_mut(); block row y updates param[i] from grad[i], i < n, of
-        // slot y only.
+        // SAFETY: each slot's a and b hold its n floats (checked by ops), a a `&mut Tensor`
+        // unshared by storage_mut(); block row y updates a[i] from b[i], i < n, of slot y only.
         let r = unsafe { stream.launch_builder(dev.kernel(k)).arg(&p).launch(grid) };
         launched(k, r)?;
         drop(guards);
@@ -236,33 +240,16 @@ pub(crate) fn sgd_steps(dev: &Arc<CudaDevice>, pairs: &mut [(&mut Tensor, &Tenso
     Ok(())
 }
 
+/// Plain SGD for every `(param, grad)` pair (ops has checked the lengths and that there is no
+/// momentum), up to 32 per launch.
+pub(crate) fn sgd_steps(dev: &Arc<CudaDevice>, pairs: &mut [(&mut Tensor, &Tensor)], hp: &SgdParams) -> Result<()> {
+    let hp = sgd_params(hp, 0);
+    pairs_foreach(dev, pairs, Kernel::SgdUpdateForeach, |tensors, count| SgdForeachParams { hp, tensors, count, pad_: 0 })
+}
+
 /// `ema ← decay·ema + (1 − decay)·x` for every pair (lengths checked by ops), up to 32 per launch.
 pub(crate) fn ema_updates(dev: &Arc<CudaDevice>, pairs: &mut [(&mut Tensor, &Tensor)], decay: f32) -> Result<()> {
-    let stream = dev.stream().clone();
-    for chunk in pairs.chunks_mut(FOREACH_TENSORS) {
-        let largest = chunk.iter().map(|(ema, _)| ema.numel()).max().unwrap_or(0);
-        if largest == 0 {
-            continue;
-        }
-        let grid = foreach_grid(dev, largest, chunk.len());
-        let mut p = EmaForeachParams { decay, count: chunk.len() as i32, tensors: [ForeachTensor::default(); FOREACH_TENSORS] };
-        let mut guards = Vec::with_capacity(2 * chunk.len());
-        for (slot, (ema, x)) in chunk.iter_mut().enumerate() {
-            let n = ema.numel() as i64;
-            let (a, a_guard) = buffer_mut(ema)?.slice.device_ptr_mut(&stream);
-            let (b, b_guard) = buffer(x).slice.device_ptr(&stream);
-            guards.extend([a_guard, b_guard]);
-            p.tensors[slot] = ForeachTensor { a, b, c: 0, d: 0, n };
-        }
-        let k = Kernel::EmaUpdateForeach;
-        let _range = crate::profile::range(k.symbol());
-        // SAFETY: each slot's ema and x hold its n floats (checked by ops), ema a `&mut Tensor`
-        // unshared by storage_mut(); block row y updates ema[i] from x[i], i < n, of slot y only.
-        let r = unsafe { stream.launch_builder(dev.kernel(k)).arg(&p).launch(grid) };
-        launched(k, r)?;
-        drop(guards);
-    }
-    Ok(())
+    pairs_foreach(dev, pairs, Kernel::EmaUpdateForeach, |tensors, count| EmaForeachParams { decay, count, tensors })
 }
 
 #[cfg(test)]
