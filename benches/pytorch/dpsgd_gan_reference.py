@@ -157,7 +157,8 @@ def main():
 
     first = load_dpgan_checkpoint(args.from_checkpoint, g, d, g_opt, d_opt) if args.from_checkpoint else 0
     start = time.perf_counter()
-    d_loss = g_loss = float("nan")
+    # Mean losses over each logging window, as dpgan's metrics.jsonl reports them.
+    d_sum, d_count, g_sum, g_count = 0.0, 0, 0.0, 0
     for t in range(first, args.d_steps):
         take = torch.rand(n) < q
         x_real, y_real = images[take], F.one_hot(labels[take], CLASSES).float()
@@ -170,7 +171,8 @@ def main():
         d_opt.zero_grad(set_to_none=True)
         loss.backward()
         d_opt.step()
-        d_loss = loss.item() * 2 * b / logits.shape[0]
+        d_sum += loss.item() * 2 * b / logits.shape[0]
+        d_count += 1
         if (t + 1) % args.d_steps_per_g_step == 0:
             z, y = generated(b)
             out = d(g(z, y), y)
@@ -178,10 +180,13 @@ def main():
             g_opt.zero_grad(set_to_none=True)
             gl.backward()
             g_opt.step()
-            g_loss = gl.item()
+            g_sum += gl.item()
+            g_count += 1
         if (t + 1) % args.log_every == 0 or t + 1 == args.d_steps:
-            print(json.dumps({"d_step": t + 1, "d_loss": round(d_loss, 5), "g_loss": round(g_loss, 5),
+            mean = lambda total, count: round(total / count, 5) if count else None
+            print(json.dumps({"d_step": t + 1, "d_loss": mean(d_sum, d_count), "g_loss": mean(g_sum, g_count),
                               "seconds": round(time.perf_counter() - start, 1)}), flush=True)
+            d_sum, d_count, g_sum, g_count = 0.0, 0, 0.0, 0
 
     os.makedirs(args.out, exist_ok=True)
     with torch.no_grad():
