@@ -348,6 +348,29 @@ fn a_target_epsilon_alone_calibrates_sigma_under_the_governing_accounting() {
     assert!(per_step_at(smaller) > target, "σ = {sigma} is not the smallest f32 within the budget");
     let state: GsWganState = serde_json::from_value(read_json(&run.join("checkpoint.json"))).unwrap();
     assert_eq!((state.iteration, state.stopped.as_deref()), (2, None), "the whole plan fits the budget it was calibrated to");
+
+    // A target no σ reaches (at δ = 1e-5 the conversion alone costs ~0.02 at the largest order):
+    // calibration gives up at σ = 1e6 with the reason, and nothing is written.
+    let unreachable = dir.path().join("unreachable");
+    let output = common::cli::dpgan(&[
+        "train",
+        "gs-wgan",
+        "--warm-start",
+        &warm_s,
+        "--out",
+        &s(&unreachable),
+        "--generator",
+        "dcgan",
+        "--device",
+        "cpu",
+        "--iterations",
+        "2",
+        "--target-epsilon",
+        "0.001",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("no noise multiplier up to 1e6 reaches ε = 0.001"), "{stderr}");
+    assert!(!unreachable.exists(), "a refused plan wrote its run directory");
 }
 
 #[test]
