@@ -312,26 +312,14 @@ fn a_target_epsilon_alone_calibrates_sigma_under_the_governing_accounting() {
     let dir = tempfile::tempdir().unwrap();
     let (warm, run) = (dir.path().join("warm"), dir.path().join("run"));
     warm_start(&warm);
+    // Two iterations of phase 2 into `out`, σ calibrated to `target`.
+    let calibrated = |out: &Path, target: &str| {
+        let (warm_s, out_s) = (s(&warm), s(out));
+        let args = ["--warm-start", &warm_s, "--out", &out_s, "--generator", "dcgan", "--device", "cpu", "--iterations", "2"];
+        common::cli::dpgan(&[&["train", "gs-wgan"], &args[..], &["--seed", "4", "--target-epsilon", target]].concat())
+    };
     let target = 40.0;
-    let (warm_s, run_s, target_s) = (s(&warm), s(&run), target.to_string());
-    let output = common::cli::dpgan(&[
-        "train",
-        "gs-wgan",
-        "--warm-start",
-        &warm_s,
-        "--out",
-        &run_s,
-        "--generator",
-        "dcgan",
-        "--device",
-        "cpu",
-        "--iterations",
-        "2",
-        "--seed",
-        "4",
-        "--target-epsilon",
-        &target_s,
-    ]);
+    let output = calibrated(&run, &target.to_string());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("(calibrated to ε = 40 under per-step)") && stderr.contains("per-step governs"), "{stderr}");
@@ -352,22 +340,7 @@ fn a_target_epsilon_alone_calibrates_sigma_under_the_governing_accounting() {
     // A target no σ reaches (at δ = 1e-5 the conversion alone costs ~0.02 at the largest order):
     // calibration gives up at σ = 1e6 with the reason, and nothing is written.
     let unreachable = dir.path().join("unreachable");
-    let output = common::cli::dpgan(&[
-        "train",
-        "gs-wgan",
-        "--warm-start",
-        &warm_s,
-        "--out",
-        &s(&unreachable),
-        "--generator",
-        "dcgan",
-        "--device",
-        "cpu",
-        "--iterations",
-        "2",
-        "--target-epsilon",
-        "0.001",
-    ]);
+    let output = calibrated(&unreachable, "0.001");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("no noise multiplier up to 1e6 reaches ε = 0.001"), "{stderr}");
     assert!(!unreachable.exists(), "a refused plan wrote its run directory");
