@@ -246,6 +246,14 @@ struct GaussianNoiseParams {
   NoiseKeyParams key;
 };
 
+// One-hot rows of uniformly drawn classes (rng_uniform_one_hot_philox_f32): rows × classes floats.
+struct UniformOneHotParams {
+  int64_t rows;
+  uint32_t classes;
+  int32_t pad_;
+  NoiseKeyParams key;
+};
+
 // DP-SGD's last step over a summed gradient: x[e] ← (x[e] + std·z[e]) / divisor, in place.
 struct NoiseDivideParams {
   int64_t n;
@@ -460,6 +468,7 @@ static_assert(sizeof(SgdUpdateParams) == 32, "SgdUpdateParams layout");
 static_assert(sizeof(AdamUpdateParams) == 32, "AdamUpdateParams layout");
 static_assert(sizeof(NoiseKeyParams) == 48, "NoiseKeyParams layout");
 static_assert(sizeof(GaussianNoiseParams) == 64, "GaussianNoiseParams layout");
+static_assert(sizeof(UniformOneHotParams) == 64, "UniformOneHotParams layout");
 static_assert(sizeof(SanitizeRowsParams) == 80, "SanitizeRowsParams layout");
 static_assert(sizeof(NoiseDivideParams) == 64, "NoiseDivideParams layout");
 static_assert(sizeof(NoisedSgdParams) == 96, "NoisedSgdParams layout");

@@ -78,6 +78,15 @@ __device__ __forceinline__ void box_muller(double u1, double u2, double& z_cos, 
   z_sin = __dmul_rn(r, s);
 }
 
+// The class in [0, classes) that a Philox key assigns to row r (uniform_class_at in
+// src/dp/noise.rs): Philox block r, its first two words as a 64-bit u, ⌊u·classes / 2⁶⁴⌋.
+__device__ __forceinline__ uint32_t uniform_class_at(const NoiseKeyParams& k, uint64_t r, uint32_t classes) {
+  uint32_t c[4] = {(uint32_t)r, k.tensor_index, k.step_lo, k.step_hi};
+  philox4x32_10(c, k.key[0], k.key[1]);
+  const uint64_t u = ((uint64_t)c[1] << 32) | c[0];
+  return (uint32_t)__umul64hi(u, (uint64_t)classes);
+}
+
 // The standard normal, rounded to f32, that the key assigns to element e (standard_normal_at in
 // src/dp/noise.rs). Fast: Philox block e/2, words 0-1 and 2-3 as two 53-bit uniforms (the tails
 // reach |z| = 8.6), lane e mod 2 the cos or sin normal. Secure: ChaCha20 block e/2, half e mod 2,

@@ -143,6 +143,17 @@ impl Tensor {
         Ok(Self::from_storage(storage, shape.to_vec()))
     }
 
+    /// Storage for an op that writes every element (no fill: not counted as one). On the CPU it
+    /// holds NaN, so an element the op forgot shows; on a GPU it is uninitialised, or NaN under
+    /// `set_poison_allocations`.
+    pub(crate) fn uninit(shape: &[usize], device: &Device) -> Result<Self> {
+        let storage = match device {
+            Device::Cpu => Storage::Cpu(vec![f32::NAN; numel(shape)]),
+            Device::Cuda(dev) => Storage::Cuda(dev.alloc(numel(shape))?),
+        };
+        Ok(Self::from_storage(storage, shape.to_vec()))
+    }
+
     pub fn zeros(shape: &[usize], device: &Device) -> Result<Self> {
         Self::full(shape, 0.0, device)
     }

@@ -5,8 +5,8 @@ mod common;
 // with probability < 1e-8 and a fixed seed makes the outcome deterministic anyway), reproducibility
 // from (seed, step, tensor index), and the CUDA kernels against the CPU reference.
 use common::on_cuda;
-use dpgan::backend::ops::add_gaussian_noise;
-use dpgan::dp::noise::{chacha20_block, philox4x32_10, standard_normal_at};
+use dpgan::backend::ops::{add_gaussian_noise, uniform_one_hot};
+use dpgan::dp::noise::{chacha20_block, philox4x32_10, standard_normal_at, uniform_class_at};
 use dpgan::dp::{NoiseKey, NoiseMode, NoiseSource};
 use dpgan::tensor::{Device, Tensor};
 use rand::{RngCore, SeedableRng};
@@ -257,10 +257,73 @@ fn cuda_noise_matches_cpu() {
     });
 }
 
+/// The classes of `uniform_one_hot`'s rows on the CPU, each checked to be one-hot.
+fn hot_columns(t: &Tensor, classes: usize) -> Vec<usize> {
+    let v = t.to_vec().unwrap();
+    v.chunks(classes)
+        .enumerate()
+        .map(|(r, row)| {
+            assert!(row.iter().all(|&x| x == 0.0 || x == 1.0) && row.iter().sum::<f32>() == 1.0, "row {r} is not one-hot: {row:?}");
+            row.iter().position(|&x| x == 1.0).unwrap()
+        })
+        .collect()
+}
+
+/// Generator labels drawn where they are used: every row one-hot at `uniform_class_at` of its
+/// index, the classes uniform (χ² over 10⁶ rows below the 1e-8 tail for 9 and 2 degrees of freedom,
+/// 59 and 37), fresh across rows, steps and tensor indices; bad requests refused by name.
+#[test]
+fn uniform_one_hot_rows_draw_the_keys_classes_uniformly() {
+    let key = NoiseSource::from_seed(11, NoiseMode::Fast).key_at(3, 2);
+    for (classes, chi2_bound) in [(10usize, 59.0), (3, 37.0)] {
+        let t = uniform_one_hot(&[2, N / 2], classes, &key, &Device::Cpu).unwrap();
+        assert_eq!(t.shape(), [2, N / 2, classes]);
+        let hot = hot_columns(&t, classes);
+        let mut counts = vec![0f64; classes];
+        for (r, &c) in hot.iter().enumerate() {
+            assert_eq!(c as u32, uniform_class_at(&key, r as u64, classes as u32), "{classes} classes, row {r}");
+            counts[c] += 1.0;
+        }
+        let expected = N as f64 / classes as f64;
+        let chi2: f64 = counts.iter().map(|c| (c - expected).powi(2) / expected).sum();
+        assert!(chi2 < chi2_bound, "{classes} classes: χ² = {chi2} over counts {counts:?}");
+        // Consecutive rows agree about 1/classes of the time, as independent draws do.
+        let same = hot.windows(2).filter(|w| w[0] == w[1]).count() as f64 / (N - 1) as f64;
+        assert!((same - 1.0 / classes as f64).abs() < 6.0 * (1.0 / (classes as f64 * N as f64)).sqrt(), "{classes}: {same}");
+    }
+    let rows = |k: &NoiseKey| hot_columns(&uniform_one_hot(&[64], 10, k, &Device::Cpu).unwrap(), 10);
+    let other_step = NoiseKey { step: 4, ..key };
+    let other_tensor = NoiseKey { tensor_index: 3, ..key };
+    assert_ne!(rows(&key), rows(&other_step));
+    assert_ne!(rows(&key), rows(&other_tensor));
+    assert_eq!(rows(&key), rows(&key));
+
+    let refused =
+        |prefix: &[usize], classes: usize, k: &NoiseKey| uniform_one_hot(prefix, classes, k, &Device::Cpu).unwrap_err().to_string();
+    assert!(refused(&[4], 10, &NoiseKey { mode: NoiseMode::Secure, ..key }).contains("Philox"));
+    assert!(refused(&[4], 0, &key).contains("0 classes"));
+    assert!(refused(&[1 << 16, 1 << 16], 2, &key).contains("below 2³²"));
+}
+
+/// The kernel against the CPU: integer arithmetic only, so bit for bit, on a size that spans many
+/// blocks and one row.
+#[test]
+fn cuda_uniform_one_hot_matches_cpu() {
+    on_cuda("cuda_uniform_one_hot_matches_cpu", |dev| {
+        let key = NoiseSource::from_seed(5, NoiseMode::Fast).key_at(1 << 33, 1);
+        for (prefix, classes) in [(vec![1], 10), (vec![3, 333_337], 10), (vec![1000], 7)] {
+            let on_cpu = uniform_one_hot(&prefix, classes, &key, &Device::Cpu).unwrap();
+            let on_gpu = uniform_one_hot(&prefix, classes, &key, dev).unwrap();
+            assert_eq!(on_gpu.shape(), on_cpu.shape());
+            assert_eq!(on_gpu.to_vec().unwrap(), on_cpu.to_vec().unwrap(), "{prefix:?} × {classes}");
+        }
+    });
+}
+
 /// Without a GPU, the next best check of `kernels/rng.cuh`: its device functions compiled for the
 /// host (tests/host_cuda/ stands in for the CUDA intrinsics, with the host's libm) must give the
-/// reference's normals bit for bit, which pins down everything but the launch and CUDA's own
-/// log/sincos: the word order, lane selection, constants and uniform conversions. Skips (saying
+/// reference's normals and classes bit for bit, which pins down everything but the launch and
+/// CUDA's own log/sincos: the word order, lane selection, constants and uniform conversions. Skips (saying
 /// why) without a C++ compiler or the sources.
 #[test]
 fn rng_cuh_compiled_for_the_host_matches_the_reference() {
@@ -284,6 +347,7 @@ fn rng_cuh_compiled_for_the_host_matches_the_reference() {
             let bits: Vec<u32> = line.split_whitespace().map(|h| u32::from_str_radix(h, 16).unwrap()).collect();
             assert_eq!(bits[0], standard_normal_at(&fast, e as u64).to_bits(), "Philox, element {e}");
             assert_eq!(bits[1], standard_normal_at(&secure, e as u64).to_bits(), "ChaCha20, element {e}");
+            assert_eq!(bits[2..], [uniform_class_at(&fast, e as u64, 10), uniform_class_at(&fast, e as u64, 7)], "classes, row {e}");
         }
     }
 }

@@ -277,6 +277,9 @@ pub trait Backend {
     /// In place, `x[e] ← x[e] + std·z[e]` with `z[e]` the standard normal that `key` assigns to
     /// element e (`dp::noise::standard_normal_at`): the same values on every backend.
     fn add_gaussian_noise(&self, x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()>;
+    /// Overwrites every element of `out` `[.., classes]` (f32) with one-hot rows, row r's 1 at
+    /// `uniform_class_at(key, r, classes)` (a Philox key; ops has checked the mode and the sizes).
+    fn uniform_one_hot(&self, out: &mut Tensor, key: &NoiseKey) -> Result<()>;
     /// GS-WGAN's sanitiser over the rows of `g` (its last axis):
     /// `ĝᵢ = gᵢ·min(1, clip/(‖gᵢ‖ + 1e-10)) + noise_std·zᵢ` with fresh noise per element from `key`
     /// (`RowNorm::Exactly` drops the `min`; see `cpu::sanitize_rows` for the rounding that keeps

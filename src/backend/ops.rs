@@ -660,6 +660,25 @@ pub fn standard_normals(shape: &[usize], key: &NoiseKey, device: &Device) -> Res
     Ok(z)
 }
 
+/// One-hot rows `[prefix.., classes]` of classes drawn uniformly from a Philox `key` where they are
+/// used (`dp::noise::uniform_class_at` of each row): public randomness such as generator labels,
+/// with no upload.
+pub fn uniform_one_hot(prefix: &[usize], classes: usize, key: &NoiseKey, device: &Device) -> Result<Tensor> {
+    if key.mode != crate::dp::NoiseMode::Fast {
+        return Err(Error::Invalid("uniform_one_hot: public draws take a Philox (fast) key".into()));
+    }
+    let rows: usize = prefix.iter().product();
+    if classes == 0 || u32::try_from(classes).is_err() || u32::try_from(rows).is_err() {
+        return Err(Error::Invalid(format!("uniform_one_hot: {rows} rows of {classes} classes (at least one class, both below 2³²)")));
+    }
+    let mut shape = prefix.to_vec();
+    shape.push(classes);
+    // No fill: the op writes every element.
+    let mut out = Tensor::uninit(&shape, device)?;
+    dispatch("uniform_one_hot", device).uniform_one_hot(&mut out, key)?;
+    Ok(out)
+}
+
 /// In place, `x ← (x + std·z) / divisor`: the noise of `add_gaussian_noise` and a division by
 /// `divisor` in one pass over `x`, with the values of the two separate ops.
 pub fn add_gaussian_noise_and_divide(x: &mut Tensor, std: f32, divisor: f32, key: &NoiseKey) -> Result<()> {

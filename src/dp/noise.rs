@@ -217,6 +217,17 @@ pub fn secure_normal_from_words(w: &[u32]) -> f64 {
     ((z0 + z1) + (z2 + z3)) * 0.5
 }
 
+/// The class in `0..classes` that a Philox `key` assigns to row `row`: Philox block `row` (the
+/// counter as for the normals), its first two words as a 64-bit u, ⌊u·classes / 2⁶⁴⌋. Each class
+/// has probability 1/classes within classes/2⁶⁴ (5e-19 for 10). For public draws (generator labels),
+/// computed where they are used: `kernels/rng.cuh` has the same function.
+pub fn uniform_class_at(key: &NoiseKey, row: u64, classes: u32) -> u32 {
+    let (step_lo, step_hi) = (key.step as u32, (key.step >> 32) as u32);
+    let w = philox4x32_10([row as u32, key.tensor_index, step_lo, step_hi], [key.key[0], key.key[1]]);
+    let u = ((w[1] as u64) << 32) | w[0] as u64;
+    ((u as u128 * classes as u128) >> 64) as u32
+}
+
 /// The standard normal (rounded to f32) that `key` assigns to element `index` of its tensor.
 pub fn standard_normal_at(key: &NoiseKey, index: u64) -> f32 {
     let (step_lo, step_hi) = (key.step as u32, (key.step >> 32) as u32);

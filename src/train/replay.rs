@@ -54,6 +54,15 @@ pub fn device_normals<R: Rng>(shape: &[usize], rng: &mut R, device: &Device) -> 
     ops::standard_normals(shape, &key, device)
 }
 
+/// One-hot rows `[prefix.., classes]` of uniformly drawn classes, computed where they are used: one
+/// 256-bit draw from `rng` keys a Philox stream and the device draws row r's class from (key, r)
+/// (`dp::noise::uniform_class_at`, the same classes on every backend). A step's generator labels
+/// then cost the host one draw and no upload. Public randomness, as for [`device_normals`].
+pub fn device_one_hot<R: Rng>(prefix: &[usize], classes: usize, rng: &mut R, device: &Device) -> Result<Tensor> {
+    let key = NoiseKey { mode: NoiseMode::Fast, key: rng.random(), step: 0, tensor_index: 0 };
+    ops::uniform_one_hot(prefix, classes, &key, device)
+}
+
 /// A private run's batches by step number: `batch(t)` depends only on the run's secret key and t.
 /// Poisson batches draw from the step's own stream; shuffled epochs from the epoch's stream, cached
 /// while the run stays in that epoch.

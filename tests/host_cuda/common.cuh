@@ -15,6 +15,7 @@
 #define __shared__ static
 #define __restrict__ __restrict
 static inline uint32_t __umulhi(uint32_t a, uint32_t b) { return (uint32_t)(((uint64_t)a * b) >> 32); }
+static inline uint64_t __umul64hi(uint64_t a, uint64_t b) { return (uint64_t)(((unsigned __int128)a * b) >> 64); }
 static inline uint32_t __funnelshift_l(uint32_t lo, uint32_t hi, int n) {
   n &= 31;
   return n ? (hi << n) | (lo >> (32 - n)) : hi;

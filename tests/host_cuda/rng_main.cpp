@@ -1,5 +1,6 @@
 // Prints the f32 bits of standard_normal_at<PHILOX> and <CHACHA> for elements 0..n of the key given
-// on the command line: key[8] tensor_index step_lo step_hi n (hex words, decimal n).
+// on the command line, and uniform_class_at of row e for 10 and 7 classes: key[8] tensor_index
+// step_lo step_hi n (hex words, decimal n).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -20,7 +21,7 @@ int main(int argc, char** argv) {
     uint32_t ua, ub;
     std::memcpy(&ua, &a, 4);
     std::memcpy(&ub, &b, 4);
-    std::printf("%08x %08x\n", ua, ub);
+    std::printf("%08x %08x %x %x\n", ua, ub, dpgan::uniform_class_at(k, e, 10), dpgan::uniform_class_at(k, e, 7));
   }
   return 0;
 }

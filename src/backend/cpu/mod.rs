@@ -21,7 +21,7 @@ pub use optim::{adam_update, ema_update, sgd_update};
 pub use pool::{max_pool2x2_gather, max_pool2x2_scatter, sum_pool2x2, upsample_nearest2x};
 pub use real::Real;
 pub use reduce::{log_softmax_rows, sum_products_to, sum_squares_to, sum_to};
-pub use rng::add_gaussian_noise;
+pub use rng::{add_gaussian_noise, uniform_one_hot};
 pub use shape::{concat, gather_rows, narrow, pad};
 
 use real::by_dtype;
@@ -238,6 +238,14 @@ impl Backend for Cpu {
     fn add_gaussian_noise(&self, x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()> {
         by_dtype!(x.dtype(), T => {
             add_gaussian_noise(T::host_mut(x)?, std, key);
+            Ok(())
+        })
+    }
+
+    fn uniform_one_hot(&self, out: &mut Tensor, key: &NoiseKey) -> Result<()> {
+        let classes = out.shape()[out.rank() - 1];
+        by_dtype!(out.dtype(), T => {
+            uniform_one_hot(T::host_mut(out)?, classes, key);
             Ok(())
         })
     }

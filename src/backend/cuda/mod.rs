@@ -191,6 +191,11 @@ impl Backend for CudaDevice {
         rng::add_gaussian_noise(&dev, x, std, key)
     }
 
+    fn uniform_one_hot(&self, out: &mut Tensor, key: &NoiseKey) -> Result<()> {
+        let dev = buffer(out).device().clone();
+        rng::uniform_one_hot(&dev, out, key)
+    }
+
     fn sanitize_rows(&self, g: &Tensor, clip: f32, rows: RowNorm, noise_std: f32, key: &NoiseKey) -> Result<Tensor> {
         dp::sanitize_rows(buffer(g).device(), g, clip, rows, noise_std, key)
     }

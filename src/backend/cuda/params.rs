@@ -56,6 +56,8 @@ unsafe impl DeviceRepr for SgdForeachParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for GaussianNoiseParams {}
 // SAFETY: as above.
+unsafe impl DeviceRepr for UniformOneHotParams {}
+// SAFETY: as above.
 unsafe impl DeviceRepr for SanitizeRowsParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for NoiseDivideParams {}
@@ -285,6 +287,16 @@ pub struct GaussianNoiseParams {
     pub key: NoiseKeyParams,
 }
 
+/// One-hot rows of classes drawn from a Philox key: `rows × classes` floats.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UniformOneHotParams {
+    pub rows: i64,
+    pub classes: u32,
+    pub pad_: i32,
+    pub key: NoiseKeyParams,
+}
+
 /// DP-SGD's noise and division in one pass: `x ← (x + std·z) / divisor`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -452,6 +464,7 @@ pub struct SpectralDivideBwdParams {
 // The same sizes are asserted on the C side (common.cuh).
 const _: () = assert!(std::mem::size_of::<NoiseKeyParams>() == 48);
 const _: () = assert!(std::mem::size_of::<GaussianNoiseParams>() == 64);
+const _: () = assert!(std::mem::size_of::<UniformOneHotParams>() == 64);
 const _: () = assert!(std::mem::size_of::<SanitizeRowsParams>() == 80);
 const _: () = assert!(std::mem::size_of::<NoiseDivideParams>() == 64);
 const _: () = assert!(std::mem::size_of::<NoisedSgdParams>() == 96);

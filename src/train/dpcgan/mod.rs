@@ -17,7 +17,7 @@ use crate::optim::{Adam, Optimizer, Sgd};
 use crate::profile;
 use crate::tensor::{Device, Tensor};
 use crate::train::real_then_generated;
-use crate::train::replay::device_normals;
+use crate::train::replay::{device_normals, device_one_hot};
 
 /// docs/algorithms.md §1's published settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -131,12 +131,11 @@ impl DpCgan {
         Ok(())
     }
 
-    /// Generator inputs for `batch` examples: z ~ N(0, I) computed on the device, labels uniform over
-    /// the classes (public).
+    /// Generator inputs for `batch` examples: z ~ N(0, I) and labels uniform over the classes, both
+    /// computed on the device (public).
     fn generator_inputs<R: Rng>(batch: usize, rng: &mut R, device: &Device) -> Result<(Tensor, Tensor)> {
         let z = device_normals(&[1, batch, LATENT], rng, device)?;
-        let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..CLASSES as u32)).collect();
-        Ok((z, Tensor::one_hot(&labels, CLASSES, &[1, batch], device)?))
+        Ok((z, device_one_hot(&[1, batch], CLASSES, rng, device)?))
     }
 
     /// The private step on a batch of real images `[1, B, 784]` (in [−1, 1]) with one-hot labels,

@@ -25,7 +25,7 @@ use crate::optim::{Adam, Optimizer};
 use crate::profile;
 use crate::tensor::{Device, Tensor};
 use crate::train::real_then_generated;
-use crate::train::replay::device_normals;
+use crate::train::replay::{device_normals, device_one_hot};
 
 /// docs/algorithms.md §4's published settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -94,12 +94,11 @@ impl DpsgdGan {
         self.g_optimizer.steps()
     }
 
-    /// B generator inputs: z ~ N(0, I) computed on the device and labels uniform over the classes
-    /// (public randomness).
+    /// B generator inputs: z ~ N(0, I) and one-hot labels uniform over the classes, both computed on
+    /// the device from keys drawn from `rng` (public randomness).
     pub fn generator_inputs<R: Rng>(batch: usize, rng: &mut R, device: &Device) -> Result<(Tensor, Tensor)> {
         let z = device_normals(&[1, batch, LATENT], rng, device)?;
-        let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..CLASSES as u32)).collect();
-        Ok((z, Tensor::one_hot(&labels, CLASSES, &[1, batch], device)?))
+        Ok((z, device_one_hot(&[1, batch], CLASSES, rng, device)?))
     }
 
     /// D's private gradient for D step `self.d_steps_taken()`, in `params()` order, and the summed
