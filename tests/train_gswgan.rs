@@ -18,7 +18,7 @@ use dpgan::privacy::gswgan::GsWganRun;
 use dpgan::privacy::{Accountant, Conversion, Mechanism, Orders};
 use dpgan::train::gswgan::group_checkpoint::CheckpointEvery;
 use dpgan::train::gswgan::group_size::GroupSize;
-use dpgan::train::gswgan::run::{GsWganRunConfig, GsWganState};
+use dpgan::train::gswgan::run::{GsWganRunConfig, GsWganSettings, GsWganState};
 use dpgan::train::gswgan::warm_start_run::{WarmStartOutcome, WarmStartRun, WarmStartRunConfig, WarmStartSettings};
 use dpgan::train::interrupt::Signal;
 use dpgan::train::progress::Progress;
@@ -336,6 +336,23 @@ fn a_target_epsilon_alone_calibrates_sigma_under_the_governing_accounting() {
     assert!(per_step_at(smaller) > target, "σ = {sigma} is not the smallest f32 within the budget");
     let state: GsWganState = serde_json::from_value(read_json(&run.join("checkpoint.json"))).unwrap();
     assert_eq!((state.iteration, state.stopped.as_deref()), (2, None), "the whole plan fits the budget it was calibrated to");
+
+    // Targets on both sides of σ = 1, where calibration first doubles its bracket up or halves it
+    // down: each σ is still the smallest f32 within the target.
+    for (target, side) in [(2.0, "above 1"), (5000.0, "below 0.5")] {
+        let settings = GsWganSettings {
+            warm_start: warm.clone(),
+            iterations: 2,
+            noise_multiplier: None,
+            target_epsilon: Some(target),
+            ..GsWganSettings::default()
+        };
+        let sigma = GsWganRunConfig::plan(&settings, &Device::Cpu).unwrap().noise_multiplier;
+        assert!(if side == "above 1" { sigma > 1.0 } else { sigma < 0.5 }, "ε = {target}: σ = {sigma} is not {side}");
+        assert!(per_step_at(sigma) <= target, "ε = {target}: σ = {sigma} spends {}", per_step_at(sigma));
+        let smaller = (sigma as f32).next_down() as f64;
+        assert!(per_step_at(smaller) > target, "ε = {target}: σ = {sigma} is not the smallest f32 within it");
+    }
 
     // A target no σ reaches (at δ = 1e-5 the conversion alone costs ~0.02 at the largest order):
     // calibration gives up at σ = 1e6 with the reason, and nothing is written.
