@@ -158,7 +158,8 @@ def main():
     first = load_dpgan_checkpoint(args.from_checkpoint, g, d, g_opt, d_opt) if args.from_checkpoint else 0
     start = time.perf_counter()
     # Mean losses over each logging window, as dpgan's metrics.jsonl reports them.
-    d_sum, d_count, g_sum, g_count = 0.0, 0, 0.0, 0
+    # Window sums stay tensors until a line is printed: no .item() per step.
+    d_sum, d_count, g_sum, g_count = torch.zeros(()), 0, torch.zeros(()), 0
     for t in range(first, args.d_steps):
         take = torch.rand(n) < q
         x_real, y_real = images[take], F.one_hot(labels[take], CLASSES).float()
@@ -171,7 +172,7 @@ def main():
         d_opt.zero_grad(set_to_none=True)
         loss.backward()
         d_opt.step()
-        d_sum += loss.item() * 2 * b / logits.shape[0]
+        d_sum += loss.detach() * 2 * b / logits.shape[0]
         d_count += 1
         if (t + 1) % args.d_steps_per_g_step == 0:
             z, y = generated(b)
@@ -180,13 +181,13 @@ def main():
             g_opt.zero_grad(set_to_none=True)
             gl.backward()
             g_opt.step()
-            g_sum += gl.item()
+            g_sum += gl.detach()
             g_count += 1
         if (t + 1) % args.log_every == 0 or t + 1 == args.d_steps:
-            mean = lambda total, count: round(total / count, 5) if count else None
+            mean = lambda total, count: round(total.item() / count, 5) if count else None
             print(json.dumps({"d_step": t + 1, "d_loss": mean(d_sum, d_count), "g_loss": mean(g_sum, g_count),
                               "seconds": round(time.perf_counter() - start, 1)}), flush=True)
-            d_sum, d_count, g_sum, g_count = 0.0, 0, 0.0, 0
+            d_sum, d_count, g_sum, g_count = torch.zeros(()), 0, torch.zeros(()), 0
 
     os.makedirs(args.out, exist_ok=True)
     with torch.no_grad():

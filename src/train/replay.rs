@@ -50,8 +50,12 @@ pub fn stream(seed: u64, purpose: Purpose, index: u64) -> ChaCha20Rng {
 /// codes then cost the host one draw and no upload. Public randomness: the key comes from a
 /// public stream and is used for nothing else.
 pub fn device_normals<R: Rng>(shape: &[usize], rng: &mut R, device: &Device) -> Result<Tensor> {
-    let key = NoiseKey { mode: NoiseMode::Fast, key: rng.random(), step: 0, tensor_index: 0 };
-    ops::standard_normals(shape, &key, device)
+    ops::standard_normals(shape, &public_key(rng), device)
+}
+
+/// A Philox key from one 256-bit draw of a public stream, for device-side public randomness.
+fn public_key<R: Rng>(rng: &mut R) -> NoiseKey {
+    NoiseKey { mode: NoiseMode::Fast, key: rng.random(), step: 0, tensor_index: 0 }
 }
 
 /// One-hot rows `[prefix.., classes]` of uniformly drawn classes, computed where they are used: one
@@ -59,8 +63,7 @@ pub fn device_normals<R: Rng>(shape: &[usize], rng: &mut R, device: &Device) -> 
 /// (`dp::noise::uniform_class_at`, the same classes on every backend). A step's generator labels
 /// then cost the host one draw and no upload. Public randomness, as for [`device_normals`].
 pub fn device_one_hot<R: Rng>(prefix: &[usize], classes: usize, rng: &mut R, device: &Device) -> Result<Tensor> {
-    let key = NoiseKey { mode: NoiseMode::Fast, key: rng.random(), step: 0, tensor_index: 0 };
-    ops::uniform_one_hot(prefix, classes, &key, device)
+    ops::uniform_one_hot(prefix, classes, &public_key(rng), device)
 }
 
 /// A private run's batches by step number: `batch(t)` depends only on the run's secret key and t.
