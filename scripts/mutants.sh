@@ -24,7 +24,9 @@
 # on what survived (`--iterate` skips the mutants an earlier pass into the same output caught):
 #   MUTANTS_TESTS="privacy privacy_properties" MUTANTS_ARGS="--in-place" scripts/mutants.sh src/privacy/rdp.rs
 #   MUTANTS_ARGS="--in-place --iterate" scripts/mutants.sh src/privacy/rdp.rs
-# MUTANTS_TESTS replaces the file's test targets (the unit tests always run).
+# MUTANTS_TESTS replaces the file's test targets (the unit tests always run). MUTANTS_ARGS is split
+# on spaces and its quotes stay literal: write a regex without quotes or spaces
+# (`-F calibrate|iterate`, not `-F 'calibrate|iterate'`, whose first and last names never match).
 #
 # Needs cargo-mutants (`cargo install cargo-mutants --locked`; 27.1.0 is what RESULTS.md quotes)
 # and cargo-nextest, which runs a test per process and stops at the first failure. Results go to
@@ -39,7 +41,8 @@ all_files=(
   src/train/replay.rs src/dp/key.rs src/dp/step.rs src/data/sampling.rs src/dp/sanitize.rs src/dp/clip.rs
   src/train/dpcgan/mod.rs src/privacy/accountant.rs src/privacy/calibrate.rs src/dp/noise.rs
   src/privacy/rdp.rs src/privacy/conversion.rs src/privacy/gswgan.rs src/privacy/special.rs
-  src/train/gswgan/mod.rs src/train/gswgan/private.rs
+  src/train/gswgan/mod.rs src/train/gswgan/private.rs src/train/gswgan/run.rs src/train/dpsgd_gan/mod.rs
+  src/train/dp_sgd_run.rs src/dp/finite.rs src/dp/audit.rs
 )
 
 # The test targets that exercise a file (besides the unit tests in src/, always run): running only
@@ -52,8 +55,12 @@ tests_for() {
     src/dp/clip.rs) echo "clip dp_step dpcgan gswgan" ;;
     src/dp/noise.rs) echo "noise sanitize dp_step dpcgan gswgan" ;;
     src/dp/sanitize.rs) echo "sanitize gswgan" ;;
+    src/dp/finite.rs) echo "dp_step dpcgan gswgan train_dpcgan train_gswgan train_dpsgd_gan" ;;
+    src/dp/audit.rs) echo "privacy_properties" ;;
     src/data/sampling.rs) echo "sampling privacy_properties gswgan train_dpcgan train_gswgan" ;;
     src/train/dpcgan/*) echo "privacy_properties dpcgan train_dpcgan run_key bench_step reproduce_dpcgan" ;;
+    src/train/dpsgd_gan/*) echo "privacy_properties dpsgd_gan train_dpsgd_gan run_key bench_step reproduce_dpsgd_gan" ;;
+    src/train/dp_sgd_run.rs) echo "privacy_properties train_dpcgan train_dpsgd_gan run_key cli_stop" ;;
     src/train/gswgan/*) echo "privacy_properties gswgan train_gswgan run_key bench_step reproduce_gswgan" ;;
     src/privacy/*) echo "privacy privacy_properties cli train_dpcgan train_gswgan reproduce_dpcgan reproduce_gswgan" ;;
     *) echo "unknown file $1: add its test targets to scripts/mutants.sh" >&2; return 1 ;;

@@ -194,15 +194,30 @@ fn phase_two_writes_every_artefact_and_reports_both_accountings() {
     assert_eq!((record["algorithm"].as_str(), record["epsilon"].as_f64()), (Some("gs-wgan"), Some(per_step)));
     assert_eq!((record["checkpoint_step"].as_u64(), record["run"].as_str()), (Some(3), Some("run")));
 
-    // A checkpoint of format 2 recorded a per-step ε that does not hold: neither sampled nor resumed.
+    // A privacy record that is not config.json's settings after the iterations taken, in either
+    // accounting alone, is not resumed: the run would continue from a budget it did not spend.
     let checkpoint = run.join("checkpoint.safetensors");
     let (tensors, mut metadata) = load_tensors(&checkpoint, &Device::Cpu).unwrap();
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let run_s = s(&run);
+    for accounting in ["as_published", "per_step"] {
+        let mut state: Value = serde_json::from_str(&metadata["dpgan.state"]).unwrap();
+        let count = &mut state[accounting]["history"][0][1];
+        assert_eq!(count.as_u64(), Some(3), "{accounting}: {state}");
+        *count = 2.into();
+        let mut tampered = metadata.clone();
+        tampered.insert("dpgan.state".into(), state.to_string());
+        save_tensors(&checkpoint, &named, Some(tampered)).unwrap();
+        let err = stderr_of_failure(&["train", "gs-wgan", "--resume", &run_s, "--iterations", "4", "--device", "cpu"]);
+        assert!(err.contains("privacy record does not match its settings"), "{accounting}: {err}");
+    }
+
+    // A checkpoint of format 2 recorded a per-step ε that does not hold: neither sampled nor resumed.
     let state = metadata.get_mut("dpgan.state").expect("the state in the metadata");
     assert!(state.contains("\"format\": 3"), "{state}");
     *state = state.replace("\"format\": 3", "\"format\": 2");
-    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     save_tensors(&checkpoint, &named, Some(metadata)).unwrap();
-    let (run_s, again_s) = (s(&run), s(&dir.path().join("again")));
+    let again_s = s(&dir.path().join("again"));
     for args in [
         vec!["sample", "--run", &run_s, "--count", "20", "--out", &again_s, "--device", "cpu"],
         vec!["train", "gs-wgan", "--resume", &run_s, "--iterations", "4", "--device", "cpu"],
