@@ -32,3 +32,32 @@ pub(crate) fn note(key: &NoiseKey, std: f32) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::record_noise_keys;
+    use crate::backend::ops;
+    use crate::dp::noise::{NoiseKey, NoiseMode};
+    use crate::tensor::{Device, Tensor};
+
+    fn key(step: u64, tensor_index: u32) -> NoiseKey {
+        NoiseKey { mode: NoiseMode::Fast, key: [7; 8], step, tensor_index }
+    }
+
+    /// Noise with a positive standard deviation is recorded, in order; σ = 0 adds nothing and is
+    /// not; nothing is recorded outside a recording, and a nested recording keeps its own list.
+    #[test]
+    fn what_is_recorded_is_the_noise_actually_added() {
+        let mut x = Tensor::zeros(&[3], &Device::Cpu).unwrap();
+        ops::add_gaussian_noise(&mut x, 1.0, &key(9, 9)).unwrap();
+        let (inner, outer) = record_noise_keys(|| {
+            ops::add_gaussian_noise(&mut x, 1.0, &key(0, 0)).unwrap();
+            ops::add_gaussian_noise(&mut x, 0.0, &key(0, 1)).unwrap();
+            let ((), inner) = record_noise_keys(|| ops::add_gaussian_noise_and_divide(&mut x, 0.5, 2.0, &key(1, 0)).unwrap());
+            ops::add_gaussian_noise(&mut x, 1e-30, &key(2, 0)).unwrap();
+            inner
+        });
+        assert_eq!(inner, [key(1, 0)]);
+        assert_eq!(outer, [key(0, 0), key(2, 0)]);
+    }
+}

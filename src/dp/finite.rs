@@ -94,4 +94,18 @@ mod tests {
         assert!(err.to_string().starts_with("step 3: the update holds a NaN"), "{err}");
         assert!(checks.verify().is_ok(), "read flags are not read again");
     }
+
+    /// Flags wait for the caller's read until MAX_PENDING of them are kept; that many are read at
+    /// once, so a run that logs rarely still stops at a bad step within MAX_PENDING steps.
+    #[test]
+    fn flags_are_read_at_the_latest_when_max_pending_are_kept() {
+        let nan = nonfinite_flag(&[&tensor(vec![f32::NAN])]).unwrap();
+        let mut checks = FiniteChecks::new("the update");
+        for step in 1..MAX_PENDING as u64 {
+            checks.push(step, nan.clone()).unwrap_or_else(|e| panic!("step {step} read early: {e}"));
+        }
+        let err = checks.push(MAX_PENDING as u64, nan.clone()).unwrap_err();
+        assert!(matches!(err, Error::NonFinite { step: 1, .. }), "{err}");
+        assert!(checks.verify().is_ok(), "every kept flag was read");
+    }
 }
