@@ -284,6 +284,18 @@ fn a_resumed_phase_two_ends_with_the_same_tensors_bit_for_bit() {
 
     let err = stderr_of_failure(&["train", "gs-wgan", "--resume", &s(&split), "--noise-multiplier", "2"]);
     assert!(err.contains("--noise-multiplier") && err.contains("config.json"), "{err}");
+
+    // A run is never shortened, and the attempt changes nothing; asking for the iterations it has
+    // taken is no change and is accepted.
+    let config = fs::read(split.join("config.json")).unwrap();
+    for fewer in ["0", "1", "2"] {
+        let err = stderr_of_failure(&["train", "gs-wgan", "--resume", &s(&split), "--iterations", fewer, "--device", "cpu"]);
+        assert!(err.contains(&format!("--iterations {fewer} is below the 3 iterations")) && err.contains("cannot be shortened"), "{err}");
+        assert_eq!(fs::read(split.join("config.json")).unwrap(), config);
+    }
+    stdout_of(&["train", "gs-wgan", "--resume", &s(&split), "--iterations", "3", "--device", "cpu"]);
+    let state: GsWganState = serde_json::from_value(read_json(&split.join("checkpoint.json"))).unwrap();
+    assert_eq!((state.iteration, state.epsilon), (3, sb.epsilon));
 }
 
 #[test]
