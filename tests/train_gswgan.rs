@@ -298,6 +298,28 @@ fn a_resumed_phase_two_ends_with_the_same_tensors_bit_for_bit() {
     assert_eq!((state.iteration, state.epsilon), (3, sb.epsilon));
 }
 
+/// Phase 2 trains with the warm start's batch size B, the one its accountant counts: every
+/// selected critic steps through B records per critic step, and ε is that of B.
+#[test]
+fn phase_two_trains_with_the_batch_size_of_its_warm_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (warm, run) = (dir.path().join("warm"), dir.path().join("run"));
+    let mut args = common::cli::tiny_warm_start_args(&warm, 4, 2, 2);
+    args.extend(["--batch-size".to_string(), "16".to_string()]);
+    stdout_of(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    phase_two(&warm, &run, &["--iterations", "3", "--seed", "5"]);
+    let config: GsWganRunConfig = serde_json::from_value(read_json(&run.join("config.json"))).unwrap();
+    assert_eq!(config.batch_size, 16);
+    let state: GsWganState = serde_json::from_value(read_json(&run.join("checkpoint.json"))).unwrap();
+    let run16 = GsWganRun { noise_multiplier: config.noise_multiplier, discriminators: 4, batch_size: 16 };
+    let mut accountant = Accountant::new(Orders::Fine, Conversion::Improved, config.delta, None).unwrap();
+    assert_eq!(state.epsilon_per_step, accountant.try_step(Mechanism::GsWganPerStep(run16), 3).unwrap().epsilon);
+    // 5 critic steps of 16 records per selection, from a fresh pass over a slice of 15,000.
+    let handed_out: usize = state.critics.iter().map(|c| c.position).sum();
+    assert_eq!(handed_out, 3 * 5 * 16, "{:?}", state.critics);
+    assert!(state.critics.iter().all(|c| c.passes == 1 && c.position % 80 == 0), "{:?}", state.critics);
+}
+
 #[test]
 fn the_governing_budget_stops_phase_two_before_it_is_passed() {
     let dir = tempfile::tempdir().unwrap();
