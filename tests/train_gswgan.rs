@@ -66,6 +66,17 @@ fn expected(config: &GsWganRunConfig, iterations: u64) -> (f64, f64) {
     )
 }
 
+/// Each critic of `state` is in the file the first checkpoint after its last selection wrote,
+/// named by that checkpoint's iteration; `picked[t − 1]` is iteration t's critic, `checkpoints`
+/// the iterations checkpointed (every `--checkpoint-every` and the last).
+fn assert_written_at_checkpoints(state: &GsWganState, picked: &[u64], checkpoints: &[u64]) {
+    for record in &state.critics {
+        let last = picked.iter().rposition(|&j| j == record.index as u64).unwrap() as u64 + 1;
+        let written = checkpoints.iter().find(|&&c| c >= last).unwrap();
+        assert_eq!(record.file, format!("critic-{:04}-{written:08}.safetensors", record.index), "selections {picked:?}");
+    }
+}
+
 /// The files under RUN/critics, sorted.
 fn critic_files(run: &Path) -> Vec<String> {
     let mut names: Vec<String> =
@@ -160,6 +171,8 @@ fn phase_two_writes_every_artefact_and_reports_both_accountings() {
     }
     // Each selected critic in its own file, weights and Adam moments; no file the checkpoint does not name.
     assert_eq!(critic_files(&run), state.critics.iter().map(|c| c.file.clone()).collect::<Vec<_>>());
+    let picked: Vec<u64> = lines.iter().map(|l| l["discriminator"].as_u64().unwrap()).collect();
+    assert_written_at_checkpoints(&state, &picked, &[2, 3]);
     for record in &state.critics {
         let critic = tensors(&run.join("critics").join(&record.file));
         for prefix in ["conv1.", "adam.m.", "adam.v."] {
@@ -318,6 +331,44 @@ fn phase_two_trains_with_the_batch_size_of_its_warm_start() {
     let handed_out: usize = state.critics.iter().map(|c| c.position).sum();
     assert_eq!(handed_out, 3 * 5 * 16, "{:?}", state.critics);
     assert!(state.critics.iter().all(|c| c.passes == 1 && c.position % 80 == 0), "{:?}", state.critics);
+}
+
+/// metrics.jsonl's losses are means over the iterations since the last line (and the rate is
+/// those iterations over their wall time): one run that logs every iteration and one of the same
+/// seed and noise that logs every third agree.
+#[test]
+fn logged_losses_are_means_over_the_logging_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (warm, every_run, third_run) = (dir.path().join("warm"), dir.path().join("every"), dir.path().join("third"));
+    warm_start(&warm);
+    let common = ["--seed", "7", "--iterations", "4", "--replayable-noise"];
+    phase_two(&warm, &every_run, &[&common[..], &["--log-every", "1"]].concat());
+    phase_two(&warm, &third_run, &[&common[..], &["--log-every", "3", "--checkpoint-every", "2"]].concat());
+    let lines = |run: &Path| -> Vec<Value> {
+        fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (every, third) = (lines(&every_run), lines(&third_run));
+    assert_eq!(third.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), [3, 4], "every third and the last");
+    for key in ["d_loss", "g_loss"] {
+        let value = |l: &Value| l[key].as_f64().unwrap();
+        let mean = every[..3].iter().map(value).sum::<f64>() / 3.0;
+        assert!((value(&third[0]) - mean).abs() <= 1e-6 * mean.abs().max(1.0), "{key}: {} vs the mean {mean}", value(&third[0]));
+        assert_eq!(value(&third[1]), value(&every[3]), "{key} of the last iteration alone");
+    }
+    // Checkpoints at iterations 2 and 4 only. The key is the seed's, so the selections are the
+    // same in both runs, and they test this: a critic last selected at 1 or 3 (which a checkpoint
+    // at every iteration would name so), one last selected before 4 (which a checkpoint only at
+    // the end would name 4).
+    let picked: Vec<u64> = every.iter().map(|l| l["discriminator"].as_u64().unwrap()).collect();
+    let last = |j: u64| picked.iter().rposition(|&p| p == j).unwrap() + 1;
+    assert!(picked.iter().any(|&j| last(j) % 2 == 1) && picked.iter().any(|&j| last(j) < 4), "selections {picked:?}");
+    let state: GsWganState = serde_json::from_value(read_json(&third_run.join("checkpoint.json"))).unwrap();
+    assert_written_at_checkpoints(&state, &picked, &[2, 4]);
+
+    // The last line's interval is one iteration, ended between the two lines' wall times.
+    let (rate, wall) =
+        (third[1]["steps_per_s"].as_f64().unwrap(), third[1]["wall_s"].as_f64().unwrap() - third[0]["wall_s"].as_f64().unwrap());
+    assert!((rate * wall - 1.0).abs() < 0.25, "{rate} iterations/s over the last {wall} s");
 }
 
 #[test]
