@@ -2,13 +2,15 @@
 //! step's private gradient against the plain one.
 mod common;
 
+use std::collections::HashMap;
+
 use dpgan::autograd::Tape;
 use dpgan::backend::ops;
 use dpgan::dp::{NoiseMode, NoiseSource};
 use dpgan::models::dpsgd_gan::{Discriminator, Generator};
 use dpgan::nn::Module;
 use dpgan::tensor::{Device, Tensor};
-use dpgan::train::dpsgd_gan::{DpsgdGan, DpsgdGanConfig};
+use dpgan::train::dpsgd_gan::{fake_accuracy, DpsgdGan, DpsgdGanConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -137,4 +139,76 @@ fn each_step_moves_only_its_network() {
     assert_eq!(d1, flat(&m.discriminator));
     assert_ne!(g1, flat(&m.generator));
     assert_eq!((m.d_steps_taken(), m.g_steps_taken()), (1, 1));
+}
+
+/// softplus(x) = log(1 + eˣ) in f64: BCE with logits is softplus(−l) for target 1, softplus(l) for 0.
+fn softplus(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+/// The losses a step reports are means of the per-example BCE, computed here from D's logits:
+/// D's over its n real and B generated examples, G's non-saturating one over its B, whose logits
+/// (before G moves) are returned for the schedule.
+#[test]
+fn the_steps_report_their_mean_losses() {
+    let b = 5;
+    let mut m = model(DpsgdGanConfig { batch_size: b, ..DpsgdGanConfig::default() });
+    let mut rng = common::rng("the_steps_report_their_mean_losses");
+    let dev = Device::Cpu;
+    let logits = |m: &DpsgdGan, x: &Tensor, y: &Tensor| -> Vec<f64> {
+        m.discriminator.forward(&Tape::new(), x, y).unwrap().logits.to_vec().unwrap().into_iter().map(f64::from).collect()
+    };
+    let close =
+        |what: &str, got: f32, want: f64| assert!((got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "{what}: {got} vs {want}");
+    for real in [0usize, 3] {
+        let images = Tensor::uniform(&[1, real, 1, 28, 28], 0.0, 1.0, &mut rng, &dev).unwrap();
+        let y = labels(&mut rng, real);
+        // What the step will generate: the same draws from a copy of its generator.
+        let (z, fake_y) = DpsgdGan::generator_inputs(b, &mut rng.clone(), &dev).unwrap();
+        let fake = m.generator.forward(&Tape::new(), &z, &fake_y).unwrap();
+        let mut sum: f64 = logits(&m, &fake, &fake_y).iter().map(|&l| softplus(l)).sum();
+        if real > 0 {
+            sum += logits(&m, &images, &y).iter().map(|&l| softplus(-l)).sum::<f64>();
+        }
+        let (_, summed) = m.private_gradients(&images, &y, &fake, &fake_y).unwrap();
+        close(&format!("{real} real: the summed loss"), summed.item().unwrap(), sum);
+        let d = m.discriminator_step(&images, &y, &mut rng).unwrap();
+        close(&format!("{real} real: D's loss"), d.loss.item().unwrap(), sum / (real + b) as f64);
+    }
+    let (z, y) = DpsgdGan::generator_inputs(b, &mut rng.clone(), &dev).unwrap();
+    let before = logits(&m, &m.generator.forward(&Tape::new(), &z, &y).unwrap(), &y);
+    let g = m.generator_step(&mut rng, &dev).unwrap();
+    let returned: Vec<f64> = g.fake_logits.to_vec().unwrap().into_iter().map(f64::from).collect();
+    assert_eq!(returned, before, "D's logits on the generated batch before G moved");
+    close("G's loss", g.loss.item().unwrap(), before.iter().map(|&l| softplus(-l)).sum::<f64>() / b as f64);
+}
+
+/// D's accuracy on generated data is the share of logits below 0 (a logit of 0 is a coin toss,
+/// not a call of "generated"); an empty batch has none.
+#[test]
+fn fake_accuracy_is_the_share_of_negative_logits() {
+    let logits = Tensor::from_vec(vec![-1.0, 0.0, 2.0, -3.0], &[1, 4, 1], &Device::Cpu).unwrap();
+    assert_eq!(fake_accuracy(&logits).unwrap(), 0.5);
+    assert_eq!(fake_accuracy(&Tensor::from_vec(vec![-0.5; 3], &[1, 3, 1], &Device::Cpu).unwrap()).unwrap(), 1.0);
+    assert!(fake_accuracy(&Tensor::zeros(&[1, 0, 1], &Device::Cpu).unwrap()).is_err());
+}
+
+/// A checkpoint taken before G's first step (D's Adam has moments, G's has none) restores.
+#[test]
+fn a_model_restores_before_either_optimizer_has_stepped() {
+    let mut rng = common::rng("a_model_restores_before_either_optimizer_has_stepped");
+    let config = DpsgdGanConfig { batch_size: 4, ..DpsgdGanConfig::default() };
+    let mut trained = model(config);
+    let saved = |m: &DpsgdGan| -> HashMap<String, Tensor> { m.named_tensors().into_iter().map(|(n, t)| (n, t.clone())).collect() };
+    let mut fresh = model(config);
+    fresh.restore(saved(&trained), 0, trained.adam_steps()).unwrap();
+    let images = Tensor::uniform(&[1, 3, 1, 28, 28], 0.0, 1.0, &mut rng, &Device::Cpu).unwrap();
+    trained.discriminator_step(&images, &labels(&mut rng, 3), &mut rng).unwrap();
+    assert_eq!(trained.adam_steps(), (0, 1));
+    fresh.restore(saved(&trained), trained.d_steps_taken(), trained.adam_steps()).unwrap();
+    assert_eq!((fresh.d_steps_taken(), fresh.adam_steps()), (1, (0, 1)));
+    let bits = |m: &DpsgdGan| -> Vec<(String, Vec<u32>)> {
+        m.named_tensors().into_iter().map(|(n, t)| (n, t.to_vec().unwrap().iter().map(|x| x.to_bits()).collect())).collect()
+    };
+    assert_eq!(bits(&fresh), bits(&trained));
 }
