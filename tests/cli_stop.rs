@@ -4,6 +4,7 @@
 //! stop has its own exit status.
 mod common;
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -321,4 +322,29 @@ fn a_run_killed_before_its_first_checkpoint_starts_again() {
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, [5], "the killed attempt's metrics are gone");
+}
+
+/// A running run checkpoints every --checkpoint-every steps and only there (what a crash falls
+/// back to), each checkpoint with the training time so far.
+#[test]
+fn a_running_run_checkpoints_at_multiples_of_checkpoint_every() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let long = dp_cgan_args(&run, "64", &["--log-every", "1000000", "--steps", "1000000", "--checkpoint-every", "3"]);
+    let mut child = long_run(&strs(&long));
+    let (start, mut seen) = (Instant::now(), BTreeSet::new());
+    while seen.len() < 4 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended");
+        assert!(start.elapsed() < Duration::from_secs(90), "checkpoints seen in 90 s: {seen:?}");
+        if let Ok(text) = fs::read_to_string(run.join("checkpoint.json")) {
+            let state: Value = serde_json::from_str(&text).unwrap();
+            let step = state["step"].as_u64().unwrap();
+            assert!(step % 3 == 0, "a checkpoint at step {step}");
+            assert!(state["wall_s"].as_f64().is_some_and(|w| w > 0.0), "{state}");
+            seen.insert(step);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (code, _) = signal_and_wait(child, "KILL");
+    assert_eq!(code, None, "killed by a signal");
 }

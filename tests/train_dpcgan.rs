@@ -128,6 +128,7 @@ fn a_resumed_run_ends_with_the_same_weights_bit_for_bit() {
     train(&straight, &[&common[..], &["--steps", "30"]].concat());
     train(&split, &[&common[..], &["--steps", "17"]].concat());
     let split_dir = split.to_string_lossy().into_owned();
+    let before: DpCganState = serde_json::from_value(read_json(&split.join("checkpoint.json"))).unwrap();
     stdout_of(&["train", "dp-cgan", "--resume", &split_dir, "--steps", "30", "--device", "cpu"]);
 
     let (a, b) = (tensors(&straight), tensors(&split));
@@ -148,9 +149,46 @@ fn a_resumed_run_ends_with_the_same_weights_bit_for_bit() {
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["step"].as_u64().unwrap())
         .collect();
     assert!(steps.windows(2).all(|w| w[0] < w[1]) && steps.last() == Some(&30), "{steps:?}");
+    // Training time adds up over the processes.
+    assert!(before.wall_s > 0.0 && sb.wall_s > before.wall_s, "{} s, then {} s", before.wall_s, sb.wall_s);
+    // Asking for the steps already taken is no change, and is accepted.
+    stdout_of(&["train", "dp-cgan", "--resume", &split_dir, "--steps", "30", "--device", "cpu"]);
+    let again: DpCganState = serde_json::from_value(read_json(&split.join("checkpoint.json"))).unwrap();
+    assert_eq!((again.step, again.epsilon), (30, sb.epsilon));
 
     let err = stderr_of_failure(&["train", "dp-cgan", "--resume", &split_dir, "--clip", "2"]);
     assert!(err.contains("--clip") && err.contains("config.json"), "{err}");
+}
+
+/// metrics.jsonl's losses are means over the steps since the last line, its `epoch` is steps × q,
+/// and its rate the interval's steps over their wall time: a run that logs every step and one of
+/// the same seed and noise that logs every third agree.
+#[test]
+fn logged_losses_are_means_over_the_logging_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (every_run, third_run) = (dir.path().join("every"), dir.path().join("third"));
+    let common = ["--seed", "4", "--batch-size", "64", "--steps", "4", "--replayable-noise"];
+    train(&every_run, &[&common[..], &["--log-every", "1"]].concat());
+    train(&third_run, &[&common[..], &["--log-every", "3"]].concat());
+    let lines = |run: &Path| -> Vec<Value> {
+        fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (every, third) = (lines(&every_run), lines(&third_run));
+    assert_eq!(third.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), [3, 4], "every third and the last");
+    for key in ["d_loss", "g_loss"] {
+        let value = |l: &Value| l[key].as_f64().unwrap();
+        let mean = every[..3].iter().map(value).sum::<f64>() / 3.0;
+        assert!((value(&third[0]) - mean).abs() <= 1e-6 * mean.abs().max(1.0), "{key}: {} vs the mean {mean}", value(&third[0]));
+        assert_eq!(value(&third[1]), value(&every[3]), "{key} of the last step alone");
+    }
+    let config: DpCganRunConfig = serde_json::from_value(read_json(&third_run.join("config.json"))).unwrap();
+    for line in &third {
+        assert_eq!(line["epoch"].as_f64().unwrap(), line["step"].as_u64().unwrap() as f64 * config.sample_rate, "{line}");
+    }
+    // The last line's interval is one step, ended between the two lines' wall times.
+    let wall = third[1]["wall_s"].as_f64().unwrap() - third[0]["wall_s"].as_f64().unwrap();
+    let rate = third[1]["steps_per_s"].as_f64().unwrap();
+    assert!((rate * wall - 1.0).abs() < 0.25, "{rate} steps/s over the last {wall} s");
 }
 
 #[test]
