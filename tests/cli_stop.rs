@@ -339,7 +339,7 @@ fn a_running_run_checkpoints_at_multiples_of_checkpoint_every() {
         if let Ok(text) = fs::read_to_string(run.join("checkpoint.json")) {
             let state: Value = serde_json::from_str(&text).unwrap();
             let step = state["step"].as_u64().unwrap();
-            assert!(step % 3 == 0, "a checkpoint at step {step}");
+            assert!(step.is_multiple_of(3), "a checkpoint at step {step}");
             assert!(state["wall_s"].as_f64().is_some_and(|w| w > 0.0), "{state}");
             seen.insert(step);
         }
