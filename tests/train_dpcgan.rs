@@ -158,6 +158,30 @@ fn a_resumed_run_ends_with_the_same_weights_bit_for_bit() {
 
     let err = stderr_of_failure(&["train", "dp-cgan", "--resume", &split_dir, "--clip", "2"]);
     assert!(err.contains("--clip") && err.contains("config.json"), "{err}");
+
+    // A checkpoint is resumed only as what it claims to be: this version's format of this
+    // algorithm, with an accountant that is config.json's q and σ after the steps taken (a
+    // checkpoint that says fewer steps were spent would let the run pass its budget).
+    let checkpoint = split.join("checkpoint.safetensors");
+    let (tensors, metadata) = load_tensors(&checkpoint, &Device::Cpu).unwrap();
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let tampered: [(&str, fn(&mut Value)); 4] = [
+        ("checkpoint format 1 of dp-cgan is not this version's (2 of dp-cgan)", |s| s["format"] = 1.into()),
+        ("checkpoint format 2 of dpsgd-gan is not this version's (2 of dp-cgan)", |s| s["algorithm"] = "dpsgd-gan".into()),
+        ("privacy record does not match its settings", |s| s["accountant"]["history"][0][1] = 29.into()),
+        ("privacy record does not match its settings", |s| s["accountant"]["delta"] = 1e-3.into()),
+    ];
+    for (why, tamper) in tampered {
+        let mut state: Value = serde_json::from_str(&metadata["dpgan.state"]).unwrap();
+        tamper(&mut state);
+        let mut changed = metadata.clone();
+        changed.insert("dpgan.state".into(), state.to_string());
+        save_tensors(&checkpoint, &named, Some(changed)).unwrap();
+        let err = stderr_of_failure(&["train", "dp-cgan", "--resume", &split_dir, "--steps", "31", "--device", "cpu"]);
+        assert!(err.contains(why), "{why}: {err}");
+    }
+    save_tensors(&checkpoint, &named, Some(metadata)).unwrap();
+    stdout_of(&["train", "dp-cgan", "--resume", &split_dir, "--steps", "31", "--device", "cpu"]);
 }
 
 /// metrics.jsonl's losses are means over the steps since the last line, its `epoch` is steps × q,
