@@ -441,6 +441,75 @@ fn conversion_key(c: Conversion) -> &'static str {
 mod tests {
     use super::*;
 
+    fn request() -> PrivacyRequest {
+        PrivacyRequest {
+            batch_size: 10,
+            steps: 100,
+            clip: 1.0,
+            noise_multiplier: Some(1.5),
+            target_epsilon: None,
+            delta: 1e-5,
+            orders: Orders::Standard,
+            conversion: Conversion::Improved,
+        }
+    }
+
+    const EVERY: [(&str, u64); 3] = [("--log-every", 1), ("--sample-every", 2), ("--checkpoint-every", 3)];
+
+    fn refusal(r: PrivacyRequest, records: usize, every: [(&str, u64); 3]) -> String {
+        match r.plan(records, every) {
+            Ok(plan) => panic!("{r:?} planned as {plan:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// q = B/N for any B from 1 to N; B = 0, B > N, a zero interval, no step are refused by name.
+    #[test]
+    fn the_plan_takes_every_batch_size_up_to_the_data_and_refuses_the_rest() {
+        for batch_size in [1, 10, 999, 1000] {
+            let plan = PrivacyRequest { batch_size, ..request() }.plan(1000, EVERY).unwrap();
+            assert_eq!(plan, PrivacyPlan { sample_rate: batch_size as f64 / 1000.0, noise_multiplier: 1.5, calibrated: false });
+        }
+        for batch_size in [0, 1001] {
+            assert!(refusal(PrivacyRequest { batch_size, ..request() }, 1000, EVERY).contains("--batch-size must be in 1..=1000"));
+        }
+        for i in 0..3 {
+            let mut every = EVERY;
+            every[i].1 = 0;
+            assert!(refusal(request(), 1000, every).contains(&format!("{} must be at least 1", EVERY[i].0)));
+        }
+        assert!(refusal(PrivacyRequest { steps: 0, ..request() }, 1000, EVERY).contains("at least one step"));
+        assert!(refusal(PrivacyRequest { noise_multiplier: None, ..request() }, 1000, EVERY).contains("--target-epsilon"));
+    }
+
+    /// A target alone calibrates σ: the smallest f32 not below the accountant's σ for it (some of
+    /// these targets' σ round down to the nearest f32), whose whole plan then spends at most the
+    /// target; a budget the first step passes is refused.
+    #[test]
+    fn a_target_calibrates_sigma_and_a_budget_must_allow_one_step() {
+        let mut rounded_down = 0;
+        for target in [2.0, 5.0] {
+            let r = PrivacyRequest { noise_multiplier: None, target_epsilon: Some(target), ..request() };
+            let plan = r.plan(1000, EVERY).unwrap();
+            let exact = calibrate_noise_multiplier(0.01, 100, 1e-5, target, &Orders::Standard.values(), Conversion::Improved).unwrap();
+            let sigma = plan.noise_multiplier;
+            assert!(plan.calibrated && sigma as f64 >= exact && (sigma.next_down() as f64) < exact, "ε {target}: σ {sigma} for {exact}");
+            let spent =
+                Accountant::new(Orders::Standard, Conversion::Improved, 1e-5, None).unwrap().try_step(plan.mechanism(), 100).unwrap();
+            assert!(spent.epsilon <= target, "{spent:?}");
+            rounded_down += usize::from(((exact as f32) as f64) < exact);
+        }
+        assert!(rounded_down > 0, "no target whose σ the nearest f32 would shrink");
+        let one_step = Accountant::new(Orders::Standard, Conversion::Improved, 1e-5, None)
+            .unwrap()
+            .try_step(request().plan(1000, EVERY).unwrap().mechanism(), 1)
+            .unwrap()
+            .epsilon;
+        let tight = PrivacyRequest { target_epsilon: Some(0.9 * one_step), ..request() };
+        assert!(matches!(tight.plan(1000, EVERY), Err(Error::PrivacyBudget(_))));
+        assert!(PrivacyRequest { target_epsilon: Some(1.1 * one_step), ..request() }.plan(1000, EVERY).is_ok());
+    }
+
     #[test]
     fn calibrated_sigma_never_rounds_down() {
         for x in [1.15f64, 0.1 + 1e-12, 3.0, 1.0 / 3.0] {
