@@ -165,7 +165,8 @@ fn a_resumed_run_ends_with_the_same_weights_bit_for_bit() {
     let checkpoint = split.join("checkpoint.safetensors");
     let (tensors, metadata) = load_tensors(&checkpoint, &Device::Cpu).unwrap();
     let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let tampered: [(&str, fn(&mut Value)); 4] = [
+    type Tamper = fn(&mut Value);
+    let tampered: [(&str, Tamper); 4] = [
         ("checkpoint format 1 of dp-cgan is not this version's (2 of dp-cgan)", |s| s["format"] = 1.into()),
         ("checkpoint format 2 of dpsgd-gan is not this version's (2 of dp-cgan)", |s| s["algorithm"] = "dpsgd-gan".into()),
         ("privacy record does not match its settings", |s| s["accountant"]["history"][0][1] = 29.into()),
