@@ -203,6 +203,7 @@ fn logged_losses_are_means_over_the_logging_interval() {
     for key in ["d_loss", "g_loss"] {
         let value = |l: &Value| l[key].as_f64().unwrap();
         let mean = every[..3].iter().map(value).sum::<f64>() / 3.0;
+        assert!(every.windows(2).all(|w| value(&w[0]) != value(&w[1])), "{key} the same in consecutive steps: {every:?}");
         assert!((value(&third[0]) - mean).abs() <= 1e-6 * mean.abs().max(1.0), "{key}: {} vs the mean {mean}", value(&third[0]));
         assert_eq!(value(&third[1]), value(&every[3]), "{key} of the last step alone");
     }
