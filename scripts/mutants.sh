@@ -61,7 +61,7 @@ tests_for() {
     src/train/dpcgan/*) echo "privacy_properties dpcgan train_dpcgan run_key bench_step reproduce_dpcgan" ;;
     src/train/dpsgd_gan/*) echo "privacy_properties dpsgd_gan train_dpsgd_gan run_key bench_step reproduce_dpsgd_gan" ;;
     src/train/dp_sgd_run.rs) echo "privacy_properties train_dpcgan train_dpsgd_gan run_key cli_stop" ;;
-    src/train/gswgan/*) echo "privacy_properties gswgan train_gswgan run_key bench_step reproduce_gswgan" ;;
+    src/train/gswgan/*) echo "privacy_properties gswgan train_gswgan run_key bench_step reproduce_gswgan cli_stop" ;;
     src/privacy/*) echo "privacy privacy_properties cli train_dpcgan train_gswgan reproduce_dpcgan reproduce_gswgan" ;;
     *) echo "unknown file $1: add its test targets to scripts/mutants.sh" >&2; return 1 ;;
   esac

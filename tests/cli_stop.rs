@@ -324,27 +324,41 @@ fn a_run_killed_before_its_first_checkpoint_starts_again() {
     assert_eq!(steps, [5], "the killed attempt's metrics are gone");
 }
 
-/// A running run checkpoints every --checkpoint-every steps and only there (what a crash falls
-/// back to), each checkpoint with the training time so far.
-#[test]
-fn a_running_run_checkpoints_at_multiples_of_checkpoint_every() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    let long = dp_cgan_args(&run, "64", &["--log-every", "1000000", "--steps", "1000000", "--checkpoint-every", "3"]);
-    let mut child = long_run(&strs(&long));
+/// Reads `run`'s checkpoint.json while `child` trains until four checkpoints were seen: each at a
+/// multiple of `every` (its `counter`: "step" or "iteration") and with the training time so far.
+/// Then kills the run.
+fn assert_checkpoints_at_multiples_of(run: &Path, mut child: Child, every: u64, counter: &str) {
     let (start, mut seen) = (Instant::now(), BTreeSet::new());
     while seen.len() < 4 {
         assert!(child.try_wait().unwrap().is_none(), "the run ended");
-        assert!(start.elapsed() < Duration::from_secs(90), "checkpoints seen in 90 s: {seen:?}");
+        assert!(start.elapsed() < Duration::from_secs(120), "checkpoints seen in 120 s: {seen:?}");
         if let Ok(text) = fs::read_to_string(run.join("checkpoint.json")) {
             let state: Value = serde_json::from_str(&text).unwrap();
-            let step = state["step"].as_u64().unwrap();
-            assert!(step.is_multiple_of(3), "a checkpoint at step {step}");
+            let at = state[counter].as_u64().unwrap();
+            assert!(at.is_multiple_of(every), "a checkpoint at {counter} {at}");
             assert!(state["wall_s"].as_f64().is_some_and(|w| w > 0.0), "{state}");
-            seen.insert(step);
+            seen.insert(at);
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     let (code, _) = signal_and_wait(child, "KILL");
     assert_eq!(code, None, "killed by a signal");
+}
+
+/// A running run checkpoints every --checkpoint-every steps and only there (what a crash falls
+/// back to), each checkpoint with the training time so far: DP-SGD's loop (DP-CGAN, DPSGD-GAN)
+/// and GS-WGAN's phase 2.
+#[test]
+fn a_running_run_checkpoints_at_multiples_of_checkpoint_every() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let long = dp_cgan_args(&run, "64", &["--log-every", "1000000", "--steps", "1000000", "--checkpoint-every", "3"]);
+    assert_checkpoints_at_multiples_of(&run, long_run(&strs(&long)), 3, "step");
+
+    let (warm, phase_two) = (dir.path().join("warm"), dir.path().join("phase-two"));
+    common::cli::tiny_warm_start(&warm, 2, 2, 1);
+    let (warm, phase_two_s) = (s(&warm), s(&phase_two));
+    let args = ["train", "gs-wgan", "--warm-start", &warm, "--out", &phase_two_s, "--generator", "dcgan", "--device", "cpu"];
+    let rest = ["--iterations", "1000000", "--log-every", "1000000", "--sample-every", "1000000", "--checkpoint-every", "2"];
+    assert_checkpoints_at_multiples_of(&phase_two, long_run(&[&args[..], &rest[..]].concat()), 2, "iteration");
 }
