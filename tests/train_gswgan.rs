@@ -252,6 +252,7 @@ fn a_resumed_phase_two_ends_with_the_same_tensors_bit_for_bit() {
     // What a crash between writing a critic file and the checkpoint that names it leaves behind:
     // a file no checkpoint names. The resumed run ignores it and the next checkpoint removes it.
     fs::write(split.join("critics/critic-0003-00000003.safetensors"), b"left by an interrupted checkpoint").unwrap();
+    let before: GsWganState = serde_json::from_value(read_json(&split.join("checkpoint.json"))).unwrap();
     stdout_of(&["train", "gs-wgan", "--resume", &s(&split), "--iterations", "3", "--device", "cpu"]);
 
     let (a, b) = (tensors(&straight.join("checkpoint.safetensors")), tensors(&split.join("checkpoint.safetensors")));
@@ -270,6 +271,8 @@ fn a_resumed_phase_two_ends_with_the_same_tensors_bit_for_bit() {
         serde_json::from_value(read_json(&split.join("checkpoint.json"))).unwrap(),
     );
     assert_eq!((sa.iteration, sa.epsilon, sa.epsilon_as_published), (sb.iteration, sb.epsilon, sb.epsilon_as_published));
+    // Training time adds up over the processes.
+    assert!(before.wall_s > 0.0 && sb.wall_s > before.wall_s, "{} s, then {} s", before.wall_s, sb.wall_s);
     // The critics too: the same ones selected, with the same weights, moments and batch positions.
     let positions = |s: &GsWganState| s.critics.iter().map(|c| (c.index, c.adam_steps, c.passes, c.position)).collect::<Vec<_>>();
     assert_eq!(positions(&sa), positions(&sb));
