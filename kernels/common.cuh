@@ -246,12 +246,24 @@ struct GaussianNoiseParams {
   NoiseKeyParams key;
 };
 
-// One-hot rows of uniformly drawn classes (rng_uniform_one_hot_philox_f32): rows × classes floats.
-struct UniformOneHotParams {
-  int64_t rows;
+// Public draws (rng_public_draws_philox_f32): a tensor of members × per_member floats, member m's
+// block drawn from its own Philox key (words 0-1; all at one tensor_index and step); one launch
+// writes members [first, first + count), count ≤ MAX_DRAW_MEMBERS. kind: PUBLIC_DRAW_*.
+constexpr int MAX_DRAW_MEMBERS = 64;
+constexpr uint32_t PUBLIC_DRAW_ONE_HOT = 0;  // rows of `classes`, 1 at the row's class
+constexpr uint32_t PUBLIC_DRAW_CLASS = 1;    // each element a class in [0, classes), as a float
+constexpr uint32_t PUBLIC_DRAW_UNIT = 2;     // each element a uniform in [0, 1)
+struct PublicDrawParams {
+  int64_t per_member;
+  int32_t first;
+  int32_t count;
+  uint32_t kind;
   uint32_t classes;
-  int32_t pad_;
-  NoiseKeyParams key;
+  uint32_t tensor_index;
+  uint32_t step_lo;
+  uint32_t step_hi;
+  uint32_t pad_;
+  uint32_t keys[MAX_DRAW_MEMBERS][2];
 };
 
 // DP-SGD's last step over a summed gradient: x[e] ← (x[e] + std·z[e]) / divisor, in place.
@@ -468,7 +480,7 @@ static_assert(sizeof(SgdUpdateParams) == 32, "SgdUpdateParams layout");
 static_assert(sizeof(AdamUpdateParams) == 32, "AdamUpdateParams layout");
 static_assert(sizeof(NoiseKeyParams) == 48, "NoiseKeyParams layout");
 static_assert(sizeof(GaussianNoiseParams) == 64, "GaussianNoiseParams layout");
-static_assert(sizeof(UniformOneHotParams) == 64, "UniformOneHotParams layout");
+static_assert(sizeof(PublicDrawParams) == 552, "PublicDrawParams layout");
 static_assert(sizeof(SanitizeRowsParams) == 80, "SanitizeRowsParams layout");
 static_assert(sizeof(NoiseDivideParams) == 64, "NoiseDivideParams layout");
 static_assert(sizeof(NoisedSgdParams) == 96, "NoisedSgdParams layout");

@@ -1,7 +1,7 @@
 // Gaussian noise added in place: x[e] ← x[e] + std·z[e], z[e] the key's standard normal of element
-// e; and one-hot rows of uniformly drawn classes (rng.cuh; reference: src/backend/cpu/rng.rs). One
-// element per thread, grid-stride; no state on the device, so any element can be computed in any
-// order.
+// e; and public draws, member by member from its own key: one-hot classes, classes, uniforms
+// (rng.cuh; reference: src/backend/cpu/rng.rs). One element per thread, grid-stride; no state on
+// the device, so any element can be computed in any order.
 #include "common.cuh"
 #include "rng.cuh"
 
@@ -15,14 +15,30 @@ __device__ __forceinline__ void gaussian_add(const GaussianNoiseParams& p, float
   }
 }
 
-// Element i of a [rows, classes] one-hot: 1 where its column is its row's drawn class. Each of a
-// row's threads recomputes the row's Philox block (ten rounds: cheaper than sharing it).
-__device__ __forceinline__ void uniform_one_hot(const UniformOneHotParams& p, float* __restrict__ out) {
-  const int64_t n = p.rows * (int64_t)p.classes;
+// Element e of member m's block (public_draws in src/backend/cpu/rng.rs): for a one-hot, 1 where
+// its column is its row's drawn class (each of a row's threads recomputes the row's Philox block:
+// ten rounds, cheaper than sharing it); else a class or a uniform of its own block.
+__device__ __forceinline__ void public_draws(const PublicDrawParams& p, float* __restrict__ out) {
+  const int64_t n = p.per_member * p.count;
   DPGAN_FOR_EACH(i, n) {
-    const uint64_t row = (uint64_t)i / p.classes;
-    const uint32_t col = (uint32_t)((uint64_t)i - row * p.classes);
-    out[i] = uniform_class_at(p.key, row, p.classes) == col ? 1.0f : 0.0f;
+    const int64_t local = i / p.per_member;
+    const uint64_t e = (uint64_t)(i - local * p.per_member);
+    NoiseKeyParams k = {};
+    k.key[0] = p.keys[local][0];
+    k.key[1] = p.keys[local][1];
+    k.tensor_index = p.tensor_index;
+    k.step_lo = p.step_lo;
+    k.step_hi = p.step_hi;
+    float v;
+    if (p.kind == PUBLIC_DRAW_ONE_HOT) {
+      const uint64_t row = e / p.classes;
+      v = uniform_class_at(k, row, p.classes) == (uint32_t)(e - row * p.classes) ? 1.0f : 0.0f;
+    } else if (p.kind == PUBLIC_DRAW_CLASS) {
+      v = (float)uniform_class_at(k, e, p.classes);
+    } else {
+      v = uniform_unit_at(k, e);
+    }
+    out[(int64_t)p.first * p.per_member + i] = v;
   }
 }
 
@@ -36,6 +52,6 @@ extern "C" __global__ void rng_gaussian_add_chacha_f32(GaussianNoiseParams p, fl
   dpgan::gaussian_add<dpgan::NOISE_CHACHA>(p, x);
 }
 
-extern "C" __global__ void rng_uniform_one_hot_philox_f32(UniformOneHotParams p, float* __restrict__ out) {
-  dpgan::uniform_one_hot(p, out);
+extern "C" __global__ void rng_public_draws_philox_f32(PublicDrawParams p, float* __restrict__ out) {
+  dpgan::public_draws(p, out);
 }

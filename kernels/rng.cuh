@@ -87,6 +87,14 @@ __device__ __forceinline__ uint32_t uniform_class_at(const NoiseKeyParams& k, ui
   return (uint32_t)__umul64hi(u, (uint64_t)classes);
 }
 
+// The uniform in [0, 1) that a Philox key assigns to element e (uniform_unit_at in
+// src/dp/noise.rs): Philox block e, the top 24 bits of its first word times 2⁻²⁴ (exact in f32).
+__device__ __forceinline__ float uniform_unit_at(const NoiseKeyParams& k, uint64_t e) {
+  uint32_t c[4] = {(uint32_t)e, k.tensor_index, k.step_lo, k.step_hi};
+  philox4x32_10(c, k.key[0], k.key[1]);
+  return (float)(c[0] >> 8) * (1.0f / 16777216.0f);
+}
+
 // The standard normal, rounded to f32, that the key assigns to element e (standard_normal_at in
 // src/dp/noise.rs). Fast: Philox block e/2, words 0-1 and 2-3 as two 53-bit uniforms (the tails
 // reach |z| = 8.6), lane e mod 2 the cos or sin normal. Secure: ChaCha20 block e/2, half e mod 2,

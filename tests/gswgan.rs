@@ -8,7 +8,7 @@ use common::{assert_close, assert_identical, tol};
 use dpgan::autograd::Tape;
 use dpgan::dp::{GsWganSanitizer, NoiseMode, NoiseSource, RunKey};
 use dpgan::models::gswgan::{
-    bernoulli_latent, one_hot, uniform_labels, Discriminator, Generator, GeneratorArch, PIXELS, PIXEL_NORM_EPS, PUBLISHED_BASE,
+    bernoulli_latent, one_hot, uniform_one_hot_labels, Discriminator, Generator, GeneratorArch, PIXELS, PIXEL_NORM_EPS, PUBLISHED_BASE,
 };
 use dpgan::nn::{member, stack, Module, SnConv2d};
 use dpgan::optim::{Adam, Optimizer};
@@ -84,7 +84,7 @@ fn output_shapes_for_groups() {
             let mut g = Generator::new(arch, groups, PUBLISHED_BASE, &mut rng, &CPU).unwrap();
             let mut draws: Vec<ChaCha20Rng> = (0..groups as u64).map(ChaCha20Rng::seed_from_u64).collect();
             let z = bernoulli_latent(&mut draws, b, &CPU).unwrap();
-            let l = one_hot(&uniform_labels(&mut draws, b), groups, &CPU).unwrap();
+            let l = uniform_one_hot_labels(&mut draws, b, &CPU).unwrap();
             let x = g.forward(&Tape::new(), &z, &l).unwrap();
             assert_eq!(x.shape(), [groups, b, PIXELS], "{arch:?}");
             assert!(values(&x).iter().all(|&p| p > 0.0 && p < 1.0), "{arch:?}: sigmoid output outside (0, 1)");
@@ -468,7 +468,7 @@ fn private_step_sanitises_the_image_gradient() {
     let mut g = Generator::new(GeneratorArch::Resnet, 1, 1, &mut rng, &CPU).unwrap();
     let mut draws = vec![ChaCha20Rng::seed_from_u64(rng.random())];
     let z = bernoulli_latent(&mut draws, b, &CPU).unwrap();
-    let labels = one_hot(&uniform_labels(&mut draws, b), 1, &CPU).unwrap();
+    let labels = uniform_one_hot_labels(&mut draws, b, &CPU).unwrap();
     let key = NoiseSource::from_seed(rng.random(), NoiseMode::Fast).next_key();
     // A critic whose gradient vanishes at one of the generated images (every ReLU on its path
     // dead there, which a width-2 critic does for a few percent of draws) cannot show how rows
@@ -537,7 +537,7 @@ fn a_non_finite_image_gradient_is_flagged() {
     let mut d = Discriminator::new(1, 2, &mut rng, &CPU).unwrap();
     let mut draws = vec![ChaCha20Rng::seed_from_u64(rng.random())];
     let z = bernoulli_latent(&mut draws, b, &CPU).unwrap();
-    let labels = one_hot(&uniform_labels(&mut draws, b), 1, &CPU).unwrap();
+    let labels = uniform_one_hot_labels(&mut draws, b, &CPU).unwrap();
     let key = NoiseSource::from_seed(rng.random(), NoiseMode::Fast).next_key();
     let sanitizer = GsWganSanitizer::new(1.0, 1.07).unwrap();
     let mut adam = Adam::new(GsWganConfig::default().adam);

@@ -5,8 +5,9 @@ mod common;
 // with probability < 1e-8 and a fixed seed makes the outcome deterministic anyway), reproducibility
 // from (seed, step, tensor index), and the CUDA kernels against the CPU reference.
 use common::on_cuda;
-use dpgan::backend::ops::{add_gaussian_noise, uniform_one_hot};
-use dpgan::dp::noise::{chacha20_block, philox4x32_10, standard_normal_at, uniform_class_at};
+use dpgan::backend::ops::{add_gaussian_noise, public_draws, uniform_one_hot};
+use dpgan::backend::PublicDraw;
+use dpgan::dp::noise::{chacha20_block, philox4x32_10, standard_normal_at, uniform_class_at, uniform_unit_at};
 use dpgan::dp::{NoiseKey, NoiseMode, NoiseSource};
 use dpgan::tensor::{Device, Tensor};
 use rand::{RngCore, SeedableRng};
@@ -302,7 +303,98 @@ fn uniform_one_hot_rows_draw_the_keys_classes_uniformly() {
         |prefix: &[usize], classes: usize, k: &NoiseKey| uniform_one_hot(prefix, classes, k, &Device::Cpu).unwrap_err().to_string();
     assert!(refused(&[4], 10, &NoiseKey { mode: NoiseMode::Secure, ..key }).contains("Philox"));
     assert!(refused(&[4], 0, &key).contains("0 classes"));
+    assert!(refused(&[4], 1 << 32, &key).contains("below 2³²"));
     assert!(refused(&[1 << 16, 1 << 16], 2, &key).contains("below 2³²"));
+}
+
+/// Keys of `members` members at one step and tensor index, as a group's public streams give them.
+fn member_keys(members: u64) -> Vec<NoiseKey> {
+    (0..members).map(|m| NoiseSource::from_seed(100 + m, NoiseMode::Fast).key_at(6, 0)).collect()
+}
+
+/// A group's public draws: member m's block is what `keys[m]` draws alone (one-hot rows, classes,
+/// uniforms by their formulas), whatever the group; uniforms are multiples of 2⁻²⁴ in [0, 1) with
+/// the moments and the histogram of U(0, 1) (bounds ≥ 6 standard errors; χ² over 10 bins below its
+/// 1e-8 tail, 59), Bernoulli bits are fair; bad requests refused by name.
+#[test]
+fn public_draws_give_each_member_what_its_key_draws_alone() {
+    let keys = member_keys(3);
+    let alone = |draw: PublicDraw, inner: &[usize], key: &NoiseKey| {
+        public_draws(draw, &[&[1][..], inner].concat(), std::slice::from_ref(key), &Device::Cpu).unwrap().to_vec().unwrap()
+    };
+    for (draw, inner) in [
+        (PublicDraw::OneHot { classes: 10 }, vec![50, 10]),
+        (PublicDraw::Class { classes: 2 }, vec![40, 10]),
+        (PublicDraw::Unit, vec![40, 1]),
+    ] {
+        let group = public_draws(draw, &[&[3][..], &inner].concat(), &keys, &Device::Cpu).unwrap();
+        let per_member: usize = inner.iter().product();
+        for (m, key) in keys.iter().enumerate() {
+            let block = &group.to_vec().unwrap()[m * per_member..(m + 1) * per_member];
+            assert_eq!(block, alone(draw, &inner, key), "{draw:?}: member {m}");
+            let formula: Vec<f32> = match draw {
+                PublicDraw::OneHot { classes } => {
+                    uniform_one_hot(&inner[..1], classes as usize, key, &Device::Cpu).unwrap().to_vec().unwrap()
+                }
+                PublicDraw::Class { classes } => (0..per_member as u64).map(|e| uniform_class_at(key, e, classes) as f32).collect(),
+                PublicDraw::Unit => (0..per_member as u64).map(|e| uniform_unit_at(key, e)).collect(),
+            };
+            assert_eq!(block, formula, "{draw:?}: member {m}");
+        }
+    }
+    // The uniform: Philox block e's first word, its top 24 bits over 2²⁴.
+    let key = keys[0];
+    let words = philox4x32_10([5, key.tensor_index, key.step as u32, (key.step >> 32) as u32], [key.key[0], key.key[1]]);
+    assert_eq!(uniform_unit_at(&key, 5), (words[0] >> 8) as f32 / 16_777_216.0);
+
+    let units = public_draws(PublicDraw::Unit, &[2, N / 2], &keys[1..], &Device::Cpu).unwrap().to_vec().unwrap();
+    assert!(units.iter().all(|&u| (0.0..1.0).contains(&u) && (u * 16_777_216.0).fract() == 0.0));
+    let mean = units.iter().map(|&u| u as f64).sum::<f64>() / N as f64;
+    let var = units.iter().map(|&u| (u as f64 - mean).powi(2)).sum::<f64>() / N as f64;
+    assert!((mean - 0.5).abs() < 6.0 * (1.0 / 12.0 / N as f64).sqrt(), "mean {mean}");
+    assert!((var - 1.0 / 12.0).abs() < 6.0 * (1.0 / 180.0 / N as f64).sqrt(), "variance {var}");
+    let mut bins = [0f64; 10];
+    units.iter().for_each(|&u| bins[(u * 10.0) as usize] += 1.0);
+    let chi2: f64 = bins.iter().map(|c| (c - N as f64 / 10.0).powi(2) / (N as f64 / 10.0)).sum();
+    assert!(chi2 < 59.0, "χ² = {chi2} over {bins:?}");
+    let bits = public_draws(PublicDraw::Class { classes: 2 }, &[1, N], &keys[..1], &Device::Cpu).unwrap().to_vec().unwrap();
+    assert!(bits.iter().all(|&b| b == 0.0 || b == 1.0));
+    let ones = bits.iter().sum::<f32>() as f64 / N as f64;
+    assert!((ones - 0.5).abs() < 6.0 * 0.5 / (N as f64).sqrt(), "share of ones {ones}");
+
+    let refused =
+        |draw: PublicDraw, shape: &[usize], keys: &[NoiseKey]| public_draws(draw, shape, keys, &Device::Cpu).unwrap_err().to_string();
+    let unit = PublicDraw::Unit;
+    assert!(refused(unit, &[1, 4], &[]).contains("no key"));
+    assert!(refused(unit, &[2, 4], &[key, NoiseKey { mode: NoiseMode::Secure, ..keys[1] }]).contains("Philox"));
+    assert!(refused(unit, &[2, 4], &[key, NoiseKey { step: 7, ..keys[1] }]).contains("one step and tensor index"));
+    assert!(refused(unit, &[2, 4], &[key, NoiseKey { tensor_index: 1, ..keys[1] }]).contains("one step and tensor index"));
+    assert!(refused(unit, &[3, 5], &keys[..2]).contains("15 elements do not split into 2 members"));
+    assert!(refused(PublicDraw::OneHot { classes: 10 }, &[1, 4, 7], &[key]).contains("one-hot rows of 10 classes"));
+    assert!(refused(PublicDraw::Class { classes: 0 }, &[1, 4], &[key]).contains("0 classes"));
+    assert!(refused(unit, &[1, 1 << 16, 1 << 16], &[key]).contains("below 2³²"));
+}
+
+/// The kernel against the CPU: integer arithmetic only, so bit for bit: one member, members across
+/// the launches' 64-key chunks, each kind.
+#[test]
+fn cuda_public_draws_match_cpu() {
+    on_cuda("cuda_public_draws_match_cpu", |dev| {
+        for members in [1u64, 3, 130] {
+            let keys = member_keys(members);
+            let m = members as usize;
+            for (draw, shape) in [
+                (PublicDraw::OneHot { classes: 10 }, vec![m, 33, 10]),
+                (PublicDraw::Class { classes: 2 }, vec![m, 33, 10]),
+                (PublicDraw::Unit, vec![m, 1000, 1]),
+            ] {
+                let on_cpu = public_draws(draw, &shape, &keys, &Device::Cpu).unwrap();
+                let on_gpu = public_draws(draw, &shape, &keys, dev).unwrap();
+                assert_eq!(on_gpu.shape(), on_cpu.shape());
+                assert_eq!(on_gpu.to_vec().unwrap(), on_cpu.to_vec().unwrap(), "{draw:?}, {members} members");
+            }
+        }
+    });
 }
 
 /// The kernel against the CPU: integer arithmetic only, so bit for bit, on a size that spans many
@@ -347,7 +439,8 @@ fn rng_cuh_compiled_for_the_host_matches_the_reference() {
             let bits: Vec<u32> = line.split_whitespace().map(|h| u32::from_str_radix(h, 16).unwrap()).collect();
             assert_eq!(bits[0], standard_normal_at(&fast, e as u64).to_bits(), "Philox, element {e}");
             assert_eq!(bits[1], standard_normal_at(&secure, e as u64).to_bits(), "ChaCha20, element {e}");
-            assert_eq!(bits[2..], [uniform_class_at(&fast, e as u64, 10), uniform_class_at(&fast, e as u64, 7)], "classes, row {e}");
+            assert_eq!(bits[2..4], [uniform_class_at(&fast, e as u64, 10), uniform_class_at(&fast, e as u64, 7)], "classes, row {e}");
+            assert_eq!(bits[4], uniform_unit_at(&fast, e as u64).to_bits(), "uniform, element {e}");
         }
     }
 }

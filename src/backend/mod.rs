@@ -136,6 +136,17 @@ pub struct AdamParams {
     pub weight_decay: f32,
 }
 
+/// What a public draw (`ops::public_draws`) puts in each member's block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublicDraw {
+    /// Rows of `classes` values, one-hot at the row's class (`uniform_class_at` of the row).
+    OneHot { classes: u32 },
+    /// Each element a class in `0..classes` (`uniform_class_at` of the element), as a float.
+    Class { classes: u32 },
+    /// Each element a uniform in [0, 1) (`uniform_unit_at` of the element).
+    Unit,
+}
+
 /// How `sanitize_rows` bounds each row's norm by `clip`: `AtMost` clips (rows within the bound
 /// pass unchanged, the private sanitiser), `Exactly` rescales every row to norm `clip` (GS-WGAN's
 /// non-private control, σ = 0).
@@ -277,9 +288,9 @@ pub trait Backend {
     /// In place, `x[e] ← x[e] + std·z[e]` with `z[e]` the standard normal that `key` assigns to
     /// element e (`dp::noise::standard_normal_at`): the same values on every backend.
     fn add_gaussian_noise(&self, x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()>;
-    /// Overwrites every element of `out` `[.., classes]` (f32) with one-hot rows, row r's 1 at
-    /// `uniform_class_at(key, r, classes)` (a Philox key; ops has checked the mode and the sizes).
-    fn uniform_one_hot(&self, out: &mut Tensor, key: &NoiseKey) -> Result<()>;
+    /// Overwrites every element of `out` (f32), `keys.len()` equal blocks, block m with `draw` of
+    /// `keys[m]` (Philox keys at one tensor index and step; ops has checked the keys and sizes).
+    fn public_draws(&self, out: &mut Tensor, draw: PublicDraw, keys: &[NoiseKey]) -> Result<()>;
     /// GS-WGAN's sanitiser over the rows of `g` (its last axis):
     /// `ĝᵢ = gᵢ·min(1, clip/(‖gᵢ‖ + 1e-10)) + noise_std·zᵢ` with fresh noise per element from `key`
     /// (`RowNorm::Exactly` drops the `min`; see `cpu::sanitize_rows` for the rounding that keeps

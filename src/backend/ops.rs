@@ -2,7 +2,7 @@
 //! compatible shapes), derives the output geometry and calls the backend of the operands' device.
 use super::{
     backend, census, AdamParams, AdamTensors, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, NoisedAdamTensors, NoisedTensors,
-    PowerIteration, RowNorm, SgdParams, UnaryOp,
+    PowerIteration, PublicDraw, RowNorm, SgdParams, UnaryOp,
 };
 use crate::dp::noise::{NoiseKey, MAX_NOISE_ELEMENTS};
 use crate::error::{ensure_shape, Error, Result};
@@ -662,20 +662,51 @@ pub fn standard_normals(shape: &[usize], key: &NoiseKey, device: &Device) -> Res
 
 /// One-hot rows `[prefix.., classes]` of classes drawn uniformly from a Philox `key` where they are
 /// used (`dp::noise::uniform_class_at` of each row): public randomness such as generator labels,
-/// with no upload.
+/// with no upload. [`public_draws`] of one member.
 pub fn uniform_one_hot(prefix: &[usize], classes: usize, key: &NoiseKey, device: &Device) -> Result<Tensor> {
-    if key.mode != crate::dp::NoiseMode::Fast {
-        return Err(Error::Invalid("uniform_one_hot: public draws take a Philox (fast) key".into()));
-    }
-    let rows: usize = prefix.iter().product();
-    if classes == 0 || u32::try_from(classes).is_err() || u32::try_from(rows).is_err() {
-        return Err(Error::Invalid(format!("uniform_one_hot: {rows} rows of {classes} classes (at least one class, both below 2³²)")));
-    }
+    let classes = u32::try_from(classes).map_err(|_| Error::Invalid(format!("uniform_one_hot: {classes} classes (below 2³²)")))?;
     let mut shape = prefix.to_vec();
-    shape.push(classes);
+    shape.push(classes as usize);
+    public_draws(PublicDraw::OneHot { classes }, &shape, std::slice::from_ref(key), device)
+}
+
+/// `shape` (`keys.len()` equal blocks, member-major) of public randomness drawn where it is used,
+/// block m from `keys[m]` alone, so a group's members draw what each would draw alone: one-hot
+/// rows (the last axis is `classes`), classes or uniforms in [0, 1) (`dp::noise::uniform_class_at`
+/// and `uniform_unit_at`). Generator labels, latent bits and interpolation weights with no upload.
+/// The keys are Philox keys at one tensor index and step, each drawn from a public stream.
+pub fn public_draws(draw: PublicDraw, shape: &[usize], keys: &[NoiseKey], device: &Device) -> Result<Tensor> {
+    let first = keys.first().ok_or_else(|| Error::Invalid("public_draws: no key".into()))?;
+    if keys.iter().any(|k| k.mode != crate::dp::NoiseMode::Fast) {
+        return Err(Error::Invalid("public_draws: public draws take Philox (fast) keys".into()));
+    }
+    if keys.iter().any(|k| (k.step, k.tensor_index) != (first.step, first.tensor_index)) {
+        return Err(Error::Invalid("public_draws: the keys must share one step and tensor index".into()));
+    }
+    let numel: usize = shape.iter().product();
+    if !numel.is_multiple_of(keys.len()) {
+        return Err(Error::Invalid(format!("public_draws: {numel} elements do not split into {} members", keys.len())));
+    }
+    let per_member = numel / keys.len();
+    // Philox's counter word is a row (one-hot) or an element (otherwise) of one member.
+    let counters = match draw {
+        PublicDraw::OneHot { classes } | PublicDraw::Class { classes } if classes == 0 => {
+            return Err(Error::Invalid("public_draws: 0 classes (at least one)".into()));
+        }
+        PublicDraw::OneHot { classes } => {
+            if shape.last() != Some(&(classes as usize)) {
+                return Err(Error::Invalid(format!("public_draws: one-hot rows of {classes} classes in shape {shape:?}")));
+            }
+            per_member / classes as usize
+        }
+        PublicDraw::Class { .. } | PublicDraw::Unit => per_member,
+    };
+    if u32::try_from(counters).is_err() {
+        return Err(Error::Invalid(format!("public_draws: {counters} draws per member (below 2³² of them)")));
+    }
     // No fill: the op writes every element.
-    let mut out = Tensor::uninit(&shape, device)?;
-    dispatch("uniform_one_hot", device).uniform_one_hot(&mut out, key)?;
+    let mut out = Tensor::uninit(shape, device)?;
+    dispatch("public_draws", device).public_draws(&mut out, draw, keys)?;
     Ok(out)
 }
 

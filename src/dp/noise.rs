@@ -37,6 +37,15 @@ pub struct NoiseKey {
     pub tensor_index: u32,
 }
 
+impl NoiseKey {
+    /// A Philox key from one 256-bit draw of a public stream, for public randomness computed where
+    /// it is used (latent codes, labels, interpolation weights): never for noise that protects
+    /// privacy, whose keys come from the run's secret key.
+    pub fn public<R: rand::Rng + ?Sized>(rng: &mut R) -> Self {
+        NoiseKey { mode: NoiseMode::Fast, key: rng.random(), step: 0, tensor_index: 0 }
+    }
+}
+
 /// The most elements one key can noise: Philox's and ChaCha20's block counters are both `e / 2`,
 /// 32 bits, so beyond 2³³ elements noise would repeat.
 pub const MAX_NOISE_ELEMENTS: u64 = 1 << 33;
@@ -226,6 +235,16 @@ pub fn uniform_class_at(key: &NoiseKey, row: u64, classes: u32) -> u32 {
     let w = philox4x32_10([row as u32, key.tensor_index, step_lo, step_hi], [key.key[0], key.key[1]]);
     let u = ((w[1] as u64) << 32) | w[0] as u64;
     ((u as u128 * classes as u128) >> 64) as u32
+}
+
+/// The uniform in [0, 1) that a Philox `key` assigns to element `index`: Philox block `index` (the
+/// counter as for the classes), the top 24 bits of its first word times 2⁻²⁴, so every value is a
+/// multiple of 2⁻²⁴ and exact in f32. Public draws (WGAN-GP's interpolation weights), computed
+/// where they are used: `kernels/rng.cuh` has the same function.
+pub fn uniform_unit_at(key: &NoiseKey, index: u64) -> f32 {
+    let (step_lo, step_hi) = (key.step as u32, (key.step >> 32) as u32);
+    let w = philox4x32_10([index as u32, key.tensor_index, step_lo, step_hi], [key.key[0], key.key[1]]);
+    (w[0] >> 8) as f32 * (1.0 / 16_777_216.0)
 }
 
 /// The standard normal (rounded to f32) that `key` assigns to element `index` of its tensor.

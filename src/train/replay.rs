@@ -12,7 +12,7 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::backend::ops;
 use crate::data::sampling::{BatchSampler, Sampling};
-use crate::dp::{NoiseKey, NoiseMode, RunKey, SecretPurpose};
+use crate::dp::{NoiseKey, RunKey, SecretPurpose};
 use crate::error::Result;
 use crate::tensor::{Device, Tensor};
 
@@ -50,12 +50,7 @@ pub fn stream(seed: u64, purpose: Purpose, index: u64) -> ChaCha20Rng {
 /// codes then cost the host one draw and no upload. Public randomness: the key comes from a
 /// public stream and is used for nothing else.
 pub fn device_normals<R: Rng>(shape: &[usize], rng: &mut R, device: &Device) -> Result<Tensor> {
-    ops::standard_normals(shape, &public_key(rng), device)
-}
-
-/// A Philox key from one 256-bit draw of a public stream, for device-side public randomness.
-fn public_key<R: Rng>(rng: &mut R) -> NoiseKey {
-    NoiseKey { mode: NoiseMode::Fast, key: rng.random(), step: 0, tensor_index: 0 }
+    ops::standard_normals(shape, &NoiseKey::public(rng), device)
 }
 
 /// One-hot rows `[prefix.., classes]` of uniformly drawn classes, computed where they are used: one
@@ -63,7 +58,7 @@ fn public_key<R: Rng>(rng: &mut R) -> NoiseKey {
 /// (`dp::noise::uniform_class_at`, the same classes on every backend). A step's generator labels
 /// then cost the host one draw and no upload. Public randomness, as for [`device_normals`].
 pub fn device_one_hot<R: Rng>(prefix: &[usize], classes: usize, rng: &mut R, device: &Device) -> Result<Tensor> {
-    ops::uniform_one_hot(prefix, classes, &public_key(rng), device)
+    ops::uniform_one_hot(prefix, classes, &NoiseKey::public(rng), device)
 }
 
 /// A private run's batches by step number: `batch(t)` depends only on the run's secret key and t.
@@ -136,7 +131,7 @@ mod tests {
         let z = device_normals(&[1, 600, 100], &mut stream(3, Purpose::Generator, 9), &Device::Cpu).unwrap();
         assert_eq!(z.shape(), &[1, 600, 100]);
         let z = z.to_vec().unwrap();
-        let key = NoiseKey { mode: NoiseMode::Fast, key: stream(3, Purpose::Generator, 9).random(), step: 0, tensor_index: 0 };
+        let key = NoiseKey::public(&mut stream(3, Purpose::Generator, 9));
         for e in [0usize, 1, 2, 599, 59_999] {
             assert_eq!(z[e].to_bits(), crate::dp::noise::standard_normal_at(&key, e as u64).to_bits(), "element {e}");
         }

@@ -1,6 +1,6 @@
 // Prints the f32 bits of standard_normal_at<PHILOX> and <CHACHA> for elements 0..n of the key given
-// on the command line, and uniform_class_at of row e for 10 and 7 classes: key[8] tensor_index
-// step_lo step_hi n (hex words, decimal n).
+// on the command line, uniform_class_at of row e for 10 and 7 classes, and the f32 bits of
+// uniform_unit_at of element e: key[8] tensor_index step_lo step_hi n (hex words, decimal n).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -18,10 +18,12 @@ int main(int argc, char** argv) {
   for (unsigned long long e = 0; e < n; ++e) {
     const float a = dpgan::standard_normal_at<dpgan::NOISE_PHILOX>(k, e);
     const float b = dpgan::standard_normal_at<dpgan::NOISE_CHACHA>(k, e);
-    uint32_t ua, ub;
+    const float u = dpgan::uniform_unit_at(k, e);
+    uint32_t ua, ub, uu;
     std::memcpy(&ua, &a, 4);
     std::memcpy(&ub, &b, 4);
-    std::printf("%08x %08x %x %x\n", ua, ub, dpgan::uniform_class_at(k, e, 10), dpgan::uniform_class_at(k, e, 7));
+    std::memcpy(&uu, &u, 4);
+    std::printf("%08x %08x %x %x %08x\n", ua, ub, dpgan::uniform_class_at(k, e, 10), dpgan::uniform_class_at(k, e, 7), uu);
   }
   return 0;
 }

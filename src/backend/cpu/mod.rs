@@ -21,14 +21,14 @@ pub use optim::{adam_update, ema_update, sgd_update};
 pub use pool::{max_pool2x2_gather, max_pool2x2_scatter, sum_pool2x2, upsample_nearest2x};
 pub use real::Real;
 pub use reduce::{log_softmax_rows, sum_products_to, sum_squares_to, sum_to};
-pub use rng::{add_gaussian_noise, uniform_one_hot};
+pub use rng::{add_gaussian_noise, public_draws};
 pub use shape::{concat, gather_rows, narrow, pad};
 
 use real::by_dtype;
 
 use super::{
     AdamParams, AdamTensors, Backend, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, NoisedAdamTensors, NoisedTensors,
-    PowerIteration, RowNorm, SgdParams, UnaryOp,
+    PowerIteration, PublicDraw, RowNorm, SgdParams, UnaryOp,
 };
 use crate::dp::NoiseKey;
 use crate::error::Result;
@@ -242,10 +242,9 @@ impl Backend for Cpu {
         })
     }
 
-    fn uniform_one_hot(&self, out: &mut Tensor, key: &NoiseKey) -> Result<()> {
-        let classes = out.shape()[out.rank() - 1];
+    fn public_draws(&self, out: &mut Tensor, draw: PublicDraw, keys: &[NoiseKey]) -> Result<()> {
         by_dtype!(out.dtype(), T => {
-            uniform_one_hot(T::host_mut(out)?, classes, key);
+            public_draws(T::host_mut(out)?, draw, keys);
             Ok(())
         })
     }

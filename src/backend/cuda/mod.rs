@@ -21,7 +21,7 @@ pub use module::{kernel_resources, Kernel, KernelResources};
 
 use super::{
     AdamParams, AdamTensors, Backend, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, NoisedAdamTensors, NoisedTensors,
-    PowerIteration, RowNorm, SgdParams, UnaryOp,
+    PowerIteration, PublicDraw, RowNorm, SgdParams, UnaryOp,
 };
 use crate::dp::NoiseKey;
 use crate::error::{Error, Result};
@@ -191,9 +191,9 @@ impl Backend for CudaDevice {
         rng::add_gaussian_noise(&dev, x, std, key)
     }
 
-    fn uniform_one_hot(&self, out: &mut Tensor, key: &NoiseKey) -> Result<()> {
+    fn public_draws(&self, out: &mut Tensor, draw: PublicDraw, keys: &[NoiseKey]) -> Result<()> {
         let dev = buffer(out).device().clone();
-        rng::uniform_one_hot(&dev, out, key)
+        rng::public_draws(&dev, out, draw, keys)
     }
 
     fn sanitize_rows(&self, g: &Tensor, clip: f32, rows: RowNorm, noise_std: f32, key: &NoiseKey) -> Result<Tensor> {

@@ -46,7 +46,7 @@ kernel_table! {
     EmaUpdateForeach => "optim_ema_update_foreach_f32",
     GaussianAddPhilox => "rng_gaussian_add_philox_f32",
     GaussianAddChacha => "rng_gaussian_add_chacha_f32",
-    UniformOneHotPhilox => "rng_uniform_one_hot_philox_f32",
+    PublicDrawsPhilox => "rng_public_draws_philox_f32",
     SanitizeRowsPhilox => "dp_sanitize_rows_philox_f32",
     SanitizeRowsChacha => "dp_sanitize_rows_chacha_f32",
     Conv2dWeightGradSqNorms => "dp_conv2d_weight_grad_sq_norms_bwd_f32",

@@ -56,7 +56,7 @@ unsafe impl DeviceRepr for SgdForeachParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for GaussianNoiseParams {}
 // SAFETY: as above.
-unsafe impl DeviceRepr for UniformOneHotParams {}
+unsafe impl DeviceRepr for PublicDrawParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for SanitizeRowsParams {}
 // SAFETY: as above.
@@ -287,14 +287,28 @@ pub struct GaussianNoiseParams {
     pub key: NoiseKeyParams,
 }
 
-/// One-hot rows of classes drawn from a Philox key: `rows × classes` floats.
+/// The most members one public-draw launch takes (their keys travel in the parameters).
+pub const MAX_DRAW_MEMBERS: usize = 64;
+/// `PublicDrawParams::kind`, as in common.cuh.
+pub const PUBLIC_DRAW_ONE_HOT: u32 = 0;
+pub const PUBLIC_DRAW_CLASS: u32 = 1;
+pub const PUBLIC_DRAW_UNIT: u32 = 2;
+
+/// Public draws of members `[first, first + count)` of a tensor of `per_member`-float blocks, each
+/// member from its own Philox key (words 0-1), all at one tensor index and step.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct UniformOneHotParams {
-    pub rows: i64,
+pub struct PublicDrawParams {
+    pub per_member: i64,
+    pub first: i32,
+    pub count: i32,
+    pub kind: u32,
     pub classes: u32,
-    pub pad_: i32,
-    pub key: NoiseKeyParams,
+    pub tensor_index: u32,
+    pub step_lo: u32,
+    pub step_hi: u32,
+    pub pad_: u32,
+    pub keys: [[u32; 2]; MAX_DRAW_MEMBERS],
 }
 
 /// DP-SGD's noise and division in one pass: `x ← (x + std·z) / divisor`.
@@ -464,7 +478,7 @@ pub struct SpectralDivideBwdParams {
 // The same sizes are asserted on the C side (common.cuh).
 const _: () = assert!(std::mem::size_of::<NoiseKeyParams>() == 48);
 const _: () = assert!(std::mem::size_of::<GaussianNoiseParams>() == 64);
-const _: () = assert!(std::mem::size_of::<UniformOneHotParams>() == 64);
+const _: () = assert!(std::mem::size_of::<PublicDrawParams>() == 552);
 const _: () = assert!(std::mem::size_of::<SanitizeRowsParams>() == 80);
 const _: () = assert!(std::mem::size_of::<NoiseDivideParams>() == 64);
 const _: () = assert!(std::mem::size_of::<NoisedSgdParams>() == 96);

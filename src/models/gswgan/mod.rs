@@ -7,6 +7,8 @@ mod generator;
 
 use rand::Rng;
 
+use crate::backend::{ops, PublicDraw};
+use crate::dp::NoiseKey;
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Tensor};
 
@@ -23,16 +25,22 @@ pub const PUBLISHED_BASE: usize = 64;
 /// Pixel norm's ε inside the square root.
 pub const PIXEL_NORM_EPS: f32 = 1e-10;
 
-/// `[G, B, 10]` of z ~ Bernoulli(0.5): member g's values drawn from `rngs[g]`, so a group draws
-/// what its members would draw alone.
-pub fn bernoulli_latent<R: Rng>(rngs: &mut [R], batch: usize, device: &Device) -> Result<Tensor> {
-    let data = rngs.iter_mut().flat_map(|r| (0..batch * LATENT).map(|_| if r.random::<bool>() { 1.0 } else { 0.0 }).collect::<Vec<f32>>());
-    Tensor::from_vec(data.collect(), &[rngs.len(), batch, LATENT], device)
+/// `shape` `[G, ..]` of public draws computed on `device`, member g's block from one key drawn from
+/// `rngs[g]`: a group draws what its members would draw alone, and nothing is uploaded.
+pub fn member_public_draws<R: Rng>(draw: PublicDraw, shape: &[usize], rngs: &mut [R], device: &Device) -> Result<Tensor> {
+    let keys: Vec<NoiseKey> = rngs.iter_mut().map(NoiseKey::public).collect();
+    ops::public_draws(draw, shape, &keys, device)
 }
 
-/// Labels uniform over the classes (public), `batch` per member from its own generator.
-pub fn uniform_labels<R: Rng>(rngs: &mut [R], batch: usize) -> Vec<u32> {
-    rngs.iter_mut().flat_map(|r| (0..batch).map(|_| r.random_range(0..CLASSES as u32)).collect::<Vec<_>>()).collect()
+/// `[G, B, 10]` of z ~ Bernoulli(0.5), member g's from `rngs[g]` ([`member_public_draws`]).
+pub fn bernoulli_latent<R: Rng>(rngs: &mut [R], batch: usize, device: &Device) -> Result<Tensor> {
+    member_public_draws(PublicDraw::Class { classes: 2 }, &[rngs.len(), batch, LATENT], rngs, device)
+}
+
+/// One-hot labels `[G, B, 10]` uniform over the classes (public), member g's from `rngs[g]`
+/// ([`member_public_draws`]).
+pub fn uniform_one_hot_labels<R: Rng>(rngs: &mut [R], batch: usize, device: &Device) -> Result<Tensor> {
+    member_public_draws(PublicDraw::OneHot { classes: CLASSES as u32 }, &[rngs.len(), batch, CLASSES], rngs, device)
 }
 
 /// One-hot `[G, B, 10]` of `labels` (G·B of them, member-major).

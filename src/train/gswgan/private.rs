@@ -8,7 +8,7 @@ use super::warm_start::next_critic_batch;
 use super::{critic_step, ema_decay, ema_update, private_generator_step, GsWganConfig, LabelledImages, SliceBatches};
 use crate::dp::{GsWganSanitizer, NoiseKey, NoiseMode, NoiseSource, RunKey, SecretPurpose};
 use crate::error::{Error, Result};
-use crate::models::gswgan::{bernoulli_latent, one_hot, uniform_labels, Discriminator, Generator, GeneratorArch};
+use crate::models::gswgan::{bernoulli_latent, uniform_one_hot_labels, Discriminator, Generator, GeneratorArch};
 use crate::optim::Adam;
 use crate::tensor::{Device, Tensor};
 
@@ -150,7 +150,7 @@ impl PhaseTwoStep<'_> {
         }
         let critic_loss = critic_loss.ok_or_else(|| Error::Invalid("a phase-2 iteration needs at least one critic step".into()))?;
         let rngs = std::slice::from_mut(draws);
-        let labels = one_hot(&uniform_labels(rngs, batch_size), 1, &device)?;
+        let labels = uniform_one_hot_labels(rngs, batch_size, &device)?;
         let z = bernoulli_latent(rngs, batch_size, &device)?;
         let (generator_loss, nonfinite) =
             private_generator_step(self.generator, self.optimizer, &mut critic.discriminator, &z, &labels, self.sanitizer, key)?;

@@ -10,8 +10,9 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{critic_step, generator_step, CriticBatch, GsWganConfig, LabelledImages, SliceBatches};
+use crate::backend::PublicDraw;
 use crate::error::{Error, Result};
-use crate::models::gswgan::{bernoulli_latent, one_hot, uniform_labels, Discriminator, Generator, GeneratorArch};
+use crate::models::gswgan::{bernoulli_latent, member_public_draws, uniform_one_hot_labels, Discriminator, Generator, GeneratorArch};
 use crate::nn::{stack, Module};
 use crate::optim::Adam;
 use crate::tensor::{Device, Tensor};
@@ -42,8 +43,7 @@ pub fn member_draws(seed: u64, t: u64) -> ChaCha20Rng {
 
 /// `[G, B, 1]` of α ~ U(0, 1), member g's from `rngs[g]`.
 pub(super) fn uniform_alpha<R: Rng>(rngs: &mut [R], batch: usize, device: &Device) -> Result<Tensor> {
-    let data: Vec<f32> = rngs.iter_mut().flat_map(|r| (0..batch).map(|_| r.random::<f32>()).collect::<Vec<_>>()).collect();
-    Tensor::from_vec(data, &[rngs.len(), batch, 1], device)
+    member_public_draws(PublicDraw::Unit, &[rngs.len(), batch, 1], rngs, device)
 }
 
 /// A critic batch for every member: its next real batch from its slice, then z and α from its draws.
@@ -138,7 +138,7 @@ impl WarmStart {
             critic = Some(critic_step(&mut self.discriminators, &mut self.d_optimizer, &mut self.generators, &batch, &self.config)?);
         }
         let critic = critic.ok_or_else(|| Error::Invalid("a warm-start iteration needs at least one critic step".into()))?;
-        let labels = one_hot(&uniform_labels(&mut draws, last_batch), draws.len(), &device)?;
+        let labels = uniform_one_hot_labels(&mut draws, last_batch, &device)?;
         let z = bernoulli_latent(&mut draws, last_batch, &device)?;
         let generator = generator_step(&mut self.generators, &mut self.g_optimizer, &mut self.discriminators, &z, &labels)?;
         self.iterations += 1;
