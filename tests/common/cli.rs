@@ -129,3 +129,28 @@ pub fn tiny_warm_start(out: &Path, count: usize, group: usize, iterations: u64) 
     let args = tiny_warm_start_args(out, count, group, iterations);
     stdout_of(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
+
+/// `run`'s metrics.jsonl, one JSON value a line.
+pub fn metrics_lines(run: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_else(|e| panic!("{}: {e}", run.display()));
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Two logs of one 4-step run (same seed and noise): `every` logged every step, `third` every third
+/// step and the last. `third`'s losses are the means over its interval of `every`'s, which change
+/// from step to step (a constant passes the ratio), and its last rate is its one step over the
+/// wall time between its lines. `unit` names a step in messages.
+pub fn assert_interval_means(every: &[Value], third: &[Value], unit: &str) {
+    assert_eq!(every.len(), 4, "{every:?}");
+    assert_eq!(third.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), [3, 4], "every third and the last");
+    for key in ["d_loss", "g_loss"] {
+        let value = |l: &Value| l[key].as_f64().unwrap();
+        let mean = every[..3].iter().map(value).sum::<f64>() / 3.0;
+        assert!(every.windows(2).all(|w| value(&w[0]) != value(&w[1])), "{key} the same in consecutive {unit}s: {every:?}");
+        assert!((value(&third[0]) - mean).abs() <= 1e-6 * mean.abs().max(1.0), "{key}: {} vs the mean {mean}", value(&third[0]));
+        assert_eq!(value(&third[1]), value(&every[3]), "{key} of the last {unit} alone");
+    }
+    let wall = third[1]["wall_s"].as_f64().unwrap() - third[0]["wall_s"].as_f64().unwrap();
+    let rate = third[1]["steps_per_s"].as_f64().unwrap();
+    assert!((rate * wall - 1.0).abs() < 0.25, "{rate} {unit}s/s over the last {wall} s");
+}
