@@ -326,23 +326,38 @@ fn a_run_killed_before_its_first_checkpoint_starts_again() {
 
 /// Reads `run`'s checkpoint.json while `child` trains until four checkpoints were seen: each at a
 /// multiple of `every` (its `counter`: "step" or "iteration") and with the training time so far.
-/// Then kills the run.
+/// Then kills the run, before any check fails, so that a failure leaves no run behind.
 fn assert_checkpoints_at_multiples_of(run: &Path, mut child: Child, every: u64, counter: &str) {
+    let seen = checkpoints_seen(run, &mut child, every, counter);
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let seen = seen.unwrap_or_else(|why| panic!("{why}"));
+    assert_eq!(status.code(), None, "killed by a signal after the checkpoints at {seen:?}");
+}
+
+fn checkpoints_seen(run: &Path, child: &mut Child, every: u64, counter: &str) -> Result<BTreeSet<u64>, String> {
     let (start, mut seen) = (Instant::now(), BTreeSet::new());
     while seen.len() < 4 {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended");
-        assert!(start.elapsed() < Duration::from_secs(120), "checkpoints seen in 120 s: {seen:?}");
+        if child.try_wait().unwrap().is_some() {
+            return Err(format!("the run ended after the checkpoints at {seen:?}"));
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            return Err(format!("checkpoints seen in 120 s: {seen:?}"));
+        }
         if let Ok(text) = fs::read_to_string(run.join("checkpoint.json")) {
-            let state: Value = serde_json::from_str(&text).unwrap();
-            let at = state[counter].as_u64().unwrap();
-            assert!(at.is_multiple_of(every), "a checkpoint at {counter} {at}");
-            assert!(state["wall_s"].as_f64().is_some_and(|w| w > 0.0), "{state}");
+            let state: Value = serde_json::from_str(&text).map_err(|e| format!("checkpoint.json: {e}"))?;
+            let at = state[counter].as_u64().ok_or(format!("no {counter} in {state}"))?;
+            if !at.is_multiple_of(every) {
+                return Err(format!("a checkpoint at {counter} {at}"));
+            }
+            if !state["wall_s"].as_f64().is_some_and(|w| w > 0.0) {
+                return Err(format!("a checkpoint without its training time: {state}"));
+            }
             seen.insert(at);
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let (code, _) = signal_and_wait(child, "KILL");
-    assert_eq!(code, None, "killed by a signal");
+    Ok(seen)
 }
 
 /// A running run checkpoints every --checkpoint-every steps and only there (what a crash falls
