@@ -718,3 +718,35 @@ fn auto_group_size_measures_the_probe_and_fits_the_free_memory() {
         eprintln!("{}", choice.how);
     });
 }
+
+/// Phase 2 through the runner on the GPU and on the CPU, from one warm start: same seed and
+/// replayable noise, so the same selections, batches, draws and (counter-based) noise; the
+/// backends differ only in the order of f32 sums. The runner moves each selected critic to the
+/// device and back (or keeps them resident), and checkpoints every iteration. Bound, set before any
+/// measurement: relative 1e-4 over the 3 iterations (F32_LONG, as for one phase-2 iteration in
+/// tests/models_gpu.rs). Skips without a GPU (fails with DPGAN_REQUIRE_GPU=1).
+#[test]
+fn phase_two_on_the_gpu_matches_the_cpu() {
+    let Some(_) = common::cuda_or_skip("phase_two_on_the_gpu_matches_the_cpu") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let warm = dir.path().join("warm");
+    warm_start(&warm);
+    let runs = [dir.path().join("cpu"), dir.path().join("cuda")];
+    for (run, device) in runs.iter().zip(["cpu", "cuda"]) {
+        let (warm, out) = (s(&warm), s(run));
+        let args = ["train", "gs-wgan", "--warm-start", &warm, "--out", &out, "--generator", "dcgan", "--device", device];
+        let rest = ["--seed", "5", "--iterations", "3", "--log-every", "1", "--checkpoint-every", "1", "--replayable-noise"];
+        stdout_of(&[&args[..], &rest[..]].concat());
+    }
+    let (cpu, gpu) = (metrics_lines(&runs[0]), metrics_lines(&runs[1]));
+    assert_eq!((cpu.len(), gpu.len()), (3, 3), "one metrics line per iteration");
+    for (t, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+        assert_eq!(c["discriminator"], g["discriminator"], "iteration {}: the same critic selected", t + 1);
+        for key in ["d_loss", "g_loss"] {
+            let (c, g) = (c[key].as_f64().unwrap(), g[key].as_f64().unwrap());
+            assert!((c - g).abs() <= 1e-4 * c.abs().max(1.0), "iteration {}: {key} {g} on the GPU, {c} on the CPU", t + 1);
+        }
+    }
+}
