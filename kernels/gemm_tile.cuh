@@ -62,7 +62,7 @@ struct Slot {
 //
 // Rows are STRIDE floats apart, and element (kk, mn) sits at column smem_col(kk, mn), chosen so
 // that no access of the main loop has a shared-memory bank conflict (32 banks of 4 bytes;
-// scripts/emulate_kernels.cpp checks every warp's addresses):
+// scripts/emulate/tiled.cpp checks every warp's addresses):
 // - FFMA (STRIDE 68): rows stay 16-byte aligned for the float4 reads, which cannot conflict. A
 //   K-contiguous warp's stores (k 0..15 × 2 columns) are 2-way; the TF32 mapping would make them
 //   conflict-free but costs the FFMA kernels up to 16 registers (ptxas, sm_90), a block an SM.
@@ -93,7 +93,7 @@ __device__ __forceinline__ int smem_col(int kk, int mn) {
 // tile as four m16n8 products; acc[t][r] is register c_r of n8-tile t, in PTX's fragment layout
 // (lane = 4·group + t4: c0, c1 at row group, columns 2·t4 + {0, 1}; c2, c3 eight rows lower).
 // Inputs are rounded to TF32 (10-bit mantissa, round to nearest, ties away) as cuBLAS does.
-// The host emulation (scripts/emulate_kernels.cpp) supplies its own to_tf32 and mma_tf32.
+// The host emulation (scripts/emulate/tiled.cpp) supplies its own to_tf32 and mma_tf32.
 #ifndef DPGAN_HOST_EMULATION
 __device__ __forceinline__ uint32_t to_tf32(float x) {
   uint32_t r;

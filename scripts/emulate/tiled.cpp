@@ -1,50 +1,12 @@
-// Host emulation of the tiled kernels (scripts/emulate-kernels.sh builds and runs it): each block runs
-// as 256 std::threads with a std::barrier for __syncthreads, so the real kernel source (index math,
-// tails, shared-memory staging, K splits, grid-striding in z) runs on a CPU against f64 loops.
-#include <algorithm>
-#include <barrier>
-#include <cmath>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <memory>
-#include <functional>
-#include <random>
-#include <thread>
-#include <vector>
-
-struct uint3_ { unsigned x = 0, y = 0, z = 0; };
-thread_local uint3_ threadIdx, blockIdx;
-uint3_ gridDim, blockDim;
-static std::barrier<>* g_barrier = nullptr;
-inline void __syncthreads() { g_barrier->arrive_and_wait(); }
-struct float4 { float x, y, z, w; };
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__ inline
-#define __shared__ static
-#define __align__(n) __attribute__((aligned(n)))
-#define __launch_bounds__(...)
-#define __restrict__ __restrict
-inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
-inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
-inline float __uint_as_float(unsigned u) {
-  float x;
-  memcpy(&x, &u, 4);
-  return x;
-}
-inline unsigned __float_as_uint(float x) {
-  unsigned u;
-  memcpy(&u, &x, 4);
-  return u;
-}
+// Host emulation of the tiled kernels (kernels/gemm.cu, conv.cu, dp_norms.cu) on host_cuda.h: the
+// real kernel source (index math, tails, shared-memory staging, K splits, grid-striding in z) runs
+// on the CPU against f64 loops, and the shared-memory bank conflicts of the main loop are counted
+// from the kernels' own index functions.
+#include "host_cuda.h"
 
 // TF32 tensor cores, emulated per warp: each lane scatters its fragments into the warp's matrices
 // (PTX's m16n8k8 layout), the warp meets at a barrier, each lane computes its own four outputs.
 #define DPGAN_HOST_EMULATION 1
-static std::barrier<>* g_warp_barrier[8];
 static float g_A[8][16][8], g_B[8][8][8];
 inline float bits_to_float(uint32_t u) {
   float x;
@@ -69,7 +31,7 @@ inline void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[
   A[g + 8][t + 4] = bits_to_float(a[3]);
   B[t][g] = bits_to_float(b[0]);
   B[t + 4][g] = bits_to_float(b[1]);
-  g_warp_barrier[w]->arrive_and_wait();
+  emu::block->warp[w]->arrive_and_wait();
   auto dot = [&](int r, int col, float acc) {
     for (int k = 0; k < 8; ++k) acc += A[r][k] * B[k][col];
     return acc;
@@ -78,7 +40,7 @@ inline void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[
   c[1] = dot(g, 2 * t + 1, c[1]);
   c[2] = dot(g + 8, 2 * t, c[2]);
   c[3] = dot(g + 8, 2 * t + 1, c[3]);
-  g_warp_barrier[w]->arrive_and_wait();  // before the next product overwrites A and B
+  emu::block->warp[w]->arrive_and_wait();  // before the next product overwrites A and B
 }
 }  // namespace tile
 }  // namespace dpgan
@@ -87,66 +49,18 @@ inline void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[
 #include "conv.cu"
 #include "dp_norms.cu"
 
+// Every tiled kernel runs 256 threads a block (kernels/gemm_tile.cuh's THREADS).
 template <class F>
 void launch(uint3_ grid, F kernel) {
-  gridDim = grid;
-  blockDim = {256, 1, 1};
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        std::barrier<> bar(256);
-        g_barrier = &bar;
-        std::vector<std::unique_ptr<std::barrier<>>> warps;
-        for (int i = 0; i < 8; ++i) {
-          warps.push_back(std::make_unique<std::barrier<>>(32));
-          g_warp_barrier[i] = warps.back().get();
-        }
-        std::vector<std::thread> ts;
-        for (unsigned t = 0; t < 256; ++t)
-          ts.emplace_back([&, t] {
-            threadIdx = {t, 0, 0};
-            blockIdx = {x, y, z};
-            kernel();
-          });
-        for (auto& t : ts) t.join();
-      }
+  emu::launch(grid, {256, 1, 1}, kernel);
 }
 
-FastDivmod fdm(uint32_t d) {
-  if (d == 0) d = 1;
-  uint32_t shift = 0;
-  while ((1ull << shift) < d) ++shift;
-  uint64_t magic = ((1ull << 32) * ((1ull << shift) - d)) / d + 1;
-  return {d, (uint32_t)magic, shift, 0};
-}
+FastDivmod fdm(uint32_t d) { return emu::fast_divmod<FastDivmod>(d); }
 
-static std::mt19937 rng(12345);
-std::vector<float> randv(size_t n) {
-  std::normal_distribution<float> nd;
-  std::vector<float> v(n);
-  for (auto& x : v) x = nd(rng);
-  return v;
-}
+std::vector<float> randv(size_t n) { return emu::randn(n); }
 
-static int failures = 0;
 void compare(const char* what, const std::vector<float>& got, const std::vector<double>& want) {
-  double err = 0, ref = 0;
-  size_t worst = 0;
-  double wd = -1;
-  for (size_t i = 0; i < want.size(); ++i) {
-    double d = std::fabs((double)got[i] - want[i]);
-    if (std::isnan(got[i])) d = INFINITY;
-    err += d * d;
-    ref += want[i] * want[i];
-    if (d > wd) wd = d, worst = i;
-  }
-  double rel = std::sqrt(err) / std::max(std::sqrt(ref), 1e-30);
-  bool ok = rel < 1e-5 || err == 0;
-  if (!ok) {
-    ++failures;
-    printf("FAIL %s: rel %.3e worst %zu got %g want %g\n", what, rel, worst, want.empty() ? 0.0 : got[worst],
-           want.empty() ? 0.0 : want[worst]);
-  }
+  emu::compare(what, got, want, 1e-5);
 }
 
 void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int split_len, bool tf32 = false) {
@@ -365,7 +279,7 @@ int tf32_read_ways() {
 void check_bank_conflicts() {
   const int tf32_stores = store_ways<true>(), tf32_reads = tf32_read_ways(), f32_stores = store_ways<false>();
   if (tf32_stores != 1 || tf32_reads != 1 || f32_stores > 2) {
-    ++failures;
+    ++emu::failures;
     printf("FAIL bank conflicts: tf32 stores %d-way, tf32 reads %d-way, f32 stores %d-way\n", tf32_stores, tf32_reads,
            f32_stores);
   }
@@ -387,7 +301,7 @@ int main() {
           for (int k : {0, 5, 40}) test_gemm(1, m, n, k, ta, tb, 1, std::max(k, 1), true);
       test_gemm(2, 65, 70, 100, ta, tb, 4, 32, true);
     }
-  printf("gemm done, %d failures\n", failures);
+  printf("gemm done, %d failures\n", emu::failures);
   const Geo geos[] = {
       {1, 2, 1, 28, 28, 4, 5, 5, 2, 2},  {1, 2, 4, 14, 14, 6, 5, 5, 2, 2},  {3, 2, 6, 7, 7, 5, 5, 5, 2, 2},
       {1, 2, 4, 8, 8, 5, 3, 3, 1, 1},    {2, 1, 3, 16, 16, 3, 3, 3, 1, 1},  {1, 3, 4, 8, 8, 3, 1, 1, 1, 0},
@@ -404,7 +318,7 @@ int main() {
   test_conv({1, 2, 70, 5, 6, 66, 3, 3, 1, 1}, 1, 60, true);
   test_conv({2, 2, 3, 9, 13, 67, 3, 3, 2, 1}, 1, 2 * 5 * 7, true);
   test_conv({1, 2, 65, 11, 11, 3, 8, 8, 2, 0}, 2, 16, true);
-  printf("conv done, %d failures\n", failures);
+  printf("conv done, %d failures\n", emu::failures);
   // GS-WGAN's critic convs (5x5 s2 p2 at 28, 14, 7; reduced channels), tails in O and C·KK, batch 1,
   // G > 1, a 1x1 and an 8x8 s2 (the DCGAN conv-transpose's weight gradient), positions not a
   // multiple of the K step.
@@ -414,6 +328,6 @@ int main() {
       {2, 3, 3, 5, 4, 2, 7, 6, 1, 1},   {1, 1, 1, 2, 2, 1, 5, 5, 2, 3},
   };
   for (const Geo& q : norm_geos) test_conv_norms(q);
-  printf("conv norms done, %d failures\n", failures);
-  return failures != 0;
+  printf("conv norms done, %d failures\n", emu::failures);
+  return emu::finish("tiled");
 }
