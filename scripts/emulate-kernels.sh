@@ -16,7 +16,7 @@ status=0
 for program in "$@"; do
   # No contraction: a*b + c rounds twice, as the kernels' __fmul_rn/__fadd_rn and nvcc's
   # explicit-rounding intrinsics do.
-  g++ -std=c++20 -O1 -ffp-contract=off -pthread -I "$here/../kernels" -I "$here/emulate" -x c++ \
+  g++ -std=c++20 -O1 -ffp-contract=off -frounding-math -pthread -I "$here/../kernels" -I "$here/emulate" -x c++ \
     "$here/emulate/$program.cpp" -o "$out/$program"
   "$out/$program" || status=1
 done

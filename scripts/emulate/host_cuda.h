@@ -11,6 +11,7 @@
 #pragma once
 #include <algorithm>
 #include <barrier>
+#include <cfenv>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -121,6 +122,21 @@ inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
+// Round-toward-zero through the FPU's rounding mode.
+inline float __double2float_rz(double x) {
+  const int mode = std::fegetround();
+  std::fesetround(FE_TOWARDZERO);
+  volatile float y = (float)x;
+  std::fesetround(mode);
+  return y;
+}
+inline float __fmul_rz(float a, float b) {
+  const int mode = std::fegetround();
+  std::fesetround(FE_TOWARDZERO);
+  volatile float y = a * b;
+  std::fesetround(mode);
+  return y;
+}
 
 namespace emu {
 
