@@ -241,6 +241,7 @@ impl Tensor {
     /// tape saved never changes under it).
     pub fn storage_mut(&mut self) -> Result<&mut Storage> {
         if Arc::get_mut(&mut self.storage).is_none() {
+            census::note(census::COPY_ON_WRITE);
             let copy = match &*self.storage {
                 Storage::Cpu(v) => Storage::Cpu(v.clone()),
                 Storage::CpuF64(v) => Storage::CpuF64(v.clone()),

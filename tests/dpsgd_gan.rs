@@ -5,6 +5,7 @@ mod common;
 use std::collections::HashMap;
 
 use dpgan::autograd::Tape;
+use dpgan::backend::census::{count_ops, COPY_ON_WRITE};
 use dpgan::backend::ops;
 use dpgan::dp::{NoiseMode, NoiseSource};
 use dpgan::models::dpsgd_gan::{Discriminator, Generator};
@@ -122,7 +123,9 @@ fn the_noiseless_gradient_is_bounded_by_the_clip() {
     assert!(wrong.is_err(), "a D step takes exactly B generated examples");
 }
 
-/// Both steps move their own network only: D's step leaves G, G's step leaves D.
+/// Both steps move their own network only: D's step leaves G, G's step leaves D. Each updates its
+/// network in place: no parameter is copied because a tape still shares it (the census's
+/// `copy_on_write`).
 #[test]
 fn each_step_moves_only_its_network() {
     let mut m = model(DpsgdGanConfig { batch_size: 4, ..DpsgdGanConfig::default() });
@@ -131,11 +134,16 @@ fn each_step_moves_only_its_network() {
     let (g0, d0) = (flat(&m.generator), flat(&m.discriminator));
     let images = Tensor::uniform(&[1, 5, 1, 28, 28], 0.0, 1.0, &mut rng, &Device::Cpu).unwrap();
     let y = labels(&mut rng, 5);
-    m.discriminator_step(&images, &y, &mut rng).unwrap();
+    let (stepped, d_census) = count_ops(|| m.discriminator_step(&images, &y, &mut rng).map(|_| ()));
+    stepped.unwrap();
     let (g1, d1) = (flat(&m.generator), flat(&m.discriminator));
     assert_eq!(g0, g1);
     assert_ne!(d0, d1);
-    m.generator_step(&mut rng, &Device::Cpu).unwrap();
+    let (stepped, g_census) = count_ops(|| m.generator_step(&mut rng, &Device::Cpu).map(|_| ()));
+    stepped.unwrap();
+    for (step, census) in [("D", d_census), ("G", g_census)] {
+        assert_eq!(census.get(COPY_ON_WRITE), None, "the {step} step copies a parameter to update it: {census:?}");
+    }
     assert_eq!(d1, flat(&m.discriminator));
     assert_ne!(g1, flat(&m.generator));
     assert_eq!((m.d_steps_taken(), m.g_steps_taken()), (1, 1));

@@ -19,6 +19,10 @@ pub const HOST_TO_DEVICE: &str = "host_to_device";
 pub const DEVICE_TO_HOST: &str = "device_to_host";
 /// An op's name for a tensor filled with one value (a kernel launch on a GPU).
 pub const FILL: &str = "fill";
+/// An op's name for the copy an in-place update makes of a tensor whose storage is shared (a
+/// device-to-device copy and an allocation on a GPU, which the update would not need if the
+/// tensor were its storage's only owner).
+pub const COPY_ON_WRITE: &str = "copy_on_write";
 
 /// Runs `f` and returns, beside its result, how many times each op ran on this thread meanwhile.
 /// Not re-entrant: a nested call counts into its own map only.

@@ -164,6 +164,8 @@ impl DpCgan {
         let loss = tape.sum_all(&per_example)?;
         // Only the layers' output gradients: the clipped sums below are the weight gradients.
         let layers = pass.layer_grads(&tape.backward_to(&loss, &pass.outputs())?)?;
+        // The tape's saved inputs share D's weights: released now, the update below is in place.
+        drop(tape);
 
         let dp = DpSgdConfig {
             clip: self.config.clip,
@@ -181,7 +183,7 @@ impl DpCgan {
         let total_part = ops::unary(UnaryOp::Affine { scale: 1.0 / b_fake, shift: 0.0 }, &loss)?;
         let real_part = ops::unary(UnaryOp::Affine { scale: 1.0 / b - 1.0 / b_fake, shift: 0.0 }, &real_sum)?;
         let d_loss = ops::binary(BinaryOp::Add, &total_part, &real_part)?;
-        let g_loss = self.generator_step(&g_tape, &fake, &fake_labels)?;
+        let g_loss = self.generator_step(g_tape, &fake, &fake_labels)?;
         self.step += 1;
         Ok(StepLosses { discriminator: d_loss, generator: g_loss, nonfinite })
     }
@@ -203,8 +205,9 @@ impl DpCgan {
         let grads = tape.backward(&d_loss)?;
         let d_grads = d.params().into_iter().map(|p| grads.of(p).cloned()).collect::<Result<Vec<_>>>()?;
         let nonfinite = nonfinite_flag(&d_grads.iter().collect::<Vec<_>>())?;
+        drop(tape); // it shares D's weights: released, the update is in place
         self.d_optimizer.step(&mut self.discriminator.params_mut(), &d_grads)?;
-        let g_loss = self.generator_step(&g_tape, &fake, &fake_labels)?;
+        let g_loss = self.generator_step(g_tape, &fake, &fake_labels)?;
         self.step += 1;
         Ok(StepLosses { discriminator: d_loss, generator: g_loss, nonfinite })
     }
@@ -219,13 +222,15 @@ impl DpCgan {
     }
 
     /// G's Adam step on mean BCE(1, D(G(z, l), l)) through the current D (G sees no private data
-    /// except through D).
-    fn generator_step(&mut self, tape: &Tape, fake: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    /// except through D). Takes G's tape (its forward) and drops it before the update, which is
+    /// then in place: the tape's saved inputs share G's weights.
+    fn generator_step(&mut self, tape: Tape, fake: &Tensor, labels: &Tensor) -> Result<Tensor> {
         let _range = profile::range("generator_step");
-        let logits = self.discriminator.forward(tape, fake, labels)?.logits;
+        let logits = self.discriminator.forward(&tape, fake, labels)?.logits;
         let loss = tape.mean_all(&tape.bce_with_logits(&logits, &ones_like(&logits)?)?)?;
         let grads = tape.backward(&loss)?;
         let g_grads = self.generator.params().into_iter().map(|p| grads.of(p).cloned()).collect::<Result<Vec<_>>>()?;
+        drop(tape);
         self.g_optimizer.step(&mut self.generator.params_mut(), &g_grads)?;
         Ok(loss)
     }

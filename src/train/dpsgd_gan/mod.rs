@@ -180,6 +180,7 @@ impl DpsgdGan {
         let loss = tape.mean_all(&tape.bce_with_logits(&logits, &logits.full_like(logits.shape(), 1.0)?)?)?;
         let grads = tape.backward(&loss)?;
         let g_grads = self.generator.params().into_iter().map(|p| grads.of(p).cloned()).collect::<Result<Vec<_>>>()?;
+        drop(tape); // it shares G's weights: released, the update is in place
         self.g_optimizer.step(&mut self.generator.params_mut(), &g_grads)?;
         Ok(GeneratorLosses { loss, fake_logits: logits })
     }

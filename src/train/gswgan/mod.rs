@@ -125,6 +125,8 @@ pub fn critic_step(
     let loss = wgan_gp_loss(&tape, d, &batch.images, &fake, &batch.labels, &batch.alpha, config)?;
     let grads = tape.backward(&tape.sum_all(&loss)?)?;
     let d_grads = gradients_of(&grads, d.params())?;
+    // The tape's saved inputs share D's weights: released first, the update is in place.
+    drop(tape);
     d_opt.step(&mut d.params_mut(), &d_grads)?;
     Ok(loss)
 }
@@ -139,6 +141,7 @@ pub fn generator_step(g: &mut Generator, g_opt: &mut Adam, d: &mut Discriminator
     let loss = tape.neg(&member_mean(&tape, &critic)?)?;
     let grads = tape.backward(&tape.sum_all(&loss)?)?;
     let g_grads = gradients_of(&grads, g.params())?;
+    drop(tape); // it shares G's weights: released, the update is in place
     g_opt.step(&mut g.params_mut(), &g_grads)?;
     Ok(loss)
 }
@@ -167,6 +170,7 @@ pub fn private_generator_step(
     let nonfinite = nonfinite_flag(&[&sanitized])?;
     let grads = g_tape.backward_with(&fake, sanitized, false)?;
     let g_grads = gradients_of(&grads, g.params())?;
+    drop(g_tape); // it shares G's weights: released, the update is in place
     g_opt.step(&mut g.params_mut(), &g_grads)?;
     Ok((loss, nonfinite))
 }
