@@ -99,6 +99,8 @@ if want bench; then
     for mode in --private --non-private; do
       extra=()
       [ "$algo" = gs-wgan ] && extra=("${gs_step_flags[@]}")
+      # DP-CGAN's launch floor beside its eager step: the step replayed from one CUDA graph.
+      [ "$algo" = dp-cgan ] && [ "$device" != cpu ] && extra=(--cuda-graph)
       step "bench-step-$algo${mode#-}" 45 "$bin" bench step --algo "$algo" "$mode" --phases --device "$device" \
         "${step_flags[@]}" "${extra[@]}" --json "$out/bench-step-$algo${mode#-}.json"
     done

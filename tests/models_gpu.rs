@@ -1,7 +1,8 @@
 //! Whole models on the GPU against the CPU: DP-CGAN's generator and discriminator (same weights,
 //! same inputs) forward and backward, every parameter gradient; one full private training step
 //! (same seeds) on both devices; GS-WGAN's warm-start iterations (also with TF32 allowed) and its
-//! phase-2 iterations. Skips without a GPU, fails under `DPGAN_REQUIRE_GPU=1`.
+//! phase-2 iterations; a DP-CGAN step replayed from a CUDA graph against the same step run eagerly.
+//! Skips without a GPU, fails under `DPGAN_REQUIRE_GPU=1`.
 mod common;
 
 use dpgan::autograd::Tape;
@@ -153,6 +154,46 @@ fn cuda_dpcgan_private_step_matches_cpu() {
         for (k, (a, e)) in after_cpu.iter().zip(&before_cpu).enumerate() {
             assert!(a != e, "parameter {k} did not move");
         }
+    });
+}
+
+/// A DP-CGAN private step captured into a CUDA graph does nothing until replayed (the weights are
+/// unchanged after the capture), and one replay equals the same step run eagerly from the same
+/// state and seeds bit for bit: the same kernels with the same parameters in the same order.
+#[test]
+fn cuda_graph_replay_of_a_dp_cgan_step_equals_the_eager_step() {
+    common::on_cuda("cuda_graph_replay_of_a_dp_cgan_step_equals_the_eager_step", |dev| {
+        let Device::Cuda(cuda) = dev else { unreachable!("on_cuda hands out a CUDA device") };
+        let mut data_rng = common::rng("cuda_graph_replay_of_a_dp_cgan_step_equals_the_eager_step");
+        let b = 33;
+        let config = DpCganConfig { clip: 0.05, batch_divisor: b as f32, ..DpCganConfig::default() };
+        let images = common::uniform(&mut data_rng, &[1, b, PIXELS], -1.0, 1.0).to_device(dev).unwrap();
+        let labels = one_hot(&mut data_rng, 1, b).to_device(dev).unwrap();
+        let (model_seed, step_seed, noise_seed): (u64, u64, u64) = (data_rng.random(), data_rng.random(), data_rng.random());
+        let model = || {
+            let noise = NoiseSource::from_seed(noise_seed, NoiseMode::Fast);
+            DpCgan::new(config, noise, &mut ChaCha8Rng::seed_from_u64(model_seed), dev).unwrap()
+        };
+        let mut eager = model();
+        let eager_losses = eager.private_step(&images, &labels, b, &mut ChaCha8Rng::seed_from_u64(step_seed)).unwrap();
+        let mut captured = model();
+        let before = weights(&captured);
+        let (losses, graph) =
+            cuda.capture(|| captured.private_step(&images, &labels, b, &mut ChaCha8Rng::seed_from_u64(step_seed))).unwrap();
+        assert_eq!(weights(&captured), before, "the capture ran the step");
+        graph.replay().unwrap();
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        for (k, (a, e)) in weights(&captured).into_iter().zip(weights(&eager)).enumerate() {
+            assert_eq!(bits(a), bits(e), "parameter {k} after one replay");
+        }
+        for (what, a, e) in [
+            ("D loss", &losses.discriminator, &eager_losses.discriminator),
+            ("G loss", &losses.generator, &eager_losses.generator),
+            ("finiteness flag", &losses.nonfinite, &eager_losses.nonfinite),
+        ] {
+            assert_eq!(bits(a.to_vec().unwrap()), bits(e.to_vec().unwrap()), "{what} after one replay");
+        }
+        assert!(weights(&eager) != before, "the step moved nothing, so the comparison proves nothing");
     });
 }
 

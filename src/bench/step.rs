@@ -18,6 +18,11 @@
 //!    ranges (see [`crate::profile`]) are charged to phases, the device synchronised at every
 //!    boundary so that queued kernels count where they were launched. Those synchronisations
 //!    slow the step, which is why the headline figures never come from this pass.
+//! 3. with `cuda_graph` (CUDA only), a third pass: one step captured into a CUDA graph
+//!    ([`CudaDevice::capture`](crate::backend::cuda::CudaDevice::capture)) and replayed `steps`
+//!    times, timed as the headline pass. A replay repeats the captured step's keys, draws and
+//!    counters, so it is not a training step: it is the step's launch floor, its kernels without
+//!    the host's per-launch work, the bound that capturing training steps would approach.
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Instant;
@@ -120,6 +125,8 @@ pub struct StepOptions {
     /// Run the step's matmuls and convolutions on TF32 tensor cores where they are large enough
     /// (CUDA, non-private steps only: per-example norms and clipping stay in exact f32).
     pub tf32: bool,
+    /// Also time the step replayed from one CUDA graph capture (CUDA only; see the module doc).
+    pub cuda_graph: bool,
 }
 
 impl StepOptions {
@@ -137,6 +144,7 @@ impl StepOptions {
             arch: GeneratorArch::Resnet,
             base: algo.default_base(),
             tf32: false,
+            cuda_graph: false,
         }
     }
 
@@ -175,6 +183,19 @@ pub struct PhaseReport {
     pub timing: String,
 }
 
+/// The step replayed from one CUDA graph capture: its times, or why the capture failed.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct GraphReplayReport {
+    pub steps: usize,
+    /// `None` when the capture failed (see `error`).
+    pub steps_per_s: Option<f64>,
+    pub mean_ms: Option<f64>,
+    pub median_ms: Option<f64>,
+    pub min_ms: Option<f64>,
+    pub error: Option<String>,
+    pub note: String,
+}
+
 /// Everything one `dpgan bench step` run measured, and under which settings.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct StepReport {
@@ -210,6 +231,8 @@ pub struct StepReport {
     pub ops_per_step: BTreeMap<String, u64>,
     pub ops_per_step_total: u64,
     pub phases: Option<PhaseReport>,
+    /// With `cuda_graph`: the launch floor beside the headline (eager) times.
+    pub graph_replay: Option<GraphReplayReport>,
 }
 
 /// One prepared benchmark: the step to repeat and what it is.
@@ -460,6 +483,42 @@ fn time_phases(device: &Device, steps: usize, step: &mut dyn FnMut() -> Result<(
     Ok(PhaseReport { steps, total_ms: per_step(total), ms, timing: timing.into() })
 }
 
+/// The graph pass: one step captured, then `steps` replays timed as [`time_steps`] times a step.
+/// A failed capture is reported, not raised, so that the eager figures of the run still come out.
+fn time_graph_replays(device: &Device, steps: usize, step: &mut dyn FnMut() -> Result<()>) -> Result<GraphReplayReport> {
+    let Device::Cuda(cuda) = device else {
+        return Err(Error::Invalid("--cuda-graph needs a CUDA device".into()));
+    };
+    let note = "one step captured into a CUDA graph, then replayed: each replay repeats the captured keys, draws and counters (the launch floor of the step, not a training step); timed as the headline pass".to_string();
+    synchronize(device)?;
+    let graph = match cuda.capture(step) {
+        Ok(((), graph)) => graph,
+        Err(e) => {
+            return Ok(GraphReplayReport {
+                steps,
+                steps_per_s: None,
+                mean_ms: None,
+                median_ms: None,
+                min_ms: None,
+                error: Some(e.to_string()),
+                note,
+            })
+        }
+    };
+    // The first replay uploads the graph: untimed, as a warm-up step is.
+    graph.replay()?;
+    let (samples, wall) = time_steps(device, steps, &mut || graph.replay())?;
+    Ok(GraphReplayReport {
+        steps,
+        steps_per_s: Some(steps as f64 / wall),
+        mean_ms: Some(samples.iter().sum::<f64>() / samples.len() as f64),
+        median_ms: super::median(&samples),
+        min_ms: Some(samples.iter().copied().fold(f64::INFINITY, f64::min)),
+        error: None,
+        note,
+    })
+}
+
 /// What the device is, in words.
 fn device_name(device: &Device) -> String {
     match device {
@@ -476,6 +535,9 @@ pub fn run(options: &StepOptions, device: &Device, mut progress: impl FnMut(&str
     options.check()?;
     if options.tf32 && device.is_cpu() {
         return Err(Error::Invalid("--tf32 needs a CUDA device (sm_80 or newer; older ones run f32): the CPU backend has no TF32".into()));
+    }
+    if options.cuda_graph && device.is_cpu() {
+        return Err(Error::Invalid("--cuda-graph needs a CUDA device: the CPU backend runs each op as it comes".into()));
     }
     // Every step runs on this thread, so the thread's setting covers all of them.
     let _tf32 = Tf32Scope::new(options.tf32);
@@ -515,6 +577,12 @@ pub fn run(options: &StepOptions, device: &Device, mut progress: impl FnMut(&str
     } else {
         None
     };
+    let graph_replay = if options.cuda_graph {
+        progress(&format!("{} steps replayed from a CUDA graph", options.steps));
+        Some(time_graph_replays(device, options.steps, &mut prepared.step)?)
+    } else {
+        None
+    };
     let median_ms = super::median(&samples).ok_or_else(|| Error::Invalid("no valid step time".into()))?;
     let mean_ms = samples.iter().sum::<f64>() / samples.len() as f64;
     let timing = match device {
@@ -531,7 +599,7 @@ pub fn run(options: &StepOptions, device: &Device, mut progress: impl FnMut(&str
     settings.insert("steps".into(), json!(options.steps));
     settings.insert("warmup".into(), json!(options.warmup));
     settings.insert("seed".into(), json!(options.seed));
-    settings.insert("cuda_graph".into(), json!(false));
+    settings.insert("cuda_graph".into(), json!(options.cuda_graph));
     settings.insert("tf32".into(), json!(options.tf32));
     Ok(StepReport {
         benchmark: "step".into(),
@@ -557,6 +625,7 @@ pub fn run(options: &StepOptions, device: &Device, mut progress: impl FnMut(&str
         ops_per_step_total: ops_per_step.values().sum(),
         ops_per_step,
         phases,
+        graph_replay,
     })
 }
 
@@ -606,6 +675,16 @@ impl fmt::Display for StepReport {
                     let share = if p.total_ms > 0.0 { 100.0 * ms / p.total_ms } else { 0.0 };
                     writeln!(f, "  {phase:18} {ms:10.3} ms  {share:5.1}%")?;
                 }
+            }
+        }
+        if let Some(g) = &self.graph_replay {
+            match (&g.error, g.steps_per_s, g.mean_ms, g.median_ms, g.min_ms) {
+                (None, Some(rate), Some(mean), Some(median), Some(min)) => writeln!(
+                    f,
+                    "CUDA graph replay: {rate:.2} steps/s; ms per step: mean {mean:.3}, median {median:.3}, min {min:.3} ({})",
+                    g.note
+                )?,
+                (error, ..) => writeln!(f, "CUDA graph replay: no figures: {}", error.as_deref().unwrap_or("capture failed"))?,
             }
         }
         Ok(())

@@ -71,6 +71,11 @@ struct StepArgs {
     /// (10-bit mantissa inputs, f32 accumulation), as `train gs-wgan warm-start --tf32` runs them.
     #[arg(long)]
     tf32: bool,
+    /// CUDA only: also time the step replayed from one CUDA graph capture, beside the eager
+    /// figures. A replay repeats the captured keys and draws: the step's launch floor, not a
+    /// training step.
+    #[arg(long)]
+    cuda_graph: bool,
     #[command(flatten)]
     json: super::json::JsonOut,
 }
@@ -129,6 +134,7 @@ fn step_cmd(args: &StepArgs) -> Result<()> {
     options.arch = args.generator.map_or(options.arch, |g| g.value());
     options.base = args.base.unwrap_or(options.base);
     options.tf32 = args.tf32;
+    options.cuda_graph = args.cuda_graph;
     let report = step::run(&options, &device, |what| eprintln!("bench: {what}"))?;
     args.json.emit(&report, || report.to_string())
 }

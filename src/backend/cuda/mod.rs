@@ -6,6 +6,7 @@ mod device;
 mod dp;
 mod elementwise;
 mod gemm;
+mod graph;
 pub mod module;
 mod norm;
 mod optim;
@@ -17,6 +18,7 @@ mod shape;
 
 pub use device::{device_count, driver_absent_reason, set_poison_allocations, CudaBuffer, CudaDevice, DeviceProperties};
 pub use gemm::{allow_tf32, set_allow_tf32, Tf32Scope};
+pub use graph::CapturedGraph;
 pub use module::{kernel_resources, Kernel, KernelResources};
 
 use super::{
