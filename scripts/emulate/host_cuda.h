@@ -122,6 +122,9 @@ inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
+// CUDA's isfinite and isnan are found unqualified.
+using std::isfinite;
+using std::isnan;
 // Round-toward-zero through the FPU's rounding mode.
 inline float __double2float_rz(double x) {
   const int mode = std::fegetround();
