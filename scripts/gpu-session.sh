@@ -108,9 +108,12 @@ if want bench; then
   # GS-WGAN's warm-start iteration again with TF32 allowed, beside the f32 one above.
   [ "$device" != cpu ] && step bench-step-gs-wgan-non-private-tf32 45 "$bin" bench step --algo gs-wgan --non-private --tf32 \
     --phases --device "$device" "${step_flags[@]}" "${gs_step_flags[@]}" --json "$out/bench-step-gs-wgan-non-private-tf32.json"
-  # DPSGD-GAN's private D step at the published B = 128, d = 128 (it has no non-private step).
+  # DPSGD-GAN's private D step at the published B = 128, d = 128 (it has no non-private step), with
+  # its launch floor (GS-WGAN's iterations upload their batch indices, which a capture refuses).
+  graph=()
+  [ "$device" != cpu ] && graph=(--cuda-graph)
   step bench-step-dpsgd-gan-private 45 "$bin" bench step --algo dpsgd-gan --private --phases --device "$device" \
-    "${step_flags[@]}" "${dpsgd_flags[@]}" --json "$out/bench-step-dpsgd-gan-private.json"
+    "${step_flags[@]}" "${dpsgd_flags[@]}" "${graph[@]}" --json "$out/bench-step-dpsgd-gan-private.json"
 fi
 
 # PyTorch beside dpgan on the same device, same settings.
