@@ -253,6 +253,7 @@ constexpr int MAX_DRAW_MEMBERS = 64;
 constexpr uint32_t PUBLIC_DRAW_ONE_HOT = 0;  // rows of `classes`, 1 at the row's class
 constexpr uint32_t PUBLIC_DRAW_CLASS = 1;    // each element a class in [0, classes), as a float
 constexpr uint32_t PUBLIC_DRAW_UNIT = 2;     // each element a uniform in [0, 1)
+constexpr uint32_t PUBLIC_DRAW_NORMAL = 3;   // each element a standard normal
 struct PublicDrawParams {
   int64_t per_member;
   int32_t first;

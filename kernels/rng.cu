@@ -17,7 +17,7 @@ __device__ __forceinline__ void gaussian_add(const GaussianNoiseParams& p, float
 
 // Element e of member m's block (public_draws in src/backend/cpu/rng.rs): for a one-hot, 1 where
 // its column is its row's drawn class (each of a row's threads recomputes the row's Philox block:
-// ten rounds, cheaper than sharing it); else a class or a uniform of its own block.
+// ten rounds, cheaper than sharing it); else a class, a uniform or a normal of its own block.
 __device__ __forceinline__ void public_draws(const PublicDrawParams& p, float* __restrict__ out) {
   const int64_t n = p.per_member * p.count;
   DPGAN_FOR_EACH(i, n) {
@@ -35,8 +35,10 @@ __device__ __forceinline__ void public_draws(const PublicDrawParams& p, float* _
       v = uniform_class_at(k, row, p.classes) == (uint32_t)(e - row * p.classes) ? 1.0f : 0.0f;
     } else if (p.kind == PUBLIC_DRAW_CLASS) {
       v = (float)uniform_class_at(k, e, p.classes);
-    } else {
+    } else if (p.kind == PUBLIC_DRAW_UNIT) {
       v = uniform_unit_at(k, e);
+    } else {
+      v = standard_normal_at<NOISE_PHILOX>(k, e);
     }
     out[(int64_t)p.first * p.per_member + i] = v;
   }

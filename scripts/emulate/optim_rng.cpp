@@ -465,11 +465,13 @@ uint32_t class_at(const Key& k, uint64_t row, uint32_t classes) {
 
 float unit_at(const Key& k, uint64_t e) { return (float)(philox_block(k, e)[0] >> 8) * (1.0f / 16777216.0f); }
 
-// A PublicDraw: the kind and its classes as rng.rs's public_draws matches them (Unit takes 1).
+// A PublicDraw: the kind and its classes as rng.rs's public_draws matches them (Unit and Normal
+// take 1).
 struct Draw {
   uint32_t kind, classes;
   std::string name() const {
     if (kind == PUBLIC_DRAW_UNIT) return "unit";
+    if (kind == PUBLIC_DRAW_NORMAL) return "normal";
     return std::string(kind == PUBLIC_DRAW_ONE_HOT ? "one-hot of " : "class of ") + std::to_string(classes);
   }
 };
@@ -496,7 +498,10 @@ void public_draws(Buf& out, Draw draw, const std::vector<Key>& keys) {
   }
 }
 
-// cpu/rng.rs's public_draws: block m of `out` from keys[m] alone.
+// cpu/rng.rs's public_draws: block m of `out` from keys[m] alone. Normals come from rng.cuh's
+// standard_normal_at (checked against the Rust reference by tests/host_cuda/rng_main.cpp), with the
+// member's key in words 0-1: what the kernel must index is which member and element, not the
+// Box–Muller it shares with the noise kernels.
 std::vector<float> draws_reference(size_t n, Draw draw, const std::vector<Key>& keys) {
   std::vector<float> out(n);
   const size_t per_member = n / keys.size();
@@ -507,15 +512,18 @@ std::vector<float> draws_reference(size_t n, Draw draw, const std::vector<Key>& 
         block[e] = class_at(keys[m], e / draw.classes, draw.classes) == e % draw.classes ? 1.0f : 0.0f;
       else if (draw.kind == PUBLIC_DRAW_CLASS)
         block[e] = (float)class_at(keys[m], e, draw.classes);
-      else
+      else if (draw.kind == PUBLIC_DRAW_UNIT)
         block[e] = unit_at(keys[m], e);
+      else
+        block[e] = dpgan::standard_normal_at<dpgan::NOISE_PHILOX>(key_params(keys[m]), e);
     }
   }
   return out;
 }
 
 // What a draw's values must be whatever the generator gives: one-hot rows with exactly one 1 and
-// zeros elsewhere, classes integers below `classes`, uniforms multiples of 2⁻²⁴ in [0, 1).
+// zeros elsewhere, classes integers below `classes`, uniforms multiples of 2⁻²⁴ in [0, 1), normals
+// finite and within Philox's reach (|z| < 8.6).
 void check_draw_shape(const std::string& what, const std::vector<float>& v, Draw draw) {
   size_t bad = 0;
   if (draw.kind == PUBLIC_DRAW_ONE_HOT) {
@@ -528,6 +536,8 @@ void check_draw_shape(const std::string& what, const std::vector<float>& v, Draw
       }
       bad += ones != 1 || ones + zeros != draw.classes;
     }
+  } else if (draw.kind == PUBLIC_DRAW_NORMAL) {
+    for (float x : v) bad += !(std::fabs(x) < 8.6f);
   } else {
     const float top = draw.kind == PUBLIC_DRAW_CLASS ? (float)draw.classes : 1.0f;
     const float grain = draw.kind == PUBLIC_DRAW_CLASS ? 1.0f : 16777216.0f;
@@ -609,7 +619,7 @@ int main() {
   // of 70 make a 64-member chunk grid-stride (4,480 > 4,096 threads).
   const std::pair<Draw, size_t> draws[] = {
       {{PUBLIC_DRAW_ONE_HOT, 10}, 7 * 10}, {{PUBLIC_DRAW_ONE_HOT, 1}, 3},  {{PUBLIC_DRAW_CLASS, 2}, 33},
-      {{PUBLIC_DRAW_CLASS, 7}, 13},        {{PUBLIC_DRAW_UNIT, 1}, 70},
+      {{PUBLIC_DRAW_CLASS, 7}, 13},        {{PUBLIC_DRAW_UNIT, 1}, 70},    {{PUBLIC_DRAW_NORMAL, 1}, 35},
   };
   for (size_t members : {1, 3, 64, 65, 130})
     for (const auto& [draw, per_member] : draws) test_public_draws(members, draw, per_member);

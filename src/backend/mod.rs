@@ -145,6 +145,8 @@ pub enum PublicDraw {
     Class { classes: u32 },
     /// Each element a uniform in [0, 1) (`uniform_unit_at` of the element).
     Unit,
+    /// Each element a standard normal (`standard_normal_at` of the element, Philox): latent codes.
+    Normal,
 }
 
 /// How `sanitize_rows` bounds each row's norm by `clip`: `AtMost` clips (rows within the bound

@@ -650,14 +650,11 @@ pub fn add_gaussian_noise(x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()
     dispatch("add_gaussian_noise", &dev).add_gaussian_noise(x, std, key)
 }
 
-/// A tensor of the standard normals `key` assigns to its elements (the values of
-/// `add_gaussian_noise` on zeros), for public randomness such as latent codes: not privacy noise,
-/// so the noise audit does not record it.
+/// A tensor of the standard normals a Philox `key` assigns to its elements (`standard_normal_at`,
+/// as `add_gaussian_noise` draws them), for public randomness such as latent codes: one
+/// [`public_draws`] launch, no fill. Not privacy noise, so the noise audit does not record it.
 pub fn standard_normals(shape: &[usize], key: &NoiseKey, device: &Device) -> Result<Tensor> {
-    let mut z = Tensor::zeros(shape, device)?;
-    check_noise("standard_normals", 1.0, z.numel())?;
-    dispatch("standard_normals", device).add_gaussian_noise(&mut z, 1.0, key)?;
-    Ok(z)
+    public_draws(PublicDraw::Normal, shape, std::slice::from_ref(key), device)
 }
 
 /// One-hot rows `[prefix.., classes]` of classes drawn uniformly from a Philox `key` where they are
@@ -699,7 +696,7 @@ pub fn public_draws(draw: PublicDraw, shape: &[usize], keys: &[NoiseKey], device
             }
             per_member / classes as usize
         }
-        PublicDraw::Class { .. } | PublicDraw::Unit => per_member,
+        PublicDraw::Class { .. } | PublicDraw::Unit | PublicDraw::Normal => per_member,
     };
     if u32::try_from(counters).is_err() {
         return Err(Error::Invalid(format!("public_draws: {counters} draws per member (below 2³² of them)")));

@@ -14,8 +14,8 @@ pub fn add_gaussian_noise<T: Real>(x: &mut [T], std: f32, key: &NoiseKey) {
 }
 
 /// `keys.len()` equal blocks of `out` (at least one key), block m drawn from `keys[m]`: one-hot
-/// rows at `uniform_class_at(key, r, classes)` of row r, classes `uniform_class_at(key, e, classes)`
-/// or uniforms `uniform_unit_at(key, e)` of element e.
+/// rows at `uniform_class_at(key, r, classes)` of row r, classes `uniform_class_at(key, e, classes)`,
+/// uniforms `uniform_unit_at(key, e)` or normals `standard_normal_at(key, e)` of element e.
 pub fn public_draws<T: Real>(out: &mut [T], draw: PublicDraw, keys: &[NoiseKey]) {
     if out.is_empty() {
         return;
@@ -39,6 +39,11 @@ pub fn public_draws<T: Real>(out: &mut [T], draw: PublicDraw, keys: &[NoiseKey])
             PublicDraw::Unit => {
                 for (e, v) in block.iter_mut().enumerate() {
                     *v = T::of(uniform_unit_at(key, e as u64));
+                }
+            }
+            PublicDraw::Normal => {
+                for (v, z) in block.iter_mut().zip(standard_normals(key, per_member)) {
+                    *v = T::of(z);
                 }
             }
         }

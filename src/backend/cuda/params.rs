@@ -293,6 +293,7 @@ pub const MAX_DRAW_MEMBERS: usize = 64;
 pub const PUBLIC_DRAW_ONE_HOT: u32 = 0;
 pub const PUBLIC_DRAW_CLASS: u32 = 1;
 pub const PUBLIC_DRAW_UNIT: u32 = 2;
+pub const PUBLIC_DRAW_NORMAL: u32 = 3;
 
 /// Public draws of members `[first, first + count)` of a tensor of `per_member`-float blocks, each
 /// member from its own Philox key (words 0-1), all at one tensor index and step.

@@ -10,7 +10,8 @@ use super::launched;
 use super::module::Kernel;
 use super::optim::buffer_mut;
 use super::params::{
-    GaussianNoiseParams, NoiseKeyParams, PublicDrawParams, MAX_DRAW_MEMBERS, PUBLIC_DRAW_CLASS, PUBLIC_DRAW_ONE_HOT, PUBLIC_DRAW_UNIT,
+    GaussianNoiseParams, NoiseKeyParams, PublicDrawParams, MAX_DRAW_MEMBERS, PUBLIC_DRAW_CLASS, PUBLIC_DRAW_NORMAL, PUBLIC_DRAW_ONE_HOT,
+    PUBLIC_DRAW_UNIT,
 };
 use crate::backend::PublicDraw;
 use crate::dp::{NoiseKey, NoiseMode};
@@ -49,6 +50,7 @@ pub(crate) fn public_draws(dev: &Arc<CudaDevice>, out: &mut Tensor, draw: Public
         PublicDraw::OneHot { classes } => (PUBLIC_DRAW_ONE_HOT, classes),
         PublicDraw::Class { classes } => (PUBLIC_DRAW_CLASS, classes),
         PublicDraw::Unit => (PUBLIC_DRAW_UNIT, 1),
+        PublicDraw::Normal => (PUBLIC_DRAW_NORMAL, 1),
     };
     let position = NoiseKeyParams::new(&keys[0]);
     let k = Kernel::PublicDrawsPhilox;
