@@ -354,9 +354,14 @@ struct AxisCopyParams {
 };
 
 // Rows gathered by index: out[r, k] = table[indices[r], k], n = rows · row_len elements.
+// Up to GATHER_INLINE_ROWS indices travel in the parameters (a GS-WGAN or DPSGD-GAN batch: no
+// upload, and a launch a CUDA graph can capture); the kernel's `indices` is then null. Larger
+// batches come in a device buffer.
+constexpr int GATHER_INLINE_ROWS = 256;
 struct GatherRowsParams {
   int64_t n;
   int64_t row_len;
+  uint32_t inline_indices[GATHER_INLINE_ROWS];
 };
 
 // ---- norm.cu ----
@@ -498,7 +503,7 @@ static_assert(sizeof(SgdForeachParams) == 32 + 32 * 40 + 8, "SgdForeachParams la
 static_assert(sizeof(NoisedAdamParams) == 96, "NoisedAdamParams layout");
 static_assert(sizeof(Pool2x2Params) == 40, "Pool2x2Params layout");
 static_assert(sizeof(AxisCopyParams) == 56, "AxisCopyParams layout");
-static_assert(sizeof(GatherRowsParams) == 16, "GatherRowsParams layout");
+static_assert(sizeof(GatherRowsParams) == 16 + 4 * GATHER_INLINE_ROWS, "GatherRowsParams layout");
 static_assert(sizeof(PowerIterationLayer) == 72, "PowerIterationLayer layout");
 static_assert(sizeof(PowerIterationBatch) == 16 * 72 + 8, "PowerIterationBatch layout");
 static_assert(sizeof(SpectralDivideBwdParams) == 48, "SpectralDivideBwdParams layout");

@@ -44,13 +44,15 @@ extern "C" __global__ void shape_pad_fwd_f32(AxisCopyParams p, const float* __re
   }
 }
 
-// out[r, k] = table[indices[r], k]: a batch gathered from a training set that stays on the device.
-// The launcher checked every index against the table's rows.
+// out[r, k] = table[index r, k]: a batch gathered from a training set that stays on the device, the
+// indices from the parameters when `indices` is null. The launcher checked every index against the
+// table's rows.
 extern "C" __global__ void shape_gather_rows_fwd_f32(GatherRowsParams p, const float* __restrict__ table,
                                                     const uint32_t* __restrict__ indices, float* __restrict__ out) {
   DPGAN_FOR_EACH(i, p.n) {
     const int64_t r = i / p.row_len;
     const int64_t k = i - r * p.row_len;
-    out[i] = table[(int64_t)indices[r] * p.row_len + k];
+    const uint32_t row = indices != nullptr ? indices[r] : p.inline_indices[r];
+    out[i] = table[(int64_t)row * p.row_len + k];
   }
 }

@@ -305,13 +305,24 @@ fn concat_cuda_matches_cpu_on_every_axis() {
 }
 
 /// gather_rows on the GPU against the CPU: identical rows (values only move), for a training-set
-/// sized table (60,000 × 784, a Poisson batch's worth of indices), tables whose rows are not a
-/// multiple of the block, an empty index list, and an out-of-range index refused before launch.
+/// sized table (60,000 × 784, a Poisson batch's worth of indices, and GS-WGAN's and DPSGD-GAN's
+/// batches, whose indices travel in the launch's parameters: up to 256, and one past), tables whose
+/// rows are not a multiple of the block, an empty index list, and an out-of-range index refused
+/// before launch.
 #[test]
 fn gather_rows_cuda_matches_cpu() {
     on_cuda("gather_rows_cuda_matches_cpu", |dev| {
         let mut rng = common::rng("gather_rows_cuda_matches_cpu");
-        for (shape, n) in [(vec![60_000, 784], 613), (vec![60_000, 10], 613), (vec![10, 10], 600), (vec![7, 3, 5], 9), (vec![4], 0)] {
+        for (shape, n) in [
+            (vec![60_000, 784], 613),
+            (vec![60_000, 784], 32),
+            (vec![60_000, 784], 256),
+            (vec![60_000, 784], 257),
+            (vec![60_000, 10], 613),
+            (vec![10, 10], 600),
+            (vec![7, 3, 5], 9),
+            (vec![4], 0),
+        ] {
             let table = tensor(randn_vec(&mut rng, shape.iter().product()), &shape);
             let on_dev = table.to_device(dev).unwrap();
             let idx = row_indices(&mut rng, shape[0], n);

@@ -485,7 +485,8 @@ std::vector<std::pair<int64_t, int64_t>> windows(int64_t dim) {
   return w;
 }
 
-// gather_rows in src/backend/cuda/shape.rs (the indices checked against the table's rows).
+// gather_rows in src/backend/cuda/shape.rs (the indices checked against the table's rows): up to
+// GATHER_INLINE_ROWS indices in the parameters and a null index pointer, more in a buffer.
 void test_gather_rows(const Shape& table_shape, int64_t count) {
   const std::string what = "gather_rows " + str(table_shape) + " count " + std::to_string(count);
   const int64_t rows = table_shape[0], row_len = numel(table_shape) / rows, n = count * row_len;
@@ -496,8 +497,11 @@ void test_gather_rows(const Shape& table_shape, int64_t count) {
   if (count >= 2) indices.front() = (uint32_t)rows - 1, indices.back() = 0;
   Buffer tb(table), out = Buffer::poisoned(n);
   if (n > 0) {
-    const GatherRowsParams p{n, row_len};
-    launch_for(n, [&] { shape_gather_rows_fwd_f32(p, tb.data(), indices.data(), out.data()); });
+    GatherRowsParams p{n, row_len, {}};
+    const bool in_params = count <= GATHER_INLINE_ROWS;
+    if (in_params) std::copy(indices.begin(), indices.end(), p.inline_indices);
+    const uint32_t* index_buf = in_params ? nullptr : indices.data();
+    launch_for(n, [&] { shape_gather_rows_fwd_f32(p, tb.data(), index_buf, out.data()); });
   }
   std::vector<float> want;
   for (uint32_t i : indices) want.insert(want.end(), table.begin() + i * row_len, table.begin() + (i + 1) * row_len);
@@ -691,7 +695,8 @@ int main() {
   test_concat(big, 1, {2, 0, 23, 1});
   test_pad({2, 0, 3}, 1, 2, 1);
   for (auto [table, count] : std::initializer_list<std::pair<Shape, int64_t>>{
-           {{7, 3, 5}, 9}, {{10, 10}, 900}, {{4}, 0}, {{4}, 5}, {{1, 6}, 3}, {{300, 17}, 1}})
+           {{7, 3, 5}, 9}, {{10, 10}, 900}, {{4}, 0}, {{4}, 5}, {{1, 6}, 3}, {{300, 17}, 1}, {{300, 17}, 256},
+           {{300, 17}, 257}})
     test_gather_rows(table, count);
   printf("shape done, %d failures\n", emu::failures);
   // tests/pool.rs's shapes and its GPU shapes: odd H and W (a dropped last row and column), planes

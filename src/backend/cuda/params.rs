@@ -412,12 +412,18 @@ pub struct AxisCopyParams {
     pub len: i64,
 }
 
-/// Rows gathered by index: `out[r, k] = table[indices[r], k]`, `n = rows · row_len` elements.
+/// The most row indices a gather takes in its parameters (`GATHER_INLINE_ROWS` in common.cuh).
+pub const GATHER_INLINE_ROWS: usize = 256;
+
+/// Rows gathered by index: `out[r, k] = table[indices[r], k]`, `n = rows · row_len` elements; the
+/// indices in `inline_indices` when the kernel's index pointer is null (up to
+/// [`GATHER_INLINE_ROWS`]: no upload, capturable), else in a device buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct GatherRowsParams {
     pub n: i64,
     pub row_len: i64,
+    pub inline_indices: [u32; GATHER_INLINE_ROWS],
 }
 
 /// One layer of a batched power iteration (`PowerIterationLayer` in common.cuh): device pointers to
@@ -570,7 +576,7 @@ const _: () = assert!(std::mem::size_of::<EmaForeachParams>() == 8 + FOREACH_TEN
 const _: () = assert!(std::mem::size_of::<SgdForeachParams>() == 32 + FOREACH_TENSORS * 40 + 8);
 const _: () = assert!(std::mem::size_of::<Pool2x2Params>() == 40);
 const _: () = assert!(std::mem::size_of::<AxisCopyParams>() == 56);
-const _: () = assert!(std::mem::size_of::<GatherRowsParams>() == 16);
+const _: () = assert!(std::mem::size_of::<GatherRowsParams>() == 16 + 4 * GATHER_INLINE_ROWS);
 const _: () = assert!(std::mem::size_of::<PowerIterationLayer>() == 72);
 const _: () = assert!(std::mem::size_of::<PowerIterationBatch>() == POWER_ITERATION_LAYERS * 72 + 8);
 const _: () = assert!(std::mem::size_of::<SpectralDivideBwdParams>() == 48);

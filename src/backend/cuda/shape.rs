@@ -8,7 +8,7 @@ use cudarc::driver::PushKernelArg;
 use super::device::{CudaBuffer, CudaDevice};
 use super::elementwise::grid_for;
 use super::module::Kernel;
-use super::params::{AxisCopyParams, GatherRowsParams};
+use super::params::{AxisCopyParams, GatherRowsParams, GATHER_INLINE_ROWS};
 use super::{buffer, launched, output};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -124,8 +124,9 @@ pub(crate) fn concat(dev: &Arc<CudaDevice>, xs: &[&Tensor], axis: usize) -> Resu
     output(out, &with_dim(first, axis, total))
 }
 
-/// Rows `indices` of `table` (`[R, ...]`): the indices go up (4 bytes a row), the rows stay on the
-/// device.
+/// Rows `indices` of `table` (`[R, ...]`): the rows stay on the device; up to
+/// [`GATHER_INLINE_ROWS`] indices travel in the launch's parameters (no copy, nothing a CUDA graph
+/// capture refuses), more are uploaded (4 bytes a row).
 pub(crate) fn gather_rows(dev: &Arc<CudaDevice>, table: &Tensor, indices: &[u32]) -> Result<Tensor> {
     let shape = table.shape();
     let rows = shape.first().copied().ok_or_else(|| Error::shape("gather_rows", "needs a table of rank ≥ 1"))?;
@@ -136,23 +137,32 @@ pub(crate) fn gather_rows(dev: &Arc<CudaDevice>, table: &Tensor, indices: &[u32]
     let n = indices.len() * row_len;
     let mut out = dev.alloc(n)?;
     if n > 0 {
-        let index_buf =
-            dev.stream().clone_htod(indices).map_err(|e| Error::cuda(format!("copying {} row indices to the device", indices.len()), e))?;
-        let p = GatherRowsParams { n: n as i64, row_len: row_len as i64 };
+        let mut p = GatherRowsParams { n: n as i64, row_len: row_len as i64, inline_indices: [0; GATHER_INLINE_ROWS] };
+        let index_buf = if indices.len() <= GATHER_INLINE_ROWS {
+            p.inline_indices[..indices.len()].copy_from_slice(indices);
+            None
+        } else {
+            let buf = dev
+                .stream()
+                .clone_htod(indices)
+                .map_err(|e| Error::cuda(format!("copying {} row indices to the device", indices.len()), e))?;
+            Some(buf)
+        };
         let k = Kernel::GatherRows;
         let _range = crate::profile::range(k.symbol());
-        // SAFETY: out holds n = len·row_len floats, written once each; element (r, k) reads
-        // indices[r] (r < len, the uploaded slice's length) and table at indices[r]·row_len + k,
-        // inside the table since every index is below its rows (checked above).
-        let r = unsafe {
-            dev.stream()
-                .launch_builder(dev.kernel(k))
-                .arg(&p)
-                .arg(&buffer(table).slice)
-                .arg(&index_buf)
-                .arg(&mut out.slice)
-                .launch(grid_for(dev, n))
+        let mut launch = dev.stream().launch_builder(dev.kernel(k));
+        launch.arg(&p).arg(&buffer(table).slice);
+        // A null index pointer: the kernel reads the parameters' indices.
+        let null: u64 = 0;
+        match &index_buf {
+            Some(buf) => launch.arg(buf),
+            None => launch.arg(&null),
         };
+        // SAFETY: out holds n = len·row_len floats, written once each; element (r, k) reads index r
+        // (r < len: the uploaded slice's length, or within the len ≤ GATHER_INLINE_ROWS indices copied
+        // into the parameters) and table at that index·row_len + k, inside the table since every
+        // index is below its rows (checked above).
+        let r = unsafe { launch.arg(&mut out.slice).launch(grid_for(dev, n)) };
         launched(k, r)?;
     }
     let mut out_shape = shape.to_vec();
