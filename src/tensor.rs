@@ -79,6 +79,18 @@ pub struct Tensor {
     id: TensorId,
     shape: Vec<usize>,
     storage: Arc<Storage>,
+    /// When `storage` was made ([`census::storage_birth`]): lets the census see a step release
+    /// storage made before it, which a CUDA graph capture of the step would refuse.
+    born: u64,
+}
+
+impl Drop for Tensor {
+    fn drop(&mut self) {
+        // The last holder of a storage frees it.
+        if Arc::strong_count(&self.storage) == 1 {
+            census::note_release(self.born);
+        }
+    }
 }
 
 pub fn numel(shape: &[usize]) -> usize {
@@ -87,7 +99,7 @@ pub fn numel(shape: &[usize]) -> usize {
 
 impl Tensor {
     pub(crate) fn from_storage(storage: Storage, shape: Vec<usize>) -> Self {
-        Tensor { id: TensorId::fresh(), shape, storage: Arc::new(storage) }
+        Tensor { id: TensorId::fresh(), shape, storage: Arc::new(storage), born: census::storage_birth() }
     }
 
     pub(crate) fn from_storage_checked(storage: Storage, shape: &[usize], _device: &Device) -> Result<Self> {
@@ -242,6 +254,7 @@ impl Tensor {
     pub fn storage_mut(&mut self) -> Result<&mut Storage> {
         if Arc::get_mut(&mut self.storage).is_none() {
             census::note(census::COPY_ON_WRITE);
+            self.born = census::storage_birth();
             let copy = match &*self.storage {
                 Storage::Cpu(v) => Storage::Cpu(v.clone()),
                 Storage::CpuF64(v) => Storage::CpuF64(v.clone()),
@@ -279,7 +292,7 @@ impl Tensor {
     /// Same storage, new shape (row-major, so any shape with the same element count). New id.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         ensure_shape!(numel(shape) == self.numel(), "reshape", "cannot view {:?} ({} elements) as {shape:?}", self.shape, self.numel());
-        Ok(Tensor { id: TensorId::fresh(), shape: shape.to_vec(), storage: self.storage.clone() })
+        Ok(Tensor { id: TensorId::fresh(), shape: shape.to_vec(), storage: self.storage.clone(), born: self.born })
     }
 }
 

@@ -230,6 +230,10 @@ pub struct StepReport {
     /// launches; a `device_to_host` is a wait for the stream.
     pub ops_per_step: BTreeMap<String, u64>,
     pub ops_per_step_total: u64,
+    /// Tensor storage made before the census step and released by it (state replaced instead of
+    /// updated in place): 0 for a step that a CUDA graph can capture, whose frees may release only
+    /// the graph's own allocations. Not an op, so not in `ops_per_step`.
+    pub older_storage_released_per_step: u64,
     pub phases: Option<PhaseReport>,
     /// With `cuda_graph`: the launch floor beside the headline (eager) times.
     pub graph_replay: Option<GraphReplayReport>,
@@ -568,8 +572,9 @@ pub fn run(options: &StepOptions, device: &Device, mut progress: impl FnMut(&str
             None => (None, "this device has no stream-ordered memory pool to read a high-water mark from".to_string()),
         },
     };
-    let (stepped, census) = crate::backend::census::count_ops(|| (prepared.step)());
+    let (stepped, mut census) = crate::backend::census::count_ops(|| (prepared.step)());
     stepped?;
+    let older_storage_released_per_step = census.remove(crate::backend::census::RELEASE_OF_OLDER).unwrap_or(0);
     let ops_per_step: BTreeMap<String, u64> = census.into_iter().map(|(op, n)| (op.to_string(), n)).collect();
     let phases = if options.phases {
         progress(&format!("{} steps timed by phase", options.steps));
@@ -624,6 +629,7 @@ pub fn run(options: &StepOptions, device: &Device, mut progress: impl FnMut(&str
         peak_memory_note: peak_note,
         ops_per_step_total: ops_per_step.values().sum(),
         ops_per_step,
+        older_storage_released_per_step,
         phases,
         graph_replay,
     })
@@ -665,6 +671,11 @@ impl fmt::Display for StepReport {
             self.ops_per_step_total,
             busiest.join(", "),
             if self.ops_per_step.len() > 8 { ", ..." } else { "" }
+        )?;
+        writeln!(
+            f,
+            "older storage released per step: {} (0: nothing a CUDA graph capture of the step would refuse to free)",
+            self.older_storage_released_per_step
         )?;
         match &self.phases {
             None => writeln!(f, "phases: not measured (pass --phases)")?,
