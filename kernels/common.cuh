@@ -369,6 +369,8 @@ struct GatherRowsParams {
 // One layer of spectral norm's power iteration: w [groups, rows, cols] and u [groups, rows] in,
 // u_out [groups, rows], v [groups, cols] and σ [groups] out; v_raw [groups, cols] the split path's
 // scratch (unused by the fused kernel).
+// u_state and v_state (null, or a spectral norm's own u and v; u_state may be u itself) receive
+// copies of u' and v: the layer's state updated in place beside the step's own outputs.
 struct PowerIterationLayer {
   const float* w;
   const float* u;
@@ -376,12 +378,14 @@ struct PowerIterationLayer {
   float* v;
   float* v_raw;
   float* sigma;
+  float* u_state;
+  float* v_state;
   int64_t groups;
   int64_t rows;
   int64_t cols;
 };
 
-// Up to 16 layers in one launch (1,160 bytes of kernel parameters, well inside 4 KiB).
+// Up to 16 layers in one launch (1,416 bytes of kernel parameters, well inside 4 KiB).
 #define DPGAN_POWER_ITERATION_LAYERS 16
 struct PowerIterationBatch {
   PowerIterationLayer layers[DPGAN_POWER_ITERATION_LAYERS];
@@ -504,8 +508,8 @@ static_assert(sizeof(NoisedAdamParams) == 96, "NoisedAdamParams layout");
 static_assert(sizeof(Pool2x2Params) == 40, "Pool2x2Params layout");
 static_assert(sizeof(AxisCopyParams) == 56, "AxisCopyParams layout");
 static_assert(sizeof(GatherRowsParams) == 16 + 4 * GATHER_INLINE_ROWS, "GatherRowsParams layout");
-static_assert(sizeof(PowerIterationLayer) == 72, "PowerIterationLayer layout");
-static_assert(sizeof(PowerIterationBatch) == 16 * 72 + 8, "PowerIterationBatch layout");
+static_assert(sizeof(PowerIterationLayer) == 88, "PowerIterationLayer layout");
+static_assert(sizeof(PowerIterationBatch) == 16 * 88 + 8, "PowerIterationBatch layout");
 static_assert(sizeof(SpectralDivideBwdParams) == 48, "SpectralDivideBwdParams layout");
 static_assert(sizeof(PixelNormParams) == 32, "PixelNormParams layout");
 static_assert(sizeof(GemmParams) == 32, "GemmParams layout");

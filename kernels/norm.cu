@@ -40,7 +40,8 @@ __device__ __forceinline__ float block_normalize(float* x, int64_t n, float* scr
 //   2. u_raw[r] = Σ_c W[r, c]·v[c]: a warp per row, lanes striding over the columns, then a warp
 //      shuffle tree; written to u_out, then normalised in place.
 // v and u_out double as the scratch vectors, so nothing limits cols or rows but memory; they are
-// written and re-read by the block (ordinary global loads, made visible by __syncthreads).
+// written and re-read by the block (ordinary global loads, made visible by __syncthreads). The
+// copies into u_state and v_state come after every read of u (u_state may be u).
 extern "C" __global__ void norm_power_iteration_fwd_f32(PowerIterationBatch b) {
   __shared__ float scratch[32];
   const PowerIterationLayer& p = b.layers[blockIdx.z];
@@ -58,6 +59,9 @@ extern "C" __global__ void norm_power_iteration_fwd_f32(PowerIterationBatch b) {
   }
   __syncthreads();
   dpgan::block_normalize(v_g, p.cols, scratch);
+  // Each thread copies the elements it normalised.
+  if (p.v_state != nullptr)
+    for (int64_t c = threadIdx.x; c < p.cols; c += blockDim.x) p.v_state[g * p.cols + c] = v_g[c];
 
   const int lane = threadIdx.x & 31;
   const int warps = blockDim.x >> 5;
@@ -71,6 +75,8 @@ extern "C" __global__ void norm_power_iteration_fwd_f32(PowerIterationBatch b) {
   __syncthreads();
   const float s = dpgan::block_normalize(u_out_g, p.rows, scratch);
   if (threadIdx.x == 0) p.sigma[g] = s;
+  if (p.u_state != nullptr)
+    for (int64_t r = threadIdx.x; r < p.rows; r += blockDim.x) p.u_state[g * p.rows + r] = u_out_g[r];
 }
 
 // ---- The same step in three launches, for few groups (one block per group would leave most of
@@ -124,7 +130,9 @@ extern "C" __global__ void norm_power_iteration_wv_fwd_f32(PowerIterationBatch b
   const float norm = fmaxf(sqrtf(dpgan::block_sum(sq, scratch)), 1e-12f);
 
   for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < p.cols; c += (int64_t)gridDim.x * blockDim.x) {
-    p.v[g * p.cols + c] = v_raw_g[c] / norm;
+    const float v = v_raw_g[c] / norm;
+    p.v[g * p.cols + c] = v;
+    if (p.v_state != nullptr) p.v_state[g * p.cols + c] = v;
   }
   const int lane = threadIdx.x & 31;
   const int64_t warps = blockDim.x >> 5;
@@ -138,14 +146,18 @@ extern "C" __global__ void norm_power_iteration_wv_fwd_f32(PowerIterationBatch b
   }
 }
 
-// 3. u_out[g] ← u_out[g] / max(‖u_out[g]‖, 1e-12) and σ[g]: grid (max groups, 1, layers).
+// 3. u_out[g] ← u_out[g] / max(‖u_out[g]‖, 1e-12) and σ[g]: grid (max groups, 1, layers). u was
+//    read by launch 1, so u_state (possibly u) is written only here.
 extern "C" __global__ void norm_power_iteration_normalize_u_fwd_f32(PowerIterationBatch b) {
   __shared__ float scratch[32];
   const PowerIterationLayer& p = b.layers[blockIdx.z];
   const int64_t g = blockIdx.x;
   if (g >= p.groups) return;
-  const float s = dpgan::block_normalize(p.u_out + g * p.rows, p.rows, scratch);
+  float* u_out_g = p.u_out + g * p.rows;
+  const float s = dpgan::block_normalize(u_out_g, p.rows, scratch);
   if (threadIdx.x == 0) p.sigma[g] = s;
+  if (p.u_state != nullptr)
+    for (int64_t r = threadIdx.x; r < p.rows; r += blockDim.x) p.u_state[g * p.rows + r] = u_out_g[r];
 }
 
 // The gradient of spectral norm's W = W̄/σ with σ = uᵀW̄v (u, v constants) for W̄ [G, O, I]:

@@ -99,8 +99,8 @@ if want bench; then
     for mode in --private --non-private; do
       extra=()
       [ "$algo" = gs-wgan ] && extra=("${gs_step_flags[@]}")
-      # DP-CGAN's launch floor beside its eager step: the step replayed from one CUDA graph.
-      [ "$algo" = dp-cgan ] && [ "$device" != cpu ] && extra=(--cuda-graph)
+      # The launch floor beside the eager step: the step replayed from one CUDA graph.
+      [ "$device" != cpu ] && extra+=(--cuda-graph)
       step "bench-step-$algo${mode#-}" 45 "$bin" bench step --algo "$algo" "$mode" --phases --device "$device" \
         "${step_flags[@]}" "${extra[@]}" --json "$out/bench-step-$algo${mode#-}.json"
     done
@@ -109,7 +109,7 @@ if want bench; then
   [ "$device" != cpu ] && step bench-step-gs-wgan-non-private-tf32 45 "$bin" bench step --algo gs-wgan --non-private --tf32 \
     --phases --device "$device" "${step_flags[@]}" "${gs_step_flags[@]}" --json "$out/bench-step-gs-wgan-non-private-tf32.json"
   # DPSGD-GAN's private D step at the published B = 128, d = 128 (it has no non-private step), with
-  # its launch floor (GS-WGAN's iterations upload their batch indices, which a capture refuses).
+  # its launch floor.
   graph=()
   [ "$device" != cpu ] && graph=(--cuda-graph)
   step bench-step-dpsgd-gan-private 45 "$bin" bench step --algo dpsgd-gan --private --phases --device "$device" \

@@ -547,6 +547,59 @@ fn mixed_layers(rng: &mut impl Rng, groups: usize, count: usize) -> Vec<(Tensor,
         .collect()
 }
 
+/// A spectral norm's state updated in place: `power_iterations_in_place` returns, bit for bit, the
+/// step the functional call gives, writes u' and v into the state too, and copies nothing when the
+/// state is its storage's only holder; a tensor that shared the state's storage before (a tape's
+/// saved u) keeps its old values. On the CPU and the GPU, both launch paths (few groups, many).
+#[test]
+fn in_place_power_iterations_update_the_state_and_return_the_same_step() {
+    use dpgan::backend::census::{count_ops, COPY_ON_WRITE};
+    let mut rng = common::rng("in_place_power_iterations_update_the_state_and_return_the_same_step");
+    let cases: Vec<Vec<(Tensor, Tensor)>> = [(1, 5), (2, 20), (300, 5)].iter().map(|&(g, n)| mixed_layers(&mut rng, g, n)).collect();
+    let bits = |t: &Tensor| t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    let check = |what: &str, layers: &[(Tensor, Tensor)], dev: &Device| {
+        let layers: Vec<(Tensor, Tensor)> = layers.iter().map(|(w, u)| (w.to_device(dev).unwrap(), u.to_device(dev).unwrap())).collect();
+        let pairs: Vec<(&Tensor, &Tensor)> = layers.iter().map(|(w, u)| (w, u)).collect();
+        let expected = ops::power_iterations(&pairs).unwrap();
+        // Each state: u's values in a storage of its own, v's shape.
+        let mut states: Vec<(Tensor, Tensor)> = layers
+            .iter()
+            .map(|(w, u)| {
+                let fresh = Tensor::from_vec(u.to_vec().unwrap(), u.shape(), dev).unwrap();
+                (fresh, Tensor::zeros(&[w.shape()[0], w.shape()[2]], dev).unwrap())
+            })
+            .collect();
+        let saved_u = states[0].0.clone();
+        let before = bits(&saved_u);
+        let (steps, census) = count_ops(|| {
+            let mut io: Vec<(&Tensor, &mut Tensor, &mut Tensor)> =
+                layers.iter().zip(states.iter_mut()).map(|((w, _), (u, v))| (w, u, v)).collect();
+            ops::power_iterations_in_place(&mut io).unwrap()
+        });
+        assert_eq!(census.get(COPY_ON_WRITE), Some(&1), "{what}: only the shared first state is copied: {census:?}");
+        assert_eq!(bits(&saved_u), before, "{what}: a tensor sharing the old state changed");
+        for (l, ((step, want), (u, v))) in steps.iter().zip(&expected).zip(&states).enumerate() {
+            for (name, a, b) in [
+                ("u'", &step.u, &want.u),
+                ("v", &step.v, &want.v),
+                ("σ", &step.sigma, &want.sigma),
+                ("u state", u, &want.u),
+                ("v state", v, &want.v),
+            ] {
+                assert_eq!(bits(a), bits(b), "{what} layer {l} {name}");
+            }
+        }
+    };
+    for layers in &cases {
+        check(&format!("cpu {} layers", layers.len()), layers, &Device::Cpu);
+    }
+    on_cuda("in_place_power_iterations_update_the_state_and_return_the_same_step", |dev| {
+        for layers in &cases {
+            check(&format!("cuda {} layers", layers.len()), layers, dev);
+        }
+    });
+}
+
 /// A batched call gives each layer exactly what a call for that layer alone gives: on the CPU, and
 /// on the GPU bit for bit (every block does its layer's work in the same order whatever else shares
 /// the launch) and against the CPU (F32_REDUCTION, as above). Batches of 5 and 11 layers (a critic,

@@ -212,15 +212,19 @@ struct Step {
 
 // Every layer through the launches norm.rs makes: fused when each launched layer's groups fill the
 // 2-SM device (2 blocks per SM), else Wᵀu, ‖·‖ and W v, u's normalisation; 16 layers a launch.
-std::vector<Step> power_iterations(const std::vector<Layer>& layers) {
+// `in_place`: as for a spectral norm's state, u is read from a state buffer that also receives u'
+// (u_state = u) and a v state receives v; both must then equal the step's own outputs bit for bit.
+std::vector<Step> power_iterations(const std::vector<Layer>& layers, bool in_place = false) {
   constexpr unsigned BLOCK = 512;
   auto launched = [](const Layer& l) { return l.groups > 0 && l.rows + l.cols > 0; };
   bool fused = true;
   for (auto& l : layers)
     if (launched(l) && l.groups < 2 * SMS) fused = false;
   std::vector<Step> steps;
-  std::vector<std::vector<float>> v_raw;
+  std::vector<std::vector<float>> v_raw, u_state, v_state;
   for (auto& l : layers) {
+    u_state.push_back(l.u);
+    v_state.emplace_back(l.groups * l.cols, NAN);
     // σ of a layer with neither rows nor columns is set to 0 by the launcher, not by a kernel.
     steps.push_back({std::vector<float>(l.groups * l.rows, NAN), std::vector<float>(l.groups * l.cols, NAN),
                      std::vector<float>(l.groups, l.rows + l.cols == 0 ? 0.0f : NAN)});
@@ -238,8 +242,17 @@ std::vector<Step> power_iterations(const std::vector<Layer>& layers) {
       const size_t l = active[first + slot];
       const Layer& in = layers[l];
       Step& out = steps[l];
-      batch.layers[slot] = {in.w.data(), in.u.data(), out.u.data(), out.v.data(), fused ? nullptr : v_raw[l].data(),
-                            out.sigma.data(), (int64_t)in.groups, (int64_t)in.rows, (int64_t)in.cols};
+      batch.layers[slot] = {in.w.data(),
+                            in_place ? u_state[l].data() : in.u.data(),
+                            out.u.data(),
+                            out.v.data(),
+                            fused ? nullptr : v_raw[l].data(),
+                            out.sigma.data(),
+                            in_place ? u_state[l].data() : nullptr,
+                            in_place ? v_state[l].data() : nullptr,
+                            (int64_t)in.groups,
+                            (int64_t)in.rows,
+                            (int64_t)in.cols};
       max_groups = std::max(max_groups, in.groups);
       col_tiles = std::max(col_tiles, div_ceil(in.cols, 32));
       row_blocks = std::max(row_blocks, div_ceil(in.rows, BLOCK / 32));
@@ -255,6 +268,10 @@ std::vector<Step> power_iterations(const std::vector<Layer>& layers) {
       run(norm_power_iteration_wv_fwd_f32, std::clamp<size_t>(row_blocks, 1, SMS * 16), max_groups);
       run(norm_power_iteration_normalize_u_fwd_f32, max_groups, 1);
     }
+  }
+  for (size_t l = 0; in_place && l < layers.size(); ++l) {
+    emu::compare_bits("in-place power iteration layer " + std::to_string(l) + ": u state", u_state[l], steps[l].u);
+    emu::compare_bits("in-place power iteration layer " + std::to_string(l) + ": v state", v_state[l], steps[l].v);
   }
   return steps;
 }
@@ -311,6 +328,7 @@ void check_step(const std::string& what, const Layer& l, const Step& got) {
 void test_power_iteration(size_t groups, size_t rows, size_t cols) {
   const Layer l = layer(groups, rows, cols);
   check_step("power iteration", l, power_iterations({l})[0]);
+  check_step("in-place power iteration", l, power_iterations({l}, true)[0]);
 }
 
 // tests/norm.rs's guard cases: zero W, zero u, both (zeros out, not NaN); W scaled by 1e-20
@@ -342,9 +360,12 @@ void test_batched_power_iterations(size_t groups, size_t count) {
     const auto [rows, cols] = shapes[l % 10];
     layers.push_back(layer(l == 7 ? 0 : groups, rows, cols));
   }
-  const auto batched = power_iterations(layers);
-  for (size_t l = 0; l < count; ++l)
-    check_step("batch of " + std::to_string(count) + " layer " + std::to_string(l), layers[l], batched[l]);
+  for (bool in_place : {false, true}) {
+    const auto batched = power_iterations(layers, in_place);
+    for (size_t l = 0; l < count; ++l)
+      check_step(std::string(in_place ? "in-place " : "") + "batch of " + std::to_string(count) + " layer " + std::to_string(l),
+                 layers[l], batched[l]);
+  }
 }
 
 // ---- Elementwise norm kernels (norm.rs: grid_for's 256-thread blocks, 16 per SM) ----

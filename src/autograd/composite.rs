@@ -29,26 +29,29 @@ impl Tape {
     /// flowing through `s` into `W̄` (see [`Tape::spectral_divide`]). Returns `(W, u', v, s)`;
     /// the caller stores `u'` for the next call.
     pub fn spectral_normalize(&self, w_bar: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
-        let mut layers = self.spectral_normalize_all(&[(w_bar, u)])?;
-        Ok(layers.remove(0))
+        let step = raw::power_iteration(&as_matrices(w_bar)?, u)?;
+        let w = self.spectral_divide(w_bar, &step.u, &step.v, &step.sigma)?;
+        Ok((w, step.u, step.v, step.sigma))
     }
 
-    /// [`Tape::spectral_normalize`] of each `(W̄, u)`, the power iterations batched into the same
-    /// launches (a model's spectrally normalised layers are independent of one another).
-    pub fn spectral_normalize_all(&self, layers: &[(&Tensor, &Tensor)]) -> Result<Vec<(Tensor, Tensor, Tensor, Tensor)>> {
-        let mut matrices = Vec::with_capacity(layers.len());
-        for &(w_bar, _) in layers {
-            ensure_shape!(w_bar.rank() >= 3, "spectral_normalize", "needs [G, O, ...], got {:?}", w_bar.shape());
-            let s = w_bar.shape();
-            let (g, rows) = (s[0], s[1]);
-            matrices.push(w_bar.reshape(&[g, rows, w_bar.numel() / (g * rows).max(1)])?);
-        }
-        let pairs: Vec<(&Tensor, &Tensor)> = matrices.iter().zip(layers).map(|(m, &(_, u))| (m, u)).collect();
-        let steps = raw::power_iterations(&pairs)?;
+    /// [`Tape::spectral_normalize`] of each `(W̄, u, v)`, a spectral norm's state, which the power
+    /// iteration updates in place (see `ops::power_iterations_in_place`), the power iterations
+    /// batched into the same launches (a model's spectrally normalised layers are independent of
+    /// one another). Returns each layer's `(W, u', v, s)`, u' and v in tensors of their own: the
+    /// tape keeps those, not the state.
+    pub fn spectral_normalize_all(
+        &self,
+        layers: &mut [(&Tensor, &mut Tensor, &mut Tensor)],
+    ) -> Result<Vec<(Tensor, Tensor, Tensor, Tensor)>> {
+        let matrices = layers.iter().map(|(w_bar, _, _)| as_matrices(w_bar)).collect::<Result<Vec<_>>>()?;
+        let mut states: Vec<(&Tensor, &mut Tensor, &mut Tensor)> =
+            matrices.iter().zip(layers.iter_mut()).map(|(m, (_, u, v))| (m, &mut **u, &mut **v)).collect();
+        let steps = raw::power_iterations_in_place(&mut states)?;
+        drop(states);
         layers
             .iter()
             .zip(steps)
-            .map(|(&(w_bar, _), step)| {
+            .map(|((w_bar, _, _), step)| {
                 let w = self.spectral_divide(w_bar, &step.u, &step.v, &step.sigma)?;
                 Ok((w, step.u, step.v, step.sigma))
             })
@@ -73,4 +76,12 @@ impl Tape {
         let sigma = raw::matmul(&u.reshape(&[g, rows, 1])?, &wv, true, false)?.reshape(&[g])?;
         self.spectral_divide(w_bar, u, v, &sigma)
     }
+}
+
+/// `w_bar` `[G, O, ...]` viewed as `[G, O, I]`, the matrices of its power iteration.
+fn as_matrices(w_bar: &Tensor) -> Result<Tensor> {
+    ensure_shape!(w_bar.rank() >= 3, "spectral_normalize", "needs [G, O, ...], got {:?}", w_bar.shape());
+    let s = w_bar.shape();
+    let (g, rows) = (s[0], s[1]);
+    w_bar.reshape(&[g, rows, w_bar.numel() / (g * rows).max(1)])
 }

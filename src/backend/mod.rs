@@ -176,6 +176,23 @@ pub struct PowerIteration {
     pub sigma: Tensor,
 }
 
+/// Where one layer of [`Backend::power_iterations`] reads u from.
+pub enum PowerIterationInput<'a> {
+    /// u `[G, O]`, read only.
+    U(&'a Tensor),
+    /// A spectral norm's state, u `[G, O]` and v `[G, I]`: u read from it, u' and v also written
+    /// back into it, in place. The returned u' and v are the step's own tensors, for a tape to keep
+    /// while the state moves on; the state itself is never replaced, so a step frees nothing an
+    /// earlier step made (which a CUDA graph capture of the step would refuse).
+    State { u: &'a mut Tensor, v: &'a mut Tensor },
+}
+
+/// One layer of [`Backend::power_iterations`]: its weight viewed `[G, O, I]` and its u.
+pub struct PowerIterationIo<'a> {
+    pub w: &'a Tensor,
+    pub input: PowerIterationInput<'a>,
+}
+
 /// One tensor's operands of a multi-tensor Adam step: the parameter, its gradient and moments.
 pub struct AdamTensors<'a> {
     pub param: &'a mut Tensor,
@@ -259,9 +276,10 @@ pub trait Backend {
 
     /// One power iteration of spectral norm for each layer `(w [G, O, I], u [G, O])`:
     /// `v = normalize(wᵀu)`, `u' = normalize(w v)`, `normalize(x) = x / max(‖x‖, 1e-12)`, and the
-    /// estimate `σ = u'ᵀ w v` from the `w v` just computed. No gradient flows through it. The
-    /// layers are independent: a model's are batched into the same launches.
-    fn power_iterations(&self, layers: &[(&Tensor, &Tensor)]) -> Result<Vec<PowerIteration>>;
+    /// estimate `σ = u'ᵀ w v` from the `w v` just computed, also written into a layer's state when
+    /// it has one (see [`PowerIterationInput`]). No gradient flows through it. The layers are
+    /// independent: a model's are batched into the same launches.
+    fn power_iterations(&self, layers: &mut [PowerIterationIo<'_>]) -> Result<Vec<PowerIteration>>;
     /// Pixel norm of `x` `[N, C, P]` over its C channels: `inv = 1/sqrt(Σ_c x²/C + eps)` per
     /// (n, p) and `y = x·inv`; returns `(y [N, C, P], inv [N, P])`.
     fn pixel_norm(&self, x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)>;

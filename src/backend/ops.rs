@@ -2,7 +2,7 @@
 //! compatible shapes), derives the output geometry and calls the backend of the operands' device.
 use super::{
     backend, census, AdamParams, AdamTensors, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, NoisedAdamTensors, NoisedTensors,
-    PowerIteration, PublicDraw, RowNorm, SgdParams, UnaryOp,
+    PowerIteration, PowerIterationInput, PowerIterationIo, PublicDraw, RowNorm, SgdParams, UnaryOp,
 };
 use crate::dp::noise::{NoiseKey, MAX_NOISE_ELEMENTS};
 use crate::error::{ensure_shape, Error, Result};
@@ -380,6 +380,32 @@ pub fn power_iteration(w: &Tensor, u: &Tensor) -> Result<PowerIteration> {
     Ok(steps.remove(0))
 }
 
+/// One power iteration for each `(w [G, O, I], u [G, O], v [G, I])`, a spectral norm's state: u'
+/// and v written back into u and v in place and returned in tensors of their own, all in the same
+/// launches (see [`PowerIterationInput::State`]).
+pub fn power_iterations_in_place(layers: &mut [(&Tensor, &mut Tensor, &mut Tensor)]) -> Result<Vec<PowerIteration>> {
+    if layers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all: Vec<&Tensor> = layers.iter().flat_map(|(w, u, v)| [*w, &**u, &**v]).collect();
+    let dev = device_of("power_iteration", &all)?;
+    for (w, u, v) in layers.iter() {
+        check_power_iteration(w, u)?;
+        let s = w.shape();
+        ensure_shape!(v.shape() == [s[0], s[2]], "power_iteration", "v {:?} must be [G, I] of weight {s:?}", v.shape());
+    }
+    let mut io: Vec<PowerIterationIo<'_>> =
+        layers.iter_mut().map(|(w, u, v)| PowerIterationIo { w, input: PowerIterationInput::State { u, v } }).collect();
+    dispatch("power_iteration", &dev).power_iterations(&mut io)
+}
+
+/// Storage of `like`'s dtype and device for an op that writes every element (NaN on the CPU).
+fn check_power_iteration(w: &Tensor, u: &Tensor) -> Result<()> {
+    ensure_shape!(w.rank() == 3, "power_iteration", "weight must be viewed as [G, O, I], got {:?}", w.shape());
+    ensure_shape!(u.shape() == &w.shape()[..2], "power_iteration", "u {:?} must be [G, O] of weight {:?}", u.shape(), w.shape());
+    Ok(())
+}
+
 /// One power iteration for each `(w [G, O, I], u [G, O])`, all on one device, in the same
 /// launches (see `Backend::power_iterations`); the steps in the layers' order.
 pub fn power_iterations(layers: &[(&Tensor, &Tensor)]) -> Result<Vec<PowerIteration>> {
@@ -389,10 +415,10 @@ pub fn power_iterations(layers: &[(&Tensor, &Tensor)]) -> Result<Vec<PowerIterat
     let all: Vec<&Tensor> = layers.iter().flat_map(|&(w, u)| [w, u]).collect();
     let dev = device_of("power_iteration", &all)?;
     for &(w, u) in layers {
-        ensure_shape!(w.rank() == 3, "power_iteration", "weight must be viewed as [G, O, I], got {:?}", w.shape());
-        ensure_shape!(u.shape() == &w.shape()[..2], "power_iteration", "u {:?} must be [G, O] of weight {:?}", u.shape(), w.shape());
+        check_power_iteration(w, u)?;
     }
-    dispatch("power_iteration", &dev).power_iterations(layers)
+    let mut io: Vec<PowerIterationIo<'_>> = layers.iter().map(|&(w, u)| PowerIterationIo { w, input: PowerIterationInput::U(u) }).collect();
+    dispatch("power_iteration", &dev).power_iterations(&mut io)
 }
 
 /// Pixel norm over the channels of `x` `[G, B, C, H, W]`: `y = x / sqrt(mean_c x² + eps)` per

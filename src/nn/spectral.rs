@@ -33,11 +33,14 @@ pub struct SpectralTrace {
     pub sigma: Tensor,
 }
 
-/// The weight a forward pass runs with, `W = W̄/s`, and its `s` `[G]`.
+/// The weight a forward pass runs with, `W = W̄/s`, its `s` `[G]`, and the u and v of that pass
+/// (the pass's own tensors: the module's state moves on at the next pass, in place).
 #[derive(Clone, Debug)]
 pub struct NormalizedWeight {
     pub weight: Tensor,
     pub sigma: Tensor,
+    pub u: Tensor,
+    pub v: Tensor,
 }
 
 impl SpectralNorm {
@@ -62,24 +65,20 @@ impl SpectralNorm {
     /// model calls it once per forward pass for all its layers, then hands each layer its weight
     /// (`forward_with`). The same values as one call per layer.
     pub fn weights(tape: &Tape, norms: &mut [&mut SpectralNorm]) -> Result<Vec<NormalizedWeight>> {
-        let layers: Vec<(&Tensor, &Tensor)> = norms.iter().map(|n| (&n.weight_orig, &n.u)).collect();
-        let steps = tape.spectral_normalize_all(&layers)?;
-        let mut weights = Vec::with_capacity(steps.len());
-        for (norm, (weight, u, v, sigma)) in norms.iter_mut().zip(steps) {
-            norm.u = u;
-            norm.v = v;
-            weights.push(NormalizedWeight { weight, sigma });
-        }
-        Ok(weights)
+        // u and v are updated in place: replacing them would free the previous step's tensors, which
+        // a CUDA graph capture of a step refuses.
+        let mut layers: Vec<(&Tensor, &mut Tensor, &mut Tensor)> = norms.iter_mut().map(|n| (&n.weight_orig, &mut n.u, &mut n.v)).collect();
+        let steps = tape.spectral_normalize_all(&mut layers)?;
+        Ok(steps.into_iter().map(|(weight, u, v, sigma)| NormalizedWeight { weight, sigma, u, v }).collect())
     }
 
-    fn trace(&self, input: &Tensor, output: &Tensor, NormalizedWeight { weight, sigma }: NormalizedWeight) -> SpectralTrace {
+    fn trace(&self, input: &Tensor, output: &Tensor, NormalizedWeight { weight, sigma, u, v }: NormalizedWeight) -> SpectralTrace {
         SpectralTrace {
             layer: LayerTrace { input: input.clone(), output: output.clone() },
             weight,
             weight_orig: self.weight_orig.clone(),
-            u: self.u.clone(),
-            v: self.v.clone(),
+            u,
+            v,
             sigma,
         }
     }

@@ -28,7 +28,7 @@ use real::by_dtype;
 
 use super::{
     AdamParams, AdamTensors, Backend, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, NoisedAdamTensors, NoisedTensors,
-    PowerIteration, PublicDraw, RowNorm, SgdParams, UnaryOp,
+    PowerIteration, PowerIterationInput, PowerIterationIo, PublicDraw, RowNorm, SgdParams, UnaryOp,
 };
 use crate::dp::NoiseKey;
 use crate::error::Result;
@@ -159,13 +159,21 @@ impl Backend for Cpu {
         by_dtype!(x.dtype(), T => T::wrap(log_softmax_rows(T::host(x), cols), x.shape()))
     }
 
-    fn power_iterations(&self, layers: &[(&Tensor, &Tensor)]) -> Result<Vec<PowerIteration>> {
+    fn power_iterations(&self, layers: &mut [PowerIterationIo<'_>]) -> Result<Vec<PowerIteration>> {
         layers
-            .iter()
-            .map(|(w, u)| {
-                let s = w.shape();
-                by_dtype!(w.dtype(), T => {
-                    let (u_new, v, sigma) = power_iteration(T::host(w), T::host(u), s[0], s[1], s[2]);
+            .iter_mut()
+            .map(|layer| {
+                let s = layer.w.shape().to_vec();
+                by_dtype!(layer.w.dtype(), T => {
+                    let u = match &layer.input {
+                        PowerIterationInput::U(u) => T::host(u),
+                        PowerIterationInput::State { u, .. } => T::host(u),
+                    };
+                    let (u_new, v, sigma) = power_iteration(T::host(layer.w), u, s[0], s[1], s[2]);
+                    if let PowerIterationInput::State { u: u_state, v: v_state } = &mut layer.input {
+                        T::host_mut(u_state)?.copy_from_slice(&u_new);
+                        T::host_mut(v_state)?.copy_from_slice(&v);
+                    }
                     Ok(PowerIteration { u: T::wrap(u_new, &[s[0], s[1]])?, v: T::wrap(v, &[s[0], s[2]])?, sigma: T::wrap(sigma, &[s[0]])? })
                 })
             })

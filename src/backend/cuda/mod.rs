@@ -23,7 +23,7 @@ pub use module::{kernel_resources, Kernel, KernelResources};
 
 use super::{
     AdamParams, AdamTensors, Backend, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, NoisedAdamTensors, NoisedTensors,
-    PowerIteration, PublicDraw, RowNorm, SgdParams, UnaryOp,
+    PowerIteration, PowerIterationIo, PublicDraw, RowNorm, SgdParams, UnaryOp,
 };
 use crate::dp::NoiseKey;
 use crate::error::{Error, Result};
@@ -127,10 +127,10 @@ impl Backend for CudaDevice {
         reduce::log_softmax(buffer(x).device(), x)
     }
 
-    fn power_iterations(&self, layers: &[(&Tensor, &Tensor)]) -> Result<Vec<PowerIteration>> {
+    fn power_iterations(&self, layers: &mut [PowerIterationIo<'_>]) -> Result<Vec<PowerIteration>> {
         match layers.first() {
             None => Ok(Vec::new()),
-            Some((w, _)) => norm::power_iterations(buffer(w).device(), layers),
+            Some(layer) => norm::power_iterations(&buffer(layer.w).device().clone(), layers),
         }
     }
 

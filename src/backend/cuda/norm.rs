@@ -14,11 +14,12 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use super::device::{CudaBuffer, CudaDevice};
 use super::elementwise::grid_for;
 use super::module::Kernel;
+use super::optim::buffer_mut;
 use super::params::{
     FastDivmod, PixelNormParams, PowerIterationBatch, PowerIterationLayer, SpectralDivideBwdParams, POWER_ITERATION_LAYERS,
 };
 use super::{buffer, launched, output};
-use crate::backend::PowerIteration;
+use crate::backend::{PowerIteration, PowerIterationInput, PowerIterationIo};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -40,12 +41,14 @@ struct LayerOutputs {
     sigma: CudaBuffer,
 }
 
-/// One step for each `(w [G, O, I], u [G, O])` (shapes checked by ops): `v = normalize(wᵀu)`,
-/// `u' = normalize(w v)`, `σ = u'ᵀ w v`; returns each layer's `u'` `[G, O]`, `v` `[G, I]`, `σ`
-/// `[G]`. All layers go through the same launches, 16 at a time: one fused launch when every
-/// layer's groups fill the device, else the three split ones.
-pub(crate) fn power_iterations(dev: &Arc<CudaDevice>, layers: &[(&Tensor, &Tensor)]) -> Result<Vec<PowerIteration>> {
-    let dims: Vec<(usize, usize, usize)> = layers.iter().map(|(w, _)| (w.shape()[0], w.shape()[1], w.shape()[2])).collect();
+/// One step for each layer (shapes checked by ops): `v = normalize(wᵀu)`, `u' = normalize(w v)`,
+/// `σ = u'ᵀ w v`; returns each layer's `u'` `[G, O]`, `v` `[G, I]`, `σ` `[G]`, and writes u' and
+/// v into a layer's state too when it has one (u_state is then the u read: every kernel reads a
+/// group's u before any block writes its state, see norm.cu). All layers go through the same
+/// launches, 16 at a time: one fused launch when every layer's groups fill the device, else the
+/// three split ones.
+pub(crate) fn power_iterations(dev: &Arc<CudaDevice>, layers: &mut [PowerIterationIo<'_>]) -> Result<Vec<PowerIteration>> {
+    let dims: Vec<(usize, usize, usize)> = layers.iter().map(|l| (l.w.shape()[0], l.w.shape()[1], l.w.shape()[2])).collect();
     let sms = dev.properties().multiprocessors.max(1) as usize;
     // With rows = 0 v is a sum over nothing (zeros), and with cols = 0 u' is: the kernels write
     // both, and σ = 0. With neither (or no groups) there is nothing to launch: σ is set here.
@@ -76,7 +79,7 @@ pub(crate) fn power_iterations(dev: &Arc<CudaDevice>, layers: &[(&Tensor, &Tenso
 /// rows + cols > 0).
 fn launch_batch(
     dev: &Arc<CudaDevice>,
-    layers: &[(&Tensor, &Tensor)],
+    layers: &mut [PowerIterationIo<'_>],
     dims: &[(usize, usize, usize)],
     outs: &mut [LayerOutputs],
     chunk: &[usize],
@@ -92,11 +95,25 @@ fn launch_batch(
     let mut guards = Vec::with_capacity(chunk.len() * 6);
     let mut wanted: Vec<bool> = vec![false; outs.len()];
     chunk.iter().for_each(|&l| wanted[l] = true);
-    for (slot, (l, out)) in outs.iter_mut().enumerate().filter(|(l, _)| wanted[*l]).enumerate() {
+    let chosen = layers.iter_mut().zip(outs.iter_mut()).enumerate().filter(|(l, _)| wanted[*l]);
+    for (slot, (l, (layer, out))) in chosen.enumerate() {
         let (g, o, i) = dims[l];
-        let (w, u) = layers[l];
-        let (w_ptr, w_guard) = buffer(w).slice.device_ptr(&stream);
-        let (u_ptr, u_guard) = buffer(u).slice.device_ptr(&stream);
+        let (w_ptr, w_guard) = buffer(layer.w).slice.device_ptr(&stream);
+        // A state's u is read and then overwritten (u_state = u); the kernels read a group's u
+        // before any block writes its state.
+        let (u_ptr, u_state, v_state) = match &mut layer.input {
+            PowerIterationInput::U(u) => {
+                let (ptr, guard) = buffer(u).slice.device_ptr(&stream);
+                guards.push(guard);
+                (ptr, 0, 0)
+            }
+            PowerIterationInput::State { u, v } => {
+                let (u_ptr, u_guard) = buffer_mut(u)?.slice.device_ptr_mut(&stream);
+                let (v_ptr, v_guard) = buffer_mut(v)?.slice.device_ptr_mut(&stream);
+                guards.extend([u_guard, v_guard]);
+                (u_ptr, u_ptr, v_ptr)
+            }
+        };
         let (u_out, u_out_guard) = out.u_out.slice.device_ptr_mut(&stream);
         let (v, v_guard) = out.v.slice.device_ptr_mut(&stream);
         let (sigma, sigma_guard) = out.sigma.slice.device_ptr_mut(&stream);
@@ -108,9 +125,20 @@ fn launch_batch(
             }
             None => 0,
         };
-        guards.extend([w_guard, u_guard, u_out_guard, v_guard, sigma_guard]);
-        batch.layers[slot] =
-            PowerIterationLayer { w: w_ptr, u: u_ptr, u_out, v, v_raw, sigma, groups: g as i64, rows: o as i64, cols: i as i64 };
+        guards.extend([w_guard, u_out_guard, v_guard, sigma_guard]);
+        batch.layers[slot] = PowerIterationLayer {
+            w: w_ptr,
+            u: u_ptr,
+            u_out,
+            v,
+            v_raw,
+            sigma,
+            u_state,
+            v_state,
+            groups: g as i64,
+            rows: o as i64,
+            cols: i as i64,
+        };
     }
     let count = chunk.len();
     let run = |kernel: Kernel, grid: (usize, usize)| -> Result<()> {

@@ -438,6 +438,9 @@ pub struct PowerIterationLayer {
     pub v: u64,
     pub v_raw: u64,
     pub sigma: u64,
+    /// 0, or the layer's state, which receives copies of u' and v (`u_state` may equal `u`).
+    pub u_state: u64,
+    pub v_state: u64,
     pub groups: i64,
     pub rows: i64,
     pub cols: i64,
@@ -577,8 +580,8 @@ const _: () = assert!(std::mem::size_of::<SgdForeachParams>() == 32 + FOREACH_TE
 const _: () = assert!(std::mem::size_of::<Pool2x2Params>() == 40);
 const _: () = assert!(std::mem::size_of::<AxisCopyParams>() == 56);
 const _: () = assert!(std::mem::size_of::<GatherRowsParams>() == 16 + 4 * GATHER_INLINE_ROWS);
-const _: () = assert!(std::mem::size_of::<PowerIterationLayer>() == 72);
-const _: () = assert!(std::mem::size_of::<PowerIterationBatch>() == POWER_ITERATION_LAYERS * 72 + 8);
+const _: () = assert!(std::mem::size_of::<PowerIterationLayer>() == 88);
+const _: () = assert!(std::mem::size_of::<PowerIterationBatch>() == POWER_ITERATION_LAYERS * 88 + 8);
 const _: () = assert!(std::mem::size_of::<SpectralDivideBwdParams>() == 48);
 const _: () = assert!(std::mem::size_of::<PixelNormParams>() == 32);
 
