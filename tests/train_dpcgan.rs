@@ -216,6 +216,9 @@ fn the_budget_stops_the_run_before_it_is_passed() {
     let state: DpCganState = serde_json::from_value(read_json(&run.join("checkpoint.json"))).unwrap();
     assert!(state.step > 0 && state.step < 400, "stopped at {}", state.step);
     assert!(state.stopped.as_deref().is_some_and(|s| s.contains("budget")), "{:?}", state.stopped);
+    // The checkpoint names the step the budget refused: the next one.
+    let refused = format!("stopped before step {}:", state.step + 1);
+    assert!(state.stopped.as_deref().is_some_and(|s| s.starts_with(&refused)), "{:?}", state.stopped);
     let config: DpCganRunConfig = serde_json::from_value(read_json(&run.join("config.json"))).unwrap();
     assert!(expected_epsilon(&config, state.step, Conversion::Improved) <= 1.2);
     assert!(expected_epsilon(&config, state.step + 1, Conversion::Improved) > 1.2, "it stopped a step too early");

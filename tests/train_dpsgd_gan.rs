@@ -138,6 +138,9 @@ fn the_budget_stops_the_run_before_it_is_passed() {
     let state: DpsgdGanState = serde_json::from_value(read_json(&run.join("checkpoint.json"))).unwrap();
     assert!(state.step > 0 && state.step < 200, "stopped at {}", state.step);
     assert!(state.stopped.as_deref().is_some_and(|s| s.contains("budget")), "{:?}", state.stopped);
+    // The checkpoint names the step the budget refused: the next one.
+    let refused = format!("stopped before step {}:", state.step + 1);
+    assert!(state.stopped.as_deref().is_some_and(|s| s.starts_with(&refused)), "{:?}", state.stopped);
     let config: DpsgdGanRunConfig = serde_json::from_value(read_json(&run.join("config.json"))).unwrap();
     assert!(privacy_epsilon(&config, state.step) <= 1.7);
     assert!(privacy_epsilon(&config, state.step + 1) > 1.7, "it stopped a step too early");
