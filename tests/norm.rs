@@ -593,6 +593,9 @@ fn in_place_power_iterations_update_the_state_and_return_the_same_step() {
     for layers in &cases {
         check(&format!("cpu {} layers", layers.len()), layers, &Device::Cpu);
     }
+    let (w, mut u, mut v) = (common::randn(&mut rng, &[2, 5, 8]), common::randn(&mut rng, &[2, 5]), common::randn(&mut rng, &[2, 5]));
+    let err = ops::power_iterations_in_place(&mut [(&w, &mut u, &mut v)]).unwrap_err().to_string();
+    assert!(err.contains("v [2, 5] must be [G, I]"), "{err}");
     on_cuda("in_place_power_iterations_update_the_state_and_return_the_same_step", |dev| {
         for layers in &cases {
             check(&format!("cuda {} layers", layers.len()), layers, dev);

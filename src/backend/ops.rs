@@ -399,7 +399,7 @@ pub fn power_iterations_in_place(layers: &mut [(&Tensor, &mut Tensor, &mut Tenso
     dispatch("power_iteration", &dev).power_iterations(&mut io)
 }
 
-/// Storage of `like`'s dtype and device for an op that writes every element (NaN on the CPU).
+/// The shapes every power iteration needs: the weight viewed `[G, O, I]`, u `[G, O]`.
 fn check_power_iteration(w: &Tensor, u: &Tensor) -> Result<()> {
     ensure_shape!(w.rank() == 3, "power_iteration", "weight must be viewed as [G, O, I], got {:?}", w.shape());
     ensure_shape!(u.shape() == &w.shape()[..2], "power_iteration", "u {:?} must be [G, O] of weight {:?}", u.shape(), w.shape());
