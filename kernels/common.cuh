@@ -165,7 +165,14 @@ struct LogSoftmaxParams {
 
 // ---- optim.cu ----
 
-// SgdParams: `momentum_buf` is used only by optim_sgd_momentum_update_f32.
+// ---- Per-step values from device memory ----
+// A value that changes every step (a learning rate, Adam's bias corrections, the noise step, a
+// public draw's key) travels in the launch parameters, or, when its `*_at` pointer is not null, is
+// read from that device address (a step's value block, src/backend/cuda/step_block.rs): a CUDA
+// graph of the step then replays with the values the host wrote there for the next step. A kernel
+// reads each once, through step_values.cuh's `resolved`, before its loop.
+
+// SgdParams: `momentum_buf` is used only by optim_sgd_momentum_update_f32. lr_at: lr from memory.
 struct SgdUpdateParams {
   int64_t n;
   float lr;
@@ -174,10 +181,12 @@ struct SgdUpdateParams {
   float weight_decay;
   int32_t nesterov;
   int32_t pad_;
+  const float* lr_at;
 };
 
 // AdamParams with the bias corrections of step t folded in on the host (f64):
-// step_size = lr / (1 − β1ᵗ), bias2_sqrt = sqrt(1 − β2ᵗ).
+// step_size = lr / (1 − β1ᵗ), bias2_sqrt = sqrt(1 − β2ᵗ). corrections_at: {step_size, bias2_sqrt}
+// from memory.
 struct AdamUpdateParams {
   int64_t n;
   float beta1;
@@ -186,6 +195,7 @@ struct AdamUpdateParams {
   float weight_decay;
   float step_size;
   float bias2_sqrt;
+  const float* corrections_at;
 };
 
 struct EmaUpdateParams {
@@ -230,13 +240,15 @@ struct SgdForeachParams {
 // ---- rng.cu, dp.cu ----
 
 // A NoiseKey (src/dp/noise.rs): the 256-bit key (Philox uses words 0 and 1) and the position
-// (tensor index, step) that makes each tensor's noise fresh.
+// (tensor index, step) that makes each tensor's noise fresh. step_at: {step_lo, step_hi} from
+// memory (the key itself always travels in the parameters).
 struct NoiseKeyParams {
   uint32_t key[8];
   uint32_t tensor_index;
   uint32_t step_lo;
   uint32_t step_hi;
   uint32_t pad_;
+  const uint32_t* step_at;
 };
 
 struct GaussianNoiseParams {
@@ -265,6 +277,7 @@ struct PublicDrawParams {
   uint32_t step_hi;
   uint32_t pad_;
   uint32_t keys[MAX_DRAW_MEMBERS][2];
+  const uint32_t* keys_at;  // not null: the launch's count keys, two words each, from memory
 };
 
 // DP-SGD's last step over a summed gradient: x[e] ← (x[e] + std·z[e]) / divisor, in place.
@@ -486,25 +499,25 @@ struct ConvPhase {
 static_assert(sizeof(FastDivmod) == 16, "FastDivmod layout");
 static_assert(sizeof(SumToParams) == 216, "SumToParams layout");
 static_assert(sizeof(LogSoftmaxParams) == 16, "LogSoftmaxParams layout");
-static_assert(sizeof(SgdUpdateParams) == 32, "SgdUpdateParams layout");
-static_assert(sizeof(AdamUpdateParams) == 32, "AdamUpdateParams layout");
-static_assert(sizeof(NoiseKeyParams) == 48, "NoiseKeyParams layout");
-static_assert(sizeof(GaussianNoiseParams) == 64, "GaussianNoiseParams layout");
-static_assert(sizeof(PublicDrawParams) == 552, "PublicDrawParams layout");
-static_assert(sizeof(SanitizeRowsParams) == 80, "SanitizeRowsParams layout");
-static_assert(sizeof(NoiseDivideParams) == 64, "NoiseDivideParams layout");
-static_assert(sizeof(NoisedSgdParams) == 96, "NoisedSgdParams layout");
-static_assert(sizeof(NoisedForeachTensor) == 96, "NoisedForeachTensor layout");
-static_assert(sizeof(NoisedSgdForeachParams) == 32 + DPGAN_FOREACH_TENSORS * 96 + 8, "NoisedSgdForeachParams layout");
-static_assert(sizeof(NoisedAdamForeachParams) == 32 + DPGAN_FOREACH_TENSORS * 96 + 8, "NoisedAdamForeachParams layout");
+static_assert(sizeof(SgdUpdateParams) == 40, "SgdUpdateParams layout");
+static_assert(sizeof(AdamUpdateParams) == 40, "AdamUpdateParams layout");
+static_assert(sizeof(NoiseKeyParams) == 56, "NoiseKeyParams layout");
+static_assert(sizeof(GaussianNoiseParams) == 72, "GaussianNoiseParams layout");
+static_assert(sizeof(PublicDrawParams) == 560, "PublicDrawParams layout");
+static_assert(sizeof(SanitizeRowsParams) == 88, "SanitizeRowsParams layout");
+static_assert(sizeof(NoiseDivideParams) == 72, "NoiseDivideParams layout");
+static_assert(sizeof(NoisedSgdParams) == 112, "NoisedSgdParams layout");
+static_assert(sizeof(NoisedForeachTensor) == 104, "NoisedForeachTensor layout");
+static_assert(sizeof(NoisedSgdForeachParams) == 40 + DPGAN_FOREACH_TENSORS * 104 + 8, "NoisedSgdForeachParams layout");
+static_assert(sizeof(NoisedAdamForeachParams) == 40 + DPGAN_FOREACH_TENSORS * 104 + 8, "NoisedAdamForeachParams layout");
 // Kernel parameters are limited to 4 KiB.
 static_assert(sizeof(NoisedAdamForeachParams) <= 4096, "NoisedAdamForeachParams fits one launch's parameters");
 static_assert(sizeof(EmaUpdateParams) == 16, "EmaUpdateParams layout");
 static_assert(sizeof(ForeachTensor) == 40, "ForeachTensor layout");
-static_assert(sizeof(AdamForeachParams) == 32 + 32 * 40 + 8, "AdamForeachParams layout");
+static_assert(sizeof(AdamForeachParams) == 40 + 32 * 40 + 8, "AdamForeachParams layout");
 static_assert(sizeof(EmaForeachParams) == 8 + 32 * 40, "EmaForeachParams layout");
-static_assert(sizeof(SgdForeachParams) == 32 + 32 * 40 + 8, "SgdForeachParams layout");
-static_assert(sizeof(NoisedAdamParams) == 96, "NoisedAdamParams layout");
+static_assert(sizeof(SgdForeachParams) == 40 + 32 * 40 + 8, "SgdForeachParams layout");
+static_assert(sizeof(NoisedAdamParams) == 112, "NoisedAdamParams layout");
 static_assert(sizeof(Pool2x2Params) == 40, "Pool2x2Params layout");
 static_assert(sizeof(AxisCopyParams) == 56, "AxisCopyParams layout");
 static_assert(sizeof(GatherRowsParams) == 16 + 4 * GATHER_INLINE_ROWS, "GatherRowsParams layout");

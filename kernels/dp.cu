@@ -24,12 +24,13 @@ __device__ __forceinline__ void sanitize_rows(const SanitizeRowsParams& p, const
     sq += v * v;
   }
   const double norm = sqrt(block_sum_f64(sq, scratch));
+  const NoiseKeyParams key = resolved(p.key);
   const double ratio = (double)p.clip / (norm + 1e-10);
   const float factor = __double2float_rz(ratio >= 1.0 && !p.exact ? 1.0 : ratio);
   for (int64_t d = threadIdx.x; d < p.cols; d += blockDim.x) {
     float v = __fmul_rz(g_row[d], factor);
     if (p.noise_std != 0.0f) {
-      v = __fadd_rn(v, __fmul_rn(p.noise_std, standard_normal_at<GEN>(p.key, (uint64_t)(row * p.cols + d))));
+      v = __fadd_rn(v, __fmul_rn(p.noise_std, standard_normal_at<GEN>(key, (uint64_t)(row * p.cols + d))));
     }
     out_row[d] = v;
   }
@@ -38,7 +39,7 @@ __device__ __forceinline__ void sanitize_rows(const SanitizeRowsParams& p, const
 // DP-SGD's noise and division of element i of the summed clipped gradient (reference:
 // src/backend/cpu/dp.rs, add_gaussian_noise_and_divide): (sum + std·z[i]) / divisor with the
 // roundings of rng.cu's noise followed by an elementwise division, so the value is that of the
-// two separate passes.
+// two separate passes. `p` is resolved (its step read from memory if it lives there).
 template <int GEN>
 __device__ __forceinline__ float noised_gradient(const NoiseDivideParams& p, float sum, int64_t i) {
   const float noised = __fadd_rn(sum, __fmul_rn(p.std, standard_normal_at<GEN>(p.key, (uint64_t)i)));
@@ -51,7 +52,7 @@ template <int GEN>
 __device__ __forceinline__ void gaussian_add_divide(const NoiseDivideParams& p, float* __restrict__ x) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= p.n) return;
-  x[i] = noised_gradient<GEN>(p, x[i], i);
+  x[i] = noised_gradient<GEN>(resolved(p), x[i], i);
 }
 
 // A gradient element that is not finite makes *flag NaN (0·g; every writer writes NaN, so the
@@ -68,9 +69,9 @@ __device__ __forceinline__ void noised_sgd(const NoisedSgdParams& p, float* __re
                                            const float* __restrict__ sum, float* flag) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= p.noise.n) return;
-  const float g = noised_gradient<GEN>(p.noise, sum[i], i);
+  const float g = noised_gradient<GEN>(resolved(p.noise), sum[i], i);
   flag_nonfinite(g, flag);
-  param[i] = sgd_plain_update(p.sgd, param[i], g);
+  param[i] = sgd_plain_update(resolved(p.sgd), param[i], g);
 }
 
 template <int GEN>
@@ -79,9 +80,9 @@ __device__ __forceinline__ void noised_adam(const NoisedAdamParams& p, float* __
                                             float* __restrict__ v, float* flag) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= p.noise.n) return;
-  const float g = noised_gradient<GEN>(p.noise, sum[i], i);
+  const float g = noised_gradient<GEN>(resolved(p.noise), sum[i], i);
   flag_nonfinite(g, flag);
-  param[i] = adam_update(p.adam, param[i], g, &m[i], &v[i]);
+  param[i] = adam_update(resolved(p.adam), param[i], g, &m[i], &v[i]);
 }
 
 // The same updates over up to 32 tensors in one launch: block row y updates tensor y with its own
@@ -91,9 +92,9 @@ __device__ __forceinline__ void noised_sgd_foreach(const NoisedSgdForeachParams&
   const NoisedForeachTensor& t = p.tensors[blockIdx.y];
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= t.noise.n) return;
-  const float g = noised_gradient<GEN>(t.noise, t.sum[i], i);
+  const float g = noised_gradient<GEN>(resolved(t.noise), t.sum[i], i);
   flag_nonfinite(g, flag);
-  t.param[i] = sgd_plain_update(p.sgd, t.param[i], g);
+  t.param[i] = sgd_plain_update(resolved(p.sgd), t.param[i], g);
 }
 
 template <int GEN>
@@ -101,9 +102,9 @@ __device__ __forceinline__ void noised_adam_foreach(const NoisedAdamForeachParam
   const NoisedForeachTensor& t = p.tensors[blockIdx.y];
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= t.noise.n) return;
-  const float g = noised_gradient<GEN>(t.noise, t.sum[i], i);
+  const float g = noised_gradient<GEN>(resolved(t.noise), t.sum[i], i);
   flag_nonfinite(g, flag);
-  t.param[i] = adam_update(p.adam, t.param[i], g, &t.m[i], &t.v[i]);
+  t.param[i] = adam_update(resolved(p.adam), t.param[i], g, &t.m[i], &t.v[i]);
 }
 
 }  // namespace dpgan

@@ -8,13 +8,15 @@
 // No momentum: p ← p − lr·(g + wd·p).
 extern "C" __global__ void optim_sgd_update_f32(SgdUpdateParams p, float* __restrict__ param,
                                                 const float* __restrict__ grad) {
-  DPGAN_FOR_EACH(i, p.n) { param[i] = dpgan::sgd_plain_update(p, param[i], grad[i]); }
+  const SgdUpdateParams hp = resolved(p);
+  DPGAN_FOR_EACH(i, hp.n) { param[i] = dpgan::sgd_plain_update(hp, param[i], grad[i]); }
 }
 
 // g ← g + wd·p; buf ← momentum·buf + (1 − dampening)·g; p ← p − lr·(nesterov ? g + momentum·buf : buf).
-extern "C" __global__ void optim_sgd_momentum_update_f32(SgdUpdateParams p, float* __restrict__ param,
+extern "C" __global__ void optim_sgd_momentum_update_f32(SgdUpdateParams hp, float* __restrict__ param,
                                                          const float* __restrict__ grad,
                                                          float* __restrict__ momentum_buf) {
+  const SgdUpdateParams p = resolved(hp);
   const float damp = 1.0f - p.dampening;
   DPGAN_FOR_EACH(i, p.n) {
     const float w = param[i];
@@ -30,7 +32,8 @@ extern "C" __global__ void optim_sgd_momentum_update_f32(SgdUpdateParams p, floa
 extern "C" __global__ void optim_adam_update_f32(AdamUpdateParams p, float* __restrict__ param,
                                                  const float* __restrict__ grad, float* __restrict__ m,
                                                  float* __restrict__ v) {
-  DPGAN_FOR_EACH(i, p.n) { param[i] = dpgan::adam_update(p, param[i], grad[i], &m[i], &v[i]); }
+  const AdamUpdateParams hp = resolved(p);
+  DPGAN_FOR_EACH(i, hp.n) { param[i] = dpgan::adam_update(hp, param[i], grad[i], &m[i], &v[i]); }
 }
 
 // An exponential moving average in place: ema ← decay·ema + (1 − decay)·x, three roundings as the
@@ -44,8 +47,9 @@ extern "C" __global__ void optim_ema_update_f32(EmaUpdateParams p, float* __rest
 // tensor y, the x blocks stride over its elements, as optim_sgd_update_f32 does.
 extern "C" __global__ void optim_sgd_update_foreach_f32(SgdForeachParams p) {
   const ForeachTensor& t = p.tensors[blockIdx.y];
+  const SgdUpdateParams hp = resolved(p.hp);
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < t.n; i += (int64_t)blockDim.x * gridDim.x) {
-    t.a[i] = dpgan::sgd_plain_update(p.hp, t.a[i], t.b[i]);
+    t.a[i] = dpgan::sgd_plain_update(hp, t.a[i], t.b[i]);
   }
 }
 
@@ -53,8 +57,9 @@ extern "C" __global__ void optim_sgd_update_foreach_f32(SgdForeachParams p) {
 // the x blocks stride over its elements. The same update per element as optim_adam_update_f32.
 extern "C" __global__ void optim_adam_update_foreach_f32(AdamForeachParams p) {
   const ForeachTensor& t = p.tensors[blockIdx.y];
+  const AdamUpdateParams hp = resolved(p.hp);
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < t.n; i += (int64_t)blockDim.x * gridDim.x) {
-    t.a[i] = dpgan::adam_update(p.hp, t.a[i], t.b[i], &t.c[i], &t.d[i]);
+    t.a[i] = dpgan::adam_update(hp, t.a[i], t.b[i], &t.c[i], &t.d[i]);
   }
 }
 

@@ -7,6 +7,7 @@
 // (no fast-math). An update is then bit-identical on both backends.
 #pragma once
 #include "common.cuh"
+#include "step_values.cuh"
 
 namespace dpgan {
 

@@ -9,23 +9,26 @@ namespace dpgan {
 
 template <int GEN>
 __device__ __forceinline__ void gaussian_add(const GaussianNoiseParams& p, float* __restrict__ x) {
+  const NoiseKeyParams key = resolved(p.key);
   DPGAN_FOR_EACH(i, p.n) {
     // Two roundings, as on the CPU (no fused multiply-add).
-    x[i] = __fadd_rn(x[i], __fmul_rn(p.std, standard_normal_at<GEN>(p.key, (uint64_t)i)));
+    x[i] = __fadd_rn(x[i], __fmul_rn(p.std, standard_normal_at<GEN>(key, (uint64_t)i)));
   }
 }
 
 // Element e of member m's block (public_draws in src/backend/cpu/rng.rs): for a one-hot, 1 where
 // its column is its row's drawn class (each of a row's threads recomputes the row's Philox block:
 // ten rounds, cheaper than sharing it); else a class, a uniform or a normal of its own block.
+// The member's key comes from the parameters, or from memory (keys_at, a step's value block).
 __device__ __forceinline__ void public_draws(const PublicDrawParams& p, float* __restrict__ out) {
   const int64_t n = p.per_member * p.count;
   DPGAN_FOR_EACH(i, n) {
     const int64_t local = i / p.per_member;
     const uint64_t e = (uint64_t)(i - local * p.per_member);
     NoiseKeyParams k = {};
-    k.key[0] = p.keys[local][0];
-    k.key[1] = p.keys[local][1];
+    const uint32_t* member_key = p.keys_at ? p.keys_at + 2 * local : p.keys[local];
+    k.key[0] = member_key[0];
+    k.key[1] = member_key[1];
     k.tensor_index = p.tensor_index;
     k.step_lo = p.step_lo;
     k.step_hi = p.step_hi;

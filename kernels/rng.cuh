@@ -8,6 +8,7 @@
 // libm, which the final rounding to f32 almost always hides.
 #pragma once
 #include "common.cuh"
+#include "step_values.cuh"
 
 namespace dpgan {
 

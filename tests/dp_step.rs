@@ -166,7 +166,8 @@ fn cuda_noise_and_division_match_the_two_passes_and_the_cpu() {
 
 /// Without a GPU, the next best check of `dp_gaussian_add_divide_*`: `kernels/dp.cu` compiled for
 /// the host (tests/host_cuda/, one thread per block) must reproduce the CPU reference bit for bit
-/// in both noise modes. Skips (saying why) without a C++ compiler or the sources.
+/// in both noise modes, with the noise step in the parameters and read from memory (a step block's
+/// path). Skips (saying why) without a C++ compiler or the sources.
 #[test]
 fn noise_and_divide_kernel_compiled_for_the_host_matches_the_reference() {
     let test = "noise_and_divide_kernel_compiled_for_the_host_matches_the_reference";
@@ -182,18 +183,15 @@ fn noise_and_divide_kernel_compiled_for_the_host_matches_the_reference() {
     fast.key.iter().for_each(|w| input.push_str(&format!("{w:x} ")));
     input.push_str(&format!("{:x} {:x} {:x}\n", fast.tensor_index, fast.step as u32, (fast.step >> 32) as u32));
     x.iter().for_each(|v| input.push_str(&format!("{:x}\n", v.to_bits())));
-    let mut child =
-        std::process::Command::new(&exe).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "host noise program failed");
-    let bits: Vec<u32> = String::from_utf8(out.stdout).unwrap().lines().map(|h| u32::from_str_radix(h, 16).unwrap()).collect();
-    assert_eq!(bits.len(), 2 * x.len());
-    for (k, key) in [fast, secure].iter().enumerate() {
-        let mut expected = x.clone();
-        dpgan::backend::cpu::add_gaussian_noise_and_divide(&mut expected, std, divisor, key);
-        let got: Vec<f32> = bits[k * x.len()..(k + 1) * x.len()].iter().map(|&b| f32::from_bits(b)).collect();
-        common::assert_identical(&format!("{:?}", key.mode), &got, &expected);
+    for source in common::VALUE_SOURCES {
+        let bits = common::run_host_kernel_program("noise", &exe, &[source], &input);
+        assert_eq!(bits.len(), 2 * x.len());
+        for (k, key) in [fast, secure].iter().enumerate() {
+            let mut expected = x.clone();
+            dpgan::backend::cpu::add_gaussian_noise_and_divide(&mut expected, std, divisor, key);
+            let got: Vec<f32> = bits[k * x.len()..(k + 1) * x.len()].iter().map(|&b| f32::from_bits(b)).collect();
+            common::assert_identical(&format!("{:?}, step from the {source}", key.mode), &got, &expected);
+        }
     }
 }
 
@@ -408,7 +406,8 @@ fn noised_steps_equal_one_noised_step_per_tensor_on_every_backend() {
 /// Without a GPU, the next best check of `dp_noised_{sgd,adam}_update_*`: `kernels/dp.cu` (with
 /// optim.cuh) compiled for the host, one thread per block, must reproduce the CPU reference (the
 /// noised gradient, then the optimizer's update) bit for bit in both noise modes, parameters,
-/// Adam's moments and the finiteness flag included, with one NaN element in the sum.
+/// Adam's moments and the finiteness flag included, with one NaN element in the sum; with the
+/// step, lr and bias corrections in the parameters and read from memory (a step block's path).
 #[test]
 fn noised_update_kernels_compiled_for_the_host_match_the_reference() {
     use dpgan::backend::cpu::{adam_update, noised_gradient, sgd_update};
@@ -427,8 +426,7 @@ fn noised_update_kernels_compiled_for_the_host_match_the_reference() {
     let adam = AdamParams { lr: 2e-4, beta1: 0.5, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 };
     let t = 5;
     // The bias corrections as the CUDA launcher folds them in (f64, then f32).
-    let step_size = (adam.lr as f64 / (1.0 - (adam.beta1 as f64).powi(t))) as f32;
-    let bias2_sqrt = (1.0 - (adam.beta2 as f64).powi(t)).sqrt() as f32;
+    let (step_size, bias2_sqrt) = adam.bias_corrections(t);
     let fast = NoiseSource::from_seed(rng.random(), NoiseMode::Fast).key_at(3 + (1 << 33), 6);
     let secure = dpgan::dp::NoiseKey { mode: NoiseMode::Secure, ..fast };
     let (std, divisor) = (1.07f32 * 0.9, 256.0f32);
@@ -442,32 +440,29 @@ fn noised_update_kernels_compiled_for_the_host_match_the_reference() {
     for xs in [&sum, &param, &m, &v] {
         input.push_str(&format!("{}\n", hex(xs)));
     }
-    let mut child =
-        std::process::Command::new(&exe).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "host noised-update program failed");
-    let got: Vec<f32> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|h| f32::from_bits(u32::from_str_radix(h, 16).unwrap())).collect();
-    let per_mode = 4 * n + 2;
-    assert_eq!(got.len(), 2 * per_mode);
-    for (k, key) in [fast, secure].iter().enumerate() {
-        let noise = GradientNoise { std, divisor, key: *key };
-        let mut flag = [0.0f32];
-        let grad = noised_gradient(&sum, &noise, &mut flag);
-        let mut expected_sgd = param.clone();
-        sgd_update(&mut expected_sgd, &grad, None, &sgd);
-        let (mut expected_param, mut expected_m, mut expected_v) = (param.clone(), m.clone(), v.clone());
-        adam_update(&mut expected_param, &grad, &mut expected_m, &mut expected_v, t as u64, &adam);
-        let out = &got[k * per_mode..(k + 1) * per_mode];
-        let mode = format!("{:?}", key.mode);
-        common::assert_identical(&format!("{mode}: sgd param"), &out[..n], &expected_sgd);
-        assert!(out[n].is_nan() && flag[0].is_nan(), "{mode}: sgd flag {} (reference {})", out[n], flag[0]);
-        common::assert_identical(&format!("{mode}: adam param"), &out[n + 1..2 * n + 1], &expected_param);
-        common::assert_identical(&format!("{mode}: adam m"), &out[2 * n + 1..3 * n + 1], &expected_m);
-        common::assert_identical(&format!("{mode}: adam v"), &out[3 * n + 1..4 * n + 1], &expected_v);
-        assert!(out[4 * n + 1].is_nan(), "{mode}: adam flag {}", out[4 * n + 1]);
-        assert!(out[..n].iter().zip(&param).filter(|(a, p)| a != p).count() > n / 2, "{mode}: sgd moved too few parameters");
+    for source in common::VALUE_SOURCES {
+        let got: Vec<f32> =
+            common::run_host_kernel_program("noised-update", &exe, &[source], &input).into_iter().map(f32::from_bits).collect();
+        let per_mode = 4 * n + 2;
+        assert_eq!(got.len(), 2 * per_mode);
+        for (k, key) in [fast, secure].iter().enumerate() {
+            let noise = GradientNoise { std, divisor, key: *key };
+            let mut flag = [0.0f32];
+            let grad = noised_gradient(&sum, &noise, &mut flag);
+            let mut expected_sgd = param.clone();
+            sgd_update(&mut expected_sgd, &grad, None, &sgd);
+            let (mut expected_param, mut expected_m, mut expected_v) = (param.clone(), m.clone(), v.clone());
+            adam_update(&mut expected_param, &grad, &mut expected_m, &mut expected_v, t, &adam);
+            let out = &got[k * per_mode..(k + 1) * per_mode];
+            let mode = format!("{:?}, values from the {source}", key.mode);
+            common::assert_identical(&format!("{mode}: sgd param"), &out[..n], &expected_sgd);
+            assert!(out[n].is_nan() && flag[0].is_nan(), "{mode}: sgd flag {} (reference {})", out[n], flag[0]);
+            common::assert_identical(&format!("{mode}: adam param"), &out[n + 1..2 * n + 1], &expected_param);
+            common::assert_identical(&format!("{mode}: adam m"), &out[2 * n + 1..3 * n + 1], &expected_m);
+            common::assert_identical(&format!("{mode}: adam v"), &out[3 * n + 1..4 * n + 1], &expected_v);
+            assert!(out[4 * n + 1].is_nan(), "{mode}: adam flag {}", out[4 * n + 1]);
+            assert!(out[..n].iter().zip(&param).filter(|(a, p)| a != p).count() > n / 2, "{mode}: sgd moved too few parameters");
+        }
     }
 }
 
@@ -475,7 +470,8 @@ fn noised_update_kernels_compiled_for_the_host_match_the_reference() {
 /// tensor y) compiled for the host: tensors of different sizes (an empty one among them), each
 /// with its own key, std and divisor, updated over a grid that covers the largest, must each end
 /// exactly as the CPU reference's one-tensor update leaves it, in both noise modes; a NaN in one
-/// tensor's sum makes the shared flag NaN.
+/// tensor's sum makes the shared flag NaN. Also with the tensors' shared step, the lr and the bias
+/// corrections read from memory (a step block's path).
 #[test]
 fn noised_foreach_kernels_compiled_for_the_host_match_the_reference() {
     use dpgan::backend::cpu::{adam_update, noised_gradient, sgd_update};
@@ -502,8 +498,7 @@ fn noised_foreach_kernels_compiled_for_the_host_match_the_reference() {
     let sgd = SgdParams { lr: 0.05, momentum: 0.0, dampening: 0.0, weight_decay: 1e-3, nesterov: false };
     let adam = AdamParams { lr: 2e-4, beta1: 0.5, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 };
     let t = 3;
-    let step_size = (adam.lr as f64 / (1.0 - (adam.beta1 as f64).powi(t))) as f32;
-    let bias2_sqrt = (1.0 - (adam.beta2 as f64).powi(t)).sqrt() as f32;
+    let (step_size, bias2_sqrt) = adam.bias_corrections(t);
 
     let hex = |xs: &[f32]| xs.iter().map(|x| format!("{:x}", x.to_bits())).collect::<Vec<_>>().join(" ");
     let mut input = format!("{}\n", sizes.len());
@@ -519,45 +514,42 @@ fn noised_foreach_kernels_compiled_for_the_host_match_the_reference() {
             input.push_str(&format!("{}\n", hex(xs)));
         }
     }
-    let mut child =
-        std::process::Command::new(&exe).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "host noised-foreach program failed");
-    let got: Vec<f32> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|h| f32::from_bits(u32::from_str_radix(h, 16).unwrap())).collect();
-    let total: usize = sizes.iter().sum();
-    let per_mode = 4 * total + 2;
-    assert_eq!(got.len(), 2 * per_mode);
-    for (k, mode) in [NoiseMode::Fast, NoiseMode::Secure].into_iter().enumerate() {
-        let mut out = &got[k * per_mode..(k + 1) * per_mode];
-        let mut take = |n: usize| {
-            let (head, rest) = out.split_at(n);
-            out = rest;
-            head.to_vec()
-        };
-        let mut flag = [0.0f32];
-        let grads: Vec<Vec<f32>> = sums
-            .iter()
-            .zip(&noises)
-            .map(|(sum, noise)| {
-                noised_gradient(sum, &GradientNoise { key: dpgan::dp::NoiseKey { mode, ..noise.key }, ..*noise }, &mut flag)
-            })
-            .collect();
-        for (i, (&n, grad)) in sizes.iter().zip(&grads).enumerate() {
-            let mut expected = params[i].clone();
-            sgd_update(&mut expected, grad, None, &sgd);
-            common::assert_identical(&format!("{mode:?}: sgd param of tensor {i}"), &take(n), &expected);
+    for source in common::VALUE_SOURCES {
+        let got: Vec<f32> =
+            common::run_host_kernel_program("noised-foreach", &exe, &[source], &input).into_iter().map(f32::from_bits).collect();
+        let total: usize = sizes.iter().sum();
+        let per_mode = 4 * total + 2;
+        assert_eq!(got.len(), 2 * per_mode);
+        for (k, mode) in [NoiseMode::Fast, NoiseMode::Secure].into_iter().enumerate() {
+            let mut out = &got[k * per_mode..(k + 1) * per_mode];
+            let mut take = |n: usize| {
+                let (head, rest) = out.split_at(n);
+                out = rest;
+                head.to_vec()
+            };
+            let mut flag = [0.0f32];
+            let grads: Vec<Vec<f32>> = sums
+                .iter()
+                .zip(&noises)
+                .map(|(sum, noise)| {
+                    noised_gradient(sum, &GradientNoise { key: dpgan::dp::NoiseKey { mode, ..noise.key }, ..*noise }, &mut flag)
+                })
+                .collect();
+            for (i, (&n, grad)) in sizes.iter().zip(&grads).enumerate() {
+                let mut expected = params[i].clone();
+                sgd_update(&mut expected, grad, None, &sgd);
+                common::assert_identical(&format!("{mode:?} ({source}): sgd param of tensor {i}"), &take(n), &expected);
+            }
+            let sgd_flag = take(1)[0];
+            assert!(sgd_flag.is_nan() && flag[0].is_nan(), "{mode:?} ({source}): sgd flag {sgd_flag} (reference {})", flag[0]);
+            for (i, (&n, grad)) in sizes.iter().zip(&grads).enumerate() {
+                let (mut param, mut m, mut v) = (params[i].clone(), ms[i].clone(), vs[i].clone());
+                adam_update(&mut param, grad, &mut m, &mut v, t, &adam);
+                common::assert_identical(&format!("{mode:?} ({source}): adam param of tensor {i}"), &take(n), &param);
+                common::assert_identical(&format!("{mode:?} ({source}): adam m of tensor {i}"), &take(n), &m);
+                common::assert_identical(&format!("{mode:?} ({source}): adam v of tensor {i}"), &take(n), &v);
+            }
+            assert!(take(1)[0].is_nan(), "{mode:?} ({source}): adam flag");
         }
-        let sgd_flag = take(1)[0];
-        assert!(sgd_flag.is_nan() && flag[0].is_nan(), "{mode:?}: sgd flag {sgd_flag} (reference {})", flag[0]);
-        for (i, (&n, grad)) in sizes.iter().zip(&grads).enumerate() {
-            let (mut param, mut m, mut v) = (params[i].clone(), ms[i].clone(), vs[i].clone());
-            adam_update(&mut param, grad, &mut m, &mut v, t as u64, &adam);
-            common::assert_identical(&format!("{mode:?}: adam param of tensor {i}"), &take(n), &param);
-            common::assert_identical(&format!("{mode:?}: adam m of tensor {i}"), &take(n), &m);
-            common::assert_identical(&format!("{mode:?}: adam v of tensor {i}"), &take(n), &v);
-        }
-        assert!(take(1)[0].is_nan(), "{mode:?}: adam flag");
     }
 }

@@ -198,8 +198,8 @@ fn rounding_toward_zero_never_grows_a_value() {
 /// Without a GPU, the next best check of `kernels/dp.cu`: the kernel compiled for the host and run
 /// one thread per block (tests/host_cuda/; rounding toward zero by the FPU's rounding mode, an
 /// implementation independent of the reference's) must reproduce the CPU backend bit for bit on
-/// huge, small, zero and NaN rows, with noise in both modes. Skips (saying why) without a C++
-/// compiler or the sources.
+/// huge, small, zero and NaN rows, with noise in both modes (its step in the parameters and read
+/// from memory, a step block's path). Skips (saying why) without a C++ compiler or the sources.
 #[test]
 fn dp_cu_compiled_for_the_host_matches_the_reference() {
     let Some((exe, _dir)) = common::build_host_kernel_program(
@@ -226,25 +226,22 @@ fn dp_cu_compiled_for_the_host_matches_the_reference() {
         fast.key.iter().for_each(|w| input.push_str(&format!("{w:x} ")));
         input.push_str(&format!("{:x} {:x} {:x}\n", fast.tensor_index, fast.step as u32, (fast.step >> 32) as u32));
         v.iter().for_each(|x| input.push_str(&format!("{:x}\n", x.to_bits())));
-        let mut child =
-            std::process::Command::new(&exe).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "host dp program failed");
-        let bits: Vec<u32> = String::from_utf8(out.stdout).unwrap().lines().map(|h| u32::from_str_radix(h, 16).unwrap()).collect();
-        assert_eq!(bits.len(), 2 * rows * cols);
-        for (k, key) in [fast, secure].iter().enumerate() {
-            let expected = sanitize_rows(&g, clip, row_norm, std, key).unwrap().to_vec().unwrap();
-            for (e, x) in expected.iter().enumerate() {
-                let got = bits[k * rows * cols + e];
-                // NaN payloads may differ; NaN-ness may not.
-                let same = if x.is_nan() { f32::from_bits(got).is_nan() } else { got == x.to_bits() };
-                assert!(
-                    same,
-                    "{:?} {row_norm:?} clip {clip} std {std}: element {e}: kernel {}, reference {x}",
-                    key.mode,
-                    f32::from_bits(got)
-                );
+        for source in common::VALUE_SOURCES {
+            let bits = common::run_host_kernel_program("dp", &exe, &[source], &input);
+            assert_eq!(bits.len(), 2 * rows * cols);
+            for (k, key) in [fast, secure].iter().enumerate() {
+                let expected = sanitize_rows(&g, clip, row_norm, std, key).unwrap().to_vec().unwrap();
+                for (e, x) in expected.iter().enumerate() {
+                    let got = bits[k * rows * cols + e];
+                    // NaN payloads may differ; NaN-ness may not.
+                    let same = if x.is_nan() { f32::from_bits(got).is_nan() } else { got == x.to_bits() };
+                    assert!(
+                        same,
+                        "{:?} {row_norm:?} clip {clip} std {std}, step from the {source}: element {e}: kernel {}, reference {x}",
+                        key.mode,
+                        f32::from_bits(got)
+                    );
+                }
             }
         }
     }

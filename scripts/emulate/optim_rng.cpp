@@ -29,6 +29,38 @@ void launch(uint3_ grid, F kernel) {
   emu::launch(grid, {BLOCK, 1, 1}, kernel);
 }
 
+// Set for main's second pass: every launch passes its per-step values (lr, Adam's bias corrections,
+// the noise step, the draws' keys) from memory, as a step bound to a step block does
+// (src/backend/cuda/step_block.rs), with their copies in the parameters poisoned, so a kernel that
+// read the parameters would fail every comparison.
+bool FROM_MEMORY = false;
+float lr_word, correction_words[2];
+uint32_t step_words[2];
+uint32_t key_words[2 * MAX_DRAW_MEMBERS];
+
+SgdUpdateParams launched_with(SgdUpdateParams p) {
+  if (FROM_MEMORY) lr_word = p.lr, p.lr_at = &lr_word, p.lr = NAN;
+  return p;
+}
+
+AdamUpdateParams launched_with(AdamUpdateParams p) {
+  if (FROM_MEMORY) {
+    correction_words[0] = p.step_size, correction_words[1] = p.bias2_sqrt;
+    p.corrections_at = correction_words;
+    p.step_size = p.bias2_sqrt = NAN;
+  }
+  return p;
+}
+
+NoiseKeyParams launched_with(NoiseKeyParams k) {
+  if (FROM_MEMORY) {
+    step_words[0] = k.step_lo, step_words[1] = k.step_hi;
+    k.step_at = step_words;
+    k.step_lo = ~k.step_lo, k.step_hi ^= 0x5a5a5a5au;
+  }
+  return k;
+}
+
 // n floats between guard words that no launch may touch (a zero-sized buffer points at its guard).
 struct Buf {
   static constexpr size_t GUARD = 64;
@@ -102,7 +134,7 @@ SgdUpdateParams sgd_params(const SgdHp& hp, size_t n) {
 void sgd_step(Buf& param, Buf& grad, Buf& buf, const SgdHp& hp) {
   const size_t n = param.n;
   if (n == 0) return;
-  const SgdUpdateParams p = sgd_params(hp, n);
+  const SgdUpdateParams p = launched_with(sgd_params(hp, n));
   if (hp.momentum != 0.0f)
     launch(grid_for(n), [&] { optim_sgd_momentum_update_f32(p, param.data(), grad.data(), buf.data()); });
   else
@@ -168,7 +200,7 @@ AdamUpdateParams adam_params(const AdamHp& hp, uint64_t t, size_t n) {
 void adam_step(Buf& param, Buf& grad, Buf& m, Buf& v, uint64_t t, const AdamHp& hp) {
   const size_t n = param.n;
   if (n == 0) return;
-  const AdamUpdateParams p = adam_params(hp, t, n);
+  const AdamUpdateParams p = launched_with(adam_params(hp, t, n));
   launch(grid_for(n), [&] { optim_adam_update_f32(p, param.data(), grad.data(), m.data(), v.data()); });
 }
 
@@ -277,7 +309,7 @@ struct AdamBufs {
 void adam_steps(std::vector<AdamBufs>& ts, uint64_t t, const AdamHp& hp) {
   std::vector<size_t> sizes;
   for (auto& b : ts) sizes.push_back(b.param.n);
-  const AdamUpdateParams hpp = adam_params(hp, t, 0);
+  const AdamUpdateParams hpp = launched_with(adam_params(hp, t, 0));
   foreach_chunks(sizes, [&](size_t first, size_t count, size_t largest) {
     AdamForeachParams p{hpp, {}, (int32_t)count, 0};
     for (size_t s = 0; s < count; ++s) {
@@ -311,7 +343,7 @@ void pairs_foreach(std::vector<PairBufs>& pairs, void (*kernel)(P), Make params)
 }
 
 void sgd_steps(std::vector<PairBufs>& pairs, const SgdHp& hp) {
-  const SgdUpdateParams hpp = sgd_params(hp, 0);
+  const SgdUpdateParams hpp = launched_with(sgd_params(hp, 0));
   pairs_foreach(pairs, optim_sgd_update_foreach_f32, [&](const Slots& t, int32_t count) {
     SgdForeachParams p{hpp, {}, count, 0};
     std::copy(std::begin(t), std::end(t), p.tensors);
@@ -398,7 +430,7 @@ NoiseKeyParams key_params(const Key& k) {
 // rng.rs's add_gaussian_noise: the key's mode picks the kernel.
 void add_gaussian_noise(Buf& x, float sigma, const Key& key, bool secure) {
   if (x.n == 0) return;
-  const GaussianNoiseParams p{(int64_t)x.n, sigma, 0, key_params(key)};
+  const GaussianNoiseParams p{(int64_t)x.n, sigma, 0, launched_with(key_params(key))};
   launch(grid_for(x.n), [&] { (secure ? rng_gaussian_add_chacha_f32 : rng_gaussian_add_philox_f32)(p, x.data()); });
 }
 
@@ -494,6 +526,11 @@ void public_draws(Buf& out, Draw draw, const std::vector<Key>& keys) {
     p.step_lo = position.step_lo;
     p.step_hi = position.step_hi;
     for (size_t s = 0; s < count; ++s) p.keys[s][0] = keys[first + s].key[0], p.keys[s][1] = keys[first + s].key[1];
+    if (FROM_MEMORY) {
+      for (size_t s = 0; s < count; ++s) key_words[2 * s] = p.keys[s][0], key_words[2 * s + 1] = p.keys[s][1];
+      p.keys_at = key_words;
+      for (auto& k : p.keys) k[0] = ~k[0], k[1] = ~k[1];
+    }
     launch(grid_for(count * per_member), [&] { rng_public_draws_philox_f32(p, out.data()); });
   }
 }
@@ -574,55 +611,59 @@ void test_public_draws(size_t members, Draw draw, size_t per_member) {
 }
 
 int main() {
-  const SgdHp sgds[] = {
-      {0.1f, 0.0f, 0.0f, 0.0f, false},   {0.05f, 0.0f, 0.0f, 1e-2f, false}, {0.05f, 0.9f, 0.0f, 0.0f, false},
-      {0.02f, 0.9f, 0.1f, 5e-3f, false}, {0.02f, 0.9f, 0.0f, 1e-2f, true},  {0.01f, 0.5f, 0.0f, 0.0f, true},
-  };
-  for (const SgdHp& hp : sgds)
-    for (size_t n : {(size_t)1, (size_t)257, STRIDING}) test_sgd(hp, n);
-  // tests/optim.rs's configurations; t = 1, mid-run, and far past i32's range (corrections of 1).
-  const AdamHp adams[] = {
-      {1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f},
-      {2e-4f, 0.5f, 0.999f, 1e-8f, 0.0f},
-      {1e-2f, 0.9f, 0.99f, 1e-3f, 1e-2f},
-      {1e-4f, 0.0f, 0.9f, 1e-8f, 0.0f},
-  };
-  const uint64_t ts[] = {1, 1000, 1ull << 40};
-  const size_t sizes[] = {1, 257, STRIDING};
-  for (int c = 0; c < 4; ++c)
-    for (int s = 0; s < 3; ++s) test_adam(adams[c], sizes[s], ts[(c + s) % 3]);
-  test_ema(1, 0.999f);
-  test_ema(255, 0.5f);
-  test_ema(257, 0.0f);
-  test_ema(STRIDING, 0.123f);
-  printf("single-tensor updates done, %d failures\n", emu::failures);
+  for (bool from_memory : {false, true}) {
+    FROM_MEMORY = from_memory;
+    printf("per-step values from the %s\n", from_memory ? "memory" : "parameters");
+    const SgdHp sgds[] = {
+        {0.1f, 0.0f, 0.0f, 0.0f, false},   {0.05f, 0.0f, 0.0f, 1e-2f, false}, {0.05f, 0.9f, 0.0f, 0.0f, false},
+        {0.02f, 0.9f, 0.1f, 5e-3f, false}, {0.02f, 0.9f, 0.0f, 1e-2f, true},  {0.01f, 0.5f, 0.0f, 0.0f, true},
+    };
+    for (const SgdHp& hp : sgds)
+      for (size_t n : {(size_t)1, (size_t)257, STRIDING}) test_sgd(hp, n);
+    // tests/optim.rs's configurations; t = 1, mid-run, and far past i32's range (corrections of 1).
+    const AdamHp adams[] = {
+        {1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f},
+        {2e-4f, 0.5f, 0.999f, 1e-8f, 0.0f},
+        {1e-2f, 0.9f, 0.99f, 1e-3f, 1e-2f},
+        {1e-4f, 0.0f, 0.9f, 1e-8f, 0.0f},
+    };
+    const uint64_t ts[] = {1, 1000, 1ull << 40};
+    const size_t sizes[] = {1, 257, STRIDING};
+    for (int c = 0; c < 4; ++c)
+      for (int s = 0; s < 3; ++s) test_adam(adams[c], sizes[s], ts[(c + s) % 3]);
+    test_ema(1, 0.999f);
+    test_ema(255, 0.5f);
+    test_ema(257, 0.0f);
+    test_ema(STRIDING, 0.123f);
+    printf("single-tensor updates done, %d failures\n", emu::failures);
 
-  // Two chunks (32 + 8) of very different sizes with empty tensors among them; one grid-striding
-  // tensor beside an empty and a tiny one; 33 tensors whose second chunk holds only an empty one
-  // (not launched).
-  const size_t mix[] = {0, 1, 255, 256, 257, 600, 33, 2, 75, 511};
-  std::vector<size_t> forty, thirty_three;
-  for (int i = 0; i < 40; ++i) forty.push_back(mix[(i * 7) % 10]);
-  for (int i = 0; i < 32; ++i) thirty_three.push_back(1 + (size_t)i * 7);
-  thirty_three.push_back(0);
-  test_foreach("40 tensors", forty);
-  test_foreach("striding", {STRIDING, 0, 5});
-  test_foreach("33 tensors", thirty_three);
-  printf("foreach updates done, %d failures\n", emu::failures);
+    // Two chunks (32 + 8) of very different sizes with empty tensors among them; one grid-striding
+    // tensor beside an empty and a tiny one; 33 tensors whose second chunk holds only an empty one
+    // (not launched).
+    const size_t mix[] = {0, 1, 255, 256, 257, 600, 33, 2, 75, 511};
+    std::vector<size_t> forty, thirty_three;
+    for (int i = 0; i < 40; ++i) forty.push_back(mix[(i * 7) % 10]);
+    for (int i = 0; i < 32; ++i) thirty_three.push_back(1 + (size_t)i * 7);
+    thirty_three.push_back(0);
+    test_foreach("40 tensors", forty);
+    test_foreach("striding", {STRIDING, 0, 5});
+    test_foreach("33 tensors", thirty_three);
+    printf("foreach updates done, %d failures\n", emu::failures);
 
-  for (bool secure : {false, true})
-    for (size_t n : {(size_t)1, (size_t)2, (size_t)3, (size_t)257, STRIDING}) test_gaussian(n, secure);
-  printf("gaussian noise done, %d failures\n", emu::failures);
+    for (bool secure : {false, true})
+      for (size_t n : {(size_t)1, (size_t)2, (size_t)3, (size_t)257, STRIDING}) test_gaussian(n, secure);
+    printf("gaussian noise done, %d failures\n", emu::failures);
 
-  check_philox();
-  // Members one, a few, exactly one chunk, one past, two chunks and a tail; one-hot and unit blocks
-  // of 70 make a 64-member chunk grid-stride (4,480 > 4,096 threads).
-  const std::pair<Draw, size_t> draws[] = {
-      {{PUBLIC_DRAW_ONE_HOT, 10}, 7 * 10}, {{PUBLIC_DRAW_ONE_HOT, 1}, 3},  {{PUBLIC_DRAW_CLASS, 2}, 33},
-      {{PUBLIC_DRAW_CLASS, 7}, 13},        {{PUBLIC_DRAW_UNIT, 1}, 70},    {{PUBLIC_DRAW_NORMAL, 1}, 35},
-  };
-  for (size_t members : {1, 3, 64, 65, 130})
-    for (const auto& [draw, per_member] : draws) test_public_draws(members, draw, per_member);
-  printf("public draws done, %d failures\n", emu::failures);
+    check_philox();
+    // Members one, a few, exactly one chunk, one past, two chunks and a tail; one-hot and unit blocks
+    // of 70 make a 64-member chunk grid-stride (4,480 > 4,096 threads).
+    const std::pair<Draw, size_t> draws[] = {
+        {{PUBLIC_DRAW_ONE_HOT, 10}, 7 * 10}, {{PUBLIC_DRAW_ONE_HOT, 1}, 3},  {{PUBLIC_DRAW_CLASS, 2}, 33},
+        {{PUBLIC_DRAW_CLASS, 7}, 13},        {{PUBLIC_DRAW_UNIT, 1}, 70},    {{PUBLIC_DRAW_NORMAL, 1}, 35},
+    };
+    for (size_t members : {1, 3, 64, 65, 130})
+      for (const auto& [draw, per_member] : draws) test_public_draws(members, draw, per_member);
+    printf("public draws done, %d failures\n", emu::failures);
+  }
   return emu::finish("optim_rng");
 }

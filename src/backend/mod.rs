@@ -11,6 +11,7 @@ pub mod census;
 pub mod cpu;
 pub mod cuda;
 pub mod ops;
+pub mod step_values;
 
 use crate::dp::NoiseKey;
 use crate::error::Result;

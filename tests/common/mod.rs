@@ -201,7 +201,8 @@ pub fn build_host_kernel_program(test: &str, kernels: &[&str], main: &str) -> Op
         return None;
     };
     let dir = tempfile::tempdir().unwrap();
-    for k in kernels {
+    // step_values.cuh: included by rng.cuh and optim.cuh.
+    for k in kernels.iter().chain(&["step_values.cuh"]) {
         std::fs::copy(root.join("kernels").join(k), dir.path().join(k)).unwrap();
     }
     std::fs::copy(root.join("tests/host_cuda/common.cuh"), dir.path().join("common.cuh")).unwrap();
@@ -217,6 +218,25 @@ pub fn build_host_kernel_program(test: &str, kernels: &[&str], main: &str) -> Op
     assert!(out.status.success(), "{compiler} failed on {kernels:?} + {main}:\n{}", String::from_utf8_lossy(&out.stderr));
     Some((exe, dir))
 }
+
+/// Runs a host kernel program (`build_host_kernel_program`) with `args`, `input` on its stdin, and
+/// returns its stdout's lines read as hex bit patterns. `what` names the program in a failure.
+pub fn run_host_kernel_program(what: &str, exe: &std::path::Path, args: &[&str], input: &str) -> Vec<u32> {
+    let mut child = std::process::Command::new(exe)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "host {what} program failed ({args:?})");
+    String::from_utf8(out.stdout).unwrap().lines().map(|h| u32::from_str_radix(h, 16).unwrap()).collect()
+}
+
+/// The two ways a host kernel program can pass a launch's per-step values: in the parameters, or
+/// from memory as a step bound to a step block does (tests/host_cuda/step_values.h).
+pub const VALUE_SOURCES: [&str; 2] = ["parameters", "memory"];
 
 /// Asserts that two backends produced the same f32 values bit for bit (signed zeros included), a
 /// NaN matching any NaN: for ops that only move values (or add them in the same order), where

@@ -54,6 +54,7 @@ struct NoiseKeyParams {
   uint32_t step_lo;
   uint32_t step_hi;
   uint32_t pad_;
+  const uint32_t* step_at;
 };
 
 // One thread per block, blocks run one after another: blockIdx.x is set by the driver program.
@@ -94,6 +95,7 @@ struct SgdUpdateParams {
   float weight_decay;
   int32_t nesterov;
   int32_t pad_;
+  const float* lr_at;
 };
 
 struct AdamUpdateParams {
@@ -104,6 +106,7 @@ struct AdamUpdateParams {
   float weight_decay;
   float step_size;
   float bias2_sqrt;
+  const float* corrections_at;
 };
 
 struct NoisedSgdParams {

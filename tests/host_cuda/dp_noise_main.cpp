@@ -1,13 +1,15 @@
 // Runs kernels/dp.cu's noise-and-divide pass on the host, one element per one-thread block. Reads
 // from stdin: n std_bits divisor_bits, key[8] tensor_index step_lo step_hi (hex), then n f32 bit
-// patterns (hex); prints the result's bit patterns, one per line, Philox then ChaCha20.
+// patterns (hex); prints the result's bit patterns, one per line, Philox then ChaCha20. With
+// `memory` as its argument, the step comes from memory (step_values.h).
 #include <cstdio>
 #include <cstring>
 #include <vector>
 
 #include "dp.cu"
+#include "step_values.h"
 
-int main() {
+int main(int argc, char** argv) {
   NoiseDivideParams p = {};
   unsigned std_bits, divisor_bits;
   long long n;
@@ -18,6 +20,8 @@ int main() {
   for (int i = 0; i < 8; ++i)
     if (std::scanf("%x", &p.key.key[i]) != 1) return 2;
   if (std::scanf("%x %x %x", &p.key.tensor_index, &p.key.step_lo, &p.key.step_hi) != 3) return 2;
+  uint32_t step_words[2];
+  if (values_from_memory(argc, argv)) step_from_memory(p.key, step_words);
   std::vector<float> x(n);
   for (auto& v : x) {
     unsigned b;

@@ -3,15 +3,18 @@
 // count, then per tensor: n std divisor key[8] tensor_index step_lo step_hi; sgd lr weight_decay;
 // adam beta1 beta2 eps weight_decay step_size bias2_sqrt; then per tensor n values each of sum,
 // param, m, v. Prints, for Philox then ChaCha20: SGD's params (tensor by tensor) and flag, then
-// Adam's param, m, v of each tensor in turn and the flag.
+// Adam's param, m, v of each tensor in turn and the flag. With `memory` as its argument, every
+// tensor's step (one step shared by all, as a step block holds it), the lr and the bias
+// corrections come from memory (step_values.h); the keys must then share one step.
 #include <cstdio>
 #include <cstring>
 #include <vector>
 
 #include "dp.cu"
 #include "hex_io.h"
+#include "step_values.h"
 
-int main() {
+int main(int argc, char** argv) {
   int count;
   if (std::scanf("%d", &count) != 1 || count < 1 || count > DPGAN_FOREACH_TENSORS) return 2;
   std::vector<NoiseDivideParams> noise(count);
@@ -31,6 +34,17 @@ int main() {
   if (!read_float(&adam.beta1) || !read_float(&adam.beta2) || !read_float(&adam.eps) || !read_float(&adam.weight_decay) ||
       !read_float(&adam.step_size) || !read_float(&adam.bias2_sqrt))
     return 2;
+  uint32_t step_words[2];
+  float lr_word, correction_words[2];
+  if (values_from_memory(argc, argv)) {
+    const uint32_t lo = noise[0].key.step_lo, hi = noise[0].key.step_hi;
+    for (auto& nz : noise) {
+      if (nz.key.step_lo != lo || nz.key.step_hi != hi) return 2;
+      step_from_memory(nz.key, step_words);
+    }
+    lr_from_memory(sgd, &lr_word);
+    corrections_from_memory(adam, correction_words);
+  }
   std::vector<std::vector<float>> sum(count), param(count), m(count), v(count);
   for (int t = 0; t < count; ++t)
     for (auto* xs : {&sum[t], &param[t], &m[t], &v[t]}) {

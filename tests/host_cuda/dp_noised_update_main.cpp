@@ -2,15 +2,17 @@
 // Reads from stdin (hex bit patterns for every float): n std divisor, key[8] tensor_index step_lo
 // step_hi, sgd lr weight_decay, adam beta1 beta2 eps weight_decay step_size bias2_sqrt, then n
 // values each of sum, param, m, v. Prints, for Philox then ChaCha20: SGD's param (n lines) and
-// flag, then Adam's param, m, v (n lines each) and flag.
+// flag, then Adam's param, m, v (n lines each) and flag. With `memory` as its argument, the step,
+// lr and bias corrections come from memory (step_values.h).
 #include <cstdio>
 #include <cstring>
 #include <vector>
 
 #include "dp.cu"
 #include "hex_io.h"
+#include "step_values.h"
 
-int main() {
+int main(int argc, char** argv) {
   long long n;
   NoiseDivideParams noise = {};
   if (std::scanf("%lld", &n) != 1 || !read_float(&noise.std) || !read_float(&noise.divisor)) return 2;
@@ -28,6 +30,14 @@ int main() {
   if (!read_float(&adam.adam.beta1) || !read_float(&adam.adam.beta2) || !read_float(&adam.adam.eps) ||
       !read_float(&adam.adam.weight_decay) || !read_float(&adam.adam.step_size) || !read_float(&adam.adam.bias2_sqrt))
     return 2;
+  uint32_t step_words[2];
+  float lr_word, correction_words[2];
+  if (values_from_memory(argc, argv)) {
+    step_from_memory(sgd.noise.key, step_words);
+    adam.noise.key = sgd.noise.key;
+    lr_from_memory(sgd.sgd, &lr_word);
+    corrections_from_memory(adam.adam, correction_words);
+  }
   std::vector<float> sum(n), param(n), m(n), v(n);
   for (auto* xs : {&sum, &param, &m, &v})
     for (auto& x : *xs)

@@ -14,10 +14,10 @@ use super::gemm::tile_grid;
 use super::module::Kernel;
 use super::optim::{self, buffer_mut};
 use super::params::{
-    NoiseDivideParams, NoiseKeyParams, NoisedAdamForeachParams, NoisedAdamParams, NoisedForeachTensor, NoisedSgdForeachParams,
-    NoisedSgdParams, SanitizeRowsParams, FOREACH_TENSORS,
+    NoiseDivideParams, NoisedAdamForeachParams, NoisedAdamParams, NoisedForeachTensor, NoisedSgdForeachParams, NoisedSgdParams,
+    SanitizeRowsParams, FOREACH_TENSORS,
 };
-use super::{buffer, launched, output, reduce};
+use super::{buffer, launched, output, reduce, step_block};
 use crate::backend::{AdamParams, ConvGeometry, GradientNoise, NoisedAdamTensors, NoisedTensors, RowNorm, SgdParams};
 use crate::dp::{NoiseKey, NoiseMode};
 use crate::error::{Error, Result};
@@ -54,7 +54,7 @@ pub(crate) fn sanitize_rows(
             noise_std,
             exact: i32::from(row_norm == RowNorm::Exactly),
             pad_: 0,
-            key: NoiseKeyParams::new(key),
+            key: step_block::noise_key_params(dev, key)?,
         };
         let k = match key.mode {
             NoiseMode::Fast => Kernel::SanitizeRowsPhilox,
@@ -122,8 +122,8 @@ fn noise_grid(op: &str, n: usize, rows: usize) -> Result<LaunchConfig> {
 }
 
 /// The launch of a one-element-per-thread noise pass over `n > 0` elements, with its parameters.
-fn noise_launch(op: &str, n: usize, std: f32, divisor: f32, key: &NoiseKey) -> Result<(LaunchConfig, NoiseDivideParams)> {
-    Ok((noise_grid(op, n, 1)?, NoiseDivideParams { n: n as i64, std, divisor, key: NoiseKeyParams::new(key) }))
+fn noise_launch(dev: &CudaDevice, op: &str, n: usize, std: f32, divisor: f32, key: &NoiseKey) -> Result<(LaunchConfig, NoiseDivideParams)> {
+    Ok((noise_grid(op, n, 1)?, NoiseDivideParams { n: n as i64, std, divisor, key: step_block::noise_key_params(dev, key)? }))
 }
 
 /// `x ← (x + std·z) / divisor` in place, z the key's standard normals: DP-SGD's noise and its
@@ -133,7 +133,7 @@ pub(crate) fn add_gaussian_noise_and_divide(dev: &Arc<CudaDevice>, x: &mut Tenso
     if n == 0 {
         return Ok(());
     }
-    let (cfg, p) = noise_launch("add_gaussian_noise_and_divide", n, std, divisor, key)?;
+    let (cfg, p) = noise_launch(dev, "add_gaussian_noise_and_divide", n, std, divisor, key)?;
     let k = match key.mode {
         NoiseMode::Fast => Kernel::GaussianAddDividePhilox,
         NoiseMode::Secure => Kernel::GaussianAddDivideChacha,
@@ -161,8 +161,8 @@ pub(crate) fn noised_sgd_step(
     if n == 0 {
         return Ok(());
     }
-    let (cfg, noise_params) = noise_launch("noised_sgd_step", n, noise.std, noise.divisor, &noise.key)?;
-    let p = NoisedSgdParams { noise: noise_params, sgd: optim::sgd_params(hp, n) };
+    let (cfg, noise_params) = noise_launch(dev, "noised_sgd_step", n, noise.std, noise.divisor, &noise.key)?;
+    let p = NoisedSgdParams { noise: noise_params, sgd: optim::sgd_params(dev, hp, n)? };
     let k = match noise.key.mode {
         NoiseMode::Fast => Kernel::NoisedSgdUpdatePhilox,
         NoiseMode::Secure => Kernel::NoisedSgdUpdateChacha,
@@ -177,14 +177,14 @@ pub(crate) fn noised_sgd_step(
 }
 
 /// A tensor's noise as its kernel slot holds it.
-fn slot_noise(n: usize, noise: &GradientNoise) -> NoiseDivideParams {
-    NoiseDivideParams { n: n as i64, std: noise.std, divisor: noise.divisor, key: NoiseKeyParams::new(&noise.key) }
+fn slot_noise(dev: &CudaDevice, n: usize, noise: &GradientNoise) -> Result<NoiseDivideParams> {
+    Ok(NoiseDivideParams { n: n as i64, std: noise.std, divisor: noise.divisor, key: step_block::noise_key_params(dev, &noise.key)? })
 }
 
 /// [`noised_sgd_step`] of every tensor, up to 32 per launch (ops has checked each tensor, and that
 /// all share one noise mode): the device pointers and each tensor's noise go in the parameter struct.
 pub(crate) fn noised_sgd_steps(dev: &Arc<CudaDevice>, tensors: &mut [NoisedTensors<'_>], hp: &SgdParams, flag: &mut Tensor) -> Result<()> {
-    let sgd = optim::sgd_params(hp, 0);
+    let sgd = optim::sgd_params(dev, hp, 0)?;
     let stream = dev.stream().clone();
     for chunk in tensors.chunks_mut(FOREACH_TENSORS) {
         let largest = chunk.iter().map(|t| t.param.numel()).max().unwrap_or(0);
@@ -197,7 +197,7 @@ pub(crate) fn noised_sgd_steps(dev: &Arc<CudaDevice>, tensors: &mut [NoisedTenso
             NoisedSgdForeachParams { sgd, tensors: [NoisedForeachTensor::default(); FOREACH_TENSORS], count: chunk.len() as i32, pad_: 0 };
         let mut guards = Vec::with_capacity(2 * chunk.len());
         for (slot, t) in chunk.iter_mut().enumerate() {
-            let noise = slot_noise(t.param.numel(), t.noise);
+            let noise = slot_noise(dev, t.param.numel(), t.noise)?;
             let (param, param_guard) = buffer_mut(t.param)?.slice.device_ptr_mut(&stream);
             let (sum, sum_guard) = buffer(t.sum).slice.device_ptr(&stream);
             guards.extend([param_guard, sum_guard]);
@@ -226,7 +226,7 @@ pub(crate) fn noised_adam_steps(
     hp: &AdamParams,
     flag: &mut Tensor,
 ) -> Result<()> {
-    let adam = optim::adam_params(hp, t, 0)?;
+    let adam = optim::adam_params(dev, hp, t, 0)?;
     let stream = dev.stream().clone();
     for chunk in tensors.chunks_mut(FOREACH_TENSORS) {
         let largest = chunk.iter().map(|nt| nt.param.numel()).max().unwrap_or(0);
@@ -243,7 +243,7 @@ pub(crate) fn noised_adam_steps(
         };
         let mut guards = Vec::with_capacity(4 * chunk.len());
         for (slot, nt) in chunk.iter_mut().enumerate() {
-            let noise = slot_noise(nt.param.numel(), nt.noise);
+            let noise = slot_noise(dev, nt.param.numel(), nt.noise)?;
             let (param, param_guard) = buffer_mut(nt.param)?.slice.device_ptr_mut(&stream);
             let (sum, sum_guard) = buffer(nt.sum).slice.device_ptr(&stream);
             let (m, m_guard) = buffer_mut(nt.m)?.slice.device_ptr_mut(&stream);
@@ -282,11 +282,11 @@ pub(crate) fn noised_adam_step(
     flag: &mut Tensor,
 ) -> Result<()> {
     let n = param.numel();
-    let adam = optim::adam_params(hp, t, n)?;
+    let adam = optim::adam_params(dev, hp, t, n)?;
     if n == 0 {
         return Ok(());
     }
-    let (cfg, noise_params) = noise_launch("noised_adam_step", n, noise.std, noise.divisor, &noise.key)?;
+    let (cfg, noise_params) = noise_launch(dev, "noised_adam_step", n, noise.std, noise.divisor, &noise.key)?;
     let p = NoisedAdamParams { noise: noise_params, adam };
     let k = match noise.key.mode {
         NoiseMode::Fast => Kernel::NoisedAdamUpdatePhilox,

@@ -10,7 +10,7 @@ use super::params::{
     AdamForeachParams, AdamUpdateParams, EmaForeachParams, EmaUpdateParams, ForeachTensor, SgdForeachParams, SgdUpdateParams,
     FOREACH_TENSORS,
 };
-use super::{buffer, launched};
+use super::{buffer, launched, step_block};
 use crate::backend::{AdamParams, AdamTensors, SgdParams};
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
@@ -23,9 +23,9 @@ pub(super) fn buffer_mut(t: &mut Tensor) -> Result<&mut CudaBuffer> {
     }
 }
 
-/// SGD's kernel parameters for `n` elements.
-pub(super) fn sgd_params(hp: &SgdParams, n: usize) -> SgdUpdateParams {
-    SgdUpdateParams {
+/// SGD's kernel parameters for `n` elements (lr from the bound step block if it holds it).
+pub(super) fn sgd_params(dev: &CudaDevice, hp: &SgdParams, n: usize) -> Result<SgdUpdateParams> {
+    Ok(SgdUpdateParams {
         n: n as i64,
         lr: hp.lr,
         momentum: hp.momentum,
@@ -33,15 +33,17 @@ pub(super) fn sgd_params(hp: &SgdParams, n: usize) -> SgdUpdateParams {
         weight_decay: hp.weight_decay,
         nesterov: hp.nesterov as i32,
         pad_: 0,
-    }
+        lr_at: step_block::sgd_lr_at(dev, hp.lr)?,
+    })
 }
 
-/// Adam's kernel parameters for `n` elements at step `t` (1-based), the bias corrections folded in.
-pub(super) fn adam_params(hp: &AdamParams, t: u64, n: usize) -> Result<AdamUpdateParams> {
+/// Adam's kernel parameters for `n` elements at step `t` (1-based), the bias corrections folded in
+/// (read from the bound step block if it holds them).
+pub(super) fn adam_params(dev: &CudaDevice, hp: &AdamParams, t: u64, n: usize) -> Result<AdamUpdateParams> {
     if t == 0 {
         return Err(Error::Invalid("adam_step: step count t is 1-based".into()));
     }
-    let (step_size, bias2_sqrt) = adam_bias_corrections(hp, t);
+    let (step_size, bias2_sqrt) = hp.bias_corrections(t);
     Ok(AdamUpdateParams {
         n: n as i64,
         beta1: hp.beta1,
@@ -50,6 +52,7 @@ pub(super) fn adam_params(hp: &AdamParams, t: u64, n: usize) -> Result<AdamUpdat
         weight_decay: hp.weight_decay,
         step_size,
         bias2_sqrt,
+        corrections_at: step_block::adam_corrections_at(dev, (step_size, bias2_sqrt))?,
     })
 }
 
@@ -70,7 +73,7 @@ pub(crate) fn sgd_step(
 ) -> Result<()> {
     let n = param.numel();
     check_len("sgd_step", "grad", grad, n)?;
-    let p = sgd_params(hp, n);
+    let p = sgd_params(dev, hp, n)?;
     let momentum_buf = match momentum_buf {
         Some(buf) if hp.momentum != 0.0 => {
             check_len("sgd_step", "momentum buffer", buf, n)?;
@@ -107,16 +110,6 @@ pub(crate) fn sgd_step(
     }
 }
 
-/// Adam's bias corrections at step `t` (1-based), in f64 as on the CPU backend:
-/// `(lr / (1 − β1ᵗ), sqrt(1 − β2ᵗ))`.
-fn adam_bias_corrections(hp: &AdamParams, t: u64) -> (f32, f32) {
-    // βᵗ underflows to 0 long before t leaves i32's range.
-    let t = t.min(i32::MAX as u64) as i32;
-    let bias1 = 1.0 - (hp.beta1 as f64).powi(t);
-    let bias2 = 1.0 - (hp.beta2 as f64).powi(t);
-    ((hp.lr as f64 / bias1) as f32, bias2.sqrt() as f32)
-}
-
 /// In-place Adam update at step `t` (see [`AdamParams`]).
 pub(crate) fn adam_step(
     dev: &Arc<CudaDevice>,
@@ -128,7 +121,7 @@ pub(crate) fn adam_step(
     hp: &AdamParams,
 ) -> Result<()> {
     let n = param.numel();
-    let p = adam_params(hp, t, n)?;
+    let p = adam_params(dev, hp, t, n)?;
     for (name, s) in [("grad", grad), ("m", &*m), ("v", &*v)] {
         check_len("adam_step", name, s, n)?;
     }
@@ -173,7 +166,7 @@ fn foreach_grid(dev: &CudaDevice, largest: usize, count: usize) -> LaunchConfig 
 /// Adam at step `t` for every tensor (ops has checked each one's lengths and `t`), up to 32 per
 /// launch: the device pointers go in the kernel's parameter struct.
 pub(crate) fn adam_steps(dev: &Arc<CudaDevice>, tensors: &mut [AdamTensors<'_>], t: u64, hp: &AdamParams) -> Result<()> {
-    let hp = adam_params(hp, t, 0)?;
+    let hp = adam_params(dev, hp, t, 0)?;
     let stream = dev.stream().clone();
     for chunk in tensors.chunks_mut(FOREACH_TENSORS) {
         let largest = chunk.iter().map(|at| at.param.numel()).max().unwrap_or(0);
@@ -243,28 +236,11 @@ fn pairs_foreach<P: DeviceRepr>(
 /// Plain SGD for every `(param, grad)` pair (ops has checked the lengths and that there is no
 /// momentum), up to 32 per launch.
 pub(crate) fn sgd_steps(dev: &Arc<CudaDevice>, pairs: &mut [(&mut Tensor, &Tensor)], hp: &SgdParams) -> Result<()> {
-    let hp = sgd_params(hp, 0);
+    let hp = sgd_params(dev, hp, 0)?;
     pairs_foreach(dev, pairs, Kernel::SgdUpdateForeach, |tensors, count| SgdForeachParams { hp, tensors, count, pad_: 0 })
 }
 
 /// `ema ← decay·ema + (1 − decay)·x` for every pair (lengths checked by ops), up to 32 per launch.
 pub(crate) fn ema_updates(dev: &Arc<CudaDevice>, pairs: &mut [(&mut Tensor, &Tensor)], decay: f32) -> Result<()> {
     pairs_foreach(dev, pairs, Kernel::EmaUpdateForeach, |tensors, count| EmaForeachParams { decay, count, tensors })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bias_corrections_at_step_one_and_far_out() {
-        let hp = AdamParams { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-        let (step, b2) = adam_bias_corrections(&hp, 1);
-        // At t = 1: lr / (1 − β1) and sqrt(1 − β2), from the f32 hyper-parameters as given.
-        let (beta1, beta2) = (hp.beta1 as f64, hp.beta2 as f64);
-        assert!((step as f64 / (hp.lr as f64 / (1.0 - beta1)) - 1.0).abs() < 1e-7, "{step}");
-        assert!((b2 as f64 / (1.0 - beta2).sqrt() - 1.0).abs() < 1e-7, "{b2}");
-        // Far past i32's range the corrections are 1, not garbage from a wrapped exponent.
-        assert_eq!(adam_bias_corrections(&hp, 1 << 40), (1e-3, 1.0));
-    }
 }

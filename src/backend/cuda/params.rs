@@ -192,6 +192,8 @@ pub struct SgdUpdateParams {
     pub weight_decay: f32,
     pub nesterov: i32,
     pub pad_: i32,
+    /// Not 0: the device address lr is read from (a step's value block), instead of `lr`.
+    pub lr_at: u64,
 }
 
 /// Adam's hyper-parameters with the bias corrections of step t folded in (computed in f64):
@@ -206,6 +208,8 @@ pub struct AdamUpdateParams {
     pub weight_decay: f32,
     pub step_size: f32,
     pub bias2_sqrt: f32,
+    /// Not 0: the device address `[step_size, bias2_sqrt]` are read from (a step's value block).
+    pub corrections_at: u64,
 }
 
 /// One tensor of a multi-tensor update (`ForeachTensor` in common.cuh): device pointers to up to
@@ -270,11 +274,20 @@ pub struct NoiseKeyParams {
     pub step_lo: u32,
     pub step_hi: u32,
     pub pad_: u32,
+    /// Not 0: the device address `[step_lo, step_hi]` are read from (a step's value block).
+    pub step_at: u64,
 }
 
 impl NoiseKeyParams {
     pub fn new(k: &crate::dp::NoiseKey) -> Self {
-        NoiseKeyParams { key: k.key, tensor_index: k.tensor_index, step_lo: k.step as u32, step_hi: (k.step >> 32) as u32, pad_: 0 }
+        NoiseKeyParams {
+            key: k.key,
+            tensor_index: k.tensor_index,
+            step_lo: k.step as u32,
+            step_hi: (k.step >> 32) as u32,
+            pad_: 0,
+            step_at: 0,
+        }
     }
 }
 
@@ -310,6 +323,8 @@ pub struct PublicDrawParams {
     pub step_hi: u32,
     pub pad_: u32,
     pub keys: [[u32; 2]; MAX_DRAW_MEMBERS],
+    /// Not 0: the device address of the launch's `count` keys (two words each), instead of `keys`.
+    pub keys_at: u64,
 }
 
 /// DP-SGD's noise and division in one pass: `x ← (x + std·z) / divisor`.
@@ -486,16 +501,16 @@ pub struct SpectralDivideBwdParams {
 }
 
 // The same sizes are asserted on the C side (common.cuh).
-const _: () = assert!(std::mem::size_of::<NoiseKeyParams>() == 48);
-const _: () = assert!(std::mem::size_of::<GaussianNoiseParams>() == 64);
-const _: () = assert!(std::mem::size_of::<PublicDrawParams>() == 552);
-const _: () = assert!(std::mem::size_of::<SanitizeRowsParams>() == 80);
-const _: () = assert!(std::mem::size_of::<NoiseDivideParams>() == 64);
-const _: () = assert!(std::mem::size_of::<NoisedSgdParams>() == 96);
-const _: () = assert!(std::mem::size_of::<NoisedAdamParams>() == 96);
-const _: () = assert!(std::mem::size_of::<NoisedForeachTensor>() == 96);
-const _: () = assert!(std::mem::size_of::<NoisedSgdForeachParams>() == 32 + FOREACH_TENSORS * 96 + 8);
-const _: () = assert!(std::mem::size_of::<NoisedAdamForeachParams>() == 32 + FOREACH_TENSORS * 96 + 8);
+const _: () = assert!(std::mem::size_of::<NoiseKeyParams>() == 56);
+const _: () = assert!(std::mem::size_of::<GaussianNoiseParams>() == 72);
+const _: () = assert!(std::mem::size_of::<PublicDrawParams>() == 560);
+const _: () = assert!(std::mem::size_of::<SanitizeRowsParams>() == 88);
+const _: () = assert!(std::mem::size_of::<NoiseDivideParams>() == 72);
+const _: () = assert!(std::mem::size_of::<NoisedSgdParams>() == 112);
+const _: () = assert!(std::mem::size_of::<NoisedAdamParams>() == 112);
+const _: () = assert!(std::mem::size_of::<NoisedForeachTensor>() == 104);
+const _: () = assert!(std::mem::size_of::<NoisedSgdForeachParams>() == 40 + FOREACH_TENSORS * 104 + 8);
+const _: () = assert!(std::mem::size_of::<NoisedAdamForeachParams>() == 40 + FOREACH_TENSORS * 104 + 8);
 /// The operands of `gemm_grouped_{nn,tn,nt,tt}_fwd_f32`; see `GemmParams` in common.cuh. With `splits > 1` the kernel
 /// writes `splits` partial products of K slices of `split_len`, added up by a second pass.
 #[repr(C)]
@@ -570,13 +585,13 @@ const _: () = assert!(std::mem::size_of::<FastDivmod>() == 16);
 const _: () = assert!(std::mem::size_of::<SumToParams>() == 24 + 2 * 16 * SUM_TO_MAX_RUNS + 2 * 8 * SUM_TO_MAX_RUNS);
 const _: () = assert!(std::mem::size_of::<SumToParams>() == 216);
 const _: () = assert!(std::mem::size_of::<LogSoftmaxParams>() == 16);
-const _: () = assert!(std::mem::size_of::<SgdUpdateParams>() == 32);
-const _: () = assert!(std::mem::size_of::<AdamUpdateParams>() == 32);
+const _: () = assert!(std::mem::size_of::<SgdUpdateParams>() == 40);
+const _: () = assert!(std::mem::size_of::<AdamUpdateParams>() == 40);
 const _: () = assert!(std::mem::size_of::<EmaUpdateParams>() == 16);
 const _: () = assert!(std::mem::size_of::<ForeachTensor>() == 40);
-const _: () = assert!(std::mem::size_of::<AdamForeachParams>() == 32 + FOREACH_TENSORS * 40 + 8);
+const _: () = assert!(std::mem::size_of::<AdamForeachParams>() == 40 + FOREACH_TENSORS * 40 + 8);
 const _: () = assert!(std::mem::size_of::<EmaForeachParams>() == 8 + FOREACH_TENSORS * 40);
-const _: () = assert!(std::mem::size_of::<SgdForeachParams>() == 32 + FOREACH_TENSORS * 40 + 8);
+const _: () = assert!(std::mem::size_of::<SgdForeachParams>() == 40 + FOREACH_TENSORS * 40 + 8);
 const _: () = assert!(std::mem::size_of::<Pool2x2Params>() == 40);
 const _: () = assert!(std::mem::size_of::<AxisCopyParams>() == 56);
 const _: () = assert!(std::mem::size_of::<GatherRowsParams>() == 16 + 4 * GATHER_INLINE_ROWS);

@@ -6,13 +6,13 @@ use cudarc::driver::PushKernelArg;
 
 use super::device::CudaDevice;
 use super::elementwise::grid_for;
-use super::launched;
 use super::module::Kernel;
 use super::optim::buffer_mut;
 use super::params::{
     GaussianNoiseParams, NoiseKeyParams, PublicDrawParams, MAX_DRAW_MEMBERS, PUBLIC_DRAW_CLASS, PUBLIC_DRAW_NORMAL, PUBLIC_DRAW_ONE_HOT,
     PUBLIC_DRAW_UNIT,
 };
+use super::{launched, step_block};
 use crate::backend::PublicDraw;
 use crate::dp::{NoiseKey, NoiseMode};
 use crate::error::Result;
@@ -24,7 +24,7 @@ pub(crate) fn add_gaussian_noise(dev: &Arc<CudaDevice>, x: &mut Tensor, std: f32
     if n == 0 {
         return Ok(());
     }
-    let p = GaussianNoiseParams { n: n as i64, std, pad_: 0, key: NoiseKeyParams::new(key) };
+    let p = GaussianNoiseParams { n: n as i64, std, pad_: 0, key: step_block::noise_key_params(dev, key)? };
     let k = match key.mode {
         NoiseMode::Fast => Kernel::GaussianAddPhilox,
         NoiseMode::Secure => Kernel::GaussianAddChacha,
@@ -72,6 +72,7 @@ pub(crate) fn public_draws(dev: &Arc<CudaDevice>, out: &mut Tensor, draw: Public
             step_hi: position.step_hi,
             pad_: 0,
             keys: member_keys,
+            keys_at: step_block::draw_keys_at(dev, &member_keys[..members.len()])?,
         };
         // SAFETY: out holds keys.len()·per_member = n floats; this launch writes out[first·per_member
         // + i] for i < count·per_member, inside it, and out is unshared (storage_mut copied a

@@ -9,7 +9,7 @@ use super::device::{CudaBuffer, CudaDevice};
 use super::elementwise::grid_for;
 use super::module::Kernel;
 use super::params::{AxisCopyParams, GatherRowsParams, GATHER_INLINE_ROWS};
-use super::{buffer, launched, output};
+use super::{buffer, launched, output, step_block};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -138,7 +138,11 @@ pub(crate) fn gather_rows(dev: &Arc<CudaDevice>, table: &Tensor, indices: &[u32]
     let mut out = dev.alloc(n)?;
     if n > 0 {
         let mut p = GatherRowsParams { n: n as i64, row_len: row_len as i64, inline_indices: [0; GATHER_INLINE_ROWS] };
-        let index_buf = if indices.len() <= GATHER_INLINE_ROWS {
+        // The bound step block's copy of the indices, if it holds them (a step's batch).
+        let block_indices = step_block::batch_indices_at(dev, indices, rows)?;
+        let index_buf = if block_indices != 0 {
+            None
+        } else if indices.len() <= GATHER_INLINE_ROWS {
             p.inline_indices[..indices.len()].copy_from_slice(indices);
             None
         } else {
@@ -153,15 +157,15 @@ pub(crate) fn gather_rows(dev: &Arc<CudaDevice>, table: &Tensor, indices: &[u32]
         let mut launch = dev.stream().launch_builder(dev.kernel(k));
         launch.arg(&p).arg(&buffer(table).slice);
         // A null index pointer: the kernel reads the parameters' indices.
-        let null: u64 = 0;
         match &index_buf {
             Some(buf) => launch.arg(buf),
-            None => launch.arg(&null),
+            None => launch.arg(&block_indices),
         };
         // SAFETY: out holds n = len·row_len floats, written once each; element (r, k) reads index r
-        // (r < len: the uploaded slice's length, or within the len ≤ GATHER_INLINE_ROWS indices copied
-        // into the parameters) and table at that index·row_len + k, inside the table since every
-        // index is below its rows (checked above).
+        // (r < len: the uploaded slice's length, the step block's len indices, or within the
+        // len ≤ GATHER_INLINE_ROWS indices copied into the parameters) and table at that
+        // index·row_len + k, inside the table since every index is below its rows (checked above;
+        // a block's indices are below its index bound, at most the table's rows: see step_block).
         let r = unsafe { launch.arg(&mut out.slice).launch(grid_for(dev, n)) };
         launched(k, r)?;
     }

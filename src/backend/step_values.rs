@@ -1,0 +1,206 @@
+//! The values of a training step that change from one step to the next: the step of its noise
+//! keys, its SGD learning rate, Adam's bias corrections, the keys of its public draws and its
+//! batch's record indices. Gathered in one place, a device can keep them in memory: a CUDA step's
+//! kernels then read them from there instead of from their launch parameters, so a CUDA graph
+//! captured from one step replays as the next once the next step's values are written in
+//! (`backend::cuda::StepBlock`). On the CPU they change nothing: every op reads its arguments.
+//!
+//! A step's values are laid out as u32 words (f32 as their bits): a fixed header, then the draw
+//! keys, then the indices. Two steps of a run have the same [`StepLayout`], so a captured step's
+//! launches find the next step's values where they found its own.
+use crate::backend::AdamParams;
+use crate::error::{Error, Result};
+
+/// One step's per-step values (`None` or empty: the step has none of that kind).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepValues {
+    /// The step of every noise key the step uses (its keys differ only in their tensor index).
+    pub noise_step: Option<u64>,
+    /// The learning rate of the step's SGD updates.
+    pub sgd_lr: Option<f32>,
+    /// Adam's `(step_size, bias2_sqrt)` at the step's t ([`AdamParams::bias_corrections`]).
+    pub adam_corrections: Option<(f32, f32)>,
+    /// Philox key words 0 and 1 of each public draw's members, in the order the step draws them
+    /// (all distinct: a launch finds its keys by value).
+    pub draw_keys: Vec<[u32; 2]>,
+    /// The record indices of the step's batch.
+    pub batch_indices: Vec<u32>,
+}
+
+/// What a [`StepValues`] holds, which fixes where each value sits among its words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepLayout {
+    pub noise_step: bool,
+    pub sgd_lr: bool,
+    pub adam_corrections: bool,
+    pub draw_keys: usize,
+    pub batch_indices: usize,
+}
+
+/// Word offsets of the header's values (present or not, the header keeps its size).
+pub const NOISE_STEP_WORD: usize = 0;
+pub const SGD_LR_WORD: usize = 2;
+pub const ADAM_CORRECTIONS_WORD: usize = 3;
+pub const DRAW_KEYS_WORD: usize = 5;
+
+impl StepLayout {
+    /// The words a step's values take.
+    pub fn words(&self) -> usize {
+        self.batch_indices_word() + self.batch_indices
+    }
+
+    /// Where the batch's indices start.
+    pub fn batch_indices_word(&self) -> usize {
+        DRAW_KEYS_WORD + 2 * self.draw_keys
+    }
+}
+
+impl AdamParams {
+    /// Adam's bias corrections at step `t` (1-based) folded into the step size, in f64:
+    /// `(lr / (1 − β1ᵗ), sqrt(1 − β2ᵗ))`, what the update kernels take.
+    pub fn bias_corrections(&self, t: u64) -> (f32, f32) {
+        // βᵗ underflows to 0 long before t leaves i32's range.
+        let t = t.min(i32::MAX as u64) as i32;
+        let bias1 = 1.0 - (self.beta1 as f64).powi(t);
+        let bias2 = 1.0 - (self.beta2 as f64).powi(t);
+        ((self.lr as f64 / bias1) as f32, bias2.sqrt() as f32)
+    }
+}
+
+impl StepValues {
+    pub fn layout(&self) -> StepLayout {
+        StepLayout {
+            noise_step: self.noise_step.is_some(),
+            sgd_lr: self.sgd_lr.is_some(),
+            adam_corrections: self.adam_corrections.is_some(),
+            draw_keys: self.draw_keys.len(),
+            batch_indices: self.batch_indices.len(),
+        }
+    }
+
+    /// Refuses values a launch could not tell apart: two draws with the same key words.
+    pub fn check(&self) -> Result<()> {
+        let mut keys = self.draw_keys.clone();
+        keys.sort_unstable();
+        if keys.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::Invalid("a step's public draws share a key: each draw needs its own".into()));
+        }
+        Ok(())
+    }
+
+    /// The values as words, laid out as [`StepValues::layout`] says (absent ones 0).
+    pub fn words(&self) -> Vec<u32> {
+        let mut words = vec![0u32; DRAW_KEYS_WORD];
+        let step = self.noise_step.unwrap_or(0);
+        words[NOISE_STEP_WORD] = step as u32;
+        words[NOISE_STEP_WORD + 1] = (step >> 32) as u32;
+        words[SGD_LR_WORD] = self.sgd_lr.unwrap_or(0.0).to_bits();
+        let (step_size, bias2_sqrt) = self.adam_corrections.unwrap_or((0.0, 0.0));
+        words[ADAM_CORRECTIONS_WORD] = step_size.to_bits();
+        words[ADAM_CORRECTIONS_WORD + 1] = bias2_sqrt.to_bits();
+        words.extend(self.draw_keys.iter().flatten());
+        words.extend(&self.batch_indices);
+        words
+    }
+
+    /// The word a noise key at `step` reads its step from, if the step's noise step is `step`.
+    pub fn noise_step_word(&self, step: u64) -> Option<usize> {
+        (self.noise_step == Some(step)).then_some(NOISE_STEP_WORD)
+    }
+
+    /// The word an SGD update at `lr` reads it from (compared bit for bit).
+    pub fn sgd_lr_word(&self, lr: f32) -> Option<usize> {
+        (self.sgd_lr.map(f32::to_bits) == Some(lr.to_bits())).then_some(SGD_LR_WORD)
+    }
+
+    /// The word Adam's bias corrections `(step_size, bias2_sqrt)` are read from (bit for bit).
+    pub fn adam_corrections_word(&self, corrections: (f32, f32)) -> Option<usize> {
+        let bits = |(a, b): (f32, f32)| (a.to_bits(), b.to_bits());
+        (self.adam_corrections.map(bits) == Some(bits(corrections))).then_some(ADAM_CORRECTIONS_WORD)
+    }
+
+    /// The word where the keys of one launch's members start, if they lie in the step's draw keys
+    /// in that order.
+    pub fn draw_keys_word(&self, keys: &[[u32; 2]]) -> Option<usize> {
+        let first = self.draw_keys.iter().position(|k| Some(k) == keys.first())?;
+        (self.draw_keys[first..].starts_with(keys)).then_some(DRAW_KEYS_WORD + 2 * first)
+    }
+
+    /// The word where the batch's indices start, if they are `indices`.
+    pub fn batch_indices_word(&self, indices: &[u32]) -> Option<usize> {
+        (!indices.is_empty() && self.batch_indices == indices).then_some(self.layout().batch_indices_word())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values() -> StepValues {
+        StepValues {
+            noise_step: Some(0x1_0000_0007),
+            sgd_lr: Some(0.15),
+            adam_corrections: Some((0.25, 0.5)),
+            draw_keys: vec![[1, 2], [3, 4], [5, 6]],
+            batch_indices: vec![9, 8, 7],
+        }
+    }
+
+    #[test]
+    fn words_follow_the_layout_and_each_value_is_found_where_it_was_written() {
+        let v = values();
+        let w = v.words();
+        assert_eq!(w.len(), v.layout().words());
+        assert_eq!(v.layout().words(), 5 + 6 + 3);
+        let at = |word: Option<usize>| word.expect("found");
+        let step = at(v.noise_step_word(0x1_0000_0007));
+        assert_eq!((w[step], w[step + 1]), (7, 1));
+        assert_eq!(f32::from_bits(w[at(v.sgd_lr_word(0.15))]), 0.15);
+        let adam = at(v.adam_corrections_word((0.25, 0.5)));
+        assert_eq!((f32::from_bits(w[adam]), f32::from_bits(w[adam + 1])), (0.25, 0.5));
+        let keys = at(v.draw_keys_word(&[[3, 4], [5, 6]]));
+        assert_eq!(&w[keys..keys + 4], &[3, 4, 5, 6]);
+        let indices = at(v.batch_indices_word(&[9, 8, 7]));
+        assert_eq!(&w[indices..], &[9, 8, 7]);
+    }
+
+    /// A value the step does not hold is not found: the launch keeps it in its parameters (and a
+    /// captured step refuses it).
+    #[test]
+    fn values_the_step_does_not_hold_are_not_found() {
+        let v = values();
+        assert_eq!(v.noise_step_word(7), None);
+        assert_eq!(v.sgd_lr_word(f32::from_bits(0.15f32.to_bits() + 1)), None);
+        assert_eq!(v.adam_corrections_word((0.25, f32::from_bits(0.5f32.to_bits() + 1))), None);
+        assert_eq!(v.draw_keys_word(&[[3, 4], [1, 2]]), None, "keys out of order");
+        assert_eq!(v.draw_keys_word(&[[5, 6], [7, 8]]), None, "keys past the end");
+        assert_eq!(v.batch_indices_word(&[9, 8]), None);
+        let empty = StepValues::default();
+        assert_eq!(empty.noise_step_word(0), None);
+        assert_eq!(empty.sgd_lr_word(0.0), None);
+        assert_eq!(empty.batch_indices_word(&[]), None);
+    }
+
+    #[test]
+    fn repeated_draw_keys_are_refused() {
+        assert!(values().check().is_ok());
+        let v = StepValues { draw_keys: vec![[1, 2], [3, 4], [1, 2]], ..values() };
+        assert!(v.check().unwrap_err().to_string().contains("share a key"));
+    }
+
+    #[test]
+    fn bias_corrections_are_the_f64_formula() {
+        let hp = AdamParams { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-7, weight_decay: 0.0 };
+        // At t = 1: lr / (1 − β1) and sqrt(1 − β2), from the f32 hyper-parameters as given.
+        let (step, b2) = hp.bias_corrections(1);
+        let (beta1, beta2) = (hp.beta1 as f64, hp.beta2 as f64);
+        assert!((step as f64 / (hp.lr as f64 / (1.0 - beta1)) - 1.0).abs() < 1e-7, "{step}");
+        assert!((b2 as f64 / (1.0 - beta2).sqrt() - 1.0).abs() < 1e-7, "{b2}");
+        let (step_size, bias2_sqrt) = hp.bias_corrections(3);
+        assert_eq!(step_size, (1e-3f32 as f64 / (1.0 - 0.9f32 as f64 * 0.9f32 as f64 * 0.9f32 as f64)) as f32);
+        assert_eq!(bias2_sqrt, (1.0 - (0.999f32 as f64).powi(3)).sqrt() as f32);
+        // Far past i32's range the corrections are 1, not garbage from a wrapped exponent.
+        assert_eq!(hp.bias_corrections(1 << 40), (1e-3, 1.0));
+        assert_eq!(hp.bias_corrections(u64::MAX), (1e-3, 1.0));
+    }
+}
