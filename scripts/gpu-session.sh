@@ -99,7 +99,8 @@ if want bench; then
     for mode in --private --non-private; do
       extra=()
       [ "$algo" = gs-wgan ] && extra=("${gs_step_flags[@]}")
-      # The launch floor beside the eager step: the step replayed from one CUDA graph.
+      # The step replayed from one CUDA graph beside the eager step: DP-CGAN's private step as
+      # training steps (per-step values from its step block), the others their launch floor.
       [ "$device" != cpu ] && extra+=(--cuda-graph)
       step "bench-step-$algo${mode#-}" 45 "$bin" bench step --algo "$algo" "$mode" --phases --device "$device" \
         "${step_flags[@]}" "${extra[@]}" --json "$out/bench-step-$algo${mode#-}.json"

@@ -95,6 +95,12 @@ impl Adam {
         self.t
     }
 
+    /// Counts a step whose update ran without this optimizer's host code (a CUDA graph's replay
+    /// of a captured step, which updated the moments in place with the next step's corrections).
+    pub(crate) fn count_replayed_step(&mut self) {
+        self.t += 1;
+    }
+
     /// The moment estimates `(m, v)` per parameter (empty before the first step), for checkpoints.
     pub fn moments(&self) -> (&[Tensor], &[Tensor]) {
         (&self.m, &self.v)

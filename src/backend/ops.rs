@@ -1,8 +1,8 @@
 //! Shape-checked entry points of the op set. Every function validates its operands (same device,
 //! compatible shapes), derives the output geometry and calls the backend of the operands' device.
 use super::{
-    backend, census, AdamParams, AdamTensors, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, NoisedAdamTensors, NoisedTensors,
-    PowerIteration, PowerIterationInput, PowerIterationIo, PublicDraw, RowNorm, SgdParams, UnaryOp,
+    backend, census, step_values, AdamParams, AdamTensors, BinaryOp, ConvGeometry, GradientNoise, MatmulGeometry, NoisedAdamTensors,
+    NoisedTensors, PowerIteration, PowerIterationInput, PowerIterationIo, PublicDraw, RowNorm, SgdParams, UnaryOp,
 };
 use crate::dp::noise::{NoiseKey, MAX_NOISE_ELEMENTS};
 use crate::error::{ensure_shape, Error, Result};
@@ -366,6 +366,7 @@ pub fn gather_rows(table: &Tensor, indices: &[u32]) -> Result<Tensor> {
     if let Some(bad) = indices.iter().find(|&&i| i as usize >= rows) {
         return Err(Error::shape("gather_rows", format!("index {bad} is past the table's {rows} rows")));
     }
+    step_values::require_batch_indices(indices, rows)?;
     dispatch("gather_rows", &table.device()).gather_rows(table, indices)
 }
 
@@ -479,6 +480,7 @@ pub fn sgd_step(param: &mut Tensor, grad: &Tensor, momentum_buf: Option<&mut Ten
         ensure_shape!(buf.shape() == param.shape(), "sgd_step", "momentum buffer {:?} and param {:?} differ", buf.shape(), param.shape());
         device_of("sgd_step", &[param, buf])?;
     }
+    step_values::require_sgd_lr(hp.lr)?;
     dispatch("sgd_step", &dev).sgd_step(param, grad, momentum_buf, hp)
 }
 
@@ -490,6 +492,7 @@ pub fn adam_step(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tens
     if t == 0 {
         return Err(Error::Invalid("adam_step: step count t is 1-based".into()));
     }
+    step_values::require_adam_corrections(hp, t)?;
     dispatch("adam_step", &dev).adam_step(param, grad, m, v, t, hp)
 }
 
@@ -507,6 +510,7 @@ pub fn sgd_steps(pairs: &mut [(&mut Tensor, &Tensor)], hp: &SgdParams) -> Result
     for (param, grad) in pairs.iter() {
         ensure_shape!(param.shape() == grad.shape(), "sgd_step", "param {:?} and grad {:?} differ", param.shape(), grad.shape());
     }
+    step_values::require_sgd_lr(hp.lr)?;
     dispatch("sgd_step", &dev).sgd_steps(pairs, hp)
 }
 
@@ -526,6 +530,7 @@ pub fn adam_steps(tensors: &mut [AdamTensors<'_>], t: u64, hp: &AdamParams) -> R
     if t == 0 {
         return Err(Error::Invalid("adam_step: step count t is 1-based".into()));
     }
+    step_values::require_adam_corrections(hp, t)?;
     dispatch("adam_step", &dev).adam_steps(tensors, t, hp)
 }
 
@@ -550,7 +555,7 @@ fn check_noised_step(
     if !(noise.divisor.is_finite() && noise.divisor > 0.0) {
         return Err(Error::Invalid(format!("{op}: divisor {} must be finite and > 0", noise.divisor)));
     }
-    crate::dp::audit::note(&noise.key, noise.std);
+    noise_drawn(&noise.key, noise.std)?;
     Ok(dev)
 }
 
@@ -563,6 +568,7 @@ pub fn noised_sgd_step(param: &mut Tensor, sum: &Tensor, noise: &GradientNoise, 
         return Err(Error::Invalid("noised_sgd_step: fused only for SGD without momentum".into()));
     }
     let dev = check_noised_step("noised_sgd_step", param, sum, noise, flag, &[])?;
+    step_values::require_sgd_lr(hp.lr)?;
     dispatch("noised_sgd_step", &dev).noised_sgd_step(param, sum, noise, hp, flag)
 }
 
@@ -582,6 +588,7 @@ pub fn noised_adam_step(
         return Err(Error::Invalid("noised_adam_step: step count t is 1-based".into()));
     }
     let dev = check_noised_step("noised_adam_step", param, sum, noise, flag, &[m, v])?;
+    step_values::require_adam_corrections(hp, t)?;
     dispatch("noised_adam_step", &dev).noised_adam_step(param, sum, noise, m, v, t, hp, flag)
 }
 
@@ -612,7 +619,10 @@ pub fn noised_sgd_steps(tensors: &mut [NoisedTensors<'_>], hp: &SgdParams, flag:
     let checked = tensors.iter().map(|t| (&*t.param, t.sum, t.noise, Vec::new()));
     match check_noised_steps("noised_sgd_step", checked, flag)? {
         None => Ok(()),
-        Some(dev) => dispatch("noised_sgd_step", &dev).noised_sgd_steps(tensors, hp, flag),
+        Some(dev) => {
+            step_values::require_sgd_lr(hp.lr)?;
+            dispatch("noised_sgd_step", &dev).noised_sgd_steps(tensors, hp, flag)
+        }
     }
 }
 
@@ -624,7 +634,10 @@ pub fn noised_adam_steps(tensors: &mut [NoisedAdamTensors<'_>], t: u64, hp: &Ada
     let checked = tensors.iter().map(|nt| (&*nt.param, nt.sum, nt.noise, vec![&*nt.m, &*nt.v]));
     match check_noised_steps("noised_adam_step", checked, flag)? {
         None => Ok(()),
-        Some(dev) => dispatch("noised_adam_step", &dev).noised_adam_steps(tensors, t, hp, flag),
+        Some(dev) => {
+            step_values::require_adam_corrections(hp, t)?;
+            dispatch("noised_adam_step", &dev).noised_adam_steps(tensors, t, hp, flag)
+        }
     }
 }
 
@@ -655,6 +668,14 @@ pub fn ema_updates(pairs: &mut [(&mut Tensor, &Tensor)], decay: f32) -> Result<(
     dispatch("ema_update", &dev).ema_updates(pairs, decay)
 }
 
+/// Privacy noise about to be drawn from `key`: noted for the audit, and refused under a strict
+/// binding of step values that lacks its step (a replay would draw the same noise again).
+fn noise_drawn(key: &NoiseKey, std: f32) -> Result<()> {
+    step_values::require_noise_step(key.step)?;
+    crate::dp::audit::note(key, std);
+    Ok(())
+}
+
 fn check_noise(op: &str, std: f32, n: usize) -> Result<()> {
     if !(std.is_finite() && std >= 0.0) {
         return Err(Error::Invalid(format!("{op}: noise std {std} must be finite and ≥ 0")));
@@ -672,7 +693,7 @@ fn check_noise(op: &str, std: f32, n: usize) -> Result<()> {
 pub fn add_gaussian_noise(x: &mut Tensor, std: f32, key: &NoiseKey) -> Result<()> {
     let dev = device_of("add_gaussian_noise", &[x])?;
     check_noise("add_gaussian_noise", std, x.numel())?;
-    crate::dp::audit::note(key, std);
+    noise_drawn(key, std)?;
     dispatch("add_gaussian_noise", &dev).add_gaussian_noise(x, std, key)
 }
 
@@ -727,6 +748,7 @@ pub fn public_draws(draw: PublicDraw, shape: &[usize], keys: &[NoiseKey], device
     if u32::try_from(counters).is_err() {
         return Err(Error::Invalid(format!("public_draws: {counters} draws per member (below 2³² of them)")));
     }
+    step_values::require_draw_keys(&keys.iter().map(|k| [k.key[0], k.key[1]]).collect::<Vec<_>>())?;
     // No fill: the op writes every element.
     let mut out = Tensor::uninit(shape, device)?;
     dispatch("public_draws", device).public_draws(&mut out, draw, keys)?;
@@ -741,7 +763,7 @@ pub fn add_gaussian_noise_and_divide(x: &mut Tensor, std: f32, divisor: f32, key
     if !(divisor.is_finite() && divisor > 0.0) {
         return Err(Error::Invalid(format!("add_gaussian_noise_and_divide: divisor {divisor} must be finite and > 0")));
     }
-    crate::dp::audit::note(key, std);
+    noise_drawn(key, std)?;
     dispatch("add_gaussian_noise_and_divide", &dev).add_gaussian_noise_and_divide(x, std, divisor, key)
 }
 
@@ -755,7 +777,7 @@ pub fn sanitize_rows(g: &Tensor, clip: f32, rows: RowNorm, noise_std: f32, key: 
         return Err(Error::Invalid(format!("sanitize_rows: clip bound {clip} must be finite and > 0")));
     }
     check_noise("sanitize_rows", noise_std, g.numel())?;
-    crate::dp::audit::note(key, noise_std);
+    noise_drawn(key, noise_std)?;
     dispatch("sanitize_rows", &dev).sanitize_rows(g, clip, rows, noise_std, key)
 }
 

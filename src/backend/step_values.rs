@@ -8,6 +8,16 @@
 //! A step's values are laid out as u32 words (f32 as their bits): a fixed header, then the draw
 //! keys, then the indices. Two steps of a run have the same [`StepLayout`], so a captured step's
 //! launches find the next step's values where they found its own.
+//!
+//! While values are bound on a thread ([`bind`]), every op whose per-step value (a noise key's
+//! step, an SGD learning rate, Adam's bias corrections, a public draw's keys, a gather's indices)
+//! equals the bound value of that kind reads it from the bound device words, if there are any. A
+//! strict binding, which a capture uses, refuses an op whose per-step value is not bound, naming
+//! it, on every backend: a replay would repeat that value, and a noise step repeated is noise
+//! reused. So the CPU backend checks that a step's plan of values is complete before a GPU
+//! captures it.
+use std::cell::RefCell;
+
 use crate::backend::AdamParams;
 use crate::error::{Error, Result};
 
@@ -53,6 +63,99 @@ impl StepLayout {
     pub fn batch_indices_word(&self) -> usize {
         DRAW_KEYS_WORD + 2 * self.draw_keys
     }
+}
+
+/// Device memory holding a bound step's words (a CUDA `StepBlock`).
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceWords {
+    /// Which device's launches read them (its backend's address, for identity only).
+    pub device: *const (),
+    /// The device address of word 0.
+    pub base: u64,
+    /// Every batch index held is below it: a gather reads the words' indices only from a table
+    /// of at least this many rows.
+    pub index_bound: u32,
+}
+
+struct Binding {
+    values: StepValues,
+    strict: bool,
+    words: Option<DeviceWords>,
+}
+
+thread_local! {
+    static BOUND: RefCell<Option<Binding>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `values` bound on the thread (see the module doc): ops find their per-step values
+/// among them, and read them from `words` when given; `strict` refuses ops whose per-step value is
+/// not among them. Bindings do not nest.
+pub fn bind<R>(values: &StepValues, strict: bool, words: Option<DeviceWords>, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    values.check()?;
+    BOUND.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.is_some() {
+            return Err(Error::Invalid("a step's values are already bound on this thread".into()));
+        }
+        *b = Some(Binding { values: values.clone(), strict, words });
+        Ok(())
+    })?;
+    let result = f();
+    BOUND.with(|b| b.borrow_mut().take());
+    result
+}
+
+/// Under a strict binding, an error naming `what` unless `found` finds it among the bound values.
+fn require(what: impl FnOnce() -> String, found: impl FnOnce(&StepValues) -> bool) -> Result<()> {
+    BOUND.with(|b| match b.borrow().as_ref() {
+        Some(binding) if binding.strict && !found(&binding.values) => {
+            Err(Error::Invalid(format!("{} is not among the step's bound values: a replay of the captured step would repeat it", what())))
+        }
+        _ => Ok(()),
+    })
+}
+
+/// Ops' checks of their per-step values against a strict binding (no-ops otherwise).
+pub(crate) fn require_noise_step(step: u64) -> Result<()> {
+    require(|| format!("a noise key's step {step}"), |v| v.noise_step_word(step).is_some())
+}
+
+pub(crate) fn require_sgd_lr(lr: f32) -> Result<()> {
+    require(|| format!("an SGD learning rate {lr}"), |v| v.sgd_lr_word(lr).is_some())
+}
+
+pub(crate) fn require_adam_corrections(hp: &AdamParams, t: u64) -> Result<()> {
+    let c = hp.bias_corrections(t);
+    require(|| format!("Adam's bias corrections at t = {t}"), |v| v.adam_corrections_word(c).is_some())
+}
+
+pub(crate) fn require_draw_keys(keys: &[[u32; 2]]) -> Result<()> {
+    require(|| format!("the keys of a public draw of {} members", keys.len()), |v| v.draw_keys_word(keys).is_some())
+}
+
+pub(crate) fn require_batch_indices(indices: &[u32], table_rows: usize) -> Result<()> {
+    require(|| format!("a gather of {} rows", indices.len()), |v| v.batch_indices_word(indices).is_some()).and_then(|()| {
+        BOUND.with(|b| match b.borrow().as_ref() {
+            Some(Binding { strict: true, words: Some(w), .. }) if table_rows < w.index_bound as usize => Err(Error::Invalid(format!(
+                "a gather from a table of {table_rows} rows cannot read bound indices checked against {} rows",
+                w.index_bound
+            ))),
+            _ => Ok(()),
+        })
+    })
+}
+
+/// The device address a launch on `device` reads a per-step value from: the bound words' address
+/// of the word `word` finds, or 0 (the value travels in the launch parameters).
+pub(crate) fn device_address(device: *const (), word: impl FnOnce(&StepValues, &DeviceWords) -> Option<usize>) -> u64 {
+    BOUND.with(|b| {
+        let b = b.borrow();
+        let Some((values, words)) = b.as_ref().and_then(|b| b.words.as_ref().map(|w| (&b.values, w))) else { return 0 };
+        if !std::ptr::eq(words.device, device) {
+            return 0;
+        }
+        word(values, words).map_or(0, |w| words.base + 4 * w as u64)
+    })
 }
 
 impl AdamParams {

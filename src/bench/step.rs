@@ -20,11 +20,19 @@
 //!    slow the step, which is why the headline figures never come from this pass.
 //! 3. with `cuda_graph` (CUDA only), a third pass: one step captured into a CUDA graph
 //!    ([`CudaDevice::capture`](crate::backend::cuda::CudaDevice::capture)) and replayed `steps`
-//!    times, timed as the headline pass. A replay repeats the captured step's keys, draws and
-//!    counters, so it is not a training step: it is the step's launch floor, its kernels without
-//!    the host's per-launch work, the bound that capturing training steps would approach.
+//!    times, timed as the headline pass. DP-CGAN's private step replays as training steps
+//!    ([`crate::train::dpcgan::graphed`]): each replay reads its own batch indices, generator
+//!    keys, noise step and optimizer corrections from a step block the host writes first. The
+//!    other steps replay as captured, repeating its keys, draws and counters: not training
+//!    steps, but their launch floor, the bound that capturing them as training steps would
+//!    approach.
+//!
+//! DP-CGAN's steps gather their batch on the device from fresh indices each step, from synthetic
+//! records kept on the device, as a run gathers from its resident training set.
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::rc::Rc;
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
@@ -43,6 +51,7 @@ use crate::tensor::{Device, Tensor};
 use crate::train::dpcgan::{DpCgan, DpCganConfig};
 use crate::train::dpsgd_gan::{DpsgdGan, DpsgdGanConfig};
 use crate::train::gswgan::{select_discriminator, CriticState, GsWganConfig, LabelledImages, PrivateTraining, WarmStart};
+use crate::train::resident::ResidentData;
 
 /// The phases a step's time is split into, in report order. `other` is whatever the step does
 /// outside the named ones (drawing z and labels, loss arithmetic, uploads, gathering gradients).
@@ -239,9 +248,16 @@ pub struct StepReport {
     pub graph_replay: Option<GraphReplayReport>,
 }
 
+/// Captures the benchmark's next step into a CUDA graph (running it once) and returns the step
+/// that replays it as a training step, with each step's own values.
+type CaptureTraining = Box<dyn FnOnce() -> Result<Box<dyn FnMut() -> Result<()>>>>;
+
 /// One prepared benchmark: the step to repeat and what it is.
 struct Prepared {
     step: Box<dyn FnMut() -> Result<()>>,
+    /// Where the step has one (DP-CGAN's private step), its training steps replayed from a CUDA
+    /// graph; the graph pass times those instead of the launch floor.
+    capture_training: Option<CaptureTraining>,
     description: String,
     inputs: String,
     settings: BTreeMap<String, Value>,
@@ -262,29 +278,76 @@ fn settings(pairs: Vec<(&str, Value)>) -> BTreeMap<String, Value> {
     pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
+/// Synthetic records a DP-CGAN benchmark keeps on the device per record of its batch: each step
+/// gathers a fresh batch from them, as a run gathers from its resident training set.
+const DPCGAN_RECORDS_PER_BATCH_RECORD: usize = 4;
+
+/// The DP-CGAN benchmark's model, resident records and streams, shared by its eager step and its
+/// graph capture.
+struct DpCganBench {
+    model: DpCgan,
+    data: ResidentData,
+    batch: usize,
+    private: bool,
+    /// Draws each step's record indices.
+    batches: ChaCha20Rng,
+    /// Draws each step's generator keys.
+    rng: ChaCha20Rng,
+}
+
+impl DpCganBench {
+    fn next_batch(&mut self) -> Vec<u32> {
+        let records = self.data.len() as u32;
+        (0..self.batch).map(|_| self.batches.random_range(0..records)).collect()
+    }
+
+    fn eager_step(&mut self) -> Result<()> {
+        let batch = self.next_batch();
+        let (images, labels) = self.data.rows_at(&batch, &[1, batch.len()])?;
+        if self.private {
+            self.model.private_step(&images, &labels, self.batch, &mut self.rng)?;
+        } else {
+            self.model.non_private_step(&images, &labels, &mut self.rng)?;
+        }
+        Ok(())
+    }
+}
+
 fn prepare_dpcgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
     let b = o.batch_size;
     let mut rng = ChaCha20Rng::seed_from_u64(o.seed);
     let config = DpCganConfig { batch_divisor: b as f32, ..DpCganConfig::default() };
     // Nothing here is private: the noise key is the seed's replayable one (not its init stream).
-    let mut model = DpCgan::new(config, RunKey::replayable(o.seed).noise(o.noise), &mut rng, device)?;
-    let images = Tensor::uniform(&[1, b, 784], -1.0, 1.0, &mut rng, device)?;
-    let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..CLASSES as u32)).collect();
-    let labels = Tensor::one_hot(&labels, CLASSES, &[1, b], device)?;
+    let model = DpCgan::new(config, RunKey::replayable(o.seed).noise(o.noise), &mut rng, device)?;
+    let records = DPCGAN_RECORDS_PER_BATCH_RECORD * b.max(1);
+    let pixels: Vec<f32> = (0..records * 784).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let labels: Vec<u32> = (0..records).map(|_| rng.random_range(0..CLASSES as u32)).collect();
+    let data = ResidentData::from_parts(pixels, &labels, device)?;
     let (generator_params, discriminator_params) = (count(model.generator.params()), count(model.discriminator.params()));
     let private = o.private;
-    let step = Box::new(move || -> Result<()> {
-        if private {
-            model.private_step(&images, &labels, b, &mut rng)?;
-        } else {
-            model.non_private_step(&images, &labels, &mut rng)?;
-        }
-        Ok(())
+    let batches = ChaCha20Rng::seed_from_u64(o.seed.wrapping_add(1));
+    let bench = Rc::new(RefCell::new(DpCganBench { model, data, batch: b, private, batches, rng }));
+    let eager = bench.clone();
+    let step = Box::new(move || eager.borrow_mut().eager_step());
+    let capture_training: Option<CaptureTraining> = private.then(|| {
+        Box::new(move || {
+            let mut state = bench.borrow_mut();
+            let batch = state.next_batch();
+            let DpCganBench { model, data, rng, .. } = &mut *state;
+            let mut graphed = model.capture_private_step(data, &batch, b, rng)?;
+            drop(state);
+            Ok(Box::new(move || {
+                let mut state = bench.borrow_mut();
+                let batch = state.next_batch();
+                let DpCganBench { model, rng, .. } = &mut *state;
+                graphed.step(model, &batch, rng).map(|_| ())
+            }) as Box<dyn FnMut() -> Result<()>>)
+        }) as CaptureTraining
     });
     let description = if private {
-        format!("DpCgan::private_step: B real and B generated examples through D as one batch, each clipped per example, noised once, SGD on D; Adam on G (B = {b}, {b} generated)")
+        format!("DpCgan::private_step: B real and B generated examples through D as one batch, each clipped per example, noised once, SGD on D; Adam on G (B = {b}, {b} generated); the batch gathered on the device from fresh indices first")
     } else {
-        format!("DpCgan::non_private_step: mean BCE losses, no clipping or noise, SGD on D; Adam on G (B = {b})")
+        format!("DpCgan::non_private_step: mean BCE losses, no clipping or noise, SGD on D; Adam on G (B = {b}); the batch gathered on the device from fresh indices first")
     };
     let mut pairs = vec![("batch_size", json!(b)), ("d_lr", f32_json(config.d_lr)), ("g_adam_lr", f32_json(config.g_adam.lr))];
     if private {
@@ -296,8 +359,11 @@ fn prepare_dpcgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
     }
     Ok(Prepared {
         step,
+        capture_training,
         description,
-        inputs: format!("synthetic: one batch of {b} uniform [-1, 1] images and uniform labels, made on the device before timing"),
+        inputs: format!(
+            "synthetic: {records} uniform [-1, 1] images and uniform labels resident on the device, made before timing; each step gathers {b} of them by indices drawn on the host"
+        ),
         settings: settings(pairs),
         generator_params,
         discriminator_params,
@@ -329,6 +395,7 @@ fn prepare_dpsgd_gan(o: &StepOptions, device: &Device) -> Result<Prepared> {
     ];
     Ok(Prepared {
         step,
+        capture_training: None,
         description: format!(
             "DpsgdGan::discriminator_step: B real and B generated examples (G's forward, detached) through D as one batch, each clipped per example, noised once, divided by 2B, Adam on D (B = {b}, d = {width}); a run takes a G step after every n_D of these"
         ),
@@ -386,6 +453,7 @@ fn prepare_gswgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
         });
         Ok(Prepared {
             step,
+            capture_training: None,
             description: format!(
                 "PrivateTraining::iteration (phase 2): {} WGAN-GP critic steps of one discriminator, the generator step with sanitised image gradients, the EMA of G (B = {b}, the slice's last partial batch included)",
                 config.critic_steps
@@ -404,6 +472,7 @@ fn prepare_gswgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
         });
         Ok(Prepared {
             step,
+            capture_training: None,
             description: format!(
                 "WarmStart::iteration (phase 1) of one discriminator: {} WGAN-GP critic steps and a plain generator step; no sanitiser and no EMA (B = {b}, the slice's last partial batch included)",
                 config.critic_steps
@@ -497,30 +566,46 @@ fn time_graph_replays(device: &Device, steps: usize, step: &mut dyn FnMut() -> R
     synchronize(device)?;
     let graph = match cuda.capture(step) {
         Ok(((), graph)) => graph,
-        Err(e) => {
-            return Ok(GraphReplayReport {
-                steps,
-                steps_per_s: None,
-                mean_ms: None,
-                median_ms: None,
-                min_ms: None,
-                error: Some(e.to_string()),
-                note,
-            })
-        }
+        Err(e) => return Ok(GraphReplayReport::failed(steps, e, note)),
     };
     // The first replay uploads the graph: untimed, as a warm-up step is.
     graph.replay()?;
     let (samples, wall) = time_steps(device, steps, &mut || graph.replay())?;
-    Ok(GraphReplayReport {
-        steps,
-        steps_per_s: Some(steps as f64 / wall),
-        mean_ms: Some(samples.iter().sum::<f64>() / samples.len() as f64),
-        median_ms: super::median(&samples),
-        min_ms: Some(samples.iter().copied().fold(f64::INFINITY, f64::min)),
-        error: None,
-        note,
-    })
+    Ok(GraphReplayReport::timed(steps, &samples, wall, note))
+}
+
+impl GraphReplayReport {
+    fn failed(steps: usize, error: Error, note: String) -> Self {
+        GraphReplayReport { steps, steps_per_s: None, mean_ms: None, median_ms: None, min_ms: None, error: Some(error.to_string()), note }
+    }
+
+    fn timed(steps: usize, samples: &[f64], wall: f64, note: String) -> Self {
+        GraphReplayReport {
+            steps,
+            steps_per_s: Some(steps as f64 / wall),
+            mean_ms: Some(samples.iter().sum::<f64>() / samples.len() as f64),
+            median_ms: super::median(samples),
+            min_ms: Some(samples.iter().copied().fold(f64::INFINITY, f64::min)),
+            error: None,
+            note,
+        }
+    }
+}
+
+/// The graph pass of a step that replays as a training step: one capture, then `steps` replays,
+/// each with its own batch, keys, noise step and optimizer corrections copied in first, timed as
+/// [`time_steps`] times a step. A failed capture is reported, not raised.
+fn time_training_replays(device: &Device, steps: usize, capture: CaptureTraining) -> Result<GraphReplayReport> {
+    let note = "one training step captured into a CUDA graph, then replayed: each replay a training step of its own (batch indices, generator keys, noise step, learning rate and Adam's corrections copied into the step block first); timed as the headline pass".to_string();
+    synchronize(device)?;
+    let mut replay = match capture() {
+        Ok(replay) => replay,
+        Err(e) => return Ok(GraphReplayReport::failed(steps, e, note)),
+    };
+    // The first replay uploads the graph: untimed, as a warm-up step is.
+    replay()?;
+    let (samples, wall) = time_steps(device, steps, &mut replay)?;
+    Ok(GraphReplayReport::timed(steps, &samples, wall, note))
 }
 
 /// What the device is, in words.
@@ -584,7 +669,10 @@ pub fn run(options: &StepOptions, device: &Device, mut progress: impl FnMut(&str
     };
     let graph_replay = if options.cuda_graph {
         progress(&format!("{} steps replayed from a CUDA graph", options.steps));
-        Some(time_graph_replays(device, options.steps, &mut prepared.step)?)
+        Some(match prepared.capture_training.take() {
+            Some(capture) => time_training_replays(device, options.steps, capture)?,
+            None => time_graph_replays(device, options.steps, &mut prepared.step)?,
+        })
     } else {
         None
     };

@@ -72,8 +72,9 @@ struct StepArgs {
     #[arg(long)]
     tf32: bool,
     /// CUDA only: also time the step replayed from one CUDA graph capture, beside the eager
-    /// figures. A replay repeats the captured keys and draws: the step's launch floor, not a
-    /// training step.
+    /// figures. DP-CGAN's private step replays as training steps (each with its own batch, keys,
+    /// noise step and optimizer corrections); the others repeat the captured keys and draws: their
+    /// launch floor, not training steps.
     #[arg(long)]
     cuda_graph: bool,
     #[command(flatten)]

@@ -57,16 +57,21 @@ impl ResidentData {
     /// (`prefix` multiplies out to the number of records: `[G, B]` for a group's batches, laid
     /// out member by member).
     pub fn rows(&self, records: &[usize], prefix: &[usize]) -> Result<(Tensor, Tensor)> {
-        if prefix.iter().product::<usize>() != records.len() {
-            return Err(Error::Invalid(format!("{} records do not fill a [{prefix:?}] batch", records.len())));
-        }
         let indices = records
             .iter()
             .map(|&i| u32::try_from(i).map_err(|_| Error::Invalid(format!("record {i} is past the training set's {} records", self.len()))))
             .collect::<Result<Vec<u32>>>()?;
+        self.rows_at(&indices, prefix)
+    }
+
+    /// [`ResidentData::rows`] of records given as the u32 indices the gather kernel reads.
+    pub fn rows_at(&self, indices: &[u32], prefix: &[usize]) -> Result<(Tensor, Tensor)> {
+        if prefix.iter().product::<usize>() != indices.len() {
+            return Err(Error::Invalid(format!("{} records do not fill a [{prefix:?}] batch", indices.len())));
+        }
         let shape = |last: usize| prefix.iter().copied().chain([last]).collect::<Vec<usize>>();
-        let images = ops::gather_rows(&self.images, &indices)?.reshape(&shape(PIXELS))?;
-        let labels = ops::gather_rows(&self.one_hot, &indices)?.reshape(&shape(NUM_CLASSES))?;
+        let images = ops::gather_rows(&self.images, indices)?.reshape(&shape(PIXELS))?;
+        let labels = ops::gather_rows(&self.one_hot, indices)?.reshape(&shape(NUM_CLASSES))?;
         Ok((images, labels))
     }
 }

@@ -54,7 +54,7 @@ pub(crate) fn sanitize_rows(
             noise_std,
             exact: i32::from(row_norm == RowNorm::Exactly),
             pad_: 0,
-            key: step_block::noise_key_params(dev, key)?,
+            key: step_block::noise_key_params(dev, key),
         };
         let k = match key.mode {
             NoiseMode::Fast => Kernel::SanitizeRowsPhilox,
@@ -123,7 +123,7 @@ fn noise_grid(op: &str, n: usize, rows: usize) -> Result<LaunchConfig> {
 
 /// The launch of a one-element-per-thread noise pass over `n > 0` elements, with its parameters.
 fn noise_launch(dev: &CudaDevice, op: &str, n: usize, std: f32, divisor: f32, key: &NoiseKey) -> Result<(LaunchConfig, NoiseDivideParams)> {
-    Ok((noise_grid(op, n, 1)?, NoiseDivideParams { n: n as i64, std, divisor, key: step_block::noise_key_params(dev, key)? }))
+    Ok((noise_grid(op, n, 1)?, NoiseDivideParams { n: n as i64, std, divisor, key: step_block::noise_key_params(dev, key) }))
 }
 
 /// `x ← (x + std·z) / divisor` in place, z the key's standard normals: DP-SGD's noise and its
@@ -178,7 +178,7 @@ pub(crate) fn noised_sgd_step(
 
 /// A tensor's noise as its kernel slot holds it.
 fn slot_noise(dev: &CudaDevice, n: usize, noise: &GradientNoise) -> Result<NoiseDivideParams> {
-    Ok(NoiseDivideParams { n: n as i64, std: noise.std, divisor: noise.divisor, key: step_block::noise_key_params(dev, &noise.key)? })
+    Ok(NoiseDivideParams { n: n as i64, std: noise.std, divisor: noise.divisor, key: step_block::noise_key_params(dev, &noise.key) })
 }
 
 /// [`noised_sgd_step`] of every tensor, up to 32 per launch (ops has checked each tensor, and that

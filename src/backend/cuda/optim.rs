@@ -33,7 +33,7 @@ pub(super) fn sgd_params(dev: &CudaDevice, hp: &SgdParams, n: usize) -> Result<S
         weight_decay: hp.weight_decay,
         nesterov: hp.nesterov as i32,
         pad_: 0,
-        lr_at: step_block::sgd_lr_at(dev, hp.lr)?,
+        lr_at: step_block::sgd_lr_at(dev, hp.lr),
     })
 }
 
@@ -52,7 +52,7 @@ pub(super) fn adam_params(dev: &CudaDevice, hp: &AdamParams, t: u64, n: usize) -
         weight_decay: hp.weight_decay,
         step_size,
         bias2_sqrt,
-        corrections_at: step_block::adam_corrections_at(dev, (step_size, bias2_sqrt))?,
+        corrections_at: step_block::adam_corrections_at(dev, (step_size, bias2_sqrt)),
     })
 }
 

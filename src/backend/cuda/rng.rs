@@ -24,7 +24,7 @@ pub(crate) fn add_gaussian_noise(dev: &Arc<CudaDevice>, x: &mut Tensor, std: f32
     if n == 0 {
         return Ok(());
     }
-    let p = GaussianNoiseParams { n: n as i64, std, pad_: 0, key: step_block::noise_key_params(dev, key)? };
+    let p = GaussianNoiseParams { n: n as i64, std, pad_: 0, key: step_block::noise_key_params(dev, key) };
     let k = match key.mode {
         NoiseMode::Fast => Kernel::GaussianAddPhilox,
         NoiseMode::Secure => Kernel::GaussianAddChacha,
@@ -72,7 +72,7 @@ pub(crate) fn public_draws(dev: &Arc<CudaDevice>, out: &mut Tensor, draw: Public
             step_hi: position.step_hi,
             pad_: 0,
             keys: member_keys,
-            keys_at: step_block::draw_keys_at(dev, &member_keys[..members.len()])?,
+            keys_at: step_block::draw_keys_at(dev, &member_keys[..members.len()]),
         };
         // SAFETY: out holds keys.len()·per_member = n floats; this launch writes out[first·per_member
         // + i] for i < count·per_member, inside it, and out is unshared (storage_mut copied a

@@ -139,7 +139,7 @@ pub(crate) fn gather_rows(dev: &Arc<CudaDevice>, table: &Tensor, indices: &[u32]
     if n > 0 {
         let mut p = GatherRowsParams { n: n as i64, row_len: row_len as i64, inline_indices: [0; GATHER_INLINE_ROWS] };
         // The bound step block's copy of the indices, if it holds them (a step's batch).
-        let block_indices = step_block::batch_indices_at(dev, indices, rows)?;
+        let block_indices = step_block::batch_indices_at(dev, indices, rows);
         let index_buf = if block_indices != 0 {
             None
         } else if indices.len() <= GATHER_INLINE_ROWS {

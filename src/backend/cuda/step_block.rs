@@ -8,17 +8,16 @@
 //! captured from such a step replays as the next step once [`StepBlock::upload`] has written the
 //! next step's values: nothing a replay repeats changes from step to step.
 //!
-//! A strict binding (the one a capture uses) refuses a launch whose per-step value is not in the
-//! block, naming it: a replay would repeat that value (a noise step repeated is noise reused, so
-//! this is a privacy check, not a tidiness one).
-use std::cell::RefCell;
+//! A strict binding (the one a capture uses) refuses an op whose per-step value is not in the
+//! block, naming it (`ops` checks, on every backend): a replay would repeat that value, and a noise
+//! step repeated is noise reused, so this is a privacy check, not a tidiness one.
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, DevicePtr, PinnedHostSlice};
 
 use super::device::CudaDevice;
 use super::params::NoiseKeyParams;
-use crate::backend::step_values::{StepLayout, StepValues};
+use crate::backend::step_values::{self, DeviceWords, StepLayout, StepValues};
 use crate::dp::NoiseKey;
 use crate::error::{Error, Result};
 
@@ -31,6 +30,9 @@ pub struct StepBlock {
     device: Arc<CudaDevice>,
     layout: StepLayout,
     words: CudaSlice<u32>,
+    /// The device address of `words` (fixed for its life), taken once so that binding the block
+    /// inside a capture touches no stream.
+    base: u64,
     staging: Vec<PinnedHostSlice<u32>>,
     next_staging: usize,
     /// Every batch index the block holds is below it (checked at each upload): a gather reads the
@@ -38,19 +40,6 @@ pub struct StepBlock {
     index_bound: u32,
     /// The values last uploaded (what a launch compares its own values with).
     values: StepValues,
-}
-
-/// The block bound on this thread: its device, the device address of its words and its values.
-struct Binding {
-    device: *const CudaDevice,
-    base: u64,
-    values: StepValues,
-    index_bound: u32,
-    strict: bool,
-}
-
-thread_local! {
-    static BOUND: RefCell<Option<Binding>> = const { RefCell::new(None) };
 }
 
 impl StepBlock {
@@ -67,7 +56,8 @@ impl StepBlock {
                 unsafe { stream.context().alloc_pinned::<u32>(n) }.map_err(|e| Error::cuda(format!("allocating {n} pinned words"), e))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(StepBlock { device: device.clone(), layout, words, staging, next_staging: 0, index_bound, values: StepValues::default() })
+        let base = words.device_ptr(stream).0;
+        Ok(StepBlock { device: device.clone(), layout, words, base, staging, next_staging: 0, index_bound, values: StepValues::default() })
     }
 
     pub fn layout(&self) -> StepLayout {
@@ -101,65 +91,41 @@ impl StepBlock {
         Ok(())
     }
 
-    /// Runs `f` with this block bound on the thread (see the module doc); `strict` refuses launches
-    /// whose per-step values are not in the block. Bindings do not nest.
+    /// Runs `f` with the block's values bound on the thread ([`step_values::bind`]): launches on
+    /// its device read the values they find there from the block; `strict` refuses ops whose
+    /// per-step values are not in it.
     pub fn bind<R>(&self, strict: bool, f: impl FnOnce() -> Result<R>) -> Result<R> {
-        let (base, _guard) = self.words.device_ptr(self.device.stream());
-        let binding =
-            Binding { device: Arc::as_ptr(&self.device), base, values: self.values.clone(), index_bound: self.index_bound, strict };
-        BOUND.with(|b| {
-            let mut b = b.borrow_mut();
-            if b.is_some() {
-                return Err(Error::Invalid("a step block is already bound on this thread".into()));
-            }
-            *b = Some(binding);
-            Ok(())
-        })?;
-        let result = f();
-        BOUND.with(|b| b.borrow_mut().take());
-        result
+        let words = DeviceWords { device: identity(&self.device), base: self.base, index_bound: self.index_bound };
+        step_values::bind(&self.values, strict, Some(words), f)
     }
 }
 
-/// The device address a launch on `dev` reads a per-step value from: 0 (the value travels in the
-/// parameters) when no block is bound for `dev` or, outside a strict binding, when the block does
-/// not hold it. `what` names the value for the error of a strict binding.
-fn address(dev: &CudaDevice, what: &str, word: impl FnOnce(&Binding) -> Option<usize>) -> Result<u64> {
-    BOUND.with(|b| {
-        let b = b.borrow();
-        let Some(binding) = b.as_ref().filter(|b| std::ptr::eq(b.device, dev)) else { return Ok(0) };
-        match word(binding) {
-            Some(w) => Ok(binding.base + 4 * w as u64),
-            None if binding.strict => Err(Error::Invalid(format!(
-                "{what} is not among the step's values in its step block: a replay of the captured step would repeat it"
-            ))),
-            None => Ok(0),
-        }
-    })
+/// A device's identity in a binding.
+fn identity(dev: &CudaDevice) -> *const () {
+    (dev as *const CudaDevice).cast()
 }
 
 /// `key` as the kernels read it, its step from the bound block if the block holds it.
-pub(super) fn noise_key_params(dev: &CudaDevice, key: &NoiseKey) -> Result<NoiseKeyParams> {
-    let step = key.step;
-    let step_at = address(dev, &format!("a noise key's step {step}"), |b| b.values.noise_step_word(step))?;
-    Ok(NoiseKeyParams { step_at, ..NoiseKeyParams::new(key) })
+pub(super) fn noise_key_params(dev: &CudaDevice, key: &NoiseKey) -> NoiseKeyParams {
+    let step_at = step_values::device_address(identity(dev), |v, _| v.noise_step_word(key.step));
+    NoiseKeyParams { step_at, ..NoiseKeyParams::new(key) }
 }
 
-pub(super) fn sgd_lr_at(dev: &CudaDevice, lr: f32) -> Result<u64> {
-    address(dev, &format!("an SGD learning rate {lr}"), |b| b.values.sgd_lr_word(lr))
+pub(super) fn sgd_lr_at(dev: &CudaDevice, lr: f32) -> u64 {
+    step_values::device_address(identity(dev), |v, _| v.sgd_lr_word(lr))
 }
 
-pub(super) fn adam_corrections_at(dev: &CudaDevice, corrections: (f32, f32)) -> Result<u64> {
-    address(dev, &format!("Adam's bias corrections {corrections:?}"), |b| b.values.adam_corrections_word(corrections))
+pub(super) fn adam_corrections_at(dev: &CudaDevice, corrections: (f32, f32)) -> u64 {
+    step_values::device_address(identity(dev), |v, _| v.adam_corrections_word(corrections))
 }
 
-pub(super) fn draw_keys_at(dev: &CudaDevice, keys: &[[u32; 2]]) -> Result<u64> {
-    address(dev, &format!("the keys of a public draw of {} members", keys.len()), |b| b.values.draw_keys_word(keys))
+pub(super) fn draw_keys_at(dev: &CudaDevice, keys: &[[u32; 2]]) -> u64 {
+    step_values::device_address(identity(dev), |v, _| v.draw_keys_word(keys))
 }
 
 /// The block's batch indices for a gather of `indices` from a table of `table_rows` rows.
-pub(super) fn batch_indices_at(dev: &CudaDevice, indices: &[u32], table_rows: usize) -> Result<u64> {
-    address(dev, &format!("a gather of {} rows", indices.len()), |b| {
-        (table_rows >= b.index_bound as usize).then(|| b.values.batch_indices_word(indices)).flatten()
+pub(super) fn batch_indices_at(dev: &CudaDevice, indices: &[u32], table_rows: usize) -> u64 {
+    step_values::device_address(identity(dev), |v, w| {
+        (table_rows >= w.index_bound as usize).then(|| v.batch_indices_word(indices)).flatten()
     })
 }

@@ -2,6 +2,7 @@
 //! gradient of D's loss is clipped to C on its own, the sum is noised once (the real part needs
 //! it) and D takes an SGD step on it; then G takes an Adam step on the non-saturating loss through
 //! the updated D.
+pub mod graphed;
 pub mod run;
 
 use std::collections::HashMap;
@@ -10,14 +11,13 @@ use rand::Rng;
 
 use crate::autograd::Tape;
 use crate::backend::{ops, AdamParams, BinaryOp, UnaryOp};
-use crate::dp::{nonfinite_flag, private_update, ClippedLoss, DpSgdConfig, NoiseSource};
+use crate::dp::{nonfinite_flag, private_update, ClippedLoss, DpSgdConfig, NoiseKey, NoiseSource};
 use crate::error::{Error, Result};
 use crate::models::dpcgan::{Discriminator, Generator, CLASSES, LATENT};
 use crate::optim::{Adam, Optimizer, Sgd};
 use crate::profile;
 use crate::tensor::{Device, Tensor};
 use crate::train::real_then_generated;
-use crate::train::replay::{device_normals, device_one_hot};
 
 /// docs/algorithms.md §1's published settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -55,6 +55,7 @@ pub struct DpCgan {
 
 /// Mean losses of a step, on the device (reading them is a host sync: do it when logging), and
 /// the step's finiteness flag (see [`crate::dp::finite`]).
+#[derive(Clone)]
 pub struct StepLosses {
     pub discriminator: Tensor,
     pub generator: Tensor,
@@ -134,8 +135,7 @@ impl DpCgan {
     /// Generator inputs for `batch` examples: z ~ N(0, I) and labels uniform over the classes, both
     /// computed on the device (public).
     fn generator_inputs<R: Rng>(batch: usize, rng: &mut R, device: &Device) -> Result<(Tensor, Tensor)> {
-        let z = device_normals(&[1, batch, LATENT], rng, device)?;
-        Ok((z, device_one_hot(&[1, batch], CLASSES, rng, device)?))
+        GeneratorKeys::draw(rng).inputs(batch, device)
     }
 
     /// The private step on a batch of real images `[1, B, 784]` (in [−1, 1]) with one-hot labels,
@@ -148,10 +148,15 @@ impl DpCgan {
     /// of the real part's and the generated part's. The noise is added once, as the real part
     /// needs; one forward, backward and clipping instead of two.
     pub fn private_step<R: Rng>(&mut self, images: &Tensor, labels: &Tensor, fake_batch: usize, rng: &mut R) -> Result<StepLosses> {
+        self.private_step_with(images, labels, fake_batch, GeneratorKeys::draw(rng))
+    }
+
+    /// [`DpCgan::private_step`] with its generator randomness drawn already.
+    fn private_step_with(&mut self, images: &Tensor, labels: &Tensor, fake_batch: usize, keys: GeneratorKeys) -> Result<StepLosses> {
         let _step = profile::range("dpcgan_private_step");
         let batch = images.shape()[1];
         let device = images.device();
-        let (z, fake_labels) = Self::generator_inputs(fake_batch, rng, &device)?;
+        let (z, fake_labels) = keys.inputs(fake_batch, &device)?;
         // G's forward is recorded once, for G's step; D's tape sees `fake` as a constant.
         let (g_tape, fake) = self.generator_forward(&z, &fake_labels)?;
 
@@ -233,6 +238,32 @@ impl DpCgan {
         drop(tape);
         self.g_optimizer.step(&mut self.generator.params_mut(), &g_grads)?;
         Ok(loss)
+    }
+}
+
+/// The keys of a step's generator inputs (public randomness): one 256-bit draw each for the latent
+/// codes and the labels, in that order, from the step's generator stream.
+#[derive(Clone, Copy)]
+struct GeneratorKeys {
+    z: NoiseKey,
+    labels: NoiseKey,
+}
+
+impl GeneratorKeys {
+    fn draw<R: Rng>(rng: &mut R) -> Self {
+        let z = NoiseKey::public(rng);
+        GeneratorKeys { z, labels: NoiseKey::public(rng) }
+    }
+
+    /// z `[1, batch, LATENT]` and one-hot labels `[1, batch, CLASSES]`, drawn on the device.
+    fn inputs(&self, batch: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let z = ops::standard_normals(&[1, batch, LATENT], &self.z, device)?;
+        Ok((z, ops::uniform_one_hot(&[1, batch], CLASSES, &self.labels, device)?))
+    }
+
+    /// The words of the keys that public draws read (Philox's words 0 and 1), in draw order.
+    fn draw_words(&self) -> Vec<[u32; 2]> {
+        [self.z, self.labels].iter().map(|k| [k.key[0], k.key[1]]).collect()
     }
 }
 
