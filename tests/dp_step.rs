@@ -33,8 +33,10 @@ fn noiseless_step_is_the_sum_of_separately_clipped_losses() {
     let (real, fake) = (linear(&mut rng, 2, 6, 5, 4), linear(&mut rng, 2, 6, 5, 4));
     let config = DpSgdConfig { clip: 1.5, noise_multiplier: 0.0, batch_divisor: 6.0 };
     let noise = NoiseSource::from_seed(1, NoiseMode::Fast);
-    let losses =
-        [ClippedLoss { layers: vec![&real as &dyn PerExampleGrad], noised: true }, ClippedLoss { layers: vec![&fake], noised: false }];
+    let losses = [
+        ClippedLoss { layers: vec![&real as &dyn PerExampleGrad], noised: true, weights: None },
+        ClippedLoss { layers: vec![&fake], noised: false, weights: None },
+    ];
     let got = values(&private_gradients(&losses, &config, &noise, 0).unwrap());
     let part = |l: &LayerGrad| {
         let f = dpgan::dp::clip::clip_factors(&l.per_example_sq_norms().unwrap(), config.clip).unwrap();
@@ -43,6 +45,38 @@ fn noiseless_step_is_the_sum_of_separately_clipped_losses() {
     };
     let expected: Vec<f64> = part(&real).iter().zip(part(&fake)).map(|(a, b)| (a + b) / 6.0).collect();
     assert_close_f64("noiseless DP-SGD gradient", &got, &expected, 1e-14);
+}
+
+/// Example weights scale each example's clip factor: weights of 1 change nothing; a batch padded
+/// with weight-0 rows gives exactly the gradient of its unpadded examples (what a padded Poisson
+/// batch relies on); a weight of the wrong shape is refused.
+#[test]
+fn weighted_examples_are_clipped_then_scaled_and_zero_weights_contribute_nothing() {
+    let mut rng = common::rng("weighted_examples");
+    let (g, b, pad, i, o) = (1, 5, 3, 6, 4);
+    let padded = linear(&mut rng, g, b + pad, i, o);
+    let LayerGrad::Linear { input, output_grad, .. } = &padded else { unreachable!() };
+    let head = |t: &Tensor| dpgan::backend::ops::narrow(t, 1, 0, b).unwrap();
+    let unpadded = LayerGrad::Linear { input: head(input), output_grad: head(output_grad), bias: true };
+    let config = DpSgdConfig { clip: 0.8, noise_multiplier: 0.0, batch_divisor: 5.0 };
+    let noise = NoiseSource::from_seed(3, NoiseMode::Fast);
+    let gradient = |layer: &LayerGrad, weights: Option<&Tensor>| {
+        let losses = [ClippedLoss { layers: vec![layer as &dyn PerExampleGrad], noised: true, weights }];
+        values(&private_gradients(&losses, &config, &noise, 0).unwrap())
+    };
+    let weights = |w: Vec<f64>| {
+        let n = w.len();
+        Tensor::from_vec_f64(w, &[g, n]).unwrap()
+    };
+    let ones = weights(vec![1.0; b + pad]);
+    assert_eq!(gradient(&padded, Some(&ones)), gradient(&padded, None), "weights of 1");
+    let mask = weights([vec![1.0; b], vec![0.0; pad]].concat());
+    assert_close_f64("padded batch", &gradient(&padded, Some(&mask)), &gradient(&unpadded, None), 1e-14);
+    assert_ne!(gradient(&padded, None), gradient(&unpadded, None), "the padding rows must matter unweighted");
+    let wrong = weights(vec![1.0; b]);
+    let losses = [ClippedLoss { layers: vec![&padded as &dyn PerExampleGrad], noised: true, weights: Some(&wrong) }];
+    let err = private_gradients(&losses, &config, &noise, 0).unwrap_err().to_string();
+    assert!(err.contains("weights"), "{err}");
 }
 
 /// With zero gradients the result is the noise alone: std σC/divisor, added once even when two
@@ -55,8 +89,10 @@ fn noise_is_added_once_with_std_sigma_c() {
     let noise = NoiseSource::from_seed(20261124, NoiseMode::Fast);
     let expected_std = 1.1 * 2.0 / 4.0;
     for noised in [(true, false), (true, true)] {
-        let losses =
-            [ClippedLoss { layers: vec![&a as &dyn PerExampleGrad], noised: noised.0 }, ClippedLoss { layers: vec![&c], noised: noised.1 }];
+        let losses = [
+            ClippedLoss { layers: vec![&a as &dyn PerExampleGrad], noised: noised.0, weights: None },
+            ClippedLoss { layers: vec![&c], noised: noised.1, weights: None },
+        ];
         let v = values(&private_gradients(&losses, &config, &noise, 7).unwrap());
         let n = v.len() as f64;
         let mean = v.iter().sum::<f64>() / n;
@@ -65,7 +101,7 @@ fn noise_is_added_once_with_std_sigma_c() {
         assert!((std / expected_std - 1.0).abs() < 0.018, "{noised:?}: std {std} vs {expected_std}");
         assert!(mean.abs() < 6.0 * expected_std / n.sqrt(), "{noised:?}: mean {mean}");
     }
-    let public = [ClippedLoss { layers: vec![&a as &dyn PerExampleGrad], noised: false }];
+    let public = [ClippedLoss { layers: vec![&a as &dyn PerExampleGrad], noised: false, weights: None }];
     assert!(values(&private_gradients(&public, &config, &noise, 7).unwrap()).iter().all(|&x| x == 0.0));
 }
 
@@ -74,7 +110,7 @@ fn noise_replays_from_the_seed_and_differs_between_steps() {
     let mut rng = common::rng("noise_replays");
     let layer = linear(&mut rng, 2, 4, 6, 3);
     let config = DpSgdConfig { clip: 1.0, noise_multiplier: 1.0, batch_divisor: 4.0 };
-    let losses = [ClippedLoss { layers: vec![&layer as &dyn PerExampleGrad], noised: true }];
+    let losses = [ClippedLoss { layers: vec![&layer as &dyn PerExampleGrad], noised: true, weights: None }];
     let run =
         |seed: u64, step: u64| values(&private_gradients(&losses, &config, &NoiseSource::from_seed(seed, NoiseMode::Fast), step).unwrap());
     assert_eq!(run(5, 3), run(5, 3));
@@ -86,7 +122,7 @@ fn noise_replays_from_the_seed_and_differs_between_steps() {
 fn bad_configurations_are_errors() {
     let layer = zero_linear(1, 2, 3, 4);
     let noise = NoiseSource::from_seed(0, NoiseMode::Fast);
-    let losses = [ClippedLoss { layers: vec![&layer as &dyn PerExampleGrad], noised: true }];
+    let losses = [ClippedLoss { layers: vec![&layer as &dyn PerExampleGrad], noised: true, weights: None }];
     for config in [
         DpSgdConfig { clip: 0.0, noise_multiplier: 1.0, batch_divisor: 1.0 },
         DpSgdConfig { clip: 1.0, noise_multiplier: -1.0, batch_divisor: 1.0 },
@@ -97,7 +133,7 @@ fn bad_configurations_are_errors() {
     assert!(private_gradients(&[], &DpSgdConfig { clip: 1.0, noise_multiplier: 1.0, batch_divisor: 1.0 }, &noise, 0).is_err());
     // A divisor that is not finite and positive is refused on every path, the noiseless ones too
     // (σ = 0, or only public losses), where no noise op would catch it.
-    let public = [ClippedLoss { layers: vec![&layer as &dyn PerExampleGrad], noised: false }];
+    let public = [ClippedLoss { layers: vec![&layer as &dyn PerExampleGrad], noised: false, weights: None }];
     for divisor in [0.0, -1.0, f32::INFINITY, f32::NAN] {
         for sigma in [0.0, 1.0] {
             let config = DpSgdConfig { clip: 1.0, noise_multiplier: sigma, batch_divisor: divisor };
@@ -216,7 +252,7 @@ fn private_update_equals_private_gradients_then_the_optimizer_step() {
                     LayerGrad::Linear { input: tensor(&mut rng, &[1, 5, 7]), output_grad: tensor(&mut rng, &[1, 5, 3]), bias: true };
                 let config = DpSgdConfig { clip: 0.8, noise_multiplier, batch_divisor: 4.5 };
                 let noise = NoiseSource::from_seed(rng.random(), mode);
-                let losses = [ClippedLoss { layers: vec![&layer as &dyn PerExampleGrad], noised }];
+                let losses = [ClippedLoss { layers: vec![&layer as &dyn PerExampleGrad], noised, weights: None }];
                 let start = vec![tensor(&mut rng, &[1, 3, 7]), tensor(&mut rng, &[1, 3])];
                 for name in ["sgd", "adam"] {
                     let make = || -> Box<dyn Optimizer> {

@@ -197,26 +197,29 @@ fn cuda_graph_replay_of_a_dp_cgan_step_equals_the_eager_step() {
     });
 }
 
-/// DP-CGAN training steps replayed from one CUDA graph equal the eager steps bit for bit: an eager
-/// step, then a capture (which runs the step once), then replays with new batches, generator keys,
-/// noise steps, a changed learning rate and Adam's next corrections read from the step block. A
-/// replay that repeated the captured values would differ from the second replay on. The batch of
-/// 300 records takes the block's indices where an eager gather would upload them.
+/// DP-CGAN training steps replayed from one CUDA graph equal the same steps run eagerly bit for
+/// bit: an eager step, then a capture (which runs the step once), then replays with batches of
+/// other sizes (padded to the captured rows with weight-0 rows), new generator keys and noise
+/// steps, a changed learning rate and Adam's next corrections, all read from the step block. A
+/// replay that repeated a captured value would differ from the second replay on. Batches near 300
+/// records take the block's indices where an eager gather would upload them; one past the rows is
+/// refused without moving the model.
 #[test]
 fn cuda_graph_replays_of_dp_cgan_training_steps_equal_the_eager_steps() {
     common::on_cuda("cuda_graph_replays_of_dp_cgan_training_steps_equal_the_eager_steps", |dev| {
         let mut data_rng = common::rng("cuda_graph_replays_of_dp_cgan_training_steps_equal_the_eager_steps");
-        let (records, b) = (1000usize, 300usize);
+        let (records, rows, fake) = (1000usize, 320usize, 300usize);
         let pixels: Vec<f32> = (0..records * PIXELS).map(|_| data_rng.random_range(-1.0..1.0)).collect();
         let labels: Vec<u32> = (0..records).map(|_| data_rng.random_range(0..CLASSES as u32)).collect();
         let data = dpgan::train::resident::ResidentData::from_parts(pixels, &labels, dev).unwrap();
-        let config = DpCganConfig { clip: 0.05, batch_divisor: b as f32, ..DpCganConfig::default() };
+        let config = DpCganConfig { clip: 0.05, batch_divisor: fake as f32, ..DpCganConfig::default() };
         let (model_seed, noise_seed): (u64, u64) = (data_rng.random(), data_rng.random());
         let model = || {
             let noise = NoiseSource::from_seed(noise_seed, NoiseMode::Fast);
             DpCgan::new(config, noise, &mut ChaCha8Rng::seed_from_u64(model_seed), dev).unwrap()
         };
-        let batches: Vec<Vec<u32>> = (0..5).map(|_| (0..b).map(|_| data_rng.random_range(0..records as u32)).collect()).collect();
+        let batches: Vec<Vec<u32>> =
+            [300, 287, 320, 0, 311].iter().map(|&n| (0..n).map(|_| data_rng.random_range(0..records as u32)).collect()).collect();
         let (mut eager, mut graphed) = (model(), model());
         let bits = |t: &Tensor| t.to_vec().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
         let mut captured = None;
@@ -225,13 +228,11 @@ fn cuda_graph_replays_of_dp_cgan_training_steps_equal_the_eager_steps() {
             eager.set_discriminator_lr(lr);
             graphed.set_discriminator_lr(lr);
             let rng = || ChaCha8Rng::seed_from_u64(1000 + step as u64);
-            let records: Vec<usize> = batch.iter().map(|&i| i as usize).collect();
-            let (images, labels) = data.batch(&records).unwrap();
-            let e = eager.private_step(&images, &labels, b, &mut rng()).unwrap();
+            let e = eager.private_step_bound(&data, batch, rows, fake, &mut rng()).unwrap();
             let g = match step {
-                0 => graphed.private_step(&images, &labels, b, &mut rng()).unwrap(),
+                0 => graphed.private_step_bound(&data, batch, rows, fake, &mut rng()).unwrap(),
                 1 => {
-                    let c = graphed.capture_private_step(&data, batch, b, &mut rng()).unwrap();
+                    let c = graphed.capture_private_step(&data, batch, rows, fake, &mut rng()).unwrap();
                     let losses = c.losses().clone();
                     captured = Some(c);
                     losses
@@ -239,11 +240,8 @@ fn cuda_graph_replays_of_dp_cgan_training_steps_equal_the_eager_steps() {
                 _ => captured.as_mut().unwrap().step(&mut graphed, batch, &mut rng()).unwrap().clone(),
             };
             for (k, (a, w)) in weights(&graphed).into_iter().zip(weights(&eager)).enumerate() {
-                assert_eq!(
-                    a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                    w.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                    "step {step}: parameter {k}"
-                );
+                let (a, w): (Vec<u32>, Vec<u32>) = (a.iter().map(|x| x.to_bits()).collect(), w.iter().map(|x| x.to_bits()).collect());
+                assert_eq!(a, w, "step {step}: parameter {k}");
             }
             for (what, a, w) in [
                 ("D loss", &g.discriminator, &e.discriminator),
@@ -254,6 +252,11 @@ fn cuda_graph_replays_of_dp_cgan_training_steps_equal_the_eager_steps() {
             }
         }
         assert_eq!((graphed.steps_taken(), graphed.generator_adam_steps()), (5, 5));
+        let before = weights(&graphed);
+        let too_many: Vec<u32> = (0..rows as u32 + 1).collect();
+        let err = captured.as_mut().unwrap().step(&mut graphed, &too_many, &mut ChaCha8Rng::seed_from_u64(9)).err().unwrap();
+        assert!(err.to_string().contains("does not fit"), "{err}");
+        assert_eq!((weights(&graphed), graphed.steps_taken()), (before, 5), "a refused replay moved the model");
     });
 }
 

@@ -366,7 +366,7 @@ pub fn gather_rows(table: &Tensor, indices: &[u32]) -> Result<Tensor> {
     if let Some(bad) = indices.iter().find(|&&i| i as usize >= rows) {
         return Err(Error::shape("gather_rows", format!("index {bad} is past the table's {rows} rows")));
     }
-    step_values::require_batch_indices(indices, rows)?;
+    step_values::require_gather(indices, rows)?;
     dispatch("gather_rows", &table.device()).gather_rows(table, indices)
 }
 

@@ -35,6 +35,9 @@ pub struct StepValues {
     pub draw_keys: Vec<[u32; 2]>,
     /// The record indices of the step's batch.
     pub batch_indices: Vec<u32>,
+    /// Rows of the weight table `[[1], [0]]` that a batch padded to a fixed size gathers its
+    /// examples' weights from: 0 for an example of the batch, 1 for a padding row (weight 0).
+    pub example_weight_rows: Vec<u32>,
 }
 
 /// What a [`StepValues`] holds, which fixes where each value sits among its words.
@@ -45,6 +48,7 @@ pub struct StepLayout {
     pub adam_corrections: bool,
     pub draw_keys: usize,
     pub batch_indices: usize,
+    pub example_weight_rows: usize,
 }
 
 /// Word offsets of the header's values (present or not, the header keeps its size).
@@ -53,15 +57,23 @@ pub const SGD_LR_WORD: usize = 2;
 pub const ADAM_CORRECTIONS_WORD: usize = 3;
 pub const DRAW_KEYS_WORD: usize = 5;
 
+/// The rows of the weight table a padded batch gathers its examples' weights from: `[[1], [0]]`.
+pub const WEIGHT_TABLE_ROWS: u32 = 2;
+
 impl StepLayout {
     /// The words a step's values take.
     pub fn words(&self) -> usize {
-        self.batch_indices_word() + self.batch_indices
+        self.example_weight_rows_word() + self.example_weight_rows
     }
 
     /// Where the batch's indices start.
     pub fn batch_indices_word(&self) -> usize {
         DRAW_KEYS_WORD + 2 * self.draw_keys
+    }
+
+    /// Where the example weight rows start.
+    pub fn example_weight_rows_word(&self) -> usize {
+        self.batch_indices_word() + self.batch_indices
     }
 }
 
@@ -133,16 +145,14 @@ pub(crate) fn require_draw_keys(keys: &[[u32; 2]]) -> Result<()> {
     require(|| format!("the keys of a public draw of {} members", keys.len()), |v| v.draw_keys_word(keys).is_some())
 }
 
-pub(crate) fn require_batch_indices(indices: &[u32], table_rows: usize) -> Result<()> {
-    require(|| format!("a gather of {} rows", indices.len()), |v| v.batch_indices_word(indices).is_some()).and_then(|()| {
-        BOUND.with(|b| match b.borrow().as_ref() {
-            Some(Binding { strict: true, words: Some(w), .. }) if table_rows < w.index_bound as usize => Err(Error::Invalid(format!(
-                "a gather from a table of {table_rows} rows cannot read bound indices checked against {} rows",
-                w.index_bound
-            ))),
-            _ => Ok(()),
-        })
-    })
+/// A gather's indices must be the batch's (from a table at least as long as the bound words'
+/// index bound) or the example weight rows.
+pub(crate) fn require_gather(indices: &[u32], table_rows: usize) -> Result<()> {
+    let bound = BOUND.with(|b| b.borrow().as_ref().and_then(|b| b.words).map_or(0, |w| w.index_bound as usize));
+    require(
+        || format!("a gather of {} rows from a table of {table_rows}", indices.len()),
+        |v| v.gather_word(indices, table_rows, bound).is_some(),
+    )
 }
 
 /// The device address a launch on `device` reads a per-step value from: the bound words' address
@@ -178,15 +188,23 @@ impl StepValues {
             adam_corrections: self.adam_corrections.is_some(),
             draw_keys: self.draw_keys.len(),
             batch_indices: self.batch_indices.len(),
+            example_weight_rows: self.example_weight_rows.len(),
         }
     }
 
-    /// Refuses values a launch could not tell apart: two draws with the same key words.
+    /// Refuses values a launch could not tell apart (two draws with the same key words, batch
+    /// indices equal to the weight rows) and weight rows outside the weight table's two rows.
     pub fn check(&self) -> Result<()> {
         let mut keys = self.draw_keys.clone();
         keys.sort_unstable();
         if keys.windows(2).any(|w| w[0] == w[1]) {
             return Err(Error::Invalid("a step's public draws share a key: each draw needs its own".into()));
+        }
+        if let Some(bad) = self.example_weight_rows.iter().find(|&&r| r >= WEIGHT_TABLE_ROWS) {
+            return Err(Error::Invalid(format!("example weight row {bad} is past the weight table's {WEIGHT_TABLE_ROWS} rows")));
+        }
+        if !self.batch_indices.is_empty() && self.batch_indices == self.example_weight_rows {
+            return Err(Error::Invalid("a step's batch indices equal its example weight rows: a gather could not tell them apart".into()));
         }
         Ok(())
     }
@@ -203,6 +221,7 @@ impl StepValues {
         words[ADAM_CORRECTIONS_WORD + 1] = bias2_sqrt.to_bits();
         words.extend(self.draw_keys.iter().flatten());
         words.extend(&self.batch_indices);
+        words.extend(&self.example_weight_rows);
         words
     }
 
@@ -233,6 +252,19 @@ impl StepValues {
     pub fn batch_indices_word(&self, indices: &[u32]) -> Option<usize> {
         (!indices.is_empty() && self.batch_indices == indices).then_some(self.layout().batch_indices_word())
     }
+
+    /// The word where the example weight rows start, if they are `indices`.
+    pub fn example_weight_rows_word(&self, indices: &[u32]) -> Option<usize> {
+        (!indices.is_empty() && self.example_weight_rows == indices).then_some(self.layout().example_weight_rows_word())
+    }
+
+    /// The word a gather of `indices` from a table of `table_rows` rows reads them from: the
+    /// batch's indices (checked below `index_bound`, so only from a table at least that long)
+    /// or the weight rows (from a table at least as long as the weight table).
+    pub fn gather_word(&self, indices: &[u32], table_rows: usize, index_bound: usize) -> Option<usize> {
+        let batch = self.batch_indices_word(indices).filter(|_| table_rows >= index_bound);
+        batch.or_else(|| self.example_weight_rows_word(indices).filter(|_| table_rows >= WEIGHT_TABLE_ROWS as usize))
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +278,7 @@ mod tests {
             adam_corrections: Some((0.25, 0.5)),
             draw_keys: vec![[1, 2], [3, 4], [5, 6]],
             batch_indices: vec![9, 8, 7],
+            example_weight_rows: vec![0, 0, 1, 0],
         }
     }
 
@@ -254,7 +287,7 @@ mod tests {
         let v = values();
         let w = v.words();
         assert_eq!(w.len(), v.layout().words());
-        assert_eq!(v.layout().words(), 5 + 6 + 3);
+        assert_eq!(v.layout().words(), 5 + 6 + 3 + 4);
         let at = |word: Option<usize>| word.expect("found");
         let step = at(v.noise_step_word(0x1_0000_0007));
         assert_eq!((w[step], w[step + 1]), (7, 1));
@@ -264,7 +297,15 @@ mod tests {
         let keys = at(v.draw_keys_word(&[[3, 4], [5, 6]]));
         assert_eq!(&w[keys..keys + 4], &[3, 4, 5, 6]);
         let indices = at(v.batch_indices_word(&[9, 8, 7]));
-        assert_eq!(&w[indices..], &[9, 8, 7]);
+        assert_eq!(&w[indices..indices + 3], &[9, 8, 7]);
+        let weights = at(v.example_weight_rows_word(&[0, 0, 1, 0]));
+        assert_eq!(&w[weights..], &[0, 0, 1, 0]);
+        // A gather finds the batch only in a table the indices were checked against, the weight
+        // rows only in one of at least two rows.
+        assert_eq!(v.gather_word(&[9, 8, 7], 10, 10), Some(indices));
+        assert_eq!(v.gather_word(&[9, 8, 7], 9, 10), None);
+        assert_eq!(v.gather_word(&[0, 0, 1, 0], 2, 10), Some(weights));
+        assert_eq!(v.gather_word(&[0, 0, 1, 0], 1, 10), None);
     }
 
     /// A value the step does not hold is not found: the launch keeps it in its parameters (and a
@@ -285,10 +326,14 @@ mod tests {
     }
 
     #[test]
-    fn repeated_draw_keys_are_refused() {
+    fn values_a_launch_could_not_tell_apart_or_place_are_refused() {
         assert!(values().check().is_ok());
         let v = StepValues { draw_keys: vec![[1, 2], [3, 4], [1, 2]], ..values() };
         assert!(v.check().unwrap_err().to_string().contains("share a key"));
+        let v = StepValues { example_weight_rows: vec![0, 2], ..values() };
+        assert!(v.check().unwrap_err().to_string().contains("past the weight table"));
+        let v = StepValues { batch_indices: vec![0, 1], example_weight_rows: vec![0, 1], ..values() };
+        assert!(v.check().unwrap_err().to_string().contains("could not tell them apart"));
     }
 
     #[test]

@@ -334,7 +334,7 @@ fn prepare_dpcgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
             let mut state = bench.borrow_mut();
             let batch = state.next_batch();
             let DpCganBench { model, data, rng, .. } = &mut *state;
-            let mut graphed = model.capture_private_step(data, &batch, b, rng)?;
+            let mut graphed = model.capture_private_step(data, &batch, b, b, rng)?;
             drop(state);
             Ok(Box::new(move || {
                 let mut state = bench.borrow_mut();
@@ -596,7 +596,7 @@ impl GraphReplayReport {
 /// each with its own batch, keys, noise step and optimizer corrections copied in first, timed as
 /// [`time_steps`] times a step. A failed capture is reported, not raised.
 fn time_training_replays(device: &Device, steps: usize, capture: CaptureTraining) -> Result<GraphReplayReport> {
-    let note = "one training step captured into a CUDA graph, then replayed: each replay a training step of its own (batch indices, generator keys, noise step, learning rate and Adam's corrections copied into the step block first); timed as the headline pass".to_string();
+    let note = "one training step captured into a CUDA graph, then replayed: each replay a training step of its own (batch indices, example weights, generator keys, noise step, learning rate and Adam's corrections copied into the step block first; the batch padded to B rows, so none is padding here, and weighted as padded batches are); timed as the headline pass".to_string();
     synchronize(device)?;
     let mut replay = match capture() {
         Ok(replay) => replay,

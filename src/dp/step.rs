@@ -21,6 +21,10 @@ use crate::tensor::Tensor;
 pub struct ClippedLoss<'a> {
     pub layers: Vec<&'a dyn PerExampleGrad>,
     pub noised: bool,
+    /// Each example's weight `[G, B]`, each in [0, 1], applied to its clip factor (so every
+    /// example's contribution stays within the bound): 0 for the padding rows of a batch padded
+    /// to a fixed size, which then contribute nothing. `None`: every example weighs 1.
+    pub weights: Option<&'a Tensor>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -97,6 +101,19 @@ fn clipped_sums(losses: &[ClippedLoss], config: &DpSgdConfig) -> Result<(Vec<Ten
     for loss in losses {
         let _clip = profile::range("per_example_clip");
         let factors = clip_factors(&per_example_sq_norms(&loss.layers)?, config.clip)?;
+        let factors = match loss.weights {
+            None => factors,
+            Some(w) => {
+                ensure_shape!(
+                    w.shape() == factors.shape(),
+                    "private_gradients",
+                    "weights {:?} for clip factors {:?}",
+                    w.shape(),
+                    factors.shape()
+                );
+                ops::binary(BinaryOp::Mul, &factors, w)?
+            }
+        };
         let mut sums = Vec::new();
         let _sums = profile::range("clipped_sums");
         for layer in &loss.layers {

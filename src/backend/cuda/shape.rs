@@ -138,8 +138,9 @@ pub(crate) fn gather_rows(dev: &Arc<CudaDevice>, table: &Tensor, indices: &[u32]
     let mut out = dev.alloc(n)?;
     if n > 0 {
         let mut p = GatherRowsParams { n: n as i64, row_len: row_len as i64, inline_indices: [0; GATHER_INLINE_ROWS] };
-        // The bound step block's copy of the indices, if it holds them (a step's batch).
-        let block_indices = step_block::batch_indices_at(dev, indices, rows);
+        // The bound step block's copy of the indices, if it holds them (a step's batch or its
+        // example weight rows).
+        let block_indices = step_block::gather_indices_at(dev, indices, rows);
         let index_buf = if block_indices != 0 {
             None
         } else if indices.len() <= GATHER_INLINE_ROWS {
@@ -165,7 +166,8 @@ pub(crate) fn gather_rows(dev: &Arc<CudaDevice>, table: &Tensor, indices: &[u32]
         // (r < len: the uploaded slice's length, the step block's len indices, or within the
         // len ≤ GATHER_INLINE_ROWS indices copied into the parameters) and table at that
         // index·row_len + k, inside the table since every index is below its rows (checked above;
-        // a block's indices are below its index bound, at most the table's rows: see step_block).
+        // the block's copy is read only from a table at least as long as its uploads were checked
+        // against: the index bound, or the weight table's two rows, see StepValues::gather_word).
         let r = unsafe { launch.arg(&mut out.slice).launch(grid_for(dev, n)) };
         launched(k, r)?;
     }

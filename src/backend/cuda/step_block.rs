@@ -123,9 +123,8 @@ pub(super) fn draw_keys_at(dev: &CudaDevice, keys: &[[u32; 2]]) -> u64 {
     step_values::device_address(identity(dev), |v, _| v.draw_keys_word(keys))
 }
 
-/// The block's batch indices for a gather of `indices` from a table of `table_rows` rows.
-pub(super) fn batch_indices_at(dev: &CudaDevice, indices: &[u32], table_rows: usize) -> u64 {
-    step_values::device_address(identity(dev), |v, w| {
-        (table_rows >= w.index_bound as usize).then(|| v.batch_indices_word(indices)).flatten()
-    })
+/// The block's copy of `indices` for a gather from a table of `table_rows` rows (the batch's
+/// indices or the example weight rows; see [`StepValues::gather_word`]).
+pub(super) fn gather_indices_at(dev: &CudaDevice, indices: &[u32], table_rows: usize) -> u64 {
+    step_values::device_address(identity(dev), |v, w| v.gather_word(indices, table_rows, w.index_bound as usize))
 }

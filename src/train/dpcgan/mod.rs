@@ -148,11 +148,21 @@ impl DpCgan {
     /// of the real part's and the generated part's. The noise is added once, as the real part
     /// needs; one forward, backward and clipping instead of two.
     pub fn private_step<R: Rng>(&mut self, images: &Tensor, labels: &Tensor, fake_batch: usize, rng: &mut R) -> Result<StepLosses> {
-        self.private_step_with(images, labels, fake_batch, GeneratorKeys::draw(rng))
+        self.private_step_with(images, labels, fake_batch, GeneratorKeys::draw(rng), None)
     }
 
-    /// [`DpCgan::private_step`] with its generator randomness drawn already.
-    fn private_step_with(&mut self, images: &Tensor, labels: &Tensor, fake_batch: usize, keys: GeneratorKeys) -> Result<StepLosses> {
+    /// [`DpCgan::private_step`] with its generator randomness drawn already. With `weights`
+    /// `[1, B + fake_batch]` (each 1 or 0), the real rows weighing 0 are padding: they contribute
+    /// nothing to D's update nor to the logged loss, so a batch padded to a fixed size takes the
+    /// step of its real rows.
+    fn private_step_with(
+        &mut self,
+        images: &Tensor,
+        labels: &Tensor,
+        fake_batch: usize,
+        keys: GeneratorKeys,
+        weights: Option<&Tensor>,
+    ) -> Result<StepLosses> {
         let _step = profile::range("dpcgan_private_step");
         let batch = images.shape()[1];
         let device = images.device();
@@ -177,17 +187,23 @@ impl DpCgan {
             noise_multiplier: self.config.noise_multiplier,
             batch_divisor: self.config.batch_divisor,
         };
-        let clipped = [ClippedLoss { layers: layers.iter().map(|l| l as _).collect(), noised: true }];
+        let clipped = [ClippedLoss { layers: layers.iter().map(|l| l as _).collect(), noised: true, weights }];
         let d_params = &mut self.discriminator.params_mut();
         let nonfinite = private_update(&clipped, &dp, &self.noise, self.step, &mut self.d_optimizer, d_params)?;
 
-        // The log's D loss, mean real loss + mean generated loss, from the sums: with r the real
-        // part's sum and t the total, r/B + (t − r)/B' (an empty Poisson batch contributes 0).
-        let real_sum = ops::sum_to(&ops::narrow(&per_example, 1, 0, batch)?, &[])?;
-        let (b, b_fake) = (batch.max(1) as f32, fake_batch.max(1) as f32);
-        let total_part = ops::unary(UnaryOp::Affine { scale: 1.0 / b_fake, shift: 0.0 }, &loss)?;
-        let real_part = ops::unary(UnaryOp::Affine { scale: 1.0 / b - 1.0 / b_fake, shift: 0.0 }, &real_sum)?;
-        let d_loss = ops::binary(BinaryOp::Add, &total_part, &real_part)?;
+        let d_loss = match weights {
+            None => {
+                // The log's D loss, mean real loss + mean generated loss, from the sums: with r the
+                // real part's sum and t the total, r/B + (t − r)/B' (an empty Poisson batch
+                // contributes 0).
+                let real_sum = ops::sum_to(&ops::narrow(&per_example, 1, 0, batch)?, &[])?;
+                let (b, b_fake) = (batch.max(1) as f32, fake_batch.max(1) as f32);
+                let total_part = ops::unary(UnaryOp::Affine { scale: 1.0 / b_fake, shift: 0.0 }, &loss)?;
+                let real_part = ops::unary(UnaryOp::Affine { scale: 1.0 / b - 1.0 / b_fake, shift: 0.0 }, &real_sum)?;
+                ops::binary(BinaryOp::Add, &total_part, &real_part)?
+            }
+            Some(w) => weighted_d_loss(&per_example, w, batch, fake_batch)?,
+        };
         let g_loss = self.generator_step(g_tape, &fake, &fake_labels)?;
         self.step += 1;
         Ok(StepLosses { discriminator: d_loss, generator: g_loss, nonfinite })
@@ -239,6 +255,23 @@ impl DpCgan {
         self.g_optimizer.step(&mut self.generator.params_mut(), &g_grads)?;
         Ok(loss)
     }
+}
+
+/// The logged D loss of a padded batch: the mean real loss over the rows weighing 1 (their count
+/// read on the device, so the padding's size is no launch parameter; 0 for an empty batch) plus
+/// the mean generated loss. `per_example` is `[1, rows + fake_batch, 1]`, `weights` `[1, rows +
+/// fake_batch]`.
+fn weighted_d_loss(per_example: &Tensor, weights: &Tensor, rows: usize, fake_batch: usize) -> Result<Tensor> {
+    let per_example = &per_example.reshape(weights.shape())?;
+    let real = |t: &Tensor| ops::narrow(t, 1, 0, rows);
+    let real_sum = ops::sum_products_to(&real(per_example)?, &real(weights)?, &[])?;
+    let count = ops::sum_to(&real(weights)?, &[])?;
+    // max(count, 1) for a whole count: count + 1 − [count > 0].
+    let empty = ops::unary(UnaryOp::Affine { scale: -1.0, shift: 1.0 }, &ops::unary(UnaryOp::ReluMask, &count)?)?;
+    let real_mean = ops::binary(BinaryOp::Div, &real_sum, &ops::binary(BinaryOp::Add, &count, &empty)?)?;
+    let fake_sum = ops::sum_to(&ops::narrow(per_example, 1, rows, fake_batch)?, &[])?;
+    let fake_mean = ops::unary(UnaryOp::Affine { scale: 1.0 / fake_batch.max(1) as f32, shift: 0.0 }, &fake_sum)?;
+    ops::binary(BinaryOp::Add, &real_mean, &fake_mean)
 }
 
 /// The keys of a step's generator inputs (public randomness): one 256-bit draw each for the latent

@@ -114,7 +114,7 @@ impl DpsgdGan {
     ) -> Result<(Vec<Tensor>, Tensor)> {
         let _range = profile::range("dpsgd_gan_private_gradients");
         let (layers, loss) = self.discriminator_layers(images, labels, fake, fake_labels)?;
-        let clipped = [ClippedLoss { layers: layers.iter().map(|l| l as _).collect(), noised: true }];
+        let clipped = [ClippedLoss { layers: layers.iter().map(|l| l as _).collect(), noised: true, weights: None }];
         Ok((private_gradients(&clipped, &self.dp_config(), &self.noise, self.d_steps)?, loss))
     }
 
@@ -159,7 +159,7 @@ impl DpsgdGan {
         // Nothing watched: G's forward records nothing.
         let fake = profile::scoped("g_forward", || self.generator.forward(&Tape::new(), &z, &fake_labels))?;
         let (layers, loss_sum) = self.discriminator_layers(images, labels, &fake, &fake_labels)?;
-        let clipped = [ClippedLoss { layers: layers.iter().map(|l| l as _).collect(), noised: true }];
+        let clipped = [ClippedLoss { layers: layers.iter().map(|l| l as _).collect(), noised: true, weights: None }];
         let dp = self.dp_config();
         let d_params = &mut self.discriminator.params_mut();
         let nonfinite = private_update(&clipped, &dp, &self.noise, self.d_steps, &mut self.d_optimizer, d_params)?;
