@@ -6,25 +6,27 @@
 //! one launch.
 //!
 //! A replay repeats the captured step's shapes, so a batch is padded to a fixed number of rows:
-//! its records, then record 0 again, weighing 0. A padding row's clip factor is multiplied by 0,
-//! so it adds nothing to D's update (exactly: 0 times a finite gradient; a non-finite one trips the
-//! step's finiteness flag, as in any step) and nothing to the logged loss. A Poisson batch, whose
-//! size varies, thus replays whenever it fits the rows; a larger one takes the eager step.
+//! its records, then rows of zeros (record 0 gathered, then multiplied by its weight, 0), so a
+//! padding row's example depends on no record, only on D. Its clip factor is multiplied by its
+//! weight, 0, so it adds nothing to D's update (exactly: 0 times a finite gradient; a non-finite
+//! one, which only a non-finite D gives, trips the step's finiteness flag as in any step) and
+//! nothing to the logged loss. A Poisson batch, whose size varies, thus replays whenever it fits
+//! the rows; a larger one takes the eager step.
 //! [`DpCgan::private_step_bound`] runs the capture's body on any backend, so the CPU checks that
 //! the plan holds every per-step value the step uses, and that padding changes nothing.
 use rand::Rng;
 
 use super::{DpCgan, GeneratorKeys, StepLosses};
 use crate::backend::cuda::{CapturedGraph, StepBlock};
-use crate::backend::ops;
 use crate::backend::step_values::{self, StepValues};
+use crate::backend::{ops, BinaryOp};
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Storage, Tensor};
 use crate::train::resident::ResidentData;
 
 /// A batch padded to `rows` rows, as a captured step gathers it.
 struct PaddedBatch {
-    /// The batch's records, then record 0 up to `rows`.
+    /// The batch's records, then record 0 up to `rows` (zeroed by its weight after the gather).
     indices: Vec<u32>,
     /// Each example's row of the weight table `[[1], [0]]`: 0 for the batch's records and the
     /// generated examples, 1 for the padding.
@@ -109,6 +111,10 @@ impl DpCgan {
         let rows = batch.indices.len();
         let (images, labels) = data.rows_at(&batch.indices, &[1, rows])?;
         let weights = ops::gather_rows(weight_table, &batch.weight_rows)?.reshape(&[1, rows + fake_batch])?;
+        // Padding rows zeroed: their examples depend on no record, only on D.
+        let real_weights = ops::narrow(&weights, 1, 0, rows)?.reshape(&[1, rows, 1])?;
+        let images = ops::binary(BinaryOp::Mul, &images, &real_weights)?;
+        let labels = ops::binary(BinaryOp::Mul, &labels, &real_weights)?;
         self.private_step_with(&images, &labels, fake_batch, keys, Some(&weights))
     }
 
@@ -254,6 +260,34 @@ mod tests {
             }
             assert_eq!((bound.steps_taken(), bound.generator_adam_steps()), (2, 2));
         }
+    }
+
+    /// A padded step does not depend on the record its padding rows gather (record 0, zeroed by
+    /// its weight): two training sets that differ only in record 0, which the batch does not
+    /// hold, give the same step bit for bit.
+    #[test]
+    fn padding_rows_depend_on_no_record() {
+        let (a, b) = (data(), {
+            let mut rng = ChaCha8Rng::seed_from_u64(7);
+            let mut pixels: Vec<f32> = (0..20 * 784).map(|_| rng.random_range(-1.0..1.0)).collect();
+            pixels[..784].iter_mut().for_each(|p| *p = 1.0 - *p * 0.5);
+            let mut labels: Vec<u32> = (0..20).map(|i| i % 10).collect();
+            labels[0] = 9;
+            ResidentData::from_parts(pixels, &labels, &Device::Cpu).unwrap()
+        });
+        let step = |data: &ResidentData| {
+            let mut m = model();
+            let l = m.private_step_bound(data, &[3, 5, 19], 7, 4, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
+            (values(&m), l.discriminator.to_vec().unwrap(), l.generator.to_vec().unwrap())
+        };
+        assert_eq!(step(&a), step(&b));
+        // Record 0 in the batch does matter (the two sets do differ there).
+        let with_zero = |data: &ResidentData| {
+            let mut m = model();
+            m.private_step_bound(data, &[0, 5, 19], 7, 4, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
+            values(&m)
+        };
+        assert_ne!(with_zero(&a), with_zero(&b));
     }
 
     /// An empty batch padded to 4 rows leaves D's update to the noise and the generated examples,
