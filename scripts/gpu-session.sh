@@ -17,7 +17,8 @@
 #           not, GS-WGAN's warm start with TF32, DPSGD-GAN's private D step)
 #   pytorch benches/pytorch/compare.py: the same steps in PyTorch (eager, Opacus, vmap,   ≤ 300 s
 #           compile) beside ours; Opacus from .whl/ if the machine lacks it (device README)
-#   dpcgan  DP-CGAN's full published run (24,900 steps) timed, sampled and evaluated       ≤ 300 s
+#   dpcgan  DP-CGAN's full published run (24,900 steps) timed, sampled and evaluated;     ≤ 420 s
+#           then its training again with --cuda-graph, timed
 #   gswgan  warm-start throughput for groups of 1, 16, 64 and auto's, 16 with TF32;       ≤ 495 s
 #           phase-2 iterations/s
 #   nsys    an Nsight Systems trace of a short DP-CGAN run, if nsys is installed           ≤ 180 s
@@ -137,6 +138,13 @@ if want dpcgan; then
   step dpcgan-reproduce 300 "$bin" reproduce dp-cgan --data mnist --out "$out/dpcgan" --runs 1 --seed 1 \
     --steps "$dpcgan_steps" --device "$device" "${eval_flags[@]}"
   cp "$out/dpcgan/results.json" "$out/dpcgan-results.json" 2>/dev/null
+  # The same training with its steps replayed from one CUDA graph (padded Poisson batches):
+  # timed only; its final report's steps/s beside the eager run's.
+  if [ "$device" != cpu ]; then
+    rm -rf "$out/dpcgan-graph"
+    step dpcgan-train-cuda-graph 120 "$bin" train dp-cgan --data mnist --out "$out/dpcgan-graph" --seed 1 \
+      --steps "$dpcgan_steps" --device "$device" --cuda-graph
+  fi
 fi
 
 # Warm-start throughput: G discriminators as one group, ws_iters iterations each.

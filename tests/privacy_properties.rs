@@ -51,8 +51,16 @@ fn assert_all_fresh(what: &str, keys: &[NoiseKey]) {
 
 #[test]
 fn a_dp_cgan_run_draws_fresh_noise_at_every_step() {
+    for cuda_graph in [false, true] {
+        dp_cgan_noise_is_fresh(cuda_graph);
+    }
+}
+
+/// A DP-CGAN run's noise keys, unpadded or with the padded batches of `--cuda-graph` (run eagerly
+/// here, through the same strict binding of per-step values a capture uses).
+fn dp_cgan_noise_is_fresh(cuda_graph: bool) {
     let data = Dataset::load(&mnist(), Split::Train).unwrap();
-    let settings = DpCganSettings { seed: 3, steps: Some(6), batch_size: 64, ..DpCganSettings::default() };
+    let settings = DpCganSettings { seed: 3, steps: Some(6), batch_size: 64, cuda_graph, ..DpCganSettings::default() };
     let config = DpCganRunConfig::plan(&settings, &data, &Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (outcome, keys) = record_noise_keys(|| {

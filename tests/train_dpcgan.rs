@@ -185,6 +185,62 @@ fn a_resumed_run_ends_with_the_same_weights_bit_for_bit() {
     stdout_of(&["train", "dp-cgan", "--resume", &split_dir, "--steps", "31", "--device", "cpu"]);
 }
 
+/// A `--cuda-graph` run pads its batches (on the CPU, eagerly, through the strict binding of
+/// per-step values a capture uses): config.json records the rows (six standard deviations above
+/// the expected Poisson batch), an interrupted and resumed run ends with the weights of an
+/// uninterrupted one bit for bit, and its losses stay within rounding of the unpadded run's
+/// (the same batches, noise and draws, summed over longer batches).
+#[test]
+fn a_padded_run_records_its_rows_and_resumes_bit_for_bit() {
+    use dpgan::data::{Dataset, Split};
+    use dpgan::train::dpcgan::run::{padded_rows, DpCganRun, DpCganSettings, SamplingKind};
+    use dpgan::train::progress::Progress;
+    let data = Dataset::load(std::path::Path::new(&mnist()), Split::Train).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = |steps: u64, cuda_graph: bool| DpCganSettings {
+        seed: 9,
+        steps: Some(steps),
+        batch_size: 64,
+        replayable_noise: true,
+        log_every: 1,
+        checkpoint_every: 5,
+        cuda_graph,
+        ..DpCganSettings::default()
+    };
+    let run = |name: &str, steps: u64, cuda_graph: bool| {
+        let config = DpCganRunConfig::plan(&settings(steps, cuda_graph), &data, &Device::Cpu).unwrap();
+        let root = dir.path().join(name);
+        DpCganRun::start(&root, config, &data, &Device::Cpu).unwrap().train(&Progress::new(0, steps)).unwrap();
+        root
+    };
+    let (straight, split, unpadded) = (run("straight", 12, true), run("split", 7, true), run("unpadded", 12, false));
+    let mut resumed = DpCganRun::resume(&split, &Device::Cpu, Some(12)).unwrap();
+    resumed.train(&Progress::new(7, 12)).unwrap();
+
+    let config: DpCganRunConfig = serde_json::from_value(read_json(&straight.join("config.json"))).unwrap();
+    let rows = padded_rows(SamplingKind::Poisson, 64, config.sample_rate, data.len());
+    assert_eq!(config.padded_rows, Some(rows));
+    // q·N = 64, sd = sqrt(64·(1 − q)) ≈ 7.99: 64 + 6·7.99 → 112.
+    assert_eq!(rows, 112);
+    assert_eq!(padded_rows(SamplingKind::Shuffle, 64, config.sample_rate, data.len()), 64);
+    // The published q·N = 600 of 60,000: 600 + 6·sqrt(594) → 747 (what the README says).
+    assert_eq!(padded_rows(SamplingKind::Poisson, 600, 0.01, 60_000), 747);
+    let plain: Value = read_json(&unpadded.join("config.json"));
+    assert!(plain.get("padded_rows").is_none(), "a run without --cuda-graph records no rows");
+
+    let (a, b) = (tensors(&straight), tensors(&split));
+    for (name, t) in &a {
+        let (x, y) = (t.to_vec().unwrap(), b[name].to_vec().unwrap());
+        assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{name} differs after resuming a padded run");
+    }
+    // Within f32 rounding, amplified by 12 steps of training: relative 1e-3.
+    for (step, ((pd, pg), (ud, ug))) in losses(&straight).into_iter().zip(losses(&unpadded)).enumerate() {
+        for (what, p, u) in [("D", pd, ud), ("G", pg, ug)] {
+            assert!((p - u).abs() <= 1e-3 * u.abs().max(1.0), "step {}: {what} loss {p} padded, {u} unpadded", step + 1);
+        }
+    }
+}
+
 /// metrics.jsonl's losses are means over the steps since the last line, its `epoch` is steps × q,
 /// and its rate the interval's steps over their wall time: a run that logs every step and one of
 /// the same seed and noise that logs every third agree.
@@ -277,6 +333,9 @@ fn impossible_settings_and_bad_data_fail_before_writing_anything() {
 
     let err = stderr_of_failure(&["train", "dp-cgan", "--data", &data, "--out", &run_s, "--device", "cpu", "--batch-size", "0"]);
     assert!(err.contains("--batch-size"), "{err}");
+    let err = stderr_of_failure(&["train", "dp-cgan", "--data", &data, "--out", &run_s, "--device", "cpu", "--cuda-graph"]);
+    assert!(err.contains("--cuda-graph needs a CUDA device"), "{err}");
+    assert!(!run.exists());
     // An existing run is never overwritten.
     train(&run, &["--seed", "1", "--steps", "2", "--batch-size", "10"]);
     let err = stderr_of_failure(&["train", "dp-cgan", "--data", &data, "--out", &run_s, "--device", "cpu", "--steps", "2"]);
@@ -394,19 +453,27 @@ fn the_same_short_run_on_the_gpu_matches_the_cpu_losses() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let runs = [dir.path().join("cpu"), dir.path().join("cuda")];
-    for (run, device) in runs.iter().zip(["cpu", "cuda"]) {
+    let runs = [dir.path().join("cpu"), dir.path().join("cuda"), dir.path().join("cuda-graph")];
+    for (run, device) in runs.iter().zip(["cpu", "cuda", "cuda"]) {
         let (data, out) = (mnist(), run.to_string_lossy().into_owned());
         let args =
             ["train", "dp-cgan", "--data", &data, "--out", &out, "--device", device, "--seed", "5", "--steps", "20", "--replayable-noise"];
-        stdout_of(&[&args[..], &["--batch-size", "128", "--log-every", "1", "--sample-every", "20", "--checkpoint-every", "20"]].concat());
+        let graph: &[&str] = if run.ends_with("cuda-graph") { &["--cuda-graph"] } else { &[] };
+        stdout_of(
+            &[&args[..], &["--batch-size", "128", "--log-every", "1", "--sample-every", "20", "--checkpoint-every", "20"], graph].concat(),
+        );
     }
-    let (cpu, gpu) = (losses(&runs[0]), losses(&runs[1]));
-    assert_eq!((cpu.len(), gpu.len()), (20, 20), "one metrics line per step");
-    for (step, (&(cd, cg), &(gd, gg))) in cpu.iter().zip(&gpu).enumerate() {
-        let bound = if step < 5 { 1e-4 } else { 1e-2 };
-        for (what, c, g) in [("D", cd, gd), ("G", cg, gg)] {
-            assert!((c - g).abs() <= bound * c.abs().max(1.0), "step {}: {what} loss {g} on the GPU, {c} on the CPU", step + 1);
+    let cpu = losses(&runs[0]);
+    // The replayed run (padded batches, steps 2 on from one CUDA graph) is held to the same bounds:
+    // it differs from the CPU's steps by the order of f32 sums too.
+    for (name, run) in [("GPU", &runs[1]), ("GPU, CUDA graph", &runs[2])] {
+        let gpu = losses(run);
+        assert_eq!((cpu.len(), gpu.len()), (20, 20), "{name}: one metrics line per step");
+        for (step, (&(cd, cg), &(gd, gg))) in cpu.iter().zip(&gpu).enumerate() {
+            let bound = if step < 5 { 1e-4 } else { 1e-2 };
+            for (what, c, g) in [("D", cd, gd), ("G", cg, gg)] {
+                assert!((c - g).abs() <= bound * c.abs().max(1.0), "step {}: {what} loss {g} on the {name}, {c} on the CPU", step + 1);
+            }
         }
     }
 }

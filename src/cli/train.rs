@@ -92,6 +92,11 @@ struct DpCganArgs {
     /// Steps between checkpoints [default: 1000].
     #[arg(long)]
     checkpoint_every: Option<u64>,
+    /// CUDA only: replay the steps from one CUDA graph, each batch padded to a fixed number of
+    /// weight-0 rows (the batch size, or under Poisson sampling six standard deviations above
+    /// it); a larger batch takes the unpadded step. Recorded, so a resumed run keeps it.
+    #[arg(long)]
+    cuda_graph: bool,
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
@@ -109,6 +114,7 @@ fn dp_cgan(args: &DpCganArgs) -> Result<()> {
         DpCganRun::resume(root, &device, args.steps)
     };
     let started = |out: &Path| {
+        check_cuda_graph(args.cuda_graph, &device)?;
         let data = Dataset::load(&data_dir(args.run.data.as_deref())?, Split::Train)?;
         let config = DpCganRunConfig::plan(&settings(args)?, &data, &device)?;
         announce(&config)?;
@@ -118,6 +124,14 @@ fn dp_cgan(args: &DpCganArgs) -> Result<()> {
     let note = if run.config().sampling == SamplingKind::Shuffle { " (shuffled batches: the customary approximation)" } else { "" };
     let summary = RunSummary { command: "dp-cgan", unit: "steps", noise_multiplier: run.config().noise_multiplier, note };
     summary.train_and_report(&mut run, &device, &root)
+}
+
+/// Refuses `--cuda-graph` on a device without CUDA graphs (the CPU runs each op as it comes).
+pub(super) fn check_cuda_graph(cuda_graph: bool, device: &dpgan::Device) -> Result<()> {
+    if cuda_graph && device.is_cpu() {
+        return Err(Error::Invalid("--cuda-graph needs a CUDA device: the CPU backend runs each op as it comes".into()));
+    }
+    Ok(())
 }
 
 /// A DP-SGD run to train: the one in `resume`, or a new one in `out` (where a run that stopped
@@ -274,6 +288,7 @@ fn settings(args: &DpCganArgs) -> Result<DpCganSettings> {
         log_every: args.log_every.unwrap_or(d.log_every),
         sample_every: args.sample_every.unwrap_or(d.sample_every),
         checkpoint_every: args.checkpoint_every.unwrap_or(d.checkpoint_every),
+        cuda_graph: args.cuda_graph,
     })
 }
 
@@ -293,6 +308,7 @@ fn refuse_settings_on_resume(args: &DpCganArgs) -> Result<()> {
         ("--log-every", args.log_every.is_some()),
         ("--sample-every", args.sample_every.is_some()),
         ("--checkpoint-every", args.checkpoint_every.is_some()),
+        ("--cuda-graph", args.cuda_graph),
     ];
     let (run, privacy, noise) = (args.run.given(), args.privacy.given(), args.noise.given());
     let given: Vec<_> = run.iter().chain(&given).chain(&privacy).chain(&noise).copied().collect();

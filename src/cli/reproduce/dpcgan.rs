@@ -59,6 +59,9 @@ pub(super) struct DpCganReproduceArgs {
     /// cpu, cuda or cuda:N [default: the GPU if one works, else the CPU].
     #[arg(long)]
     device: Option<String>,
+    /// CUDA only: replay each run's steps from one CUDA graph (see `train dp-cgan --cuda-graph`).
+    #[arg(long)]
+    cuda_graph: bool,
 }
 
 /// One run's results.
@@ -74,6 +77,7 @@ struct RunResult {
 pub(super) fn run(args: &DpCganReproduceArgs) -> Result<()> {
     let slots = run_slots(&args.slots)?;
     let device = choose_device(args.device.as_deref())?;
+    crate::cli::train::check_cuda_graph(args.cuda_graph, &device)?;
     let data = data_dir(args.data.as_deref())?;
     let (train, test) = (Dataset::load(&data, Split::Train)?, Dataset::load(&data, Split::Test)?);
     let test_pixels = test.pixels_f32(PixelScale::Unit);
@@ -127,6 +131,7 @@ fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, 
         sampling: sampling_kind(args),
         noise: args.slots.noise.mode(),
         replayable_noise: args.slots.noise.replayable_noise,
+        cuda_graph: args.cuda_graph,
         ..DpCganSettings::default()
     };
     let planned = DpCganRunConfig::plan(&settings, train, device)?;

@@ -64,6 +64,14 @@ pub struct StepLosses {
     pub nonfinite: Tensor,
 }
 
+impl StepLosses {
+    /// Copies of the losses in storage of their own (a replayed step's live in its graph's).
+    pub fn copied(&self) -> Result<StepLosses> {
+        let copy = |t: &Tensor| ops::unary(UnaryOp::Affine { scale: 1.0, shift: 0.0 }, t);
+        Ok(StepLosses { discriminator: copy(&self.discriminator)?, generator: copy(&self.generator)?, nonfinite: copy(&self.nonfinite)? })
+    }
+}
+
 impl DpCgan {
     pub fn new<R: Rng>(config: DpCganConfig, noise: NoiseSource, rng: &mut R, device: &Device) -> Result<Self> {
         Ok(DpCgan {

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{DpCgan, DpCganConfig};
+use super::graphed::GraphedPrivateStep;
+use super::{DpCgan, DpCganConfig, StepLosses};
 use crate::backend::AdamParams;
 use crate::data::classes::class_names;
 use crate::data::dataset::{Dataset, PixelScale};
@@ -31,6 +32,21 @@ use crate::train::{by_class_chunks, check_positive, collect_images, ImageSink};
 pub const ALGORITHM: &str = "dp-cgan";
 /// Bumped when the checkpoint layout changes; older checkpoints are refused with a clear error.
 const STATE_FORMAT: u32 = 2;
+
+/// The rows a `--cuda-graph` run pads its batches to: the batch size for shuffled batches; under
+/// Poisson sampling the expected size qN plus six standard deviations of the binomial size, so
+/// that about one step in a billion exceeds it (and takes the unpadded step).
+pub fn padded_rows(sampling: SamplingKind, batch_size: usize, sample_rate: f64, records: usize) -> usize {
+    match sampling {
+        SamplingKind::Shuffle => batch_size,
+        SamplingKind::Poisson => {
+            let n = records as f64;
+            let expected = sample_rate * n;
+            let sd = (n * sample_rate * (1.0 - sample_rate)).max(0.0).sqrt();
+            ((expected + 6.0 * sd).ceil() as usize).clamp(1, records.max(1))
+        }
+    }
+}
 
 /// How a batch is drawn (see [`Sampling`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +160,9 @@ pub struct DpCganSettings {
     pub log_every: u64,
     pub sample_every: u64,
     pub checkpoint_every: u64,
+    /// Pad each batch to a fixed number of rows so that a CUDA device replays the steps from one
+    /// CUDA graph (`--cuda-graph`; see [`crate::train::dpcgan::graphed`]).
+    pub cuda_graph: bool,
 }
 
 impl Default for DpCganSettings {
@@ -171,6 +190,7 @@ impl Default for DpCganSettings {
             log_every: 100,
             sample_every: 1000,
             checkpoint_every: 1000,
+            cuda_graph: false,
         }
     }
 }
@@ -205,6 +225,12 @@ pub struct DpCganRunConfig {
     pub build: BuildRecord,
     /// The device the run started on.
     pub device: String,
+    /// With `--cuda-graph`: the rows every batch that fits is padded to (weight-0 rows, see
+    /// [`crate::train::dpcgan::graphed`]), so that a CUDA device replays those steps from one
+    /// graph; a larger batch takes the unpadded step. Any device takes the same steps, so a
+    /// resumed run continues bit for bit wherever it runs. Absent in runs without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub padded_rows: Option<usize>,
 }
 
 impl DpCganRunConfig {
@@ -265,6 +291,7 @@ impl DpCganRunConfig {
             checkpoint_every: s.checkpoint_every,
             build: BuildRecord::current(),
             device: device.to_string(),
+            padded_rows: s.cuda_graph.then(|| padded_rows(s.sampling, s.batch_size, sample_rate, records)),
         };
         Ok(config)
     }
@@ -340,6 +367,8 @@ pub struct DpCganRun {
     device: Device,
     /// The grids' row labels: the training set's class names.
     class_names: [&'static str; CLASSES],
+    /// With padded rows on a CUDA device: the step captured after the first one, replayed since.
+    graph: Option<GraphedPrivateStep>,
 }
 
 impl DpCganRun {
@@ -405,6 +434,7 @@ impl DpCganRun {
             device: device.clone(),
             class_names: class_names(data.labels()),
             config,
+            graph: None,
         })
     }
 
@@ -441,14 +471,33 @@ impl PrivateRun for DpCganRun {
 
     /// Step `step` (0-based): its batch and generator randomness come from the run seed and the
     /// step number alone, so a resumed run takes exactly the same step.
+    ///
+    /// With padded rows, a batch that fits them takes the padded step: eagerly, or on a CUDA
+    /// device replayed from the graph captured at the first such step after the first step.
     fn step(&mut self, step: u64) -> Result<StepReport> {
         let _range = crate::profile::range("dpcgan_step");
         self.model.set_discriminator_lr(self.config.d_lr_schedule.at(self.config.d_lr, step));
         let batch = self.batches.batch(step)?;
-        let (images, labels) = self.data.batch(&batch)?;
         let mut rng = stream(self.config.seed, Purpose::Generator, step);
-        let losses = self.model.private_step(&images, &labels, self.config.batch_size, &mut rng)?;
-        Ok(StepReport { d_loss: losses.discriminator, g_loss: Some(losses.generator), nonfinite: losses.nonfinite })
+        let fake = self.config.batch_size;
+        let rows = self.config.padded_rows.filter(|&rows| batch.len() <= rows);
+        let report = |l: StepLosses| StepReport { d_loss: l.discriminator, g_loss: Some(l.generator), nonfinite: l.nonfinite };
+        let Some(rows) = rows else {
+            let (images, labels) = self.data.batch(&batch)?;
+            return Ok(report(self.model.private_step(&images, &labels, fake, &mut rng)?));
+        };
+        let batch: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
+        if let Some(graph) = &mut self.graph {
+            // The replay's losses live in the graph's buffers, which the next replay rewrites:
+            // copied out for the loop, which reads them later.
+            return Ok(report(graph.step(&mut self.model, &batch, &mut rng)?.copied()?));
+        }
+        let capture = matches!(self.device, Device::Cuda(_)) && self.model.generator_adam_steps() > 0;
+        if !capture {
+            return Ok(report(self.model.private_step_bound(&self.data, &batch, rows, fake, &mut rng)?));
+        }
+        let graph = self.graph.insert(self.model.capture_private_step(&self.data, &batch, rows, fake, &mut rng)?);
+        Ok(report(graph.losses().copied()?))
     }
 
     fn extra_metrics(&self, done: u64) -> serde_json::Map<String, serde_json::Value> {
