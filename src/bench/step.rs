@@ -48,6 +48,7 @@ use crate::models::gswgan::{GeneratorArch, PIXELS, PUBLISHED_BASE};
 use crate::nn::Module;
 use crate::profile::{self, PhaseTimer};
 use crate::tensor::{Device, Tensor};
+use crate::train::dpcgan::run::{padded_rows, SamplingKind};
 use crate::train::dpcgan::{DpCgan, DpCganConfig};
 use crate::train::dpsgd_gan::{DpsgdGan, DpsgdGanConfig};
 use crate::train::gswgan::{select_discriminator, CriticState, GsWganConfig, LabelledImages, PrivateTraining, WarmStart};
@@ -278,6 +279,9 @@ fn settings(pairs: Vec<(&str, Value)>) -> BTreeMap<String, Value> {
     pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
+/// MNIST's training records: the N of the q = B/N a DP-CGAN benchmark's graph pads for.
+const MNIST_RECORDS: usize = 60_000;
+
 /// Synthetic records a DP-CGAN benchmark keeps on the device per record of its batch: each step
 /// gathers a fresh batch from them, as a run gathers from its resident training set.
 const DPCGAN_RECORDS_PER_BATCH_RECORD: usize = 4;
@@ -329,12 +333,15 @@ fn prepare_dpcgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
     let bench = Rc::new(RefCell::new(DpCganBench { model, data, batch: b, private, batches, rng }));
     let eager = bench.clone();
     let step = Box::new(move || eager.borrow_mut().eager_step());
+    // The rows a Poisson run at the published q = B/60,000 pads its batches to (747 for B = 600):
+    // the graph pass pays for the padding a real run replays with.
+    let rows = padded_rows(SamplingKind::Poisson, b, b as f64 / MNIST_RECORDS as f64, MNIST_RECORDS);
     let capture_training: Option<CaptureTraining> = private.then(|| {
         Box::new(move || {
             let mut state = bench.borrow_mut();
             let batch = state.next_batch();
             let DpCganBench { model, data, rng, .. } = &mut *state;
-            let mut graphed = model.capture_private_step(data, &batch, b, b, rng)?;
+            let mut graphed = model.capture_private_step(data, &batch, rows, b, rng)?;
             drop(state);
             Ok(Box::new(move || {
                 let mut state = bench.borrow_mut();
@@ -352,6 +359,7 @@ fn prepare_dpcgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
     let mut pairs = vec![("batch_size", json!(b)), ("d_lr", f32_json(config.d_lr)), ("g_adam_lr", f32_json(config.g_adam.lr))];
     if private {
         pairs.extend([
+            ("graph_rows", json!(rows)),
             ("clip", f32_json(config.clip)),
             ("noise_multiplier", f32_json(config.noise_multiplier)),
             ("noise", json!(format!("{:?}", o.noise).to_lowercase())),
@@ -596,7 +604,7 @@ impl GraphReplayReport {
 /// each with its own batch, keys, noise step and optimizer corrections copied in first, timed as
 /// [`time_steps`] times a step. A failed capture is reported, not raised.
 fn time_training_replays(device: &Device, steps: usize, capture: CaptureTraining) -> Result<GraphReplayReport> {
-    let note = "one training step captured into a CUDA graph, then replayed: each replay a training step of its own (batch indices, example weights, generator keys, noise step, learning rate and Adam's corrections copied into the step block first; the batch padded to B rows, so none is padding here, and weighted as padded batches are); timed as the headline pass".to_string();
+    let note = "one training step captured into a CUDA graph, then replayed: each replay a training step of its own (batch indices, example weights, generator keys, noise step, learning rate and Adam's corrections copied into the step block first), its B records padded to graph_rows rows as a Poisson run pads them; timed as the headline pass".to_string();
     synchronize(device)?;
     let mut replay = match capture() {
         Ok(replay) => replay,
