@@ -1,5 +1,6 @@
 //! Training: the published algorithms' steps and the machinery of a run around them (a run
 //! directory, replayable randomness, progress).
+pub mod captured;
 pub mod dp_sgd_run;
 pub mod dpcgan;
 pub mod dpsgd_gan;

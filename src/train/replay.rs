@@ -61,6 +61,34 @@ pub fn device_one_hot<R: Rng>(prefix: &[usize], classes: usize, rng: &mut R, dev
     ops::uniform_one_hot(prefix, classes, &NoiseKey::public(rng), device)
 }
 
+/// The keys of a step's generator inputs (public randomness): one 256-bit draw each for the latent
+/// codes and the labels, in that order, from the step's generator stream, as [`device_normals`]
+/// and [`device_one_hot`] draw them. Drawn apart from the inputs, so that a step's plan of
+/// per-step values can hold the keys a captured step's draws then read.
+#[derive(Clone, Copy)]
+pub struct GeneratorKeys {
+    z: NoiseKey,
+    labels: NoiseKey,
+}
+
+impl GeneratorKeys {
+    pub fn draw<R: Rng>(rng: &mut R) -> Self {
+        let z = NoiseKey::public(rng);
+        GeneratorKeys { z, labels: NoiseKey::public(rng) }
+    }
+
+    /// z `[1, batch, latent]` and one-hot labels `[1, batch, classes]`, drawn on the device.
+    pub fn inputs(&self, batch: usize, latent: usize, classes: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let z = ops::standard_normals(&[1, batch, latent], &self.z, device)?;
+        Ok((z, ops::uniform_one_hot(&[1, batch], classes, &self.labels, device)?))
+    }
+
+    /// The words of the keys that public draws read (Philox's words 0 and 1), in draw order.
+    pub fn draw_words(&self) -> Vec<[u32; 2]> {
+        [self.z, self.labels].iter().map(|k| [k.key[0], k.key[1]]).collect()
+    }
+}
+
 /// A private run's batches by step number: `batch(t)` depends only on the run's secret key and t.
 /// Poisson batches draw from the step's own stream; shuffled epochs from the epoch's stream, cached
 /// while the run stays in that epoch.

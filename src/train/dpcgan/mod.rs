@@ -11,13 +11,15 @@ use rand::Rng;
 
 use crate::autograd::Tape;
 use crate::backend::{ops, AdamParams, BinaryOp, UnaryOp};
-use crate::dp::{nonfinite_flag, private_update, ClippedLoss, DpSgdConfig, NoiseKey, NoiseSource};
+use crate::dp::{nonfinite_flag, private_update, ClippedLoss, DpSgdConfig, NoiseSource};
 use crate::error::{Error, Result};
 use crate::models::dpcgan::{Discriminator, Generator, CLASSES, LATENT};
 use crate::optim::{Adam, Optimizer, Sgd};
 use crate::profile;
 use crate::tensor::{Device, Tensor};
+use crate::train::captured::weighted_mean;
 use crate::train::real_then_generated;
+use crate::train::replay::GeneratorKeys;
 
 /// docs/algorithms.md §1's published settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -143,7 +145,7 @@ impl DpCgan {
     /// Generator inputs for `batch` examples: z ~ N(0, I) and labels uniform over the classes, both
     /// computed on the device (public).
     fn generator_inputs<R: Rng>(batch: usize, rng: &mut R, device: &Device) -> Result<(Tensor, Tensor)> {
-        GeneratorKeys::draw(rng).inputs(batch, device)
+        GeneratorKeys::draw(rng).inputs(batch, LATENT, CLASSES, device)
     }
 
     /// The private step on a batch of real images `[1, B, 784]` (in [−1, 1]) with one-hot labels,
@@ -174,7 +176,7 @@ impl DpCgan {
         let _step = profile::range("dpcgan_private_step");
         let batch = images.shape()[1];
         let device = images.device();
-        let (z, fake_labels) = keys.inputs(fake_batch, &device)?;
+        let (z, fake_labels) = keys.inputs(fake_batch, LATENT, CLASSES, &device)?;
         // G's forward is recorded once, for G's step; D's tape sees `fake` as a constant.
         let (g_tape, fake) = self.generator_forward(&z, &fake_labels)?;
 
@@ -270,42 +272,11 @@ impl DpCgan {
 /// the mean generated loss. `per_example` is `[1, rows + fake_batch, 1]`, `weights` `[1, rows +
 /// fake_batch]`.
 fn weighted_d_loss(per_example: &Tensor, weights: &Tensor, rows: usize, fake_batch: usize) -> Result<Tensor> {
-    let per_example = &per_example.reshape(weights.shape())?;
     let real = |t: &Tensor| ops::narrow(t, 1, 0, rows);
-    let real_sum = ops::sum_products_to(&real(per_example)?, &real(weights)?, &[])?;
-    let count = ops::sum_to(&real(weights)?, &[])?;
-    // max(count, 1) for a whole count: count + 1 − [count > 0].
-    let empty = ops::unary(UnaryOp::Affine { scale: -1.0, shift: 1.0 }, &ops::unary(UnaryOp::ReluMask, &count)?)?;
-    let real_mean = ops::binary(BinaryOp::Div, &real_sum, &ops::binary(BinaryOp::Add, &count, &empty)?)?;
+    let real_mean = weighted_mean(&real(per_example)?, &real(weights)?)?;
     let fake_sum = ops::sum_to(&ops::narrow(per_example, 1, rows, fake_batch)?, &[])?;
     let fake_mean = ops::unary(UnaryOp::Affine { scale: 1.0 / fake_batch.max(1) as f32, shift: 0.0 }, &fake_sum)?;
     ops::binary(BinaryOp::Add, &real_mean, &fake_mean)
-}
-
-/// The keys of a step's generator inputs (public randomness): one 256-bit draw each for the latent
-/// codes and the labels, in that order, from the step's generator stream.
-#[derive(Clone, Copy)]
-struct GeneratorKeys {
-    z: NoiseKey,
-    labels: NoiseKey,
-}
-
-impl GeneratorKeys {
-    fn draw<R: Rng>(rng: &mut R) -> Self {
-        let z = NoiseKey::public(rng);
-        GeneratorKeys { z, labels: NoiseKey::public(rng) }
-    }
-
-    /// z `[1, batch, LATENT]` and one-hot labels `[1, batch, CLASSES]`, drawn on the device.
-    fn inputs(&self, batch: usize, device: &Device) -> Result<(Tensor, Tensor)> {
-        let z = ops::standard_normals(&[1, batch, LATENT], &self.z, device)?;
-        Ok((z, ops::uniform_one_hot(&[1, batch], CLASSES, &self.labels, device)?))
-    }
-
-    /// The words of the keys that public draws read (Philox's words 0 and 1), in draw order.
-    fn draw_words(&self) -> Vec<[u32; 2]> {
-        [self.z, self.labels].iter().map(|k| [k.key[0], k.key[1]]).collect()
-    }
 }
 
 /// Parameter names in `params()` order, the same for both networks.

@@ -1,0 +1,263 @@
+//! Training steps replayed from a CUDA graph. One step (its batch gathered from the resident
+//! training set, then the model's private step) is captured once with its per-step values bound
+//! strictly to a step block (`backend::step_values`); each later step plans its own values (batch
+//! indices, example weights, generator keys, noise step, the optimizers' learning rate or bias
+//! corrections), copies them into the block and replays the graph. The host's work per step is
+//! then the plan, one copy and one launch.
+//!
+//! A replay repeats the captured step's shapes, so a batch is padded to a fixed number of rows: its
+//! records, then rows of zeros (record 0 gathered, then multiplied by its weight, 0), so a padding
+//! row's example depends on no record, only on the model. Its clip factor is multiplied by its
+//! weight, 0, so it adds nothing to the update (exactly: 0 times a finite gradient; a non-finite
+//! one, which only a non-finite model gives, trips the step's finiteness flag as in any step) and
+//! nothing to the logged loss. A Poisson batch, whose size varies, thus replays whenever it fits
+//! the rows; a larger one takes the unpadded step.
+//!
+//! [`bound_step`] runs the capture's body on any backend, so the CPU checks that a model's plan
+//! holds every per-step value its step uses, and that padding changes nothing.
+use rand::Rng;
+
+use crate::backend::cuda::{CapturedGraph, StepBlock};
+use crate::backend::step_values::{self, StepValues};
+use crate::backend::{ops, BinaryOp};
+use crate::error::{Error, Result};
+use crate::tensor::{Device, Storage, Tensor};
+use crate::train::replay::GeneratorKeys;
+use crate::train::resident::ResidentData;
+
+/// A batch padded to a fixed number of rows, as a captured step gathers it.
+pub struct PaddedBatch {
+    /// The batch's records, then record 0 up to the rows (zeroed by its weight after the gather).
+    pub indices: Vec<u32>,
+    /// Each example's row of the weight table `[[1], [0]]`: 0 for the batch's records and the
+    /// generated examples that follow them, 1 for the padding.
+    pub weight_rows: Vec<u32>,
+}
+
+impl PaddedBatch {
+    /// `batch` padded to `rows` rows, with the weight rows of `fake_batch` generated examples after.
+    pub fn new(batch: &[u32], rows: usize, fake_batch: usize) -> Result<Self> {
+        if batch.len() > rows {
+            return Err(Error::Invalid(format!("a batch of {} records does not fit a padded step of {rows} rows", batch.len())));
+        }
+        let padding = rows - batch.len();
+        let indices = batch.iter().copied().chain(std::iter::repeat_n(0, padding)).collect();
+        let weight_rows =
+            std::iter::repeat_n(0, batch.len()).chain(std::iter::repeat_n(1, padding)).chain(std::iter::repeat_n(0, fake_batch)).collect();
+        Ok(PaddedBatch { indices, weight_rows })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// The per-step values of its gathers, for a model's plan.
+    pub fn values(&self) -> (Vec<u32>, Vec<u32>) {
+        (self.indices.clone(), self.weight_rows.clone())
+    }
+
+    /// The batch gathered from `data`: images `[1, rows, 784]` and one-hot labels `[1, rows, 10]`,
+    /// zero in the padding rows, and every example's weight `[1, rows + fake_batch]` (the real rows'
+    /// then the generated examples'), from `weight_table` ([`weight_table`]).
+    pub fn gather(&self, data: &ResidentData, weight_table: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let rows = self.rows();
+        let (images, labels) = data.rows_at(&self.indices, &[1, rows])?;
+        let weights = ops::gather_rows(weight_table, &self.weight_rows)?.reshape(&[1, self.weight_rows.len()])?;
+        // Padding rows zeroed: their examples depend on no record, only on the model.
+        let real_weights = ops::narrow(&weights, 1, 0, rows)?.reshape(&[1, rows, 1])?;
+        let images = ops::binary(BinaryOp::Mul, &images, &real_weights)?;
+        let labels = ops::binary(BinaryOp::Mul, &labels, &real_weights)?;
+        Ok((images, labels, weights))
+    }
+}
+
+/// The weight table padded batches gather their examples' weights from (row 0 weighs 1, row 1 0).
+pub fn weight_table(device: &Device) -> Result<Tensor> {
+    Tensor::from_vec(vec![1.0, 0.0], &[2, 1], device)
+}
+
+/// The mean of `per_example` `[1, rows + fake, 1]` (or `[1, rows + fake]`) over the examples that
+/// weigh 1 (`weights` `[1, rows + fake]`), the count read on the device: for a padded batch's logged
+/// loss, whose number of real rows is no launch parameter. 0 when every example weighs 0.
+pub fn weighted_mean(per_example: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let sum = ops::sum_products_to(&per_example.reshape(weights.shape())?, weights, &[])?;
+    let count = ops::sum_to(weights, &[])?;
+    ops::binary(BinaryOp::Div, &sum, &at_least_one(&count)?)
+}
+
+/// `max(count, 1)` of a whole count on the device: `count + 1 − [count > 0]`.
+pub fn at_least_one(count: &Tensor) -> Result<Tensor> {
+    use crate::backend::UnaryOp;
+    let empty = ops::unary(UnaryOp::Affine { scale: -1.0, shift: 1.0 }, &ops::unary(UnaryOp::ReluMask, count)?)?;
+    ops::binary(BinaryOp::Add, count, &empty)
+}
+
+/// A model whose private step a CUDA graph can capture and replay.
+pub trait ReplayableStep {
+    /// The step's losses, on the device.
+    type Losses;
+    /// What is captured and replayed for: names the step in errors.
+    const STEP: &'static str;
+
+    /// The values that change from one step to the next, for the step the model takes next on
+    /// `batch` with generator keys `keys`.
+    fn step_values(&self, batch: &PaddedBatch, keys: &GeneratorKeys) -> StepValues;
+
+    /// The step on the padded batch, eagerly (or recorded, inside a capture).
+    fn padded_step(
+        &mut self,
+        data: &ResidentData,
+        batch: &PaddedBatch,
+        weight_table: &Tensor,
+        fake_batch: usize,
+        keys: GeneratorKeys,
+    ) -> Result<Self::Losses>;
+
+    /// Counts, on the host, a step a replay took (what the step's host code counts).
+    fn count_replayed_step(&mut self);
+
+    /// Whether every state tensor the step updates exists already (an optimizer's moments are
+    /// made by its first step; made inside a capture, a graph would own and reset them).
+    fn ready_for_capture(&self) -> bool;
+
+    /// The storage of tensors the step updates in place, one per network: a replay updates these
+    /// buffers, so it must be handed the model whose buffers they are.
+    fn updated_buffers(&self) -> Vec<*const Storage>;
+}
+
+/// The storage of the first of `params`, for [`ReplayableStep::updated_buffers`].
+pub fn first_storage(params: Vec<&Tensor>) -> *const Storage {
+    params.first().map_or(std::ptr::null(), |t| t.storage() as *const Storage)
+}
+
+/// The model's step on `data`'s records `batch` padded to `rows` rows, with generator keys drawn
+/// from `rng` as the eager step draws them, under a strict binding of its planned values: what a
+/// capture records, run eagerly. On any backend it fails, naming the value, if the step uses a
+/// per-step value its plan lacks.
+pub fn bound_step<M: ReplayableStep, R: Rng>(
+    model: &mut M,
+    data: &ResidentData,
+    batch: &[u32],
+    rows: usize,
+    fake_batch: usize,
+    rng: &mut R,
+) -> Result<M::Losses> {
+    let padded = PaddedBatch::new(batch, rows, fake_batch)?;
+    let keys = GeneratorKeys::draw(rng);
+    let values = model.step_values(&padded, &keys);
+    let table = weight_table(&data.device())?;
+    step_values::bind(&values, true, None, || model.padded_step(data, &padded, &table, fake_batch, keys))
+}
+
+/// A captured step, the block its replays read their values from, and what identifies the model
+/// it was captured from.
+pub struct CapturedStep<L> {
+    block: StepBlock,
+    graph: CapturedGraph,
+    /// The captured step's losses, rewritten by every replay (read them before the next one).
+    losses: L,
+    rows: usize,
+    fake_batch: usize,
+    /// Read by the graph: kept alive as long as it.
+    _weight_table: Tensor,
+    model_buffers: Vec<*const Storage>,
+}
+
+/// Captures the model's step on `data`'s records `batch` padded to `rows` rows (generator keys
+/// from `rng`) into a CUDA graph and runs it once: the model is then one step on, as after
+/// [`bound_step`]. Needs a CUDA device, a non-empty data set and the model's state made by an
+/// eager step first.
+pub fn capture<M: ReplayableStep, R: Rng>(
+    model: &mut M,
+    data: &ResidentData,
+    batch: &[u32],
+    rows: usize,
+    fake_batch: usize,
+    rng: &mut R,
+) -> Result<CapturedStep<M::Losses>> {
+    let Device::Cuda(cuda) = data.device() else {
+        return Err(Error::Unsupported { op: "capturing a training step into a CUDA graph", device: data.device().to_string() });
+    };
+    if !model.ready_for_capture() {
+        return Err(Error::Invalid(format!(
+            "{} is captured after an eager one: the first step makes the optimizer's moments, which a graph would own and reset at every replay",
+            M::STEP
+        )));
+    }
+    if data.is_empty() {
+        return Err(Error::Invalid("a captured step pads its batch with record 0 of a non-empty training set".into()));
+    }
+    let padded = PaddedBatch::new(batch, rows, fake_batch)?;
+    let keys = GeneratorKeys::draw(rng);
+    let values = model.step_values(&padded, &keys);
+    let index_bound = u32::try_from(data.len()).map_err(|_| Error::Invalid("a training set past 2³² records".into()))?;
+    let mut block = StepBlock::new(&cuda, values.layout(), index_bound)?;
+    block.upload(&values)?;
+    // Made before the capture: a graph may not copy from the host.
+    let table = weight_table(&data.device())?;
+    let (losses, graph) = cuda.capture(|| block.bind(true, || model.padded_step(data, &padded, &table, fake_batch, keys)))?;
+    // The capture recorded the step without running it.
+    graph.replay()?;
+    Ok(CapturedStep { block, graph, losses, rows, fake_batch, _weight_table: table, model_buffers: model.updated_buffers() })
+}
+
+impl<L> CapturedStep<L> {
+    /// The losses of the step last run (the capture's run or the last replay).
+    pub fn losses(&self) -> &L {
+        &self.losses
+    }
+
+    /// The rows a batch is padded to: a larger batch cannot replay.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The model's next step on `data`'s records `batch` (at most [`CapturedStep::rows`] of them,
+    /// from the data set the capture gathered from), replayed: its values planned with generator
+    /// keys from `rng`, copied into the block, then one graph launch. Returns the step's losses,
+    /// valid until the next replay. A batch that does not fit, or another model, is refused
+    /// before anything moves.
+    pub fn step<M: ReplayableStep<Losses = L>, R: Rng>(&mut self, model: &mut M, batch: &[u32], rng: &mut R) -> Result<&L> {
+        if model.updated_buffers() != self.model_buffers {
+            return Err(Error::Invalid(format!(
+                "a captured {} replays only on the model it was captured from (and not after a restore)",
+                M::STEP
+            )));
+        }
+        let padded = PaddedBatch::new(batch, self.rows, self.fake_batch)?;
+        let keys = GeneratorKeys::draw(rng);
+        self.block.upload(&model.step_values(&padded, &keys))?;
+        self.graph.replay()?;
+        model.count_replayed_step();
+        Ok(&self.losses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_padded_with_record_zero_and_weight_rows_of_one() {
+        let p = PaddedBatch::new(&[7, 3], 4, 2).unwrap();
+        assert_eq!((p.indices.as_slice(), p.weight_rows.as_slice()), (&[7, 3, 0, 0][..], &[0, 0, 1, 1, 0, 0][..]));
+        let full = PaddedBatch::new(&[7, 3], 2, 1).unwrap();
+        assert_eq!((full.indices.as_slice(), full.weight_rows.as_slice()), (&[7, 3][..], &[0, 0, 0][..]));
+        let err = PaddedBatch::new(&[1, 2, 3], 2, 0).err().unwrap().to_string();
+        assert!(err.contains("does not fit a padded step of 2 rows"), "{err}");
+    }
+
+    #[test]
+    fn the_weighted_mean_counts_the_examples_that_weigh_one() {
+        let d = Device::Cpu;
+        let x = Tensor::from_vec(vec![1.0, 2.0, 10.0, 3.0], &[1, 4, 1], &d).unwrap();
+        let w = Tensor::from_vec(vec![1.0, 1.0, 0.0, 1.0], &[1, 4], &d).unwrap();
+        assert_eq!(weighted_mean(&x, &w).unwrap().item().unwrap(), 2.0);
+        let none = Tensor::from_vec(vec![0.0; 4], &[1, 4], &d).unwrap();
+        assert_eq!(weighted_mean(&x, &none).unwrap().item().unwrap(), 0.0);
+        for (count, floor) in [(0.0, 1.0), (1.0, 1.0), (5.0, 5.0)] {
+            let c = Tensor::from_vec(vec![count], &[], &d).unwrap();
+            assert_eq!(at_least_one(&c).unwrap().item().unwrap(), floor);
+        }
+    }
+}
