@@ -7,6 +7,7 @@
 //! 2B, the expected count, never the realised one (so that one record moves the update by at most
 //! C/(2B) whatever the draw). D then takes an Adam step. G's step is the non-saturating loss
 //! through D on B fresh generated examples, with Adam: it touches no data except through D.
+pub mod graphed;
 pub mod run;
 pub mod schedule;
 
@@ -24,8 +25,9 @@ use crate::nn::Module;
 use crate::optim::{Adam, Optimizer};
 use crate::profile;
 use crate::tensor::{Device, Tensor};
+use crate::train::captured::weighted_mean;
 use crate::train::real_then_generated;
-use crate::train::replay::{device_normals, device_one_hot};
+use crate::train::replay::GeneratorKeys;
 
 /// docs/algorithms.md §4's published settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -97,8 +99,7 @@ impl DpsgdGan {
     /// B generator inputs: z ~ N(0, I) and one-hot labels uniform over the classes, both computed on
     /// the device from keys drawn from `rng` (public randomness).
     pub fn generator_inputs<R: Rng>(batch: usize, rng: &mut R, device: &Device) -> Result<(Tensor, Tensor)> {
-        let z = device_normals(&[1, batch, LATENT], rng, device)?;
-        Ok((z, device_one_hot(&[1, batch], CLASSES, rng, device)?))
+        GeneratorKeys::draw(rng).inputs(batch, LATENT, CLASSES, device)
     }
 
     /// D's private gradient for D step `self.d_steps_taken()`, in `params()` order, and the summed
@@ -113,20 +114,20 @@ impl DpsgdGan {
         fake_labels: &Tensor,
     ) -> Result<(Vec<Tensor>, Tensor)> {
         let _range = profile::range("dpsgd_gan_private_gradients");
-        let (layers, loss) = self.discriminator_layers(images, labels, fake, fake_labels)?;
+        let (layers, _, loss) = self.discriminator_layers(images, labels, fake, fake_labels)?;
         let clipped = [ClippedLoss { layers: layers.iter().map(|l| l as _).collect(), noised: true, weights: None }];
         Ok((private_gradients(&clipped, &self.dp_config(), &self.noise, self.d_steps)?, loss))
     }
 
     /// D's layers for per-example clipping (their inputs and output gradients) on one batch of the
-    /// real and generated examples, and the summed per-example loss.
+    /// real and generated examples, each example's loss `[1, n + B, 1]` and their sum.
     fn discriminator_layers(
         &self,
         images: &Tensor,
         labels: &Tensor,
         fake: &Tensor,
         fake_labels: &Tensor,
-    ) -> Result<(Vec<LayerGrad>, Tensor)> {
+    ) -> Result<(Vec<LayerGrad>, Tensor, Tensor)> {
         let generated = fake.shape()[1];
         if generated != self.config.batch_size {
             return Err(Error::Invalid(format!("a D step takes B = {} generated examples, got {generated}", self.config.batch_size)));
@@ -137,9 +138,10 @@ impl DpsgdGan {
         let d = &self.discriminator;
         d.params().into_iter().for_each(|p| tape.watch(p));
         let pass = profile::scoped("d_forward", || d.forward(&tape, &batch, &batch_labels))?;
-        let loss = tape.sum_all(&tape.bce_with_logits(&pass.logits, &targets)?)?;
+        let per_example = tape.bce_with_logits(&pass.logits, &targets)?;
+        let loss = tape.sum_all(&per_example)?;
         // Only the layers' output gradients: the clipped sums are the weight gradients.
-        Ok((pass.layer_grads(&tape.backward_to(&loss, &pass.outputs())?)?, loss))
+        Ok((pass.layer_grads(&tape.backward_to(&loss, &pass.outputs())?)?, per_example, loss))
     }
 
     /// DP-SGD's settings for a D step: C, σ and the divisor 2B.
@@ -153,19 +155,37 @@ impl DpsgdGan {
 
     /// One private D step on the real batch, with B generated examples from `rng` (G detached).
     pub fn discriminator_step<R: Rng>(&mut self, images: &Tensor, labels: &Tensor, rng: &mut R) -> Result<DiscriminatorLosses> {
+        self.discriminator_step_with(images, labels, GeneratorKeys::draw(rng), None)
+    }
+
+    /// [`DpsgdGan::discriminator_step`] with its generator keys drawn already. With `weights`
+    /// `[1, n + B]` (each 1 or 0), the real rows weighing 0 are padding: they contribute nothing
+    /// to D's update nor to the logged loss (see [`crate::train::captured`]).
+    fn discriminator_step_with(
+        &mut self,
+        images: &Tensor,
+        labels: &Tensor,
+        keys: GeneratorKeys,
+        weights: Option<&Tensor>,
+    ) -> Result<DiscriminatorLosses> {
         let _step = profile::range("dpsgd_gan_discriminator_step");
         let device = images.device();
-        let (z, fake_labels) = Self::generator_inputs(self.config.batch_size, rng, &device)?;
+        let (z, fake_labels) = keys.inputs(self.config.batch_size, LATENT, CLASSES, &device)?;
         // Nothing watched: G's forward records nothing.
         let fake = profile::scoped("g_forward", || self.generator.forward(&Tape::new(), &z, &fake_labels))?;
-        let (layers, loss_sum) = self.discriminator_layers(images, labels, &fake, &fake_labels)?;
-        let clipped = [ClippedLoss { layers: layers.iter().map(|l| l as _).collect(), noised: true, weights: None }];
+        let (layers, per_example, loss_sum) = self.discriminator_layers(images, labels, &fake, &fake_labels)?;
+        let clipped = [ClippedLoss { layers: layers.iter().map(|l| l as _).collect(), noised: true, weights }];
         let dp = self.dp_config();
         let d_params = &mut self.discriminator.params_mut();
         let nonfinite = private_update(&clipped, &dp, &self.noise, self.d_steps, &mut self.d_optimizer, d_params)?;
         self.d_steps += 1;
-        let examples = images.shape()[1] + self.config.batch_size;
-        let loss = ops::unary(UnaryOp::Affine { scale: 1.0 / examples as f32, shift: 0.0 }, &loss_sum)?;
+        let loss = match weights {
+            None => {
+                let examples = images.shape()[1] + self.config.batch_size;
+                ops::unary(UnaryOp::Affine { scale: 1.0 / examples as f32, shift: 0.0 }, &loss_sum)?
+            }
+            Some(w) => weighted_mean(&per_example, w)?,
+        };
         Ok(DiscriminatorLosses { loss, nonfinite })
     }
 
