@@ -1,7 +1,8 @@
 //! Whole models on the GPU against the CPU: DP-CGAN's generator and discriminator (same weights,
 //! same inputs) forward and backward, every parameter gradient; one full private training step
 //! (same seeds) on both devices; GS-WGAN's warm-start iterations (also with TF32 allowed) and its
-//! phase-2 iterations; a DP-CGAN step replayed from a CUDA graph against the same step run eagerly.
+//! phase-2 iterations; DP-CGAN steps and DPSGD-GAN D steps replayed from a CUDA graph against the
+//! same steps run eagerly.
 //! Skips without a GPU, fails under `DPGAN_REQUIRE_GPU=1`.
 mod common;
 
@@ -257,6 +258,60 @@ fn cuda_graph_replays_of_dp_cgan_training_steps_equal_the_eager_steps() {
         let err = captured.as_mut().unwrap().step(&mut graphed, &too_many, &mut ChaCha8Rng::seed_from_u64(9)).err().unwrap();
         assert!(err.to_string().contains("does not fit"), "{err}");
         assert_eq!((weights(&graphed), graphed.steps_taken()), (before, 5), "a refused replay moved the model");
+    });
+}
+
+/// DPSGD-GAN D steps replayed from one CUDA graph equal the same steps run eagerly bit for bit,
+/// with an eager G step between D steps (which moves G in place, where the graph reads it): an
+/// eager D step, a capture, then replays with Poisson-like batches of other sizes padded to the
+/// captured rows, new keys, noise steps and D's next Adam corrections from the step block.
+#[test]
+fn cuda_graph_replays_of_dpsgd_gan_d_steps_equal_the_eager_steps() {
+    use dpgan::train::dpsgd_gan::{DpsgdGan, DpsgdGanConfig};
+    common::on_cuda("cuda_graph_replays_of_dpsgd_gan_d_steps_equal_the_eager_steps", |dev| {
+        let mut data_rng = common::rng("cuda_graph_replays_of_dpsgd_gan_d_steps_equal_the_eager_steps");
+        let (records, rows, b) = (500usize, 40usize, 16usize);
+        let pixels: Vec<f32> = (0..records * PIXELS).map(|_| data_rng.random_range(0.0..1.0)).collect();
+        let labels: Vec<u32> = (0..records).map(|_| data_rng.random_range(0..CLASSES as u32)).collect();
+        let data = dpgan::train::resident::ResidentData::from_parts(pixels, &labels, dev).unwrap();
+        let config = DpsgdGanConfig { batch_size: b, ..DpsgdGanConfig::default() };
+        let (model_seed, noise_seed): (u64, u64) = (data_rng.random(), data_rng.random());
+        let model = || {
+            DpsgdGan::new(config, 8, NoiseSource::from_seed(noise_seed, NoiseMode::Fast), &mut ChaCha8Rng::seed_from_u64(model_seed), dev)
+                .unwrap()
+        };
+        let batches: Vec<Vec<u32>> =
+            [16, 11, 40, 0, 23].iter().map(|&n| (0..n).map(|_| data_rng.random_range(0..records as u32)).collect()).collect();
+        let (mut eager, mut graphed) = (model(), model());
+        let all = |m: &DpsgdGan| -> Vec<Vec<u32>> {
+            let d = m.discriminator.params().into_iter();
+            d.chain(m.generator.params()).map(|t| t.to_vec().unwrap().into_iter().map(f32::to_bits).collect()).collect()
+        };
+        let mut captured = None;
+        for (step, batch) in batches.iter().enumerate() {
+            let rng = || ChaCha8Rng::seed_from_u64(2000 + step as u64);
+            let e = eager.discriminator_step_bound(&data, batch, rows, &mut rng()).unwrap();
+            let g = match step {
+                0 => graphed.discriminator_step_bound(&data, batch, rows, &mut rng()).unwrap(),
+                1 => {
+                    let c = graphed.capture_discriminator_step(&data, batch, rows, &mut rng()).unwrap();
+                    let losses = c.losses().clone();
+                    captured = Some(c);
+                    losses
+                }
+                _ => captured.as_mut().unwrap().step(&mut graphed, batch, &mut rng()).unwrap().clone(),
+            };
+            assert_eq!(all(&graphed), all(&eager), "D step {step}: parameters");
+            for (what, a, w) in [("loss", &g.loss, &e.loss), ("flag", &g.nonfinite, &e.nonfinite)] {
+                assert_eq!(a.to_vec().unwrap(), w.to_vec().unwrap(), "D step {step}: {what}");
+            }
+            // An eager G step between D steps, the same on both.
+            for m in [&mut eager, &mut graphed] {
+                m.generator_step(&mut ChaCha8Rng::seed_from_u64(3000 + step as u64), dev).unwrap();
+            }
+        }
+        assert_eq!(all(&graphed), all(&eager), "after the last G step");
+        assert_eq!(graphed.d_steps_taken(), 5);
     });
 }
 

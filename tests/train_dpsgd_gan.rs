@@ -127,6 +127,51 @@ fn a_resumed_adaptive_run_ends_with_the_same_weights_bit_for_bit() {
     assert!(err.contains("--d-steps 4") && err.contains("cannot be shortened"), "{err}");
 }
 
+/// A `--cuda-graph` run pads its D steps' Poisson batches (on the CPU, eagerly, through the strict
+/// binding of per-step values a capture uses, G steps in between): config.json records the rows,
+/// and an interrupted and resumed run ends with the weights of an uninterrupted one bit for bit.
+#[test]
+fn a_padded_run_records_its_rows_and_resumes_bit_for_bit() {
+    use dpgan::data::{Dataset, Split};
+    use dpgan::train::captured::poisson_rows;
+    use dpgan::train::dpsgd_gan::run::{DpsgdGanRun, DpsgdGanSettings};
+    use dpgan::train::dpsgd_gan::schedule::GStepSchedule;
+    use dpgan::train::progress::Progress;
+    let data = Dataset::load(&data_root().join("mnist"), Split::Train).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = |d_steps: u64| DpsgdGanSettings {
+        seed: 4,
+        d_steps,
+        batch_size: 16,
+        width: 4,
+        schedule: GStepSchedule::Fixed { d_steps_per_g_step: 2 },
+        replayable_noise: true,
+        checkpoint_every: 3,
+        cuda_graph: true,
+        ..DpsgdGanSettings::default()
+    };
+    let run = |name: &str, d_steps: u64| {
+        let config = DpsgdGanRunConfig::plan(&settings(d_steps), &data, &Device::Cpu).unwrap();
+        let root = dir.path().join(name);
+        DpsgdGanRun::start(&root, config, &data, &Device::Cpu).unwrap().train(&Progress::new(0, d_steps)).unwrap();
+        root
+    };
+    let (straight, split) = (run("straight", 9), run("split", 5));
+    DpsgdGanRun::resume(&split, &Device::Cpu, Some(9)).unwrap().train(&Progress::new(5, 9)).unwrap();
+
+    let config: DpsgdGanRunConfig = serde_json::from_value(read_json(&straight.join("config.json"))).unwrap();
+    // q·N = 16: 16 + 6·sqrt(16·(1 − q)) → 40.
+    assert_eq!(config.padded_rows, Some(poisson_rows(config.sample_rate, data.len())));
+    assert_eq!(config.padded_rows, Some(40));
+    let (ta, tb) = (tensors(&straight), tensors(&split));
+    for (name, t) in &ta {
+        let (x, y) = (t.to_vec().unwrap(), tb[name].to_vec().unwrap());
+        assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{name} differs after resuming a padded run");
+    }
+    let err = stderr_of_failure(&train_args(&s(&data_root().join("mnist")), &s(&dir.path().join("x")), &["--cuda-graph"]));
+    assert!(err.contains("--cuda-graph needs a CUDA device"), "{err}");
+}
+
 #[test]
 fn the_budget_stops_the_run_before_it_is_passed() {
     let dir = tempfile::tempdir().unwrap();

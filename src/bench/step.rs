@@ -20,15 +20,16 @@
 //!    slow the step, which is why the headline figures never come from this pass.
 //! 3. with `cuda_graph` (CUDA only), a third pass: one step captured into a CUDA graph
 //!    ([`CudaDevice::capture`](crate::backend::cuda::CudaDevice::capture)) and replayed `steps`
-//!    times, timed as the headline pass. DP-CGAN's private step replays as training steps
-//!    ([`crate::train::dpcgan::graphed`]): each replay reads its own batch indices, generator
-//!    keys, noise step and optimizer corrections from a step block the host writes first. The
-//!    other steps replay as captured, repeating its keys, draws and counters: not training
-//!    steps, but their launch floor, the bound that capturing them as training steps would
-//!    approach.
+//!    times, timed as the headline pass. DP-CGAN's private step and DPSGD-GAN's D step replay as
+//!    training steps ([`crate::train::captured`]): each replay reads its own batch indices,
+//!    example weights, generator keys, noise step and optimizer corrections from a step block the
+//!    host writes first, its batch padded as a Poisson run at q = B/60,000 pads it
+//!    (`graph_rows`). GS-WGAN's steps replay as captured, repeating their keys, draws and
+//!    counters: not training steps, but their launch floor, the bound that capturing them as
+//!    training steps would approach.
 //!
-//! DP-CGAN's steps gather their batch on the device from fresh indices each step, from synthetic
-//! records kept on the device, as a run gathers from its resident training set.
+//! DP-CGAN's and DPSGD-GAN's steps gather their batch on the device from fresh indices each step,
+//! from synthetic records kept on the device, as a run gathers from its resident training set.
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -48,7 +49,7 @@ use crate::models::gswgan::{GeneratorArch, PIXELS, PUBLISHED_BASE};
 use crate::nn::Module;
 use crate::profile::{self, PhaseTimer};
 use crate::tensor::{Device, Tensor};
-use crate::train::dpcgan::run::{padded_rows, SamplingKind};
+use crate::train::captured::poisson_rows;
 use crate::train::dpcgan::{DpCgan, DpCganConfig};
 use crate::train::dpsgd_gan::{DpsgdGan, DpsgdGanConfig};
 use crate::train::gswgan::{select_discriminator, CriticState, GsWganConfig, LabelledImages, PrivateTraining, WarmStart};
@@ -282,34 +283,61 @@ fn settings(pairs: Vec<(&str, Value)>) -> BTreeMap<String, Value> {
 /// MNIST's training records: the N of the q = B/N a DP-CGAN benchmark's graph pads for.
 const MNIST_RECORDS: usize = 60_000;
 
-/// Synthetic records a DP-CGAN benchmark keeps on the device per record of its batch: each step
-/// gathers a fresh batch from them, as a run gathers from its resident training set.
-const DPCGAN_RECORDS_PER_BATCH_RECORD: usize = 4;
+/// Synthetic records a benchmark keeps on the device per record of its batch: each step gathers
+/// a fresh batch from them, as a run gathers from its resident training set.
+const RECORDS_PER_BATCH_RECORD: usize = 4;
 
-/// The DP-CGAN benchmark's model, resident records and streams, shared by its eager step and its
-/// graph capture.
-struct DpCganBench {
-    model: DpCgan,
+/// A benchmark's resident synthetic records and the stream of its batches' indices.
+struct SyntheticRecords {
     data: ResidentData,
     batch: usize,
-    private: bool,
     /// Draws each step's record indices.
     batches: ChaCha20Rng,
-    /// Draws each step's generator keys.
-    rng: ChaCha20Rng,
 }
 
-impl DpCganBench {
+impl SyntheticRecords {
+    /// `RECORDS_PER_BATCH_RECORD · batch` records of uniform pixels in `range` and uniform labels.
+    fn new(batch: usize, range: std::ops::Range<f32>, seed: u64, rng: &mut ChaCha20Rng, device: &Device) -> Result<Self> {
+        let records = RECORDS_PER_BATCH_RECORD * batch.max(1);
+        let pixels: Vec<f32> = (0..records * 784).map(|_| rng.random_range(range.clone())).collect();
+        let labels: Vec<u32> = (0..records).map(|_| rng.random_range(0..CLASSES as u32)).collect();
+        Ok(SyntheticRecords {
+            data: ResidentData::from_parts(pixels, &labels, device)?,
+            batch,
+            batches: ChaCha20Rng::seed_from_u64(seed.wrapping_add(1)),
+        })
+    }
+
     fn next_batch(&mut self) -> Vec<u32> {
         let records = self.data.len() as u32;
         (0..self.batch).map(|_| self.batches.random_range(0..records)).collect()
     }
 
+    fn describe(&self, range: &str) -> String {
+        format!(
+            "synthetic: {} uniform {range} images and uniform labels resident on the device, made before timing; each step gathers {} of them by indices drawn on the host",
+            self.data.len(),
+            self.batch
+        )
+    }
+}
+
+/// The DP-CGAN benchmark's model, records and generator stream, shared by its eager step and its
+/// graph capture.
+struct DpCganBench {
+    model: DpCgan,
+    records: SyntheticRecords,
+    private: bool,
+    /// Draws each step's generator keys.
+    rng: ChaCha20Rng,
+}
+
+impl DpCganBench {
     fn eager_step(&mut self) -> Result<()> {
-        let batch = self.next_batch();
-        let (images, labels) = self.data.rows_at(&batch, &[1, batch.len()])?;
+        let batch = self.records.next_batch();
+        let (images, labels) = self.records.data.rows_at(&batch, &[1, batch.len()])?;
         if self.private {
-            self.model.private_step(&images, &labels, self.batch, &mut self.rng)?;
+            self.model.private_step(&images, &labels, self.records.batch, &mut self.rng)?;
         } else {
             self.model.non_private_step(&images, &labels, &mut self.rng)?;
         }
@@ -323,30 +351,27 @@ fn prepare_dpcgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
     let config = DpCganConfig { batch_divisor: b as f32, ..DpCganConfig::default() };
     // Nothing here is private: the noise key is the seed's replayable one (not its init stream).
     let model = DpCgan::new(config, RunKey::replayable(o.seed).noise(o.noise), &mut rng, device)?;
-    let records = DPCGAN_RECORDS_PER_BATCH_RECORD * b.max(1);
-    let pixels: Vec<f32> = (0..records * 784).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let labels: Vec<u32> = (0..records).map(|_| rng.random_range(0..CLASSES as u32)).collect();
-    let data = ResidentData::from_parts(pixels, &labels, device)?;
+    let records = SyntheticRecords::new(b, -1.0..1.0, o.seed, &mut rng, device)?;
+    let inputs = records.describe("[-1, 1]");
     let (generator_params, discriminator_params) = (count(model.generator.params()), count(model.discriminator.params()));
     let private = o.private;
-    let batches = ChaCha20Rng::seed_from_u64(o.seed.wrapping_add(1));
-    let bench = Rc::new(RefCell::new(DpCganBench { model, data, batch: b, private, batches, rng }));
+    let bench = Rc::new(RefCell::new(DpCganBench { model, records, private, rng }));
     let eager = bench.clone();
     let step = Box::new(move || eager.borrow_mut().eager_step());
     // The rows a Poisson run at the published q = B/60,000 pads its batches to (747 for B = 600):
     // the graph pass pays for the padding a real run replays with.
-    let rows = padded_rows(SamplingKind::Poisson, b, b as f64 / MNIST_RECORDS as f64, MNIST_RECORDS);
+    let rows = poisson_rows(b as f64 / MNIST_RECORDS as f64, MNIST_RECORDS);
     let capture_training: Option<CaptureTraining> = private.then(|| {
         Box::new(move || {
             let mut state = bench.borrow_mut();
-            let batch = state.next_batch();
-            let DpCganBench { model, data, rng, .. } = &mut *state;
-            let mut graphed = model.capture_private_step(data, &batch, rows, b, rng)?;
+            let DpCganBench { model, records, rng, .. } = &mut *state;
+            let batch = records.next_batch();
+            let mut graphed = model.capture_private_step(&records.data, &batch, rows, b, rng)?;
             drop(state);
             Ok(Box::new(move || {
                 let mut state = bench.borrow_mut();
-                let batch = state.next_batch();
-                let DpCganBench { model, rng, .. } = &mut *state;
+                let DpCganBench { model, records, rng, .. } = &mut *state;
+                let batch = records.next_batch();
                 graphed.step(model, &batch, rng).map(|_| ())
             }) as Box<dyn FnMut() -> Result<()>>)
         }) as CaptureTraining
@@ -365,17 +390,15 @@ fn prepare_dpcgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
             ("noise", json!(format!("{:?}", o.noise).to_lowercase())),
         ]);
     }
-    Ok(Prepared {
-        step,
-        capture_training,
-        description,
-        inputs: format!(
-            "synthetic: {records} uniform [-1, 1] images and uniform labels resident on the device, made before timing; each step gathers {b} of them by indices drawn on the host"
-        ),
-        settings: settings(pairs),
-        generator_params,
-        discriminator_params,
-    })
+    Ok(Prepared { step, capture_training, description, inputs, settings: settings(pairs), generator_params, discriminator_params })
+}
+
+/// The DPSGD-GAN benchmark's model, records and generator stream, shared by its eager D step and
+/// its graph capture.
+struct DpsgdGanBench {
+    model: DpsgdGan,
+    records: SyntheticRecords,
+    rng: ChaCha20Rng,
 }
 
 fn prepare_dpsgd_gan(o: &StepOptions, device: &Device) -> Result<Prepared> {
@@ -383,19 +406,40 @@ fn prepare_dpsgd_gan(o: &StepOptions, device: &Device) -> Result<Prepared> {
     let mut rng = ChaCha20Rng::seed_from_u64(o.seed);
     let config = DpsgdGanConfig { batch_size: b, ..DpsgdGanConfig::default() };
     // Nothing here is private: the noise key is the seed's replayable one.
-    let mut model = DpsgdGan::new(config, width, RunKey::replayable(o.seed).noise(o.noise), &mut rng, device)?;
-    let side = crate::models::dpsgd_gan::SIDE;
-    let images = Tensor::uniform(&[1, b, 1, side, side], 0.0, 1.0, &mut rng, device)?;
-    let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..CLASSES as u32)).collect();
-    let labels = Tensor::one_hot(&labels, CLASSES, &[1, b], device)?;
+    let model = DpsgdGan::new(config, width, RunKey::replayable(o.seed).noise(o.noise), &mut rng, device)?;
+    let records = SyntheticRecords::new(b, 0.0..1.0, o.seed, &mut rng, device)?;
+    let inputs = records.describe("[0, 1]");
     let (generator_params, discriminator_params) = (count(model.generator.params()), count(model.discriminator.params()));
+    let bench = Rc::new(RefCell::new(DpsgdGanBench { model, records, rng }));
+    let eager = bench.clone();
     let step = Box::new(move || -> Result<()> {
-        model.discriminator_step(&images, &labels, &mut rng)?;
+        let mut state = eager.borrow_mut();
+        let DpsgdGanBench { model, records, rng } = &mut *state;
+        let batch = records.next_batch();
+        let (images, labels) = records.data.rows_at(&batch, &[1, batch.len()])?;
+        let side = crate::models::dpsgd_gan::SIDE;
+        model.discriminator_step(&images.reshape(&[1, batch.len(), 1, side, side])?, &labels, rng)?;
         Ok(())
+    });
+    // The rows a run at q = B/60,000 pads its Poisson batches to.
+    let rows = poisson_rows(b as f64 / MNIST_RECORDS as f64, MNIST_RECORDS);
+    let capture_training: CaptureTraining = Box::new(move || {
+        let mut state = bench.borrow_mut();
+        let DpsgdGanBench { model, records, rng } = &mut *state;
+        let batch = records.next_batch();
+        let mut graphed = model.capture_discriminator_step(&records.data, &batch, rows, rng)?;
+        drop(state);
+        Ok(Box::new(move || {
+            let mut state = bench.borrow_mut();
+            let DpsgdGanBench { model, records, rng } = &mut *state;
+            let batch = records.next_batch();
+            graphed.step(model, &batch, rng).map(|_| ())
+        }) as Box<dyn FnMut() -> Result<()>>)
     });
     let pairs = vec![
         ("batch_size", json!(b)),
         ("width", json!(width)),
+        ("graph_rows", json!(rows)),
         ("clip", f32_json(config.clip)),
         ("noise_multiplier", f32_json(config.noise_multiplier)),
         ("noise", json!(format!("{:?}", o.noise).to_lowercase())),
@@ -403,11 +447,11 @@ fn prepare_dpsgd_gan(o: &StepOptions, device: &Device) -> Result<Prepared> {
     ];
     Ok(Prepared {
         step,
-        capture_training: None,
+        capture_training: Some(capture_training),
         description: format!(
-            "DpsgdGan::discriminator_step: B real and B generated examples (G's forward, detached) through D as one batch, each clipped per example, noised once, divided by 2B, Adam on D (B = {b}, d = {width}); a run takes a G step after every n_D of these"
+            "DpsgdGan::discriminator_step: B real and B generated examples (G's forward, detached) through D as one batch, each clipped per example, noised once, divided by 2B, Adam on D (B = {b}, d = {width}), the batch gathered on the device from fresh indices first; a run takes a G step after every n_D of these"
         ),
-        inputs: format!("synthetic: one batch of {b} uniform [0, 1] images and uniform labels, made on the device before timing"),
+        inputs,
         settings: settings(pairs),
         generator_params,
         discriminator_params,

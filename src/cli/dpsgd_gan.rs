@@ -54,6 +54,11 @@ pub struct DpsgdGanArgs {
     /// D steps between checkpoints [default: 5000].
     #[arg(long)]
     checkpoint_every: Option<u64>,
+    /// CUDA only: replay the D steps from one CUDA graph, each Poisson batch padded to six
+    /// standard deviations above B with weight-0 rows (a larger one takes the unpadded step); G's
+    /// steps stay eager. Recorded, so a resumed run keeps it.
+    #[arg(long)]
+    cuda_graph: bool,
 }
 
 pub fn run(args: &DpsgdGanArgs) -> Result<()> {
@@ -63,6 +68,7 @@ pub fn run(args: &DpsgdGanArgs) -> Result<()> {
         DpsgdGanRun::resume(root, &device, args.d_steps)
     };
     let started = |out: &Path| {
+        super::train::check_cuda_graph(args.cuda_graph, &device)?;
         let data = Dataset::load(&data_dir(args.run.data.as_deref())?, Split::Train)?;
         let config = DpsgdGanRunConfig::plan(&settings(args)?, &data, &device)?;
         announce(&config)?;
@@ -117,6 +123,7 @@ fn settings(args: &DpsgdGanArgs) -> Result<DpsgdGanSettings> {
         log_every: args.log_every.unwrap_or(d.log_every),
         sample_every: args.sample_every.unwrap_or(d.sample_every),
         checkpoint_every: args.checkpoint_every.unwrap_or(d.checkpoint_every),
+        cuda_graph: args.cuda_graph,
     })
 }
 
@@ -133,6 +140,7 @@ fn refuse_settings_on_resume(args: &DpsgdGanArgs) -> Result<()> {
         ("--log-every", args.log_every.is_some()),
         ("--sample-every", args.sample_every.is_some()),
         ("--checkpoint-every", args.checkpoint_every.is_some()),
+        ("--cuda-graph", args.cuda_graph),
     ];
     let (run, privacy, noise) = (args.run.given(), args.privacy.given(), args.noise.given());
     let given: Vec<_> = run.iter().chain(&given).chain(&privacy).chain(&noise).copied().collect();

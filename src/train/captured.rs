@@ -71,6 +71,15 @@ impl PaddedBatch {
     }
 }
 
+/// The rows a Poisson-sampled run pads its batches to: the expected size qN plus six standard
+/// deviations of the binomial size, so that about one step in a billion exceeds it (and takes the
+/// unpadded step). At most N.
+pub fn poisson_rows(sample_rate: f64, records: usize) -> usize {
+    let n = records as f64;
+    let sd = (n * sample_rate * (1.0 - sample_rate)).max(0.0).sqrt();
+    ((sample_rate * n + 6.0 * sd).ceil() as usize).clamp(1, records.max(1))
+}
+
 /// The weight table padded batches gather their examples' weights from (row 0 weighs 1, row 1 0).
 pub fn weight_table(device: &Device) -> Result<Tensor> {
     Tensor::from_vec(vec![1.0, 0.0], &[2, 1], device)

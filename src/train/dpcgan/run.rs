@@ -20,6 +20,7 @@ use crate::privacy::accountant::Accountant;
 use crate::privacy::conversion::Conversion;
 use crate::privacy::rdp::Orders;
 use crate::tensor::{Device, Tensor};
+use crate::train::captured::poisson_rows;
 use crate::train::dp_sgd_run::{
     self, load_recorded_data, resumed_total, CheckpointCheck, PrivacyPlan, PrivacyRequest, PrivateRun, RecordedPrivacy, RunCore, StepReport,
 };
@@ -34,17 +35,11 @@ pub const ALGORITHM: &str = "dp-cgan";
 const STATE_FORMAT: u32 = 2;
 
 /// The rows a `--cuda-graph` run pads its batches to: the batch size for shuffled batches; under
-/// Poisson sampling the expected size qN plus six standard deviations of the binomial size, so
-/// that about one step in a billion exceeds it (and takes the unpadded step).
+/// Poisson sampling [`poisson_rows`].
 pub fn padded_rows(sampling: SamplingKind, batch_size: usize, sample_rate: f64, records: usize) -> usize {
     match sampling {
         SamplingKind::Shuffle => batch_size,
-        SamplingKind::Poisson => {
-            let n = records as f64;
-            let expected = sample_rate * n;
-            let sd = (n * sample_rate * (1.0 - sample_rate)).max(0.0).sqrt();
-            ((expected + 6.0 * sd).ceil() as usize).clamp(1, records.max(1))
-        }
+        SamplingKind::Poisson => poisson_rows(sample_rate, records),
     }
 }
 

@@ -63,9 +63,18 @@ pub struct DpsgdGan {
 }
 
 /// A D step's mean loss over its examples and its finiteness flag (`[1]`, 0 or NaN), on the device.
+#[derive(Clone)]
 pub struct DiscriminatorLosses {
     pub loss: Tensor,
     pub nonfinite: Tensor,
+}
+
+impl DiscriminatorLosses {
+    /// Copies in storage of their own (a replayed step's live in its graph's).
+    pub fn copied(&self) -> Result<DiscriminatorLosses> {
+        let copy = |t: &Tensor| ops::unary(UnaryOp::Affine { scale: 1.0, shift: 0.0 }, t);
+        Ok(DiscriminatorLosses { loss: copy(&self.loss)?, nonfinite: copy(&self.nonfinite)? })
+    }
 }
 
 /// A G step's mean non-saturating loss, and D's logits on its generated batch before G moved

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::graphed::GraphedDiscriminatorStep;
 use super::schedule::{GStepSchedule, ScheduleState};
-use super::{fake_accuracy, DpsgdGan, DpsgdGanConfig, PUBLISHED_ADAM};
+use super::{fake_accuracy, DiscriminatorLosses, DpsgdGan, DpsgdGanConfig, PUBLISHED_ADAM};
 use crate::backend::AdamParams;
 use crate::data::classes::class_names;
 use crate::data::dataset::{Dataset, PixelScale};
@@ -22,6 +23,7 @@ use crate::privacy::accountant::Accountant;
 use crate::privacy::conversion::Conversion;
 use crate::privacy::rdp::Orders;
 use crate::tensor::{Device, Tensor};
+use crate::train::captured::{poisson_rows, ReplayableStep};
 use crate::train::dp_sgd_run::{
     self, load_recorded_data, resumed_total, CheckpointCheck, Outcome, PrivacyPlan, PrivacyRequest, PrivateRun, RecordedPrivacy, RunCore,
     StepReport,
@@ -63,6 +65,9 @@ pub struct DpsgdGanSettings {
     pub log_every: u64,
     pub sample_every: u64,
     pub checkpoint_every: u64,
+    /// Pad each batch to a fixed number of rows so that a CUDA device replays the D steps from one
+    /// CUDA graph (`--cuda-graph`; see [`crate::train::captured`]).
+    pub cuda_graph: bool,
 }
 
 impl Default for DpsgdGanSettings {
@@ -89,6 +94,7 @@ impl Default for DpsgdGanSettings {
             log_every: 100,
             sample_every: 5000,
             checkpoint_every: 5000,
+            cuda_graph: false,
         }
     }
 }
@@ -123,6 +129,12 @@ pub struct DpsgdGanRunConfig {
     pub checkpoint_every: u64,
     pub build: BuildRecord,
     pub device: String,
+    /// With `--cuda-graph`: the rows every batch that fits is padded to (weight-0 rows, see
+    /// [`crate::train::captured`]), so that a CUDA device replays those D steps from one graph;
+    /// a larger batch takes the unpadded step. Any device takes the same steps, so a resumed run
+    /// continues bit for bit wherever it runs. Absent in runs without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub padded_rows: Option<usize>,
 }
 
 fn adam_record(lr: f32) -> AdamRecord {
@@ -180,6 +192,7 @@ impl DpsgdGanRunConfig {
             checkpoint_every: s.checkpoint_every,
             build: BuildRecord::current(),
             device: device.to_string(),
+            padded_rows: s.cuda_graph.then(|| poisson_rows(sample_rate, data.len())),
         })
     }
 
@@ -247,6 +260,8 @@ pub struct DpsgdGanRun {
     device: Device,
     /// The grids' row labels: the training set's class names.
     class_names: [&'static str; CLASSES],
+    /// With padded rows on a CUDA device: the D step captured after the first one, replayed since.
+    graph: Option<GraphedDiscriminatorStep>,
 }
 
 impl DpsgdGanRun {
@@ -317,6 +332,7 @@ impl DpsgdGanRun {
             batches,
             data: ResidentData::upload(data, PixelScale::Unit, device)?,
             class_names: class_names(data.labels()),
+            graph: None,
             device: device.clone(),
             config,
         })
@@ -344,6 +360,28 @@ impl DpsgdGanRun {
     }
 }
 
+impl DpsgdGanRun {
+    /// D step on `batch`: with padded rows, a batch that fits them takes the padded step, eagerly,
+    /// or on a CUDA device replayed from the graph captured at the first such step after the
+    /// first step (whose losses are copied out of the graph's buffers for the loop to read later).
+    fn discriminator_step(&mut self, batch: &[usize], rng: &mut impl Rng) -> Result<DiscriminatorLosses> {
+        let Some(rows) = self.config.padded_rows.filter(|&rows| batch.len() <= rows) else {
+            let (images, labels) = self.data.batch(batch)?;
+            let images = images.reshape(&[1, batch.len(), 1, SIDE, SIDE])?;
+            return self.model.discriminator_step(&images, &labels, rng);
+        };
+        let batch: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
+        if let Some(graph) = &mut self.graph {
+            return graph.step(&mut self.model, &batch, rng)?.copied();
+        }
+        if !(matches!(self.device, Device::Cuda(_)) && self.model.ready_for_capture()) {
+            return self.model.discriminator_step_bound(&self.data, &batch, rows, rng);
+        }
+        let graph = self.graph.insert(self.model.capture_discriminator_step(&self.data, &batch, rows, rng)?);
+        graph.losses().copied()
+    }
+}
+
 impl PrivateRun for DpsgdGanRun {
     fn core(&self) -> &RunCore {
         &self.core
@@ -363,10 +401,8 @@ impl PrivateRun for DpsgdGanRun {
     fn step(&mut self, step: u64) -> Result<StepReport> {
         let _range = crate::profile::range("dpsgd_gan_step");
         let batch = self.batches.batch(step)?;
-        let (images, labels) = self.data.batch(&batch)?;
-        let images = images.reshape(&[1, batch.len(), 1, SIDE, SIDE])?;
         let mut rng = stream(self.config.seed, Purpose::Generator, step);
-        let d = self.model.discriminator_step(&images, &labels, &mut rng)?;
+        let d = self.discriminator_step(&batch, &mut rng)?;
         let mut g_loss = None;
         if self.schedule.d_step_taken() {
             let g = self.model.generator_step(&mut rng, &self.device)?;
