@@ -20,13 +20,13 @@
 //!    slow the step, which is why the headline figures never come from this pass.
 //! 3. with `cuda_graph` (CUDA only), a third pass: one step captured into a CUDA graph
 //!    ([`CudaDevice::capture`](crate::backend::cuda::CudaDevice::capture)) and replayed `steps`
-//!    times, timed as the headline pass. DP-CGAN's private step and DPSGD-GAN's D step replay as
+//!    times, timed as the headline pass. DP-CGAN's steps and DPSGD-GAN's D step replay as
 //!    training steps ([`crate::train::captured`]): each replay reads its own batch indices,
 //!    example weights, generator keys, noise step and optimizer corrections from a step block the
-//!    host writes first, its batch padded as a Poisson run at q = B/60,000 pads it
-//!    (`graph_rows`). GS-WGAN's steps replay as captured, repeating their keys, draws and
-//!    counters: not training steps, but their launch floor, the bound that capturing them as
-//!    training steps would approach.
+//!    host writes first, a private step's batch padded as a Poisson run at q = B/60,000 pads it
+//!    (`graph_rows`; the non-private step's unpadded, B rows). GS-WGAN's steps replay as captured,
+//!    repeating their keys, draws and counters: not training steps, but their launch floor, the
+//!    bound that capturing them as training steps would approach.
 //!
 //! DP-CGAN's and DPSGD-GAN's steps gather their batch on the device from fresh indices each step,
 //! from synthetic records kept on the device, as a run gathers from its resident training set.
@@ -49,7 +49,8 @@ use crate::models::gswgan::{GeneratorArch, PIXELS, PUBLISHED_BASE};
 use crate::nn::Module;
 use crate::profile::{self, PhaseTimer};
 use crate::tensor::{Device, Tensor};
-use crate::train::captured::poisson_rows;
+use crate::train::captured::{self, poisson_rows};
+use crate::train::dpcgan::graphed::NonPrivateDpCgan;
 use crate::train::dpcgan::{DpCgan, DpCganConfig};
 use crate::train::dpsgd_gan::{DpsgdGan, DpsgdGanConfig};
 use crate::train::gswgan::{select_discriminator, CriticState, GsWganConfig, LabelledImages, PrivateTraining, WarmStart};
@@ -361,36 +362,58 @@ fn prepare_dpcgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
     // The rows a Poisson run at the published q = B/60,000 pads its batches to (747 for B = 600):
     // the graph pass pays for the padding a real run replays with.
     let rows = poisson_rows(b as f64 / MNIST_RECORDS as f64, MNIST_RECORDS);
-    let capture_training: Option<CaptureTraining> = private.then(|| {
-        Box::new(move || {
-            let mut state = bench.borrow_mut();
-            let DpCganBench { model, records, rng, .. } = &mut *state;
-            let batch = records.next_batch();
+    // The non-private step replays unpadded (its mean losses take no weights): B rows.
+    let rows = if private { rows } else { b };
+    let capture_training: CaptureTraining = Box::new(move || {
+        let mut state = bench.borrow_mut();
+        let DpCganBench { model, records, rng, .. } = &mut *state;
+        let batch = records.next_batch();
+        if private {
             let mut graphed = model.capture_private_step(&records.data, &batch, rows, b, rng)?;
             drop(state);
-            Ok(Box::new(move || {
+            return Ok(Box::new(move || {
                 let mut state = bench.borrow_mut();
                 let DpCganBench { model, records, rng, .. } = &mut *state;
                 let batch = records.next_batch();
                 graphed.step(model, &batch, rng).map(|_| ())
-            }) as Box<dyn FnMut() -> Result<()>>)
-        }) as CaptureTraining
+            }) as Box<dyn FnMut() -> Result<()>>);
+        }
+        let mut graphed = captured::capture(&mut NonPrivateDpCgan(model), &records.data, &batch, rows, b, rng)?;
+        drop(state);
+        Ok(Box::new(move || {
+            let mut state = bench.borrow_mut();
+            let DpCganBench { model, records, rng, .. } = &mut *state;
+            let batch = records.next_batch();
+            graphed.step(&mut NonPrivateDpCgan(model), &batch, rng).map(|_| ())
+        }) as Box<dyn FnMut() -> Result<()>>)
     });
     let description = if private {
         format!("DpCgan::private_step: B real and B generated examples through D as one batch, each clipped per example, noised once, SGD on D; Adam on G (B = {b}, {b} generated); the batch gathered on the device from fresh indices first")
     } else {
         format!("DpCgan::non_private_step: mean BCE losses, no clipping or noise, SGD on D; Adam on G (B = {b}); the batch gathered on the device from fresh indices first")
     };
-    let mut pairs = vec![("batch_size", json!(b)), ("d_lr", f32_json(config.d_lr)), ("g_adam_lr", f32_json(config.g_adam.lr))];
+    let mut pairs = vec![
+        ("batch_size", json!(b)),
+        ("graph_rows", json!(rows)),
+        ("d_lr", f32_json(config.d_lr)),
+        ("g_adam_lr", f32_json(config.g_adam.lr)),
+    ];
     if private {
         pairs.extend([
-            ("graph_rows", json!(rows)),
             ("clip", f32_json(config.clip)),
             ("noise_multiplier", f32_json(config.noise_multiplier)),
             ("noise", json!(format!("{:?}", o.noise).to_lowercase())),
         ]);
     }
-    Ok(Prepared { step, capture_training, description, inputs, settings: settings(pairs), generator_params, discriminator_params })
+    Ok(Prepared {
+        step,
+        capture_training: Some(capture_training),
+        description,
+        inputs,
+        settings: settings(pairs),
+        generator_params,
+        discriminator_params,
+    })
 }
 
 /// The DPSGD-GAN benchmark's model, records and generator stream, shared by its eager D step and
@@ -648,7 +671,7 @@ impl GraphReplayReport {
 /// each with its own batch, keys, noise step and optimizer corrections copied in first, timed as
 /// [`time_steps`] times a step. A failed capture is reported, not raised.
 fn time_training_replays(device: &Device, steps: usize, capture: CaptureTraining) -> Result<GraphReplayReport> {
-    let note = "one training step captured into a CUDA graph, then replayed: each replay a training step of its own (batch indices, example weights, generator keys, noise step, learning rate and Adam's corrections copied into the step block first), its B records padded to graph_rows rows as a Poisson run pads them; timed as the headline pass".to_string();
+    let note = "one training step captured into a CUDA graph, then replayed: each replay a training step of its own (batch indices, example weights, generator keys, noise step, learning rate and Adam's corrections copied into the step block first), its B records padded to graph_rows rows as a Poisson run pads them (B, no padding, for a non-private step); timed as the headline pass".to_string();
     synchronize(device)?;
     let mut replay = match capture() {
         Ok(replay) => replay,

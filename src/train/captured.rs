@@ -51,6 +51,11 @@ impl PaddedBatch {
         self.indices.len()
     }
 
+    /// The padding rows (weight row 1).
+    pub fn padding(&self) -> usize {
+        self.weight_rows.iter().filter(|&&r| r == 1).count()
+    }
+
     /// The per-step values of its gathers, for a model's plan.
     pub fn values(&self) -> (Vec<u32>, Vec<u32>) {
         (self.indices.clone(), self.weight_rows.clone())

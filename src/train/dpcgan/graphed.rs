@@ -5,7 +5,7 @@ use rand::Rng;
 
 use super::{DpCgan, StepLosses};
 use crate::backend::step_values::StepValues;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
 use crate::train::captured::{self, first_storage, CapturedStep, PaddedBatch, ReplayableStep};
 use crate::train::replay::GeneratorKeys;
@@ -53,6 +53,48 @@ impl ReplayableStep for DpCgan {
 
     fn updated_buffers(&self) -> Vec<*const Storage> {
         vec![first_storage(self.generator.params()), first_storage(self.discriminator.params())]
+    }
+}
+
+/// DP-CGAN's non-private step (the baseline the private one is measured against), as a CUDA graph
+/// replays it: batches of the captured size only, unpadded (its mean losses take no weights).
+/// Wraps the model for a capture or a replay: `captured::capture(&mut NonPrivateDpCgan(&mut m), ..)`.
+pub struct NonPrivateDpCgan<'a>(pub &'a mut DpCgan);
+
+impl ReplayableStep for NonPrivateDpCgan<'_> {
+    type Losses = StepLosses;
+    const STEP: &'static str = "DP-CGAN non-private step";
+
+    /// The private step's values but the noise step (nothing is noised).
+    fn step_values(&self, batch: &PaddedBatch, keys: &GeneratorKeys) -> StepValues {
+        StepValues { noise_step: None, ..self.0.step_values(batch, keys) }
+    }
+
+    fn padded_step(
+        &mut self,
+        data: &ResidentData,
+        batch: &PaddedBatch,
+        _weight_table: &Tensor,
+        _fake_batch: usize,
+        keys: GeneratorKeys,
+    ) -> Result<StepLosses> {
+        if batch.padding() > 0 {
+            return Err(Error::Invalid(format!("{} takes unpadded batches; this one has {} padding rows", Self::STEP, batch.padding())));
+        }
+        let (images, labels) = data.rows_at(&batch.indices, &[1, batch.rows()])?;
+        self.0.non_private_step_with(&images, &labels, keys)
+    }
+
+    fn count_replayed_step(&mut self) {
+        self.0.count_replayed_step();
+    }
+
+    fn ready_for_capture(&self) -> bool {
+        self.0.ready_for_capture()
+    }
+
+    fn updated_buffers(&self) -> Vec<*const Storage> {
+        self.0.updated_buffers()
     }
 }
 
@@ -232,6 +274,27 @@ mod tests {
         step_values::bind(&full, true, None, || m.padded_step(&data, &padded, &table, 4, keys)).unwrap();
         let mut m = model();
         step_values::bind(&StepValues::default(), false, None, || m.padded_step(&data, &padded, &table, 4, keys)).unwrap();
+    }
+
+    /// The non-private step under the strict binding of its plan is the eager non-private step
+    /// bit for bit (its plan holds every value it uses); a padded batch is refused.
+    #[test]
+    fn the_bound_non_private_step_is_the_eager_one_and_refuses_padding() {
+        let data = data();
+        let batch = [3u32, 0, 19, 7, 7, 12];
+        let records: Vec<usize> = batch.iter().map(|&i| i as usize).collect();
+        let (images, labels) = data.batch(&records).unwrap();
+        let (mut eager, mut bound) = (model(), model());
+        let e = eager.non_private_step(&images, &labels, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
+        let b = captured::bound_step(&mut NonPrivateDpCgan(&mut bound), &data, &batch, 6, 6, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
+        assert_eq!(values(&bound), values(&eager));
+        assert_eq!(b.discriminator.to_vec().unwrap(), e.discriminator.to_vec().unwrap());
+        assert_eq!(b.generator.to_vec().unwrap(), e.generator.to_vec().unwrap());
+        let err = captured::bound_step(&mut NonPrivateDpCgan(&mut bound), &data, &batch, 7, 6, &mut ChaCha8Rng::seed_from_u64(3))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("takes unpadded batches"), "{err}");
     }
 
     #[test]

@@ -142,12 +142,6 @@ impl DpCgan {
         Ok(())
     }
 
-    /// Generator inputs for `batch` examples: z ~ N(0, I) and labels uniform over the classes, both
-    /// computed on the device (public).
-    fn generator_inputs<R: Rng>(batch: usize, rng: &mut R, device: &Device) -> Result<(Tensor, Tensor)> {
-        GeneratorKeys::draw(rng).inputs(batch, LATENT, CLASSES, device)
-    }
-
     /// The private step on a batch of real images `[1, B, 784]` (in [−1, 1]) with one-hot labels,
     /// and `fake_batch` generated examples (public randomness, so their number is free to choose:
     /// under Poisson sampling the run keeps it at the expected batch size while B varies).
@@ -222,8 +216,13 @@ impl DpCgan {
     /// The same step without privacy (mean losses, no clipping, no noise): the baseline a private
     /// step is measured against.
     pub fn non_private_step<R: Rng>(&mut self, images: &Tensor, labels: &Tensor, rng: &mut R) -> Result<StepLosses> {
+        self.non_private_step_with(images, labels, GeneratorKeys::draw(rng))
+    }
+
+    /// [`DpCgan::non_private_step`] with its generator keys drawn already.
+    fn non_private_step_with(&mut self, images: &Tensor, labels: &Tensor, keys: GeneratorKeys) -> Result<StepLosses> {
         let batch = images.shape()[1];
-        let (z, fake_labels) = Self::generator_inputs(batch, rng, &images.device())?;
+        let (z, fake_labels) = keys.inputs(batch, LATENT, CLASSES, &images.device())?;
         let (g_tape, fake) = self.generator_forward(&z, &fake_labels)?;
         let tape = Tape::new();
         let d = &self.discriminator;
@@ -321,7 +320,8 @@ mod tests {
         let labels: Vec<u32> = (0..real).map(|_| data.random_range(0..CLASSES as u32)).collect();
         let labels = Tensor::one_hot(&labels, CLASSES, &[1, real], &device).unwrap();
         // The generated examples the step will draw: the same stream, the same G.
-        let (z, fake_labels) = DpCgan::generator_inputs(fake_count, &mut ChaCha8Rng::seed_from_u64(4), &device).unwrap();
+        let keys = GeneratorKeys::draw(&mut ChaCha8Rng::seed_from_u64(4));
+        let (z, fake_labels) = keys.inputs(fake_count, LATENT, CLASSES, &device).unwrap();
         let fake = model.generator.forward(&Tape::new(), &z, &fake_labels).unwrap();
 
         let mut gradients = Vec::new();
