@@ -297,6 +297,18 @@ mod tests {
         assert!(err.contains("takes unpadded batches"), "{err}");
     }
 
+    /// What a replay checks it was handed the captured model by: two models' updated buffers
+    /// differ, one model's stay the same across steps (updated in place) and none is null.
+    #[test]
+    fn updated_buffers_identify_the_model() {
+        let (mut a, b) = (model(), model());
+        let before = a.updated_buffers();
+        assert!(before.iter().all(|p| !p.is_null()), "{before:?}");
+        assert_ne!(before, b.updated_buffers());
+        a.private_step_bound(&data(), &[1, 2, 3], 4, 4, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+        assert_eq!(a.updated_buffers(), before, "a step replaced a parameter instead of updating it");
+    }
+
     #[test]
     fn capture_needs_a_cuda_device() {
         let err = model().capture_private_step(&data(), &[1, 2], 2, 2, &mut ChaCha8Rng::seed_from_u64(1)).err().unwrap();
