@@ -130,6 +130,10 @@ pub trait ReplayableStep {
     /// Counts, on the host, a step a replay took (what the step's host code counts).
     fn count_replayed_step(&mut self);
 
+    /// Copies of losses in storage of their own (a replayed step's live in its graph's buffers,
+    /// which the next replay rewrites).
+    fn copied(losses: &Self::Losses) -> Result<Self::Losses>;
+
     /// Whether every state tensor the step updates exists already (an optimizer's moments are
     /// made by its first step; made inside a capture, a graph would own and reset them).
     fn ready_for_capture(&self) -> bool;
@@ -161,6 +165,28 @@ pub fn bound_step<M: ReplayableStep, R: Rng>(
     let values = model.step_values(&padded, &keys);
     let table = weight_table(&data.device())?;
     step_values::bind(&values, true, None, || model.padded_step(data, &padded, &table, fake_batch, keys))
+}
+
+/// A run's padded step on `batch` (which fits `rows`): replayed from `graph` once captured;
+/// captured there (and run) on a CUDA device once the model is ready; else [`bound_step`], eagerly.
+/// Any device thus takes the same padded steps. The losses are in storage of their own, for a run
+/// loop that reads them later.
+pub fn run_step<M: ReplayableStep, R: Rng>(
+    graph: &mut Option<CapturedStep<M::Losses>>,
+    model: &mut M,
+    data: &ResidentData,
+    batch: &[u32],
+    rows: usize,
+    fake_batch: usize,
+    rng: &mut R,
+) -> Result<M::Losses> {
+    if let Some(graph) = graph {
+        return M::copied(graph.step(model, batch, rng)?);
+    }
+    if !(matches!(data.device(), Device::Cuda(_)) && model.ready_for_capture()) {
+        return bound_step(model, data, batch, rows, fake_batch, rng);
+    }
+    M::copied(graph.insert(capture(model, data, batch, rows, fake_batch, rng)?).losses())
 }
 
 /// A captured step, the block its replays read their values from, and what identifies the model
@@ -206,7 +232,7 @@ pub fn capture<M: ReplayableStep, R: Rng>(
     let values = model.step_values(&padded, &keys);
     let index_bound = u32::try_from(data.len()).map_err(|_| Error::Invalid("a training set past 2³² records".into()))?;
     let mut block = StepBlock::new(&cuda, values.layout(), index_bound)?;
-    block.upload(&values)?;
+    block.upload(values)?;
     // Made before the capture: a graph may not copy from the host.
     let table = weight_table(&data.device())?;
     let (losses, graph) = cuda.capture(|| block.bind(true, || model.padded_step(data, &padded, &table, fake_batch, keys)))?;
@@ -240,11 +266,42 @@ impl<L> CapturedStep<L> {
         }
         let padded = PaddedBatch::new(batch, self.rows, self.fake_batch)?;
         let keys = GeneratorKeys::draw(rng);
-        self.block.upload(&model.step_values(&padded, &keys))?;
+        self.block.upload(model.step_values(&padded, &keys))?;
         self.graph.replay()?;
         model.count_replayed_step();
         Ok(&self.losses)
     }
+}
+
+/// A damage done to a step's plan, for [`assert_each_missing_value_is_refused`].
+#[cfg(test)]
+pub(crate) type PlanDamage = fn(&mut StepValues);
+
+/// Test support: `make`'s step on `padded` refuses, by name, a plan with any one of `cases`'
+/// damages (so a capture could never bake that value in), and runs under the undamaged plan.
+#[cfg(test)]
+pub(crate) fn assert_each_missing_value_is_refused<M: ReplayableStep>(
+    make: impl Fn() -> M,
+    data: &ResidentData,
+    padded: &PaddedBatch,
+    fake_batch: usize,
+    cases: &[(&str, PlanDamage)],
+) {
+    let table = weight_table(&Device::Cpu).unwrap();
+    let keys = GeneratorKeys::draw(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1));
+    let full = make().step_values(padded, &keys);
+    for (what, damage) in cases {
+        let mut m = make();
+        let mut plan = full.clone();
+        damage(&mut plan);
+        let err = step_values::bind(&plan, true, None, || m.padded_step(data, padded, &table, fake_batch, keys))
+            .err()
+            .unwrap_or_else(|| panic!("a plan without {what} was accepted"))
+            .to_string();
+        assert!(err.contains(what) && err.contains("would repeat it"), "{err}");
+    }
+    let mut m = make();
+    assert!(step_values::bind(&full, true, None, || m.padded_step(data, padded, &table, fake_batch, keys)).is_ok());
 }
 
 #[cfg(test)]

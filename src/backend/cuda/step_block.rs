@@ -67,7 +67,7 @@ impl StepBlock {
     /// Queues the copy of `values` into the block, behind the work already on the stream (which
     /// still reads the previous values). Not inside a capture: the replays read the block, and
     /// each step's values are uploaded before its replay.
-    pub fn upload(&mut self, values: &StepValues) -> Result<()> {
+    pub fn upload(&mut self, values: StepValues) -> Result<()> {
         values.check()?;
         if let Some(bad) = values.batch_indices.iter().find(|&&i| i >= self.index_bound) {
             return Err(Error::Invalid(format!("a step's batch index {bad} is past the {} rows its step block serves", self.index_bound)));
@@ -87,7 +87,7 @@ impl StepBlock {
             .stream()
             .memcpy_htod(&*staging, &mut self.words)
             .map_err(|e| Error::cuda("copying a step's values to the device", e))?;
-        self.values = values.clone();
+        self.values = values;
         Ok(())
     }
 

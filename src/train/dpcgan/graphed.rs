@@ -47,6 +47,10 @@ impl ReplayableStep for DpCgan {
         self.g_optimizer.count_replayed_step();
     }
 
+    fn copied(losses: &StepLosses) -> Result<StepLosses> {
+        losses.copied()
+    }
+
     fn ready_for_capture(&self) -> bool {
         self.g_optimizer.steps() > 0
     }
@@ -87,6 +91,10 @@ impl ReplayableStep for NonPrivateDpCgan<'_> {
 
     fn count_replayed_step(&mut self) {
         self.0.count_replayed_step();
+    }
+
+    fn copied(losses: &StepLosses) -> Result<StepLosses> {
+        losses.copied()
     }
 
     fn ready_for_capture(&self) -> bool {
@@ -246,9 +254,6 @@ mod tests {
     fn a_plan_missing_a_value_is_refused_by_name() {
         let data = data();
         let padded = PaddedBatch::new(&[3u32, 0, 19, 7, 7, 12], 8, 4).unwrap();
-        let table = crate::train::captured::weight_table(&Device::Cpu).unwrap();
-        let keys = GeneratorKeys::draw(&mut ChaCha8Rng::seed_from_u64(1));
-        let full = model().step_values(&padded, &keys);
         type Damage = fn(&mut StepValues);
         let cases: [(&str, Damage); 7] = [
             ("a noise key's step 0", |v| v.noise_step = Some(1)),
@@ -259,19 +264,10 @@ mod tests {
             ("a gather of 8 rows", |v| v.batch_indices[2] = 18),
             ("a gather of 12 rows from a table of 2", |v| v.example_weight_rows[0] = 1),
         ];
-        for (what, damage) in cases {
-            let mut m = model();
-            let mut plan = full.clone();
-            damage(&mut plan);
-            let err = step_values::bind(&plan, true, None, || m.padded_step(&data, &padded, &table, 4, keys))
-                .err()
-                .unwrap_or_else(|| panic!("a plan without {what} was accepted"))
-                .to_string();
-            assert!(err.contains(what) && err.contains("would repeat it"), "{err}");
-        }
-        // The full plan passes; a binding that is not strict refuses nothing.
-        let mut m = model();
-        step_values::bind(&full, true, None, || m.padded_step(&data, &padded, &table, 4, keys)).unwrap();
+        captured::assert_each_missing_value_is_refused(model, &data, &padded, 4, &cases);
+        // A binding that is not strict refuses nothing.
+        let table = captured::weight_table(&Device::Cpu).unwrap();
+        let keys = GeneratorKeys::draw(&mut ChaCha8Rng::seed_from_u64(1));
         let mut m = model();
         step_values::bind(&StepValues::default(), false, None, || m.padded_step(&data, &padded, &table, 4, keys)).unwrap();
     }

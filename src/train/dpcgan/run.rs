@@ -20,7 +20,7 @@ use crate::privacy::accountant::Accountant;
 use crate::privacy::conversion::Conversion;
 use crate::privacy::rdp::Orders;
 use crate::tensor::{Device, Tensor};
-use crate::train::captured::poisson_rows;
+use crate::train::captured::{self, poisson_rows};
 use crate::train::dp_sgd_run::{
     self, load_recorded_data, resumed_total, CheckpointCheck, PrivacyPlan, PrivacyRequest, PrivateRun, RecordedPrivacy, RunCore, StepReport,
 };
@@ -482,17 +482,7 @@ impl PrivateRun for DpCganRun {
             return Ok(report(self.model.private_step(&images, &labels, fake, &mut rng)?));
         };
         let batch: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
-        if let Some(graph) = &mut self.graph {
-            // The replay's losses live in the graph's buffers, which the next replay rewrites:
-            // copied out for the loop, which reads them later.
-            return Ok(report(graph.step(&mut self.model, &batch, &mut rng)?.copied()?));
-        }
-        let capture = matches!(self.device, Device::Cuda(_)) && self.model.generator_adam_steps() > 0;
-        if !capture {
-            return Ok(report(self.model.private_step_bound(&self.data, &batch, rows, fake, &mut rng)?));
-        }
-        let graph = self.graph.insert(self.model.capture_private_step(&self.data, &batch, rows, fake, &mut rng)?);
-        Ok(report(graph.losses().copied()?))
+        Ok(report(captured::run_step(&mut self.graph, &mut self.model, &self.data, &batch, rows, fake, &mut rng)?))
     }
 
     fn extra_metrics(&self, done: u64) -> serde_json::Map<String, serde_json::Value> {

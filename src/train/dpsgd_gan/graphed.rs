@@ -51,6 +51,10 @@ impl ReplayableStep for DpsgdGan {
         self.d_optimizer.count_replayed_step();
     }
 
+    fn copied(losses: &DiscriminatorLosses) -> Result<DiscriminatorLosses> {
+        losses.copied()
+    }
+
     fn ready_for_capture(&self) -> bool {
         self.d_optimizer.steps() > 0
     }
@@ -95,7 +99,6 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::backend::step_values;
     use crate::dp::{NoiseMode, NoiseSource};
     use crate::tensor::Device;
     use crate::train::dpsgd_gan::DpsgdGanConfig;
@@ -146,11 +149,7 @@ mod tests {
     /// A plan missing any one of the D step's kinds of value is refused by name.
     #[test]
     fn a_plan_missing_a_value_is_refused_by_name() {
-        let data = data();
         let padded = PaddedBatch::new(&[3u32, 0, 19], 6, 4).unwrap();
-        let table = captured::weight_table(&Device::Cpu).unwrap();
-        let keys = GeneratorKeys::draw(&mut ChaCha8Rng::seed_from_u64(1));
-        let full = model().step_values(&padded, &keys);
         type Damage = fn(&mut StepValues);
         let cases: [(&str, Damage); 5] = [
             ("a noise key's step 0", |v| v.noise_step = Some(1)),
@@ -159,18 +158,7 @@ mod tests {
             ("a gather of 6 rows", |v| v.batch_indices[1] = 18),
             ("a gather of 10 rows from a table of 2", |v| v.example_weight_rows[0] = 1),
         ];
-        for (what, damage) in cases {
-            let mut m = model();
-            let mut plan = full.clone();
-            damage(&mut plan);
-            let err = step_values::bind(&plan, true, None, || m.padded_step(&data, &padded, &table, 4, keys))
-                .err()
-                .unwrap_or_else(|| panic!("a plan without {what} was accepted"))
-                .to_string();
-            assert!(err.contains(what) && err.contains("would repeat it"), "{err}");
-        }
-        let mut m = model();
-        step_values::bind(&full, true, None, || m.padded_step(&data, &padded, &table, 4, keys)).unwrap();
+        captured::assert_each_missing_value_is_refused(model, &data(), &padded, 4, &cases);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::privacy::accountant::Accountant;
 use crate::privacy::conversion::Conversion;
 use crate::privacy::rdp::Orders;
 use crate::tensor::{Device, Tensor};
-use crate::train::captured::{poisson_rows, ReplayableStep};
+use crate::train::captured::{self, poisson_rows};
 use crate::train::dp_sgd_run::{
     self, load_recorded_data, resumed_total, CheckpointCheck, Outcome, PrivacyPlan, PrivacyRequest, PrivateRun, RecordedPrivacy, RunCore,
     StepReport,
@@ -371,14 +371,8 @@ impl DpsgdGanRun {
             return self.model.discriminator_step(&images, &labels, rng);
         };
         let batch: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
-        if let Some(graph) = &mut self.graph {
-            return graph.step(&mut self.model, &batch, rng)?.copied();
-        }
-        if !(matches!(self.device, Device::Cuda(_)) && self.model.ready_for_capture()) {
-            return self.model.discriminator_step_bound(&self.data, &batch, rows, rng);
-        }
-        let graph = self.graph.insert(self.model.capture_discriminator_step(&self.data, &batch, rows, rng)?);
-        graph.losses().copied()
+        let fake = self.config.batch_size;
+        captured::run_step(&mut self.graph, &mut self.model, &self.data, &batch, rows, fake, rng)
     }
 }
 
