@@ -166,8 +166,8 @@ struct LogSoftmaxParams {
 // ---- optim.cu ----
 
 // ---- Per-step values from device memory ----
-// A value that changes every step (a learning rate, Adam's bias corrections, the noise step, a
-// public draw's key) travels in the launch parameters, or, when its `*_at` pointer is not null, is
+// A value that changes every step (a learning rate, an EMA's decay, Adam's bias corrections, the
+// noise step, a public draw's key) travels in the launch parameters, or, when its `*_at` pointer is not null, is
 // read from that device address (a step's value block, src/backend/cuda/step_block.rs): a CUDA
 // graph of the step then replays with the values the host wrote there for the next step. A kernel
 // reads each once, through step_values.cuh's `resolved`, before its loop.
@@ -202,6 +202,7 @@ struct EmaUpdateParams {
   int64_t n;
   float decay;
   int32_t pad_;
+  const float* decay_at;  // not null: decay is read from here (a step's value block)
 };
 
 // One tensor of a multi-tensor ("foreach") update: up to four arrays of n floats (Adam: param,
@@ -226,6 +227,7 @@ struct AdamForeachParams {
 struct EmaForeachParams {
   float decay;
   int32_t count;
+  const float* decay_at;  // not null: decay is read from here (a step's value block)
   ForeachTensor tensors[DPGAN_FOREACH_TENSORS];
 };
 
@@ -512,10 +514,10 @@ static_assert(sizeof(NoisedSgdForeachParams) == 40 + DPGAN_FOREACH_TENSORS * 104
 static_assert(sizeof(NoisedAdamForeachParams) == 40 + DPGAN_FOREACH_TENSORS * 104 + 8, "NoisedAdamForeachParams layout");
 // Kernel parameters are limited to 4 KiB.
 static_assert(sizeof(NoisedAdamForeachParams) <= 4096, "NoisedAdamForeachParams fits one launch's parameters");
-static_assert(sizeof(EmaUpdateParams) == 16, "EmaUpdateParams layout");
+static_assert(sizeof(EmaUpdateParams) == 24, "EmaUpdateParams layout");
 static_assert(sizeof(ForeachTensor) == 40, "ForeachTensor layout");
 static_assert(sizeof(AdamForeachParams) == 40 + 32 * 40 + 8, "AdamForeachParams layout");
-static_assert(sizeof(EmaForeachParams) == 8 + 32 * 40, "EmaForeachParams layout");
+static_assert(sizeof(EmaForeachParams) == 16 + 32 * 40, "EmaForeachParams layout");
 static_assert(sizeof(SgdForeachParams) == 40 + 32 * 40 + 8, "SgdForeachParams layout");
 static_assert(sizeof(NoisedAdamParams) == 112, "NoisedAdamParams layout");
 static_assert(sizeof(Pool2x2Params) == 40, "Pool2x2Params layout");

@@ -39,7 +39,8 @@ extern "C" __global__ void optim_adam_update_f32(AdamUpdateParams p, float* __re
 // An exponential moving average in place: ema ← decay·ema + (1 − decay)·x, three roundings as the
 // CPU's (src/backend/cpu/optim.rs, ema_update) and as the affine, affine, add it replaces.
 extern "C" __global__ void optim_ema_update_f32(EmaUpdateParams p, float* __restrict__ ema, const float* __restrict__ x) {
-  const float keep = p.decay, take = 1.0f - p.decay;
+  const float decay = resolved(p).decay;
+  const float keep = decay, take = 1.0f - decay;
   DPGAN_FOR_EACH(i, p.n) { ema[i] = __fadd_rn(__fmul_rn(keep, ema[i]), __fmul_rn(take, x[i])); }
 }
 
@@ -67,7 +68,8 @@ extern "C" __global__ void optim_adam_update_foreach_f32(AdamForeachParams p) {
 // optim_ema_update_f32.
 extern "C" __global__ void optim_ema_update_foreach_f32(EmaForeachParams p) {
   const ForeachTensor& t = p.tensors[blockIdx.y];
-  const float keep = p.decay, take = 1.0f - p.decay;
+  const float decay = p.decay_at ? *p.decay_at : p.decay;
+  const float keep = decay, take = 1.0f - decay;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < t.n; i += (int64_t)blockDim.x * gridDim.x) {
     t.a[i] = __fadd_rn(__fmul_rn(keep, t.a[i]), __fmul_rn(take, t.b[i]));
   }

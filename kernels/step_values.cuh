@@ -15,6 +15,10 @@ __device__ __forceinline__ AdamUpdateParams resolved(AdamUpdateParams p) {
   }
   return p;
 }
+__device__ __forceinline__ EmaUpdateParams resolved(EmaUpdateParams p) {
+  if (p.decay_at) p.decay = *p.decay_at;
+  return p;
+}
 __device__ __forceinline__ NoiseKeyParams resolved(NoiseKeyParams k) {
   if (k.step_at) {
     k.step_lo = k.step_at[0];

@@ -29,12 +29,12 @@ void launch(uint3_ grid, F kernel) {
   emu::launch(grid, {BLOCK, 1, 1}, kernel);
 }
 
-// Set for main's second pass: every launch passes its per-step values (lr, Adam's bias corrections,
-// the noise step, the draws' keys) from memory, as a step bound to a step block does
+// Set for main's second pass: every launch passes its per-step values (lr, an EMA's decay, Adam's
+// bias corrections, the noise step, the draws' keys) from memory, as a step bound to a step block does
 // (src/backend/cuda/step_block.rs), with their copies in the parameters poisoned, so a kernel that
 // read the parameters would fail every comparison.
 bool FROM_MEMORY = false;
-float lr_word, correction_words[2];
+float lr_word, decay_word, correction_words[2];
 uint32_t step_words[2];
 uint32_t key_words[2 * MAX_DRAW_MEMBERS];
 
@@ -49,6 +49,16 @@ AdamUpdateParams launched_with(AdamUpdateParams p) {
     p.corrections_at = correction_words;
     p.step_size = p.bias2_sqrt = NAN;
   }
+  return p;
+}
+
+EmaUpdateParams launched_with(EmaUpdateParams p) {
+  if (FROM_MEMORY) decay_word = p.decay, p.decay_at = &decay_word, p.decay = NAN;
+  return p;
+}
+
+EmaForeachParams launched_with(EmaForeachParams p) {
+  if (FROM_MEMORY) decay_word = p.decay, p.decay_at = &decay_word, p.decay = NAN;
   return p;
 }
 
@@ -254,7 +264,7 @@ void test_adam(const AdamHp& hp, size_t n, uint64_t t) {
 void ema_update(Buf& ema, Buf& x, float decay) {
   const size_t n = ema.n;
   if (n == 0) return;
-  const EmaUpdateParams p{(int64_t)n, decay, 0};
+  const EmaUpdateParams p = launched_with(EmaUpdateParams{(int64_t)n, decay, 0, nullptr});
   launch(grid_for(n), [&] { optim_ema_update_f32(p, ema.data(), x.data()); });
 }
 
@@ -353,9 +363,9 @@ void sgd_steps(std::vector<PairBufs>& pairs, const SgdHp& hp) {
 
 void ema_updates(std::vector<PairBufs>& pairs, float decay) {
   pairs_foreach(pairs, optim_ema_update_foreach_f32, [&](const Slots& t, int32_t count) {
-    EmaForeachParams p{decay, count, {}};
+    EmaForeachParams p{decay, count, nullptr, {}};
     std::copy(std::begin(t), std::end(t), p.tensors);
-    return p;
+    return launched_with(p);
   });
 }
 

@@ -649,6 +649,7 @@ pub fn ema_update(ema: &mut Tensor, x: &Tensor, decay: f32) -> Result<()> {
     if !decay.is_finite() {
         return Err(Error::Invalid(format!("ema_update: decay {decay} must be finite")));
     }
+    step_values::require_ema_decay(decay)?;
     dispatch("ema_update", &dev).ema_update(ema, x, decay)
 }
 
@@ -665,6 +666,7 @@ pub fn ema_updates(pairs: &mut [(&mut Tensor, &Tensor)], decay: f32) -> Result<(
     if !decay.is_finite() {
         return Err(Error::Invalid(format!("ema_update: decay {decay} must be finite")));
     }
+    step_values::require_ema_decay(decay)?;
     dispatch("ema_update", &dev).ema_updates(pairs, decay)
 }
 

@@ -146,7 +146,7 @@ pub(crate) fn ema_update(dev: &Arc<CudaDevice>, ema: &mut Tensor, x: &Tensor, de
     if n == 0 {
         return Ok(());
     }
-    let p = EmaUpdateParams { n: n as i64, decay, pad_: 0 };
+    let p = EmaUpdateParams { n: n as i64, decay, pad_: 0, decay_at: step_block::ema_decay_at(dev, decay) };
     let k = Kernel::EmaUpdate;
     let e = &mut buffer_mut(ema)?.slice;
     let _range = crate::profile::range(k.symbol());
@@ -242,5 +242,6 @@ pub(crate) fn sgd_steps(dev: &Arc<CudaDevice>, pairs: &mut [(&mut Tensor, &Tenso
 
 /// `ema ← decay·ema + (1 − decay)·x` for every pair (lengths checked by ops), up to 32 per launch.
 pub(crate) fn ema_updates(dev: &Arc<CudaDevice>, pairs: &mut [(&mut Tensor, &Tensor)], decay: f32) -> Result<()> {
-    pairs_foreach(dev, pairs, Kernel::EmaUpdateForeach, |tensors, count| EmaForeachParams { decay, count, tensors })
+    let decay_at = step_block::ema_decay_at(dev, decay);
+    pairs_foreach(dev, pairs, Kernel::EmaUpdateForeach, |tensors, count| EmaForeachParams { decay, count, decay_at, tensors })
 }

@@ -253,6 +253,8 @@ pub struct SgdForeachParams {
 pub struct EmaForeachParams {
     pub decay: f32,
     pub count: i32,
+    /// Not 0: the device address `decay` is read from (a step's value block).
+    pub decay_at: u64,
     pub tensors: [ForeachTensor; FOREACH_TENSORS],
 }
 
@@ -263,6 +265,8 @@ pub struct EmaUpdateParams {
     pub n: i64,
     pub decay: f32,
     pub pad_: i32,
+    /// Not 0: the device address `decay` is read from (a step's value block).
+    pub decay_at: u64,
 }
 
 /// A [`NoiseKey`](crate::dp::NoiseKey) as the kernels read it; the mode picks the kernel.
@@ -587,10 +591,10 @@ const _: () = assert!(std::mem::size_of::<SumToParams>() == 216);
 const _: () = assert!(std::mem::size_of::<LogSoftmaxParams>() == 16);
 const _: () = assert!(std::mem::size_of::<SgdUpdateParams>() == 40);
 const _: () = assert!(std::mem::size_of::<AdamUpdateParams>() == 40);
-const _: () = assert!(std::mem::size_of::<EmaUpdateParams>() == 16);
+const _: () = assert!(std::mem::size_of::<EmaUpdateParams>() == 24);
 const _: () = assert!(std::mem::size_of::<ForeachTensor>() == 40);
 const _: () = assert!(std::mem::size_of::<AdamForeachParams>() == 40 + FOREACH_TENSORS * 40 + 8);
-const _: () = assert!(std::mem::size_of::<EmaForeachParams>() == 8 + FOREACH_TENSORS * 40);
+const _: () = assert!(std::mem::size_of::<EmaForeachParams>() == 16 + FOREACH_TENSORS * 40);
 const _: () = assert!(std::mem::size_of::<SgdForeachParams>() == 40 + FOREACH_TENSORS * 40 + 8);
 const _: () = assert!(std::mem::size_of::<Pool2x2Params>() == 40);
 const _: () = assert!(std::mem::size_of::<AxisCopyParams>() == 56);

@@ -2,8 +2,8 @@
 //! launches read them from there.
 //!
 //! While a block is bound on a thread ([`StepBlock::bind`]), every launch on its device whose
-//! per-step value (a noise key's step, an SGD learning rate, Adam's bias corrections, a public
-//! draw's keys, a gather's indices) equals the block's value of that kind gets the value's device
+//! per-step value (a noise key's step, an SGD learning rate, a moving average's decay, Adam's bias
+//! corrections, a public draw's keys, a gather's indices) equals the block's value of that kind gets the value's device
 //! address in its parameters instead of the value (the `*_at` pointers of common.cuh). A CUDA graph
 //! captured from such a step replays as the next step once [`StepBlock::upload`] has written the
 //! next step's values: nothing a replay repeats changes from step to step.
@@ -60,16 +60,17 @@ impl StepBlock {
         Ok(StepBlock { device: device.clone(), layout, words, base, staging, next_staging: 0, index_bound, values: StepValues::default() })
     }
 
-    pub fn layout(&self) -> StepLayout {
-        self.layout
+    pub fn layout(&self) -> &StepLayout {
+        &self.layout
     }
 
     /// Queues the copy of `values` into the block, behind the work already on the stream (which
     /// still reads the previous values). Not inside a capture: the replays read the block, and
-    /// each step's values are uploaded before its replay.
+    /// each step's values are uploaded before its replay. Values of one kind may coincide here
+    /// (a replay reads each from its place); a binding, which finds them by value, refuses that.
     pub fn upload(&mut self, values: StepValues) -> Result<()> {
-        values.check()?;
-        if let Some(bad) = values.batch_indices.iter().find(|&&i| i >= self.index_bound) {
+        values.check_placeable()?;
+        if let Some(bad) = values.batch_indices.iter().flatten().find(|&&i| i >= self.index_bound) {
             return Err(Error::Invalid(format!("a step's batch index {bad} is past the {} rows its step block serves", self.index_bound)));
         }
         if values.layout() != self.layout {
@@ -117,6 +118,10 @@ pub(super) fn sgd_lr_at(dev: &CudaDevice, lr: f32) -> u64 {
 
 pub(super) fn adam_corrections_at(dev: &CudaDevice, corrections: (f32, f32)) -> u64 {
     step_values::device_address(identity(dev), |v, _| v.adam_corrections_word(corrections))
+}
+
+pub(super) fn ema_decay_at(dev: &CudaDevice, decay: f32) -> u64 {
+    step_values::device_address(identity(dev), |v, _| v.ema_decay_word(decay))
 }
 
 pub(super) fn draw_keys_at(dev: &CudaDevice, keys: &[[u32; 2]]) -> u64 {

@@ -23,9 +23,10 @@ impl ReplayableStep for DpCgan {
         StepValues {
             noise_step: Some(self.step),
             sgd_lr: Some(self.d_optimizer.hp.lr),
-            adam_corrections: Some(self.g_optimizer.hp.bias_corrections(self.g_optimizer.steps() + 1)),
+            ema_decay: None,
+            adam_corrections: vec![self.g_optimizer.hp.bias_corrections(self.g_optimizer.steps() + 1)],
             draw_keys: keys.draw_words(),
-            batch_indices,
+            batch_indices: vec![batch_indices],
             example_weight_rows,
         }
     }
@@ -258,10 +259,10 @@ mod tests {
         let cases: [(&str, Damage); 7] = [
             ("a noise key's step 0", |v| v.noise_step = Some(1)),
             ("an SGD learning rate", |v| v.sgd_lr = None),
-            ("Adam's bias corrections at t = 1", |v| v.adam_corrections = None),
+            ("Adam's bias corrections at t = 1", |v| v.adam_corrections.clear()),
             ("the keys of a public draw", |v| v.draw_keys.truncate(1)),
             ("the keys of a public draw", |v| v.draw_keys[0][1] ^= 1),
-            ("a gather of 8 rows", |v| v.batch_indices[2] = 18),
+            ("a gather of 8 rows", |v| v.batch_indices[0][2] = 18),
             ("a gather of 12 rows from a table of 2", |v| v.example_weight_rows[0] = 1),
         ];
         captured::assert_each_missing_value_is_refused(model, &data, &padded, 4, &cases);

@@ -26,9 +26,10 @@ impl ReplayableStep for DpsgdGan {
         StepValues {
             noise_step: Some(self.d_steps),
             sgd_lr: None,
-            adam_corrections: Some(self.d_optimizer.hp.bias_corrections(self.d_optimizer.steps() + 1)),
+            ema_decay: None,
+            adam_corrections: vec![self.d_optimizer.hp.bias_corrections(self.d_optimizer.steps() + 1)],
             draw_keys: keys.draw_words(),
-            batch_indices,
+            batch_indices: vec![batch_indices],
             example_weight_rows,
         }
     }
@@ -153,9 +154,9 @@ mod tests {
         type Damage = fn(&mut StepValues);
         let cases: [(&str, Damage); 5] = [
             ("a noise key's step 0", |v| v.noise_step = Some(1)),
-            ("Adam's bias corrections at t = 1", |v| v.adam_corrections = None),
+            ("Adam's bias corrections at t = 1", |v| v.adam_corrections.clear()),
             ("the keys of a public draw", |v| v.draw_keys.truncate(1)),
-            ("a gather of 6 rows", |v| v.batch_indices[1] = 18),
+            ("a gather of 6 rows", |v| v.batch_indices[0][1] = 18),
             ("a gather of 10 rows from a table of 2", |v| v.example_weight_rows[0] = 1),
         ];
         captured::assert_each_missing_value_is_refused(model, &data(), &padded, 4, &cases);
