@@ -275,6 +275,29 @@ impl Tensor {
         }
     }
 
+    /// Overwrites this tensor's values with `src`'s, in place (its storage, and so its device
+    /// address, stays), from any device to any device: what keeps a working copy of a model in
+    /// buffers a CUDA graph reads. Shapes and dtypes must agree.
+    pub fn copy_from(&mut self, src: &Tensor) -> Result<()> {
+        ensure_shape!(self.shape == src.shape, "copy_from", "copying {:?} into {:?}", src.shape, self.shape);
+        if self.dtype() != src.dtype() {
+            return Err(Error::Invalid(format!("copy_from: copying {:?} values into a {:?} tensor", src.dtype(), self.dtype())));
+        }
+        if std::ptr::eq(self.storage(), src.storage()) {
+            return Ok(());
+        }
+        let dst = self.storage_mut()?;
+        match (dst, &*src.storage) {
+            (Storage::Cpu(d), Storage::Cpu(s)) => d.copy_from_slice(s),
+            (Storage::CpuF64(d), Storage::CpuF64(s)) => d.copy_from_slice(s),
+            (Storage::Cuda(d), Storage::Cuda(s)) => d.copy_from(s)?,
+            (Storage::Cuda(d), Storage::Cpu(s)) => d.copy_from_host(s)?,
+            (Storage::Cpu(d), Storage::Cuda(s)) => s.copy_to_host(d)?,
+            _ => return Err(Error::Invalid("copy_from: f64 values move only between host tensors".into())),
+        }
+        Ok(())
+    }
+
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         ensure_shape!(self.numel() == 1, "item", "tensor of shape {:?} has {} elements", self.shape, self.numel());

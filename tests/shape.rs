@@ -1,5 +1,6 @@
 //! narrow, pad, concat and crop against index formulas on every axis, pad as the adjoint of narrow,
-//! concat of three tensors and back, rows gathered by index, and shape errors.
+//! concat of three tensors and back, rows gathered by index, in-place copies between devices, and
+//! shape errors.
 //!
 //! These ops only move values, so every comparison uses F32_ELEMENTWISE as a stand-in for "exact":
 //! one misplaced element among N gives a relative error near sqrt(2/N), far above 1e-6.
@@ -332,5 +333,54 @@ fn gather_rows_cuda_matches_cpu() {
         }
         let small = tensor(vec![1.0; 6], &[3, 2]).to_device(dev).unwrap();
         expect_shape_error("gather_rows on the GPU: an index past the table", ops::gather_rows(&small, &[3]));
+    });
+}
+
+/// `copy_from` overwrites a tensor's values in place: its storage stays (a CUDA graph reading it
+/// reads the new values), a tensor sharing the old storage keeps the old values, and a copy of
+/// another shape or dtype is refused.
+#[test]
+fn copy_from_overwrites_values_in_place_on_the_cpu() {
+    let mut rng = common::rng("copy_from_overwrites_values_in_place_on_the_cpu");
+    let (old, new) = (randn_vec(&mut rng, 12), randn_vec(&mut rng, 12));
+    let mut dst = tensor(old.clone(), &[3, 4]);
+    let src = tensor(new.clone(), &[3, 4]);
+    let before = dst.storage() as *const _;
+    dst.copy_from(&src).unwrap();
+    assert_eq!(data(&dst), new);
+    assert!(std::ptr::eq(dst.storage(), before), "the copy keeps the storage");
+    let mut shared = tensor(old.clone(), &[3, 4]);
+    let alias = shared.clone();
+    shared.copy_from(&src).unwrap();
+    assert_eq!((data(&shared), data(&alias)), (new.clone(), old), "a tensor sharing the old storage keeps its values");
+    let err = dst.copy_from(&tensor(new.clone(), &[4, 3])).unwrap_err().to_string();
+    assert!(err.contains("copying [4, 3] into [3, 4]"), "{err}");
+    let f64s = Tensor::from_vec_f64(vec![0.0; 12], &[3, 4]).unwrap();
+    assert!(dst.copy_from(&f64s).unwrap_err().to_string().contains("F64"));
+}
+
+/// `copy_from` between the device and the host and on the device: the same values, the
+/// destination's device buffer kept (its address is what a captured graph reads).
+#[test]
+fn copy_from_moves_values_between_host_and_device_in_place() {
+    on_cuda("copy_from_moves_values_between_host_and_device_in_place", |dev| {
+        let mut rng = common::rng("copy_from_moves_values_between_host_and_device_in_place");
+        for n in [1usize, 1000, 300_001] {
+            let values = randn_vec(&mut rng, n);
+            let host = tensor(values.clone(), &[n]);
+            let mut on_dev = Tensor::zeros(&[n], dev).unwrap();
+            let before = on_dev.storage() as *const _;
+            on_dev.copy_from(&host).unwrap();
+            assert_identical(&format!("host to device, n = {n}"), &data(&on_dev), &values);
+            let mut other = Tensor::zeros(&[n], dev).unwrap();
+            other.copy_from(&on_dev).unwrap();
+            assert_identical(&format!("device to device, n = {n}"), &data(&other), &values);
+            let mut back = tensor(vec![0.0; n], &[n]);
+            back.copy_from(&other).unwrap();
+            assert_identical(&format!("device to host, n = {n}"), &data(&back), &values);
+            assert!(std::ptr::eq(on_dev.storage(), before), "the copy keeps the device buffer");
+        }
+        let mut small = Tensor::zeros(&[2], dev).unwrap();
+        assert!(small.copy_from(&tensor(vec![1.0; 3], &[3])).is_err());
     });
 }

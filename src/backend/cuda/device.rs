@@ -262,6 +262,49 @@ impl CudaBuffer {
 }
 
 impl CudaBuffer {
+    /// Overwrites the buffer with `src`'s values (same device and length), queued on the stream.
+    pub fn copy_from(&mut self, src: &CudaBuffer) -> Result<()> {
+        if !Arc::ptr_eq(&self.device, &src.device) || self.len != src.len {
+            return Err(Error::Invalid(format!(
+                "copying {} floats into a buffer of {} on another device or of another length",
+                src.len, self.len
+            )));
+        }
+        if self.len == 0 {
+            return Ok(());
+        }
+        self.device
+            .stream
+            .memcpy_dtod(&src.slice, &mut self.slice)
+            .map_err(|e| Error::cuda(format!("copying {} floats on the device", self.len), e))
+    }
+
+    /// Overwrites the buffer with host values (as many as it holds).
+    pub fn copy_from_host(&mut self, data: &[f32]) -> Result<()> {
+        if data.len() != self.len {
+            return Err(Error::Invalid(format!("copying {} floats into a buffer of {}", data.len(), self.len)));
+        }
+        if self.len == 0 {
+            return Ok(());
+        }
+        self.device
+            .stream
+            .memcpy_htod(data, &mut self.slice)
+            .map_err(|e| Error::cuda(format!("copying {} floats to the device", self.len), e))
+    }
+
+    /// Copies the values into `out` (as many as the buffer holds), waiting for them.
+    pub fn copy_to_host(&self, out: &mut [f32]) -> Result<()> {
+        if out.len() != self.len {
+            return Err(Error::Invalid(format!("copying {} floats into a host slice of {}", self.len, out.len())));
+        }
+        if self.len == 0 {
+            return Ok(());
+        }
+        self.device.stream.memcpy_dtoh(&self.slice, out).map_err(|e| Error::cuda(format!("copying {} floats to the host", self.len), e))?;
+        self.device.stream.synchronize().map_err(|e| Error::cuda("waiting for a copy to the host", e))
+    }
+
     /// A device-to-device copy (used when an in-place update meets shared storage).
     pub fn try_clone(&self) -> Result<Self> {
         let slice = self
