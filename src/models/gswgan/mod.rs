@@ -28,19 +28,34 @@ pub const PIXEL_NORM_EPS: f32 = 1e-10;
 /// `shape` `[G, ..]` of public draws computed on `device`, member g's block from one key drawn from
 /// `rngs[g]`: a group draws what its members would draw alone, and nothing is uploaded.
 pub fn member_public_draws<R: Rng>(draw: PublicDraw, shape: &[usize], rngs: &mut [R], device: &Device) -> Result<Tensor> {
-    let keys: Vec<NoiseKey> = rngs.iter_mut().map(NoiseKey::public).collect();
-    ops::public_draws(draw, shape, &keys, device)
+    ops::public_draws(draw, shape, &member_keys(rngs), device)
+}
+
+/// One public key per member, member g's drawn from `rngs[g]`: what [`member_public_draws`] draws
+/// with, for a caller that plans its keys before its draws.
+pub fn member_keys<R: Rng>(rngs: &mut [R]) -> Vec<NoiseKey> {
+    rngs.iter_mut().map(NoiseKey::public).collect()
 }
 
 /// `[G, B, 10]` of z ~ Bernoulli(0.5), member g's from `rngs[g]` ([`member_public_draws`]).
 pub fn bernoulli_latent<R: Rng>(rngs: &mut [R], batch: usize, device: &Device) -> Result<Tensor> {
-    member_public_draws(PublicDraw::Class { classes: 2 }, &[rngs.len(), batch, LATENT], rngs, device)
+    bernoulli_latent_from(&member_keys(rngs), batch, device)
+}
+
+/// [`bernoulli_latent`] from member keys drawn beforehand ([`member_keys`]).
+pub fn bernoulli_latent_from(keys: &[NoiseKey], batch: usize, device: &Device) -> Result<Tensor> {
+    ops::public_draws(PublicDraw::Class { classes: 2 }, &[keys.len(), batch, LATENT], keys, device)
 }
 
 /// One-hot labels `[G, B, 10]` uniform over the classes (public), member g's from `rngs[g]`
 /// ([`member_public_draws`]).
 pub fn uniform_one_hot_labels<R: Rng>(rngs: &mut [R], batch: usize, device: &Device) -> Result<Tensor> {
-    member_public_draws(PublicDraw::OneHot { classes: CLASSES as u32 }, &[rngs.len(), batch, CLASSES], rngs, device)
+    uniform_one_hot_labels_from(&member_keys(rngs), batch, device)
+}
+
+/// [`uniform_one_hot_labels`] from member keys drawn beforehand ([`member_keys`]).
+pub fn uniform_one_hot_labels_from(keys: &[NoiseKey], batch: usize, device: &Device) -> Result<Tensor> {
+    ops::public_draws(PublicDraw::OneHot { classes: CLASSES as u32 }, &[keys.len(), batch, CLASSES], keys, device)
 }
 
 /// One-hot `[G, B, 10]` of `labels` (G·B of them, member-major).

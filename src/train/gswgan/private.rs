@@ -4,11 +4,12 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use super::warm_start::next_critic_batch;
-use super::{critic_step, ema_decay, ema_update, private_generator_step, GsWganConfig, LabelledImages, SliceBatches};
+use super::warm_start::uniform_alpha_from;
+use super::{critic_step, ema_decay, ema_update, private_generator_step, CriticBatch, GsWganConfig, LabelledImages, SliceBatches};
+use crate::backend::step_values::StepValues;
 use crate::dp::{GsWganSanitizer, NoiseKey, NoiseMode, NoiseSource, RunKey, SecretPurpose};
 use crate::error::{Error, Result};
-use crate::models::gswgan::{bernoulli_latent, uniform_one_hot_labels, Discriminator, Generator, GeneratorArch};
+use crate::models::gswgan::{bernoulli_latent_from, uniform_one_hot_labels_from, Discriminator, Generator, GeneratorArch};
 use crate::optim::Adam;
 use crate::tensor::{Device, Tensor};
 
@@ -117,6 +118,60 @@ pub fn select_discriminator(key: &RunKey, iteration: u64, k: usize) -> Result<us
     Ok(key.stream(SecretPurpose::Selection, iteration).random_range(0..k))
 }
 
+/// What a phase-2 iteration takes from the host before its first launch: D_j's critic batches
+/// (from its slice) and the keys of the iteration's public draws (from its generator stream), drawn
+/// in the order the iteration uses them. Planned apart from the launches, a captured iteration's
+/// values can be written before its replay.
+#[derive(Clone, Debug)]
+pub struct IterationPlan {
+    /// Each critic step's record indices.
+    pub batches: Vec<Vec<usize>>,
+    /// Each critic step's keys of its z and α.
+    critic_keys: Vec<[NoiseKey; 2]>,
+    /// The private generator step's keys of its labels and z.
+    generator_keys: [NoiseKey; 2],
+}
+
+impl IterationPlan {
+    /// `critic_steps` batches from `batches` and the keys from `draws`, in the iteration's order:
+    /// each critic step's z then α, then the generator step's labels then z.
+    pub fn draw<R: Rng>(batches: &mut SliceBatches, draws: &mut R, critic_steps: usize) -> Result<Self> {
+        if critic_steps == 0 {
+            return Err(Error::Invalid("a phase-2 iteration needs at least one critic step".into()));
+        }
+        let mut critic = Vec::with_capacity(critic_steps);
+        let mut critic_keys = Vec::with_capacity(critic_steps);
+        for _ in 0..critic_steps {
+            critic.push(batches.next_batch());
+            let z = NoiseKey::public(draws);
+            critic_keys.push([z, NoiseKey::public(draws)]);
+        }
+        let labels = NoiseKey::public(draws);
+        let generator_keys = [labels, NoiseKey::public(draws)];
+        Ok(IterationPlan { batches: critic, critic_keys, generator_keys })
+    }
+
+    /// Each critic step's batch size; the last is the private step's B.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.batches.iter().map(Vec::len).collect()
+    }
+
+    /// The private generator step's batch size B (the last critic batch's, as published).
+    pub fn generator_batch(&self) -> usize {
+        self.batches.last().map_or(0, Vec::len)
+    }
+
+    /// The words of every public draw's key (Philox's words 0 and 1), in draw order.
+    pub fn draw_words(&self) -> Vec<[u32; 2]> {
+        self.critic_keys.iter().flatten().chain(&self.generator_keys).map(|k| [k.key[0], k.key[1]]).collect()
+    }
+
+    /// The critic batches' indices as a gather reads them.
+    pub fn batch_indices(&self) -> Vec<Vec<u32>> {
+        self.batches.iter().map(|b| b.iter().map(|&i| i as u32).collect()).collect()
+    }
+}
+
 /// What one phase-2 iteration updates besides the selected critic: G, its Adam state and G_s. The
 /// one implementation of the iteration, for [`PrivateTraining`] and for a checkpointed run alike.
 pub struct PhaseTwoStep<'a> {
@@ -140,22 +195,58 @@ impl PhaseTwoStep<'_> {
         key: &NoiseKey,
         t: u64,
     ) -> Result<PrivateLosses> {
-        let device = critic.discriminator.conv1.bias.device();
+        let plan = IterationPlan::draw(&mut critic.batches, draws, self.config.critic_steps)?;
+        self.execute(&mut critic.discriminator, &mut critic.optimizer, &plan, data, key, t)
+    }
+
+    /// The iteration's launches for `plan`, D_j being `discriminator` with its Adam state
+    /// `optimizer` (the selected critic's, or a working copy of them).
+    pub fn execute(
+        &mut self,
+        discriminator: &mut Discriminator,
+        optimizer: &mut Adam,
+        plan: &IterationPlan,
+        data: &LabelledImages,
+        key: &NoiseKey,
+        t: u64,
+    ) -> Result<PrivateLosses> {
+        let device = discriminator.conv1.bias.device();
         let mut critic_loss = None;
-        let mut batch_size = 0;
-        for _ in 0..self.config.critic_steps {
-            let batch = next_critic_batch(std::slice::from_mut(&mut critic.batches), std::slice::from_mut(draws), data, &device)?;
-            batch_size = batch.images.shape()[1];
-            critic_loss = Some(critic_step(&mut critic.discriminator, &mut critic.optimizer, self.generator, &batch, self.config)?);
+        for (batch, [z_key, alpha_key]) in plan.batches.iter().zip(&plan.critic_keys) {
+            let (images, labels) = data.gather(std::slice::from_ref(batch), &device)?;
+            let b = batch.len();
+            let z = bernoulli_latent_from(std::slice::from_ref(z_key), b, &device)?;
+            let alpha = uniform_alpha_from(std::slice::from_ref(alpha_key), b, &device)?;
+            let batch = CriticBatch { images, labels, z, alpha };
+            critic_loss = Some(critic_step(discriminator, optimizer, self.generator, &batch, self.config)?);
         }
         let critic_loss = critic_loss.ok_or_else(|| Error::Invalid("a phase-2 iteration needs at least one critic step".into()))?;
-        let rngs = std::slice::from_mut(draws);
-        let labels = uniform_one_hot_labels(rngs, batch_size, &device)?;
-        let z = bernoulli_latent(rngs, batch_size, &device)?;
+        let batch_size = plan.generator_batch();
+        let [labels_key, z_key] = &plan.generator_keys;
+        let labels = uniform_one_hot_labels_from(std::slice::from_ref(labels_key), batch_size, &device)?;
+        let z = bernoulli_latent_from(std::slice::from_ref(z_key), batch_size, &device)?;
         let (generator_loss, nonfinite) =
-            private_generator_step(self.generator, self.optimizer, &mut critic.discriminator, &z, &labels, self.sanitizer, key)?;
+            private_generator_step(self.generator, self.optimizer, discriminator, &z, &labels, self.sanitizer, key)?;
         ema_update(self.ema, self.generator, ema_decay(t))?;
         Ok(PrivateLosses { critic: critic_loss, generator: generator_loss, nonfinite, batch_size })
+    }
+
+    /// The values of iteration `t` with `plan` that change from one iteration to the next, D_j's
+    /// Adam state being `d_optimizer` (before the iteration): the noise step, the EMA's decay, the
+    /// bias corrections of D_j's critic steps then of G's step, the draws' keys and the batches.
+    pub fn step_values(&self, plan: &IterationPlan, d_optimizer: &Adam, key: &NoiseKey, t: u64) -> StepValues {
+        let d_t = d_optimizer.steps();
+        let critic = (1..=plan.batches.len() as u64).map(|k| d_optimizer.hp.bias_corrections(d_t + k));
+        let generator = self.optimizer.hp.bias_corrections(self.optimizer.steps() + 1);
+        StepValues {
+            noise_step: Some(key.step),
+            sgd_lr: None,
+            ema_decay: Some(ema_decay(t)),
+            adam_corrections: critic.chain([generator]).collect(),
+            draw_keys: plan.draw_words(),
+            batch_indices: plan.batch_indices(),
+            example_weight_rows: Vec::new(),
+        }
     }
 }
 

@@ -10,9 +10,10 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{critic_step, generator_step, CriticBatch, GsWganConfig, LabelledImages, SliceBatches};
-use crate::backend::PublicDraw;
+use crate::backend::{ops, PublicDraw};
+use crate::dp::NoiseKey;
 use crate::error::{Error, Result};
-use crate::models::gswgan::{bernoulli_latent, member_public_draws, uniform_one_hot_labels, Discriminator, Generator, GeneratorArch};
+use crate::models::gswgan::{bernoulli_latent, member_keys, uniform_one_hot_labels, Discriminator, Generator, GeneratorArch};
 use crate::nn::{stack, Module};
 use crate::optim::Adam;
 use crate::tensor::{Device, Tensor};
@@ -43,7 +44,12 @@ pub fn member_draws(seed: u64, t: u64) -> ChaCha20Rng {
 
 /// `[G, B, 1]` of α ~ U(0, 1), member g's from `rngs[g]`.
 pub(super) fn uniform_alpha<R: Rng>(rngs: &mut [R], batch: usize, device: &Device) -> Result<Tensor> {
-    member_public_draws(PublicDraw::Unit, &[rngs.len(), batch, 1], rngs, device)
+    uniform_alpha_from(&member_keys(rngs), batch, device)
+}
+
+/// [`uniform_alpha`] from member keys drawn beforehand.
+pub(super) fn uniform_alpha_from(keys: &[NoiseKey], batch: usize, device: &Device) -> Result<Tensor> {
+    ops::public_draws(PublicDraw::Unit, &[keys.len(), batch, 1], keys, device)
 }
 
 /// A critic batch for every member: its next real batch from its slice, then z and α from its draws.
