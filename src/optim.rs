@@ -2,7 +2,7 @@
 //! backend's in-place kernels.
 use crate::backend::{ops, AdamParams, AdamTensors, GradientNoise, NoisedAdamTensors, NoisedTensors, SgdParams};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 
 pub trait Optimizer {
     /// Updates `params[i]` from `grads[i]` in place.
@@ -121,6 +121,32 @@ impl Adam {
             }
         }
         (self.m, self.v, self.t) = (m, v, steps);
+        Ok(())
+    }
+
+    /// Takes `src`'s state in place: its moments copied into this optimizer's buffers (zeros where
+    /// `src` has taken no step yet), buffers made on `device` first if this one has none, and its
+    /// step count. Buffers this optimizer has keep their storage, so a CUDA graph that reads them
+    /// reads the new state.
+    pub fn copy_state_from(&mut self, src: &Adam, device: &Device) -> Result<()> {
+        if src.m.is_empty() {
+            for t in self.m.iter_mut().chain(self.v.iter_mut()) {
+                let zeros = t.full_like(t.shape(), 0.0)?;
+                t.copy_from(&zeros)?;
+            }
+        } else if self.m.is_empty() {
+            let own = |t: &Tensor| t.copy_on(device);
+            self.m = src.m.iter().map(own).collect::<Result<_>>()?;
+            self.v = src.v.iter().map(own).collect::<Result<_>>()?;
+        } else {
+            if self.m.len() != src.m.len() {
+                return Err(Error::Invalid(format!("copying the Adam state of {} parameters into one of {}", src.m.len(), self.m.len())));
+            }
+            for (dst, from) in self.m.iter_mut().zip(&src.m).chain(self.v.iter_mut().zip(&src.v)) {
+                dst.copy_from(from)?;
+            }
+        }
+        self.t = src.t;
         Ok(())
     }
 

@@ -298,6 +298,13 @@ impl Tensor {
         Ok(())
     }
 
+    /// A copy on `device` in storage of its own (never shared with this tensor).
+    pub fn copy_on(&self, device: &Device) -> Result<Tensor> {
+        let mut copy = if self.device().same(device) { self.full_like(&self.shape, 0.0)? } else { Tensor::zeros(&self.shape, device)? };
+        copy.copy_from(self)?;
+        Ok(copy)
+    }
+
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         ensure_shape!(self.numel() == 1, "item", "tensor of shape {:?} has {} elements", self.shape, self.numel());

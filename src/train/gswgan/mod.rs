@@ -4,6 +4,7 @@
 //! backward") and the EMA of the released generator. Losses come back as device tensors, one
 //! value per model of the group; reading them is a host sync, left to the caller.
 mod batches;
+pub mod graphed;
 pub mod group_checkpoint;
 pub mod group_size;
 mod private;
@@ -12,7 +13,7 @@ mod warm_start;
 pub mod warm_start_run;
 
 pub use batches::{LabelledImages, SliceBatches};
-pub use private::{select_discriminator, CriticState, PhaseTwoStep, PrivateLosses, PrivateTraining};
+pub use private::{select_discriminator, CriticState, IterationPlan, PhaseTwoStep, PrivateLosses, PrivateTraining};
 pub use warm_start::{member_draws, member_rngs, MemberRngs, WarmStart, WarmStartLosses, WarmStartPosition};
 
 use crate::autograd::Tape;

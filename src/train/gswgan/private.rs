@@ -40,6 +40,19 @@ pub struct PrivateLosses {
     pub batch_size: usize,
 }
 
+impl PrivateLosses {
+    /// Copies in storage of their own (a replayed iteration's live in its graph's).
+    pub fn copied(&self) -> Result<PrivateLosses> {
+        let copy = |t: &Tensor| t.copy_on(&t.device());
+        Ok(PrivateLosses {
+            critic: copy(&self.critic)?,
+            generator: copy(&self.generator)?,
+            nonfinite: copy(&self.nonfinite)?,
+            batch_size: self.batch_size,
+        })
+    }
+}
+
 pub struct PrivateTraining {
     pub generator: Generator,
     /// G_s: what a run releases.
