@@ -18,7 +18,7 @@ use dpgan::privacy::gswgan::GsWganRun;
 use dpgan::privacy::{Accountant, Conversion, Mechanism, Orders};
 use dpgan::train::gswgan::group_checkpoint::CheckpointEvery;
 use dpgan::train::gswgan::group_size::GroupSize;
-use dpgan::train::gswgan::run::{GsWganRunConfig, GsWganSettings, GsWganState};
+use dpgan::train::gswgan::run::{GsWganRunConfig, GsWganRunner, GsWganSettings, GsWganState};
 use dpgan::train::gswgan::warm_start_run::{WarmStartOutcome, WarmStartRun, WarmStartRunConfig, WarmStartSettings};
 use dpgan::train::interrupt::Signal;
 use dpgan::train::progress::Progress;
@@ -312,6 +312,83 @@ fn a_resumed_phase_two_ends_with_the_same_tensors_bit_for_bit() {
     stdout_of(&["train", "gs-wgan", "--resume", &s(&split), "--iterations", "3", "--device", "cpu"]);
     let state: GsWganState = serde_json::from_value(read_json(&split.join("checkpoint.json"))).unwrap();
     assert_eq!((state.iteration, state.epsilon), (3, sb.epsilon));
+}
+
+/// The checkpoint's tensors, the critics' records and every critic file of two phase-2 runs are
+/// equal bit for bit.
+fn assert_same_phase_two(what: &str, a: &Path, b: &Path) {
+    let (ta, tb) = (tensors(&a.join("checkpoint.safetensors")), tensors(&b.join("checkpoint.safetensors")));
+    assert_eq!(ta.len(), tb.len(), "{what}");
+    for (name, t) in &ta {
+        assert_eq!(bits(t), bits(&tb[name]), "{what}: {name}");
+    }
+    let (sa, sb): (GsWganState, GsWganState) = (
+        serde_json::from_value(read_json(&a.join("checkpoint.json"))).unwrap(),
+        serde_json::from_value(read_json(&b.join("checkpoint.json"))).unwrap(),
+    );
+    let positions = |s: &GsWganState| s.critics.iter().map(|c| (c.index, c.adam_steps, c.passes, c.position)).collect::<Vec<_>>();
+    assert_eq!((sa.iteration, positions(&sa)), (sb.iteration, positions(&sb)), "{what}");
+    for (ca, cb) in sa.critics.iter().zip(&sb.critics) {
+        let (x, y) = (tensors(&a.join("critics").join(&ca.file)), tensors(&b.join("critics").join(&cb.file)));
+        assert_eq!(x.len(), y.len(), "{what}");
+        for (name, t) in &x {
+            assert_eq!(bits(t), bits(&y[name]), "{what}: critic {} {name}", ca.index);
+        }
+    }
+}
+
+/// `cuda_graph` runs each iteration on a working critic (the selected one copied in and out), on
+/// the CPU bound to its plan of per-step values where a capture could be: the run ends where the
+/// run without it ends, bit for bit, whether it starts that way or is switched on at a resume.
+/// The CLI refuses `--cuda-graph` on the CPU, so the library starts it.
+#[test]
+fn phase_two_on_a_working_critic_ends_bit_for_bit_where_the_plain_run_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (warm, plain, graphed, switched) =
+        (dir.path().join("warm"), dir.path().join("plain"), dir.path().join("graphed"), dir.path().join("switched"));
+    warm_start(&warm);
+    let common = ["--seed", "7", "--log-every", "1", "--checkpoint-every", "2", "--sample-every", "10", "--replayable-noise"];
+    phase_two(&warm, &plain, &[&common[..], &["--iterations", "6"]].concat());
+    let err = stderr_of_failure(
+        &[&["train", "gs-wgan", "--warm-start", &s(&warm), "--out", &s(&graphed), "--device", "cpu", "--cuda-graph"][..], &common[..]]
+            .concat(),
+    );
+    assert!(err.contains("--cuda-graph needs a CUDA device"), "{err}");
+
+    let settings = GsWganSettings {
+        warm_start: warm.clone(),
+        seed: 7,
+        iterations: 6,
+        generator: GeneratorArch::Dcgan,
+        replayable_noise: true,
+        log_every: 1,
+        sample_every: 10,
+        checkpoint_every: 2,
+        cuda_graph: true,
+        ..GsWganSettings::default()
+    };
+    let config = GsWganRunConfig::plan(&settings, &Device::Cpu).unwrap();
+    assert!(config.cuda_graph);
+    let mut run = GsWganRunner::start(&graphed, config, &Device::Cpu).unwrap();
+    run.train(&Progress::new(0, 6)).unwrap();
+    let counts = run.iteration_counts().expect("iterations on the working critic");
+    assert_eq!(counts.eager + counts.bound, 6, "{counts:?}");
+    assert!(counts.bound > 0, "no iteration was bound to its plan: {counts:?}");
+    drop(run);
+    assert_same_phase_two("started with cuda_graph", &plain, &graphed);
+    let recorded: GsWganRunConfig = serde_json::from_value(read_json(&graphed.join("config.json"))).unwrap();
+    assert!(recorded.cuda_graph, "the choice is recorded");
+
+    // Three plain iterations, then the rest on the working critic.
+    phase_two(&warm, &switched, &[&common[..], &["--iterations", "3"]].concat());
+    let mut config = read_json(&switched.join("config.json"));
+    assert!(config.get("cuda_graph").is_none(), "a run without it records nothing");
+    config["cuda_graph"] = Value::Bool(true);
+    fs::write(switched.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let mut run = GsWganRunner::resume(&switched, &Device::Cpu, Some(6)).unwrap();
+    run.train(&Progress::new(3, 6)).unwrap();
+    drop(run);
+    assert_same_phase_two("switched on at a resume", &plain, &switched);
 }
 
 /// Phase 2 trains with the warm start's batch size B, the one its accountant counts: every

@@ -164,6 +164,11 @@ struct PrivateArgs {
     /// Iterations between checkpoints [default: 1000].
     #[arg(long)]
     checkpoint_every: Option<u64>,
+    /// CUDA only: run each iteration on a working critic (the selected one copied in and out) and
+    /// replay it from a CUDA graph, one per pattern of batch sizes. The same values as without;
+    /// recorded, so a resumed run keeps it.
+    #[arg(long)]
+    cuda_graph: bool,
 }
 
 pub fn run(args: &GsWganArgs) -> Result<()> {
@@ -308,6 +313,12 @@ pub(super) fn train_private(run: &mut GsWganRunner) -> Result<Outcome> {
     let progress = Progress::new(run.iterations_done(), run.config().iterations);
     let outcome = run.train(&progress)?;
     progress.finish();
+    if let Some(c) = run.iteration_counts() {
+        eprintln!(
+            "iterations on the working critic: {} replayed from {} CUDA graphs ({} captured there), {} eager with their values bound, {} eager",
+            c.replayed, c.captured, c.captured, c.bound, c.eager
+        );
+    }
     Ok(outcome)
 }
 
@@ -327,6 +338,7 @@ fn private(args: &PrivateArgs) -> Result<()> {
                     ("--log-every", args.log_every.is_some()),
                     ("--sample-every", args.sample_every.is_some()),
                     ("--checkpoint-every", args.checkpoint_every.is_some()),
+                    ("--cuda-graph", args.cuda_graph),
                     args.noise.given()[0],
                     args.noise.given()[1],
                 ],
@@ -348,6 +360,7 @@ fn private(args: &PrivateArgs) -> Result<()> {
             if dpgan::train::run_dir::RunDir::forget_if_never_checkpointed(out)? {
                 eprintln!("{} stopped before its first checkpoint: starting it again", out.display());
             }
+            super::train::check_cuda_graph(args.cuda_graph, &device)?;
             let d = GsWganSettings::default();
             let settings = GsWganSettings {
                 warm_start: warm_start.clone(),
@@ -367,6 +380,7 @@ fn private(args: &PrivateArgs) -> Result<()> {
                 log_every: args.log_every.unwrap_or(d.log_every),
                 sample_every: args.sample_every.unwrap_or(d.sample_every),
                 checkpoint_every: args.checkpoint_every.unwrap_or(d.checkpoint_every),
+                cuda_graph: args.cuda_graph,
             };
             let config = GsWganRunConfig::plan(&settings, &device)?;
             announce(&config)?;

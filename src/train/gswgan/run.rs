@@ -22,6 +22,7 @@ use std::time::Instant;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::graphed::{GraphedPhaseTwo, IterationCounts};
 use super::warm_start_run::{arch_name, load_discriminators, load_recorded_data, WarmStartRunConfig, WARM_START_ALGORITHM};
 use super::{CriticState, GsWganConfig, LabelledImages, PhaseTwoStep, PrivateLosses, SliceBatches};
 use crate::autograd::Tape;
@@ -124,6 +125,8 @@ pub struct GsWganSettings {
     pub log_every: u64,
     pub sample_every: u64,
     pub checkpoint_every: u64,
+    /// Replay the iterations from CUDA graphs (`--cuda-graph`; see `gswgan::graphed`).
+    pub cuda_graph: bool,
 }
 
 impl Default for GsWganSettings {
@@ -142,6 +145,7 @@ impl Default for GsWganSettings {
             log_every: 100,
             sample_every: 1000,
             checkpoint_every: 1000,
+            cuda_graph: false,
         }
     }
 }
@@ -176,6 +180,11 @@ pub struct GsWganRunConfig {
     pub checkpoint_every: u64,
     pub build: BuildRecord,
     pub device: String,
+    /// The iterations run on a working critic and are replayed from CUDA graphs on a CUDA device
+    /// (the same values as without: a resumed run continues bit for bit either way). Absent in
+    /// runs without it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cuda_graph: bool,
 }
 
 impl GsWganRunConfig {
@@ -222,6 +231,7 @@ impl GsWganRunConfig {
             checkpoint_every: s.checkpoint_every,
             build: BuildRecord::current(),
             device: device.to_string(),
+            cuda_graph: s.cuda_graph,
             warm_start_config: warm,
         };
         (config.noise_multiplier, config.noise_multiplier_calibrated) = match (s.noise_multiplier, s.target_epsilon) {
@@ -389,6 +399,8 @@ pub struct GsWganRunner {
     /// All critics live on the training device (they fit), rather than on the host with the
     /// selected one paged in for its iteration.
     resident: bool,
+    /// With `cuda_graph`: the working critic and the iteration graphs (made at the first iteration).
+    graphed: Option<GraphedPhaseTwo>,
     as_published: Accountant,
     per_step: Accountant,
     sanitizer: GsWganSanitizer,
@@ -538,6 +550,7 @@ impl GsWganRunner {
             saved: vec![None; critics.len()],
             dirty: vec![false; critics.len()],
             resident: false,
+            graphed: None,
             critics,
             as_published,
             per_step,
@@ -709,9 +722,6 @@ impl GsWganRunner {
         let j = super::private::select_discriminator(&self.key, t, self.critics.len())?;
         let mut draws = stream(self.config.seed, Purpose::Generator, t);
         let critic = &mut self.critics[j];
-        if !self.resident {
-            move_critic(critic, &self.device)?;
-        }
         let key = self.noise.key_at(t, 0);
         let mut step = PhaseTwoStep {
             generator: &mut self.generator,
@@ -720,13 +730,31 @@ impl GsWganRunner {
             sanitizer: &self.sanitizer,
             config: &self.step_config,
         };
-        let losses = step.run(critic, &self.data, &mut draws, &key, t)?;
-        if !self.resident {
-            move_critic(critic, &Device::Cpu)?;
-        }
+        let losses = if self.config.cuda_graph {
+            // The working critic lives on the device; the selected critic is copied in and out.
+            let graphed = match &mut self.graphed {
+                Some(graphed) => graphed,
+                None => self.graphed.insert(GraphedPhaseTwo::new(critic, &self.device)?),
+            };
+            graphed.iterate(&mut step, critic, &self.data, &mut draws, &key, t)?
+        } else {
+            if !self.resident {
+                move_critic(critic, &self.device)?;
+            }
+            let losses = step.run(critic, &self.data, &mut draws, &key, t)?;
+            if !self.resident {
+                move_critic(critic, &Device::Cpu)?;
+            }
+            losses
+        };
         self.dirty[j] = true;
         self.iteration += 1;
         Ok((losses, j))
+    }
+
+    /// How the iterations of this session were taken, when they run on a working critic.
+    pub fn iteration_counts(&self) -> Option<IterationCounts> {
+        self.graphed.as_ref().map(GraphedPhaseTwo::counts)
     }
 
     /// Writes the critics trained since the last checkpoint to new files, then the checkpoint that
