@@ -416,3 +416,86 @@ fn cuda_gswgan_phase_two_iterations_match_cpu() {
         }
     });
 }
+
+/// GS-WGAN phase-2 iterations on a working critic, captured into CUDA graphs (one per pattern of
+/// batch sizes) and replayed, equal the eager iterations on the selected critics bit for bit:
+/// losses, G, G_s and every critic's tensors, Adam state and batch position. Three critics on
+/// slices of 12 in batches of 8 (three critic steps: sizes 8, 4, 8 or 4, 8, 4), one of them kept
+/// on the host and paged through the working critic; choices that repeat, so both patterns are
+/// captured and replayed with other critics, keys, noise steps, EMA decays and bias corrections.
+#[test]
+fn cuda_graph_replays_of_gswgan_phase_two_iterations_equal_the_eager_iterations() {
+    use dpgan::train::gswgan::graphed::GraphedPhaseTwo;
+    use dpgan::train::gswgan::PhaseTwoStep;
+    common::on_cuda("cuda_graph_replays_of_gswgan_phase_two_iterations_equal_the_eager_iterations", |dev| {
+        let mut rng = common::rng("cuda_graph_replays_of_gswgan_phase_two_iterations_equal_the_eager_iterations");
+        let data = gswgan_data(&mut rng, 36);
+        let config = GsWganConfig { critic_steps: 3, batch_size: 8, ..GsWganConfig::default() };
+        let sanitizer = GsWganSanitizer::new(1.0, 1.07).unwrap();
+        let noise = NoiseSource::from_seed(rng.random(), NoiseMode::Fast);
+        let init_seed: u64 = rng.random();
+        // G, G_s, G's Adam and three critics; critic j on `homes[j]`.
+        let setup = |homes: [&Device; 3]| {
+            let mut init = ChaCha8Rng::seed_from_u64(init_seed);
+            let g = gswgan::Generator::new(GeneratorArch::Dcgan, 1, 8, &mut init, &Device::Cpu).unwrap();
+            let mut g = g.clone();
+            for e in g.entries_mut() {
+                *e.tensor = e.tensor.to_device(dev).unwrap();
+            }
+            let critics: Vec<CriticState> = (0..3)
+                .map(|j| {
+                    let mut d = gswgan::Discriminator::new(1, 4, &mut init, &Device::Cpu).unwrap();
+                    for e in d.entries_mut() {
+                        *e.tensor = e.tensor.to_device(homes[j]).unwrap();
+                    }
+                    CriticState::new(d, (12 * j..12 * j + 12).collect(), ChaCha20Rng::seed_from_u64(j as u64), &config).unwrap()
+                })
+                .collect();
+            (g.clone(), g, dpgan::optim::Adam::new(config.adam), critics)
+        };
+        let (mut eg, mut eema, mut eopt, mut ecritics) = setup([dev, dev, dev]);
+        let (mut gg, mut gema, mut gopt, mut gcritics) = setup([dev, dev, &Device::Cpu]);
+        let mut phase_two = GraphedPhaseTwo::new(&gcritics[0], dev).unwrap();
+        let bits = |t: &Tensor| t.to_vec().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let choices = [0usize, 1, 0, 2, 2, 1, 0, 2, 1, 0, 0, 2, 1, 1];
+        for (t, &j) in choices.iter().enumerate() {
+            let t = t as u64;
+            let key = noise.key_at(t, 0);
+            let draws = || ChaCha20Rng::seed_from_u64(500 + t);
+            let mut step =
+                PhaseTwoStep { generator: &mut eg, optimizer: &mut eopt, ema: &mut eema, sanitizer: &sanitizer, config: &config };
+            let want = step.run(&mut ecritics[j], &data, &mut draws(), &key, t).unwrap();
+            let mut step =
+                PhaseTwoStep { generator: &mut gg, optimizer: &mut gopt, ema: &mut gema, sanitizer: &sanitizer, config: &config };
+            let got = phase_two.iterate(&mut step, &mut gcritics[j], &data, &mut draws(), &key, t).unwrap();
+            for (what, a, w) in [
+                ("critic", &got.critic, &want.critic),
+                ("generator", &got.generator, &want.generator),
+                ("flag", &got.nonfinite, &want.nonfinite),
+            ] {
+                assert_eq!(bits(a), bits(w), "iteration {t} ({:?}): {what} loss", phase_two.counts());
+            }
+            for ((name, a), (_, w)) in
+                gg.named_tensors().into_iter().zip(eg.named_tensors()).chain(gema.named_tensors().into_iter().zip(eema.named_tensors()))
+            {
+                assert_eq!(bits(a), bits(w), "iteration {t}: G or G_s {name}");
+            }
+        }
+        for (j, (a, w)) in gcritics.iter().zip(&ecritics).enumerate() {
+            for ((name, x), (_, y)) in a.discriminator.named_tensors().into_iter().zip(w.discriminator.named_tensors()) {
+                assert_eq!(bits(x), bits(y), "critic {j} {name}");
+            }
+            assert_eq!(a.optimizer.steps(), w.optimizer.steps(), "critic {j}'s Adam steps");
+            let ((am, av), (wm, wv)) = (a.optimizer.moments(), w.optimizer.moments());
+            for (x, y) in am.iter().zip(wm).chain(av.iter().zip(wv)) {
+                assert_eq!(bits(x), bits(y), "critic {j}'s Adam moments");
+            }
+            assert_eq!((a.batches.passes(), a.batches.position()), (w.batches.passes(), w.batches.position()));
+        }
+        assert!(gcritics[2].discriminator.conv1.bias.device().is_cpu(), "the paged critic stays on the host");
+        assert_eq!(gopt.steps(), eopt.steps());
+        let counts = phase_two.counts();
+        assert_eq!(phase_two.graphs(), 2, "{counts:?}");
+        assert!(counts.replayed >= 4 && counts.captured == 2, "{counts:?}");
+    });
+}

@@ -24,9 +24,11 @@
 //!    training steps ([`crate::train::captured`]): each replay reads its own batch indices,
 //!    example weights, generator keys, noise step and optimizer corrections from a step block the
 //!    host writes first, a private step's batch padded as a Poisson run at q = B/60,000 pads it
-//!    (`graph_rows`; the non-private step's unpadded, B rows). GS-WGAN's steps replay as captured,
-//!    repeating their keys, draws and counters: not training steps, but their launch floor, the
-//!    bound that capturing them as training steps would approach.
+//!    (`graph_rows`; the non-private step's unpadded, B rows). GS-WGAN's phase-2 iteration replays
+//!    as training iterations too ([`crate::train::gswgan::graphed`]: the critic copied into a
+//!    working critic and back, one graph per pattern of batch sizes, captured during
+//!    [`GS_WGAN_GRAPH_WARMUP`] untimed iterations). The warm-start iteration replays as captured,
+//!    repeating its keys, draws and counters: not a training step, but its launch floor.
 //!
 //! DP-CGAN's and DPSGD-GAN's steps gather their batch on the device from fresh indices each step,
 //! from synthetic records kept on the device, as a run gathers from its resident training set.
@@ -53,6 +55,7 @@ use crate::train::captured::{self, poisson_rows};
 use crate::train::dpcgan::graphed::NonPrivateDpCgan;
 use crate::train::dpcgan::{DpCgan, DpCganConfig};
 use crate::train::dpsgd_gan::{DpsgdGan, DpsgdGanConfig};
+use crate::train::gswgan::graphed::GraphedPhaseTwo;
 use crate::train::gswgan::{select_discriminator, CriticState, GsWganConfig, LabelledImages, PrivateTraining, WarmStart};
 use crate::train::resident::ResidentData;
 
@@ -83,6 +86,10 @@ fn phase_of(range: &str) -> Option<&'static str> {
 pub const GS_WGAN_SLICE: usize = 60;
 /// docs/algorithms.md §2's phase-2 sanitiser: C = 1, σ = 1.07.
 pub const GS_WGAN_CLIP: f64 = 1.0;
+/// Phase-2 iterations the graph pass runs before it times replays: the first is eager, and each
+/// pattern of batch sizes the slice gives (two for 60 records in batches of 32) is captured at
+/// its first later iteration.
+pub const GS_WGAN_GRAPH_WARMUP: usize = 6;
 pub const GS_WGAN_NOISE_MULTIPLIER: f64 = 1.07;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -508,27 +515,53 @@ fn prepare_gswgan(o: &StepOptions, device: &Device) -> Result<Prepared> {
         let discriminator = crate::models::gswgan::Discriminator::new(1, o.base, &mut d_rng, device)?;
         let mut batch_rng = ChaCha20Rng::seed_from_u64(o.seed);
         batch_rng.set_stream(1);
-        let mut critic = CriticState::new(discriminator, slice, batch_rng, &config)?;
+        let critic = CriticState::new(discriminator, slice, batch_rng, &config)?;
         let sanitizer = GsWganSanitizer::new(GS_WGAN_CLIP, GS_WGAN_NOISE_MULTIPLIER)?;
         // Nothing here is private: the noise key is the seed's replayable one (not its init stream).
         let key = RunKey::replayable(o.seed);
-        let mut training = PrivateTraining::new(o.arch, o.base, o.seed, sanitizer, &key, o.noise, config, device)?;
+        let training = PrivateTraining::new(o.arch, o.base, o.seed, sanitizer, &key, o.noise, config, device)?;
         let (generator_params, discriminator_params) = (count(training.generator.params()), count(critic.discriminator.params()));
         pairs.extend([
             ("clip", json!(GS_WGAN_CLIP)),
             ("noise_multiplier", json!(GS_WGAN_NOISE_MULTIPLIER)),
             ("noise", json!(format!("{:?}", o.noise).to_lowercase())),
         ]);
+        // One discriminator stands for the published 1000: an iteration touches only the one
+        // drawn, so its cost does not depend on how many there are.
+        let state = Rc::new(RefCell::new((training, critic, data)));
+        let eager = state.clone();
         let step = Box::new(move || -> Result<()> {
-            // One discriminator stands for the published 1000: an iteration touches only the one
-            // drawn, so its cost does not depend on how many there are.
+            let (training, critic, data) = &mut *eager.borrow_mut();
             select_discriminator(&key, training.iterations(), 1)?;
-            training.iteration(&mut critic, &data)?;
+            training.iteration(critic, data)?;
             Ok(())
+        });
+        let device = device.clone();
+        let capture_training: CaptureTraining = Box::new(move || {
+            let mut graphed = {
+                let (training, critic, data) = &mut *state.borrow_mut();
+                let mut graphed = GraphedPhaseTwo::new(critic, &device)?;
+                // Until every pattern of batch sizes the slice gives is captured (the first
+                // iteration's values cannot tell G's and D's Adam corrections apart: eager).
+                for _ in 0..GS_WGAN_GRAPH_WARMUP {
+                    training.graphed_iteration(&mut graphed, critic, data)?;
+                }
+                if graphed.graphs() == 0 {
+                    return Err(Error::Invalid(format!(
+                        "no phase-2 iteration was captured in {GS_WGAN_GRAPH_WARMUP}: {:?}",
+                        graphed.counts()
+                    )));
+                }
+                graphed
+            };
+            Ok(Box::new(move || {
+                let (training, critic, data) = &mut *state.borrow_mut();
+                training.graphed_iteration(&mut graphed, critic, data).map(|_| ())
+            }) as Box<dyn FnMut() -> Result<()>>)
         });
         Ok(Prepared {
             step,
-            capture_training: None,
+            capture_training: Some(capture_training),
             description: format!(
                 "PrivateTraining::iteration (phase 2): {} WGAN-GP critic steps of one discriminator, the generator step with sanitised image gradients, the EMA of G (B = {b}, the slice's last partial batch included)",
                 config.critic_steps
@@ -671,7 +704,7 @@ impl GraphReplayReport {
 /// each with its own batch, keys, noise step and optimizer corrections copied in first, timed as
 /// [`time_steps`] times a step. A failed capture is reported, not raised.
 fn time_training_replays(device: &Device, steps: usize, capture: CaptureTraining) -> Result<GraphReplayReport> {
-    let note = "one training step captured into a CUDA graph, then replayed: each replay a training step of its own (batch indices, example weights, generator keys, noise step, learning rate and Adam's corrections copied into the step block first), its B records padded to graph_rows rows as a Poisson run pads them (B, no padding, for a non-private step); timed as the headline pass".to_string();
+    let note = "training steps replayed from CUDA graphs: each replay a training step of its own (batch indices, example weights, generator keys, noise step, learning rate, EMA decay and Adam's corrections copied into the step block first); DP-CGAN's private B records padded to graph_rows rows as a Poisson run pads them (B, no padding, for a non-private step); GS-WGAN's phase-2 iteration on a working critic copied in and out, one graph per pattern of batch sizes; timed as the headline pass".to_string();
     synchronize(device)?;
     let mut replay = match capture() {
         Ok(replay) => replay,

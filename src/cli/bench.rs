@@ -71,10 +71,10 @@ struct StepArgs {
     /// (10-bit mantissa inputs, f32 accumulation), as `train gs-wgan warm-start --tf32` runs them.
     #[arg(long)]
     tf32: bool,
-    /// CUDA only: also time the step replayed from one CUDA graph capture, beside the eager
-    /// figures. DP-CGAN's private step replays as training steps (each with its own batch, keys,
-    /// noise step and optimizer corrections); the others repeat the captured keys and draws: their
-    /// launch floor, not training steps.
+    /// CUDA only: also time the step replayed from CUDA graphs, beside the eager figures.
+    /// DP-CGAN's steps, DPSGD-GAN's D step and GS-WGAN's phase-2 iteration replay as training
+    /// steps (each with its own batch, keys, noise step and optimizer corrections); the GS-WGAN
+    /// warm start repeats the captured keys and draws: its launch floor, not training steps.
     #[arg(long)]
     cuda_graph: bool,
     #[command(flatten)]

@@ -4,6 +4,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
+use super::graphed::GraphedPhaseTwo;
 use super::warm_start::uniform_alpha_from;
 use super::{critic_step, ema_decay, ema_update, private_generator_step, CriticBatch, GsWganConfig, LabelledImages, SliceBatches};
 use crate::backend::step_values::StepValues;
@@ -98,6 +99,21 @@ impl PrivateTraining {
 
     /// One iteration with the selected discriminator (held in `critic`): see [`PhaseTwoStep`].
     pub fn iteration(&mut self, critic: &mut CriticState, data: &LabelledImages) -> Result<PrivateLosses> {
+        self.iterate(critic, data, None)
+    }
+
+    /// [`PrivateTraining::iteration`] on `graphed`'s working critic, replayed from a CUDA graph
+    /// once captured: the same values.
+    pub fn graphed_iteration(
+        &mut self,
+        graphed: &mut GraphedPhaseTwo,
+        critic: &mut CriticState,
+        data: &LabelledImages,
+    ) -> Result<PrivateLosses> {
+        self.iterate(critic, data, Some(graphed))
+    }
+
+    fn iterate(&mut self, critic: &mut CriticState, data: &LabelledImages, graphed: Option<&mut GraphedPhaseTwo>) -> Result<PrivateLosses> {
         let key = self.noise.next_key();
         let mut step = PhaseTwoStep {
             generator: &mut self.generator,
@@ -106,7 +122,10 @@ impl PrivateTraining {
             sanitizer: &self.sanitizer,
             config: &self.config,
         };
-        let losses = step.run(critic, data, &mut self.draws, &key, self.iterations)?;
+        let losses = match graphed {
+            Some(graphed) => graphed.iterate(&mut step, critic, data, &mut self.draws, &key, self.iterations)?,
+            None => step.run(critic, data, &mut self.draws, &key, self.iterations)?,
+        };
         self.noise.next_step();
         self.iterations += 1;
         Ok(losses)
