@@ -19,8 +19,8 @@
 #           compile) beside ours; Opacus from .whl/ if the machine lacks it (device README)
 #   dpcgan  DP-CGAN's full published run (24,900 steps) timed, sampled and evaluated;     ≤ 420 s
 #           then its training again with --cuda-graph, timed
-#   gswgan  warm-start throughput for groups of 1, 16, 64 and auto's, 16 with TF32;       ≤ 495 s
-#           phase-2 iterations/s
+#   gswgan  warm-start throughput for groups of 1, 16, 64 and auto's, 16 with TF32;       ≤ 585 s
+#           phase-2 iterations/s, eager and with --cuda-graph
 #   nsys    an Nsight Systems trace of a short DP-CGAN run, if nsys is installed           ≤ 180 s
 # Writes to $OUT (or .gpu/session): one log and JSON per step, and summary.md, a line per step.
 # `--quick` shrinks every step to a smoke run (for checking this script, not for numbers).
@@ -187,6 +187,13 @@ for g in $(echo "$finished" | tr ' ' '\n' | sort -rn); do
     step phase2 120 "$bin" train gs-wgan --warm-start "$out/ws-$g" --out "$out/phase2" --iterations "$p2_iters" \
       --generator resnet --seed 1 --device "$device" --log-every 50 --checkpoint-every 1000000
     tail -n 1 "$out/phase2/metrics.jsonl" >"$out/phase2-last-metrics.json" 2>/dev/null
+    # The same iterations on a working critic replayed from CUDA graphs, timed beside.
+    if [ "$device" != cpu ]; then
+      rm -rf "$out/phase2-graph"
+      step phase2-cuda-graph 90 "$bin" train gs-wgan --warm-start "$out/ws-$g" --out "$out/phase2-graph" --iterations "$p2_iters" \
+        --generator resnet --seed 1 --device "$device" --log-every 50 --checkpoint-every 1000000 --cuda-graph
+      tail -n 1 "$out/phase2-graph/metrics.jsonl" >"$out/phase2-graph-last-metrics.json" 2>/dev/null
+    fi
     break
   fi
 done
