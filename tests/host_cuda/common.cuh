@@ -109,6 +109,14 @@ struct AdamUpdateParams {
   const float* corrections_at;
 };
 
+// What step_values.cuh resolves besides the above (no dp.cu kernel takes it).
+struct EmaUpdateParams {
+  int64_t n;
+  float decay;
+  int32_t pad_;
+  const float* decay_at;
+};
+
 struct NoisedSgdParams {
   NoiseDivideParams noise;
   SgdUpdateParams sgd;
