@@ -233,6 +233,15 @@ mod tests {
         critics: Vec<CriticState>,
     }
 
+    impl Setup {
+        /// The iteration's step over this G, and the critics.
+        fn split<'a>(&'a mut self, sanitizer: &'a GsWganSanitizer, config: &'a GsWganConfig) -> (PhaseTwoStep<'a>, &'a mut [CriticState]) {
+            let step =
+                PhaseTwoStep { generator: &mut self.generator, optimizer: &mut self.optimizer, ema: &mut self.ema, sanitizer, config };
+            (step, &mut self.critics)
+        }
+    }
+
     fn config() -> GsWganConfig {
         GsWganConfig { critic_steps: 3, batch_size: 4, ..GsWganConfig::default() }
     }
@@ -297,24 +306,12 @@ mod tests {
             let t = t as u64;
             let key = noise.key_at(t, 0);
             let draws = || ChaCha20Rng::seed_from_u64(100 + t);
-            let mut step = PhaseTwoStep {
-                generator: &mut eager.generator,
-                optimizer: &mut eager.optimizer,
-                ema: &mut eager.ema,
-                sanitizer: &sanitizer,
-                config: &config,
-            };
-            let want = step.run(&mut eager.critics[j], &data, &mut draws(), &key, t).unwrap();
+            let (mut step, critics) = eager.split(&sanitizer, &config);
+            let want = step.run(&mut critics[j], &data, &mut draws(), &key, t).unwrap();
             let g_buffers: Vec<*const Storage> =
                 graphed.generator.entries().iter().chain(&graphed.ema.entries()).map(|e| e.tensor.storage() as *const Storage).collect();
-            let mut step = PhaseTwoStep {
-                generator: &mut graphed.generator,
-                optimizer: &mut graphed.optimizer,
-                ema: &mut graphed.ema,
-                sanitizer: &sanitizer,
-                config: &config,
-            };
-            let got = phase_two.iterate(&mut step, &mut graphed.critics[j], &data, &mut draws(), &key, t).unwrap();
+            let (mut step, critics) = graphed.split(&sanitizer, &config);
+            let got = phase_two.iterate(&mut step, &mut critics[j], &data, &mut draws(), &key, t).unwrap();
             for (what, a, b) in [
                 ("critic", &got.critic, &want.critic),
                 ("generator", &got.generator, &want.generator),
