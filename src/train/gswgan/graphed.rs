@@ -302,6 +302,9 @@ mod tests {
         let (mut eager, mut graphed) = (setup(), setup());
         let mut phase_two = GraphedPhaseTwo::new(&graphed.critics[0], &CPU).unwrap();
         let working_buffers = phase_two.working.buffers();
+        let d = &graphed.critics[0].discriminator;
+        assert_eq!(working_buffers.len(), d.entries().len() + 2 * d.params().len(), "every tensor, then both moments of every parameter");
+        assert!(working_buffers.iter().all(|b| !b.is_null()));
         for (t, &j) in CHOICES.iter().enumerate() {
             let t = t as u64;
             let key = noise.key_at(t, 0);
