@@ -13,8 +13,8 @@
 #   sanitize compute-sanitizer memcheck on the GEMM, conv, clip, DP-step, optimizer and   ≤ 450 s
 #           norm test executables (the pointer-batch kernels among them), racecheck on the
 #           conv tests' TF32 cases (shared-memory tiles); each step stops at its first error
-#   bench   `dpgan bench kernels`, `dpgan bench step` (DP-CGAN and GS-WGAN private and     ≤ 420 s
-#           not, GS-WGAN's warm start with TF32, DPSGD-GAN's private D step)
+#   bench   `dpgan bench kernels`, `dpgan bench step` (DP-CGAN and GS-WGAN private and     ≤ 465 s
+#           not, GS-WGAN's warm start and phase 2 with TF32, DPSGD-GAN's private D step)
 #   pytorch benches/pytorch/compare.py: the same steps in PyTorch (eager, Opacus, vmap,   ≤ 300 s
 #           compile) beside ours; Opacus from .whl/ if the machine lacks it (device README)
 #   dpcgan  DP-CGAN's full published run (24,900 steps) timed, sampled and evaluated;     ≤ 420 s
@@ -100,16 +100,19 @@ if want bench; then
     for mode in --private --non-private; do
       extra=()
       [ "$algo" = gs-wgan ] && extra=("${gs_step_flags[@]}")
-      # The step replayed from one CUDA graph beside the eager step: DP-CGAN's private step as
-      # training steps (per-step values from its step block), the others their launch floor.
+      # The step replayed from CUDA graphs beside the eager step: DP-CGAN's steps and GS-WGAN's
+      # phase 2 as training steps (per-step values from a step block), the warm start its launch
+      # floor.
       [ "$device" != cpu ] && extra+=(--cuda-graph)
       step "bench-step-$algo${mode#-}" 45 "$bin" bench step --algo "$algo" "$mode" --phases --device "$device" \
         "${step_flags[@]}" "${extra[@]}" --json "$out/bench-step-$algo${mode#-}.json"
     done
   done
-  # GS-WGAN's warm-start iteration again with TF32 allowed, beside the f32 one above.
+  # GS-WGAN's warm-start iteration and phase 2 again with TF32 allowed, beside the f32 ones above.
   [ "$device" != cpu ] && step bench-step-gs-wgan-non-private-tf32 45 "$bin" bench step --algo gs-wgan --non-private --tf32 \
     --phases --device "$device" "${step_flags[@]}" "${gs_step_flags[@]}" --json "$out/bench-step-gs-wgan-non-private-tf32.json"
+  [ "$device" != cpu ] && step bench-step-gs-wgan-private-tf32 45 "$bin" bench step --algo gs-wgan --private --tf32 \
+    --cuda-graph --device "$device" "${step_flags[@]}" "${gs_step_flags[@]}" --json "$out/bench-step-gs-wgan-private-tf32.json"
   # DPSGD-GAN's private D step at the published B = 128, d = 128 (it has no non-private step), with
   # its launch floor.
   graph=()

@@ -239,8 +239,10 @@ fn bad_arguments_are_refused_with_the_cause() {
     let e = stderr_of_failure(&["bench", "step", "--algo", "dp-cgan", "--device", "tpu"]);
     assert!(e.contains("--device must be"), "{e}");
     // TF32 never touches a private step, and the CPU has none.
+    let e = stderr_of_failure(&["bench", "step", "--algo", "dp-cgan", "--device", "cpu", "--tf32"]);
+    assert!(e.contains("--tf32 applies to --non-private steps and GS-WGAN's phase 2 only"), "{e}");
     let e = stderr_of_failure(&["bench", "step", "--algo", "gs-wgan", "--device", "cpu", "--tf32"]);
-    assert!(e.contains("--tf32 applies to --non-private steps only"), "{e}");
+    assert!(e.contains("--tf32 needs a CUDA device"), "phase 2 takes TF32 where there is one: {e}");
     let e = stderr_of_failure(&["bench", "step", "--algo", "gs-wgan", "--device", "cpu", "--non-private", "--tf32"]);
     assert!(e.contains("--tf32 needs a CUDA device"), "{e}");
     let e = stderr_of_failure(&["bench", "step", "--algo", "dp-cgan", "--device", "cpu", "--cuda-graph"]);

@@ -417,6 +417,64 @@ fn cuda_gswgan_phase_two_iterations_match_cpu() {
     });
 }
 
+/// Phase 2 with TF32 allowed (`train gs-wgan --tf32`): the ResNet's 3 × 3 convs (64 channels) and
+/// D's take the tensor cores, so the values move off the f32 ones, but stay within TF32's accuracy
+/// of the CPU after two iterations; and the sanitiser, which takes whatever image gradient the
+/// TF32 products give, still bounds every row exactly (σ = 0: each row at norm C/B to f32
+/// rounding), which is what the guarantee rests on.
+#[test]
+fn cuda_gswgan_phase_two_with_tf32_stays_close_to_f32_and_clips_exactly() {
+    const TF32_TOL: f64 = 1e-2;
+    common::on_cuda("cuda_gswgan_phase_two_with_tf32_stays_close_to_f32_and_clips_exactly", |dev| {
+        let mut rng = common::rng("cuda_gswgan_phase_two_with_tf32_stays_close_to_f32_and_clips_exactly");
+        let data = gswgan_data(&mut rng, 20);
+        let (d_seed, g_seed, batch_seed): (u64, u64, u64) = (rng.random(), rng.random(), rng.random());
+        let config = GsWganConfig { critic_steps: 2, batch_size: 8, ..GsWganConfig::default() };
+        let run = |device: &Device, tf32: bool| {
+            let _tf32 = Tf32Scope::new(tf32);
+            let discriminator = gswgan::Discriminator::new(1, 16, &mut ChaCha20Rng::seed_from_u64(d_seed), device).unwrap();
+            let mut critic = CriticState::new(discriminator, (0..20).collect(), ChaCha20Rng::seed_from_u64(batch_seed), &config).unwrap();
+            let sanitizer = GsWganSanitizer::new(1.0, 1.07).unwrap();
+            let key = RunKey::replayable(g_seed);
+            let mut training =
+                PrivateTraining::new(GeneratorArch::Resnet, 16, g_seed, sanitizer, &key, NoiseMode::Fast, config, device).unwrap();
+            let mut losses = Vec::new();
+            for _ in 0..2 {
+                let l = training.iteration(&mut critic, &data).unwrap();
+                losses.extend(l.critic.to_vec().unwrap());
+                losses.extend(l.generator.to_vec().unwrap());
+            }
+            let params: Vec<Vec<f32>> =
+                [module_values(&training.generator), module_values(&training.ema), module_values(&critic.discriminator)].concat();
+            (params, losses, training, critic)
+        };
+        let (params_cpu, losses_cpu, ..) = run(&Device::Cpu, false);
+        let (params_f32, ..) = run(dev, false);
+        let (params_tf32, losses_tf32, mut training, mut critic) = run(dev, true);
+        assert_ne!(params_tf32, params_f32, "TF32 allowed changed nothing: the tensor-core path did not run");
+        common::assert_close("critic and generator losses (TF32)", &losses_tf32, &losses_cpu, TF32_TOL);
+        for (k, (a, e)) in params_tf32.iter().zip(&params_cpu).enumerate() {
+            common::assert_close(&format!("parameter {k} after two TF32 phase-2 iterations"), a, e, TF32_TOL);
+        }
+        // The image gradient of G's samples under TF32, sanitised with σ = 0: every row at C/B.
+        let _tf32 = Tf32Scope::new(true);
+        let mut draws = vec![ChaCha20Rng::seed_from_u64(batch_seed)];
+        let b = 8;
+        let z = gswgan::bernoulli_latent(&mut draws, b, dev).unwrap();
+        let labels = gswgan::uniform_one_hot_labels(&mut draws, b, dev).unwrap();
+        let fake = training.generator.forward(&Tape::new(), &z, &labels).unwrap();
+        let (_, grad) = dpgan::train::gswgan::image_gradient(&mut critic.discriminator, &fake, &labels).unwrap();
+        let exact = GsWganSanitizer::new(1.0, 0.0).unwrap();
+        let key = NoiseSource::from_seed(batch_seed, NoiseMode::Fast).next_key();
+        let rows = exact.sanitize(&grad, &key).unwrap().to_vec().unwrap();
+        let bound = exact.clip_norm / b as f64;
+        for (i, row) in rows.chunks(gswgan::PIXELS).enumerate() {
+            let norm = row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+            assert!((norm - bound).abs() <= 1e-6 * bound, "row {i}: norm {norm}, C/B = {bound}");
+        }
+    });
+}
+
 /// GS-WGAN phase-2 iterations on a working critic, captured into CUDA graphs (one per pattern of
 /// batch sizes) and replayed, equal the eager iterations on the selected critics bit for bit:
 /// losses, G, G_s and every critic's tensors, Adam state and batch position. Three critics on

@@ -340,7 +340,8 @@ fn assert_same_phase_two(what: &str, a: &Path, b: &Path) {
 /// `cuda_graph` runs each iteration on a working critic (the selected one copied in and out), on
 /// the CPU bound to its plan of per-step values where a capture could be: the run ends where the
 /// run without it ends, bit for bit, whether it starts that way or is switched on at a resume.
-/// The CLI refuses `--cuda-graph` on the CPU, so the library starts it.
+/// The CLI refuses `--cuda-graph` and `--tf32` on the CPU (the library starts the graphed run),
+/// and a TF32 run's resume there.
 #[test]
 fn phase_two_on_a_working_critic_ends_bit_for_bit_where_the_plain_run_ends() {
     let dir = tempfile::tempdir().unwrap();
@@ -354,6 +355,11 @@ fn phase_two_on_a_working_critic_ends_bit_for_bit_where_the_plain_run_ends() {
             .concat(),
     );
     assert!(err.contains("--cuda-graph needs a CUDA device"), "{err}");
+    let err = stderr_of_failure(
+        &[&["train", "gs-wgan", "--warm-start", &s(&warm), "--out", &s(&graphed), "--device", "cpu", "--tf32"][..], &common[..]].concat(),
+    );
+    assert!(err.contains("--tf32 needs a CUDA device"), "{err}");
+    assert!(!graphed.exists(), "a refused run left its directory");
 
     let settings = GsWganSettings {
         warm_start: warm.clone(),
@@ -389,6 +395,12 @@ fn phase_two_on_a_working_critic_ends_bit_for_bit_where_the_plain_run_ends() {
     run.train(&Progress::new(3, 6)).unwrap();
     drop(run);
     assert_same_phase_two("switched on at a resume", &plain, &switched);
+
+    // A TF32 run (config.json says so) resumes only where TF32 exists.
+    config["tf32"] = Value::Bool(true);
+    fs::write(switched.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let err = stderr_of_failure(&["train", "gs-wgan", "--resume", &s(&switched), "--iterations", "7", "--device", "cpu"]);
+    assert!(err.contains("trains with TF32") && err.contains("CUDA device"), "{err}");
 }
 
 /// Phase 2 trains with the warm start's batch size B, the one its accountant counts: every

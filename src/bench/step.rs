@@ -177,9 +177,11 @@ impl StepOptions {
         if self.base == 0 {
             return Err(Error::Invalid("--base must be at least 1".into()));
         }
-        if self.tf32 && self.private {
+        // GS-WGAN's phase 2 clips the image gradient its GEMMs produce, in f32 reductions, so TF32
+        // leaves its bound exact; DP-SGD's per-example norms come from the GEMMs themselves.
+        if self.tf32 && self.private && self.algo != Algo::GsWgan {
             return Err(Error::Invalid(
-                "--tf32 applies to --non-private steps only: a private step's per-example norms and clipping stay in exact f32".into(),
+                "--tf32 applies to --non-private steps and GS-WGAN's phase 2 only: a DP-SGD step's per-example norms and clipping stay in exact f32".into(),
             ));
         }
         if self.algo == Algo::DpsgdGan && !self.private {

@@ -67,8 +67,9 @@ struct StepArgs {
     /// gs-wgan and dpsgd-gan: the models' width (64 and 128 are the published models).
     #[arg(long)]
     base: Option<usize>,
-    /// With --non-private on CUDA: matmuls and convolutions on TF32 tensor cores where large enough
-    /// (10-bit mantissa inputs, f32 accumulation), as `train gs-wgan warm-start --tf32` runs them.
+    /// CUDA only, with --non-private or gs-wgan's phase 2: matmuls and convolutions on TF32 tensor
+    /// cores where large enough (10-bit mantissa inputs, f32 accumulation), as `train gs-wgan
+    /// warm-start --tf32` and `train gs-wgan --tf32` run them.
     #[arg(long)]
     tf32: bool,
     /// CUDA only: also time the step replayed from CUDA graphs, beside the eager figures.

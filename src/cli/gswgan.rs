@@ -169,6 +169,11 @@ struct PrivateArgs {
     /// recorded, so a resumed run keeps it.
     #[arg(long)]
     cuda_graph: bool,
+    /// CUDA only (sm_80+): let G's and D's matmuls and convolutions run on TF32 tensor cores. The
+    /// sanitiser's row norms, clipping and noise stay in f32, so ε is unchanged; recorded, so a
+    /// resumed run keeps it.
+    #[arg(long)]
+    tf32: bool,
 }
 
 pub fn run(args: &GsWganArgs) -> Result<()> {
@@ -339,6 +344,7 @@ fn private(args: &PrivateArgs) -> Result<()> {
                     ("--sample-every", args.sample_every.is_some()),
                     ("--checkpoint-every", args.checkpoint_every.is_some()),
                     ("--cuda-graph", args.cuda_graph),
+                    ("--tf32", args.tf32),
                     args.noise.given()[0],
                     args.noise.given()[1],
                 ],
@@ -381,6 +387,7 @@ fn private(args: &PrivateArgs) -> Result<()> {
                 sample_every: args.sample_every.unwrap_or(d.sample_every),
                 checkpoint_every: args.checkpoint_every.unwrap_or(d.checkpoint_every),
                 cuda_graph: args.cuda_graph,
+                tf32: args.tf32,
             };
             let config = GsWganRunConfig::plan(&settings, &device)?;
             announce(&config)?;

@@ -26,6 +26,7 @@ use super::graphed::{GraphedPhaseTwo, IterationCounts};
 use super::warm_start_run::{arch_name, load_discriminators, load_recorded_data, WarmStartRunConfig, WARM_START_ALGORITHM};
 use super::{CriticState, GsWganConfig, LabelledImages, PhaseTwoStep, PrivateLosses, SliceBatches};
 use crate::autograd::Tape;
+use crate::backend::cuda::Tf32Scope;
 use crate::backend::{ops, BinaryOp};
 use crate::data::classes::class_names_of_file;
 use crate::dp::{FiniteChecks, GsWganSanitizer, KeySource, NoiseMode, NoiseSource, RunKey};
@@ -127,6 +128,8 @@ pub struct GsWganSettings {
     pub checkpoint_every: u64,
     /// Replay the iterations from CUDA graphs (`--cuda-graph`; see `gswgan::graphed`).
     pub cuda_graph: bool,
+    /// Let G's and D's matmuls and convolutions run on TF32 tensor cores (`--tf32`, CUDA only).
+    pub tf32: bool,
 }
 
 impl Default for GsWganSettings {
@@ -146,6 +149,7 @@ impl Default for GsWganSettings {
             sample_every: 1000,
             checkpoint_every: 1000,
             cuda_graph: false,
+            tf32: false,
         }
     }
 }
@@ -185,6 +189,11 @@ pub struct GsWganRunConfig {
     /// runs without it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cuda_graph: bool,
+    /// G's and D's matmuls and convolutions may run on TF32 tensor cores (sm_80+). The sanitiser's
+    /// row norms, clipping and noise stay in f32: it bounds whatever image gradient it is handed,
+    /// so the guarantee is unchanged. Absent in runs without it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tf32: bool,
 }
 
 impl GsWganRunConfig {
@@ -200,6 +209,11 @@ impl GsWganRunConfig {
         }
         if s.iterations == 0 {
             return Err(Error::Invalid("--iterations must be at least 1".into()));
+        }
+        if s.tf32 && device.is_cpu() {
+            return Err(Error::Invalid(
+                "--tf32 needs a CUDA device (sm_80 or newer; older ones run f32): the CPU backend has no TF32".into(),
+            ));
         }
         if let Some(sigma) = s.noise_multiplier {
             check_positive("--noise-multiplier", sigma)?;
@@ -232,6 +246,7 @@ impl GsWganRunConfig {
             build: BuildRecord::current(),
             device: device.to_string(),
             cuda_graph: s.cuda_graph,
+            tf32: s.tf32,
             warm_start_config: warm,
         };
         (config.noise_multiplier, config.noise_multiplier_calibrated) = match (s.noise_multiplier, s.target_epsilon) {
@@ -437,6 +452,12 @@ impl GsWganRunner {
     pub fn resume(root: &Path, device: &Device, iterations: Option<u64>) -> Result<Self> {
         let dir = RunDir::open_for_training(root)?;
         let mut config: GsWganRunConfig = dir.read_config(ALGORITHM)?;
+        if config.tf32 && device.is_cpu() {
+            return Err(Error::Invalid(format!(
+                "{} trains with TF32 (config.json): resume it on a CUDA device, where it started",
+                root.display()
+            )));
+        }
         let data = load_recorded_data(&config.data)?;
         let discriminators = load_discriminators(&config.warm_start, &config.warm_start_config)?;
         let (mut tensors, state, key): (_, GsWganState, _) = dir.load_checkpoint_keyed(&Device::Cpu)?;
@@ -719,6 +740,8 @@ impl GsWganRunner {
     /// critic's and the generator's draws from the seed.
     fn iterate(&mut self) -> Result<(PrivateLosses, usize)> {
         let t = self.iteration;
+        // TF32 where the run allows it: the sanitiser's norms, clipping and noise are no GEMM.
+        let _tf32 = Tf32Scope::new(self.config.tf32);
         let j = super::private::select_discriminator(&self.key, t, self.critics.len())?;
         let mut draws = stream(self.config.seed, Purpose::Generator, t);
         let critic = &mut self.critics[j];
