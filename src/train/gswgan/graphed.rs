@@ -95,6 +95,13 @@ fn copy_entries(dst: &mut Discriminator, src: &Discriminator) -> Result<()> {
     Ok(())
 }
 
+/// Whether an iteration may be captured: its values of one kind all differ (a capture finds each
+/// by value), G's Adam moments exist (its first step makes them, and a graph would own and reset
+/// them) and the run has fewer than [`MAX_ITERATION_GRAPHS`] graphs.
+fn may_capture(values_tell_apart: bool, generator_steps: u64, graphs: usize) -> bool {
+    values_tell_apart && generator_steps > 0 && graphs < MAX_ITERATION_GRAPHS
+}
+
 /// How a run's iterations were taken.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IterationCounts {
@@ -187,7 +194,7 @@ impl GraphedPhaseTwo {
         }
         let unambiguous = values.check().is_ok();
         let WorkingCritic { discriminator, optimizer } = &mut self.working;
-        let capturable = unambiguous && step.optimizer.steps() > 0 && self.graphs.len() < MAX_ITERATION_GRAPHS;
+        let capturable = may_capture(unambiguous, step.optimizer.steps(), self.graphs.len());
         match discriminator.conv1.bias.device() {
             Device::Cuda(cuda) if capturable => {
                 let index_bound = u32::try_from(data.len()).map_err(|_| Error::Invalid("a training set past 2³² records".into()))?;
@@ -409,6 +416,15 @@ mod tests {
         let critic = &mut s.critics[0];
         step_values::bind(&full, true, None, || step.execute(&mut critic.discriminator, &mut critic.optimizer, &plan, &data, &key, 9))
             .unwrap();
+    }
+
+    #[test]
+    fn an_iteration_is_captured_only_when_its_values_tell_apart_after_g_has_stepped_below_the_limit() {
+        assert!(may_capture(true, 1, 0));
+        assert!(may_capture(true, 7, MAX_ITERATION_GRAPHS - 1));
+        assert!(!may_capture(false, 7, 0), "values a capture could not tell apart");
+        assert!(!may_capture(true, 0, 0), "G's moments not made yet");
+        assert!(!may_capture(true, 7, MAX_ITERATION_GRAPHS), "the graphs' limit");
     }
 
     /// The plan draws what the eager iteration drew, in its order: z then α per critic step, then
