@@ -380,6 +380,36 @@ fn cuda_gswgan_warm_start_with_tf32_stays_close_to_f32() {
     });
 }
 
+/// Two phase-2 iterations on `device` (one critic of width `base` on records 0..20 with its own
+/// Adam, the ResNet generator of width `base` through the sanitiser, B = 8, two critic steps), TF32
+/// allowed or not, every value finite: G's, G_s's and the critic's parameters afterwards, each
+/// iteration's losses, and the trained models.
+fn phase_two_on(
+    device: &Device,
+    base: usize,
+    seeds: (u64, u64, u64),
+    data: &LabelledImages,
+    tf32: bool,
+) -> (Vec<Vec<f32>>, Vec<f32>, PrivateTraining, CriticState) {
+    let (d_seed, g_seed, batch_seed) = seeds;
+    let _tf32 = Tf32Scope::new(tf32);
+    let config = GsWganConfig { critic_steps: 2, batch_size: 8, ..GsWganConfig::default() };
+    let discriminator = gswgan::Discriminator::new(1, base, &mut ChaCha20Rng::seed_from_u64(d_seed), device).unwrap();
+    let mut critic = CriticState::new(discriminator, (0..20).collect(), ChaCha20Rng::seed_from_u64(batch_seed), &config).unwrap();
+    let sanitizer = GsWganSanitizer::new(1.0, 1.07).unwrap();
+    let key = RunKey::replayable(g_seed);
+    let mut training = PrivateTraining::new(GeneratorArch::Resnet, base, g_seed, sanitizer, &key, NoiseMode::Fast, config, device).unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..2 {
+        let l = training.iteration(&mut critic, data).unwrap();
+        assert_eq!(l.nonfinite.to_vec().unwrap(), vec![0.0], "every value finite");
+        losses.extend(l.critic.to_vec().unwrap());
+        losses.extend(l.generator.to_vec().unwrap());
+    }
+    let params = [module_values(&training.generator), module_values(&training.ema), module_values(&critic.discriminator)].concat();
+    (params, losses, training, critic)
+}
+
 /// Two phase-2 iterations (one critic with its own Adam, the generator through the sanitiser:
 /// per-example clipping of the image gradients, Philox noise from the same key on both devices,
 /// the EMA) on the GPU against the CPU: G, G_s and the critic's parameters, and the losses.
@@ -388,28 +418,9 @@ fn cuda_gswgan_phase_two_iterations_match_cpu() {
     common::on_cuda("cuda_gswgan_phase_two_iterations_match_cpu", |dev| {
         let mut rng = common::rng("cuda_gswgan_phase_two_iterations_match_cpu");
         let data = gswgan_data(&mut rng, 20);
-        let (d_seed, g_seed, batch_seed): (u64, u64, u64) = (rng.random(), rng.random(), rng.random());
-        let run = |device: &Device| {
-            let config = GsWganConfig { critic_steps: 2, batch_size: 8, ..GsWganConfig::default() };
-            let discriminator = gswgan::Discriminator::new(1, 8, &mut ChaCha20Rng::seed_from_u64(d_seed), device).unwrap();
-            let mut critic = CriticState::new(discriminator, (0..20).collect(), ChaCha20Rng::seed_from_u64(batch_seed), &config).unwrap();
-            let sanitizer = GsWganSanitizer::new(1.0, 1.07).unwrap();
-            let key = RunKey::replayable(g_seed);
-            let mut training =
-                PrivateTraining::new(GeneratorArch::Resnet, 8, g_seed, sanitizer, &key, NoiseMode::Fast, config, device).unwrap();
-            let mut losses = Vec::new();
-            for _ in 0..2 {
-                let l = training.iteration(&mut critic, &data).unwrap();
-                assert_eq!(l.nonfinite.to_vec().unwrap(), vec![0.0], "every value finite");
-                losses.extend(l.critic.to_vec().unwrap());
-                losses.extend(l.generator.to_vec().unwrap());
-            }
-            let params: Vec<Vec<f32>> =
-                [module_values(&training.generator), module_values(&training.ema), module_values(&critic.discriminator)].concat();
-            (params, losses)
-        };
-        let (params_cpu, losses_cpu) = run(&Device::Cpu);
-        let (params_gpu, losses_gpu) = run(dev);
+        let seeds: (u64, u64, u64) = (rng.random(), rng.random(), rng.random());
+        let (params_cpu, losses_cpu, ..) = phase_two_on(&Device::Cpu, 8, seeds, &data, false);
+        let (params_gpu, losses_gpu, ..) = phase_two_on(dev, 8, seeds, &data, false);
         common::assert_close("critic and generator losses", &losses_gpu, &losses_cpu, MODEL_TOL);
         for (k, (a, e)) in params_gpu.iter().zip(&params_cpu).enumerate() {
             common::assert_close(&format!("parameter {k} after two phase-2 iterations"), a, e, MODEL_TOL);
@@ -428,29 +439,11 @@ fn cuda_gswgan_phase_two_with_tf32_stays_close_to_f32_and_clips_exactly() {
     common::on_cuda("cuda_gswgan_phase_two_with_tf32_stays_close_to_f32_and_clips_exactly", |dev| {
         let mut rng = common::rng("cuda_gswgan_phase_two_with_tf32_stays_close_to_f32_and_clips_exactly");
         let data = gswgan_data(&mut rng, 20);
-        let (d_seed, g_seed, batch_seed): (u64, u64, u64) = (rng.random(), rng.random(), rng.random());
-        let config = GsWganConfig { critic_steps: 2, batch_size: 8, ..GsWganConfig::default() };
-        let run = |device: &Device, tf32: bool| {
-            let _tf32 = Tf32Scope::new(tf32);
-            let discriminator = gswgan::Discriminator::new(1, 16, &mut ChaCha20Rng::seed_from_u64(d_seed), device).unwrap();
-            let mut critic = CriticState::new(discriminator, (0..20).collect(), ChaCha20Rng::seed_from_u64(batch_seed), &config).unwrap();
-            let sanitizer = GsWganSanitizer::new(1.0, 1.07).unwrap();
-            let key = RunKey::replayable(g_seed);
-            let mut training =
-                PrivateTraining::new(GeneratorArch::Resnet, 16, g_seed, sanitizer, &key, NoiseMode::Fast, config, device).unwrap();
-            let mut losses = Vec::new();
-            for _ in 0..2 {
-                let l = training.iteration(&mut critic, &data).unwrap();
-                losses.extend(l.critic.to_vec().unwrap());
-                losses.extend(l.generator.to_vec().unwrap());
-            }
-            let params: Vec<Vec<f32>> =
-                [module_values(&training.generator), module_values(&training.ema), module_values(&critic.discriminator)].concat();
-            (params, losses, training, critic)
-        };
-        let (params_cpu, losses_cpu, ..) = run(&Device::Cpu, false);
-        let (params_f32, ..) = run(dev, false);
-        let (params_tf32, losses_tf32, mut training, mut critic) = run(dev, true);
+        let seeds: (u64, u64, u64) = (rng.random(), rng.random(), rng.random());
+        let (_, _, batch_seed) = seeds;
+        let (params_cpu, losses_cpu, ..) = phase_two_on(&Device::Cpu, 16, seeds, &data, false);
+        let (params_f32, ..) = phase_two_on(dev, 16, seeds, &data, false);
+        let (params_tf32, losses_tf32, mut training, mut critic) = phase_two_on(dev, 16, seeds, &data, true);
         assert_ne!(params_tf32, params_f32, "TF32 allowed changed nothing: the tensor-core path did not run");
         common::assert_close("critic and generator losses (TF32)", &losses_tf32, &losses_cpu, TF32_TOL);
         for (k, (a, e)) in params_tf32.iter().zip(&params_cpu).enumerate() {
