@@ -325,7 +325,7 @@ mod tests {
             noise_step: Some(0x1_0000_0007),
             sgd_lr: Some(0.15),
             ema_decay: Some(0.75),
-            adam_corrections: vec![(0.25, 0.5), (0.125, 0.625)],
+            adam_corrections: vec![(0.25, 0.5), (0.125, 0.625), (0.375, 0.75)],
             draw_keys: vec![[1, 2], [3, 4], [5, 6]],
             batch_indices: vec![vec![9, 8, 7], vec![6, 5]],
             example_weight_rows: vec![0, 0, 1, 0],
@@ -337,13 +337,14 @@ mod tests {
         let v = values();
         let w = v.words();
         assert_eq!(w.len(), v.layout().words());
-        assert_eq!(v.layout().words(), 4 + 4 + 6 + 5 + 4);
+        // Three corrections, so that their 2 × 3 words differ from 2 + 3.
+        assert_eq!(v.layout().words(), 4 + 6 + 6 + 5 + 4);
         let at = |word: Option<usize>| word.expect("found");
         let step = at(v.noise_step_word(0x1_0000_0007));
         assert_eq!((w[step], w[step + 1]), (7, 1));
         assert_eq!(f32::from_bits(w[at(v.sgd_lr_word(0.15))]), 0.15);
         assert_eq!(f32::from_bits(w[at(v.ema_decay_word(0.75))]), 0.75);
-        for c in [(0.25, 0.5), (0.125, 0.625)] {
+        for c in [(0.25, 0.5), (0.125, 0.625), (0.375, 0.75)] {
             let adam = at(v.adam_corrections_word(c));
             assert_eq!((f32::from_bits(w[adam]), f32::from_bits(w[adam + 1])), c);
         }
