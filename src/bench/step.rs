@@ -86,11 +86,11 @@ fn phase_of(range: &str) -> Option<&'static str> {
 pub const GS_WGAN_SLICE: usize = 60;
 /// docs/algorithms.md §2's phase-2 sanitiser: C = 1, σ = 1.07.
 pub const GS_WGAN_CLIP: f64 = 1.0;
+pub const GS_WGAN_NOISE_MULTIPLIER: f64 = 1.07;
 /// Phase-2 iterations the graph pass runs before it times replays: the first is eager, and each
 /// pattern of batch sizes the slice gives (two for 60 records in batches of 32) is captured at
 /// its first later iteration.
 pub const GS_WGAN_GRAPH_WARMUP: usize = 6;
-pub const GS_WGAN_NOISE_MULTIPLIER: f64 = 1.07;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algo {
@@ -178,7 +178,8 @@ impl StepOptions {
             return Err(Error::Invalid("--base must be at least 1".into()));
         }
         // GS-WGAN's phase 2 clips the image gradient its GEMMs produce, in f32 reductions, so TF32
-        // leaves its bound exact; DP-SGD's per-example norms come from the GEMMs themselves.
+        // leaves its bound exact; DP-SGD computes its norms and its clipped sum apart, which must
+        // agree (docs/privacy.md, "Precision").
         if self.tf32 && self.private && self.algo != Algo::GsWgan {
             return Err(Error::Invalid(
                 "--tf32 applies to --non-private steps and GS-WGAN's phase 2 only: a DP-SGD step's per-example norms and clipping stay in exact f32".into(),

@@ -5,8 +5,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use super::graphed::GraphedPhaseTwo;
-use super::warm_start::uniform_alpha_from;
-use super::{critic_step, ema_decay, ema_update, private_generator_step, CriticBatch, GsWganConfig, LabelledImages, SliceBatches};
+use super::warm_start::critic_batch;
+use super::{critic_step, ema_decay, ema_update, private_generator_step, GsWganConfig, LabelledImages, SliceBatches};
 use crate::backend::step_values::StepValues;
 use crate::dp::{GsWganSanitizer, NoiseKey, NoiseMode, NoiseSource, RunKey, SecretPurpose};
 use crate::error::{Error, Result};
@@ -245,11 +245,8 @@ impl PhaseTwoStep<'_> {
         let device = discriminator.conv1.bias.device();
         let mut critic_loss = None;
         for (batch, [z_key, alpha_key]) in plan.batches.iter().zip(&plan.critic_keys) {
-            let (images, labels) = data.gather(std::slice::from_ref(batch), &device)?;
-            let b = batch.len();
-            let z = bernoulli_latent_from(std::slice::from_ref(z_key), b, &device)?;
-            let alpha = uniform_alpha_from(std::slice::from_ref(alpha_key), b, &device)?;
-            let batch = CriticBatch { images, labels, z, alpha };
+            use std::slice::from_ref;
+            let batch = critic_batch(data, from_ref(batch), from_ref(z_key), from_ref(alpha_key), &device)?;
             critic_loss = Some(critic_step(discriminator, optimizer, self.generator, &batch, self.config)?);
         }
         let critic_loss = critic_loss.ok_or_else(|| Error::Invalid("a phase-2 iteration needs at least one critic step".into()))?;

@@ -13,7 +13,9 @@ use super::{critic_step, generator_step, CriticBatch, GsWganConfig, LabelledImag
 use crate::backend::{ops, PublicDraw};
 use crate::dp::NoiseKey;
 use crate::error::{Error, Result};
-use crate::models::gswgan::{bernoulli_latent, member_keys, uniform_one_hot_labels, Discriminator, Generator, GeneratorArch};
+use crate::models::gswgan::{
+    bernoulli_latent, bernoulli_latent_from, member_keys, uniform_one_hot_labels, Discriminator, Generator, GeneratorArch,
+};
 use crate::nn::{stack, Module};
 use crate::optim::Adam;
 use crate::tensor::{Device, Tensor};
@@ -42,14 +44,24 @@ pub fn member_draws(seed: u64, t: u64) -> ChaCha20Rng {
     stream(seed, Purpose::Generator, t)
 }
 
-/// `[G, B, 1]` of α ~ U(0, 1), member g's from `rngs[g]`.
-pub(super) fn uniform_alpha<R: Rng>(rngs: &mut [R], batch: usize, device: &Device) -> Result<Tensor> {
-    uniform_alpha_from(&member_keys(rngs), batch, device)
+/// `[G, B, 1]` of α ~ U(0, 1), member g's from `keys[g]`.
+fn uniform_alpha(keys: &[NoiseKey], batch: usize, device: &Device) -> Result<Tensor> {
+    ops::public_draws(PublicDraw::Unit, &[keys.len(), batch, 1], keys, device)
 }
 
-/// [`uniform_alpha`] from member keys drawn beforehand.
-pub(super) fn uniform_alpha_from(keys: &[NoiseKey], batch: usize, device: &Device) -> Result<Tensor> {
-    ops::public_draws(PublicDraw::Unit, &[keys.len(), batch, 1], keys, device)
+/// One critic batch of every member: its records `indices[g]` gathered on `device`, z and α drawn
+/// there from its keys `z_keys[g]` and `alpha_keys[g]`.
+pub(super) fn critic_batch(
+    data: &LabelledImages,
+    indices: &[Vec<usize>],
+    z_keys: &[NoiseKey],
+    alpha_keys: &[NoiseKey],
+    device: &Device,
+) -> Result<CriticBatch> {
+    let (images, labels) = data.gather(indices, device)?;
+    let b = indices[0].len();
+    let z = bernoulli_latent_from(z_keys, b, device)?;
+    Ok(CriticBatch { images, labels, z, alpha: uniform_alpha(alpha_keys, b, device)? })
 }
 
 /// A critic batch for every member: its next real batch from its slice, then z and α from its draws.
@@ -60,11 +72,9 @@ pub(super) fn next_critic_batch<R: Rng>(
     device: &Device,
 ) -> Result<CriticBatch> {
     let indices: Vec<Vec<usize>> = batches.iter_mut().map(SliceBatches::next_batch).collect();
-    let (images, labels) = data.gather(&indices, device)?;
-    let b = indices[0].len();
-    let z = bernoulli_latent(draws, b, device)?;
-    let alpha = uniform_alpha(draws, b, device)?;
-    Ok(CriticBatch { images, labels, z, alpha })
+    // Every member's z key, then every member's α key: the order the draws were always taken in.
+    let z_keys = member_keys(draws);
+    critic_batch(data, &indices, &z_keys, &member_keys(draws), device)
 }
 
 /// Losses of the last warm-start iteration, `[G]` each, on the device.
