@@ -15,6 +15,10 @@ pub enum Error {
     Unsupported { op: &'static str, device: String },
     /// Anything the CUDA driver or a launch reported, with what we were doing.
     Cuda { context: String, msg: String },
+    /// The driver refused to capture work into a CUDA graph (the driver's error, with what we
+    /// were doing). Nothing of the work ran; the device stays usable, so a caller may take it
+    /// eagerly instead.
+    CaptureRefused(String),
     /// No usable CUDA device, and why.
     NoDevice(String),
     /// A file that could not be read or written, or whose contents are malformed.
@@ -54,6 +58,7 @@ impl fmt::Display for Error {
             }
             Error::Unsupported { op, device } => write!(f, "{op} is not available on {device}"),
             Error::Cuda { context, msg } => write!(f, "CUDA error while {context}: {msg}"),
+            Error::CaptureRefused(why) => write!(f, "the driver refused a CUDA graph capture: {why}"),
             Error::NoDevice(why) => write!(f, "no CUDA device: {why}"),
             Error::File { path, msg } => write!(f, "{}: {msg}", path.display()),
             Error::Invalid(msg) => write!(f, "invalid argument: {msg}"),

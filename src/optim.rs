@@ -101,6 +101,12 @@ impl Adam {
         self.t += 1;
     }
 
+    /// Puts back a step count (after a CUDA graph capture the driver refused, whose step did not
+    /// run but counted).
+    pub(crate) fn set_steps(&mut self, steps: u64) {
+        self.t = steps;
+    }
+
     /// The moment estimates `(m, v)` per parameter (empty before the first step), for checkpoints.
     pub fn moments(&self) -> (&[Tensor], &[Tensor]) {
         (&self.m, &self.v)

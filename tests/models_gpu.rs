@@ -261,6 +261,64 @@ fn cuda_graph_replays_of_dp_cgan_training_steps_equal_the_eager_steps() {
     });
 }
 
+/// A capture the driver refuses leaves no trace. Forced here by a copy from pageable memory at the
+/// capture's end, after the whole step was recorded (its allocations, launches and in-place
+/// updates): `run_step` puts the model's counts back and takes that step eagerly with the same
+/// values, and every later step eagerly; all equal the bound eager steps bit for bit. The device
+/// stays usable: a second model captures (refusal off) right after and its replays equal them too.
+#[test]
+fn cuda_refused_captures_fall_back_to_the_same_eager_steps() {
+    use dpgan::backend::cuda::set_force_capture_refusal;
+    use dpgan::train::captured::{self, StepGraph};
+    let name = "cuda_refused_captures_fall_back_to_the_same_eager_steps";
+    common::on_cuda(name, |dev| {
+        let mut data_rng = common::rng(name);
+        let (records, rows, fake) = (500usize, 64usize, 60usize);
+        let pixels: Vec<f32> = (0..records * PIXELS).map(|_| data_rng.random_range(-1.0..1.0)).collect();
+        let labels: Vec<u32> = (0..records).map(|_| data_rng.random_range(0..CLASSES as u32)).collect();
+        let data = dpgan::train::resident::ResidentData::from_parts(pixels, &labels, dev).unwrap();
+        let config = DpCganConfig { clip: 0.05, batch_divisor: fake as f32, ..DpCganConfig::default() };
+        let (model_seed, noise_seed): (u64, u64) = (data_rng.random(), data_rng.random());
+        let model = || {
+            let noise = NoiseSource::from_seed(noise_seed, NoiseMode::Fast);
+            DpCgan::new(config, noise, &mut ChaCha8Rng::seed_from_u64(model_seed), dev).unwrap()
+        };
+        let batches: Vec<Vec<u32>> =
+            [60, 57, 64, 31, 60].iter().map(|&n| (0..n).map(|_| data_rng.random_range(0..records as u32)).collect()).collect();
+        let (mut eager, mut refused, mut graphed) = (model(), model(), model());
+        let (mut refused_graph, mut graph) = (StepGraph::Pending, StepGraph::Pending);
+        let bits = |t: &Tensor| t.to_vec().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        for (step, batch) in batches.iter().enumerate() {
+            let rng = || ChaCha8Rng::seed_from_u64(2000 + step as u64);
+            let e = eager.private_step_bound(&data, batch, rows, fake, &mut rng()).unwrap();
+            set_force_capture_refusal(true);
+            let r = captured::run_step(&mut refused_graph, &mut refused, &data, batch, rows, fake, &mut rng());
+            set_force_capture_refusal(false);
+            let r = r.unwrap();
+            let g = captured::run_step(&mut graph, &mut graphed, &data, batch, rows, fake, &mut rng()).unwrap();
+            for (who, model, losses) in [("after a refusal", &refused, &r), ("captured", &graphed, &g)] {
+                for (k, (a, w)) in weights(model).into_iter().zip(weights(&eager)).enumerate() {
+                    let (a, w): (Vec<u32>, Vec<u32>) = (a.iter().map(|x| x.to_bits()).collect(), w.iter().map(|x| x.to_bits()).collect());
+                    assert_eq!(a, w, "{who}, step {step}: parameter {k}");
+                }
+                for (what, a, w) in [
+                    ("D loss", &losses.discriminator, &e.discriminator),
+                    ("G loss", &losses.generator, &e.generator),
+                    ("flag", &losses.nonfinite, &e.nonfinite),
+                ] {
+                    assert_eq!(bits(a), bits(w), "{who}, step {step}: {what}");
+                }
+            }
+        }
+        let why = refused_graph.refusal().expect("the forced refusal was not reported");
+        assert!(why.contains("copying 1 floats to the device") || why.contains("ending the capture"), "{why}");
+        assert!(matches!(graph, StepGraph::Captured(_)), "the capture after a refusal failed");
+        for m in [&refused, &graphed] {
+            assert_eq!((m.steps_taken(), m.generator_adam_steps()), (5, 5));
+        }
+    });
+}
+
 /// DPSGD-GAN D steps replayed from one CUDA graph equal the same steps run eagerly bit for bit,
 /// with an eager G step between D steps (which moves G in place, where the graph reads it): an
 /// eager D step, a capture, then replays with Poisson-like batches of other sizes padded to the
@@ -476,77 +534,99 @@ fn cuda_gswgan_phase_two_with_tf32_stays_close_to_f32_and_clips_exactly() {
 /// captured and replayed with other critics, keys, noise steps, EMA decays and bias corrections.
 #[test]
 fn cuda_graph_replays_of_gswgan_phase_two_iterations_equal_the_eager_iterations() {
+    let name = "cuda_graph_replays_of_gswgan_phase_two_iterations_equal_the_eager_iterations";
+    common::on_cuda(name, |dev| phase_two_graphed_against_eager(dev, name, false));
+}
+
+/// The same iterations with every capture refused by the driver (forced by a copy from pageable
+/// memory at the capture's end, after the whole iteration was recorded): the first capture's
+/// iteration is taken eagerly after its counts are put back, every later one eagerly, and all
+/// equal the eager iterations bit for bit; no graph is kept.
+#[test]
+fn cuda_refused_captures_of_gswgan_phase_two_iterations_fall_back_to_the_eager_iterations() {
+    let name = "cuda_refused_captures_of_gswgan_phase_two_iterations_fall_back_to_the_eager_iterations";
+    common::on_cuda(name, |dev| {
+        dpgan::backend::cuda::set_force_capture_refusal(true);
+        phase_two_graphed_against_eager(dev, name, true);
+        dpgan::backend::cuda::set_force_capture_refusal(false);
+    });
+}
+
+fn phase_two_graphed_against_eager(dev: &Device, name: &str, refused: bool) {
     use dpgan::train::gswgan::graphed::GraphedPhaseTwo;
     use dpgan::train::gswgan::PhaseTwoStep;
-    common::on_cuda("cuda_graph_replays_of_gswgan_phase_two_iterations_equal_the_eager_iterations", |dev| {
-        let mut rng = common::rng("cuda_graph_replays_of_gswgan_phase_two_iterations_equal_the_eager_iterations");
-        let data = gswgan_data(&mut rng, 36);
-        let config = GsWganConfig { critic_steps: 3, batch_size: 8, ..GsWganConfig::default() };
-        let sanitizer = GsWganSanitizer::new(1.0, 1.07).unwrap();
-        let noise = NoiseSource::from_seed(rng.random(), NoiseMode::Fast);
-        let init_seed: u64 = rng.random();
-        // G, G_s, G's Adam and three critics; critic j on `homes[j]`.
-        let setup = |homes: [&Device; 3]| {
-            let mut init = ChaCha8Rng::seed_from_u64(init_seed);
-            let g = gswgan::Generator::new(GeneratorArch::Dcgan, 1, 8, &mut init, &Device::Cpu).unwrap();
-            let mut g = g.clone();
-            for e in g.entries_mut() {
-                *e.tensor = e.tensor.to_device(dev).unwrap();
-            }
-            let critics: Vec<CriticState> = (0..3)
-                .map(|j| {
-                    let mut d = gswgan::Discriminator::new(1, 4, &mut init, &Device::Cpu).unwrap();
-                    for e in d.entries_mut() {
-                        *e.tensor = e.tensor.to_device(homes[j]).unwrap();
-                    }
-                    CriticState::new(d, (12 * j..12 * j + 12).collect(), ChaCha20Rng::seed_from_u64(j as u64), &config).unwrap()
-                })
-                .collect();
-            (g.clone(), g, dpgan::optim::Adam::new(config.adam), critics)
-        };
-        let (mut eg, mut eema, mut eopt, mut ecritics) = setup([dev, dev, dev]);
-        let (mut gg, mut gema, mut gopt, mut gcritics) = setup([dev, dev, &Device::Cpu]);
-        let mut phase_two = GraphedPhaseTwo::new(&gcritics[0], dev).unwrap();
-        let bits = |t: &Tensor| t.to_vec().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
-        let choices = [0usize, 1, 0, 2, 2, 1, 0, 2, 1, 0, 0, 2, 1, 1];
-        for (t, &j) in choices.iter().enumerate() {
-            let t = t as u64;
-            let key = noise.key_at(t, 0);
-            let draws = || ChaCha20Rng::seed_from_u64(500 + t);
-            let mut step =
-                PhaseTwoStep { generator: &mut eg, optimizer: &mut eopt, ema: &mut eema, sanitizer: &sanitizer, config: &config };
-            let want = step.run(&mut ecritics[j], &data, &mut draws(), &key, t).unwrap();
-            let mut step =
-                PhaseTwoStep { generator: &mut gg, optimizer: &mut gopt, ema: &mut gema, sanitizer: &sanitizer, config: &config };
-            let got = phase_two.iterate(&mut step, &mut gcritics[j], &data, &mut draws(), &key, t).unwrap();
-            for (what, a, w) in [
-                ("critic", &got.critic, &want.critic),
-                ("generator", &got.generator, &want.generator),
-                ("flag", &got.nonfinite, &want.nonfinite),
-            ] {
-                assert_eq!(bits(a), bits(w), "iteration {t} ({:?}): {what} loss", phase_two.counts());
-            }
-            for ((name, a), (_, w)) in
-                gg.named_tensors().into_iter().zip(eg.named_tensors()).chain(gema.named_tensors().into_iter().zip(eema.named_tensors()))
-            {
-                assert_eq!(bits(a), bits(w), "iteration {t}: G or G_s {name}");
-            }
+    let mut rng = common::rng(name);
+    let data = gswgan_data(&mut rng, 36);
+    let config = GsWganConfig { critic_steps: 3, batch_size: 8, ..GsWganConfig::default() };
+    let sanitizer = GsWganSanitizer::new(1.0, 1.07).unwrap();
+    let noise = NoiseSource::from_seed(rng.random(), NoiseMode::Fast);
+    let init_seed: u64 = rng.random();
+    // G, G_s, G's Adam and three critics; critic j on `homes[j]`.
+    let setup = |homes: [&Device; 3]| {
+        let mut init = ChaCha8Rng::seed_from_u64(init_seed);
+        let g = gswgan::Generator::new(GeneratorArch::Dcgan, 1, 8, &mut init, &Device::Cpu).unwrap();
+        let mut g = g.clone();
+        for e in g.entries_mut() {
+            *e.tensor = e.tensor.to_device(dev).unwrap();
         }
-        for (j, (a, w)) in gcritics.iter().zip(&ecritics).enumerate() {
-            for ((name, x), (_, y)) in a.discriminator.named_tensors().into_iter().zip(w.discriminator.named_tensors()) {
-                assert_eq!(bits(x), bits(y), "critic {j} {name}");
-            }
-            assert_eq!(a.optimizer.steps(), w.optimizer.steps(), "critic {j}'s Adam steps");
-            let ((am, av), (wm, wv)) = (a.optimizer.moments(), w.optimizer.moments());
-            for (x, y) in am.iter().zip(wm).chain(av.iter().zip(wv)) {
-                assert_eq!(bits(x), bits(y), "critic {j}'s Adam moments");
-            }
-            assert_eq!((a.batches.passes(), a.batches.position()), (w.batches.passes(), w.batches.position()));
+        let critics: Vec<CriticState> = (0..3)
+            .map(|j| {
+                let mut d = gswgan::Discriminator::new(1, 4, &mut init, &Device::Cpu).unwrap();
+                for e in d.entries_mut() {
+                    *e.tensor = e.tensor.to_device(homes[j]).unwrap();
+                }
+                CriticState::new(d, (12 * j..12 * j + 12).collect(), ChaCha20Rng::seed_from_u64(j as u64), &config).unwrap()
+            })
+            .collect();
+        (g.clone(), g, dpgan::optim::Adam::new(config.adam), critics)
+    };
+    let (mut eg, mut eema, mut eopt, mut ecritics) = setup([dev, dev, dev]);
+    let (mut gg, mut gema, mut gopt, mut gcritics) = setup([dev, dev, &Device::Cpu]);
+    let mut phase_two = GraphedPhaseTwo::new(&gcritics[0], dev).unwrap();
+    let bits = |t: &Tensor| t.to_vec().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    let choices = [0usize, 1, 0, 2, 2, 1, 0, 2, 1, 0, 0, 2, 1, 1];
+    for (t, &j) in choices.iter().enumerate() {
+        let t = t as u64;
+        let key = noise.key_at(t, 0);
+        let draws = || ChaCha20Rng::seed_from_u64(500 + t);
+        let mut step = PhaseTwoStep { generator: &mut eg, optimizer: &mut eopt, ema: &mut eema, sanitizer: &sanitizer, config: &config };
+        let want = step.run(&mut ecritics[j], &data, &mut draws(), &key, t).unwrap();
+        let mut step = PhaseTwoStep { generator: &mut gg, optimizer: &mut gopt, ema: &mut gema, sanitizer: &sanitizer, config: &config };
+        let got = phase_two.iterate(&mut step, &mut gcritics[j], &data, &mut draws(), &key, t).unwrap();
+        for (what, a, w) in [
+            ("critic", &got.critic, &want.critic),
+            ("generator", &got.generator, &want.generator),
+            ("flag", &got.nonfinite, &want.nonfinite),
+        ] {
+            assert_eq!(bits(a), bits(w), "iteration {t} ({:?}): {what} loss", phase_two.counts());
         }
-        assert!(gcritics[2].discriminator.conv1.bias.device().is_cpu(), "the paged critic stays on the host");
-        assert_eq!(gopt.steps(), eopt.steps());
-        let counts = phase_two.counts();
+        for ((name, a), (_, w)) in
+            gg.named_tensors().into_iter().zip(eg.named_tensors()).chain(gema.named_tensors().into_iter().zip(eema.named_tensors()))
+        {
+            assert_eq!(bits(a), bits(w), "iteration {t}: G or G_s {name}");
+        }
+    }
+    for (j, (a, w)) in gcritics.iter().zip(&ecritics).enumerate() {
+        for ((name, x), (_, y)) in a.discriminator.named_tensors().into_iter().zip(w.discriminator.named_tensors()) {
+            assert_eq!(bits(x), bits(y), "critic {j} {name}");
+        }
+        assert_eq!(a.optimizer.steps(), w.optimizer.steps(), "critic {j}'s Adam steps");
+        let ((am, av), (wm, wv)) = (a.optimizer.moments(), w.optimizer.moments());
+        for (x, y) in am.iter().zip(wm).chain(av.iter().zip(wv)) {
+            assert_eq!(bits(x), bits(y), "critic {j}'s Adam moments");
+        }
+        assert_eq!((a.batches.passes(), a.batches.position()), (w.batches.passes(), w.batches.position()));
+    }
+    assert!(gcritics[2].discriminator.conv1.bias.device().is_cpu(), "the paged critic stays on the host");
+    assert_eq!(gopt.steps(), eopt.steps());
+    let counts = phase_two.counts();
+    if refused {
+        assert_eq!((phase_two.graphs(), counts.captured, counts.replayed), (0, 0, 0), "{counts:?}");
+        assert!(counts.bound > 0 && counts.eager + counts.bound == choices.len() as u64, "{counts:?}");
+        assert!(phase_two.refusal().is_some(), "the forced refusal was not reported");
+    } else {
         assert_eq!(phase_two.graphs(), 2, "{counts:?}");
         assert!(counts.replayed >= 4 && counts.captured == 2, "{counts:?}");
-    });
+        assert_eq!(phase_two.refusal(), None);
+    }
 }

@@ -324,6 +324,12 @@ pub(super) fn train_private(run: &mut GsWganRunner) -> Result<Outcome> {
             c.replayed, c.captured, c.captured, c.bound, c.eager
         );
     }
+    if let Some(why) = run.capture_refusal() {
+        eprintln!(
+            "warning: the driver refused to capture an iteration into a CUDA graph ({why}); the iterations no graph \
+             replays were taken eagerly from there (the same iterations, more launches)"
+        );
+    }
     Ok(outcome)
 }
 

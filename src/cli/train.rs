@@ -94,7 +94,8 @@ struct DpCganArgs {
     checkpoint_every: Option<u64>,
     /// CUDA only: replay the steps from one CUDA graph, each batch padded to a fixed number of
     /// weight-0 rows (the batch size, or under Poisson sampling six standard deviations above
-    /// it); a larger batch takes the unpadded step. Recorded, so a resumed run keeps it.
+    /// it); a larger batch takes the unpadded step. If the driver refuses the capture, the steps
+    /// are taken eagerly (with a warning). Recorded, so a resumed run keeps it.
     #[arg(long)]
     cuda_graph: bool,
 }
@@ -181,6 +182,12 @@ impl RunSummary<'_> {
         let progress = Progress::new(run.steps_taken(), s.steps);
         let outcome = dp_sgd_run::train(run, &progress)?;
         progress.finish();
+        if let Some(why) = run.capture_refusal() {
+            eprintln!(
+                "warning: the driver refused to capture the step into a CUDA graph ({why}); the run took its steps eagerly from \
+                 there (the same steps, more launches)"
+            );
+        }
         let mut report = String::new();
         if let Stop::Budget(why) = &outcome.stop {
             report += &format!("stopped at {} {} of {}: {why}\n", self.unit.trim_end_matches('s'), outcome.steps, s.steps);

@@ -17,7 +17,9 @@
 //! holds every per-step value its step uses, and that padding changes nothing.
 use rand::Rng;
 
-use crate::backend::cuda::{CapturedGraph, StepBlock};
+use std::sync::Arc;
+
+use crate::backend::cuda::{CapturedGraph, CudaDevice, StepBlock};
 use crate::backend::step_values::{self, StepValues};
 use crate::backend::{ops, BinaryOp};
 use crate::error::{Error, Result};
@@ -26,6 +28,7 @@ use crate::train::replay::GeneratorKeys;
 use crate::train::resident::ResidentData;
 
 /// A batch padded to a fixed number of rows, as a captured step gathers it.
+#[derive(Clone)]
 pub struct PaddedBatch {
     /// The batch's records, then record 0 up to the rows (zeroed by its weight after the gather).
     pub indices: Vec<u32>,
@@ -106,8 +109,52 @@ pub fn at_least_one(count: &Tensor) -> Result<Tensor> {
     ops::binary(BinaryOp::Add, count, &empty)
 }
 
+/// What a step changes on the host besides its tensors' values, which a capture the driver refuses
+/// leaves changed for a step that did not run: its counters, and the tensors it updates in place.
+pub trait CaptureRollback {
+    /// The counters the step advances on the host (step numbers, optimizers' step counts).
+    fn counters(&self) -> Vec<u64>;
+
+    /// Puts back counters [`CaptureRollback::counters`] returned.
+    fn set_counters(&mut self, counters: &[u64]);
+
+    /// The storage of every tensor the step updates in place (parameters, optimizer moments) and
+    /// of the networks it reads: a replay writes and reads these buffers, so it must be handed the
+    /// model whose buffers they are, and a refused capture must have left them where they were.
+    fn updated_buffers(&self) -> Vec<*const Storage>;
+}
+
+/// The outcome of [`attempt_capture`].
+pub enum Attempt<T> {
+    Captured(T),
+    /// The driver refused the capture (its reason); the state is as before the attempt.
+    Refused(String),
+}
+
+/// Runs `capture` (work recorded into a CUDA graph, not run) on `state`. If the driver refuses it
+/// ([`Error::CaptureRefused`]), nothing of the work ran on the device, so the counters it advanced
+/// on the host are put back and the caller can take the same work eagerly. That needs the
+/// tensors it updates to be the ones from before (updated in place, as a capture requires): a
+/// capture that replaced one is an error. Any other error is returned as it is.
+pub fn attempt_capture<S: CaptureRollback + ?Sized, T>(state: &mut S, capture: impl FnOnce(&mut S) -> Result<T>) -> Result<Attempt<T>> {
+    let (counters, buffers) = (state.counters(), state.updated_buffers());
+    match capture(state) {
+        Ok(captured) => Ok(Attempt::Captured(captured)),
+        Err(Error::CaptureRefused(reason)) => {
+            if state.updated_buffers() != buffers {
+                return Err(Error::Invalid(format!(
+                    "a refused CUDA graph capture ({reason}) replaced tensors it should have updated in place: the step cannot be taken again"
+                )));
+            }
+            state.set_counters(&counters);
+            Ok(Attempt::Refused(reason))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A model whose private step a CUDA graph can capture and replay.
-pub trait ReplayableStep {
+pub trait ReplayableStep: CaptureRollback {
     /// The step's losses, on the device.
     type Losses;
     /// What is captured and replayed for: names the step in errors.
@@ -137,15 +184,11 @@ pub trait ReplayableStep {
     /// Whether every state tensor the step updates exists already (an optimizer's moments are
     /// made by its first step; made inside a capture, a graph would own and reset them).
     fn ready_for_capture(&self) -> bool;
-
-    /// The storage of tensors the step updates in place, one per network: a replay updates these
-    /// buffers, so it must be handed the model whose buffers they are.
-    fn updated_buffers(&self) -> Vec<*const Storage>;
 }
 
-/// The storage of the first of `params`, for [`ReplayableStep::updated_buffers`].
-pub fn first_storage(params: Vec<&Tensor>) -> *const Storage {
-    params.first().map_or(std::ptr::null(), |t| t.storage() as *const Storage)
+/// The storage of each of `tensors`, for [`CaptureRollback::updated_buffers`].
+pub fn storages<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Vec<*const Storage> {
+    tensors.into_iter().map(|t| t.storage() as *const Storage).collect()
 }
 
 /// The model's step on `data`'s records `batch` padded to `rows` rows, with generator keys drawn
@@ -161,18 +204,47 @@ pub fn bound_step<M: ReplayableStep, R: Rng>(
     rng: &mut R,
 ) -> Result<M::Losses> {
     let padded = PaddedBatch::new(batch, rows, fake_batch)?;
-    let keys = GeneratorKeys::draw(rng);
-    let values = model.step_values(&padded, &keys);
+    bound_planned(model, data, &padded, fake_batch, GeneratorKeys::draw(rng))
+}
+
+/// [`bound_step`] on a padded batch with its generator keys drawn already.
+fn bound_planned<M: ReplayableStep>(
+    model: &mut M,
+    data: &ResidentData,
+    padded: &PaddedBatch,
+    fake_batch: usize,
+    keys: GeneratorKeys,
+) -> Result<M::Losses> {
+    let values = model.step_values(padded, &keys);
     let table = weight_table(&data.device())?;
-    step_values::bind(&values, true, None, || model.padded_step(data, &padded, &table, fake_batch, keys))
+    step_values::bind(&values, true, None, || model.padded_step(data, padded, &table, fake_batch, keys))
+}
+
+/// A run's captured step: none yet, captured, or refused by the driver (the run then takes its
+/// padded steps eagerly, the same steps with more launches).
+pub enum StepGraph<L> {
+    Pending,
+    Captured(Box<CapturedStep<L>>),
+    Refused(String),
+}
+
+impl<L> StepGraph<L> {
+    /// Why the driver refused the capture, if it did.
+    pub fn refusal(&self) -> Option<&str> {
+        match self {
+            StepGraph::Refused(reason) => Some(reason),
+            _ => None,
+        }
+    }
 }
 
 /// A run's padded step on `batch` (which fits `rows`): replayed from `graph` once captured;
 /// captured there (and run) on a CUDA device once the model is ready; else [`bound_step`], eagerly.
-/// Any device thus takes the same padded steps. The losses are in storage of their own, for a run
-/// loop that reads them later.
+/// If the driver refuses the capture, the step is taken eagerly with the same values (see
+/// [`attempt_capture`]) and so is every later one. Any device thus takes the same padded steps.
+/// The losses are in storage of their own, for a run loop that reads them later.
 pub fn run_step<M: ReplayableStep, R: Rng>(
-    graph: &mut Option<CapturedStep<M::Losses>>,
+    graph: &mut StepGraph<M::Losses>,
     model: &mut M,
     data: &ResidentData,
     batch: &[u32],
@@ -180,13 +252,28 @@ pub fn run_step<M: ReplayableStep, R: Rng>(
     fake_batch: usize,
     rng: &mut R,
 ) -> Result<M::Losses> {
-    if let Some(graph) = graph {
-        return M::copied(graph.step(model, batch, rng)?);
+    if let StepGraph::Captured(captured) = graph {
+        return M::copied(captured.step(model, batch, rng)?);
     }
-    if !(matches!(data.device(), Device::Cuda(_)) && model.ready_for_capture()) {
+    let Device::Cuda(cuda) = data.device() else {
+        return bound_step(model, data, batch, rows, fake_batch, rng);
+    };
+    if matches!(graph, StepGraph::Refused(_)) || !model.ready_for_capture() {
         return bound_step(model, data, batch, rows, fake_batch, rng);
     }
-    M::copied(graph.insert(capture(model, data, batch, rows, fake_batch, rng)?).losses())
+    let padded = PaddedBatch::new(batch, rows, fake_batch)?;
+    let keys = GeneratorKeys::draw(rng);
+    match attempt_capture(model, |m| capture_planned(&cuda, m, data, padded.clone(), fake_batch, keys))? {
+        Attempt::Captured(captured) => {
+            let losses = M::copied(captured.losses())?;
+            *graph = StepGraph::Captured(Box::new(captured));
+            Ok(losses)
+        }
+        Attempt::Refused(reason) => {
+            *graph = StepGraph::Refused(reason);
+            bound_planned(model, data, &padded, fake_batch, keys)
+        }
+    }
 }
 
 /// A captured step, the block its replays read their values from, and what identifies the model
@@ -218,6 +305,19 @@ pub fn capture<M: ReplayableStep, R: Rng>(
     let Device::Cuda(cuda) = data.device() else {
         return Err(Error::Unsupported { op: "capturing a training step into a CUDA graph", device: data.device().to_string() });
     };
+    let padded = PaddedBatch::new(batch, rows, fake_batch)?;
+    capture_planned(&cuda, model, data, padded, fake_batch, GeneratorKeys::draw(rng))
+}
+
+/// [`capture`] on a padded batch with its generator keys drawn already.
+fn capture_planned<M: ReplayableStep>(
+    cuda: &Arc<CudaDevice>,
+    model: &mut M,
+    data: &ResidentData,
+    padded: PaddedBatch,
+    fake_batch: usize,
+    keys: GeneratorKeys,
+) -> Result<CapturedStep<M::Losses>> {
     if !model.ready_for_capture() {
         return Err(Error::Invalid(format!(
             "{} is captured after an eager one: the first step makes the optimizer's moments, which a graph would own and reset at every replay",
@@ -227,17 +327,16 @@ pub fn capture<M: ReplayableStep, R: Rng>(
     if data.is_empty() {
         return Err(Error::Invalid("a captured step pads its batch with record 0 of a non-empty training set".into()));
     }
-    let padded = PaddedBatch::new(batch, rows, fake_batch)?;
-    let keys = GeneratorKeys::draw(rng);
     let values = model.step_values(&padded, &keys);
     let index_bound = u32::try_from(data.len()).map_err(|_| Error::Invalid("a training set past 2³² records".into()))?;
-    let mut block = StepBlock::new(&cuda, values.layout(), index_bound)?;
+    let mut block = StepBlock::new(cuda, values.layout(), index_bound)?;
     block.upload(values)?;
     // Made before the capture: a graph may not copy from the host.
     let table = weight_table(&data.device())?;
     let (losses, graph) = cuda.capture(|| block.bind(true, || model.padded_step(data, &padded, &table, fake_batch, keys)))?;
     // The capture recorded the step without running it.
     graph.replay()?;
+    let rows = padded.rows();
     Ok(CapturedStep { block, graph, losses, rows, fake_batch, _weight_table: table, model_buffers: model.updated_buffers() })
 }
 
@@ -304,9 +403,89 @@ pub(crate) fn assert_each_missing_value_is_refused<M: ReplayableStep>(
     assert!(step_values::bind(&full, true, None, || m.padded_step(data, padded, &table, fake_batch, keys)).is_ok());
 }
 
+/// Test support: what a refused capture of `model`'s next step leaves is put back. `step` takes
+/// the model's next step eagerly and `count_replay` counts a replayed one; every counter must
+/// advance by the step (else it counts something [`CaptureRollback::counters`] misses), a replay
+/// must count the same, a refusal that advanced them must leave them as before, and the step must
+/// update its buffers in place (none null, all distinct, the same after it).
+#[cfg(test)]
+pub(crate) fn assert_a_refusal_rolls_back<M: CaptureRollback>(model: &mut M, step: impl FnOnce(&mut M), count_replay: impl Fn(&mut M)) {
+    let (before, buffers) = (model.counters(), model.updated_buffers());
+    assert!(buffers.iter().all(|p| !p.is_null()), "{buffers:?}");
+    let distinct: std::collections::HashSet<_> = buffers.iter().collect();
+    assert_eq!(distinct.len(), buffers.len(), "a buffer is listed twice");
+    step(model);
+    let after = model.counters();
+    assert!(before.iter().zip(&after).all(|(b, a)| a > b), "a counter the step did not advance: {before:?} → {after:?}");
+    assert_eq!(model.updated_buffers(), buffers, "the step replaced a tensor instead of updating it in place");
+    model.set_counters(&before);
+    assert_eq!(model.counters(), before);
+    count_replay(model);
+    assert_eq!(model.counters(), after, "a replay counts otherwise than the step");
+    let refused = attempt_capture(model, |m| {
+        count_replay(m);
+        Err::<(), _>(Error::CaptureRefused("a test's refusal".into()))
+    });
+    assert!(matches!(refused, Ok(Attempt::Refused(ref why)) if why == "a test's refusal"));
+    assert_eq!(model.counters(), after, "a refused capture left its counts");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counters and one tensor, as a model's host state.
+    struct Counted {
+        counters: Vec<u64>,
+        tensor: Tensor,
+    }
+
+    impl CaptureRollback for Counted {
+        fn counters(&self) -> Vec<u64> {
+            self.counters.clone()
+        }
+        fn set_counters(&mut self, counters: &[u64]) {
+            self.counters = counters.to_vec();
+        }
+        fn updated_buffers(&self) -> Vec<*const Storage> {
+            storages([&self.tensor])
+        }
+    }
+
+    /// A refusal puts back what the attempt counted; a capture keeps it; any other error passes
+    /// through; a refusal after a tensor was replaced (not updated in place) cannot be undone.
+    #[test]
+    fn a_refused_capture_puts_the_counters_back_and_other_errors_pass_through() {
+        let fresh = || Counted { counters: vec![4, 9], tensor: Tensor::zeros(&[2], &Device::Cpu).unwrap() };
+        let refuse = || Err::<u8, _>(Error::CaptureRefused("ending the capture: not permitted".into()));
+        let mut s = fresh();
+        let refused = attempt_capture(&mut s, |s| {
+            s.counters = vec![5, 10];
+            refuse()
+        });
+        assert!(matches!(refused, Ok(Attempt::Refused(ref why)) if why == "ending the capture: not permitted"));
+        assert_eq!(s.counters, [4, 9]);
+        let captured = attempt_capture(&mut s, |s| {
+            s.counters = vec![5, 10];
+            Ok(7)
+        });
+        assert!(matches!(captured, Ok(Attempt::Captured(7))));
+        assert_eq!(s.counters, [5, 10]);
+        for other in [Error::Invalid("a plan without a noise step".into()), Error::cuda("launching", "out of memory")] {
+            let what = other.to_string();
+            let err = attempt_capture(&mut fresh(), |_| Err::<u8, _>(other)).err().unwrap().to_string();
+            assert_eq!(err, what);
+        }
+        let mut s = fresh();
+        let err = attempt_capture(&mut s, |s| {
+            s.tensor = Tensor::zeros(&[2], &Device::Cpu)?;
+            refuse()
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("replaced tensors it should have updated in place") && err.contains("not permitted"), "{err}");
+    }
 
     #[test]
     fn a_batch_is_padded_with_record_zero_and_weight_rows_of_one() {

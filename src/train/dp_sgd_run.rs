@@ -275,6 +275,11 @@ pub trait PrivateRun {
     fn extra_metrics(&self, done: u64) -> serde_json::Map<String, serde_json::Value>;
     fn write_grid(&self, done: u64) -> Result<()>;
     fn checkpoint(&self, wall_s: f64, stopped: Option<String>) -> Result<()>;
+    /// Why the driver refused to capture the run's step into a CUDA graph, if it did (the run then
+    /// took its steps eagerly).
+    fn capture_refusal(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// How a call to [`train`] ended.

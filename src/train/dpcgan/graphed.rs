@@ -7,12 +7,30 @@ use super::{DpCgan, StepLosses};
 use crate::backend::step_values::StepValues;
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
-use crate::train::captured::{self, first_storage, CapturedStep, PaddedBatch, ReplayableStep};
+use crate::train::captured::{self, storages, CaptureRollback, CapturedStep, PaddedBatch, ReplayableStep};
 use crate::train::replay::GeneratorKeys;
 use crate::train::resident::ResidentData;
 
 /// DP-CGAN's private step captured into a CUDA graph.
 pub type GraphedPrivateStep = CapturedStep<StepLosses>;
+
+impl CaptureRollback for DpCgan {
+    /// The step number (the noise key's) and G's Adam step count.
+    fn counters(&self) -> Vec<u64> {
+        vec![self.step, self.g_optimizer.steps()]
+    }
+
+    fn set_counters(&mut self, counters: &[u64]) {
+        self.step = counters[0];
+        self.g_optimizer.set_steps(counters[1]);
+    }
+
+    /// Both networks' parameters and G's Adam moments (D's SGD keeps no state).
+    fn updated_buffers(&self) -> Vec<*const Storage> {
+        let (m, v) = self.g_optimizer.moments();
+        storages(self.generator.params().into_iter().chain(self.discriminator.params()).chain(m).chain(v))
+    }
+}
 
 impl ReplayableStep for DpCgan {
     type Losses = StepLosses;
@@ -55,16 +73,26 @@ impl ReplayableStep for DpCgan {
     fn ready_for_capture(&self) -> bool {
         self.g_optimizer.steps() > 0
     }
-
-    fn updated_buffers(&self) -> Vec<*const Storage> {
-        vec![first_storage(self.generator.params()), first_storage(self.discriminator.params())]
-    }
 }
 
 /// DP-CGAN's non-private step (the baseline the private one is measured against), as a CUDA graph
 /// replays it: batches of the captured size only, unpadded (its mean losses take no weights).
 /// Wraps the model for a capture or a replay: `captured::capture(&mut NonPrivateDpCgan(&mut m), ..)`.
 pub struct NonPrivateDpCgan<'a>(pub &'a mut DpCgan);
+
+impl CaptureRollback for NonPrivateDpCgan<'_> {
+    fn counters(&self) -> Vec<u64> {
+        self.0.counters()
+    }
+
+    fn set_counters(&mut self, counters: &[u64]) {
+        self.0.set_counters(counters);
+    }
+
+    fn updated_buffers(&self) -> Vec<*const Storage> {
+        self.0.updated_buffers()
+    }
+}
 
 impl ReplayableStep for NonPrivateDpCgan<'_> {
     type Losses = StepLosses;
@@ -100,10 +128,6 @@ impl ReplayableStep for NonPrivateDpCgan<'_> {
 
     fn ready_for_capture(&self) -> bool {
         self.0.ready_for_capture()
-    }
-
-    fn updated_buffers(&self) -> Vec<*const Storage> {
-        self.0.updated_buffers()
     }
 }
 
@@ -295,15 +319,26 @@ mod tests {
     }
 
     /// What a replay checks it was handed the captured model by: two models' updated buffers
-    /// differ, one model's stay the same across steps (updated in place) and none is null.
+    /// differ. What a refused capture leaves is put back: the step number and G's Adam count
+    /// ([`captured::assert_a_refusal_rolls_back`]), for the private and the non-private step.
     #[test]
-    fn updated_buffers_identify_the_model() {
-        let (mut a, b) = (model(), model());
-        let before = a.updated_buffers();
-        assert!(before.iter().all(|p| !p.is_null()), "{before:?}");
-        assert_ne!(before, b.updated_buffers());
-        a.private_step_bound(&data(), &[1, 2, 3], 4, 4, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
-        assert_eq!(a.updated_buffers(), before, "a step replaced a parameter instead of updating it");
+    fn updated_buffers_identify_the_model_and_a_refusal_rolls_back() {
+        let (data, batch) = (data(), [1u32, 2, 3]);
+        let (mut a, mut b) = (model(), model());
+        for m in [&mut a, &mut b] {
+            m.private_step_bound(&data, &batch, 4, 4, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+        }
+        assert_ne!(a.updated_buffers(), b.updated_buffers());
+        assert_eq!(a.counters(), [a.steps_taken(), a.generator_adam_steps()]);
+        assert_eq!(a.updated_buffers().len(), 3 * a.generator.params().len() + a.discriminator.params().len());
+        let private = |m: &mut DpCgan| {
+            m.private_step_bound(&data, &batch, 4, 4, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
+        };
+        captured::assert_a_refusal_rolls_back(&mut a, private, DpCgan::count_replayed_step);
+        let non_private = |m: &mut NonPrivateDpCgan<'_>| {
+            captured::bound_step(m, &data, &batch, 3, 3, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
+        };
+        captured::assert_a_refusal_rolls_back(&mut NonPrivateDpCgan(&mut b), non_private, |m| m.count_replayed_step());
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::graphed::GraphedPrivateStep;
 use super::{DpCgan, DpCganConfig, StepLosses};
 use crate::backend::AdamParams;
 use crate::data::classes::class_names;
@@ -20,7 +19,7 @@ use crate::privacy::accountant::Accountant;
 use crate::privacy::conversion::Conversion;
 use crate::privacy::rdp::Orders;
 use crate::tensor::{Device, Tensor};
-use crate::train::captured::{self, poisson_rows};
+use crate::train::captured::{self, poisson_rows, StepGraph};
 use crate::train::dp_sgd_run::{
     self, load_recorded_data, resumed_total, CheckpointCheck, PrivacyPlan, PrivacyRequest, PrivateRun, RecordedPrivacy, RunCore, StepReport,
 };
@@ -362,8 +361,9 @@ pub struct DpCganRun {
     device: Device,
     /// The grids' row labels: the training set's class names.
     class_names: [&'static str; CLASSES],
-    /// With padded rows on a CUDA device: the step captured after the first one, replayed since.
-    graph: Option<GraphedPrivateStep>,
+    /// With padded rows on a CUDA device: the step captured after the first one, replayed since
+    /// (or the driver's refusal, the steps then eager).
+    graph: StepGraph<StepLosses>,
 }
 
 impl DpCganRun {
@@ -429,7 +429,7 @@ impl DpCganRun {
             device: device.clone(),
             class_names: class_names(data.labels()),
             config,
-            graph: None,
+            graph: StepGraph::Pending,
         })
     }
 
@@ -488,6 +488,10 @@ impl PrivateRun for DpCganRun {
     fn extra_metrics(&self, done: u64) -> serde_json::Map<String, serde_json::Value> {
         let lr = self.config.d_lr_schedule.at(self.config.d_lr, done - 1);
         serde_json::Map::from_iter([("d_lr".to_string(), serde_json::json!(lr))])
+    }
+
+    fn capture_refusal(&self) -> Option<&str> {
+        self.graph.refusal()
     }
 
     fn checkpoint(&self, wall_s: f64, stopped: Option<String>) -> Result<()> {

@@ -10,12 +10,32 @@ use crate::error::Result;
 use crate::models::dpsgd_gan::SIDE;
 use crate::nn::Module;
 use crate::tensor::{Storage, Tensor};
-use crate::train::captured::{self, first_storage, CapturedStep, PaddedBatch, ReplayableStep};
+use crate::train::captured::{self, storages, CaptureRollback, CapturedStep, PaddedBatch, ReplayableStep};
 use crate::train::replay::GeneratorKeys;
 use crate::train::resident::ResidentData;
 
 /// DPSGD-GAN's D step captured into a CUDA graph.
 pub type GraphedDiscriminatorStep = CapturedStep<DiscriminatorLosses>;
+
+impl CaptureRollback for DpsgdGan {
+    /// D's step number (the noise key's) and D's Adam step count.
+    fn counters(&self) -> Vec<u64> {
+        vec![self.d_steps, self.d_optimizer.steps()]
+    }
+
+    fn set_counters(&mut self, counters: &[u64]) {
+        self.d_steps = counters[0];
+        self.d_optimizer.set_steps(counters[1]);
+    }
+
+    /// D's tensors and Adam moments, which the step updates, and G's, which it reads (an eager G
+    /// step updates them in place).
+    fn updated_buffers(&self) -> Vec<*const Storage> {
+        let (m, v) = self.d_optimizer.moments();
+        let (d, g) = (self.discriminator.entries(), self.generator.entries());
+        storages(d.into_iter().chain(g).map(|e| e.tensor).chain(m).chain(v))
+    }
+}
 
 impl ReplayableStep for DpsgdGan {
     type Losses = DiscriminatorLosses;
@@ -58,11 +78,6 @@ impl ReplayableStep for DpsgdGan {
 
     fn ready_for_capture(&self) -> bool {
         self.d_optimizer.steps() > 0
-    }
-
-    /// D's, which the step updates, and G's, which it reads (an eager G step updates them in place).
-    fn updated_buffers(&self) -> Vec<*const Storage> {
-        vec![first_storage(self.generator.params()), first_storage(self.discriminator.params())]
     }
 }
 
@@ -160,6 +175,25 @@ mod tests {
             ("a gather of 10 rows from a table of 2", |v| v.example_weight_rows[0] = 1),
         ];
         captured::assert_each_missing_value_is_refused(model, &data(), &padded, 4, &cases);
+    }
+
+    /// Two models' updated buffers differ (D's tensors and Adam moments, G's tensors), and what a
+    /// refused capture leaves is put back: D's step number and Adam count.
+    #[test]
+    fn updated_buffers_identify_the_model_and_a_refusal_rolls_back() {
+        let (data, batch) = (data(), [1u32, 2, 3]);
+        let (mut a, mut b) = (model(), model());
+        for m in [&mut a, &mut b] {
+            m.discriminator_step_bound(&data, &batch, 4, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+        }
+        assert_ne!(a.updated_buffers(), b.updated_buffers());
+        assert_eq!(a.counters(), [a.d_steps_taken(), a.d_optimizer.steps()]);
+        let tensors = a.discriminator.entries().len() + 2 * a.discriminator.params().len() + a.generator.entries().len();
+        assert_eq!(a.updated_buffers().len(), tensors);
+        let step = |m: &mut DpsgdGan| {
+            m.discriminator_step_bound(&data, &batch, 4, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
+        };
+        captured::assert_a_refusal_rolls_back(&mut a, step, DpsgdGan::count_replayed_step);
     }
 
     #[test]

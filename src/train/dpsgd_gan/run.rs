@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::graphed::GraphedDiscriminatorStep;
 use super::schedule::{GStepSchedule, ScheduleState};
 use super::{fake_accuracy, DiscriminatorLosses, DpsgdGan, DpsgdGanConfig, PUBLISHED_ADAM};
 use crate::backend::AdamParams;
@@ -23,7 +22,7 @@ use crate::privacy::accountant::Accountant;
 use crate::privacy::conversion::Conversion;
 use crate::privacy::rdp::Orders;
 use crate::tensor::{Device, Tensor};
-use crate::train::captured::{self, poisson_rows};
+use crate::train::captured::{self, poisson_rows, StepGraph};
 use crate::train::dp_sgd_run::{
     self, load_recorded_data, resumed_total, CheckpointCheck, Outcome, PrivacyPlan, PrivacyRequest, PrivateRun, RecordedPrivacy, RunCore,
     StepReport,
@@ -260,8 +259,9 @@ pub struct DpsgdGanRun {
     device: Device,
     /// The grids' row labels: the training set's class names.
     class_names: [&'static str; CLASSES],
-    /// With padded rows on a CUDA device: the D step captured after the first one, replayed since.
-    graph: Option<GraphedDiscriminatorStep>,
+    /// With padded rows on a CUDA device: the D step captured after the first one, replayed since
+    /// (or the driver's refusal, the D steps then eager).
+    graph: StepGraph<DiscriminatorLosses>,
 }
 
 impl DpsgdGanRun {
@@ -332,7 +332,7 @@ impl DpsgdGanRun {
             batches,
             data: ResidentData::upload(data, PixelScale::Unit, device)?,
             class_names: class_names(data.labels()),
-            graph: None,
+            graph: StepGraph::Pending,
             device: device.clone(),
             config,
         })
@@ -416,6 +416,10 @@ impl PrivateRun for DpsgdGanRun {
             ("d_steps_per_g_step".to_string(), serde_json::json!(s.d_steps_per_g_step)),
             ("fake_accuracy_ema".to_string(), serde_json::json!(s.accuracy_ema)),
         ])
+    }
+
+    fn capture_refusal(&self) -> Option<&str> {
+        self.graph.refusal()
     }
 
     fn checkpoint(&self, wall_s: f64, stopped: Option<String>) -> Result<()> {

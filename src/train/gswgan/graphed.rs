@@ -28,7 +28,7 @@ use crate::models::gswgan::Discriminator;
 use crate::nn::Module;
 use crate::optim::Adam;
 use crate::tensor::{Device, Storage, Tensor};
-use crate::train::captured::first_storage;
+use crate::train::captured::{attempt_capture, storages, Attempt, CaptureRollback};
 
 /// The most iteration graphs one run captures (one per pattern of batch sizes; a run with more
 /// patterns takes the others eagerly).
@@ -120,6 +120,9 @@ pub struct GraphedPhaseTwo {
     working: WorkingCritic,
     graphs: Vec<CapturedIteration>,
     counts: IterationCounts,
+    /// Why the driver refused a capture, if it did: the iterations that no graph replays are then
+    /// taken eagerly, with no further capture.
+    refusal: Option<String>,
 }
 
 /// One pattern of batch sizes' graph, the block its replays read their values from, and what
@@ -130,17 +133,66 @@ struct CapturedIteration {
     graph: CapturedGraph,
     /// Rewritten by every replay: copied out after each.
     losses: PrivateLosses,
-    generator: *const Storage,
+    /// The storage of G's tensors, its Adam moments and G_s's.
+    generator: Vec<*const Storage>,
+}
+
+/// An iteration's state on the host, as a refused capture leaves it to put back: G's and the
+/// working critic's Adam step counts, and every tensor the iteration updates in place.
+struct IterationState<'s, 'a> {
+    step: &'s mut PhaseTwoStep<'a>,
+    working: &'s mut WorkingCritic,
+}
+
+/// The storage of G's tensors, its Adam moments and G_s's: what a replay updates on the
+/// generator's side.
+fn generator_buffers(step: &PhaseTwoStep<'_>) -> Vec<*const Storage> {
+    let (m, v) = step.optimizer.moments();
+    let (g, ema) = (step.generator.entries(), step.ema.entries());
+    storages(g.into_iter().chain(ema).map(|e| e.tensor).chain(m).chain(v))
+}
+
+impl IterationState<'_, '_> {
+    /// Counts, on the host, an iteration a replay took: D_j's Adam steps and G's.
+    fn count_replayed(&mut self, critic_steps: usize) {
+        for _ in 0..critic_steps {
+            self.working.optimizer.count_replayed_step();
+        }
+        self.step.optimizer.count_replayed_step();
+    }
+}
+
+impl CaptureRollback for IterationState<'_, '_> {
+    fn counters(&self) -> Vec<u64> {
+        vec![self.step.optimizer.steps(), self.working.optimizer.steps()]
+    }
+
+    fn set_counters(&mut self, counters: &[u64]) {
+        self.step.optimizer.set_steps(counters[0]);
+        self.working.optimizer.set_steps(counters[1]);
+    }
+
+    fn updated_buffers(&self) -> Vec<*const Storage> {
+        let mut buffers = self.working.buffers();
+        buffers.extend(generator_buffers(self.step));
+        buffers
+    }
 }
 
 impl GraphedPhaseTwo {
     /// A working critic on `device` shaped as `like` (any of the run's critics).
     pub fn new(like: &CriticState, device: &Device) -> Result<Self> {
-        Ok(GraphedPhaseTwo { working: WorkingCritic::new(like, device)?, graphs: Vec::new(), counts: IterationCounts::default() })
+        let working = WorkingCritic::new(like, device)?;
+        Ok(GraphedPhaseTwo { working, graphs: Vec::new(), counts: IterationCounts::default(), refusal: None })
     }
 
     pub fn counts(&self) -> IterationCounts {
         self.counts
+    }
+
+    /// Why the driver refused to capture an iteration, if it did.
+    pub fn refusal(&self) -> Option<&str> {
+        self.refusal.as_deref()
     }
 
     /// The graphs captured so far (one per pattern of batch sizes).
@@ -178,44 +230,47 @@ impl GraphedPhaseTwo {
         t: u64,
     ) -> Result<PrivateLosses> {
         let sizes = plan.batch_sizes();
-        let generator = first_storage(step.generator.params());
+        let generator = generator_buffers(step);
         if let Some(captured) = self.graphs.iter_mut().find(|g| g.sizes == sizes) {
             if captured.generator != generator {
                 return Err(Error::Invalid("a captured phase-2 iteration replays only on the generator it was captured from".into()));
             }
             captured.block.upload(values)?;
             captured.graph.replay()?;
-            for _ in 0..sizes.len() {
-                self.working.optimizer.count_replayed_step();
-            }
-            step.optimizer.count_replayed_step();
+            IterationState { step, working: &mut self.working }.count_replayed(sizes.len());
             self.counts.replayed += 1;
             return captured.losses.copied();
         }
         let unambiguous = values.check().is_ok();
+        let capturable = self.refusal.is_none() && may_capture(unambiguous, step.optimizer.steps(), self.graphs.len());
+        if let (Device::Cuda(cuda), true) = (self.working.device(), capturable) {
+            let index_bound = u32::try_from(data.len()).map_err(|_| Error::Invalid("a training set past 2³² records".into()))?;
+            let mut block = StepBlock::new(&cuda, values.layout(), index_bound)?;
+            block.upload(values.clone())?;
+            let mut state = IterationState { step, working: &mut self.working };
+            let attempt = attempt_capture(&mut state, |s| {
+                let WorkingCritic { discriminator, optimizer } = &mut *s.working;
+                cuda.capture(|| block.bind(true, || s.step.execute(discriminator, optimizer, plan, data, key, t)))
+            })?;
+            match attempt {
+                Attempt::Captured((losses, graph)) => {
+                    // The capture recorded the iteration without running it.
+                    graph.replay()?;
+                    self.counts.captured += 1;
+                    let copied = losses.copied()?;
+                    self.graphs.push(CapturedIteration { sizes, block, graph, losses, generator });
+                    return Ok(copied);
+                }
+                Attempt::Refused(reason) => self.refusal = Some(reason),
+            }
+        }
         let WorkingCritic { discriminator, optimizer } = &mut self.working;
-        let capturable = may_capture(unambiguous, step.optimizer.steps(), self.graphs.len());
-        match discriminator.conv1.bias.device() {
-            Device::Cuda(cuda) if capturable => {
-                let index_bound = u32::try_from(data.len()).map_err(|_| Error::Invalid("a training set past 2³² records".into()))?;
-                let mut block = StepBlock::new(&cuda, values.layout(), index_bound)?;
-                block.upload(values)?;
-                let (losses, graph) = cuda.capture(|| block.bind(true, || step.execute(discriminator, optimizer, plan, data, key, t)))?;
-                // The capture recorded the iteration without running it.
-                graph.replay()?;
-                self.counts.captured += 1;
-                let copied = losses.copied()?;
-                self.graphs.push(CapturedIteration { sizes, block, graph, losses, generator });
-                Ok(copied)
-            }
-            _ if unambiguous => {
-                self.counts.bound += 1;
-                step_values::bind(&values, true, None, || step.execute(discriminator, optimizer, plan, data, key, t))
-            }
-            _ => {
-                self.counts.eager += 1;
-                step.execute(discriminator, optimizer, plan, data, key, t)
-            }
+        if unambiguous {
+            self.counts.bound += 1;
+            step_values::bind(&values, true, None, || step.execute(discriminator, optimizer, plan, data, key, t))
+        } else {
+            self.counts.eager += 1;
+            step.execute(discriminator, optimizer, plan, data, key, t)
         }
     }
 }
@@ -416,6 +471,28 @@ mod tests {
         let critic = &mut s.critics[0];
         step_values::bind(&full, true, None, || step.execute(&mut critic.discriminator, &mut critic.optimizer, &plan, &data, &key, 9))
             .unwrap();
+    }
+
+    /// What a refused capture of an iteration leaves is put back: G's and the working critic's
+    /// Adam counts; the iteration updates G, G_s, G's moments and the working critic in place.
+    #[test]
+    fn a_refused_capture_of_an_iteration_rolls_back() {
+        let (data, config, sanitizer) = (data(), config(), sanitizer());
+        let noise = NoiseSource::from_seed(3, NoiseMode::Fast);
+        let mut s = setup();
+        let mut phase_two = GraphedPhaseTwo::new(&s.critics[0], &CPU).unwrap();
+        let (mut step, critics) = s.split(&sanitizer, &config);
+        // G's moments are made by its first step, and G_s parts from G's storage there.
+        phase_two.iterate(&mut step, &mut critics[0], &data, &mut ChaCha20Rng::seed_from_u64(1), &noise.key_at(0, 0), 0).unwrap();
+        let plan = IterationPlan::draw(&mut critics[1].batches, &mut ChaCha20Rng::seed_from_u64(2), config.critic_steps).unwrap();
+        phase_two.working.load(&critics[1]).unwrap();
+        let mut state = IterationState { step: &mut step, working: &mut phase_two.working };
+        assert_eq!(state.counters(), [state.step.optimizer.steps(), state.working.optimizer.steps()]);
+        let iterate = |s: &mut IterationState<'_, '_>| {
+            let WorkingCritic { discriminator, optimizer } = &mut *s.working;
+            s.step.execute(discriminator, optimizer, &plan, &data, &noise.key_at(1, 0), 1).unwrap();
+        };
+        crate::train::captured::assert_a_refusal_rolls_back(&mut state, iterate, |s| s.count_replayed(config.critic_steps));
     }
 
     #[test]

@@ -780,6 +780,12 @@ impl GsWganRunner {
         self.graphed.as_ref().map(GraphedPhaseTwo::counts)
     }
 
+    /// Why the driver refused to capture an iteration into a CUDA graph, if it did (the
+    /// iterations no graph replays were then taken eagerly).
+    pub fn capture_refusal(&self) -> Option<&str> {
+        self.graphed.as_ref().and_then(GraphedPhaseTwo::refusal)
+    }
+
     /// Writes the critics trained since the last checkpoint to new files, then the checkpoint that
     /// names them (the commit point), then deletes the critic files it no longer names.
     fn checkpoint(&mut self, wall_s: f64, stopped: Option<String>) -> Result<()> {
