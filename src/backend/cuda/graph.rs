@@ -65,21 +65,31 @@ impl CudaDevice {
             }
             Ok(value)
         });
+        // Frees inside a capture the driver has invalidated fail (a tensor `f` dropped on its way
+        // out), and cudarc records such errors in the context, where the next call would report
+        // them instead of running: end_capture's own, which would leave the stream capturing.
+        // Taken out first; one means the capture failed.
+        let recorded = stream.context().check_err();
         // Allocations the graph makes and does not free (tensors a step leaves behind) are freed
         // by the next replay before it allocates them again.
         let ended = stream.end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
-        match (value, ended) {
-            (Ok(value), Ok(Some(graph))) => Ok((value, CapturedGraph { graph })),
-            (Ok(_), Ok(None)) => Err(Error::Invalid("the captured work launched nothing on the device".into())),
-            (value, ended) => {
-                let refused = match (value, ended) {
-                    (Err(Error::Cuda { context, msg }), _) => Error::CaptureRefused(format!("{context}: {msg}")),
-                    (Err(other), _) => other,
-                    (Ok(value), Err(e)) => {
+        match (value, recorded, ended) {
+            (Ok(value), Ok(()), Ok(Some(graph))) => Ok((value, CapturedGraph { graph })),
+            (Ok(_), Ok(()), Ok(None)) => Err(Error::Invalid("the captured work launched nothing on the device".into())),
+            (value, recorded, ended) => {
+                let refused = match value {
+                    Err(Error::Cuda { context, msg }) => Error::CaptureRefused(format!("{context}: {msg}")),
+                    Err(other) => other,
+                    Ok(value) => {
                         drop(value);
-                        Error::CaptureRefused(format!("ending the capture (a host copy, a wait or a free of older memory inside it?): {e}"))
+                        Error::CaptureRefused(match (recorded, ended) {
+                            (Err(e), _) => format!("freeing memory inside the capture: {e}"),
+                            (Ok(()), Err(e)) => {
+                                format!("ending the capture (a host copy, a wait or a free of older memory inside it?): {e}")
+                            }
+                            (Ok(()), Ok(_)) => unreachable!("a finished capture is matched above"),
+                        })
                     }
-                    (Ok(_), Ok(_)) => unreachable!("a finished capture is matched above"),
                 };
                 // Frees of the discarded graph's allocations fail; cudarc records such errors in
                 // the context and would report them at the next call. A lasting fault of the
