@@ -430,6 +430,37 @@ pub(crate) fn assert_a_refusal_rolls_back<M: CaptureRollback>(model: &mut M, ste
     assert_eq!(model.counters(), after, "a refused capture left its counts");
 }
 
+/// Test support: `f` (a step under its binding) does nothing a CUDA graph capture refuses or
+/// should not hold: no copy between host and device (a pageable copy, or a wait for the stream),
+/// no release of a storage older than the step (a free of memory from before the capture), no
+/// copy-on-write (an update in place that would land in a new buffer). Checked on any backend by
+/// the census, so the CPU proves a step capturable before a GPU captures it.
+#[cfg(test)]
+pub(crate) fn assert_capturable<R>(what: &str, f: impl FnOnce() -> Result<R>) -> R {
+    use crate::backend::census::{self, COPY_ON_WRITE, DEVICE_TO_HOST, HOST_TO_DEVICE, RELEASE_OF_OLDER};
+    let (result, counts) = census::count_ops(f);
+    let result = result.unwrap_or_else(|e| panic!("{what}: {e}"));
+    for refused in [HOST_TO_DEVICE, DEVICE_TO_HOST, RELEASE_OF_OLDER, COPY_ON_WRITE] {
+        assert_eq!(counts.get(refused), None, "{what} does {refused}, which a capture refuses or should not hold: {counts:?}");
+    }
+    result
+}
+
+/// Test support: [`assert_capturable`] for `model`'s padded step on `batch` padded to `rows` rows,
+/// after one eager step (which makes the optimizers' moments), as a capture records it.
+#[cfg(test)]
+pub(crate) fn assert_step_capturable<M: ReplayableStep>(model: &mut M, data: &ResidentData, batch: &[u32], rows: usize, fake_batch: usize) {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    bound_step(model, data, batch, rows, fake_batch, &mut rng).unwrap();
+    let padded = PaddedBatch::new(batch, rows, fake_batch).unwrap();
+    let keys = GeneratorKeys::draw(&mut rng);
+    let values = model.step_values(&padded, &keys);
+    // Made before the capture, as `capture` makes it.
+    let table = weight_table(&data.device()).unwrap();
+    assert_capturable(M::STEP, || step_values::bind(&values, true, None, || model.padded_step(data, &padded, &table, fake_batch, keys)));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

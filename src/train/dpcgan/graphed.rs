@@ -341,6 +341,15 @@ mod tests {
         captured::assert_a_refusal_rolls_back(&mut NonPrivateDpCgan(&mut b), non_private, |m| m.count_replayed_step());
     }
 
+    /// Both steps, as a capture records them, do nothing a capture refuses (no host copy, no
+    /// release of older memory, no copy-on-write), padded or not.
+    #[test]
+    fn the_captured_steps_are_capturable() {
+        let data = data();
+        captured::assert_step_capturable(&mut model(), &data, &[3, 0, 19, 7], 6, 4);
+        captured::assert_step_capturable(&mut NonPrivateDpCgan(&mut model()), &data, &[3, 0, 19, 7], 4, 4);
+    }
+
     #[test]
     fn capture_needs_a_cuda_device() {
         let err = model().capture_private_step(&data(), &[1, 2], 2, 2, &mut ChaCha8Rng::seed_from_u64(1)).err().unwrap();

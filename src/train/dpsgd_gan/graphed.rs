@@ -196,6 +196,13 @@ mod tests {
         captured::assert_a_refusal_rolls_back(&mut a, step, DpsgdGan::count_replayed_step);
     }
 
+    /// The D step, as a capture records it, does nothing a capture refuses (no host copy, no
+    /// release of older memory, no copy-on-write).
+    #[test]
+    fn the_captured_d_step_is_capturable() {
+        captured::assert_step_capturable(&mut model(), &data(), &[3, 0, 19], 6, 4);
+    }
+
     #[test]
     fn capture_needs_a_cuda_device() {
         let err = model().capture_discriminator_step(&data(), &[1, 2], 2, &mut ChaCha8Rng::seed_from_u64(1)).err().unwrap();

@@ -495,6 +495,31 @@ mod tests {
         crate::train::captured::assert_a_refusal_rolls_back(&mut state, iterate, |s| s.count_replayed(config.critic_steps));
     }
 
+    /// An iteration on the working critic, bound to its plan as a capture records it, does nothing
+    /// a capture refuses (no host copy, no release of older memory, no copy-on-write).
+    #[test]
+    fn an_iteration_on_the_working_critic_is_capturable() {
+        let (data, config, sanitizer) = (data(), config(), sanitizer());
+        let noise = NoiseSource::from_seed(3, NoiseMode::Fast);
+        let mut s = setup();
+        let mut phase_two = GraphedPhaseTwo::new(&s.critics[0], &CPU).unwrap();
+        let (mut step, critics) = s.split(&sanitizer, &config);
+        // Three iterations first: G's moments and G_s's own storage come with G's first step, and
+        // G's next corrections (t = 4) then differ from a fresh critic's (t = 1, 2, 3).
+        for t in 0..3 {
+            let draws = &mut ChaCha20Rng::seed_from_u64(t);
+            phase_two.iterate(&mut step, &mut critics[0], &data, draws, &noise.key_at(t, 0), t).unwrap();
+        }
+        let plan = IterationPlan::draw(&mut critics[1].batches, &mut ChaCha20Rng::seed_from_u64(3), config.critic_steps).unwrap();
+        phase_two.working.load(&critics[1]).unwrap();
+        let key = noise.key_at(3, 0);
+        let values = step.step_values(&plan, &phase_two.working.optimizer, &key, 3);
+        let WorkingCritic { discriminator, optimizer } = &mut phase_two.working;
+        crate::train::captured::assert_capturable("a phase-2 iteration", || {
+            step_values::bind(&values, true, None, || step.execute(discriminator, optimizer, &plan, &data, &key, 3))
+        });
+    }
+
     #[test]
     fn an_iteration_is_captured_only_when_its_values_tell_apart_after_g_has_stepped_below_the_limit() {
         assert!(may_capture(true, 1, 0));
