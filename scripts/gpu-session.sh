@@ -62,6 +62,9 @@ step() {
   [ $rc -eq 124 ] && verdict="timed out after ${limit}s"
   [ $rc -ne 0 ] && [ $rc -ne 124 ] && verdict="failed (exit $rc)"
   echo "- $name: $verdict in $((SECONDS - start)) s; last line: $(tail -n 1 "$out/$name.log")" >>"$summary"
+  # A refused capture does not fail a run (it falls back to eager steps), so it is said here:
+  # its timings are then not those of replays.
+  grep -m 1 'refused to capture' "$out/$name.log" | sed 's/^/  - CUDA GRAPH REFUSED, the run fell back to eager steps: /' >>"$summary"
   return $rc
 }
 
