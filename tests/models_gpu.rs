@@ -198,6 +198,31 @@ fn cuda_graph_replay_of_a_dp_cgan_step_equals_the_eager_step() {
     });
 }
 
+/// A resident training set of `records` random records on `dev`, and a maker of identical DP-CGAN
+/// models whose D divides its sum by `fake`: what the replay tests step.
+fn dpcgan_on_resident_data<'d>(
+    dev: &'d Device,
+    rng: &mut ChaCha8Rng,
+    records: usize,
+    fake: usize,
+) -> (dpgan::train::resident::ResidentData, impl Fn() -> DpCgan + 'd) {
+    let pixels: Vec<f32> = (0..records * PIXELS).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let labels: Vec<u32> = (0..records).map(|_| rng.random_range(0..CLASSES as u32)).collect();
+    let data = dpgan::train::resident::ResidentData::from_parts(pixels, &labels, dev).unwrap();
+    let config = DpCganConfig { clip: 0.05, batch_divisor: fake as f32, ..DpCganConfig::default() };
+    let (model_seed, noise_seed): (u64, u64) = (rng.random(), rng.random());
+    let model = move || {
+        let noise = NoiseSource::from_seed(noise_seed, NoiseMode::Fast);
+        DpCgan::new(config, noise, &mut ChaCha8Rng::seed_from_u64(model_seed), dev).unwrap()
+    };
+    (data, model)
+}
+
+/// Batches of the given sizes of records drawn (with repeats) from `records`.
+fn random_batches(rng: &mut ChaCha8Rng, sizes: &[usize], records: usize) -> Vec<Vec<u32>> {
+    sizes.iter().map(|&n| (0..n).map(|_| rng.random_range(0..records as u32)).collect()).collect()
+}
+
 /// DP-CGAN training steps replayed from one CUDA graph equal the same steps run eagerly bit for
 /// bit: an eager step, then a capture (which runs the step once), then replays with batches of
 /// other sizes (padded to the captured rows with weight-0 rows), new generator keys and noise
@@ -210,17 +235,8 @@ fn cuda_graph_replays_of_dp_cgan_training_steps_equal_the_eager_steps() {
     common::on_cuda("cuda_graph_replays_of_dp_cgan_training_steps_equal_the_eager_steps", |dev| {
         let mut data_rng = common::rng("cuda_graph_replays_of_dp_cgan_training_steps_equal_the_eager_steps");
         let (records, rows, fake) = (1000usize, 320usize, 300usize);
-        let pixels: Vec<f32> = (0..records * PIXELS).map(|_| data_rng.random_range(-1.0..1.0)).collect();
-        let labels: Vec<u32> = (0..records).map(|_| data_rng.random_range(0..CLASSES as u32)).collect();
-        let data = dpgan::train::resident::ResidentData::from_parts(pixels, &labels, dev).unwrap();
-        let config = DpCganConfig { clip: 0.05, batch_divisor: fake as f32, ..DpCganConfig::default() };
-        let (model_seed, noise_seed): (u64, u64) = (data_rng.random(), data_rng.random());
-        let model = || {
-            let noise = NoiseSource::from_seed(noise_seed, NoiseMode::Fast);
-            DpCgan::new(config, noise, &mut ChaCha8Rng::seed_from_u64(model_seed), dev).unwrap()
-        };
-        let batches: Vec<Vec<u32>> =
-            [300, 287, 320, 0, 311].iter().map(|&n| (0..n).map(|_| data_rng.random_range(0..records as u32)).collect()).collect();
+        let (data, model) = dpcgan_on_resident_data(dev, &mut data_rng, records, fake);
+        let batches = random_batches(&mut data_rng, &[300, 287, 320, 0, 311], records);
         let (mut eager, mut graphed) = (model(), model());
         let bits = |t: &Tensor| t.to_vec().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
         let mut captured = None;
@@ -274,17 +290,8 @@ fn cuda_refused_captures_fall_back_to_the_same_eager_steps() {
     common::on_cuda(name, |dev| {
         let mut data_rng = common::rng(name);
         let (records, rows, fake) = (500usize, 64usize, 60usize);
-        let pixels: Vec<f32> = (0..records * PIXELS).map(|_| data_rng.random_range(-1.0..1.0)).collect();
-        let labels: Vec<u32> = (0..records).map(|_| data_rng.random_range(0..CLASSES as u32)).collect();
-        let data = dpgan::train::resident::ResidentData::from_parts(pixels, &labels, dev).unwrap();
-        let config = DpCganConfig { clip: 0.05, batch_divisor: fake as f32, ..DpCganConfig::default() };
-        let (model_seed, noise_seed): (u64, u64) = (data_rng.random(), data_rng.random());
-        let model = || {
-            let noise = NoiseSource::from_seed(noise_seed, NoiseMode::Fast);
-            DpCgan::new(config, noise, &mut ChaCha8Rng::seed_from_u64(model_seed), dev).unwrap()
-        };
-        let batches: Vec<Vec<u32>> =
-            [60, 57, 64, 31, 60].iter().map(|&n| (0..n).map(|_| data_rng.random_range(0..records as u32)).collect()).collect();
+        let (data, model) = dpcgan_on_resident_data(dev, &mut data_rng, records, fake);
+        let batches = random_batches(&mut data_rng, &[60, 57, 64, 31, 60], records);
         let (mut eager, mut refused, mut graphed) = (model(), model(), model());
         let (mut refused_graph, mut graph) = (StepGraph::Pending, StepGraph::Pending);
         let bits = |t: &Tensor| t.to_vec().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
