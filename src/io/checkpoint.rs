@@ -4,11 +4,13 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use super::atomic_write;
+use super::atomic_write_private;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Tensor};
 
-/// Saves `tensors` (any device; copied to the host) under their names, with string `metadata`.
+/// Saves `tensors` (any device; copied to the host) under their names, with string `metadata`, in a
+/// file only its owner may read: every tensor file dpgan writes is part of a run (checkpoints,
+/// discriminators), which keeps it to itself.
 pub fn save_tensors(path: &Path, tensors: &[(&str, &Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
     let mut bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
@@ -27,7 +29,7 @@ pub fn save_tensors(path: &Path, tensors: &[(&str, &Tensor)], metadata: Option<H
         })
         .collect::<Result<Vec<_>>>()?;
     let encoded = safetensors::serialize(views, metadata).map_err(|e| Error::file(path, format!("cannot encode: {e}")))?;
-    atomic_write(path, &encoded)
+    atomic_write_private(path, &encoded)
 }
 
 /// Loads every tensor of a safetensors file onto `device` (f64 ones stay on the CPU), by name,

@@ -1,5 +1,10 @@
 //! Files dpgan writes: every write is atomic (a temporary file beside the target, synced, then
 //! renamed over it), so a crash leaves either the old file or the new one, never half of one.
+//!
+//! What a run keeps to itself (the checkpoint with the secret noise key and the discriminators,
+//! models trained without privacy, the real-data losses) is written readable by its owner only
+//! (mode 0600 on Unix, in a run directory made 0700): on a shared machine another user could
+//! otherwise read the key, and with it take the noise out of every released update.
 pub mod checkpoint;
 pub mod font;
 pub mod image;
@@ -19,6 +24,40 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     file.commit()
 }
 
+/// [`atomic_write`] of a file only its owner may read (0600 on Unix).
+pub fn atomic_write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = AtomicFile::create_private(path)?;
+    file.write_all(bytes).map_err(|e| Error::file(path, format!("cannot write: {e}")))?;
+    file.commit()
+}
+
+/// Options that create a file only its owner may read and write (0600 on Unix; elsewhere the
+/// platform's default).
+pub fn private_file_options() -> fs::OpenOptions {
+    let mut options = fs::OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// Creates the directory `dir` (its missing parents as usual) readable only by its owner (0700 on
+/// Unix), for what a run keeps to itself. An existing directory is left as it is.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|e| Error::file(parent, format!("cannot create: {e}")))?;
+    }
+    let mut builder = fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    match builder.create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(Error::file(dir, format!("cannot create: {e}"))),
+        _ => Ok(()),
+    }
+}
+
 /// A file written in pieces and put in place at once: the bytes go to a temporary file beside
 /// `path`, [`AtomicFile::commit`] syncs it and renames it over `path`; dropped uncommitted (an
 /// error, a panic) it is removed, so `path` never holds part of a file.
@@ -30,10 +69,24 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<Self> {
+        let mut options = fs::OpenOptions::new();
+        Self::create_with(path, options.write(true).create(true).truncate(true))
+    }
+
+    /// [`AtomicFile::create`] of a file only its owner may read (0600 on Unix): the rename keeps
+    /// the temporary file's mode.
+    pub fn create_private(path: &Path) -> Result<Self> {
+        let mut options = private_file_options();
+        Self::create_with(path, options.write(true).create_new(true))
+    }
+
+    fn create_with(path: &Path, options: &fs::OpenOptions) -> Result<Self> {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let name = path.file_name().ok_or_else(|| Error::file(path, "not a file path"))?;
         let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-        let file = fs::File::create(&tmp).map_err(|e| Error::file(path, format!("cannot write: {e}")))?;
+        // A leftover of a crashed process of the same id would keep its own mode.
+        let _ = fs::remove_file(&tmp);
+        let file = options.open(&tmp).map_err(|e| Error::file(path, format!("cannot write: {e}")))?;
         Ok(AtomicFile { path: path.to_path_buf(), tmp, file: Some(BufWriter::new(file)) })
     }
 

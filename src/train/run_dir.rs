@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 
 use crate::dp::RunKey;
 use crate::error::{Error, Result};
-use crate::io::atomic_write;
 use crate::io::checkpoint::{load_metadata, load_tensors, save_tensors};
+use crate::io::{atomic_write, atomic_write_private, create_private_dir, private_file_options};
 use crate::tensor::{Device, Tensor};
 
 pub const CONFIG: &str = "config.json";
@@ -45,6 +45,8 @@ impl RunDir {
         if root.join(CONFIG).exists() {
             return Err(Error::file(root, "already holds a run (config.json exists): continue it with --resume, or choose another --out"));
         }
+        // Owner-only: it will hold the secret noise key and what was trained without privacy.
+        create_private_dir(root)?;
         fs::create_dir_all(root.join(SAMPLES)).map_err(|e| Error::file(root, format!("cannot create the run directory: {e}")))?;
         let mut dir = RunDir { root: root.to_path_buf(), _lock: None };
         dir._lock = Some(std::sync::Arc::new(dir.lock()?));
@@ -280,9 +282,11 @@ impl MetricsLog {
                     kept.push('\n');
                 }
             }
-            atomic_write(path, kept.as_bytes())?;
+            atomic_write_private(path, kept.as_bytes())?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
+        // Owner-only: the real-data losses are a (non-private) function of the records.
+        let file =
+            private_file_options().create(true).append(true).open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
         Ok(MetricsLog { path: path.to_path_buf(), file })
     }
 
@@ -363,6 +367,37 @@ mod tests {
         assert_eq!(readable, state);
         let text = fs::read_to_string(run.path(CHECKPOINT_JSON)).unwrap();
         assert!(!text.contains(&key.to_hex()), "the readable state holds the key");
+    }
+
+    /// What a run keeps to itself is its owner's alone: the run directory dpgan makes (0700), the
+    /// checkpoint with the key and the discriminators, a rewritten and a fresh metrics log (0600).
+    /// A directory the user made is left as it is; the files in it are still owner-only.
+    #[cfg(unix)]
+    #[test]
+    fn a_runs_private_files_are_its_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("runs").join("a");
+        let run = RunDir::create(&root).unwrap();
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&dir.path().join("runs")) & 0o700, 0o700, "a parent is made as usual");
+        let t = Tensor::from_vec(vec![1.0], &[1], &Device::Cpu).unwrap();
+        run.save_checkpoint(&[("a".to_string(), &t)], &serde_json::json!({"step": 1}), &RunKey::generate().unwrap()).unwrap();
+        assert_eq!(mode(&run.path(CHECKPOINT)), 0o600);
+        let log = run.path(METRICS);
+        MetricsLog::open(&log, None).unwrap().append(&serde_json::json!({ "step": 1 })).unwrap();
+        assert_eq!(mode(&log), 0o600);
+        MetricsLog::open(&log, Some(1)).unwrap();
+        assert_eq!(mode(&log), 0o600, "the log rewritten at a resume");
+
+        let theirs = dir.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        fs::set_permissions(&theirs, fs::Permissions::from_mode(0o755)).unwrap();
+        let run = RunDir::create(&theirs).unwrap();
+        assert_eq!(mode(&theirs), 0o755);
+        run.save_checkpoint(&[("a".to_string(), &t)], &serde_json::json!({"step": 1}), &RunKey::generate().unwrap()).unwrap();
+        assert_eq!(mode(&run.path(CHECKPOINT)), 0o600);
     }
 
     #[test]
