@@ -20,10 +20,12 @@ struct GemmEpilogue {
   }
 };
 
-template <bool TRANS_A, bool TRANS_B, bool TF32, bool BIAS = false>
+// Smem: tile::SharedTiles<TF32>, or with CP_ASYNC (TF32 only) the pipeline's STAGES of them.
+template <bool TRANS_A, bool TRANS_B, bool TF32, bool BIAS = false, bool CP_ASYNC = false, class Smem>
 __device__ __forceinline__ void gemm_grouped(const GemmParams& p, const float* __restrict__ a,
-                                             const float* __restrict__ b, float* __restrict__ c,
-                                             tile::SharedTiles<TF32>& smem, const float* __restrict__ bias = nullptr) {
+                                             const float* __restrict__ b, float* __restrict__ c, Smem& smem,
+                                             const float* __restrict__ bias = nullptr) {
+  static_assert(TF32 || !CP_ASYNC, "the cp.async pipeline feeds the TF32 tensor cores");
   using ALoader = typename std::conditional<TRANS_A, tile::MNMajorLoader<TF32>, tile::KMajorLoader<TF32>>::type;
   using BLoader = typename std::conditional<TRANS_B, tile::KMajorLoader<TF32>, tile::MNMajorLoader<TF32>>::type;
   const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
@@ -35,7 +37,11 @@ __device__ __forceinline__ void gemm_grouped(const GemmParams& p, const float* _
     const BLoader lb{b + g * b_size, n0, p.n, p.k};
     const tile::KRange kr = tile::split_range(s, p.split_len, p.k);
     float acc[tile::TM][tile::TN];
-    tile::mainloop<TF32>(la, lb, kr.begin, kr.end, smem, acc);
+    if constexpr (CP_ASYNC) {
+      tile::mainloop_cp_async(la, lb, kr.begin, kr.end, smem, acc);
+    } else {
+      tile::mainloop<TF32>(la, lb, kr.begin, kr.end, smem, acc);
+    }
     const GemmEpilogue<BIAS> ep{p.n, BIAS && s == 0 ? bias + (int64_t)g * p.n : nullptr};
     tile::store_tile<TF32>(ep, c + ((int64_t)s * p.groups + g) * c_size, m0, n0, p.m, p.n, acc);
   }
@@ -118,3 +124,18 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
   __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
   dpgan::gemm_grouped<false, true, true, true>(p, a, b, c, smem, bias);
 }
+
+// The TF32 products through the cp.async pipeline (tile::mainloop_cp_async): the same results as
+// the kernels above bit for bit (the same roundings, products and order), another way of feeding
+// the tensor cores, kept beside them until a GPU says which is faster.
+#define DPGAN_GEMM_CP_ASYNC(name, TRANS_A, TRANS_B)                                                   \
+  extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                                 \
+      name(GemmParams p, const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c) { \
+    __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem[dpgan::tile::STAGES];               \
+    dpgan::gemm_grouped<TRANS_A, TRANS_B, true, false, true>(p, a, b, c, smem);                      \
+  }
+DPGAN_GEMM_CP_ASYNC(gemm_grouped_nn_fwd_tf32_cp_async, false, false)
+DPGAN_GEMM_CP_ASYNC(gemm_grouped_tn_fwd_tf32_cp_async, true, false)
+DPGAN_GEMM_CP_ASYNC(gemm_grouped_nt_fwd_tf32_cp_async, false, true)
+DPGAN_GEMM_CP_ASYNC(gemm_grouped_tt_fwd_tf32_cp_async, true, true)
+#undef DPGAN_GEMM_CP_ASYNC

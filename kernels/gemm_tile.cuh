@@ -134,16 +134,19 @@ __device__ __forceinline__ int acc_col(int i, int j) {
   return (int)(threadIdx.x % (BN / TN)) * TN + j;
 }
 
-// acc += the tile's A · B over the BK staged in shared memory (already rounded to TF32), on tensor
-// cores.
+// acc += the tile's A · B over the BK staged in shared memory, on tensor cores. ROUNDED: the tiles
+// hold values rounded to TF32 already (the register-staged loop rounds on its way in); else each
+// fragment element is rounded as it is read (what a cp.async copy, which cannot convert, needs).
+template <bool ROUNDED = true>
 __device__ __forceinline__ void tile_product_tf32(const SharedTiles<true>& s, float (&acc)[TM][TN]) {
   static_assert(TM == 4 && TN == 4 && BM == 64 && BN == 64 && THREADS == 256 && BK % 8 == 0,
                 "8 warps of 16 × 32 cover the 64 × 64 tile; acc holds four n8-tiles of four registers");
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int group = lane / 4, t4 = lane % 4;
   const int m = (warp / 2) * 16 + group, n = (warp % 2) * 32 + group;
-  auto a_at = [&](int kk, int mm) { return tf32_bits(s.a[kk][smem_col<true>(kk, mm)]); };
-  auto b_at = [&](int kk, int nn) { return tf32_bits(s.b[kk][smem_col<true>(kk, nn)]); };
+  auto bits = [](float x) { return ROUNDED ? tf32_bits(x) : to_tf32(x); };
+  auto a_at = [&](int kk, int mm) { return bits(s.a[kk][smem_col<true>(kk, mm)]); };
+  auto b_at = [&](int kk, int nn) { return bits(s.b[kk][smem_col<true>(kk, nn)]); };
 #pragma unroll
   for (int k8 = 0; k8 < BK; k8 += 8) {
     const int k = k8 + t4;
@@ -214,6 +217,79 @@ __device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int
   }
 }
 
+// ---- TF32 with a cp.async pipeline (sm_80+) ----
+//
+// The register-staged loop above holds one K step in flight (in registers) and rounds each element
+// to TF32 on its way into shared memory, so every fragment read is a plain load. This variant
+// copies global memory straight into shared memory with cp.async, STAGES − 1 K steps ahead of the
+// product, one barrier per step instead of two, and rounds each fragment element as it is read
+// (cp.async cannot convert). Same tiles, slots and conflict-free columns; which one is faster is
+// for a GPU to say (`dpgan bench kernels`), so both are kept.
+constexpr int STAGES = 3;
+
+#ifndef DPGAN_HOST_EMULATION
+// Copies one float from global to shared memory, asynchronously; src == nullptr writes a zero
+// (a source size of 0 reads nothing, at `base`, an address of the operand, and zero-fills).
+__device__ __forceinline__ void cp_async_f32(float* dst, const float* src, const float* base) {
+  const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(d), "l"(src != nullptr ? src : base),
+               "r"(src != nullptr ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+#endif
+
+// acc = A[:, k_begin:k_end] · B[k_begin:k_end, :] on TF32 tensor cores through the cp.async
+// pipeline; otherwise as `mainloop` (every thread of the block calls it; k_begin, k_end uniform).
+// The loaders supply `const float* at(int k0, int i)`: the address of the element `load` would
+// fetch into r[i], or nullptr where it would put a zero; and `ptr`, an address of the operand.
+template <class ALoader, class BLoader>
+__device__ __forceinline__ void mainloop_cp_async(const ALoader& a, const BLoader& b, int k_begin, int k_end,
+                                                  SharedTiles<true> (&s)[STAGES], float (&acc)[TM][TN]) {
+  using SA = typename ALoader::Slots;
+  using SB = typename BLoader::Slots;
+  static_assert(std::is_same<SA, Slot<ALoader::K_CONTIGUOUS, true>>::value &&
+                    std::is_same<SB, Slot<BLoader::K_CONTIGUOUS, true>>::value,
+                "the loaders must fetch what the TF32 slot mapping stores");
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+  if (k_begin >= k_end) return;
+  const int steps = (k_end - k_begin + BK - 1) / BK;
+  // Queues K step `step`'s copies into its stage, and commits them as one group (an empty group
+  // past the last step, so that the count of groups in flight stays the same).
+  auto issue = [&](int step) {
+    if (step < steps) {
+      SharedTiles<true>& t = s[step % STAGES];
+      const int k0 = k_begin + step * BK;
+#pragma unroll
+      for (int i = 0; i < LOADS; ++i) {
+        cp_async_f32(&t.a[SA::kk(i)][smem_col<true>(SA::kk(i), SA::mn(i))], a.at(k0, i), a.ptr);
+        cp_async_f32(&t.b[SB::kk(i)][smem_col<true>(SB::kk(i), SB::mn(i))], b.at(k0, i), b.ptr);
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int step = 0; step < STAGES - 1; ++step) issue(step);
+  for (int step = 0; step < steps; ++step) {
+    // This thread's copies of step `step` have landed; the barrier makes everyone's visible, and
+    // says every warp is done with the stage the next issue overwrites (step − 1's).
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    issue(step + STAGES - 1);
+    tile_product_tf32<false>(s[step % STAGES], acc);
+  }
+  // No copy may still be writing shared memory when the block moves on (the next z's tiles).
+  cp_async_wait<0>();
+  __syncthreads();
+}
+
 // Writes the block's tile of C: element (m, n) with m < M and n < N goes to
 // out[ep.row(m) + ep.col(n)] as ep.value(m, n, c) (c itself, or with a bias added). The epilogue
 // supplies `int64_t row(int)`, `int64_t col(int)` and `float value(int, int, float)`.
@@ -259,6 +335,11 @@ struct KMajorLoader {
   using Slots = Slot<K_CONTIGUOUS, TF32>;
   const float* __restrict__ ptr;
   int mn0, mn_count, k_count;
+  // The address of r[i]'s element, or nullptr outside the matrix (a zero).
+  __device__ __forceinline__ const float* at(int k0, int i) const {
+    const int k = k0 + Slots::kk(i), mn = mn0 + Slots::mn(i);
+    return (k < k_count && mn < mn_count) ? ptr + (int64_t)mn * k_count + k : nullptr;
+  }
   __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
     using S = Slots;
     const int k = k0 + S::kk(0);  // the same k for all of a thread's loads
@@ -277,6 +358,11 @@ struct MNMajorLoader {
   using Slots = Slot<K_CONTIGUOUS, TF32>;
   const float* __restrict__ ptr;
   int mn0, mn_count, k_count;
+  // The address of r[i]'s element, or nullptr outside the matrix (a zero).
+  __device__ __forceinline__ const float* at(int k0, int i) const {
+    const int k = k0 + Slots::kk(i), mn = mn0 + Slots::mn(i);
+    return (k < k_count && mn < mn_count) ? ptr + (int64_t)k * mn_count + mn : nullptr;
+  }
   __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
     using S = Slots;
     const int mn = mn0 + S::mn(0);  // the same m or n for all of a thread's loads

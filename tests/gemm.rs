@@ -326,6 +326,35 @@ fn matmul_cuda_tf32_matches_the_oracle_within_tensor_core_tolerance() {
     });
 }
 
+/// The cp.async pipeline feeds the tensor cores the same rounded inputs in the same order as the
+/// register-staged loop: the same products bit for bit, for every transpose, with tails in M, N
+/// and K (zero-filled copies), G > 1 and a split K (each slice its own pipeline), on outputs
+/// poisoned with NaN.
+#[test]
+fn matmul_cuda_tf32_cp_async_equals_the_register_staged_kernel_bit_for_bit() {
+    use dpgan::backend::cuda::{Tf32Pipeline, Tf32PipelineScope, Tf32Scope};
+    common::on_cuda("matmul_cuda_tf32_cp_async_equals_the_register_staged_kernel_bit_for_bit", |dev| {
+        let mut rng = common::rng("matmul_cuda_tf32_cp_async_equals_the_register_staged_kernel_bit_for_bit");
+        let _tf32 = Tf32Scope::new(true);
+        for (trans_a, trans_b) in TRANSPOSES {
+            for (groups, m, k, n) in [(1, 64, 32, 64), (1, 130, 33, 257), (2, 257, 130, 65), (3, 600, 794, 128), (1, 64, 4111, 70)] {
+                let a_shape = if trans_a { [groups, k, m] } else { [groups, m, k] };
+                let b_shape = if trans_b { [groups, n, k] } else { [groups, k, n] };
+                let a = common::uniform(&mut rng, &a_shape, -1.0, 1.0).to_device(dev).unwrap();
+                let b = common::uniform(&mut rng, &b_shape, -1.0, 1.0).to_device(dev).unwrap();
+                let product = |pipeline| {
+                    let _scope = Tf32PipelineScope::new(pipeline);
+                    let c = ops::matmul(&a, &b, trans_a, trans_b).unwrap().to_vec().unwrap();
+                    c.into_iter().map(f32::to_bits).collect::<Vec<_>>()
+                };
+                let staged = product(Tf32Pipeline::RegisterStaged);
+                assert!(staged.iter().all(|&v| f32::from_bits(v).is_finite()), "G{groups} {m}×{k}×{n} ta{trans_a} tb{trans_b}");
+                assert_eq!(product(Tf32Pipeline::CpAsync), staged, "G{groups} {m}×{k}×{n} ta{trans_a} tb{trans_b}");
+            }
+        }
+    });
+}
+
 /// TF32 is used exactly when allowed: 1 + 2⁻¹² is not a TF32 number (it rounds to 1), so each
 /// of the K products is 1 on tensor cores and 1 + 2⁻¹² in f32.
 #[test]

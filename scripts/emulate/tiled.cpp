@@ -42,6 +42,24 @@ inline void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[
   c[3] = dot(g + 8, 2 * t + 1, c[3]);
   emu::block->warp[w]->arrive_and_wait();  // before the next product overwrites A and B
 }
+
+// cp.async, emulated as late as the hardware may be: a copy's value is read when it is issued but
+// written to shared memory only when a cp.async.wait_group lets its group go, so a product that
+// reads a stage before waiting for it reads the stage's old contents and fails its comparison.
+thread_local std::vector<std::pair<float*, float>> t_open_group;
+thread_local std::vector<std::vector<std::pair<float*, float>>> t_committed;
+inline void cp_async_f32(float* dst, const float* src, const float*) { t_open_group.push_back({dst, src ? *src : 0.0f}); }
+inline void cp_async_commit() {
+  t_committed.push_back(std::move(t_open_group));
+  t_open_group.clear();
+}
+template <int N>
+inline void cp_async_wait() {
+  while (t_committed.size() > (size_t)N) {
+    for (auto [dst, v] : t_committed.front()) *dst = v;
+    t_committed.erase(t_committed.begin());
+  }
+}
 }  // namespace tile
 }  // namespace dpgan
 
@@ -63,7 +81,8 @@ void compare(const char* what, const std::vector<float>& got, const std::vector<
   emu::compare(what, got, want, 1e-5);
 }
 
-void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int split_len, bool tf32 = false) {
+void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int split_len, bool tf32 = false,
+               bool cp_async = false) {
   // With TF32 the reference multiplies the TF32-rounded inputs (exactly, in f64).
   auto in = [&](float v) { return tf32 ? (double)bits_to_float(dpgan::tile::to_tf32(v)) : (double)v; };
   auto a = randv((size_t)G * M * K), b = randv((size_t)G * K * N);
@@ -83,7 +102,12 @@ void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int spl
   GemmParams p{G, M, N, K, ta, tb, splits, split_len};
   uint3_ grid{(unsigned)((N + 63) / 64), (unsigned)((M + 63) / 64), (unsigned)std::min(G * splits, 3)};
   launch(grid, [&] {
-    if (tf32) {
+    if (cp_async) {
+      if (ta && tb) gemm_grouped_tt_fwd_tf32_cp_async(p, a.data(), b.data(), c.data());
+      else if (ta) gemm_grouped_tn_fwd_tf32_cp_async(p, a.data(), b.data(), c.data());
+      else if (tb) gemm_grouped_nt_fwd_tf32_cp_async(p, a.data(), b.data(), c.data());
+      else gemm_grouped_nn_fwd_tf32_cp_async(p, a.data(), b.data(), c.data());
+    } else if (tf32) {
       if (ta && tb) gemm_grouped_tt_fwd_tf32(p, a.data(), b.data(), c.data());
       else if (ta) gemm_grouped_tn_fwd_tf32(p, a.data(), b.data(), c.data());
       else if (tb) gemm_grouped_nt_fwd_tf32(p, a.data(), b.data(), c.data());
@@ -99,8 +123,25 @@ void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int spl
   for (int s = 0; s < splits; ++s)
     for (size_t i = 0; i < sum.size(); ++i) sum[i] += c[s * sum.size() + i];
   char what[200];
-  snprintf(what, sizeof what, "gemm%s G%d M%d N%d K%d ta%d tb%d splits%d", tf32 ? " tf32" : "", G, M, N, K, ta, tb, splits);
+  snprintf(what, sizeof what, "gemm%s G%d M%d N%d K%d ta%d tb%d splits%d", cp_async ? " tf32 cp.async" : tf32 ? " tf32" : "",
+           G, M, N, K, ta, tb, splits);
   compare(what, sum, want);
+  if (!tf32 || cp_async) return;
+  // The cp.async pipeline rounds the same inputs, multiplies them in the same order: the same
+  // values bit for bit, the one kernel against the other.
+  std::vector<float> piped((size_t)splits * G * M * N, NAN);
+  launch(grid, [&] {
+    if (ta && tb) gemm_grouped_tt_fwd_tf32_cp_async(p, a.data(), b.data(), piped.data());
+    else if (ta) gemm_grouped_tn_fwd_tf32_cp_async(p, a.data(), b.data(), piped.data());
+    else if (tb) gemm_grouped_nt_fwd_tf32_cp_async(p, a.data(), b.data(), piped.data());
+    else gemm_grouped_nn_fwd_tf32_cp_async(p, a.data(), b.data(), piped.data());
+  });
+  size_t differ = 0;
+  for (size_t i = 0; i < c.size(); ++i) differ += memcmp(&c[i], &piped[i], 4) != 0;
+  if (differ) {
+    ++emu::failures;
+    printf("FAIL %s: the cp.async pipeline differs from the register-staged loop at %zu of %zu\n", what, differ, c.size());
+  }
 }
 
 struct Geo {

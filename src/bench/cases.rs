@@ -4,6 +4,7 @@
 use rand_chacha::ChaCha8Rng;
 
 use super::{gemm_bytes, gemm_flops, ConvShape, F32};
+use crate::backend::cuda::Tf32Pipeline;
 use crate::backend::{ops, AdamParams, BinaryOp, RowNorm, SgdParams, UnaryOp};
 use crate::dp::noise::{NoiseMode, NoiseSource};
 use crate::error::{Error, Result};
@@ -30,7 +31,8 @@ pub struct Case {
     pub flops: Option<f64>,
     pub bytes: f64,
     pub bytes_note: String,
-    pub tf32: bool,
+    /// On TF32 tensor cores, fed through this pipeline; `None`: f32.
+    pub tf32: Option<Tf32Pipeline>,
     pub(crate) make: Make,
     pub(crate) op: Op,
 }
@@ -49,7 +51,7 @@ pub(crate) fn pick(size: Size, small: usize, full: usize) -> usize {
 
 pub(crate) fn gemm_case(name: String, shape: String, (m, n, k): (usize, usize, usize), make: Make, op: Op) -> Case {
     let bytes_note = format!("A [{m},{k}] and B [{k},{n}] read once, C [{m},{n}] written once");
-    Case { name, family: "gemm", shape, flops: Some(gemm_flops(m, n, k)), bytes: gemm_bytes(m, n, k), bytes_note, tf32: false, make, op }
+    Case { name, family: "gemm", shape, flops: Some(gemm_flops(m, n, k)), bytes: gemm_bytes(m, n, k), bytes_note, tf32: None, make, op }
 }
 
 /// DP-CGAN's linear layers at B = 600: forward `x·Wᵀ + b` (the bias in the epilogue), input
@@ -94,7 +96,7 @@ fn conv_cases(cases: &mut Vec<Case>, base: &str, c: ConvShape, tf32: bool) {
         flops: Some(c.flops()),
         bytes: c.bytes(),
         bytes_note: note.clone(),
-        tf32,
+        tf32: tf32.then_some(Tf32Pipeline::RegisterStaged),
         make,
         op,
     };
@@ -134,7 +136,7 @@ fn conv_transpose_cases(cases: &mut Vec<Case>) {
             flops: Some(as_conv.flops()),
             bytes: as_conv.bytes(),
             bytes_note: "x, w, y once each".into(),
-            tf32: false,
+            tf32: None,
             make: Box::new(make),
             op: Box::new(move |t| Ok(vec![ops::conv_transpose2d(&t[0], &t[1], s, 0, 0)?])),
         });
@@ -143,7 +145,7 @@ fn conv_transpose_cases(cases: &mut Vec<Case>) {
 
 /// A memory-bound case: no FLOP count, bytes as stated.
 fn mem_case(name: &str, family: &'static str, shape: String, bytes: f64, bytes_note: &str, make: Make, op: Op) -> Case {
-    Case { name: name.into(), family, shape, flops: None, bytes, bytes_note: bytes_note.into(), tf32: false, make, op }
+    Case { name: name.into(), family, shape, flops: None, bytes, bytes_note: bytes_note.into(), tf32: None, make, op }
 }
 
 fn elementwise_cases(cases: &mut Vec<Case>) {
@@ -283,7 +285,7 @@ fn power_iteration_case(cases: &mut Vec<Case>) {
         flops: Some(4.0 * (o * i) as f64),
         bytes,
         bytes_note: note.into(),
-        tf32: false,
+        tf32: None,
         make: Box::new(make),
         op,
     });
@@ -315,7 +317,7 @@ fn batched_power_iteration_case(cases: &mut Vec<Case>) {
         flops: Some(flops),
         bytes,
         bytes_note: "each W read twice, each u read, u, v and σ written".into(),
-        tf32: false,
+        tf32: None,
         make: Box::new(make),
         op,
     });
@@ -520,10 +522,33 @@ fn per_example_norm_cases(cases: &mut Vec<Case>) {
             flops: Some(2.0 * (B * co * ci * 25 * oh * oh) as f64),
             bytes: F32 * (x_len + dy_len + B) as f64,
             bytes_note: "x and dy read once, one norm per example written".into(),
-            tf32: false,
+            tf32: None,
             make: Box::new(make),
             op: Box::new(|t| Ok(vec![ops::conv2d_weight_grad_sq_norms(&t[0], &t[1], (5, 5), 2, 2)?])),
         });
+    }
+}
+
+/// Plain matmuls on TF32 tensor cores through each pipeline (the same values, two schedules): a
+/// square one and the implicit GEMMs of GS-WGAN's ResNet generator's 256→256 3×3 conv at 16×16 and
+/// batch 32 as plain products (forward: O × B·P × C·KK; weight gradient: O × C·KK × B·P).
+fn tf32_gemm_cases(cases: &mut Vec<Case>) {
+    for pipeline in [Tf32Pipeline::RegisterStaged, Tf32Pipeline::CpAsync] {
+        let label = match pipeline {
+            Tf32Pipeline::RegisterStaged => "tf32",
+            Tf32Pipeline::CpAsync => "tf32 cp.async",
+        };
+        for (what, m, n, k) in [("square", 1024, 1024, 1024), ("resnet conv fwd", 256, 8192, 2304), ("resnet conv dW", 256, 2304, 8192)] {
+            let make = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
+                let (m, n, k) = (pick(s, 128, m), pick(s, 96, n), pick(s, 80, k));
+                Ok(vec![randn(rng, &[1, m, k])?, randn(rng, &[1, k, n])?])
+            };
+            let op: Op = Box::new(|t| Ok(vec![ops::matmul(&t[0], &t[1], false, false)?]));
+            let mut case =
+                gemm_case(format!("gemm {label} {what} {m}×{n}×{k}"), format!("A[{m},{k}]·B[{k},{n}]"), (m, n, k), Box::new(make), op);
+            case.tf32 = Some(pipeline);
+            cases.push(case);
+        }
     }
 }
 
@@ -531,6 +556,7 @@ fn per_example_norm_cases(cases: &mut Vec<Case>) {
 pub fn all_cases() -> Vec<Case> {
     let mut cases = Vec::new();
     linear_cases(&mut cases);
+    tf32_gemm_cases(&mut cases);
     // The GS-WGAN convs in f32, then again on TF32 tensor cores (the non-private warm start's
     // candidate path, measured beside the TF32 ceiling).
     for tf32 in [false, true] {

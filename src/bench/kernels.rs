@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::cases::{all_cases, gemm_case, pick, randn, Case, Op, Size};
 use super::{median, rate_g, BenchReport, CaseResult, Ceilings};
-use crate::backend::cuda::{CudaDevice, Tf32Scope};
+use crate::backend::cuda::{CudaDevice, Tf32Pipeline, Tf32PipelineScope, Tf32Scope};
 use crate::backend::ops;
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Storage, Tensor};
@@ -71,7 +71,7 @@ fn validate(case: &Case, dev: &Device, rng: &mut ChaCha8Rng) -> Result<f64> {
     let mut got = (case.op)(&mut gpu)?;
     want.extend(cpu);
     got.extend(gpu);
-    let tolerance = if case.tf32 { 1e-2 } else { 1e-3 };
+    let tolerance = if case.tf32.is_some() { 1e-2 } else { 1e-3 };
     let mut worst: f64 = 0.0;
     for (g, w) in got.iter().zip(&want) {
         let err = relative_error(&g.to_vec()?, &w.to_vec()?);
@@ -114,7 +114,8 @@ pub fn time_calls(dev: &CudaDevice, it: Iterations, mut call: impl FnMut(usize) 
 }
 
 fn run_case(case: &Case, dev: &Device, cuda: &CudaDevice, l2_bytes: usize, it: Iterations, rng: &mut ChaCha8Rng) -> Result<CaseResult> {
-    let _tf32 = Tf32Scope::new(case.tf32);
+    let _tf32 = Tf32Scope::new(case.tf32.is_some());
+    let _pipeline = Tf32PipelineScope::new(case.tf32.unwrap_or_default());
     let validation_error = validate(case, dev, rng)?;
     let wanted = ((2 * l2_bytes) as f64 / case.bytes).ceil() as usize;
     let input_sets = wanted.clamp(1, it.max_sets);
@@ -138,7 +139,8 @@ fn run_case(case: &Case, dev: &Device, cuda: &CudaDevice, l2_bytes: usize, it: I
         input_sets,
         rotated_bytes,
         l2_resident: rotated_bytes < (2 * l2_bytes) as f64,
-        tf32: case.tf32,
+        tf32: case.tf32.is_some(),
+        cp_async: case.tf32 == Some(Tf32Pipeline::CpAsync),
         validation_error,
     })
 }
@@ -165,8 +167,15 @@ fn copy_ceiling(dev: &Device, cuda: &CudaDevice, it: Iterations, rng: &mut ChaCh
     Ok((rate_g(bytes, ms), bytes))
 }
 
-/// A square GEMM through dpgan's kernel, f32 or TF32, validated at 256³.
-fn gemm_ceiling(dev: &Device, cuda: &CudaDevice, l2_bytes: usize, it: Iterations, tf32: bool, rng: &mut ChaCha8Rng) -> Result<f64> {
+/// A square GEMM through dpgan's kernel, f32 or TF32 (through `tf32`'s pipeline), validated at 256³.
+fn gemm_ceiling(
+    dev: &Device,
+    cuda: &CudaDevice,
+    l2_bytes: usize,
+    it: Iterations,
+    tf32: Option<Tf32Pipeline>,
+    rng: &mut ChaCha8Rng,
+) -> Result<f64> {
     let n = CEILING_GEMM_N;
     let make = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
         let k = pick(s, 256, n);
@@ -200,10 +209,12 @@ pub fn run(quick: bool, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
     progress("ceiling: device-to-device copy");
     let (copy_gbps, copy_bytes) = copy_ceiling(&dev, &cuda, it, &mut rng)?;
     progress("ceiling: gemm f32");
-    let gemm_f32_gflops = gemm_ceiling(&dev, &cuda, l2_bytes, it, false, &mut rng)?;
+    let gemm_f32_gflops = gemm_ceiling(&dev, &cuda, l2_bytes, it, None, &mut rng)?;
     progress("ceiling: gemm tf32");
-    let gemm_tf32_gflops = gemm_ceiling(&dev, &cuda, l2_bytes, it, true, &mut rng)?;
-    let ceilings = Ceilings { copy_gbps, copy_bytes, gemm_f32_gflops, gemm_tf32_gflops, gemm_n: CEILING_GEMM_N };
+    let gemm_tf32_gflops = gemm_ceiling(&dev, &cuda, l2_bytes, it, Some(Tf32Pipeline::RegisterStaged), &mut rng)?;
+    progress("ceiling: gemm tf32 cp.async");
+    let gemm_tf32_cp_async_gflops = gemm_ceiling(&dev, &cuda, l2_bytes, it, Some(Tf32Pipeline::CpAsync), &mut rng)?;
+    let ceilings = Ceilings { copy_gbps, copy_bytes, gemm_f32_gflops, gemm_tf32_gflops, gemm_tf32_cp_async_gflops, gemm_n: CEILING_GEMM_N };
 
     let mut cases = Vec::new();
     for case in all_cases() {

@@ -37,6 +37,38 @@ const SPLIT_BUDGET: usize = 1 << 24;
 
 thread_local! {
     static ALLOW_TF32: Cell<bool> = const { Cell::new(false) };
+    static TF32_PIPELINE: Cell<Tf32Pipeline> = const { Cell::new(Tf32Pipeline::RegisterStaged) };
+}
+
+/// How a TF32 product feeds the tensor cores (`kernels/gemm_tile.cuh`): the same values bit for
+/// bit either way, a different schedule, kept both until a GPU says which is faster (`dpgan bench
+/// kernels` times the matmuls both ways).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tf32Pipeline {
+    /// One K step in flight in registers, rounded to TF32 on its way into shared memory.
+    #[default]
+    RegisterStaged,
+    /// `cp.async` copies straight into shared memory two K steps ahead, rounded as fragments are
+    /// read. Plain matmuls without a bias only, for now; the others stay register-staged.
+    CpAsync,
+}
+
+/// Sets this thread's [`Tf32Pipeline`] until the value is dropped, then the previous one again.
+#[must_use = "the pipeline is chosen only while the scope lives"]
+pub struct Tf32PipelineScope {
+    previous: Tf32Pipeline,
+}
+
+impl Tf32PipelineScope {
+    pub fn new(pipeline: Tf32Pipeline) -> Self {
+        Tf32PipelineScope { previous: TF32_PIPELINE.with(|p| p.replace(pipeline)) }
+    }
+}
+
+impl Drop for Tf32PipelineScope {
+    fn drop(&mut self) {
+        TF32_PIPELINE.with(|p| p.set(self.previous));
+    }
 }
 
 /// Lets this thread's matmuls and convolutions on CUDA run on TF32 tensor cores where the product is large enough
@@ -182,16 +214,7 @@ pub(crate) fn matmul(dev: &Arc<CudaDevice>, a: &Tensor, b: &Tensor, bias: Option
         launched(kernel, r)?;
         return sum_splits(dev, c, splits, out_len, &shape);
     }
-    let kernel = match (trans_a, trans_b, use_tf32(dev, m, n, k)) {
-        (false, false, false) => Kernel::GemmNN,
-        (true, false, false) => Kernel::GemmTN,
-        (false, true, false) => Kernel::GemmNT,
-        (true, true, false) => Kernel::GemmTT,
-        (false, false, true) => Kernel::GemmNNTf32,
-        (true, false, true) => Kernel::GemmTNTf32,
-        (false, true, true) => Kernel::GemmNTTf32,
-        (true, true, true) => Kernel::GemmTTTf32,
-    };
+    let kernel = gemm_kernel(trans_a, trans_b, use_tf32(dev, m, n, k).then(|| TF32_PIPELINE.with(Cell::get)));
     let _range = crate::profile::range(kernel.symbol());
     // SAFETY: a holds G·M·K and b G·K·N floats (checked above); the kernel reads them only at
     // in-range (m, k) and (k, n) of each group, and writes each (slice, g, m, n) with m < M, n < N
@@ -203,9 +226,44 @@ pub(crate) fn matmul(dev: &Arc<CudaDevice>, a: &Tensor, b: &Tensor, bias: Option
     sum_splits(dev, c, splits, out_len, &shape)
 }
 
+/// The plain matmul's kernel: f32 FFMA, or TF32 through `pipeline`.
+fn gemm_kernel(trans_a: bool, trans_b: bool, tf32: Option<Tf32Pipeline>) -> Kernel {
+    use Tf32Pipeline::{CpAsync, RegisterStaged};
+    match (trans_a, trans_b, tf32) {
+        (false, false, None) => Kernel::GemmNN,
+        (true, false, None) => Kernel::GemmTN,
+        (false, true, None) => Kernel::GemmNT,
+        (true, true, None) => Kernel::GemmTT,
+        (false, false, Some(RegisterStaged)) => Kernel::GemmNNTf32,
+        (true, false, Some(RegisterStaged)) => Kernel::GemmTNTf32,
+        (false, true, Some(RegisterStaged)) => Kernel::GemmNTTf32,
+        (true, true, Some(RegisterStaged)) => Kernel::GemmTTTf32,
+        (false, false, Some(CpAsync)) => Kernel::GemmNNTf32CpAsync,
+        (true, false, Some(CpAsync)) => Kernel::GemmTNTf32CpAsync,
+        (false, true, Some(CpAsync)) => Kernel::GemmNTTf32CpAsync,
+        (true, true, Some(CpAsync)) => Kernel::GemmTTTf32CpAsync,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each transpose combination and pipeline has its own kernel, named for what it computes.
+    #[test]
+    fn each_matmul_takes_the_kernel_of_its_transposes_and_pipeline() {
+        for (ta, tb, op) in [(false, false, "nn"), (true, false, "tn"), (false, true, "nt"), (true, true, "tt")] {
+            assert_eq!(gemm_kernel(ta, tb, None).symbol(), format!("gemm_grouped_{op}_fwd_f32"));
+            assert_eq!(gemm_kernel(ta, tb, Some(Tf32Pipeline::RegisterStaged)).symbol(), format!("gemm_grouped_{op}_fwd_tf32"));
+            assert_eq!(gemm_kernel(ta, tb, Some(Tf32Pipeline::CpAsync)).symbol(), format!("gemm_grouped_{op}_fwd_tf32_cp_async"));
+        }
+        assert_eq!(TF32_PIPELINE.with(Cell::get), Tf32Pipeline::RegisterStaged, "register-staged by default");
+        {
+            let _scope = Tf32PipelineScope::new(Tf32Pipeline::CpAsync);
+            assert_eq!(TF32_PIPELINE.with(Cell::get), Tf32Pipeline::CpAsync);
+        }
+        assert_eq!(TF32_PIPELINE.with(Cell::get), Tf32Pipeline::RegisterStaged, "the scope gives the previous one back");
+    }
 
     #[test]
     fn a_tf32_scope_restores_the_previous_setting_when_dropped() {
