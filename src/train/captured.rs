@@ -411,7 +411,7 @@ pub(crate) fn assert_each_missing_value_is_refused<M: ReplayableStep>(
 #[cfg(test)]
 pub(crate) fn assert_a_refusal_rolls_back<M: CaptureRollback>(model: &mut M, step: impl FnOnce(&mut M), count_replay: impl Fn(&mut M)) {
     let (before, buffers) = (model.counters(), model.updated_buffers());
-    assert!(buffers.iter().all(|p| !p.is_null()), "{buffers:?}");
+    assert!(!buffers.is_empty() && buffers.iter().all(|p| !p.is_null()), "{buffers:?}");
     let distinct: std::collections::HashSet<_> = buffers.iter().collect();
     assert_eq!(distinct.len(), buffers.len(), "a buffer is listed twice");
     step(model);

@@ -309,6 +309,8 @@ mod tests {
         let e = eager.non_private_step(&images, &labels, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
         let b = captured::bound_step(&mut NonPrivateDpCgan(&mut bound), &data, &batch, 6, 6, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
         assert_eq!(values(&bound), values(&eager));
+        let (padded, keys) = (PaddedBatch::new(&batch, 6, 6).unwrap(), GeneratorKeys::draw(&mut ChaCha8Rng::seed_from_u64(3)));
+        assert_eq!(NonPrivateDpCgan(&mut bound).step_values(&padded, &keys).noise_step, None, "nothing is noised");
         assert_eq!(b.discriminator.to_vec().unwrap(), e.discriminator.to_vec().unwrap());
         assert_eq!(b.generator.to_vec().unwrap(), e.generator.to_vec().unwrap());
         let err = captured::bound_step(&mut NonPrivateDpCgan(&mut bound), &data, &batch, 7, 6, &mut ChaCha8Rng::seed_from_u64(3))
@@ -338,6 +340,8 @@ mod tests {
         let non_private = |m: &mut NonPrivateDpCgan<'_>| {
             captured::bound_step(m, &data, &batch, 3, 3, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
         };
+        let expected = b.updated_buffers();
+        assert_eq!(NonPrivateDpCgan(&mut b).updated_buffers(), expected, "the same model's buffers");
         captured::assert_a_refusal_rolls_back(&mut NonPrivateDpCgan(&mut b), non_private, |m| m.count_replayed_step());
     }
 

@@ -488,6 +488,9 @@ mod tests {
         phase_two.working.load(&critics[1]).unwrap();
         let mut state = IterationState { step: &mut step, working: &mut phase_two.working };
         assert_eq!(state.counters(), [state.step.optimizer.steps(), state.working.optimizer.steps()]);
+        let g = state.step.generator.params().len();
+        let expected = state.working.buffers().len() + state.step.generator.entries().len() + state.step.ema.entries().len() + 2 * g;
+        assert_eq!(state.updated_buffers().len(), expected, "the working critic's, G's, G_s's and G's moments");
         let iterate = |s: &mut IterationState<'_, '_>| {
             let WorkingCritic { discriminator, optimizer } = &mut *s.working;
             s.step.execute(discriminator, optimizer, &plan, &data, &noise.key_at(1, 0), 1).unwrap();
