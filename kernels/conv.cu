@@ -54,19 +54,22 @@ struct Im2colLoader {
     kernel_wd = p.kernel_wd;
   }
 
-  __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
+  template <class Put>
+  __device__ __forceinline__ void fetch(int k0, Put&& put) const {
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
       const int k = k0 + Slots::kk(i);
-      float v = 0.0f;
+      bool in_range = false;
+      const float* at = image;
       if (valid && k < k_count) {
         int tap, kj;
         const int c = divmod(kernel_area, k, tap);
         const int ki = divmod(kernel_wd, tap, kj);
         const int iy = iy0 + ki, ix = ix0 + kj;
-        if ((unsigned)iy < (unsigned)in_h && (unsigned)ix < (unsigned)in_w) v = image[c * in_area + iy * in_w + ix];
+        in_range = (unsigned)iy < (unsigned)in_h && (unsigned)ix < (unsigned)in_w;
+        if (in_range) at = image + c * in_area + iy * in_w + ix;
       }
-      r[i] = v;
+      put(i, at, in_range);
     }
   }
 };
@@ -110,7 +113,8 @@ struct PhaseWeightLoader {
   int m0, in_channels, k_count, kernel_h, kernel_w, stride, phase_y, phase_x;
   FastDivmod taps_area, taps_xd;
 
-  __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
+  template <class Put>
+  __device__ __forceinline__ void fetch(int k0, Put&& put) const {
     const int k = k0 + Slots::kk(0);
     int tap = 0, tx = 0;
     const int o = k < k_count ? divmod(taps_area, k, tap) : 0;
@@ -120,9 +124,8 @@ struct PhaseWeightLoader {
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
       const int c = m0 + Slots::mn(i);
-      r[i] = (k < k_count && c < in_channels)
-                 ? w_g[((int64_t)o * in_channels + c) * kernel_area + ki * kernel_w + kj]
-                 : 0.0f;
+      const bool in_range = k < k_count && c < in_channels;
+      put(i, in_range ? w_g + ((int64_t)o * in_channels + c) * kernel_area + ki * kernel_w + kj : w_g, in_range);
     }
   }
 };
@@ -158,19 +161,22 @@ struct PhaseDyLoader {
     taps_xd = q.taps_xd;
   }
 
-  __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
+  template <class Put>
+  __device__ __forceinline__ void fetch(int k0, Put&& put) const {
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
       const int k = k0 + Slots::kk(i);
-      float v = 0.0f;
+      bool in_range = false;
+      const float* at = image;
       if (valid && k < k_count) {
         int tap, tx;
         const int o = divmod(taps_area, k, tap);
         const int ty = divmod(taps_xd, tap, tx);
         const int oy = oy0 - ty, ox = ox0 - tx;
-        if ((unsigned)oy < (unsigned)out_h && (unsigned)ox < (unsigned)out_w) v = image[o * out_area + oy * out_w + ox];
+        in_range = (unsigned)oy < (unsigned)out_h && (unsigned)ox < (unsigned)out_w;
+        if (in_range) at = image + o * out_area + oy * out_w + ox;
       }
-      r[i] = v;
+      put(i, at, in_range);
     }
   }
 };
@@ -201,7 +207,8 @@ struct DyRowsLoader {
   int m0, out_channels, k_count;
   FastDivmod out_area;
 
-  __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
+  template <class Put>
+  __device__ __forceinline__ void fetch(int k0, Put&& put) const {
     const int k = k0 + Slots::kk(0);
     int pos = 0;
     const int b = k < k_count ? divmod(out_area, k, pos) : 0;
@@ -209,7 +216,8 @@ struct DyRowsLoader {
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
       const int o = m0 + Slots::mn(i);
-      r[i] = (k < k_count && o < out_channels) ? dy_g[column + (int64_t)o * out_area.divisor] : 0.0f;
+      const bool in_range = k < k_count && o < out_channels;
+      put(i, in_range ? dy_g + column + (int64_t)o * out_area.divisor : dy_g, in_range);
     }
   }
 };
@@ -251,7 +259,8 @@ struct Im2colTransposeLoader {
     out_wd = p.out_wd;
   }
 
-  __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
+  template <class Put>
+  __device__ __forceinline__ void fetch(int k0, Put&& put) const {
     const int k = k0 + Slots::kk(0);
     const bool k_ok = k < k_count;
     int pos = 0, ox = 0;
@@ -261,8 +270,8 @@ struct Im2colTransposeLoader {
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
       const int iy = oy * stride + ky[i], ix = ox * stride + kx[i];
-      const bool inside = (unsigned)iy < (unsigned)in_h && (unsigned)ix < (unsigned)in_w;
-      r[i] = (k_ok && col_ok[i] && inside) ? image[c_offset[i] + iy * in_w + ix] : 0.0f;
+      const bool in_range = k_ok && col_ok[i] && (unsigned)iy < (unsigned)in_h && (unsigned)ix < (unsigned)in_w;
+      put(i, in_range ? image + c_offset[i] + iy * in_w + ix : x_g, in_range);
     }
   }
 };
@@ -278,10 +287,10 @@ struct WeightGradEpilogue {
 
 // Grid: x = tiles of B·HO·WO, y = tiles of O, z grid-strides over groups. With BIAS, bias [G, O]
 // is added in the epilogue.
-template <bool TF32, bool BIAS>
+template <bool TF32, bool BIAS, bool CP_ASYNC = false>
 __device__ __forceinline__ void conv2d_fwd(const ConvParams& p, const float* __restrict__ x, const float* __restrict__ w,
                                            const float* __restrict__ bias, float* __restrict__ y,
-                                           tile::SharedTiles<TF32>& smem) {
+                                           tile::MainloopTiles<TF32, CP_ASYNC>& smem) {
   const int P = (int)p.out_area.divisor, KK = (int)p.kernel_area.divisor;
   const int M = p.out_channels, N = p.batch * P, K = p.in_channels * KK;
   const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
@@ -291,7 +300,7 @@ __device__ __forceinline__ void conv2d_fwd(const ConvParams& p, const float* __r
     const tile::KMajorLoader<TF32> la{w + (int64_t)g * M * K, m0, M, K};
     const Im2colLoader<TF32> lb(p, x + g * x_size, n0);
     float acc[tile::TM][tile::TN];
-    tile::mainloop<TF32>(la, lb, 0, K, smem, acc);
+    tile::run_mainloop<TF32, CP_ASYNC>(la, lb, 0, K, smem, acc);
     const ForwardEpilogue<BIAS> ep{p.out_area, (int64_t)M * P, BIAS ? bias + (int64_t)g * M : nullptr};
     tile::store_tile<TF32>(ep, y + g * y_size, m0, n0, M, N, acc);
   }
@@ -299,10 +308,10 @@ __device__ __forceinline__ void conv2d_fwd(const ConvParams& p, const float* __r
 
 // One launch per stride phase (see above). Grid: x = tiles of the phase's B·rows·cols pixels,
 // y = tiles of C, z grid-strides over groups.
-template <bool TF32>
+template <bool TF32, bool CP_ASYNC = false>
 __device__ __forceinline__ void conv2d_input_grad(const ConvParams& p, const ConvPhase& q, const float* __restrict__ dy,
                                                   const float* __restrict__ w, float* __restrict__ dx,
-                                                  tile::SharedTiles<TF32>& smem) {
+                                                  tile::MainloopTiles<TF32, CP_ASYNC>& smem) {
   const int HW = (int)p.in_area.divisor, KK = (int)p.kernel_area.divisor;
   const int M = p.in_channels, N = p.batch * (int)q.pixels.divisor, K = p.out_channels * q.taps_y * q.taps_x;
   const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
@@ -322,7 +331,7 @@ __device__ __forceinline__ void conv2d_input_grad(const ConvParams& p, const Con
                                             q.taps_xd};
     const PhaseDyLoader<TF32> lb(p, q, dy + g * dy_size, n0);
     float acc[tile::TM][tile::TN];
-    tile::mainloop<TF32>(la, lb, 0, K, smem, acc);
+    tile::run_mainloop<TF32, CP_ASYNC>(la, lb, 0, K, smem, acc);
     const PhaseInputGradEpilogue ep{q.pixels, q.cols_d, (int64_t)M * HW, HW, p.in_w, p.stride, q.first_y, q.first_x};
     tile::store_tile<TF32>(ep, dx + g * dx_size, m0, n0, M, N, acc);
   }
@@ -330,10 +339,10 @@ __device__ __forceinline__ void conv2d_input_grad(const ConvParams& p, const Con
 
 // Grid: x = tiles of C·KH·KW, y = tiles of O, z grid-strides over (group, K slice); slice s writes
 // its partial dw to dw[s] (dw holds splits · G · O · C·KH·KW floats).
-template <bool TF32>
+template <bool TF32, bool CP_ASYNC = false>
 __device__ __forceinline__ void conv2d_weight_grad(const ConvParams& p, const float* __restrict__ x,
                                                    const float* __restrict__ dy, float* __restrict__ dw,
-                                                   tile::SharedTiles<TF32>& smem) {
+                                                   tile::MainloopTiles<TF32, CP_ASYNC>& smem) {
   const int P = (int)p.out_area.divisor, KK = (int)p.kernel_area.divisor;
   const int M = p.out_channels, N = p.in_channels * KK, K = p.batch * P;
   const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
@@ -347,7 +356,7 @@ __device__ __forceinline__ void conv2d_weight_grad(const ConvParams& p, const fl
     const Im2colTransposeLoader<TF32> lb(p, x + g * x_size, n0);
     const tile::KRange kr = tile::split_range(s, p.split_len, K);
     float acc[tile::TM][tile::TN];
-    tile::mainloop<TF32>(la, lb, kr.begin, kr.end, smem, acc);
+    tile::run_mainloop<TF32, CP_ASYNC>(la, lb, kr.begin, kr.end, smem, acc);
     tile::store_tile<TF32>(WeightGradEpilogue{N}, dw + ((int64_t)s * p.groups + g) * dw_size, m0, n0, M,
                             N, acc);
   }
@@ -379,7 +388,8 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
   dpgan::conv::conv2d_input_grad<false>(p, q, dy, w, dx, smem);
 }
 
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+// At most 64 registers, so that four blocks fit an SM (ptxas gives it 65 otherwise, and three).
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS, 4)
     conv_conv2d_weight_grad_bwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy,
                                     float* __restrict__ dw) {
   __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
@@ -411,4 +421,35 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
                                     float* __restrict__ dw) {
   __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
   dpgan::conv::conv2d_weight_grad<true>(p, x, dy, dw, smem);
+}
+
+// The TF32 convolutions through the cp.async pipeline (tile::mainloop_cp_async): the same values
+// bit for bit, another schedule, kept beside the register-staged ones until a GPU says which is
+// faster.
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    conv_conv2d_fwd_tf32_cp_async(ConvParams p, const float* __restrict__ x, const float* __restrict__ w,
+                                  float* __restrict__ y) {
+  __shared__ __align__(16) dpgan::tile::MainloopTiles<true, true> smem;
+  dpgan::conv::conv2d_fwd<true, false, true>(p, x, w, nullptr, y, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    conv_conv2d_bias_fwd_tf32_cp_async(ConvParams p, const float* __restrict__ x, const float* __restrict__ w,
+                                       const float* __restrict__ bias, float* __restrict__ y) {
+  __shared__ __align__(16) dpgan::tile::MainloopTiles<true, true> smem;
+  dpgan::conv::conv2d_fwd<true, true, true>(p, x, w, bias, y, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    conv_conv2d_input_grad_bwd_tf32_cp_async(ConvParams p, ConvPhase q, const float* __restrict__ dy,
+                                             const float* __restrict__ w, float* __restrict__ dx) {
+  __shared__ __align__(16) dpgan::tile::MainloopTiles<true, true> smem;
+  dpgan::conv::conv2d_input_grad<true, true>(p, q, dy, w, dx, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
+    conv_conv2d_weight_grad_bwd_tf32_cp_async(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy,
+                                              float* __restrict__ dw) {
+  __shared__ __align__(16) dpgan::tile::MainloopTiles<true, true> smem;
+  dpgan::conv::conv2d_weight_grad<true, true>(p, x, dy, dw, smem);
 }

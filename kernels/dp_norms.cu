@@ -59,7 +59,8 @@ struct ExampleIm2colLoader {
     out_wd = p.out_wd;
   }
 
-  __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
+  template <class Put>
+  __device__ __forceinline__ void fetch(int k0, Put&& put) const {
     const int k = k0 + Slots::kk(0);
     const bool k_ok = k < positions;
     int ox = 0;
@@ -67,8 +68,8 @@ struct ExampleIm2colLoader {
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
       const int iy = oy * stride + ky[i], ix = ox * stride + kx[i];
-      const bool inside = (unsigned)iy < (unsigned)in_h && (unsigned)ix < (unsigned)in_w;
-      r[i] = (k_ok && col_ok[i] && inside) ? image[c_offset[i] + iy * in_w + ix] : 0.0f;
+      const bool in_range = k_ok && col_ok[i] && (unsigned)iy < (unsigned)in_h && (unsigned)ix < (unsigned)in_w;
+      put(i, in_range ? image + c_offset[i] + iy * in_w + ix : image, in_range);
     }
   }
 };

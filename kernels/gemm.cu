@@ -20,12 +20,11 @@ struct GemmEpilogue {
   }
 };
 
-// Smem: tile::SharedTiles<TF32>, or with CP_ASYNC (TF32 only) the pipeline's STAGES of them.
-template <bool TRANS_A, bool TRANS_B, bool TF32, bool BIAS = false, bool CP_ASYNC = false, class Smem>
+template <bool TRANS_A, bool TRANS_B, bool TF32, bool BIAS = false, bool CP_ASYNC = false>
 __device__ __forceinline__ void gemm_grouped(const GemmParams& p, const float* __restrict__ a,
-                                             const float* __restrict__ b, float* __restrict__ c, Smem& smem,
+                                             const float* __restrict__ b, float* __restrict__ c,
+                                             tile::MainloopTiles<TF32, CP_ASYNC>& smem,
                                              const float* __restrict__ bias = nullptr) {
-  static_assert(TF32 || !CP_ASYNC, "the cp.async pipeline feeds the TF32 tensor cores");
   using ALoader = typename std::conditional<TRANS_A, tile::MNMajorLoader<TF32>, tile::KMajorLoader<TF32>>::type;
   using BLoader = typename std::conditional<TRANS_B, tile::KMajorLoader<TF32>, tile::MNMajorLoader<TF32>>::type;
   const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
@@ -37,11 +36,7 @@ __device__ __forceinline__ void gemm_grouped(const GemmParams& p, const float* _
     const BLoader lb{b + g * b_size, n0, p.n, p.k};
     const tile::KRange kr = tile::split_range(s, p.split_len, p.k);
     float acc[tile::TM][tile::TN];
-    if constexpr (CP_ASYNC) {
-      tile::mainloop_cp_async(la, lb, kr.begin, kr.end, smem, acc);
-    } else {
-      tile::mainloop<TF32>(la, lb, kr.begin, kr.end, smem, acc);
-    }
+    tile::run_mainloop<TF32, CP_ASYNC>(la, lb, kr.begin, kr.end, smem, acc);
     const GemmEpilogue<BIAS> ep{p.n, BIAS && s == 0 ? bias + (int64_t)g * p.n : nullptr};
     tile::store_tile<TF32>(ep, c + ((int64_t)s * p.groups + g) * c_size, m0, n0, p.m, p.n, acc);
   }
@@ -131,7 +126,7 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
 #define DPGAN_GEMM_CP_ASYNC(name, TRANS_A, TRANS_B)                                                   \
   extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                                 \
       name(GemmParams p, const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c) { \
-    __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem[dpgan::tile::STAGES];               \
+    __shared__ __align__(16) dpgan::tile::MainloopTiles<true, true> smem;                            \
     dpgan::gemm_grouped<TRANS_A, TRANS_B, true, false, true>(p, a, b, c, smem);                      \
   }
 DPGAN_GEMM_CP_ASYNC(gemm_grouped_nn_fwd_tf32_cp_async, false, false)

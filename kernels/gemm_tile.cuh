@@ -10,9 +10,11 @@
 // The operands are reached through *loaders*, so that a convolution can gather its im2col matrix
 // on the fly instead of storing it. A loader is a struct with
 //   static constexpr bool K_CONTIGUOUS;   // which of (k, m|n) consecutive threads step along
-//   __device__ void load(int k0, float (&r)[LOADS]) const;
-// where r[i] receives element (k0 + Slot::kk(i), mn0 + Slot::mn(i)) of its operand, or 0 outside
-// the matrix (every tail is checked in the loader). The output goes through an *epilogue* whose
+//   template <class Put> __device__ void fetch(int k0, Put&& put) const;
+// which calls put(i, address, in_range) for i < LOADS: element (k0 + Slot::kk(i), mn0 + Slot::mn(i))
+// of its operand is *address when in_range, and 0 outside the matrix (every tail is checked in the
+// loader; address is then still some address of the operand, never read). The register-staged
+// loop loads the elements, the cp.async one copies them. The output goes through an *epilogue* whose
 // address is separable: element (m, n) lives at out[row(m) + col(n)].
 #pragma once
 #include <type_traits>
@@ -176,6 +178,12 @@ __device__ __forceinline__ void tile_product_f32(const SharedTiles<false>& s, fl
   }
 }
 
+// A loader's elements at K step k0, into registers (0 outside the matrix).
+template <class Loader>
+__device__ __forceinline__ void load_registers(const Loader& l, int k0, float (&r)[LOADS]) {
+  l.fetch(k0, [&](int i, const float* p, bool in_range) { r[i] = in_range ? *p : 0.0f; });
+}
+
 // acc = A[:, k_begin:k_end] · B[k_begin:k_end, :] for this block's tile; every thread of the block
 // must call it (it synchronises). k_begin and k_end are uniform across the block. acc[i][j] is
 // element (acc_row<TF32>(i, j), acc_col<TF32>(i, j)) of the tile.
@@ -194,8 +202,8 @@ __device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int
   if (k_begin >= k_end) return;
 
   float ra[LOADS], rb[LOADS];
-  a.load(k_begin, ra);
-  b.load(k_begin, rb);
+  load_registers(a, k_begin, ra);
+  load_registers(b, k_begin, rb);
   for (int k0 = k_begin; k0 < k_end; k0 += BK) {
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
@@ -205,8 +213,8 @@ __device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int
     __syncthreads();
     // Fetch the next step's operands while this one is multiplied out of shared memory.
     if (k0 + BK < k_end) {
-      a.load(k0 + BK, ra);
-      b.load(k0 + BK, rb);
+      load_registers(a, k0 + BK, ra);
+      load_registers(b, k0 + BK, rb);
     }
     if constexpr (TF32) {
       tile_product_tf32(s, acc);
@@ -228,12 +236,11 @@ __device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int
 constexpr int STAGES = 3;
 
 #ifndef DPGAN_HOST_EMULATION
-// Copies one float from global to shared memory, asynchronously; src == nullptr writes a zero
-// (a source size of 0 reads nothing, at `base`, an address of the operand, and zero-fills).
-__device__ __forceinline__ void cp_async_f32(float* dst, const float* src, const float* base) {
+// Copies one float from global to shared memory, asynchronously; out of range it writes a zero
+// (a source size of 0 reads nothing and zero-fills).
+__device__ __forceinline__ void cp_async_f32(float* dst, const float* src, bool in_range) {
   const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(d), "l"(src != nullptr ? src : base),
-               "r"(src != nullptr ? 4 : 0));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(d), "l"(src), "r"(in_range ? 4 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 // Waits until at most N of this thread's committed groups are still in flight.
@@ -245,8 +252,6 @@ __device__ __forceinline__ void cp_async_wait() {
 
 // acc = A[:, k_begin:k_end] · B[k_begin:k_end, :] on TF32 tensor cores through the cp.async
 // pipeline; otherwise as `mainloop` (every thread of the block calls it; k_begin, k_end uniform).
-// The loaders supply `const float* at(int k0, int i)`: the address of the element `load` would
-// fetch into r[i], or nullptr where it would put a zero; and `ptr`, an address of the operand.
 template <class ALoader, class BLoader>
 __device__ __forceinline__ void mainloop_cp_async(const ALoader& a, const BLoader& b, int k_begin, int k_end,
                                                   SharedTiles<true> (&s)[STAGES], float (&acc)[TM][TN]) {
@@ -267,11 +272,12 @@ __device__ __forceinline__ void mainloop_cp_async(const ALoader& a, const BLoade
     if (step < steps) {
       SharedTiles<true>& t = s[step % STAGES];
       const int k0 = k_begin + step * BK;
-#pragma unroll
-      for (int i = 0; i < LOADS; ++i) {
-        cp_async_f32(&t.a[SA::kk(i)][smem_col<true>(SA::kk(i), SA::mn(i))], a.at(k0, i), a.ptr);
-        cp_async_f32(&t.b[SB::kk(i)][smem_col<true>(SB::kk(i), SB::mn(i))], b.at(k0, i), b.ptr);
-      }
+      a.fetch(k0, [&](int i, const float* p, bool in_range) {
+        cp_async_f32(&t.a[SA::kk(i)][smem_col<true>(SA::kk(i), SA::mn(i))], p, in_range);
+      });
+      b.fetch(k0, [&](int i, const float* p, bool in_range) {
+        cp_async_f32(&t.b[SB::kk(i)][smem_col<true>(SB::kk(i), SB::mn(i))], p, in_range);
+      });
     }
     cp_async_commit();
   };
@@ -288,6 +294,23 @@ __device__ __forceinline__ void mainloop_cp_async(const ALoader& a, const BLoade
   // No copy may still be writing shared memory when the block moves on (the next z's tiles).
   cp_async_wait<0>();
   __syncthreads();
+}
+
+// The shared memory of a kernel's main loop: one stage of tiles, or the cp.async pipeline's STAGES.
+template <bool TF32, bool CP_ASYNC>
+using MainloopTiles = typename std::conditional<CP_ASYNC, SharedTiles<true>[STAGES], SharedTiles<TF32>>::type;
+
+// The main loop a kernel was built for: register-staged (f32 FFMA or TF32), or TF32 through the
+// cp.async pipeline.
+template <bool TF32, bool CP_ASYNC, class ALoader, class BLoader>
+__device__ __forceinline__ void run_mainloop(const ALoader& a, const BLoader& b, int k_begin, int k_end,
+                                             MainloopTiles<TF32, CP_ASYNC>& s, float (&acc)[TM][TN]) {
+  static_assert(TF32 || !CP_ASYNC, "the cp.async pipeline feeds the TF32 tensor cores");
+  if constexpr (CP_ASYNC) {
+    mainloop_cp_async(a, b, k_begin, k_end, s, acc);
+  } else {
+    mainloop<TF32>(a, b, k_begin, k_end, s, acc);
+  }
 }
 
 // Writes the block's tile of C: element (m, n) with m < M and n < N goes to
@@ -335,18 +358,15 @@ struct KMajorLoader {
   using Slots = Slot<K_CONTIGUOUS, TF32>;
   const float* __restrict__ ptr;
   int mn0, mn_count, k_count;
-  // The address of r[i]'s element, or nullptr outside the matrix (a zero).
-  __device__ __forceinline__ const float* at(int k0, int i) const {
-    const int k = k0 + Slots::kk(i), mn = mn0 + Slots::mn(i);
-    return (k < k_count && mn < mn_count) ? ptr + (int64_t)mn * k_count + k : nullptr;
-  }
-  __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
+  template <class Put>
+  __device__ __forceinline__ void fetch(int k0, Put&& put) const {
     using S = Slots;
     const int k = k0 + S::kk(0);  // the same k for all of a thread's loads
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
       const int mn = mn0 + S::mn(i);
-      r[i] = (k < k_count && mn < mn_count) ? ptr[(int64_t)mn * k_count + k] : 0.0f;
+      const bool in_range = k < k_count && mn < mn_count;
+      put(i, in_range ? ptr + (int64_t)mn * k_count + k : ptr, in_range);
     }
   }
 };
@@ -358,18 +378,15 @@ struct MNMajorLoader {
   using Slots = Slot<K_CONTIGUOUS, TF32>;
   const float* __restrict__ ptr;
   int mn0, mn_count, k_count;
-  // The address of r[i]'s element, or nullptr outside the matrix (a zero).
-  __device__ __forceinline__ const float* at(int k0, int i) const {
-    const int k = k0 + Slots::kk(i), mn = mn0 + Slots::mn(i);
-    return (k < k_count && mn < mn_count) ? ptr + (int64_t)k * mn_count + mn : nullptr;
-  }
-  __device__ __forceinline__ void load(int k0, float (&r)[LOADS]) const {
+  template <class Put>
+  __device__ __forceinline__ void fetch(int k0, Put&& put) const {
     using S = Slots;
     const int mn = mn0 + S::mn(0);  // the same m or n for all of a thread's loads
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
       const int k = k0 + S::kk(i);
-      r[i] = (k < k_count && mn < mn_count) ? ptr[(int64_t)k * mn_count + mn] : 0.0f;
+      const bool in_range = k < k_count && mn < mn_count;
+      put(i, in_range ? ptr + (int64_t)k * mn_count + mn : ptr, in_range);
     }
   }
 };

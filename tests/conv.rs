@@ -652,3 +652,44 @@ fn conv_cuda_tf32_matches_the_loop_formulas_within_tensor_core_tolerance() {
         dpgan::backend::cuda::set_allow_tf32(false);
     });
 }
+
+/// Through the cp.async pipeline the TF32 convolutions are the register-staged ones bit for bit
+/// (the same rounded inputs, products and order): forward with and without its bias, input
+/// gradient per stride phase, weight gradient with a split K, tails and G > 1, on outputs poisoned
+/// with NaN.
+#[test]
+fn conv_cuda_tf32_cp_async_equals_the_register_staged_kernels_bit_for_bit() {
+    use dpgan::backend::cuda::{Tf32Pipeline, Tf32PipelineScope, Tf32Scope};
+    common::on_cuda("conv_cuda_tf32_cp_async_equals_the_register_staged_kernels_bit_for_bit", |dev| {
+        let mut rng = common::rng("conv_cuda_tf32_cp_async_equals_the_register_staged_kernels_bit_for_bit");
+        let _tf32 = Tf32Scope::new(true);
+        for (name, conv) in [
+            ("GS-WGAN D conv2 64->128 5x5 s2 p2 14->7, B=2", Conv::new(1, 2, 64, 14, 14, 128, (5, 5), 2, 2)),
+            ("ResNet G up-block 256->256 3x3 p1 at 8, B=1", Conv::new(1, 1, 256, 8, 8, 256, (3, 3), 1, 1)),
+            ("tails: 65->67 channels 3x3 s2 p1 13x11, G=2", Conv::new(2, 3, 65, 13, 11, 67, (3, 3), 2, 1)),
+            ("weight grad with split K: 8->64 3x3 p1 at 14, B=16", Conv::new(1, 16, 8, 14, 14, 64, (3, 3), 1, 1)),
+        ] {
+            let (x, w, dy) = conv_inputs(&mut rng, &conv);
+            let bias = randn_vec(&mut rng, conv.groups * conv.out_channels);
+            let on_dev = |data: &[f32], shape: &[usize]| Tensor::from_vec(data.to_vec(), shape, dev).unwrap();
+            let (xt, wt, dyt) = (on_dev(&x, &conv.x_shape()), on_dev(&w, &conv.w_shape()), on_dev(&dy, &conv.y_shape()));
+            let bt = on_dev(&bias, &[conv.groups, conv.out_channels]);
+            let (s, p) = (conv.stride, conv.padding);
+            let run = |pipeline| {
+                let _scope = Tf32PipelineScope::new(pipeline);
+                let outputs = [
+                    ops::conv2d(&xt, &wt, s, p).unwrap(),
+                    ops::conv2d_bias(&xt, &wt, &bt, s, p).unwrap(),
+                    ops::conv2d_input_grad(&dyt, &wt, (conv.in_h, conv.in_w), s, p).unwrap(),
+                    ops::conv2d_weight_grad(&xt, &dyt, (conv.kernel_h, conv.kernel_w), s, p).unwrap(),
+                ];
+                outputs.map(|t| t.to_vec().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>())
+            };
+            let (staged, piped) = (run(Tf32Pipeline::RegisterStaged), run(Tf32Pipeline::CpAsync));
+            for (k, what) in ["conv2d", "conv2d with bias", "input grad", "weight grad"].iter().enumerate() {
+                assert!(staged[k].iter().all(|&v| f32::from_bits(v).is_finite()), "{name}: {what}");
+                assert_eq!(piped[k], staged[k], "{name}: {what}");
+            }
+        }
+    });
+}

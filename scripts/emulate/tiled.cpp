@@ -48,7 +48,7 @@ inline void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[
 // reads a stage before waiting for it reads the stage's old contents and fails its comparison.
 thread_local std::vector<std::pair<float*, float>> t_open_group;
 thread_local std::vector<std::vector<std::pair<float*, float>>> t_committed;
-inline void cp_async_f32(float* dst, const float* src, const float*) { t_open_group.push_back({dst, src ? *src : 0.0f}); }
+inline void cp_async_f32(float* dst, const float* src, bool in_range) { t_open_group.push_back({dst, in_range ? *src : 0.0f}); }
 inline void cp_async_commit() {
   t_committed.push_back(std::move(t_open_group));
   t_open_group.clear();
@@ -136,12 +136,7 @@ void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int spl
     else if (tb) gemm_grouped_nt_fwd_tf32_cp_async(p, a.data(), b.data(), piped.data());
     else gemm_grouped_nn_fwd_tf32_cp_async(p, a.data(), b.data(), piped.data());
   });
-  size_t differ = 0;
-  for (size_t i = 0; i < c.size(); ++i) differ += memcmp(&c[i], &piped[i], 4) != 0;
-  if (differ) {
-    ++emu::failures;
-    printf("FAIL %s: the cp.async pipeline differs from the register-staged loop at %zu of %zu\n", what, differ, c.size());
-  }
+  emu::compare_bits(std::string(what) + ": the cp.async pipeline against the register-staged loop", piped, c);
 }
 
 struct Geo {
@@ -155,7 +150,8 @@ ConvParams params_of(const Geo& q, int splits, int split_len) {
   return p;
 }
 
-void test_conv(const Geo& q, int splits, int split_len, bool tf32 = false) {
+// With cp_async (and tf32) the TF32 builds that feed the tensor cores through the cp.async pipeline.
+void test_conv(const Geo& q, int splits, int split_len, bool tf32 = false, bool cp_async = false) {
   const int HO = (q.H + 2 * q.P - q.KH) / q.S + 1, WO = (q.W + 2 * q.P - q.KW) / q.S + 1;
   const size_t xs = (size_t)q.G * q.B * q.C * q.H * q.W, ws = (size_t)q.G * q.O * q.C * q.KH * q.KW,
                ys = (size_t)q.G * q.B * q.O * HO * WO;
@@ -187,7 +183,7 @@ void test_conv(const Geo& q, int splits, int split_len, bool tf32 = false) {
                   dw_want[wi] += (double)xr[xi] * dyr[yi];
                 }
   char what[200];
-  snprintf(what, sizeof what, "%sG%d B%d C%d %dx%d O%d k%dx%d s%d p%d", tf32 ? "tf32 " : "", q.G, q.B, q.C, q.H, q.W, q.O, q.KH, q.KW, q.S, q.P);
+  snprintf(what, sizeof what, "%sG%d B%d C%d %dx%d O%d k%dx%d s%d p%d", cp_async ? "tf32 cp.async " : tf32 ? "tf32 " : "", q.G, q.B, q.C, q.H, q.W, q.O, q.KH, q.KW, q.S, q.P);
   unsigned z = (unsigned)std::min(q.G, 2);
   {
     ConvParams p = params_of(q, 1, q.C * q.KH * q.KW);
@@ -195,7 +191,10 @@ void test_conv(const Geo& q, int splits, int split_len, bool tf32 = false) {
     int N = q.B * HO * WO;
     if (q.O > 0 && N > 0)
       launch({(unsigned)((N + 63) / 64), (unsigned)((q.O + 63) / 64), z},
-             [&] { (tf32 ? conv_conv2d_fwd_tf32 : conv_conv2d_fwd_f32)(p, x.data(), w.data(), y.data()); });
+             [&] {
+               (cp_async ? conv_conv2d_fwd_tf32_cp_async : tf32 ? conv_conv2d_fwd_tf32 : conv_conv2d_fwd_f32)(p, x.data(), w.data(),
+                                                                                                             y.data());
+             });
     std::string s = std::string("fwd ") + what;
     compare(s.c_str(), y, y_want);
   }
@@ -215,7 +214,11 @@ void test_conv(const Geo& q, int splits, int split_len, bool tf32 = false) {
         int N = q.B * rows * cols;
         if (q.C > 0 && N > 0)
           launch({(unsigned)((N + 63) / 64), (unsigned)((q.C + 63) / 64), z},
-                 [&] { (tf32 ? conv_conv2d_input_grad_bwd_tf32 : conv_conv2d_input_grad_bwd_f32)(p, ph, dy.data(), w.data(), dx.data()); });
+                 [&] {
+                   (cp_async ? conv_conv2d_input_grad_bwd_tf32_cp_async
+                    : tf32   ? conv_conv2d_input_grad_bwd_tf32
+                             : conv_conv2d_input_grad_bwd_f32)(p, ph, dy.data(), w.data(), dx.data());
+                 });
       }
     std::string s_ = std::string("dx ") + what;
     compare(s_.c_str(), dx, dx_want);
@@ -225,7 +228,11 @@ void test_conv(const Geo& q, int splits, int split_len, bool tf32 = false) {
     std::vector<float> dwp(ws * splits, NAN);
     int N = q.C * q.KH * q.KW;
     launch({(unsigned)((N + 63) / 64), (unsigned)((q.O + 63) / 64), (unsigned)std::min(q.G * splits, 3)},
-           [&] { (tf32 ? conv_conv2d_weight_grad_bwd_tf32 : conv_conv2d_weight_grad_bwd_f32)(p, x.data(), dy.data(), dwp.data()); });
+           [&] {
+             (cp_async ? conv_conv2d_weight_grad_bwd_tf32_cp_async
+              : tf32   ? conv_conv2d_weight_grad_bwd_tf32
+                       : conv_conv2d_weight_grad_bwd_f32)(p, x.data(), dy.data(), dwp.data());
+           });
     std::vector<float> dw(ws, 0.0f);
     for (int s = 0; s < splits; ++s)
       for (size_t i = 0; i < ws; ++i) dw[i] += dwp[s * ws + i];
@@ -356,9 +363,11 @@ int main() {
   for (const Geo& q : geos) test_conv(q, 1, q.B * ((q.H + 2 * q.P - q.KH) / q.S + 1) * ((q.W + 2 * q.P - q.KW) / q.S + 1));
   test_conv({1, 4, 2, 9, 9, 3, 3, 3, 1, 1}, 3, 128);  // K = 324: slices 128, 128, 68
   test_conv({2, 3, 2, 7, 7, 5, 5, 5, 2, 2}, 2, 32);   // K = 48
-  test_conv({1, 2, 70, 5, 6, 66, 3, 3, 1, 1}, 1, 60, true);
-  test_conv({2, 2, 3, 9, 13, 67, 3, 3, 2, 1}, 1, 2 * 5 * 7, true);
-  test_conv({1, 2, 65, 11, 11, 3, 8, 8, 2, 0}, 2, 16, true);
+  for (bool cp_async : {false, true}) {
+    test_conv({1, 2, 70, 5, 6, 66, 3, 3, 1, 1}, 1, 60, true, cp_async);
+    test_conv({2, 2, 3, 9, 13, 67, 3, 3, 2, 1}, 1, 2 * 5 * 7, true, cp_async);
+    test_conv({1, 2, 65, 11, 11, 3, 8, 8, 2, 0}, 2, 16, true, cp_async);
+  }
   printf("conv done, %d failures\n", emu::failures);
   // GS-WGAN's critic convs (5x5 s2 p2 at 28, 14, 7; reduced channels), tails in O and C·KK, batch 1,
   // G > 1, a 1x1 and an 8x8 s2 (the DCGAN conv-transpose's weight gradient), positions not a

@@ -82,13 +82,18 @@ fn linear_cases(cases: &mut Vec<Case>) {
 }
 
 /// A conv's forward, input gradient and weight gradient; validated at batch 2. With `tf32` on TF32
-/// tensor cores (named so), the warm start's candidate path beside the f32 one.
-fn conv_cases(cases: &mut Vec<Case>, base: &str, c: ConvShape, tf32: bool) {
+/// tensor cores through that pipeline (named so), the warm start's candidate paths beside the f32
+/// one.
+fn conv_cases(cases: &mut Vec<Case>, base: &str, c: ConvShape, tf32: Option<Tf32Pipeline>) {
     let ConvShape { batch, in_channels: ci, out_channels: co, in_hw: hw, kernel: k, stride: s, padding: p } = c;
     let oh = c.out_hw();
     let shape = format!("x[{batch},{ci},{hw},{hw}] w[{co},{ci},{k},{k}] s{s} p{p} → [{batch},{co},{oh},{oh}]");
     let note = "x, w, y once each (two read, one written)".to_string();
-    let suffix = if tf32 { " tf32" } else { "" };
+    let suffix = match tf32 {
+        None => "",
+        Some(Tf32Pipeline::RegisterStaged) => " tf32",
+        Some(Tf32Pipeline::CpAsync) => " tf32 cp.async",
+    };
     let case = |dir: &str, make: Make, op: Op| Case {
         name: format!("{base} {dir}{suffix}"),
         family: "conv",
@@ -96,7 +101,7 @@ fn conv_cases(cases: &mut Vec<Case>, base: &str, c: ConvShape, tf32: bool) {
         flops: Some(c.flops()),
         bytes: c.bytes(),
         bytes_note: note.clone(),
-        tf32: tf32.then_some(Tf32Pipeline::RegisterStaged),
+        tf32,
         make,
         op,
     };
@@ -558,11 +563,14 @@ pub fn all_cases() -> Vec<Case> {
     linear_cases(&mut cases);
     tf32_gemm_cases(&mut cases);
     // The GS-WGAN convs in f32, then again on TF32 tensor cores (the non-private warm start's
-    // candidate path, measured beside the TF32 ceiling).
-    for tf32 in [false, true] {
-        for (name, ci, co, hw) in [("gs-wgan D conv1", 1, 64, 28), ("gs-wgan D conv2", 64, 128, 14), ("gs-wgan D conv3", 128, 256, 7)] {
-            let c = ConvShape { batch: 32, in_channels: ci, out_channels: co, in_hw: hw, kernel: 5, stride: 2, padding: 2 };
-            conv_cases(&mut cases, &format!("{name} {ci}→{co} 5×5 s2 @{hw}"), c, tf32);
+    // candidate path, measured beside the TF32 ceiling); the ResNet generator's, which dominate
+    // the warm start, also through the cp.async pipeline.
+    for tf32 in [None, Some(Tf32Pipeline::RegisterStaged), Some(Tf32Pipeline::CpAsync)] {
+        if tf32 != Some(Tf32Pipeline::CpAsync) {
+            for (name, ci, co, hw) in [("gs-wgan D conv1", 1, 64, 28), ("gs-wgan D conv2", 64, 128, 14), ("gs-wgan D conv3", 128, 256, 7)] {
+                let c = ConvShape { batch: 32, in_channels: ci, out_channels: co, in_hw: hw, kernel: 5, stride: 2, padding: 2 };
+                conv_cases(&mut cases, &format!("{name} {ci}→{co} 5×5 s2 @{hw}"), c, tf32);
+            }
         }
         for hw in [8, 16, 32] {
             let c = ConvShape { batch: 32, in_channels: 256, out_channels: 256, in_hw: hw, kernel: 3, stride: 1, padding: 1 };

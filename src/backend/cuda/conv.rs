@@ -7,8 +7,9 @@
 //! | input grad  | C | B·H·W/s² | O·KK/s²  | groups, s² launches|
 //! | weight grad | O | C·KK     | B·P      | groups × K slices  |
 //!
-//! Each has an f32 FFMA kernel and a TF32 tensor-core twin, taken where the calling thread allows
-//! TF32 and the product is large enough (`gemm::use_tf32`).
+//! Each has an f32 FFMA kernel and two TF32 tensor-core builds (register-staged and through the
+//! cp.async pipeline, `gemm::Tf32Pipeline`), taken where the calling thread allows TF32 and the
+//! product is large enough (`gemm::tf32_for`).
 //!
 //! The weight gradient's K (the batch's positions) is long while O·C·KK can be a single tile (64
 //! filters of 1·5·5), so it is split like a GEMM's and the slices added by `reduce::sum_to`.
@@ -18,7 +19,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::device::{CudaBuffer, CudaDevice};
 use super::elementwise::fill;
-use super::gemm::{check_i32, split_k, sum_splits, tile_grid, use_tf32, TILE_M, TILE_N};
+use super::gemm::{build_for, check_i32, split_k, sum_splits, tf32_for, tile_grid, TILE_M, TILE_N};
 use super::module::Kernel;
 use super::params::{ConvParams, ConvPhase, FastDivmod};
 use super::{buffer, launched, output};
@@ -160,12 +161,14 @@ pub(crate) fn conv2d(dev: &Arc<CudaDevice>, x: &Tensor, w: &Tensor, bias: Option
     if geom.groups * m * n > 0 {
         let k = geom.in_channels * geom.kernel_h * geom.kernel_w;
         let p = conv_params("conv2d", geom, 1, k)?;
-        let tf32 = use_tf32(dev, m, n, k);
+        let tf32 = tf32_for(dev, m, n, k);
         let config = tile_grid("conv2d", m, n, geom.groups)?;
         match bias {
-            None => launch(dev, if tf32 { Kernel::Conv2dTf32 } else { Kernel::Conv2d }, &p, config, x, w, &mut y)?,
+            None => {
+                launch(dev, build_for(tf32, [Kernel::Conv2d, Kernel::Conv2dTf32, Kernel::Conv2dTf32CpAsync]), &p, config, x, w, &mut y)?
+            }
             Some(bias) => {
-                let kernel = if tf32 { Kernel::Conv2dBiasTf32 } else { Kernel::Conv2dBias };
+                let kernel = build_for(tf32, [Kernel::Conv2dBias, Kernel::Conv2dBiasTf32, Kernel::Conv2dBiasTf32CpAsync]);
                 let _range = crate::profile::range(kernel.symbol());
                 // SAFETY: as `launch`'s, and bias holds G·O floats (checked by ops), read at
                 // [g·O + o] for o < O only.
@@ -199,7 +202,8 @@ pub(crate) fn conv2d_input_grad(dev: &Arc<CudaDevice>, dy: &Tensor, w: &Tensor, 
     for q in input_grad_phases(geom) {
         let n = geom.batch * (q.rows * q.cols) as usize;
         let k = geom.out_channels * (q.taps_y * q.taps_x) as usize;
-        let kernel = if use_tf32(dev, m, n, k) { Kernel::Conv2dInputGradTf32 } else { Kernel::Conv2dInputGrad };
+        let kernel =
+            build_for(tf32_for(dev, m, n, k), [Kernel::Conv2dInputGrad, Kernel::Conv2dInputGradTf32, Kernel::Conv2dInputGradTf32CpAsync]);
         let config = tile_grid("conv2d_input_grad", m, n, geom.groups)?;
         let _range = crate::profile::range(kernel.symbol());
         // SAFETY: dy and w match `p` (ops checked the shapes against the geometry) and d_x holds
@@ -239,7 +243,8 @@ pub(crate) fn conv2d_weight_grad(dev: &Arc<CudaDevice>, x: &Tensor, dy: &Tensor,
     let (splits, split_len) = split_k(tiles, k, out_len, dev.properties().multiprocessors as usize);
     let p = conv_params("conv2d_weight_grad", geom, splits, split_len)?;
     let mut partials = dev.alloc(splits * out_len)?;
-    let kernel = if use_tf32(dev, m, n, k) { Kernel::Conv2dWeightGradTf32 } else { Kernel::Conv2dWeightGrad };
+    let kernel =
+        build_for(tf32_for(dev, m, n, k), [Kernel::Conv2dWeightGrad, Kernel::Conv2dWeightGradTf32, Kernel::Conv2dWeightGradTf32CpAsync]);
     launch(dev, kernel, &p, tile_grid("conv2d_weight_grad", m, n, geom.groups * splits)?, x, dy, &mut partials)?;
     sum_splits(dev, partials, splits, out_len, &shape)
 }

@@ -49,7 +49,7 @@ pub enum Tf32Pipeline {
     #[default]
     RegisterStaged,
     /// `cp.async` copies straight into shared memory two K steps ahead, rounded as fragments are
-    /// read. Plain matmuls without a bias only, for now; the others stay register-staged.
+    /// read. Plain matmuls and the convolutions; a matmul with a bias stays register-staged.
     CpAsync,
 }
 
@@ -112,6 +112,22 @@ const TF32_MIN_K: usize = 2 * TILE_K;
 /// Whether a product of this size takes the TF32 kernels on `dev` (sm_80+ has `mma.sync` TF32).
 pub(crate) fn use_tf32(dev: &CudaDevice, m: usize, n: usize, k: usize) -> bool {
     allow_tf32() && dev.properties().compute_capability.0 >= 8 && m >= TILE_M && n >= TILE_N && k >= TF32_MIN_K
+}
+
+/// The TF32 pipeline a product of this size takes on `dev` under this thread's settings, or `None`
+/// for f32 FFMA.
+pub(crate) fn tf32_for(dev: &CudaDevice, m: usize, n: usize, k: usize) -> Option<Tf32Pipeline> {
+    use_tf32(dev, m, n, k).then(|| TF32_PIPELINE.with(Cell::get))
+}
+
+/// Of a kernel's three builds (f32, TF32 register-staged, TF32 through cp.async), the one `tf32`
+/// names.
+pub(crate) fn build_for(tf32: Option<Tf32Pipeline>, [f32, staged, cp_async]: [Kernel; 3]) -> Kernel {
+    match tf32 {
+        None => f32,
+        Some(Tf32Pipeline::RegisterStaged) => staged,
+        Some(Tf32Pipeline::CpAsync) => cp_async,
+    }
 }
 
 /// Largest size the kernels index with 32-bit ints: tile origins and `k0 + TILE_K` stay below
@@ -214,7 +230,7 @@ pub(crate) fn matmul(dev: &Arc<CudaDevice>, a: &Tensor, b: &Tensor, bias: Option
         launched(kernel, r)?;
         return sum_splits(dev, c, splits, out_len, &shape);
     }
-    let kernel = gemm_kernel(trans_a, trans_b, use_tf32(dev, m, n, k).then(|| TF32_PIPELINE.with(Cell::get)));
+    let kernel = gemm_kernel(trans_a, trans_b, tf32_for(dev, m, n, k));
     let _range = crate::profile::range(kernel.symbol());
     // SAFETY: a holds G·M·K and b G·K·N floats (checked above); the kernel reads them only at
     // in-range (m, k) and (k, n) of each group, and writes each (slice, g, m, n) with m < M, n < N
@@ -228,21 +244,14 @@ pub(crate) fn matmul(dev: &Arc<CudaDevice>, a: &Tensor, b: &Tensor, bias: Option
 
 /// The plain matmul's kernel: f32 FFMA, or TF32 through `pipeline`.
 fn gemm_kernel(trans_a: bool, trans_b: bool, tf32: Option<Tf32Pipeline>) -> Kernel {
-    use Tf32Pipeline::{CpAsync, RegisterStaged};
-    match (trans_a, trans_b, tf32) {
-        (false, false, None) => Kernel::GemmNN,
-        (true, false, None) => Kernel::GemmTN,
-        (false, true, None) => Kernel::GemmNT,
-        (true, true, None) => Kernel::GemmTT,
-        (false, false, Some(RegisterStaged)) => Kernel::GemmNNTf32,
-        (true, false, Some(RegisterStaged)) => Kernel::GemmTNTf32,
-        (false, true, Some(RegisterStaged)) => Kernel::GemmNTTf32,
-        (true, true, Some(RegisterStaged)) => Kernel::GemmTTTf32,
-        (false, false, Some(CpAsync)) => Kernel::GemmNNTf32CpAsync,
-        (true, false, Some(CpAsync)) => Kernel::GemmTNTf32CpAsync,
-        (false, true, Some(CpAsync)) => Kernel::GemmNTTf32CpAsync,
-        (true, true, Some(CpAsync)) => Kernel::GemmTTTf32CpAsync,
-    }
+    use Kernel::*;
+    let builds = match (trans_a, trans_b) {
+        (false, false) => [GemmNN, GemmNNTf32, GemmNNTf32CpAsync],
+        (true, false) => [GemmTN, GemmTNTf32, GemmTNTf32CpAsync],
+        (false, true) => [GemmNT, GemmNTTf32, GemmNTTf32CpAsync],
+        (true, true) => [GemmTT, GemmTTTf32, GemmTTTf32CpAsync],
+    };
+    build_for(tf32, builds)
 }
 
 #[cfg(test)]

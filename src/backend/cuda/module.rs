@@ -97,6 +97,10 @@ kernel_table! {
     Conv2dBiasTf32 => "conv_conv2d_bias_fwd_tf32",
     Conv2dInputGradTf32 => "conv_conv2d_input_grad_bwd_tf32",
     Conv2dWeightGradTf32 => "conv_conv2d_weight_grad_bwd_tf32",
+    Conv2dTf32CpAsync => "conv_conv2d_fwd_tf32_cp_async",
+    Conv2dBiasTf32CpAsync => "conv_conv2d_bias_fwd_tf32_cp_async",
+    Conv2dInputGradTf32CpAsync => "conv_conv2d_input_grad_bwd_tf32_cp_async",
+    Conv2dWeightGradTf32CpAsync => "conv_conv2d_weight_grad_bwd_tf32_cp_async",
 }
 
 impl Kernel {
