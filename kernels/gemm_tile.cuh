@@ -178,6 +178,13 @@ __device__ __forceinline__ void tile_product_f32(const SharedTiles<false>& s, fl
   }
 }
 
+__device__ __forceinline__ void zero_accumulators(float (&acc)[TM][TN]) {
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+}
+
 // A loader's elements at K step k0, into registers (0 outside the matrix).
 template <class Loader>
 __device__ __forceinline__ void load_registers(const Loader& l, int k0, float (&r)[LOADS]) {
@@ -195,10 +202,7 @@ __device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int
   static_assert(std::is_same<SA, Slot<ALoader::K_CONTIGUOUS, TF32>>::value &&
                     std::is_same<SB, Slot<BLoader::K_CONTIGUOUS, TF32>>::value,
                 "the loaders must fetch what this main loop's slot mapping stores");
-#pragma unroll
-  for (int i = 0; i < TM; ++i)
-#pragma unroll
-    for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+  zero_accumulators(acc);
   if (k_begin >= k_end) return;
 
   float ra[LOADS], rb[LOADS];
@@ -260,10 +264,7 @@ __device__ __forceinline__ void mainloop_cp_async(const ALoader& a, const BLoade
   static_assert(std::is_same<SA, Slot<ALoader::K_CONTIGUOUS, true>>::value &&
                     std::is_same<SB, Slot<BLoader::K_CONTIGUOUS, true>>::value,
                 "the loaders must fetch what the TF32 slot mapping stores");
-#pragma unroll
-  for (int i = 0; i < TM; ++i)
-#pragma unroll
-    for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+  zero_accumulators(acc);
   if (k_begin >= k_end) return;
   const int steps = (k_end - k_begin + BK - 1) / BK;
   // Queues K step `step`'s copies into its stage, and commits them as one group (an empty group

@@ -306,9 +306,11 @@ mod tests {
         let records: Vec<usize> = batch.iter().map(|&i| i as usize).collect();
         let (images, labels) = data.batch(&records).unwrap();
         let (mut eager, mut bound) = (model(), model());
+        assert!(!NonPrivateDpCgan(&mut bound).ready_for_capture(), "G's moments come with its first step");
         let e = eager.non_private_step(&images, &labels, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
         let b = captured::bound_step(&mut NonPrivateDpCgan(&mut bound), &data, &batch, 6, 6, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
         assert_eq!(values(&bound), values(&eager));
+        assert!(NonPrivateDpCgan(&mut bound).ready_for_capture());
         let (padded, keys) = (PaddedBatch::new(&batch, 6, 6).unwrap(), GeneratorKeys::draw(&mut ChaCha8Rng::seed_from_u64(3)));
         assert_eq!(NonPrivateDpCgan(&mut bound).step_values(&padded, &keys).noise_step, None, "nothing is noised");
         assert_eq!(b.discriminator.to_vec().unwrap(), e.discriminator.to_vec().unwrap());
