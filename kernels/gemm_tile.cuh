@@ -178,6 +178,10 @@ __device__ __forceinline__ void tile_product_f32(const SharedTiles<false>& s, fl
   }
 }
 
+// Whether a loader fetches by the slot mapping of a main loop with this TF32.
+template <bool TF32, class Loader>
+constexpr bool fetches_slots = std::is_same<typename Loader::Slots, Slot<Loader::K_CONTIGUOUS, TF32>>::value;
+
 __device__ __forceinline__ void zero_accumulators(float (&acc)[TM][TN]) {
 #pragma unroll
   for (int i = 0; i < TM; ++i)
@@ -199,8 +203,7 @@ __device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int
                                          SharedTiles<TF32>& s, float (&acc)[TM][TN]) {
   using SA = typename ALoader::Slots;
   using SB = typename BLoader::Slots;
-  static_assert(std::is_same<SA, Slot<ALoader::K_CONTIGUOUS, TF32>>::value &&
-                    std::is_same<SB, Slot<BLoader::K_CONTIGUOUS, TF32>>::value,
+  static_assert(fetches_slots<TF32, ALoader> && fetches_slots<TF32, BLoader>,
                 "the loaders must fetch what this main loop's slot mapping stores");
   zero_accumulators(acc);
   if (k_begin >= k_end) return;
@@ -261,8 +264,7 @@ __device__ __forceinline__ void mainloop_cp_async(const ALoader& a, const BLoade
                                                   SharedTiles<true> (&s)[STAGES], float (&acc)[TM][TN]) {
   using SA = typename ALoader::Slots;
   using SB = typename BLoader::Slots;
-  static_assert(std::is_same<SA, Slot<ALoader::K_CONTIGUOUS, true>>::value &&
-                    std::is_same<SB, Slot<BLoader::K_CONTIGUOUS, true>>::value,
+  static_assert(fetches_slots<true, ALoader> && fetches_slots<true, BLoader>,
                 "the loaders must fetch what the TF32 slot mapping stores");
   zero_accumulators(acc);
   if (k_begin >= k_end) return;

@@ -13,7 +13,7 @@ use dpgan::models::dpcgan::{Discriminator, Generator, CLASSES, LATENT, PIXELS};
 use dpgan::models::gswgan::{self, GeneratorArch};
 use dpgan::nn::{Linear, Module};
 use dpgan::tensor::{Device, Tensor};
-use dpgan::train::dpcgan::{DpCgan, DpCganConfig};
+use dpgan::train::dpcgan::{DpCgan, DpCganConfig, StepLosses};
 use dpgan::train::gswgan::{CriticState, GsWganConfig, LabelledImages, PrivateTraining, WarmStart};
 use rand::{Rng, SeedableRng};
 use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
@@ -218,6 +218,21 @@ fn dpcgan_on_resident_data<'d>(
     (data, model)
 }
 
+/// `got`'s model and step losses equal `want`'s bit for bit: every parameter, both losses and the
+/// finiteness flag.
+fn assert_same_dpcgan_step(what: &str, got: (&DpCgan, &StepLosses), want: (&DpCgan, &StepLosses)) {
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    for (k, (a, w)) in weights(got.0).into_iter().zip(weights(want.0)).enumerate() {
+        assert_eq!(bits(a), bits(w), "{what}: parameter {k}");
+    }
+    let (g, w) = (got.1, want.1);
+    for (loss, a, b) in
+        [("D loss", &g.discriminator, &w.discriminator), ("G loss", &g.generator, &w.generator), ("flag", &g.nonfinite, &w.nonfinite)]
+    {
+        assert_eq!(bits(a.to_vec().unwrap()), bits(b.to_vec().unwrap()), "{what}: {loss}");
+    }
+}
+
 /// Batches of the given sizes of records drawn (with repeats) from `records`.
 fn random_batches(rng: &mut ChaCha8Rng, sizes: &[usize], records: usize) -> Vec<Vec<u32>> {
     sizes.iter().map(|&n| (0..n).map(|_| rng.random_range(0..records as u32)).collect()).collect()
@@ -238,7 +253,6 @@ fn cuda_graph_replays_of_dp_cgan_training_steps_equal_the_eager_steps() {
         let (data, model) = dpcgan_on_resident_data(dev, &mut data_rng, records, fake);
         let batches = random_batches(&mut data_rng, &[300, 287, 320, 0, 311], records);
         let (mut eager, mut graphed) = (model(), model());
-        let bits = |t: &Tensor| t.to_vec().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
         let mut captured = None;
         for (step, batch) in batches.iter().enumerate() {
             let lr = if step >= 3 { 0.07 } else { 0.15 };
@@ -256,17 +270,7 @@ fn cuda_graph_replays_of_dp_cgan_training_steps_equal_the_eager_steps() {
                 }
                 _ => captured.as_mut().unwrap().step(&mut graphed, batch, &mut rng()).unwrap().clone(),
             };
-            for (k, (a, w)) in weights(&graphed).into_iter().zip(weights(&eager)).enumerate() {
-                let (a, w): (Vec<u32>, Vec<u32>) = (a.iter().map(|x| x.to_bits()).collect(), w.iter().map(|x| x.to_bits()).collect());
-                assert_eq!(a, w, "step {step}: parameter {k}");
-            }
-            for (what, a, w) in [
-                ("D loss", &g.discriminator, &e.discriminator),
-                ("G loss", &g.generator, &e.generator),
-                ("flag", &g.nonfinite, &e.nonfinite),
-            ] {
-                assert_eq!(bits(a), bits(w), "step {step}: {what}");
-            }
+            assert_same_dpcgan_step(&format!("step {step}"), (&graphed, &g), (&eager, &e));
         }
         assert_eq!((graphed.steps_taken(), graphed.generator_adam_steps()), (5, 5));
         let before = weights(&graphed);
@@ -294,7 +298,6 @@ fn cuda_refused_captures_fall_back_to_the_same_eager_steps() {
         let batches = random_batches(&mut data_rng, &[60, 57, 64, 31, 60], records);
         let (mut eager, mut refused, mut graphed) = (model(), model(), model());
         let (mut refused_graph, mut graph) = (StepGraph::Pending, StepGraph::Pending);
-        let bits = |t: &Tensor| t.to_vec().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
         for (step, batch) in batches.iter().enumerate() {
             let rng = || ChaCha8Rng::seed_from_u64(2000 + step as u64);
             let e = eager.private_step_bound(&data, batch, rows, fake, &mut rng()).unwrap();
@@ -303,19 +306,8 @@ fn cuda_refused_captures_fall_back_to_the_same_eager_steps() {
             set_force_capture_refusal(false);
             let r = r.unwrap();
             let g = captured::run_step(&mut graph, &mut graphed, &data, batch, rows, fake, &mut rng()).unwrap();
-            for (who, model, losses) in [("after a refusal", &refused, &r), ("captured", &graphed, &g)] {
-                for (k, (a, w)) in weights(model).into_iter().zip(weights(&eager)).enumerate() {
-                    let (a, w): (Vec<u32>, Vec<u32>) = (a.iter().map(|x| x.to_bits()).collect(), w.iter().map(|x| x.to_bits()).collect());
-                    assert_eq!(a, w, "{who}, step {step}: parameter {k}");
-                }
-                for (what, a, w) in [
-                    ("D loss", &losses.discriminator, &e.discriminator),
-                    ("G loss", &losses.generator, &e.generator),
-                    ("flag", &losses.nonfinite, &e.nonfinite),
-                ] {
-                    assert_eq!(bits(a), bits(w), "{who}, step {step}: {what}");
-                }
-            }
+            assert_same_dpcgan_step(&format!("after a refusal, step {step}"), (&refused, &r), (&eager, &e));
+            assert_same_dpcgan_step(&format!("captured, step {step}"), (&graphed, &g), (&eager, &e));
         }
         let why = refused_graph.refusal().expect("the forced refusal was not reported");
         let forced = ["copying 1 floats to the device", "freeing memory inside the capture", "ending the capture"];

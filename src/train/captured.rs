@@ -28,7 +28,6 @@ use crate::train::replay::GeneratorKeys;
 use crate::train::resident::ResidentData;
 
 /// A batch padded to a fixed number of rows, as a captured step gathers it.
-#[derive(Clone)]
 pub struct PaddedBatch {
     /// The batch's records, then record 0 up to the rows (zeroed by its weight after the gather).
     pub indices: Vec<u32>,
@@ -255,15 +254,13 @@ pub fn run_step<M: ReplayableStep, R: Rng>(
     if let StepGraph::Captured(captured) = graph {
         return M::copied(captured.step(model, batch, rng)?);
     }
-    let Device::Cuda(cuda) = data.device() else {
-        return bound_step(model, data, batch, rows, fake_batch, rng);
+    let cuda = match data.device() {
+        Device::Cuda(cuda) if matches!(graph, StepGraph::Pending) && model.ready_for_capture() => cuda,
+        _ => return bound_step(model, data, batch, rows, fake_batch, rng),
     };
-    if matches!(graph, StepGraph::Refused(_)) || !model.ready_for_capture() {
-        return bound_step(model, data, batch, rows, fake_batch, rng);
-    }
     let padded = PaddedBatch::new(batch, rows, fake_batch)?;
     let keys = GeneratorKeys::draw(rng);
-    match attempt_capture(model, |m| capture_planned(&cuda, m, data, padded.clone(), fake_batch, keys))? {
+    match attempt_capture(model, |m| capture_planned(&cuda, m, data, &padded, fake_batch, keys))? {
         Attempt::Captured(captured) => {
             let losses = M::copied(captured.losses())?;
             *graph = StepGraph::Captured(Box::new(captured));
@@ -306,7 +303,7 @@ pub fn capture<M: ReplayableStep, R: Rng>(
         return Err(Error::Unsupported { op: "capturing a training step into a CUDA graph", device: data.device().to_string() });
     };
     let padded = PaddedBatch::new(batch, rows, fake_batch)?;
-    capture_planned(&cuda, model, data, padded, fake_batch, GeneratorKeys::draw(rng))
+    capture_planned(&cuda, model, data, &padded, fake_batch, GeneratorKeys::draw(rng))
 }
 
 /// [`capture`] on a padded batch with its generator keys drawn already.
@@ -314,7 +311,7 @@ fn capture_planned<M: ReplayableStep>(
     cuda: &Arc<CudaDevice>,
     model: &mut M,
     data: &ResidentData,
-    padded: PaddedBatch,
+    padded: &PaddedBatch,
     fake_batch: usize,
     keys: GeneratorKeys,
 ) -> Result<CapturedStep<M::Losses>> {
@@ -327,13 +324,13 @@ fn capture_planned<M: ReplayableStep>(
     if data.is_empty() {
         return Err(Error::Invalid("a captured step pads its batch with record 0 of a non-empty training set".into()));
     }
-    let values = model.step_values(&padded, &keys);
+    let values = model.step_values(padded, &keys);
     let index_bound = u32::try_from(data.len()).map_err(|_| Error::Invalid("a training set past 2³² records".into()))?;
     let mut block = StepBlock::new(cuda, values.layout(), index_bound)?;
     block.upload(values)?;
     // Made before the capture: a graph may not copy from the host.
     let table = weight_table(&data.device())?;
-    let (losses, graph) = cuda.capture(|| block.bind(true, || model.padded_step(data, &padded, &table, fake_batch, keys)))?;
+    let (losses, graph) = cuda.capture(|| block.bind(true, || model.padded_step(data, padded, &table, fake_batch, keys)))?;
     // The capture recorded the step without running it.
     graph.replay()?;
     let rows = padded.rows();

@@ -230,9 +230,8 @@ impl GraphedPhaseTwo {
         t: u64,
     ) -> Result<PrivateLosses> {
         let sizes = plan.batch_sizes();
-        let generator = generator_buffers(step);
         if let Some(captured) = self.graphs.iter_mut().find(|g| g.sizes == sizes) {
-            if captured.generator != generator {
+            if captured.generator != generator_buffers(step) {
                 return Err(Error::Invalid("a captured phase-2 iteration replays only on the generator it was captured from".into()));
             }
             captured.block.upload(values)?;
@@ -247,6 +246,8 @@ impl GraphedPhaseTwo {
             let index_bound = u32::try_from(data.len()).map_err(|_| Error::Invalid("a training set past 2³² records".into()))?;
             let mut block = StepBlock::new(&cuda, values.layout(), index_bound)?;
             block.upload(values.clone())?;
+            // Taken before the capture: a replay must find G's buffers as they were.
+            let generator = generator_buffers(step);
             let mut state = IterationState { step, working: &mut self.working };
             let attempt = attempt_capture(&mut state, |s| {
                 let WorkingCritic { discriminator, optimizer } = &mut *s.working;
@@ -473,35 +474,12 @@ mod tests {
             .unwrap();
     }
 
-    /// What a refused capture of an iteration leaves is put back: G's and the working critic's
-    /// Adam counts; the iteration updates G, G_s, G's moments and the working critic in place.
-    #[test]
-    fn a_refused_capture_of_an_iteration_rolls_back() {
-        let (data, config, sanitizer) = (data(), config(), sanitizer());
-        let noise = NoiseSource::from_seed(3, NoiseMode::Fast);
-        let mut s = setup();
-        let mut phase_two = GraphedPhaseTwo::new(&s.critics[0], &CPU).unwrap();
-        let (mut step, critics) = s.split(&sanitizer, &config);
-        // G's moments are made by its first step, and G_s parts from G's storage there.
-        phase_two.iterate(&mut step, &mut critics[0], &data, &mut ChaCha20Rng::seed_from_u64(1), &noise.key_at(0, 0), 0).unwrap();
-        let plan = IterationPlan::draw(&mut critics[1].batches, &mut ChaCha20Rng::seed_from_u64(2), config.critic_steps).unwrap();
-        phase_two.working.load(&critics[1]).unwrap();
-        let mut state = IterationState { step: &mut step, working: &mut phase_two.working };
-        assert_eq!(state.counters(), [state.step.optimizer.steps(), state.working.optimizer.steps()]);
-        let g = state.step.generator.params().len();
-        let expected = state.working.buffers().len() + state.step.generator.entries().len() + state.step.ema.entries().len() + 2 * g;
-        assert_eq!(state.updated_buffers().len(), expected, "the working critic's, G's, G_s's and G's moments");
-        let iterate = |s: &mut IterationState<'_, '_>| {
-            let WorkingCritic { discriminator, optimizer } = &mut *s.working;
-            s.step.execute(discriminator, optimizer, &plan, &data, &noise.key_at(1, 0), 1).unwrap();
-        };
-        crate::train::captured::assert_a_refusal_rolls_back(&mut state, iterate, |s| s.count_replayed(config.critic_steps));
-    }
-
     /// An iteration on the working critic, bound to its plan as a capture records it, does nothing
-    /// a capture refuses (no host copy, no release of older memory, no copy-on-write).
+    /// a capture refuses (no host copy, no release of older memory, no copy-on-write). And what a
+    /// refused capture of the next one leaves is put back: G's and the working critic's Adam
+    /// counts; the iteration updates G, G_s, G's moments and the working critic in place.
     #[test]
-    fn an_iteration_on_the_working_critic_is_capturable() {
+    fn an_iteration_on_the_working_critic_is_capturable_and_a_refusal_rolls_back() {
         let (data, config, sanitizer) = (data(), config(), sanitizer());
         let noise = NoiseSource::from_seed(3, NoiseMode::Fast);
         let mut s = setup();
@@ -521,6 +499,18 @@ mod tests {
         crate::train::captured::assert_capturable("a phase-2 iteration", || {
             step_values::bind(&values, true, None, || step.execute(discriminator, optimizer, &plan, &data, &key, 3))
         });
+
+        let plan = IterationPlan::draw(&mut critics[1].batches, &mut ChaCha20Rng::seed_from_u64(4), config.critic_steps).unwrap();
+        let mut state = IterationState { step: &mut step, working: &mut phase_two.working };
+        assert_eq!(state.counters(), [state.step.optimizer.steps(), state.working.optimizer.steps()]);
+        let g = state.step.generator.params().len();
+        let expected = state.working.buffers().len() + state.step.generator.entries().len() + state.step.ema.entries().len() + 2 * g;
+        assert_eq!(state.updated_buffers().len(), expected, "the working critic's, G's, G_s's and G's moments");
+        let iterate = |s: &mut IterationState<'_, '_>| {
+            let WorkingCritic { discriminator, optimizer } = &mut *s.working;
+            s.step.execute(discriminator, optimizer, &plan, &data, &noise.key_at(4, 0), 4).unwrap();
+        };
+        crate::train::captured::assert_a_refusal_rolls_back(&mut state, iterate, |s| s.count_replayed(config.critic_steps));
     }
 
     #[test]
