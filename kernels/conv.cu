@@ -16,8 +16,6 @@
 namespace dpgan {
 namespace conv {
 
-using tile::LOADS;
-
 __device__ __forceinline__ int divmod(const FastDivmod& d, int n, int& rem) {
   const int q = (int)fast_div(d, (uint32_t)n);
   rem = n - q * (int)d.divisor;
@@ -27,10 +25,10 @@ __device__ __forceinline__ int divmod(const FastDivmod& d, int n, int& rem) {
 // ---- forward ----
 
 // cols(x) as the B operand: each thread keeps one column n = (b, oy, ox) and walks k = (c, ki, kj).
-template <bool TF32>
+template <class Build>
 struct Im2colLoader {
   static constexpr bool K_CONTIGUOUS = false;
-  using Slots = tile::Slot<K_CONTIGUOUS, TF32>;
+  using Slots = typename Build::template Slots<K_CONTIGUOUS>;
   const float* __restrict__ image;  // x[g, b] of this thread's column; unused when !valid
   bool valid;
   int iy0, ix0;  // oy·s − p, ox·s − p
@@ -57,7 +55,7 @@ struct Im2colLoader {
   template <class Put>
   __device__ __forceinline__ void fetch(int k0, Put&& put) const {
 #pragma unroll
-    for (int i = 0; i < LOADS; ++i) {
+    for (int i = 0; i < Slots::LOADS; ++i) {
       const int k = k0 + Slots::kk(i);
       bool in_range = false;
       const float* at = image;
@@ -105,10 +103,10 @@ struct ForwardEpilogue {
 
 // wᵀ restricted to the phase's taps, as the A operand: element (c, k = (o, ty, tx)) =
 // w[g, o, c, ry + s·ty, rx + s·tx]. Threads walk k.
-template <bool TF32>
+template <class Build>
 struct PhaseWeightLoader {
   static constexpr bool K_CONTIGUOUS = true;
-  using Slots = tile::Slot<K_CONTIGUOUS, TF32>;
+  using Slots = typename Build::template Slots<K_CONTIGUOUS>;
   const float* __restrict__ w_g;
   int m0, in_channels, k_count, kernel_h, kernel_w, stride, phase_y, phase_x;
   FastDivmod taps_area, taps_xd;
@@ -122,7 +120,7 @@ struct PhaseWeightLoader {
     const int ki = phase_y + stride * ty, kj = phase_x + stride * tx;
     const int64_t kernel_area = (int64_t)kernel_h * kernel_w;
 #pragma unroll
-    for (int i = 0; i < LOADS; ++i) {
+    for (int i = 0; i < Slots::LOADS; ++i) {
       const int c = m0 + Slots::mn(i);
       const bool in_range = k < k_count && c < in_channels;
       put(i, in_range ? w_g + ((int64_t)o * in_channels + c) * kernel_area + ki * kernel_w + kj : w_g, in_range);
@@ -133,10 +131,10 @@ struct PhaseWeightLoader {
 // dy at the phase's taps, as the B operand: each thread keeps one column n = (b, j, i) (pixel
 // iy = first_y + s·j, ix = first_x + s·i) and walks k = (o, ty, tx), reading
 // dy[b, o, shift_y + j − ty, shift_x + i − tx] where that lies inside dy.
-template <bool TF32>
+template <class Build>
 struct PhaseDyLoader {
   static constexpr bool K_CONTIGUOUS = false;
-  using Slots = tile::Slot<K_CONTIGUOUS, TF32>;
+  using Slots = typename Build::template Slots<K_CONTIGUOUS>;
   const float* __restrict__ image;  // dy[g, b] of this thread's column; unused when !valid
   bool valid;
   int oy0, ox0;  // shift_y + j, shift_x + i
@@ -164,7 +162,7 @@ struct PhaseDyLoader {
   template <class Put>
   __device__ __forceinline__ void fetch(int k0, Put&& put) const {
 #pragma unroll
-    for (int i = 0; i < LOADS; ++i) {
+    for (int i = 0; i < Slots::LOADS; ++i) {
       const int k = k0 + Slots::kk(i);
       bool in_range = false;
       const float* at = image;
@@ -199,10 +197,10 @@ struct PhaseInputGradEpilogue {
 // ---- weight gradient ----
 
 // dy as the A operand [O, B·P]: element (o, k = (b, pos)) = dy[g, b, o, pos]. Threads walk k.
-template <bool TF32>
+template <class Build>
 struct DyRowsLoader {
   static constexpr bool K_CONTIGUOUS = true;
-  using Slots = tile::Slot<K_CONTIGUOUS, TF32>;
+  using Slots = typename Build::template Slots<K_CONTIGUOUS>;
   const float* __restrict__ dy_g;
   int m0, out_channels, k_count;
   FastDivmod out_area;
@@ -214,7 +212,7 @@ struct DyRowsLoader {
     const int b = k < k_count ? divmod(out_area, k, pos) : 0;
     const int64_t column = ((int64_t)b * out_channels) * out_area.divisor + pos;
 #pragma unroll
-    for (int i = 0; i < LOADS; ++i) {
+    for (int i = 0; i < Slots::LOADS; ++i) {
       const int o = m0 + Slots::mn(i);
       const bool in_range = k < k_count && o < out_channels;
       put(i, in_range ? dy_g + column + (int64_t)o * out_area.divisor : dy_g, in_range);
@@ -222,16 +220,16 @@ struct DyRowsLoader {
   }
 };
 
-// cols(x)ᵀ as the B operand [B·P, C·KK]: threads walk k = (b, oy, ox); each thread keeps its LOADS
-// columns n = (c, ki, kj) decoded for the whole main loop.
-template <bool TF32>
+// cols(x)ᵀ as the B operand [B·P, C·KK]: threads walk k = (b, oy, ox); each thread keeps its
+// Slots::LOADS columns n = (c, ki, kj) decoded for the whole main loop.
+template <class Build>
 struct Im2colTransposeLoader {
   static constexpr bool K_CONTIGUOUS = true;
-  using Slots = tile::Slot<K_CONTIGUOUS, TF32>;
+  using Slots = typename Build::template Slots<K_CONTIGUOUS>;
   const float* __restrict__ x_g;
-  int c_offset[LOADS];  // c·H·W of each column
-  int ky[LOADS], kx[LOADS];  // ki − p, kj − p
-  bool col_ok[LOADS];
+  int c_offset[Slots::LOADS];  // c·H·W of each column
+  int ky[Slots::LOADS], kx[Slots::LOADS];  // ki − p, kj − p
+  bool col_ok[Slots::LOADS];
   int k_count, stride, in_h, in_w;
   int64_t image_size;  // C·H·W
   FastDivmod out_area, out_wd;
@@ -240,7 +238,7 @@ struct Im2colTransposeLoader {
     x_g = xg;
     const int n_count = p.in_channels * (int)p.kernel_area.divisor;
 #pragma unroll
-    for (int i = 0; i < LOADS; ++i) {
+    for (int i = 0; i < Slots::LOADS; ++i) {
       const int n = n0 + Slots::mn(i);
       col_ok[i] = n < n_count;
       int tap = 0, kj = 0;
@@ -268,7 +266,7 @@ struct Im2colTransposeLoader {
     const int oy = divmod(out_wd, pos, ox);
     const float* __restrict__ image = x_g + b * image_size;
 #pragma unroll
-    for (int i = 0; i < LOADS; ++i) {
+    for (int i = 0; i < Slots::LOADS; ++i) {
       const int iy = oy * stride + ky[i], ix = ox * stride + kx[i];
       const bool in_range = k_ok && col_ok[i] && (unsigned)iy < (unsigned)in_h && (unsigned)ix < (unsigned)in_w;
       put(i, in_range ? image + c_offset[i] + iy * in_w + ix : x_g, in_range);
@@ -287,38 +285,38 @@ struct WeightGradEpilogue {
 
 // Grid: x = tiles of B·HO·WO, y = tiles of O, z grid-strides over groups. With BIAS, bias [G, O]
 // is added in the epilogue.
-template <bool TF32, bool BIAS, bool CP_ASYNC = false>
+template <class Build, bool BIAS>
 __device__ __forceinline__ void conv2d_fwd(const ConvParams& p, const float* __restrict__ x, const float* __restrict__ w,
                                            const float* __restrict__ bias, float* __restrict__ y,
-                                           tile::MainloopTiles<TF32, CP_ASYNC>& smem) {
+                                           typename Build::Tiles& smem) {
   const int P = (int)p.out_area.divisor, KK = (int)p.kernel_area.divisor;
   const int M = p.out_channels, N = p.batch * P, K = p.in_channels * KK;
-  const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
+  const int m0 = blockIdx.y * Build::TILE, n0 = blockIdx.x * Build::TILE;
   const int64_t x_size = (int64_t)p.batch * p.in_channels * p.in_area.divisor;
   const int64_t y_size = (int64_t)p.batch * M * P;
   for (int g = blockIdx.z; g < p.groups; g += gridDim.z) {
-    const tile::KMajorLoader<TF32> la{w + (int64_t)g * M * K, m0, M, K};
-    const Im2colLoader<TF32> lb(p, x + g * x_size, n0);
-    float acc[tile::TM][tile::TN];
-    tile::run_mainloop<TF32, CP_ASYNC>(la, lb, 0, K, smem, acc);
+    const tile::KMajorLoader<Build> la{w + (int64_t)g * M * K, m0, M, K};
+    const Im2colLoader<Build> lb(p, x + g * x_size, n0);
+    float acc[Build::FRAGS][4];
+    tile::run_mainloop<Build>(la, lb, 0, K, smem, acc);
     const ForwardEpilogue<BIAS> ep{p.out_area, (int64_t)M * P, BIAS ? bias + (int64_t)g * M : nullptr};
-    tile::store_tile<TF32>(ep, y + g * y_size, m0, n0, M, N, acc);
+    tile::store_tile<Build>(ep, y + g * y_size, m0, n0, M, N, acc);
   }
 }
 
 // One launch per stride phase (see above). Grid: x = tiles of the phase's B·rows·cols pixels,
 // y = tiles of C, z grid-strides over groups.
-template <bool TF32, bool CP_ASYNC = false>
+template <class Build>
 __device__ __forceinline__ void conv2d_input_grad(const ConvParams& p, const ConvPhase& q, const float* __restrict__ dy,
                                                   const float* __restrict__ w, float* __restrict__ dx,
-                                                  tile::MainloopTiles<TF32, CP_ASYNC>& smem) {
+                                                  typename Build::Tiles& smem) {
   const int HW = (int)p.in_area.divisor, KK = (int)p.kernel_area.divisor;
   const int M = p.in_channels, N = p.batch * (int)q.pixels.divisor, K = p.out_channels * q.taps_y * q.taps_x;
-  const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
+  const int m0 = blockIdx.y * Build::TILE, n0 = blockIdx.x * Build::TILE;
   const int64_t dy_size = (int64_t)p.batch * p.out_channels * p.out_area.divisor;
   const int64_t dx_size = (int64_t)p.batch * M * HW;
   for (int g = blockIdx.z; g < p.groups; g += gridDim.z) {
-    const PhaseWeightLoader<TF32> la{w + (int64_t)g * p.out_channels * M * KK,
+    const PhaseWeightLoader<Build> la{w + (int64_t)g * p.out_channels * M * KK,
                                             m0,
                                             M,
                                             K,
@@ -329,35 +327,35 @@ __device__ __forceinline__ void conv2d_input_grad(const ConvParams& p, const Con
                                             q.phase_x,
                                             q.taps_area,
                                             q.taps_xd};
-    const PhaseDyLoader<TF32> lb(p, q, dy + g * dy_size, n0);
-    float acc[tile::TM][tile::TN];
-    tile::run_mainloop<TF32, CP_ASYNC>(la, lb, 0, K, smem, acc);
+    const PhaseDyLoader<Build> lb(p, q, dy + g * dy_size, n0);
+    float acc[Build::FRAGS][4];
+    tile::run_mainloop<Build>(la, lb, 0, K, smem, acc);
     const PhaseInputGradEpilogue ep{q.pixels, q.cols_d, (int64_t)M * HW, HW, p.in_w, p.stride, q.first_y, q.first_x};
-    tile::store_tile<TF32>(ep, dx + g * dx_size, m0, n0, M, N, acc);
+    tile::store_tile<Build>(ep, dx + g * dx_size, m0, n0, M, N, acc);
   }
 }
 
 // Grid: x = tiles of C·KH·KW, y = tiles of O, z grid-strides over (group, K slice); slice s writes
 // its partial dw to dw[s] (dw holds splits · G · O · C·KH·KW floats).
-template <bool TF32, bool CP_ASYNC = false>
+template <class Build>
 __device__ __forceinline__ void conv2d_weight_grad(const ConvParams& p, const float* __restrict__ x,
                                                    const float* __restrict__ dy, float* __restrict__ dw,
-                                                   tile::MainloopTiles<TF32, CP_ASYNC>& smem) {
+                                                   typename Build::Tiles& smem) {
   const int P = (int)p.out_area.divisor, KK = (int)p.kernel_area.divisor;
   const int M = p.out_channels, N = p.in_channels * KK, K = p.batch * P;
-  const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
+  const int m0 = blockIdx.y * Build::TILE, n0 = blockIdx.x * Build::TILE;
   const int64_t x_size = (int64_t)p.batch * p.in_channels * p.in_area.divisor;
   const int64_t dy_size = (int64_t)p.batch * M * P;
   const int64_t dw_size = (int64_t)M * N;
   const int64_t work = (int64_t)p.groups * p.splits;
   for (int64_t z = blockIdx.z; z < work; z += gridDim.z) {
     const int g = (int)(z / p.splits), s = (int)(z % p.splits);
-    const DyRowsLoader<TF32> la{dy + g * dy_size, m0, M, K, p.out_area};
-    const Im2colTransposeLoader<TF32> lb(p, x + g * x_size, n0);
+    const DyRowsLoader<Build> la{dy + g * dy_size, m0, M, K, p.out_area};
+    const Im2colTransposeLoader<Build> lb(p, x + g * x_size, n0);
     const tile::KRange kr = tile::split_range(s, p.split_len, K);
-    float acc[tile::TM][tile::TN];
-    tile::run_mainloop<TF32, CP_ASYNC>(la, lb, kr.begin, kr.end, smem, acc);
-    tile::store_tile<TF32>(WeightGradEpilogue{N}, dw + ((int64_t)s * p.groups + g) * dw_size, m0, n0, M,
+    float acc[Build::FRAGS][4];
+    tile::run_mainloop<Build>(la, lb, kr.begin, kr.end, smem, acc);
+    tile::store_tile<Build>(WeightGradEpilogue{N}, dw + ((int64_t)s * p.groups + g) * dw_size, m0, n0, M,
                             N, acc);
   }
 }
@@ -365,91 +363,60 @@ __device__ __forceinline__ void conv2d_weight_grad(const ConvParams& p, const fl
 }  // namespace conv
 }  // namespace dpgan
 
-// Entry points: f32 FFMA, and the same on TF32 tensor cores (inputs rounded to TF32, f32
-// accumulation) for callers that allow it (src/backend/cuda/gemm.rs, set_allow_tf32).
+// Entry points, one per op and build (gemm_tile.cuh): f32 FFMA; TF32 tensor cores (inputs rounded
+// to TF32, f32 accumulation) for callers that allow it (src/backend/cuda/gemm.rs,
+// set_allow_tf32), register-staged, through the cp.async pipeline, and on 128 × 128 tiles. The
+// TF32 builds give the same values bit for bit; a GPU says which is fastest.
+#define DPGAN_CONV_FWD(name, BUILD)                                                                        \
+  extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                                      \
+      name(ConvParams p, const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y) { \
+    __shared__ __align__(16) BUILD::Tiles smem;                                                            \
+    dpgan::conv::conv2d_fwd<BUILD, false>(p, x, w, nullptr, y, smem);                                     \
+  }
+#define DPGAN_CONV_BIAS_FWD(name, BUILD)                                                         \
+  extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                            \
+      name(ConvParams p, const float* __restrict__ x, const float* __restrict__ w,              \
+           const float* __restrict__ bias, float* __restrict__ y) {                            \
+    __shared__ __align__(16) BUILD::Tiles smem;                                                  \
+    dpgan::conv::conv2d_fwd<BUILD, true>(p, x, w, bias, y, smem);                               \
+  }
+#define DPGAN_CONV_INPUT_GRAD(name, BUILD)                                                        \
+  extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                             \
+      name(ConvParams p, ConvPhase q, const float* __restrict__ dy, const float* __restrict__ w, \
+           float* __restrict__ dx) {                                                            \
+    __shared__ __align__(16) BUILD::Tiles smem;                                                   \
+    dpgan::conv::conv2d_input_grad<BUILD>(p, q, dy, w, dx, smem);                                \
+  }
+// The weight gradient's launch bounds are an argument: the f32 build holds four blocks an SM.
+#define DPGAN_CONV_WEIGHT_GRAD(name, BUILD, ...)                                                                \
+  extern "C" __global__ void __launch_bounds__(__VA_ARGS__)                                                   \
+      name(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dw) { \
+    __shared__ __align__(16) BUILD::Tiles smem;                                                                \
+    dpgan::conv::conv2d_weight_grad<BUILD>(p, x, dy, dw, smem);                                               \
+  }
 
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    conv_conv2d_fwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
-  dpgan::conv::conv2d_fwd<false, false>(p, x, w, nullptr, y, smem);
-}
-
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    conv_conv2d_bias_fwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ w,
-                             const float* __restrict__ bias, float* __restrict__ y) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
-  dpgan::conv::conv2d_fwd<false, true>(p, x, w, bias, y, smem);
-}
-
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    conv_conv2d_input_grad_bwd_f32(ConvParams p, ConvPhase q, const float* __restrict__ dy, const float* __restrict__ w,
-                                   float* __restrict__ dx) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
-  dpgan::conv::conv2d_input_grad<false>(p, q, dy, w, dx, smem);
-}
-
+DPGAN_CONV_FWD(conv_conv2d_fwd_f32, dpgan::tile::F32)
+DPGAN_CONV_BIAS_FWD(conv_conv2d_bias_fwd_f32, dpgan::tile::F32)
+DPGAN_CONV_INPUT_GRAD(conv_conv2d_input_grad_bwd_f32, dpgan::tile::F32)
 // At most 64 registers, so that four blocks fit an SM (ptxas gives it 65 otherwise, and three).
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS, 4)
-    conv_conv2d_weight_grad_bwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy,
-                                    float* __restrict__ dw) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
-  dpgan::conv::conv2d_weight_grad<false>(p, x, dy, dw, smem);
-}
+DPGAN_CONV_WEIGHT_GRAD(conv_conv2d_weight_grad_bwd_f32, dpgan::tile::F32, dpgan::tile::THREADS, 4)
 
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    conv_conv2d_fwd_tf32(ConvParams p, const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
-  dpgan::conv::conv2d_fwd<true, false>(p, x, w, nullptr, y, smem);
-}
+DPGAN_CONV_FWD(conv_conv2d_fwd_tf32, dpgan::tile::Tf32)
+DPGAN_CONV_BIAS_FWD(conv_conv2d_bias_fwd_tf32, dpgan::tile::Tf32)
+DPGAN_CONV_INPUT_GRAD(conv_conv2d_input_grad_bwd_tf32, dpgan::tile::Tf32)
+DPGAN_CONV_WEIGHT_GRAD(conv_conv2d_weight_grad_bwd_tf32, dpgan::tile::Tf32, dpgan::tile::THREADS)
 
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    conv_conv2d_bias_fwd_tf32(ConvParams p, const float* __restrict__ x, const float* __restrict__ w,
-                              const float* __restrict__ bias, float* __restrict__ y) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
-  dpgan::conv::conv2d_fwd<true, true>(p, x, w, bias, y, smem);
-}
+DPGAN_CONV_FWD(conv_conv2d_fwd_tf32_cp_async, dpgan::tile::Tf32CpAsync)
+DPGAN_CONV_BIAS_FWD(conv_conv2d_bias_fwd_tf32_cp_async, dpgan::tile::Tf32CpAsync)
+DPGAN_CONV_INPUT_GRAD(conv_conv2d_input_grad_bwd_tf32_cp_async, dpgan::tile::Tf32CpAsync)
+DPGAN_CONV_WEIGHT_GRAD(conv_conv2d_weight_grad_bwd_tf32_cp_async, dpgan::tile::Tf32CpAsync, dpgan::tile::THREADS)
 
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    conv_conv2d_input_grad_bwd_tf32(ConvParams p, ConvPhase q, const float* __restrict__ dy, const float* __restrict__ w,
-                                   float* __restrict__ dx) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
-  dpgan::conv::conv2d_input_grad<true>(p, q, dy, w, dx, smem);
-}
+DPGAN_CONV_FWD(conv_conv2d_fwd_tf32_wide, dpgan::tile::Tf32Wide)
+DPGAN_CONV_BIAS_FWD(conv_conv2d_bias_fwd_tf32_wide, dpgan::tile::Tf32Wide)
+DPGAN_CONV_INPUT_GRAD(conv_conv2d_input_grad_bwd_tf32_wide, dpgan::tile::Tf32Wide)
+DPGAN_CONV_WEIGHT_GRAD(conv_conv2d_weight_grad_bwd_tf32_wide, dpgan::tile::Tf32Wide, dpgan::tile::THREADS)
 
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    conv_conv2d_weight_grad_bwd_tf32(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy,
-                                    float* __restrict__ dw) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
-  dpgan::conv::conv2d_weight_grad<true>(p, x, dy, dw, smem);
-}
-
-// The TF32 convolutions through the cp.async pipeline (tile::mainloop_cp_async): the same values
-// bit for bit, another schedule, kept beside the register-staged ones until a GPU says which is
-// faster.
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    conv_conv2d_fwd_tf32_cp_async(ConvParams p, const float* __restrict__ x, const float* __restrict__ w,
-                                  float* __restrict__ y) {
-  __shared__ __align__(16) dpgan::tile::MainloopTiles<true, true> smem;
-  dpgan::conv::conv2d_fwd<true, false, true>(p, x, w, nullptr, y, smem);
-}
-
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    conv_conv2d_bias_fwd_tf32_cp_async(ConvParams p, const float* __restrict__ x, const float* __restrict__ w,
-                                       const float* __restrict__ bias, float* __restrict__ y) {
-  __shared__ __align__(16) dpgan::tile::MainloopTiles<true, true> smem;
-  dpgan::conv::conv2d_fwd<true, true, true>(p, x, w, bias, y, smem);
-}
-
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    conv_conv2d_input_grad_bwd_tf32_cp_async(ConvParams p, ConvPhase q, const float* __restrict__ dy,
-                                             const float* __restrict__ w, float* __restrict__ dx) {
-  __shared__ __align__(16) dpgan::tile::MainloopTiles<true, true> smem;
-  dpgan::conv::conv2d_input_grad<true, true>(p, q, dy, w, dx, smem);
-}
-
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    conv_conv2d_weight_grad_bwd_tf32_cp_async(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy,
-                                              float* __restrict__ dw) {
-  __shared__ __align__(16) dpgan::tile::MainloopTiles<true, true> smem;
-  dpgan::conv::conv2d_weight_grad<true, true>(p, x, dy, dw, smem);
-}
+#undef DPGAN_CONV_FWD
+#undef DPGAN_CONV_BIAS_FWD
+#undef DPGAN_CONV_INPUT_GRAD
+#undef DPGAN_CONV_WEIGHT_GRAD

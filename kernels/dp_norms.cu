@@ -16,8 +16,6 @@
 namespace dpgan {
 namespace dp_norms {
 
-using tile::LOADS;
-
 __device__ __forceinline__ int divmod(const FastDivmod& d, int n, int& rem) {
   const int q = (int)fast_div(d, (uint32_t)n);
   rem = n - q * (int)d.divisor;
@@ -26,15 +24,15 @@ __device__ __forceinline__ int divmod(const FastDivmod& d, int n, int& rem) {
 
 // cols(x_e)ᵀ of one example as the B operand [P, C·KK]: element (pos = (oy, ox), n = (c, ki, kj)) =
 // x_e[c, oy·s + ki − p, ox·s + kj − p], 0 in the padding. Threads walk pos; each thread decodes its
-// LOADS columns once for the whole main loop.
-template <bool TF32>
+// Slots::LOADS columns once for the whole main loop.
+template <class Build>
 struct ExampleIm2colLoader {
   static constexpr bool K_CONTIGUOUS = true;
-  using Slots = tile::Slot<K_CONTIGUOUS, TF32>;
+  using Slots = typename Build::template Slots<K_CONTIGUOUS>;
   const float* __restrict__ image;  // x[g, b]
-  int c_offset[LOADS];              // c·H·W of each column
-  int ky[LOADS], kx[LOADS];         // ki − p, kj − p
-  bool col_ok[LOADS];
+  int c_offset[Slots::LOADS];              // c·H·W of each column
+  int ky[Slots::LOADS], kx[Slots::LOADS];         // ki − p, kj − p
+  bool col_ok[Slots::LOADS];
   int positions, stride, in_h, in_w;
   FastDivmod out_wd;
 
@@ -42,7 +40,7 @@ struct ExampleIm2colLoader {
     image = x_e;
     const int n_count = p.in_channels * (int)p.kernel_area.divisor;
 #pragma unroll
-    for (int i = 0; i < LOADS; ++i) {
+    for (int i = 0; i < Slots::LOADS; ++i) {
       const int n = n0 + Slots::mn(i);
       col_ok[i] = n < n_count;
       int tap = 0, kj = 0;
@@ -66,7 +64,7 @@ struct ExampleIm2colLoader {
     int ox = 0;
     const int oy = k_ok ? divmod(out_wd, k, ox) : 0;
 #pragma unroll
-    for (int i = 0; i < LOADS; ++i) {
+    for (int i = 0; i < Slots::LOADS; ++i) {
       const int iy = oy * stride + ky[i], ix = ox * stride + kx[i];
       const bool in_range = k_ok && col_ok[i] && (unsigned)iy < (unsigned)in_h && (unsigned)ix < (unsigned)in_w;
       put(i, in_range ? image + c_offset[i] + iy * in_w + ix : image, in_range);
@@ -90,10 +88,10 @@ __device__ __forceinline__ double block_tree_sum(double v, double* scratch) {
 // Grid: x = tiles of C·KK, y = tiles of O, z grid-strides over the G·B examples.
 __device__ __forceinline__ void conv2d_weight_grad_sq_norms(const ConvParams& p, const float* __restrict__ x,
                                                             const float* __restrict__ dy, float* __restrict__ partial,
-                                                            tile::SharedTiles<false>& smem, double* scratch) {
+                                                            tile::F32::Tiles& smem, double* scratch) {
   const int P = (int)p.out_area.divisor;
   const int M = p.out_channels;
-  const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
+  const int m0 = blockIdx.y * tile::F32::TILE, n0 = blockIdx.x * tile::F32::TILE;
   const int64_t tiles = (int64_t)gridDim.x * gridDim.y;
   const int64_t tile_index = (int64_t)blockIdx.y * gridDim.x + blockIdx.x;
   const int64_t x_size = (int64_t)p.in_channels * p.in_area.divisor;
@@ -101,16 +99,16 @@ __device__ __forceinline__ void conv2d_weight_grad_sq_norms(const ConvParams& p,
   const int64_t examples = (int64_t)p.groups * p.batch;
   for (int64_t e = blockIdx.z; e < examples; e += gridDim.z) {
     // dy_e is a row-major [O, P] matrix: the A operand as it is.
-    const tile::KMajorLoader<false> la{dy + e * dy_size, m0, M, P};
-    const ExampleIm2colLoader<false> lb(p, x + e * x_size, n0);
-    float acc[tile::TM][tile::TN];
-    tile::mainloop<false>(la, lb, 0, P, smem, acc);
+    const tile::KMajorLoader<tile::F32> la{dy + e * dy_size, m0, M, P};
+    const ExampleIm2colLoader<tile::F32> lb(p, x + e * x_size, n0);
+    float acc[tile::F32::FRAGS][4];
+    tile::run_mainloop<tile::F32>(la, lb, 0, P, smem, acc);
     // Entries outside O × C·KK are exact zeros (the loaders read 0 there): no mask needed.
     double sq = 0.0;
 #pragma unroll
-    for (int i = 0; i < tile::TM; ++i)
+    for (int f = 0; f < tile::F32::FRAGS; ++f)
 #pragma unroll
-      for (int j = 0; j < tile::TN; ++j) sq += (double)acc[i][j] * (double)acc[i][j];
+      for (int r = 0; r < 4; ++r) sq += (double)acc[f][r] * (double)acc[f][r];
     const double total = block_tree_sum(sq, scratch);
     if (threadIdx.x == 0) partial[e * tiles + tile_index] = (float)total;
     __syncthreads();  // scratch[0] is read before the next example overwrites it
@@ -123,7 +121,7 @@ __device__ __forceinline__ void conv2d_weight_grad_sq_norms(const ConvParams& p,
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     dp_conv2d_weight_grad_sq_norms_bwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy,
                                            float* __restrict__ partial) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
+  __shared__ __align__(16) dpgan::tile::F32::Tiles smem;
   __shared__ double scratch[dpgan::tile::THREADS];
   dpgan::dp_norms::conv2d_weight_grad_sq_norms(p, x, dy, partial, smem, scratch);
 }

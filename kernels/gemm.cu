@@ -1,6 +1,7 @@
 // Grouped f32 GEMM: C[g] = op(A[g]) · op(B[g]), row-major, all four transpose combinations.
-// The tiled main loop is gemm_tile.cuh's (64 × 64 tile, K step 16, 256 threads, 4 × 4 per thread,
-// f32 accumulation). Grid: x = tiles of N, y = tiles of M, z = (group, K slice), grid-striding in z.
+// The tiled main loop is gemm_tile.cuh's (square tiles, K step 16, 256 threads, f32 accumulation),
+// in the build the kernel names. Grid: x = tiles of N, y = tiles of M, z = (group, K slice),
+// grid-striding in z.
 #include "gemm_tile.cuh"
 
 namespace dpgan {
@@ -20,14 +21,13 @@ struct GemmEpilogue {
   }
 };
 
-template <bool TRANS_A, bool TRANS_B, bool TF32, bool BIAS = false, bool CP_ASYNC = false>
+template <bool TRANS_A, bool TRANS_B, class Build, bool BIAS = false>
 __device__ __forceinline__ void gemm_grouped(const GemmParams& p, const float* __restrict__ a,
                                              const float* __restrict__ b, float* __restrict__ c,
-                                             tile::MainloopTiles<TF32, CP_ASYNC>& smem,
-                                             const float* __restrict__ bias = nullptr) {
-  using ALoader = typename std::conditional<TRANS_A, tile::MNMajorLoader<TF32>, tile::KMajorLoader<TF32>>::type;
-  using BLoader = typename std::conditional<TRANS_B, tile::KMajorLoader<TF32>, tile::MNMajorLoader<TF32>>::type;
-  const int m0 = blockIdx.y * tile::BM, n0 = blockIdx.x * tile::BN;
+                                             typename Build::Tiles& smem, const float* __restrict__ bias = nullptr) {
+  using ALoader = typename std::conditional<TRANS_A, tile::MNMajorLoader<Build>, tile::KMajorLoader<Build>>::type;
+  using BLoader = typename std::conditional<TRANS_B, tile::KMajorLoader<Build>, tile::MNMajorLoader<Build>>::type;
+  const int m0 = blockIdx.y * Build::TILE, n0 = blockIdx.x * Build::TILE;
   const int64_t a_size = (int64_t)p.m * p.k, b_size = (int64_t)p.k * p.n, c_size = (int64_t)p.m * p.n;
   const int64_t work = (int64_t)p.groups * p.splits;
   for (int64_t z = blockIdx.z; z < work; z += gridDim.z) {
@@ -35,102 +35,61 @@ __device__ __forceinline__ void gemm_grouped(const GemmParams& p, const float* _
     const ALoader la{a + g * a_size, m0, p.m, p.k};
     const BLoader lb{b + g * b_size, n0, p.n, p.k};
     const tile::KRange kr = tile::split_range(s, p.split_len, p.k);
-    float acc[tile::TM][tile::TN];
-    tile::run_mainloop<TF32, CP_ASYNC>(la, lb, kr.begin, kr.end, smem, acc);
+    float acc[Build::FRAGS][4];
+    tile::run_mainloop<Build>(la, lb, kr.begin, kr.end, smem, acc);
     const GemmEpilogue<BIAS> ep{p.n, BIAS && s == 0 ? bias + (int64_t)g * p.n : nullptr};
-    tile::store_tile<TF32>(ep, c + ((int64_t)s * p.groups + g) * c_size, m0, n0, p.m, p.n, acc);
+    tile::store_tile<Build>(ep, c + ((int64_t)s * p.groups + g) * c_size, m0, n0, p.m, p.n, acc);
   }
 }
 
 }  // namespace dpgan
 
-// One entry point per transpose combination, named BLAS-style by op(A) and op(B) (n: as stored,
-// t: transposed). Separate kernels, because one kernel branching to all four needs the registers of
-// all four (126 against 64 at sm_90), halving the blocks an SM holds.
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    gemm_grouped_nn_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
-                            float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
-  dpgan::gemm_grouped<false, false, false>(p, a, b, c, smem);
-}
-
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    gemm_grouped_tn_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
-                            float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
-  dpgan::gemm_grouped<true, false, false>(p, a, b, c, smem);
-}
-
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    gemm_grouped_nt_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
-                            float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
-  dpgan::gemm_grouped<false, true, false>(p, a, b, c, smem);
-}
-
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    gemm_grouped_tt_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
-                            float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
-  dpgan::gemm_grouped<true, true, false>(p, a, b, c, smem);
-}
+// One entry point per transpose combination and build, named BLAS-style by op(A) and op(B) (n: as
+// stored, t: transposed) and by the build's suffix. Separate kernels, because one kernel branching
+// to all four transposes needs the registers of all four (126 against 64 at sm_90), halving the
+// blocks an SM holds.
+#define DPGAN_GEMM(name, TRANS_A, TRANS_B, BUILD)                                                          \
+  extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                                      \
+      name(GemmParams p, const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c) { \
+    __shared__ __align__(16) BUILD::Tiles smem;                                                            \
+    dpgan::gemm_grouped<TRANS_A, TRANS_B, BUILD>(p, a, b, c, smem);                                       \
+  }
+// f32 FFMA.
+DPGAN_GEMM(gemm_grouped_nn_fwd_f32, false, false, dpgan::tile::F32)
+DPGAN_GEMM(gemm_grouped_tn_fwd_f32, true, false, dpgan::tile::F32)
+DPGAN_GEMM(gemm_grouped_nt_fwd_f32, false, true, dpgan::tile::F32)
+DPGAN_GEMM(gemm_grouped_tt_fwd_f32, true, true, dpgan::tile::F32)
+// On TF32 tensor cores (inputs rounded to TF32, f32 accumulation), for callers that accept TF32's
+// 10-bit mantissa.
+DPGAN_GEMM(gemm_grouped_nn_fwd_tf32, false, false, dpgan::tile::Tf32)
+DPGAN_GEMM(gemm_grouped_tn_fwd_tf32, true, false, dpgan::tile::Tf32)
+DPGAN_GEMM(gemm_grouped_nt_fwd_tf32, false, true, dpgan::tile::Tf32)
+DPGAN_GEMM(gemm_grouped_tt_fwd_tf32, true, true, dpgan::tile::Tf32)
+// The TF32 products through the cp.async pipeline, on 64 × 64 and on 128 × 128 tiles: the same
+// values as the kernels above bit for bit (the same roundings, and each element's products added
+// in the same order), other ways of feeding the tensor cores, kept beside them until a GPU says
+// which is fastest.
+DPGAN_GEMM(gemm_grouped_nn_fwd_tf32_cp_async, false, false, dpgan::tile::Tf32CpAsync)
+DPGAN_GEMM(gemm_grouped_tn_fwd_tf32_cp_async, true, false, dpgan::tile::Tf32CpAsync)
+DPGAN_GEMM(gemm_grouped_nt_fwd_tf32_cp_async, false, true, dpgan::tile::Tf32CpAsync)
+DPGAN_GEMM(gemm_grouped_tt_fwd_tf32_cp_async, true, true, dpgan::tile::Tf32CpAsync)
+DPGAN_GEMM(gemm_grouped_nn_fwd_tf32_wide, false, false, dpgan::tile::Tf32Wide)
+DPGAN_GEMM(gemm_grouped_tn_fwd_tf32_wide, true, false, dpgan::tile::Tf32Wide)
+DPGAN_GEMM(gemm_grouped_nt_fwd_tf32_wide, false, true, dpgan::tile::Tf32Wide)
+DPGAN_GEMM(gemm_grouped_tt_fwd_tf32_wide, true, true, dpgan::tile::Tf32Wide)
+#undef DPGAN_GEMM
 
 // x·Wᵀ + bias (a linear layer): the NT product with bias [G, N] added in the epilogue.
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_nt_bias_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                                  const float* __restrict__ bias, float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<false> smem;
-  dpgan::gemm_grouped<false, true, false, true>(p, a, b, c, smem, bias);
-}
-
-// The same on TF32 tensor cores (inputs rounded to TF32, f32 accumulation), for callers that
-// accept TF32's 10-bit mantissa.
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    gemm_grouped_nn_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
-                             float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
-  dpgan::gemm_grouped<false, false, true>(p, a, b, c, smem);
-}
-
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    gemm_grouped_tn_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
-                             float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
-  dpgan::gemm_grouped<true, false, true>(p, a, b, c, smem);
-}
-
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    gemm_grouped_nt_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
-                             float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
-  dpgan::gemm_grouped<false, true, true>(p, a, b, c, smem);
-}
-
-extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
-    gemm_grouped_tt_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
-                             float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
-  dpgan::gemm_grouped<true, true, true>(p, a, b, c, smem);
+  __shared__ __align__(16) dpgan::tile::F32::Tiles smem;
+  dpgan::gemm_grouped<false, true, dpgan::tile::F32, true>(p, a, b, c, smem, bias);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_nt_bias_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                                   const float* __restrict__ bias, float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::SharedTiles<true> smem;
-  dpgan::gemm_grouped<false, true, true, true>(p, a, b, c, smem, bias);
+  __shared__ __align__(16) dpgan::tile::Tf32::Tiles smem;
+  dpgan::gemm_grouped<false, true, dpgan::tile::Tf32, true>(p, a, b, c, smem, bias);
 }
-
-// The TF32 products through the cp.async pipeline (tile::mainloop_cp_async): the same results as
-// the kernels above bit for bit (the same roundings, products and order), another way of feeding
-// the tensor cores, kept beside them until a GPU says which is faster.
-#define DPGAN_GEMM_CP_ASYNC(name, TRANS_A, TRANS_B)                                                   \
-  extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                                 \
-      name(GemmParams p, const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c) { \
-    __shared__ __align__(16) dpgan::tile::MainloopTiles<true, true> smem;                            \
-    dpgan::gemm_grouped<TRANS_A, TRANS_B, true, false, true>(p, a, b, c, smem);                      \
-  }
-DPGAN_GEMM_CP_ASYNC(gemm_grouped_nn_fwd_tf32_cp_async, false, false)
-DPGAN_GEMM_CP_ASYNC(gemm_grouped_tn_fwd_tf32_cp_async, true, false)
-DPGAN_GEMM_CP_ASYNC(gemm_grouped_nt_fwd_tf32_cp_async, false, true)
-DPGAN_GEMM_CP_ASYNC(gemm_grouped_tt_fwd_tf32_cp_async, true, true)
-#undef DPGAN_GEMM_CP_ASYNC

@@ -81,8 +81,43 @@ void compare(const char* what, const std::vector<float>& got, const std::vector<
   emu::compare(what, got, want, 1e-5);
 }
 
+// The TF32 builds of kernels/gemm_tile.cuh beside the register-staged one (F32 and Tf32 by `tf32`).
+enum class Piped { No, CpAsync, Wide };
+const char* piped_name(Piped p) { return p == Piped::Wide ? " wide" : p == Piped::CpAsync ? " cp.async" : ""; }
+int tile_of(Piped p) { return p == Piped::Wide ? 128 : 64; }
+
+// With a pipelined build, the TF32 kernel that feeds the tensor cores that way (tf32 is then true).
+void launch_gemm(const GemmParams& p, const float* a, const float* b, float* c, bool tf32, Piped piped) {
+  const bool ta = p.trans_a, tb = p.trans_b;
+  const int tile = tile_of(piped);
+  uint3_ grid{(unsigned)((p.n + tile - 1) / tile), (unsigned)((p.m + tile - 1) / tile), (unsigned)std::min(p.groups * p.splits, 3)};
+  launch(grid, [&] {
+    if (piped == Piped::Wide) {
+      if (ta && tb) gemm_grouped_tt_fwd_tf32_wide(p, a, b, c);
+      else if (ta) gemm_grouped_tn_fwd_tf32_wide(p, a, b, c);
+      else if (tb) gemm_grouped_nt_fwd_tf32_wide(p, a, b, c);
+      else gemm_grouped_nn_fwd_tf32_wide(p, a, b, c);
+    } else if (piped == Piped::CpAsync) {
+      if (ta && tb) gemm_grouped_tt_fwd_tf32_cp_async(p, a, b, c);
+      else if (ta) gemm_grouped_tn_fwd_tf32_cp_async(p, a, b, c);
+      else if (tb) gemm_grouped_nt_fwd_tf32_cp_async(p, a, b, c);
+      else gemm_grouped_nn_fwd_tf32_cp_async(p, a, b, c);
+    } else if (tf32) {
+      if (ta && tb) gemm_grouped_tt_fwd_tf32(p, a, b, c);
+      else if (ta) gemm_grouped_tn_fwd_tf32(p, a, b, c);
+      else if (tb) gemm_grouped_nt_fwd_tf32(p, a, b, c);
+      else gemm_grouped_nn_fwd_tf32(p, a, b, c);
+    } else {
+      if (ta && tb) gemm_grouped_tt_fwd_f32(p, a, b, c);
+      else if (ta) gemm_grouped_tn_fwd_f32(p, a, b, c);
+      else if (tb) gemm_grouped_nt_fwd_f32(p, a, b, c);
+      else gemm_grouped_nn_fwd_f32(p, a, b, c);
+    }
+  });
+}
+
 void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int split_len, bool tf32 = false,
-               bool cp_async = false) {
+               Piped piped = Piped::No) {
   // With TF32 the reference multiplies the TF32-rounded inputs (exactly, in f64).
   auto in = [&](float v) { return tf32 ? (double)bits_to_float(dpgan::tile::to_tf32(v)) : (double)v; };
   auto a = randv((size_t)G * M * K), b = randv((size_t)G * K * N);
@@ -100,43 +135,22 @@ void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int spl
       }
   std::vector<float> c((size_t)splits * G * M * N, NAN);
   GemmParams p{G, M, N, K, ta, tb, splits, split_len};
-  uint3_ grid{(unsigned)((N + 63) / 64), (unsigned)((M + 63) / 64), (unsigned)std::min(G * splits, 3)};
-  launch(grid, [&] {
-    if (cp_async) {
-      if (ta && tb) gemm_grouped_tt_fwd_tf32_cp_async(p, a.data(), b.data(), c.data());
-      else if (ta) gemm_grouped_tn_fwd_tf32_cp_async(p, a.data(), b.data(), c.data());
-      else if (tb) gemm_grouped_nt_fwd_tf32_cp_async(p, a.data(), b.data(), c.data());
-      else gemm_grouped_nn_fwd_tf32_cp_async(p, a.data(), b.data(), c.data());
-    } else if (tf32) {
-      if (ta && tb) gemm_grouped_tt_fwd_tf32(p, a.data(), b.data(), c.data());
-      else if (ta) gemm_grouped_tn_fwd_tf32(p, a.data(), b.data(), c.data());
-      else if (tb) gemm_grouped_nt_fwd_tf32(p, a.data(), b.data(), c.data());
-      else gemm_grouped_nn_fwd_tf32(p, a.data(), b.data(), c.data());
-    } else {
-      if (ta && tb) gemm_grouped_tt_fwd_f32(p, a.data(), b.data(), c.data());
-      else if (ta) gemm_grouped_tn_fwd_f32(p, a.data(), b.data(), c.data());
-      else if (tb) gemm_grouped_nt_fwd_f32(p, a.data(), b.data(), c.data());
-      else gemm_grouped_nn_fwd_f32(p, a.data(), b.data(), c.data());
-    }
-  });
+  launch_gemm(p, a.data(), b.data(), c.data(), tf32, piped);
   std::vector<float> sum((size_t)G * M * N, 0.0f);
   for (int s = 0; s < splits; ++s)
     for (size_t i = 0; i < sum.size(); ++i) sum[i] += c[s * sum.size() + i];
   char what[200];
-  snprintf(what, sizeof what, "gemm%s G%d M%d N%d K%d ta%d tb%d splits%d", cp_async ? " tf32 cp.async" : tf32 ? " tf32" : "",
-           G, M, N, K, ta, tb, splits);
+  snprintf(what, sizeof what, "gemm%s%s G%d M%d N%d K%d ta%d tb%d splits%d", tf32 ? " tf32" : "", piped_name(piped), G, M, N,
+           K, ta, tb, splits);
   compare(what, sum, want);
-  if (!tf32 || cp_async) return;
-  // The cp.async pipeline rounds the same inputs, multiplies them in the same order: the same
-  // values bit for bit, the one kernel against the other.
-  std::vector<float> piped((size_t)splits * G * M * N, NAN);
-  launch(grid, [&] {
-    if (ta && tb) gemm_grouped_tt_fwd_tf32_cp_async(p, a.data(), b.data(), piped.data());
-    else if (ta) gemm_grouped_tn_fwd_tf32_cp_async(p, a.data(), b.data(), piped.data());
-    else if (tb) gemm_grouped_nt_fwd_tf32_cp_async(p, a.data(), b.data(), piped.data());
-    else gemm_grouped_nn_fwd_tf32_cp_async(p, a.data(), b.data(), piped.data());
-  });
-  emu::compare_bits(std::string(what) + ": the cp.async pipeline against the register-staged loop", piped, c);
+  if (!tf32 || piped != Piped::No) return;
+  // The pipelined builds round the same inputs and add each element's products in the same order:
+  // the same values bit for bit, each kernel against the register-staged one.
+  for (Piped other : {Piped::CpAsync, Piped::Wide}) {
+    std::vector<float> piped_c((size_t)splits * G * M * N, NAN);
+    launch_gemm(p, a.data(), b.data(), piped_c.data(), true, other);
+    emu::compare_bits(std::string(what) + ": the" + piped_name(other) + " build against the register-staged loop", piped_c, c);
+  }
 }
 
 struct Geo {
@@ -150,8 +164,10 @@ ConvParams params_of(const Geo& q, int splits, int split_len) {
   return p;
 }
 
-// With cp_async (and tf32) the TF32 builds that feed the tensor cores through the cp.async pipeline.
-void test_conv(const Geo& q, int splits, int split_len, bool tf32 = false, bool cp_async = false) {
+// With a pipelined build (and tf32) the TF32 kernels that feed the tensor cores that way.
+void test_conv(const Geo& q, int splits, int split_len, bool tf32 = false, Piped piped = Piped::No) {
+  const bool cp_async = piped == Piped::CpAsync, wide = piped == Piped::Wide;
+  const unsigned tile = (unsigned)tile_of(piped);
   const int HO = (q.H + 2 * q.P - q.KH) / q.S + 1, WO = (q.W + 2 * q.P - q.KW) / q.S + 1;
   const size_t xs = (size_t)q.G * q.B * q.C * q.H * q.W, ws = (size_t)q.G * q.O * q.C * q.KH * q.KW,
                ys = (size_t)q.G * q.B * q.O * HO * WO;
@@ -183,17 +199,19 @@ void test_conv(const Geo& q, int splits, int split_len, bool tf32 = false, bool 
                   dw_want[wi] += (double)xr[xi] * dyr[yi];
                 }
   char what[200];
-  snprintf(what, sizeof what, "%sG%d B%d C%d %dx%d O%d k%dx%d s%d p%d", cp_async ? "tf32 cp.async " : tf32 ? "tf32 " : "", q.G, q.B, q.C, q.H, q.W, q.O, q.KH, q.KW, q.S, q.P);
+  snprintf(what, sizeof what, "%s%sG%d B%d C%d %dx%d O%d k%dx%d s%d p%d", tf32 ? "tf32 " : "", wide ? "wide " : cp_async ? "cp.async " : "", q.G, q.B, q.C, q.H, q.W, q.O, q.KH, q.KW, q.S, q.P);
   unsigned z = (unsigned)std::min(q.G, 2);
   {
     ConvParams p = params_of(q, 1, q.C * q.KH * q.KW);
     std::vector<float> y(ys, NAN);
     int N = q.B * HO * WO;
     if (q.O > 0 && N > 0)
-      launch({(unsigned)((N + 63) / 64), (unsigned)((q.O + 63) / 64), z},
+      launch({(N + tile - 1) / tile, (q.O + tile - 1) / tile, z},
              [&] {
-               (cp_async ? conv_conv2d_fwd_tf32_cp_async : tf32 ? conv_conv2d_fwd_tf32 : conv_conv2d_fwd_f32)(p, x.data(), w.data(),
-                                                                                                             y.data());
+               (wide       ? conv_conv2d_fwd_tf32_wide
+                : cp_async ? conv_conv2d_fwd_tf32_cp_async
+                : tf32     ? conv_conv2d_fwd_tf32
+                           : conv_conv2d_fwd_f32)(p, x.data(), w.data(), y.data());
              });
     std::string s = std::string("fwd ") + what;
     compare(s.c_str(), y, y_want);
@@ -213,9 +231,10 @@ void test_conv(const Geo& q, int splits, int split_len, bool tf32 = false, bool 
                      fdm(rows * cols), fdm(cols), fdm(ty * tx), fdm(tx)};
         int N = q.B * rows * cols;
         if (q.C > 0 && N > 0)
-          launch({(unsigned)((N + 63) / 64), (unsigned)((q.C + 63) / 64), z},
+          launch({(N + tile - 1) / tile, (q.C + tile - 1) / tile, z},
                  [&] {
-                   (cp_async ? conv_conv2d_input_grad_bwd_tf32_cp_async
+                   (wide       ? conv_conv2d_input_grad_bwd_tf32_wide
+                    : cp_async ? conv_conv2d_input_grad_bwd_tf32_cp_async
                     : tf32   ? conv_conv2d_input_grad_bwd_tf32
                              : conv_conv2d_input_grad_bwd_f32)(p, ph, dy.data(), w.data(), dx.data());
                  });
@@ -227,9 +246,10 @@ void test_conv(const Geo& q, int splits, int split_len, bool tf32 = false, bool 
     ConvParams p = params_of(q, splits, split_len);
     std::vector<float> dwp(ws * splits, NAN);
     int N = q.C * q.KH * q.KW;
-    launch({(unsigned)((N + 63) / 64), (unsigned)((q.O + 63) / 64), (unsigned)std::min(q.G * splits, 3)},
+    launch({(N + tile - 1) / tile, (q.O + tile - 1) / tile, (unsigned)std::min(q.G * splits, 3)},
            [&] {
-             (cp_async ? conv_conv2d_weight_grad_bwd_tf32_cp_async
+             (wide       ? conv_conv2d_weight_grad_bwd_tf32_wide
+              : cp_async ? conv_conv2d_weight_grad_bwd_tf32_cp_async
               : tf32   ? conv_conv2d_weight_grad_bwd_tf32
                        : conv_conv2d_weight_grad_bwd_f32)(p, x.data(), dy.data(), dwp.data());
            });
@@ -275,12 +295,12 @@ void test_conv_norms(const Geo& q) {
 }
 
 // Shared-memory bank conflicts of the main loop, from the kernels' own index functions (Slot,
-// SharedTiles::STRIDE, smem_col): for each warp-wide access, the most lanes whose 4-byte words are
-// different but share one of the 32 banks. TF32 must be conflict-free in its stores (both loader
-// kinds) and fragment reads (PTX's m16n8k8 layout: lane 4·group + t4 holds A rows group, group + 8
-// and B column group, at k = t4, t4 + 4); FFMA's stores may be 2-way (its float4 reads cannot
-// conflict), as gemm_tile.cuh says.
-template <bool TF32>
+// SharedTiles::STRIDE, smem_col, the builds' warp layouts): for each warp-wide access, the most lanes
+// whose 4-byte words are different but share one of the 32 banks. TF32 must be conflict-free in its
+// stores (both loader kinds) and fragment reads (PTX's m16n8k8 layout: lane 4·group + t4 holds A
+// rows group, group + 8 and B column group, at k = t4, t4 + 4), in every build; FFMA's stores may
+// be 2-way (its float4 reads cannot conflict), as gemm_tile.cuh says.
+template <class B>
 int warp_ways(int warp, const std::function<std::pair<int, int>(int lane)>& element) {
   int most = 0;
   for (int bank = 0; bank < 32; ++bank) {
@@ -288,7 +308,7 @@ int warp_ways(int warp, const std::function<std::pair<int, int>(int lane)>& elem
     for (int lane = 0; lane < 32; ++lane) {
       threadIdx = {(unsigned)(32 * warp + lane), 0, 0};
       const auto [kk, mn] = element(lane);
-      const int word = kk * dpgan::tile::SharedTiles<TF32>::STRIDE + dpgan::tile::smem_col<TF32>(kk, mn);
+      const int word = kk * B::Stage::STRIDE + dpgan::tile::smem_col<B::TF32>(kk, mn);
       if (word % 32 == bank && std::find(words.begin(), words.end(), word) == words.end()) words.push_back(word);
     }
     most = std::max(most, (int)words.size());
@@ -297,18 +317,21 @@ int warp_ways(int warp, const std::function<std::pair<int, int>(int lane)>& elem
   return most;
 }
 
-template <bool TF32>
+template <class B>
 int store_ways() {
   using namespace dpgan::tile;
+  using SK = typename B::template Slots<true>;
+  using SM = typename B::template Slots<false>;
   int most = 0;
   for (int warp = 0; warp < THREADS / 32; ++warp)
-    for (int i = 0; i < LOADS; ++i) {
-      most = std::max(most, warp_ways<TF32>(warp, [&](int) { return std::pair{Slot<true, TF32>::kk(i), Slot<true, TF32>::mn(i)}; }));
-      most = std::max(most, warp_ways<TF32>(warp, [&](int) { return std::pair{Slot<false, TF32>::kk(i), Slot<false, TF32>::mn(i)}; }));
+    for (int i = 0; i < B::LOADS; ++i) {
+      most = std::max(most, warp_ways<B>(warp, [&](int) { return std::pair{SK::kk(i), SK::mn(i)}; }));
+      most = std::max(most, warp_ways<B>(warp, [&](int) { return std::pair{SM::kk(i), SM::mn(i)}; }));
     }
   return most;
 }
 
+template <class B>
 int tf32_read_ways() {
   using namespace dpgan::tile;
   int most = 0;
@@ -316,22 +339,56 @@ int tf32_read_ways() {
     for (int k8 = 0; k8 < BK; k8 += 8)
       for (int dk : {0, 4}) {
         auto k = [&](int lane) { return k8 + lane % 4 + dk; };
-        for (int dm : {0, 8})
-          most = std::max(most, warp_ways<true>(warp, [&](int lane) { return std::pair{k(lane), (warp / 2) * 16 + lane / 4 + dm}; }));
-        for (int t = 0; t < TM; ++t)
-          most = std::max(most, warp_ways<true>(warp, [&](int lane) { return std::pair{k(lane), (warp % 2) * 32 + lane / 4 + 8 * t}; }));
+        const int m = (warp / B::WARPS_N) * B::WM, n = (warp % B::WARPS_N) * B::WN;
+        for (int mt = 0; mt < B::MT; ++mt)
+          for (int dm : {0, 8})
+            most = std::max(most, warp_ways<B>(warp, [&](int lane) { return std::pair{k(lane), m + 16 * mt + lane / 4 + dm}; }));
+        for (int nt = 0; nt < B::NT; ++nt)
+          most = std::max(most, warp_ways<B>(warp, [&](int lane) { return std::pair{k(lane), n + 8 * nt + lane / 4}; }));
       }
   return most;
 }
 
-void check_bank_conflicts() {
-  const int tf32_stores = store_ways<true>(), tf32_reads = tf32_read_ways(), f32_stores = store_ways<false>();
-  if (tf32_stores != 1 || tf32_reads != 1 || f32_stores > 2) {
-    ++emu::failures;
-    printf("FAIL bank conflicts: tf32 stores %d-way, tf32 reads %d-way, f32 stores %d-way\n", tf32_stores, tf32_reads,
-           f32_stores);
+// Every (row, column) of the tile is some thread's accumulator exactly once (acc_row, acc_col).
+template <class B>
+bool accumulators_cover_the_tile() {
+  std::vector<int> seen(B::TILE * B::TILE, 0);
+  for (unsigned t = 0; t < dpgan::tile::THREADS; ++t) {
+    threadIdx = {t, 0, 0};
+    for (int f = 0; f < B::FRAGS; ++f)
+      for (int r = 0; r < 4; ++r) {
+        const int row = dpgan::tile::acc_row<B>(f, r), col = dpgan::tile::acc_col<B>(f, r);
+        if (row < 0 || col < 0 || row >= B::TILE || col >= B::TILE) return false;
+        ++seen[row * B::TILE + col];
+      }
   }
-  printf("bank conflicts: tf32 stores %d-way, reads %d-way; f32 stores %d-way\n", tf32_stores, tf32_reads, f32_stores);
+  threadIdx = {0, 0, 0};
+  return std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; });
+}
+
+void check_bank_conflicts() {
+  using namespace dpgan::tile;
+  const int f32_stores = store_ways<F32>();
+  if (f32_stores > 2) {
+    ++emu::failures;
+    printf("FAIL bank conflicts: f32 stores %d-way\n", f32_stores);
+  }
+  printf("bank conflicts: f32 stores %d-way\n", f32_stores);
+  auto tf32 = [](auto build, const char* name) {
+    using B = decltype(build);
+    const int stores = store_ways<B>(), reads = tf32_read_ways<B>();
+    if (stores != 1 || reads != 1) {
+      ++emu::failures;
+      printf("FAIL bank conflicts: %s stores %d-way, reads %d-way\n", name, stores, reads);
+    }
+    printf("bank conflicts: %s stores %d-way, reads %d-way\n", name, stores, reads);
+  };
+  tf32(Tf32{}, "tf32");
+  tf32(Tf32Wide{}, "tf32 wide");
+  if (!accumulators_cover_the_tile<F32>() || !accumulators_cover_the_tile<Tf32>() || !accumulators_cover_the_tile<Tf32Wide>()) {
+    ++emu::failures;
+    printf("FAIL the accumulators do not cover a tile exactly once\n");
+  }
 }
 
 int main() {
@@ -348,6 +405,9 @@ int main() {
         for (int n : {9, 64, 130})
           for (int k : {0, 5, 40}) test_gemm(1, m, n, k, ta, tb, 1, std::max(k, 1), true);
       test_gemm(2, 65, 70, 100, ta, tb, 4, 32, true);
+      // Past one wide tile in M and N, with tails.
+      test_gemm(1, 130, 200, 40, ta, tb, 1, 40, true);
+      test_gemm(2, 257, 129, 70, ta, tb, 3, 32, true);
     }
   printf("gemm done, %d failures\n", emu::failures);
   const Geo geos[] = {
@@ -363,10 +423,11 @@ int main() {
   for (const Geo& q : geos) test_conv(q, 1, q.B * ((q.H + 2 * q.P - q.KH) / q.S + 1) * ((q.W + 2 * q.P - q.KW) / q.S + 1));
   test_conv({1, 4, 2, 9, 9, 3, 3, 3, 1, 1}, 3, 128);  // K = 324: slices 128, 128, 68
   test_conv({2, 3, 2, 7, 7, 5, 5, 5, 2, 2}, 2, 32);   // K = 48
-  for (bool cp_async : {false, true}) {
-    test_conv({1, 2, 70, 5, 6, 66, 3, 3, 1, 1}, 1, 60, true, cp_async);
-    test_conv({2, 2, 3, 9, 13, 67, 3, 3, 2, 1}, 1, 2 * 5 * 7, true, cp_async);
-    test_conv({1, 2, 65, 11, 11, 3, 8, 8, 2, 0}, 2, 16, true, cp_async);
+  for (Piped piped : {Piped::No, Piped::CpAsync, Piped::Wide}) {
+    test_conv({1, 2, 70, 5, 6, 66, 3, 3, 1, 1}, 1, 60, true, piped);
+    test_conv({2, 2, 3, 9, 13, 67, 3, 3, 2, 1}, 1, 2 * 5 * 7, true, piped);
+    test_conv({1, 2, 65, 11, 11, 3, 8, 8, 2, 0}, 2, 16, true, piped);
+    test_conv({1, 2, 130, 9, 9, 140, 3, 3, 1, 1}, 1, 162, true, piped);  // more than one wide tile in M, N and K
   }
   printf("conv done, %d failures\n", emu::failures);
   // GS-WGAN's critic convs (5x5 s2 p2 at 28, 14, 7; reduced channels), tails in O and C·KK, batch 1,
