@@ -93,3 +93,31 @@ extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
   __shared__ __align__(16) dpgan::tile::Tf32::Tiles smem;
   dpgan::gemm_grouped<false, true, dpgan::tile::Tf32, true>(p, a, b, c, smem, bias);
 }
+
+// The rate of TF32 mma.sync on this device: `dpgan bench kernels`' tensor-core ceiling, which the
+// TF32 GEMMs are measured against. Each warp multiplies one pair of fragments held in registers
+// `rounds` times into MMA_PEAK_CHAINS independent accumulators (enough to cover the instruction's
+// latency), with no memory traffic in the loop; each thread then writes the sum of its
+// accumulators, so that nothing is optimised away and the result can be checked exactly: every
+// product adds the same 16 × 8 block A·B, with A[r][k] = (r + 2k) mod 5 − 2 and
+// B[k][c] = (3k + c) mod 7 − 3 (small integers, exact in TF32 and in every sum below 2^24).
+constexpr int MMA_PEAK_CHAINS = 8;
+extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS) gemm_mma_peak_fwd_tf32(int rounds, float* __restrict__ out) {
+  using namespace dpgan::tile;
+  const int lane = threadIdx.x % 32, group = lane / 4, t4 = lane % 4;
+  auto a_at = [](int r, int k) { return to_tf32((float)((r + 2 * k) % 5 - 2)); };
+  auto b_at = [](int k, int c) { return to_tf32((float)((3 * k + c) % 7 - 3)); };
+  const uint32_t a[4] = {a_at(group, t4), a_at(group + 8, t4), a_at(group, t4 + 4), a_at(group + 8, t4 + 4)};
+  const uint32_t b[2] = {b_at(t4, group), b_at(t4 + 4, group)};
+  float acc[MMA_PEAK_CHAINS][4];
+  zero_accumulators(acc);
+  for (int i = 0; i < rounds; ++i)
+#pragma unroll
+    for (int c = 0; c < MMA_PEAK_CHAINS; ++c) mma_tf32(acc[c], a, b);
+  float sum = 0.0f;
+#pragma unroll
+  for (int c = 0; c < MMA_PEAK_CHAINS; ++c)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) sum += acc[c][r];
+  out[(int64_t)blockIdx.x * blockDim.x + threadIdx.x] = sum;
+}

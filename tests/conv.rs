@@ -653,21 +653,24 @@ fn conv_cuda_tf32_matches_the_loop_formulas_within_tensor_core_tolerance() {
     });
 }
 
-/// Through the cp.async pipeline the TF32 convolutions are the register-staged ones bit for bit
-/// (the same rounded inputs, products and order): forward with and without its bias, input
-/// gradient per stride phase, weight gradient with a split K, tails and G > 1, on outputs poisoned
-/// with NaN.
+/// Through the cp.async pipeline, on 64 × 64 and on 128 × 128 tiles, the TF32 convolutions are the
+/// register-staged ones bit for bit (the same rounded inputs, products and order): forward with and
+/// without its bias, input gradient per stride phase, weight gradient with a split K, tails and
+/// G > 1, on outputs poisoned with NaN. The last two shapes fill wide tiles in every op (the others
+/// take the 64 × 64 pipeline under `Wide` where M or N is below 128).
 #[test]
-fn conv_cuda_tf32_cp_async_equals_the_register_staged_kernels_bit_for_bit() {
+fn conv_cuda_tf32_pipelines_equal_the_register_staged_kernels_bit_for_bit() {
     use dpgan::backend::cuda::{Tf32Pipeline, Tf32PipelineScope, Tf32Scope};
-    common::on_cuda("conv_cuda_tf32_cp_async_equals_the_register_staged_kernels_bit_for_bit", |dev| {
-        let mut rng = common::rng("conv_cuda_tf32_cp_async_equals_the_register_staged_kernels_bit_for_bit");
+    common::on_cuda("conv_cuda_tf32_pipelines_equal_the_register_staged_kernels_bit_for_bit", |dev| {
+        let mut rng = common::rng("conv_cuda_tf32_pipelines_equal_the_register_staged_kernels_bit_for_bit");
         let _tf32 = Tf32Scope::new(true);
         for (name, conv) in [
             ("GS-WGAN D conv2 64->128 5x5 s2 p2 14->7, B=2", Conv::new(1, 2, 64, 14, 14, 128, (5, 5), 2, 2)),
             ("ResNet G up-block 256->256 3x3 p1 at 8, B=1", Conv::new(1, 1, 256, 8, 8, 256, (3, 3), 1, 1)),
             ("tails: 65->67 channels 3x3 s2 p1 13x11, G=2", Conv::new(2, 3, 65, 13, 11, 67, (3, 3), 2, 1)),
             ("weight grad with split K: 8->64 3x3 p1 at 14, B=16", Conv::new(1, 16, 8, 14, 14, 64, (3, 3), 1, 1)),
+            ("ResNet G 256->256 3x3 p1 at 16, B=2", Conv::new(1, 2, 256, 16, 16, 256, (3, 3), 1, 1)),
+            ("wide tails: 130->140 channels 3x3 s1 p1 9x9, G=2", Conv::new(2, 2, 130, 9, 9, 140, (3, 3), 1, 1)),
         ] {
             let (x, w, dy) = conv_inputs(&mut rng, &conv);
             let bias = randn_vec(&mut rng, conv.groups * conv.out_channels);
@@ -685,10 +688,13 @@ fn conv_cuda_tf32_cp_async_equals_the_register_staged_kernels_bit_for_bit() {
                 ];
                 outputs.map(|t| t.to_vec().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>())
             };
-            let (staged, piped) = (run(Tf32Pipeline::RegisterStaged), run(Tf32Pipeline::CpAsync));
-            for (k, what) in ["conv2d", "conv2d with bias", "input grad", "weight grad"].iter().enumerate() {
-                assert!(staged[k].iter().all(|&v| f32::from_bits(v).is_finite()), "{name}: {what}");
-                assert_eq!(piped[k], staged[k], "{name}: {what}");
+            let staged = run(Tf32Pipeline::RegisterStaged);
+            for pipeline in [Tf32Pipeline::CpAsync, Tf32Pipeline::Wide] {
+                let piped = run(pipeline);
+                for (k, what) in ["conv2d", "conv2d with bias", "input grad", "weight grad"].iter().enumerate() {
+                    assert!(staged[k].iter().all(|&v| f32::from_bits(v).is_finite()), "{name}: {what}");
+                    assert_eq!(piped[k], staged[k], "{pipeline:?}, {name}: {what}");
+                }
             }
         }
     });

@@ -326,18 +326,21 @@ fn matmul_cuda_tf32_matches_the_oracle_within_tensor_core_tolerance() {
     });
 }
 
-/// The cp.async pipeline feeds the tensor cores the same rounded inputs in the same order as the
-/// register-staged loop: the same products bit for bit, for every transpose, with tails in M, N
-/// and K (zero-filled copies), G > 1 and a split K (each slice its own pipeline), on outputs
-/// poisoned with NaN.
+/// The cp.async pipeline, on 64 × 64 and on 128 × 128 tiles, feeds the tensor cores the same
+/// rounded inputs as the register-staged loop and adds each element's products in the same order:
+/// the same products bit for bit, for every transpose, with tails in M, N and K (zero-filled
+/// copies), G > 1 and a split K (each slice its own pipeline; every build cuts K alike), on outputs
+/// poisoned with NaN. Products below 128 in M or N take the 64 × 64 pipeline under `Wide`.
 #[test]
-fn matmul_cuda_tf32_cp_async_equals_the_register_staged_kernel_bit_for_bit() {
+fn matmul_cuda_tf32_pipelines_equal_the_register_staged_kernel_bit_for_bit() {
     use dpgan::backend::cuda::{Tf32Pipeline, Tf32PipelineScope, Tf32Scope};
-    common::on_cuda("matmul_cuda_tf32_cp_async_equals_the_register_staged_kernel_bit_for_bit", |dev| {
-        let mut rng = common::rng("matmul_cuda_tf32_cp_async_equals_the_register_staged_kernel_bit_for_bit");
+    common::on_cuda("matmul_cuda_tf32_pipelines_equal_the_register_staged_kernel_bit_for_bit", |dev| {
+        let mut rng = common::rng("matmul_cuda_tf32_pipelines_equal_the_register_staged_kernel_bit_for_bit");
         let _tf32 = Tf32Scope::new(true);
         for (trans_a, trans_b) in TRANSPOSES {
-            for (groups, m, k, n) in [(1, 64, 32, 64), (1, 130, 33, 257), (2, 257, 130, 65), (3, 600, 794, 128), (1, 64, 4111, 70)] {
+            for (groups, m, k, n) in
+                [(1, 64, 32, 64), (1, 130, 33, 257), (2, 257, 130, 65), (3, 600, 794, 128), (1, 64, 4111, 70), (1, 300, 4111, 200)]
+            {
                 let a_shape = if trans_a { [groups, k, m] } else { [groups, m, k] };
                 let b_shape = if trans_b { [groups, n, k] } else { [groups, k, n] };
                 let a = common::uniform(&mut rng, &a_shape, -1.0, 1.0).to_device(dev).unwrap();
@@ -349,7 +352,9 @@ fn matmul_cuda_tf32_cp_async_equals_the_register_staged_kernel_bit_for_bit() {
                 };
                 let staged = product(Tf32Pipeline::RegisterStaged);
                 assert!(staged.iter().all(|&v| f32::from_bits(v).is_finite()), "G{groups} {m}×{k}×{n} ta{trans_a} tb{trans_b}");
-                assert_eq!(product(Tf32Pipeline::CpAsync), staged, "G{groups} {m}×{k}×{n} ta{trans_a} tb{trans_b}");
+                for pipeline in [Tf32Pipeline::CpAsync, Tf32Pipeline::Wide] {
+                    assert_eq!(product(pipeline), staged, "{pipeline:?}: G{groups} {m}×{k}×{n} ta{trans_a} tb{trans_b}");
+                }
             }
         }
     });
@@ -406,4 +411,22 @@ fn large_matmul_in_row_bands_equals_row_by_row() {
             }
         }
     }
+}
+
+/// The tensor-core ceiling's kernel issues what it counts: every thread's sum is its four entries
+/// of the fixed 16 × 8 product A·B, added rounds × chains times, exactly (small integers), for one
+/// round and for the most rounds its sums stay exact at; on an output poisoned with NaN.
+#[test]
+fn mma_peak_cuda_sums_exactly_what_it_counts() {
+    use dpgan::backend::cuda::{mma_peak, mma_peak_expected, MMA_PEAK_MAX_ROUNDS};
+    common::on_cuda("mma_peak_cuda_sums_exactly_what_it_counts", |dev| {
+        let Device::Cuda(cuda) = dev else { panic!("on_cuda gives a CUDA device") };
+        for (blocks, rounds) in [(1, 1), (3, 7), (2, MMA_PEAK_MAX_ROUNDS)] {
+            let (sums, flops) = mma_peak(cuda, blocks, rounds).unwrap();
+            assert_eq!(sums.to_vec().unwrap(), mma_peak_expected(blocks * 256, rounds), "{blocks} blocks × {rounds} rounds");
+            assert_eq!(flops, (blocks * 8 * rounds * 8 * 2048) as f64);
+        }
+        assert!(mma_peak(cuda, 1, MMA_PEAK_MAX_ROUNDS + 1).is_err(), "past the exact range");
+        assert!(mma_peak(cuda, 0, 1).is_err(), "no blocks");
+    });
 }

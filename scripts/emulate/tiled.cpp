@@ -153,6 +153,26 @@ void test_gemm(int G, int M, int N, int K, bool ta, bool tb, int splits, int spl
   }
 }
 
+// gemm_mma_peak_fwd_tf32: each thread's sum is chains × rounds × its four entries of A·B (m16n8k8
+// layout: rows group and group + 8, columns 2·t4 and 2·t4 + 1), A and B as the kernel defines them.
+void test_mma_peak() {
+  const int rounds = 3, blocks = 2, chains = 8;
+  std::vector<float> out(blocks * 256, NAN);
+  launch({(unsigned)blocks, 1, 1}, [&] { gemm_mma_peak_fwd_tf32(rounds, out.data()); });
+  std::vector<double> want(out.size());
+  auto product = [](int r, int c) {
+    double s = 0;
+    for (int k = 0; k < 8; ++k) s += (double)((r + 2 * k) % 5 - 2) * (double)((3 * k + c) % 7 - 3);
+    return s;
+  };
+  for (size_t t = 0; t < out.size(); ++t) {
+    const int lane = (int)(t % 32), g = lane / 4, t4 = lane % 4;
+    const double four = product(g, 2 * t4) + product(g, 2 * t4 + 1) + product(g + 8, 2 * t4) + product(g + 8, 2 * t4 + 1);
+    want[t] = (double)chains * rounds * four;
+  }
+  emu::compare("mma peak", out, want, 0.0);
+}
+
 struct Geo {
   int G, B, C, H, W, O, KH, KW, S, P;
 };
@@ -409,6 +429,7 @@ int main() {
       test_gemm(1, 130, 200, 40, ta, tb, 1, 40, true);
       test_gemm(2, 257, 129, 70, ta, tb, 3, 32, true);
     }
+  test_mma_peak();
   printf("gemm done, %d failures\n", emu::failures);
   const Geo geos[] = {
       {1, 2, 1, 28, 28, 4, 5, 5, 2, 2},  {1, 2, 4, 14, 14, 6, 5, 5, 2, 2},  {3, 2, 6, 7, 7, 5, 5, 5, 2, 2},

@@ -89,11 +89,7 @@ fn conv_cases(cases: &mut Vec<Case>, base: &str, c: ConvShape, tf32: Option<Tf32
     let oh = c.out_hw();
     let shape = format!("x[{batch},{ci},{hw},{hw}] w[{co},{ci},{k},{k}] s{s} p{p} → [{batch},{co},{oh},{oh}]");
     let note = "x, w, y once each (two read, one written)".to_string();
-    let suffix = match tf32 {
-        None => "",
-        Some(Tf32Pipeline::RegisterStaged) => " tf32",
-        Some(Tf32Pipeline::CpAsync) => " tf32 cp.async",
-    };
+    let suffix = tf32.map(|p| format!(" {}", p.label())).unwrap_or_default();
     let case = |dir: &str, make: Make, op: Op| Case {
         name: format!("{base} {dir}{suffix}"),
         family: "conv",
@@ -534,15 +530,12 @@ fn per_example_norm_cases(cases: &mut Vec<Case>) {
     }
 }
 
-/// Plain matmuls on TF32 tensor cores through each pipeline (the same values, two schedules): a
+/// Plain matmuls on TF32 tensor cores through each build (the same values, three schedules): a
 /// square one and the implicit GEMMs of GS-WGAN's ResNet generator's 256→256 3×3 conv at 16×16 and
 /// batch 32 as plain products (forward: O × B·P × C·KK; weight gradient: O × C·KK × B·P).
 fn tf32_gemm_cases(cases: &mut Vec<Case>) {
-    for pipeline in [Tf32Pipeline::RegisterStaged, Tf32Pipeline::CpAsync] {
-        let label = match pipeline {
-            Tf32Pipeline::RegisterStaged => "tf32",
-            Tf32Pipeline::CpAsync => "tf32 cp.async",
-        };
+    for pipeline in Tf32Pipeline::ALL {
+        let label = pipeline.label();
         for (what, m, n, k) in [("square", 1024, 1024, 1024), ("resnet conv fwd", 256, 8192, 2304), ("resnet conv dW", 256, 2304, 8192)] {
             let make = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
                 let (m, n, k) = (pick(s, 128, m), pick(s, 96, n), pick(s, 80, k));
@@ -563,10 +556,10 @@ pub fn all_cases() -> Vec<Case> {
     linear_cases(&mut cases);
     tf32_gemm_cases(&mut cases);
     // The GS-WGAN convs in f32, then again on TF32 tensor cores (the non-private warm start's
-    // candidate path, measured beside the TF32 ceiling); the ResNet generator's, which dominate
-    // the warm start, also through the cp.async pipeline.
-    for tf32 in [None, Some(Tf32Pipeline::RegisterStaged), Some(Tf32Pipeline::CpAsync)] {
-        if tf32 != Some(Tf32Pipeline::CpAsync) {
+    // candidate path, measured beside the TF32 ceilings); the ResNet generator's, which dominate
+    // the warm start, also through the cp.async pipeline and on wide tiles.
+    for tf32 in [None, Some(Tf32Pipeline::RegisterStaged), Some(Tf32Pipeline::CpAsync), Some(Tf32Pipeline::Wide)] {
+        if matches!(tf32, None | Some(Tf32Pipeline::RegisterStaged)) {
             for (name, ci, co, hw) in [("gs-wgan D conv1", 1, 64, 28), ("gs-wgan D conv2", 64, 128, 14), ("gs-wgan D conv3", 128, 256, 7)] {
                 let c = ConvShape { batch: 32, in_channels: ci, out_channels: co, in_hw: hw, kernel: 5, stride: 2, padding: 2 };
                 conv_cases(&mut cases, &format!("{name} {ci}→{co} 5×5 s2 @{hw}"), c, tf32);

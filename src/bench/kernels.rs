@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::cases::{all_cases, gemm_case, pick, randn, Case, Op, Size};
 use super::{median, rate_g, BenchReport, CaseResult, Ceilings};
-use crate::backend::cuda::{CudaDevice, Tf32Pipeline, Tf32PipelineScope, Tf32Scope};
+use crate::backend::cuda::{mma_peak, mma_peak_expected, CudaDevice, Tf32Pipeline, Tf32PipelineScope, Tf32Scope};
 use crate::backend::ops;
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Storage, Tensor};
@@ -140,7 +140,7 @@ fn run_case(case: &Case, dev: &Device, cuda: &CudaDevice, l2_bytes: usize, it: I
         rotated_bytes,
         l2_resident: rotated_bytes < (2 * l2_bytes) as f64,
         tf32: case.tf32.is_some(),
-        cp_async: case.tf32 == Some(Tf32Pipeline::CpAsync),
+        tf32_build: case.tf32.map(|p| p.label().to_string()),
         validation_error,
     })
 }
@@ -188,6 +188,20 @@ fn gemm_ceiling(
     Ok(r.gflops.unwrap_or(0.0))
 }
 
+/// The tensor cores' TF32 rate (`mma_peak`): checked exactly on two blocks first, then timed on 8
+/// blocks an SM.
+fn mma_ceiling(cuda: &Arc<CudaDevice>, it: Iterations) -> Result<f64> {
+    let (small, _) = mma_peak(cuda, 2, 3)?;
+    if small.to_vec()? != mma_peak_expected(2 * 256, 3) {
+        return Err(Error::cuda("validating the mma.sync TF32 ceiling", "its sums differ from A·B added rounds × chains times"));
+    }
+    let blocks = 8 * cuda.properties().multiprocessors.max(1) as usize;
+    let rounds = 4096;
+    let (_, flops) = mma_peak(cuda, blocks, rounds)?;
+    let ms = time_calls(cuda, it, |_| mma_peak(cuda, blocks, rounds).map(drop))?;
+    Ok(rate_g(flops, ms))
+}
+
 /// Opens cuda:0 (or says why there is none), measures the ceilings, then validates and times
 /// every case. `progress` hears each case's name before it runs.
 pub fn run(quick: bool, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
@@ -210,11 +224,24 @@ pub fn run(quick: bool, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
     let (copy_gbps, copy_bytes) = copy_ceiling(&dev, &cuda, it, &mut rng)?;
     progress("ceiling: gemm f32");
     let gemm_f32_gflops = gemm_ceiling(&dev, &cuda, l2_bytes, it, None, &mut rng)?;
-    progress("ceiling: gemm tf32");
-    let gemm_tf32_gflops = gemm_ceiling(&dev, &cuda, l2_bytes, it, Some(Tf32Pipeline::RegisterStaged), &mut rng)?;
-    progress("ceiling: gemm tf32 cp.async");
-    let gemm_tf32_cp_async_gflops = gemm_ceiling(&dev, &cuda, l2_bytes, it, Some(Tf32Pipeline::CpAsync), &mut rng)?;
-    let ceilings = Ceilings { copy_gbps, copy_bytes, gemm_f32_gflops, gemm_tf32_gflops, gemm_tf32_cp_async_gflops, gemm_n: CEILING_GEMM_N };
+    let mut tf32 = [0.0; 3];
+    for (rate, pipeline) in tf32.iter_mut().zip(Tf32Pipeline::ALL) {
+        progress(&format!("ceiling: gemm {}", pipeline.label()));
+        *rate = gemm_ceiling(&dev, &cuda, l2_bytes, it, Some(pipeline), &mut rng)?;
+    }
+    let [gemm_tf32_gflops, gemm_tf32_cp_async_gflops, gemm_tf32_wide_gflops] = tf32;
+    progress("ceiling: tensor cores (mma.sync tf32)");
+    let mma_tf32_gflops = mma_ceiling(&cuda, it)?;
+    let ceilings = Ceilings {
+        copy_gbps,
+        copy_bytes,
+        gemm_f32_gflops,
+        gemm_tf32_gflops,
+        gemm_tf32_cp_async_gflops,
+        gemm_tf32_wide_gflops,
+        gemm_n: CEILING_GEMM_N,
+        mma_tf32_gflops,
+    };
 
     let mut cases = Vec::new();
     for case in all_cases() {

@@ -1,5 +1,5 @@
 //! Launchers of `kernels/conv.cu`: conv2d forward, input gradient and weight gradient as implicit
-//! GEMMs on `gemm.rs`'s 64 × 64 tiles (per group; P = HO·WO, KK = KH·KW):
+//! GEMMs on `gemm.rs`'s tiles (per group; P = HO·WO, KK = KH·KW):
 //!
 //! | kernel      | M | N        | K        | grid z             |
 //! |-------------|---|----------|----------|--------------------|
@@ -7,9 +7,9 @@
 //! | input grad  | C | B·H·W/s² | O·KK/s²  | groups, s² launches|
 //! | weight grad | O | C·KK     | B·P      | groups × K slices  |
 //!
-//! Each has an f32 FFMA kernel and two TF32 tensor-core builds (register-staged and through the
-//! cp.async pipeline, `gemm::Tf32Pipeline`), taken where the calling thread allows TF32 and the
-//! product is large enough (`gemm::tf32_for`).
+//! Each has an f32 FFMA kernel and three TF32 tensor-core builds (register-staged, through the
+//! cp.async pipeline, and on 128 × 128 tiles: `gemm::Tf32Pipeline`), taken where the calling
+//! thread allows TF32 and the product is large enough (`gemm::tf32_for`).
 //!
 //! The weight gradient's K (the batch's positions) is long while O·C·KK can be a single tile (64
 //! filters of 1·5·5), so it is split like a GEMM's and the slices added by `reduce::sum_to`.
@@ -19,7 +19,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::device::{CudaBuffer, CudaDevice};
 use super::elementwise::fill;
-use super::gemm::{build_for, check_i32, split_k, sum_splits, tf32_for, tile_grid, TILE_M, TILE_N};
+use super::gemm::{build_for, check_i32, split_k, sum_splits, tf32_for, tile_grid, tiles_64};
 use super::module::Kernel;
 use super::params::{ConvParams, ConvPhase, FastDivmod};
 use super::{buffer, launched, output};
@@ -162,13 +162,17 @@ pub(crate) fn conv2d(dev: &Arc<CudaDevice>, x: &Tensor, w: &Tensor, bias: Option
         let k = geom.in_channels * geom.kernel_h * geom.kernel_w;
         let p = conv_params("conv2d", geom, 1, k)?;
         let tf32 = tf32_for(dev, m, n, k);
-        let config = tile_grid("conv2d", m, n, geom.groups)?;
+        let config = tile_grid("conv2d", m, n, geom.groups, tf32)?;
         match bias {
             None => {
-                launch(dev, build_for(tf32, [Kernel::Conv2d, Kernel::Conv2dTf32, Kernel::Conv2dTf32CpAsync]), &p, config, x, w, &mut y)?
+                let kernel = build_for(tf32, [Kernel::Conv2d, Kernel::Conv2dTf32, Kernel::Conv2dTf32CpAsync, Kernel::Conv2dTf32Wide]);
+                launch(dev, kernel, &p, config, x, w, &mut y)?
             }
             Some(bias) => {
-                let kernel = build_for(tf32, [Kernel::Conv2dBias, Kernel::Conv2dBiasTf32, Kernel::Conv2dBiasTf32CpAsync]);
+                let kernel = build_for(
+                    tf32,
+                    [Kernel::Conv2dBias, Kernel::Conv2dBiasTf32, Kernel::Conv2dBiasTf32CpAsync, Kernel::Conv2dBiasTf32Wide],
+                );
                 let _range = crate::profile::range(kernel.symbol());
                 // SAFETY: as `launch`'s, and bias holds G·O floats (checked by ops), read at
                 // [g·O + o] for o < O only.
@@ -202,9 +206,12 @@ pub(crate) fn conv2d_input_grad(dev: &Arc<CudaDevice>, dy: &Tensor, w: &Tensor, 
     for q in input_grad_phases(geom) {
         let n = geom.batch * (q.rows * q.cols) as usize;
         let k = geom.out_channels * (q.taps_y * q.taps_x) as usize;
-        let kernel =
-            build_for(tf32_for(dev, m, n, k), [Kernel::Conv2dInputGrad, Kernel::Conv2dInputGradTf32, Kernel::Conv2dInputGradTf32CpAsync]);
-        let config = tile_grid("conv2d_input_grad", m, n, geom.groups)?;
+        let tf32 = tf32_for(dev, m, n, k);
+        let kernel = build_for(
+            tf32,
+            [Kernel::Conv2dInputGrad, Kernel::Conv2dInputGradTf32, Kernel::Conv2dInputGradTf32CpAsync, Kernel::Conv2dInputGradTf32Wide],
+        );
+        let config = tile_grid("conv2d_input_grad", m, n, geom.groups, tf32)?;
         let _range = crate::profile::range(kernel.symbol());
         // SAFETY: dy and w match `p` (ops checked the shapes against the geometry) and d_x holds
         // G·B·C·H·W floats; the phase's pixels lie inside H × W and its taps inside KH × KW
@@ -239,13 +246,15 @@ pub(crate) fn conv2d_weight_grad(dev: &Arc<CudaDevice>, x: &Tensor, dy: &Tensor,
         fill(dev, &mut d_w, 0.0)?;
         return output(d_w, &shape);
     }
-    let tiles = geom.groups * m.div_ceil(TILE_M) * n.div_ceil(TILE_N);
-    let (splits, split_len) = split_k(tiles, k, out_len, dev.properties().multiprocessors as usize);
+    let (splits, split_len) = split_k(tiles_64(geom.groups, m, n), k, out_len, dev.properties().multiprocessors as usize);
     let p = conv_params("conv2d_weight_grad", geom, splits, split_len)?;
     let mut partials = dev.alloc(splits * out_len)?;
-    let kernel =
-        build_for(tf32_for(dev, m, n, k), [Kernel::Conv2dWeightGrad, Kernel::Conv2dWeightGradTf32, Kernel::Conv2dWeightGradTf32CpAsync]);
-    launch(dev, kernel, &p, tile_grid("conv2d_weight_grad", m, n, geom.groups * splits)?, x, dy, &mut partials)?;
+    let tf32 = tf32_for(dev, m, n, k);
+    let kernel = build_for(
+        tf32,
+        [Kernel::Conv2dWeightGrad, Kernel::Conv2dWeightGradTf32, Kernel::Conv2dWeightGradTf32CpAsync, Kernel::Conv2dWeightGradTf32Wide],
+    );
+    launch(dev, kernel, &p, tile_grid("conv2d_weight_grad", m, n, geom.groups * splits, tf32)?, x, dy, &mut partials)?;
     sum_splits(dev, partials, splits, out_len, &shape)
 }
 

@@ -91,7 +91,7 @@ pub(crate) fn conv2d_weight_grad_sq_norms(dev: &Arc<CudaDevice>, x: &Tensor, dy:
     }
     let positions = geom.out_h * geom.out_w;
     let p = conv_params(OP, geom, 1, positions)?;
-    let cfg = tile_grid(OP, m, n, examples)?;
+    let cfg = tile_grid(OP, m, n, examples, None)?;
     let tiles = cfg.grid_dim.0 as usize * cfg.grid_dim.1 as usize;
     let mut partials = dev.alloc(examples * tiles)?;
     let k = Kernel::Conv2dWeightGradSqNorms;

@@ -87,6 +87,11 @@ kernel_table! {
     GemmTNTf32CpAsync => "gemm_grouped_tn_fwd_tf32_cp_async",
     GemmNTTf32CpAsync => "gemm_grouped_nt_fwd_tf32_cp_async",
     GemmTTTf32CpAsync => "gemm_grouped_tt_fwd_tf32_cp_async",
+    GemmNNTf32Wide => "gemm_grouped_nn_fwd_tf32_wide",
+    GemmTNTf32Wide => "gemm_grouped_tn_fwd_tf32_wide",
+    GemmNTTf32Wide => "gemm_grouped_nt_fwd_tf32_wide",
+    GemmTTTf32Wide => "gemm_grouped_tt_fwd_tf32_wide",
+    GemmMmaPeak => "gemm_mma_peak_fwd_tf32",
     GemmNTBias => "gemm_grouped_nt_bias_fwd_f32",
     GemmNTBiasTf32 => "gemm_grouped_nt_bias_fwd_tf32",
     Conv2d => "conv_conv2d_fwd_f32",
@@ -101,6 +106,10 @@ kernel_table! {
     Conv2dBiasTf32CpAsync => "conv_conv2d_bias_fwd_tf32_cp_async",
     Conv2dInputGradTf32CpAsync => "conv_conv2d_input_grad_bwd_tf32_cp_async",
     Conv2dWeightGradTf32CpAsync => "conv_conv2d_weight_grad_bwd_tf32_cp_async",
+    Conv2dTf32Wide => "conv_conv2d_fwd_tf32_wide",
+    Conv2dBiasTf32Wide => "conv_conv2d_bias_fwd_tf32_wide",
+    Conv2dInputGradTf32Wide => "conv_conv2d_input_grad_bwd_tf32_wide",
+    Conv2dWeightGradTf32Wide => "conv_conv2d_weight_grad_bwd_tf32_wide",
 }
 
 impl Kernel {
