@@ -13,8 +13,9 @@
 #   sanitize compute-sanitizer memcheck on the GEMM, conv, clip, DP-step, optimizer and   ≤ 450 s
 #           norm test executables (the pointer-batch kernels among them), racecheck on the
 #           conv tests' TF32 cases (shared-memory tiles); each step stops at its first error
-#   bench   `dpgan bench kernels`, `dpgan bench step` (DP-CGAN and GS-WGAN private and     ≤ 495 s
-#           not, GS-WGAN's warm start and phase 2 with TF32, DPSGD-GAN's private D step)
+#   bench   `dpgan bench kernels`, `dpgan bench step` (DP-CGAN and GS-WGAN private and     ≤ 540 s
+#           not, GS-WGAN's warm start and phase 2 with TF32, the warm start on the wide TF32
+#           build, DPSGD-GAN's private D step)
 #   pytorch benches/pytorch/compare.py: the same steps in PyTorch (eager, Opacus, vmap,   ≤ 300 s
 #           compile) beside ours; Opacus from .whl/ if the machine lacks it (device README)
 #   dpcgan  DP-CGAN's full published run (24,900 steps) timed, sampled and evaluated;     ≤ 420 s
@@ -116,6 +117,10 @@ if want bench; then
     --phases --device "$device" "${step_flags[@]}" "${gs_step_flags[@]}" --json "$out/bench-step-gs-wgan-non-private-tf32.json"
   [ "$device" != cpu ] && step bench-step-gs-wgan-private-tf32 45 "$bin" bench step --algo gs-wgan --private --tf32 \
     --cuda-graph --device "$device" "${step_flags[@]}" "${gs_step_flags[@]}" --json "$out/bench-step-gs-wgan-private-tf32.json"
+  # The warm-start iteration once more on the wide TF32 build (128 × 128 tiles where they fill).
+  [ "$device" != cpu ] && step bench-step-gs-wgan-non-private-tf32-wide 45 "$bin" --tf32-build wide bench step --algo gs-wgan \
+    --non-private --tf32 --phases --device "$device" "${step_flags[@]}" "${gs_step_flags[@]}" \
+    --json "$out/bench-step-gs-wgan-non-private-tf32-wide.json"
   # DPSGD-GAN's private D step at the published B = 128, d = 128 (it has no non-private step), with
   # its launch floor.
   graph=()

@@ -117,6 +117,18 @@ fn bad_arguments_fail_with_an_error_line() {
     assert_eq!(version.trim(), format!("dpgan {}", env!("CARGO_PKG_VERSION")));
 }
 
+/// `--tf32-build` is global (before or after the subcommand), and a wrong build names the three.
+#[test]
+fn the_tf32_build_is_chosen_anywhere_and_named_when_wrong() {
+    let args = ["privacy", "epsilon", "--sample-rate", "0.01", "--noise-multiplier", "1.15", "--steps", "2000", "--delta", "1e-5"];
+    let plain = stdout_of(&args);
+    assert!(plain.starts_with("epsilon "), "{plain}");
+    assert_eq!(stdout_of(&[&["--tf32-build", "wide"][..], &args].concat()), plain);
+    assert_eq!(stdout_of(&[&args[..], &["--tf32-build", "cp-async"]].concat()), plain);
+    let e = stderr_of_failure(&["--tf32-build", "huge", "info"]);
+    assert!(e.contains("register-staged") && e.contains("cp-async") && e.contains("wide"), "{e}");
+}
+
 // ---- dpgan privacy ------------------------------------------------------------------------------
 
 /// What the binary prints is what the library computes, and reproduces docs/algorithms.md's DP-CGAN ε.

@@ -805,6 +805,9 @@ pub fn run(options: &StepOptions, device: &Device, mut progress: impl FnMut(&str
     settings.insert("seed".into(), json!(options.seed));
     settings.insert("cuda_graph".into(), json!(options.cuda_graph));
     settings.insert("tf32".into(), json!(options.tf32));
+    if options.tf32 {
+        settings.insert("tf32_build".into(), json!(crate::backend::cuda::tf32_pipeline().label()));
+    }
     Ok(StepReport {
         benchmark: "step".into(),
         algo: options.algo.name().into(),

@@ -3,7 +3,8 @@
 //! `reproduce/`, `report.rs`, `bench.rs`). Commands render their report to a string and hand it to [`emit`].
 use std::io::{self, Write};
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use dpgan::backend::cuda::{Tf32Pipeline, Tf32PipelineScope};
 use dpgan::{Device, Error, Result};
 
 mod bench;
@@ -26,6 +27,29 @@ mod train;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Which build the TF32 tensor-core matmuls and convolutions take where a command allows TF32
+    /// (`--tf32`): the same values bit for bit, a different speed (`dpgan bench kernels` times all
+    /// three). `wide` takes 128 × 128 tiles where M and N fill them, else `cp-async`'s.
+    #[arg(long, global = true, value_enum, default_value_t = Tf32Build::RegisterStaged)]
+    tf32_build: Tf32Build,
+}
+
+/// `--tf32-build`: the CLI's names of `Tf32Pipeline`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Tf32Build {
+    RegisterStaged,
+    CpAsync,
+    Wide,
+}
+
+impl From<Tf32Build> for Tf32Pipeline {
+    fn from(b: Tf32Build) -> Self {
+        match b {
+            Tf32Build::RegisterStaged => Tf32Pipeline::RegisterStaged,
+            Tf32Build::CpAsync => Tf32Pipeline::CpAsync,
+            Tf32Build::Wide => Tf32Pipeline::Wide,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -50,8 +74,10 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// Runs the parsed command.
+/// Runs the parsed command (on this thread, which every command trains and benchmarks on: the TF32
+/// build chosen holds for all of it).
 pub fn run(cli: Cli) -> Result<()> {
+    let _tf32_build = Tf32PipelineScope::new(cli.tf32_build.into());
     match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Privacy(args) => privacy::run(&args),

@@ -75,6 +75,11 @@ impl Tf32Pipeline {
     }
 }
 
+/// This thread's [`Tf32Pipeline`] (what its TF32 products take where they fill the build's tiles).
+pub fn tf32_pipeline() -> Tf32Pipeline {
+    TF32_PIPELINE.with(Cell::get)
+}
+
 /// Sets this thread's [`Tf32Pipeline`] until the value is dropped, then the previous one again.
 #[must_use = "the pipeline is chosen only while the scope lives"]
 pub struct Tf32PipelineScope {
@@ -139,7 +144,7 @@ pub(crate) fn use_tf32(dev: &CudaDevice, m: usize, n: usize, k: usize) -> bool {
 /// The TF32 pipeline a product of this size takes on `dev` under this thread's settings, or `None`
 /// for f32 FFMA.
 pub(crate) fn tf32_for(dev: &CudaDevice, m: usize, n: usize, k: usize) -> Option<Tf32Pipeline> {
-    use_tf32(dev, m, n, k).then(|| pipeline_for(TF32_PIPELINE.with(Cell::get), m, n))
+    use_tf32(dev, m, n, k).then(|| pipeline_for(tf32_pipeline(), m, n))
 }
 
 /// The pipeline a TF32 product of M × N takes when this one is chosen: the wide build only where
@@ -359,12 +364,12 @@ mod tests {
             assert_eq!(gemm_kernel(ta, tb, Some(Tf32Pipeline::CpAsync)).symbol(), format!("gemm_grouped_{op}_fwd_tf32_cp_async"));
             assert_eq!(gemm_kernel(ta, tb, Some(Tf32Pipeline::Wide)).symbol(), format!("gemm_grouped_{op}_fwd_tf32_wide"));
         }
-        assert_eq!(TF32_PIPELINE.with(Cell::get), Tf32Pipeline::RegisterStaged, "register-staged by default");
+        assert_eq!(tf32_pipeline(), Tf32Pipeline::RegisterStaged, "register-staged by default");
         {
             let _scope = Tf32PipelineScope::new(Tf32Pipeline::CpAsync);
-            assert_eq!(TF32_PIPELINE.with(Cell::get), Tf32Pipeline::CpAsync);
+            assert_eq!(tf32_pipeline(), Tf32Pipeline::CpAsync);
         }
-        assert_eq!(TF32_PIPELINE.with(Cell::get), Tf32Pipeline::RegisterStaged, "the scope gives the previous one back");
+        assert_eq!(tf32_pipeline(), Tf32Pipeline::RegisterStaged, "the scope gives the previous one back");
     }
 
     /// The wide build takes only products that fill one of its tiles in M and N; its grid counts

@@ -18,7 +18,9 @@ mod shape;
 mod step_block;
 
 pub use device::{device_count, driver_absent_reason, set_poison_allocations, CudaBuffer, CudaDevice, DeviceProperties};
-pub use gemm::{allow_tf32, mma_peak, mma_peak_expected, set_allow_tf32, Tf32Pipeline, Tf32PipelineScope, Tf32Scope, MMA_PEAK_MAX_ROUNDS};
+pub use gemm::{
+    allow_tf32, mma_peak, mma_peak_expected, set_allow_tf32, tf32_pipeline, Tf32Pipeline, Tf32PipelineScope, Tf32Scope, MMA_PEAK_MAX_ROUNDS,
+};
 pub use graph::{set_force_capture_refusal, CapturedGraph};
 pub use module::{kernel_resources, Kernel, KernelResources};
 pub use step_block::StepBlock;
