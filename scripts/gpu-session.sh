@@ -13,7 +13,7 @@
 #   sanitize compute-sanitizer memcheck on the GEMM, conv, clip, DP-step, optimizer and   ≤ 450 s
 #           norm test executables (the pointer-batch kernels among them), racecheck on the
 #           conv tests' TF32 cases (shared-memory tiles); each step stops at its first error
-#   bench   `dpgan bench kernels`, `dpgan bench step` (DP-CGAN and GS-WGAN private and     ≤ 540 s
+#   bench   `dpgan bench kernels`, `dpgan bench step` (DP-CGAN and GS-WGAN private and     ≤ 570 s
 #           not, GS-WGAN's warm start and phase 2 with TF32, the warm start on the wide TF32
 #           build, DPSGD-GAN's private D step)
 #   pytorch benches/pytorch/compare.py: the same steps in PyTorch (eager, Opacus, vmap,   ≤ 300 s
@@ -99,7 +99,7 @@ fi
 
 # Benchmarks.
 if want bench; then
-  [ "$device" != cpu ] && step bench-kernels 180 "$bin" bench kernels "${kernel_flags[@]}" --json "$out/bench-kernels.json"
+  [ "$device" != cpu ] && step bench-kernels 210 "$bin" bench kernels "${kernel_flags[@]}" --json "$out/bench-kernels.json"
   for algo in dp-cgan gs-wgan; do
     for mode in --private --non-private; do
       extra=()
