@@ -18,9 +18,10 @@
 // on the fly instead of storing it. A loader is a struct with
 //   static constexpr bool K_CONTIGUOUS;   // which of (k, m|n) consecutive threads step along
 //   template <class Put> __device__ void fetch(int k0, Put&& put) const;
-// which calls put(i, address, in_range) for i < Slots::LOADS: element (k0 + Slot::kk(i), mn0 + Slot::mn(i))
-// of its operand is *address when in_range, and 0 outside the matrix (every tail is checked in the
-// loader; address is then still some address of the operand, never read). The register-staged
+// which calls put(i, address, in_range) for i < Slots::LOADS: element
+// (k0 + Slots::kk(i), mn0 + Slots::mn(i)) of its operand is *address when in_range, and 0 outside
+// the matrix (every tail is checked in the loader; address is then still some address of the
+// operand, never read). The register-staged
 // loop loads the elements, the cp.async one copies them. The output goes through an *epilogue* whose
 // address is separable: element (m, n) lives at out[row(m) + col(n)].
 #pragma once
