@@ -370,28 +370,28 @@ __device__ __forceinline__ void conv2d_weight_grad(const ConvParams& p, const fl
 #define DPGAN_CONV_FWD(name, BUILD)                                                                        \
   extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                                      \
       name(ConvParams p, const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y) { \
-    __shared__ __align__(16) BUILD::Tiles smem;                                                            \
+    BUILD::Tiles& smem = dpgan::tile::mainloop_tiles<BUILD>();                                                            \
     dpgan::conv::conv2d_fwd<BUILD, false>(p, x, w, nullptr, y, smem);                                     \
   }
 #define DPGAN_CONV_BIAS_FWD(name, BUILD)                                                         \
   extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                            \
       name(ConvParams p, const float* __restrict__ x, const float* __restrict__ w,              \
            const float* __restrict__ bias, float* __restrict__ y) {                            \
-    __shared__ __align__(16) BUILD::Tiles smem;                                                  \
+    BUILD::Tiles& smem = dpgan::tile::mainloop_tiles<BUILD>();                                                  \
     dpgan::conv::conv2d_fwd<BUILD, true>(p, x, w, bias, y, smem);                               \
   }
 #define DPGAN_CONV_INPUT_GRAD(name, BUILD)                                                        \
   extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                             \
       name(ConvParams p, ConvPhase q, const float* __restrict__ dy, const float* __restrict__ w, \
            float* __restrict__ dx) {                                                            \
-    __shared__ __align__(16) BUILD::Tiles smem;                                                   \
+    BUILD::Tiles& smem = dpgan::tile::mainloop_tiles<BUILD>();                                                   \
     dpgan::conv::conv2d_input_grad<BUILD>(p, q, dy, w, dx, smem);                                \
   }
 // The weight gradient's launch bounds are an argument: the f32 build holds four blocks an SM.
 #define DPGAN_CONV_WEIGHT_GRAD(name, BUILD, ...)                                                                \
   extern "C" __global__ void __launch_bounds__(__VA_ARGS__)                                                   \
       name(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dw) { \
-    __shared__ __align__(16) BUILD::Tiles smem;                                                                \
+    BUILD::Tiles& smem = dpgan::tile::mainloop_tiles<BUILD>();                                                                \
     dpgan::conv::conv2d_weight_grad<BUILD>(p, x, dy, dw, smem);                                               \
   }
 

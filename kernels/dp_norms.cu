@@ -121,7 +121,7 @@ __device__ __forceinline__ void conv2d_weight_grad_sq_norms(const ConvParams& p,
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     dp_conv2d_weight_grad_sq_norms_bwd_f32(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy,
                                            float* __restrict__ partial) {
-  __shared__ __align__(16) dpgan::tile::F32::Tiles smem;
+  dpgan::tile::F32::Tiles& smem = dpgan::tile::mainloop_tiles<dpgan::tile::F32>();
   __shared__ double scratch[dpgan::tile::THREADS];
   dpgan::dp_norms::conv2d_weight_grad_sq_norms(p, x, dy, partial, smem, scratch);
 }

@@ -51,7 +51,7 @@ __device__ __forceinline__ void gemm_grouped(const GemmParams& p, const float* _
 #define DPGAN_GEMM(name, TRANS_A, TRANS_B, BUILD)                                                          \
   extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                                      \
       name(GemmParams p, const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c) { \
-    __shared__ __align__(16) BUILD::Tiles smem;                                                            \
+    BUILD::Tiles& smem = dpgan::tile::mainloop_tiles<BUILD>();                                                            \
     dpgan::gemm_grouped<TRANS_A, TRANS_B, BUILD>(p, a, b, c, smem);                                       \
   }
 // f32 FFMA.
@@ -83,14 +83,14 @@ DPGAN_GEMM(gemm_grouped_tt_fwd_tf32_wide, true, true, dpgan::tile::Tf32Wide)
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_nt_bias_fwd_f32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                                  const float* __restrict__ bias, float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::F32::Tiles smem;
+  dpgan::tile::F32::Tiles& smem = dpgan::tile::mainloop_tiles<dpgan::tile::F32>();
   dpgan::gemm_grouped<false, true, dpgan::tile::F32, true>(p, a, b, c, smem, bias);
 }
 
 extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)
     gemm_grouped_nt_bias_fwd_tf32(GemmParams p, const float* __restrict__ a, const float* __restrict__ b,
                                   const float* __restrict__ bias, float* __restrict__ c) {
-  __shared__ __align__(16) dpgan::tile::Tf32::Tiles smem;
+  dpgan::tile::Tf32::Tiles& smem = dpgan::tile::mainloop_tiles<dpgan::tile::Tf32>();
   dpgan::gemm_grouped<false, true, dpgan::tile::Tf32, true>(p, a, b, c, smem, bias);
 }
 

@@ -7,7 +7,7 @@
 //   products (see tile_product_tf32).
 // - Tf32CpAsync: the same tiles and products, fed by a three-stage cp.async pipeline.
 // - Tf32Wide: 128 × 128 tiles, each warp 64 × 32 (sixteen m16n8k8 products a k8 step, 64
-//   accumulators a thread), fed by a two-stage cp.async pipeline: half the shared-memory traffic
+//   accumulators a thread), fed by a four-stage cp.async pipeline: half the shared-memory traffic
 //   of a 64 × 64 tile per product (1.5 fragment reads an mma instead of 3), for products large
 //   enough to fill its tiles.
 // In the register-staged builds every thread fetches its share of A's and B's tile of the next K
@@ -145,10 +145,14 @@ struct Build {
   // A thread's accumulators are float[FRAGS][4]: FFMA acc[i][j] at row 4·ty + i, column 4·tx + j;
   // TF32 one row per m16n8 product.
   static constexpr int FRAGS = TF32 ? MT * NT : TM;
-  // The cp.async pipeline holds as many stages as fit the 48 KiB of static shared memory.
-  static constexpr int STAGES = !CP_ASYNC ? 1 : TILE == 64 ? 3 : 2;
+  // The cp.async pipeline's stages: three on 64 × 64 tiles (27 KiB), four on 128 × 128 (68 KiB,
+  // for the one or two blocks an SM that its registers allow).
+  static constexpr int STAGES = !CP_ASYNC ? 1 : TILE == 64 ? 3 : 4;
   using Stage = SharedTiles<TF32, TILE>;
   using Tiles = typename std::conditional<CP_ASYNC, Stage[STAGES], Stage>::type;
+  // Past 48 KiB a block's shared memory must be dynamic, opted into per kernel (the launcher sets
+  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES and passes the size, src/backend/cuda/gemm.rs).
+  static constexpr bool DYNAMIC_SHARED = sizeof(Tiles) > 48 * 1024;
   template <bool K_CONTIGUOUS>
   using Slots = Slot<K_CONTIGUOUS, TF32, TILE>;
   static constexpr int LOADS = Slots<true>::LOADS;
@@ -156,12 +160,36 @@ struct Build {
   static_assert(TF32 || (!CP_ASYNC && TILE == 64), "FFMA runs register-staged 64 × 64 tiles (4 × 4 per thread)");
   static_assert(!TF32 || (WARPS_M * WM == TILE && WM % 16 == 0 && THREADS % 32 == 0 && BK % 8 == 0),
                 "the warps' m16n8k8 products cover the tile");
-  static_assert(sizeof(Tiles) <= 48 * 1024, "static shared memory holds at most 48 KiB");
+  static_assert(sizeof(Tiles) <= 99 * 1024, "sm_86 and sm_89 give a block at most 99 KiB of shared memory");
 };
 using F32 = Build<false, false, 64>;
 using Tf32 = Build<true, false, 64>;
 using Tf32CpAsync = Build<true, true, 64>;
 using Tf32Wide = Build<true, true, 128>;
+static_assert(sizeof(Tf32Wide::Tiles) == 69632 && Tf32Wide::DYNAMIC_SHARED,
+              "the wide build's dynamic shared memory: WIDE_SHARED_BYTES in src/backend/cuda/gemm.rs");
+
+// The shared memory of build B's main loop for this block: a static allocation, or the block's
+// dynamic shared memory when it needs more than 48 KiB. A launch that gave it less than the tiles
+// need traps (an error the launcher reports) instead of reading past it.
+template <class B>
+__device__ __forceinline__ typename B::Tiles& mainloop_tiles() {
+#ifdef DPGAN_HOST_EMULATION
+  static typename B::Tiles tiles;  // one per kernel, shared by the emulated block's threads
+  return tiles;
+#else
+  if constexpr (B::DYNAMIC_SHARED) {
+    extern __shared__ __align__(16) unsigned char dynamic_shared[];
+    uint32_t given;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(given));
+    if (given < sizeof(typename B::Tiles)) __trap();
+    return *reinterpret_cast<typename B::Tiles*>(dynamic_shared);
+  } else {
+    __shared__ __align__(16) typename B::Tiles tiles;
+    return tiles;
+  }
+#endif
+}
 
 // The tile row and column of this thread's acc[f][r].
 template <class B>

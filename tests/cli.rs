@@ -60,7 +60,10 @@ fn info_kernels_lists_every_kernel_with_ptxas_figures() {
                 let row = rows.iter().find(|row| row.contains(arch)).unwrap_or_else(|| panic!("{} has no {arch} row", k.symbol()));
                 let fields: Vec<&str> = row.split_whitespace().collect();
                 let figures: Vec<String> =
-                    [r.registers, r.spill_stores, r.spill_loads, r.shared_bytes, r.stack_bytes].iter().map(u32::to_string).collect();
+                    [r.registers, r.spill_stores, r.spill_loads, r.shared_bytes, r.stack_bytes, k.dynamic_shared_bytes()]
+                        .iter()
+                        .map(u32::to_string)
+                        .collect();
                 assert_eq!(fields[3..].to_vec(), figures, "{row}");
             }
         }
@@ -101,7 +104,11 @@ fn info_kernels_json_has_one_entry_per_kernel() {
         let archs: Vec<&str> = entry["resources"].as_array().unwrap().iter().map(|r| r["arch"].as_str().unwrap()).collect();
         let expected: &[&str] = if FATBIN.is_some() { CUDA_ARCHS } else { &[] };
         assert_eq!(archs, expected, "{}", k.symbol());
+        assert_eq!(entry["dynamic_shared_bytes"], k.dynamic_shared_bytes(), "{}", k.symbol());
     }
+    let dynamic: Vec<_> = Kernel::ALL.iter().filter(|k| k.dynamic_shared_bytes() > 0).map(|k| k.symbol()).collect();
+    assert_eq!(dynamic.len(), 8, "the wide TF32 GEMMs and convolutions, and only they: {dynamic:?}");
+    assert!(dynamic.iter().all(|s| s.ends_with("_tf32_wide")), "{dynamic:?}");
     assert_eq!(v["unlisted_kernels"], serde_json::json!([]), "kernels compiled but absent from Kernel::ALL");
 }
 

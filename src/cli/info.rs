@@ -63,6 +63,9 @@ struct DeviceSummary {
 struct KernelEntry {
     symbol: &'static str,
     family: &'static str,
+    /// Dynamic shared memory its launches pass (`Kernel::dynamic_shared_bytes`), beside ptxas's
+    /// static figure.
+    dynamic_shared_bytes: u32,
     /// One per SASS target ptxas compiled it for; empty when the build had no nvcc.
     resources: Vec<Resources>,
 }
@@ -144,7 +147,7 @@ fn kernel_table(reported: &[KernelResources]) -> (Vec<KernelEntry>, Vec<String>)
                 })
                 .collect();
             resources.sort_by_key(|r| arch_number(&r.arch));
-            KernelEntry { symbol: k.symbol(), family: k.family(), resources }
+            KernelEntry { symbol: k.symbol(), family: k.family(), dynamic_shared_bytes: k.dynamic_shared_bytes(), resources }
         })
         .collect();
     let mut unlisted: Vec<String> =
@@ -207,8 +210,8 @@ fn write_kernel_table(f: &mut fmt::Formatter<'_>, kernels: &[KernelEntry], compi
     let fam_w = kernels.iter().map(|k| k.family.len()).max().unwrap_or(0).max("family".len());
     writeln!(
         f,
-        "{:sym_w$}  {:fam_w$}  {:6}  {:>4}  {:>11}  {:>10}  {:>10}  {:>11}",
-        "symbol", "family", "arch", "regs", "spill store", "spill load", "smem bytes", "stack bytes"
+        "{:sym_w$}  {:fam_w$}  {:6}  {:>4}  {:>11}  {:>10}  {:>10}  {:>11}  {:>9}",
+        "symbol", "family", "arch", "regs", "spill store", "spill load", "smem bytes", "stack bytes", "dyn smem"
     )?;
     for k in kernels {
         if k.resources.is_empty() {
@@ -218,8 +221,16 @@ fn write_kernel_table(f: &mut fmt::Formatter<'_>, kernels: &[KernelEntry], compi
         for r in &k.resources {
             writeln!(
                 f,
-                "{:sym_w$}  {:fam_w$}  {:6}  {:>4}  {:>11}  {:>10}  {:>10}  {:>11}",
-                k.symbol, k.family, r.arch, r.registers, r.spill_stores, r.spill_loads, r.shared_bytes, r.stack_bytes
+                "{:sym_w$}  {:fam_w$}  {:6}  {:>4}  {:>11}  {:>10}  {:>10}  {:>11}  {:>9}",
+                k.symbol,
+                k.family,
+                r.arch,
+                r.registers,
+                r.spill_stores,
+                r.spill_loads,
+                r.shared_bytes,
+                r.stack_bytes,
+                k.dynamic_shared_bytes
             )?;
         }
     }

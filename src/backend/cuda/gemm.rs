@@ -25,6 +25,11 @@ pub(crate) const TILE_N: usize = 64;
 pub(crate) const TILE_K: usize = 16;
 /// Rows and columns of C per block in the wide TF32 build (`tile::Tf32Wide`).
 pub(crate) const WIDE_TILE: usize = 128;
+/// The wide build's cp.async stages, and the dynamic shared memory they take (two operand tiles of
+/// TILE_K rows, `WIDE_TILE + 8` floats apart, a stage): 68 KiB, past the 48 KiB a block may hold
+/// statically. `kernels/gemm_tile.cuh` asserts the same size; a launch with less traps.
+const WIDE_STAGES: usize = 4;
+pub(crate) const WIDE_SHARED_BYTES: u32 = (WIDE_STAGES * 2 * TILE_K * (WIDE_TILE + 8) * 4) as u32;
 /// Threads per block (`tile::THREADS`).
 const THREADS: u32 = 256;
 /// Hardware limits of gridDim.y and gridDim.z; the kernels grid-stride over z.
@@ -57,8 +62,9 @@ pub enum Tf32Pipeline {
     /// read. Plain matmuls and the convolutions; a matmul with a bias stays register-staged.
     CpAsync,
     /// 128 × 128 tiles, 64 × 32 per warp (half the shared-memory reads per tensor-core product),
-    /// through a two-stage cp.async pipeline. Where M or N is below 128 the product takes the
-    /// 64 × 64 cp.async build instead, which wastes less of its tiles; as `CpAsync` otherwise.
+    /// through a four-stage cp.async pipeline in 68 KiB of dynamic shared memory. Where M or N is
+    /// below 128 the product takes the 64 × 64 cp.async build instead, which wastes less of its
+    /// tiles; as `CpAsync` otherwise.
     Wide,
 }
 
@@ -211,7 +217,8 @@ pub(crate) fn tiles_64(groups: usize, m: usize, n: usize) -> usize {
 }
 
 /// The launch of a tiled kernel of the build `tf32` names: x = tiles of N, y = tiles of M,
-/// z = `z_work` (groups × splits), clamped to the hardware limit (the kernels grid-stride over z).
+/// z = `z_work` (groups × splits), clamped to the hardware limit (the kernels grid-stride over z),
+/// with the dynamic shared memory the build takes.
 pub(crate) fn tile_grid(op: &'static str, m: usize, n: usize, z_work: usize, tf32: Option<Tf32Pipeline>) -> Result<LaunchConfig> {
     let tile = tile_of(tf32);
     let (tiles_m, tiles_n) = (m.div_ceil(tile), n.div_ceil(tile));
@@ -219,7 +226,8 @@ pub(crate) fn tile_grid(op: &'static str, m: usize, n: usize, z_work: usize, tf3
         return Err(Error::shape(op, format!("{m} rows need {tiles_m} tiles, above the grid's limit of {MAX_GRID_Y}")));
     }
     let z = z_work.clamp(1, MAX_GRID_Z);
-    Ok(LaunchConfig { grid_dim: (tiles_n as u32, tiles_m as u32, z as u32), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
+    let shared_mem_bytes = if tf32 == Some(Tf32Pipeline::Wide) { WIDE_SHARED_BYTES } else { 0 };
+    Ok(LaunchConfig { grid_dim: (tiles_n as u32, tiles_m as u32, z as u32), block_dim: (THREADS, 1, 1), shared_mem_bytes })
 }
 
 /// The tensor of `shape` from a kernel's output of `splits` partial slices of `out_len` floats
@@ -384,11 +392,19 @@ mod tests {
             assert_eq!(pipeline_for(other, 64, 64), other);
             assert_eq!(pipeline_for(other, 4096, 4096), other);
         }
-        let grid = |tf32| tile_grid("matmul", 300, 129, 5, tf32).unwrap().grid_dim;
-        assert_eq!(grid(Some(Wide)), (2, 3, 5), "N = 129 in 2 wide tiles, M = 300 in 3");
+        let grid = |tf32| tile_grid("matmul", 300, 129, 5, tf32).unwrap();
+        assert_eq!(grid(Some(Wide)).grid_dim, (2, 3, 5), "N = 129 in 2 wide tiles, M = 300 in 3");
         for tf32 in [None, Some(RegisterStaged), Some(CpAsync)] {
-            assert_eq!(grid(tf32), (3, 5, 5), "N = 129 in 3 tiles of 64, M = 300 in 5");
+            assert_eq!(grid(tf32).grid_dim, (3, 5, 5), "N = 129 in 3 tiles of 64, M = 300 in 5");
         }
+        // The launch passes the dynamic shared memory its kernel was opted into, and only the wide
+        // kernels take any.
+        for tf32 in [None, Some(RegisterStaged), Some(CpAsync), Some(Wide)] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                assert_eq!(grid(tf32).shared_mem_bytes, gemm_kernel(ta, tb, tf32).dynamic_shared_bytes(), "{tf32:?}");
+            }
+        }
+        assert_eq!(WIDE_SHARED_BYTES, 69_632, "gemm_tile.cuh's sizeof(Tf32Wide::Tiles)");
         assert_eq!(tiles_64(2, 300, 129), 2 * 5 * 3);
     }
 

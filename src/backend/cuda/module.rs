@@ -2,6 +2,7 @@
 //! launchers and `dpgan info` use. Functions are looked up once, when a device is opened.
 use std::sync::Arc;
 
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaFunction, CudaModule};
 
 use crate::error::{Error, Result};
@@ -117,6 +118,16 @@ impl Kernel {
     pub fn family(self) -> &'static str {
         self.symbol().split('_').next().unwrap_or("")
     }
+
+    /// Bytes of dynamic shared memory the kernel's launches pass, and its function is opted into
+    /// when the module loads: the wide TF32 build's four-stage pipeline; 0 for every other kernel.
+    pub fn dynamic_shared_bytes(self) -> u32 {
+        if self.symbol().ends_with("_tf32_wide") {
+            super::gemm::WIDE_SHARED_BYTES
+        } else {
+            0
+        }
+    }
 }
 
 /// Function handles of every kernel, indexed by [`Kernel`].
@@ -128,7 +139,15 @@ impl KernelTable {
     pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self> {
         let functions = Kernel::ALL
             .iter()
-            .map(|k| module.load_function(k.symbol()).map_err(|e| Error::cuda(format!("looking up kernel {}", k.symbol()), e)))
+            .map(|k| {
+                let f = module.load_function(k.symbol()).map_err(|e| Error::cuda(format!("looking up kernel {}", k.symbol()), e))?;
+                let bytes = k.dynamic_shared_bytes();
+                if bytes > 0 {
+                    f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+                        .map_err(|e| Error::cuda(format!("opting kernel {} into {bytes} bytes of shared memory", k.symbol()), e))?;
+                }
+                Ok(f)
+            })
             .collect::<Result<_>>()?;
         Ok(KernelTable { functions })
     }
