@@ -538,7 +538,9 @@ fn tf32_gemm_cases(cases: &mut Vec<Case>) {
         let label = pipeline.label();
         for (what, m, n, k) in [("square", 1024, 1024, 1024), ("resnet conv fwd", 256, 8192, 2304), ("resnet conv dW", 256, 2304, 8192)] {
             let make = move |rng: &mut ChaCha8Rng, s: Size| -> Result<Vec<Tensor>> {
-                let (m, n, k) = (pick(s, 128, m), pick(s, 96, n), pick(s, 80, k));
+                // Validated at 128 × 160: every build takes its own kernel there (the wide one needs
+                // M and N of at least 128), with a tail in N.
+                let (m, n, k) = (pick(s, 128, m), pick(s, 160, n), pick(s, 80, k));
                 Ok(vec![randn(rng, &[1, m, k])?, randn(rng, &[1, k, n])?])
             };
             let op: Op = Box::new(|t| Ok(vec![ops::matmul(&t[0], &t[1], false, false)?]));
@@ -618,6 +620,20 @@ mod tests {
             let mut t = (c.make)(&mut rng, Size::Small).unwrap();
             let out = (c.op)(&mut t).unwrap_or_else(|e| panic!("{}: {e}", c.name));
             assert!(out.iter().chain(&t).all(|x| x.to_vec().unwrap().iter().all(|v| v.is_finite())), "{}", c.name);
+        }
+    }
+
+    /// A wide matmul case is validated on the wide kernel: its small instance fills a 128 × 128
+    /// tile (below that the product would take the 64 × 64 build).
+    #[test]
+    fn wide_matmul_cases_validate_the_wide_kernel() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let wide: Vec<Case> = all_cases().into_iter().filter(|c| c.family == "gemm" && c.tf32 == Some(Tf32Pipeline::Wide)).collect();
+        assert_eq!(wide.len(), 3, "the square matmul and the ResNet conv's two products");
+        for c in wide {
+            let t = (c.make)(&mut rng, Size::Small).unwrap();
+            let (m, n) = (t[0].shape()[1], t[1].shape()[2]);
+            assert!(m >= 128 && n >= 128, "{}: {m} × {n}", c.name);
         }
     }
 }
