@@ -157,7 +157,7 @@ pub(super) fn refuse_on_resume(given: &[(&str, bool)], allowed: &str) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use super::Cli;
+    use super::{Cli, Tf32Pipeline};
     use clap::{CommandFactory, Parser};
 
     /// Every command and subcommand below `cmd`, with its path (`dpgan train dp-cgan`).
@@ -210,5 +210,19 @@ mod tests {
         assert!(format!("{parsed:?}").contains(r#"path: Some("-")"#), "{parsed:?}");
         let parsed = Cli::try_parse_from(["dpgan", "info", "--json", "out.json"]).unwrap();
         assert!(format!("{parsed:?}").contains(r#"path: Some("out.json")"#), "{parsed:?}");
+    }
+
+    /// Each `--tf32-build` name takes its own build, before or after the subcommand; the default is
+    /// the register-staged one.
+    #[test]
+    fn tf32_build_names_map_to_their_builds() {
+        let build = |args: &[&str]| Tf32Pipeline::from(Cli::try_parse_from(args).unwrap().tf32_build);
+        assert_eq!(build(&["dpgan", "info"]), Tf32Pipeline::RegisterStaged);
+        for (name, pipeline) in
+            [("register-staged", Tf32Pipeline::RegisterStaged), ("cp-async", Tf32Pipeline::CpAsync), ("wide", Tf32Pipeline::Wide)]
+        {
+            assert_eq!(build(&["dpgan", "--tf32-build", name, "info"]), pipeline, "{name}");
+            assert_eq!(build(&["dpgan", "info", "--tf32-build", name]), pipeline, "{name}");
+        }
     }
 }
