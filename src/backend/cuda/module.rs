@@ -211,7 +211,44 @@ pub fn kernel_resources(report: &str) -> Vec<KernelResources> {
 
 #[cfg(test)]
 mod tests {
-    use super::kernel_resources;
+    use super::{kernel_resources, Kernel, FATBIN, PTXAS_REPORT};
+
+    /// Shared memory a block may opt into, per SASS target (CUDA programming guide, compute
+    /// capabilities table).
+    fn max_block_shared_bytes(arch: &str) -> u32 {
+        match arch {
+            "sm_80" | "sm_87" => 163 * 1024,
+            "sm_86" | "sm_89" | "sm_120" => 99 * 1024,
+            "sm_90" | "sm_100" => 227 * 1024,
+            other => panic!("no shared-memory limit known for {other}: add it here"),
+        }
+    }
+
+    /// Every tiled kernel (gemm_tile.cuh's 256 threads a block) can launch on every compiled arch:
+    /// its registers, allocated per warp in units of 256, for 8 warps within an SM's 64 Ki, and its
+    /// static plus dynamic shared memory within what a block may opt into. A kernel past either
+    /// would fail its first launch ("too many resources requested").
+    #[test]
+    fn every_tiled_kernel_fits_an_sm_on_every_compiled_arch() {
+        if FATBIN.is_none() {
+            eprintln!("this build had no nvcc: no ptxas report to check");
+            return;
+        }
+        let reported = kernel_resources(PTXAS_REPORT);
+        let tiled: Vec<Kernel> =
+            Kernel::ALL.iter().copied().filter(|k| matches!(k.family(), "gemm" | "conv") || k.symbol().starts_with("dp_conv2d")).collect();
+        assert_eq!(tiled.len(), 36, "19 GEMMs (with the mma ceiling), 16 convolutions, the conv norms");
+        for k in tiled {
+            let rows: Vec<_> = reported.iter().filter(|r| r.kernel == k.symbol()).collect();
+            assert!(!rows.is_empty(), "{} not in ptxas's report", k.symbol());
+            for r in rows {
+                let per_warp = (r.registers * 32).div_ceil(256) * 256;
+                assert!(per_warp * 8 <= 65_536, "{} on {}: {} registers do not fit 256 threads", k.symbol(), r.arch, r.registers);
+                let shared = r.shared_bytes + k.dynamic_shared_bytes();
+                assert!(shared <= max_block_shared_bytes(&r.arch), "{} on {}: {shared} bytes of shared memory", k.symbol(), r.arch);
+            }
+        }
+    }
 
     /// The shape of nvcc 13's `-Xptxas -v` output around a kernel that calls the f64 trig slow path.
     #[test]
