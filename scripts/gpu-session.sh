@@ -100,6 +100,9 @@ fi
 # Benchmarks.
 if want bench; then
   [ "$device" != cpu ] && step bench-kernels 210 "$bin" bench kernels "${kernel_flags[@]}" --json "$out/bench-kernels.json"
+  # The figures issue 15 asks about, into the summary: the ceilings, and each TF32 build of the
+  # matmuls and the ResNet convs against the tensor cores' mma.sync rate.
+  [ -f "$out/bench-kernels.json" ] && python3 scripts/tf32-summary.py "$out/bench-kernels.json" >>"$summary"
   for algo in dp-cgan gs-wgan; do
     for mode in --private --non-private; do
       extra=()
