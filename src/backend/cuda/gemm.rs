@@ -405,6 +405,12 @@ mod tests {
             }
         }
         assert_eq!(WIDE_SHARED_BYTES, 69_632, "gemm_tile.cuh's sizeof(Tf32Wide::Tiles)");
+        // The grid's y limit, counted in the build's tiles: exactly 65,535 tiles of M fit.
+        for (tf32, tile) in [(None, TILE_M), (Some(Wide), WIDE_TILE)] {
+            assert_eq!(tile_grid("matmul", MAX_GRID_Y * tile, 1, 1, tf32).unwrap().grid_dim.1, MAX_GRID_Y as u32);
+            let err = tile_grid("matmul", MAX_GRID_Y * tile + 1, 1, 1, tf32).unwrap_err().to_string();
+            assert!(err.contains("above the grid's limit"), "{err}");
+        }
         assert_eq!(tiles_64(2, 300, 129), 2 * 5 * 3);
     }
 
