@@ -14,6 +14,8 @@ def main(path):
         report = json.load(f)
     c = report["ceilings"]
     mma = c["mma_tf32_gflops"]
+    if not report.get("complete", True):
+        print(f"  - bench kernels was cut short: {len(report['cases'])} cases measured")
     print(
         f"  - ceilings: copy {c['copy_gbps']:.0f} GB/s; gemm {c['gemm_n']}³ f32 {c['gemm_f32_gflops']:.0f}, "
         f"tf32 {c['gemm_tf32_gflops']:.0f}, tf32 cp.async {c['gemm_tf32_cp_async_gflops']:.0f}, "

@@ -203,8 +203,10 @@ fn mma_ceiling(cuda: &Arc<CudaDevice>, it: Iterations) -> Result<f64> {
 }
 
 /// Opens cuda:0 (or says why there is none), measures the ceilings, then validates and times
-/// every case. `progress` hears each case's name before it runs.
-pub fn run(quick: bool, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
+/// every case. `progress` hears each case's name before it runs; `snapshot` gets the report so far
+/// (`complete: false`) after the ceilings and after each case, so that a run cut short by a time
+/// limit or a failed validation still leaves what it measured.
+pub fn run(quick: bool, mut progress: impl FnMut(&str), mut snapshot: impl FnMut(&BenchReport) -> Result<()>) -> Result<BenchReport> {
     let dev = Device::cuda(0).map_err(|e| match e {
         Error::NoDevice(why) => Error::NoDevice(format!("`dpgan bench kernels` needs a CUDA GPU: {why}")),
         other => other,
@@ -243,14 +245,9 @@ pub fn run(quick: bool, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
         mma_tf32_gflops,
     };
 
-    let mut cases = Vec::new();
-    for case in all_cases() {
-        progress(&case.name);
-        cases.push(run_case(&case, &dev, &cuda, l2_bytes, it, &mut rng)?);
-    }
     let p = cuda.properties();
     let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    Ok(BenchReport {
+    let mut report = BenchReport {
         device: p.name.clone(),
         compute_capability: format!("{}.{}", p.compute_capability.0, p.compute_capability.1),
         l2_bytes,
@@ -262,9 +259,19 @@ pub fn run(quick: bool, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
             it.warmup, it.runs, it.calls_per_run, it.max_sets
         ),
         ceilings,
-        secure_noise_cost: super::time_ratio(&cases, "gaussian noise secure", "gaussian noise fast"),
-        cases,
-    })
+        cases: Vec::new(),
+        secure_noise_cost: None,
+        complete: false,
+    };
+    snapshot(&report)?;
+    for case in all_cases() {
+        progress(&case.name);
+        report.cases.push(run_case(&case, &dev, &cuda, l2_bytes, it, &mut rng)?);
+        snapshot(&report)?;
+    }
+    report.secure_noise_cost = super::time_ratio(&report.cases, "gaussian noise secure", "gaussian noise fast");
+    report.complete = true;
+    Ok(report)
 }
 
 #[cfg(test)]

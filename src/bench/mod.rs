@@ -140,6 +140,9 @@ pub struct BenchReport {
     pub cases: Vec<CaseResult>,
     /// Secure-mode (ChaCha20) noise time over fast-mode (Philox) noise time at the same size.
     pub secure_noise_cost: Option<f64>,
+    /// Whether every case ran: `bench kernels --json PATH` rewrites PATH after each case with
+    /// the cases so far (false), so that a run cut short still leaves what it measured.
+    pub complete: bool,
 }
 
 /// `median_ms` of the case named `secure` over that of `fast`, when both are there.
@@ -352,6 +355,7 @@ mod tests {
             ceilings,
             cases: vec![case],
             secure_noise_cost: Some(2.5),
+            complete: true,
         }
     }
 
@@ -365,6 +369,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(v["device"], "NVIDIA H100 80GB HBM3");
         assert_eq!(v["ceilings"]["gemm_n"], 4096);
+        assert_eq!(v["complete"], true);
         let case = &v["cases"][0];
         for key in ["name", "family", "shape", "median_ms", "gflops", "gbps", "runs"] {
             assert!(case.get(key).is_some(), "case lacks {key}");

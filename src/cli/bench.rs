@@ -144,6 +144,10 @@ fn step_cmd(args: &StepArgs) -> Result<()> {
 fn kernels_cmd(args: &KernelsArgs) -> Result<()> {
     // A report that cannot be written should fail before the run, not after it.
     args.json.check()?;
-    let report = kernels::run(args.quick, |name| eprintln!("bench: {name}"))?;
+    // With `--json PATH` the file holds the cases measured so far from the ceilings on (marked
+    // incomplete), then the whole report.
+    let snapshot =
+        |partial: &dpgan::bench::BenchReport| args.json.file().map_or(Ok(()), |path| dpgan::bench::write_json_atomic(path, partial));
+    let report = kernels::run(args.quick, |name| eprintln!("bench: {name}"), snapshot)?;
     args.json.emit(&report, || report.to_string())
 }

@@ -20,6 +20,11 @@ impl JsonOut {
         self.path.as_deref() == Some(Path::new("-"))
     }
 
+    /// The file `--json PATH` names, if any (not stdout).
+    pub(super) fn file(&self) -> Option<&Path> {
+        self.path.as_deref().filter(|_| !self.to_stdout())
+    }
+
     /// Fails before a long command if the file could not be written after it.
     pub(super) fn check(&self) -> Result<()> {
         if self.to_stdout() {
@@ -45,5 +50,19 @@ impl JsonOut {
             dpgan::bench::write_json_atomic(path, report)?;
         }
         super::emit(&text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only `--json PATH` names a file; alone or as `-` the JSON goes to stdout.
+    #[test]
+    fn only_a_path_names_a_file() {
+        let out = |path: Option<&str>| JsonOut { path: path.map(PathBuf::from) };
+        assert_eq!(out(None).file(), None);
+        assert_eq!(out(Some("-")).file(), None);
+        assert_eq!(out(Some("runs/bench.json")).file(), Some(Path::new("runs/bench.json")));
     }
 }
