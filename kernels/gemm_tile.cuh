@@ -64,7 +64,7 @@ struct Slot {
 };
 
 // Operand tiles, stored k-major (As[k][m], Bs[k][n]) so that the inner product reads rows.
-// Declared once by the kernel and passed in, so that several instantiations share one allocation.
+// A kernel takes its build's tiles from mainloop_tiles (below) once and passes them in.
 //
 // Rows are STRIDE floats apart, and element (kk, mn) sits at column smem_col(kk, mn), chosen so
 // that no access of the main loop has a shared-memory bank conflict (32 banks of 4 bytes;

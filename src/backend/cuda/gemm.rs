@@ -32,7 +32,8 @@ const WIDE_STAGES: usize = 4;
 pub(crate) const WIDE_SHARED_BYTES: u32 = (WIDE_STAGES * 2 * TILE_K * (WIDE_TILE + 8) * 4) as u32;
 /// Threads per block (`tile::THREADS`).
 const THREADS: u32 = 256;
-/// Hardware limits of gridDim.y and gridDim.z; the kernels grid-stride over z.
+/// Hardware limits of gridDim.x, gridDim.y and gridDim.z; the kernels grid-stride over z.
+const MAX_GRID_X: usize = i32::MAX as usize;
 const MAX_GRID_Y: usize = 65_535;
 const MAX_GRID_Z: usize = 65_535;
 /// Resident 64 × 64 blocks per SM the split aims for (8.5 KiB of shared memory and 256 threads
@@ -326,9 +327,9 @@ pub const MMA_PEAK_MAX_ROUNDS: usize = 8192;
 /// warps, each issuing `rounds` × 8 m16n8k8 products from registers. Returns each thread's sum of
 /// its accumulators (`[blocks · 256]`, [`mma_peak_expected`] exactly) and the FLOPs issued.
 pub fn mma_peak(dev: &Arc<CudaDevice>, blocks: usize, rounds: usize) -> Result<(Tensor, f64)> {
-    if blocks == 0 || blocks > MAX_GRID_Y || rounds > MMA_PEAK_MAX_ROUNDS {
+    if blocks == 0 || blocks > MAX_GRID_X || rounds > MMA_PEAK_MAX_ROUNDS {
         return Err(Error::Invalid(format!(
-            "mma peak: {blocks} blocks (1..={MAX_GRID_Y}) of {rounds} rounds (at most {MMA_PEAK_MAX_ROUNDS}, so that its sums stay exact)"
+            "mma peak: {blocks} blocks (1..={MAX_GRID_X}) of {rounds} rounds (at most {MMA_PEAK_MAX_ROUNDS}, so that its sums stay exact)"
         )));
     }
     let threads = blocks * THREADS as usize;
