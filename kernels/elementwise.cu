@@ -8,6 +8,15 @@ __device__ __forceinline__ float sigmoidf_stable(float x) {
   return e / (1.0f + e);
 }
 
+// DP-SGD's clip factor a / max(sqrt(max(x, 0)), a) from a squared norm x: 1 within the bound, else
+// the f64 quotient rounded toward zero, so that the factor times the norm never exceeds a through
+// rounding; NaN for a NaN or infinite x.
+__device__ __forceinline__ float clip_factor(float x, float a) {
+  if (!isfinite(x)) return __int_as_float(0x7fc00000);
+  const double norm = sqrt((double)fmaxf(x, 0.0f));
+  return norm <= (double)a ? 1.0f : __double2float_rz((double)a / norm);
+}
+
 __device__ __forceinline__ float unary_apply(const UnaryParams& p, float x) {
   switch (p.op) {
     case UNARY_AFFINE: return p.a * x + p.b;
@@ -23,8 +32,7 @@ __device__ __forceinline__ float unary_apply(const UnaryParams& p, float x) {
     case UNARY_TANH: return tanhf(x);
     case UNARY_RELU_MASK: return x > 0.0f ? 1.0f : 0.0f;
     case UNARY_LEAKY_RELU_MASK: return x > 0.0f ? 1.0f : p.a;
-    // a / max(sqrt(max(x, 0)), a); NaN for a NaN or infinite x.
-    case UNARY_CLIP_FACTOR: return isfinite(x) ? p.a / fmaxf(sqrtf(fmaxf(x, 0.0f)), p.a) : __int_as_float(0x7fc00000);
+    case UNARY_CLIP_FACTOR: return clip_factor(x, p.a);
     default: return __int_as_float(0x7fc00000);  // an unknown code poisons the output
   }
 }

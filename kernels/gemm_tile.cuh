@@ -329,13 +329,15 @@ __device__ __forceinline__ void mainloop(const ALoader& a, const BLoader& b, int
 // (a source size of 0 reads nothing and zero-fills).
 __device__ __forceinline__ void cp_async_f32(float* dst, const float* src, bool in_range) {
   const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(d), "l"(src), "r"(in_range ? 4 : 0));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(d), "l"(src), "r"(in_range ? 4 : 0) : "memory");
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+// The "memory" clobbers keep the compiler from moving shared-memory accesses across the copies and
+// the waits on its own; the barriers that follow each wait order them between threads.
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 // Waits until at most N of this thread's committed groups are still in flight.
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 #endif
 

@@ -404,6 +404,39 @@ fn non_finite_norms_give_nan_factors_on_cuda() {
     common::on_cuda("non_finite_norms_give_nan_factors_on_cuda", non_finite_norms_give_nan_factors_and_nan_sums);
 }
 
+/// A clipped example's factor is the largest f32 not above C/‖g‖ (its f64 quotient, within 1e-16,
+/// which no f32 step straddles): rounding never pushes `c·‖g‖` past C. The f32 quotient rounded to
+/// nearest, as the factor once was, lands above C/‖g‖ for many of these norms.
+fn clip_factors_never_round_past_the_bound(device: &Device) {
+    let mut rng = common::rng("clip_factors_never_round_past_the_bound");
+    let mut nearest_past = 0;
+    for clip in [1.1f32, 1.0, 0.37] {
+        let sq: Vec<f32> = (0..4096).map(|_| clip * clip * 10f32.powf(rng.random_range(-3.0..6.0))).collect();
+        let f = clip_factors(&Tensor::from_vec(sq.clone(), &[4, 1024], device).unwrap(), clip).unwrap().to_vec().unwrap();
+        for (&x, &c) in sq.iter().zip(&f) {
+            let norm = (x as f64).sqrt();
+            if norm <= clip as f64 {
+                assert_eq!(c, 1.0, "C {clip}, ‖g‖² {x}: within the bound");
+                continue;
+            }
+            let quotient = clip as f64 / norm;
+            assert!(c as f64 <= quotient && c.next_up() as f64 > quotient, "C {clip}, ‖g‖² {x}: factor {c} for {quotient}");
+            nearest_past += usize::from((clip / x.sqrt()) as f64 > quotient);
+        }
+    }
+    assert!(nearest_past > 100, "only {nearest_past} norms whose nearest f32 factor is past the bound");
+}
+
+#[test]
+fn clip_factors_never_round_past_the_bound_on_the_cpu() {
+    clip_factors_never_round_past_the_bound(&Device::Cpu);
+}
+
+#[test]
+fn clip_factors_never_round_past_the_bound_on_cuda() {
+    common::on_cuda("clip_factors_never_round_past_the_bound_on_cuda", clip_factors_never_round_past_the_bound);
+}
+
 /// `σ = uᵀW̄v` per group, `[G]`.
 fn sigma_of(w_bar: &Tensor, u: &Tensor, v: &Tensor) -> Tensor {
     let (g, o) = (u.shape()[0], u.shape()[1]);

@@ -179,11 +179,26 @@ fn cuda_sanitize_matches_cpu() {
     });
 }
 
+/// The sanitiser's f32 bounds never favour the adversary: the row bound C/B is rounded toward zero
+/// and the noise std 2σC/B up, each the nearest f32 on its side of the f64 value.
+#[test]
+fn sanitizer_bounds_round_the_clip_down_and_the_noise_up() {
+    for (clip, sigma) in [(1.0, 1.07), (1.1, 1.15), (0.3, 0.7), (1.0, 0.0)] {
+        let sanitizer = GsWganSanitizer::new(clip, sigma).unwrap();
+        for batch in [1, 3, 32, 600] {
+            let (bound, std) = sanitizer.bounds(batch);
+            let (exact_bound, exact_std) = (clip / batch as f64, 2.0 * sigma * clip / batch as f64);
+            assert!(bound as f64 <= exact_bound && bound.next_up() as f64 > exact_bound, "C/B {exact_bound}: {bound}");
+            assert!(std as f64 >= exact_std && (std == 0.0 || (std.next_down() as f64) < exact_std), "2σC/B {exact_std}: {std}");
+        }
+    }
+}
+
 /// Rounding toward zero: |y| ≤ |x|, and the next f32 away from zero is already past |x|
 /// (negative, tiny, subnormal and exactly representable values included).
 #[test]
 fn rounding_toward_zero_never_grows_a_value() {
-    use dpgan::backend::cpu::f32_toward_zero;
+    use dpgan::dp::rounding::f32_toward_zero;
     let mut rng = common::rng("rounding_toward_zero_never_grows_a_value");
     let specials = [0.0, -0.0, 1.0, -0.5, 1e-45, -1e-40, f32::MAX as f64, 0.1, -0.1];
     let randoms = (0..100_000).map(|_| rng.random_range(-1.0..1.0f64) * 10f64.powi(rng.random_range(-40..38)));

@@ -119,6 +119,19 @@ bool unary_exact(int32_t op) {
   return op != UNARY_AFFINE && op != UNARY_EXP && op != UNARY_LOG && op != UNARY_SIGMOID && op != UNARY_TANH;
 }
 
+// src/dp/rounding.rs's f32_toward_zero: the nearest float, one step back toward zero if it is past
+// x (bits, not the FPU's rounding mode that host_cuda.h's __double2float_rz uses).
+float f32_toward_zero_ref(double x) {
+  float y = (float)x;
+  if (std::fabs((double)y) > std::fabs(x)) {
+    uint32_t bits;
+    std::memcpy(&bits, &y, 4);
+    bits -= 1;
+    std::memcpy(&y, &bits, 4);
+  }
+  return y;
+}
+
 // src/backend/cpu/elementwise.rs's unary_map in f32.
 float unary_ref(const UnaryCase& u, float x) {
   switch (u.op) {
@@ -140,7 +153,11 @@ float unary_ref(const UnaryCase& u, float x) {
     case UNARY_TANH: return tanhf(x);
     case UNARY_RELU_MASK: return x > 0.0f ? 1.0f : 0.0f;
     case UNARY_LEAKY_RELU_MASK: return x > 0.0f ? 1.0f : u.a;
-    case UNARY_CLIP_FACTOR: return std::isfinite(x) ? u.a / std::max(sqrtf(std::max(x, 0.0f)), u.a) : NAN;
+    case UNARY_CLIP_FACTOR: {
+      if (!std::isfinite(x)) return NAN;
+      const double norm = std::sqrt((double)std::max(x, 0.0f));
+      return norm <= (double)u.a ? 1.0f : f32_toward_zero_ref((double)u.a / norm);
+    }
   }
   return NAN;
 }

@@ -15,10 +15,13 @@ inline float bits_to_float(uint32_t u) {
 }
 namespace dpgan {
 namespace tile {
-// cvt.rna.tf32.f32: keep 10 mantissa bits, round to nearest, ties away from zero.
+// cvt.rna.tf32.f32: keep 10 mantissa bits, round to nearest, ties away from zero. A NaN or an
+// infinity passes unchanged, as on sm_90 (the SASS skips the rounding for them): adding 0x1000 to a
+// NaN whose payload lies in the low bits only would carry it into an infinity.
 inline uint32_t to_tf32(float x) {
   uint32_t u;
   memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) return u;
   return (u + 0x1000u) & ~0x1fffu;
 }
 inline void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {

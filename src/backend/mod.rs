@@ -41,9 +41,11 @@ pub enum UnaryOp {
     /// LeakyReLU's derivative: 1 where `x > 0`, else the slope.
     LeakyReluMask(f32),
     /// Per-example clip factors from squared norms, `C / max(sqrt(max(x, 0)), C)` for clipping
-    /// norm C: exactly 1 within the bound, no division by zero at a zero gradient, `c·‖g‖ = C` up
-    /// to one rounding when clipped; NaN for a NaN or infinite input (never 1, which would let the
-    /// example through, nor 0, which would drop it silently). One pass instead of seven ops.
+    /// norm C: exactly 1 within the bound, no division by zero at a zero gradient. A clipped
+    /// example's factor is its f64 quotient `C/sqrt(x)` rounded to f32 toward zero, so `c·sqrt(x)`
+    /// never exceeds C through rounding (and the next f32 up would). NaN for a NaN or infinite
+    /// input (never 1, which would let the example through, nor 0, which would drop it silently).
+    /// One pass instead of seven ops.
     ClipFactor(f32),
 }
 

@@ -326,7 +326,8 @@ pub fn per_example_sq_norms<L: PerExampleGrad + ?Sized>(layers: &[&L]) -> Result
 
 /// `cᵢ = min(1, C/‖gᵢ‖)` from squared norms `[G, B]`, computed where the norms live, as
 /// `C / max(‖gᵢ‖, C)`: exactly 1 for an example within the bound, no division by zero for a zero
-/// gradient, and `cᵢ‖gᵢ‖ = C` up to the rounding of one division for a clipped one. A NaN or
+/// gradient, and for a clipped one the f64 quotient rounded toward zero, so that `cᵢ‖gᵢ‖ ≤ C`
+/// whatever the rounding (the norm as computed; the noise std is rounded up likewise). A NaN or
 /// infinite norm gives a NaN factor, never 1 (the max would drop a NaN) nor 0 (C/∞, an example
 /// dropped silently): its clipped sum, and so the whole update, is NaN, which the run refuses.
 pub fn clip_factors(sq_norms: &Tensor, clip: f32) -> Result<Tensor> {

@@ -6,6 +6,7 @@ pub mod clip;
 pub mod finite;
 pub mod key;
 pub mod noise;
+pub mod rounding;
 pub mod sanitize;
 pub mod step;
 

@@ -3,6 +3,7 @@
 //! C/B and noised with `N(0, (2σC/B)²)` per element, fresh for every sample. dpgan does this as an
 //! explicit step between "D backward to the image" and "G backward", never in a hook.
 use super::noise::NoiseKey;
+use super::rounding::{f32_toward_zero, round_up_to_f32};
 use crate::backend::{ops, RowNorm};
 use crate::error::{ensure_shape, Error, Result};
 use crate::profile;
@@ -31,11 +32,12 @@ impl GsWganSanitizer {
         Ok(GsWganSanitizer { clip_norm, noise_multiplier, sensitivity_factor: 2.0 })
     }
 
-    /// The row clip bound C/B and the noise std 2σC/B for batch size B (computed in f64, rounded
-    /// once to f32).
+    /// The row clip bound C/B and the noise std 2σC/B for batch size B, computed in f64 and rounded
+    /// once to f32: the bound toward zero, the std up (`dp::rounding`), so that neither rounding
+    /// lowers the noise below what the accountant's σ assumes.
     pub fn bounds(&self, batch: usize) -> (f32, f32) {
         let per_row = self.clip_norm / batch as f64;
-        (per_row as f32, (self.sensitivity_factor * self.noise_multiplier * per_row) as f32)
+        (f32_toward_zero(per_row), round_up_to_f32(self.sensitivity_factor * self.noise_multiplier * per_row))
     }
 
     /// `ĝᵢ = gᵢ·min(1, (C/B)/(‖gᵢ‖ + 1e-10)) + N(0, (2σC/B)²)` for every row `gᵢ` of `g`

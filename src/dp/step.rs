@@ -10,6 +10,7 @@
 use super::clip::{clip_factors, per_example_sq_norms, PerExampleGrad};
 use super::finite::nonfinite_flag;
 use super::noise::NoiseSource;
+use super::rounding::round_up_to_f32;
 use crate::backend::{ops, BinaryOp, GradientNoise};
 use crate::error::{ensure_shape, Error, Result};
 use crate::optim::Optimizer;
@@ -36,6 +37,14 @@ pub struct DpSgdConfig {
     /// What the summed gradient is divided by: the batch size, or under Poisson sampling the
     /// expected batch size q·N (so that the sensitivity stays C/divisor whatever the draw).
     pub batch_divisor: f32,
+}
+
+impl DpSgdConfig {
+    /// The noise std σ·C the kernels take: the product is exact in f64 and rounded up to f32, so
+    /// the noise is never below what the accountant assumes for σ and C.
+    pub fn noise_std(&self) -> f32 {
+        round_up_to_f32(self.noise_multiplier as f64 * self.clip as f64)
+    }
 }
 
 /// The DP-SGD gradient of the parameters that `losses`' layers share, in layer order (each layer's
@@ -130,7 +139,7 @@ fn clipped_sums(losses: &[ClippedLoss], config: &DpSgdConfig) -> Result<(Vec<Ten
         });
     }
     let sums = totals.expect("losses is not empty");
-    let noise_std = config.noise_multiplier * config.clip;
+    let noise_std = config.noise_std();
     let noised = losses.iter().any(|l| l.noised) && noise_std > 0.0;
     Ok((sums, noised.then_some(noise_std)))
 }
@@ -138,4 +147,23 @@ fn clipped_sums(losses: &[ClippedLoss], config: &DpSgdConfig) -> Result<(Vec<Ten
 /// The sums divided by the batch divisor (no noise).
 fn divided(sums: &[Tensor], config: &DpSgdConfig) -> Result<Vec<Tensor>> {
     sums.iter().map(|g| ops::binary(BinaryOp::Div, g, &ops::scalar_like(g, config.batch_divisor as f64)?)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// σ·C rounded to the nearest f32 is below the exact product for some (σ, C), the published
+    /// DP-CGAN's among them: the std must be the smallest f32 not below it.
+    #[test]
+    fn the_noise_std_is_never_below_sigma_times_c() {
+        let mut nearest_was_short = 0;
+        for (sigma, clip) in [(1.15f32, 1.1f32), (1.0, 1.0), (0.7, 0.3), (1.07, 1.0 / 3.0), (2.9, 0.05)] {
+            let std = DpSgdConfig { clip, noise_multiplier: sigma, batch_divisor: 1.0 }.noise_std();
+            let exact = sigma as f64 * clip as f64;
+            assert!(std as f64 >= exact && (std.next_down() as f64) < exact, "σ {sigma}, C {clip}: std {std} for {exact}");
+            nearest_was_short += usize::from(((sigma * clip) as f64) < exact);
+        }
+        assert!(nearest_was_short > 0, "no case where the f32 product falls short");
+    }
 }

@@ -3,19 +3,7 @@
 use super::Real;
 use crate::backend::{ConvGeometry, GradientNoise, RowNorm};
 use crate::dp::noise::{standard_normals, NoiseKey};
-
-/// The f64 `x` rounded to f32 toward zero (what CUDA's `__double2float_rz` does). The clip factor
-/// and the clipped values are rounded this way so that rounding can only shrink a row, never push
-/// it past the clip bound.
-pub fn f32_toward_zero(x: f64) -> f32 {
-    let y = x as f32;
-    if (y as f64).abs() > x.abs() {
-        // Finite and non-zero here: one step down in magnitude (sign-magnitude bits).
-        f32::from_bits(y.to_bits() - 1)
-    } else {
-        y
-    }
-}
+use crate::dp::rounding::f32_toward_zero;
 
 /// For each row `gᵢ` (length `cols`) of `g`:
 /// `ĝᵢ = gᵢ·min(1, clip/(‖gᵢ‖ + 1e-10)) + noise_std·zᵢ`, `z` drawn per element from `key`

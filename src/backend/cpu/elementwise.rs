@@ -1,6 +1,7 @@
 //! Elementwise maps: unary, and binary with numpy broadcasting.
 use super::Real;
 use crate::backend::{BinaryOp, UnaryOp};
+use crate::dp::rounding::f32_toward_zero;
 
 /// `y[i] = f(x[i])`. The op is matched once, outside the loop, so that each loop body is one
 /// inlined expression (vectorised where the op is arithmetic) instead of a dispatch per element.
@@ -32,10 +33,27 @@ pub fn unary_map<T: Real>(op: UnaryOp, x: &[T]) -> Vec<T> {
             let slope = T::of(slope);
             map(x, |v| if v > zero { one } else { slope })
         }
-        UnaryOp::ClipFactor(clip) => {
-            let clip = T::of(clip);
-            map(x, |v| if v.is_finite() { clip / v.max(zero).sqrt().max(clip) } else { T::nan() })
-        }
+        UnaryOp::ClipFactor(clip) => map(x, |v| clip_factor(v, clip)),
+    }
+}
+
+/// DP-SGD's clip factor `C / max(sqrt(max(x, 0)), C)` from a squared norm: 1 within the bound,
+/// else the f64 quotient, rounded toward zero for f32 (as `kernels/elementwise.cu` does), so that
+/// the factor times the norm never exceeds C through rounding. NaN for a NaN or infinite x.
+fn clip_factor<T: Real>(x: T, clip: f32) -> T {
+    if !x.is_finite() {
+        return T::nan();
+    }
+    let norm = x.max(T::zero()).f64().sqrt();
+    if norm <= clip as f64 {
+        return T::one();
+    }
+    let ratio = clip as f64 / norm;
+    // f64 tensors (finite-difference checks only) have no kernel to match: the plain quotient.
+    if T::DTYPE == crate::tensor::DType::F32 {
+        T::of(f32_toward_zero(ratio))
+    } else {
+        T::of_f64(ratio)
     }
 }
 

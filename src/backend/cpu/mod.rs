@@ -13,7 +13,7 @@ mod rng;
 mod shape;
 
 pub use conv::{add_channel_bias, conv2d_fwd, conv2d_input_grad, conv2d_weight_grad};
-pub use dp::{add_gaussian_noise_and_divide, conv2d_weight_grad_sq_norms, f32_toward_zero, noised_gradient, sanitize_rows};
+pub use dp::{add_gaussian_noise_and_divide, conv2d_weight_grad_sq_norms, noised_gradient, sanitize_rows};
 pub use elementwise::{binary_broadcast, broadcast_copy, broadcast_strides, unary_map};
 pub use gemm::gemm_grouped;
 pub use norm::{pixel_norm, pixel_norm_backward, power_iteration, spectral_divide_backward};

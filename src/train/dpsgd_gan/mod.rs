@@ -115,6 +115,8 @@ impl DpsgdGan {
     /// per-example loss: real images `[1, n, 1, 28, 28]` (n as drawn, 0 included) with one-hot
     /// labels `[1, n, 10]`, and generated ones `[1, B, ...]`, all clipped to C, noised once,
     /// divided by 2B. [`Self::discriminator_step`] applies the same gradient without writing it.
+    /// This does not advance the step, so its noise is that step's: for inspecting a step (tests),
+    /// never for releasing beside the step itself, which would publish the same noise twice.
     pub fn private_gradients(
         &self,
         images: &Tensor,
