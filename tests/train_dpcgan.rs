@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
-use common::cli::{assert_interval_means, data_root, dpgan, error_of, metrics_lines, stderr_of_failure, stdout_of};
+use common::cli::{assert_interval_means, check_export, data_root, dpgan, error_of, metrics_lines, stderr_of_failure, stdout_of};
 use dpgan::io::checkpoint::{load_tensors, save_tensors};
 use dpgan::io::synthetic::read_synthetic;
 use dpgan::privacy::{Accountant, Conversion, Mechanism, Orders};
@@ -116,6 +116,8 @@ fn a_short_run_writes_every_artefact_and_reports_the_accountants_epsilon() {
     let err =
         stderr_of_failure(&["sample", "--run", &run.to_string_lossy(), "--count", "55", "--out", &dir.path().join("x").to_string_lossy()]);
     assert!(err.contains("multiple of 10"), "{err}");
+    // The generator alone, published: it samples what the run samples.
+    check_export(&run, dir.path(), 20);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
-use common::cli::{data_root, json_of, stderr_of_failure, stdout_of, stdout_with_status};
+use common::cli::{check_export, data_root, json_of, stderr_of_failure, stdout_of, stdout_with_status};
 use dpgan::io::checkpoint::load_tensors;
 use dpgan::io::synthetic::read_synthetic;
 use dpgan::train::dpsgd_gan::run::{DpsgdGanRunConfig, DpsgdGanState};
@@ -86,6 +86,7 @@ fn the_issues_tiny_run_trains_samples_and_reports_the_accountants_epsilon() {
     let record = read_json(&released.join("sample.json"));
     assert_eq!((record["algorithm"].as_str(), record["epsilon"].as_f64()), (Some("dpsgd-gan"), Some(state.epsilon)));
     assert_eq!(record["private"], true);
+    check_export(&run, dir.path(), 20);
     let eval = json_of(&["eval", "--synthetic", &s(&released), "--data", &data, "--classifier", "logreg", "--device", "cpu", "--json"]);
     assert!(eval["accuracy"]["mean"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)), "{eval}");
 }

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::cli::{assert_interval_means, data_root, metrics_lines, stderr_of_failure, stdout_of};
+use common::cli::{assert_interval_means, check_export, data_root, metrics_lines, stderr_of_failure, stdout_of};
 use dpgan::data::{Dataset, Split};
 use dpgan::io::checkpoint::{load_tensors, save_tensors};
 use dpgan::io::synthetic::read_synthetic;
@@ -206,6 +206,7 @@ fn phase_two_writes_every_artefact_and_reports_both_accountings() {
     let record = read_json(&out.join("sample.json"));
     assert_eq!((record["algorithm"].as_str(), record["epsilon"].as_f64()), (Some("gs-wgan"), Some(per_step)));
     assert_eq!((record["checkpoint_step"].as_u64(), record["run"].as_str()), (Some(3), Some("run")));
+    check_export(&run, dir.path(), 20);
 
     // A privacy record that is not config.json's settings after the iterations taken, in either
     // accounting alone, is not resumed: the run would continue from a budget it did not spend.

@@ -12,6 +12,7 @@ mod data;
 mod dp_sgd_args;
 mod dpsgd_gan;
 mod eval;
+mod export;
 mod gswgan;
 mod info;
 mod json;
@@ -60,8 +61,10 @@ enum Command {
     Privacy(privacy::PrivacyArgs),
     /// Train a private GAN: `train dp-cgan`, `train dpsgd-gan`, or `train gs-wgan warm-start` then `train gs-wgan` (published settings by default).
     Train(train::TrainArgs),
-    /// Release a synthetic data set from a run: balanced labels, IDX or NPY, a PNG grid.
+    /// Release a synthetic data set from a run (or an exported generator): balanced labels, IDX or NPY, a PNG grid.
     Sample(sample::SampleArgs),
+    /// The generator a run may publish, as one file: its weights and the (ε, δ) it carries, nothing private.
+    Export(export::ExportArgs),
     /// Scores a synthetic set: a classifier trained on it, tested on the real test set.
     Eval(eval::EvalArgs),
     /// A published experiment end to end (train, sample, evaluate) beside the published table.
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data(args) => data::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Sample(args) => sample::run(&args),
+        Command::Export(args) => export::run(&args),
         Command::Reproduce(args) => reproduce::run(&args),
         Command::Report(args) => report::run(&args),
     }

@@ -1,24 +1,19 @@
-//! `dpgan sample`: the synthetic data set a run releases. Balanced labels (N/10 per class, never
-//! the real class counts, which are not public), written as MNIST-layout IDX or NPY, with a PNG grid
-//! and a `sample.json` that records where the data came from and the ε it carries: the run's name
-//! (not its local path), its build, and the step and ε of the checkpoint the generator comes from.
-//! The output directory must hold no data set: releasing never writes over real data, nor into the
-//! private run directory.
+//! `dpgan sample`: the synthetic data set a run (or a generator `dpgan export` wrote) releases.
+//! Balanced labels (N/10 per class, never the real class counts, which are not public), written as
+//! MNIST-layout IDX or NPY, with a PNG grid and a `sample.json` that records where the data came
+//! from and the ε it carries: the run's name (not its local path), its build, and the step and ε
+//! of the checkpoint the generator comes from. The output directory must hold no data set:
+//! releasing never writes over real data, nor into the private run directory.
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use clap::{Args, ValueEnum};
-use dpgan::data::classes::class_names_of_file;
 use dpgan::data::Split;
-use dpgan::dp::KeySource;
 use dpgan::io::image::Grid;
 use dpgan::io::synthetic::{SyntheticFormat, SyntheticWriter, NPY_IMAGES, NPY_LABELS};
 use dpgan::models::dpcgan::CLASSES;
-use dpgan::train::dpcgan::run::{load_generator, sample_released_into};
-use dpgan::train::dpsgd_gan::run as dpsgd_gan;
-use dpgan::train::gswgan::run as gswgan;
 use dpgan::train::progress::Progress;
-use dpgan::train::run_dir::{read_json, CONFIG};
+use dpgan::train::release::Release;
 use dpgan::{Device, Error, Result};
 
 use super::choose_device;
@@ -39,8 +34,11 @@ enum FormatArg {
 #[derive(Args, Debug)]
 pub struct SampleArgs {
     /// The run whose generator to sample (its latest checkpoint).
-    #[arg(long, value_name = "RUN_DIR")]
-    run: PathBuf,
+    #[arg(long, value_name = "RUN_DIR", required_unless_present = "generator", conflicts_with = "generator")]
+    run: Option<PathBuf>,
+    /// A generator `dpgan export` wrote, instead of a run: the same images as its run gives.
+    #[arg(long, value_name = "FILE")]
+    generator: Option<PathBuf>,
     /// How many images: a multiple of 10, N/10 per class.
     #[arg(long)]
     count: usize,
@@ -62,21 +60,26 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     if args.count == 0 || !args.count.is_multiple_of(CLASSES) {
         return Err(Error::Invalid(format!("--count must be a positive multiple of {CLASSES} (balanced classes), got {}", args.count)));
     }
-    refuse_output_dir(&args.out, &args.run)?;
+    refuse_output_dir(&args.out, args.run.as_deref())?;
     let device = choose_device(args.device.as_deref())?;
     let per_class = args.count / CLASSES;
     let format = match args.format {
         FormatArg::Idx => SyntheticFormat::Idx,
         FormatArg::Npy => SyntheticFormat::Npy,
     };
-    let record = write_sample(&args.run, per_class, args.seed, format, &args.out, &device)?;
+    let (release, source) = match (&args.run, &args.generator) {
+        (Some(run), _) => (Release::of_run(run, &device)?, run),
+        (None, Some(file)) => (Release::load(file, &device)?, file),
+        (None, None) => return Err(Error::Invalid("give --run RUN_DIR or --generator FILE".into())),
+    };
+    let record = write_release(&release, per_class, args.seed, format, &args.out, &device)?;
     super::emit(
         &(format!(
             "wrote {} images ({per_class} per class, {format}) to {} from step {} of {}: (ε = {:.4}, δ = {}) for the released data\n",
             args.count,
             args.out.display(),
             record["checkpoint_step"],
-            args.run.display(),
+            source.display(),
             record["epsilon"].as_f64().unwrap_or(f64::NAN),
             record["delta"].as_f64().unwrap_or(f64::NAN)
         ) + record["warning"].as_str().map(|w| format!("{w}\n")).unwrap_or_default().as_str()),
@@ -94,10 +97,21 @@ pub(super) fn write_sample(
     out: &Path,
     device: &Device,
 ) -> Result<serde_json::Value> {
-    let algorithm: serde_json::Value = read_json(&run.join(CONFIG))?;
-    let name = run_name(run)?;
-    // The images stream to disk a chunk at a time: memory stays bounded whatever the count. The
-    // grid keeps the first 10 of every class.
+    write_release(&Release::of_run(run, device)?, per_class, seed, format, out, device)
+}
+
+/// [`write_sample`] from a released generator (a run's, or one `dpgan export` wrote): the images
+/// stream to disk a chunk at a time, so memory stays bounded whatever the count; the grid keeps
+/// the first 10 of every class. `sample.json` is the generator's record with the sample's count,
+/// format and seed.
+fn write_release(
+    release: &Release,
+    per_class: usize,
+    seed: u64,
+    format: SyntheticFormat,
+    out: &Path,
+    device: &Device,
+) -> Result<serde_json::Value> {
     let count = per_class * CLASSES;
     let mut writer = SyntheticWriter::create(out, count, 28, 28, format)?;
     let cols = per_class.min(10);
@@ -105,7 +119,7 @@ pub(super) fn write_sample(
     let mut seen = [0usize; CLASSES];
     let progress = Progress::new(0, count as u64);
     let mut written = 0u64;
-    let mut sink = |images: &[f32], class: u8| -> Result<()> {
+    release.sample_into(per_class, seed, device, &mut |images: &[f32], class: u8| -> Result<()> {
         let n = images.len() / 784;
         let c = class as usize;
         let take = n.min(cols - seen[c].min(cols));
@@ -116,67 +130,17 @@ pub(super) fn write_sample(
         written += n as u64;
         progress.set_step(written);
         Ok(())
-    };
-    // Each algorithm's released generator: DP-CGAN's G (tanh, rescaled), GS-WGAN's EMA copy G_s,
-    // DPSGD-GAN's G; the training labels name the grid's rows.
-    let labels_file: PathBuf;
-    let mut record = if algorithm["algorithm"] == gswgan::ALGORITHM {
-        let (generator, config, state) = gswgan::load_ema_generator(run, device)?;
-        gswgan::sample_released_into(&generator, per_class, seed, device, &mut sink)?;
-        labels_file = config.data.labels.path.clone();
-        serde_json::json!({
-            "algorithm": config.algorithm,
-            "build": config.build,
-            "checkpoint_step": state.iteration,
-            "epsilon": state.epsilon,
-            "delta": state.delta,
-            "accounting": config.accounting,
-            "epsilon_as_published": state.epsilon_as_published,
-            "epsilon_per_step": state.epsilon_per_step,
-        })
-    } else if algorithm["algorithm"] == dpsgd_gan::ALGORITHM {
-        let (generator, config, state) = dpsgd_gan::load_generator(run, device)?;
-        dpsgd_gan::sample_released_into(&generator, per_class, seed, device, &mut sink)?;
-        labels_file = config.data.labels.path.clone();
-        serde_json::json!({
-            "algorithm": config.algorithm,
-            "build": config.build,
-            "checkpoint_step": state.step,
-            "epsilon": state.epsilon,
-            "delta": state.delta,
-            "conversion": config.conversion,
-            "sampling": "poisson",
-        })
-    } else {
-        let (generator, config, state) = load_generator(run, device)?;
-        sample_released_into(&generator, per_class, seed, device, &mut sink)?;
-        labels_file = config.data.labels.path.clone();
-        serde_json::json!({
-            "algorithm": config.algorithm,
-            "build": config.build,
-            "checkpoint_step": state.step,
-            "epsilon": state.epsilon,
-            "delta": state.delta,
-            "conversion": config.conversion,
-            "sampling": config.sampling,
-        })
-    };
+    })?;
     progress.finish();
     writer.finish()?;
-    let labels = class_names_of_file(&labels_file);
+    let names = release.class_names();
+    let labels: Vec<&str> = names.iter().map(String::as_str).collect();
     Grid { images: &grid, rows: CLASSES, cols, height: 28, width: 28, range: (0.0, 1.0), row_labels: &labels }
         .write_png(&out.join(GRID))?;
 
-    // Whether the guarantee holds at all: a run with replayable noise says so wherever its data goes.
-    let noise_key: KeySource = serde_json::from_value(algorithm["noise_key"].clone())
-        .map_err(|e| Error::file(run.join(CONFIG), format!("no valid noise_key (where the run's noise key came from): {e}")))?;
-    record["private"] = serde_json::json!(noise_key.is_private());
-    if let Some(warning) = noise_key.warning() {
-        record["warning"] = serde_json::json!(warning);
-    }
+    let mut record = release.record.clone();
     for (key, value) in [
-        ("run", serde_json::json!(name)),
-        ("count", serde_json::json!(per_class * CLASSES)),
+        ("count", serde_json::json!(count)),
         ("per_class", serde_json::json!(per_class)),
         ("format", serde_json::json!(format.to_string())),
         ("seed", serde_json::json!(seed)),
@@ -188,23 +152,12 @@ pub(super) fn write_sample(
     Ok(record)
 }
 
-/// The run's directory name, the only part of its path a released record names (the rest is the
-/// machine's, and may say whose it is).
-fn run_name(run: &Path) -> Result<String> {
-    let resolved = fs::canonicalize(run).map_err(|e| Error::file(run, format!("cannot resolve: {e}")))?;
-    Ok(resolved.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
-}
-
-/// Refuses an output directory that is the run directory or inside it (the run is private: a
-/// release kept there would travel with it, or be mistaken for it), or that holds a data set or a
-/// file `dpgan sample` writes: writing there could replace real data with synthetic data.
-fn refuse_output_dir(out: &Path, run: &Path) -> Result<()> {
-    let run_dir = fs::canonicalize(run).map_err(|e| Error::file(run, format!("cannot resolve the run directory: {e}")))?;
-    if resolved(out)?.starts_with(&run_dir) {
-        return Err(Error::file(
-            out,
-            "is the run directory or inside it: the run is private, keep the released data apart (choose another --out)",
-        ));
+/// Refuses an output directory that is the run directory or inside it (see [`refuse_inside_run`]),
+/// or that holds a data set or a file `dpgan sample` writes: writing there could replace real data
+/// with synthetic data.
+fn refuse_output_dir(out: &Path, run: Option<&Path>) -> Result<()> {
+    if let Some(run) = run {
+        refuse_inside_run(out, run)?;
     }
     let (train, test) = (Split::Train.file_names(), Split::Test.file_names());
     let idx = [train.0, train.1, test.0, test.1];
@@ -218,6 +171,19 @@ fn refuse_output_dir(out: &Path, run: &Path) -> Result<()> {
         return Err(Error::file(
             out,
             format!("already holds {}: a data set or a sample is never written over, choose another --out", held.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses an output directory that is the run directory or inside it: the run is private, and a
+/// release kept there would travel with it, or be mistaken for it.
+pub(super) fn refuse_inside_run(out: &Path, run: &Path) -> Result<()> {
+    let run_dir = fs::canonicalize(run).map_err(|e| Error::file(run, format!("cannot resolve the run directory: {e}")))?;
+    if resolved(out)?.starts_with(&run_dir) {
+        return Err(Error::file(
+            out,
+            "is the run directory or inside it: the run is private, keep what is released apart (choose another --out)",
         ));
     }
     Ok(())

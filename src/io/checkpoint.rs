@@ -9,9 +9,14 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Tensor};
 
 /// Saves `tensors` (any device; copied to the host) under their names, with string `metadata`, in a
-/// file only its owner may read: every tensor file dpgan writes is part of a run (checkpoints,
-/// discriminators), which keeps it to itself.
+/// file only its owner may read: every tensor file of a run (checkpoints, discriminators) is private
+/// like the run. A released generator (`train::release`) is written with [`encode_tensors`].
 pub fn save_tensors(path: &Path, tensors: &[(&str, &Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+    atomic_write_private(path, &encode_tensors(path, tensors, metadata)?)
+}
+
+/// `tensors` and `metadata` as the bytes of a safetensors file (`path` names it in errors).
+pub fn encode_tensors(path: &Path, tensors: &[(&str, &Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
     let mut bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let (dtype, data) = match t.dtype() {
@@ -28,8 +33,7 @@ pub fn save_tensors(path: &Path, tensors: &[(&str, &Tensor)], metadata: Option<H
                 .map_err(|e| Error::file(path, format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let encoded = safetensors::serialize(views, metadata).map_err(|e| Error::file(path, format!("cannot encode: {e}")))?;
-    atomic_write_private(path, &encoded)
+    safetensors::serialize(views, metadata).map_err(|e| Error::file(path, format!("cannot encode: {e}")))
 }
 
 /// Loads every tensor of a safetensors file onto `device` (f64 ones stay on the CPU), by name,

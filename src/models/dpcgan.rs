@@ -5,7 +5,7 @@ use rand::Rng;
 use crate::autograd::{Gradients, Tape};
 use crate::dp::clip::LayerGrad;
 use crate::error::Result;
-use crate::nn::{LayerTrace, Linear};
+use crate::nn::{prefixed, Entry, LayerTrace, Linear, Module};
 use crate::tensor::{Device, Tensor};
 
 pub const LATENT: usize = 100;
@@ -81,6 +81,18 @@ impl Generator {
         let (h, _) = self.hidden.forward(tape, &input)?;
         let (out, _) = self.output.forward(tape, &tape.relu(&h)?)?;
         tape.tanh(&out)
+    }
+}
+
+/// Its tensors by name (`hidden.weight`, ...), as checkpoints and released generators store them.
+impl Module for Generator {
+    fn entries(&self) -> Vec<Entry<&Tensor>> {
+        let Generator { hidden, output } = self;
+        prefixed("hidden", hidden.entries()).into_iter().chain(prefixed("output", output.entries())).collect()
+    }
+    fn entries_mut(&mut self) -> Vec<Entry<&mut Tensor>> {
+        let Generator { hidden, output } = self;
+        prefixed("hidden", hidden.entries_mut()).into_iter().chain(prefixed("output", output.entries_mut())).collect()
     }
 }
 

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::tensor::{Device, Tensor};
 
 pub use conv::{Conv2d, ConvTranspose2d};
-pub use module::{member, prefixed, stack, Entry, Module, TensorKind};
+pub use module::{load_prefixed, member, prefixed, stack, Entry, Module, TensorKind};
 pub use spectral::{NormalizedWeight, SnConv2d, SnEmbedding, SnLinear, SpectralNorm, SpectralTrace};
 
 /// `y = x·Wᵀ + b` for `x` `[G, B, I]`, `W` `[G, O, I]`, `b` `[G, O]`.

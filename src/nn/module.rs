@@ -1,8 +1,11 @@
 //! Named tensors of layers and models: trainable parameters beside state buffers (spectral norm's
 //! u, v), so that optimizers see only the former and checkpoints and EMA copies see both.
+use std::collections::HashMap;
+use std::path::Path;
+
 use crate::backend::ops;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 
 /// Whether a tensor is trained by an optimizer or is state that the forward pass updates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +87,27 @@ pub fn stack<M: Module + Clone>(members: &[M]) -> Result<M> {
         *entry.tensor = ops::concat(&parts, 0)?;
     }
     Ok(out)
+}
+
+/// Every tensor of `module` replaced by `tensors["{prefix}.{name}"]`, taken out of the map and
+/// moved to `device`, each checked against the module's shape: how a model is read back from a
+/// checkpoint or a released generator, `file`, which the errors name.
+pub fn load_prefixed<M: Module + ?Sized>(
+    module: &mut M,
+    tensors: &mut HashMap<String, Tensor>,
+    prefix: &str,
+    file: &Path,
+    device: &Device,
+) -> Result<()> {
+    for entry in module.entries_mut() {
+        let key = format!("{prefix}.{}", entry.name);
+        let t = tensors.remove(&key).ok_or_else(|| Error::file(file, format!("lacks {key}")))?;
+        if t.shape() != entry.tensor.shape() {
+            return Err(Error::file(file, format!("{key} has shape {:?}, expected {:?}", t.shape(), entry.tensor.shape())));
+        }
+        *entry.tensor = t.to_device(device)?;
+    }
+    Ok(())
 }
 
 /// Model `g` of a group, as a group of one (its tensors copied out along G).

@@ -7,6 +7,7 @@ pub mod dpsgd_gan;
 pub mod gswgan;
 pub mod interrupt;
 pub mod progress;
+pub mod release;
 pub mod replay;
 pub mod resident;
 pub mod run_dir;

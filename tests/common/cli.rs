@@ -154,3 +154,54 @@ pub fn assert_interval_means(every: &[Value], third: &[Value], unit: &str) {
     let rate = third[1]["steps_per_s"].as_f64().unwrap();
     assert!((rate * wall - 1.0).abs() < 0.25, "{rate} {unit}s/s over the last {wall} s");
 }
+
+/// `run`'s generator exported into `dir` (`dpgan export`): the file holds the released generator's
+/// tensors, bit for bit those of the checkpoint (`ema.*` for GS-WGAN's G_s, else `generator.*`),
+/// and no other tensor, and its only metadata is the release record (no key, no run state); and
+/// sampling the file writes the same files, bit for bit, as sampling the run. Returns the file.
+#[track_caller]
+pub fn check_export(run: &Path, dir: &Path, count: usize) -> PathBuf {
+    use dpgan::io::checkpoint::load_tensors;
+    let file = dir.join("exported-generator.safetensors");
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    stdout_of(&["export", "--run", &s(run), "--out", &s(&file)]);
+    let (exported, metadata) = load_tensors(&file, &dpgan::Device::Cpu).unwrap();
+    assert_eq!(metadata.keys().collect::<Vec<_>>(), ["dpgan.release"], "{metadata:?}");
+    let key = super::key_scan::run_key(run);
+    assert!(!super::key_scan::holds_key(&key, &std::fs::read(&file).unwrap()), "the export holds the run's key");
+    let (checkpoint, _) = load_tensors(&run.join("checkpoint.safetensors"), &dpgan::Device::Cpu).unwrap();
+    let record: Value = serde_json::from_str(&metadata["dpgan.release"]).unwrap();
+    let prefix = if record["algorithm"] == "gs-wgan" { "ema." } else { "generator." };
+    let released = checkpoint.keys().filter(|n| n.starts_with(prefix)).count();
+    assert!(released > 0 && exported.len() == released, "{} tensors exported of {released}", exported.len());
+    for (name, t) in &exported {
+        let source = name.strip_prefix("generator.").map(|rest| format!("{prefix}{rest}")).unwrap_or_else(|| panic!("{name}"));
+        let bits = |t: &dpgan::Tensor| t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(t), bits(&checkpoint[&source]), "{name} against {source}");
+    }
+    let err = stderr_of_failure(&["export", "--run", &s(run), "--out", &s(&file)]);
+    assert!(err.contains("already exists"), "{err}");
+    let err = stderr_of_failure(&["export", "--run", &s(run), "--out", &s(&run.join("g.safetensors"))]);
+    assert!(err.contains("inside it"), "{err}");
+
+    let (from_run, from_file) = (dir.join("sampled-from-run"), dir.join("sampled-from-export"));
+    let n = count.to_string();
+    for (source, out) in [(["--run", &s(run)], &from_run), (["--generator", &s(&file)], &from_file)] {
+        stdout_of(&[&["sample"], &source[..], &["--count", &n, "--format", "npy", "--out", &s(out), "--device", "cpu"]].concat());
+    }
+    for name in ["images.npy", "labels.npy", "grid.png", "sample.json"] {
+        assert!(std::fs::read(from_run.join(name)).unwrap() == std::fs::read(from_file.join(name)).unwrap(), "{name} differs");
+    }
+    // A checkpoint is not a released generator, nor is a file with a tensor the generator lacks.
+    let checkpoint_file = run.join("checkpoint.safetensors");
+    let extra = dir.join("extra.safetensors");
+    let mut named: Vec<(&str, &dpgan::Tensor)> = exported.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    named.push(("generator.secret", named[0].1));
+    dpgan::io::checkpoint::save_tensors(&extra, &named, Some(metadata.clone())).unwrap();
+    for (bad, why) in [(checkpoint_file, "a checkpoint is not one"), (extra, "holds generator.secret")] {
+        let err =
+            stderr_of_failure(&["sample", "--generator", &s(&bad), "--count", "10", "--out", &s(&dir.join("bad")), "--device", "cpu"]);
+        assert!(err.contains(why), "{err}");
+    }
+    file
+}

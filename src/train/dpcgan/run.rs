@@ -15,6 +15,7 @@ use crate::dp::{KeySource, NoiseMode, RunKey};
 use crate::error::{Error, Result};
 use crate::io::image::Grid;
 use crate::models::dpcgan::{Generator, CLASSES, LATENT};
+use crate::nn::load_prefixed;
 use crate::privacy::accountant::Accountant;
 use crate::privacy::conversion::Conversion;
 use crate::privacy::rdp::Orders;
@@ -568,14 +569,7 @@ pub fn load_generator(root: &Path, device: &Device) -> Result<(Generator, DpCgan
     let config: DpCganRunConfig = dir.read_config(ALGORITHM)?;
     let (mut tensors, state): (_, DpCganState) = dir.load_checkpoint(device)?;
     let mut generator = Generator::new(1, &mut stream(config.seed, Purpose::Init, 0), device)?;
-    for (p, name) in generator.params_mut().into_iter().zip(super::PARAM_NAMES) {
-        let key = format!("generator.{name}");
-        let t = tensors.remove(&key).ok_or_else(|| Error::file(dir.path(crate::train::run_dir::CHECKPOINT), format!("lacks {key}")))?;
-        if t.shape() != p.shape() {
-            return Err(Error::Invalid(format!("checkpoint tensor {key} has shape {:?}, the generator {:?}", t.shape(), p.shape())));
-        }
-        *p = t;
-    }
+    load_prefixed(&mut generator, &mut tensors, "generator", &dir.path(crate::train::run_dir::CHECKPOINT), device)?;
     Ok((generator, config, state))
 }
 

@@ -17,7 +17,7 @@ use crate::dp::{KeySource, NoiseMode, RunKey};
 use crate::error::{Error, Result};
 use crate::io::image::Grid;
 use crate::models::dpsgd_gan::{Generator, CLASSES, SIDE, WIDTH};
-use crate::nn::Module;
+use crate::nn::load_prefixed;
 use crate::privacy::accountant::Accountant;
 use crate::privacy::conversion::Conversion;
 use crate::privacy::rdp::Orders;
@@ -483,13 +483,6 @@ pub fn load_generator(root: &Path, device: &Device) -> Result<(Generator, DpsgdG
     let config: DpsgdGanRunConfig = dir.read_config(ALGORITHM)?;
     let (mut tensors, state): (_, DpsgdGanState) = dir.load_checkpoint(device)?;
     let mut generator = Generator::new(1, config.width, &mut stream(config.seed, Purpose::Init, 0), device)?;
-    for entry in generator.entries_mut() {
-        let key = format!("generator.{}", entry.name);
-        let t = tensors.remove(&key).ok_or_else(|| Error::file(dir.path(CHECKPOINT), format!("lacks {key}")))?;
-        if t.shape() != entry.tensor.shape() {
-            return Err(Error::file(dir.path(CHECKPOINT), format!("{key} has shape {:?}, expected {:?}", t.shape(), entry.tensor.shape())));
-        }
-        *entry.tensor = t;
-    }
+    load_prefixed(&mut generator, &mut tensors, "generator", &dir.path(CHECKPOINT), device)?;
     Ok((generator, config, state))
 }

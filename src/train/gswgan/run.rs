@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::io::checkpoint::{load_tensors, save_tensors};
 use crate::io::image::Grid;
 use crate::models::gswgan::{bernoulli_latent, one_hot, Discriminator, Generator, GeneratorArch, CLASSES};
-use crate::nn::Module;
+use crate::nn::{load_prefixed, Module};
 use crate::optim::Adam;
 use crate::privacy::accountant::{Accountant, Mechanism};
 use crate::privacy::conversion::{Conversion, Guarantee};
@@ -938,14 +938,7 @@ pub fn load_ema_generator(root: &Path, device: &Device) -> Result<(Generator, Gs
     let (mut tensors, state): (_, GsWganState) = dir.load_checkpoint(&Device::Cpu)?;
     state.check_format(&dir.path(CHECKPOINT))?;
     let mut ema = Generator::new(config.arch()?, 1, config.base, &mut stream(config.seed, Purpose::Init, 0), device)?;
-    for entry in ema.entries_mut() {
-        let key = format!("ema.{}", entry.name);
-        let t = tensors.remove(&key).ok_or_else(|| Error::file(dir.path(CHECKPOINT), format!("lacks {key}")))?;
-        if t.shape() != entry.tensor.shape() {
-            return Err(Error::file(dir.path(CHECKPOINT), format!("{key} has shape {:?}, expected {:?}", t.shape(), entry.tensor.shape())));
-        }
-        *entry.tensor = t.to_device(device)?;
-    }
+    load_prefixed(&mut ema, &mut tensors, "ema", &dir.path(CHECKPOINT), device)?;
     Ok((ema, config, state))
 }
 
