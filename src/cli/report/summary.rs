@@ -82,8 +82,8 @@ impl Summary {
         let run = root.display().to_string();
         let may_be_published = match (&privacy, noise_key) {
             (Some(p), Some(KeySource::Secret)) => format!(
-                "The output of `dpgan sample --run {run}` (its images, labels, grid and sample.json) or the generator itself: they \
-                 carry (ε = {:.4}, δ = {}) under the {}.",
+                "The output of `dpgan sample --run {run}` (its images, labels, grid and sample.json) or the generator itself, as \
+                 `dpgan export --run {run} --out FILE` writes it: they carry (ε = {:.4}, δ = {}) under the {}.",
                 p.epsilon, p.delta, p.governs
             ),
             (Some(_), _) => "Nothing with a privacy claim: --replayable-noise derived the noise and batches from the seed, so anyone \
@@ -97,8 +97,9 @@ impl Summary {
         };
         let stays_private = match privacy {
             Some(_) => "The run directory: its checkpoint.safetensors holds the run's secret key, and it holds the discriminator(s) \
-                        and the losses on the real data, none of which the guarantee covers. This report too: losses.png plots \
-                        losses on the real data, and samples.png is the run's progress grid."
+                        and the losses on the real data, none of which the guarantee covers (and so does the run's progress \
+                        output on stderr). This report too: losses.png plots losses on the real data, and samples.png is the \
+                        run's progress grid."
                 .to_string(),
             None => "The whole directory, this report included: its discriminators and losses come from the real data, without \
                      noise."
