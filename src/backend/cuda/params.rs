@@ -269,9 +269,11 @@ pub struct EmaUpdateParams {
     pub decay_at: u64,
 }
 
-/// A [`NoiseKey`](crate::dp::NoiseKey) as the kernels read it; the mode picks the kernel.
+/// A [`NoiseKey`](crate::dp::NoiseKey) as the kernels read it; the mode picks the kernel. Its
+/// `Debug` leaves the key out, as `NoiseKey`'s does, so that no parameter struct holding it (all
+/// of them derive `Debug`) can print it into a log or an error.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Default)]
 pub struct NoiseKeyParams {
     pub key: [u32; 8],
     pub tensor_index: u32,
@@ -280,6 +282,16 @@ pub struct NoiseKeyParams {
     pub pad_: u32,
     /// Not 0: the device address `[step_lo, step_hi]` are read from (a step's value block).
     pub step_at: u64,
+}
+
+impl std::fmt::Debug for NoiseKeyParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NoiseKeyParams")
+            .field("tensor_index", &self.tensor_index)
+            .field("step", &(((self.step_hi as u64) << 32) | self.step_lo as u64))
+            .field("step_at", &self.step_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NoiseKeyParams {
@@ -606,7 +618,18 @@ const _: () = assert!(std::mem::size_of::<PixelNormParams>() == 32);
 
 #[cfg(test)]
 mod tests {
-    use super::FastDivmod;
+    use super::{FastDivmod, GaussianNoiseParams, NoiseKeyParams};
+
+    /// A launch's parameters may end up in an error or a log: the key words never do.
+    #[test]
+    fn debug_output_leaves_the_noise_key_out() {
+        let key = NoiseKeyParams { key: [0x9e37_79b9; 8], tensor_index: 3, step_lo: 7, ..Default::default() };
+        let text = format!("{:?}", GaussianNoiseParams { n: 10, std: 1.0, pad_: 0, key });
+        assert!(text.contains("step: 7") && text.contains("tensor_index: 3"), "{text}");
+        for word in [format!("{}", 0x9e37_79b9u32), format!("{:x}", 0x9e37_79b9u32)] {
+            assert!(!text.to_lowercase().contains(&word), "{text}");
+        }
+    }
 
     #[test]
     fn fast_divmod_matches_division() {
