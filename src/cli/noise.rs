@@ -6,7 +6,8 @@ use dpgan::dp::{KeySource, NoiseMode};
 #[derive(Args, Clone, Copy, Debug, Default)]
 pub struct NoiseArgs {
     /// Draw the noise with Philox4x32 and 53-bit Box–Muller: faster than the default, ChaCha20
-    /// with a sampler hardened against floating-point attacks, and not cryptographic.
+    /// with a sampler hardened against floating-point attacks, and not cryptographic (keyed by 64
+    /// of the key's 256 bits).
     #[arg(long)]
     pub fast_noise: bool,
     /// Derive the noise and batch key from --seed instead of a secret drawn from the OS, so that
