@@ -6,13 +6,16 @@
 #                    bash scripts/gpu-session.sh pytorch dpcgan   (another, carry [".gpu", ".whl"])
 #                    bash scripts/gpu-session.sh gswgan nsys     (a third)
 #   dry run here:    DPGAN_SESSION_DEVICE=cpu bash scripts/gpu-session.sh --quick bench dpcgan gswgan
+#   a device call:   DPGAN_SESSION_SECONDS=460 bash scripts/gpu-session.sh tests bench    (timeout_s 480)
+#                    returns $OUT/summary.md and $OUT/session.tar.gz (every log and JSON)
 #
 # Parts (all of them when none is named), each step under its own time limit so that one slow step
 # cannot eat the others' time; a device call may last 10 minutes, so split the parts as above:
 #   tests   every test executable with DPGAN_REQUIRE_GPU=1 (.gpu/run-tests)              ≤ 240 s
-#   sanitize compute-sanitizer memcheck on the GEMM, conv, clip, DP-step, optimizer and   ≤ 450 s
+#   sanitize compute-sanitizer memcheck on the GEMM, conv, clip, DP-step, optimizer and   ≤ 570 s
 #           norm test executables (the pointer-batch kernels among them), racecheck on the
-#           conv tests' TF32 cases (shared-memory tiles); each step stops at its first error
+#           conv tests' TF32 cases (shared-memory tiles) and the GEMM pipelines (cp.async, wide),
+#           synccheck on the conv pipelines; each step stops at its first error
 #   bench   `dpgan bench kernels`, `dpgan bench step` (DP-CGAN and GS-WGAN private and     ≤ 570 s
 #           not, GS-WGAN's warm start and phase 2 with TF32, the warm start on the wide TF32
 #           build, DPSGD-GAN's private D step)
@@ -41,8 +44,18 @@ parts=" ${*:-tests sanitize bench pytorch dpcgan gswgan nsys} "
 want() { [[ $parts == *" $1 "* ]]; }
 bin=${DPGAN_BIN:-$root/.gpu/bin/dpgan}
 [ -x "$bin" ] || bin=$root/target/release/dpgan
-out=${OUT:-$root/.gpu/session}
+# Every step writes into a work directory; what comes back from a device call is $OUT, of which
+# the device tool returns at most 8 files. So after every step $OUT gets two: summary.md and
+# session.tar.gz (every log, JSON and summary of the work directory, not the runs' tensors), and a
+# call cut short by its time limit still returns all that finished.
+results=${OUT:-}
+out=${DPGAN_SESSION_WORK:-$root/.gpu/session}
 mkdir -p "$out"
+[ -n "$results" ] && mkdir -p "$results"
+# DPGAN_SESSION_SECONDS: the call's time; steps are cut to end 20 s before it (packing the
+# results), and skipped once it is spent.
+deadline=
+[ -n "${DPGAN_SESSION_SECONDS:-}" ] && deadline=$((SECONDS + DPGAN_SESSION_SECONDS - 20))
 device=${DPGAN_SESSION_DEVICE:-cuda}
 export DPGAN_DATA=${DPGAN_DATA:-$root/.gpu/data}
 [ -d "$DPGAN_DATA/mnist" ] || DPGAN_DATA=$root/../shared/data
@@ -51,11 +64,30 @@ summary=$out/summary.md
 echo "# dpgan GPU session ($parts) $(date -u +%Y-%m-%dT%H:%MZ) · commit $DPGAN_GIT_COMMIT · device $device" >"$summary"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >>"$summary"
 
-# step NAME LIMIT_S COMMAND...: runs COMMAND under LIMIT_S seconds, logs to $out/NAME.log, and
-# records the exit status and wall time in the summary.
+# Copies the summary and a tarball of the work directory's logs and JSON into $OUT (see above).
+publish() {
+  [ -n "$results" ] && [ "$results" != "$out" ] || return 0
+  cp "$summary" "$results/summary.md.tmp" && mv "$results/summary.md.tmp" "$results/summary.md"
+  tar czf "$results/session.tar.gz.tmp" -C "$out" --exclude='*.safetensors' --exclude='*.nsys-rep' --exclude='*.sqlite' --exclude='*ubyte*' --exclude='*.npy' \
+    --exclude='./ws-*' --exclude='critics' --exclude='discriminators' --exclude='./nsys-run' . &&
+    mv "$results/session.tar.gz.tmp" "$results/session.tar.gz"
+}
+
+# step NAME LIMIT_S COMMAND...: runs COMMAND under LIMIT_S seconds (less if the session's deadline
+# is nearer), logs to $out/NAME.log, records the exit status and wall time in the summary, and
+# publishes the results so far.
 step() {
   local name=$1 limit=$2
   shift 2
+  if [ -n "$deadline" ]; then
+    local left=$((deadline - SECONDS))
+    if [ $left -lt 5 ]; then
+      echo "- $name: skipped, the session's ${DPGAN_SESSION_SECONDS} s are spent" >>"$summary"
+      publish
+      return 124
+    fi
+    [ "$limit" -gt $left ] && limit=$left
+  fi
   local start=$SECONDS
   timeout "$limit" "$@" >"$out/$name.log" 2>&1
   local rc=$?
@@ -66,6 +98,7 @@ step() {
   # A refused capture does not fail a run (it falls back to eager steps), so it is said here:
   # its timings are then not those of replays.
   grep -m 1 'refused to capture' "$out/$name.log" | sed 's/^/  - CUDA GRAPH REFUSED, the run fell back to eager steps: /' >>"$summary"
+  publish
   return $rc
 }
 
@@ -92,6 +125,12 @@ if want sanitize && [ "$device" != cpu ]; then
     done
     [ -x "$root/.gpu/tests/conv-test" ] && step racecheck-conv-tf32 90 env DPGAN_REQUIRE_GPU=1 compute-sanitizer --tool racecheck \
       --error-exitcode 3 "$root/.gpu/tests/conv-test" --test-threads=1 tf32
+    # The cp.async and wide builds' pipelines: shared-memory races and barriers that a real warp
+    # schedule could expose and the host emulation cannot.
+    [ -x "$root/.gpu/tests/gemm-test" ] && step racecheck-gemm-pipelines 60 env DPGAN_REQUIRE_GPU=1 compute-sanitizer --tool racecheck \
+      --error-exitcode 3 "$root/.gpu/tests/gemm-test" --test-threads=1 pipelines
+    [ -x "$root/.gpu/tests/conv-test" ] && step synccheck-conv-pipelines 60 env DPGAN_REQUIRE_GPU=1 compute-sanitizer --tool synccheck \
+      --error-exitcode 3 "$root/.gpu/tests/conv-test" --test-threads=1 pipelines
   else
     echo "- sanitize: no compute-sanitizer on this machine" >>"$summary"
   fi
@@ -220,4 +259,5 @@ if want nsys && command -v nsys >/dev/null && [ "$device" != cpu ]; then
   rm -f "$out/dpcgan-trace.sqlite"
 fi
 rm -rf "$out/ws-"* "$out/phase2/critics" "$out/nsys-run"
+publish
 cat "$summary"

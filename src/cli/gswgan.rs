@@ -410,7 +410,7 @@ fn private(args: &PrivateArgs) -> Result<()> {
         "trained {} iterations in {:.1} s on {device}\n\
          ε = {:.4} as-published (order {}), {:.4} per-step (order {}) at δ = {}; k = {}, B = {}, σ = {}; {} governs the budget\n\
          run directory: {} (private: its checkpoint holds the secret noise key, and it holds the discriminators; release \
-         only `dpgan sample` output){}\n",
+         only `dpgan sample` or `dpgan export` output){}\n",
         outcome.iterations,
         outcome.wall_s,
         outcome.as_published.epsilon,

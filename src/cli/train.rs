@@ -196,7 +196,7 @@ impl RunSummary<'_> {
             "trained {} {} in {:.1} s ({:.1} {}/s) on {device}\n\
              ε = {:.4} ({:?} conversion, order {}), {:.4} ({:?}) at δ = {}, q = {}, σ = {}{}\n\
              run directory: {} (private: its checkpoint holds the secret noise key, D and the real-data losses; release only \
-             `dpgan sample` output){}\n",
+             `dpgan sample` or `dpgan export` output){}\n",
             outcome.steps,
             self.unit,
             outcome.wall_s,
