@@ -25,6 +25,9 @@ const RECORD_KEY: &str = "dpgan.release";
 pub const FORMAT: &str = "dpgan-generator";
 /// The prefix of every tensor name in a released generator's file.
 const PREFIX: &str = "generator";
+/// The widest generator a release is read as (GS-WGAN's base, DPSGD-GAN's width; the published
+/// ones are 64 and 128).
+const MAX_WIDTH: u64 = 4096;
 
 /// Each algorithm's released generator: DP-CGAN's G, GS-WGAN's EMA copy G_s, DPSGD-GAN's G.
 pub enum ReleasedModel {
@@ -139,8 +142,13 @@ impl Release {
             let value = &record["architecture"][name];
             (!value.is_null()).then_some(value).ok_or_else(|| Error::file(path, format!("release record lacks architecture.{name}")))
         };
+        // A width is checked before a model of it is built: a damaged record must not ask for
+        // terabytes.
         let usize_field = |name: &str| -> Result<usize> {
-            field(name)?.as_u64().map(|v| v as usize).ok_or_else(|| Error::file(path, format!("architecture.{name} is not a count")))
+            match field(name)?.as_u64() {
+                Some(v @ 1..=MAX_WIDTH) => Ok(v as usize),
+                _ => Err(Error::file(path, format!("architecture.{name} is {}, not a width from 1 to {MAX_WIDTH}", field(name)?))),
+            }
         };
         // The initial weights are replaced: any seed builds the shapes.
         let init = &mut stream(0, Purpose::Init, 0);
@@ -189,4 +197,34 @@ impl Release {
 pub fn run_name(run: &Path) -> Result<String> {
     let resolved = std::fs::canonicalize(run).map_err(|e| Error::file(run, format!("cannot resolve: {e}")))?;
     Ok(resolved.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file whose record is damaged is refused with the field named, before any model is built.
+    #[test]
+    fn damaged_records_are_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                json!({"format": FORMAT, "algorithm": "dpsgd-gan", "architecture": {"width": 1u64 << 40}}),
+                "architecture.width is 1099511627776",
+            ),
+            (json!({"format": FORMAT, "algorithm": "dpsgd-gan", "architecture": {"width": 0}}), "architecture.width is 0"),
+            (json!({"format": FORMAT, "algorithm": "gs-wgan", "architecture": {"base": 64}}), "lacks architecture.generator"),
+            (json!({"format": FORMAT, "algorithm": "gs-wgan", "architecture": {"generator": "vit", "base": 64}}), "vit"),
+            (json!({"format": FORMAT, "algorithm": "stylegan", "architecture": {}}), "no algorithm dpgan knows"),
+            (json!({"format": "other", "algorithm": "dp-cgan", "architecture": {}}), "format \"other\""),
+            (json!({"format": FORMAT, "algorithm": "dp-cgan", "architecture": {}}), "lacks generator.hidden.weight"),
+        ];
+        for (i, (record, why)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("g{i}.safetensors"));
+            let metadata = HashMap::from([(RECORD_KEY.to_string(), record.to_string())]);
+            atomic_write(&path, &encode_tensors(&path, &[], Some(metadata)).unwrap()).unwrap();
+            let err = Release::load(&path, &Device::Cpu).err().unwrap_or_else(|| panic!("{record} was accepted")).to_string();
+            assert!(err.contains(why), "{record}: {err}");
+        }
+    }
 }
