@@ -72,7 +72,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         (None, Some(file)) => (Release::load(file, &device)?, file),
         (None, None) => return Err(Error::Invalid("give --run RUN_DIR or --generator FILE".into())),
     };
-    let record = write_release(&release, per_class, args.seed, format, &args.out, &device)?;
+    let record = write_sample(&release, per_class, args.seed, format, &args.out, &device)?;
     super::emit(
         &(format!(
             "wrote {} images ({per_class} per class, {format}) to {} from step {} of {}: (ε = {:.4}, δ = {}) for the released data\n",
@@ -86,25 +86,12 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     )
 }
 
-/// Samples `per_class` images of every class from `run`'s released generator with codes from
-/// `seed`, writes them, their grid and `sample.json` (last, so that its presence means the set is
-/// complete) into `out`, and returns the record.
+/// Samples `per_class` images of every class from a released generator (a run's, or one `dpgan
+/// export` wrote) with codes from `seed`, writes them, their grid and `sample.json` (last, so that
+/// its presence means the set is complete) into `out`, and returns the record: the generator's,
+/// with the sample's count, format and seed. The images stream to disk a chunk at a time, so
+/// memory stays bounded whatever the count; the grid keeps the first 10 of every class.
 pub(super) fn write_sample(
-    run: &Path,
-    per_class: usize,
-    seed: u64,
-    format: SyntheticFormat,
-    out: &Path,
-    device: &Device,
-) -> Result<serde_json::Value> {
-    write_release(&Release::of_run(run, device)?, per_class, seed, format, out, device)
-}
-
-/// [`write_sample`] from a released generator (a run's, or one `dpgan export` wrote): the images
-/// stream to disk a chunk at a time, so memory stays bounded whatever the count; the grid keeps
-/// the first 10 of every class. `sample.json` is the generator's record with the sample's count,
-/// format and seed.
-fn write_release(
     release: &Release,
     per_class: usize,
     seed: u64,

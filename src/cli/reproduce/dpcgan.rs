@@ -14,6 +14,7 @@ use dpgan::models::dpcgan::CLASSES;
 use dpgan::privacy::Conversion;
 use dpgan::train::dpcgan::run::{load_generator, sample_released, DpCganRun, DpCganRunConfig, DpCganSettings, DpCganState, SamplingKind};
 use dpgan::train::progress::Progress;
+use dpgan::train::release::Release;
 use dpgan::train::run_dir::{checkpoint_state, read_json, CHECKPOINT, CONFIG};
 use dpgan::{Device, Result};
 
@@ -182,7 +183,7 @@ fn one_run(args: &DpCganReproduceArgs, root: &Path, seed: u64, train: &Dataset, 
             // a grid); the evaluation reads the float pixels, not the file's 8-bit ones.
             let synthetic = root.join("synthetic");
             if !synthetic.join(SAMPLE_RECORD).exists() {
-                write_sample(root, PER_CLASS, seed, SyntheticFormat::Idx, &synthetic, device)?;
+                write_sample(&Release::of_run(root, device)?, PER_CLASS, seed, SyntheticFormat::Idx, &synthetic, device)?;
             }
             let train_set = ImageSet::new(&images, &labels, 28, 28, "the synthetic set")?;
             let logreg = match logreg {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use dpgan::eval::{evaluate, Classifier, EvalConfig, EvalReport, ImageSet, Metric};
 use dpgan::io::synthetic::{read_synthetic, SyntheticFormat};
+use dpgan::train::release::Release;
 use dpgan::train::run_dir::{read_json, RunDir, CHECKPOINT};
 
 use crate::cli::sample::{write_sample, SAMPLE_RECORD};
@@ -277,7 +278,7 @@ fn released_set(dir: &Path, generator: &Path, per_class: usize, seed: u64, step:
             ],
         );
     }
-    write_sample(generator, per_class, seed, SyntheticFormat::Npy, dir, device).map(|_| ())
+    write_sample(&Release::of_run(generator, device)?, per_class, seed, SyntheticFormat::Npy, dir, device).map(|_| ())
 }
 
 /// `classifier` trained on the released set in `synthetic` and scored on the real test set; reused
