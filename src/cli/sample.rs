@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
-use clap::{Args, ValueEnum};
+use clap::{ArgGroup, Args, ValueEnum};
 use dpgan::data::Split;
 use dpgan::io::image::Grid;
 use dpgan::io::synthetic::{SyntheticFormat, SyntheticWriter, NPY_IMAGES, NPY_LABELS};
@@ -32,9 +32,10 @@ enum FormatArg {
 }
 
 #[derive(Args, Debug)]
+#[command(group(ArgGroup::new("source").required(true).args(["run", "generator"])))]
 pub struct SampleArgs {
     /// The run whose generator to sample (its latest checkpoint).
-    #[arg(long, value_name = "RUN_DIR", required_unless_present = "generator", conflicts_with = "generator")]
+    #[arg(long, value_name = "RUN_DIR")]
     run: Option<PathBuf>,
     /// A generator `dpgan export` wrote, instead of a run: the same images as its run gives.
     #[arg(long, value_name = "FILE")]
