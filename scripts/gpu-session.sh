@@ -11,7 +11,8 @@
 #
 # Parts (all of them when none is named), each step under its own time limit so that one slow step
 # cannot eat the others' time; a device call may last 10 minutes, so split the parts as above:
-#   tests   every test executable with DPGAN_REQUIRE_GPU=1 (.gpu/run-tests)              ≤ 240 s
+#   tests   every test executable with DPGAN_REQUIRE_GPU=1, those with GPU tests first,  ≤ 240 s
+#           each under its own limit (cut by DPGAN_SESSION_SECONDS like every step)
 #   sanitize compute-sanitizer memcheck on the GEMM, conv, clip, DP-step, optimizer and   ≤ 570 s
 #           norm test executables (the pointer-batch kernels among them), racecheck on the
 #           conv tests' TF32 cases (shared-memory tiles) and the GEMM pipelines (cp.async, wide),
@@ -73,18 +74,18 @@ publish() {
     mv "$results/session.tar.gz.tmp" "$results/session.tar.gz"
 }
 
-# step NAME LIMIT_S COMMAND...: runs COMMAND under LIMIT_S seconds (less if the session's deadline
-# is nearer), logs to $out/NAME.log, records the exit status and wall time in the summary, and
-# publishes the results so far.
+# step NAME LIMIT_S COMMAND...: runs COMMAND under LIMIT_S seconds (less if the deadline is
+# nearer), logs to $out/NAME.log, records the exit status and wall time in the summary, and
+# publishes the results so far. Returns COMMAND's status, 124 if it timed out, 125 if skipped.
 step() {
   local name=$1 limit=$2
   shift 2
   if [ -n "$deadline" ]; then
     local left=$((deadline - SECONDS))
     if [ $left -lt 5 ]; then
-      echo "- $name: skipped, the session's ${DPGAN_SESSION_SECONDS} s are spent" >>"$summary"
+      echo "- $name: skipped, no time left" >>"$summary"
       publish
-      return 124
+      return 125
     fi
     [ "$limit" -gt $left ] && limit=$left
   fi
@@ -94,7 +95,7 @@ step() {
   local verdict=ok
   [ $rc -eq 124 ] && verdict="timed out after ${limit}s"
   [ $rc -ne 0 ] && [ $rc -ne 124 ] && verdict="failed (exit $rc)"
-  echo "- $name: $verdict in $((SECONDS - start)) s; last line: $(tail -n 1 "$out/$name.log")" >>"$summary"
+  echo "- $name: $verdict in $((SECONDS - start)) s; last line: $(grep -v '^[[:space:]]*$' "$out/$name.log" | tail -n 1)" >>"$summary"
   # A refused capture does not fail a run (it falls back to eager steps), so it is said here:
   # its timings are then not those of replays.
   grep -m 1 'refused to capture' "$out/$name.log" | sed 's/^/  - CUDA GRAPH REFUSED, the run fell back to eager steps: /' >>"$summary"
@@ -109,9 +110,44 @@ else
   dpcgan_steps=24900 ws_iters=20 ws_groups="1 16 64" ws_auto_k=1000 p2_iters=200 kernel_flags=() step_flags=() eval_flags=() width_flags=() gs_step_flags=() dpsgd_flags=()
 fi
 
-# Tests.
-if want tests && [ -x "$root/.gpu/run-tests" ] && [ "$device" != cpu ]; then
-  step tests 240 bash "$root/.gpu/run-tests"
+# Tests: the executables with GPU tests first, kernels before models before the CLI (CI has run
+# the CPU-only ones; they come last, if time is left). One test at a time: one illegal address
+# poisons the context the executable's tests share, so the first failure is the one to read; a
+# failing executable is run again with CUDA_LAUNCH_BLOCKING=1, whose errors name the launch.
+gpu_tests="gemm conv clip elementwise reduce norm pool shape optim noise sanitize dp_step data models_gpu bench_step eval
+  privacy_properties train_dpcgan train_dpsgd_gan train_gswgan cli"
+cpu_tests="dpgan-lib dpgan-bin autograd checkpoint dpcgan dpsgd_gan gswgan metrics privacy sampling run_key report nvtx_injection cli_stop
+  reproduce_dpcgan reproduce_dpsgd_gan reproduce_gswgan"
+# On the CPU (a dry run of this script) the GPU tests skip themselves.
+require_gpu=(DPGAN_REQUIRE_GPU=1)
+[ "$device" = cpu ] && require_gpu=()
+if want tests && [ -d "$root/.gpu/tests" ]; then
+  passed=0 failed=() unfinished=()
+  # The part's own 240 s, within the session's deadline: the benchmarks come next.
+  session_deadline=$deadline
+  deadline=$((SECONDS + 240))
+  [ -n "$session_deadline" ] && [ "$session_deadline" -lt "$deadline" ] && deadline=$session_deadline
+  for t in $gpu_tests $cpu_tests; do
+    exe=$root/.gpu/tests/$t-test
+    [[ $t == dpgan-* ]] && exe=$root/.gpu/tests/$t
+    [ -x "$exe" ] || continue
+    limit=60
+    [[ " $cpu_tests " == *" $t "* ]] && limit=40
+    step "test-$t" $limit env "${require_gpu[@]}" RUST_BACKTRACE=1 "$exe" --test-threads=1
+    rc=$?
+    if [ $rc -eq 0 ]; then
+      passed=$((passed + 1))
+    elif [ $rc -eq 124 ] || [ $rc -eq 125 ]; then
+      unfinished+=("$t")
+    else
+      failed+=("$t")
+      grep -E 'panicked|FAILED|failed' "$out/test-$t.log" | head -n 5 | sed 's/^/  - /' >>"$summary"
+      step "test-$t-blocking" 90 env "${require_gpu[@]}" RUST_BACKTRACE=1 CUDA_LAUNCH_BLOCKING=1 "$exe" --test-threads=1
+    fi
+  done
+  echo "- tests: $passed executables passed, ${#failed[@]} failed${failed[*]:+ (${failed[*]})}," \
+    "${#unfinished[@]} timed out or skipped${unfinished[*]:+ (${unfinished[*]})}" >>"$summary"
+  deadline=$session_deadline
 fi
 
 # compute-sanitizer over the test executables whose kernels index memory the most freely.
