@@ -203,6 +203,17 @@ pub fn run_name(run: &Path) -> Result<String> {
 mod tests {
     use super::*;
 
+    /// The grid's rows take the record's 10 class names; a record without 10 falls back to digits.
+    #[test]
+    fn class_names_come_from_the_record() {
+        let model = || ReleasedModel::DpCgan(dpcgan::Generator::new(1, &mut stream(0, Purpose::Init, 0), &Device::Cpu).unwrap());
+        let fashion = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+        let named = Release { model: model(), record: json!({ "classes": fashion }) };
+        assert_eq!(named.class_names(), fashion);
+        let short = Release { model: model(), record: json!({ "classes": ["a", "b"] }) };
+        assert_eq!(short.class_names(), (0..10).map(|c| c.to_string()).collect::<Vec<_>>());
+    }
+
     /// A file whose record is damaged is refused with the field named, before any model is built.
     #[test]
     fn damaged_records_are_refused_naming_the_field() {
