@@ -18,24 +18,21 @@ pub struct ExportArgs {
     /// The file to write (never written over, never inside the run directory).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
-    /// Print the generator's record as JSON instead of a sentence.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    json: super::json::JsonOut,
 }
 
 pub fn run(args: &ExportArgs) -> Result<()> {
     refuse_inside_run(&args.out, &args.run)?;
+    args.json.check()?;
     if args.out.exists() {
         return Err(Error::file(&args.out, "already exists: a released generator is never written over, choose another --out"));
     }
     let release = Release::of_run(&args.run, &Device::Cpu)?;
     release.save(&args.out)?;
     let record = &release.record;
-    if args.json {
-        return super::emit(&format!("{record}\n"));
-    }
-    super::emit(
-        &(format!(
+    args.json.emit(record, || {
+        format!(
             "wrote the {} generator of {} (step {}) to {}: (ε = {:.4}, δ = {})\n",
             record["algorithm"].as_str().unwrap_or("?"),
             args.run.display(),
@@ -43,6 +40,6 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             args.out.display(),
             record["epsilon"].as_f64().unwrap_or(f64::NAN),
             record["delta"].as_f64().unwrap_or(f64::NAN)
-        ) + record["warning"].as_str().map(|w| format!("{w}\n")).unwrap_or_default().as_str()),
-    )
+        ) + record["warning"].as_str().map(|w| format!("{w}\n")).unwrap_or_default().as_str()
+    })
 }

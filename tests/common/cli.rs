@@ -164,13 +164,15 @@ pub fn check_export(run: &Path, dir: &Path, count: usize) -> PathBuf {
     use dpgan::io::checkpoint::load_tensors;
     let file = dir.join("exported-generator.safetensors");
     let s = |p: &Path| p.to_string_lossy().into_owned();
-    stdout_of(&["export", "--run", &s(run), "--out", &s(&file)]);
+    let printed = json_of(&["export", "--run", &s(run), "--out", &s(&file), "--json"]);
     let (exported, metadata) = load_tensors(&file, &dpgan::Device::Cpu).unwrap();
     assert_eq!(metadata.keys().collect::<Vec<_>>(), ["dpgan.release"], "{metadata:?}");
     let key = super::key_scan::run_key(run);
     assert!(!super::key_scan::holds_key(&key, &std::fs::read(&file).unwrap()), "the export holds the run's key");
     let (checkpoint, _) = load_tensors(&run.join("checkpoint.safetensors"), &dpgan::Device::Cpu).unwrap();
-    let record: Value = serde_json::from_str(&metadata["dpgan.release"]).unwrap();
+    let mut record: Value = serde_json::from_str(&metadata["dpgan.release"]).unwrap();
+    assert_eq!(record.as_object_mut().unwrap().remove("format"), Some("dpgan-generator".into()));
+    assert_eq!(printed, record, "--json prints the record the file holds");
     let prefix = if record["algorithm"] == "gs-wgan" { "ema." } else { "generator." };
     let released = checkpoint.keys().filter(|n| n.starts_with(prefix)).count();
     assert!(released > 0 && exported.len() == released, "{} tensors exported of {released}", exported.len());
