@@ -367,31 +367,31 @@ __device__ __forceinline__ void conv2d_weight_grad(const ConvParams& p, const fl
 // to TF32, f32 accumulation) for callers that allow it (src/backend/cuda/gemm.rs,
 // set_allow_tf32), register-staged, through the cp.async pipeline, and on 128 × 128 tiles. The
 // TF32 builds give the same values bit for bit; a GPU says which is fastest.
-#define DPGAN_CONV_FWD(name, BUILD)                                                                        \
-  extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                                      \
+#define DPGAN_CONV_FWD(name, BUILD)                                                                         \
+  extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                                        \
       name(ConvParams p, const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y) { \
-    BUILD::Tiles& smem = dpgan::tile::mainloop_tiles<BUILD>();                                                            \
-    dpgan::conv::conv2d_fwd<BUILD, false>(p, x, w, nullptr, y, smem);                                     \
+    BUILD::Tiles& smem = dpgan::tile::mainloop_tiles<BUILD>();                                              \
+    dpgan::conv::conv2d_fwd<BUILD, false>(p, x, w, nullptr, y, smem);                                       \
   }
-#define DPGAN_CONV_BIAS_FWD(name, BUILD)                                                         \
-  extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                            \
-      name(ConvParams p, const float* __restrict__ x, const float* __restrict__ w,              \
-           const float* __restrict__ bias, float* __restrict__ y) {                            \
-    BUILD::Tiles& smem = dpgan::tile::mainloop_tiles<BUILD>();                                                  \
-    dpgan::conv::conv2d_fwd<BUILD, true>(p, x, w, bias, y, smem);                               \
+#define DPGAN_CONV_BIAS_FWD(name, BUILD)                                           \
+  extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)               \
+      name(ConvParams p, const float* __restrict__ x, const float* __restrict__ w, \
+           const float* __restrict__ bias, float* __restrict__ y) {                \
+    BUILD::Tiles& smem = dpgan::tile::mainloop_tiles<BUILD>();                     \
+    dpgan::conv::conv2d_fwd<BUILD, true>(p, x, w, bias, y, smem);                  \
   }
-#define DPGAN_CONV_INPUT_GRAD(name, BUILD)                                                        \
+#define DPGAN_CONV_INPUT_GRAD(name, BUILD)                                                       \
   extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                             \
       name(ConvParams p, ConvPhase q, const float* __restrict__ dy, const float* __restrict__ w, \
-           float* __restrict__ dx) {                                                            \
-    BUILD::Tiles& smem = dpgan::tile::mainloop_tiles<BUILD>();                                                   \
+           float* __restrict__ dx) {                                                             \
+    BUILD::Tiles& smem = dpgan::tile::mainloop_tiles<BUILD>();                                   \
     dpgan::conv::conv2d_input_grad<BUILD>(p, q, dy, w, dx, smem);                                \
   }
 // The weight gradient's launch bounds are an argument: the f32 build holds four blocks an SM.
-#define DPGAN_CONV_WEIGHT_GRAD(name, BUILD, ...)                                                                \
+#define DPGAN_CONV_WEIGHT_GRAD(name, BUILD, ...)                                                              \
   extern "C" __global__ void __launch_bounds__(__VA_ARGS__)                                                   \
       name(ConvParams p, const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dw) { \
-    BUILD::Tiles& smem = dpgan::tile::mainloop_tiles<BUILD>();                                                                \
+    BUILD::Tiles& smem = dpgan::tile::mainloop_tiles<BUILD>();                                                \
     dpgan::conv::conv2d_weight_grad<BUILD>(p, x, dy, dw, smem);                                               \
   }
 

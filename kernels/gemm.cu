@@ -48,11 +48,11 @@ __device__ __forceinline__ void gemm_grouped(const GemmParams& p, const float* _
 // stored, t: transposed) and by the build's suffix. Separate kernels, because one kernel branching
 // to all four transposes needs the registers of all four (126 against 64 at sm_90), halving the
 // blocks an SM holds.
-#define DPGAN_GEMM(name, TRANS_A, TRANS_B, BUILD)                                                          \
-  extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                                      \
+#define DPGAN_GEMM(name, TRANS_A, TRANS_B, BUILD)                                                           \
+  extern "C" __global__ void __launch_bounds__(dpgan::tile::THREADS)                                        \
       name(GemmParams p, const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c) { \
-    BUILD::Tiles& smem = dpgan::tile::mainloop_tiles<BUILD>();                                                            \
-    dpgan::gemm_grouped<TRANS_A, TRANS_B, BUILD>(p, a, b, c, smem);                                       \
+    BUILD::Tiles& smem = dpgan::tile::mainloop_tiles<BUILD>();                                              \
+    dpgan::gemm_grouped<TRANS_A, TRANS_B, BUILD>(p, a, b, c, smem);                                         \
   }
 // f32 FFMA.
 DPGAN_GEMM(gemm_grouped_nn_fwd_f32, false, false, dpgan::tile::F32)

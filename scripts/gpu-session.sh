@@ -3,8 +3,9 @@
 #
 #   here:            ../shared/tools/gpu-bundle --data mnist,fashion-mnist && scripts/gpu-pack.sh
 #   on the GPU:      bash scripts/gpu-session.sh tests bench      (one device run, carry [".gpu"])
+#                    bash scripts/gpu-session.sh sanitize         (another)
 #                    bash scripts/gpu-session.sh pytorch dpcgan   (another, carry [".gpu", ".whl"])
-#                    bash scripts/gpu-session.sh gswgan nsys     (a third)
+#                    bash scripts/gpu-session.sh gswgan nsys     (another)
 #   dry run here:    DPGAN_SESSION_DEVICE=cpu bash scripts/gpu-session.sh --quick bench dpcgan gswgan
 #   a device call:   DPGAN_SESSION_SECONDS=460 bash scripts/gpu-session.sh tests bench    (timeout_s 480)
 #                    returns $OUT/summary.md and $OUT/session.tar.gz (every log and JSON)
@@ -173,27 +174,27 @@ if want sanitize && [ "$device" != cpu ]; then
 fi
 
 # Benchmarks.
+# bench_steps ALGO: its private and non-private step, each replayed from CUDA graphs beside the
+# eager step (DP-CGAN's steps and GS-WGAN's phase 2 as training steps, per-step values from a step
+# block; the warm start its launch floor).
+bench_steps() {
+  local algo=$1 mode extra
+  for mode in --private --non-private; do
+    extra=()
+    [ "$algo" = gs-wgan ] && extra=("${gs_step_flags[@]}")
+    [ "$device" != cpu ] && extra+=(--cuda-graph)
+    step "bench-step-$algo${mode#-}" 45 "$bin" bench step --algo "$algo" "$mode" --phases --device "$device" \
+      "${step_flags[@]}" "${extra[@]}" --json "$out/bench-step-$algo${mode#-}.json"
+  done
+}
 # DP-CGAN's steps first, the headline figures (a few seconds each), then the kernels (minutes).
 if want bench; then
-  for algo in dp-cgan kernels gs-wgan; do
-    if [ "$algo" = kernels ]; then
-      [ "$device" != cpu ] && step bench-kernels 210 "$bin" bench kernels "${kernel_flags[@]}" --json "$out/bench-kernels.json"
-      # The figures issue 15 asks about, into the summary: the ceilings, and each TF32 build of
-      # the matmuls and the ResNet convs against the tensor cores' mma.sync rate.
-      [ -f "$out/bench-kernels.json" ] && python3 scripts/tf32-summary.py "$out/bench-kernels.json" >>"$summary"
-      continue
-    fi
-    for mode in --private --non-private; do
-      extra=()
-      [ "$algo" = gs-wgan ] && extra=("${gs_step_flags[@]}")
-      # The step replayed from CUDA graphs beside the eager step: DP-CGAN's steps and GS-WGAN's
-      # phase 2 as training steps (per-step values from a step block), the warm start its launch
-      # floor.
-      [ "$device" != cpu ] && extra+=(--cuda-graph)
-      step "bench-step-$algo${mode#-}" 45 "$bin" bench step --algo "$algo" "$mode" --phases --device "$device" \
-        "${step_flags[@]}" "${extra[@]}" --json "$out/bench-step-$algo${mode#-}.json"
-    done
-  done
+  bench_steps dp-cgan
+  [ "$device" != cpu ] && step bench-kernels 210 "$bin" bench kernels "${kernel_flags[@]}" --json "$out/bench-kernels.json"
+  # The figures issue 15 asks about, into the summary: the ceilings, and each TF32 build of the
+  # matmuls and the ResNet convs against the tensor cores' mma.sync rate.
+  [ -f "$out/bench-kernels.json" ] && python3 scripts/tf32-summary.py "$out/bench-kernels.json" >>"$summary"
+  bench_steps gs-wgan
   # GS-WGAN's warm-start iteration and phase 2 again with TF32 allowed, beside the f32 ones above.
   [ "$device" != cpu ] && step bench-step-gs-wgan-non-private-tf32 45 "$bin" bench step --algo gs-wgan --non-private --tf32 \
     --phases --device "$device" "${step_flags[@]}" "${gs_step_flags[@]}" --json "$out/bench-step-gs-wgan-non-private-tf32.json"

@@ -15,7 +15,7 @@ use crate::io::atomic_write;
 use crate::io::checkpoint::{encode_tensors, load_tensors};
 use crate::models::{dpcgan, dpsgd_gan, gswgan};
 use crate::nn::{load_prefixed, Module};
-use crate::tensor::Device;
+use crate::tensor::{Device, Tensor};
 use crate::train::replay::{stream, Purpose};
 use crate::train::run_dir::{read_json, CONFIG};
 use crate::train::{dpcgan::run as dpcgan_run, dpsgd_gan::run as dpsgd_gan_run, gswgan::run as gswgan_run, ImageSink};
@@ -42,6 +42,14 @@ impl ReleasedModel {
             ReleasedModel::DpCgan(g) => g,
             ReleasedModel::GsWgan(g) => g,
             ReleasedModel::DpsgdGan(g) => g.as_ref(),
+        }
+    }
+
+    fn module_mut(&mut self) -> &mut dyn Module {
+        match self {
+            ReleasedModel::DpCgan(g) => g,
+            ReleasedModel::GsWgan(g) => g,
+            ReleasedModel::DpsgdGan(g) => g.as_mut(),
         }
     }
 }
@@ -116,9 +124,9 @@ impl Release {
     /// `path`, atomically. Readable by anyone the directory lets read it: it is meant to be
     /// published, unlike every other tensor file dpgan writes.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let named: Vec<(String, &crate::tensor::Tensor)> =
+        let named: Vec<(String, &Tensor)> =
             self.model.module().named_tensors().into_iter().map(|(n, t)| (format!("{PREFIX}.{n}"), t)).collect();
-        let tensors: Vec<(&str, &crate::tensor::Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        let tensors: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
         let mut record = self.record.clone();
         record["format"] = json!(FORMAT);
         let text = serde_json::to_string(&record).map_err(|e| Error::Invalid(format!("release record: {e}")))?;
@@ -163,11 +171,7 @@ impl Release {
             Some(dpcgan_run::ALGORITHM) => ReleasedModel::DpCgan(dpcgan::Generator::new(1, init, &Device::Cpu)?),
             _ => return Err(Error::file(path, format!("release record names no algorithm dpgan knows: {}", record["algorithm"]))),
         };
-        match &mut model {
-            ReleasedModel::DpCgan(g) => load_prefixed(g, &mut tensors, PREFIX, path, device)?,
-            ReleasedModel::GsWgan(g) => load_prefixed(g, &mut tensors, PREFIX, path, device)?,
-            ReleasedModel::DpsgdGan(g) => load_prefixed(g.as_mut(), &mut tensors, PREFIX, path, device)?,
-        }
+        load_prefixed(model.module_mut(), &mut tensors, PREFIX, path, device)?;
         if let Some(extra) = tensors.keys().min() {
             return Err(Error::file(path, format!("holds {extra}, which the {} generator has not", record["algorithm"])));
         }

@@ -158,9 +158,9 @@ pub fn assert_interval_means(every: &[Value], third: &[Value], unit: &str) {
 /// `run`'s generator exported into `dir` (`dpgan export`): the file holds the released generator's
 /// tensors, bit for bit those of the checkpoint (`ema.*` for GS-WGAN's G_s, else `generator.*`),
 /// and no other tensor, and its only metadata is the release record (no key, no run state); and
-/// sampling the file writes the same files, bit for bit, as sampling the run. Returns the file.
+/// sampling the file writes the same files, bit for bit, as sampling the run.
 #[track_caller]
-pub fn check_export(run: &Path, dir: &Path, count: usize) -> PathBuf {
+pub fn check_export(run: &Path, dir: &Path, count: usize) {
     use dpgan::io::checkpoint::load_tensors;
     let file = dir.join("exported-generator.safetensors");
     let s = |p: &Path| p.to_string_lossy().into_owned();
@@ -205,5 +205,4 @@ pub fn check_export(run: &Path, dir: &Path, count: usize) -> PathBuf {
             stderr_of_failure(&["sample", "--generator", &s(&bad), "--count", "10", "--out", &s(&dir.join("bad")), "--device", "cpu"]);
         assert!(err.contains(why), "{err}");
     }
-    file
 }
